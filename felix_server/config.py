@@ -1,0 +1,467 @@
+"""The broker's configuration: one frozen, typed settings model and its loader.
+
+Theory of operation
+-------------------
+:class:`ServerConfig` holds everything a broker process needs: where it listens (QUIC and
+metrics HTTP), where its data directory is, the TLS certificate, logging, graceful-shutdown
+timing, transport tuning (:class:`TransportConfig`) and every engine limit and policy
+(``broker``, a :class:`felix_core.limits.BrokerConfig`).
+
+Settings come from four layers. A later layer wins over an earlier one, key by key::
+
+    embedded defaults  <  TOML file (--config / FELIX_CONFIG)  <  FELIX_* environment  <  flags
+
+Every setting has a *key*: ``listen``, ``data_dir``, ``transport.max_datagram_size``,
+``broker.memory_limit_bytes`` ... The same key is spelled
+
+* in the TOML file as a top-level key or a key of the ``[transport]`` / ``[broker]`` table;
+* in the environment as ``FELIX_`` + the key upper-cased with ``.`` -> ``_``
+  (``FELIX_LISTEN``, ``FELIX_TRANSPORT_MAX_DATAGRAM_SIZE``, ``FELIX_BROKER_MEMORY_LIMIT_BYTES``);
+* on the command line as ``--`` + the key with ``.`` and ``_`` -> ``-``
+  (``--listen``, ``--transport-max-datagram-size``, ``--broker-memory-limit-bytes``), or
+  generically as ``--set KEY=VALUE``.
+
+Values from the environment and flags are strings and are converted to the setting's type:
+integers accept ``_`` separators and, for byte sizes, a ``KiB``/``MiB``/``GiB`` suffix;
+booleans accept ``1/0, true/false, yes/no, on/off``; an optional setting accepts ``none``.
+Addresses are ``HOST:PORT`` (``[::1]:7447`` for IPv6).
+
+The loader is pure: :func:`load_config` takes ``argv``, the environment mapping and a
+``read_file`` callable, so the runtime passes ``sys.argv[1:]``, ``os.environ`` and
+``Path.read_bytes`` and tests pass plain values. Bad input raises :class:`ConfigError` with
+a message naming the setting and its source.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import tomllib
+import types
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from felix_core.errors import EngineError
+from felix_core.limits import BrokerConfig
+
+__all__ = [
+    "DEFAULT_LISTEN_PORT",
+    "DEFAULT_METRICS_PORT",
+    "ConfigError",
+    "ServerConfig",
+    "TransportConfig",
+    "build_parser",
+    "config_keys",
+    "config_to_toml",
+    "load_config",
+    "parse_address",
+]
+
+DEFAULT_LISTEN_PORT = 7447
+"""The broker's default QUIC (UDP) port."""
+DEFAULT_METRICS_PORT = 8080
+"""The default metrics / health HTTP port (the reference broker's)."""
+ALPN = "felix/2"
+"""The QUIC application protocol name the broker offers."""
+
+_LOG_FORMATS = ("text", "json")
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class ConfigError(ValueError):
+    """A setting is unknown, malformed or out of range; the message names it and its source."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TransportConfig:
+    """QUIC transport tuning. Figures behind the defaults: ``benchmarks/quic_baseline.py``."""
+
+    max_datagram_size: int = 1452
+    """Largest UDP payload sent. 1452 fits a 1500-byte Ethernet MTU under IPv6 and is what
+    loopback paths allow; aioquic's own default is the RFC minimum 1200."""
+    max_data: int = 16 * 1024 * 1024
+    """Connection-level flow-control window the broker grants a client, bytes."""
+    max_stream_data: int = 4 * 1024 * 1024
+    """Per-stream flow-control window the broker grants a client, bytes."""
+    idle_timeout_s: float = 60.0
+    """A connection with no traffic for this long is closed."""
+    max_connections: int = 10_000
+    """New connections beyond this many are refused (the handshake packet is dropped)."""
+    connection_buffer_limit: int = 8 * 1024 * 1024
+    """Bytes queued for one connection (unsent stream data) before the broker stops pulling
+    deliveries for it (``Broker.pause``); the bound on memory per connection."""
+    connection_buffer_resume: int = 2 * 1024 * 1024
+    """Deliveries resume once the queued bytes of a paused connection fall to this."""
+    max_frame_size: int = 16 * 1024 * 1024
+    """Largest frame payload accepted from a client."""
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` if a value is out of range."""
+        if not 1200 <= self.max_datagram_size <= 65527:
+            raise ConfigError("transport.max_datagram_size must be within 1200..65527")
+        for name in ("max_data", "max_stream_data", "max_connections", "max_frame_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"transport.{name} must be >= 1")
+        if self.idle_timeout_s <= 0:
+            raise ConfigError("transport.idle_timeout_s must be > 0")
+        if not 0 <= self.connection_buffer_resume < self.connection_buffer_limit:
+            raise ConfigError(
+                "transport.connection_buffer_resume must be >= 0 and below "
+                "transport.connection_buffer_limit"
+            )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServerConfig:
+    """Every setting of a broker process. See the module docstring for how it is loaded."""
+
+    listen: str = f"127.0.0.1:{DEFAULT_LISTEN_PORT}"
+    """QUIC listen address, ``HOST:PORT`` (port 0 picks a free port)."""
+    metrics: str = f"127.0.0.1:{DEFAULT_METRICS_PORT}"
+    """Metrics and health HTTP address, ``HOST:PORT``."""
+    metrics_enabled: bool = True
+    """Serve ``/metrics``, ``/live`` and ``/ready``."""
+    data_dir: str = ".felix"
+    """Directory for the generated certificate (and, later, the durable log)."""
+    tls_cert: str | None = None
+    """PEM certificate chain; absent: a self-signed certificate is made in ``data_dir``
+    (development mode, logged loudly)."""
+    tls_key: str | None = None
+    """PEM private key for ``tls_cert``."""
+    log_format: str = "text"
+    """``text`` (human) or ``json`` (one object per line)."""
+    log_level: str = "info"
+    """``debug``, ``info``, ``warning`` or ``error``."""
+    server_id: str = "felix-1"
+    """Identifier sent in ``Welcome`` (stable for a broker process)."""
+    region: str = "local"
+    """The sovereign region this broker belongs to, sent in ``Welcome``."""
+    shutdown_grace_s: float = 5.0
+    """On SIGTERM: how long clients have after ``GoAway`` before connections are closed."""
+    shutdown_drain_s: float = 25.0
+    """Upper bound on the whole graceful shutdown (the reference's drain timeout)."""
+    transport: TransportConfig = field(default_factory=TransportConfig)
+    """QUIC transport tuning."""
+    broker: BrokerConfig = field(default_factory=BrokerConfig)
+    """Every engine limit and default policy."""
+
+    @property
+    def listen_address(self) -> tuple[str, int]:
+        """``listen`` split into host and port."""
+        return parse_address(self.listen, "listen")
+
+    @property
+    def metrics_address(self) -> tuple[str, int]:
+        """``metrics`` split into host and port."""
+        return parse_address(self.metrics, "metrics")
+
+    @property
+    def dev_mode(self) -> bool:
+        """True when no certificate was configured (a self-signed one is generated)."""
+        return self.tls_cert is None
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` if a value is out of range or inconsistent."""
+        self.listen_address  # noqa: B018 - parse for the error
+        self.metrics_address  # noqa: B018
+        if self.log_format not in _LOG_FORMATS:
+            raise ConfigError(f"log_format must be one of {', '.join(_LOG_FORMATS)}")
+        if self.log_level not in _LOG_LEVELS:
+            raise ConfigError(f"log_level must be one of {', '.join(_LOG_LEVELS)}")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("tls_cert and tls_key must be given together")
+        if self.shutdown_grace_s < 0 or self.shutdown_drain_s < self.shutdown_grace_s:
+            raise ConfigError("need 0 <= shutdown_grace_s <= shutdown_drain_s")
+        if not self.data_dir:
+            raise ConfigError("data_dir must not be empty")
+        self.transport.validate()
+
+
+def parse_address(value: str, what: str = "address") -> tuple[str, int]:
+    """Split ``HOST:PORT`` (or ``[V6]:PORT``) into host and port.
+
+    Raises:
+        ConfigError: not of that shape, or the port is not within 0..65535.
+    """
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not host:
+        raise ConfigError(f"{what}: expected HOST:PORT, got {value!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ConfigError(f"{what}: bad port in {value!r}") from None
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"{what}: port {port} out of range")
+    return host, port
+
+
+# ----------------------------------------------------------------------- the key table
+
+_SECTIONS: dict[str, type[Any]] = {"transport": TransportConfig, "broker": BrokerConfig}
+
+
+@dataclass(frozen=True, slots=True)
+class _Key:
+    key: str  # "listen", "transport.max_data"
+    section: str | None
+    name: str
+    kind: type[Any]  # int, float, str or bool
+    optional: bool
+
+
+def _resolve_type(tp: Any) -> tuple[type[Any], bool]:
+    optional = False
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        optional = len(args) < len(typing.get_args(tp))
+        if len(args) != 1:
+            raise TypeError(f"unsupported setting type {tp!r}")
+        tp = args[0]
+    if tp not in (int, float, str, bool):
+        raise TypeError(f"unsupported setting type {tp!r}")
+    return tp, optional
+
+
+def _keys_of(cls: type[Any], section: str | None) -> list[_Key]:
+    hints = typing.get_type_hints(cls)
+    keys = []
+    for f in dataclasses.fields(cls):
+        if section is None and f.name in _SECTIONS:
+            continue
+        kind, optional = _resolve_type(hints[f.name])
+        key = f"{section}.{f.name}" if section else f.name
+        keys.append(_Key(key, section, f.name, kind, optional))
+    return keys
+
+
+_KEYS: dict[str, _Key] = {
+    k.key: k
+    for k in [
+        *_keys_of(ServerConfig, None),
+        *(k for s, cls in _SECTIONS.items() for k in _keys_of(cls, s)),
+    ]
+}
+
+
+def config_keys() -> list[str]:
+    """Every setting key, in declaration order (``listen`` ... ``broker.durability``)."""
+    return list(_KEYS)
+
+
+def _env_name(key: str) -> str:
+    return "FELIX_" + key.replace(".", "_").upper()
+
+
+def _flag_name(key: str) -> str:
+    return "--" + key.replace(".", "-").replace("_", "-")
+
+
+_SIZE_SUFFIXES = {"kib": 1024, "mib": 1024**2, "gib": 1024**3, "kb": 1000, "mb": 1000**2}
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _from_text(spec: _Key, text: str, source: str) -> Any:
+    raw = text.strip()
+    if spec.optional and raw.lower() in {"none", "null", ""}:
+        return None
+    try:
+        if spec.kind is bool:
+            if raw.lower() in _TRUE:
+                return True
+            if raw.lower() in _FALSE:
+                return False
+            raise ValueError(raw)
+        if spec.kind is int:
+            lowered = raw.lower().replace("_", "")
+            for suffix, factor in _SIZE_SUFFIXES.items():
+                if lowered.endswith(suffix):
+                    return int(lowered[: -len(suffix)].strip()) * factor
+            return int(lowered)
+        if spec.kind is float:
+            return float(raw)
+    except ValueError:
+        raise ConfigError(
+            f"{source}: {spec.key} expects {spec.kind.__name__}, got {text!r}"
+        ) from None
+    return raw
+
+
+def _check_value(spec: _Key, value: Any, source: str) -> Any:
+    """Type-check a value that came from TOML (already typed)."""
+    if value is None and spec.optional:
+        return None
+    ok = (
+        isinstance(value, bool)
+        if spec.kind is bool
+        else (isinstance(value, int) and not isinstance(value, bool))
+        if spec.kind is int
+        else (isinstance(value, int | float) and not isinstance(value, bool))
+        if spec.kind is float
+        else isinstance(value, str)
+    )
+    if spec.kind is int and isinstance(value, str):
+        return _from_text(spec, value, source)  # "64MiB" in a TOML string
+    if not ok:
+        raise ConfigError(f"{source}: {spec.key} expects {spec.kind.__name__}, got {value!r}")
+    return float(value) if spec.kind is float else value
+
+
+# ------------------------------------------------------------------------------ layers
+
+
+def _from_toml(data: Mapping[str, Any], source: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, value in data.items():
+        if name in _SECTIONS:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: [{name}] must be a table")
+            for sub, subvalue in value.items():
+                key = f"{name}.{sub}"
+                if key not in _KEYS:
+                    raise ConfigError(f"{source}: unknown setting {key!r}")
+                out[key] = _check_value(_KEYS[key], subvalue, source)
+            continue
+        if name not in _KEYS:
+            raise ConfigError(f"{source}: unknown setting {name!r}")
+        out[name] = _check_value(_KEYS[name], value, source)
+    return out
+
+
+def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, spec in _KEYS.items():
+        name = _env_name(key)
+        if name in env:
+            out[key] = _from_text(spec, env[name], f"environment {name}")
+    return out
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> typing.NoReturn:
+        raise ConfigError(f"command line: {message}")
+
+
+def build_parser(prog: str = "felix-broker") -> argparse.ArgumentParser:
+    """The broker's argument parser: ``--config``, ``--set`` and one flag per setting."""
+    parser = _Parser(
+        prog=prog,
+        description="Run a Felix broker. Precedence: flags > FELIX_* environment > "
+        "--config TOML file > embedded defaults.",
+        argument_default=argparse.SUPPRESS,
+    )
+    parser.add_argument("--config", metavar="FILE", help="TOML configuration file")
+    parser.add_argument(
+        "--set",
+        metavar="KEY=VALUE",
+        action="append",
+        dest="set_values",
+        help="set any key, e.g. --set broker.batch_max_events=128 (repeatable)",
+    )
+    parser.add_argument(
+        "--print-config", action="store_true", help="print the effective configuration and exit"
+    )
+    for key, spec in _KEYS.items():
+        metavar = "HOST:PORT" if key in ("listen", "metrics") else spec.kind.__name__.upper()
+        parser.add_argument(
+            _flag_name(key), dest=f"key:{key}", metavar=metavar, help=f"({_env_name(key)})"
+        )
+    return parser
+
+
+def _from_flags(namespace: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for attr, text in vars(namespace).items():
+        if attr.startswith("key:"):
+            key = attr[4:]
+            out[key] = _from_text(_KEYS[key], text, f"flag {_flag_name(key)}")
+    for item in getattr(namespace, "set_values", None) or []:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or key not in _KEYS:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE with a known key")
+        out[key] = _from_text(_KEYS[key], text, f"--set {key}")
+    return out
+
+
+def _assemble(values: Mapping[str, Any]) -> ServerConfig:
+    top: dict[str, Any] = {}
+    sections: dict[str, dict[str, Any]] = {name: {} for name in _SECTIONS}
+    for key, value in values.items():
+        spec = _KEYS[key]
+        if spec.section is None:
+            top[spec.name] = value
+        else:
+            sections[spec.section][spec.name] = value
+    try:
+        transport = TransportConfig(**sections["transport"])
+        broker = BrokerConfig(**sections["broker"])
+    except EngineError as exc:  # BrokerConfig validates itself
+        raise ConfigError(exc.message) from None
+    config = ServerConfig(transport=transport, broker=broker, **top)
+    config.validate()
+    return config
+
+
+def load_config(
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    read_file: Callable[[str], bytes],
+    *,
+    prog: str = "felix-broker",
+) -> tuple[ServerConfig, argparse.Namespace]:
+    """Build the effective configuration from the four layers.
+
+    Args:
+        argv: command-line arguments (without the program name).
+        env: the process environment (only ``FELIX_*`` names are read).
+        read_file: reads a whole file by path (``Path(p).read_bytes`` in a runtime).
+        prog: the program name for usage messages.
+
+    Returns:
+        The validated configuration, and the parsed flags (for ``--print-config``).
+
+    Raises:
+        ConfigError: any bad setting, naming it and where it came from.
+        SystemExit: ``--help`` (argparse prints the usage).
+    """
+    namespace = build_parser(prog).parse_args(list(argv))
+    path = getattr(namespace, "config", None) or env.get("FELIX_CONFIG")
+    values: dict[str, Any] = {}
+    if path:
+        try:
+            data = tomllib.loads(read_file(path).decode("utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"config file {path}: {exc.strerror or exc}") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config file {path}: {exc}") from None
+        values.update(_from_toml(data, f"config file {path}"))
+    values.update(_from_env(env))
+    values.update(_from_flags(namespace))
+    return _assemble(values), namespace
+
+
+def config_to_toml(config: ServerConfig) -> str:
+    """Render a configuration as TOML (what ``--print-config`` shows)."""
+
+    def render(value: Any) -> str:
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, str):
+            return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        return repr(value)
+
+    lines: list[str] = []
+    sections: dict[str, list[str]] = {name: [] for name in _SECTIONS}
+    for spec in _KEYS.values():
+        owner = config if spec.section is None else getattr(config, spec.section)
+        value = getattr(owner, spec.name)
+        line = f"{spec.name} = {render(value)}" if value is not None else f"# {spec.name} unset"
+        (lines if spec.section is None else sections[spec.section]).append(line)
+    for name, body in sections.items():
+        lines += ["", f"[{name}]", *body]
+    return "\n".join(lines) + "\n"
