@@ -1,0 +1,241 @@
+"""The client's QUIC transport: aioquic's sans-IO ``QuicConnection`` over an anyio UDP socket.
+
+Theory of operation. One task (:meth:`QuicTransport.run`) owns the socket's receive side.
+Each pass of its loop waits for a datagram or the timer, whichever comes first, feeds what
+came to QUIC with ``now``, lets the :class:`QuicHandler` (the Felix layer) take QUIC's events
+and queue its own writes, then transmits. The timer is a cancel scope whose deadline is the
+earliest of QUIC's and the handler's deadlines; anything that may move that deadline (a new
+request from another task, say) calls :meth:`QuicTransport.flush`, which transmits and moves
+the deadline of the waiting scope. There is no second task and no sleeping.
+
+Nothing here is asyncio- or trio-specific, so the client runs under both anyio backends. The
+clock is ``anyio.current_time()`` throughout, so QUIC's timers and anyio's deadlines agree.
+"""
+
+from __future__ import annotations
+
+import math
+import ssl
+from dataclasses import dataclass
+from typing import Protocol
+
+import anyio
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
+from aioquic.quic.events import ConnectionTerminated, HandshakeCompleted, QuicEvent
+from anyio.abc import ConnectedUDPSocket, SocketAttribute
+
+__all__ = ["ALPN", "QuicHandler", "QuicTransport", "TransportOptions"]
+
+ALPN = "felix/2"
+"""The ALPN protocol id of Felix wire protocol version 2."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TransportOptions:
+    """TLS and QUIC settings of one connection."""
+
+    ca_file: str | None = None
+    """A PEM file of certificates to trust (the broker's self-signed certificate, say)."""
+    insecure: bool = False
+    """Skip certificate verification (development only)."""
+    server_name: str | None = None
+    """TLS server name (SNI and verification); defaults to the URL's host."""
+    max_datagram_size: int = 1452
+    """Largest UDP payload QUIC may send; 1452 suits loopback and most Ethernet paths."""
+    idle_timeout: float = 60.0
+    """Seconds without traffic after which QUIC drops the connection."""
+    max_data: int = 8 << 20
+    """Connection-level receive window, in bytes."""
+    max_stream_data: int = 4 << 20
+    """Per-stream receive window, in bytes."""
+
+
+class QuicHandler(Protocol):
+    """What the transport drives: the Felix layer above QUIC."""
+
+    def quic_event(self, event: QuicEvent, now: float) -> None:
+        """Take one QUIC event (stream data, resets, termination ...)."""
+
+    def pump(self, now: float) -> None:
+        """Move the layer's pending writes into the QUIC connection."""
+
+    def get_timer(self) -> float | None:
+        """The layer's earliest deadline, or None."""
+
+    def handle_timer(self, now: float) -> None:
+        """Fire what is due in the layer."""
+
+    def transport_closed(self, reason: str) -> None:
+        """The connection is gone (terminated, socket error, closed locally)."""
+
+
+class QuicTransport:
+    """One client QUIC connection over an anyio connected UDP socket.
+
+    Use :meth:`connect` to create it; run :meth:`run` in a task group and await
+    :meth:`wait_handshake`; call :meth:`flush` after queueing writes from outside the loop.
+    """
+
+    def __init__(self, sock: ConnectedUDPSocket, quic: QuicConnection) -> None:
+        self._sock = sock
+        self.quic = quic
+        self._handler: QuicHandler | None = None
+        self._scope: anyio.CancelScope | None = None
+        self._send_lock = anyio.Lock()
+        self._handshake = anyio.Event()
+        self._done = anyio.Event()
+        self.closed_reason: str | None = None
+        self.alpn: str | None = None
+
+    @classmethod
+    async def connect(cls, host: str, port: int, options: TransportOptions) -> QuicTransport:
+        """Open the UDP socket and start the QUIC handshake (not awaited here).
+
+        Raises:
+            OSError: the host does not resolve or the socket cannot be created.
+        """
+        config = QuicConfiguration(
+            is_client=True,
+            alpn_protocols=[ALPN],
+            server_name=options.server_name or host,
+            max_datagram_size=options.max_datagram_size,
+            idle_timeout=options.idle_timeout,
+            max_data=options.max_data,
+            max_stream_data=options.max_stream_data,
+        )
+        if options.insecure:
+            config.verify_mode = ssl.CERT_NONE
+        elif options.ca_file:
+            config.load_verify_locations(cafile=options.ca_file)
+        sock = await anyio.create_connected_udp_socket(host, port)
+        quic = QuicConnection(configuration=config)
+        quic.connect(sock.extra(SocketAttribute.remote_address), anyio.current_time())
+        return cls(sock, quic)
+
+    # ----------------------------------------------------------------------- the loop
+
+    async def run(self, handler: QuicHandler) -> None:
+        """Drive the connection until it terminates or the socket fails; then close.
+
+        Args:
+            handler: the layer that takes QUIC events and produces writes.
+        """
+        self._handler = handler
+        addr = self._sock.extra(SocketAttribute.remote_address)
+        try:
+            await self.flush()
+            while self.closed_reason is None:
+                data: bytes | None = None
+                with anyio.CancelScope(deadline=self._deadline()) as scope:
+                    self._scope = scope
+                    try:
+                        data = await self._sock.receive()
+                    except (anyio.ClosedResourceError, anyio.EndOfStream):
+                        self._close("socket closed")
+                        break
+                    except OSError as exc:
+                        self._close(_describe_os_error(exc))
+                        break
+                self._scope = None
+                now = anyio.current_time()
+                if data is not None:
+                    self.quic.receive_datagram(data, addr, now)
+                else:
+                    timer = self.quic.get_timer()
+                    if timer is not None and timer <= now:
+                        self.quic.handle_timer(now)
+                    handler.handle_timer(now)
+                self._process(now)
+                await self._transmit()
+        finally:
+            self._scope = None
+            self._close("connection closed")
+            self._done.set()
+            with anyio.CancelScope(shield=True):
+                await self._sock.aclose()
+
+    def _process(self, now: float) -> None:
+        """Hand every pending QUIC event to the handler, then let it queue writes."""
+        assert self._handler is not None
+        while (event := self.quic.next_event()) is not None:
+            if isinstance(event, HandshakeCompleted):
+                self.alpn = event.alpn_protocol
+                self._handshake.set()
+            elif isinstance(event, ConnectionTerminated):
+                reason = event.reason_phrase or f"error code {event.error_code}"
+                self._handler.quic_event(event, now)
+                self._close(f"connection closed by broker: {reason}")
+                continue
+            self._handler.quic_event(event, now)
+        self._handler.pump(now)
+
+    def _deadline(self) -> float:
+        assert self._handler is not None
+        timers = [t for t in (self.quic.get_timer(), self._handler.get_timer()) if t is not None]
+        return min(timers) if timers else math.inf
+
+    async def _transmit(self) -> None:
+        async with self._send_lock:
+            for data, _addr in self.quic.datagrams_to_send(anyio.current_time()):
+                try:
+                    await self._sock.send(data)
+                except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                    self._close("socket closed")
+                    return
+                except OSError as exc:
+                    self._close(_describe_os_error(exc))
+                    return
+
+    def _close(self, reason: str) -> None:
+        if self.closed_reason is not None:
+            return
+        self.closed_reason = reason
+        self._handshake.set()  # wake a waiting connect() so it sees the failure
+        if self._handler is not None:
+            self._handler.transport_closed(reason)
+        if self._scope is not None:
+            self._scope.cancel()
+
+    # -------------------------------------------------------------- called by others
+
+    async def flush(self) -> None:
+        """Move the handler's writes into QUIC, transmit, and re-arm the loop's timer.
+
+        Call this after any change made from outside the loop task (a new request).
+        """
+        if self.closed_reason is not None or self._handler is None:
+            return
+        now = anyio.current_time()
+        self._process(now)
+        await self._transmit()
+        if self._scope is not None:
+            self._scope.deadline = self._deadline()
+
+    async def wait_handshake(self) -> None:
+        """Wait until the TLS handshake completed or the connection failed.
+
+        Raises:
+            ConnectionError: the connection closed before the handshake completed.
+        """
+        await self._handshake.wait()
+        if self.closed_reason is not None:
+            raise ConnectionError(self.closed_reason)
+
+    async def aclose(self, error_code: int = 0, reason: str = "") -> None:
+        """Close the QUIC connection politely and wait (briefly) for the loop to end."""
+        if self.closed_reason is None:
+            self.quic.close(error_code=error_code, reason_phrase=reason)
+            await self._transmit()
+            self._close("closed by client")
+        if self._handler is not None:
+            with anyio.move_on_after(1.0, shield=True):
+                await self._done.wait()
+        else:
+            await self._sock.aclose()
+
+
+def _describe_os_error(exc: OSError) -> str:
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused (is the broker running?)"
+    return exc.strerror or str(exc)
