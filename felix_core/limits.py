@@ -1,0 +1,206 @@
+"""Engine limits: the configuration of every bound, and the global memory budget.
+
+Theory of operation
+-------------------
+:class:`BrokerConfig` is one frozen record of every limit and default policy of the engine.
+Resource settings (per stream, queue, cache) start from its defaults and may not exceed its
+caps.
+
+:class:`MemoryBudget` counts the bytes the engine holds: record bytes in stream and queue
+logs, cache keys and values. The facade charges it by *delta*: before an operation that may
+grow memory it asks :meth:`MemoryBudget.check` whether the growth fits, and after the
+operation it reports the actual change of each part it touched with
+:meth:`MemoryBudget.adjust`. Past the limit, new work is refused with a retryable
+:class:`~felix_core.errors.Overloaded` instead of growing; work that frees memory (acks,
+deletes, trims) always proceeds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from felix_core.errors import InvalidArgument, Overloaded
+
+__all__ = ["BrokerConfig", "MemoryBudget"]
+
+KiB = 1024
+MiB = 1024 * KiB
+GiB = 1024 * MiB
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BrokerConfig:
+    """Every engine limit and default policy. Defaults follow the reference broker."""
+
+    # -- defaults ----------------------------------------------------------------------
+    create_defaults: bool = True
+    """Create tenant ``default_tenant`` with namespace ``default_namespace`` at start."""
+    default_tenant: str = "default"
+    """Name of the tenant created when ``create_defaults`` is set."""
+    default_namespace: str = "default"
+    """Name of the namespace created in it."""
+
+    # -- global -------------------------------------------------------------------------
+    memory_limit_bytes: int = 1 * GiB
+    """Bytes the engine may hold in logs and caches before refusing new work (Overloaded)."""
+    max_payload_bytes: int = 8 * MiB
+    """Largest single payload / cache value accepted (TooLarge)."""
+    max_key_bytes: int = 4 * KiB
+    """Largest record key / cache key accepted (TooLarge)."""
+    max_batch_records: int = 8192
+    """Most records in one publish / enqueue (TooLarge)."""
+    max_batch_bytes: int = 16 * MiB
+    """Most record bytes in one publish / enqueue (TooLarge)."""
+
+    # -- metadata counts ----------------------------------------------------------------
+    max_tenants: int = 1024
+    """Most tenants (LimitExceeded)."""
+    max_namespaces_per_tenant: int = 1024
+    """Most namespaces in one tenant (LimitExceeded)."""
+    max_resources_per_namespace: int = 4096
+    """Most streams + queues + caches in one namespace (LimitExceeded)."""
+
+    # -- connections ----------------------------------------------------------------------
+    max_subscriptions_per_connection: int = 4096
+    """Most live subscriptions one connection may hold (LimitExceeded)."""
+    max_consumers_per_connection: int = 4096
+    """Most live queue consumers one connection may hold (LimitExceeded)."""
+    max_credit_messages: int = 1 << 30
+    """Largest outstanding message credit of one subscription (larger grants are clamped)."""
+    max_credit_bytes: int = 1 << 40
+    """Largest outstanding byte credit of one subscription (larger grants are clamped)."""
+
+    # -- stream defaults and caps ---------------------------------------------------------
+    stream_retention_max_records: int | None = 100_000
+    """Default count retention of a stream (None: unbounded by count)."""
+    stream_retention_max_bytes: int = 64 * MiB
+    """Default byte retention of a stream; a stream is always bounded by bytes."""
+    stream_retention_max_age_ms: int | None = None
+    """Default age retention of a stream (None: no age limit)."""
+    stream_max_retention_bytes: int = 1 * GiB
+    """Largest ``retention_max_bytes`` a stream may ask for (InvalidArgument)."""
+    slow_consumer_policy: str = "drop_oldest"
+    """Default slow-consumer policy: ``drop_oldest``, ``block`` or ``disconnect``."""
+    batch_max_events: int = 64
+    """Default most records per delivered batch."""
+    batch_max_bytes: int = 64 * KiB
+    """Default most record bytes per delivered batch (one record may exceed it)."""
+    batch_max_delay_us: int = 250
+    """Default longest a partial batch waits for more records, microseconds."""
+    durability: str = "ephemeral"
+    """Default durability class: ``ephemeral`` or ``durable``."""
+
+    def __post_init__(self) -> None:
+        positive = (
+            "memory_limit_bytes",
+            "max_payload_bytes",
+            "max_key_bytes",
+            "max_batch_records",
+            "max_batch_bytes",
+            "max_tenants",
+            "max_namespaces_per_tenant",
+            "max_resources_per_namespace",
+            "max_subscriptions_per_connection",
+            "max_consumers_per_connection",
+            "max_credit_messages",
+            "max_credit_bytes",
+            "stream_retention_max_bytes",
+            "stream_max_retention_bytes",
+            "batch_max_events",
+            "batch_max_bytes",
+        )
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise InvalidArgument(f"BrokerConfig.{name} must be >= 1")
+        if self.batch_max_delay_us < 0:
+            raise InvalidArgument("BrokerConfig.batch_max_delay_us must be >= 0")
+        if self.stream_retention_max_bytes > self.stream_max_retention_bytes:
+            raise InvalidArgument(
+                "BrokerConfig.stream_retention_max_bytes exceeds stream_max_retention_bytes"
+            )
+
+
+class MemoryBudget:
+    """Counts the bytes the engine holds against one limit. See the module docstring."""
+
+    __slots__ = ("_high_water", "_limit", "_refused", "_used")
+
+    def __init__(self, limit_bytes: int) -> None:
+        """Create an empty budget.
+
+        Args:
+            limit_bytes: the most bytes the engine may hold.
+
+        Raises:
+            InvalidArgument: ``limit_bytes`` < 1.
+        """
+        if limit_bytes < 1:
+            raise InvalidArgument("memory limit must be >= 1 byte")
+        self._limit = limit_bytes
+        self._used = 0
+        self._high_water = 0
+        self._refused = 0
+
+    @property
+    def limit(self) -> int:
+        """The configured limit in bytes."""
+        return self._limit
+
+    @property
+    def used(self) -> int:
+        """Bytes currently held."""
+        return self._used
+
+    @property
+    def available(self) -> int:
+        """Bytes that may still be added (0 when at or past the limit)."""
+        return max(self._limit - self._used, 0)
+
+    @property
+    def high_water(self) -> int:
+        """The most bytes ever held at once."""
+        return self._high_water
+
+    @property
+    def refused(self) -> int:
+        """How many operations :meth:`check` refused."""
+        return self._refused
+
+    def fits(self, growth: int) -> bool:
+        """Say whether holding ``growth`` more bytes stays within the limit.
+
+        Args:
+            growth: bytes the operation would add (<= 0 always fits).
+
+        Returns:
+            True when the growth fits.
+        """
+        return growth <= 0 or self._used + growth <= self._limit
+
+    def check(self, growth: int, what: str = "operation") -> None:
+        """Refuse an operation whose growth does not fit.
+
+        Args:
+            growth: bytes the operation would add.
+            what: what is refused, for the message.
+
+        Raises:
+            Overloaded: the growth does not fit (retryable); ``details`` carry ``limit``
+                and ``used``.
+        """
+        if not self.fits(growth):
+            self._refused += 1
+            raise Overloaded(
+                f"{what} refused: engine memory limit reached",
+                details={"limit": self._limit, "used": self._used, "needed": growth},
+            )
+
+    def adjust(self, delta: int) -> None:
+        """Record that the engine now holds ``delta`` more (or fewer) bytes.
+
+        Args:
+            delta: the change; negative when memory was freed.
+        """
+        used = self._used + delta
+        self._used = used
+        self._high_water = max(self._high_water, used)
