@@ -255,7 +255,8 @@ class FrameDecoder:
         end = pos + self._peek_header()
         if end > len(buf):
             return None
-        payload = bytes(buf[pos + HEADER_SIZE : end])
+        with memoryview(buf) as view:
+            payload = bytes(view[pos + HEADER_SIZE : end])  # the one copy
         if end == len(buf):
             buf.clear()
             self._pos = 0

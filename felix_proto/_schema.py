@@ -1,0 +1,461 @@
+"""Per-message-class schema: field checks, the generic (authoritative) decoder and the
+generated fast encoders and decoders. Private to :mod:`felix_proto.codec`.
+
+Everything here is built once, at import, from the dataclass declarations in
+:mod:`felix_proto.messages` plus :data:`ENUM_FIELDS` and :data:`U16_FIELDS`.
+
+Two decoders exist per class:
+
+* the *generic* one (:func:`_make_generic_decoder`) loops over field specs, raises a
+  ``BadFrame`` naming the field, and is the reference for the rules;
+* the *fast* one is Python source generated per class (as :mod:`dataclasses` itself does)
+  with the scalar checks inlined and the instance filled through its slot descriptors
+  (the frozen ``__init__`` costs about twice as much). On any doubt it hands the fields to
+  the generic decoder, which either raises the precise error or returns its result, so the
+  fast path can never accept what the generic one rejects.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from enum import Enum
+from typing import Any
+
+from . import messages as m
+from .errors import BadFrame
+
+__all__ = [
+    "DECODERS",
+    "ENUM_FIELDS",
+    "GENERIC_DECODERS",
+    "TO_FIELDS",
+    "U16_FIELDS",
+    "U64_MAX",
+    "tname",
+    "valid_request_id",
+]
+
+U64_MAX = (1 << 64) - 1
+"""Largest value of an unsigned 64-bit field."""
+_U16_MAX = 0xFFFF
+
+ENUM_FIELDS: dict[tuple[type[m.Message], str], type[Enum]] = {
+    (m.Publish, "ack"): m.AckMode,
+    (m.PublishBatch, "ack"): m.AckMode,
+    (m.Enqueue, "ack"): m.AckMode,
+    (m.Subscribe, "start"): m.StartKind,
+    (m.Subscribe, "source"): m.SourceKind,
+    (m.SubscriptionEnded, "reason"): m.EndReason,
+    (m.ConsumerEnded, "reason"): m.EndReason,
+    (m.AdminCreate, "kind"): m.ResourceKind,
+    (m.AdminDescribe, "kind"): m.ResourceKind,
+    (m.AdminList, "kind"): m.ResourceKind,
+    (m.AdminUpdate, "kind"): m.ResourceKind,
+    (m.AdminDelete, "kind"): m.ResourceKind,
+}
+"""Fields whose value must be one of an enum's values (the dataclass field holds the value)."""
+
+U16_FIELDS: frozenset[tuple[type[m.Message], str]] = frozenset(
+    {
+        (m.Hello, "versions"),
+        (m.Welcome, "version"),
+        (m.Error, "code"),
+        (m.GoAway, "code"),
+    }
+)
+"""Integer fields (or lists of integers) limited to 0..65535 instead of 0..2**64-1."""
+
+_PARALLEL_LISTS: dict[type[m.Message], tuple[str, tuple[str, ...]]] = {
+    m.PublishBatch: ("payloads", ("keys", "headers")),
+    m.Enqueue: ("payloads", ("keys", "headers")),
+    m.EventBatch: ("payloads", ("timestamps_ms", "keys", "headers")),
+}
+"""Optional lists that, when present, must have one entry per element of the first list."""
+
+
+# ------------------------------------------------------------------------ checkers
+
+
+class _Invalid(Exception):
+    """A value failed its check; the text says how (the caller adds the field name)."""
+
+
+_Check = Callable[[Any], None]
+
+
+def tname(value: object) -> str:
+    """The msgpack-ish name of a value's type, for error messages."""
+    return "nil" if value is None else type(value).__name__
+
+
+def _expected(what: str, value: object) -> _Invalid:
+    return _Invalid(f"expected {what}, got {tname(value)}")
+
+
+def _uint(limit: int) -> _Check:
+    text = "2**64-1" if limit == U64_MAX else str(limit)
+
+    def check(v: Any) -> None:
+        if type(v) is not int:
+            raise _expected("int", v)
+        if not 0 <= v <= limit:
+            raise _Invalid(f"{v} out of range 0..{text}")
+
+    return check
+
+
+def _exact(tp: type) -> _Check:
+    name = tp.__name__
+
+    def check(v: Any) -> None:
+        if type(v) is not tp:
+            raise _expected(name, v)
+
+    return check
+
+
+def _first_bad(items: list[Any], allowed: frozenset[type]) -> _Invalid:
+    for i, item in enumerate(items):
+        if type(item) not in allowed:
+            what = " or ".join(sorted("nil" if t is type(None) else t.__name__ for t in allowed))
+            return _Invalid(f"[{i}]: expected {what}, got {tname(item)}")
+    return _Invalid("bad element")  # pragma: no cover - only called when one is bad
+
+
+def _list_of(*types: type) -> _Check:
+    allowed = frozenset(types)
+
+    def check(v: Any) -> None:
+        if type(v) is not list:
+            raise _expected("list", v)
+        if v and not allowed.issuperset(map(type, v)):
+            raise _first_bad(v, allowed)
+
+    return check
+
+
+def _list_of_uint(limit: int) -> _Check:
+    each = _uint(limit)
+    ints = frozenset({int})
+
+    def check(v: Any) -> None:
+        if type(v) is not list:
+            raise _expected("list", v)
+        if v:
+            if not ints.issuperset(map(type, v)):
+                raise _first_bad(v, ints)
+            if min(v) < 0 or max(v) > limit:
+                for i, item in enumerate(v):
+                    try:
+                        each(item)
+                    except _Invalid as exc:
+                        raise _Invalid(f"[{i}]: {exc}") from None
+
+    return check
+
+
+def _map_of(value_types: frozenset[type], value_what: str) -> _Check:
+    def check(v: Any) -> None:
+        if type(v) is not dict:
+            raise _expected("map", v)
+        for key, item in v.items():
+            if type(key) is not str:
+                raise _Invalid(f"key {key!r}: expected str, got {tname(key)}")
+            if type(item) not in value_types:
+                raise _Invalid(f"[{key!r}]: expected {value_what}, got {tname(item)}")
+
+    return check
+
+
+_check_headers = _map_of(frozenset({bytes}), "bytes")
+_check_limits_values = _map_of(frozenset({int}), "int")
+
+
+def _check_limits(v: Any) -> None:
+    _check_limits_values(v)
+    for key, item in v.items():
+        if not 0 <= item <= U64_MAX:
+            raise _Invalid(f"[{key!r}]: {item} out of range 0..2**64-1")
+
+
+_PLAIN_SCALARS = frozenset({type(None), bool, int, float, str, bytes})
+
+
+def _check_any(v: Any) -> None:
+    """Accept any msgpack value built from nil, bool, int, float, str, bin, array and map
+    with str keys (no ext types). Iterative: nesting is bounded by msgpack's own stack."""
+    stack = [v]
+    while stack:
+        item = stack.pop()
+        tp = type(item)
+        if tp in _PLAIN_SCALARS:
+            continue
+        if tp is list:
+            stack.extend(item)
+        elif tp is dict:
+            for key, value in item.items():
+                if type(key) is not str:
+                    raise _Invalid(f"map key {key!r}: expected str, got {tname(key)}")
+                stack.append(value)
+        else:
+            raise _Invalid(f"unsupported msgpack value of type {tname(item)}")
+
+
+def _check_any_map(v: Any) -> None:
+    if type(v) is not dict:
+        raise _expected("map", v)
+    _check_any(v)
+
+
+def _check_any_map_list(v: Any) -> None:
+    if type(v) is not list:
+        raise _expected("list", v)
+    for i, item in enumerate(v):
+        if type(item) is not dict:
+            raise _Invalid(f"[{i}]: expected map, got {tname(item)}")
+    _check_any(v)
+
+
+def _check_headers_list(v: Any) -> None:
+    if type(v) is not list:
+        raise _expected("list", v)
+    for i, item in enumerate(v):
+        if item is not None:
+            try:
+                _check_headers(item)
+            except _Invalid as exc:
+                text = str(exc)
+                sep = "" if text.startswith("[") else ": "
+                raise _Invalid(f"[{i}]{sep}{text}") from None
+
+
+def _enum(enum_cls: type[Enum], base: type) -> _Check:
+    values = frozenset(member.value for member in enum_cls)
+    listing = ", ".join(repr(member.value) for member in enum_cls)
+    base_name = base.__name__
+
+    def check(v: Any) -> None:
+        if type(v) is not base:
+            raise _expected(base_name, v)
+        if v not in values:
+            raise _Invalid(f"{v!r} is not a {enum_cls.__name__} ({listing})")
+
+    return check
+
+
+_BY_ANNOTATION: dict[str, _Check] = {
+    "int": _uint(U64_MAX),
+    "str": _exact(str),
+    "bytes": _exact(bytes),
+    "bool": _exact(bool),
+    "list[int]": _list_of_uint(U64_MAX),
+    "list[str]": _list_of(str),
+    "list[bytes]": _list_of(bytes),
+    "list[bytes | None]": _list_of(bytes, type(None)),
+    "dict[str, bytes]": _check_headers,
+    "dict[str, int]": _check_limits,
+    "dict[str, Any]": _check_any_map,
+    "list[dict[str, Any]]": _check_any_map_list,
+    "list[dict[str, bytes] | None]": _check_headers_list,
+}
+_U16_BY_ANNOTATION: dict[str, _Check] = {
+    "int": _uint(_U16_MAX),
+    "list[int]": _list_of_uint(_U16_MAX),
+}
+
+
+# ------------------------------------------------------------------------ per-class tables
+
+
+_INLINE: dict[str, str] = {
+    "int": f"type(v) is not int or v < 0 or v > {U64_MAX}",
+    "str": "type(v) is not str",
+    "bytes": "type(v) is not bytes",
+    "bool": "type(v) is not bool",
+}
+_INLINE_U16: dict[str, str] = {"int": f"type(v) is not int or v < 0 or v > {_U16_MAX}"}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _FieldSpec:
+    name: str
+    check: _Check
+    required: bool
+    optional: bool
+    """The annotation allows ``None`` (the encoder omits the field when it is ``None``)."""
+    fail_if: str | None
+    """An inline Python condition on ``v`` that is true when ``check(v)`` would fail."""
+    default: Any
+    factory: Callable[[], Any] | None
+
+
+def _field_specs(cls: type[m.Message]) -> tuple[_FieldSpec, ...]:
+    specs = []
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        annotation = str(f.type)
+        optional = annotation.endswith(" | None")
+        if optional:
+            annotation = annotation[: -len(" | None")]
+        enum_cls = ENUM_FIELDS.get((cls, f.name))
+        fail_if = _INLINE.get(annotation)
+        if enum_cls is not None:
+            check = _enum(enum_cls, int if annotation == "int" else str)
+            fail_if = None
+        elif (cls, f.name) in U16_FIELDS:
+            check = _U16_BY_ANNOTATION[annotation]
+            fail_if = _INLINE_U16.get(annotation)
+        else:
+            check = _BY_ANNOTATION[annotation]  # a KeyError here is a bug in messages.py
+        factory = None if f.default_factory is dataclasses.MISSING else f.default_factory
+        required = f.default is dataclasses.MISSING and factory is None
+        default = None if f.default is dataclasses.MISSING else f.default
+        specs.append(_FieldSpec(f.name, check, required, optional, fail_if, default, factory))
+    return tuple(specs)
+
+
+def valid_request_id(fields: Any) -> int | None:
+    """The ``request_id`` in a decoded field map, if it holds a valid one."""
+    if type(fields) is not dict:
+        return None
+    rid = fields.get("request_id")
+    if type(rid) is int and 0 <= rid <= U64_MAX:
+        return rid
+    return None
+
+
+def _bad(cls: type[m.Message], name: str, text: str, fields: dict[str, Any]) -> BadFrame:
+    return BadFrame(
+        f"{cls.__name__}.{name}: {text}",
+        fatal=False,
+        request_id=valid_request_id(fields),
+        details={"field": name},
+    )
+
+
+def _make_generic_decoder(cls: type[m.Message]) -> Callable[[dict[str, Any]], m.Message]:
+    specs = tuple((s.name, s.check, s.required) for s in _field_specs(cls))
+    parallel = _PARALLEL_LISTS.get(cls)
+
+    def decode_fields(fields: dict[str, Any]) -> m.Message:
+        kwargs: dict[str, Any] = {}
+        for name, check, required in specs:
+            value = fields.get(name)
+            if value is None:
+                if required:
+                    raise _bad(cls, name, "missing required field", fields)
+                continue
+            try:
+                check(value)
+            except _Invalid as exc:
+                raise _bad(cls, name, str(exc), fields) from None
+            kwargs[name] = value
+        if parallel is not None:
+            lead, others = parallel
+            count = len(kwargs[lead])
+            for name in others:
+                value = kwargs.get(name)
+                if value is not None and len(value) != count:
+                    text = f"expected {count} entries (one per {lead[:-1]}), got {len(value)}"
+                    raise _bad(cls, name, text, fields)
+        return cls(**kwargs)
+
+    return decode_fields
+
+
+GENERIC_DECODERS: dict[int, Callable[[dict[str, Any]], m.Message]] = {
+    code: _make_generic_decoder(cls) for code, cls in m.MESSAGE_TYPES.items()
+}
+"""The reference decoder of each message type's field map, by type code."""
+
+
+# ------------------------------------------------------------------------ generated fast paths
+
+
+def _make_fast_decoder(cls: type[m.Message]) -> Callable[[dict[str, Any]], m.Message]:
+    specs = _field_specs(cls)
+    ns: dict[str, Any] = {
+        "_slow": GENERIC_DECODERS[cls.TYPE],
+        "_Invalid": _Invalid,
+        "_new": object.__new__,
+        "_cls": cls,
+    }
+    body = ["def decode_fields(f):", "    try:"]
+    for i, spec in enumerate(specs):
+        ns[f"_s{i}"] = getattr(cls, spec.name).__set__  # the slot's member descriptor
+        body.append(f"        v = f.get({spec.name!r})")
+        if spec.required:
+            body.append("        if v is None:")
+            body.append("            return _slow(f)")
+        else:
+            body.append("        if v is None:")
+            if spec.factory is not None:
+                ns[f"_f{i}"] = spec.factory
+                body.append(f"            v = _f{i}()")
+            else:
+                ns[f"_d{i}"] = spec.default
+                body.append(f"            v = _d{i}")
+        else_ = "" if spec.required else "el"
+        if spec.fail_if is not None:
+            body.append(f"        {else_}if {spec.fail_if}:")
+            body.append("            return _slow(f)")
+        else:
+            ns[f"_c{i}"] = spec.check
+            if spec.required:
+                body.append(f"        _c{i}(v)")
+            else:
+                body.append("        else:")
+                body.append(f"            _c{i}(v)")
+        body.append(f"        a{i} = v")
+    parallel = _PARALLEL_LISTS.get(cls)
+    if parallel is not None:
+        names = [s.name for s in specs]
+        lead = names.index(parallel[0])
+        for other in parallel[1]:
+            j = names.index(other)
+            body.append(f"        if a{j} is not None and len(a{j}) != len(a{lead}):")
+            body.append("            return _slow(f)")
+    body.append("    except _Invalid:")
+    body.append("        return _slow(f)")
+    body.append("    o = _new(_cls)")
+    body.extend(f"    _s{i}(o, a{i})" for i in range(len(specs)))
+    body.append("    return o")
+    exec("\n".join(body), ns)
+    fn: Callable[[dict[str, Any]], m.Message] = ns["decode_fields"]
+    return fn
+
+
+def _make_to_fields(cls: type[m.Message]) -> Callable[[Any], dict[str, Any]]:
+    specs = _field_specs(cls)
+    body = ["def to_fields(msg):"]
+    leading = []
+    for spec in specs:
+        if spec.optional:
+            break
+        leading.append(spec.name)
+    items = ", ".join(f"{name!r}: msg.{name}" for name in leading)
+    body.append(f"    d = {{{items}}}")
+    for spec in specs[len(leading) :]:
+        if spec.optional:
+            body.append(f"    v = msg.{spec.name}")
+            body.append("    if v is not None:")
+            body.append(f"        d[{spec.name!r}] = v")
+        else:
+            body.append(f"    d[{spec.name!r}] = msg.{spec.name}")
+    body.append("    return d")
+    ns: dict[str, Any] = {}
+    exec("\n".join(body), ns)
+    fn: Callable[[Any], dict[str, Any]] = ns["to_fields"]
+    return fn
+
+
+DECODERS: dict[int, Callable[[dict[str, Any]], m.Message]] = {
+    code: _make_fast_decoder(cls) for code, cls in m.MESSAGE_TYPES.items()
+}
+"""The fast decoder of each message type's field map, by type code (falls back to generic)."""
+
+TO_FIELDS: dict[type[m.Message], Callable[[Any], dict[str, Any]]] = {
+    cls: _make_to_fields(cls) for cls in m.MESSAGE_TYPES.values()
+}
+"""Each message class's field-map builder: fields in declaration order, ``None`` optionals
+left out."""
