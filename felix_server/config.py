@@ -123,7 +123,7 @@ class ServerConfig:
     """Metrics and health HTTP address, ``HOST:PORT``."""
     metrics_enabled: bool = True
     """Serve ``/metrics``, ``/live`` and ``/ready``."""
-    data_dir: str = ".felix"
+    data_dir: str = "felix-data"
     """Directory for the generated certificate (and, later, the durable log)."""
     tls_cert: str | None = None
     """PEM certificate chain; absent: a self-signed certificate is made in ``data_dir``
