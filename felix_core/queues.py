@@ -1055,7 +1055,7 @@ class QueueEngine:
         deadline = max(now + q.config.visibility_timeout_s, g.last_deadline)
         g.last_deadline = deadline
         n = len(consumers)
-        rr = g.rr
+        rr = g.rr % n
         did = self._next_delivery_id
         outstanding = g.outstanding
         ginflight = g.inflight
