@@ -1,5 +1,65 @@
 """felix_client: the Felix client library and the ``felix`` command-line tool.
 
-It will hold an anyio-based async client (usable from asyncio and trio), a blocking facade,
-and the ``felix`` CLI.
+An anyio-based async client (works in asyncio and trio programs)::
+
+    import felix_client
+
+    async with felix_client.connect("quic://127.0.0.1:7447", insecure=True) as client:
+        await client.publish("orders", b"hello")
+
+a blocking facade for scripts and the REPL (:mod:`felix_client.sync`), and the ``felix``
+CLI (:mod:`felix_client.cli`). Errors are typed, one class per error code
+(:mod:`felix_client.errors`).
 """
+
+from ._streams import Consumer, Publisher, QueueMessage, Subscription
+from ._url import DEFAULT_URL
+from .client import Admin, Cache, Client, connect
+from .errors import (
+    AlreadyExists,
+    Conflict,
+    ConnectionLost,
+    CursorTooOld,
+    FelixError,
+    Forbidden,
+    InvalidArgument,
+    LimitExceeded,
+    NotFound,
+    Overloaded,
+    RequestTimeout,
+    ShuttingDown,
+    TooLarge,
+    Unauthenticated,
+)
+from .types import AckMode, CacheEntry, Event, PublishResult, Start
+
+__all__ = [
+    "DEFAULT_URL",
+    "AckMode",
+    "Admin",
+    "AlreadyExists",
+    "Cache",
+    "CacheEntry",
+    "Client",
+    "Conflict",
+    "ConnectionLost",
+    "Consumer",
+    "CursorTooOld",
+    "Event",
+    "FelixError",
+    "Forbidden",
+    "InvalidArgument",
+    "LimitExceeded",
+    "NotFound",
+    "Overloaded",
+    "PublishResult",
+    "Publisher",
+    "QueueMessage",
+    "RequestTimeout",
+    "ShuttingDown",
+    "Start",
+    "Subscription",
+    "TooLarge",
+    "Unauthenticated",
+    "connect",
+]

@@ -1,0 +1,361 @@
+"""One Felix connection: the QUIC transport, the sans-IO client machine, and dispatch.
+
+Theory of operation. :class:`Connection` is the :class:`~felix_client._transport.QuicHandler`
+of one :class:`~felix_client._transport.QuicTransport`. QUIC stream events go into the
+:class:`felix_proto.client.ClientConnection` machine; the machine's events come out and are
+*dispatched* without blocking: replies wake the task waiting on that request id, records and
+deliveries go into the inbox of their subscription or consumer, a terminal event fails every
+waiter and closes every inbox. The machine's writes go into QUIC in :meth:`pump`.
+
+A request is made in the caller's task: call the machine (which queues the frame and returns
+a request id), register a waiter, :meth:`~QuicTransport.flush`, wait. Every wait is bounded
+by the request timeout. No protocol decision is taken here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import anyio
+from aioquic.quic import events as quic_events
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from felix_proto import events as ev
+from felix_proto.client import ClientConnection
+from felix_proto.errors import ErrorCode, LocalProtocolError
+
+from ._transport import QuicTransport, TransportOptions
+from .errors import (
+    ConnectionLost,
+    FelixError,
+    RequestTimeout,
+    ShuttingDown,
+    UnexpectedMessage,
+    error_from_code,
+)
+
+__all__ = ["Connection", "FeedItem"]
+
+E = TypeVar("E", bound=ev.Event)
+
+FeedItem = (
+    ev.EventsReceived
+    | ev.GapReported
+    | ev.SubscriptionEnded
+    | ev.DeliveryReceived
+    | ev.ConsumerEnded
+)
+"""What a subscription's or a consumer's inbox carries."""
+
+_REPLY_EVENTS = (
+    ev.PublishAcked, ev.SubscriptionStarted, ev.ConsumerStarted, ev.CacheValueReceived,
+    ev.CachePutCompleted, ev.CacheDeleteCompleted, ev.AdminReplied, ev.RequestSucceeded,
+)  # fmt: skip
+
+
+class _Waiter:
+    """One pending request: woken by its reply or by the connection's end."""
+
+    __slots__ = ("done", "error", "reply")
+
+    def __init__(self) -> None:
+        self.done = anyio.Event()
+        self.reply: ev.Event | None = None
+        self.error: FelixError | None = None
+
+
+class Connection:
+    """A connected, handshaken Felix connection. Create it with :meth:`open`.
+
+    Attributes:
+        welcome: the broker's ``Welcomed`` event (server id, limits ...).
+        closed_error: why the connection ended, once it has (``None`` while it is up).
+    """
+
+    def __init__(self, transport: QuicTransport, machine: ClientConnection, timeout: float):
+        self.transport = transport
+        self.machine = machine
+        self.timeout = timeout
+        self.welcome: ev.Welcomed | None = None
+        self.goaway: ev.GoAwayReceived | None = None
+        self.closed_error: FelixError | None = None
+        self._welcomed = anyio.Event()
+        self._waiters: dict[int, _Waiter] = {}
+        self._feeds: dict[tuple[str, int], MemoryObjectSendStream[FeedItem]] = {}
+        self._early: dict[tuple[str, int], list[FeedItem]] = {}
+        self._lost_reason: str | None = None
+        self._cache_streams: list[int] = []
+        self._next_cache = 0
+
+    # --------------------------------------------------------------------- lifecycle
+
+    @classmethod
+    async def open(
+        cls,
+        task_group: anyio.abc.TaskGroup,
+        host: str,
+        port: int,
+        *,
+        options: TransportOptions,
+        token: str | None,
+        client_name: str,
+        timeout: float,
+    ) -> Connection:
+        """Connect, run the transport in ``task_group`` and complete both handshakes.
+
+        Raises:
+            ConnectionLost: the broker is unreachable, TLS failed, or the connection closed.
+            RequestTimeout: the handshakes did not complete within ``timeout``.
+            FelixError: the broker refused the ``Hello`` (``Unauthenticated`` ...).
+        """
+        try:
+            transport = await QuicTransport.connect(host, port, options)
+        except OSError as exc:
+            raise ConnectionLost(f"cannot reach {host}:{port}: {exc}") from None
+        machine = ClientConnection(
+            token=token, client_name=client_name, default_timeout=timeout, auto_credit=None
+        )
+        conn = cls(transport, machine, timeout)
+        task_group.start_soon(transport.run, conn)
+        try:
+            with anyio.fail_after(timeout):
+                try:
+                    await transport.wait_handshake()
+                except ConnectionError as exc:
+                    raise ConnectionLost(f"cannot connect to {host}:{port}: {exc}") from None
+                machine.connect(now=anyio.current_time(), timeout=timeout)
+                await transport.flush()
+                await conn._welcomed.wait()
+        except TimeoutError:
+            await transport.aclose()
+            raise RequestTimeout(f"no answer from {host}:{port} within {timeout:g}s") from None
+        except BaseException:
+            await transport.aclose()
+            raise
+        if conn.closed_error is not None:
+            await transport.aclose()
+            raise conn.closed_error
+        return conn
+
+    @property
+    def is_open(self) -> bool:
+        """True while requests can be made."""
+        return self.closed_error is None and self.goaway is None
+
+    async def aclose(self) -> None:
+        """Close the connection (pending requests fail with ``ConnectionLost``)."""
+        if self.closed_error is None:
+            with contextlib.suppress(LocalProtocolError):
+                self.machine.close(0, "client closed")
+            await self.transport.flush()
+        await self.transport.aclose()
+
+    # ------------------------------------------------------------------- requests
+
+    async def request(
+        self, call: Callable[[ClientConnection, float], int], timeout: float | None = None
+    ) -> ev.Event:
+        """Make one request and wait for its reply.
+
+        Args:
+            call: ``(machine, now) -> request_id``; queues the request in the machine.
+            timeout: seconds to wait (the connection's default when None).
+
+        Returns:
+            The reply event (``PublishAcked``, ``CacheValueReceived`` ...).
+
+        Raises:
+            FelixError: the typed error the broker returned, ``RequestTimeout`` or
+                ``ConnectionLost``.
+        """
+        rid = self.start(call)
+        return await self.wait(rid, timeout)
+
+    def start(self, call: Callable[[ClientConnection, float], int]) -> int:
+        """Queue a request and register its waiter; :meth:`wait` for it after a flush."""
+        self._check_open()
+        try:
+            rid = call(self.machine, anyio.current_time())
+        except LocalProtocolError as exc:
+            self._check_open()
+            raise UnexpectedMessage(str(exc)) from None
+        self._waiters[rid] = _Waiter()
+        return rid
+
+    async def wait(self, rid: int, timeout: float | None = None) -> ev.Event:
+        """Flush, then wait for the reply to request ``rid``."""
+        waiter = self._waiters[rid]
+        try:
+            await self.transport.flush()
+            limit = self.timeout if timeout is None else timeout
+            with anyio.move_on_after(limit + 1.0):  # the machine times out first, normally
+                await waiter.done.wait()
+        finally:
+            self._waiters.pop(rid, None)
+        if waiter.error is not None:
+            raise waiter.error
+        if waiter.reply is None:
+            raise RequestTimeout(f"no reply within {limit:g}s")
+        return waiter.reply
+
+    async def send(self, call: Callable[[ClientConnection, float], object]) -> None:
+        """Queue a message that expects no reply (credit, ack without id) and flush."""
+        self._check_open()
+        try:
+            call(self.machine, anyio.current_time())
+        except LocalProtocolError as exc:
+            raise UnexpectedMessage(str(exc)) from None
+        await self.transport.flush()
+
+    def cache_stream(self, streams: int) -> int | None:
+        """A request stream for the next cache request: round-robin over ``streams`` of
+        them (opened on first use), so concurrent requests do not queue behind each other."""
+        if streams <= 1:
+            return None
+        if len(self._cache_streams) < streams:
+            try:
+                self._cache_streams.append(self.machine.open_request_stream())
+            except LocalProtocolError:
+                return None
+            return self._cache_streams[-1]
+        self._next_cache = (self._next_cache + 1) % streams
+        return self._cache_streams[self._next_cache]
+
+    def feed(self, kind: str, ident: int) -> MemoryObjectReceiveStream[FeedItem]:
+        """Open the inbox of subscription (``kind="sub"``) or consumer (``"con"``) ``ident``.
+
+        Items that arrived before the inbox existed are replayed into it first.
+        """
+        send, receive = anyio.create_memory_object_stream[FeedItem](math.inf)
+        for item in self._early.pop((kind, ident), []):
+            send.send_nowait(item)
+        if self.closed_error is not None:
+            send.close()
+        else:
+            self._feeds[(kind, ident)] = send
+        return receive
+
+    def forget_feed(self, kind: str, ident: int) -> None:
+        """Drop an inbox (its owner stopped reading)."""
+        send = self._feeds.pop((kind, ident), None)
+        if send is not None:
+            send.close()
+        self._early.pop((kind, ident), None)
+
+    def _check_open(self) -> None:
+        if self.closed_error is not None:
+            raise type(self.closed_error)(
+                self.closed_error.message, details=self.closed_error.details
+            )
+        if self.goaway is not None:
+            raise ShuttingDown(f"broker is shutting down: {self.goaway.reason}")
+
+    # ------------------------------------------------ QuicHandler (the loop task)
+
+    def quic_event(self, event: quic_events.QuicEvent, now: float) -> None:
+        """Feed one QUIC event to the machine and dispatch what it produces."""
+        if isinstance(event, quic_events.StreamDataReceived):
+            self.machine.stream_data_received(event.stream_id, event.data, event.end_stream)
+        elif isinstance(event, quic_events.StreamReset | quic_events.StopSendingReceived):
+            self.machine.stream_reset(event.stream_id, event.error_code)
+        elif isinstance(event, quic_events.ConnectionTerminated):
+            phrase = event.reason_phrase or f"QUIC error {event.error_code}"
+            self._lost_reason = self._lost_reason or f"connection closed by broker: {phrase}"
+            self.machine.connection_lost()
+        self._dispatch()
+
+    def pump(self, now: float) -> None:
+        """Move the machine's writes into QUIC."""
+        quic = self.transport.quic
+        for stream_id, data, end_stream in self.machine.data_to_send():
+            quic.send_stream_data(stream_id, data, end_stream)
+        self._dispatch()
+
+    def get_timer(self) -> float | None:
+        """The machine's earliest deadline."""
+        return self.machine.get_timer()
+
+    def handle_timer(self, now: float) -> None:
+        """Fire the machine's due timers (request timeouts, pings)."""
+        timer = self.machine.get_timer()
+        if timer is not None and timer <= now:
+            self.machine.handle_timer(now)
+            self._dispatch()
+
+    def transport_closed(self, reason: str) -> None:
+        """The QUIC connection is gone: tell the machine, fail everything still pending."""
+        if self.closed_error is None:
+            self._lost_reason = self._lost_reason or reason
+            self.machine.connection_lost()
+            self._dispatch()
+        self._terminate(ConnectionLost(reason))
+
+    # ---------------------------------------------------------------- dispatch
+
+    def _dispatch(self) -> None:
+        while (event := self.machine.next_event()) is not None:
+            self._dispatch_one(event)
+
+    def _dispatch_one(self, event: ev.Event) -> None:
+        if isinstance(event, _REPLY_EVENTS):
+            self._resolve(event.request_id, reply=event)
+        elif isinstance(event, ev.EventsReceived | ev.GapReported | ev.SubscriptionEnded):
+            self._to_feed("sub", event.subscription_id, event)
+        elif isinstance(event, ev.DeliveryReceived | ev.ConsumerEnded):
+            self._to_feed("con", event.consumer_id, event)
+        elif isinstance(event, ev.RequestFailed):
+            failure = error_from_code(
+                event.code, event.message, retryable=event.retryable, details=event.details
+            )
+            self._resolve(event.request_id, error=failure)
+        elif isinstance(event, ev.RequestTimedOut):
+            self._resolve(event.request_id, error=RequestTimeout("no reply before the deadline"))
+        elif isinstance(event, ev.Welcomed):
+            self.welcome = event
+            self._welcomed.set()
+        elif isinstance(event, ev.GoAwayReceived):
+            self.goaway = event
+        elif isinstance(event, ev.CloseRequested):
+            self.transport.quic.close(error_code=event.error_code, reason_phrase=event.reason)
+        elif isinstance(event, ev.ConnectionTerminated):
+            if event.error_code in (0, ErrorCode.CONNECTION_LOST):
+                reason = self._lost_reason or event.reason or "connection closed"
+                error: FelixError = ConnectionLost(reason)
+            else:
+                error = error_from_code(event.error_code, event.reason, details=event.details)
+            self._terminate(error)
+        # PongReceived, ErrorReceived and ProtocolViolation need nothing here.
+
+    def _resolve(
+        self, rid: int, *, reply: ev.Event | None = None, error: FelixError | None = None
+    ) -> None:
+        waiter = self._waiters.get(rid)
+        if waiter is None:
+            return  # fire-and-forget request, or the caller gave up
+        waiter.reply, waiter.error = reply, error
+        waiter.done.set()
+
+    def _to_feed(self, kind: str, ident: int, item: Any) -> None:
+        send = self._feeds.get((kind, ident))
+        if send is None:
+            self._early.setdefault((kind, ident), []).append(item)
+            return
+        send.send_nowait(item)
+        if isinstance(item, ev.SubscriptionEnded | ev.ConsumerEnded):
+            send.close()
+            del self._feeds[(kind, ident)]
+
+    def _terminate(self, error: FelixError) -> None:
+        if self.closed_error is None:
+            self.closed_error = error
+        self._welcomed.set()
+        for waiter in self._waiters.values():
+            if not waiter.done.is_set():
+                waiter.error = self.closed_error
+                waiter.done.set()
+        for send in self._feeds.values():
+            send.close()
+        self._feeds.clear()

@@ -1,0 +1,562 @@
+"""Long-lived client objects: the batching :class:`Publisher`, the :class:`Subscription`
+and :class:`Consumer` async iterators, and :class:`QueueMessage`.
+
+They talk to the broker only through a small :class:`Backend` interface that
+:class:`~felix_client.client.Client` implements, so they can be tested against fakes and
+know nothing of the machine's method names.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Protocol
+
+import anyio
+import anyio.abc
+from anyio.streams.memory import MemoryObjectReceiveStream
+
+from felix_proto import events as ev
+from felix_proto.messages import AckMode, EndReason
+
+from .errors import (
+    ConnectionLost,
+    CursorTooOld,
+    FelixError,
+    InternalError,
+    NotFound,
+    Overloaded,
+    ShuttingDown,
+)
+from .types import Event, PublishResult, Start
+
+__all__ = ["Backend", "Consumer", "Publisher", "QueueMessage", "Record", "Subscription"]
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One record waiting in a publisher's batch."""
+
+    payload: bytes
+    key: bytes | None = None
+    headers: dict[str, bytes] | None = None
+
+    @property
+    def size(self) -> int:
+        """Bytes counted against batch and in-flight limits."""
+        extra = len(self.key) if self.key else 0
+        if self.headers:
+            extra += sum(len(k) + len(v) for k, v in self.headers.items())
+        return len(self.payload) + extra
+
+
+SendBatch = Callable[[Sequence[Record], AckMode], Awaitable[PublishResult | None]]
+"""Sends one batch and returns its offsets (None for ``AckMode.NONE``)."""
+
+
+class Backend(Protocol):
+    """What subscriptions and consumers need from the client (one connection each)."""
+
+    async def open_feed(
+        self, kind: str, spec: dict[str, Any]
+    ) -> tuple[object, ev.Event, MemoryObjectReceiveStream[object]]:
+        """Subscribe or consume; returns (connection, started event, inbox)."""
+        ...
+
+    async def credit(self, conn: object, sub_id: int, messages: int, nbytes: int) -> None:
+        """Grant more credit on a subscription."""
+        ...
+
+    async def close_feed(self, conn: object, kind: str, ident: int) -> None:
+        """Unsubscribe or cancel a consumer (best effort)."""
+        ...
+
+    async def settle(
+        self, conn: object, consumer_id: int, delivery_id: int, ack: bool, delay: float
+    ) -> None:
+        """Ack or nack one delivery."""
+        ...
+
+    @property
+    def reconnect(self) -> bool:
+        """Whether feeds resume after a connection loss."""
+        ...
+
+
+# ------------------------------------------------------------------------- publisher
+
+
+class Publisher:
+    """Batches records for one stream, with bounded in-flight bytes.
+
+    Use it as an async context manager; leaving the block flushes and waits for every ack::
+
+        async with client.publisher("orders", max_in_flight_bytes=4 << 20) as pub:
+            for line in lines:
+                await pub.publish(line)
+
+    A batch is sent when it reaches ``max_batch_records`` or ``max_batch_bytes``, or
+    ``linger`` seconds after its first record. ``publish`` waits while more than
+    ``max_in_flight_bytes`` are sent but not yet acknowledged. The first failed batch's error
+    is raised by the next ``publish``, ``flush`` or the block's exit.
+    """
+
+    def __init__(
+        self,
+        send_batch: SendBatch,
+        *,
+        ack: AckMode = AckMode.ACCEPTED,
+        max_batch_records: int = 512,
+        max_batch_bytes: int = 256 * 1024,
+        max_in_flight_bytes: int = 8 << 20,
+        linger: float = 0.002,
+    ) -> None:
+        if max_batch_records < 1 or max_batch_bytes < 1 or max_in_flight_bytes < 1:
+            raise ValueError("publisher limits must be positive")
+        self._send_batch = send_batch
+        self.ack = AckMode(ack)
+        self.max_batch_records = max_batch_records
+        self.max_batch_bytes = max_batch_bytes
+        self.max_in_flight_bytes = max_in_flight_bytes
+        self.linger = linger
+        self._batch: list[Record] = []
+        self._batch_bytes = 0
+        self._in_flight = 0
+        self._room = anyio.Event()
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._linger_scope: anyio.CancelScope | None = None
+        self._error: FelixError | None = None
+        self.sent_records = 0
+        """Records handed to the broker."""
+        self.acked_records = 0
+        """Records acknowledged (equal to ``sent_records`` under ``AckMode.NONE``)."""
+        self.last_offset: int | None = None
+        """Last offset acknowledged so far."""
+        self.peak_in_flight_bytes = 0
+        """Largest in-flight byte count observed (for tests and tuning)."""
+
+    @property
+    def in_flight_bytes(self) -> int:
+        """Bytes sent and not yet acknowledged."""
+        return self._in_flight
+
+    async def __aenter__(self) -> Publisher:
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        assert self._tg is not None
+        try:
+            if exc is None:
+                await self.flush()
+            else:
+                self._tg.cancel_scope.cancel()
+        finally:
+            tg, self._tg = self._tg, None
+            await tg.__aexit__(exc_type, exc, tb)
+        return None
+
+    async def publish(
+        self, payload: bytes, *, key: bytes | None = None, headers: dict[str, bytes] | None = None
+    ) -> None:
+        """Queue one record; send the batch if it is full.
+
+        Raises:
+            FelixError: an earlier batch failed.
+            RuntimeError: the publisher is not entered (``async with``).
+        """
+        self._raise_pending()
+        if self._tg is None:
+            raise RuntimeError("use the publisher as 'async with client.publisher(...)'")
+        record = Record(payload, key, headers)
+        if self._batch and self._batch_bytes + record.size > self.max_batch_bytes:
+            await self._send_current()
+        self._batch.append(record)
+        self._batch_bytes += record.size
+        if len(self._batch) >= self.max_batch_records or self._batch_bytes >= self.max_batch_bytes:
+            await self._send_current()
+        elif len(self._batch) == 1 and self.linger > 0:
+            self._tg.start_soon(self._linger_then_send)
+
+    async def flush(self) -> None:
+        """Send the partial batch and wait until every batch is acknowledged.
+
+        Raises:
+            FelixError: a batch failed.
+        """
+        if self._batch:
+            await self._send_current()
+        while self._in_flight > 0:
+            await self._room.wait()
+        self._raise_pending()
+
+    async def _linger_then_send(self) -> None:
+        if self._linger_scope is not None:
+            return
+        with anyio.CancelScope() as scope:
+            self._linger_scope = scope
+            await anyio.sleep(self.linger)
+            self._linger_scope = None
+            if self._batch:
+                await self._send_current()
+        self._linger_scope = None
+
+    async def _send_current(self) -> None:
+        if self._linger_scope is not None:
+            self._linger_scope.cancel()
+            self._linger_scope = None
+        batch, size = self._batch, self._batch_bytes
+        self._batch, self._batch_bytes = [], 0
+        if not batch:
+            return
+        while self._in_flight > 0 and self._in_flight + size > self.max_in_flight_bytes:
+            await self._room.wait()
+            self._raise_pending()
+        self._in_flight += size
+        self.peak_in_flight_bytes = max(self.peak_in_flight_bytes, self._in_flight)
+        self.sent_records += len(batch)
+        assert self._tg is not None
+        self._tg.start_soon(self._await_ack, batch, size)
+        await anyio.lowlevel.checkpoint()
+
+    async def _await_ack(self, batch: list[Record], size: int) -> None:
+        try:
+            result = await self._send_batch(batch, self.ack)
+        except FelixError as exc:
+            if self._error is None:
+                self._error = exc
+        else:
+            self.acked_records += len(batch)
+            if result is not None:
+                self.last_offset = result.last_offset
+        finally:
+            self._in_flight -= size
+            self._room.set()
+            self._room = anyio.Event()
+
+    def _raise_pending(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+
+# ---------------------------------------------------------------------- subscription
+
+
+_END_ERRORS: dict[str, type[FelixError]] = {
+    EndReason.LAGGED: Overloaded,
+    EndReason.DELETED: NotFound,
+    EndReason.TOO_OLD: CursorTooOld,
+    EndReason.SHUTDOWN: ShuttingDown,
+    EndReason.ERROR: InternalError,
+}
+
+
+class Subscription:
+    """An async iterator of :class:`~felix_client.types.Event` from one stream (or cache
+    change feed). Create it with :meth:`Client.subscribe`; use ``async with`` so it is
+    closed, and ``async for`` to read::
+
+        async with client.subscribe("orders", start="earliest") as sub:
+            async for event in sub:
+                print(event.offset, event.payload)
+
+    Credit: the broker may run ``credit_messages`` records / ``credit_bytes`` bytes ahead of
+    the reader; credit is returned as records are read, so a slow reader slows the feed.
+    Gaps (records skipped by the broker) are counted in :attr:`missed` and flagged on the
+    next event's ``gap_before``. The iteration ends when the subscription is closed; other
+    ends raise the matching :class:`~felix_client.errors.FelixError`. With ``reconnect``
+    on, a lost connection or a broker shutdown resumes from :attr:`next_offset`.
+    """
+
+    def __init__(self, backend: Backend, spec: dict[str, Any], start: Start) -> None:
+        self._backend = backend
+        self._spec = spec
+        self._start = start
+        self._credit_messages = int(spec["credit_messages"])
+        self._credit_bytes = int(spec["credit_bytes"])
+        self._conn: object | None = None
+        self._inbox: MemoryObjectReceiveStream[object] | None = None
+        self._pending: deque[Event] = deque()
+        self._used_messages = 0
+        self._used_bytes = 0
+        self._gap = 0
+        self._closed = False
+        self.subscription_id: int | None = None
+        """The broker's id for the current subscription."""
+        self.first_offset: int | None = None
+        """The first offset the (latest) subscription delivers."""
+        self.next_offset: int | None = None
+        """The offset after the last record read (where a resume continues)."""
+        self.missed = 0
+        """Records the broker skipped over the life of this object."""
+        self.end_reason: str | None = None
+        """Why the subscription ended, once it has."""
+        self.resumes = 0
+        """How many times the subscription was resumed after a connection loss."""
+
+    async def __aenter__(self) -> Subscription:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def open(self) -> None:
+        """Subscribe now (``async with`` and the first ``async for`` step do it for you).
+
+        Raises:
+            FelixError: the broker refused (``NotFound``, ``CursorTooOld`` ...).
+        """
+        if self._inbox is not None:
+            return
+        conn, started, inbox = await self._backend.open_feed(
+            "sub", self._spec | {"start": self._start}
+        )
+        assert isinstance(started, ev.SubscriptionStarted)
+        self._conn, self._inbox = conn, inbox
+        self.subscription_id = started.subscription_id
+        self.first_offset = started.first_offset
+        if self.next_offset is None:
+            self.next_offset = started.first_offset
+        self._used_messages = self._used_bytes = 0
+
+    async def close(self) -> None:
+        """Unsubscribe (best effort) and stop the iteration."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._inbox is not None and self.subscription_id is not None:
+            with anyio.CancelScope(shield=True):
+                await self._backend.close_feed(self._conn, "sub", self.subscription_id)
+        self.end_reason = self.end_reason or EndReason.UNSUBSCRIBED
+
+    async def __anext__(self) -> Event:
+        """Return the next record, waiting for it.
+
+        Raises:
+            StopAsyncIteration: the subscription was closed.
+            FelixError: it ended for another reason, or the connection was lost.
+        """
+        while True:
+            if self._pending:
+                event = self._pending.popleft()
+                self.next_offset = event.offset + 1
+                await self._account(len(event.payload))
+                return event
+            if self._closed:
+                raise StopAsyncIteration
+            if self._inbox is None:
+                await self.open()
+            assert self._inbox is not None
+            try:
+                item = await self._inbox.receive()
+            except (anyio.EndOfStream, anyio.ClosedResourceError):
+                if self._closed:
+                    raise StopAsyncIteration from None
+                await self._lost(ConnectionLost("connection lost during subscription"))
+                continue
+            self._take(item)
+            if isinstance(item, ev.SubscriptionEnded):
+                await self._ended(item)
+
+    def _take(self, item: object) -> None:
+        if isinstance(item, ev.EventsReceived):
+            b = item.batch
+            n = len(b.payloads)
+            ts = b.timestamps_ms or [0] * n
+            keys = b.keys or [None] * n
+            headers = b.headers or [None] * n
+            for i in range(n):
+                self._pending.append(
+                    Event(b.base_offset + i, b.payloads[i], ts[i], keys[i], headers[i], self._gap)
+                )
+                self._gap = 0
+        elif isinstance(item, ev.GapReported):
+            self.missed += item.missed
+            self._gap += item.missed
+            self.next_offset = item.next_offset
+
+    async def _ended(self, item: ev.SubscriptionEnded) -> None:
+        self.end_reason = item.reason
+        if item.next_offset is not None and not self._pending:
+            self.next_offset = item.next_offset
+        if item.reason == EndReason.UNSUBSCRIBED or self._closed:
+            self._closed = True
+            return
+        cls = _END_ERRORS.get(item.reason, InternalError)
+        await self._lost(cls(item.message or f"subscription ended: {item.reason}"))
+
+    async def _lost(self, error: FelixError) -> None:
+        if not (self._backend.reconnect and isinstance(error, ConnectionLost | ShuttingDown)):
+            self._closed = True
+            self._inbox = None
+            raise error
+        # Resume after the last record handed out (records still pending are kept).
+        if self._pending:
+            resume_at = self._pending[-1].offset + 1
+        else:
+            resume_at = self.next_offset if self.next_offset is not None else 0
+        self._start = Start.offset(resume_at)
+        self._inbox = None
+        self.resumes += 1
+        await self.open()
+
+    async def _account(self, nbytes: int) -> None:
+        self._used_messages += 1
+        self._used_bytes += nbytes
+        if (
+            self._used_messages * 2 >= self._credit_messages
+            or self._used_bytes * 2 >= self._credit_bytes
+        ) and self.subscription_id is not None:
+            messages, nbytes, self._used_messages, self._used_bytes = (
+                self._used_messages,
+                self._used_bytes,
+                0,
+                0,
+            )
+            with contextlib.suppress(FelixError):  # a loss shows up on the next read
+                await self._backend.credit(self._conn, self.subscription_id, messages, nbytes)
+
+
+# ---------------------------------------------------------------------------- queues
+
+
+class QueueMessage:
+    """A message delivered to a queue consumer. Settle it with :meth:`ack` or :meth:`nack`."""
+
+    __slots__ = (
+        "_backend", "_conn", "attempt", "consumer_id", "delivery_id", "headers", "key",
+        "offset", "payload", "settled", "timestamp_ms",
+    )  # fmt: skip
+
+    def __init__(self, backend: Backend, conn: object, consumer_id: int, d: ev.DeliveryReceived):
+        self._backend = backend
+        self._conn = conn
+        self.consumer_id = consumer_id
+        self.delivery_id: int = d.delivery.delivery_id
+        self.attempt: int = d.delivery.attempt
+        """1 for the first delivery, one more per redelivery."""
+        self.offset: int = d.delivery.offset
+        self.payload: bytes = d.delivery.payload
+        self.timestamp_ms: int = d.delivery.timestamp_ms
+        self.key: bytes | None = d.delivery.key
+        self.headers: dict[str, bytes] | None = d.delivery.headers
+        self.settled = False
+
+    def __repr__(self) -> str:
+        return (
+            f"QueueMessage(offset={self.offset}, attempt={self.attempt}, "
+            f"payload={self.payload[:40]!r})"
+        )
+
+    async def ack(self) -> None:
+        """Finish the message: it will not be delivered again.
+
+        Raises:
+            FelixError: the broker refused (``NotFound`` for an unknown delivery) or the
+                connection is gone (the broker will redeliver).
+        """
+        await self._backend.settle(self._conn, self.consumer_id, self.delivery_id, True, 0.0)
+        self.settled = True
+
+    async def nack(self, delay: float = 0.0) -> None:
+        """Return the message for redelivery, after ``delay`` seconds.
+
+        Raises:
+            FelixError: as for :meth:`ack`.
+        """
+        await self._backend.settle(self._conn, self.consumer_id, self.delivery_id, False, delay)
+        self.settled = True
+
+
+class Consumer:
+    """An async iterator of :class:`QueueMessage` from one queue's consumer group::
+
+        async with client.consume("jobs", group="workers", prefetch=16) as consumer:
+            async for msg in consumer:
+                handle(msg.payload)
+                await msg.ack()
+
+    The broker holds at most ``prefetch`` unsettled deliveries for this consumer. Closing
+    returns unsettled ones for redelivery.
+    """
+
+    def __init__(self, backend: Backend, spec: dict[str, Any]) -> None:
+        self._backend = backend
+        self._spec = spec
+        self._conn: object | None = None
+        self._inbox: MemoryObjectReceiveStream[object] | None = None
+        self._closed = False
+        self.consumer_id: int | None = None
+        self.end_reason: str | None = None
+
+    async def __aenter__(self) -> Consumer:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def __aiter__(self) -> Consumer:
+        return self
+
+    async def open(self) -> None:
+        """Join the group now (``async with`` does it for you)."""
+        if self._inbox is not None:
+            return
+        conn, started, inbox = await self._backend.open_feed("con", self._spec)
+        assert isinstance(started, ev.ConsumerStarted)
+        self._conn, self._inbox, self.consumer_id = conn, inbox, started.consumer_id
+
+    async def close(self) -> None:
+        """Leave the group (best effort); unsettled deliveries go back to the queue."""
+        if self._closed:
+            return
+        self._closed = True
+        if self.consumer_id is not None:
+            with anyio.CancelScope(shield=True):
+                await self._backend.close_feed(self._conn, "con", self.consumer_id)
+
+    async def __anext__(self) -> QueueMessage:
+        """Return the next delivery, waiting for it.
+
+        Raises:
+            StopAsyncIteration: the consumer was closed.
+            FelixError: the consumer ended for another reason or the connection was lost.
+        """
+        while True:
+            if self._closed:
+                raise StopAsyncIteration
+            if self._inbox is None:
+                await self.open()
+            assert self._inbox is not None and self.consumer_id is not None
+            try:
+                item = await self._inbox.receive()
+            except (anyio.EndOfStream, anyio.ClosedResourceError):
+                if self._closed:
+                    raise StopAsyncIteration from None
+                if self._backend.reconnect:
+                    self._inbox = None  # unsettled deliveries are redelivered by the broker
+                    continue
+                raise ConnectionLost("connection lost while consuming") from None
+            if isinstance(item, ev.DeliveryReceived):
+                return QueueMessage(self._backend, self._conn, self.consumer_id, item)
+            if isinstance(item, ev.ConsumerEnded):
+                self.end_reason = item.reason
+                if item.reason == EndReason.UNSUBSCRIBED or self._closed:
+                    self._closed = True
+                    raise StopAsyncIteration
+                cls = _END_ERRORS.get(item.reason, InternalError)
+                raise cls(item.message or f"consumer ended: {item.reason}")

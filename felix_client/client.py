@@ -1,0 +1,747 @@
+"""The async Felix client, for asyncio and trio applications (built on anyio).
+
+::
+
+    import felix_client
+
+    async with felix_client.connect("quic://127.0.0.1:7447", ca_file="cert.pem") as client:
+        await client.publish("orders", b"hello")
+        async with client.subscribe("orders", start="earliest") as sub:
+            async for event in sub:
+                ...
+
+A :class:`Client` owns one or more connections (``pool_size``) and the task group that
+runs their transports, so it must be used as an async context manager. Every request is
+bounded by ``timeout`` seconds (per call ``timeout=`` overrides it). With ``reconnect=True``
+a lost connection is re-established on the next request, and subscriptions resume from the
+last offset they handed out. Cache requests are spread over the pool's connections and,
+inside each, over several request streams, so concurrent gets do not wait on each other.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any
+
+import anyio
+import anyio.abc
+from anyio.streams.memory import MemoryObjectReceiveStream
+
+from felix_proto import events as ev
+from felix_proto import messages as msgs
+from felix_proto.client import ClientConnection
+from felix_proto.messages import AckMode, ResourceKind, SourceKind
+
+from ._connection import Connection
+from ._streams import Consumer, Publisher, Record, Subscription
+from ._transport import TransportOptions
+from ._url import DEFAULT_URL, BrokerAddress, parse_url
+from .errors import Conflict, ConnectionLost, FelixError
+from .types import CacheEntry, PublishResult, Start, StartLike
+
+__all__ = ["Admin", "Cache", "Client", "connect"]
+
+_MS = 1000.0
+
+
+def _ms(seconds: float | None) -> int | None:
+    return None if seconds is None else round(seconds * _MS)
+
+
+class Client:
+    """A connection (or a small pool of them) to one Felix broker.
+
+    Args:
+        url: ``quic://host:port`` (``DEFAULT_URL`` when omitted).
+        ca_file: PEM file of certificates to trust (the broker prints the path of its
+            self-signed certificate at start).
+        insecure: skip certificate verification (development only).
+        server_name: TLS server name, when it differs from the URL's host.
+        token: bearer token for the handshake.
+        tenant, namespace: defaults for every call (each call may override them).
+        timeout: seconds every request (and the connect) may take.
+        reconnect: re-establish lost connections and resume subscriptions.
+        pool_size: how many QUIC connections to open (cache and publish requests are
+            spread over them).
+        request_streams: request streams per connection that concurrent requests use.
+        client_name: sent in ``Hello`` for the broker's logs.
+        max_datagram_size: QUIC datagram size (1452 suits loopback and most LANs).
+
+    Raises:
+        ValueError: the URL is malformed or an argument is out of range.
+    """
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        *,
+        ca_file: str | None = None,
+        insecure: bool = False,
+        server_name: str | None = None,
+        token: str | None = None,
+        tenant: str = "default",
+        namespace: str = "default",
+        timeout: float = 10.0,
+        reconnect: bool = False,
+        pool_size: int = 1,
+        request_streams: int = 4,
+        client_name: str = "felix-python",
+        max_datagram_size: int = 1452,
+    ) -> None:
+        if pool_size < 1 or request_streams < 1:
+            raise ValueError("pool_size and request_streams must be at least 1")
+        if timeout <= 0:
+            raise ValueError("timeout must be positive")
+        self.address: BrokerAddress = parse_url(url)
+        self.tenant = tenant
+        self.namespace = namespace
+        self.timeout = timeout
+        self._reconnect = reconnect
+        self.pool_size = pool_size
+        self.request_streams = request_streams
+        self._token = token
+        self._client_name = client_name
+        self._options = TransportOptions(
+            ca_file=ca_file, insecure=insecure, server_name=server_name,
+            max_datagram_size=max_datagram_size,
+        )  # fmt: skip
+        self._conns: list[Connection | None] = [None] * pool_size
+        self._locks = [anyio.Lock() for _ in range(pool_size)]
+        self._rr = itertools.count()
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._closed = False
+        self.admin = Admin(self)
+        """Administrative calls (create, describe, list, update, delete)."""
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self) -> Client:
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        try:
+            for i in range(self.pool_size):
+                await self._connection(i)
+        except BaseException as exc:
+            await self.aclose()
+            tg, self._tg = self._tg, None
+            await tg.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        await self.aclose()
+        tg, self._tg = self._tg, None
+        if tg is not None:
+            tg.cancel_scope.cancel()
+            return await tg.__aexit__(exc_type, exc, tb)
+        return None
+
+    async def aclose(self) -> None:
+        """Close every connection (pending requests fail with ``ConnectionLost``)."""
+        self._closed = True
+        with anyio.CancelScope(shield=True):
+            for conn in self._conns:
+                if conn is not None:
+                    await conn.aclose()
+
+    @property
+    def reconnect(self) -> bool:
+        """Whether lost connections are re-established (and subscriptions resumed)."""
+        return self._reconnect
+
+    @property
+    def server_id(self) -> str | None:
+        """The id of the broker the first connection talks to."""
+        conn = self._conns[0]
+        return conn.welcome.server_id if conn is not None and conn.welcome else None
+
+    async def _connection(self, index: int | None = None) -> Connection:
+        """An open connection: slot ``index`` or the next one round-robin."""
+        i = next(self._rr) % self.pool_size if index is None else index
+        conn = self._conns[i]
+        if conn is not None and conn.is_open:
+            return conn
+        if self._tg is None or self._closed:
+            raise ConnectionLost("the client is not open (use 'async with')")
+        async with self._locks[i]:
+            conn = self._conns[i]
+            if conn is not None and conn.is_open:
+                return conn
+            if conn is not None and not self._reconnect:
+                assert conn.closed_error is not None or conn.goaway is not None
+                raise conn.closed_error or ConnectionLost("broker is going away")
+            if conn is not None:
+                await conn.aclose()
+            self._conns[i] = conn = await self._open_with_retry()
+            return conn
+
+    async def _open_with_retry(self) -> Connection:
+        assert self._tg is not None
+        delay, attempts = 0.1, 8 if self._reconnect and any(self._conns) else 1
+        for attempt in range(attempts):
+            try:
+                return await Connection.open(
+                    self._tg, self.address.host, self.address.port, options=self._options,
+                    token=self._token, client_name=self._client_name, timeout=self.timeout,
+                )  # fmt: skip
+            except FelixError as exc:
+                if attempt + 1 >= attempts or not exc.retryable:
+                    raise
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        raise AssertionError("unreachable")
+
+    def _path(self, tenant: str | None, namespace: str | None) -> tuple[str, str]:
+        return (tenant or self.tenant, namespace or self.namespace)
+
+    async def _call(self, call: Any, timeout: float | None = None) -> ev.Event:
+        conn = await self._connection()
+        return await conn.request(call, timeout)
+
+    # ---------------------------------------------------------------- publish
+
+    async def publish(
+        self,
+        stream: str,
+        payload: bytes | str,
+        *,
+        key: bytes | None = None,
+        headers: dict[str, bytes] | None = None,
+        ack: AckMode = AckMode.ACCEPTED,
+        tenant: str | None = None,
+        namespace: str | None = None,
+        timeout: float | None = None,
+    ) -> PublishResult | None:
+        """Append one record to a stream.
+
+        Returns:
+            The record's offset range (None under ``AckMode.NONE``).
+
+        Raises:
+            FelixError: ``NotFound`` (no such stream), ``TooLarge``, ``RequestTimeout`` ...
+        """
+        return await self.publish_batch(
+            stream, [payload], keys=None if key is None else [key],
+            headers=None if headers is None else [headers], ack=ack, tenant=tenant,
+            namespace=namespace, timeout=timeout,
+        )  # fmt: skip
+
+    async def publish_batch(
+        self,
+        stream: str,
+        payloads: Sequence[bytes | str],
+        *,
+        keys: Sequence[bytes | None] | None = None,
+        headers: Sequence[dict[str, bytes] | None] | None = None,
+        ack: AckMode = AckMode.ACCEPTED,
+        tenant: str | None = None,
+        namespace: str | None = None,
+        timeout: float | None = None,
+    ) -> PublishResult | None:
+        """Append records atomically; they get consecutive offsets.
+
+        Returns:
+            The batch's offset range (None under ``AckMode.NONE``).
+        """
+        t, n = self._path(tenant, namespace)
+        data = [p.encode() if isinstance(p, str) else bytes(p) for p in payloads]
+        kl = list(keys) if keys is not None else None
+        hl = list(headers) if headers is not None else None
+        if len(data) == 1:
+
+            def call(m: ClientConnection, now: float) -> int:
+                return m.publish(
+                    tenant=t, namespace=n, stream=stream, payload=data[0],
+                    key=kl[0] if kl else None, headers=hl[0] if hl else None, ack=ack,
+                    now=now, timeout=timeout or self.timeout,
+                )  # fmt: skip
+        else:
+
+            def call(m: ClientConnection, now: float) -> int:
+                return m.publish_batch(
+                    tenant=t, namespace=n, stream=stream, payloads=data, keys=kl, headers=hl,
+                    ack=ack, now=now, timeout=timeout or self.timeout,
+                )  # fmt: skip
+
+        conn = await self._connection()
+        if ack == AckMode.NONE:
+            await conn.send(call)
+            return None
+        reply = await conn.request(call, timeout)
+        assert isinstance(reply, ev.PublishAcked)
+        return PublishResult(reply.first_offset, reply.last_offset)
+
+    def publisher(
+        self,
+        stream: str,
+        *,
+        ack: AckMode = AckMode.ACCEPTED,
+        max_batch_records: int = 512,
+        max_batch_bytes: int = 256 * 1024,
+        max_in_flight_bytes: int = 8 << 20,
+        linger: float = 0.002,
+        tenant: str | None = None,
+        namespace: str | None = None,
+    ) -> Publisher:
+        """A batching publisher for one stream (use it with ``async with``)."""
+
+        async def send(batch: Sequence[Record], mode: AckMode) -> PublishResult | None:
+            return await self.publish_batch(
+                stream, [r.payload for r in batch],
+                keys=[r.key for r in batch] if any(r.key for r in batch) else None,
+                headers=[r.headers for r in batch] if any(r.headers for r in batch) else None,
+                ack=mode, tenant=tenant, namespace=namespace,
+            )  # fmt: skip
+
+        return Publisher(
+            send, ack=ack, max_batch_records=max_batch_records, max_batch_bytes=max_batch_bytes,
+            max_in_flight_bytes=max_in_flight_bytes, linger=linger,
+        )  # fmt: skip
+
+    # -------------------------------------------------------------- subscribe
+
+    def subscribe(
+        self,
+        stream: str,
+        *,
+        start: StartLike = "latest",
+        credit_messages: int = 1024,
+        credit_bytes: int = 1 << 20,
+        cache_feed: bool = False,
+        tenant: str | None = None,
+        namespace: str | None = None,
+    ) -> Subscription:
+        """Follow a stream (or, with ``cache_feed``, a cache's change feed).
+
+        Args:
+            stream: the stream (or cache) name.
+            start: ``"latest"``, ``"earliest"``, an offset, a ``datetime`` or a
+                :class:`~felix_client.types.Start`.
+            credit_messages, credit_bytes: how far the broker may run ahead of the reader.
+
+        Returns:
+            A :class:`Subscription`; it subscribes on ``async with`` or the first read.
+        """
+        t, n = self._path(tenant, namespace)
+        spec: dict[str, Any] = {
+            "tenant": t, "namespace": n, "stream": stream, "credit_messages": credit_messages,
+            "credit_bytes": credit_bytes,
+            "source": SourceKind.CACHE if cache_feed else SourceKind.STREAM,
+        }  # fmt: skip
+        return Subscription(self, spec, Start.coerce(start))
+
+    # ------------------------------------------------------------------- queues
+
+    async def enqueue(
+        self,
+        queue: str,
+        payload: bytes | str | Sequence[bytes | str],
+        *,
+        ack: AckMode = AckMode.ACCEPTED,
+        tenant: str | None = None,
+        namespace: str | None = None,
+        timeout: float | None = None,
+    ) -> PublishResult | None:
+        """Append one message (or a list of them) to a queue.
+
+        Returns:
+            The messages' offset range (None under ``AckMode.NONE``).
+        """
+        t, n = self._path(tenant, namespace)
+        items = [payload] if isinstance(payload, bytes | str) else list(payload)
+        data = [p.encode() if isinstance(p, str) else bytes(p) for p in items]
+
+        def call(m: ClientConnection, now: float) -> int:
+            return m.enqueue(
+                tenant=t,
+                namespace=n,
+                queue=queue,
+                payloads=data,
+                ack=ack,
+                now=now,
+                timeout=timeout or self.timeout,
+            )
+
+        conn = await self._connection()
+        if ack == AckMode.NONE:
+            await conn.send(call)
+            return None
+        reply = await conn.request(call, timeout)
+        assert isinstance(reply, ev.PublishAcked)
+        return PublishResult(reply.first_offset, reply.last_offset)
+
+    def consume(
+        self,
+        queue: str,
+        *,
+        group: str = "default",
+        prefetch: int = 64,
+        tenant: str | None = None,
+        namespace: str | None = None,
+    ) -> Consumer:
+        """Join a queue's consumer group; iterate the result for messages."""
+        t, n = self._path(tenant, namespace)
+        spec: dict[str, Any] = {
+            "tenant": t,
+            "namespace": n,
+            "queue": queue,
+            "group": group,
+            "prefetch": prefetch,
+        }
+        return Consumer(self, spec)
+
+    # -------------------------------------------------------------------- cache
+
+    def cache(self, name: str, *, tenant: str | None = None, namespace: str | None = None) -> Cache:
+        """A handle on one cache (cheap; make as many as you like)."""
+        t, n = self._path(tenant, namespace)
+        return Cache(self, name, t, n)
+
+    # ------------------------------------------------- Backend (feeds, settle)
+
+    async def open_feed(
+        self, kind: str, spec: dict[str, Any]
+    ) -> tuple[object, ev.Event, MemoryObjectReceiveStream[object]]:
+        """Subscribe (``kind="sub"``) or consume (``"con"``) on one connection."""
+        conn = await self._connection()
+        s = dict(spec)
+        if kind == "sub":
+            start = s.pop("start")
+            assert isinstance(start, Start)
+
+            def call(m: ClientConnection, now: float) -> int:
+                return m.subscribe(
+                    start=start.kind, start_value=start.value, now=now, timeout=self.timeout, **s
+                )
+        else:
+
+            def call(m: ClientConnection, now: float) -> int:
+                return m.consume(now=now, timeout=self.timeout, **s)
+
+        reply = await conn.request(call)
+        assert isinstance(reply, ev.SubscriptionStarted | ev.ConsumerStarted)
+        ident = (
+            reply.subscription_id
+            if isinstance(reply, ev.SubscriptionStarted)
+            else reply.consumer_id
+        )
+        inbox: MemoryObjectReceiveStream[Any] = conn.feed(kind, ident)
+        return conn, reply, inbox
+
+    async def credit(self, conn: object, sub_id: int, messages: int, nbytes: int) -> None:
+        """Grant more credit on a subscription."""
+        assert isinstance(conn, Connection)
+        await conn.send(lambda m, now: m.credit(sub_id, messages, nbytes))
+
+    async def close_feed(self, conn: object, kind: str, ident: int) -> None:
+        """Unsubscribe or cancel a consumer; errors are ignored (the feed is gone anyway)."""
+        assert isinstance(conn, Connection)
+        if not conn.is_open:
+            conn.forget_feed(kind, ident)
+            return
+        try:
+            if kind == "sub":
+                await conn.request(
+                    lambda m, now: m.unsubscribe(ident, now=now, timeout=self.timeout)
+                )
+            else:
+                await conn.request(
+                    lambda m, now: m.cancel_consume(ident, now=now, timeout=self.timeout)
+                )
+        except FelixError:
+            pass
+        finally:
+            conn.forget_feed(kind, ident)
+
+    async def settle(
+        self, conn: object, consumer_id: int, delivery_id: int, ack: bool, delay: float
+    ) -> None:
+        """Ack or nack one delivery, waiting for the broker's answer."""
+        assert isinstance(conn, Connection)
+
+        def call(m: ClientConnection, now: float) -> int:
+            if ack:
+                rid = m.ack(consumer_id, [delivery_id], now=now, timeout=self.timeout)
+            else:
+                delay_ms = _ms(delay) or 0
+                rid = m.nack(
+                    consumer_id, [delivery_id], delay_ms=delay_ms, now=now, timeout=self.timeout
+                )
+            assert rid is not None  # confirmed settlements always get an id
+            return rid
+
+        await conn.request(call)
+
+
+class Cache:
+    """Operations on one cache. Values are bytes (``str`` is encoded as UTF-8)."""
+
+    def __init__(self, client: Client, name: str, tenant: str, namespace: str) -> None:
+        self._client = client
+        self.name = name
+        self._path = {"tenant": tenant, "namespace": namespace, "cache": name}
+
+    async def get(self, key: str, *, timeout: float | None = None) -> CacheEntry | None:
+        """Read a value; None on a miss."""
+        c = self._client
+        reply = await c._call(
+            lambda m, now: m.cache_get(
+                key=key, now=now, timeout=timeout or c.timeout, **self._path
+            ),
+            timeout,
+        )
+        assert isinstance(reply, ev.CacheValueReceived)
+        if not reply.found or reply.value is None:
+            return None
+        ttl = None if reply.ttl_remaining_ms is None else reply.ttl_remaining_ms / _MS
+        return CacheEntry(reply.value, reply.version or 0, ttl)
+
+    async def _put(
+        self,
+        key: str,
+        value: bytes | str,
+        ttl: float | None,
+        if_absent: bool,
+        if_version: int | None,
+        timeout: float | None,
+    ) -> ev.CachePutCompleted:
+        c = self._client
+        data = value.encode() if isinstance(value, str) else bytes(value)
+        reply = await c._call(
+            lambda m, now: m.cache_put(
+                key=key,
+                value=data,
+                ttl_ms=_ms(ttl),
+                if_absent=if_absent,
+                if_version=if_version,
+                now=now,
+                timeout=timeout or c.timeout,
+                **self._path,
+            ),
+            timeout,
+        )
+        assert isinstance(reply, ev.CachePutCompleted)
+        return reply
+
+    async def put(
+        self,
+        key: str,
+        value: bytes | str,
+        *,
+        ttl: float | None = None,
+        timeout: float | None = None,
+    ) -> int:
+        """Store a value (``ttl`` seconds; None: the cache's default; 0: never expires).
+
+        Returns:
+            The entry's new version.
+        """
+        reply = await self._put(key, value, ttl, False, None, timeout)
+        return reply.version or 0
+
+    async def put_if_absent(
+        self,
+        key: str,
+        value: bytes | str,
+        *,
+        ttl: float | None = None,
+        timeout: float | None = None,
+    ) -> bool:
+        """Store only if the key holds no value. Returns whether it was stored."""
+        reply = await self._put(key, value, ttl, True, None, timeout)
+        return reply.stored
+
+    async def compare_and_set(
+        self,
+        key: str,
+        value: bytes | str,
+        *,
+        version: int,
+        ttl: float | None = None,
+        timeout: float | None = None,
+    ) -> int:
+        """Store only if the entry's version is ``version``.
+
+        Returns:
+            The new version.
+
+        Raises:
+            Conflict: the version did not match (``details['version']`` is the current one).
+        """
+        reply = await self._put(key, value, ttl, False, version, timeout)
+        if not reply.stored:
+            raise Conflict(
+                f"version of {key!r} is {reply.version}, not {version}",
+                details={"version": reply.version},
+            )
+        return reply.version or 0
+
+    async def delete(
+        self, key: str, *, if_version: int | None = None, timeout: float | None = None
+    ) -> bool:
+        """Delete a value (only at ``if_version`` when given). Returns whether one was removed."""
+        c = self._client
+        reply = await c._call(
+            lambda m, now: m.cache_delete(
+                key=key, if_version=if_version, now=now, timeout=timeout or c.timeout, **self._path
+            ),
+            timeout,
+        )
+        assert isinstance(reply, ev.CacheDeleteCompleted)
+        return reply.deleted
+
+
+class Admin:
+    """Create, describe, list, update and delete tenants, namespaces, streams, queues and
+    caches. ``kind`` is a :class:`~felix_proto.messages.ResourceKind` or its string value.
+
+    Path parts: a tenant needs only ``name``; a namespace lives in ``tenant``; streams,
+    queues and caches live in ``tenant``/``namespace`` (the client's defaults when omitted).
+    """
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    def _target(
+        self, kind: str, name: str, tenant: str | None, namespace: str | None
+    ) -> dict[str, str]:
+        k = ResourceKind(kind)
+        t, n = self._client._path(tenant, namespace)
+        if k == ResourceKind.TENANT:
+            return {"kind": k.value, "tenant": name, "namespace": "", "name": ""}
+        if k == ResourceKind.NAMESPACE:
+            return {"kind": k.value, "tenant": t, "namespace": name, "name": ""}
+        return {"kind": k.value, "tenant": t, "namespace": n, "name": name}
+
+    async def create(
+        self,
+        kind: str,
+        name: str,
+        settings: dict[str, Any] | None = None,
+        *,
+        tenant: str | None = None,
+        namespace: str | None = None,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """Create a resource; returns it as the broker describes it."""
+        c, target = self._client, self._target(kind, name, tenant, namespace)
+        reply = await c._call(
+            lambda m, now: m.admin(
+                msgs.AdminCreate,
+                settings=dict(settings or {}),
+                now=now,
+                timeout=timeout or c.timeout,
+                **target,
+            ),
+            timeout,
+        )
+        assert isinstance(reply, ev.AdminReplied)
+        return reply.resource or {}
+
+    async def describe(
+        self,
+        kind: str,
+        name: str,
+        *,
+        tenant: str | None = None,
+        namespace: str | None = None,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """Describe one resource."""
+        c, target = self._client, self._target(kind, name, tenant, namespace)
+        reply = await c._call(
+            lambda m, now: m.admin(
+                msgs.AdminDescribe, now=now, timeout=timeout or c.timeout, **target
+            ),
+            timeout,
+        )
+        assert isinstance(reply, ev.AdminReplied)
+        return reply.resource or {}
+
+    async def list(
+        self,
+        kind: str,
+        *,
+        tenant: str | None = None,
+        namespace: str | None = None,
+        timeout: float | None = None,
+    ) -> list[dict[str, Any]]:
+        """List resources of a kind (under the tenant / namespace where that applies)."""
+        c = self._client
+        k = ResourceKind(kind)
+        t, n = c._path(tenant, namespace)
+        if k == ResourceKind.TENANT:
+            t, n = "", ""
+        elif k == ResourceKind.NAMESPACE:
+            n = ""
+        reply = await c._call(
+            lambda m, now: m.admin(
+                msgs.AdminList,
+                kind=k.value,
+                tenant=t,
+                namespace=n,
+                now=now,
+                timeout=timeout or c.timeout,
+            ),
+            timeout,
+        )
+        assert isinstance(reply, ev.AdminReplied)
+        return reply.resources or []
+
+    async def update(
+        self,
+        kind: str,
+        name: str,
+        settings: dict[str, Any],
+        *,
+        tenant: str | None = None,
+        namespace: str | None = None,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """Change some settings of a resource; returns it as it now is."""
+        c, target = self._client, self._target(kind, name, tenant, namespace)
+        reply = await c._call(
+            lambda m, now: m.admin(
+                msgs.AdminUpdate,
+                settings=dict(settings),
+                now=now,
+                timeout=timeout or c.timeout,
+                **target,
+            ),
+            timeout,
+        )
+        assert isinstance(reply, ev.AdminReplied)
+        return reply.resource or {}
+
+    async def delete(
+        self,
+        kind: str,
+        name: str,
+        *,
+        tenant: str | None = None,
+        namespace: str | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        """Delete a resource."""
+        c, target = self._client, self._target(kind, name, tenant, namespace)
+        await c._call(
+            lambda m, now: m.admin(
+                msgs.AdminDelete, now=now, timeout=timeout or c.timeout, **target
+            ),
+            timeout,
+        )
+
+
+def connect(url: str = DEFAULT_URL, **kwargs: Any) -> Client:
+    """Make a :class:`Client`; use it as ``async with connect(url, ...) as client:``.
+
+    Keyword arguments are those of :class:`Client`.
+    """
+    return Client(url, **kwargs)
