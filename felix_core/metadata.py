@@ -16,11 +16,9 @@ Nothing here assumes it is the only writer: the :class:`Catalog` checks parents,
 limits and settings, then performs one conditional store operation, and the broker builds its
 in-memory engines lazily from whatever records the store holds.
 
-Settings are validated per kind by a *schema*: a function
-``(new_settings, current_settings_or_None) -> full_settings`` that raises
-:class:`~felix_core.errors.InvalidArgument`. Stream settings are :class:`StreamSettings`
-(defined here); the queue and cache engines provide their own schemas, which the broker
-registers.
+Settings are validated per kind by a *schema* from :mod:`felix_core.settings`: a function
+``(path, new_settings, current_settings_or_None) -> full_settings`` that raises
+:class:`~felix_core.errors.InvalidArgument`.
 
 Deleting a tenant or a namespace that still holds anything is refused with ``Conflict``;
 delete the contents first. (The broker ends the subscriptions and consumers of a deleted
@@ -29,33 +27,31 @@ stream, queue or cache with reason ``deleted``.)
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, Protocol
 
 from felix_core.errors import AlreadyExists, Conflict, InvalidArgument, LimitExceeded, NotFound
 from felix_core.limits import BrokerConfig
-from felix_core.log import Retention
 from felix_core.names import validate_name
+from felix_core.settings import (
+    Path,
+    SettingsSchema,
+    description_schema,
+    queue_schema,
+    stream_schema,
+)
 
 __all__ = [
-    "BatchPolicy",
+    "LEAF_KINDS",
     "Catalog",
-    "Durability",
     "Kind",
     "MemoryMetadataStore",
     "MetadataStore",
+    "Path",
     "ResourceRecord",
-    "SettingsSchema",
-    "SlowConsumerPolicy",
-    "StreamSettings",
-    "choice_setting",
-    "int_setting",
-    "required_int",
 ]
-
-MAX_INT = (1 << 63) - 1
 
 
 class Kind(StrEnum):
@@ -71,256 +67,7 @@ class Kind(StrEnum):
 LEAF_KINDS = (Kind.STREAM, Kind.QUEUE, Kind.CACHE)
 """The kinds that live in a namespace."""
 
-
-# -- setting helpers (also used by the queue and cache schemas) ----------------------------
-
-
-def int_setting(
-    settings: Mapping[str, Any], name: str, *, lo: int, hi: int = MAX_INT
-) -> int | None:
-    """Read an optional integer setting.
-
-    Args:
-        settings: the mapping.
-        name: the setting name.
-        lo: the smallest value accepted.
-        hi: the largest value accepted.
-
-    Returns:
-        The value, or None when absent or null.
-
-    Raises:
-        InvalidArgument: not an integer (booleans are not), or out of range.
-    """
-    value = settings.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise InvalidArgument(
-            f"setting {name} must be an integer in [{lo}, {hi}]", details={"field": name}
-        )
-    return value
-
-
-def required_int(settings: Mapping[str, Any], name: str, *, lo: int, hi: int = MAX_INT) -> int:
-    """Read an integer setting that may not be null.
-
-    Raises:
-        InvalidArgument: absent, null, not an integer, or out of range.
-    """
-    value = int_setting(settings, name, lo=lo, hi=hi)
-    if value is None:
-        raise InvalidArgument(f"setting {name} may not be null", details={"field": name})
-    return value
-
-
-def choice_setting(settings: Mapping[str, Any], name: str, choices: type[StrEnum]) -> str:
-    """Read a setting that must be one of an enum's values.
-
-    Raises:
-        InvalidArgument: the value is not one of ``choices``.
-    """
-    value = settings.get(name)
-    allowed = [c.value for c in choices]
-    if value not in allowed:
-        raise InvalidArgument(f"setting {name} must be one of {allowed}", details={"field": name})
-    return str(value)
-
-
-def check_known(kind: str, settings: Mapping[str, Any], known: tuple[str, ...]) -> None:
-    """Refuse setting names a kind does not know.
-
-    Raises:
-        InvalidArgument: ``settings`` has a name not in ``known``.
-    """
-    unknown = sorted(set(settings) - set(known))
-    if unknown:
-        raise InvalidArgument(f"unknown {kind} settings {unknown}", details={"field": unknown[0]})
-
-
-# -- stream settings -----------------------------------------------------------------------
-
-
-class SlowConsumerPolicy(StrEnum):
-    """What a stream does when a subscriber falls behind its retention."""
-
-    DROP_OLDEST = "drop_oldest"
-    """Trim anyway; the lagging cursor jumps to the oldest retained record with a gap."""
-    BLOCK = "block"
-    """Refuse publishes (retryable Overloaded) that would trim records a cursor has not read."""
-    DISCONNECT = "disconnect"
-    """Trim anyway; the lagging subscription ends with reason ``lagged``."""
-
-
-class Durability(StrEnum):
-    """Storage class of a stream (the durable log is a later issue)."""
-
-    EPHEMERAL = "ephemeral"
-    DURABLE = "durable"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class BatchPolicy:
-    """How deliveries are batched."""
-
-    max_events: int = 64
-    """A pending run of this many records is delivered at once."""
-    max_bytes: int = 64 * 1024
-    """A pending run of this many record bytes is delivered at once."""
-    max_delay_s: float = 0.00025
-    """A smaller run waits at most this long for more records."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class StreamSettings:
-    """The validated settings of one stream."""
-
-    retention: Retention
-    """What the log keeps; ``max_bytes`` is always set, so a stream is always bounded."""
-    slow_consumer: SlowConsumerPolicy
-    """The slow-consumer policy."""
-    batch: BatchPolicy
-    """The delivery batching policy."""
-    durability: Durability
-    """Storage class."""
-
-    KEYS = (
-        "retention_max_records",
-        "retention_max_bytes",
-        "retention_max_age_ms",
-        "slow_consumer",
-        "batch_max_events",
-        "batch_max_bytes",
-        "batch_max_delay_us",
-        "durability",
-    )
-    """The setting names a stream accepts."""
-
-    @classmethod
-    def defaults(cls, config: BrokerConfig) -> StreamSettings:
-        """The settings of a stream created without any.
-
-        Args:
-            config: the engine configuration.
-
-        Returns:
-            Settings built from the config's defaults.
-        """
-        return cls.from_mapping({}, config)
-
-    @classmethod
-    def from_mapping(
-        cls,
-        settings: Mapping[str, Any],
-        config: BrokerConfig,
-        base: StreamSettings | None = None,
-    ) -> StreamSettings:
-        """Validate wire settings.
-
-        Args:
-            settings: setting name -> value (see :attr:`KEYS`); absent names keep the base.
-            config: the engine configuration (defaults and caps).
-            base: the current settings when updating; None when creating.
-
-        Returns:
-            The new settings.
-
-        Raises:
-            InvalidArgument: an unknown name, a wrong type or a value out of range.
-        """
-        check_known("stream", settings, cls.KEYS)
-        cur = (base or _config_defaults(config)).to_mapping()
-        merged = {**cur, **settings}
-        retention = Retention(
-            max_records=int_setting(merged, "retention_max_records", lo=1),
-            max_bytes=required_int(
-                merged, "retention_max_bytes", lo=1, hi=config.stream_max_retention_bytes
-            ),
-            max_age_ms=int_setting(merged, "retention_max_age_ms", lo=1),
-        )
-        batch = BatchPolicy(
-            max_events=required_int(merged, "batch_max_events", lo=1, hi=1 << 20),
-            max_bytes=required_int(merged, "batch_max_bytes", lo=1, hi=1 << 30),
-            max_delay_s=required_int(merged, "batch_max_delay_us", lo=0, hi=10**7) / 1e6,
-        )
-        return cls(
-            retention=retention,
-            slow_consumer=SlowConsumerPolicy(
-                choice_setting(merged, "slow_consumer", SlowConsumerPolicy)
-            ),
-            batch=batch,
-            durability=Durability(choice_setting(merged, "durability", Durability)),
-        )
-
-    def to_mapping(self) -> dict[str, Any]:
-        """The settings as a wire mapping (the inverse of :meth:`from_mapping`)."""
-        return {
-            "retention_max_records": self.retention.max_records,
-            "retention_max_bytes": self.retention.max_bytes,
-            "retention_max_age_ms": self.retention.max_age_ms,
-            "slow_consumer": self.slow_consumer.value,
-            "batch_max_events": self.batch.max_events,
-            "batch_max_bytes": self.batch.max_bytes,
-            "batch_max_delay_us": round(self.batch.max_delay_s * 1e6),
-            "durability": self.durability.value,
-        }
-
-
-def _config_defaults(config: BrokerConfig) -> StreamSettings:
-    return StreamSettings(
-        retention=Retention(
-            max_records=config.stream_retention_max_records,
-            max_bytes=config.stream_retention_max_bytes,
-            max_age_ms=config.stream_retention_max_age_ms,
-        ),
-        slow_consumer=SlowConsumerPolicy(config.slow_consumer_policy),
-        batch=BatchPolicy(
-            max_events=config.batch_max_events,
-            max_bytes=config.batch_max_bytes,
-            max_delay_s=config.batch_max_delay_us / 1e6,
-        ),
-        durability=Durability(config.durability),
-    )
-
-
-def stream_schema(config: BrokerConfig) -> SettingsSchema:
-    """The settings schema of streams under ``config``.
-
-    Args:
-        config: the engine configuration.
-
-    Returns:
-        A schema: ``(new, current_or_None) -> full settings mapping``.
-    """
-
-    def schema(new: Mapping[str, Any], current: Mapping[str, Any] | None) -> dict[str, Any]:
-        base = StreamSettings.from_mapping(current, config) if current is not None else None
-        return StreamSettings.from_mapping(new, config, base).to_mapping()
-
-    return schema
-
-
-def _description_schema(kind: str) -> SettingsSchema:
-    def schema(new: Mapping[str, Any], current: Mapping[str, Any] | None) -> dict[str, Any]:
-        check_known(kind, new, ("description",))
-        merged = {"description": "", **(current or {}), **new}
-        if not isinstance(merged["description"], str) or len(merged["description"]) > 1024:
-            raise InvalidArgument(
-                "description must be a string of at most 1024 characters",
-                details={"field": "description"},
-            )
-        return merged
-
-    return schema
-
-
 # -- records and the store -----------------------------------------------------------------
-
-SettingsSchema = Callable[[Mapping[str, Any], Mapping[str, Any] | None], dict[str, Any]]
-"""Validates settings: ``(new, current_or_None) -> full settings``; raises InvalidArgument."""
-
-Path = tuple[str, str, str]
-"""``(tenant, namespace, name)``; unused parts are empty strings."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -497,17 +244,17 @@ class Catalog:
         Args:
             store: where records live.
             config: count limits and stream defaults.
-            schemas: settings schemas by kind; tenants, namespaces and streams have
-                built-in ones, queues and caches accept no settings unless given one.
+            schemas: settings schemas by kind, replacing the built-in ones from
+                :mod:`felix_core.settings`.
         """
         self.store = store
         self.config = config
         self.schemas: dict[Kind, SettingsSchema] = {
-            Kind.TENANT: _description_schema("tenant"),
-            Kind.NAMESPACE: _description_schema("namespace"),
+            Kind.TENANT: description_schema("tenant"),
+            Kind.NAMESPACE: description_schema("namespace"),
             Kind.STREAM: stream_schema(config),
-            Kind.QUEUE: _description_schema("queue"),
-            Kind.CACHE: _description_schema("cache"),
+            Kind.QUEUE: queue_schema(config),
+            Kind.CACHE: description_schema("cache"),
         }
         if schemas:
             self.schemas.update(schemas)
@@ -611,7 +358,7 @@ class Catalog:
         if self.store.get(kind, path) is not None:
             raise AlreadyExists(f"{kind.value} {'/'.join(p for p in path if p)} exists already")
         self._check_count(kind, path)
-        full = self.schemas[kind](settings, None)
+        full = self.schemas[kind](path, settings, None)
         now_ms = int(now * 1000)
         record = ResourceRecord(
             kind=kind,
@@ -683,7 +430,7 @@ class Catalog:
             Conflict: a concurrent update won.
         """
         current = self.describe(kind, path)
-        full = self.schemas[kind](settings, current.settings)
+        full = self.schemas[kind](current.path, settings, current.settings)
         record = replace(
             current,
             settings=full,

@@ -40,13 +40,13 @@ to a list owned by the caller (the broker facade), which drains it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 
 from felix_core.errors import CursorTooOld, InvalidArgument, Overloaded, TooLarge
 from felix_core.log import Log, LogSlice, MemoryLog, TooOld, record_size
-from felix_core.metadata import BatchPolicy, SlowConsumerPolicy, StreamSettings
+from felix_core.settings import BatchPolicy, SlowConsumerPolicy, StreamSettings
 
 __all__ = [
     "BatchPolicy",
@@ -86,7 +86,7 @@ class Output:
 class StreamBatch(Output):
     """Records for a subscription. The same slice object may go to many subscriptions."""
 
-    conn_id: int
+    connection_id: int
     """The connection holding the subscription."""
     subscription_id: int
     """The subscription."""
@@ -98,7 +98,7 @@ class StreamBatch(Output):
 class StreamGap(Output):
     """Retention trimmed records the subscription had not received; it skips them."""
 
-    conn_id: int
+    connection_id: int
     """The connection holding the subscription."""
     subscription_id: int
     """The subscription."""
@@ -112,7 +112,7 @@ class StreamGap(Output):
 class SubscriptionEnded(Output):
     """The subscription is over; nothing more will be delivered for it."""
 
-    conn_id: int
+    connection_id: int
     """The connection that held the subscription."""
     subscription_id: int
     """The subscription."""
@@ -138,6 +138,7 @@ class Subscription:
         "delivered",
         "id",
         "paused",
+        "start_offset",
     )
 
     def __init__(self, sub_id: int, conn_id: int, cursor: int, messages: int, nbytes: int) -> None:
@@ -148,6 +149,7 @@ class Subscription:
         self.credit_bytes = nbytes
         self.paused = False
         self.delivered = 0
+        self.start_offset = cursor
 
     def __repr__(self) -> str:
         return (
@@ -190,6 +192,7 @@ class Fanout:
         *,
         policy: SlowConsumerPolicy = SlowConsumerPolicy.DROP_OLDEST,
         batch: BatchPolicy | None = None,
+        on_end: Callable[[Subscription], None] | None = None,
     ) -> None:
         """Create a fanout with no subscriptions.
 
@@ -198,13 +201,19 @@ class Fanout:
             out: the list outputs are appended to (owned and drained by the caller).
             policy: the slow-consumer policy.
             batch: the batching policy (defaults when None).
+            on_end: called with every subscription that leaves (for the owner's books).
         """
         self.log = log
         self.policy = policy
         self.batch = batch or BatchPolicy()
         self._out = out
+        self._on_end = on_end
         self._subs: dict[int, Subscription] = {}
         self._flush_at: float | None = None
+        self.closed = False
+        """Set by the owner when the log's resource is gone."""
+        self.timer_scheduled: float | None = None
+        """The deadline the owner last scheduled for this fanout (owned by the facade)."""
         self.delivered_records = 0
         self.delivered_batches = 0
         self.gap_records = 0
@@ -265,6 +274,8 @@ class Fanout:
         credit_messages: int,
         credit_bytes: int,
         now: float,
+        *,
+        paused: bool = False,
     ) -> Subscription:
         """Add a subscription and deliver what it may already receive.
 
@@ -276,6 +287,7 @@ class Fanout:
             credit_messages: initial record credit (>= 0).
             credit_bytes: initial byte credit (>= 0).
             now: the current time.
+            paused: start paused (the connection is paused).
 
         Returns:
             The new subscription; ``cursor`` is the first offset it will receive.
@@ -288,6 +300,7 @@ class Fanout:
             raise InvalidArgument("credit must be >= 0", details={"field": "credit"})
         cursor = self.start_offset(start, start_value)
         sub = Subscription(sub_id, conn_id, cursor, credit_messages, credit_bytes)
+        sub.paused = paused
         self._subs[sub_id] = sub
         self.pump(now, force=True)
         return sub
@@ -304,10 +317,14 @@ class Fanout:
             The removed subscription, or None when there was none with that id.
         """
         sub = self._subs.pop(sub_id, None)
-        if sub is not None and reason is not None:
+        if sub is None:
+            return None
+        if self._on_end is not None:
+            self._on_end(sub)
+        if reason is not None:
             self._out.append(
                 SubscriptionEnded(
-                    conn_id=sub.conn_id,
+                    connection_id=sub.conn_id,
                     subscription_id=sub_id,
                     reason=reason,
                     message=message,
@@ -406,7 +423,9 @@ class Fanout:
                 sub.delivered += len(piece)
                 self.delivered_records += len(piece)
                 self.delivered_batches += 1
-                out.append(StreamBatch(conn_id=sub.conn_id, subscription_id=sub.id, slice=piece))
+                out.append(
+                    StreamBatch(connection_id=sub.conn_id, subscription_id=sub.id, slice=piece)
+                )
                 if piece is got and sub.credit_messages > 0 and sub.credit_bytes > 0:
                     keep.append(sub)
             subs = keep
@@ -435,7 +454,10 @@ class Fanout:
             sub.cursor = first
             self._out.append(
                 StreamGap(
-                    conn_id=sub.conn_id, subscription_id=sub.id, missed=missed, next_offset=first
+                    connection_id=sub.conn_id,
+                    subscription_id=sub.id,
+                    missed=missed,
+                    next_offset=first,
                 )
             )
             keep.append(sub)

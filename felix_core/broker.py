@@ -1,0 +1,383 @@
+"""The broker facade: the one object the runtime glue talks to.
+
+Theory of operation
+-------------------
+:class:`Broker` is a sans-I/O machine in the style of aioquic's ``QuicConnection``. Its
+inputs are method calls (admin, publish, subscribe, queue and cache operations, each taking
+``now``), connection lifecycle calls (:meth:`Broker.attach`, :meth:`Broker.detach`,
+:meth:`Broker.pause`, :meth:`Broker.resume`) and :meth:`Broker.handle_timer`. Its outputs
+are the return values of the calls (the reply to the request), :meth:`Broker.drain_outputs`
+(per-connection deliveries and terminal notices, see :data:`EngineOutput`) and
+:meth:`Broker.get_timer`. Refusals are :class:`~felix_core.errors.EngineError`. The glue
+replies to a request first and then drains: a call may already have produced deliveries.
+
+Parts. Metadata lives in a :class:`~felix_core.metadata.MetadataStore` behind a
+:class:`~felix_core.metadata.Catalog`. Streams are :class:`~felix_core.streams.Stream`
+objects; queues live in one :class:`~felix_core.queues.QueueEngine`; caches in one
+:class:`~felix_core.cache.CacheEngine`, whose per-cache change logs can be followed like a
+stream through a :class:`~felix_core.streams.Fanout` (``subscribe(..., source="cache")``).
+
+Engines are built *lazily from metadata*: every operation looks its resource up in the
+store and (re)builds or updates the in-memory engine when the record's ``uid`` or
+``generation`` differs from what the engine was built from. A record that vanished (deleted
+elsewhere) ends the engine's subscriptions and consumers with reason ``deleted``. So the
+facade never assumes it is the only writer of metadata.
+
+Memory. A :class:`~felix_core.limits.MemoryBudget` counts the record bytes of stream and
+queue logs and the bytes of cache entries. Operations that grow memory are checked first
+(refused with a retryable ``Overloaded`` past the limit) and charged by the exact change of
+the part they touched afterwards.
+
+Timers. Each stream (and cache feed) reports its own deadline; the facade keeps them in a
+heap with lazy invalidation, and combines the heap's head with the queue and cache engines'
+timers in :meth:`Broker.get_timer`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from felix_core.broker_core import BrokerCore, EngineOutput, _Connection
+from felix_core.errors import InvalidArgument, LimitExceeded, NotFound
+from felix_core.limits import BrokerConfig
+from felix_core.log import LogSlice
+from felix_core.metadata import Path
+from felix_core.queues import ConsumerEnded
+from felix_core.streams import Fanout, StartKind, Subscription
+
+__all__ = ["Broker", "BrokerConfig", "EngineOutput"]
+
+
+class Broker(BrokerCore):
+    """The engine facade. See the module docstring.
+
+    Construct with ``Broker(config, metadata=store, now=now)`` (see :class:`BrokerCore`).
+    """
+
+    def publish(
+        self,
+        conn_id: int,
+        tenant: str,
+        namespace: str,
+        stream: str,
+        payloads: Sequence[bytes],
+        *,
+        keys: Sequence[bytes | None] | None = None,
+        headers: Sequence[dict[str, bytes] | None] | None = None,
+        now: float,
+    ) -> tuple[int, int]:
+        """Append records to a stream and deliver them to its subscriptions.
+
+        Args:
+            conn_id: the publishing connection (counted when attached; may be any id).
+            tenant: the tenant.
+            namespace: the namespace.
+            stream: the stream.
+            payloads: one or more payloads.
+            keys: None or one optional key per payload.
+            headers: None or one optional header dict per payload.
+            now: the current time; records are stamped ``int(now * 1000)``.
+
+        Returns:
+            ``(first_offset, last_offset)`` of the appended records.
+
+        Raises:
+            NotFound: no such stream.
+            InvalidArgument: an empty batch, or keys/headers of the wrong length.
+            TooLarge: a payload, key or the batch exceeds the configured maxima or the
+                stream's retention.
+            Overloaded: the memory budget is exhausted, or (policy ``block``) a subscriber
+                has not read what the append would evict. Retryable.
+            ShuttingDown: the broker is shutting down.
+        """
+        self._running()
+        nbytes = self._check_batch(payloads, keys, headers)
+        st = self._stream((tenant, namespace, stream), now)
+        log = st.log
+        before = log.byte_size
+        if not self.budget.fits(nbytes):
+            evict = log.evictions_for(len(payloads), nbytes, st.settings.retention)
+            freed = 0
+            if evict:
+                got = log.read(log.first_offset, evict, 1 << 62)
+                freed = got.byte_size if isinstance(got, LogSlice) else 0
+            self.budget.check(nbytes - freed, "publish")
+        first, last = st.publish(payloads, keys, headers, now, nbytes)
+        self.budget.adjust(log.byte_size - before)
+        self._schedule(st)
+        conn = self._conns.get(conn_id)
+        if conn is not None:
+            conn.published += len(payloads)
+        return first, last
+
+    def subscribe(
+        self,
+        conn_id: int,
+        tenant: str,
+        namespace: str,
+        name: str,
+        *,
+        start: int = StartKind.LATEST,
+        start_value: int | None = None,
+        credit_messages: int = 1024,
+        credit_bytes: int = 1 << 20,
+        source: str = "stream",
+        now: float,
+    ) -> tuple[int, int]:
+        """Subscribe a connection to a stream, or to a cache's change feed.
+
+        Args:
+            conn_id: the subscribing connection (attached).
+            tenant: the tenant.
+            namespace: the namespace.
+            name: the stream (or cache, with ``source="cache"``).
+            start: a :class:`~felix_core.streams.StartKind` value.
+            start_value: the offset (OFFSET) or timestamp in ms (TIMESTAMP).
+            credit_messages: initial record credit (clamped to the config's maximum).
+            credit_bytes: initial record-byte credit (clamped to the config's maximum).
+            source: ``stream`` or ``cache``.
+            now: the current time.
+
+        Returns:
+            ``(subscription_id, first_offset)``: the id and the first offset it receives.
+
+        Raises:
+            ValueError: the connection is not attached.
+            NotFound: no such stream or cache.
+            InvalidArgument: a bad start, source or credit.
+            CursorTooOld: the start offset was trimmed (``details['first_offset']``).
+            LimitExceeded: the connection holds the most subscriptions allowed.
+            ShuttingDown: the broker is shutting down.
+        """
+        self._running()
+        conn = self._conn(conn_id)
+        cfg = self.config
+        if len(conn.subs) >= cfg.max_subscriptions_per_connection:
+            raise LimitExceeded(
+                f"at most {cfg.max_subscriptions_per_connection} subscriptions per connection",
+                details={"limit": cfg.max_subscriptions_per_connection},
+            )
+        fanout = self._fanout(source, (tenant, namespace, name), now)
+        sub_id = self._next_sub_id
+        sub = fanout.subscribe(
+            sub_id,
+            conn_id,
+            start,
+            start_value,
+            min(credit_messages, cfg.max_credit_messages),
+            min(credit_bytes, cfg.max_credit_bytes),
+            now,
+            paused=conn.paused,
+        )
+        self._next_sub_id += 1
+        conn.subs[sub_id] = fanout
+        self._schedule(fanout)
+        return sub_id, sub.start_offset
+
+    def _fanout(self, source: str, path: Path, now: float) -> Fanout:
+        if source == "stream":
+            return self._stream(path, now)
+        raise InvalidArgument(
+            f"unknown subscription source {source!r}", details={"field": "source"}
+        )
+
+    def _subscription(self, conn_id: int, sub_id: int) -> tuple[_Connection, Fanout, Subscription]:
+        conn = self._conn(conn_id)
+        fanout = conn.subs.get(sub_id)
+        sub = fanout.subscriptions.get(sub_id) if fanout is not None else None
+        if fanout is None or sub is None:
+            raise NotFound(f"subscription {sub_id} not found", details={"subscription_id": sub_id})
+        return conn, fanout, sub
+
+    def add_credit(
+        self, conn_id: int, subscription_id: int, messages: int, nbytes: int, *, now: float
+    ) -> None:
+        """Grant a subscription more credit (totals are clamped to the config's maxima).
+
+        Args:
+            conn_id: the connection holding the subscription.
+            subscription_id: the subscription.
+            messages: more records (>= 0).
+            nbytes: more record bytes (>= 0).
+            now: the current time.
+
+        Raises:
+            ValueError: the connection is not attached.
+            NotFound: the connection holds no such subscription.
+            InvalidArgument: a negative grant.
+        """
+        _, fanout, sub = self._subscription(conn_id, subscription_id)
+        cfg = self.config
+        messages = min(messages, max(cfg.max_credit_messages - sub.credit_messages, 0))
+        nbytes = min(nbytes, max(cfg.max_credit_bytes - sub.credit_bytes, 0))
+        fanout.add_credit(sub, messages, nbytes, now)
+        self._schedule(fanout)
+
+    def unsubscribe(self, conn_id: int, subscription_id: int, *, now: float) -> None:
+        """End a subscription; outputs ``SubscriptionEnded`` with reason ``unsubscribed``.
+
+        Raises:
+            ValueError: the connection is not attached.
+            NotFound: the connection holds no such subscription.
+        """
+        _, fanout, _ = self._subscription(conn_id, subscription_id)
+        fanout.remove(subscription_id, "unsubscribed")
+        self._schedule(fanout)
+
+    def enqueue(
+        self,
+        conn_id: int,
+        tenant: str,
+        namespace: str,
+        queue: str,
+        payloads: Sequence[bytes],
+        *,
+        keys: Sequence[bytes | None] | None = None,
+        headers: Sequence[dict[str, bytes] | None] | None = None,
+        now: float,
+    ) -> tuple[int, int]:
+        """Append messages to a queue and hand them to its consumers.
+
+        Returns:
+            ``(first_offset, last_offset)`` of the messages.
+
+        Raises:
+            NotFound: no such queue.
+            InvalidArgument: an empty batch, or keys/headers of the wrong length.
+            TooLarge: a payload, key or the batch exceeds a maximum or the queue's bounds.
+            Overloaded: the queue is full or the memory budget is exhausted (retryable).
+            ShuttingDown: the broker is shutting down.
+        """
+        self._running()
+        nbytes = self._check_batch(payloads, keys, headers)
+        path = self._queue((tenant, namespace, queue), now)
+        q = self._queues.queue(path)
+        self.budget.check(nbytes, "enqueue")
+        before = q.byte_size
+        first = self._queues.enqueue_batch(path, payloads, now, keys=keys, headers=headers)
+        self.budget.adjust(q.byte_size - before)
+        return first, first + len(payloads) - 1
+
+    def consume(
+        self,
+        conn_id: int,
+        tenant: str,
+        namespace: str,
+        queue: str,
+        *,
+        group: str = "default",
+        prefetch: int = 64,
+        now: float,
+    ) -> int:
+        """Add a consumer for a connection to a queue's consumer group.
+
+        Returns:
+            The consumer id.
+
+        Raises:
+            ValueError: the connection is not attached.
+            NotFound: no such queue.
+            InvalidArgument: a bad group name or prefetch.
+            LimitExceeded: prefetch above the queue's maximum, or the connection holds the
+                most consumers allowed.
+            ShuttingDown: the broker is shutting down.
+        """
+        self._running()
+        conn = self._conn(conn_id)
+        limit = self.config.max_consumers_per_connection
+        if len(conn.consumers) >= limit:
+            raise LimitExceeded(
+                f"at most {limit} consumers per connection", details={"limit": limit}
+            )
+        path = self._queue((tenant, namespace, queue), now)
+        consumer_id = self._queues.consume(path, conn_id, now, group=group, prefetch=prefetch)
+        conn.consumers[consumer_id] = path
+        return consumer_id
+
+    def _consumer(self, conn_id: int, consumer_id: int) -> _Connection:
+        conn = self._conn(conn_id)
+        if consumer_id not in conn.consumers:
+            raise NotFound(
+                f"consumer {consumer_id} not found", details={"consumer_id": consumer_id}
+            )
+        return conn
+
+    def ack(
+        self, conn_id: int, consumer_id: int, delivery_ids: Sequence[int], *, now: float
+    ) -> None:
+        """Finish deliveries made to a consumer.
+
+        Raises:
+            ValueError: the connection is not attached.
+            NotFound: the connection holds no such consumer, or some ids are not in flight
+                to it (the known ones are still acked; ``details['delivery_ids']``).
+        """
+        conn = self._consumer(conn_id, consumer_id)
+        q = self._queues.queue(conn.consumers[consumer_id])
+        before = q.byte_size
+        try:
+            self._queues.ack(consumer_id, delivery_ids, now)
+        finally:
+            self.budget.adjust(q.byte_size - before)
+
+    def nack(
+        self,
+        conn_id: int,
+        consumer_id: int,
+        delivery_ids: Sequence[int],
+        *,
+        delay_ms: int = 0,
+        requeue: bool = True,
+        now: float,
+    ) -> None:
+        """Return deliveries for redelivery after ``delay_ms`` (or dead-letter them).
+
+        Raises:
+            ValueError: the connection is not attached.
+            NotFound: the connection holds no such consumer, or some ids are unknown.
+            InvalidArgument: a negative delay.
+        """
+        conn = self._consumer(conn_id, consumer_id)
+        if delay_ms < 0:
+            raise InvalidArgument("delay_ms must be >= 0", details={"field": "delay_ms"})
+        before = self._queues.byte_size
+        try:
+            self._queues.nack(
+                consumer_id, delivery_ids, now, delay=delay_ms / 1000, requeue=requeue
+            )
+        finally:
+            self.budget.adjust(self._queues.byte_size - before)
+        del conn  # ownership was checked above
+
+    def cancel_consumer(self, conn_id: int, consumer_id: int, *, now: float) -> None:
+        """End a consumer; its in-flight deliveries are returned at once.
+
+        Outputs ``ConsumerEnded`` with reason ``unsubscribed`` for its stream.
+
+        Raises:
+            ValueError: the connection is not attached.
+            NotFound: the connection holds no such consumer.
+        """
+        conn = self._consumer(conn_id, consumer_id)
+        path = conn.consumers.pop(consumer_id)
+        self._queues.cancel(consumer_id, now)
+        self._queue_out.append(
+            ConsumerEnded(
+                connection_id=conn_id, consumer_id=consumer_id, queue=path, reason="unsubscribed"
+            )
+        )
+
+    def purge(self, tenant: str, namespace: str, queue: str, *, now: float) -> int:
+        """Drop every message of a queue that is not in flight.
+
+        Returns:
+            How many messages the most affected group lost.
+
+        Raises:
+            NotFound: no such queue.
+        """
+        path = self._queue((tenant, namespace, queue), now)
+        before = self._queues.byte_size
+        purged = self._queues.purge(path, now)
+        self.budget.adjust(self._queues.byte_size - before)
+        return purged

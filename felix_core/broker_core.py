@@ -1,0 +1,524 @@
+"""The broker's plumbing: connections, metadata-backed engines, memory, outputs and timers.
+
+:class:`BrokerCore` is the base of :class:`felix_core.broker.Broker`, which adds the data
+operations (publish, subscribe, queue and cache calls). The split only keeps modules short;
+the theory of operation is in :mod:`felix_core.broker`. Everything here is part of the
+public facade except the underscored helpers, which the operations use.
+"""
+
+from __future__ import annotations
+
+import builtins
+import heapq
+from collections.abc import Mapping, Sequence
+from contextlib import suppress
+from dataclasses import asdict
+from typing import Any
+
+from felix_core.errors import InvalidArgument, NotFound, ShuttingDown, TooLarge
+from felix_core.limits import BrokerConfig, MemoryBudget
+from felix_core.metadata import (
+    Catalog,
+    Kind,
+    MemoryMetadataStore,
+    MetadataStore,
+    Path,
+    ResourceRecord,
+)
+from felix_core.queues import ConsumerEnded, QueueEngine, QueueEvent
+from felix_core.settings import StreamSettings, queue_config
+from felix_core.streams import Fanout, Output, Stream, Subscription, batch_byte_size
+
+__all__ = ["BrokerCore", "EngineOutput"]
+
+EngineOutput = Output | QueueEvent
+"""What :meth:`BrokerCore.drain_outputs` returns: :class:`~felix_core.streams.StreamBatch`,
+:class:`~felix_core.streams.StreamGap`, :class:`~felix_core.streams.SubscriptionEnded`,
+:class:`~felix_core.queues.MessagesDelivered`, :class:`~felix_core.queues.ConsumerEnded`
+and :class:`~felix_core.queues.MessageDeadLettered`; every record but the last names its
+connection."""
+
+
+class _Connection:
+    """What one attached connection holds."""
+
+    __slots__ = ("consumers", "id", "paused", "published", "subs")
+
+    def __init__(self, conn_id: int) -> None:
+        self.id = conn_id
+        self.subs: dict[int, Fanout] = {}
+        self.consumers: dict[int, Path] = {}
+        self.paused = False
+        self.published = 0
+
+
+class BrokerCore:
+    """Connections, admin, engines, memory, outputs and timers. See :mod:`felix_core.broker`."""
+
+    def __init__(
+        self,
+        config: BrokerConfig | None = None,
+        *,
+        metadata: MetadataStore | None = None,
+        now: float = 0.0,
+    ) -> None:
+        """Create a broker.
+
+        Args:
+            config: limits and defaults (``BrokerConfig()`` when None).
+            metadata: the metadata store (a fresh in-memory one when None).
+            now: the current time, for the creation time of the default resources.
+        """
+        self.config = config = config or BrokerConfig()
+        self.store: MetadataStore = metadata if metadata is not None else MemoryMetadataStore()
+        self.catalog = Catalog(self.store, config)
+        self.budget = MemoryBudget(config.memory_limit_bytes)
+        self._out: list[Output] = []
+        self._streams: dict[Path, Stream] = {}
+        self._versions: dict[tuple[Kind, Path], tuple[int, int]] = {}
+        self._queues = QueueEngine()
+        self._queue_out: list[QueueEvent] = []
+        self._conns: dict[int, _Connection] = {}
+        self._next_sub_id = 1
+        self._timers: list[tuple[float, int, Fanout]] = []
+        self._timer_seq = 0
+        self._shutting_down = False
+        if config.create_defaults:
+            self._ensure(Kind.TENANT, (config.default_tenant, "", ""), now)
+            self._ensure(Kind.NAMESPACE, (config.default_tenant, config.default_namespace, ""), now)
+
+    def _ensure(self, kind: Kind, path: Path, now: float) -> None:
+        if self.store.get(kind, path) is None:
+            self.catalog.create(kind, path, {}, now)
+
+    def attach(self, conn_id: int, now: float) -> None:
+        """Register a connection before it subscribes or consumes.
+
+        Args:
+            conn_id: the runtime's id for the connection.
+            now: the current time.
+
+        Raises:
+            ValueError: the id is attached already (a glue bug).
+        """
+        if conn_id in self._conns:
+            raise ValueError(f"connection {conn_id} is attached already")
+        self._conns[conn_id] = _Connection(conn_id)
+
+    def detach(self, conn_id: int, now: float) -> None:
+        """Release everything a connection held, silently (it is gone).
+
+        Its subscriptions end without output; its consumers' in-flight deliveries are
+        returned for redelivery at once. Unknown ids are ignored.
+
+        Args:
+            conn_id: the connection.
+            now: the current time.
+        """
+        conn = self._conns.pop(conn_id, None)
+        if conn is None:
+            return
+        for sub_id, fanout in builtins.list(conn.subs.items()):
+            fanout.remove(sub_id, None)
+        conn.subs.clear()
+        before = self._queues.byte_size
+        self._queues.detach_connection(conn_id, now)
+        self.budget.adjust(self._queues.byte_size - before)
+
+    def pause(self, conn_id: int) -> None:
+        """Stop deliveries to a connection (runtime back-pressure) until :meth:`resume`.
+
+        Args:
+            conn_id: the connection.
+
+        Raises:
+            ValueError: the connection is not attached.
+        """
+        conn = self._conn(conn_id)
+        conn.paused = True
+        for sub_id, fanout in conn.subs.items():
+            fanout.subscriptions[sub_id].paused = True
+        self._queues.pause_connection(conn_id)
+
+    def resume(self, conn_id: int, now: float) -> None:
+        """Resume deliveries to a paused connection and deliver what waited.
+
+        Args:
+            conn_id: the connection.
+            now: the current time.
+
+        Raises:
+            ValueError: the connection is not attached.
+        """
+        conn = self._conn(conn_id)
+        conn.paused = False
+        fanouts: dict[int, Fanout] = {}
+        for sub_id, fanout in conn.subs.items():
+            fanout.subscriptions[sub_id].paused = False
+            fanouts[id(fanout)] = fanout
+        for fanout in fanouts.values():
+            fanout.pump(now, force=True)
+            self._schedule(fanout)
+        self._queues.resume_connection(conn_id, now)
+
+    def _conn(self, conn_id: int) -> _Connection:
+        conn = self._conns.get(conn_id)
+        if conn is None:
+            raise ValueError(f"connection {conn_id} is not attached")
+        return conn
+
+    def _running(self) -> None:
+        if self._shutting_down:
+            raise ShuttingDown("the broker is shutting down")
+
+    def create(
+        self,
+        kind: str,
+        tenant: str,
+        namespace: str = "",
+        name: str = "",
+        settings: Mapping[str, Any] | None = None,
+        *,
+        now: float,
+    ) -> dict[str, Any]:
+        """Create a tenant, namespace, stream, queue or cache.
+
+        Args:
+            kind: a :class:`~felix_core.metadata.Kind` value.
+            tenant: the tenant (the new tenant's name for kind ``tenant``).
+            namespace: the namespace ("" for a tenant).
+            name: the resource name ("" for tenants and namespaces).
+            settings: the kind's settings (see docs/engine.md); absent ones take defaults.
+            now: the current time.
+
+        Returns:
+            The resource as a mapping (the wire's ``AdminResource.resource``).
+
+        Raises:
+            InvalidArgument: unknown kind, bad names or bad settings.
+            NotFound: the parent tenant or namespace does not exist.
+            AlreadyExists: the resource exists.
+            LimitExceeded: the parent holds as many resources as allowed.
+            ShuttingDown: the broker is shutting down.
+        """
+        self._running()
+        k = Catalog.parse_kind(kind)
+        record = self.catalog.create(k, (tenant, namespace, name), settings or {}, now)
+        self._materialize(record, now)
+        return self._describe(record, now)
+
+    def describe(
+        self, kind: str, tenant: str, namespace: str = "", name: str = "", *, now: float
+    ) -> dict[str, Any]:
+        """Describe a resource, with live ``stats`` for streams, queues and caches.
+
+        Returns:
+            The resource as a mapping.
+
+        Raises:
+            InvalidArgument: unknown kind or bad names.
+            NotFound: no such resource.
+        """
+        k = Catalog.parse_kind(kind)
+        record = self.catalog.describe(k, (tenant, namespace, name))
+        self._materialize(record, now)
+        return self._describe(record, now)
+
+    def list(self, kind: str, tenant: str = "", namespace: str = "") -> list[dict[str, Any]]:
+        """List the resources of a kind under a tenant (and namespace).
+
+        Returns:
+            The resources as mappings (without stats), sorted by path.
+
+        Raises:
+            InvalidArgument: unknown kind or bad names.
+            NotFound: the parent does not exist.
+        """
+        k = Catalog.parse_kind(kind)
+        return [r.to_dict() for r in self.catalog.list(k, tenant, namespace)]
+
+    def update(
+        self,
+        kind: str,
+        tenant: str,
+        namespace: str = "",
+        name: str = "",
+        settings: Mapping[str, Any] | None = None,
+        *,
+        now: float,
+    ) -> dict[str, Any]:
+        """Change some settings of a resource; they take effect at once.
+
+        Returns:
+            The updated resource as a mapping.
+
+        Raises:
+            InvalidArgument: unknown kind, bad names or bad settings.
+            NotFound: no such resource.
+            Conflict: a concurrent update won.
+        """
+        self._running()
+        k = Catalog.parse_kind(kind)
+        record = self.catalog.update(k, (tenant, namespace, name), settings or {}, now)
+        self._materialize(record, now)
+        return self._describe(record, now)
+
+    def delete(
+        self, kind: str, tenant: str, namespace: str = "", name: str = "", *, now: float
+    ) -> None:
+        """Delete a resource; its subscriptions and consumers end with reason ``deleted``.
+
+        Raises:
+            InvalidArgument: unknown kind or bad names.
+            NotFound: no such resource.
+            Conflict: a tenant or namespace that is not empty.
+        """
+        k = Catalog.parse_kind(kind)
+        record = self.catalog.delete(k, (tenant, namespace, name))
+        self._drop(k, record.path, now)
+
+    def _describe(self, record: ResourceRecord, now: float) -> dict[str, Any]:
+        out = record.to_dict()
+        if record.kind is Kind.STREAM:
+            out["stats"] = self._streams[record.path].stats()
+        elif record.kind is Kind.QUEUE:
+            out["stats"] = asdict(self._queues.stats(record.path, now))
+        return out
+
+    def _materialize(self, record: ResourceRecord, now: float) -> None:
+        if record.kind is Kind.STREAM:
+            self._stream(record.path, now)
+        elif record.kind is Kind.QUEUE:
+            self._queue(record.path, now)
+
+    def _record(self, kind: Kind, path: Path, now: float) -> ResourceRecord:
+        """The current record, dropping the engine when the record is gone or replaced."""
+        record = self.store.get(kind, path)
+        version = self._versions.get((kind, path))
+        if record is None or (version is not None and version[0] != record.uid):
+            if version is not None:
+                self._drop(kind, path, now)
+            if record is None:
+                raise NotFound(f"{kind.value} {'/'.join(path)} not found", details={"kind": kind})
+        return record
+
+    def _stream(self, path: Path, now: float) -> Stream:
+        record = self._record(Kind.STREAM, path, now)
+        version = (record.uid, record.generation)
+        stream = self._streams.get(path)
+        if stream is None:
+            settings = StreamSettings.from_mapping(record.settings, self.config)
+            stream = Stream(settings, self._out)
+            stream._on_end = self._forget_sub
+            self._streams[path] = stream
+            self._versions[(Kind.STREAM, path)] = version
+        elif self._versions[(Kind.STREAM, path)] != version:
+            before = stream.log.byte_size
+            stream.update_settings(StreamSettings.from_mapping(record.settings, self.config), now)
+            self.budget.adjust(stream.log.byte_size - before)
+            self._versions[(Kind.STREAM, path)] = version
+            self._schedule(stream)
+        return stream
+
+    def _queue(self, path: Path, now: float) -> Path:
+        record = self._record(Kind.QUEUE, path, now)
+        version = (record.uid, record.generation)
+        current = self._versions.get((Kind.QUEUE, path))
+        if current != version:
+            config = queue_config(record.settings)
+            if current is None:
+                self._queues.create_queue(path, config)
+            else:
+                self._queues.update_queue(path, config)
+            self._versions[(Kind.QUEUE, path)] = version
+            target = config.dead_letter_queue
+            if (
+                target is not None
+                and (Kind.QUEUE, (path[0], path[1], target)) not in self._versions
+            ):
+                # Absent targets are fine: the queue engine parks dead letters meanwhile.
+                with suppress(NotFound):
+                    self._queue((path[0], path[1], target), now)
+        return path
+
+    def _drop(self, kind: Kind, path: Path, now: float) -> None:
+        """Tear down the engine of a deleted resource; end its users with ``deleted``."""
+        if self._versions.pop((kind, path), None) is None:
+            return
+        if kind is Kind.STREAM:
+            stream = self._streams.pop(path)
+            stream.end_all("deleted", "the stream was deleted")
+            stream.closed = True
+            self.budget.adjust(-stream.log.byte_size)
+        elif kind is Kind.QUEUE:
+            before = self._queues.byte_size
+            self._queues.delete_queue(path)
+            self.budget.adjust(self._queues.byte_size - before)
+
+    def _forget_sub(self, sub: Subscription) -> None:
+        conn = self._conns.get(sub.conn_id)
+        if conn is not None:
+            conn.subs.pop(sub.id, None)
+
+    def _check_batch(
+        self,
+        payloads: Sequence[bytes],
+        keys: Sequence[bytes | None] | None,
+        headers: Sequence[dict[str, bytes] | None] | None,
+    ) -> int:
+        """Validate a publish/enqueue batch against the config; return its byte size."""
+        n = len(payloads)
+        cfg = self.config
+        if n == 0:
+            raise InvalidArgument("at least one payload is needed", details={"field": "payloads"})
+        if (keys is not None and len(keys) != n) or (headers is not None and len(headers) != n):
+            raise InvalidArgument(
+                "keys and headers must be as long as payloads", details={"field": "keys"}
+            )
+        if n > cfg.max_batch_records:
+            raise TooLarge(
+                f"at most {cfg.max_batch_records} records per batch", details={"records": n}
+            )
+        if max(map(len, payloads)) > cfg.max_payload_bytes:
+            raise TooLarge(
+                f"a payload exceeds {cfg.max_payload_bytes} bytes",
+                details={"max_payload_bytes": cfg.max_payload_bytes},
+            )
+        if keys is not None and max(len(k) if k else 0 for k in keys) > cfg.max_key_bytes:
+            raise TooLarge(
+                f"a key exceeds {cfg.max_key_bytes} bytes",
+                details={"max_key_bytes": cfg.max_key_bytes},
+            )
+        nbytes = batch_byte_size(payloads, keys, headers)
+        if nbytes > cfg.max_batch_bytes:
+            raise TooLarge(
+                f"the batch exceeds {cfg.max_batch_bytes} bytes", details={"bytes": nbytes}
+            )
+        return nbytes
+
+    def drain_outputs(self) -> builtins.list[EngineOutput]:
+        """Take every output produced since the last call, in order per connection.
+
+        Returns:
+            Stream outputs, then queue outputs (see :data:`EngineOutput`). One
+            :class:`~felix_core.log.LogSlice` object may appear in many ``StreamBatch``
+            records: encode it once.
+        """
+        out: builtins.list[EngineOutput] = builtins.list(self._out)
+        self._out.clear()
+        events = self._queues.drain_outputs()
+        if self._queue_out:
+            events = self._queue_out + events
+            self._queue_out = []
+        for event in events:
+            if isinstance(event, ConsumerEnded):
+                conn = self._conns.get(event.connection_id)
+                if conn is not None:
+                    conn.consumers.pop(event.consumer_id, None)
+        out.extend(events)
+        return out
+
+    def _schedule(self, fanout: Fanout) -> None:
+        deadline = fanout.get_timer()
+        if deadline is not None and deadline != fanout.timer_scheduled:
+            self._timer_seq += 1
+            heapq.heappush(self._timers, (deadline, self._timer_seq, fanout))
+            fanout.timer_scheduled = deadline
+
+    def _heap_timer(self) -> float | None:
+        heap = self._timers
+        while heap:
+            deadline, _, fanout = heap[0]
+            current = None if fanout.closed else fanout.get_timer()
+            if current == deadline:
+                return deadline
+            heapq.heappop(heap)
+            if fanout.timer_scheduled == deadline:
+                fanout.timer_scheduled = None
+            if current is not None:
+                self._schedule(fanout)
+        return None
+
+    def get_timer(self) -> float | None:
+        """The earliest deadline of any part (batch flush, age retention, visibility
+        timeouts, delayed nacks, cache expiry), or None.
+
+        Returns:
+            An absolute time in seconds (same clock as ``now``), or None.
+        """
+        deadlines = [t for t in (self._heap_timer(), self._queues.get_timer()) if t is not None]
+        return min(deadlines, default=None)
+
+    def handle_timer(self, now: float) -> None:
+        """Fire everything due at ``now``.
+
+        Args:
+            now: the current time.
+        """
+        heap = self._timers
+        due: dict[int, Fanout] = {}
+        while heap and heap[0][0] <= now:
+            _, _, fanout = heapq.heappop(heap)
+            fanout.timer_scheduled = None
+            if not fanout.closed:
+                due[id(fanout)] = fanout
+        for fanout in due.values():
+            before = fanout.log.byte_size
+            fanout.handle_timer(now)
+            if isinstance(fanout, Stream):
+                self.budget.adjust(fanout.log.byte_size - before)
+            self._schedule(fanout)
+        queue_deadline = self._queues.get_timer()
+        if queue_deadline is not None and queue_deadline <= now:
+            before = self._queues.byte_size
+            self._queues.handle_timer(now)
+            self.budget.adjust(self._queues.byte_size - before)
+
+    def shutdown(self, now: float) -> None:
+        """Stop: end every subscription and consumer with reason ``shutdown``.
+
+        Afterwards new work is refused with ``ShuttingDown``; reads, acks and admin reads
+        still work.
+
+        Args:
+            now: the current time.
+        """
+        self._shutting_down = True
+        for conn in self._conns.values():
+            for sub_id, fanout in builtins.list(conn.subs.items()):
+                fanout.remove(sub_id, "shutdown", "the broker is shutting down")
+            for consumer_id, path in builtins.list(conn.consumers.items()):
+                self._queues.cancel(consumer_id, now)
+                self._queue_out.append(
+                    ConsumerEnded(
+                        connection_id=conn.id,
+                        consumer_id=consumer_id,
+                        queue=path,
+                        reason="shutdown",
+                    )
+                )
+            conn.consumers.clear()
+
+    def stats(self) -> dict[str, int]:
+        """Gauges and counters for metrics (cheap; safe to call per scrape).
+
+        Returns:
+            A flat mapping of metric name to value.
+        """
+        streams = self._streams.values()
+        return {
+            "connections": len(self._conns),
+            "subscriptions": sum(len(c.subs) for c in self._conns.values()),
+            "consumers": sum(len(c.consumers) for c in self._conns.values()),
+            "streams": len(self._streams),
+            "queues": sum(1 for k, _ in self._versions if k is Kind.QUEUE),
+            "memory_used_bytes": self.budget.used,
+            "memory_limit_bytes": self.budget.limit,
+            "memory_high_water_bytes": self.budget.high_water,
+            "memory_refusals": self.budget.refused,
+            "stream_published_records": sum(s.published_records for s in streams),
+            "stream_delivered_records": sum(s.delivered_records for s in streams),
+            "stream_gap_records": sum(s.gap_records for s in streams),
+            "stream_lagged_subscriptions": sum(s.lagged for s in streams),
+            "stream_blocked_publishes": sum(s.blocked for s in streams),
+        }
