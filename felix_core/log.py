@@ -197,6 +197,7 @@ class MemoryLog:
         "_headers",
         "_keyed",
         "_keys",
+        "_last_ts",
         "_payloads",
         "_timestamps",
     )
@@ -222,6 +223,7 @@ class MemoryLog:
         self._cum: list[int] = [0]
         self._keyed = 0  # retained records that have a key
         self._headered = 0  # retained records that have headers
+        self._last_ts = -(1 << 63)  # timestamp of the last append, even if since trimmed
 
     # -- properties ---------------------------------------------------------------------
 
@@ -248,8 +250,9 @@ class MemoryLog:
     # -- appends ------------------------------------------------------------------------
 
     def _stamp(self, timestamp_ms: int) -> int:
-        if self._timestamps and timestamp_ms < self._timestamps[-1]:
-            return self._timestamps[-1]
+        if timestamp_ms < self._last_ts:
+            return self._last_ts
+        self._last_ts = timestamp_ms
         return timestamp_ms
 
     def append(
