@@ -1,0 +1,636 @@
+"""The cache: key -> latest value with TTL and LRU bounds, backed by its own change-feed log.
+
+Theory of operation
+-------------------
+A :class:`Cache` is one ``(tenant, namespace, cache)``. Its table is an ``OrderedDict`` from
+key (``str``, 1..1024 UTF-8 bytes) to an immutable :class:`CacheEntry` (value, version,
+absolute expiry, accounted size), kept in least-recently-used order: a hit or a put moves the
+key to the end, eviction pops from the front. Entries are never mutated, only replaced, so a
+get returns the stored entry itself and allocates nothing (the hot path).
+
+*Versions* come from one counter per cache: every mutation (put, delete, expiry, eviction)
+takes the next number, so versions strictly increase and double as the change feed's
+sequence. ``put(if_version=v)`` stores only if the live entry has version ``v`` and
+``put(if_absent=True)`` only if there is no live entry. A failed condition is not an
+exception but a :class:`WriteResult` with ``applied=False`` and the current version: the
+wire has a reply for it (``CachePutResult(stored=False, version=...)``), and a conflict is an
+answer, not an error. ``delete(if_version=v)`` works the same way.
+
+*TTL*: ``ttl=None`` takes the cache's ``default_ttl_s``; ``0`` means the entry never expires;
+``t > 0`` expires it at ``now + t``. Expiry is lazy (a read of an expired entry removes it and
+misses) plus an active sweep: a heap of ``(expires_at, version, key)`` drives
+:meth:`Cache.get_timer`, and :meth:`Cache.handle_timer` pops at most ``sweep_batch`` heap
+entries per call (a superseded entry is skipped, its version no longer matching); if more
+are due, the timer is already due again. The heap is rebuilt from the table when stale
+entries outnumber live ones, so it stays proportional to the table.
+
+*Bounds*: ``max_entries`` and ``max_bytes`` (key bytes + value bytes per entry) per cache;
+after a put the least-recently-used entries are evicted until both hold. A value above
+``max_value_bytes`` or an entry above ``max_bytes`` is :class:`TooLarge`.
+
+*Change feed*: every mutation appends one record to the cache's own
+:class:`~felix_core.log.MemoryLog` (``Cache.changes``): key = the key's UTF-8 bytes, payload =
+the value for a put and ``b""`` otherwise, headers ``op`` (``put``, ``delete``, ``expire``,
+``evict``), ``version`` (decimal) and, for a put, ``ttl_ms`` (``0`` = never) and, when it
+expires, ``expires_ms`` (absolute). The stream engine follows that log like a stream (the
+facade pumps its fanout after each cache call whose ``changes.next_offset`` moved); the
+log is trimmed to ``feed_retention``. :meth:`Cache.rebuild_from` replays such a log into a
+fresh cache, which is what the durable issue needs; the rebuild is exact for the records
+retained, so a durable log must compact (keep each key's last record) rather than trim.
+Gets are not logged, so a rebuilt cache's LRU order is the order of the last writes.
+
+Everything is pure: time arrives as ``now`` (seconds since the epoch).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from heapq import heapify, heappop, heappush
+from typing import NamedTuple
+
+from felix_core.errors import AlreadyExists, InvalidArgument, NotFound, TooLarge
+from felix_core.log import LogSlice, MemoryLog, Retention
+
+__all__ = [
+    "MAX_KEY_BYTES",
+    "Cache",
+    "CacheConfig",
+    "CacheEngine",
+    "CacheEntry",
+    "CacheKey",
+    "CacheStats",
+    "WriteResult",
+]
+
+CacheKey = tuple[str, str, str]
+"""``(tenant, namespace, cache name)``."""
+
+MAX_KEY_BYTES = 1024
+"""The longest key, in UTF-8 bytes."""
+_NEVER = math.inf
+_OP_PUT = b"put"
+_OP_DELETE = b"delete"
+_OP_EXPIRE = b"expire"
+_OP_EVICT = b"evict"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CacheConfig:
+    """The settings of one cache (the facade maps metadata settings onto this).
+
+    ``default_ttl_s`` applies to puts without a TTL (0: never expire). ``max_entries`` and
+    ``max_bytes`` bound the table (None: unbounded), ``max_value_bytes`` one value.
+    ``feed_retention`` bounds the change-feed log. ``sweep_batch`` caps the expiry work
+    of one timer call.
+    """
+
+    default_ttl_s: float = 0.0
+    max_entries: int | None = 1_000_000
+    max_bytes: int | None = 64 * 1024 * 1024
+    max_value_bytes: int = 1024 * 1024
+    feed_retention: Retention = field(default_factory=lambda: Retention(max_records=100_000))
+    sweep_batch: int = 256
+
+    def validate(self) -> None:
+        """Check the settings.
+
+        Raises:
+            InvalidArgument: a setting is out of range (``details['field']`` names it).
+        """
+        checks = (
+            ("default_ttl_s", 0 <= self.default_ttl_s < math.inf),
+            ("max_entries", self.max_entries is None or self.max_entries >= 1),
+            ("max_bytes", self.max_bytes is None or self.max_bytes >= 1),
+            ("max_value_bytes", self.max_value_bytes >= 1),
+            ("sweep_batch", self.sweep_batch >= 1),
+        )
+        for name, ok in checks:
+            if not ok:
+                raise InvalidArgument(f"invalid cache setting {name}", details={"field": name})
+
+
+class CacheEntry(NamedTuple):
+    """A live value as :meth:`Cache.get` returns it (the stored object; immutable)."""
+
+    value: bytes
+    """The stored bytes."""
+    version: int
+    """The version the put that stored it received."""
+    expires_at: float
+    """Absolute expiry time in seconds; ``math.inf`` when it never expires."""
+    size: int
+    """Bytes accounted against ``max_bytes``: UTF-8 key length + value length."""
+
+    def ttl_remaining(self, now: float) -> float | None:
+        """Seconds left before expiry at ``now``, or None when the entry never expires."""
+        return None if self.expires_at == _NEVER else self.expires_at - now
+
+
+class WriteResult(NamedTuple):
+    """Outcome of a put or delete (a NamedTuple: cheap to build on the put path)."""
+
+    applied: bool
+    """Whether the put stored / the delete removed. False: condition failed or key absent."""
+    version: int | None
+    """Applied: the new version (of the put, or of the delete record). Not applied: the
+    current entry's version, or None when there is no live entry."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CacheStats:
+    """Counters of one cache."""
+
+    entries: int  #: Live entries (expired ones not yet swept included).
+    bytes: int  #: Accounted bytes of the entries.
+    hits: int  #: Gets that found a live entry.
+    misses: int  #: Gets that found nothing (or an expired entry).
+    puts: int  #: Puts that stored.
+    deletes: int  #: Deletes that removed.
+    expirations: int  #: Entries removed by expiry (lazy or swept).
+    evictions: int  #: Entries removed by the LRU bounds.
+    version: int  #: The last version handed out.
+    feed_records: int  #: Records retained in the change feed.
+
+
+def key_bytes(key: str) -> bytes:
+    """Validate a cache key and return its UTF-8 bytes.
+
+    Args:
+        key: the key.
+
+    Returns:
+        ``key.encode()``.
+
+    Raises:
+        InvalidArgument: empty, or not encodable as UTF-8 (a lone surrogate).
+        TooLarge: longer than :data:`MAX_KEY_BYTES` bytes.
+    """
+    if not key:
+        raise InvalidArgument("cache key must not be empty", details={"field": "key"})
+    try:
+        kb = key.encode()
+    except UnicodeEncodeError:
+        raise InvalidArgument("cache key is not valid UTF-8", details={"field": "key"}) from None
+    if len(kb) > MAX_KEY_BYTES:
+        raise TooLarge("cache key too long", details={"bytes": len(kb), "max_bytes": MAX_KEY_BYTES})
+    return kb
+
+
+def _check_ttl(ttl: float) -> None:
+    if not 0 <= ttl < math.inf:
+        raise InvalidArgument("ttl must be a finite number >= 0", details={"field": "ttl"})
+
+
+class Cache:
+    """One cache. Inputs: get/put/delete and the timer; outputs: results and ``changes``."""
+
+    __slots__ = (
+        "_bytes",
+        "_entries",
+        "_expiry",
+        "_version",
+        "changes",
+        "config",
+        "deletes",
+        "evictions",
+        "expirations",
+        "hits",
+        "misses",
+        "puts",
+    )
+
+    def __init__(self, config: CacheConfig | None = None, *, changes: MemoryLog | None = None):
+        """Create an empty cache.
+
+        Args:
+            config: the settings; None for the defaults.
+            changes: the change-feed log to append to; None for a new empty one.
+
+        Raises:
+            InvalidArgument: a setting is out of range.
+        """
+        self.config = config or CacheConfig()
+        self.config.validate()
+        self.changes = changes if changes is not None else MemoryLog()
+        self._entries: OrderedDict[str, CacheEntry] = OrderedDict()
+        self._expiry: list[tuple[float, int, str]] = []
+        self._bytes = 0
+        self._version = 0
+        self.hits = self.misses = self.puts = self.deletes = 0
+        self.expirations = self.evictions = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @property
+    def byte_size(self) -> int:
+        """Accounted bytes of the table plus the change feed (for global memory accounting)."""
+        return self._bytes + self.changes.byte_size
+
+    # -- reads --------------------------------------------------------------------------
+
+    def get(self, key: str, now: float) -> CacheEntry | None:
+        """Read a key; a hit becomes the most recently used entry.
+
+        Args:
+            key: the key.
+            now: the current time.
+
+        Returns:
+            The live :class:`CacheEntry`, or None on a miss (an expired entry is removed).
+
+        Raises:
+            InvalidArgument: the key is empty or not UTF-8 (checked on misses only: a stored
+                key is valid by construction).
+            TooLarge: the key is too long (likewise).
+        """
+        entry = self._entries.get(key)
+        if entry is None:
+            key_bytes(key)
+            self.misses += 1
+            return None
+        if entry.expires_at <= now:
+            self._remove(key, entry, _OP_EXPIRE, now)
+            self.misses += 1
+            return None
+        self._entries.move_to_end(key)
+        self.hits += 1
+        return entry
+
+    def peek(self, key: str, now: float) -> CacheEntry | None:
+        """Like :meth:`get` but with no effect: no LRU move, no counters, no lazy expiry.
+
+        Args:
+            key: the key.
+            now: the current time.
+
+        Returns:
+            The entry if it is live at ``now``, else None.
+        """
+        entry = self._entries.get(key)
+        if entry is None or entry.expires_at <= now:
+            return None
+        return entry
+
+    def stats(self) -> CacheStats:
+        """Counters; see :class:`CacheStats`."""
+        return CacheStats(
+            entries=len(self._entries),
+            bytes=self._bytes,
+            hits=self.hits,
+            misses=self.misses,
+            puts=self.puts,
+            deletes=self.deletes,
+            expirations=self.expirations,
+            evictions=self.evictions,
+            version=self._version,
+            feed_records=self.changes.record_count,
+        )
+
+    # -- writes -------------------------------------------------------------------------
+
+    def put(
+        self,
+        key: str,
+        value: bytes,
+        now: float,
+        *,
+        ttl: float | None = None,
+        if_absent: bool = False,
+        if_version: int | None = None,
+    ) -> WriteResult:
+        """Store a value (possibly conditionally), then evict down to the bounds.
+
+        Args:
+            key: the key.
+            value: the value.
+            now: the current time.
+            ttl: seconds to live; None: the cache's default; 0: never expires.
+            if_absent: store only if there is no live entry.
+            if_version: store only if the live entry has this version.
+
+        Returns:
+            ``WriteResult(True, new_version)``, or ``WriteResult(False, current_version)``
+            when the condition does not hold (``current_version`` None: no live entry).
+
+        Raises:
+            InvalidArgument: bad key, negative or infinite ttl, or both conditions given.
+            TooLarge: key, value or entry above the cache's limits.
+        """
+        kb = key_bytes(key)
+        cfg = self.config
+        if len(value) > cfg.max_value_bytes:
+            raise TooLarge(
+                "cache value too large",
+                details={"bytes": len(value), "max_bytes": cfg.max_value_bytes},
+            )
+        size = len(kb) + len(value)
+        if cfg.max_bytes is not None and size > cfg.max_bytes:
+            raise TooLarge(
+                "cache entry larger than the cache", details={"bytes": size, "max": cfg.max_bytes}
+            )
+        if ttl is None:
+            ttl = cfg.default_ttl_s
+        else:
+            _check_ttl(ttl)
+        if if_absent and if_version is not None:
+            raise InvalidArgument("if_absent and if_version exclude each other")
+        current = self._live(key, now)
+        if current is not None:
+            if if_absent or (if_version is not None and current.version != if_version):
+                return WriteResult(False, current.version)
+        elif if_version is not None:
+            return WriteResult(False, None)
+        version = self._version = self._version + 1
+        expires_at = now + ttl if ttl > 0 else _NEVER
+        entries = self._entries
+        if current is not None:
+            self._bytes -= current.size
+        entries[key] = CacheEntry(value, version, expires_at, size)
+        entries.move_to_end(key)
+        self._bytes += size
+        self.puts += 1
+        headers = {"op": _OP_PUT, "version": b"%d" % version, "ttl_ms": b"%d" % round(ttl * 1000)}
+        if expires_at != _NEVER:
+            headers["expires_ms"] = b"%d" % round(expires_at * 1000)
+            self._push_expiry(expires_at, version, key)
+        self._append(value, kb, headers, now)
+        self._enforce_bounds(now)
+        return WriteResult(True, version)
+
+    def delete(self, key: str, now: float, *, if_version: int | None = None) -> WriteResult:
+        """Remove a key (possibly conditionally).
+
+        Args:
+            key: the key.
+            now: the current time.
+            if_version: remove only if the live entry has this version.
+
+        Returns:
+            ``WriteResult(True, version_of_the_delete)``; ``WriteResult(False, None)`` when
+            there is no live entry; ``WriteResult(False, current_version)`` when the version
+            does not match.
+
+        Raises:
+            InvalidArgument: the key is empty or not UTF-8.
+            TooLarge: the key is too long.
+        """
+        key_bytes(key)
+        current = self._live(key, now)
+        if current is None:
+            return WriteResult(False, None)
+        if if_version is not None and current.version != if_version:
+            return WriteResult(False, current.version)
+        self.deletes += 1
+        return WriteResult(True, self._remove(key, current, _OP_DELETE, now))
+
+    def reconfigure(self, config: CacheConfig, now: float) -> None:
+        """Apply new settings: evicts down to smaller bounds and trims the feed at once.
+
+        Existing entries keep their expiry; the new default TTL applies to later puts.
+
+        Args:
+            config: the new settings.
+            now: the current time.
+
+        Raises:
+            InvalidArgument: a setting is out of range.
+        """
+        config.validate()
+        self.config = config
+        self._enforce_bounds(now)
+        self.changes.apply_retention(config.feed_retention, round(now * 1000))
+
+    # -- time ---------------------------------------------------------------------------
+
+    def get_timer(self) -> float | None:
+        """The next expiry (possibly of a superseded entry) or feed age-out, or None."""
+        t = self._expiry[0][0] if self._expiry else _NEVER
+        max_age = self.config.feed_retention.max_age_ms
+        log = self.changes
+        if max_age is not None and log.record_count:
+            first = log.read(log.first_offset, 1, 0)
+            assert isinstance(first, LogSlice)
+            # The log drops records strictly older than max_age: one millisecond later.
+            t = min(t, (first.timestamps_ms[0] + max_age + 1) / 1000)
+        return None if t == _NEVER else t
+
+    def handle_timer(self, now: float) -> None:
+        """Expire due entries (at most ``sweep_batch`` heap pops) and age out the feed.
+
+        Args:
+            now: the current time.
+        """
+        heap = self._expiry
+        entries = self._entries
+        budget = self.config.sweep_batch
+        while heap and budget and heap[0][0] <= now:
+            _, version, key = heappop(heap)
+            budget -= 1
+            entry = entries.get(key)
+            if entry is not None and entry.version == version:
+                self._remove(key, entry, _OP_EXPIRE, now)
+        self.changes.apply_retention(self.config.feed_retention, round(now * 1000))
+
+    # -- replay -------------------------------------------------------------------------
+
+    @classmethod
+    def rebuild_from(cls, log: MemoryLog, now: float, config: CacheConfig | None = None) -> Cache:
+        """Rebuild a cache by replaying its change feed; the cache then appends to ``log``.
+
+        Entries come back with their values, versions and absolute expiry; ones already
+        expired at ``now`` are removed by the usual lazy/active expiry (and logged then).
+        The version counter resumes after the largest version seen. The bounds of
+        ``config`` are enforced at the end (evictions are logged).
+
+        Args:
+            log: a change feed written by a :class:`Cache`.
+            now: the current time.
+            config: the settings; None for the defaults.
+
+        Returns:
+            The rebuilt :class:`Cache`.
+
+        Raises:
+            ValueError: a record is not a cache change-feed record.
+            InvalidArgument: a setting is out of range.
+        """
+        cache = cls(config, changes=log)
+        entries = cache._entries
+        offset = log.first_offset
+        while offset < log.next_offset:
+            sl = log.read(offset, 1024, 1 << 62)
+            assert isinstance(sl, LogSlice)
+            for i, payload in enumerate(sl.payloads):
+                kb = sl.keys[i] if sl.keys is not None else None
+                hdrs = sl.headers[i] if sl.headers is not None else None
+                if kb is None or hdrs is None or "version" not in hdrs:
+                    raise ValueError(f"offset {offset + i} is not a cache change-feed record")
+                key = kb.decode()
+                version = int(hdrs["version"])
+                cache._version = max(cache._version, version)
+                old = entries.pop(key, None)
+                if old is not None:
+                    cache._bytes -= old.size
+                op = hdrs.get("op")
+                if op == _OP_PUT:
+                    exp_ms = hdrs.get("expires_ms")
+                    expires_at = int(exp_ms) / 1000 if exp_ms is not None else _NEVER
+                    entry = CacheEntry(payload, version, expires_at, len(kb) + len(payload))
+                    entries[key] = entry
+                    cache._bytes += entry.size
+                    if expires_at != _NEVER:
+                        cache._push_expiry(expires_at, version, key)
+                elif op not in (_OP_DELETE, _OP_EXPIRE, _OP_EVICT):
+                    raise ValueError(f"offset {offset + i} has an unknown op {op!r}")
+            offset = sl.next_offset
+        cache._enforce_bounds(now)
+        return cache
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _live(self, key: str, now: float) -> CacheEntry | None:
+        entry = self._entries.get(key)
+        if entry is not None and entry.expires_at <= now:
+            self._remove(key, entry, _OP_EXPIRE, now)
+            return None
+        return entry
+
+    def _remove(self, key: str, entry: CacheEntry, op: bytes, now: float) -> int:
+        """Drop an entry, count and log it; return the version of the log record."""
+        del self._entries[key]
+        self._bytes -= entry.size
+        if op is _OP_EXPIRE:
+            self.expirations += 1
+        elif op is _OP_EVICT:
+            self.evictions += 1
+        version = self._version = self._version + 1
+        self._append(b"", key.encode(), {"op": op, "version": b"%d" % version}, now)
+        return version
+
+    def _enforce_bounds(self, now: float) -> None:
+        cfg = self.config
+        entries = self._entries
+        max_entries = cfg.max_entries if cfg.max_entries is not None else _NEVER
+        max_bytes = cfg.max_bytes if cfg.max_bytes is not None else _NEVER
+        while len(entries) > max_entries or self._bytes > max_bytes:
+            key, entry = next(iter(entries.items()))
+            self._remove(key, entry, _OP_EVICT, now)
+
+    def _push_expiry(self, expires_at: float, version: int, key: str) -> None:
+        heap = self._expiry
+        heappush(heap, (expires_at, version, key))
+        if len(heap) > 2 * len(self._entries) + 64:
+            live = self._entries
+            heap[:] = [h for h in heap if (e := live.get(h[2])) is not None and e.version == h[1]]
+            heapify(heap)
+
+    def _append(self, payload: bytes, kb: bytes, headers: dict[str, bytes], now: float) -> None:
+        now_ms = round(now * 1000)
+        log = self.changes
+        log.append(payload, now_ms, kb, headers)
+        log.apply_retention(self.config.feed_retention, now_ms)
+
+
+class CacheEngine:
+    """Every cache of a broker: a registry plus one combined timer.
+
+    The data path is :class:`Cache` itself: look the cache up once with :meth:`cache` and
+    call ``get`` / ``put`` / ``delete`` on it.
+    """
+
+    __slots__ = ("_caches",)
+
+    def __init__(self) -> None:
+        """Create an engine with no caches."""
+        self._caches: dict[CacheKey, Cache] = {}
+
+    def create_cache(self, cache: CacheKey, config: CacheConfig | None = None) -> Cache:
+        """Create a cache.
+
+        Args:
+            cache: ``(tenant, namespace, name)``; names are validated by the metadata layer.
+            config: its settings; None for the defaults.
+
+        Returns:
+            The new :class:`Cache`.
+
+        Raises:
+            AlreadyExists: the cache exists.
+            InvalidArgument: a setting is out of range.
+        """
+        if cache in self._caches:
+            raise AlreadyExists(f"cache {cache[2]!r} exists", details={"cache": cache[2]})
+        c = self._caches[cache] = Cache(config)
+        return c
+
+    def cache(self, cache: CacheKey) -> Cache:
+        """Look a cache up.
+
+        Args:
+            cache: ``(tenant, namespace, name)``.
+
+        Returns:
+            The :class:`Cache`.
+
+        Raises:
+            NotFound: no such cache.
+        """
+        c = self._caches.get(cache)
+        if c is None:
+            raise NotFound(f"cache {cache[2]!r} not found", details={"cache": cache[2]})
+        return c
+
+    def __contains__(self, cache: object) -> bool:
+        return cache in self._caches
+
+    def update_cache(self, cache: CacheKey, config: CacheConfig, now: float) -> None:
+        """Apply new settings to a cache (see :meth:`Cache.reconfigure`).
+
+        Args:
+            cache: the cache.
+            config: the new settings.
+            now: the current time.
+
+        Raises:
+            NotFound: no such cache.
+            InvalidArgument: a setting is out of range.
+        """
+        self.cache(cache).reconfigure(config, now)
+
+    def delete_cache(self, cache: CacheKey) -> Cache:
+        """Delete a cache.
+
+        Args:
+            cache: the cache.
+
+        Returns:
+            The removed :class:`Cache` (the facade ends the subscriptions on its feed).
+
+        Raises:
+            NotFound: no such cache.
+        """
+        c = self.cache(cache)
+        del self._caches[cache]
+        return c
+
+    @property
+    def byte_size(self) -> int:
+        """Bytes held by every cache, tables and change feeds."""
+        return sum(c.byte_size for c in self._caches.values())
+
+    def get_timer(self) -> float | None:
+        """The earliest deadline of any cache, or None."""
+        timers = [t for c in self._caches.values() if (t := c.get_timer()) is not None]
+        return min(timers, default=None)
+
+    def handle_timer(self, now: float) -> None:
+        """Run every cache's timer work due at ``now`` (each bounded by its ``sweep_batch``).
+
+        Args:
+            now: the current time.
+        """
+        for c in self._caches.values():
+            c.handle_timer(now)

@@ -1,0 +1,367 @@
+"""Unit tests of felix_core.cache: every error path and each documented behaviour."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from felix_core.cache import (
+    MAX_KEY_BYTES,
+    Cache,
+    CacheConfig,
+    CacheEngine,
+    CacheEntry,
+    WriteResult,
+    key_bytes,
+)
+from felix_core.errors import AlreadyExists, InvalidArgument, NotFound, TooLarge
+from felix_core.log import LogSlice, MemoryLog, Retention
+
+T0 = 1_000.0
+C = ("t", "ns", "c")
+
+
+def feed(cache: Cache, start: int = 0) -> list[tuple[bytes | None, bytes, dict[str, bytes]]]:
+    sl = cache.changes.read(max(start, cache.changes.first_offset), 10_000, 1 << 40)
+    assert isinstance(sl, LogSlice)
+    keys = sl.keys or [None] * len(sl)
+    headers = sl.headers or [None] * len(sl)
+    return [(k, p, h or {}) for k, p, h in zip(keys, sl.payloads, headers, strict=True)]
+
+
+def ops(cache: Cache) -> list[tuple[bytes | None, bytes]]:
+    return [(k, h["op"]) for k, _, h in feed(cache)]
+
+
+# -- configuration and validation ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("default_ttl_s", -1.0),
+        ("default_ttl_s", math.inf),
+        ("default_ttl_s", math.nan),
+        ("max_entries", 0),
+        ("max_bytes", 0),
+        ("max_value_bytes", 0),
+        ("sweep_batch", 0),
+    ],
+)
+def test_invalid_config(field: str, value: object) -> None:
+    with pytest.raises(InvalidArgument) as info:
+        Cache(CacheConfig(**{field: value}))  # type: ignore[arg-type]
+    assert info.value.details == {"field": field}
+
+
+def test_key_validation() -> None:
+    assert key_bytes("é" * 512) == "é".encode() * 512  # exactly 1024 bytes
+    with pytest.raises(TooLarge) as info:
+        key_bytes("é" * 512 + "x")
+    assert info.value.details == {"bytes": MAX_KEY_BYTES + 1, "max_bytes": MAX_KEY_BYTES}
+    with pytest.raises(InvalidArgument):
+        key_bytes("")
+    with pytest.raises(InvalidArgument):
+        key_bytes("\ud800")
+    c = Cache()
+    for bad in ("", "\udfff", "k" * 1025):
+        with pytest.raises((InvalidArgument, TooLarge)):
+            c.get(bad, T0)
+        with pytest.raises((InvalidArgument, TooLarge)):
+            c.put(bad, b"v", T0)
+        with pytest.raises((InvalidArgument, TooLarge)):
+            c.delete(bad, T0)
+    assert c.stats().misses == 0 and c.changes.next_offset == 0
+
+
+def test_put_argument_errors() -> None:
+    c = Cache(CacheConfig(max_value_bytes=4, max_bytes=5))
+    with pytest.raises(TooLarge) as info:
+        c.put("k", b"12345", T0)
+    assert info.value.details == {"bytes": 5, "max_bytes": 4}
+    with pytest.raises(TooLarge):
+        c.put("kk", b"1234", T0)  # 6 bytes > max_bytes 5
+    for ttl in (-0.5, math.inf, math.nan):
+        with pytest.raises(InvalidArgument):
+            c.put("k", b"v", T0, ttl=ttl)
+    with pytest.raises(InvalidArgument):
+        c.put("k", b"v", T0, if_absent=True, if_version=1)
+    assert len(c) == 0 and c.changes.next_offset == 0
+
+
+# -- get / put / delete ----------------------------------------------------------------
+
+
+def test_put_get_versions_and_feed_records() -> None:
+    c = Cache()
+    assert c.put("k", b"v1", T0) == WriteResult(True, 1)
+    assert c.put("k", b"v2", T0, ttl=2.5) == WriteResult(True, 2)
+    hit = c.get("k", T0 + 1)
+    assert hit == CacheEntry(b"v2", 2, T0 + 2.5, 3)
+    assert hit is not None and hit.ttl_remaining(T0 + 1) == 1.5
+    assert c.get("nope", T0) is None
+    assert feed(c) == [
+        (b"k", b"v1", {"op": b"put", "version": b"1", "ttl_ms": b"0"}),
+        (
+            b"k",
+            b"v2",
+            {"op": b"put", "version": b"2", "ttl_ms": b"2500", "expires_ms": b"1002500"},
+        ),
+    ]
+    stats = c.stats()
+    assert (stats.hits, stats.misses, stats.puts, stats.version, stats.bytes) == (1, 1, 2, 2, 3)
+    assert c.byte_size == 3 + c.changes.byte_size
+
+
+def test_default_ttl_and_no_expiry() -> None:
+    c = Cache(CacheConfig(default_ttl_s=10.0))
+    c.put("d", b"v", T0)
+    c.put("z", b"v", T0, ttl=0)
+    d, z = c.get("d", T0), c.get("z", T0)
+    assert d is not None and d.expires_at == T0 + 10
+    assert z is not None and z.expires_at == math.inf and z.ttl_remaining(T0) is None
+    assert c.get("d", T0 + 10) is None  # expires at exactly T0 + 10
+    assert c.get("z", T0 + 1e9) is not None
+    assert c.stats().expirations == 1
+    assert ops(c)[-1] == (b"d", b"expire")
+
+
+def test_if_absent() -> None:
+    c = Cache()
+    assert c.put("k", b"a", T0, if_absent=True, ttl=1) == WriteResult(True, 1)
+    assert c.put("k", b"b", T0, if_absent=True) == WriteResult(False, 1)
+    assert c.put("k", b"c", T0 + 1, if_absent=True) == WriteResult(True, 3)  # 2 = the expiry
+    assert ops(c) == [(b"k", b"put"), (b"k", b"expire"), (b"k", b"put")]
+
+
+def test_compare_and_set() -> None:
+    c = Cache()
+    assert c.put("k", b"a", T0, if_version=1) == WriteResult(False, None)
+    c.put("k", b"a", T0)
+    assert c.put("k", b"b", T0, if_version=7) == WriteResult(False, 1)
+    assert c.put("k", b"b", T0, if_version=1) == WriteResult(True, 2)
+    assert c.put("k", b"c", T0, if_version=1) == WriteResult(False, 2)
+    entry = c.get("k", T0)
+    assert entry is not None and entry.value == b"b"
+
+
+def test_delete() -> None:
+    c = Cache()
+    assert c.delete("k", T0) == WriteResult(False, None)
+    c.put("k", b"a", T0)
+    assert c.delete("k", T0, if_version=9) == WriteResult(False, 1)
+    assert c.delete("k", T0, if_version=1) == WriteResult(True, 2)
+    assert c.get("k", T0) is None
+    c.put("k", b"a", T0, ttl=1)
+    assert c.delete("k", T0 + 1) == WriteResult(False, None)  # expired first
+    assert ops(c) == [(b"k", b"put"), (b"k", b"delete"), (b"k", b"put"), (b"k", b"expire")]
+    assert feed(c)[1] == (b"k", b"", {"op": b"delete", "version": b"2"})
+    assert c.stats().deletes == 1
+
+
+def test_peek_has_no_effect() -> None:
+    c = Cache(CacheConfig(max_entries=2))
+    c.put("a", b"1", T0, ttl=1)
+    c.put("b", b"2", T0)
+    assert c.peek("a", T0) is not None
+    assert c.peek("a", T0 + 1) is None and c.peek("x", T0) is None
+    c.put("c", b"3", T0)  # evicts a: peek did not refresh it
+    assert c.peek("a", T0) is None
+    assert (c.stats().hits, c.stats().misses, c.stats().expirations) == (0, 0, 0)
+
+
+# -- bounds ------------------------------------------------------------------------------
+
+
+def test_lru_eviction_by_entries_follows_reads() -> None:
+    c = Cache(CacheConfig(max_entries=2))
+    c.put("a", b"1", T0)
+    c.put("b", b"2", T0)
+    c.get("a", T0)
+    c.put("c", b"3", T0)
+    assert c.peek("b", T0) is None and c.peek("a", T0) is not None
+    c.put("a", b"4", T0)
+    c.put("d", b"5", T0)
+    assert c.peek("c", T0) is None
+    assert c.stats().evictions == 2
+    assert [k for k, op in ops(c) if op == b"evict"] == [b"b", b"c"]
+
+
+def test_lru_eviction_by_bytes() -> None:
+    c = Cache(CacheConfig(max_bytes=10))
+    c.put("a", b"1234", T0)  # 5 bytes
+    c.put("b", b"1234", T0)  # 10
+    c.put("b", b"123", T0)  # 9: replacing does not double count
+    assert len(c) == 2 and c.stats().bytes == 9
+    c.put("c", b"12", T0)  # 12 -> evict a
+    assert c.peek("a", T0) is None and c.stats().bytes == 7
+
+
+def test_reconfigure_evicts_and_trims_feed() -> None:
+    c = Cache()
+    for k in "abcd":
+        c.put(k, b"v", T0)
+    with pytest.raises(InvalidArgument):
+        c.reconfigure(CacheConfig(max_entries=0), T0)
+    c.reconfigure(CacheConfig(max_entries=2, feed_retention=Retention(max_records=3)), T0)
+    assert len(c) == 2 and c.peek("c", T0) is not None
+    assert c.changes.record_count == 3 and c.changes.first_offset == 3
+
+
+def test_feed_retention_by_count() -> None:
+    c = Cache(CacheConfig(feed_retention=Retention(max_records=2)))
+    for i in range(5):
+        c.put("k", b"%d" % i, T0)
+    assert c.changes.first_offset == 3 and c.stats().feed_records == 2
+
+
+# -- expiry sweep ------------------------------------------------------------------------
+
+
+def test_active_sweep_is_bounded_per_tick() -> None:
+    c = Cache(CacheConfig(sweep_batch=2))
+    assert c.get_timer() is None
+    for i in range(5):
+        c.put(f"k{i}", b"v", T0, ttl=1 + i * 0.1)
+    c.put("forever", b"v", T0)
+    assert c.get_timer() == T0 + 1
+    c.handle_timer(T0 + 0.5)
+    assert len(c) == 6
+    c.handle_timer(T0 + 5)
+    assert len(c) == 4
+    timer = c.get_timer()
+    assert timer is not None and timer <= T0 + 5  # more is due: fire again
+    c.handle_timer(T0 + 5)
+    c.handle_timer(T0 + 5)
+    assert len(c) == 1 and c.get_timer() is None
+    assert c.stats().expirations == 5 and c.stats().misses == 0
+
+
+def test_sweep_skips_superseded_entries() -> None:
+    c = Cache()
+    c.put("k", b"a", T0, ttl=1)
+    c.put("k", b"b", T0, ttl=5)
+    assert c.get_timer() == T0 + 1  # the stale heap entry fires early, harmlessly
+    c.handle_timer(T0 + 1)
+    assert c.peek("k", T0 + 1) is not None and c.stats().expirations == 0
+    c.handle_timer(T0 + 5)
+    assert len(c) == 0 and c.stats().expirations == 1
+
+
+def test_expiry_heap_stays_proportional_to_the_table() -> None:
+    c = Cache()
+    for i in range(1_000):
+        c.put("k", b"%d" % i, T0, ttl=100)
+    assert len(c._expiry) <= 2 * len(c) + 65
+    c.handle_timer(T0 + 100)
+    assert len(c) == 0 and c.stats().expirations == 1
+
+
+def test_feed_age_retention_drives_the_timer() -> None:
+    c = Cache(CacheConfig(feed_retention=Retention(max_age_ms=2_000)))
+    assert c.get_timer() is None
+    c.put("k", b"v", T0)
+    assert c.get_timer() == T0 + 2.001  # strictly older than max_age
+    c.handle_timer(T0 + 2)
+    assert c.changes.record_count == 1
+    c.handle_timer(T0 + 2.001)
+    assert c.changes.record_count == 0 and c.peek("k", T0 + 3) is not None
+    assert c.get_timer() is None
+
+
+# -- replay ------------------------------------------------------------------------------
+
+
+def copy_log(log: MemoryLog) -> MemoryLog:
+    new = MemoryLog(log.first_offset)
+    sl = log.read(log.first_offset, 1 << 30, 1 << 62)
+    assert isinstance(sl, LogSlice)
+    for i, p in enumerate(sl.payloads):
+        new.append(
+            p,
+            sl.timestamps_ms[i],
+            sl.keys[i] if sl.keys else None,
+            sl.headers[i] if sl.headers else None,
+        )
+    return new
+
+
+def test_rebuild_from_feed_restores_values_versions_and_expiry() -> None:
+    cfg = CacheConfig(max_entries=4)
+    c = Cache(cfg)
+    c.put("a", b"1", T0)
+    c.put("b", b"2", T0, ttl=5)
+    c.put("a", b"3", T0)
+    c.delete("b", T0)
+    c.put("c", b"4", T0, ttl=5)
+    c.put("d", b"5", T0)
+    c.put("e", b"6", T0)
+    c.put("f", b"7", T0, ttl=0.5)  # evicts a
+    c.get("f", T0 + 1)  # expires f
+    r = Cache.rebuild_from(copy_log(c.changes), T0 + 2, cfg)
+    for k in "abcdef":
+        assert r.peek(k, T0 + 2) == c.peek(k, T0 + 2), k
+    assert r.stats().version == c.stats().version == 10
+    assert r.stats().bytes == c.stats().bytes
+    assert r.put("x", b"", T0 + 2).version == 11
+    assert r.get("c", T0 + 5) is None  # expiry survived the replay
+
+
+def test_rebuild_enforces_new_bounds_and_keeps_appending() -> None:
+    c = Cache()
+    for k in "abc":
+        c.put(k, b"v", T0)
+    log = copy_log(c.changes)
+    r = Cache.rebuild_from(log, T0, CacheConfig(max_entries=1))
+    assert len(r) == 1 and r.peek("c", T0) is not None
+    assert r.changes is log and log.next_offset == 5  # two evictions logged
+
+
+def test_rebuild_rejects_foreign_records() -> None:
+    log = MemoryLog()
+    log.append(b"x", 0)
+    with pytest.raises(ValueError, match="not a cache change-feed record"):
+        Cache.rebuild_from(log, T0)
+    log = MemoryLog()
+    log.append(b"x", 0, b"k", {"op": b"frob", "version": b"1"})
+    with pytest.raises(ValueError, match="unknown op"):
+        Cache.rebuild_from(log, T0)
+    log = MemoryLog()
+    log.append(b"x", 0, b"k", {"op": b"put"})
+    with pytest.raises(ValueError):
+        Cache.rebuild_from(log, T0)
+
+
+# -- engine ------------------------------------------------------------------------------
+
+
+def test_engine_registry_and_timers() -> None:
+    e = CacheEngine()
+    assert e.get_timer() is None
+    c = e.create_cache(C, CacheConfig(default_ttl_s=3))
+    assert C in e and ("t", "ns", "x") not in e
+    with pytest.raises(AlreadyExists):
+        e.create_cache(C)
+    with pytest.raises(NotFound) as info:
+        e.cache(("t", "ns", "x"))
+    assert info.value.details == {"cache": "x"}
+    other = e.create_cache(("t", "ns", "o"))
+    other.put("k", b"v", T0, ttl=1)
+    c.put("k", b"vv", T0)
+    assert e.cache(C) is c
+    assert e.get_timer() == T0 + 1
+    assert e.byte_size == c.byte_size + other.byte_size
+    e.handle_timer(T0 + 1)
+    assert len(other) == 0 and len(c) == 1
+    e.update_cache(C, CacheConfig(max_entries=1, default_ttl_s=0), T0)
+    with pytest.raises(InvalidArgument):
+        e.update_cache(C, CacheConfig(sweep_batch=0), T0)
+    with pytest.raises(InvalidArgument):
+        e.create_cache(("t", "ns", "bad"), CacheConfig(max_bytes=0))
+    assert ("t", "ns", "bad") not in e
+    assert e.delete_cache(C) is c
+    with pytest.raises(NotFound):
+        e.delete_cache(C)
+    with pytest.raises(NotFound):
+        e.update_cache(C, CacheConfig(), T0)
