@@ -38,6 +38,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from felix_core.broker_core import BrokerCore, EngineOutput, _Connection
+from felix_core.cache import CacheEntry
 from felix_core.errors import InvalidArgument, LimitExceeded, NotFound
 from felix_core.limits import BrokerConfig
 from felix_core.log import LogSlice
@@ -177,6 +178,8 @@ class Broker(BrokerCore):
     def _fanout(self, source: str, path: Path, now: float) -> Fanout:
         if source == "stream":
             return self._stream(path, now)
+        if source == "cache":
+            return self._cache_feed(path, now)
         raise InvalidArgument(
             f"unknown subscription source {source!r}", details={"field": "source"}
         )
@@ -381,3 +384,125 @@ class Broker(BrokerCore):
         purged = self._queues.purge(path, now)
         self.budget.adjust(self._queues.byte_size - before)
         return purged
+
+    # -- caches ----------------------------------------------------------------------------
+
+    def cache_put(
+        self,
+        tenant: str,
+        namespace: str,
+        cache: str,
+        key: str,
+        value: bytes,
+        *,
+        ttl_ms: int | None = None,
+        if_absent: bool = False,
+        if_version: int | None = None,
+        now: float,
+    ) -> tuple[bool, int | None]:
+        """Store a value, possibly conditionally (put-if-absent, compare-and-set).
+
+        Args:
+            tenant: the tenant.
+            namespace: the namespace.
+            cache: the cache.
+            key: the key (1..1024 UTF-8 bytes).
+            value: the value.
+            ttl_ms: time to live; None: the cache's default; 0: never expires.
+            if_absent: store only when the key has no live entry.
+            if_version: store only when the live entry has this version.
+            now: the current time.
+
+        Returns:
+            ``(stored, version)``: True and the new version, or False and the current
+            version (None when there is no live entry) when the condition failed.
+
+        Raises:
+            NotFound: no such cache.
+            InvalidArgument: a bad key or ttl, or both conditions given.
+            TooLarge: key, value or entry above the cache's limits.
+            Overloaded: the memory budget is exhausted (retryable).
+            ShuttingDown: the broker is shutting down.
+        """
+        self._running()
+        path = (tenant, namespace, cache)
+        c = self._cache(path, now)
+        self.budget.check(len(key) + len(value), "cache put")
+        before = c.byte_size
+        fed = c.changes.next_offset
+        result = c.put(
+            key,
+            value,
+            now,
+            ttl=None if ttl_ms is None else ttl_ms / 1000,
+            if_absent=if_absent,
+            if_version=if_version,
+        )
+        self.budget.adjust(c.byte_size - before)
+        if c.changes.next_offset != fed and path in self._feeds:
+            self._pump_feed(path, now)
+        return result.applied, result.version
+
+    def cache_get(
+        self, tenant: str, namespace: str, cache: str, key: str, *, now: float
+    ) -> CacheEntry | None:
+        """Read a key (lazily expiring it when its time is up).
+
+        Args:
+            tenant: the tenant.
+            namespace: the namespace.
+            cache: the cache.
+            key: the key.
+            now: the current time.
+
+        Returns:
+            The live entry (``value``, ``version``, ``ttl_remaining(now)``) or None.
+
+        Raises:
+            NotFound: no such cache.
+            InvalidArgument: a bad key.
+            TooLarge: the key is too long.
+        """
+        path = (tenant, namespace, cache)
+        c = self._cache(path, now)
+        changes = c.changes
+        fed = changes.next_offset
+        before = c.byte_size
+        entry = c.get(key, now)
+        if changes.next_offset != fed:  # a lazy expiry removed the entry and logged it
+            self.budget.adjust(c.byte_size - before)
+            self._after_cache_change(path, now)
+        return entry
+
+    def cache_delete(
+        self,
+        tenant: str,
+        namespace: str,
+        cache: str,
+        key: str,
+        *,
+        if_version: int | None = None,
+        now: float,
+    ) -> bool:
+        """Delete a key, possibly only at a given version.
+
+        Returns:
+            True when a live entry was removed.
+
+        Raises:
+            NotFound: no such cache.
+            InvalidArgument: a bad key.
+            TooLarge: the key is too long.
+        """
+        path = (tenant, namespace, cache)
+        c = self._cache(path, now)
+        before = c.byte_size
+        result = c.delete(key, now, if_version=if_version)
+        self.budget.adjust(c.byte_size - before)
+        if result.applied:
+            self._after_cache_change(path, now)
+        return result.applied
+
+    def _after_cache_change(self, path: Path, now: float) -> None:
+        if path in self._feeds:
+            self._pump_feed(path, now)

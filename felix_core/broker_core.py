@@ -15,6 +15,7 @@ from contextlib import suppress
 from dataclasses import asdict
 from typing import Any
 
+from felix_core.cache import Cache, CacheEngine
 from felix_core.errors import InvalidArgument, NotFound, ShuttingDown, TooLarge
 from felix_core.limits import BrokerConfig, MemoryBudget
 from felix_core.metadata import (
@@ -26,7 +27,7 @@ from felix_core.metadata import (
     ResourceRecord,
 )
 from felix_core.queues import ConsumerEnded, QueueEngine, QueueEvent
-from felix_core.settings import StreamSettings, queue_config
+from felix_core.settings import BatchPolicy, StreamSettings, cache_config, queue_config
 from felix_core.streams import Fanout, Output, Stream, Subscription, batch_byte_size
 
 __all__ = ["BrokerCore", "EngineOutput"]
@@ -78,6 +79,13 @@ class BrokerCore:
         self._versions: dict[tuple[Kind, Path], tuple[int, int]] = {}
         self._queues = QueueEngine()
         self._queue_out: list[QueueEvent] = []
+        self._caches = CacheEngine()
+        self._feeds: dict[Path, Fanout] = {}
+        self._feed_batch = BatchPolicy(
+            max_events=config.batch_max_events,
+            max_bytes=config.batch_max_bytes,
+            max_delay_s=config.batch_max_delay_us / 1e6,
+        )
         self._conns: dict[int, _Connection] = {}
         self._next_sub_id = 1
         self._timers: list[tuple[float, int, Fanout]] = []
@@ -283,6 +291,12 @@ class BrokerCore:
             out["stats"] = self._streams[record.path].stats()
         elif record.kind is Kind.QUEUE:
             out["stats"] = asdict(self._queues.stats(record.path, now))
+        elif record.kind is Kind.CACHE:
+            feed = self._feeds.get(record.path)
+            out["stats"] = {
+                **asdict(self._caches.cache(record.path).stats()),
+                "feed_subscriptions": len(feed.subscriptions) if feed is not None else 0,
+            }
         return out
 
     def _materialize(self, record: ResourceRecord, now: float) -> None:
@@ -290,6 +304,8 @@ class BrokerCore:
             self._stream(record.path, now)
         elif record.kind is Kind.QUEUE:
             self._queue(record.path, now)
+        elif record.kind is Kind.CACHE:
+            self._cache(record.path, now)
 
     def _record(self, kind: Kind, path: Path, now: float) -> ResourceRecord:
         """The current record, dropping the engine when the record is gone or replaced."""
@@ -354,6 +370,45 @@ class BrokerCore:
             before = self._queues.byte_size
             self._queues.delete_queue(path)
             self.budget.adjust(self._queues.byte_size - before)
+        elif kind is Kind.CACHE:
+            cache = self._caches.delete_cache(path)
+            self.budget.adjust(-cache.byte_size)
+            feed = self._feeds.pop(path, None)
+            if feed is not None:
+                feed.end_all("deleted", "the cache was deleted")
+                feed.closed = True
+
+    def _cache(self, path: Path, now: float) -> Cache:
+        record = self._record(Kind.CACHE, path, now)
+        version = (record.uid, record.generation)
+        current = self._versions.get((Kind.CACHE, path))
+        if current is None:
+            cache = self._caches.create_cache(path, cache_config(record.settings))
+            self._versions[(Kind.CACHE, path)] = version
+            return cache
+        cache = self._caches.cache(path)
+        if current != version:
+            before = cache.byte_size
+            self._caches.update_cache(path, cache_config(record.settings), now)
+            self.budget.adjust(cache.byte_size - before)
+            self._versions[(Kind.CACHE, path)] = version
+            self._pump_feed(path, now)
+        return cache
+
+    def _cache_feed(self, path: Path, now: float) -> Fanout:
+        """The fanout following a cache's change log (created on first subscription)."""
+        cache = self._cache(path, now)
+        feed = self._feeds.get(path)
+        if feed is None:
+            feed = Fanout(cache.changes, self._out, batch=self._feed_batch, on_end=self._forget_sub)
+            self._feeds[path] = feed
+        return feed
+
+    def _pump_feed(self, path: Path, now: float) -> None:
+        feed = self._feeds.get(path)
+        if feed is not None:
+            feed.pump(now)
+            self._schedule(feed)
 
     def _forget_sub(self, sub: Subscription) -> None:
         conn = self._conns.get(sub.conn_id)
@@ -446,7 +501,11 @@ class BrokerCore:
         Returns:
             An absolute time in seconds (same clock as ``now``), or None.
         """
-        deadlines = [t for t in (self._heap_timer(), self._queues.get_timer()) if t is not None]
+        deadlines = [
+            t
+            for t in (self._heap_timer(), self._queues.get_timer(), self._caches.get_timer())
+            if t is not None
+        ]
         return min(deadlines, default=None)
 
     def handle_timer(self, now: float) -> None:
@@ -473,6 +532,13 @@ class BrokerCore:
             before = self._queues.byte_size
             self._queues.handle_timer(now)
             self.budget.adjust(self._queues.byte_size - before)
+        cache_deadline = self._caches.get_timer()
+        if cache_deadline is not None and cache_deadline <= now:
+            before = self._caches.byte_size
+            self._caches.handle_timer(now)
+            self.budget.adjust(self._caches.byte_size - before)
+            for path in self._feeds:
+                self._pump_feed(path, now)
 
     def shutdown(self, now: float) -> None:
         """Stop: end every subscription and consumer with reason ``shutdown``.
@@ -512,6 +578,7 @@ class BrokerCore:
             "consumers": sum(len(c.consumers) for c in self._conns.values()),
             "streams": len(self._streams),
             "queues": sum(1 for k, _ in self._versions if k is Kind.QUEUE),
+            "caches": sum(1 for k, _ in self._versions if k is Kind.CACHE),
             "memory_used_bytes": self.budget.used,
             "memory_limit_bytes": self.budget.limit,
             "memory_high_water_bytes": self.budget.high_water,

@@ -38,6 +38,7 @@ from felix_core.names import validate_name
 from felix_core.settings import (
     Path,
     SettingsSchema,
+    cache_schema,
     description_schema,
     queue_schema,
     stream_schema,
@@ -254,7 +255,7 @@ class Catalog:
             Kind.NAMESPACE: description_schema("namespace"),
             Kind.STREAM: stream_schema(config),
             Kind.QUEUE: queue_schema(config),
-            Kind.CACHE: description_schema("cache"),
+            Kind.CACHE: cache_schema(config),
         }
         if schemas:
             self.schemas.update(schemas)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from felix_core.cache import CacheConfig
 from felix_core.errors import InvalidArgument
 from felix_core.limits import BrokerConfig
 from felix_core.log import Retention
@@ -29,6 +30,8 @@ __all__ = [
     "SettingsSchema",
     "SlowConsumerPolicy",
     "StreamSettings",
+    "cache_config",
+    "cache_schema",
     "check_known",
     "choice_setting",
     "description_schema",
@@ -354,4 +357,76 @@ def queue_config(settings: Mapping[str, Any]) -> QueueConfig:
         max_attempts=settings["max_attempts"],
         dead_letter_queue=settings["dead_letter_queue"],
         max_prefetch=settings["max_prefetch"],
+    )
+
+
+# -- cache settings ------------------------------------------------------------------------
+
+_CACHE_KEYS = (
+    "default_ttl_ms",
+    "max_entries",
+    "max_bytes",
+    "max_value_bytes",
+    "feed_retention_max_records",
+    "feed_retention_max_bytes",
+    "sweep_batch",
+    "durability",
+)
+
+
+def cache_schema(config: BrokerConfig) -> SettingsSchema:
+    """Cache settings: the wire mapping of :class:`~felix_core.cache.CacheConfig`.
+
+    ``default_ttl_ms`` 0 means entries never expire by default; ``max_value_bytes`` may not
+    exceed the config's ``max_payload_bytes``.
+    """
+    defaults = CacheConfig()
+
+    def schema(
+        path: Path, new: Mapping[str, Any], current: Mapping[str, Any] | None
+    ) -> dict[str, Any]:
+        check_known("cache", new, _CACHE_KEYS)
+        base = current or {
+            "default_ttl_ms": round(defaults.default_ttl_s * 1000),
+            "max_entries": defaults.max_entries,
+            "max_bytes": defaults.max_bytes,
+            "max_value_bytes": min(defaults.max_value_bytes, config.max_payload_bytes),
+            "feed_retention_max_records": defaults.feed_retention.max_records,
+            "feed_retention_max_bytes": config.stream_retention_max_bytes,
+            "sweep_batch": defaults.sweep_batch,
+            "durability": config.durability,
+        }
+        merged = {**base, **new}
+        full = {
+            "default_ttl_ms": required_int(merged, "default_ttl_ms", lo=0, hi=10**12),
+            "max_entries": int_setting(merged, "max_entries", lo=1),
+            "max_bytes": int_setting(merged, "max_bytes", lo=1),
+            "max_value_bytes": required_int(
+                merged, "max_value_bytes", lo=1, hi=config.max_payload_bytes
+            ),
+            "feed_retention_max_records": int_setting(merged, "feed_retention_max_records", lo=1),
+            "feed_retention_max_bytes": required_int(
+                merged, "feed_retention_max_bytes", lo=1, hi=config.stream_max_retention_bytes
+            ),
+            "sweep_batch": required_int(merged, "sweep_batch", lo=1, hi=1 << 20),
+            "durability": choice_setting(merged, "durability", Durability),
+        }
+        cache_config(full).validate()
+        return full
+
+    return schema
+
+
+def cache_config(settings: Mapping[str, Any]) -> CacheConfig:
+    """The cache engine's config from a full cache settings mapping."""
+    return CacheConfig(
+        default_ttl_s=settings["default_ttl_ms"] / 1000,
+        max_entries=settings["max_entries"],
+        max_bytes=settings["max_bytes"],
+        max_value_bytes=settings["max_value_bytes"],
+        feed_retention=Retention(
+            max_records=settings["feed_retention_max_records"],
+            max_bytes=settings["feed_retention_max_bytes"],
+        ),
+        sweep_batch=settings["sweep_batch"],
     )
