@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar, dataclass_transform
 
 __all__ = [
     "MESSAGE_TYPES",
@@ -66,7 +66,13 @@ __all__ = [
     "Welcome",
 ]
 
-_msg = dataclass(frozen=True, slots=True, kw_only=True)
+_M = TypeVar("_M")
+
+
+@dataclass_transform(frozen_default=True, kw_only_default=True, field_specifiers=(field,))
+def _msg(cls: type[_M]) -> type[_M]:
+    """``@dataclass(frozen=True, slots=True, kw_only=True)``, spelled so type checkers see it."""
+    return dataclass(frozen=True, slots=True, kw_only=True)(cls)
 
 
 class AckMode(IntEnum):
