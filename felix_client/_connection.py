@@ -131,7 +131,9 @@ class Connection:
                 await conn._welcomed.wait()
         except TimeoutError:
             await transport.aclose()
-            raise RequestTimeout(f"no answer from {host}:{port} within {timeout:g}s") from None
+            raise RequestTimeout(
+                f"no answer from {host}:{port} within {timeout:g}s (is the broker running?)"
+            ) from None
         except BaseException:
             await transport.aclose()
             raise

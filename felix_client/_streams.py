@@ -155,14 +155,16 @@ class Publisher:
         tb: TracebackType | None,
     ) -> bool | None:
         assert self._tg is not None
+        tg = self._tg
         try:
             if exc is None:
                 await self.flush()
-            else:
-                self._tg.cancel_scope.cancel()
         finally:
-            tg, self._tg = self._tg, None
-            await tg.__aexit__(exc_type, exc, tb)
+            self._tg = None
+            # The background tasks never raise (failures are kept in _error), so closing
+            # the group cleanly lets the caller's exception through unwrapped.
+            tg.cancel_scope.cancel()
+            await tg.__aexit__(None, None, None)
         return None
 
     async def publish(

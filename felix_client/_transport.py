@@ -134,7 +134,7 @@ class QuicTransport:
                     except (anyio.ClosedResourceError, anyio.EndOfStream):
                         self._close("socket closed")
                         break
-                    except OSError as exc:
+                    except (anyio.BrokenResourceError, OSError) as exc:
                         self._close(_describe_os_error(exc))
                         break
                 self._scope = None
@@ -180,10 +180,10 @@ class QuicTransport:
             for data, _addr in self.quic.datagrams_to_send(anyio.current_time()):
                 try:
                     await self._sock.send(data)
-                except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                except anyio.ClosedResourceError:
                     self._close("socket closed")
                     return
-                except OSError as exc:
+                except (anyio.BrokenResourceError, OSError) as exc:
                     self._close(_describe_os_error(exc))
                     return
 
@@ -235,7 +235,11 @@ class QuicTransport:
             await self._sock.aclose()
 
 
-def _describe_os_error(exc: OSError) -> str:
+def _describe_os_error(exc: BaseException) -> str:
+    if isinstance(exc, anyio.BrokenResourceError) and exc.__cause__ is not None:
+        exc = exc.__cause__
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused (is the broker running?)"
-    return exc.strerror or str(exc)
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    return str(exc) or type(exc).__name__

@@ -123,10 +123,8 @@ class Client:
         try:
             for i in range(self.pool_size):
                 await self._connection(i)
-        except BaseException as exc:
-            await self.aclose()
-            tg, self._tg = self._tg, None
-            await tg.__aexit__(type(exc), exc, exc.__traceback__)
+        except BaseException:
+            await self._close_task_group()
             raise
         return self
 
@@ -135,13 +133,17 @@ class Client:
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> bool | None:
+    ) -> None:
+        await self._close_task_group()
+
+    async def _close_task_group(self) -> None:
+        # The transport tasks never raise (they turn failures into a closed connection),
+        # so the group is closed cleanly and the caller's own exception passes unwrapped.
         await self.aclose()
         tg, self._tg = self._tg, None
         if tg is not None:
             tg.cancel_scope.cancel()
-            return await tg.__aexit__(exc_type, exc, tb)
-        return None
+            await tg.__aexit__(None, None, None)
 
     async def aclose(self) -> None:
         """Close every connection (pending requests fail with ``ConnectionLost``)."""

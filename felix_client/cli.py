@@ -1,0 +1,332 @@
+"""The ``felix`` command: publish, subscribe, queues, cache and admin from the shell.
+
+In the style of the ``nats`` CLI and ``redis-cli``::
+
+    felix pub orders "hello"                 # one message
+    seq 10 | felix pub orders                # one message per stdin line
+    felix pub orders --count 100000 --size 100 --rate 20000
+    felix sub orders --from earliest --count 10
+    felix queue push jobs "resize 42"
+    felix queue consume jobs --count 1
+    felix cache put sessions alice 42 --ttl 60
+    felix cache get sessions alice
+    felix admin create stream orders --set retention_max_records=100000
+    felix broker                             # the broker (also: felix-broker)
+
+Common flags (anywhere on the line): ``--server`` (``FELIX_SERVER``), ``--ca`` / ``--insecure``,
+``--token`` (``FELIX_TOKEN``), ``--tenant``, ``--namespace``, ``--output text|json``,
+``--timeout``. Expected errors print one line on stderr and exit 1 (2 for usage errors,
+130 on Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import anyio
+
+from ._cli_commands import COMMANDS, parse_start
+from ._url import DEFAULT_URL, parse_url
+from .errors import FelixError
+
+__all__ = ["broker_main", "build_parser", "main", "parse_start"]
+
+PROG = "felix"
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+_COMMON_DEFAULTS: dict[str, Any] = {
+    "server": None,
+    "ca": None,
+    "insecure": False,
+    "token": None,
+    "tenant": "default",
+    "namespace": "default",
+    "output": "text",
+    "timeout": 10.0,
+    "loop": "asyncio",
+}
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    """Add the common flags; defaults are SUPPRESSed so a flag works before or after the
+    subcommand (the real defaults are filled in by :func:`_finish`)."""
+    g = parser.add_argument_group("connection and output")
+    s = argparse.SUPPRESS
+    g.add_argument(
+        "--server",
+        "-s",
+        default=s,
+        metavar="URL",
+        help=f"broker URL (env FELIX_SERVER; default {DEFAULT_URL})",
+    )
+    g.add_argument(
+        "--ca",
+        default=s,
+        metavar="FILE",
+        help="PEM certificate(s) to trust, e.g. the broker's self-signed cert (env FELIX_CA)",
+    )
+    g.add_argument(
+        "--insecure",
+        "-k",
+        action="store_true",
+        default=s,
+        help="do not verify the broker's certificate (development only)",
+    )
+    g.add_argument("--token", default=s, help="bearer token (env FELIX_TOKEN)")
+    g.add_argument("--tenant", default=s, help="tenant (default: default)")
+    g.add_argument("--namespace", "-n", default=s, help="namespace (default: default)")
+    g.add_argument(
+        "--output", "-o", choices=("text", "json"), default=s, help="output format (default: text)"
+    )
+    g.add_argument(
+        "--timeout",
+        type=float,
+        default=s,
+        metavar="SECONDS",
+        help="per-request timeout (default: 10)",
+    )
+    g.add_argument("--loop", choices=("asyncio", "trio"), default=s,
+                   help="event loop the client runs on (default: asyncio)")  # fmt: skip
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``felix`` (every subcommand but ``broker``'s own flags)."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Felix command-line client: streams, queues, cache and admin.",
+        epilog="Run 'felix COMMAND --help' for a command's options. "
+        "'felix broker --help' shows the broker's options.",
+    )
+    _common(parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def cmd(name: str, help: str, parent: Any = sub) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = parent.add_parser(name, help=help, description=help)
+        _common(p)
+        return p
+
+    p = sub.add_parser("broker", help="run a broker (all further arguments go to it)",
+                       add_help=False)  # fmt: skip
+    p.add_argument("--runtime", choices=("asyncio", "anyio"), default="asyncio")
+    p.add_argument("--backend", choices=("asyncio", "trio"), default="asyncio")
+    p.add_argument("broker_args", nargs=argparse.REMAINDER)
+
+    p = cmd("pub", "publish to a stream (a message, stdin lines, or a generated load)")
+    p.add_argument("stream")
+    p.add_argument("message", nargs="?", help="the payload; without it, one per stdin line")
+    p.add_argument("--count", "-c", type=_positive_int, help="publish this many messages")
+    p.add_argument("--size", type=_positive_int, help="generated payload size in bytes")
+    p.add_argument("--rate", type=float, help="at most this many messages per second")
+    p.add_argument("--key", help="record key")
+    p.add_argument("--header", "-H", action="append", default=[], metavar="NAME=VALUE")
+    p.add_argument("--ack", choices=("none", "accepted", "committed"), default="accepted")
+    p.add_argument(
+        "--batch",
+        type=_positive_int,
+        default=512,
+        help="max records per batch for --count and stdin (default 512)",
+    )
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress line")
+
+    p = cmd("sub", "subscribe to a stream and print its events")
+    p.add_argument("stream")
+    p.add_argument(
+        "--from",
+        dest="start",
+        default="latest",
+        metavar="WHERE",
+        help="earliest, latest (default), an OFFSET, an ISO time, or an age like 5m / 2h / 30s",
+    )
+    p.add_argument("--count", "-c", type=_positive_int, help="exit after this many events")
+    p.add_argument(
+        "--cache-feed", action="store_true", help="follow the change feed of the cache named STREAM"
+    )
+    p.add_argument(
+        "--idle", type=float, metavar="SECONDS", help="exit when no event arrives for this long"
+    )
+    p.add_argument(
+        "--quiet",
+        "-q",
+        action="store_true",
+        help="do not print events (with --stats, for load tests)",
+    )
+    p.add_argument("--stats", action="store_true", help="print a rate line on stderr")
+
+    q = sub.add_parser("queue", help="queues: push, consume").add_subparsers(
+        dest="queue_command", metavar="ACTION", required=True
+    )
+    p = cmd("push", "append messages to a queue", q)
+    p.add_argument("queue")
+    p.add_argument("message", nargs="?", help="the payload; without it, one per stdin line")
+    p = cmd("consume", "take messages from a queue, print and ack them", q)
+    p.add_argument("queue")
+    p.add_argument("--group", "-g", default="default")
+    p.add_argument("--count", "-c", type=_positive_int, help="exit after this many messages")
+    p.add_argument("--prefetch", type=_positive_int, default=16)
+    p.add_argument(
+        "--idle", type=float, metavar="SECONDS", help="exit when no message arrives for this long"
+    )
+    p.add_argument("--nack", action="store_true", help="nack instead of ack (redeliver)")
+
+    c = sub.add_parser("cache", help="cache: put, get, del").add_subparsers(
+        dest="cache_command", metavar="ACTION", required=True
+    )
+    p = cmd("put", "store a value", c)
+    p.add_argument("cache")
+    p.add_argument("key")
+    p.add_argument("value", nargs="?", help="the value (stdin when omitted)")
+    p.add_argument("--ttl", type=float, metavar="SECONDS", help="time to live (0: forever)")
+    p.add_argument("--if-absent", action="store_true", help="only if the key has no value")
+    p.add_argument("--if-version", type=int, metavar="V", help="only if at version V (CAS)")
+    p = cmd("get", "read a value", c)
+    p.add_argument("cache")
+    p.add_argument("key")
+    p = cmd("del", "delete a value", c)
+    p.add_argument("cache")
+    p.add_argument("key")
+    p.add_argument("--if-version", type=int, metavar="V", help="only if at version V")
+
+    a = sub.add_parser("admin", help="manage tenants, namespaces, streams, queues, caches")
+    a_sub = a.add_subparsers(dest="admin_command", metavar="ACTION", required=True)
+    kinds = ("tenant", "namespace", "stream", "queue", "cache")
+    for action, text in (
+        ("create", "create a resource"),
+        ("describe", "describe a resource"),
+        ("update", "change settings"),
+        ("delete", "delete a resource"),
+    ):
+        p = cmd(action, text, a_sub)
+        p.add_argument("kind", choices=kinds)
+        p.add_argument("name")
+        if action in ("create", "update"):
+            p.add_argument(
+                "--set",
+                dest="settings",
+                action="append",
+                default=[],
+                metavar="KEY=VALUE",
+                help="a setting (repeatable)",
+            )
+    p = cmd("list", "list resources of a kind", a_sub)
+    p.add_argument("kind", choices=kinds)
+    return parser  # fmt: skip
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _finish(args: argparse.Namespace, env: dict[str, str]) -> argparse.Namespace:
+    """Fill the common defaults (flag > environment > built-in) and check the URL."""
+    for name, default in _COMMON_DEFAULTS.items():
+        if not hasattr(args, name):
+            setattr(args, name, default)
+    args.server = args.server or env.get("FELIX_SERVER") or DEFAULT_URL
+    args.ca = args.ca or env.get("FELIX_CA") or None
+    args.token = args.token or env.get("FELIX_TOKEN") or None
+    parse_url(args.server)  # ValueError -> usage error
+    if args.ca and not os.path.isfile(args.ca):
+        raise ValueError(f"CA file {args.ca!r} does not exist")
+    return args
+
+
+def parse_args(argv: Sequence[str], env: dict[str, str] | None = None) -> argparse.Namespace:
+    """Parse a ``felix`` command line (without the program name).
+
+    Raises:
+        SystemExit: bad usage (argparse prints the message) or ``--help``.
+        ValueError: a malformed ``--server`` URL or a missing ``--ca`` file.
+    """
+    args = build_parser().parse_args(list(argv))
+    return _finish(args, dict(os.environ) if env is None else env)
+
+
+def error_line(exc: BaseException) -> str:
+    """The one line printed on stderr for an expected error."""
+    if isinstance(exc, FelixError):
+        text = str(exc)
+        low = text.lower()
+        if "certificate" in low or "verify" in low:
+            text += " (pass --ca FILE with the broker's certificate, or --insecure)"
+        return f"{PROG}: error: {text}"
+    return f"{PROG}: error: {exc}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``felix``. Returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "broker":
+        return broker_main(argv[1:])
+    try:
+        args = parse_args(argv)
+    except ValueError as exc:
+        print(error_line(exc), file=sys.stderr)
+        return EXIT_USAGE
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    command = COMMANDS[_command_key(args)]
+    try:
+        result: int = anyio.run(command, args, backend=args.loop)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except (FelixError, ValueError, OSError) as exc:
+        print(error_line(exc), file=sys.stderr)
+        return EXIT_ERROR
+    except BrokenPipeError:
+        return EXIT_ERROR
+    return result
+
+
+def _command_key(args: argparse.Namespace) -> str:
+    sub = {"queue": "queue_command", "cache": "cache_command", "admin": "admin_command"}
+    if args.command in sub:
+        return f"{args.command} {getattr(args, sub[args.command])}"
+    return str(args.command)
+
+
+def broker_main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``felix-broker`` and ``felix broker``: run a broker.
+
+    ``--runtime asyncio`` (default) runs :func:`felix_runtime_asyncio.main`; ``--runtime
+    anyio --backend asyncio|trio`` runs :func:`felix_runtime_anyio.main`. Every other
+    argument is passed on to the runtime.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    pre = argparse.ArgumentParser(prog="felix broker", add_help=False)
+    pre.add_argument("--runtime", choices=("asyncio", "anyio"), default="asyncio")
+    pre.add_argument("--backend", choices=("asyncio", "trio"), default="asyncio")
+    try:
+        known, rest = pre.parse_known_args(argv)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    if known.runtime == "asyncio":
+        if known.backend != "asyncio":
+            print(f"{PROG}: error: --backend {known.backend} needs --runtime anyio",
+                  file=sys.stderr)  # fmt: skip
+            return EXIT_USAGE
+        module = "felix_runtime_asyncio"
+    else:
+        module = "felix_runtime_anyio"
+        rest = ["--backend", known.backend, *rest]
+    runtime = importlib.import_module(module)
+    run = getattr(runtime, "main", None)
+    if run is None:
+        print(f"{PROG}: error: the {known.runtime} runtime is not available yet",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_ERROR
+    code = run(rest)
+    return int(code or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

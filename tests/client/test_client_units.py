@@ -1,0 +1,297 @@
+"""Client unit tests that need no network: URLs, errors, start positions, the publisher's
+in-flight bound and the subscription's credit, gaps and resume (against fakes)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import anyio
+import pytest
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from felix_client import errors
+from felix_client._streams import Publisher, Record, Subscription
+from felix_client._url import DEFAULT_PORT, parse_url
+from felix_client.types import PublishResult, Start
+from felix_proto import events as ev
+from felix_proto.errors import RETRYABLE, ErrorCode
+from felix_proto.messages import AckMode, EventBatch, StartKind
+
+# ------------------------------------------------------------------------------ URLs
+
+
+@pytest.mark.parametrize(
+    ("url", "host", "port"),
+    [
+        ("quic://127.0.0.1:7447", "127.0.0.1", 7447),
+        ("quic://broker.example", "broker.example", DEFAULT_PORT),
+        ("localhost:9000", "localhost", 9000),
+        ("quic://[::1]:5000", "::1", 5000),
+        ("  quic://h:1/ ", "h", 1),
+    ],
+)
+def test_parse_url_accepts(url: str, host: str, port: int) -> None:
+    addr = parse_url(url)
+    assert (addr.host, addr.port) == (host, port)
+
+
+@pytest.mark.parametrize(
+    "url", ["", "http://h:1", "quic://h:0", "quic://h:70000", "quic://h:x", "quic://h/path",
+            "quic://u:p@h:1", "quic://:5", "quic://h:1?x=1"],
+)  # fmt: skip
+def test_parse_url_rejects(url: str) -> None:
+    with pytest.raises(ValueError):
+        parse_url(url)
+
+
+def test_url_round_trip() -> None:
+    assert parse_url("quic://[::1]:5").url == "quic://[::1]:5"
+    assert parse_url("h").url == f"quic://h:{DEFAULT_PORT}"
+
+
+# ---------------------------------------------------------------------------- errors
+
+
+def test_every_code_has_its_own_class() -> None:
+    classes = {errors.error_class(code) for code in ErrorCode}
+    assert len(classes) == len(ErrorCode)
+    for code in ErrorCode:
+        exc = errors.error_from_code(code, "boom", details={"x": 1})
+        assert type(exc) is errors.error_class(code)
+        assert isinstance(exc, errors.FelixError)
+        assert exc.code == code
+        assert exc.retryable == (code in RETRYABLE)
+        assert exc.details == {"x": 1}
+        assert str(exc) == f"{code.name}: boom"
+
+
+def test_broker_retryable_flag_wins_and_unknown_codes_survive() -> None:
+    assert errors.error_from_code(ErrorCode.NOT_FOUND, "m", retryable=True).retryable
+    exc = errors.error_from_code(999, "future code")
+    assert type(exc) is errors.FelixError
+    assert exc.code == 999
+    assert "code 999" in str(exc)
+
+
+def test_local_errors_are_builtin_kinds_too() -> None:
+    assert isinstance(errors.RequestTimeout("t"), TimeoutError)
+    assert isinstance(errors.ConnectionLost("c"), ConnectionError)
+    too_old = errors.error_from_code(ErrorCode.CURSOR_TOO_OLD, "old", details={"first_offset": 7})
+    assert isinstance(too_old, errors.CursorTooOld)
+    assert too_old.first_offset == 7
+
+
+# -------------------------------------------------------------------- start positions
+
+
+def test_start_coercion() -> None:
+    assert Start.coerce("latest").kind == StartKind.LATEST
+    assert Start.coerce("earliest").kind == StartKind.EARLIEST
+    assert Start.coerce(42) == Start(StartKind.OFFSET, 42)
+    when = datetime(2026, 1, 1, tzinfo=UTC)
+    assert Start.coerce(when) == Start(StartKind.TIMESTAMP, int(when.timestamp() * 1000))
+    for bad in ("soon", -1, True):
+        with pytest.raises(ValueError):
+            Start.coerce(bad)  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------------- publisher
+
+
+class FakeBroker:
+    """Acks batches after a delay, recording the in-flight byte peak it saw."""
+
+    def __init__(self, delay: float = 0.001, fail_at: int | None = None) -> None:
+        self.delay = delay
+        self.fail_at = fail_at
+        self.in_flight = 0
+        self.peak = 0
+        self.batches: list[list[bytes]] = []
+        self.next_offset = 0
+
+    async def send(self, batch: Sequence[Record], ack: AckMode) -> PublishResult | None:
+        size = sum(r.size for r in batch)
+        self.in_flight += size
+        self.peak = max(self.peak, self.in_flight)
+        try:
+            await anyio.sleep(self.delay)
+            if self.fail_at is not None and len(self.batches) >= self.fail_at:
+                raise errors.NotFound("stream x does not exist")
+            self.batches.append([r.payload for r in batch])
+            first = self.next_offset
+            self.next_offset += len(batch)
+            return None if ack == AckMode.NONE else PublishResult(first, self.next_offset - 1)
+        finally:
+            self.in_flight -= size
+
+
+@pytest.mark.anyio
+async def test_publisher_bounds_in_flight_bytes_and_keeps_order() -> None:
+    broker = FakeBroker()
+    limit = 10_000
+    async with Publisher(broker.send, max_batch_records=10, max_batch_bytes=2_000,
+                         max_in_flight_bytes=limit, linger=0.001) as pub:  # fmt: skip
+        for i in range(500):
+            await pub.publish(b"%05d" % i + b"." * 95)
+            assert pub.in_flight_bytes <= limit
+    assert broker.peak <= limit
+    assert pub.peak_in_flight_bytes <= limit
+    assert pub.acked_records == pub.sent_records == 500
+    assert pub.last_offset == 499
+    got = [p for batch in broker.batches for p in batch]
+    assert len(got) == 500 and all(len(b) <= 10 for b in broker.batches)
+    # acks may complete out of order, but every record went exactly once
+    assert sorted(got) == [b"%05d" % i + b"." * 95 for i in range(500)]
+
+
+@pytest.mark.anyio
+async def test_publisher_linger_sends_partial_batch() -> None:
+    broker = FakeBroker()
+    async with Publisher(broker.send, max_batch_records=100, linger=0.01) as pub:
+        await pub.publish(b"one")
+        with anyio.fail_after(2):
+            while not broker.batches:
+                await anyio.sleep(0.005)
+        assert broker.batches == [[b"one"]]
+
+
+@pytest.mark.anyio
+async def test_publisher_oversized_record_still_goes_alone() -> None:
+    broker = FakeBroker()
+    async with Publisher(broker.send, max_batch_bytes=10, max_in_flight_bytes=10) as pub:
+        await pub.publish(b"x" * 100)
+        await pub.publish(b"y" * 100)
+    assert broker.batches == [[b"x" * 100], [b"y" * 100]]
+
+
+@pytest.mark.anyio
+async def test_publisher_surfaces_the_first_failure() -> None:
+    broker = FakeBroker(fail_at=1)
+    with pytest.raises(errors.NotFound):
+        async with Publisher(broker.send, max_batch_records=1, linger=0) as pub:
+            for i in range(50):
+                await pub.publish(b"z")
+                if i == 5:
+                    await anyio.sleep(0.05)  # the failed ack lands; the next publish raises
+    assert pub.sent_records == 6
+
+
+@pytest.mark.anyio
+async def test_publisher_requires_async_with() -> None:
+    pub = Publisher(FakeBroker().send)
+    with pytest.raises(RuntimeError):
+        await pub.publish(b"a")
+
+
+# ---------------------------------------------------------------------- subscription
+
+
+class FakeFeedBackend:
+    """Hands out subscriptions whose inboxes the test fills by hand."""
+
+    def __init__(self, reconnect: bool = False) -> None:
+        self._reconnect = reconnect
+        self.opened: list[Start] = []
+        self.credits: list[tuple[int, int, int]] = []
+        self.closed: list[int] = []
+        self.inboxes: list[MemoryObjectSendStream[Any]] = []
+
+    @property
+    def reconnect(self) -> bool:
+        return self._reconnect
+
+    async def open_feed(
+        self, kind: str, spec: dict[str, Any]
+    ) -> tuple[object, ev.Event, MemoryObjectReceiveStream[Any]]:
+        start = spec["start"]
+        self.opened.append(start)
+        send, receive = anyio.create_memory_object_stream[Any](100)
+        self.inboxes.append(send)
+        sid = len(self.opened)
+        first = start.value if start.kind == StartKind.OFFSET else 0
+        return "conn", ev.SubscriptionStarted(request_id=sid, subscription_id=sid,
+                                              first_offset=first), receive  # fmt: skip
+
+    async def credit(self, conn: object, sub_id: int, messages: int, nbytes: int) -> None:
+        self.credits.append((sub_id, messages, nbytes))
+
+    async def close_feed(self, conn: object, kind: str, ident: int) -> None:
+        self.closed.append(ident)
+
+    async def settle(self, *args: object) -> None:
+        raise AssertionError("not used")
+
+
+def _spec(credit: int = 4) -> dict[str, Any]:
+    return {"tenant": "t", "namespace": "n", "stream": "s", "credit_messages": credit,
+            "credit_bytes": 1 << 20, "source": "stream"}  # fmt: skip
+
+
+def _batch(sid: int, base: int, n: int) -> ev.EventsReceived:
+    return ev.EventsReceived(subscription_id=sid, batch=EventBatch(
+        base_offset=base, payloads=[b"p%d" % (base + i) for i in range(n)],
+        timestamps_ms=[1000 + base + i for i in range(n)]))  # fmt: skip
+
+
+@pytest.mark.anyio
+async def test_subscription_yields_events_gaps_and_returns_credit() -> None:
+    backend = FakeFeedBackend()
+    async with Subscription(backend, _spec(credit=4), Start.earliest()) as sub:
+        inbox = backend.inboxes[0]
+        await inbox.send(_batch(1, 0, 3))
+        await inbox.send(ev.GapReported(subscription_id=1, missed=5, next_offset=8))
+        await inbox.send(_batch(1, 8, 2))
+        await inbox.send(ev.SubscriptionEnded(subscription_id=1, reason="unsubscribed"))
+        got = [e async for e in sub]
+    assert [e.offset for e in got] == [0, 1, 2, 8, 9]
+    assert [e.gap_before for e in got] == [0, 0, 0, 5, 0]
+    assert got[0].payload == b"p0" and got[0].timestamp_ms == 1000
+    assert sub.missed == 5 and sub.next_offset == 10
+    assert backend.credits and all(c[1] == 2 for c in backend.credits)  # half the window
+
+
+@pytest.mark.anyio
+async def test_subscription_abnormal_end_raises_typed_error() -> None:
+    backend = FakeFeedBackend()
+    async with Subscription(backend, _spec(), Start.latest()) as sub:
+        await backend.inboxes[0].send(
+            ev.SubscriptionEnded(subscription_id=1, reason="deleted", message="stream deleted")
+        )
+        with pytest.raises(errors.NotFound, match="stream deleted"):
+            await anext(sub)
+
+
+@pytest.mark.anyio
+async def test_subscription_resumes_from_last_offset_when_reconnecting() -> None:
+    backend = FakeFeedBackend(reconnect=True)
+    async with Subscription(backend, _spec(credit=100), Start.earliest()) as sub:
+        await backend.inboxes[0].send(_batch(1, 0, 3))
+        assert (await anext(sub)).offset == 0
+        assert (await anext(sub)).offset == 1
+        await backend.inboxes[0].aclose()  # connection lost; offset 2 is still pending
+        assert (await anext(sub)).offset == 2
+        assert len(backend.opened) == 1
+        with anyio.fail_after(2):
+            async with anyio.create_task_group() as tg:
+
+                async def feed_resumed() -> None:
+                    while len(backend.inboxes) < 2:
+                        await anyio.sleep(0.001)
+                    await backend.inboxes[1].send(_batch(2, 3, 1))
+
+                tg.start_soon(feed_resumed)
+                event = await anext(sub)
+        assert event.offset == 3
+        assert backend.opened[1] == Start.offset(3)
+        assert sub.resumes == 1
+
+
+@pytest.mark.anyio
+async def test_subscription_without_reconnect_raises_connection_lost() -> None:
+    backend = FakeFeedBackend()
+    async with Subscription(backend, _spec(), Start.latest()) as sub:
+        await backend.inboxes[0].aclose()
+        with pytest.raises(errors.ConnectionLost):
+            await anext(sub)
