@@ -401,7 +401,7 @@ class ClientConnection(ClientBase):
         )  # fmt: skip
 
     def admin(
-        self, kind: type[m.Message], *, now: float, timeout: float | None = None,
+        self, kind: type[m.Message], /, *, now: float, timeout: float | None = None,
         stream_id: int | None = None, **fields: Any,
     ) -> int:  # fmt: skip
         """Send an admin request: ``kind`` is :class:`~felix_proto.messages.AdminCreate`,
@@ -443,6 +443,7 @@ class ClientConnection(ClientBase):
         now: float,
         timeout: float | None,
         stream_id: int | None,
+        /,
         **fields: Any,
     ) -> int:
         self._transition(ConnInput.FINISH if kind in _FINISHING else ConnInput.REQUEST, local=True)
