@@ -333,10 +333,13 @@ class ClientBase(Connection):
                 raise UnexpectedMessage(f"{type(msg).__name__} answers unknown request {rid}")
             if isinstance(msg, m.Error) and late[1]:
                 self._events.append(_failed(rid, msg.code, msg.message, msg.details))
-            elif isinstance(msg, m.Subscribed):
-                self._internal(m.Unsubscribe, subscription_id=msg.subscription_id)
-            elif isinstance(msg, m.Consuming):
-                self._internal(m.CancelConsume, consumer_id=msg.consumer_id)
+            elif isinstance(msg, (m.Subscribed, m.Consuming)):
+                # Undo it; remember the id so that its stream, if still to come, is ignored.
+                self._remember_late(rid, late[0], report=False)
+                if isinstance(msg, m.Subscribed):
+                    self._internal(m.Unsubscribe, subscription_id=msg.subscription_id)
+                else:
+                    self._internal(m.CancelConsume, consumer_id=msg.consumer_id)
             return
         del self._requests[rid]
         problem = None
