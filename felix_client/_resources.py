@@ -1,0 +1,283 @@
+"""Cache and admin handles of :class:`~felix_client.client.Client`."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from felix_proto import events as ev
+from felix_proto import messages as msgs
+from felix_proto.messages import ResourceKind
+
+from .errors import Conflict
+from .types import CacheEntry
+
+if TYPE_CHECKING:
+    from .client import Client
+
+__all__ = ["Admin", "Cache", "ms"]
+
+_MS = 1000.0
+
+
+def ms(seconds: float | None) -> int | None:
+    """Seconds to whole milliseconds (None stays None)."""
+    return None if seconds is None else round(seconds * _MS)
+
+
+class Cache:
+    """Operations on one cache. Values are bytes (``str`` is encoded as UTF-8)."""
+
+    def __init__(self, client: Client, name: str, tenant: str, namespace: str) -> None:
+        self._client = client
+        self.name = name
+        self._path = {"tenant": tenant, "namespace": namespace, "cache": name}
+
+    async def get(self, key: str, *, timeout: float | None = None) -> CacheEntry | None:
+        """Read a value; None on a miss."""
+        c = self._client
+        reply = await c._call(
+            lambda m, now: m.cache_get(
+                key=key, now=now, timeout=timeout or c.timeout, **self._path
+            ),
+            timeout,
+        )
+        assert isinstance(reply, ev.CacheValueReceived)
+        if not reply.found or reply.value is None:
+            return None
+        ttl = None if reply.ttl_remaining_ms is None else reply.ttl_remaining_ms / _MS
+        return CacheEntry(reply.value, reply.version or 0, ttl)
+
+    async def _put(
+        self,
+        key: str,
+        value: bytes | str,
+        ttl: float | None,
+        if_absent: bool,
+        if_version: int | None,
+        timeout: float | None,
+    ) -> ev.CachePutCompleted:
+        c = self._client
+        data = value.encode() if isinstance(value, str) else bytes(value)
+        reply = await c._call(
+            lambda m, now: m.cache_put(
+                key=key,
+                value=data,
+                ttl_ms=ms(ttl),
+                if_absent=if_absent,
+                if_version=if_version,
+                now=now,
+                timeout=timeout or c.timeout,
+                **self._path,
+            ),
+            timeout,
+        )
+        assert isinstance(reply, ev.CachePutCompleted)
+        return reply
+
+    async def put(
+        self,
+        key: str,
+        value: bytes | str,
+        *,
+        ttl: float | None = None,
+        timeout: float | None = None,
+    ) -> int:
+        """Store a value (``ttl`` seconds; None: the cache's default; 0: never expires).
+
+        Returns:
+            The entry's new version.
+        """
+        reply = await self._put(key, value, ttl, False, None, timeout)
+        return reply.version or 0
+
+    async def put_if_absent(
+        self,
+        key: str,
+        value: bytes | str,
+        *,
+        ttl: float | None = None,
+        timeout: float | None = None,
+    ) -> bool:
+        """Store only if the key holds no value. Returns whether it was stored."""
+        reply = await self._put(key, value, ttl, True, None, timeout)
+        return reply.stored
+
+    async def compare_and_set(
+        self,
+        key: str,
+        value: bytes | str,
+        *,
+        version: int,
+        ttl: float | None = None,
+        timeout: float | None = None,
+    ) -> int:
+        """Store only if the entry's version is ``version``.
+
+        Returns:
+            The new version.
+
+        Raises:
+            Conflict: the version did not match (``details['version']`` is the current one).
+        """
+        reply = await self._put(key, value, ttl, False, version, timeout)
+        if not reply.stored:
+            raise Conflict(
+                f"version of {key!r} is {reply.version}, not {version}",
+                details={"version": reply.version},
+            )
+        return reply.version or 0
+
+    async def delete(
+        self, key: str, *, if_version: int | None = None, timeout: float | None = None
+    ) -> bool:
+        """Delete a value (only at ``if_version`` when given). Returns whether one was removed."""
+        c = self._client
+        reply = await c._call(
+            lambda m, now: m.cache_delete(
+                key=key, if_version=if_version, now=now, timeout=timeout or c.timeout, **self._path
+            ),
+            timeout,
+        )
+        assert isinstance(reply, ev.CacheDeleteCompleted)
+        return reply.deleted
+
+
+class Admin:
+    """Create, describe, list, update and delete tenants, namespaces, streams, queues and
+    caches. ``kind`` is a :class:`~felix_proto.messages.ResourceKind` or its string value.
+
+    Path parts: a tenant needs only ``name``; a namespace lives in ``tenant``; streams,
+    queues and caches live in ``tenant``/``namespace`` (the client's defaults when omitted).
+    """
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    def _target(
+        self, kind: str, name: str, tenant: str | None, namespace: str | None
+    ) -> dict[str, str]:
+        k = ResourceKind(kind)
+        t, n = self._client._path(tenant, namespace)
+        if k == ResourceKind.TENANT:
+            return {"kind": k.value, "tenant": name, "namespace": "", "name": ""}
+        if k == ResourceKind.NAMESPACE:
+            return {"kind": k.value, "tenant": t, "namespace": name, "name": ""}
+        return {"kind": k.value, "tenant": t, "namespace": n, "name": name}
+
+    async def create(
+        self,
+        kind: str,
+        name: str,
+        settings: dict[str, Any] | None = None,
+        *,
+        tenant: str | None = None,
+        namespace: str | None = None,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """Create a resource; returns it as the broker describes it."""
+        c, target = self._client, self._target(kind, name, tenant, namespace)
+        reply = await c._call(
+            lambda m, now: m.admin(
+                msgs.AdminCreate,
+                settings=dict(settings or {}),
+                now=now,
+                timeout=timeout or c.timeout,
+                **target,
+            ),
+            timeout,
+        )
+        assert isinstance(reply, ev.AdminReplied)
+        return reply.resource or {}
+
+    async def describe(
+        self,
+        kind: str,
+        name: str,
+        *,
+        tenant: str | None = None,
+        namespace: str | None = None,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """Describe one resource."""
+        c, target = self._client, self._target(kind, name, tenant, namespace)
+        reply = await c._call(
+            lambda m, now: m.admin(
+                msgs.AdminDescribe, now=now, timeout=timeout or c.timeout, **target
+            ),
+            timeout,
+        )
+        assert isinstance(reply, ev.AdminReplied)
+        return reply.resource or {}
+
+    async def list(
+        self,
+        kind: str,
+        *,
+        tenant: str | None = None,
+        namespace: str | None = None,
+        timeout: float | None = None,
+    ) -> list[dict[str, Any]]:
+        """List resources of a kind (under the tenant / namespace where that applies)."""
+        c = self._client
+        k = ResourceKind(kind)
+        t, n = c._path(tenant, namespace)
+        if k == ResourceKind.TENANT:
+            t, n = "", ""
+        elif k == ResourceKind.NAMESPACE:
+            n = ""
+        reply = await c._call(
+            lambda m, now: m.admin(
+                msgs.AdminList,
+                kind=k.value,
+                tenant=t,
+                namespace=n,
+                now=now,
+                timeout=timeout or c.timeout,
+            ),
+            timeout,
+        )
+        assert isinstance(reply, ev.AdminReplied)
+        return reply.resources or []
+
+    async def update(
+        self,
+        kind: str,
+        name: str,
+        settings: dict[str, Any],
+        *,
+        tenant: str | None = None,
+        namespace: str | None = None,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """Change some settings of a resource; returns it as it now is."""
+        c, target = self._client, self._target(kind, name, tenant, namespace)
+        reply = await c._call(
+            lambda m, now: m.admin(
+                msgs.AdminUpdate,
+                settings=dict(settings),
+                now=now,
+                timeout=timeout or c.timeout,
+                **target,
+            ),
+            timeout,
+        )
+        assert isinstance(reply, ev.AdminReplied)
+        return reply.resource or {}
+
+    async def delete(
+        self,
+        kind: str,
+        name: str,
+        *,
+        tenant: str | None = None,
+        namespace: str | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        """Delete a resource."""
+        c, target = self._client, self._target(kind, name, tenant, namespace)
+        await c._call(
+            lambda m, now: m.admin(
+                msgs.AdminDelete, now=now, timeout=timeout or c.timeout, **target
+            ),
+            timeout,
+        )
