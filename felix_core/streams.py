@@ -409,8 +409,14 @@ class Fanout:
                 continue
             n = len(got)
             size = got.byte_size
-            if not force and n < max_events and size < max_bytes and self.batch.max_delay_s > 0:
-                return True
+            if (
+                not force
+                and n < max_events
+                and size < max_bytes
+                and got.next_offset == end
+                and self.batch.max_delay_s > 0
+            ):
+                return True  # a partial batch at the end of the log waits for more
             keep: list[Subscription] = []
             for sub in subs:
                 if sub.credit_messages >= n and sub.credit_bytes >= size:
