@@ -325,19 +325,34 @@ class _Group:
         return t
 
 
+def _ms(now: float) -> int:
+    return int(now * 1000)
+
+
+class _Usage:
+    """Record bytes held by all the queues of an engine, kept current on every change."""
+
+    __slots__ = ("bytes",)
+
+    def __init__(self) -> None:
+        self.bytes = 0
+
+
 class Queue:
     """One queue: its log, configuration, groups and counters. Built by :class:`QueueEngine`.
 
-    Callers read ``key``, ``config``, ``log`` and ``byte_size``; every change goes through
-    the engine, which owns consumers, outputs and dead-letter routing.
+    Callers read ``key``, ``config``, ``log`` and ``byte_size`` (the log is read-only to
+    them); every change goes through the engine, which owns consumers, outputs and
+    dead-letter routing.
     """
 
-    __slots__ = ("config", "enqueued", "finished", "groups", "key", "log")
+    __slots__ = ("config", "enqueued", "finished", "groups", "key", "log", "usage")
 
-    def __init__(self, key: QueueKey, config: QueueConfig) -> None:
+    def __init__(self, key: QueueKey, config: QueueConfig, usage: _Usage) -> None:
         self.key = key
         self.config = config
         self.log = MemoryLog()
+        self.usage = usage
         self.groups: dict[str, _Group] = {}
         self.enqueued = 0
         self.finished = 0  # messages finished since the last trim
@@ -356,8 +371,39 @@ class Queue:
         self.finished = 0
         if not self.groups:
             return 0
-        low = min(g.low_watermark() for g in self.groups.values())
-        return self.log.truncate_before(low)
+        return self.truncate(min(g.low_watermark() for g in self.groups.values()))
+
+    def truncate(self, offset: int) -> int:
+        """Drop the records below ``offset``; return how many (the engine's usage follows)."""
+        before = self.log.byte_size
+        dropped = self.log.truncate_before(offset)
+        self.usage.bytes -= before - self.log.byte_size
+        return dropped
+
+    def append_one(
+        self, payload: bytes, now: float, key: bytes | None, headers: dict[str, bytes] | None
+    ) -> int:
+        """Append one record (admission already checked); return its offset."""
+        log = self.log
+        before = log.byte_size
+        offset = log.append(payload, _ms(now), key, headers)
+        self.usage.bytes += log.byte_size - before
+        self.enqueued += 1
+        return offset
+
+    def append(
+        self,
+        payloads: Sequence[bytes],
+        now: float,
+        keys: Sequence[bytes | None] | None,
+        headers: Sequence[dict[str, bytes] | None] | None,
+    ) -> int:
+        """Append records (admission already checked); return the first offset."""
+        before = self.log.byte_size
+        offset = self.log.append_batch(payloads, _ms(now), keys, headers)
+        self.usage.bytes += self.log.byte_size - before
+        self.enqueued += len(payloads)
+        return offset
 
     def fits(self, count: int, nbytes: int) -> bool:
         """Whether ``count`` more records of ``nbytes`` bytes fit in the bounds right now."""
@@ -418,10 +464,6 @@ def _group_stats(g: _Group) -> GroupStats:
     )
 
 
-def _ms(now: float) -> int:
-    return int(now * 1000)
-
-
 class QueueEngine:
     """Every queue of a broker, their consumers, and the events they produce.
 
@@ -439,11 +481,13 @@ class QueueEngine:
         "_outputs",
         "_paused",
         "_queues",
+        "_usage",
     )
 
     def __init__(self) -> None:
         """Create an engine with no queues."""
         self._queues: dict[QueueKey, Queue] = {}
+        self._usage = _Usage()
         self._consumers: dict[int, _Consumer] = {}
         self._by_connection: dict[int, dict[int, _Consumer]] = {}
         self._paused: set[int] = set()
@@ -471,7 +515,7 @@ class QueueEngine:
         config.validate(queue[2])
         if queue in self._queues:
             raise AlreadyExists(f"queue {queue[2]!r} exists", details={"queue": queue[2]})
-        q = self._queues[queue] = Queue(queue, config)
+        q = self._queues[queue] = Queue(queue, config, self._usage)
         return q
 
     def update_queue(self, queue: QueueKey, config: QueueConfig) -> None:
@@ -502,6 +546,7 @@ class QueueEngine:
         for g in q.groups.values():
             self._end_group(g)
         del self._queues[queue]
+        self._usage.bytes -= q.log.byte_size
 
     def queue(self, queue: QueueKey) -> Queue:
         """Look a queue up.
@@ -526,7 +571,7 @@ class QueueEngine:
     @property
     def byte_size(self) -> int:
         """Record bytes held by every queue (for global memory accounting)."""
-        return sum(q.log.byte_size for q in self._queues.values())
+        return self._usage.bytes
 
     def stats(self, queue: QueueKey, now: float) -> QueueStats:
         """Observable state of one queue.
@@ -573,8 +618,7 @@ class QueueEngine:
         """
         q = self.queue(queue)
         self._admit(q, 1, record_size(payload, key, headers))
-        offset = q.log.append(payload, _ms(now), key, headers)
-        q.enqueued += 1
+        offset = q.append_one(payload, now, key, headers)
         for g in q.groups.values():
             self._dispatch(g, now)
         return offset
@@ -619,8 +663,7 @@ class QueueEngine:
             hs = headers if headers is not None else [None] * n
             size = sum(map(record_size, payloads, ks, hs))
         self._admit(q, n, size)
-        offset = q.log.append_batch(payloads, _ms(now), keys, headers)
-        q.enqueued += n
+        offset = q.append(payloads, now, keys, headers)
         for g in q.groups.values():
             self._dispatch(g, now)
         return offset
@@ -807,7 +850,7 @@ class QueueEngine:
         q = self.queue(queue)
         log = q.log
         if not q.groups:
-            return log.truncate_before(log.next_offset)
+            return q.truncate(log.next_offset)
         purged = 0
         for g in q.groups.values():
             purged = max(purged, g.waiting())
@@ -1021,8 +1064,7 @@ class QueueEngine:
                 g.parked[offset] = (reason, failure)
                 g.retry_at = min(g.retry_at, now + DEAD_LETTER_RETRY_S)
                 return
-            tq.log.append(payload, _ms(now), key, hdrs)
-            tq.enqueued += 1
+            tq.append_one(payload, now, key, hdrs)
             for tg in tq.groups.values():
                 self._dispatch(tg, now)
         del g.outstanding[offset]

@@ -111,7 +111,7 @@ def test_delete_queue_ends_consumers() -> None:
         ConsumerEnded(connection_id=7, consumer_id=c1, queue=Q, reason="deleted"),
         ConsumerEnded(connection_id=7, consumer_id=c2, queue=Q, reason="deleted"),
     ]
-    assert Q not in e
+    assert Q not in e and e.byte_size == 0
     with pytest.raises(NotFound):
         e.ack(c1, [1], T0)
     with pytest.raises(NotFound):

@@ -207,6 +207,7 @@ class QueueMachine(RuleBasedStateMachine):
         assert stats.redeliveries == self.redeliveries
         assert stats.dead_lettered == self.dead == self.e.queue(DLQ).log.record_count
         assert stats.records <= MAX_RECORDS
+        assert self.e.byte_size == stats.bytes + self.e.queue(DLQ).byte_size
         if stats.groups:
             held = {off for off, _, _ in self.inflight.values()}
             assert stats.depth == len(self.enqueued - self.finished - held)
