@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from helpers import Pair, drain, only, single
 
 from felix_proto import events as ev
 from felix_proto import messages as m
@@ -10,10 +11,10 @@ from felix_proto._state import ConnState
 from felix_proto.codec import encode_event_batch
 from felix_proto.errors import ErrorCode, LocalProtocolError
 
-from helpers import Pair, drain, only, single
 
-
-@pytest.fixture(params=[(True, False), (True, True), (False, False)], ids=["split", "reorder", "whole"])
+@pytest.fixture(
+    params=[(True, False), (True, True), (False, False)], ids=["split", "reorder", "whole"]
+)
 def pair(request: pytest.FixtureRequest) -> Pair:
     split, reorder = request.param
     p = Pair(split=split, reorder=reorder, client={"capabilities": ["zstd", "other"]})
@@ -22,7 +23,9 @@ def pair(request: pytest.FixtureRequest) -> Pair:
 
 
 def test_handshake_negotiates_version_capabilities_and_limits() -> None:
-    p = Pair(client={"capabilities": ["other", "zstd"]}, server={"limits": {"max_batch_records": 5}})
+    p = Pair(
+        client={"capabilities": ["other", "zstd"]}, server={"limits": {"max_batch_records": 5}}
+    )
     p.client.connect(now=0.0)
     assert p.client.get_timer() == 30.0
     hs = single(p.to_server(), ev.HandshakeRequested)
@@ -107,7 +110,9 @@ def test_credit_auto_top_up_and_manual_credit(pair: Pair) -> None:
     assert single(pair.to_server(), ev.CreditGranted).messages == 10
     assert pair.server.subscription_credit(77) == (14, 1000)
     with pytest.raises(LocalProtocolError):
-        pair.server.send_event_frame(77, encode_event_batch(2, [b"x"] * 15), count=15, payload_bytes=15)
+        pair.server.send_event_frame(
+            77, encode_event_batch(2, [b"x"] * 15), count=15, payload_bytes=15
+        )
     with pytest.raises(LocalProtocolError):
         pair.client.credit(77, -1, 0)
     with pytest.raises(LocalProtocolError):
@@ -209,7 +214,9 @@ def test_cache_and_admin(pair: Pair) -> None:
     events = sorted(pair.to_client(), key=lambda e: getattr(e, "request_id", 0))
     assert events == [
         ev.CachePutCompleted(request_id=put, stored=True, version=1),
-        ev.CacheValueReceived(request_id=get, found=True, value=b"v", version=1, ttl_remaining_ms=90),
+        ev.CacheValueReceived(
+            request_id=get, found=True, value=b"v", version=1, ttl_remaining_ms=90
+        ),
         ev.CacheDeleteCompleted(request_id=delete, deleted=True),
         ev.AdminReplied(request_id=create, resource={"name": "s"}),
         ev.AdminReplied(request_id=listed, resources=[{"name": "s"}]),
