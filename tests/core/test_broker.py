@@ -1,0 +1,449 @@
+"""Tests of the Broker facade: connections, admin, streams, queues, caches, memory, timers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from felix_core import (
+    AlreadyExists,
+    Broker,
+    BrokerConfig,
+    ConsumerEnded,
+    CursorTooOld,
+    InvalidArgument,
+    LimitExceeded,
+    MemoryMetadataStore,
+    MessagesDelivered,
+    NotFound,
+    Overloaded,
+    ShuttingDown,
+    StreamBatch,
+    StreamGap,
+    SubscriptionEnded,
+    TooLarge,
+)
+from felix_core.metadata import Catalog, Kind
+
+T, N = "default", "default"
+
+
+def broker(**config: Any) -> Broker:
+    b = Broker(BrokerConfig(**config))
+    b.attach(1, 0.0)
+    return b
+
+
+def batches(outs: list[Any], sub: int | None = None) -> list[list[bytes]]:
+    return [
+        o.slice.payloads
+        for o in outs
+        if isinstance(o, StreamBatch) and (sub is None or o.subscription_id == sub)
+    ]
+
+
+def test_defaults_and_no_defaults() -> None:
+    b = Broker()
+    assert [r["tenant"] for r in b.list("tenant")] == ["default"]
+    assert [r["namespace"] for r in b.list("namespace", "default")] == ["default"]
+    assert Broker(BrokerConfig(create_defaults=False)).list("tenant") == []
+    store = MemoryMetadataStore()
+    Broker(metadata=store)
+    Broker(metadata=store)  # a second broker on the same store finds the defaults
+
+
+def test_connection_lifecycle_errors() -> None:
+    b = broker()
+    with pytest.raises(ValueError):
+        b.attach(1, 0.0)
+    with pytest.raises(ValueError):
+        b.subscribe(2, T, N, "s", now=0.0)
+    with pytest.raises(ValueError):
+        b.pause(2)
+    b.detach(2, 0.0)  # unknown: ignored
+
+
+def test_admin_round_trip_and_stats() -> None:
+    b = broker()
+    created = b.create("stream", T, N, "s", {"batch_max_events": 2}, now=1.0)
+    assert created["settings"]["batch_max_events"] == 2 and created["stats"]["records"] == 0
+    with pytest.raises(AlreadyExists):
+        b.create("stream", T, N, "s", now=1.0)
+    b.publish(1, T, N, "s", [b"a"], now=1.0)
+    assert b.describe("stream", T, N, "s", now=1.0)["stats"]["records"] == 1
+    updated = b.update("stream", T, N, "s", {"retention_max_records": 1}, now=2.0)
+    assert updated["generation"] == 2
+    assert [r["name"] for r in b.list("stream", T, N)] == ["s"]
+    b.create("queue", T, N, "q", now=1.0)
+    assert b.describe("queue", T, N, "q", now=1.0)["stats"]["records"] == 0
+    b.create("cache", T, N, "c", now=1.0)
+    assert b.describe("cache", T, N, "c", now=1.0)["stats"]["feed_subscriptions"] == 0
+    assert b.describe("tenant", T, now=1.0)["kind"] == "tenant"
+    b.delete("stream", T, N, "s", now=3.0)
+    with pytest.raises(NotFound):
+        b.describe("stream", T, N, "s", now=3.0)
+    with pytest.raises(InvalidArgument):
+        b.create("topic", T, N, "x", now=1.0)
+    stats = b.stats()
+    assert stats["queues"] == 1 and stats["caches"] == 1 and stats["streams"] == 0
+
+
+def test_publish_subscribe_and_batches() -> None:
+    b = broker()
+    b.create("stream", T, N, "s", {"batch_max_events": 2}, now=0.0)
+    sub, first = b.subscribe(1, T, N, "s", now=0.0)
+    assert first == 0
+    assert b.publish(9, T, N, "s", [b"a", b"b", b"c"], now=1.0) == (0, 2)
+    assert batches(b.drain_outputs()) == [[b"a", b"b"]]
+    deadline = b.get_timer()
+    assert deadline == pytest.approx(1.00025)
+    b.handle_timer(deadline)
+    assert batches(b.drain_outputs()) == [[b"c"]]
+    assert b.get_timer() is None
+    b.unsubscribe(1, sub, now=2.0)
+    out = b.drain_outputs()
+    assert out == [
+        SubscriptionEnded(
+            connection_id=1, subscription_id=sub, reason="unsubscribed", next_offset=3
+        )
+    ]
+    with pytest.raises(NotFound):
+        b.unsubscribe(1, sub, now=2.0)
+    with pytest.raises(NotFound):
+        b.add_credit(1, sub, 1, 1, now=2.0)
+
+
+def test_subscribe_from_earliest_offset_and_errors() -> None:
+    b = broker()
+    b.create("stream", T, N, "s", {"retention_max_records": 2, "batch_max_delay_us": 0}, now=0.0)
+    b.publish(1, T, N, "s", [b"a", b"b", b"c"][:2], now=0.0)
+    b.publish(1, T, N, "s", [b"c"], now=0.0)
+    sid, first = b.subscribe(1, T, N, "s", start=1, now=0.0)
+    assert first == 1 and batches(b.drain_outputs(), sid) == [[b"b", b"c"]]
+    with pytest.raises(CursorTooOld) as err:
+        b.subscribe(1, T, N, "s", start=2, start_value=0, now=0.0)
+    assert err.value.details["first_offset"] == 1
+    with pytest.raises(InvalidArgument):
+        b.subscribe(1, T, N, "s", source="queue", now=0.0)
+    with pytest.raises(NotFound):
+        b.subscribe(1, T, N, "nope", now=0.0)
+
+
+def test_shared_slice_for_subscribers_at_same_position() -> None:
+    b = broker()
+    b.create("stream", T, N, "s", {"batch_max_events": 2}, now=0.0)
+    for conn in (2, 3, 4):
+        b.attach(conn, 0.0)
+        b.subscribe(conn, T, N, "s", now=0.0)
+    b.publish(1, T, N, "s", [b"a", b"b"], now=1.0)
+    out = b.drain_outputs()
+    assert len(out) == 3 and all(o.slice is out[0].slice for o in out)
+
+
+def test_credit_clamping_and_subscription_limit() -> None:
+    b = broker(max_subscriptions_per_connection=1, max_credit_messages=3)
+    b.create("stream", T, N, "s", {"batch_max_delay_us": 0}, now=0.0)
+    sid, _ = b.subscribe(1, T, N, "s", credit_messages=100, now=0.0)
+    with pytest.raises(LimitExceeded):
+        b.subscribe(1, T, N, "s", now=0.0)
+    b.publish(1, T, N, "s", [b"x"] * 5, now=1.0)
+    assert batches(b.drain_outputs()) == [[b"x"] * 3]
+    b.add_credit(1, sid, 100, 100, now=2.0)
+    assert batches(b.drain_outputs()) == [[b"x"] * 2]
+    with pytest.raises(InvalidArgument):
+        b.add_credit(1, sid, -1, 0, now=2.0)
+
+
+def test_pause_and_resume() -> None:
+    b = broker()
+    b.create("stream", T, N, "s", {"batch_max_delay_us": 0}, now=0.0)
+    b.create("queue", T, N, "q", now=0.0)
+    sid, _ = b.subscribe(1, T, N, "s", now=0.0)
+    b.pause(1)
+    sid2, _ = b.subscribe(1, T, N, "s", now=0.0)  # a new subscription starts paused
+    cid = b.consume(1, T, N, "q", now=0.0)
+    b.publish(1, T, N, "s", [b"a"], now=1.0)
+    b.enqueue(1, T, N, "q", [b"m"], now=1.0)
+    assert b.drain_outputs() == []
+    b.resume(1, 2.0)
+    out = b.drain_outputs()
+    assert sorted(o.subscription_id for o in out if isinstance(o, StreamBatch)) == [sid, sid2]
+    assert [o.consumer_id for o in out if isinstance(o, MessagesDelivered)] == [cid]
+
+
+def test_detach_releases_everything() -> None:
+    b = broker()
+    b.create("stream", T, N, "s", now=0.0)
+    b.create("queue", T, N, "q", {"visibility_timeout_ms": 60_000}, now=0.0)
+    b.subscribe(1, T, N, "s", now=0.0)
+    b.consume(1, T, N, "q", now=0.0)
+    b.enqueue(1, T, N, "q", [b"m"], now=0.0)
+    assert isinstance(b.drain_outputs()[0], MessagesDelivered)
+    b.detach(1, 1.0)
+    assert b.stats()["subscriptions"] == 0 and b.stats()["connections"] == 0
+    b.attach(2, 1.0)
+    b.consume(2, T, N, "q", now=1.0)
+    (delivered,) = b.drain_outputs()  # returned at once, redelivered to the new consumer
+    assert isinstance(delivered, MessagesDelivered)
+    assert delivered.deliveries[0].attempt == 2
+
+
+def test_publish_validation() -> None:
+    b = broker(max_batch_records=2, max_payload_bytes=4, max_key_bytes=2, max_batch_bytes=6)
+    b.create("stream", T, N, "s", now=0.0)
+    with pytest.raises(InvalidArgument):
+        b.publish(1, T, N, "s", [], now=0.0)
+    with pytest.raises(InvalidArgument):
+        b.publish(1, T, N, "s", [b"a"], keys=[b"k", b"k"], now=0.0)
+    with pytest.raises(TooLarge):
+        b.publish(1, T, N, "s", [b"a"] * 3, now=0.0)
+    with pytest.raises(TooLarge):
+        b.publish(1, T, N, "s", [b"aaaaa"], now=0.0)
+    with pytest.raises(TooLarge):
+        b.publish(1, T, N, "s", [b"a"], keys=[b"kkk"], now=0.0)
+    with pytest.raises(TooLarge):
+        b.publish(1, T, N, "s", [b"aaaa", b"aaaa"], now=0.0)
+    assert b.publish(1, T, N, "s", [b"a", b"b"], keys=[b"k", None], headers=[None, {}], now=0.0)
+    with pytest.raises(NotFound):
+        b.publish(1, T, N, "nope", [b"a"], now=0.0)
+
+
+def test_memory_budget_refuses_and_frees() -> None:
+    b = broker(memory_limit_bytes=10)
+    b.create("stream", T, N, "s", {"retention_max_records": 100}, now=0.0)
+    b.create("stream", T, N, "ring", {"retention_max_records": 2}, now=0.0)
+    b.publish(1, T, N, "s", [b"12345678"], now=0.0)
+    with pytest.raises(Overloaded) as err:
+        b.publish(1, T, N, "s", [b"123"], now=0.0)
+    assert err.value.retryable
+    b.delete("stream", T, N, "s", now=0.0)
+    assert b.budget.used == 0
+    # a full ring evicts as much as it adds, so it never needs more room
+    for _ in range(5):
+        b.publish(1, T, N, "ring", [b"12345"], now=0.0)
+    assert b.budget.used == 10
+    b.create("queue", T, N, "q", now=0.0)
+    with pytest.raises(Overloaded):
+        b.enqueue(1, T, N, "q", [b"x"], now=0.0)
+    b.create("cache", T, N, "c", now=0.0)
+    with pytest.raises(Overloaded):
+        b.cache_put(T, N, "c", "k", b"v", now=0.0)
+    assert b.stats()["memory_refusals"] == 3
+
+
+def test_block_policy_through_facade() -> None:
+    b = broker()
+    b.create("stream", T, N, "s", {"retention_max_records": 2, "slow_consumer": "block"}, now=0.0)
+    b.subscribe(1, T, N, "s", credit_messages=0, now=0.0)
+    b.publish(1, T, N, "s", [b"a", b"b"], now=0.0)
+    with pytest.raises(Overloaded):
+        b.publish(1, T, N, "s", [b"c"], now=0.0)
+    assert b.stats()["stream_blocked_publishes"] == 1
+
+
+def test_age_retention_timer_through_facade() -> None:
+    b = broker()
+    b.create("stream", T, N, "s", {"retention_max_age_ms": 100}, now=0.0)
+    b.publish(1, T, N, "s", [b"abc"], now=1.0)
+    assert b.budget.used == 3
+    deadline = b.get_timer()
+    assert deadline is not None and deadline > 1.1
+    b.handle_timer(deadline)
+    assert b.budget.used == 0 and b.get_timer() is None
+
+
+def test_update_applies_to_live_stream() -> None:
+    b = broker()
+    b.create("stream", T, N, "s", now=0.0)
+    b.publish(1, T, N, "s", [b"a", b"b", b"c"], now=0.0)
+    b.update("stream", T, N, "s", {"retention_max_records": 1}, now=1.0)
+    assert b.describe("stream", T, N, "s", now=1.0)["stats"]["records"] == 1
+    assert b.budget.used == 1
+
+
+def test_metadata_changed_by_another_writer() -> None:
+    store = MemoryMetadataStore()
+    b = Broker(metadata=store)
+    other = Catalog(store, BrokerConfig())
+    b.attach(1, 0.0)
+    other.create(Kind.STREAM, (T, N, "s"), {}, 0.0)  # created elsewhere: built lazily here
+    sid, _ = b.subscribe(1, T, N, "s", now=0.0)
+    other.update(Kind.STREAM, (T, N, "s"), {"batch_max_delay_us": 0}, 1.0)
+    b.publish(1, T, N, "s", [b"a"], now=1.0)  # the new generation applies: no waiting
+    assert batches(b.drain_outputs()) == [[b"a"]]
+    other.delete(Kind.STREAM, (T, N, "s"))
+    other.create(Kind.STREAM, (T, N, "s"), {}, 2.0)  # re-created: a new uid
+    assert b.publish(1, T, N, "s", [b"b"], now=2.0) == (0, 0)
+    ended = b.drain_outputs()
+    assert ended == [
+        SubscriptionEnded(
+            connection_id=1,
+            subscription_id=sid,
+            reason="deleted",
+            message="the stream was deleted",
+            next_offset=1,
+        )
+    ]
+    other.delete(Kind.STREAM, (T, N, "s"))
+    with pytest.raises(NotFound):
+        b.publish(1, T, N, "s", [b"c"], now=3.0)
+    other.create(Kind.QUEUE, (T, N, "q"), {}, 3.0)
+    cid = b.consume(1, T, N, "q", now=3.0)
+    other.update(Kind.QUEUE, (T, N, "q"), {"max_prefetch": 8}, 3.0)
+    b.enqueue(1, T, N, "q", [b"m"], now=3.0)
+    assert b.describe("queue", T, N, "q", now=3.0)["settings"]["max_prefetch"] == 8
+    other.delete(Kind.QUEUE, (T, N, "q"))
+    with pytest.raises(NotFound):
+        b.enqueue(1, T, N, "q", [b"m"], now=3.0)
+    ended_consumers = [o for o in b.drain_outputs() if isinstance(o, ConsumerEnded)]
+    assert [(e.consumer_id, e.reason) for e in ended_consumers] == [(cid, "deleted")]
+    assert b.stats()["consumers"] == 0
+    other.create(Kind.CACHE, (T, N, "c"), {}, 3.0)
+    assert b.cache_put(T, N, "c", "k", b"v", now=3.0) == (True, 1)
+    other.update(Kind.CACHE, (T, N, "c"), {"max_entries": 5}, 3.0)
+    assert b.cache_get(T, N, "c", "k", now=3.0) is not None
+
+
+def test_queue_operations() -> None:
+    b = broker(max_consumers_per_connection=1)
+    b.create("queue", T, N, "q", {"dead_letter_queue": "dlq", "max_attempts": 1}, now=0.0)
+    b.create("queue", T, N, "dlq", now=0.0)
+    assert b.enqueue(1, T, N, "q", [b"a", b"b"], now=0.0) == (0, 1)
+    cid = b.consume(1, T, N, "q", prefetch=10, now=0.0)
+    with pytest.raises(LimitExceeded):
+        b.consume(1, T, N, "q", now=0.0)
+    (out,) = b.drain_outputs()
+    assert isinstance(out, MessagesDelivered)
+    ids = [d.delivery_id for d in out.deliveries]
+    b.ack(1, cid, ids[:1], now=1.0)
+    with pytest.raises(NotFound):
+        b.ack(1, cid, [999], now=1.0)
+    with pytest.raises(InvalidArgument):
+        b.nack(1, cid, ids[1:], delay_ms=-1, now=1.0)
+    b.nack(1, cid, ids[1:], now=1.0)  # max_attempts 1: dead-lettered into dlq
+    assert b.describe("queue", T, N, "dlq", now=1.0)["stats"]["records"] == 1
+    with pytest.raises(NotFound):
+        b.ack(1, 12345, [1], now=1.0)
+    b.enqueue(1, T, N, "q", [b"c"], now=1.0)
+    assert b.purge(T, N, "q", now=1.0) == 0  # "c" is in flight to the consumer
+    b.cancel_consumer(1, cid, now=2.0)
+    ended = [o for o in b.drain_outputs() if isinstance(o, ConsumerEnded)]
+    assert [(e.consumer_id, e.reason) for e in ended] == [(cid, "unsubscribed")]
+    with pytest.raises(NotFound):
+        b.cancel_consumer(1, cid, now=2.0)
+    # "c" had its one attempt: losing its consumer dead-letters it rather than requeueing
+    assert b.purge(T, N, "q", now=2.0) == 0
+    assert b.describe("queue", T, N, "dlq", now=2.0)["stats"]["records"] == 2
+
+
+def test_queue_visibility_timeout_via_timer() -> None:
+    b = broker()
+    b.create("queue", T, N, "q", {"visibility_timeout_ms": 1000}, now=0.0)
+    cid = b.consume(1, T, N, "q", now=0.0)
+    b.enqueue(1, T, N, "q", [b"a"], now=0.0)
+    b.drain_outputs()
+    assert b.get_timer() == pytest.approx(1.0)
+    b.handle_timer(1.0)
+    (again,) = b.drain_outputs()
+    assert isinstance(again, MessagesDelivered) and again.deliveries[0].attempt == 2
+    assert again.consumer_id == cid
+
+
+def test_cache_operations_and_change_feed() -> None:
+    b = broker()
+    b.create("cache", T, N, "c", {"default_ttl_ms": 1000}, now=0.0)
+    sid, first = b.subscribe(1, T, N, "c", source="cache", now=0.0)
+    assert first == 0
+    assert b.cache_put(T, N, "c", "k", b"v1", now=0.0) == (True, 1)
+    assert b.cache_put(T, N, "c", "k", b"v2", if_absent=True, now=0.0) == (False, 1)
+    assert b.cache_put(T, N, "c", "k", b"v2", if_version=1, ttl_ms=0, now=0.0) == (True, 2)
+    entry = b.cache_get(T, N, "c", "k", now=5.0)
+    assert entry is not None and entry.value == b"v2" and entry.ttl_remaining(5.0) is None
+    assert b.cache_get(T, N, "c", "missing", now=5.0) is None
+    assert b.cache_delete(T, N, "c", "k", if_version=1, now=5.0) is False
+    assert b.cache_delete(T, N, "c", "k", now=5.0) is True
+    assert b.budget.used == b._caches.byte_size  # the budget tracks tables and feeds exactly
+    deadline = b.get_timer()
+    assert deadline is not None
+    b.handle_timer(deadline)
+    feed = [o for o in b.drain_outputs() if isinstance(o, StreamBatch)]
+    ops = [h["op"] for o in feed for h in (o.slice.headers or [])]
+    assert ops == [b"put", b"put", b"delete"]
+    with pytest.raises(InvalidArgument):
+        b.cache_put(T, N, "c", "", b"v", now=5.0)
+    with pytest.raises(NotFound):
+        b.cache_get(T, N, "nope", "k", now=5.0)
+    b.delete("cache", T, N, "c", now=6.0)
+    ended = b.drain_outputs()
+    assert [(o.subscription_id, o.reason) for o in ended] == [(sid, "deleted")]
+    assert b.budget.used == 0
+
+
+def test_cache_expiry_lazy_and_swept() -> None:
+    b = broker()
+    b.create("cache", T, N, "c", now=0.0)
+    b.subscribe(1, T, N, "c", source="cache", now=0.0)
+    b.cache_put(T, N, "c", "lazy", b"v", ttl_ms=100, now=0.0)
+    b.cache_put(T, N, "c", "swept", b"v", ttl_ms=100, now=0.0)
+    assert b.cache_get(T, N, "c", "lazy", now=1.0) is None  # expired on read, logged
+    b.handle_timer(1.0)  # sweeps "swept" and flushes the feed
+    b.handle_timer(2.0)
+    ops = [
+        h["op"]
+        for o in b.drain_outputs()
+        if isinstance(o, StreamBatch)
+        for h in o.slice.headers or []
+    ]
+    assert sorted(ops) == [b"expire", b"expire", b"put", b"put"]
+    assert b.describe("cache", T, N, "c", now=2.0)["stats"]["expirations"] == 2
+
+
+def test_drop_oldest_gap_through_facade() -> None:
+    b = broker()
+    b.create("stream", T, N, "s", {"retention_max_records": 2, "batch_max_delay_us": 0}, now=0.0)
+    sid, _ = b.subscribe(1, T, N, "s", credit_messages=0, now=0.0)
+    b.publish(1, T, N, "s", [b"a", b"b"], now=0.0)
+    b.publish(1, T, N, "s", [b"c", b"d"], now=0.0)
+    b.add_credit(1, sid, 10, 0, now=1.0)
+    out = b.drain_outputs()
+    assert out[0] == StreamGap(connection_id=1, subscription_id=sid, missed=2, next_offset=2)
+    assert batches(out) == [[b"c", b"d"]]
+    assert b.stats()["stream_gap_records"] == 2
+
+
+def test_disconnect_policy_forgets_subscription() -> None:
+    b = broker()
+    b.create(
+        "stream", T, N, "s", {"retention_max_records": 1, "slow_consumer": "disconnect"}, now=0.0
+    )
+    b.subscribe(1, T, N, "s", credit_messages=0, now=0.0)
+    b.publish(1, T, N, "s", [b"a"], now=0.0)
+    b.publish(1, T, N, "s", [b"b"], now=0.0)
+    (ended,) = b.drain_outputs()
+    assert isinstance(ended, SubscriptionEnded) and ended.reason == "lagged"
+    assert b.stats()["subscriptions"] == 0
+
+
+def test_shutdown() -> None:
+    b = broker()
+    b.create("stream", T, N, "s", now=0.0)
+    b.create("queue", T, N, "q", now=0.0)
+    sid, _ = b.subscribe(1, T, N, "s", now=0.0)
+    cid = b.consume(1, T, N, "q", now=0.0)
+    b.shutdown(1.0)
+    out = b.drain_outputs()
+    assert [(type(o).__name__, o.reason) for o in out] == [
+        ("SubscriptionEnded", "shutdown"),
+        ("ConsumerEnded", "shutdown"),
+    ]
+    assert out[0].subscription_id == sid and out[1].consumer_id == cid
+    for call in (
+        lambda: b.publish(1, T, N, "s", [b"a"], now=1.0),
+        lambda: b.subscribe(1, T, N, "s", now=1.0),
+        lambda: b.create("stream", T, N, "t", now=1.0),
+        lambda: b.cache_put(T, N, "c", "k", b"v", now=1.0),
+    ):
+        with pytest.raises(ShuttingDown):
+            call()
+    assert b.describe("stream", T, N, "s", now=1.0)["name"] == "s"
