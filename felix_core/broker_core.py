@@ -370,7 +370,7 @@ class BrokerCore:
             before = self._queues.byte_size
             self._queues.delete_queue(path)
             self.budget.adjust(self._queues.byte_size - before)
-        elif kind is Kind.CACHE:
+        else:
             cache = self._caches.delete_cache(path)
             self.budget.adjust(-cache.byte_size)
             feed = self._feeds.pop(path, None)

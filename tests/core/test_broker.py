@@ -447,3 +447,67 @@ def test_shutdown() -> None:
         with pytest.raises(ShuttingDown):
             call()
     assert b.describe("stream", T, N, "s", now=1.0)["name"] == "s"
+
+
+def test_timer_heap_drops_stale_and_closed_entries() -> None:
+    b = broker()
+    b.create("stream", T, N, "s", {"batch_max_events": 10}, now=0.0)
+    sid, _ = b.subscribe(1, T, N, "s", now=0.0)
+    b.publish(1, T, N, "s", [b"a"], now=1.0)
+    assert b.get_timer() == pytest.approx(1.00025)
+    b.add_credit(1, sid, 1, 0, now=1.0001)  # a credit grant flushes at once
+    assert batches(b.drain_outputs()) == [[b"a"]]
+    assert b.get_timer() is None  # the stale deadline was dropped
+    b.publish(1, T, N, "s", [b"b"], now=2.0)
+    b.publish(1, T, N, "s", [b"c"], now=2.0001)  # the first deadline stands
+    assert b.get_timer() == pytest.approx(2.00025)
+    b.delete("stream", T, N, "s", now=2.0001)
+    b.handle_timer(3.0)  # the deleted stream's entry is skipped
+    assert b.get_timer() is None
+
+
+def test_delete_of_resource_this_broker_never_used() -> None:
+    store = MemoryMetadataStore()
+    b = Broker(metadata=store)
+    Catalog(store, BrokerConfig()).create(Kind.STREAM, (T, N, "s"), {}, 0.0)
+    b.delete("stream", T, N, "s", now=0.0)
+    b.create("cache", T, N, "c", now=0.0)
+    b.cache_put(T, N, "c", "k", b"v", now=0.0)
+    assert b.cache_delete(T, N, "c", "k", now=0.0) is True  # no feed to pump
+    b.delete("cache", T, N, "c", now=0.0)  # a cache without a feed
+    assert b.budget.used == 0
+
+
+def test_second_feed_subscription_shares_the_fanout() -> None:
+    b = broker()
+    b.create("cache", T, N, "c", {}, now=0.0)
+    b.subscribe(1, T, N, "c", source="cache", now=0.0)
+    b.subscribe(1, T, N, "c", source="cache", now=0.0)
+    assert b.describe("cache", T, N, "c", now=0.0)["stats"]["feed_subscriptions"] == 2
+
+
+def test_consumer_ended_for_detached_connection_is_dropped_quietly() -> None:
+    b = broker()
+    b.create("queue", T, N, "q", now=0.0)
+    cid = b.consume(1, T, N, "q", now=0.0)
+    b.cancel_consumer(1, cid, now=0.0)
+    b.detach(1, 0.0)
+    assert [type(o).__name__ for o in b.drain_outputs()] == ["ConsumerEnded"]
+
+
+def test_dead_letter_target_missing_is_tolerated() -> None:
+    b = broker()
+    b.create("queue", T, N, "q", {"dead_letter_queue": "later"}, now=0.0)
+    assert b.enqueue(1, T, N, "q", [b"a"], now=0.0) == (0, 0)
+
+
+def test_timer_heap_reschedules_a_changed_deadline() -> None:
+    b = broker()
+    b.create("stream", T, N, "s", {"batch_max_events": 10, "retention_max_age_ms": 5000}, now=0.0)
+    sid, _ = b.subscribe(1, T, N, "s", now=0.0)
+    b.publish(1, T, N, "s", [b"a"], now=1.0)
+    assert b.get_timer() == pytest.approx(1.00025)  # the flush comes before the age limit
+    b.add_credit(1, sid, 1, 0, now=1.0001)
+    assert b.get_timer() == pytest.approx(6.0015)  # now the age deadline
+    b.handle_timer(6.0015)
+    assert b.get_timer() is None and b.budget.used == 0

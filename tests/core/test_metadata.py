@@ -293,3 +293,14 @@ def test_update_conflict_when_store_changed_underneath() -> None:
     store.replace = racing_replace  # type: ignore[method-assign]
     with pytest.raises(Conflict):
         cat.update(Kind.TENANT, ("t", "", ""), {"description": "x"}, 2.0)
+
+
+def test_catalog_accepts_replacement_schemas() -> None:
+    def strict(path: Any, new: Any, current: Any) -> dict[str, Any]:
+        raise InvalidArgument("no queues here")
+
+    cat = Catalog(MemoryMetadataStore(), BrokerConfig(), {Kind.QUEUE: strict})
+    cat.create(Kind.TENANT, ("t", "", ""), {}, 1.0)
+    cat.create(Kind.NAMESPACE, ("t", "n", ""), {}, 1.0)
+    with pytest.raises(InvalidArgument):
+        cat.create(Kind.QUEUE, ("t", "n", "q"), {}, 1.0)

@@ -319,3 +319,14 @@ def test_batch_byte_size_and_repr() -> None:
     s = make(out)
     sub = s.subscribe(1, 10, StartKind.LATEST, None, 1, 1, 0.0)
     assert "cursor=0" in repr(sub)
+
+
+def test_timer_is_the_earlier_of_age_and_flush() -> None:
+    out: list[Output] = []
+    s = make(out, retention_max_age_ms=1, batch_max_events=10, batch_max_delay_us=10_000)
+    s.subscribe(1, 10, StartKind.LATEST, None, 100, 10**6, 0.0)
+    s.publish([b"a"], None, None, 1.0)
+    assert s.get_timer() == pytest.approx(1.0025)  # age (1 ms + slack) before flush (10 ms)
+    s.handle_timer(1.0025)
+    assert s.log.record_count == 0
+    assert s.get_timer() is None  # the waiting record itself aged out: nothing to flush
