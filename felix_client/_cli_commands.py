@@ -116,7 +116,7 @@ class _Progress:
         self.start = time.perf_counter()
         self.count = 0
         self.nbytes = 0
-        self._last = 0.0
+        self._last = self.start
 
     def add(self, n: int, nbytes: int) -> None:
         self.count += n

@@ -265,7 +265,7 @@ class Connection:
             self.machine.stream_reset(event.stream_id, event.error_code)
         elif isinstance(event, quic_events.ConnectionTerminated):
             phrase = event.reason_phrase or f"QUIC error {event.error_code}"
-            self._lost_reason = self._lost_reason or f"connection closed by broker: {phrase}"
+            self._lost_reason = self._lost_reason or f"connection closed: {phrase}"
             self.machine.connection_lost()
         self._dispatch()
 

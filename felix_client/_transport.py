@@ -165,7 +165,7 @@ class QuicTransport:
             elif isinstance(event, ConnectionTerminated):
                 reason = event.reason_phrase or f"error code {event.error_code}"
                 self._handler.quic_event(event, now)
-                self._close(f"connection closed by broker: {reason}")
+                self._close(f"connection closed: {reason}")
                 continue
             self._handler.quic_event(event, now)
         self._handler.pump(now)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -267,6 +268,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "broker":
         return broker_main(argv[1:])
+    # aioquic logs connection errors on the "quic" logger; the CLI reports them itself.
+    logging.getLogger("quic").addHandler(logging.NullHandler())
     try:
         args = parse_args(argv)
     except ValueError as exc:
