@@ -1,0 +1,114 @@
+"""``felix`` as a user runs it: separate processes against a real broker on 127.0.0.1."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+from client_broker import RunningBroker, env_with_path
+
+_names = itertools.count()
+TIMEOUT = 20
+
+
+def felix_command() -> list[str]:
+    """The installed ``felix`` script when there is one, else ``python -m felix_client.cli``."""
+    script = shutil.which("felix", path=os.path.dirname(sys.executable))
+    return [script] if script else [sys.executable, "-m", "felix_client.cli"]
+
+
+def run(
+    broker: RunningBroker, *args: str, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run one ``felix`` command against the test broker (bounded)."""
+    cmd = [*felix_command(), "--server", broker.url, "--ca", broker.ca_file, *args]
+    return subprocess.run(
+        cmd,
+        check=False,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        env=env_with_path(),
+    )
+
+
+def name(prefix: str) -> str:
+    return f"cli-{prefix}-{os.getpid()}-{next(_names)}"
+
+
+def test_pub_then_sub_from_earliest(broker: RunningBroker) -> None:
+    stream = name("s")
+    assert run(broker, "admin", "create", "stream", stream).returncode == 0
+    single = run(broker, "pub", stream, "first")
+    assert single.returncode == 0 and "offset 0" in single.stdout
+    lines = run(broker, "pub", stream, stdin="second\nthird\n")
+    assert lines.returncode == 0, lines.stderr
+    sub = run(broker, "sub", stream, "--from", "earliest", "--count", "3")
+    assert sub.returncode == 0, sub.stderr
+    assert sub.stdout.splitlines() == ["first", "second", "third"]
+    js = run(broker, "-o", "json", "sub", stream, "--from", "1", "--count", "1")
+    record = json.loads(js.stdout)
+    assert (record["offset"], record["payload"]) == (1, "second")
+
+
+def test_live_sub_sees_a_pub_from_another_process(broker: RunningBroker) -> None:
+    stream = name("live")
+    assert run(broker, "admin", "create", "stream", stream).returncode == 0
+    cmd = [*felix_command(), "--server", broker.url, "--ca", broker.ca_file, "sub", stream,
+           "--count", "2", "--idle", "10"]  # fmt: skip
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          env=env_with_path()) as sub:  # fmt: skip
+        try:
+            time.sleep(1.0)  # let it subscribe (from latest)
+            assert run(broker, "pub", stream, "--count", "2", "--size", "8", "-q").returncode == 0
+            out, err = sub.communicate(timeout=TIMEOUT)
+        finally:
+            if sub.poll() is None:
+                sub.kill()
+    assert sub.returncode == 0, err
+    assert out.splitlines() == ["xxxxxxxx", "xxxxxxxx"]
+
+
+def test_cache_put_get_del(broker: RunningBroker) -> None:
+    cache = name("c")
+    assert run(broker, "admin", "create", "cache", cache).returncode == 0
+    put = run(broker, "cache", "put", cache, "alice", "42", "--ttl", "60")
+    assert put.returncode == 0 and put.stdout.startswith("OK version")
+    assert run(broker, "cache", "get", cache, "alice").stdout == "42\n"
+    got = json.loads(run(broker, "-o", "json", "cache", "get", cache, "alice").stdout)
+    assert got["found"] and got["value"] == "42" and 0 < got["ttl"] <= 60
+    assert run(broker, "cache", "del", cache, "alice").stdout == "(integer) 1\n"
+    assert run(broker, "cache", "get", cache, "alice").stdout == "(nil)\n"
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (("pub", "no-such-stream", "x"), "NOT_FOUND"),
+        (("cache", "get", "no-such-cache", "k"), "NOT_FOUND"),
+        (("admin", "describe", "queue", "no-such-queue"), "NOT_FOUND"),
+    ],
+)
+def test_errors_are_one_line_and_exit_1(
+    broker: RunningBroker, args: tuple[str, ...], needle: str
+) -> None:
+    result = run(broker, *args)
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and needle in result.stderr
+    assert result.stderr.startswith("felix: error: ")
+
+
+def test_untrusted_certificate_says_what_to_do(broker: RunningBroker) -> None:
+    cmd = [*felix_command(), "--server", broker.url, "cache", "get", "c", "k"]
+    result = subprocess.run(
+        cmd, check=False, capture_output=True, text=True, timeout=TIMEOUT, env=env_with_path()
+    )
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and "--ca" in result.stderr
