@@ -1,0 +1,187 @@
+"""Queue records: configuration, deliveries, the events the engine emits and its statistics.
+
+Plain data only; the behaviour lives in :mod:`felix_core.queues` (the engine and its theory
+of operation), :mod:`felix_core.queue_state`, :mod:`felix_core.queue_delivery` and
+:mod:`felix_core.queue_consumers`. Everything here is re-exported by
+:mod:`felix_core.queues`, the public import path.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from felix_core.errors import InvalidArgument
+
+__all__ = [
+    "DEAD_LETTER_RETRY_S",
+    "TRIM_EVERY",
+    "ConsumerEnded",
+    "Delivery",
+    "GroupStats",
+    "MessageDeadLettered",
+    "MessagesDelivered",
+    "QueueConfig",
+    "QueueEvent",
+    "QueueKey",
+    "QueueStats",
+]
+
+QueueKey = tuple[str, str, str]
+"""``(tenant, namespace, queue name)``."""
+
+DEAD_LETTER_RETRY_S = 1.0
+"""How long a parked dead letter waits before the engine tries its target again."""
+TRIM_EVERY = 64
+"""Finished messages between two opportunistic trims of a queue's log."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueueConfig:
+    """The settings of one queue (the facade maps metadata settings onto this).
+
+    ``max_records`` / ``max_bytes`` bound the retained, unfinished messages (None: no bound;
+    bytes as ``felix_core.log.record_size`` counts them). ``visibility_timeout_s`` is how
+    long a delivery may stay unacknowledged. ``max_attempts`` is the number of deliveries
+    before a message is dead-lettered (None: retry for ever). ``dead_letter_queue`` names a
+    queue in the same tenant and namespace (None: dead letters are dropped).
+    ``max_prefetch`` caps what a consumer may ask for.
+    """
+
+    max_records: int | None = 100_000
+    max_bytes: int | None = 64 * 1024 * 1024
+    visibility_timeout_s: float = 30.0
+    max_attempts: int | None = 5
+    dead_letter_queue: str | None = None
+    max_prefetch: int = 1024
+
+    def validate(self, name: str) -> None:
+        """Check the settings.
+
+        Args:
+            name: the queue's own name (a queue may not dead-letter into itself).
+
+        Raises:
+            InvalidArgument: a setting is out of range (``details['field']`` names it).
+        """
+        checks = (
+            ("max_records", self.max_records is None or self.max_records >= 1),
+            ("max_bytes", self.max_bytes is None or self.max_bytes >= 1),
+            ("visibility_timeout_s", 0 < self.visibility_timeout_s < math.inf),
+            ("max_attempts", self.max_attempts is None or self.max_attempts >= 1),
+            ("dead_letter_queue", self.dead_letter_queue != name),
+            ("max_prefetch", self.max_prefetch >= 1),
+        )
+        for field, ok in checks:
+            if not ok:
+                raise InvalidArgument(f"invalid queue setting {field}", details={"field": field})
+
+
+class Delivery(NamedTuple):
+    """One message handed to a consumer; finished by ``ack`` or returned by ``nack``.
+
+    A NamedTuple rather than a frozen dataclass: it is built once per delivered message and
+    a frozen dataclass costs about 4x as much to construct (measured 1.2 us vs 0.26 us).
+    """
+
+    delivery_id: int
+    """Engine-wide unique id; acks and nacks name it."""
+    attempt: int
+    """1 for the first delivery of the message to its group, one more per redelivery."""
+    offset: int
+    """The message's offset in the queue's log."""
+    payload: bytes
+    """The message payload."""
+    key: bytes | None
+    """The message key, if any."""
+    headers: dict[str, bytes] | None
+    """The message headers, if any (shared: do not mutate)."""
+    timestamp_ms: int
+    """Enqueue time, integer milliseconds since the epoch."""
+    deadline: float
+    """Absolute time (seconds) at which the delivery times out and is redelivered."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueueEvent:
+    """Base of the records :meth:`QueueEngine.drain_outputs` returns."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MessagesDelivered(QueueEvent):
+    """Deliveries for one consumer, to be sent on its consumer stream in order."""
+
+    connection_id: int
+    """The connection the consumer belongs to."""
+    consumer_id: int
+    """The consumer receiving the deliveries."""
+    queue: QueueKey
+    """The queue delivered from."""
+    deliveries: list[Delivery]
+    """One or more deliveries in the order they were made."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConsumerEnded(QueueEvent):
+    """A consumer was ended by the engine (not by its own cancel or its connection's end)."""
+
+    connection_id: int
+    """The connection the consumer belonged to."""
+    consumer_id: int
+    """The consumer that ended."""
+    queue: QueueKey
+    """The queue it consumed from."""
+    reason: str
+    """Why: ``deleted`` (the queue was deleted), matching the wire ``EndReason``."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MessageDeadLettered(QueueEvent):
+    """A message left a group as a dead letter (for logs and metrics)."""
+
+    queue: QueueKey
+    """The source queue."""
+    group: str
+    """The group that gave up on the message."""
+    offset: int
+    """The message's offset in the source queue."""
+    attempts: int
+    """How many deliveries were made."""
+    reason: str
+    """``max_attempts`` or ``rejected``."""
+    target: str | None
+    """The dead-letter queue it was appended to, or None if it was dropped."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GroupStats:
+    """Observable state of one consumer group."""
+
+    consumers: int  #: Consumers currently in the group.
+    depth: int  #: Messages waiting to be (re)delivered: new, ready, delayed and parked.
+    in_flight: int  #: Deliveries not yet acked or nacked.
+    cursor: int  #: The next offset never handed out to this group.
+    low_watermark: int  #: The oldest offset this group has not finished.
+    delivered: int  #: Deliveries made, including redeliveries.
+    redeliveries: int  #: Deliveries with attempt > 1.
+    acked: int  #: Messages finished by an ack.
+    nacked: int  #: Deliveries returned by a nack.
+    timeouts: int  #: Deliveries whose visibility timeout ran out.
+    dead_lettered: int  #: Messages that left the group as dead letters (moved or dropped).
+    dead_letter_pending: int  #: Dead letters parked, waiting for their target.
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueueStats:
+    """Observable state of one queue."""
+
+    records: int  #: Messages retained in the log (not yet finished by every group).
+    bytes: int  #: Record bytes retained.
+    enqueued: int  #: Messages accepted since creation.
+    depth: int  #: Waiting messages of the slowest group; ``records`` when there is no group.
+    in_flight: int  #: Unacknowledged deliveries over all groups.
+    redeliveries: int  #: Redeliveries over all groups.
+    dead_lettered: int  #: Dead letters over all groups.
+    oldest_age_s: float | None  #: Age of the oldest unfinished message; None when none.
+    groups: dict[str, GroupStats]  #: Per-group detail.
