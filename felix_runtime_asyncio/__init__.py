@@ -1,6 +1,22 @@
 """felix_runtime_asyncio: the broker on asyncio.
 
-It will attach felix_server's sans-IO glue to a UDP socket under asyncio: move datagrams,
-arm one timer, dispatch events. It also provides the broker binary, the metrics endpoint and
-graceful shutdown.
+It attaches felix_server's sans-IO glue to a UDP socket under asyncio (:mod:`.runtime`:
+move datagrams, arm one timer, dispatch), and provides the broker binary (:func:`main`,
+used by ``felix broker`` / ``felix-broker`` / ``python -m felix_runtime_asyncio``), the
+metrics and health endpoint (:mod:`.metrics`), the development certificate (:mod:`.tls`),
+structured logs (:mod:`.logs`) and graceful shutdown on SIGTERM / SIGINT.
 """
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+__all__ = ["main"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run a broker with command-line ``argv`` (``sys.argv[1:]`` when None); see
+    ``felix-broker --help``. Returns the exit code."""
+    from felix_runtime_asyncio.app import main as app_main
+
+    return app_main(argv)

@@ -1,0 +1,305 @@
+"""Prometheus metrics and health over HTTP: ``/metrics``, ``/live``, ``/ready``.
+
+:class:`PrometheusObserver` plugs into the shared glue's observer hook
+(:class:`felix_server.observer.ServerObserver`) and counts what it reports; engine gauges
+(queue depth, in-flight, cache entries ...) are read from ``Broker.stats()`` at scrape time.
+Names follow the reference broker where one exists (``felix_publish_requests_total``,
+``felix_publish_bytes_total``, ``felix_subscribe_dropped_total``,
+``felix_quic_protocol_violation_total``). Labels are request kinds, end reasons and error
+codes only: never message data or resource names.
+
+The HTTP endpoint is a tiny asyncio server on the broker's own event loop (not
+prometheus-client's thread), so a scrape reads the engine without racing it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from felix_runtime_asyncio.logs import log_fields, logger
+from felix_server.observer import ServerObserver
+from felix_server.server import FelixServer
+
+__all__ = ["MetricsServer", "PrometheusObserver"]
+
+_LATENCY_BUCKETS = (
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0
+)  # fmt: skip
+
+# Broker.stats() keys with a better name (and type) than the generic felix_engine_<key>.
+_ENGINE: dict[str, tuple[str, str, str]] = {
+    "connections": ("felix_engine_connections", "gauge", "Connections attached to the engine"),
+    "subscriptions": ("felix_subscriptions", "gauge", "Live subscriptions"),
+    "consumers": ("felix_queue_consumers", "gauge", "Live queue consumers"),
+    "streams": ("felix_streams", "gauge", "Streams with a live engine"),
+    "queues": ("felix_queues", "gauge", "Queues with a live engine"),
+    "caches": ("felix_caches", "gauge", "Caches with a live engine"),
+    "memory_used_bytes": ("felix_memory_used_bytes", "gauge", "Bytes held by logs and caches"),
+    "memory_limit_bytes": ("felix_memory_limit_bytes", "gauge", "Engine memory limit"),
+    "memory_high_water_bytes": ("felix_memory_high_water_bytes", "gauge", "Most bytes held"),
+    "memory_refusals": ("felix_memory_refusals", "counter", "Work refused for memory"),
+    "stream_published_records": ("felix_stream_published_records", "counter", "Records"),
+    "stream_delivered_records": ("felix_stream_delivered_records", "counter", "Records"),
+    "stream_gap_records": ("felix_stream_gap_records", "counter", "Records skipped by gaps"),
+    "stream_lagged_subscriptions": ("felix_stream_lagged_subscriptions", "counter", "Ended"),
+    "stream_blocked_publishes": ("felix_stream_blocked_publishes", "counter", "Refused"),
+    "queue_depth": ("felix_queue_depth", "gauge", "Queue messages waiting (all queues)"),
+    "queue_in_flight": ("felix_queue_in_flight", "gauge", "Queue deliveries not yet settled"),
+    "queue_redeliveries": ("felix_queue_redeliveries", "counter", "Queue redeliveries"),
+    "queue_dead_lettered": ("felix_queue_dead_lettered", "counter", "Dead-lettered messages"),
+    "cache_entries": ("felix_cache_entries", "gauge", "Cache entries"),
+    "cache_bytes": ("felix_cache_bytes", "gauge", "Bytes held by cache entries"),
+    "cache_hits": ("felix_cache_hits", "counter", "Cache gets that hit"),
+    "cache_misses": ("felix_cache_misses", "counter", "Cache gets that missed"),
+    "cache_evictions": ("felix_cache_evictions", "counter", "Cache entries evicted"),
+    "cache_expirations": ("felix_cache_expirations", "counter", "Cache entries expired"),
+}
+
+
+class _EngineCollector(Collector):
+    """Reads ``Broker.stats()`` and the server's session table at scrape time."""
+
+    def __init__(self, server: FelixServer) -> None:
+        self.server = server
+
+    def collect(self) -> Iterable[Metric]:
+        server = self.server
+        sessions = server.sessions
+        yield GaugeMetricFamily("felix_connections", "Open QUIC connections", value=len(sessions))
+        yield GaugeMetricFamily(
+            "felix_connections_paused",
+            "Connections whose deliveries are paused by back-pressure",
+            value=sum(1 for s in sessions if s.paused),
+        )
+        yield GaugeMetricFamily(
+            "felix_connection_buffered_bytes",
+            "Bytes queued for clients and not yet sent (all connections)",
+            value=sum(s.buffered_bytes for s in sessions),
+        )
+        yield GaugeMetricFamily("felix_ready", "1 while the broker is ready", value=server.ready)
+        for key, value in server.broker.stats().items():
+            name, kind, doc = _ENGINE.get(key, (f"felix_engine_{key}", "gauge", key))
+            if kind == "counter":
+                yield CounterMetricFamily(name, doc, value=value)
+            else:
+                yield GaugeMetricFamily(name, doc, value=value)
+
+
+class PrometheusObserver(ServerObserver):
+    """Counts what the glue reports into a Prometheus registry (a fresh one by default)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry = registry or CollectorRegistry()
+        self.connections_total = Counter(
+            "felix_connections_accepted", "QUIC connections accepted", registry=registry
+        )
+        self.connections_closed = Counter(
+            "felix_connections_closed", "Connections closed, by error code", ["code"],
+            registry=registry,
+        )  # fmt: skip
+        self.handshakes = Counter(
+            "felix_handshakes", "Felix handshakes, by result", ["result"], registry=registry
+        )
+        self.requests = Counter(
+            "felix_requests", "Requests handled, by kind and result code", ["kind", "code"],
+            registry=registry,
+        )  # fmt: skip
+        self.latency = Histogram(
+            "felix_request_duration_seconds", "Time to handle a request in the broker",
+            ["kind"], buckets=_LATENCY_BUCKETS, registry=registry,
+        )  # fmt: skip
+        self.publish_requests = Counter(
+            "felix_publish_requests", "Publish requests accepted", registry=registry
+        )
+        self.publish_records = Counter(
+            "felix_publish_records", "Records published", registry=registry
+        )
+        self.publish_bytes = Counter(
+            "felix_publish_bytes", "Payload bytes published", registry=registry
+        )
+        self.enqueue_records = Counter(
+            "felix_enqueue_records", "Messages enqueued", registry=registry
+        )
+        self.enqueue_bytes = Counter(
+            "felix_enqueue_bytes", "Payload bytes enqueued", registry=registry
+        )
+        self.deliveries = Counter(
+            "felix_deliveries", "Records written to feeds", ["source"], registry=registry
+        )
+        self.delivered_bytes = Counter(
+            "felix_delivered_bytes", "Payload bytes written to feeds", ["source"],
+            registry=registry,
+        )  # fmt: skip
+        self.batches_encoded = Counter(
+            "felix_event_batches_encoded", "Event batches encoded (once each)", registry=registry
+        )
+        self.batch_writes = Counter(
+            "felix_event_batch_writes", "Event batch writes (one per subscriber)",
+            registry=registry,
+        )  # fmt: skip
+        self.dropped = Counter(
+            "felix_subscribe_dropped", "Records a subscriber lost, by reason", ["reason"],
+            registry=registry,
+        )  # fmt: skip
+        self.ended = Counter(
+            "felix_subscriptions_ended", "Subscriptions ended, by reason", ["reason"],
+            registry=registry,
+        )  # fmt: skip
+        self.dead_letters = Counter(
+            "felix_dead_lettered", "Queue messages dead-lettered, by reason", ["reason"],
+            registry=registry,
+        )  # fmt: skip
+        self.violations = Counter(
+            "felix_quic_protocol_violation", "Protocol violations by clients, by error code",
+            ["code"], registry=registry,
+        )  # fmt: skip
+        self.pauses = Counter(
+            "felix_backpressure_pauses", "Times deliveries to a connection were paused",
+            registry=registry,
+        )  # fmt: skip
+        self.internal_errors = Counter(
+            "felix_internal_errors", "Unexpected exceptions turned into INTERNAL",
+            registry=registry,
+        )  # fmt: skip
+
+    def attach(self, server: FelixServer) -> None:
+        """Also export the engine's and the sessions' gauges at scrape time."""
+        self.registry.register(_EngineCollector(server))
+
+    # -- ServerObserver -------------------------------------------------------------------
+    def connection_opened(self) -> None:
+        self.connections_total.inc()
+
+    def connection_closed(self, error_code: int) -> None:
+        self.connections_closed.labels(str(error_code)).inc()
+
+    def handshake_completed(self, version: int) -> None:
+        self.handshakes.labels("ok").inc()
+
+    def handshake_failed(self, error_code: int) -> None:
+        self.handshakes.labels(str(error_code)).inc()
+
+    def request_started(self, kind: str) -> object:
+        return time.perf_counter()
+
+    def request_finished(self, token: object, kind: str, error_code: int) -> None:
+        if isinstance(token, float):
+            self.latency.labels(kind).observe(time.perf_counter() - token)
+        self.requests.labels(kind, str(error_code)).inc()
+
+    def published(self, records: int, nbytes: int) -> None:
+        self.publish_requests.inc()
+        self.publish_records.inc(records)
+        self.publish_bytes.inc(nbytes)
+
+    def enqueued(self, records: int, nbytes: int) -> None:
+        self.enqueue_records.inc(records)
+        self.enqueue_bytes.inc(nbytes)
+
+    def delivered(self, source: str, records: int, nbytes: int) -> None:
+        self.deliveries.labels(source).inc(records)
+        self.delivered_bytes.labels(source).inc(nbytes)
+
+    def event_batch_encoded(self, subscribers: int, nbytes: int) -> None:
+        self.batches_encoded.inc()
+        self.batch_writes.inc(subscribers)
+
+    def subscription_dropped(self, reason: str, records: int) -> None:
+        self.dropped.labels(reason).inc(records)
+
+    def subscription_ended(self, reason: str) -> None:
+        self.ended.labels(reason).inc()
+
+    def dead_lettered(self, reason: str) -> None:
+        self.dead_letters.labels(reason).inc()
+
+    def protocol_violation(self, error_code: int, fatal: bool) -> None:
+        self.violations.labels(str(error_code)).inc()
+
+    def backpressure(self, paused: bool) -> None:
+        if paused:
+            self.pauses.inc()
+
+    def internal_error(self, where: str, exc: BaseException) -> None:
+        self.internal_errors.inc()
+        logger.error("internal error in %s", where, exc_info=exc)
+
+    def log(self, level: str, message: str, **fields: object) -> None:
+        logger.log(_LEVELS.get(level, 20), message, extra=log_fields(**fields))
+
+
+_LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
+
+
+class MetricsServer:
+    """``/metrics``, ``/live`` and ``/ready`` over HTTP/1.1 on the broker's event loop.
+
+    Args:
+        registry: what ``/metrics`` exposes.
+        is_ready: answers ``/ready`` (200 when true, 503 otherwise).
+    """
+
+    def __init__(self, registry: CollectorRegistry, is_ready: Callable[[], bool]) -> None:
+        self.registry = registry
+        self.is_ready = is_ready
+        self._server: asyncio.Server | None = None
+        self.address: tuple[str, int] = ("", 0)
+
+    async def start(self, host: str, port: int) -> tuple[str, int]:
+        """Listen; returns the bound address (port 0 is resolved)."""
+        self._server = await asyncio.start_server(self._handle, host, port)
+        self.address = self._server.sockets[0].getsockname()[:2]
+        return self.address
+
+    async def close(self) -> None:
+        """Stop listening and close open connections."""
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 1.0)
+            self._server = None
+
+    def respond(self, path: str) -> tuple[int, str, bytes]:
+        """The status, content type and body for a GET of ``path``."""
+        path = path.split("?", 1)[0]
+        if path == "/metrics":
+            return 200, "text/plain; version=0.0.4; charset=utf-8", generate_latest(self.registry)
+        if path == "/live":
+            return 200, "text/plain", b"ok\n"
+        if path == "/ready":
+            ready = self.is_ready()
+            return (200 if ready else 503), "text/plain", b"ready\n" if ready else b"draining\n"
+        return 404, "text/plain", b"not found\n"
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            async with asyncio.timeout(5):
+                request = await reader.readuntil(b"\r\n\r\n")
+            method, _, rest = request.partition(b" ")
+            path = rest.split(b" ", 1)[0].decode("latin-1")
+            if method not in (b"GET", b"HEAD"):
+                status, ctype, body = 405, "text/plain", b"method not allowed\n"
+            else:
+                status, ctype, body = self.respond(path)
+            reason = {200: "OK", 404: "Not Found", 405: "Method Not Allowed"}.get(
+                status, "Service Unavailable"
+            )
+            head = (
+                f"HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+            )
+            writer.write(head.encode() + (body if method == b"GET" else b""))
+            await writer.drain()
+        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError):
+            pass
+        except Exception:  # a bug here must not take the broker down
+            logger.exception("metrics request failed")
+        finally:
+            writer.close()

@@ -1,0 +1,165 @@
+"""The asyncio adapter: one UDP socket, one timer, the shared sans-IO server.
+
+It translates and decides nothing (STYLE.md habit 8): datagrams that arrive in one loop
+pass are fed to :class:`~felix_server.server.FelixServer` with the time, then whatever the
+server wants to send goes out in *one* transmit, and *one* timer is re-armed at the
+server's earliest deadline. Reading drains the socket (up to :data:`READ_BATCH`
+datagrams) before transmitting; ``benchmarks/quic_baseline.py`` measures what that buys
+over aioquic.asyncio's transmit-per-datagram.
+
+The socket is read with ``loop.add_reader`` when the event loop supports it (selector
+loops, uvloop), else through ``loop.create_datagram_endpoint`` with a transmit scheduled
+once per pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import time
+from typing import Any
+
+from aioquic.quic.connection import NetworkAddress
+
+from felix_runtime_asyncio.logs import log_fields, logger
+from felix_server.server import FelixServer
+
+__all__ = ["READ_BATCH", "UdpRuntime"]
+
+READ_BATCH = 64
+"""Most datagrams read from the socket before one transmit."""
+SOCKET_BUFFER = 4 * 1024 * 1024
+"""Requested kernel send and receive buffer sizes."""
+
+
+class UdpRuntime:
+    """Drives a :class:`FelixServer` from a UDP socket under asyncio.
+
+    Args:
+        server: the sans-IO server.
+        clock: the wall clock (``time.time``); tests may pass another.
+    """
+
+    def __init__(self, server: FelixServer, clock: Any = time.time) -> None:
+        self.server = server
+        self._clock = clock
+        self._loop = asyncio.get_running_loop()
+        self._sock: socket.socket | None = None
+        self._transport: asyncio.DatagramTransport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._scheduled = False
+        self._finished = asyncio.Event()
+        self.address: tuple[str, int] = ("", 0)
+
+    async def start(self, host: str, port: int) -> tuple[str, int]:
+        """Bind the socket and start serving.
+
+        Returns:
+            The bound ``(host, port)`` (port 0 is resolved).
+        """
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
+        sock.bind((host, port))
+        sock.setblocking(False)
+        try:
+            self._loop.add_reader(sock.fileno(), self._readable)
+            self._sock = sock
+        except NotImplementedError:  # proactor loops: fall back to a datagram endpoint
+            runtime = self
+
+            class _Protocol(asyncio.DatagramProtocol):
+                def datagram_received(self, data: bytes, addr: NetworkAddress) -> None:
+                    runtime.server.datagram_received(data, addr, runtime._clock())
+                    runtime.wake()
+
+            self._transport, _ = await self._loop.create_datagram_endpoint(_Protocol, sock=sock)
+        self.address = sock.getsockname()[:2]
+        return self.address
+
+    def close(self) -> None:
+        """Stop reading, cancel the timer and close the socket (idempotent)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._sock is not None:
+            self._loop.remove_reader(self._sock.fileno())
+            self._sock.close()
+            self._sock = None
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+
+    def wake(self) -> None:
+        """Schedule one transmit in this loop pass (after an API call changed state)."""
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self.transmit)
+
+    async def wait_finished(self) -> None:
+        """Wait until the server finished its graceful shutdown."""
+        await self._finished.wait()
+
+    # ---------------------------------------------------------------------- the loop
+
+    def _readable(self) -> None:
+        sock = self._sock
+        if sock is None:
+            return
+        server = self.server
+        now = self._clock()
+        for _ in range(READ_BATCH):
+            try:
+                data, addr = sock.recvfrom(65536)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:  # e.g. ICMP port unreachable reported on the socket
+                logger.debug("recvfrom failed", extra=log_fields(error=exc))
+                break
+            server.datagram_received(data, addr, now)
+        self.transmit()
+
+    def transmit(self) -> None:
+        """Send what the server wants to send and re-arm the one timer."""
+        self._scheduled = False
+        now = self._clock()
+        datagrams = self.server.datagrams_to_send(now)
+        if self._sock is not None:
+            sendto = self._sock.sendto
+            for data, addr in datagrams:
+                try:
+                    sendto(data, addr)
+                except (BlockingIOError, InterruptedError):
+                    break  # the kernel buffer is full: QUIC will retransmit
+                except OSError as exc:
+                    logger.debug("sendto failed", extra=log_fields(error=exc))
+        elif self._transport is not None:
+            for data, addr in datagrams:
+                self._transport.sendto(data, addr)
+        if self.server.finished:
+            self._finished.set()
+        self._arm(self.server.get_timer(), now)
+
+    def _arm(self, deadline: float | None, now: float) -> None:
+        if deadline == self._timer_at and self._timer is not None:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = deadline
+        if deadline is not None:
+            delay = max(deadline - now, 0.0)
+            self._timer = self._loop.call_at(self._loop.time() + delay, self._on_timer)
+
+    def _on_timer(self) -> None:
+        # The loop's monotonic clock and the wall clock drift apart a little: never fire
+        # before the deadline we armed for.
+        now = max(self._clock(), self._timer_at or 0.0)
+        self._timer = None
+        self._timer_at = None
+        self.server.handle_timer(now)
+        self.transmit()

@@ -1,0 +1,79 @@
+"""The observer hook: what the shared glue reports for metrics and logs.
+
+The glue calls these methods as things happen; :class:`ServerObserver` does nothing, so the
+glue runs (and is tested) without any metrics library. A runtime subclasses it to count in
+Prometheus and to log (``felix_runtime_asyncio.metrics.PrometheusObserver``), in the manner
+of h2's ``DummyLogger``.
+
+The glue has no clock, so request latency is measured by the observer itself:
+:meth:`ServerObserver.request_started` returns an opaque token (a start time, in a
+runtime) that is handed back to :meth:`ServerObserver.request_finished`.
+
+Arguments are counts, codes and fixed vocabulary words (request kinds, end reasons); never
+message data, names of tenants or streams, or client-supplied strings, so they are safe as
+metric labels.
+"""
+
+from __future__ import annotations
+
+__all__ = ["ServerObserver"]
+
+
+class ServerObserver:
+    """Receives what the server glue observes. Every method is a no-op here."""
+
+    def connection_opened(self) -> None:
+        """A QUIC connection was accepted (before the Felix handshake)."""
+
+    def connection_closed(self, error_code: int) -> None:
+        """A connection is over (``error_code`` 0: clean)."""
+
+    def handshake_completed(self, version: int) -> None:
+        """A client's ``Hello`` was accepted with protocol ``version``."""
+
+    def handshake_failed(self, error_code: int) -> None:
+        """A client's handshake was refused (TLS/ALPN or Felix ``Hello``)."""
+
+    def request_started(self, kind: str) -> object:
+        """A request of ``kind`` (``publish``, ``cache_get`` ...) is about to be handled.
+
+        Returns:
+            A token handed back to :meth:`request_finished` (a start time, in a runtime).
+        """
+        return None
+
+    def request_finished(self, token: object, kind: str, error_code: int) -> None:
+        """The request finished: ``error_code`` 0 for success, else the wire code."""
+
+    def published(self, records: int, nbytes: int) -> None:
+        """A publish appended ``records`` records of ``nbytes`` payload bytes."""
+
+    def enqueued(self, records: int, nbytes: int) -> None:
+        """An enqueue appended ``records`` messages of ``nbytes`` payload bytes."""
+
+    def delivered(self, source: str, records: int, nbytes: int) -> None:
+        """Records were written to a feed; ``source`` is ``stream`` or ``queue``."""
+
+    def event_batch_encoded(self, subscribers: int, nbytes: int) -> None:
+        """One event batch was encoded once and written to ``subscribers`` streams."""
+
+    def subscription_dropped(self, reason: str, records: int) -> None:
+        """A subscriber lost ``records`` records (``reason``: ``gap`` or ``lagged``)."""
+
+    def subscription_ended(self, reason: str) -> None:
+        """A subscription ended for ``reason`` (an ``EndReason`` value)."""
+
+    def dead_lettered(self, reason: str) -> None:
+        """A queue message was dead-lettered (``max_attempts`` or ``rejected``)."""
+
+    def protocol_violation(self, error_code: int, fatal: bool) -> None:
+        """A client broke the protocol; the glue answered with ``error_code``."""
+
+    def backpressure(self, paused: bool) -> None:
+        """Deliveries to a connection were paused (True) or resumed (False)."""
+
+    def internal_error(self, where: str, exc: BaseException) -> None:
+        """A bug: an unexpected exception was turned into ``INTERNAL`` at ``where``."""
+
+    def log(self, level: str, message: str, **fields: object) -> None:
+        """A log line from the glue (``level``: ``debug``, ``info``, ``warning``, ``error``)."""

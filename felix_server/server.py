@@ -1,0 +1,341 @@
+"""The server-wide sans-IO object: UDP datagrams in, UDP datagrams out, one timer.
+
+Theory of operation
+-------------------
+:class:`FelixServer` is what a runtime adapter drives. It owns the
+:class:`~felix_core.broker.Broker`, one :class:`~felix_server.session.Session` per QUIC
+connection, and the demultiplexing of datagrams to connections by destination connection
+ID (what ``aioquic.asyncio.server.QuicServer`` does, minus the I/O). Inputs and outputs, in
+the manner of aioquic's ``QuicConnection``:
+
+Inputs
+    * :meth:`FelixServer.datagram_received` ``(data, addr, now)``;
+    * :meth:`FelixServer.handle_timer` ``(now)`` when :meth:`FelixServer.get_timer` is due;
+    * :meth:`FelixServer.begin_shutdown` ``(now)`` on SIGTERM.
+
+Outputs
+    * :meth:`FelixServer.datagrams_to_send` ``(now)`` -> ``[(bytes, addr)]``: call it once
+      per loop pass, after feeding every datagram that arrived in that pass;
+    * :meth:`FelixServer.get_timer`: the earliest deadline of the broker, every session
+      (QUIC and Felix) and the shutdown;
+    * :attr:`FelixServer.ready` and :attr:`FelixServer.finished` for health and exit.
+
+Each call to :meth:`datagrams_to_send` first pumps the broker's outputs into the sessions
+(each distinct :class:`~felix_core.log.LogSlice` is encoded once, and the same bytes are
+written to every subscription stream it goes to), then lets every session that may have
+something to send move its Felix writes into QUIC and take QUIC's datagrams. Back-pressure
+is applied there too (see :mod:`felix_server.session`).
+
+Time: ``now`` is wall-clock seconds since the Unix epoch for everything (the engine stamps
+records with it; aioquic only needs a clock that is consistent between calls).
+
+Graceful shutdown: :meth:`begin_shutdown` makes the server not ready, refuses new
+connections (their Initial packets are dropped), stops the engine (subscriptions and
+consumers end with reason ``shutdown``; new work is refused with ``SHUTTING_DOWN``) and sends
+``GoAway`` with a deadline to every client. Connections that are still open at the
+deadline are closed; :attr:`finished` turns true when no connection is left or the drain
+bound has passed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aioquic._buffer import Buffer
+from aioquic.quic.configuration import SMALLEST_MAX_DATAGRAM_SIZE, QuicConfiguration
+from aioquic.quic.connection import NetworkAddress, QuicConnection
+from aioquic.quic.packet import (
+    QuicPacketType,
+    encode_quic_version_negotiation,
+    pull_quic_header,
+)
+
+from felix_core.broker import Broker, EngineOutput
+from felix_core.queues import ConsumerEnded, MessageDeadLettered, MessagesDelivered
+from felix_core.streams import StreamBatch, StreamGap, SubscriptionEnded
+from felix_proto.codec import encode_event_batch
+from felix_server.config import ALPN, ServerConfig
+from felix_server.observer import ServerObserver
+from felix_server.session import Session
+
+__all__ = ["ALPN", "FelixServer", "make_quic_configuration"]
+
+
+def make_quic_configuration(config: ServerConfig) -> QuicConfiguration:
+    """The server-side aioquic configuration for a broker (certificate not loaded yet).
+
+    The caller loads the certificate chain (``load_cert_chain``): reading files is I/O.
+    """
+    transport = config.transport
+    return QuicConfiguration(
+        is_client=False,
+        alpn_protocols=[ALPN],
+        max_datagram_size=transport.max_datagram_size,
+        max_data=transport.max_data,
+        max_stream_data=transport.max_stream_data,
+        idle_timeout=transport.idle_timeout_s,
+    )
+
+
+@dataclass(slots=True)
+class _Stats:
+    accepted: int = 0
+    refused: int = 0
+    version_negotiations: int = 0
+    dropped_datagrams: int = 0
+
+
+class FelixServer:
+    """Every QUIC connection of a broker, the broker itself and one timer. See the module
+    docstring.
+
+    Args:
+        config: the broker configuration.
+        quic_configuration: aioquic's server configuration with the certificate loaded.
+        now: the current time (wall clock, seconds).
+        observer: receives metrics and log hooks (does nothing by default).
+        broker: an engine to serve (a new one from ``config.broker`` when None).
+        connection_factory: builds QUIC connections (tests may wrap aioquic's).
+    """
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        quic_configuration: QuicConfiguration,
+        *,
+        now: float,
+        observer: ServerObserver | None = None,
+        broker: Broker | None = None,
+        connection_factory: Callable[..., QuicConnection] = QuicConnection,
+    ) -> None:
+        self.config = config
+        self.quic_configuration = quic_configuration
+        self.observer = observer or ServerObserver()
+        self.broker = broker if broker is not None else Broker(config.broker, now=now)
+        self._factory = connection_factory
+        self._by_cid: dict[bytes, Session] = {}
+        self._sessions: dict[int, Session] = {}
+        self._dirty: dict[int, Session] = {}
+        self._stateless: list[tuple[bytes, NetworkAddress]] = []
+        self._next_conn_id = 1
+        self._shutdown_at: float | None = None
+        self._close_at: float | None = None
+        self._drain_until: float | None = None
+        self.stats = _Stats()
+
+    # ------------------------------------------------------------------------- state
+
+    @property
+    def ready(self) -> bool:
+        """Whether the broker accepts new connections and work (``/ready``)."""
+        return self._shutdown_at is None
+
+    @property
+    def finished(self) -> bool:
+        """After :meth:`begin_shutdown`: no connection is left, or the drain bound passed."""
+        return self._shutdown_at is not None and not self._sessions
+
+    @property
+    def sessions(self) -> list[Session]:
+        """The live sessions (for metrics and tests)."""
+        return list(self._sessions.values())
+
+    # ------------------------------------------------------------------------ inputs
+
+    def datagram_received(self, data: bytes, addr: NetworkAddress, now: float) -> None:
+        """Feed one UDP datagram.
+
+        Unparseable datagrams are dropped. A datagram for an unknown connection ID starts a
+        new connection if it is a large enough Initial packet and the server is ready and
+        below ``max_connections``; an unsupported QUIC version is answered with version
+        negotiation.
+        """
+        try:
+            header = pull_quic_header(
+                Buffer(data=data), host_cid_length=self.quic_configuration.connection_id_length
+            )
+        except ValueError:
+            self.stats.dropped_datagrams += 1
+            return
+        if (
+            header.packet_type != QuicPacketType.VERSION_NEGOTIATION
+            and header.version is not None
+            and header.version not in self.quic_configuration.supported_versions
+        ):
+            self.stats.version_negotiations += 1
+            self._stateless.append(
+                (
+                    encode_quic_version_negotiation(
+                        source_cid=header.destination_cid,
+                        destination_cid=header.source_cid,
+                        supported_versions=self.quic_configuration.supported_versions,
+                    ),
+                    addr,
+                )
+            )
+            return
+        session = self._by_cid.get(header.destination_cid)
+        if session is None:
+            if header.packet_type != QuicPacketType.INITIAL or (
+                len(data) < SMALLEST_MAX_DATAGRAM_SIZE
+            ):
+                self.stats.dropped_datagrams += 1
+                return
+            if not self.ready or len(self._sessions) >= self.config.transport.max_connections:
+                self.stats.refused += 1
+                return
+            session = self._accept(header.destination_cid, now)
+        session.datagram_received(data, addr, now)
+        self._after_input(session)
+
+    def _accept(self, original_cid: bytes, now: float) -> Session:
+        quic = self._factory(
+            configuration=self.quic_configuration,
+            original_destination_connection_id=original_cid,
+        )
+        conn_id = self._next_conn_id
+        self._next_conn_id += 1
+        session = Session(self, quic, conn_id, now)
+        self._sessions[conn_id] = session
+        self._by_cid[original_cid] = session
+        self._by_cid[quic.host_cid] = session
+        self.stats.accepted += 1
+        self.observer.connection_opened()
+        return session
+
+    def _after_input(self, session: Session) -> None:
+        """Bookkeeping after a session handled input: CIDs, liveness, dirtiness."""
+        for cid in session.take_issued_cids():
+            self._by_cid[cid] = session
+        for cid in session.take_retired_cids():
+            if self._by_cid.get(cid) is session:
+                del self._by_cid[cid]
+        self._dirty[session.conn_id] = session
+
+    def _forget(self, session: Session) -> None:
+        self._sessions.pop(session.conn_id, None)
+        self._dirty.pop(session.conn_id, None)
+        for cid in [c for c, s in self._by_cid.items() if s is session]:
+            del self._by_cid[cid]
+
+    def get_timer(self) -> float | None:
+        """The earliest absolute deadline of anything the server holds, or None."""
+        deadlines = [self.broker.get_timer(), self._close_at, self._drain_until]
+        deadlines.extend(s.get_timer() for s in self._sessions.values())
+        return min((d for d in deadlines if d is not None), default=None)
+
+    def handle_timer(self, now: float) -> None:
+        """Fire everything due at ``now`` (early or repeated calls are harmless)."""
+        deadline = self.broker.get_timer()
+        if deadline is not None and deadline <= now:
+            self.broker.handle_timer(now)
+        for session in list(self._sessions.values()):
+            deadline = session.get_timer()
+            if deadline is not None and deadline <= now:
+                session.handle_timer(now)
+                self._after_input(session)
+        if self._close_at is not None and now >= self._close_at:
+            self._close_at = None
+            for session in list(self._sessions.values()):
+                session.close_for_shutdown(now)
+                self._after_input(session)
+        if self._drain_until is not None and now >= self._drain_until:
+            self._drain_until = None
+            for session in list(self._sessions.values()):
+                session.abandon(now)
+                self._forget(session)
+
+    def begin_shutdown(self, now: float) -> None:
+        """Start the graceful shutdown (idempotent). See the module docstring."""
+        if self._shutdown_at is not None:
+            return
+        self._shutdown_at = now
+        grace = self.config.shutdown_grace_s
+        self._close_at = now + grace
+        self._drain_until = now + self.config.shutdown_drain_s
+        self.broker.shutdown(now)
+        self.observer.log("info", "shutting down", connections=len(self._sessions), grace_s=grace)
+        for session in self._sessions.values():
+            session.go_away(int(grace * 1000), now)
+            self._dirty[session.conn_id] = session
+
+    # ----------------------------------------------------------------------- outputs
+
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, NetworkAddress]]:
+        """Everything to transmit now. Call once per loop pass, after the inputs.
+
+        Returns:
+            ``(datagram, address)`` pairs, in order.
+        """
+        out = self._stateless
+        self._stateless = []
+        for _ in range(4):  # a resume may produce deliveries; bounded
+            self._pump_outputs(now)
+            if not self._dirty:
+                break
+            dirty = self._dirty
+            self._dirty = {}
+            for session in dirty.values():
+                out.extend(session.transmit(now))
+                if session.finished:
+                    self._forget(session)
+        return out
+
+    def mark_dirty(self, session: Session) -> None:
+        """A session has something to send (called by sessions after API-driven writes)."""
+        self._dirty[session.conn_id] = session
+
+    def _pump_outputs(self, now: float) -> None:
+        """Hand the broker's outputs to the sessions, encoding each slice once."""
+        outputs: list[EngineOutput] = self.broker.drain_outputs()
+        if not outputs:
+            return
+        # id(slice) -> [frame, payload bytes, subscriber count]
+        encoded: dict[int, list[Any]] = {}
+        sessions = self._sessions
+        dirty = self._dirty
+        for item in outputs:
+            if isinstance(item, StreamBatch):
+                session = sessions.get(item.connection_id)
+                if session is None:
+                    continue
+                dirty[session.conn_id] = session
+                sl = item.slice
+                entry = encoded.get(id(sl))
+                if entry is None:
+                    frame = encode_event_batch(
+                        sl.base_offset, sl.payloads, sl.timestamps_ms, sl.keys, sl.headers
+                    )
+                    entry = encoded[id(sl)] = [frame, sum(map(len, sl.payloads)), 0]
+                entry[2] += 1
+                session.send_event_batch(item.subscription_id, entry[0], sl, entry[1])
+            elif isinstance(item, MessagesDelivered):
+                session = sessions.get(item.connection_id)
+                if session is not None:
+                    dirty[session.conn_id] = session
+                    session.send_deliveries(item.consumer_id, item.deliveries)
+            elif isinstance(item, StreamGap):
+                self.observer.subscription_dropped("gap", item.missed)
+                session = sessions.get(item.connection_id)
+                if session is not None:
+                    dirty[session.conn_id] = session
+                    session.send_gap(item.subscription_id, item.missed, item.next_offset)
+            elif isinstance(item, SubscriptionEnded):
+                self.observer.subscription_ended(item.reason)
+                session = sessions.get(item.connection_id)
+                if session is not None:
+                    dirty[session.conn_id] = session
+                    session.end_subscription(
+                        item.subscription_id, item.reason, item.message, item.next_offset
+                    )
+            elif isinstance(item, ConsumerEnded):
+                session = sessions.get(item.connection_id)
+                if session is not None:
+                    dirty[session.conn_id] = session
+                    session.end_consumer(item.consumer_id, item.reason)
+            elif isinstance(item, MessageDeadLettered):
+                self.observer.dead_lettered(item.reason)
+        for frame, _, count in encoded.values():
+            self.observer.event_batch_encoded(count, len(frame))

@@ -1,0 +1,411 @@
+"""One QUIC connection of the broker: aioquic events -> ServerConnection -> Broker and back.
+
+Theory of operation
+-------------------
+A :class:`Session` layers a :class:`felix_proto.server.ServerConnection` on an aioquic
+:class:`~aioquic.quic.connection.QuicConnection` the way HTTP/3 layers on QUIC, and connects
+it to the :class:`~felix_core.broker.Broker` as connection ``conn_id``. It is driven by
+:class:`~felix_server.server.FelixServer`; nothing here does I/O or reads a clock.
+
+QUIC -> Felix. ``StreamDataReceived`` becomes ``stream_data_received``; ``StreamReset`` and
+``StopSendingReceived`` become ``stream_reset`` (for a stop on one of our feed streams we
+also reset our side so its buffered bytes are released); ``HandshakeCompleted`` checks the
+ALPN (``felix/2``, or none at all: the in-band version then decides);
+``ConnectionTerminated`` becomes ``connection_lost`` and detaches the connection from the
+broker.
+
+Felix -> Broker. ``HandshakeRequested`` is accepted with the engine's limits.
+``RequestReceived`` is served by :func:`felix_server.dispatch.dispatch`; an
+:class:`~felix_core.errors.EngineError` becomes an ``Error`` frame with its code, message,
+details and ``retryable`` 1:1, any other exception ``INTERNAL`` (and the observer hears of
+the bug). ``CreditGranted``, ``SubscriptionCancelled`` and ``ConsumerCancelled`` go to the
+broker's ``add_credit``, ``unsubscribe`` and ``cancel_consumer``. ``CloseRequested`` closes
+QUIC once the pending stream data is out (or after :data:`CLOSE_LINGER` seconds).
+
+Broker -> Felix. The server hands each session its share of ``Broker.drain_outputs()``:
+event batches as frames already encoded once per slice, gaps, deliveries and ends. Outputs
+for a feed this connection no longer has (it was cancelled meanwhile) are dropped.
+
+Back-pressure. aioquic's stream writes never block, so the session measures what it has
+queued and QUIC has not sent yet (per stream: bytes handed to QUIC minus the stream's
+highest sent offset, plus what the Felix machine holds). Over
+``transport.connection_buffer_limit`` the broker is told to ``pause`` deliveries to the
+connection; at or below ``transport.connection_buffer_resume`` it is told to ``resume``.
+With subscription credit bounding each feed, that bounds memory per connection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import TYPE_CHECKING
+
+from aioquic.quic import events as qe
+from aioquic.quic.connection import NetworkAddress, QuicConnection
+
+from felix_core.errors import EngineError, NotFound
+from felix_core.log import LogSlice
+from felix_core.queues import Delivery as CoreDelivery
+from felix_proto import events as fe
+from felix_proto import messages as m
+from felix_proto.errors import ErrorCode, FelixProtoError
+from felix_proto.server import ServerConnection
+from felix_server.config import ALPN
+from felix_server.dispatch import FeedOpened, dispatch, request_kind
+
+if TYPE_CHECKING:
+    from felix_server.server import FelixServer
+
+__all__ = ["CLOSE_LINGER", "Session"]
+
+CLOSE_LINGER = 1.0
+"""Seconds a requested close waits for pending stream data to be sent."""
+
+
+class Session:
+    """The glue for one QUIC connection. See the module docstring.
+
+    Args:
+        server: the owning server (broker, config, observer).
+        quic: the connection's aioquic state machine.
+        conn_id: the broker's id for this connection.
+        now: the current time.
+    """
+
+    def __init__(self, server: FelixServer, quic: QuicConnection, conn_id: int, now: float):
+        self.server = server
+        self.broker = server.broker
+        self.observer = server.observer
+        self.quic = quic
+        self.conn_id = conn_id
+        cfg = server.config
+        limits = cfg.broker
+        self.felix = ServerConnection(
+            server_id=cfg.server_id,
+            region=cfg.region,
+            limits={
+                "max_payload_bytes": limits.max_payload_bytes,
+                "max_key_bytes": limits.max_key_bytes,
+                "max_batch_records": limits.max_batch_records,
+                "max_batch_bytes": limits.max_batch_bytes,
+                "max_subscriptions": limits.max_subscriptions_per_connection,
+                "max_consumers": limits.max_consumers_per_connection,
+            },
+            max_frame_size=cfg.transport.max_frame_size,
+        )
+        self._high = cfg.transport.connection_buffer_limit
+        self._low = cfg.transport.connection_buffer_resume
+        self.paused = False
+        self.finished = False
+        self._subs: set[int] = set()
+        self._consumers: set[int] = set()
+        self._written: dict[int, int] = {}  # stream id -> bytes handed to QUIC
+        self._issued: list[bytes] = []
+        self._retired: list[bytes] = []
+        self._close: tuple[int, str] | None = None
+        self._close_deadline: float | None = None
+        self._quic_closed = False
+        self._welcomed = False
+        self.broker.attach(conn_id, now)
+
+    # ------------------------------------------------------------------------ inputs
+
+    def datagram_received(self, data: bytes, addr: NetworkAddress, now: float) -> None:
+        """Feed a datagram to QUIC and handle everything it caused."""
+        self.quic.receive_datagram(data, addr, now)
+        self._process(now)
+
+    def handle_timer(self, now: float) -> None:
+        """Fire the QUIC and Felix timers that are due."""
+        deadline = self.quic.get_timer()
+        if deadline is not None and deadline <= now:
+            self.quic.handle_timer(now)
+        deadline = self.felix.get_timer()
+        if deadline is not None and deadline <= now:
+            self.felix.handle_timer(now)
+        self._process(now)
+
+    def get_timer(self) -> float | None:
+        """The earliest of QUIC's, Felix's and the close linger deadline."""
+        deadlines = (self.quic.get_timer(), self.felix.get_timer(), self._close_deadline)
+        return min((d for d in deadlines if d is not None), default=None)
+
+    def take_issued_cids(self) -> list[bytes]:
+        """Connection IDs QUIC issued since the last call (for the server's demux table)."""
+        out, self._issued = self._issued, []
+        return out
+
+    def take_retired_cids(self) -> list[bytes]:
+        """Connection IDs QUIC retired since the last call."""
+        out, self._retired = self._retired, []
+        return out
+
+    # --------------------------------------------------------------- QUIC -> Felix
+
+    def _process(self, now: float) -> None:
+        """Drain QUIC events into Felix, then Felix events into the broker."""
+        quic, felix = self.quic, self.felix
+        while (event := quic.next_event()) is not None:
+            if isinstance(event, qe.StreamDataReceived):
+                try:
+                    felix.stream_data_received(event.stream_id, event.data, event.end_stream)
+                except FelixProtoError as exc:  # data on a stream id Felix never uses
+                    self._internal("stream_data_received", exc)
+            elif isinstance(event, qe.StreamReset | qe.StopSendingReceived):
+                felix.stream_reset(event.stream_id, event.error_code)
+                if isinstance(event, qe.StopSendingReceived):
+                    self._reset_stream(event.stream_id)
+            elif isinstance(event, qe.HandshakeCompleted):
+                if event.alpn_protocol not in (ALPN, None):
+                    self.observer.handshake_failed(int(ErrorCode.UNSUPPORTED_VERSION))
+                    quic.close(error_code=int(ErrorCode.UNSUPPORTED_VERSION),
+                               reason_phrase=f"ALPN {ALPN} required")  # fmt: skip
+            elif isinstance(event, qe.ConnectionIdIssued):
+                self._issued.append(event.connection_id)
+            elif isinstance(event, qe.ConnectionIdRetired):
+                self._retired.append(event.connection_id)
+            elif isinstance(event, qe.ConnectionTerminated):
+                self._terminated(event.error_code, now)
+        self._felix_events(now)
+
+    def _terminated(self, error_code: int, now: float) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        self.felix.connection_lost()
+        self._felix_events(now)
+        self.broker.detach(self.conn_id, now)
+        self.observer.connection_closed(error_code)
+
+    def _reset_stream(self, stream_id: int) -> None:
+        if stream_id % 4 == 3:  # one of our feed streams
+            with contextlib.suppress(ValueError, AssertionError):  # finished or reset already
+                self.quic.reset_stream(stream_id, 0)
+            self._written.pop(stream_id, None)
+
+    # ------------------------------------------------------------- Felix -> Broker
+
+    def _felix_events(self, now: float) -> None:
+        felix = self.felix
+        while (event := felix.next_event()) is not None:
+            if isinstance(event, fe.RequestReceived):
+                self._request(event.message, now)
+            elif isinstance(event, fe.CreditGranted):
+                self._engine_call(
+                    partial(self.broker.add_credit, self.conn_id, event.subscription_id,
+                            event.messages, event.bytes, now=now)
+                )  # fmt: skip
+            elif isinstance(event, fe.HandshakeRequested):
+                felix.accept()
+                self._welcomed = True
+                self.observer.handshake_completed(event.version)
+            elif isinstance(event, fe.SubscriptionCancelled):
+                if event.subscription_id in self._subs:
+                    self._subs.discard(event.subscription_id)
+                    self._engine_call(
+                        partial(self.broker.unsubscribe, self.conn_id, event.subscription_id,
+                                now=now)
+                    )  # fmt: skip
+            elif isinstance(event, fe.ConsumerCancelled):
+                if event.consumer_id in self._consumers:
+                    self._consumers.discard(event.consumer_id)
+                    self._engine_call(
+                        partial(self.broker.cancel_consumer, self.conn_id, event.consumer_id,
+                                now=now)
+                    )  # fmt: skip
+            elif isinstance(event, fe.ProtocolViolation):
+                self.observer.protocol_violation(event.error_code, event.fatal)
+            elif isinstance(event, fe.CloseRequested) and self._close is None:
+                self._close = (event.error_code, event.reason)
+                self._close_deadline = now + CLOSE_LINGER
+                if not self._welcomed:
+                    self.observer.handshake_failed(event.error_code)
+        self.server.mark_dirty(self)
+
+    def _engine_call(self, call: Callable[[], object]) -> None:
+        """Run a broker call whose only possible refusal is a benign race (NotFound)."""
+        try:
+            call()
+        except (NotFound, ValueError):
+            pass  # the feed or connection already went away
+        except EngineError as exc:
+            self.observer.log("debug", "engine refused a follow-up call", code=int(exc.code))
+
+    def _request(self, msg: m.Message, now: float) -> None:
+        kind = request_kind(msg)
+        token = self.observer.request_started(kind)
+        rid = getattr(msg, "request_id", None)
+        code = 0
+        try:
+            reply = dispatch(self.broker, self.conn_id, msg, now)
+            if isinstance(reply, FeedOpened):
+                if reply.subscription:
+                    self.felix.open_subscription(reply.reply.request_id, reply.feed_id)
+                    self._subs.add(reply.feed_id)
+                else:
+                    self.felix.open_consumer(reply.reply.request_id, reply.feed_id)
+                    self._consumers.add(reply.feed_id)
+                reply = reply.reply
+            if reply is not None:
+                self.felix.send_reply(reply)
+            self._count(msg)
+        except EngineError as exc:
+            code = int(exc.code)
+            if rid is not None:
+                self.felix.send_error(
+                    rid, code, exc.message, details=exc.details, retryable=exc.retryable
+                )
+        except Exception as exc:  # a bug: answer INTERNAL, keep serving
+            code = int(ErrorCode.INTERNAL)
+            self._internal(kind, exc)
+            if rid is not None:
+                with contextlib.suppress(FelixProtoError):
+                    self.felix.send_error(rid, code, f"internal error: {type(exc).__name__}")
+        self.observer.request_finished(token, kind, code)
+
+    def _count(self, msg: m.Message) -> None:
+        if isinstance(msg, m.Publish):
+            self.observer.published(1, len(msg.payload))
+        elif isinstance(msg, m.PublishBatch):
+            self.observer.published(len(msg.payloads), sum(map(len, msg.payloads)))
+        elif isinstance(msg, m.Enqueue):
+            self.observer.enqueued(len(msg.payloads), sum(map(len, msg.payloads)))
+
+    def _internal(self, where: str, exc: BaseException) -> None:
+        self.observer.internal_error(where, exc)
+
+    # ------------------------------------------------------------ Broker -> Felix
+
+    def send_event_batch(self, subscription_id: int, frame: bytes, sl: LogSlice,
+                         payload_bytes: int) -> None:  # fmt: skip
+        """Write an event batch frame (encoded once by the server) to a subscription."""
+        if subscription_id not in self._subs:
+            return
+        try:
+            self.felix.send_event_frame(
+                subscription_id, frame, count=len(sl.payloads), payload_bytes=payload_bytes
+            )
+        except FelixProtoError as exc:
+            self._internal("send_event_frame", exc)
+            return
+        self.observer.delivered("stream", len(sl.payloads), payload_bytes)
+
+    def send_gap(self, subscription_id: int, missed: int, next_offset: int) -> None:
+        """Tell a subscription it skipped ``missed`` records."""
+        if subscription_id in self._subs:
+            self._felix_call(lambda: self.felix.send_gap(subscription_id, missed, next_offset))
+
+    def end_subscription(
+        self, subscription_id: int, reason: str, message: str, next_offset: int | None
+    ) -> None:
+        """End a subscription's stream with ``SubscriptionEnded``."""
+        if subscription_id in self._subs:
+            self._subs.discard(subscription_id)
+            self._felix_call(
+                lambda: self.felix.end_subscription(subscription_id, reason, message, next_offset)
+            )
+
+    def send_deliveries(self, consumer_id: int, deliveries: Sequence[CoreDelivery]) -> None:
+        """Write queue deliveries to a consumer's stream."""
+        if consumer_id not in self._consumers:
+            return
+        nbytes = 0
+        for d in deliveries:
+            wire = m.Delivery(
+                delivery_id=d.delivery_id, attempt=d.attempt, offset=d.offset,
+                payload=d.payload, timestamp_ms=d.timestamp_ms, key=d.key, headers=d.headers,
+            )  # fmt: skip
+            if not self._felix_call(partial(self.felix.send_delivery, consumer_id, wire)):
+                return
+            nbytes += len(d.payload)
+        self.observer.delivered("queue", len(deliveries), nbytes)
+
+    def end_consumer(self, consumer_id: int, reason: str) -> None:
+        """End a consumer's stream with ``ConsumerEnded``."""
+        if consumer_id in self._consumers:
+            self._consumers.discard(consumer_id)
+            self._felix_call(lambda: self.felix.end_consumer(consumer_id, reason))
+
+    def _felix_call(self, call: Callable[[], object]) -> bool:
+        try:
+            call()
+        except FelixProtoError as exc:
+            self._internal("feed write", exc)
+            return False
+        return True
+
+    # -------------------------------------------------------------------- shutdown
+
+    def go_away(self, deadline_ms: int, now: float) -> None:
+        """Send ``GoAway`` (or close at once if the handshake is not done)."""
+        try:
+            self.felix.goaway("the broker is shutting down", deadline_ms, now=now)
+        except FelixProtoError:
+            self.felix.close(int(ErrorCode.SHUTTING_DOWN), "the broker is shutting down")
+        self._felix_events(now)
+
+    def close_for_shutdown(self, now: float) -> None:
+        """The grace period is over: close the connection."""
+        self.felix.close(int(ErrorCode.SHUTTING_DOWN), "the broker is shutting down")
+        self._felix_events(now)
+
+    def abandon(self, now: float) -> None:
+        """The drain bound passed: close QUIC without waiting and forget the connection."""
+        if not self._quic_closed:
+            self.quic.close(error_code=int(ErrorCode.SHUTTING_DOWN), reason_phrase="shutdown")
+            self._quic_closed = True
+        self._terminated(int(ErrorCode.SHUTTING_DOWN), now)
+
+    # ---------------------------------------------------------------------- output
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes queued for this client and not yet sent (Felix + QUIC send buffers)."""
+        total = self.felix.buffered_bytes()
+        if self._written:
+            streams = self.quic._streams  # aioquic has no public accessor for send progress
+            for sid, written in list(self._written.items()):
+                stream = streams.get(sid)
+                if stream is None or stream.sender.is_finished:
+                    del self._written[sid]
+                    continue
+                total += written - stream.sender.highest_offset
+        return total
+
+    def transmit(self, now: float) -> list[tuple[bytes, NetworkAddress]]:
+        """Move Felix writes into QUIC, apply back-pressure, return QUIC's datagrams."""
+        quic = self.quic
+        if not self._quic_closed:
+            written = self._written
+            for sid, data, end in self.felix.data_to_send():
+                try:
+                    quic.send_stream_data(sid, data, end)
+                except (ValueError, AssertionError):
+                    continue  # the stream was reset meanwhile; drop what it would carry
+                if sid % 4 == 3:
+                    written[sid] = written.get(sid, 0) + len(data)
+        datagrams = quic.datagrams_to_send(now)
+        if self._close is not None and not self._quic_closed:
+            assert self._close_deadline is not None
+            if self.buffered_bytes == 0 or now >= self._close_deadline:
+                code, reason = self._close
+                quic.close(error_code=code, reason_phrase=reason)
+                self._quic_closed = True
+                self._close_deadline = None
+                datagrams += quic.datagrams_to_send(now)
+        if not self.finished:
+            self._backpressure(now)
+        return datagrams
+
+    def _backpressure(self, now: float) -> None:
+        if not self.paused:
+            if self._written and self.buffered_bytes > self._high:
+                self.paused = True
+                self.broker.pause(self.conn_id)
+                self.observer.backpressure(True)
+        elif self.buffered_bytes <= self._low:
+            self.paused = False
+            self.broker.resume(self.conn_id, now)
+            self.observer.backpressure(False)
+            self.server.mark_dirty(self)

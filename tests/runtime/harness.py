@@ -1,0 +1,182 @@
+"""Test harness for the asyncio broker: an in-process broker and a raw QUIC Felix client.
+
+:class:`RawClient` is deliberately not felix_client: it drives an aioquic client
+``QuicConnection`` and a felix_proto ``ClientConnection`` over a UDP socket by hand, so the
+broker is tested on the wire. Every wait has a timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from aioquic.quic import events as qe
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import NetworkAddress, QuicConnection
+
+from felix_proto import events as fe
+from felix_proto.client import ClientConnection
+from felix_server.config import ALPN
+
+E = TypeVar("E", bound=fe.Event)
+
+WAIT = 5.0
+"""Default seconds any wait may take."""
+
+
+class RawClient(asyncio.DatagramProtocol):
+    """A Felix client made of an aioquic QuicConnection and a felix_proto ClientConnection."""
+
+    def __init__(self, cafile: str, *, alpn: list[str] | None = None, **felix: Any) -> None:
+        config = QuicConfiguration(
+            is_client=True, alpn_protocols=[ALPN] if alpn is None else alpn,
+            server_name="localhost", max_datagram_size=1452, idle_timeout=10.0,
+        )  # fmt: skip
+        config.load_verify_locations(cafile)
+        self.quic = QuicConnection(configuration=config)
+        felix.setdefault("default_timeout", WAIT)
+        self.felix = ClientConnection(**felix)
+        self.events: list[fe.Event] = []
+        self.quic_events: list[qe.QuicEvent] = []
+        self._changed = asyncio.Event()
+        self._transport: asyncio.DatagramTransport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self.addr: NetworkAddress | None = None
+        self.terminated = False
+        self.errors: list[Exception] = []
+        self.stalled = False  # when True, incoming datagrams are dropped (a frozen client)
+
+    async def connect(self, addr: tuple[str, int], *, hello: bool = True) -> None:
+        loop = asyncio.get_running_loop()
+        self._transport, _ = await loop.create_datagram_endpoint(
+            lambda: self, local_addr=("127.0.0.1", 0)
+        )
+        self.addr = addr
+        self.quic.connect(addr, now=time.time())
+        self.transmit()
+        await self.wait_quic(qe.HandshakeCompleted)
+        if hello:
+            self.felix.connect(now=time.time())
+            self.transmit()
+            await self.wait(fe.Welcomed)
+
+    # -- plumbing ------------------------------------------------------------------------
+    def datagram_received(self, data: bytes, addr: NetworkAddress) -> None:
+        if self.stalled:
+            return
+        try:
+            self.quic.receive_datagram(data, addr, now=time.time())
+            self._process()
+        except Exception as exc:  # surfaced by the next wait
+            self.errors.append(exc)
+            self._changed.set()
+
+    def _process(self) -> None:
+        while (event := self.quic.next_event()) is not None:
+            self.quic_events.append(event)
+            if isinstance(event, qe.StreamDataReceived):
+                self.felix.stream_data_received(event.stream_id, event.data, event.end_stream)
+            elif isinstance(event, qe.StreamReset):
+                self.felix.stream_reset(event.stream_id, event.error_code)
+            elif isinstance(event, qe.ConnectionTerminated):
+                self.terminated = True
+                self.felix.connection_lost()
+        while (fev := self.felix.next_event()) is not None:
+            self.events.append(fev)
+            if isinstance(fev, fe.CloseRequested):
+                self.quic.close(error_code=fev.error_code, reason_phrase=fev.reason)
+        self.transmit()
+        self._changed.set()
+
+    def transmit(self) -> None:
+        for sid, data, end in self.felix.data_to_send():
+            self.quic.send_stream_data(sid, data, end)
+        if self._transport is not None:
+            for data, addr in self.quic.datagrams_to_send(now=time.time()):
+                self._transport.sendto(data, addr)
+        if self._timer is not None:
+            self._timer.cancel()
+        deadlines = [t for t in (self.quic.get_timer(), self.felix.get_timer()) if t is not None]
+        if deadlines and self._transport is not None:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(max(min(deadlines) - time.time(), 0), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        now = time.time()
+        try:
+            self.quic.handle_timer(now)
+            self.felix.handle_timer(now)
+            self._process()
+        except Exception as exc:
+            self.errors.append(exc)
+            self._changed.set()
+
+    def call(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Call a ClientConnection API method with ``now`` and transmit."""
+        result = method(*args, now=time.time(), **kwargs)
+        self.transmit()
+        return result
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+
+    def kill(self) -> None:
+        """Vanish without a word (a killed process): no CONNECTION_CLOSE."""
+        self.close()
+
+    async def graceful_close(self) -> None:
+        self.felix.close()
+        self._process()
+        await asyncio.sleep(0.05)
+        self.close()
+
+    # -- waiting -------------------------------------------------------------------------
+    async def until(self, predicate: Callable[[], bool], timeout: float = WAIT) -> None:
+        async with asyncio.timeout(timeout):
+            while not predicate():
+                if self.errors:
+                    raise self.errors[0]
+                self._changed.clear()
+                await self._changed.wait()
+
+    async def wait(
+        self, kind: type[E], match: Callable[[E], bool] = lambda e: True, timeout: float = WAIT
+    ) -> E:
+        """Wait for (and return) the first event of ``kind`` matching ``match``."""
+        found: list[E] = []
+
+        def check() -> bool:
+            for ev in self.events:
+                if isinstance(ev, kind) and match(ev):
+                    found.append(ev)
+                    return True
+            return False
+
+        await self.until(check, timeout)
+        return found[0]
+
+    async def reply(self, request_id: int, timeout: float = WAIT) -> fe.Event:
+        """Wait for the event answering ``request_id``."""
+        return await self.wait(
+            fe.Event, lambda e: getattr(e, "request_id", None) == request_id, timeout
+        )
+
+    async def wait_quic(self, kind: type[qe.QuicEvent], timeout: float = WAIT) -> qe.QuicEvent:
+        found: list[qe.QuicEvent] = []
+
+        def check() -> bool:
+            found.extend(e for e in self.quic_events if isinstance(e, kind))
+            return bool(found)
+
+        await self.until(check, timeout)
+        return found[0]
+
+    def of(self, kind: type[E]) -> list[E]:
+        return [e for e in self.events if isinstance(e, kind)]

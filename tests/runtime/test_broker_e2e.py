@@ -1,0 +1,74 @@
+"""The asyncio broker over real QUIC on 127.0.0.1, driven by a raw aioquic + felix_proto client."""
+
+from __future__ import annotations
+
+import pytest
+
+from felix_proto import events as fe
+from felix_proto import messages as m
+from felix_proto.errors import ErrorCode
+from felix_runtime_asyncio.app import BrokerProcess
+
+from .conftest import Connect
+
+pytestmark = pytest.mark.anyio
+
+T, N = "default", "default"
+
+
+async def create(client, kind: str, name: str, **settings) -> None:  # type: ignore[no-untyped-def]
+    rid = client.call(
+        client.felix.admin,
+        m.AdminCreate,
+        kind=kind,
+        tenant=T,
+        namespace=N,
+        name=name,
+        settings=settings,
+    )
+    reply = await client.reply(rid)
+    assert isinstance(reply, fe.AdminReplied), reply
+
+
+async def test_handshake_welcome_carries_limits(connect: Connect, broker: BrokerProcess) -> None:
+    client = await connect()
+    welcome = client.of(fe.Welcomed)[0]
+    assert welcome.version == 2
+    assert welcome.server_id == broker.config.server_id
+    assert welcome.limits["max_frame_size"] == broker.config.transport.max_frame_size
+    assert "max_batch_records" in welcome.limits
+
+
+async def test_publish_subscribe_fanout_in_order(connect: Connect) -> None:
+    pub = await connect()
+    await create(pub, "stream", "orders")
+    subs = [await connect() for _ in range(3)]
+    for s in subs:
+        rid = s.call(s.felix.subscribe, T, N, "orders", start=m.StartKind.EARLIEST)
+        assert isinstance(await s.reply(rid), fe.SubscriptionStarted)
+    for i in range(200):
+        pub.call(pub.felix.publish, T, N, "orders", b"msg-%d" % i, ack=m.AckMode.NONE)
+    rid = pub.call(pub.felix.publish, T, N, "orders", b"last")
+    ack = await pub.reply(rid)
+    assert isinstance(ack, fe.PublishAcked) and ack.first_offset == 200
+
+    for s in subs:
+
+        def got(s=s) -> list[bytes]:  # type: ignore[no-untyped-def]
+            return [p for e in s.of(fe.EventsReceived) for p in e.batch.payloads]
+
+        await s.until(lambda s=s: len(got(s)) == 201)
+        assert got(s) == [b"msg-%d" % i for i in range(200)] + [b"last"]
+        offsets = [e.batch.base_offset for e in s.of(fe.EventsReceived)]
+        assert offsets == sorted(offsets)
+
+
+async def test_unknown_stream_is_not_found(connect: Connect) -> None:
+    client = await connect()
+    rid = client.call(client.felix.publish, T, N, "nope", b"x")
+    reply = await client.reply(rid)
+    assert isinstance(reply, fe.RequestFailed)
+    assert reply.code == ErrorCode.NOT_FOUND and not reply.retryable
+    rid = client.call(client.felix.subscribe, T, N, "nope")
+    reply = await client.reply(rid)
+    assert isinstance(reply, fe.RequestFailed) and reply.code == ErrorCode.NOT_FOUND
