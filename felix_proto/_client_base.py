@@ -412,7 +412,7 @@ class ClientBase(Connection):
         else:
             feed.move(FeedInput.DATA, local=False)
         if isinstance(msg, m.EventBatch):
-            count, nbytes = len(msg.payloads), sum(map(len, msg.payloads))
+            count, nbytes = len(msg.payloads), batch_record_bytes(msg)
             if count > feed.remaining_messages or feed.remaining_bytes <= 0:
                 raise FlowControlError(
                     f"subscription {feed.feed_id}: batch of {count} records exceeds the "
@@ -649,3 +649,19 @@ def _success_event(msg: m.Message) -> ev.Event:
         return ev.AdminReplied(request_id=msg.request_id, resources=msg.resources)
     assert isinstance(msg, m.Ok)
     return ev.RequestSucceeded(request_id=msg.request_id)
+
+
+def batch_record_bytes(batch: m.EventBatch) -> int:
+    """The bytes an event batch uses of a subscription's byte credit.
+
+    A record's size is ``len(payload)`` plus ``len(key)`` plus, per header, the UTF-8 length
+    of its name and the length of its value: the same measure the broker counts.
+    """
+    total = sum(map(len, batch.payloads))
+    if batch.keys is not None:
+        total += sum(len(k) for k in batch.keys if k is not None)
+    if batch.headers is not None:
+        for hdrs in batch.headers:
+            if hdrs:
+                total += sum(len(name.encode()) + len(value) for name, value in hdrs.items())
+    return total

@@ -290,7 +290,8 @@ class Subscribe(Message):
     credit_messages: int = 1024
     """How many records the broker may send before more credit arrives."""
     credit_bytes: int = 1 << 20
-    """How many payload bytes the broker may send before more credit arrives."""
+    """How many record bytes (payload + key + header names and values) the broker may send
+    before more credit arrives."""
     source: str = SourceKind.STREAM.value
     """A :class:`SourceKind`."""
 
@@ -334,7 +335,7 @@ class EventBatch(Message):
 
 @_msg
 class Credit(Message):
-    """Client -> broker: allow ``messages`` more records and ``bytes`` more payload bytes."""
+    """Client -> broker: allow ``messages`` more records and ``bytes`` more record bytes."""
 
     TYPE: ClassVar[int] = 0x17
     subscription_id: int
