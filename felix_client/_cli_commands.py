@@ -116,12 +116,15 @@ class _Progress:
         self.start = time.perf_counter()
         self.count = 0
         self.nbytes = 0
-        self._last = self.start
+        self._last = self.last = self.start
+        self.missed = 0
 
     def add(self, n: int, nbytes: int) -> None:
+        if self.count == 0:  # the rate counts from the first message, not from connecting
+            self.start = self._last = time.perf_counter()
         self.count += n
         self.nbytes += nbytes
-        now = time.perf_counter()
+        now = self.last = time.perf_counter()
         if self.enabled and now - self._last >= 0.5:
             self._last = now
             sys.stderr.write("\r" + self.line(now) + "   ")
@@ -131,11 +134,18 @@ class _Progress:
         elapsed = max((now or time.perf_counter()) - self.start, 1e-9)
         rate = self.count / elapsed
         mb = self.nbytes / elapsed / 1e6
-        return f"{self.label} {self.count} msgs in {elapsed:.2f}s: {rate:,.0f} msg/s, {mb:.1f} MB/s"
+        extra = f", {self.missed} missed (gaps)" if self.missed else ""
+        return (
+            f"{self.label} {self.count} msgs in {elapsed:.2f}s: {rate:,.0f} msg/s, "
+            f"{mb:.1f} MB/s{extra}"
+        )
 
-    def finish(self) -> None:
+    def finish(self, at_last_message: bool = False) -> None:
+        """Print the final line: timed to now (publish: after the last ack) or to the last
+        message (subscribe: an idle wait at the end does not count)."""
         if self.enabled:
-            sys.stderr.write("\r" + self.line() + "   \n")
+            end = self.last if at_last_message else time.perf_counter()
+            sys.stderr.write("\r" + self.line(end) + "   \n")
             sys.stderr.flush()
 
 
@@ -234,10 +244,11 @@ async def cmd_sub(args: argparse.Namespace) -> int:
                         break
                     if not args.quiet:
                         _event_out(args, event)
+                    progress.missed = sub.missed
                     progress.add(1, len(event.payload))
                     continue
                 break  # idle timeout
-    progress.finish()
+    progress.finish(at_last_message=True)
     return 0
 
 

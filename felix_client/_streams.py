@@ -100,8 +100,11 @@ class Publisher:
 
     A batch is sent when it reaches ``max_batch_records`` or ``max_batch_bytes``, or
     ``linger`` seconds after its first record. ``publish`` waits while more than
-    ``max_in_flight_bytes`` are sent but not yet acknowledged. The first failed batch's error
-    is raised by the next ``publish``, ``flush`` or the block's exit.
+    ``max_in_flight_bytes`` are sent but not yet acknowledged. A batch the broker refuses
+    with ``OVERLOADED`` (a subscriber under the ``block`` policy is behind) is re-sent after
+    a backoff, up to ``overload_retries`` times, and new batches wait out the backoff too;
+    batches that were already in flight then may land out of order. The first failed
+    batch's error is raised by the next ``publish``, ``flush`` or the block's exit.
     """
 
     def __init__(
@@ -113,6 +116,7 @@ class Publisher:
         max_batch_bytes: int = 256 * 1024,
         max_in_flight_bytes: int = 8 << 20,
         linger: float = 0.002,
+        overload_retries: int = 8,
     ) -> None:
         if max_batch_records < 1 or max_batch_bytes < 1 or max_in_flight_bytes < 1:
             raise ValueError("publisher limits must be positive")
@@ -122,6 +126,10 @@ class Publisher:
         self.max_batch_bytes = max_batch_bytes
         self.max_in_flight_bytes = max_in_flight_bytes
         self.linger = linger
+        self.overload_retries = overload_retries
+        self._backoff_until = 0.0
+        self.retries = 0
+        """Batches re-sent after an ``OVERLOADED`` answer."""
         self._batch: list[Record] = []
         self._batch_bytes = 0
         self._in_flight = 0
@@ -223,6 +231,9 @@ class Publisher:
         while self._in_flight > 0 and self._in_flight + size > self.max_in_flight_bytes:
             await self._room.wait()
             self._raise_pending()
+        pause = self._backoff_until - anyio.current_time()
+        if pause > 0:  # the broker said OVERLOADED: hold new batches back as well
+            await anyio.sleep(pause)
         self._in_flight += size
         self.peak_in_flight_bytes = max(self.peak_in_flight_bytes, self._in_flight)
         self.sent_records += len(batch)
@@ -231,8 +242,19 @@ class Publisher:
         await anyio.lowlevel.checkpoint()
 
     async def _await_ack(self, batch: list[Record], size: int) -> None:
+        delay = 0.01
         try:
-            result = await self._send_batch(batch, self.ack)
+            for attempt in range(self.overload_retries + 1):
+                try:
+                    result = await self._send_batch(batch, self.ack)
+                    break
+                except Overloaded:
+                    if attempt == self.overload_retries:
+                        raise
+                    self.retries += 1
+                    self._backoff_until = max(self._backoff_until, anyio.current_time() + delay)
+                    await anyio.sleep(delay)
+                    delay = min(delay * 2, 1.0)
         except FelixError as exc:
             if self._error is None:
                 self._error = exc

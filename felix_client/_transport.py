@@ -14,7 +14,9 @@ clock is ``anyio.current_time()`` throughout, so QUIC's timers and anyio's deadl
 
 from __future__ import annotations
 
+import contextlib
 import math
+import socket
 import ssl
 from dataclasses import dataclass
 from typing import Protocol
@@ -23,12 +25,15 @@ import anyio
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.events import ConnectionTerminated, HandshakeCompleted, QuicEvent
-from anyio.abc import ConnectedUDPSocket, SocketAttribute
 
 __all__ = ["ALPN", "QuicHandler", "QuicTransport", "TransportOptions"]
 
 ALPN = "felix/2"
 """The ALPN protocol id of Felix wire protocol version 2."""
+READ_BATCH = 64
+"""Most datagrams fed to QUIC in one loop pass, before one transmit."""
+SOCKET_BUFFER = 4 * 1024 * 1024
+"""Requested kernel send and receive buffer sizes."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -49,6 +54,58 @@ class TransportOptions:
     """Connection-level receive window, in bytes."""
     max_stream_data: int = 4 << 20
     """Per-stream receive window, in bytes."""
+
+
+class _UdpSocket:
+    """A connected, non-blocking UDP socket driven through ``anyio.wait_readable`` /
+    ``wait_writable``, so one loop pass can drain many datagrams (anyio's
+    ``ConnectedUDPSocket`` hands them over one per await and, on asyncio, keeps at most 100
+    queued, dropping the rest)."""
+
+    def __init__(self, sock: socket.socket, remote: tuple[str, int]) -> None:
+        self.sock = sock
+        self.remote = remote
+
+    @classmethod
+    async def connect(cls, host: str, port: int) -> _UdpSocket:
+        infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+        if not infos:
+            raise OSError(f"cannot resolve {host!r}")
+        family, _, _, _, addr = infos[0]
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
+            sock.connect(addr)
+        except BaseException:
+            sock.close()
+            raise
+        return cls(sock, (str(addr[0]), int(addr[1])))
+
+    async def receive_many(self, limit: int) -> list[bytes]:
+        """Wait for at least one datagram, then take up to ``limit`` without waiting."""
+        await anyio.wait_readable(self.sock)
+        out: list[bytes] = []
+        while len(out) < limit:
+            try:
+                out.append(self.sock.recv(65536))
+            except BlockingIOError:
+                break
+        return out
+
+    async def send(self, data: bytes) -> None:
+        """Send one datagram, waiting while the kernel buffer is full."""
+        while True:
+            try:
+                self.sock.send(data)
+                return
+            except BlockingIOError:
+                await anyio.wait_writable(self.sock)
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 class QuicHandler(Protocol):
@@ -77,7 +134,7 @@ class QuicTransport:
     :meth:`wait_handshake`; call :meth:`flush` after queueing writes from outside the loop.
     """
 
-    def __init__(self, sock: ConnectedUDPSocket, quic: QuicConnection) -> None:
+    def __init__(self, sock: _UdpSocket, quic: QuicConnection) -> None:
         self._sock = sock
         self.quic = quic
         self._handler: QuicHandler | None = None
@@ -108,9 +165,9 @@ class QuicTransport:
             config.verify_mode = ssl.CERT_NONE
         elif options.ca_file:
             config.load_verify_locations(cafile=options.ca_file)
-        sock = await anyio.create_connected_udp_socket(host, port)
+        sock = await _UdpSocket.connect(host, port)
         quic = QuicConnection(configuration=config)
-        quic.connect(sock.extra(SocketAttribute.remote_address), anyio.current_time())
+        quic.connect(sock.remote, anyio.current_time())
         return cls(sock, quic)
 
     # ----------------------------------------------------------------------- the loop
@@ -122,26 +179,23 @@ class QuicTransport:
             handler: the layer that takes QUIC events and produces writes.
         """
         self._handler = handler
-        addr = self._sock.extra(SocketAttribute.remote_address)
+        addr = self._sock.remote
         try:
             await self.flush()
             while self.closed_reason is None:
-                data: bytes | None = None
+                batch: list[bytes] = []
                 with anyio.CancelScope(deadline=self._deadline()) as scope:
                     self._scope = scope
                     try:
-                        data = await self._sock.receive()
-                    except (anyio.ClosedResourceError, anyio.EndOfStream):
-                        self._close("socket closed")
-                        break
-                    except (anyio.BrokenResourceError, OSError) as exc:
+                        batch = await self._sock.receive_many(READ_BATCH)
+                    except (anyio.ClosedResourceError, anyio.BrokenResourceError, OSError) as exc:
                         self._close(_describe_os_error(exc))
                         break
                 self._scope = None
                 now = anyio.current_time()
-                if data is not None:
+                for data in batch:
                     self.quic.receive_datagram(data, addr, now)
-                else:
+                if not batch:
                     timer = self.quic.get_timer()
                     if timer is not None and timer <= now:
                         self.quic.handle_timer(now)
@@ -152,8 +206,7 @@ class QuicTransport:
             self._scope = None
             self._close("connection closed")
             self._done.set()
-            with anyio.CancelScope(shield=True):
-                await self._sock.aclose()
+            self._sock.close()
 
     def _process(self, now: float) -> None:
         """Hand every pending QUIC event to the handler, then let it queue writes."""
@@ -180,10 +233,7 @@ class QuicTransport:
             for data, _addr in self.quic.datagrams_to_send(anyio.current_time()):
                 try:
                     await self._sock.send(data)
-                except anyio.ClosedResourceError:
-                    self._close("socket closed")
-                    return
-                except (anyio.BrokenResourceError, OSError) as exc:
+                except OSError as exc:
                     self._close(_describe_os_error(exc))
                     return
 
@@ -232,7 +282,7 @@ class QuicTransport:
             with anyio.move_on_after(1.0, shield=True):
                 await self._done.wait()
         else:
-            await self._sock.aclose()
+            self._sock.close()
 
 
 def _describe_os_error(exc: BaseException) -> str:

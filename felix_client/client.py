@@ -283,6 +283,7 @@ class Client:
         max_batch_bytes: int = 256 * 1024,
         max_in_flight_bytes: int = 8 << 20,
         linger: float = 0.002,
+        overload_retries: int = 8,
         tenant: str | None = None,
         namespace: str | None = None,
     ) -> Publisher:
@@ -299,6 +300,7 @@ class Client:
         return Publisher(
             send, ack=ack, max_batch_records=max_batch_records, max_batch_bytes=max_batch_bytes,
             max_in_flight_bytes=max_in_flight_bytes, linger=linger,
+            overload_retries=overload_retries,
         )  # fmt: skip
 
     # -------------------------------------------------------------- subscribe

@@ -179,6 +179,28 @@ async def test_publisher_surfaces_the_first_failure() -> None:
 
 
 @pytest.mark.anyio
+async def test_publisher_retries_overloaded_then_gives_up() -> None:
+    class Flaky(FakeBroker):
+        refusals = 2
+
+        async def send(self, batch: Sequence[Record], ack: AckMode) -> PublishResult | None:
+            if self.refusals:
+                self.refusals -= 1
+                raise errors.Overloaded("slow subscriber")
+            return await super().send(batch, ack)
+
+    broker = Flaky()
+    async with Publisher(broker.send, max_batch_records=1, linger=0) as pub:
+        await pub.publish(b"a")
+    assert broker.batches == [[b"a"]] and pub.retries == 2
+    broker = Flaky()
+    broker.refusals = 100
+    with pytest.raises(errors.Overloaded):
+        async with Publisher(broker.send, linger=0, overload_retries=1) as pub:
+            await pub.publish(b"b")
+
+
+@pytest.mark.anyio
 async def test_publisher_requires_async_with() -> None:
     pub = Publisher(FakeBroker().send)
     with pytest.raises(RuntimeError):
