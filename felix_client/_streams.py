@@ -275,6 +275,15 @@ class Publisher:
 # ---------------------------------------------------------------------- subscription
 
 
+def _record_bytes(event: Event) -> int:
+    """What one record uses of a subscription's byte credit: payload, key, and per header
+    the UTF-8 length of its name plus its value (the broker's and the machine's measure)."""
+    total = len(event.payload) + (len(event.key) if event.key else 0)
+    if event.headers:
+        total += sum(len(name.encode()) + len(value) for name, value in event.headers.items())
+    return total
+
+
 _END_ERRORS: dict[str, type[FelixError]] = {
     EndReason.LAGGED: Overloaded,
     EndReason.DELETED: NotFound,
@@ -377,7 +386,7 @@ class Subscription:
             if self._pending:
                 event = self._pending.popleft()
                 self.next_offset = event.offset + 1
-                await self._account(len(event.payload))
+                await self._account(_record_bytes(event))
                 return event
             if self._closed:
                 raise StopAsyncIteration
