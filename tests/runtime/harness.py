@@ -29,7 +29,9 @@ WAIT = 5.0
 class RawClient(asyncio.DatagramProtocol):
     """A Felix client made of an aioquic QuicConnection and a felix_proto ClientConnection."""
 
-    def __init__(self, cafile: str, *, alpn: list[str] | None = None, **felix: Any) -> None:
+    def __init__(
+        self, cafile: str, *, alpn: list[str] | None = None, raw: bool = False, **felix: Any
+    ) -> None:
         config = QuicConfiguration(
             is_client=True, alpn_protocols=[ALPN] if alpn is None else alpn,
             server_name="localhost", max_datagram_size=1452, idle_timeout=10.0,
@@ -45,10 +47,13 @@ class RawClient(asyncio.DatagramProtocol):
         self._timer: asyncio.TimerHandle | None = None
         self.addr: NetworkAddress | None = None
         self.terminated = False
+        self.raw = raw  # True: stream data is only recorded, not fed to the Felix machine
         self.errors: list[Exception] = []
         self.stalled = False  # when True, incoming datagrams are dropped (a frozen client)
 
-    async def connect(self, addr: tuple[str, int], *, hello: bool = True) -> None:
+    async def connect(
+        self, addr: tuple[str, int], *, hello: bool = True, timeout: float = WAIT
+    ) -> None:
         loop = asyncio.get_running_loop()
         self._transport, _ = await loop.create_datagram_endpoint(
             lambda: self, local_addr=("127.0.0.1", 0)
@@ -56,8 +61,8 @@ class RawClient(asyncio.DatagramProtocol):
         self.addr = addr
         self.quic.connect(addr, now=time.time())
         self.transmit()
-        await self.wait_quic(qe.HandshakeCompleted)
-        if hello:
+        await self.wait_quic(qe.HandshakeCompleted, timeout)
+        if hello and not self.raw:
             self.felix.connect(now=time.time())
             self.transmit()
             await self.wait(fe.Welcomed)
@@ -76,6 +81,8 @@ class RawClient(asyncio.DatagramProtocol):
     def _process(self) -> None:
         while (event := self.quic.next_event()) is not None:
             self.quic_events.append(event)
+            if self.raw:
+                continue
             if isinstance(event, qe.StreamDataReceived):
                 self.felix.stream_data_received(event.stream_id, event.data, event.end_stream)
             elif isinstance(event, qe.StreamReset):
@@ -178,5 +185,40 @@ class RawClient(asyncio.DatagramProtocol):
         await self.until(check, timeout)
         return found[0]
 
+    def stream_bytes(self, stream_id: int) -> bytes:
+        """Everything received on one stream (raw mode)."""
+        return b"".join(
+            e.data for e in self.quic_events
+            if isinstance(e, qe.StreamDataReceived) and e.stream_id == stream_id
+        )  # fmt: skip
+
     def of(self, kind: type[E]) -> list[E]:
         return [e for e in self.events if isinstance(e, kind)]
+
+
+T = N = "default"
+"""The tenant and namespace the broker creates at start."""
+
+
+async def create(client: RawClient, kind: str, name: str, **settings: Any) -> dict[str, Any]:
+    """Create a resource in the default namespace; return it."""
+    from felix_proto import messages as m
+
+    rid = client.call(
+        client.felix.admin, m.AdminCreate, kind=kind, tenant=T, namespace=N, name=name,
+        settings=settings,
+    )  # fmt: skip
+    reply = await client.reply(rid)
+    assert isinstance(reply, fe.AdminReplied), reply
+    assert reply.resource is not None
+    return reply.resource
+
+
+def payloads(client: RawClient, subscription_id: int | None = None) -> list[bytes]:
+    """Every payload received on subscriptions (one, or all), in arrival order."""
+    return [
+        p
+        for e in client.of(fe.EventsReceived)
+        if subscription_id is None or e.subscription_id == subscription_id
+        for p in e.batch.payloads
+    ]

@@ -10,24 +10,9 @@ from felix_proto.errors import ErrorCode
 from felix_runtime_asyncio.app import BrokerProcess
 
 from .conftest import Connect
+from .harness import N, T, create, payloads
 
 pytestmark = pytest.mark.anyio
-
-T, N = "default", "default"
-
-
-async def create(client, kind: str, name: str, **settings) -> None:  # type: ignore[no-untyped-def]
-    rid = client.call(
-        client.felix.admin,
-        m.AdminCreate,
-        kind=kind,
-        tenant=T,
-        namespace=N,
-        name=name,
-        settings=settings,
-    )
-    reply = await client.reply(rid)
-    assert isinstance(reply, fe.AdminReplied), reply
 
 
 async def test_handshake_welcome_carries_limits(connect: Connect, broker: BrokerProcess) -> None:
@@ -53,12 +38,8 @@ async def test_publish_subscribe_fanout_in_order(connect: Connect) -> None:
     assert isinstance(ack, fe.PublishAcked) and ack.first_offset == 200
 
     for s in subs:
-
-        def got(s=s) -> list[bytes]:  # type: ignore[no-untyped-def]
-            return [p for e in s.of(fe.EventsReceived) for p in e.batch.payloads]
-
-        await s.until(lambda s=s: len(got(s)) == 201)
-        assert got(s) == [b"msg-%d" % i for i in range(200)] + [b"last"]
+        await s.until(lambda s=s: len(payloads(s)) == 201)
+        assert payloads(s) == [b"msg-%d" % i for i in range(200)] + [b"last"]
         offsets = [e.batch.base_offset for e in s.of(fe.EventsReceived)]
         assert offsets == sorted(offsets)
 

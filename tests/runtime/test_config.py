@@ -1,0 +1,119 @@
+"""Configuration loading: precedence flags > FELIX_* env > TOML file > defaults, and errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from felix_server.config import (
+    DEFAULT_LISTEN_PORT,
+    ConfigError,
+    ServerConfig,
+    config_keys,
+    config_to_toml,
+    load_config,
+    parse_address,
+)
+
+TOML = b"""
+listen = "127.0.0.1:9001"
+metrics = "127.0.0.1:9101"
+log_format = "json"
+
+[transport]
+max_datagram_size = 1350
+
+[broker]
+batch_max_events = 10
+memory_limit_bytes = "64MiB"
+"""
+
+
+def files(**contents: bytes):  # type: ignore[no-untyped-def]
+    def read(path: str) -> bytes:
+        if path not in contents:
+            raise FileNotFoundError(2, "No such file or directory")
+        return contents[path]
+
+    return read
+
+
+def load(argv: list[str], env: dict[str, str] | None = None, **contents: bytes) -> ServerConfig:
+    return load_config(argv, env or {}, files(**contents))[0]
+
+
+def test_defaults() -> None:
+    config = load([])
+    assert config.listen_address == ("127.0.0.1", DEFAULT_LISTEN_PORT)
+    assert config.metrics_address == ("127.0.0.1", 8080)
+    assert config.dev_mode and config.log_format == "text"
+    assert config.transport.max_datagram_size == 1452
+    assert config.broker.slow_consumer_policy == "drop_oldest"
+
+
+def test_precedence_flags_over_env_over_file_over_defaults() -> None:
+    env = {"FELIX_METRICS": "127.0.0.1:9202", "FELIX_BROKER_BATCH_MAX_EVENTS": "20"}
+    config = load(["--config", "f.toml", "--broker-batch-max-events", "30"], env,
+                  **{"f.toml": TOML})  # fmt: skip
+    assert config.listen == "127.0.0.1:9001"  # file
+    assert config.metrics == "127.0.0.1:9202"  # env beats file
+    assert config.broker.batch_max_events == 30  # flag beats env and file
+    assert config.broker.memory_limit_bytes == 64 * 1024 * 1024  # file, with a unit
+    assert config.transport.max_datagram_size == 1350
+    assert config.log_format == "json"
+    assert config.broker.batch_max_bytes == 64 * 1024  # default
+
+
+def test_config_file_from_env_and_set_flag() -> None:
+    env = {"FELIX_CONFIG": "f.toml"}
+    config = load(["--set", "transport.max_data=1MiB", "--set", "broker.durability=ephemeral"],
+                  env, **{"f.toml": TOML})  # fmt: skip
+    assert config.listen == "127.0.0.1:9001"
+    assert config.transport.max_data == 1024 * 1024
+
+
+def test_every_engine_limit_is_settable() -> None:
+    keys = config_keys()
+    assert "broker.max_subscriptions_per_connection" in keys
+    assert "broker.slow_consumer_policy" in keys
+    assert "transport.connection_buffer_limit" in keys
+    config = load(["--broker-stream-retention-max-records", "none"])
+    assert config.broker.stream_retention_max_records is None
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "fragment"),
+    [
+        (["--listen", "nohostport"], {}, "HOST:PORT"),
+        (["--listen", "127.0.0.1:70000"], {}, "out of range"),
+        ([], {"FELIX_BROKER_BATCH_MAX_EVENTS": "many"}, "FELIX_BROKER_BATCH_MAX_EVENTS"),
+        (["--metrics-enabled", "maybe"], {}, "--metrics-enabled"),
+        (["--log-format", "xml"], {}, "log_format"),
+        (["--tls-cert", "c.pem"], {}, "together"),
+        (["--broker-batch-max-events", "0"], {}, "batch_max_events"),
+        (["--set", "nope=1"], {}, "known key"),
+        (["--no-such-flag"], {}, "unrecognized"),
+        (["--config", "missing.toml"], {}, "missing.toml"),
+        (["--transport-connection-buffer-resume", "99MiB"], {}, "connection_buffer_resume"),
+    ],
+)
+def test_bad_settings_name_their_source(argv: list[str], env: dict[str, str],
+                                        fragment: str) -> None:  # fmt: skip
+    with pytest.raises(ConfigError, match=fragment.replace("-", r"\-")):
+        load(argv, env)
+
+
+def test_bad_toml() -> None:
+    with pytest.raises(ConfigError, match="unknown setting"):
+        load(["--config", "f"], f=b"[broker]\nno_such = 1\n")
+    with pytest.raises(ConfigError, match="expects int"):
+        load(["--config", "f"], f=b"[transport]\nmax_data = true\n")
+    with pytest.raises(ConfigError, match="config file f"):
+        load(["--config", "f"], f=b"not = toml = at all")
+
+
+def test_print_config_round_trips() -> None:
+    config = load(["--listen", "[::1]:7000", "--broker-batch-max-events", "9"])
+    assert parse_address(config.listen) == ("::1", 7000)
+    text = config_to_toml(config).encode()
+    again = load(["--config", "c"], c=text)
+    assert again == config
