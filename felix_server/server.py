@@ -58,6 +58,7 @@ from felix_core.streams import StreamBatch, StreamGap, SubscriptionEnded
 from felix_proto.codec import encode_event_batch
 from felix_server.config import ALPN, ServerConfig
 from felix_server.observer import ServerObserver
+from felix_server.quic import FelixQuicConnection
 from felix_server.session import Session
 
 __all__ = ["ALPN", "FelixServer", "make_quic_configuration"]
@@ -97,7 +98,8 @@ class FelixServer:
         now: the current time (wall clock, seconds).
         observer: receives metrics and log hooks (does nothing by default).
         broker: an engine to serve (a new one from ``config.broker`` when None).
-        connection_factory: builds QUIC connections (tests may wrap aioquic's).
+        connection_factory: builds QUIC connections (default: aioquic's, with Felix's ALPN
+            rule, :class:`~felix_server.quic.FelixQuicConnection`).
     """
 
     def __init__(
@@ -108,7 +110,7 @@ class FelixServer:
         now: float,
         observer: ServerObserver | None = None,
         broker: Broker | None = None,
-        connection_factory: Callable[..., QuicConnection] = QuicConnection,
+        connection_factory: Callable[..., QuicConnection] = FelixQuicConnection,
     ) -> None:
         self.config = config
         self.quic_configuration = quic_configuration

@@ -33,7 +33,7 @@ class RawClient(asyncio.DatagramProtocol):
         self, cafile: str, *, alpn: list[str] | None = None, raw: bool = False, **felix: Any
     ) -> None:
         config = QuicConfiguration(
-            is_client=True, alpn_protocols=[ALPN] if alpn is None else alpn,
+            is_client=True, alpn_protocols=[ALPN] if alpn is None else (alpn or None),
             server_name="localhost", max_datagram_size=1452, idle_timeout=10.0,
         )  # fmt: skip
         config.load_verify_locations(cafile)

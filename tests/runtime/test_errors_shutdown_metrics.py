@@ -82,6 +82,16 @@ async def test_wrong_alpn_fails_the_handshake(broker: BrokerProcess) -> None:
     assert not any(isinstance(e, qe.HandshakeCompleted) for e in c.quic_events)
 
 
+async def test_no_alpn_is_accepted_and_the_version_decides(connect: Connect) -> None:
+    plain = await connect(alpn=[])  # offers no ALPN at all: accepted
+    handshake = await plain.wait_quic(qe.HandshakeCompleted)
+    assert isinstance(handshake, qe.HandshakeCompleted) and handshake.alpn_protocol is None
+    assert plain.of(fe.Welcomed)  # and speaks Felix v2 in-band
+    felix = await connect()
+    handshake = await felix.wait_quic(qe.HandshakeCompleted)
+    assert isinstance(handshake, qe.HandshakeCompleted) and handshake.alpn_protocol == "felix/2"
+
+
 async def test_graceful_shutdown(connect: Connect, broker: BrokerProcess) -> None:
     c = await connect()
     await create(c, "stream", "s")
