@@ -382,10 +382,10 @@ async def cmd_admin(args: argparse.Namespace) -> int:
             _emit(args, text, items)
         elif action == "create":
             res = await admin.create(args.kind, args.name, _settings(args.settings))
-            _emit(args, f"created {args.kind} {args.name}\n{_resource_text(res)}", res)
+            _emit(args, f"created {args.kind} {args.name}", res)
         elif action == "update":
             res = await admin.update(args.kind, args.name, _settings(args.settings))
-            _emit(args, f"updated {args.kind} {args.name}\n{_resource_text(res)}", res)
+            _emit(args, f"updated {args.kind} {args.name}", res)
         elif action == "describe":
             res = await admin.describe(args.kind, args.name)
             _emit(args, _resource_text(res), res)
