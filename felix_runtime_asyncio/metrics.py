@@ -26,6 +26,7 @@ from prometheus_client.registry import Collector
 from felix_runtime_asyncio.logs import log_fields, logger
 from felix_server.observer import ServerObserver
 from felix_server.server import FelixServer
+from felix_server.stats import engine_stats
 
 __all__ = ["MetricsServer", "PrometheusObserver"]
 
@@ -60,6 +61,9 @@ _ENGINE: dict[str, tuple[str, str, str]] = {
     "cache_misses": ("felix_cache_misses", "counter", "Cache gets that missed"),
     "cache_evictions": ("felix_cache_evictions", "counter", "Cache entries evicted"),
     "cache_expirations": ("felix_cache_expirations", "counter", "Cache entries expired"),
+    "cache_puts": ("felix_cache_puts", "counter", "Cache puts that stored"),
+    "queue_records": ("felix_queue_records", "gauge", "Messages retained in queue logs"),
+    "queue_bytes": ("felix_queue_bytes", "gauge", "Bytes retained in queue logs"),
 }
 
 
@@ -84,7 +88,7 @@ class _EngineCollector(Collector):
             value=sum(s.buffered_bytes for s in sessions),
         )
         yield GaugeMetricFamily("felix_ready", "1 while the broker is ready", value=server.ready)
-        for key, value in server.broker.stats().items():
+        for key, value in engine_stats(server.broker, time.time()).items():
             name, kind, doc = _ENGINE.get(key, (f"felix_engine_{key}", "gauge", key))
             if kind == "counter":
                 yield CounterMetricFamily(name, doc, value=value)

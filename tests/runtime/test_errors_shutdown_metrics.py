@@ -144,6 +144,10 @@ async def test_metrics_endpoint(connect: Connect, broker: BrokerProcess) -> None
     await create(c, "stream", "m")
     await c.reply(c.call(c.felix.publish, T, N, "m", b"hello"))
     await c.reply(c.call(c.felix.publish, T, N, "nope", b"x"))
+    await create(c, "cache", "mc")
+    await c.reply(c.call(c.felix.cache_get, T, N, "mc", "absent"))
+    await create(c, "queue", "mq")
+    await c.reply(c.call(c.felix.enqueue, T, N, "mq", [b"1", b"2"]))
     assert broker.metrics is not None
     host, port = broker.metrics.address
 
@@ -167,6 +171,14 @@ async def test_metrics_endpoint(connect: Connect, broker: BrokerProcess) -> None
             "felix_quic_protocol_violation_total",
             "felix_subscribe_dropped_total",
             "felix_memory_used_bytes",
+            "felix_queue_depth 2.0",
+            "felix_queue_in_flight 0.0",
+            "felix_queue_dead_lettered_total",
+            "felix_cache_misses_total 1.0",
+            "felix_cache_hits_total 0.0",
+            "felix_cache_evictions_total",
+            "felix_cache_expirations_total",
+            "felix_cache_bytes",
         ):
             assert name in body, name
         assert b"hello" not in body.encode()  # labels never carry message data
