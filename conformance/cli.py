@@ -1,0 +1,105 @@
+"""The command line.
+
+``python -m conformance --server quic://HOST:PORT [--ca FILE | --insecure] [--token T]
+[--tenant T --namespace N] [-k EXPR] [--junit FILE] [--list]`` runs the wire checks;
+``python -m conformance vectors DECODED.json`` checks a third-party codec's decoded vectors
+(see :mod:`conformance.vectors`). Exit codes: 0 all passed (skips allowed), 1 a check
+failed, 2 a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from conformance import checks
+from conformance.context import Options
+from conformance.registry import select
+from conformance.runner import Outcome, Result, junit_xml, run_checks, summary_line
+from conformance.wire import Endpoint
+
+__all__ = ["main", "parse_server"]
+
+
+def parse_server(url: str) -> tuple[str, int]:
+    """``quic://HOST:PORT`` (or ``HOST:PORT``) -> ``(host, port)``.
+
+    Raises:
+        ValueError: no host or port.
+    """
+    parts = urlsplit(url if "://" in url else f"quic://{url}")
+    if parts.scheme != "quic" or not parts.hostname or parts.port is None:
+        raise ValueError(f"expected quic://HOST:PORT, got {url!r}")
+    return parts.hostname, parts.port
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m conformance",
+        description="Black-box conformance checks of a Felix broker against "
+        "docs/wire-protocol.md. Subcommand: 'vectors DECODED.json' checks a codec's "
+        "decoded golden vectors.",
+    )
+    p.add_argument("--server", help="the broker, quic://HOST:PORT")
+    tls = p.add_mutually_exclusive_group()
+    tls.add_argument("--ca", metavar="FILE", help="CA certificate(s) that sign the broker's")
+    tls.add_argument("--insecure", action="store_true", help="do not verify the certificate")
+    p.add_argument("--server-name", help="TLS server name (default: the host)")
+    p.add_argument("--token", help="bearer token for Hello.token")
+    p.add_argument("--tenant", help="work in this tenant (default: a new one, deleted after)")
+    p.add_argument("--namespace", help="work in this namespace (default: a new one)")
+    p.add_argument(
+        "-k",
+        dest="select",
+        metavar="EXPR",
+        help="select checks: comma-separated substrings or globs; 'not X' excludes",
+    )
+    p.add_argument("--junit", metavar="FILE", help="write JUnit XML results to FILE")
+    p.add_argument("--list", action="store_true", help="list the checks and exit")
+    p.add_argument(
+        "--wait", type=float, default=3.0, help="seconds any single wait may take (default 3)"
+    )
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["vectors"]:
+        from conformance.vectorcheck import main as vectors_main
+
+        return vectors_main(args_list[1:])
+    parser = _parser()
+    args = parser.parse_args(args_list)
+    chosen = select(checks.all_checks(), args.select)
+    if args.list:
+        for c in chosen:
+            print(f"{c.name:34} {c.section:24} {c.summary}")
+        print(f"{len(chosen)} checks")
+        return 0
+    if not args.server:
+        parser.error("--server is required (or use --list, or the vectors subcommand)")
+    if bool(args.tenant) != bool(args.namespace):
+        parser.error("--tenant and --namespace go together")
+    try:
+        host, port = parse_server(args.server)
+    except ValueError as exc:
+        parser.error(str(exc))
+    options = Options(
+        endpoint=Endpoint(host=host, port=port, cafile=args.ca, insecure=args.insecure,
+                          server_name=args.server_name, wait=args.wait),
+        token=args.token, tenant=args.tenant, namespace=args.namespace,
+    )  # fmt: skip
+
+    def report(result: Result) -> None:
+        print(result.line(), flush=True)
+
+    results = asyncio.run(run_checks(chosen, options, report))
+    print(summary_line(results))
+    if args.junit:
+        Path(args.junit).write_bytes(junit_xml(results))
+    return 1 if any(r.outcome is Outcome.FAIL for r in results) else 0
