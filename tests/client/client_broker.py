@@ -45,12 +45,15 @@ def free_tcp_port() -> int:
 
 
 def runtime_available() -> bool:
-    """Whether ``felix_runtime_asyncio.main`` exists."""
+    """Whether the selected runtime has a ``main``."""
+    import importlib
+
+    module = RUNTIMES[os.environ.get("FELIX_TEST_BROKER", "asyncio")][0]
     try:
-        import felix_runtime_asyncio
+        runtime = importlib.import_module(module)
     except ImportError:  # pragma: no cover
         return False
-    return callable(getattr(felix_runtime_asyncio, "main", None))
+    return callable(getattr(runtime, "main", None))
 
 
 def env_with_path() -> dict[str, str]:
@@ -85,12 +88,21 @@ def _wait_ready(url: str, ca_file: str, proc: subprocess.Popen[bytes]) -> None:
     raise RuntimeError("broker did not become ready in time")
 
 
-def start_broker(data_dir: Path, *extra: str) -> RunningBroker:
-    """Start a broker subprocess and wait until it serves."""
-    port = free_udp_port()
+RUNTIMES = {
+    "asyncio": ("felix_runtime_asyncio", ()),
+    "anyio-asyncio": ("felix_runtime_anyio", ("--backend", "asyncio")),
+    "anyio-trio": ("felix_runtime_anyio", ("--backend", "trio")),
+}
+"""Broker runtimes by the name ``FELIX_TEST_BROKER`` selects (default ``asyncio``)."""
+
+
+def start_broker(data_dir: Path, *extra: str, port: int | None = None) -> RunningBroker:
+    """Start a broker subprocess (on ``port``, or a free one) and wait until it serves."""
+    port = port or free_udp_port()
+    module, runtime_args = RUNTIMES[os.environ.get("FELIX_TEST_BROKER", "asyncio")]
     cmd = [
         sys.executable, "-c",
-        "import sys, felix_runtime_asyncio as r; sys.exit(r.main(sys.argv[1:]))",
+        f"import sys, {module} as r; sys.exit(r.main(sys.argv[1:]))", *runtime_args,
         "--listen", f"127.0.0.1:{port}", "--metrics", f"127.0.0.1:{free_tcp_port()}",
         "--data-dir", str(data_dir), *extra,
     ]  # fmt: skip

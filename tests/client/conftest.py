@@ -19,7 +19,7 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningBroker]:
     """One broker for the whole session."""
     if not runtime_available():
-        pytest.skip("felix_runtime_asyncio.main is not available yet")
+        pytest.skip("the broker runtime has no main yet")
     running = start_broker(tmp_path_factory.mktemp("broker"))
     yield running
     stop_broker(running)
