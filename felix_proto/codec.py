@@ -25,7 +25,8 @@ The validators are built once per message class when this module is imported, fr
 dataclass field declarations and :data:`ENUM_FIELDS`; nothing inspects types per call.
 Batches (``PublishBatch``, ``Enqueue``, ``EventBatch``) pass their lists of payloads
 straight to and from msgpack: no Python object is made per payload, and their element types
-are checked with C-level set operations. :func:`encode_event_batch` builds an
+are checked by C-level ``min``/``sum`` passes (see ``_schema._INLINE``); anything doubtful
+goes to the generic decoder, which names the bad element. :func:`encode_event_batch` builds an
 ``EventBatch`` frame without a dataclass, once, for every subscriber at that position.
 
 :func:`encode` does not validate field values (that would double its cost); a message built
@@ -48,6 +49,7 @@ from ._schema import (
     TO_FIELDS,
     U16_FIELDS,
     U64_MAX,
+    make_encoder,
     tname,
     valid_request_id,
 )
@@ -80,6 +82,10 @@ _PACKERS: list[msgpack.Packer] = []
 call. A caller pops one (``list.pop`` and ``append`` are atomic, so threads never share one)
 and puts it back unless its buffer grew for a large message."""
 _PACKER_KEEP_LIMIT = 1 << 20
+_SMALL_PACKERS: list[msgpack.Packer] = []
+"""Idle ``autoreset`` packers for :func:`_pack_small_frame` (same pooling rules)."""
+_SMALL_FRAME = 16 * 1024
+"""Messages whose blobs add up to at most this many bytes take :func:`_pack_small_frame`."""
 
 
 # ------------------------------------------------------------------------ the msgpack seam
@@ -89,27 +95,21 @@ def _reject_ext(code: int, data: bytes) -> Any:
     raise ValueError(f"msgpack ext type {code} is not allowed")
 
 
+_UNPACK_ERRORS = (ValueError, TypeError, OverflowError, msgpack.UnpackException)
+
+
 def _unpack(payload: bytes) -> Any:
     """The one place msgpack decodes untrusted bytes; its errors become ``BadFrame``.
 
-    Every length limit is bounded by the payload itself, so a declared count never
-    allocates more than the frame could hold.
+    ``unpackb`` bounds every declared length (str, bin, array, map, ext) by ``len(payload)``
+    by default, so a declared count never allocates more than the frame could hold; its
+    other defaults are the strict ones this codec needs (``raw=False``, ``use_list=True``,
+    ``strict_map_key=True``). Passing them again would cost ~150 ns of argument parsing
+    per message, so only ``ext_hook`` is given. (:func:`decode` inlines this call.)
     """
-    n = len(payload)
     try:
-        return msgpack.unpackb(
-            payload,
-            raw=False,
-            strict_map_key=True,
-            use_list=True,
-            ext_hook=_reject_ext,
-            max_str_len=n,
-            max_bin_len=n,
-            max_array_len=n,
-            max_map_len=n // 2,
-            max_ext_len=n,
-        )
-    except (ValueError, TypeError, OverflowError, msgpack.UnpackException) as exc:
+        return msgpack.unpackb(payload, ext_hook=_reject_ext)
+    except _UNPACK_ERRORS as exc:
         raise BadFrame(f"malformed msgpack payload: {exc}", fatal=False) from None
 
 
@@ -125,20 +125,56 @@ def _pack_frame(obj: Any) -> bytes:
         packer = _PACKERS.pop()
     except IndexError:
         packer = msgpack.Packer(autoreset=False)
-    length = 0
     try:
         packer.pack(obj)
-        with packer.getbuffer() as view:
-            length = len(view)
-            if length > MAX_PAYLOAD_LENGTH:
-                raise LocalProtocolError(f"encoded payload of {length} bytes does not fit a frame")
-            return _HEADER.pack(MAGIC, PROTOCOL_VERSION, 0, length) + view
     except (ValueError, TypeError, OverflowError) as exc:
-        raise LocalProtocolError(f"cannot encode message: {exc}") from None
-    finally:
         packer.reset()
-        if length <= _PACKER_KEEP_LIMIT:
-            _PACKERS.append(packer)
+        _PACKERS.append(packer)
+        raise LocalProtocolError(f"cannot encode message: {exc}") from None
+    view = packer.getbuffer()
+    length = len(view)
+    if length > MAX_PAYLOAD_LENGTH:
+        view.release()
+        packer.reset()
+        raise LocalProtocolError(f"encoded payload of {length} bytes does not fit a frame")
+    frame = _HEADER.pack(MAGIC, PROTOCOL_VERSION, 0, length) + view
+    view.release()
+    packer.reset()
+    if length <= _PACKER_KEEP_LIMIT:
+        _PACKERS.append(packer)
+    return frame
+
+
+def _pack_small_frame(obj: Any) -> bytes:
+    """:func:`_pack_frame` for small messages: ``Packer.pack`` returns the payload as bytes
+    and the header is prepended with a second copy, which for a few hundred bytes costs
+    less than the buffer export :func:`_pack_frame` needs to avoid it (~100 ns).
+
+    Raises:
+        LocalProtocolError: msgpack cannot pack a value, or the payload exceeds a u32.
+    """
+    try:
+        packer = _SMALL_PACKERS.pop()
+    except IndexError:
+        packer = msgpack.Packer()
+    try:
+        body = packer.pack(obj)  # an autoreset packer empties its buffer even on errors
+    except (ValueError, TypeError, OverflowError) as exc:
+        _SMALL_PACKERS.append(packer)
+        raise LocalProtocolError(f"cannot encode message: {exc}") from None
+    length = len(body)
+    if length <= _PACKER_KEEP_LIMIT:
+        _SMALL_PACKERS.append(packer)
+    elif length > MAX_PAYLOAD_LENGTH:
+        raise LocalProtocolError(f"encoded payload of {length} bytes does not fit a frame")
+    return _HEADER.pack(MAGIC, PROTOCOL_VERSION, 0, length) + body
+
+
+_ENCODERS = {
+    cls: make_encoder(cls, _pack_small_frame, _pack_frame, _SMALL_FRAME)
+    for cls in m.MESSAGE_TYPES.values()
+}
+"""Each message class's generated ``encode(msg) -> frame``."""
 
 
 # ------------------------------------------------------------------------ public API
@@ -159,10 +195,10 @@ def encode(msg: m.Message) -> bytes:
             (see :func:`validate`).
     """
     try:
-        to_fields = TO_FIELDS[type(msg)]
+        encoder = _ENCODERS[type(msg)]
     except KeyError:
         raise LocalProtocolError(f"not a Felix message: {type(msg).__name__}") from None
-    return _pack_frame([msg.TYPE, to_fields(msg)])
+    return encoder(msg)
 
 
 def decode(payload: bytes) -> m.Message:
@@ -180,22 +216,33 @@ def decode(payload: bytes) -> m.Message:
             wrong type or range; ``fatal`` is false, ``request_id`` set when known.
         UnknownMessageType: the type code is not one of ours; not fatal.
     """
-    obj = _unpack(payload)
+    try:  # _unpack, inlined
+        obj = msgpack.unpackb(payload, ext_hook=_reject_ext)
+    except _UNPACK_ERRORS as exc:
+        raise BadFrame(f"malformed msgpack payload: {exc}", fatal=False) from None
+    if type(obj) is list and len(obj) == 2:
+        code, fields = obj
+        if type(code) is int and type(fields) is dict:
+            decoder = DECODERS.get(code)
+            if decoder is not None:
+                return decoder(fields)
+    raise _envelope_error(obj)
+
+
+def _envelope_error(obj: Any) -> RemoteProtocolError:
+    """The error for a decoded payload that is not ``[known type code, map]``."""
     if type(obj) is not list or len(obj) != 2:
-        raise BadFrame("payload must be a msgpack array [type, fields]", fatal=False)
+        return BadFrame("payload must be a msgpack array [type, fields]", fatal=False)
     code, fields = obj
     if type(fields) is not dict:
-        raise BadFrame(f"message fields: expected map, got {tname(fields)}", fatal=False)
-    decoder = DECODERS.get(code) if type(code) is int else None
-    if decoder is None:
-        if type(code) is not int:
-            raise BadFrame(f"message type: expected int, got {tname(code)}", fatal=False)
-        raise UnknownMessageType(
-            f"unknown message type {code:#x}",
-            details={"type": code},
-            request_id=valid_request_id(fields),
-        )
-    return decoder(fields)
+        return BadFrame(f"message fields: expected map, got {tname(fields)}", fatal=False)
+    if type(code) is not int:
+        return BadFrame(f"message type: expected int, got {tname(code)}", fatal=False)
+    return UnknownMessageType(
+        f"unknown message type {code:#x}",
+        details={"type": code},
+        request_id=valid_request_id(fields),
+    )
 
 
 def validate(msg: m.Message) -> None:
@@ -245,15 +292,27 @@ def encode_event_batch(
             cannot pack a value.
     """
     fields: dict[str, Any] = {"base_offset": base_offset, "payloads": payloads}
-    count = len(payloads)
-    for name, value in (("timestamps_ms", timestamps_ms), ("keys", keys), ("headers", headers)):
-        if value is not None:
-            if len(value) != count:
-                raise LocalProtocolError(
-                    f"EventBatch.{name}: {len(value)} entries for {count} payloads"
-                )
-            fields[name] = value
-    return _pack_frame([m.EventBatch.TYPE, fields])
+    if timestamps_ms is not None:
+        if len(timestamps_ms) != len(payloads):
+            raise _length_mismatch("timestamps_ms", timestamps_ms, payloads)
+        fields["timestamps_ms"] = timestamps_ms
+    if keys is not None:
+        if len(keys) != len(payloads):
+            raise _length_mismatch("keys", keys, payloads)
+        fields["keys"] = keys
+    if headers is not None:
+        if len(headers) != len(payloads):
+            raise _length_mismatch("headers", headers, payloads)
+        fields["headers"] = headers
+    return _pack_frame([_EVENT_BATCH, fields])
+
+
+_EVENT_BATCH = m.EventBatch.TYPE
+
+
+def _length_mismatch(name: str, value: Sequence[Any], payloads: Sequence[bytes]) -> Exception:
+    text = f"EventBatch.{name}: {len(value)} entries for {len(payloads)} payloads"
+    return LocalProtocolError(text)
 
 
 def encode_v1_error(message: str | None = None) -> bytes:

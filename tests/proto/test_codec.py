@@ -61,6 +61,33 @@ def test_fast_and_generic_decoders_agree(msg: m.Message) -> None:
     assert DECODERS[msg.TYPE](fields) == GENERIC_DECODERS[msg.TYPE](fields) == msg
 
 
+def _outcome(decoder: Any, fields: dict[str, Any]) -> Any:
+    try:
+        return decoder(fields)
+    except RemoteProtocolError as exc:
+        return (type(exc).__name__, exc.message, exc.request_id, exc.details)
+
+
+_ODD_ELEMENTS = st.one_of(
+    any_values(max_leaves=3),
+    st.sampled_from([0, 1, 2, True, False, -1, 2.5, 65535, 65536, (1 << 64) - 1, b"", ""]),
+)
+
+
+@given(messages(), st.data())
+def test_fast_and_generic_decoders_agree_on_wrong_values(
+    msg: m.Message, data: st.DataObject
+) -> None:
+    """Replace one field with any msgpack value (or a list of them, so the fast paths'
+    list checks see mixed elements): both decoders give the same message or the same error."""
+    fields = msgpack.unpackb(encode(msg)[HEADER_SIZE:])[1]
+    name = data.draw(st.sampled_from(sorted(msg.__dataclass_fields__)))  # type: ignore[attr-defined]
+    value = data.draw(st.one_of(any_values(), st.lists(_ODD_ELEMENTS, max_size=5)))
+    fields[name] = value
+    fields = msgpack.unpackb(msgpack.packb(fields))  # only what msgpack yields
+    assert _outcome(DECODERS[msg.TYPE], fields) == _outcome(GENERIC_DECODERS[msg.TYPE], fields)
+
+
 def test_none_fields_omitted_and_defaults_restored() -> None:
     msg = m.Publish(**PUBLISH)  # type: ignore[arg-type]
     fields = msgpack.unpackb(encode(msg)[HEADER_SIZE:])[1]
