@@ -100,8 +100,10 @@ async def test_queue_ack_nack_and_consumer_loss(broker: Broker, name: str) -> No
             got = {m.payload: m for m in [await next_message(consumer) for _ in range(3)]}
             assert {m.attempt for m in got.values()} == {1}
             await got[b"ack-me"].ack()
-            await got[b"nack-me"].nack()
+            nacked_at = anyio.current_time()
+            await got[b"nack-me"].nack(delay=0.2)  # redelivered by the broker's timer
             again = await next_message(consumer)
+            assert anyio.current_time() - nacked_at >= 0.15
             assert (again.payload, again.attempt) == (b"nack-me", 2)
             await again.ack()
             await a.aclose()  # the consumer's connection is gone; b"lose-me" is unsettled
