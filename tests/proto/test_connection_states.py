@@ -9,7 +9,7 @@ from enum import Enum
 from typing import Any
 
 import pytest
-from helpers import Pair, drain
+from helpers import Pair, drain, feed
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -250,10 +250,10 @@ class _Walker:
         elif action == "goaway":
             with contextlib.suppress(LocalProtocolError):
                 s.goaway("bye", 10_000, now=now)
-        elif action == "transfer_client":
-            p.to_client()
+        elif action == "transfer_client":  # absorb() below takes the events
+            feed(c, s.data_to_send(), split=p.split, reorder=p.reorder)
         elif action == "transfer_server":
-            p.to_server()
+            feed(s, c.data_to_send(), split=p.split, reorder=p.reorder)
         elif action == "reset_feed":
             for fid in list(self.server_feeds)[:1]:
                 sid = next(
