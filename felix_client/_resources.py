@@ -35,9 +35,9 @@ class Cache:
     async def get(self, key: str, *, timeout: float | None = None) -> CacheEntry | None:
         """Read a value; None on a miss."""
         c = self._client
-        reply = await c._call(
-            lambda m, now: m.cache_get(
-                key=key, now=now, timeout=timeout or c.timeout, **self._path
+        reply = await c._cache_call(
+            lambda m, now, sid: m.cache_get(
+                key=key, now=now, stream_id=sid, timeout=timeout or c.timeout, **self._path
             ),
             timeout,
         )
@@ -58,14 +58,15 @@ class Cache:
     ) -> ev.CachePutCompleted:
         c = self._client
         data = value.encode() if isinstance(value, str) else bytes(value)
-        reply = await c._call(
-            lambda m, now: m.cache_put(
+        reply = await c._cache_call(
+            lambda m, now, sid: m.cache_put(
                 key=key,
                 value=data,
                 ttl_ms=ms(ttl),
                 if_absent=if_absent,
                 if_version=if_version,
                 now=now,
+                stream_id=sid,
                 timeout=timeout or c.timeout,
                 **self._path,
             ),
@@ -132,9 +133,14 @@ class Cache:
     ) -> bool:
         """Delete a value (only at ``if_version`` when given). Returns whether one was removed."""
         c = self._client
-        reply = await c._call(
-            lambda m, now: m.cache_delete(
-                key=key, if_version=if_version, now=now, timeout=timeout or c.timeout, **self._path
+        reply = await c._cache_call(
+            lambda m, now, sid: m.cache_delete(
+                key=key,
+                if_version=if_version,
+                now=now,
+                stream_id=sid,
+                timeout=timeout or c.timeout,
+                **self._path,
             ),
             timeout,
         )

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import anyio
+import anyio.lowlevel
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.events import ConnectionTerminated, HandshakeCompleted, QuicEvent
@@ -140,6 +141,7 @@ class QuicTransport:
         self._handler: QuicHandler | None = None
         self._scope: anyio.CancelScope | None = None
         self._send_lock = anyio.Lock()
+        self._flushing = False
         self._handshake = anyio.Event()
         self._done = anyio.Event()
         self.closed_reason: str | None = None
@@ -249,12 +251,26 @@ class QuicTransport:
 
     # -------------------------------------------------------------- called by others
 
+    @property
+    def is_closed(self) -> bool:
+        """True once the connection is over (``closed_reason`` says why)."""
+        return self.closed_reason is not None
+
     async def flush(self) -> None:
         """Move the handler's writes into QUIC, transmit, and re-arm the loop's timer.
 
         Call this after any change made from outside the loop task (a new request).
+        Concurrent callers coalesce: while one flush is yielding before it transmits, the
+        others return at once and their writes go out in its single transmit.
         """
-        if self.closed_reason is not None or self._handler is None:
+        if self.closed_reason is not None or self._handler is None or self._flushing:
+            return
+        self._flushing = True
+        try:
+            await anyio.lowlevel.checkpoint()  # let other ready tasks queue their requests
+        finally:
+            self._flushing = False
+        if self.is_closed:  # it may have closed while we yielded
             return
         now = anyio.current_time()
         self._process(now)

@@ -21,7 +21,7 @@ inside each, over several request streams, so concurrent gets do not wait on eac
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -200,6 +200,15 @@ class Client:
     async def _call(self, call: Any, timeout: float | None = None) -> ev.Event:
         conn = await self._connection()
         return await conn.request(call, timeout)
+
+    async def _cache_call(
+        self, call: Callable[[ClientConnection, float, int | None], int], timeout: float | None
+    ) -> ev.Event:
+        """A cache request on the next connection of the pool and the next of its
+        ``request_streams`` streams, so concurrent requests do not queue behind each other."""
+        conn = await self._connection()
+        sid = conn.cache_stream(self.request_streams)
+        return await conn.request(lambda m, now: call(m, now, sid), timeout)
 
     # ---------------------------------------------------------------- publish
 
