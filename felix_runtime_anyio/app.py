@@ -80,12 +80,13 @@ async def run(config: ServerConfig) -> int:
     observer.attach(server)
     runtime = AnyioUdpRuntime(server)
     bound = runtime.bind(*config.listen_address)
+    metrics = None
     try:
+        if config.metrics_enabled:  # bound before the task group: errors stay plain OSErrors
+            metrics = AnyioMetricsServer(observer.registry, lambda: server.ready)
+            await metrics.bind(*config.metrics_address)
         async with anyio.create_task_group() as tg:
-            metrics = None
-            if config.metrics_enabled:
-                metrics = AnyioMetricsServer(observer.registry, lambda: server.ready)
-                await metrics.bind(*config.metrics_address)
+            if metrics is not None:
                 tg.start_soon(metrics.serve)
             tg.start_soon(runtime.serve)
             with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -101,6 +102,9 @@ async def run(config: ServerConfig) -> int:
             tg.cancel_scope.cancel()
     finally:
         runtime.close()
+        if metrics is not None:
+            with anyio.CancelScope(shield=True):
+                await metrics.aclose()
     logger.info("felix broker stopped")
     return 0
 

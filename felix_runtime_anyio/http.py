@@ -49,10 +49,15 @@ class AnyioMetricsServer:
         return self.address
 
     async def serve(self) -> None:
-        """Answer requests until cancelled; closes the listener on the way out."""
+        """Answer requests until cancelled."""
         assert self._listener is not None, "bind() first"
-        async with self._listener:
-            await self._listener.serve(self._handle)
+        await self._listener.serve(self._handle)
+
+    async def aclose(self) -> None:
+        """Stop listening (idempotent)."""
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            await listener.aclose()
 
     async def _handle(self, stream: anyio.abc.SocketStream) -> None:
         async with stream:

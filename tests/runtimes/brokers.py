@@ -34,7 +34,7 @@ RUNTIMES: dict[str, list[str]] = {
 }
 """Runtime id -> the ``felix broker`` flags that select it."""
 
-_ENTRY = "import sys; from felix_client.cli import broker_main; sys.exit(broker_main(sys.argv[1:]))"
+ENTRY = "import sys; from felix_client.cli import broker_main; sys.exit(broker_main(sys.argv[1:]))"
 
 
 @dataclass
@@ -81,6 +81,13 @@ class Broker:
         return proc.returncode
 
 
+def child_env() -> dict[str, str]:
+    """The environment for a broker: the repository on ``PYTHONPATH``, no ``FELIX_*``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FELIX_")}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    return env
+
+
 def _read_lines(proc: subprocess.Popen[bytes], out: list[dict[str, Any]]) -> None:
     assert proc.stderr is not None
     for raw in proc.stderr:
@@ -97,12 +104,9 @@ def start_broker(runtime: str, data_dir: Path, *extra: str) -> Broker:
         RuntimeError: it exited or did not listen within :data:`START_TIMEOUT`.
     """
     data_dir.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
-    for name in [n for n in env if n.startswith("FELIX_")]:
-        del env[name]
+    env = child_env()
     cmd = [
-        sys.executable, "-c", _ENTRY, *RUNTIMES[runtime],
+        sys.executable, "-c", ENTRY, *RUNTIMES[runtime],
         "--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0", "--data-dir", str(data_dir),
         "--log-format", "json", "--shutdown-grace-s", "0.5", "--shutdown-drain-s", "3",
         *extra,

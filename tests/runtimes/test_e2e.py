@@ -6,7 +6,10 @@ Every wait is bounded (``anyio.fail_after``), and everything listens on 127.0.0.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import anyio
 import pytest
@@ -22,7 +25,7 @@ from felix_client import (
 )
 from felix_client.types import Event
 
-from .brokers import Broker
+from .brokers import ENTRY, RUNTIMES, Broker, child_env
 from .conftest import CLIENT_BACKENDS
 
 pytestmark = pytest.mark.anyio
@@ -193,3 +196,16 @@ async def test_graceful_shutdown_exits_zero(fresh_broker: Callable[[], Broker]) 
             await anyio.sleep(0.02)
     assert broker.process.returncode == 0
     assert "felix broker stopped" in broker.log_messages()
+
+
+def test_port_in_use_exits_one(broker: Broker, tmp_path: Path) -> None:
+    """A broker that cannot bind its metrics port says so and exits 1 (no traceback)."""
+    metrics = f"{broker.metrics[0]}:{broker.metrics[1]}"  # taken by the shared broker
+    cmd = [sys.executable, "-c", ENTRY, *RUNTIMES[broker.runtime], "--listen", "127.0.0.1:0",
+           "--metrics", metrics, "--data-dir", str(tmp_path)]  # fmt: skip
+    result = subprocess.run(
+        cmd, check=False, capture_output=True, text=True, timeout=20, env=child_env()
+    )
+    assert result.returncode == 1, result.stderr
+    assert "cannot start the broker" in result.stderr
+    assert "Traceback" not in result.stderr
