@@ -235,8 +235,8 @@ class QuicTransport:
             for data, _addr in self.quic.datagrams_to_send(anyio.current_time()):
                 try:
                     await self._sock.send(data)
-                except OSError as exc:
-                    self._close(_describe_os_error(exc))
+                except (OSError, anyio.ClosedResourceError, anyio.BusyResourceError) as exc:
+                    self._close(_describe_os_error(exc))  # closed while waiting to write
                     return
 
     def _close(self, reason: str) -> None:
