@@ -34,6 +34,8 @@ __all__ = ["BACKENDS", "load_certificate", "main", "run"]
 
 BACKENDS = ("asyncio", "trio")
 """The anyio backends the broker runs on."""
+PROG = "felix broker --runtime anyio [--backend {asyncio,trio}]"
+"""The program name ``--help`` shows (``--backend`` is parsed before the settings)."""
 
 
 def load_certificate(config: ServerConfig, quic_config: QuicConfiguration) -> tuple[Path, str]:
@@ -90,7 +92,7 @@ async def run(config: ServerConfig) -> int:
                 tg.start_soon(metrics.serve)
             tg.start_soon(runtime.serve)
             with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                _log_started(config, bound, metrics, cert, fingerprint, anyio_backend_name())
+                _log_started(config, bound, metrics, cert, fingerprint, _backend_name())
                 async for signum in signals:
                     logger.info("signal received, shutting down",
                                 extra=log_fields(signal=signal.Signals(signum).name))  # fmt: skip
@@ -109,8 +111,8 @@ async def run(config: ServerConfig) -> int:
     return 0
 
 
-def anyio_backend_name() -> str:
-    """The name of the running anyio backend (``asyncio`` or ``trio``)."""
+def _backend_name() -> str:
+    """The name of the running anyio backend (``asyncio`` or ``trio``), for the log."""
     import sniffio
 
     return sniffio.current_async_library()
@@ -124,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     pre.add_argument("--backend", choices=BACKENDS, default="asyncio")
     known, rest = pre.parse_known_args(args)
     try:
-        config, namespace = load_config(rest, os.environ, lambda p: Path(p).read_bytes())
+        config, namespace = load_config(rest, os.environ, lambda p: Path(p).read_bytes(), prog=PROG)
     except ConfigError as exc:
         print(f"felix-broker: {exc}", file=sys.stderr)
         return 2
