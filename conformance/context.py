@@ -66,7 +66,7 @@ class Suite:
         try:
             conn = await self._stack.enter_async_context(open_conn(self.options.endpoint))
         except (ConnectionError, TimeoutError) as exc:
-            raise CheckFailed(f"cannot connect to the broker: {exc or type(exc).__name__}"
+            raise CheckFailed(f"cannot connect to the broker: {str(exc) or type(exc).__name__}"
                               ) from None  # fmt: skip
         welcome = await conn.hello(client_name="conformance-admin", token=self.options.token)
         if not isinstance(welcome, m.Welcome):
@@ -129,7 +129,7 @@ class Context:
         try:
             conn = await self.raw(alpn)
         except (ConnectionError, TimeoutError) as exc:
-            raise CheckFailed(f"QUIC connection failed: {exc or type(exc).__name__}") from None
+            raise CheckFailed(f"QUIC connection failed: {str(exc) or type(exc).__name__}") from None
         hello.setdefault("client_name", "conformance")
         hello.setdefault("token", self.options.token)
         reply = await conn.hello(**hello)

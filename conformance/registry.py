@@ -76,8 +76,9 @@ def select(checks: list[Check], expr: str | None) -> list[Check]:
     """Checks selected by a ``-k`` expression.
 
     The expression is a comma-separated list of terms; a check is selected when any
-    term matches. A term is a substring of the name or the section, or a glob pattern
-    (``queue.*``). A term starting with ``not `` or ``!`` excludes instead.
+    term matches. A term that is a check's full name selects exactly that check;
+    otherwise it is a glob pattern (``queue.*``) or a substring of the name or the section.
+    A term starting with ``not `` or ``!`` excludes instead.
 
     Args:
         checks: the candidates.
@@ -89,8 +90,11 @@ def select(checks: list[Check], expr: str | None) -> list[Check]:
     chosen = checks
     if expr:
         terms = [t.strip() for t in expr.split(",") if t.strip()]
+        names = {c.name for c in checks}
         include = [t for t in terms if not _negated(t)]
         exclude = [_strip_not(t) for t in terms if _negated(t)]
+        include = [_exact(t) if t in names else t for t in include]
+        exclude = [_exact(t) if t in names else t for t in exclude]
         chosen = [
             c
             for c in checks
@@ -108,7 +112,13 @@ def _strip_not(term: str) -> str:
     return term[4:].strip() if term.startswith("not ") else term[1:].strip()
 
 
+def _exact(name: str) -> str:
+    return "=" + name
+
+
 def _matches(c: Check, term: str) -> bool:
+    if term.startswith("="):
+        return c.name == term[1:]
     if any(ch in term for ch in "*?["):
         return fnmatch.fnmatchcase(c.name, term)
     return term in c.name or term in c.section

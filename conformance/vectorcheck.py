@@ -76,7 +76,7 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def _defaults(type_code: int) -> dict[str, Any]:
-    cls = m.MESSAGE_TYPES.get(type_code)
+    cls: Any = m.MESSAGE_TYPES.get(type_code)
     if cls is None:
         return {}
     out: dict[str, Any] = {}
@@ -142,7 +142,11 @@ def check_results(
     Raises:
         ValueError: the document is not format 1 or has no ``results`` object.
     """
-    if decoded.get("format") != 1 or not isinstance(decoded.get("results"), dict):
+    if (
+        not isinstance(decoded, dict)
+        or decoded.get("format") != 1
+        or not isinstance(decoded.get("results"), dict)
+    ):
         raise ValueError('expected {"format": 1, "results": {...}}')
     results = decoded["results"]
     out: list[tuple[str, str | None]] = []
@@ -179,9 +183,10 @@ def emit(vectors: dict[str, dict[str, Any]]) -> dict[str, Any]:
                 entry["request_id"] = exc.request_id
             results[name] = entry
             continue
+        record: Any = msg
         fields = {
             f.name: getattr(msg, f.name)
-            for f in dataclasses.fields(msg)
+            for f in dataclasses.fields(record)
             if getattr(msg, f.name) is not None
         }
         results[name] = {

@@ -126,6 +126,16 @@ class _Protocol(QuicConnectionProtocol):
         self.alpn: str | None = None
         self.changed = asyncio.Event()
 
+    async def wait_connected(self) -> None:
+        # As aioquic's, but a waiter failed after a timed-out wait is not reported as
+        # "Future exception was never retrieved".
+        if self._connected or self._connected_waiter is not None:
+            return await super().wait_connected()
+        waiter = self._connected_waiter = self._loop.create_future()
+        waiter.add_done_callback(lambda f: f.cancelled() or f.exception())
+        await asyncio.shield(waiter)
+        return None
+
     def quic_event_received(self, event: qe.QuicEvent) -> None:
         # Not calling super(): its stream readers/writers would send FIN when collected.
         if isinstance(event, qe.StreamDataReceived):

@@ -1,0 +1,78 @@
+"""An in-process broker on 127.0.0.1 (port 0) for the conformance self-tests, with hooks
+for fault injection: a wrapper around the engine's outputs and a QUIC connection factory.
+
+It assembles the same parts as ``felix_runtime_asyncio.app.BrokerProcess`` (the sans-IO
+FelixServer on the asyncio UdpRuntime) so that a test can slip a fault in between.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aioquic.quic.connection import QuicConnection
+
+from conformance.context import Hooks, Options
+from conformance.wire import Endpoint
+from felix_core.broker import EngineOutput
+from felix_runtime_asyncio.runtime import UdpRuntime
+from felix_runtime_asyncio.tls import ensure_self_signed
+from felix_server.config import ServerConfig
+from felix_server.server import FelixServer, make_quic_configuration
+
+OutputFilter = Callable[[list[EngineOutput]], list[EngineOutput]]
+
+
+@dataclass
+class Running:
+    """A started broker."""
+
+    server: FelixServer
+    runtime: UdpRuntime
+    cert: Path
+
+    def options(self, **hooks: Any) -> Options:
+        """Suite options pointing at this broker (hooks: see conformance.context.Hooks)."""
+        host, port = self.runtime.address
+        return Options(
+            endpoint=Endpoint(host=host, port=port, cafile=str(self.cert),
+                              server_name="localhost", wait=3.0),
+            hooks=Hooks(**hooks),
+        )  # fmt: skip
+
+    async def goaway(self) -> None:
+        """The GoAway hook: begin the graceful shutdown."""
+        self.server.begin_shutdown(time.time())
+        self.runtime.wake()
+
+
+@asynccontextmanager
+async def broker(
+    tmp: Path,
+    *,
+    outputs: OutputFilter | None = None,
+    connection_factory: Callable[..., QuicConnection] = QuicConnection,
+) -> AsyncIterator[Running]:
+    """Start a broker; ``outputs`` may rewrite the engine's outputs before they are sent."""
+    config = ServerConfig(
+        listen="127.0.0.1:0", metrics_enabled=False, data_dir=str(tmp / "data"),
+        shutdown_grace_s=0.5, shutdown_drain_s=2.0,
+    )  # fmt: skip
+    quic_config = make_quic_configuration(config)
+    files = ensure_self_signed(config.data_dir, "127.0.0.1")
+    quic_config.load_cert_chain(str(files.cert_path), str(files.key_path))
+    server = FelixServer(config, quic_config, now=time.time(),
+                         connection_factory=connection_factory)  # fmt: skip
+    if outputs is not None:
+        drain = server.broker.drain_outputs
+        server.broker.drain_outputs = lambda: outputs(drain())  # type: ignore[method-assign]
+    runtime = UdpRuntime(server)
+    await runtime.start("127.0.0.1", 0)
+    try:
+        yield Running(server, runtime, files.cert_path)
+    finally:
+        runtime.close()
