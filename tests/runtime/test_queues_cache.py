@@ -38,7 +38,8 @@ async def test_killed_consumer_message_goes_to_another_with_attempt_2(
     survivor = await connect(proc)
     await consume(survivor, "jobs")
     doomed.kill()  # no CONNECTION_CLOSE: the broker finds out by the idle timeout
-    again = await survivor.wait(fe.DeliveryReceived, timeout=5)
+    # aioquic's idle timeout is max(1 s, 3 PTO): usually ~1 s, longer on a loaded machine.
+    again = await survivor.wait(fe.DeliveryReceived, timeout=15)
     assert again.delivery.payload == b"job-1" and again.delivery.attempt == 2
     rid = survivor.call(survivor.felix.ack, again.consumer_id, [again.delivery.delivery_id])
     assert isinstance(await survivor.reply(rid), fe.RequestSucceeded)
