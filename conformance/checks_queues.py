@@ -13,7 +13,7 @@ from felix_proto import messages as m
 from felix_proto.errors import ErrorCode
 
 S7 = "§7 Semantics: queues"
-QUIET = 0.4
+QUIET = 0.3
 
 
 def _expect(cond: bool, reason: str) -> None:

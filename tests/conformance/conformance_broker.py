@@ -55,7 +55,7 @@ async def broker(
     tmp: Path,
     *,
     outputs: OutputFilter | None = None,
-    connection_factory: Callable[..., QuicConnection] = QuicConnection,
+    connection_factory: Callable[..., QuicConnection] | None = None,
 ) -> AsyncIterator[Running]:
     """Start a broker; ``outputs`` may rewrite the engine's outputs before they are sent."""
     config = ServerConfig(
@@ -65,8 +65,8 @@ async def broker(
     quic_config = make_quic_configuration(config)
     files = ensure_self_signed(config.data_dir, "127.0.0.1")
     quic_config.load_cert_chain(str(files.cert_path), str(files.key_path))
-    server = FelixServer(config, quic_config, now=time.time(),
-                         connection_factory=connection_factory)  # fmt: skip
+    factory = {} if connection_factory is None else {"connection_factory": connection_factory}
+    server = FelixServer(config, quic_config, now=time.time(), **factory)
     if outputs is not None:
         drain = server.broker.drain_outputs
         server.broker.drain_outputs = lambda: outputs(drain())  # type: ignore[method-assign]

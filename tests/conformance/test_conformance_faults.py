@@ -26,6 +26,7 @@ from felix_proto import messages as m
 from felix_proto.codec import decode, encode
 from felix_proto.errors import ErrorCode
 from felix_proto.frames import HEADER_SIZE, parse_header
+from felix_server.quic import FelixQuicConnection
 
 pytestmark = pytest.mark.anyio
 
@@ -98,7 +99,7 @@ def rewriting(rewrite: Callable[[m.Message], m.Message]) -> Callable[..., QuicCo
     """A QUIC connection factory whose connections pass every complete Felix frame the
     broker writes through ``rewrite`` (frames split across writes pass unchanged)."""
 
-    class Faulty(QuicConnection):
+    class Faulty(FelixQuicConnection):
         def send_stream_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
             super().send_stream_data(stream_id, _rewrite_frames(data, rewrite), end_stream)
 

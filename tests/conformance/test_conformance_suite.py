@@ -19,9 +19,6 @@ from conformance.runner import Outcome, Result, run_checks, summary_line
 pytestmark = pytest.mark.anyio
 
 KNOWN_BROKER_FINDINGS = {
-    # §1: a client offering no ALPN must be accepted; aioquic's server refuses it with
-    # no_application_protocol because FelixServer configures alpn_protocols=["felix/2"].
-    "transport.no-alpn",
     # §8 / §5.1: a non-Hello message before the handshake on the control stream is fatal
     # (Error 103, then close); felix_proto.server answers 103 and keeps the connection.
     "session.ping-before-hello",
