@@ -55,9 +55,17 @@ async def broker(
     tmp: Path,
     *,
     outputs: OutputFilter | None = None,
+    engine: Callable[[Any], None] | None = None,
     connection_factory: Callable[..., QuicConnection] | None = None,
 ) -> AsyncIterator[Running]:
-    """Start a broker; ``outputs`` may rewrite the engine's outputs before they are sent."""
+    """Start a broker.
+
+    Args:
+        tmp: a directory for its data (certificate).
+        outputs: rewrites the engine's outputs before they reach the sessions.
+        engine: called with the engine (``felix_core.broker.Broker``) to patch it.
+        connection_factory: the QUIC connection class (default: FelixServer's own).
+    """
     config = ServerConfig(
         listen="127.0.0.1:0", metrics_enabled=False, data_dir=str(tmp / "data"),
         shutdown_grace_s=0.5, shutdown_drain_s=2.0,
@@ -70,6 +78,8 @@ async def broker(
     if outputs is not None:
         drain = server.broker.drain_outputs
         server.broker.drain_outputs = lambda: outputs(drain())  # type: ignore[method-assign]
+    if engine is not None:
+        engine(server.broker)
     runtime = UdpRuntime(server)
     await runtime.start("127.0.0.1", 0)
     try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aioquic.quic.connection import QuicConnection
@@ -90,6 +91,31 @@ async def test_a_dropped_acked_message_fails_queue_deliver_ack(tmp_path: Path) -
     assert results["queue.deliver-ack"].outcome is Outcome.FAIL, _explain(results)
     assert "deliveries" in results["queue.deliver-ack"].reason
     assert results["queue.nack"].outcome is Outcome.PASS, _explain(results)
+
+
+def ignore_ttl(engine: Any) -> None:
+    """Store every cache entry without a TTL."""
+    put = engine.cache_put
+    engine.cache_put = lambda *a, **kw: put(*a, **{**kw, "ttl_ms": 0})
+
+
+def ignore_cas(engine: Any) -> None:
+    """Drop the compare-and-set condition of cache puts."""
+    put = engine.cache_put
+    engine.cache_put = lambda *a, **kw: put(*a, **{**kw, "if_version": None})
+
+
+@pytest.mark.parametrize(
+    ("fault", "fails", "passes"),
+    [(ignore_ttl, "cache.ttl", "cache.cas"), (ignore_cas, "cache.cas", "cache.ttl")],
+)
+async def test_cache_faults_fail_the_cache_checks(
+    tmp_path: Path, fault: Callable[[Any], None], fails: str, passes: str
+) -> None:
+    async with broker(tmp_path, engine=fault) as running:
+        results = await _run(running, f"{fails},{passes}")
+    assert results[fails].outcome is Outcome.FAIL, _explain(results)
+    assert results[passes].outcome is Outcome.PASS, _explain(results)
 
 
 # -- faults on the wire ------------------------------------------------------------------------
