@@ -543,7 +543,11 @@ class ServerConnection(Connection):
             return
         rid = getattr(msg, "request_id", None)
         if self._state not in (ConnState.READY, ConnState.GOING_AWAY):
-            raise UnexpectedMessage(f"{type(msg).__name__} before the handshake", request_id=rid)
+            # The control stream must open with Hello: anything else there is fatal to the
+            # connection. On a request stream the one request is refused and the stream goes on.
+            raise UnexpectedMessage(
+                f"{type(msg).__name__} before the handshake", request_id=rid, fatal=control
+            )
         if isinstance(msg, m.Ping) and control:
             self._send(CONTROL_STREAM_ID, m.Pong(nonce=msg.nonce))
         elif isinstance(msg, m.Pong) and control and msg.nonce in self._pings:

@@ -53,10 +53,19 @@ def test_request_before_handshake_is_answered_and_connection_stays() -> None:
     assert isinstance(error, m.Error) and error.code == ErrorCode.UNEXPECTED_MESSAGE
     assert error.request_id == 7
     assert single(drain(server), ev.ProtocolViolation).fatal is False
-    server.stream_data_received(0, encode(m.Ping(nonce=1)), False)  # also not before Hello
-    assert isinstance(_decode_all(_writes(server)[0][0])[0], m.Error)
     server.stream_data_received(0, encode(m.Hello(versions=[2])), False)
     assert isinstance(drain(server)[-1], ev.HandshakeRequested)
+
+
+def test_control_stream_not_opening_with_hello_closes_the_connection() -> None:
+    server = ServerConnection(server_id="b")
+    server.stream_data_received(0, encode(m.Ping(nonce=1)), False)
+    (error,) = _decode_all(_writes(server)[0][0])
+    assert isinstance(error, m.Error) and error.code == ErrorCode.UNEXPECTED_MESSAGE
+    events = drain(server)
+    assert single(events, ev.ProtocolViolation).fatal is True
+    close = single(events, ev.CloseRequested)
+    assert close.error_code == ErrorCode.UNEXPECTED_MESSAGE
 
 
 def test_hello_twice_or_off_control_is_unexpected() -> None:
