@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP_RUN := $(VENV)/.installed-run
 STAMP_TEST := $(VENV)/.installed-test
-PACKAGES := felix_proto felix_core felix_server felix_runtime_asyncio felix_runtime_anyio felix_client conformance
+PACKAGES := felix_proto felix_core felix_server felix_runtime felix_runtime_asyncio felix_runtime_anyio felix_client conformance
 
 .PHONY: run test lint typecheck pytest bench clean
 

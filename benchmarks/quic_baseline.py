@@ -45,7 +45,7 @@ from aioquic.quic.events import HandshakeCompleted, QuicEvent, StreamDataReceive
 from aioquic.quic.packet import pull_quic_header
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from felix_runtime_asyncio.tls import ensure_self_signed
+from felix_runtime.tls import ensure_self_signed
 
 REPORT_EVERY = 256 * 1024
 ALPN = "felix-bench"

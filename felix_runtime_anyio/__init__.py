@@ -5,8 +5,8 @@ datagrams, arm one timer, dispatch) and provides the broker binary (:func:`main`
 ``felix broker --runtime anyio --backend asyncio|trio`` and ``python -m
 felix_runtime_anyio``), with the metrics and health endpoint served on anyio
 (:mod:`.http`) and graceful shutdown on SIGTERM / SIGINT (:mod:`.app`). Certificates,
-logs, the Prometheus observer and the settings loader are the asyncio runtime's and
-felix_server's, unchanged.
+logs, the Prometheus observer and the process preamble are :mod:`felix_runtime`'s, shared
+with the asyncio runtime; the settings loader is felix_server's.
 """
 
 from __future__ import annotations

@@ -12,62 +12,27 @@ waits one second more), then everything closes and the exit code is 0.
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
 import anyio
-from aioquic.quic.configuration import QuicConfiguration
 
+from felix_runtime.logs import log_fields, logger
+from felix_runtime.process import broker_main, load_certificate, log_started
+from felix_runtime.prometheus import PrometheusObserver
 from felix_runtime_anyio.http import AnyioMetricsServer
 from felix_runtime_anyio.runtime import AnyioUdpRuntime
-from felix_runtime_asyncio.logs import configure_logging, log_fields, logger
-from felix_runtime_asyncio.metrics import PrometheusObserver
-from felix_runtime_asyncio.tls import ensure_self_signed
-from felix_server.config import ConfigError, ServerConfig, config_to_toml, load_config
+from felix_server.config import ServerConfig
 from felix_server.server import FelixServer, make_quic_configuration
 
-__all__ = ["BACKENDS", "load_certificate", "main", "run"]
+__all__ = ["BACKENDS", "main", "run"]
 
 BACKENDS = ("asyncio", "trio")
 """The anyio backends the broker runs on."""
 PROG = "felix broker --runtime anyio [--backend {asyncio,trio}]"
 """The program name ``--help`` shows (``--backend`` is parsed before the settings)."""
-
-
-def load_certificate(config: ServerConfig, quic_config: QuicConfiguration) -> tuple[Path, str]:
-    """Load the configured certificate, or make/reuse the development one.
-
-    Returns:
-        The certificate's path and (development mode only) its SHA-256 fingerprint.
-    """
-    if config.tls_cert is None:
-        files = ensure_self_signed(config.data_dir, config.listen_address[0])
-        quic_config.load_cert_chain(str(files.cert_path), str(files.key_path))
-        return files.cert_path, files.fingerprint
-    assert config.tls_key is not None  # validated by the loader
-    quic_config.load_cert_chain(config.tls_cert, config.tls_key)
-    return Path(config.tls_cert), ""
-
-
-def _log_started(
-    config: ServerConfig, quic: tuple[str, int], metrics: AnyioMetricsServer | None,
-    cert: Path, fingerprint: str, backend: str,
-) -> None:  # fmt: skip
-    url = f"http://{metrics.address[0]}:{metrics.address[1]}/metrics" if metrics else "off"
-    logger.info(
-        "felix broker listening",
-        extra=log_fields(quic=f"{quic[0]}:{quic[1]}", metrics=url,
-                         server_id=config.server_id, runtime=f"anyio/{backend}"),
-    )  # fmt: skip
-    if config.dev_mode:
-        logger.warning(
-            "DEVELOPMENT MODE: self-signed certificate; clients must trust it explicitly",
-            extra=log_fields(cert=cert, sha256=fingerprint),
-        )
 
 
 async def run(config: ServerConfig) -> int:
@@ -92,7 +57,8 @@ async def run(config: ServerConfig) -> int:
                 tg.start_soon(metrics.serve)
             tg.start_soon(runtime.serve)
             with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                _log_started(config, bound, metrics, cert, fingerprint, _backend_name())
+                log_started(config, bound, metrics.address if metrics else None,
+                            cert, fingerprint, f"anyio/{_backend_name()}")  # fmt: skip
                 async for signum in signals:
                     logger.info("signal received, shutting down",
                                 extra=log_fields(signal=signal.Signals(signum).name))  # fmt: skip
@@ -125,19 +91,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--backend", choices=BACKENDS, default="asyncio")
     known, rest = pre.parse_known_args(args)
-    try:
-        config, namespace = load_config(rest, os.environ, lambda p: Path(p).read_bytes(), prog=PROG)
-    except ConfigError as exc:
-        print(f"felix-broker: {exc}", file=sys.stderr)
-        return 2
-    if getattr(namespace, "print_config", False):
-        sys.stdout.write(config_to_toml(config))
-        return 0
-    configure_logging(config.log_format, config.log_level)
-    try:
-        return anyio.run(run, config, backend=known.backend)
-    except OSError as exc:
-        logger.error("cannot start the broker: %s", exc)
-        return 1
-    except KeyboardInterrupt:
-        return 0
+    return broker_main(
+        rest, lambda config: anyio.run(run, config, backend=known.backend), prog=PROG
+    )

@@ -1,9 +1,8 @@
 """``/metrics``, ``/live`` and ``/ready`` over HTTP/1.1, served with anyio.
 
-What each path answers is decided once, by
-:meth:`felix_runtime_asyncio.metrics.MetricsServer.respond` (a pure method: no event loop
-involved); this module only carries requests and responses over an anyio TCP listener on the
-broker's own event loop, so a scrape reads the engine without racing it.
+What a request gets is decided once, by :class:`felix_runtime.prometheus.Responder` (pure:
+no event loop involved); this module only carries request heads and responses over an anyio
+TCP listener on the broker's own event loop, so a scrape reads the engine without racing it.
 """
 
 from __future__ import annotations
@@ -15,8 +14,8 @@ import anyio.abc
 from anyio.abc import SocketAttribute
 from prometheus_client import CollectorRegistry
 
-from felix_runtime_asyncio.logs import logger
-from felix_runtime_asyncio.metrics import MetricsServer
+from felix_runtime.logs import logger
+from felix_runtime.prometheus import Responder
 
 __all__ = ["AnyioMetricsServer"]
 
@@ -24,7 +23,6 @@ MAX_REQUEST_HEAD = 8192
 """Most bytes of request line and headers read before giving up on a request."""
 REQUEST_TIMEOUT = 5.0
 """Seconds one HTTP exchange may take."""
-_REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}
 
 
 class AnyioMetricsServer:
@@ -36,7 +34,7 @@ class AnyioMetricsServer:
     """
 
     def __init__(self, registry: CollectorRegistry, is_ready: Callable[[], bool]) -> None:
-        self._responder = MetricsServer(registry, is_ready)  # only its respond() is used
+        self.responder = Responder(registry, is_ready)
         self._listener: anyio.abc.Listener[anyio.abc.SocketStream] | None = None
         self.address: tuple[str, int] = ("", 0)
 
@@ -75,14 +73,4 @@ class AnyioMetricsServer:
             head += await stream.receive()
             if len(head) > MAX_REQUEST_HEAD:
                 return
-        method, _, rest = head.partition(b" ")
-        path = rest.split(b" ", 1)[0].decode("latin-1")
-        if method not in (b"GET", b"HEAD"):
-            status, ctype, body = 405, "text/plain", b"method not allowed\n"
-        else:
-            status, ctype, body = self._responder.respond(path)
-        response = (
-            f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\nContent-Type: {ctype}\r\n"
-            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-        ).encode()
-        await stream.send(response + (body if method == b"GET" else b""))
+        await stream.send(self.responder.response(head))

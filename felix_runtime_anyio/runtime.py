@@ -28,7 +28,7 @@ from collections.abc import Callable
 
 import anyio
 
-from felix_runtime_asyncio.logs import log_fields, logger
+from felix_runtime.logs import log_fields, logger
 from felix_server.server import FelixServer
 
 __all__ = ["READ_BATCH", "AnyioUdpRuntime"]

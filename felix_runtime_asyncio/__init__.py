@@ -1,10 +1,11 @@
 """felix_runtime_asyncio: the broker on asyncio.
 
 It attaches felix_server's sans-IO glue to a UDP socket under asyncio (:mod:`.runtime`:
-move datagrams, arm one timer, dispatch), and provides the broker binary (:func:`main`,
-used by ``felix broker`` / ``felix-broker`` / ``python -m felix_runtime_asyncio``), the
-metrics and health endpoint (:mod:`.metrics`), the development certificate (:mod:`.tls`),
-structured logs (:mod:`.logs`) and graceful shutdown on SIGTERM / SIGINT.
+move datagrams, arm one timer, dispatch), carries the metrics and health endpoint over an
+asyncio TCP server (:mod:`.http`) and wires the broker binary (:func:`main`, used by
+``felix broker`` / ``felix-broker`` / ``python -m felix_runtime_asyncio``) with graceful
+shutdown on SIGTERM / SIGINT (:mod:`.app`). Certificates, logs, the Prometheus observer and
+the process preamble are :mod:`felix_runtime`'s, shared with the anyio runtime.
 """
 
 from __future__ import annotations

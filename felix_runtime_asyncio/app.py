@@ -9,18 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from felix_runtime_asyncio.logs import configure_logging, log_fields, logger
-from felix_runtime_asyncio.metrics import MetricsServer, PrometheusObserver
+from felix_runtime.logs import log_fields, logger
+from felix_runtime.process import broker_main, load_certificate, log_started
+from felix_runtime.prometheus import PrometheusObserver
+from felix_runtime_asyncio.http import MetricsServer
 from felix_runtime_asyncio.runtime import UdpRuntime
-from felix_runtime_asyncio.tls import ensure_self_signed
-from felix_server.config import ConfigError, ServerConfig, config_to_toml, load_config
+from felix_server.config import ServerConfig
 from felix_server.server import FelixServer, make_quic_configuration
 
 __all__ = ["BrokerProcess", "main", "run"]
@@ -51,50 +51,20 @@ class BrokerProcess:
     async def start(self) -> BrokerProcess:
         """Make or load the certificate, bind QUIC and metrics; returns self."""
         config = self.config
-        host, port = config.listen_address
         quic_config = make_quic_configuration(config)
-        if config.tls_cert is None:
-            files = ensure_self_signed(config.data_dir, host)
-            cert, key = str(files.cert_path), str(files.key_path)
-            self.cert_path, self.fingerprint = files.cert_path, files.fingerprint
-        else:
-            assert config.tls_key is not None
-            cert, key = config.tls_cert, config.tls_key
-            self.cert_path = Path(cert)
-        quic_config.load_cert_chain(cert, key)
+        self.cert_path, self.fingerprint = load_certificate(config, quic_config)
         self.server = FelixServer(config, quic_config, now=time.time(), observer=self.observer)
         self.observer.attach(self.server)
         self.runtime = UdpRuntime(self.server)
-        bound = await self.runtime.start(host, port)
+        bound = await self.runtime.start(*config.listen_address)
         if config.metrics_enabled:
             server = self.server
             self.metrics = MetricsServer(self.observer.registry, lambda: server.ready)
             await self.metrics.start(*config.metrics_address)
-        logger.info(
-            "felix broker listening",
-            extra=log_fields(
-                quic=f"{bound[0]}:{bound[1]}",
-                metrics=(
-                    f"http://{self.metrics.address[0]}:{self.metrics.address[1]}/metrics"
-                    if self.metrics
-                    else "off"
-                ),
-                server_id=config.server_id,
-            ),
-        )
-        if config.dev_mode:
-            logger.warning(
-                "DEVELOPMENT MODE: self-signed certificate; clients must trust it explicitly",
-                extra=log_fields(cert=self.cert_path, sha256=self.fingerprint),
-            )
-            if config.broker.create_defaults:
-                logger.info(
-                    "default tenant and namespace created",
-                    extra=log_fields(
-                        tenant=config.broker.default_tenant,
-                        namespace=config.broker.default_namespace,
-                    ),
-                )
+        log_started(
+            config, bound, self.metrics.address if self.metrics else None,
+            self.cert_path, self.fingerprint, "asyncio",
+        )  # fmt: skip
         return self
 
     async def shutdown(self) -> None:
@@ -124,13 +94,22 @@ class BrokerProcess:
 
 
 async def run(config: ServerConfig) -> int:
-    """Serve until SIGTERM or SIGINT, then shut down gracefully; returns the exit code."""
-    broker = await BrokerProcess(config).start()
+    """Serve until SIGTERM or SIGINT, then shut down gracefully; returns the exit code.
+
+    The signal handlers are installed before the broker starts (and logs that it listens),
+    so a signal sent as soon as the broker is seen listening is never lost.
+    """
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):  # Windows
             loop.add_signal_handler(sig, stop.set)
+    broker = BrokerProcess(config)
+    try:
+        await broker.start()
+    except BaseException:  # e.g. the metrics port is taken: release what was bound
+        await broker.close()
+        raise
     try:
         await stop.wait()
     finally:
@@ -142,20 +121,5 @@ async def run(config: ServerConfig) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the broker. Returns the process exit code (0 after a graceful shutdown, 2 for a
     configuration error, 1 when the broker cannot start)."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    try:
-        config, namespace = load_config(args, os.environ, lambda p: Path(p).read_bytes())
-    except ConfigError as exc:
-        print(f"felix-broker: {exc}", file=sys.stderr)
-        return 2
-    if getattr(namespace, "print_config", False):
-        sys.stdout.write(config_to_toml(config))
-        return 0
-    configure_logging(config.log_format, config.log_level)
-    try:
-        return asyncio.run(run(config))
-    except OSError as exc:
-        logger.error("cannot start the broker: %s", exc)
-        return 1
-    except KeyboardInterrupt:
-        return 0
+    args = sys.argv[1:] if argv is None else argv
+    return broker_main(args, lambda config: asyncio.run(run(config)))

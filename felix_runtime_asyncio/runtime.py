@@ -22,7 +22,7 @@ from typing import Any
 
 from aioquic.quic.connection import NetworkAddress
 
-from felix_runtime_asyncio.logs import log_fields, logger
+from felix_runtime.logs import log_fields, logger
 from felix_server.server import FelixServer
 
 __all__ = ["READ_BATCH", "UdpRuntime"]

@@ -2,7 +2,7 @@
 
 The glue calls these methods as things happen; :class:`ServerObserver` does nothing, so the
 glue runs (and is tested) without any metrics library. A runtime subclasses it to count in
-Prometheus and to log (``felix_runtime_asyncio.metrics.PrometheusObserver``), in the manner
+Prometheus and to log (``felix_runtime.prometheus.PrometheusObserver``), in the manner
 of h2's ``DummyLogger``.
 
 The glue has no clock, so request latency is measured by the observer itself:

@@ -152,3 +152,20 @@ def test_felix_proto_does_not_import_core_or_runtimes() -> None:
             if top.startswith(("felix_core", "felix_server", "felix_runtime", "felix_client")):
                 bad.append(f"{_display(path)}:{lineno}: {name}")
     assert not bad, "\n".join(bad)
+
+
+# felix_runtime is shared by the asyncio and the anyio adapters, so it may not pick an event
+# loop (it may do I/O: certificates, logs, Prometheus), nor depend on either adapter.
+RUNTIME_NEUTRAL_FORBIDDEN = frozenset(
+    {"asyncio", "anyio", "trio", "sniffio", "felix_runtime_asyncio", "felix_runtime_anyio"}
+)
+
+
+def test_felix_runtime_is_runtime_neutral() -> None:
+    bad = [
+        f"{_display(path)}:{lineno}: {name}"
+        for path in _modules("felix_runtime")
+        for lineno, name in _imports(path)
+        if name.split(".")[0] in RUNTIME_NEUTRAL_FORBIDDEN
+    ]
+    assert not bad, "felix_runtime must not choose an event loop:\n" + "\n".join(bad)

@@ -19,8 +19,8 @@ from aioquic.quic.connection import QuicConnection
 from conformance.context import Hooks, Options
 from conformance.wire import Endpoint
 from felix_core.broker import EngineOutput
+from felix_runtime.tls import ensure_self_signed
 from felix_runtime_asyncio.runtime import UdpRuntime
-from felix_runtime_asyncio.tls import ensure_self_signed
 from felix_server.config import ServerConfig
 from felix_server.server import FelixServer, make_quic_configuration
 

@@ -1,4 +1,4 @@
-"""Prometheus metrics and health over HTTP: ``/metrics``, ``/live``, ``/ready``.
+"""Prometheus metrics and health: what ``/metrics``, ``/live`` and ``/ready`` answer.
 
 :class:`PrometheusObserver` plugs into the shared glue's observer hook
 (:class:`felix_server.observer.ServerObserver`) and counts what it reports; engine gauges
@@ -8,14 +8,14 @@ Names follow the reference broker where one exists (``felix_publish_requests_tot
 ``felix_quic_protocol_violation_total``). Labels are request kinds, end reasons and error
 codes only: never message data or resource names.
 
-The HTTP endpoint is a tiny asyncio server on the broker's own event loop (not
-prometheus-client's thread), so a scrape reads the engine without racing it.
+:class:`Responder` turns one HTTP request head into the complete response bytes; it is pure
+(no socket, no event loop). Each runtime carries requests to it over its own small HTTP
+server on the broker's own event loop (not prometheus-client's thread), so a scrape reads
+the engine without racing it: ``felix_runtime_asyncio.http`` and ``felix_runtime_anyio.http``.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
 from collections.abc import Callable, Iterable
 
@@ -23,12 +23,12 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from felix_runtime_asyncio.logs import log_fields, logger
+from felix_runtime.logs import log_fields, logger
 from felix_server.observer import ServerObserver
 from felix_server.server import FelixServer
 from felix_server.stats import engine_stats
 
-__all__ = ["MetricsServer", "PrometheusObserver"]
+__all__ = ["PrometheusObserver", "Responder"]
 
 _LATENCY_BUCKETS = (
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0
@@ -242,8 +242,13 @@ class PrometheusObserver(ServerObserver):
 _LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
 
 
-class MetricsServer:
-    """``/metrics``, ``/live`` and ``/ready`` over HTTP/1.1 on the broker's event loop.
+_REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+"""The Prometheus text exposition format."""
+
+
+class Responder:
+    """What the metrics and health endpoint answers; pure, shared by both HTTP carriers.
 
     Args:
         registry: what ``/metrics`` exposes.
@@ -253,28 +258,12 @@ class MetricsServer:
     def __init__(self, registry: CollectorRegistry, is_ready: Callable[[], bool]) -> None:
         self.registry = registry
         self.is_ready = is_ready
-        self._server: asyncio.Server | None = None
-        self.address: tuple[str, int] = ("", 0)
-
-    async def start(self, host: str, port: int) -> tuple[str, int]:
-        """Listen; returns the bound address (port 0 is resolved)."""
-        self._server = await asyncio.start_server(self._handle, host, port)
-        self.address = self._server.sockets[0].getsockname()[:2]
-        return self.address
-
-    async def close(self) -> None:
-        """Stop listening and close open connections."""
-        if self._server is not None:
-            self._server.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 1.0)
-            self._server = None
 
     def respond(self, path: str) -> tuple[int, str, bytes]:
         """The status, content type and body for a GET of ``path``."""
         path = path.split("?", 1)[0]
         if path == "/metrics":
-            return 200, "text/plain; version=0.0.4; charset=utf-8", generate_latest(self.registry)
+            return 200, METRICS_CONTENT_TYPE, generate_latest(self.registry)
         if path == "/live":
             return 200, "text/plain", b"ok\n"
         if path == "/ready":
@@ -282,28 +271,24 @@ class MetricsServer:
             return (200 if ready else 503), "text/plain", b"ready\n" if ready else b"draining\n"
         return 404, "text/plain", b"not found\n"
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            async with asyncio.timeout(5):
-                request = await reader.readuntil(b"\r\n\r\n")
-            method, _, rest = request.partition(b" ")
-            path = rest.split(b" ", 1)[0].decode("latin-1")
-            if method not in (b"GET", b"HEAD"):
-                status, ctype, body = 405, "text/plain", b"method not allowed\n"
-            else:
-                status, ctype, body = self.respond(path)
-            reason = {200: "OK", 404: "Not Found", 405: "Method Not Allowed"}.get(
-                status, "Service Unavailable"
-            )
-            head = (
-                f"HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\n"
-                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-            )
-            writer.write(head.encode() + (body if method == b"GET" else b""))
-            await writer.drain()
-        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError):
-            pass
-        except Exception:  # a bug here must not take the broker down
-            logger.exception("metrics request failed")
-        finally:
-            writer.close()
+    def response(self, head: bytes) -> bytes:
+        """The complete HTTP/1.1 response (``Connection: close``) to a request head.
+
+        Args:
+            head: the request line and headers, up to and including the blank line.
+
+        Returns:
+            Status line, headers and, for ``GET``, the body; ``405`` for methods other than
+            ``GET`` and ``HEAD``.
+        """
+        method, _, rest = head.partition(b" ")
+        path = rest.split(b" ", 1)[0].decode("latin-1")
+        if method not in (b"GET", b"HEAD"):
+            status, ctype, body = 405, "text/plain", b"method not allowed\n"
+        else:
+            status, ctype, body = self.respond(path)
+        response = (
+            f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\nContent-Type: {ctype}\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        ).encode()
+        return response + (body if method == b"GET" else b"")

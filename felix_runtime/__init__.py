@@ -1,0 +1,16 @@
+"""felix_runtime: what both runtime adapters share and neither decides: TLS material,
+logging, the Prometheus observer and HTTP responder, the process preamble.
+
+* :mod:`felix_runtime.tls`: the configured certificate, or a self-signed one for development;
+* :mod:`felix_runtime.logs`: structured logs (text or JSON lines);
+* :mod:`felix_runtime.prometheus`: the observer that counts into Prometheus, the scrape-time
+  collector of engine and session gauges, and :class:`~felix_runtime.prometheus.Responder`,
+  which turns one HTTP request head into the response bytes for ``/metrics``, ``/live`` and
+  ``/ready``;
+* :mod:`felix_runtime.process`: ``main()``'s preamble (settings, ``--print-config``,
+  logging, exit codes), certificate loading and the startup log lines.
+
+It is runtime-neutral: nothing here imports asyncio, anyio or trio, opens a socket or runs a
+loop. Each adapter (``felix_runtime_asyncio``, ``felix_runtime_anyio``) keeps only its event
+loop, its HTTP carrier (read a request head, write the responder's bytes) and its wiring.
+"""

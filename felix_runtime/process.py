@@ -1,0 +1,117 @@
+"""The broker process around an adapter: settings, logging, certificate, startup lines.
+
+Both runtimes' ``main(argv)`` are :func:`broker_main` with a different ``run``: the
+preamble (load the four layers of settings, answer ``--print-config``, configure logging)
+and the exit codes (2 for a bad setting, 1 when the broker cannot start, 0 after a graceful
+shutdown or Ctrl-C) are decided here once. :func:`load_certificate` and
+:func:`log_started` are the other two steps every adapter takes the same way.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from aioquic.quic.configuration import QuicConfiguration
+
+from felix_runtime.logs import configure_logging, log_fields, logger
+from felix_runtime.tls import ensure_self_signed
+from felix_server.config import ConfigError, ServerConfig, config_to_toml, load_config
+
+__all__ = ["broker_main", "load_certificate", "log_started"]
+
+
+def broker_main(
+    args: Sequence[str], run: Callable[[ServerConfig], int], *, prog: str = "felix-broker"
+) -> int:
+    """Load the settings, then run the broker with them.
+
+    Args:
+        args: the command-line arguments (without the program name).
+        run: runs the broker until it stops and returns the exit code (an adapter's event
+            loop entry point, e.g. ``lambda c: asyncio.run(serve(c))``).
+        prog: the program name ``--help`` shows.
+
+    Returns:
+        The process exit code: ``run``'s, 0 for ``--print-config`` or Ctrl-C, 2 for a
+        configuration error, 1 when the broker cannot start (an ``OSError``, e.g. a port
+        that is taken).
+    """
+    try:
+        config, namespace = load_config(
+            list(args), os.environ, lambda p: Path(p).read_bytes(), prog=prog
+        )
+    except ConfigError as exc:
+        print(f"felix-broker: {exc}", file=sys.stderr)
+        return 2
+    if getattr(namespace, "print_config", False):
+        sys.stdout.write(config_to_toml(config))
+        return 0
+    configure_logging(config.log_format, config.log_level)
+    try:
+        return run(config)
+    except OSError as exc:
+        logger.error("cannot start the broker: %s", exc)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+
+
+def load_certificate(config: ServerConfig, quic_config: QuicConfiguration) -> tuple[Path, str]:
+    """Load the configured certificate into ``quic_config``, or make/reuse the development one.
+
+    Returns:
+        The certificate's path and (development mode only) its SHA-256 fingerprint.
+    """
+    if config.tls_cert is None:
+        files = ensure_self_signed(config.data_dir, config.listen_address[0])
+        quic_config.load_cert_chain(str(files.cert_path), str(files.key_path))
+        return files.cert_path, files.fingerprint
+    assert config.tls_key is not None  # validated by the loader
+    quic_config.load_cert_chain(config.tls_cert, config.tls_key)
+    return Path(config.tls_cert), ""
+
+
+def log_started(
+    config: ServerConfig,
+    quic: tuple[str, int],
+    metrics: tuple[str, int] | None,
+    cert: Path,
+    fingerprint: str,
+    runtime: str,
+) -> None:
+    """Log ``felix broker listening`` (tests and operators parse its fields) and, in
+    development mode, the certificate to trust and the default tenant and namespace.
+
+    Args:
+        config: the effective configuration.
+        quic: the bound QUIC address.
+        metrics: the bound metrics address, or None when metrics are off.
+        cert: the certificate's path.
+        fingerprint: its SHA-256 fingerprint ("" when configured rather than generated).
+        runtime: ``asyncio``, ``anyio/asyncio`` or ``anyio/trio``.
+    """
+    logger.info(
+        "felix broker listening",
+        extra=log_fields(
+            quic=f"{quic[0]}:{quic[1]}",
+            metrics=f"http://{metrics[0]}:{metrics[1]}/metrics" if metrics else "off",
+            server_id=config.server_id,
+            runtime=runtime,
+        ),
+    )
+    if not config.dev_mode:
+        return
+    logger.warning(
+        "DEVELOPMENT MODE: self-signed certificate; clients must trust it explicitly",
+        extra=log_fields(cert=cert, sha256=fingerprint),
+    )
+    if config.broker.create_defaults:
+        logger.info(
+            "default tenant and namespace created",
+            extra=log_fields(
+                tenant=config.broker.default_tenant, namespace=config.broker.default_namespace
+            ),
+        )
