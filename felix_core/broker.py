@@ -37,7 +37,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from felix_core.broker_core import BrokerCore, EngineOutput, _Connection
+from felix_core.broker_core import BrokerCore, EngineOutput, ResourceTotals, _Connection
 from felix_core.cache import CacheEntry
 from felix_core.errors import InvalidArgument, LimitExceeded, NotFound
 from felix_core.limits import BrokerConfig
@@ -46,7 +46,7 @@ from felix_core.metadata import Path
 from felix_core.queues import ConsumerEnded
 from felix_core.streams import Fanout, StartKind, Subscription
 
-__all__ = ["Broker", "BrokerConfig", "EngineOutput"]
+__all__ = ["Broker", "BrokerConfig", "EngineOutput", "ResourceTotals"]
 
 
 class Broker(BrokerCore):

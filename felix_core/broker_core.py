@@ -12,10 +12,10 @@ import builtins
 import heapq
 from collections.abc import Mapping, Sequence
 from contextlib import suppress
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any
 
-from felix_core.cache import Cache, CacheEngine
+from felix_core.cache import Cache, CacheEngine, CacheStats, CacheTotals
 from felix_core.errors import InvalidArgument, NotFound, ShuttingDown, TooLarge
 from felix_core.limits import BrokerConfig, MemoryBudget
 from felix_core.metadata import (
@@ -26,11 +26,11 @@ from felix_core.metadata import (
     Path,
     ResourceRecord,
 )
-from felix_core.queues import ConsumerEnded, QueueEngine, QueueEvent
+from felix_core.queues import ConsumerEnded, QueueEngine, QueueEvent, QueueStats, QueueTotals
 from felix_core.settings import BatchPolicy, StreamSettings, cache_config, queue_config
 from felix_core.streams import Fanout, Output, Stream, Subscription, batch_byte_size
 
-__all__ = ["BrokerCore", "EngineOutput"]
+__all__ = ["BrokerCore", "EngineOutput", "ResourceTotals"]
 
 EngineOutput = Output | QueueEvent
 """What :meth:`BrokerCore.drain_outputs` returns: :class:`~felix_core.streams.StreamBatch`,
@@ -38,6 +38,26 @@ EngineOutput = Output | QueueEvent
 :class:`~felix_core.queues.MessagesDelivered`, :class:`~felix_core.queues.ConsumerEnded`
 and :class:`~felix_core.queues.MessageDeadLettered`; every record but the last names its
 connection."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ResourceTotals:
+    """Queue and cache figures for metrics: :meth:`BrokerCore.totals`.
+
+    The per-resource maps are keyed by ``(tenant, namespace, name)``: resource names, never
+    message data. They are bounded by the caller's ``detail_limit``: a kind with more
+    resources than that gets an empty map (totals only), so a scrape's size and its label
+    cardinality stay bounded however many queues or caches a broker holds.
+    """
+
+    queues: QueueTotals
+    """Over every queue."""
+    caches: CacheTotals
+    """Over every cache."""
+    queue_detail: dict[Path, QueueStats]
+    """Each queue's stats, or empty when there are more queues than ``detail_limit``."""
+    cache_detail: dict[Path, CacheStats]
+    """Each cache's stats, or empty when there are more caches than ``detail_limit``."""
 
 
 class _Connection:
@@ -564,6 +584,35 @@ class BrokerCore:
                     )
                 )
             conn.consumers.clear()
+
+    def totals(self, now: float, *, detail_limit: int = 0) -> ResourceTotals:
+        """Queue and cache figures for metrics, cheap enough for every scrape.
+
+        Counters are kept as things happen and include deleted resources (they never
+        decrease); gauges cost O(groups) per queue and O(1) per cache. Per-resource detail
+        costs O(resources) and is produced only for a kind with at most ``detail_limit``
+        resources.
+
+        Args:
+            now: the current time (for the oldest queue message's age).
+            detail_limit: the most queues (caches) for which per-resource stats are returned.
+
+        Returns:
+            A :class:`ResourceTotals` snapshot.
+        """
+        queues, caches = self._queues, self._caches
+        queue_detail: dict[Path, QueueStats] = {}
+        if len(queues) <= detail_limit:
+            queue_detail = {path: queues.stats(path, now) for path in queues}
+        cache_detail: dict[Path, CacheStats] = {}
+        if len(caches) <= detail_limit:
+            cache_detail = {path: caches.cache(path).stats() for path in caches}
+        return ResourceTotals(
+            queues=queues.totals(now),
+            caches=caches.totals(),
+            queue_detail=queue_detail,
+            cache_detail=cache_detail,
+        )
 
     def stats(self) -> dict[str, int]:
         """Gauges and counters for metrics (cheap; safe to call per scrape).

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from heapq import heapify, heappop, heappush
 from typing import NamedTuple
@@ -61,6 +62,7 @@ __all__ = [
     "CacheEntry",
     "CacheKey",
     "CacheStats",
+    "CacheTotals",
     "WriteResult",
 ]
 
@@ -154,6 +156,28 @@ class CacheStats:
     feed_records: int  #: Records retained in the change feed.
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CacheTotals:
+    """Figures over every cache of an engine, for metrics (:meth:`CacheEngine.totals`).
+
+    The counters include caches deleted since the engine started, so they never decrease.
+    """
+
+    caches: int  #: Caches.
+    entries: int  #: Live entries (expired ones not yet swept included).
+    bytes: int  #: Accounted bytes of the entries.
+    hits: int  #: Gets that found a live entry.
+    misses: int  #: Gets that found nothing (or an expired entry).
+    puts: int  #: Puts that stored.
+    deletes: int  #: Deletes that removed.
+    expirations: int  #: Entries removed by expiry (lazy or swept).
+    evictions: int  #: Entries removed by the LRU bounds.
+
+
+_COUNTERS = ("hits", "misses", "puts", "deletes", "expirations", "evictions")
+"""The :class:`Cache` counters :class:`CacheTotals` sums."""
+
+
 def key_bytes(key: str) -> bytes:
     """Validate a cache key and return its UTF-8 bytes.
 
@@ -228,6 +252,11 @@ class Cache:
     def byte_size(self) -> int:
         """Accounted bytes of the table plus the change feed (for global memory accounting)."""
         return self._bytes + self.changes.byte_size
+
+    @property
+    def entry_bytes(self) -> int:
+        """Accounted bytes of the entries alone (key bytes + value bytes each)."""
+        return self._bytes
 
     # -- reads --------------------------------------------------------------------------
 
@@ -541,11 +570,12 @@ class CacheEngine:
     call ``get`` / ``put`` / ``delete`` on it.
     """
 
-    __slots__ = ("_caches",)
+    __slots__ = ("_caches", "_retired")
 
     def __init__(self) -> None:
         """Create an engine with no caches."""
         self._caches: dict[CacheKey, Cache] = {}
+        self._retired = dict.fromkeys(_COUNTERS, 0)  # the counters of deleted caches
 
     def create_cache(self, cache: CacheKey, config: CacheConfig | None = None) -> Cache:
         """Create a cache.
@@ -614,7 +644,33 @@ class CacheEngine:
         """
         c = self.cache(cache)
         del self._caches[cache]
+        for name in _COUNTERS:
+            self._retired[name] += getattr(c, name)
         return c
+
+    def __iter__(self) -> Iterator[CacheKey]:
+        return iter(self._caches)
+
+    def __len__(self) -> int:
+        return len(self._caches)
+
+    def totals(self) -> CacheTotals:
+        """Figures over every cache, for metrics: O(caches), no walk over entries.
+
+        The data path (:meth:`Cache.get`) counts per cache only; the engine sums those
+        counters here and keeps the counts of deleted caches, so totals never decrease.
+
+        Returns:
+            A :class:`CacheTotals` snapshot.
+        """
+        counts = dict(self._retired)
+        entries = nbytes = 0
+        for c in self._caches.values():
+            entries += len(c)
+            nbytes += c.entry_bytes
+            for name in _COUNTERS:
+                counts[name] += getattr(c, name)
+        return CacheTotals(caches=len(self._caches), entries=entries, bytes=nbytes, **counts)
 
     @property
     def byte_size(self) -> int:

@@ -171,6 +171,7 @@ class _DeliveryMachinery:
                 self._dispatch(tg, now)
         del g.outstanding[offset]
         g.dead_lettered += 1
+        self._usage.dead_lettered += 1
         q.finished += 1
         self._outputs.append(
             MessageDeadLettered(
@@ -217,6 +218,7 @@ class _DeliveryMachinery:
         for sl, attempt in slices:
             if attempt > 1:
                 g.redeliveries += 1
+                self._usage.redeliveries += 1
             base = sl.base_offset
             keys = sl.keys
             headers = sl.headers

@@ -94,12 +94,16 @@ def _ms(now: float) -> int:
 
 
 class _Usage:
-    """Record bytes held by all the queues of an engine, kept current on every change."""
+    """Engine-wide figures of all the queues of an engine, kept current on every change:
+    record bytes held, and redeliveries and dead letters made (unlike the per-group counters
+    these survive deleting a queue or group, so a metric read from them never decreases)."""
 
-    __slots__ = ("bytes",)
+    __slots__ = ("bytes", "dead_lettered", "redeliveries")
 
     def __init__(self) -> None:
         self.bytes = 0
+        self.redeliveries = 0
+        self.dead_lettered = 0
 
 
 class Queue:
@@ -183,6 +187,23 @@ class Queue:
         assert isinstance(sl, LogSlice) and len(sl) == 1, "finished messages only are trimmed"
         return sl
 
+    def depth(self) -> int:
+        """Waiting messages of the slowest group; the retained records when there is none."""
+        return max((g.waiting() for g in self.groups.values()), default=self.log.record_count)
+
+    def in_flight(self) -> int:
+        """Deliveries not yet settled, over all groups."""
+        return sum(len(g.inflight) for g in self.groups.values())
+
+    def oldest_timestamp_ms(self) -> int | None:
+        """Enqueue time of the oldest message some group has not finished (the oldest
+        retained one when there is no group); None when there is none. O(groups)."""
+        log = self.log
+        low = min((g.low_watermark() for g in self.groups.values()), default=log.first_offset)
+        if low >= log.next_offset:
+            return None
+        return self.read_one(low).timestamps_ms[0]
+
     def stats(self, now: float) -> QueueStats:
         """Observable state; see :class:`QueueStats`.
 
@@ -194,10 +215,8 @@ class Queue:
         """
         groups = {g.name: _group_stats(g) for g in self.groups.values()}
         log = self.log
-        low = min((s.low_watermark for s in groups.values()), default=log.first_offset)
-        age = None
-        if low < log.next_offset:
-            age = max(0.0, now - self.read_one(low).timestamps_ms[0] / 1000.0)
+        oldest = self.oldest_timestamp_ms()
+        age = None if oldest is None else max(0.0, now - oldest / 1000.0)
         return QueueStats(
             records=log.record_count,
             bytes=log.byte_size,

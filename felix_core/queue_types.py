@@ -185,3 +185,17 @@ class QueueStats:
     dead_lettered: int  #: Dead letters over all groups.
     oldest_age_s: float | None  #: Age of the oldest unfinished message; None when none.
     groups: dict[str, GroupStats]  #: Per-group detail.
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueueTotals:
+    """Figures over every queue of an engine, for metrics (:meth:`QueueEngine.totals`)."""
+
+    queues: int  #: Queues.
+    records: int  #: Messages retained in the queues' logs.
+    bytes: int  #: Record bytes retained.
+    depth: int  #: The sum of every queue's ``depth`` (waiting messages of its slowest group).
+    in_flight: int  #: Unacknowledged deliveries.
+    oldest_age_s: float | None  #: Age of the oldest unfinished message; None when none.
+    redeliveries: int  #: Redeliveries made since the engine started (deleted queues too).
+    dead_lettered: int  #: Dead letters made since the engine started (deleted queues too).

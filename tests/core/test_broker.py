@@ -511,3 +511,56 @@ def test_timer_heap_reschedules_a_changed_deadline() -> None:
     assert b.get_timer() == pytest.approx(6.0015)  # now the age deadline
     b.handle_timer(6.0015)
     assert b.get_timer() is None and b.budget.used == 0
+
+
+def test_totals_for_metrics() -> None:
+    """``Broker.totals``: queue and cache figures without per-message work, counters that
+    survive deleting a resource, per-resource detail only up to ``detail_limit``."""
+    b = broker()
+    empty = b.totals(5.0, detail_limit=10)
+    assert (empty.queues.queues, empty.queues.depth, empty.queues.oldest_age_s) == (0, 0, None)
+    assert (empty.caches.caches, empty.caches.entries, empty.caches.hits) == (0, 0, 0)
+    assert empty.queue_detail == {} and empty.cache_detail == {}
+
+    b.create("queue", T, N, "q", {"max_attempts": 2}, now=0.0)
+    b.create("queue", T, N, "idle", now=0.0)  # no group: its depth is its record count
+    b.enqueue(1, T, N, "q", [b"a", b"b"], now=10.0)
+    b.enqueue(1, T, N, "idle", [b"x"], now=12.0)
+    cid = b.consume(1, T, N, "q", prefetch=1, now=10.0)
+    (out,) = b.drain_outputs()
+    assert isinstance(out, MessagesDelivered)
+    b.nack(1, cid, [out.deliveries[0].delivery_id], now=11.0)  # "a" again: a redelivery
+    (out,) = b.drain_outputs()
+    assert isinstance(out, MessagesDelivered) and out.deliveries[0].attempt == 2
+    b.nack(1, cid, [out.deliveries[0].delivery_id], now=11.0)  # attempts used up: dropped
+    b.drain_outputs()
+    q = b.totals(15.0).queues
+    assert (q.queues, q.records, q.in_flight, q.redeliveries, q.dead_lettered) == (2, 3, 1, 1, 1)
+    assert q.depth == 0 + 1  # "b" is in flight; the idle queue holds "x"
+    assert q.oldest_age_s == 5.0  # "b", enqueued at 10.0 and not finished
+    assert q.bytes == b.describe("queue", T, N, "q", now=15.0)["stats"]["bytes"] + 1
+
+    b.create("cache", T, N, "c", {"max_entries": 1}, now=0.0)
+    b.cache_put(T, N, "c", "k1", b"v", ttl_ms=1000, now=20.0)
+    b.cache_put(T, N, "c", "k2", b"vv", now=20.0)  # evicts k1
+    assert b.cache_get(T, N, "c", "k2", now=20.0) is not None
+    assert b.cache_get(T, N, "c", "k1", now=20.0) is None
+    c = b.totals(20.0).caches
+    assert (c.caches, c.entries, c.bytes, c.hits, c.misses, c.puts, c.evictions) == (
+        1, 1, 4, 1, 1, 2, 1,
+    )  # fmt: skip
+
+    detail = b.totals(20.0, detail_limit=2)
+    assert set(detail.queue_detail) == {(T, N, "q"), (T, N, "idle")}
+    assert detail.queue_detail[(T, N, "q")].redeliveries == 1
+    assert detail.cache_detail[(T, N, "c")].hits == 1
+    capped = b.totals(20.0, detail_limit=1)  # two queues > 1: totals only; one cache fits
+    assert capped.queue_detail == {} and set(capped.cache_detail) == {(T, N, "c")}
+
+    b.delete("queue", T, N, "q", now=30.0)
+    b.delete("cache", T, N, "c", now=30.0)
+    after = b.totals(30.0)
+    assert (after.queues.queues, after.queues.redeliveries, after.queues.dead_lettered) == (1, 1, 1)
+    assert after.queues.oldest_age_s == 18.0  # "x" of the idle queue
+    assert (after.caches.caches, after.caches.entries, after.caches.bytes) == (0, 0, 0)
+    assert (after.caches.hits, after.caches.misses, after.caches.evictions) == (1, 1, 1)

@@ -208,6 +208,13 @@ class QueueMachine(RuleBasedStateMachine):
         assert stats.dead_lettered == self.dead == self.e.queue(DLQ).log.record_count
         assert stats.records <= MAX_RECORDS
         assert self.e.byte_size == stats.bytes + self.e.queue(DLQ).byte_size
+        totals = self.e.totals(self.now)  # the engine-wide figures agree with per-queue ones
+        dlq = self.e.stats(DLQ, self.now)
+        assert totals.redeliveries == self.redeliveries
+        assert totals.dead_lettered == self.dead
+        assert totals.in_flight == stats.in_flight + dlq.in_flight
+        assert totals.depth == stats.depth + dlq.depth
+        assert (totals.records, totals.bytes) == (stats.records + dlq.records, self.e.byte_size)
         if stats.groups:
             held = {off for off, _, _ in self.inflight.values()}
             assert stats.depth == len(self.enqueued - self.finished - held)
