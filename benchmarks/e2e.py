@@ -1,0 +1,468 @@
+"""End-to-end Felix throughput and latency on 127.0.0.1, next to raw aioquic, in one run.
+
+What is measured (each Felix figure is also printed as a ratio to row ``a``):
+
+a. ``raw-aioquic``: :mod:`benchmarks.quic_baseline`'s best row (``batch-1452-big``: 1452-byte
+   datagrams, 16 MiB / 4 MiB windows, batched reads, one transmit per pass), N small
+   messages on one stream, with its server endpoint in a child process (the ratio basis, two
+   cores like Felix below) and, for reference, both endpoints in this process (one core:
+   ``one_process``, what ``quic_baseline.py`` prints).
+b. ``publish``: a client :class:`~felix_client.Publisher` (``AckMode.ACCEPTED``, default
+   batching) publishes N records of ``--size`` bytes to a stream nobody reads; msg/s from the
+   first publish until every batch is acknowledged.
+c. ``pub->1 sub``: the same, with one live subscriber (``start="earliest"``) on its own
+   connection; msg/s delivered, from the first publish until the subscriber has read N.
+d. ``fanout x10``: N/``--fanout-divisor`` records to 10 subscribers; total deliveries/s.
+e. ``cache get c=32``: 32 tasks issuing sequential ``get``s of a 256-byte value on one
+   connection; ops/s and round-trip p50 / p99 in milliseconds.
+
+Topology: the broker is a subprocess (``felix_runtime_asyncio`` or ``felix_runtime_anyio``
+with ``--runtime``; ``--listen 127.0.0.1:0``, in memory, its "listening" log line gives
+the port); every client (publisher and subscribers) runs in this process on one asyncio
+event loop, each on its own QUIC connection. So the broker and the clients each have a core
+of this 2-core machine, the way a user's broker and application would. Streams are
+created with ``slow_consumer=block`` and a retention larger than the run, so nothing is
+ever dropped or trimmed (lossless, the figure counts every record).
+
+Usage::
+
+    .venv/bin/python benchmarks/e2e.py                 # table
+    .venv/bin/python benchmarks/e2e.py --json          # one JSON object
+    .venv/bin/python benchmarks/e2e.py --only c --count 200000
+    .venv/bin/python benchmarks/e2e.py --profile-dir /tmp/prof   # py-spy both sides
+
+``--profile-dir`` runs the broker under ``py-spy record`` and attaches a second py-spy to
+this process (raw ``--format raw`` collapsed stacks, ``broker.txt`` and ``client.txt``);
+py-spy must be installed in the venv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import quic_baseline  # noqa: E402
+from aioquic.quic.configuration import QuicConfiguration  # noqa: E402
+from aioquic.quic.connection import QuicConnection  # noqa: E402
+from aioquic.quic.events import HandshakeCompleted, QuicEvent, StreamDataReceived  # noqa: E402
+
+import felix_client  # noqa: E402
+from felix_client import AckMode  # noqa: E402
+
+try:
+    from felix_runtime.tls import ensure_self_signed
+except ImportError:  # before the runtime-neutral modules moved out of the asyncio runtime
+    from felix_runtime_asyncio.tls import ensure_self_signed  # type: ignore[no-redef,import-not-found,unused-ignore]
+
+RUNTIME_MODULES = {"asyncio": "felix_runtime_asyncio", "anyio": "felix_runtime_anyio"}
+READY = re.compile(r'"quic":"([0-9.]+):(\d+)"')
+
+
+# ------------------------------------------------------------------------- the broker
+
+
+@contextmanager
+def broker(runtime: str, data_dir: Path, profile: Path | None) -> Iterator[tuple[str, int]]:
+    """Start a broker subprocess on 127.0.0.1:0 and yield (url, pid); SIGTERM at the end."""
+    log_path = data_dir / "broker.log"
+    cmd = [
+        sys.executable, "-m", RUNTIME_MODULES[runtime],
+        "--listen", "127.0.0.1:0", "--data-dir", str(data_dir),
+        "--metrics-enabled", "false", "--log-format", "json",
+        "--broker-stream-max-retention-bytes", str(1 << 30),
+    ]  # fmt: skip
+    if profile is not None:
+        spy = shutil.which("py-spy", path=str(Path(sys.executable).parent))
+        assert spy, "py-spy is not installed in the venv"
+        cmd = [spy, "record", "--format", "raw", "--rate", "250", "--nonblocking",
+               "-o", str(profile / "broker.txt"), "--", *cmd]  # fmt: skip
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            text = log_path.read_text(errors="replace")
+            found = READY.search(text)
+            if found:
+                break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"broker did not start:\n{text[-2000:]}")
+            time.sleep(0.05)
+        yield f"quic://127.0.0.1:{found.group(2)}", proc.pid
+    finally:
+        if profile is None:
+            proc.send_signal(signal.SIGTERM)
+        else:  # stop the broker under py-spy; py-spy then writes its file and exits
+            children = subprocess.run(
+                ["pgrep", "-P", str(proc.pid)], capture_output=True, text=True, check=False
+            ).stdout.split()
+            for child in children:
+                os.kill(int(child), signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+
+# ------------------------------------------------------------- raw aioquic, 2 processes
+
+
+def _raw_server_main(row_name: str, cert: tuple[str, str], total: int, pipe: Any) -> None:
+    """Child process: quic_baseline's server endpoint; sends its address up the pipe."""
+    asyncio.run(_raw_server(row_name, cert, total, pipe))
+
+
+async def _raw_server(row_name: str, cert: tuple[str, str], total: int, pipe: Any) -> None:
+    row = next(r for r in quic_baseline.ROWS if r.name == row_name)
+    config = QuicConfiguration(
+        is_client=False, alpn_protocols=[quic_baseline.ALPN], max_datagram_size=row.datagram,
+        max_data=row.max_data, max_stream_data=row.max_stream_data,
+    )  # fmt: skip
+    config.load_cert_chain(cert[0], cert[1])
+    done = asyncio.get_running_loop().create_future()
+    state = {"received": 0, "reported": 0}
+
+    def on_event(event: QuicEvent) -> None:
+        if isinstance(event, StreamDataReceived):
+            state["received"] += len(event.data)
+            received = state["received"]
+            if received - state["reported"] >= quic_baseline.REPORT_EVERY or received == total:
+                state["reported"] = received
+                assert server.quic is not None
+                server.quic.send_stream_data(event.stream_id, received.to_bytes(8, "big"))
+            if received == total and not done.done():
+                done.set_result(None)
+
+    server = quic_baseline.Endpoint(row.io, on_event)
+    server.make_connection = lambda cid: QuicConnection(
+        configuration=config, original_destination_connection_id=cid
+    )
+    pipe.send(await server.open(("127.0.0.1", 0)))
+    try:
+        async with asyncio.timeout(120):
+            await done
+        await asyncio.sleep(0.2)  # the last confirmation goes out (and is retransmitted)
+    finally:
+        server.close()
+
+
+async def raw_two_processes(row_name: str, count: int, size: int, cert: tuple[str, str]) -> float:
+    """quic_baseline's client here, its server in a child process: msg/s until confirmed."""
+    row = next(r for r in quic_baseline.ROWS if r.name == row_name)
+    total, window = count * size, 8 << 20
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=_raw_server_main, args=(row_name, cert, total, child))
+    proc.start()
+    loop = asyncio.get_running_loop()
+    try:
+        addr = await loop.run_in_executor(None, parent.recv)
+        done = loop.create_future()
+        state = {"confirmed": 0, "sent": 0}
+        started = [0.0]
+        message = b"x" * size
+        config = QuicConfiguration(
+            is_client=True, alpn_protocols=[quic_baseline.ALPN], max_datagram_size=row.datagram,
+            max_data=row.max_data, max_stream_data=row.max_stream_data, server_name="localhost",
+        )  # fmt: skip
+        config.load_verify_locations(cert[0])
+
+        def pump() -> None:
+            assert client.quic is not None
+            while state["sent"] < count and state["sent"] * size - state["confirmed"] < window:
+                client.quic.send_stream_data(0, message)
+                state["sent"] += 1
+
+        def on_event(event: QuicEvent) -> None:
+            if isinstance(event, HandshakeCompleted):
+                started[0] = time.perf_counter()
+                pump()
+            elif isinstance(event, StreamDataReceived):
+                data = event.data
+                for i in range(0, len(data) - len(data) % 8, 8):
+                    state["confirmed"] = int.from_bytes(data[i : i + 8], "big")
+                if state["confirmed"] == total and not done.done():
+                    done.set_result(time.perf_counter())
+                pump()
+
+        client = quic_baseline.Endpoint(row.io, on_event)
+        await client.open(("127.0.0.1", 0))
+        client.quic = QuicConnection(configuration=config)
+        client.quic.connect(tuple(addr), now=time.monotonic())
+        client.transmit()
+        try:
+            async with asyncio.timeout(120):
+                finished = await done
+        finally:
+            client.close()
+        return float(count / (finished - started[0]))
+    finally:
+        proc.join(timeout=10)
+        if proc.is_alive():
+            proc.kill()
+
+
+# ------------------------------------------------------------------------ the scenarios
+
+
+def connect(url: str, ca: str, **kw: Any) -> felix_client.Client:
+    return felix_client.connect(url, ca_file=ca, timeout=30.0, **kw)
+
+
+async def make_stream(client: felix_client.Client, name: str, count: int) -> None:
+    await client.admin.create(
+        "stream", name,
+        {"retention_max_records": max(count * 2, 1000), "retention_max_bytes": 1 << 30,
+         "slow_consumer": "block"},
+    )  # fmt: skip
+
+
+async def publish_all(client: felix_client.Client, stream: str, count: int, size: int) -> None:
+    payload = b"x" * size
+    async with client.publisher(stream, ack=AckMode.ACCEPTED) as pub:
+        for _ in range(count):
+            await pub.publish(payload)
+
+
+async def bench_fanout(
+    url: str, ca: str, stream: str, count: int, size: int, subscribers: int
+) -> dict[str, float]:
+    """Publish ``count`` records while ``subscribers`` read them all; deliveries/s."""
+    async with connect(url, ca) as admin:
+        await make_stream(admin, stream, count)
+    clients = [connect(url, ca) for _ in range(subscribers + 1)]
+    for c in clients:
+        await c.__aenter__()
+    try:
+        pub_client, sub_clients = clients[0], clients[1:]
+        done_at: list[float] = []
+        subs = []
+        for c in sub_clients:
+            sub = c.subscribe(stream, start="earliest")
+            await sub.open()
+            subs.append(sub)
+
+        async def read(sub: Any) -> None:
+            n = 0
+            async for event in sub:
+                n += 1
+                if n == count:
+                    assert event.offset == count - 1 + sub.first_offset
+                    break
+            done_at.append(time.perf_counter())
+
+        started = time.perf_counter()
+        async with asyncio.timeout(300):
+            readers = [asyncio.create_task(read(s)) for s in subs]
+            await publish_all(pub_client, stream, count, size)
+            published = time.perf_counter() - started
+            await asyncio.gather(*readers)
+        elapsed = max(done_at) - started
+        for s in subs:
+            await s.close()
+    finally:
+        for c in reversed(clients):
+            await c.__aexit__(None, None, None)
+    total = count * subscribers
+    return {
+        "msgs": count, "subscribers": subscribers, "seconds": elapsed,
+        "msg_per_s": total / elapsed, "publish_msg_per_s": count / published,
+    }  # fmt: skip
+
+
+async def bench_cache(
+    url: str, ca: str, name: str, concurrency: int, duration: float, size: int
+) -> dict[str, float]:
+    async with connect(url, ca) as client:
+        await client.admin.create("cache", name, {})
+        cache = client.cache(name)
+        await cache.put("k", b"v" * size)
+        latencies: list[float] = []
+        stop = time.perf_counter() + duration
+        for _ in range(200):  # warm up
+            await cache.get("k")
+
+        async def worker() -> None:
+            perf = time.perf_counter
+            while (t0 := perf()) < stop:
+                entry = await cache.get("k")
+                latencies.append(perf() - t0)
+                assert entry is not None
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    latencies.sort()
+    q = statistics.quantiles(latencies, n=100)
+    return {
+        "ops": len(latencies), "concurrency": concurrency, "ops_per_s": len(latencies) / elapsed,
+        "p50_ms": q[49] * 1000, "p99_ms": q[98] * 1000,
+    }  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- driver
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "count": args.count, "size": args.size, "runtime": args.runtime,
+        "topology": "broker subprocess; all clients in this process, one asyncio loop",
+    }  # fmt: skip
+    only = set(args.only or "abcde")
+    with tempfile.TemporaryDirectory() as tmp:
+        if "a" in only:
+            files = ensure_self_signed(tmp)
+            cert = (str(files.cert_path), str(files.key_path))
+            row = next(r for r in quic_baseline.ROWS if r.name == "batch-1452-big")
+            raw = 0.0
+            for _ in range(args.repeat):
+                raw = max(
+                    raw, await quic_baseline.run_row(row, args.count, args.size, 8 << 20, cert)
+                )
+            two = 0.0
+            for _ in range(args.repeat):
+                two = max(two, await raw_two_processes(row.name, args.count, args.size, cert))
+            out["a_raw_aioquic"] = {"msgs": args.count, "msg_per_s": two, "one_process": raw}
+        profile = Path(args.profile_dir) if args.profile_dir else None
+        if profile is not None:
+            profile.mkdir(parents=True, exist_ok=True)
+        data = Path(tmp) / "broker"
+        data.mkdir()
+        with broker(args.runtime, data, profile) as (url, _pid):
+            ca = str(data / "cert.pem")
+            spy = None
+            if profile is not None:
+                spy = subprocess.Popen(
+                    [shutil.which("py-spy", path=str(Path(sys.executable).parent)) or "py-spy",
+                     "record", "--format", "raw", "--rate", "250", "--nonblocking",
+                     "-o", str(profile / "client.txt"), "--pid", str(os.getpid())],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                )  # fmt: skip
+                await asyncio.sleep(1.0)
+            try:
+                for letter in "bcde":
+                    if letter not in only:
+                        continue
+                    best: dict[str, Any] | None = None
+                    key = "ops_per_s" if letter == "e" else "msg_per_s"
+                    samples: list[float] = []
+                    for i in range(args.repeat):
+                        result = await scenario(letter, url, ca, args, i)
+                        samples.append(round(result[key]))
+                        if best is None or result[key] > best[key]:
+                            best = result
+                    assert best is not None
+                    best["samples"] = samples
+                    out[NAMES[letter]] = best
+            finally:
+                if spy is not None:
+                    spy.send_signal(signal.SIGINT)
+                    spy.wait(timeout=30)
+    raw_rate = out.get("a_raw_aioquic", {}).get("msg_per_s")
+    if raw_rate:
+        for letter in "bcd":
+            if NAMES[letter] in out:
+                out[NAMES[letter]]["ratio_to_raw"] = out[NAMES[letter]]["msg_per_s"] / raw_rate
+        if NAMES["e"] in out:
+            out[NAMES["e"]]["ratio_to_raw"] = out[NAMES["e"]]["ops_per_s"] / raw_rate
+    return out
+
+
+NAMES = {"b": "b_publish", "c": "c_pub_1sub", "d": "d_fanout10", "e": "e_cache_get_c32"}
+
+
+async def scenario(letter: str, url: str, ca: str, args: argparse.Namespace, i: int) -> Any:
+    if letter == "b":
+        async with connect(url, ca) as client:
+            await make_stream(client, f"e2e-pub-{i}", args.count)
+        return await bench_publish_named(url, ca, f"e2e-pub-{i}", args.count, args.size)
+    if letter == "c":
+        return await bench_fanout(url, ca, f"e2e-sub-{i}", args.count, args.size, 1)
+    if letter == "d":
+        n = max(args.count // args.fanout_divisor, 1000)
+        return await bench_fanout(url, ca, f"e2e-fan-{i}", n, args.size, 10)
+    return await bench_cache(url, ca, f"e2e-cache-{i}", 32, args.cache_seconds, 256)
+
+
+async def bench_publish_named(url: str, ca: str, stream: str, count: int, size: int) -> Any:
+    async with connect(url, ca) as client:
+        started = time.perf_counter()
+        await publish_all(client, stream, count, size)
+        elapsed = time.perf_counter() - started
+    return {"msgs": count, "seconds": elapsed, "msg_per_s": count / elapsed}
+
+
+def print_table(out: dict[str, Any]) -> None:
+    print(f"Felix end to end, {out['count']} x {out['size']} B, broker runtime {out['runtime']}")
+    print(f"({out['topology']})")
+    print(f"{'scenario':22} {'rate':>12} {'unit':>10} {'vs raw':>7}  extra")
+    a = out.get("a_raw_aioquic")
+    if a:
+        print(
+            f"{'a raw aioquic':22} {a['msg_per_s']:>12,.0f} {'msg/s':>10} {'1.00':>7}  "
+            f"one process: {a['one_process']:,.0f} msg/s"
+        )
+    labels = {"b": "b publish (acked)", "c": "c pub -> 1 sub", "d": "d fanout x10"}
+    for letter, label in labels.items():
+        r = out.get(NAMES[letter])
+        if r:
+            ratio = f"{r['ratio_to_raw']:.2f}" if "ratio_to_raw" in r else "-"
+            extra = (
+                f"publisher {r['publish_msg_per_s']:,.0f} msg/s" if "publish_msg_per_s" in r else ""
+            )
+            unit = "deliv/s" if letter == "d" else "msg/s"
+            print(f"{label:22} {r['msg_per_s']:>12,.0f} {unit:>10} {ratio:>7}  {extra}")
+    r = out.get(NAMES["e"])
+    if r:
+        ratio = f"{r['ratio_to_raw']:.2f}" if "ratio_to_raw" in r else "-"
+        print(
+            f"{'e cache get c=32':22} {r['ops_per_s']:>12,.0f} {'ops/s':>10} {ratio:>7}  "
+            f"p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--count", type=int, default=100_000, help="records per scenario")
+    parser.add_argument("--size", type=int, default=100, help="payload bytes")
+    parser.add_argument("--fanout-divisor", type=int, default=4,
+                        help="fanout publishes count / this many records")  # fmt: skip
+    parser.add_argument("--cache-seconds", type=float, default=3.0)
+    parser.add_argument("--repeat", type=int, default=1, help="runs per scenario (best shown)")
+    parser.add_argument("--runtime", choices=sorted(RUNTIME_MODULES), default="asyncio")
+    parser.add_argument("--only", help="scenario letters to run, e.g. 'ac' (default: abcde)")
+    parser.add_argument("--profile-dir", help="py-spy both processes into this directory")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args(argv)
+    out = asyncio.run(run(args))
+    if args.json:
+        print(json.dumps(out, indent=2))
+    else:
+        print_table(out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
