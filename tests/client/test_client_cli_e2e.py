@@ -1,4 +1,5 @@
-"""``felix`` as a user runs it: separate processes against a real broker on 127.0.0.1."""
+"""``felix`` as a user runs it: separate processes against a real broker on 127.0.0.1 (one
+per runtime: ``broker`` comes from ``tests/conftest.py``)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import sys
 import time
 
 import pytest
-from client_broker import RunningBroker, env_with_path
+from brokers import Broker, child_env
 
 _names = itertools.count()
 TIMEOUT = 20
@@ -23,9 +24,7 @@ def felix_command() -> list[str]:
     return [script] if script else [sys.executable, "-m", "felix_client.cli"]
 
 
-def run(
-    broker: RunningBroker, *args: str, stdin: str | None = None
-) -> subprocess.CompletedProcess[str]:
+def run(broker: Broker, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     """Run one ``felix`` command against the test broker (bounded)."""
     cmd = [*felix_command(), "--server", broker.url, "--ca", broker.ca_file, *args]
     return subprocess.run(
@@ -35,7 +34,7 @@ def run(
         capture_output=True,
         text=True,
         timeout=TIMEOUT,
-        env=env_with_path(),
+        env=child_env(),
     )
 
 
@@ -43,7 +42,7 @@ def name(prefix: str) -> str:
     return f"cli-{prefix}-{os.getpid()}-{next(_names)}"
 
 
-def test_pub_then_sub_from_earliest(broker: RunningBroker) -> None:
+def test_pub_then_sub_from_earliest(broker: Broker) -> None:
     stream = name("s")
     assert run(broker, "admin", "create", "stream", stream).returncode == 0
     single = run(broker, "pub", stream, "first")
@@ -58,13 +57,13 @@ def test_pub_then_sub_from_earliest(broker: RunningBroker) -> None:
     assert (record["offset"], record["payload"]) == (1, "second")
 
 
-def test_live_sub_sees_a_pub_from_another_process(broker: RunningBroker) -> None:
+def test_live_sub_sees_a_pub_from_another_process(broker: Broker) -> None:
     stream = name("live")
     assert run(broker, "admin", "create", "stream", stream).returncode == 0
     cmd = [*felix_command(), "--server", broker.url, "--ca", broker.ca_file, "sub", stream,
            "--count", "2", "--idle", "10"]  # fmt: skip
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          env=env_with_path()) as sub:  # fmt: skip
+                          env=child_env()) as sub:  # fmt: skip
         try:
             time.sleep(1.0)  # let it subscribe (from latest)
             assert run(broker, "pub", stream, "--count", "2", "--size", "8", "-q").returncode == 0
@@ -76,7 +75,7 @@ def test_live_sub_sees_a_pub_from_another_process(broker: RunningBroker) -> None
     assert out.splitlines() == ["xxxxxxxx", "xxxxxxxx"]
 
 
-def test_cache_put_get_del(broker: RunningBroker) -> None:
+def test_cache_put_get_del(broker: Broker) -> None:
     cache = name("c")
     assert run(broker, "admin", "create", "cache", cache).returncode == 0
     put = run(broker, "cache", "put", cache, "alice", "42", "--ttl", "60")
@@ -96,19 +95,17 @@ def test_cache_put_get_del(broker: RunningBroker) -> None:
         (("admin", "describe", "queue", "no-such-queue"), "NOT_FOUND"),
     ],
 )
-def test_errors_are_one_line_and_exit_1(
-    broker: RunningBroker, args: tuple[str, ...], needle: str
-) -> None:
+def test_errors_are_one_line_and_exit_1(broker: Broker, args: tuple[str, ...], needle: str) -> None:
     result = run(broker, *args)
     assert result.returncode == 1
     assert result.stderr.count("\n") == 1 and needle in result.stderr
     assert result.stderr.startswith("felix: error: ")
 
 
-def test_untrusted_certificate_says_what_to_do(broker: RunningBroker) -> None:
+def test_untrusted_certificate_says_what_to_do(broker: Broker) -> None:
     cmd = [*felix_command(), "--server", broker.url, "cache", "get", "c", "k"]
     result = subprocess.run(
-        cmd, check=False, capture_output=True, text=True, timeout=TIMEOUT, env=env_with_path()
+        cmd, check=False, capture_output=True, text=True, timeout=TIMEOUT, env=child_env()
     )
     assert result.returncode == 1
     assert result.stderr.count("\n") == 1 and "--ca" in result.stderr

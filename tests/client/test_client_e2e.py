@@ -1,4 +1,5 @@
-"""The client against a real broker over QUIC on 127.0.0.1, under asyncio and trio."""
+"""The client against a real broker over QUIC on 127.0.0.1, under asyncio and trio, against
+every broker runtime (``broker`` comes from ``tests/conftest.py``)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from collections.abc import AsyncIterator
 
 import anyio
 import pytest
-from client_broker import RunningBroker
+from brokers import Broker
 
 from felix_client import (
     AckMode,
@@ -32,7 +33,7 @@ def unique(prefix: str) -> str:
 
 
 @pytest.fixture
-async def client(broker: RunningBroker) -> AsyncIterator[Client]:
+async def client(broker: Broker) -> AsyncIterator[Client]:
     async with Client(broker.url, ca_file=broker.ca_file, timeout=5.0) as c:
         yield c
 
@@ -157,7 +158,7 @@ async def test_queue_ack_and_nack_redelivers(client: Client) -> None:
     assert sorted(seen) == sorted([(b"job-2", 1), (first.payload, 2)])
 
 
-async def test_concurrent_cache_requests_over_a_pool(broker: RunningBroker) -> None:
+async def test_concurrent_cache_requests_over_a_pool(broker: Broker) -> None:
     async with Client(broker.url, ca_file=broker.ca_file, pool_size=2, request_streams=4) as c:
         name = unique("c")
         await c.admin.create("cache", name)
@@ -183,13 +184,13 @@ async def test_ack_none_publish_and_timeouts_are_typed(client: Client) -> None:
     assert issubclass(errors.RequestTimeout, FelixError)
 
 
-async def test_untrusted_certificate_is_refused(broker: RunningBroker) -> None:
+async def test_untrusted_certificate_is_refused(broker: Broker) -> None:
     with anyio.fail_after(10), pytest.raises(FelixError):
         async with Client(broker.url, timeout=3.0):
             pass
 
 
-def test_blocking_client(broker: RunningBroker) -> None:
+def test_blocking_client(broker: Broker) -> None:
     with BlockingClient(broker.url, ca_file=broker.ca_file, timeout=5.0) as c:
         stream = unique("s")
         c.admin("create", "stream", stream)

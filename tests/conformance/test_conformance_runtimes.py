@@ -1,7 +1,7 @@
 """The conformance suite, through its command line, against every runtime's broker.
 
 Each runtime (asyncio, anyio on asyncio, anyio on trio) runs as a ``felix broker``
-subprocess (R1's ``tests/runtimes/brokers.py``); the three suites run concurrently to keep
+subprocess (``tests/brokers.py``); the three suites run concurrently to keep
 the wall time down. The result must be the in-process one: everything passes or skips
 except :data:`KNOWN_BROKER_FINDINGS`, which must still fail.
 """
@@ -13,10 +13,8 @@ from pathlib import Path
 
 import anyio
 import pytest
+from brokers import RUNTIMES, Broker, start_broker  # tests/ is on sys.path (tests/conftest.py)
 from test_conformance_suite import KNOWN_BROKER_FINDINGS
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from runtimes.brokers import RUNTIMES, Broker, start_broker
 
 pytestmark = pytest.mark.anyio
 

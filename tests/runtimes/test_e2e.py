@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import anyio
 import pytest
+from brokers import ENTRY, RUNTIMES, Broker, FreshBroker, child_env
 
 from felix_client import (
     Client,
@@ -25,7 +25,6 @@ from felix_client import (
 )
 from felix_client.types import Event
 
-from .brokers import ENTRY, RUNTIMES, Broker, child_env
 from .conftest import CLIENT_BACKENDS
 
 pytestmark = pytest.mark.anyio
@@ -175,7 +174,7 @@ async def test_metrics_and_health(broker: Broker, name: str) -> None:
 
 
 @pytest.mark.parametrize("anyio_backend", CLIENT_BACKENDS)
-async def test_graceful_shutdown_exits_zero(fresh_broker: Callable[[], Broker]) -> None:
+async def test_graceful_shutdown_exits_zero(fresh_broker: FreshBroker) -> None:
     broker = fresh_broker()
     async with client(broker) as c:
         await c.admin.create("stream", "s")

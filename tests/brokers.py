@@ -1,5 +1,8 @@
 """Start a broker of any runtime as a subprocess on 127.0.0.1 (port 0) and stop it.
 
+Shared by every test directory: ``tests/conftest.py`` builds the session's ``broker``
+fixture (one broker process per runtime) and ``fresh_broker`` on top of it.
+
 The broker runs through the ``felix broker`` entry point (``felix_client.cli.broker_main``)
 with ``--runtime`` / ``--backend``, so the CLI dispatch is exercised too. It logs JSON lines
 on stderr; a reader thread keeps the pipe drained and :func:`start_broker` waits (bounded)
@@ -17,11 +20,12 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 START_TIMEOUT = 15.0
 """Seconds a broker may take to print its listening line."""
 STOP_TIMEOUT = 10.0
@@ -33,6 +37,19 @@ RUNTIMES: dict[str, list[str]] = {
     "anyio-trio": ["--runtime", "anyio", "--backend", "trio"],
 }
 """Runtime id -> the ``felix broker`` flags that select it."""
+
+
+def selected_runtimes() -> list[str]:
+    """The runtimes the end-to-end tests run against: all of :data:`RUNTIMES`, or the
+    comma-separated ids in ``FELIX_TEST_RUNTIMES`` (for a quick local run)."""
+    chosen = os.environ.get("FELIX_TEST_RUNTIMES", "").replace(" ", "")
+    if not chosen:
+        return list(RUNTIMES)
+    unknown = set(chosen.split(",")) - set(RUNTIMES)
+    if unknown:
+        raise ValueError(f"FELIX_TEST_RUNTIMES: unknown runtime(s) {sorted(unknown)}")
+    return [r for r in RUNTIMES if r in chosen.split(",")]
+
 
 ENTRY = "import sys; from felix_client.cli import broker_main; sys.exit(broker_main(sys.argv[1:]))"
 
@@ -54,6 +71,11 @@ class Broker:
     def url(self) -> str:
         """``quic://127.0.0.1:PORT``."""
         return f"quic://{self.host}:{self.port}"
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The bound QUIC address."""
+        return (self.host, self.port)
 
     @property
     def ca_file(self) -> str:
@@ -81,6 +103,10 @@ class Broker:
         return proc.returncode
 
 
+FreshBroker = Callable[..., Broker]
+"""The ``fresh_broker`` fixture: ``fresh_broker(*flags, port=0, data_dir=None) -> Broker``."""
+
+
 def child_env() -> dict[str, str]:
     """The environment for a broker: the repository on ``PYTHONPATH``, no ``FELIX_*``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("FELIX_")}
@@ -97,8 +123,10 @@ def _read_lines(proc: subprocess.Popen[bytes], out: list[dict[str, Any]]) -> Non
             out.append({"msg": raw.decode(errors="replace").rstrip()})
 
 
-def start_broker(runtime: str, data_dir: Path, *extra: str) -> Broker:
+def start_broker(runtime: str, data_dir: Path, *extra: str, port: int = 0) -> Broker:
     """Start a ``runtime`` broker with its data in ``data_dir``; wait until it listens.
+
+    ``port`` is the QUIC port (0: any free one); ``extra`` flags come last, so they win.
 
     Raises:
         RuntimeError: it exited or did not listen within :data:`START_TIMEOUT`.
@@ -107,7 +135,7 @@ def start_broker(runtime: str, data_dir: Path, *extra: str) -> Broker:
     env = child_env()
     cmd = [
         sys.executable, "-c", ENTRY, *RUNTIMES[runtime],
-        "--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0", "--data-dir", str(data_dir),
+        "--listen", f"127.0.0.1:{port}", "--metrics", "127.0.0.1:0", "--data-dir", str(data_dir),
         "--log-format", "json", "--shutdown-grace-s", "0.5", "--shutdown-drain-s", "3",
         *extra,
     ]  # fmt: skip
