@@ -1,12 +1,14 @@
 """Prometheus metrics and health: what ``/metrics``, ``/live`` and ``/ready`` answer.
 
 :class:`PrometheusObserver` plugs into the shared glue's observer hook
-(:class:`felix_server.observer.ServerObserver`) and counts what it reports; engine gauges
-(queue depth, in-flight, cache entries ...) are read from ``Broker.stats()`` at scrape time.
+(:class:`felix_server.observer.ServerObserver`) and counts what it reports; engine figures
+(queue depth, in-flight, cache entries ...) are read at scrape time through
+:func:`felix_server.stats.engine_figures`, the same code path for every runtime.
 Names follow the reference broker where one exists (``felix_publish_requests_total``,
 ``felix_publish_bytes_total``, ``felix_subscribe_dropped_total``,
 ``felix_quic_protocol_violation_total``). Labels are request kinds, end reasons and error
-codes only: never message data or resource names.
+codes, and on the bounded per-queue and per-cache series resource names: never message
+data.
 
 :class:`Responder` turns one HTTP request head into the complete response bytes; it is pure
 (no socket, no event loop). Each runtime carries requests to it over its own small HTTP
@@ -26,7 +28,7 @@ from prometheus_client.registry import Collector
 from felix_runtime.logs import log_fields, logger
 from felix_server.observer import ServerObserver
 from felix_server.server import FelixServer
-from felix_server.stats import engine_stats
+from felix_server.stats import CACHE_FIGURES, QUEUE_FIGURES, engine_figures
 
 __all__ = ["PrometheusObserver", "Responder"]
 
@@ -53,6 +55,11 @@ _ENGINE: dict[str, tuple[str, str, str]] = {
     "stream_blocked_publishes": ("felix_stream_blocked_publishes", "counter", "Refused"),
     "queue_depth": ("felix_queue_depth", "gauge", "Queue messages waiting (all queues)"),
     "queue_in_flight": ("felix_queue_in_flight", "gauge", "Queue deliveries not yet settled"),
+    "queue_oldest_age_seconds": (
+        "felix_queue_oldest_age_seconds",
+        "gauge",
+        "Age of the oldest unfinished message (0: none)",
+    ),
     "queue_redeliveries": ("felix_queue_redeliveries", "counter", "Queue redeliveries"),
     "queue_dead_lettered": ("felix_queue_dead_lettered", "counter", "Dead-lettered messages"),
     "cache_entries": ("felix_cache_entries", "gauge", "Cache entries"),
@@ -68,7 +75,15 @@ _ENGINE: dict[str, tuple[str, str, str]] = {
 
 
 class _EngineCollector(Collector):
-    """Reads ``Broker.stats()`` and the server's session table at scrape time."""
+    """Reads the engine's figures and the server's session table at scrape time.
+
+    Per-queue and per-cache series carry the labels ``tenant``, ``namespace`` and ``queue``
+    (``cache``): resource names only. They are named after the total with ``_per_queue``
+    (``_per_cache``) appended, so ``sum()`` over them never double-counts the total, and
+    they are exported only while the broker holds at most ``metrics_resource_limit``
+    resources of that kind; above it ``felix_metrics_resource_series_capped{kind}`` is 1 and
+    only the totals are exported.
+    """
 
     def __init__(self, server: FelixServer) -> None:
         self.server = server
@@ -88,12 +103,36 @@ class _EngineCollector(Collector):
             value=sum(s.buffered_bytes for s in sessions),
         )
         yield GaugeMetricFamily("felix_ready", "1 while the broker is ready", value=server.ready)
-        for key, value in engine_stats(server.broker, time.time()).items():
+        figures = engine_figures(server.broker, time.time(), server.config.metrics_resource_limit)
+        for key, value in figures.totals.items():
             name, kind, doc = _ENGINE.get(key, (f"felix_engine_{key}", "gauge", key))
-            if kind == "counter":
-                yield CounterMetricFamily(name, doc, value=value)
-            else:
-                yield GaugeMetricFamily(name, doc, value=value)
+            family = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
+            yield family(name, doc, value=value)
+        yield from _per_resource("queue", QUEUE_FIGURES, figures.queues)
+        yield from _per_resource("cache", CACHE_FIGURES, figures.caches)
+        capped = GaugeMetricFamily(
+            "felix_metrics_resource_series_capped",
+            "1 when a kind has more resources than metrics_resource_limit (totals only)",
+            labels=["kind"],
+        )
+        for kind in ("queue", "cache"):
+            capped.add_metric([kind], kind in figures.capped)
+        yield capped
+
+
+def _per_resource(
+    kind: str, keys: Iterable[str], rows: dict[tuple[str, str, str], dict[str, float]]
+) -> Iterable[Metric]:
+    if not rows:
+        return
+    for key in keys:
+        name, metric_kind, doc = _ENGINE[f"{kind}_{key}"]
+        family = CounterMetricFamily if metric_kind == "counter" else GaugeMetricFamily
+        metric = family(f"{name}_per_{kind}", f"{doc}, per {kind}",
+                        labels=["tenant", "namespace", kind])  # fmt: skip
+        for path, values in rows.items():
+            metric.add_metric(list(path), values[key])
+        yield metric
 
 
 class PrometheusObserver(ServerObserver):

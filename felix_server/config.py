@@ -123,6 +123,10 @@ class ServerConfig:
     """Metrics and health HTTP address, ``HOST:PORT``."""
     metrics_enabled: bool = True
     """Serve ``/metrics``, ``/live`` and ``/ready``."""
+    metrics_resource_limit: int = 100
+    """Per-queue and per-cache metric series (labels ``tenant``, ``namespace`` and the name)
+    are exported while the broker holds at most this many queues (caches); above it only
+    the totals are, which bounds label cardinality. 0: totals only."""
     data_dir: str = "felix-data"
     """Directory for the generated certificate (and, later, the durable log)."""
     tls_cert: str | None = None
@@ -176,6 +180,8 @@ class ServerConfig:
             raise ConfigError("need 0 <= shutdown_grace_s <= shutdown_drain_s")
         if not self.data_dir:
             raise ConfigError("data_dir must not be empty")
+        if self.metrics_resource_limit < 0:
+            raise ConfigError("metrics_resource_limit must be >= 0")
         self.transport.validate()
 
 

@@ -1,54 +1,83 @@
-"""Engine-wide figures for metrics: ``Broker.stats()`` plus queue and cache totals.
+"""Engine figures for metrics, computed once for both runtimes' ``/metrics``.
 
-Both runtimes' metrics endpoints call :func:`engine_stats` at scrape time. Queue and cache
-totals (depth, in-flight, redeliveries, dead letters; entries, bytes, hits, misses,
-evictions, expirations) are summed over every queue and cache through the broker's public
-admin API when ``Broker.stats()`` does not carry them itself. The keys are fixed words, never
-resource names, so they are safe as metric names.
+:func:`engine_figures` turns :meth:`Broker.stats() <felix_core.broker_core.BrokerCore.stats>`
+and :meth:`Broker.totals() <felix_core.broker_core.BrokerCore.totals>` into flat mappings
+from a fixed key to a number: broker-wide totals (``queue_depth``, ``cache_hits`` ...) and,
+for a broker with few enough queues (caches), the same figures per resource. Nothing here
+walks messages or metadata: the engine keeps its counters as things happen (see
+``docs/engine.md``).
+
+Labels: a per-resource figure is keyed by ``(tenant, namespace, name)``, resource names
+only, never message data. Their number is bounded: a kind with more resources than
+``detail_limit`` (the ``metrics_resource_limit`` setting) gets no per-resource figures at
+all, only totals, and :attr:`EngineFigures.capped` names it so the scrape says so.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from felix_core.broker import Broker
-from felix_core.errors import EngineError
+from felix_core.cache import CacheStats, CacheTotals
+from felix_core.queues import QueueStats, QueueTotals
 
-__all__ = ["CACHE_TOTALS", "QUEUE_TOTALS", "engine_stats"]
+__all__ = ["CACHE_FIGURES", "QUEUE_FIGURES", "EngineFigures", "engine_figures"]
 
-QUEUE_TOTALS = ("depth", "in_flight", "redeliveries", "dead_lettered", "records", "bytes")
-"""Per-queue stats summed into ``queue_<name>``."""
-CACHE_TOTALS = ("entries", "bytes", "hits", "misses", "evictions", "expirations", "puts")
-"""Per-cache stats summed into ``cache_<name>``."""
+Path = tuple[str, str, str]
+
+QUEUE_FIGURES = (
+    "depth", "in_flight", "oldest_age_seconds", "redeliveries", "dead_lettered",
+    "records", "bytes",
+)  # fmt: skip
+"""Figures of each queue (``queue_<figure>`` in the totals)."""
+CACHE_FIGURES = ("entries", "bytes", "hits", "misses", "puts", "evictions", "expirations")
+"""Figures of each cache (``cache_<figure>`` in the totals)."""
 
 
-def engine_stats(broker: Broker, now: float) -> dict[str, float]:
-    """``Broker.stats()`` with ``queue_*`` and ``cache_*`` totals added.
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EngineFigures:
+    """What one scrape exports from the engine."""
+
+    totals: dict[str, float]
+    """``Broker.stats()`` plus ``queue_<figure>`` and ``cache_<figure>`` totals."""
+    queues: dict[Path, dict[str, float]]
+    """Each queue's :data:`QUEUE_FIGURES`; empty when capped."""
+    caches: dict[Path, dict[str, float]]
+    """Each cache's :data:`CACHE_FIGURES`; empty when capped."""
+    capped: frozenset[str]
+    """``queue`` and/or ``cache`` when that kind had more resources than the limit."""
+
+
+def engine_figures(broker: Broker, now: float, detail_limit: int = 0) -> EngineFigures:
+    """The engine's figures at ``now``.
 
     Args:
         broker: the engine.
-        now: the current time (queue stats need it).
+        now: the current time (for the oldest queue message's age).
+        detail_limit: per-resource figures for a kind with at most this many resources.
 
     Returns:
-        A flat mapping from a fixed key to a number.
+        An :class:`EngineFigures`. ``oldest_age_seconds`` is 0 when no message is waiting.
     """
-    out: dict[str, float] = dict(broker.stats())
-    if "queue_depth" in out and "cache_hits" in out:
-        return out  # the engine reports its own totals
-    totals = {f"queue_{k}": 0.0 for k in QUEUE_TOTALS}
-    totals.update({f"cache_{k}": 0.0 for k in CACHE_TOTALS})
-    try:
-        for tenant in broker.list("tenant"):
-            t = tenant["tenant"]
-            for ns in broker.list("namespace", t):
-                n = ns["namespace"]
-                for kind, keys in (("queue", QUEUE_TOTALS), ("cache", CACHE_TOTALS)):
-                    for res in broker.list(kind, t, n):
-                        stats = broker.describe(kind, t, n, res["name"], now=now).get("stats")
-                        for key in keys:
-                            value = (stats or {}).get(key)
-                            if isinstance(value, int | float):
-                                totals[f"{kind}_{key}"] += value
-    except EngineError:  # a resource vanished mid-scan: report what was summed
-        pass
-    for key, value in totals.items():
-        out.setdefault(key, value)
-    return out
+    t = broker.totals(now, detail_limit=detail_limit)
+    totals: dict[str, float] = dict(broker.stats())
+    totals.update({f"queue_{k}": v for k, v in _queue(t.queues).items()})
+    totals.update({f"cache_{k}": v for k, v in _cache(t.caches).items()})
+    queues = {path: _queue(s) for path, s in t.queue_detail.items()}
+    caches = {path: _cache(s) for path, s in t.cache_detail.items()}
+    capped = set()
+    if t.queues.queues and not queues:
+        capped.add("queue")
+    if t.caches.caches and not caches:
+        capped.add("cache")
+    return EngineFigures(totals=totals, queues=queues, caches=caches, capped=frozenset(capped))
+
+
+def _queue(s: QueueStats | QueueTotals) -> dict[str, float]:
+    figures = {k: float(getattr(s, k)) for k in QUEUE_FIGURES if k != "oldest_age_seconds"}
+    figures["oldest_age_seconds"] = s.oldest_age_s or 0.0
+    return figures
+
+
+def _cache(s: CacheStats | CacheTotals) -> dict[str, float]:
+    return {k: float(getattr(s, k)) for k in CACHE_FIGURES}

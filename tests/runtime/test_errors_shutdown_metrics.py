@@ -172,6 +172,8 @@ async def test_metrics_endpoint(connect: Connect, broker: BrokerProcess) -> None
             "felix_subscribe_dropped_total",
             "felix_memory_used_bytes",
             "felix_queue_depth 2.0",
+            f'felix_queue_depth_per_queue{{namespace="{N}",queue="mq",tenant="{T}"}} 2.0',
+            "felix_queue_oldest_age_seconds",
             "felix_queue_in_flight 0.0",
             "felix_queue_dead_lettered_total",
             "felix_cache_misses_total 1.0",
