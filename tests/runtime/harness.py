@@ -1,13 +1,14 @@
-"""Test harness for the asyncio broker: an in-process broker and a raw QUIC Felix client.
+"""Test harness for the broker on the wire: a raw QUIC Felix client and a metrics reader.
 
 :class:`RawClient` is deliberately not felix_client: it drives an aioquic client
 ``QuicConnection`` and a felix_proto ``ClientConnection`` over a UDP socket by hand, so the
-broker is tested on the wire. Every wait has a timeout.
+broker (of any runtime) is tested on the wire. Every wait has a timeout.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -134,6 +135,13 @@ class RawClient(asyncio.DatagramProtocol):
             self._transport.close()
             self._transport = None
 
+    def hang_up(self) -> None:
+        """Close the QUIC connection (CONNECTION_CLOSE sent) and the socket."""
+        if self._transport is not None:
+            self.quic.close()
+            self.transmit()
+        self.close()
+
     def kill(self) -> None:
         """Vanish without a word (a killed process): no CONNECTION_CLOSE."""
         self.close()
@@ -222,3 +230,28 @@ def payloads(client: RawClient, subscription_id: int | None = None) -> list[byte
         if subscription_id is None or e.subscription_id == subscription_id
         for p in e.batch.payloads
     ]
+
+
+async def http_get(address: tuple[str, int], path: str, timeout: float = WAIT) -> tuple[int, str]:
+    """A minimal HTTP/1.1 GET to the metrics endpoint: (status, body)."""
+    async with asyncio.timeout(timeout):
+        reader, writer = await asyncio.open_connection(*address)
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        data = await reader.read()
+        writer.close()
+    head, _, body = data.decode().partition("\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+def sample(body: str, series: str) -> float:
+    """The value of one series (``name`` or ``name{labels}``) in a Prometheus text body."""
+    found = re.search(rf"^{re.escape(series)} (\S+)$", body, re.MULTILINE)
+    assert found, f"{series} not in the metrics"
+    return float(found.group(1))
+
+
+async def metric(address: tuple[str, int], series: str) -> float:
+    """Scrape ``/metrics`` and return one series' value."""
+    status, body = await http_get(address, "/metrics")
+    assert status == 200
+    return sample(body, series)

@@ -1,21 +1,23 @@
-"""Error codes on the wire, ALPN, graceful shutdown, back-pressure and the metrics endpoint."""
+"""Error codes on the wire, ALPN, graceful shutdown, back-pressure and the metrics endpoint,
+against every runtime: the broker is a subprocess, seen only through QUIC, its exit code and
+the metrics endpoint (back-pressure through ``felix_connections_paused`` and
+``felix_connection_buffered_bytes``)."""
 
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
 from aioquic.quic import events as qe
+from brokers import Broker
 
 from felix_proto import events as fe
 from felix_proto import messages as m
 from felix_proto.codec import MessageDecoder, encode
 from felix_proto.errors import ErrorCode
-from felix_runtime_asyncio.app import BrokerProcess
 
 from .conftest import Connect, StartBroker
-from .harness import N, RawClient, T, create, payloads
+from .harness import N, RawClient, T, create, http_get, metric, payloads, sample
 
 pytestmark = pytest.mark.anyio
 
@@ -27,7 +29,7 @@ async def failed(client: RawClient, rid: int) -> fe.RequestFailed:
 
 
 async def test_engine_errors_map_to_codes(start_broker: StartBroker, connect: Connect) -> None:
-    proc = await start_broker(broker={"max_payload_bytes": 1024})
+    proc = await start_broker(broker={"max_payload_bytes": 1024})  # its own: a small limit
     c = await connect(proc)
     await create(c, "stream", "s")
     rid = c.call(c.felix.admin, m.AdminCreate, kind="stream", tenant=T, namespace=N, name="s")
@@ -73,8 +75,8 @@ async def test_garbage_on_control_stream_closes_with_bad_frame(connect: Connect)
     assert closed.error_code == ErrorCode.BAD_FRAME
 
 
-async def test_wrong_alpn_fails_the_handshake(broker: BrokerProcess) -> None:
-    c = RawClient(str(broker.cert_path), alpn=["h3"])
+async def test_wrong_alpn_fails_the_handshake(broker: Broker) -> None:
+    c = RawClient(broker.ca_file, alpn=["h3"])
     with pytest.raises(TimeoutError):
         await c.connect(broker.address, timeout=0.3)  # never completes ...
     await c.wait_quic(qe.ConnectionTerminated, timeout=3)  # ... the broker refused it
@@ -92,32 +94,36 @@ async def test_no_alpn_is_accepted_and_the_version_decides(connect: Connect) -> 
     assert isinstance(handshake, qe.HandshakeCompleted) and handshake.alpn_protocol == "felix/2"
 
 
-async def test_graceful_shutdown(connect: Connect, broker: BrokerProcess) -> None:
-    c = await connect()
+async def test_graceful_shutdown(start_broker: StartBroker, connect: Connect) -> None:
+    proc = await start_broker(shutdown_grace_s=1.0)  # its own: it is stopped
+    c = await connect(proc)
     await create(c, "stream", "s")
     rid = c.call(c.felix.subscribe, T, N, "s")
     sub = await c.reply(rid)
     assert isinstance(sub, fe.SubscriptionStarted)
-    task = asyncio.create_task(broker.shutdown())
+    proc.process.terminate()  # SIGTERM
     goaway = await c.wait(fe.GoAwayReceived)
-    assert goaway.code == ErrorCode.SHUTTING_DOWN and goaway.deadline_ms == 500
+    assert goaway.code == ErrorCode.SHUTTING_DOWN and goaway.deadline_ms == 1000
     ended = await c.wait(fe.SubscriptionEnded)
     assert ended.reason == "shutdown"
-    assert broker.server is not None and not broker.server.ready
-    await c.wait(fe.ConnectionTerminated, timeout=5)
-    async with asyncio.timeout(5):
-        await task
-    assert broker.server.finished
-    late = RawClient(str(broker.cert_path))
-    with pytest.raises(TimeoutError):  # new connections are refused (Initials dropped)
-        await late.connect(broker.address, hello=False, timeout=0.5)
+    assert (await http_get(proc.metrics, "/ready"))[0] == 503
+    late = RawClient(proc.ca_file)
+    with pytest.raises(TimeoutError):  # new connections are refused (Initials dropped) ...
+        await late.connect(proc.address, hello=False, timeout=0.3)
     late.close()
+    assert proc.process.poll() is None  # ... by a broker still in its 1 s grace period
+    await c.wait(fe.ConnectionTerminated, timeout=5)  # closed at the grace deadline
+    async with asyncio.timeout(5):
+        while proc.process.poll() is None:
+            await asyncio.sleep(0.02)
+    assert proc.process.returncode == 0
+    assert "felix broker stopped" in proc.log_messages()
 
 
 async def test_backpressure_pauses_a_stalled_connection(
     start_broker: StartBroker, connect: Connect
 ) -> None:
-    proc = await start_broker(
+    proc = await start_broker(  # its own: small buffer limits, and exact gauges
         transport={"connection_buffer_limit": 20_000, "connection_buffer_resume": 5_000}
     )
     pub = await connect(proc)
@@ -130,17 +136,28 @@ async def test_backpressure_pauses_a_stalled_connection(
     for _ in range(40):
         pub.call(pub.felix.publish_batch, T, N, "bp", [b"x" * 1000] * 50, ack=m.AckMode.NONE)
         await asyncio.sleep(0.01)
-    assert proc.server is not None
-    session = next(s for s in proc.server.sessions if s.conn_id == 2)
-    await pub.until(lambda: session.paused, timeout=5)
-    assert session.buffered_bytes <= 20_000 + 3 * 64 * 1024  # bounded: one pass of batches
+
+    async def until_paused(paused: float, timeout: float) -> str:
+        async with asyncio.timeout(timeout):
+            while True:
+                status, body = await http_get(proc.metrics, "/metrics")
+                assert status == 200
+                if sample(body, "felix_connections_paused") == paused:
+                    return body
+                await asyncio.sleep(0.02)
+
+    body = await until_paused(1.0, timeout=5)  # the frozen connection (only it subscribes)
+    # bounded: one pass of batches over the limit
+    assert sample(body, "felix_connection_buffered_bytes") <= 20_000 + 3 * 64 * 1024
+    assert sample(body, "felix_backpressure_pauses_total") >= 1
     frozen.stalled = False
-    await frozen.until(lambda: not session.paused, timeout=10)
+    await until_paused(0.0, timeout=10)
     await frozen.until(lambda: len(payloads(frozen)) == 2000, timeout=10)
 
 
-async def test_metrics_endpoint(connect: Connect, broker: BrokerProcess) -> None:
-    c = await connect()
+async def test_metrics_endpoint(start_broker: StartBroker, connect: Connect) -> None:
+    proc = await start_broker()  # its own: exact counts
+    c = await connect(proc)
     await create(c, "stream", "m")
     await c.reply(c.call(c.felix.publish, T, N, "m", b"hello"))
     await c.reply(c.call(c.felix.publish, T, N, "nope", b"x"))
@@ -148,45 +165,36 @@ async def test_metrics_endpoint(connect: Connect, broker: BrokerProcess) -> None
     await c.reply(c.call(c.felix.cache_get, T, N, "mc", "absent"))
     await create(c, "queue", "mq")
     await c.reply(c.call(c.felix.enqueue, T, N, "mq", [b"1", b"2"]))
-    assert broker.metrics is not None
-    host, port = broker.metrics.address
 
-    async def get(path: str) -> tuple[int, str]:
-        reader, writer = await asyncio.open_connection(host, port)
-        writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-        data = await reader.read()
-        writer.close()
-        head, _, body = data.decode().partition("\r\n\r\n")
-        return int(head.split()[1]), body
-
+    status, body = await http_get(proc.metrics, "/metrics")
+    assert status == 200
+    for name in (
+        "felix_publish_requests_total 1.0",
+        "felix_publish_bytes_total 5.0",
+        'felix_requests_total{code="200",kind="publish"} 1.0',
+        "felix_request_duration_seconds_bucket",
+        "felix_connections 1.0",
+        "felix_quic_protocol_violation_total",
+        "felix_subscribe_dropped_total",
+        "felix_memory_used_bytes",
+        "felix_queue_depth 2.0",
+        f'felix_queue_depth_per_queue{{namespace="{N}",queue="mq",tenant="{T}"}} 2.0',
+        "felix_queue_oldest_age_seconds",
+        "felix_queue_in_flight 0.0",
+        "felix_queue_dead_lettered_total",
+        "felix_cache_misses_total 1.0",
+        "felix_cache_hits_total 0.0",
+        "felix_cache_evictions_total",
+        "felix_cache_expirations_total",
+        "felix_cache_bytes",
+    ):
+        assert name in body, name
+    assert "hello" not in body  # labels never carry message data
+    assert await metric(proc.metrics, "felix_ready") == 1.0
+    assert (await http_get(proc.metrics, "/live"))[0] == 200
+    assert (await http_get(proc.metrics, "/ready"))[0] == 200
+    assert (await http_get(proc.metrics, "/nope"))[0] == 404
+    proc.process.terminate()  # SIGTERM: not ready while it drains (c is still open)
     async with asyncio.timeout(5):
-        status, body = await get("/metrics")
-        assert status == 200
-        for name in (
-            "felix_publish_requests_total 1.0",
-            "felix_publish_bytes_total 5.0",
-            'felix_requests_total{code="200",kind="publish"} 1.0',
-            "felix_request_duration_seconds_bucket",
-            "felix_connections 1.0",
-            "felix_quic_protocol_violation_total",
-            "felix_subscribe_dropped_total",
-            "felix_memory_used_bytes",
-            "felix_queue_depth 2.0",
-            f'felix_queue_depth_per_queue{{namespace="{N}",queue="mq",tenant="{T}"}} 2.0',
-            "felix_queue_oldest_age_seconds",
-            "felix_queue_in_flight 0.0",
-            "felix_queue_dead_lettered_total",
-            "felix_cache_misses_total 1.0",
-            "felix_cache_hits_total 0.0",
-            "felix_cache_evictions_total",
-            "felix_cache_expirations_total",
-            "felix_cache_bytes",
-        ):
-            assert name in body, name
-        assert b"hello" not in body.encode()  # labels never carry message data
-        assert (await get("/live"))[0] == 200
-        assert (await get("/ready"))[0] == 200
-        assert broker.server is not None
-        broker.server.begin_shutdown(time.time())
-        assert (await get("/ready"))[0] == 503
-        assert (await get("/nope"))[0] == 404
+        while (await http_get(proc.metrics, "/ready"))[0] != 503:
+            await asyncio.sleep(0.01)

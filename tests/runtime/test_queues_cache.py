@@ -1,4 +1,5 @@
-"""Queues (at-least-once, a killed consumer, dead letters) and the cache over QUIC."""
+"""Queues (at-least-once, a killed consumer, dead letters) and the cache over QUIC, against
+every runtime."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ async def consume(client: RawClient, queue: str, prefetch: int = 1) -> int:
 async def test_killed_consumer_message_goes_to_another_with_attempt_2(
     start_broker: StartBroker, connect: Connect
 ) -> None:
-    proc = await start_broker(transport={"idle_timeout_s": 1.0})
+    proc = await start_broker(transport={"idle_timeout_s": 1.0})  # its own: a short idle timeout
     producer = await connect(proc)
     await create(producer, "queue", "jobs", visibility_timeout_ms=60_000)
     doomed = await connect(proc)
@@ -45,45 +46,45 @@ async def test_killed_consumer_message_goes_to_another_with_attempt_2(
     assert isinstance(await survivor.reply(rid), fe.RequestSucceeded)
 
 
-async def test_closed_consumer_connection_redelivers_at_once(connect: Connect) -> None:
+async def test_closed_consumer_connection_redelivers_at_once(connect: Connect, name: str) -> None:
     producer = await connect()
-    await create(producer, "queue", "q2", visibility_timeout_ms=60_000)
+    await create(producer, "queue", name, visibility_timeout_ms=60_000)
     first = await connect()
-    await consume(first, "q2")
+    await consume(first, name)
     second = await connect()
-    producer.call(producer.felix.enqueue, T, N, "q2", [b"a"])
+    producer.call(producer.felix.enqueue, T, N, name, [b"a"])
     got = await first.wait(fe.DeliveryReceived)
-    await consume(second, "q2")
+    await consume(second, name)
     await first.graceful_close()
     again = await second.wait(fe.DeliveryReceived)
     assert (again.delivery.offset, again.delivery.attempt) == (got.delivery.offset, 2)
 
 
-async def test_nack_past_max_attempts_dead_letters(connect: Connect) -> None:
+async def test_nack_past_max_attempts_dead_letters(connect: Connect, name: str) -> None:
     client = await connect()
-    await create(client, "queue", "dlq")
-    await create(client, "queue", "work", max_attempts=1, dead_letter_queue="dlq")
-    work = await consume(client, "work")
-    client.call(client.felix.enqueue, T, N, "work", [b"poison"])
+    await create(client, "queue", f"{name}-dlq")
+    await create(client, "queue", name, max_attempts=1, dead_letter_queue=f"{name}-dlq")
+    work = await consume(client, name)
+    client.call(client.felix.enqueue, T, N, name, [b"poison"])
     delivery = await client.wait(fe.DeliveryReceived, lambda e: e.consumer_id == work)
     rid = client.call(client.felix.nack, work, [delivery.delivery.delivery_id])
     assert isinstance(await client.reply(rid), fe.RequestSucceeded)
-    dlq = await consume(client, "dlq")
+    dlq = await consume(client, f"{name}-dlq")
     dead = await client.wait(fe.DeliveryReceived, lambda e: e.consumer_id == dlq)
     assert dead.delivery.payload == b"poison"
 
 
-async def test_cache_ttl_cas_delete(connect: Connect) -> None:
+async def test_cache_ttl_cas_delete(connect: Connect, name: str) -> None:
     c = await connect()
-    await create(c, "cache", "kv")
+    await create(c, "cache", name)
 
     async def put(key: str, value: bytes, **kw: object) -> fe.CachePutCompleted:
-        reply = await c.reply(c.call(c.felix.cache_put, T, N, "kv", key, value, **kw))
+        reply = await c.reply(c.call(c.felix.cache_put, T, N, name, key, value, **kw))
         assert isinstance(reply, fe.CachePutCompleted), reply
         return reply
 
     async def get(key: str) -> fe.CacheValueReceived:
-        reply = await c.reply(c.call(c.felix.cache_get, T, N, "kv", key))
+        reply = await c.reply(c.call(c.felix.cache_get, T, N, name, key))
         assert isinstance(reply, fe.CacheValueReceived), reply
         return reply
 
@@ -97,9 +98,9 @@ async def test_cache_ttl_cas_delete(connect: Connect) -> None:
     hit = await get("k")
     assert (hit.found, hit.value, hit.version) == (True, b"v2", second.version)
 
-    reply = await c.reply(c.call(c.felix.cache_delete, T, N, "kv", "k", if_version=first.version))
+    reply = await c.reply(c.call(c.felix.cache_delete, T, N, name, "k", if_version=first.version))
     assert isinstance(reply, fe.CacheDeleteCompleted) and reply.deleted is False
-    reply = await c.reply(c.call(c.felix.cache_delete, T, N, "kv", "k"))
+    reply = await c.reply(c.call(c.felix.cache_delete, T, N, name, "k"))
     assert isinstance(reply, fe.CacheDeleteCompleted) and reply.deleted is True
     assert (await get("k")).found is False
 
@@ -110,11 +111,11 @@ async def test_cache_ttl_cas_delete(connect: Connect) -> None:
     assert (await get("t")).found is False
 
 
-async def test_cache_change_feed_subscription(connect: Connect) -> None:
+async def test_cache_change_feed_subscription(connect: Connect, name: str) -> None:
     c = await connect()
-    await create(c, "cache", "feed")
-    rid = c.call(c.felix.subscribe, T, N, "feed", source=m.SourceKind.CACHE)
+    await create(c, "cache", name)
+    rid = c.call(c.felix.subscribe, T, N, name, source=m.SourceKind.CACHE)
     assert isinstance(await c.reply(rid), fe.SubscriptionStarted)
-    await c.reply(c.call(c.felix.cache_put, T, N, "feed", "k", b"v"))
+    await c.reply(c.call(c.felix.cache_put, T, N, name, "k", b"v"))
     batch = await c.wait(fe.EventsReceived)
     assert len(batch.batch.payloads) == 1

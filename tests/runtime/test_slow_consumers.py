@@ -20,34 +20,36 @@ pytestmark = pytest.mark.anyio
 TOTAL = 200
 
 
-async def setup(connect: Connect, policy: str) -> tuple[RawClient, list[RawClient], RawClient]:
+async def setup(
+    connect: Connect, policy: str, name: str
+) -> tuple[RawClient, list[RawClient], RawClient]:
     pub = await connect()
-    await create(pub, "stream", "s", slow_consumer=policy, retention_max_records=50)
+    await create(pub, "stream", name, slow_consumer=policy, retention_max_records=50)
     healthy = [await connect() for _ in range(2)]
     for h in healthy:
-        rid = h.call(h.felix.subscribe, T, N, "s", start=m.StartKind.EARLIEST)
+        rid = h.call(h.felix.subscribe, T, N, name, start=m.StartKind.EARLIEST)
         assert isinstance(await h.reply(rid), fe.SubscriptionStarted)
     stalled = await connect(auto_credit=None)
     rid = stalled.call(
-        stalled.felix.subscribe, T, N, "s", start=m.StartKind.EARLIEST, credit_messages=5
+        stalled.felix.subscribe, T, N, name, start=m.StartKind.EARLIEST, credit_messages=5
     )
     assert isinstance(await stalled.reply(rid), fe.SubscriptionStarted)
     return pub, healthy, stalled
 
 
-async def publish_all(pub: RawClient) -> list[fe.Event]:
+async def publish_all(pub: RawClient, name: str) -> list[fe.Event]:
     """Publish TOTAL records one by one, waiting for each reply (keeps healthy ones up)."""
     replies = []
     for i in range(TOTAL):
-        rid = pub.call(pub.felix.publish, T, N, "s", b"%d" % i)
+        rid = pub.call(pub.felix.publish, T, N, name, b"%d" % i)
         replies.append(await pub.reply(rid))
     return replies
 
 
 @pytest.mark.parametrize("policy", ["drop_oldest", "disconnect"])
-async def test_healthy_subscribers_lose_nothing(connect: Connect, policy: str) -> None:
-    pub, healthy, stalled = await setup(connect, policy)
-    replies = await publish_all(pub)
+async def test_healthy_subscribers_lose_nothing(connect: Connect, policy: str, name: str) -> None:
+    pub, healthy, stalled = await setup(connect, policy, name)
+    replies = await publish_all(pub, name)
     assert all(isinstance(r, fe.PublishAcked) for r in replies)
     for h in healthy:
         await h.until(lambda h=h: len(payloads(h)) == TOTAL)
@@ -67,9 +69,9 @@ async def test_healthy_subscribers_lose_nothing(connect: Connect, policy: str) -
         assert payloads(stalled)[-1] == b"%d" % (TOTAL - 1)
 
 
-async def test_block_policy_refuses_publishes_retryably(connect: Connect) -> None:
-    pub, healthy, stalled = await setup(connect, "block")
-    replies = await publish_all(pub)
+async def test_block_policy_refuses_publishes_retryably(connect: Connect, name: str) -> None:
+    pub, healthy, stalled = await setup(connect, "block", name)
+    replies = await publish_all(pub, name)
     acked = [r for r in replies if isinstance(r, fe.PublishAcked)]
     refused = [r for r in replies if isinstance(r, fe.RequestFailed)]
     assert len(acked) == 50 + 5  # retention plus what the stalled one already took
