@@ -98,7 +98,9 @@ def broker(runtime: str, data_dir: Path, profile: Path | None) -> Iterator[tuple
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(
+            cmd, cwd=str(data_dir), stdout=log, stderr=subprocess.STDOUT, env=env
+        )
     try:
         deadline = time.monotonic() + 20
         while True:
@@ -168,6 +170,10 @@ async def _raw_server(row_name: str, cert: tuple[str, str], total: int, pipe: An
         server.close()
 
 
+RAW_CPU: list[float] = []
+"""Client and server CPU microseconds per message of the last two-process raw run."""
+
+
 async def raw_two_processes(row_name: str, count: int, size: int, cert: tuple[str, str]) -> float:
     """quic_baseline's client here, its server in a child process: msg/s until confirmed."""
     row = next(r for r in quic_baseline.ROWS if r.name == row_name)
@@ -212,11 +218,16 @@ async def raw_two_processes(row_name: str, count: int, size: int, cert: tuple[st
         client.quic = QuicConnection(configuration=config)
         client.quic.connect(tuple(addr), now=time.monotonic())
         client.transmit()
+        mark = (sum(os.times()[:2]), _proc_cpu(proc.pid or 0))
         try:
             async with asyncio.timeout(120):
                 finished = await done
         finally:
             client.close()
+        RAW_CPU[:] = [
+            (sum(os.times()[:2]) - mark[0]) * 1e6 / count,
+            (_proc_cpu(proc.pid or 0) - mark[1]) * 1e6 / count,
+        ]
         return float(count / (finished - started[0]))
     finally:
         proc.join(timeout=10)
@@ -225,6 +236,33 @@ async def raw_two_processes(row_name: str, count: int, size: int, cert: tuple[st
 
 
 # ------------------------------------------------------------------------ the scenarios
+
+_BROKER_PID: list[int] = []
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _proc_cpu(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far (Linux /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def cpu_mark() -> tuple[float, float]:
+    """(this process's CPU seconds, the broker's CPU seconds)."""
+    t = os.times()
+    return t.user + t.system, _proc_cpu(_BROKER_PID[0]) if _BROKER_PID else float("nan")
+
+
+def cpu_cost(mark: tuple[float, float], units: int) -> dict[str, float]:
+    """Microseconds of CPU per unit (message or op) on each side since ``mark``."""
+    now = cpu_mark()
+    return {
+        "client_cpu_us": (now[0] - mark[0]) * 1e6 / units,
+        "broker_cpu_us": (now[1] - mark[1]) * 1e6 / units,
+    }
 
 
 def connect(url: str, ca: str, **kw: Any) -> felix_client.Client:
@@ -273,6 +311,7 @@ async def bench_fanout(
                     break
             done_at.append(time.perf_counter())
 
+        mark = cpu_mark()
         started = time.perf_counter()
         async with asyncio.timeout(300):
             readers = [asyncio.create_task(read(s)) for s in subs]
@@ -280,6 +319,7 @@ async def bench_fanout(
             published = time.perf_counter() - started
             await asyncio.gather(*readers)
         elapsed = max(done_at) - started
+        cost = cpu_cost(mark, count * subscribers)
         for s in subs:
             await s.close()
     finally:
@@ -288,7 +328,7 @@ async def bench_fanout(
     total = count * subscribers
     return {
         "msgs": count, "subscribers": subscribers, "seconds": elapsed,
-        "msg_per_s": total / elapsed, "publish_msg_per_s": count / published,
+        "msg_per_s": total / elapsed, "publish_msg_per_s": count / published, **cost,
     }  # fmt: skip
 
 
@@ -311,14 +351,16 @@ async def bench_cache(
                 latencies.append(perf() - t0)
                 assert entry is not None
 
+        mark = cpu_mark()
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.perf_counter() - started
+        cost = cpu_cost(mark, len(latencies))
     latencies.sort()
     q = statistics.quantiles(latencies, n=100)
     return {
         "ops": len(latencies), "concurrency": concurrency, "ops_per_s": len(latencies) / elapsed,
-        "p50_ms": q[49] * 1000, "p99_ms": q[98] * 1000,
+        "p50_ms": q[49] * 1000, "p99_ms": q[98] * 1000, **cost,
     }  # fmt: skip
 
 
@@ -344,13 +386,17 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             two = 0.0
             for _ in range(args.repeat):
                 two = max(two, await raw_two_processes(row.name, args.count, args.size, cert))
-            out["a_raw_aioquic"] = {"msgs": args.count, "msg_per_s": two, "one_process": raw}
+            out["a_raw_aioquic"] = {
+                "msgs": args.count, "msg_per_s": two, "one_process": raw,
+                "client_cpu_us": RAW_CPU[0], "broker_cpu_us": RAW_CPU[1],
+            }  # fmt: skip
         profile = Path(args.profile_dir) if args.profile_dir else None
         if profile is not None:
             profile.mkdir(parents=True, exist_ok=True)
         data = Path(tmp) / "broker"
         data.mkdir()
-        with broker(args.runtime, data, profile) as (url, _pid):
+        with broker(args.runtime, data, profile) as (url, pid):
+            _BROKER_PID[:] = [pid]
             ca = str(data / "cert.pem")
             spy = None
             if profile is not None:
@@ -390,7 +436,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-NAMES = {"b": "b_publish", "c": "c_pub_1sub", "d": "d_fanout10", "e": "e_cache_get_c32"}
+NAMES = {
+    "a": "a_raw_aioquic",
+    "b": "b_publish",
+    "c": "c_pub_1sub",
+    "d": "d_fanout10",
+    "e": "e_cache_get_c32",
+}
 
 
 async def scenario(letter: str, url: str, ca: str, args: argparse.Namespace, i: int) -> Any:
@@ -408,38 +460,37 @@ async def scenario(letter: str, url: str, ca: str, args: argparse.Namespace, i: 
 
 async def bench_publish_named(url: str, ca: str, stream: str, count: int, size: int) -> Any:
     async with connect(url, ca) as client:
+        mark = cpu_mark()
         started = time.perf_counter()
         await publish_all(client, stream, count, size)
         elapsed = time.perf_counter() - started
-    return {"msgs": count, "seconds": elapsed, "msg_per_s": count / elapsed}
+        cost = cpu_cost(mark, count)
+    return {"msgs": count, "seconds": elapsed, "msg_per_s": count / elapsed, **cost}
 
 
 def print_table(out: dict[str, Any]) -> None:
     print(f"Felix end to end, {out['count']} x {out['size']} B, broker runtime {out['runtime']}")
     print(f"({out['topology']})")
-    print(f"{'scenario':22} {'rate':>12} {'unit':>10} {'vs raw':>7}  extra")
-    a = out.get("a_raw_aioquic")
-    if a:
-        print(
-            f"{'a raw aioquic':22} {a['msg_per_s']:>12,.0f} {'msg/s':>10} {'1.00':>7}  "
-            f"one process: {a['one_process']:,.0f} msg/s"
-        )
-    labels = {"b": "b publish (acked)", "c": "c pub -> 1 sub", "d": "d fanout x10"}
-    for letter, label in labels.items():
+    print(
+        f"{'scenario':20} {'rate':>10} {'unit':>8} {'vs raw':>6} "
+        f"{'cpu us/unit client':>18} {'broker':>7}  extra"
+    )
+    rows = [
+        ("a", "a raw aioquic", "msg/s", "one process: {one_process:,.0f} msg/s"),
+        ("b", "b publish (acked)", "msg/s", ""),
+        ("c", "c pub -> 1 sub", "msg/s", "publisher {publish_msg_per_s:,.0f} msg/s"),
+        ("d", "d fanout x10", "deliv/s", "publisher {publish_msg_per_s:,.0f} msg/s"),
+        ("e", "e cache get c=32", "ops/s", "p50 {p50_ms:.2f} ms, p99 {p99_ms:.2f} ms"),
+    ]
+    for letter, label, unit, extra in rows:
         r = out.get(NAMES[letter])
-        if r:
-            ratio = f"{r['ratio_to_raw']:.2f}" if "ratio_to_raw" in r else "-"
-            extra = (
-                f"publisher {r['publish_msg_per_s']:,.0f} msg/s" if "publish_msg_per_s" in r else ""
-            )
-            unit = "deliv/s" if letter == "d" else "msg/s"
-            print(f"{label:22} {r['msg_per_s']:>12,.0f} {unit:>10} {ratio:>7}  {extra}")
-    r = out.get(NAMES["e"])
-    if r:
-        ratio = f"{r['ratio_to_raw']:.2f}" if "ratio_to_raw" in r else "-"
+        if not r:
+            continue
+        rate = r.get("ops_per_s", r.get("msg_per_s", 0.0))
+        ratio = "1.00" if letter == "a" else f"{r.get('ratio_to_raw', float('nan')):.2f}"
         print(
-            f"{'e cache get c=32':22} {r['ops_per_s']:>12,.0f} {'ops/s':>10} {ratio:>7}  "
-            f"p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms"
+            f"{label:20} {rate:>10,.0f} {unit:>8} {ratio:>6} {r['client_cpu_us']:>18.1f} "
+            f"{r['broker_cpu_us']:>7.1f}  {extra.format(**r)}"
         )
 
 
