@@ -11,7 +11,8 @@ from __future__ import annotations
 import contextlib
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from itertools import repeat
 from types import TracebackType
 from typing import Any, Protocol
 
@@ -386,7 +387,17 @@ class Subscription:
             if self._pending:
                 event = self._pending.popleft()
                 self.next_offset = event.offset + 1
-                await self._account(_record_bytes(event))
+                # Credit is returned as records are read; only a due top-up awaits.
+                self._used_messages += 1
+                if event.key is None and event.headers is None:
+                    self._used_bytes += len(event.payload)
+                else:
+                    self._used_bytes += _record_bytes(event)
+                if (
+                    self._used_messages * 2 >= self._credit_messages
+                    or self._used_bytes * 2 >= self._credit_bytes
+                ):
+                    await self._top_up()
                 return event
             if self._closed:
                 raise StopAsyncIteration
@@ -407,15 +418,20 @@ class Subscription:
     def _take(self, item: object) -> None:
         if isinstance(item, ev.EventsReceived):
             b = item.batch
-            n = len(b.payloads)
-            ts = b.timestamps_ms or [0] * n
-            keys = b.keys or [None] * n
-            headers = b.headers or [None] * n
-            for i in range(n):
-                self._pending.append(
-                    Event(b.base_offset + i, b.payloads[i], ts[i], keys[i], headers[i], self._gap)
-                )
+            payloads = b.payloads
+            n = len(payloads)
+            if not n:
+                return
+            base = b.base_offset
+            ts = b.timestamps_ms or repeat(0, n)
+            keys = b.keys or repeat(None, n)
+            headers = b.headers or repeat(None, n)
+            events = map(Event, range(base, base + n), payloads, ts, keys, headers)
+            if self._gap:  # only the first record after a gap carries it
+                first = next(events)
+                self._pending.append(replace(first, gap_before=self._gap))
                 self._gap = 0
+            self._pending.extend(events)
         elif isinstance(item, ev.GapReported):
             self.missed += item.missed
             self._gap += item.missed
@@ -446,13 +462,8 @@ class Subscription:
         self.resumes += 1
         await self.open()
 
-    async def _account(self, nbytes: int) -> None:
-        self._used_messages += 1
-        self._used_bytes += nbytes
-        if (
-            self._used_messages * 2 >= self._credit_messages
-            or self._used_bytes * 2 >= self._credit_bytes
-        ) and self.subscription_id is not None:
+    async def _top_up(self) -> None:
+        if self.subscription_id is not None:
             messages, nbytes, self._used_messages, self._used_bytes = (
                 self._used_messages,
                 self._used_bytes,
