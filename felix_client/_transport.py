@@ -96,6 +96,17 @@ class _UdpSocket:
                 break
         return out
 
+    def send_nowait(self, datagrams: list[tuple[bytes, object]]) -> int:
+        """Send datagrams without waiting until the kernel buffer is full; returns how many
+        went out."""
+        send = self.sock.send
+        for i, (data, _addr) in enumerate(datagrams):
+            try:
+                send(data)
+            except BlockingIOError:
+                return i
+        return len(datagrams)
+
     async def send(self, data: bytes) -> None:
         """Send one datagram, waiting while the kernel buffer is full."""
         while True:
@@ -232,12 +243,13 @@ class QuicTransport:
 
     async def _transmit(self) -> None:
         async with self._send_lock:
-            for data, _addr in self.quic.datagrams_to_send(anyio.current_time()):
-                try:
+            datagrams = self.quic.datagrams_to_send(anyio.current_time())
+            try:
+                sent = self._sock.send_nowait(datagrams)  # the kernel buffer is rarely full
+                for data, _addr in datagrams[sent:]:
                     await self._sock.send(data)
-                except (OSError, anyio.ClosedResourceError, anyio.BusyResourceError) as exc:
-                    self._close(_describe_os_error(exc))  # closed while waiting to write
-                    return
+            except (OSError, anyio.ClosedResourceError, anyio.BusyResourceError) as exc:
+                self._close(_describe_os_error(exc))  # closed while waiting to write
 
     def _close(self, reason: str) -> None:
         if self.closed_reason is not None:
