@@ -18,6 +18,7 @@ from typing import Any
 from felix_core.cache import Cache, CacheEngine, CacheStats, CacheTotals
 from felix_core.errors import InvalidArgument, NotFound, ShuttingDown, TooLarge
 from felix_core.limits import BrokerConfig, MemoryBudget
+from felix_core.log import LogStore, MemoryLogStore
 from felix_core.metadata import (
     Catalog,
     Kind,
@@ -81,6 +82,7 @@ class BrokerCore:
         config: BrokerConfig | None = None,
         *,
         metadata: MetadataStore | None = None,
+        logs: LogStore | None = None,
         now: float = 0.0,
     ) -> None:
         """Create a broker.
@@ -88,11 +90,13 @@ class BrokerCore:
         Args:
             config: limits and defaults (``BrokerConfig()`` when None).
             metadata: the metadata store (a fresh in-memory one when None).
+            logs: where resources' logs live (in memory when None).
             now: the current time, for the creation time of the default resources.
         """
         self.config = config = config or BrokerConfig()
         self.store: MetadataStore = metadata if metadata is not None else MemoryMetadataStore()
         self.catalog = Catalog(self.store, config)
+        self.logs: LogStore = logs if logs is not None else MemoryLogStore()
         self.budget = MemoryBudget(config.memory_limit_bytes)
         self._out: list[Output] = []
         self._streams: dict[Path, Stream] = {}
@@ -344,7 +348,8 @@ class BrokerCore:
         stream = self._streams.get(path)
         if stream is None:
             settings = StreamSettings.from_mapping(record.settings, self.config)
-            stream = Stream(settings, self._out)
+            log = self.logs.open_log(Kind.STREAM.value, path, record.settings)
+            stream = Stream(settings, self._out, log=log)
             stream._on_end = self._forget_sub
             self._streams[path] = stream
             self._versions[(Kind.STREAM, path)] = version
@@ -363,7 +368,8 @@ class BrokerCore:
         if current != version:
             config = queue_config(record.settings)
             if current is None:
-                self._queues.create_queue(path, config)
+                log = self.logs.open_log(Kind.QUEUE.value, path, record.settings)
+                self._queues.create_queue(path, config, log=log)
             else:
                 self._queues.update_queue(path, config)
             self._versions[(Kind.QUEUE, path)] = version
@@ -381,6 +387,7 @@ class BrokerCore:
         """Tear down the engine of a deleted resource; end its users with ``deleted``."""
         if self._versions.pop((kind, path), None) is None:
             return
+        self.logs.drop_log(kind.value, path)
         if kind is Kind.STREAM:
             stream = self._streams.pop(path)
             stream.end_all("deleted", "the stream was deleted")
@@ -403,7 +410,8 @@ class BrokerCore:
         version = (record.uid, record.generation)
         current = self._versions.get((Kind.CACHE, path))
         if current is None:
-            cache = self._caches.create_cache(path, cache_config(record.settings))
+            changes = self.logs.open_log(Kind.CACHE.value, path, record.settings)
+            cache = self._caches.create_cache(path, cache_config(record.settings), changes=changes)
             self._versions[(Kind.CACHE, path)] = version
             return cache
         cache = self._caches.cache(path)

@@ -52,7 +52,7 @@ from heapq import heapify, heappop, heappush
 from typing import NamedTuple
 
 from felix_core.errors import AlreadyExists, InvalidArgument, NotFound, TooLarge
-from felix_core.log import LogSlice, MemoryLog, Retention
+from felix_core.log import Log, LogSlice, MemoryLog, Retention
 
 __all__ = [
     "MAX_KEY_BYTES",
@@ -225,7 +225,7 @@ class Cache:
         "puts",
     )
 
-    def __init__(self, config: CacheConfig | None = None, *, changes: MemoryLog | None = None):
+    def __init__(self, config: CacheConfig | None = None, *, changes: Log | None = None):
         """Create an empty cache.
 
         Args:
@@ -466,7 +466,7 @@ class Cache:
     # -- replay -------------------------------------------------------------------------
 
     @classmethod
-    def rebuild_from(cls, log: MemoryLog, now: float, config: CacheConfig | None = None) -> Cache:
+    def rebuild_from(cls, log: Log, now: float, config: CacheConfig | None = None) -> Cache:
         """Rebuild a cache by replaying its change feed; the cache then appends to ``log``.
 
         Entries come back with their values, versions and absolute expiry; ones already
@@ -577,12 +577,15 @@ class CacheEngine:
         self._caches: dict[CacheKey, Cache] = {}
         self._retired = dict.fromkeys(_COUNTERS, 0)  # the counters of deleted caches
 
-    def create_cache(self, cache: CacheKey, config: CacheConfig | None = None) -> Cache:
+    def create_cache(
+        self, cache: CacheKey, config: CacheConfig | None = None, *, changes: Log | None = None
+    ) -> Cache:
         """Create a cache.
 
         Args:
             cache: ``(tenant, namespace, name)``; names are validated by the metadata layer.
             config: its settings; None for the defaults.
+            changes: the log of its change feed (an empty :class:`MemoryLog` when None).
 
         Returns:
             The new :class:`Cache`.
@@ -593,7 +596,7 @@ class CacheEngine:
         """
         if cache in self._caches:
             raise AlreadyExists(f"cache {cache[2]!r} exists", details={"cache": cache[2]})
-        c = self._caches[cache] = Cache(config)
+        c = self._caches[cache] = Cache(config, changes=changes)
         return c
 
     def cache(self, cache: CacheKey) -> Cache:

@@ -35,12 +35,22 @@ evict, which the ``block`` slow-consumer policy needs *before* appending.
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import accumulate
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["Log", "LogSlice", "MemoryLog", "Retention", "TooOld", "record_size"]
+__all__ = [
+    "Log",
+    "LogPath",
+    "LogSlice",
+    "LogStore",
+    "MemoryLog",
+    "MemoryLogStore",
+    "Retention",
+    "TooOld",
+    "record_size",
+]
 
 # Compact the dead prefix of the lists only once it is at least this long (and at least as
 # long as the live part), so small logs do not compact on every trim.
@@ -512,3 +522,49 @@ class MemoryLog:
             f"MemoryLog(first_offset={self.first_offset}, next_offset={self.next_offset}, "
             f"byte_size={self.byte_size})"
         )
+
+
+LogPath = tuple[str, str, str]
+"""``(tenant, namespace, name)`` of the resource a log belongs to."""
+
+
+class LogStore(Protocol):
+    """Where the broker gets the log of each stream, queue and cache change feed.
+
+    The one seam between the engine and log storage: :class:`MemoryLogStore` today; a disk
+    store (segments, fsync policy, recovery) or a replicated one plugs in here without the
+    projections changing. ``settings`` are the resource's settings as stored in metadata
+    (``durability`` among them), so a store can pick a log kind per resource.
+    """
+
+    def open_log(self, kind: str, path: LogPath, settings: Mapping[str, Any]) -> Log:
+        """Return the log of a resource (new, or recovered by a persistent store).
+
+        Args:
+            kind: ``"stream"``, ``"queue"`` or ``"cache"`` (a cache's change feed).
+            path: the resource's ``(tenant, namespace, name)``.
+            settings: the resource's settings.
+        """
+        ...
+
+    def drop_log(self, kind: str, path: LogPath) -> None:
+        """Forget the log of a deleted resource (a persistent store deletes its data).
+
+        Args:
+            kind: as for :meth:`open_log`.
+            path: as for :meth:`open_log`.
+        """
+        ...
+
+
+class MemoryLogStore:
+    """A :class:`LogStore` of in-memory logs: nothing survives the process."""
+
+    __slots__ = ()
+
+    def open_log(self, kind: str, path: LogPath, settings: Mapping[str, Any]) -> Log:
+        """Return a fresh :class:`MemoryLog`."""
+        return MemoryLog()
+
+    def drop_log(self, kind: str, path: LogPath) -> None:
+        """Nothing to do: the log's memory goes with its last reference."""

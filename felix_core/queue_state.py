@@ -12,7 +12,7 @@ import math
 from collections import OrderedDict
 from collections.abc import Sequence
 
-from felix_core.log import LogSlice, MemoryLog
+from felix_core.log import Log, LogSlice, MemoryLog
 from felix_core.queue_types import Delivery, GroupStats, QueueConfig, QueueKey, QueueStats
 
 __all__ = ["Queue"]
@@ -116,10 +116,12 @@ class Queue:
 
     __slots__ = ("config", "enqueued", "finished", "groups", "key", "log", "usage")
 
-    def __init__(self, key: QueueKey, config: QueueConfig, usage: _Usage) -> None:
+    def __init__(
+        self, key: QueueKey, config: QueueConfig, usage: _Usage, log: Log | None = None
+    ) -> None:
         self.key = key
         self.config = config
-        self.log = MemoryLog()
+        self.log: Log = log if log is not None else MemoryLog()
         self.usage = usage
         self.groups: dict[str, _Group] = {}
         self.enqueued = 0

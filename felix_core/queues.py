@@ -75,7 +75,7 @@ import math
 from collections.abc import Iterator, Sequence
 
 from felix_core.errors import AlreadyExists, InvalidArgument, NotFound, Overloaded, TooLarge
-from felix_core.log import record_size
+from felix_core.log import Log, record_size
 from felix_core.queue_consumers import _ConsumerOperations
 from felix_core.queue_state import Queue, _make_room
 from felix_core.queue_types import (
@@ -127,12 +127,15 @@ class QueueEngine(_ConsumerOperations):
 
     # -- registry -----------------------------------------------------------------------
 
-    def create_queue(self, queue: QueueKey, config: QueueConfig | None = None) -> Queue:
+    def create_queue(
+        self, queue: QueueKey, config: QueueConfig | None = None, *, log: Log | None = None
+    ) -> Queue:
         """Create a queue.
 
         Args:
             queue: ``(tenant, namespace, name)``; names are validated by the metadata layer.
             config: its settings; None for the defaults.
+            log: the queue's log (an empty :class:`MemoryLog` when None).
 
         Returns:
             The new :class:`Queue`.
@@ -145,7 +148,7 @@ class QueueEngine(_ConsumerOperations):
         config.validate(queue[2])
         if queue in self._queues:
             raise AlreadyExists(f"queue {queue[2]!r} exists", details={"queue": queue[2]})
-        q = self._queues[queue] = Queue(queue, config, self._usage)
+        q = self._queues[queue] = Queue(queue, config, self._usage, log)
         return q
 
     def update_queue(self, queue: QueueKey, config: QueueConfig) -> None:
