@@ -1,6 +1,6 @@
 """aioquic's server connection with Felix's ALPN rule.
 
-The contract (docs/ARCHITECTURE-NOTES.md, "QUIC stream usage"): a client offering ALPN
+The contract (docs/wire-protocol.md §1 and §4): a client offering ALPN
 must offer ``felix/2`` (otherwise the TLS handshake fails with ``no_application_protocol``,
 as aioquic does by itself), but a client offering *no* ALPN at all is accepted and the
 in-band frame version decides (a version-1 client gets a version-1 error listing the
