@@ -82,7 +82,8 @@ READY = re.compile(r'"quic":"([0-9.]+):(\d+)"')
 
 @contextmanager
 def broker(runtime: str, data_dir: Path, profile: Path | None) -> Iterator[tuple[str, int]]:
-    """Start a broker subprocess on 127.0.0.1:0 and yield (url, pid); SIGTERM at the end."""
+    """Start a broker subprocess on 127.0.0.1:0 and yield (url, broker pid); SIGTERM at the
+    end."""
     log_path = data_dir / "broker.log"
     cmd = [
         sys.executable, "-m", RUNTIME_MODULES[runtime],
@@ -111,7 +112,9 @@ def broker(runtime: str, data_dir: Path, profile: Path | None) -> Iterator[tuple
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"broker did not start:\n{text[-2000:]}")
             time.sleep(0.05)
-        yield f"quic://127.0.0.1:{found.group(2)}", proc.pid
+        # Under py-spy, proc is py-spy itself: CPU is read from the broker, its child.
+        pid = proc.pid if profile is None else _child_pid(proc.pid)
+        yield f"quic://127.0.0.1:{found.group(2)}", pid
     finally:
         if profile is None:
             proc.send_signal(signal.SIGTERM)
@@ -126,6 +129,16 @@ def broker(runtime: str, data_dir: Path, profile: Path | None) -> Iterator[tuple
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=5)
+
+
+def _child_pid(pid: int) -> int:
+    """The one child process of ``pid`` (the broker that py-spy started)."""
+    children = subprocess.run(
+        ["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False
+    ).stdout.split()
+    if len(children) != 1:
+        raise RuntimeError(f"expected one child of py-spy (pid {pid}), found {children}")
+    return int(children[0])
 
 
 # ------------------------------------------------------------- raw aioquic, 2 processes
