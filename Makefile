@@ -25,6 +25,7 @@ run: $(STAMP_RUN)
 
 test: $(STAMP_TEST)
 	$(BIN)/ruff check $(PACKAGES) tests benchmarks scripts
+	$(BIN)/ruff format --check $(PACKAGES) tests benchmarks scripts
 	$(BIN)/mypy $(PACKAGES)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 

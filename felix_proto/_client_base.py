@@ -304,8 +304,7 @@ class ClientBase(Connection):
             self._on_reply(stream, msg, msg.request_id)  # type: ignore[attr-defined]
         else:
             raise UnexpectedMessage(
-                f"{type(msg).__name__} is not expected from the broker on stream "
-                f"{stream.stream_id}"
+                f"{type(msg).__name__} is not expected from the broker on stream {stream.stream_id}"
             )
 
     def _on_welcome(self, msg: m.Welcome) -> None:

@@ -236,9 +236,7 @@ S = TypeVar("S", bound=Enum)
 I = TypeVar("I", bound=Enum)  # noqa: E741
 
 
-def transition(
-    table: dict[tuple[S, I], S], state: S, event: I, *, what: str, local: bool
-) -> S:
+def transition(table: dict[tuple[S, I], S], state: S, event: I, *, what: str, local: bool) -> S:
     """Look up the next state of a machine.
 
     Args:

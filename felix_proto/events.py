@@ -60,6 +60,7 @@ __all__ = [
     "Welcomed",
 ]
 
+
 class Event:
     """Base class of every event a Felix connection machine emits."""
 

@@ -569,8 +569,7 @@ class ServerConnection(Connection):
             self._on_request(stream, msg, rid)
         else:
             raise UnexpectedMessage(
-                f"{type(msg).__name__} is not expected from a client on stream "
-                f"{stream.stream_id}",
+                f"{type(msg).__name__} is not expected from a client on stream {stream.stream_id}",
                 request_id=rid,
             )
 
