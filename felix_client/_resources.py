@@ -39,7 +39,6 @@ class Cache:
             lambda m, now, sid: m.cache_get(
                 key=key, now=now, stream_id=sid, timeout=timeout or c.timeout, **self._path
             ),
-            timeout,
         )
         assert isinstance(reply, ev.CacheValueReceived)
         if not reply.found or reply.value is None:
@@ -70,7 +69,6 @@ class Cache:
                 timeout=timeout or c.timeout,
                 **self._path,
             ),
-            timeout,
         )
         assert isinstance(reply, ev.CachePutCompleted)
         return reply
@@ -142,7 +140,6 @@ class Cache:
                 timeout=timeout or c.timeout,
                 **self._path,
             ),
-            timeout,
         )
         assert isinstance(reply, ev.CacheDeleteCompleted)
         return reply.deleted
@@ -190,7 +187,6 @@ class Admin:
                 timeout=timeout or c.timeout,
                 **target,
             ),
-            timeout,
         )
         assert isinstance(reply, ev.AdminReplied)
         return reply.resource or {}
@@ -210,7 +206,6 @@ class Admin:
             lambda m, now: m.admin(
                 msgs.AdminDescribe, now=now, timeout=timeout or c.timeout, **target
             ),
-            timeout,
         )
         assert isinstance(reply, ev.AdminReplied)
         return reply.resource or {}
@@ -240,7 +235,6 @@ class Admin:
                 now=now,
                 timeout=timeout or c.timeout,
             ),
-            timeout,
         )
         assert isinstance(reply, ev.AdminReplied)
         return reply.resources or []
@@ -265,7 +259,6 @@ class Admin:
                 timeout=timeout or c.timeout,
                 **target,
             ),
-            timeout,
         )
         assert isinstance(reply, ev.AdminReplied)
         return reply.resource or {}
@@ -285,5 +278,4 @@ class Admin:
             lambda m, now: m.admin(
                 msgs.AdminDelete, now=now, timeout=timeout or c.timeout, **target
             ),
-            timeout,
         )

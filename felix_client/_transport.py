@@ -9,15 +9,18 @@ request from another task, say) calls :meth:`QuicTransport.flush`, which transmi
 the deadline of the waiting scope. There is no second task and no sleeping.
 
 Nothing here is asyncio- or trio-specific, so the client runs under both anyio backends. The
-clock is ``anyio.current_time()`` throughout, so QUIC's timers and anyio's deadlines agree.
+clock is the event loop's (what ``anyio.current_time()`` returns, looked up once per
+connection: :func:`loop_clock`) throughout, so QUIC's timers and anyio's deadlines agree.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import math
 import socket
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -27,7 +30,7 @@ from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.events import ConnectionTerminated, HandshakeCompleted, QuicEvent
 
-__all__ = ["ALPN", "QuicHandler", "QuicTransport", "TransportOptions"]
+__all__ = ["ALPN", "QuicHandler", "QuicTransport", "TransportOptions", "loop_clock"]
 
 ALPN = "felix/2"
 """The ALPN protocol id of Felix wire protocol version 2."""
@@ -35,6 +38,28 @@ READ_BATCH = 64
 """Most datagrams fed to QUIC in one loop pass, before one transmit."""
 SOCKET_BUFFER = 4 * 1024 * 1024
 """Requested kernel send and receive buffer sizes."""
+
+
+def loop_clock() -> Callable[[], float]:
+    """The running event loop's clock: the function ``anyio.current_time()`` ends up calling,
+    found once, so that hot paths skip anyio's per-call backend lookup.
+
+    Returns:
+        ``loop.time`` of the running asyncio loop, ``trio.current_time`` under trio, or
+        ``anyio.current_time`` itself on any other backend.
+    """
+    try:
+        import sniffio  # how anyio itself tells the backends apart (trio depends on it)
+    except ImportError:  # pragma: no cover - no sniffio, so no trio: asyncio it is
+        return asyncio.get_running_loop().time
+    library = sniffio.current_async_library()
+    if library == "asyncio":
+        return asyncio.get_running_loop().time
+    if library == "trio":
+        import trio
+
+        return trio.current_time
+    return anyio.current_time  # pragma: no cover - anyio has no third backend today
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -149,6 +174,8 @@ class QuicTransport:
     def __init__(self, sock: _UdpSocket, quic: QuicConnection) -> None:
         self._sock = sock
         self.quic = quic
+        self.clock = loop_clock()
+        """The event loop's clock (``anyio.current_time()``, looked up once)."""
         self._handler: QuicHandler | None = None
         self._scope: anyio.CancelScope | None = None
         self._send_lock = anyio.Lock()
@@ -205,10 +232,11 @@ class QuicTransport:
                         self._close(_describe_os_error(exc))
                         break
                 self._scope = None
-                now = anyio.current_time()
+                now = self.clock()
                 for data in batch:
                     self.quic.receive_datagram(data, addr, now)
-                if not batch:
+                if not batch:  # the scope's deadline passed (also under a flood of data:
+                    # a deadline already past cancels the next wait at once)
                     timer = self.quic.get_timer()
                     if timer is not None and timer <= now:
                         self.quic.handle_timer(now)
@@ -243,7 +271,7 @@ class QuicTransport:
 
     async def _transmit(self) -> None:
         async with self._send_lock:
-            datagrams = self.quic.datagrams_to_send(anyio.current_time())
+            datagrams = self.quic.datagrams_to_send(self.clock())
             try:
                 sent = self._sock.send_nowait(datagrams)  # the kernel buffer is rarely full
                 for data, _addr in datagrams[sent:]:
@@ -284,7 +312,7 @@ class QuicTransport:
             self._flushing = False
         if self.is_closed:  # it may have closed while we yielded
             return
-        now = anyio.current_time()
+        now = self.clock()
         self._process(now)
         await self._transmit()
         if self._scope is not None:

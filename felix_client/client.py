@@ -197,18 +197,20 @@ class Client:
     def _path(self, tenant: str | None, namespace: str | None) -> tuple[str, str]:
         return (tenant or self.tenant, namespace or self.namespace)
 
-    async def _call(self, call: Any, timeout: float | None = None) -> ev.Event:
+    async def _call(self, call: Any) -> ev.Event:
+        """A request on the next connection of the pool; ``call`` passes the timeout to the
+        machine, which keeps the deadline."""
         conn = await self._connection()
-        return await conn.request(call, timeout)
+        return await conn.request(call)
 
     async def _cache_call(
-        self, call: Callable[[ClientConnection, float, int | None], int], timeout: float | None
+        self, call: Callable[[ClientConnection, float, int | None], int]
     ) -> ev.Event:
         """A cache request on the next connection of the pool and the next of its
         ``request_streams`` streams, so concurrent requests do not queue behind each other."""
         conn = await self._connection()
         sid = conn.cache_stream(self.request_streams)
-        return await conn.request(lambda m, now: call(m, now, sid), timeout)
+        return await conn.request(lambda m, now: call(m, now, sid))
 
     # ---------------------------------------------------------------- publish
 
@@ -279,7 +281,7 @@ class Client:
         if ack == AckMode.NONE:
             await conn.send(call)
             return None
-        reply = await conn.request(call, timeout)
+        reply = await conn.request(call)
         assert isinstance(reply, ev.PublishAcked)
         return PublishResult(reply.first_offset, reply.last_offset)
 
@@ -380,7 +382,7 @@ class Client:
         if ack == AckMode.NONE:
             await conn.send(call)
             return None
-        reply = await conn.request(call, timeout)
+        reply = await conn.request(call)
         assert isinstance(reply, ev.PublishAcked)
         return PublishResult(reply.first_offset, reply.last_offset)
 
