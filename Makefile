@@ -24,14 +24,14 @@ run: $(STAMP_RUN)
 	$(BIN)/felix-broker $(ARGS)
 
 test: $(STAMP_TEST)
-	$(BIN)/ruff check $(PACKAGES) tests benchmarks scripts
-	$(BIN)/ruff format --check $(PACKAGES) tests benchmarks scripts
+	$(BIN)/ruff check $(PACKAGES) tests benchmarks scripts examples
+	$(BIN)/ruff format --check $(PACKAGES) tests benchmarks scripts examples
 	$(BIN)/mypy $(PACKAGES)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP_TEST)
-	$(BIN)/ruff check $(PACKAGES) tests benchmarks scripts
-	$(BIN)/ruff format --check $(PACKAGES) tests benchmarks scripts
+	$(BIN)/ruff check $(PACKAGES) tests benchmarks scripts examples
+	$(BIN)/ruff format --check $(PACKAGES) tests benchmarks scripts examples
 
 typecheck: $(STAMP_TEST)
 	$(BIN)/mypy $(PACKAGES)
