@@ -7,7 +7,8 @@ import asyncio
 
 from conformance.context import Context
 from conformance.registry import Skip, check
-from conformance.wire import ALPN, CONTROL, CheckFailed, describe
+from conformance.wire import CONTROL, CheckFailed, describe
+from felix_proto import ALPN
 from felix_proto import messages as m
 from felix_proto.errors import ErrorCode
 

@@ -29,14 +29,13 @@ from aioquic.quic import events as qe
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 
+from felix_proto import ALPN
 from felix_proto import messages as m
 from felix_proto.codec import MessageDecoder, encode
 from felix_proto.errors import RemoteProtocolError
 
-__all__ = ["ALPN", "CheckFailed", "Conn", "Endpoint", "StreamLog", "open_conn"]
+__all__ = ["CheckFailed", "Conn", "Endpoint", "StreamLog", "open_conn"]
 
-ALPN = "felix/2"
-"""The protocol identifier of §1."""
 CONTROL = 0
 """The control stream's id (§4)."""
 

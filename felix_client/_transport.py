@@ -30,10 +30,10 @@ from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.events import ConnectionTerminated, HandshakeCompleted, QuicEvent
 
-__all__ = ["ALPN", "QuicHandler", "QuicTransport", "TransportOptions", "loop_clock"]
+from felix_proto import ALPN
 
-ALPN = "felix/2"
-"""The ALPN protocol id of Felix wire protocol version 2."""
+__all__ = ["QuicHandler", "QuicTransport", "TransportOptions", "loop_clock"]
+
 READ_BATCH = 64
 """Most datagrams fed to QUIC in one loop pass, before one transmit."""
 SOCKET_BUFFER = 4 * 1024 * 1024

@@ -63,8 +63,6 @@ DEFAULT_LISTEN_PORT = 7447
 """The broker's default QUIC (UDP) port."""
 DEFAULT_METRICS_PORT = 8080
 """The default metrics / health HTTP port (the reference broker's)."""
-ALPN = "felix/2"
-"""The QUIC application protocol name the broker offers."""
 
 _LOG_FORMATS = ("text", "json")
 _LOG_LEVELS = ("debug", "info", "warning", "error")

@@ -55,13 +55,14 @@ from aioquic.quic.packet import (
 from felix_core.broker import Broker, EngineOutput
 from felix_core.queues import ConsumerEnded, MessageDeadLettered, MessagesDelivered
 from felix_core.streams import StreamBatch, StreamGap, SubscriptionEnded
+from felix_proto import ALPN
 from felix_proto.codec import encode_event_batch
-from felix_server.config import ALPN, ServerConfig
+from felix_server.config import ServerConfig
 from felix_server.observer import ServerObserver
 from felix_server.quic import FelixQuicConnection
 from felix_server.session import Session
 
-__all__ = ["ALPN", "FelixServer", "make_quic_configuration"]
+__all__ = ["FelixServer", "make_quic_configuration"]
 
 
 def make_quic_configuration(config: ServerConfig) -> QuicConfiguration:

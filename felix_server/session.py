@@ -47,11 +47,11 @@ from aioquic.quic.connection import NetworkAddress, QuicConnection
 from felix_core.errors import EngineError, NotFound
 from felix_core.log import LogSlice
 from felix_core.queues import Delivery as CoreDelivery
+from felix_proto import ALPN
 from felix_proto import events as fe
 from felix_proto import messages as m
 from felix_proto.errors import ErrorCode, FelixProtoError
 from felix_proto.server import ServerConnection
-from felix_server.config import ALPN
 from felix_server.dispatch import FeedOpened, dispatch, request_kind
 
 if TYPE_CHECKING:

@@ -17,9 +17,9 @@ from aioquic.quic import events as qe
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import NetworkAddress, QuicConnection
 
+from felix_proto import ALPN
 from felix_proto import events as fe
 from felix_proto.client import ClientConnection
-from felix_server.config import ALPN
 
 E = TypeVar("E", bound=fe.Event)
 

@@ -21,11 +21,12 @@ from aioquic.quic import events as qe
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 
+from felix_proto import ALPN
 from felix_proto import events as fe
 from felix_proto import messages as m
 from felix_proto.client import ClientConnection
 from felix_runtime.tls import ensure_self_signed
-from felix_server.config import ALPN, ServerConfig, TransportConfig
+from felix_server.config import ServerConfig, TransportConfig
 from felix_server.server import FelixServer, make_quic_configuration
 
 T, N = "default", "default"
