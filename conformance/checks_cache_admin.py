@@ -7,18 +7,13 @@ from typing import Any
 
 from conformance.context import Context
 from conformance.registry import Skip, check
-from conformance.wire import CheckFailed, Conn
+from conformance.wire import Conn, expect
 from felix_proto import messages as m
 from felix_proto.errors import ErrorCode
 
 SC = "§7 Semantics: cache"
 SA = "§7 Semantics: admin"
 S9 = "§9 Limits"
-
-
-def _expect(cond: bool, reason: str) -> None:
-    if not cond:
-        raise CheckFailed(reason)
 
 
 def _path(ctx: Context, cache: str, key: str) -> dict[str, Any]:
@@ -50,16 +45,16 @@ async def put_get(ctx: Context) -> None:
     cache = await ctx.create("cache", "c")
     conn = await ctx.connect()
     put = await _put(ctx, conn, cache, "k", b"v1", ttl_ms=0)
-    _expect(put.stored and put.version is not None, f"CachePut answered {put}")
+    expect(put.stored and put.version is not None, f"CachePut answered {put}")
     got = await _get(ctx, conn, cache, "k")
-    _expect(got.found and got.value == b"v1" and got.version == put.version,
+    expect(got.found and got.value == b"v1" and got.version == put.version,
             f"CacheGet answered {got}, expected v1 at version {put.version}")  # fmt: skip
-    _expect(
+    expect(
         got.ttl_remaining_ms is None,
         f"ttl_ms 0 never expires, yet ttl_remaining_ms is {got.ttl_remaining_ms}",
     )
     again = await _put(ctx, conn, cache, "k", b"v2", ttl_ms=0)
-    _expect(again.stored and again.version != put.version,
+    expect(again.stored and again.version != put.version,
             f"an overwrite kept version {again.version}")  # fmt: skip
 
 
@@ -68,7 +63,7 @@ async def miss(ctx: Context) -> None:
     cache = await ctx.create("cache", "miss")
     conn = await ctx.connect()
     got = await _get(ctx, conn, cache, "absent")
-    _expect(not got.found and got.value is None and got.version is None, f"got {got}")
+    expect(not got.found and got.value is None and got.version is None, f"got {got}")
 
 
 @check("cache.ttl", SC, "ttl_ms: ttl_remaining_ms counts down; after it the key is a miss")
@@ -77,11 +72,11 @@ async def ttl(ctx: Context) -> None:
     conn = await ctx.connect()
     await _put(ctx, conn, cache, "k", b"short", ttl_ms=400)
     got = await _get(ctx, conn, cache, "k")
-    _expect(got.found and got.ttl_remaining_ms is not None and 0 < got.ttl_remaining_ms <= 400,
+    expect(got.found and got.ttl_remaining_ms is not None and 0 < got.ttl_remaining_ms <= 400,
             f"right after a 400 ms put: {got}")  # fmt: skip
     await asyncio.sleep(0.7)
     got = await _get(ctx, conn, cache, "k")
-    _expect(not got.found, f"700 ms after a 400 ms put the key is still there: {got}")
+    expect(not got.found, f"700 ms after a 400 ms put the key is still there: {got}")
 
 
 @check("cache.if-absent", SC, "if_absent on a live key: stored false with the current version")
@@ -89,15 +84,15 @@ async def if_absent(ctx: Context) -> None:
     cache = await ctx.create("cache", "ifabs")
     conn = await ctx.connect()
     first = await _put(ctx, conn, cache, "k", b"one", if_absent=True)
-    _expect(first.stored, f"if_absent on an absent key was refused: {first}")
+    expect(first.stored, f"if_absent on an absent key was refused: {first}")
     second = await _put(ctx, conn, cache, "k", b"two", if_absent=True)
-    _expect(not second.stored, "if_absent overwrote a live key")
-    _expect(
+    expect(not second.stored, "if_absent overwrote a live key")
+    expect(
         second.version in (None, first.version),
         f"conflict reports version {second.version}, current is {first.version}",
     )
     got = await _get(ctx, conn, cache, "k")
-    _expect(got.value == b"one", f"the value became {got.value!r}")
+    expect(got.value == b"one", f"the value became {got.value!r}")
 
 
 @check("cache.cas", SC, "if_version: stored only when it equals the current version")
@@ -107,12 +102,12 @@ async def cas(ctx: Context) -> None:
     v1 = await _put(ctx, conn, cache, "k", b"one")
     assert v1.version is not None
     stale = await _put(ctx, conn, cache, "k", b"bad", if_version=v1.version + 1000)
-    _expect(not stale.stored, "a put with a wrong if_version was stored")
-    _expect(stale.version in (None, v1.version), f"conflict reports version {stale.version}")
+    expect(not stale.stored, "a put with a wrong if_version was stored")
+    expect(stale.version in (None, v1.version), f"conflict reports version {stale.version}")
     ok = await _put(ctx, conn, cache, "k", b"two", if_version=v1.version)
-    _expect(ok.stored and ok.version != v1.version, f"a put with the right if_version: {ok}")
+    expect(ok.stored and ok.version != v1.version, f"a put with the right if_version: {ok}")
     got = await _get(ctx, conn, cache, "k")
-    _expect((got.value, got.version) == (b"two", ok.version), f"CacheGet answered {got}")
+    expect((got.value, got.version) == (b"two", ok.version), f"CacheGet answered {got}")
 
 
 @check("cache.delete", SC, "CacheDelete: deleted true then a miss; again: deleted false")
@@ -122,13 +117,13 @@ async def delete(ctx: Context) -> None:
     put = await _put(ctx, conn, cache, "k", b"x")
     assert put.version is not None
     wrong = await _delete(ctx, conn, cache, "k", if_version=put.version + 1000)
-    _expect(not wrong.deleted, "a delete with a wrong if_version deleted the entry")
+    expect(not wrong.deleted, "a delete with a wrong if_version deleted the entry")
     gone = await _delete(ctx, conn, cache, "k", if_version=put.version)
-    _expect(gone.deleted, "a delete with the right if_version did not delete")
+    expect(gone.deleted, "a delete with the right if_version did not delete")
     got = await _get(ctx, conn, cache, "k")
-    _expect(not got.found, f"a deleted key is still found: {got}")
+    expect(not got.found, f"a deleted key is still found: {got}")
     again = await _delete(ctx, conn, cache, "k")
-    _expect(not again.deleted, "deleting an absent key reported deleted true")
+    expect(not again.deleted, "deleting an absent key reported deleted true")
 
 
 @check("cache.not-found", SC, "cache requests on a missing cache: Error 200")
@@ -160,7 +155,7 @@ async def lifecycle(ctx: Context) -> None:
             m.AdminList(request_id=conn.rid(), kind="stream", tenant=ctx.tenant,
                         namespace=ctx.namespace), m.AdminResources)  # fmt: skip
         names = [r.get("name") for r in listed.resources]
-        _expect(name in names, f"AdminList does not list {name}: {names}")
+        expect(name in names, f"AdminList does not list {name}: {names}")
     finally:
         await conn.expect(_admin(m.AdminDelete, conn, ctx, name), m.Ok)
     await conn.expect_error(_admin(m.AdminDescribe, conn, ctx, name), ErrorCode.NOT_FOUND)
@@ -206,7 +201,7 @@ async def max_frame_size(ctx: Context) -> None:
     conn = await ctx.connect()
     assert conn.welcome is not None
     value = conn.welcome.limits.get("max_frame_size")
-    _expect(isinstance(value, int) and 0 < value <= 0xFFFF_FFFF,
+    expect(isinstance(value, int) and 0 < value <= 0xFFFF_FFFF,
             f"limits.max_frame_size is {value!r}")  # fmt: skip
 
 

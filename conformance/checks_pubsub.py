@@ -8,18 +8,13 @@ import asyncio
 from conformance.context import Context
 from conformance.feeds import publish, records, subscribe, wait_count
 from conformance.registry import Skip, check
-from conformance.wire import CONTROL, CheckFailed
+from conformance.wire import CONTROL, CheckFailed, expect
 from felix_proto import messages as m
 from felix_proto.errors import ErrorCode
 
 S7 = "§7 Semantics: pub/sub"
 QUIET = 0.3
 """Seconds of silence taken as "nothing more will come"."""
-
-
-def _expect(cond: bool, reason: str) -> None:
-    if not cond:
-        raise CheckFailed(reason)
 
 
 def _payloads(n: int, tag: str = "r") -> list[bytes]:
@@ -31,14 +26,14 @@ async def offsets(ctx: Context) -> None:
     stream = await ctx.create("stream", "offsets")
     conn = await ctx.connect()
     singles = await publish(ctx, conn, stream, b"a", b"b", b"c")
-    _expect(singles == list(range(singles[0], singles[0] + 3)),
+    expect(singles == list(range(singles[0], singles[0] + 3)),
             f"three publishes got offsets {singles}")  # fmt: skip
     ack = await conn.expect(
         m.PublishBatch(request_id=conn.rid(), tenant=ctx.tenant, namespace=ctx.namespace,
                        stream=stream, payloads=[b"d", b"e", b"f", b"g"]),
         m.PublishAck,
     )  # fmt: skip
-    _expect(
+    expect(
         (ack.first_offset, ack.last_offset) == (singles[-1] + 1, singles[-1] + 4),
         f"a batch of 4 after offset {singles[-1]} got {ack.first_offset}..{ack.last_offset}",
     )
@@ -62,11 +57,11 @@ async def order(ctx: Context) -> None:
     reader = await ctx.connect()
     reply, log = await subscribe(ctx, reader, stream, start=m.StartKind.EARLIEST)
     first = min(sent)
-    _expect(reply.first_offset == first, f"Subscribed.first_offset {reply.first_offset}, "
+    expect(reply.first_offset == first, f"Subscribed.first_offset {reply.first_offset}, "
                                          f"expected {first}")  # fmt: skip
     await wait_count(reader, log, len(sent))
     got = records(log)
-    _expect(got == sorted(sent.items()),
+    expect(got == sorted(sent.items()),
             f"delivered {[o for o, _ in got][:12]}..., expected offsets {first}.."
             f"{max(sent)} with the published payloads")  # fmt: skip
 
@@ -80,13 +75,13 @@ async def live(ctx: Context) -> None:
     reply, log = await subscribe(ctx, reader, stream, start=m.StartKind.LATEST)
     sent = dict(zip(await publish(ctx, conn, stream, *_payloads(12)), _payloads(12),
                     strict=True))  # fmt: skip
-    _expect(
+    expect(
         reply.first_offset == min(sent),
         f"Subscribed.first_offset {reply.first_offset}; the next record got {min(sent)}",
     )
     await wait_count(reader, log, len(sent))
     got = records(log)
-    _expect(got == sorted(sent.items()), f"delivered {got}, expected {sorted(sent.items())}")
+    expect(got == sorted(sent.items()), f"delivered {got}, expected {sorted(sent.items())}")
 
 
 @check("pubsub.start-offset", S7, "start OFFSET k delivers from k")
@@ -96,10 +91,10 @@ async def start_offset(ctx: Context) -> None:
     offs = await publish(ctx, conn, stream, *_payloads(6))
     reply, log = await subscribe(ctx, conn, stream, start=m.StartKind.OFFSET,
                                  start_value=offs[2])  # fmt: skip
-    _expect(reply.first_offset == offs[2], f"Subscribed.first_offset {reply.first_offset}")
+    expect(reply.first_offset == offs[2], f"Subscribed.first_offset {reply.first_offset}")
     await wait_count(conn, log, 4)
     got = records(log)
-    _expect(got == list(zip(offs[2:], _payloads(6)[2:], strict=True)), f"delivered {got}")
+    expect(got == list(zip(offs[2:], _payloads(6)[2:], strict=True)), f"delivered {got}")
 
 
 @check("pubsub.start-timestamp", S7,
@@ -117,18 +112,18 @@ async def start_timestamp(ctx: Context) -> None:
         if batch.timestamps_ms is None:
             raise Skip("the broker sends no timestamps_ms, so TIMESTAMP starts cannot be checked")
         stamps.extend(batch.timestamps_ms)
-    _expect(stamps == sorted(stamps), f"timestamps go backwards: {stamps}")
+    expect(stamps == sorted(stamps), f"timestamps go backwards: {stamps}")
     first = records(log)[0][0]
     target = next((i for i in range(1, 4) if stamps[i] > stamps[i - 1]), None)
     if target is None:
         raise Skip(f"records published 20 ms apart share a timestamp: {stamps}")
     reply, tlog = await subscribe(ctx, conn, stream, start=m.StartKind.TIMESTAMP,
                                   start_value=stamps[target])  # fmt: skip
-    _expect(reply.first_offset == first + target,
+    expect(reply.first_offset == first + target,
             f"TIMESTAMP {stamps[target]} started at offset {reply.first_offset}, expected "
             f"{first + target} (timestamps {stamps})")  # fmt: skip
     await wait_count(conn, tlog, 4 - target)
-    _expect(records(tlog)[0][0] == first + target, f"delivered {records(tlog)}")
+    expect(records(tlog)[0][0] == first + target, f"delivered {records(tlog)}")
 
 
 @check("pubsub.unsubscribe", S7,
@@ -143,10 +138,10 @@ async def unsubscribe(ctx: Context) -> None:
                       m.Ok)  # fmt: skip
     await conn.until(lambda: log.fin, f"FIN on subscription stream {log.stream_id}", None)
     ends = log.of(m.SubscriptionEnded)
-    _expect(len(ends) == 1 and log.messages[-1] is ends[0],
+    expect(len(ends) == 1 and log.messages[-1] is ends[0],
             "SubscriptionEnded must be the last frame, exactly once")  # fmt: skip
-    _expect(ends[0].reason == m.EndReason.UNSUBSCRIBED, f"reason is {ends[0].reason!r}")
-    _expect(ends[0].next_offset in (None, 1 + records(log)[-1][0]),
+    expect(ends[0].reason == m.EndReason.UNSUBSCRIBED, f"reason is {ends[0].reason!r}")
+    expect(ends[0].next_offset in (None, 1 + records(log)[-1][0]),
             f"SubscriptionEnded.next_offset {ends[0].next_offset}")  # fmt: skip
 
 
@@ -164,11 +159,11 @@ async def resume(ctx: Context) -> None:
     again = await ctx.connect()
     reply, log2 = await subscribe(ctx, again, stream, start=m.StartKind.OFFSET,
                                   start_value=next_offset)  # fmt: skip
-    _expect(reply.first_offset == next_offset, f"resumed at {reply.first_offset}")
+    expect(reply.first_offset == next_offset, f"resumed at {reply.first_offset}")
     await wait_count(again, log2, 5)
     await again.quiet(lambda: len(records(log2)) > 5, QUIET)
     got = records(log2)
-    _expect(got == list(zip(rest, _payloads(5, "b"), strict=True)),
+    expect(got == list(zip(rest, _payloads(5, "b"), strict=True)),
             f"resume at {next_offset} (after {first}) delivered {got}")  # fmt: skip
 
 
@@ -184,13 +179,13 @@ async def cursor_too_old(ctx: Context) -> None:
         ErrorCode.CURSOR_TOO_OLD,
     )  # fmt: skip
     kept = err.details.get("first_offset")
-    _expect(
+    expect(
         isinstance(kept, int) and offs[0] < kept <= offs[-1],
         f"details.first_offset is {kept!r}; records {offs[0]}..{offs[-1]}, 3 retained",
     )
     assert isinstance(kept, int)
     reply, log = await subscribe(ctx, conn, stream, start=m.StartKind.EARLIEST)
-    _expect(reply.first_offset == kept, f"EARLIEST starts at {reply.first_offset}, not {kept}")
+    expect(reply.first_offset == kept, f"EARLIEST starts at {reply.first_offset}, not {kept}")
     await wait_count(conn, log, offs[-1] - kept + 1)
 
 
@@ -264,9 +259,9 @@ async def ack_none(ctx: Context) -> None:
     sid = conn.send(m.Publish(request_id=rid, tenant=ctx.tenant, namespace=ctx.namespace,
                               stream=stream, payload=b"silent", ack=m.AckMode.NONE))  # fmt: skip
     [after] = await publish(ctx, conn, stream, b"acked-again")
-    _expect(after == before + 2, f"offsets {before} and {after}: the ack-NONE record is missing")
+    expect(after == before + 2, f"offsets {before} and {after}: the ack-NONE record is missing")
     replied = [x for x in conn.log(sid).messages if getattr(x, "request_id", None) == rid]
-    _expect(not replied, f"ack NONE was answered {replied[0]!r}" if replied else "")
+    expect(not replied, f"ack NONE was answered {replied[0]!r}" if replied else "")
 
 
 @check("pubsub.keys-headers", S7, "a record's key and headers are delivered with it")
@@ -286,5 +281,5 @@ async def keys_headers(ctx: Context) -> None:
     for b in log.of(m.EventBatch):
         keys.extend(b.keys if b.keys is not None else [None] * len(b.payloads))
         headers.extend(b.headers if b.headers is not None else [None] * len(b.payloads))
-    _expect(keys == [b"k0", None], f"keys delivered as {keys}")
-    _expect(headers == [None, {"h": b"v"}], f"headers delivered as {headers}")
+    expect(keys == [b"k0", None], f"keys delivered as {keys}")
+    expect(headers == [None, {"h": b"v"}], f"headers delivered as {headers}")

@@ -8,17 +8,12 @@ import asyncio
 from conformance.context import Context
 from conformance.feeds import consume, deliveries, enqueue
 from conformance.registry import check
-from conformance.wire import CheckFailed
+from conformance.wire import CheckFailed, expect
 from felix_proto import messages as m
 from felix_proto.errors import ErrorCode
 
 S7 = "§7 Semantics: queues"
 QUIET = 0.3
-
-
-def _expect(cond: bool, reason: str) -> None:
-    if not cond:
-        raise CheckFailed(reason)
 
 
 def _payloads(n: int, tag: str = "q") -> list[bytes]:
@@ -35,12 +30,12 @@ async def deliver_ack(ctx: Context) -> None:
     await conn.until(lambda: len(deliveries(log)) >= len(sent),
                      f"{len(sent)} deliveries (got {len(deliveries(log))})", None)  # fmt: skip
     got = {d.offset: d.payload for d in deliveries(log)}
-    _expect(got == sent, f"delivered offsets {sorted(got)}, enqueued {sorted(sent)}"
+    expect(got == sent, f"delivered offsets {sorted(got)}, enqueued {sorted(sent)}"
             + ("" if sorted(got) != sorted(sent) else " (payloads differ)"))  # fmt: skip
-    _expect(all(d.attempt == 1 for d in deliveries(log)),
+    expect(all(d.attempt == 1 for d in deliveries(log)),
             f"first attempts numbered {[d.attempt for d in deliveries(log)]}")  # fmt: skip
     ids = [d.delivery_id for d in deliveries(log)]
-    _expect(len(set(ids)) == len(ids), f"delivery ids repeat: {ids}")
+    expect(len(set(ids)) == len(ids), f"delivery ids repeat: {ids}")
     await conn.expect(m.Ack(consumer_id=reply.consumer_id, delivery_ids=ids,
                             request_id=conn.rid()), m.Ok)  # fmt: skip
     if await conn.quiet(lambda: len(deliveries(log)) > len(sent), QUIET):
@@ -76,7 +71,7 @@ async def nack(ctx: Context) -> None:
                              request_id=conn.rid()), m.Ok)  # fmt: skip
     await conn.until(lambda: len(deliveries(log)) >= 2, "the redelivery", None)
     r = deliveries(log)[1]
-    _expect(
+    expect(
         (r.offset, r.payload, r.attempt) == (off, b"again", 2),
         f"redelivered offset {r.offset} payload {r.payload!r} attempt {r.attempt}",
     )
@@ -96,7 +91,7 @@ async def nack_delay(ctx: Context) -> None:
                              delay_ms=600, request_id=conn.rid()), m.Ok)  # fmt: skip
     await conn.until(lambda: len(deliveries(log)) >= 2, "the delayed redelivery", 4.0)
     waited = loop.time() - start
-    _expect(waited >= 0.5, f"redelivered {waited * 1000:.0f} ms after a 600 ms Nack")
+    expect(waited >= 0.5, f"redelivered {waited * 1000:.0f} ms after a 600 ms Nack")
 
 
 @check("queue.visibility-timeout", S7,
@@ -112,8 +107,8 @@ async def visibility(ctx: Context) -> None:
     await conn.until(lambda: len(deliveries(log)) >= 2, "the redelivery after 500 ms", 4.0)
     waited = loop.time() - start
     r = deliveries(log)[1]
-    _expect(r.attempt == 2 and r.payload == b"slow", f"redelivery attempt {r.attempt}")
-    _expect(waited >= 0.4, f"redelivered after {waited * 1000:.0f} ms, timeout is 500 ms")
+    expect(r.attempt == 2 and r.payload == b"slow", f"redelivery attempt {r.attempt}")
+    expect(waited >= 0.4, f"redelivered after {waited * 1000:.0f} ms, timeout is 500 ms")
 
 
 @check("queue.dead-letter", S7,
@@ -128,14 +123,14 @@ async def dead_letter(ctx: Context) -> None:
         await conn.until(lambda n=attempt: len(deliveries(log)) >= n,  # type: ignore[misc]
                          f"delivery attempt {attempt}", None)  # fmt: skip
         d = deliveries(log)[attempt - 1]
-        _expect(d.attempt == attempt, f"attempt numbered {d.attempt}, expected {attempt}")
+        expect(d.attempt == attempt, f"attempt numbered {d.attempt}, expected {attempt}")
         await conn.expect(m.Nack(consumer_id=reply.consumer_id, delivery_ids=[d.delivery_id],
                                  request_id=conn.rid()), m.Ok)  # fmt: skip
     if await conn.quiet(lambda: len(deliveries(log)) > 2, QUIET):
         raise CheckFailed("delivered a third time with max_attempts 2")
     _, dlog = await consume(ctx, conn, dlq)
     await conn.until(lambda: bool(deliveries(dlog)), "the message on the dead-letter queue", None)
-    _expect(deliveries(dlog)[0].payload == b"poison", "the dead letter's payload differs")
+    expect(deliveries(dlog)[0].payload == b"poison", "the dead letter's payload differs")
 
 
 @check("queue.consumer-loss", S7,
@@ -151,7 +146,7 @@ async def consumer_loss(ctx: Context) -> None:
     _, log2 = await consume(ctx, conn, queue)
     await conn.until(lambda: bool(deliveries(log2)), "the redelivery to the other consumer", 5.0)
     r = deliveries(log2)[0]
-    _expect((r.payload, r.attempt) == (b"orphan", 2), f"got {r.payload!r} attempt {r.attempt}")
+    expect((r.payload, r.attempt) == (b"orphan", 2), f"got {r.payload!r} attempt {r.attempt}")
 
 
 @check("queue.cancel", S7,
@@ -166,10 +161,10 @@ async def cancel(ctx: Context) -> None:
     _, log2 = await consume(ctx, other, queue)
     await conn.expect(m.CancelConsume(request_id=conn.rid(), consumer_id=reply.consumer_id), m.Ok)
     await conn.until(lambda: log.fin, "FIN on the consumer stream", None)
-    _expect(isinstance(log.messages[-1], m.ConsumerEnded), "the stream's last frame is not "
+    expect(isinstance(log.messages[-1], m.ConsumerEnded), "the stream's last frame is not "
                                                            "ConsumerEnded")  # fmt: skip
     await other.until(lambda: bool(deliveries(log2)), "the returned delivery", 3.0)
-    _expect(deliveries(log2)[0].payload == b"handed-back", "a different message was delivered")
+    expect(deliveries(log2)[0].payload == b"handed-back", "a different message was delivered")
 
 
 @check("queue.unknown-delivery", S7, "Ack of a delivery id never handed out: Error 200")

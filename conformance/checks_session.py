@@ -7,7 +7,7 @@ import asyncio
 
 from conformance.context import Context
 from conformance.registry import Skip, check
-from conformance.wire import CONTROL, CheckFailed, describe
+from conformance.wire import CONTROL, describe, expect
 from felix_proto import ALPN
 from felix_proto import messages as m
 from felix_proto.errors import ErrorCode
@@ -21,15 +21,10 @@ S4 = "§4 Streams"
 S5 = "§5 Session"
 
 
-def _expect(cond: bool, reason: str) -> None:
-    if not cond:
-        raise CheckFailed(reason)
-
-
 @check("transport.alpn", S1, "offering felix/2 negotiates felix/2")
 async def alpn(ctx: Context) -> None:
     conn = await ctx.connect()
-    _expect(conn.alpn == ALPN, f"negotiated ALPN {conn.alpn!r}, expected {ALPN!r}")
+    expect(conn.alpn == ALPN, f"negotiated ALPN {conn.alpn!r}, expected {ALPN!r}")
 
 
 @check("transport.no-alpn", S1, "a client offering no ALPN is accepted (Hello -> Welcome)")
@@ -42,12 +37,12 @@ async def wrong_alpn(ctx: Context) -> None:
     try:
         conn = await ctx.raw(alpn=["felix/999", "h3"])
     except ConnectionError as exc:
-        _expect(f"{NO_APPLICATION_PROTOCOL:#x}" in str(exc),
+        expect(f"{NO_APPLICATION_PROTOCOL:#x}" in str(exc),
                 f"{exc}; expected the TLS alert no_application_protocol "
                 f"({NO_APPLICATION_PROTOCOL:#x})")  # fmt: skip
         return
     end = await conn.ended()
-    _expect(
+    expect(
         end.error_code == NO_APPLICATION_PROTOCOL,
         f"handshake completed with ALPN {conn.alpn!r}; the connection then ended with code "
         f"{end.error_code:#x}, expected the TLS alert no_application_protocol "
@@ -60,16 +55,16 @@ async def welcome(ctx: Context) -> None:
     conn = await ctx.connect()
     w = conn.welcome
     assert w is not None
-    _expect(w.version == 2, f"Welcome.version is {w.version}, expected 2")
-    _expect(bool(w.server_id), "Welcome.server_id is empty")
-    _expect("max_frame_size" in w.limits, f"Welcome.limits lacks max_frame_size: {w.limits}")
+    expect(w.version == 2, f"Welcome.version is {w.version}, expected 2")
+    expect(bool(w.server_id), "Welcome.server_id is empty")
+    expect("max_frame_size" in w.limits, f"Welcome.limits lacks max_frame_size: {w.limits}")
 
 
 @check("session.version-choice", S5, "Hello [7, 2] (unknown version preferred) gets version 2")
 async def version_choice(ctx: Context) -> None:
     conn = await ctx.connect(versions=[7, 2])
     assert conn.welcome is not None
-    _expect(conn.welcome.version == 2, f"Welcome.version is {conn.welcome.version}")
+    expect(conn.welcome.version == 2, f"Welcome.version is {conn.welcome.version}")
 
 
 @check("session.no-common-version", S5,
@@ -77,13 +72,13 @@ async def version_choice(ctx: Context) -> None:
 async def no_common_version(ctx: Context) -> None:
     conn = await ctx.raw()
     reply = await conn.hello(versions=[7], token=ctx.options.token)
-    _expect(
+    expect(
         isinstance(reply, m.Error) and reply.code == ErrorCode.UNSUPPORTED_VERSION,
         f"Hello [7] answered {describe(reply)}, expected Error 101",
     )
     assert isinstance(reply, m.Error)
     versions = reply.details.get("supported_versions")
-    _expect(
+    expect(
         isinstance(versions, list) and 2 in versions,
         f"details.supported_versions is {versions!r}, expected a list containing 2",
     )
@@ -97,7 +92,7 @@ async def capabilities(ctx: Context) -> None:
     conn = await ctx.connect(capabilities=offered)
     assert conn.welcome is not None
     extra = set(conn.welcome.capabilities) - set(offered)
-    _expect(not extra, f"Welcome offers capabilities the client did not list: {sorted(extra)}")
+    expect(not extra, f"Welcome offers capabilities the client did not list: {sorted(extra)}")
 
 
 @check("session.request-before-hello", S4,
@@ -107,9 +102,9 @@ async def request_before_hello(ctx: Context) -> None:
     sid = conn.new_stream()
     req = m.AdminList(request_id=77, kind="tenant")
     err = await conn.expect_error(req, ErrorCode.UNEXPECTED_MESSAGE, sid)
-    _expect(err.request_id == 77, f"Error carries request_id {err.request_id}, expected 77")
+    expect(err.request_id == 77, f"Error carries request_id {err.request_id}, expected 77")
     reply = await conn.hello(token=ctx.options.token)
-    _expect(isinstance(reply, m.Welcome), f"Hello after the refusal got {describe(reply)}")
+    expect(isinstance(reply, m.Welcome), f"Hello after the refusal got {describe(reply)}")
     await conn.expect(m.AdminList(request_id=78, kind="tenant"), m.AdminResources, sid)
 
 
@@ -119,7 +114,7 @@ async def ping_before_hello(ctx: Context) -> None:
     conn = await ctx.raw()
     conn.send(m.Ping(nonce=1), CONTROL)
     err = await conn.message(CONTROL, m.Error, what="Error on the control stream")
-    _expect(err.code == ErrorCode.UNEXPECTED_MESSAGE, f"got {describe(err)}, expected 103")
+    expect(err.code == ErrorCode.UNEXPECTED_MESSAGE, f"got {describe(err)}, expected 103")
     await conn.ended()
     await ctx.healthy()
 
@@ -130,7 +125,7 @@ async def ping(ctx: Context) -> None:
     for nonce in (0, 12345, U64_MAX):
         conn.send(m.Ping(nonce=nonce), CONTROL)
         pong = await conn.message(CONTROL, m.Pong, what="Pong")
-        _expect(pong.nonce == nonce, f"Pong.nonce is {pong.nonce}, expected {nonce}")
+        expect(pong.nonce == nonce, f"Pong.nonce is {pong.nonce}, expected {nonce}")
         conn.log(CONTROL).messages.remove(pong)
 
 
@@ -140,7 +135,7 @@ async def bad_token(ctx: Context) -> None:
         raise Skip("no --token given: the broker is assumed not to require authentication")
     conn = await ctx.raw()
     reply = await conn.hello(token="conformance-" + ctx.unique("wrong"))
-    _expect(
+    expect(
         isinstance(reply, m.Error) and reply.code == ErrorCode.UNAUTHENTICATED,
         f"Hello with a wrong token answered {describe(reply)}, expected Error 110",
     )
@@ -168,9 +163,9 @@ async def pipelined(ctx: Context) -> None:
     for sid, rids in ids.items():
         for rid in rids:
             reply = await conn.reply(sid, rid)
-            _expect(isinstance(reply, m.AdminResources), f"request {rid}: {describe(reply)}")
+            expect(isinstance(reply, m.AdminResources), f"request {rid}: {describe(reply)}")
     other = {x.request_id for x in conn.log(a).messages if hasattr(x, "request_id")}
-    _expect(other == set(ids[a]), f"stream {a} carried replies for {sorted(other)}")
+    expect(other == set(ids[a]), f"stream {a} carried replies for {sorted(other)}")
 
 
 @check("streams.fin", S4, "after the client's FIN the broker sends the owed replies, then FINs")
@@ -184,8 +179,8 @@ async def fin(ctx: Context) -> None:
     log = conn.log(sid)
     await conn.until(lambda: log.ended, f"the broker's FIN on stream {sid}", None)
     got = [x.request_id for x in log.of(m.AdminResources)]
-    _expect(sorted(got) == rids, f"replies before FIN were for {got}, expected {rids}")
-    _expect(log.reset is None, f"the broker reset stream {sid} (code {log.reset}) instead of FIN")
+    expect(sorted(got) == rids, f"replies before FIN were for {got}, expected {rids}")
+    expect(log.reset is None, f"the broker reset stream {sid} (code {log.reset}) instead of FIN")
 
 
 @check("session.goaway", S5,
@@ -199,7 +194,7 @@ async def goaway(ctx: Context) -> None:
     conn = await ctx.connect()
     await trigger()
     ga = await conn.message(CONTROL, m.GoAway, what="GoAway on the control stream")
-    _expect(ga.code == ErrorCode.SHUTTING_DOWN, f"GoAway.code is {ga.code}, expected 501")
+    expect(ga.code == ErrorCode.SHUTTING_DOWN, f"GoAway.code is {ga.code}, expected 501")
     loop = asyncio.get_running_loop()
     seen = loop.time()
     await conn.expect_error(
@@ -207,7 +202,7 @@ async def goaway(ctx: Context) -> None:
         ErrorCode.SHUTTING_DOWN,
     )
     end = await conn.ended(wait=ga.deadline_ms / 1000 + 3.0)
-    _expect(
+    expect(
         loop.time() - seen <= ga.deadline_ms / 1000 + 2.0,
         f"the connection closed {loop.time() - seen:.1f}s after GoAway "
         f"(deadline_ms {ga.deadline_ms})",

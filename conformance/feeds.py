@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from conformance.context import Context
-from conformance.wire import CheckFailed, Conn, StreamLog, describe
+from conformance.wire import CheckFailed, Conn, StreamLog, describe, expect
 from felix_proto import messages as m
 
 __all__ = [
@@ -25,11 +25,6 @@ __all__ = [
 ]
 
 
-def _expect(cond: bool, reason: str) -> None:
-    if not cond:
-        raise CheckFailed(reason)
-
-
 async def publish(ctx: Context, conn: Conn, stream: str, *payloads: bytes) -> list[int]:
     """Publish one record per payload (one ``Publish`` each); return their offsets."""
     offsets = []
@@ -39,7 +34,7 @@ async def publish(ctx: Context, conn: Conn, stream: str, *payloads: bytes) -> li
                       stream=stream, payload=payload),
             m.PublishAck,
         )  # fmt: skip
-        _expect(
+        expect(
             ack.first_offset == ack.last_offset,
             f"a single Publish was acked with offsets {ack.first_offset}..{ack.last_offset}",
         )
@@ -54,7 +49,7 @@ async def enqueue(ctx: Context, conn: Conn, queue: str, payloads: Sequence[bytes
                   queue=queue, payloads=list(payloads)),
         m.PublishAck,
     )  # fmt: skip
-    _expect(
+    expect(
         ack.last_offset - ack.first_offset + 1 == len(payloads),
         f"Enqueue of {len(payloads)} acked with offsets {ack.first_offset}..{ack.last_offset}",
     )
@@ -94,7 +89,7 @@ async def subscribe(
     log = await feed_stream(conn, m.SubscriptionStreamStart, rid)
     start = log.messages[0]
     assert isinstance(start, m.SubscriptionStreamStart)
-    _expect(start.subscription_id == reply.subscription_id,
+    expect(start.subscription_id == reply.subscription_id,
             f"the stream start names subscription {start.subscription_id}, the reply "
             f"{reply.subscription_id}")  # fmt: skip
     return reply, log

@@ -34,7 +34,7 @@ from felix_proto import messages as m
 from felix_proto.codec import MessageDecoder, encode
 from felix_proto.errors import RemoteProtocolError
 
-__all__ = ["CheckFailed", "Conn", "Endpoint", "StreamLog", "open_conn"]
+__all__ = ["CheckFailed", "Conn", "Endpoint", "StreamLog", "expect", "open_conn"]
 
 CONTROL = 0
 """The control stream's id (§4)."""
@@ -44,6 +44,12 @@ M = TypeVar("M", bound=m.Message)
 
 class CheckFailed(AssertionError):
     """A check's expectation did not hold; the message says what and why."""
+
+
+def expect(cond: bool, reason: str) -> None:
+    """Raise :class:`CheckFailed` with ``reason`` unless ``cond`` holds."""
+    if not cond:
+        raise CheckFailed(reason)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
