@@ -501,23 +501,30 @@ def _make_fast_decoder(cls: type[m.Message]) -> Callable[[dict[str, Any]], m.Mes
     return fn
 
 
-def _make_to_fields(cls: type[m.Message]) -> Callable[[Any], dict[str, Any]]:
-    specs = _field_specs(cls)
-    body = ["def to_fields(msg):"]
+def _field_map_lines(specs: tuple[_FieldSpec, ...]) -> list[str]:
+    """Source lines that build ``d``, the field map of ``msg``: the leading required fields
+    as one dict display, then each later field, an optional one only when not None."""
     leading = []
     for spec in specs:
         if spec.optional:
             break
         leading.append(spec.name)
     items = ", ".join(f"{name!r}: msg.{name}" for name in leading)
-    body.append(f"    d = {{{items}}}")
+    lines = [f"    d = {{{items}}}"]
     for spec in specs[len(leading) :]:
         if spec.optional:
-            body.append(f"    v = msg.{spec.name}")
-            body.append("    if v is not None:")
-            body.append(f"        d[{spec.name!r}] = v")
+            lines.append(f"    v = msg.{spec.name}")
+            lines.append("    if v is not None:")
+            lines.append(f"        d[{spec.name!r}] = v")
         else:
-            body.append(f"    d[{spec.name!r}] = msg.{spec.name}")
+            lines.append(f"    d[{spec.name!r}] = msg.{spec.name}")
+    return lines
+
+
+def _make_to_fields(cls: type[m.Message]) -> Callable[[Any], dict[str, Any]]:
+    specs = _field_specs(cls)
+    body = ["def to_fields(msg):"]
+    body.extend(_field_map_lines(specs))
     body.append("    return d")
     ns: dict[str, Any] = {}
     exec("\n".join(body), ns)
@@ -547,20 +554,7 @@ def make_encoder(
     specs = _field_specs(cls)
     ns: dict[str, Any] = {"_small": pack_small, "_large": pack_large}
     body = ["def encode(msg):"]
-    leading = []
-    for spec in specs:
-        if spec.optional:
-            break
-        leading.append(spec.name)
-    items = ", ".join(f"{name!r}: msg.{name}" for name in leading)
-    body.append(f"    d = {{{items}}}")
-    for spec in specs[len(leading) :]:
-        if spec.optional:
-            body.append(f"    v = msg.{spec.name}")
-            body.append("    if v is not None:")
-            body.append(f"        d[{spec.name!r}] = v")
-        else:
-            body.append(f"    d[{spec.name!r}] = msg.{spec.name}")
+    body.extend(_field_map_lines(specs))
     blobs = [s.name for s in specs if _annotation(cls, s.name) == "bytes"]
     if cls in _PARALLEL_LISTS:
         body.append(f"    return _large([{cls.TYPE}, d])")
