@@ -8,9 +8,12 @@ logging, the Prometheus observer and HTTP responder, the process preamble.
   which turns one HTTP request head into the response bytes for ``/metrics``, ``/live`` and
   ``/ready``;
 * :mod:`felix_runtime.process`: ``main()``'s preamble (settings, ``--print-config``,
-  logging, exit codes), certificate loading and the startup log lines.
+  logging, exit codes), certificate loading and the startup log lines;
+* :mod:`felix_runtime.udp`: the broker's UDP socket (bound with large buffers, read a batch
+  at a time, written without blocking).
 
-It is runtime-neutral: nothing here imports asyncio, anyio or trio, opens a socket or runs a
-loop. Each adapter (``felix_runtime_asyncio``, ``felix_runtime_anyio``) keeps only its event
-loop, its HTTP carrier (read a request head, write the responder's bytes) and its wiring.
+It is runtime-neutral: nothing here imports asyncio, anyio or trio or runs a loop (the UDP
+helpers are plain non-blocking socket calls). Each adapter (``felix_runtime_asyncio``,
+``felix_runtime_anyio``) keeps only its event loop (how it waits for the socket and the
+timer), its HTTP carrier (read a request head, write the responder's bytes) and its wiring.
 """

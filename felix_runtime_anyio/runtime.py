@@ -6,8 +6,8 @@ runs the loop of the asyncio adapter under any anyio backend:
 1. wait until the socket is readable, inside a cancel scope whose deadline is the server's
    earliest deadline (the *one* timer) and which :meth:`~AnyioUdpRuntime.wake` cancels
    (the one way in for API calls such as ``begin_shutdown``);
-2. read a batch (up to :data:`READ_BATCH` datagrams) and feed each with the same ``now``;
-   fire the timer if it is due;
+2. read a batch (up to :data:`~felix_runtime.udp.READ_BATCH` datagrams) and feed each with
+   the same ``now``; fire the timer if it is due;
 3. transmit *once*: everything ``datagrams_to_send(now)`` returns.
 
 Why not ``anyio.create_udp_socket``: its ``UDPSocket`` hands out one datagram per ``await``
@@ -15,12 +15,12 @@ Why not ``anyio.create_udp_socket``: its ``UDPSocket`` hands out one datagram pe
 drain what is queued before transmitting. A non-blocking socket with ``anyio.wait_readable``
 reads the same batches on asyncio and trio as ``loop.add_reader`` does in the asyncio
 adapter; sends are non-blocking ``sendto`` calls (a full kernel buffer drops the rest of the
-pass, which QUIC retransmits), again as in the asyncio adapter.
+pass, which QUIC retransmits). Both adapters make these calls through
+:mod:`felix_runtime.udp`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import socket
 import time
@@ -28,15 +28,10 @@ from collections.abc import Callable
 
 import anyio
 
-from felix_runtime.logs import log_fields, logger
+from felix_runtime.udp import bind_udp, read_batch, send_all
 from felix_server.server import FelixServer
 
-__all__ = ["READ_BATCH", "AnyioUdpRuntime"]
-
-READ_BATCH = 64
-"""Most datagrams read from the socket before one transmit."""
-SOCKET_BUFFER = 4 * 1024 * 1024
-"""Requested kernel send and receive buffer sizes."""
+__all__ = ["AnyioUdpRuntime"]
 
 
 class AnyioUdpRuntime:
@@ -65,18 +60,7 @@ class AnyioUdpRuntime:
         Returns:
             The bound ``(host, port)`` (port 0 is resolved).
         """
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_DGRAM)
-        for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            sock.close()
-            raise
-        sock.setblocking(False)
-        self._sock = sock
+        sock = self._sock = bind_udp(host, port)
         self.address = sock.getsockname()[:2]
         return self.address
 
@@ -113,12 +97,12 @@ class AnyioUdpRuntime:
                 self._woken = False
                 now = self._clock()
                 if readable:
-                    self._read_batch(sock, now)
+                    read_batch(sock, server.datagram_received, now)
                 if deadline is not None and (timed_out or now >= deadline):
                     # Loop and wall clocks drift apart a little: never fire before the deadline.
                     now = max(now, deadline)
                     server.handle_timer(now)
-                self._transmit(sock, now)
+                send_all(sock, server.datagrams_to_send(now))
                 if server.finished:
                     self.finished.set()
         finally:
@@ -129,25 +113,3 @@ class AnyioUdpRuntime:
         if deadline is None:
             return math.inf
         return anyio.current_time() + max(deadline - self._clock(), 0.0)
-
-    def _read_batch(self, sock: socket.socket, now: float) -> None:
-        feed = self.server.datagram_received
-        for _ in range(READ_BATCH):
-            try:
-                data, addr = sock.recvfrom(65536)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError as exc:  # e.g. ICMP port unreachable reported on the socket
-                logger.debug("recvfrom failed", extra=log_fields(error=exc))
-                break
-            feed(data, addr, now)
-
-    def _transmit(self, sock: socket.socket, now: float) -> None:
-        sendto = sock.sendto
-        for data, addr in self.server.datagrams_to_send(now):
-            try:
-                sendto(data, addr)
-            except (BlockingIOError, InterruptedError):
-                break  # the kernel buffer is full: QUIC will retransmit
-            except OSError as exc:
-                logger.debug("sendto failed", extra=log_fields(error=exc))

@@ -3,9 +3,11 @@
 It translates and decides nothing (STYLE.md habit 8): datagrams that arrive in one loop
 pass are fed to :class:`~felix_server.server.FelixServer` with the time, then whatever the
 server wants to send goes out in *one* transmit, and *one* timer is re-armed at the
-server's earliest deadline. Reading drains the socket (up to :data:`READ_BATCH`
-datagrams) before transmitting; ``benchmarks/quic_baseline.py`` measures what that buys
-over aioquic.asyncio's transmit-per-datagram.
+server's earliest deadline. Reading drains the socket (up to
+:data:`~felix_runtime.udp.READ_BATCH` datagrams) before transmitting;
+``benchmarks/quic_baseline.py`` measures what that buys over aioquic.asyncio's
+transmit-per-datagram. The socket calls themselves are :mod:`felix_runtime.udp`'s, shared
+with the anyio adapter.
 
 The socket is read with ``loop.add_reader`` when the event loop supports it (selector
 loops, uvloop), else through ``loop.create_datagram_endpoint`` with a transmit scheduled
@@ -15,22 +17,16 @@ once per pass.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 import time
 from typing import Any
 
 from aioquic.quic.connection import NetworkAddress
 
-from felix_runtime.logs import log_fields, logger
+from felix_runtime.udp import bind_udp, read_batch, send_all
 from felix_server.server import FelixServer
 
-__all__ = ["READ_BATCH", "UdpRuntime"]
-
-READ_BATCH = 64
-"""Most datagrams read from the socket before one transmit."""
-SOCKET_BUFFER = 4 * 1024 * 1024
-"""Requested kernel send and receive buffer sizes."""
+__all__ = ["UdpRuntime"]
 
 
 class UdpRuntime:
@@ -59,13 +55,7 @@ class UdpRuntime:
         Returns:
             The bound ``(host, port)`` (port 0 is resolved).
         """
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_DGRAM)
-        for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
-        sock.bind((host, port))
-        sock.setblocking(False)
+        sock = bind_udp(host, port)
         try:
             self._loop.add_reader(sock.fileno(), self._readable)
             self._sock = sock
@@ -110,17 +100,7 @@ class UdpRuntime:
         sock = self._sock
         if sock is None:
             return
-        server = self.server
-        now = self._clock()
-        for _ in range(READ_BATCH):
-            try:
-                data, addr = sock.recvfrom(65536)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError as exc:  # e.g. ICMP port unreachable reported on the socket
-                logger.debug("recvfrom failed", extra=log_fields(error=exc))
-                break
-            server.datagram_received(data, addr, now)
+        read_batch(sock, self.server.datagram_received, self._clock())
         self.transmit()
 
     def transmit(self) -> None:
@@ -129,14 +109,7 @@ class UdpRuntime:
         now = self._clock()
         datagrams = self.server.datagrams_to_send(now)
         if self._sock is not None:
-            sendto = self._sock.sendto
-            for data, addr in datagrams:
-                try:
-                    sendto(data, addr)
-                except (BlockingIOError, InterruptedError):
-                    break  # the kernel buffer is full: QUIC will retransmit
-                except OSError as exc:
-                    logger.debug("sendto failed", extra=log_fields(error=exc))
+            send_all(self._sock, datagrams)
         elif self._transport is not None:
             for data, addr in datagrams:
                 self._transport.sendto(data, addr)
