@@ -212,6 +212,19 @@ class Client:
         sid = conn.cache_stream(self.request_streams)
         return await conn.request(lambda m, now: call(m, now, sid))
 
+    async def _append(
+        self, call: Callable[[ClientConnection, float], int], ack: AckMode
+    ) -> PublishResult | None:
+        """A publish or enqueue: sent without waiting under ``AckMode.NONE``, else awaited
+        for its offset range."""
+        conn = await self._connection()
+        if ack == AckMode.NONE:
+            await conn.send(call)
+            return None
+        reply = await conn.request(call)
+        assert isinstance(reply, ev.PublishAcked)
+        return PublishResult(reply.first_offset, reply.last_offset)
+
     # ---------------------------------------------------------------- publish
 
     async def publish(
@@ -277,13 +290,7 @@ class Client:
                     ack=ack, now=now, timeout=timeout or self.timeout,
                 )  # fmt: skip
 
-        conn = await self._connection()
-        if ack == AckMode.NONE:
-            await conn.send(call)
-            return None
-        reply = await conn.request(call)
-        assert isinstance(reply, ev.PublishAcked)
-        return PublishResult(reply.first_offset, reply.last_offset)
+        return await self._append(call, ack)
 
     def publisher(
         self,
@@ -378,13 +385,7 @@ class Client:
                 timeout=timeout or self.timeout,
             )
 
-        conn = await self._connection()
-        if ack == AckMode.NONE:
-            await conn.send(call)
-            return None
-        reply = await conn.request(call)
-        assert isinstance(reply, ev.PublishAcked)
-        return PublishResult(reply.first_offset, reply.last_offset)
+        return await self._append(call, ack)
 
     def consume(
         self,
