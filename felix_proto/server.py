@@ -16,8 +16,10 @@ the control stream (stream 0) is checked for a common version; none gives
 capabilities; the broker authenticates and calls :meth:`ServerConnection.accept` (writes
 ``Welcome`` with ``server_id``, ``region``, capabilities and limits, ``max_frame_size``
 always among them) or :meth:`ServerConnection.reject` (writes ``Error``, then closes). A
-request arriving before ``accept`` is answered ``Error(UNEXPECTED_MESSAGE)`` with its id and
-the connection goes on. A version-1 header on the control stream is answered with a
+control stream that opens with anything but ``Hello`` (or carries anything else before
+``accept``) is closed with ``Error(UNEXPECTED_MESSAGE)``; a request arriving on a request
+stream before ``accept`` is answered ``Error(UNEXPECTED_MESSAGE)`` with its id and the
+connection goes on. A version-1 header on the control stream is answered with a
 version-1 JSON error frame (the reference clients can read it), then the connection closes.
 
 Requests. Every request becomes :class:`RequestReceived` and is remembered by request id
