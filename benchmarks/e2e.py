@@ -67,11 +67,7 @@ from aioquic.quic.events import HandshakeCompleted, QuicEvent, StreamDataReceive
 
 import felix_client  # noqa: E402
 from felix_client import AckMode  # noqa: E402
-
-try:
-    from felix_runtime.tls import ensure_self_signed
-except ImportError:  # before the runtime-neutral modules moved out of the asyncio runtime
-    from felix_runtime_asyncio.tls import ensure_self_signed  # type: ignore[no-redef,import-not-found,unused-ignore]
+from felix_runtime.tls import ensure_self_signed  # noqa: E402
 
 RUNTIME_MODULES = {"asyncio": "felix_runtime_asyncio", "anyio": "felix_runtime_anyio"}
 READY = re.compile(r'"quic":"([0-9.]+):(\d+)"')
