@@ -307,7 +307,7 @@ class BrokerCore:
         """
         k = Catalog.parse_kind(kind)
         record = self.catalog.delete(k, (tenant, namespace, name))
-        self._drop(k, record.path, now)
+        self._drop(k, record.path)
 
     def _describe(self, record: ResourceRecord, now: float) -> dict[str, Any]:
         out = record.to_dict()
@@ -337,7 +337,7 @@ class BrokerCore:
         version = self._versions.get((kind, path))
         if record is None or (version is not None and version[0] != record.uid):
             if version is not None:
-                self._drop(kind, path, now)
+                self._drop(kind, path)
             if record is None:
                 raise NotFound(f"{kind.value} {'/'.join(path)} not found", details={"kind": kind})
         return record
@@ -383,7 +383,7 @@ class BrokerCore:
                     self._queue((path[0], path[1], target), now)
         return path
 
-    def _drop(self, kind: Kind, path: Path, now: float) -> None:
+    def _drop(self, kind: Kind, path: Path) -> None:
         """Tear down the engine of a deleted resource; end its users with ``deleted``."""
         if self._versions.pop((kind, path), None) is None:
             return

@@ -275,7 +275,7 @@ class FelixServer:
         out = self._stateless
         self._stateless = []
         for _ in range(4):  # a resume may produce deliveries; bounded
-            self._pump_outputs(now)
+            self._pump_outputs()
             if not self._dirty:
                 break
             dirty = self._dirty
@@ -290,7 +290,7 @@ class FelixServer:
         """A session has something to send (called by sessions after API-driven writes)."""
         self._dirty[session.conn_id] = session
 
-    def _pump_outputs(self, now: float) -> None:
+    def _pump_outputs(self) -> None:
         """Hand the broker's outputs to the sessions, encoding each slice once."""
         outputs: list[EngineOutput] = self.broker.drain_outputs()
         if not outputs:
