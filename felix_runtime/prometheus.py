@@ -32,6 +32,8 @@ from felix_server.stats import CACHE_FIGURES, QUEUE_FIGURES, engine_figures
 
 __all__ = ["PrometheusObserver", "Responder"]
 
+_perf_counter = time.perf_counter
+
 _LATENCY_BUCKETS = (
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0
 )  # fmt: skip
@@ -211,6 +213,8 @@ class PrometheusObserver(ServerObserver):
             "felix_internal_errors", "Unexpected exceptions turned into INTERNAL",
             registry=registry,
         )  # fmt: skip
+        self._latency_of: dict[str, Histogram] = {}
+        self._requests_of: dict[tuple[str, int], Counter] = {}
 
     def attach(self, server: FelixServer) -> None:
         """Also export the engine's and the sessions' gauges at scrape time."""
@@ -230,12 +234,22 @@ class PrometheusObserver(ServerObserver):
         self.handshakes.labels(str(error_code)).inc()
 
     def request_started(self, kind: str) -> object:
-        return time.perf_counter()
+        return _perf_counter()
 
     def request_finished(self, token: object, kind: str, error_code: int) -> None:
+        # Called once per request: the labelled children are looked up once per kind (and
+        # code), not through labels() every time. Kinds and codes are fixed vocabularies,
+        # so these dicts stay as small as the series prometheus_client keeps anyway.
         if isinstance(token, float):
-            self.latency.labels(kind).observe(time.perf_counter() - token)
-        self.requests.labels(kind, str(error_code)).inc()
+            latency = self._latency_of.get(kind)
+            if latency is None:
+                latency = self._latency_of[kind] = self.latency.labels(kind)
+            latency.observe(_perf_counter() - token)
+        requests = self._requests_of.get((kind, error_code))
+        if requests is None:
+            requests = self.requests.labels(kind, str(error_code))
+            self._requests_of[(kind, error_code)] = requests
+        requests.inc()
 
     def published(self, records: int, nbytes: int) -> None:
         self.publish_requests.inc()
