@@ -343,12 +343,29 @@ class ServerConnection(Connection):
     def _reply(self, stream_id: int, message: m.Message, *, counted: bool = True) -> None:
         if counted:
             self._open[stream_id] -= 1
-        if stream_id in self._local_ended:
+        stream = self._streams.get(stream_id)
+        if stream is None or stream_id in self._local_ended:  # gone, or retired
+            self._retire(stream_id)
             return
         self._send(stream_id, message)
-        stream = self._streams.get(stream_id)
-        if self._open.get(stream_id) == 0 and stream is not None and stream.peer_ended:
+        if self._open.get(stream_id) == 0 and stream.peer_ended:
             self._end_stream(stream_id)
+        self._retire(stream_id)
+
+    def _retire(self, stream_id: int) -> None:
+        """Forget a request stream both sides have ended with no request pending on it, so
+        a connection's state does not grow with the number of streams it ever opened."""
+        stream = self._streams.get(stream_id)
+        if (
+            stream is not None
+            and stream.kind is StreamKind.REQUEST
+            and stream.peer_ended
+            and stream_id in self._local_ended
+            and not self._open.get(stream_id)
+        ):
+            del self._streams[stream_id]
+            self._open.pop(stream_id, None)
+            self._local_ended.discard(stream_id)
 
     # --------------------------------------------------------- subscriptions, consumers
 
@@ -631,6 +648,7 @@ class ServerConnection(Connection):
             )
         elif stream.kind is StreamKind.REQUEST and not self._open.get(sid):
             self._end_stream(sid)
+            self._retire(sid)
 
     def _stream_reset(self, stream_id: int, error_code: int, stream: StreamState | None) -> None:
         if stream_id == CONTROL_STREAM_ID:
