@@ -45,7 +45,6 @@ from . import messages as m
 from ._schema import (
     DECODERS,
     ENUM_FIELDS,
-    GENERIC_DECODERS,
     TO_FIELDS,
     U16_FIELDS,
     U64_MAX,
@@ -258,9 +257,10 @@ def validate(msg: m.Message) -> None:
         to_fields = TO_FIELDS[type(msg)]
     except KeyError:
         raise LocalProtocolError(f"not a Felix message: {type(msg).__name__}") from None
-    fields = {k: v for k, v in to_fields(msg).items() if v is not None}
+    # The fast decoder hands anything it does not accept to the generic one, so this
+    # raises exactly when (and with the message with which) the generic decoder would.
     try:
-        GENERIC_DECODERS[msg.TYPE](fields)
+        DECODERS[msg.TYPE](to_fields(msg))
     except RemoteProtocolError as exc:
         raise LocalProtocolError(exc.message) from None
 
