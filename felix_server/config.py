@@ -87,6 +87,10 @@ class TransportConfig:
     """A connection with no traffic for this long is closed."""
     max_connections: int = 10_000
     """New connections beyond this many are refused (the handshake packet is dropped)."""
+    handshake_timeout_s: float = 10.0
+    """A connection that has not sent its ``Hello`` this long after it was accepted is
+    closed with ``TIMEOUT`` (a peer that completes QUIC but never speaks Felix, or keeps
+    QUIC alive with pings, holds no session slot for longer)."""
     connection_buffer_limit: int = 8 * 1024 * 1024
     """Bytes queued for one connection (unsent stream data) before the broker stops pulling
     deliveries for it (``Broker.pause``); the bound on memory per connection."""
@@ -104,6 +108,8 @@ class TransportConfig:
                 raise ConfigError(f"transport.{name} must be >= 1")
         if self.idle_timeout_s <= 0:
             raise ConfigError("transport.idle_timeout_s must be > 0")
+        if self.handshake_timeout_s <= 0:
+            raise ConfigError("transport.handshake_timeout_s must be > 0")
         if not 0 <= self.connection_buffer_resume < self.connection_buffer_limit:
             raise ConfigError(
                 "transport.connection_buffer_resume must be >= 0 and below "

@@ -107,6 +107,7 @@ class Session:
         self._close_deadline: float | None = None
         self._quic_closed = False
         self._welcomed = False
+        self._hello_deadline: float | None = now + cfg.transport.handshake_timeout_s
         self.broker.attach(conn_id, now)
 
     # ------------------------------------------------------------------------ inputs
@@ -124,11 +125,18 @@ class Session:
         deadline = self.felix.get_timer()
         if deadline is not None and deadline <= now:
             self.felix.handle_timer(now)
+        if self._hello_deadline is not None and now >= self._hello_deadline:
+            self._hello_deadline = None
+            timeout = self.server.config.transport.handshake_timeout_s
+            self.felix.close(int(ErrorCode.TIMEOUT), f"no Hello within {timeout:g} s")
         self._process(now)
 
     def get_timer(self) -> float | None:
-        """The earliest of QUIC's, Felix's and the close linger deadline."""
-        deadlines = (self.quic.get_timer(), self.felix.get_timer(), self._close_deadline)
+        """The earliest of QUIC's, Felix's, the handshake and the close linger deadline."""
+        deadlines = (
+            self.quic.get_timer(), self.felix.get_timer(), self._close_deadline,
+            self._hello_deadline,
+        )  # fmt: skip
         return min((d for d in deadlines if d is not None), default=None)
 
     def take_issued_cids(self) -> list[bytes]:
@@ -199,6 +207,7 @@ class Session:
             elif isinstance(event, fe.HandshakeRequested):
                 felix.accept()
                 self._welcomed = True
+                self._hello_deadline = None
                 self.observer.handshake_completed(event.version)
             elif isinstance(event, fe.SubscriptionCancelled):
                 if event.subscription_id in self._subs:
@@ -217,6 +226,7 @@ class Session:
             elif isinstance(event, fe.ProtocolViolation):
                 self.observer.protocol_violation(event.error_code, event.fatal)
             elif isinstance(event, fe.CloseRequested) and self._close is None:
+                self._hello_deadline = None
                 self._close = (event.error_code, event.reason)
                 self._close_deadline = now + CLOSE_LINGER
                 if not self._welcomed:

@@ -175,10 +175,9 @@ class _Peer:
 
 
 class _Pair:
-    def __init__(self, certs: tuple[str, str]) -> None:
-        config = ServerConfig(
-            data_dir="unused", transport=TransportConfig(idle_timeout_s=IDLE_TIMEOUT)
-        )
+    def __init__(self, certs: tuple[str, str], **transport: Any) -> None:
+        transport.setdefault("idle_timeout_s", IDLE_TIMEOUT)
+        config = ServerConfig(data_dir="unused", transport=TransportConfig(**transport))
         quic_config = make_quic_configuration(config)
         quic_config.load_cert_chain(*certs)
         self.now = 1_000_000.0
