@@ -18,6 +18,7 @@ here.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import math
 from collections.abc import Callable
@@ -60,12 +61,52 @@ _REPLY_EVENTS = (
 )  # fmt: skip
 
 
+class _FutureEvent:
+    """The one-shot event of a request under asyncio: a bare future.
+
+    ``anyio.Event`` on asyncio is an ``asyncio.Event`` (a waiter deque, a future and two
+    more coroutine frames on every wait); a request is woken once, so its future alone
+    does. Cancelling the waiting task cancels the future, and :meth:`set` then does nothing.
+    """
+
+    __slots__ = ("_future",)
+
+    def __init__(self, future: asyncio.Future[None]) -> None:
+        self._future = future
+
+    def set(self) -> None:
+        if not self._future.done():
+            self._future.set_result(None)
+
+    def is_set(self) -> bool:
+        return self._future.done()
+
+    def wait(self) -> asyncio.Future[None]:
+        return self._future
+
+
+def _event_factory(welcomed: anyio.Event) -> Callable[[], anyio.Event | _FutureEvent]:
+    """What makes a request's event, found once per connection: a future of the running
+    asyncio loop under asyncio, else (trio) the backend's Event class (the type of
+    ``welcomed``), instantiated directly to skip anyio.Event's per-call backend lookup."""
+    try:
+        import sniffio  # how anyio itself tells the backends apart (trio depends on it)
+    except ImportError:  # pragma: no cover - no sniffio, so no trio: asyncio it is
+        library = "asyncio"
+    else:
+        library = sniffio.current_async_library()
+    if library == "asyncio":
+        create_future = asyncio.get_running_loop().create_future
+        return lambda: _FutureEvent(create_future())
+    return type(welcomed)
+
+
 class _Waiter:
     """One pending request: woken by its reply, its timeout or the connection's end."""
 
     __slots__ = ("done", "error", "reply")
 
-    def __init__(self, done: anyio.Event) -> None:
+    def __init__(self, done: anyio.Event | _FutureEvent) -> None:
         self.done = done
         self.reply: ev.Event | None = None
         self.error: FelixError | None = None
@@ -87,9 +128,7 @@ class Connection:
         self.goaway: ev.GoAwayReceived | None = None
         self.closed_error: FelixError | None = None
         self._welcomed = anyio.Event()
-        # The backend's Event class: instantiating it directly skips anyio.Event's per-call
-        # backend lookup (one Event per request).
-        self._new_event: Callable[[], anyio.Event] = type(self._welcomed)
+        self._new_event = _event_factory(self._welcomed)  # one per request
         self._clock = transport.clock
         self._waiters: dict[int, _Waiter] = {}
         self._feeds: dict[tuple[str, int], MemoryObjectSendStream[FeedItem]] = {}
@@ -181,7 +220,16 @@ class Connection:
                 ``ConnectionLost``.
         """
         rid = self.start(call)
-        return await self.wait(rid)
+        waiter = self._waiters[rid]  # wait(rid), inlined: one coroutine frame less per op
+        try:
+            await self.transport.flush()
+            await waiter.done.wait()
+        finally:
+            self._waiters.pop(rid, None)
+        if waiter.error is not None:
+            raise waiter.error
+        assert waiter.reply is not None  # done is set only with a reply or an error
+        return waiter.reply
 
     def start(self, call: Callable[[ClientConnection, float], int]) -> int:
         """Queue a request and register its waiter; :meth:`wait` for it after a flush."""
