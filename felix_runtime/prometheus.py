@@ -19,11 +19,13 @@ the engine without racing it: ``felix_runtime_asyncio.http`` and ``felix_runtime
 from __future__ import annotations
 
 import time
+from bisect import bisect_left
 from collections.abc import Callable, Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from felix_runtime.logs import log_fields, logger
 from felix_server.observer import ServerObserver
@@ -137,6 +139,61 @@ def _per_resource(
         yield metric
 
 
+class _RequestMetrics(Collector):
+    """``felix_requests_total{kind,code}`` and ``felix_request_duration_seconds{kind}``.
+
+    They are counted on every request, so they are plain lists here: one ``bisect`` and a
+    few additions per request, instead of a labelled ``Counter.inc`` and
+    ``Histogram.observe`` (a lock and a Python loop over the buckets each). No lock is
+    needed: the observer and the scrape both run on the broker's event loop. At scrape time
+    they become exactly the samples prometheus_client's ``Counter`` and ``Histogram``
+    expose: ``_total`` and ``_created``; cumulative ``_bucket`` (``le`` as Go prints it),
+    ``_count``, ``_sum`` and ``_created``.
+    """
+
+    def __init__(self, buckets: Iterable[float]) -> None:
+        self.bounds = tuple(float(b) for b in buckets)
+        self._les = [*map(floatToGoString, self.bounds), "+Inf"]
+        self.latency: dict[str, list[float]] = {}
+        """kind -> a count per bucket (the last one ``+Inf``), then the sum, then the
+        creation time."""
+        self.requests: dict[tuple[str, int], list[float]] = {}
+        """(kind, error code) -> [count, creation time]."""
+
+    def finished(self, kind: str, error_code: int, seconds: float | None) -> None:
+        """Count one request of ``kind`` (and its duration, when measured)."""
+        if seconds is not None:
+            row = self.latency.get(kind)
+            if row is None:
+                row = self.latency[kind] = [0.0] * (len(self._les) + 1) + [time.time()]
+            row[bisect_left(self.bounds, seconds)] += 1  # the first bucket with seconds <= le
+            row[-2] += seconds
+        counter = self.requests.get((kind, error_code))
+        if counter is None:
+            counter = self.requests[(kind, error_code)] = [0.0, time.time()]
+        counter[0] += 1
+
+    def collect(self) -> Iterable[Metric]:
+        requests = CounterMetricFamily(
+            "felix_requests", "Requests handled, by kind and result code", labels=["kind", "code"]
+        )
+        for (kind, code), (count, created) in self.requests.items():
+            requests.add_metric([kind, str(code)], count, created=created)
+        yield requests
+        name = "felix_request_duration_seconds"
+        latency = Metric(name, "Time to handle a request in the broker", "histogram")
+        buckets = len(self._les)
+        for kind, row in self.latency.items():
+            total = 0.0
+            for le, count in zip(self._les, row, strict=False):
+                total += count
+                latency.add_sample(f"{name}_bucket", {"kind": kind, "le": le}, total)
+            latency.add_sample(f"{name}_count", {"kind": kind}, total)
+            latency.add_sample(f"{name}_sum", {"kind": kind}, row[buckets])
+            latency.add_sample(f"{name}_created", {"kind": kind}, row[buckets + 1])
+        yield latency
+
+
 class PrometheusObserver(ServerObserver):
     """Counts what the glue reports into a Prometheus registry (a fresh one by default)."""
 
@@ -152,14 +209,8 @@ class PrometheusObserver(ServerObserver):
         self.handshakes = Counter(
             "felix_handshakes", "Felix handshakes, by result", ["result"], registry=registry
         )
-        self.requests = Counter(
-            "felix_requests", "Requests handled, by kind and result code", ["kind", "code"],
-            registry=registry,
-        )  # fmt: skip
-        self.latency = Histogram(
-            "felix_request_duration_seconds", "Time to handle a request in the broker",
-            ["kind"], buckets=_LATENCY_BUCKETS, registry=registry,
-        )  # fmt: skip
+        self.requests = _RequestMetrics(_LATENCY_BUCKETS)
+        registry.register(self.requests)
         self.publish_requests = Counter(
             "felix_publish_requests", "Publish requests accepted", registry=registry
         )
@@ -213,8 +264,6 @@ class PrometheusObserver(ServerObserver):
             "felix_internal_errors", "Unexpected exceptions turned into INTERNAL",
             registry=registry,
         )  # fmt: skip
-        self._latency_of: dict[str, Histogram] = {}
-        self._requests_of: dict[tuple[str, int], Counter] = {}
 
     def attach(self, server: FelixServer) -> None:
         """Also export the engine's and the sessions' gauges at scrape time."""
@@ -237,19 +286,8 @@ class PrometheusObserver(ServerObserver):
         return _perf_counter()
 
     def request_finished(self, token: object, kind: str, error_code: int) -> None:
-        # Called once per request: the labelled children are looked up once per kind (and
-        # code), not through labels() every time. Kinds and codes are fixed vocabularies,
-        # so these dicts stay as small as the series prometheus_client keeps anyway.
-        if isinstance(token, float):
-            latency = self._latency_of.get(kind)
-            if latency is None:
-                latency = self._latency_of[kind] = self.latency.labels(kind)
-            latency.observe(_perf_counter() - token)
-        requests = self._requests_of.get((kind, error_code))
-        if requests is None:
-            requests = self.requests.labels(kind, str(error_code))
-            self._requests_of[(kind, error_code)] = requests
-        requests.inc()
+        seconds = _perf_counter() - token if isinstance(token, float) else None
+        self.requests.finished(kind, error_code, seconds)
 
     def published(self, records: int, nbytes: int) -> None:
         self.publish_requests.inc()
