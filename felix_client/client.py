@@ -158,6 +158,13 @@ class Client:
         conn = self._conns[0]
         return conn.welcome.server_id if conn is not None and conn.welcome else None
 
+    def _next_open(self) -> tuple[int, Connection | None]:
+        """The next slot round-robin and its connection when that is open: the hot path of
+        every request, without the coroutine :meth:`_connection` costs."""
+        i = next(self._rr) % self.pool_size
+        conn = self._conns[i]
+        return i, conn if conn is not None and conn.is_open else None
+
     async def _connection(self, index: int | None = None) -> Connection:
         """An open connection: slot ``index`` or the next one round-robin."""
         i = next(self._rr) % self.pool_size if index is None else index
@@ -200,7 +207,9 @@ class Client:
     async def _call(self, call: Any) -> ev.Event:
         """A request on the next connection of the pool; ``call`` passes the timeout to the
         machine, which keeps the deadline."""
-        conn = await self._connection()
+        i, conn = self._next_open()
+        if conn is None:
+            conn = await self._connection(i)
         return await conn.request(call)
 
     async def _cache_call(
@@ -208,7 +217,9 @@ class Client:
     ) -> ev.Event:
         """A cache request on the next connection of the pool and the next of its
         ``request_streams`` streams, so concurrent requests do not queue behind each other."""
-        conn = await self._connection()
+        i, conn = self._next_open()
+        if conn is None:
+            conn = await self._connection(i)
         sid = conn.cache_stream(self.request_streams)
         return await conn.request(lambda m, now: call(m, now, sid))
 
@@ -217,7 +228,9 @@ class Client:
     ) -> PublishResult | None:
         """A publish or enqueue: sent without waiting under ``AckMode.NONE``, else awaited
         for its offset range."""
-        conn = await self._connection()
+        i, conn = self._next_open()
+        if conn is None:
+            conn = await self._connection(i)
         if ack == AckMode.NONE:
             await conn.send(call)
             return None
