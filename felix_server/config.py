@@ -96,6 +96,10 @@ class TransportConfig:
     deliveries for it (``Broker.pause``); the bound on memory per connection."""
     connection_buffer_resume: int = 2 * 1024 * 1024
     """Deliveries resume once the queued bytes of a paused connection fall to this."""
+    connection_buffer_cap: int = 16 * 1024 * 1024
+    """Hard cap on the bytes queued for one connection (every stream, replies included):
+    over it the broker stops reading the connection's requests and holds back its QUIC
+    flow-control credit, until the queued bytes are back at ``connection_buffer_limit``."""
     max_frame_size: int = 16 * 1024 * 1024
     """Largest frame payload accepted from a client."""
 
@@ -114,6 +118,10 @@ class TransportConfig:
             raise ConfigError(
                 "transport.connection_buffer_resume must be >= 0 and below "
                 "transport.connection_buffer_limit"
+            )
+        if self.connection_buffer_cap < self.connection_buffer_limit:
+            raise ConfigError(
+                "transport.connection_buffer_cap must be >= transport.connection_buffer_limit"
             )
 
 

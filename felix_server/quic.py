@@ -8,8 +8,15 @@ versions we speak). aioquic's server refuses a ClientHello without ALPN whenever
 configured, so :class:`FelixQuicConnection` peeks at the ClientHello and, only when it
 carries no ALPN extension, negotiates that one handshake without ALPN.
 
-This reaches into two private members of aioquic (``QuicConnection._initialize`` and
-``tls.Context._server_handle_hello``); ``tests/runtime`` exercises both paths so that an
+It also lets the session hold back flow-control credit: while :attr:`credit_held` is true
+no ``MAX_DATA``, ``MAX_STREAM_DATA`` or ``MAX_STREAMS`` goes out (aioquic would otherwise
+raise the windows as data arrives, whether or not the application read it), so a peer whose
+requests the broker stopped reading is throttled by QUIC once its credit is spent. Frames
+lost meanwhile are sent when the hold ends.
+
+This reaches into private members of aioquic (``QuicConnection._initialize``,
+``_write_connection_limits``, ``_write_stream_limits`` and
+``tls.Context._server_handle_hello``); ``tests/runtime`` exercises every path so that an
 aioquic upgrade that moves them fails loudly.
 """
 
@@ -19,12 +26,30 @@ from typing import Any
 
 from aioquic import tls
 from aioquic.quic.connection import QuicConnection
+from aioquic.quic.packet_builder import QuicPacketBuilder
+from aioquic.quic.recovery import QuicPacketSpace
+from aioquic.quic.stream import QuicStream
 
 __all__ = ["FelixQuicConnection"]
 
 
 class FelixQuicConnection(QuicConnection):
-    """A server ``QuicConnection`` that also accepts clients offering no ALPN."""
+    """A server ``QuicConnection`` that also accepts clients offering no ALPN, and whose
+    flow-control credit the session can hold back."""
+
+    credit_held: bool = False
+    """While true, no flow-control credit (``MAX_DATA``, ``MAX_STREAM_DATA``,
+    ``MAX_STREAMS``) is sent."""
+
+    def _write_connection_limits(self, builder: QuicPacketBuilder, space: QuicPacketSpace) -> None:
+        if not self.credit_held:
+            super()._write_connection_limits(builder=builder, space=space)
+
+    def _write_stream_limits(
+        self, builder: QuicPacketBuilder, space: QuicPacketSpace, stream: QuicStream
+    ) -> None:
+        if not self.credit_held:
+            super()._write_stream_limits(builder=builder, space=space, stream=stream)
 
     def _initialize(self, peer_cid: bytes) -> None:
         super()._initialize(peer_cid)

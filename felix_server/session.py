@@ -27,16 +27,28 @@ event batches as frames already encoded once per slice, gaps, deliveries and end
 for a feed this connection no longer has (it was cancelled meanwhile) are dropped.
 
 Back-pressure. aioquic's stream writes never block, so the session measures what it has
-queued and QUIC has not sent yet (per stream: bytes handed to QUIC minus the stream's
-highest sent offset, plus what the Felix machine holds). Over
-``transport.connection_buffer_limit`` the broker is told to ``pause`` deliveries to the
-connection; at or below ``transport.connection_buffer_resume`` it is told to ``resume``.
-With subscription credit bounding each feed, that bounds memory per connection.
+queued and QUIC has not sent yet, on every stream (feeds, request replies, control): per
+stream, bytes handed to QUIC minus the stream's highest sent offset, plus what the Felix
+machine holds. Over ``transport.connection_buffer_limit`` the broker is told to ``pause``
+deliveries to the connection; at or below ``transport.connection_buffer_resume`` it is told
+to ``resume``. With subscription credit bounding each feed, that bounds the feeds.
+
+Replies are bounded by reading less. Before each request is served the session checks the
+queued bytes against ``transport.connection_buffer_cap``; over it, the session stops
+reading requests: requests already parsed wait in :attr:`Session._held_requests`, data QUIC
+delivers on request streams waits unparsed in :attr:`Session._held_data`, and QUIC stops
+extending the connection's flow-control credit (:attr:`FelixQuicConnection.credit_held
+<felix_server.quic.FelixQuicConnection.credit_held>`), so the peer is throttled by QUIC
+itself once the credit it already has is spent. The control stream is still read (credit,
+cancellations, pings, close). Reading resumes, held requests first and in order, once the
+queued bytes are back at ``connection_buffer_limit``. So replies overshoot the cap by at most
+one reply, and what waits unread is bounded by the credit granted before the hold.
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections import deque
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import TYPE_CHECKING
@@ -53,6 +65,7 @@ from felix_proto import messages as m
 from felix_proto.errors import ErrorCode, FelixProtoError
 from felix_proto.server import ServerConnection
 from felix_server.dispatch import FeedOpened, dispatch, request_kind
+from felix_server.quic import FelixQuicConnection
 
 if TYPE_CHECKING:
     from felix_server.server import FelixServer
@@ -61,6 +74,16 @@ __all__ = ["CLOSE_LINGER", "Session"]
 
 CLOSE_LINGER = 1.0
 """Seconds a requested close waits for pending stream data to be sent."""
+
+
+class _HeldData:
+    """Request-stream data QUIC delivered while the session was not reading requests."""
+
+    __slots__ = ("data", "end")
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.end = False
 
 
 class Session:
@@ -96,11 +119,16 @@ class Session:
         )
         self._high = cfg.transport.connection_buffer_limit
         self._low = cfg.transport.connection_buffer_resume
+        self._cap = cfg.transport.connection_buffer_cap
         self.paused = False
+        self.reading = True  # False: over the cap, requests wait (see the module docstring)
+        self._held_requests: deque[fe.RequestReceived] = deque()
+        self._held_data: dict[int, _HeldData] = {}  # request stream id -> unread data
+        self._unsent = 0  # QUIC's queued-and-unsent bytes as of the last transmit
         self.finished = False
         self._subs: set[int] = set()
         self._consumers: set[int] = set()
-        self._written: dict[int, int] = {}  # stream id -> bytes handed to QUIC
+        self._written: dict[int, int] = {}  # stream id -> bytes handed to QUIC (all streams)
         self._issued: list[bytes] = []
         self._retired: list[bytes] = []
         self._close: tuple[int, str] | None = None
@@ -156,11 +184,17 @@ class Session:
         quic, felix = self.quic, self.felix
         while (event := quic.next_event()) is not None:
             if isinstance(event, qe.StreamDataReceived):
-                try:
-                    felix.stream_data_received(event.stream_id, event.data, event.end_stream)
-                except FelixProtoError as exc:  # data on a stream id Felix never uses
-                    self._internal("stream_data_received", exc)
+                sid = event.stream_id
+                if sid in self._held_data or (not self.reading and sid % 4 == 0 and sid):
+                    held = self._held_data.get(sid)
+                    if held is None:
+                        held = self._held_data[sid] = _HeldData()
+                    held.data += event.data
+                    held.end = held.end or event.end_stream
+                else:
+                    self._feed(sid, event.data, event.end_stream)
             elif isinstance(event, qe.StreamReset | qe.StopSendingReceived):
+                self._held_data.pop(event.stream_id, None)  # the peer abandoned it
                 felix.stream_reset(event.stream_id, event.error_code)
                 if isinstance(event, qe.StopSendingReceived):
                     self._reset_stream(event.stream_id)
@@ -177,10 +211,18 @@ class Session:
                 self._terminated(event.error_code, now)
         self._felix_events(now)
 
+    def _feed(self, stream_id: int, data: bytes, end: bool) -> None:
+        try:
+            self.felix.stream_data_received(stream_id, data, end)
+        except FelixProtoError as exc:  # data on a stream id Felix never uses
+            self._internal("stream_data_received", exc)
+
     def _terminated(self, error_code: int, now: float) -> None:
         if self.finished:
             return
         self.finished = True
+        self._held_requests.clear()
+        self._held_data.clear()
         self.felix.connection_lost()
         self._felix_events(now)
         self.broker.detach(self.conn_id, now)
@@ -190,7 +232,8 @@ class Session:
         if stream_id % 4 == 3:  # one of our feed streams
             with contextlib.suppress(ValueError, AssertionError):  # finished or reset already
                 self.quic.reset_stream(stream_id, 0)
-            self._written.pop(stream_id, None)
+        # aioquic resets a stopped request stream's sending side itself: nothing more goes out
+        self._written.pop(stream_id, None)
 
     # ------------------------------------------------------------- Felix -> Broker
 
@@ -198,7 +241,10 @@ class Session:
         felix = self.felix
         while (event := felix.next_event()) is not None:
             if isinstance(event, fe.RequestReceived):
-                self._request(event.message, now)
+                if self._held_requests or not self._may_read():
+                    self._held_requests.append(event)
+                else:
+                    self._request(event.message, now)
             elif isinstance(event, fe.CreditGranted):
                 self._engine_call(
                     partial(self.broker.add_credit, self.conn_id, event.subscription_id,
@@ -231,6 +277,32 @@ class Session:
                 self._close_deadline = now + CLOSE_LINGER
                 if not self._welcomed:
                     self.observer.handshake_failed(event.error_code)
+        self.server.mark_dirty(self)
+
+    def _may_read(self) -> bool:
+        """Whether the next request may be served: stop reading once over the cap."""
+        if self.reading and self._unsent + self.felix.buffered_bytes() > self._cap:
+            self.reading = False
+            if isinstance(self.quic, FelixQuicConnection):
+                self.quic.credit_held = True
+            self.observer.log(
+                "debug", "connection over its buffer cap: requests wait", conn_id=self.conn_id
+            )
+        return self.reading
+
+    def _resume_reading(self, now: float) -> None:
+        """Back at the limit: serve the held requests, then the held data, in order."""
+        self.reading = True
+        if isinstance(self.quic, FelixQuicConnection):
+            self.quic.credit_held = False
+        held = self._held_requests
+        while held and self._may_read():
+            self._request(held.popleft().message, now)
+        while self._held_data and not held and self.reading:
+            sid = next(iter(self._held_data))
+            data = self._held_data.pop(sid)
+            self._feed(sid, bytes(data.data), data.end)
+            self._felix_events(now)
         self.server.mark_dirty(self)
 
     def _engine_call(self, call: Callable[[], object]) -> None:
@@ -371,8 +443,17 @@ class Session:
 
     @property
     def buffered_bytes(self) -> int:
-        """Bytes queued for this client and not yet sent (Felix + QUIC send buffers)."""
-        total = self.felix.buffered_bytes()
+        """Bytes queued for this client and not yet sent, on every stream (Felix + QUIC
+        send buffers)."""
+        return self.felix.buffered_bytes() + self._quic_unsent()
+
+    @property
+    def held_bytes(self) -> int:
+        """Request bytes received but not read while over the cap (unparsed data only)."""
+        return sum(len(held.data) for held in self._held_data.values())
+
+    def _quic_unsent(self) -> int:
+        total = 0
         if self._written:
             streams = self.quic._streams  # aioquic has no public accessor for send progress
             for sid, written in list(self._written.items()):
@@ -393,8 +474,7 @@ class Session:
                     quic.send_stream_data(sid, data, end)
                 except (ValueError, AssertionError):
                     continue  # the stream was reset meanwhile; drop what it would carry
-                if sid % 4 == 3:
-                    written[sid] = written.get(sid, 0) + len(data)
+                written[sid] = written.get(sid, 0) + len(data)
         datagrams = quic.datagrams_to_send(now)
         if self._close is not None and not self._quic_closed:
             assert self._close_deadline is not None
@@ -404,18 +484,22 @@ class Session:
                 self._quic_closed = True
                 self._close_deadline = None
                 datagrams += quic.datagrams_to_send(now)
+        self._unsent = self._quic_unsent()
         if not self.finished:
             self._backpressure(now)
         return datagrams
 
     def _backpressure(self, now: float) -> None:
+        buffered = self._unsent + self.felix.buffered_bytes()
         if not self.paused:
-            if self._written and self.buffered_bytes > self._high:
+            if buffered > self._high:
                 self.paused = True
                 self.broker.pause(self.conn_id)
                 self.observer.backpressure(True)
-        elif self.buffered_bytes <= self._low:
+        elif buffered <= self._low:
             self.paused = False
             self.broker.resume(self.conn_id, now)
             self.observer.backpressure(False)
             self.server.mark_dirty(self)
+        if not self.reading and buffered <= self._high:
+            self._resume_reading(now)
