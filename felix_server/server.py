@@ -20,6 +20,12 @@ Outputs
       (QUIC and Felix) and the shutdown;
     * :attr:`FelixServer.ready` and :attr:`FelixServer.finished` for health and exit.
 
+Timers. Each session's deadline is cached, with a heap (lazy deletion) for the earliest, and
+recomputed only for the sessions touched since the last :meth:`get_timer`: those that
+received a datagram, had a timer fire, transmitted, were marked dirty (broker outputs, API
+writes) or were told to shut down. Nothing else changes a session's deadline, so an idle
+connection costs nothing per loop pass.
+
 Each call to :meth:`datagrams_to_send` first pumps the broker's outputs into the sessions
 (each distinct :class:`~felix_core.log.LogSlice` is encoded once, and the same bytes are
 written to every subscription stream it goes to), then lets every session that may have
@@ -39,6 +45,7 @@ bound has passed.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -121,6 +128,9 @@ class FelixServer:
         self._by_cid: dict[bytes, Session] = {}
         self._sessions: dict[int, Session] = {}
         self._dirty: dict[int, Session] = {}
+        self._touched: dict[int, Session] = {}  # deadlines to recompute
+        self._deadlines: dict[int, float] = {}  # conn id -> cached deadline (absent: none)
+        self._heap: list[tuple[float, int]] = []  # (deadline, conn id); stale entries skipped
         self._stateless: list[tuple[bytes, NetworkAddress]] = []
         self._next_conn_id = 1
         self._shutdown_at: float | None = None
@@ -216,29 +226,61 @@ class FelixServer:
             if self._by_cid.get(cid) is session:
                 del self._by_cid[cid]
         self._dirty[session.conn_id] = session
+        self._touched[session.conn_id] = session
 
     def _forget(self, session: Session) -> None:
         self._sessions.pop(session.conn_id, None)
         self._dirty.pop(session.conn_id, None)
+        self._touched.pop(session.conn_id, None)
+        self._deadlines.pop(session.conn_id, None)
         for cid in [c for c, s in self._by_cid.items() if s is session]:
             del self._by_cid[cid]
 
     def get_timer(self) -> float | None:
         """The earliest absolute deadline of anything the server holds, or None."""
         deadlines = [self.broker.get_timer(), self._close_at, self._drain_until]
-        deadlines.extend(s.get_timer() for s in self._sessions.values())
+        self._refresh_deadlines()
+        heap, cached = self._heap, self._deadlines
+        while heap:
+            deadline, conn_id = heap[0]
+            if cached.get(conn_id) == deadline:
+                deadlines.append(deadline)
+                break
+            heapq.heappop(heap)  # stale: the session's deadline moved, or it is gone
         return min((d for d in deadlines if d is not None), default=None)
+
+    def _refresh_deadlines(self) -> None:
+        """Recompute the cached deadline of every session touched since the last call."""
+        if not self._touched:
+            return
+        touched, self._touched = self._touched, {}
+        cached, heap = self._deadlines, self._heap
+        for conn_id, session in touched.items():
+            deadline = session.get_timer()
+            if deadline is None:
+                cached.pop(conn_id, None)
+            elif cached.get(conn_id) != deadline:
+                cached[conn_id] = deadline
+                heapq.heappush(heap, (deadline, conn_id))
+        if len(heap) > 2 * len(cached) + 64:  # too many stale entries: rebuild
+            self._heap = [(deadline, conn_id) for conn_id, deadline in cached.items()]
+            heapq.heapify(self._heap)
 
     def handle_timer(self, now: float) -> None:
         """Fire everything due at ``now`` (early or repeated calls are harmless)."""
         deadline = self.broker.get_timer()
         if deadline is not None and deadline <= now:
             self.broker.handle_timer(now)
-        for session in list(self._sessions.values()):
-            deadline = session.get_timer()
-            if deadline is not None and deadline <= now:
-                session.handle_timer(now)
-                self._after_input(session)
+        self._refresh_deadlines()
+        heap, cached, due = self._heap, self._deadlines, {}
+        while heap and heap[0][0] <= now:
+            deadline, conn_id = heapq.heappop(heap)
+            if cached.get(conn_id) == deadline:
+                del cached[conn_id]  # recomputed once the session has handled it
+                due[conn_id] = self._sessions[conn_id]
+        for session in due.values():
+            session.handle_timer(now)
+            self._after_input(session)
         if self._close_at is not None and now >= self._close_at:
             self._close_at = None
             for session in list(self._sessions.values()):
@@ -263,6 +305,7 @@ class FelixServer:
         for session in self._sessions.values():
             session.go_away(int(grace * 1000), now)
             self._dirty[session.conn_id] = session
+            self._touched[session.conn_id] = session
 
     # ----------------------------------------------------------------------- outputs
 
@@ -280,8 +323,10 @@ class FelixServer:
                 break
             dirty = self._dirty
             self._dirty = {}
+            touched = self._touched
             for session in dirty.values():
                 out.extend(session.transmit(now))
+                touched[session.conn_id] = session  # sending moves QUIC's timers
                 if session.finished:
                     self._forget(session)
         return out
@@ -289,6 +334,7 @@ class FelixServer:
     def mark_dirty(self, session: Session) -> None:
         """A session has something to send (called by sessions after API-driven writes)."""
         self._dirty[session.conn_id] = session
+        self._touched[session.conn_id] = session
 
     def _pump_outputs(self) -> None:
         """Hand the broker's outputs to the sessions, encoding each slice once."""
