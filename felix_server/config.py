@@ -154,6 +154,11 @@ class ServerConfig:
     """Identifier sent in ``Welcome`` (stable for a broker process)."""
     region: str = "local"
     """The sovereign region this broker belongs to, sent in ``Welcome``."""
+    auth_tokens: str | None = None
+    """Comma-separated bearer tokens the broker accepts in ``Hello.token``. Absent: no
+    authentication (anonymous clients, development). Set: a handshake without one of them
+    is refused with ``UNAUTHENTICATED`` and the connection closes. Prefer the
+    ``FELIX_AUTH_TOKENS`` environment variable to a flag, which other users can see."""
     shutdown_grace_s: float = 5.0
     """On SIGTERM: how long clients have after ``GoAway`` before connections are closed."""
     shutdown_drain_s: float = 25.0
@@ -162,6 +167,13 @@ class ServerConfig:
     """QUIC transport tuning."""
     broker: BrokerConfig = field(default_factory=BrokerConfig)
     """Every engine limit and default policy."""
+
+    @property
+    def accepted_tokens(self) -> frozenset[str] | None:
+        """``auth_tokens`` as a set (None: authentication is off)."""
+        if self.auth_tokens is None:
+            return None
+        return frozenset(t.strip() for t in self.auth_tokens.split(",") if t.strip())
 
     @property
     def listen_address(self) -> tuple[str, int]:

@@ -121,6 +121,7 @@ class FelixServer:
         connection_factory: Callable[..., QuicConnection] = FelixQuicConnection,
     ) -> None:
         self.config = config
+        self.accepted_tokens = config.accepted_tokens
         self.quic_configuration = quic_configuration
         self.observer = observer or ServerObserver()
         self.broker = broker if broker is not None else Broker(config.broker, now=now)

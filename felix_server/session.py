@@ -48,6 +48,7 @@ one reply, and what waits unread is bounded by the credit granted before the hol
 from __future__ import annotations
 
 import contextlib
+import hmac
 from collections import deque
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -251,9 +252,12 @@ class Session:
                             event.messages, event.bytes, now=now)
                 )  # fmt: skip
             elif isinstance(event, fe.HandshakeRequested):
+                self._hello_deadline = None
+                if not self._authenticated(event.hello.token):
+                    felix.reject(ErrorCode.UNAUTHENTICATED, "missing or invalid token")
+                    continue
                 felix.accept()
                 self._welcomed = True
-                self._hello_deadline = None
                 self.observer.handshake_completed(event.version)
             elif isinstance(event, fe.SubscriptionCancelled):
                 if event.subscription_id in self._subs:
@@ -313,6 +317,19 @@ class Session:
             pass  # the feed or connection already went away
         except EngineError as exc:
             self.observer.log("debug", "engine refused a follow-up call", code=int(exc.code))
+
+    def _authenticated(self, token: str | None) -> bool:
+        """Whether ``token`` opens a session: always when authentication is off."""
+        accepted = self.server.accepted_tokens
+        if accepted is None:
+            return True
+        if not token:
+            return False
+        offered = token.encode()
+        # Each comparison takes constant time, and every token is compared (a list, not a
+        # short-circuiting generator), so timing tells nothing about the accepted tokens.
+        matches = [hmac.compare_digest(offered, t.encode()) for t in accepted]
+        return any(matches)
 
     def _request(self, msg: m.Message, now: float) -> None:
         kind = request_kind(msg)

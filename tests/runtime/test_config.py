@@ -117,3 +117,9 @@ def test_print_config_round_trips() -> None:
     text = config_to_toml(config).encode()
     again = load(["--config", "c"], c=text)
     assert again == config
+
+
+def test_auth_tokens_from_env_or_flag() -> None:
+    assert load([]).accepted_tokens is None  # authentication off by default
+    assert load([], env={"FELIX_AUTH_TOKENS": " a, b ,,"}).accepted_tokens == {"a", "b"}
+    assert load(["--auth-tokens", "c"], env={"FELIX_AUTH_TOKENS": "a"}).accepted_tokens == {"c"}
