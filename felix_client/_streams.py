@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import contextlib
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from functools import partial
 from itertools import repeat
 from types import TracebackType
 from typing import Any, Protocol
@@ -276,6 +277,13 @@ class Publisher:
 # ---------------------------------------------------------------------- subscription
 
 
+_new_event: Callable[[Iterable[object]], Event] = partial(tuple.__new__, Event)
+"""Build an :class:`Event` from one row of its fields (in field order), skipping the
+NamedTuple's Python ``__new__``: the per-record step of a batch, all in C."""
+_ZEROS = repeat(0)
+"""The ``gap_before`` column of a batch (zip stops at the batch's end)."""
+
+
 def _record_bytes(event: Event) -> int:
     """What one record uses of a subscription's byte credit: payload, key, and per header
     the UTF-8 length of its name plus its value (the broker's and the machine's measure)."""
@@ -426,10 +434,13 @@ class Subscription:
             ts = b.timestamps_ms or repeat(0, n)
             keys = b.keys or repeat(None, n)
             headers = b.headers or repeat(None, n)
-            events = map(Event, range(base, base + n), payloads, ts, keys, headers)
+            # One row per record, in Event's field order (the infinite _ZEROS column ends with
+            # the others), built by tuple.__new__: no Python-level call per record.
+            rows = zip(range(base, base + n), payloads, ts, keys, headers, _ZEROS, strict=False)
+            events = map(_new_event, rows)
             if self._gap:  # only the first record after a gap carries it
                 first = next(events)
-                self._pending.append(replace(first, gap_before=self._gap))
+                self._pending.append(first._replace(gap_before=self._gap))
                 self._gap = 0
             self._pending.extend(events)
         elif isinstance(item, ev.GapReported):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 
 from felix_proto.messages import AckMode, StartKind
 
@@ -22,9 +23,13 @@ class PublishResult:
     """Offset of the last record written (equal to ``first_offset`` for one record)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
-    """One record delivered by a subscription."""
+class Event(NamedTuple):
+    """One record delivered by a subscription.
+
+    A :class:`~typing.NamedTuple` (one is built per record, so it has to be cheap): its
+    fields are read-only (assigning one raises ``AttributeError``), it compares and hashes by
+    value, and ``event._replace(...)`` returns a modified copy.
+    """
 
     offset: int
     """The record's offset in the stream's log."""

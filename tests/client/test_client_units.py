@@ -14,7 +14,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from felix_client import errors
 from felix_client._streams import Publisher, Record, Subscription
 from felix_client._url import DEFAULT_PORT, parse_url
-from felix_client.types import PublishResult, Start
+from felix_client.types import Event, PublishResult, Start
 from felix_proto import events as ev
 from felix_proto.errors import RETRYABLE, ErrorCode
 from felix_proto.messages import AckMode, EventBatch, StartKind
@@ -272,6 +272,38 @@ async def test_subscription_yields_events_gaps_and_returns_credit() -> None:
     assert got[0].payload == b"p0" and got[0].timestamp_ms == 1000
     assert sub.missed == 5 and sub.next_offset == 10
     assert backend.credits and all(c[1] == 2 for c in backend.credits)  # half the window
+
+
+@pytest.mark.anyio
+async def test_subscription_events_carry_every_field_and_are_immutable() -> None:
+    backend = FakeFeedBackend()
+    async with Subscription(backend, _spec(credit=100), Start.earliest()) as sub:
+        inbox = backend.inboxes[0]
+        await inbox.send(ev.GapReported(subscription_id=1, missed=2, next_offset=7))
+        await inbox.send(ev.EventsReceived(subscription_id=1, batch=EventBatch(
+            base_offset=7, payloads=[b"a", b"b"], timestamps_ms=[1500, 1501],
+            keys=[b"k", None], headers=[None, {"h": b"v"}])))  # fmt: skip
+        await inbox.send(ev.EventsReceived(subscription_id=1, batch=EventBatch(
+            base_offset=9, payloads=[b"c"])))  # fmt: skip
+        await inbox.send(ev.SubscriptionEnded(subscription_id=1, reason="unsubscribed"))
+        got = [e async for e in sub]
+    assert got == [
+        Event(offset=7, payload=b"a", timestamp_ms=1500, key=b"k", gap_before=2),
+        Event(offset=8, payload=b"b", timestamp_ms=1501, headers={"h": b"v"}),
+        Event(offset=9, payload=b"c", timestamp_ms=0),
+    ]
+    first = got[0]
+    assert type(first) is Event
+    assert (first.offset, first.payload, first.timestamp_ms) == (7, b"a", 1500)
+    assert (first.key, first.headers, first.gap_before) == (b"k", None, 2)
+    assert first.timestamp == 1.5 and got[1].headers == {"h": b"v"}
+    assert repr(got[2]) == (
+        "Event(offset=9, payload=b'c', timestamp_ms=0, key=None, headers=None, gap_before=0)"
+    )
+    for name in ("offset", "payload", "timestamp_ms", "key", "headers", "gap_before", "extra"):
+        with pytest.raises(AttributeError):
+            setattr(first, name, 1)
+    assert first._replace(gap_before=0).gap_before == 0 and first.gap_before == 2
 
 
 @pytest.mark.anyio
