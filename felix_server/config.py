@@ -80,9 +80,11 @@ class TransportConfig:
     """Largest UDP payload sent. 1452 fits a 1500-byte Ethernet MTU under IPv6 and is what
     loopback paths allow; aioquic's own default is the RFC minimum 1200."""
     max_data: int = 16 * 1024 * 1024
-    """Connection-level flow-control window the broker grants a client, bytes."""
+    """Connection-level flow-control window the broker grants a client, bytes: a sliding
+    window of this fixed size (credit = bytes received + window, never auto-tuned up)."""
     max_stream_data: int = 4 * 1024 * 1024
-    """Per-stream flow-control window the broker grants a client, bytes."""
+    """Per-stream flow-control window the broker grants a client, bytes (sliding, fixed
+    size, as ``max_data``)."""
     idle_timeout_s: float = 60.0
     """A connection with no traffic for this long is closed."""
     max_connections: int = 10_000

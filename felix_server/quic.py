@@ -14,10 +14,29 @@ raise the windows as data arrives, whether or not the application read it), so a
 requests the broker stopped reading is throttled by QUIC once its credit is spent. Frames
 lost meanwhile are sent when the hold ends.
 
-This reaches into private members of aioquic (``QuicConnection._initialize``,
-``_write_connection_limits``, ``_write_stream_limits`` and
-``tls.Context._server_handle_hello``); ``tests/runtime`` exercises every path so that an
-aioquic upgrade that moves them fails loudly.
+And it makes the receive windows fixed-size sliding windows: aioquic doubles the
+connection's ``MAX_DATA`` once more than half of it is used, and a stream's
+``MAX_STREAM_DATA`` once more than half of it is received ("auto-tuning"), so on a
+long-lived connection the credit a peer holds, hence what it can have in flight to the broker
+and what waits unread while the session holds credit back, grows without bound. Here the
+limit granted is always *received + window* (the configured ``max_data`` /
+``max_stream_data``), raised once less than half a window is left: the peer never holds more
+than one window of credit, connection-wide or per stream.
+
+This reaches into private members of aioquic, which is why felix pins aioquic to 1.7.x:
+
+* ``QuicConnection._initialize`` and ``tls.Context._server_handle_hello``: the ALPN rule;
+* ``QuicConnection._write_connection_limits`` and ``_write_stream_limits``: overridden to hold
+  credit back and to slide the windows; aioquic's versions still write the frames (and, for
+  the connection, batch ``MAX_STREAMS``);
+* ``QuicConnection._local_max_data`` (its ``used`` and ``value``: bytes received and the limit
+  granted) and ``QuicStream.max_stream_data_local`` / ``receiver.highest_offset`` (the same
+  per stream): set to the sliding limit before aioquic runs, and the received count is shown
+  to aioquic as 0 for the duration of its call, so its doubling test (``received * 2 >
+  limit``) never fires.
+
+``tests/runtime`` exercises every path so that an aioquic upgrade that moves them fails
+loudly (``test_receive_window.py`` for the windows).
 """
 
 from __future__ import annotations
@@ -34,22 +53,41 @@ __all__ = ["FelixQuicConnection"]
 
 
 class FelixQuicConnection(QuicConnection):
-    """A server ``QuicConnection`` that also accepts clients offering no ALPN, and whose
-    flow-control credit the session can hold back."""
+    """A server ``QuicConnection`` that also accepts clients offering no ALPN, whose
+    receive windows slide at a fixed size, and whose flow-control credit the session can
+    hold back."""
 
     credit_held: bool = False
     """While true, no flow-control credit (``MAX_DATA``, ``MAX_STREAM_DATA``,
     ``MAX_STREAMS``) is sent."""
 
     def _write_connection_limits(self, builder: QuicPacketBuilder, space: QuicPacketSpace) -> None:
-        if not self.credit_held:
+        if self.credit_held:
+            return
+        limit = self._local_max_data
+        received = limit.used
+        limit.value = _slide(limit.value, received, self._configuration.max_data)
+        limit.used = 0  # hide it from aioquic's doubling test; nothing else there reads it
+        try:
             super()._write_connection_limits(builder=builder, space=space)
+        finally:
+            limit.used = received
 
     def _write_stream_limits(
         self, builder: QuicPacketBuilder, space: QuicPacketSpace, stream: QuicStream
     ) -> None:
-        if not self.credit_held:
+        if self.credit_held or not stream.max_stream_data_local:  # 0: a send-only stream
+            return
+        receiver = stream.receiver
+        received = receiver.highest_offset
+        stream.max_stream_data_local = _slide(
+            stream.max_stream_data_local, received, self._configuration.max_stream_data
+        )
+        receiver.highest_offset = 0  # hide it from aioquic's doubling test, as above
+        try:
             super()._write_stream_limits(builder=builder, space=space, stream=stream)
+        finally:
+            receiver.highest_offset = received
 
     def _initialize(self, peer_cid: bytes) -> None:
         super()._initialize(peer_cid)
@@ -74,3 +112,9 @@ class FelixQuicConnection(QuicConnection):
                 context._alpn_protocols = saved
 
         context._server_handle_hello = handle_hello  # type: ignore[method-assign]
+
+
+def _slide(limit: int, received: int, window: int) -> int:
+    """The receive limit to grant: *received + window* once less than half a window of
+    credit is left (so updates go out every half window, not every packet), else *limit*."""
+    return received + window if limit - received < window // 2 else limit
