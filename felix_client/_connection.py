@@ -32,7 +32,7 @@ from felix_proto import events as ev
 from felix_proto.client import ClientConnection
 from felix_proto.errors import ErrorCode, LocalProtocolError
 
-from ._transport import QuicTransport, TransportOptions
+from ._transport import QuicTransport, TransportOptions, describe_termination
 from .errors import (
     ConnectionLost,
     FelixError,
@@ -317,8 +317,7 @@ class Connection:
         elif isinstance(event, quic_events.StreamReset | quic_events.StopSendingReceived):
             self.machine.stream_reset(event.stream_id, event.error_code)
         elif isinstance(event, quic_events.ConnectionTerminated):
-            phrase = event.reason_phrase or f"QUIC error {event.error_code}"
-            self._lost_reason = self._lost_reason or f"connection closed: {phrase}"
+            self._lost_reason = self._lost_reason or describe_termination(event)
             self.machine.connection_lost()
         self._dispatch()
 

@@ -29,10 +29,17 @@ import anyio.lowlevel
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.events import ConnectionTerminated, HandshakeCompleted, QuicEvent
+from aioquic.quic.packet import QuicErrorCode
 
 from felix_proto import ALPN
 
-__all__ = ["QuicHandler", "QuicTransport", "TransportOptions", "loop_clock"]
+__all__ = [
+    "QuicHandler",
+    "QuicTransport",
+    "TransportOptions",
+    "describe_termination",
+    "loop_clock",
+]
 
 READ_BATCH = 64
 """Most datagrams fed to QUIC in one loop pass, before one transmit."""
@@ -257,9 +264,8 @@ class QuicTransport:
                 self.alpn = event.alpn_protocol
                 self._handshake.set()
             elif isinstance(event, ConnectionTerminated):
-                reason = event.reason_phrase or f"error code {event.error_code}"
                 self._handler.quic_event(event, now)
-                self._close(f"connection closed: {reason}")
+                self._close(describe_termination(event))
                 continue
             self._handler.quic_event(event, now)
         self._handler.pump(now)
@@ -339,6 +345,16 @@ class QuicTransport:
                 await self._done.wait()
         else:
             self._sock.close()
+
+
+def describe_termination(event: ConnectionTerminated) -> str:
+    """Why the peer closed the connection, in one line. A broker that will not take the
+    connection (over its connection limit, shutting down) closes it with the QUIC transport
+    error ``CONNECTION_REFUSED`` and a reason: "broker refused the connection: <reason>"."""
+    reason = event.reason_phrase or f"error code {event.error_code}"
+    if event.frame_type is not None and event.error_code == QuicErrorCode.CONNECTION_REFUSED:
+        return f"broker refused the connection: {reason}"
+    return f"connection closed: {reason}"
 
 
 def _describe_os_error(exc: BaseException) -> str:

@@ -88,7 +88,9 @@ class TransportConfig:
     idle_timeout_s: float = 60.0
     """A connection with no traffic for this long is closed."""
     max_connections: int = 10_000
-    """New connections beyond this many are refused (the handshake packet is dropped)."""
+    """New connections beyond this many are refused: answered with the QUIC transport error
+    ``CONNECTION_REFUSED`` and reason ``broker at max_connections`` (rate-limited per loop
+    pass; beyond the limit the Initial packet is dropped)."""
     handshake_timeout_s: float = 10.0
     """A connection that has not sent its ``Hello`` this long after it was accepted is
     closed with ``TIMEOUT`` (a peer that completes QUIC but never speaks Felix, or keeps

@@ -37,6 +37,13 @@ This reaches into private members of aioquic, which is why felix pins aioquic to
 
 ``tests/runtime`` exercises every path so that an aioquic upgrade that moves them fails
 loudly (``test_receive_window.py`` for the windows).
+
+:func:`refusal_datagram` answers a connection the broker will not take (over
+``max_connections``, or shutting down) statelessly: one Initial packet, protected with the
+Initial keys that the client's destination connection ID alone determines (RFC 9001 §5.2),
+carrying a transport ``CONNECTION_CLOSE`` with ``CONNECTION_REFUSED`` (0x02) and a reason.
+No ``QuicConnection`` and no TLS handshake is involved, so a refusal costs one key derivation
+and one small AEAD seal (``tests/runtime/test_refusal.py``).
 """
 
 from __future__ import annotations
@@ -44,12 +51,15 @@ from __future__ import annotations
 from typing import Any
 
 from aioquic import tls
+from aioquic.quic.configuration import SMALLEST_MAX_DATAGRAM_SIZE
 from aioquic.quic.connection import QuicConnection
+from aioquic.quic.crypto import CryptoPair
+from aioquic.quic.packet import QuicErrorCode, QuicFrameType, QuicHeader, QuicPacketType
 from aioquic.quic.packet_builder import QuicPacketBuilder
 from aioquic.quic.recovery import QuicPacketSpace
 from aioquic.quic.stream import QuicStream
 
-__all__ = ["FelixQuicConnection"]
+__all__ = ["FelixQuicConnection", "refusal_datagram"]
 
 
 class FelixQuicConnection(QuicConnection):
@@ -118,3 +128,32 @@ def _slide(limit: int, received: int, window: int) -> int:
     """The receive limit to grant: *received + window* once less than half a window of
     credit is left (so updates go out every half window, not every packet), else *limit*."""
     return received + window if limit - received < window // 2 else limit
+
+
+def refusal_datagram(header: QuicHeader, reason: str) -> bytes:
+    """A server Initial that closes the connection a client's Initial (*header*) opens, with
+    the transport error ``CONNECTION_REFUSED`` and *reason* as the reason phrase.
+
+    The client sees ``ConnectionTerminated(error_code=0x02, reason_phrase=reason)`` at once.
+    The packet's source connection ID is the client's original destination connection ID
+    (any value will do: the client never sends again). *header.version* must be supported.
+    """
+    assert header.version is not None
+    crypto = CryptoPair()
+    crypto.setup_initial(cid=header.destination_cid, is_client=False, version=header.version)
+    builder = QuicPacketBuilder(
+        host_cid=header.destination_cid,
+        peer_cid=header.source_cid,
+        version=header.version,
+        is_client=False,
+        max_datagram_size=SMALLEST_MAX_DATAGRAM_SIZE,
+    )
+    phrase = reason.encode()
+    builder.start_packet(QuicPacketType.INITIAL, crypto)
+    buf = builder.start_frame(QuicFrameType.TRANSPORT_CLOSE, capacity=16 + len(phrase))
+    buf.push_uint_var(QuicErrorCode.CONNECTION_REFUSED)
+    buf.push_uint_var(QuicFrameType.PADDING)  # no frame caused it
+    buf.push_uint_var(len(phrase))
+    buf.push_bytes(phrase)
+    datagrams, _ = builder.flush()
+    return datagrams[0]

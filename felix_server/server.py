@@ -35,8 +35,19 @@ is applied there too (see :mod:`felix_server.session`).
 Time: ``now`` is wall-clock seconds since the Unix epoch for everything (the engine stamps
 records with it; aioquic only needs a clock that is consistent between calls).
 
+Refusing connections: a new connection over ``transport.max_connections``, or any new
+connection once shutting down, is answered statelessly with a QUIC ``CONNECTION_CLOSE``
+(transport error ``CONNECTION_REFUSED``, reason ``broker at max_connections`` or ``broker
+shutting down``; :func:`~felix_server.quic.refusal_datagram`), so the client fails at once
+with the reason instead of timing out. No session, ``QuicConnection`` or engine state is
+created. To keep a flood of Initials from making this a CPU or traffic amplifier, at most
+:data:`MAX_REFUSALS_PER_PASS` refusals are answered per :meth:`datagrams_to_send` pass; the
+rest are dropped (a dropped client retransmits its Initial and is refused then). Every
+refused Initial is counted in ``stats.refused``, the answered ones also in
+``stats.refusals_sent``.
+
 Graceful shutdown: :meth:`begin_shutdown` makes the server not ready, refuses new
-connections (their Initial packets are dropped), stops the engine (subscriptions and
+connections (as above), stops the engine (subscriptions and
 consumers end with reason ``shutdown``; new work is refused with ``SHUTTING_DOWN``) and sends
 ``GoAway`` with a deadline to every client. Connections that are still open at the
 deadline are closed; :attr:`finished` turns true when no connection is left or the drain
@@ -54,6 +65,7 @@ from aioquic._buffer import Buffer
 from aioquic.quic.configuration import SMALLEST_MAX_DATAGRAM_SIZE, QuicConfiguration
 from aioquic.quic.connection import NetworkAddress, QuicConnection
 from aioquic.quic.packet import (
+    QuicHeader,
     QuicPacketType,
     encode_quic_version_negotiation,
     pull_quic_header,
@@ -66,10 +78,14 @@ from felix_proto import ALPN
 from felix_proto.codec import encode_event_batch
 from felix_server.config import ServerConfig
 from felix_server.observer import ServerObserver
-from felix_server.quic import FelixQuicConnection
+from felix_server.quic import FelixQuicConnection, refusal_datagram
 from felix_server.session import Session
 
-__all__ = ["FelixServer", "make_quic_configuration"]
+__all__ = ["MAX_REFUSALS_PER_PASS", "FelixServer", "make_quic_configuration"]
+
+MAX_REFUSALS_PER_PASS = 16
+"""Most refused connections answered with ``CONNECTION_REFUSED`` between two
+:meth:`FelixServer.datagrams_to_send` calls; further refused Initials are dropped."""
 
 
 def make_quic_configuration(config: ServerConfig) -> QuicConfiguration:
@@ -92,6 +108,7 @@ def make_quic_configuration(config: ServerConfig) -> QuicConfiguration:
 class _Stats:
     accepted: int = 0
     refused: int = 0
+    refusals_sent: int = 0
     version_negotiations: int = 0
     dropped_datagrams: int = 0
 
@@ -133,6 +150,7 @@ class FelixServer:
         self._deadlines: dict[int, float] = {}  # conn id -> cached deadline (absent: none)
         self._heap: list[tuple[float, int]] = []  # (deadline, conn id); stale entries skipped
         self._stateless: list[tuple[bytes, NetworkAddress]] = []
+        self._refusals_left = MAX_REFUSALS_PER_PASS  # in this datagrams_to_send pass
         self._next_conn_id = 1
         self._shutdown_at: float | None = None
         self._close_at: float | None = None
@@ -163,7 +181,8 @@ class FelixServer:
 
         Unparseable datagrams are dropped. A datagram for an unknown connection ID starts a
         new connection if it is a large enough Initial packet and the server is ready and
-        below ``max_connections``; an unsupported QUIC version is answered with version
+        below ``max_connections`` (otherwise it is refused with ``CONNECTION_REFUSED``, see
+        the module docstring); an unsupported QUIC version is answered with version
         negotiation.
         """
         try:
@@ -197,12 +216,24 @@ class FelixServer:
             ):
                 self.stats.dropped_datagrams += 1
                 return
-            if not self.ready or len(self._sessions) >= self.config.transport.max_connections:
-                self.stats.refused += 1
+            if not self.ready:
+                self._refuse(header, addr, "broker shutting down")
+                return
+            if len(self._sessions) >= self.config.transport.max_connections:
+                self._refuse(header, addr, "broker at max_connections")
                 return
             session = self._accept(header.destination_cid, now)
         session.datagram_received(data, addr, now)
         self._after_input(session)
+
+    def _refuse(self, header: QuicHeader, addr: NetworkAddress, reason: str) -> None:
+        """Answer a new connection with ``CONNECTION_REFUSED``, within this pass's budget."""
+        self.stats.refused += 1
+        if self._refusals_left <= 0:
+            return
+        self._refusals_left -= 1
+        self.stats.refusals_sent += 1
+        self._stateless.append((refusal_datagram(header, reason), addr))
 
     def _accept(self, original_cid: bytes, now: float) -> Session:
         quic = self._factory(
@@ -318,6 +349,7 @@ class FelixServer:
         """
         out = self._stateless
         self._stateless = []
+        self._refusals_left = MAX_REFUSALS_PER_PASS
         for _ in range(4):  # a resume may produce deliveries; bounded
             self._pump_outputs()
             if not self._dirty:

@@ -9,6 +9,7 @@ import asyncio
 
 import pytest
 from aioquic.quic import events as qe
+from aioquic.quic.packet import QuicErrorCode
 from brokers import Broker
 
 from felix_proto import events as fe
@@ -108,10 +109,14 @@ async def test_graceful_shutdown(start_broker: StartBroker, connect: Connect) ->
     assert ended.reason == "shutdown"
     assert (await http_get(proc.metrics, "/ready"))[0] == 503
     late = RawClient(proc.ca_file)
-    with pytest.raises(TimeoutError):  # new connections are refused (Initials dropped) ...
+    with pytest.raises(TimeoutError):  # new connections are refused (no handshake) ...
         await late.connect(proc.address, hello=False, timeout=0.3)
-    late.close()
     assert proc.process.poll() is None  # ... by a broker still in its 1 s grace period
+    refused = await late.wait_quic(qe.ConnectionTerminated, timeout=3)  # after draining
+    assert isinstance(refused, qe.ConnectionTerminated)
+    assert refused.error_code == QuicErrorCode.CONNECTION_REFUSED
+    assert refused.reason_phrase == "broker shutting down"
+    late.close()
     await c.wait(fe.ConnectionTerminated, timeout=5)  # closed at the grace deadline
     async with asyncio.timeout(5):
         while proc.process.poll() is None:

@@ -23,6 +23,7 @@ from felix_client import (
     ShuttingDown,
     Subscription,
 )
+from felix_client.cli import error_line
 from felix_client.types import Event
 
 from .conftest import CLIENT_BACKENDS
@@ -195,6 +196,24 @@ async def test_graceful_shutdown_exits_zero(fresh_broker: FreshBroker) -> None:
             await anyio.sleep(0.02)
     assert broker.process.returncode == 0
     assert "felix broker stopped" in broker.log_messages()
+
+
+@pytest.mark.parametrize("anyio_backend", CLIENT_BACKENDS)
+async def test_a_full_broker_refuses_promptly_with_a_reason(fresh_broker: FreshBroker) -> None:
+    """Over ``max_connections`` the broker answers CONNECTION_REFUSED: the client fails
+    within aioquic's draining period (about 1 s), not at its 5 s connect timeout."""
+    broker = fresh_broker("--transport-max-connections", "1")
+    async with client(broker) as first:
+        await first.admin.create("stream", "s")  # holds the only slot
+        started = anyio.current_time()
+        with pytest.raises(ConnectionLost) as refused:
+            async with client(broker) as second:
+                await second.publish("s", b"x")
+        assert anyio.current_time() - started < 3.0
+        line = error_line(refused.value)
+        assert line.endswith("broker refused the connection: broker at max_connections"), line
+        assert "\n" not in line
+        await first.publish("s", b"still served")
 
 
 def test_port_in_use_exits_one(broker: Broker, tmp_path: Path) -> None:
