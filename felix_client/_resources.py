@@ -167,6 +167,23 @@ class Admin:
             return {"kind": k.value, "tenant": t, "namespace": name, "name": ""}
         return {"kind": k.value, "tenant": t, "namespace": n, "name": name}
 
+    async def _request(
+        self, message: type[msgs.Message], timeout: float | None, **fields: Any
+    ) -> ev.Event:
+        """Send one admin request; return the event that answered it."""
+        c = self._client
+        return await c._call(
+            lambda m, now: m.admin(message, now=now, timeout=timeout or c.timeout, **fields)
+        )
+
+    async def _admin(
+        self, message: type[msgs.Message], timeout: float | None, **fields: Any
+    ) -> ev.AdminReplied:
+        """Send an admin request answered by a resource (or a list of them)."""
+        reply = await self._request(message, timeout, **fields)
+        assert isinstance(reply, ev.AdminReplied)
+        return reply
+
     async def create(
         self,
         kind: str,
@@ -178,17 +195,10 @@ class Admin:
         timeout: float | None = None,
     ) -> dict[str, Any]:
         """Create a resource; returns it as the broker describes it."""
-        c, target = self._client, self._target(kind, name, tenant, namespace)
-        reply = await c._call(
-            lambda m, now: m.admin(
-                msgs.AdminCreate,
-                settings=dict(settings or {}),
-                now=now,
-                timeout=timeout or c.timeout,
-                **target,
-            ),
+        target = self._target(kind, name, tenant, namespace)
+        reply = await self._admin(
+            msgs.AdminCreate, timeout, settings=dict(settings or {}), **target
         )
-        assert isinstance(reply, ev.AdminReplied)
         return reply.resource or {}
 
     async def describe(
@@ -201,13 +211,8 @@ class Admin:
         timeout: float | None = None,
     ) -> dict[str, Any]:
         """Describe one resource."""
-        c, target = self._client, self._target(kind, name, tenant, namespace)
-        reply = await c._call(
-            lambda m, now: m.admin(
-                msgs.AdminDescribe, now=now, timeout=timeout or c.timeout, **target
-            ),
-        )
-        assert isinstance(reply, ev.AdminReplied)
+        target = self._target(kind, name, tenant, namespace)
+        reply = await self._admin(msgs.AdminDescribe, timeout, **target)
         return reply.resource or {}
 
     async def list(
@@ -219,24 +224,13 @@ class Admin:
         timeout: float | None = None,
     ) -> list[dict[str, Any]]:
         """List resources of a kind (under the tenant / namespace where that applies)."""
-        c = self._client
         k = ResourceKind(kind)
-        t, n = c._path(tenant, namespace)
+        t, n = self._client._path(tenant, namespace)
         if k == ResourceKind.TENANT:
             t, n = "", ""
         elif k == ResourceKind.NAMESPACE:
             n = ""
-        reply = await c._call(
-            lambda m, now: m.admin(
-                msgs.AdminList,
-                kind=k.value,
-                tenant=t,
-                namespace=n,
-                now=now,
-                timeout=timeout or c.timeout,
-            ),
-        )
-        assert isinstance(reply, ev.AdminReplied)
+        reply = await self._admin(msgs.AdminList, timeout, kind=k.value, tenant=t, namespace=n)
         return reply.resources or []
 
     async def update(
@@ -250,17 +244,8 @@ class Admin:
         timeout: float | None = None,
     ) -> dict[str, Any]:
         """Change some settings of a resource; returns it as it now is."""
-        c, target = self._client, self._target(kind, name, tenant, namespace)
-        reply = await c._call(
-            lambda m, now: m.admin(
-                msgs.AdminUpdate,
-                settings=dict(settings),
-                now=now,
-                timeout=timeout or c.timeout,
-                **target,
-            ),
-        )
-        assert isinstance(reply, ev.AdminReplied)
+        target = self._target(kind, name, tenant, namespace)
+        reply = await self._admin(msgs.AdminUpdate, timeout, settings=dict(settings), **target)
         return reply.resource or {}
 
     async def delete(
@@ -273,9 +258,5 @@ class Admin:
         timeout: float | None = None,
     ) -> None:
         """Delete a resource."""
-        c, target = self._client, self._target(kind, name, tenant, namespace)
-        await c._call(
-            lambda m, now: m.admin(
-                msgs.AdminDelete, now=now, timeout=timeout or c.timeout, **target
-            ),
-        )
+        target = self._target(kind, name, tenant, namespace)
+        await self._request(msgs.AdminDelete, timeout, **target)
