@@ -53,7 +53,7 @@ class _JsonFormatter(logging.Formatter):
 
 
 def configure_logging(fmt: str = "text", level: str = "info", stream: TextIO | None = None) -> None:
-    """Send the ``felix`` logger's records to ``stream`` (stderr) in ``fmt``.
+    """Send the ``felix`` (and aioquic's ``quic``) logger's records to ``stream`` in ``fmt``.
 
     Args:
         fmt: ``text`` or ``json``.
@@ -62,8 +62,13 @@ def configure_logging(fmt: str = "text", level: str = "info", stream: TextIO | N
     """
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(_JsonFormatter() if fmt == "json" else _TextFormatter())
-    for old in list(logger.handlers):
-        logger.removeHandler(old)
-    logger.addHandler(handler)
-    logger.setLevel(level.upper())
-    logger.propagate = False
+    # aioquic logs connection errors on "quic"; without a handler they would reach Python's
+    # last-resort handler as bare text, breaking JSON logs. Its info/debug lines are per
+    # packet, so only warnings and above come through unless debug is asked for.
+    quic = logging.getLogger("quic")
+    for log, lvl in ((logger, level.upper()), (quic, "DEBUG" if level == "debug" else "WARNING")):
+        for old in list(log.handlers):
+            log.removeHandler(old)
+        log.addHandler(handler)
+        log.setLevel(lvl)
+        log.propagate = False
