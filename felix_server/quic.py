@@ -157,3 +157,19 @@ def refusal_datagram(header: QuicHeader, reason: str) -> bytes:
     buf.push_bytes(phrase)
     datagrams, _ = builder.flush()
     return datagrams[0]
+
+
+def send_buffered(quic: QuicConnection) -> int:
+    """Bytes held in the send buffers of every stream of ``quic``: written by the
+    application and not yet acknowledged by the peer (sent or not). That is the memory the
+    connection's outgoing stream data costs: aioquic copies each write into the stream's
+    own buffer and frees it only as acknowledgements arrive.
+
+    Reads ``QuicConnection._streams`` and ``QuicStreamSender._buffer_start`` /
+    ``_buffer_stop`` (the acknowledged and written offsets), private to aioquic 1.7.
+    """
+    total = 0
+    for stream in quic._streams.values():
+        sender = stream.sender
+        total += sender._buffer_stop - sender._buffer_start
+    return total
