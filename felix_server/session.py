@@ -485,7 +485,6 @@ class Session:
             )
             self._felix_call(partial(felix.end_subscription, sid, m.EndReason.ERROR, text, offset))
             self._deferred.append(partial(self.broker.unsubscribe, self.conn_id, sid))
-            self.observer.subscription_ended("too_large")
 
     def _write_frame(self, sid: int, frame: bytes, count: int, payload_bytes: int) -> None:
         try:

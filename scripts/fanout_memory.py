@@ -32,8 +32,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-import felix_client  # noqa: E402
 from soak import BrokerProcess  # noqa: E402
+
+import felix_client  # noqa: E402
 
 STREAM = "fanout-memory"
 
