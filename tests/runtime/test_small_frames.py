@@ -25,6 +25,7 @@ from felix_proto.codec import MessageDecoder, encode
 from felix_proto.errors import ErrorCode
 from felix_proto.frames import HEADER_SIZE
 from felix_server import session as session_module
+from felix_server.config import ConfigError, TransportConfig
 from felix_server.observer import ServerObserver
 
 from .memory_net import MemoryClient, MemoryNet, N, T
@@ -198,3 +199,9 @@ def test_a_reply_that_raises_while_encoded_is_answered_internal(
     assert _failure(client, rid).code == ErrorCode.INTERNAL
     assert [where for where, _ in observer.internal] == ["cache_get"]
     assert ("cache_get", ErrorCode.INTERNAL) in observer.finished
+
+
+def test_the_broker_cannot_be_configured_below_the_minimum() -> None:
+    with pytest.raises(ConfigError, match="max_frame_size"):
+        TransportConfig(max_frame_size=SMALL - 1).validate()
+    TransportConfig(max_frame_size=SMALL).validate()
