@@ -34,6 +34,9 @@ This reaches into private members of aioquic, which is why felix pins aioquic to
   per stream): set to the sliding limit before aioquic runs, and the received count is shown
   to aioquic as 0 for the duration of its call, so its doubling test (``received * 2 >
   limit``) never fires.
+* ``QuicConnection._streams`` and ``QuicStreamSender._buffer_start`` / ``_buffer_stop``:
+  :func:`send_buffered`, the bytes a connection's send buffers hold (the session's
+  back-pressure count).
 
 ``tests/runtime`` exercises every path so that an aioquic upgrade that moves them fails
 loudly (``test_receive_window.py`` for the windows).

@@ -26,12 +26,29 @@ Broker -> Felix. The server hands each session its share of ``Broker.drain_outpu
 event batches as frames already encoded once per slice, gaps, deliveries and ends. Outputs
 for a feed this connection no longer has (it was cancelled meanwhile) are dropped.
 
-Back-pressure. aioquic's stream writes never block, so the session measures what it has
-queued and QUIC has not sent yet, on every stream (feeds, request replies, control): per
-stream, bytes handed to QUIC minus the stream's highest sent offset, plus what the Felix
-machine holds. Over ``transport.connection_buffer_limit`` the broker is told to ``pause``
-deliveries to the connection; at or below ``transport.connection_buffer_resume`` it is told
-to ``resume``. With subscription credit bounding each feed, that bounds the feeds.
+Back-pressure. aioquic's stream writes never block and copy the data into the stream's own
+send buffer, freed only as the peer acknowledges it, so the session measures what the
+connection holds on every stream (feeds, request replies, control): the bytes in QUIC's
+send buffers, written and not yet acknowledged (:func:`~felix_server.quic.send_buffered`),
+plus what the Felix machine holds. Feeds are gated on that count *per connection*, not per
+feed: a feed write (batch, gap, end, delivery) goes out only while the count is at most
+``transport.connection_buffer_resume`` or stays within ``transport.connection_buffer_limit``
+with the write added. Otherwise it waits in a :class:`~felix_server.outbox.FeedOutbox`
+behind the feed's earlier writes, as a reference (an encoded batch shared by every
+subscription at that position is one object, counted once), and the broker is told to
+``pause`` deliveries to the connection at once. Waiting writes are released round robin on
+each transmit, as acknowledgements make room; once none waits and the count is at or below
+``connection_buffer_resume`` the broker is told to ``resume``. So what one connection holds
+is at most the limit (or the resume level plus one frame) in QUIC and Felix, plus the
+distinct batches produced before the pause, however many subscriptions it has.
+
+Frames the client cannot take (docs/wire-protocol.md §5.4). A reply over the client's
+``max_frame_size`` is answered ``Error(TOO_LARGE)`` by the Felix machine itself; a batch over
+it is written in pieces that fit (:func:`~felix_server.split.split_slice`) and a record that
+fits no frame ends the subscription (reason ``error``, ``next_offset`` at the record; the
+engine forgets the subscription); a delivery that fits no frame ends the consumer (its
+in-flight deliveries go back to the queue, as on ``CancelConsume``). Engine calls these
+decisions need are made on the next transmit, when ``now`` is known.
 
 Replies are bounded by reading less. Before each request is served the session checks the
 queued bytes against ``transport.connection_buffer_cap``; over it, the session stops
@@ -444,9 +461,10 @@ class Session:
     ) -> None:
         """Write to a feed now if the connection has room for ``size`` more bytes (and the
         feed has nothing waiting), else hold the write back and pause the connection's
-        deliveries. Room: nothing queued, or the queued bytes plus ``size`` within
-        ``connection_buffer_limit``; so what is queued stays within the limit or one frame,
-        however many feeds the connection has."""
+        deliveries. Room: the queued bytes at most ``connection_buffer_resume``, or within
+        ``connection_buffer_limit`` with ``size`` added; so what is queued stays within the
+        limit (or the resume level plus one frame) however many feeds the connection has,
+        and a frame larger than the limit still goes out once the connection drains."""
         if self._outbox.holds(key) or not self._room(size):
             self._outbox.hold(key, size, write, frame)
             self._pause()
@@ -455,7 +473,7 @@ class Session:
 
     def _room(self, size: int) -> bool:
         queued = self._unsent + self.felix.buffered_bytes()
-        return queued == 0 or queued + size <= self._high
+        return queued <= self._low or queued + size <= self._high
 
     def _release(self) -> None:
         """Write held feed writes, round robin, while the connection has room."""
