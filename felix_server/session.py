@@ -593,13 +593,14 @@ class Session:
         """Move Felix writes into QUIC, apply back-pressure, return QUIC's datagrams."""
         quic = self.quic
         if not self._quic_closed:
-            if self._deferred:
-                deferred, self._deferred = self._deferred, []
-                for call in deferred:
-                    self._engine_call(partial(call, now=now))
             if self._outbox:
                 self._unsent = self._quic_buffered()
                 self._release()
+            if self._deferred:  # their outputs (redeliveries) go out on the server's next round
+                deferred, self._deferred = self._deferred, []
+                for call in deferred:
+                    self._engine_call(partial(call, now=now))
+                self.server.mark_dirty(self)
             for sid, data, end in self.felix.data_to_send():
                 try:
                     quic.send_stream_data(sid, data, end)
