@@ -11,6 +11,7 @@ __all__ = ["MODULES", "all_checks"]
 MODULES = (
     "conformance.checks_session",
     "conformance.checks_framing",
+    "conformance.checks_limits",
     "conformance.checks_pubsub",
     "conformance.checks_queues",
     "conformance.checks_cache_admin",

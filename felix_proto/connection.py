@@ -35,6 +35,12 @@ receive path is a bug in this package.
 
 Streams this side opens get ids by QUIC numbering: client bidirectional 0, 4, 8 ... (0 is
 the control stream), server unidirectional 3, 7, 11 ...
+
+Frame size. Each side announces the largest frame payload it accepts (the client in
+``Hello.max_frame_size``, the broker in ``Welcome.limits``); neither may announce less than
+:data:`MIN_MAX_FRAME_SIZE`, which every fixed-size frame and every ``Error`` (its text
+clipped to :data:`MAX_TEXT_BYTES`) fits in. :attr:`Connection.peer_max_frame_size` is what
+this side may send.
 """
 
 from __future__ import annotations
@@ -51,10 +57,40 @@ from .events import CloseRequested, ConnectionTerminated, Event, ProtocolViolati
 from .frames import DEFAULT_MAX_FRAME_SIZE, HEADER_SIZE
 from .messages import Error, Message
 
-__all__ = ["CONTROL_STREAM_ID", "REPLY_TYPES", "Connection", "StreamKind"]
+__all__ = [
+    "CONTROL_STREAM_ID",
+    "MAX_TEXT_BYTES",
+    "MIN_MAX_FRAME_SIZE",
+    "REPLY_TYPES",
+    "Connection",
+    "StreamKind",
+    "clip_text",
+]
 
 CONTROL_STREAM_ID = 0
 """The control stream: the first client-initiated bidirectional stream."""
+
+MIN_MAX_FRAME_SIZE = 4096
+"""The smallest ``max_frame_size`` either side may announce (docs/wire-protocol.md §5.4).
+
+A ``Hello`` announcing less is refused with ``Error(INVALID_ARGUMENT)`` and a close. 4 KiB
+holds the ``Welcome``, every fixed-size frame (stream starts, gaps, acks, ``Ok``, credit
+...) and every ``Error`` or end frame, whose human-readable text a sender clips to
+:data:`MAX_TEXT_BYTES` when the frame would not fit otherwise."""
+
+MAX_TEXT_BYTES = 1024
+"""What a human-readable text (``Error.message``, an end frame's ``message``, a ``GoAway``
+reason) is clipped to, in UTF-8 bytes, when its frame would exceed the peer's limit."""
+
+
+def clip_text(text: str, limit: int = MAX_TEXT_BYTES) -> str:
+    """``text`` cut to at most ``limit`` UTF-8 bytes (on a character boundary), with an
+    ellipsis when it was cut."""
+    raw = text.encode()
+    if len(raw) <= limit:
+        return text
+    return raw[: limit - 3].decode(errors="ignore") + "\u2026"
+
 
 REPLY_TYPES: dict[type[Message], type[Message]] = {
     m.Publish: m.PublishAck,
@@ -138,13 +174,14 @@ class Connection:
     _initial_state: ConnState
 
     def __init__(self, *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
-        if max_frame_size < 1024:
-            raise LocalProtocolError("max_frame_size must be at least 1024 bytes")
+        if max_frame_size < MIN_MAX_FRAME_SIZE:
+            raise LocalProtocolError(f"max_frame_size must be at least {MIN_MAX_FRAME_SIZE} bytes")
         self._state = self._initial_state
         self._max_recv_frame = max_frame_size
         self._max_send_frame = DEFAULT_MAX_FRAME_SIZE
         self._events: deque[Event] = deque()
-        self._out: dict[int, bytearray] = {}
+        self._out: dict[int, list[bytes]] = {}  # stream id -> frames written, not yet taken
+        self._out_bytes = 0
         self._out_fin: set[int] = set()
         self._local_ended: set[int] = set()
         self._streams: dict[int, StreamState] = {}
@@ -155,6 +192,15 @@ class Connection:
     def state(self) -> ConnState:
         """The connection machine's current state."""
         return self._state
+
+    @property
+    def peer_max_frame_size(self) -> int:
+        """The largest frame payload the peer accepts (what this side may send)."""
+        return self._max_send_frame
+
+    def fits(self, frame: bytes) -> bool:
+        """Whether a complete frame (header included) is within the peer's limit."""
+        return len(frame) - HEADER_SIZE <= self._max_send_frame
 
     @property
     def closed(self) -> bool:
@@ -175,10 +221,17 @@ class Connection:
         Returns:
             ``(stream_id, data, end_stream)`` tuples, one per stream, in the order the
             streams were first written to. ``data`` may be empty when only the FIN is due.
+            A stream's one frame is returned as the very object written (an event batch
+            frame shared by many subscriptions is not copied here).
         """
-        out = [(sid, bytes(buf), sid in self._out_fin) for sid, buf in self._out.items()]
+        fin = self._out_fin
+        out = [
+            (sid, chunks[0] if len(chunks) == 1 else b"".join(chunks), sid in fin)
+            for sid, chunks in self._out.items()
+        ]
         self._out.clear()
-        self._out_fin.clear()
+        self._out_bytes = 0
+        fin.clear()
         return out
 
     def buffered_bytes(self, stream_id: int | None = None) -> int:
@@ -193,9 +246,8 @@ class Connection:
             The byte count.
         """
         if stream_id is None:
-            return sum(len(buf) for buf in self._out.values())
-        buf = self._out.get(stream_id)
-        return len(buf) if buf is not None else 0
+            return self._out_bytes
+        return sum(map(len, self._out.get(stream_id, ())))
 
     def get_timer(self) -> float | None:
         """Return the earliest absolute deadline (same clock as ``now``), or ``None``."""
@@ -275,7 +327,7 @@ class Connection:
         if stream is not None:
             stream.peer_ended = True
             stream.broken = True
-        self._out.pop(stream_id, None)
+        self._out_bytes -= sum(map(len, self._out.pop(stream_id, ())))
         self._out_fin.discard(stream_id)
         self._local_ended.add(stream_id)
         self._stream_reset(stream_id, error_code, stream)
@@ -342,16 +394,45 @@ class Connection:
 
     def _write_error(self, stream_id: int, exc: RemoteProtocolError) -> None:
         """Write an ``Error`` for ``exc`` on ``stream_id`` if we can, else on stream 0."""
-        error = Error(
-            code=int(exc.error_code),
-            message=exc.message,
-            request_id=exc.request_id,
-            details=exc.details,
-        )
+        error = self._error_frame(exc.error_code, exc.message, exc.request_id, False, exc.details)
         for sid in (stream_id, CONTROL_STREAM_ID):
             if is_client_bidi(sid) and sid not in self._local_ended:
-                self._send(sid, error)
+                self._write(sid, error)
                 return
+
+    def _error_frame(
+        self,
+        code: int,
+        message: str,
+        request_id: int | None,
+        retryable: bool,
+        details: dict[str, Any],
+    ) -> bytes:
+        """An encoded ``Error`` within the peer's limit: its details are dropped and its
+        message clipped to :data:`MAX_TEXT_BYTES` if it would not fit (or if msgpack cannot
+        encode the details), so an ``Error`` can always be sent."""
+        try:
+            frame = encode(
+                Error(
+                    code=int(code),
+                    message=message,
+                    request_id=request_id,
+                    retryable=retryable,
+                    details=details,
+                )
+            )
+            if self.fits(frame):
+                return frame
+        except LocalProtocolError:
+            pass
+        return encode(
+            Error(
+                code=int(code),
+                message=clip_text(message),
+                request_id=request_id,
+                retryable=retryable,
+            )
+        )
 
     def _transition(self, event: ConnInput, *, local: bool) -> None:
         """Move the connection machine (raises as :func:`~felix_proto._state.transition`)."""
@@ -365,7 +446,7 @@ class Connection:
                 was already ended by this side.
         """
         frame = encode(msg)
-        if len(frame) - HEADER_SIZE > self._max_send_frame:
+        if not self.fits(frame):
             raise LocalProtocolError(
                 f"{type(msg).__name__} of {len(frame) - HEADER_SIZE} bytes exceeds the "
                 f"peer's max_frame_size {self._max_send_frame}"
@@ -380,10 +461,12 @@ class Connection:
         """
         if stream_id in self._local_ended:
             raise LocalProtocolError(f"stream {stream_id} was already ended")
-        buf = self._out.get(stream_id)
-        if buf is None:
-            buf = self._out[stream_id] = bytearray()
-        buf += data
+        chunks = self._out.get(stream_id)
+        if chunks is None:
+            chunks = self._out[stream_id] = []
+        if data:
+            chunks.append(data)
+            self._out_bytes += len(data)
         if end:
             self._local_ended.add(stream_id)
             self._out_fin.add(stream_id)
@@ -410,6 +493,7 @@ class Connection:
             self._events.append(CloseRequested(error_code=int(code), reason=reason))
         else:
             self._out.clear()
+            self._out_bytes = 0
             self._out_fin.clear()
         self._fail_everything(int(code), reason)
         self._events.append(

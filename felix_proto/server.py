@@ -72,13 +72,15 @@ from ._state import (
     UnexpectedMessage,
     transition,
 )
-from .codec import encode_v1_error
+from .codec import encode, encode_v1_error
 from .connection import (
     CONTROL_STREAM_ID,
+    MIN_MAX_FRAME_SIZE,
     REPLY_TYPES,
     Connection,
     StreamKind,
     StreamState,
+    clip_text,
     is_client_bidi,
 )
 from .errors import (
@@ -189,11 +191,21 @@ class ServerConnection(Connection):
         """
         self._transition(ConnInput.ACCEPT, local=True)
         announced = {**self._limits, **(limits or {}), "max_frame_size": self._max_recv_frame}
-        welcome = m.Welcome(
-            version=self._version, server_id=self._server_id, region=self._region,
-            capabilities=self._agreed, limits=announced,
+        welcome = encode(
+            m.Welcome(
+                version=self._version, server_id=self._server_id, region=self._region,
+                capabilities=self._agreed, limits=announced,
+            )
         )  # fmt: skip
-        self._send(CONTROL_STREAM_ID, welcome)
+        if not self.fits(welcome):  # a huge server_id or region: say so rather than go silent
+            self._close_with_error(
+                ErrorCode.TOO_LARGE,
+                f"the Welcome ({len(welcome) - HEADER_SIZE} bytes) exceeds the client's "
+                f"max_frame_size {self._max_send_frame}",
+                {"max_frame_size": self._max_send_frame},
+            )
+            return
+        self._write(CONTROL_STREAM_ID, welcome)
 
     def reject(self, code: int, message: str, *, details: dict[str, Any] | None = None) -> None:
         """Refuse the handshake: write ``Error`` on the control stream, then close.
@@ -236,9 +248,8 @@ class ServerConnection(Connection):
             LocalProtocolError: the handshake is not done, or the connection is closed.
         """
         self._transition(ConnInput.GOAWAY, local=True)
-        self._send(
-            CONTROL_STREAM_ID, m.GoAway(reason=reason, deadline_ms=deadline_ms, code=int(code))
-        )
+        goaway = m.GoAway(reason=clip_text(reason), deadline_ms=deadline_ms, code=int(code))
+        self._send(CONTROL_STREAM_ID, goaway)
         deadline = now + deadline_ms / 1000
         if self._goaway_deadline is None or deadline < self._goaway_deadline:
             self._goaway_deadline = deadline
@@ -278,21 +289,30 @@ class ServerConnection(Connection):
 
     # --------------------------------------------------------------------- replies
 
-    def send_reply(self, message: m.Message) -> None:
+    def send_reply(self, message: m.Message) -> bool:
         """Answer a request with its success reply, on the stream it came on.
 
         ``Subscribed`` / ``Consuming`` need :meth:`open_subscription` / :meth:`open_consumer`
         first, with the same ids. Dropped silently if the request's stream is gone or the
-        connection ended.
+        connection ended. A reply whose frame exceeds the client's ``max_frame_size`` is
+        replaced by ``Error(TOO_LARGE)`` (details ``frame_bytes`` and ``max_frame_size``):
+        a request is never left unanswered.
+
+        The request stays pending until the reply is written: if encoding raises, the
+        caller can still answer it with :meth:`send_error`.
 
         Args:
             message: the reply; its ``request_id`` names the request.
 
+        Returns:
+            False when the reply was replaced by ``Error(TOO_LARGE)``, else True.
+
         Raises:
-            LocalProtocolError: no such pending request, or the wrong reply kind for it.
+            LocalProtocolError: no such pending request, the wrong reply kind for it, or a
+                reply msgpack cannot encode (the request is still pending then).
         """
         if self.closed:
-            return
+            return True
         rid = getattr(message, "request_id", None)
         req = self._requests.get(rid) if isinstance(rid, int) else None
         if req is None or not isinstance(rid, int):
@@ -306,15 +326,30 @@ class ServerConnection(Connection):
             fid = message.consumer_id if isinstance(message, m.Consuming) else fid
             if req.feed is None or req.feed.feed_id != fid:
                 raise LocalProtocolError(f"request {rid}: open its stream for {fid} first")
+        frame = encode(message)
+        if not self.fits(frame):
+            size = len(frame) - HEADER_SIZE
+            limit = self._max_send_frame
+            self.send_error(
+                rid,
+                ErrorCode.TOO_LARGE,
+                f"the {type(message).__name__} reply ({size} bytes) exceeds the client's "
+                f"max_frame_size {limit}",
+                details={"frame_bytes": size, "max_frame_size": limit},
+            )
+            return False
         del self._requests[rid]
-        self._reply(req.stream_id, message)
+        self._reply(req.stream_id, frame)
+        return True
 
     def send_error(
         self, request_id: int, code: int, message: str, *,
         details: dict[str, Any] | None = None, retryable: bool | None = None,
     ) -> None:  # fmt: skip
         """Fail a request with ``Error`` on the stream it came on (dropped silently if the
-        stream is gone or the connection ended).
+        stream is gone or the connection ended). An ``Error`` that would exceed the client's
+        ``max_frame_size`` loses its ``details`` and has its message clipped, so it always
+        fits (see :data:`~felix_proto.connection.MIN_MAX_FRAME_SIZE`).
 
         Args:
             request_id: the request.
@@ -334,20 +369,17 @@ class ServerConnection(Connection):
             raise LocalProtocolError(f"Error: no pending request {request_id}")
         if retryable is None:
             retryable = code in RETRYABLE
-        error = m.Error(
-            code=int(code), message=message, request_id=request_id, retryable=retryable,
-            details=details or {},
-        )  # fmt: skip
+        error = self._error_frame(code, message, request_id, retryable, details or {})
         self._reply(sid, error, counted=req is not None)
 
-    def _reply(self, stream_id: int, message: m.Message, *, counted: bool = True) -> None:
+    def _reply(self, stream_id: int, frame: bytes, *, counted: bool = True) -> None:
         if counted:
             self._open[stream_id] -= 1
         stream = self._streams.get(stream_id)
         if stream is None or stream_id in self._local_ended:  # gone, or retired
             self._retire(stream_id)
             return
-        self._send(stream_id, message)
+        self._write(stream_id, frame)
         if self._open.get(stream_id) == 0 and stream.peer_ended:
             self._end_stream(stream_id)
         self._retire(stream_id)
@@ -461,7 +493,7 @@ class ServerConnection(Connection):
         feed = self._feed(self._subs, subscription_id)
         if feed is not None:
             end = m.SubscriptionEnded(
-                subscription_id=subscription_id, reason=str(reason), message=message,
+                subscription_id=subscription_id, reason=str(reason), message=clip_text(message),
                 next_offset=next_offset,
             )  # fmt: skip
             self._end_feed(feed, end)
@@ -480,16 +512,27 @@ class ServerConnection(Connection):
         self._send(feed.stream_id, start)
         return feed.stream_id
 
-    def send_delivery(self, consumer_id: int, delivery: m.Delivery) -> None:
+    def send_delivery(self, consumer_id: int, delivery: m.Delivery) -> bool:
         """Write a ``Delivery`` on a consumer's stream.
 
+        Returns:
+            False, writing nothing, when the frame would exceed the client's
+            ``max_frame_size`` (the broker then ends the consumer, see
+            docs/wire-protocol.md §5.4); True otherwise.
+
         Raises:
-            LocalProtocolError: unknown or ended consumer, or a frame too large.
+            LocalProtocolError: unknown or ended consumer, or a delivery msgpack cannot
+                encode.
         """
         feed = self._feed(self._consumers, consumer_id)
-        if feed is not None:
-            feed.move(FeedInput.DATA, local=True)
-            self._send(feed.stream_id, delivery)
+        if feed is None:
+            return True
+        frame = encode(delivery)
+        if not self.fits(frame):
+            return False
+        feed.move(FeedInput.DATA, local=True)
+        self._write(feed.stream_id, frame)
+        return True
 
     def end_consumer(self, consumer_id: int, reason: str, message: str = "") -> None:
         """Write ``ConsumerEnded`` and end the consumer's stream.
@@ -499,7 +542,9 @@ class ServerConnection(Connection):
         """
         feed = self._feed(self._consumers, consumer_id)
         if feed is not None:
-            end = m.ConsumerEnded(consumer_id=consumer_id, reason=str(reason), message=message)
+            end = m.ConsumerEnded(
+                consumer_id=consumer_id, reason=str(reason), message=clip_text(message)
+            )
             self._end_feed(feed, end)
 
     def _open_feed(
@@ -602,6 +647,14 @@ class ServerConnection(Connection):
                 {"supported_versions": list(self._versions)},
             )
             return
+        if hello.max_frame_size is not None and hello.max_frame_size < MIN_MAX_FRAME_SIZE:
+            self._close_with_error(
+                ErrorCode.INVALID_ARGUMENT,
+                f"Hello.max_frame_size {hello.max_frame_size} is below the minimum "
+                f"{MIN_MAX_FRAME_SIZE}",
+                {"field": "max_frame_size", "min_max_frame_size": MIN_MAX_FRAME_SIZE},
+            )
+            return
         self._transition(ConnInput.HELLO, local=False)
         self._version = common[0]
         if hello.max_frame_size is not None:
@@ -615,13 +668,10 @@ class ServerConnection(Connection):
         sid = stream.stream_id
         if self._state is ConnState.GOING_AWAY and not isinstance(msg, _FINISHING):
             if rid is not None:
-                self._send(
-                    sid,
-                    m.Error(
-                        code=ErrorCode.SHUTTING_DOWN, message="the broker is going away",
-                        request_id=rid, retryable=True,
-                    ),
-                )  # fmt: skip
+                error = self._error_frame(
+                    ErrorCode.SHUTTING_DOWN, "the broker is going away", rid, True, {}
+                )
+                self._write(sid, error)
             return
         self._transition(
             ConnInput.FINISH if isinstance(msg, _FINISHING) else ConnInput.REQUEST, local=False
@@ -673,8 +723,8 @@ class ServerConnection(Connection):
 
     def _close_with_error(self, code: int, message: str, details: dict[str, Any]) -> None:
         if CONTROL_STREAM_ID not in self._local_ended:
-            error = m.Error(code=int(code), message=message, details=details)
-            self._send(CONTROL_STREAM_ID, error, end=True)
+            error = self._error_frame(code, message, None, False, details)
+            self._write(CONTROL_STREAM_ID, error, end=True)
         self._terminate(code, message, by_peer=False, request_close=True, details=details)
 
     def _fail_everything(self, code: int, reason: str) -> None:

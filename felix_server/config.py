@@ -45,6 +45,7 @@ from typing import Any
 
 from felix_core.errors import EngineError
 from felix_core.limits import BrokerConfig
+from felix_proto.connection import MIN_MAX_FRAME_SIZE
 
 __all__ = [
     "DEFAULT_LISTEN_PORT",
@@ -105,7 +106,8 @@ class TransportConfig:
     over it the broker stops reading the connection's requests and holds back its QUIC
     flow-control credit, until the queued bytes are back at ``connection_buffer_limit``."""
     max_frame_size: int = 16 * 1024 * 1024
-    """Largest frame payload accepted from a client."""
+    """Largest frame payload accepted from a client (at least 4096, the protocol's
+    ``MIN_MAX_FRAME_SIZE``)."""
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` if a value is out of range."""
@@ -114,6 +116,8 @@ class TransportConfig:
         for name in ("max_data", "max_stream_data", "max_connections", "max_frame_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"transport.{name} must be >= 1")
+        if self.max_frame_size < MIN_MAX_FRAME_SIZE:
+            raise ConfigError(f"transport.max_frame_size must be >= {MIN_MAX_FRAME_SIZE}")
         if self.idle_timeout_s <= 0:
             raise ConfigError("transport.idle_timeout_s must be > 0")
         if self.handshake_timeout_s <= 0:

@@ -34,6 +34,9 @@ This reaches into private members of aioquic, which is why felix pins aioquic to
   per stream): set to the sliding limit before aioquic runs, and the received count is shown
   to aioquic as 0 for the duration of its call, so its doubling test (``received * 2 >
   limit``) never fires.
+* ``QuicConnection._streams`` and ``QuicStreamSender._buffer_start`` / ``_buffer_stop``:
+  :func:`send_buffered`, the bytes a connection's send buffers hold (the session's
+  back-pressure count).
 
 ``tests/runtime`` exercises every path so that an aioquic upgrade that moves them fails
 loudly (``test_receive_window.py`` for the windows).
@@ -157,3 +160,19 @@ def refusal_datagram(header: QuicHeader, reason: str) -> bytes:
     buf.push_bytes(phrase)
     datagrams, _ = builder.flush()
     return datagrams[0]
+
+
+def send_buffered(quic: QuicConnection) -> int:
+    """Bytes held in the send buffers of every stream of ``quic``: written by the
+    application and not yet acknowledged by the peer (sent or not). That is the memory the
+    connection's outgoing stream data costs: aioquic copies each write into the stream's
+    own buffer and frees it only as acknowledgements arrive.
+
+    Reads ``QuicConnection._streams`` and ``QuicStreamSender._buffer_start`` /
+    ``_buffer_stop`` (the acknowledged and written offsets), private to aioquic 1.7.
+    """
+    total = 0
+    for stream in quic._streams.values():
+        sender = stream.sender
+        total += sender._buffer_stop - sender._buffer_start
+    return total

@@ -26,12 +26,29 @@ Broker -> Felix. The server hands each session its share of ``Broker.drain_outpu
 event batches as frames already encoded once per slice, gaps, deliveries and ends. Outputs
 for a feed this connection no longer has (it was cancelled meanwhile) are dropped.
 
-Back-pressure. aioquic's stream writes never block, so the session measures what it has
-queued and QUIC has not sent yet, on every stream (feeds, request replies, control): per
-stream, bytes handed to QUIC minus the stream's highest sent offset, plus what the Felix
-machine holds. Over ``transport.connection_buffer_limit`` the broker is told to ``pause``
-deliveries to the connection; at or below ``transport.connection_buffer_resume`` it is told
-to ``resume``. With subscription credit bounding each feed, that bounds the feeds.
+Back-pressure. aioquic's stream writes never block and copy the data into the stream's own
+send buffer, freed only as the peer acknowledges it, so the session measures what the
+connection holds on every stream (feeds, request replies, control): the bytes in QUIC's
+send buffers, written and not yet acknowledged (:func:`~felix_server.quic.send_buffered`),
+plus what the Felix machine holds. Feeds are gated on that count *per connection*, not per
+feed: a feed write (batch, gap, end, delivery) goes out only while the count is at most
+``transport.connection_buffer_resume`` or stays within ``transport.connection_buffer_limit``
+with the write added. Otherwise it waits in a :class:`~felix_server.outbox.FeedOutbox`
+behind the feed's earlier writes, as a reference (an encoded batch shared by every
+subscription at that position is one object, counted once), and the broker is told to
+``pause`` deliveries to the connection at once. Waiting writes are released round robin on
+each transmit, as acknowledgements make room; once none waits and the count is at or below
+``connection_buffer_resume`` the broker is told to ``resume``. So what one connection holds
+is at most the limit (or the resume level plus one frame) in QUIC and Felix, plus the
+distinct batches produced before the pause, however many subscriptions it has.
+
+Frames the client cannot take (docs/wire-protocol.md §5.4). A reply over the client's
+``max_frame_size`` is answered ``Error(TOO_LARGE)`` by the Felix machine itself; a batch over
+it is written in pieces that fit (:func:`~felix_server.split.split_slice`) and a record that
+fits no frame ends the subscription (reason ``error``, ``next_offset`` at the record; the
+engine forgets the subscription); a delivery that fits no frame ends the consumer (its
+in-flight deliveries go back to the queue, as on ``CancelConsume``). Engine calls these
+decisions need are made on the next transmit, when ``now`` is known.
 
 Replies are bounded by reading less. Before each request is served the session checks the
 queued bytes against ``transport.connection_buffer_cap``; over it, the session stops
@@ -66,7 +83,9 @@ from felix_proto import messages as m
 from felix_proto.errors import ErrorCode, FelixProtoError
 from felix_proto.server import ServerConnection
 from felix_server.dispatch import FeedOpened, dispatch, request_kind
-from felix_server.quic import FelixQuicConnection
+from felix_server.outbox import FeedKey, FeedOutbox
+from felix_server.quic import FelixQuicConnection, send_buffered
+from felix_server.split import split_slice
 
 if TYPE_CHECKING:
     from felix_server.server import FelixServer
@@ -75,6 +94,9 @@ __all__ = ["CLOSE_LINGER", "Session"]
 
 CLOSE_LINGER = 1.0
 """Seconds a requested close waits for pending stream data to be sent."""
+
+_SMALL_FRAME = 256
+"""What a gap or end frame, or a delivery's framing, is counted as before it is encoded."""
 
 
 class _HeldData:
@@ -125,11 +147,12 @@ class Session:
         self.reading = True  # False: over the cap, requests wait (see the module docstring)
         self._held_requests: deque[fe.RequestReceived] = deque()
         self._held_data: dict[int, _HeldData] = {}  # request stream id -> unread data
-        self._unsent = 0  # QUIC's queued-and-unsent bytes as of the last transmit
+        self._unsent = 0  # QUIC's send-buffered bytes (all streams) as of the last transmit
+        self._outbox = FeedOutbox()  # feed writes held back while over the limit
+        self._deferred: list[Callable[..., object]] = []  # engine calls that need `now`
         self.finished = False
         self._subs: set[int] = set()
         self._consumers: set[int] = set()
-        self._written: dict[int, int] = {}  # stream id -> bytes handed to QUIC (all streams)
         self._issued: list[bytes] = []
         self._retired: list[bytes] = []
         self._close: tuple[int, str] | None = None
@@ -224,6 +247,8 @@ class Session:
         self.finished = True
         self._held_requests.clear()
         self._held_data.clear()
+        self._outbox.clear()
+        self._deferred.clear()
         self.felix.connection_lost()
         self._felix_events(now)
         self.broker.detach(self.conn_id, now)
@@ -234,7 +259,6 @@ class Session:
             with contextlib.suppress(ValueError, AssertionError):  # finished or reset already
                 self.quic.reset_stream(stream_id, 0)
         # aioquic resets a stopped request stream's sending side itself: nothing more goes out
-        self._written.pop(stream_id, None)
 
     # ------------------------------------------------------------- Felix -> Broker
 
@@ -256,10 +280,16 @@ class Session:
                 if not self._authenticated(event.hello.token):
                     felix.reject(ErrorCode.UNAUTHENTICATED, "missing or invalid token")
                     continue
-                felix.accept()
+                try:
+                    felix.accept()
+                except Exception as exc:  # a bug: close with INTERNAL rather than go silent
+                    self._internal("accept", exc)
+                    felix.close(int(ErrorCode.INTERNAL), "internal error")
+                    continue
                 self._welcomed = True
                 self.observer.handshake_completed(event.version)
             elif isinstance(event, fe.SubscriptionCancelled):
+                self._outbox.drop((True, event.subscription_id))
                 if event.subscription_id in self._subs:
                     self._subs.discard(event.subscription_id)
                     self._engine_call(
@@ -267,6 +297,7 @@ class Session:
                                 now=now)
                     )  # fmt: skip
             elif isinstance(event, fe.ConsumerCancelled):
+                self._outbox.drop((False, event.consumer_id))
                 if event.consumer_id in self._consumers:
                     self._consumers.discard(event.consumer_id)
                     self._engine_call(
@@ -276,6 +307,7 @@ class Session:
             elif isinstance(event, fe.ProtocolViolation):
                 self.observer.protocol_violation(event.error_code, event.fatal)
             elif isinstance(event, fe.CloseRequested) and self._close is None:
+                self._outbox.clear()  # nothing more can be written on a closing connection
                 self._hello_deadline = None
                 self._close = (event.error_code, event.reason)
                 self._close_deadline = now + CLOSE_LINGER
@@ -346,8 +378,8 @@ class Session:
                     self.felix.open_consumer(reply.reply.request_id, reply.feed_id)
                     self._consumers.add(reply.feed_id)
                 reply = reply.reply
-            if reply is not None:
-                self.felix.send_reply(reply)
+            if reply is not None and not self.felix.send_reply(reply):
+                code = int(ErrorCode.TOO_LARGE)  # answered Error(TOO_LARGE) instead
             self._count(msg)
         except EngineError as exc:
             code = int(exc.code)
@@ -378,22 +410,19 @@ class Session:
 
     def send_event_batch(self, subscription_id: int, frame: bytes, sl: LogSlice,
                          payload_bytes: int) -> None:  # fmt: skip
-        """Write an event batch frame (encoded once by the server) to a subscription."""
-        if subscription_id not in self._subs:
-            return
-        try:
-            self.felix.send_event_frame(
-                subscription_id, frame, count=len(sl.payloads), payload_bytes=payload_bytes
-            )
-        except FelixProtoError as exc:
-            self._internal("send_event_frame", exc)
-            return
-        self.observer.delivered("stream", len(sl.payloads), payload_bytes)
+        """Write an event batch frame (encoded once by the server) to a subscription, or
+        hold it back while the connection is over its limit (see :meth:`_feed_write`)."""
+        if subscription_id in self._subs:
+            write = partial(self._write_batch, subscription_id, frame, sl, payload_bytes)
+            self._feed_write((True, subscription_id), len(frame), write, frame)
 
     def send_gap(self, subscription_id: int, missed: int, next_offset: int) -> None:
         """Tell a subscription it skipped ``missed`` records."""
         if subscription_id in self._subs:
-            self._felix_call(lambda: self.felix.send_gap(subscription_id, missed, next_offset))
+            write = partial(self.felix.send_gap, subscription_id, missed, next_offset)
+            self._feed_write(
+                (True, subscription_id), _SMALL_FRAME, partial(self._felix_call, write)
+            )
 
     def end_subscription(
         self, subscription_id: int, reason: str, message: str, next_offset: int | None
@@ -401,30 +430,112 @@ class Session:
         """End a subscription's stream with ``SubscriptionEnded``."""
         if subscription_id in self._subs:
             self._subs.discard(subscription_id)
-            self._felix_call(
-                lambda: self.felix.end_subscription(subscription_id, reason, message, next_offset)
+            write = partial(
+                self.felix.end_subscription, subscription_id, reason, message, next_offset
+            )
+            self._feed_write(
+                (True, subscription_id), _SMALL_FRAME, partial(self._felix_call, write)
             )
 
     def send_deliveries(self, consumer_id: int, deliveries: Sequence[CoreDelivery]) -> None:
-        """Write queue deliveries to a consumer's stream."""
+        """Write queue deliveries to a consumer's stream (or hold them back, as batches)."""
         if consumer_id not in self._consumers:
             return
-        nbytes = 0
         for d in deliveries:
-            wire = m.Delivery(
-                delivery_id=d.delivery_id, attempt=d.attempt, offset=d.offset,
-                payload=d.payload, timestamp_ms=d.timestamp_ms, key=d.key, headers=d.headers,
-            )  # fmt: skip
-            if not self._felix_call(partial(self.felix.send_delivery, consumer_id, wire)):
-                return
-            nbytes += len(d.payload)
-        self.observer.delivered("queue", len(deliveries), nbytes)
+            size = _SMALL_FRAME + len(d.payload) + len(d.key or b"")
+            if d.headers:
+                size += sum(len(k) + len(v) + 8 for k, v in d.headers.items())
+            self._feed_write(
+                (False, consumer_id), size, partial(self._write_delivery, consumer_id, d)
+            )
 
     def end_consumer(self, consumer_id: int, reason: str) -> None:
         """End a consumer's stream with ``ConsumerEnded``."""
         if consumer_id in self._consumers:
             self._consumers.discard(consumer_id)
-            self._felix_call(lambda: self.felix.end_consumer(consumer_id, reason))
+            write = partial(self.felix.end_consumer, consumer_id, reason)
+            self._feed_write((False, consumer_id), _SMALL_FRAME, partial(self._felix_call, write))
+
+    def _feed_write(
+        self, key: FeedKey, size: int, write: Callable[[], object], frame: bytes | None = None
+    ) -> None:
+        """Write to a feed now if the connection has room for ``size`` more bytes (and the
+        feed has nothing waiting), else hold the write back and pause the connection's
+        deliveries. Room: the queued bytes at most ``connection_buffer_resume``, or within
+        ``connection_buffer_limit`` with ``size`` added; so what is queued stays within the
+        limit (or the resume level plus one frame) however many feeds the connection has,
+        and a frame larger than the limit still goes out once the connection drains."""
+        if self._outbox.holds(key) or not self._room(size):
+            self._outbox.hold(key, size, write, frame)
+            self._pause()
+        else:
+            write()
+
+    def _room(self, size: int) -> bool:
+        queued = self._unsent + self.felix.buffered_bytes()
+        return queued <= self._low or queued + size <= self._high
+
+    def _release(self) -> None:
+        """Write held feed writes, round robin, while the connection has room."""
+        outbox = self._outbox
+        while outbox and self._room(outbox.next_size()):
+            write = outbox.pop()
+            assert write is not None
+            write()
+
+    def _write_batch(self, sid: int, frame: bytes, sl: LogSlice, payload_bytes: int) -> None:
+        """Write a batch; one over the client's ``max_frame_size`` goes in pieces that fit,
+        and a record that fits no frame ends the subscription (docs/wire-protocol.md §5.4)."""
+        felix = self.felix
+        if felix.fits(frame):
+            self._write_frame(sid, frame, len(sl.payloads), payload_bytes)
+            return
+        pieces, too_large = split_slice(sl, felix.peer_max_frame_size)
+        for piece, count, nbytes in pieces:
+            self._write_frame(sid, piece, count, nbytes)
+        if too_large is not None:
+            offset, size = too_large
+            self._subs.discard(sid)
+            self._outbox.drop((True, sid))
+            text = (
+                f"the record at offset {offset} ({size} bytes) does not fit the client's "
+                f"max_frame_size {felix.peer_max_frame_size}"
+            )
+            self._felix_call(partial(felix.end_subscription, sid, m.EndReason.ERROR, text, offset))
+            self._deferred.append(partial(self.broker.unsubscribe, self.conn_id, sid))
+
+    def _write_frame(self, sid: int, frame: bytes, count: int, payload_bytes: int) -> None:
+        try:
+            self.felix.send_event_frame(sid, frame, count=count, payload_bytes=payload_bytes)
+        except FelixProtoError as exc:
+            self._internal("send_event_frame", exc)
+            return
+        self.observer.delivered("stream", count, payload_bytes)
+
+    def _write_delivery(self, consumer_id: int, d: CoreDelivery) -> None:
+        """Write one delivery; one over the client's ``max_frame_size`` ends the consumer
+        (its in-flight deliveries go back to the queue, as on ``CancelConsume``)."""
+        wire = m.Delivery(
+            delivery_id=d.delivery_id, attempt=d.attempt, offset=d.offset,
+            payload=d.payload, timestamp_ms=d.timestamp_ms, key=d.key, headers=d.headers,
+        )  # fmt: skip
+        felix = self.felix
+        try:
+            written = felix.send_delivery(consumer_id, wire)
+        except FelixProtoError as exc:
+            self._internal("send_delivery", exc)
+            return
+        if written:
+            self.observer.delivered("queue", 1, len(d.payload))
+            return
+        self._consumers.discard(consumer_id)
+        self._outbox.drop((False, consumer_id))
+        text = (
+            f"delivery {d.delivery_id} (offset {d.offset}, {len(d.payload)} payload bytes) "
+            f"does not fit the client's max_frame_size {felix.peer_max_frame_size}"
+        )
+        self._felix_call(partial(felix.end_consumer, consumer_id, m.EndReason.ERROR, text))
+        self._deferred.append(partial(self.broker.cancel_consumer, self.conn_id, consumer_id))
 
     def _felix_call(self, call: Callable[[], object]) -> bool:
         try:
@@ -460,38 +571,41 @@ class Session:
 
     @property
     def buffered_bytes(self) -> int:
-        """Bytes queued for this client and not yet sent, on every stream (Felix + QUIC
-        send buffers)."""
-        return self.felix.buffered_bytes() + self._quic_unsent()
+        """Bytes queued for this client and not yet acknowledged, on every stream: Felix's
+        writes, QUIC's send buffers, and the feed writes held back (each shared frame
+        counted once)."""
+        return self.felix.buffered_bytes() + self._quic_buffered() + self._outbox.held_bytes
+
+    @property
+    def held_feed_bytes(self) -> int:
+        """Bytes of feed writes held back (each shared frame counted once)."""
+        return self._outbox.held_bytes
 
     @property
     def held_bytes(self) -> int:
         """Request bytes received but not read while over the cap (unparsed data only)."""
         return sum(len(held.data) for held in self._held_data.values())
 
-    def _quic_unsent(self) -> int:
-        total = 0
-        if self._written:
-            streams = self.quic._streams  # aioquic has no public accessor for send progress
-            for sid, written in list(self._written.items()):
-                stream = streams.get(sid)
-                if stream is None or stream.sender.is_finished:
-                    del self._written[sid]
-                    continue
-                total += written - stream.sender.highest_offset
-        return total
+    def _quic_buffered(self) -> int:
+        return send_buffered(self.quic)
 
     def transmit(self, now: float) -> list[tuple[bytes, NetworkAddress]]:
         """Move Felix writes into QUIC, apply back-pressure, return QUIC's datagrams."""
         quic = self.quic
         if not self._quic_closed:
-            written = self._written
+            if self._outbox:
+                self._unsent = self._quic_buffered()
+                self._release()
+            if self._deferred:  # their outputs (redeliveries) go out on the server's next round
+                deferred, self._deferred = self._deferred, []
+                for call in deferred:
+                    self._engine_call(partial(call, now=now))
+                self.server.mark_dirty(self)
             for sid, data, end in self.felix.data_to_send():
                 try:
                     quic.send_stream_data(sid, data, end)
                 except (ValueError, AssertionError):
                     continue  # the stream was reset meanwhile; drop what it would carry
-                written[sid] = written.get(sid, 0) + len(data)
         datagrams = quic.datagrams_to_send(now)
         if self._close is not None and not self._quic_closed:
             assert self._close_deadline is not None
@@ -501,19 +615,25 @@ class Session:
                 self._quic_closed = True
                 self._close_deadline = None
                 datagrams += quic.datagrams_to_send(now)
-        self._unsent = self._quic_unsent()
+        self._unsent = self._quic_buffered()
         if not self.finished:
             self._backpressure(now)
         return datagrams
 
+    def _pause(self) -> None:
+        """Stop the engine's deliveries to this connection (until :meth:`_backpressure`
+        resumes them)."""
+        if not self.paused and not self.finished:
+            self.paused = True
+            self.broker.pause(self.conn_id)
+            self.observer.backpressure(True)
+
     def _backpressure(self, now: float) -> None:
         buffered = self._unsent + self.felix.buffered_bytes()
         if not self.paused:
-            if buffered > self._high:
-                self.paused = True
-                self.broker.pause(self.conn_id)
-                self.observer.backpressure(True)
-        elif buffered <= self._low:
+            if buffered > self._high or self._outbox:
+                self._pause()
+        elif buffered <= self._low and not self._outbox:
             self.paused = False
             self.broker.resume(self.conn_id, now)
             self.observer.backpressure(False)

@@ -217,14 +217,14 @@ def test_server_feed_api_misuse() -> None:
     server.open_consumer(2, 1)  # consumer ids are a separate space
     with pytest.raises(LocalProtocolError):
         server.open_consumer(2, 2)
-    small = Pair(client={"max_frame_size": 1024})
+    small = Pair(client={"max_frame_size": 4096})
     small.handshake()
     rid = small.client.subscribe("t", "n", "s", now=0.0)
     small.request()
     small.server.open_subscription(rid, 1)
     with pytest.raises(LocalProtocolError):
         small.server.send_event_frame(
-            1, encode_event_batch(0, [b"x" * 2000]), count=1, payload_bytes=2000
+            1, encode_event_batch(0, [b"x" * 5000]), count=1, payload_bytes=5000
         )
 
 
@@ -516,10 +516,10 @@ def test_client_local_misuse() -> None:
         client.cancel_consume(1, now=0.0)
     with pytest.raises(LocalProtocolError):
         client.stream_data_received(2, b"x", False)  # our own uni stream: a glue bug
-    small = Pair(server={"max_frame_size": 1024})
+    small = Pair(server={"max_frame_size": 4096})
     small.handshake()
     with pytest.raises(LocalProtocolError):
-        small.client.publish("t", "n", "s", b"x" * 2000, now=0.0)
+        small.client.publish("t", "n", "s", b"x" * 5000, now=0.0)
 
 
 def test_client_answers_pings_and_reports_connection_errors() -> None:
