@@ -15,6 +15,7 @@ MODULES = (
     "conformance.checks_pubsub",
     "conformance.checks_queues",
     "conformance.checks_cache_admin",
+    "conformance.checks_model",
 )
 """The check modules, in report order."""
 

@@ -11,13 +11,12 @@ import math
 from collections.abc import Iterable
 
 from felix_core.errors import InvalidArgument, LimitExceeded, NotFound
+from felix_core.names import validate_name
 from felix_core.queue_delivery import _DeliveryMachinery
 from felix_core.queue_state import _Consumer, _Group
 from felix_core.queue_types import TRIM_EVERY, ConsumerEnded, QueueKey
 
 __all__: list[str] = []
-
-_MAX_GROUP_NAME = 255
 
 
 class _ConsumerOperations(_DeliveryMachinery):
@@ -45,7 +44,7 @@ class _ConsumerOperations(_DeliveryMachinery):
             queue: the queue.
             connection_id: the connection that owns the consumer (for pause and detach).
             now: the current time.
-            group: the consumer group's name (1..255 characters).
+            group: the consumer group's name (a name: see :mod:`felix_core.names`).
             prefetch: how many unacknowledged deliveries the consumer may hold.
 
         Returns:
@@ -57,8 +56,7 @@ class _ConsumerOperations(_DeliveryMachinery):
             LimitExceeded: prefetch above the queue's ``max_prefetch``.
         """
         q = self.queue(queue)
-        if not group or len(group) > _MAX_GROUP_NAME:
-            raise InvalidArgument("group name must be 1..255 characters")
+        validate_name("group", group)
         if prefetch < 1:
             raise InvalidArgument("prefetch must be >= 1", details={"prefetch": prefetch})
         if prefetch > q.config.max_prefetch:

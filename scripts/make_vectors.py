@@ -223,7 +223,11 @@ MESSAGE_VECTORS: list[tuple[str, m.Message]] = [
             tenant="acme",
             namespace="orders",
             name="created",
-            settings={"retention_ms": 86400000, "durable": True, "tags": ["a"]},
+            settings={
+                "retention_max_age_ms": 86400000,
+                "retention_max_records": None,
+                "slow_consumer": "block",
+            },
         ),
     ),
     (

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_plain_loop_client_publishes(broker: Broker, name: str) -> None:
-    """docs/wire-protocol.md §12: the sans-IO client driven by a select() loop."""
+    """docs/felix-proto.md: the sans-IO client driven by a select() loop."""
     script = ROOT / "examples" / "plain_loop_client.py"
     args = [sys.executable, str(script), broker.host, str(broker.port), broker.ca_file, name]
     first = subprocess.run(args, capture_output=True, text=True, timeout=20, check=False)
@@ -24,8 +24,8 @@ def test_plain_loop_client_publishes(broker: Broker, name: str) -> None:
 
 
 def test_the_spec_shows_the_example_file() -> None:
-    """The code block in the spec is the tested file, not a copy that can drift."""
-    spec = (ROOT / "docs" / "wire-protocol.md").read_text()
+    """The code block in the guide is the tested file, not a copy that can drift."""
+    spec = (ROOT / "docs" / "felix-proto.md").read_text()
     body = (ROOT / "examples" / "plain_loop_client.py").read_text()
     start = body.index("def publish_once")
     end = body.index('\n\nif __name__ == "__main__":')
