@@ -564,3 +564,22 @@ def test_totals_for_metrics() -> None:
     assert after.queues.oldest_age_s == 18.0  # "x" of the idle queue
     assert (after.caches.caches, after.caches.entries, after.caches.bytes) == (0, 0, 0)
     assert (after.caches.hits, after.caches.misses, after.caches.evictions) == (1, 1, 1)
+
+
+def test_count_limit_messages_name_what_is_counted() -> None:
+    """A namespace full of queues used to answer 'at most 2 streams may exist here'."""
+    b = broker(max_resources_per_namespace=2, max_namespaces_per_tenant=1, max_tenants=1)
+    b.create("queue", T, N, "q1", now=0.0)
+    b.create("queue", T, N, "q2", now=0.0)
+    for kind in ("stream", "queue", "cache"):
+        with pytest.raises(LimitExceeded) as err:
+            b.create(kind, T, N, "more", now=0.0)
+        assert str(err.value) == (
+            "at most 2 resources (streams, queues and caches together) may exist in "
+            "namespace default/default"
+        )
+        assert err.value.details == {"limit": 2}
+    with pytest.raises(LimitExceeded, match="at most 1 namespaces may exist in tenant default"):
+        b.create("namespace", T, "other", now=0.0)
+    with pytest.raises(LimitExceeded, match="at most 1 tenants may exist"):
+        b.create("tenant", "other", now=0.0)
