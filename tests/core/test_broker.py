@@ -583,3 +583,14 @@ def test_count_limit_messages_name_what_is_counted() -> None:
         b.create("namespace", T, "other", now=0.0)
     with pytest.raises(LimitExceeded, match="at most 1 tenants may exist"):
         b.create("tenant", "other", now=0.0)
+
+
+def test_cache_compare_and_set_without_ttl_keeps_the_ttl() -> None:
+    """CachePut with if_version and no ttl_ms keeps the entry's expiry (was: permanent)."""
+    b = broker()
+    b.create("cache", T, N, "c", now=0.0)
+    _, version = b.cache_put(T, N, "c", "bob", b"42", ttl_ms=30_000, now=0.0)
+    assert b.cache_put(T, N, "c", "bob", b"43", if_version=version, now=10.0) == (True, 2)
+    entry = b.cache_get(T, N, "c", "bob", now=10.0)
+    assert entry is not None and entry.value == b"43" and entry.ttl_remaining(10.0) == 20.0
+    assert b.cache_get(T, N, "c", "bob", now=30.0) is None
