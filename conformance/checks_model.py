@@ -366,11 +366,11 @@ async def welcome_limits(ctx: Context) -> None:
     limits = conn.welcome.limits
     for key, value in limits.items():
         expect(isinstance(value, int) and value >= 0, f"limits[{key!r}] = {value!r}")
-    payload = limits.get("max_payload_bytes")
-    if payload is not None:
+    for key in ("max_payload_bytes", "max_record_bytes"):
+        size = limits.get(key)
         expect(
-            payload <= limits["max_frame_size"],
-            f"max_payload_bytes {payload} above max_frame_size {limits['max_frame_size']}",
+            size is None or size <= limits["max_frame_size"],
+            f"{key} {size} above max_frame_size {limits['max_frame_size']}",
         )
     batch = limits.get("max_batch_records")
     expect(batch is None or batch >= 1, f"max_batch_records {batch}")

@@ -17,7 +17,7 @@ from typing import Any
 
 from felix_core.cache import Cache, CacheEngine, CacheStats, CacheTotals
 from felix_core.errors import InvalidArgument, NotFound, ShuttingDown, TooLarge
-from felix_core.limits import BrokerConfig, MemoryBudget
+from felix_core.limits import BrokerConfig, MemoryBudget, encoded_record_size
 from felix_core.log import LogStore, MemoryLogStore
 from felix_core.metadata import (
     Catalog,
@@ -472,6 +472,10 @@ class BrokerCore:
                 f"a key exceeds {cfg.max_key_bytes} bytes",
                 details={"max_key_bytes": cfg.max_key_bytes},
             )
+        if headers is not None or cfg.max_payload_bytes + cfg.max_key_bytes + 10 > (
+            cfg.max_record_bytes
+        ):
+            _check_record_sizes(payloads, keys, headers, cfg.max_record_bytes)
         nbytes = batch_byte_size(payloads, keys, headers)
         if nbytes > cfg.max_batch_bytes:
             raise TooLarge(
@@ -646,3 +650,24 @@ class BrokerCore:
             "stream_lagged_subscriptions": sum(s.lagged for s in streams),
             "stream_blocked_publishes": sum(s.blocked for s in streams),
         }
+
+
+def _check_record_sizes(
+    payloads: Sequence[bytes],
+    keys: Sequence[bytes | None] | None,
+    headers: Sequence[dict[str, bytes] | None] | None,
+    limit: int,
+) -> None:
+    """Refuse a batch with a record whose encoded size exceeds ``limit``."""
+    for i, payload in enumerate(payloads):
+        size = encoded_record_size(
+            payload,
+            keys[i] if keys is not None else None,
+            headers[i] if headers is not None else None,
+        )
+        if size > limit:
+            raise TooLarge(
+                f"a record is {size} bytes encoded (payload, key and headers); at most "
+                f"{limit} are accepted",
+                details={"max_record_bytes": limit, "record_bytes": size, "index": i},
+            )

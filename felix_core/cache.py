@@ -16,8 +16,12 @@ exception but a :class:`WriteResult` with ``applied=False`` and the current vers
 wire has a reply for it (``CachePutResult(stored=False, version=...)``), and a conflict is an
 answer, not an error. ``delete(if_version=v)`` works the same way.
 
-*TTL*: ``ttl=None`` takes the cache's ``default_ttl_s``; ``0`` means the entry never expires;
-``t > 0`` expires it at ``now + t``. Expiry is lazy (a read of an expired entry removes it and
+*TTL*: ``ttl=None`` takes the cache's ``default_ttl_s``, except in a compare-and-set
+(``if_version``), which keeps the replaced entry's absolute expiry (like Redis ``KEEPTTL``:
+a 30 s entry stays a 30 s entry through CAS updates that say nothing about time); ``0`` means
+the entry never expires; ``t > 0`` expires it at ``now + t``. An unconditional put and a
+put-if-absent without ``ttl`` start afresh from the default (like Redis ``SET``), since they
+state the whole new entry. Expiry is lazy (a read of an expired entry removes it and
 misses) plus an active sweep: a heap of ``(expires_at, version, key)`` drives
 :meth:`Cache.get_timer`, and :meth:`Cache.handle_timer` pops at most ``sweep_batch`` heap
 entries per call (a superseded entry is skipped, its version no longer matching); if more
@@ -31,13 +35,14 @@ after a put the least-recently-used entries are evicted until both hold. A value
 *Change feed*: every mutation appends one record to the cache's own
 :class:`~felix_core.log.MemoryLog` (``Cache.changes``): key = the key's UTF-8 bytes, payload =
 the value for a put and ``b""`` otherwise, headers ``op`` (``put``, ``delete``, ``expire``,
-``evict``), ``version`` (decimal) and, for a put, ``ttl_ms`` (``0`` = never) and, when it
-expires, ``expires_ms`` (absolute). The stream engine follows that log like a stream (the
-facade pumps its fanout after each cache call whose ``changes.next_offset`` moved); the
-log is trimmed to ``feed_retention``. :meth:`Cache.rebuild_from` replays such a log into a
-fresh cache, which is what the durable issue needs; the rebuild is exact for the records
-retained, so a durable log must compact (keep each key's last record) rather than trim.
-Gets are not logged, so a rebuilt cache's LRU order is the order of the last writes.
+``evict``), ``version`` (decimal) and, for a put, ``ttl_ms`` (the time left in ms, at least
+1; ``0`` = never) and, when it expires, ``expires_ms`` (absolute). The stream engine
+follows that log like a stream (the facade pumps its fanout after each cache call whose
+``changes.next_offset`` moved); the log is trimmed to ``feed_retention``.
+:meth:`Cache.rebuild_from` replays such a log into a fresh cache, which is what the durable
+issue needs; the rebuild is exact for the records retained, so a durable log must compact
+(keep each key's last record) rather than trim. Gets are not logged, so a rebuilt cache's
+LRU order is the order of the last writes.
 
 Everything is pure: time arrives as ``now`` (seconds since the epoch).
 """
@@ -336,7 +341,8 @@ class Cache:
             key: the key.
             value: the value.
             now: the current time.
-            ttl: seconds to live; None: the cache's default; 0: never expires.
+            ttl: seconds to live; 0: never expires; None: the cache's default, or with
+                ``if_version`` the replaced entry's remaining time (its absolute expiry).
             if_absent: store only if there is no live entry.
             if_version: store only if the live entry has this version.
 
@@ -360,6 +366,7 @@ class Cache:
             raise TooLarge(
                 "cache entry larger than the cache", details={"bytes": size, "max": cfg.max_bytes}
             )
+        keep_expiry = ttl is None and if_version is not None
         if ttl is None:
             ttl = cfg.default_ttl_s
         else:
@@ -373,7 +380,11 @@ class Cache:
         elif if_version is not None:
             return WriteResult(False, None)
         version = self._version = self._version + 1
-        expires_at = now + ttl if ttl > 0 else _NEVER
+        if keep_expiry:
+            assert current is not None, "a compare-and-set stores over a live entry only"
+            expires_at = current.expires_at
+        else:
+            expires_at = now + ttl if ttl > 0 else _NEVER
         entries = self._entries
         if current is not None:
             self._bytes -= current.size
@@ -381,8 +392,10 @@ class Cache:
         entries.move_to_end(key)
         self._bytes += size
         self.puts += 1
-        headers = {"op": _OP_PUT, "version": b"%d" % version, "ttl_ms": b"%d" % round(ttl * 1000)}
+        headers = {"op": _OP_PUT, "version": b"%d" % version, "ttl_ms": b"0"}
         if expires_at != _NEVER:
+            # the time left, in whole ms and at least 1 (0 would read as "never")
+            headers["ttl_ms"] = b"%d" % max(1, round((expires_at - now) * 1000))
             headers["expires_ms"] = b"%d" % round(expires_at * 1000)
             self._push_expiry(expires_at, version, key)
         self._append(value, kb, headers, now)

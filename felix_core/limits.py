@@ -17,15 +17,75 @@ deletes, trims) always proceeds.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from felix_core.errors import InvalidArgument, Overloaded
+from felix_proto.frames import DEFAULT_MAX_FRAME_SIZE
 
-__all__ = ["BrokerConfig", "MemoryBudget"]
+__all__ = [
+    "DEAD_LETTER_HEADERS_MAX_BYTES",
+    "ENVELOPE_MAX_BYTES",
+    "MAX_RECORD_BYTES",
+    "RECORD_HEADROOM",
+    "BrokerConfig",
+    "MemoryBudget",
+    "encoded_record_size",
+]
 
 KiB = 1024
 MiB = 1024 * KiB
 GiB = 1024 * MiB
+
+ENVELOPE_MAX_BYTES = 1 * KiB
+"""The most a frame adds around one record's fields: a ``Delivery`` (delivery id, attempt,
+offset, timestamp and the field names) or a one-record ``EventBatch``. About 100 bytes today;
+``tests/core/test_queues_record_size.py`` measures it."""
+DEAD_LETTER_HEADERS_MAX_BYTES = 2 * KiB
+"""The most the six ``x-felix-*`` headers of a dead letter add to a record, encoded (they
+replace headers of the same name, so a dead letter of a dead letter does not grow again).
+Their values are bounded: fixed words, a queue name (128 characters), two decimal integers
+and a group name (255 characters, at most 1020 UTF-8 bytes); about 1.4 KiB at worst."""
+RECORD_HEADROOM = 64 * KiB
+"""Room kept between the largest record and the protocol's default frame size (16 MiB) for
+everything the broker wraps around or adds to a record (``ENVELOPE_MAX_BYTES`` +
+``DEAD_LETTER_HEADERS_MAX_BYTES``, with room for more broker-added headers later)."""
+MAX_RECORD_BYTES = DEFAULT_MAX_FRAME_SIZE - RECORD_HEADROOM
+"""The largest ``max_record_bytes`` allowed (and its default): 16 MiB - 64 KiB."""
+
+
+def _bin_size(n: int) -> int:
+    return n + (2 if n < 0x100 else 3 if n < 0x10000 else 5)
+
+
+def _str_size(n: int) -> int:
+    return n + (1 if n < 32 else 2 if n < 0x100 else 3 if n < 0x10000 else 5)
+
+
+def encoded_record_size(
+    payload: bytes, key: bytes | None = None, headers: Mapping[str, bytes] | None = None
+) -> int:
+    """The msgpack-encoded size of a record's fields, as a frame carries them.
+
+    Args:
+        payload: the payload (a msgpack bin).
+        key: the key, if any (a bin).
+        headers: the headers, if any (a map of str to bin).
+
+    Returns:
+        The bytes of the payload's, key's and header map's encodings: every length prefix
+        counted, unlike :func:`~felix_core.log.record_size` (which is what memory bounds
+        count).
+    """
+    size = _bin_size(len(payload))
+    if key is not None:
+        size += _bin_size(len(key))
+    if headers:
+        n = len(headers)
+        size += 1 if n < 16 else 3 if n < 0x10000 else 5
+        for name, value in headers.items():
+            size += _str_size(len(name.encode())) + _bin_size(len(value))
+    return size
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -45,6 +105,11 @@ class BrokerConfig:
     """Bytes the engine may hold in logs and caches before refusing new work (Overloaded)."""
     max_payload_bytes: int = 8 * MiB
     """Largest single payload / cache value accepted (TooLarge)."""
+    max_record_bytes: int = MAX_RECORD_BYTES
+    """Largest single record accepted by publish / enqueue (TooLarge): payload, key and
+    headers at their encoded size (:func:`encoded_record_size`). At most
+    ``MAX_RECORD_BYTES``, so the record still fits a default-size frame with the broker's
+    envelope and dead-letter headers."""
     max_key_bytes: int = 4 * KiB
     """Largest record key / cache key accepted (TooLarge)."""
     max_batch_records: int = 8192
@@ -94,6 +159,7 @@ class BrokerConfig:
         positive = (
             "memory_limit_bytes",
             "max_payload_bytes",
+            "max_record_bytes",
             "max_key_bytes",
             "max_batch_records",
             "max_batch_bytes",
@@ -112,6 +178,11 @@ class BrokerConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise InvalidArgument(f"BrokerConfig.{name} must be >= 1")
+        if self.max_record_bytes > MAX_RECORD_BYTES:
+            raise InvalidArgument(
+                f"BrokerConfig.max_record_bytes must be <= {MAX_RECORD_BYTES} (the 16 MiB "
+                f"frame less {RECORD_HEADROOM} bytes of headroom)"
+            )
         if self.batch_max_delay_us < 0:
             raise InvalidArgument("BrokerConfig.batch_max_delay_us must be >= 0")
         if self.stream_retention_max_bytes > self.stream_max_retention_bytes:

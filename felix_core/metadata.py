@@ -319,16 +319,20 @@ class Catalog:
         store = self.store
         if kind is Kind.TENANT:
             count, limit = len(store.list(Kind.TENANT)), self.config.max_tenants
+            what = f"at most {limit} tenants may exist"
         elif kind is Kind.NAMESPACE:
             count = len(store.list(Kind.NAMESPACE, tenant))
             limit = self.config.max_namespaces_per_tenant
+            what = f"at most {limit} namespaces may exist in tenant {tenant}"
         else:
             count = sum(len(store.list(k, tenant, namespace)) for k in LEAF_KINDS)
             limit = self.config.max_resources_per_namespace
-        if count >= limit:
-            raise LimitExceeded(
-                f"at most {limit} {kind.value}s may exist here", details={"limit": limit}
+            what = (
+                f"at most {limit} resources (streams, queues and caches together) may exist "
+                f"in namespace {tenant}/{namespace}"
             )
+        if count >= limit:
+            raise LimitExceeded(what, details={"limit": limit})
 
     def create(
         self,

@@ -107,6 +107,7 @@ class _ConsumerOperations(_DeliveryMachinery):
                 (``details['delivery_ids']``).
         """
         c = self._consumer(consumer_id)
+        self._alive(c)
         g = c.group
         mine = c.inflight
         unknown: list[int] = []
@@ -155,6 +156,7 @@ class _ConsumerOperations(_DeliveryMachinery):
         if not (delay >= 0 and math.isfinite(delay)):
             raise InvalidArgument("delay must be a finite number >= 0", details={"delay": delay})
         c = self._consumer(consumer_id)
+        self._alive(c)
         g = c.group
         unknown: list[int] = []
         for did in delivery_ids:
@@ -225,7 +227,12 @@ class _ConsumerOperations(_DeliveryMachinery):
         return c
 
     def _remove(self, c: _Consumer, now: float) -> None:
-        """Unlink a consumer and return its in-flight deliveries in delivery order."""
+        """Unlink a consumer and return its in-flight deliveries in delivery order.
+
+        Like a timeout, the loss is charged once, to the oldest delivery (the one the
+        consumer was most likely working on), and only if the consumer was live; the
+        deliveries behind it in its prefetch go back uncharged.
+        """
         g = c.group
         g.consumers.remove(c)
         del self._consumers[c.id]
@@ -233,9 +240,12 @@ class _ConsumerOperations(_DeliveryMachinery):
         del mine[c.id]
         if not mine:
             del self._by_connection[c.connection_id]
+        charged = not c.suspected
+        self._alive(c)
         for did, d in c.inflight.items():
             del g.inflight[did]
-            self._return(g, d.offset, now, now, "consumer_lost")
+            self._return(g, d.offset, now, now, "consumer_lost", charged)
+            charged = False
         c.inflight.clear()
 
     def _end_group(self, g: _Group) -> None:
@@ -254,6 +264,7 @@ class _ConsumerOperations(_DeliveryMachinery):
                 )
             )
         g.consumers.clear()
+        g.suspects = 0
         g.inflight.clear()
 
 

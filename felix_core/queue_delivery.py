@@ -123,7 +123,7 @@ class _DeliveryMachinery:
             del inflight[did]
             del c.inflight[did]
             g.timeouts += 1
-            self._return(g, d.offset, now, now, "timeout")
+            self._return(g, d.offset, now, now, "timeout", self._suspect(c))
         delayed = g.delayed
         while delayed and delayed[0][0] <= now:
             heappush(g.ready, heappop(delayed)[1])
@@ -135,8 +135,35 @@ class _DeliveryMachinery:
                 self._dead_letter(g, offset, reason, failure, now)
         self._dispatch(g, now)
 
-    def _return(self, g: _Group, offset: int, now: float, due: float, failure: str) -> None:
-        """Make an offset deliverable again at ``due``, or dead-letter it."""
+    def _suspect(self, c: _Consumer) -> bool:
+        """A delivery of ``c`` timed out: suspect it; return whether that costs an attempt.
+
+        Only a live consumer's failure is charged: one that is suspected already has shown
+        no sign of life since an earlier delivery of its timed out, so the message most
+        likely never reached a working consumer.
+        """
+        if c.suspected:
+            return False
+        c.suspected = True
+        c.group.suspects += 1
+        return True
+
+    def _alive(self, c: _Consumer) -> None:
+        """``c`` acked or nacked: it is live again (deliveries may go to it)."""
+        if c.suspected:
+            c.suspected = False
+            c.group.suspects -= 1
+
+    def _return(
+        self, g: _Group, offset: int, now: float, due: float, failure: str, charged: bool = True
+    ) -> None:
+        """Make an offset deliverable again at ``due``, or dead-letter it.
+
+        ``charged`` False gives the attempt back: the delivery does not count towards
+        ``max_attempts`` and the redelivery carries the same attempt number.
+        """
+        if not charged:
+            g.outstanding[offset] -= 1
         limit = g.queue.config.max_attempts
         if limit is not None and g.outstanding[offset] >= limit:
             self._dead_letter(g, offset, "max_attempts", failure, now)
@@ -191,9 +218,13 @@ class _DeliveryMachinery:
         if not g.ready and g.cursor >= log.next_offset:
             return
         consumers = g.consumers
+        # Suspected consumers get nothing while the group has a live one (paused or full or
+        # not): redeliveries go to consumers that are alive. A group of suspects only is
+        # served as before; their timeouts are not charged (see ``_suspect``).
+        avoid = 0 < g.suspects < len(consumers)
         free = 0
         for c in consumers:
-            if not c.paused and len(c.inflight) < c.prefetch:
+            if not c.paused and len(c.inflight) < c.prefetch and not (avoid and c.suspected):
                 free += c.prefetch - len(c.inflight)
         if free == 0:
             return
@@ -206,19 +237,21 @@ class _DeliveryMachinery:
         ginflight = g.inflight
         batches: dict[_Consumer, list[Delivery]] = {}
         slices: list[tuple[LogSlice, int]] = []
+        redelivered = 0
         while free and g.ready:
             offset = heappop(g.ready)
             slices.append((q.read_one(offset), outstanding[offset] + 1))
             free -= 1
+            redelivered += 1
+        if redelivered:
+            g.redeliveries += redelivered
+            self._usage.redeliveries += redelivered
         if free and g.cursor < log.next_offset:
             sl = log.read(g.cursor, free, 1 << 62)
             assert isinstance(sl, LogSlice), "a group's cursor is never trimmed"
             slices.append((sl, 1))
             g.cursor = sl.next_offset
         for sl, attempt in slices:
-            if attempt > 1:
-                g.redeliveries += 1
-                self._usage.redeliveries += 1
             base = sl.base_offset
             keys = sl.keys
             headers = sl.headers
@@ -226,7 +259,7 @@ class _DeliveryMachinery:
             for i, payload in enumerate(sl.payloads):
                 c = consumers[rr]
                 rr = (rr + 1) % n
-                while c.paused or len(c.inflight) >= c.prefetch:
+                while c.paused or len(c.inflight) >= c.prefetch or (avoid and c.suspected):
                     c = consumers[rr]
                     rr = (rr + 1) % n
                 offset = base + i

@@ -19,7 +19,7 @@ __all__ = ["Queue"]
 
 
 class _Consumer:
-    __slots__ = ("connection_id", "group", "id", "inflight", "paused", "prefetch")
+    __slots__ = ("connection_id", "group", "id", "inflight", "paused", "prefetch", "suspected")
 
     def __init__(
         self, cid: int, connection_id: int, group: _Group, prefetch: int, paused: bool
@@ -29,6 +29,7 @@ class _Consumer:
         self.group = group
         self.prefetch = prefetch
         self.paused = paused
+        self.suspected = False  # a delivery timed out on it and it has not acked or nacked since
         self.inflight: dict[int, Delivery] = {}
 
 
@@ -51,6 +52,7 @@ class _Group:
         "redeliveries",
         "retry_at",
         "rr",
+        "suspects",
         "timeouts",
     )
 
@@ -66,6 +68,7 @@ class _Group:
         self.inflight: OrderedDict[int, _Consumer] = OrderedDict()
         self.last_deadline = -math.inf
         self.consumers: list[_Consumer] = []
+        self.suspects = 0  # consumers with ``suspected`` set
         self.rr = 0
         self.delivered = self.redeliveries = self.acked = self.nacked = 0
         self.timeouts = self.dead_lettered = 0
@@ -235,6 +238,7 @@ class Queue:
 def _group_stats(g: _Group) -> GroupStats:
     return GroupStats(
         consumers=len(g.consumers),
+        suspected=g.suspects,
         depth=g.waiting(),
         in_flight=len(g.inflight),
         cursor=g.cursor,

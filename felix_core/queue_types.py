@@ -43,8 +43,9 @@ class QueueConfig:
 
     ``max_records`` / ``max_bytes`` bound the retained, unfinished messages (None: no bound;
     bytes as ``felix_core.log.record_size`` counts them). ``visibility_timeout_s`` is how
-    long a delivery may stay unacknowledged. ``max_attempts`` is the number of deliveries
-    before a message is dead-lettered (None: retry for ever). ``dead_letter_queue`` names a
+    long a delivery may stay unacknowledged. ``max_attempts`` is the number of charged attempts
+    after which a message is dead-lettered (None: retry for ever; which failures are charged
+    is in :mod:`felix_core.queues`). ``dead_letter_queue`` names a
     queue in the same tenant and namespace (None: dead letters are dropped).
     ``max_prefetch`` caps what a consumer may ask for.
     """
@@ -88,7 +89,8 @@ class Delivery(NamedTuple):
     delivery_id: int
     """Engine-wide unique id; acks and nacks name it."""
     attempt: int
-    """1 for the first delivery of the message to its group, one more per redelivery."""
+    """The attempts charged to the message before this delivery, plus one: 1 at first, one
+    more after a charged nack, timeout or lost consumer (see :mod:`felix_core.queues`)."""
     offset: int
     """The message's offset in the queue's log."""
     payload: bytes
@@ -159,12 +161,13 @@ class GroupStats:
     """Observable state of one consumer group."""
 
     consumers: int  #: Consumers currently in the group.
+    suspected: int  #: Consumers a delivery timed out on that have not acked or nacked since.
     depth: int  #: Messages waiting to be (re)delivered: new, ready, delayed and parked.
     in_flight: int  #: Deliveries not yet acked or nacked.
     cursor: int  #: The next offset never handed out to this group.
     low_watermark: int  #: The oldest offset this group has not finished.
     delivered: int  #: Deliveries made, including redeliveries.
-    redeliveries: int  #: Deliveries with attempt > 1.
+    redeliveries: int  #: Deliveries of a message handed out before (after a nack, timeout, loss).
     acked: int  #: Messages finished by an ack.
     nacked: int  #: Deliveries returned by a nack.
     timeouts: int  #: Deliveries whose visibility timeout ran out.

@@ -21,20 +21,36 @@ Per group, a message moves through this table (any other move is a bug)::
     state        input                        next state
     WAITING      dispatch                     IN_FLIGHT (attempt 1)
     IN_FLIGHT    ack                          DONE
-    IN_FLIGHT    nack / timeout / consumer    READY or DELAYED, or DEAD if attempts are used up
-                 lost                         (nack with requeue=False: DEAD at once)
-    READY        dispatch                     IN_FLIGHT (attempt + 1, a counted redelivery)
+    IN_FLIGHT    nack / timeout / consumer    READY or DELAYED, or DEAD if the charged
+                 lost                         attempts reach max_attempts (nack with
+                                              requeue=False: DEAD at once)
+    READY        dispatch                     IN_FLIGHT (charged + 1, a counted redelivery)
     DELAYED      timer (due)                  READY
     DEAD         target accepts / no target   DONE (counted as dead-lettered)
     DEAD         target missing or full       PARKED, retried every ``DEAD_LETTER_RETRY_S``
     WAITING, READY, DELAYED, PARKED   purge   DONE
 
+*Attempts and silent consumers*: ``outstanding`` counts the attempts *charged* to a
+message, and a delivery carries that count plus one. A nack is charged. A consumer that lets
+a delivery time out, or leaves (cancel, lost connection) while holding deliveries, is charged
+once, on its oldest delivery (the one it was most likely working on); the deliveries behind it
+in its prefetch go back uncharged (``outstanding`` is decremented, the redelivery repeats the
+attempt number). A timeout also makes the consumer *suspected* until it acks or nacks
+anything (even an id that is no longer in flight): a suspected consumer gets no delivery while
+its group has a consumer that is not suspected, so redeliveries go to consumers that are
+alive, and while it stays suspected its further timeouts are not charged. A group whose
+consumers are all suspected is served as usual (uncharged), so a lone slow consumer still
+sees its redelivery. A consumer that died therefore costs each message it held at most one
+attempt, and a poison message that kills or hangs every consumer it reaches is still
+dead-lettered after ``max_attempts`` consumers.
+
 *Dispatch* runs after every input that can make progress (enqueue, consume, ack, nack,
 resume, timer). It hands messages to the group's consumers round-robin, skipping paused
-consumers and those whose prefetch is full; redeliveries go first, then new messages from the
-cursor. Deliveries are not returned from calls: they are buffered as :class:`QueueEvent`
-records which the caller drains with :meth:`QueueEngine.drain_outputs` (STYLE habit 7), one
-:class:`MessagesDelivered` per consumer per dispatch.
+consumers, those whose prefetch is full and suspected ones (unless all are); redeliveries go
+first, then new messages from the cursor. Deliveries are not returned from calls: they are
+buffered as :class:`QueueEvent` records which the caller drains with
+:meth:`QueueEngine.drain_outputs` (STYLE habit 7), one :class:`MessagesDelivered` per
+consumer per dispatch.
 
 *Dead letters* (the clean design chosen): a queue's ``dead_letter_queue`` names another queue
 in the same tenant and namespace, and the engine itself appends the message there (the

@@ -86,8 +86,12 @@ class TransportConfig:
     max_stream_data: int = 4 * 1024 * 1024
     """Per-stream flow-control window the broker grants a client, bytes (sliding, fixed
     size, as ``max_data``)."""
-    idle_timeout_s: float = 60.0
-    """A connection with no traffic for this long is closed."""
+    idle_timeout_s: float = 15.0
+    """A connection with no traffic for this long is closed (announced to clients as QUIC's
+    ``max_idle_timeout``; clients keep alive with a Ping at least every third of it). 15 s
+    finds a killed peer well within the default queue visibility timeout (30 s), so its
+    deliveries return as a lost consumer's instead of timing out, and leaves a client whose
+    keep-alives come every 5 s two lost Pings of slack."""
     max_connections: int = 10_000
     """New connections beyond this many are refused: answered with the QUIC transport error
     ``CONNECTION_REFUSED`` and reason ``broker at max_connections`` (rate-limited per loop

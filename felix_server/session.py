@@ -135,6 +135,7 @@ class Session:
                 "max_key_bytes": limits.max_key_bytes,
                 "max_batch_records": limits.max_batch_records,
                 "max_batch_bytes": limits.max_batch_bytes,
+                "max_record_bytes": limits.max_record_bytes,
                 "max_subscriptions": limits.max_subscriptions_per_connection,
                 "max_consumers": limits.max_consumers_per_connection,
             },

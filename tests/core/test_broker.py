@@ -564,3 +564,33 @@ def test_totals_for_metrics() -> None:
     assert after.queues.oldest_age_s == 18.0  # "x" of the idle queue
     assert (after.caches.caches, after.caches.entries, after.caches.bytes) == (0, 0, 0)
     assert (after.caches.hits, after.caches.misses, after.caches.evictions) == (1, 1, 1)
+
+
+def test_count_limit_messages_name_what_is_counted() -> None:
+    """A namespace full of queues used to answer 'at most 2 streams may exist here'."""
+    b = broker(max_resources_per_namespace=2, max_namespaces_per_tenant=1, max_tenants=1)
+    b.create("queue", T, N, "q1", now=0.0)
+    b.create("queue", T, N, "q2", now=0.0)
+    for kind in ("stream", "queue", "cache"):
+        with pytest.raises(LimitExceeded) as err:
+            b.create(kind, T, N, "more", now=0.0)
+        assert str(err.value) == (
+            "at most 2 resources (streams, queues and caches together) may exist in "
+            "namespace default/default"
+        )
+        assert err.value.details == {"limit": 2}
+    with pytest.raises(LimitExceeded, match="at most 1 namespaces may exist in tenant default"):
+        b.create("namespace", T, "other", now=0.0)
+    with pytest.raises(LimitExceeded, match="at most 1 tenants may exist"):
+        b.create("tenant", "other", now=0.0)
+
+
+def test_cache_compare_and_set_without_ttl_keeps_the_ttl() -> None:
+    """CachePut with if_version and no ttl_ms keeps the entry's expiry (was: permanent)."""
+    b = broker()
+    b.create("cache", T, N, "c", now=0.0)
+    _, version = b.cache_put(T, N, "c", "bob", b"42", ttl_ms=30_000, now=0.0)
+    assert b.cache_put(T, N, "c", "bob", b"43", if_version=version, now=10.0) == (True, 2)
+    entry = b.cache_get(T, N, "c", "bob", now=10.0)
+    assert entry is not None and entry.value == b"43" and entry.ttl_remaining(10.0) == 20.0
+    assert b.cache_get(T, N, "c", "bob", now=30.0) is None

@@ -146,6 +146,31 @@ def test_compare_and_set() -> None:
     assert entry is not None and entry.value == b"b"
 
 
+def test_compare_and_set_without_ttl_keeps_the_entrys_expiry() -> None:
+    """The README's example: put(ttl=30) then compare_and_set without a ttl used to make
+    the 30 s entry permanent (the cache's default TTL, 0). A CAS now keeps the absolute
+    expiry unless it gives a ttl; an unconditional put starts afresh from the default."""
+    c = Cache()
+    version = c.put("bob", b"42", T0, ttl=30).version
+    assert c.put("bob", b"43", T0 + 10, if_version=version) == WriteResult(True, 2)
+    entry = c.get("bob", T0 + 10)
+    assert entry is not None and entry.expires_at == T0 + 30
+    assert entry.ttl_remaining(T0 + 10) == 20
+    [(_, _, hdrs)] = feed(c, 1)
+    assert (hdrs["ttl_ms"], hdrs["expires_ms"]) == (b"20000", b"%d" % ((T0 + 30) * 1000))
+    assert c.get("bob", T0 + 30) is None  # expired on time
+    v = c.put("k", b"a", T0, ttl=5).version
+    v = c.put("k", b"b", T0 + 1, if_version=v, ttl=60).version  # an explicit ttl wins
+    assert (e := c.peek("k", T0 + 1)) is not None and e.expires_at == T0 + 61
+    v = c.put("k", b"c", T0 + 2, if_version=v, ttl=0).version  # 0: never expires
+    assert c.put("k", b"d", T0 + 3, if_version=v).applied
+    assert (e := c.peek("k", T0 + 3)) is not None and e.expires_at == math.inf
+    d = Cache(CacheConfig(default_ttl_s=10.0))
+    d.put("k", b"a", T0, ttl=100)
+    d.put("k", b"b", T0 + 1)  # unconditional: the default TTL, like Redis SET
+    assert (e := d.get("k", T0 + 1)) is not None and e.expires_at == T0 + 11
+
+
 def test_delete() -> None:
     c = Cache()
     assert c.delete("k", T0) == WriteResult(False, None)

@@ -116,6 +116,9 @@ class CacheMachine(RuleBasedStateMachine):
         version = self.bump()
         eff_ttl = DEFAULT_TTL if ttl is None else ttl
         expires = self.now + eff_ttl if eff_ttl > 0 else math.inf
+        if ttl is None and if_version is not None:  # compare-and-set keeps the expiry
+            assert cur is not None
+            expires = cur[2]
         self.table[key] = (value, version, expires)
         self.table.move_to_end(key)
         expected.append(("put", key, version))
@@ -125,7 +128,8 @@ class CacheMachine(RuleBasedStateMachine):
         assert result == WriteResult(True, version)
         [(_, payload, hdrs)] = [g for g in self.check_feed(expected) if g[0][0] == "put"]
         assert payload == value
-        assert hdrs["ttl_ms"] == b"%d" % round(eff_ttl * 1000)
+        left = 0 if expires == math.inf else max(1, round((expires - self.now) * 1000))
+        assert hdrs["ttl_ms"] == b"%d" % left
         assert ("expires_ms" in hdrs) == (expires != math.inf)
 
     @rule(key=KEYS)

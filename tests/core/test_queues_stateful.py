@@ -4,11 +4,16 @@ The model tracks every message by its offset: how many times it was delivered, w
 in flight (and to whom, until which deadline) and whether it is finished (acked, dead-lettered
 or purged). After each step the engine's outputs are checked against the model:
 
-* a delivery's attempt number is exactly one more than the deliveries seen before, so a
-  message is seen twice only as a counted redelivery;
+* a delivery's attempt number is exactly one more than the attempts charged before: a nack
+  is charged; a timeout only when its consumer was not suspected (it then becomes suspected);
+  a lost consumer's (cancel, detach) oldest delivery only, and only if it was not suspected;
+* a consumer is suspected from the timeout that charged it until it acks or nacks (even
+  unknown ids);
 * a message is never in flight twice, never delivered once finished, never to a paused
-  consumer, and never beyond a consumer's prefetch;
-* dead letters happen only after ``max_attempts`` deliveries (or a reject) and land in the DLQ.
+  consumer, never to a suspected consumer while the group has one that is not, and never
+  beyond a consumer's prefetch;
+* dead letters happen only after ``max_attempts`` charged attempts (or a reject) and land in
+  the DLQ.
 
 At teardown everything is drained with a fresh consumer: every message enqueued is finished,
 so nothing was lost.
@@ -59,6 +64,8 @@ class QueueMachine(RuleBasedStateMachine):
         self.inflight: dict[int, tuple[int, int, float]] = {}
         self.consumers: dict[int, tuple[int, int]] = {}  # consumer id -> (connection, prefetch)
         self.paused: set[int] = set()
+        self.suspected: set[int] = set()  # consumer ids
+        self.seen: set[int] = set()  # offsets delivered at least once
         self.stale: list[int] = []  # delivery ids no longer in flight
         self.redeliveries = 0
         self.dead = 0
@@ -71,6 +78,8 @@ class QueueMachine(RuleBasedStateMachine):
                 assert ev.consumer_id in self.consumers
                 conn, prefetch = self.consumers[ev.consumer_id]
                 assert conn == ev.connection_id and conn not in self.paused
+                if ev.consumer_id in self.suspected:
+                    assert self.suspected >= set(self.consumers), "a live consumer was skipped"
                 for d in ev.deliveries:
                     assert d.offset in self.enqueued and d.offset not in self.finished
                     assert all(off != d.offset for off, _, _ in self.inflight.values())
@@ -79,7 +88,8 @@ class QueueMachine(RuleBasedStateMachine):
                     assert d.payload == str(d.offset).encode()
                     assert d.deadline >= self.now + VT
                     self.attempts[d.offset] = d.attempt
-                    self.redeliveries += d.attempt > 1
+                    self.redeliveries += d.offset in self.seen
+                    self.seen.add(d.offset)
                     self.inflight[d.delivery_id] = (d.offset, ev.consumer_id, d.deadline)
                 mine = sum(1 for _, c, _ in self.inflight.values() if c == ev.consumer_id)
                 assert mine <= prefetch
@@ -93,10 +103,22 @@ class QueueMachine(RuleBasedStateMachine):
             else:  # pragma: no cover - nothing here deletes queues or groups
                 raise AssertionError(f"unexpected {ev!r}")
 
-    def drop_inflight(self, pred: Callable[[tuple[int, int, float]], bool]) -> None:
-        for did in [d for d, v in self.inflight.items() if pred(v)]:
-            del self.inflight[did]
+    def drop_inflight(self, pred: Callable[[tuple[int, int, float]], bool]) -> list[int]:
+        """Forget the matching deliveries; return them in delivery (= deadline) order."""
+        gone = sorted(d for d, v in self.inflight.items() if pred(v))
+        for did in gone:
             self.stale.append(did)
+        return gone
+
+    def lose(self, cid: int) -> None:
+        """A consumer left: its oldest delivery is charged only if it was not suspected."""
+        charged = cid not in self.suspected
+        for did in self.drop_inflight(lambda v: v[1] == cid):
+            offset, _, _ = self.inflight.pop(did)
+            if not charged:
+                self.attempts[offset] -= 1
+            charged = False
+        self.suspected.discard(cid)
 
     # -- rules ----------------------------------------------------------------------------
 
@@ -125,7 +147,7 @@ class QueueMachine(RuleBasedStateMachine):
         cid = data.draw(st.sampled_from(sorted(self.consumers)))
         self.e.cancel(cid, self.now)
         del self.consumers[cid]
-        self.drop_inflight(lambda v: v[1] == cid)
+        self.lose(cid)
         self.absorb()
 
     @rule(conn=st.integers(1, 3))
@@ -134,8 +156,8 @@ class QueueMachine(RuleBasedStateMachine):
         gone = {c for c, (k, _) in self.consumers.items() if k == conn}
         for cid in gone:
             del self.consumers[cid]
+            self.lose(cid)
         self.paused.discard(conn)
-        self.drop_inflight(lambda v: v[1] in gone)
         self.absorb()
 
     @rule(conn=st.integers(1, 3), pause=st.booleans())
@@ -154,6 +176,7 @@ class QueueMachine(RuleBasedStateMachine):
         did = data.draw(st.sampled_from(sorted(self.inflight)))
         offset, cid, _ = self.inflight.pop(did)
         self.e.ack(cid, [did], self.now)
+        self.suspected.discard(cid)
         self.finished.add(offset)
         self.absorb()
 
@@ -163,6 +186,7 @@ class QueueMachine(RuleBasedStateMachine):
         did = data.draw(st.sampled_from(sorted(self.inflight)))
         _, cid, _ = self.inflight.pop(did)
         self.e.nack(cid, [did], self.now, delay=delay, requeue=requeue)
+        self.suspected.discard(cid)
         self.stale.append(did)
         self.absorb()
 
@@ -177,6 +201,7 @@ class QueueMachine(RuleBasedStateMachine):
             assert exc.details == {"delivery_ids": [did]}
         else:  # pragma: no cover - the failure case
             raise AssertionError("a stale delivery id was accepted")
+        self.suspected.discard(cid)  # a late ack still shows the consumer is alive
         self.absorb()
 
     @rule(dt=st.sampled_from([0.5, 2.0, 5.0, 11.0]))
@@ -187,7 +212,11 @@ class QueueMachine(RuleBasedStateMachine):
             assert timer is not None and timer <= min(due)
         self.now += dt
         self.e.handle_timer(self.now)
-        self.drop_inflight(lambda v: v[2] <= self.now)
+        for did in self.drop_inflight(lambda v: v[2] <= self.now):
+            offset, cid, _ = self.inflight.pop(did)
+            if cid in self.suspected:
+                self.attempts[offset] -= 1  # not charged
+            self.suspected.add(cid)
         self.absorb()
 
     @rule()
@@ -204,6 +233,8 @@ class QueueMachine(RuleBasedStateMachine):
     def counters_match(self) -> None:
         stats = self.e.stats(Q, self.now)
         assert stats.in_flight == len(self.inflight)
+        if stats.groups:
+            assert stats.groups["default"].suspected == len(self.suspected)
         assert stats.redeliveries == self.redeliveries
         assert stats.dead_lettered == self.dead == self.e.queue(DLQ).log.record_count
         assert stats.records <= MAX_RECORDS
@@ -223,12 +254,14 @@ class QueueMachine(RuleBasedStateMachine):
         for conn in list(self.paused):
             self.e.resume_connection(conn, self.now)
         self.paused.clear()
+        self.absorb()
         cid = self.e.consume(Q, 9, self.now, prefetch=64)
         self.consumers[cid] = (9, 64)
         for _ in range(4 * MAX_ATTEMPTS):
             self.absorb()
             for did, (offset, owner, _) in list(self.inflight.items()):
                 self.e.ack(owner, [did], self.now)
+                self.suspected.discard(owner)
                 self.finished.add(offset)
                 del self.inflight[did]
             self.now += VT
