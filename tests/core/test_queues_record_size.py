@@ -52,13 +52,14 @@ def test_envelope_and_dead_letter_headers_fit_the_headroom() -> None:
         delivery_id=U64, attempt=U64, offset=U64, payload=b"", timestamp_ms=U64, key=b""
     ) - encoded_record_size(b"", b"")
     assert envelope <= ENVELOPE_MAX_BYTES
-    # The worst dead-letter headers: the longest queue name, a group of 255 four-byte
-    # characters, the longest integers. The header names are the engine's own.
+    # The worst dead-letter headers: the longest queue name, the longest group name (names
+    # are ASCII, at most 128 characters), the longest integers. The header names are the
+    # engine's own.
     e = QueueEngine()
     src = ("t", "n", "q" * 128)
     e.create_queue(src, QueueConfig(max_attempts=1, dead_letter_queue="dlq"))
     e.create_queue(("t", "n", "dlq"))
-    group = "\U0001f600" * 255
+    group = "g" * 128
     cid = e.consume(src, 1, 0.0, group=group)
     e.enqueue(src, b"", 0.0)
     [delivered] = e.drain_outputs()
