@@ -109,3 +109,22 @@ def test_untrusted_certificate_says_what_to_do(broker: Broker) -> None:
     )
     assert result.returncode == 1
     assert result.stderr.count("\n") == 1 and "--ca" in result.stderr
+
+
+def test_admin_list_prints_the_names_of_tenants_and_namespaces(broker: Broker) -> None:
+    tenant, namespace, stream = name("t"), name("n"), name("s")
+    assert run(broker, "admin", "create", "tenant", tenant).returncode == 0
+    assert (
+        run(broker, "--tenant", tenant, "admin", "create", "namespace", namespace).returncode == 0
+    )
+    assert run(broker, "--tenant", tenant, "--namespace", namespace, "admin", "create",
+               "stream", stream).returncode == 0  # fmt: skip
+    tenants = run(broker, "admin", "list", "tenant")
+    assert tenants.returncode == 0 and tenant in tenants.stdout.splitlines()
+    assert "" not in tenants.stdout.splitlines()
+    namespaces = run(broker, "--tenant", tenant, "admin", "list", "namespace")
+    assert namespaces.stdout.splitlines() == [namespace]
+    streams = run(broker, "--tenant", tenant, "--namespace", namespace, "admin", "list", "stream")
+    assert streams.stdout.splitlines() == [stream]
+    empty = run(broker, "--tenant", tenant, "--namespace", namespace, "admin", "list", "queue")
+    assert empty.stdout == "(none)\n"
