@@ -10,9 +10,10 @@ import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
-from brokers import Broker, child_env
+from brokers import Broker, FreshBroker, child_env
 
 _names = itertools.count()
 TIMEOUT = 20
@@ -128,3 +129,27 @@ def test_admin_list_prints_the_names_of_tenants_and_namespaces(broker: Broker) -
     assert streams.stdout.splitlines() == [stream]
     empty = run(broker, "--tenant", tenant, "--namespace", namespace, "admin", "list", "queue")
     assert empty.stdout == "(none)\n"
+
+
+def test_sub_says_in_one_line_that_a_restarted_broker_lost_the_stream(
+    fresh_broker: FreshBroker, tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "restart"  # both brokers: the same certificate
+    first = fresh_broker("--shutdown-grace-s", "0.2", "--shutdown-drain-s", "1", data_dir=data_dir)
+    assert run(first, "admin", "create", "stream", "st").returncode == 0
+    assert run(first, "pub", "st", "one").returncode == 0
+    cmd = [*felix_command(), "--server", first.url, "--ca", first.ca_file, "sub", "st",
+           "--from", "earliest"]  # fmt: skip
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          env=child_env()) as sub:  # fmt: skip
+        try:
+            assert sub.stdout is not None and sub.stdout.readline() == "one\n"
+            assert first.terminate() == 0
+            fresh_broker(data_dir=data_dir, port=first.port)  # in memory: "st" is gone
+            out, err = sub.communicate(timeout=TIMEOUT)
+        finally:
+            if sub.poll() is None:
+                sub.kill()
+    assert sub.returncode == 1 and out == ""
+    assert err.count("\n") == 1 and err.startswith("felix: error: NOT_FOUND: stream 'st'")
+    assert "no longer exists" in err
