@@ -397,7 +397,11 @@ class Subscription:
             self.next_offset = started.first_offset
         self._used_messages = self._used_bytes = 0
         if self._backend.reconnect and self.log_identity is None:
-            self.log_identity = await self._backend.log_identity(self._spec)
+            try:
+                self.log_identity = await self._backend.log_identity(self._spec)
+            except BaseException:
+                await self.close()  # no subscription left behind on the broker
+                raise
 
     async def close(self) -> None:
         """Unsubscribe (best effort) and stop the iteration."""

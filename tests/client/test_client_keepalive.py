@@ -45,16 +45,19 @@ async def test_an_idle_client_stays_connected_only_with_keepalive(
         assert conn is not None and conn.transport.pings_sent >= 3
 
 
-async def test_a_lost_connection_ends_a_subscription_with_connection_lost(
+async def test_a_lost_connection_ends_subscriptions_and_consumers_with_connection_lost(
     fresh_broker: FreshBroker,
 ) -> None:
     url, ca, pid = await _start(fresh_broker)
     async with Client(url, ca_file=ca, timeout=3.0, idle_timeout=1.0) as c:
         await c.admin.create("stream", "lost")
-        async with c.subscribe("lost", start="earliest") as sub:
+        await c.admin.create("queue", "lost")
+        async with c.subscribe("lost", start="earliest") as sub, c.consume("lost") as consumer:
             os.kill(pid, signal.SIGSTOP)  # alive but silent: the client's idle timer ends it
             try:
                 with anyio.fail_after(10), pytest.raises(ConnectionLost):
                     await anext(sub)
+                with anyio.fail_after(10), pytest.raises(ConnectionLost):
+                    await anext(consumer)
             finally:
                 os.kill(pid, signal.SIGCONT)

@@ -436,6 +436,18 @@ async def test_subscription_does_not_resume_into_another_log(
 
 
 @pytest.mark.anyio
+async def test_subscription_whose_identity_cannot_be_read_leaves_nothing_behind() -> None:
+    backend = FakeFeedBackend(reconnect=True)
+    backend.identity = None  # deleted between Subscribe and describe
+    sub = Subscription(backend, _spec(), Start.earliest())
+    with pytest.raises(errors.NotFound):
+        await sub.open()
+    assert backend.closed == [1]
+    with pytest.raises(StopAsyncIteration):
+        await anext(sub)
+
+
+@pytest.mark.anyio
 async def test_subscription_without_reconnect_raises_connection_lost() -> None:
     backend = FakeFeedBackend()
     async with Subscription(backend, _spec(), Start.latest()) as sub:
