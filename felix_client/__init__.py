@@ -17,11 +17,14 @@ from ._url import DEFAULT_URL
 from .client import Admin, Cache, Client, connect
 from .errors import (
     AlreadyExists,
+    BadFrameError,
     Conflict,
     ConnectionLost,
     CursorTooOld,
+    ErrorCode,
     FelixError,
     Forbidden,
+    InternalError,
     InvalidArgument,
     LimitExceeded,
     NotFound,
@@ -30,14 +33,18 @@ from .errors import (
     ShuttingDown,
     TooLarge,
     Unauthenticated,
+    UnexpectedMessage,
+    UnknownMessage,
+    UnsupportedVersionError,
 )
-from .types import AckMode, CacheEntry, Event, PublishResult, Start
+from .types import AckMode, CacheEntry, Event, Headers, PublishResult, Start
 
 __all__ = [
     "DEFAULT_URL",
     "AckMode",
     "Admin",
     "AlreadyExists",
+    "BadFrameError",
     "Cache",
     "CacheEntry",
     "Client",
@@ -45,9 +52,12 @@ __all__ = [
     "ConnectionLost",
     "Consumer",
     "CursorTooOld",
+    "ErrorCode",
     "Event",
     "FelixError",
     "Forbidden",
+    "Headers",
+    "InternalError",
     "InvalidArgument",
     "LimitExceeded",
     "NotFound",
@@ -61,5 +71,8 @@ __all__ = [
     "Subscription",
     "TooLarge",
     "Unauthenticated",
+    "UnexpectedMessage",
+    "UnknownMessage",
+    "UnsupportedVersionError",
     "connect",
 ]

@@ -22,8 +22,10 @@ import anyio
 
 from felix_proto.messages import AckMode
 
+from ._local import ttl_ms
 from ._streams import QueueMessage
 from .client import Client
+from .errors import InvalidArgument
 from .types import CacheEntry, Event, PublishResult, Start
 
 __all__ = ["COMMANDS", "parse_start"]
@@ -309,6 +311,9 @@ async def cmd_queue_consume(args: argparse.Namespace) -> int:
 
 async def cmd_cache_put(args: argparse.Namespace) -> int:
     """``felix cache put CACHE KEY [VALUE]``."""
+    if args.if_absent and args.if_version is not None:
+        raise InvalidArgument("--if-absent and --if-version cannot be combined: give one condition")
+    ttl_ms(args.ttl)  # a bad --ttl (negative, inf, nan) fails before connecting
     value = args.value.encode() if args.value is not None else sys.stdin.buffer.read()
     async with _client(args) as client:
         cache = client.cache(args.cache)
@@ -367,6 +372,14 @@ def _settings(items: list[str]) -> dict[str, Any]:
     return out
 
 
+def _resource_name(resource: dict[str, Any]) -> str:
+    """A listed resource's own name: a tenant's is in ``tenant``, a namespace's in
+    ``namespace`` (their ``name`` is empty), the others' in ``name``."""
+    kind = resource.get("kind")
+    field = kind if kind in ("tenant", "namespace") else "name"
+    return str(resource.get(field) or resource.get("name") or resource)
+
+
 def _resource_text(resource: dict[str, Any]) -> str:
     return "\n".join(f"{k}: {json.dumps(v, default=str)}" for k, v in resource.items())
 
@@ -378,7 +391,7 @@ async def cmd_admin(args: argparse.Namespace) -> int:
         admin = client.admin
         if action == "list":
             items = await admin.list(args.kind)
-            text = "\n".join(str(r.get("name", r)) for r in items) or "(none)"
+            text = "\n".join(_resource_name(r) for r in items) or "(none)"
             _emit(args, text, items)
         elif action == "create":
             res = await admin.create(args.kind, args.name, _settings(args.settings))

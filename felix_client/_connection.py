@@ -31,14 +31,15 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from felix_proto import events as ev
 from felix_proto.client import ClientConnection
 from felix_proto.errors import ErrorCode, LocalProtocolError
+from felix_proto.messages import EndReason
 
+from ._local import local_error
 from ._transport import QuicTransport, TransportOptions, describe_termination
 from .errors import (
     ConnectionLost,
     FelixError,
     RequestTimeout,
     ShuttingDown,
-    UnexpectedMessage,
     error_from_code,
 )
 
@@ -238,7 +239,7 @@ class Connection:
             rid = call(self.machine, self._clock())
         except LocalProtocolError as exc:
             self._check_open()
-            raise UnexpectedMessage(str(exc)) from None
+            raise local_error(exc) from None
         self._waiters[rid] = _Waiter(self._new_event())
         return rid
 
@@ -262,7 +263,8 @@ class Connection:
         try:
             call(self.machine, self._clock())
         except LocalProtocolError as exc:
-            raise UnexpectedMessage(str(exc)) from None
+            self._check_open()
+            raise local_error(exc) from None
         await self.transport.flush()
 
     def cache_stream(self, streams: int) -> int | None:
@@ -322,9 +324,23 @@ class Connection:
         self._dispatch()
 
     def pump(self, now: float) -> None:
-        """Move the machine's writes into QUIC."""
+        """Move the machine's writes into QUIC.
+
+        The machine allocates a request stream's id when it first needs one, which is not
+        always when it first writes to it (a request refused locally after the id was taken,
+        a stream opened ahead for cache requests), so a stream may be written to first after
+        a higher one. aioquic opens client streams in id order and treats a lower id it
+        skipped as finished ("Cannot send data on a finished stream"), which would kill that
+        lane for good; so every lower client stream is opened first (an empty write sends
+        nothing: the broker learns of it with its first data, as QUIC allows).
+        """
         quic = self.transport.quic
         for stream_id, data, end_stream in self.machine.data_to_send():
+            if stream_id % 4 == 0:  # client-initiated bidirectional
+                next_id = quic.get_next_available_stream_id()
+                while next_id < stream_id:
+                    quic.send_stream_data(next_id, b"", False)
+                    next_id += 4
             quic.send_stream_data(stream_id, data, end_stream)
         self._dispatch()
 
@@ -393,6 +409,15 @@ class Connection:
         waiter.done.set()
 
     def _to_feed(self, kind: str, ident: int, item: Any) -> None:
+        if (
+            isinstance(item, ev.SubscriptionEnded | ev.ConsumerEnded)
+            and item.reason == EndReason.ERROR
+            and self.machine.closed
+        ):
+            # The machine ends every feed with reason "error" when the connection ends; that
+            # is no fault of the feed. Leave the end to _terminate, which closes the inbox:
+            # its reader raises ConnectionLost (or resumes, with reconnect), not INTERNAL.
+            return
         send = self._feeds.get((kind, ident))
         if send is None:
             self._early.setdefault((kind, ident), []).append(item)

@@ -8,20 +8,16 @@ from felix_proto import events as ev
 from felix_proto import messages as msgs
 from felix_proto.messages import ResourceKind
 
+from ._local import ttl_ms
 from .errors import Conflict
 from .types import CacheEntry
 
 if TYPE_CHECKING:
     from .client import Client
 
-__all__ = ["Admin", "Cache", "ms"]
+__all__ = ["Admin", "Cache"]
 
 _MS = 1000.0
-
-
-def ms(seconds: float | None) -> int | None:
-    """Seconds to whole milliseconds (None stays None)."""
-    return None if seconds is None else round(seconds * _MS)
 
 
 class Cache:
@@ -57,11 +53,12 @@ class Cache:
     ) -> ev.CachePutCompleted:
         c = self._client
         data = value.encode() if isinstance(value, str) else bytes(value)
+        wire_ttl = ttl_ms(ttl)
         reply = await c._cache_call(
             lambda m, now, sid: m.cache_put(
                 key=key,
                 value=data,
-                ttl_ms=ms(ttl),
+                ttl_ms=wire_ttl,
                 if_absent=if_absent,
                 if_version=if_version,
                 now=now,
@@ -83,8 +80,15 @@ class Cache:
     ) -> int:
         """Store a value (``ttl`` seconds; None: the cache's default; 0: never expires).
 
+        A positive ``ttl`` is rounded to whole milliseconds but never below 1 ms, so a tiny
+        TTL expires (almost) at once instead of becoming "never".
+
         Returns:
             The entry's new version.
+
+        Raises:
+            InvalidArgument: ``ttl`` is negative, infinite or NaN.
+            TooLarge: the key or value is over the cache's limits.
         """
         reply = await self._put(key, value, ttl, False, None, timeout)
         return reply.version or 0

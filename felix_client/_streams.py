@@ -24,6 +24,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from felix_proto import events as ev
 from felix_proto.messages import AckMode, EndReason
 
+from ._local import check_headers
 from .errors import (
     ConnectionLost,
     CursorTooOld,
@@ -33,7 +34,7 @@ from .errors import (
     Overloaded,
     ShuttingDown,
 )
-from .types import Event, PublishResult, Start
+from .types import Event, Headers, PublishResult, Start
 
 __all__ = ["Backend", "Consumer", "Publisher", "QueueMessage", "Record", "Subscription"]
 
@@ -80,6 +81,15 @@ class Backend(Protocol):
         self, conn: object, consumer_id: int, delivery_id: int, ack: bool, delay: float
     ) -> None:
         """Ack or nack one delivery."""
+        ...
+
+    async def log_identity(self, spec: dict[str, Any]) -> tuple[int, int] | None:
+        """What tells the subscribed log apart from a re-created one of the same name (the
+        resource's ``(uid, created_ms)``), or None when the broker does not say.
+
+        Raises:
+            NotFound: the stream (or cache) does not exist.
+        """
         ...
 
     @property
@@ -184,9 +194,11 @@ class Publisher:
 
         Raises:
             FelixError: an earlier batch failed.
+            InvalidArgument: a header name is not a ``str`` or a value is not ``bytes``.
             RuntimeError: the publisher is not entered (``async with``).
         """
         self._raise_pending()
+        check_headers(headers)
         if self._tg is None:
             raise RuntimeError("use the publisher as 'async with client.publisher(...)'")
         record = Record(payload, key, headers)
@@ -284,6 +296,11 @@ _ZEROS = repeat(0)
 """The ``gap_before`` column of a batch (zip stops at the batch's end)."""
 
 
+def _frozen_headers(headers: dict[str, bytes] | None) -> Headers | None:
+    """One record's headers as the read-only, hashable mapping an :class:`Event` holds."""
+    return None if headers is None else Headers(headers)
+
+
 def _record_bytes(event: Event) -> int:
     """What one record uses of a subscription's byte credit: payload, key, and per header
     the UTF-8 length of its name plus its value (the broker's and the machine's measure)."""
@@ -316,7 +333,11 @@ class Subscription:
     Gaps (records skipped by the broker) are counted in :attr:`missed` and flagged on the
     next event's ``gap_before``. The iteration ends when the subscription is closed; other
     ends raise the matching :class:`~felix_client.errors.FelixError`. With ``reconnect``
-    on, a lost connection or a broker shutdown resumes from :attr:`next_offset`.
+    on, a lost connection or a broker shutdown resumes from :attr:`next_offset`, on the same
+    log only: the stream's identity (its ``uid`` and creation time, from ``describe``) is
+    read when the subscription starts and again before each resume, and a stream that is
+    gone or was re-created (a new log, whose offsets mean other records) raises
+    :class:`~felix_client.errors.NotFound` instead of resuming.
     """
 
     def __init__(self, backend: Backend, spec: dict[str, Any], start: Start) -> None:
@@ -344,6 +365,8 @@ class Subscription:
         """Why the subscription ended, once it has."""
         self.resumes = 0
         """How many times the subscription was resumed after a connection loss."""
+        self.log_identity: tuple[int, int] | None = None
+        """The followed log's ``(uid, created_ms)`` (read only with ``reconnect`` on)."""
 
     async def __aenter__(self) -> Subscription:
         await self.open()
@@ -373,6 +396,12 @@ class Subscription:
         if self.next_offset is None:
             self.next_offset = started.first_offset
         self._used_messages = self._used_bytes = 0
+        if self._backend.reconnect and self.log_identity is None:
+            try:
+                self.log_identity = await self._backend.log_identity(self._spec)
+            except BaseException:
+                await self.close()  # no subscription left behind on the broker
+                raise
 
     async def close(self) -> None:
         """Unsubscribe (best effort) and stop the iteration."""
@@ -433,7 +462,7 @@ class Subscription:
             base = b.base_offset
             ts = b.timestamps_ms or repeat(0, n)
             keys = b.keys or repeat(None, n)
-            headers = b.headers or repeat(None, n)
+            headers = map(_frozen_headers, b.headers) if b.headers else repeat(None, n)
             # One row per record, in Event's field order (the infinite _ZEROS column ends with
             # the others), built by tuple.__new__: no Python-level call per record.
             rows = zip(range(base, base + n), payloads, ts, keys, headers, _ZEROS, strict=False)
@@ -470,8 +499,35 @@ class Subscription:
             resume_at = self.next_offset if self.next_offset is not None else 0
         self._start = Start.offset(resume_at)
         self._inbox = None
+        await self._check_same_log(resume_at)
         self.resumes += 1
         await self.open()
+
+    async def _check_same_log(self, resume_at: int) -> None:
+        """Refuse to resume into a log other than the one followed so far.
+
+        Raises:
+            NotFound: the stream is gone (an in-memory broker restarted, or it was deleted)
+                or was re-created since the subscription started.
+        """
+        what = f"{self._spec['source']} {self._spec['stream']!r}"
+        try:
+            identity = await self._backend.log_identity(self._spec)
+        except NotFound as exc:
+            self._closed = True
+            raise NotFound(
+                f"{what} no longer exists after the connection was lost (the broker "
+                f"restarted without keeping it, or it was deleted); cannot resume at offset "
+                f"{resume_at}"
+            ) from exc
+        if identity is not None and self.log_identity is not None and identity != self.log_identity:
+            self._closed = True
+            raise NotFound(
+                f"{what} was re-created after the connection was lost ((uid, created_ms) "
+                f"{self.log_identity} is now {identity}): its log is new, so offset "
+                f"{resume_at} would name another record; subscribe again to follow it",
+                details={"recreated": True, "next_offset": resume_at},
+            )
 
     async def _top_up(self) -> None:
         if self.subscription_id is not None:

@@ -4,9 +4,16 @@ Theory of operation. One task (:meth:`QuicTransport.run`) owns the socket's rece
 Each pass of its loop waits for a datagram or the timer, whichever comes first, feeds what
 came to QUIC with ``now``, lets the :class:`QuicHandler` (the Felix layer) take QUIC's events
 and queue its own writes, then transmits. The timer is a cancel scope whose deadline is the
-earliest of QUIC's and the handler's deadlines; anything that may move that deadline (a new
-request from another task, say) calls :meth:`QuicTransport.flush`, which transmits and moves
-the deadline of the waiting scope. There is no second task and no sleeping.
+earliest of QUIC's and the handler's deadlines and the keep-alive's; anything that may move
+that deadline (a new request from another task, say) calls :meth:`QuicTransport.flush`,
+which transmits and moves the deadline of the waiting scope. There is no second task and no
+sleeping.
+
+Keep-alive. A peer drops a QUIC connection on which it received nothing for its idle
+timeout; a client that only waits (an idle subscriber, a consumer between jobs) sends
+nothing. So once nothing was sent for the keep-alive interval (``keepalive``, at most a
+third of ``idle_timeout``), the loop sends a QUIC PING; the broker's ACK of it keeps this
+side's idle timer going too.
 
 Nothing here is asyncio- or trio-specific, so the client runs under both anyio backends. The
 clock is the event loop's (what ``anyio.current_time()`` returns, looked up once per
@@ -82,7 +89,11 @@ class TransportOptions:
     max_datagram_size: int = 1452
     """Largest UDP payload QUIC may send; 1452 suits loopback and most Ethernet paths."""
     idle_timeout: float = 60.0
-    """Seconds without traffic after which QUIC drops the connection."""
+    """Seconds without traffic after which QUIC drops the connection (QUIC uses the smaller
+    of this and the broker's)."""
+    keepalive: float | None = 5.0
+    """Send a QUIC PING when nothing was sent for this many seconds (at most a third of
+    ``idle_timeout``), so that an idle connection stays up; ``None`` or 0: never."""
     max_data: int = 8 << 20
     """Connection-level receive window, in bytes."""
     max_stream_data: int = 4 << 20
@@ -178,9 +189,13 @@ class QuicTransport:
     :meth:`wait_handshake`; call :meth:`flush` after queueing writes from outside the loop.
     """
 
-    def __init__(self, sock: _UdpSocket, quic: QuicConnection) -> None:
+    def __init__(
+        self, sock: _UdpSocket, quic: QuicConnection, keepalive: float | None = None
+    ) -> None:
         self._sock = sock
         self.quic = quic
+        self.keepalive = keepalive
+        """Seconds without sending after which a PING goes out (None: never)."""
         self.clock = loop_clock()
         """The event loop's clock (``anyio.current_time()``, looked up once)."""
         self._handler: QuicHandler | None = None
@@ -191,6 +206,9 @@ class QuicTransport:
         self._done = anyio.Event()
         self.closed_reason: str | None = None
         self.alpn: str | None = None
+        self._last_sent = self.clock()
+        self.pings_sent = 0
+        """Keep-alive PINGs sent so far."""
 
     @classmethod
     async def connect(cls, host: str, port: int, options: TransportOptions) -> QuicTransport:
@@ -215,7 +233,10 @@ class QuicTransport:
         sock = await _UdpSocket.connect(host, port)
         quic = QuicConnection(configuration=config)
         quic.connect(sock.remote, anyio.current_time())
-        return cls(sock, quic)
+        keepalive = None
+        if options.keepalive:
+            keepalive = min(options.keepalive, options.idle_timeout / 3)
+        return cls(sock, quic, keepalive)
 
     # ----------------------------------------------------------------------- the loop
 
@@ -248,6 +269,7 @@ class QuicTransport:
                     if timer is not None and timer <= now:
                         self.quic.handle_timer(now)
                     handler.handle_timer(now)
+                    self._keep_alive(now)
                 self._process(now)
                 await self._transmit()
         finally:
@@ -273,11 +295,23 @@ class QuicTransport:
     def _deadline(self) -> float:
         assert self._handler is not None
         timers = [t for t in (self.quic.get_timer(), self._handler.get_timer()) if t is not None]
+        if self.keepalive and self._handshake.is_set():
+            timers.append(self._last_sent + self.keepalive)
         return min(timers) if timers else math.inf
+
+    def _keep_alive(self, now: float) -> None:
+        """Queue a PING when nothing was sent for the keep-alive interval."""
+        if self.keepalive and self._handshake.is_set() and now - self._last_sent >= self.keepalive:
+            self.pings_sent += 1
+            self.quic.send_ping(self.pings_sent)
+            self._last_sent = now  # transmitted right after; counts from now
 
     async def _transmit(self) -> None:
         async with self._send_lock:
-            datagrams = self.quic.datagrams_to_send(self.clock())
+            now = self.clock()
+            datagrams = self.quic.datagrams_to_send(now)
+            if datagrams:
+                self._last_sent = now
             try:
                 sent = self._sock.send_nowait(datagrams)  # the kernel buffer is rarely full
                 for data, _addr in datagrams[sent:]:

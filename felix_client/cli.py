@@ -183,9 +183,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("cache")
     p.add_argument("key")
     p.add_argument("value", nargs="?", help="the value (stdin when omitted)")
-    p.add_argument("--ttl", type=float, metavar="SECONDS", help="time to live (0: forever)")
-    p.add_argument("--if-absent", action="store_true", help="only if the key has no value")
-    p.add_argument("--if-version", type=int, metavar="V", help="only if at version V (CAS)")
+    p.add_argument(
+        "--ttl",
+        type=float,
+        metavar="SECONDS",
+        help="time to live (0: forever; a positive TTL is at least 1 ms)",
+    )
+    p.add_argument(
+        "--if-absent",
+        action="store_true",
+        help="only if the key has no value (not with --if-version)",
+    )
+    p.add_argument(
+        "--if-version",
+        type=int,
+        metavar="V",
+        help="only if at version V (CAS; not with --if-absent)",
+    )
     p = cmd("get", "read a value", c)
     p.add_argument("cache")
     p.add_argument("key")

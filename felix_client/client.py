@@ -31,14 +31,16 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 
 from felix_proto import events as ev
 from felix_proto.client import ClientConnection
+from felix_proto.errors import LocalProtocolError
 from felix_proto.messages import AckMode, SourceKind
 
 from ._connection import Connection
-from ._resources import Admin, Cache, ms
+from ._local import check_headers, delay_ms
+from ._resources import Admin, Cache
 from ._streams import Consumer, Publisher, Record, Subscription
 from ._transport import TransportOptions
 from ._url import DEFAULT_URL, BrokerAddress, parse_url
-from .errors import ConnectionLost, FelixError
+from .errors import ConnectionLost, FelixError, Forbidden, NotFound
 from .types import PublishResult, Start, StartLike
 
 __all__ = ["Admin", "Cache", "Client", "connect"]
@@ -62,6 +64,11 @@ class Client:
         request_streams: request streams per connection that concurrent requests use.
         client_name: sent in ``Hello`` for the broker's logs.
         max_datagram_size: QUIC datagram size (1452 suits loopback and most LANs).
+        idle_timeout: seconds without traffic after which QUIC drops a connection (the
+            smaller of this and the broker's applies).
+        keepalive: send a QUIC PING after this many seconds without sending anything (at
+            most ``idle_timeout / 3``), so an idle connection stays up; ``None``: never.
+            Keep it under a third of the broker's idle timeout too.
 
     Raises:
         ValueError: the URL is malformed or an argument is out of range.
@@ -83,11 +90,15 @@ class Client:
         request_streams: int = 4,
         client_name: str = "felix-python",
         max_datagram_size: int = 1452,
+        idle_timeout: float = 60.0,
+        keepalive: float | None = 5.0,
     ) -> None:
         if pool_size < 1 or request_streams < 1:
             raise ValueError("pool_size and request_streams must be at least 1")
-        if timeout <= 0:
-            raise ValueError("timeout must be positive")
+        if timeout <= 0 or idle_timeout <= 0:
+            raise ValueError("timeout and idle_timeout must be positive")
+        if keepalive is not None and keepalive < 0:
+            raise ValueError("keepalive must be positive (or None: no keep-alive)")
         self.address: BrokerAddress = parse_url(url)
         self.tenant = tenant
         self.namespace = namespace
@@ -99,7 +110,7 @@ class Client:
         self._client_name = client_name
         self._options = TransportOptions(
             ca_file=ca_file, insecure=insecure, server_name=server_name,
-            max_datagram_size=max_datagram_size,
+            max_datagram_size=max_datagram_size, idle_timeout=idle_timeout, keepalive=keepalive,
         )  # fmt: skip
         self._conns: list[Connection | None] = [None] * pool_size
         self._locks = [anyio.Lock() for _ in range(pool_size)]
@@ -287,6 +298,9 @@ class Client:
         data = [p.encode() if isinstance(p, str) else bytes(p) for p in payloads]
         kl = list(keys) if keys is not None else None
         hl = list(headers) if headers is not None else None
+        if hl is not None:
+            for h in hl:
+                check_headers(h)
         if len(data) == 1:
 
             def call(m: ClientConnection, now: float) -> int:
@@ -317,15 +331,20 @@ class Client:
         overload_retries: int = 8,
         tenant: str | None = None,
         namespace: str | None = None,
+        timeout: float | None = None,
     ) -> Publisher:
-        """A batching publisher for one stream (use it with ``async with``)."""
+        """A batching publisher for one stream (use it with ``async with``).
+
+        ``timeout`` bounds each batch's request (default: the client's ``timeout``); a batch
+        that times out fails the publisher like any other error.
+        """
 
         async def send(batch: Sequence[Record], mode: AckMode) -> PublishResult | None:
             return await self.publish_batch(
                 stream, [r.payload for r in batch],
                 keys=[r.key for r in batch] if any(r.key for r in batch) else None,
                 headers=[r.headers for r in batch] if any(r.headers for r in batch) else None,
-                ack=mode, tenant=tenant, namespace=namespace,
+                ack=mode, tenant=tenant, namespace=namespace, timeout=timeout,
             )  # fmt: skip
 
         return Publisher(
@@ -346,6 +365,7 @@ class Client:
         cache_feed: bool = False,
         tenant: str | None = None,
         namespace: str | None = None,
+        timeout: float | None = None,
     ) -> Subscription:
         """Follow a stream (or, with ``cache_feed``, a cache's change feed).
 
@@ -354,6 +374,8 @@ class Client:
             start: ``"latest"``, ``"earliest"``, an offset, a ``datetime`` or a
                 :class:`~felix_client.types.Start`.
             credit_messages, credit_bytes: how far the broker may run ahead of the reader.
+            timeout: seconds that subscribing (and each resume) may take (default: the
+                client's ``timeout``); waiting for records is not bounded by it.
 
         Returns:
             A :class:`Subscription`; it subscribes on ``async with`` or the first read.
@@ -363,6 +385,7 @@ class Client:
             "tenant": t, "namespace": n, "stream": stream, "credit_messages": credit_messages,
             "credit_bytes": credit_bytes,
             "source": SourceKind.CACHE if cache_feed else SourceKind.STREAM,
+            "timeout": timeout or self.timeout,
         }  # fmt: skip
         return Subscription(self, spec, Start.coerce(start))
 
@@ -408,8 +431,13 @@ class Client:
         prefetch: int = 64,
         tenant: str | None = None,
         namespace: str | None = None,
+        timeout: float | None = None,
     ) -> Consumer:
-        """Join a queue's consumer group; iterate the result for messages."""
+        """Join a queue's consumer group; iterate the result for messages.
+
+        ``timeout`` bounds joining the group (default: the client's ``timeout``), not the
+        wait for messages.
+        """
         t, n = self._path(tenant, namespace)
         spec: dict[str, Any] = {
             "tenant": t,
@@ -417,6 +445,7 @@ class Client:
             "queue": queue,
             "group": group,
             "prefetch": prefetch,
+            "timeout": timeout or self.timeout,
         }
         return Consumer(self, spec)
 
@@ -435,18 +464,19 @@ class Client:
         """Subscribe (``kind="sub"``) or consume (``"con"``) on one connection."""
         conn = await self._connection()
         s = dict(spec)
+        timeout = s.pop("timeout", None) or self.timeout
         if kind == "sub":
             start = s.pop("start")
             assert isinstance(start, Start)
 
             def call(m: ClientConnection, now: float) -> int:
                 return m.subscribe(
-                    start=start.kind, start_value=start.value, now=now, timeout=self.timeout, **s
+                    start=start.kind, start_value=start.value, now=now, timeout=timeout, **s
                 )
         else:
 
             def call(m: ClientConnection, now: float) -> int:
-                return m.consume(now=now, timeout=self.timeout, **s)
+                return m.consume(now=now, timeout=timeout, **s)
 
         reply = await conn.request(call)
         assert isinstance(reply, ev.SubscriptionStarted | ev.ConsumerStarted)
@@ -486,21 +516,61 @@ class Client:
     async def settle(
         self, conn: object, consumer_id: int, delivery_id: int, ack: bool, delay: float
     ) -> None:
-        """Ack or nack one delivery, waiting for the broker's answer."""
+        """Ack or nack one delivery, waiting for the broker's answer.
+
+        Raises:
+            NotFound: the consumer has ended (its queue was deleted, it was closed, its
+                connection was lost) or the delivery is no longer awaiting settlement.
+            InvalidArgument: a negative, infinite or NaN ``delay``.
+        """
         assert isinstance(conn, Connection)
+        wait_ms = 0 if ack else delay_ms(delay)
 
         def call(m: ClientConnection, now: float) -> int:
+            try:
+                awaiting = m.pending_deliveries(consumer_id)
+            except LocalProtocolError:
+                raise NotFound(
+                    f"consumer {consumer_id} has ended (queue deleted, consumer closed or "
+                    f"connection lost): delivery {delivery_id} cannot be settled"
+                ) from None
+            if delivery_id not in awaiting:
+                raise NotFound(f"delivery {delivery_id} is not awaiting settlement")
             if ack:
                 rid = m.ack(consumer_id, [delivery_id], now=now, timeout=self.timeout)
             else:
-                delay_ms = ms(delay) or 0
                 rid = m.nack(
-                    consumer_id, [delivery_id], delay_ms=delay_ms, now=now, timeout=self.timeout
+                    consumer_id, [delivery_id], delay_ms=wait_ms, now=now, timeout=self.timeout
                 )
             assert rid is not None  # confirmed settlements always get an id
             return rid
 
         await conn.request(call)
+
+    async def log_identity(self, spec: dict[str, Any]) -> tuple[int, int] | None:
+        """The followed stream's (or cache's) ``(uid, created_ms)`` from ``describe``: a
+        re-created resource of the same name has a new uid (the broker's counter) and, after
+        a restart that reset the counter, a new creation time.
+
+        Returns:
+            The pair, or None when the broker's description lacks it or describing is
+            forbidden to this client.
+
+        Raises:
+            NotFound: the resource does not exist.
+        """
+        kind = "cache" if spec["source"] == SourceKind.CACHE else "stream"
+        try:
+            resource = await self.admin.describe(
+                kind, spec["stream"], tenant=spec["tenant"], namespace=spec["namespace"],
+                timeout=spec.get("timeout"),
+            )  # fmt: skip
+        except Forbidden:
+            return None
+        uid, created = resource.get("uid"), resource.get("created_ms")
+        if isinstance(uid, int) and isinstance(created, int):
+            return (uid, created)
+        return None
 
 
 def connect(url: str = DEFAULT_URL, **kwargs: Any) -> Client:

@@ -21,6 +21,7 @@ __all__ = [
     "Conflict",
     "ConnectionLost",
     "CursorTooOld",
+    "ErrorCode",
     "FelixError",
     "Forbidden",
     "InternalError",

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import NamedTuple
+from typing import Any, NamedTuple, NoReturn
 
 from felix_proto.messages import AckMode, StartKind
 
-__all__ = ["AckMode", "CacheEntry", "Event", "PublishResult", "Start", "StartLike"]
+__all__ = ["AckMode", "CacheEntry", "Event", "Headers", "PublishResult", "Start", "StartLike"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,12 +23,36 @@ class PublishResult:
     """Offset of the last record written (equal to ``first_offset`` for one record)."""
 
 
+class Headers(dict[str, bytes]):
+    """A delivered record's headers: a read-only ``dict`` that hashes by value.
+
+    It reads like the ``dict`` it is (``headers["h"]``, ``.items()``, ``== {"h": b"v"}``,
+    ``json.dumps``), but every method that would change it raises ``TypeError``, so an
+    :class:`Event` holding it can be hashed. ``dict(headers)`` gives a mutable copy.
+    """
+
+    __slots__ = ()
+
+    def __hash__(self) -> int:  # type: ignore[override]  # dict sets __hash__ = None
+        return hash(frozenset(self.items()))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Headers, (dict(self),))
+
+    def _read_only(self, *args: object, **kwargs: object) -> NoReturn:
+        raise TypeError("record headers are read-only (dict(event.headers) is a mutable copy)")
+
+    __setitem__ = __delitem__ = __ior__ = _read_only
+    clear = pop = popitem = setdefault = update = _read_only
+
+
 class Event(NamedTuple):
     """One record delivered by a subscription.
 
     A :class:`~typing.NamedTuple` (one is built per record, so it has to be cheap): its
     fields are read-only (assigning one raises ``AttributeError``), it compares and hashes by
-    value, and ``event._replace(...)`` returns a modified copy.
+    value (its ``headers`` are a read-only :class:`Headers`), and ``event._replace(...)``
+    returns a modified copy.
     """
 
     offset: int
@@ -39,8 +63,8 @@ class Event(NamedTuple):
     """Append time, milliseconds since the Unix epoch (0 when the broker did not say)."""
     key: bytes | None = None
     """The record's key, if it has one."""
-    headers: dict[str, bytes] | None = None
-    """The record's headers, if it has any."""
+    headers: Headers | None = None
+    """The record's headers, if it has any (a read-only, hashable ``dict``)."""
     gap_before: int = 0
     """How many records the broker skipped just before this one (0: none). A gap means the
     subscription lagged out of the retained range or was trimmed; see ``Subscription.missed``."""

@@ -108,3 +108,22 @@ def test_broker_flags_are_checked(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["broker", "--runtime", "asyncio", "--backend", "trio"]) == 2
     assert "--runtime anyio" in capsys.readouterr().err
     assert cli.main(["broker", "--runtime", "uvloop"]) == 2
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (("--ttl", "inf"), "INVALID_ARGUMENT: ttl must be a finite number"),
+        (("--ttl", "nan"), "INVALID_ARGUMENT: ttl must be a finite number"),
+        (("--ttl", "-1"), "INVALID_ARGUMENT: ttl must be a finite number"),
+        (("--if-absent", "--if-version", "3"), "INVALID_ARGUMENT: --if-absent and --if-version"),
+    ],
+)
+def test_cache_put_refuses_bad_conditions_and_ttls_in_one_line(
+    args: tuple[str, ...], needle: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Port 1 has no broker: these fail before connecting.
+    code = cli.main(["--server", "quic://127.0.0.1:1", "cache", "put", "c", "k", "v", *args])
+    err = capsys.readouterr().err
+    assert code == cli.EXIT_ERROR
+    assert err.count("\n") == 1 and err.startswith("felix: error: ") and needle in err

@@ -10,9 +10,10 @@ import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
-from brokers import Broker, child_env
+from brokers import Broker, FreshBroker, child_env
 
 _names = itertools.count()
 TIMEOUT = 20
@@ -109,3 +110,46 @@ def test_untrusted_certificate_says_what_to_do(broker: Broker) -> None:
     )
     assert result.returncode == 1
     assert result.stderr.count("\n") == 1 and "--ca" in result.stderr
+
+
+def test_admin_list_prints_the_names_of_tenants_and_namespaces(broker: Broker) -> None:
+    tenant, namespace, stream = name("t"), name("n"), name("s")
+    assert run(broker, "admin", "create", "tenant", tenant).returncode == 0
+    assert (
+        run(broker, "--tenant", tenant, "admin", "create", "namespace", namespace).returncode == 0
+    )
+    assert run(broker, "--tenant", tenant, "--namespace", namespace, "admin", "create",
+               "stream", stream).returncode == 0  # fmt: skip
+    tenants = run(broker, "admin", "list", "tenant")
+    assert tenants.returncode == 0 and tenant in tenants.stdout.splitlines()
+    assert "" not in tenants.stdout.splitlines()
+    namespaces = run(broker, "--tenant", tenant, "admin", "list", "namespace")
+    assert namespaces.stdout.splitlines() == [namespace]
+    streams = run(broker, "--tenant", tenant, "--namespace", namespace, "admin", "list", "stream")
+    assert streams.stdout.splitlines() == [stream]
+    empty = run(broker, "--tenant", tenant, "--namespace", namespace, "admin", "list", "queue")
+    assert empty.stdout == "(none)\n"
+
+
+def test_sub_says_in_one_line_that_a_restarted_broker_lost_the_stream(
+    fresh_broker: FreshBroker, tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "restart"  # both brokers: the same certificate
+    first = fresh_broker("--shutdown-grace-s", "0.2", "--shutdown-drain-s", "1", data_dir=data_dir)
+    assert run(first, "admin", "create", "stream", "st").returncode == 0
+    assert run(first, "pub", "st", "one").returncode == 0
+    cmd = [*felix_command(), "--server", first.url, "--ca", first.ca_file, "sub", "st",
+           "--from", "earliest"]  # fmt: skip
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          env=child_env()) as sub:  # fmt: skip
+        try:
+            assert sub.stdout is not None and sub.stdout.readline() == "one\n"
+            assert first.terminate() == 0
+            fresh_broker(data_dir=data_dir, port=first.port)  # in memory: "st" is gone
+            out, err = sub.communicate(timeout=TIMEOUT)
+        finally:
+            if sub.poll() is None:
+                sub.kill()
+    assert sub.returncode == 1 and out == ""
+    assert err.count("\n") == 1 and err.startswith("felix: error: NOT_FOUND: stream 'st'")
+    assert "no longer exists" in err

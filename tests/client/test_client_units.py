@@ -3,7 +3,9 @@ in-flight bound and the subscription's credit, gaps and resume (against fakes)."
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import copy
+import pickle
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -12,9 +14,10 @@ import pytest
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from felix_client import errors
+from felix_client._local import check_headers, delay_ms, ttl_ms
 from felix_client._streams import Publisher, Record, Subscription
 from felix_client._url import DEFAULT_PORT, parse_url
-from felix_client.types import Event, PublishResult, Start
+from felix_client.types import Event, Headers, PublishResult, Start
 from felix_proto import events as ev
 from felix_proto.errors import RETRYABLE, ErrorCode
 from felix_proto.messages import AckMode, EventBatch, StartKind
@@ -215,6 +218,9 @@ class FakeFeedBackend:
 
     def __init__(self, reconnect: bool = False) -> None:
         self._reconnect = reconnect
+        self.identity: tuple[int, int] | None = (1, 1000)
+        """What ``log_identity`` answers; None: the stream is gone (NotFound)."""
+        self.identity_reads = 0
         self.opened: list[Start] = []
         self.credits: list[tuple[int, int, int]] = []
         self.closed: list[int] = []
@@ -244,6 +250,12 @@ class FakeFeedBackend:
 
     async def settle(self, *args: object) -> None:
         raise AssertionError("not used")
+
+    async def log_identity(self, spec: dict[str, Any]) -> tuple[int, int] | None:
+        self.identity_reads += 1
+        if self.identity is None:
+            raise errors.NotFound("stream s not found")
+        return self.identity
 
 
 def _spec(credit: int = 4) -> dict[str, Any]:
@@ -304,6 +316,66 @@ async def test_subscription_events_carry_every_field_and_are_immutable() -> None
         with pytest.raises(AttributeError):
             setattr(first, name, 1)
     assert first._replace(gap_before=0).gap_before == 0 and first.gap_before == 2
+    with_headers = got[1]
+    assert hash(with_headers) == hash(Event(8, b"b", 1501, headers=Headers({"h": b"v"})))
+    assert len(set(got)) == 3 and {with_headers: 1}[with_headers._replace()] == 1
+
+
+def test_headers_read_like_a_dict_and_cannot_change() -> None:
+    headers = Headers({"a": b"1", "b": b"2"})
+    assert headers == {"a": b"1", "b": b"2"} and isinstance(headers, dict)
+    assert headers["a"] == b"1" and dict(headers) == {"a": b"1", "b": b"2"}
+    assert hash(headers) == hash(Headers({"b": b"2", "a": b"1"}))
+    assert pickle.loads(pickle.dumps(headers)) == headers
+    assert copy.copy(headers) == headers and copy.deepcopy(headers) == headers
+    changes: list[Callable[[], object]] = [
+        lambda: headers.__setitem__("c", b"3"), lambda: headers.__delitem__("a"),
+        headers.clear, lambda: headers.pop("a"), headers.popitem,
+        lambda: headers.setdefault("c", b"3"), lambda: headers.update(c=b"3"),
+    ]  # fmt: skip
+    for change in changes:
+        with pytest.raises(TypeError):
+            change()
+    assert headers == {"a": b"1", "b": b"2"}
+
+
+def test_the_documented_error_classes_are_exported() -> None:
+    import felix_client
+
+    for name in ("BadFrameError", "UnsupportedVersionError", "UnknownMessage",
+                 "UnexpectedMessage", "InternalError", "ErrorCode", "Headers"):  # fmt: skip
+        assert name in felix_client.__all__ and hasattr(felix_client, name)
+    for cls in set(errors.__all__) - {"error_class", "error_from_code"}:
+        assert getattr(felix_client, cls) is getattr(errors, cls)
+
+
+# ----------------------------------------------------------------- local arguments
+
+
+@pytest.mark.parametrize(
+    ("seconds", "wire"),
+    [(None, None), (0, 0), (0.0, 0), (0.0004, 1), (1e-9, 1), (0.0015, 2), (0.3, 300),
+     (60, 60_000)],
+)  # fmt: skip
+def test_a_positive_ttl_is_at_least_one_millisecond(seconds: float | None, wire: int) -> None:
+    assert ttl_ms(seconds) == wire
+
+
+@pytest.mark.parametrize("bad", [-1, -0.0001, float("inf"), float("-inf"), float("nan"),
+                                 2.0**64, "60", True])  # fmt: skip
+def test_a_bad_ttl_or_delay_is_invalid_argument(bad: Any) -> None:
+    with pytest.raises(errors.InvalidArgument):
+        ttl_ms(bad)
+    with pytest.raises(errors.InvalidArgument):
+        delay_ms(bad)
+
+
+@pytest.mark.parametrize("bad", [{"h": "text"}, {"h": 1}, {1: b"v"}, [("h", b"v")]])
+def test_header_types_are_checked(bad: Any) -> None:
+    with pytest.raises(errors.InvalidArgument):
+        check_headers(bad)
+    check_headers({"h": b"v"})
+    check_headers(None)
 
 
 @pytest.mark.anyio
@@ -340,6 +412,39 @@ async def test_subscription_resumes_from_last_offset_when_reconnecting() -> None
         assert event.offset == 3
         assert backend.opened[1] == Start.offset(3)
         assert sub.resumes == 1
+        assert backend.identity_reads == 2  # at the start, and before resuming
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("identity", "needle"), [(None, "no longer exists"),
+                                                  ((2, 5000), "re-created")])  # fmt: skip
+async def test_subscription_does_not_resume_into_another_log(
+    identity: tuple[int, int] | None, needle: str
+) -> None:
+    backend = FakeFeedBackend(reconnect=True)
+    async with Subscription(backend, _spec(credit=100), Start.earliest()) as sub:
+        assert sub.log_identity == (1, 1000)
+        await backend.inboxes[0].send(_batch(1, 0, 2))
+        assert [(await anext(sub)).offset for _ in range(2)] == [0, 1]
+        backend.identity = identity  # the broker restarted (and the stream was re-created)
+        await backend.inboxes[0].aclose()
+        with anyio.fail_after(2), pytest.raises(errors.NotFound, match=needle):
+            await anext(sub)
+        assert len(backend.opened) == 1 and sub.resumes == 0
+        with pytest.raises(StopAsyncIteration):
+            await anext(sub)
+
+
+@pytest.mark.anyio
+async def test_subscription_whose_identity_cannot_be_read_leaves_nothing_behind() -> None:
+    backend = FakeFeedBackend(reconnect=True)
+    backend.identity = None  # deleted between Subscribe and describe
+    sub = Subscription(backend, _spec(), Start.earliest())
+    with pytest.raises(errors.NotFound):
+        await sub.open()
+    assert backend.closed == [1]
+    with pytest.raises(StopAsyncIteration):
+        await anext(sub)
 
 
 @pytest.mark.anyio
