@@ -138,6 +138,20 @@ def test_wheel_declares_the_trio_extra_the_readme_tells_users_to_install(dist: D
     assert 'backend="trio"' in readme
 
 
+def test_wheel_registers_the_console_scripts_and_the_pytest_plugin(dist: Dist) -> None:
+    text = zipfile.ZipFile(dist.wheel).read(
+        f"felix-{_project_version()}.dist-info/entry_points.txt"
+    )
+    lines = [line.replace(" ", "") for line in text.decode().splitlines()]
+    for line in (
+        "felix=felix_client.cli:main",
+        "felix-broker=felix_client.cli:broker_main",
+        "[pytest11]",
+        "felix=felix_client.pytest_plugin",
+    ):
+        assert line in lines, line
+
+
 def test_installed_copy_is_the_one_imported_and_knows_its_version(dist: Dist) -> None:
     code = (
         "import json, felix_client, "
