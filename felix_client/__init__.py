@@ -10,7 +10,13 @@ An anyio-based async client (works in asyncio and trio programs)::
 a blocking facade for scripts and the REPL (:mod:`felix_client.sync`), and the ``felix``
 CLI (:mod:`felix_client.cli`). Errors are typed, one class per error code
 (:mod:`felix_client.errors`).
+
+``felix_client.__version__`` is the installed distribution's version: ``version`` in
+``pyproject.toml`` is the only place it is written.
 """
+
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _distribution_version
 
 from ._streams import Consumer, Publisher, QueueMessage, Subscription
 from ._url import DEFAULT_URL
@@ -38,6 +44,11 @@ from .errors import (
     UnsupportedVersionError,
 )
 from .types import AckMode, CacheEntry, Event, Headers, PublishResult, Start
+
+try:
+    __version__ = _distribution_version("felix")
+except PackageNotFoundError:  # a source tree on sys.path that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "DEFAULT_URL",
