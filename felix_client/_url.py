@@ -2,17 +2,34 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "DEFAULT_URL", "BrokerAddress", "parse_url"]
+__all__ = [
+    "DEFAULT_HOST",
+    "DEFAULT_PORT",
+    "DEFAULT_URL",
+    "SERVER_ENV",
+    "BrokerAddress",
+    "default_url",
+    "parse_url",
+]
 
 DEFAULT_HOST = "127.0.0.1"
 """Where ``make run`` listens."""
 DEFAULT_PORT = 7447
 """The broker's default QUIC port (kept in step with ``felix_runtime_asyncio``)."""
 DEFAULT_URL = f"quic://{DEFAULT_HOST}:{DEFAULT_PORT}"
-"""The URL the client and the CLI use when none is given."""
+"""The URL the client and the CLI use when none is given and ``FELIX_SERVER`` is not set."""
+SERVER_ENV = "FELIX_SERVER"
+"""The environment variable naming the broker when no URL is given."""
+
+
+def default_url() -> str:
+    """The broker URL to use when the caller gives none: ``$FELIX_SERVER``, else
+    :data:`DEFAULT_URL` (the same rule for the client, the blocking client and the CLI)."""
+    return os.environ.get(SERVER_ENV) or DEFAULT_URL
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,7 +32,7 @@ from typing import Any
 import anyio
 
 from ._cli_commands import COMMANDS, parse_start
-from ._url import DEFAULT_URL, parse_url
+from ._url import DEFAULT_URL, SERVER_ENV, parse_url
 from .errors import FelixError
 
 __all__ = ["broker_main", "build_parser", "main", "parse_start"]
@@ -246,7 +246,7 @@ def _finish(args: argparse.Namespace, env: dict[str, str]) -> argparse.Namespace
     for name, default in _COMMON_DEFAULTS.items():
         if not hasattr(args, name):
             setattr(args, name, default)
-    args.server = args.server or env.get("FELIX_SERVER") or DEFAULT_URL
+    args.server = args.server or env.get(SERVER_ENV) or DEFAULT_URL
     args.ca = args.ca or env.get("FELIX_CA") or None
     args.token = args.token or env.get("FELIX_TOKEN") or None
     parse_url(args.server)  # ValueError -> usage error
@@ -319,13 +319,29 @@ def broker_main(argv: Sequence[str] | None = None) -> int:
     argument is passed on to the runtime.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    pre = argparse.ArgumentParser(prog="felix broker", add_help=False)
-    pre.add_argument("--runtime", choices=("asyncio", "anyio"), default="asyncio")
-    pre.add_argument("--backend", choices=("asyncio", "trio"), default="asyncio")
+    pre = argparse.ArgumentParser(
+        prog="felix broker",
+        add_help=False,
+        description="Runtime selection (the options below it are the runtime's own):",
+    )
+    pre.add_argument(
+        "--runtime",
+        choices=("asyncio", "anyio"),
+        default="asyncio",
+        help="the event-loop adapter (default asyncio)",
+    )
+    pre.add_argument(
+        "--backend",
+        choices=("asyncio", "trio"),
+        default="asyncio",
+        help="with --runtime anyio: the loop anyio runs on (default asyncio)",
+    )
     try:
         known, rest = pre.parse_known_args(argv)
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    if "-h" in rest or "--help" in rest:
+        print(pre.format_help())
     if known.runtime == "asyncio":
         if known.backend != "asyncio":
             print(f"{PROG}: error: --backend {known.backend} needs --runtime anyio",

@@ -39,7 +39,7 @@ from ._local import check_headers, delay_ms
 from ._resources import Admin, Cache
 from ._streams import Consumer, Publisher, Record, Subscription
 from ._transport import TransportOptions
-from ._url import DEFAULT_URL, BrokerAddress, parse_url
+from ._url import BrokerAddress, default_url, parse_url
 from .errors import ConnectionLost, FelixError, Forbidden, NotFound
 from .types import PublishResult, Start, StartLike
 
@@ -50,7 +50,8 @@ class Client:
     """A connection (or a small pool of them) to one Felix broker.
 
     Args:
-        url: ``quic://host:port`` (``DEFAULT_URL`` when omitted).
+        url: ``quic://host:port``; when omitted, ``$FELIX_SERVER`` or ``DEFAULT_URL``
+            (``quic://127.0.0.1:7447``).
         ca_file: PEM file of certificates to trust (the broker prints the path of its
             self-signed certificate at start).
         insecure: skip certificate verification (development only).
@@ -76,7 +77,7 @@ class Client:
 
     def __init__(
         self,
-        url: str = DEFAULT_URL,
+        url: str | None = None,
         *,
         ca_file: str | None = None,
         insecure: bool = False,
@@ -99,7 +100,7 @@ class Client:
             raise ValueError("timeout and idle_timeout must be positive")
         if keepalive is not None and keepalive < 0:
             raise ValueError("keepalive must be positive (or None: no keep-alive)")
-        self.address: BrokerAddress = parse_url(url)
+        self.address: BrokerAddress = parse_url(url or default_url())
         self.tenant = tenant
         self.namespace = namespace
         self.timeout = timeout
@@ -573,7 +574,7 @@ class Client:
         return None
 
 
-def connect(url: str = DEFAULT_URL, **kwargs: Any) -> Client:
+def connect(url: str | None = None, **kwargs: Any) -> Client:
     """Make a :class:`Client`; use it as ``async with connect(url, ...) as client:``.
 
     Keyword arguments are those of :class:`Client`.

@@ -26,7 +26,6 @@ import anyio
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from ._streams import QueueMessage
-from ._url import DEFAULT_URL
 from .client import Cache, Client
 from .types import CacheEntry, Event, PublishResult, StartLike
 
@@ -40,7 +39,7 @@ class BlockingClient:
     Use it as a context manager, or call :meth:`close` when done.
     """
 
-    def __init__(self, url: str = DEFAULT_URL, *, backend: str = "asyncio", **kwargs: Any):
+    def __init__(self, url: str | None = None, *, backend: str = "asyncio", **kwargs: Any):
         self._client = Client(url, **kwargs)
         self._portal_cm: AbstractContextManager[BlockingPortal] = start_blocking_portal(backend)
         self._portal = self._portal_cm.__enter__()

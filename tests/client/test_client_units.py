@@ -454,3 +454,14 @@ async def test_subscription_without_reconnect_raises_connection_lost() -> None:
         await backend.inboxes[0].aclose()
         with pytest.raises(errors.ConnectionLost):
             await anext(sub)
+
+
+def test_the_broker_url_defaults_to_felix_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Like the CLI: no URL given -> $FELIX_SERVER, else quic://127.0.0.1:7447."""
+    from felix_client import Client
+
+    monkeypatch.delenv("FELIX_SERVER", raising=False)
+    assert Client().address.url == "quic://127.0.0.1:7447"
+    monkeypatch.setenv("FELIX_SERVER", "quic://[::1]:9001")
+    assert Client().address.url == "quic://[::1]:9001"
+    assert Client("quic://127.0.0.1:7000").address.url == "quic://127.0.0.1:7000"
