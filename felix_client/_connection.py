@@ -234,11 +234,11 @@ class Connection:
 
     def start(self, call: Callable[[ClientConnection, float], int]) -> int:
         """Queue a request and register its waiter; :meth:`wait` for it after a flush."""
-        self._check_open()
+        self.check_open()
         try:
             rid = call(self.machine, self._clock())
         except LocalProtocolError as exc:
-            self._check_open()
+            self.check_open()
             raise local_error(exc) from None
         self._waiters[rid] = _Waiter(self._new_event())
         return rid
@@ -259,11 +259,11 @@ class Connection:
 
     async def send(self, call: Callable[[ClientConnection, float], object]) -> None:
         """Queue a message that expects no reply (credit, ack without id) and flush."""
-        self._check_open()
+        self.check_open()
         try:
             call(self.machine, self._clock())
         except LocalProtocolError as exc:
-            self._check_open()
+            self.check_open()
             raise local_error(exc) from None
         await self.transport.flush()
 
@@ -302,7 +302,9 @@ class Connection:
             send.close()
         self._early.pop((kind, ident), None)
 
-    def _check_open(self) -> None:
+    def check_open(self) -> None:
+        """Raise the error a request on this connection gets: :class:`ShuttingDown` after
+        ``GoAway``, the closing error once closed; nothing while it is open."""
         if self.closed_error is not None:
             raise type(self.closed_error)(
                 self.closed_error.message, details=self.closed_error.details

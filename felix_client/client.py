@@ -190,8 +190,8 @@ class Client:
             if conn is not None and conn.is_open:
                 return conn
             if conn is not None and not self._reconnect:
-                assert conn.closed_error is not None or conn.goaway is not None
-                raise conn.closed_error or ConnectionLost("broker is going away")
+                conn.check_open()  # raises: ShuttingDown after GoAway, else the close error
+                raise AssertionError("a connection that is not open raises")
             if conn is not None:
                 await conn.aclose()
             self._conns[i] = conn = await self._open_with_retry()
