@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import tomllib
 import types
 import typing
@@ -474,6 +475,7 @@ def load_config(
     namespace = build_parser(prog).parse_args(list(argv))
     path = getattr(namespace, "config", None) or env.get("FELIX_CONFIG")
     values: dict[str, Any] = {}
+    sources: dict[str, str] = {}  # key -> where its value came from
     if path:
         try:
             data = tomllib.loads(read_file(path).decode("utf-8"))
@@ -481,10 +483,50 @@ def load_config(
             raise ConfigError(f"config file {path}: {exc.strerror or exc}") from None
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"config file {path}: {exc}") from None
-        values.update(_from_toml(data, f"config file {path}"))
-    values.update(_from_env(env))
-    values.update(_from_flags(namespace))
-    return _assemble(values), namespace
+        layer = _from_toml(data, f"config file {path}")
+        values.update(layer)
+        sources.update(dict.fromkeys(layer, f"config file {path}"))
+    layer = _from_env(env)
+    values.update(layer)
+    sources.update({key: f"environment {_env_name(key)}" for key in layer})
+    layer = _from_flags(namespace)
+    values.update(layer)
+    set_values = getattr(namespace, "set_values", None) or []
+    set_keys = {item.partition("=")[0].strip() for item in set_values}
+    sources.update(
+        {key: f"--set {key}" if key in set_keys else f"flag {_flag_name(key)}" for key in layer}
+    )
+    try:
+        return _assemble(values), namespace
+    except ConfigError as exc:
+        raise ConfigError(_with_sources(str(exc), sources)) from None
+
+
+def _with_sources(message: str, sources: Mapping[str, str]) -> str:
+    """Append where each setting a validation message names came from.
+
+    Validation sees only the merged values, so its messages name settings but not their
+    layer: ``listen: expected HOST:PORT, got 'nohost'`` becomes ``... (listen from flag
+    --listen)``; a cross-field message names each field (``... (shutdown_grace_s from
+    environment FELIX_SHUTDOWN_GRACE_S; shutdown_drain_s: default)``).
+    """
+    text = message.replace("BrokerConfig.", "broker.")  # the engine's own messages
+    named = [key for key in _KEYS if _mentions(text, key)]
+    if not named:
+        return message
+    where = "; ".join(
+        f"{key} from {sources[key]}" if key in sources else f"{key}: default" for key in named
+    )
+    return f"{message} ({where})"
+
+
+def _mentions(text: str, key: str) -> bool:
+    """Whether ``text`` names ``key``, dotted or (when unambiguous) by its bare name."""
+    if re.search(rf"(?<![\w.]){re.escape(key)}\b", text):
+        return True
+    name = _KEYS[key].name
+    unique = sum(spec.name == name for spec in _KEYS.values()) == 1
+    return unique and re.search(rf"(?<![\w.]){re.escape(name)}\b", text) is not None
 
 
 def config_to_toml(config: ServerConfig) -> str:

@@ -123,3 +123,40 @@ def test_auth_tokens_from_env_or_flag() -> None:
     assert load([]).accepted_tokens is None  # authentication off by default
     assert load([], env={"FELIX_AUTH_TOKENS": " a, b ,,"}).accepted_tokens == {"a", "b"}
     assert load(["--auth-tokens", "c"], env={"FELIX_AUTH_TOKENS": "a"}).accepted_tokens == {"c"}
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "contents", "expected"),
+    [
+        (["--listen", "nohost"], {}, {}, "(listen from flag --listen)"),
+        ([], {"FELIX_METRICS": "x"}, {}, "(metrics from environment FELIX_METRICS)"),
+        (
+            ["--config", "f.toml"],
+            {},
+            {"f.toml": b"shutdown_grace_s = 30.0\n"},
+            "(shutdown_grace_s from config file f.toml; shutdown_drain_s: default)",
+        ),
+        (
+            ["--set", "transport.connection_buffer_cap=1MiB"],
+            {},
+            {},
+            "(transport.connection_buffer_limit: default; "
+            "transport.connection_buffer_cap from --set transport.connection_buffer_cap)",
+        ),
+        (
+            ["--broker-stream-retention-max-bytes", "4GiB"],
+            {},
+            {},
+            "(broker.stream_retention_max_bytes from flag --broker-stream-retention-max-bytes; "
+            "broker.stream_max_retention_bytes: default)",
+        ),
+    ],
+)
+def test_validation_errors_say_where_each_setting_came_from(
+    argv: list[str], env: dict[str, str], contents: dict[str, bytes], expected: str
+) -> None:
+    """docs/broker.md: a bad setting stops the broker with one line naming the setting and
+    where it came from, also for address and cross-field checks (issue 16 item 12)."""
+    with pytest.raises(ConfigError) as info:
+        load(argv, env, **contents)
+    assert str(info.value).endswith(expected)
