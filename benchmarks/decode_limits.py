@@ -17,7 +17,7 @@ Hostile cases (docs/wire-protocol.md §3, "Decoding limits"):
 * ``at_value_limit``: empty maps up to the value limit (the most a frame may expand to).
 
 Legitimate cases: ``batch_8192_headers`` (a ``PublishBatch`` of 8,192 records, each with a key
-and 14 headers: the largest batch of that shape the value limit admits) and
+and 30 headers: the largest batch of that shape the value limit admits) and
 ``publish_16mib`` (one payload filling a 16 MiB frame).
 
 Usage: ``python benchmarks/decode_limits.py [--json] [--only NAME ...]``.
@@ -96,7 +96,7 @@ def _at_value_limit() -> bytes:
 
 def _batch_8192_headers() -> bytes:
     n = 8192
-    headers = {f"h{i}": b"v" for i in range(14)}
+    headers = {f"h{i}": b"v" for i in range(30)}
     batch = m.PublishBatch(
         request_id=7,
         tenant="default",

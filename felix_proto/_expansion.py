@@ -79,6 +79,18 @@ def _scalar_sizes() -> list[int]:
 
 
 _SCALAR = _scalar_sizes()
+_SHORT = [0] * 256
+"""For bin 8, str 8 and ext 8: the bytes before the body, which a 1-byte length follows."""
+_SHORT[0xC4] = _SHORT[0xD9] = 2
+_SHORT[0xC7] = 3
+_LONG = {
+    0xC5: (0, 3),  # bin 16: (32-bit length?, bytes before the body)
+    0xC6: (1, 5),  # bin 32
+    0xDA: (0, 3),  # str 16
+    0xDB: (1, 5),  # str 32
+    0xC8: (0, 4),  # ext 16: length, type byte
+    0xC9: (1, 6),  # ext 32
+}
 
 
 def check_values(payload: bytes, limit: int = MAX_VALUES) -> None:
@@ -166,10 +178,12 @@ def _walk(
     """
     end = len(data)
     scalar = _SCALAR
+    short = _SHORT
     # Values yet to be declared take a byte each beyond the first bytes of the pending
     # ones (these ``todo`` and ``after``), so the total is at most declared + (end - pos)
     # - todo - after. Once that fits the budget, i.e. pos + todo >= goal, nothing left
-    # can exceed it.
+    # can exceed it. Since declared <= limit, goal <= end - after: past that check at
+    # least two bytes remain, so data[pos + 1] exists.
     goal = declared + end - after - limit
     while todo:
         if pos + todo >= goal:
@@ -180,28 +194,18 @@ def _walk(
         if size:
             pos += size
             continue
+        size = short[b]
+        if size:  # bin 8, str 8, ext 8 (a position past the end ends the walk above)
+            pos += size + data[pos + 1]
+            continue
         if b <= 0x9F:  # fixmap 0x80..0x8f, fixarray 0x90..0x9f
             count = (b & 0x0F) * 2 if b <= 0x8F else b & 0x0F
             pos += 1
-        elif b <= 0xC6 and b >= 0xC4:  # bin 8, 16, 32
-            if b == 0xC4:
-                pos += 2 + data[pos + 1] if pos + 1 < end else end + 1
-            elif b == 0xC5:
-                pos += 3 + _U16(data, pos + 1)[0] if pos + 3 <= end else end + 1
-            else:
-                pos += 5 + _U32(data, pos + 1)[0] if pos + 5 <= end else end + 1
-            if pos > end:
+        elif b in _LONG:  # bin, str, ext 16 and 32: a 2- or 4-byte length, then the body
+            wide, before = _LONG[b]
+            if pos + before > end:
                 return None
-            continue
-        elif b >= 0xD9 and b <= 0xDB:  # str 8, 16, 32
-            if b == 0xD9:
-                pos += 2 + data[pos + 1] if pos + 1 < end else end + 1
-            elif b == 0xDA:
-                pos += 3 + _U16(data, pos + 1)[0] if pos + 3 <= end else end + 1
-            else:
-                pos += 5 + _U32(data, pos + 1)[0] if pos + 5 <= end else end + 1
-            if pos > end:
-                return None
+            pos += before + (_U32(data, pos + 1)[0] if wide else _U16(data, pos + 1)[0])
             continue
         elif b >= 0xDC:  # array 16, 32, map 16, 32
             wide = b & 1
@@ -211,16 +215,6 @@ def _walk(
             if b >= 0xDE:
                 count *= 2
             pos += 5 if wide else 3
-        elif b >= 0xC7 and b <= 0xC9:  # ext 8, 16, 32: length, type byte, data
-            if b == 0xC7:
-                pos += 3 + data[pos + 1] if pos + 1 < end else end + 1
-            elif b == 0xC8:
-                pos += 4 + _U16(data, pos + 1)[0] if pos + 3 <= end else end + 1
-            else:
-                pos += 6 + _U32(data, pos + 1)[0] if pos + 5 <= end else end + 1
-            if pos > end:
-                return None
-            continue
         else:  # 0xc1, never used: malformed, msgpack will say so
             return None
         declared += count
