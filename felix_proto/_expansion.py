@@ -19,8 +19,9 @@ length), so it costs at most one small step per value within the budget.
 
 Most payloads are never walked: every value takes at least one byte, so a payload of at
 most ``MAX_VALUES`` bytes cannot break the rule, and the walk stops as soon as the values
-declared so far plus one per byte still unread fit the budget (a 16 MiB batch of 2 KiB
-records is walked for its first few thousand values only).
+declared so far plus one per byte still unread fit the budget: a 16 MiB frame of one
+payload takes a few steps, a 16 MiB batch of 8,192 records of 2 KiB about 8,000 (~1 ms),
+and no frame more than ``MAX_VALUES`` (~45 ms in CPython 3.11), refused or not.
 
 The walk does not validate: a malformed document ends it quietly (msgpack then reports
 the error, having built at most what the walk had counted), and nesting depth is left to

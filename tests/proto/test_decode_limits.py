@@ -178,6 +178,15 @@ def test_any_depth_in_lists_of_maps_counts_each_map_as_the_first_level() -> None
     assert info.value.details == {"field": "resources"} and info.value.request_id == 4
 
 
+def test_a_payload_nests_at_most_1024_levels() -> None:
+    """The envelope array and the fields map are levels 1 and 2; an unknown field fills up."""
+    ok = publish_with(b"\x91" * 1021 + b"\x90")  # 1,022 nested arrays: 1,024 levels
+    assert isinstance(decode(ok), m.Publish)
+    with pytest.raises(BadFrame) as info:
+        decode(publish_with(b"\x91" * 1022 + b"\x90"))
+    assert not info.value.fatal and info.value.error_code == ErrorCode.BAD_FRAME
+
+
 # ------------------------------------------------------------------ legitimate frames
 
 HEADERS_PER_RECORD = 30
