@@ -1,5 +1,11 @@
 """Settings of every resource kind: validated types and the schemas that check wire mappings.
 
+Every integer setting has a range and an out-of-range, boolean or non-integer value is
+:class:`~felix_core.errors.InvalidArgument` with ``details["field"]`` naming the setting:
+durations (``*_ms``) are at most ``MAX_DURATION_MS`` (10**12 ms, as TTLs on the wire, so
+that ``now`` plus any of them never overflows a field it is encoded in), counts and sizes at
+most ``MAX_INT`` or a tighter cap named where the setting is read.
+
 A *schema* is a function ``(path, new_settings, current_settings_or_None) -> full_settings``
 that raises :class:`~felix_core.errors.InvalidArgument`; the metadata
 :class:`~felix_core.metadata.Catalog` runs the kind's schema on create and update and stores
@@ -21,9 +27,13 @@ from felix_core.limits import BrokerConfig
 from felix_core.log import Retention
 from felix_core.names import validate_name
 from felix_core.queues import QueueConfig
+from felix_proto.messages import MAX_DURATION_MS
 
 __all__ = [
+    "MAX_BATCH_EVENTS",
+    "MAX_DURATION_MS",
     "MAX_INT",
+    "MAX_PREFETCH",
     "BatchPolicy",
     "Durability",
     "Path",
@@ -43,6 +53,14 @@ __all__ = [
 ]
 
 MAX_INT = (1 << 63) - 1
+"""Largest integer setting that is not bounded more tightly (counts and byte sizes)."""
+MAX_BATCH_EVENTS = 1 << 14
+"""Largest ``batch_max_events``: an ``EventBatch`` of that many records with timestamps,
+keys and 13 headers each holds fewer msgpack values than a frame may
+(``felix_proto.codec.MAX_VALUES``, 524,288)."""
+MAX_PREFETCH = 1 << 18
+"""Largest ``max_prefetch`` of a queue: one ``Ack`` or ``Nack`` of a whole window of
+deliveries (262,144 ids) still fits ``MAX_VALUES``."""
 
 Path = tuple[str, str, str]
 """``(tenant, namespace, name)``; unused parts are empty strings."""
@@ -215,10 +233,10 @@ class StreamSettings:
             max_bytes=required_int(
                 merged, "retention_max_bytes", lo=1, hi=config.stream_max_retention_bytes
             ),
-            max_age_ms=int_setting(merged, "retention_max_age_ms", lo=1),
+            max_age_ms=int_setting(merged, "retention_max_age_ms", lo=1, hi=MAX_DURATION_MS),
         )
         batch = BatchPolicy(
-            max_events=required_int(merged, "batch_max_events", lo=1, hi=1 << 20),
+            max_events=required_int(merged, "batch_max_events", lo=1, hi=MAX_BATCH_EVENTS),
             max_bytes=required_int(merged, "batch_max_bytes", lo=1, hi=1 << 30),
             max_delay_s=required_int(merged, "batch_max_delay_us", lo=0, hi=10**7) / 1e6,
         )
@@ -333,10 +351,12 @@ def queue_schema(config: BrokerConfig) -> SettingsSchema:
         full = {
             "max_records": int_setting(merged, "max_records", lo=1),
             "max_bytes": int_setting(merged, "max_bytes", lo=1),
-            "visibility_timeout_ms": required_int(merged, "visibility_timeout_ms", lo=1),
+            "visibility_timeout_ms": required_int(
+                merged, "visibility_timeout_ms", lo=1, hi=MAX_DURATION_MS
+            ),
             "max_attempts": int_setting(merged, "max_attempts", lo=1),
             "dead_letter_queue": merged["dead_letter_queue"],
-            "max_prefetch": required_int(merged, "max_prefetch", lo=1, hi=1 << 20),
+            "max_prefetch": required_int(merged, "max_prefetch", lo=1, hi=MAX_PREFETCH),
             "durability": choice_setting(merged, "durability", Durability),
         }
         target = full["dead_letter_queue"]
@@ -398,7 +418,7 @@ def cache_schema(config: BrokerConfig) -> SettingsSchema:
         }
         merged = {**base, **new}
         full = {
-            "default_ttl_ms": required_int(merged, "default_ttl_ms", lo=0, hi=10**12),
+            "default_ttl_ms": required_int(merged, "default_ttl_ms", lo=0, hi=MAX_DURATION_MS),
             "max_entries": int_setting(merged, "max_entries", lo=1),
             "max_bytes": int_setting(merged, "max_bytes", lo=1),
             "max_value_bytes": required_int(

@@ -2,7 +2,14 @@
 generated fast encoders and decoders. Private to :mod:`felix_proto.codec`.
 
 Everything here is built once, at import, from the dataclass declarations in
-:mod:`felix_proto.messages` plus :data:`ENUM_FIELDS` and :data:`U16_FIELDS`.
+:mod:`felix_proto.messages` plus :data:`ENUM_FIELDS`, :data:`U16_FIELDS` and
+:data:`INT_MAXIMA`.
+
+Two kinds of field error exist. A value that is not of the field's wire type (a str for an
+int, a negative or bool for a uint, an int above 65535 for a uint16, an enum value not
+listed) is ``BadFrame``; a uint of the right type above the field's semantic maximum
+(:data:`INT_MAXIMA`, e.g. a TTL above ``MAX_DURATION_MS``) is ``InvalidField``
+(``INVALID_ARGUMENT``). Both are non-fatal, name the field and carry ``details["field"]``.
 
 Two decoders exist per class:
 
@@ -23,12 +30,14 @@ from enum import Enum
 from typing import Any
 
 from . import messages as m
-from .errors import BadFrame
+from .errors import BadFrame, InvalidField, RemoteProtocolError
 
 __all__ = [
     "DECODERS",
     "ENUM_FIELDS",
     "GENERIC_DECODERS",
+    "INT_MAXIMA",
+    "MAX_ANY_DEPTH",
     "TO_FIELDS",
     "U16_FIELDS",
     "U64_MAX",
@@ -67,6 +76,21 @@ U16_FIELDS: frozenset[tuple[type[m.Message], str]] = frozenset(
 )
 """Integer fields (or lists of integers) limited to 0..65535 instead of 0..2**64-1."""
 
+INT_MAXIMA: dict[tuple[type[m.Message], str], int] = {
+    (m.Hello, "max_frame_size"): m.MAX_FRAME_SIZE_FIELD,
+    (m.GoAway, "deadline_ms"): m.MAX_DURATION_MS,
+    (m.Nack, "delay_ms"): m.MAX_DURATION_MS,
+    (m.CachePut, "ttl_ms"): m.MAX_DURATION_MS,
+}
+"""uint64 fields whose value may not exceed a semantic maximum: a larger one is
+``InvalidField`` (``INVALID_ARGUMENT``) naming the field. Every other integer field takes
+its wire type's whole range (uint64, or uint16 for :data:`U16_FIELDS`)."""
+
+MAX_ANY_DEPTH = 32
+"""How deeply a value of type ``any`` (``dict[str, Any]`` fields) may nest arrays and maps,
+the field's own map counting as the first level. Deeper values are ``BadFrame``: they would
+make recursive code (``repr``, ``==``, JSON) fail on the decoded message."""
+
 _PARALLEL_LISTS: dict[type[m.Message], tuple[str, tuple[str, ...]]] = {
     m.PublishBatch: ("payloads", ("keys", "headers")),
     m.Enqueue: ("payloads", ("keys", "headers")),
@@ -80,6 +104,10 @@ _PARALLEL_LISTS: dict[type[m.Message], tuple[str, tuple[str, ...]]] = {
 
 class _Invalid(Exception):
     """A value failed its check; the text says how (the caller adds the field name)."""
+
+
+class _AboveMaximum(_Invalid):
+    """A uint of the right type above its field's semantic maximum (``InvalidField``)."""
 
 
 _Check = Callable[[Any], None]
@@ -102,6 +130,18 @@ def _uint(limit: int) -> _Check:
             raise _expected("int", v)
         if not 0 <= v <= limit:
             raise _Invalid(f"{v} out of range 0..{text}")
+
+    return check
+
+
+def _uint_max(limit: int) -> _Check:
+    """A uint64 field with a semantic maximum: above it is :class:`_AboveMaximum`."""
+    as_uint = _uint(U64_MAX)
+
+    def check(v: Any) -> None:
+        as_uint(v)
+        if v > limit:
+            raise _AboveMaximum(f"{v} is above the maximum {limit}")
 
     return check
 
@@ -183,24 +223,30 @@ def _check_limits(v: Any) -> None:
 _PLAIN_SCALARS = frozenset({type(None), bool, int, float, str, bytes})
 
 
-def _check_any(v: Any) -> None:
+def _check_any(v: Any, depth: int = 1) -> None:
     """Accept any msgpack value built from nil, bool, int, float, str, bin, array and map
-    with str keys (no ext types). Iterative: nesting is bounded by msgpack's own stack."""
-    stack = [v]
-    while stack:
-        item = stack.pop()
-        tp = type(item)
-        if tp in _PLAIN_SCALARS:
-            continue
-        if tp is list:
-            stack.extend(item)
-        elif tp is dict:
-            for key, value in item.items():
-                if type(key) is not str:
-                    raise _Invalid(f"map key {key!r}: expected str, got {tname(key)}")
-                stack.append(value)
-        else:
-            raise _Invalid(f"unsupported msgpack value of type {tname(item)}")
+    with str keys (no ext types), nesting at most :data:`MAX_ANY_DEPTH` levels of arrays
+    and maps (``v`` itself at ``depth``). Iterative, level by level."""
+    level = [v]
+    while level:
+        below: list[Any] = []
+        for item in level:
+            tp = type(item)
+            if tp in _PLAIN_SCALARS:
+                continue
+            if tp is list:
+                below.extend(item)
+            elif tp is dict:
+                for key, value in item.items():
+                    if type(key) is not str:
+                        raise _Invalid(f"map key {key!r}: expected str, got {tname(key)}")
+                    below.append(value)
+            else:
+                raise _Invalid(f"unsupported msgpack value of type {tname(item)}")
+            if depth > MAX_ANY_DEPTH:
+                raise _Invalid(f"arrays and maps nest more than {MAX_ANY_DEPTH} levels deep")
+        level = below
+        depth += 1
 
 
 def _check_any_map(v: Any) -> None:
@@ -215,7 +261,7 @@ def _check_any_map_list(v: Any) -> None:
     for i, item in enumerate(v):
         if type(item) is not dict:
             raise _Invalid(f"[{i}]: expected map, got {tname(item)}")
-    _check_any(v)
+    _check_any(v, depth=0)  # the list is not an `any` value; each map in it is
 
 
 def _check_headers_list(v: Any) -> None:
@@ -338,6 +384,11 @@ def _field_specs(cls: type[m.Message]) -> tuple[_FieldSpec, ...]:
         elif (cls, f.name) in U16_FIELDS:
             check = _U16_BY_ANNOTATION[annotation]
             fail_if = _INLINE_U16.get(annotation)
+        elif (cls, f.name) in INT_MAXIMA:
+            limit = INT_MAXIMA[(cls, f.name)]
+            assert annotation == "int", f"{cls.__name__}.{f.name}: a maximum needs an int"
+            check = _uint_max(limit)
+            fail_if = f"type(v) is not int or v < 0 or v > {limit}"
         else:
             check = _BY_ANNOTATION[annotation]  # a KeyError here is a bug in messages.py
         factory = None if f.default_factory is dataclasses.MISSING else f.default_factory
@@ -359,9 +410,13 @@ def valid_request_id(fields: Any) -> int | None:
     return None
 
 
-def _bad(cls: type[m.Message], name: str, text: str, fields: dict[str, Any]) -> BadFrame:
-    return BadFrame(
-        f"{cls.__name__}.{name}: {text}",
+def _bad(
+    cls: type[m.Message], name: str, exc: _Invalid | str, fields: dict[str, Any]
+) -> RemoteProtocolError:
+    """The error for field ``name``: ``InvalidField`` above a maximum, else ``BadFrame``."""
+    kind = InvalidField if isinstance(exc, _AboveMaximum) else BadFrame
+    return kind(
+        f"{cls.__name__}.{name}: {exc}",
         fatal=False,
         request_id=valid_request_id(fields),
         details={"field": name},
@@ -383,7 +438,7 @@ def _make_generic_decoder(cls: type[m.Message]) -> Callable[[dict[str, Any]], m.
             try:
                 check(value)
             except _Invalid as exc:
-                raise _bad(cls, name, str(exc), fields) from None
+                raise _bad(cls, name, exc, fields) from None
             kwargs[name] = value
         if parallel is not None:
             lead, others = parallel

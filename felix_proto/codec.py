@@ -10,9 +10,16 @@ numeric code (``Message.TYPE``) and ``fields`` a map from field name (str) to va
 * a missing (or nil) optional field takes its default; a missing required one is an error;
 * unknown field names are ignored (newer peers may add fields);
 * an unknown ``type`` raises :class:`~felix_proto.errors.UnknownMessageType`;
-* a value of the wrong msgpack type, an integer out of range, an unknown enum value, or
+* a value of the wrong msgpack type, an integer outside its wire type (uint64 or uint16),
+  an unknown enum value, an ``any`` value nested deeper than :data:`MAX_ANY_DEPTH`, or
   parallel lists of different lengths raise :class:`~felix_proto.errors.BadFrame` whose
-  message names the field, e.g. ``"Publish.stream: expected str, got int"``.
+  message names the field, e.g. ``"Publish.stream: expected str, got int"``;
+* a uint above its field's semantic maximum (:data:`INT_MAXIMA`, e.g. ``CachePut.ttl_ms``
+  above ``MAX_DURATION_MS``) raises :class:`~felix_proto.errors.InvalidField`
+  (``INVALID_ARGUMENT``), which names the field too;
+* a payload holding more than :data:`MAX_VALUES` msgpack values in all raises
+  :class:`~felix_proto.errors.TooManyValues` (``TOO_LARGE``) before msgpack builds anything
+  (see :mod:`felix_proto._expansion`): what one frame may expand into is bounded.
 
 Errors raised by :func:`decode` are not fatal (``fatal`` is false: the frame was intact, the
 stream goes on) and carry ``request_id`` when the fields held a valid one, so the receiver
@@ -30,7 +37,9 @@ goes to the generic decoder, which names the bad element. :func:`encode_event_ba
 ``EventBatch`` frame without a dataclass, once, for every subscriber at that position.
 
 :func:`encode` does not validate field values (that would double its cost); a message built
-with wrong types encodes to a frame the peer rejects. Use :func:`validate` to check one.
+with wrong types encodes to a frame the peer rejects. Use :func:`validate` to check one. A
+value msgpack cannot pack at all (an int above 2**64-1) makes :func:`encode` raise
+``LocalProtocolError`` naming the field, never a bare msgpack exception.
 """
 
 from __future__ import annotations
@@ -42,9 +51,12 @@ from typing import Any
 import msgpack
 
 from . import messages as m
+from ._expansion import MAX_VALUES, check_values
 from ._schema import (
     DECODERS,
     ENUM_FIELDS,
+    INT_MAXIMA,
+    MAX_ANY_DEPTH,
     TO_FIELDS,
     U16_FIELDS,
     U64_MAX,
@@ -66,6 +78,9 @@ from .frames import (
 
 __all__ = [
     "ENUM_FIELDS",
+    "INT_MAXIMA",
+    "MAX_ANY_DEPTH",
+    "MAX_VALUES",
     "U16_FIELDS",
     "U64_MAX",
     "MessageDecoder",
@@ -98,7 +113,8 @@ _UNPACK_ERRORS = (ValueError, TypeError, OverflowError, msgpack.UnpackException)
 
 
 def _unpack(payload: bytes) -> Any:
-    """The one place msgpack decodes untrusted bytes; its errors become ``BadFrame``.
+    """The one place msgpack decodes untrusted bytes; its errors become ``BadFrame``, and a
+    payload holding more than :data:`MAX_VALUES` values is refused before it is built.
 
     ``unpackb`` bounds every declared length (str, bin, array, map, ext) by ``len(payload)``
     by default, so a declared count never allocates more than the frame could hold; its
@@ -106,6 +122,8 @@ def _unpack(payload: bytes) -> Any:
     ``strict_map_key=True``). Passing them again would cost ~150 ns of argument parsing
     per message, so only ``ext_hook`` is given. (:func:`decode` inlines this call.)
     """
+    if len(payload) > MAX_VALUES:
+        check_values(payload)
     try:
         return msgpack.unpackb(payload, ext_hook=_reject_ext)
     except _UNPACK_ERRORS as exc:
@@ -190,14 +208,28 @@ def encode(msg: m.Message) -> bytes:
 
     Raises:
         LocalProtocolError: ``msg`` is not a known message, a value cannot be packed by
-            msgpack, or the payload exceeds 2**32 - 1 bytes. Field types are not checked
-            (see :func:`validate`).
+            msgpack (the message names the field when :func:`validate` finds it, e.g.
+            ``"cannot encode CacheValue: CacheValue.ttl_remaining_ms: ... out of range"``),
+            or the payload exceeds 2**32 - 1 bytes. Field values msgpack can pack are not
+            checked (see :func:`validate`).
     """
     try:
         encoder = _ENCODERS[type(msg)]
     except KeyError:
         raise LocalProtocolError(f"not a Felix message: {type(msg).__name__}") from None
-    return encoder(msg)
+    try:
+        return encoder(msg)
+    except LocalProtocolError as exc:
+        raise _encode_error(msg, exc) from None
+
+
+def _encode_error(msg: m.Message, exc: LocalProtocolError) -> LocalProtocolError:
+    """``exc`` (msgpack could not pack ``msg``), restated with the bad field if found."""
+    try:
+        validate(msg)
+    except LocalProtocolError as found:
+        return LocalProtocolError(f"cannot encode {type(msg).__name__}: {found}")
+    return exc
 
 
 def decode(payload: bytes) -> m.Message:
@@ -212,9 +244,14 @@ def decode(payload: bytes) -> m.Message:
 
     Raises:
         BadFrame: malformed msgpack, a payload that is not ``[int, map]``, or a field of the
-            wrong type or range; ``fatal`` is false, ``request_id`` set when known.
+            wrong type; ``fatal`` is false, ``request_id`` set when known.
+        InvalidField: a uint above its field's maximum (:data:`INT_MAXIMA`); not fatal.
+        TooManyValues: the payload holds more than :data:`MAX_VALUES` msgpack values;
+            not fatal, raised before any is built.
         UnknownMessageType: the type code is not one of ours; not fatal.
     """
+    if len(payload) > MAX_VALUES:  # smaller payloads cannot hold more values than that
+        check_values(payload)
     try:  # _unpack, inlined
         obj = msgpack.unpackb(payload, ext_hook=_reject_ext)
     except _UNPACK_ERRORS as exc:
@@ -251,7 +288,8 @@ def validate(msg: m.Message) -> None:
         msg: the message to check.
 
     Raises:
-        LocalProtocolError: a field value would make the peer reject the frame.
+        LocalProtocolError: a field value would make the peer reject the frame (of the
+            wrong type or range, or above its field's maximum).
     """
     try:
         to_fields = TO_FIELDS[type(msg)]
@@ -392,6 +430,8 @@ class MessageDecoder:
             BadFrame: fatal for framing errors, not fatal for a bad payload.
             UnsupportedVersion: fatal; ``version`` is the peer's (1: reference framing).
             FrameTooLarge: fatal.
+            InvalidField: not fatal.
+            TooManyValues: not fatal.
             UnknownMessageType: not fatal.
         """
         payload = self._frames.next_frame()

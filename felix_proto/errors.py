@@ -24,8 +24,10 @@ __all__ = [
     "ErrorCode",
     "FelixProtoError",
     "FrameTooLarge",
+    "InvalidField",
     "LocalProtocolError",
     "RemoteProtocolError",
+    "TooManyValues",
     "UnknownMessageType",
     "UnsupportedVersion",
 ]
@@ -141,4 +143,20 @@ class UnknownMessageType(RemoteProtocolError):
     """A well-formed frame named a message type we do not know. Not fatal."""
 
     error_code = ErrorCode.UNKNOWN_MESSAGE
+    fatal = False
+
+
+class InvalidField(RemoteProtocolError):
+    """An integer field of a well-formed message is outside the range that field accepts
+    (e.g. a TTL above ``MAX_DURATION_MS``). Not fatal; ``details["field"]`` names it."""
+
+    error_code = ErrorCode.INVALID_ARGUMENT
+    fatal = False
+
+
+class TooManyValues(RemoteProtocolError):
+    """A payload declares more msgpack values than a frame may expand into
+    (``felix_proto.codec.MAX_VALUES``). Not fatal: the frame itself was intact."""
+
+    error_code = ErrorCode.TOO_LARGE
     fatal = False

@@ -17,6 +17,8 @@ from enum import IntEnum, StrEnum
 from typing import Any, ClassVar, TypeVar, dataclass_transform
 
 __all__ = [
+    "MAX_DURATION_MS",
+    "MAX_FRAME_SIZE_FIELD",
     "MESSAGE_TYPES",
     "Ack",
     "AckMode",
@@ -67,6 +69,15 @@ __all__ = [
 ]
 
 _M = TypeVar("_M")
+
+MAX_DURATION_MS = 10**12
+"""Largest TTL, delay or deadline in milliseconds a message may carry (about 31.7 years):
+``now`` plus any such duration stays far below 2**53 ms, so no deadline computed from one
+loses precision or overflows a field it is later encoded in (``CacheValue.ttl_remaining_ms``).
+Resource settings that are durations (``default_ttl_ms``, ``visibility_timeout_ms``,
+``retention_max_age_ms``) have the same bound."""
+MAX_FRAME_SIZE_FIELD = 0xFFFF_FFFF
+"""Largest ``Hello.max_frame_size``: a frame header's payload length is a u32."""
 
 
 @dataclass_transform(frozen_default=True, kw_only_default=True, field_specifiers=(field,))
@@ -153,7 +164,8 @@ class Hello(Message):
     token: str | None = None
     """Bearer token for authentication; absent for anonymous."""
     max_frame_size: int | None = None
-    """Largest payload the client accepts; absent for the default (16 MiB)."""
+    """Largest payload the client accepts; absent for the default (16 MiB); at most
+    ``MAX_FRAME_SIZE_FIELD`` (2**32-1)."""
 
 
 @_msg
@@ -197,7 +209,8 @@ class GoAway(Message):
     reason: str
     """Human-readable reason."""
     deadline_ms: int
-    """Milliseconds from now after which the broker closes the connection."""
+    """Milliseconds from now after which the broker closes the connection (at most
+    ``MAX_DURATION_MS``)."""
     code: int = 501
     """An error code, ``SHUTTING_DOWN`` unless another applies."""
 
@@ -457,6 +470,7 @@ class Nack(Message):
     consumer_id: int
     delivery_ids: list[int]
     delay_ms: int = 0
+    """Milliseconds before redelivery; at most ``MAX_DURATION_MS``."""
     request_id: int | None = None
 
 
@@ -494,7 +508,7 @@ class CachePut(Message):
     key: str
     value: bytes
     ttl_ms: int | None = None
-    """Absent: the cache's default TTL. 0: never expires."""
+    """Absent: the cache's default TTL. 0: never expires. At most ``MAX_DURATION_MS``."""
     if_absent: bool = False
     if_version: int | None = None
     """Store only if the current version equals this (compare-and-set)."""

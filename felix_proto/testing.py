@@ -23,7 +23,7 @@ from typing import Any
 from hypothesis import strategies as st
 
 from . import messages as m
-from .codec import ENUM_FIELDS, U16_FIELDS, U64_MAX
+from .codec import ENUM_FIELDS, INT_MAXIMA, U16_FIELDS, U64_MAX
 
 __all__ = [
     "STRATEGIES",
@@ -115,6 +115,8 @@ def _field_strategy(cls: type[m.Message], f: dataclasses.Field[Any]) -> st.Searc
         inner: st.SearchStrategy[Any] = st.sampled_from([e.value for e in enum_cls])
     elif (cls, f.name) in U16_FIELDS:
         inner = _U16_BY_ANNOTATION[annotation]
+    elif (cls, f.name) in INT_MAXIMA:
+        inner = st.integers(min_value=0, max_value=INT_MAXIMA[(cls, f.name)])
     else:
         inner = _BY_ANNOTATION[annotation]
     return st.none() | inner if optional else inner

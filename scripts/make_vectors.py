@@ -435,6 +435,30 @@ def error_vectors() -> list[dict[str, Any]]:
             field="request_id",
         ),
         _error(
+            "error_ttl_above_max",
+            "CachePut.ttl_ms is 2**64-1, above MAX_DURATION_MS (10**12): INVALID_ARGUMENT",
+            _frame(
+                _packed(
+                    m.CachePut.TYPE,
+                    {
+                        "request_id": 9,
+                        "tenant": "t",
+                        "namespace": "n",
+                        "cache": "c",
+                        "key": "k",
+                        "value": b"v",
+                        "ttl_ms": (1 << 64) - 1,
+                    },
+                )
+            ),
+            "InvalidField",
+            202,
+            fatal=False,
+            request_id=9,
+            field="ttl_ms",
+            message="CachePut.ttl_ms: 18446744073709551615 is above the maximum 1000000000000",
+        ),
+        _error(
             "error_bad_enum",
             "Publish.ack is 9, not an AckMode",
             _frame(_packed(m.Publish.TYPE, {**publish, "ack": 9})),
