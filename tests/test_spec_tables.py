@@ -21,6 +21,8 @@ from felix_proto import _schema
 from felix_proto import messages as m
 
 SPEC = Path(__file__).resolve().parents[1] / "docs" / "wire-protocol.md"
+_SPELLED = {m.MAX_DURATION_MS: "≤ 10^12", m.MAX_FRAME_SIZE_FIELD: "≤ 2^32-1"}
+"""How the tables write each semantic maximum of ``_schema.INT_MAXIMA``."""
 HEADING = re.compile(r"^#### `(\w+)` — type `0x([0-9a-f]+)` \((\d+)\)$")
 
 
@@ -85,6 +87,11 @@ def test_table_matches_the_message(cls: type[m.Message]) -> None:
         enum = _schema.ENUM_FIELDS.get((cls, f.name))
         if enum is not None:
             assert f"one of {enum.__name__}" in mtype, where
+        maximum = _schema.INT_MAXIMA.get((cls, f.name))
+        if maximum is not None:
+            assert _SPELLED.get(maximum, "?") in mtype, f"{where}: maximum {maximum} not in {mtype}"
+        else:
+            assert "≤" not in mtype, f"{where}: the spec states a maximum the codec lacks"
         if (cls, f.name) in _schema.U16_FIELDS:
             assert "uint16" in mtype, where
         elif mtype.startswith(("uint", "array of uint")):
