@@ -31,7 +31,7 @@ from felix_core.queues import ConsumerEnded, QueueEngine, QueueEvent, QueueStats
 from felix_core.settings import BatchPolicy, StreamSettings, cache_config, queue_config
 from felix_core.streams import Fanout, Output, Stream, Subscription, batch_byte_size
 
-__all__ = ["BrokerCore", "EngineOutput", "ResourceTotals"]
+__all__ = ["BrokerCore", "EngineOutput", "FeedBacklog", "ResourceTotals"]
 
 EngineOutput = Output | QueueEvent
 """What :meth:`BrokerCore.drain_outputs` returns: :class:`~felix_core.streams.StreamBatch`,
@@ -59,6 +59,30 @@ class ResourceTotals:
     """Each queue's stats, or empty when there are more queues than ``detail_limit``."""
     cache_detail: dict[Path, CacheStats]
     """Each cache's stats, or empty when there are more caches than ``detail_limit``."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FeedBacklog:
+    """What one live subscription or consumer has not finished: :meth:`BrokerCore.backlog`."""
+
+    kind: str
+    """``stream``, ``cache`` (a cache's change feed) or ``queue`` (a consumer)."""
+    feed_id: int
+    """The subscription or consumer id."""
+    resource: Path
+    """The stream, cache or queue followed."""
+    undelivered: int
+    """Records not handed out yet: from a subscription's cursor (or the first retained
+    offset) to its log's end; for a consumer, its group's messages waiting for a delivery
+    or redelivery (dead letters parked for their target are not counted)."""
+    unacked: int
+    """A consumer's deliveries not yet acked or nacked (0 for a subscription)."""
+
+
+def _undelivered(fanout: Fanout, sub_id: int) -> int:
+    """Records between a subscription's cursor (or the log's start) and the log's end."""
+    log = fanout.log
+    return max(log.next_offset - max(fanout.subscriptions[sub_id].cursor, log.first_offset), 0)
 
 
 class _Connection:
@@ -572,8 +596,107 @@ class BrokerCore:
             for path in self._feeds:
                 self._pump_feed(path, now)
 
+    # -- graceful shutdown ----------------------------------------------------------
+    #
+    # A runtime drains before it stops: stop_accepting() refuses new work while every
+    # subscription and consumer goes on; backlog()/pending() say what each connection's feeds
+    # have not finished; end_feeds() ends one connection's feeds once it has caught up, and
+    # shutdown() ends whatever is left when the grace period is over.
+
+    def stop_accepting(self) -> None:
+        """Refuse new work with ``ShuttingDown`` from now on (idempotent).
+
+        Subscriptions and consumers go on: deliveries, credit, acks and nacks still work, so
+        a graceful shutdown can drain them before :meth:`end_feeds` / :meth:`shutdown`.
+        """
+        self._shutting_down = True
+
+    def backlog(self, conn_id: int) -> builtins.list[FeedBacklog]:
+        """What each live feed of a connection has not finished, one entry per feed.
+
+        Args:
+            conn_id: the connection (unknown ids have no feeds).
+
+        Returns:
+            A :class:`FeedBacklog` per subscription and consumer, in creation order.
+        """
+        conn = self._conns.get(conn_id)
+        if conn is None:
+            return []
+        paths: dict[int, tuple[str, Path]] = {}
+        if conn.subs:
+            paths = {id(f): ("stream", p) for p, f in self._streams.items()}
+            paths.update((id(f), ("cache", p)) for p, f in self._feeds.items())
+        out = []
+        for sub_id, fanout in conn.subs.items():
+            kind, path = paths.get(id(fanout), ("stream", ("", "", "")))
+            undelivered = _undelivered(fanout, sub_id)
+            out.append(
+                FeedBacklog(
+                    kind=kind, feed_id=sub_id, resource=path, undelivered=undelivered, unacked=0
+                )
+            )
+        for consumer_id, path in conn.consumers.items():
+            waiting, unacked = self._consumer_backlog(consumer_id)
+            out.append(
+                FeedBacklog(
+                    kind="queue",
+                    feed_id=consumer_id,
+                    resource=path,
+                    undelivered=waiting,
+                    unacked=unacked,
+                )
+            )
+        return out
+
+    def pending(self, conn_id: int) -> int:
+        """The sum of ``undelivered`` and ``unacked`` over :meth:`backlog`, without building
+        it (cheap enough to poll while draining). 0: the connection's feeds have caught up.
+
+        Args:
+            conn_id: the connection (unknown ids have nothing pending).
+        """
+        conn = self._conns.get(conn_id)
+        if conn is None:
+            return 0
+        total = sum(_undelivered(fanout, sub_id) for sub_id, fanout in conn.subs.items())
+        for consumer_id in conn.consumers:
+            total += sum(self._consumer_backlog(consumer_id))
+        return total
+
+    def _consumer_backlog(self, consumer_id: int) -> tuple[int, int]:
+        try:
+            return self._queues.consumer_backlog(consumer_id)
+        except NotFound:  # ended (its queue was deleted), its ConsumerEnded not drained yet
+            return 0, 0
+
+    def end_feeds(self, conn_id: int, now: float) -> None:
+        """End a connection's subscriptions and consumers with reason ``shutdown``.
+
+        Each subscription's ``SubscriptionEnded`` carries the offset it would resume at;
+        in-flight queue deliveries return to their queue. Unknown ids are ignored.
+
+        Args:
+            conn_id: the connection.
+            now: the current time.
+        """
+        conn = self._conns.get(conn_id)
+        if conn is None:
+            return
+        for sub_id, fanout in builtins.list(conn.subs.items()):
+            fanout.remove(sub_id, "shutdown", "the broker is shutting down")
+        for consumer_id, path in builtins.list(conn.consumers.items()):
+            self._queues.cancel(consumer_id, now)
+            self._queue_out.append(
+                ConsumerEnded(
+                    connection_id=conn.id, consumer_id=consumer_id, queue=path, reason="shutdown"
+                )
+            )
+        conn.consumers.clear()
+
     def shutdown(self, now: float) -> None:
-        """Stop: end every subscription and consumer with reason ``shutdown``.
+        """Stop: :meth:`stop_accepting`, then end every subscription and consumer with
+        reason ``shutdown`` (:meth:`end_feeds` for every connection).
 
         Afterwards new work is refused with ``ShuttingDown``; reads, acks and admin reads
         still work.
@@ -581,21 +704,9 @@ class BrokerCore:
         Args:
             now: the current time.
         """
-        self._shutting_down = True
-        for conn in self._conns.values():
-            for sub_id, fanout in builtins.list(conn.subs.items()):
-                fanout.remove(sub_id, "shutdown", "the broker is shutting down")
-            for consumer_id, path in builtins.list(conn.consumers.items()):
-                self._queues.cancel(consumer_id, now)
-                self._queue_out.append(
-                    ConsumerEnded(
-                        connection_id=conn.id,
-                        consumer_id=consumer_id,
-                        queue=path,
-                        reason="shutdown",
-                    )
-                )
-            conn.consumers.clear()
+        self.stop_accepting()
+        for conn_id in builtins.list(self._conns):
+            self.end_feeds(conn_id, now)
 
     def totals(self, now: float, *, detail_limit: int = 0) -> ResourceTotals:
         """Queue and cache figures for metrics, cheap enough for every scrape.

@@ -216,6 +216,24 @@ class _ConsumerOperations(_DeliveryMachinery):
         for c in consumers:
             self._dispatch(c.group, now)
 
+    def consumer_backlog(self, consumer_id: int) -> tuple[int, int]:
+        """What a consumer's group still has to hand out, and what the consumer holds.
+
+        Args:
+            consumer_id: the consumer.
+
+        Returns:
+            ``(waiting, unacked)``: the group's messages waiting for a delivery or
+            redelivery (new, ready and delayed; dead letters parked for their target are
+            not counted) and the consumer's in-flight deliveries.
+
+        Raises:
+            NotFound: no such consumer.
+        """
+        c = self._consumer(consumer_id)
+        g = c.group
+        return g.waiting() - len(g.parked), len(c.inflight)
+
     # -- internals ----------------------------------------------------------------------
 
     def _consumer(self, consumer_id: int) -> _Consumer:

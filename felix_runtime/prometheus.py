@@ -206,6 +206,25 @@ class PrometheusObserver(ServerObserver):
             "felix_connections_closed", "Connections closed, by error code", ["code"],
             registry=registry,
         )  # fmt: skip
+        self.refused = Counter(
+            "felix_connections_refused",
+            "New connections refused (Initial packets, answered or dropped), by reason",
+            ["reason"],
+            registry=registry,
+        )
+        for reason in ("max_connections", "shutting_down"):
+            self.refused.labels(reason)  # exported at 0 from the start
+        self.shutdown_undelivered_records = Counter(
+            "felix_shutdown_undelivered_records",
+            "Records feeds had not received when the shutdown grace ended, by source",
+            ["source"],
+            registry=registry,
+        )
+        self.shutdown_unacked = Counter(
+            "felix_shutdown_unacked_deliveries",
+            "Queue deliveries not settled when the shutdown grace ended",
+            registry=registry,
+        )
         self.handshakes = Counter(
             "felix_handshakes", "Felix handshakes, by result", ["result"], registry=registry
         )
@@ -275,6 +294,13 @@ class PrometheusObserver(ServerObserver):
 
     def connection_closed(self, error_code: int) -> None:
         self.connections_closed.labels(str(error_code)).inc()
+
+    def connection_refused(self, reason: str) -> None:
+        self.refused.labels(reason).inc()
+
+    def shutdown_undelivered(self, source: str, records: int, unacked: int) -> None:
+        self.shutdown_undelivered_records.labels(source).inc(records)
+        self.shutdown_unacked.inc(unacked)
 
     def handshake_completed(self, version: int) -> None:
         self.handshakes.labels("ok").inc()

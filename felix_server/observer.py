@@ -28,6 +28,10 @@ class ServerObserver:
     def connection_closed(self, error_code: int) -> None:
         """A connection is over (``error_code`` 0: clean)."""
 
+    def connection_refused(self, reason: str) -> None:
+        """A new connection was refused (``max_connections`` or ``shutting_down``); one call
+        per refused Initial packet, answered or dropped."""
+
     def handshake_completed(self, version: int) -> None:
         """A client's ``Hello`` was accepted with protocol ``version``."""
 
@@ -62,6 +66,10 @@ class ServerObserver:
 
     def subscription_ended(self, reason: str) -> None:
         """A subscription ended for ``reason`` (an ``EndReason`` value)."""
+
+    def shutdown_undelivered(self, source: str, records: int, unacked: int) -> None:
+        """The shutdown grace ended before a feed caught up: ``records`` never delivered and
+        ``unacked`` deliveries not settled (``source``: ``stream``, ``cache`` or ``queue``)."""
 
     def dead_lettered(self, reason: str) -> None:
         """A queue message was dead-lettered (``max_attempts`` or ``rejected``)."""

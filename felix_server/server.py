@@ -47,11 +47,16 @@ refused Initial is counted in ``stats.refused``, the answered ones also in
 ``stats.refusals_sent``.
 
 Graceful shutdown: :meth:`begin_shutdown` makes the server not ready, refuses new
-connections (as above), stops the engine (subscriptions and
-consumers end with reason ``shutdown``; new work is refused with ``SHUTTING_DOWN``) and sends
-``GoAway`` with a deadline to every client. Connections that are still open at the
-deadline are closed; :attr:`finished` turns true when no connection is left or the drain
-bound has passed.
+connections (as above), makes the engine refuse new work with ``SHUTTING_DOWN``
+(:meth:`~felix_core.broker_core.BrokerCore.stop_accepting`) and sends ``GoAway`` with the
+grace period as its deadline to every client. Subscriptions and consumers are then drained,
+not cut: a :class:`~felix_server.drain.Drain` keeps every connection open until its feeds
+have caught up and the client has acknowledged what was written to it, ends its feeds with
+reason ``shutdown`` and closes it; at the end of the grace period it reports what was not
+delivered and closes the rest. :attr:`finished` turns true when no connection is left, and
+``shutdown_drain_s`` bounds the whole shutdown (connections still open then are abandoned).
+Refused connections are reported to the observer (``connection_refused``) with the label
+``max_connections`` or ``shutting_down``.
 """
 
 from __future__ import annotations
@@ -77,6 +82,7 @@ from felix_core.streams import StreamBatch, StreamGap, SubscriptionEnded
 from felix_proto import ALPN
 from felix_proto.codec import encode_event_batch
 from felix_server.config import ServerConfig
+from felix_server.drain import Drain
 from felix_server.observer import ServerObserver
 from felix_server.quic import FelixQuicConnection, refusal_datagram
 from felix_server.session import Session
@@ -153,7 +159,7 @@ class FelixServer:
         self._refusals_left = MAX_REFUSALS_PER_PASS  # in this datagrams_to_send pass
         self._next_conn_id = 1
         self._shutdown_at: float | None = None
-        self._close_at: float | None = None
+        self._drain: Drain | None = None
         self._drain_until: float | None = None
         self.stats = _Stats()
 
@@ -217,18 +223,22 @@ class FelixServer:
                 self.stats.dropped_datagrams += 1
                 return
             if not self.ready:
-                self._refuse(header, addr, "broker shutting down")
+                self._refuse(header, addr, "shutting_down", "broker shutting down")
                 return
             if len(self._sessions) >= self.config.transport.max_connections:
-                self._refuse(header, addr, "broker at max_connections")
+                self._refuse(header, addr, "max_connections", "broker at max_connections")
                 return
             session = self._accept(header.destination_cid, now)
         session.datagram_received(data, addr, now)
         self._after_input(session)
 
-    def _refuse(self, header: QuicHeader, addr: NetworkAddress, reason: str) -> None:
-        """Answer a new connection with ``CONNECTION_REFUSED``, within this pass's budget."""
+    def _refuse(self, header: QuicHeader, addr: NetworkAddress, why: str, reason: str) -> None:
+        """Answer a new connection with ``CONNECTION_REFUSED``, within this pass's budget.
+
+        ``why`` is the observer's label (``max_connections`` or ``shutting_down``),
+        ``reason`` the QUIC reason phrase."""
         self.stats.refused += 1
+        self.observer.connection_refused(why)
         if self._refusals_left <= 0:
             return
         self._refusals_left -= 1
@@ -270,7 +280,8 @@ class FelixServer:
 
     def get_timer(self) -> float | None:
         """The earliest absolute deadline of anything the server holds, or None."""
-        deadlines = [self.broker.get_timer(), self._close_at, self._drain_until]
+        drain = self._drain.get_timer() if self._drain is not None else None
+        deadlines = [self.broker.get_timer(), drain, self._drain_until]
         self._refresh_deadlines()
         heap, cached = self._heap, self._deadlines
         while heap:
@@ -303,6 +314,10 @@ class FelixServer:
         deadline = self.broker.get_timer()
         if deadline is not None and deadline <= now:
             self.broker.handle_timer(now)
+        if self._drain is not None:  # before the sessions: the grace ends with a report
+            deadline = self._drain.get_timer()
+            if deadline is not None and deadline <= now:
+                self._drain.handle_timer(now)
         self._refresh_deadlines()
         heap, cached, due = self._heap, self._deadlines, {}
         while heap and heap[0][0] <= now:
@@ -313,11 +328,6 @@ class FelixServer:
         for session in due.values():
             session.handle_timer(now)
             self._after_input(session)
-        if self._close_at is not None and now >= self._close_at:
-            self._close_at = None
-            for session in list(self._sessions.values()):
-                session.close_for_shutdown(now)
-                self._after_input(session)
         if self._drain_until is not None and now >= self._drain_until:
             self._drain_until = None
             for session in list(self._sessions.values()):
@@ -330,14 +340,16 @@ class FelixServer:
             return
         self._shutdown_at = now
         grace = self.config.shutdown_grace_s
-        self._close_at = now + grace
+        grace_ms = int(grace * 1000)
         self._drain_until = now + self.config.shutdown_drain_s
-        self.broker.shutdown(now)
+        self.broker.stop_accepting()
         self.observer.log("info", "shutting down", connections=len(self._sessions), grace_s=grace)
         for session in self._sessions.values():
-            session.go_away(int(grace * 1000), now)
+            session.go_away(grace_ms, now)
             self._dirty[session.conn_id] = session
             self._touched[session.conn_id] = session
+        # The grace ends when the clients' GoAway deadline does (the same float).
+        self._drain = Drain(self, now + grace_ms / 1000, now)
 
     # ----------------------------------------------------------------------- outputs
 
@@ -351,7 +363,7 @@ class FelixServer:
         self._stateless = []
         self._refusals_left = MAX_REFUSALS_PER_PASS
         for _ in range(4):  # a resume may produce deliveries; bounded
-            self._pump_outputs()
+            self.pump_outputs()
             if not self._dirty:
                 break
             dirty = self._dirty
@@ -369,8 +381,9 @@ class FelixServer:
         self._dirty[session.conn_id] = session
         self._touched[session.conn_id] = session
 
-    def _pump_outputs(self) -> None:
-        """Hand the broker's outputs to the sessions, encoding each slice once."""
+    def pump_outputs(self) -> None:
+        """Hand the broker's outputs to the sessions, encoding each slice once (each
+        :meth:`datagrams_to_send` does; the shutdown drain also does before it closes)."""
         outputs: list[EngineOutput] = self.broker.drain_outputs()
         if not outputs:
             return

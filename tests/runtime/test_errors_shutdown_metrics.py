@@ -102,27 +102,68 @@ async def test_graceful_shutdown(start_broker: StartBroker, connect: Connect) ->
     rid = c.call(c.felix.subscribe, T, N, "s")
     sub = await c.reply(rid)
     assert isinstance(sub, fe.SubscriptionStarted)
+    # A subscriber that never returns credit keeps the broker in its grace period.
+    stalled = await connect(proc, auto_credit=None)
+    await create(stalled, "stream", "busy")
+    acked = await c.reply(c.call(c.felix.publish_batch, T, N, "busy", [b"x"] * 10))
+    assert isinstance(acked, fe.PublishAcked)
+    rid = stalled.call(
+        stalled.felix.subscribe, T, N, "busy", start=m.StartKind.EARLIEST, credit_messages=1
+    )
+    assert isinstance(await stalled.reply(rid), fe.SubscriptionStarted)
+    await stalled.until(lambda: len(payloads(stalled)) == 1)
     proc.process.terminate()  # SIGTERM
     goaway = await c.wait(fe.GoAwayReceived)
     assert goaway.code == ErrorCode.SHUTTING_DOWN and goaway.deadline_ms == 1000
-    ended = await c.wait(fe.SubscriptionEnded)
-    assert ended.reason == "shutdown"
+    ended = await c.wait(fe.SubscriptionEnded)  # caught up at once: ended, then closed
+    assert (ended.reason, ended.next_offset) == ("shutdown", 0)
+    closed = await c.wait_quic(qe.ConnectionTerminated)
+    assert isinstance(closed, qe.ConnectionTerminated)
+    assert closed.error_code == ErrorCode.SHUTTING_DOWN
+    assert not stalled.terminated  # ... while the lagging one still has its grace period
     assert (await http_get(proc.metrics, "/ready"))[0] == 503
     late = RawClient(proc.ca_file)
     with pytest.raises(TimeoutError):  # new connections are refused (no handshake) ...
         await late.connect(proc.address, hello=False, timeout=0.3)
-    assert proc.process.poll() is None  # ... by a broker still in its 1 s grace period
-    refused = await late.wait_quic(qe.ConnectionTerminated, timeout=3)  # after draining
+    refused = await late.wait_quic(qe.ConnectionTerminated, timeout=3)
     assert isinstance(refused, qe.ConnectionTerminated)
     assert refused.error_code == QuicErrorCode.CONNECTION_REFUSED
     assert refused.reason_phrase == "broker shutting down"
     late.close()
-    await c.wait(fe.ConnectionTerminated, timeout=5)  # closed at the grace deadline
+    _, body = await http_get(proc.metrics, "/metrics")  # ... and counted
+    assert sample(body, 'felix_connections_refused_total{reason="shutting_down"}') >= 1
+    assert sample(body, 'felix_connections_refused_total{reason="max_connections"}') == 0
+    assert not stalled.terminated  # all of this within the 1 s grace period
+    stalled_end = await stalled.wait(fe.SubscriptionEnded, timeout=5)  # at the grace deadline
+    assert (stalled_end.reason, stalled_end.next_offset) == ("shutdown", 1)
+    await stalled.wait(fe.ConnectionTerminated, timeout=5)
     async with asyncio.timeout(5):
         while proc.process.poll() is None:
             await asyncio.sleep(0.02)
     assert proc.process.returncode == 0
+    report = [line for line in proc.lines if line.get("msg") == "shutdown: undelivered records"]
+    assert [(r["name"], r["undelivered"]) for r in report] == [("busy", 9)]
     assert "felix broker stopped" in proc.log_messages()
+
+
+async def test_refused_connections_are_exported(
+    start_broker: StartBroker, connect: Connect
+) -> None:
+    proc = await start_broker(transport={"max_connections": 1})  # its own: exact counts
+    await connect(proc)
+    assert (
+        await metric(proc.metrics, 'felix_connections_refused_total{reason="max_connections"}') == 0
+    )
+    late = RawClient(proc.ca_file)
+    with pytest.raises(TimeoutError):
+        await late.connect(proc.address, hello=False, timeout=0.3)
+    refused = await late.wait_quic(qe.ConnectionTerminated, timeout=3)
+    assert isinstance(refused, qe.ConnectionTerminated)
+    assert refused.reason_phrase == "broker at max_connections"
+    late.close()
+    _, body = await http_get(proc.metrics, "/metrics")
+    assert sample(body, 'felix_connections_refused_total{reason="max_connections"}') >= 1
+    assert sample(body, 'felix_connections_refused_total{reason="shutting_down"}') == 0
 
 
 async def test_backpressure_pauses_a_stalled_connection(

@@ -65,7 +65,8 @@ class _Client:
 
 
 def _brute_force(server: FelixServer) -> float | None:
-    deadlines = [server.broker.get_timer(), server._close_at, server._drain_until]
+    drain = server._drain.get_timer() if server._drain is not None else None
+    deadlines = [server.broker.get_timer(), drain, server._drain_until]
     deadlines.extend(s.get_timer() for s in server.sessions)
     return min((d for d in deadlines if d is not None), default=None)
 
