@@ -233,8 +233,12 @@ class Connection:
         return waiter.reply
 
     def start(self, call: Callable[[ClientConnection, float], int]) -> int:
-        """Queue a request and register its waiter; :meth:`wait` for it after a flush."""
-        self.check_open()
+        """Queue a request and register its waiter; :meth:`wait` for it after a flush.
+
+        After ``GoAway`` the machine itself decides: requests that finish work (unsubscribe,
+        cancel, confirmed acks and nacks) still go out, new work raises ``ShuttingDown``.
+        """
+        self._check_not_closed()
         try:
             rid = call(self.machine, self._clock())
         except LocalProtocolError as exc:
@@ -258,8 +262,9 @@ class Connection:
         return waiter.reply
 
     async def send(self, call: Callable[[ClientConnection, float], object]) -> None:
-        """Queue a message that expects no reply (credit, ack without id) and flush."""
-        self.check_open()
+        """Queue a message that expects no reply (credit, ack without id) and flush. Allowed
+        after ``GoAway``: the broker keeps delivering until its grace period ends."""
+        self._check_not_closed()
         try:
             call(self.machine, self._clock())
         except LocalProtocolError as exc:
@@ -303,14 +308,17 @@ class Connection:
         self._early.pop((kind, ident), None)
 
     def check_open(self) -> None:
-        """Raise the error a request on this connection gets: :class:`ShuttingDown` after
+        """Raise the error new work on this connection gets: :class:`ShuttingDown` after
         ``GoAway``, the closing error once closed; nothing while it is open."""
+        self._check_not_closed()
+        if self.goaway is not None:
+            raise ShuttingDown(f"broker is shutting down: {self.goaway.reason}")
+
+    def _check_not_closed(self) -> None:
         if self.closed_error is not None:
             raise type(self.closed_error)(
                 self.closed_error.message, details=self.closed_error.details
             )
-        if self.goaway is not None:
-            raise ShuttingDown(f"broker is shutting down: {self.goaway.reason}")
 
     # ------------------------------------------------ QuicHandler (the loop task)
 
