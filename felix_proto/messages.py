@@ -164,8 +164,8 @@ class Hello(Message):
     token: str | None = None
     """Bearer token for authentication; absent for anonymous."""
     max_frame_size: int | None = None
-    """Largest payload the client accepts; absent for the default (16 MiB); at most
-    ``MAX_FRAME_SIZE_FIELD`` (2**32-1)."""
+    """Largest payload the client accepts, at least 4096 (§5.4) and at most 2^32-1 (a header's
+    length field); absent for the default (16 MiB)."""
 
 
 @_msg
@@ -209,8 +209,7 @@ class GoAway(Message):
     reason: str
     """Human-readable reason."""
     deadline_ms: int
-    """Milliseconds from now after which the broker closes the connection (at most
-    ``MAX_DURATION_MS``)."""
+    """Milliseconds from now after which the broker closes the connection."""
     code: int = 501
     """An error code, ``SHUTTING_DOWN`` unless another applies."""
 
@@ -221,7 +220,7 @@ class Error(Message):
 
     TYPE: ClassVar[int] = 0x06
     code: int
-    """A code from :class:`felix_proto.errors.ErrorCode`."""
+    """An error code from §8."""
     message: str
     """Human-readable explanation."""
     request_id: int | None = None
@@ -256,7 +255,7 @@ class Publish(Message):
     key: bytes | None = None
     headers: dict[str, bytes] | None = None
     ack: int = AckMode.ACCEPTED.value
-    """An :class:`AckMode`."""
+    """When to acknowledge (§6.6 ``AckMode``)."""
 
 
 @_msg
@@ -297,16 +296,17 @@ class Subscribe(Message):
     stream: str
     """The stream's name, or the cache's name when ``source`` is ``cache``."""
     start: int = StartKind.LATEST.value
-    """A :class:`StartKind`."""
+    """Where to start (§6.6 ``StartKind``)."""
     start_value: int | None = None
     """The offset or timestamp (ms) for ``OFFSET`` and ``TIMESTAMP``."""
     credit_messages: int = 1024
     """How many records the broker may send before more credit arrives."""
     credit_bytes: int = 1 << 20
-    """How many record bytes (payload + key + header names and values) the broker may send
-    before more credit arrives."""
+    """How many record bytes the broker may send before more credit arrives: a record's size is
+    ``len(payload)`` + ``len(key)`` + for each header the UTF-8 length of its name plus the
+    length of its value."""
     source: str = SourceKind.STREAM.value
-    """A :class:`SourceKind`."""
+    """What to follow (§6.6 ``SourceKind``); ``cache`` records are described in §6.9."""
 
 
 @_msg
@@ -381,7 +381,7 @@ class SubscriptionEnded(Message):
     TYPE: ClassVar[int] = 0x1A
     subscription_id: int
     reason: str
-    """An :class:`EndReason`."""
+    """Why it ended (§6.6 ``EndReason``)."""
     message: str = ""
     next_offset: int | None = None
     """Where a resumed subscription would continue."""
@@ -444,7 +444,8 @@ class Delivery(Message):
     TYPE: ClassVar[int] = 0x34
     delivery_id: int
     attempt: int
-    """1 for the first delivery, then one more per redelivery."""
+    """The attempts charged to the message before this delivery, plus one: 1 for the first delivery
+    (which failures are charged: §7)."""
     offset: int
     payload: bytes
     timestamp_ms: int = 0
@@ -470,7 +471,7 @@ class Nack(Message):
     consumer_id: int
     delivery_ids: list[int]
     delay_ms: int = 0
-    """Milliseconds before redelivery; at most ``MAX_DURATION_MS``."""
+    """Milliseconds before redelivery."""
     request_id: int | None = None
 
 
@@ -508,7 +509,8 @@ class CachePut(Message):
     key: str
     value: bytes
     ttl_ms: int | None = None
-    """Absent: the cache's default TTL. 0: never expires. At most ``MAX_DURATION_MS``."""
+    """Absent: the cache's default TTL, except with ``if_version``: the entry keeps its expiry. 0:
+    never expires."""
     if_absent: bool = False
     if_version: int | None = None
     """Store only if the current version equals this (compare-and-set)."""
@@ -582,7 +584,7 @@ class AdminCreate(Message):
     TYPE: ClassVar[int] = 0x50
     request_id: int
     kind: str
-    """A :class:`ResourceKind`."""
+    """What to create (§6.6 ``ResourceKind``, paths in §6.8)."""
     tenant: str
     namespace: str = ""
     name: str = ""

@@ -9,6 +9,7 @@ forgets the other fails here.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import re
 from enum import Enum
@@ -48,6 +49,30 @@ def _tables() -> dict[str, tuple[int, list[list[str]]]]:
 TABLES = _tables()
 
 
+def _field_docs() -> dict[tuple[str, str], str]:
+    """``{(message, field): the field's docstring}`` from felix_proto/messages.py, in the
+    spec's spelling (reST double backticks become Markdown's single ones)."""
+    tree = ast.parse(Path(m.__file__).read_text())
+    out: dict[tuple[str, str], str] = {}
+    for node in tree.body:
+        if not isinstance(node, ast.ClassDef):
+            continue
+        for st, nxt in zip(node.body, node.body[1:], strict=False):
+            if (
+                isinstance(st, ast.AnnAssign)
+                and isinstance(st.target, ast.Name)
+                and isinstance(nxt, ast.Expr)
+                and isinstance(nxt.value, ast.Constant)
+                and isinstance(nxt.value.value, str)
+            ):
+                text = " ".join(nxt.value.value.split()).replace("``", "`")
+                out[(node.name, st.target.id)] = text
+    return out
+
+
+DOCS = _field_docs()
+
+
 def _default_text(value: Any) -> str:
     """How the spec writes a default (Python's repr, as the tables were written)."""
     if isinstance(value, Enum):
@@ -75,9 +100,10 @@ def test_table_matches_the_message(cls: type[m.Message]) -> None:
     fields = dataclasses.fields(cls)  # type: ignore[arg-type]
     assert [r[0].strip("`") for r in rows] == [f.name for f in fields], "names or order"
     for row, f in zip(rows, fields, strict=True):
-        _, mtype, presence, _meaning = row
+        _, mtype, presence, meaning = row
         default = _default(f)
         where = f"{cls.__name__}.{f.name}"
+        assert meaning == DOCS.get((cls.__name__, f.name), ""), f"{where}: docstring != spec"
         if default is dataclasses.MISSING:
             assert presence == "required", where
         elif default is None:
