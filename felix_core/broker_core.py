@@ -121,6 +121,8 @@ class BrokerCore:
         self.store: MetadataStore = metadata if metadata is not None else MemoryMetadataStore()
         self.catalog = Catalog(self.store, config)
         self.logs: LogStore = logs if logs is not None else MemoryLogStore()
+        if config.durability == "durable":
+            self._check_durability({"durability": "durable"})
         self.budget = MemoryBudget(config.memory_limit_bytes)
         self._out: list[Output] = []
         self._streams: dict[Path, Stream] = {}
@@ -259,6 +261,7 @@ class BrokerCore:
         """
         self._running()
         k = Catalog.parse_kind(kind)
+        self._check_durability(settings or {})
         record = self.catalog.create(k, (tenant, namespace, name), settings or {}, now)
         self._materialize(record, now)
         return self._describe(record, now)
@@ -315,6 +318,7 @@ class BrokerCore:
         """
         self._running()
         k = Catalog.parse_kind(kind)
+        self._check_durability(settings or {})
         record = self.catalog.update(k, (tenant, namespace, name), settings or {}, now)
         self._materialize(record, now)
         return self._describe(record, now)
@@ -332,6 +336,19 @@ class BrokerCore:
         k = Catalog.parse_kind(kind)
         record = self.catalog.delete(k, (tenant, namespace, name))
         self._drop(k, record.path)
+
+    def _check_durability(self, settings: Mapping[str, Any]) -> None:
+        """Refuse ``durability=durable`` unless the log store keeps logs across restarts.
+
+        Raises:
+            InvalidArgument: ``durable`` asked of a store that is not durable.
+        """
+        if settings.get("durability") == "durable" and not self.logs.durable:
+            raise InvalidArgument(
+                "durability 'durable' is not available: this broker keeps every resource in "
+                "memory and nothing survives a restart",
+                details={"field": "durability"},
+            )
 
     def _describe(self, record: ResourceRecord, now: float) -> dict[str, Any]:
         out = record.to_dict()

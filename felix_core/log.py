@@ -537,6 +537,13 @@ class LogStore(Protocol):
     (``durability`` among them), so a store can pick a log kind per resource.
     """
 
+    @property
+    def durable(self) -> bool:
+        """Whether the store keeps logs across a restart. The broker refuses resources with
+        ``durability=durable`` from a store that does not (a setting that did nothing would
+        promise what nobody keeps)."""
+        ...
+
     def open_log(self, kind: str, path: LogPath, settings: Mapping[str, Any]) -> Log:
         """Return the log of a resource (new, or recovered by a persistent store).
 
@@ -561,6 +568,11 @@ class MemoryLogStore:
     """A :class:`LogStore` of in-memory logs: nothing survives the process."""
 
     __slots__ = ()
+
+    @property
+    def durable(self) -> bool:
+        """False: nothing survives the process."""
+        return False
 
     def open_log(self, kind: str, path: LogPath, settings: Mapping[str, Any]) -> Log:
         """Return a fresh :class:`MemoryLog`."""

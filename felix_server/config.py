@@ -219,6 +219,11 @@ class ServerConfig:
             raise ConfigError("data_dir must not be empty")
         if self.metrics_resource_limit < 0:
             raise ConfigError("metrics_resource_limit must be >= 0")
+        if self.broker.durability != "ephemeral":
+            raise ConfigError(
+                "broker.durability: only 'ephemeral' is available (this broker keeps every "
+                "resource in memory; durable storage does not exist yet)"
+            )
         self.transport.validate()
 
 

@@ -25,6 +25,10 @@ class RecordingStore:
     def drop_log(self, kind: str, path: LogPath) -> None:
         self.dropped.append((kind, path))
 
+    @property
+    def durable(self) -> bool:
+        return True  # what a disk store says; lets the test create a durable stream
+
 
 def test_streams_queues_and_caches_get_their_logs_from_the_store() -> None:
     store = RecordingStore()

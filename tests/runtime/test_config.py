@@ -160,3 +160,10 @@ def test_validation_errors_say_where_each_setting_came_from(
     with pytest.raises(ConfigError) as info:
         load(argv, env, **contents)
     assert str(info.value).endswith(expected)
+
+
+def test_a_durable_default_is_refused_at_start() -> None:
+    with pytest.raises(ConfigError) as info:
+        load(["--broker-durability", "durable"])
+    assert "only 'ephemeral' is available" in str(info.value)
+    assert str(info.value).endswith("(broker.durability from flag --broker-durability)")
