@@ -16,6 +16,7 @@ MODULES = (
     "conformance.checks_queues",
     "conformance.checks_cache_admin",
     "conformance.checks_model",
+    "conformance.checks_settle",
 )
 """The check modules, in report order."""
 

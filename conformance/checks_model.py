@@ -5,12 +5,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgpack
+
 from conformance.context import Context
 from conformance.feeds import publish, records, subscribe, wait_count
 from conformance.registry import check
 from conformance.wire import CONTROL, CheckFailed, Conn, describe, expect
 from felix_proto import messages as m
 from felix_proto.errors import ErrorCode
+from felix_proto.frames import encode_header
 
 S53 = "§5.3 Capabilities"
 S68 = "§6.8 Resources"
@@ -32,6 +35,12 @@ RESOURCE_KEYS = (
     "updated_ms",
 )
 """The keys §6.8 requires in ``AdminResource.resource``."""
+
+
+def encode_frame(type_code: int, fields: dict[str, Any]) -> bytes:
+    """A frame holding exactly ``fields`` (no defaults filled in, unlike the codec)."""
+    payload = msgpack.packb([type_code, fields], use_bin_type=True)
+    return encode_header(len(payload)) + payload
 
 
 async def _admin(conn: Conn, msg: m.Message) -> dict[str, Any]:
@@ -374,3 +383,27 @@ async def welcome_limits(ctx: Context) -> None:
         )
     batch = limits.get("max_batch_records")
     expect(batch is None or batch >= 1, f"max_batch_records {batch}")
+
+
+# ---------------------------------------------------------------- §3 encoding forms
+
+
+@check(
+    "payload.defaults-omitted",
+    "§3 Payload encoding",
+    "a frame that leaves out fields with a default is served like the canonical one",
+)
+async def defaults_omitted(ctx: Context) -> None:
+    stream = await ctx.create("stream", "short")
+    conn = await ctx.connect()
+    sid = conn.new_stream()
+    # Publish without `ack` (default 1, ACCEPTED) and Subscribe without `start`,
+    # `credit_messages`, `credit_bytes` and `source`: only the required fields.
+    path = {"tenant": ctx.tenant, "namespace": ctx.namespace, "stream": stream}
+    publish_id, subscribe_id = conn.rid(), conn.rid()
+    conn.send_raw(sid, encode_frame(0x10, {"request_id": publish_id, **path, "payload": b"p"}))
+    ack = await conn.reply(sid, publish_id)
+    expect(isinstance(ack, m.PublishAck), f"a Publish without ack answered {describe(ack)}")
+    conn.send_raw(sid, encode_frame(0x13, {"request_id": subscribe_id, **path}))
+    sub = await conn.reply(sid, subscribe_id)
+    expect(isinstance(sub, m.Subscribed), f"a minimal Subscribe answered {describe(sub)}")
