@@ -192,7 +192,7 @@ def start_broker(data_dir: Path, *flags: str, runtime: str = DEFAULT_RUNTIME) ->
         for line in list(broker.log):
             if line.get("msg") == "felix broker listening":
                 broker.host, broker.port = _split(str(line["quic"]))
-                broker.metrics_host, broker.metrics_port = _split(str(line["metrics"]))
+                broker.metrics_host, broker.metrics_port = _split(str(line["health"]))
                 return broker
         time.sleep(0.02)
     code = broker.stop()

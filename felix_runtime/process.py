@@ -77,7 +77,7 @@ def load_certificate(config: ServerConfig, quic_config: QuicConfiguration) -> tu
 def log_started(
     config: ServerConfig,
     quic: tuple[str, int],
-    metrics: tuple[str, int] | None,
+    metrics: tuple[str, int],
     cert: Path,
     fingerprint: str,
     runtime: str,
@@ -88,7 +88,8 @@ def log_started(
     Args:
         config: the effective configuration.
         quic: the bound QUIC address.
-        metrics: the bound metrics address, or None when metrics are off.
+        metrics: the bound HTTP address (``/live`` and ``/ready``, and ``/metrics`` unless
+            metrics are disabled).
         cert: the certificate's path.
         fingerprint: its SHA-256 fingerprint ("" when configured rather than generated).
         runtime: ``asyncio``, ``anyio/asyncio`` or ``anyio/trio``.
@@ -97,7 +98,10 @@ def log_started(
         "felix broker listening",
         extra=log_fields(
             quic=f"{quic[0]}:{quic[1]}",
-            metrics=f"http://{metrics[0]}:{metrics[1]}/metrics" if metrics else "off",
+            metrics=f"http://{metrics[0]}:{metrics[1]}/metrics"
+            if config.metrics_enabled
+            else "off",
+            health=f"http://{metrics[0]}:{metrics[1]}/ready",
             server_id=config.server_id,
             runtime=runtime,
         ),

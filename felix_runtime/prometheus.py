@@ -368,18 +368,20 @@ class Responder:
     """What the metrics and health endpoint answers; pure, shared by both HTTP carriers.
 
     Args:
-        registry: what ``/metrics`` exposes.
+        registry: what ``/metrics`` exposes; None when metrics are disabled (``/metrics`` is
+            then 404, while ``/live`` and ``/ready`` still answer: probes do not depend on
+            metrics).
         is_ready: answers ``/ready`` (200 when true, 503 otherwise).
     """
 
-    def __init__(self, registry: CollectorRegistry, is_ready: Callable[[], bool]) -> None:
+    def __init__(self, registry: CollectorRegistry | None, is_ready: Callable[[], bool]) -> None:
         self.registry = registry
         self.is_ready = is_ready
 
     def respond(self, path: str) -> tuple[int, str, bytes]:
         """The status, content type and body for a GET of ``path``."""
         path = path.split("?", 1)[0]
-        if path == "/metrics":
+        if path == "/metrics" and self.registry is not None:
             return 200, METRICS_CONTENT_TYPE, generate_latest(self.registry)
         if path == "/live":
             return 200, "text/plain", b"ok\n"

@@ -47,18 +47,17 @@ async def run(config: ServerConfig) -> int:
     observer.attach(server)
     runtime = AnyioUdpRuntime(server)
     bound = runtime.bind(*config.listen_address)
-    metrics = None
+    registry = observer.registry if config.metrics_enabled else None
+    metrics = AnyioMetricsServer(registry, lambda: server.ready)  # health even without metrics
     try:
-        if config.metrics_enabled:  # bound before the task group: errors stay plain OSErrors
-            metrics = AnyioMetricsServer(observer.registry, lambda: server.ready)
-            await metrics.bind(*config.metrics_address)
+        await metrics.bind(*config.metrics_address)  # before the task group: plain OSErrors
         async with anyio.create_task_group() as tg:
-            if metrics is not None:
-                tg.start_soon(metrics.serve)
+            tg.start_soon(metrics.serve)
             tg.start_soon(runtime.serve)
             with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                log_started(config, bound, metrics.address if metrics else None,
-                            cert, fingerprint, f"anyio/{_backend_name()}")  # fmt: skip
+                log_started(
+                    config, bound, metrics.address, cert, fingerprint, f"anyio/{_backend_name()}"
+                )
                 async for signum in signals:
                     logger.info("signal received, shutting down",
                                 extra=log_fields(signal=signal.Signals(signum).name))  # fmt: skip
@@ -70,9 +69,8 @@ async def run(config: ServerConfig) -> int:
             tg.cancel_scope.cancel()
     finally:
         runtime.close()
-        if metrics is not None:
-            with anyio.CancelScope(shield=True):
-                await metrics.aclose()
+        with anyio.CancelScope(shield=True):
+            await metrics.aclose()
     logger.info("felix broker stopped")
     return 0
 

@@ -29,11 +29,11 @@ class AnyioMetricsServer:
     """The metrics and health endpoint.
 
     Args:
-        registry: what ``/metrics`` exposes.
+        registry: what ``/metrics`` exposes (None: metrics disabled, health only).
         is_ready: answers ``/ready`` (200 when true, 503 otherwise).
     """
 
-    def __init__(self, registry: CollectorRegistry, is_ready: Callable[[], bool]) -> None:
+    def __init__(self, registry: CollectorRegistry | None, is_ready: Callable[[], bool]) -> None:
         self.responder = Responder(registry, is_ready)
         self._listener: anyio.abc.Listener[anyio.abc.SocketStream] | None = None
         self.address: tuple[str, int] = ("", 0)

@@ -57,12 +57,12 @@ class BrokerProcess:
         self.observer.attach(self.server)
         self.runtime = UdpRuntime(self.server)
         bound = await self.runtime.start(*config.listen_address)
-        if config.metrics_enabled:
-            server = self.server
-            self.metrics = MetricsServer(self.observer.registry, lambda: server.ready)
-            await self.metrics.start(*config.metrics_address)
+        server = self.server
+        registry = self.observer.registry if config.metrics_enabled else None
+        self.metrics = MetricsServer(registry, lambda: server.ready)  # /live, /ready regardless
+        await self.metrics.start(*config.metrics_address)
         log_started(
-            config, bound, self.metrics.address if self.metrics else None,
+            config, bound, self.metrics.address,
             self.cert_path, self.fingerprint, "asyncio",
         )  # fmt: skip
         return self

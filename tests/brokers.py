@@ -151,7 +151,8 @@ def start_broker(runtime: str, data_dir: Path, *extra: str, port: int = 0) -> Br
             if line.get("msg") == "felix broker listening":
                 host, _, port = str(line["quic"]).rpartition(":")
                 broker.host, broker.port = host, int(port)
-                metrics = str(line["metrics"]).removeprefix("http://").split("/")[0]
+                # the HTTP listener (health, and metrics unless disabled)
+                metrics = str(line["health"]).removeprefix("http://").split("/")[0]
                 mhost, _, mport = metrics.rpartition(":")
                 broker.metrics = (mhost, int(mport))
                 return broker
