@@ -171,13 +171,35 @@ async def test_publisher_oversized_record_still_goes_alone() -> None:
 
 @pytest.mark.anyio
 async def test_publisher_surfaces_the_first_failure() -> None:
-    broker = FakeBroker(fail_at=1)
+    class FailsWhenReleased(FakeBroker):
+        """Fails the second batch only once the test says so (no race with the loop)."""
+
+        def __init__(self) -> None:
+            super().__init__(fail_at=1)
+            self.calls = 0
+            self.release = anyio.Event()
+            self.failed = anyio.Event()
+
+        async def send(self, batch: Sequence[Record], ack: AckMode) -> PublishResult | None:
+            self.calls += 1
+            if self.calls == 1:
+                return await super().send(batch, ack)
+            await self.release.wait()  # every later batch: after the first has been acked
+            try:
+                return await super().send(batch, ack)
+            finally:
+                self.failed.set()
+
+    broker = FailsWhenReleased()
     with pytest.raises(errors.NotFound):
         async with Publisher(broker.send, max_batch_records=1, linger=0) as pub:
             for i in range(50):
                 await pub.publish(b"z")
-                if i == 5:
-                    await anyio.sleep(0.05)  # the failed ack lands; the next publish raises
+                if i == 5:  # six publishes sent; now the second batch's ack fails
+                    broker.release.set()
+                    with anyio.fail_after(5):
+                        await broker.failed.wait()
+                    await anyio.wait_all_tasks_blocked()  # the publisher has the failure
     assert pub.sent_records == 6
 
 
