@@ -60,13 +60,16 @@ __all__ = [
     "ANY_ACTION",
     "DEFAULT_AUDIENCE",
     "DEFAULT_ISSUER",
+    "LEGACY_TENANT",
     "MAX_TOKEN_BYTES",
+    "SHARED_SECRET_ISSUER",
     "Action",
     "AuthError",
     "AuthReason",
     "BearerAuthenticator",
     "Permission",
     "Principal",
+    "PublicKeyInput",
     "SharedSecret",
     "SharedSecretAuthenticator",
     "TokenVerifier",
@@ -530,7 +533,8 @@ class TokenVerifier:
             )
         key = self._key_for(header, unverified)
         try:
-            # PyJWT's own time checks are off (they read the wall clock); ours use ``now``.
+            # PyJWT's time checks are off: they compare with the wall clock (which PyJWT
+            # still reads, to no effect). Every time decision here is made against ``now``.
             claims = jwt.decode(
                 token,
                 key,
