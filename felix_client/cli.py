@@ -32,6 +32,7 @@ from typing import Any
 import anyio
 
 from ._cli_commands import COMMANDS, parse_start
+from ._token_cli import add_token_commands, run_token_command
 from ._url import DEFAULT_URL, SERVER_ENV, parse_url
 from .errors import FelixError
 
@@ -231,6 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
             )
     p = cmd("list", "list resources of a kind", a_sub)
     p.add_argument("kind", choices=kinds)
+    add_token_commands(sub)
     return parser  # fmt: skip
 
 
@@ -291,6 +293,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    if args.command == "token":
+        return run_token_command(args)
     command = COMMANDS[_command_key(args)]
     try:
         result: int = anyio.run(command, args, backend=args.loop)
