@@ -8,7 +8,7 @@
     felix token inspect TOKEN                    # claims, NOT verified
     felix token inspect TOKEN --verify --jwks keys/jwks.json
 
-The token format and its checks live in :mod:`felix_server.auth`; this module only reads
+The token format and its checks live in :mod:`felix_runtime.tokens`; this module only reads
 files, the clock and the OS's randomness around it, and imports it (and so felix_core)
 only when a ``token`` command runs, so every other ``felix`` command starts as fast as
 before. Expected errors print one line and exit 1; usage errors exit 2.
@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from felix_server.auth import Permission
+    from felix_core.access import Permission
 
 __all__ = ["add_token_commands", "parse_ttl", "run_token_command"]
 
@@ -38,7 +38,7 @@ PRIVATE_KEY = "private.pem"
 PUBLIC_KEY = "public.pem"
 JWKS = "jwks.json"
 DEFAULT_TTL = "15m"
-DEFAULT_NAME = "felix"  # felix_server.auth.DEFAULT_ISSUER and DEFAULT_AUDIENCE
+DEFAULT_NAME = "felix"  # felix_runtime.tokens.DEFAULT_ISSUER and DEFAULT_AUDIENCE
 
 _TTL = re.compile(r"(\d+)([smhd])")
 _TTL_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -63,7 +63,7 @@ def parse_ttl(text: str) -> float:
 
 
 def _permission(text: str) -> Permission:
-    from felix_server.auth import Permission
+    from felix_core.access import Permission
 
     try:
         return Permission.parse(text)
@@ -184,7 +184,7 @@ def _keygen(args: argparse.Namespace) -> int:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from felix_server.auth import jwks_document, key_id
+    from felix_runtime.tokens import jwks_document, key_id
 
     out = Path(args.out)
     if not out.is_dir():
@@ -229,7 +229,7 @@ def _write_public(path: Path, data: bytes) -> None:
 
 
 def _issue(args: argparse.Namespace) -> int:
-    from felix_server.auth import issue_token, load_private_key
+    from felix_runtime.tokens import issue_token, load_private_key
 
     if not args.allow and not args.role:
         raise UsageError(
@@ -263,7 +263,8 @@ def _user() -> str:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from felix_server.auth import AuthError, TokenVerifier, read_jwks, read_unverified
+    from felix_core.access import AuthError
+    from felix_runtime.tokens import TokenVerifier, read_jwks, read_unverified
 
     token = sys.stdin.read().strip() if args.token == "-" else args.token.strip()
     if args.verify and not args.jwks:

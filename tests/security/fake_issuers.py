@@ -13,7 +13,8 @@ from typing import Any
 import jwt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from felix_server.auth import Permission, TokenVerifier, issue_token, key_id
+from felix_core.access import Permission
+from felix_runtime.tokens import TokenVerifier, issue_token, key_id
 
 NOW = 1_800_000_000.0
 """The fixed time every test verifies at (tokens carry times around it)."""

@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from fake_issuers import NOW, FakeIssuer
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
-from felix_server.auth import (
+from felix_runtime.tokens import (
     TokenVerifier,
     jwks_document,
     key_id,

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from felix_server.auth import ANY_ACTION, Action, Permission, Principal, match_pattern
+from felix_core.access import ANY_ACTION, Action, Permission, Principal, match_pattern
 
 NAME_CHARS = "ab._-"
 PATTERN_CHARS = NAME_CHARS + "*"

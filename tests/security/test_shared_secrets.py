@@ -9,15 +9,10 @@ import hmac
 import pytest
 from fake_issuers import NOW, FakeIssuer
 
-from felix_server import auth
-from felix_server.auth import (
-    ANY_ACTION,
-    Action,
-    AuthError,
-    AuthReason,
+from felix_core.access import ANY_ACTION, Action, AuthError, AuthReason, Permission, Principal
+from felix_runtime import credentials as auth
+from felix_runtime.credentials import (
     BearerAuthenticator,
-    Permission,
-    Principal,
     SharedSecretAuthenticator,
     parse_shared_secrets,
 )

@@ -18,10 +18,10 @@ import pytest
 
 from felix_client import _token_cli
 from felix_client._token_cli import parse_ttl
-from felix_server.auth import (
+from felix_core.access import Action
+from felix_runtime.tokens import (
     DEFAULT_AUDIENCE,
     DEFAULT_ISSUER,
-    Action,
     TokenVerifier,
     issue_token,
     key_id,

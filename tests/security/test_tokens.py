@@ -19,17 +19,8 @@ from fake_issuers import NOW, FakeIssuer
 from hypothesis import given
 from hypothesis import strategies as st
 
-from felix_server.auth import (
-    MAX_TOKEN_BYTES,
-    Action,
-    AuthError,
-    AuthReason,
-    Permission,
-    Principal,
-    TokenVerifier,
-    issue_token,
-    key_id,
-)
+from felix_core.access import Action, AuthError, AuthReason, Permission, Principal
+from felix_runtime.tokens import MAX_TOKEN_BYTES, TokenVerifier, issue_token, key_id
 
 
 def refused(verifier: TokenVerifier, token: str | None, now: float = NOW) -> AuthReason:
