@@ -2,12 +2,12 @@
 
 A producer process enqueues ``queue_payload``-byte messages in lists of
 ``queue_enqueue_batch`` (each list one acked request) for the figure's seconds, keeping at
-most ``BACKLOG`` messages ahead of what the consumers acked (it reads their count from the
-shared progress array), so the queue stays within its limits and the figure measures
-consumption. A consumer process holds the consumers, each on its own connection in one
-group, running the natural loop ``async for msg in consumer: await msg.ack()``. The rate is
-acks per second from the first enqueue to the last ack; every enqueued message must be
-acked once, else the figure is invalid.
+most ``BACKLOG_PER_CONSUMER`` messages per consumer ahead of what the consumers acked (it
+reads their count from the shared progress array), so the queue stays within its limits
+and the figure measures consumption. A consumer process holds the consumers, each on its
+own connection in one group, running the natural loop ``async for msg in consumer: await
+msg.ack()``. The rate is acks per second from the first enqueue to the last ack; every
+enqueued message must be acked once, else the figure is invalid.
 """
 
 from __future__ import annotations
@@ -27,8 +27,10 @@ from .workers import JobContext
 __all__ = ["consume_job", "enqueue_job", "run"]
 
 MODULE = "felix_client.bench.queues"
-BACKLOG = 10_000
-"""Most messages the producer keeps enqueued and not yet acked."""
+BACKLOG_PER_CONSUMER = 256
+"""Most messages the producer keeps enqueued and not yet acked, per consumer: four times
+the client's default prefetch (64), so a consumer never waits for the producer, while the
+drain after the producer stops stays short."""
 GROUP = "bench"
 
 
@@ -77,7 +79,7 @@ async def consume_job(ctx: JobContext, p: dict[str, Any]) -> dict[str, Any]:
 
 
 async def enqueue_job(ctx: JobContext, p: dict[str, Any]) -> dict[str, Any]:
-    """Enqueue lists of messages for ``seconds``, at most ``BACKLOG`` ahead of the acks
+    """Enqueue lists of messages for ``seconds``, at most ``backlog`` ahead of the acks
     counted by worker ``pace``."""
     target: BrokerTarget = p["target"]
     items = [b"q" * int(p["payload"])] * int(p["batch"])
@@ -88,7 +90,7 @@ async def enqueue_job(ctx: JobContext, p: dict[str, Any]) -> dict[str, Any]:
         deadline = started + int(p["seconds"] * 1e9)
         enqueued = 0
         while clock() < deadline:
-            if enqueued - ctx.progress_of(p["pace"]) > BACKLOG:
+            if enqueued - ctx.progress_of(p["pace"]) >= p["backlog"]:
                 await anyio.sleep(0.001)
                 continue
             await client.enqueue(p["queue"], items)
@@ -127,6 +129,7 @@ def run(runner: Runner) -> None:
                 "batch": m.queue_enqueue_batch,
                 "seconds": runner.settings.seconds,
                 "pace": consumer_worker.index,
+                "backlog": BACKLOG_PER_CONSUMER * count,
             },
         )
         made = producer.result(runner.wait, runner.progress.tick)
