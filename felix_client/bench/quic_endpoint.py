@@ -151,6 +151,7 @@ class Endpoint:
         self.timer: asyncio.TimerHandle | None = None
         self.terminated = asyncio.Event()
         self.closed = False
+        self.transmit_scheduled = False
 
     def open(self, local: tuple[str, int] = ("127.0.0.1", 0)) -> tuple[str, int]:
         """Bind the socket and start reading; return the bound address."""
@@ -213,8 +214,16 @@ class Endpoint:
                 self.terminated.set()
             self.on_event(event)
 
+    def transmit_soon(self) -> None:
+        """Transmit once at the end of this loop pass, however many writes it makes (what
+        a client with many requests in flight does)."""
+        if not self.transmit_scheduled:
+            self.transmit_scheduled = True
+            self.loop.call_soon(self.transmit)
+
     def transmit(self) -> None:
         """Send what the engine wants to send and re-arm the timer."""
+        self.transmit_scheduled = False
         if self.quic is None or self.closed or self.sock is None:
             return
         sock = self.sock
