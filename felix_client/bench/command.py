@@ -136,6 +136,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="event loop of the Felix load generators (default asyncio)",
     )
     p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.add_argument(
+        "--json-file",
+        metavar="FILE",
+        help="also write the JSON document to FILE (with the table on stdout)",
+    )
     p.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
     m = p.add_argument_group("matrix (comma-separated lists override the defaults)")
     d = Matrix()
@@ -250,8 +255,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"felix bench: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     attach_ratios(figures)
+    doc = document(figures, run)
+    if args.json_file:
+        Path(args.json_file).write_text(json.dumps(doc, indent=2) + "\n")
     if args.json:
-        json.dump(document(figures, run), sys.stdout, indent=2)
+        json.dump(doc, sys.stdout, indent=2)
         print()
     else:
         print_table(figures, run, sys.stdout)
