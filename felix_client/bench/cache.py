@@ -23,8 +23,8 @@ from typing import Any
 import anyio
 
 from ..errors import AlreadyExists
+from . import raw_quic
 from .hdr import summarize
-from .raw_quic import PING_PONG
 from .report import Figure
 from .runner import Runner
 from .servers import LocalRedis, redis_server_path
@@ -128,13 +128,14 @@ def run(runner: Runner) -> None:
             "cache: redis-server is not on PATH, the redis-py comparison is skipped "
             "(apt-get install redis-server)"
         )
+    ping_pong = raw_quic.anchor(runner, "ping-pong", runner.settings.matrix.raw_ping)
     try:
         if executable is not None:
             redis = LocalRedis(executable, runner.tmp / "redis").__enter__()
         cache = runner.name("cache")
         for concurrency in runner.settings.matrix.cache_concurrency:
             for op in ("get", "put"):
-                _felix(runner, cache, op, concurrency, redis is not None)
+                _felix(runner, cache, op, concurrency, ping_pong, redis is not None)
                 if redis is not None:
                     _redis(runner, redis, op, concurrency)
     finally:
@@ -146,7 +147,9 @@ def _redis_id(op: str, concurrency: int) -> str:
     return f"cache/redis/{op}/c={concurrency}"
 
 
-def _felix(runner: Runner, cache: str, op: str, concurrency: int, redis: bool) -> None:
+def _felix(
+    runner: Runner, cache: str, op: str, concurrency: int, ping_pong: str, redis: bool
+) -> None:
     value = runner.settings.matrix.cache_value
     label = f"cache {op} {value} B c={concurrency}"
     worker = runner.pool[0]
@@ -166,7 +169,7 @@ def _felix(runner: Runner, cache: str, op: str, concurrency: int, redis: bool) -
     result = worker.result(runner.wait, runner.progress.tick)
     figure = _figure(runner, f"cache/felix/{op}/c={concurrency}", label, op, concurrency, result)
     if concurrency == 1:
-        figure.anchor = PING_PONG
+        figure.anchor = ping_pong
     elif redis:
         figure.anchor = _redis_id(op, concurrency)
     else:

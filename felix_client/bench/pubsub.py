@@ -11,7 +11,8 @@ out.
 
 Throughput: the publisher runs flat out through ``client.publisher(max_batch_records=
 batch)`` for the figure's seconds; the rate is deliveries (all subscribers) per second
-from the first publish to the last delivery.
+from the first publish to the last delivery, divided by raw aioquic one-way with messages
+of the same size.
 
 Loss: every subscription starts at the stream's first offset, so each must account for
 every offset the publisher wrote: received, or skipped by the broker with a gap report
@@ -30,8 +31,8 @@ from typing import Any
 import anyio
 
 from ..types import Event
+from . import raw_quic
 from .hdr import summarize
-from .raw_quic import ONE_WAY, PING_PONG
 from .report import Figure
 from .runner import Runner
 from .settings import BrokerTarget
@@ -238,6 +239,7 @@ def _cpu(figure: Figure, units: int, client_s: float, broker_s: float) -> None:
 def run_latency(runner: Runner) -> None:
     """Publish-to-deliver percentiles for each fanout and payload of the matrix."""
     m = runner.settings.matrix
+    ping_pong = raw_quic.anchor(runner, "ping-pong", m.raw_ping)
     for fanout in m.latency_fanouts:
         for size in m.latency_payloads:
             label = f"pub/sub latency {size} B fanout {fanout}"
@@ -256,7 +258,7 @@ def run_latency(runner: Runner) -> None:
                 scenario="pubsub-latency",
                 label=label,
                 params={"payload": size, "fanout": fanout, "batch": 1, "ack": "accepted"},
-                anchor=PING_PONG,
+                anchor=ping_pong,
             )
             delivered = account(figure, published, received)
             sent_at = dict(
@@ -277,6 +279,7 @@ def run_latency(runner: Runner) -> None:
 def run_throughput(runner: Runner) -> None:
     """Delivered msg/s and MB/s for each payload, batch and fanout of the matrix."""
     m = runner.settings.matrix
+    one_way = {size: raw_quic.anchor(runner, "one-way", size) for size in m.throughput_payloads}
     for size in m.throughput_payloads:
         for batch in m.throughput_batches:
             for fanout in m.throughput_fanouts:
@@ -306,7 +309,7 @@ def run_throughput(runner: Runner) -> None:
                     scenario="pubsub-throughput",
                     label=label,
                     params={"payload": size, "batch": batch, "fanout": fanout, "ack": "accepted"},
-                    anchor=ONE_WAY,
+                    anchor=one_way[size],
                 )
                 delivered = account(figure, published, received)
                 last = max((s["last_ns"] for s in received["subs"]), default=0)

@@ -18,7 +18,7 @@ from typing import Any
 
 import anyio
 
-from .raw_quic import ONE_WAY
+from . import raw_quic
 from .report import Figure
 from .runner import Runner
 from .settings import BrokerTarget
@@ -108,6 +108,7 @@ def run(runner: Runner) -> None:
     """One figure per consumer count of the matrix."""
     m = runner.settings.matrix
     consumer_worker, producer = runner.pool[0], runner.pool[1]
+    one_way = raw_quic.anchor(runner, "one-way", m.queue_payload)
     for count in m.queue_consumers:
         label = f"queue {m.queue_payload} B, {count} consumer{'s' if count > 1 else ''}"
         common = {
@@ -146,7 +147,7 @@ def run(runner: Runner) -> None:
                 "enqueue_batch": m.queue_enqueue_batch,
                 "ack": "await per message",
             },
-            anchor=ONE_WAY,
+            anchor=one_way,
         )
         acked = taken["acked"]
         seconds = max((taken["last_ns"] or made["end_ns"]) - made["start_ns"], 1) / 1e9

@@ -6,7 +6,8 @@ another (as the broker and a client are):
 * ``one-way``: the client writes ``raw_message``-byte messages (100 B) on one stream as
   fast as the engine takes them, keeping at most 8 MiB unconfirmed; the server counts the
   bytes and confirms every 256 KiB. msg/s from the first write until the server has
-  confirmed the last byte. This is what the pub/sub and queue rates are divided by.
+  confirmed the last byte. This is what the pub/sub and queue rates are divided by (each by
+  one-way with messages of its own payload size: :func:`anchor`).
 * ``ping-pong``: the client sends ``raw_ping`` bytes (64 B), the server echoes them, the
   client waits for the echo before the next; round-trip percentiles. This is what
   publish-to-deliver and cache latencies are divided by. (The jobs also take a
@@ -46,13 +47,9 @@ PING_WARMUP = 50
 STREAM_ID = 0
 
 
-def figure_id(engine: str, mode: str) -> str:
-    """``raw-quic/ENGINE/MODE``: the anchor ids other scenarios name."""
-    return f"raw-quic/{engine}/{mode}"
-
-
-ONE_WAY = figure_id("aioquic", "one-way")
-PING_PONG = figure_id("aioquic", "ping-pong")
+def figure_id(engine: str, mode: str, size: int) -> str:
+    """``raw-quic/ENGINE/MODE/size=BYTES``: the ids other scenarios name as anchors."""
+    return f"raw-quic/{engine}/{mode}/size={size}"
 
 
 # ------------------------------------------------------------------ jobs (in a worker)
@@ -230,27 +227,35 @@ async def _ping_pong(
 # ------------------------------------------------------------------- the parent's side
 
 
-MODES = ("one-way", "ping-pong")
-
-
-def run(
-    runner: Runner, engines: tuple[str, ...] | None = None, modes: tuple[str, ...] = MODES
-) -> None:
-    """Measure ``modes`` for each engine (default: ``settings.engines``; an engine that is
-    not installed is skipped with a message)."""
-    for name in runner.settings.engines if engines is None else engines:
+def run(runner: Runner) -> None:
+    """One-way (``raw_message`` bytes) and ping-pong (``raw_ping`` bytes) for each engine of
+    the settings; an engine that is not installed is skipped with a message."""
+    m = runner.settings.matrix
+    for name in runner.settings.engines:
         try:
             engine = load_engine(name)
         except EngineMissing as exc:
             runner.progress.message(f"raw-quic: {name} skipped: {exc}")
             continue
-        for mode in modes:
-            _measure(runner, engine.name, engine.version, mode)
+        for mode, size in (("one-way", m.raw_message), ("ping-pong", m.raw_ping)):
+            if not runner.has(figure_id(engine.name, mode, size)):
+                _measure(runner, engine.name, engine.version, mode, size)
 
 
-def _measure(runner: Runner, engine: str, version: str, mode: str) -> Figure:
+def anchor(runner: Runner, mode: str, size: int) -> str:
+    """The id of raw aioquic's ``mode`` figure with ``size``-byte messages, measured now
+    unless this run already has it: a scenario calls this for each anchor it needs before
+    its own figures (message rates are divided by one-way at the same message size, so a
+    4 KiB record is compared with 4 KiB raw messages; latencies by 64-byte ping-pong)."""
+    ident = figure_id("aioquic", mode, size)
+    if not runner.has(ident):
+        engine = load_engine("aioquic")
+        _measure(runner, engine.name, engine.version, mode, size)
+    return ident
+
+
+def _measure(runner: Runner, engine: str, version: str, mode: str, size: int) -> Figure:
     settings = runner.settings
-    size = settings.matrix.raw_message if mode == "one-way" else settings.matrix.raw_ping
     server, client = runner.pool[0], runner.pool[1]
     common = {"engine": engine, "mode": mode, "timeout": runner.job_timeout}
     server.submit(f"{MODULE}:server_job", common | {"cert": runner.cert}, backend="asyncio")
@@ -273,11 +278,11 @@ def _measure(runner: Runner, engine: str, version: str, mode: str) -> Figure:
     served = server.result(runner.wait, runner.progress.tick)
     params = {"engine": engine, "version": version, "size": size}
     figure = Figure(
-        id=figure_id(engine, mode),
+        id=figure_id(engine, mode, size),
         scenario="raw-quic",
         label=label,
         params=params,
-        anchor=None if engine == "aioquic" else figure_id("aioquic", mode),
+        anchor=None if engine == "aioquic" else figure_id("aioquic", mode, size),
     )
     if engine in UNVERIFIED_ENGINES:
         figure.notes.append(

@@ -134,6 +134,10 @@ class Runner:
         """Broker CPU seconds since ``mark`` (NaN with ``--server``)."""
         return self.cpu_mark().broker - mark.broker
 
+    def has(self, ident: str) -> bool:
+        """Whether this run has measured the figure ``ident``."""
+        return any(f.id == ident for f in self.figures)
+
     def add(self, figure: Figure) -> Figure:
         """Keep a figure and print its progress line."""
         self.figures.append(figure)

@@ -89,10 +89,10 @@ def test_all_measures_the_matrix_with_anchors_from_the_same_run(
 ) -> None:
     run, figures, _ = all_run
     expected = {
-        "raw-quic/aioquic/one-way",
-        "raw-quic/aioquic/ping-pong",
-        "raw-quic/qh3/one-way",
-        "raw-quic/qh3/ping-pong",
+        "raw-quic/aioquic/one-way/size=100",
+        "raw-quic/aioquic/ping-pong/size=64",
+        "raw-quic/qh3/one-way/size=100",
+        "raw-quic/qh3/ping-pong/size=64",
         "pubsub-latency/payload=100/fanout=1",
         "pubsub-latency/payload=100/fanout=2",
         "pubsub-throughput/payload=100/batch=1/fanout=1",
@@ -120,7 +120,8 @@ def test_each_figure_is_divided_by_the_right_anchor(
     all_run: tuple[dict[str, Any], dict[str, dict[str, Any]], str],
 ) -> None:
     _, figures, _ = all_run
-    one_way, ping = figures["raw-quic/aioquic/one-way"], figures["raw-quic/aioquic/ping-pong"]
+    one_way = figures["raw-quic/aioquic/one-way/size=100"]
+    ping = figures["raw-quic/aioquic/ping-pong/size=64"]
     tput = figures["pubsub-throughput/payload=100/batch=16/fanout=1"]
     assert tput["anchor"] == one_way["id"]
     assert tput["ratios"]["msg_per_s"] == pytest.approx(
@@ -146,7 +147,8 @@ def test_each_figure_is_divided_by_the_right_anchor(
         )
     else:
         assert get4["anchor"] is None
-    assert figures["raw-quic/qh3/one-way"]["anchor"] == one_way["id"]
+    assert figures["raw-quic/qh3/one-way/size=100"]["anchor"] == one_way["id"]
+    assert figures["raw-quic/qh3/ping-pong/size=64"]["anchor"] == ping["id"]
     assert one_way["anchor"] is None and not one_way["ratios"]
 
 
@@ -161,6 +163,8 @@ def test_progress_goes_to_stderr_one_line_per_figure(
 
 
 def test_a_scenario_alone_runs_its_anchor_first_against_a_given_server(tmp_path: Path) -> None:
+    """pubsub-throughput alone measures raw one-way with messages of its payload size
+    first, then its figure, on a broker it did not start."""
     broker = start_broker("asyncio", tmp_path / "broker")
     try:
         done = bench(
@@ -172,7 +176,7 @@ def test_a_scenario_alone_runs_its_anchor_first_against_a_given_server(tmp_path:
             "--ca",
             broker.ca_file,
             "--payload",
-            "100",
+            "1024",
             "--batch",
             "64",
             "--fanout",
@@ -184,13 +188,14 @@ def test_a_scenario_alone_runs_its_anchor_first_against_a_given_server(tmp_path:
         broker.terminate()
     figures = figures_of(done)
     assert list(figures) == [
-        "raw-quic/aioquic/one-way",
-        "pubsub-throughput/payload=100/batch=64/fanout=1",
+        "raw-quic/aioquic/one-way/size=1024",
+        "pubsub-throughput/payload=1024/batch=64/fanout=1",
     ]
     doc = json.loads(done.stdout)
     assert doc["run"]["broker"] == f"at {broker.url} (not started by felix bench)"
     assert doc["run"]["stream_settings"] == {"slow_consumer": "block"}
-    tput = figures["pubsub-throughput/payload=100/batch=64/fanout=1"]
+    tput = figures["pubsub-throughput/payload=1024/batch=64/fanout=1"]
+    assert tput["anchor"] == "raw-quic/aioquic/one-way/size=1024"
     assert tput["metrics"]["dropped"] == 0
     assert tput["metrics"]["delivered"] == tput["metrics"]["published"] > 0
 
@@ -203,7 +208,7 @@ def test_text_output_is_a_table() -> None:
     assert lines[1].split()[:2] == ["figure", "rate"]
     rows = [line for line in lines if line.startswith(("raw aioquic one-way", "queue 100 B"))]
     assert len(rows) == 2
-    assert "raw-quic/aioquic/one-way" in rows[1]  # the queue row names its anchor
+    assert "raw-quic/aioquic/one-way/size=100" in rows[1]  # the queue row names its anchor
 
 
 def test_cache_without_redis_server_skips_the_comparison_on_trio(tmp_path: Path) -> None:
@@ -227,7 +232,7 @@ def test_cache_without_redis_server_skips_the_comparison_on_trio(tmp_path: Path)
     figures = figures_of(done)
     assert "redis-server is not on PATH" in done.stderr
     assert set(figures) == {
-        "raw-quic/aioquic/ping-pong",
+        "raw-quic/aioquic/ping-pong/size=64",
         "cache/felix/get/c=2",
         "cache/felix/put/c=2",
     }
