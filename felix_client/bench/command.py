@@ -28,7 +28,7 @@ from typing import Any
 
 from . import cache, pubsub, queues, raw_quic
 from .quic_endpoint import ENGINES
-from .report import attach_ratios, document, print_table
+from .report import Figure, attach_ratios, document, print_table
 from .runner import Progress, Runner
 from .servers import RUNTIMES, LocalBroker, ServerFailed
 from .settings import SCENARIOS, BrokerTarget, Matrix, RunSettings
@@ -266,7 +266,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(
     args: argparse.Namespace, settings: RunSettings, progress: Progress
-) -> tuple[list[Any], dict[str, Any]]:
+) -> tuple[list[Figure], dict[str, Any]]:
     started = datetime.datetime.now(datetime.UTC)
     with tempfile.TemporaryDirectory(prefix="felix-bench-") as tmp, ExitStack() as stack:
         if args.server:
