@@ -14,7 +14,12 @@ c. ``pub->1 sub``: the same, with one live subscriber (``start="earliest"``) on 
    connection; msg/s delivered, from the first publish until the subscriber has read N.
 d. ``fanout x10``: N/``--fanout-divisor`` records to 10 subscribers; total deliveries/s.
 e. ``cache get c=32``: 32 tasks issuing sequential ``get``s of a 256-byte value on one
-   connection; ops/s and round-trip p50 / p99 in milliseconds.
+   connection; ops/s and round-trip p50 / p99 in milliseconds. A request/reply is compared
+   with a request/reply: row ``a`` also measures raw aioquic ping-pong at the same
+   concurrency (32 streams on one connection, each echoing 64 bytes one at a time, server
+   and client each in a child process: ``felix bench``'s raw-quic jobs), and ``e``'s ops/s,
+   p50 and p99 are divided by its round trips/s, p50 and p99 (``*_ratio_to_raw_ping_pong``),
+   never by the one-way message rate.
 
 Topology: the broker is a subprocess (``felix_runtime_asyncio`` or ``felix_runtime_anyio``
 with ``--runtime``; ``--listen 127.0.0.1:0``, in memory, its "listening" log line gives
@@ -244,6 +249,44 @@ async def raw_two_processes(row_name: str, count: int, size: int, cert: tuple[st
             proc.kill()
 
 
+CACHE_CONCURRENCY = 32
+"""Concurrent cache gets in ``e``, and concurrent raw ping-pong streams in its anchor."""
+
+
+def raw_ping_pong(cert: tuple[str, str], seconds: float, concurrency: int) -> dict[str, float]:
+    """Raw aioquic 64-byte ping-pong on ``concurrency`` streams, server and client each in a
+    process of their own (``felix bench``'s raw-quic jobs): the request/reply anchor of the
+    cache figure."""
+    from felix_client.bench.hdr import summarize
+    from felix_client.bench.workers import WorkerPool
+
+    job = "felix_client.bench.raw_quic"
+    common = {
+        "engine": "aioquic",
+        "mode": "ping-pong",
+        "timeout": seconds * 3 + 30,
+        "concurrency": concurrency,
+    }
+    with WorkerPool(2, "asyncio") as pool:
+        server, client = pool[0], pool[1]
+        server.submit(f"{job}:server_job", common | {"cert": cert}, backend="asyncio")
+        address = server.ready(60)["address"]
+        client.submit(
+            f"{job}:client_job",
+            common | {"address": address, "ca_file": cert[0], "size": 64, "seconds": seconds},
+            backend="asyncio",
+        )
+        result = client.result(seconds * 4 + 60)
+        server.result(60)
+    latency = summarize([result["samples"]])
+    return {
+        "concurrency": concurrency,
+        "round_trips_per_s": latency["count"] / result["seconds"],
+        "p50_ms": latency["p50_us"] / 1000,
+        "p99_ms": latency["p99_us"] / 1000,
+    }
+
+
 # ------------------------------------------------------------------------ the scenarios
 
 _BROKER_PID: list[int] = []
@@ -399,6 +442,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 "msgs": args.count, "msg_per_s": two, "one_process": raw,
                 "client_cpu_us": RAW_CPU[0], "broker_cpu_us": RAW_CPU[1],
             }  # fmt: skip
+            out["a_raw_ping_pong"] = raw_ping_pong(cert, args.cache_seconds, CACHE_CONCURRENCY)
         profile = Path(args.profile_dir) if args.profile_dir else None
         if profile is not None:
             profile.mkdir(parents=True, exist_ok=True)
@@ -440,8 +484,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         for letter in "bcd":
             if NAMES[letter] in out:
                 out[NAMES[letter]]["ratio_to_raw"] = out[NAMES[letter]]["msg_per_s"] / raw_rate
-        if NAMES["e"] in out:
-            out[NAMES["e"]]["ratio_to_raw"] = out[NAMES["e"]]["ops_per_s"] / raw_rate
+    ping = out.get("a_raw_ping_pong")
+    if ping and NAMES["e"] in out:  # request/reply next to request/reply, latency by latency
+        cache = out[NAMES["e"]]
+        cache["ops_ratio_to_raw_ping_pong"] = cache["ops_per_s"] / ping["round_trips_per_s"]
+        cache["p50_ratio_to_raw_ping_pong"] = cache["p50_ms"] / ping["p50_ms"]
+        cache["p99_ratio_to_raw_ping_pong"] = cache["p99_ms"] / ping["p99_ms"]
     return out
 
 
@@ -464,7 +512,7 @@ async def scenario(letter: str, url: str, ca: str, args: argparse.Namespace, i: 
     if letter == "d":
         n = max(args.count // args.fanout_divisor, 1000)
         return await bench_fanout(url, ca, f"e2e-fan-{i}", n, args.size, 10)
-    return await bench_cache(url, ca, f"e2e-cache-{i}", 32, args.cache_seconds, 256)
+    return await bench_cache(url, ca, f"e2e-cache-{i}", CACHE_CONCURRENCY, args.cache_seconds, 256)
 
 
 async def bench_publish_named(url: str, ca: str, stream: str, count: int, size: int) -> Any:
@@ -489,7 +537,13 @@ def print_table(out: dict[str, Any]) -> None:
         ("b", "b publish (acked)", "msg/s", ""),
         ("c", "c pub -> 1 sub", "msg/s", "publisher {publish_msg_per_s:,.0f} msg/s"),
         ("d", "d fanout x10", "deliv/s", "publisher {publish_msg_per_s:,.0f} msg/s"),
-        ("e", "e cache get c=32", "ops/s", "p50 {p50_ms:.2f} ms, p99 {p99_ms:.2f} ms"),
+        (
+            "e",
+            "e cache get c=32",
+            "ops/s",
+            "p50 {p50_ms:.2f} ms, p99 {p99_ms:.2f} ms; vs raw ping-pong c=32: ops "
+            "x{ops_ratio_to_raw_ping_pong:.2f}, p50 x{p50_ratio_to_raw_ping_pong:.2f}",
+        ),
     ]
     for letter, label, unit, extra in rows:
         r = out.get(NAMES[letter])
@@ -497,10 +551,19 @@ def print_table(out: dict[str, Any]) -> None:
             continue
         rate = r.get("ops_per_s", r.get("msg_per_s", 0.0))
         ratio = "1.00" if letter == "a" else f"{r.get('ratio_to_raw', float('nan')):.2f}"
+        if letter == "e":
+            ratio = f"{r.get('ops_ratio_to_raw_ping_pong', float('nan')):.2f}"
         print(
             f"{label:20} {rate:>10,.0f} {unit:>8} {ratio:>6} {r['client_cpu_us']:>18.1f} "
             f"{r['broker_cpu_us']:>7.1f}  {extra.format(**r)}"
         )
+        if letter == "a" and out.get("a_raw_ping_pong"):
+            ping = out["a_raw_ping_pong"]
+            print(
+                f"{'a raw ping-pong c=32':20} {ping['round_trips_per_s']:>10,.0f} {'rt/s':>8} "
+                f"{'1.00':>6} {'':>18} {'':>7}  "
+                f"p50 {ping['p50_ms']:.2f} ms, p99 {ping['p99_ms']:.2f} ms (anchor of e)"
+            )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -120,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=("asyncio", "trio"), default="asyncio")
     p.add_argument("broker_args", nargs=argparse.REMAINDER)
 
+    p = sub.add_parser("bench", help="measure a broker (felix bench --help)", add_help=False)
+    p.add_argument("bench_args", nargs=argparse.REMAINDER)
+
     p = cmd("pub", "publish to a stream (a message, stdin lines, or a generated load)")
     p.add_argument("stream")
     p.add_argument("message", nargs="?", help="the payload; without it, one per stdin line")
@@ -284,6 +287,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "broker":
         return broker_main(argv[1:])
+    if argv and argv[0] == "bench":
+        try:
+            from .bench import main as bench_main
+        except ImportError as exc:  # the bench extra is not installed
+            print(f"{PROG}: error: {exc} (pip install 'felix[bench]')", file=sys.stderr)
+            return EXIT_ERROR
+        return bench_main(argv[1:])
     # aioquic logs connection errors on the "quic" logger; the CLI reports them itself.
     logging.getLogger("quic").addHandler(logging.NullHandler())
     try:

@@ -1,0 +1,309 @@
+"""``felix bench SCENARIO``: parse the command line, start what the run needs, run the
+scenarios with their anchors, print the table or the JSON document.
+
+Each scenario measures its anchors first, in the same run (the machine is shared and
+noisy, so ratios across runs mean little): raw aioquic one-way with messages of each
+payload size for ``pubsub-throughput`` and ``queue``, raw aioquic 64-byte ping-pong for
+``pubsub-latency`` and ``cache``. ``all`` runs ``raw-quic`` (every installed engine) and
+then every scenario; an anchor already measured in the run is not measured again.
+
+Exit status: 0 when every figure is valid, 1 when one is not (unexplained loss, say) or the
+run failed, 2 on bad usage, 130 on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from . import cache, pubsub, queues, raw_quic
+from .quic_endpoint import ENGINES
+from .report import Figure, attach_ratios, document, print_table
+from .runner import Progress, Runner
+from .servers import RUNTIMES, LocalBroker, ServerFailed
+from .settings import SCENARIOS, BrokerTarget, Matrix, RunSettings
+from .workers import WorkerFailed, WorkerPool
+
+__all__ = ["build_parser", "main", "plan"]
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+POOL_SIZE = 2
+"""Worker processes: every figure runs at most two jobs at once (server and client,
+subscriber and publisher, consumers and producer)."""
+
+Step = Callable[[Runner], None]
+
+
+def plan(scenario: str) -> list[Step]:
+    """The steps of a scenario (each measures the anchors it needs first)."""
+    steps: dict[str, list[Step]] = {
+        "raw-quic": [raw_quic.run],
+        "pubsub-latency": [pubsub.run_latency],
+        "pubsub-throughput": [pubsub.run_throughput],
+        "queue": [queues.run],
+        "cache": [cache.run],
+        "all": [raw_quic.run, pubsub.run_latency, pubsub.run_throughput, queues.run, cache.run],
+    }
+    return steps[scenario]
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers like 1,10, not {text!r}") from None
+    if not values or min(values) < 0:
+        raise argparse.ArgumentTypeError(f"expected non-negative numbers, not {text!r}")
+    return values
+
+
+def _positive_ints(text: str) -> tuple[int, ...]:
+    values = _ints(text)
+    if min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected numbers of at least 1, not {text!r}")
+    return values
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 3600:
+        raise argparse.ArgumentTypeError(f"--seconds must be within (0, 3600], not {text}")
+    return value
+
+
+def _setting(text: str) -> tuple[str, object]:
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, not {text!r}")
+    try:
+        value: object = json.loads(raw)
+    except ValueError:
+        value = raw
+    return key.strip(), value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``felix bench``."""
+    p = argparse.ArgumentParser(
+        prog="felix bench",
+        description="Measure a Felix broker, next to the QUIC engine's own ceiling "
+        "(raw-quic) and, for the cache, redis-py, in one run. Runs the broker in its own "
+        "process unless --server is given; load generators run in their own processes.",
+        epilog="docs/performance.md explains each scenario and its figures.",
+    )
+    p.add_argument("scenario", choices=SCENARIOS)
+    p.add_argument(
+        "--seconds",
+        type=_seconds,
+        default=RunSettings().seconds,
+        help="load time of each figure (default %(default)s)",
+    )
+    p.add_argument(
+        "--runtime",
+        choices=tuple(RUNTIMES),
+        default="asyncio",
+        help="runtime of the broker this command starts (default asyncio)",
+    )
+    p.add_argument(
+        "--server",
+        "-s",
+        metavar="URL",
+        help="measure this broker instead of starting one (needs --ca or --insecure)",
+    )
+    p.add_argument("--ca", metavar="FILE", help="the --server broker's certificate (PEM)")
+    p.add_argument(
+        "--insecure",
+        "-k",
+        action="store_true",
+        help="do not verify the --server broker's certificate",
+    )
+    p.add_argument(
+        "--loop",
+        choices=("asyncio", "trio"),
+        default="asyncio",
+        help="event loop of the Felix load generators (default asyncio)",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.add_argument(
+        "--json-file",
+        metavar="FILE",
+        help="also write the JSON document to FILE (with the table on stdout)",
+    )
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
+    m = p.add_argument_group("matrix (comma-separated lists override the defaults)")
+    d = Matrix()
+    m.add_argument(
+        "--payload",
+        type=_ints,
+        metavar="BYTES",
+        help="payload sizes of pubsub-latency and pubsub-throughput (which skips 0) "
+        f"(default {d.latency_payloads} and {d.throughput_payloads})",
+    )
+    m.add_argument(
+        "--fanout",
+        type=_positive_ints,
+        metavar="N",
+        help=f"subscribers per stream (default {d.latency_fanouts})",
+    )
+    m.add_argument(
+        "--batch",
+        type=_positive_ints,
+        metavar="N",
+        help=f"records per publish batch, throughput (default {d.throughput_batches})",
+    )
+    m.add_argument(
+        "--consumers",
+        type=_positive_ints,
+        metavar="N",
+        help=f"queue consumers (default {d.queue_consumers})",
+    )
+    m.add_argument(
+        "--concurrency",
+        type=_positive_ints,
+        metavar="N",
+        help=f"cache request concurrency (default {d.cache_concurrency})",
+    )
+    m.add_argument(
+        "--stream-set",
+        type=_setting,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a setting of every stream the bench creates, e.g. slow_consumer=block",
+    )
+    m.add_argument(
+        "--engine",
+        type=lambda t: tuple(t.split(",")),
+        default=ENGINES,
+        metavar="NAMES",
+        help=f"raw QUIC engines (default {','.join(ENGINES)})",
+    )
+    m.add_argument("--no-redis", action="store_true", help="skip the redis-py comparison")
+    return p
+
+
+def _settings(args: argparse.Namespace) -> RunSettings:
+    d = Matrix()
+    matrix = Matrix(
+        latency_payloads=args.payload or d.latency_payloads,
+        throughput_payloads=tuple(p for p in args.payload or () if p > 0) or d.throughput_payloads,
+        latency_fanouts=args.fanout or d.latency_fanouts,
+        throughput_fanouts=args.fanout or d.throughput_fanouts,
+        throughput_batches=args.batch or d.throughput_batches,
+        queue_consumers=args.consumers or d.queue_consumers,
+        cache_concurrency=args.concurrency or d.cache_concurrency,
+    )
+    unknown = set(args.engine) - set(ENGINES)
+    if unknown:
+        raise ValueError(f"unknown QUIC engine(s) {sorted(unknown)} (known: {ENGINES})")
+    return RunSettings(
+        seconds=args.seconds,
+        loop=args.loop,
+        matrix=matrix,
+        stream_settings=dict(args.stream_set),
+        engines=args.engine,
+        redis=not args.no_redis,
+    )
+
+
+def machine() -> str:
+    """``N CPUs, M GiB RAM, OS``: where the figures were measured."""
+    memory = ""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                memory = f", {int(line.split()[1]) / (1 << 20):.0f} GiB RAM"
+    except OSError:
+        pass
+    return f"{os.cpu_count()} CPUs{memory}, {platform.system()} {platform.machine()}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``felix bench``. Returns the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    try:
+        settings = _settings(args)
+        if args.server and not (args.ca or args.insecure):
+            raise ValueError("--server needs --ca FILE (the broker's certificate) or --insecure")
+        if args.ca and not os.path.isfile(args.ca):
+            raise ValueError(f"CA file {args.ca!r} does not exist")
+    except ValueError as exc:
+        print(f"felix bench: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    progress = Progress(sys.stderr, live=sys.stderr.isatty(), quiet=args.quiet)
+    try:
+        figures, run = _run(args, settings, progress)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except (WorkerFailed, ServerFailed, OSError) as exc:
+        print(f"felix bench: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    attach_ratios(figures)
+    doc = document(figures, run)
+    if args.json_file:
+        Path(args.json_file).write_text(json.dumps(doc, indent=2) + "\n")
+    if args.json:
+        json.dump(doc, sys.stdout, indent=2)
+        print()
+    else:
+        print_table(figures, run, sys.stdout)
+    return EXIT_OK if all(f.valid for f in figures) else EXIT_ERROR
+
+
+def _run(
+    args: argparse.Namespace, settings: RunSettings, progress: Progress
+) -> tuple[list[Figure], dict[str, Any]]:
+    started = datetime.datetime.now(datetime.UTC)
+    with tempfile.TemporaryDirectory(prefix="felix-bench-") as tmp, ExitStack() as stack:
+        if args.server:
+            from felix_runtime.tls import ensure_self_signed
+
+            files = ensure_self_signed(Path(tmp) / "raw")
+            cert = (str(files.cert_path), str(files.key_path))
+            target = BrokerTarget(url=args.server, ca_file=args.ca, insecure=args.insecure)
+            broker_pid, broker_text = None, f"at {args.server} (not started by felix bench)"
+        else:
+            broker = stack.enter_context(LocalBroker(args.runtime, Path(tmp) / "broker"))
+            cert = (broker.ca_file, broker.key_file)
+            target = BrokerTarget(url=broker.url, ca_file=broker.ca_file)
+            broker_pid, broker_text = broker.pid, f"{args.runtime} runtime, own process"
+        pool = stack.enter_context(WorkerPool(POOL_SIZE, settings.loop))
+        runner = Runner(
+            settings=settings,
+            pool=pool,
+            target=target,
+            broker_pid=broker_pid,
+            cert=cert,
+            progress=progress,
+            tmp=Path(tmp),
+        )
+        for step in plan(args.scenario):
+            step(runner)
+    run = {
+        "scenario": args.scenario,
+        "date": started.strftime("%Y-%m-%d %H:%M UTC"),
+        "seconds": settings.seconds,
+        "broker": broker_text,
+        "runtime": None if args.server else args.runtime,
+        "engine": f"aioquic {metadata.version('aioquic')}",
+        "loop": settings.loop,
+        "machine": machine(),
+        "python": platform.python_version(),
+        "felix": metadata.version("felix"),
+        "stream_settings": settings.stream_settings,
+    }
+    return runner.figures, run

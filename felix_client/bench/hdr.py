@@ -1,0 +1,64 @@
+"""Latency percentiles through an HDR histogram (the ``hdrhistogram`` package).
+
+Load generators keep raw samples (nanoseconds, in an ``array('q')``) while they run, so
+recording costs one append in the timed loop; the samples go into a histogram afterwards,
+here. Values are recorded in nanoseconds with three significant digits, from 1 ns up to
+one hour; percentiles are reported in microseconds.
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections.abc import Iterable
+
+from hdrh.histogram import HdrHistogram
+
+__all__ = ["PERCENTILES", "Latency", "new_histogram", "summarize"]
+
+PERCENTILES = (50.0, 99.0, 99.9)
+"""The percentiles every latency figure reports (p50, p99, p999)."""
+HIGHEST_NS = 3600 * 10**9
+SIGNIFICANT_DIGITS = 3
+
+Latency = dict[str, float]
+"""``{"count", "p50_us", "p99_us", "p999_us", "max_us", "mean_us"}``."""
+
+
+def new_histogram() -> HdrHistogram:
+    """An empty histogram for nanosecond values."""
+    return HdrHistogram(1, HIGHEST_NS, SIGNIFICANT_DIGITS)
+
+
+def summarize(samples_ns: Iterable[array[int] | bytes]) -> Latency:
+    """Record every sample into one histogram and read its percentiles.
+
+    Args:
+        samples_ns: arrays of nanosecond latencies (``array('q')`` or its ``tobytes()``);
+            values below 1 ns count as 1 ns (a clock that did not move), values above an
+            hour as an hour.
+
+    Returns:
+        ``count`` and ``p50_us`` / ``p99_us`` / ``p999_us`` / ``max_us`` / ``mean_us``;
+        the percentiles are 0.0 when there is no sample.
+    """
+    histogram = new_histogram()
+    record = histogram.record_value
+    for chunk in samples_ns:
+        values = chunk if isinstance(chunk, array) else array("q", chunk)
+        for value in values:
+            record(min(max(value, 1), HIGHEST_NS))
+    count = int(histogram.get_total_count())
+    if count == 0:
+        return {
+            "count": 0,
+            **dict.fromkeys(("p50_us", "p99_us", "p999_us", "max_us", "mean_us"), 0.0),
+        }
+    at = histogram.get_percentile_to_value_dict(list(PERCENTILES))
+    return {
+        "count": count,
+        "p50_us": at[50.0] / 1000.0,
+        "p99_us": at[99.0] / 1000.0,
+        "p999_us": at[99.9] / 1000.0,
+        "max_us": histogram.get_max_value() / 1000.0,
+        "mean_us": histogram.get_mean_value() / 1000.0,
+    }

@@ -1,0 +1,105 @@
+"""What a bench run measures and where: the scenario matrices, durations, QUIC settings and
+the broker a load generator connects to.
+
+Everything here is plain data, picklable, so the parent hands it to the load-generator
+processes as it is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..client import Client
+
+__all__ = [
+    "RAW_CLIENT",
+    "RAW_SERVER",
+    "SCENARIOS",
+    "BrokerTarget",
+    "Matrix",
+    "QuicSettings",
+    "RunSettings",
+]
+
+SCENARIOS = ("raw-quic", "pubsub-latency", "pubsub-throughput", "queue", "cache", "all")
+"""The scenarios ``felix bench`` knows, in the order ``all`` runs them."""
+
+MiB = 1 << 20
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QuicSettings:
+    """The QUIC settings of one side of a connection."""
+
+    max_datagram_size: int
+    max_data: int
+    max_stream_data: int
+    idle_timeout: float
+
+
+RAW_SERVER = QuicSettings(
+    max_datagram_size=1452, max_data=16 * MiB, max_stream_data=4 * MiB, idle_timeout=15.0
+)
+"""The broker's defaults (``felix broker --print-config``, ``[transport]``): the raw QUIC
+server uses them so that the ceiling is measured with the settings the broker runs with."""
+RAW_CLIENT = QuicSettings(
+    max_datagram_size=1452, max_data=8 * MiB, max_stream_data=4 * MiB, idle_timeout=60.0
+)
+"""``felix_client``'s defaults (``TransportOptions``), for the raw QUIC client."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BrokerTarget:
+    """How a load generator reaches the broker."""
+
+    url: str
+    ca_file: str | None = None
+    insecure: bool = False
+    timeout: float = 30.0
+
+    def connect(self) -> Client:
+        """A new client (enter it with ``async with``); one QUIC connection."""
+        return Client(
+            self.url,
+            ca_file=self.ca_file,
+            insecure=self.insecure,
+            timeout=self.timeout,
+            client_name="felix-bench",
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Matrix:
+    """The parameters each scenario runs through (``all`` runs every combination)."""
+
+    latency_payloads: tuple[int, ...] = (0, 100, 1024)
+    latency_fanouts: tuple[int, ...] = (1, 10)
+    throughput_payloads: tuple[int, ...] = (100, 1024, 4096)
+    throughput_batches: tuple[int, ...] = (1, 64)
+    throughput_fanouts: tuple[int, ...] = (1, 10)
+    queue_consumers: tuple[int, ...] = (1, 4)
+    queue_payload: int = 100
+    queue_enqueue_batch: int = 64
+    cache_value: int = 256
+    cache_concurrency: tuple[int, ...] = (1, 64)
+    raw_message: int = 100
+    """Size of the raw one-way messages (the pub/sub throughput anchor is 100 B records)."""
+    raw_ping: int = 64
+    """Size of the raw ping-pong message."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunSettings:
+    """One invocation of ``felix bench``."""
+
+    seconds: float = 2.0
+    """How long each figure's load runs (warm-up and draining come on top)."""
+    loop: str = "asyncio"
+    """The event loop of the Felix load generators (``asyncio`` or ``trio``)."""
+    matrix: Matrix = field(default_factory=Matrix)
+    stream_settings: dict[str, object] = field(default_factory=dict)
+    """Settings for every stream the bench creates (default: the broker's defaults)."""
+    engines: tuple[str, ...] = ("aioquic", "qh3")
+    """Raw QUIC engines to measure (qh3 only when installed)."""
+    redis: bool = True
+    """Measure redis-py against a local redis-server next to the cache (when installed)."""
