@@ -65,6 +65,8 @@ GAUGES = (
 ENTRY = "import sys; from felix_client.cli import broker_main; sys.exit(broker_main(sys.argv[1:]))"
 START_TIMEOUT = 15.0
 SETTLE_TIMEOUT = 15.0
+LINGER = 2.0
+"""Seconds past the end a loop body may still run before it is cancelled."""
 
 
 class BrokerProcess:
@@ -155,10 +157,19 @@ class Soak:
         return felix_client.connect(self.broker.url, ca_file=self.broker.ca_file, timeout=5.0)
 
     async def loop(self, name: str, body: Callable[[], Awaitable[None]]) -> None:
-        """Run ``body`` until the time is up; a FelixError is counted, anything else fails."""
+        """Run ``body`` until the time is up; a FelixError is counted, anything else fails.
+
+        Every run of ``body`` is bounded too: one that started just before the time was up
+        may wait for traffic that has stopped (a subscriber at the log's end, a consumer of
+        an empty queue), so it is cancelled :data:`LINGER` seconds after the end.
+        """
         while self.running():
             try:
-                await body()
+                # asyncio's loop clock is time.monotonic(), the clock of self.until
+                async with asyncio.timeout_at(self.until + LINGER):
+                    await body()
+            except TimeoutError:
+                self.counts[f"{name}.cancelled_at_end"] += 1
             except FelixError as exc:
                 self.counts[f"{name}.{type(exc).__name__}"] += 1
                 await asyncio.sleep(0.01)
