@@ -31,6 +31,7 @@ from typing import Any
 
 import anyio
 
+from . import __version__
 from ._cli_commands import COMMANDS, parse_start
 from ._token_cli import add_token_commands, run_token_command
 from ._url import DEFAULT_URL, SERVER_ENV, parse_url
@@ -105,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Felix command-line client: streams, queues, cache and admin.",
         epilog="Run 'felix COMMAND --help' for a command's options. "
         "'felix broker --help' shows the broker's options.",
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"{PROG} {__version__}", help="print the version"
     )
     _common(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -323,6 +327,9 @@ def broker_main(argv: Sequence[str] | None = None) -> int:
     argument is passed on to the runtime.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
+    if "--version" in argv:  # answered here: the runtime's own parser has no --version
+        print(f"felix-broker {__version__}")
+        return 0
     pre = argparse.ArgumentParser(
         prog="felix broker",
         add_help=False,
@@ -340,6 +347,7 @@ def broker_main(argv: Sequence[str] | None = None) -> int:
         default="asyncio",
         help="with --runtime anyio: the loop anyio runs on (default asyncio)",
     )
+    pre.add_argument("--version", action="store_true", help="print the version and exit")
     try:
         known, rest = pre.parse_known_args(argv)
     except SystemExit as exc:
