@@ -33,8 +33,10 @@ import anyio
 
 from . import __version__
 from ._cli_commands import COMMANDS, parse_start
+from ._context_cli import add_context_commands, load_config, run_context_command
+from ._contexts import SETTINGS, ConfigError, resolve
 from ._token_cli import add_token_commands, run_token_command
-from ._url import DEFAULT_URL, SERVER_ENV, parse_url
+from ._url import DEFAULT_URL, parse_url
 from .errors import FelixError
 
 __all__ = ["broker_main", "build_parser", "main", "parse_start"]
@@ -45,12 +47,6 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 _COMMON_DEFAULTS: dict[str, Any] = {
-    "server": None,
-    "ca": None,
-    "insecure": False,
-    "token": None,
-    "tenant": "default",
-    "namespace": "default",
     "output": "text",
     "timeout": 10.0,
     "loop": "asyncio",
@@ -80,11 +76,26 @@ def _common(parser: argparse.ArgumentParser) -> None:
         "-k",
         action="store_true",
         default=s,
-        help="do not verify the broker's certificate (development only)",
+        help="do not verify the broker's certificate (development only; env FELIX_INSECURE)",
+    )
+    g.add_argument(
+        "--no-insecure",
+        dest="insecure",
+        action="store_false",
+        default=s,
+        help="verify the certificate even if the context or FELIX_INSECURE says not to",
     )
     g.add_argument("--token", default=s, help="bearer token (env FELIX_TOKEN)")
-    g.add_argument("--tenant", default=s, help="tenant (default: default)")
-    g.add_argument("--namespace", "-n", default=s, help="namespace (default: default)")
+    g.add_argument("--tenant", default=s, help="tenant (env FELIX_TENANT; default: default)")
+    g.add_argument(
+        "--namespace", "-n", default=s, help="namespace (env FELIX_NAMESPACE; default: default)"
+    )
+    g.add_argument(
+        "--context",
+        default=s,
+        metavar="NAME",
+        help="the context to take settings from (env FELIX_CONTEXT; default: the current one)",
+    )
     g.add_argument(
         "--output", "-o", choices=("text", "json"), default=s, help="output format (default: text)"
     )
@@ -237,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = cmd("list", "list resources of a kind", a_sub)
     p.add_argument("kind", choices=kinds)
     add_token_commands(sub)
+    add_context_commands(sub)
     return parser  # fmt: skip
 
 
@@ -247,18 +259,48 @@ def _positive_int(text: str) -> int:
     return value
 
 
+_NO_CONTEXT = frozenset({"context", "token"})
+"""Commands that take no connection settings from a context (``context add`` stores the
+flags it is given; ``token`` commands use ``--tenant`` and ``TOKEN`` as their own)."""
+
+
 def _finish(args: argparse.Namespace, env: dict[str, str]) -> argparse.Namespace:
-    """Fill the common defaults (flag > environment > built-in) and check the URL."""
+    """Fill the settings, each from its flag, else its ``FELIX_*`` variable, else the
+    selected context, else the default (:func:`felix_client._contexts.resolve`); check the
+    URL and the CA file. ``args.sources`` says where each setting came from.
+
+    Raises:
+        ValueError: a malformed server URL or a missing CA file.
+        ConfigError: the config file is invalid or the selected context does not exist.
+    """
     for name, default in _COMMON_DEFAULTS.items():
         if not hasattr(args, name):
             setattr(args, name, default)
-    args.server = args.server or env.get(SERVER_ENV) or DEFAULT_URL
-    args.ca = args.ca or env.get("FELIX_CA") or None
-    args.token = args.token or env.get("FELIX_TOKEN") or None
-    parse_url(args.server)  # ValueError -> usage error
+    if args.command == "context":
+        return args
+    flags = {name: getattr(args, name) for name in SETTINGS if hasattr(args, name)}
+    context = None
+    if args.command not in _NO_CONTEXT:
+        config = load_config(env)
+        chosen = config.selected(getattr(args, "context", None), env)
+        if chosen is not None:
+            context = (chosen[0], config.contexts[chosen[0]])
+    settings = resolve(flags, env, context)
+    for name, setting in settings.items():
+        setattr(args, name, setting.value)
+    args.sources = {name: setting.source for name, setting in settings.items()}
+    try:
+        parse_url(args.server)
+    except ValueError as exc:
+        raise ValueError(f"{exc}{_origin(settings['server'].source)}") from None
     if args.ca and not os.path.isfile(args.ca):
-        raise ValueError(f"CA file {args.ca!r} does not exist")
+        where = _origin(settings["ca"].source)
+        raise ValueError(f"CA file {args.ca!r}{where} does not exist")
     return args
+
+
+def _origin(source: str) -> str:
+    return "" if source == "flag" else f" (from {source})"
 
 
 def parse_args(argv: Sequence[str], env: dict[str, str] | None = None) -> argparse.Namespace:
@@ -292,6 +334,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("quic").addHandler(logging.NullHandler())
     try:
         args = parse_args(argv)
+    except ConfigError as exc:
+        print(error_line(exc), file=sys.stderr)
+        return EXIT_ERROR
     except ValueError as exc:
         print(error_line(exc), file=sys.stderr)
         return EXIT_USAGE
@@ -299,6 +344,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     if args.command == "token":
         return run_token_command(args)
+    if args.command == "context":
+        return run_context_command(args)
     command = COMMANDS[_command_key(args)]
     try:
         result: int = anyio.run(command, args, backend=args.loop)
