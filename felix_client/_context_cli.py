@@ -91,7 +91,7 @@ def add_context_commands(sub: argparse._SubParsersAction[Any]) -> None:
     p = actions.add_parser(
         "use", help="make a context the current one", description="Make a context the current one."
     )
-    p.add_argument("name", metavar="NAME")
+    p.add_argument("name", metavar="CONTEXT")
     p.set_defaults(context_run=_use)
 
     p = actions.add_parser(
@@ -109,13 +109,13 @@ def add_context_commands(sub: argparse._SubParsersAction[Any]) -> None:
         help="show a context (default: the one commands use)",
         description="Show a context's settings.",
     )
-    p.add_argument("name", metavar="NAME", nargs="?")
+    p.add_argument("name", metavar="CONTEXT", nargs="?")
     _output(p)
     _show_token(p)
     p.set_defaults(context_run=_show)
 
     p = actions.add_parser("rm", help="remove a context", description="Remove a context.")
-    p.add_argument("name", metavar="NAME")
+    p.add_argument("name", metavar="CONTEXT")
     p.set_defaults(context_run=_rm)
 
 

@@ -33,6 +33,7 @@ import anyio
 
 from . import __version__
 from ._cli_commands import COMMANDS, parse_start
+from ._completion import SHELLS, command_tree, render
 from ._context_cli import add_context_commands, load_config, run_context_command
 from ._contexts import SETTINGS, ConfigError, resolve
 from ._token_cli import add_token_commands, run_token_command
@@ -93,7 +94,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--context",
         default=s,
-        metavar="NAME",
+        metavar="CONTEXT",
         help="the context to take settings from (env FELIX_CONTEXT; default: the current one)",
     )
     g.add_argument(
@@ -133,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
                        add_help=False)  # fmt: skip
     p.add_argument("--runtime", choices=("asyncio", "anyio"), default="asyncio")
     p.add_argument("--backend", choices=("asyncio", "trio"), default="asyncio")
+    p.add_argument("--version", action="store_true", help="print the version and exit")
     p.add_argument("broker_args", nargs=argparse.REMAINDER)
 
     p = cmd("pub", "publish to a stream (a message, stdin lines, or a generated load)")
@@ -249,6 +251,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("kind", choices=kinds)
     add_token_commands(sub)
     add_context_commands(sub)
+    p = sub.add_parser(
+        "completion",
+        help="print a shell completion script",
+        description="Print the completion script of felix and felix-broker for a shell "
+        "(how to install it is in the script's first lines).",
+    )
+    p.add_argument("shell", choices=SHELLS)
     return parser  # fmt: skip
 
 
@@ -259,7 +268,7 @@ def _positive_int(text: str) -> int:
     return value
 
 
-_NO_CONTEXT = frozenset({"context", "token"})
+_NO_CONTEXT = frozenset({"context", "token", "completion"})
 """Commands that take no connection settings from a context (``context add`` stores the
 flags it is given; ``token`` commands use ``--tenant`` and ``TOKEN`` as their own)."""
 
@@ -276,7 +285,7 @@ def _finish(args: argparse.Namespace, env: dict[str, str]) -> argparse.Namespace
     for name, default in _COMMON_DEFAULTS.items():
         if not hasattr(args, name):
             setattr(args, name, default)
-    if args.command == "context":
+    if args.command in ("context", "completion"):
         return args
     flags = {name: getattr(args, name) for name in SETTINGS if hasattr(args, name)}
     context = None
@@ -346,6 +355,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_token_command(args)
     if args.command == "context":
         return run_context_command(args)
+    if args.command == "completion":
+        sys.stdout.write(completion_script(args.shell))
+        return 0
     command = COMMANDS[_command_key(args)]
     try:
         result: int = anyio.run(command, args, backend=args.loop)
@@ -357,6 +369,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         return EXIT_ERROR
     return result
+
+
+def completion_script(shell: str) -> str:
+    """The completion script of ``felix`` and ``felix-broker`` for ``shell``, generated
+    from :func:`build_parser` with the broker runtime's own flags under ``broker``."""
+    from felix_server.config import build_parser as broker_parser
+
+    tree = command_tree(build_parser(), {("broker",): broker_parser()})
+    return render(shell, tree, __version__)
 
 
 def _command_key(args: argparse.Namespace) -> str:
