@@ -35,7 +35,7 @@ from . import __version__
 from ._cli_commands import COMMANDS, parse_start
 from ._completion import SHELLS, command_tree, render
 from ._context_cli import add_context_commands, load_config, run_context_command
-from ._contexts import SETTINGS, ConfigError, resolve
+from ._contexts import DEFAULT_METRICS_URL, SETTINGS, ConfigError, resolve
 from ._token_cli import add_token_commands, run_token_command
 from ._url import DEFAULT_URL, parse_url
 from .errors import FelixError
@@ -249,6 +249,30 @@ def build_parser() -> argparse.ArgumentParser:
             )
     p = cmd("list", "list resources of a kind", a_sub)
     p.add_argument("kind", choices=kinds)
+    p = cmd("top", "a live view of a broker from its /metrics (needs felix[top])")
+    p.add_argument(
+        "--metrics",
+        default=argparse.SUPPRESS,
+        metavar="URL",
+        help=f"the broker's metrics URL or HOST:PORT (env FELIX_METRICS, else the context's; "
+        f"default {DEFAULT_METRICS_URL})",
+    )
+    p.add_argument(
+        "--interval",
+        "-i",
+        type=_positive_float,
+        default=2.0,
+        metavar="SECONDS",
+        help="seconds between scrapes (default 2)",
+    )
+    p.add_argument(
+        "--limit", type=_positive_int, default=20, metavar="N", help="rows per table (default 20)"
+    )
+    p.add_argument(
+        "--once",
+        action="store_true",
+        help="scrape twice --interval apart, print one frame and exit",
+    )
     add_token_commands(sub)
     add_context_commands(sub)
     p = sub.add_parser(
@@ -259,6 +283,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("shell", choices=SHELLS)
     return parser  # fmt: skip
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, not {text}")
+    return value
 
 
 def _positive_int(text: str) -> int:
@@ -358,6 +389,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "completion":
         sys.stdout.write(completion_script(args.shell))
         return 0
+    if args.command == "top":
+        from ._top import run_top
+
+        return run_top(args)
     command = COMMANDS[_command_key(args)]
     try:
         result: int = anyio.run(command, args, backend=args.loop)
