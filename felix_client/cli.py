@@ -12,11 +12,16 @@ In the style of the ``nats`` CLI and ``redis-cli``::
     felix cache get sessions alice
     felix admin create stream orders --set retention_max_records=100000
     felix broker                             # the broker (also: felix-broker)
+    felix top                                # live view of the broker's /metrics
+    felix context add prod --server quic://prod:7447 --use
+    felix completion bash                    # also zsh, fish
+    felix --version
 
 Common flags (anywhere on the line): ``--server`` (``FELIX_SERVER``), ``--ca`` / ``--insecure``,
-``--token`` (``FELIX_TOKEN``), ``--tenant``, ``--namespace``, ``--output text|json``,
-``--timeout``. Expected errors print one line on stderr and exit 1 (2 for usage errors,
-130 on Ctrl-C).
+``--token`` (``FELIX_TOKEN``), ``--tenant``, ``--namespace``, ``--context``, ``--output
+text|json``, ``--timeout``. Each setting comes from its flag, else its ``FELIX_*`` variable,
+else the selected context, else the default (:mod:`felix_client._contexts`). Expected errors
+print one line on stderr and exit 1 (2 for usage errors, 130 on Ctrl-C).
 """
 
 from __future__ import annotations
