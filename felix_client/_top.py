@@ -11,8 +11,9 @@ a terminal; :func:`run_top` is the loop around them (HTTP, the clock, ``rich.liv
 
 A broker that cannot be reached does not end the view: the last figures stay on screen,
 marked stale, with the error, until the broker answers again (Ctrl-C quits). With
-``--once`` the command takes two scrapes ``--interval`` apart, prints one frame and exits
-(1 if the broker could not be scraped).
+``--once`` the command takes two scrapes ``--interval`` apart, prints one frame (or, with
+``--output json``, the :class:`TopView` as JSON) and exits (1 if the broker could not be
+scraped).
 
 The metric names read are in :data:`METRICS` (docs/broker.md, Metrics); per-queue and
 per-cache series exist only while the broker exports them (``metrics_resource_limit``), and
@@ -22,6 +23,8 @@ the view says when a kind was capped.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import sys
 import time
 import urllib.error
@@ -469,6 +472,10 @@ def run_top(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"felix: error: {exc}", file=sys.stderr)
         return 2
+    as_json = getattr(args, "output", "text") == "json"
+    if as_json and not args.once:
+        print("felix: error: --output json needs --once (one frame)", file=sys.stderr)
+        return 2
     timeout = min(args.timeout, max(args.interval, 1.0))
     if args.once:
         try:
@@ -478,7 +485,11 @@ def run_top(args: argparse.Namespace) -> int:
         except (OSError, ValueError) as exc:
             print(f"felix: error: cannot scrape {url}: {_reason(exc)}", file=sys.stderr)
             return 1
-        Console().print(render(compute_view(first, second), url, limit=args.limit))
+        view = compute_view(first, second)
+        if as_json:
+            print(json.dumps({"metrics": url, **dataclasses.asdict(view)}))
+        else:
+            Console().print(render(view, url, limit=args.limit))
         return 0
     prev: Scrape | None = None
     view: TopView | None = None

@@ -304,9 +304,10 @@ def _positive_int(text: str) -> int:
     return value
 
 
-_NO_CONTEXT = frozenset({"context", "token", "completion"})
-"""Commands that take no connection settings from a context (``context add`` stores the
-flags it is given; ``token`` commands use ``--tenant`` and ``TOKEN`` as their own)."""
+_NO_CONTEXT = frozenset({"token"})
+"""Commands whose settings skip the context layer (``token`` commands use ``--tenant`` and
+``TOKEN`` as their own; ``context`` and ``completion`` resolve no settings at all:
+``context add`` stores exactly the flags it is given)."""
 
 
 def _finish(args: argparse.Namespace, env: dict[str, str]) -> argparse.Namespace:

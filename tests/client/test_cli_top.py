@@ -5,6 +5,7 @@ installed)."""
 from __future__ import annotations
 
 import io
+import json
 import shutil
 import subprocess
 import sys
@@ -373,6 +374,26 @@ def test_once_against_a_live_broker(broker: Broker) -> None:
     assert [c.strip() for c in queue.split("│")[2:4]] == ["3", "0"]  # depth, in flight
     cache = next(line for line in done.stdout.splitlines() if f"top-c-{suffix}" in line)
     assert [c.strip() for c in cache.split("│")[2:4]] == ["1", "100.0%"]
+
+
+def test_once_as_json(broker: Broker) -> None:
+    suffix = uuid.uuid4().hex[:8]
+    _resources(broker, suffix)
+    host, port = broker.metrics
+    done = _felix("top", "--once", "-o", "json", "--metrics", f"{host}:{port}", "-i", "0.2")
+    assert done.returncode == 0, done.stderr
+    frame = json.loads(done.stdout)
+    assert frame["metrics"] == f"http://{host}:{port}/metrics"
+    assert frame["ready"] is True and frame["interval"] > 0
+    queue = next(q for q in frame["queues"] if q["name"] == f"default/default/top-q-{suffix}")
+    assert (queue["depth"], queue["in_flight"]) == (3, 0)
+    cache = next(c for c in frame["caches"] if c["name"] == f"default/default/top-c-{suffix}")
+    assert (cache["entries"], cache["hit_ratio"]) == (1, 1.0)
+
+
+def test_json_needs_once(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["top", "-o", "json"]) == 2
+    assert "--output json needs --once" in capsys.readouterr().err
 
 
 needs_tmux = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
