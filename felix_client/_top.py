@@ -485,11 +485,11 @@ def run_top(args: argparse.Namespace) -> int:
         except (OSError, ValueError) as exc:
             print(f"felix: error: cannot scrape {url}: {_reason(exc)}", file=sys.stderr)
             return 1
-        view = compute_view(first, second)
+        frame = compute_view(first, second)
         if as_json:
-            print(json.dumps({"metrics": url, **dataclasses.asdict(view)}))
+            print(json.dumps({"metrics": url, **dataclasses.asdict(frame)}))
         else:
-            Console().print(render(view, url, limit=args.limit))
+            Console().print(render(frame, url, limit=args.limit))
         return 0
     prev: Scrape | None = None
     view: TopView | None = None
