@@ -12,11 +12,16 @@ In the style of the ``nats`` CLI and ``redis-cli``::
     felix cache get sessions alice
     felix admin create stream orders --set retention_max_records=100000
     felix broker                             # the broker (also: felix-broker)
+    felix top                                # live view of the broker's /metrics
+    felix context add prod --server quic://prod:7447 --use
+    felix completion bash                    # also zsh, fish
+    felix --version
 
 Common flags (anywhere on the line): ``--server`` (``FELIX_SERVER``), ``--ca`` / ``--insecure``,
-``--token`` (``FELIX_TOKEN``), ``--tenant``, ``--namespace``, ``--output text|json``,
-``--timeout``. Expected errors print one line on stderr and exit 1 (2 for usage errors,
-130 on Ctrl-C).
+``--token`` (``FELIX_TOKEN``), ``--tenant``, ``--namespace``, ``--context``, ``--output
+text|json``, ``--timeout``. Each setting comes from its flag, else its ``FELIX_*`` variable,
+else the selected context, else the default (:mod:`felix_client._contexts`). Expected errors
+print one line on stderr and exit 1 (2 for usage errors, 130 on Ctrl-C).
 """
 
 from __future__ import annotations
@@ -31,9 +36,13 @@ from typing import Any
 
 import anyio
 
+from . import __version__
 from ._cli_commands import COMMANDS, parse_start
+from ._completion import SHELLS, command_tree, render
+from ._context_cli import add_context_commands, load_config, run_context_command
+from ._contexts import DEFAULT_METRICS_URL, SETTINGS, ConfigError, resolve
 from ._token_cli import add_token_commands, run_token_command
-from ._url import DEFAULT_URL, SERVER_ENV, parse_url
+from ._url import DEFAULT_URL, parse_url
 from .errors import FelixError
 
 __all__ = ["broker_main", "build_parser", "main", "parse_start"]
@@ -44,12 +53,6 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 _COMMON_DEFAULTS: dict[str, Any] = {
-    "server": None,
-    "ca": None,
-    "insecure": False,
-    "token": None,
-    "tenant": "default",
-    "namespace": "default",
     "output": "text",
     "timeout": 10.0,
     "loop": "asyncio",
@@ -79,11 +82,26 @@ def _common(parser: argparse.ArgumentParser) -> None:
         "-k",
         action="store_true",
         default=s,
-        help="do not verify the broker's certificate (development only)",
+        help="do not verify the broker's certificate (development only; env FELIX_INSECURE)",
+    )
+    g.add_argument(
+        "--no-insecure",
+        dest="insecure",
+        action="store_false",
+        default=s,
+        help="verify the certificate even if the context or FELIX_INSECURE says not to",
     )
     g.add_argument("--token", default=s, help="bearer token (env FELIX_TOKEN)")
-    g.add_argument("--tenant", default=s, help="tenant (default: default)")
-    g.add_argument("--namespace", "-n", default=s, help="namespace (default: default)")
+    g.add_argument("--tenant", default=s, help="tenant (env FELIX_TENANT; default: default)")
+    g.add_argument(
+        "--namespace", "-n", default=s, help="namespace (env FELIX_NAMESPACE; default: default)"
+    )
+    g.add_argument(
+        "--context",
+        default=s,
+        metavar="CONTEXT",
+        help="the context to take settings from (env FELIX_CONTEXT; default: the current one)",
+    )
     g.add_argument(
         "--output", "-o", choices=("text", "json"), default=s, help="output format (default: text)"
     )
@@ -106,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Run 'felix COMMAND --help' for a command's options. "
         "'felix broker --help' shows the broker's options.",
     )
+    parser.add_argument(
+        "--version", action="version", version=f"{PROG} {__version__}", help="print the version"
+    )
     _common(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -118,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
                        add_help=False)  # fmt: skip
     p.add_argument("--runtime", choices=("asyncio", "anyio"), default="asyncio")
     p.add_argument("--backend", choices=("asyncio", "trio"), default="asyncio")
+    p.add_argument("--version", action="store_true", help="print the version and exit")
     p.add_argument("broker_args", nargs=argparse.REMAINDER)
 
     p = sub.add_parser("bench", help="measure a broker (felix bench --help)", add_help=False)
@@ -235,8 +257,47 @@ def build_parser() -> argparse.ArgumentParser:
             )
     p = cmd("list", "list resources of a kind", a_sub)
     p.add_argument("kind", choices=kinds)
+    p = cmd("top", "a live view of a broker from its /metrics (needs felix[top])")
+    p.add_argument(
+        "--metrics",
+        default=argparse.SUPPRESS,
+        metavar="URL",
+        help=f"the broker's metrics URL or HOST:PORT (env FELIX_METRICS, else the context's; "
+        f"default {DEFAULT_METRICS_URL})",
+    )
+    p.add_argument(
+        "--interval",
+        "-i",
+        type=_positive_float,
+        default=2.0,
+        metavar="SECONDS",
+        help="seconds between scrapes (default 2)",
+    )
+    p.add_argument(
+        "--limit", type=_positive_int, default=20, metavar="N", help="rows per table (default 20)"
+    )
+    p.add_argument(
+        "--once",
+        action="store_true",
+        help="scrape twice --interval apart, print one frame and exit",
+    )
     add_token_commands(sub)
+    add_context_commands(sub)
+    p = sub.add_parser(
+        "completion",
+        help="print a shell completion script",
+        description="Print the completion script of felix and felix-broker for a shell "
+        "(how to install it is in the script's first lines).",
+    )
+    p.add_argument("shell", choices=SHELLS)
     return parser  # fmt: skip
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, not {text}")
+    return value
 
 
 def _positive_int(text: str) -> int:
@@ -246,18 +307,49 @@ def _positive_int(text: str) -> int:
     return value
 
 
+_NO_CONTEXT = frozenset({"token"})
+"""Commands whose settings skip the context layer (``token`` commands use ``--tenant`` and
+``TOKEN`` as their own; ``context`` and ``completion`` resolve no settings at all:
+``context add`` stores exactly the flags it is given)."""
+
+
 def _finish(args: argparse.Namespace, env: dict[str, str]) -> argparse.Namespace:
-    """Fill the common defaults (flag > environment > built-in) and check the URL."""
+    """Fill the settings, each from its flag, else its ``FELIX_*`` variable, else the
+    selected context, else the default (:func:`felix_client._contexts.resolve`); check the
+    URL and the CA file. ``args.sources`` says where each setting came from.
+
+    Raises:
+        ValueError: a malformed server URL or a missing CA file.
+        ConfigError: the config file is invalid or the selected context does not exist.
+    """
     for name, default in _COMMON_DEFAULTS.items():
         if not hasattr(args, name):
             setattr(args, name, default)
-    args.server = args.server or env.get(SERVER_ENV) or DEFAULT_URL
-    args.ca = args.ca or env.get("FELIX_CA") or None
-    args.token = args.token or env.get("FELIX_TOKEN") or None
-    parse_url(args.server)  # ValueError -> usage error
+    if args.command in ("context", "completion"):
+        return args
+    flags = {name: getattr(args, name) for name in SETTINGS if hasattr(args, name)}
+    context = None
+    if args.command not in _NO_CONTEXT:
+        config = load_config(env)
+        chosen = config.selected(getattr(args, "context", None), env)
+        if chosen is not None:
+            context = (chosen[0], config.contexts[chosen[0]])
+    settings = resolve(flags, env, context)
+    for name, setting in settings.items():
+        setattr(args, name, setting.value)
+    args.sources = {name: setting.source for name, setting in settings.items()}
+    try:
+        parse_url(args.server)
+    except ValueError as exc:
+        raise ValueError(f"{exc}{_origin(settings['server'].source)}") from None
     if args.ca and not os.path.isfile(args.ca):
-        raise ValueError(f"CA file {args.ca!r} does not exist")
+        where = _origin(settings["ca"].source)
+        raise ValueError(f"CA file {args.ca!r}{where} does not exist")
     return args
+
+
+def _origin(source: str) -> str:
+    return "" if source == "flag" else f" (from {source})"
 
 
 def parse_args(argv: Sequence[str], env: dict[str, str] | None = None) -> argparse.Namespace:
@@ -298,6 +390,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("quic").addHandler(logging.NullHandler())
     try:
         args = parse_args(argv)
+    except ConfigError as exc:
+        print(error_line(exc), file=sys.stderr)
+        return EXIT_ERROR
     except ValueError as exc:
         print(error_line(exc), file=sys.stderr)
         return EXIT_USAGE
@@ -305,6 +400,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     if args.command == "token":
         return run_token_command(args)
+    if args.command == "context":
+        return run_context_command(args)
+    if args.command == "completion":
+        sys.stdout.write(completion_script(args.shell))
+        return 0
+    if args.command == "top":
+        from ._top import run_top
+
+        return run_top(args)
     command = COMMANDS[_command_key(args)]
     try:
         result: int = anyio.run(command, args, backend=args.loop)
@@ -316,6 +420,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         return EXIT_ERROR
     return result
+
+
+def completion_script(shell: str) -> str:
+    """The completion script of ``felix`` and ``felix-broker`` for ``shell``, generated
+    from :func:`build_parser` with the broker runtime's own flags under ``broker``."""
+    from felix_server.config import build_parser as broker_parser
+
+    tree = command_tree(build_parser(), {("broker",): broker_parser()})
+    return render(shell, tree, __version__)
 
 
 def _command_key(args: argparse.Namespace) -> str:
@@ -333,6 +446,9 @@ def broker_main(argv: Sequence[str] | None = None) -> int:
     argument is passed on to the runtime.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
+    if "--version" in argv:  # answered here: the runtime's own parser has no --version
+        print(f"felix-broker {__version__}")
+        return 0
     pre = argparse.ArgumentParser(
         prog="felix broker",
         add_help=False,
@@ -350,6 +466,7 @@ def broker_main(argv: Sequence[str] | None = None) -> int:
         default="asyncio",
         help="with --runtime anyio: the loop anyio runs on (default asyncio)",
     )
+    pre.add_argument("--version", action="store_true", help="print the version and exit")
     try:
         known, rest = pre.parse_known_args(argv)
     except SystemExit as exc:
