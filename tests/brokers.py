@@ -110,6 +110,8 @@ FreshBroker = Callable[..., Broker]
 def child_env() -> dict[str, str]:
     """The environment for a broker: the repository on ``PYTHONPATH``, no ``FELIX_*``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("FELIX_")}
+    # No CLI context of the developer's (~/.config/felix) may leak into a test's felix.
+    env["FELIX_CONFIG_DIR"] = str(ROOT / "tests" / "no-felix-config")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
     return env
 
