@@ -193,6 +193,25 @@ def test_installed_cli_answers_help(dist: Dist) -> None:
         assert "usage:" in done.stdout
 
 
+def test_installed_cli_reports_the_version(dist: Dist) -> None:
+    for cmd, prog in (
+        ([dist.script("felix"), "--version"], "felix"),
+        ([dist.script("felix"), "broker", "--version"], "felix-broker"),
+        ([dist.script("felix-broker"), "--version"], "felix-broker"),
+    ):
+        done = subprocess.run(
+            cmd,
+            check=False,
+            cwd=str(dist.venv),
+            env=_clean_env(),
+            capture_output=True,
+            text=True,
+            timeout=RUN_TIMEOUT,
+        )
+        assert done.returncode == 0, (cmd, done.stderr)
+        assert done.stdout.strip() == f"{prog} {_project_version()}"
+
+
 @pytest.fixture
 def installed_broker(dist: Dist, tmp_path: Path) -> Iterator[tuple[str, str]]:
     """``felix broker`` of the installed copy on 127.0.0.1:0; yields (url, ca file)."""
