@@ -18,6 +18,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -50,6 +51,9 @@ def selected_runtimes() -> list[str]:
         raise ValueError(f"FELIX_TEST_RUNTIMES: unknown runtime(s) {sorted(unknown)}")
     return [r for r in RUNTIMES if r in chosen.split(",")]
 
+
+_NO_CONTEXTS = tempfile.mkdtemp(prefix="felix-test-config-")
+"""``FELIX_CONFIG_DIR`` of every felix the tests start: empty, outside the repository."""
 
 ENTRY = "import sys; from felix_client.cli import broker_main; sys.exit(broker_main(sys.argv[1:]))"
 
@@ -110,8 +114,9 @@ FreshBroker = Callable[..., Broker]
 def child_env() -> dict[str, str]:
     """The environment for a broker: the repository on ``PYTHONPATH``, no ``FELIX_*``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("FELIX_")}
-    # No CLI context of the developer's (~/.config/felix) may leak into a test's felix.
-    env["FELIX_CONFIG_DIR"] = str(ROOT / "tests" / "no-felix-config")
+    # No CLI context of the developer's (~/.config/felix) may leak into a test's felix: an
+    # empty directory of this test process (a test that writes contexts sets its own).
+    env["FELIX_CONFIG_DIR"] = _NO_CONTEXTS
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
     return env
 

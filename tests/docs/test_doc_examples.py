@@ -154,7 +154,7 @@ def _page(pages: dict[Path, Page], path: Path, tmp: pytest.TempPathFactory) -> P
 def _env(broker: Broker) -> dict[str, str]:
     env = child_env()
     env["FELIX_SERVER"] = broker.url
-    env["XDG_CONFIG_HOME"] = str(broker.data_dir / "config")  # felix context: not ~/.config
+    env["FELIX_CONFIG_DIR"] = str(broker.data_dir / "config")  # felix context: the page's own
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     return env
 
