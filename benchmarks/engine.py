@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a plain checkout too
 
-from felix_core import Broker, BrokerConfig, MessagesDelivered, StreamBatch
+from felix_core import Broker, BrokerConfig, MessagesDelivered, RecordsDelivered
 
 BATCH = 64
 PAYLOAD = b"x" * 100
@@ -57,7 +57,7 @@ def bench_fanout(subscribers: int, seconds: float) -> float:
         )
     payloads = [PAYLOAD] * BATCH
     publish = broker.publish
-    drain = broker.drain_outputs
+    drain = broker.drain_events
     clock = [1.0]
 
     def step() -> int:
@@ -65,7 +65,7 @@ def bench_fanout(subscribers: int, seconds: float) -> float:
         publish(0, T, NS, "bench", payloads, now=clock[0])
         delivered = 0
         for out in drain():
-            if type(out) is StreamBatch:
+            if type(out) is RecordsDelivered:
                 delivered += len(out.slice)
         return delivered
 
@@ -86,7 +86,7 @@ def bench_queue(seconds: float) -> float:
         now = clock[0]
         broker.enqueue(1, T, NS, "bench", payloads, now=now)
         acked = 0
-        for out in broker.drain_outputs():
+        for out in broker.drain_events():
             if isinstance(out, MessagesDelivered):
                 ids = [d.delivery_id for d in out.deliveries]
                 broker.ack(1, consumer, ids, now=now)

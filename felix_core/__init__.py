@@ -3,10 +3,10 @@
 Pure: no I/O, no clock, no threads. Time arrives as ``now`` (seconds since the epoch);
 deadlines leave through ``get_timer()``. The runtime talks to :class:`Broker` only: calls in,
 replies as return values, refusals as :class:`EngineError`, per-connection deliveries from
-:meth:`Broker.drain_outputs`. See ``docs/engine.md``.
+:meth:`Broker.drain_events`. See ``docs/engine.md``.
 """
 
-from felix_core.broker import Broker, EngineOutput
+from felix_core.broker import Broker
 from felix_core.errors import (
     AlreadyExists,
     Conflict,
@@ -19,22 +19,30 @@ from felix_core.errors import (
     ShuttingDown,
     TooLarge,
 )
+from felix_core.events import (
+    ConsumerClosed,
+    EngineEvent,
+    MessageDeadLettered,
+    MessagesDelivered,
+    RecordsDelivered,
+    RecordsSkipped,
+    SubscriptionClosed,
+)
 from felix_core.limits import BrokerConfig, MemoryBudget
 from felix_core.log import Log, LogSlice, MemoryLog, Retention, TooOld
 from felix_core.metadata import Kind, MemoryMetadataStore, MetadataStore, ResourceRecord
-from felix_core.queues import ConsumerEnded, MessageDeadLettered, MessagesDelivered
 from felix_core.settings import SlowConsumerPolicy, StreamSettings
-from felix_core.streams import StartKind, StreamBatch, StreamGap, SubscriptionEnded
+from felix_core.streams import StartKind
 
 __all__ = [
     "AlreadyExists",
     "Broker",
     "BrokerConfig",
     "Conflict",
-    "ConsumerEnded",
+    "ConsumerClosed",
     "CursorTooOld",
     "EngineError",
-    "EngineOutput",
+    "EngineEvent",
     "InvalidArgument",
     "Kind",
     "LimitExceeded",
@@ -48,15 +56,15 @@ __all__ = [
     "MetadataStore",
     "NotFound",
     "Overloaded",
+    "RecordsDelivered",
+    "RecordsSkipped",
     "ResourceRecord",
     "Retention",
     "ShuttingDown",
     "SlowConsumerPolicy",
     "StartKind",
-    "StreamBatch",
-    "StreamGap",
     "StreamSettings",
-    "SubscriptionEnded",
+    "SubscriptionClosed",
     "TooLarge",
     "TooOld",
 ]

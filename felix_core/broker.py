@@ -6,8 +6,8 @@ Theory of operation
 inputs are method calls (admin, publish, subscribe, queue and cache operations, each taking
 ``now``), connection lifecycle calls (:meth:`Broker.attach`, :meth:`Broker.detach`,
 :meth:`Broker.pause`, :meth:`Broker.resume`) and :meth:`Broker.handle_timer`. Its outputs
-are the return values of the calls (the reply to the request), :meth:`Broker.drain_outputs`
-(per-connection deliveries and terminal notices, see :data:`EngineOutput`) and
+are the return values of the calls (the reply to the request), :meth:`Broker.drain_events`
+(per-connection deliveries and terminal notices, see :mod:`felix_core.events`) and
 :meth:`Broker.get_timer`. Refusals are :class:`~felix_core.errors.EngineError`. The glue
 replies to a request first and then drains: a call may already have produced deliveries.
 
@@ -37,16 +37,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from felix_core.broker_core import BrokerCore, EngineOutput, ResourceTotals, _Connection
+from felix_core.broker_core import BrokerCore, ResourceTotals, _Connection
 from felix_core.cache import CacheEntry
 from felix_core.errors import InvalidArgument, LimitExceeded, NotFound
+from felix_core.events import ConsumerClosed
 from felix_core.limits import BrokerConfig
 from felix_core.log import LogSlice
 from felix_core.metadata import Path
-from felix_core.queues import ConsumerEnded
 from felix_core.streams import Fanout, StartKind, Subscription
 
-__all__ = ["Broker", "BrokerConfig", "EngineOutput", "ResourceTotals"]
+__all__ = ["Broker", "BrokerConfig", "ResourceTotals"]
 
 
 class Broker(BrokerCore):
@@ -217,7 +217,7 @@ class Broker(BrokerCore):
         self._schedule(fanout)
 
     def unsubscribe(self, conn_id: int, subscription_id: int, *, now: float) -> None:
-        """End a subscription; outputs ``SubscriptionEnded`` with reason ``unsubscribed``.
+        """End a subscription; outputs ``SubscriptionClosed`` with reason ``unsubscribed``.
 
         Raises:
             ValueError: the connection is not attached.
@@ -355,7 +355,7 @@ class Broker(BrokerCore):
     def cancel_consumer(self, conn_id: int, consumer_id: int, *, now: float) -> None:
         """End a consumer; its in-flight deliveries are returned at once.
 
-        Outputs ``ConsumerEnded`` with reason ``unsubscribed`` for its stream.
+        Outputs ``ConsumerClosed`` with reason ``unsubscribed`` for its stream.
 
         Raises:
             ValueError: the connection is not attached.
@@ -365,7 +365,7 @@ class Broker(BrokerCore):
         path = conn.consumers.pop(consumer_id)
         self._queues.cancel(consumer_id, now)
         self._queue_out.append(
-            ConsumerEnded(
+            ConsumerClosed(
                 connection_id=conn_id, consumer_id=consumer_id, queue=path, reason="unsubscribed"
             )
         )

@@ -17,6 +17,7 @@ from typing import Any
 
 from felix_core.cache import Cache, CacheEngine, CacheStats, CacheTotals
 from felix_core.errors import InvalidArgument, NotFound, ShuttingDown, TooLarge
+from felix_core.events import ConsumerClosed, EngineEvent
 from felix_core.limits import BrokerConfig, MemoryBudget, encoded_record_size
 from felix_core.log import LogStore, MemoryLogStore
 from felix_core.metadata import (
@@ -27,18 +28,11 @@ from felix_core.metadata import (
     Path,
     ResourceRecord,
 )
-from felix_core.queues import ConsumerEnded, QueueEngine, QueueEvent, QueueStats, QueueTotals
+from felix_core.queues import QueueEngine, QueueStats, QueueTotals
 from felix_core.settings import BatchPolicy, StreamSettings, cache_config, queue_config
-from felix_core.streams import Fanout, Output, Stream, Subscription, batch_byte_size
+from felix_core.streams import Fanout, Stream, Subscription, batch_byte_size
 
-__all__ = ["BrokerCore", "EngineOutput", "FeedBacklog", "ResourceTotals"]
-
-EngineOutput = Output | QueueEvent
-"""What :meth:`BrokerCore.drain_outputs` returns: :class:`~felix_core.streams.StreamBatch`,
-:class:`~felix_core.streams.StreamGap`, :class:`~felix_core.streams.SubscriptionEnded`,
-:class:`~felix_core.queues.MessagesDelivered`, :class:`~felix_core.queues.ConsumerEnded`
-and :class:`~felix_core.queues.MessageDeadLettered`; every record but the last names its
-connection."""
+__all__ = ["BrokerCore", "FeedBacklog", "ResourceTotals"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -124,11 +118,11 @@ class BrokerCore:
         if config.durability == "durable":
             self._check_durability({"durability": "durable"})
         self.budget = MemoryBudget(config.memory_limit_bytes)
-        self._out: list[Output] = []
+        self._out: list[EngineEvent] = []
         self._streams: dict[Path, Stream] = {}
         self._versions: dict[tuple[Kind, Path], tuple[int, int]] = {}
         self._queues = QueueEngine()
-        self._queue_out: list[QueueEvent] = []
+        self._queue_out: list[EngineEvent] = []
         self._caches = CacheEngine()
         self._feeds: dict[Path, Fanout] = {}
         self._feed_batch = BatchPolicy(
@@ -524,22 +518,22 @@ class BrokerCore:
             )
         return nbytes
 
-    def drain_outputs(self) -> builtins.list[EngineOutput]:
-        """Take every output produced since the last call, in order per connection.
+    def drain_events(self) -> builtins.list[EngineEvent]:
+        """Take every event produced since the last call, in order per connection.
 
         Returns:
-            Stream outputs, then queue outputs (see :data:`EngineOutput`). One
-            :class:`~felix_core.log.LogSlice` object may appear in many ``StreamBatch``
+            Stream events, then queue events (see :mod:`felix_core.events`). One
+            :class:`~felix_core.log.LogSlice` object may appear in many ``RecordsDelivered``
             records: encode it once.
         """
-        out: builtins.list[EngineOutput] = builtins.list(self._out)
+        out: builtins.list[EngineEvent] = builtins.list(self._out)
         self._out.clear()
         events = self._queues.drain_outputs()
         if self._queue_out:
             events = self._queue_out + events
             self._queue_out = []
         for event in events:
-            if isinstance(event, ConsumerEnded):
+            if isinstance(event, ConsumerClosed):
                 conn = self._conns.get(event.connection_id)
                 if conn is not None:
                     conn.consumers.pop(event.consumer_id, None)
@@ -684,13 +678,13 @@ class BrokerCore:
     def _consumer_backlog(self, consumer_id: int) -> tuple[int, int]:
         try:
             return self._queues.consumer_backlog(consumer_id)
-        except NotFound:  # ended (its queue was deleted), its ConsumerEnded not drained yet
+        except NotFound:  # ended (its queue was deleted), its ConsumerClosed not drained yet
             return 0, 0
 
     def end_feeds(self, conn_id: int, now: float) -> None:
         """End a connection's subscriptions and consumers with reason ``shutdown``.
 
-        Each subscription's ``SubscriptionEnded`` carries the offset it would resume at;
+        Each subscription's ``SubscriptionClosed`` carries the offset it would resume at;
         in-flight queue deliveries return to their queue. Unknown ids are ignored.
 
         Args:
@@ -705,7 +699,7 @@ class BrokerCore:
         for consumer_id, path in builtins.list(conn.consumers.items()):
             self._queues.cancel(consumer_id, now)
             self._queue_out.append(
-                ConsumerEnded(
+                ConsumerClosed(
                     connection_id=conn.id, consumer_id=consumer_id, queue=path, reason="shutdown"
                 )
             )

@@ -11,10 +11,11 @@ import math
 from collections.abc import Iterable
 
 from felix_core.errors import InvalidArgument, LimitExceeded, NotFound
+from felix_core.events import ConsumerClosed
 from felix_core.names import validate_name
 from felix_core.queue_delivery import _DeliveryMachinery
 from felix_core.queue_state import _Consumer, _Group
-from felix_core.queue_types import TRIM_EVERY, ConsumerEnded, QueueKey
+from felix_core.queue_types import TRIM_EVERY, QueueKey
 
 __all__: list[str] = []
 
@@ -277,7 +278,7 @@ class _ConsumerOperations(_DeliveryMachinery):
             if not mine:
                 del self._by_connection[c.connection_id]
             self._outputs.append(
-                ConsumerEnded(
+                ConsumerClosed(
                     connection_id=c.connection_id, consumer_id=c.id, queue=key, reason="deleted"
                 )
             )

@@ -15,16 +15,10 @@ import math
 from heapq import heappop, heappush
 
 from felix_core.errors import NotFound
+from felix_core.events import EngineEvent, MessageDeadLettered, MessagesDelivered
 from felix_core.log import LogSlice, record_size
 from felix_core.queue_state import Queue, _Consumer, _Group, _make_room, _Usage
-from felix_core.queue_types import (
-    DEAD_LETTER_RETRY_S,
-    Delivery,
-    MessageDeadLettered,
-    MessagesDelivered,
-    QueueEvent,
-    QueueKey,
-)
+from felix_core.queue_types import DEAD_LETTER_RETRY_S, QueueDelivery, QueueKey
 
 __all__: list[str] = []
 
@@ -53,7 +47,7 @@ class _DeliveryMachinery:
         self._consumers: dict[int, _Consumer] = {}
         self._by_connection: dict[int, dict[int, _Consumer]] = {}
         self._paused: set[int] = set()
-        self._outputs: list[QueueEvent] = []
+        self._outputs: list[EngineEvent] = []
         self._next_consumer_id = 1
         self._next_delivery_id = 1
 
@@ -76,11 +70,11 @@ class _DeliveryMachinery:
 
     # -- outputs and time ---------------------------------------------------------------
 
-    def drain_outputs(self) -> list[QueueEvent]:
+    def drain_outputs(self) -> list[EngineEvent]:
         """Take the events produced since the last call.
 
         Returns:
-            :class:`MessagesDelivered`, :class:`ConsumerEnded` and
+            :class:`MessagesDelivered`, :class:`ConsumerClosed` and
             :class:`MessageDeadLettered` records, in the order they happened.
         """
         out = self._outputs
@@ -235,7 +229,7 @@ class _DeliveryMachinery:
         did = self._next_delivery_id
         outstanding = g.outstanding
         ginflight = g.inflight
-        batches: dict[_Consumer, list[Delivery]] = {}
+        batches: dict[_Consumer, list[QueueDelivery]] = {}
         slices: list[tuple[LogSlice, int]] = []
         redelivered = 0
         while free and g.ready:
@@ -263,7 +257,7 @@ class _DeliveryMachinery:
                     c = consumers[rr]
                     rr = (rr + 1) % n
                 offset = base + i
-                d = Delivery(
+                d = QueueDelivery(
                     did,
                     attempt,
                     offset,

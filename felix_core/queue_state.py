@@ -13,7 +13,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 
 from felix_core.log import Log, LogSlice, MemoryLog
-from felix_core.queue_types import Delivery, GroupStats, QueueConfig, QueueKey, QueueStats
+from felix_core.queue_types import GroupStats, QueueConfig, QueueDelivery, QueueKey, QueueStats
 
 __all__ = ["Queue"]
 
@@ -30,7 +30,7 @@ class _Consumer:
         self.prefetch = prefetch
         self.paused = paused
         self.suspected = False  # a delivery timed out on it and it has not acked or nacked since
-        self.inflight: dict[int, Delivery] = {}
+        self.inflight: dict[int, QueueDelivery] = {}
 
 
 class _Group:

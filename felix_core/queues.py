@@ -48,9 +48,9 @@ dead-lettered after ``max_attempts`` consumers.
 resume, timer). It hands messages to the group's consumers round-robin, skipping paused
 consumers, those whose prefetch is full and suspected ones (unless all are); redeliveries go
 first, then new messages from the cursor. Deliveries are not returned from calls: they are
-buffered as :class:`QueueEvent` records which the caller drains with
-:meth:`QueueEngine.drain_outputs` (STYLE habit 7), one :class:`MessagesDelivered` per
-consumer per dispatch.
+buffered as :mod:`felix_core.events` records which the caller drains with
+:meth:`QueueEngine.drain_outputs` (STYLE habit 7), one
+:class:`~felix_core.events.MessagesDelivered` per consumer per dispatch.
 
 *Dead letters* (the clean design chosen): a queue's ``dead_letter_queue`` names another queue
 in the same tenant and namespace, and the engine itself appends the message there (the
@@ -79,7 +79,7 @@ Modules
 This module holds the engine's registry, enqueue and administration and re-exports the
 public names of the others (import them from here):
 
-* :mod:`felix_core.queue_types`: configuration, :class:`Delivery`, the events and stats;
+* :mod:`felix_core.queue_types`: configuration, :class:`QueueDelivery` and the stats;
 * :mod:`felix_core.queue_state`: :class:`Queue` and the per-group and per-consumer records;
 * :mod:`felix_core.queue_delivery`: dispatch, redelivery, dead-lettering and the timer;
 * :mod:`felix_core.queue_consumers`: consume, cancel, ack, nack and connection flow control.
@@ -97,13 +97,9 @@ from felix_core.queue_state import Queue, _make_room
 from felix_core.queue_types import (
     DEAD_LETTER_RETRY_S,
     TRIM_EVERY,
-    ConsumerEnded,
-    Delivery,
     GroupStats,
-    MessageDeadLettered,
-    MessagesDelivered,
     QueueConfig,
-    QueueEvent,
+    QueueDelivery,
     QueueKey,
     QueueStats,
     QueueTotals,
@@ -112,15 +108,11 @@ from felix_core.queue_types import (
 __all__ = [
     "DEAD_LETTER_RETRY_S",
     "TRIM_EVERY",
-    "ConsumerEnded",
-    "Delivery",
     "GroupStats",
-    "MessageDeadLettered",
-    "MessagesDelivered",
     "Queue",
     "QueueConfig",
+    "QueueDelivery",
     "QueueEngine",
-    "QueueEvent",
     "QueueKey",
     "QueueStats",
     "QueueTotals",

@@ -26,40 +26,37 @@ that were held back have already waited.
 
 Ordering and gaps: a cursor only moves forward by the length of the slice it received, so
 every subscription sees its records in offset order with no gap, unless a
-:class:`StreamGap` says exactly how many records it missed. That happens when retention
-trimmed records below a cursor (``drop_oldest``, and age retention under ``block``): at
-its next read the cursor jumps to the first retained offset and the gap reports the
-distance. Under ``disconnect`` a subscription whose unread records are trimmed by a publish
-ends at once with reason ``lagged``; under ``block`` a publish that would trim records some
-cursor has not read is refused with a retryable :class:`~felix_core.errors.Overloaded`, so
-the log never grows past its bound.
+:class:`~felix_core.events.RecordsSkipped` says exactly how many records it missed. That
+happens when retention trimmed records below a cursor (``drop_oldest``, and age retention
+under ``block``): at its next read the cursor jumps to the first retained offset and the gap
+reports the distance. Under ``disconnect`` a subscription whose unread records are trimmed
+by a publish ends at once with reason ``lagged``; under ``block`` a publish that would trim
+records some cursor has not read is refused with a retryable
+:class:`~felix_core.errors.Overloaded`, so the log never grows past its bound.
 
-Outputs (:class:`StreamBatch`, :class:`StreamGap`, :class:`SubscriptionEnded`) are appended
-to a list owned by the caller (the broker facade), which drains it.
+Outputs (:class:`~felix_core.events.RecordsDelivered`,
+:class:`~felix_core.events.RecordsSkipped`, :class:`~felix_core.events.SubscriptionClosed`)
+are appended to a list owned by the caller (the broker facade), which drains it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from enum import IntEnum
 
 from felix_core.errors import CursorTooOld, InvalidArgument, Overloaded, TooLarge
+from felix_core.events import EngineEvent, RecordsDelivered, RecordsSkipped, SubscriptionClosed
 from felix_core.log import Log, LogSlice, MemoryLog, TooOld, record_size
 from felix_core.settings import BatchPolicy, SlowConsumerPolicy, StreamSettings
 
 __all__ = [
     "BatchPolicy",
     "Fanout",
-    "Output",
     "SlowConsumerPolicy",
     "StartKind",
     "Stream",
-    "StreamBatch",
-    "StreamGap",
     "StreamSettings",
     "Subscription",
-    "SubscriptionEnded",
     "batch_byte_size",
 ]
 
@@ -71,57 +68,6 @@ class StartKind(IntEnum):
     EARLIEST = 1
     OFFSET = 2
     TIMESTAMP = 3
-
-
-# -- outputs -------------------------------------------------------------------------------
-
-
-class Output:
-    """Base class of the records the engine hands to the runtime for a connection."""
-
-    __slots__ = ()
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class StreamBatch(Output):
-    """Records for a subscription. The same slice object may go to many subscriptions."""
-
-    connection_id: int
-    """The connection holding the subscription."""
-    subscription_id: int
-    """The subscription."""
-    slice: LogSlice
-    """The records; encode once per distinct object."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class StreamGap(Output):
-    """Retention trimmed records the subscription had not received; it skips them."""
-
-    connection_id: int
-    """The connection holding the subscription."""
-    subscription_id: int
-    """The subscription."""
-    missed: int
-    """Exactly how many records were skipped."""
-    next_offset: int
-    """The offset the subscription continues from."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SubscriptionEnded(Output):
-    """The subscription is over; nothing more will be delivered for it."""
-
-    connection_id: int
-    """The connection that held the subscription."""
-    subscription_id: int
-    """The subscription."""
-    reason: str
-    """``unsubscribed``, ``lagged``, ``deleted``, ``too_old``, ``shutdown`` or ``error``."""
-    message: str = ""
-    """Human-readable detail."""
-    next_offset: int | None = None
-    """Where a resumed subscription would continue."""
 
 
 # -- subscriptions -------------------------------------------------------------------------
@@ -188,7 +134,7 @@ class Fanout:
     def __init__(
         self,
         log: Log,
-        out: list[Output],
+        out: list[EngineEvent],
         *,
         policy: SlowConsumerPolicy = SlowConsumerPolicy.DROP_OLDEST,
         batch: BatchPolicy | None = None,
@@ -310,7 +256,8 @@ class Fanout:
 
         Args:
             sub_id: the subscription.
-            reason: when not None, a :class:`SubscriptionEnded` with this reason is output.
+            reason: when not None, a :class:`~felix_core.events.SubscriptionClosed` with this
+                reason is output.
             message: detail for the output.
 
         Returns:
@@ -323,7 +270,7 @@ class Fanout:
             self._on_end(sub)
         if reason is not None:
             self._out.append(
-                SubscriptionEnded(
+                SubscriptionClosed(
                     connection_id=sub.conn_id,
                     subscription_id=sub_id,
                     reason=reason,
@@ -430,7 +377,7 @@ class Fanout:
                 self.delivered_records += len(piece)
                 self.delivered_batches += 1
                 out.append(
-                    StreamBatch(connection_id=sub.conn_id, subscription_id=sub.id, slice=piece)
+                    RecordsDelivered(connection_id=sub.conn_id, subscription_id=sub.id, slice=piece)
                 )
                 if piece is got and sub.credit_messages > 0 and sub.credit_bytes > 0:
                     keep.append(sub)
@@ -459,7 +406,7 @@ class Fanout:
             self.gap_records += missed
             sub.cursor = first
             self._out.append(
-                StreamGap(
+                RecordsSkipped(
                     connection_id=sub.conn_id,
                     subscription_id=sub.id,
                     missed=missed,
@@ -514,7 +461,7 @@ class Stream(Fanout):
     """A stream: a fanout that owns its log and accepts publishes."""
 
     def __init__(
-        self, settings: StreamSettings, out: list[Output], *, log: Log | None = None
+        self, settings: StreamSettings, out: list[EngineEvent], *, log: Log | None = None
     ) -> None:
         """Create an empty stream.
 

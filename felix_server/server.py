@@ -76,9 +76,16 @@ from aioquic.quic.packet import (
     pull_quic_header,
 )
 
-from felix_core.broker import Broker, EngineOutput
-from felix_core.queues import ConsumerEnded, MessageDeadLettered, MessagesDelivered
-from felix_core.streams import StreamBatch, StreamGap, SubscriptionEnded
+from felix_core.broker import Broker
+from felix_core.events import (
+    ConsumerClosed,
+    EngineEvent,
+    MessageDeadLettered,
+    MessagesDelivered,
+    RecordsDelivered,
+    RecordsSkipped,
+    SubscriptionClosed,
+)
 from felix_proto import ALPN
 from felix_proto.codec import encode_event_batch
 from felix_server.config import ServerConfig
@@ -384,7 +391,7 @@ class FelixServer:
     def pump_outputs(self) -> None:
         """Hand the broker's outputs to the sessions, encoding each slice once (each
         :meth:`datagrams_to_send` does; the shutdown drain also does before it closes)."""
-        outputs: list[EngineOutput] = self.broker.drain_outputs()
+        outputs: list[EngineEvent] = self.broker.drain_events()
         if not outputs:
             return
         # id(slice) -> [frame, payload bytes, subscriber count]
@@ -392,7 +399,7 @@ class FelixServer:
         sessions = self._sessions
         dirty = self._dirty
         for item in outputs:
-            if isinstance(item, StreamBatch):
+            if isinstance(item, RecordsDelivered):
                 session = sessions.get(item.connection_id)
                 if session is None:
                     continue
@@ -411,13 +418,13 @@ class FelixServer:
                 if session is not None:
                     dirty[session.conn_id] = session
                     session.send_deliveries(item.consumer_id, item.deliveries)
-            elif isinstance(item, StreamGap):
+            elif isinstance(item, RecordsSkipped):
                 self.observer.subscription_dropped("gap", item.missed)
                 session = sessions.get(item.connection_id)
                 if session is not None:
                     dirty[session.conn_id] = session
                     session.send_gap(item.subscription_id, item.missed, item.next_offset)
-            elif isinstance(item, SubscriptionEnded):
+            elif isinstance(item, SubscriptionClosed):
                 self.observer.subscription_ended(item.reason)
                 session = sessions.get(item.connection_id)
                 if session is not None:
@@ -425,7 +432,7 @@ class FelixServer:
                     session.end_subscription(
                         item.subscription_id, item.reason, item.message, item.next_offset
                     )
-            elif isinstance(item, ConsumerEnded):
+            elif isinstance(item, ConsumerClosed):
                 session = sessions.get(item.connection_id)
                 if session is not None:
                     dirty[session.conn_id] = session

@@ -22,7 +22,7 @@ the bug). ``CreditGranted``, ``SubscriptionCancelled`` and ``ConsumerCancelled``
 broker's ``add_credit``, ``unsubscribe`` and ``cancel_consumer``. ``CloseRequested`` closes
 QUIC once the pending stream data is out (or after :data:`CLOSE_LINGER` seconds).
 
-Broker -> Felix. The server hands each session its share of ``Broker.drain_outputs()``:
+Broker -> Felix. The server hands each session its share of ``Broker.drain_events()``:
 event batches as frames already encoded once per slice, gaps, deliveries and ends. Outputs
 for a feed this connection no longer has (it was cancelled meanwhile) are dropped.
 
@@ -76,7 +76,7 @@ from aioquic.quic.connection import NetworkAddress, QuicConnection
 
 from felix_core.errors import EngineError, NotFound
 from felix_core.log import LogSlice
-from felix_core.queues import Delivery as CoreDelivery
+from felix_core.queue_types import QueueDelivery
 from felix_proto import ALPN
 from felix_proto import events as fe
 from felix_proto import messages as m
@@ -438,7 +438,7 @@ class Session:
                 (True, subscription_id), _SMALL_FRAME, partial(self._felix_call, write)
             )
 
-    def send_deliveries(self, consumer_id: int, deliveries: Sequence[CoreDelivery]) -> None:
+    def send_deliveries(self, consumer_id: int, deliveries: Sequence[QueueDelivery]) -> None:
         """Write queue deliveries to a consumer's stream (or hold them back, as batches)."""
         if consumer_id not in self._consumers:
             return
@@ -513,7 +513,7 @@ class Session:
             return
         self.observer.delivered("stream", count, payload_bytes)
 
-    def _write_delivery(self, consumer_id: int, d: CoreDelivery) -> None:
+    def _write_delivery(self, consumer_id: int, d: QueueDelivery) -> None:
         """Write one delivery; one over the client's ``max_frame_size`` ends the consumer
         (its in-flight deliveries go back to the queue, as on ``CancelConsume``)."""
         wire = m.Delivery(

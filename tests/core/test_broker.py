@@ -10,7 +10,7 @@ from felix_core import (
     AlreadyExists,
     Broker,
     BrokerConfig,
-    ConsumerEnded,
+    ConsumerClosed,
     CursorTooOld,
     InvalidArgument,
     LimitExceeded,
@@ -18,10 +18,10 @@ from felix_core import (
     MessagesDelivered,
     NotFound,
     Overloaded,
+    RecordsDelivered,
+    RecordsSkipped,
     ShuttingDown,
-    StreamBatch,
-    StreamGap,
-    SubscriptionEnded,
+    SubscriptionClosed,
     TooLarge,
 )
 from felix_core.metadata import Catalog, Kind
@@ -39,7 +39,7 @@ def batches(outs: list[Any], sub: int | None = None) -> list[list[bytes]]:
     return [
         o.slice.payloads
         for o in outs
-        if isinstance(o, StreamBatch) and (sub is None or o.subscription_id == sub)
+        if isinstance(o, RecordsDelivered) and (sub is None or o.subscription_id == sub)
     ]
 
 
@@ -95,16 +95,16 @@ def test_publish_subscribe_and_batches() -> None:
     sub, first = b.subscribe(1, T, N, "s", now=0.0)
     assert first == 0
     assert b.publish(9, T, N, "s", [b"a", b"b", b"c"], now=1.0) == (0, 2)
-    assert batches(b.drain_outputs()) == [[b"a", b"b"]]
+    assert batches(b.drain_events()) == [[b"a", b"b"]]
     deadline = b.get_timer()
     assert deadline == pytest.approx(1.00025)
     b.handle_timer(deadline)
-    assert batches(b.drain_outputs()) == [[b"c"]]
+    assert batches(b.drain_events()) == [[b"c"]]
     assert b.get_timer() is None
     b.unsubscribe(1, sub, now=2.0)
-    out = b.drain_outputs()
+    out = b.drain_events()
     assert out == [
-        SubscriptionEnded(
+        SubscriptionClosed(
             connection_id=1, subscription_id=sub, reason="unsubscribed", next_offset=3
         )
     ]
@@ -120,7 +120,7 @@ def test_subscribe_from_earliest_offset_and_errors() -> None:
     b.publish(1, T, N, "s", [b"a", b"b", b"c"][:2], now=0.0)
     b.publish(1, T, N, "s", [b"c"], now=0.0)
     sid, first = b.subscribe(1, T, N, "s", start=1, now=0.0)
-    assert first == 1 and batches(b.drain_outputs(), sid) == [[b"b", b"c"]]
+    assert first == 1 and batches(b.drain_events(), sid) == [[b"b", b"c"]]
     with pytest.raises(CursorTooOld) as err:
         b.subscribe(1, T, N, "s", start=2, start_value=0, now=0.0)
     assert err.value.details["first_offset"] == 1
@@ -137,7 +137,7 @@ def test_shared_slice_for_subscribers_at_same_position() -> None:
         b.attach(conn, 0.0)
         b.subscribe(conn, T, N, "s", now=0.0)
     b.publish(1, T, N, "s", [b"a", b"b"], now=1.0)
-    out = b.drain_outputs()
+    out = b.drain_events()
     assert len(out) == 3 and all(o.slice is out[0].slice for o in out)
 
 
@@ -148,9 +148,9 @@ def test_credit_clamping_and_subscription_limit() -> None:
     with pytest.raises(LimitExceeded):
         b.subscribe(1, T, N, "s", now=0.0)
     b.publish(1, T, N, "s", [b"x"] * 5, now=1.0)
-    assert batches(b.drain_outputs()) == [[b"x"] * 3]
+    assert batches(b.drain_events()) == [[b"x"] * 3]
     b.add_credit(1, sid, 100, 100, now=2.0)
-    assert batches(b.drain_outputs()) == [[b"x"] * 2]
+    assert batches(b.drain_events()) == [[b"x"] * 2]
     with pytest.raises(InvalidArgument):
         b.add_credit(1, sid, -1, 0, now=2.0)
 
@@ -165,10 +165,10 @@ def test_pause_and_resume() -> None:
     cid = b.consume(1, T, N, "q", now=0.0)
     b.publish(1, T, N, "s", [b"a"], now=1.0)
     b.enqueue(1, T, N, "q", [b"m"], now=1.0)
-    assert b.drain_outputs() == []
+    assert b.drain_events() == []
     b.resume(1, 2.0)
-    out = b.drain_outputs()
-    assert sorted(o.subscription_id for o in out if isinstance(o, StreamBatch)) == [sid, sid2]
+    out = b.drain_events()
+    assert sorted(o.subscription_id for o in out if isinstance(o, RecordsDelivered)) == [sid, sid2]
     assert [o.consumer_id for o in out if isinstance(o, MessagesDelivered)] == [cid]
 
 
@@ -179,12 +179,12 @@ def test_detach_releases_everything() -> None:
     b.subscribe(1, T, N, "s", now=0.0)
     b.consume(1, T, N, "q", now=0.0)
     b.enqueue(1, T, N, "q", [b"m"], now=0.0)
-    assert isinstance(b.drain_outputs()[0], MessagesDelivered)
+    assert isinstance(b.drain_events()[0], MessagesDelivered)
     b.detach(1, 1.0)
     assert b.stats()["subscriptions"] == 0 and b.stats()["connections"] == 0
     b.attach(2, 1.0)
     b.consume(2, T, N, "q", now=1.0)
-    (delivered,) = b.drain_outputs()  # returned at once, redelivered to the new consumer
+    (delivered,) = b.drain_events()  # returned at once, redelivered to the new consumer
     assert isinstance(delivered, MessagesDelivered)
     assert delivered.deliveries[0].attempt == 2
 
@@ -271,13 +271,13 @@ def test_metadata_changed_by_another_writer() -> None:
     sid, _ = b.subscribe(1, T, N, "s", now=0.0)
     other.update(Kind.STREAM, (T, N, "s"), {"batch_max_delay_us": 0}, 1.0)
     b.publish(1, T, N, "s", [b"a"], now=1.0)  # the new generation applies: no waiting
-    assert batches(b.drain_outputs()) == [[b"a"]]
+    assert batches(b.drain_events()) == [[b"a"]]
     other.delete(Kind.STREAM, (T, N, "s"))
     other.create(Kind.STREAM, (T, N, "s"), {}, 2.0)  # re-created: a new uid
     assert b.publish(1, T, N, "s", [b"b"], now=2.0) == (0, 0)
-    ended = b.drain_outputs()
+    ended = b.drain_events()
     assert ended == [
-        SubscriptionEnded(
+        SubscriptionClosed(
             connection_id=1,
             subscription_id=sid,
             reason="deleted",
@@ -296,7 +296,7 @@ def test_metadata_changed_by_another_writer() -> None:
     other.delete(Kind.QUEUE, (T, N, "q"))
     with pytest.raises(NotFound):
         b.enqueue(1, T, N, "q", [b"m"], now=3.0)
-    ended_consumers = [o for o in b.drain_outputs() if isinstance(o, ConsumerEnded)]
+    ended_consumers = [o for o in b.drain_events() if isinstance(o, ConsumerClosed)]
     assert [(e.consumer_id, e.reason) for e in ended_consumers] == [(cid, "deleted")]
     assert b.stats()["consumers"] == 0
     other.create(Kind.CACHE, (T, N, "c"), {}, 3.0)
@@ -313,7 +313,7 @@ def test_queue_operations() -> None:
     cid = b.consume(1, T, N, "q", prefetch=10, now=0.0)
     with pytest.raises(LimitExceeded):
         b.consume(1, T, N, "q", now=0.0)
-    (out,) = b.drain_outputs()
+    (out,) = b.drain_events()
     assert isinstance(out, MessagesDelivered)
     ids = [d.delivery_id for d in out.deliveries]
     b.ack(1, cid, ids[:1], now=1.0)
@@ -328,7 +328,7 @@ def test_queue_operations() -> None:
     b.enqueue(1, T, N, "q", [b"c"], now=1.0)
     assert b.purge(T, N, "q", now=1.0) == 0  # "c" is in flight to the consumer
     b.cancel_consumer(1, cid, now=2.0)
-    ended = [o for o in b.drain_outputs() if isinstance(o, ConsumerEnded)]
+    ended = [o for o in b.drain_events() if isinstance(o, ConsumerClosed)]
     assert [(e.consumer_id, e.reason) for e in ended] == [(cid, "unsubscribed")]
     with pytest.raises(NotFound):
         b.cancel_consumer(1, cid, now=2.0)
@@ -342,10 +342,10 @@ def test_queue_visibility_timeout_via_timer() -> None:
     b.create("queue", T, N, "q", {"visibility_timeout_ms": 1000}, now=0.0)
     cid = b.consume(1, T, N, "q", now=0.0)
     b.enqueue(1, T, N, "q", [b"a"], now=0.0)
-    b.drain_outputs()
+    b.drain_events()
     assert b.get_timer() == pytest.approx(1.0)
     b.handle_timer(1.0)
-    (again,) = b.drain_outputs()
+    (again,) = b.drain_events()
     assert isinstance(again, MessagesDelivered) and again.deliveries[0].attempt == 2
     assert again.consumer_id == cid
 
@@ -367,7 +367,7 @@ def test_cache_operations_and_change_feed() -> None:
     deadline = b.get_timer()
     assert deadline is not None
     b.handle_timer(deadline)
-    feed = [o for o in b.drain_outputs() if isinstance(o, StreamBatch)]
+    feed = [o for o in b.drain_events() if isinstance(o, RecordsDelivered)]
     ops = [h["op"] for o in feed for h in (o.slice.headers or [])]
     assert ops == [b"put", b"put", b"delete"]
     with pytest.raises(InvalidArgument):
@@ -375,7 +375,7 @@ def test_cache_operations_and_change_feed() -> None:
     with pytest.raises(NotFound):
         b.cache_get(T, N, "nope", "k", now=5.0)
     b.delete("cache", T, N, "c", now=6.0)
-    ended = b.drain_outputs()
+    ended = b.drain_events()
     assert [(o.subscription_id, o.reason) for o in ended] == [(sid, "deleted")]
     assert b.budget.used == 0
 
@@ -391,8 +391,8 @@ def test_cache_expiry_lazy_and_swept() -> None:
     b.handle_timer(2.0)
     ops = [
         h["op"]
-        for o in b.drain_outputs()
-        if isinstance(o, StreamBatch)
+        for o in b.drain_events()
+        if isinstance(o, RecordsDelivered)
         for h in o.slice.headers or []
     ]
     assert sorted(ops) == [b"expire", b"expire", b"put", b"put"]
@@ -406,8 +406,8 @@ def test_drop_oldest_gap_through_facade() -> None:
     b.publish(1, T, N, "s", [b"a", b"b"], now=0.0)
     b.publish(1, T, N, "s", [b"c", b"d"], now=0.0)
     b.add_credit(1, sid, 10, 0, now=1.0)
-    out = b.drain_outputs()
-    assert out[0] == StreamGap(connection_id=1, subscription_id=sid, missed=2, next_offset=2)
+    out = b.drain_events()
+    assert out[0] == RecordsSkipped(connection_id=1, subscription_id=sid, missed=2, next_offset=2)
     assert batches(out) == [[b"c", b"d"]]
     assert b.stats()["stream_gap_records"] == 2
 
@@ -420,8 +420,8 @@ def test_disconnect_policy_forgets_subscription() -> None:
     b.subscribe(1, T, N, "s", credit_messages=0, now=0.0)
     b.publish(1, T, N, "s", [b"a"], now=0.0)
     b.publish(1, T, N, "s", [b"b"], now=0.0)
-    (ended,) = b.drain_outputs()
-    assert isinstance(ended, SubscriptionEnded) and ended.reason == "lagged"
+    (ended,) = b.drain_events()
+    assert isinstance(ended, SubscriptionClosed) and ended.reason == "lagged"
     assert b.stats()["subscriptions"] == 0
 
 
@@ -432,10 +432,10 @@ def test_shutdown() -> None:
     sid, _ = b.subscribe(1, T, N, "s", now=0.0)
     cid = b.consume(1, T, N, "q", now=0.0)
     b.shutdown(1.0)
-    out = b.drain_outputs()
+    out = b.drain_events()
     assert [(type(o).__name__, o.reason) for o in out] == [
-        ("SubscriptionEnded", "shutdown"),
-        ("ConsumerEnded", "shutdown"),
+        ("SubscriptionClosed", "shutdown"),
+        ("ConsumerClosed", "shutdown"),
     ]
     assert out[0].subscription_id == sid and out[1].consumer_id == cid
     for call in (
@@ -456,7 +456,7 @@ def test_timer_heap_drops_stale_and_closed_entries() -> None:
     b.publish(1, T, N, "s", [b"a"], now=1.0)
     assert b.get_timer() == pytest.approx(1.00025)
     b.add_credit(1, sid, 1, 0, now=1.0001)  # a credit grant flushes at once
-    assert batches(b.drain_outputs()) == [[b"a"]]
+    assert batches(b.drain_events()) == [[b"a"]]
     assert b.get_timer() is None  # the stale deadline was dropped
     b.publish(1, T, N, "s", [b"b"], now=2.0)
     b.publish(1, T, N, "s", [b"c"], now=2.0001)  # the first deadline stands
@@ -492,7 +492,7 @@ def test_consumer_ended_for_detached_connection_is_dropped_quietly() -> None:
     cid = b.consume(1, T, N, "q", now=0.0)
     b.cancel_consumer(1, cid, now=0.0)
     b.detach(1, 0.0)
-    assert [type(o).__name__ for o in b.drain_outputs()] == ["ConsumerEnded"]
+    assert [type(o).__name__ for o in b.drain_events()] == ["ConsumerClosed"]
 
 
 def test_dead_letter_target_missing_is_tolerated() -> None:
@@ -527,13 +527,13 @@ def test_totals_for_metrics() -> None:
     b.enqueue(1, T, N, "q", [b"a", b"b"], now=10.0)
     b.enqueue(1, T, N, "idle", [b"x"], now=12.0)
     cid = b.consume(1, T, N, "q", prefetch=1, now=10.0)
-    (out,) = b.drain_outputs()
+    (out,) = b.drain_events()
     assert isinstance(out, MessagesDelivered)
     b.nack(1, cid, [out.deliveries[0].delivery_id], now=11.0)  # "a" again: a redelivery
-    (out,) = b.drain_outputs()
+    (out,) = b.drain_events()
     assert isinstance(out, MessagesDelivered) and out.deliveries[0].attempt == 2
     b.nack(1, cid, [out.deliveries[0].delivery_id], now=11.0)  # attempts used up: dropped
-    b.drain_outputs()
+    b.drain_events()
     q = b.totals(15.0).queues
     assert (q.queues, q.records, q.in_flight, q.redeliveries, q.dead_lettered) == (2, 3, 1, 1, 1)
     assert q.depth == 0 + 1  # "b" is in flight; the idle queue holds "x"

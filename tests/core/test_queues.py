@@ -14,16 +14,13 @@ from felix_core.errors import (
     Overloaded,
     TooLarge,
 )
+from felix_core.events import ConsumerClosed, EngineEvent, MessageDeadLettered, MessagesDelivered
 from felix_core.queues import (
     DEAD_LETTER_RETRY_S,
     TRIM_EVERY,
-    ConsumerEnded,
-    Delivery,
-    MessageDeadLettered,
-    MessagesDelivered,
     QueueConfig,
+    QueueDelivery,
     QueueEngine,
-    QueueEvent,
 )
 
 Q = ("t", "ns", "q")
@@ -31,7 +28,7 @@ DLQ = ("t", "ns", "dlq")
 T0 = 1_000.0
 
 
-def deliveries(events: list[QueueEvent], consumer_id: int | None = None) -> list[Delivery]:
+def deliveries(events: list[EngineEvent], consumer_id: int | None = None) -> list[QueueDelivery]:
     return [
         d
         for e in events
@@ -108,8 +105,8 @@ def test_delete_queue_ends_consumers() -> None:
     e.delete_queue(Q)
     ended = e.drain_outputs()
     assert ended == [
-        ConsumerEnded(connection_id=7, consumer_id=c1, queue=Q, reason="deleted"),
-        ConsumerEnded(connection_id=7, consumer_id=c2, queue=Q, reason="deleted"),
+        ConsumerClosed(connection_id=7, consumer_id=c1, queue=Q, reason="deleted"),
+        ConsumerClosed(connection_id=7, consumer_id=c2, queue=Q, reason="deleted"),
     ]
     assert Q not in e and e.byte_size == 0
     with pytest.raises(NotFound):
@@ -474,7 +471,7 @@ def test_groups_fan_out_and_trim_waits_for_the_slowest() -> None:
     assert len(deliveries(e.drain_outputs(), late)) == TRIM_EVERY * 2
     e.ack(slow, [held.delivery_id], T0)
     e.delete_group(Q, "late")
-    assert [type(ev) for ev in e.drain_outputs()] == [MessagesDelivered, ConsumerEnded]
+    assert [type(ev) for ev in e.drain_outputs()] == [MessagesDelivered, ConsumerClosed]
     e.delete_group(Q, "slow")
     assert e.queue(Q).log.first_offset == TRIM_EVERY * 2
     with pytest.raises(NotFound):

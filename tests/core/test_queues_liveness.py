@@ -7,21 +7,15 @@ from __future__ import annotations
 import pytest
 
 from felix_core.errors import NotFound
-from felix_core.queues import (
-    Delivery,
-    MessageDeadLettered,
-    MessagesDelivered,
-    QueueConfig,
-    QueueEngine,
-    QueueEvent,
-)
+from felix_core.events import EngineEvent, MessageDeadLettered, MessagesDelivered
+from felix_core.queues import QueueConfig, QueueDelivery, QueueEngine
 
 Q = ("t", "ns", "q")
 DLQ = ("t", "ns", "dlq")
 T0 = 1_000.0
 
 
-def deliveries(events: list[QueueEvent], consumer_id: int | None = None) -> list[Delivery]:
+def deliveries(events: list[EngineEvent], consumer_id: int | None = None) -> list[QueueDelivery]:
     return [
         d
         for e in events

@@ -9,6 +9,7 @@ import pytest
 
 from felix_core.broker import Broker
 from felix_core.errors import InvalidArgument, TooLarge
+from felix_core.events import MessagesDelivered
 from felix_core.limits import (
     DEAD_LETTER_HEADERS_MAX_BYTES,
     ENVELOPE_MAX_BYTES,
@@ -17,7 +18,7 @@ from felix_core.limits import (
     BrokerConfig,
     encoded_record_size,
 )
-from felix_core.queues import MessagesDelivered, QueueConfig, QueueEngine
+from felix_core.queues import QueueConfig, QueueEngine
 from felix_proto import messages as m
 from felix_proto.codec import encode
 from felix_proto.frames import DEFAULT_MAX_FRAME_SIZE, HEADER_SIZE
@@ -106,10 +107,10 @@ def test_record_limit_counts_headers_and_the_biggest_record_dead_letters_within_
     assert b.enqueue(1, T, N, "src", [payload], headers=[headers], now=0.0) == (0, 0)
 
     cid = b.consume(1, T, N, "src", now=0.0)
-    [first] = [ev for ev in b.drain_outputs() if isinstance(ev, MessagesDelivered)]
+    [first] = [ev for ev in b.drain_events() if isinstance(ev, MessagesDelivered)]
     b.nack(1, cid, [first.deliveries[0].delivery_id], now=1.0)
     dlq = b.consume(1, T, N, "dlq", now=1.0)
-    [dead] = [ev for ev in b.drain_outputs() if isinstance(ev, MessagesDelivered)]
+    [dead] = [ev for ev in b.drain_events() if isinstance(ev, MessagesDelivered)]
     assert dead.consumer_id == dlq
     d = dead.deliveries[0]
     assert d.payload == payload and d.headers is not None and len(d.headers) == 7

@@ -28,12 +28,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from felix_core.errors import NotFound, Overloaded
-from felix_core.queues import (
-    MessageDeadLettered,
-    MessagesDelivered,
-    QueueConfig,
-    QueueEngine,
-)
+from felix_core.events import MessageDeadLettered, MessagesDelivered
+from felix_core.queues import QueueConfig, QueueEngine
 
 Q = ("t", "n", "work")
 DLQ = ("t", "n", "dead")
