@@ -35,12 +35,25 @@ timers in :meth:`Broker.get_timer`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from felix_core.broker_core import BrokerCore, ResourceTotals, _Connection
 from felix_core.cache import CacheEntry
-from felix_core.errors import InvalidArgument, LimitExceeded, NotFound
-from felix_core.events import ConsumerClosed
+from felix_core.errors import EngineError, InvalidArgument, LimitExceeded, NotFound
+from felix_core.events import (
+    Appended,
+    CacheRead,
+    CacheRemoved,
+    CacheStored,
+    ConsumerClosed,
+    ConsumerOpened,
+    RequestCompleted,
+    RequestRefused,
+    ResourceDescribed,
+    ResourcesListed,
+    SubscriptionOpened,
+)
 from felix_core.limits import BrokerConfig
 from felix_core.log import LogSlice
 from felix_core.metadata import Path
@@ -55,7 +68,7 @@ class Broker(BrokerCore):
     Construct with ``Broker(config, metadata=store, now=now)`` (see :class:`BrokerCore`).
     """
 
-    def publish(
+    def _publish(
         self,
         conn_id: int,
         tenant: str,
@@ -111,7 +124,7 @@ class Broker(BrokerCore):
             conn.published += len(payloads)
         return first, last
 
-    def subscribe(
+    def _subscribe(
         self,
         conn_id: int,
         tenant: str,
@@ -192,7 +205,7 @@ class Broker(BrokerCore):
             raise NotFound(f"subscription {sub_id} not found", details={"subscription_id": sub_id})
         return conn, fanout, sub
 
-    def add_credit(
+    def _add_credit(
         self, conn_id: int, subscription_id: int, messages: int, nbytes: int, *, now: float
     ) -> None:
         """Grant a subscription more credit (totals are clamped to the config's maxima).
@@ -216,7 +229,7 @@ class Broker(BrokerCore):
         fanout.add_credit(sub, messages, nbytes, now)
         self._schedule(fanout)
 
-    def unsubscribe(self, conn_id: int, subscription_id: int, *, now: float) -> None:
+    def _unsubscribe(self, conn_id: int, subscription_id: int, *, now: float) -> None:
         """End a subscription; outputs ``SubscriptionClosed`` with reason ``unsubscribed``.
 
         Raises:
@@ -227,7 +240,7 @@ class Broker(BrokerCore):
         fanout.remove(subscription_id, "unsubscribed")
         self._schedule(fanout)
 
-    def enqueue(
+    def _enqueue(
         self,
         conn_id: int,
         tenant: str,
@@ -261,7 +274,7 @@ class Broker(BrokerCore):
         self.budget.adjust(q.byte_size - before)
         return first, first + len(payloads) - 1
 
-    def consume(
+    def _consume(
         self,
         conn_id: int,
         tenant: str,
@@ -305,7 +318,7 @@ class Broker(BrokerCore):
             )
         return conn
 
-    def ack(
+    def _ack(
         self, conn_id: int, consumer_id: int, delivery_ids: Sequence[int], *, now: float
     ) -> None:
         """Finish deliveries made to a consumer.
@@ -323,7 +336,7 @@ class Broker(BrokerCore):
         finally:
             self.budget.adjust(q.byte_size - before)
 
-    def nack(
+    def _nack(
         self,
         conn_id: int,
         consumer_id: int,
@@ -352,7 +365,7 @@ class Broker(BrokerCore):
             self.budget.adjust(self._queues.byte_size - before)
         del conn  # ownership was checked above
 
-    def cancel_consumer(self, conn_id: int, consumer_id: int, *, now: float) -> None:
+    def _cancel_consumer(self, conn_id: int, consumer_id: int, *, now: float) -> None:
         """End a consumer; its in-flight deliveries are returned at once.
 
         Outputs ``ConsumerClosed`` with reason ``unsubscribed`` for its stream.
@@ -387,7 +400,7 @@ class Broker(BrokerCore):
 
     # -- caches ----------------------------------------------------------------------------
 
-    def cache_put(
+    def _cache_put(
         self,
         tenant: str,
         namespace: str,
@@ -442,7 +455,7 @@ class Broker(BrokerCore):
             self._pump_feed(path, now)
         return result.applied, result.version
 
-    def cache_get(
+    def _cache_get(
         self, tenant: str, namespace: str, cache: str, key: str, *, now: float
     ) -> CacheEntry | None:
         """Read a key (lazily expiring it when its time is up).
@@ -473,7 +486,7 @@ class Broker(BrokerCore):
             self._after_cache_change(path, now)
         return entry
 
-    def cache_delete(
+    def _cache_delete(
         self,
         tenant: str,
         namespace: str,
@@ -505,3 +518,553 @@ class Broker(BrokerCore):
     def _after_cache_change(self, path: Path, now: float) -> None:
         if path in self._feeds:
             self._pump_feed(path, now)
+
+    # -- requests -------------------------------------------------------------------------
+    #
+    # Each request names its connection and the caller's number for it, and completes
+    # through the event stream with exactly one RequestCompleted (or a subclass carrying the
+    # result) or RequestRefused. The completion is placed before every event the request
+    # caused (a subscription's first records follow its SubscriptionOpened).
+
+    def _refuse(self, mark: int, conn_id: int, request: int, exc: EngineError) -> None:
+        self._out.insert(mark, RequestRefused(connection_id=conn_id, request=request, error=exc))
+
+    def publish(
+        self,
+        conn_id: int,
+        request: int,
+        tenant: str,
+        namespace: str,
+        stream: str,
+        payloads: Sequence[bytes],
+        *,
+        keys: Sequence[bytes | None] | None = None,
+        headers: Sequence[dict[str, bytes] | None] | None = None,
+        now: float,
+    ) -> None:
+        """Append records to a stream and deliver them to its subscriptions.
+
+        Completes with :class:`~felix_core.events.Appended` (the offsets); refusals as for
+        the private ``_publish``: NotFound, InvalidArgument, TooLarge, Overloaded,
+        ShuttingDown.
+
+        Args:
+            conn_id: the publishing connection (counted when attached; may be any id).
+            request: the caller's number for the request.
+            tenant: the tenant.
+            namespace: the namespace.
+            stream: the stream.
+            payloads: one or more payloads.
+            keys: None or one optional key per payload.
+            headers: None or one optional header dict per payload.
+            now: the current time; records are stamped ``int(now * 1000)``.
+        """
+        out = self._out
+        mark = len(out)
+        try:
+            first, last = self._publish(
+                conn_id, tenant, namespace, stream, payloads, keys=keys, headers=headers, now=now
+            )
+        except EngineError as exc:
+            self._refuse(mark, conn_id, request, exc)
+            return
+        out.insert(
+            mark,
+            Appended(connection_id=conn_id, request=request, first_offset=first, last_offset=last),
+        )
+
+    def enqueue(
+        self,
+        conn_id: int,
+        request: int,
+        tenant: str,
+        namespace: str,
+        queue: str,
+        payloads: Sequence[bytes],
+        *,
+        keys: Sequence[bytes | None] | None = None,
+        headers: Sequence[dict[str, bytes] | None] | None = None,
+        now: float,
+    ) -> None:
+        """Append messages to a queue and hand them to its consumers.
+
+        Completes with :class:`~felix_core.events.Appended`. Refusals: NotFound,
+        InvalidArgument, TooLarge, Overloaded (the queue or the memory budget is full),
+        ShuttingDown.
+        """
+        out = self._out
+        mark = len(out)
+        try:
+            first, last = self._enqueue(
+                conn_id, tenant, namespace, queue, payloads, keys=keys, headers=headers, now=now
+            )
+        except EngineError as exc:
+            self._refuse(mark, conn_id, request, exc)
+            return
+        out.insert(
+            mark,
+            Appended(connection_id=conn_id, request=request, first_offset=first, last_offset=last),
+        )
+
+    def subscribe(
+        self,
+        conn_id: int,
+        request: int,
+        tenant: str,
+        namespace: str,
+        name: str,
+        *,
+        start: int = StartKind.LATEST,
+        start_value: int | None = None,
+        credit_messages: int = 1024,
+        credit_bytes: int = 1 << 20,
+        source: str = "stream",
+        now: float,
+    ) -> None:
+        """Subscribe a connection to a stream, or to a cache's change feed.
+
+        Completes with :class:`~felix_core.events.SubscriptionOpened`, followed by the
+        subscription's records. Refusals: NotFound, InvalidArgument, CursorTooOld
+        (``details['first_offset']``), LimitExceeded, ShuttingDown.
+
+        Raises:
+            ValueError: the connection is not attached (a bug in the caller).
+        """
+        out = self._out
+        mark = len(out)
+        try:
+            sub_id, first = self._subscribe(
+                conn_id,
+                tenant,
+                namespace,
+                name,
+                start=start,
+                start_value=start_value,
+                credit_messages=credit_messages,
+                credit_bytes=credit_bytes,
+                source=source,
+                now=now,
+            )
+        except EngineError as exc:
+            self._refuse(mark, conn_id, request, exc)
+            return
+        out.insert(
+            mark,
+            SubscriptionOpened(
+                connection_id=conn_id, request=request, subscription_id=sub_id, first_offset=first
+            ),
+        )
+
+    def unsubscribe(
+        self, conn_id: int, request: int | None, subscription_id: int, *, now: float
+    ) -> None:
+        """End a subscription; its :class:`~felix_core.events.SubscriptionClosed` (reason
+        ``unsubscribed``) follows the completion.
+
+        With ``request`` None (the client stopped the feed's stream: no reply is due) there
+        is no completion and an unknown subscription is ignored. Otherwise completes with
+        :class:`~felix_core.events.RequestCompleted`; refused with NotFound.
+
+        Raises:
+            ValueError: ``request`` is given and the connection is not attached.
+        """
+        if request is None:
+            if self._owns_subscription(conn_id, subscription_id):
+                self._unsubscribe(conn_id, subscription_id, now=now)
+            return
+        out = self._out
+        mark = len(out)
+        try:
+            self._unsubscribe(conn_id, subscription_id, now=now)
+        except EngineError as exc:
+            self._refuse(mark, conn_id, request, exc)
+            return
+        out.insert(mark, RequestCompleted(connection_id=conn_id, request=request))
+
+    def _owns_subscription(self, conn_id: int, subscription_id: int) -> bool:
+        conn = self._conns.get(conn_id)
+        return conn is not None and subscription_id in conn.subs
+
+    def add_credit(
+        self, conn_id: int, subscription_id: int, messages: int, nbytes: int, *, now: float
+    ) -> bool:
+        """Grant a subscription more credit (totals are clamped to the config's maxima).
+
+        Credit is not a request (nothing completes); a grant for a subscription that ended
+        meanwhile is ignored.
+
+        Args:
+            conn_id: the connection holding the subscription.
+            subscription_id: the subscription.
+            messages: more records (>= 0).
+            nbytes: more record bytes (>= 0).
+            now: the current time.
+
+        Returns:
+            False when the connection holds no such subscription (nothing changed).
+
+        Raises:
+            ValueError: a negative grant (the wire cannot carry one: a bug in the caller).
+        """
+        if messages < 0 or nbytes < 0:
+            raise ValueError("credit must be >= 0")
+        if not self._owns_subscription(conn_id, subscription_id):
+            return False
+        self._add_credit(conn_id, subscription_id, messages, nbytes, now=now)
+        return True
+
+    def consume(
+        self,
+        conn_id: int,
+        request: int,
+        tenant: str,
+        namespace: str,
+        queue: str,
+        *,
+        group: str = "default",
+        prefetch: int = 64,
+        now: float,
+    ) -> None:
+        """Add a consumer for a connection to a queue's consumer group.
+
+        Completes with :class:`~felix_core.events.ConsumerOpened`, followed by its
+        deliveries. Refusals: NotFound, InvalidArgument, LimitExceeded, ShuttingDown.
+
+        Raises:
+            ValueError: the connection is not attached (a bug in the caller).
+        """
+        mark = len(self._out)
+        try:
+            consumer_id = self._consume(
+                conn_id, tenant, namespace, queue, group=group, prefetch=prefetch, now=now
+            )
+        except EngineError as exc:
+            self._refuse(mark, conn_id, request, exc)
+            return
+        self._out.insert(
+            mark, ConsumerOpened(connection_id=conn_id, request=request, consumer_id=consumer_id)
+        )
+
+    def cancel_consumer(
+        self, conn_id: int, request: int | None, consumer_id: int, *, now: float
+    ) -> None:
+        """End a consumer; its in-flight deliveries are returned at once and its
+        :class:`~felix_core.events.ConsumerClosed` (reason ``unsubscribed``) follows.
+
+        With ``request`` None (the client stopped the consumer's stream) there is no
+        completion and an unknown consumer is ignored. Otherwise completes with
+        :class:`~felix_core.events.RequestCompleted`; refused with NotFound.
+        """
+        if request is None:
+            conn = self._conns.get(conn_id)
+            if conn is not None and consumer_id in conn.consumers:
+                self._cancel_consumer(conn_id, consumer_id, now=now)
+            return
+        mark = len(self._out)
+        try:
+            self._cancel_consumer(conn_id, consumer_id, now=now)
+        except EngineError as exc:
+            self._refuse(mark, conn_id, request, exc)
+            return
+        self._out.insert(mark, RequestCompleted(connection_id=conn_id, request=request))
+
+    def ack(
+        self,
+        conn_id: int,
+        request: int,
+        consumer_id: int,
+        delivery_ids: Sequence[int],
+        *,
+        now: float,
+    ) -> None:
+        """Finish deliveries made to a consumer.
+
+        Completes with :class:`~felix_core.events.RequestCompleted`. Refused with NotFound
+        when the connection holds no such consumer or some ids are not in flight to it (the
+        known ones are still acked; ``details['delivery_ids']``).
+        """
+        mark = len(self._out)
+        try:
+            self._ack(conn_id, consumer_id, delivery_ids, now=now)
+        except EngineError as exc:
+            self._refuse(mark, conn_id, request, exc)
+            return
+        self._out.insert(mark, RequestCompleted(connection_id=conn_id, request=request))
+
+    def nack(
+        self,
+        conn_id: int,
+        request: int,
+        consumer_id: int,
+        delivery_ids: Sequence[int],
+        *,
+        delay_ms: int = 0,
+        requeue: bool = True,
+        now: float,
+    ) -> None:
+        """Return deliveries for redelivery after ``delay_ms`` (or dead-letter them).
+
+        Completes with :class:`~felix_core.events.RequestCompleted`. Refusals: NotFound (as
+        for :meth:`ack`), InvalidArgument (a negative delay).
+        """
+        mark = len(self._out)
+        try:
+            self._nack(
+                conn_id, consumer_id, delivery_ids, delay_ms=delay_ms, requeue=requeue, now=now
+            )
+        except EngineError as exc:
+            self._refuse(mark, conn_id, request, exc)
+            return
+        self._out.insert(mark, RequestCompleted(connection_id=conn_id, request=request))
+
+    def cache_put(
+        self,
+        conn_id: int,
+        request: int,
+        tenant: str,
+        namespace: str,
+        cache: str,
+        key: str,
+        value: bytes,
+        *,
+        ttl_ms: int | None = None,
+        if_absent: bool = False,
+        if_version: int | None = None,
+        now: float,
+    ) -> None:
+        """Store a value, possibly conditionally (put-if-absent, compare-and-set).
+
+        Completes with :class:`~felix_core.events.CacheStored`: stored and the new version,
+        or not stored and the live entry's version (None without one) when the condition
+        failed. Refusals: NotFound, InvalidArgument, TooLarge, Overloaded, ShuttingDown.
+        """
+        mark = len(self._out)
+        try:
+            stored, version = self._cache_put(
+                tenant,
+                namespace,
+                cache,
+                key,
+                value,
+                ttl_ms=ttl_ms,
+                if_absent=if_absent,
+                if_version=if_version,
+                now=now,
+            )
+        except EngineError as exc:
+            self._refuse(mark, conn_id, request, exc)
+            return
+        self._out.insert(
+            mark,
+            CacheStored(connection_id=conn_id, request=request, stored=stored, version=version),
+        )
+
+    def cache_get(
+        self,
+        conn_id: int,
+        request: int,
+        tenant: str,
+        namespace: str,
+        cache: str,
+        key: str,
+        *,
+        now: float,
+    ) -> None:
+        """Read a key (lazily expiring it when its time is up).
+
+        Completes with :class:`~felix_core.events.CacheRead` (``value`` None on a miss).
+        Refusals: NotFound, InvalidArgument, TooLarge (the key).
+        """
+        mark = len(self._out)
+        try:
+            entry = self._cache_get(tenant, namespace, cache, key, now=now)
+        except EngineError as exc:
+            self._refuse(mark, conn_id, request, exc)
+            return
+        if entry is None:
+            read = CacheRead(
+                connection_id=conn_id,
+                request=request,
+                value=None,
+                version=None,
+                ttl_remaining_ms=None,
+            )
+        else:
+            ttl = entry.ttl_remaining(now)
+            read = CacheRead(
+                connection_id=conn_id,
+                request=request,
+                value=entry.value,
+                version=entry.version,
+                ttl_remaining_ms=None if ttl is None else max(int(ttl * 1000), 0),
+            )
+        self._out.insert(mark, read)
+
+    def cache_delete(
+        self,
+        conn_id: int,
+        request: int,
+        tenant: str,
+        namespace: str,
+        cache: str,
+        key: str,
+        *,
+        if_version: int | None = None,
+        now: float,
+    ) -> None:
+        """Delete a key, possibly only at a given version.
+
+        Completes with :class:`~felix_core.events.CacheRemoved`. Refusals: NotFound,
+        InvalidArgument, TooLarge (the key).
+        """
+        mark = len(self._out)
+        try:
+            deleted = self._cache_delete(
+                tenant, namespace, cache, key, if_version=if_version, now=now
+            )
+        except EngineError as exc:
+            self._refuse(mark, conn_id, request, exc)
+            return
+        self._out.insert(
+            mark, CacheRemoved(connection_id=conn_id, request=request, deleted=deleted)
+        )
+
+    # -- admin ------------------------------------------------------------------------
+
+    def create(
+        self,
+        conn_id: int,
+        request: int,
+        kind: str,
+        tenant: str,
+        namespace: str = "",
+        name: str = "",
+        settings: Mapping[str, Any] | None = None,
+        *,
+        now: float,
+    ) -> None:
+        """Create a tenant, namespace, stream, queue or cache.
+
+        Completes with :class:`~felix_core.events.ResourceDescribed`. Refusals:
+        InvalidArgument (unknown kind, bad names or settings), NotFound (the parent),
+        AlreadyExists, LimitExceeded, ShuttingDown.
+
+        Args:
+            conn_id: the requesting connection (any id).
+            request: the caller's number for the request.
+            kind: a :class:`~felix_core.metadata.Kind` value.
+            tenant: the tenant (the new tenant's name for kind ``tenant``).
+            namespace: the namespace ("" for a tenant).
+            name: the resource name ("" for tenants and namespaces).
+            settings: the kind's settings (see docs/engine.md); absent ones take defaults.
+            now: the current time.
+        """
+        mark = len(self._out)
+        try:
+            resource = self._create(kind, tenant, namespace, name, settings, now=now)
+        except EngineError as exc:
+            self._refuse(mark, conn_id, request, exc)
+            return
+        self._out.insert(
+            mark, ResourceDescribed(connection_id=conn_id, request=request, resource=resource)
+        )
+
+    def describe(
+        self,
+        conn_id: int,
+        request: int,
+        kind: str,
+        tenant: str,
+        namespace: str = "",
+        name: str = "",
+        *,
+        now: float,
+    ) -> None:
+        """Describe a resource, with live ``stats`` for streams, queues and caches.
+
+        Completes with :class:`~felix_core.events.ResourceDescribed`. Refusals:
+        InvalidArgument, NotFound.
+        """
+        mark = len(self._out)
+        try:
+            resource = self._describe_resource(kind, tenant, namespace, name, now=now)
+        except EngineError as exc:
+            self._refuse(mark, conn_id, request, exc)
+            return
+        self._out.insert(
+            mark, ResourceDescribed(connection_id=conn_id, request=request, resource=resource)
+        )
+
+    def list(
+        self,
+        conn_id: int,
+        request: int,
+        kind: str,
+        tenant: str = "",
+        namespace: str = "",
+    ) -> None:
+        """List the resources of a kind under a tenant (and namespace).
+
+        Completes with :class:`~felix_core.events.ResourcesListed`. Refusals:
+        InvalidArgument, NotFound (the parent).
+        """
+        mark = len(self._out)
+        try:
+            resources = self._list(kind, tenant, namespace)
+        except EngineError as exc:
+            self._refuse(mark, conn_id, request, exc)
+            return
+        self._out.insert(
+            mark, ResourcesListed(connection_id=conn_id, request=request, resources=resources)
+        )
+
+    def update(
+        self,
+        conn_id: int,
+        request: int,
+        kind: str,
+        tenant: str,
+        namespace: str = "",
+        name: str = "",
+        settings: Mapping[str, Any] | None = None,
+        *,
+        now: float,
+    ) -> None:
+        """Change some settings of a resource; they take effect at once.
+
+        Completes with :class:`~felix_core.events.ResourceDescribed`. Refusals:
+        InvalidArgument, NotFound, Conflict (a concurrent update won), ShuttingDown.
+        """
+        mark = len(self._out)
+        try:
+            resource = self._update(kind, tenant, namespace, name, settings, now=now)
+        except EngineError as exc:
+            self._refuse(mark, conn_id, request, exc)
+            return
+        self._out.insert(
+            mark, ResourceDescribed(connection_id=conn_id, request=request, resource=resource)
+        )
+
+    def delete(
+        self,
+        conn_id: int,
+        request: int,
+        kind: str,
+        tenant: str,
+        namespace: str = "",
+        name: str = "",
+        *,
+        now: float,
+    ) -> None:
+        """Delete a resource; its subscriptions and consumers end with reason ``deleted``.
+
+        Completes with :class:`~felix_core.events.RequestCompleted`. Refusals:
+        InvalidArgument, NotFound, Conflict (a tenant or namespace that is not empty).
+        """
+        mark = len(self._out)
+        try:
+            self._delete(kind, tenant, namespace, name, now=now)
+        except EngineError as exc:
+            self._refuse(mark, conn_id, request, exc)
+            return
+        self._out.insert(mark, RequestCompleted(connection_id=conn_id, request=request))

@@ -223,7 +223,7 @@ class BrokerCore:
         if self._shutting_down:
             raise ShuttingDown("the broker is shutting down")
 
-    def create(
+    def _create(
         self,
         kind: str,
         tenant: str,
@@ -260,7 +260,7 @@ class BrokerCore:
         self._materialize(record, now)
         return self._describe(record, now)
 
-    def describe(
+    def _describe_resource(
         self, kind: str, tenant: str, namespace: str = "", name: str = "", *, now: float
     ) -> dict[str, Any]:
         """Describe a resource, with live ``stats`` for streams, queues and caches.
@@ -277,7 +277,7 @@ class BrokerCore:
         self._materialize(record, now)
         return self._describe(record, now)
 
-    def list(self, kind: str, tenant: str = "", namespace: str = "") -> list[dict[str, Any]]:
+    def _list(self, kind: str, tenant: str = "", namespace: str = "") -> list[dict[str, Any]]:
         """List the resources of a kind under a tenant (and namespace).
 
         Returns:
@@ -290,7 +290,7 @@ class BrokerCore:
         k = Catalog.parse_kind(kind)
         return [r.to_dict() for r in self.catalog.list(k, tenant, namespace)]
 
-    def update(
+    def _update(
         self,
         kind: str,
         tenant: str,
@@ -317,7 +317,7 @@ class BrokerCore:
         self._materialize(record, now)
         return self._describe(record, now)
 
-    def delete(
+    def _delete(
         self, kind: str, tenant: str, namespace: str = "", name: str = "", *, now: float
     ) -> None:
         """Delete a resource; its subscriptions and consumers end with reason ``deleted``.

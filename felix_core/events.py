@@ -34,6 +34,7 @@ __all__ = [
     "CacheRead",
     "CacheRemoved",
     "CacheStored",
+    "ConnectionEvent",
     "ConsumerClosed",
     "ConsumerOpened",
     "EngineEvent",
@@ -55,15 +56,21 @@ class EngineEvent:
     """Base of everything :meth:`~felix_core.broker.Broker.drain_events` returns."""
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConnectionEvent(EngineEvent):
+    """Base of the events for one connection: feed events and request completions."""
+
+    connection_id: int
+    """The connection the event is for (that holds the feed, or made the request)."""
+
+
 # -- feeds ---------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class RecordsDelivered(EngineEvent):
+class RecordsDelivered(ConnectionEvent):
     """Records for a subscription. The same slice object may go to many subscriptions."""
 
-    connection_id: int
-    """The connection holding the subscription."""
     subscription_id: int
     """The subscription."""
     slice: LogSlice
@@ -71,11 +78,9 @@ class RecordsDelivered(EngineEvent):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class RecordsSkipped(EngineEvent):
+class RecordsSkipped(ConnectionEvent):
     """Retention trimmed records the subscription had not received; it skips them."""
 
-    connection_id: int
-    """The connection holding the subscription."""
     subscription_id: int
     """The subscription."""
     missed: int
@@ -85,11 +90,9 @@ class RecordsSkipped(EngineEvent):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class SubscriptionClosed(EngineEvent):
+class SubscriptionClosed(ConnectionEvent):
     """The subscription is over; nothing more will be delivered for it."""
 
-    connection_id: int
-    """The connection that held the subscription."""
     subscription_id: int
     """The subscription."""
     reason: str
@@ -101,11 +104,9 @@ class SubscriptionClosed(EngineEvent):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class MessagesDelivered(EngineEvent):
+class MessagesDelivered(ConnectionEvent):
     """Queue deliveries for one consumer, to be sent on its consumer stream in order."""
 
-    connection_id: int
-    """The connection the consumer belongs to."""
     consumer_id: int
     """The consumer receiving the deliveries."""
     queue: QueueKey
@@ -115,11 +116,9 @@ class MessagesDelivered(EngineEvent):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class ConsumerClosed(EngineEvent):
+class ConsumerClosed(ConnectionEvent):
     """A consumer is over: cancelled, its queue deleted, or the broker shutting down."""
 
-    connection_id: int
-    """The connection the consumer belonged to."""
     consumer_id: int
     """The consumer that ended."""
     queue: QueueKey
@@ -150,22 +149,18 @@ class MessageDeadLettered(EngineEvent):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class RequestCompleted(EngineEvent):
+class RequestCompleted(ConnectionEvent):
     """A request succeeded. Used as is for requests without a result (unsubscribe, cancel,
     ack, nack, delete); the subclasses below carry the others' results."""
 
-    connection_id: int
-    """The connection that made the request."""
     request: int
     """The caller's number for the request (unique per connection while it is pending)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class RequestRefused(EngineEvent):
+class RequestRefused(ConnectionEvent):
     """A request failed: the engine refused it (the error goes on the wire 1:1)."""
 
-    connection_id: int
-    """The connection that made the request."""
     request: int
     """The caller's number for the request."""
     error: EngineError

@@ -466,6 +466,14 @@ class ServerConnection(Connection):
             feed.move(FeedInput.DATA, local=True)
             self._send(feed.stream_id, m.SubscriptionGap(missed=missed, next_offset=next_offset))
 
+    def subscription_open(self, subscription_id: int) -> bool:
+        """Whether the subscription's stream is open (opened, not ended or stopped)."""
+        return subscription_id in self._subs
+
+    def consumer_open(self, consumer_id: int) -> bool:
+        """Whether the consumer's stream is open (opened, not ended or stopped)."""
+        return consumer_id in self._consumers
+
     def subscription_credit(self, subscription_id: int) -> tuple[int, int]:
         """Return the remaining ``(records, bytes)`` credit of an open subscription.
 

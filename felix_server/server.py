@@ -64,7 +64,6 @@ from __future__ import annotations
 import heapq
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from aioquic._buffer import Buffer
 from aioquic.quic.configuration import SMALLEST_MAX_DATAGRAM_SIZE, QuicConfiguration
@@ -77,22 +76,15 @@ from aioquic.quic.packet import (
 )
 
 from felix_core.broker import Broker
-from felix_core.events import (
-    ConsumerClosed,
-    EngineEvent,
-    MessageDeadLettered,
-    MessagesDelivered,
-    RecordsDelivered,
-    RecordsSkipped,
-    SubscriptionClosed,
-)
 from felix_proto import ALPN
-from felix_proto.codec import encode_event_batch
+from felix_server.access import Authenticate, token_list
+from felix_server.batches import EncodedBatches
 from felix_server.config import ServerConfig
 from felix_server.drain import Drain
 from felix_server.observer import ServerObserver
 from felix_server.quic import FelixQuicConnection, refusal_datagram
-from felix_server.session import Session
+from felix_server.router import LocalRoute, Router
+from felix_server.session import Session, SessionLimits
 
 __all__ = ["MAX_REFUSALS_PER_PASS", "FelixServer", "make_quic_configuration"]
 
@@ -138,6 +130,8 @@ class FelixServer:
         broker: an engine to serve (a new one from ``config.broker`` when None).
         connection_factory: builds QUIC connections (default: aioquic's, with Felix's ALPN
             rule, :class:`~felix_server.quic.FelixQuicConnection`).
+        authenticate: decides each client's ``Hello`` (default: the ``auth.tokens`` of
+            ``config``, :func:`~felix_server.access.token_list`).
     """
 
     def __init__(
@@ -149,12 +143,16 @@ class FelixServer:
         observer: ServerObserver | None = None,
         broker: Broker | None = None,
         connection_factory: Callable[..., QuicConnection] = FelixQuicConnection,
+        authenticate: Authenticate | None = None,
     ) -> None:
         self.config = config
-        self.accepted_tokens = config.accepted_tokens
+        self._authenticate = authenticate or token_list(config.accepted_tokens)
+        self._limits = SessionLimits.from_config(config)
         self.quic_configuration = quic_configuration
         self.observer = observer or ServerObserver()
         self.broker = broker if broker is not None else Broker(config.broker, now=now)
+        self.router = Router(LocalRoute(self.broker), self.observer)
+        self.batches = EncodedBatches()
         self._factory = connection_factory
         self._by_cid: dict[bytes, Session] = {}
         self._sessions: dict[int, Session] = {}
@@ -259,7 +257,16 @@ class FelixServer:
         )
         conn_id = self._next_conn_id
         self._next_conn_id += 1
-        session = Session(self, quic, conn_id, now)
+        session = Session(
+            quic,
+            conn_id,
+            now,
+            router=self.router,
+            observer=self.observer,
+            limits=self._limits,
+            authenticate=self._authenticate,
+            batches=self.batches,
+        )
         self._sessions[conn_id] = session
         self._by_cid[original_cid] = session
         self._by_cid[quic.host_cid] = session
@@ -288,7 +295,7 @@ class FelixServer:
     def get_timer(self) -> float | None:
         """The earliest absolute deadline of anything the server holds, or None."""
         drain = self._drain.get_timer() if self._drain is not None else None
-        deadlines = [self.broker.get_timer(), drain, self._drain_until]
+        deadlines = [self.router.get_timer(), drain, self._drain_until]
         self._refresh_deadlines()
         heap, cached = self._heap, self._deadlines
         while heap:
@@ -318,13 +325,12 @@ class FelixServer:
 
     def handle_timer(self, now: float) -> None:
         """Fire everything due at ``now`` (early or repeated calls are harmless)."""
-        deadline = self.broker.get_timer()
-        if deadline is not None and deadline <= now:
-            self.broker.handle_timer(now)
+        self.router.handle_timer(now)
         if self._drain is not None:  # before the sessions: the grace ends with a report
             deadline = self._drain.get_timer()
             if deadline is not None and deadline <= now:
-                self._drain.handle_timer(now)
+                for session in self._drain.handle_timer(now, self.sessions):
+                    self._mark(session)
         self._refresh_deadlines()
         heap, cached, due = self._heap, self._deadlines, {}
         while heap and heap[0][0] <= now:
@@ -353,10 +359,11 @@ class FelixServer:
         self.observer.log("info", "shutting down", connections=len(self._sessions), grace_s=grace)
         for session in self._sessions.values():
             session.go_away(grace_ms, now)
-            self._dirty[session.conn_id] = session
-            self._touched[session.conn_id] = session
+            self._mark(session)
         # The grace ends when the clients' GoAway deadline does (the same float).
-        self._drain = Drain(self, now + grace_ms / 1000, now)
+        self._drain = Drain(
+            self.broker, self.observer, self._sessions.values(), now + grace_ms / 1000, now
+        )
 
     # ----------------------------------------------------------------------- outputs
 
@@ -369,11 +376,14 @@ class FelixServer:
         out = self._stateless
         self._stateless = []
         self._refusals_left = MAX_REFUSALS_PER_PASS
-        for _ in range(4):  # a resume may produce deliveries; bounded
-            self.pump_outputs()
-            if not self._dirty:
+        sessions, dirty = self._sessions, self._dirty
+        for _ in range(4):  # a transmit can give other connections mail; bounded
+            for conn_id in self.router.ready():  # the router names who has mail
+                session = sessions.get(conn_id)
+                if session is not None:
+                    dirty[conn_id] = session
+            if not dirty:
                 break
-            dirty = self._dirty
             self._dirty = {}
             touched = self._touched
             for session in dirty.values():
@@ -381,63 +391,11 @@ class FelixServer:
                 touched[session.conn_id] = session  # sending moves QUIC's timers
                 if session.finished:
                     self._forget(session)
+            dirty = self._dirty
+        self.batches.flush(self.observer)
         return out
 
-    def mark_dirty(self, session: Session) -> None:
-        """A session has something to send (called by sessions after API-driven writes)."""
+    def _mark(self, session: Session) -> None:
+        """A session has something to send and its deadline may have moved."""
         self._dirty[session.conn_id] = session
         self._touched[session.conn_id] = session
-
-    def pump_outputs(self) -> None:
-        """Hand the broker's outputs to the sessions, encoding each slice once (each
-        :meth:`datagrams_to_send` does; the shutdown drain also does before it closes)."""
-        outputs: list[EngineEvent] = self.broker.drain_events()
-        if not outputs:
-            return
-        # id(slice) -> [frame, payload bytes, subscriber count]
-        encoded: dict[int, list[Any]] = {}
-        sessions = self._sessions
-        dirty = self._dirty
-        for item in outputs:
-            if isinstance(item, RecordsDelivered):
-                session = sessions.get(item.connection_id)
-                if session is None:
-                    continue
-                dirty[session.conn_id] = session
-                sl = item.slice
-                entry = encoded.get(id(sl))
-                if entry is None:
-                    frame = encode_event_batch(
-                        sl.base_offset, sl.payloads, sl.timestamps_ms, sl.keys, sl.headers
-                    )
-                    entry = encoded[id(sl)] = [frame, sum(map(len, sl.payloads)), 0]
-                entry[2] += 1
-                session.send_event_batch(item.subscription_id, entry[0], sl, entry[1])
-            elif isinstance(item, MessagesDelivered):
-                session = sessions.get(item.connection_id)
-                if session is not None:
-                    dirty[session.conn_id] = session
-                    session.send_deliveries(item.consumer_id, item.deliveries)
-            elif isinstance(item, RecordsSkipped):
-                self.observer.subscription_dropped("gap", item.missed)
-                session = sessions.get(item.connection_id)
-                if session is not None:
-                    dirty[session.conn_id] = session
-                    session.send_gap(item.subscription_id, item.missed, item.next_offset)
-            elif isinstance(item, SubscriptionClosed):
-                self.observer.subscription_ended(item.reason)
-                session = sessions.get(item.connection_id)
-                if session is not None:
-                    dirty[session.conn_id] = session
-                    session.end_subscription(
-                        item.subscription_id, item.reason, item.message, item.next_offset
-                    )
-            elif isinstance(item, ConsumerClosed):
-                session = sessions.get(item.connection_id)
-                if session is not None:
-                    dirty[session.conn_id] = session
-                    session.end_consumer(item.consumer_id, item.reason)
-            elif isinstance(item, MessageDeadLettered):
-                self.observer.dead_lettered(item.reason)
-        for frame, _, count in encoded.values():
-            self.observer.event_batch_encoded(count, len(frame))

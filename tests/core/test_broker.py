@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from engine_calls import Calls
 
 from felix_core import (
     AlreadyExists,
@@ -21,16 +22,18 @@ from felix_core import (
     RecordsDelivered,
     RecordsSkipped,
     ShuttingDown,
+    StartKind,
     SubscriptionClosed,
     TooLarge,
 )
+from felix_core.events import RequestRefused
 from felix_core.metadata import Catalog, Kind
 
 T, N = "default", "default"
 
 
-def broker(**config: Any) -> Broker:
-    b = Broker(BrokerConfig(**config))
+def broker(**config: Any) -> Calls:
+    b = Calls(Broker(BrokerConfig(**config)))
     b.attach(1, 0.0)
     return b
 
@@ -44,10 +47,10 @@ def batches(outs: list[Any], sub: int | None = None) -> list[list[bytes]]:
 
 
 def test_defaults_and_no_defaults() -> None:
-    b = Broker()
+    b = Calls(Broker())
     assert [r["tenant"] for r in b.list("tenant")] == ["default"]
     assert [r["namespace"] for r in b.list("namespace", "default")] == ["default"]
-    assert Broker(BrokerConfig(create_defaults=False)).list("tenant") == []
+    assert Calls(Broker(BrokerConfig(create_defaults=False))).list("tenant") == []
     store = MemoryMetadataStore()
     Broker(metadata=store)
     Broker(metadata=store)  # a second broker on the same store finds the defaults
@@ -110,8 +113,7 @@ def test_publish_subscribe_and_batches() -> None:
     ]
     with pytest.raises(NotFound):
         b.unsubscribe(1, sub, now=2.0)
-    with pytest.raises(NotFound):
-        b.add_credit(1, sub, 1, 1, now=2.0)
+    assert not b.add_credit(1, sub, 1, 1, now=2.0)  # ended: the grant is ignored
 
 
 def test_subscribe_from_earliest_offset_and_errors() -> None:
@@ -151,7 +153,7 @@ def test_credit_clamping_and_subscription_limit() -> None:
     assert batches(b.drain_events()) == [[b"x"] * 3]
     b.add_credit(1, sid, 100, 100, now=2.0)
     assert batches(b.drain_events()) == [[b"x"] * 2]
-    with pytest.raises(InvalidArgument):
+    with pytest.raises(ValueError):  # the wire cannot carry a negative grant
         b.add_credit(1, sid, -1, 0, now=2.0)
 
 
@@ -264,7 +266,7 @@ def test_update_applies_to_live_stream() -> None:
 
 def test_metadata_changed_by_another_writer() -> None:
     store = MemoryMetadataStore()
-    b = Broker(metadata=store)
+    b = Calls(Broker(metadata=store))
     other = Catalog(store, BrokerConfig())
     b.attach(1, 0.0)
     other.create(Kind.STREAM, (T, N, "s"), {}, 0.0)  # created elsewhere: built lazily here
@@ -359,7 +361,7 @@ def test_cache_operations_and_change_feed() -> None:
     assert b.cache_put(T, N, "c", "k", b"v2", if_absent=True, now=0.0) == (False, 1)
     assert b.cache_put(T, N, "c", "k", b"v2", if_version=1, ttl_ms=0, now=0.0) == (True, 2)
     entry = b.cache_get(T, N, "c", "k", now=5.0)
-    assert entry is not None and entry.value == b"v2" and entry.ttl_remaining(5.0) is None
+    assert entry is not None and entry.value == b"v2" and entry.ttl_remaining_ms is None
     assert b.cache_get(T, N, "c", "missing", now=5.0) is None
     assert b.cache_delete(T, N, "c", "k", if_version=1, now=5.0) is False
     assert b.cache_delete(T, N, "c", "k", now=5.0) is True
@@ -468,7 +470,7 @@ def test_timer_heap_drops_stale_and_closed_entries() -> None:
 
 def test_delete_of_resource_this_broker_never_used() -> None:
     store = MemoryMetadataStore()
-    b = Broker(metadata=store)
+    b = Calls(Broker(metadata=store))
     Catalog(store, BrokerConfig()).create(Kind.STREAM, (T, N, "s"), {}, 0.0)
     b.delete("stream", T, N, "s", now=0.0)
     b.create("cache", T, N, "c", now=0.0)
@@ -592,5 +594,40 @@ def test_cache_compare_and_set_without_ttl_keeps_the_ttl() -> None:
     _, version = b.cache_put(T, N, "c", "bob", b"42", ttl_ms=30_000, now=0.0)
     assert b.cache_put(T, N, "c", "bob", b"43", if_version=version, now=10.0) == (True, 2)
     entry = b.cache_get(T, N, "c", "bob", now=10.0)
-    assert entry is not None and entry.value == b"43" and entry.ttl_remaining(10.0) == 20.0
+    assert entry is not None and entry.value == b"43" and entry.ttl_remaining_ms == 20_000
     assert b.cache_get(T, N, "c", "bob", now=30.0) is None
+
+
+def test_every_request_completes_through_the_events_before_what_it_causes() -> None:
+    """A request's completion (or refusal) is an event naming the connection and the
+    caller's number; it comes before the events the request caused."""
+    b = Broker(BrokerConfig())
+    b.attach(1, 0.0)
+    b.create(1, 10, "stream", T, N, "s", {"batch_max_delay_us": 0}, now=0.0)
+    b.publish(2, 11, T, N, "s", [b"a", b"b"], now=0.0)  # any connection may publish
+    b.subscribe(1, 12, T, N, "s", start=StartKind.EARLIEST, now=0.0)
+    b.subscribe(1, 13, T, N, "missing", now=0.0)
+    b.unsubscribe(1, 14, 1, now=0.0)
+    out = b.drain_events()
+    assert [(type(e).__name__, e.connection_id, getattr(e, "request", None)) for e in out] == [
+        ("ResourceDescribed", 1, 10),
+        ("Appended", 2, 11),
+        ("SubscriptionOpened", 1, 12),
+        ("RecordsDelivered", 1, None),
+        ("RequestRefused", 1, 13),
+        ("RequestCompleted", 1, 14),
+        ("SubscriptionClosed", 1, None),
+    ]
+    assert isinstance(out[4], RequestRefused) and isinstance(out[4].error, NotFound)
+
+
+def test_a_stopped_feed_needs_no_reply_and_an_unknown_one_is_ignored() -> None:
+    b = Broker(BrokerConfig())
+    b.attach(1, 0.0)
+    b.create(1, 1, "queue", T, N, "q", now=0.0)
+    b.consume(1, 2, T, N, "q", now=0.0)
+    b.drain_events()
+    b.cancel_consumer(1, None, 1, now=0.0)  # the client stopped its stream
+    b.cancel_consumer(1, None, 1, now=0.0)  # again: ended already, nothing happens
+    b.unsubscribe(1, None, 99, now=0.0)
+    assert [type(e).__name__ for e in b.drain_events()] == ["ConsumerClosed"]

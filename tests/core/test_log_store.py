@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from engine_calls import Calls
+
 from felix_core import Broker, BrokerConfig
 from felix_core.log import Log, LogPath, MemoryLog, MemoryLogStore
 
@@ -32,7 +34,7 @@ class RecordingStore:
 
 def test_streams_queues_and_caches_get_their_logs_from_the_store() -> None:
     store = RecordingStore()
-    b = Broker(BrokerConfig(), logs=store, now=0.0)
+    b = Calls(Broker(BrokerConfig(), logs=store, now=0.0))
     b.attach(1, now=0.0)
     b.create("stream", "default", "default", "orders", {"durability": "durable"}, now=0.0)
     b.create("queue", "default", "default", "jobs", now=0.0)

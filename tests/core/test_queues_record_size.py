@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import msgpack
 import pytest
+from engine_calls import Calls
 
 from felix_core.broker import Broker
 from felix_core.errors import InvalidArgument, TooLarge
@@ -90,7 +91,7 @@ def record_of(size: int) -> tuple[bytes, dict[str, bytes]]:
 
 
 def test_record_limit_counts_headers_and_the_biggest_record_dead_letters_within_a_frame() -> None:
-    b = Broker(now=0.0)
+    b = Calls(Broker(now=0.0))
     b.attach(1, 0.0)
     b.create("queue", T, N, "dlq", now=0.0)
     b.create("queue", T, N, "src", {"max_attempts": 1, "dead_letter_queue": "dlq"}, now=0.0)
@@ -122,7 +123,7 @@ def test_record_limit_counts_headers_and_the_biggest_record_dead_letters_within_
 
 
 def test_record_limit_applies_to_publish_and_keys_too() -> None:
-    b = Broker(BrokerConfig(max_record_bytes=100, max_payload_bytes=1000), now=0.0)
+    b = Calls(Broker(BrokerConfig(max_record_bytes=100, max_payload_bytes=1000), now=0.0))
     b.create("stream", T, N, "s", now=0.0)
     assert b.publish(1, T, N, "s", [b"x" * 98], now=0.0) == (0, 0)  # 98 + 2 bytes of prefix
     with pytest.raises(TooLarge) as info:

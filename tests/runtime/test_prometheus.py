@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from engine_calls import Calls, ThroughRouter
 
 from felix_core.broker import Broker
 from felix_runtime.process import load_certificate
@@ -23,13 +24,13 @@ T, N = "default", "default"
 
 
 def _broker() -> Broker:
-    b = Broker(now=0.0)
+    b = Calls(Broker(now=0.0))
     b.create("queue", T, N, "q", now=0.0)
     b.create("cache", T, N, "c", now=0.0)
     b.enqueue(0, T, N, "q", [b"secret-payload"], now=10.0)
     b.cache_put(T, N, "c", "k", b"value", now=10.0)
     assert b.cache_get(T, N, "c", "k", now=10.0) is not None
-    return b
+    return b.broker
 
 
 def test_engine_figures_totals_and_bounded_detail() -> None:
@@ -48,7 +49,7 @@ def test_engine_figures_totals_and_bounded_detail() -> None:
     assert figures.caches[(T, N, "c")]["bytes"] == 6.0
     assert figures.capped == frozenset()
 
-    b.create("queue", T, N, "q2", now=12.0)
+    Calls(b).create("queue", T, N, "q2", now=12.0)
     capped = engine_figures(b, 12.0, detail_limit=1)  # two queues > 1; one cache fits
     assert capped.queues == {} and set(capped.caches) == {(T, N, "c")}
     assert capped.capped == {"queue"}
@@ -64,7 +65,7 @@ def test_scrape_names_labels_and_no_message_data(tmp_path: Path) -> None:
     observer = PrometheusObserver()
     server = FelixServer(config, quic, now=time.time(), observer=observer)
     observer.attach(server)
-    b = server.broker
+    b = ThroughRouter(server.router)
     b.create("queue", T, N, "q", now=time.time())
     b.create("cache", T, N, "c1", now=time.time())
     b.create("cache", T, N, "c2", now=time.time())
