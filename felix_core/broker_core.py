@@ -9,7 +9,6 @@ public facade except the underscored helpers, which the operations use.
 from __future__ import annotations
 
 import builtins
-import heapq
 from collections.abc import Mapping, Sequence
 from contextlib import suppress
 from dataclasses import asdict, dataclass
@@ -31,6 +30,7 @@ from felix_core.metadata import (
 from felix_core.queues import QueueEngine, QueueStats, QueueTotals
 from felix_core.settings import BatchPolicy, StreamSettings, cache_config, queue_config
 from felix_core.streams import Fanout, Stream, Subscription, batch_byte_size
+from felix_proto.deadlines import Deadlines
 
 __all__ = ["BrokerCore", "FeedBacklog", "ResourceTotals"]
 
@@ -132,8 +132,7 @@ class BrokerCore:
         )
         self._conns: dict[int, _Connection] = {}
         self._next_sub_id = 1
-        self._timers: list[tuple[float, int, Fanout]] = []
-        self._timer_seq = 0
+        self._deadlines: Deadlines[Fanout] = Deadlines()  # streams and cache feeds
         self._shutting_down = False
         if config.create_defaults:
             self._ensure(Kind.TENANT, (config.default_tenant, "", ""), now)
@@ -427,6 +426,7 @@ class BrokerCore:
             stream = self._streams.pop(path)
             stream.end_all("deleted", "the stream was deleted")
             stream.closed = True
+            self._deadlines.discard(stream)
             self.budget.adjust(-stream.log.byte_size)
         elif kind is Kind.QUEUE:
             before = self._queues.byte_size
@@ -439,6 +439,7 @@ class BrokerCore:
             if feed is not None:
                 feed.end_all("deleted", "the cache was deleted")
                 feed.closed = True
+                self._deadlines.discard(feed)
 
     def _cache(self, path: Path, now: float) -> Cache:
         record = self._record(Kind.CACHE, path, now)
@@ -541,25 +542,7 @@ class BrokerCore:
         return out
 
     def _schedule(self, fanout: Fanout) -> None:
-        deadline = fanout.get_timer()
-        if deadline is not None and deadline != fanout.timer_scheduled:
-            self._timer_seq += 1
-            heapq.heappush(self._timers, (deadline, self._timer_seq, fanout))
-            fanout.timer_scheduled = deadline
-
-    def _heap_timer(self) -> float | None:
-        heap = self._timers
-        while heap:
-            deadline, _, fanout = heap[0]
-            current = None if fanout.closed else fanout.get_timer()
-            if current == deadline:
-                return deadline
-            heapq.heappop(heap)
-            if fanout.timer_scheduled == deadline:
-                fanout.timer_scheduled = None
-            if current is not None:
-                self._schedule(fanout)
-        return None
+        self._deadlines.set(fanout, None if fanout.closed else fanout.get_timer())
 
     def get_timer(self) -> float | None:
         """The earliest deadline of any part (batch flush, age retention, visibility
@@ -570,7 +553,11 @@ class BrokerCore:
         """
         deadlines = [
             t
-            for t in (self._heap_timer(), self._queues.get_timer(), self._caches.get_timer())
+            for t in (
+                self._deadlines.earliest(),
+                self._queues.get_timer(),
+                self._caches.get_timer(),
+            )
             if t is not None
         ]
         return min(deadlines, default=None)
@@ -581,14 +568,7 @@ class BrokerCore:
         Args:
             now: the current time.
         """
-        heap = self._timers
-        due: dict[int, Fanout] = {}
-        while heap and heap[0][0] <= now:
-            _, _, fanout = heapq.heappop(heap)
-            fanout.timer_scheduled = None
-            if not fanout.closed:
-                due[id(fanout)] = fanout
-        for fanout in due.values():
+        for fanout in self._deadlines.pop_due(now):
             before = fanout.log.byte_size
             fanout.handle_timer(now)
             if isinstance(fanout, Stream):

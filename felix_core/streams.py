@@ -158,8 +158,6 @@ class Fanout:
         self._flush_at: float | None = None
         self.closed = False
         """Set by the owner when the log's resource is gone."""
-        self.timer_scheduled: float | None = None
-        """The deadline the owner last scheduled for this fanout (owned by the facade)."""
         self.delivered_records = 0
         self.delivered_batches = 0
         self.gap_records = 0

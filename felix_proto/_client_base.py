@@ -9,7 +9,6 @@ subclass; the one receive entry point in :mod:`felix_proto.connection` answers i
 
 from __future__ import annotations
 
-import heapq
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
@@ -38,6 +37,7 @@ from .connection import (
     is_client_bidi,
     is_server_uni,
 )
+from .deadlines import Deadlines
 from .errors import RETRYABLE, ErrorCode, LocalProtocolError, RemoteProtocolError
 from .frames import DEFAULT_MAX_FRAME_SIZE, SUPPORTED_VERSIONS
 
@@ -83,12 +83,11 @@ class _Feed:
 
 
 class _Request:
-    __slots__ = ("deadline", "feed", "internal", "kind", "stream_id")
+    __slots__ = ("feed", "internal", "kind", "stream_id")
 
-    def __init__(self, kind: type[m.Message], stream_id: int, deadline: float | None) -> None:
+    def __init__(self, kind: type[m.Message], stream_id: int) -> None:
         self.kind = kind
         self.stream_id = stream_id
-        self.deadline = deadline
         self.feed: _Feed | None = None
         self.internal = False
 
@@ -146,7 +145,7 @@ class ClientBase(Connection):
         self._next_id = 1
         self._next_stream = 4
         self._requests: dict[int, _Request] = {}
-        self._deadlines: list[tuple[float, int]] = []
+        self._deadlines: Deadlines[int] = Deadlines()  # request id -> its deadline
         self._late: OrderedDict[int, tuple[type[m.Message], bool]] = OrderedDict()
         self._subs: dict[int, _Feed] = {}
         self._consumers: dict[int, _Feed] = {}
@@ -159,10 +158,7 @@ class ClientBase(Connection):
 
     def get_timer(self) -> float | None:
         """Return the earliest request or handshake deadline, or ``None``."""
-        heap = self._deadlines
-        while heap and self._stale(*heap[0]):
-            heapq.heappop(heap)
-        times = [t for t in (self._handshake_deadline, heap[0][0] if heap else None) if t]
+        times = [t for t in (self._handshake_deadline, self._deadlines.earliest()) if t]
         return min(times) if times else None
 
     def handle_timer(self, now: float) -> None:
@@ -178,21 +174,15 @@ class ClientBase(Connection):
                 self._terminate(
                     ErrorCode.TIMEOUT, "handshake timed out", by_peer=False, request_close=True
                 )
-        heap = self._deadlines
-        while heap and heap[0][0] <= now and self._state is not ConnState.CLOSED:
-            deadline, rid = heapq.heappop(heap)
-            if self._stale(deadline, rid):
-                continue
+        for rid in self._deadlines.pop_due(now):
+            if self._state is ConnState.CLOSED:
+                break
             req = self._requests.pop(rid)
             self._remember_late(rid, req.kind, report=False)
             if req.feed is not None:
                 self._drop_pending_feed(req.feed)
             if not req.internal:
                 self._events.append(ev.RequestTimedOut(request_id=rid))
-
-    def _stale(self, deadline: float, rid: int) -> bool:
-        req = self._requests.get(rid)
-        return req is None or req.deadline != deadline
 
     # ------------------------------------------------------------- request helpers
 
@@ -206,9 +196,9 @@ class ClientBase(Connection):
         return rid
 
     def _track(self, rid: int, kind: type[m.Message], sid: int, deadline: float | None) -> _Request:
-        req = self._requests[rid] = _Request(kind, sid, deadline)
+        req = self._requests[rid] = _Request(kind, sid)
         if deadline is not None:
-            heapq.heappush(self._deadlines, (deadline, rid))
+            self._deadlines.set(rid, deadline)
         return req
 
     def _request_stream(self, kind: type[m.Message], stream_id: int | None) -> int:
@@ -341,6 +331,7 @@ class ClientBase(Connection):
                     self._internal(m.CancelConsume, consumer_id=msg.consumer_id)
             return
         del self._requests[rid]
+        self._deadlines.discard(rid)
         problem = None
         if req.stream_id != stream.stream_id:
             problem = f"reply to request {rid} arrived on stream {stream.stream_id}"
@@ -543,6 +534,7 @@ class ClientBase(Connection):
         for rid, req in list(self._requests.items()):
             if req.stream_id == stream_id:
                 del self._requests[rid]
+                self._deadlines.discard(rid)
                 if req.feed is not None:
                     self._drop_pending_feed(req.feed)
                 if not req.internal:
@@ -590,7 +582,7 @@ class ClientBase(Connection):
             if not req.internal:
                 self._events.append(_failed(rid, ErrorCode.CONNECTION_LOST, reason))
         self._requests.clear()
-        self._deadlines.clear()
+        self._deadlines = Deadlines()
         self._handshake_deadline = None
         for feed in [*self._subs.values(), *self._consumers.values()]:
             started = feed.state in (FeedState.ACTIVE, FeedState.CLOSING)

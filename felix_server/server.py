@@ -20,17 +20,20 @@ Outputs
       (QUIC and Felix) and the shutdown;
     * :attr:`FelixServer.ready` and :attr:`FelixServer.finished` for health and exit.
 
-Timers. Each session's deadline is cached, with a heap (lazy deletion) for the earliest, and
-recomputed only for the sessions touched since the last :meth:`get_timer`: those that
-received a datagram, had a timer fire, transmitted, were marked dirty (broker outputs, API
-writes) or were told to shut down. Nothing else changes a session's deadline, so an idle
-connection costs nothing per loop pass.
+Timers. Each session's deadline is kept in a :class:`~felix_proto.deadlines.Deadlines` heap
+and recomputed only for the sessions touched since the last :meth:`get_timer`: those that
+received a datagram, had a timer fire, transmitted or were told to shut down. Nothing else
+changes a session's deadline, so an idle connection costs nothing per loop pass.
 
-Each call to :meth:`datagrams_to_send` first pumps the broker's outputs into the sessions
-(each distinct :class:`~felix_core.log.LogSlice` is encoded once, and the same bytes are
-written to every subscription stream it goes to), then lets every session that may have
-something to send move its Felix writes into QUIC and take QUIC's datagrams. Back-pressure
-is applied there too (see :mod:`felix_server.session`).
+Each call to :meth:`datagrams_to_send` asks the :class:`~felix_server.router.Router` which
+connections have engine events waiting and transmits those and every session touched by an
+input: each takes its mail (a distinct :class:`~felix_core.log.LogSlice` is encoded once per
+pass, :class:`~felix_server.batches.EncodedBatches`, and the same bytes are written to every
+subscription stream it goes to), moves its Felix writes into QUIC and returns QUIC's
+datagrams. Back-pressure is applied there too (see :mod:`felix_server.session`). A transmit
+can give other connections mail (a cancelled consumer's messages go to its group's other
+consumers), so the poll is repeated, a bounded number of times. Sessions never call the
+server: it drives them and polls them.
 
 Time: ``now`` is wall-clock seconds since the Unix epoch for everything (the engine stamps
 records with it; aioquic only needs a clock that is consistent between calls).
@@ -61,7 +64,6 @@ Refused connections are reported to the observer (``connection_refused``) with t
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -77,6 +79,7 @@ from aioquic.quic.packet import (
 
 from felix_core.broker import Broker
 from felix_proto import ALPN
+from felix_proto.deadlines import Deadlines
 from felix_server.access import Authenticate, token_list
 from felix_server.batches import EncodedBatches
 from felix_server.config import ServerConfig
@@ -158,8 +161,7 @@ class FelixServer:
         self._sessions: dict[int, Session] = {}
         self._dirty: dict[int, Session] = {}
         self._touched: dict[int, Session] = {}  # deadlines to recompute
-        self._deadlines: dict[int, float] = {}  # conn id -> cached deadline (absent: none)
-        self._heap: list[tuple[float, int]] = []  # (deadline, conn id); stale entries skipped
+        self._deadlines: Deadlines[int] = Deadlines()  # conn id -> its session's deadline
         self._stateless: list[tuple[bytes, NetworkAddress]] = []
         self._refusals_left = MAX_REFUSALS_PER_PASS  # in this datagrams_to_send pass
         self._next_conn_id = 1
@@ -288,22 +290,20 @@ class FelixServer:
         self._sessions.pop(session.conn_id, None)
         self._dirty.pop(session.conn_id, None)
         self._touched.pop(session.conn_id, None)
-        self._deadlines.pop(session.conn_id, None)
+        self._deadlines.discard(session.conn_id)
         for cid in [c for c, s in self._by_cid.items() if s is session]:
             del self._by_cid[cid]
 
     def get_timer(self) -> float | None:
         """The earliest absolute deadline of anything the server holds, or None."""
         drain = self._drain.get_timer() if self._drain is not None else None
-        deadlines = [self.router.get_timer(), drain, self._drain_until]
         self._refresh_deadlines()
-        heap, cached = self._heap, self._deadlines
-        while heap:
-            deadline, conn_id = heap[0]
-            if cached.get(conn_id) == deadline:
-                deadlines.append(deadline)
-                break
-            heapq.heappop(heap)  # stale: the session's deadline moved, or it is gone
+        deadlines = (
+            self.router.get_timer(),
+            drain,
+            self._drain_until,
+            self._deadlines.earliest(),
+        )
         return min((d for d in deadlines if d is not None), default=None)
 
     def _refresh_deadlines(self) -> None:
@@ -311,17 +311,9 @@ class FelixServer:
         if not self._touched:
             return
         touched, self._touched = self._touched, {}
-        cached, heap = self._deadlines, self._heap
+        deadlines = self._deadlines
         for conn_id, session in touched.items():
-            deadline = session.get_timer()
-            if deadline is None:
-                cached.pop(conn_id, None)
-            elif cached.get(conn_id) != deadline:
-                cached[conn_id] = deadline
-                heapq.heappush(heap, (deadline, conn_id))
-        if len(heap) > 2 * len(cached) + 64:  # too many stale entries: rebuild
-            self._heap = [(deadline, conn_id) for conn_id, deadline in cached.items()]
-            heapq.heapify(self._heap)
+            deadlines.set(conn_id, session.get_timer())
 
     def handle_timer(self, now: float) -> None:
         """Fire everything due at ``now`` (early or repeated calls are harmless)."""
@@ -332,13 +324,8 @@ class FelixServer:
                 for session in self._drain.handle_timer(now, self.sessions):
                     self._mark(session)
         self._refresh_deadlines()
-        heap, cached, due = self._heap, self._deadlines, {}
-        while heap and heap[0][0] <= now:
-            deadline, conn_id = heapq.heappop(heap)
-            if cached.get(conn_id) == deadline:
-                del cached[conn_id]  # recomputed once the session has handled it
-                due[conn_id] = self._sessions[conn_id]
-        for session in due.values():
+        for conn_id in self._deadlines.pop_due(now):  # recomputed once handled (touched)
+            session = self._sessions[conn_id]
             session.handle_timer(now)
             self._after_input(session)
         if self._drain_until is not None and now >= self._drain_until:

@@ -156,4 +156,4 @@ def test_timers_of_untouched_sessions_fire(tmp_path: Path) -> None:
     assert gone_at + IDLE - 1.0 <= idle_gone_at <= gone_at + IDLE + 1.0
     assert int(ErrorCode.TIMEOUT) in setup.observer.closed
     assert int(ErrorCode.SHUTTING_DOWN) in setup.observer.closed
-    assert len(setup.server._heap) <= 2 * len(setup.server.sessions) + 64
+    assert len(setup.server._deadlines._heap) <= 2 * len(setup.server.sessions) + 64
