@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a plain
 
 from felix_core import Broker, BrokerConfig, MessagesDelivered, RecordsDelivered
 from felix_core.events import RequestCompleted
+from felix_server.local_route import LocalRoute
 
 BATCH = 64
 PAYLOAD = b"x" * 100
@@ -52,24 +53,30 @@ def _timed(step: Callable[[], int], seconds: float) -> float:
             return done / (now - start)
 
 
-def _setup(broker: Broker, call: Callable[..., None], *args: object, **kwargs: object) -> Any:
-    """Make one set-up request (as connection 0, or the one given) and return its
-    completion."""
+def _engine() -> tuple[Broker, LocalRoute]:
+    """An engine with its metadata store (applied by the server's local route, used here
+    for the set-up requests only)."""
+    broker = Broker(BrokerConfig(memory_limit_bytes=1 << 34))
+    return broker, LocalRoute(broker)
+
+
+def _setup(route: LocalRoute, call: Callable[..., None], *args: object, **kwargs: object) -> Any:
+    """Make one set-up request and return its completion."""
     call(*args, **kwargs)
-    (done,) = [e for e in broker.drain_events() if isinstance(e, RequestCompleted)]
+    (done,) = [e for e in route.take_events(0.0) if isinstance(e, RequestCompleted)]
     return done
 
 
 def bench_fanout(subscribers: int, seconds: float) -> float:
     """Delivered records per second with ``subscribers`` draining subscriptions."""
-    broker = Broker(BrokerConfig(memory_limit_bytes=1 << 34))
+    broker, route = _engine()
     _setup(
-        broker, broker.create, 0, 0, "stream", T, NS, "bench", {"batch_max_events": BATCH}, now=0.0
+        route, broker.create, 0, 0, "stream", T, NS, "bench", {"batch_max_events": BATCH}, now=0.0
     )
     for conn in range(1, subscribers + 1):
         broker.attach(conn, 0.0)
         _setup(
-            broker,
+            route,
             broker.subscribe,
             conn,
             0,
@@ -100,10 +107,10 @@ def bench_fanout(subscribers: int, seconds: float) -> float:
 
 def bench_queue(seconds: float) -> float:
     """Messages per second through enqueue -> deliver -> ack."""
-    broker = Broker(BrokerConfig(memory_limit_bytes=1 << 34))
-    _setup(broker, broker.create, 0, 0, "queue", T, NS, "bench", {"max_prefetch": 4096}, now=0.0)
+    broker, route = _engine()
+    _setup(route, broker.create, 0, 0, "queue", T, NS, "bench", {"max_prefetch": 4096}, now=0.0)
     broker.attach(1, 0.0)
-    consumer = _setup(broker, broker.consume, 1, 0, T, NS, "bench", prefetch=4096, now=0.0)
+    consumer = _setup(route, broker.consume, 1, 0, T, NS, "bench", prefetch=4096, now=0.0)
     consumer_id = consumer.consumer_id
     payloads = [PAYLOAD] * BATCH
     clock = [1.0]
@@ -128,8 +135,8 @@ def bench_queue(seconds: float) -> float:
 def bench_cache(seconds: float) -> dict[str, float]:
     """Cache put and get operations per second (1024 keys, 100-byte values), each request
     completed through the engine's events (drained once per 1024 requests)."""
-    broker = Broker(BrokerConfig(memory_limit_bytes=1 << 34))
-    _setup(broker, broker.create, 0, 0, "cache", T, NS, "bench", {}, now=0.0)
+    broker, route = _engine()
+    _setup(route, broker.create, 0, 0, "cache", T, NS, "bench", {}, now=0.0)
     keys = [f"key-{i}" for i in range(1024)]
     value = b"v" * 100
     put = broker.cache_put

@@ -1,9 +1,10 @@
 """Felix engine: one append-only log with stream, queue and cache projections.
 
 Pure: no I/O, no clock, no threads. Time arrives as ``now`` (seconds since the epoch);
-deadlines leave through ``get_timer()``. The runtime talks to :class:`Broker` only: calls in,
-replies as return values, refusals as :class:`EngineError`, per-connection deliveries from
-:meth:`Broker.drain_events`. See ``docs/engine.md``.
+deadlines leave through ``get_timer()``. The glue talks to :class:`Broker` only: requests
+(each with its identity), feed commands, metadata and time in; one event stream out
+(:meth:`Broker.drain_events`, :mod:`felix_core.events`): request completions and refusals,
+per-connection deliveries, metadata writes for the store. See ``docs/engine.md``.
 """
 
 from felix_core.broker import Broker
@@ -24,13 +25,23 @@ from felix_core.events import (
     EngineEvent,
     MessageDeadLettered,
     MessagesDelivered,
+    MetadataWrite,
     RecordsDelivered,
     RecordsSkipped,
+    RequestCompleted,
+    RequestRefused,
     SubscriptionClosed,
 )
 from felix_core.limits import BrokerConfig, MemoryBudget
 from felix_core.log import Log, LogSlice, MemoryLog, Retention, TooOld
-from felix_core.metadata import Kind, MemoryMetadataStore, MetadataStore, ResourceRecord
+from felix_core.metadata import (
+    Kind,
+    MemoryMetadataStore,
+    MetadataStore,
+    MetadataView,
+    ResourceRecord,
+    WriteOp,
+)
 from felix_core.settings import SlowConsumerPolicy, StreamSettings
 from felix_core.streams import StartKind
 
@@ -54,10 +65,14 @@ __all__ = [
     "MessageDeadLettered",
     "MessagesDelivered",
     "MetadataStore",
+    "MetadataView",
+    "MetadataWrite",
     "NotFound",
     "Overloaded",
     "RecordsDelivered",
     "RecordsSkipped",
+    "RequestCompleted",
+    "RequestRefused",
     "ResourceRecord",
     "Retention",
     "ShuttingDown",
@@ -67,4 +82,5 @@ __all__ = [
     "SubscriptionClosed",
     "TooLarge",
     "TooOld",
+    "WriteOp",
 ]

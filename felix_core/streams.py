@@ -18,6 +18,10 @@ moves the cursor to ``slice.next_offset`` and takes ``len(slice)`` records and
 when some byte credit remains, even if it alone is larger (byte credit may then go
 negative), so a small byte credit cannot wedge a subscription.
 
+Records that are not in memory: a read may answer
+:class:`~felix_core.log.ReadPending` (a log on disk fetching them); the group it was for
+stops there, and the owner pumps again when the log says they can be read.
+
 Batching: a slice of at least ``max_events`` records or ``max_bytes`` bytes goes out at
 once; a smaller one waits until the stream's flush deadline (``now + max_delay`` when a
 partial batch first waited), which :meth:`Fanout.get_timer` reports and
@@ -41,12 +45,13 @@ are appended to a list owned by the caller (the broker facade), which drains it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from enum import IntEnum
 
 from felix_core.errors import CursorTooOld, InvalidArgument, Overloaded, TooLarge
 from felix_core.events import EngineEvent, RecordsDelivered, RecordsSkipped, SubscriptionClosed
-from felix_core.log import Log, LogSlice, MemoryLog, TooOld, record_size
+from felix_core.limits import MemoryBudget
+from felix_core.log import Log, LogSlice, MemoryLog, ReadPending, TooOld, record_size
 from felix_core.settings import BatchPolicy, SlowConsumerPolicy, StreamSettings
 
 __all__ = [
@@ -77,6 +82,7 @@ class Subscription:
     """A cursor with credit. Owned by a :class:`Fanout`; the facade reads its fields."""
 
     __slots__ = (
+        "closed",
         "conn_id",
         "credit_bytes",
         "credit_messages",
@@ -96,6 +102,8 @@ class Subscription:
         self.paused = False
         self.delivered = 0
         self.start_offset = cursor
+        self.closed = False
+        """Set when it leaves its fanout (whoever else indexes it drops it then)."""
 
     def __repr__(self) -> str:
         return (
@@ -123,9 +131,13 @@ def batch_byte_size(
         return sum(map(len, payloads))
     n = len(payloads)
     return sum(
-        map(record_size, payloads, keys if keys is not None else [None] * n,
-            headers if headers is not None else [None] * n)
-    )  # fmt: skip
+        map(
+            record_size,
+            payloads,
+            keys if keys is not None else [None] * n,
+            headers if headers is not None else [None] * n,
+        )
+    )
 
 
 class Fanout:
@@ -138,7 +150,6 @@ class Fanout:
         *,
         policy: SlowConsumerPolicy = SlowConsumerPolicy.DROP_OLDEST,
         batch: BatchPolicy | None = None,
-        on_end: Callable[[Subscription], None] | None = None,
     ) -> None:
         """Create a fanout with no subscriptions.
 
@@ -147,17 +158,13 @@ class Fanout:
             out: the list outputs are appended to (owned and drained by the caller).
             policy: the slow-consumer policy.
             batch: the batching policy (defaults when None).
-            on_end: called with every subscription that leaves (for the owner's books).
         """
         self.log = log
         self.policy = policy
         self.batch = batch or BatchPolicy()
         self._out = out
-        self._on_end = on_end
         self._subs: dict[int, Subscription] = {}
         self._flush_at: float | None = None
-        self.closed = False
-        """Set by the owner when the log's resource is gone."""
         self.delivered_records = 0
         self.delivered_batches = 0
         self.gap_records = 0
@@ -264,8 +271,7 @@ class Fanout:
         sub = self._subs.pop(sub_id, None)
         if sub is None:
             return None
-        if self._on_end is not None:
-            self._on_end(sub)
+        sub.closed = True
         if reason is not None:
             self._out.append(
                 SubscriptionClosed(
@@ -352,6 +358,8 @@ class Fanout:
                 subs = self._handle_trimmed(subs, got.first_offset)
                 offset = got.first_offset
                 continue
+            if isinstance(got, ReadPending):
+                return False  # being fetched: the owner pumps again once it can be read
             n = len(got)
             size = got.byte_size
             if (
@@ -501,32 +509,28 @@ class Stream(Fanout):
         headers: Sequence[dict[str, bytes] | None] | None,
         now: float,
         nbytes: int | None = None,
+        budget: MemoryBudget | None = None,
     ) -> tuple[int, int]:
-        """Append records and deliver them.
+        """Append a validated batch and deliver it.
 
         Args:
             payloads: at least one payload.
             keys: None or one optional key per payload.
             headers: None or one optional header dict per payload.
             now: the current time; records are stamped ``int(now * 1000)``.
-            nbytes: the batch's byte size if the caller computed it already.
+            nbytes: the batch's byte size (:func:`batch_byte_size`; computed when None).
+            budget: the engine's memory budget: the append must fit it, net of the records
+                it evicts (None: not checked).
 
         Returns:
             ``(first_offset, last_offset)`` of the new records.
 
         Raises:
-            InvalidArgument: no payloads, or keys/headers of the wrong length.
             TooLarge: the batch alone exceeds the stream's retention.
-            Overloaded: under ``block``, the append would trim records some subscription
-                has not read yet (retryable).
+            Overloaded: the memory budget would be exceeded, or under ``block`` the append
+                would trim records some subscription has not read yet (retryable).
         """
         n = len(payloads)
-        if n == 0:
-            raise InvalidArgument(
-                "a publish needs at least one payload", details={"field": "payloads"}
-            )
-        if (keys is not None and len(keys) != n) or (headers is not None and len(headers) != n):
-            raise InvalidArgument("keys and headers must match payloads", details={"field": "keys"})
         if nbytes is None:
             nbytes = batch_byte_size(payloads, keys, headers)
         retention = self.settings.retention
@@ -538,8 +542,17 @@ class Stream(Fanout):
                 details={"records": n, "bytes": nbytes},
             )
         log = self.log
-        if self.policy is SlowConsumerPolicy.BLOCK and self._subs:
+        evict: int | None = None  # records the append evicts, computed once if needed
+        if budget is not None and not budget.fits(nbytes):
             evict = log.evictions_for(n, nbytes, retention)
+            freed = 0
+            if evict:
+                got = log.read(log.first_offset, evict, 1 << 62)
+                freed = got.byte_size if isinstance(got, LogSlice) else 0
+            budget.check(nbytes - freed, "publish")
+        if self.policy is SlowConsumerPolicy.BLOCK and self._subs:
+            if evict is None:
+                evict = log.evictions_for(n, nbytes, retention)
             if evict:
                 slowest = self.slowest_cursor()
                 assert slowest is not None
@@ -566,11 +579,10 @@ class Stream(Fanout):
             self.trimmed_records += dropped
             self.end_lagging()
         self._age_at = None
-        if retention.max_age_ms is not None and log.record_count:
-            oldest = log.read(log.first_offset, 1, 0)
-            assert isinstance(oldest, LogSlice)
+        oldest = log.first_timestamp_ms
+        if retention.max_age_ms is not None and oldest is not None:
             # A record is dropped once now_ms > ts + max_age; +0.5 ms absorbs float rounding.
-            self._age_at = (oldest.timestamps_ms[0] + retention.max_age_ms + 1.5) / 1000
+            self._age_at = (oldest + retention.max_age_ms + 1.5) / 1000
 
     def get_timer(self) -> float | None:
         """The earliest of the flush deadline and the next age-retention deadline."""

@@ -116,27 +116,22 @@ class Gate:
         cap: ``transport.connection_buffer_cap`` (at least ``limit``).
     """
 
-    __slots__ = ("_cap", "_limit", "_resume", "held", "held_data", "state")
+    __slots__ = ("_cap", "_limit", "_resume", "held", "held_data", "paused", "reading", "state")
 
     def __init__(self, *, limit: int, resume: int, cap: int) -> None:
         self._limit = limit
         self._resume = resume
         self._cap = cap
         self.state = Flow.OPEN
+        self.reading = True
+        """Whether requests are read (not holding); follows :attr:`state`."""
+        self.paused = False
+        """Whether the engine's deliveries to the connection are paused; follows
+        :attr:`state`."""
         self.held: deque[fe.RequestReceived] = deque()
         """Requests parsed while holding, in order."""
         self.held_data: dict[int, HeldData] = {}
         """Unparsed data of request streams that arrived while holding, by stream id."""
-
-    @property
-    def reading(self) -> bool:
-        """Whether requests are read (not holding)."""
-        return self.state is not Flow.HOLDING
-
-    @property
-    def paused(self) -> bool:
-        """Whether the engine's deliveries to the connection are paused."""
-        return self.state is not Flow.OPEN
 
     def room(self, queued: int, size: int) -> bool:
         """Whether a feed write of ``size`` bytes may go out with ``queued`` bytes queued."""
@@ -148,6 +143,8 @@ class Gate:
         if entry is None:
             return ()
         self.state, moves = entry
+        self.reading = self.state is not Flow.HOLDING
+        self.paused = self.state is not Flow.OPEN
         return moves
 
     def before_request(self, queued: int) -> tuple[Move, ...]:

@@ -27,15 +27,14 @@ they pass through, whether or not their connection is still there.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Protocol
 
 from felix_core import events as ce
-from felix_core.broker import Broker
 from felix_proto import messages as m
+from felix_server.local_route import LocalRoute
 from felix_server.observer import ServerObserver
 
-__all__ = ["LocalRoute", "Route", "Router"]
+__all__ = ["Route", "Router"]
 
 
 class Route(Protocol):
@@ -60,210 +59,10 @@ class Route(Protocol):
         """The client stopped a consumer's stream: end it (ignored if it ended)."""
         ...
 
-    def take_events(self) -> list[ce.EngineEvent]:
-        """Every event produced since the last call, in order per connection."""
+    def take_events(self, now: float) -> list[ce.EngineEvent]:
+        """Every event for a connection (or for metrics) produced since the last call, in
+        order per connection."""
         ...
-
-
-_Handler = Callable[[Broker, int, int, Any, float], None]
-
-
-def _publish(b: Broker, conn: int, req: int, msg: m.Publish, now: float) -> None:
-    b.publish(
-        conn,
-        req,
-        msg.tenant,
-        msg.namespace,
-        msg.stream,
-        [msg.payload],
-        keys=None if msg.key is None else [msg.key],
-        headers=None if msg.headers is None else [msg.headers],
-        now=now,
-    )
-
-
-def _publish_batch(b: Broker, conn: int, req: int, msg: m.PublishBatch, now: float) -> None:
-    b.publish(
-        conn,
-        req,
-        msg.tenant,
-        msg.namespace,
-        msg.stream,
-        msg.payloads,
-        keys=msg.keys,
-        headers=msg.headers,
-        now=now,
-    )
-
-
-def _enqueue(b: Broker, conn: int, req: int, msg: m.Enqueue, now: float) -> None:
-    b.enqueue(
-        conn,
-        req,
-        msg.tenant,
-        msg.namespace,
-        msg.queue,
-        msg.payloads,
-        keys=msg.keys,
-        headers=msg.headers,
-        now=now,
-    )
-
-
-def _subscribe(b: Broker, conn: int, req: int, msg: m.Subscribe, now: float) -> None:
-    b.subscribe(
-        conn,
-        req,
-        msg.tenant,
-        msg.namespace,
-        msg.stream,
-        start=msg.start,
-        start_value=msg.start_value,
-        credit_messages=msg.credit_messages,
-        credit_bytes=msg.credit_bytes,
-        source=msg.source,
-        now=now,
-    )
-
-
-def _unsubscribe(b: Broker, conn: int, req: int, msg: m.Unsubscribe, now: float) -> None:
-    b.unsubscribe(conn, req, msg.subscription_id, now=now)
-
-
-def _consume(b: Broker, conn: int, req: int, msg: m.Consume, now: float) -> None:
-    b.consume(
-        conn,
-        req,
-        msg.tenant,
-        msg.namespace,
-        msg.queue,
-        group=msg.group,
-        prefetch=msg.prefetch,
-        now=now,
-    )
-
-
-def _cancel_consume(b: Broker, conn: int, req: int, msg: m.CancelConsume, now: float) -> None:
-    b.cancel_consumer(conn, req, msg.consumer_id, now=now)
-
-
-def _ack(b: Broker, conn: int, req: int, msg: m.Ack, now: float) -> None:
-    b.ack(conn, req, msg.consumer_id, msg.delivery_ids, now=now)
-
-
-def _nack(b: Broker, conn: int, req: int, msg: m.Nack, now: float) -> None:
-    b.nack(conn, req, msg.consumer_id, msg.delivery_ids, delay_ms=msg.delay_ms, now=now)
-
-
-def _cache_put(b: Broker, conn: int, req: int, msg: m.CachePut, now: float) -> None:
-    b.cache_put(
-        conn,
-        req,
-        msg.tenant,
-        msg.namespace,
-        msg.cache,
-        msg.key,
-        msg.value,
-        ttl_ms=msg.ttl_ms,
-        if_absent=msg.if_absent,
-        if_version=msg.if_version,
-        now=now,
-    )
-
-
-def _cache_get(b: Broker, conn: int, req: int, msg: m.CacheGet, now: float) -> None:
-    b.cache_get(conn, req, msg.tenant, msg.namespace, msg.cache, msg.key, now=now)
-
-
-def _cache_delete(b: Broker, conn: int, req: int, msg: m.CacheDelete, now: float) -> None:
-    b.cache_delete(
-        conn,
-        req,
-        msg.tenant,
-        msg.namespace,
-        msg.cache,
-        msg.key,
-        if_version=msg.if_version,
-        now=now,
-    )
-
-
-def _admin_create(b: Broker, conn: int, req: int, msg: m.AdminCreate, now: float) -> None:
-    b.create(conn, req, msg.kind, msg.tenant, msg.namespace, msg.name, msg.settings, now=now)
-
-
-def _admin_describe(b: Broker, conn: int, req: int, msg: m.AdminDescribe, now: float) -> None:
-    b.describe(conn, req, msg.kind, msg.tenant, msg.namespace, msg.name, now=now)
-
-
-def _admin_update(b: Broker, conn: int, req: int, msg: m.AdminUpdate, now: float) -> None:
-    b.update(conn, req, msg.kind, msg.tenant, msg.namespace, msg.name, msg.settings, now=now)
-
-
-def _admin_list(b: Broker, conn: int, req: int, msg: m.AdminList, now: float) -> None:
-    b.list(conn, req, msg.kind, msg.tenant, msg.namespace)
-
-
-def _admin_delete(b: Broker, conn: int, req: int, msg: m.AdminDelete, now: float) -> None:
-    b.delete(conn, req, msg.kind, msg.tenant, msg.namespace, msg.name, now=now)
-
-
-_HANDLERS: dict[type[m.Message], _Handler] = {
-    m.Publish: _publish,
-    m.PublishBatch: _publish_batch,
-    m.Enqueue: _enqueue,
-    m.Subscribe: _subscribe,
-    m.Unsubscribe: _unsubscribe,
-    m.Consume: _consume,
-    m.CancelConsume: _cancel_consume,
-    m.Ack: _ack,
-    m.Nack: _nack,
-    m.CachePut: _cache_put,
-    m.CacheGet: _cache_get,
-    m.CacheDelete: _cache_delete,
-    m.AdminCreate: _admin_create,
-    m.AdminDescribe: _admin_describe,
-    m.AdminUpdate: _admin_update,
-    m.AdminList: _admin_list,
-    m.AdminDelete: _admin_delete,
-}
-
-
-class LocalRoute:
-    """The route to this broker's own engine: one engine call per request kind.
-
-    Args:
-        engine: the engine.
-    """
-
-    def __init__(self, engine: Broker) -> None:
-        self.engine = engine
-
-    def submit(self, conn_id: int, request: int, message: m.Message, now: float) -> None:
-        """Make the engine call that serves ``message``.
-
-        Raises:
-            KeyError: ``message`` is not a request (a bug in the caller).
-        """
-        _HANDLERS[type(message)](self.engine, conn_id, request, message, now)
-
-    def credit(
-        self, conn_id: int, subscription_id: int, messages: int, nbytes: int, now: float
-    ) -> None:
-        """More credit for a subscription (ignored if it ended meanwhile)."""
-        self.engine.add_credit(conn_id, subscription_id, messages, nbytes, now=now)
-
-    def stop_subscription(self, conn_id: int, subscription_id: int, now: float) -> None:
-        """End a subscription whose stream the client stopped (no reply is due)."""
-        self.engine.unsubscribe(conn_id, None, subscription_id, now=now)
-
-    def stop_consumer(self, conn_id: int, consumer_id: int, now: float) -> None:
-        """End a consumer whose stream the client stopped (no reply is due)."""
-        self.engine.cancel_consumer(conn_id, None, consumer_id, now=now)
-
-    def take_events(self) -> list[ce.EngineEvent]:
-        """The engine's events since the last call."""
-        return self.engine.drain_events()
 
 
 class Router:
@@ -338,9 +137,9 @@ class Router:
 
     # ---------------------------------------------------------------------- answers
 
-    def take(self, conn_id: int) -> list[ce.EngineEvent]:
+    def take(self, conn_id: int, now: float) -> list[ce.EngineEvent]:
         """Everything for one connection since it last took its mail, in order."""
-        self._sort()
+        self._sort(now)
         mail = self._mail.get(conn_id)
         if not mail:
             return []
@@ -348,17 +147,17 @@ class Router:
         self._ready.pop(conn_id, None)
         return mail
 
-    def ready(self) -> list[int]:
+    def ready(self, now: float) -> list[int]:
         """The connections with mail they have not taken (each named once until then)."""
-        self._sort()
+        self._sort(now)
         if not self._ready:
             return []
         ready = list(self._ready)
         self._ready.clear()
         return ready
 
-    def _sort(self) -> None:
-        events = self.local.take_events()
+    def _sort(self, now: float) -> None:
+        events = self.local.take_events(now)
         if not events:
             return
         mail, ready, observer = self._mail, self._ready, self._observer

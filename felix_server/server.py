@@ -84,9 +84,10 @@ from felix_server.access import Authenticate, token_list
 from felix_server.batches import EncodedBatches
 from felix_server.config import ServerConfig
 from felix_server.drain import Drain
+from felix_server.local_route import LocalRoute
 from felix_server.observer import ServerObserver
 from felix_server.quic import FelixQuicConnection, refusal_datagram
-from felix_server.router import LocalRoute, Router
+from felix_server.router import Router
 from felix_server.session import Session, SessionLimits
 
 __all__ = ["MAX_REFUSALS_PER_PASS", "FelixServer", "make_quic_configuration"]
@@ -154,7 +155,7 @@ class FelixServer:
         self.quic_configuration = quic_configuration
         self.observer = observer or ServerObserver()
         self.broker = broker if broker is not None else Broker(config.broker, now=now)
-        self.router = Router(LocalRoute(self.broker), self.observer)
+        self.router = Router(LocalRoute(self.broker, now=now), self.observer)
         self.batches = EncodedBatches()
         self._factory = connection_factory
         self._by_cid: dict[bytes, Session] = {}
@@ -365,7 +366,7 @@ class FelixServer:
         self._refusals_left = MAX_REFUSALS_PER_PASS
         sessions, dirty = self._sessions, self._dirty
         for _ in range(4):  # a transmit can give other connections mail; bounded
-            for conn_id in self.router.ready():  # the router names who has mail
+            for conn_id in self.router.ready(now):  # the router names who has mail
                 session = sessions.get(conn_id)
                 if session is not None:
                     dirty[conn_id] = session

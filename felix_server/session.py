@@ -432,11 +432,11 @@ class Session:
             self.router.submit(self.conn_id, number, msg, now)
         except Exception as exc:  # a bug in a route: answer INTERNAL, keep serving
             self._failed(number, kind, exc)
-        self._take_mail()
+        self._take_mail(now)
 
-    def _take_mail(self) -> None:
+    def _take_mail(self, now: float) -> None:
         """Write everything the router holds for this connection, in order."""
-        for event in self.router.take(self.conn_id):
+        for event in self.router.take(self.conn_id, now):
             if isinstance(event, ce.RecordsDelivered):
                 self.send_event_batch(event.subscription_id, event.slice)
             elif isinstance(event, ce.MessagesDelivered):
@@ -675,7 +675,7 @@ class Session:
     def close_for_shutdown(self, now: float) -> None:
         """The grace period is over: write what the engine still has for this connection
         (its feeds' end frames), then close."""
-        self._take_mail()
+        self._take_mail(now)
         self.felix.close(int(ErrorCode.SHUTTING_DOWN), "the broker is shutting down")
         self._felix_events(now)
 
@@ -723,7 +723,7 @@ class Session:
                 deferred, self._deferred = self._deferred, []
                 for call in deferred:
                     call(now=now)
-            self._take_mail()
+            self._take_mail(now)
             for sid, data, end in self.felix.data_to_send():
                 try:
                     quic.send_stream_data(sid, data, end)

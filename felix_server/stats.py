@@ -26,9 +26,14 @@ __all__ = ["CACHE_FIGURES", "QUEUE_FIGURES", "EngineFigures", "engine_figures"]
 Path = tuple[str, str, str]
 
 QUEUE_FIGURES = (
-    "depth", "in_flight", "oldest_age_seconds", "redeliveries", "dead_lettered",
-    "records", "bytes",
-)  # fmt: skip
+    "depth",
+    "in_flight",
+    "oldest_age_seconds",
+    "redeliveries",
+    "dead_lettered",
+    "records",
+    "bytes",
+)
 """Figures of each queue (``queue_<figure>`` in the totals)."""
 CACHE_FIGURES = ("entries", "bytes", "hits", "misses", "puts", "evictions", "expirations")
 """Figures of each cache (``cache_<figure>`` in the totals)."""

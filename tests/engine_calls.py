@@ -1,9 +1,11 @@
 """Drive a ``felix_core.Broker`` call by call, the way one requester would.
 
 The engine completes every request through its event stream. :class:`Calls` numbers each
-request, takes its completion from the stream and returns the result (or raises the
-refusal), and keeps every other event for :meth:`Calls.drain_events`, so a test reads like a
-sequence of calls::
+request, applies the engine's metadata writes to a store (a
+:class:`~felix_core.metadata.MemoryMetadataStore`, shared if given) and feeds the store's
+answers and changes back, as the server's local route does, takes the request's completion
+from the stream and returns the result (or raises the refusal), and keeps every other event
+for :meth:`Calls.drain_events`, so a test reads like a sequence of calls::
 
     b = Calls(Broker())
     b.create("stream", "default", "default", "s", now=0.0)
@@ -21,6 +23,8 @@ from typing import Any
 
 from felix_core import events as ce
 from felix_core.broker import Broker
+from felix_core.errors import EngineError
+from felix_core.metadata import MemoryMetadataStore
 
 __all__ = ["Calls", "result_of"]
 
@@ -60,16 +64,57 @@ class Calls:
 
     Args:
         broker: the engine.
+        store: its metadata store (a new one when None; share one between engines to have
+            them see each other's writes, :meth:`sync`).
         conn_id: the connection admin and cache requests are made as.
     """
 
-    def __init__(self, broker: Broker, conn_id: int = 0) -> None:
+    def __init__(
+        self, broker: Broker, store: MemoryMetadataStore | None = None, conn_id: int = 0
+    ) -> None:
         self.broker = broker
+        self.store = store if store is not None else MemoryMetadataStore()
         self.conn_id = conn_id
         self.completions: list[ce.RequestCompleted | ce.RequestRefused] = []
         """Completions of requests made elsewhere (not through this object)."""
         self._kept: list[ce.EngineEvent] = []
         self._next = 1
+        self.sync(0.0)
+        self._kept = self._events(0.0)
+
+    def sync(self, now: float = 0.0) -> None:
+        """Feed the engine what the store holds (another engine's writes included): every
+        record (the engine ignores the ones it has) and the removal of every record it has
+        that the store no longer does."""
+        stored = {(r.kind, r.path): r for r in self.store.records()}
+        for record in self.broker.view.records():
+            if (record.kind, record.path) not in stored:
+                self.broker.metadata_changed(record.kind, record.path, None, now)
+        for record in stored.values():
+            self.broker.metadata_changed(record.kind, record.path, record, now)
+
+    def _events(self, now: float) -> list[ce.EngineEvent]:
+        """The engine's events, its metadata writes applied to the store."""
+        out: list[ce.EngineEvent] = []
+        events = self.broker.drain_events()
+        while events:
+            wrote = False
+            for event in events:
+                if not isinstance(event, ce.MetadataWrite):
+                    out.append(event)
+                    continue
+                wrote = True
+                try:
+                    stored = self.store.apply(event.op, event.record, event.expected_generation)
+                except EngineError as exc:
+                    self.broker.metadata_written(event.write_id, exc, now)
+                else:
+                    self.broker.metadata_written(event.write_id, stored, now)
+                self.sync(now)
+            if not wrote:
+                break
+            events = self.broker.drain_events()
+        return out
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self.broker, name)
@@ -83,9 +128,11 @@ class Calls:
         conn, rest = (args[0], args[1:]) if with_connection else (self.conn_id, args)
         number = self._next
         self._next += 1
+        now = kwargs.get("now", 0.0)
+        self.sync(now)
         op(conn, number, *rest, **kwargs)
         done = None
-        for event in self.broker.drain_events():
+        for event in self._events(now):
             if isinstance(event, ce.RequestCompleted | ce.RequestRefused):
                 if event.connection_id == conn and event.request == number:
                     done = event
@@ -99,7 +146,7 @@ class Calls:
     def drain_events(self) -> list[ce.EngineEvent]:
         """Every event but the completions of this object's requests, in order."""
         out, self._kept = self._kept, []
-        for event in self.broker.drain_events():
+        for event in self._events(0.0):
             if isinstance(event, ce.RequestCompleted | ce.RequestRefused):
                 self.completions.append(event)
             else:
@@ -142,7 +189,7 @@ class ThroughRouter:
         router.attach(conn, now)
         try:
             getattr(router.engine, name)(conn, number, *rest, **kwargs)
-            mail = router.take(conn)
+            mail = router.take(conn, now)
         finally:
             router.detach(conn, now)
         (done,) = [e for e in mail if isinstance(e, ce.RequestCompleted | ce.RequestRefused)]

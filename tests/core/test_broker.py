@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -26,8 +27,8 @@ from felix_core import (
     SubscriptionClosed,
     TooLarge,
 )
-from felix_core.events import RequestRefused
-from felix_core.metadata import Catalog, Kind
+from felix_core.events import MetadataWrite, RequestRefused, ResourceDescribed
+from felix_core.metadata import Kind, ResourceRecord, WriteOp
 
 T, N = "default", "default"
 
@@ -52,8 +53,10 @@ def test_defaults_and_no_defaults() -> None:
     assert [r["namespace"] for r in b.list("namespace", "default")] == ["default"]
     assert Calls(Broker(BrokerConfig(create_defaults=False))).list("tenant") == []
     store = MemoryMetadataStore()
-    Broker(metadata=store)
-    Broker(metadata=store)  # a second broker on the same store finds the defaults
+    Calls(Broker(), store)
+    second = Calls(Broker(), store)  # a second broker on the same store finds the defaults
+    assert [r["tenant"] for r in second.list("tenant")] == ["default"]
+    assert len(store.records()) == 2
 
 
 def test_connection_lifecycle_errors() -> None:
@@ -266,16 +269,16 @@ def test_update_applies_to_live_stream() -> None:
 
 def test_metadata_changed_by_another_writer() -> None:
     store = MemoryMetadataStore()
-    b = Calls(Broker(metadata=store))
-    other = Catalog(store, BrokerConfig())
+    b = Calls(Broker(), store)  # each call first takes in what the store reports
+    other = Calls(Broker(), store)  # another broker writing to the same store
     b.attach(1, 0.0)
-    other.create(Kind.STREAM, (T, N, "s"), {}, 0.0)  # created elsewhere: built lazily here
+    other.create("stream", T, N, "s", now=0.0)  # created elsewhere: fed to this engine
     sid, _ = b.subscribe(1, T, N, "s", now=0.0)
-    other.update(Kind.STREAM, (T, N, "s"), {"batch_max_delay_us": 0}, 1.0)
+    other.update("stream", T, N, "s", {"batch_max_delay_us": 0}, now=1.0)
     b.publish(1, T, N, "s", [b"a"], now=1.0)  # the new generation applies: no waiting
     assert batches(b.drain_events()) == [[b"a"]]
-    other.delete(Kind.STREAM, (T, N, "s"))
-    other.create(Kind.STREAM, (T, N, "s"), {}, 2.0)  # re-created: a new uid
+    other.delete("stream", T, N, "s", now=2.0)
+    other.create("stream", T, N, "s", now=2.0)  # re-created: a new uid
     assert b.publish(1, T, N, "s", [b"b"], now=2.0) == (0, 0)
     ended = b.drain_events()
     assert ended == [
@@ -287,23 +290,23 @@ def test_metadata_changed_by_another_writer() -> None:
             next_offset=1,
         )
     ]
-    other.delete(Kind.STREAM, (T, N, "s"))
+    other.delete("stream", T, N, "s", now=3.0)
     with pytest.raises(NotFound):
         b.publish(1, T, N, "s", [b"c"], now=3.0)
-    other.create(Kind.QUEUE, (T, N, "q"), {}, 3.0)
+    other.create("queue", T, N, "q", now=3.0)
     cid = b.consume(1, T, N, "q", now=3.0)
-    other.update(Kind.QUEUE, (T, N, "q"), {"max_prefetch": 8}, 3.0)
+    other.update("queue", T, N, "q", {"max_prefetch": 8}, now=3.0)
     b.enqueue(1, T, N, "q", [b"m"], now=3.0)
     assert b.describe("queue", T, N, "q", now=3.0)["settings"]["max_prefetch"] == 8
-    other.delete(Kind.QUEUE, (T, N, "q"))
+    other.delete("queue", T, N, "q", now=3.0)
     with pytest.raises(NotFound):
         b.enqueue(1, T, N, "q", [b"m"], now=3.0)
     ended_consumers = [o for o in b.drain_events() if isinstance(o, ConsumerClosed)]
     assert [(e.consumer_id, e.reason) for e in ended_consumers] == [(cid, "deleted")]
     assert b.stats()["consumers"] == 0
-    other.create(Kind.CACHE, (T, N, "c"), {}, 3.0)
+    other.create("cache", T, N, "c", now=3.0)
     assert b.cache_put(T, N, "c", "k", b"v", now=3.0) == (True, 1)
-    other.update(Kind.CACHE, (T, N, "c"), {"max_entries": 5}, 3.0)
+    other.update("cache", T, N, "c", {"max_entries": 5}, now=3.0)
     assert b.cache_get(T, N, "c", "k", now=3.0) is not None
 
 
@@ -328,14 +331,12 @@ def test_queue_operations() -> None:
     with pytest.raises(NotFound):
         b.ack(1, 12345, [1], now=1.0)
     b.enqueue(1, T, N, "q", [b"c"], now=1.0)
-    assert b.purge(T, N, "q", now=1.0) == 0  # "c" is in flight to the consumer
     b.cancel_consumer(1, cid, now=2.0)
     ended = [o for o in b.drain_events() if isinstance(o, ConsumerClosed)]
     assert [(e.consumer_id, e.reason) for e in ended] == [(cid, "unsubscribed")]
     with pytest.raises(NotFound):
         b.cancel_consumer(1, cid, now=2.0)
     # "c" had its one attempt: losing its consumer dead-letters it rather than requeueing
-    assert b.purge(T, N, "q", now=2.0) == 0
     assert b.describe("queue", T, N, "dlq", now=2.0)["stats"]["records"] == 2
 
 
@@ -365,7 +366,8 @@ def test_cache_operations_and_change_feed() -> None:
     assert b.cache_get(T, N, "c", "missing", now=5.0) is None
     assert b.cache_delete(T, N, "c", "k", if_version=1, now=5.0) is False
     assert b.cache_delete(T, N, "c", "k", now=5.0) is True
-    assert b.budget.used == b._caches.byte_size  # the budget tracks tables and feeds exactly
+    cache = b.registry.caches[(T, N, "c")].cache
+    assert b.budget.used == cache.byte_size  # the budget tracks tables and feeds exactly
     deadline = b.get_timer()
     assert deadline is not None
     b.handle_timer(deadline)
@@ -470,8 +472,8 @@ def test_timer_heap_drops_stale_and_closed_entries() -> None:
 
 def test_delete_of_resource_this_broker_never_used() -> None:
     store = MemoryMetadataStore()
-    b = Calls(Broker(metadata=store))
-    Catalog(store, BrokerConfig()).create(Kind.STREAM, (T, N, "s"), {}, 0.0)
+    b = Calls(Broker(), store)
+    Calls(Broker(), store).create("stream", T, N, "s", now=0.0)  # another broker's
     b.delete("stream", T, N, "s", now=0.0)
     b.create("cache", T, N, "c", now=0.0)
     b.cache_put(T, N, "c", "k", b"v", now=0.0)
@@ -603,7 +605,8 @@ def test_every_request_completes_through_the_events_before_what_it_causes() -> N
     caller's number; it comes before the events the request caused."""
     b = Broker(BrokerConfig())
     b.attach(1, 0.0)
-    b.create(1, 10, "stream", T, N, "s", {"batch_max_delay_us": 0}, now=0.0)
+    Calls(b).create("stream", T, N, "s", {"batch_max_delay_us": 0}, now=0.0)
+    b.describe(1, 10, "stream", T, N, "s", now=0.0)
     b.publish(2, 11, T, N, "s", [b"a", b"b"], now=0.0)  # any connection may publish
     b.subscribe(1, 12, T, N, "s", start=StartKind.EARLIEST, now=0.0)
     b.subscribe(1, 13, T, N, "missing", now=0.0)
@@ -624,10 +627,35 @@ def test_every_request_completes_through_the_events_before_what_it_causes() -> N
 def test_a_stopped_feed_needs_no_reply_and_an_unknown_one_is_ignored() -> None:
     b = Broker(BrokerConfig())
     b.attach(1, 0.0)
-    b.create(1, 1, "queue", T, N, "q", now=0.0)
+    Calls(b).create("queue", T, N, "q", now=0.0)
     b.consume(1, 2, T, N, "q", now=0.0)
     b.drain_events()
     b.cancel_consumer(1, None, 1, now=0.0)  # the client stopped its stream
     b.cancel_consumer(1, None, 1, now=0.0)  # again: ended already, nothing happens
     b.unsubscribe(1, None, 99, now=0.0)
     assert [type(e).__name__ for e in b.drain_events()] == ["ConsumerClosed"]
+
+
+def test_admin_writes_complete_when_the_store_answers() -> None:
+    """The engine never asks a store: an admin write is an event; the request completes when
+    the glue reports the store's answer (at once for a memory store, later for etcd), and a
+    store's refusal (another writer took the name meanwhile) refuses it."""
+    b = Broker(BrokerConfig(create_defaults=False))
+    for kind, path in ((Kind.TENANT, ("t", "", "")), (Kind.NAMESPACE, ("t", "n", ""))):
+        record = ResourceRecord(kind=kind, tenant=path[0], namespace=path[1], uid=1)
+        b.metadata_changed(kind, path, record, 0.0)
+    b.create(7, 1, "stream", "t", "n", "s", now=1.0)
+    b.create(7, 2, "queue", "t", "n", "q", now=1.0)
+    first, second = b.drain_events()
+    assert isinstance(first, MetadataWrite) and first.op is WriteOp.CREATE
+    assert isinstance(second, MetadataWrite) and second.record.uid == 0  # the store gives it
+    b.metadata_written(second.write_id, AlreadyExists("queue t/n/q exists already"), 2.0)
+    (refused,) = b.drain_events()
+    assert isinstance(refused, RequestRefused) and isinstance(refused.error, AlreadyExists)
+    assert refused.request == 2
+    b.metadata_written(first.write_id, replace(first.record, uid=42), 3.0)
+    (done,) = b.drain_events()
+    assert isinstance(done, ResourceDescribed) and (done.connection_id, done.request) == (7, 1)
+    assert done.resource["uid"] == 42 and done.resource["stats"]["records"] == 0
+    b.metadata_written(first.write_id, first.record, 3.0)  # a second answer: ignored
+    assert b.drain_events() == [] and b.stats()["streams"] == 1

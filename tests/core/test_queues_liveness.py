@@ -5,10 +5,11 @@ message at most one attempt (docs/engine-queues-cache.md, "Silent consumers").""
 from __future__ import annotations
 
 import pytest
+from queue_driver import QueueDriver
 
 from felix_core.errors import NotFound
 from felix_core.events import EngineEvent, MessageDeadLettered, MessagesDelivered
-from felix_core.queues import QueueConfig, QueueDelivery, QueueEngine
+from felix_core.queues import QueueConfig, QueueDelivery
 
 Q = ("t", "ns", "q")
 DLQ = ("t", "ns", "dlq")
@@ -24,8 +25,8 @@ def deliveries(events: list[EngineEvent], consumer_id: int | None = None) -> lis
     ]
 
 
-def engine(**config: object) -> QueueEngine:
-    e = QueueEngine()
+def engine(**config: object) -> QueueDriver:
+    e = QueueDriver()
     e.create_queue(Q, QueueConfig(**config))  # type: ignore[arg-type]
     return e
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import msgpack
 import pytest
 from engine_calls import Calls
+from queue_driver import QueueDriver
 
 from felix_core.broker import Broker
 from felix_core.errors import InvalidArgument, TooLarge
@@ -19,7 +20,7 @@ from felix_core.limits import (
     BrokerConfig,
     encoded_record_size,
 )
-from felix_core.queues import QueueConfig, QueueEngine
+from felix_core.queues import QueueConfig
 from felix_proto import messages as m
 from felix_proto.codec import encode
 from felix_proto.frames import DEFAULT_MAX_FRAME_SIZE, HEADER_SIZE
@@ -57,7 +58,7 @@ def test_envelope_and_dead_letter_headers_fit_the_headroom() -> None:
     # The worst dead-letter headers: the longest queue name, the longest group name (names
     # are ASCII, at most 128 characters), the longest integers. The header names are the
     # engine's own.
-    e = QueueEngine()
+    e = QueueDriver()
     src = ("t", "n", "q" * 128)
     e.create_queue(src, QueueConfig(max_attempts=1, dead_letter_queue="dlq"))
     e.create_queue(("t", "n", "dlq"))

@@ -13,7 +13,14 @@ LIMIT, RESUME, CAP = 100, 40, 200
 
 def gate(state: Flow = Flow.OPEN) -> Gate:
     g = Gate(limit=LIMIT, resume=RESUME, cap=CAP)
-    g.state = state
+    path = {  # how each state is reached
+        Flow.OPEN: (),
+        Flow.PAUSED: (Signal.OVER_LIMIT,),
+        Flow.HOLDING: (Signal.OVER_CAP,),
+    }
+    for signal in path[state]:
+        g.move(signal)
+    assert g.state is state
     return g
 
 

@@ -198,7 +198,8 @@ def test_server_forgets_clients_that_left(tmp_path: Path) -> None:
         assert server._by_cid == {} and server._dirty == {}
         stats = broker.stats()
         assert (stats["connections"], stats["subscriptions"], stats["consumers"]) == (0, 0, 0)
-        assert all(not fanout.subscriptions for fanout in broker._streams.values())
+        assert all(not p.stream.subscriptions for p in broker.registry.streams.values())
+        assert all(not att for att in server.router._mail.values())  # no mail left behind
         assert broker.totals(pair.now).queues.in_flight == 0
         assert server.get_timer() == idle_timer  # no timer is kept for departed clients
         assert server.datagrams_to_send(pair.now) == []

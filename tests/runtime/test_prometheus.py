@@ -23,18 +23,19 @@ from felix_server.stats import CACHE_FIGURES, QUEUE_FIGURES, engine_figures
 T, N = "default", "default"
 
 
-def _broker() -> Broker:
+def _broker() -> Calls:
     b = Calls(Broker(now=0.0))
     b.create("queue", T, N, "q", now=0.0)
     b.create("cache", T, N, "c", now=0.0)
     b.enqueue(0, T, N, "q", [b"secret-payload"], now=10.0)
     b.cache_put(T, N, "c", "k", b"value", now=10.0)
     assert b.cache_get(T, N, "c", "k", now=10.0) is not None
-    return b.broker
+    return b
 
 
 def test_engine_figures_totals_and_bounded_detail() -> None:
-    b = _broker()
+    calls = _broker()
+    b = calls.broker
     figures = engine_figures(b, 12.0, detail_limit=5)
     totals = figures.totals
     assert totals["queue_depth"] == 1 and totals["queue_oldest_age_seconds"] == 2.0
@@ -49,7 +50,7 @@ def test_engine_figures_totals_and_bounded_detail() -> None:
     assert figures.caches[(T, N, "c")]["bytes"] == 6.0
     assert figures.capped == frozenset()
 
-    Calls(b).create("queue", T, N, "q2", now=12.0)
+    calls.create("queue", T, N, "q2", now=12.0)
     capped = engine_figures(b, 12.0, detail_limit=1)  # two queues > 1; one cache fits
     assert capped.queues == {} and set(capped.caches) == {(T, N, "c")}
     assert capped.capped == {"queue"}
