@@ -137,7 +137,7 @@ class QueueStats:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class QueueTotals:
-    """Figures over every queue of an engine, for metrics (:meth:`QueueEngine.totals`)."""
+    """Figures over every queue of an engine, for metrics (the engine's ``totals``)."""
 
     queues: int  #: Queues.
     records: int  #: Messages retained in the queues' logs.

@@ -57,11 +57,19 @@ async def run(config: ServerConfig) -> int:
                 tg.start_soon(metrics.serve)
             tg.start_soon(runtime.serve)
             with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                log_started(config, bound, metrics.address if metrics else None,
-                            cert, fingerprint, f"anyio/{_backend_name()}")  # fmt: skip
+                log_started(
+                    config,
+                    bound,
+                    metrics.address if metrics else None,
+                    cert,
+                    fingerprint,
+                    f"anyio/{_backend_name()}",
+                )
                 async for signum in signals:
-                    logger.info("signal received, shutting down",
-                                extra=log_fields(signal=signal.Signals(signum).name))  # fmt: skip
+                    logger.info(
+                        "signal received, shutting down",
+                        extra=log_fields(signal=signal.Signals(signum).name),
+                    )
                     break
             server.begin_shutdown(time.time())
             runtime.wake()

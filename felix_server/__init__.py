@@ -10,7 +10,9 @@ It holds what both runtimes need and neither should decide on its own:
   :mod:`felix_server.gate`, its held feed writes a :mod:`felix_server.outbox`;
 * :mod:`felix_server.router`: where each request is served (the local engine today, a peer
   broker later) and one mailbox of engine events per connection;
-  :mod:`felix_server.requests` turns completions into wire replies;
+  :mod:`felix_server.local_route` turns a wire request into the engine call and applies the
+  engine's metadata writes to the store; :mod:`felix_server.requests` turns completions
+  into wire replies;
 * :mod:`felix_server.access`: the authentication seam (``Hello`` -> principal or refusal);
 * :mod:`felix_server.batches` and :mod:`felix_server.split`: event batches encoded once,
   and cut for clients with a small ``max_frame_size``;

@@ -12,7 +12,7 @@ grace deadline):
 
 ``draining``
     until its feeds have caught up (:meth:`Broker.pending
-    <felix_core.broker_core.BrokerCore.pending>` is 0: every subscription's cursor is at its
+    <felix_core.broker.Broker.pending>` is 0: every subscription's cursor is at its
     log's end, every consumer's group has nothing waiting and the consumer holds no
     unsettled delivery) *and* the client has acknowledged, at the QUIC level, every byte
     written to it. Then its feeds are ended (``SubscriptionEnded`` / ``ConsumerEnded`` with

@@ -51,7 +51,7 @@ refused Initial is counted in ``stats.refused``, the answered ones also in
 
 Graceful shutdown: :meth:`begin_shutdown` makes the server not ready, refuses new
 connections (as above), makes the engine refuse new work with ``SHUTTING_DOWN``
-(:meth:`~felix_core.broker_core.BrokerCore.stop_accepting`) and sends ``GoAway`` with the
+(:meth:`~felix_core.broker.Broker.stop_accepting`) and sends ``GoAway`` with the
 grace period as its deadline to every client. Subscriptions and consumers are then drained,
 not cut: a :class:`~felix_server.drain.Drain` keeps every connection open until its feeds
 have caught up and the client has acknowledged what was written to it, ends its feeds with
