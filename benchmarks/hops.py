@@ -13,7 +13,10 @@ count as that module's object), both in the broker's packages (``felix_*``), or 
 into aioquic's connection. Each distinct ``caller object -> callee object.method`` edge is
 counted once, in the order it first happened (property reads count as calls: they are). A
 *back-edge* is a hop into an object that is already on the call stack below the caller: a
-callee calling back up into (one of) its callers.
+callee calling back up into (one of) its callers. *Component edges* count the distinct
+``caller class -> callee class`` pairs between stateful objects only (no module functions,
+no value records such as events, messages and slices, no observer): the coarse picture of
+which parts talk to which.
 
 Usage: ``python benchmarks/hops.py [--json] [--path]`` (``--path`` prints every hop, indented
 by call depth).
@@ -22,11 +25,12 @@ by call depth).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import tempfile
 from pathlib import Path
-from types import FrameType
+from types import FrameType, ModuleType
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a plain checkout too
@@ -116,6 +120,7 @@ class _Tracer:
     def __init__(self) -> None:
         self.edges: dict[tuple[str, str, str], int] = {}  # edge -> depth it first happened at
         self.back: dict[tuple[str, str, str], None] = {}
+        self.components: dict[tuple[str, str], None] = {}
         self.names: dict[int, str] = {}
         self.calls = 0
 
@@ -155,6 +160,8 @@ class _Tracer:
         self.edges.setdefault(edge, depth)
         if any(o is callee[0] for o in stack):
             self.back[edge] = None
+        if _component(caller[0]) and _component(callee[0]):
+            self.components[(caller[1], callee[1])] = None
 
     def _label(self, obj: object, name: str) -> str:
         key = id(obj)
@@ -162,6 +169,15 @@ class _Tracer:
             same = sum(1 for n in self.names.values() if n.split("#")[0] == name)
             self.names[key] = name if not same else f"{name}#{same + 1}"
         return self.names[key]
+
+
+def _component(obj: object) -> bool:
+    """A stateful part: not a module, not a value record, not the observer."""
+    return not (
+        isinstance(obj, ModuleType | tuple | type)
+        or dataclasses.is_dataclass(obj)
+        or type(obj).__name__.endswith("Observer")
+    )
 
 
 def measure(show_path: bool) -> dict[str, Any]:
@@ -205,10 +221,16 @@ def measure(show_path: bool) -> dict[str, Any]:
             mark = "  <- back-edge" if (caller, callee, fn) in tracer.back else ""
             print(f"{'  ' * min(depth, 12)}{caller} -> {callee}.{fn}{mark}")
     objects = {c for c, _, _ in tracer.edges} | {c for _, c, _ in tracer.edges}
+    if show_path:
+        print("component edges:")
+        for caller, callee in tracer.components:
+            print(f"  {caller} -> {callee}")
     return {
         "hops": len(tracer.edges),
         "back_edges": len(tracer.back),
         "objects": len(objects),
+        "component_edges": len(tracer.components),
+        "components": len({c for pair in tracer.components for c in pair}),
         "calls_across_objects": tracer.calls,
         "back_edge_list": [f"{a} -> {b}.{f}" for a, b, f in tracer.back],
     }
