@@ -222,6 +222,12 @@ class Broker:
         out.clear()
         return events
 
+    @property
+    def writes_in_flight(self) -> int:
+        """How many :class:`~felix_core.events.MetadataWrite` events wait for their
+        :meth:`metadata_written` answer (none: no write among the events to drain)."""
+        return len(self._writes)
+
     def get_timer(self) -> float | None:
         """The earliest deadline of any partition (batch flush, age retention, visibility
         timeouts, delayed nacks, cache expiry), or None.

@@ -52,20 +52,23 @@ class Deadlines(Generic[K]):
         costs a dictionary lookup."""
         current = self._current
         if deadline is None:
-            if current.pop(key, None) is not None:
-                self._bound()
+            if current.pop(key, None) is not None and len(self._heap) > 2 * len(current) + _SLACK:
+                self._rebuild()
             return
         if current.get(key) == deadline:
             return
         current[key] = deadline
         self._seq += 1
-        heapq.heappush(self._heap, (deadline, self._seq, key))
-        self._bound()
+        heap = self._heap
+        heapq.heappush(heap, (deadline, self._seq, key))
+        if len(heap) > 2 * len(current) + _SLACK:
+            self._rebuild()
 
     def discard(self, key: K) -> None:
         """Forget ``key``'s deadline, if it has one."""
-        if self._current.pop(key, None) is not None:
-            self._bound()
+        current = self._current
+        if current.pop(key, None) is not None and len(self._heap) > 2 * len(current) + _SLACK:
+            self._rebuild()
 
     def earliest(self) -> float | None:
         """The earliest current deadline, or None."""
@@ -87,14 +90,12 @@ class Deadlines(Generic[K]):
             if current.get(key) == deadline:
                 del current[key]
                 due.append(key)
-        if due:
-            self._bound()
+        if len(heap) > 2 * len(current) + _SLACK:
+            self._rebuild()
         return due
 
-    def _bound(self) -> None:
-        """Rebuild the heap from the current deadlines once stale entries outnumber them."""
-        if len(self._heap) <= 2 * len(self._current) + _SLACK:
-            return
+    def _rebuild(self) -> None:
+        """Rebuild the heap from the current deadlines (stale entries outnumber them)."""
         self._heap = [(deadline, i, key) for i, (key, deadline) in enumerate(self._current.items())]
         heapq.heapify(self._heap)
         self._seq = len(self._heap)

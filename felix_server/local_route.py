@@ -70,7 +70,9 @@ class LocalRoute:
         events = self.engine.drain_events()
         if self._early:
             events, self._early = self._early + events, []
-        return self._settle(events, now) if events else events
+        if not events or not self.engine.writes_in_flight:
+            return events  # no write to apply among them
+        return self._settle(events, now)
 
     def _settle(self, events: list[ce.EngineEvent], now: float) -> list[ce.EngineEvent]:
         """Apply the metadata writes among ``events`` and feed the outcomes back, until no
