@@ -87,16 +87,36 @@ def broker(runtime: str, data_dir: Path, profile: Path | None) -> Iterator[tuple
     end."""
     log_path = data_dir / "broker.log"
     cmd = [
-        sys.executable, "-m", RUNTIME_MODULES[runtime],
-        "--listen", "127.0.0.1:0", "--data-dir", str(data_dir),
-        "--metrics-enabled", "false", "--log-format", "json",
-        "--broker-stream-max-retention-bytes", str(1 << 30),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        RUNTIME_MODULES[runtime],
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        str(data_dir),
+        "--metrics-enabled",
+        "false",
+        "--log-format",
+        "json",
+        "--broker-stream-max-retention-bytes",
+        str(1 << 30),
+    ]
     if profile is not None:
         spy = shutil.which("py-spy", path=str(Path(sys.executable).parent))
         assert spy, "py-spy is not installed in the venv"
-        cmd = [spy, "record", "--format", "raw", "--rate", "250", "--nonblocking",
-               "-o", str(profile / "broker.txt"), "--", *cmd]  # fmt: skip
+        cmd = [
+            spy,
+            "record",
+            "--format",
+            "raw",
+            "--rate",
+            "250",
+            "--nonblocking",
+            "-o",
+            str(profile / "broker.txt"),
+            "--",
+            *cmd,
+        ]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
     with open(log_path, "wb") as log:
@@ -153,9 +173,12 @@ def _raw_server_main(row_name: str, cert: tuple[str, str], total: int, pipe: Any
 async def _raw_server(row_name: str, cert: tuple[str, str], total: int, pipe: Any) -> None:
     row = next(r for r in quic_baseline.ROWS if r.name == row_name)
     config = QuicConfiguration(
-        is_client=False, alpn_protocols=[quic_baseline.ALPN], max_datagram_size=row.datagram,
-        max_data=row.max_data, max_stream_data=row.max_stream_data,
-    )  # fmt: skip
+        is_client=False,
+        alpn_protocols=[quic_baseline.ALPN],
+        max_datagram_size=row.datagram,
+        max_data=row.max_data,
+        max_stream_data=row.max_stream_data,
+    )
     config.load_cert_chain(cert[0], cert[1])
     done = asyncio.get_running_loop().create_future()
     state = {"received": 0, "reported": 0}
@@ -204,9 +227,13 @@ async def raw_two_processes(row_name: str, count: int, size: int, cert: tuple[st
         started = [0.0]
         message = b"x" * size
         config = QuicConfiguration(
-            is_client=True, alpn_protocols=[quic_baseline.ALPN], max_datagram_size=row.datagram,
-            max_data=row.max_data, max_stream_data=row.max_stream_data, server_name="localhost",
-        )  # fmt: skip
+            is_client=True,
+            alpn_protocols=[quic_baseline.ALPN],
+            max_datagram_size=row.datagram,
+            max_data=row.max_data,
+            max_stream_data=row.max_stream_data,
+            server_name="localhost",
+        )
         config.load_verify_locations(cert[0])
 
         def pump() -> None:
@@ -323,10 +350,14 @@ def connect(url: str, ca: str, **kw: Any) -> felix_client.Client:
 
 async def make_stream(client: felix_client.Client, name: str, count: int) -> None:
     await client.admin.create(
-        "stream", name,
-        {"retention_max_records": max(count * 2, 1000), "retention_max_bytes": 1 << 30,
-         "slow_consumer": "block"},
-    )  # fmt: skip
+        "stream",
+        name,
+        {
+            "retention_max_records": max(count * 2, 1000),
+            "retention_max_bytes": 1 << 30,
+            "slow_consumer": "block",
+        },
+    )
 
 
 async def publish_all(client: felix_client.Client, stream: str, count: int, size: int) -> None:
@@ -379,9 +410,13 @@ async def bench_fanout(
             await c.__aexit__(None, None, None)
     total = count * subscribers
     return {
-        "msgs": count, "subscribers": subscribers, "seconds": elapsed,
-        "msg_per_s": total / elapsed, "publish_msg_per_s": count / published, **cost,
-    }  # fmt: skip
+        "msgs": count,
+        "subscribers": subscribers,
+        "seconds": elapsed,
+        "msg_per_s": total / elapsed,
+        "publish_msg_per_s": count / published,
+        **cost,
+    }
 
 
 async def bench_cache(
@@ -411,9 +446,13 @@ async def bench_cache(
     latencies.sort()
     q = statistics.quantiles(latencies, n=100)
     return {
-        "ops": len(latencies), "concurrency": concurrency, "ops_per_s": len(latencies) / elapsed,
-        "p50_ms": q[49] * 1000, "p99_ms": q[98] * 1000, **cost,
-    }  # fmt: skip
+        "ops": len(latencies),
+        "concurrency": concurrency,
+        "ops_per_s": len(latencies) / elapsed,
+        "p50_ms": q[49] * 1000,
+        "p99_ms": q[98] * 1000,
+        **cost,
+    }
 
 
 # ----------------------------------------------------------------------------- driver
@@ -421,9 +460,11 @@ async def bench_cache(
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {
-        "count": args.count, "size": args.size, "runtime": args.runtime,
+        "count": args.count,
+        "size": args.size,
+        "runtime": args.runtime,
         "topology": "broker subprocess; all clients in this process, one asyncio loop",
-    }  # fmt: skip
+    }
     only = set(args.only or "abcde")
     with tempfile.TemporaryDirectory() as tmp:
         if "a" in only:
@@ -439,9 +480,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             for _ in range(args.repeat):
                 two = max(two, await raw_two_processes(row.name, args.count, args.size, cert))
             out["a_raw_aioquic"] = {
-                "msgs": args.count, "msg_per_s": two, "one_process": raw,
-                "client_cpu_us": RAW_CPU[0], "broker_cpu_us": RAW_CPU[1],
-            }  # fmt: skip
+                "msgs": args.count,
+                "msg_per_s": two,
+                "one_process": raw,
+                "client_cpu_us": RAW_CPU[0],
+                "broker_cpu_us": RAW_CPU[1],
+            }
             out["a_raw_ping_pong"] = raw_ping_pong(cert, args.cache_seconds, CACHE_CONCURRENCY)
         profile = Path(args.profile_dir) if args.profile_dir else None
         if profile is not None:
@@ -454,11 +498,22 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             spy = None
             if profile is not None:
                 spy = subprocess.Popen(
-                    [shutil.which("py-spy", path=str(Path(sys.executable).parent)) or "py-spy",
-                     "record", "--format", "raw", "--rate", "250", "--nonblocking",
-                     "-o", str(profile / "client.txt"), "--pid", str(os.getpid())],
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                )  # fmt: skip
+                    [
+                        shutil.which("py-spy", path=str(Path(sys.executable).parent)) or "py-spy",
+                        "record",
+                        "--format",
+                        "raw",
+                        "--rate",
+                        "250",
+                        "--nonblocking",
+                        "-o",
+                        str(profile / "client.txt"),
+                        "--pid",
+                        str(os.getpid()),
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
                 await asyncio.sleep(1.0)
             try:
                 for letter in "bcde":
@@ -570,8 +625,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--count", type=int, default=100_000, help="records per scenario")
     parser.add_argument("--size", type=int, default=100, help="payload bytes")
-    parser.add_argument("--fanout-divisor", type=int, default=4,
-                        help="fanout publishes count / this many records")  # fmt: skip
+    parser.add_argument(
+        "--fanout-divisor", type=int, default=4, help="fanout publishes count / this many records"
+    )
     parser.add_argument("--cache-seconds", type=float, default=3.0)
     parser.add_argument("--repeat", type=int, default=1, help="runs per scenario (best shown)")
     parser.add_argument("--runtime", choices=sorted(RUNTIME_MODULES), default="asyncio")

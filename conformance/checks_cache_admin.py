@@ -20,8 +20,9 @@ def _path(ctx: Context, cache: str, key: str) -> dict[str, Any]:
     return {"tenant": ctx.tenant, "namespace": ctx.namespace, "cache": cache, "key": key}
 
 
-async def _put(ctx: Context, conn: Conn, cache: str, key: str, value: bytes,
-               **extra: Any) -> m.CachePutResult:  # fmt: skip
+async def _put(
+    ctx: Context, conn: Conn, cache: str, key: str, value: bytes, **extra: Any
+) -> m.CachePutResult:
     return await conn.expect(
         m.CachePut(request_id=conn.rid(), value=value, **_path(ctx, cache, key), **extra),
         m.CachePutResult,
@@ -29,12 +30,12 @@ async def _put(ctx: Context, conn: Conn, cache: str, key: str, value: bytes,
 
 
 async def _get(ctx: Context, conn: Conn, cache: str, key: str) -> m.CacheValue:
-    return await conn.expect(m.CacheGet(request_id=conn.rid(), **_path(ctx, cache, key)),
-                             m.CacheValue)  # fmt: skip
+    return await conn.expect(
+        m.CacheGet(request_id=conn.rid(), **_path(ctx, cache, key)), m.CacheValue
+    )
 
 
-async def _delete(ctx: Context, conn: Conn, cache: str, key: str,
-                  **extra: Any) -> m.CacheDeleted:  # fmt: skip
+async def _delete(ctx: Context, conn: Conn, cache: str, key: str, **extra: Any) -> m.CacheDeleted:
     return await conn.expect(
         m.CacheDelete(request_id=conn.rid(), **_path(ctx, cache, key), **extra), m.CacheDeleted
     )
@@ -47,15 +48,18 @@ async def put_get(ctx: Context) -> None:
     put = await _put(ctx, conn, cache, "k", b"v1", ttl_ms=0)
     expect(put.stored and put.version is not None, f"CachePut answered {put}")
     got = await _get(ctx, conn, cache, "k")
-    expect(got.found and got.value == b"v1" and got.version == put.version,
-            f"CacheGet answered {got}, expected v1 at version {put.version}")  # fmt: skip
+    expect(
+        got.found and got.value == b"v1" and got.version == put.version,
+        f"CacheGet answered {got}, expected v1 at version {put.version}",
+    )
     expect(
         got.ttl_remaining_ms is None,
         f"ttl_ms 0 never expires, yet ttl_remaining_ms is {got.ttl_remaining_ms}",
     )
     again = await _put(ctx, conn, cache, "k", b"v2", ttl_ms=0)
-    expect(again.stored and again.version != put.version,
-            f"an overwrite kept version {again.version}")  # fmt: skip
+    expect(
+        again.stored and again.version != put.version, f"an overwrite kept version {again.version}"
+    )
 
 
 @check("cache.miss", SC, "CacheGet of an absent key: found false, no value or version")
@@ -72,8 +76,10 @@ async def ttl(ctx: Context) -> None:
     conn = await ctx.connect()
     await _put(ctx, conn, cache, "k", b"short", ttl_ms=400)
     got = await _get(ctx, conn, cache, "k")
-    expect(got.found and got.ttl_remaining_ms is not None and 0 < got.ttl_remaining_ms <= 400,
-            f"right after a 400 ms put: {got}")  # fmt: skip
+    expect(
+        got.found and got.ttl_remaining_ms is not None and 0 < got.ttl_remaining_ms <= 400,
+        f"right after a 400 ms put: {got}",
+    )
     await asyncio.sleep(0.7)
     got = await _get(ctx, conn, cache, "k")
     expect(not got.found, f"700 ms after a 400 ms put the key is still there: {got}")
@@ -130,20 +136,30 @@ async def delete(ctx: Context) -> None:
 async def cache_not_found(ctx: Context) -> None:
     conn = await ctx.connect()
     name = ctx.unique("missing")
-    await conn.expect_error(m.CacheGet(request_id=conn.rid(), **_path(ctx, name, "k")),
-                            ErrorCode.NOT_FOUND)  # fmt: skip
+    await conn.expect_error(
+        m.CacheGet(request_id=conn.rid(), **_path(ctx, name, "k")), ErrorCode.NOT_FOUND
+    )
 
 
 # -- admin --------------------------------------------------------------------------------
 
 
 def _admin(kind: type[m.Message], conn: Conn, ctx: Context, name: str, **extra: Any) -> Any:
-    return kind(request_id=conn.rid(), kind="stream", tenant=ctx.tenant,
-                namespace=ctx.namespace, name=name, **extra)  # type: ignore[call-arg]  # fmt: skip
+    return kind(
+        request_id=conn.rid(),
+        kind="stream",
+        tenant=ctx.tenant,
+        namespace=ctx.namespace,
+        name=name,
+        **extra,
+    )  # type: ignore[call-arg]
 
 
-@check("admin.lifecycle", SA,
-       "create/describe/update -> AdminResource, list -> AdminResources, delete -> Ok")  # fmt: skip
+@check(
+    "admin.lifecycle",
+    SA,
+    "create/describe/update -> AdminResource, list -> AdminResources, delete -> Ok",
+)
 async def lifecycle(ctx: Context) -> None:
     conn = await ctx.connect()
     name = ctx.unique("adm")
@@ -152,8 +168,11 @@ async def lifecycle(ctx: Context) -> None:
         await conn.expect(_admin(m.AdminDescribe, conn, ctx, name), m.AdminResource)
         await conn.expect(_admin(m.AdminUpdate, conn, ctx, name), m.AdminResource)
         listed = await conn.expect(
-            m.AdminList(request_id=conn.rid(), kind="stream", tenant=ctx.tenant,
-                        namespace=ctx.namespace), m.AdminResources)  # fmt: skip
+            m.AdminList(
+                request_id=conn.rid(), kind="stream", tenant=ctx.tenant, namespace=ctx.namespace
+            ),
+            m.AdminResources,
+        )
         names = [r.get("name") for r in listed.resources]
         expect(name in names, f"AdminList does not list {name}: {names}")
     finally:
@@ -179,8 +198,9 @@ async def admin_not_found(ctx: Context) -> None:
 @check("admin.invalid-argument", SA, "a name with '/', spaces and NUL: Error 202")
 async def invalid_argument(ctx: Context) -> None:
     conn = await ctx.connect()
-    await conn.expect_error(_admin(m.AdminCreate, conn, ctx, "bad/ name\x00"),
-                            ErrorCode.INVALID_ARGUMENT)  # fmt: skip
+    await conn.expect_error(
+        _admin(m.AdminCreate, conn, ctx, "bad/ name\x00"), ErrorCode.INVALID_ARGUMENT
+    )
 
 
 # -- limits -------------------------------------------------------------------------------
@@ -201,8 +221,9 @@ async def max_frame_size(ctx: Context) -> None:
     conn = await ctx.connect()
     assert conn.welcome is not None
     value = conn.welcome.limits.get("max_frame_size")
-    expect(isinstance(value, int) and 0 < value <= 0xFFFF_FFFF,
-            f"limits.max_frame_size is {value!r}")  # fmt: skip
+    expect(
+        isinstance(value, int) and 0 < value <= 0xFFFF_FFFF, f"limits.max_frame_size is {value!r}"
+    )
 
 
 @check("limits.payload", S9, "a payload above limits.max_payload_bytes: Error 204")
@@ -226,21 +247,25 @@ async def payload_limit(ctx: Context) -> None:
     )
 
 
-@check("limits.batch-records", S9,
-       "a batch above limits.max_batch_records: Error 203 or 204")  # fmt: skip
+@check("limits.batch-records", S9, "a batch above limits.max_batch_records: Error 203 or 204")
 async def batch_records(ctx: Context) -> None:
     conn = await ctx.connect()
     limit = _limit(conn, "max_batch_records", 100_000)
     stream = await ctx.create("stream", "batch")
     await conn.expect_error(
-        m.PublishBatch(request_id=conn.rid(), tenant=ctx.tenant, namespace=ctx.namespace,
-                       stream=stream, payloads=[b""] * (limit + 1)),
-        {ErrorCode.LIMIT_EXCEEDED, ErrorCode.TOO_LARGE}, wait=8.0,
-    )  # fmt: skip
+        m.PublishBatch(
+            request_id=conn.rid(),
+            tenant=ctx.tenant,
+            namespace=ctx.namespace,
+            stream=stream,
+            payloads=[b""] * (limit + 1),
+        ),
+        {ErrorCode.LIMIT_EXCEEDED, ErrorCode.TOO_LARGE},
+        wait=8.0,
+    )
 
 
-@check("limits.subscriptions", S9,
-       "one subscription above limits.max_subscriptions: Error 203")  # fmt: skip
+@check("limits.subscriptions", S9, "one subscription above limits.max_subscriptions: Error 203")
 async def subscriptions(ctx: Context) -> None:
     conn = await ctx.connect()
     limit = _limit(conn, "max_subscriptions", 64)
@@ -252,6 +277,9 @@ async def subscriptions(ctx: Context) -> None:
             ),
             m.Subscribed,
         )
-    await conn.expect_error(m.Subscribe(request_id=conn.rid(), tenant=ctx.tenant,
-                                        namespace=ctx.namespace, stream=stream),
-                            ErrorCode.LIMIT_EXCEEDED)  # fmt: skip
+    await conn.expect_error(
+        m.Subscribe(
+            request_id=conn.rid(), tenant=ctx.tenant, namespace=ctx.namespace, stream=stream
+        ),
+        ErrorCode.LIMIT_EXCEEDED,
+    )

@@ -72,15 +72,18 @@ async def _not_fatal(
         raise CheckFailed(f"got {describe(err)}, expected Error {code}")
     allowed = request_id if isinstance(request_id, tuple) else (request_id,)
     if err.request_id not in allowed:
-        raise CheckFailed(f"Error.request_id is {err.request_id}, expected "
-                          f"{' or '.join(map(str, allowed))}")  # fmt: skip
+        raise CheckFailed(
+            f"Error.request_id is {err.request_id}, expected {' or '.join(map(str, allowed))}"
+        )
     if field is not None and field not in err.message:
         raise CheckFailed(f"the Error message {err.message!r} does not name the field {field!r}")
     good = m.AdminList(request_id=conn.rid(), kind="namespace", tenant=ctx.tenant)
     reply = await conn.request(good, sid)
     if not isinstance(reply, m.AdminResources):
-        raise CheckFailed(f"the next request on the stream got {describe(reply)}; "
-                          "a bad message must not end the stream")  # fmt: skip
+        raise CheckFailed(
+            f"the next request on the stream got {describe(reply)}; "
+            "a bad message must not end the stream"
+        )
     if conn.log(sid).ended:
         raise CheckFailed(f"the broker ended stream {sid} after a non-fatal error")
     await ctx.healthy()
@@ -108,15 +111,21 @@ async def high_flag(ctx: Context) -> None:
     await _fatal_on_request_stream(ctx, frame(payload, flags=0x8000), ErrorCode.BAD_FRAME)
 
 
-@check("framing.unknown-version", S2,
-       "header version 3: Error 101 with details.supported_versions [2], stream ended")  # fmt: skip
+@check(
+    "framing.unknown-version",
+    S2,
+    "header version 3: Error 101 with details.supported_versions [2], stream ended",
+)
 async def unknown_version(ctx: Context) -> None:
     payload = packed(0x52, {"request_id": 1, "kind": "tenant"})
     await _fatal_on_request_stream(ctx, frame(payload, version=3), ErrorCode.UNSUPPORTED_VERSION)
 
 
-@check("framing.oversize", S2,
-       "declared length > limits.max_frame_size: Error 204 before any payload arrives")  # fmt: skip
+@check(
+    "framing.oversize",
+    S2,
+    "declared length > limits.max_frame_size: Error 204 before any payload arrives",
+)
 async def oversize(ctx: Context) -> None:
     probe = await ctx.connect()
     assert probe.welcome is not None
@@ -127,8 +136,7 @@ async def oversize(ctx: Context) -> None:
     await _fatal_on_request_stream(ctx, encode_header(limit + 1), ErrorCode.TOO_LARGE)
 
 
-@check("framing.split-header", S2,
-       "a frame delivered in 1-byte pieces is reassembled and answered")  # fmt: skip
+@check("framing.split-header", S2, "a frame delivered in 1-byte pieces is reassembled and answered")
 async def split_header(ctx: Context) -> None:
     conn = await ctx.connect()
     sid = conn.new_stream()
@@ -141,8 +149,11 @@ async def split_header(ctx: Context) -> None:
         raise CheckFailed(f"got {describe(reply)}, expected AdminResources")
 
 
-@check("framing.control-stream-fatal", S4,
-       "bad flags on the control stream: Error 100, then close with app code 100")  # fmt: skip
+@check(
+    "framing.control-stream-fatal",
+    S4,
+    "bad flags on the control stream: Error 100, then close with app code 100",
+)
 async def control_fatal(ctx: Context) -> None:
     conn = await ctx.connect()
     conn.send_raw(CONTROL, frame(packed(0x03, {"nonce": 1}), flags=0x0002))
@@ -155,8 +166,11 @@ async def control_fatal(ctx: Context) -> None:
     await ctx.healthy()
 
 
-@check("framing.unknown-version-first", S2,
-       "a version-3 header as the first control frame: Error 101, then the close")  # fmt: skip
+@check(
+    "framing.unknown-version-first",
+    S2,
+    "a version-3 header as the first control frame: Error 101, then the close",
+)
 async def unknown_version_first(ctx: Context) -> None:
     conn = await ctx.raw()
     conn.send_raw(CONTROL, frame(packed(0x01, {"versions": [3]}), version=3))
@@ -170,8 +184,9 @@ async def unknown_version_first(ctx: Context) -> None:
     await ctx.healthy()
 
 
-@check("interop.v1-client", S13,
-       "a version-1 first frame gets a v1 JSON error frame, then the close")  # fmt: skip
+@check(
+    "interop.v1-client", S13, "a version-1 first frame gets a v1 JSON error frame, then the close"
+)
 async def v1_client(ctx: Context) -> None:
     # Offers felix/2 so that this check does not depend on transport.no-alpn.
     conn = await ctx.raw()
@@ -187,8 +202,10 @@ async def v1_client(ctx: Context) -> None:
     await conn.until(complete, "a complete answer frame on the control stream", None)
     header = parse_header(bytes(log.raw))
     if header.version != 1:
-        raise CheckFailed(f"the answer's header version is {header.version}, expected 1 "
-                          "(a version-1 client cannot read a version-2 frame)")  # fmt: skip
+        raise CheckFailed(
+            f"the answer's header version is {header.version}, expected 1 "
+            "(a version-1 client cannot read a version-2 frame)"
+        )
     text = bytes(log.raw[HEADER_SIZE : HEADER_SIZE + header.length])
     try:
         doc = json.loads(text)
@@ -225,8 +242,9 @@ async def not_array(ctx: Context) -> None:
 @check("payload.ext-type", S3, "a msgpack ext value: Error 100 (ext types are not allowed)")
 async def ext_type(ctx: Context) -> None:
     # The document itself is invalid: the request id may or may not come back.
-    payload = packed(0x52, {"request_id": 6, "kind": "namespace",
-                            "tenant": msgpack.ExtType(1, b"x")})  # fmt: skip
+    payload = packed(
+        0x52, {"request_id": 6, "kind": "namespace", "tenant": msgpack.ExtType(1, b"x")}
+    )
     await _not_fatal(ctx, payload, ErrorCode.BAD_FRAME, (None, 6))
 
 
@@ -235,11 +253,19 @@ async def unknown_type(ctx: Context) -> None:
     await _not_fatal(ctx, packed(0x7E, {"request_id": 11}), ErrorCode.UNKNOWN_MESSAGE, 11)
 
 
-@check("payload.wrong-field-type", S3,
-       "Publish.stream as an int: Error 100 with the id, naming the field")  # fmt: skip
+@check(
+    "payload.wrong-field-type",
+    S3,
+    "Publish.stream as an int: Error 100 with the id, naming the field",
+)
 async def wrong_field_type(ctx: Context) -> None:
-    fields = {"request_id": 12, "tenant": ctx.tenant, "namespace": ctx.namespace,
-              "stream": 5, "payload": b"x"}  # fmt: skip
+    fields = {
+        "request_id": 12,
+        "tenant": ctx.tenant,
+        "namespace": ctx.namespace,
+        "stream": 5,
+        "payload": b"x",
+    }
     await _not_fatal(ctx, packed(0x10, fields), ErrorCode.BAD_FRAME, 12, "stream")
 
 
@@ -251,29 +277,51 @@ async def missing_field(ctx: Context) -> None:
 
 @check("payload.bool-for-int", S3, "true where a uint64 is due: Error 100 (a bool is no int)")
 async def bool_for_int(ctx: Context) -> None:
-    fields = {"request_id": 14, "tenant": ctx.tenant, "namespace": ctx.namespace,
-              "stream": "s", "credit_messages": True}  # fmt: skip
+    fields = {
+        "request_id": 14,
+        "tenant": ctx.tenant,
+        "namespace": ctx.namespace,
+        "stream": "s",
+        "credit_messages": True,
+    }
     await _not_fatal(ctx, packed(0x13, fields), ErrorCode.BAD_FRAME, 14, "credit_messages")
 
 
 @check("payload.int-for-bool", S3, "1 where a bool is due: Error 100 (an int is no bool)")
 async def int_for_bool(ctx: Context) -> None:
-    fields = {"request_id": 15, "tenant": ctx.tenant, "namespace": ctx.namespace, "cache": "c",
-              "key": "k", "value": b"v", "if_absent": 1}  # fmt: skip
+    fields = {
+        "request_id": 15,
+        "tenant": ctx.tenant,
+        "namespace": ctx.namespace,
+        "cache": "c",
+        "key": "k",
+        "value": b"v",
+        "if_absent": 1,
+    }
     await _not_fatal(ctx, packed(0x40, fields), ErrorCode.BAD_FRAME, 15, "if_absent")
 
 
 @check("payload.negative-int", S3, "a negative uint64: Error 100 (out of range)")
 async def negative(ctx: Context) -> None:
-    fields = {"request_id": 16, "tenant": ctx.tenant, "namespace": ctx.namespace,
-              "stream": "s", "credit_bytes": -1}  # fmt: skip
+    fields = {
+        "request_id": 16,
+        "tenant": ctx.tenant,
+        "namespace": ctx.namespace,
+        "stream": "s",
+        "credit_bytes": -1,
+    }
     await _not_fatal(ctx, packed(0x13, fields), ErrorCode.BAD_FRAME, 16, "credit_bytes")
 
 
 @check("payload.bad-enum", S3, "Subscribe.start 9 (not a StartKind): Error 100")
 async def bad_enum(ctx: Context) -> None:
-    fields = {"request_id": 17, "tenant": ctx.tenant, "namespace": ctx.namespace,
-              "stream": "s", "start": 9}  # fmt: skip
+    fields = {
+        "request_id": 17,
+        "tenant": ctx.tenant,
+        "namespace": ctx.namespace,
+        "stream": "s",
+        "start": 9,
+    }
     await _not_fatal(ctx, packed(0x13, fields), ErrorCode.BAD_FRAME, 17, "start")
 
 
@@ -285,8 +333,14 @@ async def bad_kind(ctx: Context) -> None:
 
 @check("payload.parallel-arrays", S3, "PublishBatch with 1 key for 2 payloads: Error 100")
 async def parallel(ctx: Context) -> None:
-    fields = {"request_id": 19, "tenant": ctx.tenant, "namespace": ctx.namespace,
-              "stream": "s", "payloads": [b"a", b"b"], "keys": [b"k"]}  # fmt: skip
+    fields = {
+        "request_id": 19,
+        "tenant": ctx.tenant,
+        "namespace": ctx.namespace,
+        "stream": "s",
+        "payloads": [b"a", b"b"],
+        "keys": [b"k"],
+    }
     await _not_fatal(ctx, packed(0x11, fields), ErrorCode.BAD_FRAME, 19, "keys")
 
 

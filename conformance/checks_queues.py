@@ -20,24 +20,36 @@ def _payloads(n: int, tag: str = "q") -> list[bytes]:
     return [f"{tag}-{i:03d}".encode() for i in range(n)]
 
 
-@check("queue.deliver-ack", S7,
-       "every enqueued message is delivered once (attempt 1) and Ack is answered Ok")  # fmt: skip
+@check(
+    "queue.deliver-ack",
+    S7,
+    "every enqueued message is delivered once (attempt 1) and Ack is answered Ok",
+)
 async def deliver_ack(ctx: Context) -> None:
     queue = await ctx.create("queue", "q")
     conn = await ctx.connect()
     sent = dict(zip(await enqueue(ctx, conn, queue, _payloads(12)), _payloads(12), strict=True))
     reply, log = await consume(ctx, conn, queue, prefetch=64)
-    await conn.until(lambda: len(deliveries(log)) >= len(sent),
-                     f"{len(sent)} deliveries (got {len(deliveries(log))})", None)  # fmt: skip
+    await conn.until(
+        lambda: len(deliveries(log)) >= len(sent),
+        f"{len(sent)} deliveries (got {len(deliveries(log))})",
+        None,
+    )
     got = {d.offset: d.payload for d in deliveries(log)}
-    expect(got == sent, f"delivered offsets {sorted(got)}, enqueued {sorted(sent)}"
-            + ("" if sorted(got) != sorted(sent) else " (payloads differ)"))  # fmt: skip
-    expect(all(d.attempt == 1 for d in deliveries(log)),
-            f"first attempts numbered {[d.attempt for d in deliveries(log)]}")  # fmt: skip
+    expect(
+        got == sent,
+        f"delivered offsets {sorted(got)}, enqueued {sorted(sent)}"
+        + ("" if sorted(got) != sorted(sent) else " (payloads differ)"),
+    )
+    expect(
+        all(d.attempt == 1 for d in deliveries(log)),
+        f"first attempts numbered {[d.attempt for d in deliveries(log)]}",
+    )
     ids = [d.delivery_id for d in deliveries(log)]
     expect(len(set(ids)) == len(ids), f"delivery ids repeat: {ids}")
-    await conn.expect(m.Ack(consumer_id=reply.consumer_id, delivery_ids=ids,
-                            request_id=conn.rid()), m.Ok)  # fmt: skip
+    await conn.expect(
+        m.Ack(consumer_id=reply.consumer_id, delivery_ids=ids, request_id=conn.rid()), m.Ok
+    )
     if await conn.quiet(lambda: len(deliveries(log)) > len(sent), QUIET):
         raise CheckFailed("an acked message was delivered again")
 
@@ -52,8 +64,12 @@ async def prefetch(ctx: Context) -> None:
     if await conn.quiet(lambda: len(deliveries(log)) > 2, QUIET):
         raise CheckFailed(f"{len(deliveries(log))} deliveries in flight with prefetch 2")
     first = deliveries(log)[0]
-    await conn.expect(m.Ack(consumer_id=reply.consumer_id, delivery_ids=[first.delivery_id],
-                            request_id=conn.rid()), m.Ok)  # fmt: skip
+    await conn.expect(
+        m.Ack(
+            consumer_id=reply.consumer_id, delivery_ids=[first.delivery_id], request_id=conn.rid()
+        ),
+        m.Ok,
+    )
     await conn.until(lambda: len(deliveries(log)) >= 3, "a delivery after one ack", None)
     if await conn.quiet(lambda: len(deliveries(log)) > 3, QUIET):
         raise CheckFailed("two deliveries followed a single ack with prefetch 2")
@@ -67,8 +83,10 @@ async def nack(ctx: Context) -> None:
     reply, log = await consume(ctx, conn, queue)
     await conn.until(lambda: len(deliveries(log)) >= 1, "a delivery", None)
     d = deliveries(log)[0]
-    await conn.expect(m.Nack(consumer_id=reply.consumer_id, delivery_ids=[d.delivery_id],
-                             request_id=conn.rid()), m.Ok)  # fmt: skip
+    await conn.expect(
+        m.Nack(consumer_id=reply.consumer_id, delivery_ids=[d.delivery_id], request_id=conn.rid()),
+        m.Ok,
+    )
     await conn.until(lambda: len(deliveries(log)) >= 2, "the redelivery", None)
     r = deliveries(log)[1]
     expect(
@@ -87,15 +105,25 @@ async def nack_delay(ctx: Context) -> None:
     d = deliveries(log)[0]
     loop = asyncio.get_running_loop()
     start = loop.time()
-    await conn.expect(m.Nack(consumer_id=reply.consumer_id, delivery_ids=[d.delivery_id],
-                             delay_ms=600, request_id=conn.rid()), m.Ok)  # fmt: skip
+    await conn.expect(
+        m.Nack(
+            consumer_id=reply.consumer_id,
+            delivery_ids=[d.delivery_id],
+            delay_ms=600,
+            request_id=conn.rid(),
+        ),
+        m.Ok,
+    )
     await conn.until(lambda: len(deliveries(log)) >= 2, "the delayed redelivery", 4.0)
     waited = loop.time() - start
     expect(waited >= 0.5, f"redelivered {waited * 1000:.0f} ms after a 600 ms Nack")
 
 
-@check("queue.visibility-timeout", S7,
-       "an unacked delivery is redelivered (attempt 2) after the visibility timeout")  # fmt: skip
+@check(
+    "queue.visibility-timeout",
+    S7,
+    "an unacked delivery is redelivered (attempt 2) after the visibility timeout",
+)
 async def visibility(ctx: Context) -> None:
     queue = await ctx.create("queue", "vis", {"visibility_timeout_ms": 500})
     conn = await ctx.connect()
@@ -111,8 +139,7 @@ async def visibility(ctx: Context) -> None:
     expect(waited >= 0.4, f"redelivered after {waited * 1000:.0f} ms, timeout is 500 ms")
 
 
-@check("queue.dead-letter", S7,
-       "after max_attempts the message moves to the dead-letter queue")  # fmt: skip
+@check("queue.dead-letter", S7, "after max_attempts the message moves to the dead-letter queue")
 async def dead_letter(ctx: Context) -> None:
     dlq = await ctx.create("queue", "dlq")
     queue = await ctx.create("queue", "src", {"max_attempts": 2, "dead_letter_queue": dlq})
@@ -120,12 +147,19 @@ async def dead_letter(ctx: Context) -> None:
     await enqueue(ctx, conn, queue, [b"poison"])
     reply, log = await consume(ctx, conn, queue)
     for attempt in (1, 2):
-        await conn.until(lambda n=attempt: len(deliveries(log)) >= n,  # type: ignore[misc]
-                         f"delivery attempt {attempt}", None)  # fmt: skip
+        await conn.until(
+            lambda n=attempt: len(deliveries(log)) >= n,  # type: ignore[misc]
+            f"delivery attempt {attempt}",
+            None,
+        )
         d = deliveries(log)[attempt - 1]
         expect(d.attempt == attempt, f"attempt numbered {d.attempt}, expected {attempt}")
-        await conn.expect(m.Nack(consumer_id=reply.consumer_id, delivery_ids=[d.delivery_id],
-                                 request_id=conn.rid()), m.Ok)  # fmt: skip
+        await conn.expect(
+            m.Nack(
+                consumer_id=reply.consumer_id, delivery_ids=[d.delivery_id], request_id=conn.rid()
+            ),
+            m.Ok,
+        )
     if await conn.quiet(lambda: len(deliveries(log)) > 2, QUIET):
         raise CheckFailed("delivered a third time with max_attempts 2")
     _, dlog = await consume(ctx, conn, dlq)
@@ -133,8 +167,11 @@ async def dead_letter(ctx: Context) -> None:
     expect(deliveries(dlog)[0].payload == b"poison", "the dead letter's payload differs")
 
 
-@check("queue.consumer-loss", S7,
-       "a consumer's vanished connection returns its deliveries to the group")  # fmt: skip
+@check(
+    "queue.consumer-loss",
+    S7,
+    "a consumer's vanished connection returns its deliveries to the group",
+)
 async def consumer_loss(ctx: Context) -> None:
     queue = await ctx.create("queue", "loss", {"visibility_timeout_ms": 60_000})
     conn = await ctx.connect()
@@ -149,8 +186,11 @@ async def consumer_loss(ctx: Context) -> None:
     expect((r.payload, r.attempt) == (b"orphan", 2), f"got {r.payload!r} attempt {r.attempt}")
 
 
-@check("queue.cancel", S7,
-       "CancelConsume: Ok, ConsumerEnded + FIN; in-flight ones go to another consumer")  # fmt: skip
+@check(
+    "queue.cancel",
+    S7,
+    "CancelConsume: Ok, ConsumerEnded + FIN; in-flight ones go to another consumer",
+)
 async def cancel(ctx: Context) -> None:
     queue = await ctx.create("queue", "cancel", {"visibility_timeout_ms": 60_000})
     conn = await ctx.connect()
@@ -161,8 +201,10 @@ async def cancel(ctx: Context) -> None:
     _, log2 = await consume(ctx, other, queue)
     await conn.expect(m.CancelConsume(request_id=conn.rid(), consumer_id=reply.consumer_id), m.Ok)
     await conn.until(lambda: log.fin, "FIN on the consumer stream", None)
-    expect(isinstance(log.messages[-1], m.ConsumerEnded), "the stream's last frame is not "
-                                                           "ConsumerEnded")  # fmt: skip
+    expect(
+        isinstance(log.messages[-1], m.ConsumerEnded),
+        "the stream's last frame is not ConsumerEnded",
+    )
     await other.until(lambda: bool(deliveries(log2)), "the returned delivery", 3.0)
     expect(deliveries(log2)[0].payload == b"handed-back", "a different message was delivered")
 
@@ -172,8 +214,10 @@ async def unknown_delivery(ctx: Context) -> None:
     queue = await ctx.create("queue", "unk")
     conn = await ctx.connect()
     reply, _ = await consume(ctx, conn, queue)
-    await conn.expect_error(m.Ack(consumer_id=reply.consumer_id, delivery_ids=[987_654_321],
-                                  request_id=conn.rid()), ErrorCode.NOT_FOUND)  # fmt: skip
+    await conn.expect_error(
+        m.Ack(consumer_id=reply.consumer_id, delivery_ids=[987_654_321], request_id=conn.rid()),
+        ErrorCode.NOT_FOUND,
+    )
 
 
 @check("queue.not-found", S7, "Enqueue / Consume on a missing queue: Error 200")
@@ -181,8 +225,16 @@ async def queue_not_found(ctx: Context) -> None:
     conn = await ctx.connect()
     name = ctx.unique("missing")
     await conn.expect_error(
-        m.Enqueue(request_id=conn.rid(), tenant=ctx.tenant, namespace=ctx.namespace,
-                  queue=name, payloads=[b"x"]), ErrorCode.NOT_FOUND)  # fmt: skip
+        m.Enqueue(
+            request_id=conn.rid(),
+            tenant=ctx.tenant,
+            namespace=ctx.namespace,
+            queue=name,
+            payloads=[b"x"],
+        ),
+        ErrorCode.NOT_FOUND,
+    )
     await conn.expect_error(
-        m.Consume(request_id=conn.rid(), tenant=ctx.tenant, namespace=ctx.namespace,
-                  queue=name), ErrorCode.NOT_FOUND)  # fmt: skip
+        m.Consume(request_id=conn.rid(), tenant=ctx.tenant, namespace=ctx.namespace, queue=name),
+        ErrorCode.NOT_FOUND,
+    )

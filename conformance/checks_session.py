@@ -37,9 +37,10 @@ async def wrong_alpn(ctx: Context) -> None:
     try:
         conn = await ctx.raw(alpn=["felix/999", "h3"])
     except ConnectionError as exc:
-        expect(f"{NO_APPLICATION_PROTOCOL:#x}" in str(exc),
-                f"{exc}; expected the TLS alert no_application_protocol "
-                f"({NO_APPLICATION_PROTOCOL:#x})")  # fmt: skip
+        expect(
+            f"{NO_APPLICATION_PROTOCOL:#x}" in str(exc),
+            f"{exc}; expected the TLS alert no_application_protocol ({NO_APPLICATION_PROTOCOL:#x})",
+        )
         return
     end = await conn.ended()
     expect(
@@ -67,8 +68,11 @@ async def version_choice(ctx: Context) -> None:
     expect(conn.welcome.version == 2, f"Welcome.version is {conn.welcome.version}")
 
 
-@check("session.no-common-version", S5,
-       "Hello [7] gets Error 101 with details.supported_versions [2], then the close")  # fmt: skip
+@check(
+    "session.no-common-version",
+    S5,
+    "Hello [7] gets Error 101 with details.supported_versions [2], then the close",
+)
 async def no_common_version(ctx: Context) -> None:
     conn = await ctx.raw()
     reply = await conn.hello(versions=[7], token=ctx.options.token)
@@ -95,8 +99,11 @@ async def capabilities(ctx: Context) -> None:
     expect(not extra, f"Welcome offers capabilities the client did not list: {sorted(extra)}")
 
 
-@check("session.request-before-hello", S4,
-       "a request before Welcome: Error 103 with its id; the connection stays usable")  # fmt: skip
+@check(
+    "session.request-before-hello",
+    S4,
+    "a request before Welcome: Error 103 with its id; the connection stays usable",
+)
 async def request_before_hello(ctx: Context) -> None:
     conn = await ctx.raw()
     sid = conn.new_stream()
@@ -108,8 +115,11 @@ async def request_before_hello(ctx: Context) -> None:
     await conn.expect(m.AdminList(request_id=78, kind="tenant"), m.AdminResources, sid)
 
 
-@check("session.ping-before-hello", S5,
-       "Ping as the first control message: Error 103, then the connection closes")  # fmt: skip
+@check(
+    "session.ping-before-hello",
+    S5,
+    "Ping as the first control message: Error 103, then the connection closes",
+)
 async def ping_before_hello(ctx: Context) -> None:
     conn = await ctx.raw()
     conn.send(m.Ping(nonce=1), CONTROL)
@@ -147,12 +157,16 @@ async def control_requests(ctx: Context) -> None:
     conn = await ctx.connect()
     await conn.expect(
         m.AdminList(request_id=conn.rid(), kind="namespace", tenant=ctx.tenant),
-        m.AdminResources, CONTROL,
-    )  # fmt: skip
+        m.AdminResources,
+        CONTROL,
+    )
 
 
-@check("streams.pipelined", S4,
-       "requests pipelined on one stream and on two streams are each answered by id")  # fmt: skip
+@check(
+    "streams.pipelined",
+    S4,
+    "requests pipelined on one stream and on two streams are each answered by id",
+)
 async def pipelined(ctx: Context) -> None:
     conn = await ctx.connect()
     a, b = conn.new_stream(), conn.new_stream()
@@ -174,8 +188,11 @@ async def fin(ctx: Context) -> None:
     sid = conn.new_stream()
     rids = [conn.rid() for _ in range(3)]
     for i, rid in enumerate(rids):
-        conn.send(m.AdminList(request_id=rid, kind="namespace", tenant=ctx.tenant), sid,
-                  end=i == len(rids) - 1)  # fmt: skip
+        conn.send(
+            m.AdminList(request_id=rid, kind="namespace", tenant=ctx.tenant),
+            sid,
+            end=i == len(rids) - 1,
+        )
     log = conn.log(sid)
     await conn.until(lambda: log.ended, f"the broker's FIN on stream {sid}", None)
     got = [x.request_id for x in log.of(m.AdminResources)]
@@ -183,14 +200,20 @@ async def fin(ctx: Context) -> None:
     expect(log.reset is None, f"the broker reset stream {sid} (code {log.reset}) instead of FIN")
 
 
-@check("session.goaway", S5,
-       "GoAway{deadline_ms, code 501}; new requests get 501; the close follows the deadline",
-       timeout=20.0, last=True)  # fmt: skip
+@check(
+    "session.goaway",
+    S5,
+    "GoAway{deadline_ms, code 501}; new requests get 501; the close follows the deadline",
+    timeout=20.0,
+    last=True,
+)
 async def goaway(ctx: Context) -> None:
     trigger = ctx.options.hooks.goaway
     if trigger is None:
-        raise Skip("a client cannot make a broker send GoAway; the in-process self-test "
-                   "(tests/conformance) runs this check with a shutdown hook")  # fmt: skip
+        raise Skip(
+            "a client cannot make a broker send GoAway; the in-process self-test "
+            "(tests/conformance) runs this check with a shutdown hook"
+        )
     conn = await ctx.connect()
     await trigger()
     ga = await conn.message(CONTROL, m.GoAway, what="GoAway on the control stream")

@@ -90,10 +90,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         parser.error(str(exc))
     options = Options(
-        endpoint=Endpoint(host=host, port=port, cafile=args.ca, insecure=args.insecure,
-                          server_name=args.server_name, wait=args.wait),
-        token=args.token, tenant=args.tenant, namespace=args.namespace,
-    )  # fmt: skip
+        endpoint=Endpoint(
+            host=host,
+            port=port,
+            cafile=args.ca,
+            insecure=args.insecure,
+            server_name=args.server_name,
+            wait=args.wait,
+        ),
+        token=args.token,
+        tenant=args.tenant,
+        namespace=args.namespace,
+    )
 
     def report(result: Result) -> None:
         print(result.line(), flush=True)

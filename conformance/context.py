@@ -66,8 +66,9 @@ class Suite:
         try:
             conn = await self._stack.enter_async_context(open_conn(self.options.endpoint))
         except (ConnectionError, TimeoutError) as exc:
-            raise CheckFailed(f"cannot connect to the broker: {str(exc) or type(exc).__name__}"
-                              ) from None  # fmt: skip
+            raise CheckFailed(
+                f"cannot connect to the broker: {str(exc) or type(exc).__name__}"
+            ) from None
         welcome = await conn.hello(client_name="conformance-admin", token=self.options.token)
         if not isinstance(welcome, m.Welcome):
             raise CheckFailed(f"handshake refused: {describe(welcome)}")
@@ -88,10 +89,15 @@ class Suite:
             return
         with contextlib.suppress(CheckFailed):
             await conn.request(
-                m.AdminDelete(request_id=conn.rid(), kind=kind, tenant=self.tenant,
-                              namespace=namespace, name=name),
+                m.AdminDelete(
+                    request_id=conn.rid(),
+                    kind=kind,
+                    tenant=self.tenant,
+                    namespace=namespace,
+                    name=name,
+                ),
                 wait=2.0,
-            )  # fmt: skip
+            )
 
     async def close(self) -> None:
         """Delete what the run created (namespace, tenant) and close the admin connection."""
@@ -158,9 +164,15 @@ class Context:
         assert admin is not None
         name = self.unique(prefix)
         reply = await admin.request(
-            m.AdminCreate(request_id=admin.rid(), kind=kind, tenant=self.tenant,
-                          namespace=self.namespace, name=name, settings=settings or {})
-        )  # fmt: skip
+            m.AdminCreate(
+                request_id=admin.rid(),
+                kind=kind,
+                tenant=self.tenant,
+                namespace=self.namespace,
+                name=name,
+                settings=settings or {},
+            )
+        )
         if isinstance(reply, m.Error) and settings and reply.code == ErrorCode.INVALID_ARGUMENT:
             raise Skip(f"broker refuses {kind} settings {sorted(settings)}: {reply.message}")
         if not isinstance(reply, m.AdminResource):

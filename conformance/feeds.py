@@ -30,10 +30,15 @@ async def publish(ctx: Context, conn: Conn, stream: str, *payloads: bytes) -> li
     offsets = []
     for payload in payloads:
         ack = await conn.expect(
-            m.Publish(request_id=conn.rid(), tenant=ctx.tenant, namespace=ctx.namespace,
-                      stream=stream, payload=payload),
+            m.Publish(
+                request_id=conn.rid(),
+                tenant=ctx.tenant,
+                namespace=ctx.namespace,
+                stream=stream,
+                payload=payload,
+            ),
             m.PublishAck,
-        )  # fmt: skip
+        )
         expect(
             ack.first_offset == ack.last_offset,
             f"a single Publish was acked with offsets {ack.first_offset}..{ack.last_offset}",
@@ -45,10 +50,15 @@ async def publish(ctx: Context, conn: Conn, stream: str, *payloads: bytes) -> li
 async def enqueue(ctx: Context, conn: Conn, queue: str, payloads: Sequence[bytes]) -> list[int]:
     """Enqueue ``payloads`` in one ``Enqueue``; return their offsets."""
     ack = await conn.expect(
-        m.Enqueue(request_id=conn.rid(), tenant=ctx.tenant, namespace=ctx.namespace,
-                  queue=queue, payloads=list(payloads)),
+        m.Enqueue(
+            request_id=conn.rid(),
+            tenant=ctx.tenant,
+            namespace=ctx.namespace,
+            queue=queue,
+            payloads=list(payloads),
+        ),
         m.PublishAck,
-    )  # fmt: skip
+    )
     expect(
         ack.last_offset - ack.first_offset + 1 == len(payloads),
         f"Enqueue of {len(payloads)} acked with offsets {ack.first_offset}..{ack.last_offset}",
@@ -66,10 +76,12 @@ async def feed_stream(conn: Conn, start: type[m.Message], request_id: int) -> St
             if isinstance(first, start) and getattr(first, "request_id", None) == request_id:
                 found.append(log)
                 return True
-            if first is not None and not isinstance(first, m.SubscriptionStreamStart
-                                                    | m.ConsumerStreamStart):  # fmt: skip
-                raise CheckFailed(f"stream {log.stream_id} opens with {describe(first)}, "
-                                  "not a start frame")  # fmt: skip
+            if first is not None and not isinstance(
+                first, m.SubscriptionStreamStart | m.ConsumerStreamStart
+            ):
+                raise CheckFailed(
+                    f"stream {log.stream_id} opens with {describe(first)}, not a start frame"
+                )
         return False
 
     await conn.until(check, f"{start.__name__} for request {request_id}", None)
@@ -82,16 +94,19 @@ async def subscribe(
     """Subscribe (fields as in ``Subscribe``); return the reply and the feed's stream."""
     rid = conn.rid()
     reply = await conn.expect(
-        m.Subscribe(request_id=rid, tenant=ctx.tenant, namespace=ctx.namespace,
-                    stream=stream, **fields),
+        m.Subscribe(
+            request_id=rid, tenant=ctx.tenant, namespace=ctx.namespace, stream=stream, **fields
+        ),
         m.Subscribed,
-    )  # fmt: skip
+    )
     log = await feed_stream(conn, m.SubscriptionStreamStart, rid)
     start = log.messages[0]
     assert isinstance(start, m.SubscriptionStreamStart)
-    expect(start.subscription_id == reply.subscription_id,
-            f"the stream start names subscription {start.subscription_id}, the reply "
-            f"{reply.subscription_id}")  # fmt: skip
+    expect(
+        start.subscription_id == reply.subscription_id,
+        f"the stream start names subscription {start.subscription_id}, the reply "
+        f"{reply.subscription_id}",
+    )
     return reply, log
 
 
@@ -109,8 +124,10 @@ def records(log: StreamLog) -> list[tuple[int, bytes]]:
             expected = msg.next_offset
         elif isinstance(msg, m.EventBatch):
             if expected is not None and msg.base_offset != expected:
-                raise CheckFailed(f"EventBatch base_offset {msg.base_offset} after offset "
-                                  f"{expected - 1}: records skipped or repeated")  # fmt: skip
+                raise CheckFailed(
+                    f"EventBatch base_offset {msg.base_offset} after offset "
+                    f"{expected - 1}: records skipped or repeated"
+                )
             out.extend((msg.base_offset + i, p) for i, p in enumerate(msg.payloads))
             expected = msg.base_offset + len(msg.payloads)
     return out
@@ -118,9 +135,11 @@ def records(log: StreamLog) -> list[tuple[int, bytes]]:
 
 async def wait_count(conn: Conn, log: StreamLog, count: int, wait: float | None = None) -> None:
     """Wait until at least ``count`` records arrived on a subscription stream."""
-    await conn.until(lambda: len(records(log)) >= count,
-                     f"{count} records on stream {log.stream_id} "
-                     f"(got {len(records(log))})", wait)  # fmt: skip
+    await conn.until(
+        lambda: len(records(log)) >= count,
+        f"{count} records on stream {log.stream_id} (got {len(records(log))})",
+        wait,
+    )
 
 
 async def consume(
@@ -129,10 +148,11 @@ async def consume(
     """Join a queue's group (fields as in ``Consume``); return the reply and the stream."""
     rid = conn.rid()
     reply = await conn.expect(
-        m.Consume(request_id=rid, tenant=ctx.tenant, namespace=ctx.namespace, queue=queue,
-                  **fields),
+        m.Consume(
+            request_id=rid, tenant=ctx.tenant, namespace=ctx.namespace, queue=queue, **fields
+        ),
         m.Consuming,
-    )  # fmt: skip
+    )
     log = await feed_stream(conn, m.ConsumerStreamStart, rid)
     return reply, log
 

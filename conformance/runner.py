@@ -135,9 +135,12 @@ def junit_xml(results: list[Result]) -> bytes:
     )
     for r in results:
         case = ET.SubElement(
-            suite, "testcase", classname=r.check.section, name=r.check.name,
+            suite,
+            "testcase",
+            classname=r.check.section,
+            name=r.check.name,
             time=f"{r.seconds:.3f}",
-        )  # fmt: skip
+        )
         if r.outcome is Outcome.FAIL:
             ET.SubElement(case, "failure", message=r.reason).text = r.check.summary
         elif r.outcome is Outcome.SKIP:

@@ -306,8 +306,9 @@ class Conn:
         """Send a request whose reply must be ``kind``; an Error reply fails the check."""
         reply = await self.request(msg, stream_id, wait)
         if not isinstance(reply, kind):
-            raise CheckFailed(f"{type(msg).__name__} answered {describe(reply)}, "
-                              f"expected {kind.__name__}")  # fmt: skip
+            raise CheckFailed(
+                f"{type(msg).__name__} answered {describe(reply)}, expected {kind.__name__}"
+            )
         return reply
 
     async def expect_error(
@@ -335,8 +336,9 @@ class Conn:
 
     def _garbage(self, log: StreamLog) -> None:
         if log.garbage:
-            raise CheckFailed(f"broker sent an undecodable frame on stream "
-                              f"{log.stream_id}: {log.garbage[0]}")  # fmt: skip
+            raise CheckFailed(
+                f"broker sent an undecodable frame on stream {log.stream_id}: {log.garbage[0]}"
+            )
 
     async def hello(self, **fields: Any) -> m.Welcome | m.Error:
         """Send ``Hello`` (versions [2] unless given) and return ``Welcome`` or ``Error``."""
@@ -387,8 +389,9 @@ async def open_conn(endpoint: Endpoint, alpn: list[str] | None = None) -> AsyncI
     """
     config = configuration(endpoint, [ALPN] if alpn is None else (alpn or None))
     loop = asyncio.get_running_loop()
-    infos = await loop.getaddrinfo(endpoint.host, endpoint.port, type=socket.SOCK_DGRAM,
-                                   family=socket.AF_INET)  # fmt: skip
+    infos = await loop.getaddrinfo(
+        endpoint.host, endpoint.port, type=socket.SOCK_DGRAM, family=socket.AF_INET
+    )
     addr = infos[0][4]
     transport, protocol = await loop.create_datagram_endpoint(
         lambda: _Protocol(QuicConnection(configuration=config)), local_addr=("0.0.0.0", 0)

@@ -64,10 +64,16 @@ def parse_start(text: str, now: float | None = None) -> Start:
 
 def _client(args: argparse.Namespace, **extra: Any) -> Client:
     return Client(
-        args.server, ca_file=args.ca, insecure=args.insecure, token=args.token,
-        tenant=args.tenant, namespace=args.namespace, timeout=args.timeout,
-        client_name="felix-cli", **extra,
-    )  # fmt: skip
+        args.server,
+        ca_file=args.ca,
+        insecure=args.insecure,
+        token=args.token,
+        tenant=args.tenant,
+        namespace=args.namespace,
+        timeout=args.timeout,
+        client_name="felix-cli",
+        **extra,
+    )
 
 
 def _text(data: bytes) -> str:
@@ -83,8 +89,9 @@ def _payload_json(data: bytes | None, field: str = "payload") -> dict[str, Any]:
         return {f"{field}_base64": base64.b64encode(data).decode("ascii")}
 
 
-def _emit(args: argparse.Namespace, text: str, obj: dict[str, Any] | list[Any],
-          out: TextIO | None = None) -> None:  # fmt: skip
+def _emit(
+    args: argparse.Namespace, text: str, obj: dict[str, Any] | list[Any], out: TextIO | None = None
+) -> None:
     stream = out or sys.stdout
     if args.output == "json":
         stream.write(json.dumps(obj, default=str, separators=(",", ":")) + "\n")
@@ -183,8 +190,13 @@ async def cmd_pub(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _publish_load(args: argparse.Namespace, pub: Any, key: bytes | None,
-                        headers: dict[str, bytes] | None, progress: _Progress) -> None:  # fmt: skip
+async def _publish_load(
+    args: argparse.Namespace,
+    pub: Any,
+    key: bytes | None,
+    headers: dict[str, bytes] | None,
+    progress: _Progress,
+) -> None:
     if args.message is not None:
         payload = args.message.encode()
         if args.size is not None:
@@ -207,11 +219,17 @@ def _print_published(args: argparse.Namespace, result: PublishResult | None, cou
     if result is None:
         _emit(args, f"published {count} message(s)", {"published": count})
     elif count == 1 and result.first_offset == result.last_offset:
-        _emit(args, f"published at offset {result.first_offset}",
-              {"published": 1, "offset": result.first_offset})  # fmt: skip
+        _emit(
+            args,
+            f"published at offset {result.first_offset}",
+            {"published": 1, "offset": result.first_offset},
+        )
     else:
-        _emit(args, f"published {count} messages, last offset {result.last_offset}",
-              {"published": count, "last_offset": result.last_offset})  # fmt: skip
+        _emit(
+            args,
+            f"published {count} messages, last offset {result.last_offset}",
+            {"published": count, "last_offset": result.last_offset},
+        )
 
 
 # ------------------------------------------------------------------------------- sub
@@ -263,8 +281,11 @@ async def cmd_queue_push(args: argparse.Namespace) -> int:
         if args.message is not None:
             result = await client.enqueue(args.queue, args.message.encode())
             assert result is not None
-            _emit(args, f"enqueued at offset {result.first_offset}",
-                  {"enqueued": 1, "offset": result.first_offset})  # fmt: skip
+            _emit(
+                args,
+                f"enqueued at offset {result.first_offset}",
+                {"enqueued": 1, "offset": result.first_offset},
+            )
             return 0
         count, batch = 0, []
         async for line in _stdin_lines():
@@ -280,8 +301,11 @@ async def cmd_queue_push(args: argparse.Namespace) -> int:
 
 
 def _message_out(args: argparse.Namespace, msg: QueueMessage) -> None:
-    obj: dict[str, Any] = {"offset": msg.offset, "attempt": msg.attempt,
-                           "timestamp_ms": msg.timestamp_ms}  # fmt: skip
+    obj: dict[str, Any] = {
+        "offset": msg.offset,
+        "attempt": msg.attempt,
+        "timestamp_ms": msg.timestamp_ms,
+    }
     obj.update(_payload_json(msg.payload))
     _emit(args, _text(msg.payload), obj)
 
@@ -322,8 +346,9 @@ async def cmd_cache_put(args: argparse.Namespace) -> int:
             _emit(args, "OK" if stored else "(exists)", {"stored": stored})
             return 0 if stored else 1
         if args.if_version is not None:
-            version = await cache.compare_and_set(args.key, value, version=args.if_version,
-                                                  ttl=args.ttl)  # fmt: skip
+            version = await cache.compare_and_set(
+                args.key, value, version=args.if_version, ttl=args.ttl
+            )
         else:
             version = await cache.put(args.key, value, ttl=args.ttl)
         _emit(args, f"OK version {version}", {"stored": True, "version": version})

@@ -57,9 +57,15 @@ FeedItem = (
 """What a subscription's or a consumer's inbox carries."""
 
 _REPLY_EVENTS = (
-    ev.PublishAcked, ev.SubscriptionStarted, ev.ConsumerStarted, ev.CacheValueReceived,
-    ev.CachePutCompleted, ev.CacheDeleteCompleted, ev.AdminReplied, ev.RequestSucceeded,
-)  # fmt: skip
+    ev.PublishAcked,
+    ev.SubscriptionStarted,
+    ev.ConsumerStarted,
+    ev.CacheValueReceived,
+    ev.CachePutCompleted,
+    ev.CacheDeleteCompleted,
+    ev.AdminReplied,
+    ev.RequestSucceeded,
+)
 
 
 class _FutureEvent:

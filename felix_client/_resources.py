@@ -1,21 +1,47 @@
-"""Cache and admin handles of :class:`~felix_client.client.Client`."""
+"""Cache and admin handles of :class:`~felix_client.client.Client`.
+
+They talk to the broker only through a small :class:`Backend` interface that the client
+implements (as the feeds of :mod:`felix_client._streams` do), so they know nothing of how the
+client pools its connections.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from felix_proto import events as ev
 from felix_proto import messages as msgs
+from felix_proto.client import ClientConnection
 from felix_proto.messages import ResourceKind
 
 from ._local import ttl_ms
 from .errors import Conflict
 from .types import CacheEntry
 
-if TYPE_CHECKING:
-    from .client import Client
+__all__ = ["Admin", "Backend", "Cache"]
 
-__all__ = ["Admin", "Cache"]
+
+class Backend(Protocol):
+    """What the cache and admin handles need from the client."""
+
+    timeout: float
+    """Seconds a request may take when the call gives none."""
+
+    def resource_path(self, tenant: str | None, namespace: str | None) -> tuple[str, str]:
+        """``(tenant, namespace)`` with the defaults for the parts not given."""
+        ...
+
+    async def request(self, call: Callable[[ClientConnection, float], int]) -> ev.Event:
+        """Make one request (``call(machine, now)`` returns its id); return its answer."""
+        ...
+
+    async def cache_request(
+        self, call: Callable[[ClientConnection, float, int | None], int]
+    ) -> ev.Event:
+        """Make one cache request (``call(machine, now, stream_id)``); return its answer."""
+        ...
+
 
 _MS = 1000.0
 
@@ -23,15 +49,15 @@ _MS = 1000.0
 class Cache:
     """Operations on one cache. Values are bytes (``str`` is encoded as UTF-8)."""
 
-    def __init__(self, client: Client, name: str, tenant: str, namespace: str) -> None:
-        self._client = client
+    def __init__(self, backend: Backend, name: str, tenant: str, namespace: str) -> None:
+        self._backend = backend
         self.name = name
         self._path = {"tenant": tenant, "namespace": namespace, "cache": name}
 
     async def get(self, key: str, *, timeout: float | None = None) -> CacheEntry | None:
         """Read a value; None on a miss."""
-        c = self._client
-        reply = await c._cache_call(
+        c = self._backend
+        reply = await c.cache_request(
             lambda m, now, sid: m.cache_get(
                 key=key, now=now, stream_id=sid, timeout=timeout or c.timeout, **self._path
             ),
@@ -51,10 +77,10 @@ class Cache:
         if_version: int | None,
         timeout: float | None,
     ) -> ev.CachePutCompleted:
-        c = self._client
+        c = self._backend
         data = value.encode() if isinstance(value, str) else bytes(value)
         wire_ttl = ttl_ms(ttl)
-        reply = await c._cache_call(
+        reply = await c.cache_request(
             lambda m, now, sid: m.cache_put(
                 key=key,
                 value=data,
@@ -134,8 +160,8 @@ class Cache:
         self, key: str, *, if_version: int | None = None, timeout: float | None = None
     ) -> bool:
         """Delete a value (only at ``if_version`` when given). Returns whether one was removed."""
-        c = self._client
-        reply = await c._cache_call(
+        c = self._backend
+        reply = await c.cache_request(
             lambda m, now, sid: m.cache_delete(
                 key=key,
                 if_version=if_version,
@@ -157,14 +183,14 @@ class Admin:
     queues and caches live in ``tenant``/``namespace`` (the client's defaults when omitted).
     """
 
-    def __init__(self, client: Client) -> None:
-        self._client = client
+    def __init__(self, backend: Backend) -> None:
+        self._backend = backend
 
     def _target(
         self, kind: str, name: str, tenant: str | None, namespace: str | None
     ) -> dict[str, str]:
         k = ResourceKind(kind)
-        t, n = self._client._path(tenant, namespace)
+        t, n = self._backend.resource_path(tenant, namespace)
         if k == ResourceKind.TENANT:
             return {"kind": k.value, "tenant": name, "namespace": "", "name": ""}
         if k == ResourceKind.NAMESPACE:
@@ -175,8 +201,8 @@ class Admin:
         self, message: type[msgs.Message], timeout: float | None, **fields: Any
     ) -> ev.Event:
         """Send one admin request; return the event that answered it."""
-        c = self._client
-        return await c._call(
+        c = self._backend
+        return await c.request(
             lambda m, now: m.admin(message, now=now, timeout=timeout or c.timeout, **fields)
         )
 
@@ -229,7 +255,7 @@ class Admin:
     ) -> list[dict[str, Any]]:
         """List resources of a kind (under the tenant / namespace where that applies)."""
         k = ResourceKind(kind)
-        t, n = self._client._path(tenant, namespace)
+        t, n = self._backend.resource_path(tenant, namespace)
         if k == ResourceKind.TENANT:
             t, n = "", ""
         elif k == ResourceKind.NAMESPACE:

@@ -548,9 +548,18 @@ class QueueMessage:
     """A message delivered to a queue consumer. Settle it with :meth:`ack` or :meth:`nack`."""
 
     __slots__ = (
-        "_backend", "_conn", "attempt", "consumer_id", "delivery_id", "headers", "key",
-        "offset", "payload", "settled", "timestamp_ms",
-    )  # fmt: skip
+        "_backend",
+        "_conn",
+        "attempt",
+        "consumer_id",
+        "delivery_id",
+        "headers",
+        "key",
+        "offset",
+        "payload",
+        "settled",
+        "timestamp_ms",
+    )
 
     def __init__(self, backend: Backend, conn: object, consumer_id: int, d: ev.DeliveryReceived):
         self._backend = backend

@@ -23,7 +23,6 @@ connection: :func:`loop_clock`) throughout, so QUIC's timers and anyio's deadlin
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import socket
 import ssl
@@ -39,6 +38,7 @@ from aioquic.quic.events import ConnectionTerminated, HandshakeCompleted, QuicEv
 from aioquic.quic.packet import QuicErrorCode
 
 from felix_proto import ALPN
+from felix_runtime.udp import READ_BATCH, udp_socket
 
 __all__ = [
     "QuicHandler",
@@ -47,11 +47,6 @@ __all__ = [
     "describe_termination",
     "loop_clock",
 ]
-
-READ_BATCH = 64
-"""Most datagrams fed to QUIC in one loop pass, before one transmit."""
-SOCKET_BUFFER = 4 * 1024 * 1024
-"""Requested kernel send and receive buffer sizes."""
 
 
 def loop_clock() -> Callable[[], float]:
@@ -116,12 +111,8 @@ class _UdpSocket:
         if not infos:
             raise OSError(f"cannot resolve {host!r}")
         family, _, _, _, addr = infos[0]
-        sock = socket.socket(family, socket.SOCK_DGRAM)
+        sock = udp_socket(family)  # non-blocking, large buffers: as the broker's
         try:
-            sock.setblocking(False)
-            for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-                with contextlib.suppress(OSError):
-                    sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
             sock.connect(addr)
         except BaseException:
             sock.close()

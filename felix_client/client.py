@@ -110,9 +110,13 @@ class Client:
         self._token = token
         self._client_name = client_name
         self._options = TransportOptions(
-            ca_file=ca_file, insecure=insecure, server_name=server_name,
-            max_datagram_size=max_datagram_size, idle_timeout=idle_timeout, keepalive=keepalive,
-        )  # fmt: skip
+            ca_file=ca_file,
+            insecure=insecure,
+            server_name=server_name,
+            max_datagram_size=max_datagram_size,
+            idle_timeout=idle_timeout,
+            keepalive=keepalive,
+        )
         self._conns: list[Connection | None] = [None] * pool_size
         self._locks = [anyio.Lock() for _ in range(pool_size)]
         self._rr = itertools.count()
@@ -203,9 +207,14 @@ class Client:
         for attempt in range(attempts):
             try:
                 return await Connection.open(
-                    self._tg, self.address.host, self.address.port, options=self._options,
-                    token=self._token, client_name=self._client_name, timeout=self.timeout,
-                )  # fmt: skip
+                    self._tg,
+                    self.address.host,
+                    self.address.port,
+                    options=self._options,
+                    token=self._token,
+                    client_name=self._client_name,
+                    timeout=self.timeout,
+                )
             except FelixError as exc:
                 if attempt + 1 >= attempts or not exc.retryable:
                     raise
@@ -213,22 +222,24 @@ class Client:
                 delay = min(delay * 2, 2.0)
         raise AssertionError("unreachable")
 
-    def _path(self, tenant: str | None, namespace: str | None) -> tuple[str, str]:
+    def resource_path(self, tenant: str | None, namespace: str | None) -> tuple[str, str]:
+        """``(tenant, namespace)`` with the client's defaults for the parts not given."""
         return (tenant or self.tenant, namespace or self.namespace)
 
-    async def _call(self, call: Any) -> ev.Event:
+    async def request(self, call: Callable[[ClientConnection, float], int]) -> ev.Event:
         """A request on the next connection of the pool; ``call`` passes the timeout to the
-        machine, which keeps the deadline."""
+        machine, which keeps the deadline (the admin handle's backend)."""
         i, conn = self._next_open()
         if conn is None:
             conn = await self._connection(i)
         return await conn.request(call)
 
-    async def _cache_call(
+    async def cache_request(
         self, call: Callable[[ClientConnection, float, int | None], int]
     ) -> ev.Event:
         """A cache request on the next connection of the pool and the next of its
-        ``request_streams`` streams, so concurrent requests do not queue behind each other."""
+        ``request_streams`` streams, so concurrent requests do not queue behind each other
+        (the cache handle's backend)."""
         i, conn = self._next_open()
         if conn is None:
             conn = await self._connection(i)
@@ -273,10 +284,15 @@ class Client:
             FelixError: ``NotFound`` (no such stream), ``TooLarge``, ``RequestTimeout`` ...
         """
         return await self.publish_batch(
-            stream, [payload], keys=None if key is None else [key],
-            headers=None if headers is None else [headers], ack=ack, tenant=tenant,
-            namespace=namespace, timeout=timeout,
-        )  # fmt: skip
+            stream,
+            [payload],
+            keys=None if key is None else [key],
+            headers=None if headers is None else [headers],
+            ack=ack,
+            tenant=tenant,
+            namespace=namespace,
+            timeout=timeout,
+        )
 
     async def publish_batch(
         self,
@@ -295,7 +311,7 @@ class Client:
         Returns:
             The batch's offset range (None under ``AckMode.NONE``).
         """
-        t, n = self._path(tenant, namespace)
+        t, n = self.resource_path(tenant, namespace)
         data = [p.encode() if isinstance(p, str) else bytes(p) for p in payloads]
         kl = list(keys) if keys is not None else None
         hl = list(headers) if headers is not None else None
@@ -306,17 +322,30 @@ class Client:
 
             def call(m: ClientConnection, now: float) -> int:
                 return m.publish(
-                    tenant=t, namespace=n, stream=stream, payload=data[0],
-                    key=kl[0] if kl else None, headers=hl[0] if hl else None, ack=ack,
-                    now=now, timeout=timeout or self.timeout,
-                )  # fmt: skip
+                    tenant=t,
+                    namespace=n,
+                    stream=stream,
+                    payload=data[0],
+                    key=kl[0] if kl else None,
+                    headers=hl[0] if hl else None,
+                    ack=ack,
+                    now=now,
+                    timeout=timeout or self.timeout,
+                )
         else:
 
             def call(m: ClientConnection, now: float) -> int:
                 return m.publish_batch(
-                    tenant=t, namespace=n, stream=stream, payloads=data, keys=kl, headers=hl,
-                    ack=ack, now=now, timeout=timeout or self.timeout,
-                )  # fmt: skip
+                    tenant=t,
+                    namespace=n,
+                    stream=stream,
+                    payloads=data,
+                    keys=kl,
+                    headers=hl,
+                    ack=ack,
+                    now=now,
+                    timeout=timeout or self.timeout,
+                )
 
         return await self._append(call, ack)
 
@@ -342,17 +371,25 @@ class Client:
 
         async def send(batch: Sequence[Record], mode: AckMode) -> PublishResult | None:
             return await self.publish_batch(
-                stream, [r.payload for r in batch],
+                stream,
+                [r.payload for r in batch],
                 keys=[r.key for r in batch] if any(r.key for r in batch) else None,
                 headers=[r.headers for r in batch] if any(r.headers for r in batch) else None,
-                ack=mode, tenant=tenant, namespace=namespace, timeout=timeout,
-            )  # fmt: skip
+                ack=mode,
+                tenant=tenant,
+                namespace=namespace,
+                timeout=timeout,
+            )
 
         return Publisher(
-            send, ack=ack, max_batch_records=max_batch_records, max_batch_bytes=max_batch_bytes,
-            max_in_flight_bytes=max_in_flight_bytes, linger=linger,
+            send,
+            ack=ack,
+            max_batch_records=max_batch_records,
+            max_batch_bytes=max_batch_bytes,
+            max_in_flight_bytes=max_in_flight_bytes,
+            linger=linger,
             overload_retries=overload_retries,
-        )  # fmt: skip
+        )
 
     # -------------------------------------------------------------- subscribe
 
@@ -381,13 +418,16 @@ class Client:
         Returns:
             A :class:`Subscription`; it subscribes on ``async with`` or the first read.
         """
-        t, n = self._path(tenant, namespace)
+        t, n = self.resource_path(tenant, namespace)
         spec: dict[str, Any] = {
-            "tenant": t, "namespace": n, "stream": stream, "credit_messages": credit_messages,
+            "tenant": t,
+            "namespace": n,
+            "stream": stream,
+            "credit_messages": credit_messages,
             "credit_bytes": credit_bytes,
             "source": SourceKind.CACHE if cache_feed else SourceKind.STREAM,
             "timeout": timeout or self.timeout,
-        }  # fmt: skip
+        }
         return Subscription(self, spec, Start.coerce(start))
 
     # ------------------------------------------------------------------- queues
@@ -407,7 +447,7 @@ class Client:
         Returns:
             The messages' offset range (None under ``AckMode.NONE``).
         """
-        t, n = self._path(tenant, namespace)
+        t, n = self.resource_path(tenant, namespace)
         items = [payload] if isinstance(payload, bytes | str) else list(payload)
         data = [p.encode() if isinstance(p, str) else bytes(p) for p in items]
 
@@ -439,7 +479,7 @@ class Client:
         ``timeout`` bounds joining the group (default: the client's ``timeout``), not the
         wait for messages.
         """
-        t, n = self._path(tenant, namespace)
+        t, n = self.resource_path(tenant, namespace)
         spec: dict[str, Any] = {
             "tenant": t,
             "namespace": n,
@@ -454,7 +494,7 @@ class Client:
 
     def cache(self, name: str, *, tenant: str | None = None, namespace: str | None = None) -> Cache:
         """A handle on one cache (cheap; make as many as you like)."""
-        t, n = self._path(tenant, namespace)
+        t, n = self.resource_path(tenant, namespace)
         return Cache(self, name, t, n)
 
     # ------------------------------------------------- Backend (feeds, settle)
@@ -563,9 +603,12 @@ class Client:
         kind = "cache" if spec["source"] == SourceKind.CACHE else "stream"
         try:
             resource = await self.admin.describe(
-                kind, spec["stream"], tenant=spec["tenant"], namespace=spec["namespace"],
+                kind,
+                spec["stream"],
+                tenant=spec["tenant"],
+                namespace=spec["namespace"],
                 timeout=spec.get("timeout"),
-            )  # fmt: skip
+            )
         except Forbidden:
             return None
         uid, created = resource.get("uid"), resource.get("created_ms")

@@ -193,12 +193,26 @@ class ConnectionLost(FelixError, ConnectionError):
 _BY_CODE: dict[int, type[FelixError]] = {
     cls.code: cls
     for cls in (
-        BadFrameError, UnsupportedVersionError, UnknownMessage, UnexpectedMessage,
-        Unauthenticated, Forbidden, NotFound, AlreadyExists, InvalidArgument, LimitExceeded,
-        TooLarge, CursorTooOld, Conflict, RequestTimeout, Overloaded, ShuttingDown,
-        InternalError, ConnectionLost,
+        BadFrameError,
+        UnsupportedVersionError,
+        UnknownMessage,
+        UnexpectedMessage,
+        Unauthenticated,
+        Forbidden,
+        NotFound,
+        AlreadyExists,
+        InvalidArgument,
+        LimitExceeded,
+        TooLarge,
+        CursorTooOld,
+        Conflict,
+        RequestTimeout,
+        Overloaded,
+        ShuttingDown,
+        InternalError,
+        ConnectionLost,
     )
-}  # fmt: skip
+}
 
 
 def error_class(code: int) -> type[FelixError]:

@@ -1,12 +1,13 @@
 """Felix engine: one append-only log with stream, queue and cache projections.
 
 Pure: no I/O, no clock, no threads. Time arrives as ``now`` (seconds since the epoch);
-deadlines leave through ``get_timer()``. The runtime talks to :class:`Broker` only: calls in,
-replies as return values, refusals as :class:`EngineError`, per-connection deliveries from
-:meth:`Broker.drain_outputs`. See ``docs/engine.md``.
+deadlines leave through ``get_timer()``. The glue talks to :class:`Broker` only: requests
+(each with its identity), feed commands, metadata and time in; one event stream out
+(:meth:`Broker.drain_events`, :mod:`felix_core.events`): request completions and refusals,
+per-connection deliveries, metadata writes for the store. See ``docs/engine.md``.
 """
 
-from felix_core.broker import Broker, EngineOutput
+from felix_core.broker import Broker
 from felix_core.errors import (
     AlreadyExists,
     Conflict,
@@ -19,22 +20,40 @@ from felix_core.errors import (
     ShuttingDown,
     TooLarge,
 )
+from felix_core.events import (
+    ConsumerClosed,
+    EngineEvent,
+    MessageDeadLettered,
+    MessagesDelivered,
+    MetadataWrite,
+    RecordsDelivered,
+    RecordsSkipped,
+    RequestCompleted,
+    RequestRefused,
+    SubscriptionClosed,
+)
 from felix_core.limits import BrokerConfig, MemoryBudget
 from felix_core.log import Log, LogSlice, MemoryLog, Retention, TooOld
-from felix_core.metadata import Kind, MemoryMetadataStore, MetadataStore, ResourceRecord
-from felix_core.queues import ConsumerEnded, MessageDeadLettered, MessagesDelivered
+from felix_core.metadata import (
+    Kind,
+    MemoryMetadataStore,
+    MetadataStore,
+    MetadataView,
+    ResourceRecord,
+    WriteOp,
+)
 from felix_core.settings import SlowConsumerPolicy, StreamSettings
-from felix_core.streams import StartKind, StreamBatch, StreamGap, SubscriptionEnded
+from felix_core.streams import StartKind
 
 __all__ = [
     "AlreadyExists",
     "Broker",
     "BrokerConfig",
     "Conflict",
-    "ConsumerEnded",
+    "ConsumerClosed",
     "CursorTooOld",
     "EngineError",
-    "EngineOutput",
+    "EngineEvent",
     "InvalidArgument",
     "Kind",
     "LimitExceeded",
@@ -46,17 +65,22 @@ __all__ = [
     "MessageDeadLettered",
     "MessagesDelivered",
     "MetadataStore",
+    "MetadataView",
+    "MetadataWrite",
     "NotFound",
     "Overloaded",
+    "RecordsDelivered",
+    "RecordsSkipped",
+    "RequestCompleted",
+    "RequestRefused",
     "ResourceRecord",
     "Retention",
     "ShuttingDown",
     "SlowConsumerPolicy",
     "StartKind",
-    "StreamBatch",
-    "StreamGap",
     "StreamSettings",
-    "SubscriptionEnded",
+    "SubscriptionClosed",
     "TooLarge",
     "TooOld",
+    "WriteOp",
 ]

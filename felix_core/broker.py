@@ -1,63 +1,606 @@
-"""The broker facade: the one object the runtime glue talks to.
+"""The engine: the one object the server glue talks to.
 
 Theory of operation
 -------------------
-:class:`Broker` is a sans-I/O machine in the style of aioquic's ``QuicConnection``. Its
-inputs are method calls (admin, publish, subscribe, queue and cache operations, each taking
-``now``), connection lifecycle calls (:meth:`Broker.attach`, :meth:`Broker.detach`,
-:meth:`Broker.pause`, :meth:`Broker.resume`) and :meth:`Broker.handle_timer`. Its outputs
-are the return values of the calls (the reply to the request), :meth:`Broker.drain_outputs`
-(per-connection deliveries and terminal notices, see :data:`EngineOutput`) and
-:meth:`Broker.get_timer`. Refusals are :class:`~felix_core.errors.EngineError`. The glue
-replies to a request first and then drains: a call may already have produced deliveries.
+:class:`Broker` is a sans-I/O machine in the style of aioquic's ``QuicConnection``.
 
-Parts. Metadata lives in a :class:`~felix_core.metadata.MetadataStore` behind a
-:class:`~felix_core.metadata.Catalog`. Streams are :class:`~felix_core.streams.Stream`
-objects; queues live in one :class:`~felix_core.queues.QueueEngine`; caches in one
-:class:`~felix_core.cache.CacheEngine`, whose per-cache change logs can be followed like a
-stream through a :class:`~felix_core.streams.Fanout` (``subscribe(..., source="cache")``).
+Inputs
+    * requests, each with its identity (the connection and the caller's number for it):
+      admin (:meth:`~Broker.create` ...), streams (:meth:`~Broker.publish`,
+      :meth:`~Broker.subscribe` ...), queues (:meth:`~Broker.enqueue`,
+      :meth:`~Broker.consume` ...) and caches (:meth:`~Broker.cache_put` ...);
+    * feed commands that need no reply (:meth:`~Broker.add_credit`, a stopped feed:
+      :meth:`~Broker.unsubscribe` / :meth:`~Broker.cancel_consumer` with request None);
+    * connection lifecycle (:meth:`~Broker.attach`, :meth:`~Broker.detach`,
+      :meth:`~Broker.pause`, :meth:`~Broker.resume`);
+    * what the world says: :meth:`~Broker.metadata_changed` (a record appeared, changed or
+      went, whoever wrote it), :meth:`~Broker.metadata_written` (the outcome of a write this
+      engine asked for), :meth:`~Broker.log_committed` (a log is committed, durable, up to
+      an offset), :meth:`~Broker.log_readable` (a log fetched records a read found pending)
+      and :meth:`~Broker.handle_timer` (time passed).
 
-Engines are built *lazily from metadata*: every operation looks its resource up in the
-store and (re)builds or updates the in-memory engine when the record's ``uid`` or
-``generation`` differs from what the engine was built from. A record that vanished (deleted
-elsewhere) ends the engine's subscriptions and consumers with reason ``deleted``. So the
-facade never assumes it is the only writer of metadata.
+Outputs
+    * :meth:`~Broker.drain_events`: the one event stream (:mod:`felix_core.events`): every
+      request's completion or refusal, placed before the events the request caused; feed
+      events per connection; metadata writes for the store; dead-letter notices;
+    * :meth:`~Broker.get_timer`.
 
-Memory. A :class:`~felix_core.limits.MemoryBudget` counts the record bytes of stream and
-queue logs and the bytes of cache entries. Operations that grow memory are checked first
-(refused with a retryable ``Overloaded`` past the limit) and charged by the exact change of
-the part they touched afterwards.
+Every request completes through the events, at once or later: an admin write when its store
+answers, a committed publish when its log is durable, everything else at once. Refusals are
+:class:`~felix_core.errors.EngineError` records inside a
+:class:`~felix_core.events.RequestRefused`; only a bug in the caller (a request on a
+connection that was never attached) raises.
 
-Timers. Each stream (and cache feed) reports its own deadline; the facade keeps them in a
-heap with lazy invalidation, and combines the heap's head with the queue and cache engines'
-timers in :meth:`Broker.get_timer`.
+Parts (composition, one job each)
+    * :class:`~felix_core.metadata.MetadataView` and :class:`~felix_core.metadata.Catalog`:
+      the records the engine was fed, and admin validation against them;
+    * :class:`~felix_core.registry.Registry`: one partition per stream, queue and cache
+      (log + projection + version), built from the records, and every partition's deadline
+      in one heap;
+    * per connection, an :class:`_Attachment`: the index of its subscriptions and consumers
+      (the fanouts and groups hold the feeds themselves);
+    * a :class:`~felix_core.limits.MemoryBudget`, charged by the logs and caches themselves
+      as they grow and shrink; the engine only asks it, before work that grows memory,
+      whether the growth fits (retryable ``Overloaded`` otherwise).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import builtins
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
-from felix_core.broker_core import BrokerCore, EngineOutput, ResourceTotals, _Connection
-from felix_core.cache import CacheEntry
-from felix_core.errors import InvalidArgument, LimitExceeded, NotFound
-from felix_core.limits import BrokerConfig
-from felix_core.log import LogSlice
-from felix_core.metadata import Path
-from felix_core.queues import ConsumerEnded
-from felix_core.streams import Fanout, StartKind, Subscription
+from felix_core.cache import CacheStats, CacheTotals
+from felix_core.errors import (
+    EngineError,
+    InvalidArgument,
+    LimitExceeded,
+    NotFound,
+    ShuttingDown,
+    TooLarge,
+)
+from felix_core.events import (
+    Appended,
+    CacheRead,
+    CacheRemoved,
+    CacheStored,
+    ConsumerClosed,
+    ConsumerOpened,
+    EngineEvent,
+    MetadataWrite,
+    RequestCompleted,
+    RequestRefused,
+    ResourceDescribed,
+    ResourcesListed,
+    SubscriptionOpened,
+)
+from felix_core.limits import BrokerConfig, MemoryBudget, encoded_record_size
+from felix_core.log import LogStore, MemoryLogStore
+from felix_core.metadata import (
+    Catalog,
+    Kind,
+    MetadataView,
+    Path,
+    ResourceRecord,
+    WriteOp,
+)
+from felix_core.partitions import CachePartition, QueuePartition, StreamPartition
+from felix_core.queues import Consumer, QueueStats, QueueTotals
+from felix_core.registry import Registry
+from felix_core.streams import Fanout, StartKind, Subscription, batch_byte_size
 
-__all__ = ["Broker", "BrokerConfig", "EngineOutput", "ResourceTotals"]
+__all__ = ["Broker", "BrokerConfig", "FeedBacklog", "ResourceTotals"]
 
 
-class Broker(BrokerCore):
-    """The engine facade. See the module docstring.
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ResourceTotals:
+    """Queue and cache figures for metrics: :meth:`Broker.totals`.
 
-    Construct with ``Broker(config, metadata=store, now=now)`` (see :class:`BrokerCore`).
+    The per-resource maps are keyed by ``(tenant, namespace, name)``: resource names, never
+    message data. They are bounded by the caller's ``detail_limit``: a kind with more
+    resources than that gets an empty map (totals only), so a scrape's size and its label
+    cardinality stay bounded however many queues or caches a broker holds.
     """
+
+    queues: QueueTotals
+    """Over every queue."""
+    caches: CacheTotals
+    """Over every cache."""
+    queue_detail: dict[Path, QueueStats]
+    """Each queue's stats, or empty when there are more queues than ``detail_limit``."""
+    cache_detail: dict[Path, CacheStats]
+    """Each cache's stats, or empty when there are more caches than ``detail_limit``."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FeedBacklog:
+    """What one live subscription or consumer has not finished: :meth:`Broker.backlog`."""
+
+    kind: str
+    """``stream``, ``cache`` (a cache's change feed) or ``queue`` (a consumer)."""
+    feed_id: int
+    """The subscription or consumer id."""
+    resource: Path
+    """The stream, cache or queue followed."""
+    undelivered: int
+    """Records not handed out yet: from a subscription's cursor (or the first retained
+    offset) to its log's end; for a consumer, its group's messages waiting for a delivery
+    or redelivery (dead letters parked for their target are not counted)."""
+    unacked: int
+    """A consumer's deliveries not yet acked or nacked (0 for a subscription)."""
+
+
+class _Attachment:
+    """One attached connection: the index of its feeds (the fanouts and groups hold them;
+    an entry whose feed ended elsewhere, ``closed``, is pruned when met)."""
+
+    __slots__ = ("consumers", "id", "paused", "subs")
+
+    def __init__(self, conn_id: int) -> None:
+        self.id = conn_id
+        self.subs: dict[int, tuple[StreamPartition | CachePartition, Fanout, Subscription]] = {}
+        self.consumers: dict[int, tuple[QueuePartition, Consumer]] = {}
+        self.paused = False
+
+    def live_subs(self) -> dict[int, tuple[StreamPartition | CachePartition, Fanout, Subscription]]:
+        """The subscriptions still open (ended ones pruned)."""
+        if any(entry[2].closed for entry in self.subs.values()):
+            self.subs = {sid: entry for sid, entry in self.subs.items() if not entry[2].closed}
+        return self.subs
+
+    def live_consumers(self) -> dict[int, tuple[QueuePartition, Consumer]]:
+        """The consumers still in their group (ended ones pruned)."""
+        if any(entry[1].closed for entry in self.consumers.values()):
+            self.consumers = {
+                cid: entry for cid, entry in self.consumers.items() if not entry[1].closed
+            }
+        return self.consumers
+
+
+class Broker:
+    """The engine. See the module docstring.
+
+    Args:
+        config: limits and defaults (``BrokerConfig()`` when None).
+        logs: where resources' logs live (in memory when None).
+        now: the current time (stamps the default tenant and namespace).
+    """
+
+    def __init__(
+        self,
+        config: BrokerConfig | None = None,
+        *,
+        logs: LogStore | None = None,
+        now: float = 0.0,
+    ) -> None:
+        self.config = config = config or BrokerConfig()
+        self.logs: LogStore = logs if logs is not None else MemoryLogStore()
+        if config.durability == "durable":
+            self._check_durability({"durability": "durable"})
+        self.budget = MemoryBudget(config.memory_limit_bytes)
+        self._out: list[EngineEvent] = []
+        self.view = MetadataView()
+        self.catalog = Catalog(self.view, config)
+        self.registry = Registry(config, self.logs, self.budget, self._out)
+        self._conns: dict[int, _Attachment] = {}
+        self._writes: dict[int, tuple[int, int | None, WriteOp]] = {}  # id -> conn, request, op
+        self._next_write = 1
+        self._next_sub_id = 1
+        self._next_consumer_id = 1
+        self._shutting_down = False
+        if config.create_defaults:  # asked of the store; one that has them says so
+            tenant, namespace = config.default_tenant, config.default_namespace
+            for kind, path in (
+                (Kind.TENANT, (tenant, "", "")),
+                (Kind.NAMESPACE, (tenant, namespace, "")),
+            ):
+                record = ResourceRecord(
+                    kind=kind,
+                    tenant=path[0],
+                    namespace=path[1],
+                    settings=self.catalog.schemas[kind](Catalog.check_path(kind, *path), {}, None),
+                    created_ms=int(now * 1000),
+                    updated_ms=int(now * 1000),
+                )
+                self._write(0, None, WriteOp.CREATE, record, None)
+
+    # ---------------------------------------------------------------------- outputs
+
+    def drain_events(self) -> builtins.list[EngineEvent]:
+        """Take every event produced since the last call (see :mod:`felix_core.events`).
+
+        Returns:
+            The events, in order per connection. One :class:`~felix_core.log.LogSlice`
+            object may appear in many ``RecordsDelivered`` records: encode it once.
+        """
+        out = self._out
+        if not out:
+            return []
+        events = out.copy()
+        out.clear()
+        return events
+
+    @property
+    def writes_in_flight(self) -> int:
+        """How many :class:`~felix_core.events.MetadataWrite` events wait for their
+        :meth:`metadata_written` answer (none: no write among the events to drain)."""
+        return len(self._writes)
+
+    def get_timer(self) -> float | None:
+        """The earliest deadline of any partition (batch flush, age retention, visibility
+        timeouts, delayed nacks, cache expiry), or None.
+
+        Returns:
+            An absolute time in seconds (same clock as ``now``), or None.
+        """
+        return self.registry.get_timer()
+
+    def handle_timer(self, now: float) -> None:
+        """Fire everything due at ``now``.
+
+        Args:
+            now: the current time.
+        """
+        self.registry.handle_timer(now)
+
+    # ----------------------------------------------------------------- connections
+
+    def attach(self, conn_id: int, now: float) -> None:
+        """Register a connection before it subscribes or consumes.
+
+        Raises:
+            ValueError: the id is attached already (a glue bug).
+        """
+        if conn_id in self._conns:
+            raise ValueError(f"connection {conn_id} is attached already")
+        self._conns[conn_id] = _Attachment(conn_id)
+
+    def detach(self, conn_id: int, now: float) -> None:
+        """Release everything a connection held, silently (it is gone).
+
+        Its subscriptions end without events; its consumers' in-flight deliveries are
+        returned for redelivery at once. Unknown ids are ignored.
+        """
+        att = self._conns.pop(conn_id, None)
+        if att is None:
+            return
+        for sub_id, (_, fanout, _) in att.live_subs().items():
+            fanout.remove(sub_id, None)
+        consumers = att.live_consumers().values()
+        for partition, consumer in consumers:  # all leave first: none gets the others' share
+            partition.queue.leave(consumer, now)
+        for partition, consumer in consumers:
+            consumer.group.dispatch(now)
+            self.registry.reschedule(partition)
+
+    def pause(self, conn_id: int) -> None:
+        """Stop deliveries to a connection (back-pressure) until :meth:`resume`.
+
+        Raises:
+            ValueError: the connection is not attached.
+        """
+        att = self._attachment(conn_id)
+        att.paused = True
+        for _, _, sub in att.live_subs().values():
+            sub.paused = True
+        for _, consumer in att.live_consumers().values():
+            consumer.paused = True
+
+    def resume(self, conn_id: int, now: float) -> None:
+        """Resume deliveries to a paused connection and deliver what waited.
+
+        Raises:
+            ValueError: the connection is not attached.
+        """
+        att = self._attachment(conn_id)
+        att.paused = False
+        fanouts: dict[int, tuple[StreamPartition | CachePartition, Fanout]] = {}
+        for partition, fanout, sub in att.live_subs().values():
+            sub.paused = False
+            fanouts[id(fanout)] = (partition, fanout)
+        consumers = att.live_consumers().values()
+        for _, consumer in consumers:
+            consumer.paused = False
+        for partition, fanout in fanouts.values():
+            fanout.pump(now, force=True)
+            self.registry.reschedule(partition)
+        for qp, consumer in consumers:
+            consumer.group.dispatch(now)
+            self.registry.reschedule(qp)
+
+    def _attachment(self, conn_id: int) -> _Attachment:
+        att = self._conns.get(conn_id)
+        if att is None:
+            raise ValueError(f"connection {conn_id} is not attached")
+        return att
+
+    def _running(self) -> None:
+        if self._shutting_down:
+            raise ShuttingDown("the broker is shutting down")
+
+    def _refuse(self, mark: int, conn_id: int, request: int, exc: EngineError) -> None:
+        self._out.insert(mark, RequestRefused(connection_id=conn_id, request=request, error=exc))
+
+    # -------------------------------------------------------------------- metadata
+
+    def metadata_changed(
+        self, kind: Kind, path: Path, record: ResourceRecord | None, now: float
+    ) -> None:
+        """A resource's record appeared, changed or went (``record`` None), whoever wrote
+        it: the view follows, and so does the partition of a stream, queue or cache (built,
+        reconfigured, or closed: its subscriptions and consumers end with ``deleted``).
+        Feeding the same record twice, or an older generation, changes nothing.
+
+        Args:
+            kind: the kind.
+            path: ``(tenant, namespace, name)``.
+            record: the record now, or None.
+            now: the current time.
+        """
+        if self.view.apply(kind, path, record):
+            self._forget_consumers(self.registry.apply(kind, path, record, now))
+
+    def metadata_written(
+        self, write_id: int, outcome: ResourceRecord | EngineError, now: float
+    ) -> None:
+        """The store's answer to a :class:`~felix_core.events.MetadataWrite`: the record
+        as stored (the view follows at once), or why the store refused. The admin request
+        that asked for it completes now. Unknown ids are ignored.
+
+        Args:
+            write_id: the write's ``write_id``.
+            outcome: the stored (or, for a delete, removed) record, or the store's refusal
+                (AlreadyExists, NotFound, Conflict).
+            now: the current time.
+        """
+        pending = self._writes.pop(write_id, None)
+        if pending is None:
+            return
+        conn_id, request, op = pending
+        mark = len(self._out)
+        if isinstance(outcome, EngineError):
+            if request is not None:
+                self._refuse(mark, conn_id, request, outcome)
+            return
+        self.metadata_changed(
+            outcome.kind, outcome.path, None if op is WriteOp.DELETE else outcome, now
+        )
+        if request is None:
+            return
+        done: RequestCompleted
+        if op is WriteOp.DELETE:
+            done = RequestCompleted(connection_id=conn_id, request=request)
+        else:
+            resource = self._describe(self.view.get(outcome.kind, outcome.path) or outcome, now)
+            done = ResourceDescribed(connection_id=conn_id, request=request, resource=resource)
+        self._out.insert(mark, done)
+
+    # ------------------------------------------------------------------------- logs
+
+    def log_committed(self, kind: Kind, path: Path, offset: int, now: float) -> None:
+        """A log's store has committed every record below ``offset`` (a disk store: they are
+        fsynced): the committed appends waiting for it complete. Unknown logs are ignored.
+
+        Args:
+            kind: stream or queue.
+            path: the resource.
+            offset: every record below it is committed.
+            now: the current time.
+        """
+        partition = self.registry.find(kind, path)
+        if isinstance(partition, StreamPartition | QueuePartition):
+            self._out.extend(partition.commits.committed(offset))
+
+    def log_readable(self, kind: Kind, path: Path, now: float) -> None:
+        """A log has fetched records a read found pending (from disk): deliver them.
+        Unknown logs are ignored.
+
+        Args:
+            kind: stream or cache (a cache's change feed).
+            path: the resource.
+            now: the current time.
+        """
+        partition = self.registry.find(kind, path)
+        if isinstance(partition, StreamPartition):
+            partition.stream.pump(now, force=True)
+        elif isinstance(partition, CachePartition) and partition.feed is not None:
+            partition.feed.pump(now, force=True)
+        else:
+            return
+        self.registry.reschedule(partition)
+
+    def _write(
+        self,
+        conn_id: int,
+        request: int | None,
+        op: WriteOp,
+        record: ResourceRecord,
+        expected_generation: int | None,
+    ) -> None:
+        write_id = self._next_write
+        self._next_write += 1
+        self._writes[write_id] = (conn_id, request, op)
+        self._out.append(
+            MetadataWrite(
+                write_id=write_id, op=op, record=record, expected_generation=expected_generation
+            )
+        )
+
+    def _forget_consumers(self, ended: builtins.list[Consumer]) -> None:
+        for consumer in ended:
+            att = self._conns.get(consumer.connection_id)
+            if att is not None:
+                att.consumers.pop(consumer.id, None)
+
+    # ----------------------------------------------------------------------- admin
+
+    def create(
+        self,
+        conn_id: int,
+        request: int,
+        kind: str,
+        tenant: str,
+        namespace: str = "",
+        name: str = "",
+        settings: Mapping[str, Any] | None = None,
+        *,
+        now: float,
+    ) -> None:
+        """Create a tenant, namespace, stream, queue or cache.
+
+        Completes, once the store has it, with :class:`~felix_core.events.ResourceDescribed`.
+        Refusals: InvalidArgument (unknown kind, bad names or settings), NotFound (the
+        parent), AlreadyExists, LimitExceeded, ShuttingDown.
+
+        Args:
+            conn_id: the requesting connection (any id).
+            request: the caller's number for the request.
+            kind: a :class:`~felix_core.metadata.Kind` value.
+            tenant: the tenant (the new tenant's name for kind ``tenant``).
+            namespace: the namespace ("" for a tenant).
+            name: the resource name ("" for tenants and namespaces).
+            settings: the kind's settings (see docs/engine.md); absent ones take defaults.
+            now: the current time.
+        """
+        mark = len(self._out)
+        try:
+            self._running()
+            k = Catalog.parse_kind(kind)
+            self._check_durability(settings or {})
+            record = self.catalog.create(k, (tenant, namespace, name), settings or {}, now)
+        except EngineError as exc:
+            self._refuse(mark, conn_id, request, exc)
+            return
+        self._write(conn_id, request, WriteOp.CREATE, record, None)
+
+    def update(
+        self,
+        conn_id: int,
+        request: int,
+        kind: str,
+        tenant: str,
+        namespace: str = "",
+        name: str = "",
+        settings: Mapping[str, Any] | None = None,
+        *,
+        now: float,
+    ) -> None:
+        """Change some settings of a resource; they take effect once the store has them.
+
+        Completes with :class:`~felix_core.events.ResourceDescribed`. Refusals:
+        InvalidArgument, NotFound, Conflict (a concurrent update won), ShuttingDown.
+        """
+        mark = len(self._out)
+        try:
+            self._running()
+            k = Catalog.parse_kind(kind)
+            self._check_durability(settings or {})
+            record = self.catalog.update(k, (tenant, namespace, name), settings or {}, now)
+        except EngineError as exc:
+            self._refuse(mark, conn_id, request, exc)
+            return
+        self._write(conn_id, request, WriteOp.REPLACE, record, record.generation - 1)
+
+    def delete(
+        self,
+        conn_id: int,
+        request: int,
+        kind: str,
+        tenant: str,
+        namespace: str = "",
+        name: str = "",
+        *,
+        now: float,
+    ) -> None:
+        """Delete a resource; its subscriptions and consumers end with reason ``deleted``.
+
+        Completes with :class:`~felix_core.events.RequestCompleted`. Refusals:
+        InvalidArgument, NotFound, Conflict (a tenant or namespace that is not empty).
+        """
+        mark = len(self._out)
+        try:
+            k = Catalog.parse_kind(kind)
+            record = self.catalog.delete(k, (tenant, namespace, name))
+        except EngineError as exc:
+            self._refuse(mark, conn_id, request, exc)
+            return
+        self._write(conn_id, request, WriteOp.DELETE, record, None)
+
+    def describe(
+        self,
+        conn_id: int,
+        request: int,
+        kind: str,
+        tenant: str,
+        namespace: str = "",
+        name: str = "",
+        *,
+        now: float,
+    ) -> None:
+        """Describe a resource, with live ``stats`` for streams, queues and caches.
+
+        Completes with :class:`~felix_core.events.ResourceDescribed`. Refusals:
+        InvalidArgument, NotFound.
+        """
+        mark = len(self._out)
+        try:
+            k = Catalog.parse_kind(kind)
+            record = self.catalog.describe(k, (tenant, namespace, name))
+        except EngineError as exc:
+            self._refuse(mark, conn_id, request, exc)
+            return
+        resource = self._describe(record, now)
+        self._out.append(
+            ResourceDescribed(connection_id=conn_id, request=request, resource=resource)
+        )
+
+    def list(
+        self, conn_id: int, request: int, kind: str, tenant: str = "", namespace: str = ""
+    ) -> None:
+        """List the resources of a kind under a tenant (and namespace).
+
+        Completes with :class:`~felix_core.events.ResourcesListed`. Refusals:
+        InvalidArgument, NotFound (the parent).
+        """
+        mark = len(self._out)
+        try:
+            k = Catalog.parse_kind(kind)
+            resources = [r.to_dict() for r in self.catalog.list(k, tenant, namespace)]
+        except EngineError as exc:
+            self._refuse(mark, conn_id, request, exc)
+            return
+        self._out.append(
+            ResourcesListed(connection_id=conn_id, request=request, resources=resources)
+        )
+
+    def _check_durability(self, settings: Mapping[str, Any]) -> None:
+        """Refuse ``durability=durable`` unless the log store keeps logs across restarts.
+
+        Raises:
+            InvalidArgument: ``durable`` asked of a store that is not durable.
+        """
+        if settings.get("durability") == "durable" and not self.logs.durable:
+            raise InvalidArgument(
+                "durability 'durable' is not available: this broker keeps every resource in "
+                "memory and nothing survives a restart",
+                details={"field": "durability"},
+            )
+
+    def _describe(self, record: ResourceRecord, now: float) -> dict[str, Any]:
+        out = record.to_dict()
+        partition = self.registry.find(record.kind, record.path)
+        if partition is not None:
+            out["stats"] = partition.stats(now)
+        return out
+
+    # --------------------------------------------------------------------- streams
 
     def publish(
         self,
         conn_id: int,
+        request: int,
         tenant: str,
         namespace: str,
         stream: str,
@@ -65,55 +608,57 @@ class Broker(BrokerCore):
         *,
         keys: Sequence[bytes | None] | None = None,
         headers: Sequence[dict[str, bytes] | None] | None = None,
+        committed: bool = False,
         now: float,
-    ) -> tuple[int, int]:
+    ) -> None:
         """Append records to a stream and deliver them to its subscriptions.
 
+        Completes with :class:`~felix_core.events.Appended` (the offsets): at once, or with
+        ``committed`` once the log says the records are committed (:meth:`log_committed`; a
+        memory log commits on append). Refusals:
+        NotFound, InvalidArgument (an empty batch, keys/headers of the wrong length),
+        TooLarge (a payload, key or the batch over the configured maxima or the stream's
+        retention), Overloaded (the memory budget is exhausted, or under ``block`` a
+        subscriber has not read what the append would evict; retryable), ShuttingDown.
+
         Args:
-            conn_id: the publishing connection (counted when attached; may be any id).
+            conn_id: the publishing connection (any id).
+            request: the caller's number for the request.
             tenant: the tenant.
             namespace: the namespace.
             stream: the stream.
             payloads: one or more payloads.
             keys: None or one optional key per payload.
             headers: None or one optional header dict per payload.
+            committed: complete only once the records are committed.
             now: the current time; records are stamped ``int(now * 1000)``.
-
-        Returns:
-            ``(first_offset, last_offset)`` of the appended records.
-
-        Raises:
-            NotFound: no such stream.
-            InvalidArgument: an empty batch, or keys/headers of the wrong length.
-            TooLarge: a payload, key or the batch exceeds the configured maxima or the
-                stream's retention.
-            Overloaded: the memory budget is exhausted, or (policy ``block``) a subscriber
-                has not read what the append would evict. Retryable.
-            ShuttingDown: the broker is shutting down.
         """
-        self._running()
-        nbytes = self._check_batch(payloads, keys, headers)
-        st = self._stream((tenant, namespace, stream), now)
-        log = st.log
-        before = log.byte_size
-        if not self.budget.fits(nbytes):
-            evict = log.evictions_for(len(payloads), nbytes, st.settings.retention)
-            freed = 0
-            if evict:
-                got = log.read(log.first_offset, evict, 1 << 62)
-                freed = got.byte_size if isinstance(got, LogSlice) else 0
-            self.budget.check(nbytes - freed, "publish")
-        first, last = st.publish(payloads, keys, headers, now, nbytes)
-        self.budget.adjust(log.byte_size - before)
-        self._schedule(st)
-        conn = self._conns.get(conn_id)
-        if conn is not None:
-            conn.published += len(payloads)
-        return first, last
+        out = self._out
+        mark = len(out)
+        try:
+            self._running()
+            nbytes = self._check_batch(payloads, keys, headers)
+            path = (tenant, namespace, stream)
+            partition = self.registry.streams.get(path) or self.registry.stream(path)
+            first, last = partition.stream.publish(
+                payloads, keys, headers, now, nbytes, self.budget
+            )
+        except EngineError as exc:
+            self._refuse(mark, conn_id, request, exc)
+            return
+        self.registry.reschedule(partition)
+        done = Appended(
+            connection_id=conn_id, request=request, first_offset=first, last_offset=last
+        )
+        if committed and partition.log.committed_offset <= last:
+            partition.commits.wait(done)  # completes in log_committed
+        else:
+            out.insert(mark, done)
 
     def subscribe(
         self,
         conn_id: int,
+        request: int,
         tenant: str,
         namespace: str,
         name: str,
@@ -124,11 +669,16 @@ class Broker(BrokerCore):
         credit_bytes: int = 1 << 20,
         source: str = "stream",
         now: float,
-    ) -> tuple[int, int]:
+    ) -> None:
         """Subscribe a connection to a stream, or to a cache's change feed.
+
+        Completes with :class:`~felix_core.events.SubscriptionOpened`, followed by the
+        subscription's records. Refusals: NotFound, InvalidArgument (a bad start, source or
+        credit), CursorTooOld (``details['first_offset']``), LimitExceeded, ShuttingDown.
 
         Args:
             conn_id: the subscribing connection (attached).
+            request: the caller's number for the request.
             tenant: the tenant.
             namespace: the namespace.
             name: the stream (or cache, with ``source="cache"``).
@@ -139,97 +689,128 @@ class Broker(BrokerCore):
             source: ``stream`` or ``cache``.
             now: the current time.
 
-        Returns:
-            ``(subscription_id, first_offset)``: the id and the first offset it receives.
+        Raises:
+            ValueError: the connection is not attached (a bug in the caller).
+        """
+        att = self._attachment(conn_id)
+        mark = len(self._out)
+        cfg = self.config
+        try:
+            self._running()
+            if len(att.live_subs()) >= cfg.max_subscriptions_per_connection:
+                raise LimitExceeded(
+                    f"at most {cfg.max_subscriptions_per_connection} subscriptions per connection",
+                    details={"limit": cfg.max_subscriptions_per_connection},
+                )
+            path = (tenant, namespace, name)
+            partition: StreamPartition | CachePartition
+            if source == "stream":
+                partition = self.registry.stream(path)
+                fanout: Fanout = partition.stream
+            elif source == "cache":
+                partition = self.registry.cache(path)
+                fanout = partition.follow(self._out)
+            else:
+                raise InvalidArgument(
+                    f"unknown subscription source {source!r}", details={"field": "source"}
+                )
+            sub = fanout.subscribe(
+                self._next_sub_id,
+                conn_id,
+                start,
+                start_value,
+                min(credit_messages, cfg.max_credit_messages),
+                min(credit_bytes, cfg.max_credit_bytes),
+                now,
+                paused=att.paused,
+            )
+        except EngineError as exc:
+            self._refuse(mark, conn_id, request, exc)
+            return
+        self._next_sub_id += 1
+        att.subs[sub.id] = (partition, fanout, sub)
+        self.registry.reschedule(partition)
+        self._out.insert(
+            mark,
+            SubscriptionOpened(
+                connection_id=conn_id,
+                request=request,
+                subscription_id=sub.id,
+                first_offset=sub.start_offset,
+            ),
+        )
+
+    def unsubscribe(
+        self, conn_id: int, request: int | None, subscription_id: int, *, now: float
+    ) -> None:
+        """End a subscription; its :class:`~felix_core.events.SubscriptionClosed` (reason
+        ``unsubscribed``) follows the completion.
+
+        With ``request`` None (the client stopped the feed's stream: no reply is due) there
+        is no completion and an unknown subscription is ignored. Otherwise completes with
+        :class:`~felix_core.events.RequestCompleted`; refused with NotFound.
 
         Raises:
-            ValueError: the connection is not attached.
-            NotFound: no such stream or cache.
-            InvalidArgument: a bad start, source or credit.
-            CursorTooOld: the start offset was trimmed (``details['first_offset']``).
-            LimitExceeded: the connection holds the most subscriptions allowed.
-            ShuttingDown: the broker is shutting down.
+            ValueError: ``request`` is given and the connection is not attached.
         """
-        self._running()
-        conn = self._conn(conn_id)
-        cfg = self.config
-        if len(conn.subs) >= cfg.max_subscriptions_per_connection:
-            raise LimitExceeded(
-                f"at most {cfg.max_subscriptions_per_connection} subscriptions per connection",
-                details={"limit": cfg.max_subscriptions_per_connection},
-            )
-        fanout = self._fanout(source, (tenant, namespace, name), now)
-        sub_id = self._next_sub_id
-        sub = fanout.subscribe(
-            sub_id,
-            conn_id,
-            start,
-            start_value,
-            min(credit_messages, cfg.max_credit_messages),
-            min(credit_bytes, cfg.max_credit_bytes),
-            now,
-            paused=conn.paused,
-        )
-        self._next_sub_id += 1
-        conn.subs[sub_id] = fanout
-        self._schedule(fanout)
-        return sub_id, sub.start_offset
-
-    def _fanout(self, source: str, path: Path, now: float) -> Fanout:
-        if source == "stream":
-            return self._stream(path, now)
-        if source == "cache":
-            return self._cache_feed(path, now)
-        raise InvalidArgument(
-            f"unknown subscription source {source!r}", details={"field": "source"}
-        )
-
-    def _subscription(self, conn_id: int, sub_id: int) -> tuple[_Connection, Fanout, Subscription]:
-        conn = self._conn(conn_id)
-        fanout = conn.subs.get(sub_id)
-        sub = fanout.subscriptions.get(sub_id) if fanout is not None else None
-        if fanout is None or sub is None:
-            raise NotFound(f"subscription {sub_id} not found", details={"subscription_id": sub_id})
-        return conn, fanout, sub
+        entry = self._subscription(conn_id, subscription_id, quiet=request is None)
+        if entry is None:
+            if request is not None:
+                self._refuse(len(self._out), conn_id, request, _no_subscription(subscription_id))
+            return
+        if request is not None:
+            self._out.append(RequestCompleted(connection_id=conn_id, request=request))
+        partition, fanout, _ = entry
+        fanout.remove(subscription_id, "unsubscribed")
+        self.registry.reschedule(partition)
 
     def add_credit(
         self, conn_id: int, subscription_id: int, messages: int, nbytes: int, *, now: float
-    ) -> None:
+    ) -> bool:
         """Grant a subscription more credit (totals are clamped to the config's maxima).
 
-        Args:
-            conn_id: the connection holding the subscription.
-            subscription_id: the subscription.
-            messages: more records (>= 0).
-            nbytes: more record bytes (>= 0).
-            now: the current time.
+        Credit is not a request (nothing completes); a grant for a subscription that ended
+        meanwhile is ignored.
+
+        Returns:
+            False when the connection holds no such subscription (nothing changed).
 
         Raises:
-            ValueError: the connection is not attached.
-            NotFound: the connection holds no such subscription.
-            InvalidArgument: a negative grant.
+            ValueError: a negative grant (the wire cannot carry one: a bug in the caller).
         """
-        _, fanout, sub = self._subscription(conn_id, subscription_id)
+        if messages < 0 or nbytes < 0:
+            raise ValueError("credit must be >= 0")
+        entry = self._subscription(conn_id, subscription_id, quiet=True)
+        if entry is None:
+            return False
+        partition, fanout, sub = entry
         cfg = self.config
         messages = min(messages, max(cfg.max_credit_messages - sub.credit_messages, 0))
         nbytes = min(nbytes, max(cfg.max_credit_bytes - sub.credit_bytes, 0))
         fanout.add_credit(sub, messages, nbytes, now)
-        self._schedule(fanout)
+        self.registry.reschedule(partition)
+        return True
 
-    def unsubscribe(self, conn_id: int, subscription_id: int, *, now: float) -> None:
-        """End a subscription; outputs ``SubscriptionEnded`` with reason ``unsubscribed``.
+    def _subscription(
+        self, conn_id: int, sub_id: int, *, quiet: bool
+    ) -> tuple[StreamPartition | CachePartition, Fanout, Subscription] | None:
+        att = self._conns.get(conn_id)
+        if att is None:
+            if quiet:
+                return None
+            raise ValueError(f"connection {conn_id} is not attached")
+        entry = att.subs.get(sub_id)
+        if entry is not None and entry[2].closed:
+            del att.subs[sub_id]
+            entry = None
+        return entry
 
-        Raises:
-            ValueError: the connection is not attached.
-            NotFound: the connection holds no such subscription.
-        """
-        _, fanout, _ = self._subscription(conn_id, subscription_id)
-        fanout.remove(subscription_id, "unsubscribed")
-        self._schedule(fanout)
+    # ---------------------------------------------------------------------- queues
 
     def enqueue(
         self,
         conn_id: int,
+        request: int,
         tenant: str,
         namespace: str,
         queue: str,
@@ -237,33 +818,45 @@ class Broker(BrokerCore):
         *,
         keys: Sequence[bytes | None] | None = None,
         headers: Sequence[dict[str, bytes] | None] | None = None,
+        committed: bool = False,
         now: float,
-    ) -> tuple[int, int]:
+    ) -> None:
         """Append messages to a queue and hand them to its consumers.
 
-        Returns:
-            ``(first_offset, last_offset)`` of the messages.
-
-        Raises:
-            NotFound: no such queue.
-            InvalidArgument: an empty batch, or keys/headers of the wrong length.
-            TooLarge: a payload, key or the batch exceeds a maximum or the queue's bounds.
-            Overloaded: the queue is full or the memory budget is exhausted (retryable).
-            ShuttingDown: the broker is shutting down.
+        Completes with :class:`~felix_core.events.Appended`, with ``committed`` once the log
+        says the messages are committed (as :meth:`publish`). Refusals: NotFound,
+        InvalidArgument, TooLarge, Overloaded (the queue or the memory budget is full),
+        ShuttingDown.
         """
-        self._running()
-        nbytes = self._check_batch(payloads, keys, headers)
-        path = self._queue((tenant, namespace, queue), now)
-        q = self._queues.queue(path)
-        self.budget.check(nbytes, "enqueue")
-        before = q.byte_size
-        first = self._queues.enqueue_batch(path, payloads, now, keys=keys, headers=headers)
-        self.budget.adjust(q.byte_size - before)
-        return first, first + len(payloads) - 1
+        out = self._out
+        mark = len(out)
+        try:
+            self._running()
+            nbytes = self._check_batch(payloads, keys, headers)
+            path = (tenant, namespace, queue)
+            partition = self.registry.queues.get(path) or self.registry.queue(path)
+            self.budget.check(nbytes, "enqueue")
+            first = partition.queue.enqueue(payloads, now, keys, headers, nbytes)
+        except EngineError as exc:
+            self._refuse(mark, conn_id, request, exc)
+            return
+        done = Appended(
+            connection_id=conn_id,
+            request=request,
+            first_offset=first,
+            last_offset=first + len(payloads) - 1,
+        )
+        if committed and partition.log.committed_offset <= done.last_offset:
+            partition.commits.wait(done)  # completes in log_committed
+        else:
+            out.append(done)
+        partition.queue.dispatch(now)
+        self.registry.reschedule(partition)
 
     def consume(
         self,
         conn_id: int,
+        request: int,
         tenant: str,
         namespace: str,
         queue: str,
@@ -271,61 +864,106 @@ class Broker(BrokerCore):
         group: str = "default",
         prefetch: int = 64,
         now: float,
-    ) -> int:
+    ) -> None:
         """Add a consumer for a connection to a queue's consumer group.
 
-        Returns:
-            The consumer id.
+        Completes with :class:`~felix_core.events.ConsumerOpened`, followed by its
+        deliveries. Refusals: NotFound, InvalidArgument (a bad group name or prefetch),
+        LimitExceeded (prefetch above the queue's maximum, or the connection holds the most
+        consumers allowed), ShuttingDown.
 
         Raises:
-            ValueError: the connection is not attached.
-            NotFound: no such queue.
-            InvalidArgument: a bad group name or prefetch.
-            LimitExceeded: prefetch above the queue's maximum, or the connection holds the
-                most consumers allowed.
-            ShuttingDown: the broker is shutting down.
+            ValueError: the connection is not attached (a bug in the caller).
         """
-        self._running()
-        conn = self._conn(conn_id)
-        limit = self.config.max_consumers_per_connection
-        if len(conn.consumers) >= limit:
-            raise LimitExceeded(
-                f"at most {limit} consumers per connection", details={"limit": limit}
+        att = self._attachment(conn_id)
+        mark = len(self._out)
+        try:
+            self._running()
+            limit = self.config.max_consumers_per_connection
+            if len(att.live_consumers()) >= limit:
+                raise LimitExceeded(
+                    f"at most {limit} consumers per connection", details={"limit": limit}
+                )
+            partition = self.registry.queue((tenant, namespace, queue))
+            consumer = partition.queue.join(
+                self._next_consumer_id, conn_id, group, prefetch, att.paused
             )
-        path = self._queue((tenant, namespace, queue), now)
-        consumer_id = self._queues.consume(path, conn_id, now, group=group, prefetch=prefetch)
-        conn.consumers[consumer_id] = path
-        return consumer_id
+        except EngineError as exc:
+            self._refuse(mark, conn_id, request, exc)
+            return
+        self._next_consumer_id += 1
+        att.consumers[consumer.id] = (partition, consumer)
+        self._out.append(
+            ConsumerOpened(connection_id=conn_id, request=request, consumer_id=consumer.id)
+        )
+        consumer.group.dispatch(now)
+        self.registry.reschedule(partition)
 
-    def _consumer(self, conn_id: int, consumer_id: int) -> _Connection:
-        conn = self._conn(conn_id)
-        if consumer_id not in conn.consumers:
-            raise NotFound(
-                f"consumer {consumer_id} not found", details={"consumer_id": consumer_id}
+    def cancel_consumer(
+        self, conn_id: int, request: int | None, consumer_id: int, *, now: float
+    ) -> None:
+        """End a consumer; its in-flight deliveries are returned at once and its
+        :class:`~felix_core.events.ConsumerClosed` (reason ``unsubscribed``) follows.
+
+        With ``request`` None (the client stopped the consumer's stream) there is no
+        completion and an unknown consumer is ignored. Otherwise completes with
+        :class:`~felix_core.events.RequestCompleted`; refused with NotFound.
+        """
+        entry = self._consumer(conn_id, consumer_id, quiet=request is None)
+        if entry is None:
+            if request is not None:
+                self._refuse(len(self._out), conn_id, request, _no_consumer(consumer_id))
+            return
+        out = self._out
+        if request is not None:
+            out.append(RequestCompleted(connection_id=conn_id, request=request))
+        partition, consumer = entry
+        del self._conns[conn_id].consumers[consumer_id]
+        out.append(
+            ConsumerClosed(
+                connection_id=conn_id,
+                consumer_id=consumer_id,
+                queue=partition.path,
+                reason="unsubscribed",
             )
-        return conn
+        )
+        partition.queue.leave(consumer, now)
+        consumer.group.dispatch(now)
+        self.registry.reschedule(partition)
 
     def ack(
-        self, conn_id: int, consumer_id: int, delivery_ids: Sequence[int], *, now: float
+        self,
+        conn_id: int,
+        request: int,
+        consumer_id: int,
+        delivery_ids: Sequence[int],
+        *,
+        now: float,
     ) -> None:
         """Finish deliveries made to a consumer.
 
-        Raises:
-            ValueError: the connection is not attached.
-            NotFound: the connection holds no such consumer, or some ids are not in flight
-                to it (the known ones are still acked; ``details['delivery_ids']``).
+        Completes with :class:`~felix_core.events.RequestCompleted`. Refused with NotFound
+        when the connection holds no such consumer or some ids are not in flight to it (the
+        known ones are still acked; ``details['delivery_ids']``).
         """
-        conn = self._consumer(conn_id, consumer_id)
-        q = self._queues.queue(conn.consumers[consumer_id])
-        before = q.byte_size
+        mark = len(self._out)
+        entry = self._consumer(conn_id, consumer_id, quiet=False)
+        if entry is None:
+            self._refuse(mark, conn_id, request, _no_consumer(consumer_id))
+            return
+        partition, consumer = entry
         try:
-            self._queues.ack(consumer_id, delivery_ids, now)
-        finally:
-            self.budget.adjust(q.byte_size - before)
+            partition.queue.ack(consumer, delivery_ids, now)
+        except EngineError as exc:
+            self._refuse(mark, conn_id, request, exc)
+        else:
+            self._out.insert(mark, RequestCompleted(connection_id=conn_id, request=request))
+        self.registry.reschedule(partition)
 
     def nack(
         self,
         conn_id: int,
+        request: int,
         consumer_id: int,
         delivery_ids: Sequence[int],
         *,
@@ -335,60 +973,47 @@ class Broker(BrokerCore):
     ) -> None:
         """Return deliveries for redelivery after ``delay_ms`` (or dead-letter them).
 
-        Raises:
-            ValueError: the connection is not attached.
-            NotFound: the connection holds no such consumer, or some ids are unknown.
-            InvalidArgument: a negative delay.
+        Completes with :class:`~felix_core.events.RequestCompleted`. Refusals: NotFound (as
+        for :meth:`ack`), InvalidArgument (a negative delay).
         """
-        conn = self._consumer(conn_id, consumer_id)
-        if delay_ms < 0:
-            raise InvalidArgument("delay_ms must be >= 0", details={"field": "delay_ms"})
-        before = self._queues.byte_size
+        mark = len(self._out)
+        entry = self._consumer(conn_id, consumer_id, quiet=False)
+        if entry is None:
+            self._refuse(mark, conn_id, request, _no_consumer(consumer_id))
+            return
+        partition, consumer = entry
         try:
-            self._queues.nack(
-                consumer_id, delivery_ids, now, delay=delay_ms / 1000, requeue=requeue
+            if delay_ms < 0:
+                raise InvalidArgument("delay_ms must be >= 0", details={"field": "delay_ms"})
+            partition.queue.nack(
+                consumer, delivery_ids, now, delay=delay_ms / 1000, requeue=requeue
             )
-        finally:
-            self.budget.adjust(self._queues.byte_size - before)
-        del conn  # ownership was checked above
+        except EngineError as exc:
+            self._refuse(mark, conn_id, request, exc)
+        else:
+            self._out.insert(mark, RequestCompleted(connection_id=conn_id, request=request))
+        self.registry.reschedule(partition)
 
-    def cancel_consumer(self, conn_id: int, consumer_id: int, *, now: float) -> None:
-        """End a consumer; its in-flight deliveries are returned at once.
+    def _consumer(
+        self, conn_id: int, consumer_id: int, *, quiet: bool
+    ) -> tuple[QueuePartition, Consumer] | None:
+        att = self._conns.get(conn_id)
+        if att is None:
+            if quiet:
+                return None
+            raise ValueError(f"connection {conn_id} is not attached")
+        entry = att.consumers.get(consumer_id)
+        if entry is not None and entry[1].closed:
+            del att.consumers[consumer_id]  # its queue went
+            entry = None
+        return entry
 
-        Outputs ``ConsumerEnded`` with reason ``unsubscribed`` for its stream.
-
-        Raises:
-            ValueError: the connection is not attached.
-            NotFound: the connection holds no such consumer.
-        """
-        conn = self._consumer(conn_id, consumer_id)
-        path = conn.consumers.pop(consumer_id)
-        self._queues.cancel(consumer_id, now)
-        self._queue_out.append(
-            ConsumerEnded(
-                connection_id=conn_id, consumer_id=consumer_id, queue=path, reason="unsubscribed"
-            )
-        )
-
-    def purge(self, tenant: str, namespace: str, queue: str, *, now: float) -> int:
-        """Drop every message of a queue that is not in flight.
-
-        Returns:
-            How many messages the most affected group lost.
-
-        Raises:
-            NotFound: no such queue.
-        """
-        path = self._queue((tenant, namespace, queue), now)
-        before = self._queues.byte_size
-        purged = self._queues.purge(path, now)
-        self.budget.adjust(self._queues.byte_size - before)
-        return purged
-
-    # -- caches ----------------------------------------------------------------------------
+    # ---------------------------------------------------------------------- caches
 
     def cache_put(
         self,
+        conn_id: int,
+        request: int,
         tenant: str,
         namespace: str,
         cache: str,
@@ -399,10 +1024,17 @@ class Broker(BrokerCore):
         if_absent: bool = False,
         if_version: int | None = None,
         now: float,
-    ) -> tuple[bool, int | None]:
+    ) -> None:
         """Store a value, possibly conditionally (put-if-absent, compare-and-set).
 
+        Completes with :class:`~felix_core.events.CacheStored`: stored and the new version,
+        or not stored and the live entry's version (None without one) when the condition
+        failed. Refusals: NotFound, InvalidArgument (a bad key or ttl, both conditions),
+        TooLarge, Overloaded (the memory budget), ShuttingDown.
+
         Args:
+            conn_id: the requesting connection (any id).
+            request: the caller's number for the request.
             tenant: the tenant.
             namespace: the namespace.
             cache: the cache.
@@ -412,69 +1044,93 @@ class Broker(BrokerCore):
             if_absent: store only when the key has no live entry.
             if_version: store only when the live entry has this version.
             now: the current time.
-
-        Returns:
-            ``(stored, version)``: True and the new version, or False and the current
-            version (None when there is no live entry) when the condition failed.
-
-        Raises:
-            NotFound: no such cache.
-            InvalidArgument: a bad key or ttl, or both conditions given.
-            TooLarge: key, value or entry above the cache's limits.
-            Overloaded: the memory budget is exhausted (retryable).
-            ShuttingDown: the broker is shutting down.
         """
-        self._running()
+        out = self._out
+        mark = len(out)
         path = (tenant, namespace, cache)
-        c = self._cache(path, now)
-        self.budget.check(len(key) + len(value), "cache put")
-        before = c.byte_size
-        result = c.put(
-            key,
-            value,
-            now,
-            ttl=None if ttl_ms is None else ttl_ms / 1000,
-            if_absent=if_absent,
-            if_version=if_version,
+        try:
+            self._running()
+            partition = self.registry.caches.get(path) or self.registry.cache(path)
+            self.budget.check(len(key) + len(value), "cache put")
+            result = partition.cache.put(
+                key,
+                value,
+                now,
+                ttl=None if ttl_ms is None else ttl_ms / 1000,
+                if_absent=if_absent,
+                if_version=if_version,
+            )
+        except EngineError as exc:
+            self._refuse(mark, conn_id, request, exc)
+            return
+        out.append(
+            CacheStored(
+                connection_id=conn_id,
+                request=request,
+                stored=result.applied,
+                version=result.version,
+            )
         )
-        self.budget.adjust(c.byte_size - before)
-        if path in self._feeds:  # a failed condition logs nothing and pumps nothing
-            self._pump_feed(path, now)
-        return result.applied, result.version
+        if result.applied:  # a failed condition logs nothing and pumps nothing
+            partition.changed(now)
+        self.registry.reschedule(partition)
 
     def cache_get(
-        self, tenant: str, namespace: str, cache: str, key: str, *, now: float
-    ) -> CacheEntry | None:
+        self,
+        conn_id: int,
+        request: int,
+        tenant: str,
+        namespace: str,
+        cache: str,
+        key: str,
+        *,
+        now: float,
+    ) -> None:
         """Read a key (lazily expiring it when its time is up).
 
-        Args:
-            tenant: the tenant.
-            namespace: the namespace.
-            cache: the cache.
-            key: the key.
-            now: the current time.
-
-        Returns:
-            The live entry (``value``, ``version``, ``ttl_remaining(now)``) or None.
-
-        Raises:
-            NotFound: no such cache.
-            InvalidArgument: a bad key.
-            TooLarge: the key is too long.
+        Completes with :class:`~felix_core.events.CacheRead` (``value`` None on a miss).
+        Refusals: NotFound, InvalidArgument, TooLarge (the key).
         """
+        out = self._out
         path = (tenant, namespace, cache)
-        c = self._cache(path, now)
-        changes = c.changes
-        fed = changes.next_offset
-        before = c.byte_size
-        entry = c.get(key, now)
-        if changes.next_offset != fed:  # a lazy expiry removed the entry and logged it
-            self.budget.adjust(c.byte_size - before)
-            self._after_cache_change(path, now)
-        return entry
+        try:
+            partition = self.registry.caches.get(path) or self.registry.cache(path)
+            c = partition.cache
+            expired = c.expirations
+            entry = c.get(key, now)
+        except EngineError as exc:
+            self._refuse(len(out), conn_id, request, exc)
+            return
+        if entry is None:
+            out.append(
+                CacheRead(
+                    connection_id=conn_id,
+                    request=request,
+                    value=None,
+                    version=None,
+                    ttl_remaining_ms=None,
+                )
+            )
+            if c.expirations != expired:  # a lazy expiry removed the entry and logged it
+                partition.changed(now)
+                self.registry.reschedule(partition)
+            return
+        expires = entry.expires_at
+        ttl_ms = None if expires == math.inf else max(int((expires - now) * 1000), 0)
+        out.append(
+            CacheRead(
+                connection_id=conn_id,
+                request=request,
+                value=entry.value,
+                version=entry.version,
+                ttl_remaining_ms=ttl_ms,
+            )
+        )
 
     def cache_delete(
         self,
+        conn_id: int,
+        request: int,
         tenant: str,
         namespace: str,
         cache: str,
@@ -482,26 +1138,261 @@ class Broker(BrokerCore):
         *,
         if_version: int | None = None,
         now: float,
-    ) -> bool:
+    ) -> None:
         """Delete a key, possibly only at a given version.
 
-        Returns:
-            True when a live entry was removed.
-
-        Raises:
-            NotFound: no such cache.
-            InvalidArgument: a bad key.
-            TooLarge: the key is too long.
+        Completes with :class:`~felix_core.events.CacheRemoved`. Refusals: NotFound,
+        InvalidArgument, TooLarge (the key).
         """
-        path = (tenant, namespace, cache)
-        c = self._cache(path, now)
-        before = c.byte_size
-        result = c.delete(key, now, if_version=if_version)
-        self.budget.adjust(c.byte_size - before)
+        out = self._out
+        try:
+            partition = self.registry.cache((tenant, namespace, cache))
+            result = partition.cache.delete(key, now, if_version=if_version)
+        except EngineError as exc:
+            self._refuse(len(out), conn_id, request, exc)
+            return
+        out.append(CacheRemoved(connection_id=conn_id, request=request, deleted=result.applied))
         if result.applied:
-            self._after_cache_change(path, now)
-        return result.applied
+            partition.changed(now)
+            self.registry.reschedule(partition)
 
-    def _after_cache_change(self, path: Path, now: float) -> None:
-        if path in self._feeds:
-            self._pump_feed(path, now)
+    # ----------------------------------------------------------------- validation
+
+    def _check_batch(
+        self,
+        payloads: Sequence[bytes],
+        keys: Sequence[bytes | None] | None,
+        headers: Sequence[dict[str, bytes] | None] | None,
+    ) -> int:
+        """Validate a publish or enqueue batch against the config (the one place it is
+        checked); return its byte size."""
+        n = len(payloads)
+        cfg = self.config
+        if n == 0:
+            raise InvalidArgument("at least one payload is needed", details={"field": "payloads"})
+        if (keys is not None and len(keys) != n) or (headers is not None and len(headers) != n):
+            raise InvalidArgument(
+                "keys and headers must be as long as payloads", details={"field": "keys"}
+            )
+        if n > cfg.max_batch_records:
+            raise TooLarge(
+                f"at most {cfg.max_batch_records} records per batch", details={"records": n}
+            )
+        if max(map(len, payloads)) > cfg.max_payload_bytes:
+            raise TooLarge(
+                f"a payload exceeds {cfg.max_payload_bytes} bytes",
+                details={"max_payload_bytes": cfg.max_payload_bytes},
+            )
+        if keys is not None and max(len(k) if k else 0 for k in keys) > cfg.max_key_bytes:
+            raise TooLarge(
+                f"a key exceeds {cfg.max_key_bytes} bytes",
+                details={"max_key_bytes": cfg.max_key_bytes},
+            )
+        if headers is not None or cfg.max_payload_bytes + cfg.max_key_bytes + 10 > (
+            cfg.max_record_bytes
+        ):
+            _check_record_sizes(payloads, keys, headers, cfg.max_record_bytes)
+        nbytes = batch_byte_size(payloads, keys, headers)
+        if nbytes > cfg.max_batch_bytes:
+            raise TooLarge(
+                f"the batch exceeds {cfg.max_batch_bytes} bytes", details={"bytes": nbytes}
+            )
+        return nbytes
+
+    # ----------------------------------------------------------- graceful shutdown
+    #
+    # A runtime drains before it stops: stop_accepting() refuses new work while every
+    # subscription and consumer goes on; backlog()/pending() say what each connection's feeds
+    # have not finished; end_feeds() ends one connection's feeds once it has caught up, and
+    # shutdown() ends whatever is left when the grace period is over.
+
+    def stop_accepting(self) -> None:
+        """Refuse new work with ``ShuttingDown`` from now on (idempotent).
+
+        Subscriptions and consumers go on: deliveries, credit, acks and nacks still work, so
+        a graceful shutdown can drain them before :meth:`end_feeds` / :meth:`shutdown`.
+        """
+        self._shutting_down = True
+
+    def backlog(self, conn_id: int) -> builtins.list[FeedBacklog]:
+        """What each live feed of a connection has not finished, one entry per feed.
+
+        Args:
+            conn_id: the connection (unknown ids have no feeds).
+
+        Returns:
+            A :class:`FeedBacklog` per subscription and consumer, in creation order.
+        """
+        att = self._conns.get(conn_id)
+        if att is None:
+            return []
+        out = []
+        for sub_id, (partition, fanout, sub) in att.live_subs().items():
+            kind = "stream" if isinstance(partition, StreamPartition) else "cache"
+            out.append(
+                FeedBacklog(
+                    kind=kind,
+                    feed_id=sub_id,
+                    resource=partition.path,
+                    undelivered=_undelivered(fanout, sub),
+                    unacked=0,
+                )
+            )
+        for consumer_id, (qp, consumer) in att.live_consumers().items():
+            waiting, unacked = qp.queue.backlog(consumer)
+            out.append(
+                FeedBacklog(
+                    kind="queue",
+                    feed_id=consumer_id,
+                    resource=qp.path,
+                    undelivered=waiting,
+                    unacked=unacked,
+                )
+            )
+        return out
+
+    def pending(self, conn_id: int) -> int:
+        """The sum of ``undelivered`` and ``unacked`` over :meth:`backlog`, without building
+        it (cheap enough to poll while draining). 0: the connection's feeds have caught up.
+
+        Args:
+            conn_id: the connection (unknown ids have nothing pending).
+        """
+        att = self._conns.get(conn_id)
+        if att is None:
+            return 0
+        total = sum(_undelivered(fanout, sub) for _, fanout, sub in att.live_subs().values())
+        for qp, consumer in att.live_consumers().values():
+            total += sum(qp.queue.backlog(consumer))
+        return total
+
+    def end_feeds(self, conn_id: int, now: float) -> None:
+        """End a connection's subscriptions and consumers with reason ``shutdown``.
+
+        Each subscription's ``SubscriptionClosed`` carries the offset it would resume at;
+        in-flight queue deliveries return to their queue. Unknown ids are ignored.
+        """
+        att = self._conns.get(conn_id)
+        if att is None:
+            return
+        for sub_id, (partition, fanout, _) in att.live_subs().items():
+            fanout.remove(sub_id, "shutdown", "the broker is shutting down")
+            self.registry.reschedule(partition)
+        for consumer_id, (qp, consumer) in att.live_consumers().items():
+            self._out.append(
+                ConsumerClosed(
+                    connection_id=conn_id,
+                    consumer_id=consumer_id,
+                    queue=qp.path,
+                    reason="shutdown",
+                )
+            )
+            qp.queue.leave(consumer, now)
+            consumer.group.dispatch(now)
+            self.registry.reschedule(qp)
+        att.subs.clear()
+        att.consumers.clear()
+
+    def shutdown(self, now: float) -> None:
+        """Stop: :meth:`stop_accepting`, then end every subscription and consumer with
+        reason ``shutdown`` (:meth:`end_feeds` for every connection).
+
+        Afterwards new work is refused with ``ShuttingDown``; reads, acks and admin reads
+        still work.
+        """
+        self.stop_accepting()
+        for conn_id in builtins.list(self._conns):
+            self.end_feeds(conn_id, now)
+
+    # --------------------------------------------------------------------- figures
+
+    def totals(self, now: float, *, detail_limit: int = 0) -> ResourceTotals:
+        """Queue and cache figures for metrics, cheap enough for every scrape.
+
+        Counters are kept as things happen and include deleted resources (they never
+        decrease); gauges cost O(groups) per queue and O(1) per cache. Per-resource detail
+        costs O(resources) and is produced only for a kind with at most ``detail_limit``
+        resources.
+
+        Args:
+            now: the current time (for the oldest queue message's age).
+            detail_limit: the most queues (caches) for which per-resource stats are returned.
+        """
+        registry = self.registry
+        queue_detail: dict[Path, QueueStats] = {}
+        if len(registry.queues) <= detail_limit:
+            queue_detail = registry.queue_detail(now)
+        cache_detail: dict[Path, CacheStats] = {}
+        if len(registry.caches) <= detail_limit:
+            cache_detail = registry.cache_detail()
+        return ResourceTotals(
+            queues=registry.queue_totals(now),
+            caches=registry.cache_totals(),
+            queue_detail=queue_detail,
+            cache_detail=cache_detail,
+        )
+
+    def stats(self) -> dict[str, int]:
+        """Gauges and counters for metrics (cheap; safe to call per scrape).
+
+        Returns:
+            A flat mapping of metric name to value.
+        """
+        registry = self.registry
+        streams = [p.stream for p in registry.streams.values()]
+        feeds = [p.feed for p in registry.caches.values() if p.feed is not None]
+        consumers = sum(
+            len(g.consumers) for p in registry.queues.values() for g in p.queue.groups.values()
+        )
+        return {
+            "connections": len(self._conns),
+            "subscriptions": sum(len(f.subscriptions) for f in (*streams, *feeds)),
+            "consumers": consumers,
+            "streams": len(registry.streams),
+            "queues": len(registry.queues),
+            "caches": len(registry.caches),
+            "memory_used_bytes": self.budget.used,
+            "memory_limit_bytes": self.budget.limit,
+            "memory_high_water_bytes": self.budget.high_water,
+            "memory_refusals": self.budget.refused,
+            "stream_published_records": sum(s.published_records for s in streams),
+            "stream_delivered_records": sum(s.delivered_records for s in streams),
+            "stream_gap_records": sum(s.gap_records for s in streams),
+            "stream_lagged_subscriptions": sum(s.lagged for s in streams),
+            "stream_blocked_publishes": sum(s.blocked for s in streams),
+        }
+
+
+def _undelivered(fanout: Fanout, sub: Subscription) -> int:
+    """Records between a subscription's cursor (or the log's start) and the log's end."""
+    log = fanout.log
+    return max(log.next_offset - max(sub.cursor, log.first_offset), 0)
+
+
+def _no_subscription(sub_id: int) -> NotFound:
+    return NotFound(f"subscription {sub_id} not found", details={"subscription_id": sub_id})
+
+
+def _no_consumer(consumer_id: int) -> NotFound:
+    return NotFound(f"consumer {consumer_id} not found", details={"consumer_id": consumer_id})
+
+
+def _check_record_sizes(
+    payloads: Sequence[bytes],
+    keys: Sequence[bytes | None] | None,
+    headers: Sequence[dict[str, bytes] | None] | None,
+    limit: int,
+) -> None:
+    """Refuse a batch with a record whose encoded size exceeds ``limit``."""
+    for i, payload in enumerate(payloads):
+        size = encoded_record_size(
+            payload,
+            keys[i] if keys is not None else None,
+            headers[i] if headers is not None else None,
+        )
+        if size > limit:
+            raise TooLarge(
+                f"a record is {size} bytes encoded (payload, key and headers); at most "
+                f"{limit} are accepted",
+                details={"max_record_bytes": limit, "record_bytes": size, "index": i},
+            )

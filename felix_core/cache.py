@@ -51,19 +51,18 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from heapq import heapify, heappop, heappush
 from typing import NamedTuple
 
-from felix_core.errors import AlreadyExists, InvalidArgument, NotFound, TooLarge
-from felix_core.log import Log, LogSlice, MemoryLog, Retention
+from felix_core.errors import InvalidArgument, TooLarge
+from felix_core.log import Log, LogSlice, MemoryLog, MemoryMeter, Retention
 
 __all__ = [
+    "CACHE_COUNTERS",
     "MAX_KEY_BYTES",
     "Cache",
     "CacheConfig",
-    "CacheEngine",
     "CacheEntry",
     "CacheKey",
     "CacheStats",
@@ -163,7 +162,7 @@ class CacheStats:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CacheTotals:
-    """Figures over every cache of an engine, for metrics (:meth:`CacheEngine.totals`).
+    """Figures over every cache of an engine, for metrics (the engine's ``totals``).
 
     The counters include caches deleted since the engine started, so they never decrease.
     """
@@ -179,7 +178,7 @@ class CacheTotals:
     evictions: int  #: Entries removed by the LRU bounds.
 
 
-_COUNTERS = ("hits", "misses", "puts", "deletes", "expirations", "evictions")
+CACHE_COUNTERS = ("hits", "misses", "puts", "deletes", "expirations", "evictions")
 """The :class:`Cache` counters :class:`CacheTotals` sums."""
 
 
@@ -219,6 +218,7 @@ class Cache:
         "_bytes",
         "_entries",
         "_expiry",
+        "_meter",
         "_version",
         "changes",
         "config",
@@ -230,19 +230,29 @@ class Cache:
         "puts",
     )
 
-    def __init__(self, config: CacheConfig | None = None, *, changes: Log | None = None):
+    def __init__(
+        self,
+        config: CacheConfig | None = None,
+        *,
+        changes: Log | None = None,
+        meter: MemoryMeter | None = None,
+    ):
         """Create an empty cache.
 
         Args:
             config: the settings; None for the defaults.
-            changes: the change-feed log to append to; None for a new empty one.
+            changes: the change-feed log to append to; None for a new empty one (charging
+                ``meter``).
+            meter: charged with the bytes of the entries as they change (the change log
+                charges its own).
 
         Raises:
             InvalidArgument: a setting is out of range.
         """
         self.config = config or CacheConfig()
         self.config.validate()
-        self.changes = changes if changes is not None else MemoryLog()
+        self.changes = changes if changes is not None else MemoryLog(meter=meter)
+        self._meter = meter
         self._entries: OrderedDict[str, CacheEntry] = OrderedDict()
         self._expiry: list[tuple[float, int, str]] = []
         self._bytes = 0
@@ -386,11 +396,9 @@ class Cache:
         else:
             expires_at = now + ttl if ttl > 0 else _NEVER
         entries = self._entries
-        if current is not None:
-            self._bytes -= current.size
         entries[key] = CacheEntry(value, version, expires_at, size)
         entries.move_to_end(key)
-        self._bytes += size
+        self._account(size if current is None else size - current.size)
         self.puts += 1
         headers = {"op": _OP_PUT, "version": b"%d" % version, "ttl_ms": b"0"}
         if expires_at != _NEVER:
@@ -451,12 +459,10 @@ class Cache:
         """The next expiry (possibly of a superseded entry) or feed age-out, or None."""
         t = self._expiry[0][0] if self._expiry else _NEVER
         max_age = self.config.feed_retention.max_age_ms
-        log = self.changes
-        if max_age is not None and log.record_count:
-            first = log.read(log.first_offset, 1, 0)
-            assert isinstance(first, LogSlice)
+        first = self.changes.first_timestamp_ms
+        if max_age is not None and first is not None:
             # The log drops records strictly older than max_age: one millisecond later.
-            t = min(t, (first.timestamps_ms[0] + max_age + 1) / 1000)
+            t = min(t, (first + max_age + 1) / 1000)
         return None if t == _NEVER else t
 
     def handle_timer(self, now: float) -> None:
@@ -479,7 +485,14 @@ class Cache:
     # -- replay -------------------------------------------------------------------------
 
     @classmethod
-    def rebuild_from(cls, log: Log, now: float, config: CacheConfig | None = None) -> Cache:
+    def rebuild_from(
+        cls,
+        log: Log,
+        now: float,
+        config: CacheConfig | None = None,
+        *,
+        meter: MemoryMeter | None = None,
+    ) -> Cache:
         """Rebuild a cache by replaying its change feed; the cache then appends to ``log``.
 
         Entries come back with their values, versions and absolute expiry; ones already
@@ -491,6 +504,7 @@ class Cache:
             log: a change feed written by a :class:`Cache`.
             now: the current time.
             config: the settings; None for the defaults.
+            meter: charged with the entries' bytes (the log charges its own).
 
         Returns:
             The rebuilt :class:`Cache`.
@@ -499,7 +513,7 @@ class Cache:
             ValueError: a record is not a cache change-feed record.
             InvalidArgument: a setting is out of range.
         """
-        cache = cls(config, changes=log)
+        cache = cls(config, changes=log, meter=meter)
         entries = cache._entries
         offset = log.first_offset
         while offset < log.next_offset:
@@ -515,14 +529,14 @@ class Cache:
                 cache._version = max(cache._version, version)
                 old = entries.pop(key, None)
                 if old is not None:
-                    cache._bytes -= old.size
+                    cache._account(-old.size)
                 op = hdrs.get("op")
                 if op == _OP_PUT:
                     exp_ms = hdrs.get("expires_ms")
                     expires_at = int(exp_ms) / 1000 if exp_ms is not None else _NEVER
                     entry = CacheEntry(payload, version, expires_at, len(kb) + len(payload))
                     entries[key] = entry
-                    cache._bytes += entry.size
+                    cache._account(entry.size)
                     if expires_at != _NEVER:
                         cache._push_expiry(expires_at, version, key)
                 elif op not in (_OP_DELETE, _OP_EXPIRE, _OP_EVICT):
@@ -543,7 +557,7 @@ class Cache:
     def _remove(self, key: str, entry: CacheEntry, op: bytes, now: float) -> int:
         """Drop an entry, count and log it; return the version of the log record."""
         del self._entries[key]
-        self._bytes -= entry.size
+        self._account(-entry.size)
         if op is _OP_EXPIRE:
             self.expirations += 1
         elif op is _OP_EVICT:
@@ -551,6 +565,20 @@ class Cache:
         version = self._version = self._version + 1
         self._append(b"", key.encode(), {"op": op, "version": b"%d" % version}, now)
         return version
+
+    def _account(self, delta: int) -> None:
+        """The entries hold ``delta`` more bytes (the meter is told at once)."""
+        self._bytes += delta
+        if self._meter is not None:
+            self._meter.adjust(delta)
+
+    def close(self) -> None:
+        """The cache is gone: let go of its entries and its change log (the meter is
+        credited)."""
+        self._entries.clear()
+        self._expiry.clear()
+        self._account(-self._bytes)
+        self.changes.close()
 
     def _enforce_bounds(self, now: float) -> None:
         cfg = self.config
@@ -574,135 +602,3 @@ class Cache:
         log = self.changes
         log.append(payload, now_ms, kb, headers)
         log.apply_retention(self.config.feed_retention, now_ms)
-
-
-class CacheEngine:
-    """Every cache of a broker: a registry plus one combined timer.
-
-    The data path is :class:`Cache` itself: look the cache up once with :meth:`cache` and
-    call ``get`` / ``put`` / ``delete`` on it.
-    """
-
-    __slots__ = ("_caches", "_retired")
-
-    def __init__(self) -> None:
-        """Create an engine with no caches."""
-        self._caches: dict[CacheKey, Cache] = {}
-        self._retired = dict.fromkeys(_COUNTERS, 0)  # the counters of deleted caches
-
-    def create_cache(
-        self, cache: CacheKey, config: CacheConfig | None = None, *, changes: Log | None = None
-    ) -> Cache:
-        """Create a cache.
-
-        Args:
-            cache: ``(tenant, namespace, name)``; names are validated by the metadata layer.
-            config: its settings; None for the defaults.
-            changes: the log of its change feed (an empty :class:`MemoryLog` when None).
-
-        Returns:
-            The new :class:`Cache`.
-
-        Raises:
-            AlreadyExists: the cache exists.
-            InvalidArgument: a setting is out of range.
-        """
-        if cache in self._caches:
-            raise AlreadyExists(f"cache {cache[2]!r} exists", details={"cache": cache[2]})
-        c = self._caches[cache] = Cache(config, changes=changes)
-        return c
-
-    def cache(self, cache: CacheKey) -> Cache:
-        """Look a cache up.
-
-        Args:
-            cache: ``(tenant, namespace, name)``.
-
-        Returns:
-            The :class:`Cache`.
-
-        Raises:
-            NotFound: no such cache.
-        """
-        c = self._caches.get(cache)
-        if c is None:
-            raise NotFound(f"cache {cache[2]!r} not found", details={"cache": cache[2]})
-        return c
-
-    def __contains__(self, cache: object) -> bool:
-        return cache in self._caches
-
-    def update_cache(self, cache: CacheKey, config: CacheConfig, now: float) -> None:
-        """Apply new settings to a cache (see :meth:`Cache.reconfigure`).
-
-        Args:
-            cache: the cache.
-            config: the new settings.
-            now: the current time.
-
-        Raises:
-            NotFound: no such cache.
-            InvalidArgument: a setting is out of range.
-        """
-        self.cache(cache).reconfigure(config, now)
-
-    def delete_cache(self, cache: CacheKey) -> Cache:
-        """Delete a cache.
-
-        Args:
-            cache: the cache.
-
-        Returns:
-            The removed :class:`Cache` (the facade ends the subscriptions on its feed).
-
-        Raises:
-            NotFound: no such cache.
-        """
-        c = self.cache(cache)
-        del self._caches[cache]
-        for name in _COUNTERS:
-            self._retired[name] += getattr(c, name)
-        return c
-
-    def __iter__(self) -> Iterator[CacheKey]:
-        return iter(self._caches)
-
-    def __len__(self) -> int:
-        return len(self._caches)
-
-    def totals(self) -> CacheTotals:
-        """Figures over every cache, for metrics: O(caches), no walk over entries.
-
-        The data path (:meth:`Cache.get`) counts per cache only; the engine sums those
-        counters here and keeps the counts of deleted caches, so totals never decrease.
-
-        Returns:
-            A :class:`CacheTotals` snapshot.
-        """
-        counts = dict(self._retired)
-        entries = nbytes = 0
-        for c in self._caches.values():
-            entries += len(c)
-            nbytes += c.entry_bytes
-            for name in _COUNTERS:
-                counts[name] += getattr(c, name)
-        return CacheTotals(caches=len(self._caches), entries=entries, bytes=nbytes, **counts)
-
-    @property
-    def byte_size(self) -> int:
-        """Bytes held by every cache, tables and change feeds."""
-        return sum(c.byte_size for c in self._caches.values())
-
-    def get_timer(self) -> float | None:
-        """The earliest deadline of any cache, or None."""
-        timers = [t for c in self._caches.values() if (t := c.get_timer()) is not None]
-        return min(timers, default=None)
-
-    def handle_timer(self, now: float) -> None:
-        """Run every cache's timer work due at ``now`` (each bounded by its ``sweep_batch``).
-
-        Args:
-            now: the current time.
-        """
-        for c in self._caches.values():
-            c.handle_timer(now)

@@ -27,6 +27,11 @@ record's time. This keeps :meth:`MemoryLog.offset_for_timestamp` and age retenti
 The byte size of a record is ``len(payload)`` plus ``len(key)`` plus, for each header, the
 UTF-8 length of its name plus the length of its value.
 
+Memory. A log is given a :class:`MemoryMeter` (the engine's memory budget) and charges it
+with every byte it comes to hold or lets go of, as it happens: appends, trims and
+:meth:`MemoryLog.close`. So the engine's count is exact without asking anybody for
+before-and-after sizes.
+
 Retention is passed in, not held: :meth:`MemoryLog.apply_retention` trims to a
 :class:`Retention` and :meth:`MemoryLog.evictions_for` says how many records an append would
 evict, which the ``block`` slow-consumer policy needs *before* appending.
@@ -47,6 +52,8 @@ __all__ = [
     "LogStore",
     "MemoryLog",
     "MemoryLogStore",
+    "MemoryMeter",
+    "ReadPending",
     "Retention",
     "TooOld",
     "record_size",
@@ -98,6 +105,16 @@ class TooOld:
 
 
 @dataclass(frozen=True, slots=True)
+class ReadPending:
+    """A read of records the log does not hold in memory: it is fetching them (from disk)
+    and the engine is told when they can be read (``Broker.log_readable``). A
+    :class:`MemoryLog` never answers this."""
+
+    offset: int
+    """The offset that was asked for."""
+
+
+@dataclass(frozen=True, slots=True)
 class Retention:
     """How much a log keeps. ``None`` means "no limit" for that dimension."""
 
@@ -109,9 +126,36 @@ class Retention:
     """Drop records whose timestamp is more than this many milliseconds before now."""
 
 
+class MemoryMeter(Protocol):
+    """What counts the bytes the engine holds (:class:`~felix_core.limits.MemoryBudget`)."""
+
+    def adjust(self, delta: int) -> None:
+        """The holder now holds ``delta`` more bytes (fewer when negative)."""
+        ...
+
+
 @runtime_checkable
 class Log(Protocol):
-    """The interface of a log. :class:`MemoryLog` now; a disk log later."""
+    """The interface of a log. :class:`MemoryLog` now; a disk log later.
+
+    Two things may happen later than the call that causes them, so that a log whose records
+    live on disk fits the same interface: a record is *committed* (as durable as the log's
+    store makes records: fsynced, for a disk log) some time after it is appended
+    (:attr:`committed_offset`, and the engine's ``log_committed`` input when it moves), and
+    a read of records that are not in memory answers :class:`ReadPending` (the engine's
+    ``log_readable`` input says when to read again). A memory log commits on append and
+    holds every record it retains.
+    """
+
+    @property
+    def committed_offset(self) -> int:
+        """Every record below this offset is committed (at most ``next_offset``)."""
+        ...
+
+    @property
+    def first_timestamp_ms(self) -> int | None:
+        """The timestamp of the oldest retained record (None when the log is empty)."""
+        ...
 
     @property
     def first_offset(self) -> int:
@@ -153,8 +197,9 @@ class Log(Protocol):
         """Append records with one timestamp and return the offset of the first."""
         ...
 
-    def read(self, offset: int, max_count: int, max_bytes: int) -> LogSlice | TooOld:
-        """Read up to ``max_count`` records / ``max_bytes`` bytes from ``offset``."""
+    def read(self, offset: int, max_count: int, max_bytes: int) -> LogSlice | TooOld | ReadPending:
+        """Read up to ``max_count`` records / ``max_bytes`` bytes from ``offset`` (or learn
+        that they are being fetched: :class:`ReadPending`)."""
         ...
 
     def offset_for_timestamp(self, timestamp_ms: int) -> int:
@@ -171,6 +216,10 @@ class Log(Protocol):
 
     def apply_retention(self, retention: Retention, now_ms: int) -> int:
         """Trim to ``retention`` at time ``now_ms``; return how many records were dropped."""
+        ...
+
+    def close(self) -> None:
+        """The log's resource is gone: let go of every record (its meter is credited)."""
         ...
 
 
@@ -208,21 +257,24 @@ class MemoryLog:
         "_keyed",
         "_keys",
         "_last_ts",
+        "_meter",
         "_payloads",
         "_timestamps",
     )
 
-    def __init__(self, start_offset: int = 0) -> None:
+    def __init__(self, start_offset: int = 0, *, meter: MemoryMeter | None = None) -> None:
         """Create an empty log.
 
         Args:
             start_offset: the offset the first append gets (a log rebuilt after trimming).
+            meter: charged with the bytes the log holds, as they change (none: uncounted).
 
         Raises:
             ValueError: ``start_offset`` is negative.
         """
         if start_offset < 0:
             raise ValueError("start_offset must be >= 0")
+        self._meter = meter
         self._base = start_offset
         self._head = 0
         self._payloads: list[bytes] = []
@@ -256,6 +308,17 @@ class MemoryLog:
     def byte_size(self) -> int:
         """Sum of the byte sizes of the retained records."""
         return self._cum[-1] - self._cum[self._head]
+
+    @property
+    def committed_offset(self) -> int:
+        """``next_offset``: a memory log commits every record as it is appended (it is as
+        durable as memory makes it)."""
+        return self._base + len(self._payloads)
+
+    @property
+    def first_timestamp_ms(self) -> int | None:
+        """The timestamp of the oldest retained record (None when the log is empty)."""
+        return self._timestamps[self._head] if self._head < len(self._timestamps) else None
 
     # -- appends ------------------------------------------------------------------------
 
@@ -294,7 +357,10 @@ class MemoryLog:
         else:
             self._headered += 1
         self._headers.append(headers)
-        self._cum.append(self._cum[-1] + record_size(payload, key, headers))
+        size = record_size(payload, key, headers)
+        self._cum.append(self._cum[-1] + size)
+        if self._meter is not None:
+            self._meter.adjust(size)
         return offset
 
     def append_batch(
@@ -344,8 +410,11 @@ class MemoryLog:
             sizes = accumulate(map(record_size, payloads, key_list, norm), initial=cum[-1])
             self._keyed += keyed
             self._headered += headered
+        before = cum[-1]
         next(sizes)
         cum.extend(sizes)
+        if self._meter is not None:
+            self._meter.adjust(cum[-1] - before)
         return offset
 
     # -- reads --------------------------------------------------------------------------
@@ -426,6 +495,8 @@ class MemoryLog:
             return
         h0 = self._head
         h1 = h0 + n
+        if self._meter is not None:
+            self._meter.adjust(self._cum[h0] - self._cum[h1])
         if self._keyed:
             dropped_keys = self._keys[h0:h1]
             self._keyed -= n - dropped_keys.count(None)
@@ -517,6 +588,10 @@ class MemoryLog:
         self._drop(drop)
         return drop
 
+    def close(self) -> None:
+        """Let go of every record (the resource is gone); the meter is credited."""
+        self._drop(self.record_count)
+
     def __repr__(self) -> str:
         return (
             f"MemoryLog(first_offset={self.first_offset}, next_offset={self.next_offset}, "
@@ -544,13 +619,16 @@ class LogStore(Protocol):
         promise what nobody keeps)."""
         ...
 
-    def open_log(self, kind: str, path: LogPath, settings: Mapping[str, Any]) -> Log:
+    def open_log(
+        self, kind: str, path: LogPath, settings: Mapping[str, Any], meter: MemoryMeter
+    ) -> Log:
         """Return the log of a resource (new, or recovered by a persistent store).
 
         Args:
             kind: ``"stream"``, ``"queue"`` or ``"cache"`` (a cache's change feed).
             path: the resource's ``(tenant, namespace, name)``.
             settings: the resource's settings.
+            meter: to charge with the bytes the log holds in memory.
         """
         ...
 
@@ -574,9 +652,11 @@ class MemoryLogStore:
         """False: nothing survives the process."""
         return False
 
-    def open_log(self, kind: str, path: LogPath, settings: Mapping[str, Any]) -> Log:
-        """Return a fresh :class:`MemoryLog`."""
-        return MemoryLog()
+    def open_log(
+        self, kind: str, path: LogPath, settings: Mapping[str, Any], meter: MemoryMeter
+    ) -> Log:
+        """Return a fresh :class:`MemoryLog` charging ``meter``."""
+        return MemoryLog(meter=meter)
 
     def drop_log(self, kind: str, path: LogPath) -> None:
         """Nothing to do: the log's memory goes with its last reference."""

@@ -5,16 +5,22 @@ Theory of operation
 Resources form a tree: tenants hold namespaces, and a namespace holds streams, queues and
 caches (each kind has its own names, so a stream and a queue may share a name). Every
 resource is a :class:`ResourceRecord`: its path, its validated settings as a plain mapping
-(so that it serialises as-is into the wire's ``AdminResource`` and, later, into etcd), a
-``uid`` that tells a re-created resource from the deleted one of the same name, and a
+(so that it serialises as-is into the wire's ``AdminResource`` and into a store), a ``uid``
+that tells a re-created resource from the deleted one of the same name, and a
 ``generation`` that grows with every update.
 
-Records live in a :class:`MetadataStore`, a deliberately small interface shaped like a
-key-value store with atomic create-if-absent, compare-and-swap by generation, and delete, so
-that a later issue can put it in etcd; :class:`MemoryMetadataStore` implements it in memory.
-Nothing here assumes it is the only writer: the :class:`Catalog` checks parents, names, count
-limits and settings, then performs one conditional store operation, and the broker builds its
-in-memory engines lazily from whatever records the store holds.
+The engine does no I/O, so it never asks a store for a record. It keeps a
+:class:`MetadataView`: the records it has been *fed* (``Broker.metadata_changed``), which is
+all it reads. An admin request is validated against the view by the :class:`Catalog`
+(names, parents, count limits, settings) and becomes a :class:`WriteOp` on one record: the
+engine emits it (:class:`~felix_core.events.MetadataWrite`) and completes the request when
+the store's answer comes back (``Broker.metadata_written``), at once or later. A store is
+shaped like a key-value store with create-if-absent, compare-and-swap by generation and
+delete, so that an etcd transaction can implement it; :class:`MemoryMetadataStore` is the
+in-memory one, applied by the glue at once. Whoever writes (this broker or another), the
+store reports every change and the glue feeds it to every engine: nothing assumes one
+writer, and a store's checks (a name taken meanwhile, a concurrent update) are the last
+word.
 
 Settings are validated per kind by a *schema* from :mod:`felix_core.settings`: a function
 ``(path, new_settings, current_settings_or_None) -> full_settings`` that raises
@@ -49,9 +55,12 @@ __all__ = [
     "Catalog",
     "Kind",
     "MemoryMetadataStore",
+    "MetadataChange",
     "MetadataStore",
+    "MetadataView",
     "Path",
     "ResourceRecord",
+    "WriteOp",
 ]
 
 
@@ -68,7 +77,7 @@ class Kind(StrEnum):
 LEAF_KINDS = (Kind.STREAM, Kind.QUEUE, Kind.CACHE)
 """The kinds that live in a namespace."""
 
-# -- records and the store -----------------------------------------------------------------
+# -- records -------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -114,35 +123,20 @@ class ResourceRecord:
         }
 
 
-class MetadataStore(Protocol):
-    """Where resource records live. In memory now; etcd later."""
+class WriteOp(StrEnum):
+    """A change the engine asks its metadata store to make."""
 
-    def get(self, kind: Kind, path: Path) -> ResourceRecord | None:
-        """The record at ``path``, or None."""
-        ...
+    CREATE = "create"
+    """Store a new record; the store gives it its ``uid`` (refused: AlreadyExists)."""
+    REPLACE = "replace"
+    """Replace a record whose stored generation is the expected one (refused: NotFound,
+    Conflict)."""
+    DELETE = "delete"
+    """Remove a record (refused: NotFound)."""
 
-    def list(self, kind: Kind, tenant: str = "", namespace: str = "") -> list[ResourceRecord]:
-        """The records of ``kind`` under a parent, sorted by path."""
-        ...
 
-    def create(self, record: ResourceRecord) -> None:
-        """Store a new record; raise AlreadyExists when its path is taken."""
-        ...
-
-    def replace(self, record: ResourceRecord, expected_generation: int) -> None:
-        """Replace a record if its stored generation is ``expected_generation``.
-
-        Raises NotFound when absent and Conflict when the generation differs.
-        """
-        ...
-
-    def delete(self, kind: Kind, path: Path) -> ResourceRecord:
-        """Remove and return a record; raise NotFound when absent."""
-        ...
-
-    def next_uid(self) -> int:
-        """A fresh uid (a counter; etcd would use its revision)."""
-        ...
+MetadataChange = tuple[Kind, Path, "ResourceRecord | None"]
+"""One change a store reports: the record now at ``(kind, path)``, or None (deleted)."""
 
 
 def _parent(kind: Kind, path: Path) -> tuple[str, str]:
@@ -154,101 +148,165 @@ def _parent(kind: Kind, path: Path) -> tuple[str, str]:
     return (tenant, namespace)
 
 
-class MemoryMetadataStore:
-    """A :class:`MetadataStore` in two dicts."""
+class MetadataView:
+    """The records the engine has been fed: what it validates against and describes.
+
+    Fed with :meth:`apply` (one change at a time, idempotent: a record the view holds
+    already, same uid and generation, changes nothing; an older generation of the same
+    resource is ignored).
+    """
 
     def __init__(self) -> None:
-        """Create an empty store."""
+        """Create an empty view."""
         self._records: dict[tuple[Kind, Path], ResourceRecord] = {}
         self._children: dict[tuple[Kind, str, str], dict[Path, ResourceRecord]] = {}
-        self._uid = 0
 
     def get(self, kind: Kind, path: Path) -> ResourceRecord | None:
         """The record at ``path``, or None."""
         return self._records.get((kind, path))
+
+    def records(self) -> list[ResourceRecord]:
+        """Every record the view holds."""
+        return list(self._records.values())
 
     def list(self, kind: Kind, tenant: str = "", namespace: str = "") -> list[ResourceRecord]:
         """The records of ``kind`` under ``(tenant, namespace)``, sorted by path."""
         children = self._children.get((kind, tenant, namespace), {})
         return [children[p] for p in sorted(children)]
 
-    def create(self, record: ResourceRecord) -> None:
-        """Store a new record.
+    def count(self, kind: Kind, tenant: str = "", namespace: str = "") -> int:
+        """How many records of ``kind`` are under ``(tenant, namespace)``."""
+        return len(self._children.get((kind, tenant, namespace), ()))
 
-        Raises:
-            AlreadyExists: a record of that kind exists at that path.
-        """
-        key = (record.kind, record.path)
-        if key in self._records:
-            raise AlreadyExists(
-                f"{record.kind.value} {'/'.join(p for p in record.path if p)} exists already"
-            )
+    def apply(self, kind: Kind, path: Path, record: ResourceRecord | None) -> bool:
+        """Take one change in. Returns whether the view changed."""
+        key = (kind, path)
+        current = self._records.get(key)
+        parent_key = (kind, *_parent(kind, path))
+        if record is None:
+            if current is None:
+                return False
+            del self._records[key]
+            children = self._children[parent_key]
+            del children[path]
+            if not children:
+                del self._children[parent_key]
+            return True
+        if (
+            current is not None
+            and current.uid == record.uid
+            and record.generation <= current.generation
+        ):
+            return False
         self._records[key] = record
-        parent = _parent(record.kind, record.path)
-        self._children.setdefault((record.kind, *parent), {})[record.path] = record
+        self._children.setdefault(parent_key, {})[path] = record
+        return True
 
-    def replace(self, record: ResourceRecord, expected_generation: int) -> None:
-        """Replace a record whose stored generation is ``expected_generation``.
+
+class MetadataStore(Protocol):
+    """Where resource records live: applied by the glue, never called by the engine.
+
+    In memory now (:class:`MemoryMetadataStore`); a file-backed store or an etcd view later.
+    A store applies :class:`WriteOp` changes atomically with their condition, and reports
+    every change (its own writes and other writers') for the glue to feed the engines.
+    """
+
+    def apply(
+        self, op: WriteOp, record: ResourceRecord, expected_generation: int | None
+    ) -> ResourceRecord:
+        """Make one change and return the record as stored (a create gets its ``uid``; a
+        delete returns the deleted record).
 
         Raises:
-            NotFound: no record at that path.
-            Conflict: the stored generation differs (a concurrent update).
+            AlreadyExists: a create whose path is taken.
+            NotFound: a replace or delete of a record that is not there.
+            Conflict: a replace whose stored generation differs from the expected one.
         """
+        ...
+
+    def records(self) -> list[ResourceRecord]:
+        """Every record, parents before children (what an engine is fed at start)."""
+        ...
+
+    def take_changes(self) -> list[MetadataChange]:
+        """The changes since the last call, in order."""
+        ...
+
+
+class MemoryMetadataStore:
+    """A :class:`MetadataStore` in one dict (and a list of the changes not yet taken)."""
+
+    def __init__(self) -> None:
+        """Create an empty store."""
+        self._records: dict[tuple[Kind, Path], ResourceRecord] = {}
+        self._changes: list[MetadataChange] = []
+        self._uid = 0
+
+    def get(self, kind: Kind, path: Path) -> ResourceRecord | None:
+        """The record at ``path``, or None."""
+        return self._records.get((kind, path))
+
+    def apply(
+        self, op: WriteOp, record: ResourceRecord, expected_generation: int | None
+    ) -> ResourceRecord:
+        """Make one change; see :meth:`MetadataStore.apply`."""
         key = (record.kind, record.path)
         current = self._records.get(key)
-        if current is None:
-            raise NotFound(f"{record.kind.value} not found")
-        if current.generation != expected_generation:
+        name = f"{record.kind.value} {'/'.join(p for p in record.path if p)}"
+        if op is WriteOp.CREATE:
+            if current is not None:
+                raise AlreadyExists(f"{name} exists already")
+            self._uid += 1
+            record = replace(record, uid=self._uid)
+        elif current is None:
+            raise NotFound(f"{name} not found", details={"kind": record.kind.value})
+        elif op is WriteOp.REPLACE and current.generation != expected_generation:
             raise Conflict(
                 "the resource was changed concurrently",
                 details={"generation": current.generation},
             )
+        if op is WriteOp.DELETE:
+            assert current is not None
+            del self._records[key]
+            self._changes.append((record.kind, record.path, None))
+            return current
         self._records[key] = record
-        self._children[(record.kind, *_parent(record.kind, record.path))][record.path] = record
-
-    def delete(self, kind: Kind, path: Path) -> ResourceRecord:
-        """Remove and return a record.
-
-        Raises:
-            NotFound: no record at that path.
-        """
-        record = self._records.pop((kind, path), None)
-        if record is None:
-            raise NotFound(f"{kind.value} not found")
-        parent_key = (kind, *_parent(kind, path))
-        children = self._children[parent_key]
-        del children[path]
-        if not children:
-            del self._children[parent_key]
+        self._changes.append((record.kind, record.path, record))
         return record
 
-    def next_uid(self) -> int:
-        """A fresh uid from a counter."""
-        self._uid += 1
-        return self._uid
+    def records(self) -> list[ResourceRecord]:
+        """Every record, parents before children."""
+        order = {Kind.TENANT: 0, Kind.NAMESPACE: 1}
+        return sorted(self._records.values(), key=lambda r: (order.get(r.kind, 2), r.path))
+
+    def take_changes(self) -> list[MetadataChange]:
+        """The changes since the last call, in order."""
+        out, self._changes = self._changes, []
+        return out
 
 
 # -- the catalog ---------------------------------------------------------------------------
 
 
 class Catalog:
-    """Validated create / describe / list / update / delete over a :class:`MetadataStore`."""
+    """Admin requests validated against a :class:`MetadataView`: each write becomes the
+    record to store (the store's answer is the last word); reads answer from the view."""
 
     def __init__(
         self,
-        store: MetadataStore,
+        view: MetadataView,
         config: BrokerConfig,
         schemas: Mapping[Kind, SettingsSchema] | None = None,
     ) -> None:
         """Create a catalog.
 
         Args:
-            store: where records live.
+            view: the records the engine was fed.
             config: count limits and stream defaults.
             schemas: settings schemas by kind, replacing the built-in ones from
                 :mod:`felix_core.settings`.
         """
-        self.store = store
+        self.view = view
         self.config = config
         self.schemas: dict[Kind, SettingsSchema] = {
             Kind.TENANT: description_schema("tenant"),
@@ -305,27 +363,27 @@ class Catalog:
         tenant, namespace, _ = path
         if kind is Kind.TENANT:
             return
-        if self.store.get(Kind.TENANT, (tenant, "", "")) is None:
+        if self.view.get(Kind.TENANT, (tenant, "", "")) is None:
             raise NotFound(f"tenant {tenant} not found", details={"kind": "tenant"})
         if kind is Kind.NAMESPACE:
             return
-        if self.store.get(Kind.NAMESPACE, (tenant, namespace, "")) is None:
+        if self.view.get(Kind.NAMESPACE, (tenant, namespace, "")) is None:
             raise NotFound(
                 f"namespace {tenant}/{namespace} not found", details={"kind": "namespace"}
             )
 
     def _check_count(self, kind: Kind, path: Path) -> None:
         tenant, namespace, _ = path
-        store = self.store
+        view = self.view
         if kind is Kind.TENANT:
-            count, limit = len(store.list(Kind.TENANT)), self.config.max_tenants
+            count, limit = view.count(Kind.TENANT), self.config.max_tenants
             what = f"at most {limit} tenants may exist"
         elif kind is Kind.NAMESPACE:
-            count = len(store.list(Kind.NAMESPACE, tenant))
+            count = view.count(Kind.NAMESPACE, tenant)
             limit = self.config.max_namespaces_per_tenant
             what = f"at most {limit} namespaces may exist in tenant {tenant}"
         else:
-            count = sum(len(store.list(k, tenant, namespace)) for k in LEAF_KINDS)
+            count = sum(view.count(k, tenant, namespace) for k in LEAF_KINDS)
             limit = self.config.max_resources_per_namespace
             what = (
                 f"at most {limit} resources (streams, queues and caches together) may exist "
@@ -341,7 +399,7 @@ class Catalog:
         settings: Mapping[str, Any],
         now: float,
     ) -> ResourceRecord:
-        """Create a resource.
+        """The record a create stores (``uid`` 0: the store gives it one).
 
         Args:
             kind: what to create.
@@ -350,7 +408,7 @@ class Catalog:
             now: the current time.
 
         Returns:
-            The stored record.
+            The record to store with :attr:`WriteOp.CREATE`.
 
         Raises:
             InvalidArgument: a bad path or bad settings.
@@ -360,23 +418,21 @@ class Catalog:
         """
         path = self.check_path(kind, *path)
         self._require_parent(kind, path)
-        if self.store.get(kind, path) is not None:
+        if self.view.get(kind, path) is not None:
             raise AlreadyExists(f"{kind.value} {'/'.join(p for p in path if p)} exists already")
         self._check_count(kind, path)
         full = self.schemas[kind](path, settings, None)
         now_ms = int(now * 1000)
-        record = ResourceRecord(
+        return ResourceRecord(
             kind=kind,
             tenant=path[0],
             namespace=path[1],
             name=path[2],
             settings=full,
-            uid=self.store.next_uid(),
+            uid=0,
             created_ms=now_ms,
             updated_ms=now_ms,
         )
-        self.store.create(record)
-        return record
 
     def describe(self, kind: Kind, path: Path) -> ResourceRecord:
         """Look a resource up.
@@ -386,7 +442,7 @@ class Catalog:
             NotFound: no such resource.
         """
         path = self.check_path(kind, *path)
-        record = self.store.get(kind, path)
+        record = self.view.get(kind, path)
         if record is None:
             raise NotFound(
                 f"{kind.value} {'/'.join(p for p in path if p)} not found",
@@ -410,15 +466,16 @@ class Catalog:
             NotFound: the parent does not exist.
         """
         if kind is Kind.TENANT:
-            return self.store.list(Kind.TENANT)
+            return self.view.list(Kind.TENANT)
         parent_kind = Kind.TENANT if kind is Kind.NAMESPACE else Kind.NAMESPACE
         parent = self.describe(parent_kind, (tenant, namespace if kind in LEAF_KINDS else "", ""))
-        return self.store.list(kind, parent.tenant, parent.namespace)
+        return self.view.list(kind, parent.tenant, parent.namespace)
 
     def update(
         self, kind: Kind, path: Path, settings: Mapping[str, Any], now: float
     ) -> ResourceRecord:
-        """Change some settings of a resource.
+        """The record an update stores (with :attr:`WriteOp.REPLACE`, expecting the current
+        generation: the returned record's ``generation`` minus one).
 
         Args:
             kind: the kind.
@@ -432,24 +489,21 @@ class Catalog:
         Raises:
             InvalidArgument: a bad path or bad settings.
             NotFound: no such resource.
-            Conflict: a concurrent update won.
         """
         current = self.describe(kind, path)
         full = self.schemas[kind](current.path, settings, current.settings)
-        record = replace(
+        return replace(
             current,
             settings=full,
             generation=current.generation + 1,
             updated_ms=int(now * 1000),
         )
-        self.store.replace(record, current.generation)
-        return record
 
     def delete(self, kind: Kind, path: Path) -> ResourceRecord:
-        """Delete a resource.
+        """The record a delete removes (with :attr:`WriteOp.DELETE`).
 
         Returns:
-            The deleted record.
+            The record to delete.
 
         Raises:
             InvalidArgument: a bad path.
@@ -458,10 +512,10 @@ class Catalog:
         """
         record = self.describe(kind, path)
         tenant, namespace, _ = record.path
-        if kind is Kind.TENANT and self.store.list(Kind.NAMESPACE, tenant):
+        if kind is Kind.TENANT and self.view.count(Kind.NAMESPACE, tenant):
             raise Conflict(f"tenant {tenant} still has namespaces")
         if kind is Kind.NAMESPACE and any(
-            self.store.list(k, tenant, namespace) for k in LEAF_KINDS
+            self.view.count(k, tenant, namespace) for k in LEAF_KINDS
         ):
             raise Conflict(f"namespace {tenant}/{namespace} is not empty")
-        return self.store.delete(kind, record.path)
+        return record

@@ -1,4 +1,4 @@
-"""Queue records: configuration, deliveries, the events the engine emits and its statistics.
+"""Queue records: configuration, deliveries and statistics.
 
 Plain data only; the behaviour lives in :mod:`felix_core.queues` (the engine and its theory
 of operation), :mod:`felix_core.queue_state`, :mod:`felix_core.queue_delivery` and
@@ -17,13 +17,9 @@ from felix_core.errors import InvalidArgument
 __all__ = [
     "DEAD_LETTER_RETRY_S",
     "TRIM_EVERY",
-    "ConsumerEnded",
-    "Delivery",
     "GroupStats",
-    "MessageDeadLettered",
-    "MessagesDelivered",
     "QueueConfig",
-    "QueueEvent",
+    "QueueDelivery",
     "QueueKey",
     "QueueStats",
 ]
@@ -79,7 +75,7 @@ class QueueConfig:
                 raise InvalidArgument(f"invalid queue setting {field}", details={"field": field})
 
 
-class Delivery(NamedTuple):
+class QueueDelivery(NamedTuple):
     """One message handed to a consumer; finished by ``ack`` or returned by ``nack``.
 
     A NamedTuple rather than a frozen dataclass: it is built once per delivered message and
@@ -103,57 +99,6 @@ class Delivery(NamedTuple):
     """Enqueue time, integer milliseconds since the epoch."""
     deadline: float
     """Absolute time (seconds) at which the delivery times out and is redelivered."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class QueueEvent:
-    """Base of the records :meth:`QueueEngine.drain_outputs` returns."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class MessagesDelivered(QueueEvent):
-    """Deliveries for one consumer, to be sent on its consumer stream in order."""
-
-    connection_id: int
-    """The connection the consumer belongs to."""
-    consumer_id: int
-    """The consumer receiving the deliveries."""
-    queue: QueueKey
-    """The queue delivered from."""
-    deliveries: list[Delivery]
-    """One or more deliveries in the order they were made."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ConsumerEnded(QueueEvent):
-    """A consumer was ended by the engine (not by its own cancel or its connection's end)."""
-
-    connection_id: int
-    """The connection the consumer belonged to."""
-    consumer_id: int
-    """The consumer that ended."""
-    queue: QueueKey
-    """The queue it consumed from."""
-    reason: str
-    """Why: ``deleted`` (the queue was deleted), matching the wire ``EndReason``."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class MessageDeadLettered(QueueEvent):
-    """A message left a group as a dead letter (for logs and metrics)."""
-
-    queue: QueueKey
-    """The source queue."""
-    group: str
-    """The group that gave up on the message."""
-    offset: int
-    """The message's offset in the source queue."""
-    attempts: int
-    """How many deliveries were made."""
-    reason: str
-    """``max_attempts`` or ``rejected``."""
-    target: str | None
-    """The dead-letter queue it was appended to, or None if it was dropped."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -192,7 +137,7 @@ class QueueStats:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class QueueTotals:
-    """Figures over every queue of an engine, for metrics (:meth:`QueueEngine.totals`)."""
+    """Figures over every queue of an engine, for metrics (the engine's ``totals``)."""
 
     queues: int  #: Queues.
     records: int  #: Messages retained in the queues' logs.

@@ -28,7 +28,6 @@ Per group, a message moves through this table (any other move is a bug)::
     DELAYED      timer (due)                  READY
     DEAD         target accepts / no target   DONE (counted as dead-lettered)
     DEAD         target missing or full       PARKED, retried every ``DEAD_LETTER_RETRY_S``
-    WAITING, READY, DELAYED, PARKED   purge   DONE
 
 *Attempts and silent consumers*: ``outstanding`` counts the attempts *charged* to a
 message, and a delivery carries that count plus one. A nack is charged. A consumer that lets
@@ -48,62 +47,55 @@ dead-lettered after ``max_attempts`` consumers.
 resume, timer). It hands messages to the group's consumers round-robin, skipping paused
 consumers, those whose prefetch is full and suspected ones (unless all are); redeliveries go
 first, then new messages from the cursor. Deliveries are not returned from calls: they are
-buffered as :class:`QueueEvent` records which the caller drains with
-:meth:`QueueEngine.drain_outputs` (STYLE habit 7), one :class:`MessagesDelivered` per
-consumer per dispatch.
+appended as :mod:`felix_core.events` records to the engine's event list (STYLE habit 7), one
+:class:`~felix_core.events.MessagesDelivered` per consumer per dispatch.
 
 *Dead letters* (the clean design chosen): a queue's ``dead_letter_queue`` names another queue
-in the same tenant and namespace, and the engine itself appends the message there (the
-engine owns every queue, so the facade has nothing to do). The copy keeps payload, key and
-headers and adds ``x-felix-dead-letter-reason`` (``max_attempts`` or ``rejected``),
-``x-felix-last-failure`` (``timeout``, ``nack``, ``consumer_lost`` or ``rejected``),
-``x-felix-original-queue``, ``x-felix-original-offset``, ``x-felix-group`` and
-``x-felix-attempts``. Without a dead-letter queue the message is dropped (and counted). If
-the target does not exist or is full the message stays *parked* in its source (still
+in the same tenant and namespace, and the queue itself appends the message there (it finds
+the target through the :class:`QueueContext` every queue of an engine shares). The copy
+keeps payload, key and headers and adds ``x-felix-dead-letter-reason`` (``max_attempts`` or
+``rejected``), ``x-felix-last-failure`` (``timeout``, ``nack``, ``consumer_lost`` or
+``rejected``), ``x-felix-original-queue``, ``x-felix-original-offset``, ``x-felix-group``
+and ``x-felix-attempts``. Without a dead-letter queue the message is dropped (and counted).
+If the target does not exist or is full the message stays *parked* in its source (still
 counted in the source's bounds), so nothing accepted is ever lost.
 
 *Bounds and trimming*: a log record is dropped only once every group has finished it (below
 the minimum low watermark); a queue with no group keeps everything. Trimming runs when an
-enqueue finds the queue full, after every ``TRIM_EVERY`` finished messages, on purge and on
-the timer. An enqueue that still does not fit is refused with :class:`Overloaded`: it is
+enqueue finds the queue full, after every ``TRIM_EVERY`` finished messages, and on the
+timer. An enqueue that still does not fit is refused with :class:`Overloaded`: it is
 retryable, because the condition is transient (consumers acking make room), which
 ``LimitExceeded`` (a configured count, not retryable) would misstate. A message that could
 never fit is :class:`TooLarge`. Age retention does not apply to queues.
 
-The engine is pure: time arrives as ``now`` (seconds), ids come from counters, and
-:meth:`QueueEngine.get_timer` / :meth:`QueueEngine.handle_timer` drive timeouts, delayed
-nacks and parked dead letters.
+Structure. A :class:`Queue` is the projection of one queue partition (its log, settings
+and groups); a :class:`ConsumerGroup` runs the table above for one group; a
+:class:`Consumer` is one member of a group, indexed by id by the engine (which knows which
+connection holds it). Every queue of an engine shares a :class:`QueueContext`: the event
+list, the delivery id counter, engine-wide counters and the lookup of dead-letter targets.
+The queue is pure: time arrives as ``now`` (seconds), ids come from counters, and
+:meth:`Queue.next_deadline` / :meth:`Queue.fire` drive timeouts, delayed nacks and parked
+dead letters. Batches are validated by the engine before they reach a queue.
 
-Modules
--------
-This module holds the engine's registry, enqueue and administration and re-exports the
-public names of the others (import them from here):
-
-* :mod:`felix_core.queue_types`: configuration, :class:`Delivery`, the events and stats;
-* :mod:`felix_core.queue_state`: :class:`Queue` and the per-group and per-consumer records;
-* :mod:`felix_core.queue_delivery`: dispatch, redelivery, dead-lettering and the timer;
-* :mod:`felix_core.queue_consumers`: consume, cancel, ack, nack and connection flow control.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
+from heapq import heappop, heappush
 
-from felix_core.errors import AlreadyExists, InvalidArgument, NotFound, Overloaded, TooLarge
-from felix_core.log import Log, record_size
-from felix_core.queue_consumers import _ConsumerOperations
-from felix_core.queue_state import Queue, _make_room
+from felix_core.errors import InvalidArgument, LimitExceeded, NotFound, Overloaded, TooLarge
+from felix_core.events import ConsumerClosed, EngineEvent, MessageDeadLettered, MessagesDelivered
+from felix_core.log import Log, LogSlice, record_size
+from felix_core.names import validate_name
 from felix_core.queue_types import (
     DEAD_LETTER_RETRY_S,
     TRIM_EVERY,
-    ConsumerEnded,
-    Delivery,
     GroupStats,
-    MessageDeadLettered,
-    MessagesDelivered,
     QueueConfig,
-    QueueEvent,
+    QueueDelivery,
     QueueKey,
     QueueStats,
     QueueTotals,
@@ -112,305 +104,705 @@ from felix_core.queue_types import (
 __all__ = [
     "DEAD_LETTER_RETRY_S",
     "TRIM_EVERY",
-    "ConsumerEnded",
-    "Delivery",
+    "Consumer",
+    "ConsumerGroup",
     "GroupStats",
-    "MessageDeadLettered",
-    "MessagesDelivered",
     "Queue",
     "QueueConfig",
-    "QueueEngine",
-    "QueueEvent",
+    "QueueContext",
+    "QueueDelivery",
     "QueueKey",
     "QueueStats",
     "QueueTotals",
 ]
 
 
-class QueueEngine(_ConsumerOperations):
-    """Every queue of a broker, their consumers, and the events they produce.
+def _ms(now: float) -> int:
+    return int(now * 1000)
 
-    Inputs are the method calls (each takes ``now``, seconds since the epoch) and
-    :meth:`handle_timer`: the registry, enqueue and administration below, the consumer
-    operations inherited from :mod:`felix_core.queue_consumers`, and the lookup, outputs
-    and timer inherited from :mod:`felix_core.queue_delivery`. Outputs are
-    :meth:`drain_outputs` (deliveries, ended consumers, dead-letter notices) and
-    :meth:`get_timer`. Reply to the request first, then drain: a ``consume`` call may
-    already have produced deliveries for the new consumer.
+
+class Queue:
+    """One queue: its log, settings, consumer groups and counters. See the module docstring.
+
+    Args:
+        key: ``(tenant, namespace, name)``.
+        config: its settings (validated).
+        context: what every queue of the engine shares.
+        log: the queue's log.
     """
 
-    __slots__ = ()
+    __slots__ = ("config", "context", "enqueued", "finished", "groups", "key", "log")
 
-    # -- registry -----------------------------------------------------------------------
+    def __init__(self, key: QueueKey, config: QueueConfig, context: QueueContext, log: Log):
+        config.validate(key[2])
+        self.key = key
+        self.config = config
+        self.context = context
+        self.log = log
+        self.groups: dict[str, ConsumerGroup] = {}
+        self.enqueued = 0
+        self.finished = 0  # messages finished since the last trim
 
-    def create_queue(
-        self, queue: QueueKey, config: QueueConfig | None = None, *, log: Log | None = None
-    ) -> Queue:
-        """Create a queue.
-
-        Args:
-            queue: ``(tenant, namespace, name)``; names are validated by the metadata layer.
-            config: its settings; None for the defaults.
-            log: the queue's log (an empty :class:`MemoryLog` when None).
-
-        Returns:
-            The new :class:`Queue`.
-
-        Raises:
-            AlreadyExists: the queue exists.
-            InvalidArgument: a setting is out of range.
-        """
-        config = config or QueueConfig()
-        config.validate(queue[2])
-        if queue in self._queues:
-            raise AlreadyExists(f"queue {queue[2]!r} exists", details={"queue": queue[2]})
-        q = self._queues[queue] = Queue(queue, config, self._usage, log)
-        return q
-
-    def update_queue(self, queue: QueueKey, config: QueueConfig) -> None:
-        """Replace a queue's settings. Nothing retained is dropped if the bounds shrink.
-
-        Args:
-            queue: the queue.
-            config: the new settings (prefetch of existing consumers is kept).
-
-        Raises:
-            NotFound: no such queue.
-            InvalidArgument: a setting is out of range.
-        """
-        q = self.queue(queue)
-        config.validate(queue[2])
-        q.config = config
-
-    def delete_queue(self, queue: QueueKey) -> None:
-        """Delete a queue with its messages; its consumers end with reason ``deleted``.
-
-        Args:
-            queue: the queue.
-
-        Raises:
-            NotFound: no such queue.
-        """
-        q = self.queue(queue)
-        for g in q.groups.values():
-            self._end_group(g)
-        del self._queues[queue]
-        self._usage.bytes -= q.log.byte_size
-
-    def __contains__(self, queue: object) -> bool:
-        return queue in self._queues
-
-    def __iter__(self) -> Iterator[QueueKey]:
-        return iter(self._queues)
-
-    def __len__(self) -> int:
-        return len(self._queues)
-
-    @property
-    def byte_size(self) -> int:
-        """Record bytes held by every queue (for global memory accounting)."""
-        return self._usage.bytes
-
-    def stats(self, queue: QueueKey, now: float) -> QueueStats:
-        """Observable state of one queue.
-
-        Args:
-            queue: the queue.
-            now: the current time (for the oldest message's age).
-
-        Returns:
-            A :class:`QueueStats` snapshot.
-
-        Raises:
-            NotFound: no such queue.
-        """
-        return self.queue(queue).stats(now)
-
-    def totals(self, now: float) -> QueueTotals:
-        """Figures over every queue, for metrics: cheap enough to call on every scrape.
-
-        The counters are kept by the engine as things happen (O(1), and they include deleted
-        queues and groups, so they never decrease); the gauges cost O(groups) per queue and
-        one record read per queue with unfinished messages, never a walk over messages.
-
-        Args:
-            now: the current time (for the oldest message's age).
-
-        Returns:
-            A :class:`QueueTotals` snapshot.
-        """
-        records = depth = in_flight = 0
-        oldest: int | None = None
-        for q in self._queues.values():
-            records += q.log.record_count
-            depth += q.depth()
-            in_flight += q.in_flight()
-            stamp = q.oldest_timestamp_ms()
-            if stamp is not None and (oldest is None or stamp < oldest):
-                oldest = stamp
-        usage = self._usage
-        return QueueTotals(
-            queues=len(self._queues),
-            records=records,
-            bytes=usage.bytes,
-            depth=depth,
-            in_flight=in_flight,
-            oldest_age_s=None if oldest is None else max(0.0, now - oldest / 1000.0),
-            redeliveries=usage.redeliveries,
-            dead_lettered=usage.dead_lettered,
-        )
-
-    # -- producing ----------------------------------------------------------------------
+    # -- producing --------------------------------------------------------------------------
 
     def enqueue(
         self,
-        queue: QueueKey,
-        payload: bytes,
-        now: float,
-        *,
-        key: bytes | None = None,
-        headers: dict[str, bytes] | None = None,
-    ) -> int:
-        """Append one message and hand it to consumers with room.
-
-        Args:
-            queue: the queue.
-            payload: the message.
-            now: the current time.
-            key: an optional message key.
-            headers: optional message headers.
-
-        Returns:
-            The message's offset.
-
-        Raises:
-            NotFound: no such queue.
-            TooLarge: the message alone exceeds the queue's byte bound.
-            Overloaded: the queue is full of unfinished messages (retryable).
-        """
-        q = self.queue(queue)
-        self._admit(q, 1, record_size(payload, key, headers))
-        offset = q.append_one(payload, now, key, headers)
-        for g in q.groups.values():
-            self._dispatch(g, now)
-        return offset
-
-    def enqueue_batch(
-        self,
-        queue: QueueKey,
         payloads: Sequence[bytes],
         now: float,
-        *,
-        keys: Sequence[bytes | None] | None = None,
-        headers: Sequence[dict[str, bytes] | None] | None = None,
+        keys: Sequence[bytes | None] | None,
+        headers: Sequence[dict[str, bytes] | None] | None,
+        nbytes: int,
     ) -> int:
-        """Append messages atomically (all or none) and hand them to consumers.
+        """Append a validated batch atomically (all or none); dispatch with :meth:`dispatch`.
 
         Args:
-            queue: the queue.
             payloads: one or more messages.
             now: the current time.
             keys: None or one optional key per payload.
             headers: None or one optional header dict per payload.
+            nbytes: the batch's byte size (:func:`~felix_core.log.record_size` summed).
 
         Returns:
             The offset of the first message; the others follow consecutively.
 
         Raises:
-            NotFound: no such queue.
-            InvalidArgument: no payloads, or ``keys``/``headers`` of the wrong length.
             TooLarge: the batch alone exceeds the queue's bounds.
-            Overloaded: the batch does not fit beside the unfinished messages (retryable).
+            Overloaded: it does not fit beside the unfinished messages (retryable).
         """
-        q = self.queue(queue)
+        cfg = self.config
         n = len(payloads)
-        if n == 0:
-            raise InvalidArgument("an enqueue needs at least one payload")
-        if (keys is not None and len(keys) != n) or (headers is not None and len(headers) != n):
-            raise InvalidArgument("keys and headers must be as long as payloads")
-        if keys is None and headers is None:
-            size = sum(map(len, payloads))
-        else:
-            ks = keys if keys is not None else [None] * n
-            hs = headers if headers is not None else [None] * n
-            size = sum(map(record_size, payloads, ks, hs))
-        self._admit(q, n, size)
-        offset = q.append(payloads, now, keys, headers)
-        for g in q.groups.values():
-            self._dispatch(g, now)
-        return offset
-
-    def _admit(self, q: Queue, count: int, nbytes: int) -> None:
-        cfg = q.config
         if (cfg.max_bytes is not None and nbytes > cfg.max_bytes) or (
-            cfg.max_records is not None and count > cfg.max_records
+            cfg.max_records is not None and n > cfg.max_records
         ):
             raise TooLarge(
                 "the messages can never fit in the queue",
-                details={"bytes": nbytes, "max_bytes": cfg.max_bytes, "count": count},
+                details={"bytes": nbytes, "max_bytes": cfg.max_bytes, "count": n},
             )
-        if not _make_room(q, count, nbytes):
+        if not self.make_room(n, nbytes):
             raise Overloaded(
-                f"queue {q.key[2]!r} is full",
-                details={"records": q.log.record_count, "bytes": q.log.byte_size},
+                f"queue {self.key[2]!r} is full",
+                details={"records": self.log.record_count, "bytes": self.log.byte_size},
             )
+        offset = self.log.append_batch(payloads, _ms(now), keys, headers)
+        self.enqueued += n
+        return offset
 
-    # -- administration -----------------------------------------------------------------
+    def dispatch(self, now: float) -> None:
+        """Hand what became deliverable to every group's consumers."""
+        for g in self.groups.values():
+            g.dispatch(now)
 
-    def purge(self, queue: QueueKey, now: float) -> int:
-        """Drop every message not in flight (new, ready, delayed and parked).
+    def append_one(
+        self, payload: bytes, now: float, key: bytes | None, headers: dict[str, bytes] | None
+    ) -> int:
+        """Append one record (room already made: a dead letter); return its offset."""
+        self.enqueued += 1
+        return self.log.append(payload, _ms(now), key, headers)
 
-        In-flight deliveries stay; they can still be acked (or are redelivered if nacked).
+    def fits(self, count: int, nbytes: int) -> bool:
+        """Whether ``count`` more records of ``nbytes`` bytes fit in the bounds right now."""
+        cfg = self.config
+        log = self.log
+        if cfg.max_records is not None and log.record_count + count > cfg.max_records:
+            return False
+        return cfg.max_bytes is None or log.byte_size + nbytes <= cfg.max_bytes
 
-        Args:
-            queue: the queue.
-            now: the current time.
+    def make_room(self, count: int, nbytes: int) -> bool:
+        """Whether ``count`` records of ``nbytes`` fit, trimming finished records if needed."""
+        if self.fits(count, nbytes):
+            return True
+        self.trim()
+        return self.fits(count, nbytes)
+
+    def trim(self) -> int:
+        """Drop the log records every group has finished.
 
         Returns:
-            The largest number of messages a group lost, or the number of retained
-            messages when the queue has no group.
-
-        Raises:
-            NotFound: no such queue.
+            How many records were dropped (none when the queue has no group).
         """
-        q = self.queue(queue)
-        log = q.log
-        if not q.groups:
-            return q.truncate(log.next_offset)
-        purged = 0
-        for g in q.groups.values():
-            purged = max(purged, g.waiting())
-            out = g.outstanding
-            for offset in g.ready:
-                del out[offset]
-            for _, offset in g.delayed:
-                del out[offset]
-            for offset in g.parked:
-                del out[offset]
-            g.ready.clear()
-            g.delayed.clear()
-            g.parked.clear()
-            g.retry_at = math.inf
-            g.cursor = log.next_offset
-        q.trim()
-        return purged
+        self.finished = 0
+        if not self.groups:
+            return 0
+        return self.log.truncate_before(min(g.low_watermark() for g in self.groups.values()))
 
-    def delete_group(self, queue: QueueKey, group: str) -> None:
-        """Forget a group and its position; its consumers end with reason ``deleted``.
+    def read_one(self, offset: int) -> LogSlice:
+        """Read the single retained record at ``offset`` (a bug if it was trimmed)."""
+        sl = self.log.read(offset, 1, 0)
+        assert isinstance(sl, LogSlice) and len(sl) == 1, "finished messages only are trimmed"
+        return sl
 
-        An abandoned group holds back trimming, so an operator deletes it to free the queue.
+    # -- consuming --------------------------------------------------------------------------
+
+    def join(
+        self, consumer_id: int, connection_id: int, group: str, prefetch: int, paused: bool
+    ) -> Consumer:
+        """Add a consumer to a group (creating the group if needed); dispatch afterwards.
+
+        A new group starts at the oldest message some existing group has not finished, or
+        at the oldest retained message when the queue had no group.
 
         Args:
-            queue: the queue.
-            group: the group's name.
+            consumer_id: the new consumer's id (unique in the engine).
+            connection_id: the connection holding it.
+            group: the consumer group's name (a name: see :mod:`felix_core.names`).
+            prefetch: how many unacknowledged deliveries the consumer may hold.
+            paused: start paused (its connection is).
 
         Raises:
-            NotFound: no such queue or group.
+            InvalidArgument: bad group name or prefetch < 1.
+            LimitExceeded: prefetch above the queue's ``max_prefetch``.
         """
-        q = self.queue(queue)
-        g = q.groups.get(group)
+        validate_name("group", group)
+        if prefetch < 1:
+            raise InvalidArgument("prefetch must be >= 1", details={"prefetch": prefetch})
+        if prefetch > self.config.max_prefetch:
+            raise LimitExceeded(
+                "prefetch above the queue's max_prefetch",
+                details={"prefetch": prefetch, "max_prefetch": self.config.max_prefetch},
+            )
+        g = self.groups.get(group)
+        if g is None:
+            self.trim()
+            g = self.groups[group] = ConsumerGroup(group, self)
+        c = Consumer(consumer_id, connection_id, g, prefetch, paused)
+        g.consumers.append(c)
+        return c
+
+    def leave(self, c: Consumer, now: float) -> None:
+        """Unlink a consumer; its in-flight deliveries go back in delivery order (dispatch
+        its group afterwards, once every consumer that leaves has left).
+
+        Like a timeout, the loss is charged once, to the oldest delivery (the one the
+        consumer was most likely working on), and only if the consumer was live; the
+        deliveries behind it in its prefetch go back uncharged.
+        """
+        g = c.group
+        g.consumers.remove(c)
+        c.closed = True
+        charged = not c.suspected
+        g.alive(c)
+        for did, d in c.inflight.items():
+            del g.inflight[did]
+            g.give_back(d.offset, now, now, "consumer_lost", charged)
+            charged = False
+        c.inflight.clear()
+
+    def ack(self, c: Consumer, delivery_ids: Iterable[int], now: float) -> None:
+        """Finish deliveries made to ``c``.
+
+        Known ids are acked even when some are unknown; the error then lists the unknown
+        ones (typically deliveries that timed out and were handed out again).
+
+        Raises:
+            NotFound: some ids are not in flight to it (``details['delivery_ids']``).
+        """
+        g = c.group
+        g.alive(c)
+        mine = c.inflight
+        unknown: list[int] = []
+        done = 0
+        for did in delivery_ids:
+            d = mine.pop(did, None)
+            if d is None:
+                unknown.append(did)
+                continue
+            del g.inflight[did]
+            del g.outstanding[d.offset]
+            done += 1
+        g.acked += done
+        self.finished += done
+        if self.finished >= TRIM_EVERY:
+            self.trim()
+        g.dispatch(now)
+        _raise_unknown(unknown)
+
+    def nack(
+        self,
+        c: Consumer,
+        delivery_ids: Iterable[int],
+        now: float,
+        *,
+        delay: float = 0.0,
+        requeue: bool = True,
+    ) -> None:
+        """Return deliveries: redeliver after ``delay``, or dead-letter them at once.
+
+        A returned message whose attempts are used up is dead-lettered instead.
+
+        Raises:
+            NotFound: some ids are not in flight to it (the known ones are still returned).
+            InvalidArgument: ``delay`` is negative or not finite.
+        """
+        if not (delay >= 0 and math.isfinite(delay)):
+            raise InvalidArgument("delay must be a finite number >= 0", details={"delay": delay})
+        g = c.group
+        g.alive(c)
+        unknown: list[int] = []
+        for did in delivery_ids:
+            d = c.inflight.pop(did, None)
+            if d is None:
+                unknown.append(did)
+                continue
+            del g.inflight[did]
+            g.nacked += 1
+            if requeue:
+                g.give_back(d.offset, now, now + delay, "nack")
+            else:
+                g.dead_letter(d.offset, "rejected", "rejected", now)
+        g.dispatch(now)
+        _raise_unknown(unknown)
+
+    def backlog(self, c: Consumer) -> tuple[int, int]:
+        """What ``c``'s group still has to hand out, and what ``c`` holds: ``(waiting,
+        unacked)``; waiting counts new, ready and delayed messages (not parked dead
+        letters)."""
+        g = c.group
+        return g.waiting() - len(g.parked), len(c.inflight)
+
+    # -- time -------------------------------------------------------------------------------
+
+    def next_deadline(self) -> float | None:
+        """The earliest visibility timeout, delayed nack or dead-letter retry, or None."""
+        t = min((g.next_deadline() for g in self.groups.values()), default=math.inf)
+        return None if t == math.inf else t
+
+    def fire(self, now: float) -> None:
+        """Fire everything due at ``now`` and deliver what became ready."""
+        for g in self.groups.values():
+            g.fire(now)
+        if self.finished:
+            self.trim()
+
+    # -- administration ---------------------------------------------------------------------
+
+    def reconfigure(self, config: QueueConfig) -> None:
+        """New settings; nothing retained is dropped if the bounds shrink, and existing
+        consumers keep their prefetch.
+
+        Raises:
+            InvalidArgument: a setting is out of range.
+        """
+        config.validate(self.key[2])
+        self.config = config
+
+    def end(self, reason: str) -> list[Consumer]:
+        """The queue is gone: end every consumer (``ConsumerClosed`` with ``reason``);
+        nothing is redelivered. Returns the consumers that ended."""
+        ended: list[Consumer] = []
+        for g in self.groups.values():
+            ended += self._end_group(g, reason)
+        return ended
+
+    def delete_group(self, group: str) -> list[Consumer]:
+        """Forget a group and its position; its consumers end with reason ``deleted``. An
+        abandoned group holds back trimming, so an operator deletes it to free the queue (no
+        request reaches this yet: an admin route is to come).
+
+        Returns:
+            The consumers that ended.
+
+        Raises:
+            NotFound: no such group.
+        """
+        g = self.groups.get(group)
         if g is None:
             raise NotFound(f"group {group!r} not found", details={"group": group})
-        self._end_group(g)
-        del q.groups[group]
-        q.trim()
+        ended = self._end_group(g, "deleted")
+        del self.groups[group]
+        self.trim()
+        return ended
+
+    def _end_group(self, g: ConsumerGroup, reason: str) -> list[Consumer]:
+        out = self.context.out
+        ended = list(g.consumers)
+        for c in ended:
+            c.inflight.clear()
+            c.closed = True
+            out.append(
+                ConsumerClosed(
+                    connection_id=c.connection_id, consumer_id=c.id, queue=self.key, reason=reason
+                )
+            )
+        g.consumers.clear()
+        g.suspects = 0
+        g.inflight.clear()
+        return ended
+
+    # -- figures ----------------------------------------------------------------------------
+
+    def depth(self) -> int:
+        """Waiting messages of the slowest group; the retained records when there is none."""
+        return max((g.waiting() for g in self.groups.values()), default=self.log.record_count)
+
+    def in_flight(self) -> int:
+        """Deliveries not yet settled, over all groups."""
+        return sum(len(g.inflight) for g in self.groups.values())
+
+    def oldest_timestamp_ms(self) -> int | None:
+        """Enqueue time of the oldest message some group has not finished (the oldest
+        retained one when there is no group); None when there is none. O(groups)."""
+        log = self.log
+        low = min((g.low_watermark() for g in self.groups.values()), default=log.first_offset)
+        if low >= log.next_offset:
+            return None
+        return self.read_one(low).timestamps_ms[0]
+
+    def stats(self, now: float) -> QueueStats:
+        """Observable state; see :class:`~felix_core.queue_types.QueueStats`.
+
+        Args:
+            now: the current time in seconds (for the oldest message's age).
+        """
+        groups = {g.name: g.stats() for g in self.groups.values()}
+        log = self.log
+        oldest = self.oldest_timestamp_ms()
+        age = None if oldest is None else max(0.0, now - oldest / 1000.0)
+        return QueueStats(
+            records=log.record_count,
+            bytes=log.byte_size,
+            enqueued=self.enqueued,
+            depth=max((s.depth for s in groups.values()), default=log.record_count),
+            in_flight=sum(s.in_flight for s in groups.values()),
+            redeliveries=sum(s.redeliveries for s in groups.values()),
+            dead_lettered=sum(s.dead_lettered for s in groups.values()),
+            oldest_age_s=age,
+            groups=groups,
+        )
+
+
+def _raise_unknown(unknown: list[int]) -> None:
+    if unknown:
+        raise NotFound(
+            f"{len(unknown)} delivery id(s) not in flight to this consumer",
+            details={"delivery_ids": unknown},
+        )
+
+
+class QueueContext:
+    """What every queue of an engine shares.
+
+    Args:
+        out: the engine's event list (deliveries and dead-letter notices are appended).
+        resolve: finds a queue by key (for dead-letter targets); None when there is none.
+    """
+
+    __slots__ = ("dead_lettered", "next_delivery_id", "out", "redeliveries", "resolve", "touched")
+
+    def __init__(self, out: list[EngineEvent], resolve: Callable[[QueueKey], Queue | None]):
+        self.out = out
+        self.resolve = resolve
+        self.next_delivery_id = 1
+        """Delivery ids are unique in the engine."""
+        self.redeliveries = 0
+        """Redeliveries made since the engine started (deleted queues too)."""
+        self.dead_lettered = 0
+        """Dead letters made since the engine started (deleted queues too)."""
+        self.touched: set[Queue] = set()
+        """Queues a dead letter was appended to (their timers may have moved)."""
+
+
+class Consumer:
+    """One consumer of a group: its prefetch window and the deliveries it holds."""
+
+    __slots__ = (
+        "closed",
+        "connection_id",
+        "group",
+        "id",
+        "inflight",
+        "paused",
+        "prefetch",
+        "suspected",
+    )
+
+    def __init__(
+        self, cid: int, connection_id: int, group: ConsumerGroup, prefetch: int, paused: bool
+    ) -> None:
+        self.id = cid
+        self.connection_id = connection_id
+        self.group = group
+        self.prefetch = prefetch
+        self.paused = paused
+        self.suspected = False  # a delivery timed out on it and it has not acked or nacked since
+        self.inflight: dict[int, QueueDelivery] = {}
+        self.closed = False
+        """Set when it leaves its group (whoever else indexes it drops it then)."""
+
+    @property
+    def queue(self) -> Queue:
+        """The queue it consumes from."""
+        return self.group.queue
+
+
+class ConsumerGroup:
+    """One group of a queue: its position, the messages it owes, its consumers. See the
+    theory of operation in :mod:`felix_core.queues` for what each field means."""
+
+    __slots__ = (
+        "acked",
+        "consumers",
+        "cursor",
+        "dead_lettered",
+        "delayed",
+        "delivered",
+        "inflight",
+        "last_deadline",
+        "nacked",
+        "name",
+        "outstanding",
+        "parked",
+        "queue",
+        "ready",
+        "redeliveries",
+        "retry_at",
+        "rr",
+        "suspects",
+        "timeouts",
+    )
+
+    def __init__(self, name: str, queue: Queue) -> None:
+        self.name = name
+        self.queue = queue
+        self.cursor = queue.log.first_offset
+        self.outstanding: OrderedDict[int, int] = OrderedDict()
+        self.ready: list[int] = []
+        self.delayed: list[tuple[float, int]] = []
+        self.parked: dict[int, tuple[str, str]] = {}  # offset -> (reason, last failure)
+        self.retry_at = math.inf
+        self.inflight: OrderedDict[int, Consumer] = OrderedDict()
+        self.last_deadline = -math.inf
+        self.consumers: list[Consumer] = []
+        self.suspects = 0  # consumers with ``suspected`` set
+        self.rr = 0
+        self.delivered = self.redeliveries = self.acked = self.nacked = 0
+        self.timeouts = self.dead_lettered = 0
+
+    # -- figures --------------------------------------------------------------------------
+
+    def low_watermark(self) -> int:
+        """The oldest offset the group has not finished."""
+        for offset in self.outstanding:
+            return offset
+        return self.cursor
+
+    def waiting(self) -> int:
+        """Messages waiting to be (re)delivered: new, ready, delayed and parked."""
+        log_next = self.queue.log.next_offset
+        return log_next - self.cursor + len(self.ready) + len(self.delayed) + len(self.parked)
+
+    def next_deadline(self) -> float:
+        """The earliest visibility timeout, delayed nack or dead-letter retry (inf: none)."""
+        t = self.retry_at
+        for cid in self.inflight:
+            t = min(t, self.inflight[cid].inflight[cid].deadline)
+            break
+        if self.delayed:
+            t = min(t, self.delayed[0][0])
+        return t
+
+    def stats(self) -> GroupStats:
+        """Observable state; see :class:`~felix_core.queue_types.GroupStats`."""
+        return GroupStats(
+            consumers=len(self.consumers),
+            suspected=self.suspects,
+            depth=self.waiting(),
+            in_flight=len(self.inflight),
+            cursor=self.cursor,
+            low_watermark=self.low_watermark(),
+            delivered=self.delivered,
+            redeliveries=self.redeliveries,
+            acked=self.acked,
+            nacked=self.nacked,
+            timeouts=self.timeouts,
+            dead_lettered=self.dead_lettered,
+            dead_letter_pending=len(self.parked),
+        )
+
+    # -- consumers' liveness ----------------------------------------------------------------
+
+    def suspect(self, c: Consumer) -> bool:
+        """A delivery of ``c`` timed out: suspect it; return whether that costs an attempt.
+
+        Only a live consumer's failure is charged: one that is suspected already has shown
+        no sign of life since an earlier delivery of its timed out, so the message most
+        likely never reached a working consumer.
+        """
+        if c.suspected:
+            return False
+        c.suspected = True
+        self.suspects += 1
+        return True
+
+    def alive(self, c: Consumer) -> None:
+        """``c`` acked or nacked: it is live again (deliveries may go to it)."""
+        if c.suspected:
+            c.suspected = False
+            self.suspects -= 1
+
+    # -- message moves ----------------------------------------------------------------------
+
+    def fire(self, now: float) -> None:
+        """Time out due deliveries, make due delayed messages ready, retry parked dead
+        letters, then dispatch."""
+        inflight = self.inflight
+        while inflight:
+            did, c = next(iter(inflight.items()))
+            d = c.inflight[did]
+            if d.deadline > now:
+                break
+            del inflight[did]
+            del c.inflight[did]
+            self.timeouts += 1
+            self.give_back(d.offset, now, now, "timeout", self.suspect(c))
+        delayed = self.delayed
+        while delayed and delayed[0][0] <= now:
+            heappush(self.ready, heappop(delayed)[1])
+        if self.retry_at <= now:
+            self.retry_at = math.inf
+            parked = list(self.parked.items())
+            self.parked.clear()
+            for offset, (reason, failure) in parked:
+                self.dead_letter(offset, reason, failure, now)
+        self.dispatch(now)
+
+    def give_back(
+        self, offset: int, now: float, due: float, failure: str, charged: bool = True
+    ) -> None:
+        """Make an offset deliverable again at ``due``, or dead-letter it.
+
+        ``charged`` False gives the attempt back: the delivery does not count towards
+        ``max_attempts`` and the redelivery carries the same attempt number.
+        """
+        if not charged:
+            self.outstanding[offset] -= 1
+        limit = self.queue.config.max_attempts
+        if limit is not None and self.outstanding[offset] >= limit:
+            self.dead_letter(offset, "max_attempts", failure, now)
+        elif due <= now:
+            heappush(self.ready, offset)
+        else:
+            heappush(self.delayed, (due, offset))
+
+    def dead_letter(self, offset: int, reason: str, failure: str, now: float) -> None:
+        """Move a message to the dead-letter queue, drop it, or park it."""
+        q = self.queue
+        ctx = q.context
+        attempts = self.outstanding[offset]
+        target = q.config.dead_letter_queue
+        if target is not None:
+            sl = q.read_one(offset)
+            hdrs = dict(sl.headers[0] or {}) if sl.headers is not None else {}
+            hdrs["x-felix-dead-letter-reason"] = reason.encode()
+            hdrs["x-felix-last-failure"] = failure.encode()
+            hdrs["x-felix-original-queue"] = q.key[2].encode()
+            hdrs["x-felix-original-offset"] = str(offset).encode()
+            hdrs["x-felix-group"] = self.name.encode()
+            hdrs["x-felix-attempts"] = str(attempts).encode()
+            payload = sl.payloads[0]
+            key = sl.keys[0] if sl.keys is not None else None
+            tq = ctx.resolve((q.key[0], q.key[1], target))
+            if tq is None or not tq.make_room(1, record_size(payload, key, hdrs)):
+                self.parked[offset] = (reason, failure)
+                self.retry_at = min(self.retry_at, now + DEAD_LETTER_RETRY_S)
+                return
+            tq.append_one(payload, now, key, hdrs)
+            for tg in tq.groups.values():
+                tg.dispatch(now)
+            ctx.touched.add(tq)
+        del self.outstanding[offset]
+        self.dead_lettered += 1
+        ctx.dead_lettered += 1
+        q.finished += 1
+        ctx.out.append(
+            MessageDeadLettered(
+                queue=q.key,
+                group=self.name,
+                offset=offset,
+                attempts=attempts,
+                reason=reason,
+                target=target,
+            )
+        )
+
+    def dispatch(self, now: float) -> None:
+        """Hand ready and new messages to the group's consumers, round-robin."""
+        q = self.queue
+        log = q.log
+        if not self.ready and self.cursor >= log.next_offset:
+            return
+        consumers = self.consumers
+        # Suspected consumers get nothing while the group has a live one (paused or full or
+        # not): redeliveries go to consumers that are alive. A group of suspects only is
+        # served as before; their timeouts are not charged (see ``suspect``).
+        avoid = 0 < self.suspects < len(consumers)
+        free = 0
+        for c in consumers:
+            if not c.paused and len(c.inflight) < c.prefetch and not (avoid and c.suspected):
+                free += c.prefetch - len(c.inflight)
+        if free == 0:
+            return
+        ctx = q.context
+        deadline = max(now + q.config.visibility_timeout_s, self.last_deadline)
+        self.last_deadline = deadline
+        n = len(consumers)
+        rr = self.rr % n
+        first_id = did = ctx.next_delivery_id
+        outstanding = self.outstanding
+        ginflight = self.inflight
+        batches: dict[Consumer, list[QueueDelivery]] = {}
+        slices: list[tuple[LogSlice, int]] = []
+        redelivered = 0
+        while free and self.ready:
+            offset = heappop(self.ready)
+            slices.append((q.read_one(offset), outstanding[offset] + 1))
+            free -= 1
+            redelivered += 1
+        if redelivered:
+            self.redeliveries += redelivered
+            ctx.redeliveries += redelivered
+        if free and self.cursor < log.next_offset:
+            sl = log.read(self.cursor, free, 1 << 62)
+            assert isinstance(sl, LogSlice), "a group's cursor is never trimmed"
+            slices.append((sl, 1))
+            self.cursor = sl.next_offset
+        for sl, attempt in slices:
+            base = sl.base_offset
+            keys = sl.keys
+            headers = sl.headers
+            stamps = sl.timestamps_ms
+            for i, payload in enumerate(sl.payloads):
+                c = consumers[rr]
+                rr = (rr + 1) % n
+                while c.paused or len(c.inflight) >= c.prefetch or (avoid and c.suspected):
+                    c = consumers[rr]
+                    rr = (rr + 1) % n
+                offset = base + i
+                d = QueueDelivery(
+                    did,
+                    attempt,
+                    offset,
+                    payload,
+                    keys[i] if keys is not None else None,
+                    headers[i] if headers is not None else None,
+                    stamps[i],
+                    deadline,
+                )
+                outstanding[offset] = attempt
+                c.inflight[did] = d
+                ginflight[did] = c
+                batch = batches.get(c)
+                if batch is None:
+                    batches[c] = [d]
+                else:
+                    batch.append(d)
+                did += 1
+        self.delivered += did - first_id
+        ctx.next_delivery_id = did
+        self.rr = rr
+        out = ctx.out
+        for c, ds in batches.items():
+            out.append(
+                MessagesDelivered(
+                    connection_id=c.connection_id, consumer_id=c.id, queue=q.key, deliveries=ds
+                )
+            )

@@ -26,7 +26,7 @@ from felix_core.errors import InvalidArgument
 from felix_core.limits import BrokerConfig
 from felix_core.log import Retention
 from felix_core.names import validate_name
-from felix_core.queues import QueueConfig
+from felix_core.queue_types import QueueConfig
 from felix_proto.messages import MAX_DURATION_MS
 
 __all__ = [

@@ -18,6 +18,10 @@ moves the cursor to ``slice.next_offset`` and takes ``len(slice)`` records and
 when some byte credit remains, even if it alone is larger (byte credit may then go
 negative), so a small byte credit cannot wedge a subscription.
 
+Records that are not in memory: a read may answer
+:class:`~felix_core.log.ReadPending` (a log on disk fetching them); the group it was for
+stops there, and the owner pumps again when the log says they can be read.
+
 Batching: a slice of at least ``max_events`` records or ``max_bytes`` bytes goes out at
 once; a smaller one waits until the stream's flush deadline (``now + max_delay`` when a
 partial batch first waited), which :meth:`Fanout.get_timer` reports and
@@ -26,40 +30,38 @@ that were held back have already waited.
 
 Ordering and gaps: a cursor only moves forward by the length of the slice it received, so
 every subscription sees its records in offset order with no gap, unless a
-:class:`StreamGap` says exactly how many records it missed. That happens when retention
-trimmed records below a cursor (``drop_oldest``, and age retention under ``block``): at
-its next read the cursor jumps to the first retained offset and the gap reports the
-distance. Under ``disconnect`` a subscription whose unread records are trimmed by a publish
-ends at once with reason ``lagged``; under ``block`` a publish that would trim records some
-cursor has not read is refused with a retryable :class:`~felix_core.errors.Overloaded`, so
-the log never grows past its bound.
+:class:`~felix_core.events.RecordsSkipped` says exactly how many records it missed. That
+happens when retention trimmed records below a cursor (``drop_oldest``, and age retention
+under ``block``): at its next read the cursor jumps to the first retained offset and the gap
+reports the distance. Under ``disconnect`` a subscription whose unread records are trimmed
+by a publish ends at once with reason ``lagged``; under ``block`` a publish that would trim
+records some cursor has not read is refused with a retryable
+:class:`~felix_core.errors.Overloaded`, so the log never grows past its bound.
 
-Outputs (:class:`StreamBatch`, :class:`StreamGap`, :class:`SubscriptionEnded`) are appended
-to a list owned by the caller (the broker facade), which drains it.
+Outputs (:class:`~felix_core.events.RecordsDelivered`,
+:class:`~felix_core.events.RecordsSkipped`, :class:`~felix_core.events.SubscriptionClosed`)
+are appended to a list owned by the caller (the broker facade), which drains it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from enum import IntEnum
 
 from felix_core.errors import CursorTooOld, InvalidArgument, Overloaded, TooLarge
-from felix_core.log import Log, LogSlice, MemoryLog, TooOld, record_size
+from felix_core.events import EngineEvent, RecordsDelivered, RecordsSkipped, SubscriptionClosed
+from felix_core.limits import MemoryBudget
+from felix_core.log import Log, LogSlice, MemoryLog, ReadPending, TooOld, record_size
 from felix_core.settings import BatchPolicy, SlowConsumerPolicy, StreamSettings
 
 __all__ = [
     "BatchPolicy",
     "Fanout",
-    "Output",
     "SlowConsumerPolicy",
     "StartKind",
     "Stream",
-    "StreamBatch",
-    "StreamGap",
     "StreamSettings",
     "Subscription",
-    "SubscriptionEnded",
     "batch_byte_size",
 ]
 
@@ -73,57 +75,6 @@ class StartKind(IntEnum):
     TIMESTAMP = 3
 
 
-# -- outputs -------------------------------------------------------------------------------
-
-
-class Output:
-    """Base class of the records the engine hands to the runtime for a connection."""
-
-    __slots__ = ()
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class StreamBatch(Output):
-    """Records for a subscription. The same slice object may go to many subscriptions."""
-
-    connection_id: int
-    """The connection holding the subscription."""
-    subscription_id: int
-    """The subscription."""
-    slice: LogSlice
-    """The records; encode once per distinct object."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class StreamGap(Output):
-    """Retention trimmed records the subscription had not received; it skips them."""
-
-    connection_id: int
-    """The connection holding the subscription."""
-    subscription_id: int
-    """The subscription."""
-    missed: int
-    """Exactly how many records were skipped."""
-    next_offset: int
-    """The offset the subscription continues from."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SubscriptionEnded(Output):
-    """The subscription is over; nothing more will be delivered for it."""
-
-    connection_id: int
-    """The connection that held the subscription."""
-    subscription_id: int
-    """The subscription."""
-    reason: str
-    """``unsubscribed``, ``lagged``, ``deleted``, ``too_old``, ``shutdown`` or ``error``."""
-    message: str = ""
-    """Human-readable detail."""
-    next_offset: int | None = None
-    """Where a resumed subscription would continue."""
-
-
 # -- subscriptions -------------------------------------------------------------------------
 
 
@@ -131,6 +82,7 @@ class Subscription:
     """A cursor with credit. Owned by a :class:`Fanout`; the facade reads its fields."""
 
     __slots__ = (
+        "closed",
         "conn_id",
         "credit_bytes",
         "credit_messages",
@@ -150,6 +102,8 @@ class Subscription:
         self.paused = False
         self.delivered = 0
         self.start_offset = cursor
+        self.closed = False
+        """Set when it leaves its fanout (whoever else indexes it drops it then)."""
 
     def __repr__(self) -> str:
         return (
@@ -177,9 +131,13 @@ def batch_byte_size(
         return sum(map(len, payloads))
     n = len(payloads)
     return sum(
-        map(record_size, payloads, keys if keys is not None else [None] * n,
-            headers if headers is not None else [None] * n)
-    )  # fmt: skip
+        map(
+            record_size,
+            payloads,
+            keys if keys is not None else [None] * n,
+            headers if headers is not None else [None] * n,
+        )
+    )
 
 
 class Fanout:
@@ -188,11 +146,10 @@ class Fanout:
     def __init__(
         self,
         log: Log,
-        out: list[Output],
+        out: list[EngineEvent],
         *,
         policy: SlowConsumerPolicy = SlowConsumerPolicy.DROP_OLDEST,
         batch: BatchPolicy | None = None,
-        on_end: Callable[[Subscription], None] | None = None,
     ) -> None:
         """Create a fanout with no subscriptions.
 
@@ -201,19 +158,13 @@ class Fanout:
             out: the list outputs are appended to (owned and drained by the caller).
             policy: the slow-consumer policy.
             batch: the batching policy (defaults when None).
-            on_end: called with every subscription that leaves (for the owner's books).
         """
         self.log = log
         self.policy = policy
         self.batch = batch or BatchPolicy()
         self._out = out
-        self._on_end = on_end
         self._subs: dict[int, Subscription] = {}
         self._flush_at: float | None = None
-        self.closed = False
-        """Set by the owner when the log's resource is gone."""
-        self.timer_scheduled: float | None = None
-        """The deadline the owner last scheduled for this fanout (owned by the facade)."""
         self.delivered_records = 0
         self.delivered_batches = 0
         self.gap_records = 0
@@ -310,7 +261,8 @@ class Fanout:
 
         Args:
             sub_id: the subscription.
-            reason: when not None, a :class:`SubscriptionEnded` with this reason is output.
+            reason: when not None, a :class:`~felix_core.events.SubscriptionClosed` with this
+                reason is output.
             message: detail for the output.
 
         Returns:
@@ -319,11 +271,10 @@ class Fanout:
         sub = self._subs.pop(sub_id, None)
         if sub is None:
             return None
-        if self._on_end is not None:
-            self._on_end(sub)
+        sub.closed = True
         if reason is not None:
             self._out.append(
-                SubscriptionEnded(
+                SubscriptionClosed(
                     connection_id=sub.conn_id,
                     subscription_id=sub_id,
                     reason=reason,
@@ -407,6 +358,8 @@ class Fanout:
                 subs = self._handle_trimmed(subs, got.first_offset)
                 offset = got.first_offset
                 continue
+            if isinstance(got, ReadPending):
+                return False  # being fetched: the owner pumps again once it can be read
             n = len(got)
             size = got.byte_size
             if (
@@ -430,7 +383,7 @@ class Fanout:
                 self.delivered_records += len(piece)
                 self.delivered_batches += 1
                 out.append(
-                    StreamBatch(connection_id=sub.conn_id, subscription_id=sub.id, slice=piece)
+                    RecordsDelivered(connection_id=sub.conn_id, subscription_id=sub.id, slice=piece)
                 )
                 if piece is got and sub.credit_messages > 0 and sub.credit_bytes > 0:
                     keep.append(sub)
@@ -459,7 +412,7 @@ class Fanout:
             self.gap_records += missed
             sub.cursor = first
             self._out.append(
-                StreamGap(
+                RecordsSkipped(
                     connection_id=sub.conn_id,
                     subscription_id=sub.id,
                     missed=missed,
@@ -514,7 +467,7 @@ class Stream(Fanout):
     """A stream: a fanout that owns its log and accepts publishes."""
 
     def __init__(
-        self, settings: StreamSettings, out: list[Output], *, log: Log | None = None
+        self, settings: StreamSettings, out: list[EngineEvent], *, log: Log | None = None
     ) -> None:
         """Create an empty stream.
 
@@ -556,32 +509,28 @@ class Stream(Fanout):
         headers: Sequence[dict[str, bytes] | None] | None,
         now: float,
         nbytes: int | None = None,
+        budget: MemoryBudget | None = None,
     ) -> tuple[int, int]:
-        """Append records and deliver them.
+        """Append a validated batch and deliver it.
 
         Args:
             payloads: at least one payload.
             keys: None or one optional key per payload.
             headers: None or one optional header dict per payload.
             now: the current time; records are stamped ``int(now * 1000)``.
-            nbytes: the batch's byte size if the caller computed it already.
+            nbytes: the batch's byte size (:func:`batch_byte_size`; computed when None).
+            budget: the engine's memory budget: the append must fit it, net of the records
+                it evicts (None: not checked).
 
         Returns:
             ``(first_offset, last_offset)`` of the new records.
 
         Raises:
-            InvalidArgument: no payloads, or keys/headers of the wrong length.
             TooLarge: the batch alone exceeds the stream's retention.
-            Overloaded: under ``block``, the append would trim records some subscription
-                has not read yet (retryable).
+            Overloaded: the memory budget would be exceeded, or under ``block`` the append
+                would trim records some subscription has not read yet (retryable).
         """
         n = len(payloads)
-        if n == 0:
-            raise InvalidArgument(
-                "a publish needs at least one payload", details={"field": "payloads"}
-            )
-        if (keys is not None and len(keys) != n) or (headers is not None and len(headers) != n):
-            raise InvalidArgument("keys and headers must match payloads", details={"field": "keys"})
         if nbytes is None:
             nbytes = batch_byte_size(payloads, keys, headers)
         retention = self.settings.retention
@@ -593,8 +542,17 @@ class Stream(Fanout):
                 details={"records": n, "bytes": nbytes},
             )
         log = self.log
-        if self.policy is SlowConsumerPolicy.BLOCK and self._subs:
+        evict: int | None = None  # records the append evicts, computed once if needed
+        if budget is not None and not budget.fits(nbytes):
             evict = log.evictions_for(n, nbytes, retention)
+            freed = 0
+            if evict:
+                got = log.read(log.first_offset, evict, 1 << 62)
+                freed = got.byte_size if isinstance(got, LogSlice) else 0
+            budget.check(nbytes - freed, "publish")
+        if self.policy is SlowConsumerPolicy.BLOCK and self._subs:
+            if evict is None:
+                evict = log.evictions_for(n, nbytes, retention)
             if evict:
                 slowest = self.slowest_cursor()
                 assert slowest is not None
@@ -621,11 +579,10 @@ class Stream(Fanout):
             self.trimmed_records += dropped
             self.end_lagging()
         self._age_at = None
-        if retention.max_age_ms is not None and log.record_count:
-            oldest = log.read(log.first_offset, 1, 0)
-            assert isinstance(oldest, LogSlice)
+        oldest = log.first_timestamp_ms
+        if retention.max_age_ms is not None and oldest is not None:
             # A record is dropped once now_ms > ts + max_age; +0.5 ms absorbs float rounding.
-            self._age_at = (oldest.timestamps_ms[0] + retention.max_age_ms + 1.5) / 1000
+            self._age_at = (oldest + retention.max_age_ms + 1.5) / 1000
 
     def get_timer(self) -> float | None:
         """The earliest of the flush deadline and the next age-retention deadline."""

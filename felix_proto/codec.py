@@ -24,9 +24,10 @@ numeric code (``Message.TYPE``) and ``fields`` a map from field name (str) to va
 Errors raised by :func:`decode` are not fatal (``fatal`` is false: the frame was intact, the
 stream goes on) and carry ``request_id`` when the fields held a valid one, so the receiver
 can answer the one bad request. msgpack's own exceptions are translated into ``BadFrame`` in
-one place, :func:`_unpack`. Type rules: a bool is never an int and an int never a bool;
-integers are unsigned 64-bit unless noted (``versions`` and error ``code`` are u16); bytes
-are msgpack bin and text is msgpack str (valid UTF-8); map keys are str; no ext types.
+one place, the ``unpackb`` call of :func:`decode`. Type rules: a bool is never an int and an
+int never a bool; integers are unsigned 64-bit unless noted (``versions`` and error ``code``
+are u16); bytes are msgpack bin and text is msgpack str (valid UTF-8); map keys are str; no
+ext types.
 
 The validators are built once per message class when this module is imported, from the
 dataclass field declarations and :data:`ENUM_FIELDS`; nothing inspects types per call.
@@ -110,24 +111,6 @@ def _reject_ext(code: int, data: bytes) -> Any:
 
 
 _UNPACK_ERRORS = (ValueError, TypeError, OverflowError, msgpack.UnpackException)
-
-
-def _unpack(payload: bytes) -> Any:
-    """The one place msgpack decodes untrusted bytes; its errors become ``BadFrame``, and a
-    payload holding more than :data:`MAX_VALUES` values is refused before it is built.
-
-    ``unpackb`` bounds every declared length (str, bin, array, map, ext) by ``len(payload)``
-    by default, so a declared count never allocates more than the frame could hold; its
-    other defaults are the strict ones this codec needs (``raw=False``, ``use_list=True``,
-    ``strict_map_key=True``). Passing them again would cost ~150 ns of argument parsing
-    per message, so only ``ext_hook`` is given. (:func:`decode` inlines this call.)
-    """
-    if len(payload) > MAX_VALUES:
-        check_values(payload)
-    try:
-        return msgpack.unpackb(payload, ext_hook=_reject_ext)
-    except _UNPACK_ERRORS as exc:
-        raise BadFrame(f"malformed msgpack payload: {exc}", fatal=False) from None
 
 
 def _pack_frame(obj: Any) -> bytes:
@@ -252,7 +235,12 @@ def decode(payload: bytes) -> m.Message:
     """
     if len(payload) > MAX_VALUES:  # smaller payloads cannot hold more values than that
         check_values(payload)
-    try:  # _unpack, inlined
+    # The one place msgpack decodes untrusted bytes. unpackb bounds every declared length
+    # (str, bin, array, map, ext) by len(payload), so a declared count never allocates more
+    # than the frame could hold; its other defaults are the strict ones needed (raw=False,
+    # use_list=True, strict_map_key=True). Passing them again would cost ~150 ns of argument
+    # parsing per message, so only ext_hook is given.
+    try:
         obj = msgpack.unpackb(payload, ext_hook=_reject_ext)
     except _UNPACK_ERRORS as exc:
         raise BadFrame(f"malformed msgpack payload: {exc}", fatal=False) from None

@@ -193,10 +193,13 @@ class ServerConnection(Connection):
         announced = {**self._limits, **(limits or {}), "max_frame_size": self._max_recv_frame}
         welcome = encode(
             m.Welcome(
-                version=self._version, server_id=self._server_id, region=self._region,
-                capabilities=self._agreed, limits=announced,
+                version=self._version,
+                server_id=self._server_id,
+                region=self._region,
+                capabilities=self._agreed,
+                limits=announced,
             )
-        )  # fmt: skip
+        )
         if not self.fits(welcome):  # a huge server_id or region: say so rather than go silent
             self._close_with_error(
                 ErrorCode.TOO_LARGE,
@@ -283,9 +286,11 @@ class ServerConnection(Connection):
         if self._goaway_deadline is not None and now >= self._goaway_deadline:
             self._goaway_deadline = None
             self._terminate(
-                ErrorCode.SHUTTING_DOWN, "goaway deadline passed", by_peer=False,
+                ErrorCode.SHUTTING_DOWN,
+                "goaway deadline passed",
+                by_peer=False,
                 request_close=True,
-            )  # fmt: skip
+            )
 
     # --------------------------------------------------------------------- replies
 
@@ -343,9 +348,14 @@ class ServerConnection(Connection):
         return True
 
     def send_error(
-        self, request_id: int, code: int, message: str, *,
-        details: dict[str, Any] | None = None, retryable: bool | None = None,
-    ) -> None:  # fmt: skip
+        self,
+        request_id: int,
+        code: int,
+        message: str,
+        *,
+        details: dict[str, Any] | None = None,
+        retryable: bool | None = None,
+    ) -> None:
         """Fail a request with ``Error`` on the stream it came on (dropped silently if the
         stream is gone or the connection ended). An ``Error`` that would exceed the client's
         ``max_frame_size`` loses its ``details`` and has its message clipped, so it always
@@ -466,19 +476,21 @@ class ServerConnection(Connection):
             feed.move(FeedInput.DATA, local=True)
             self._send(feed.stream_id, m.SubscriptionGap(missed=missed, next_offset=next_offset))
 
-    def subscription_credit(self, subscription_id: int) -> tuple[int, int]:
-        """Return the remaining ``(records, bytes)`` credit of an open subscription.
+    def subscription_open(self, subscription_id: int) -> bool:
+        """Whether the subscription's stream is open (opened, not ended or stopped)."""
+        return subscription_id in self._subs
 
-        Raises:
-            LocalProtocolError: unknown or ended subscription.
-        """
-        feed = self._feed(self._subs, subscription_id)
-        return (feed.messages, feed.nbytes) if feed is not None else (0, 0)
+    def consumer_open(self, consumer_id: int) -> bool:
+        """Whether the consumer's stream is open (opened, not ended or stopped)."""
+        return consumer_id in self._consumers
 
     def end_subscription(
-        self, subscription_id: int, reason: str, message: str = "",
+        self,
+        subscription_id: int,
+        reason: str,
+        message: str = "",
         next_offset: int | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         """Write ``SubscriptionEnded`` and end the subscription's stream.
 
         Args:
@@ -493,9 +505,11 @@ class ServerConnection(Connection):
         feed = self._feed(self._subs, subscription_id)
         if feed is not None:
             end = m.SubscriptionEnded(
-                subscription_id=subscription_id, reason=str(reason), message=clip_text(message),
+                subscription_id=subscription_id,
+                reason=str(reason),
+                message=clip_text(message),
                 next_offset=next_offset,
-            )  # fmt: skip
+            )
             self._end_feed(feed, end)
 
     def open_consumer(self, request_id: int, consumer_id: int) -> int:
@@ -600,10 +614,12 @@ class ServerConnection(Connection):
         if isinstance(msg, m.Error):
             self._events.append(
                 ev.ErrorReceived(
-                    stream_id=stream.stream_id, code=msg.code, message=msg.message,
+                    stream_id=stream.stream_id,
+                    code=msg.code,
+                    message=msg.message,
                     details=msg.details,
                 )
-            )  # fmt: skip
+            )
             return
         rid = getattr(msg, "request_id", None)
         if self._state not in (ConnState.READY, ConnState.GOING_AWAY):
@@ -625,10 +641,11 @@ class ServerConnection(Connection):
                 feed.nbytes += msg.bytes
                 self._events.append(
                     ev.CreditGranted(
-                        subscription_id=msg.subscription_id, messages=msg.messages,
+                        subscription_id=msg.subscription_id,
+                        messages=msg.messages,
                         bytes=msg.bytes,
                     )
-                )  # fmt: skip
+                )
         elif type(msg) in _REQUESTS:
             self._on_request(stream, msg, rid)
         else:

@@ -45,8 +45,9 @@ class _JsonFormatter(logging.Formatter):
         }
         fields = getattr(record, "fields", None)
         if fields:
-            out.update({k: v if isinstance(v, int | float | bool) else str(v)
-                        for k, v in fields.items()})  # fmt: skip
+            out.update(
+                {k: v if isinstance(v, int | float | bool) else str(v) for k, v in fields.items()}
+            )
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
         return json.dumps(out, separators=(",", ":"))

@@ -37,8 +37,20 @@ __all__ = ["PrometheusObserver", "Responder"]
 _perf_counter = time.perf_counter
 
 _LATENCY_BUCKETS = (
-    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0
-)  # fmt: skip
+    0.00005,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.5,
+    1.0,
+)
 
 # Broker.stats() keys with a better name (and type) than the generic felix_engine_<key>.
 _ENGINE: dict[str, tuple[str, str, str]] = {
@@ -132,8 +144,9 @@ def _per_resource(
     for key in keys:
         name, metric_kind, doc = _ENGINE[f"{kind}_{key}"]
         family = CounterMetricFamily if metric_kind == "counter" else GaugeMetricFamily
-        metric = family(f"{name}_per_{kind}", f"{doc}, per {kind}",
-                        labels=["tenant", "namespace", kind])  # fmt: skip
+        metric = family(
+            f"{name}_per_{kind}", f"{doc}, per {kind}", labels=["tenant", "namespace", kind]
+        )
         for path, values in rows.items():
             metric.add_metric(list(path), values[key])
         yield metric
@@ -203,9 +216,11 @@ class PrometheusObserver(ServerObserver):
             "felix_connections_accepted", "QUIC connections accepted", registry=registry
         )
         self.connections_closed = Counter(
-            "felix_connections_closed", "Connections closed, by error code", ["code"],
+            "felix_connections_closed",
+            "Connections closed, by error code",
+            ["code"],
             registry=registry,
-        )  # fmt: skip
+        )
         self.refused = Counter(
             "felix_connections_refused",
             "New connections refused (Initial packets, answered or dropped), by reason",
@@ -249,40 +264,53 @@ class PrometheusObserver(ServerObserver):
             "felix_deliveries", "Records written to feeds", ["source"], registry=registry
         )
         self.delivered_bytes = Counter(
-            "felix_delivered_bytes", "Payload bytes written to feeds", ["source"],
+            "felix_delivered_bytes",
+            "Payload bytes written to feeds",
+            ["source"],
             registry=registry,
-        )  # fmt: skip
+        )
         self.batches_encoded = Counter(
             "felix_event_batches_encoded", "Event batches encoded (once each)", registry=registry
         )
         self.batch_writes = Counter(
-            "felix_event_batch_writes", "Event batch writes (one per subscriber)",
+            "felix_event_batch_writes",
+            "Event batch writes (one per subscriber)",
             registry=registry,
-        )  # fmt: skip
+        )
         self.dropped = Counter(
-            "felix_subscribe_dropped", "Records a subscriber lost, by reason", ["reason"],
+            "felix_subscribe_dropped",
+            "Records a subscriber lost, by reason",
+            ["reason"],
             registry=registry,
-        )  # fmt: skip
+        )
         self.ended = Counter(
-            "felix_subscriptions_ended", "Subscriptions ended, by reason", ["reason"],
+            "felix_subscriptions_ended",
+            "Subscriptions ended, by reason",
+            ["reason"],
             registry=registry,
-        )  # fmt: skip
+        )
         self.dead_letters = Counter(
-            "felix_dead_lettered", "Queue messages dead-lettered, by reason", ["reason"],
+            "felix_dead_lettered",
+            "Queue messages dead-lettered, by reason",
+            ["reason"],
             registry=registry,
-        )  # fmt: skip
+        )
         self.violations = Counter(
-            "felix_quic_protocol_violation", "Protocol violations by clients, by error code",
-            ["code"], registry=registry,
-        )  # fmt: skip
+            "felix_quic_protocol_violation",
+            "Protocol violations by clients, by error code",
+            ["code"],
+            registry=registry,
+        )
         self.pauses = Counter(
-            "felix_backpressure_pauses", "Times deliveries to a connection were paused",
+            "felix_backpressure_pauses",
+            "Times deliveries to a connection were paused",
             registry=registry,
-        )  # fmt: skip
+        )
         self.internal_errors = Counter(
-            "felix_internal_errors", "Unexpected exceptions turned into INTERNAL",
+            "felix_internal_errors",
+            "Unexpected exceptions turned into INTERNAL",
             registry=registry,
-        )  # fmt: skip
+        )
 
     def attach(self, server: FelixServer) -> None:
         """Also export the engine's and the sessions' gauges at scrape time."""

@@ -1,9 +1,10 @@
-"""The broker's UDP socket as both adapters use it: bound with large kernel buffers and
-non-blocking, drained a batch at a time, written without ever waiting.
+"""The UDP sockets of Felix, as the broker's adapters and the client use them: non-blocking
+with large kernel buffers (:func:`udp_socket`), the broker's bound (:func:`bind_udp`) and
+drained a batch at a time, written without ever waiting.
 
 Plain socket calls, no event loop: each adapter waits for readability its own way
 (``loop.add_reader`` or ``anyio.wait_readable``) and then calls :func:`read_batch` and
-:func:`send_all`.
+:func:`send_all`; the client connects its socket and waits with anyio.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from aioquic.quic.connection import NetworkAddress
 
 from felix_runtime.logs import log_fields, logger
 
-__all__ = ["READ_BATCH", "SOCKET_BUFFER", "bind_udp", "read_batch", "send_all"]
+__all__ = ["READ_BATCH", "SOCKET_BUFFER", "bind_udp", "read_batch", "send_all", "udp_socket"]
 
 READ_BATCH = 64
 """Most datagrams read from the socket before one transmit."""
@@ -24,23 +25,29 @@ SOCKET_BUFFER = 4 * 1024 * 1024
 """Requested kernel send and receive buffer sizes."""
 
 
-def bind_udp(host: str, port: int) -> socket.socket:
-    """A non-blocking UDP socket bound to ``(host, port)`` (closed again if binding fails).
-
-    Raises:
-        OSError: the address cannot be bound.
-    """
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+def udp_socket(family: int) -> socket.socket:
+    """A non-blocking UDP socket of ``family`` with :data:`SOCKET_BUFFER`-sized kernel
+    buffers (as large as the kernel allows, when it allows less)."""
     sock = socket.socket(family, socket.SOCK_DGRAM)
     for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
+    sock.setblocking(False)
+    return sock
+
+
+def bind_udp(host: str, port: int) -> socket.socket:
+    """A :func:`udp_socket` bound to ``(host, port)`` (closed again if binding fails).
+
+    Raises:
+        OSError: the address cannot be bound.
+    """
+    sock = udp_socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     try:
         sock.bind((host, port))
     except OSError:
         sock.close()
         raise
-    sock.setblocking(False)
     return sock
 
 

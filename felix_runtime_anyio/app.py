@@ -59,8 +59,10 @@ async def run(config: ServerConfig) -> int:
                     config, bound, metrics.address, cert, fingerprint, f"anyio/{_backend_name()}"
                 )
                 async for signum in signals:
-                    logger.info("signal received, shutting down",
-                                extra=log_fields(signal=signal.Signals(signum).name))  # fmt: skip
+                    logger.info(
+                        "signal received, shutting down",
+                        extra=log_fields(signal=signal.Signals(signum).name),
+                    )
                     break
             server.begin_shutdown(time.time())
             runtime.wake()

@@ -62,9 +62,8 @@ class BrokerProcess:
         self.metrics = MetricsServer(registry, lambda: server.ready)  # /live, /ready regardless
         await self.metrics.start(*config.metrics_address)
         log_started(
-            config, bound, self.metrics.address,
-            self.cert_path, self.fingerprint, "asyncio",
-        )  # fmt: skip
+            config, bound, self.metrics.address, self.cert_path, self.fingerprint, "asyncio"
+        )
         return self
 
     async def shutdown(self) -> None:
@@ -74,9 +73,11 @@ class BrokerProcess:
             server.begin_shutdown(time.time())
             runtime.wake()
             logger.info(
-                "draining", extra=log_fields(connections=len(server.sessions),
-                                             grace_s=self.config.shutdown_grace_s)
-            )  # fmt: skip
+                "draining",
+                extra=log_fields(
+                    connections=len(server.sessions), grace_s=self.config.shutdown_grace_s
+                ),
+            )
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.config.shutdown_drain_s + 1.0):
                     await runtime.wait_finished()

@@ -12,7 +12,7 @@ grace deadline):
 
 ``draining``
     until its feeds have caught up (:meth:`Broker.pending
-    <felix_core.broker_core.BrokerCore.pending>` is 0: every subscription's cursor is at its
+    <felix_core.broker.Broker.pending>` is 0: every subscription's cursor is at its
     log's end, every consumer's group has nothing waiting and the consumer holds no
     unsettled delivery) *and* the client has acknowledged, at the QUIC level, every byte
     written to it. Then its feeds are ended (``SubscriptionEnded`` / ``ConsumerEnded`` with
@@ -29,17 +29,18 @@ to :data:`MAX_REPORT_LINES`, one summary line, and the observer's
 ``shutdown_drain_s`` still bounds the whole shutdown: connections whose close has not
 completed by then are abandoned by the server.
 
-Nothing here reads a clock or does I/O: time is ``now``, as everywhere in the glue.
+The drain is handed the engine, the observer and the sessions; it acts on sessions and
+returns the ones it acted on, which the server then transmits. Nothing here reads a clock or
+does I/O: time is ``now``, as everywhere in the glue.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Iterable
 
+from felix_core.broker import Broker
+from felix_server.observer import ServerObserver
 from felix_server.session import Session
-
-if TYPE_CHECKING:
-    from felix_server.server import FelixServer
 
 __all__ = ["DRAIN_POLL_S", "MAX_REPORT_LINES", "Drain", "unacknowledged_bytes"]
 
@@ -62,17 +63,27 @@ class Drain:
     module docstring.
 
     Args:
-        server: the server shutting down (its engine already refuses new work).
+        engine: the engine (it already refuses new work).
+        observer: told what was not delivered, and logs.
+        sessions: every connection at the start of the shutdown.
         close_at: the end of the grace period (absolute time).
         now: the current time.
     """
 
-    def __init__(self, server: FelixServer, close_at: float, now: float) -> None:
-        self.server = server
+    def __init__(
+        self,
+        engine: Broker,
+        observer: ServerObserver,
+        sessions: Iterable[Session],
+        close_at: float,
+        now: float,
+    ) -> None:
+        self.engine = engine
+        self.observer = observer
         self.started = now
         self.close_at: float | None = close_at
         self.poll_at: float | None = now
-        self.draining: dict[int, Session] = {s.conn_id: s for s in server.sessions}
+        self.draining: dict[int, Session] = {s.conn_id: s for s in sessions}
         self.ending: dict[int, Session] = {}
 
     def get_timer(self) -> float | None:
@@ -80,59 +91,67 @@ class Drain:
         deadlines = [d for d in (self.poll_at, self.close_at) if d is not None]
         return min(deadlines, default=None)
 
-    def handle_timer(self, now: float) -> None:
-        """Check the connections (when due), or expire the grace period (when over)."""
-        if self.close_at is not None and now >= self.close_at:
-            self.expire(now)
-        elif self.poll_at is not None and now >= self.poll_at:
-            self.poll(now)
+    def handle_timer(self, now: float, sessions: Iterable[Session]) -> list[Session]:
+        """Check the connections (when due), or expire the grace period (when over).
 
-    def poll(self, now: float) -> None:
+        Args:
+            now: the current time.
+            sessions: every live connection (the grace's end closes them all).
+
+        Returns:
+            The sessions acted on (they have something to send).
+        """
+        if self.close_at is not None and now >= self.close_at:
+            return self.expire(now, sessions)
+        if self.poll_at is not None and now >= self.poll_at:
+            return self.poll(now)
+        return []
+
+    def poll(self, now: float) -> list[Session]:
         """Close the connections that have finished; end the feeds of those caught up."""
-        server = self.server
+        acted: list[Session] = []
         for conn_id, session in list(self.ending.items()):
             if session.finished or unacknowledged_bytes(session) == 0:
                 del self.ending[conn_id]
                 session.close_for_shutdown(now)
-                server.mark_dirty(session)
-        broker = server.broker
+                acted.append(session)
+        engine = self.engine
         for conn_id, session in list(self.draining.items()):
             if session.finished:
                 del self.draining[conn_id]
-            elif broker.pending(conn_id) == 0 and unacknowledged_bytes(session) == 0:
+            elif engine.pending(conn_id) == 0 and unacknowledged_bytes(session) == 0:
                 del self.draining[conn_id]
-                broker.end_feeds(conn_id, now)
+                engine.end_feeds(conn_id, now)
                 self.ending[conn_id] = session
-                server.mark_dirty(session)
+                acted.append(session)
         if self.draining or self.ending:
             self.poll_at = now + DRAIN_POLL_S
-            return
+            return acted
         self.poll_at = self.close_at = None
-        server.observer.log(
+        self.observer.log(
             "info", "shutdown: every connection drained", seconds=round(now - self.started, 3)
         )
+        return acted
 
-    def expire(self, now: float) -> None:
+    def expire(self, now: float, sessions: Iterable[Session]) -> list[Session]:
         """The grace period is over: report what was not delivered, end every feed that is
         left and close every connection."""
         self.poll_at = self.close_at = None
-        server = self.server
         self._report(now)
         self.draining.clear()
         self.ending.clear()
-        server.broker.shutdown(now)
-        server.pump_outputs()  # the end frames go out before the close
-        for session in server.sessions:
+        self.engine.shutdown(now)
+        acted = list(sessions)
+        for session in acted:  # each writes its end frames, then closes
             session.close_for_shutdown(now)
-            server.mark_dirty(session)
+        return acted
 
     def _report(self, now: float) -> None:
         """Log (and tell the observer) what every feed still draining did not get."""
-        server = self.server
-        observer = server.observer
+        observer = self.observer
         feeds = records = unacked = lines = 0
         for conn_id in self.draining:
-            for feed in server.broker.backlog(conn_id):
+            for feed in self.engine.backlog(conn_id):
                 if not (feed.undelivered or feed.unacked):
                     continue
                 feeds += 1

@@ -20,17 +20,20 @@ Outputs
       (QUIC and Felix) and the shutdown;
     * :attr:`FelixServer.ready` and :attr:`FelixServer.finished` for health and exit.
 
-Timers. Each session's deadline is cached, with a heap (lazy deletion) for the earliest, and
-recomputed only for the sessions touched since the last :meth:`get_timer`: those that
-received a datagram, had a timer fire, transmitted, were marked dirty (broker outputs, API
-writes) or were told to shut down. Nothing else changes a session's deadline, so an idle
-connection costs nothing per loop pass.
+Timers. Each session's deadline is kept in a :class:`~felix_proto.deadlines.Deadlines` heap
+and recomputed only for the sessions touched since the last :meth:`get_timer`: those that
+received a datagram, had a timer fire, transmitted or were told to shut down. Nothing else
+changes a session's deadline, so an idle connection costs nothing per loop pass.
 
-Each call to :meth:`datagrams_to_send` first pumps the broker's outputs into the sessions
-(each distinct :class:`~felix_core.log.LogSlice` is encoded once, and the same bytes are
-written to every subscription stream it goes to), then lets every session that may have
-something to send move its Felix writes into QUIC and take QUIC's datagrams. Back-pressure
-is applied there too (see :mod:`felix_server.session`).
+Each call to :meth:`datagrams_to_send` asks the :class:`~felix_server.router.Router` which
+connections have engine events waiting and transmits those and every session touched by an
+input: each takes its mail (a distinct :class:`~felix_core.log.LogSlice` is encoded once per
+pass, :class:`~felix_server.batches.EncodedBatches`, and the same bytes are written to every
+subscription stream it goes to), moves its Felix writes into QUIC and returns QUIC's
+datagrams. Back-pressure is applied there too (see :mod:`felix_server.session`). A transmit
+can give other connections mail (a cancelled consumer's messages go to its group's other
+consumers), so the poll is repeated, a bounded number of times. Sessions never call the
+server: it drives them and polls them.
 
 Time: ``now`` is wall-clock seconds since the Unix epoch for everything (the engine stamps
 records with it; aioquic only needs a clock that is consistent between calls).
@@ -48,7 +51,7 @@ refused Initial is counted in ``stats.refused``, the answered ones also in
 
 Graceful shutdown: :meth:`begin_shutdown` makes the server not ready, refuses new
 connections (as above), makes the engine refuse new work with ``SHUTTING_DOWN``
-(:meth:`~felix_core.broker_core.BrokerCore.stop_accepting`) and sends ``GoAway`` with the
+(:meth:`~felix_core.broker.Broker.stop_accepting`) and sends ``GoAway`` with the
 grace period as its deadline to every client. Subscriptions and consumers are then drained,
 not cut: a :class:`~felix_server.drain.Drain` keeps every connection open until its feeds
 have caught up and the client has acknowledged what was written to it, ends its feeds with
@@ -61,10 +64,8 @@ Refused connections are reported to the observer (``connection_refused``) with t
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from aioquic._buffer import Buffer
 from aioquic.quic.configuration import SMALLEST_MAX_DATAGRAM_SIZE, QuicConfiguration
@@ -76,16 +77,18 @@ from aioquic.quic.packet import (
     pull_quic_header,
 )
 
-from felix_core.broker import Broker, EngineOutput
-from felix_core.queues import ConsumerEnded, MessageDeadLettered, MessagesDelivered
-from felix_core.streams import StreamBatch, StreamGap, SubscriptionEnded
+from felix_core.broker import Broker
 from felix_proto import ALPN
-from felix_proto.codec import encode_event_batch
+from felix_proto.deadlines import Deadlines
+from felix_server.access import Authenticate, token_list
+from felix_server.batches import EncodedBatches
 from felix_server.config import ServerConfig
 from felix_server.drain import Drain
+from felix_server.local_route import LocalRoute
 from felix_server.observer import ServerObserver
 from felix_server.quic import FelixQuicConnection, refusal_datagram
-from felix_server.session import Session
+from felix_server.router import Router
+from felix_server.session import Session, SessionLimits
 
 __all__ = ["MAX_REFUSALS_PER_PASS", "FelixServer", "make_quic_configuration"]
 
@@ -131,6 +134,8 @@ class FelixServer:
         broker: an engine to serve (a new one from ``config.broker`` when None).
         connection_factory: builds QUIC connections (default: aioquic's, with Felix's ALPN
             rule, :class:`~felix_server.quic.FelixQuicConnection`).
+        authenticate: decides each client's ``Hello`` (default: the ``auth.tokens`` of
+            ``config``, :func:`~felix_server.access.token_list`).
     """
 
     def __init__(
@@ -142,19 +147,22 @@ class FelixServer:
         observer: ServerObserver | None = None,
         broker: Broker | None = None,
         connection_factory: Callable[..., QuicConnection] = FelixQuicConnection,
+        authenticate: Authenticate | None = None,
     ) -> None:
         self.config = config
-        self.accepted_tokens = config.accepted_tokens
+        self._authenticate = authenticate or token_list(config.accepted_tokens)
+        self._limits = SessionLimits.from_config(config)
         self.quic_configuration = quic_configuration
         self.observer = observer or ServerObserver()
         self.broker = broker if broker is not None else Broker(config.broker, now=now)
+        self.router = Router(LocalRoute(self.broker, now=now), self.observer)
+        self.batches = EncodedBatches()
         self._factory = connection_factory
         self._by_cid: dict[bytes, Session] = {}
         self._sessions: dict[int, Session] = {}
         self._dirty: dict[int, Session] = {}
         self._touched: dict[int, Session] = {}  # deadlines to recompute
-        self._deadlines: dict[int, float] = {}  # conn id -> cached deadline (absent: none)
-        self._heap: list[tuple[float, int]] = []  # (deadline, conn id); stale entries skipped
+        self._deadlines: Deadlines[int] = Deadlines()  # conn id -> its session's deadline
         self._stateless: list[tuple[bytes, NetworkAddress]] = []
         self._refusals_left = MAX_REFUSALS_PER_PASS  # in this datagrams_to_send pass
         self._next_conn_id = 1
@@ -252,7 +260,16 @@ class FelixServer:
         )
         conn_id = self._next_conn_id
         self._next_conn_id += 1
-        session = Session(self, quic, conn_id, now)
+        session = Session(
+            quic,
+            conn_id,
+            now,
+            router=self.router,
+            observer=self.observer,
+            limits=self._limits,
+            authenticate=self._authenticate,
+            batches=self.batches,
+        )
         self._sessions[conn_id] = session
         self._by_cid[original_cid] = session
         self._by_cid[quic.host_cid] = session
@@ -274,22 +291,20 @@ class FelixServer:
         self._sessions.pop(session.conn_id, None)
         self._dirty.pop(session.conn_id, None)
         self._touched.pop(session.conn_id, None)
-        self._deadlines.pop(session.conn_id, None)
+        self._deadlines.discard(session.conn_id)
         for cid in [c for c, s in self._by_cid.items() if s is session]:
             del self._by_cid[cid]
 
     def get_timer(self) -> float | None:
         """The earliest absolute deadline of anything the server holds, or None."""
         drain = self._drain.get_timer() if self._drain is not None else None
-        deadlines = [self.broker.get_timer(), drain, self._drain_until]
         self._refresh_deadlines()
-        heap, cached = self._heap, self._deadlines
-        while heap:
-            deadline, conn_id = heap[0]
-            if cached.get(conn_id) == deadline:
-                deadlines.append(deadline)
-                break
-            heapq.heappop(heap)  # stale: the session's deadline moved, or it is gone
+        deadlines = (
+            self.router.get_timer(),
+            drain,
+            self._drain_until,
+            self._deadlines.earliest(),
+        )
         return min((d for d in deadlines if d is not None), default=None)
 
     def _refresh_deadlines(self) -> None:
@@ -297,35 +312,21 @@ class FelixServer:
         if not self._touched:
             return
         touched, self._touched = self._touched, {}
-        cached, heap = self._deadlines, self._heap
+        deadlines = self._deadlines
         for conn_id, session in touched.items():
-            deadline = session.get_timer()
-            if deadline is None:
-                cached.pop(conn_id, None)
-            elif cached.get(conn_id) != deadline:
-                cached[conn_id] = deadline
-                heapq.heappush(heap, (deadline, conn_id))
-        if len(heap) > 2 * len(cached) + 64:  # too many stale entries: rebuild
-            self._heap = [(deadline, conn_id) for conn_id, deadline in cached.items()]
-            heapq.heapify(self._heap)
+            deadlines.set(conn_id, session.get_timer())
 
     def handle_timer(self, now: float) -> None:
         """Fire everything due at ``now`` (early or repeated calls are harmless)."""
-        deadline = self.broker.get_timer()
-        if deadline is not None and deadline <= now:
-            self.broker.handle_timer(now)
+        self.router.handle_timer(now)
         if self._drain is not None:  # before the sessions: the grace ends with a report
             deadline = self._drain.get_timer()
             if deadline is not None and deadline <= now:
-                self._drain.handle_timer(now)
+                for session in self._drain.handle_timer(now, self.sessions):
+                    self._mark(session)
         self._refresh_deadlines()
-        heap, cached, due = self._heap, self._deadlines, {}
-        while heap and heap[0][0] <= now:
-            deadline, conn_id = heapq.heappop(heap)
-            if cached.get(conn_id) == deadline:
-                del cached[conn_id]  # recomputed once the session has handled it
-                due[conn_id] = self._sessions[conn_id]
-        for session in due.values():
+        for conn_id in self._deadlines.pop_due(now):  # recomputed once handled (touched)
+            session = self._sessions[conn_id]
             session.handle_timer(now)
             self._after_input(session)
         if self._drain_until is not None and now >= self._drain_until:
@@ -346,10 +347,11 @@ class FelixServer:
         self.observer.log("info", "shutting down", connections=len(self._sessions), grace_s=grace)
         for session in self._sessions.values():
             session.go_away(grace_ms, now)
-            self._dirty[session.conn_id] = session
-            self._touched[session.conn_id] = session
+            self._mark(session)
         # The grace ends when the clients' GoAway deadline does (the same float).
-        self._drain = Drain(self, now + grace_ms / 1000, now)
+        self._drain = Drain(
+            self.broker, self.observer, self._sessions.values(), now + grace_ms / 1000, now
+        )
 
     # ----------------------------------------------------------------------- outputs
 
@@ -362,11 +364,14 @@ class FelixServer:
         out = self._stateless
         self._stateless = []
         self._refusals_left = MAX_REFUSALS_PER_PASS
-        for _ in range(4):  # a resume may produce deliveries; bounded
-            self.pump_outputs()
-            if not self._dirty:
+        sessions, dirty = self._sessions, self._dirty
+        for _ in range(4):  # a transmit can give other connections mail; bounded
+            for conn_id in self.router.ready(now):  # the router names who has mail
+                session = sessions.get(conn_id)
+                if session is not None:
+                    dirty[conn_id] = session
+            if not dirty:
                 break
-            dirty = self._dirty
             self._dirty = {}
             touched = self._touched
             for session in dirty.values():
@@ -374,63 +379,11 @@ class FelixServer:
                 touched[session.conn_id] = session  # sending moves QUIC's timers
                 if session.finished:
                     self._forget(session)
+            dirty = self._dirty
+        self.batches.flush(self.observer)
         return out
 
-    def mark_dirty(self, session: Session) -> None:
-        """A session has something to send (called by sessions after API-driven writes)."""
+    def _mark(self, session: Session) -> None:
+        """A session has something to send and its deadline may have moved."""
         self._dirty[session.conn_id] = session
         self._touched[session.conn_id] = session
-
-    def pump_outputs(self) -> None:
-        """Hand the broker's outputs to the sessions, encoding each slice once (each
-        :meth:`datagrams_to_send` does; the shutdown drain also does before it closes)."""
-        outputs: list[EngineOutput] = self.broker.drain_outputs()
-        if not outputs:
-            return
-        # id(slice) -> [frame, payload bytes, subscriber count]
-        encoded: dict[int, list[Any]] = {}
-        sessions = self._sessions
-        dirty = self._dirty
-        for item in outputs:
-            if isinstance(item, StreamBatch):
-                session = sessions.get(item.connection_id)
-                if session is None:
-                    continue
-                dirty[session.conn_id] = session
-                sl = item.slice
-                entry = encoded.get(id(sl))
-                if entry is None:
-                    frame = encode_event_batch(
-                        sl.base_offset, sl.payloads, sl.timestamps_ms, sl.keys, sl.headers
-                    )
-                    entry = encoded[id(sl)] = [frame, sum(map(len, sl.payloads)), 0]
-                entry[2] += 1
-                session.send_event_batch(item.subscription_id, entry[0], sl, entry[1])
-            elif isinstance(item, MessagesDelivered):
-                session = sessions.get(item.connection_id)
-                if session is not None:
-                    dirty[session.conn_id] = session
-                    session.send_deliveries(item.consumer_id, item.deliveries)
-            elif isinstance(item, StreamGap):
-                self.observer.subscription_dropped("gap", item.missed)
-                session = sessions.get(item.connection_id)
-                if session is not None:
-                    dirty[session.conn_id] = session
-                    session.send_gap(item.subscription_id, item.missed, item.next_offset)
-            elif isinstance(item, SubscriptionEnded):
-                self.observer.subscription_ended(item.reason)
-                session = sessions.get(item.connection_id)
-                if session is not None:
-                    dirty[session.conn_id] = session
-                    session.end_subscription(
-                        item.subscription_id, item.reason, item.message, item.next_offset
-                    )
-            elif isinstance(item, ConsumerEnded):
-                session = sessions.get(item.connection_id)
-                if session is not None:
-                    dirty[session.conn_id] = session
-                    session.end_consumer(item.consumer_id, item.reason)
-            elif isinstance(item, MessageDeadLettered):
-                self.observer.dead_lettered(item.reason)
-        for frame, _, count in encoded.values():
-            self.observer.event_batch_encoded(count, len(frame))

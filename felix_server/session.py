@@ -1,167 +1,227 @@
-"""One QUIC connection of the broker: aioquic events -> ServerConnection -> Broker and back.
+"""One QUIC connection of the broker: aioquic events -> ServerConnection -> Router and back.
 
 Theory of operation
 -------------------
 A :class:`Session` layers a :class:`felix_proto.server.ServerConnection` on an aioquic
-:class:`~aioquic.quic.connection.QuicConnection` the way HTTP/3 layers on QUIC, and connects
-it to the :class:`~felix_core.broker.Broker` as connection ``conn_id``. It is driven by
-:class:`~felix_server.server.FelixServer`; nothing here does I/O or reads a clock.
+:class:`~aioquic.quic.connection.QuicConnection` the way HTTP/3 layers on QUIC, and serves
+it through a :class:`~felix_server.router.Router` as connection ``conn_id``. It is handed
+what it needs (the router, the observer, its :class:`SessionLimits`, an authenticate
+function and the server's :class:`~felix_server.batches.EncodedBatches`) and calls nothing
+above it: :class:`~felix_server.server.FelixServer` drives it with inputs and polls it for
+outputs. Nothing here does I/O or reads a clock.
+
+Inputs: :meth:`Session.datagram_received`, :meth:`Session.handle_timer`, and the server's
+shutdown calls (:meth:`Session.go_away`, :meth:`Session.close_for_shutdown`,
+:meth:`Session.abandon`). Outputs: :meth:`Session.transmit` (QUIC's datagrams),
+:meth:`Session.get_timer`, the connection IDs to route (:meth:`Session.take_issued_cids`,
+:meth:`Session.take_retired_cids`) and :attr:`Session.finished`.
 
 QUIC -> Felix. ``StreamDataReceived`` becomes ``stream_data_received``; ``StreamReset`` and
 ``StopSendingReceived`` become ``stream_reset`` (for a stop on one of our feed streams we
 also reset our side so its buffered bytes are released); ``HandshakeCompleted`` checks the
 ALPN (``felix/2``, or none at all: the in-band version then decides);
-``ConnectionTerminated`` becomes ``connection_lost`` and detaches the connection from the
-broker.
+``ConnectionTerminated`` becomes ``connection_lost`` and detaches the connection.
 
-Felix -> Broker. ``HandshakeRequested`` is accepted with the engine's limits.
-``RequestReceived`` is served by :func:`felix_server.dispatch.dispatch`; an
-:class:`~felix_core.errors.EngineError` becomes an ``Error`` frame with its code, message,
-details and ``retryable`` 1:1, any other exception ``INTERNAL`` (and the observer hears of
-the bug). ``CreditGranted``, ``SubscriptionCancelled`` and ``ConsumerCancelled`` go to the
-broker's ``add_credit``, ``unsubscribe`` and ``cancel_consumer``. ``CloseRequested`` closes
-QUIC once the pending stream data is out (or after :data:`CLOSE_LINGER` seconds).
+Felix -> router. ``HandshakeRequested`` goes to the authenticate function: a
+:class:`~felix_server.access.Principal` accepts it (``Welcome`` with the engine's limits), a
+:class:`~felix_server.access.Refusal` rejects it. Each ``RequestReceived`` gets the next
+request number and is submitted to the router; it completes through the connection's
+mailbox with a :class:`~felix_core.events.RequestCompleted` (the reply,
+:func:`~felix_server.requests.reply_to`) or a :class:`~felix_core.events.RequestRefused`
+(an ``Error`` frame with its code, message, details and ``retryable`` 1:1), at once or
+later; a route that raises anything else is a bug, answered ``INTERNAL`` (and the observer
+hears of it). After each request the session takes its mail, so an answer ready at once is
+written before the next request is read. ``CreditGranted``, ``SubscriptionCancelled`` and
+``ConsumerCancelled`` go to the router as feed commands. ``CloseRequested`` closes QUIC once
+the pending stream data is out (or after :data:`CLOSE_LINGER` seconds).
 
-Broker -> Felix. The server hands each session its share of ``Broker.drain_outputs()``:
-event batches as frames already encoded once per slice, gaps, deliveries and ends. Outputs
-for a feed this connection no longer has (it was cancelled meanwhile) are dropped.
+Engine -> Felix. The session takes its mailbox whenever it transmits (the server transmits
+the sessions the router names as having mail): batches as frames encoded once for every
+subscription, gaps, deliveries and ends. Events for a feed whose stream is no longer open
+(stopped by the client, or ended here) are dropped.
 
-Back-pressure. aioquic's stream writes never block and copy the data into the stream's own
-send buffer, freed only as the peer acknowledges it, so the session measures what the
-connection holds on every stream (feeds, request replies, control): the bytes in QUIC's
-send buffers, written and not yet acknowledged (:func:`~felix_server.quic.send_buffered`),
-plus what the Felix machine holds. Feeds are gated on that count *per connection*, not per
-feed: a feed write (batch, gap, end, delivery) goes out only while the count is at most
-``transport.connection_buffer_resume`` or stays within ``transport.connection_buffer_limit``
-with the write added. Otherwise it waits in a :class:`~felix_server.outbox.FeedOutbox`
-behind the feed's earlier writes, as a reference (an encoded batch shared by every
-subscription at that position is one object, counted once), and the broker is told to
-``pause`` deliveries to the connection at once. Waiting writes are released round robin on
-each transmit, as acknowledgements make room; once none waits and the count is at or below
-``connection_buffer_resume`` the broker is told to ``resume``. So what one connection holds
-is at most the limit (or the resume level plus one frame) in QUIC and Felix, plus the
-distinct batches produced before the pause, however many subscriptions it has.
+Back-pressure: a :class:`~felix_server.gate.Gate` (see there for the table). aioquic's
+stream writes never block and copy the data into the stream's own send buffer, freed only as
+the peer acknowledges it, so the session weighs what the connection holds on every stream:
+QUIC's send buffers (:func:`~felix_server.quic.send_buffered`) plus what the Felix machine
+holds. A feed write (batch, gap, end, delivery) goes out only while the gate has room;
+otherwise it waits in a :class:`~felix_server.outbox.FeedOutbox` behind the feed's earlier
+writes, as a reference (an encoded batch shared by every subscription at that position is
+one object, counted once), and the engine's deliveries to the connection are paused. Waiting
+writes are released round robin on each transmit; once none waits and the count is at or
+below ``connection_buffer_resume`` the deliveries resume. Over
+``transport.connection_buffer_cap`` the session stops reading requests: parsed ones wait in
+the gate in order, data QUIC delivers on request streams waits there unparsed, and QUIC stops
+extending the connection's flow-control credit
+(:attr:`FelixQuicConnection.credit_held <felix_server.quic.FelixQuicConnection.credit_held>`),
+so the peer is throttled by QUIC itself; the control stream is still read (credit,
+cancellations, pings, close). Reading resumes, held requests first and in order, once the
+queued bytes are back at ``connection_buffer_limit``. A transmit that resumes deliveries or
+reading sends what that produced in the same call.
 
 Frames the client cannot take (docs/wire-protocol.md §5.4). A reply over the client's
 ``max_frame_size`` is answered ``Error(TOO_LARGE)`` by the Felix machine itself; a batch over
 it is written in pieces that fit (:func:`~felix_server.split.split_slice`) and a record that
 fits no frame ends the subscription (reason ``error``, ``next_offset`` at the record; the
 engine forgets the subscription); a delivery that fits no frame ends the consumer (its
-in-flight deliveries go back to the queue, as on ``CancelConsume``). Engine calls these
+in-flight deliveries go back to the queue, as on ``CancelConsume``). The router calls these
 decisions need are made on the next transmit, when ``now`` is known.
-
-Replies are bounded by reading less. Before each request is served the session checks the
-queued bytes against ``transport.connection_buffer_cap``; over it, the session stops
-reading requests: requests already parsed wait in :attr:`Session._held_requests`, data QUIC
-delivers on request streams waits unparsed in :attr:`Session._held_data`, and QUIC stops
-extending the connection's flow-control credit (:attr:`FelixQuicConnection.credit_held
-<felix_server.quic.FelixQuicConnection.credit_held>`), so the peer is throttled by QUIC
-itself once the credit it already has is spent. The control stream is still read (credit,
-cancellations, pings, close). Reading resumes, held requests first and in order, once the
-queued bytes are back at ``connection_buffer_limit``. So replies overshoot the cap by at most
-one reply, and what waits unread is bounded by the credit granted before the hold.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hmac
-from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING
 
 from aioquic.quic import events as qe
 from aioquic.quic.connection import NetworkAddress, QuicConnection
 
-from felix_core.errors import EngineError, NotFound
+from felix_core import events as ce
 from felix_core.log import LogSlice
-from felix_core.queues import Delivery as CoreDelivery
+from felix_core.queue_types import QueueDelivery
 from felix_proto import ALPN
 from felix_proto import events as fe
 from felix_proto import messages as m
 from felix_proto.errors import ErrorCode, FelixProtoError
 from felix_proto.server import ServerConnection
-from felix_server.dispatch import FeedOpened, dispatch, request_kind
+from felix_server.access import Authenticate, Principal
+from felix_server.batches import EncodedBatches
+from felix_server.config import ServerConfig
+from felix_server.gate import Gate, HeldData, Move
+from felix_server.observer import ServerObserver
 from felix_server.outbox import FeedKey, FeedOutbox
 from felix_server.quic import FelixQuicConnection, send_buffered
+from felix_server.requests import reply_to, request_kind
+from felix_server.router import Router
 from felix_server.split import split_slice
 
-if TYPE_CHECKING:
-    from felix_server.server import FelixServer
-
-__all__ = ["CLOSE_LINGER", "Session"]
+__all__ = ["CLOSE_LINGER", "Session", "SessionLimits"]
 
 CLOSE_LINGER = 1.0
 """Seconds a requested close waits for pending stream data to be sent."""
 
 _SMALL_FRAME = 256
 """What a gap or end frame, or a delivery's framing, is counted as before it is encoded."""
+_TRANSMIT_ROUNDS = 3
+"""Most rounds of one transmit: a round that resumes deliveries or reading sends what that
+produced in the next one."""
 
 
-class _HeldData:
-    """Request-stream data QUIC delivered while the session was not reading requests."""
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SessionLimits:
+    """What a session needs to know of the configuration."""
 
-    __slots__ = ("data", "end")
+    server_id: str
+    """Sent in ``Welcome``."""
+    region: str
+    """Sent in ``Welcome``."""
+    welcome: Mapping[str, int]
+    """The limits announced in ``Welcome`` (``max_frame_size`` is added by the machine)."""
+    max_frame_size: int
+    """The largest frame payload accepted from a client."""
+    handshake_timeout_s: float
+    """Seconds a connection may take to say ``Hello``."""
+    buffer_limit: int
+    """``transport.connection_buffer_limit``."""
+    buffer_resume: int
+    """``transport.connection_buffer_resume``."""
+    buffer_cap: int
+    """``transport.connection_buffer_cap``."""
 
-    def __init__(self) -> None:
-        self.data = bytearray()
-        self.end = False
+    @classmethod
+    def from_config(cls, config: ServerConfig) -> SessionLimits:
+        """The limits of a broker's configuration."""
+        engine, transport = config.broker, config.transport
+        return cls(
+            server_id=config.server_id,
+            region=config.region,
+            welcome={
+                "max_payload_bytes": engine.max_payload_bytes,
+                "max_key_bytes": engine.max_key_bytes,
+                "max_batch_records": engine.max_batch_records,
+                "max_batch_bytes": engine.max_batch_bytes,
+                "max_record_bytes": engine.max_record_bytes,
+                "max_subscriptions": engine.max_subscriptions_per_connection,
+                "max_consumers": engine.max_consumers_per_connection,
+            },
+            max_frame_size=transport.max_frame_size,
+            handshake_timeout_s=transport.handshake_timeout_s,
+            buffer_limit=transport.connection_buffer_limit,
+            buffer_resume=transport.connection_buffer_resume,
+            buffer_cap=transport.connection_buffer_cap,
+        )
 
 
 class Session:
     """The glue for one QUIC connection. See the module docstring.
 
     Args:
-        server: the owning server (broker, config, observer).
         quic: the connection's aioquic state machine.
-        conn_id: the broker's id for this connection.
+        conn_id: the id the router knows this connection by.
         now: the current time.
+        router: where requests and feed commands go, and answers come from.
+        observer: metrics and log hooks.
+        limits: the configuration it needs.
+        authenticate: decides the client's ``Hello``.
+        batches: the server's encode-once cache of event batches.
     """
 
-    def __init__(self, server: FelixServer, quic: QuicConnection, conn_id: int, now: float):
-        self.server = server
-        self.broker = server.broker
-        self.observer = server.observer
+    def __init__(
+        self,
+        quic: QuicConnection,
+        conn_id: int,
+        now: float,
+        *,
+        router: Router,
+        observer: ServerObserver,
+        limits: SessionLimits,
+        authenticate: Authenticate,
+        batches: EncodedBatches,
+    ) -> None:
         self.quic = quic
         self.conn_id = conn_id
-        cfg = server.config
-        limits = cfg.broker
+        self.router = router
+        self.observer = observer
+        self.limits = limits
+        self._authenticate = authenticate
+        self._batches = batches
         self.felix = ServerConnection(
-            server_id=cfg.server_id,
-            region=cfg.region,
-            limits={
-                "max_payload_bytes": limits.max_payload_bytes,
-                "max_key_bytes": limits.max_key_bytes,
-                "max_batch_records": limits.max_batch_records,
-                "max_batch_bytes": limits.max_batch_bytes,
-                "max_record_bytes": limits.max_record_bytes,
-                "max_subscriptions": limits.max_subscriptions_per_connection,
-                "max_consumers": limits.max_consumers_per_connection,
-            },
-            max_frame_size=cfg.transport.max_frame_size,
+            server_id=limits.server_id,
+            region=limits.region,
+            limits=limits.welcome,
+            max_frame_size=limits.max_frame_size,
         )
-        self._high = cfg.transport.connection_buffer_limit
-        self._low = cfg.transport.connection_buffer_resume
-        self._cap = cfg.transport.connection_buffer_cap
-        self.paused = False
-        self.reading = True  # False: over the cap, requests wait (see the module docstring)
-        self._held_requests: deque[fe.RequestReceived] = deque()
-        self._held_data: dict[int, _HeldData] = {}  # request stream id -> unread data
+        self.gate = Gate(
+            limit=limits.buffer_limit, resume=limits.buffer_resume, cap=limits.buffer_cap
+        )
+        self.principal: Principal | None = None
+        """Who the connection speaks for, once its ``Hello`` was accepted."""
+        self.finished = False
+        """The connection is over (the server forgets the session)."""
         self._unsent = 0  # QUIC's send-buffered bytes (all streams) as of the last transmit
         self._outbox = FeedOutbox()  # feed writes held back while over the limit
-        self._deferred: list[Callable[..., object]] = []  # engine calls that need `now`
-        self.finished = False
-        self._subs: set[int] = set()
-        self._consumers: set[int] = set()
+        self._deferred: list[Callable[..., object]] = []  # router calls that need `now`
+        self._pending: dict[int, tuple[m.Message, str, object]] = {}  # number -> request
+        self._next_request = 1
         self._issued: list[bytes] = []
         self._retired: list[bytes] = []
         self._close: tuple[int, str] | None = None
         self._close_deadline: float | None = None
         self._quic_closed = False
-        self._welcomed = False
-        self._hello_deadline: float | None = now + cfg.transport.handshake_timeout_s
-        self.broker.attach(conn_id, now)
+        self._hello_deadline: float | None = now + limits.handshake_timeout_s
+        router.attach(conn_id, now)
+
+    @property
+    def paused(self) -> bool:
+        """Whether the engine's deliveries to this connection are paused."""
+        return self.gate.paused
+
+    @property
+    def reading(self) -> bool:
+        """Whether requests are read (not held over the cap)."""
+        return self.gate.reading
 
     # ------------------------------------------------------------------------ inputs
 
@@ -180,16 +240,18 @@ class Session:
             self.felix.handle_timer(now)
         if self._hello_deadline is not None and now >= self._hello_deadline:
             self._hello_deadline = None
-            timeout = self.server.config.transport.handshake_timeout_s
+            timeout = self.limits.handshake_timeout_s
             self.felix.close(int(ErrorCode.TIMEOUT), f"no Hello within {timeout:g} s")
         self._process(now)
 
     def get_timer(self) -> float | None:
         """The earliest of QUIC's, Felix's, the handshake and the close linger deadline."""
         deadlines = (
-            self.quic.get_timer(), self.felix.get_timer(), self._close_deadline,
+            self.quic.get_timer(),
+            self.felix.get_timer(),
+            self._close_deadline,
             self._hello_deadline,
-        )  # fmt: skip
+        )
         return min((d for d in deadlines if d is not None), default=None)
 
     def take_issued_cids(self) -> list[bytes]:
@@ -205,29 +267,31 @@ class Session:
     # --------------------------------------------------------------- QUIC -> Felix
 
     def _process(self, now: float) -> None:
-        """Drain QUIC events into Felix, then Felix events into the broker."""
-        quic, felix = self.quic, self.felix
+        """Drain QUIC events into Felix, then Felix events into the router."""
+        quic, felix, gate = self.quic, self.felix, self.gate
         while (event := quic.next_event()) is not None:
             if isinstance(event, qe.StreamDataReceived):
                 sid = event.stream_id
-                if sid in self._held_data or (not self.reading and sid % 4 == 0 and sid):
-                    held = self._held_data.get(sid)
+                if sid in gate.held_data or (not gate.reading and sid % 4 == 0 and sid):
+                    held = gate.held_data.get(sid)
                     if held is None:
-                        held = self._held_data[sid] = _HeldData()
+                        held = gate.held_data[sid] = HeldData()
                     held.data += event.data
                     held.end = held.end or event.end_stream
                 else:
                     self._feed(sid, event.data, event.end_stream)
             elif isinstance(event, qe.StreamReset | qe.StopSendingReceived):
-                self._held_data.pop(event.stream_id, None)  # the peer abandoned it
+                gate.held_data.pop(event.stream_id, None)  # the peer abandoned it
                 felix.stream_reset(event.stream_id, event.error_code)
                 if isinstance(event, qe.StopSendingReceived):
                     self._reset_stream(event.stream_id)
             elif isinstance(event, qe.HandshakeCompleted):
                 if event.alpn_protocol not in (ALPN, None):
                     self.observer.handshake_failed(int(ErrorCode.UNSUPPORTED_VERSION))
-                    quic.close(error_code=int(ErrorCode.UNSUPPORTED_VERSION),
-                               reason_phrase=f"ALPN {ALPN} required")  # fmt: skip
+                    quic.close(
+                        error_code=int(ErrorCode.UNSUPPORTED_VERSION),
+                        reason_phrase=f"ALPN {ALPN} required",
+                    )
             elif isinstance(event, qe.ConnectionIdIssued):
                 self._issued.append(event.connection_id)
             elif isinstance(event, qe.ConnectionIdRetired):
@@ -246,13 +310,14 @@ class Session:
         if self.finished:
             return
         self.finished = True
-        self._held_requests.clear()
-        self._held_data.clear()
+        self.gate.held.clear()
+        self.gate.held_data.clear()
         self._outbox.clear()
         self._deferred.clear()
         self.felix.connection_lost()
         self._felix_events(now)
-        self.broker.detach(self.conn_id, now)
+        self._pending.clear()
+        self.router.detach(self.conn_id, now)
         self.observer.connection_closed(error_code)
 
     def _reset_stream(self, stream_id: int) -> None:
@@ -261,50 +326,27 @@ class Session:
                 self.quic.reset_stream(stream_id, 0)
         # aioquic resets a stopped request stream's sending side itself: nothing more goes out
 
-    # ------------------------------------------------------------- Felix -> Broker
+    # ------------------------------------------------------------- Felix -> router
 
     def _felix_events(self, now: float) -> None:
-        felix = self.felix
+        felix, router, conn_id = self.felix, self.router, self.conn_id
         while (event := felix.next_event()) is not None:
             if isinstance(event, fe.RequestReceived):
-                if self._held_requests or not self._may_read():
-                    self._held_requests.append(event)
+                if self.gate.held or not self._may_read(now):
+                    self.gate.held.append(event)
                 else:
                     self._request(event.message, now)
             elif isinstance(event, fe.CreditGranted):
-                self._engine_call(
-                    partial(self.broker.add_credit, self.conn_id, event.subscription_id,
-                            event.messages, event.bytes, now=now)
-                )  # fmt: skip
+                router.credit(conn_id, event.subscription_id, event.messages, event.bytes, now)
             elif isinstance(event, fe.HandshakeRequested):
                 self._hello_deadline = None
-                if not self._authenticated(event.hello.token):
-                    felix.reject(ErrorCode.UNAUTHENTICATED, "missing or invalid token")
-                    continue
-                try:
-                    felix.accept()
-                except Exception as exc:  # a bug: close with INTERNAL rather than go silent
-                    self._internal("accept", exc)
-                    felix.close(int(ErrorCode.INTERNAL), "internal error")
-                    continue
-                self._welcomed = True
-                self.observer.handshake_completed(event.version)
+                self._handshake(event)
             elif isinstance(event, fe.SubscriptionCancelled):
                 self._outbox.drop((True, event.subscription_id))
-                if event.subscription_id in self._subs:
-                    self._subs.discard(event.subscription_id)
-                    self._engine_call(
-                        partial(self.broker.unsubscribe, self.conn_id, event.subscription_id,
-                                now=now)
-                    )  # fmt: skip
+                router.stop_subscription(conn_id, event.subscription_id, now)
             elif isinstance(event, fe.ConsumerCancelled):
                 self._outbox.drop((False, event.consumer_id))
-                if event.consumer_id in self._consumers:
-                    self._consumers.discard(event.consumer_id)
-                    self._engine_call(
-                        partial(self.broker.cancel_consumer, self.conn_id, event.consumer_id,
-                                now=now)
-                    )  # fmt: skip
+                router.stop_consumer(conn_id, event.consumer_id, now)
             elif isinstance(event, fe.ProtocolViolation):
                 self.observer.protocol_violation(event.error_code, event.fatal)
             elif isinstance(event, fe.CloseRequested) and self._close is None:
@@ -312,89 +354,160 @@ class Session:
                 self._hello_deadline = None
                 self._close = (event.error_code, event.reason)
                 self._close_deadline = now + CLOSE_LINGER
-                if not self._welcomed:
+                if self.principal is None:
                     self.observer.handshake_failed(event.error_code)
-        self.server.mark_dirty(self)
 
-    def _may_read(self) -> bool:
-        """Whether the next request may be served: stop reading once over the cap."""
-        if self.reading and self._unsent + self.felix.buffered_bytes() > self._cap:
-            self.reading = False
-            if isinstance(self.quic, FelixQuicConnection):
-                self.quic.credit_held = True
+    def _handshake(self, event: fe.HandshakeRequested) -> None:
+        """Accept or reject the client's ``Hello`` as the authenticate function says."""
+        felix = self.felix
+        try:
+            decision = self._authenticate(event.hello)
+            if not isinstance(decision, Principal):
+                felix.reject(decision.code, decision.message)
+                return
+            felix.accept()
+        except Exception as exc:  # a bug: close with INTERNAL rather than go silent
+            self._internal("accept", exc)
+            felix.close(int(ErrorCode.INTERNAL), "internal error")
+            return
+        self.principal = decision
+        self.observer.handshake_completed(event.version)
+
+    def _may_read(self, now: float) -> bool:
+        """Whether the next request may be served: not once over the cap."""
+        moves = self.gate.before_request(self._queued())
+        if moves:
+            self._apply(moves, now)
             self.observer.log(
                 "debug", "connection over its buffer cap: requests wait", conn_id=self.conn_id
             )
-        return self.reading
+        return self.gate.reading
 
-    def _resume_reading(self, now: float) -> None:
-        """Back at the limit: serve the held requests, then the held data, in order."""
-        self.reading = True
-        if isinstance(self.quic, FelixQuicConnection):
-            self.quic.credit_held = False
-        held = self._held_requests
-        while held and self._may_read():
+    def _read_held(self, now: float) -> None:
+        """Reading again: serve the held requests, then the held data, in order."""
+        gate = self.gate
+        held = gate.held
+        while held and self._may_read(now):
             self._request(held.popleft().message, now)
-        while self._held_data and not held and self.reading:
-            sid = next(iter(self._held_data))
-            data = self._held_data.pop(sid)
+        while gate.held_data and not held and gate.reading:
+            sid = next(iter(gate.held_data))
+            data = gate.held_data.pop(sid)
             self._feed(sid, bytes(data.data), data.end)
             self._felix_events(now)
-        self.server.mark_dirty(self)
 
-    def _engine_call(self, call: Callable[[], object]) -> None:
-        """Run a broker call whose only possible refusal is a benign race (NotFound)."""
-        try:
-            call()
-        except (NotFound, ValueError):
-            pass  # the feed or connection already went away
-        except EngineError as exc:
-            self.observer.log("debug", "engine refused a follow-up call", code=int(exc.code))
+    def _apply(self, moves: tuple[Move, ...], now: float) -> bool:
+        """Make the gate's moves; True when one may produce more to send."""
+        more = False
+        for move in moves:
+            if move is Move.PAUSE_FEEDS:
+                self._pause_feeds()
+            elif move is Move.RESUME_FEEDS:
+                self.router.resume(self.conn_id, now)
+                self.observer.backpressure(False)
+                more = True
+            elif move is Move.HOLD_REQUESTS:
+                if isinstance(self.quic, FelixQuicConnection):
+                    self.quic.credit_held = True
+            else:  # READ_REQUESTS
+                if isinstance(self.quic, FelixQuicConnection):
+                    self.quic.credit_held = False
+                self._read_held(now)
+                more = True
+        return more
 
-    def _authenticated(self, token: str | None) -> bool:
-        """Whether ``token`` opens a session: always when authentication is off."""
-        accepted = self.server.accepted_tokens
-        if accepted is None:
-            return True
-        if not token:
-            return False
-        offered = token.encode()
-        # Each comparison takes constant time, and every token is compared (a list, not a
-        # short-circuiting generator), so timing tells nothing about the accepted tokens.
-        matches = [hmac.compare_digest(offered, t.encode()) for t in accepted]
-        return any(matches)
+    def _pause_feeds(self) -> None:
+        self.router.pause(self.conn_id)
+        self.observer.backpressure(True)
+
+    # --------------------------------------------------------------------- requests
 
     def _request(self, msg: m.Message, now: float) -> None:
+        """Submit a request to the router and write what is ready at once (its answer, if
+        it completed, and any feed events), before the next request is read."""
         kind = request_kind(msg)
-        token = self.observer.request_started(kind)
-        rid = getattr(msg, "request_id", None)
+        number = self._next_request
+        self._next_request += 1
+        self._pending[number] = (msg, kind, self.observer.request_started(kind))
+        try:
+            self.router.submit(self.conn_id, number, msg, now)
+        except Exception as exc:  # a bug in a route: answer INTERNAL, keep serving
+            self._failed(number, kind, exc)
+        self._take_mail(now)
+
+    def _take_mail(self, now: float) -> None:
+        """Write everything the router holds for this connection, in order."""
+        for event in self.router.take(self.conn_id, now):
+            if isinstance(event, ce.RecordsDelivered):
+                self.send_event_batch(event.subscription_id, event.slice)
+            elif isinstance(event, ce.MessagesDelivered):
+                self.send_deliveries(event.consumer_id, event.deliveries)
+            elif isinstance(event, ce.RequestCompleted):
+                self._completed(event)
+            elif isinstance(event, ce.RequestRefused):
+                self._refused(event)
+            elif isinstance(event, ce.RecordsSkipped):
+                self.send_gap(event.subscription_id, event.missed, event.next_offset)
+            elif isinstance(event, ce.SubscriptionClosed):
+                self.end_subscription(
+                    event.subscription_id, event.reason, event.message, event.next_offset
+                )
+            elif isinstance(event, ce.ConsumerClosed):
+                self.end_consumer(event.consumer_id, event.reason)
+
+    def _completed(self, done: ce.RequestCompleted) -> None:
+        """Answer a request that completed (opening the stream of a new feed first)."""
+        pending = self._pending.pop(done.request, None)
+        if pending is None:
+            return
+        msg, kind, token = pending
         code = 0
         try:
-            reply = dispatch(self.broker, self.conn_id, msg, now)
-            if isinstance(reply, FeedOpened):
-                if reply.subscription:
-                    self.felix.open_subscription(reply.reply.request_id, reply.feed_id)
-                    self._subs.add(reply.feed_id)
-                else:
-                    self.felix.open_consumer(reply.reply.request_id, reply.feed_id)
-                    self._consumers.add(reply.feed_id)
-                reply = reply.reply
+            reply = reply_to(msg, done)
+            if isinstance(reply, m.Subscribed):
+                self.felix.open_subscription(reply.request_id, reply.subscription_id)
+            elif isinstance(reply, m.Consuming):
+                self.felix.open_consumer(reply.request_id, reply.consumer_id)
             if reply is not None and not self.felix.send_reply(reply):
                 code = int(ErrorCode.TOO_LARGE)  # answered Error(TOO_LARGE) instead
             self._count(msg)
-        except EngineError as exc:
-            code = int(exc.code)
-            if rid is not None:
-                self.felix.send_error(
-                    rid, code, exc.message, details=exc.details, retryable=exc.retryable
-                )
         except Exception as exc:  # a bug: answer INTERNAL, keep serving
             code = int(ErrorCode.INTERNAL)
-            self._internal(kind, exc)
-            if rid is not None:
-                with contextlib.suppress(FelixProtoError):
-                    self.felix.send_error(rid, code, f"internal error: {type(exc).__name__}")
+            self._internal_reply(msg, kind, exc)
         self.observer.request_finished(token, kind, code)
+
+    def _refused(self, refused: ce.RequestRefused) -> None:
+        """Answer a request the engine refused with ``Error``: code, message, details and
+        retryability 1:1."""
+        pending = self._pending.pop(refused.request, None)
+        if pending is None:
+            return
+        msg, kind, token = pending
+        exc = refused.error
+        rid = getattr(msg, "request_id", None)
+        if rid is not None:
+            with contextlib.suppress(FelixProtoError):
+                self.felix.send_error(
+                    rid, int(exc.code), exc.message, details=exc.details, retryable=exc.retryable
+                )
+        self.observer.request_finished(token, kind, int(exc.code))
+
+    def _failed(self, number: int, kind: str, exc: Exception) -> None:
+        """A route raised something other than an engine refusal: a bug. Answer INTERNAL."""
+        pending = self._pending.pop(number, None)
+        if pending is None:
+            return
+        msg, _, token = pending
+        self._internal_reply(msg, kind, exc)
+        self.observer.request_finished(token, kind, int(ErrorCode.INTERNAL))
+
+    def _internal_reply(self, msg: m.Message, kind: str, exc: Exception) -> None:
+        self._internal(kind, exc)
+        rid = getattr(msg, "request_id", None)
+        if rid is not None:
+            with contextlib.suppress(FelixProtoError):
+                self.felix.send_error(
+                    rid, int(ErrorCode.INTERNAL), f"internal error: {type(exc).__name__}"
+                )
 
     def _count(self, msg: m.Message) -> None:
         if isinstance(msg, m.Publish):
@@ -407,19 +520,19 @@ class Session:
     def _internal(self, where: str, exc: BaseException) -> None:
         self.observer.internal_error(where, exc)
 
-    # ------------------------------------------------------------ Broker -> Felix
+    # ------------------------------------------------------------ engine -> Felix
 
-    def send_event_batch(self, subscription_id: int, frame: bytes, sl: LogSlice,
-                         payload_bytes: int) -> None:  # fmt: skip
-        """Write an event batch frame (encoded once by the server) to a subscription, or
+    def send_event_batch(self, subscription_id: int, sl: LogSlice) -> None:
+        """Write an event batch (encoded once for every subscription) to a subscription, or
         hold it back while the connection is over its limit (see :meth:`_feed_write`)."""
-        if subscription_id in self._subs:
+        if self.felix.subscription_open(subscription_id):
+            frame, payload_bytes = self._batches.frame(sl)
             write = partial(self._write_batch, subscription_id, frame, sl, payload_bytes)
             self._feed_write((True, subscription_id), len(frame), write, frame)
 
     def send_gap(self, subscription_id: int, missed: int, next_offset: int) -> None:
         """Tell a subscription it skipped ``missed`` records."""
-        if subscription_id in self._subs:
+        if self.felix.subscription_open(subscription_id):
             write = partial(self.felix.send_gap, subscription_id, missed, next_offset)
             self._feed_write(
                 (True, subscription_id), _SMALL_FRAME, partial(self._felix_call, write)
@@ -429,8 +542,7 @@ class Session:
         self, subscription_id: int, reason: str, message: str, next_offset: int | None
     ) -> None:
         """End a subscription's stream with ``SubscriptionEnded``."""
-        if subscription_id in self._subs:
-            self._subs.discard(subscription_id)
+        if self.felix.subscription_open(subscription_id):
             write = partial(
                 self.felix.end_subscription, subscription_id, reason, message, next_offset
             )
@@ -438,9 +550,9 @@ class Session:
                 (True, subscription_id), _SMALL_FRAME, partial(self._felix_call, write)
             )
 
-    def send_deliveries(self, consumer_id: int, deliveries: Sequence[CoreDelivery]) -> None:
+    def send_deliveries(self, consumer_id: int, deliveries: Sequence[QueueDelivery]) -> None:
         """Write queue deliveries to a consumer's stream (or hold them back, as batches)."""
-        if consumer_id not in self._consumers:
+        if not self.felix.consumer_open(consumer_id):
             return
         for d in deliveries:
             size = _SMALL_FRAME + len(d.payload) + len(d.key or b"")
@@ -452,8 +564,7 @@ class Session:
 
     def end_consumer(self, consumer_id: int, reason: str) -> None:
         """End a consumer's stream with ``ConsumerEnded``."""
-        if consumer_id in self._consumers:
-            self._consumers.discard(consumer_id)
+        if self.felix.consumer_open(consumer_id):
             write = partial(self.felix.end_consumer, consumer_id, reason)
             self._feed_write((False, consumer_id), _SMALL_FRAME, partial(self._felix_call, write))
 
@@ -466,20 +577,22 @@ class Session:
         ``connection_buffer_limit`` with ``size`` added; so what is queued stays within the
         limit (or the resume level plus one frame) however many feeds the connection has,
         and a frame larger than the limit still goes out once the connection drains."""
-        if self._outbox.holds(key) or not self._room(size):
+        if self._outbox.holds(key) or not self.gate.room(self._queued(), size):
             self._outbox.hold(key, size, write, frame)
-            self._pause()
+            if self.gate.feed_blocked():  # the one move it makes: pause the deliveries
+                self._pause_feeds()
         else:
             write()
 
-    def _room(self, size: int) -> bool:
-        queued = self._unsent + self.felix.buffered_bytes()
-        return queued <= self._low or queued + size <= self._high
+    def _queued(self) -> int:
+        """Bytes queued for the client (QUIC's send buffers as of the last transmit, plus
+        what the Felix machine holds): what the gate weighs."""
+        return self._unsent + self.felix.buffered_bytes()
 
     def _release(self) -> None:
         """Write held feed writes, round robin, while the connection has room."""
         outbox = self._outbox
-        while outbox and self._room(outbox.next_size()):
+        while outbox and self.gate.room(self._queued(), outbox.next_size()):
             write = outbox.pop()
             assert write is not None
             write()
@@ -496,14 +609,13 @@ class Session:
             self._write_frame(sid, piece, count, nbytes)
         if too_large is not None:
             offset, size = too_large
-            self._subs.discard(sid)
             self._outbox.drop((True, sid))
             text = (
                 f"the record at offset {offset} ({size} bytes) does not fit the client's "
                 f"max_frame_size {felix.peer_max_frame_size}"
             )
             self._felix_call(partial(felix.end_subscription, sid, m.EndReason.ERROR, text, offset))
-            self._deferred.append(partial(self.broker.unsubscribe, self.conn_id, sid))
+            self._deferred.append(partial(self.router.stop_subscription, self.conn_id, sid))
 
     def _write_frame(self, sid: int, frame: bytes, count: int, payload_bytes: int) -> None:
         try:
@@ -513,13 +625,18 @@ class Session:
             return
         self.observer.delivered("stream", count, payload_bytes)
 
-    def _write_delivery(self, consumer_id: int, d: CoreDelivery) -> None:
+    def _write_delivery(self, consumer_id: int, d: QueueDelivery) -> None:
         """Write one delivery; one over the client's ``max_frame_size`` ends the consumer
         (its in-flight deliveries go back to the queue, as on ``CancelConsume``)."""
         wire = m.Delivery(
-            delivery_id=d.delivery_id, attempt=d.attempt, offset=d.offset,
-            payload=d.payload, timestamp_ms=d.timestamp_ms, key=d.key, headers=d.headers,
-        )  # fmt: skip
+            delivery_id=d.delivery_id,
+            attempt=d.attempt,
+            offset=d.offset,
+            payload=d.payload,
+            timestamp_ms=d.timestamp_ms,
+            key=d.key,
+            headers=d.headers,
+        )
         felix = self.felix
         try:
             written = felix.send_delivery(consumer_id, wire)
@@ -529,14 +646,13 @@ class Session:
         if written:
             self.observer.delivered("queue", 1, len(d.payload))
             return
-        self._consumers.discard(consumer_id)
         self._outbox.drop((False, consumer_id))
         text = (
             f"delivery {d.delivery_id} (offset {d.offset}, {len(d.payload)} payload bytes) "
             f"does not fit the client's max_frame_size {felix.peer_max_frame_size}"
         )
         self._felix_call(partial(felix.end_consumer, consumer_id, m.EndReason.ERROR, text))
-        self._deferred.append(partial(self.broker.cancel_consumer, self.conn_id, consumer_id))
+        self._deferred.append(partial(self.router.stop_consumer, self.conn_id, consumer_id))
 
     def _felix_call(self, call: Callable[[], object]) -> bool:
         try:
@@ -557,7 +673,9 @@ class Session:
         self._felix_events(now)
 
     def close_for_shutdown(self, now: float) -> None:
-        """The grace period is over: close the connection."""
+        """The grace period is over: write what the engine still has for this connection
+        (its feeds' end frames), then close."""
+        self._take_mail(now)
         self.felix.close(int(ErrorCode.SHUTTING_DOWN), "the broker is shutting down")
         self._felix_events(now)
 
@@ -575,33 +693,37 @@ class Session:
         """Bytes queued for this client and not yet acknowledged, on every stream: Felix's
         writes, QUIC's send buffers, and the feed writes held back (each shared frame
         counted once)."""
-        return self.felix.buffered_bytes() + self._quic_buffered() + self._outbox.held_bytes
+        return self.felix.buffered_bytes() + send_buffered(self.quic) + self._outbox.held_bytes
 
     @property
     def held_feed_bytes(self) -> int:
         """Bytes of feed writes held back (each shared frame counted once)."""
         return self._outbox.held_bytes
 
-    @property
-    def held_bytes(self) -> int:
-        """Request bytes received but not read while over the cap (unparsed data only)."""
-        return sum(len(held.data) for held in self._held_data.values())
-
-    def _quic_buffered(self) -> int:
-        return send_buffered(self.quic)
-
     def transmit(self, now: float) -> list[tuple[bytes, NetworkAddress]]:
-        """Move Felix writes into QUIC, apply back-pressure, return QUIC's datagrams."""
+        """Take the mail, move Felix writes into QUIC, apply back-pressure, and return
+        QUIC's datagrams. A round that resumes deliveries or reading is followed by another
+        (at most :data:`_TRANSMIT_ROUNDS`), so what it produced goes out now."""
+        datagrams: list[tuple[bytes, NetworkAddress]] = []
+        for _ in range(_TRANSMIT_ROUNDS):
+            datagrams += self._transmit_round(now)
+            if self.finished:
+                break
+            if not self._apply(self.gate.settle(self._queued(), bool(self._outbox)), now):
+                break
+        return datagrams
+
+    def _transmit_round(self, now: float) -> list[tuple[bytes, NetworkAddress]]:
         quic = self.quic
         if not self._quic_closed:
             if self._outbox:
-                self._unsent = self._quic_buffered()
+                self._unsent = send_buffered(quic)
                 self._release()
-            if self._deferred:  # their outputs (redeliveries) go out on the server's next round
+            if self._deferred:
                 deferred, self._deferred = self._deferred, []
                 for call in deferred:
-                    self._engine_call(partial(call, now=now))
-                self.server.mark_dirty(self)
+                    call(now=now)
+            self._take_mail(now)
             for sid, data, end in self.felix.data_to_send():
                 try:
                     quic.send_stream_data(sid, data, end)
@@ -616,28 +738,5 @@ class Session:
                 self._quic_closed = True
                 self._close_deadline = None
                 datagrams += quic.datagrams_to_send(now)
-        self._unsent = self._quic_buffered()
-        if not self.finished:
-            self._backpressure(now)
+        self._unsent = send_buffered(quic)
         return datagrams
-
-    def _pause(self) -> None:
-        """Stop the engine's deliveries to this connection (until :meth:`_backpressure`
-        resumes them)."""
-        if not self.paused and not self.finished:
-            self.paused = True
-            self.broker.pause(self.conn_id)
-            self.observer.backpressure(True)
-
-    def _backpressure(self, now: float) -> None:
-        buffered = self._unsent + self.felix.buffered_bytes()
-        if not self.paused:
-            if buffered > self._high or self._outbox:
-                self._pause()
-        elif buffered <= self._low and not self._outbox:
-            self.paused = False
-            self.broker.resume(self.conn_id, now)
-            self.observer.backpressure(False)
-            self.server.mark_dirty(self)
-        if not self.reading and buffered <= self._high:
-            self._resume_reading(now)

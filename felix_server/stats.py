@@ -1,7 +1,7 @@
 """Engine figures for metrics, computed once for both runtimes' ``/metrics``.
 
-:func:`engine_figures` turns :meth:`Broker.stats() <felix_core.broker_core.BrokerCore.stats>`
-and :meth:`Broker.totals() <felix_core.broker_core.BrokerCore.totals>` into flat mappings
+:func:`engine_figures` turns :meth:`Broker.stats() <felix_core.broker.Broker.stats>`
+and :meth:`Broker.totals() <felix_core.broker.Broker.totals>` into flat mappings
 from a fixed key to a number: broker-wide totals (``queue_depth``, ``cache_hits`` ...) and,
 for a broker with few enough queues (caches), the same figures per resource. Nothing here
 walks messages or metadata: the engine keeps its counters as things happen (see
@@ -26,9 +26,14 @@ __all__ = ["CACHE_FIGURES", "QUEUE_FIGURES", "EngineFigures", "engine_figures"]
 Path = tuple[str, str, str]
 
 QUEUE_FIGURES = (
-    "depth", "in_flight", "oldest_age_seconds", "redeliveries", "dead_lettered",
-    "records", "bytes",
-)  # fmt: skip
+    "depth",
+    "in_flight",
+    "oldest_age_seconds",
+    "redeliveries",
+    "dead_lettered",
+    "records",
+    "bytes",
+)
 """Figures of each queue (``queue_<figure>`` in the totals)."""
 CACHE_FIGURES = ("entries", "bytes", "hits", "misses", "puts", "evictions", "expirations")
 """Figures of each cache (``cache_<figure>`` in the totals)."""

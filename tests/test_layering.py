@@ -169,3 +169,32 @@ def test_felix_runtime_is_runtime_neutral() -> None:
         if name.split(".")[0] in RUNTIME_NEUTRAL_FORBIDDEN
     ]
     assert not bad, "felix_runtime must not choose an event loop:\n" + "\n".join(bad)
+
+
+def _package_imports(package: str) -> dict[str, set[str]]:
+    """Module -> the modules of the same package it imports (TYPE_CHECKING ones too)."""
+    graph: dict[str, set[str]] = {}
+    for path in _modules(package):
+        name = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+        graph[name] = {
+            imported
+            for _, imported in _imports(path)
+            if imported.startswith(f"{package}.") and imported.count(".") == 1
+        }
+    return graph
+
+
+@pytest.mark.parametrize("package", PURE_PACKAGES)
+def test_no_import_cycles_inside_a_pure_package(package: str) -> None:
+    """Modules of one package import each other in one direction only: the session does not
+    import the server that drives it, the drain does not import the server, and so on."""
+    graph = _package_imports(package)
+
+    def reaches(start: str, goal: str, seen: set[str]) -> bool:
+        for nxt in graph.get(start, ()):
+            if nxt == goal or (nxt not in seen and reaches(nxt, goal, seen | {nxt})):
+                return True
+        return False
+
+    cycles = sorted(name for name in graph if reaches(name, name, {name}))
+    assert cycles == [], f"modules on an import cycle: {cycles}"

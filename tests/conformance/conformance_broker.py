@@ -18,13 +18,13 @@ from aioquic.quic.connection import QuicConnection
 
 from conformance.context import Hooks, Options
 from conformance.wire import Endpoint
-from felix_core.broker import EngineOutput
+from felix_core.events import EngineEvent
 from felix_runtime.tls import ensure_self_signed
 from felix_runtime_asyncio.runtime import UdpRuntime
 from felix_server.config import ServerConfig
 from felix_server.server import FelixServer, make_quic_configuration
 
-OutputFilter = Callable[[list[EngineOutput]], list[EngineOutput]]
+OutputFilter = Callable[[list[EngineEvent]], list[EngineEvent]]
 
 
 @dataclass
@@ -76,8 +76,8 @@ async def broker(
     factory = {} if connection_factory is None else {"connection_factory": connection_factory}
     server = FelixServer(config, quic_config, now=time.time(), **factory)
     if outputs is not None:
-        drain = server.broker.drain_outputs
-        server.broker.drain_outputs = lambda: outputs(drain())  # type: ignore[method-assign]
+        drain = server.broker.drain_events
+        server.broker.drain_events = lambda: outputs(drain())  # type: ignore[method-assign]
     if engine is not None:
         engine(server.broker)
     runtime = UdpRuntime(server)

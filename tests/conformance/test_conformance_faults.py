@@ -20,9 +20,7 @@ from conformance_broker import OutputFilter, Running, broker
 from conformance.checks import all_checks
 from conformance.registry import select
 from conformance.runner import Outcome, Result, run_checks, summary_line
-from felix_core import MessagesDelivered
-from felix_core.broker import EngineOutput
-from felix_core.streams import StreamBatch
+from felix_core.events import EngineEvent, MessagesDelivered, RecordsDelivered
 from felix_proto import messages as m
 from felix_proto.codec import decode, encode
 from felix_proto.errors import ErrorCode
@@ -46,11 +44,11 @@ def _explain(results: dict[str, Result]) -> str:
 # -- faults in the engine's outputs ----------------------------------------------------------
 
 
-def reorder_records(outputs: list[EngineOutput]) -> list[EngineOutput]:
+def reorder_records(outputs: list[EngineEvent]) -> list[EngineEvent]:
     """Swap the first two records of every event batch (payloads only, offsets kept)."""
-    out: list[EngineOutput] = []
+    out: list[EngineEvent] = []
     for item in outputs:
-        if isinstance(item, StreamBatch) and len(item.slice.payloads) >= 2:
+        if isinstance(item, RecordsDelivered) and len(item.slice.payloads) >= 2:
             p = list(item.slice.payloads)
             p[0], p[1] = p[1], p[0]
             out.append(dataclasses.replace(item, slice=dataclasses.replace(item.slice, payloads=p)))
@@ -62,8 +60,8 @@ def reorder_records(outputs: list[EngineOutput]) -> list[EngineOutput]:
 def drop_offset(offset: int) -> OutputFilter:
     """Never deliver the queue message at ``offset`` (though it was acked to the producer)."""
 
-    def fault(outputs: list[EngineOutput]) -> list[EngineOutput]:
-        out: list[EngineOutput] = []
+    def fault(outputs: list[EngineEvent]) -> list[EngineEvent]:
+        out: list[EngineEvent] = []
         for item in outputs:
             if isinstance(item, MessagesDelivered):
                 kept = [d for d in item.deliveries if d.offset != offset]

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from engine_calls import Calls
+
 from felix_core.broker import Broker, BrokerConfig
 from felix_proto import codec
 from felix_proto import messages as m
@@ -23,7 +25,7 @@ def _message(name: str) -> m.Message:
 
 
 def test_admin_vectors_are_accepted_by_a_broker() -> None:
-    broker = Broker(BrokerConfig(), now=NOW)
+    broker = Calls(Broker(BrokerConfig(), now=NOW))
     broker.create("tenant", "acme", now=NOW)
     broker.create("namespace", "acme", "orders", now=NOW)
     broker.create("cache", "acme", "orders", "sessions", now=NOW)

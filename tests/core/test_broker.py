@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
+from engine_calls import Calls
 
 from felix_core import (
     AlreadyExists,
     Broker,
     BrokerConfig,
-    ConsumerEnded,
+    ConsumerClosed,
     CursorTooOld,
     InvalidArgument,
     LimitExceeded,
@@ -18,19 +20,21 @@ from felix_core import (
     MessagesDelivered,
     NotFound,
     Overloaded,
+    RecordsDelivered,
+    RecordsSkipped,
     ShuttingDown,
-    StreamBatch,
-    StreamGap,
-    SubscriptionEnded,
+    StartKind,
+    SubscriptionClosed,
     TooLarge,
 )
-from felix_core.metadata import Catalog, Kind
+from felix_core.events import MetadataWrite, RequestRefused, ResourceDescribed
+from felix_core.metadata import Kind, ResourceRecord, WriteOp
 
 T, N = "default", "default"
 
 
-def broker(**config: Any) -> Broker:
-    b = Broker(BrokerConfig(**config))
+def broker(**config: Any) -> Calls:
+    b = Calls(Broker(BrokerConfig(**config)))
     b.attach(1, 0.0)
     return b
 
@@ -39,18 +43,20 @@ def batches(outs: list[Any], sub: int | None = None) -> list[list[bytes]]:
     return [
         o.slice.payloads
         for o in outs
-        if isinstance(o, StreamBatch) and (sub is None or o.subscription_id == sub)
+        if isinstance(o, RecordsDelivered) and (sub is None or o.subscription_id == sub)
     ]
 
 
 def test_defaults_and_no_defaults() -> None:
-    b = Broker()
+    b = Calls(Broker())
     assert [r["tenant"] for r in b.list("tenant")] == ["default"]
     assert [r["namespace"] for r in b.list("namespace", "default")] == ["default"]
-    assert Broker(BrokerConfig(create_defaults=False)).list("tenant") == []
+    assert Calls(Broker(BrokerConfig(create_defaults=False))).list("tenant") == []
     store = MemoryMetadataStore()
-    Broker(metadata=store)
-    Broker(metadata=store)  # a second broker on the same store finds the defaults
+    Calls(Broker(), store)
+    second = Calls(Broker(), store)  # a second broker on the same store finds the defaults
+    assert [r["tenant"] for r in second.list("tenant")] == ["default"]
+    assert len(store.records()) == 2
 
 
 def test_connection_lifecycle_errors() -> None:
@@ -95,23 +101,22 @@ def test_publish_subscribe_and_batches() -> None:
     sub, first = b.subscribe(1, T, N, "s", now=0.0)
     assert first == 0
     assert b.publish(9, T, N, "s", [b"a", b"b", b"c"], now=1.0) == (0, 2)
-    assert batches(b.drain_outputs()) == [[b"a", b"b"]]
+    assert batches(b.drain_events()) == [[b"a", b"b"]]
     deadline = b.get_timer()
     assert deadline == pytest.approx(1.00025)
     b.handle_timer(deadline)
-    assert batches(b.drain_outputs()) == [[b"c"]]
+    assert batches(b.drain_events()) == [[b"c"]]
     assert b.get_timer() is None
     b.unsubscribe(1, sub, now=2.0)
-    out = b.drain_outputs()
+    out = b.drain_events()
     assert out == [
-        SubscriptionEnded(
+        SubscriptionClosed(
             connection_id=1, subscription_id=sub, reason="unsubscribed", next_offset=3
         )
     ]
     with pytest.raises(NotFound):
         b.unsubscribe(1, sub, now=2.0)
-    with pytest.raises(NotFound):
-        b.add_credit(1, sub, 1, 1, now=2.0)
+    assert not b.add_credit(1, sub, 1, 1, now=2.0)  # ended: the grant is ignored
 
 
 def test_subscribe_from_earliest_offset_and_errors() -> None:
@@ -120,7 +125,7 @@ def test_subscribe_from_earliest_offset_and_errors() -> None:
     b.publish(1, T, N, "s", [b"a", b"b", b"c"][:2], now=0.0)
     b.publish(1, T, N, "s", [b"c"], now=0.0)
     sid, first = b.subscribe(1, T, N, "s", start=1, now=0.0)
-    assert first == 1 and batches(b.drain_outputs(), sid) == [[b"b", b"c"]]
+    assert first == 1 and batches(b.drain_events(), sid) == [[b"b", b"c"]]
     with pytest.raises(CursorTooOld) as err:
         b.subscribe(1, T, N, "s", start=2, start_value=0, now=0.0)
     assert err.value.details["first_offset"] == 1
@@ -137,7 +142,7 @@ def test_shared_slice_for_subscribers_at_same_position() -> None:
         b.attach(conn, 0.0)
         b.subscribe(conn, T, N, "s", now=0.0)
     b.publish(1, T, N, "s", [b"a", b"b"], now=1.0)
-    out = b.drain_outputs()
+    out = b.drain_events()
     assert len(out) == 3 and all(o.slice is out[0].slice for o in out)
 
 
@@ -148,10 +153,10 @@ def test_credit_clamping_and_subscription_limit() -> None:
     with pytest.raises(LimitExceeded):
         b.subscribe(1, T, N, "s", now=0.0)
     b.publish(1, T, N, "s", [b"x"] * 5, now=1.0)
-    assert batches(b.drain_outputs()) == [[b"x"] * 3]
+    assert batches(b.drain_events()) == [[b"x"] * 3]
     b.add_credit(1, sid, 100, 100, now=2.0)
-    assert batches(b.drain_outputs()) == [[b"x"] * 2]
-    with pytest.raises(InvalidArgument):
+    assert batches(b.drain_events()) == [[b"x"] * 2]
+    with pytest.raises(ValueError):  # the wire cannot carry a negative grant
         b.add_credit(1, sid, -1, 0, now=2.0)
 
 
@@ -165,10 +170,10 @@ def test_pause_and_resume() -> None:
     cid = b.consume(1, T, N, "q", now=0.0)
     b.publish(1, T, N, "s", [b"a"], now=1.0)
     b.enqueue(1, T, N, "q", [b"m"], now=1.0)
-    assert b.drain_outputs() == []
+    assert b.drain_events() == []
     b.resume(1, 2.0)
-    out = b.drain_outputs()
-    assert sorted(o.subscription_id for o in out if isinstance(o, StreamBatch)) == [sid, sid2]
+    out = b.drain_events()
+    assert sorted(o.subscription_id for o in out if isinstance(o, RecordsDelivered)) == [sid, sid2]
     assert [o.consumer_id for o in out if isinstance(o, MessagesDelivered)] == [cid]
 
 
@@ -179,12 +184,12 @@ def test_detach_releases_everything() -> None:
     b.subscribe(1, T, N, "s", now=0.0)
     b.consume(1, T, N, "q", now=0.0)
     b.enqueue(1, T, N, "q", [b"m"], now=0.0)
-    assert isinstance(b.drain_outputs()[0], MessagesDelivered)
+    assert isinstance(b.drain_events()[0], MessagesDelivered)
     b.detach(1, 1.0)
     assert b.stats()["subscriptions"] == 0 and b.stats()["connections"] == 0
     b.attach(2, 1.0)
     b.consume(2, T, N, "q", now=1.0)
-    (delivered,) = b.drain_outputs()  # returned at once, redelivered to the new consumer
+    (delivered,) = b.drain_events()  # returned at once, redelivered to the new consumer
     assert isinstance(delivered, MessagesDelivered)
     assert delivered.deliveries[0].attempt == 2
 
@@ -264,20 +269,20 @@ def test_update_applies_to_live_stream() -> None:
 
 def test_metadata_changed_by_another_writer() -> None:
     store = MemoryMetadataStore()
-    b = Broker(metadata=store)
-    other = Catalog(store, BrokerConfig())
+    b = Calls(Broker(), store)  # each call first takes in what the store reports
+    other = Calls(Broker(), store)  # another broker writing to the same store
     b.attach(1, 0.0)
-    other.create(Kind.STREAM, (T, N, "s"), {}, 0.0)  # created elsewhere: built lazily here
+    other.create("stream", T, N, "s", now=0.0)  # created elsewhere: fed to this engine
     sid, _ = b.subscribe(1, T, N, "s", now=0.0)
-    other.update(Kind.STREAM, (T, N, "s"), {"batch_max_delay_us": 0}, 1.0)
+    other.update("stream", T, N, "s", {"batch_max_delay_us": 0}, now=1.0)
     b.publish(1, T, N, "s", [b"a"], now=1.0)  # the new generation applies: no waiting
-    assert batches(b.drain_outputs()) == [[b"a"]]
-    other.delete(Kind.STREAM, (T, N, "s"))
-    other.create(Kind.STREAM, (T, N, "s"), {}, 2.0)  # re-created: a new uid
+    assert batches(b.drain_events()) == [[b"a"]]
+    other.delete("stream", T, N, "s", now=2.0)
+    other.create("stream", T, N, "s", now=2.0)  # re-created: a new uid
     assert b.publish(1, T, N, "s", [b"b"], now=2.0) == (0, 0)
-    ended = b.drain_outputs()
+    ended = b.drain_events()
     assert ended == [
-        SubscriptionEnded(
+        SubscriptionClosed(
             connection_id=1,
             subscription_id=sid,
             reason="deleted",
@@ -285,23 +290,23 @@ def test_metadata_changed_by_another_writer() -> None:
             next_offset=1,
         )
     ]
-    other.delete(Kind.STREAM, (T, N, "s"))
+    other.delete("stream", T, N, "s", now=3.0)
     with pytest.raises(NotFound):
         b.publish(1, T, N, "s", [b"c"], now=3.0)
-    other.create(Kind.QUEUE, (T, N, "q"), {}, 3.0)
+    other.create("queue", T, N, "q", now=3.0)
     cid = b.consume(1, T, N, "q", now=3.0)
-    other.update(Kind.QUEUE, (T, N, "q"), {"max_prefetch": 8}, 3.0)
+    other.update("queue", T, N, "q", {"max_prefetch": 8}, now=3.0)
     b.enqueue(1, T, N, "q", [b"m"], now=3.0)
     assert b.describe("queue", T, N, "q", now=3.0)["settings"]["max_prefetch"] == 8
-    other.delete(Kind.QUEUE, (T, N, "q"))
+    other.delete("queue", T, N, "q", now=3.0)
     with pytest.raises(NotFound):
         b.enqueue(1, T, N, "q", [b"m"], now=3.0)
-    ended_consumers = [o for o in b.drain_outputs() if isinstance(o, ConsumerEnded)]
+    ended_consumers = [o for o in b.drain_events() if isinstance(o, ConsumerClosed)]
     assert [(e.consumer_id, e.reason) for e in ended_consumers] == [(cid, "deleted")]
     assert b.stats()["consumers"] == 0
-    other.create(Kind.CACHE, (T, N, "c"), {}, 3.0)
+    other.create("cache", T, N, "c", now=3.0)
     assert b.cache_put(T, N, "c", "k", b"v", now=3.0) == (True, 1)
-    other.update(Kind.CACHE, (T, N, "c"), {"max_entries": 5}, 3.0)
+    other.update("cache", T, N, "c", {"max_entries": 5}, now=3.0)
     assert b.cache_get(T, N, "c", "k", now=3.0) is not None
 
 
@@ -313,7 +318,7 @@ def test_queue_operations() -> None:
     cid = b.consume(1, T, N, "q", prefetch=10, now=0.0)
     with pytest.raises(LimitExceeded):
         b.consume(1, T, N, "q", now=0.0)
-    (out,) = b.drain_outputs()
+    (out,) = b.drain_events()
     assert isinstance(out, MessagesDelivered)
     ids = [d.delivery_id for d in out.deliveries]
     b.ack(1, cid, ids[:1], now=1.0)
@@ -326,14 +331,12 @@ def test_queue_operations() -> None:
     with pytest.raises(NotFound):
         b.ack(1, 12345, [1], now=1.0)
     b.enqueue(1, T, N, "q", [b"c"], now=1.0)
-    assert b.purge(T, N, "q", now=1.0) == 0  # "c" is in flight to the consumer
     b.cancel_consumer(1, cid, now=2.0)
-    ended = [o for o in b.drain_outputs() if isinstance(o, ConsumerEnded)]
+    ended = [o for o in b.drain_events() if isinstance(o, ConsumerClosed)]
     assert [(e.consumer_id, e.reason) for e in ended] == [(cid, "unsubscribed")]
     with pytest.raises(NotFound):
         b.cancel_consumer(1, cid, now=2.0)
     # "c" had its one attempt: losing its consumer dead-letters it rather than requeueing
-    assert b.purge(T, N, "q", now=2.0) == 0
     assert b.describe("queue", T, N, "dlq", now=2.0)["stats"]["records"] == 2
 
 
@@ -342,10 +345,10 @@ def test_queue_visibility_timeout_via_timer() -> None:
     b.create("queue", T, N, "q", {"visibility_timeout_ms": 1000}, now=0.0)
     cid = b.consume(1, T, N, "q", now=0.0)
     b.enqueue(1, T, N, "q", [b"a"], now=0.0)
-    b.drain_outputs()
+    b.drain_events()
     assert b.get_timer() == pytest.approx(1.0)
     b.handle_timer(1.0)
-    (again,) = b.drain_outputs()
+    (again,) = b.drain_events()
     assert isinstance(again, MessagesDelivered) and again.deliveries[0].attempt == 2
     assert again.consumer_id == cid
 
@@ -359,15 +362,16 @@ def test_cache_operations_and_change_feed() -> None:
     assert b.cache_put(T, N, "c", "k", b"v2", if_absent=True, now=0.0) == (False, 1)
     assert b.cache_put(T, N, "c", "k", b"v2", if_version=1, ttl_ms=0, now=0.0) == (True, 2)
     entry = b.cache_get(T, N, "c", "k", now=5.0)
-    assert entry is not None and entry.value == b"v2" and entry.ttl_remaining(5.0) is None
+    assert entry is not None and entry.value == b"v2" and entry.ttl_remaining_ms is None
     assert b.cache_get(T, N, "c", "missing", now=5.0) is None
     assert b.cache_delete(T, N, "c", "k", if_version=1, now=5.0) is False
     assert b.cache_delete(T, N, "c", "k", now=5.0) is True
-    assert b.budget.used == b._caches.byte_size  # the budget tracks tables and feeds exactly
+    cache = b.registry.caches[(T, N, "c")].cache
+    assert b.budget.used == cache.byte_size  # the budget tracks tables and feeds exactly
     deadline = b.get_timer()
     assert deadline is not None
     b.handle_timer(deadline)
-    feed = [o for o in b.drain_outputs() if isinstance(o, StreamBatch)]
+    feed = [o for o in b.drain_events() if isinstance(o, RecordsDelivered)]
     ops = [h["op"] for o in feed for h in (o.slice.headers or [])]
     assert ops == [b"put", b"put", b"delete"]
     with pytest.raises(InvalidArgument):
@@ -375,7 +379,7 @@ def test_cache_operations_and_change_feed() -> None:
     with pytest.raises(NotFound):
         b.cache_get(T, N, "nope", "k", now=5.0)
     b.delete("cache", T, N, "c", now=6.0)
-    ended = b.drain_outputs()
+    ended = b.drain_events()
     assert [(o.subscription_id, o.reason) for o in ended] == [(sid, "deleted")]
     assert b.budget.used == 0
 
@@ -391,8 +395,8 @@ def test_cache_expiry_lazy_and_swept() -> None:
     b.handle_timer(2.0)
     ops = [
         h["op"]
-        for o in b.drain_outputs()
-        if isinstance(o, StreamBatch)
+        for o in b.drain_events()
+        if isinstance(o, RecordsDelivered)
         for h in o.slice.headers or []
     ]
     assert sorted(ops) == [b"expire", b"expire", b"put", b"put"]
@@ -406,8 +410,8 @@ def test_drop_oldest_gap_through_facade() -> None:
     b.publish(1, T, N, "s", [b"a", b"b"], now=0.0)
     b.publish(1, T, N, "s", [b"c", b"d"], now=0.0)
     b.add_credit(1, sid, 10, 0, now=1.0)
-    out = b.drain_outputs()
-    assert out[0] == StreamGap(connection_id=1, subscription_id=sid, missed=2, next_offset=2)
+    out = b.drain_events()
+    assert out[0] == RecordsSkipped(connection_id=1, subscription_id=sid, missed=2, next_offset=2)
     assert batches(out) == [[b"c", b"d"]]
     assert b.stats()["stream_gap_records"] == 2
 
@@ -420,8 +424,8 @@ def test_disconnect_policy_forgets_subscription() -> None:
     b.subscribe(1, T, N, "s", credit_messages=0, now=0.0)
     b.publish(1, T, N, "s", [b"a"], now=0.0)
     b.publish(1, T, N, "s", [b"b"], now=0.0)
-    (ended,) = b.drain_outputs()
-    assert isinstance(ended, SubscriptionEnded) and ended.reason == "lagged"
+    (ended,) = b.drain_events()
+    assert isinstance(ended, SubscriptionClosed) and ended.reason == "lagged"
     assert b.stats()["subscriptions"] == 0
 
 
@@ -432,10 +436,10 @@ def test_shutdown() -> None:
     sid, _ = b.subscribe(1, T, N, "s", now=0.0)
     cid = b.consume(1, T, N, "q", now=0.0)
     b.shutdown(1.0)
-    out = b.drain_outputs()
+    out = b.drain_events()
     assert [(type(o).__name__, o.reason) for o in out] == [
-        ("SubscriptionEnded", "shutdown"),
-        ("ConsumerEnded", "shutdown"),
+        ("SubscriptionClosed", "shutdown"),
+        ("ConsumerClosed", "shutdown"),
     ]
     assert out[0].subscription_id == sid and out[1].consumer_id == cid
     for call in (
@@ -456,7 +460,7 @@ def test_timer_heap_drops_stale_and_closed_entries() -> None:
     b.publish(1, T, N, "s", [b"a"], now=1.0)
     assert b.get_timer() == pytest.approx(1.00025)
     b.add_credit(1, sid, 1, 0, now=1.0001)  # a credit grant flushes at once
-    assert batches(b.drain_outputs()) == [[b"a"]]
+    assert batches(b.drain_events()) == [[b"a"]]
     assert b.get_timer() is None  # the stale deadline was dropped
     b.publish(1, T, N, "s", [b"b"], now=2.0)
     b.publish(1, T, N, "s", [b"c"], now=2.0001)  # the first deadline stands
@@ -468,8 +472,8 @@ def test_timer_heap_drops_stale_and_closed_entries() -> None:
 
 def test_delete_of_resource_this_broker_never_used() -> None:
     store = MemoryMetadataStore()
-    b = Broker(metadata=store)
-    Catalog(store, BrokerConfig()).create(Kind.STREAM, (T, N, "s"), {}, 0.0)
+    b = Calls(Broker(), store)
+    Calls(Broker(), store).create("stream", T, N, "s", now=0.0)  # another broker's
     b.delete("stream", T, N, "s", now=0.0)
     b.create("cache", T, N, "c", now=0.0)
     b.cache_put(T, N, "c", "k", b"v", now=0.0)
@@ -492,7 +496,7 @@ def test_consumer_ended_for_detached_connection_is_dropped_quietly() -> None:
     cid = b.consume(1, T, N, "q", now=0.0)
     b.cancel_consumer(1, cid, now=0.0)
     b.detach(1, 0.0)
-    assert [type(o).__name__ for o in b.drain_outputs()] == ["ConsumerEnded"]
+    assert [type(o).__name__ for o in b.drain_events()] == ["ConsumerClosed"]
 
 
 def test_dead_letter_target_missing_is_tolerated() -> None:
@@ -527,13 +531,13 @@ def test_totals_for_metrics() -> None:
     b.enqueue(1, T, N, "q", [b"a", b"b"], now=10.0)
     b.enqueue(1, T, N, "idle", [b"x"], now=12.0)
     cid = b.consume(1, T, N, "q", prefetch=1, now=10.0)
-    (out,) = b.drain_outputs()
+    (out,) = b.drain_events()
     assert isinstance(out, MessagesDelivered)
     b.nack(1, cid, [out.deliveries[0].delivery_id], now=11.0)  # "a" again: a redelivery
-    (out,) = b.drain_outputs()
+    (out,) = b.drain_events()
     assert isinstance(out, MessagesDelivered) and out.deliveries[0].attempt == 2
     b.nack(1, cid, [out.deliveries[0].delivery_id], now=11.0)  # attempts used up: dropped
-    b.drain_outputs()
+    b.drain_events()
     q = b.totals(15.0).queues
     assert (q.queues, q.records, q.in_flight, q.redeliveries, q.dead_lettered) == (2, 3, 1, 1, 1)
     assert q.depth == 0 + 1  # "b" is in flight; the idle queue holds "x"
@@ -592,5 +596,66 @@ def test_cache_compare_and_set_without_ttl_keeps_the_ttl() -> None:
     _, version = b.cache_put(T, N, "c", "bob", b"42", ttl_ms=30_000, now=0.0)
     assert b.cache_put(T, N, "c", "bob", b"43", if_version=version, now=10.0) == (True, 2)
     entry = b.cache_get(T, N, "c", "bob", now=10.0)
-    assert entry is not None and entry.value == b"43" and entry.ttl_remaining(10.0) == 20.0
+    assert entry is not None and entry.value == b"43" and entry.ttl_remaining_ms == 20_000
     assert b.cache_get(T, N, "c", "bob", now=30.0) is None
+
+
+def test_every_request_completes_through_the_events_before_what_it_causes() -> None:
+    """A request's completion (or refusal) is an event naming the connection and the
+    caller's number; it comes before the events the request caused."""
+    b = Broker(BrokerConfig())
+    b.attach(1, 0.0)
+    Calls(b).create("stream", T, N, "s", {"batch_max_delay_us": 0}, now=0.0)
+    b.describe(1, 10, "stream", T, N, "s", now=0.0)
+    b.publish(2, 11, T, N, "s", [b"a", b"b"], now=0.0)  # any connection may publish
+    b.subscribe(1, 12, T, N, "s", start=StartKind.EARLIEST, now=0.0)
+    b.subscribe(1, 13, T, N, "missing", now=0.0)
+    b.unsubscribe(1, 14, 1, now=0.0)
+    out = b.drain_events()
+    assert [(type(e).__name__, e.connection_id, getattr(e, "request", None)) for e in out] == [
+        ("ResourceDescribed", 1, 10),
+        ("Appended", 2, 11),
+        ("SubscriptionOpened", 1, 12),
+        ("RecordsDelivered", 1, None),
+        ("RequestRefused", 1, 13),
+        ("RequestCompleted", 1, 14),
+        ("SubscriptionClosed", 1, None),
+    ]
+    assert isinstance(out[4], RequestRefused) and isinstance(out[4].error, NotFound)
+
+
+def test_a_stopped_feed_needs_no_reply_and_an_unknown_one_is_ignored() -> None:
+    b = Broker(BrokerConfig())
+    b.attach(1, 0.0)
+    Calls(b).create("queue", T, N, "q", now=0.0)
+    b.consume(1, 2, T, N, "q", now=0.0)
+    b.drain_events()
+    b.cancel_consumer(1, None, 1, now=0.0)  # the client stopped its stream
+    b.cancel_consumer(1, None, 1, now=0.0)  # again: ended already, nothing happens
+    b.unsubscribe(1, None, 99, now=0.0)
+    assert [type(e).__name__ for e in b.drain_events()] == ["ConsumerClosed"]
+
+
+def test_admin_writes_complete_when_the_store_answers() -> None:
+    """The engine never asks a store: an admin write is an event; the request completes when
+    the glue reports the store's answer (at once for a memory store, later for etcd), and a
+    store's refusal (another writer took the name meanwhile) refuses it."""
+    b = Broker(BrokerConfig(create_defaults=False))
+    for kind, path in ((Kind.TENANT, ("t", "", "")), (Kind.NAMESPACE, ("t", "n", ""))):
+        record = ResourceRecord(kind=kind, tenant=path[0], namespace=path[1], uid=1)
+        b.metadata_changed(kind, path, record, 0.0)
+    b.create(7, 1, "stream", "t", "n", "s", now=1.0)
+    b.create(7, 2, "queue", "t", "n", "q", now=1.0)
+    first, second = b.drain_events()
+    assert isinstance(first, MetadataWrite) and first.op is WriteOp.CREATE
+    assert isinstance(second, MetadataWrite) and second.record.uid == 0  # the store gives it
+    b.metadata_written(second.write_id, AlreadyExists("queue t/n/q exists already"), 2.0)
+    (refused,) = b.drain_events()
+    assert isinstance(refused, RequestRefused) and isinstance(refused.error, AlreadyExists)
+    assert refused.request == 2
+    b.metadata_written(first.write_id, replace(first.record, uid=42), 3.0)
+    (done,) = b.drain_events()
+    assert isinstance(done, ResourceDescribed) and (done.connection_id, done.request) == (7, 1)
+    assert done.resource["uid"] == 42 and done.resource["stats"]["records"] == 0
+    b.metadata_written(first.write_id, first.record, 3.0)  # a second answer: ignored
+    assert b.drain_events() == [] and b.stats()["streams"] == 1

@@ -5,12 +5,13 @@ from __future__ import annotations
 import math
 
 import pytest
+from engine_calls import Calls
 
+from felix_core.broker import Broker
 from felix_core.cache import (
     MAX_KEY_BYTES,
     Cache,
     CacheConfig,
-    CacheEngine,
     CacheEntry,
     WriteResult,
     key_bytes,
@@ -358,35 +359,39 @@ def test_rebuild_rejects_foreign_records() -> None:
         Cache.rebuild_from(log, T0)
 
 
-# -- engine ------------------------------------------------------------------------------
+# -- in the engine -----------------------------------------------------------------------
 
 
-def test_engine_registry_and_timers() -> None:
-    e = CacheEngine()
-    assert e.get_timer() is None
-    c = e.create_cache(C, CacheConfig(default_ttl_s=3))
-    assert C in e and ("t", "ns", "x") not in e
+def test_caches_in_the_engine_registry_and_timers() -> None:
+    """Each cache is a partition of the engine: created and deleted through metadata, its
+    expiry in the engine's one timer heap, its memory charged to the engine's budget."""
+    b = Calls(Broker(now=T0))
+    t, ns = "default", "default"
+    assert b.get_timer() is None
+    b.create("cache", t, ns, "c", {"default_ttl_ms": 3000}, now=T0)
     with pytest.raises(AlreadyExists):
-        e.create_cache(C)
+        b.create("cache", t, ns, "c", now=T0)
     with pytest.raises(NotFound) as info:
-        e.cache(("t", "ns", "x"))
-    assert info.value.details == {"cache": "x"}
-    other = e.create_cache(("t", "ns", "o"))
-    other.put("k", b"v", T0, ttl=1)
-    c.put("k", b"vv", T0)
-    assert e.cache(C) is c
-    assert e.get_timer() == T0 + 1
-    assert e.byte_size == c.byte_size + other.byte_size
-    e.handle_timer(T0 + 1)
+        b.cache_get(t, ns, "x", "k", now=T0)
+    assert info.value.details == {"kind": "cache"}
+    b.create("cache", t, ns, "o", now=T0)
+    b.cache_put(t, ns, "o", "k", b"v", ttl_ms=1000, now=T0)
+    b.cache_put(t, ns, "c", "k", b"vv", ttl_ms=0, now=T0)
+    assert b.get_timer() == T0 + 1
+    caches = b.registry.caches
+    c, other = caches[(t, ns, "c")].cache, caches[(t, ns, "o")].cache
+    assert b.budget.used == c.byte_size + other.byte_size
+    b.handle_timer(T0 + 1)
     assert len(other) == 0 and len(c) == 1
-    e.update_cache(C, CacheConfig(max_entries=1, default_ttl_s=0), T0)
+    b.update("cache", t, ns, "c", {"max_entries": 1, "default_ttl_ms": 0}, now=T0)
     with pytest.raises(InvalidArgument):
-        e.update_cache(C, CacheConfig(sweep_batch=0), T0)
+        b.update("cache", t, ns, "c", {"sweep_batch": 0}, now=T0)
     with pytest.raises(InvalidArgument):
-        e.create_cache(("t", "ns", "bad"), CacheConfig(max_bytes=0))
-    assert ("t", "ns", "bad") not in e
-    assert e.delete_cache(C) is c
+        b.create("cache", t, ns, "bad", {"max_bytes": 0}, now=T0)
+    assert (t, ns, "bad") not in caches
+    b.delete("cache", t, ns, "c", now=T0)
+    b.delete("cache", t, ns, "o", now=T0)
+    assert b.budget.used == 0 and b.get_timer() is None
     with pytest.raises(NotFound):
-        e.delete_cache(C)
-    with pytest.raises(NotFound):
-        e.update_cache(C, CacheConfig(), T0)
+        b.delete("cache", t, ns, "c", now=T0)
+    assert b.totals(T0).caches.puts == 2  # the deleted caches' counters are kept

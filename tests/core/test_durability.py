@@ -4,6 +4,7 @@ setting that did nothing would promise what nobody keeps (issue 16)."""
 from __future__ import annotations
 
 import pytest
+from engine_calls import Calls
 
 from felix_core import Broker, BrokerConfig
 from felix_core.errors import InvalidArgument
@@ -11,7 +12,7 @@ from felix_core.errors import InvalidArgument
 
 @pytest.mark.parametrize("kind", ["stream", "queue", "cache"])
 def test_a_memory_broker_refuses_durable_resources(kind: str) -> None:
-    b = Broker(BrokerConfig(), now=0.0)
+    b = Calls(Broker(BrokerConfig(), now=0.0))
     with pytest.raises(InvalidArgument) as info:
         b.create(kind, "default", "default", "r", {"durability": "durable"}, now=0.0)
     assert info.value.details == {"field": "durability"}

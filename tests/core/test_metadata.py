@@ -18,14 +18,54 @@ from felix_core.errors import (
     TooLarge,
 )
 from felix_core.limits import BrokerConfig, MemoryBudget
-from felix_core.metadata import Catalog, Kind, MemoryMetadataStore, ResourceRecord
+from felix_core.metadata import (
+    Catalog,
+    Kind,
+    MemoryMetadataStore,
+    MetadataView,
+    Path,
+    ResourceRecord,
+    WriteOp,
+)
 from felix_core.names import is_valid_name, validate_name
 from felix_core.settings import SlowConsumerPolicy, StreamSettings
 from felix_proto.errors import ErrorCode
 
 
-def catalog(**config: Any) -> Catalog:
-    cat = Catalog(MemoryMetadataStore(), BrokerConfig(**config))
+class Writer:
+    """A catalog over a view, its writes applied to a store and fed back to the view: what
+    the engine and the glue do together, without the engine's partitions."""
+
+    def __init__(self, config: BrokerConfig, store: MemoryMetadataStore | None = None, **kw: Any):
+        self.view = MetadataView()
+        self.store = store if store is not None else MemoryMetadataStore()
+        self.catalog = Catalog(self.view, config, **kw)
+
+    def _apply(self, op: WriteOp, record: ResourceRecord, expected: int | None) -> ResourceRecord:
+        stored = self.store.apply(op, record, expected)
+        for kind, path, now_record in self.store.take_changes():
+            self.view.apply(kind, path, now_record)
+        return stored
+
+    def create(self, kind: Kind, path: Path, settings: Any, now: float) -> ResourceRecord:
+        return self._apply(WriteOp.CREATE, self.catalog.create(kind, path, settings, now), None)
+
+    def update(self, kind: Kind, path: Path, settings: Any, now: float) -> ResourceRecord:
+        record = self.catalog.update(kind, path, settings, now)
+        return self._apply(WriteOp.REPLACE, record, record.generation - 1)
+
+    def delete(self, kind: Kind, path: Path) -> ResourceRecord:
+        return self._apply(WriteOp.DELETE, self.catalog.delete(kind, path), None)
+
+    def describe(self, kind: Kind, path: Path) -> ResourceRecord:
+        return self.catalog.describe(kind, path)
+
+    def list(self, kind: Kind, tenant: str = "", namespace: str = "") -> list[ResourceRecord]:
+        return self.catalog.list(kind, tenant, namespace)
+
+
+def catalog(**config: Any) -> Writer:
+    cat = Writer(BrokerConfig(**config))
     cat.create(Kind.TENANT, ("t", "", ""), {}, 1.0)
     cat.create(Kind.NAMESPACE, ("t", "n", ""), {}, 1.0)
     return cat
@@ -256,50 +296,58 @@ def test_delete_non_empty_parents_conflicts() -> None:
 
 def test_store_conditional_operations() -> None:
     store = MemoryMetadataStore()
-    rec = ResourceRecord(kind=Kind.TENANT, tenant="t", uid=store.next_uid())
-    store.create(rec)
+    rec = store.apply(WriteOp.CREATE, ResourceRecord(kind=Kind.TENANT, tenant="t"), None)
+    assert rec.uid == 1  # the store gives the uid
     with pytest.raises(AlreadyExists):
-        store.create(rec)
+        store.apply(WriteOp.CREATE, rec, None)
     newer = ResourceRecord(kind=Kind.TENANT, tenant="t", uid=rec.uid, generation=2)
     with pytest.raises(Conflict) as err:
-        store.replace(newer, expected_generation=5)
+        store.apply(WriteOp.REPLACE, newer, 5)
     assert err.value.details == {"generation": 1}
-    store.replace(newer, expected_generation=1)
+    store.apply(WriteOp.REPLACE, newer, 1)
     assert store.get(Kind.TENANT, ("t", "", "")) == newer
-    assert store.list(Kind.TENANT) == [newer]
+    assert store.records() == [newer]
     with pytest.raises(NotFound):
-        store.replace(ResourceRecord(kind=Kind.TENANT, tenant="x"), 1)
-    assert store.delete(Kind.TENANT, ("t", "", "")) == newer
+        store.apply(WriteOp.REPLACE, ResourceRecord(kind=Kind.TENANT, tenant="x"), 1)
+    assert store.apply(WriteOp.DELETE, newer, None) == newer
     with pytest.raises(NotFound):
-        store.delete(Kind.TENANT, ("t", "", ""))
-    assert store.list(Kind.TENANT) == [] and store.next_uid() == 2
+        store.apply(WriteOp.DELETE, newer, None)
+    assert store.records() == []
+    path = ("t", "", "")
+    changes = [(Kind.TENANT, path, rec), (Kind.TENANT, path, newer), (Kind.TENANT, path, None)]
+    assert store.take_changes() == changes
+    assert store.take_changes() == []
+
+
+def test_the_view_takes_each_change_once_and_never_an_older_generation() -> None:
+    view = MetadataView()
+    rec = ResourceRecord(kind=Kind.TENANT, tenant="t", uid=1)
+    newer = ResourceRecord(kind=Kind.TENANT, tenant="t", uid=1, generation=2)
+    assert view.apply(Kind.TENANT, rec.path, rec) and not view.apply(Kind.TENANT, rec.path, rec)
+    assert view.apply(Kind.TENANT, rec.path, newer)
+    assert not view.apply(Kind.TENANT, rec.path, rec)  # late: ignored
+    again = ResourceRecord(kind=Kind.TENANT, tenant="t", uid=2)  # re-created elsewhere
+    assert view.apply(Kind.TENANT, rec.path, again) and view.get(Kind.TENANT, rec.path) == again
+    assert view.apply(Kind.TENANT, rec.path, None) and not view.apply(Kind.TENANT, rec.path, None)
+    assert view.list(Kind.TENANT) == [] and view.count(Kind.TENANT) == 0
 
 
 def test_update_conflict_when_store_changed_underneath() -> None:
-    store = MemoryMetadataStore()
-    cat = Catalog(store, BrokerConfig())
-    cat.create(Kind.TENANT, ("t", "", ""), {}, 1.0)
-
-    rec = store.get(Kind.TENANT, ("t", "", ""))
-    assert rec is not None
-    # another writer bumps the generation between our read and our replace
-    original_replace = store.replace
-
-    def racing_replace(record: ResourceRecord, expected_generation: int) -> None:
-        bumped = ResourceRecord(kind=rec.kind, tenant="t", uid=rec.uid, generation=9)
-        original_replace(bumped, rec.generation)
-        original_replace(record, expected_generation)
-
-    store.replace = racing_replace  # type: ignore[method-assign]
+    cat = Writer(BrokerConfig())
+    rec = cat.create(Kind.TENANT, ("t", "", ""), {}, 1.0)
+    update = cat.catalog.update(Kind.TENANT, rec.path, {"description": "x"}, 2.0)
+    # another writer bumps the generation between our validation and our write
+    bumped = ResourceRecord(kind=rec.kind, tenant="t", uid=rec.uid, generation=2)
+    cat.store.apply(WriteOp.REPLACE, bumped, rec.generation)
     with pytest.raises(Conflict):
-        cat.update(Kind.TENANT, ("t", "", ""), {"description": "x"}, 2.0)
+        cat.store.apply(WriteOp.REPLACE, update, update.generation - 1)
 
 
 def test_catalog_accepts_replacement_schemas() -> None:
     def strict(path: Any, new: Any, current: Any) -> dict[str, Any]:
         raise InvalidArgument("no queues here")
 
-    cat = Catalog(MemoryMetadataStore(), BrokerConfig(), {Kind.QUEUE: strict})
+    cat = Writer(BrokerConfig(), schemas={Kind.QUEUE: strict})
     cat.create(Kind.TENANT, ("t", "", ""), {}, 1.0)
     cat.create(Kind.NAMESPACE, ("t", "n", ""), {}, 1.0)
     with pytest.raises(InvalidArgument):

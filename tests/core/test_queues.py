@@ -5,7 +5,10 @@ from __future__ import annotations
 import math
 
 import pytest
+from engine_calls import Calls
+from queue_driver import QueueDriver
 
+from felix_core.broker import Broker
 from felix_core.errors import (
     AlreadyExists,
     InvalidArgument,
@@ -14,16 +17,12 @@ from felix_core.errors import (
     Overloaded,
     TooLarge,
 )
+from felix_core.events import ConsumerClosed, EngineEvent, MessageDeadLettered, MessagesDelivered
 from felix_core.queues import (
     DEAD_LETTER_RETRY_S,
     TRIM_EVERY,
-    ConsumerEnded,
-    Delivery,
-    MessageDeadLettered,
-    MessagesDelivered,
     QueueConfig,
-    QueueEngine,
-    QueueEvent,
+    QueueDelivery,
 )
 
 Q = ("t", "ns", "q")
@@ -31,7 +30,7 @@ DLQ = ("t", "ns", "dlq")
 T0 = 1_000.0
 
 
-def deliveries(events: list[QueueEvent], consumer_id: int | None = None) -> list[Delivery]:
+def deliveries(events: list[EngineEvent], consumer_id: int | None = None) -> list[QueueDelivery]:
     return [
         d
         for e in events
@@ -40,8 +39,8 @@ def deliveries(events: list[QueueEvent], consumer_id: int | None = None) -> list
     ]
 
 
-def engine(**config: object) -> QueueEngine:
-    e = QueueEngine()
+def engine(**config: object) -> QueueDriver:
+    e = QueueDriver()
     e.create_queue(Q, QueueConfig(**config))  # type: ignore[arg-type]
     return e
 
@@ -75,7 +74,7 @@ def test_create_duplicate_and_lookup_errors() -> None:
     ],
 )
 def test_invalid_config_is_refused(field: str, value: object) -> None:
-    e = QueueEngine()
+    e = QueueDriver()
     with pytest.raises(InvalidArgument) as info:
         e.create_queue(Q, QueueConfig(**{field: value}))  # type: ignore[arg-type]
     assert info.value.details == {"field": field}
@@ -108,8 +107,8 @@ def test_delete_queue_ends_consumers() -> None:
     e.delete_queue(Q)
     ended = e.drain_outputs()
     assert ended == [
-        ConsumerEnded(connection_id=7, consumer_id=c1, queue=Q, reason="deleted"),
-        ConsumerEnded(connection_id=7, consumer_id=c2, queue=Q, reason="deleted"),
+        ConsumerClosed(connection_id=7, consumer_id=c1, queue=Q, reason="deleted"),
+        ConsumerClosed(connection_id=7, consumer_id=c2, queue=Q, reason="deleted"),
     ]
     assert Q not in e and e.byte_size == 0
     with pytest.raises(NotFound):
@@ -127,7 +126,7 @@ def test_enqueue_returns_consecutive_offsets_and_counts_bytes() -> None:
     e = engine()
     assert e.enqueue(Q, b"abc", T0, key=b"k", headers={"h": b"v"}) == 0
     assert e.enqueue_batch(Q, [b"1", b"2"], T0) == 1
-    assert e.queue(Q).byte_size == e.byte_size == 3 + 1 + 2 + 2
+    assert e.queue(Q).log.byte_size == e.byte_size == 3 + 1 + 2 + 2
     assert e.stats(Q, T0).enqueued == 3
 
 
@@ -163,16 +162,18 @@ def test_full_queue_by_bytes() -> None:
 
 
 def test_enqueue_batch_argument_errors() -> None:
-    e = engine()
+    """A batch is validated once, by the engine, before it reaches a queue."""
+    b = Calls(Broker())
+    b.create("queue", "default", "default", "q", now=T0)
     with pytest.raises(InvalidArgument):
-        e.enqueue_batch(Q, [], T0)
+        b.enqueue(1, "default", "default", "q", [], now=T0)
     with pytest.raises(InvalidArgument):
-        e.enqueue_batch(Q, [b"a"], T0, keys=[None, None])
+        b.enqueue(1, "default", "default", "q", [b"a"], keys=[None, None], now=T0)
     with pytest.raises(InvalidArgument):
-        e.enqueue_batch(Q, [b"a"], T0, headers=[])
+        b.enqueue(1, "default", "default", "q", [b"a"], headers=[], now=T0)
     with pytest.raises(NotFound):
-        e.enqueue_batch(DLQ, [b"a"], T0)
-    assert e.queue(Q).log.next_offset == 0
+        b.enqueue(1, "default", "default", "dlq", [b"a"], now=T0)
+    assert b.registry.queues[("default", "default", "q")].log.next_offset == 0
 
 
 def test_batch_keys_and_headers_are_delivered() -> None:
@@ -424,41 +425,6 @@ def test_paused_connection_gets_nothing_until_resumed() -> None:
     e.resume_connection(99, T0)  # unknown connections are ignored
 
 
-def test_purge_drops_waiting_but_keeps_in_flight() -> None:
-    e = engine()
-    assert e.enqueue_batch(Q, [b"a", b"b", b"c", b"d"], T0) == 0
-    cid = e.consume(Q, 1, T0, prefetch=2)
-    d0, d1 = deliveries(e.drain_outputs())
-    e.pause_connection(1)
-    e.cancel(e.consume(Q, 2, T0, prefetch=1), T0)  # takes c and returns it: ready again
-    e.nack(cid, [d0.delivery_id], T0, delay=5)  # delayed
-    e.drain_outputs()
-    assert e.stats(Q, T0).depth == 3  # d new, c ready, a delayed
-    assert e.purge(Q, T0) == 3
-    assert e.stats(Q, T0).depth == 0
-    e.resume_connection(1, T0)
-    e.handle_timer(T0 + 10)
-    assert deliveries(e.drain_outputs()) == []
-    e.ack(cid, [d1.delivery_id], T0 + 10)
-    assert e.queue(Q).log.first_offset == 1  # the purge trimmed up to the in-flight b
-    assert e.queue(Q).trim() == 3
-    with pytest.raises(NotFound):
-        e.purge(DLQ, T0)
-
-
-def test_purge_parked_dead_letters_and_queue_without_group() -> None:
-    e = engine(max_attempts=1, dead_letter_queue="dlq")
-    e.enqueue(Q, b"a", T0)
-    cid = e.consume(Q, 1, T0)
-    e.nack(cid, [d.delivery_id for d in deliveries(e.drain_outputs())], T0)
-    assert e.purge(Q, T0) == 1
-    assert e.get_timer() is None
-    e.create_queue(DLQ)
-    e.enqueue_batch(DLQ, [b"x", b"y"], T0)
-    assert e.purge(DLQ, T0) == 2
-    assert e.stats(DLQ, T0).records == 0
-
-
 def test_groups_fan_out_and_trim_waits_for_the_slowest() -> None:
     e = engine(max_records=TRIM_EVERY * 4, max_bytes=None)
     fast = e.consume(Q, 1, T0, prefetch=1024)
@@ -474,7 +440,7 @@ def test_groups_fan_out_and_trim_waits_for_the_slowest() -> None:
     assert len(deliveries(e.drain_outputs(), late)) == TRIM_EVERY * 2
     e.ack(slow, [held.delivery_id], T0)
     e.delete_group(Q, "late")
-    assert [type(ev) for ev in e.drain_outputs()] == [MessagesDelivered, ConsumerEnded]
+    assert [type(ev) for ev in e.drain_outputs()] == [MessagesDelivered, ConsumerClosed]
     e.delete_group(Q, "slow")
     assert e.queue(Q).log.first_offset == TRIM_EVERY * 2
     with pytest.raises(NotFound):

@@ -5,23 +5,18 @@ message at most one attempt (docs/engine-queues-cache.md, "Silent consumers").""
 from __future__ import annotations
 
 import pytest
+from queue_driver import QueueDriver
 
 from felix_core.errors import NotFound
-from felix_core.queues import (
-    Delivery,
-    MessageDeadLettered,
-    MessagesDelivered,
-    QueueConfig,
-    QueueEngine,
-    QueueEvent,
-)
+from felix_core.events import EngineEvent, MessageDeadLettered, MessagesDelivered
+from felix_core.queues import QueueConfig, QueueDelivery
 
 Q = ("t", "ns", "q")
 DLQ = ("t", "ns", "dlq")
 T0 = 1_000.0
 
 
-def deliveries(events: list[QueueEvent], consumer_id: int | None = None) -> list[Delivery]:
+def deliveries(events: list[EngineEvent], consumer_id: int | None = None) -> list[QueueDelivery]:
     return [
         d
         for e in events
@@ -30,8 +25,8 @@ def deliveries(events: list[QueueEvent], consumer_id: int | None = None) -> list
     ]
 
 
-def engine(**config: object) -> QueueEngine:
-    e = QueueEngine()
+def engine(**config: object) -> QueueDriver:
+    e = QueueDriver()
     e.create_queue(Q, QueueConfig(**config))  # type: ignore[arg-type]
     return e
 

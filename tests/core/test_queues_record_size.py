@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import msgpack
 import pytest
+from engine_calls import Calls
+from queue_driver import QueueDriver
 
 from felix_core.broker import Broker
 from felix_core.errors import InvalidArgument, TooLarge
+from felix_core.events import MessagesDelivered
 from felix_core.limits import (
     DEAD_LETTER_HEADERS_MAX_BYTES,
     ENVELOPE_MAX_BYTES,
@@ -17,7 +20,7 @@ from felix_core.limits import (
     BrokerConfig,
     encoded_record_size,
 )
-from felix_core.queues import MessagesDelivered, QueueConfig, QueueEngine
+from felix_core.queues import QueueConfig
 from felix_proto import messages as m
 from felix_proto.codec import encode
 from felix_proto.frames import DEFAULT_MAX_FRAME_SIZE, HEADER_SIZE
@@ -55,7 +58,7 @@ def test_envelope_and_dead_letter_headers_fit_the_headroom() -> None:
     # The worst dead-letter headers: the longest queue name, the longest group name (names
     # are ASCII, at most 128 characters), the longest integers. The header names are the
     # engine's own.
-    e = QueueEngine()
+    e = QueueDriver()
     src = ("t", "n", "q" * 128)
     e.create_queue(src, QueueConfig(max_attempts=1, dead_letter_queue="dlq"))
     e.create_queue(("t", "n", "dlq"))
@@ -89,7 +92,7 @@ def record_of(size: int) -> tuple[bytes, dict[str, bytes]]:
 
 
 def test_record_limit_counts_headers_and_the_biggest_record_dead_letters_within_a_frame() -> None:
-    b = Broker(now=0.0)
+    b = Calls(Broker(now=0.0))
     b.attach(1, 0.0)
     b.create("queue", T, N, "dlq", now=0.0)
     b.create("queue", T, N, "src", {"max_attempts": 1, "dead_letter_queue": "dlq"}, now=0.0)
@@ -106,10 +109,10 @@ def test_record_limit_counts_headers_and_the_biggest_record_dead_letters_within_
     assert b.enqueue(1, T, N, "src", [payload], headers=[headers], now=0.0) == (0, 0)
 
     cid = b.consume(1, T, N, "src", now=0.0)
-    [first] = [ev for ev in b.drain_outputs() if isinstance(ev, MessagesDelivered)]
+    [first] = [ev for ev in b.drain_events() if isinstance(ev, MessagesDelivered)]
     b.nack(1, cid, [first.deliveries[0].delivery_id], now=1.0)
     dlq = b.consume(1, T, N, "dlq", now=1.0)
-    [dead] = [ev for ev in b.drain_outputs() if isinstance(ev, MessagesDelivered)]
+    [dead] = [ev for ev in b.drain_events() if isinstance(ev, MessagesDelivered)]
     assert dead.consumer_id == dlq
     d = dead.deliveries[0]
     assert d.payload == payload and d.headers is not None and len(d.headers) == 7
@@ -121,7 +124,7 @@ def test_record_limit_counts_headers_and_the_biggest_record_dead_letters_within_
 
 
 def test_record_limit_applies_to_publish_and_keys_too() -> None:
-    b = Broker(BrokerConfig(max_record_bytes=100, max_payload_bytes=1000), now=0.0)
+    b = Calls(Broker(BrokerConfig(max_record_bytes=100, max_payload_bytes=1000), now=0.0))
     b.create("stream", T, N, "s", now=0.0)
     assert b.publish(1, T, N, "s", [b"x" * 98], now=0.0) == (0, 0)  # 98 + 2 bytes of prefix
     with pytest.raises(TooLarge) as info:

@@ -1,8 +1,8 @@
 """Stateful hypothesis test of the queue engine against a model, with fake time.
 
 The model tracks every message by its offset: how many times it was delivered, whether it is
-in flight (and to whom, until which deadline) and whether it is finished (acked, dead-lettered
-or purged). After each step the engine's outputs are checked against the model:
+in flight (and to whom, until which deadline) and whether it is finished (acked or
+dead-lettered). After each step the engine's outputs are checked against the model:
 
 * a delivery's attempt number is exactly one more than the attempts charged before: a nack
   is charged; a timeout only when its consumer was not suspected (it then becomes suspected);
@@ -26,14 +26,11 @@ from collections.abc import Callable
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from queue_driver import QueueDriver
 
 from felix_core.errors import NotFound, Overloaded
-from felix_core.queues import (
-    MessageDeadLettered,
-    MessagesDelivered,
-    QueueConfig,
-    QueueEngine,
-)
+from felix_core.events import MessageDeadLettered, MessagesDelivered
+from felix_core.queues import QueueConfig
 
 Q = ("t", "n", "work")
 DLQ = ("t", "n", "dead")
@@ -45,7 +42,7 @@ MAX_RECORDS = 24
 class QueueMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
-        self.e = QueueEngine()
+        self.e = QueueDriver()
         self.e.create_queue(
             Q,
             QueueConfig(
@@ -219,14 +216,6 @@ class QueueMachine(RuleBasedStateMachine):
             self.suspected.add(cid)
         self.absorb()
 
-    @rule()
-    def purge(self) -> None:
-        held = {off for off, _, _ in self.inflight.values()}
-        waiting = self.enqueued - self.finished - held
-        assert self.e.purge(Q, self.now) == len(waiting)
-        self.finished |= waiting
-        self.absorb()
-
     # -- invariants -----------------------------------------------------------------------
 
     @invariant()
@@ -238,7 +227,7 @@ class QueueMachine(RuleBasedStateMachine):
         assert stats.redeliveries == self.redeliveries
         assert stats.dead_lettered == self.dead == self.e.queue(DLQ).log.record_count
         assert stats.records <= MAX_RECORDS
-        assert self.e.byte_size == stats.bytes + self.e.queue(DLQ).byte_size
+        assert self.e.byte_size == stats.bytes + self.e.queue(DLQ).log.byte_size
         totals = self.e.totals(self.now)  # the engine-wide figures agree with per-queue ones
         dlq = self.e.stats(DLQ, self.now)
         assert totals.redeliveries == self.redeliveries

@@ -7,37 +7,34 @@ from typing import Any
 import pytest
 
 from felix_core.errors import CursorTooOld, InvalidArgument, Overloaded, TooLarge
+from felix_core.events import EngineEvent, RecordsDelivered, RecordsSkipped, SubscriptionClosed
 from felix_core.limits import BrokerConfig
 from felix_core.log import LogSlice, MemoryLog
 from felix_core.settings import BatchPolicy, StreamSettings
 from felix_core.streams import (
     Fanout,
-    Output,
     StartKind,
     Stream,
-    StreamBatch,
-    StreamGap,
-    SubscriptionEnded,
     batch_byte_size,
 )
 
 CFG = BrokerConfig()
 
 
-def make(out: list[Output], **settings: Any) -> Stream:
+def make(out: list[EngineEvent], **settings: Any) -> Stream:
     return Stream(StreamSettings.from_mapping(settings, CFG), out)
 
 
-def batches(out: list[Output], sub_id: int | None = None) -> list[LogSlice]:
+def batches(out: list[EngineEvent], sub_id: int | None = None) -> list[LogSlice]:
     return [
         o.slice
         for o in out
-        if isinstance(o, StreamBatch) and (sub_id is None or o.subscription_id == sub_id)
+        if isinstance(o, RecordsDelivered) and (sub_id is None or o.subscription_id == sub_id)
     ]
 
 
 def test_full_batch_goes_at_once_partial_waits_for_timer() -> None:
-    out: list[Output] = []
+    out: list[EngineEvent] = []
     s = make(out, batch_max_events=3, batch_max_delay_us=1000)
     s.subscribe(1, 10, StartKind.LATEST, None, 100, 10**6, 0.0)
     assert s.get_timer() is None
@@ -54,7 +51,7 @@ def test_full_batch_goes_at_once_partial_waits_for_timer() -> None:
 
 
 def test_zero_delay_delivers_immediately() -> None:
-    out: list[Output] = []
+    out: list[EngineEvent] = []
     s = make(out, batch_max_events=64, batch_max_delay_us=0)
     s.subscribe(1, 10, StartKind.LATEST, None, 100, 10**6, 0.0)
     s.publish([b"a"], None, None, 1.0)
@@ -62,7 +59,7 @@ def test_zero_delay_delivers_immediately() -> None:
 
 
 def test_byte_threshold_triggers_delivery() -> None:
-    out: list[Output] = []
+    out: list[EngineEvent] = []
     s = make(out, batch_max_events=100, batch_max_bytes=5)
     s.subscribe(1, 10, StartKind.LATEST, None, 100, 10**6, 0.0)
     s.publish([b"abc", b"def"], None, None, 1.0)
@@ -70,7 +67,7 @@ def test_byte_threshold_triggers_delivery() -> None:
 
 
 def test_same_position_shares_one_slice_object() -> None:
-    out: list[Output] = []
+    out: list[EngineEvent] = []
     s = make(out, batch_max_events=2)
     for i in range(5):
         s.subscribe(i, 100 + i, StartKind.LATEST, None, 100, 10**6, 0.0)
@@ -81,7 +78,7 @@ def test_same_position_shares_one_slice_object() -> None:
 
 
 def test_credit_limits_and_resumes() -> None:
-    out: list[Output] = []
+    out: list[EngineEvent] = []
     s = make(out, batch_max_events=4, batch_max_delay_us=0)
     sub = s.subscribe(1, 10, StartKind.LATEST, None, 2, 10**6, 0.0)
     other = s.subscribe(2, 11, StartKind.LATEST, None, 100, 10**6, 0.0)
@@ -97,7 +94,7 @@ def test_credit_limits_and_resumes() -> None:
 
 
 def test_byte_credit_allows_one_oversized_record() -> None:
-    out: list[Output] = []
+    out: list[EngineEvent] = []
     s = make(out, batch_max_delay_us=0)
     sub = s.subscribe(1, 10, StartKind.LATEST, None, 100, 2, 0.0)
     s.publish([b"abcdef", b"g"], None, None, 1.0)
@@ -108,7 +105,7 @@ def test_byte_credit_allows_one_oversized_record() -> None:
 
 
 def test_zero_credit_subscriber_gets_nothing() -> None:
-    out: list[Output] = []
+    out: list[EngineEvent] = []
     s = make(out, batch_max_delay_us=0)
     s.subscribe(1, 10, StartKind.LATEST, None, 0, 0, 0.0)
     s.publish([b"a"], None, None, 1.0)
@@ -118,7 +115,7 @@ def test_zero_credit_subscriber_gets_nothing() -> None:
 
 
 def test_paused_subscription_waits() -> None:
-    out: list[Output] = []
+    out: list[EngineEvent] = []
     s = make(out, batch_max_delay_us=0)
     sub = s.subscribe(1, 10, StartKind.LATEST, None, 100, 10**6, 0.0, paused=True)
     s.publish([b"a"], None, None, 1.0)
@@ -129,7 +126,7 @@ def test_paused_subscription_waits() -> None:
 
 
 def test_start_positions() -> None:
-    out: list[Output] = []
+    out: list[EngineEvent] = []
     s = make(out, batch_max_delay_us=0, retention_max_records=3)
     s.publish([b"a", b"b"], None, None, 1.0)
     s.publish([b"c", b"d"], None, None, 2.0)  # offsets 1..3 retained
@@ -157,7 +154,7 @@ def test_start_positions() -> None:
 
 
 def test_drop_oldest_reports_exact_gap() -> None:
-    out: list[Output] = []
+    out: list[EngineEvent] = []
     s = make(out, retention_max_records=4, batch_max_delay_us=0, slow_consumer="drop_oldest")
     slow = s.subscribe(1, 10, StartKind.LATEST, None, 0, 10**6, 0.0)
     fast = s.subscribe(2, 11, StartKind.LATEST, None, 10**6, 10**6, 0.0)
@@ -165,8 +162,8 @@ def test_drop_oldest_reports_exact_gap() -> None:
         s.publish([bytes([i])], None, None, 1.0)
     assert fast.cursor == 10
     s.add_credit(slow, 100, 0, 2.0)
-    gaps = [o for o in out if isinstance(o, StreamGap)]
-    assert gaps == [StreamGap(connection_id=10, subscription_id=1, missed=6, next_offset=6)]
+    gaps = [o for o in out if isinstance(o, RecordsSkipped)]
+    assert gaps == [RecordsSkipped(connection_id=10, subscription_id=1, missed=6, next_offset=6)]
     assert [b.payloads for b in batches(out, 1)] == [
         [bytes([6]), bytes([7]), bytes([8]), bytes([9])]
     ]
@@ -174,14 +171,14 @@ def test_drop_oldest_reports_exact_gap() -> None:
 
 
 def test_disconnect_ends_lagging_subscription() -> None:
-    out: list[Output] = []
+    out: list[EngineEvent] = []
     s = make(out, retention_max_records=2, batch_max_delay_us=0, slow_consumer="disconnect")
     s.subscribe(1, 10, StartKind.LATEST, None, 0, 10**6, 0.0)
     fast = s.subscribe(2, 11, StartKind.LATEST, None, 100, 10**6, 0.0)
     s.publish([b"a", b"b"], None, None, 1.0)
-    assert out[-1] == StreamBatch(connection_id=11, subscription_id=2, slice=batches(out)[0])
+    assert out[-1] == RecordsDelivered(connection_id=11, subscription_id=2, slice=batches(out)[0])
     s.publish([b"c"], None, None, 1.0)
-    ended = [o for o in out if isinstance(o, SubscriptionEnded)]
+    ended = [o for o in out if isinstance(o, SubscriptionClosed)]
     assert [(e.subscription_id, e.reason, e.next_offset) for e in ended] == [(1, "lagged", 0)]
     assert list(s.subscriptions) == [2] and fast.cursor == 3
     assert s.lagged == 1
@@ -189,7 +186,7 @@ def test_disconnect_ends_lagging_subscription() -> None:
 
 
 def test_block_refuses_publish_that_would_evict_unread() -> None:
-    out: list[Output] = []
+    out: list[EngineEvent] = []
     s = make(out, retention_max_records=3, batch_max_delay_us=0, slow_consumer="block")
     sub = s.subscribe(1, 10, StartKind.LATEST, None, 0, 10**6, 0.0)
     s.publish([b"a", b"b", b"c"], None, None, 1.0)
@@ -204,7 +201,7 @@ def test_block_refuses_publish_that_would_evict_unread() -> None:
 
 
 def test_block_without_subscribers_trims_freely() -> None:
-    out: list[Output] = []
+    out: list[EngineEvent] = []
     s = make(out, retention_max_records=2, slow_consumer="block")
     for _ in range(5):
         s.publish([b"x"], None, None, 1.0)
@@ -212,14 +209,9 @@ def test_block_without_subscribers_trims_freely() -> None:
 
 
 def test_publish_errors() -> None:
-    out: list[Output] = []
+    out: list[EngineEvent] = []
     s = make(out, retention_max_records=2, retention_max_bytes=10)
-    with pytest.raises(InvalidArgument):
-        s.publish([], None, None, 1.0)
-    with pytest.raises(InvalidArgument):
-        s.publish([b"a"], [b"k", b"k"], None, 1.0)
-    with pytest.raises(InvalidArgument):
-        s.publish([b"a"], None, [None, None], 1.0)
+    # the batch itself (empty, keys or headers of another length) is the engine's to check
     with pytest.raises(TooLarge):
         s.publish([b"a", b"b", b"c"], None, None, 1.0)
     with pytest.raises(TooLarge):
@@ -227,7 +219,7 @@ def test_publish_errors() -> None:
 
 
 def test_age_retention_timer_trims_and_gaps() -> None:
-    out: list[Output] = []
+    out: list[EngineEvent] = []
     s = make(out, retention_max_age_ms=1000, batch_max_delay_us=0)
     sub = s.subscribe(1, 10, StartKind.LATEST, None, 0, 10**6, 0.0)
     assert s.get_timer() is None
@@ -241,65 +233,66 @@ def test_age_retention_timer_trims_and_gaps() -> None:
     s.handle_timer(3.0)
     assert s.log.record_count == 0 and s.get_timer() is None
     s.add_credit(sub, 10, 0, 3.0)
-    assert next(o for o in out if isinstance(o, StreamGap)).missed == 2
+    assert next(o for o in out if isinstance(o, RecordsSkipped)).missed == 2
     assert s.trimmed_records == 2
 
 
 def test_update_settings_applies_retention_and_batching() -> None:
-    out: list[Output] = []
+    out: list[EngineEvent] = []
     s = make(out, batch_max_events=10)
     s.subscribe(1, 10, StartKind.LATEST, None, 100, 10**6, 0.0)
     s.publish([b"a", b"b", b"c"], None, None, 1.0)
     assert batches(out) == []
     s.update_settings(StreamSettings.from_mapping({"retention_max_records": 1}, CFG), 1.0)
     assert s.log.record_count == 1
-    assert out[0] == StreamGap(connection_id=10, subscription_id=1, missed=2, next_offset=2)
+    assert out[0] == RecordsSkipped(connection_id=10, subscription_id=1, missed=2, next_offset=2)
     assert [b.payloads for b in batches(out)] == [[b"c"]]  # forced flush
 
 
 def test_remove_and_end_all() -> None:
-    out: list[Output] = []
-    ended: list[int] = []
-    f = Fanout(MemoryLog(), out, on_end=lambda sub: ended.append(sub.id))
-    f.subscribe(1, 10, StartKind.LATEST, None, 1, 1, 0.0)
-    f.subscribe(2, 10, StartKind.LATEST, None, 1, 1, 0.0)
+    out: list[EngineEvent] = []
+    f = Fanout(MemoryLog(), out)
+    subs = [
+        f.subscribe(1, 10, StartKind.LATEST, None, 1, 1, 0.0),
+        f.subscribe(2, 10, StartKind.LATEST, None, 1, 1, 0.0),
+    ]
     assert f.remove(1, None) is not None and out == []
     assert f.remove(1, "unsubscribed") is None
     assert [s.id for s in f.end_all("deleted", "gone")] == [2]
     assert out == [
-        SubscriptionEnded(
+        SubscriptionClosed(
             connection_id=10, subscription_id=2, reason="deleted", message="gone", next_offset=0
         )
     ]
-    assert ended == [1, 2]
+    assert [sub.closed for sub in subs] == [True, True]  # whoever indexes them sees it
     assert f.slowest_cursor() is None
 
 
 def test_fanout_over_external_log_gaps_under_drop_oldest() -> None:
-    out: list[Output] = []
+    out: list[EngineEvent] = []
     log = MemoryLog()
     f = Fanout(log, out, batch=BatchPolicy(max_events=2, max_bytes=100, max_delay_s=0.0))
     f.subscribe(1, 10, StartKind.EARLIEST, None, 100, 100, 0.0)
     log.append_batch([b"a", b"b", b"c"], 0)
     log.truncate_before(1)
     f.pump(1.0)
-    assert out[0] == StreamGap(connection_id=10, subscription_id=1, missed=1, next_offset=1)
+    assert out[0] == RecordsSkipped(connection_id=10, subscription_id=1, missed=1, next_offset=1)
     assert [b.payloads for b in batches(out)] == [[b"b", b"c"]]
     assert f.get_timer() is None
     f.handle_timer(5.0)  # nothing due: no-op
 
 
 def test_disconnect_fanout_ends_on_read_of_trimmed() -> None:
-    out: list[Output] = []
+    out: list[EngineEvent] = []
     s = make(out, slow_consumer="disconnect", batch_max_delay_us=0, retention_max_age_ms=10)
     s.subscribe(1, 10, StartKind.LATEST, None, 0, 10**6, 0.0)
     s.publish([b"a"], None, None, 1.0)
     s.handle_timer(2.0)  # age trim under disconnect ends the lagging subscription
-    assert [o.reason for o in out if isinstance(o, SubscriptionEnded)] == ["lagged"]
+    assert [o.reason for o in out if isinstance(o, SubscriptionClosed)] == ["lagged"]
 
 
 def test_handle_trimmed_disconnect_path_on_read() -> None:
-    out: list[Output] = []
+    out: list[EngineEvent] = []
     log = MemoryLog()
     s = make(out, slow_consumer="disconnect", batch_max_delay_us=0)
     f = Fanout(log, out, policy=s.policy, batch=s.batch)
@@ -308,21 +301,21 @@ def test_handle_trimmed_disconnect_path_on_read() -> None:
     log.truncate_before(1)
     f.subscriptions[1].credit_messages = 5
     f.pump(1.0)
-    assert [o.reason for o in out if isinstance(o, SubscriptionEnded)] == ["lagged"]
+    assert [o.reason for o in out if isinstance(o, SubscriptionClosed)] == ["lagged"]
 
 
 def test_batch_byte_size_and_repr() -> None:
     assert batch_byte_size([b"ab", b"c"], None, None) == 3
     assert batch_byte_size([b"ab", b"c"], [b"k", None], None) == 4
     assert batch_byte_size([b"ab"], None, [{"h": b"v"}]) == 4
-    out: list[Output] = []
+    out: list[EngineEvent] = []
     s = make(out)
     sub = s.subscribe(1, 10, StartKind.LATEST, None, 1, 1, 0.0)
     assert "cursor=0" in repr(sub)
 
 
 def test_timer_is_the_earlier_of_age_and_flush() -> None:
-    out: list[Output] = []
+    out: list[EngineEvent] = []
     s = make(out, retention_max_age_ms=1, batch_max_events=10, batch_max_delay_us=10_000)
     s.subscribe(1, 10, StartKind.LATEST, None, 100, 10**6, 0.0)
     s.publish([b"a"], None, None, 1.0)

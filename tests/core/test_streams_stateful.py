@@ -1,7 +1,7 @@
 """Stateful test of a Stream against a model, under each slow-consumer policy.
 
 Every subscriber must see its records in offset order with no gap, except where a
-``StreamGap`` reports exactly how many records it skipped (and only retention may cause one);
+``RecordsSkipped`` reports exactly how many records it skipped (and only retention may cause one);
 ``block`` never loses anything and refuses publishes exactly when they would evict unread
 records; ``disconnect`` ends exactly the lagging subscriptions. After the flush deadline,
 every subscriber with credit has caught up: a slow one never holds the others back.
@@ -13,16 +13,10 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from felix_core.errors import Overloaded
+from felix_core.events import EngineEvent, RecordsDelivered, RecordsSkipped, SubscriptionClosed
 from felix_core.limits import BrokerConfig
 from felix_core.settings import SlowConsumerPolicy, StreamSettings
-from felix_core.streams import (
-    Output,
-    StartKind,
-    Stream,
-    StreamBatch,
-    StreamGap,
-    SubscriptionEnded,
-)
+from felix_core.streams import StartKind, Stream
 
 MAX_RECORDS = 6
 
@@ -30,7 +24,7 @@ MAX_RECORDS = 6
 class StreamMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
-        self.out: list[Output] = []
+        self.out: list[EngineEvent] = []
         self.now = 1.0
         self.published: list[bytes] = []  # payload by offset
         self.expected: dict[int, int] = {}  # sub id -> next offset it must receive
@@ -58,22 +52,22 @@ class StreamMachine(RuleBasedStateMachine):
     def _check_outputs(self) -> None:
         log = self.stream.log
         for o in self.out:
-            if isinstance(o, StreamBatch):
+            if isinstance(o, RecordsDelivered):
                 sid = o.subscription_id
-                assert o.slice.base_offset == self.expected[sid], "gap without a StreamGap"
+                assert o.slice.base_offset == self.expected[sid], "gap without a RecordsSkipped"
                 assert o.slice.payloads == self.published[o.slice.base_offset : o.slice.next_offset]
                 assert len(o.slice) >= 1
                 self.credit[sid] -= len(o.slice)
                 assert self.credit[sid] >= 0, "delivered beyond credit"
                 self.expected[sid] = o.slice.next_offset
-            elif isinstance(o, StreamGap):
+            elif isinstance(o, RecordsSkipped):
                 assert self.policy is not SlowConsumerPolicy.BLOCK, "block must never drop"
                 sid = o.subscription_id
                 assert o.missed == o.next_offset - self.expected[sid] > 0
                 assert o.next_offset <= log.first_offset  # only trimmed records are skipped
                 self.expected[sid] = o.next_offset
             else:
-                assert isinstance(o, SubscriptionEnded)
+                assert isinstance(o, SubscriptionClosed)
                 assert o.reason == "lagged"
                 assert self.policy is SlowConsumerPolicy.DISCONNECT
                 assert self.expected[o.subscription_id] < log.first_offset
@@ -138,7 +132,7 @@ class StreamMachine(RuleBasedStateMachine):
     def unsubscribe(self, data: st.DataObject) -> None:
         sid = data.draw(st.sampled_from(sorted(self.expected)))
         self.stream.remove(sid, "unsubscribed")
-        assert isinstance(self.out[-1], SubscriptionEnded)
+        assert isinstance(self.out[-1], SubscriptionClosed)
         self.out.pop()
         self._check_outputs()
         del self.expected[sid]

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 from felix_proto import events as ev
 from felix_proto.client import ClientConnection
 from felix_proto.connection import Connection
+from felix_proto.errors import LocalProtocolError
 from felix_proto.server import ServerConnection
 
 E = TypeVar("E", bound=ev.Event)
@@ -43,6 +44,15 @@ def feed(
                 dst.stream_data_received(sid, data[i : i + 1], end and i == len(data) - 1)
         else:
             dst.stream_data_received(sid, data, end)
+
+
+def server_credit(server: ServerConnection, subscription_id: int) -> tuple[int, int]:
+    """The credit the server machine still allows an open subscription: ``(records,
+    bytes)`` from its private feed record (a test's look inside)."""
+    feed = server._subs.get(subscription_id)
+    if feed is None:
+        raise LocalProtocolError(f"unknown or ended feed {subscription_id}")
+    return feed.messages, feed.nbytes
 
 
 def only(events: list[ev.Event], kind: type[E]) -> list[E]:

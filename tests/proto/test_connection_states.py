@@ -9,7 +9,7 @@ from enum import Enum
 from typing import Any
 
 import pytest
-from helpers import Pair, drain, feed
+from helpers import Pair, drain, feed, server_credit
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -219,7 +219,7 @@ class _Walker:
             for fid, is_sub in list(self.server_feeds.items()):
                 try:
                     if is_sub:
-                        msgs, nbytes = s.subscription_credit(fid)
+                        msgs, nbytes = server_credit(s, fid)
                         if msgs and nbytes > 0:
                             s.send_event_frame(
                                 fid, encode_event_batch(0, [b"e"]), count=1, payload_bytes=1

@@ -14,6 +14,7 @@ from typing import Any
 
 import msgpack
 import pytest
+from engine_calls import Calls
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -249,7 +250,7 @@ def test_a_full_frame_payload_decodes() -> None:
 
 
 def test_listing_a_full_namespace_of_queues_with_consumer_groups_decodes() -> None:
-    broker = Broker(BrokerConfig())
+    broker = Calls(Broker(BrokerConfig()))
     broker.create("queue", "default", "default", "q", {}, now=0.0)
     broker.attach(1, now=0.0)
     for group in ("g1", "g2"):  # each group adds 26 values to the queue's description

@@ -16,6 +16,7 @@ from typing import Any
 from aioquic.quic import events as qe
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
+from engine_calls import ThroughRouter
 
 from felix_proto import ALPN
 from felix_proto import events as fe
@@ -91,7 +92,7 @@ class MemoryNet:
         quic_config.load_cert_chain(str(files.cert_path), str(files.key_path))
         self.now = 1_000_000.0
         self.server = FelixServer(config, quic_config, now=self.now, observer=observer)
-        self.broker = self.server.broker
+        self.broker = ThroughRouter(self.server.router)
         self.clients: dict[tuple[str, int], MemoryClient] = {}
         self._port = 40000
 

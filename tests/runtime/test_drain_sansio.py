@@ -6,6 +6,8 @@ backlog figures are what the end-of-grace report uses."""
 
 from __future__ import annotations
 
+from engine_calls import ThroughRouter
+
 from felix_proto import messages as m
 from felix_proto.codec import encode
 from felix_server.drain import DRAIN_POLL_S
@@ -55,13 +57,13 @@ def test_a_connection_without_feeds_closes_at_once(certs: tuple[str, str]) -> No
 def test_a_consumer_that_acks_is_drained_then_closed(certs: tuple[str, str]) -> None:  # noqa: F811
     pair = _pair(certs)
     broker = pair.server.broker
-    broker.create("queue", T, N, "q", now=pair.now)
+    calls = ThroughRouter(pair.server.router)
+    calls.create("queue", T, N, "q", now=pair.now)
     pair.peer.send(4, encode(m.Consume(request_id=1, tenant=T, namespace=N, queue="q", prefetch=5)))
     pair.exchange()
     (consuming,) = _of(pair, m.Consuming)
     assert isinstance(consuming, m.Consuming)
-    broker.enqueue(0, T, N, "q", [b"job-%d" % i for i in range(20)], now=pair.now)
-    pair.server.mark_dirty(pair.server.sessions[0])
+    calls.enqueue(0, T, N, "q", [b"job-%d" % i for i in range(20)], now=pair.now)
     pair.exchange()
     assert len(_of(pair, m.Delivery)) == 5  # its prefetch; 15 wait in the queue
     (conn_id,) = [s.conn_id for s in pair.server.sessions]
@@ -97,10 +99,11 @@ def test_unacknowledged_bytes_hold_the_close(certs: tuple[str, str]) -> None:  #
     """Caught up in the engine is not enough: what was written must be acknowledged."""
     pair = _pair(certs)
     broker = pair.server.broker
-    broker.create("stream", T, N, "s", now=pair.now)
+    calls = ThroughRouter(pair.server.router)
+    calls.create("stream", T, N, "s", now=pair.now)
     pair.peer.send(4, encode(m.Subscribe(request_id=1, tenant=T, namespace=N, stream="s")))
     pair.exchange()
-    broker.publish(0, T, N, "s", [b"x" * 1000] * 50, now=pair.now)
+    calls.publish(0, T, N, "s", [b"x" * 1000] * 50, now=pair.now)
     pair.server.begin_shutdown(pair.now)
     session = pair.server.sessions[0]
     pair.now += 0.001

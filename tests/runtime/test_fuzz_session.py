@@ -28,6 +28,7 @@ import pytest
 from aioquic.quic import events as qe
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
+from engine_calls import ThroughRouter
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -230,7 +231,7 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
 
 
 def _setup(pair: _Pair) -> None:
-    broker, now = pair.server.broker, pair.now
+    broker, now = ThroughRouter(pair.server.router), pair.now
     broker.create("stream", T, N, "s", now=now)
     broker.create("stream", T, N, "s-disc", {"slow_consumer": "disconnect",
                   "retention_max_records": 2}, now=now)  # fmt: skip

@@ -20,6 +20,7 @@ from pathlib import Path
 from aioquic.quic import events as qe
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
+from engine_calls import ThroughRouter
 
 from felix_proto import ALPN
 from felix_proto import events as fe
@@ -167,10 +168,11 @@ def _work(pair: _Pair, client: _Client, index: int) -> None:
 def test_server_forgets_clients_that_left(tmp_path: Path) -> None:
     pair = _Pair(tmp_path)
     server, broker = pair.server, pair.server.broker
-    broker.create("stream", T, N, "s", now=pair.now)
-    broker.create("queue", T, N, "q", now=pair.now)
-    broker.create("cache", T, N, "c", now=pair.now)
-    broker.cache_put(T, N, "c", "k", b"v", now=pair.now)
+    calls = ThroughRouter(server.router)
+    calls.create("stream", T, N, "s", now=pair.now)
+    calls.create("queue", T, N, "q", now=pair.now)
+    calls.create("cache", T, N, "c", now=pair.now)
+    calls.cache_put(T, N, "c", "k", b"v", now=pair.now)
     idle_timer = server.get_timer()
 
     for round_ in range(2):  # a second round pays nothing for the first
@@ -196,7 +198,8 @@ def test_server_forgets_clients_that_left(tmp_path: Path) -> None:
         assert server._by_cid == {} and server._dirty == {}
         stats = broker.stats()
         assert (stats["connections"], stats["subscriptions"], stats["consumers"]) == (0, 0, 0)
-        assert all(not fanout.subscriptions for fanout in broker._streams.values())
+        assert all(not p.stream.subscriptions for p in broker.registry.streams.values())
+        assert all(not att for att in server.router._mail.values())  # no mail left behind
         assert broker.totals(pair.now).queues.in_flight == 0
         assert server.get_timer() == idle_timer  # no timer is kept for departed clients
         assert server.datagrams_to_send(pair.now) == []

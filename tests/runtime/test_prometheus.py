@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from engine_calls import Calls, ThroughRouter
 
 from felix_core.broker import Broker
 from felix_runtime.process import load_certificate
@@ -22,8 +23,8 @@ from felix_server.stats import CACHE_FIGURES, QUEUE_FIGURES, engine_figures
 T, N = "default", "default"
 
 
-def _broker() -> Broker:
-    b = Broker(now=0.0)
+def _broker() -> Calls:
+    b = Calls(Broker(now=0.0))
     b.create("queue", T, N, "q", now=0.0)
     b.create("cache", T, N, "c", now=0.0)
     b.enqueue(0, T, N, "q", [b"secret-payload"], now=10.0)
@@ -33,7 +34,8 @@ def _broker() -> Broker:
 
 
 def test_engine_figures_totals_and_bounded_detail() -> None:
-    b = _broker()
+    calls = _broker()
+    b = calls.broker
     figures = engine_figures(b, 12.0, detail_limit=5)
     totals = figures.totals
     assert totals["queue_depth"] == 1 and totals["queue_oldest_age_seconds"] == 2.0
@@ -48,7 +50,7 @@ def test_engine_figures_totals_and_bounded_detail() -> None:
     assert figures.caches[(T, N, "c")]["bytes"] == 6.0
     assert figures.capped == frozenset()
 
-    b.create("queue", T, N, "q2", now=12.0)
+    calls.create("queue", T, N, "q2", now=12.0)
     capped = engine_figures(b, 12.0, detail_limit=1)  # two queues > 1; one cache fits
     assert capped.queues == {} and set(capped.caches) == {(T, N, "c")}
     assert capped.capped == {"queue"}
@@ -64,7 +66,7 @@ def test_scrape_names_labels_and_no_message_data(tmp_path: Path) -> None:
     observer = PrometheusObserver()
     server = FelixServer(config, quic, now=time.time(), observer=observer)
     observer.attach(server)
-    b = server.broker
+    b = ThroughRouter(server.router)
     b.create("queue", T, N, "q", now=time.time())
     b.create("cache", T, N, "c1", now=time.time())
     b.create("cache", T, N, "c2", now=time.time())

@@ -119,7 +119,6 @@ def test_a_subscription_gets_batches_split_and_ends_at_a_record_that_fits_no_fra
 ) -> None:
     net, observer = _net(tmp_path)
     net.broker.create("stream", T, N, "s", now=net.now)
-    net.broker.attach(999, net.now)
     medium = [bytes([65 + i]) * 1500 for i in range(4)]
     net.broker.publish(999, T, N, "s", [*medium, b"x" * BIG, b"after"], now=net.now)
     client = _small(net)
@@ -145,7 +144,6 @@ def test_a_consumer_whose_delivery_fits_no_frame_ends_and_the_message_goes_elsew
 ) -> None:
     net, observer = _net(tmp_path)
     net.broker.create("queue", T, N, "q", now=net.now)
-    net.broker.attach(999, net.now)
     client = _small(net)
     assert client.felix is not None
     client.felix.consume(T, N, "q", group="g", prefetch=4, now=net.now)
@@ -166,7 +164,6 @@ def test_a_consumer_whose_delivery_fits_no_frame_ends_and_the_message_goes_elsew
 def test_frames_to_a_small_client_never_exceed_its_limit(tmp_path: Path) -> None:
     net, _ = _net(tmp_path)
     net.broker.create("stream", T, N, "s", now=net.now)
-    net.broker.attach(999, net.now)
     net.broker.publish(999, T, N, "s", [b"r" * 1000] * 30, now=net.now)
     raw = net.client(raw=True)
     raw.quic.send_stream_data(0, encode(m.Hello(versions=[2], max_frame_size=SMALL)))
@@ -186,14 +183,15 @@ def test_a_reply_that_raises_while_encoded_is_answered_internal(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     net, observer = _net(tmp_path)
+    net.broker.create("cache", T, N, "c", now=net.now)
     client = net.client()
     assert client.felix is not None
 
-    def unencodable(broker: Any, conn_id: int, msg: m.Message, now: float) -> m.Message:
+    def unencodable(msg: m.Message, done: Any) -> m.Message:
         rid = getattr(msg, "request_id", 0)
         return m.CacheValue(request_id=rid, found=True, value=b"v", ttl_remaining_ms=1 << 64)
 
-    monkeypatch.setattr(session_module, "dispatch", unencodable)
+    monkeypatch.setattr(session_module, "reply_to", unencodable)
     rid = client.felix.cache_get(T, N, "c", "k", now=net.now)
     net.until(lambda: bool(client.of(fe.RequestFailed)))
     assert _failure(client, rid).code == ErrorCode.INTERNAL

@@ -1,0 +1,166 @@
+"""Back-pressure of one connection: whether its feeds flow and whether its requests are read.
+
+Theory of operation
+-------------------
+A :class:`Gate` watches one number, the bytes queued for the client and not yet
+acknowledged (what the Felix machine holds plus QUIC's send buffers), against three levels
+of the configuration: ``resume`` <= ``limit`` <= ``cap``. Its state (:class:`Flow`) says what
+the connection may do:
+
+``OPEN``
+    feeds flow and requests are read;
+``PAUSED``
+    the engine's deliveries to the connection are paused (feed writes that find no room
+    wait in the session's outbox); requests are still read;
+``HOLDING``
+    over the cap: deliveries are paused, requests wait in the gate (parsed ones in order,
+    and the unparsed data of request streams), and QUIC holds back the connection's
+    flow-control credit, so the peer is throttled by QUIC itself.
+
+The gate is told what it sees (:class:`Signal`) and answers with the moves the session must
+make (:class:`Move`), from one table (STYLE habit 2)::
+
+    state     signal                                  next      moves
+    OPEN      OVER_CAP     (a request is next)        HOLDING   PAUSE_FEEDS, HOLD_REQUESTS
+    PAUSED    OVER_CAP                                HOLDING   HOLD_REQUESTS
+    OPEN      OVER_LIMIT   (or feed writes wait)      PAUSED    PAUSE_FEEDS
+    PAUSED    BELOW_RESUME (and no feed write waits)  OPEN      RESUME_FEEDS
+    HOLDING   BELOW_LIMIT                             PAUSED    READ_REQUESTS
+    HOLDING   BELOW_RESUME                            OPEN      RESUME_FEEDS, READ_REQUESTS
+
+Any other pair changes nothing. A feed write goes out only while :meth:`Gate.room` says so:
+the queued bytes at most ``resume``, or within ``limit`` with the write added. So what one
+connection holds stays within the limit (or the resume level plus one frame), replies
+overshoot the cap by at most one reply, and what waits unread is bounded by the QUIC credit
+granted before the hold.
+
+Nothing here does I/O: the session measures, the gate decides.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from enum import Enum
+
+from felix_proto import events as fe
+
+__all__ = ["Flow", "Gate", "HeldData", "Move", "Signal"]
+
+
+class Flow(Enum):
+    """What a connection may do."""
+
+    OPEN = "open"
+    """Feeds flow, requests are read."""
+    PAUSED = "paused"
+    """Deliveries are paused; requests are read."""
+    HOLDING = "holding"
+    """Deliveries are paused and requests wait (QUIC credit held back)."""
+
+
+class Signal(Enum):
+    """What the gate is told about the queued bytes."""
+
+    OVER_CAP = "over_cap"
+    """Above the cap, with a request about to be served."""
+    OVER_LIMIT = "over_limit"
+    """Above the limit, or feed writes wait in the outbox."""
+    BELOW_LIMIT = "below_limit"
+    """At or below the limit."""
+    BELOW_RESUME = "below_resume"
+    """At or below the resume level, and no feed write waits."""
+
+
+class Move(Enum):
+    """What the session must do."""
+
+    PAUSE_FEEDS = "pause_feeds"
+    """Tell the engine to stop delivering to the connection."""
+    RESUME_FEEDS = "resume_feeds"
+    """Tell the engine to deliver again."""
+    HOLD_REQUESTS = "hold_requests"
+    """Stop reading requests; hold QUIC's flow-control credit back."""
+    READ_REQUESTS = "read_requests"
+    """Read again: give QUIC its credit back, serve the held requests, then the held data."""
+
+
+_TABLE: dict[tuple[Flow, Signal], tuple[Flow, tuple[Move, ...]]] = {
+    (Flow.OPEN, Signal.OVER_CAP): (Flow.HOLDING, (Move.PAUSE_FEEDS, Move.HOLD_REQUESTS)),
+    (Flow.PAUSED, Signal.OVER_CAP): (Flow.HOLDING, (Move.HOLD_REQUESTS,)),
+    (Flow.OPEN, Signal.OVER_LIMIT): (Flow.PAUSED, (Move.PAUSE_FEEDS,)),
+    (Flow.PAUSED, Signal.BELOW_RESUME): (Flow.OPEN, (Move.RESUME_FEEDS,)),
+    (Flow.HOLDING, Signal.BELOW_LIMIT): (Flow.PAUSED, (Move.READ_REQUESTS,)),
+    (Flow.HOLDING, Signal.BELOW_RESUME): (
+        Flow.OPEN,
+        (Move.RESUME_FEEDS, Move.READ_REQUESTS),
+    ),
+}
+
+
+class HeldData:
+    """Request-stream data QUIC delivered while the connection was holding."""
+
+    __slots__ = ("data", "end")
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.end = False
+
+
+class Gate:
+    """The back-pressure state of one connection. See the module docstring.
+
+    Args:
+        limit: ``transport.connection_buffer_limit``.
+        resume: ``transport.connection_buffer_resume`` (below ``limit``).
+        cap: ``transport.connection_buffer_cap`` (at least ``limit``).
+    """
+
+    __slots__ = ("_cap", "_limit", "_resume", "held", "held_data", "paused", "reading", "state")
+
+    def __init__(self, *, limit: int, resume: int, cap: int) -> None:
+        self._limit = limit
+        self._resume = resume
+        self._cap = cap
+        self.state = Flow.OPEN
+        self.reading = True
+        """Whether requests are read (not holding); follows :attr:`state`."""
+        self.paused = False
+        """Whether the engine's deliveries to the connection are paused; follows
+        :attr:`state`."""
+        self.held: deque[fe.RequestReceived] = deque()
+        """Requests parsed while holding, in order."""
+        self.held_data: dict[int, HeldData] = {}
+        """Unparsed data of request streams that arrived while holding, by stream id."""
+
+    def room(self, queued: int, size: int) -> bool:
+        """Whether a feed write of ``size`` bytes may go out with ``queued`` bytes queued."""
+        return queued <= self._resume or queued + size <= self._limit
+
+    def move(self, signal: Signal) -> tuple[Move, ...]:
+        """Apply what the gate was told; return the moves the session must make."""
+        entry = _TABLE.get((self.state, signal))
+        if entry is None:
+            return ()
+        self.state, moves = entry
+        self.reading = self.state is not Flow.HOLDING
+        self.paused = self.state is not Flow.OPEN
+        return moves
+
+    def before_request(self, queued: int) -> tuple[Move, ...]:
+        """A request is about to be served with ``queued`` bytes queued: over the cap, hold
+        it and what follows."""
+        return self.move(Signal.OVER_CAP) if queued > self._cap else ()
+
+    def feed_blocked(self) -> tuple[Move, ...]:
+        """A feed write found no room and waits: pause the deliveries."""
+        return self.move(Signal.OVER_LIMIT)
+
+    def settle(self, queued: int, waiting: bool) -> tuple[Move, ...]:
+        """After a transmit: the queued bytes, and whether feed writes wait in the outbox."""
+        if queued <= self._resume and not waiting:
+            return self.move(Signal.BELOW_RESUME)
+        moves = self.move(Signal.OVER_LIMIT) if queued > self._limit or waiting else ()
+        if queued <= self._limit:
+            moves += self.move(Signal.BELOW_LIMIT)
+        return moves

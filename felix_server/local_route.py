@@ -1,0 +1,257 @@
+"""The route to this broker's own engine, and the engine's metadata store.
+
+:class:`LocalRoute` turns each wire request into the one engine call that serves it (the
+request's identity goes along: the engine completes it through its events), forwards feed
+commands, and applies the engine's metadata writes to the store, feeding the answers and the
+changes back. It is the :class:`~felix_server.router.Route` of every resource today.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from felix_core import events as ce
+from felix_core.broker import Broker
+from felix_core.errors import EngineError
+from felix_core.metadata import MemoryMetadataStore, MetadataStore
+from felix_proto import messages as m
+
+__all__ = ["LocalRoute"]
+
+
+class LocalRoute:
+    """The route to this broker's own engine: one engine call per request kind, and the
+    engine's metadata store, which this route applies the engine's writes to.
+
+    The engine never calls its store: it emits :class:`~felix_core.events.MetadataWrite`
+    events and learns the outcome, and every change, as inputs. This route applies each
+    write as it takes the engine's events and feeds the answers back at once (the memory
+    store completes at once; a store that answers later, etcd, would feed them back when its
+    transaction returns). At start it feeds the engine every record the store holds.
+
+    Args:
+        engine: the engine.
+        store: the metadata store (a fresh in-memory one when None).
+        now: the current time.
+    """
+
+    def __init__(self, engine: Broker, store: MetadataStore | None = None, now: float = 0.0):
+        self.engine = engine
+        self.store: MetadataStore = store if store is not None else MemoryMetadataStore()
+        for record in self.store.records():
+            engine.metadata_changed(record.kind, record.path, record, now)
+        self._early = self._settle(engine.drain_events(), now)  # the defaults' writes
+
+    def submit(self, conn_id: int, request: int, message: m.Message, now: float) -> None:
+        """Make the engine call that serves ``message``.
+
+        Raises:
+            KeyError: ``message`` is not a request (a bug in the caller).
+        """
+        _HANDLERS[type(message)](self, conn_id, request, message, now)
+
+    def credit(
+        self, conn_id: int, subscription_id: int, messages: int, nbytes: int, now: float
+    ) -> None:
+        """More credit for a subscription (ignored if it ended meanwhile)."""
+        self.engine.add_credit(conn_id, subscription_id, messages, nbytes, now=now)
+
+    def stop_subscription(self, conn_id: int, subscription_id: int, now: float) -> None:
+        """End a subscription whose stream the client stopped (no reply is due)."""
+        self.engine.unsubscribe(conn_id, None, subscription_id, now=now)
+
+    def stop_consumer(self, conn_id: int, consumer_id: int, now: float) -> None:
+        """End a consumer whose stream the client stopped (no reply is due)."""
+        self.engine.cancel_consumer(conn_id, None, consumer_id, now=now)
+
+    def take_events(self, now: float) -> list[ce.EngineEvent]:
+        """The engine's events since the last call, its metadata writes applied."""
+        events = self.engine.drain_events()
+        if self._early:
+            events, self._early = self._early + events, []
+        if not events or not self.engine.writes_in_flight:
+            return events  # no write to apply among them
+        return self._settle(events, now)
+
+    def _settle(self, events: list[ce.EngineEvent], now: float) -> list[ce.EngineEvent]:
+        """Apply the metadata writes among ``events`` and feed the outcomes back, until no
+        write is left; return the other events, in order."""
+        engine, store = self.engine, self.store
+        out: list[ce.EngineEvent] = []
+        while events:
+            wrote = False
+            for event in events:
+                if not isinstance(event, ce.MetadataWrite):
+                    out.append(event)
+                    continue
+                wrote = True
+                try:
+                    stored = store.apply(event.op, event.record, event.expected_generation)
+                except EngineError as exc:
+                    engine.metadata_written(event.write_id, exc, now)
+                else:
+                    engine.metadata_written(event.write_id, stored, now)
+                for kind, path, record in store.take_changes():
+                    engine.metadata_changed(kind, path, record, now)
+            if not wrote:
+                break
+            events = engine.drain_events()
+        return out
+
+    # -- one engine call per request kind ------------------------------------------------
+
+    def _publish(self, conn: int, req: int, msg: m.Publish, now: float) -> None:
+        self.engine.publish(
+            conn,
+            req,
+            msg.tenant,
+            msg.namespace,
+            msg.stream,
+            [msg.payload],
+            keys=None if msg.key is None else [msg.key],
+            headers=None if msg.headers is None else [msg.headers],
+            committed=msg.ack == m.AckMode.COMMITTED,
+            now=now,
+        )
+
+    def _publish_batch(self, conn: int, req: int, msg: m.PublishBatch, now: float) -> None:
+        self.engine.publish(
+            conn,
+            req,
+            msg.tenant,
+            msg.namespace,
+            msg.stream,
+            msg.payloads,
+            keys=msg.keys,
+            headers=msg.headers,
+            committed=msg.ack == m.AckMode.COMMITTED,
+            now=now,
+        )
+
+    def _enqueue(self, conn: int, req: int, msg: m.Enqueue, now: float) -> None:
+        self.engine.enqueue(
+            conn,
+            req,
+            msg.tenant,
+            msg.namespace,
+            msg.queue,
+            msg.payloads,
+            keys=msg.keys,
+            headers=msg.headers,
+            committed=msg.ack == m.AckMode.COMMITTED,
+            now=now,
+        )
+
+    def _subscribe(self, conn: int, req: int, msg: m.Subscribe, now: float) -> None:
+        self.engine.subscribe(
+            conn,
+            req,
+            msg.tenant,
+            msg.namespace,
+            msg.stream,
+            start=msg.start,
+            start_value=msg.start_value,
+            credit_messages=msg.credit_messages,
+            credit_bytes=msg.credit_bytes,
+            source=msg.source,
+            now=now,
+        )
+
+    def _unsubscribe(self, conn: int, req: int, msg: m.Unsubscribe, now: float) -> None:
+        self.engine.unsubscribe(conn, req, msg.subscription_id, now=now)
+
+    def _consume(self, conn: int, req: int, msg: m.Consume, now: float) -> None:
+        self.engine.consume(
+            conn,
+            req,
+            msg.tenant,
+            msg.namespace,
+            msg.queue,
+            group=msg.group,
+            prefetch=msg.prefetch,
+            now=now,
+        )
+
+    def _cancel_consume(self, conn: int, req: int, msg: m.CancelConsume, now: float) -> None:
+        self.engine.cancel_consumer(conn, req, msg.consumer_id, now=now)
+
+    def _ack(self, conn: int, req: int, msg: m.Ack, now: float) -> None:
+        self.engine.ack(conn, req, msg.consumer_id, msg.delivery_ids, now=now)
+
+    def _nack(self, conn: int, req: int, msg: m.Nack, now: float) -> None:
+        self.engine.nack(
+            conn, req, msg.consumer_id, msg.delivery_ids, delay_ms=msg.delay_ms, now=now
+        )
+
+    def _cache_put(self, conn: int, req: int, msg: m.CachePut, now: float) -> None:
+        self.engine.cache_put(
+            conn,
+            req,
+            msg.tenant,
+            msg.namespace,
+            msg.cache,
+            msg.key,
+            msg.value,
+            ttl_ms=msg.ttl_ms,
+            if_absent=msg.if_absent,
+            if_version=msg.if_version,
+            now=now,
+        )
+
+    def _cache_get(self, conn: int, req: int, msg: m.CacheGet, now: float) -> None:
+        self.engine.cache_get(conn, req, msg.tenant, msg.namespace, msg.cache, msg.key, now=now)
+
+    def _cache_delete(self, conn: int, req: int, msg: m.CacheDelete, now: float) -> None:
+        self.engine.cache_delete(
+            conn,
+            req,
+            msg.tenant,
+            msg.namespace,
+            msg.cache,
+            msg.key,
+            if_version=msg.if_version,
+            now=now,
+        )
+
+    def _admin_create(self, conn: int, req: int, msg: m.AdminCreate, now: float) -> None:
+        self.engine.create(
+            conn, req, msg.kind, msg.tenant, msg.namespace, msg.name, msg.settings, now=now
+        )
+
+    def _admin_describe(self, conn: int, req: int, msg: m.AdminDescribe, now: float) -> None:
+        self.engine.describe(conn, req, msg.kind, msg.tenant, msg.namespace, msg.name, now=now)
+
+    def _admin_update(self, conn: int, req: int, msg: m.AdminUpdate, now: float) -> None:
+        self.engine.update(
+            conn, req, msg.kind, msg.tenant, msg.namespace, msg.name, msg.settings, now=now
+        )
+
+    def _admin_list(self, conn: int, req: int, msg: m.AdminList, now: float) -> None:
+        self.engine.list(conn, req, msg.kind, msg.tenant, msg.namespace)
+
+    def _admin_delete(self, conn: int, req: int, msg: m.AdminDelete, now: float) -> None:
+        self.engine.delete(conn, req, msg.kind, msg.tenant, msg.namespace, msg.name, now=now)
+
+
+_Handler = Callable[[LocalRoute, int, int, Any, float], None]
+
+_HANDLERS: dict[type[m.Message], _Handler] = {
+    m.Publish: LocalRoute._publish,
+    m.PublishBatch: LocalRoute._publish_batch,
+    m.Enqueue: LocalRoute._enqueue,
+    m.Subscribe: LocalRoute._subscribe,
+    m.Unsubscribe: LocalRoute._unsubscribe,
+    m.Consume: LocalRoute._consume,
+    m.CancelConsume: LocalRoute._cancel_consume,
+    m.Ack: LocalRoute._ack,
+    m.Nack: LocalRoute._nack,
+    m.CachePut: LocalRoute._cache_put,
+    m.CacheGet: LocalRoute._cache_get,
+    m.CacheDelete: LocalRoute._cache_delete,
+    m.AdminCreate: LocalRoute._admin_create,
+    m.AdminDescribe: LocalRoute._admin_describe,
+    m.AdminUpdate: LocalRoute._admin_update,
+    m.AdminList: LocalRoute._admin_list,
+    m.AdminDelete: LocalRoute._admin_delete,
+}

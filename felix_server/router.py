@@ -1,0 +1,187 @@
+"""Where each request is served, and which connection each answer goes to.
+
+Theory of operation
+-------------------
+A :class:`Router` sits between the sessions and the engines that serve them. A session
+hands it every request with its identity (the session's connection id and its own number
+for the request) and every feed command (credit, a stopped feed stream); the router passes
+each to the :class:`Route` that serves the resource the request names. Routes answer through
+events (:mod:`felix_core.events`): request completions and feed events, each naming its
+connection. The router sorts them into one mailbox per connection, in order, and a session
+takes its mailbox (:meth:`Router.take`) after each request it submitted (so an answer that
+is ready at once is written before the next request is read) and whenever it transmits.
+:meth:`Router.ready` tells the server which connections have mail it has not taken, so the
+server transmits exactly those: nobody is called back.
+
+Routes. Today every resource is served by :class:`LocalRoute`, the engine of this broker
+(:class:`~felix_core.broker.Broker`). A request for a resource owned by another broker (a
+shard map decides) will take a peer route: a ``felix_proto`` ``ClientConnection`` over an
+outbound QUIC connection to the owner, which sends the request on, maps the peer's reply
+events back to completion events for the original connection and request, and relays the
+feeds it opens. That is a new :class:`Route`, chosen in :meth:`Router.route_for`; the
+sessions, the mailboxes and the replies do not change.
+
+Metrics. Dropped and ended subscriptions and dead letters are reported to the observer as
+they pass through, whether or not their connection is still there.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from felix_core import events as ce
+from felix_proto import messages as m
+from felix_server.local_route import LocalRoute
+from felix_server.observer import ServerObserver
+
+__all__ = ["Route", "Router"]
+
+
+class Route(Protocol):
+    """A server of requests: inputs are requests, feed commands and the timer; outputs are
+    :mod:`felix_core.events` records, each naming its connection."""
+
+    def submit(self, conn_id: int, request: int, message: m.Message, now: float) -> None:
+        """Serve a request; it completes through :meth:`take_events`, at once or later."""
+        ...
+
+    def credit(
+        self, conn_id: int, subscription_id: int, messages: int, nbytes: int, now: float
+    ) -> None:
+        """More credit for a subscription (ignored if it ended meanwhile)."""
+        ...
+
+    def stop_subscription(self, conn_id: int, subscription_id: int, now: float) -> None:
+        """The client stopped a subscription's stream: end it (ignored if it ended)."""
+        ...
+
+    def stop_consumer(self, conn_id: int, consumer_id: int, now: float) -> None:
+        """The client stopped a consumer's stream: end it (ignored if it ended)."""
+        ...
+
+    def take_events(self, now: float) -> list[ce.EngineEvent]:
+        """Every event for a connection (or for metrics) produced since the last call, in
+        order per connection."""
+        ...
+
+
+class Router:
+    """Routes requests and feed commands, and sorts the answers by connection. See the
+    module docstring.
+
+    Args:
+        local: the route to this broker's engine.
+        observer: told of dropped and ended subscriptions and of dead letters.
+    """
+
+    def __init__(self, local: LocalRoute, observer: ServerObserver) -> None:
+        self.local = local
+        self.engine = local.engine
+        self._observer = observer
+        self._mail: dict[int, list[ce.EngineEvent]] = {}
+        self._ready: dict[int, None] = {}
+
+    # ------------------------------------------------------------------ connections
+
+    def attach(self, conn_id: int, now: float) -> None:
+        """A connection starts: give it a mailbox (and the engine its books)."""
+        self.engine.attach(conn_id, now)
+        self._mail[conn_id] = []
+
+    def detach(self, conn_id: int, now: float) -> None:
+        """A connection is gone: release what it held everywhere and drop its mail."""
+        self.engine.detach(conn_id, now)
+        self._mail.pop(conn_id, None)
+        self._ready.pop(conn_id, None)
+
+    def pause(self, conn_id: int) -> None:
+        """Stop the deliveries to a connection (back-pressure)."""
+        self.engine.pause(conn_id)
+
+    def resume(self, conn_id: int, now: float) -> None:
+        """Resume the deliveries to a connection."""
+        self.engine.resume(conn_id, now)
+
+    # --------------------------------------------------------------------- requests
+
+    def route_for(self, message: m.Message) -> Route:
+        """The route that serves a request: the local engine for every resource today (a
+        shard map would send a request for a resource another broker owns to that broker's
+        peer route)."""
+        return self.local
+
+    def submit(self, conn_id: int, request: int, message: m.Message, now: float) -> None:
+        """Serve a request. Its completion arrives in the connection's mailbox.
+
+        Args:
+            conn_id: the requesting connection.
+            request: the session's number for the request.
+            message: the request.
+            now: the current time.
+        """
+        self.route_for(message).submit(conn_id, request, message, now)
+
+    def credit(
+        self, conn_id: int, subscription_id: int, messages: int, nbytes: int, now: float
+    ) -> None:
+        """More credit for a subscription, for the route that serves it."""
+        self.local.credit(conn_id, subscription_id, messages, nbytes, now)
+
+    def stop_subscription(self, conn_id: int, subscription_id: int, now: float) -> None:
+        """The client stopped a subscription's stream."""
+        self.local.stop_subscription(conn_id, subscription_id, now)
+
+    def stop_consumer(self, conn_id: int, consumer_id: int, now: float) -> None:
+        """The client stopped a consumer's stream."""
+        self.local.stop_consumer(conn_id, consumer_id, now)
+
+    # ---------------------------------------------------------------------- answers
+
+    def take(self, conn_id: int, now: float) -> list[ce.EngineEvent]:
+        """Everything for one connection since it last took its mail, in order."""
+        self._sort(now)
+        mail = self._mail.get(conn_id)
+        if not mail:
+            return []
+        self._mail[conn_id] = []
+        self._ready.pop(conn_id, None)
+        return mail
+
+    def ready(self, now: float) -> list[int]:
+        """The connections with mail they have not taken (each named once until then)."""
+        self._sort(now)
+        if not self._ready:
+            return []
+        ready = list(self._ready)
+        self._ready.clear()
+        return ready
+
+    def _sort(self, now: float) -> None:
+        events = self.local.take_events(now)
+        if not events:
+            return
+        mail, ready, observer = self._mail, self._ready, self._observer
+        for event in events:
+            if isinstance(event, ce.ConnectionEvent):
+                if isinstance(event, ce.RecordsSkipped):
+                    observer.subscription_dropped("gap", event.missed)
+                elif isinstance(event, ce.SubscriptionClosed):
+                    observer.subscription_ended(event.reason)
+                box = mail.get(event.connection_id)
+                if box is not None:
+                    box.append(event)
+                    ready[event.connection_id] = None
+            elif isinstance(event, ce.MessageDeadLettered):
+                observer.dead_lettered(event.reason)
+
+    # ------------------------------------------------------------------------ timer
+
+    def get_timer(self) -> float | None:
+        """The earliest deadline of any route."""
+        return self.engine.get_timer()
+
+    def handle_timer(self, now: float) -> None:
+        """Fire what is due in every route."""
+        deadline = self.engine.get_timer()
+        if deadline is not None and deadline <= now:
+            self.engine.handle_timer(now)
