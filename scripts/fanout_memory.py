@@ -90,9 +90,14 @@ def main(argv: list[str] | None = None) -> int:
         try:
             asyncio.run(_publish(broker.url, broker.ca_file, 0, size, create=True))
             cmd = [
-                sys.executable, __file__, "--subscriber", broker.url, broker.ca_file,
-                str(args.subscriptions), str(size + 4096),
-            ]  # fmt: skip
+                sys.executable,
+                __file__,
+                "--subscriber",
+                broker.url,
+                broker.ca_file,
+                str(args.subscriptions),
+                str(size + 4096),
+            ]
             child = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
             assert child.stdout is not None
             if child.stdout.readline().strip() != "ready":

@@ -41,9 +41,19 @@ def test_parse_url_accepts(url: str, host: str, port: int) -> None:
 
 
 @pytest.mark.parametrize(
-    "url", ["", "http://h:1", "quic://h:0", "quic://h:70000", "quic://h:x", "quic://h/path",
-            "quic://u:p@h:1", "quic://:5", "quic://h:1?x=1"],
-)  # fmt: skip
+    "url",
+    [
+        "",
+        "http://h:1",
+        "quic://h:0",
+        "quic://h:70000",
+        "quic://h:x",
+        "quic://h/path",
+        "quic://u:p@h:1",
+        "quic://:5",
+        "quic://h:1?x=1",
+    ],
+)
 def test_parse_url_rejects(url: str) -> None:
     with pytest.raises(ValueError):
         parse_url(url)
@@ -351,10 +361,14 @@ def test_headers_read_like_a_dict_and_cannot_change() -> None:
     assert pickle.loads(pickle.dumps(headers)) == headers
     assert copy.copy(headers) == headers and copy.deepcopy(headers) == headers
     changes: list[Callable[[], object]] = [
-        lambda: headers.__setitem__("c", b"3"), lambda: headers.__delitem__("a"),
-        headers.clear, lambda: headers.pop("a"), headers.popitem,
-        lambda: headers.setdefault("c", b"3"), lambda: headers.update(c=b"3"),
-    ]  # fmt: skip
+        lambda: headers.__setitem__("c", b"3"),
+        lambda: headers.__delitem__("a"),
+        headers.clear,
+        lambda: headers.pop("a"),
+        headers.popitem,
+        lambda: headers.setdefault("c", b"3"),
+        lambda: headers.update(c=b"3"),
+    ]
     for change in changes:
         with pytest.raises(TypeError):
             change()
@@ -364,8 +378,15 @@ def test_headers_read_like_a_dict_and_cannot_change() -> None:
 def test_the_documented_error_classes_are_exported() -> None:
     import felix_client
 
-    for name in ("BadFrameError", "UnsupportedVersionError", "UnknownMessage",
-                 "UnexpectedMessage", "InternalError", "ErrorCode", "Headers"):  # fmt: skip
+    for name in (
+        "BadFrameError",
+        "UnsupportedVersionError",
+        "UnknownMessage",
+        "UnexpectedMessage",
+        "InternalError",
+        "ErrorCode",
+        "Headers",
+    ):
         assert name in felix_client.__all__ and hasattr(felix_client, name)
     for cls in set(errors.__all__) - {"error_class", "error_from_code"}:
         assert getattr(felix_client, cls) is getattr(errors, cls)
@@ -376,15 +397,15 @@ def test_the_documented_error_classes_are_exported() -> None:
 
 @pytest.mark.parametrize(
     ("seconds", "wire"),
-    [(None, None), (0, 0), (0.0, 0), (0.0004, 1), (1e-9, 1), (0.0015, 2), (0.3, 300),
-     (60, 60_000)],
-)  # fmt: skip
+    [(None, None), (0, 0), (0.0, 0), (0.0004, 1), (1e-9, 1), (0.0015, 2), (0.3, 300), (60, 60_000)],
+)
 def test_a_positive_ttl_is_at_least_one_millisecond(seconds: float | None, wire: int) -> None:
     assert ttl_ms(seconds) == wire
 
 
-@pytest.mark.parametrize("bad", [-1, -0.0001, float("inf"), float("-inf"), float("nan"),
-                                 2.0**64, "60", True])  # fmt: skip
+@pytest.mark.parametrize(
+    "bad", [-1, -0.0001, float("inf"), float("-inf"), float("nan"), 2.0**64, "60", True]
+)
 def test_a_bad_ttl_or_delay_is_invalid_argument(bad: Any) -> None:
     with pytest.raises(errors.InvalidArgument):
         ttl_ms(bad)
@@ -438,8 +459,9 @@ async def test_subscription_resumes_from_last_offset_when_reconnecting() -> None
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize(("identity", "needle"), [(None, "no longer exists"),
-                                                  ((2, 5000), "re-created")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("identity", "needle"), [(None, "no longer exists"), ((2, 5000), "re-created")]
+)
 async def test_subscription_does_not_resume_into_another_log(
     identity: tuple[int, int] | None, needle: str
 ) -> None:
