@@ -186,6 +186,9 @@ class Broker:
         self.registry = Registry(config, self.logs, self.budget, self._out)
         self._conns: dict[int, _Attachment] = {}
         self._writes: dict[int, tuple[int, int | None, WriteOp]] = {}  # id -> conn, request, op
+        self.writes_in_flight = 0
+        """How many :class:`~felix_core.events.MetadataWrite` events wait for their
+        :meth:`metadata_written` answer (0: no write among the events to drain)."""
         self._next_write = 1
         self._next_sub_id = 1
         self._next_consumer_id = 1
@@ -221,12 +224,6 @@ class Broker:
         events = out.copy()
         out.clear()
         return events
-
-    @property
-    def writes_in_flight(self) -> int:
-        """How many :class:`~felix_core.events.MetadataWrite` events wait for their
-        :meth:`metadata_written` answer (none: no write among the events to drain)."""
-        return len(self._writes)
 
     def get_timer(self) -> float | None:
         """The earliest deadline of any partition (batch flush, age retention, visibility
@@ -358,6 +355,7 @@ class Broker:
         pending = self._writes.pop(write_id, None)
         if pending is None:
             return
+        self.writes_in_flight = len(self._writes)
         conn_id, request, op = pending
         mark = len(self._out)
         if isinstance(outcome, EngineError):
@@ -422,6 +420,7 @@ class Broker:
         write_id = self._next_write
         self._next_write += 1
         self._writes[write_id] = (conn_id, request, op)
+        self.writes_in_flight = len(self._writes)
         self._out.append(
             MetadataWrite(
                 write_id=write_id, op=op, record=record, expected_generation=expected_generation

@@ -29,17 +29,17 @@ to :data:`MAX_REPORT_LINES`, one summary line, and the observer's
 ``shutdown_drain_s`` still bounds the whole shutdown: connections whose close has not
 completed by then are abandoned by the server.
 
-The drain is handed the engine, the observer and the sessions; it acts on sessions and
-returns the ones it acted on, which the server then transmits. Nothing here reads a clock or
-does I/O: time is ``now``, as everywhere in the glue.
+The drain is handed the router (the engines behind it), the observer and the sessions; it
+acts on sessions and returns the ones it acted on, which the server then transmits. Nothing
+here reads a clock or does I/O: time is ``now``, as everywhere in the glue.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
-from felix_core.broker import Broker
 from felix_server.observer import ServerObserver
+from felix_server.router import Router
 from felix_server.session import Session
 
 __all__ = ["DRAIN_POLL_S", "MAX_REPORT_LINES", "Drain", "unacknowledged_bytes"]
@@ -63,7 +63,7 @@ class Drain:
     module docstring.
 
     Args:
-        engine: the engine (it already refuses new work).
+        router: the router to the engines (they already refuse new work).
         observer: told what was not delivered, and logs.
         sessions: every connection at the start of the shutdown.
         close_at: the end of the grace period (absolute time).
@@ -72,13 +72,13 @@ class Drain:
 
     def __init__(
         self,
-        engine: Broker,
+        router: Router,
         observer: ServerObserver,
         sessions: Iterable[Session],
         close_at: float,
         now: float,
     ) -> None:
-        self.engine = engine
+        self.router = router
         self.observer = observer
         self.started = now
         self.close_at: float | None = close_at
@@ -115,13 +115,13 @@ class Drain:
                 del self.ending[conn_id]
                 session.close_for_shutdown(now)
                 acted.append(session)
-        engine = self.engine
+        router = self.router
         for conn_id, session in list(self.draining.items()):
             if session.finished:
                 del self.draining[conn_id]
-            elif engine.pending(conn_id) == 0 and unacknowledged_bytes(session) == 0:
+            elif router.pending(conn_id) == 0 and unacknowledged_bytes(session) == 0:
                 del self.draining[conn_id]
-                engine.end_feeds(conn_id, now)
+                router.end_feeds(conn_id, now)
                 self.ending[conn_id] = session
                 acted.append(session)
         if self.draining or self.ending:
@@ -140,7 +140,7 @@ class Drain:
         self._report(now)
         self.draining.clear()
         self.ending.clear()
-        self.engine.shutdown(now)
+        self.router.shutdown(now)
         acted = list(sessions)
         for session in acted:  # each writes its end frames, then closes
             session.close_for_shutdown(now)
@@ -151,7 +151,7 @@ class Drain:
         observer = self.observer
         feeds = records = unacked = lines = 0
         for conn_id in self.draining:
-            for feed in self.engine.backlog(conn_id):
+            for feed in self.router.backlog(conn_id):
                 if not (feed.undelivered or feed.unacked):
                     continue
                 feeds += 1

@@ -159,6 +159,8 @@ class Gate:
     def settle(self, queued: int, waiting: bool) -> tuple[Move, ...]:
         """After a transmit: the queued bytes, and whether feed writes wait in the outbox."""
         if queued <= self._resume and not waiting:
+            if self.state is Flow.OPEN:
+                return ()  # the steady state: nothing to do (and no table lookup)
             return self.move(Signal.BELOW_RESUME)
         moves = self.move(Signal.OVER_LIMIT) if queued > self._limit or waiting else ()
         if queued <= self._limit:

@@ -33,7 +33,8 @@ This reaches into private members of aioquic, which is why felix pins aioquic to
   granted) and ``QuicStream.max_stream_data_local`` / ``receiver.highest_offset`` (the same
   per stream): set to the sliding limit before aioquic runs, and the received count is shown
   to aioquic as 0 for the duration of its call, so its doubling test (``received * 2 >
-  limit``) never fires.
+  limit``) never fires. A stream whose limit equals ``max_stream_data_local_sent`` (nothing
+  to announce) skips aioquic's call altogether: it runs for every stream of every packet.
 * ``QuicConnection._streams`` and ``QuicStreamSender._buffer_start`` / ``_buffer_stop``:
   :func:`send_buffered`, the bytes a connection's send buffers hold (the session's
   back-pressure count).
@@ -89,13 +90,16 @@ class FelixQuicConnection(QuicConnection):
     def _write_stream_limits(
         self, builder: QuicPacketBuilder, space: QuicPacketSpace, stream: QuicStream
     ) -> None:
-        if self.credit_held or not stream.max_stream_data_local:  # 0: a send-only stream
+        local = stream.max_stream_data_local
+        if self.credit_held or not local:  # 0: a send-only stream
             return
         receiver = stream.receiver
         received = receiver.highest_offset
-        stream.max_stream_data_local = _slide(
-            stream.max_stream_data_local, received, self._configuration.max_stream_data
-        )
+        window = self._configuration.max_stream_data
+        if local - received < window // 2:  # _slide, inlined: this runs for every stream
+            local = stream.max_stream_data_local = received + window  # of every packet
+        if local == stream.max_stream_data_local_sent:
+            return  # nothing to announce (aioquic's version would write nothing either)
         receiver.highest_offset = 0  # hide it from aioquic's doubling test, as above
         try:
             super()._write_stream_limits(builder=builder, space=space, stream=stream)

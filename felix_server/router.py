@@ -7,9 +7,10 @@ hands it every request with its identity (the session's connection id and its ow
 for the request) and every feed command (credit, a stopped feed stream); the router passes
 each to the :class:`Route` that serves the resource the request names. Routes answer through
 events (:mod:`felix_core.events`): request completions and feed events, each naming its
-connection. The router sorts them into one mailbox per connection, in order, and a session
-takes its mailbox (:meth:`Router.take`) after each request it submitted (so an answer that
-is ready at once is written before the next request is read) and whenever it transmits.
+connection. The router sorts them into one mailbox per connection, in order, before the
+input that produced them returns, and a session takes its mailbox (:meth:`Router.take`)
+after each request it submitted (so an answer that is ready at once is written before the
+next request is read) and whenever it transmits.
 :meth:`Router.ready` tells the server which connections have mail it has not taken, so the
 server transmits exactly those: nobody is called back.
 
@@ -30,11 +31,17 @@ from __future__ import annotations
 from typing import Protocol
 
 from felix_core import events as ce
+from felix_core.broker import FeedBacklog
 from felix_proto import messages as m
 from felix_server.local_route import LocalRoute
 from felix_server.observer import ServerObserver
 
 __all__ = ["Route", "Router"]
+
+
+_COUNTED = frozenset({ce.RecordsSkipped, ce.SubscriptionClosed, ce.MessageDeadLettered})
+"""Events the observer counts as they pass (whether or not their connection is still
+there)."""
 
 
 class Route(Protocol):
@@ -87,12 +94,14 @@ class Router:
         """A connection starts: give it a mailbox (and the engine its books)."""
         self.engine.attach(conn_id, now)
         self._mail[conn_id] = []
+        self.collect(now)
 
     def detach(self, conn_id: int, now: float) -> None:
         """A connection is gone: release what it held everywhere and drop its mail."""
         self.engine.detach(conn_id, now)
         self._mail.pop(conn_id, None)
         self._ready.pop(conn_id, None)
+        self.collect(now)  # what it held may go to others (redeliveries)
 
     def pause(self, conn_id: int) -> None:
         """Stop the deliveries to a connection (back-pressure)."""
@@ -101,6 +110,7 @@ class Router:
     def resume(self, conn_id: int, now: float) -> None:
         """Resume the deliveries to a connection."""
         self.engine.resume(conn_id, now)
+        self.collect(now)
 
     # --------------------------------------------------------------------- requests
 
@@ -120,26 +130,55 @@ class Router:
             now: the current time.
         """
         self.route_for(message).submit(conn_id, request, message, now)
+        self.collect(now)
 
     def credit(
         self, conn_id: int, subscription_id: int, messages: int, nbytes: int, now: float
     ) -> None:
         """More credit for a subscription, for the route that serves it."""
         self.local.credit(conn_id, subscription_id, messages, nbytes, now)
+        self.collect(now)
 
     def stop_subscription(self, conn_id: int, subscription_id: int, now: float) -> None:
         """The client stopped a subscription's stream."""
         self.local.stop_subscription(conn_id, subscription_id, now)
+        self.collect(now)
 
     def stop_consumer(self, conn_id: int, consumer_id: int, now: float) -> None:
         """The client stopped a consumer's stream."""
         self.local.stop_consumer(conn_id, consumer_id, now)
+        self.collect(now)
+
+    # --------------------------------------------------------------------- shutdown
+
+    def stop_accepting(self) -> None:
+        """Refuse new work (the server is shutting down); feeds go on."""
+        self.engine.stop_accepting()
+
+    def pending(self, conn_id: int) -> int:
+        """Records and unacknowledged deliveries a connection's feeds have not caught up
+        with (0: caught up)."""
+        return self.engine.pending(conn_id)
+
+    def backlog(self, conn_id: int) -> list[FeedBacklog]:
+        """What each of a connection's feeds has not delivered or had acknowledged."""
+        return self.engine.backlog(conn_id)
+
+    def end_feeds(self, conn_id: int, now: float) -> None:
+        """End a connection's subscriptions and consumers (reason ``shutdown``)."""
+        self.engine.end_feeds(conn_id, now)
+        self.collect(now)
+
+    def shutdown(self, now: float) -> None:
+        """End every feed of every connection (reason ``shutdown``)."""
+        self.engine.shutdown(now)
+        self.collect(now)
 
     # ---------------------------------------------------------------------- answers
 
     def take(self, conn_id: int, now: float) -> list[ce.EngineEvent]:
-        """Everything for one connection since it last took its mail, in order."""
-        self._sort(now)
+        """Everything for one connection since it last took its mail, in order (the events
+        an input through the router produced are sorted before that input returns)."""
         mail = self._mail.get(conn_id)
         if not mail:
             return []
@@ -148,31 +187,41 @@ class Router:
         return mail
 
     def ready(self, now: float) -> list[int]:
-        """The connections with mail they have not taken (each named once until then)."""
-        self._sort(now)
+        """The connections with mail they have not taken (each named once until then).
+        Events the engine produced for inputs that did not pass through the router (the
+        drain's) are sorted here first."""
+        self.collect(now)
         if not self._ready:
             return []
         ready = list(self._ready)
         self._ready.clear()
         return ready
 
-    def _sort(self, now: float) -> None:
+    def collect(self, now: float) -> None:
+        """Sort the events the routes produced since the last call into the mailboxes: done
+        after every input through the router, and by :meth:`ready`; a caller that gave an
+        engine an input directly (the drain, a test) may call it before :meth:`take`."""
         events = self.local.take_events(now)
         if not events:
             return
-        mail, ready, observer = self._mail, self._ready, self._observer
+        mail, ready = self._mail, self._ready
         for event in events:
+            if type(event) in _COUNTED:
+                self._count(event)
             if isinstance(event, ce.ConnectionEvent):
-                if isinstance(event, ce.RecordsSkipped):
-                    observer.subscription_dropped("gap", event.missed)
-                elif isinstance(event, ce.SubscriptionClosed):
-                    observer.subscription_ended(event.reason)
                 box = mail.get(event.connection_id)
                 if box is not None:
                     box.append(event)
                     ready[event.connection_id] = None
-            elif isinstance(event, ce.MessageDeadLettered):
-                observer.dead_lettered(event.reason)
+
+    def _count(self, event: ce.EngineEvent) -> None:
+        observer = self._observer
+        if isinstance(event, ce.RecordsSkipped):
+            observer.subscription_dropped("gap", event.missed)
+        elif isinstance(event, ce.SubscriptionClosed):
+            observer.subscription_ended(event.reason)
+        elif isinstance(event, ce.MessageDeadLettered):
+            observer.dead_lettered(event.reason)
 
     # ------------------------------------------------------------------------ timer
 
@@ -185,3 +234,4 @@ class Router:
         deadline = self.engine.get_timer()
         if deadline is not None and deadline <= now:
             self.engine.handle_timer(now)
+            self.collect(now)

@@ -343,14 +343,14 @@ class FelixServer:
         grace = self.config.shutdown_grace_s
         grace_ms = int(grace * 1000)
         self._drain_until = now + self.config.shutdown_drain_s
-        self.broker.stop_accepting()
+        self.router.stop_accepting()
         self.observer.log("info", "shutting down", connections=len(self._sessions), grace_s=grace)
         for session in self._sessions.values():
             session.go_away(grace_ms, now)
             self._mark(session)
         # The grace ends when the clients' GoAway deadline does (the same float).
         self._drain = Drain(
-            self.broker, self.observer, self._sessions.values(), now + grace_ms / 1000, now
+            self.router, self.observer, self._sessions.values(), now + grace_ms / 1000, now
         )
 
     # ----------------------------------------------------------------------- outputs

@@ -437,12 +437,12 @@ class Session:
     def _take_mail(self, now: float) -> None:
         """Write everything the router holds for this connection, in order."""
         for event in self.router.take(self.conn_id, now):
-            if isinstance(event, ce.RecordsDelivered):
+            if type(event) is ce.RecordsDelivered:  # the common cases first
                 self.send_event_batch(event.subscription_id, event.slice)
-            elif isinstance(event, ce.MessagesDelivered):
-                self.send_deliveries(event.consumer_id, event.deliveries)
             elif isinstance(event, ce.RequestCompleted):
                 self._completed(event)
+            elif isinstance(event, ce.MessagesDelivered):
+                self.send_deliveries(event.consumer_id, event.deliveries)
             elif isinstance(event, ce.RequestRefused):
                 self._refused(event)
             elif isinstance(event, ce.RecordsSkipped):
@@ -463,10 +463,11 @@ class Session:
         code = 0
         try:
             reply = reply_to(msg, done)
-            if isinstance(reply, m.Subscribed):
-                self.felix.open_subscription(reply.request_id, reply.subscription_id)
-            elif isinstance(reply, m.Consuming):
-                self.felix.open_consumer(reply.request_id, reply.consumer_id)
+            if type(done) is not ce.Appended:  # the common case: nothing opens
+                if isinstance(reply, m.Subscribed):
+                    self.felix.open_subscription(reply.request_id, reply.subscription_id)
+                elif isinstance(reply, m.Consuming):
+                    self.felix.open_consumer(reply.request_id, reply.consumer_id)
             if reply is not None and not self.felix.send_reply(reply):
                 code = int(ErrorCode.TOO_LARGE)  # answered Error(TOO_LARGE) instead
             self._count(msg)

@@ -189,6 +189,7 @@ class ThroughRouter:
         router.attach(conn, now)
         try:
             getattr(router.engine, name)(conn, number, *rest, **kwargs)
+            router.collect(now)  # an input made to the engine directly
             mail = router.take(conn, now)
         finally:
             router.detach(conn, now)
