@@ -61,10 +61,22 @@ def test_pub_then_sub_from_earliest(broker: Broker) -> None:
 def test_live_sub_sees_a_pub_from_another_process(broker: Broker) -> None:
     stream = name("live")
     assert run(broker, "admin", "create", "stream", stream).returncode == 0
-    cmd = [*felix_command(), "--server", broker.url, "--ca", broker.ca_file, "sub", stream,
-           "--count", "2", "--idle", "10"]  # fmt: skip
-    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          env=child_env()) as sub:  # fmt: skip
+    cmd = [
+        *felix_command(),
+        "--server",
+        broker.url,
+        "--ca",
+        broker.ca_file,
+        "sub",
+        stream,
+        "--count",
+        "2",
+        "--idle",
+        "10",
+    ]
+    with subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env()
+    ) as sub:
         try:
             time.sleep(1.0)  # let it subscribe (from latest)
             assert run(broker, "pub", stream, "--count", "2", "--size", "8", "-q").returncode == 0
@@ -118,8 +130,20 @@ def test_admin_list_prints_the_names_of_tenants_and_namespaces(broker: Broker) -
     assert (
         run(broker, "--tenant", tenant, "admin", "create", "namespace", namespace).returncode == 0
     )
-    assert run(broker, "--tenant", tenant, "--namespace", namespace, "admin", "create",
-               "stream", stream).returncode == 0  # fmt: skip
+    assert (
+        run(
+            broker,
+            "--tenant",
+            tenant,
+            "--namespace",
+            namespace,
+            "admin",
+            "create",
+            "stream",
+            stream,
+        ).returncode
+        == 0
+    )
     tenants = run(broker, "admin", "list", "tenant")
     assert tenants.returncode == 0 and tenant in tenants.stdout.splitlines()
     assert "" not in tenants.stdout.splitlines()
@@ -138,10 +162,20 @@ def test_sub_says_in_one_line_that_a_restarted_broker_lost_the_stream(
     first = fresh_broker("--shutdown-grace-s", "0.2", "--shutdown-drain-s", "1", data_dir=data_dir)
     assert run(first, "admin", "create", "stream", "st").returncode == 0
     assert run(first, "pub", "st", "one").returncode == 0
-    cmd = [*felix_command(), "--server", first.url, "--ca", first.ca_file, "sub", "st",
-           "--from", "earliest"]  # fmt: skip
-    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          env=child_env()) as sub:  # fmt: skip
+    cmd = [
+        *felix_command(),
+        "--server",
+        first.url,
+        "--ca",
+        first.ca_file,
+        "sub",
+        "st",
+        "--from",
+        "earliest",
+    ]
+    with subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env()
+    ) as sub:
         try:
             assert sub.stdout is not None and sub.stdout.readline() == "one\n"
             assert first.terminate() == 0

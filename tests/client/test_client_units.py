@@ -41,9 +41,19 @@ def test_parse_url_accepts(url: str, host: str, port: int) -> None:
 
 
 @pytest.mark.parametrize(
-    "url", ["", "http://h:1", "quic://h:0", "quic://h:70000", "quic://h:x", "quic://h/path",
-            "quic://u:p@h:1", "quic://:5", "quic://h:1?x=1"],
-)  # fmt: skip
+    "url",
+    [
+        "",
+        "http://h:1",
+        "quic://h:0",
+        "quic://h:70000",
+        "quic://h:x",
+        "quic://h/path",
+        "quic://u:p@h:1",
+        "quic://:5",
+        "quic://h:1?x=1",
+    ],
+)
 def test_parse_url_rejects(url: str) -> None:
     with pytest.raises(ValueError):
         parse_url(url)
@@ -134,8 +144,13 @@ class FakeBroker:
 async def test_publisher_bounds_in_flight_bytes_and_keeps_order() -> None:
     broker = FakeBroker()
     limit = 10_000
-    async with Publisher(broker.send, max_batch_records=10, max_batch_bytes=2_000,
-                         max_in_flight_bytes=limit, linger=0.001) as pub:  # fmt: skip
+    async with Publisher(
+        broker.send,
+        max_batch_records=10,
+        max_batch_bytes=2_000,
+        max_in_flight_bytes=limit,
+        linger=0.001,
+    ) as pub:
         for i in range(500):
             await pub.publish(b"%05d" % i + b"." * 95)
             assert pub.in_flight_bytes <= limit
@@ -239,8 +254,11 @@ class FakeFeedBackend:
         self.inboxes.append(send)
         sid = len(self.opened)
         first = start.value if start.kind == StartKind.OFFSET else 0
-        return "conn", ev.SubscriptionStarted(request_id=sid, subscription_id=sid,
-                                              first_offset=first), receive  # fmt: skip
+        return (
+            "conn",
+            ev.SubscriptionStarted(request_id=sid, subscription_id=sid, first_offset=first),
+            receive,
+        )
 
     async def credit(self, conn: object, sub_id: int, messages: int, nbytes: int) -> None:
         self.credits.append((sub_id, messages, nbytes))
@@ -259,14 +277,25 @@ class FakeFeedBackend:
 
 
 def _spec(credit: int = 4) -> dict[str, Any]:
-    return {"tenant": "t", "namespace": "n", "stream": "s", "credit_messages": credit,
-            "credit_bytes": 1 << 20, "source": "stream"}  # fmt: skip
+    return {
+        "tenant": "t",
+        "namespace": "n",
+        "stream": "s",
+        "credit_messages": credit,
+        "credit_bytes": 1 << 20,
+        "source": "stream",
+    }
 
 
 def _batch(sid: int, base: int, n: int) -> ev.EventsReceived:
-    return ev.EventsReceived(subscription_id=sid, batch=EventBatch(
-        base_offset=base, payloads=[b"p%d" % (base + i) for i in range(n)],
-        timestamps_ms=[1000 + base + i for i in range(n)]))  # fmt: skip
+    return ev.EventsReceived(
+        subscription_id=sid,
+        batch=EventBatch(
+            base_offset=base,
+            payloads=[b"p%d" % (base + i) for i in range(n)],
+            timestamps_ms=[1000 + base + i for i in range(n)],
+        ),
+    )
 
 
 @pytest.mark.anyio
@@ -292,11 +321,21 @@ async def test_subscription_events_carry_every_field_and_are_immutable() -> None
     async with Subscription(backend, _spec(credit=100), Start.earliest()) as sub:
         inbox = backend.inboxes[0]
         await inbox.send(ev.GapReported(subscription_id=1, missed=2, next_offset=7))
-        await inbox.send(ev.EventsReceived(subscription_id=1, batch=EventBatch(
-            base_offset=7, payloads=[b"a", b"b"], timestamps_ms=[1500, 1501],
-            keys=[b"k", None], headers=[None, {"h": b"v"}])))  # fmt: skip
-        await inbox.send(ev.EventsReceived(subscription_id=1, batch=EventBatch(
-            base_offset=9, payloads=[b"c"])))  # fmt: skip
+        await inbox.send(
+            ev.EventsReceived(
+                subscription_id=1,
+                batch=EventBatch(
+                    base_offset=7,
+                    payloads=[b"a", b"b"],
+                    timestamps_ms=[1500, 1501],
+                    keys=[b"k", None],
+                    headers=[None, {"h": b"v"}],
+                ),
+            )
+        )
+        await inbox.send(
+            ev.EventsReceived(subscription_id=1, batch=EventBatch(base_offset=9, payloads=[b"c"]))
+        )
         await inbox.send(ev.SubscriptionEnded(subscription_id=1, reason="unsubscribed"))
         got = [e async for e in sub]
     assert got == [
@@ -329,10 +368,14 @@ def test_headers_read_like_a_dict_and_cannot_change() -> None:
     assert pickle.loads(pickle.dumps(headers)) == headers
     assert copy.copy(headers) == headers and copy.deepcopy(headers) == headers
     changes: list[Callable[[], object]] = [
-        lambda: headers.__setitem__("c", b"3"), lambda: headers.__delitem__("a"),
-        headers.clear, lambda: headers.pop("a"), headers.popitem,
-        lambda: headers.setdefault("c", b"3"), lambda: headers.update(c=b"3"),
-    ]  # fmt: skip
+        lambda: headers.__setitem__("c", b"3"),
+        lambda: headers.__delitem__("a"),
+        headers.clear,
+        lambda: headers.pop("a"),
+        headers.popitem,
+        lambda: headers.setdefault("c", b"3"),
+        lambda: headers.update(c=b"3"),
+    ]
     for change in changes:
         with pytest.raises(TypeError):
             change()
@@ -342,8 +385,15 @@ def test_headers_read_like_a_dict_and_cannot_change() -> None:
 def test_the_documented_error_classes_are_exported() -> None:
     import felix_client
 
-    for name in ("BadFrameError", "UnsupportedVersionError", "UnknownMessage",
-                 "UnexpectedMessage", "InternalError", "ErrorCode", "Headers"):  # fmt: skip
+    for name in (
+        "BadFrameError",
+        "UnsupportedVersionError",
+        "UnknownMessage",
+        "UnexpectedMessage",
+        "InternalError",
+        "ErrorCode",
+        "Headers",
+    ):
         assert name in felix_client.__all__ and hasattr(felix_client, name)
     for cls in set(errors.__all__) - {"error_class", "error_from_code"}:
         assert getattr(felix_client, cls) is getattr(errors, cls)
@@ -354,15 +404,15 @@ def test_the_documented_error_classes_are_exported() -> None:
 
 @pytest.mark.parametrize(
     ("seconds", "wire"),
-    [(None, None), (0, 0), (0.0, 0), (0.0004, 1), (1e-9, 1), (0.0015, 2), (0.3, 300),
-     (60, 60_000)],
-)  # fmt: skip
+    [(None, None), (0, 0), (0.0, 0), (0.0004, 1), (1e-9, 1), (0.0015, 2), (0.3, 300), (60, 60_000)],
+)
 def test_a_positive_ttl_is_at_least_one_millisecond(seconds: float | None, wire: int) -> None:
     assert ttl_ms(seconds) == wire
 
 
-@pytest.mark.parametrize("bad", [-1, -0.0001, float("inf"), float("-inf"), float("nan"),
-                                 2.0**64, "60", True])  # fmt: skip
+@pytest.mark.parametrize(
+    "bad", [-1, -0.0001, float("inf"), float("-inf"), float("nan"), 2.0**64, "60", True]
+)
 def test_a_bad_ttl_or_delay_is_invalid_argument(bad: Any) -> None:
     with pytest.raises(errors.InvalidArgument):
         ttl_ms(bad)
@@ -416,8 +466,9 @@ async def test_subscription_resumes_from_last_offset_when_reconnecting() -> None
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize(("identity", "needle"), [(None, "no longer exists"),
-                                                  ((2, 5000), "re-created")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("identity", "needle"), [(None, "no longer exists"), ((2, 5000), "re-created")]
+)
 async def test_subscription_does_not_resume_into_another_log(
     identity: tuple[int, int] | None, needle: str
 ) -> None:

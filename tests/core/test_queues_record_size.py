@@ -117,9 +117,13 @@ def test_record_limit_counts_headers_and_the_biggest_record_dead_letters_within_
     d = dead.deliveries[0]
     assert d.payload == payload and d.headers is not None and len(d.headers) == 7
     size = delivery_frame(
-        delivery_id=d.delivery_id, attempt=d.attempt, offset=d.offset, payload=d.payload,
-        timestamp_ms=d.timestamp_ms, headers=d.headers,
-    )  # fmt: skip
+        delivery_id=d.delivery_id,
+        attempt=d.attempt,
+        offset=d.offset,
+        payload=d.payload,
+        timestamp_ms=d.timestamp_ms,
+        headers=d.headers,
+    )
     assert size <= DEFAULT_MAX_FRAME_SIZE
 
 

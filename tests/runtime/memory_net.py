@@ -37,10 +37,14 @@ class MemoryClient:
 
     def __init__(self, cafile: str, port: int, now: float, *, raw: bool, **felix: Any) -> None:
         config = QuicConfiguration(
-            is_client=True, alpn_protocols=[ALPN], server_name="localhost",
-            max_datagram_size=1452, idle_timeout=600.0, max_data=64 << 20,
+            is_client=True,
+            alpn_protocols=[ALPN],
+            server_name="localhost",
+            max_datagram_size=1452,
+            idle_timeout=600.0,
+            max_data=64 << 20,
             max_stream_data=16 << 20,
-        )  # fmt: skip
+        )
         config.load_verify_locations(cafile)
         self.addr = ("127.0.0.1", port)
         self.quic = QuicConnection(configuration=config)
@@ -82,9 +86,11 @@ class MemoryNet:
     """A broker and its clients exchanging datagrams in memory."""
 
     def __init__(
-        self, tmp: Path, transport: TransportConfig | None = None,
+        self,
+        tmp: Path,
+        transport: TransportConfig | None = None,
         observer: ServerObserver | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         files = ensure_self_signed(tmp)
         self.cafile = str(files.cert_path)
         config = ServerConfig(data_dir=str(tmp), transport=transport or TransportConfig())

@@ -40,9 +40,13 @@ async def test_killed_consumer_costs_no_dead_letters_while_a_live_one_waits(
     producer = await connect()
     await create(producer, "queue", f"{name}-dlq")
     await create(
-        producer, "queue", name, visibility_timeout_ms=3000, max_attempts=3,
+        producer,
+        "queue",
+        name,
+        visibility_timeout_ms=3000,
+        max_attempts=3,
         dead_letter_queue=f"{name}-dlq",
-    )  # fmt: skip
+    )
     doomed = await connect()
     rid = doomed.call(doomed.felix.consume, T, N, name, prefetch=64)
     assert isinstance(await doomed.reply(rid), fe.ConsumerStarted)
@@ -69,8 +73,9 @@ async def test_killed_consumer_costs_no_dead_letters_while_a_live_one_waits(
                 live.call(live.felix.ack, ev.consumer_id, [ev.delivery.delivery_id])
     assert sorted(acked) == list(range(10))
     assert max(acked.values()) <= 2  # only the message the killed consumer worked on is charged
-    rid = producer.call(producer.felix.admin, m.AdminDescribe, kind="queue", tenant=T,
-                        namespace=N, name=name)  # fmt: skip
+    rid = producer.call(
+        producer.felix.admin, m.AdminDescribe, kind="queue", tenant=T, namespace=N, name=name
+    )
     described = await producer.reply(rid)
     assert isinstance(described, fe.AdminReplied) and described.resource is not None
     assert described.resource["stats"]["dead_lettered"] == 0
