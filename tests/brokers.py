@@ -141,15 +141,32 @@ def start_broker(runtime: str, data_dir: Path, *extra: str, port: int = 0) -> Br
     data_dir.mkdir(parents=True, exist_ok=True)
     env = child_env()
     cmd = [
-        sys.executable, "-c", ENTRY, *RUNTIMES[runtime],
-        "--listen", f"127.0.0.1:{port}", "--metrics", "127.0.0.1:0", "--data-dir", str(data_dir),
-        "--log-format", "json", "--shutdown-grace-s", "0.5", "--shutdown-drain-s", "3",
+        sys.executable,
+        "-c",
+        ENTRY,
+        *RUNTIMES[runtime],
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--metrics",
+        "127.0.0.1:0",
+        "--data-dir",
+        str(data_dir),
+        "--log-format",
+        "json",
+        "--shutdown-grace-s",
+        "0.5",
+        "--shutdown-drain-s",
+        "3",
         *extra,
-    ]  # fmt: skip
+    ]
     proc = subprocess.Popen(
-        cmd, cwd=str(data_dir), env=env, stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
+        cmd,
+        cwd=str(data_dir),
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     broker = Broker(runtime, proc, data_dir)
     threading.Thread(target=_read_lines, args=(proc, broker.lines), daemon=True).start()
     deadline = time.monotonic() + START_TIMEOUT

@@ -21,11 +21,25 @@ PURE_PACKAGES = ("felix_proto", "felix_core", "felix_server")
 # Top-level modules a pure module may not import itself.
 FORBIDDEN_IMPORTS = frozenset(
     {
-        "asyncio", "anyio", "trio", "socket", "selectors", "threading", "time", "random",
-        "uuid", "prometheus_client", "aioquic.asyncio", "ssl", "subprocess", "os", "signal",
-        "multiprocessing", "concurrent",
+        "asyncio",
+        "anyio",
+        "trio",
+        "socket",
+        "selectors",
+        "threading",
+        "time",
+        "random",
+        "uuid",
+        "prometheus_client",
+        "aioquic.asyncio",
+        "ssl",
+        "subprocess",
+        "os",
+        "signal",
+        "multiprocessing",
+        "concurrent",
     }
-)  # fmt: skip
+)
 # Modules that may not even be loaded indirectly by importing the pure packages.
 FORBIDDEN_LOADED = ("asyncio", "anyio", "trio", "aioquic.asyncio", "prometheus_client")
 # What felix_proto may import besides the standard library (it stands alone for third parties).

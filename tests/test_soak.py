@@ -18,10 +18,20 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.parametrize("runtime", ["asyncio", "anyio"])
 def test_soak_bounded(runtime: str) -> None:
     run = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "soak.py"), "--seconds", "3",
-         "--runtime", runtime, "--json"],
-        capture_output=True, text=True, timeout=90, check=False,
-    )  # fmt: skip
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "soak.py"),
+            "--seconds",
+            "3",
+            "--runtime",
+            runtime,
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
     assert run.returncode == 0, run.stdout + run.stderr[-3000:]
     report = json.loads(run.stdout)
     assert report["ok"] and set(report["gauges_after"].values()) == {0}

@@ -7,8 +7,9 @@ from __future__ import annotations
 import pytest
 
 
-@pytest.fixture(params=[pytest.param("asyncio", id="client-asyncio"),
-                        pytest.param("trio", id="client-trio")])  # fmt: skip
+@pytest.fixture(
+    params=[pytest.param("asyncio", id="client-asyncio"), pytest.param("trio", id="client-trio")]
+)
 def anyio_backend(request: pytest.FixtureRequest) -> str:
     """Every ``@pytest.mark.anyio`` test runs once per backend."""
     return str(request.param)

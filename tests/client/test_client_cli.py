@@ -35,9 +35,15 @@ def test_subcommand_arguments() -> None:
     assert (args.count, args.size, args.rate, args.message) == (5, 10, 100.0, None)
     args = cli.parse_args(["cache", "put", "c", "k", "v", "--ttl", "1.5", "--if-absent"], env={})
     assert (args.cache, args.key, args.value, args.ttl, args.if_absent) == (
-        "c", "k", "v", 1.5, True)  # fmt: skip
-    args = cli.parse_args(["admin", "create", "stream", "s", "--set", "a=1", "--set", "b=x"],
-                          env={})  # fmt: skip
+        "c",
+        "k",
+        "v",
+        1.5,
+        True,
+    )
+    args = cli.parse_args(
+        ["admin", "create", "stream", "s", "--set", "a=1", "--set", "b=x"], env={}
+    )
     assert (args.kind, args.name, args.settings) == ("stream", "s", ["a=1", "b=x"])
     args = cli.parse_args(["queue", "consume", "q", "-g", "workers", "-c", "3"], env={})
     assert (args.queue, args.group, args.count) == ("q", "workers", 3)
@@ -45,9 +51,15 @@ def test_subcommand_arguments() -> None:
 
 @pytest.mark.parametrize(
     "argv",
-    [[], ["pub"], ["sub", "s", "--count", "0"], ["admin", "create", "widget", "x"],
-     ["cache", "fetch", "c", "k"], ["-o", "yaml", "sub", "s"]],
-)  # fmt: skip
+    [
+        [],
+        ["pub"],
+        ["sub", "s", "--count", "0"],
+        ["admin", "create", "widget", "x"],
+        ["cache", "fetch", "c", "k"],
+        ["-o", "yaml", "sub", "s"],
+    ],
+)
 def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(argv) == 2
     assert "usage:" in capsys.readouterr().err
@@ -83,8 +95,9 @@ def _free_udp_port() -> int:
 @pytest.mark.parametrize("loop", ["asyncio", "trio"])
 def test_no_broker_is_one_clear_line(loop: str, capsys: pytest.CaptureFixture[str]) -> None:
     url = f"quic://127.0.0.1:{_free_udp_port()}"
-    code = cli.main(["--server", url, "--insecure", "--timeout", "3", "--loop", loop,
-                     "cache", "get", "c", "k"])  # fmt: skip
+    code = cli.main(
+        ["--server", url, "--insecure", "--timeout", "3", "--loop", loop, "cache", "get", "c", "k"]
+    )
     err = capsys.readouterr().err
     assert code == 1
     assert err.count("\n") == 1 and err.startswith("felix: error: ")

@@ -61,8 +61,11 @@ def test_pub_then_sub_from_earliest(broker: Broker) -> None:
 def test_live_sub_sees_a_pub_from_another_process(broker: Broker) -> None:
     stream = name("live")
     assert run(broker, "admin", "create", "stream", stream).returncode == 0
-    cmd = [*felix_command(), "--server", broker.url, "--ca", broker.ca_file, "sub", stream,
-           "--count", "2", "--idle", "10"]  # fmt: skip
+    cmd = [
+        *felix_command(),
+        *("--server", broker.url, "--ca", broker.ca_file),
+        *("sub", stream, "--count", "2", "--idle", "10"),
+    ]
     with subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env()
     ) as sub:

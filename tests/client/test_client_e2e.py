@@ -67,8 +67,9 @@ async def test_publisher_batches_reach_a_live_subscriber_in_order(client: Client
     await client.admin.create("stream", stream)
     n = 2000
     async with client.subscribe(stream, start="latest", credit_messages=256) as sub:
-        async with client.publisher(stream, max_batch_records=100,
-                                    max_in_flight_bytes=64 * 1024) as pub:  # fmt: skip
+        async with client.publisher(
+            stream, max_batch_records=100, max_in_flight_bytes=64 * 1024
+        ) as pub:
             for i in range(n):
                 await pub.publish(b"%d" % i)
         assert pub.acked_records == n

@@ -144,8 +144,13 @@ class FakeBroker:
 async def test_publisher_bounds_in_flight_bytes_and_keeps_order() -> None:
     broker = FakeBroker()
     limit = 10_000
-    async with Publisher(broker.send, max_batch_records=10, max_batch_bytes=2_000,
-                         max_in_flight_bytes=limit, linger=0.001) as pub:  # fmt: skip
+    async with Publisher(
+        broker.send,
+        max_batch_records=10,
+        max_batch_bytes=2_000,
+        max_in_flight_bytes=limit,
+        linger=0.001,
+    ) as pub:
         for i in range(500):
             await pub.publish(b"%05d" % i + b"." * 95)
             assert pub.in_flight_bytes <= limit
@@ -271,8 +276,11 @@ class FakeFeedBackend:
         self.inboxes.append(send)
         sid = len(self.opened)
         first = start.value if start.kind == StartKind.OFFSET else 0
-        return "conn", ev.SubscriptionStarted(request_id=sid, subscription_id=sid,
-                                              first_offset=first), receive  # fmt: skip
+        return (
+            "conn",
+            ev.SubscriptionStarted(request_id=sid, subscription_id=sid, first_offset=first),
+            receive,
+        )
 
     async def credit(self, conn: object, sub_id: int, messages: int, nbytes: int) -> None:
         self.credits.append((sub_id, messages, nbytes))
@@ -291,14 +299,25 @@ class FakeFeedBackend:
 
 
 def _spec(credit: int = 4) -> dict[str, Any]:
-    return {"tenant": "t", "namespace": "n", "stream": "s", "credit_messages": credit,
-            "credit_bytes": 1 << 20, "source": "stream"}  # fmt: skip
+    return {
+        "tenant": "t",
+        "namespace": "n",
+        "stream": "s",
+        "credit_messages": credit,
+        "credit_bytes": 1 << 20,
+        "source": "stream",
+    }
 
 
 def _batch(sid: int, base: int, n: int) -> ev.EventsReceived:
-    return ev.EventsReceived(subscription_id=sid, batch=EventBatch(
-        base_offset=base, payloads=[b"p%d" % (base + i) for i in range(n)],
-        timestamps_ms=[1000 + base + i for i in range(n)]))  # fmt: skip
+    return ev.EventsReceived(
+        subscription_id=sid,
+        batch=EventBatch(
+            base_offset=base,
+            payloads=[b"p%d" % (base + i) for i in range(n)],
+            timestamps_ms=[1000 + base + i for i in range(n)],
+        ),
+    )
 
 
 @pytest.mark.anyio
@@ -324,11 +343,21 @@ async def test_subscription_events_carry_every_field_and_are_immutable() -> None
     async with Subscription(backend, _spec(credit=100), Start.earliest()) as sub:
         inbox = backend.inboxes[0]
         await inbox.send(ev.GapReported(subscription_id=1, missed=2, next_offset=7))
-        await inbox.send(ev.EventsReceived(subscription_id=1, batch=EventBatch(
-            base_offset=7, payloads=[b"a", b"b"], timestamps_ms=[1500, 1501],
-            keys=[b"k", None], headers=[None, {"h": b"v"}])))  # fmt: skip
-        await inbox.send(ev.EventsReceived(subscription_id=1, batch=EventBatch(
-            base_offset=9, payloads=[b"c"])))  # fmt: skip
+        await inbox.send(
+            ev.EventsReceived(
+                subscription_id=1,
+                batch=EventBatch(
+                    base_offset=7,
+                    payloads=[b"a", b"b"],
+                    timestamps_ms=[1500, 1501],
+                    keys=[b"k", None],
+                    headers=[None, {"h": b"v"}],
+                ),
+            )
+        )
+        await inbox.send(
+            ev.EventsReceived(subscription_id=1, batch=EventBatch(base_offset=9, payloads=[b"c"]))
+        )
         await inbox.send(ev.SubscriptionEnded(subscription_id=1, reason="unsubscribed"))
         got = [e async for e in sub]
     assert got == [

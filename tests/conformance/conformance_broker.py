@@ -39,10 +39,11 @@ class Running:
         """Suite options pointing at this broker (hooks: see conformance.context.Hooks)."""
         host, port = self.runtime.address
         return Options(
-            endpoint=Endpoint(host=host, port=port, cafile=str(self.cert),
-                              server_name="localhost", wait=3.0),
+            endpoint=Endpoint(
+                host=host, port=port, cafile=str(self.cert), server_name="localhost", wait=3.0
+            ),
             hooks=Hooks(**hooks),
-        )  # fmt: skip
+        )
 
     async def goaway(self) -> None:
         """The GoAway hook: begin the graceful shutdown."""
@@ -67,9 +68,12 @@ async def broker(
         connection_factory: the QUIC connection class (default: FelixServer's own).
     """
     config = ServerConfig(
-        listen="127.0.0.1:0", metrics_enabled=False, data_dir=str(tmp / "data"),
-        shutdown_grace_s=0.5, shutdown_drain_s=2.0,
-    )  # fmt: skip
+        listen="127.0.0.1:0",
+        metrics_enabled=False,
+        data_dir=str(tmp / "data"),
+        shutdown_grace_s=0.5,
+        shutdown_drain_s=2.0,
+    )
     quic_config = make_quic_configuration(config)
     files = ensure_self_signed(config.data_dir, "127.0.0.1")
     quic_config.load_cert_chain(str(files.cert_path), str(files.key_path))

@@ -28,8 +28,14 @@ async def _cli(*args: str) -> tuple[int, str]:
 
 def _server_args(running: object) -> list[str]:
     host, port = running.runtime.address  # type: ignore[attr-defined]
-    return ["--server", f"quic://{host}:{port}", "--ca", str(running.cert),  # type: ignore[attr-defined]
-            "--server-name", "localhost"]  # fmt: skip
+    return [
+        "--server",
+        f"quic://{host}:{port}",
+        "--ca",
+        str(running.cert),  # type: ignore[attr-defined]
+        "--server-name",
+        "localhost",
+    ]
 
 
 def test_list_names_every_check_with_its_section(capsys: pytest.CaptureFixture[str]) -> None:
@@ -52,9 +58,13 @@ def test_server_url() -> None:
 async def test_report_summary_exit_code_and_junit(tmp_path: Path) -> None:
     junit = tmp_path / "junit.xml"
     async with broker(tmp_path) as running:
-        code, out = await _cli(*_server_args(running), "-k",
-                               "session.ping,payload.unknown-type,session.bad-token",
-                               "--junit", str(junit))  # fmt: skip
+        code, out = await _cli(
+            *_server_args(running),
+            "-k",
+            "session.ping,payload.unknown-type,session.bad-token",
+            "--junit",
+            str(junit),
+        )
     assert code == 0, out
     lines = out.strip().splitlines()
     assert lines[0] == "PASS session.ping [§5 Session]"
@@ -73,8 +83,15 @@ async def test_a_failure_gives_exit_code_1(tmp_path: Path) -> None:
 
 
 async def test_unreachable_broker_fails_every_check_quickly() -> None:
-    code, out = await _cli("--server", "quic://127.0.0.1:9", "--insecure", "--wait", "0.5",
-                           "-k", "session.ping,cache.miss")  # fmt: skip
+    code, out = await _cli(
+        "--server",
+        "quic://127.0.0.1:9",
+        "--insecure",
+        "--wait",
+        "0.5",
+        "-k",
+        "session.ping,cache.miss",
+    )
     assert code == 1
     assert out.strip().splitlines()[-1] == "0 passed, 2 failed, 0 skipped"
 
@@ -106,10 +123,20 @@ def test_a_tampered_file_fails_per_vector(
     path = tmp_path / "tampered.json"
     path.write_text(json.dumps(doc))
     assert main(["vectors", str(path)]) == 1
-    failed = {line.split()[1].rstrip(":") for line in capsys.readouterr().out.splitlines()
-              if line.startswith("FAIL")}  # fmt: skip
-    assert failed == {"publish", "ok", "ping", "error_unknown_flag", "error_unknown_type",
-                      "hello", "welcome"}  # fmt: skip
+    failed = {
+        line.split()[1].rstrip(":")
+        for line in capsys.readouterr().out.splitlines()
+        if line.startswith("FAIL")
+    }
+    assert failed == {
+        "publish",
+        "ok",
+        "ping",
+        "error_unknown_flag",
+        "error_unknown_type",
+        "hello",
+        "welcome",
+    }
 
 
 def test_defaults_and_nulls_are_accepted() -> None:

@@ -23,10 +23,22 @@ ROOT = Path(__file__).resolve().parents[2]
 
 async def _suite(broker: Broker) -> tuple[int, str]:
     result = await anyio.run_process(
-        [sys.executable, "-m", "conformance", "--server", broker.url, "--ca", broker.ca_file,
-         "--server-name", "localhost", "-k", "not session.goaway"],
-        check=False, cwd=ROOT,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "conformance",
+            "--server",
+            broker.url,
+            "--ca",
+            broker.ca_file,
+            "--server-name",
+            "localhost",
+            "-k",
+            "not session.goaway",
+        ],
+        check=False,
+        cwd=ROOT,
+    )
     return result.returncode, result.stdout.decode() + result.stderr.decode()
 
 

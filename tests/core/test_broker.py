@@ -551,8 +551,14 @@ def test_totals_for_metrics() -> None:
     assert b.cache_get(T, N, "c", "k1", now=20.0) is None
     c = b.totals(20.0).caches
     assert (c.caches, c.entries, c.bytes, c.hits, c.misses, c.puts, c.evictions) == (
-        1, 1, 4, 1, 1, 2, 1,
-    )  # fmt: skip
+        1,
+        1,
+        4,
+        1,
+        1,
+        2,
+        1,
+    )
 
     detail = b.totals(20.0, detail_limit=2)
     assert set(detail.queue_detail) == {(T, N, "q"), (T, N, "idle")}

@@ -87,10 +87,28 @@ def test_random_walks_stay_inside_the_tables(start: ConnState, walk: list[ConnIn
 # ---------------------------------------------------------------- machine-level random walks
 
 ACTIONS = [
-    "publish", "publish_none", "subscribe", "consume", "cache", "ping", "unsubscribe",
-    "cancel", "ack", "credit", "reply_all", "fail_one", "open_feeds", "send_data", "end_feeds",
-    "tick", "goaway", "transfer_client", "transfer_server", "reset_feed", "lose",
-]  # fmt: skip
+    "publish",
+    "publish_none",
+    "subscribe",
+    "consume",
+    "cache",
+    "ping",
+    "unsubscribe",
+    "cancel",
+    "ack",
+    "credit",
+    "reply_all",
+    "fail_one",
+    "open_feeds",
+    "send_data",
+    "end_feeds",
+    "tick",
+    "goaway",
+    "transfer_client",
+    "transfer_server",
+    "reset_feed",
+    "lose",
+]
 
 
 class _Walker:
@@ -123,9 +141,18 @@ class _Walker:
         for e in drain(p.client):
             self.client_events.append(e)
             rid = getattr(e, "request_id", None)
-            if isinstance(e, (ev.RequestFailed, ev.RequestTimedOut, ev.RequestSucceeded,
-                              ev.PublishAcked, ev.CacheValueReceived, ev.SubscriptionStarted,
-                              ev.ConsumerStarted)):  # fmt: skip
+            if isinstance(
+                e,
+                (
+                    ev.RequestFailed,
+                    ev.RequestTimedOut,
+                    ev.RequestSucceeded,
+                    ev.PublishAcked,
+                    ev.CacheValueReceived,
+                    ev.SubscriptionStarted,
+                    ev.ConsumerStarted,
+                ),
+            ):
                 assert rid is not None
                 self.outcomes[rid] = self.outcomes.get(rid, 0) + 1
             if isinstance(e, ev.PongReceived):

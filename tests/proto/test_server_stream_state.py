@@ -60,8 +60,9 @@ def test_unawaited_error_after_the_stream_is_forgotten_is_dropped() -> None:
     conn.send_error(7, 200, "no such stream")  # a late refusal: nowhere to send it
     assert conn.data_to_send() == []
     # a reset request stream is forgotten once its requests are answered
-    conn.stream_data_received(8, encode(m.CacheGet(request_id=8, tenant="t", namespace="n",
-                                                   cache="c", key="k")), False)  # fmt: skip
+    conn.stream_data_received(
+        8, encode(m.CacheGet(request_id=8, tenant="t", namespace="n", cache="c", key="k")), False
+    )
     assert len(_requests(conn)) == 1
     conn.stream_reset(8, 0)
     conn.send_reply(m.CacheValue(request_id=8, found=False))

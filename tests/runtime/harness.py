@@ -34,9 +34,12 @@ class RawClient(asyncio.DatagramProtocol):
         self, cafile: str, *, alpn: list[str] | None = None, raw: bool = False, **felix: Any
     ) -> None:
         config = QuicConfiguration(
-            is_client=True, alpn_protocols=[ALPN] if alpn is None else (alpn or None),
-            server_name="localhost", max_datagram_size=1452, idle_timeout=10.0,
-        )  # fmt: skip
+            is_client=True,
+            alpn_protocols=[ALPN] if alpn is None else (alpn or None),
+            server_name="localhost",
+            max_datagram_size=1452,
+            idle_timeout=10.0,
+        )
         config.load_verify_locations(cafile)
         self.quic = QuicConnection(configuration=config)
         felix.setdefault("default_timeout", WAIT)
@@ -196,9 +199,10 @@ class RawClient(asyncio.DatagramProtocol):
     def stream_bytes(self, stream_id: int) -> bytes:
         """Everything received on one stream (raw mode)."""
         return b"".join(
-            e.data for e in self.quic_events
+            e.data
+            for e in self.quic_events
             if isinstance(e, qe.StreamDataReceived) and e.stream_id == stream_id
-        )  # fmt: skip
+        )
 
     def of(self, kind: type[E]) -> list[E]:
         return [e for e in self.events if isinstance(e, kind)]
@@ -213,9 +217,14 @@ async def create(client: RawClient, kind: str, name: str, **settings: Any) -> di
     from felix_proto import messages as m
 
     rid = client.call(
-        client.felix.admin, m.AdminCreate, kind=kind, tenant=T, namespace=N, name=name,
+        client.felix.admin,
+        m.AdminCreate,
+        kind=kind,
+        tenant=T,
+        namespace=N,
+        name=name,
         settings=settings,
-    )  # fmt: skip
+    )
     reply = await client.reply(rid)
     assert isinstance(reply, fe.AdminReplied), reply
     assert reply.resource is not None

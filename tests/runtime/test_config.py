@@ -52,8 +52,9 @@ def test_defaults() -> None:
 
 def test_precedence_flags_over_env_over_file_over_defaults() -> None:
     env = {"FELIX_METRICS": "127.0.0.1:9202", "FELIX_BROKER_BATCH_MAX_EVENTS": "20"}
-    config = load(["--config", "f.toml", "--broker-batch-max-events", "30"], env,
-                  **{"f.toml": TOML})  # fmt: skip
+    config = load(
+        ["--config", "f.toml", "--broker-batch-max-events", "30"], env, **{"f.toml": TOML}
+    )
     assert config.listen == "127.0.0.1:9001"  # file
     assert config.metrics == "127.0.0.1:9202"  # env beats file
     assert config.broker.batch_max_events == 30  # flag beats env and file
@@ -65,8 +66,11 @@ def test_precedence_flags_over_env_over_file_over_defaults() -> None:
 
 def test_config_file_from_env_and_set_flag() -> None:
     env = {"FELIX_CONFIG": "f.toml"}
-    config = load(["--set", "transport.max_data=1MiB", "--set", "broker.durability=ephemeral"],
-                  env, **{"f.toml": TOML})  # fmt: skip
+    config = load(
+        ["--set", "transport.max_data=1MiB", "--set", "broker.durability=ephemeral"],
+        env,
+        **{"f.toml": TOML},
+    )
     assert config.listen == "127.0.0.1:9001"
     assert config.transport.max_data == 1024 * 1024
 
@@ -96,8 +100,9 @@ def test_every_engine_limit_is_settable() -> None:
         (["--transport-connection-buffer-resume", "99MiB"], {}, "connection_buffer_resume"),
     ],
 )
-def test_bad_settings_name_their_source(argv: list[str], env: dict[str, str],
-                                        fragment: str) -> None:  # fmt: skip
+def test_bad_settings_name_their_source(
+    argv: list[str], env: dict[str, str], fragment: str
+) -> None:
     with pytest.raises(ConfigError, match=fragment.replace("-", r"\-")):
         load(argv, env)
 

@@ -175,8 +175,9 @@ async def test_backpressure_pauses_a_stalled_connection(
     pub = await connect(proc)
     await create(pub, "stream", "bp", retention_max_records=100_000)
     frozen = await connect(proc)
-    rid = frozen.call(frozen.felix.subscribe, T, N, "bp", credit_bytes=1 << 30,
-                      credit_messages=1 << 20)  # fmt: skip
+    rid = frozen.call(
+        frozen.felix.subscribe, T, N, "bp", credit_bytes=1 << 30, credit_messages=1 << 20
+    )
     assert isinstance(await frozen.reply(rid), fe.SubscriptionStarted)
     frozen.stalled = True  # stops reading: QUIC flow control and loss fill the broker's buffers
     for _ in range(40):

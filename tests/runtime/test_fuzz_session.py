@@ -56,12 +56,28 @@ NAMES = (*STREAMS, *QUEUES, *CACHES, "missing")
 _small = st.integers(min_value=0, max_value=6)
 _number = st.one_of(_small, _small, u64, st.sampled_from([1 << 32, (1 << 63) - 1, 1 << 63]))
 _SETTING_NAMES = (
-    "retention_max_records", "retention_max_bytes", "retention_max_age_ms", "slow_consumer",
-    "batch_max_events", "batch_max_bytes", "batch_max_delay_us", "durability",
-    "max_records", "max_bytes", "visibility_timeout_ms", "max_attempts", "dead_letter_queue",
-    "max_prefetch", "default_ttl_ms", "max_entries", "max_value_bytes",
-    "feed_retention_max_records", "feed_retention_max_bytes", "sweep_batch", "description",
-)  # fmt: skip
+    "retention_max_records",
+    "retention_max_bytes",
+    "retention_max_age_ms",
+    "slow_consumer",
+    "batch_max_events",
+    "batch_max_bytes",
+    "batch_max_delay_us",
+    "durability",
+    "max_records",
+    "max_bytes",
+    "visibility_timeout_ms",
+    "max_attempts",
+    "dead_letter_queue",
+    "max_prefetch",
+    "default_ttl_ms",
+    "max_entries",
+    "max_value_bytes",
+    "feed_retention_max_records",
+    "feed_retention_max_bytes",
+    "sweep_batch",
+    "description",
+)
 _setting_value = st.one_of(
     _number,
     st.integers(min_value=-(1 << 63), max_value=-1),
@@ -147,9 +163,12 @@ class _Peer:
 
     def __init__(self, cafile: str, now: float) -> None:
         config = QuicConfiguration(
-            is_client=True, alpn_protocols=[ALPN], server_name="localhost",
-            max_datagram_size=1452, idle_timeout=IDLE_TIMEOUT,
-        )  # fmt: skip
+            is_client=True,
+            alpn_protocols=[ALPN],
+            server_name="localhost",
+            max_datagram_size=1452,
+            idle_timeout=IDLE_TIMEOUT,
+        )
         config.load_verify_locations(cafile)
         self.quic = QuicConnection(configuration=config)
         self.quic.connect(SERVER_ADDR, now=now)
@@ -233,11 +252,16 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
 def _setup(pair: _Pair) -> None:
     broker, now = ThroughRouter(pair.server.router), pair.now
     broker.create("stream", T, N, "s", now=now)
-    broker.create("stream", T, N, "s-disc", {"slow_consumer": "disconnect",
-                  "retention_max_records": 2}, now=now)  # fmt: skip
+    broker.create(
+        "stream",
+        T,
+        N,
+        "s-disc",
+        {"slow_consumer": "disconnect", "retention_max_records": 2},
+        now=now,
+    )
     broker.create("queue", T, N, "q", {"visibility_timeout_ms": 500}, now=now)
-    broker.create("queue", T, N, "q-dlq", {"max_attempts": 1, "dead_letter_queue": "q"},
-                  now=now)  # fmt: skip
+    broker.create("queue", T, N, "q-dlq", {"max_attempts": 1, "dead_letter_queue": "q"}, now=now)
     broker.create("cache", T, N, "c", now=now)
     broker.cache_put(T, N, "c", "k", b"v", now=now)
     broker.publish(0, T, N, "s", [b"a", b"b"], now=now)
@@ -304,10 +328,11 @@ def test_fuzzed_session(certs: tuple[str, str], actions: list[tuple[Any, ...]], 
     assert not [e for e in errors if e.code == ErrorCode.INTERNAL], errors
     assert not pair.observer.internal, pair.observer.internal
     replies = Counter(
-        rid for _, msg in peer.received
+        rid
+        for _, msg in peer.received
         if not isinstance(msg, m.SubscriptionStreamStart | m.ConsumerStreamStart)
         and (rid := getattr(msg, "request_id", None)) is not None
-    )  # fmt: skip
+    )
     for rid, (fewest, most) in expected.items():
         assert fewest <= replies[rid] <= most, (rid, replies[rid], peer.received)
     assert set(replies) <= set(expected)

@@ -25,9 +25,12 @@ pytestmark = pytest.mark.anyio
 
 async def test_broker_process_start_shutdown_close(tmp_path: Path) -> None:
     config = ServerConfig(
-        listen="127.0.0.1:0", metrics="127.0.0.1:0", data_dir=str(tmp_path / "data"),
-        shutdown_grace_s=0.5, shutdown_drain_s=3.0,
-    )  # fmt: skip
+        listen="127.0.0.1:0",
+        metrics="127.0.0.1:0",
+        data_dir=str(tmp_path / "data"),
+        shutdown_grace_s=0.5,
+        shutdown_drain_s=3.0,
+    )
     proc = await BrokerProcess(config).start()
     client = RawClient(str(proc.cert_path))
     try:

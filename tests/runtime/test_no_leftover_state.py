@@ -39,9 +39,12 @@ SERVER_ADDR = ("127.0.0.1", 7447)
 class _Client:
     def __init__(self, cafile: str, port: int, now: float) -> None:
         config = QuicConfiguration(
-            is_client=True, alpn_protocols=[ALPN], server_name="localhost",
-            max_datagram_size=1452, idle_timeout=IDLE_TIMEOUT,
-        )  # fmt: skip
+            is_client=True,
+            alpn_protocols=[ALPN],
+            server_name="localhost",
+            max_datagram_size=1452,
+            idle_timeout=IDLE_TIMEOUT,
+        )
         config.load_verify_locations(cafile)
         self.addr = ("127.0.0.1", port)
         self.quic = QuicConnection(configuration=config)

@@ -43,10 +43,17 @@ def test_engine_figures_totals_and_bounded_detail() -> None:
     assert {f"queue_{k}" for k in QUEUE_FIGURES} | {f"cache_{k}" for k in CACHE_FIGURES} <= set(
         totals
     )
-    assert figures.queues == {(T, N, "q"): {
-        "depth": 1.0, "in_flight": 0.0, "redeliveries": 0.0, "dead_lettered": 0.0,
-        "records": 1.0, "bytes": 14.0, "oldest_age_seconds": 2.0,
-    }}  # fmt: skip
+    assert figures.queues == {
+        (T, N, "q"): {
+            "depth": 1.0,
+            "in_flight": 0.0,
+            "redeliveries": 0.0,
+            "dead_lettered": 0.0,
+            "records": 1.0,
+            "bytes": 14.0,
+            "oldest_age_seconds": 2.0,
+        }
+    }
     assert figures.caches[(T, N, "c")]["bytes"] == 6.0
     assert figures.capped == frozenset()
 

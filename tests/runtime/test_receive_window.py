@@ -60,9 +60,12 @@ class _Setup:
     def __init__(self, tmp: Path) -> None:
         files = ensure_self_signed(tmp)
         transport = TransportConfig(
-            max_data=WINDOW, max_stream_data=STREAM_WINDOW, connection_buffer_limit=LIMIT,
-            connection_buffer_resume=RESUME, connection_buffer_cap=CAP,
-        )  # fmt: skip
+            max_data=WINDOW,
+            max_stream_data=STREAM_WINDOW,
+            connection_buffer_limit=LIMIT,
+            connection_buffer_resume=RESUME,
+            connection_buffer_cap=CAP,
+        )
         config = ServerConfig(data_dir=str(tmp), transport=transport)
         quic_config = make_quic_configuration(config)
         quic_config.load_cert_chain(str(files.cert_path), str(files.key_path))
@@ -72,10 +75,14 @@ class _Setup:
         calls.create("cache", T, N, "c", now=self.now)
         calls.cache_put(T, N, "c", "big", VALUE, now=self.now)
         client_config = QuicConfiguration(
-            is_client=True, alpn_protocols=[ALPN], server_name="localhost",
-            max_datagram_size=1452, idle_timeout=60.0, max_data=256 * 1024,
+            is_client=True,
+            alpn_protocols=[ALPN],
+            server_name="localhost",
+            max_datagram_size=1452,
+            idle_timeout=60.0,
+            max_data=256 * 1024,
             max_stream_data=128 * 1024,
-        )  # fmt: skip
+        )
         client_config.load_verify_locations(str(files.cert_path))
         self.quic = _StingyQuic(configuration=client_config)
         self.quic.connect(SERVER_ADDR, now=self.now)

@@ -45,9 +45,12 @@ class _Observer(ServerObserver):
 class _Client:
     def __init__(self, cafile: str, port: int, now: float, *, hello: bool) -> None:
         config = QuicConfiguration(
-            is_client=True, alpn_protocols=[ALPN], server_name="localhost",
-            max_datagram_size=1452, idle_timeout=60.0,
-        )  # fmt: skip
+            is_client=True,
+            alpn_protocols=[ALPN],
+            server_name="localhost",
+            max_datagram_size=1452,
+            idle_timeout=60.0,
+        )
         config.load_verify_locations(cafile)
         self.addr = ("127.0.0.1", port)
         self.quic = QuicConnection(configuration=config)

@@ -71,10 +71,14 @@ class _Observer(ServerObserver):
 class _Client:
     def __init__(self, cafile: str, port: int, now: float) -> None:
         config = QuicConfiguration(
-            is_client=True, alpn_protocols=[ALPN], server_name="localhost",
-            max_datagram_size=1452, idle_timeout=60.0, max_data=256 * 1024,
+            is_client=True,
+            alpn_protocols=[ALPN],
+            server_name="localhost",
+            max_datagram_size=1452,
+            idle_timeout=60.0,
+            max_data=256 * 1024,
             max_stream_data=128 * 1024,
-        )  # fmt: skip
+        )
         config.load_verify_locations(cafile)
         self.addr = ("127.0.0.1", port)
         self.quic = _StingyQuic(configuration=config)
@@ -105,9 +109,12 @@ class _Setup:
     def __init__(self, tmp: Path) -> None:
         files = ensure_self_signed(tmp)
         transport = TransportConfig(
-            connection_buffer_limit=LIMIT, connection_buffer_resume=RESUME,
-            connection_buffer_cap=CAP, max_data=SERVER_MAX_DATA, max_stream_data=16 * 1024,
-        )  # fmt: skip
+            connection_buffer_limit=LIMIT,
+            connection_buffer_resume=RESUME,
+            connection_buffer_cap=CAP,
+            max_data=SERVER_MAX_DATA,
+            max_stream_data=16 * 1024,
+        )
         config = ServerConfig(data_dir=str(tmp), transport=transport)
         quic_config = make_quic_configuration(config)
         quic_config.load_cert_chain(str(files.cert_path), str(files.key_path))

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import pytest
 
-CLIENT_BACKENDS = [pytest.param("asyncio", id="client-asyncio"),
-                   pytest.param("trio", id="client-trio")]  # fmt: skip
+CLIENT_BACKENDS = [
+    pytest.param("asyncio", id="client-asyncio"),
+    pytest.param("trio", id="client-trio"),
+]
 """``@pytest.mark.parametrize("anyio_backend", CLIENT_BACKENDS)``: run the client on both."""
 
 

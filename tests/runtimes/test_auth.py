@@ -31,10 +31,25 @@ async def test_only_listed_tokens_open_a_session(fresh_broker: FreshBroker) -> N
 def test_conformance_checks_the_bad_token_path(fresh_broker: FreshBroker) -> None:
     broker = fresh_broker("--auth-tokens", "s3cret")
     result = subprocess.run(
-        [sys.executable, "-m", "conformance", "--server", broker.url, "--ca", broker.ca_file,
-         "--token", "s3cret", "-k", "session.bad-token,session.welcome"],
-        capture_output=True, text=True, timeout=60, check=False, cwd=ROOT,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "conformance",
+            "--server",
+            broker.url,
+            "--ca",
+            broker.ca_file,
+            "--token",
+            "s3cret",
+            "-k",
+            "session.bad-token,session.welcome",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=ROOT,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "PASS session.bad-token" in result.stdout
     assert "2 passed, 0 failed" in result.stdout

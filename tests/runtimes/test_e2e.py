@@ -219,8 +219,18 @@ async def test_a_full_broker_refuses_promptly_with_a_reason(fresh_broker: FreshB
 def test_port_in_use_exits_one(broker: Broker, tmp_path: Path) -> None:
     """A broker that cannot bind its metrics port says so and exits 1 (no traceback)."""
     metrics = f"{broker.metrics[0]}:{broker.metrics[1]}"  # taken by the shared broker
-    cmd = [sys.executable, "-c", ENTRY, *RUNTIMES[broker.runtime], "--listen", "127.0.0.1:0",
-           "--metrics", metrics, "--data-dir", str(tmp_path)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-c",
+        ENTRY,
+        *RUNTIMES[broker.runtime],
+        "--listen",
+        "127.0.0.1:0",
+        "--metrics",
+        metrics,
+        "--data-dir",
+        str(tmp_path),
+    ]
     result = subprocess.run(
         cmd, check=False, capture_output=True, text=True, timeout=20, env=child_env()
     )
