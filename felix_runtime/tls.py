@@ -6,6 +6,13 @@ valid for a year, and writes ``cert.pem`` and ``key.pem`` into the data director
 existing pair is reused while it is valid for at least another day, so a client that trusts
 it (``felix --ca felix-data/cert.pem``) keeps working across restarts. The broker logs the
 path and the certificate's SHA-256 fingerprint.
+
+The certificate is an end-entity certificate (``BasicConstraints: CA:FALSE``), trusted
+directly as its own anchor (``felix --ca cert.pem``). Both QUIC engines accept it: aioquic
+and qh3. qh3 verifies with webpki, which refuses a certificate marked as a CA when it is
+presented as the server's own ("the server certificate is unacceptable"); the certificates
+made before this rule were CA certificates, so an existing one is replaced (a new key and
+fingerprint) even when it is still valid.
 """
 
 from __future__ import annotations
@@ -45,12 +52,15 @@ def fingerprint(cert_pem: bytes) -> str:
     return cert.fingerprint(hashes.SHA256()).hex(":").upper()
 
 
-def _still_valid(cert_pem: bytes, now: datetime.datetime) -> bool:
+def _reusable(cert_pem: bytes, now: datetime.datetime) -> bool:
+    """Valid for at least another day and an end-entity certificate (not a CA: qh3 refuses
+    those, see the module docstring)."""
     try:
         cert = x509.load_pem_x509_certificate(cert_pem)
-    except ValueError:
+        constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except (ValueError, x509.ExtensionNotFound):
         return False
-    return cert.not_valid_after_utc - now > datetime.timedelta(days=1)
+    return not constraints.ca and cert.not_valid_after_utc - now > datetime.timedelta(days=1)
 
 
 def ensure_self_signed(data_dir: str | Path, host: str = "127.0.0.1") -> CertificateFiles:
@@ -69,7 +79,7 @@ def ensure_self_signed(data_dir: str | Path, host: str = "127.0.0.1") -> Certifi
     now = datetime.datetime.now(datetime.UTC)
     if cert_path.exists() and key_path.exists():
         existing = cert_path.read_bytes()
-        if _still_valid(existing, now):
+        if _reusable(existing, now):
             return CertificateFiles(cert_path, key_path, fingerprint(existing), generated=False)
 
     key = ec.generate_private_key(ec.SECP256R1())
@@ -92,7 +102,7 @@ def ensure_self_signed(data_dir: str | Path, host: str = "127.0.0.1") -> Certifi
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=365))
         .add_extension(x509.SubjectAlternativeName(names), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )
     cert_pem = cert.public_bytes(serialization.Encoding.PEM)

@@ -29,20 +29,13 @@ from typing import Any
 
 from .settings import QuicSettings
 
-__all__ = ["ENGINES", "UNVERIFIED_ENGINES", "Endpoint", "Engine", "EngineMissing", "load_engine"]
+__all__ = ["ENGINES", "Endpoint", "Engine", "EngineMissing", "load_engine"]
 
 ENGINES = ("aioquic", "qh3")
 """The engines :func:`load_engine` knows."""
 ALPN = "felix-bench"
 READ_BATCH = 64
 SOCKET_BUFFER = 4 << 20
-
-
-UNVERIFIED_ENGINES = frozenset({"qh3"})
-"""Engines whose client refuses the broker's development certificate (qh3 2.1: "the server
-certificate is unacceptable" for the self-signed CA certificate the broker serves itself):
-their raw client does not verify it. Verification happens in the handshake, before any
-timed message, so the figures are not affected."""
 
 
 class EngineMissing(ImportError):

@@ -29,7 +29,7 @@ from array import array
 from typing import Any
 
 from .hdr import summarize
-from .quic_endpoint import UNVERIFIED_ENGINES, Endpoint, EngineMissing, load_engine
+from .quic_endpoint import Endpoint, EngineMissing, load_engine
 from .report import Figure
 from .runner import Runner
 from .settings import RAW_CLIENT, RAW_SERVER
@@ -96,8 +96,7 @@ async def server_job(ctx: JobContext, p: dict[str, Any]) -> dict[str, Any]:
 async def client_job(ctx: JobContext, p: dict[str, Any]) -> dict[str, Any]:
     """A raw client for ``one-way`` or ``ping-pong`` (see the module docstring)."""
     engine = load_engine(p["engine"])
-    ca_file = None if engine.name in UNVERIFIED_ENGINES else p["ca_file"]
-    config = engine.configuration_for(RAW_CLIENT, is_client=True, ca_file=ca_file)
+    config = engine.configuration_for(RAW_CLIENT, is_client=True, ca_file=p["ca_file"])
     handshake = asyncio.Event()
     if p["mode"] == "one-way":
         return await _one_way(ctx, p, engine, config, handshake)
@@ -284,11 +283,6 @@ def _measure(runner: Runner, engine: str, version: str, mode: str, size: int) ->
         params=params,
         anchor=None if engine == "aioquic" else figure_id("aioquic", mode, size),
     )
-    if engine in UNVERIFIED_ENGINES:
-        figure.notes.append(
-            f"the {engine} client does not verify the certificate (it refuses the broker's "
-            "self-signed one); the handshake is not timed"
-        )
     if mode == "one-way":
         messages = result["confirmed_messages"]
         seconds = result["seconds"]
