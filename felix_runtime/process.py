@@ -13,10 +13,10 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-
-from aioquic.quic.configuration import QuicConfiguration
+from typing import Any
 
 from felix_runtime.logs import configure_logging, log_fields, logger
+from felix_runtime.quic_engines import EngineMissing, load_engine
 from felix_runtime.tls import ensure_self_signed
 from felix_server.config import ConfigError, ServerConfig, config_to_toml, load_config
 
@@ -37,7 +37,7 @@ def broker_main(
     Returns:
         The process exit code: ``run``'s, 0 for ``--print-config`` or Ctrl-C, 2 for a
         configuration error, 1 when the broker cannot start (an ``OSError``, e.g. a port
-        that is taken).
+        that is taken, or a ``quic_engine`` that is not installed).
     """
     try:
         config, namespace = load_config(
@@ -52,14 +52,14 @@ def broker_main(
     configure_logging(config.log_format, config.log_level)
     try:
         return run(config)
-    except OSError as exc:
+    except (OSError, EngineMissing) as exc:
         logger.error("cannot start the broker: %s", exc)
         return 1
     except KeyboardInterrupt:
         return 0
 
 
-def load_certificate(config: ServerConfig, quic_config: QuicConfiguration) -> tuple[Path, str]:
+def load_certificate(config: ServerConfig, quic_config: Any) -> tuple[Path, str]:
     """Load the configured certificate into ``quic_config``, or make/reuse the development one.
 
     Returns:
@@ -104,6 +104,7 @@ def log_started(
             health=f"http://{metrics[0]}:{metrics[1]}/ready",
             server_id=config.server_id,
             runtime=runtime,
+            quic_engine=f"{config.quic_engine} {load_engine(config.quic_engine).version}",
         ),
     )
     logger.info(

@@ -22,10 +22,11 @@ import anyio
 from felix_runtime.logs import log_fields, logger
 from felix_runtime.process import broker_main, load_certificate, log_started
 from felix_runtime.prometheus import PrometheusObserver
+from felix_runtime.quic_engines import server_quic
 from felix_runtime_anyio.http import AnyioMetricsServer
 from felix_runtime_anyio.runtime import AnyioUdpRuntime
 from felix_server.config import ServerConfig
-from felix_server.server import FelixServer, make_quic_configuration
+from felix_server.server import FelixServer
 
 __all__ = ["BACKENDS", "main", "run"]
 
@@ -40,10 +41,16 @@ async def run(config: ServerConfig) -> int:
 
     Runs under whichever anyio backend called it.
     """
-    quic_config = make_quic_configuration(config)
+    quic_config, connection_factory = server_quic(config)
     cert, fingerprint = load_certificate(config, quic_config)
     observer = PrometheusObserver()
-    server = FelixServer(config, quic_config, now=time.time(), observer=observer)
+    server = FelixServer(
+        config,
+        quic_config,
+        now=time.time(),
+        observer=observer,
+        connection_factory=connection_factory,
+    )
     observer.attach(server)
     runtime = AnyioUdpRuntime(server)
     bound = runtime.bind(*config.listen_address)

@@ -18,10 +18,11 @@ from pathlib import Path
 from felix_runtime.logs import log_fields, logger
 from felix_runtime.process import broker_main, load_certificate, log_started
 from felix_runtime.prometheus import PrometheusObserver
+from felix_runtime.quic_engines import server_quic
 from felix_runtime_asyncio.http import MetricsServer
 from felix_runtime_asyncio.runtime import UdpRuntime
 from felix_server.config import ServerConfig
-from felix_server.server import FelixServer, make_quic_configuration
+from felix_server.server import FelixServer
 
 __all__ = ["BrokerProcess", "main", "run"]
 
@@ -51,9 +52,15 @@ class BrokerProcess:
     async def start(self) -> BrokerProcess:
         """Make or load the certificate, bind QUIC and metrics; returns self."""
         config = self.config
-        quic_config = make_quic_configuration(config)
+        quic_config, connection_factory = server_quic(config)
         self.cert_path, self.fingerprint = load_certificate(config, quic_config)
-        self.server = FelixServer(config, quic_config, now=time.time(), observer=self.observer)
+        self.server = FelixServer(
+            config,
+            quic_config,
+            now=time.time(),
+            observer=self.observer,
+            connection_factory=connection_factory,
+        )
         self.observer.attach(self.server)
         self.runtime = UdpRuntime(self.server)
         bound = await self.runtime.start(*config.listen_address)

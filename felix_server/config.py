@@ -68,6 +68,7 @@ DEFAULT_METRICS_PORT = 8080
 
 _LOG_FORMATS = ("text", "json")
 _LOG_LEVELS = ("debug", "info", "warning", "error")
+_QUIC_ENGINES = ("aioquic", "qh3")  # felix_runtime.quic_engines.ENGINES
 
 
 class ConfigError(ValueError):
@@ -167,6 +168,10 @@ class ServerConfig:
     """Identifier sent in ``Welcome`` (stable for a broker process)."""
     region: str = "local"
     """The sovereign region this broker belongs to, sent in ``Welcome``."""
+    quic_engine: str = "aioquic"
+    """The QUIC implementation: ``aioquic`` (the default) or ``qh3`` (the optional extra
+    ``felix[qh3]``: packet engine and crypto in Rust). Clients of either engine connect to
+    either (docs/performance.md, "QUIC engines")."""
     auth_tokens: str | None = None
     """Comma-separated bearer tokens the broker accepts in ``Hello.token``. Absent: no
     authentication (anonymous clients, development). Set: a handshake without one of them
@@ -211,6 +216,8 @@ class ServerConfig:
             raise ConfigError(f"log_format must be one of {', '.join(_LOG_FORMATS)}")
         if self.log_level not in _LOG_LEVELS:
             raise ConfigError(f"log_level must be one of {', '.join(_LOG_LEVELS)}")
+        if self.quic_engine not in _QUIC_ENGINES:
+            raise ConfigError(f"quic_engine must be one of {', '.join(_QUIC_ENGINES)}")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("tls_cert and tls_key must be given together")
         if self.shutdown_grace_s < 0 or self.shutdown_drain_s < self.shutdown_grace_s:

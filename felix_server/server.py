@@ -66,10 +66,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from aioquic._buffer import Buffer
 from aioquic.quic.configuration import SMALLEST_MAX_DATAGRAM_SIZE, QuicConfiguration
-from aioquic.quic.connection import NetworkAddress, QuicConnection
+from aioquic.quic.connection import NetworkAddress
 from aioquic.quic.packet import (
     QuicHeader,
     QuicPacketType,
@@ -87,6 +88,7 @@ from felix_server.drain import Drain
 from felix_server.local_route import LocalRoute
 from felix_server.observer import ServerObserver
 from felix_server.quic import FelixQuicConnection, refusal_datagram
+from felix_server.quic_engine import QuicConnectionLike
 from felix_server.router import Router
 from felix_server.session import Session, SessionLimits
 
@@ -101,6 +103,8 @@ def make_quic_configuration(config: ServerConfig) -> QuicConfiguration:
     """The server-side aioquic configuration for a broker (certificate not loaded yet).
 
     The caller loads the certificate chain (``load_cert_chain``): reading files is I/O.
+    The runtimes build the configured engine's with
+    :func:`felix_runtime.quic_engines.server_quic` (this one for aioquic).
     """
     transport = config.transport
     return QuicConfiguration(
@@ -128,12 +132,14 @@ class FelixServer:
 
     Args:
         config: the broker configuration.
-        quic_configuration: aioquic's server configuration with the certificate loaded.
+        quic_configuration: the QUIC engine's server configuration with the certificate
+            loaded (aioquic's, or qh3's with a qh3 ``connection_factory``).
         now: the current time (wall clock, seconds).
         observer: receives metrics and log hooks (does nothing by default).
         broker: an engine to serve (a new one from ``config.broker`` when None).
         connection_factory: builds QUIC connections (default: aioquic's, with Felix's ALPN
-            rule, :class:`~felix_server.quic.FelixQuicConnection`).
+            rule, :class:`~felix_server.quic.FelixQuicConnection`; the runtimes pass the
+            configured engine's, :mod:`felix_runtime.quic_engines`).
         authenticate: decides each client's ``Hello`` (default: the ``auth.tokens`` of
             ``config``, :func:`~felix_server.access.token_list`).
     """
@@ -141,12 +147,12 @@ class FelixServer:
     def __init__(
         self,
         config: ServerConfig,
-        quic_configuration: QuicConfiguration,
+        quic_configuration: Any,
         *,
         now: float,
         observer: ServerObserver | None = None,
         broker: Broker | None = None,
-        connection_factory: Callable[..., QuicConnection] = FelixQuicConnection,
+        connection_factory: Callable[..., QuicConnectionLike] = FelixQuicConnection,
         authenticate: Authenticate | None = None,
     ) -> None:
         self.config = config

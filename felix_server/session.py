@@ -2,8 +2,9 @@
 
 Theory of operation
 -------------------
-A :class:`Session` layers a :class:`felix_proto.server.ServerConnection` on an aioquic
-:class:`~aioquic.quic.connection.QuicConnection` the way HTTP/3 layers on QUIC, and serves
+A :class:`Session` layers a :class:`felix_proto.server.ServerConnection` on a sans-IO
+``QuicConnection`` (aioquic's or qh3's: it asks :mod:`felix_server.quic_engine`, never the
+engine) the way HTTP/3 layers on QUIC, and serves
 it through a :class:`~felix_server.router.Router` as connection ``conn_id``. It is handed
 what it needs (the router, the observer, its :class:`SessionLimits`, an authenticate
 function and the server's :class:`~felix_server.batches.EncodedBatches`) and calls nothing
@@ -43,7 +44,7 @@ subscription, gaps, deliveries and ends. Events for a feed whose stream is no lo
 Back-pressure: a :class:`~felix_server.gate.Gate` (see there for the table). aioquic's
 stream writes never block and copy the data into the stream's own send buffer, freed only as
 the peer acknowledges it, so the session weighs what the connection holds on every stream:
-QUIC's send buffers (:func:`~felix_server.quic.send_buffered`) plus what the Felix machine
+QUIC's send buffers (:func:`~felix_server.quic_engine.send_buffered`) plus what the Felix machine
 holds. A feed write (batch, gap, end, delivery) goes out only while the gate has room;
 otherwise it waits in a :class:`~felix_server.outbox.FeedOutbox` behind the feed's earlier
 writes, as a reference (an encoded batch shared by every subscription at that position is
@@ -54,7 +55,8 @@ below ``connection_buffer_resume`` the deliveries resume. Over
 the gate in order, data QUIC delivers on request streams waits there unparsed, and QUIC stops
 extending the connection's flow-control credit
 (:attr:`FelixQuicConnection.credit_held <felix_server.quic.FelixQuicConnection.credit_held>`),
-so the peer is throttled by QUIC itself; the control stream is still read (credit,
+so the peer is throttled by QUIC itself (aioquic only: qh3's credit cannot be held, see
+:func:`~felix_server.quic_engine.hold_credit`); the control stream is still read (credit,
 cancellations, pings, close). Reading resumes, held requests first and in order, once the
 queued bytes are back at ``connection_buffer_limit``. A transmit that resumes deliveries or
 reading sends what that produced in the same call.
@@ -75,8 +77,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 
-from aioquic.quic import events as qe
-from aioquic.quic.connection import NetworkAddress, QuicConnection
+from aioquic.quic.connection import NetworkAddress
 
 from felix_core import events as ce
 from felix_core.log import LogSlice
@@ -92,7 +93,7 @@ from felix_server.config import ServerConfig
 from felix_server.gate import Gate, HeldData, Move
 from felix_server.observer import ServerObserver
 from felix_server.outbox import FeedKey, FeedOutbox
-from felix_server.quic import FelixQuicConnection, send_buffered
+from felix_server.quic_engine import EVENTS, QuicConnectionLike, hold_credit, send_buffered
 from felix_server.requests import reply_to, request_kind
 from felix_server.router import Router
 from felix_server.split import split_slice
@@ -170,7 +171,7 @@ class Session:
 
     def __init__(
         self,
-        quic: QuicConnection,
+        quic: QuicConnectionLike,
         conn_id: int,
         now: float,
         *,
@@ -268,9 +269,9 @@ class Session:
 
     def _process(self, now: float) -> None:
         """Drain QUIC events into Felix, then Felix events into the router."""
-        quic, felix, gate = self.quic, self.felix, self.gate
+        quic, felix, gate, events = self.quic, self.felix, self.gate, EVENTS
         while (event := quic.next_event()) is not None:
-            if isinstance(event, qe.StreamDataReceived):
+            if isinstance(event, events.stream_data):
                 sid = event.stream_id
                 if sid in gate.held_data or (not gate.reading and sid % 4 == 0 and sid):
                     held = gate.held_data.get(sid)
@@ -280,23 +281,23 @@ class Session:
                     held.end = held.end or event.end_stream
                 else:
                     self._feed(sid, event.data, event.end_stream)
-            elif isinstance(event, qe.StreamReset | qe.StopSendingReceived):
+            elif isinstance(event, events.reset_or_stop):
                 gate.held_data.pop(event.stream_id, None)  # the peer abandoned it
                 felix.stream_reset(event.stream_id, event.error_code)
-                if isinstance(event, qe.StopSendingReceived):
+                if isinstance(event, events.stop_sending):
                     self._reset_stream(event.stream_id)
-            elif isinstance(event, qe.HandshakeCompleted):
+            elif isinstance(event, events.handshake_completed):
                 if event.alpn_protocol not in (ALPN, None):
                     self.observer.handshake_failed(int(ErrorCode.UNSUPPORTED_VERSION))
                     quic.close(
                         error_code=int(ErrorCode.UNSUPPORTED_VERSION),
                         reason_phrase=f"ALPN {ALPN} required",
                     )
-            elif isinstance(event, qe.ConnectionIdIssued):
+            elif isinstance(event, events.cid_issued):
                 self._issued.append(event.connection_id)
-            elif isinstance(event, qe.ConnectionIdRetired):
+            elif isinstance(event, events.cid_retired):
                 self._retired.append(event.connection_id)
-            elif isinstance(event, qe.ConnectionTerminated):
+            elif isinstance(event, events.terminated):
                 self._terminated(event.error_code, now)
         self._felix_events(now)
 
@@ -406,11 +407,9 @@ class Session:
                 self.observer.backpressure(False)
                 more = True
             elif move is Move.HOLD_REQUESTS:
-                if isinstance(self.quic, FelixQuicConnection):
-                    self.quic.credit_held = True
+                hold_credit(self.quic, True)
             else:  # READ_REQUESTS
-                if isinstance(self.quic, FelixQuicConnection):
-                    self.quic.credit_held = False
+                hold_credit(self.quic, False)
                 self._read_held(now)
                 more = True
         return more

@@ -32,6 +32,7 @@ FORBIDDEN_IMPORTS = frozenset(
         "uuid",
         "prometheus_client",
         "aioquic.asyncio",
+        "qh3",  # its package imports qh3.asyncio (felix_runtime.quic_qh3 holds what uses it)
         "ssl",
         "subprocess",
         "os",
@@ -41,7 +42,7 @@ FORBIDDEN_IMPORTS = frozenset(
     }
 )
 # Modules that may not even be loaded indirectly by importing the pure packages.
-FORBIDDEN_LOADED = ("asyncio", "anyio", "trio", "aioquic.asyncio", "prometheus_client")
+FORBIDDEN_LOADED = ("asyncio", "anyio", "trio", "aioquic.asyncio", "qh3", "prometheus_client")
 # What felix_proto may import besides the standard library (it stands alone for third parties).
 PROTO_ALLOWED_THIRD_PARTY = frozenset({"msgpack", "hypothesis"})  # hypothesis: testing.py only
 

@@ -1,0 +1,123 @@
+"""The engine-neutral face of QUIC for the session: events, back-pressure count, credit.
+
+The broker runs on one of two sans-IO QUIC engines (aioquic, the default, or qh3; chosen in
+:mod:`felix_runtime.quic_engines`, which builds configurations and connections). Both
+have the same calls and events with the same fields, but their event classes are distinct
+and their stream internals differ. The session asks this module, never an engine:
+
+* :data:`EVENTS`: the event classes of every engine loaded in this process, as tuples for
+  ``isinstance`` (aioquic's are always there; loading qh3 adds its own with
+  :func:`register_events`, since importing qh3 here would load asyncio: qh3's package
+  imports its asyncio layer);
+* :func:`send_buffered`: the bytes a connection's send buffers hold (the session's
+  back-pressure count);
+* :func:`hold_credit`: hold back or release the connection's flow-control credit, where the
+  engine allows it (aioquic; see :mod:`felix_server.quic`).
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Protocol
+
+from aioquic.quic import events as qe
+from aioquic.quic.connection import NetworkAddress, QuicConnection
+
+from felix_server.quic import FelixQuicConnection
+from felix_server.quic import send_buffered as _aioquic_send_buffered
+
+__all__ = [
+    "EVENTS",
+    "EngineEvents",
+    "QuicConnectionLike",
+    "hold_credit",
+    "register_events",
+    "send_buffered",
+]
+
+
+class QuicConnectionLike(Protocol):
+    """The calls the broker makes on a server connection: what every engine has."""
+
+    @property
+    def host_cid(self) -> bytes: ...
+    def receive_datagram(self, data: bytes, addr: NetworkAddress, now: float) -> None: ...
+    def next_event(self) -> object | None: ...
+    def get_timer(self) -> float | None: ...
+    def handle_timer(self, now: float) -> None: ...
+    def send_stream_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
+        """Raises ``ValueError`` or ``AssertionError`` when the stream is gone."""
+
+    def reset_stream(self, stream_id: int, error_code: int) -> None: ...
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, NetworkAddress]]: ...
+    def close(
+        self, error_code: int = ..., frame_type: int | None = ..., reason_phrase: str = ...
+    ) -> None: ...
+
+
+class EngineEvents:
+    """``isinstance`` tuples of the QUIC event classes of every registered engine.
+
+    Typed as aioquic's classes: every engine's events carry the same fields."""
+
+    def __init__(self) -> None:
+        self.stream_data: tuple[type[qe.StreamDataReceived], ...] = ()
+        self.stream_reset: tuple[type[qe.StreamReset], ...] = ()
+        self.stop_sending: tuple[type[qe.StopSendingReceived], ...] = ()
+        self.handshake_completed: tuple[type[qe.HandshakeCompleted], ...] = ()
+        self.cid_issued: tuple[type[qe.ConnectionIdIssued], ...] = ()
+        self.cid_retired: tuple[type[qe.ConnectionIdRetired], ...] = ()
+        self.terminated: tuple[type[qe.ConnectionTerminated], ...] = ()
+        self.modules: list[str] = []
+        """The events modules registered, in order."""
+
+    @property
+    def reset_or_stop(self) -> tuple[type[qe.StreamReset | qe.StopSendingReceived], ...]:
+        """A peer abandoned a stream (``StreamReset`` or ``StopSendingReceived``)."""
+        return self.stream_reset + self.stop_sending
+
+    def add(self, module: ModuleType) -> None:
+        """Add an engine's ``quic.events`` module (idempotent)."""
+        if module.__name__ in self.modules:
+            return
+        self.modules.append(module.__name__)
+        self.stream_data += (module.StreamDataReceived,)
+        self.stream_reset += (module.StreamReset,)
+        self.stop_sending += (module.StopSendingReceived,)
+        self.handshake_completed += (module.HandshakeCompleted,)
+        self.cid_issued += (module.ConnectionIdIssued,)
+        self.cid_retired += (module.ConnectionIdRetired,)
+        self.terminated += (module.ConnectionTerminated,)
+
+
+EVENTS = EngineEvents()
+"""The event classes of every engine loaded in this process."""
+EVENTS.add(qe)
+
+
+def register_events(module: ModuleType) -> None:
+    """Make the session recognise an engine's events (its ``quic.events`` module)."""
+    EVENTS.add(module)
+
+
+def send_buffered(quic: QuicConnectionLike) -> int:
+    """Bytes held in the send buffers of every stream of ``quic``.
+
+    aioquic: written and not yet acknowledged (:func:`felix_server.quic.send_buffered`).
+    Another engine: its ``get_send_buffer_size()``, which qh3 defines as the bytes not sent
+    yet (acknowledgements pending are not counted: qh3 does not show them).
+    """
+    if isinstance(quic, QuicConnection):
+        return _aioquic_send_buffered(quic)
+    size: int = quic.get_send_buffer_size()  # type: ignore[attr-defined]
+    return size
+
+
+def hold_credit(quic: QuicConnectionLike, held: bool) -> None:
+    """Hold back (``held``) or release ``quic``'s flow-control credit. Only Felix's aioquic
+    connection can (:attr:`FelixQuicConnection.credit_held
+    <felix_server.quic.FelixQuicConnection.credit_held>`); for any other this does
+    nothing: qh3 grants credit as data arrives, so requests the session holds unread are
+    not bounded by QUIC there (a gap of the qh3 engine, docs/performance.md)."""
+    if isinstance(quic, FelixQuicConnection):
+        quic.credit_held = held
