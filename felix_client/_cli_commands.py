@@ -72,6 +72,7 @@ def _client(args: argparse.Namespace, **extra: Any) -> Client:
         namespace=args.namespace,
         timeout=args.timeout,
         client_name="felix-cli",
+        quic_engine=args.quic_engine,
         **extra,
     )
 

@@ -32,6 +32,7 @@ from felix_proto import events as ev
 from felix_proto.client import ClientConnection
 from felix_proto.errors import ErrorCode, LocalProtocolError
 from felix_proto.messages import EndReason
+from felix_server.quic_engine import EVENTS
 
 from ._local import local_error
 from ._transport import QuicTransport, TransportOptions, describe_termination
@@ -330,11 +331,11 @@ class Connection:
 
     def quic_event(self, event: quic_events.QuicEvent, now: float) -> None:
         """Feed one QUIC event to the machine and dispatch what it produces."""
-        if isinstance(event, quic_events.StreamDataReceived):
+        if isinstance(event, EVENTS.stream_data):
             self.machine.stream_data_received(event.stream_id, event.data, event.end_stream)
-        elif isinstance(event, quic_events.StreamReset | quic_events.StopSendingReceived):
+        elif isinstance(event, EVENTS.reset_or_stop):
             self.machine.stream_reset(event.stream_id, event.error_code)
-        elif isinstance(event, quic_events.ConnectionTerminated):
+        elif isinstance(event, EVENTS.terminated):
             self._lost_reason = self._lost_reason or describe_termination(event)
             self.machine.connection_lost()
         self._dispatch()

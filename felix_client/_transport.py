@@ -1,4 +1,8 @@
-"""The client's QUIC transport: aioquic's sans-IO ``QuicConnection`` over an anyio UDP socket.
+"""The client's QUIC transport: a sans-IO ``QuicConnection`` over an anyio UDP socket.
+
+The connection is aioquic's or qh3's (``TransportOptions.quic_engine``); which one is
+decided by :mod:`felix_runtime.quic_engines` alone: this module builds it from there and
+tests its events against :data:`felix_server.quic_engine.EVENTS`.
 
 Theory of operation. One task (:meth:`QuicTransport.run`) owns the socket's receive side.
 Each pass of its loop waits for a datagram or the timer, whichever comes first, feeds what
@@ -25,20 +29,18 @@ from __future__ import annotations
 import asyncio
 import math
 import socket
-import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import anyio
 import anyio.lowlevel
-from aioquic.quic.configuration import QuicConfiguration
-from aioquic.quic.connection import QuicConnection
-from aioquic.quic.events import ConnectionTerminated, HandshakeCompleted, QuicEvent
+from aioquic.quic.events import ConnectionTerminated, QuicEvent
 from aioquic.quic.packet import QuicErrorCode
 
-from felix_proto import ALPN
+from felix_runtime.quic_engines import DEFAULT_ENGINE, load_engine
 from felix_runtime.udp import READ_BATCH, udp_socket
+from felix_server.quic_engine import EVENTS
 
 __all__ = [
     "QuicHandler",
@@ -93,6 +95,8 @@ class TransportOptions:
     """Connection-level receive window, in bytes."""
     max_stream_data: int = 4 << 20
     """Per-stream receive window, in bytes."""
+    quic_engine: str = DEFAULT_ENGINE
+    """The QUIC implementation: ``aioquic`` or ``qh3`` (:mod:`felix_runtime.quic_engines`)."""
 
 
 class _UdpSocket:
@@ -180,9 +184,7 @@ class QuicTransport:
     :meth:`wait_handshake`; call :meth:`flush` after queueing writes from outside the loop.
     """
 
-    def __init__(
-        self, sock: _UdpSocket, quic: QuicConnection, keepalive: float | None = None
-    ) -> None:
+    def __init__(self, sock: _UdpSocket, quic: Any, keepalive: float | None = None) -> None:
         self._sock = sock
         self.quic = quic
         self.keepalive = keepalive
@@ -208,21 +210,18 @@ class QuicTransport:
         Raises:
             OSError: the host does not resolve or the socket cannot be created.
         """
-        config = QuicConfiguration(
-            is_client=True,
-            alpn_protocols=[ALPN],
+        engine = load_engine(options.quic_engine)
+        config = engine.client_configuration(
             server_name=options.server_name or host,
             max_datagram_size=options.max_datagram_size,
             idle_timeout=options.idle_timeout,
             max_data=options.max_data,
             max_stream_data=options.max_stream_data,
+            ca_file=options.ca_file,
+            insecure=options.insecure,
         )
-        if options.insecure:
-            config.verify_mode = ssl.CERT_NONE
-        elif options.ca_file:
-            config.load_verify_locations(cafile=options.ca_file)
         sock = await _UdpSocket.connect(host, port)
-        quic = QuicConnection(configuration=config)
+        quic = engine.client_connection(configuration=config)
         quic.connect(sock.remote, anyio.current_time())
         keepalive = None
         if options.keepalive:
@@ -273,10 +272,10 @@ class QuicTransport:
         """Hand every pending QUIC event to the handler, then let it queue writes."""
         assert self._handler is not None
         while (event := self.quic.next_event()) is not None:
-            if isinstance(event, HandshakeCompleted):
+            if isinstance(event, EVENTS.handshake_completed):
                 self.alpn = event.alpn_protocol
                 self._handshake.set()
-            elif isinstance(event, ConnectionTerminated):
+            elif isinstance(event, EVENTS.terminated):
                 self._handler.quic_event(event, now)
                 self._close(describe_termination(event))
                 continue

@@ -19,9 +19,10 @@ In the style of the ``nats`` CLI and ``redis-cli``::
 
 Common flags (anywhere on the line): ``--server`` (``FELIX_SERVER``), ``--ca`` / ``--insecure``,
 ``--token`` (``FELIX_TOKEN``), ``--tenant``, ``--namespace``, ``--context``, ``--output
-text|json``, ``--timeout``. Each setting comes from its flag, else its ``FELIX_*`` variable,
-else the selected context, else the default (:mod:`felix_client._contexts`). Expected errors
-print one line on stderr and exit 1 (2 for usage errors, 130 on Ctrl-C).
+text|json``, ``--timeout``, ``--loop``, ``--quic-engine`` (``FELIX_QUIC_ENGINE``). Each
+setting comes from its flag, else its ``FELIX_*`` variable, else the selected context, else
+the default (:mod:`felix_client._contexts`). Expected errors print one line on stderr and
+exit 1 (2 for usage errors, 130 on Ctrl-C).
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ _COMMON_DEFAULTS: dict[str, Any] = {
     "output": "text",
     "timeout": 10.0,
     "loop": "asyncio",
+    "quic_engine": None,  # the client's default: $FELIX_QUIC_ENGINE, else aioquic
 }
 
 
@@ -114,6 +116,12 @@ def _common(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--loop", choices=("asyncio", "trio"), default=s,
                    help="event loop the client runs on (default: asyncio)")  # fmt: skip
+    g.add_argument(
+        "--quic-engine",
+        choices=("aioquic", "qh3"),
+        default=s,
+        help="QUIC implementation (env FELIX_QUIC_ENGINE; default: aioquic; qh3 needs felix[qh3])",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -33,6 +33,7 @@ from felix_proto import events as ev
 from felix_proto.client import ClientConnection
 from felix_proto.errors import LocalProtocolError
 from felix_proto.messages import AckMode, SourceKind
+from felix_runtime.quic_engines import engine_from_env, load_engine
 
 from ._connection import Connection
 from ._local import check_headers, delay_ms
@@ -70,9 +71,14 @@ class Client:
         keepalive: send a QUIC PING after this many seconds without sending anything (at
             most ``idle_timeout / 3``), so an idle connection stays up; ``None``: never.
             Keep it under a third of the broker's idle timeout too.
+        quic_engine: the QUIC implementation, ``aioquic`` or ``qh3`` (the extra
+            ``felix[qh3]``); when omitted, ``$FELIX_QUIC_ENGINE`` or ``aioquic``. Either
+            engine connects to a broker of either.
 
     Raises:
-        ValueError: the URL is malformed or an argument is out of range.
+        ValueError: the URL is malformed, an argument is out of range or the engine is
+            unknown.
+        ImportError: the engine is not installed (``EngineMissing``).
     """
 
     def __init__(
@@ -93,6 +99,7 @@ class Client:
         max_datagram_size: int = 1452,
         idle_timeout: float = 60.0,
         keepalive: float | None = 5.0,
+        quic_engine: str | None = None,
     ) -> None:
         if pool_size < 1 or request_streams < 1:
             raise ValueError("pool_size and request_streams must be at least 1")
@@ -116,6 +123,7 @@ class Client:
             max_datagram_size=max_datagram_size,
             idle_timeout=idle_timeout,
             keepalive=keepalive,
+            quic_engine=load_engine(quic_engine or engine_from_env()).name,
         )
         self._conns: list[Connection | None] = [None] * pool_size
         self._locks = [anyio.Lock() for _ in range(pool_size)]

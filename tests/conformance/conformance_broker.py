@@ -19,10 +19,11 @@ from aioquic.quic.connection import QuicConnection
 from conformance.context import Hooks, Options
 from conformance.wire import Endpoint
 from felix_core.events import EngineEvent
+from felix_runtime.quic_engines import server_quic
 from felix_runtime.tls import ensure_self_signed
 from felix_runtime_asyncio.runtime import UdpRuntime
 from felix_server.config import ServerConfig
-from felix_server.server import FelixServer, make_quic_configuration
+from felix_server.server import FelixServer
 
 OutputFilter = Callable[[list[EngineEvent]], list[EngineEvent]]
 
@@ -58,6 +59,7 @@ async def broker(
     outputs: OutputFilter | None = None,
     engine: Callable[[Any], None] | None = None,
     connection_factory: Callable[..., QuicConnection] | None = None,
+    quic_engine: str = "aioquic",
 ) -> AsyncIterator[Running]:
     """Start a broker.
 
@@ -65,7 +67,8 @@ async def broker(
         tmp: a directory for its data (certificate).
         outputs: rewrites the engine's outputs before they reach the sessions.
         engine: called with the engine (``felix_core.broker.Broker``) to patch it.
-        connection_factory: the QUIC connection class (default: FelixServer's own).
+        connection_factory: the QUIC connection class (default: the engine's).
+        quic_engine: the broker's QUIC engine (``aioquic`` or ``qh3``).
     """
     config = ServerConfig(
         listen="127.0.0.1:0",
@@ -73,12 +76,17 @@ async def broker(
         data_dir=str(tmp / "data"),
         shutdown_grace_s=0.5,
         shutdown_drain_s=2.0,
+        quic_engine=quic_engine,
     )
-    quic_config = make_quic_configuration(config)
+    quic_config, engine_factory = server_quic(config)
     files = ensure_self_signed(config.data_dir, "127.0.0.1")
     quic_config.load_cert_chain(str(files.cert_path), str(files.key_path))
-    factory = {} if connection_factory is None else {"connection_factory": connection_factory}
-    server = FelixServer(config, quic_config, now=time.time(), **factory)
+    server = FelixServer(
+        config,
+        quic_config,
+        now=time.time(),
+        connection_factory=connection_factory or engine_factory,
+    )
     if outputs is not None:
         drain = server.broker.drain_events
         server.broker.drain_events = lambda: outputs(drain())  # type: ignore[method-assign]
