@@ -36,16 +36,22 @@ RUNTIMES: dict[str, list[str]] = {
     "asyncio": ["--runtime", "asyncio"],
     "anyio-asyncio": ["--runtime", "anyio", "--backend", "asyncio"],
     "anyio-trio": ["--runtime", "anyio", "--backend", "trio"],
+    "asyncio-qh3": ["--runtime", "asyncio", "--quic-engine", "qh3"],
 }
-"""Runtime id -> the ``felix broker`` flags that select it."""
+"""Runtime id -> the ``felix broker`` flags that select it (``asyncio-qh3``: the asyncio
+runtime on the qh3 QUIC engine)."""
+DEFAULT_RUNTIMES = ("asyncio", "anyio-asyncio", "anyio-trio")
+"""What the end-to-end tests run against by default. ``FELIX_TEST_RUNTIMES=asyncio-qh3``
+runs the whole end-to-end suite against a qh3 broker (``make test`` covers qh3 with
+``tests/client/test_client_engines_e2e.py`` and the conformance suite instead)."""
 
 
 def selected_runtimes() -> list[str]:
-    """The runtimes the end-to-end tests run against: all of :data:`RUNTIMES`, or the
-    comma-separated ids in ``FELIX_TEST_RUNTIMES`` (for a quick local run)."""
+    """The runtimes the end-to-end tests run against: :data:`DEFAULT_RUNTIMES`, or the
+    comma-separated ids of :data:`RUNTIMES` in ``FELIX_TEST_RUNTIMES``."""
     chosen = os.environ.get("FELIX_TEST_RUNTIMES", "").replace(" ", "")
     if not chosen:
-        return list(RUNTIMES)
+        return list(DEFAULT_RUNTIMES)
     unknown = set(chosen.split(",")) - set(RUNTIMES)
     if unknown:
         raise ValueError(f"FELIX_TEST_RUNTIMES: unknown runtime(s) {sorted(unknown)}")

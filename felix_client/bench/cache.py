@@ -136,8 +136,8 @@ def run(runner: Runner) -> None:
         for concurrency in runner.settings.matrix.cache_concurrency:
             for op in ("get", "put"):
                 _felix(runner, cache, op, concurrency, ping_pong, redis is not None)
-                if redis is not None:
-                    _redis(runner, redis, op, concurrency)
+                if redis is not None and not runner.has(_redis_id(op, concurrency)):
+                    _redis(runner, redis, op, concurrency)  # once per run, for every engine
     finally:
         if redis is not None:
             redis.__exit__(None, None, None)
@@ -151,7 +151,7 @@ def _felix(
     runner: Runner, cache: str, op: str, concurrency: int, ping_pong: str, redis: bool
 ) -> None:
     value = runner.settings.matrix.cache_value
-    label = f"cache {op} {value} B c={concurrency}"
+    label = runner.label(f"cache {op} {value} B c={concurrency}")
     worker = runner.pool[0]
     mark = runner.cpu_mark()
     runner.progress.begin(label, runner.settings.seconds, lambda: worker.progress, "ops")
@@ -167,7 +167,9 @@ def _felix(
         },
     )
     result = worker.result(runner.wait, runner.progress.tick)
-    figure = _figure(runner, f"cache/felix/{op}/c={concurrency}", label, op, concurrency, result)
+    ident = runner.ident(f"cache/felix/{op}/c={concurrency}")
+    figure = _figure(runner, ident, label, op, concurrency, result)
+    figure.params["quic_engine"] = runner.engine
     if concurrency == 1:
         figure.anchor = ping_pong
     elif redis:

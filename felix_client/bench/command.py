@@ -2,10 +2,12 @@
 scenarios with their anchors, print the table or the JSON document.
 
 Each scenario measures its anchors first, in the same run (the machine is shared and
-noisy, so ratios across runs mean little): raw aioquic one-way with messages of each
-payload size for ``pubsub-throughput`` and ``queue``, raw aioquic 64-byte ping-pong for
-``pubsub-latency`` and ``cache``. ``all`` runs ``raw-quic`` (every installed engine) and
-then every scenario; an anchor already measured in the run is not measured again.
+noisy, so ratios across runs mean little): raw one-way with messages of each payload size
+for ``pubsub-throughput`` and ``queue``, raw 64-byte ping-pong for ``pubsub-latency`` and
+``cache``, on the QUIC engine the scenario runs on. ``all`` runs ``raw-quic`` (every
+installed engine) and then every scenario; an anchor already measured in the run is not
+measured again. ``--quic-engine aioquic,qh3`` runs the Felix scenarios once per engine
+(a broker of that engine, clients of that engine), one after the other, in one run.
 
 Exit status: 0 when every figure is valid, 1 when one is not (unexplained loss, say) or the
 run failed, 2 on bad usage, 130 on Ctrl-C.
@@ -188,6 +190,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAMES",
         help=f"raw QUIC engines (default {','.join(ENGINES)})",
     )
+    m.add_argument(
+        "--quic-engine",
+        type=lambda t: tuple(t.split(",")),
+        default=("aioquic",),
+        metavar="NAMES",
+        help="QUIC engines of the broker and clients, measured one after the other "
+        "(default aioquic; e.g. aioquic,qh3)",
+    )
     m.add_argument("--no-redis", action="store_true", help="skip the redis-py comparison")
     return p
 
@@ -203,7 +213,7 @@ def _settings(args: argparse.Namespace) -> RunSettings:
         queue_consumers=args.consumers or d.queue_consumers,
         cache_concurrency=args.concurrency or d.cache_concurrency,
     )
-    unknown = set(args.engine) - set(ENGINES)
+    unknown = (set(args.engine) | set(args.quic_engine)) - set(ENGINES)
     if unknown:
         raise ValueError(f"unknown QUIC engine(s) {sorted(unknown)} (known: {ENGINES})")
     return RunSettings(
@@ -212,6 +222,7 @@ def _settings(args: argparse.Namespace) -> RunSettings:
         matrix=matrix,
         stream_settings=dict(args.stream_set),
         engines=args.engine,
+        quic_engines=args.quic_engine,
         redis=not args.no_redis,
     )
 
@@ -268,42 +279,55 @@ def _run(
     args: argparse.Namespace, settings: RunSettings, progress: Progress
 ) -> tuple[list[Figure], dict[str, Any]]:
     started = datetime.datetime.now(datetime.UTC)
-    with tempfile.TemporaryDirectory(prefix="felix-bench-") as tmp, ExitStack() as stack:
-        if args.server:
-            from felix_runtime.tls import ensure_self_signed
+    figures: list[Figure] = []
+    with tempfile.TemporaryDirectory(prefix="felix-bench-") as tmp, ExitStack() as pools:
+        pool = pools.enter_context(WorkerPool(POOL_SIZE, settings.loop))
+        for engine in settings.quic_engines:
+            with ExitStack() as stack:
+                if args.server:
+                    from felix_runtime.tls import ensure_self_signed
 
-            files = ensure_self_signed(Path(tmp) / "raw")
-            cert = (str(files.cert_path), str(files.key_path))
-            target = BrokerTarget(url=args.server, ca_file=args.ca, insecure=args.insecure)
-            broker_pid, broker_text = None, f"at {args.server} (not started by felix bench)"
-        else:
-            broker = stack.enter_context(LocalBroker(args.runtime, Path(tmp) / "broker"))
-            cert = (broker.ca_file, broker.key_file)
-            target = BrokerTarget(url=broker.url, ca_file=broker.ca_file)
-            broker_pid, broker_text = broker.pid, f"{args.runtime} runtime, own process"
-        pool = stack.enter_context(WorkerPool(POOL_SIZE, settings.loop))
-        runner = Runner(
-            settings=settings,
-            pool=pool,
-            target=target,
-            broker_pid=broker_pid,
-            cert=cert,
-            progress=progress,
-            tmp=Path(tmp),
-        )
-        for step in plan(args.scenario):
-            step(runner)
+                    files = ensure_self_signed(Path(tmp) / "raw")
+                    cert = (str(files.cert_path), str(files.key_path))
+                    target = BrokerTarget(
+                        url=args.server, ca_file=args.ca, insecure=args.insecure, quic_engine=engine
+                    )
+                    broker_pid = None
+                    broker_text = f"at {args.server} (not started by felix bench)"
+                else:
+                    broker = stack.enter_context(
+                        LocalBroker(args.runtime, Path(tmp) / f"broker-{engine}", engine)
+                    )
+                    cert = (broker.ca_file, broker.key_file)
+                    target = BrokerTarget(
+                        url=broker.url, ca_file=broker.ca_file, quic_engine=engine
+                    )
+                    broker_pid, broker_text = broker.pid, f"{args.runtime} runtime, own process"
+                runner = Runner(
+                    settings=settings,
+                    pool=pool,
+                    target=target,
+                    broker_pid=broker_pid,
+                    cert=cert,
+                    progress=progress,
+                    tmp=Path(tmp) / engine,
+                    engine=engine,
+                    figures=figures,
+                )
+                runner.tmp.mkdir(exist_ok=True)
+                for step in plan(args.scenario):
+                    step(runner)
     run = {
         "scenario": args.scenario,
         "date": started.strftime("%Y-%m-%d %H:%M UTC"),
         "seconds": settings.seconds,
         "broker": broker_text,
         "runtime": None if args.server else args.runtime,
-        "engine": f"aioquic {metadata.version('aioquic')}",
+        "engine": ", ".join(f"{e} {metadata.version(e)}" for e in settings.quic_engines),
         "loop": settings.loop,
         "machine": machine(),
         "python": platform.python_version(),
         "felix": metadata.version("felix"),
         "stream_settings": settings.stream_settings,
     }
-    return runner.figures, run
+    return figures, run

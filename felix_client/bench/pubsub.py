@@ -242,7 +242,7 @@ def run_latency(runner: Runner) -> None:
     ping_pong = raw_quic.anchor(runner, "ping-pong", m.raw_ping)
     for fanout in m.latency_fanouts:
         for size in m.latency_payloads:
-            label = f"pub/sub latency {size} B fanout {fanout}"
+            label = runner.label(f"pub/sub latency {size} B fanout {fanout}")
             stream = runner.name("lat")
             common = {"target": runner.target, "stream": stream, "timeout": runner.job_timeout}
             published, received, broker_s = _run_pair(
@@ -254,10 +254,16 @@ def run_latency(runner: Runner) -> None:
                 common | {"mode": "latency", "payload": size, "seconds": runner.settings.seconds},
             )
             figure = Figure(
-                id=f"pubsub-latency/payload={size}/fanout={fanout}",
+                id=runner.ident(f"pubsub-latency/payload={size}/fanout={fanout}"),
                 scenario="pubsub-latency",
                 label=label,
-                params={"payload": size, "fanout": fanout, "batch": 1, "ack": "accepted"},
+                params={
+                    "payload": size,
+                    "fanout": fanout,
+                    "batch": 1,
+                    "ack": "accepted",
+                    "quic_engine": runner.engine,
+                },
                 anchor=ping_pong,
             )
             delivered = account(figure, published, received)
@@ -283,7 +289,7 @@ def run_throughput(runner: Runner) -> None:
     for size in m.throughput_payloads:
         for batch in m.throughput_batches:
             for fanout in m.throughput_fanouts:
-                label = f"pub/sub {size} B batch {batch} fanout {fanout}"
+                label = runner.label(f"pub/sub {size} B batch {batch} fanout {fanout}")
                 stream = runner.name("tput")
                 common = {"target": runner.target, "stream": stream, "timeout": runner.job_timeout}
                 published, received, broker_s = _run_pair(
@@ -305,10 +311,18 @@ def run_throughput(runner: Runner) -> None:
                     },
                 )
                 figure = Figure(
-                    id=f"pubsub-throughput/payload={size}/batch={batch}/fanout={fanout}",
+                    id=runner.ident(
+                        f"pubsub-throughput/payload={size}/batch={batch}/fanout={fanout}"
+                    ),
                     scenario="pubsub-throughput",
                     label=label,
-                    params={"payload": size, "batch": batch, "fanout": fanout, "ack": "accepted"},
+                    params={
+                        "payload": size,
+                        "batch": batch,
+                        "fanout": fanout,
+                        "ack": "accepted",
+                        "quic_engine": runner.engine,
+                    },
                     anchor=one_way[size],
                 )
                 delivered = account(figure, published, received)

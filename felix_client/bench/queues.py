@@ -110,7 +110,9 @@ def run(runner: Runner) -> None:
     consumer_worker, producer = runner.pool[0], runner.pool[1]
     one_way = raw_quic.anchor(runner, "one-way", m.queue_payload)
     for count in m.queue_consumers:
-        label = f"queue {m.queue_payload} B, {count} consumer{'s' if count > 1 else ''}"
+        label = runner.label(
+            f"queue {m.queue_payload} B, {count} consumer{'s' if count > 1 else ''}"
+        )
         common = {
             "target": runner.target,
             "queue": runner.name("queue"),
@@ -138,7 +140,7 @@ def run(runner: Runner) -> None:
         taken = consumer_worker.result(runner.wait, runner.progress.tick)
         broker_s = runner.broker_cpu_since(mark)
         figure = Figure(
-            id=f"queue/consumers={count}",
+            id=runner.ident(f"queue/consumers={count}"),
             scenario="queue",
             label=label,
             params={
@@ -146,6 +148,7 @@ def run(runner: Runner) -> None:
                 "consumers": count,
                 "enqueue_batch": m.queue_enqueue_batch,
                 "ack": "await per message",
+                "quic_engine": runner.engine,
             },
             anchor=one_way,
         )

@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import time
 from array import array
+from dataclasses import replace
 from typing import Any
 
 from .hdr import summarize
@@ -242,13 +243,17 @@ def run(runner: Runner) -> None:
 
 
 def anchor(runner: Runner, mode: str, size: int) -> str:
-    """The id of raw aioquic's ``mode`` figure with ``size``-byte messages, measured now
-    unless this run already has it: a scenario calls this for each anchor it needs before
+    """The id of the raw ``mode`` figure with ``size``-byte messages of the runner's engine
+    (``runner.engine``: a figure is divided by the ceiling of the engine it ran on), measured
+    now unless this run already has it: a scenario calls this for each anchor it needs before
     its own figures (message rates are divided by one-way at the same message size, so a
-    4 KiB record is compared with 4 KiB raw messages; latencies by 64-byte ping-pong)."""
-    ident = figure_id("aioquic", mode, size)
+    4 KiB record is compared with 4 KiB raw messages; latencies by 64-byte ping-pong). A raw
+    qh3 figure is itself anchored to raw aioquic's."""
+    ident = figure_id(runner.engine, mode, size)
     if not runner.has(ident):
-        engine = load_engine("aioquic")
+        if runner.engine != "aioquic":
+            anchor(replace(runner, engine="aioquic"), mode, size)  # the raw figure's anchor
+        engine = load_engine(runner.engine)
         _measure(runner, engine.name, engine.version, mode, size)
     return ident
 

@@ -106,6 +106,8 @@ class Runner:
     """Certificate and key for the raw QUIC server (the broker's own when it is ours)."""
     progress: Progress
     tmp: Path
+    engine: str = "aioquic"
+    """The QUIC engine of the broker and clients measured (``target.quic_engine``)."""
     figures: list[Figure] = field(default_factory=list)
     _names: int = 0
 
@@ -133,6 +135,15 @@ class Runner:
     def broker_cpu_since(self, mark: CpuMark) -> float:
         """Broker CPU seconds since ``mark`` (NaN with ``--server``)."""
         return self.cpu_mark().broker - mark.broker
+
+    def ident(self, base: str) -> str:
+        """A Felix figure's id: ``base``, with ``/engine=NAME`` unless the engine is aioquic
+        (so the ids of aioquic figures stay what they were)."""
+        return base if self.engine == "aioquic" else f"{base}/engine={self.engine}"
+
+    def label(self, base: str) -> str:
+        """A Felix figure's label: ``base``, with ``[NAME]`` unless the engine is aioquic."""
+        return base if self.engine == "aioquic" else f"{base} [{self.engine}]"
 
     def has(self, ident: str) -> bool:
         """Whether this run has measured the figure ``ident``."""

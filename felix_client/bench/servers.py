@@ -73,6 +73,7 @@ class LocalBroker:
 
     runtime: str
     data_dir: Path
+    quic_engine: str = "aioquic"
     process: subprocess.Popen[bytes] | None = None
     url: str = ""
     lines: list[dict[str, Any]] = field(default_factory=list)
@@ -108,6 +109,8 @@ class LocalBroker:
             str(self.data_dir),
             "--log-format",
             "json",
+            "--quic-engine",
+            self.quic_engine,
         ]
         env = {k: v for k, v in os.environ.items() if not k.startswith("FELIX_")}
         self.process = subprocess.Popen(

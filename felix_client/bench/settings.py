@@ -56,6 +56,9 @@ class BrokerTarget:
     ca_file: str | None = None
     insecure: bool = False
     timeout: float = 30.0
+    quic_engine: str = "aioquic"
+    """The QUIC engine of the load generators' clients (and of the broker ``felix bench``
+    starts)."""
 
     def connect(self) -> Client:
         """A new client (enter it with ``async with``); one QUIC connection."""
@@ -65,6 +68,7 @@ class BrokerTarget:
             insecure=self.insecure,
             timeout=self.timeout,
             client_name="felix-bench",
+            quic_engine=self.quic_engine,
         )
 
 
@@ -101,5 +105,8 @@ class RunSettings:
     """Settings for every stream the bench creates (default: the broker's defaults)."""
     engines: tuple[str, ...] = ("aioquic", "qh3")
     """Raw QUIC engines to measure (qh3 only when installed)."""
+    quic_engines: tuple[str, ...] = ("aioquic",)
+    """The QUIC engines the Felix scenarios run on, one after the other (broker and
+    clients on the same engine); each figure's anchor is raw QUIC of its own engine."""
     redis: bool = True
     """Measure redis-py against a local redis-server next to the cache (when installed)."""

@@ -152,6 +152,40 @@ def test_each_figure_is_divided_by_the_right_anchor(
     assert one_way["anchor"] is None and not one_way["ratios"]
 
 
+def test_each_quic_engine_is_measured_against_its_own_ceiling_in_one_run() -> None:
+    """``--quic-engine aioquic,qh3``: the scenario on a broker and clients of each engine,
+    each figure divided by raw QUIC of its own engine (raw qh3 by raw aioquic)."""
+    done = bench(
+        "pubsub-latency",
+        *SHORT,
+        "--json",
+        "--payload",
+        "100",
+        "--fanout",
+        "1",
+        "--quic-engine",
+        "aioquic,qh3",
+    )
+    figures = figures_of(done)
+    assert set(figures) == {
+        "raw-quic/aioquic/ping-pong/size=64",
+        "raw-quic/qh3/ping-pong/size=64",
+        "pubsub-latency/payload=100/fanout=1",
+        "pubsub-latency/payload=100/fanout=1/engine=qh3",
+    }
+    qh3 = figures["pubsub-latency/payload=100/fanout=1/engine=qh3"]
+    assert qh3["anchor"] == "raw-quic/qh3/ping-pong/size=64"
+    assert qh3["params"]["quic_engine"] == "qh3" and qh3["label"].endswith("[qh3]")
+    assert figures["pubsub-latency/payload=100/fanout=1"]["anchor"] == (
+        "raw-quic/aioquic/ping-pong/size=64"
+    )
+    assert figures["raw-quic/qh3/ping-pong/size=64"]["anchor"] == (
+        "raw-quic/aioquic/ping-pong/size=64"
+    )
+    run = json.loads(done.stdout)["run"]
+    assert run["engine"].startswith("aioquic ") and ", qh3 " in run["engine"]
+
+
 def test_progress_goes_to_stderr_one_line_per_figure(
     all_run: tuple[dict[str, Any], dict[str, dict[str, Any]], str],
 ) -> None:
@@ -248,6 +282,7 @@ def test_cache_without_redis_server_skips_the_comparison_on_trio(tmp_path: Path)
         (("cache", "--server", "quic://127.0.0.1:1"), "--server needs --ca"),
         (("cache", "--seconds", "0"), "--seconds"),
         (("raw-quic", "--engine", "picoquic"), "unknown QUIC engine"),
+        (("cache", "--quic-engine", "aioquic,picoquic"), "unknown QUIC engine"),
         (("queue", "--consumers", "0"), "at least 1"),
         (("nonsense",), "invalid choice"),
     ],
