@@ -25,11 +25,12 @@ qh3 logs every connection a peer closes, and every protocol error, as a warning 
 ``quic`` logger ("Native peer close: ..."); the broker counts those itself
 (``connection_closed``), so :class:`_QuietPeerClose` lowers them to debug records.
 
-What qh3 does not offer: its streams' internals. So the session's back-pressure count is
-``get_send_buffer_size()`` (bytes not yet sent, where aioquic's count also holds sent and
-unacknowledged bytes), flow-control credit is qh3's own (no fixed sliding windows, and
-``credit_held`` has no effect: qh3 grants credit as data arrives, so the requests of a
-client that the broker stopped reading are not bounded by QUIC; a gap of this engine).
+What qh3 does not offer: its streams' internals. So the session's back-pressure count
+(:meth:`FelixQh3Connection.unacknowledged_bytes`) is qh3's unsent stream bytes plus its
+bytes in flight (private ``_core.bytes_in_flight``), and flow-control credit is qh3's own
+(no fixed sliding windows, and ``credit_held`` has no effect: qh3 grants credit as data
+arrives, so the requests of a client that the broker stopped reading are not bounded by
+QUIC; a gap of this engine).
 """
 
 from __future__ import annotations
@@ -70,6 +71,16 @@ class FelixQh3Connection(QuicConnection):
     credit_held: bool = False
     """Accepted for symmetry with :class:`~felix_server.quic.FelixQuicConnection`; qh3's
     flow control cannot be held back, so it has no effect."""
+
+    def unacknowledged_bytes(self) -> int:
+        """Stream bytes written and not yet acknowledged, as aioquic's send buffers count
+        them: qh3's unsent stream bytes (``get_send_buffer_size``) plus its bytes in flight
+        (sent, not acknowledged nor declared lost: whole packets, so headers and other
+        frames are counted too). The broker's back-pressure and its shutdown drain (which
+        closes a connection once the client has acknowledged everything) read this."""
+        core = self._core
+        in_flight = 0 if core is None else core.bytes_in_flight
+        return self.get_send_buffer_size() + in_flight
 
     def send_stream_data(self, stream_id: int, data: Any, end_stream: bool = False) -> None:
         try:

@@ -104,12 +104,12 @@ def send_buffered(quic: QuicConnectionLike) -> int:
     """Bytes held in the send buffers of every stream of ``quic``.
 
     aioquic: written and not yet acknowledged (:func:`felix_server.quic.send_buffered`).
-    Another engine: its ``get_send_buffer_size()``, which qh3 defines as the bytes not sent
-    yet (acknowledgements pending are not counted: qh3 does not show them).
+    Another engine's connection says it with ``unacknowledged_bytes()``
+    (:meth:`felix_runtime.quic_qh3.FelixQh3Connection.unacknowledged_bytes`).
     """
     if isinstance(quic, QuicConnection):
         return _aioquic_send_buffered(quic)
-    size: int = quic.get_send_buffer_size()  # type: ignore[attr-defined]
+    size: int = quic.unacknowledged_bytes()  # type: ignore[attr-defined]
     return size
 
 
