@@ -116,3 +116,22 @@ def test_a_dead_worker_is_reported_not_waited_for() -> None:
         worker.process.kill()
         with pytest.raises(WorkerFailed, match="died"):
             worker.result(30)
+
+
+def test_prepare_heap_moves_the_surviving_objects_out_of_full_collections() -> None:
+    """Workers call it before each job: a full collection during the job then skips what
+    the process held before (the first one took 77-150 ms with ten subscribers)."""
+    import gc
+
+    from felix_client.bench.workers import prepare_heap
+
+    kept = [object() for _ in range(1000)]
+    try:
+        prepare_heap()
+        frozen = gc.get_freeze_count()
+        assert frozen >= len(kept)
+        prepare_heap()  # again, as before the next job: unfrozen, collected, frozen
+        assert gc.get_freeze_count() >= len(kept)
+    finally:
+        gc.unfreeze()
+    assert gc.get_freeze_count() == 0
