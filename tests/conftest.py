@@ -6,7 +6,8 @@ Hypothesis: ``ci`` (selected when the CI environment variable is set) keeps the 
 
 Brokers (see ``brokers.py``): every end-to-end test asks for ``broker`` (or ``runtime`` /
 ``fresh_broker``) and so runs once per runtime: ``asyncio``, ``anyio-asyncio`` and
-``anyio-trio`` (``FELIX_TEST_RUNTIMES=asyncio,...`` narrows that for a quick local run).
+``anyio-trio`` (``FELIX_TEST_RUNTIMES=asyncio,...`` narrows that for a quick local run;
+``FELIX_TEST_RUNTIMES=asyncio-qh3`` runs them all against a broker on the qh3 QUIC engine).
 ``broker`` is one broker process per runtime, shared by the whole session: tests use their
 own resource names (``name``). pytest groups the tests by runtime, so only one shared broker
 runs at a time. ``fresh_broker`` starts a private broker of the same runtime for a test that
