@@ -16,9 +16,16 @@ from pathlib import Path
 
 from aioquic.quic.configuration import QuicConfiguration
 
+from felix_runtime.credentials import broker_authenticator
 from felix_runtime.logs import configure_logging, log_fields, logger
 from felix_runtime.tls import ensure_self_signed
-from felix_server.config import ConfigError, ServerConfig, config_to_toml, load_config
+from felix_server.config import (
+    ConfigError,
+    ServerConfig,
+    config_to_toml,
+    is_loopback,
+    load_config,
+)
 
 __all__ = ["broker_main", "load_certificate", "log_started"]
 
@@ -43,6 +50,7 @@ def broker_main(
         config, namespace = load_config(
             list(args), os.environ, lambda p: Path(p).read_bytes(), prog=prog
         )
+        broker_authenticator(config)  # the key files and secrets, read once to check them
     except ConfigError as exc:
         print(f"felix-broker: {exc}", file=sys.stderr)
         return 2
@@ -106,6 +114,13 @@ def log_started(
             runtime=runtime,
         ),
     )
+    if not config.auth_enabled:
+        logger.warning(
+            "authentication is off: every client may do everything"
+            + ("" if is_loopback(quic[0]) else " (--insecure-no-auth)")
+            + ("; listening on loopback only" if is_loopback(quic[0]) else ""),
+            extra=log_fields(listen=f"{quic[0]}:{quic[1]}"),
+        )
     logger.info(
         "storage: in memory; no resource, message, queue position or cache entry survives "
         "a restart",

@@ -289,6 +289,13 @@ class PrometheusObserver(ServerObserver):
             ["reason"],
             registry=registry,
         )
+        self.auth_denied_total = Counter(
+            "felix_auth_denied",
+            "Requests refused by authorization (FORBIDDEN, or NOT_FOUND for another tenant's "
+            "resource), by the permission's action",
+            ["action"],
+            registry=registry,
+        )
         self.dead_letters = Counter(
             "felix_dead_lettered",
             "Queue messages dead-lettered, by reason",
@@ -368,6 +375,9 @@ class PrometheusObserver(ServerObserver):
 
     def dead_lettered(self, reason: str) -> None:
         self.dead_letters.labels(reason).inc()
+
+    def auth_denied(self, action: str) -> None:
+        self.auth_denied_total.labels(action).inc()
 
     def protocol_violation(self, error_code: int, fatal: bool) -> None:
         self.violations.labels(str(error_code)).inc()

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 
 import anyio
 
+from felix_runtime.credentials import broker_authenticator
 from felix_runtime.logs import log_fields, logger
 from felix_runtime.process import broker_main, load_certificate, log_started
 from felix_runtime.prometheus import PrometheusObserver
@@ -43,7 +44,13 @@ async def run(config: ServerConfig) -> int:
     quic_config = make_quic_configuration(config)
     cert, fingerprint = load_certificate(config, quic_config)
     observer = PrometheusObserver()
-    server = FelixServer(config, quic_config, now=time.time(), observer=observer)
+    server = FelixServer(
+        config,
+        quic_config,
+        now=time.time(),
+        observer=observer,
+        authenticate=broker_authenticator(config),
+    )
     observer.attach(server)
     runtime = AnyioUdpRuntime(server)
     bound = runtime.bind(*config.listen_address)

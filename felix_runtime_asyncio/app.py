@@ -15,6 +15,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from felix_runtime.credentials import broker_authenticator
 from felix_runtime.logs import log_fields, logger
 from felix_runtime.process import broker_main, load_certificate, log_started
 from felix_runtime.prometheus import PrometheusObserver
@@ -53,7 +54,13 @@ class BrokerProcess:
         config = self.config
         quic_config = make_quic_configuration(config)
         self.cert_path, self.fingerprint = load_certificate(config, quic_config)
-        self.server = FelixServer(config, quic_config, now=time.time(), observer=self.observer)
+        self.server = FelixServer(
+            config,
+            quic_config,
+            now=time.time(),
+            observer=self.observer,
+            authenticate=broker_authenticator(config),
+        )
         self.observer.attach(self.server)
         self.runtime = UdpRuntime(self.server)
         bound = await self.runtime.start(*config.listen_address)

@@ -22,9 +22,13 @@ also reset our side so its buffered bytes are released); ``HandshakeCompleted`` 
 ALPN (``felix/2``, or none at all: the in-band version then decides);
 ``ConnectionTerminated`` becomes ``connection_lost`` and detaches the connection.
 
-Felix -> router. ``HandshakeRequested`` goes to the authenticate function: a
-:class:`~felix_server.access.Principal` accepts it (``Welcome`` with the engine's limits), a
-:class:`~felix_server.access.Refusal` rejects it. Each ``RequestReceived`` gets the next
+Felix -> router. ``HandshakeRequested`` goes to the authenticate function with ``now``: a
+:class:`~felix_core.access.Principal` accepts it (``Welcome`` with the engine's limits; the
+router learns who the connection speaks for, and authorizes each request against it), a
+:class:`~felix_server.access.Refusal` rejects it (``Error`` with its code, message and
+details, then close). A principal that expires (``expires_at``) ends the connection's rights
+at that instant: the session's timer fires then and the connection is closed with
+``Error(UNAUTHENTICATED)``, ``details.reason`` ``expired``. Each ``RequestReceived`` gets the next
 request number and is submitted to the router; it completes through the connection's
 mailbox with a :class:`~felix_core.events.RequestCompleted` (the reply,
 :func:`~felix_server.requests.reply_to`) or a :class:`~felix_core.events.RequestRefused`
@@ -79,6 +83,7 @@ from aioquic.quic import events as qe
 from aioquic.quic.connection import NetworkAddress, QuicConnection
 
 from felix_core import events as ce
+from felix_core.access import Principal
 from felix_core.log import LogSlice
 from felix_core.queue_types import QueueDelivery
 from felix_proto import ALPN
@@ -86,7 +91,7 @@ from felix_proto import events as fe
 from felix_proto import messages as m
 from felix_proto.errors import ErrorCode, FelixProtoError
 from felix_proto.server import ServerConnection
-from felix_server.access import Authenticate, Principal
+from felix_server.access import Authenticate
 from felix_server.batches import EncodedBatches
 from felix_server.config import ServerConfig
 from felix_server.gate import Gate, HeldData, Move
@@ -94,7 +99,7 @@ from felix_server.observer import ServerObserver
 from felix_server.outbox import FeedKey, FeedOutbox
 from felix_server.quic import FelixQuicConnection, send_buffered
 from felix_server.requests import reply_to, request_kind
-from felix_server.router import Router
+from felix_server.router import UNIDENTIFIED, Router
 from felix_server.split import split_slice
 
 __all__ = ["CLOSE_LINGER", "Session", "SessionLimits"]
@@ -211,7 +216,8 @@ class Session:
         self._close_deadline: float | None = None
         self._quic_closed = False
         self._hello_deadline: float | None = now + limits.handshake_timeout_s
-        router.attach(conn_id, now)
+        self._expires_at: float | None = None  # the principal's rights end then
+        router.attach(conn_id, now, UNIDENTIFIED)
 
     @property
     def paused(self) -> bool:
@@ -242,15 +248,19 @@ class Session:
             self._hello_deadline = None
             timeout = self.limits.handshake_timeout_s
             self.felix.close(int(ErrorCode.TIMEOUT), f"no Hello within {timeout:g} s")
+        if self._expires_at is not None and now >= self._expires_at:
+            self._expired(now)
         self._process(now)
 
     def get_timer(self) -> float | None:
-        """The earliest of QUIC's, Felix's, the handshake and the close linger deadline."""
+        """The earliest of QUIC's, Felix's, the handshake, the close linger deadline and the
+        principal's expiry."""
         deadlines = (
             self.quic.get_timer(),
             self.felix.get_timer(),
             self._close_deadline,
             self._hello_deadline,
+            self._expires_at,
         )
         return min((d for d in deadlines if d is not None), default=None)
 
@@ -340,7 +350,7 @@ class Session:
                 router.credit(conn_id, event.subscription_id, event.messages, event.bytes, now)
             elif isinstance(event, fe.HandshakeRequested):
                 self._hello_deadline = None
-                self._handshake(event)
+                self._handshake(event, now)
             elif isinstance(event, fe.SubscriptionCancelled):
                 self._outbox.drop((True, event.subscription_id))
                 router.stop_subscription(conn_id, event.subscription_id, now)
@@ -357,13 +367,13 @@ class Session:
                 if self.principal is None:
                     self.observer.handshake_failed(event.error_code)
 
-    def _handshake(self, event: fe.HandshakeRequested) -> None:
+    def _handshake(self, event: fe.HandshakeRequested, now: float) -> None:
         """Accept or reject the client's ``Hello`` as the authenticate function says."""
         felix = self.felix
         try:
-            decision = self._authenticate(event.hello)
+            decision = self._authenticate(event.hello, now)
             if not isinstance(decision, Principal):
-                felix.reject(decision.code, decision.message)
+                felix.reject(decision.code, decision.message, details=decision.details)
                 return
             felix.accept()
         except Exception as exc:  # a bug: close with INTERNAL rather than go silent
@@ -371,7 +381,21 @@ class Session:
             felix.close(int(ErrorCode.INTERNAL), "internal error")
             return
         self.principal = decision
+        self.router.identify(self.conn_id, decision)
+        self._expires_at = decision.expires_at
         self.observer.handshake_completed(event.version)
+
+    def _expired(self, now: float) -> None:
+        """The principal's rights ended: no request is served from now on, and the
+        connection closes with ``Error(UNAUTHENTICATED)`` (reason ``expired``)."""
+        self._expires_at = None
+        self.router.identify(self.conn_id, UNIDENTIFIED)
+        self.observer.log("info", "token expired: closing the connection", conn_id=self.conn_id)
+        self.felix.close_with_error(
+            int(ErrorCode.UNAUTHENTICATED),
+            "missing or invalid token (expired)",
+            details={"reason": "expired"},
+        )
 
     def _may_read(self, now: float) -> bool:
         """Whether the next request may be served: not once over the cap."""
