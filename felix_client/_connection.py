@@ -141,6 +141,7 @@ class Connection:
         self._feeds: dict[tuple[str, int], MemoryObjectSendStream[FeedItem]] = {}
         self._early: dict[tuple[str, int], list[FeedItem]] = {}
         self._lost_reason: str | None = None
+        self._fatal: FelixError | None = None  # a connection-level Error (expired token ...)
         self._cache_streams: list[int] = []
         self._next_cache = 0
 
@@ -377,7 +378,7 @@ class Connection:
             self._lost_reason = self._lost_reason or reason
             self.machine.connection_lost()
             self._dispatch()
-        self._terminate(ConnectionLost(reason))
+        self._terminate(self._fatal or ConnectionLost(reason))
 
     # ---------------------------------------------------------------- dispatch
 
@@ -406,14 +407,20 @@ class Connection:
             self.goaway = event
         elif isinstance(event, ev.CloseRequested):
             self.transport.quic.close(error_code=event.error_code, reason_phrase=event.reason)
+        elif isinstance(event, ev.ErrorReceived) and event.stream_id == 0:
+            # a connection-level Error (e.g. UNAUTHENTICATED when the token expired): the
+            # broker closes right after it, and this is why
+            self._fatal = error_from_code(event.code, event.message, details=event.details)
         elif isinstance(event, ev.ConnectionTerminated):
-            if event.error_code in (0, ErrorCode.CONNECTION_LOST):
+            if self._fatal is not None:
+                error: FelixError = self._fatal
+            elif event.error_code in (0, ErrorCode.CONNECTION_LOST):
                 reason = self._lost_reason or event.reason or "connection closed"
-                error: FelixError = ConnectionLost(reason)
+                error = ConnectionLost(reason)
             else:
                 error = error_from_code(event.error_code, event.reason, details=event.details)
             self._terminate(error)
-        # PongReceived, ErrorReceived and ProtocolViolation need nothing here.
+        # PongReceived and ProtocolViolation need nothing here.
 
     def _resolve(
         self, rid: int, *, reply: ev.Event | None = None, error: FelixError | None = None

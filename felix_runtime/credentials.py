@@ -61,6 +61,8 @@ class SharedSecret:
     """What its holder may do there."""
     digest: bytes = field(repr=False)
     """SHA-256 of the secret."""
+    operator: bool = False
+    """A bare secret (the older form): its holder is an operator, as before."""
 
 
 def parse_shared_secrets(text: str) -> tuple[SharedSecret, ...]:
@@ -72,7 +74,8 @@ def parse_shared_secrets(text: str) -> tuple[SharedSecret, ...]:
       permissions (space-separated, each ``ACTION[:NAMESPACE/NAME]``, see
       :class:`Permission`); or
     * a bare ``SECRET`` (no ``:``), the form ``auth_tokens`` had before permissions: it
-      keeps working, as tenant ``default`` with every permission (``*``).
+      keeps meaning what it meant, an operator credential (every tenant, every
+      permission; its own tenant is ``default``). The broker logs a warning for each.
 
     An entry with a ``:`` is a mapped one; the mapping starts after its last ``=``, so a
     secret may contain ``=`` (base64 padding) but a bare secret may not contain ``:``.
@@ -90,7 +93,8 @@ def parse_shared_secrets(text: str) -> tuple[SharedSecret, ...]:
         if digest in seen:
             raise ValueError(f"auth_tokens entry {position}: the same secret appears twice")
         seen.add(digest)
-        entries.append(SharedSecret(position, tenant, permissions, digest))
+        bare = ":" not in entry
+        entries.append(SharedSecret(position, tenant, permissions, digest, operator=bare))
     return tuple(entries)
 
 
@@ -148,6 +152,7 @@ class SharedSecretAuthenticator:
             tenant=entry.tenant,
             permissions=entry.permissions,
             issuer=SHARED_SECRET_ISSUER,
+            operator=entry.operator,
         )
 
 
@@ -243,9 +248,10 @@ def broker_authenticator(
     secrets = None
     if config.auth_tokens is not None:
         try:
-            secrets = SharedSecretAuthenticator.from_setting(config.auth_tokens)
+            entries = parse_shared_secrets(config.auth_tokens)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+        secrets = SharedSecretAuthenticator(entries)
     if verifier is None and secrets is None:
         raise ConfigError("authentication is on but no key or shared secret is configured")
     return bearer(BearerAuthenticator(verifier=verifier, secrets=secrets).authenticate)

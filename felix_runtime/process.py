@@ -16,7 +16,7 @@ from pathlib import Path
 
 from aioquic.quic.configuration import QuicConfiguration
 
-from felix_runtime.credentials import broker_authenticator
+from felix_runtime.credentials import broker_authenticator, parse_shared_secrets
 from felix_runtime.logs import configure_logging, log_fields, logger
 from felix_runtime.tls import ensure_self_signed
 from felix_server.config import (
@@ -114,6 +114,13 @@ def log_started(
             runtime=runtime,
         ),
     )
+    bare = [e.position for e in parse_shared_secrets(config.auth_tokens or "") if e.operator]
+    if bare:
+        logger.warning(
+            "auth_tokens: a bare secret is an operator credential (every tenant, every "
+            "permission); confine it with SECRET=TENANT:PERMISSION ...",
+            extra=log_fields(entries=",".join(map(str, bare))),
+        )
     if not config.auth_enabled:
         logger.warning(
             "authentication is off: every client may do everything"
