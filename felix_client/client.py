@@ -43,7 +43,24 @@ from ._url import BrokerAddress, default_url, parse_url
 from .errors import ConnectionLost, FelixError, Forbidden, NotFound
 from .types import PublishResult, Start, StartLike
 
-__all__ = ["Admin", "Cache", "Client", "connect"]
+__all__ = ["Admin", "Cache", "Client", "connect", "token_tenant"]
+
+
+def token_tenant(token: str | None) -> str | None:
+    """The ``tenant`` claim of a Felix token, read WITHOUT checking anything (the broker
+    checks it): the tenant a client acts in when none is given. None for anything that is
+    no JWT (a shared secret) or has no such claim."""
+    if not token or token.count(".") != 2:
+        return None
+    from felix_core.access import AuthError
+    from felix_runtime.tokens import read_unverified  # PyJWT only for JWT-shaped tokens
+
+    try:
+        _, claims = read_unverified(token)
+    except AuthError:  # malformed: the broker will say so at the handshake
+        return None
+    tenant = claims.get("tenant")
+    return tenant if isinstance(tenant, str) and tenant else None
 
 
 class Client:
@@ -57,7 +74,9 @@ class Client:
         insecure: skip certificate verification (development only).
         server_name: TLS server name, when it differs from the URL's host.
         token: bearer token for the handshake.
-        tenant, namespace: defaults for every call (each call may override them).
+        tenant, namespace: defaults for every call (each call may override them). The
+            tenant defaults to the ``tenant`` claim of a Felix ``token`` (the broker serves
+            a token's own tenant only), else ``default``.
         timeout: seconds every request (and the connect) may take.
         reconnect: re-establish lost connections and resume subscriptions.
         pool_size: how many QUIC connections to open (cache and publish requests are
@@ -83,7 +102,7 @@ class Client:
         insecure: bool = False,
         server_name: str | None = None,
         token: str | None = None,
-        tenant: str = "default",
+        tenant: str | None = None,
         namespace: str = "default",
         timeout: float = 10.0,
         reconnect: bool = False,
@@ -101,7 +120,7 @@ class Client:
         if keepalive is not None and keepalive < 0:
             raise ValueError("keepalive must be positive (or None: no keep-alive)")
         self.address: BrokerAddress = parse_url(url or default_url())
-        self.tenant = tenant
+        self.tenant = tenant or token_tenant(token) or "default"
         self.namespace = namespace
         self.timeout = timeout
         self._reconnect = reconnect

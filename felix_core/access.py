@@ -284,7 +284,7 @@ def authorize(principal: Principal, access: Access) -> EngineError | None:
             # creating or listing tenants: an operator's business (whether it exists or not)
             return EngineError(
                 ErrorCode.FORBIDDEN,
-                "forbidden: only an operator manages tenants",
+                "only an operator manages tenants",
                 details={"action": str(Action.ADMIN)},
             )
         if is_valid_name(tenant):
@@ -296,7 +296,7 @@ def authorize(principal: Principal, access: Access) -> EngineError | None:
     permission = f"{access.action}:{access.namespace}/{access.name}"
     return EngineError(
         ErrorCode.FORBIDDEN,
-        f"forbidden: missing permission {permission}",
+        f"missing permission {permission}",
         details={"action": str(access.action), "permission": permission},
     )
 

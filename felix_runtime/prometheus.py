@@ -27,6 +27,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from felix_core.access import Action
 from felix_runtime.logs import log_fields, logger
 from felix_server.observer import ServerObserver
 from felix_server.server import FelixServer
@@ -296,6 +297,8 @@ class PrometheusObserver(ServerObserver):
             ["action"],
             registry=registry,
         )
+        for action in Action:
+            self.auth_denied_total.labels(str(action))  # exported at 0 from the start
         self.dead_letters = Counter(
             "felix_dead_lettered",
             "Queue messages dead-lettered, by reason",

@@ -122,3 +122,17 @@ def test_a_key_file_that_is_no_ed25519_key(tmp_path: Path) -> None:
     (tmp_path / "k.pem").write_text("not a key")
     with pytest.raises(ConfigError, match=r"auth_issuer_keys: .*k\.pem"):
         broker_authenticator(config(auth_issuer_keys=str(tmp_path / "k.pem")))
+
+
+def test_a_client_acts_in_its_tokens_tenant_unless_told(issuer: FakeIssuer) -> None:
+    from felix_client import Client
+    from felix_client.client import token_tenant
+
+    token = issuer.token(tenant="acme")
+    assert token_tenant(token) == "acme"
+    for not_a_jwt in (None, "", "a-shared-secret", "a.b.c"):
+        assert token_tenant(not_a_jwt) is None
+    assert Client("quic://127.0.0.1:1", token=token).tenant == "acme"
+    assert Client("quic://127.0.0.1:1", token=token, tenant="other").tenant == "other"
+    assert Client("quic://127.0.0.1:1", token="s3cret").tenant == "default"
+    assert Client("quic://127.0.0.1:1").tenant == "default"

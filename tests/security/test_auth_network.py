@@ -189,7 +189,7 @@ async def test_a_missing_permission_is_forbidden_and_named(
         ):
             with pytest.raises(Forbidden) as caught:
                 await op()
-            assert caught.value.message == f"forbidden: missing permission {permission}"
+            assert caught.value.message == f"missing permission {permission}"
             assert caught.value.details["permission"] == permission
 
 
