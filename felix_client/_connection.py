@@ -30,6 +30,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from felix_proto import events as ev
 from felix_proto.client import ClientConnection
+from felix_proto.connection import TOKEN_REFRESH
 from felix_proto.errors import ErrorCode, LocalProtocolError
 from felix_proto.messages import EndReason
 
@@ -171,7 +172,11 @@ class Connection:
         except OSError as exc:
             raise ConnectionLost(f"cannot reach {host}:{port}: {exc}") from None
         machine = ClientConnection(
-            token=token, client_name=client_name, default_timeout=timeout, auto_credit=None
+            token=token,
+            client_name=client_name,
+            default_timeout=timeout,
+            auto_credit=None,
+            capabilities=[TOKEN_REFRESH],
         )
         conn = cls(transport, machine, timeout)
         task_group.start_soon(transport.run, conn)

@@ -65,7 +65,7 @@ Refused connections are reported to the observer (``connection_refused``) with t
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from aioquic._buffer import Buffer
 from aioquic.quic.configuration import SMALLEST_MAX_DATAGRAM_SIZE, QuicConfiguration
@@ -79,6 +79,7 @@ from aioquic.quic.packet import (
 
 from felix_core.broker import Broker
 from felix_proto import ALPN
+from felix_proto.connection import TOKEN_REFRESH
 from felix_proto.deadlines import Deadlines
 from felix_server.access import Authenticate, accept_anonymous
 from felix_server.batches import EncodedBatches
@@ -159,6 +160,8 @@ class FelixServer:
             raise ValueError("authentication is configured: pass its authenticate function")
         self._authenticate = authenticate or accept_anonymous
         self._limits = SessionLimits.from_config(config)
+        if authenticate is not None:  # clients authenticate: they may renew their token
+            self._limits = replace(self._limits, capabilities=(TOKEN_REFRESH,))
         self.quic_configuration = quic_configuration
         self.observer = observer or ServerObserver()
         self.broker = broker if broker is not None else Broker(config.broker, now=now)

@@ -76,7 +76,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 
 from aioquic.quic import events as qe
@@ -89,9 +89,10 @@ from felix_core.queue_types import QueueDelivery
 from felix_proto import ALPN
 from felix_proto import events as fe
 from felix_proto import messages as m
+from felix_proto.connection import TOKEN_REFRESH
 from felix_proto.errors import ErrorCode, FelixProtoError
 from felix_proto.server import ServerConnection
-from felix_server.access import Authenticate
+from felix_server.access import Authenticate, Refusal
 from felix_server.batches import EncodedBatches
 from felix_server.config import ServerConfig
 from felix_server.gate import Gate, HeldData, Move
@@ -134,6 +135,9 @@ class SessionLimits:
     """``transport.connection_buffer_resume``."""
     buffer_cap: int
     """``transport.connection_buffer_cap``."""
+    capabilities: tuple[str, ...] = ()
+    """Optional features offered in ``Welcome`` (``token-refresh`` when clients
+    authenticate)."""
 
     @classmethod
     def from_config(cls, config: ServerConfig) -> SessionLimits:
@@ -197,6 +201,7 @@ class Session:
             region=limits.region,
             limits=limits.welcome,
             max_frame_size=limits.max_frame_size,
+            capabilities=limits.capabilities,
         )
         self.gate = Gate(
             limit=limits.buffer_limit, resume=limits.buffer_resume, cap=limits.buffer_cap
@@ -217,6 +222,7 @@ class Session:
         self._quic_closed = False
         self._hello_deadline: float | None = now + limits.handshake_timeout_s
         self._expires_at: float | None = None  # the principal's rights end then
+        self._agreed: list[str] = []  # the capabilities agreed in the handshake
         router.attach(conn_id, now, UNIDENTIFIED)
 
     @property
@@ -350,6 +356,7 @@ class Session:
                 router.credit(conn_id, event.subscription_id, event.messages, event.bytes, now)
             elif isinstance(event, fe.HandshakeRequested):
                 self._hello_deadline = None
+                self._agreed = list(event.capabilities)
                 self._handshake(event, now)
             elif isinstance(event, fe.SubscriptionCancelled):
                 self._outbox.drop((True, event.subscription_id))
@@ -384,6 +391,47 @@ class Session:
         self.router.identify(self.conn_id, decision)
         self._expires_at = decision.expires_at
         self.observer.handshake_completed(event.version)
+
+    def _reauthenticate(self, msg: m.Reauthenticate, now: float) -> None:
+        """Replace the connection's principal with the one of a new token (capability
+        ``token-refresh``): ``Ok``, or ``Error`` and the current rights stand."""
+        kind = request_kind(msg)
+        token = self.observer.request_started(kind)
+        self.observer.request_finished(token, kind, self._renew(msg, now))
+
+    def _renew(self, msg: m.Reauthenticate, now: float) -> int:
+        """Decide a ``Reauthenticate``; returns the error code answered (0: ``Ok``)."""
+        felix, current = self.felix, self.principal
+        rid = msg.request_id
+        error: tuple[int, str, dict[str, object]] | None = None
+        if TOKEN_REFRESH not in self._agreed:
+            error = (ErrorCode.UNEXPECTED_MESSAGE, f"{TOKEN_REFRESH} was not agreed", {})
+        elif current is None or felix.hello is None:  # pragma: no cover - after Welcome only
+            error = (ErrorCode.UNAUTHENTICATED, "no principal to renew", {})
+        else:
+            decision = self._authenticate(replace(felix.hello, token=msg.token), now)
+            if isinstance(decision, Refusal):
+                error = (decision.code, decision.message, dict(decision.details))
+            elif (decision.tenant, decision.subject, decision.operator) != (
+                current.tenant,
+                current.subject,
+                current.operator,
+            ):
+                error = (
+                    ErrorCode.FORBIDDEN,
+                    "a refreshed token must name the connection's tenant and subject",
+                    {},
+                )
+            else:
+                self.principal = decision
+                self.router.identify(self.conn_id, decision)
+                self._expires_at = decision.expires_at
+                felix.send_reply(m.Ok(request_id=rid))
+                return 0
+        code, text, details = error
+        with contextlib.suppress(FelixProtoError):
+            felix.send_error(rid, int(code), text, details=details)
+        return int(code)
 
     def _expired(self, now: float) -> None:
         """The principal's rights ended: no request is served from now on, and the
@@ -448,6 +496,9 @@ class Session:
     def _request(self, msg: m.Message, now: float) -> None:
         """Submit a request to the router and write what is ready at once (its answer, if
         it completed, and any feed events), before the next request is read."""
+        if type(msg) is m.Reauthenticate:  # the session's own business, not a route's
+            self._reauthenticate(msg, now)
+            return
         kind = request_kind(msg)
         number = self._next_request
         self._next_request += 1

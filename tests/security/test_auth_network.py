@@ -301,3 +301,45 @@ def _samples(body: str, name: str) -> dict[str, float]:
         if found:
             out[found[1]] = float(found[2])
     return out
+
+
+async def test_a_token_provider_renews_the_token_on_the_live_connection(
+    fresh_broker: FreshBroker, issuer: Issuer, tmp_path: Path
+) -> None:
+    broker = fresh_broker("--auth-issuer-key", str(issuer.public_file))
+    await setup_tenant(broker, issuer.token("acme"), "acme")
+    issued: list[str] = []
+
+    def provider() -> str:
+        issued.append(issuer.token("acme", ttl=3.0))
+        return issued[-1]
+
+    kwargs = broker.client_kwargs()
+    async with Client(broker.url, token_provider=provider, namespace="ns", **kwargs) as c:
+        assert c.tenant == "acme"  # from the provider's token
+        async with c.subscribe("s", start="earliest") as sub:
+            with anyio.fail_after(WAIT):
+                assert (await anext(sub)).payload == b"secret"  # type: ignore[call-overload]
+            await anyio.sleep(4.5)  # past the first token's exp: renewed ahead of it
+            await c.publish("s", b"after")
+            with anyio.fail_after(WAIT):
+                assert (await anext(sub)).payload == b"after"  # type: ignore[call-overload]
+    assert len(issued) >= 2
+
+
+async def test_refresh_token_refusals(
+    fresh_broker: FreshBroker, issuer: Issuer, tmp_path: Path
+) -> None:
+    broker = fresh_broker("--auth-issuer-key", str(issuer.public_file))
+    await setup_tenant(broker, issuer.token("acme"), "acme")
+    stranger = Issuer(tmp_path, "stranger")
+    async with client(broker, issuer.token("acme"), "acme") as c:
+        with pytest.raises(Forbidden, match="must name the connection's tenant and subject"):
+            await c.refresh_token(issuer.token("other"))
+        with pytest.raises(Unauthenticated) as caught:
+            await c.refresh_token(stranger.token("acme"))
+        assert caught.value.details == {"reason": "unknown_key"}
+        await c.refresh_token(issuer.token("acme", "publish:ns/s"))  # fewer permissions
+        await c.publish("s", b"still allowed")
+        with pytest.raises(Forbidden, match="missing permission enqueue:ns/q"):
+            await c.enqueue("q", b"no longer allowed")
