@@ -343,3 +343,45 @@ async def test_refresh_token_refusals(
         await c.publish("s", b"still allowed")
         with pytest.raises(Forbidden, match="missing permission enqueue:ns/q"):
             await c.enqueue("q", b"no longer allowed")
+
+
+def test_conformance_with_a_token_pair(fresh_broker: FreshBroker, issuer: Issuer) -> None:
+    """The whole conformance suite as a tenant (not an operator), plus its auth checks."""
+    broker = fresh_broker("--auth-issuer-key", str(issuer.public_file))
+    alpha, bravo = issuer.token("alpha"), issuer.token("bravo")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "conformance",
+            "--server",
+            broker.url,
+            "--ca",
+            broker.ca_file,
+            "--token",
+            alpha,
+            "--tenant",
+            "alpha",
+            "--namespace",
+            "conf",
+            "--other-token",
+            bravo,
+            "--other-tenant",
+            "bravo",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        cwd=ROOT,
+        env=child_env(),
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    for name in (
+        "auth.other-tenant-is-absent",
+        "auth.other-tenant-listing",
+        "auth.refresh-keeps-the-tenant",
+        "session.bad-token",
+    ):
+        assert f"PASS {name}" in result.stdout, result.stdout
+    assert " 0 failed" in result.stdout
