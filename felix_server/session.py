@@ -409,7 +409,11 @@ class Session:
         elif current is None or felix.hello is None:  # pragma: no cover - after Welcome only
             error = (ErrorCode.UNAUTHENTICATED, "no principal to renew", {})
         else:
-            decision = self._authenticate(replace(felix.hello, token=msg.token), now)
+            try:
+                decision = self._authenticate(replace(felix.hello, token=msg.token), now)
+            except Exception as exc:  # a bug: answer INTERNAL, keep the connection
+                self._internal("reauthenticate", exc)
+                decision = Refusal(code=ErrorCode.INTERNAL, message="internal error")
             if isinstance(decision, Refusal):
                 error = (decision.code, decision.message, dict(decision.details))
             elif (decision.tenant, decision.subject, decision.operator) != (

@@ -151,3 +151,27 @@ def test_no_token_refresh_without_authentication(tmp_path: Path) -> None:
     assert felix is not None and felix.capabilities == []
     with pytest.raises(LocalProtocolError, match="did not agree to 'token-refresh'"):
         felix.reauthenticate("t2", now=net.now)
+
+
+def test_an_authenticator_that_raises_on_reauthenticate_is_answered_internal(
+    tmp_path: Path,
+) -> None:
+    start = 1_000_000.0
+    renew = renewable(start)
+
+    def flaky(hello: m.Hello, now: float) -> Principal | Refusal:
+        if hello.token == "boom":
+            raise RuntimeError("a bug in the authenticator")
+        return renew(hello, now)  # type: ignore[operator,no-any-return]
+
+    net = MemoryNet(tmp_path, authenticate=flaky)
+    client = net.client(token="t1", capabilities=[TOKEN_REFRESH])
+    felix = client.felix
+    assert felix is not None
+    rid = felix.reauthenticate("boom", now=net.now)
+    net.until(lambda: any(getattr(e, "request_id", None) == rid for e in client.events))
+    (failed,) = [e for e in client.of(fe.RequestFailed) if e.request_id == rid]
+    assert failed.code == ErrorCode.INTERNAL
+    rid = felix.reauthenticate("t2", now=net.now)  # the connection goes on
+    net.until(lambda: any(getattr(e, "request_id", None) == rid for e in client.events))
+    assert [e for e in client.of(fe.RequestSucceeded) if e.request_id == rid]
