@@ -17,6 +17,7 @@ MODULES = (
     "conformance.checks_cache_admin",
     "conformance.checks_model",
     "conformance.checks_settle",
+    "conformance.checks_auth",
 )
 """The check modules, in report order."""
 

@@ -112,7 +112,9 @@ async def request_before_hello(ctx: Context) -> None:
     expect(err.request_id == 77, f"Error carries request_id {err.request_id}, expected 77")
     reply = await conn.hello(token=ctx.options.token)
     expect(isinstance(reply, m.Welcome), f"Hello after the refusal got {describe(reply)}")
-    await conn.expect(m.AdminList(request_id=78, kind="tenant"), m.AdminResources, sid)
+    # the working tenant's namespaces: what a tenant's own token may list (§5.6)
+    again = m.AdminList(request_id=78, kind="namespace", tenant=ctx.tenant)
+    await conn.expect(again, m.AdminResources, sid)
 
 
 @check(

@@ -1,7 +1,8 @@
 """The command line.
 
 ``python -m conformance --server quic://HOST:PORT [--ca FILE | --insecure] [--token T]
-[--tenant T --namespace N] [-k EXPR] [--junit FILE] [--list]`` runs the wire checks;
+[--tenant T --namespace N] [--other-token T --other-tenant T] [-k EXPR] [--junit FILE]
+[--list]`` runs the wire checks;
 ``python -m conformance vectors DECODED.json`` checks a third-party codec's decoded vectors
 (see :mod:`conformance.vectors`). Exit codes: 0 all passed (skips allowed), 1 a check
 failed, 2 a usage error.
@@ -50,6 +51,12 @@ def _parser() -> argparse.ArgumentParser:
     tls.add_argument("--insecure", action="store_true", help="do not verify the certificate")
     p.add_argument("--server-name", help="TLS server name (default: the host)")
     p.add_argument("--token", help="bearer token for Hello.token")
+    p.add_argument(
+        "--other-token",
+        metavar="T",
+        help="a token of another tenant (with --other-tenant): runs the auth checks (§5.6)",
+    )
+    p.add_argument("--other-tenant", metavar="TENANT", help="the tenant of --other-token")
     p.add_argument("--tenant", help="work in this tenant (default: a new one, deleted after)")
     p.add_argument("--namespace", help="work in this namespace (default: a new one)")
     p.add_argument(
@@ -85,6 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--server is required (or use --list, or the vectors subcommand)")
     if bool(args.tenant) != bool(args.namespace):
         parser.error("--tenant and --namespace go together")
+    if bool(args.other_token) != bool(args.other_tenant):
+        parser.error("--other-token and --other-tenant go together")
     try:
         host, port = parse_server(args.server)
     except ValueError as exc:
@@ -101,6 +110,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         token=args.token,
         tenant=args.tenant,
         namespace=args.namespace,
+        other_token=args.other_token,
+        other_tenant=args.other_tenant,
     )
 
     def report(result: Result) -> None:

@@ -42,6 +42,10 @@ class Options:
     """Work in this tenant (created if missing, never deleted); default: a new one."""
     namespace: str | None = None
     """Work in this namespace (created if missing, never deleted); default: a new one."""
+    other_token: str | None = None
+    """A token of another tenant (the auth checks; skipped without it)."""
+    other_tenant: str | None = None
+    """That tenant's name."""
     hooks: Hooks = field(default_factory=Hooks)
     """Optional in-process hooks."""
 

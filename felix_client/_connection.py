@@ -30,6 +30,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from felix_proto import events as ev
 from felix_proto.client import ClientConnection
+from felix_proto.connection import TOKEN_REFRESH
 from felix_proto.errors import ErrorCode, LocalProtocolError
 from felix_proto.messages import EndReason
 from felix_server.quic_engine import EVENTS
@@ -142,6 +143,7 @@ class Connection:
         self._feeds: dict[tuple[str, int], MemoryObjectSendStream[FeedItem]] = {}
         self._early: dict[tuple[str, int], list[FeedItem]] = {}
         self._lost_reason: str | None = None
+        self._fatal: FelixError | None = None  # a connection-level Error (expired token ...)
         self._cache_streams: list[int] = []
         self._next_cache = 0
 
@@ -171,7 +173,11 @@ class Connection:
         except OSError as exc:
             raise ConnectionLost(f"cannot reach {host}:{port}: {exc}") from None
         machine = ClientConnection(
-            token=token, client_name=client_name, default_timeout=timeout, auto_credit=None
+            token=token,
+            client_name=client_name,
+            default_timeout=timeout,
+            auto_credit=None,
+            capabilities=[TOKEN_REFRESH],
         )
         conn = cls(transport, machine, timeout)
         task_group.start_soon(transport.run, conn)
@@ -378,7 +384,7 @@ class Connection:
             self._lost_reason = self._lost_reason or reason
             self.machine.connection_lost()
             self._dispatch()
-        self._terminate(ConnectionLost(reason))
+        self._terminate(self._fatal or ConnectionLost(reason))
 
     # ---------------------------------------------------------------- dispatch
 
@@ -407,14 +413,20 @@ class Connection:
             self.goaway = event
         elif isinstance(event, ev.CloseRequested):
             self.transport.quic.close(error_code=event.error_code, reason_phrase=event.reason)
+        elif isinstance(event, ev.ErrorReceived) and event.stream_id == 0:
+            # a connection-level Error (e.g. UNAUTHENTICATED when the token expired): the
+            # broker closes right after it, and this is why
+            self._fatal = error_from_code(event.code, event.message, details=event.details)
         elif isinstance(event, ev.ConnectionTerminated):
-            if event.error_code in (0, ErrorCode.CONNECTION_LOST):
+            if self._fatal is not None:
+                error: FelixError = self._fatal
+            elif event.error_code in (0, ErrorCode.CONNECTION_LOST):
                 reason = self._lost_reason or event.reason or "connection closed"
-                error: FelixError = ConnectionLost(reason)
+                error = ConnectionLost(reason)
             else:
                 error = error_from_code(event.error_code, event.reason, details=event.details)
             self._terminate(error)
-        # PongReceived, ErrorReceived and ProtocolViolation need nothing here.
+        # PongReceived and ProtocolViolation need nothing here.
 
     def _resolve(
         self, rid: int, *, reply: ev.Event | None = None, error: FelixError | None = None

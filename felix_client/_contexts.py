@@ -104,7 +104,7 @@ SETTINGS: dict[str, tuple[str, str | bool | None]] = {
     "ca": ("FELIX_CA", None),
     "insecure": ("FELIX_INSECURE", False),
     "token": ("FELIX_TOKEN", None),
-    "tenant": ("FELIX_TENANT", "default"),
+    "tenant": ("FELIX_TENANT", None),  # None: the token's tenant, else "default"
     "namespace": ("FELIX_NAMESPACE", "default"),
     "metrics": ("FELIX_METRICS", DEFAULT_METRICS_URL),
 }

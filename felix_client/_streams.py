@@ -33,6 +33,7 @@ from .errors import (
     NotFound,
     Overloaded,
     ShuttingDown,
+    Unauthenticated,
 )
 from .types import Event, Headers, PublishResult, Start
 
@@ -446,7 +447,7 @@ class Subscription:
             except (anyio.EndOfStream, anyio.ClosedResourceError):
                 if self._closed:
                     raise StopAsyncIteration from None
-                await self._lost(ConnectionLost("connection lost during subscription"))
+                await self._lost(_why_lost(self._conn, "connection lost during subscription"))
                 continue
             self._take(item)
             if isinstance(item, ev.SubscriptionEnded):
@@ -667,10 +668,11 @@ class Consumer:
             except (anyio.EndOfStream, anyio.ClosedResourceError):
                 if self._closed:
                     raise StopAsyncIteration from None
-                if self._backend.reconnect:
+                lost = _why_lost(self._conn, "connection lost while consuming")
+                if self._backend.reconnect and isinstance(lost, ConnectionLost):
                     self._inbox = None  # unsettled deliveries are redelivered by the broker
                     continue
-                raise ConnectionLost("connection lost while consuming") from None
+                raise lost from None
             if isinstance(item, ev.DeliveryReceived):
                 return QueueMessage(self._backend, self._conn, self.consumer_id, item)
             if isinstance(item, ev.ConsumerEnded):
@@ -680,3 +682,12 @@ class Consumer:
                     raise StopAsyncIteration
                 cls = _END_ERRORS.get(item.reason, InternalError)
                 raise cls(item.message or f"consumer ended: {item.reason}")
+
+
+def _why_lost(conn: object, what: str) -> FelixError:
+    """Why a feed's connection ended: the broker's ``UNAUTHENTICATED`` when it closed the
+    connection for that reason (the token expired), else :class:`ConnectionLost`."""
+    error = getattr(conn, "closed_error", None)
+    if isinstance(error, Unauthenticated):
+        return error
+    return ConnectionLost(what)

@@ -94,7 +94,11 @@ def _common(parser: argparse.ArgumentParser) -> None:
         help="verify the certificate even if the context or FELIX_INSECURE says not to",
     )
     g.add_argument("--token", default=s, help="bearer token (env FELIX_TOKEN)")
-    g.add_argument("--tenant", default=s, help="tenant (env FELIX_TENANT; default: default)")
+    g.add_argument(
+        "--tenant",
+        default=s,
+        help="tenant (env FELIX_TENANT; default: the token's tenant, else default)",
+    )
     g.add_argument(
         "--namespace", "-n", default=s, help="namespace (env FELIX_NAMESPACE; default: default)"
     )

@@ -21,7 +21,8 @@ inside each, over several request streams, so concurrent gets do not wait on eac
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -44,7 +45,45 @@ from ._url import BrokerAddress, default_url, parse_url
 from .errors import ConnectionLost, FelixError, Forbidden, NotFound
 from .types import PublishResult, Start, StartLike
 
-__all__ = ["Admin", "Cache", "Client", "connect"]
+__all__ = ["Admin", "Cache", "Client", "connect", "token_tenant"]
+
+
+def _claims(token: str | None) -> dict[str, Any]:
+    """A Felix token's claims, read WITHOUT checking anything (the broker checks them);
+    empty for anything that is no JWT (a shared secret)."""
+    if not token or token.count(".") != 2:
+        return {}
+    from felix_core.access import AuthError
+    from felix_runtime.tokens import read_unverified  # PyJWT only for JWT-shaped tokens
+
+    try:
+        _, claims = read_unverified(token)
+    except AuthError:  # malformed: the broker will say so at the handshake
+        return {}
+    return claims
+
+
+def token_tenant(token: str | None) -> str | None:
+    """The ``tenant`` claim of a Felix token (unchecked): the tenant a client acts in when
+    none is given. None for anything that is no JWT or has no such claim."""
+    tenant = _claims(token).get("tenant")
+    return tenant if isinstance(tenant, str) and tenant else None
+
+
+def token_expiry(token: str | None) -> float | None:
+    """The ``exp`` claim of a Felix token (unchecked), or None."""
+    return _number(_claims(token).get("exp"))
+
+
+def token_issued(token: str | None) -> float | None:
+    """The ``iat`` claim of a Felix token (unchecked), or None."""
+    return _number(_claims(token).get("iat"))
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
 
 
 class Client:
@@ -58,7 +97,14 @@ class Client:
         insecure: skip certificate verification (development only).
         server_name: TLS server name, when it differs from the URL's host.
         token: bearer token for the handshake.
-        tenant, namespace: defaults for every call (each call may override them).
+        token_provider: returns a fresh token (a function, or a coroutine function). With
+            it, a Felix token is renewed on the live connections before it expires (one
+            fifth of its lifetime ahead, at most 60 s ahead: :meth:`refresh_token`), and
+            a connection opened later uses the latest token. Without ``token``, the first
+            token comes from it too.
+        tenant, namespace: defaults for every call (each call may override them). The
+            tenant defaults to the ``tenant`` claim of a Felix ``token`` (the broker serves
+            a token's own tenant only), else ``default``.
         timeout: seconds every request (and the connect) may take.
         reconnect: re-establish lost connections and resume subscriptions.
         pool_size: how many QUIC connections to open (cache and publish requests are
@@ -89,7 +135,8 @@ class Client:
         insecure: bool = False,
         server_name: str | None = None,
         token: str | None = None,
-        tenant: str = "default",
+        token_provider: Callable[[], str | Awaitable[str]] | None = None,
+        tenant: str | None = None,
         namespace: str = "default",
         timeout: float = 10.0,
         reconnect: bool = False,
@@ -108,13 +155,15 @@ class Client:
         if keepalive is not None and keepalive < 0:
             raise ValueError("keepalive must be positive (or None: no keep-alive)")
         self.address: BrokerAddress = parse_url(url or default_url())
-        self.tenant = tenant
+        self._tenant_given = tenant is not None
+        self.tenant = tenant or token_tenant(token) or "default"
         self.namespace = namespace
         self.timeout = timeout
         self._reconnect = reconnect
         self.pool_size = pool_size
         self.request_streams = request_streams
         self._token = token
+        self._token_provider = token_provider
         self._client_name = client_name
         self._options = TransportOptions(
             ca_file=ca_file,
@@ -139,11 +188,16 @@ class Client:
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
         try:
+            if self._token is None and self._token_provider is not None:
+                self._token = await self._new_token()
+                self.tenant = self.tenant if self._tenant_given else self._default_tenant()
             for i in range(self.pool_size):
                 await self._connection(i)
         except BaseException:
             await self._close_task_group()
             raise
+        if self._token_provider is not None:
+            self._tg.start_soon(self._renew_tokens)
         return self
 
     async def __aexit__(
@@ -153,6 +207,56 @@ class Client:
         tb: TracebackType | None,
     ) -> None:
         await self._close_task_group()
+
+    # ----------------------------------------------------------------------- tokens
+
+    async def refresh_token(self, token: str | None = None) -> None:
+        """Give every open connection a new token (``Reauthenticate``, capability
+        ``token-refresh``) and use it for connections opened later.
+
+        Args:
+            token: the new token; default: one from ``token_provider``.
+
+        Raises:
+            Unauthenticated: the broker refused the token (the old one's rights stand
+                until it expires).
+            Forbidden: the token names another tenant or subject.
+            FelixError: the broker does not offer ``token-refresh`` (``UnexpectedMessage``),
+                or the connection failed.
+        """
+        if token is None:
+            token = await self._new_token()
+        self._token = token
+        for conn in list(self._conns):
+            if conn is not None and conn.is_open:
+                await conn.request(lambda m, now: m.reauthenticate(token, now=now))
+
+    async def _new_token(self) -> str:
+        if self._token_provider is None:
+            raise ValueError("no token given and no token_provider")
+        token = self._token_provider()
+        if not isinstance(token, str):
+            token = await token
+        return token
+
+    def _default_tenant(self) -> str:
+        return token_tenant(self._token) or "default"
+
+    async def _renew_tokens(self) -> None:
+        """Renew the token ahead of its expiry, for as long as the client is open. A
+        renewal that fails is tried again after a while (the connection ends at expiry,
+        with ``Unauthenticated``, if it never succeeds)."""
+        while not self._closed:
+            expires = token_expiry(self._token)
+            if expires is None:
+                return  # a shared secret, or no exp: nothing to renew
+            issued = token_issued(self._token) or time.time()
+            ahead = min(60.0, max(1.0, (expires - issued) / 5))
+            await anyio.sleep(max(0.0, expires - ahead - time.time()))
+            try:
+                await self.refresh_token()
+            except (FelixError, ValueError, OSError):
+                await anyio.sleep(max(0.5, ahead / 4))
 
     async def _close_task_group(self) -> None:
         # The transport tasks never raise (they turn failures into a closed connection),

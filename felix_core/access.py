@@ -13,6 +13,17 @@ A :class:`Permission` is an action (``publish``, ``subscribe``, ``enqueue``, ``c
 ``cache.read``, ``cache.write``, ``admin``, or ``*`` for all of them) on a resource
 pattern ``namespace/name`` in which ``*`` stands for any run of name characters, inside
 the principal's one tenant. Roles are carried as names, for the RBAC layer to resolve.
+
+Authorization of one request is :func:`authorize`: the server glue names what a request
+does (an :class:`Access`: the action, the kind of resource and its path) and gets back
+None (allowed) or the engine error to answer with. Two rules, in this order:
+
+1. Tenant isolation. A principal acts in its own tenant only (an operator, the principal of
+   a broker without authentication, in every tenant). A request that names another tenant
+   gets exactly the ``NOT_FOUND`` the engine gives when that tenant does not exist, so
+   another tenant's resources cannot be told from absent ones.
+2. Permissions. In its own tenant, the principal's permissions must cover the action on the
+   resource; otherwise ``FORBIDDEN``, naming the missing permission.
 """
 
 from __future__ import annotations
@@ -22,13 +33,20 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
+from felix_core.errors import EngineError, NotFound
+from felix_core.names import is_valid_name
+from felix_proto.errors import ErrorCode
+
 __all__ = [
+    "ANONYMOUS",
     "ANY_ACTION",
+    "Access",
     "Action",
     "AuthError",
     "AuthReason",
     "Permission",
     "Principal",
+    "authorize",
     "match_pattern",
 ]
 
@@ -204,6 +222,8 @@ class Principal:
     """Who vouched for it (``iss``; ``auth_tokens`` for a shared secret)."""
     token_id: str | None = None
     """``jti``, for audit and revocation lists."""
+    operator: bool = False
+    """Acts in every tenant with every permission (a broker without authentication)."""
 
     def allows(self, action: Action | str, namespace: str, name: str) -> bool:
         """Say whether one of the principal's own permissions covers ``action`` on the
@@ -214,4 +234,79 @@ class Principal:
             ValueError: ``action`` is not an :class:`Action` (a local programming error).
         """
         wanted = Action(action)
+        if self.operator:
+            return True
         return any(p.allows(wanted, namespace, name) for p in self.permissions)
+
+    def acts_in(self, tenant: str) -> bool:
+        """Say whether the principal may act in ``tenant`` (its own, or any for an
+        operator)."""
+        return self.operator or tenant == self.tenant
+
+
+ANONYMOUS = Principal(subject="anonymous", tenant="", issuer="none", operator=True)
+"""The principal of every connection of a broker without authentication: an operator."""
+
+
+# -- authorization --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Access:
+    """What one request does, as authorization sees it."""
+
+    action: Action
+    """The permission it needs."""
+    kind: str
+    """The kind of resource it names: ``stream``, ``queue``, ``cache``, ``namespace`` or
+    ``tenant``."""
+    tenant: str
+    """The tenant it names (empty: every tenant, listing tenants)."""
+    namespace: str = ""
+    """The namespace it names (empty for a tenant)."""
+    name: str = ""
+    """The resource name (empty for tenants and namespaces; ``*`` for a listing)."""
+    parent: bool = False
+    """The engine looks the parent up first (create, list): an absent tenant is answered
+    as an absent parent."""
+
+
+def authorize(principal: Principal, access: Access) -> EngineError | None:
+    """Decide one request (see the module docstring).
+
+    Returns:
+        None when it is allowed, else the error to answer it with: ``NOT_FOUND`` (another
+        tenant, answered as if it did not exist) or ``FORBIDDEN`` (a missing permission).
+    """
+    tenant = access.tenant
+    if not principal.acts_in(tenant):
+        if access.kind == "tenant" and (access.parent or not tenant):
+            # creating or listing tenants: an operator's business (whether it exists or not)
+            return EngineError(
+                ErrorCode.FORBIDDEN,
+                "only an operator manages tenants",
+                details={"action": str(Action.ADMIN)},
+            )
+        if is_valid_name(tenant):
+            return _absent(access)
+        # an invalid name cannot exist: the engine refuses it without looking anything up
+        return None
+    if principal.allows(access.action, access.namespace, access.name):
+        return None
+    permission = f"{access.action}:{access.namespace}/{access.name}"
+    return EngineError(
+        ErrorCode.FORBIDDEN,
+        f"missing permission {permission}",
+        details={"action": str(access.action), "permission": permission},
+    )
+
+
+def _absent(access: Access) -> NotFound:
+    """The engine's answer to ``access`` when its tenant does not exist."""
+    tenant, namespace, kind = access.tenant, access.namespace, access.kind
+    if access.parent and kind in ("namespace", "stream", "queue", "cache"):
+        if kind == "namespace" or access.name != "*":  # a create, or listing namespaces
+            return NotFound(f"tenant {tenant} not found", details={"kind": "tenant"})
+        return NotFound(f"namespace {tenant}/{namespace} not found", details={"kind": "namespace"})
+    path = "/".join(p for p in (tenant, namespace, access.name) if p)
+    return NotFound(f"{kind} {path} not found", details={"kind": kind})

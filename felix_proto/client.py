@@ -27,8 +27,9 @@ Request streams. Unless the caller passes ``stream_id``, each kind of work has i
 lane, a bidirectional stream opened on first use: ``publish`` (publish, publish batch),
 ``queue`` (enqueue, consume, cancel, ack, nack), ``subscribe`` (subscribe, unsubscribe),
 ``cache`` and ``admin``; so a burst of publishes never queues a cache read behind it.
-Pings and credit go on the control stream. :meth:`ClientConnection.open_request_stream`
-opens a stream of one's own; :meth:`ClientConnection.end_request_stream` ends it.
+Pings, credit and ``Reauthenticate`` go on the control stream.
+:meth:`ClientConnection.open_request_stream` opens a stream of one's own;
+:meth:`ClientConnection.end_request_stream` ends it.
 
 Subscriptions and consumers follow the tables in :mod:`felix_proto._state`. A ``Subscribe``
 creates a ``PENDING`` subscription; the broker's unidirectional stream may arrive before
@@ -74,6 +75,7 @@ from .codec import validate
 from .connection import (
     CONTROL_STREAM_ID,
     REPLY_TYPES,
+    TOKEN_REFRESH,
     Connection,
     StreamKind,
     StreamState,
@@ -83,7 +85,7 @@ from .connection import (
 from .errors import RETRYABLE, ErrorCode, LocalProtocolError, RemoteProtocolError
 from .frames import DEFAULT_MAX_FRAME_SIZE, SUPPORTED_VERSIONS
 
-__all__ = ["REPLY_TYPES", "ClientConnection", "batch_record_bytes"]
+__all__ = ["REPLY_TYPES", "TOKEN_REFRESH", "ClientConnection", "batch_record_bytes"]
 
 _LANES: dict[type[m.Message], str] = {
     m.Publish: "publish",
@@ -104,7 +106,7 @@ _LANES: dict[type[m.Message], str] = {
     m.AdminList: "admin",
     m.AdminDelete: "admin",
 }
-_FINISHING = (m.Unsubscribe, m.CancelConsume, m.Ack, m.Nack)
+_FINISHING = (m.Unsubscribe, m.CancelConsume, m.Ack, m.Nack, m.Reauthenticate)
 
 
 class ClientConnection(Connection):
@@ -166,6 +168,8 @@ class ClientConnection(Connection):
         self._request_streams: set[int] = set()
         self.limits: dict[str, int] = {}
         """The limits the broker announced in ``Welcome`` (empty before)."""
+        self.capabilities: list[str] = []
+        """The capabilities both sides agreed to in ``Welcome`` (empty before)."""
 
     # ------------------------------------------------------------------- handshake
 
@@ -668,6 +672,32 @@ class ClientConnection(Connection):
             raise LocalProtocolError(f"{kind.__name__} is not an admin request")
         return self._request(kind, now, timeout, stream_id, **fields)
 
+    def reauthenticate(
+        self,
+        token: str,
+        *,
+        now: float,
+        timeout: float | None = None,
+        stream_id: int | None = None,
+    ) -> int:
+        """Give the broker a new bearer token for this connection (``Reauthenticate``):
+        :class:`RequestSucceeded` once the connection's rights are the new token's, or
+        :class:`RequestFailed` (``UNAUTHENTICATED``: refused, the old rights stand until
+        their own expiry; ``FORBIDDEN``: another tenant or subject). Allowed while going
+        away. Sent on the control stream unless ``stream_id`` says otherwise.
+
+        Returns:
+            The request id.
+
+        Raises:
+            LocalProtocolError: the broker did not agree to ``token-refresh`` in
+                ``Welcome``, or the connection is not ``READY`` or going away.
+        """
+        if TOKEN_REFRESH not in self.capabilities:
+            raise LocalProtocolError(f"the broker did not agree to {TOKEN_REFRESH!r}")
+        sid = CONTROL_STREAM_ID if stream_id is None else stream_id
+        return self._request(m.Reauthenticate, now, timeout, sid, token=token)
+
     def ping(self, *, now: float, timeout: float | None = None) -> int:
         """Send a ``Ping`` on the control stream: :class:`PongReceived` or
         :class:`RequestTimedOut` (with the nonce as request id).
@@ -893,12 +923,13 @@ class ClientConnection(Connection):
         self.limits = dict(msg.limits)
         self._max_send_frame = msg.limits.get("max_frame_size", DEFAULT_MAX_FRAME_SIZE)
         offered = set(self._hello.capabilities)
+        self.capabilities = [c for c in msg.capabilities if c in offered]
         self._events.append(
             ev.Welcomed(
                 version=msg.version,
                 server_id=msg.server_id,
                 region=msg.region,
-                capabilities=[c for c in msg.capabilities if c in offered],
+                capabilities=list(self.capabilities),
                 limits=self.limits,
             )
         )

@@ -62,6 +62,7 @@ __all__ = [
     "MAX_TEXT_BYTES",
     "MIN_MAX_FRAME_SIZE",
     "REPLY_TYPES",
+    "TOKEN_REFRESH",
     "Connection",
     "StreamKind",
     "clip_text",
@@ -111,8 +112,12 @@ REPLY_TYPES: dict[type[Message], type[Message]] = {
     m.AdminList: m.AdminResources,
     m.AdminDelete: m.Ok,
     m.Ping: m.Pong,
+    m.Reauthenticate: m.Ok,
 }
 """The one success reply each request kind expects (``Error`` is always possible)."""
+
+TOKEN_REFRESH = "token-refresh"
+"""The capability that lets a client send ``Reauthenticate`` (docs/wire-protocol.md §5.3)."""
 
 
 def is_client_bidi(stream_id: int) -> bool:

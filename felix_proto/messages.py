@@ -56,6 +56,7 @@ __all__ = [
     "Publish",
     "PublishAck",
     "PublishBatch",
+    "Reauthenticate",
     "ResourceKind",
     "SourceKind",
     "StartKind",
@@ -237,6 +238,17 @@ class Ok(Message):
 
     TYPE: ClassVar[int] = 0x07
     request_id: int
+
+
+@_msg
+class Reauthenticate(Message):
+    """Client -> broker (capability ``token-refresh``): a new bearer token for the
+    connection, answered ``Ok`` or ``Error``."""
+
+    TYPE: ClassVar[int] = 0x08
+    request_id: int
+    token: str
+    """The new bearer token; it must name the connection's tenant and subject."""
 
 
 # ------------------------------------------------------------------- publish/subscribe
@@ -667,6 +679,7 @@ MESSAGE_TYPES: dict[int, type[Message]] = {
         GoAway,
         Error,
         Ok,
+        Reauthenticate,
         Publish,
         PublishBatch,
         PublishAck,

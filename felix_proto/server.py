@@ -235,6 +235,22 @@ class ServerConnection(Connection):
         """
         self._terminate(error_code, reason, by_peer=False, request_close=True)
 
+    def close_with_error(
+        self, code: int, message: str, *, details: dict[str, Any] | None = None
+    ) -> None:
+        """Close the connection with a connection-level ``Error`` on the control stream
+        (e.g. ``UNAUTHENTICATED`` when the client's token expires), then as :meth:`close`.
+        No-op once closed.
+
+        Args:
+            code: an :class:`~felix_proto.errors.ErrorCode`, also the QUIC close code.
+            message: the explanation (also the reason phrase).
+            details: machine-readable extras.
+        """
+        if self.closed:
+            return
+        self._close_with_error(code, message, details or {})
+
     def goaway(
         self, reason: str, deadline_ms: int, *, now: float, code: int = ErrorCode.SHUTTING_DOWN
     ) -> None:

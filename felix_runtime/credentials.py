@@ -5,7 +5,9 @@ Each configured shared secret maps to one tenant and a set of permissions
 (:func:`parse_shared_secrets`); :class:`SharedSecretAuthenticator` compares in constant
 time, against every entry, keeping only SHA-256 digests. :class:`BearerAuthenticator` puts
 shared secrets and :class:`~felix_runtime.tokens.TokenVerifier` behind one call, the shape
-a session's ``authenticate`` seam wants. No I/O and no clock: ``now`` is a parameter.
+a session's ``authenticate`` seam wants. No clock: ``now`` is a parameter.
+:func:`broker_authenticator` builds a broker's authenticator from its configuration; it is
+the one function here that reads files (the trusted keys).
 """
 
 from __future__ import annotations
@@ -13,12 +15,17 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from felix_core.access import ANY_ACTION, AuthError, AuthReason, Permission, Principal
 from felix_core.names import is_valid_name
-from felix_runtime.tokens import TokenVerifier
+from felix_runtime.tokens import TokenVerifier, key_id, load_public_key, read_jwks
+from felix_server.access import Authenticate, bearer
+from felix_server.config import ConfigError, ServerConfig
 
 __all__ = [
     "LEGACY_TENANT",
@@ -26,6 +33,7 @@ __all__ = [
     "BearerAuthenticator",
     "SharedSecret",
     "SharedSecretAuthenticator",
+    "broker_authenticator",
     "parse_shared_secrets",
 ]
 
@@ -53,6 +61,8 @@ class SharedSecret:
     """What its holder may do there."""
     digest: bytes = field(repr=False)
     """SHA-256 of the secret."""
+    operator: bool = False
+    """A bare secret (the older form): its holder is an operator, as before."""
 
 
 def parse_shared_secrets(text: str) -> tuple[SharedSecret, ...]:
@@ -64,7 +74,8 @@ def parse_shared_secrets(text: str) -> tuple[SharedSecret, ...]:
       permissions (space-separated, each ``ACTION[:NAMESPACE/NAME]``, see
       :class:`Permission`); or
     * a bare ``SECRET`` (no ``:``), the form ``auth_tokens`` had before permissions: it
-      keeps working, as tenant ``default`` with every permission (``*``).
+      keeps meaning what it meant, an operator credential (every tenant, every
+      permission; its own tenant is ``default``). The broker logs a warning for each.
 
     An entry with a ``:`` is a mapped one; the mapping starts after its last ``=``, so a
     secret may contain ``=`` (base64 padding) but a bare secret may not contain ``:``.
@@ -82,7 +93,8 @@ def parse_shared_secrets(text: str) -> tuple[SharedSecret, ...]:
         if digest in seen:
             raise ValueError(f"auth_tokens entry {position}: the same secret appears twice")
         seen.add(digest)
-        entries.append(SharedSecret(position, tenant, permissions, digest))
+        bare = ":" not in entry
+        entries.append(SharedSecret(position, tenant, permissions, digest, operator=bare))
     return tuple(entries)
 
 
@@ -140,6 +152,7 @@ class SharedSecretAuthenticator:
             tenant=entry.tenant,
             permissions=entry.permissions,
             issuer=SHARED_SECRET_ISSUER,
+            operator=entry.operator,
         )
 
 
@@ -186,3 +199,59 @@ class BearerAuthenticator:
                     raise
         assert self._verifier is not None
         return self._verifier.verify(credential, now)
+
+
+# -- a broker's authenticator ---------------------------------------------------------------
+
+
+def broker_authenticator(
+    config: ServerConfig, read_file: Callable[[str], bytes] = lambda p: Path(p).read_bytes()
+) -> Authenticate | None:
+    """The authenticator a broker with ``config`` uses, or None without authentication.
+
+    Reads the trusted keys (``auth_issuer_keys``, ``auth_jwks``) and parses
+    ``auth_tokens``.
+
+    Raises:
+        ConfigError: a key file that cannot be read or is not an Ed25519 public key (PEM)
+        or a JWKS, two keys with one ``kid``, or a malformed ``auth_tokens`` entry; the
+        message names the setting (never a secret).
+    """
+    if not config.auth_enabled:
+        return None
+    keys: dict[str, Ed25519PublicKey] = {}
+    for path in config.issuer_key_files:
+        try:
+            key = load_public_key(read_file(path))
+        except OSError as exc:
+            raise ConfigError(f"auth_issuer_keys: {path}: {exc.strerror or exc}") from None
+        except ValueError as exc:
+            raise ConfigError(f"auth_issuer_keys: {path}: {exc}") from None
+        keys[key_id(key)] = key
+    if config.auth_jwks is not None:
+        try:
+            found = read_jwks(read_file(config.auth_jwks))
+        except OSError as exc:
+            raise ConfigError(f"auth_jwks: {config.auth_jwks}: {exc.strerror or exc}") from None
+        except ValueError as exc:
+            raise ConfigError(f"auth_jwks: {config.auth_jwks}: {exc}") from None
+        for kid, key in found.items():
+            if kid in keys and key_id(keys[kid]) != key_id(key):
+                raise ConfigError(f"auth_jwks: kid {kid!r} names another key as well")
+            keys[kid] = key
+    verifier = None
+    if keys:
+        verifier = TokenVerifier(
+            {config.auth_issuer: keys},
+            audience=config.auth_audience,
+        )
+    secrets = None
+    if config.auth_tokens is not None:
+        try:
+            entries = parse_shared_secrets(config.auth_tokens)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        secrets = SharedSecretAuthenticator(entries)
+    if verifier is None and secrets is None:
+        raise ConfigError("authentication is on but no key or shared secret is configured")
+    return bearer(BearerAuthenticator(verifier=verifier, secrets=secrets).authenticate)

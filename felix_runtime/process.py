@@ -15,10 +15,17 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from felix_runtime.credentials import broker_authenticator, parse_shared_secrets
 from felix_runtime.logs import configure_logging, log_fields, logger
 from felix_runtime.quic_engines import EngineMissing, load_engine
 from felix_runtime.tls import ensure_self_signed
-from felix_server.config import ConfigError, ServerConfig, config_to_toml, load_config
+from felix_server.config import (
+    ConfigError,
+    ServerConfig,
+    config_to_toml,
+    is_loopback,
+    load_config,
+)
 
 __all__ = ["broker_main", "load_certificate", "log_started"]
 
@@ -43,6 +50,7 @@ def broker_main(
         config, namespace = load_config(
             list(args), os.environ, lambda p: Path(p).read_bytes(), prog=prog
         )
+        broker_authenticator(config)  # the key files and secrets, read once to check them
     except ConfigError as exc:
         print(f"felix-broker: {exc}", file=sys.stderr)
         return 2
@@ -107,6 +115,20 @@ def log_started(
             quic_engine=f"{config.quic_engine} {load_engine(config.quic_engine).version}",
         ),
     )
+    bare = [e.position for e in parse_shared_secrets(config.auth_tokens or "") if e.operator]
+    if bare:
+        logger.warning(
+            "auth_tokens: a bare secret is an operator credential (every tenant, every "
+            "permission); confine it with SECRET=TENANT:PERMISSION ...",
+            extra=log_fields(entries=",".join(map(str, bare))),
+        )
+    if not config.auth_enabled:
+        logger.warning(
+            "authentication is off: every client may do everything"
+            + ("" if is_loopback(quic[0]) else " (--insecure-no-auth)")
+            + ("; listening on loopback only" if is_loopback(quic[0]) else ""),
+            extra=log_fields(listen=f"{quic[0]}:{quic[1]}"),
+        )
     logger.info(
         "storage: in memory; no resource, message, queue position or cache entry survives "
         "a restart",

@@ -27,6 +27,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from felix_core.access import Action
 from felix_runtime.logs import log_fields, logger
 from felix_server.observer import ServerObserver
 from felix_server.server import FelixServer
@@ -289,6 +290,15 @@ class PrometheusObserver(ServerObserver):
             ["reason"],
             registry=registry,
         )
+        self.auth_denied_total = Counter(
+            "felix_auth_denied",
+            "Requests refused by authorization (FORBIDDEN, or NOT_FOUND for another tenant's "
+            "resource), by the permission's action",
+            ["action"],
+            registry=registry,
+        )
+        for action in Action:
+            self.auth_denied_total.labels(str(action))  # exported at 0 from the start
         self.dead_letters = Counter(
             "felix_dead_lettered",
             "Queue messages dead-lettered, by reason",
@@ -368,6 +378,9 @@ class PrometheusObserver(ServerObserver):
 
     def dead_lettered(self, reason: str) -> None:
         self.dead_letters.labels(reason).inc()
+
+    def auth_denied(self, action: str) -> None:
+        self.auth_denied_total.labels(action).inc()
 
     def protocol_violation(self, error_code: int, fatal: bool) -> None:
         self.violations.labels(str(error_code)).inc()

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 
 import anyio
 
+from felix_runtime.credentials import broker_authenticator
 from felix_runtime.logs import log_fields, logger
 from felix_runtime.process import broker_main, load_certificate, log_started
 from felix_runtime.prometheus import PrometheusObserver
@@ -50,6 +51,7 @@ async def run(config: ServerConfig) -> int:
         now=time.time(),
         observer=observer,
         connection_factory=connection_factory,
+        authenticate=broker_authenticator(config),
     )
     observer.attach(server)
     runtime = AnyioUdpRuntime(server)

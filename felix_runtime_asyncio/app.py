@@ -15,6 +15,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from felix_runtime.credentials import broker_authenticator
 from felix_runtime.logs import log_fields, logger
 from felix_runtime.process import broker_main, load_certificate, log_started
 from felix_runtime.prometheus import PrometheusObserver
@@ -60,6 +61,7 @@ class BrokerProcess:
             now=time.time(),
             observer=self.observer,
             connection_factory=connection_factory,
+            authenticate=broker_authenticator(config),
         )
         self.observer.attach(self.server)
         self.runtime = UdpRuntime(self.server)

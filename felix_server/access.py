@@ -1,32 +1,31 @@
 """Who a connection speaks for: the seam where a client's ``Hello`` is authenticated.
 
-A session hands every ``Hello`` to an :data:`Authenticate` function and accepts the
-handshake when it returns a :class:`Principal` (kept as the session's ``principal``), or
-rejects it with the :class:`Refusal`'s code and message. :func:`token_list` is the
-authenticator of ``auth.tokens`` (a fixed set of bearer tokens, or none: every client is
-accepted); an authenticator of signed, tenant-scoped tokens plugs in at the same place.
+A session hands every ``Hello`` (and the current time) to an :data:`Authenticate` function
+and accepts the handshake when it returns a :class:`~felix_core.access.Principal` (kept as
+the session's ``principal``), or rejects it with the :class:`Refusal`'s code and message.
+:func:`accept_anonymous` accepts every client as :data:`~felix_core.access.ANONYMOUS` (a broker
+without authentication); :func:`bearer` turns a credential checker (the runtime's shared
+secrets and Felix token verifier, :mod:`felix_runtime.credentials`) into an authenticator.
 """
 
 from __future__ import annotations
 
-import hmac
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
+from felix_core.access import ANONYMOUS, AuthError, Principal
 from felix_proto import messages as m
 from felix_proto.errors import ErrorCode
 
-__all__ = ["ANONYMOUS", "Authenticate", "Principal", "Refusal", "token_list"]
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Principal:
-    """Who an accepted connection speaks for."""
-
-    name: str
-    """A name for logs (never the token itself)."""
-    tenant: str | None = None
-    """The one tenant the connection may use, or None for every tenant."""
+__all__ = [
+    "ANONYMOUS",
+    "Authenticate",
+    "CheckCredential",
+    "Refusal",
+    "accept_anonymous",
+    "bearer",
+]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -37,37 +36,45 @@ class Refusal:
     """The error code, e.g. ``UNAUTHENTICATED``."""
     message: str
     """The explanation for the client."""
+    details: dict[str, Any] = field(default_factory=dict)
+    """Machine-readable extras (``reason`` for a refused credential)."""
 
 
-Authenticate = Callable[[m.Hello], Principal | Refusal]
-"""Decides a client's ``Hello``: a :class:`Principal` accepts it, a :class:`Refusal` rejects
-it. Pure (no I/O); called once per connection."""
+Authenticate = Callable[[m.Hello, float], Principal | Refusal]
+"""Decides a client's ``Hello`` at time ``now``: a principal accepts it, a :class:`Refusal`
+rejects it. Pure (no I/O); called once per connection."""
 
-ANONYMOUS = Principal(name="anonymous")
-"""The principal of every connection while authentication is off."""
+CheckCredential = Callable[[str | None, float], Principal]
+"""Checks a bearer credential at time ``now``: returns its principal or raises
+:class:`~felix_core.access.AuthError`."""
 
 
-def token_list(tokens: Iterable[str] | None) -> Authenticate:
-    """The authenticator of a fixed set of bearer tokens.
+def accept_anonymous(hello: m.Hello, now: float) -> Principal | Refusal:
+    """The authenticator of a broker without authentication: every client is
+    :data:`~felix_core.access.ANONYMOUS` (an operator)."""
+    return ANONYMOUS
+
+
+def bearer(check: CheckCredential) -> Authenticate:
+    """The authenticator of bearer credentials in ``Hello.token``.
 
     Args:
-        tokens: the accepted tokens, or None to accept every client as :data:`ANONYMOUS`.
+        check: returns the principal of a credential or raises ``AuthError``.
 
     Returns:
-        An :data:`Authenticate` comparing ``Hello.token`` with every accepted token in
-        constant time each (so timing tells nothing about the accepted tokens).
+        An :data:`Authenticate` answering a refused credential with ``UNAUTHENTICATED``,
+        ``missing or invalid token (REASON)`` and ``details.reason`` (the reason reveals
+        nothing about the trusted keys or secrets; the credential is never echoed).
     """
-    if tokens is None:
-        return lambda hello: ANONYMOUS
-    accepted = [t.encode() for t in tokens]
-    refusal = Refusal(code=ErrorCode.UNAUTHENTICATED, message="missing or invalid token")
 
-    def authenticate(hello: m.Hello) -> Principal | Refusal:
-        if not hello.token:
-            return refusal
-        offered = hello.token.encode()
-        # a list, not a short-circuiting generator: every token is compared
-        matches = [hmac.compare_digest(offered, t) for t in accepted]
-        return Principal(name="token") if any(matches) else refusal
+    def authenticate(hello: m.Hello, now: float) -> Principal | Refusal:
+        try:
+            return check(hello.token, now)
+        except AuthError as exc:
+            return Refusal(
+                code=ErrorCode.UNAUTHENTICATED,
+                message=f"missing or invalid token ({exc.reason})",
+                details={"reason": str(exc.reason)},
+            )
 
     return authenticate

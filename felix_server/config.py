@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import ipaddress
 import re
 import tomllib
 import types
@@ -57,6 +58,7 @@ __all__ = [
     "build_parser",
     "config_keys",
     "config_to_toml",
+    "is_loopback",
     "load_config",
     "parse_address",
 ]
@@ -173,10 +175,24 @@ class ServerConfig:
     ``felix[qh3]``: packet engine and crypto in Rust). Clients of either engine connect to
     either (docs/performance.md, "QUIC engines")."""
     auth_tokens: str | None = None
-    """Comma-separated bearer tokens the broker accepts in ``Hello.token``. Absent: no
-    authentication (anonymous clients, development). Set: a handshake without one of them
-    is refused with ``UNAUTHENTICATED`` and the connection closes. Prefer the
-    ``FELIX_AUTH_TOKENS`` environment variable to a flag, which other users can see."""
+    """Shared secrets the broker accepts in ``Hello.token``, separated by commas or
+    newlines, each ``SECRET=TENANT:PERMISSION ...`` (its holder acts in ``TENANT`` with those
+    permissions, docs/security.md). A bare ``SECRET`` (the older form) still works: tenant
+    ``default``, every permission. Prefer the ``FELIX_AUTH_TOKENS`` environment variable to
+    a flag, which other users can see."""
+    auth_issuer_keys: str | None = None
+    """Comma-separated PEM files of Ed25519 public keys trusted to sign Felix tokens for
+    ``auth_issuer`` (the flag ``--auth-issuer-key FILE`` is repeatable)."""
+    auth_jwks: str | None = None
+    """A JWKS file of Ed25519 public keys trusted to sign Felix tokens for ``auth_issuer``
+    (what ``felix token keygen`` writes as ``jwks.json``)."""
+    auth_issuer: str = "felix"
+    """The ``iss`` the trusted keys sign for."""
+    auth_audience: str = "felix"
+    """The ``aud`` a Felix token must name to be accepted here."""
+    insecure_no_auth: bool = False
+    """Allow a broker without authentication to listen on an address other than loopback
+    (everyone who can reach it may do everything)."""
     shutdown_grace_s: float = 5.0
     """On SIGTERM: how long clients have after ``GoAway`` before connections are closed."""
     shutdown_drain_s: float = 25.0
@@ -187,11 +203,14 @@ class ServerConfig:
     """Every engine limit and default policy."""
 
     @property
-    def accepted_tokens(self) -> frozenset[str] | None:
-        """``auth_tokens`` as a set (None: authentication is off)."""
-        if self.auth_tokens is None:
-            return None
-        return frozenset(t.strip() for t in self.auth_tokens.split(",") if t.strip())
+    def auth_enabled(self) -> bool:
+        """Whether clients must authenticate (shared secrets or trusted issuer keys)."""
+        return any(v is not None for v in (self.auth_tokens, self.auth_issuer_keys, self.auth_jwks))
+
+    @property
+    def issuer_key_files(self) -> list[str]:
+        """``auth_issuer_keys`` as a list of paths."""
+        return [p.strip() for p in (self.auth_issuer_keys or "").split(",") if p.strip()]
 
     @property
     def listen_address(self) -> tuple[str, int]:
@@ -226,12 +245,36 @@ class ServerConfig:
             raise ConfigError("data_dir must not be empty")
         if self.metrics_resource_limit < 0:
             raise ConfigError("metrics_resource_limit must be >= 0")
+        self._validate_auth()
         if self.broker.durability != "ephemeral":
             raise ConfigError(
                 "broker.durability: only 'ephemeral' is available (this broker keeps every "
                 "resource in memory; durable storage does not exist yet)"
             )
         self.transport.validate()
+
+    def _validate_auth(self) -> None:
+        if not (self.auth_issuer and self.auth_audience):
+            raise ConfigError("auth_issuer and auth_audience must not be empty")
+        if self.auth_issuer_keys is not None and not self.issuer_key_files:
+            raise ConfigError("auth_issuer_keys: no file named")
+        host = self.listen_address[0]
+        if not (self.auth_enabled or self.insecure_no_auth or is_loopback(host)):
+            raise ConfigError(
+                f"listen: {host} is not a loopback address and authentication is off: set "
+                "auth_tokens (SECRET=TENANT:PERMISSION ...) or auth_issuer_keys / auth_jwks, "
+                "or allow everyone in with insecure_no_auth (--insecure-no-auth)"
+            )
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a listen address's host) is a loopback address or ``localhost``."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def parse_address(value: str, what: str = "address") -> tuple[str, int]:
@@ -422,9 +465,27 @@ def build_parser(prog: str = "felix-broker") -> argparse.ArgumentParser:
     )
     for key, spec in _KEYS.items():
         metavar = "HOST:PORT" if key in ("listen", "metrics") else spec.kind.__name__.upper()
+        if spec.kind is bool and key == "insecure_no_auth":
+            parser.add_argument(
+                _flag_name(key),
+                dest=f"key:{key}",
+                nargs="?",
+                const="true",
+                metavar="BOOL",
+                help=f"({_env_name(key)})",
+            )
+            continue
         parser.add_argument(
             _flag_name(key), dest=f"key:{key}", metavar=metavar, help=f"({_env_name(key)})"
         )
+    parser.add_argument(
+        "--auth-issuer-key",
+        metavar="FILE",
+        action="append",
+        dest="issuer_key_files",
+        help="a PEM Ed25519 public key trusted to sign Felix tokens (repeatable; adds to "
+        "--auth-issuer-keys)",
+    )
     return parser
 
 
@@ -440,6 +501,10 @@ def _from_flags(namespace: argparse.Namespace) -> dict[str, Any]:
         if not sep or key not in _KEYS:
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE with a known key")
         out[key] = _from_text(_KEYS[key], text, f"--set {key}")
+    files = getattr(namespace, "issuer_key_files", None)
+    if files:
+        given = [out["auth_issuer_keys"]] if out.get("auth_issuer_keys") else []
+        out["auth_issuer_keys"] = ",".join(given + files)
     return out
 
 

@@ -74,6 +74,10 @@ class ServerObserver:
     def dead_lettered(self, reason: str) -> None:
         """A queue message was dead-lettered (``max_attempts`` or ``rejected``)."""
 
+    def auth_denied(self, action: str) -> None:
+        """Authorization refused a request needing ``action`` (``publish``, ``admin`` ...):
+        a missing permission, or another tenant's resource."""
+
     def protocol_violation(self, error_code: int, fatal: bool) -> None:
         """A client broke the protocol; the glue answered with ``error_code``."""
 

@@ -32,6 +32,7 @@ _KINDS: dict[type[m.Message], str] = {
     m.AdminUpdate: "admin_update",
     m.AdminList: "admin_list",
     m.AdminDelete: "admin_delete",
+    m.Reauthenticate: "reauthenticate",
 }
 
 REQUEST_KINDS: tuple[str, ...] = tuple(_KINDS.values())

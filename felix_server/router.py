@@ -22,6 +22,18 @@ events back to completion events for the original connection and request, and re
 feeds it opens. That is a new :class:`Route`, chosen in :meth:`Router.route_for`; the
 sessions, the mailboxes and the replies do not change.
 
+Authorization. Every request passes one check here, before any route sees it: the router
+knows each connection's :class:`~felix_core.access.Principal` (:meth:`Router.identify`,
+called when the handshake is accepted) and asks the pure core
+(:func:`felix_core.access.authorize`) about what the request does (:func:`access_of`). A
+refused request is answered from here (``NOT_FOUND`` for another tenant's resource, exactly
+as for an absent one; ``FORBIDDEN`` naming a missing permission) and counted
+(``ServerObserver.auth_denied``). Requests that name a feed by id (``Unsubscribe``,
+``CancelConsume``, ``Ack``, ``Nack``) and ``Credit`` act on a subscription or consumer of
+the same connection, which was opened through this check with the same principal; ids are
+per connection, so another connection's feed is as absent as one that never existed. A
+connection's rights end when its principal expires (the session closes it then).
+
 Metrics. Dropped and ended subscriptions and dead letters are reported to the observer as
 they pass through, whether or not their connection is still there.
 """
@@ -31,12 +43,16 @@ from __future__ import annotations
 from typing import Protocol
 
 from felix_core import events as ce
+from felix_core.access import ANONYMOUS, Access, Action, Principal, authorize
 from felix_core.broker import FeedBacklog
 from felix_proto import messages as m
 from felix_server.local_route import LocalRoute
 from felix_server.observer import ServerObserver
 
-__all__ = ["Route", "Router"]
+__all__ = ["UNIDENTIFIED", "Route", "Router", "access_of"]
+
+UNIDENTIFIED = Principal(subject="unidentified", tenant="", issuer="none")
+"""The principal of a connection whose handshake is not accepted yet: allowed nothing."""
 
 
 _COUNTED = frozenset({ce.RecordsSkipped, ce.SubscriptionClosed, ce.MessageDeadLettered})
@@ -87,20 +103,35 @@ class Router:
         self._observer = observer
         self._mail: dict[int, list[ce.EngineEvent]] = {}
         self._ready: dict[int, None] = {}
+        self._principals: dict[int, Principal] = {}
 
     # ------------------------------------------------------------------ connections
 
-    def attach(self, conn_id: int, now: float) -> None:
-        """A connection starts: give it a mailbox (and the engine its books)."""
+    def attach(self, conn_id: int, now: float, principal: Principal = ANONYMOUS) -> None:
+        """A connection starts: give it a mailbox (and the engine its books).
+
+        Args:
+            conn_id: the connection.
+            now: the current time.
+            principal: who it speaks for until :meth:`identify` says otherwise (a session
+                passes :data:`UNIDENTIFIED`; the default serves engine tests).
+        """
         self.engine.attach(conn_id, now)
         self._mail[conn_id] = []
+        self._principals[conn_id] = principal
         self.collect(now)
+
+    def identify(self, conn_id: int, principal: Principal) -> None:
+        """The connection's handshake was accepted: it speaks for ``principal``."""
+        if conn_id in self._mail:
+            self._principals[conn_id] = principal
 
     def detach(self, conn_id: int, now: float) -> None:
         """A connection is gone: release what it held everywhere and drop its mail."""
         self.engine.detach(conn_id, now)
         self._mail.pop(conn_id, None)
         self._ready.pop(conn_id, None)
+        self._principals.pop(conn_id, None)
         self.collect(now)  # what it held may go to others (redeliveries)
 
     def pause(self, conn_id: int) -> None:
@@ -129,6 +160,18 @@ class Router:
             message: the request.
             now: the current time.
         """
+        access = access_of(message)
+        if access is not None:
+            denied = authorize(self._principals.get(conn_id, UNIDENTIFIED), access)
+            if denied is not None:
+                self._observer.auth_denied(str(access.action))
+                box = self._mail.get(conn_id)
+                if box is not None:
+                    box.append(
+                        ce.RequestRefused(connection_id=conn_id, request=request, error=denied)
+                    )
+                    self._ready[conn_id] = None
+                return
         self.route_for(message).submit(conn_id, request, message, now)
         self.collect(now)
 
@@ -235,3 +278,70 @@ class Router:
         if deadline is not None and deadline <= now:
             self.engine.handle_timer(now)
             self.collect(now)
+
+
+# ---------------------------------------------------------------------- authorization
+
+_DATA: dict[type[m.Message], tuple[Action, str, str]] = {
+    m.Publish: (Action.PUBLISH, "stream", "stream"),
+    m.PublishBatch: (Action.PUBLISH, "stream", "stream"),
+    m.Enqueue: (Action.ENQUEUE, "queue", "queue"),
+    m.Consume: (Action.CONSUME, "queue", "queue"),
+    m.CachePut: (Action.CACHE_WRITE, "cache", "cache"),
+    m.CacheDelete: (Action.CACHE_WRITE, "cache", "cache"),
+    m.CacheGet: (Action.CACHE_READ, "cache", "cache"),
+}
+"""Data requests: the action, the kind of resource and the field that names it."""
+
+_ADMIN = (m.AdminCreate, m.AdminDescribe, m.AdminUpdate, m.AdminDelete)
+
+
+def access_of(message: m.Message) -> Access | None:
+    """What a request does, for :func:`~felix_core.access.authorize`; None for requests
+    that name a feed of the connection by id (see the module docstring).
+
+    ``Subscribe`` needs ``subscribe`` on the stream, or ``cache.read`` on the cache when
+    it follows a cache's change feed. Admin requests need ``admin`` on the resource
+    (``NAMESPACE/`` for a namespace, ``/`` for a tenant); a listing needs it on every name
+    it could show (``NAMESPACE/*``, or ``*/`` for the namespaces of a tenant).
+    """
+    kind = type(message)
+    found = _DATA.get(kind)
+    if found is not None:
+        action, resource, field = found
+        return Access(
+            action=action,
+            kind=resource,
+            tenant=getattr(message, "tenant"),  # noqa: B009 - every _DATA type has it
+            namespace=getattr(message, "namespace"),  # noqa: B009
+            name=getattr(message, field),
+        )
+    if isinstance(message, m.Subscribe):
+        cache = message.source == m.SourceKind.CACHE.value
+        return Access(
+            action=Action.CACHE_READ if cache else Action.SUBSCRIBE,
+            kind="cache" if cache else "stream",
+            tenant=message.tenant,
+            namespace=message.namespace,
+            name=message.stream,
+        )
+    if isinstance(message, _ADMIN):
+        return Access(
+            action=Action.ADMIN,
+            kind=message.kind,
+            tenant=message.tenant,
+            namespace=message.namespace,
+            name=message.name,
+            parent=isinstance(message, m.AdminCreate),
+        )
+    if isinstance(message, m.AdminList):
+        leaf = message.kind not in ("tenant", "namespace")
+        return Access(
+            action=Action.ADMIN,
+            kind=message.kind,
+            tenant=message.tenant if message.kind != "tenant" else "",
+            namespace=message.namespace if leaf else "*",
+            name="*" if leaf else "",
+            parent=True,
+        )
+    return None

@@ -65,7 +65,7 @@ Refused connections are reported to the observer (``connection_refused``) with t
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from aioquic._buffer import Buffer
@@ -80,8 +80,9 @@ from aioquic.quic.packet import (
 
 from felix_core.broker import Broker
 from felix_proto import ALPN
+from felix_proto.connection import TOKEN_REFRESH
 from felix_proto.deadlines import Deadlines
-from felix_server.access import Authenticate, token_list
+from felix_server.access import Authenticate, accept_anonymous
 from felix_server.batches import EncodedBatches
 from felix_server.config import ServerConfig
 from felix_server.drain import Drain
@@ -140,8 +141,13 @@ class FelixServer:
         connection_factory: builds QUIC connections (default: aioquic's, with Felix's ALPN
             rule, :class:`~felix_server.quic.FelixQuicConnection`; the runtimes pass the
             configured engine's, :mod:`felix_runtime.quic_engines`).
-        authenticate: decides each client's ``Hello`` (default: the ``auth.tokens`` of
-            ``config``, :func:`~felix_server.access.token_list`).
+        authenticate: decides each client's ``Hello``. Required when ``config`` turns
+            authentication on (a runtime builds it with
+            ``felix_runtime.credentials.broker_authenticator``, which reads the key files);
+            without authentication every client is the anonymous operator.
+
+    Raises:
+        ValueError: ``config`` turns authentication on and no ``authenticate`` is given.
     """
 
     def __init__(
@@ -156,8 +162,12 @@ class FelixServer:
         authenticate: Authenticate | None = None,
     ) -> None:
         self.config = config
-        self._authenticate = authenticate or token_list(config.accepted_tokens)
+        if authenticate is None and config.auth_enabled:
+            raise ValueError("authentication is configured: pass its authenticate function")
+        self._authenticate = authenticate or accept_anonymous
         self._limits = SessionLimits.from_config(config)
+        if authenticate is not None:  # clients authenticate: they may renew their token
+            self._limits = replace(self._limits, capabilities=(TOKEN_REFRESH,))
         self.quic_configuration = quic_configuration
         self.observer = observer or ServerObserver()
         self.broker = broker if broker is not None else Broker(config.broker, now=now)

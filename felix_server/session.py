@@ -23,9 +23,13 @@ also reset our side so its buffered bytes are released); ``HandshakeCompleted`` 
 ALPN (``felix/2``, or none at all: the in-band version then decides);
 ``ConnectionTerminated`` becomes ``connection_lost`` and detaches the connection.
 
-Felix -> router. ``HandshakeRequested`` goes to the authenticate function: a
-:class:`~felix_server.access.Principal` accepts it (``Welcome`` with the engine's limits), a
-:class:`~felix_server.access.Refusal` rejects it. Each ``RequestReceived`` gets the next
+Felix -> router. ``HandshakeRequested`` goes to the authenticate function with ``now``: a
+:class:`~felix_core.access.Principal` accepts it (``Welcome`` with the engine's limits; the
+router learns who the connection speaks for, and authorizes each request against it), a
+:class:`~felix_server.access.Refusal` rejects it (``Error`` with its code, message and
+details, then close). A principal that expires (``expires_at``) ends the connection's rights
+at that instant: the session's timer fires then and the connection is closed with
+``Error(UNAUTHENTICATED)``, ``details.reason`` ``expired``. Each ``RequestReceived`` gets the next
 request number and is submitted to the router; it completes through the connection's
 mailbox with a :class:`~felix_core.events.RequestCompleted` (the reply,
 :func:`~felix_server.requests.reply_to`) or a :class:`~felix_core.events.RequestRefused`
@@ -74,20 +78,22 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 
 from aioquic.quic.connection import NetworkAddress
 
 from felix_core import events as ce
+from felix_core.access import Principal
 from felix_core.log import LogSlice
 from felix_core.queue_types import QueueDelivery
 from felix_proto import ALPN
 from felix_proto import events as fe
 from felix_proto import messages as m
+from felix_proto.connection import TOKEN_REFRESH
 from felix_proto.errors import ErrorCode, FelixProtoError
 from felix_proto.server import ServerConnection
-from felix_server.access import Authenticate, Principal
+from felix_server.access import Authenticate, Refusal
 from felix_server.batches import EncodedBatches
 from felix_server.config import ServerConfig
 from felix_server.gate import Gate, HeldData, Move
@@ -95,7 +101,7 @@ from felix_server.observer import ServerObserver
 from felix_server.outbox import FeedKey, FeedOutbox
 from felix_server.quic_engine import EVENTS, QuicConnectionLike, hold_credit, send_buffered
 from felix_server.requests import reply_to, request_kind
-from felix_server.router import Router
+from felix_server.router import UNIDENTIFIED, Router
 from felix_server.split import split_slice
 
 __all__ = ["CLOSE_LINGER", "Session", "SessionLimits"]
@@ -130,6 +136,9 @@ class SessionLimits:
     """``transport.connection_buffer_resume``."""
     buffer_cap: int
     """``transport.connection_buffer_cap``."""
+    capabilities: tuple[str, ...] = ()
+    """Optional features offered in ``Welcome`` (``token-refresh`` when clients
+    authenticate)."""
 
     @classmethod
     def from_config(cls, config: ServerConfig) -> SessionLimits:
@@ -193,6 +202,7 @@ class Session:
             region=limits.region,
             limits=limits.welcome,
             max_frame_size=limits.max_frame_size,
+            capabilities=limits.capabilities,
         )
         self.gate = Gate(
             limit=limits.buffer_limit, resume=limits.buffer_resume, cap=limits.buffer_cap
@@ -212,7 +222,9 @@ class Session:
         self._close_deadline: float | None = None
         self._quic_closed = False
         self._hello_deadline: float | None = now + limits.handshake_timeout_s
-        router.attach(conn_id, now)
+        self._expires_at: float | None = None  # the principal's rights end then
+        self._agreed: list[str] = []  # the capabilities agreed in the handshake
+        router.attach(conn_id, now, UNIDENTIFIED)
 
     @property
     def paused(self) -> bool:
@@ -243,15 +255,19 @@ class Session:
             self._hello_deadline = None
             timeout = self.limits.handshake_timeout_s
             self.felix.close(int(ErrorCode.TIMEOUT), f"no Hello within {timeout:g} s")
+        if self._expires_at is not None and now >= self._expires_at:
+            self._expired(now)
         self._process(now)
 
     def get_timer(self) -> float | None:
-        """The earliest of QUIC's, Felix's, the handshake and the close linger deadline."""
+        """The earliest of QUIC's, Felix's, the handshake, the close linger deadline and the
+        principal's expiry."""
         deadlines = (
             self.quic.get_timer(),
             self.felix.get_timer(),
             self._close_deadline,
             self._hello_deadline,
+            self._expires_at,
         )
         return min((d for d in deadlines if d is not None), default=None)
 
@@ -341,7 +357,8 @@ class Session:
                 router.credit(conn_id, event.subscription_id, event.messages, event.bytes, now)
             elif isinstance(event, fe.HandshakeRequested):
                 self._hello_deadline = None
-                self._handshake(event)
+                self._agreed = list(event.capabilities)
+                self._handshake(event, now)
             elif isinstance(event, fe.SubscriptionCancelled):
                 self._outbox.drop((True, event.subscription_id))
                 router.stop_subscription(conn_id, event.subscription_id, now)
@@ -358,13 +375,13 @@ class Session:
                 if self.principal is None:
                     self.observer.handshake_failed(event.error_code)
 
-    def _handshake(self, event: fe.HandshakeRequested) -> None:
+    def _handshake(self, event: fe.HandshakeRequested, now: float) -> None:
         """Accept or reject the client's ``Hello`` as the authenticate function says."""
         felix = self.felix
         try:
-            decision = self._authenticate(event.hello)
+            decision = self._authenticate(event.hello, now)
             if not isinstance(decision, Principal):
-                felix.reject(decision.code, decision.message)
+                felix.reject(decision.code, decision.message, details=decision.details)
                 return
             felix.accept()
         except Exception as exc:  # a bug: close with INTERNAL rather than go silent
@@ -372,7 +389,66 @@ class Session:
             felix.close(int(ErrorCode.INTERNAL), "internal error")
             return
         self.principal = decision
+        self.router.identify(self.conn_id, decision)
+        self._expires_at = decision.expires_at
         self.observer.handshake_completed(event.version)
+
+    def _reauthenticate(self, msg: m.Reauthenticate, now: float) -> None:
+        """Replace the connection's principal with the one of a new token (capability
+        ``token-refresh``): ``Ok``, or ``Error`` and the current rights stand."""
+        kind = request_kind(msg)
+        token = self.observer.request_started(kind)
+        self.observer.request_finished(token, kind, self._renew(msg, now))
+
+    def _renew(self, msg: m.Reauthenticate, now: float) -> int:
+        """Decide a ``Reauthenticate``; returns the error code answered (0: ``Ok``)."""
+        felix, current = self.felix, self.principal
+        rid = msg.request_id
+        error: tuple[int, str, dict[str, object]] | None = None
+        if TOKEN_REFRESH not in self._agreed:
+            error = (ErrorCode.UNEXPECTED_MESSAGE, f"{TOKEN_REFRESH} was not agreed", {})
+        elif current is None or felix.hello is None:  # pragma: no cover - after Welcome only
+            error = (ErrorCode.UNAUTHENTICATED, "no principal to renew", {})
+        else:
+            try:
+                decision = self._authenticate(replace(felix.hello, token=msg.token), now)
+            except Exception as exc:  # a bug: answer INTERNAL, keep the connection
+                self._internal("reauthenticate", exc)
+                decision = Refusal(code=ErrorCode.INTERNAL, message="internal error")
+            if isinstance(decision, Refusal):
+                error = (decision.code, decision.message, dict(decision.details))
+            elif (decision.tenant, decision.subject, decision.operator) != (
+                current.tenant,
+                current.subject,
+                current.operator,
+            ):
+                error = (
+                    ErrorCode.FORBIDDEN,
+                    "a refreshed token must name the connection's tenant and subject",
+                    {},
+                )
+            else:
+                self.principal = decision
+                self.router.identify(self.conn_id, decision)
+                self._expires_at = decision.expires_at
+                felix.send_reply(m.Ok(request_id=rid))
+                return 0
+        code, text, details = error
+        with contextlib.suppress(FelixProtoError):
+            felix.send_error(rid, int(code), text, details=details)
+        return int(code)
+
+    def _expired(self, now: float) -> None:
+        """The principal's rights ended: no request is served from now on, and the
+        connection closes with ``Error(UNAUTHENTICATED)`` (reason ``expired``)."""
+        self._expires_at = None
+        self.router.identify(self.conn_id, UNIDENTIFIED)
+        self.observer.log("info", "token expired: closing the connection", conn_id=self.conn_id)
+        self.felix.close_with_error(
+            int(ErrorCode.UNAUTHENTICATED),
+            "missing or invalid token (expired)",
+            details={"reason": "expired"},
+        )
 
     def _may_read(self, now: float) -> bool:
         """Whether the next request may be served: not once over the cap."""
@@ -423,6 +499,9 @@ class Session:
     def _request(self, msg: m.Message, now: float) -> None:
         """Submit a request to the router and write what is ready at once (its answer, if
         it completed, and any feed events), before the next request is read."""
+        if type(msg) is m.Reauthenticate:  # the session's own business, not a route's
+            self._reauthenticate(msg, now)
+            return
         kind = request_kind(msg)
         number = self._next_request
         self._next_request += 1

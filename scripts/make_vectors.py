@@ -66,6 +66,7 @@ MESSAGE_VECTORS: list[tuple[str, m.Message]] = [
     ),
     ("error_connection", m.Error(code=100, message="bad frame", retryable=False)),
     ("ok", m.Ok(request_id=1)),
+    ("reauthenticate", m.Reauthenticate(request_id=2, token="eyJhbGciOiJFZERTQSJ9.e30.c2ln")),
     (
         "publish",
         m.Publish(request_id=7, stream="created", payload=_P, tenant="acme", namespace="orders"),

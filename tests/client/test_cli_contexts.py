@@ -196,7 +196,7 @@ def test_defaults() -> None:
         "ca": None,
         "insecure": False,
         "token": None,
-        "tenant": "default",
+        "tenant": None,  # the token's tenant, else "default" (felix_client.Client)
         "namespace": "default",
         "metrics": DEFAULT_METRICS_URL,
     }
@@ -238,7 +238,7 @@ def test_cli_layers_through_parse_args(cfg: Path, tmp_path: Path) -> None:
         "quic://b:2",
         "nb",
         TOKEN,
-        "default",
+        None,  # the Client takes the token's tenant, else "default"
     )
     args = cli.parse_args(
         ["--context", "a", "cache", "get", "c", "k"], env={**env, "FELIX_CONTEXT": "b"}

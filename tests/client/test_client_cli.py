@@ -17,7 +17,7 @@ def test_common_flags_before_or_after_the_subcommand() -> None:
     b = cli.parse_args(["sub", "orders", "--server", "quic://h:1", "--output", "json"], env={})
     for args in (a, b):
         assert (args.server, args.output, args.stream) == ("quic://h:1", "json", "orders")
-        assert (args.tenant, args.namespace, args.timeout) == ("default", "default", 10.0)
+        assert (args.tenant, args.namespace, args.timeout) == (None, "default", 10.0)
 
 
 def test_server_from_environment_and_default() -> None:

@@ -23,7 +23,7 @@ import pytest
 import yaml
 from kustomize_render import Manifest, load_documents, render
 
-from felix_server.config import ServerConfig, build_parser, load_config
+from felix_server.config import ConfigError, ServerConfig, build_parser, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 KUBE = ROOT / "deploy" / "kubernetes"
@@ -175,7 +175,7 @@ def test_broker_flags_config_and_ports_agree(overlay: str) -> None:
     assert config.metrics_enabled
     assert config.metrics_address == ("0.0.0.0", metrics["containerPort"])
     assert config.server_id == POD_NAME
-    assert config.accepted_tokens == {SECRET_VALUE}
+    assert config.auth_tokens == SECRET_VALUE and config.auth_enabled
     assert config.log_format == "json"
     for service_name in ("felix", "felix-headless"):
         service = _one(objects, "Service", service_name)
@@ -322,7 +322,9 @@ def test_dockerfile_is_multi_stage_non_root_and_runs_the_broker() -> None:
     assert entrypoint == ["felix-broker"]
     (cmd,) = [yaml.safe_load(r) for i, r in final if i == "CMD"]
     _check_flags_are_spelled_out(cmd)
-    config, _ = load_config(cmd, {}, lambda path: b"")
+    with pytest.raises(ConfigError, match="not a loopback address and authentication is off"):
+        load_config(cmd, {}, lambda path: b"")  # the image needs auth (or an explicit opt-out)
+    config, _ = load_config(cmd, {"FELIX_AUTH_TOKENS": "s=t:*"}, lambda path: b"")
     (expose,) = [shlex.split(r) for i, r in final if i == "EXPOSE"]
     assert f"{config.listen_address[1]}/udp" in expose
     assert f"{config.metrics_address[1]}/tcp" in expose

@@ -22,6 +22,7 @@ from felix_proto import ALPN
 from felix_proto import events as fe
 from felix_proto.client import ClientConnection
 from felix_runtime.tls import ensure_self_signed
+from felix_server.access import Authenticate
 from felix_server.config import ServerConfig, TransportConfig
 from felix_server.observer import ServerObserver
 from felix_server.server import FelixServer, make_quic_configuration
@@ -90,6 +91,7 @@ class MemoryNet:
         tmp: Path,
         transport: TransportConfig | None = None,
         observer: ServerObserver | None = None,
+        authenticate: Authenticate | None = None,
     ) -> None:
         files = ensure_self_signed(tmp)
         self.cafile = str(files.cert_path)
@@ -97,7 +99,9 @@ class MemoryNet:
         quic_config = make_quic_configuration(config)
         quic_config.load_cert_chain(str(files.cert_path), str(files.key_path))
         self.now = 1_000_000.0
-        self.server = FelixServer(config, quic_config, now=self.now, observer=observer)
+        self.server = FelixServer(
+            config, quic_config, now=self.now, observer=observer, authenticate=authenticate
+        )
         self.broker = ThroughRouter(self.server.router)
         self.clients: dict[tuple[str, int], MemoryClient] = {}
         self._port = 40000

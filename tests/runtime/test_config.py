@@ -125,9 +125,9 @@ def test_print_config_round_trips() -> None:
 
 
 def test_auth_tokens_from_env_or_flag() -> None:
-    assert load([]).accepted_tokens is None  # authentication off by default
-    assert load([], env={"FELIX_AUTH_TOKENS": " a, b ,,"}).accepted_tokens == {"a", "b"}
-    assert load(["--auth-tokens", "c"], env={"FELIX_AUTH_TOKENS": "a"}).accepted_tokens == {"c"}
+    assert not load([]).auth_enabled  # authentication off by default
+    assert load([], env={"FELIX_AUTH_TOKENS": "a, b ,,"}).auth_tokens == "a, b ,,"
+    assert load(["--auth-tokens", "c"], env={"FELIX_AUTH_TOKENS": "a"}).auth_tokens == "c"
 
 
 @pytest.mark.parametrize(
@@ -172,3 +172,37 @@ def test_a_durable_default_is_refused_at_start() -> None:
         load(["--broker-durability", "durable"])
     assert "only 'ephemeral' is available" in str(info.value)
     assert str(info.value).endswith("(broker.durability from flag --broker-durability)")
+
+
+def test_auth_issuer_keys_jwks_issuer_audience_from_every_layer() -> None:
+    config = load(
+        ["--auth-issuer-key", "a.pem", "--auth-issuer-key", "b.pem", "--auth-audience", "eu"],
+        env={"FELIX_AUTH_JWKS": "keys.json", "FELIX_AUTH_ISSUER": "corp"},
+    )
+    assert config.issuer_key_files == ["a.pem", "b.pem"]
+    assert (config.auth_jwks, config.auth_issuer, config.auth_audience) == (
+        "keys.json",
+        "corp",
+        "eu",
+    )
+    assert config.auth_enabled
+    both = load(["--auth-issuer-keys", "a.pem", "--auth-issuer-key", "c.pem"])
+    assert both.issuer_key_files == ["a.pem", "c.pem"]
+    text = config_to_toml(config)
+    assert 'auth_issuer_keys = "a.pem,b.pem"' in text and 'auth_audience = "eu"' in text
+    assert "# insecure_no_auth" not in text and "insecure_no_auth = false" in text
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.1.2.3", "[::1]", "localhost"])
+def test_no_auth_is_fine_on_loopback(host: str) -> None:
+    assert not load(["--listen", f"{host}:7000"]).auth_enabled
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "[::]", "10.0.0.1", "broker.example"])
+def test_no_auth_elsewhere_refuses_to_start_unless_insecure(host: str) -> None:
+    with pytest.raises(ConfigError, match="not a loopback address and authentication is off"):
+        load(["--listen", f"{host}:7000"])
+    assert load(["--listen", f"{host}:7000", "--insecure-no-auth"]).insecure_no_auth
+    assert load(["--listen", f"{host}:7000"], env={"FELIX_INSECURE_NO_AUTH": "1"})
+    assert load(["--listen", f"{host}:7000", "--auth-tokens", "s=t:*"]).auth_enabled
+    assert load(["--listen", f"{host}:7000", "--auth-jwks", "k.json"]).auth_enabled

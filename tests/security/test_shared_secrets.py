@@ -27,11 +27,11 @@ def reason(call: object, *args: object) -> AuthReason:
     return caught.value.reason
 
 
-def test_legacy_list_keeps_working_as_the_default_tenant_with_every_permission() -> None:
+def test_legacy_list_keeps_working_as_an_operator_credential() -> None:
     entries = parse_shared_secrets("tok1, tok2,,  ")
-    assert [(e.position, e.tenant, e.permissions) for e in entries] == [
-        (1, "default", EVERYTHING),
-        (2, "default", EVERYTHING),
+    assert [(e.position, e.tenant, e.permissions, e.operator) for e in entries] == [
+        (1, "default", EVERYTHING, True),
+        (2, "default", EVERYTHING, True),
     ]
     principal = SharedSecretAuthenticator(entries).authenticate("tok2")
     assert principal == Principal(
@@ -39,8 +39,17 @@ def test_legacy_list_keeps_working_as_the_default_tenant_with_every_permission()
         tenant="default",
         permissions=EVERYTHING,
         issuer="auth_tokens",
+        operator=True,
     )
     assert principal.expires_at is None
+    assert principal.acts_in("any-tenant")  # what a bare secret always meant
+
+
+def test_a_mapped_secret_is_no_operator() -> None:
+    (entry,) = parse_shared_secrets("s3cret=blue:*")
+    principal = SharedSecretAuthenticator([entry]).authenticate("s3cret")
+    assert not entry.operator and not principal.operator
+    assert principal.acts_in("blue") and not principal.acts_in("default")
 
 
 def test_bare_secret_may_contain_equals_signs() -> None:
