@@ -53,6 +53,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from felix_core.cache import CacheStats, CacheTotals
+from felix_core.completion import completes
 from felix_core.errors import (
     EngineError,
     InvalidArgument,
@@ -435,6 +436,7 @@ class Broker:
 
     # ----------------------------------------------------------------------- admin
 
+    @completes
     def create(
         self,
         conn_id: int,
@@ -463,17 +465,13 @@ class Broker:
             settings: the kind's settings (see docs/engine.md); absent ones take defaults.
             now: the current time.
         """
-        mark = len(self._out)
-        try:
-            self._running()
-            k = Catalog.parse_kind(kind)
-            self._check_durability(settings or {})
-            record = self.catalog.create(k, (tenant, namespace, name), settings or {}, now)
-        except EngineError as exc:
-            self._refuse(mark, conn_id, request, exc)
-            return
-        self._write(conn_id, request, WriteOp.CREATE, record, None)
+        self._running()
+        k = Catalog.parse_kind(kind)
+        self._check_durability(settings or {})
+        record = self.catalog.create(k, (tenant, namespace, name), settings or {}, now)
+        self._write(conn_id, request, WriteOp.CREATE, record, None)  # completes in metadata_written
 
+    @completes
     def update(
         self,
         conn_id: int,
@@ -491,17 +489,15 @@ class Broker:
         Completes with :class:`~felix_core.events.ResourceDescribed`. Refusals:
         InvalidArgument, NotFound, Conflict (a concurrent update won), ShuttingDown.
         """
-        mark = len(self._out)
-        try:
-            self._running()
-            k = Catalog.parse_kind(kind)
-            self._check_durability(settings or {})
-            record = self.catalog.update(k, (tenant, namespace, name), settings or {}, now)
-        except EngineError as exc:
-            self._refuse(mark, conn_id, request, exc)
-            return
-        self._write(conn_id, request, WriteOp.REPLACE, record, record.generation - 1)
+        self._running()
+        k = Catalog.parse_kind(kind)
+        self._check_durability(settings or {})
+        record = self.catalog.update(k, (tenant, namespace, name), settings or {}, now)
+        self._write(
+            conn_id, request, WriteOp.REPLACE, record, record.generation - 1
+        )  # completes in metadata_written
 
+    @completes
     def delete(
         self,
         conn_id: int,
@@ -518,15 +514,10 @@ class Broker:
         Completes with :class:`~felix_core.events.RequestCompleted`. Refusals:
         InvalidArgument, NotFound, Conflict (a tenant or namespace that is not empty).
         """
-        mark = len(self._out)
-        try:
-            k = Catalog.parse_kind(kind)
-            record = self.catalog.delete(k, (tenant, namespace, name))
-        except EngineError as exc:
-            self._refuse(mark, conn_id, request, exc)
-            return
-        self._write(conn_id, request, WriteOp.DELETE, record, None)
+        record = self.catalog.delete(Catalog.parse_kind(kind), (tenant, namespace, name))
+        self._write(conn_id, request, WriteOp.DELETE, record, None)  # completes in metadata_written
 
+    @completes
     def describe(
         self,
         conn_id: int,
@@ -537,42 +528,28 @@ class Broker:
         name: str = "",
         *,
         now: float,
-    ) -> None:
+    ) -> ResourceDescribed:
         """Describe a resource, with live ``stats`` for streams, queues and caches.
 
         Completes with :class:`~felix_core.events.ResourceDescribed`. Refusals:
         InvalidArgument, NotFound.
         """
-        mark = len(self._out)
-        try:
-            k = Catalog.parse_kind(kind)
-            record = self.catalog.describe(k, (tenant, namespace, name))
-        except EngineError as exc:
-            self._refuse(mark, conn_id, request, exc)
-            return
+        record = self.catalog.describe(Catalog.parse_kind(kind), (tenant, namespace, name))
         resource = self._describe(record, now)
-        self._out.append(
-            ResourceDescribed(connection_id=conn_id, request=request, resource=resource)
-        )
+        return ResourceDescribed(connection_id=conn_id, request=request, resource=resource)
 
+    @completes
     def list(
         self, conn_id: int, request: int, kind: str, tenant: str = "", namespace: str = ""
-    ) -> None:
+    ) -> ResourcesListed:
         """List the resources of a kind under a tenant (and namespace).
 
         Completes with :class:`~felix_core.events.ResourcesListed`. Refusals:
         InvalidArgument, NotFound (the parent).
         """
-        mark = len(self._out)
-        try:
-            k = Catalog.parse_kind(kind)
-            resources = [r.to_dict() for r in self.catalog.list(k, tenant, namespace)]
-        except EngineError as exc:
-            self._refuse(mark, conn_id, request, exc)
-            return
-        self._out.append(
-            ResourcesListed(connection_id=conn_id, request=request, resources=resources)
-        )
+        k = Catalog.parse_kind(kind)
+        resources = [r.to_dict() for r in self.catalog.list(k, tenant, namespace)]
+        return ResourcesListed(connection_id=conn_id, request=request, resources=resources)
 
     def _check_durability(self, settings: Mapping[str, Any]) -> None:
         """Refuse ``durability=durable`` unless the log store keeps logs across restarts.
@@ -654,6 +631,7 @@ class Broker:
         else:
             out.insert(mark, done)
 
+    @completes
     def subscribe(
         self,
         conn_id: int,
@@ -668,7 +646,7 @@ class Broker:
         credit_bytes: int = 1 << 20,
         source: str = "stream",
         now: float,
-    ) -> None:
+    ) -> SubscriptionOpened:
         """Subscribe a connection to a stream, or to a cache's change feed.
 
         Completes with :class:`~felix_core.events.SubscriptionOpened`, followed by the
@@ -692,56 +670,49 @@ class Broker:
             ValueError: the connection is not attached (a bug in the caller).
         """
         att = self._attachment(conn_id)
-        mark = len(self._out)
         cfg = self.config
-        try:
-            self._running()
-            if len(att.live_subs()) >= cfg.max_subscriptions_per_connection:
-                raise LimitExceeded(
-                    f"at most {cfg.max_subscriptions_per_connection} subscriptions per connection",
-                    details={"limit": cfg.max_subscriptions_per_connection},
-                )
-            path = (tenant, namespace, name)
-            partition: StreamPartition | CachePartition
-            if source == "stream":
-                partition = self.registry.stream(path)
-                fanout: Fanout = partition.stream
-            elif source == "cache":
-                partition = self.registry.cache(path)
-                fanout = partition.follow(self._out)
-            else:
-                raise InvalidArgument(
-                    f"unknown subscription source {source!r}", details={"field": "source"}
-                )
-            sub = fanout.subscribe(
-                self._next_sub_id,
-                conn_id,
-                start,
-                start_value,
-                min(credit_messages, cfg.max_credit_messages),
-                min(credit_bytes, cfg.max_credit_bytes),
-                now,
-                paused=att.paused,
+        self._running()
+        if len(att.live_subs()) >= cfg.max_subscriptions_per_connection:
+            raise LimitExceeded(
+                f"at most {cfg.max_subscriptions_per_connection} subscriptions per connection",
+                details={"limit": cfg.max_subscriptions_per_connection},
             )
-        except EngineError as exc:
-            self._refuse(mark, conn_id, request, exc)
-            return
+        path = (tenant, namespace, name)
+        partition: StreamPartition | CachePartition
+        if source == "stream":
+            partition = self.registry.stream(path)
+            fanout: Fanout = partition.stream
+        elif source == "cache":
+            partition = self.registry.cache(path)
+            fanout = partition.follow(self._out)
+        else:
+            raise InvalidArgument(
+                f"unknown subscription source {source!r}", details={"field": "source"}
+            )
+        sub = fanout.subscribe(
+            self._next_sub_id,
+            conn_id,
+            start,
+            start_value,
+            min(credit_messages, cfg.max_credit_messages),
+            min(credit_bytes, cfg.max_credit_bytes),
+            now,
+            paused=att.paused,
+        )
         self._next_sub_id += 1
         att.subs[sub.id] = (partition, fanout, sub)
         self.registry.reschedule(partition)
-        self._out.insert(
-            mark,
-            SubscriptionOpened(
-                connection_id=conn_id,
-                request=request,
-                subscription_id=sub.id,
-                first_offset=sub.start_offset,
-            ),
+        return SubscriptionOpened(
+            connection_id=conn_id,
+            request=request,
+            subscription_id=sub.id,
+            first_offset=sub.start_offset,
         )
 
+    @completes
     def unsubscribe(
         self, conn_id: int, request: int | None, subscription_id: int, *, now: float
-    ) -> None:
+    ) -> RequestCompleted | None:
         """End a subscription; its :class:`~felix_core.events.SubscriptionClosed` (reason
         ``unsubscribed``) follows the completion.
 
@@ -754,14 +725,13 @@ class Broker:
         """
         entry = self._subscription(conn_id, subscription_id, quiet=request is None)
         if entry is None:
-            if request is not None:
-                self._refuse(len(self._out), conn_id, request, _no_subscription(subscription_id))
-            return
-        if request is not None:
-            self._out.append(RequestCompleted(connection_id=conn_id, request=request))
+            raise _no_subscription(subscription_id)  # dropped when no reply is due
         partition, fanout, _ = entry
         fanout.remove(subscription_id, "unsubscribed")
         self.registry.reschedule(partition)
+        if request is None:
+            return None
+        return RequestCompleted(connection_id=conn_id, request=request)
 
     def add_credit(
         self, conn_id: int, subscription_id: int, messages: int, nbytes: int, *, now: float
@@ -806,6 +776,7 @@ class Broker:
 
     # ---------------------------------------------------------------------- queues
 
+    @completes
     def enqueue(
         self,
         conn_id: int,
@@ -819,7 +790,7 @@ class Broker:
         headers: Sequence[dict[str, bytes] | None] | None = None,
         committed: bool = False,
         now: float,
-    ) -> None:
+    ) -> Appended | None:
         """Append messages to a queue and hand them to its consumers.
 
         Completes with :class:`~felix_core.events.Appended`, with ``committed`` once the log
@@ -827,18 +798,14 @@ class Broker:
         InvalidArgument, TooLarge, Overloaded (the queue or the memory budget is full),
         ShuttingDown.
         """
-        out = self._out
-        mark = len(out)
-        try:
-            self._running()
-            nbytes = self._check_batch(payloads, keys, headers)
-            path = (tenant, namespace, queue)
-            partition = self.registry.queues.get(path) or self.registry.queue(path)
-            self.budget.check(nbytes, "enqueue")
-            first = partition.queue.enqueue(payloads, now, keys, headers, nbytes)
-        except EngineError as exc:
-            self._refuse(mark, conn_id, request, exc)
-            return
+        self._running()
+        nbytes = self._check_batch(payloads, keys, headers)
+        path = (tenant, namespace, queue)
+        partition = self.registry.queues.get(path) or self.registry.queue(path)
+        self.budget.check(nbytes, "enqueue")
+        first = partition.queue.enqueue(payloads, now, keys, headers, nbytes)
+        partition.queue.dispatch(now)
+        self.registry.reschedule(partition)
         done = Appended(
             connection_id=conn_id,
             request=request,
@@ -847,11 +814,10 @@ class Broker:
         )
         if committed and partition.log.committed_offset <= done.last_offset:
             partition.commits.wait(done)  # completes in log_committed
-        else:
-            out.append(done)
-        partition.queue.dispatch(now)
-        self.registry.reschedule(partition)
+            return None
+        return done
 
+    @completes
     def consume(
         self,
         conn_id: int,
@@ -863,7 +829,7 @@ class Broker:
         group: str = "default",
         prefetch: int = 64,
         now: float,
-    ) -> None:
+    ) -> ConsumerOpened:
         """Add a consumer for a connection to a queue's consumer group.
 
         Completes with :class:`~felix_core.events.ConsumerOpened`, followed by its
@@ -875,32 +841,26 @@ class Broker:
             ValueError: the connection is not attached (a bug in the caller).
         """
         att = self._attachment(conn_id)
-        mark = len(self._out)
-        try:
-            self._running()
-            limit = self.config.max_consumers_per_connection
-            if len(att.live_consumers()) >= limit:
-                raise LimitExceeded(
-                    f"at most {limit} consumers per connection", details={"limit": limit}
-                )
-            partition = self.registry.queue((tenant, namespace, queue))
-            consumer = partition.queue.join(
-                self._next_consumer_id, conn_id, group, prefetch, att.paused
+        self._running()
+        limit = self.config.max_consumers_per_connection
+        if len(att.live_consumers()) >= limit:
+            raise LimitExceeded(
+                f"at most {limit} consumers per connection", details={"limit": limit}
             )
-        except EngineError as exc:
-            self._refuse(mark, conn_id, request, exc)
-            return
+        partition = self.registry.queue((tenant, namespace, queue))
+        consumer = partition.queue.join(
+            self._next_consumer_id, conn_id, group, prefetch, att.paused
+        )
         self._next_consumer_id += 1
         att.consumers[consumer.id] = (partition, consumer)
-        self._out.append(
-            ConsumerOpened(connection_id=conn_id, request=request, consumer_id=consumer.id)
-        )
         consumer.group.dispatch(now)
         self.registry.reschedule(partition)
+        return ConsumerOpened(connection_id=conn_id, request=request, consumer_id=consumer.id)
 
+    @completes
     def cancel_consumer(
         self, conn_id: int, request: int | None, consumer_id: int, *, now: float
-    ) -> None:
+    ) -> RequestCompleted | None:
         """End a consumer; its in-flight deliveries are returned at once and its
         :class:`~felix_core.events.ConsumerClosed` (reason ``unsubscribed``) follows.
 
@@ -910,15 +870,10 @@ class Broker:
         """
         entry = self._consumer(conn_id, consumer_id, quiet=request is None)
         if entry is None:
-            if request is not None:
-                self._refuse(len(self._out), conn_id, request, _no_consumer(consumer_id))
-            return
-        out = self._out
-        if request is not None:
-            out.append(RequestCompleted(connection_id=conn_id, request=request))
+            raise _no_consumer(consumer_id)  # dropped when no reply is due
         partition, consumer = entry
         del self._conns[conn_id].consumers[consumer_id]
-        out.append(
+        self._out.append(
             ConsumerClosed(
                 connection_id=conn_id,
                 consumer_id=consumer_id,
@@ -929,7 +884,11 @@ class Broker:
         partition.queue.leave(consumer, now)
         consumer.group.dispatch(now)
         self.registry.reschedule(partition)
+        if request is None:
+            return None
+        return RequestCompleted(connection_id=conn_id, request=request)
 
+    @completes
     def ack(
         self,
         conn_id: int,
@@ -938,27 +897,24 @@ class Broker:
         delivery_ids: Sequence[int],
         *,
         now: float,
-    ) -> None:
+    ) -> RequestCompleted:
         """Finish deliveries made to a consumer.
 
         Completes with :class:`~felix_core.events.RequestCompleted`. Refused with NotFound
         when the connection holds no such consumer or some ids are not in flight to it (the
         known ones are still acked; ``details['delivery_ids']``).
         """
-        mark = len(self._out)
         entry = self._consumer(conn_id, consumer_id, quiet=False)
         if entry is None:
-            self._refuse(mark, conn_id, request, _no_consumer(consumer_id))
-            return
+            raise _no_consumer(consumer_id)
         partition, consumer = entry
-        try:
+        try:  # some ids not in flight: the known ones are acked all the same
             partition.queue.ack(consumer, delivery_ids, now)
-        except EngineError as exc:
-            self._refuse(mark, conn_id, request, exc)
-        else:
-            self._out.insert(mark, RequestCompleted(connection_id=conn_id, request=request))
-        self.registry.reschedule(partition)
+        finally:
+            self.registry.reschedule(partition)
+        return RequestCompleted(connection_id=conn_id, request=request)
 
+    @completes
     def nack(
         self,
         conn_id: int,
@@ -969,29 +925,25 @@ class Broker:
         delay_ms: int = 0,
         requeue: bool = True,
         now: float,
-    ) -> None:
+    ) -> RequestCompleted:
         """Return deliveries for redelivery after ``delay_ms`` (or dead-letter them).
 
         Completes with :class:`~felix_core.events.RequestCompleted`. Refusals: NotFound (as
         for :meth:`ack`), InvalidArgument (a negative delay).
         """
-        mark = len(self._out)
         entry = self._consumer(conn_id, consumer_id, quiet=False)
         if entry is None:
-            self._refuse(mark, conn_id, request, _no_consumer(consumer_id))
-            return
+            raise _no_consumer(consumer_id)
         partition, consumer = entry
-        try:
-            if delay_ms < 0:
-                raise InvalidArgument("delay_ms must be >= 0", details={"field": "delay_ms"})
+        if delay_ms < 0:
+            raise InvalidArgument("delay_ms must be >= 0", details={"field": "delay_ms"})
+        try:  # as for ack: the known ids are nacked all the same
             partition.queue.nack(
                 consumer, delivery_ids, now, delay=delay_ms / 1000, requeue=requeue
             )
-        except EngineError as exc:
-            self._refuse(mark, conn_id, request, exc)
-        else:
-            self._out.insert(mark, RequestCompleted(connection_id=conn_id, request=request))
-        self.registry.reschedule(partition)
+        finally:
+            self.registry.reschedule(partition)
+        return RequestCompleted(connection_id=conn_id, request=request)
 
     def _consumer(
         self, conn_id: int, consumer_id: int, *, quiet: bool
@@ -1126,6 +1078,7 @@ class Broker:
             )
         )
 
+    @completes
     def cache_delete(
         self,
         conn_id: int,
@@ -1137,23 +1090,18 @@ class Broker:
         *,
         if_version: int | None = None,
         now: float,
-    ) -> None:
+    ) -> CacheRemoved:
         """Delete a key, possibly only at a given version.
 
         Completes with :class:`~felix_core.events.CacheRemoved`. Refusals: NotFound,
         InvalidArgument, TooLarge (the key).
         """
-        out = self._out
-        try:
-            partition = self.registry.cache((tenant, namespace, cache))
-            result = partition.cache.delete(key, now, if_version=if_version)
-        except EngineError as exc:
-            self._refuse(len(out), conn_id, request, exc)
-            return
-        out.append(CacheRemoved(connection_id=conn_id, request=request, deleted=result.applied))
+        partition = self.registry.cache((tenant, namespace, cache))
+        result = partition.cache.delete(key, now, if_version=if_version)
         if result.applied:
             partition.changed(now)
             self.registry.reschedule(partition)
+        return CacheRemoved(connection_id=conn_id, request=request, deleted=result.applied)
 
     # ----------------------------------------------------------------- validation
 
