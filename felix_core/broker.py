@@ -65,7 +65,7 @@ from typing import Any
 
 from felix_core.admin import Admin
 from felix_core.completion import completes
-from felix_core.connections import Connections, FeedBacklog
+from felix_core.connections import Connections, FeedBacklog, shutting_down
 from felix_core.consumers import Consumers
 from felix_core.errors import EngineError, InvalidArgument, TooLarge
 from felix_core.events import (
@@ -411,7 +411,8 @@ class Broker:
         out = self._out
         mark = len(out)
         try:
-            self.connections.check_accepting()
+            if not self.connections.accepting:
+                raise shutting_down()
             nbytes = self._check_batch(payloads, keys, headers)
             path = (tenant, namespace, stream)
             partition = self.registry.streams.get(path) or self.registry.stream(path)
@@ -527,7 +528,8 @@ class Broker:
         InvalidArgument, TooLarge, Overloaded (the queue or the memory budget is full),
         ShuttingDown.
         """
-        self.connections.check_accepting()
+        if not self.connections.accepting:
+            raise shutting_down()
         nbytes = self._check_batch(payloads, keys, headers)
         path = (tenant, namespace, queue)
         partition = self.registry.queues.get(path) or self.registry.queue(path)
@@ -658,7 +660,8 @@ class Broker:
         mark = len(out)
         path = (tenant, namespace, cache)
         try:
-            self.connections.check_accepting()
+            if not self.connections.accepting:
+                raise shutting_down()
             partition = self.registry.caches.get(path) or self.registry.cache(path)
             self.budget.check(len(key) + len(value), "cache put")
             result = partition.cache.put(

@@ -30,7 +30,14 @@ from felix_core.queues import Consumer
 from felix_core.registry import Registry
 from felix_core.streams import Fanout, Subscription
 
-__all__ = ["Attachment", "Connections", "ConsumerEntry", "FeedBacklog", "SubEntry"]
+__all__ = [
+    "Attachment",
+    "Connections",
+    "ConsumerEntry",
+    "FeedBacklog",
+    "SubEntry",
+    "shutting_down",
+]
 
 SubEntry = tuple[StreamPartition | CachePartition, Fanout, Subscription]
 """A subscription as a connection indexes it: its partition, its fanout, itself."""
@@ -157,7 +164,7 @@ class Connections:
         """Raises:
         ShuttingDown: the engine stopped accepting new work."""
         if not self.accepting:
-            raise ShuttingDown("the broker is shutting down")
+            raise shutting_down()
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -295,6 +302,11 @@ class Connections:
         partition.queue.leave(consumer, now)
         consumer.group.dispatch(now)
         self._registry.reschedule(partition)
+
+
+def shutting_down() -> ShuttingDown:
+    """The refusal of new work once the engine stopped accepting it."""
+    return ShuttingDown("the broker is shutting down")
 
 
 def _undelivered(fanout: Fanout, sub: Subscription) -> int:
