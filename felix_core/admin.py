@@ -63,11 +63,9 @@ class Admin:
         self.catalog = Catalog(self.view, config)
         self._writes: dict[int, tuple[int, int | None, WriteOp]] = {}  # id -> conn, request, op
         self._next_write = 1
-
-    @property
-    def writes_in_flight(self) -> int:
-        """How many writes wait for the store's answer."""
-        return len(self._writes)
+        self.writes_in_flight = 0
+        """How many writes wait for the store's answer (kept as a plain count: the server
+        reads it on every pass to know whether any event is a write to apply)."""
 
     def create_defaults(self, tenant: str, namespace: str, now: float) -> None:
         """Ask the store for the default tenant and namespace (one that has them says so)."""
@@ -97,6 +95,7 @@ class Admin:
         pending = self._writes.pop(write_id, None)
         if pending is None:
             return
+        self.writes_in_flight = len(self._writes)
         conn_id, request, op = pending
         mark = len(self._out)
         if isinstance(outcome, EngineError):
@@ -208,6 +207,7 @@ class Admin:
         write_id = self._next_write
         self._next_write += 1
         self._writes[write_id] = (conn_id, request, op)
+        self.writes_in_flight = len(self._writes)
         self._out.append(
             MetadataWrite(
                 write_id=write_id, op=op, record=record, expected_generation=expected_generation

@@ -52,8 +52,8 @@ Parts (composition, one job each)
       whether the growth fits (retryable ``Overloaded`` otherwise).
 
     Every part emits into the one event list; a request's completion or refusal is placed
-    by :func:`~felix_core.completion.completes` (written out on publish and cache put/get,
-    where a decorator's call would cost a third of a get).
+    by :func:`~felix_core.completion.completes` (written out on publish, enqueue and cache
+    put/get, where a decorator's call would cost a third of a get).
 """
 
 from __future__ import annotations
@@ -506,7 +506,6 @@ class Broker:
 
     # ---------------------------------------------------------------------- queues
 
-    @completes
     def enqueue(
         self,
         conn_id: int,
@@ -520,7 +519,7 @@ class Broker:
         headers: Sequence[dict[str, bytes] | None] | None = None,
         committed: bool = False,
         now: float,
-    ) -> Appended | None:
+    ) -> None:
         """Append messages to a queue and hand them to its consumers.
 
         Completes with :class:`~felix_core.events.Appended`, with ``committed`` once the log
@@ -528,15 +527,19 @@ class Broker:
         InvalidArgument, TooLarge, Overloaded (the queue or the memory budget is full),
         ShuttingDown.
         """
-        if not self.connections.accepting:
-            raise shutting_down()
-        nbytes = self._check_batch(payloads, keys, headers)
-        path = (tenant, namespace, queue)
-        partition = self.registry.queues.get(path) or self.registry.queue(path)
-        self.budget.check(nbytes, "enqueue")
-        first = partition.queue.enqueue(payloads, now, keys, headers, nbytes)
-        partition.queue.dispatch(now)
-        self.registry.reschedule(partition)
+        out = self._out
+        mark = len(out)
+        try:
+            if not self.connections.accepting:
+                raise shutting_down()
+            nbytes = self._check_batch(payloads, keys, headers)
+            path = (tenant, namespace, queue)
+            partition = self.registry.queues.get(path) or self.registry.queue(path)
+            self.budget.check(nbytes, "enqueue")
+            first = partition.queue.enqueue(payloads, now, keys, headers, nbytes)
+        except EngineError as exc:
+            self._refuse(mark, conn_id, request, exc)
+            return
         done = Appended(
             connection_id=conn_id,
             request=request,
@@ -545,8 +548,10 @@ class Broker:
         )
         if committed and partition.log.committed_offset <= done.last_offset:
             partition.commits.wait(done)  # completes in log_committed
-            return None
-        return done
+        else:
+            out.append(done)
+        partition.queue.dispatch(now)
+        self.registry.reschedule(partition)
 
     def consume(
         self,

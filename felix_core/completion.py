@@ -13,10 +13,10 @@ A request whose identity is None needs no reply (a feed the client stopped): its
 dropped, as is its completion.
 
 The decorator costs one call frame and the forwarding of the arguments (about 0.3 us a
-request here): nothing beside the work of an admin, subscription or queue request, but a
-third of a cache get. The engine's hottest requests (publish, cache put and get) therefore
-keep the same steps written out, ``mark = len(out)`` and ``try`` / ``except EngineError``
-(free when nothing is raised).
+request here): nothing beside the work of an admin, subscription or consumer request, but a
+third of a cache get. The engine's hottest requests (publish, enqueue, cache put and get)
+therefore keep the same steps written out, ``mark = len(out)`` and ``try`` / ``except
+EngineError`` (free when nothing is raised).
 """
 
 from __future__ import annotations

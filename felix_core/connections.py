@@ -89,22 +89,6 @@ class Attachment:
             }
         return self.consumers
 
-    def subscription(self, sub_id: int) -> SubEntry | None:
-        """One open subscription of this connection, or None."""
-        entry = self.subs.get(sub_id)
-        if entry is not None and entry[2].closed:
-            del self.subs[sub_id]
-            entry = None
-        return entry
-
-    def consumer(self, consumer_id: int) -> ConsumerEntry | None:
-        """One consumer of this connection still in its group, or None."""
-        entry = self.consumers.get(consumer_id)
-        if entry is not None and entry[1].closed:
-            del self.consumers[consumer_id]  # its queue went
-            entry = None
-        return entry
-
 
 class Connections:
     """The attached connections and the engine's intake (accepting or draining).
@@ -143,13 +127,22 @@ class Connections:
         return att
 
     def subscription(self, conn_id: int, sub_id: int, *, quiet: bool) -> SubEntry | None:
-        """One open subscription of a connection, or None.
+        """One open subscription of a connection, or None (an ended one is pruned here;
+        written out, not through :class:`Attachment`: credit and acks come this way).
 
         Raises:
             ValueError: the connection is not attached and ``quiet`` is False.
         """
-        att = self._conns.get(conn_id) if quiet else self.attachment(conn_id)
-        return None if att is None else att.subscription(sub_id)
+        att = self._conns.get(conn_id)
+        if att is None:
+            if quiet:
+                return None
+            raise ValueError(f"connection {conn_id} is not attached")
+        entry = att.subs.get(sub_id)
+        if entry is not None and entry[2].closed:
+            del att.subs[sub_id]
+            entry = None
+        return entry
 
     def consumer(self, conn_id: int, consumer_id: int, *, quiet: bool) -> ConsumerEntry | None:
         """One consumer of a connection still in its group, or None.
@@ -157,8 +150,16 @@ class Connections:
         Raises:
             ValueError: the connection is not attached and ``quiet`` is False.
         """
-        att = self._conns.get(conn_id) if quiet else self.attachment(conn_id)
-        return None if att is None else att.consumer(consumer_id)
+        att = self._conns.get(conn_id)
+        if att is None:
+            if quiet:
+                return None
+            raise ValueError(f"connection {conn_id} is not attached")
+        entry = att.consumers.get(consumer_id)
+        if entry is not None and entry[1].closed:
+            del att.consumers[consumer_id]  # its queue went
+            entry = None
+        return entry
 
     def check_accepting(self) -> None:
         """Raises:

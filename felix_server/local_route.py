@@ -38,6 +38,7 @@ class LocalRoute:
 
     def __init__(self, engine: Broker, store: MetadataStore | None = None, now: float = 0.0):
         self.engine = engine
+        self._admin = engine.admin  # whose writes this route applies
         self.store: MetadataStore = store if store is not None else MemoryMetadataStore()
         for record in self.store.records():
             engine.metadata_changed(record.kind, record.path, record, now)
@@ -70,7 +71,7 @@ class LocalRoute:
         events = self.engine.drain_events()
         if self._early:
             events, self._early = self._early + events, []
-        if not events or not self.engine.writes_in_flight:
+        if not events or not self._admin.writes_in_flight:
             return events  # no write to apply among them
         return self._settle(events, now)
 
