@@ -32,16 +32,28 @@ answers, a committed publish when its log is durable, everything else at once. R
 connection that was never attached) raises.
 
 Parts (composition, one job each)
-    * :class:`~felix_core.metadata.MetadataView` and :class:`~felix_core.metadata.Catalog`:
-      the records the engine was fed, and admin validation against them;
+    :class:`Broker` is a facade: each input goes to the part whose job it is, and the
+    requests on the hot path (publish, enqueue, cache put, get and delete) go straight to
+    their partition, with no part in between.
+
     * :class:`~felix_core.registry.Registry`: one partition per stream, queue and cache
       (log + projection + version), built from the records, and every partition's deadline
       in one heap;
-    * per connection, an :class:`_Attachment`: the index of its subscriptions and consumers
-      (the fanouts and groups hold the feeds themselves);
+    * :class:`~felix_core.admin.Admin`: the metadata view the engine is fed, the catalog
+      that validates admin requests against it, and the writes waiting for their store;
+    * :class:`~felix_core.connections.Connections`: per attached connection the index of its
+      subscriptions and consumers (the fanouts and groups hold the feeds themselves), its
+      back-pressure, and the graceful drain (stop accepting, backlog, end feeds);
+    * :class:`~felix_core.subscriptions.Subscriptions` and
+      :class:`~felix_core.consumers.Consumers`: open, credit, settle and end feeds;
+    * :class:`~felix_core.figures.Figures`: the gauges and counters for metrics;
     * a :class:`~felix_core.limits.MemoryBudget`, charged by the logs and caches themselves
       as they grow and shrink; the engine only asks it, before work that grows memory,
       whether the growth fits (retryable ``Overloaded`` otherwise).
+
+    Every part emits into the one event list; a request's completion or refusal is placed
+    by :func:`~felix_core.completion.completes` (written out on publish, enqueue and cache
+    put/get, where a decorator's call would cost a third of a get).
 """
 
 from __future__ import annotations
@@ -49,114 +61,31 @@ from __future__ import annotations
 import builtins
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
-from felix_core.cache import CacheStats, CacheTotals
-from felix_core.errors import (
-    EngineError,
-    InvalidArgument,
-    LimitExceeded,
-    NotFound,
-    ShuttingDown,
-    TooLarge,
-)
+from felix_core.admin import Admin
+from felix_core.completion import completes
+from felix_core.connections import Connections, FeedBacklog, shutting_down
+from felix_core.consumers import Consumers
+from felix_core.errors import EngineError, InvalidArgument, TooLarge
 from felix_core.events import (
     Appended,
     CacheRead,
     CacheRemoved,
     CacheStored,
-    ConsumerClosed,
-    ConsumerOpened,
     EngineEvent,
-    MetadataWrite,
-    RequestCompleted,
     RequestRefused,
-    ResourceDescribed,
-    ResourcesListed,
-    SubscriptionOpened,
 )
+from felix_core.figures import Figures, ResourceTotals
 from felix_core.limits import BrokerConfig, MemoryBudget, encoded_record_size
 from felix_core.log import LogStore, MemoryLogStore
-from felix_core.metadata import (
-    Catalog,
-    Kind,
-    MetadataView,
-    Path,
-    ResourceRecord,
-    WriteOp,
-)
+from felix_core.metadata import Catalog, Kind, MetadataView, Path, ResourceRecord
 from felix_core.partitions import CachePartition, QueuePartition, StreamPartition
-from felix_core.queues import Consumer, QueueStats, QueueTotals
 from felix_core.registry import Registry
-from felix_core.streams import Fanout, StartKind, Subscription, batch_byte_size
+from felix_core.streams import StartKind, batch_byte_size
+from felix_core.subscriptions import Subscriptions
 
 __all__ = ["Broker", "BrokerConfig", "FeedBacklog", "ResourceTotals"]
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ResourceTotals:
-    """Queue and cache figures for metrics: :meth:`Broker.totals`.
-
-    The per-resource maps are keyed by ``(tenant, namespace, name)``: resource names, never
-    message data. They are bounded by the caller's ``detail_limit``: a kind with more
-    resources than that gets an empty map (totals only), so a scrape's size and its label
-    cardinality stay bounded however many queues or caches a broker holds.
-    """
-
-    queues: QueueTotals
-    """Over every queue."""
-    caches: CacheTotals
-    """Over every cache."""
-    queue_detail: dict[Path, QueueStats]
-    """Each queue's stats, or empty when there are more queues than ``detail_limit``."""
-    cache_detail: dict[Path, CacheStats]
-    """Each cache's stats, or empty when there are more caches than ``detail_limit``."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class FeedBacklog:
-    """What one live subscription or consumer has not finished: :meth:`Broker.backlog`."""
-
-    kind: str
-    """``stream``, ``cache`` (a cache's change feed) or ``queue`` (a consumer)."""
-    feed_id: int
-    """The subscription or consumer id."""
-    resource: Path
-    """The stream, cache or queue followed."""
-    undelivered: int
-    """Records not handed out yet: from a subscription's cursor (or the first retained
-    offset) to its log's end; for a consumer, its group's messages waiting for a delivery
-    or redelivery (dead letters parked for their target are not counted)."""
-    unacked: int
-    """A consumer's deliveries not yet acked or nacked (0 for a subscription)."""
-
-
-class _Attachment:
-    """One attached connection: the index of its feeds (the fanouts and groups hold them;
-    an entry whose feed ended elsewhere, ``closed``, is pruned when met)."""
-
-    __slots__ = ("consumers", "id", "paused", "subs")
-
-    def __init__(self, conn_id: int) -> None:
-        self.id = conn_id
-        self.subs: dict[int, tuple[StreamPartition | CachePartition, Fanout, Subscription]] = {}
-        self.consumers: dict[int, tuple[QueuePartition, Consumer]] = {}
-        self.paused = False
-
-    def live_subs(self) -> dict[int, tuple[StreamPartition | CachePartition, Fanout, Subscription]]:
-        """The subscriptions still open (ended ones pruned)."""
-        if any(entry[2].closed for entry in self.subs.values()):
-            self.subs = {sid: entry for sid, entry in self.subs.items() if not entry[2].closed}
-        return self.subs
-
-    def live_consumers(self) -> dict[int, tuple[QueuePartition, Consumer]]:
-        """The consumers still in their group (ended ones pruned)."""
-        if any(entry[1].closed for entry in self.consumers.values()):
-            self.consumers = {
-                cid: entry for cid, entry in self.consumers.items() if not entry[1].closed
-            }
-        return self.consumers
 
 
 class Broker:
@@ -177,37 +106,35 @@ class Broker:
     ) -> None:
         self.config = config = config or BrokerConfig()
         self.logs: LogStore = logs if logs is not None else MemoryLogStore()
-        if config.durability == "durable":
-            self._check_durability({"durability": "durable"})
         self.budget = MemoryBudget(config.memory_limit_bytes)
         self._out: list[EngineEvent] = []
-        self.view = MetadataView()
-        self.catalog = Catalog(self.view, config)
-        self.registry = Registry(config, self.logs, self.budget, self._out)
-        self._conns: dict[int, _Attachment] = {}
-        self._writes: dict[int, tuple[int, int | None, WriteOp]] = {}  # id -> conn, request, op
-        self.writes_in_flight = 0
+        out = self._out
+        self.registry = Registry(config, self.logs, self.budget, out)
+        self.connections = Connections(self.registry, out)
+        self.admin = Admin(config, self.logs, self.registry, self.connections, out)
+        self.subscriptions = Subscriptions(config, self.registry, self.connections, out)
+        self.consumers = Consumers(config, self.registry, self.connections, out)
+        self.figures = Figures(self.registry, self.budget, self.connections)
+        if config.durability == "durable":
+            self.admin.check_durability({"durability": "durable"})
+        if config.create_defaults:  # asked of the store; one that has them says so
+            self.admin.create_defaults(config.default_tenant, config.default_namespace, now)
+
+    @property
+    def view(self) -> MetadataView:
+        """The metadata records the engine was fed."""
+        return self.admin.view
+
+    @property
+    def catalog(self) -> Catalog:
+        """Admin validation against :attr:`view`."""
+        return self.admin.catalog
+
+    @property
+    def writes_in_flight(self) -> int:
         """How many :class:`~felix_core.events.MetadataWrite` events wait for their
         :meth:`metadata_written` answer (0: no write among the events to drain)."""
-        self._next_write = 1
-        self._next_sub_id = 1
-        self._next_consumer_id = 1
-        self._shutting_down = False
-        if config.create_defaults:  # asked of the store; one that has them says so
-            tenant, namespace = config.default_tenant, config.default_namespace
-            for kind, path in (
-                (Kind.TENANT, (tenant, "", "")),
-                (Kind.NAMESPACE, (tenant, namespace, "")),
-            ):
-                record = ResourceRecord(
-                    kind=kind,
-                    tenant=path[0],
-                    namespace=path[1],
-                    settings=self.catalog.schemas[kind](Catalog.check_path(kind, *path), {}, None),
-                    created_ms=int(now * 1000),
-                    updated_ms=int(now * 1000),
-                )
-                self._write(0, None, WriteOp.CREATE, record, None)
+        return self.admin.writes_in_flight
 
     # ---------------------------------------------------------------------- outputs
 
@@ -250,9 +177,7 @@ class Broker:
         Raises:
             ValueError: the id is attached already (a glue bug).
         """
-        if conn_id in self._conns:
-            raise ValueError(f"connection {conn_id} is attached already")
-        self._conns[conn_id] = _Attachment(conn_id)
+        self.connections.attach(conn_id)
 
     def detach(self, conn_id: int, now: float) -> None:
         """Release everything a connection held, silently (it is gone).
@@ -260,17 +185,7 @@ class Broker:
         Its subscriptions end without events; its consumers' in-flight deliveries are
         returned for redelivery at once. Unknown ids are ignored.
         """
-        att = self._conns.pop(conn_id, None)
-        if att is None:
-            return
-        for sub_id, (_, fanout, _) in att.live_subs().items():
-            fanout.remove(sub_id, None)
-        consumers = att.live_consumers().values()
-        for partition, consumer in consumers:  # all leave first: none gets the others' share
-            partition.queue.leave(consumer, now)
-        for partition, consumer in consumers:
-            consumer.group.dispatch(now)
-            self.registry.reschedule(partition)
+        self.connections.detach(conn_id, now)
 
     def pause(self, conn_id: int) -> None:
         """Stop deliveries to a connection (back-pressure) until :meth:`resume`.
@@ -278,12 +193,7 @@ class Broker:
         Raises:
             ValueError: the connection is not attached.
         """
-        att = self._attachment(conn_id)
-        att.paused = True
-        for _, _, sub in att.live_subs().values():
-            sub.paused = True
-        for _, consumer in att.live_consumers().values():
-            consumer.paused = True
+        self.connections.pause(conn_id)
 
     def resume(self, conn_id: int, now: float) -> None:
         """Resume deliveries to a paused connection and deliver what waited.
@@ -291,31 +201,7 @@ class Broker:
         Raises:
             ValueError: the connection is not attached.
         """
-        att = self._attachment(conn_id)
-        att.paused = False
-        fanouts: dict[int, tuple[StreamPartition | CachePartition, Fanout]] = {}
-        for partition, fanout, sub in att.live_subs().values():
-            sub.paused = False
-            fanouts[id(fanout)] = (partition, fanout)
-        consumers = att.live_consumers().values()
-        for _, consumer in consumers:
-            consumer.paused = False
-        for partition, fanout in fanouts.values():
-            fanout.pump(now, force=True)
-            self.registry.reschedule(partition)
-        for qp, consumer in consumers:
-            consumer.group.dispatch(now)
-            self.registry.reschedule(qp)
-
-    def _attachment(self, conn_id: int) -> _Attachment:
-        att = self._conns.get(conn_id)
-        if att is None:
-            raise ValueError(f"connection {conn_id} is not attached")
-        return att
-
-    def _running(self) -> None:
-        if self._shutting_down:
-            raise ShuttingDown("the broker is shutting down")
+        self.connections.resume(conn_id, now)
 
     def _refuse(self, mark: int, conn_id: int, request: int, exc: EngineError) -> None:
         self._out.insert(mark, RequestRefused(connection_id=conn_id, request=request, error=exc))
@@ -336,8 +222,7 @@ class Broker:
             record: the record now, or None.
             now: the current time.
         """
-        if self.view.apply(kind, path, record):
-            self._forget_consumers(self.registry.apply(kind, path, record, now))
+        self.admin.changed(kind, path, record, now)
 
     def metadata_written(
         self, write_id: int, outcome: ResourceRecord | EngineError, now: float
@@ -352,28 +237,7 @@ class Broker:
                 (AlreadyExists, NotFound, Conflict).
             now: the current time.
         """
-        pending = self._writes.pop(write_id, None)
-        if pending is None:
-            return
-        self.writes_in_flight = len(self._writes)
-        conn_id, request, op = pending
-        mark = len(self._out)
-        if isinstance(outcome, EngineError):
-            if request is not None:
-                self._refuse(mark, conn_id, request, outcome)
-            return
-        self.metadata_changed(
-            outcome.kind, outcome.path, None if op is WriteOp.DELETE else outcome, now
-        )
-        if request is None:
-            return
-        done: RequestCompleted
-        if op is WriteOp.DELETE:
-            done = RequestCompleted(connection_id=conn_id, request=request)
-        else:
-            resource = self._describe(self.view.get(outcome.kind, outcome.path) or outcome, now)
-            done = ResourceDescribed(connection_id=conn_id, request=request, resource=resource)
-        self._out.insert(mark, done)
+        self.admin.written(write_id, outcome, now)
 
     # ------------------------------------------------------------------------- logs
 
@@ -409,30 +273,6 @@ class Broker:
             return
         self.registry.reschedule(partition)
 
-    def _write(
-        self,
-        conn_id: int,
-        request: int | None,
-        op: WriteOp,
-        record: ResourceRecord,
-        expected_generation: int | None,
-    ) -> None:
-        write_id = self._next_write
-        self._next_write += 1
-        self._writes[write_id] = (conn_id, request, op)
-        self.writes_in_flight = len(self._writes)
-        self._out.append(
-            MetadataWrite(
-                write_id=write_id, op=op, record=record, expected_generation=expected_generation
-            )
-        )
-
-    def _forget_consumers(self, ended: builtins.list[Consumer]) -> None:
-        for consumer in ended:
-            att = self._conns.get(consumer.connection_id)
-            if att is not None:
-                att.consumers.pop(consumer.id, None)
-
     # ----------------------------------------------------------------------- admin
 
     def create(
@@ -463,16 +303,7 @@ class Broker:
             settings: the kind's settings (see docs/engine.md); absent ones take defaults.
             now: the current time.
         """
-        mark = len(self._out)
-        try:
-            self._running()
-            k = Catalog.parse_kind(kind)
-            self._check_durability(settings or {})
-            record = self.catalog.create(k, (tenant, namespace, name), settings or {}, now)
-        except EngineError as exc:
-            self._refuse(mark, conn_id, request, exc)
-            return
-        self._write(conn_id, request, WriteOp.CREATE, record, None)
+        self.admin.create(conn_id, request, kind, (tenant, namespace, name), settings, now)
 
     def update(
         self,
@@ -491,16 +322,7 @@ class Broker:
         Completes with :class:`~felix_core.events.ResourceDescribed`. Refusals:
         InvalidArgument, NotFound, Conflict (a concurrent update won), ShuttingDown.
         """
-        mark = len(self._out)
-        try:
-            self._running()
-            k = Catalog.parse_kind(kind)
-            self._check_durability(settings or {})
-            record = self.catalog.update(k, (tenant, namespace, name), settings or {}, now)
-        except EngineError as exc:
-            self._refuse(mark, conn_id, request, exc)
-            return
-        self._write(conn_id, request, WriteOp.REPLACE, record, record.generation - 1)
+        self.admin.update(conn_id, request, kind, (tenant, namespace, name), settings, now)
 
     def delete(
         self,
@@ -518,14 +340,7 @@ class Broker:
         Completes with :class:`~felix_core.events.RequestCompleted`. Refusals:
         InvalidArgument, NotFound, Conflict (a tenant or namespace that is not empty).
         """
-        mark = len(self._out)
-        try:
-            k = Catalog.parse_kind(kind)
-            record = self.catalog.delete(k, (tenant, namespace, name))
-        except EngineError as exc:
-            self._refuse(mark, conn_id, request, exc)
-            return
-        self._write(conn_id, request, WriteOp.DELETE, record, None)
+        self.admin.delete(conn_id, request, kind, (tenant, namespace, name))
 
     def describe(
         self,
@@ -543,17 +358,7 @@ class Broker:
         Completes with :class:`~felix_core.events.ResourceDescribed`. Refusals:
         InvalidArgument, NotFound.
         """
-        mark = len(self._out)
-        try:
-            k = Catalog.parse_kind(kind)
-            record = self.catalog.describe(k, (tenant, namespace, name))
-        except EngineError as exc:
-            self._refuse(mark, conn_id, request, exc)
-            return
-        resource = self._describe(record, now)
-        self._out.append(
-            ResourceDescribed(connection_id=conn_id, request=request, resource=resource)
-        )
+        self.admin.describe(conn_id, request, kind, (tenant, namespace, name), now)
 
     def list(
         self, conn_id: int, request: int, kind: str, tenant: str = "", namespace: str = ""
@@ -563,36 +368,7 @@ class Broker:
         Completes with :class:`~felix_core.events.ResourcesListed`. Refusals:
         InvalidArgument, NotFound (the parent).
         """
-        mark = len(self._out)
-        try:
-            k = Catalog.parse_kind(kind)
-            resources = [r.to_dict() for r in self.catalog.list(k, tenant, namespace)]
-        except EngineError as exc:
-            self._refuse(mark, conn_id, request, exc)
-            return
-        self._out.append(
-            ResourcesListed(connection_id=conn_id, request=request, resources=resources)
-        )
-
-    def _check_durability(self, settings: Mapping[str, Any]) -> None:
-        """Refuse ``durability=durable`` unless the log store keeps logs across restarts.
-
-        Raises:
-            InvalidArgument: ``durable`` asked of a store that is not durable.
-        """
-        if settings.get("durability") == "durable" and not self.logs.durable:
-            raise InvalidArgument(
-                "durability 'durable' is not available: this broker keeps every resource in "
-                "memory and nothing survives a restart",
-                details={"field": "durability"},
-            )
-
-    def _describe(self, record: ResourceRecord, now: float) -> dict[str, Any]:
-        out = record.to_dict()
-        partition = self.registry.find(record.kind, record.path)
-        if partition is not None:
-            out["stats"] = partition.stats(now)
-        return out
+        self.admin.list(conn_id, request, kind, tenant, namespace)
 
     # --------------------------------------------------------------------- streams
 
@@ -635,7 +411,8 @@ class Broker:
         out = self._out
         mark = len(out)
         try:
-            self._running()
+            if not self.connections.accepting:
+                raise shutting_down()
             nbytes = self._check_batch(payloads, keys, headers)
             path = (tenant, namespace, stream)
             partition = self.registry.streams.get(path) or self.registry.stream(path)
@@ -691,52 +468,9 @@ class Broker:
         Raises:
             ValueError: the connection is not attached (a bug in the caller).
         """
-        att = self._attachment(conn_id)
-        mark = len(self._out)
-        cfg = self.config
-        try:
-            self._running()
-            if len(att.live_subs()) >= cfg.max_subscriptions_per_connection:
-                raise LimitExceeded(
-                    f"at most {cfg.max_subscriptions_per_connection} subscriptions per connection",
-                    details={"limit": cfg.max_subscriptions_per_connection},
-                )
-            path = (tenant, namespace, name)
-            partition: StreamPartition | CachePartition
-            if source == "stream":
-                partition = self.registry.stream(path)
-                fanout: Fanout = partition.stream
-            elif source == "cache":
-                partition = self.registry.cache(path)
-                fanout = partition.follow(self._out)
-            else:
-                raise InvalidArgument(
-                    f"unknown subscription source {source!r}", details={"field": "source"}
-                )
-            sub = fanout.subscribe(
-                self._next_sub_id,
-                conn_id,
-                start,
-                start_value,
-                min(credit_messages, cfg.max_credit_messages),
-                min(credit_bytes, cfg.max_credit_bytes),
-                now,
-                paused=att.paused,
-            )
-        except EngineError as exc:
-            self._refuse(mark, conn_id, request, exc)
-            return
-        self._next_sub_id += 1
-        att.subs[sub.id] = (partition, fanout, sub)
-        self.registry.reschedule(partition)
-        self._out.insert(
-            mark,
-            SubscriptionOpened(
-                connection_id=conn_id,
-                request=request,
-                subscription_id=sub.id,
-                first_offset=sub.start_offset,
-            ),
+        path = (tenant, namespace, name)
+        self.subscriptions.subscribe(
+            conn_id, request, path, start, start_value, credit_messages, credit_bytes, source, now
         )
 
     def unsubscribe(
@@ -752,16 +486,7 @@ class Broker:
         Raises:
             ValueError: ``request`` is given and the connection is not attached.
         """
-        entry = self._subscription(conn_id, subscription_id, quiet=request is None)
-        if entry is None:
-            if request is not None:
-                self._refuse(len(self._out), conn_id, request, _no_subscription(subscription_id))
-            return
-        if request is not None:
-            self._out.append(RequestCompleted(connection_id=conn_id, request=request))
-        partition, fanout, _ = entry
-        fanout.remove(subscription_id, "unsubscribed")
-        self.registry.reschedule(partition)
+        self.subscriptions.unsubscribe(conn_id, request, subscription_id, now)
 
     def add_credit(
         self, conn_id: int, subscription_id: int, messages: int, nbytes: int, *, now: float
@@ -777,32 +502,7 @@ class Broker:
         Raises:
             ValueError: a negative grant (the wire cannot carry one: a bug in the caller).
         """
-        if messages < 0 or nbytes < 0:
-            raise ValueError("credit must be >= 0")
-        entry = self._subscription(conn_id, subscription_id, quiet=True)
-        if entry is None:
-            return False
-        partition, fanout, sub = entry
-        cfg = self.config
-        messages = min(messages, max(cfg.max_credit_messages - sub.credit_messages, 0))
-        nbytes = min(nbytes, max(cfg.max_credit_bytes - sub.credit_bytes, 0))
-        fanout.add_credit(sub, messages, nbytes, now)
-        self.registry.reschedule(partition)
-        return True
-
-    def _subscription(
-        self, conn_id: int, sub_id: int, *, quiet: bool
-    ) -> tuple[StreamPartition | CachePartition, Fanout, Subscription] | None:
-        att = self._conns.get(conn_id)
-        if att is None:
-            if quiet:
-                return None
-            raise ValueError(f"connection {conn_id} is not attached")
-        entry = att.subs.get(sub_id)
-        if entry is not None and entry[2].closed:
-            del att.subs[sub_id]
-            entry = None
-        return entry
+        return self.subscriptions.add_credit(conn_id, subscription_id, messages, nbytes, now)
 
     # ---------------------------------------------------------------------- queues
 
@@ -830,7 +530,8 @@ class Broker:
         out = self._out
         mark = len(out)
         try:
-            self._running()
+            if not self.connections.accepting:
+                raise shutting_down()
             nbytes = self._check_batch(payloads, keys, headers)
             path = (tenant, namespace, queue)
             partition = self.registry.queues.get(path) or self.registry.queue(path)
@@ -874,29 +575,7 @@ class Broker:
         Raises:
             ValueError: the connection is not attached (a bug in the caller).
         """
-        att = self._attachment(conn_id)
-        mark = len(self._out)
-        try:
-            self._running()
-            limit = self.config.max_consumers_per_connection
-            if len(att.live_consumers()) >= limit:
-                raise LimitExceeded(
-                    f"at most {limit} consumers per connection", details={"limit": limit}
-                )
-            partition = self.registry.queue((tenant, namespace, queue))
-            consumer = partition.queue.join(
-                self._next_consumer_id, conn_id, group, prefetch, att.paused
-            )
-        except EngineError as exc:
-            self._refuse(mark, conn_id, request, exc)
-            return
-        self._next_consumer_id += 1
-        att.consumers[consumer.id] = (partition, consumer)
-        self._out.append(
-            ConsumerOpened(connection_id=conn_id, request=request, consumer_id=consumer.id)
-        )
-        consumer.group.dispatch(now)
-        self.registry.reschedule(partition)
+        self.consumers.consume(conn_id, request, (tenant, namespace, queue), group, prefetch, now)
 
     def cancel_consumer(
         self, conn_id: int, request: int | None, consumer_id: int, *, now: float
@@ -908,27 +587,7 @@ class Broker:
         completion and an unknown consumer is ignored. Otherwise completes with
         :class:`~felix_core.events.RequestCompleted`; refused with NotFound.
         """
-        entry = self._consumer(conn_id, consumer_id, quiet=request is None)
-        if entry is None:
-            if request is not None:
-                self._refuse(len(self._out), conn_id, request, _no_consumer(consumer_id))
-            return
-        out = self._out
-        if request is not None:
-            out.append(RequestCompleted(connection_id=conn_id, request=request))
-        partition, consumer = entry
-        del self._conns[conn_id].consumers[consumer_id]
-        out.append(
-            ConsumerClosed(
-                connection_id=conn_id,
-                consumer_id=consumer_id,
-                queue=partition.path,
-                reason="unsubscribed",
-            )
-        )
-        partition.queue.leave(consumer, now)
-        consumer.group.dispatch(now)
-        self.registry.reschedule(partition)
+        self.consumers.cancel(conn_id, request, consumer_id, now)
 
     def ack(
         self,
@@ -945,19 +604,7 @@ class Broker:
         when the connection holds no such consumer or some ids are not in flight to it (the
         known ones are still acked; ``details['delivery_ids']``).
         """
-        mark = len(self._out)
-        entry = self._consumer(conn_id, consumer_id, quiet=False)
-        if entry is None:
-            self._refuse(mark, conn_id, request, _no_consumer(consumer_id))
-            return
-        partition, consumer = entry
-        try:
-            partition.queue.ack(consumer, delivery_ids, now)
-        except EngineError as exc:
-            self._refuse(mark, conn_id, request, exc)
-        else:
-            self._out.insert(mark, RequestCompleted(connection_id=conn_id, request=request))
-        self.registry.reschedule(partition)
+        self.consumers.ack(conn_id, request, consumer_id, delivery_ids, now)
 
     def nack(
         self,
@@ -975,37 +622,7 @@ class Broker:
         Completes with :class:`~felix_core.events.RequestCompleted`. Refusals: NotFound (as
         for :meth:`ack`), InvalidArgument (a negative delay).
         """
-        mark = len(self._out)
-        entry = self._consumer(conn_id, consumer_id, quiet=False)
-        if entry is None:
-            self._refuse(mark, conn_id, request, _no_consumer(consumer_id))
-            return
-        partition, consumer = entry
-        try:
-            if delay_ms < 0:
-                raise InvalidArgument("delay_ms must be >= 0", details={"field": "delay_ms"})
-            partition.queue.nack(
-                consumer, delivery_ids, now, delay=delay_ms / 1000, requeue=requeue
-            )
-        except EngineError as exc:
-            self._refuse(mark, conn_id, request, exc)
-        else:
-            self._out.insert(mark, RequestCompleted(connection_id=conn_id, request=request))
-        self.registry.reschedule(partition)
-
-    def _consumer(
-        self, conn_id: int, consumer_id: int, *, quiet: bool
-    ) -> tuple[QueuePartition, Consumer] | None:
-        att = self._conns.get(conn_id)
-        if att is None:
-            if quiet:
-                return None
-            raise ValueError(f"connection {conn_id} is not attached")
-        entry = att.consumers.get(consumer_id)
-        if entry is not None and entry[1].closed:
-            del att.consumers[consumer_id]  # its queue went
-            entry = None
-        return entry
+        self.consumers.nack(conn_id, request, consumer_id, delivery_ids, delay_ms, requeue, now)
 
     # ---------------------------------------------------------------------- caches
 
@@ -1048,7 +665,8 @@ class Broker:
         mark = len(out)
         path = (tenant, namespace, cache)
         try:
-            self._running()
+            if not self.connections.accepting:
+                raise shutting_down()
             partition = self.registry.caches.get(path) or self.registry.cache(path)
             self.budget.check(len(key) + len(value), "cache put")
             result = partition.cache.put(
@@ -1126,6 +744,7 @@ class Broker:
             )
         )
 
+    @completes
     def cache_delete(
         self,
         conn_id: int,
@@ -1137,23 +756,18 @@ class Broker:
         *,
         if_version: int | None = None,
         now: float,
-    ) -> None:
+    ) -> CacheRemoved:
         """Delete a key, possibly only at a given version.
 
         Completes with :class:`~felix_core.events.CacheRemoved`. Refusals: NotFound,
         InvalidArgument, TooLarge (the key).
         """
-        out = self._out
-        try:
-            partition = self.registry.cache((tenant, namespace, cache))
-            result = partition.cache.delete(key, now, if_version=if_version)
-        except EngineError as exc:
-            self._refuse(len(out), conn_id, request, exc)
-            return
-        out.append(CacheRemoved(connection_id=conn_id, request=request, deleted=result.applied))
+        partition = self.registry.cache((tenant, namespace, cache))
+        result = partition.cache.delete(key, now, if_version=if_version)
         if result.applied:
             partition.changed(now)
             self.registry.reschedule(partition)
+        return CacheRemoved(connection_id=conn_id, request=request, deleted=result.applied)
 
     # ----------------------------------------------------------------- validation
 
@@ -1211,7 +825,7 @@ class Broker:
         Subscriptions and consumers go on: deliveries, credit, acks and nacks still work, so
         a graceful shutdown can drain them before :meth:`end_feeds` / :meth:`shutdown`.
         """
-        self._shutting_down = True
+        self.connections.stop_accepting()
 
     def backlog(self, conn_id: int) -> builtins.list[FeedBacklog]:
         """What each live feed of a connection has not finished, one entry per feed.
@@ -1222,33 +836,7 @@ class Broker:
         Returns:
             A :class:`FeedBacklog` per subscription and consumer, in creation order.
         """
-        att = self._conns.get(conn_id)
-        if att is None:
-            return []
-        out = []
-        for sub_id, (partition, fanout, sub) in att.live_subs().items():
-            kind = "stream" if isinstance(partition, StreamPartition) else "cache"
-            out.append(
-                FeedBacklog(
-                    kind=kind,
-                    feed_id=sub_id,
-                    resource=partition.path,
-                    undelivered=_undelivered(fanout, sub),
-                    unacked=0,
-                )
-            )
-        for consumer_id, (qp, consumer) in att.live_consumers().items():
-            waiting, unacked = qp.queue.backlog(consumer)
-            out.append(
-                FeedBacklog(
-                    kind="queue",
-                    feed_id=consumer_id,
-                    resource=qp.path,
-                    undelivered=waiting,
-                    unacked=unacked,
-                )
-            )
-        return out
+        return self.connections.backlog(conn_id)
 
     def pending(self, conn_id: int) -> int:
         """The sum of ``undelivered`` and ``unacked`` over :meth:`backlog`, without building
@@ -1257,13 +845,7 @@ class Broker:
         Args:
             conn_id: the connection (unknown ids have nothing pending).
         """
-        att = self._conns.get(conn_id)
-        if att is None:
-            return 0
-        total = sum(_undelivered(fanout, sub) for _, fanout, sub in att.live_subs().values())
-        for qp, consumer in att.live_consumers().values():
-            total += sum(qp.queue.backlog(consumer))
-        return total
+        return self.connections.pending(conn_id)
 
     def end_feeds(self, conn_id: int, now: float) -> None:
         """End a connection's subscriptions and consumers with reason ``shutdown``.
@@ -1271,26 +853,7 @@ class Broker:
         Each subscription's ``SubscriptionClosed`` carries the offset it would resume at;
         in-flight queue deliveries return to their queue. Unknown ids are ignored.
         """
-        att = self._conns.get(conn_id)
-        if att is None:
-            return
-        for sub_id, (partition, fanout, _) in att.live_subs().items():
-            fanout.remove(sub_id, "shutdown", "the broker is shutting down")
-            self.registry.reschedule(partition)
-        for consumer_id, (qp, consumer) in att.live_consumers().items():
-            self._out.append(
-                ConsumerClosed(
-                    connection_id=conn_id,
-                    consumer_id=consumer_id,
-                    queue=qp.path,
-                    reason="shutdown",
-                )
-            )
-            qp.queue.leave(consumer, now)
-            consumer.group.dispatch(now)
-            self.registry.reschedule(qp)
-        att.subs.clear()
-        att.consumers.clear()
+        self.connections.end_feeds(conn_id, now)
 
     def shutdown(self, now: float) -> None:
         """Stop: :meth:`stop_accepting`, then end every subscription and consumer with
@@ -1299,9 +862,10 @@ class Broker:
         Afterwards new work is refused with ``ShuttingDown``; reads, acks and admin reads
         still work.
         """
-        self.stop_accepting()
-        for conn_id in builtins.list(self._conns):
-            self.end_feeds(conn_id, now)
+        connections = self.connections
+        connections.stop_accepting()
+        for conn_id in connections:
+            connections.end_feeds(conn_id, now)
 
     # --------------------------------------------------------------------- figures
 
@@ -1317,19 +881,7 @@ class Broker:
             now: the current time (for the oldest queue message's age).
             detail_limit: the most queues (caches) for which per-resource stats are returned.
         """
-        registry = self.registry
-        queue_detail: dict[Path, QueueStats] = {}
-        if len(registry.queues) <= detail_limit:
-            queue_detail = registry.queue_detail(now)
-        cache_detail: dict[Path, CacheStats] = {}
-        if len(registry.caches) <= detail_limit:
-            cache_detail = registry.cache_detail()
-        return ResourceTotals(
-            queues=registry.queue_totals(now),
-            caches=registry.cache_totals(),
-            queue_detail=queue_detail,
-            cache_detail=cache_detail,
-        )
+        return self.figures.totals(now, detail_limit)
 
     def stats(self) -> dict[str, int]:
         """Gauges and counters for metrics (cheap; safe to call per scrape).
@@ -1337,43 +889,7 @@ class Broker:
         Returns:
             A flat mapping of metric name to value.
         """
-        registry = self.registry
-        streams = [p.stream for p in registry.streams.values()]
-        feeds = [p.feed for p in registry.caches.values() if p.feed is not None]
-        consumers = sum(
-            len(g.consumers) for p in registry.queues.values() for g in p.queue.groups.values()
-        )
-        return {
-            "connections": len(self._conns),
-            "subscriptions": sum(len(f.subscriptions) for f in (*streams, *feeds)),
-            "consumers": consumers,
-            "streams": len(registry.streams),
-            "queues": len(registry.queues),
-            "caches": len(registry.caches),
-            "memory_used_bytes": self.budget.used,
-            "memory_limit_bytes": self.budget.limit,
-            "memory_high_water_bytes": self.budget.high_water,
-            "memory_refusals": self.budget.refused,
-            "stream_published_records": sum(s.published_records for s in streams),
-            "stream_delivered_records": sum(s.delivered_records for s in streams),
-            "stream_gap_records": sum(s.gap_records for s in streams),
-            "stream_lagged_subscriptions": sum(s.lagged for s in streams),
-            "stream_blocked_publishes": sum(s.blocked for s in streams),
-        }
-
-
-def _undelivered(fanout: Fanout, sub: Subscription) -> int:
-    """Records between a subscription's cursor (or the log's start) and the log's end."""
-    log = fanout.log
-    return max(log.next_offset - max(sub.cursor, log.first_offset), 0)
-
-
-def _no_subscription(sub_id: int) -> NotFound:
-    return NotFound(f"subscription {sub_id} not found", details={"subscription_id": sub_id})
-
-
-def _no_consumer(consumer_id: int) -> NotFound:
-    return NotFound(f"consumer {consumer_id} not found", details={"consumer_id": consumer_id})
+        return self.figures.stats()
 
 
 def _check_record_sizes(

@@ -8,8 +8,8 @@ changes back. It is the :class:`~felix_server.router.Route` of every resource to
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 from felix_core import events as ce
 from felix_core.broker import Broker
@@ -38,6 +38,7 @@ class LocalRoute:
 
     def __init__(self, engine: Broker, store: MetadataStore | None = None, now: float = 0.0):
         self.engine = engine
+        self._admin = engine.admin  # whose writes this route applies
         self.store: MetadataStore = store if store is not None else MemoryMetadataStore()
         for record in self.store.records():
             engine.metadata_changed(record.kind, record.path, record, now)
@@ -70,7 +71,7 @@ class LocalRoute:
         events = self.engine.drain_events()
         if self._early:
             events, self._early = self._early + events, []
-        if not events or not self.engine.writes_in_flight:
+        if not events or not self._admin.writes_in_flight:
             return events  # no write to apply among them
         return self._settle(events, now)
 
@@ -116,26 +117,27 @@ class LocalRoute:
         )
 
     def _publish_batch(self, conn: int, req: int, msg: m.PublishBatch, now: float) -> None:
-        self.engine.publish(
-            conn,
-            req,
-            msg.tenant,
-            msg.namespace,
-            msg.stream,
-            msg.payloads,
-            keys=msg.keys,
-            headers=msg.headers,
-            committed=msg.ack == m.AckMode.COMMITTED,
-            now=now,
-        )
+        self._append(self.engine.publish, conn, req, msg, msg.stream, now)
 
     def _enqueue(self, conn: int, req: int, msg: m.Enqueue, now: float) -> None:
-        self.engine.enqueue(
+        self._append(self.engine.enqueue, conn, req, msg, msg.queue, now)
+
+    @staticmethod
+    def _append(
+        call: _AppendCall,
+        conn: int,
+        req: int,
+        msg: m.PublishBatch | m.Enqueue,
+        name: str,
+        now: float,
+    ) -> None:
+        """A batch of records for ``name``'s log: a publish batch or an enqueue."""
+        call(
             conn,
             req,
             msg.tenant,
             msg.namespace,
-            msg.queue,
+            name,
             msg.payloads,
             keys=msg.keys,
             headers=msg.headers,
@@ -232,6 +234,27 @@ class LocalRoute:
 
     def _admin_delete(self, conn: int, req: int, msg: m.AdminDelete, now: float) -> None:
         self.engine.delete(conn, req, msg.kind, msg.tenant, msg.namespace, msg.name, now=now)
+
+
+class _AppendCall(Protocol):
+    """:meth:`Broker.publish <felix_core.broker.Broker.publish>` or
+    :meth:`Broker.enqueue <felix_core.broker.Broker.enqueue>`."""
+
+    def __call__(
+        self,
+        conn_id: int,
+        request: int,
+        tenant: str,
+        namespace: str,
+        name: str,
+        payloads: Sequence[bytes],
+        /,
+        *,
+        keys: Sequence[bytes | None] | None,
+        headers: Sequence[dict[str, bytes] | None] | None,
+        committed: bool,
+        now: float,
+    ) -> None: ...
 
 
 _Handler = Callable[[LocalRoute, int, int, Any, float], None]
