@@ -33,8 +33,9 @@ import errno
 import os
 import shutil
 import threading
+import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from felix_core.filesystem import IOFailure, NoSpace, check_name, parent_of
 
@@ -77,18 +78,25 @@ class OsFileSystem:
     Args:
         root: the directory of the tree (created, durably, if missing).
         max_open_files: the most descriptors kept open between calls.
+        on_append: told the duration in seconds of every :meth:`append` that succeeded (the
+            append-duration histogram), on the calling thread.
 
     Raises:
         NoSpace, IOFailure: ``root`` cannot be created.
     """
 
     def __init__(
-        self, root: str | os.PathLike[str], *, max_open_files: int = DEFAULT_MAX_OPEN_FILES
+        self,
+        root: str | os.PathLike[str],
+        *,
+        max_open_files: int = DEFAULT_MAX_OPEN_FILES,
+        on_append: Callable[[float], None] | None = None,
     ) -> None:
         if max_open_files < 1:
             raise ValueError("max_open_files must be >= 1")
         self.root = os.path.abspath(os.fspath(root))
         self.max_open_files = max_open_files
+        self._on_append = on_append
         self._lock = threading.Lock()
         self._open: OrderedDict[str, _Handle] = OrderedDict()
         self._new: set[str] = set()  # created by append, directory not fsynced since
@@ -224,6 +232,7 @@ class OsFileSystem:
         """See :meth:`felix_core.filesystem.FileSystem.append` (the page cache only)."""
         if not os.path.isdir(self._path(parent_of(name), allow_root=True)):
             raise IOFailure(f"no such directory: {parent_of(name)!r}")
+        started = time.perf_counter()
         handle = self._pin(name, create=True)
         try:
             view = memoryview(data)
@@ -233,6 +242,8 @@ class OsFileSystem:
                     view = view[written:]
         finally:
             self._unpin(handle)
+        if self._on_append is not None:
+            self._on_append(time.perf_counter() - started)
 
     def truncate(self, name: str, size: int) -> None:
         """See :meth:`felix_core.filesystem.FileSystem.truncate`."""

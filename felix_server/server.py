@@ -78,6 +78,8 @@ from aioquic.quic.packet import (
 )
 
 from felix_core.broker import Broker
+from felix_core.disklog import DiskLogStore, StorageJob
+from felix_core.metadata import MetadataStore
 from felix_proto import ALPN
 from felix_proto.deadlines import Deadlines
 from felix_server.access import Authenticate, token_list
@@ -89,6 +91,7 @@ from felix_server.observer import ServerObserver
 from felix_server.quic import FelixQuicConnection, refusal_datagram
 from felix_server.router import Router
 from felix_server.session import Session, SessionLimits
+from felix_server.storage import StorageGlue
 
 __all__ = ["MAX_REFUSALS_PER_PASS", "FelixServer", "make_quic_configuration"]
 
@@ -136,6 +139,11 @@ class FelixServer:
             rule, :class:`~felix_server.quic.FelixQuicConnection`).
         authenticate: decides each client's ``Hello`` (default: the ``auth.tokens`` of
             ``config``, :func:`~felix_server.access.token_list`).
+        logs: a durable log store for the new engine (None: every log in memory, and
+            ``durability=durable`` refused); its jobs are the adapter's to run
+            (:meth:`take_storage_jobs`, :mod:`felix_server.storage`).
+        metadata: where resource definitions are kept (None: in memory); the engine is fed
+            what it holds.
     """
 
     def __init__(
@@ -148,14 +156,17 @@ class FelixServer:
         broker: Broker | None = None,
         connection_factory: Callable[..., QuicConnection] = FelixQuicConnection,
         authenticate: Authenticate | None = None,
+        logs: DiskLogStore | None = None,
+        metadata: MetadataStore | None = None,
     ) -> None:
         self.config = config
         self._authenticate = authenticate or token_list(config.accepted_tokens)
         self._limits = SessionLimits.from_config(config)
         self.quic_configuration = quic_configuration
         self.observer = observer or ServerObserver()
-        self.broker = broker if broker is not None else Broker(config.broker, now=now)
-        self.router = Router(LocalRoute(self.broker, now=now), self.observer)
+        self.broker = broker if broker is not None else Broker(config.broker, logs=logs, now=now)
+        self.storage = StorageGlue(logs, self.broker) if logs is not None else None
+        self.router = Router(LocalRoute(self.broker, metadata, now=now), self.observer)
         self.batches = EncodedBatches()
         self._factory = connection_factory
         self._by_cid: dict[bytes, Session] = {}
@@ -301,6 +312,7 @@ class FelixServer:
         self._refresh_deadlines()
         deadlines = (
             self.router.get_timer(),
+            self.storage.get_timer() if self.storage is not None else None,
             drain,
             self._drain_until,
             self._deadlines.earliest(),
@@ -319,6 +331,8 @@ class FelixServer:
     def handle_timer(self, now: float) -> None:
         """Fire everything due at ``now`` (early or repeated calls are harmless)."""
         self.router.handle_timer(now)
+        if self.storage is not None:  # the jobs it wants come with take_storage_jobs
+            self.storage.handle_timer(now)
         if self._drain is not None:  # before the sessions: the grace ends with a report
             deadline = self._drain.get_timer()
             if deadline is not None and deadline <= now:
@@ -382,6 +396,22 @@ class FelixServer:
             dirty = self._dirty
         self.batches.flush(self.observer)
         return out
+
+    # ----------------------------------------------------------------------- storage
+
+    def take_storage_jobs(self) -> list[StorageJob]:
+        """The storage jobs to run now: call after every :meth:`datagrams_to_send`; run
+        each ``job.run()`` on a worker thread and hand the outcome to
+        :meth:`storage_job_done` on the loop thread (none without a durable store)."""
+        return self.storage.take_jobs() if self.storage is not None else []
+
+    def storage_job_done(self, job: StorageJob, outcome: object, now: float) -> None:
+        """A storage job's ``run`` returned ``outcome`` (or raised it): the engine learns
+        what it means (committed publishes complete, pending reads go on, a failed log
+        refuses writes); transmit afterwards."""
+        assert self.storage is not None
+        self.storage.job_done(job, outcome, now)
+        self.router.collect(now)
 
     def _mark(self, session: Session) -> None:
         """A session has something to send and its deadline may have moved."""
