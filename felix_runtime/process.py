@@ -106,11 +106,6 @@ def log_started(
             runtime=runtime,
         ),
     )
-    logger.info(
-        "storage: in memory; no resource, message, queue position or cache entry survives "
-        "a restart",
-        extra=log_fields(data_dir=config.data_dir),
-    )
     if not config.dev_mode:
         return
     logger.warning(

@@ -82,7 +82,11 @@ class StorageGlue:
             elif isinstance(notice, LogReadable):
                 engine.log_readable(kind, notice.path, now)
             elif isinstance(notice, LogFailed):
-                engine.log_failed(kind, notice.path, notice.error, now)
+                # Broker.log_failed comes with the storage branch's engine wiring; until
+                # then a failed log still refuses writes itself (StorageFailed on append).
+                log_failed = getattr(engine, "log_failed", None)
+                if log_failed is not None:
+                    log_failed(kind, notice.path, notice.error, now)
 
     def get_timer(self) -> float | None:
         """The store's next fsync-interval deadline (None: nothing to time)."""
