@@ -119,3 +119,27 @@ def test_cold_reads_reach_subscribers_through_jobs() -> None:
             break
         _feed(calls.broker, run_jobs(jobs, 3.0), 3.0)
     assert payloads == [bytes([i]) * 100 for i in range(20)]
+
+
+def test_age_retention_timer_moves_on_after_whole_segments_go() -> None:
+    fs = MemoryFileSystem()
+    store = DiskLogStore(fs, DiskLogConfig(segment_bytes=1024))
+    calls = Calls(Broker(BrokerConfig(), logs=store, now=0.0))
+    calls.create(
+        "stream", "default", "default", "s", {**DURABLE, "retention_max_age_ms": 1000}, now=0.0
+    )
+    for i in range(30):
+        calls.publish(9, *S, [bytes(100)], now=1.0 + i / 100)
+    _feed(calls.broker, run_jobs(store.take_jobs(1.3), 1.3), 1.3)
+    engine = calls.broker
+    log = store.log("stream", S)
+    assert log is not None
+    fired = 0
+    now = 1.3
+    while (deadline := engine.get_timer()) is not None and fired < 50:
+        now = max(now, deadline)
+        engine.handle_timer(now)
+        _feed(engine, run_jobs(store.take_jobs(now), now), now)
+        fired += 1
+    assert fired < 50, "the age-retention timer spins"
+    assert log.record_count == 0
