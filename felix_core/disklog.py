@@ -680,15 +680,19 @@ class DiskLog:
 
     @property
     def first_timestamp_ms(self) -> int | None:
-        """The timestamp of the oldest retained record (of its segment's first record when
-        it is not in memory)."""
+        """The time age retention acts on: the timestamp of the *newest* record of the
+        oldest non-empty segment (None when the log is empty).
+
+        Records go a whole segment at a time, when the segment's last record ages out; the
+        engine arms its age-retention timer from this value (``first_timestamp_ms +
+        max_age_ms``), so it must be when something can go, not the oldest record's time
+        (a timer armed from that would fire again and again while nothing can go).
+        """
         if self.record_count == 0:
             return None
-        if self._tail.first_offset <= self._first:
-            return self._tail.first_timestamp_ms
         for seg in self._segments:
-            if seg.summary.first_timestamp_ms is not None:
-                return seg.summary.first_timestamp_ms
+            if seg.summary.last_timestamp_ms is not None and seg.next_offset > self._first:
+                return seg.summary.last_timestamp_ms
         return None
 
     @property
@@ -1248,9 +1252,16 @@ class DiskLogStore:
         """Every open durable log (for metrics)."""
         return iter(list(self._logs.values()))
 
-    def take_jobs(self) -> list[StorageJob]:
+    def take_jobs(self, now: float | None = None) -> list[StorageJob]:
         """The jobs to run now: queued cold reads, and a sync for each log that wants one
-        and has none in flight."""
+        and has none in flight.
+
+        Args:
+            now: the current time, if the caller knows it (a sync's interval counts from
+                when it was made; without it, from the last time the store was told).
+        """
+        if now is not None:
+            self._now = max(self._now, now)
         jobs: list[StorageJob] = []
         for log in self._logs.values():
             jobs.extend(log.take_jobs())

@@ -383,6 +383,22 @@ def test_age_retention_rolls_the_active_segment_and_keeps_next_offset() -> None:
     assert (again.first_offset, again.next_offset) == (2, 2)  # offsets are never reused
 
 
+def test_age_retention_time_is_when_a_whole_segment_can_go() -> None:
+    _, store = _store(segment_bytes=1024)
+    log = _open(store)
+    assert log.first_timestamp_ms is None
+    for i in range(30):
+        log.append(bytes(100), 1000 + i)
+    settle(store)
+    first = log._segments[0]
+    assert log.first_timestamp_ms == first.summary.last_timestamp_ms
+    retention = Retention(max_age_ms=100)
+    due = log.first_timestamp_ms + 100 + 1  # what the stream's timer arms
+    assert log.apply_retention(retention, due - 1) == 0
+    assert log.apply_retention(retention, due) == first.next_offset
+    assert log.first_timestamp_ms == log._segments[0].summary.last_timestamp_ms
+
+
 def test_a_segment_read_by_a_job_is_deleted_after_it() -> None:
     fs, store = _store(segment_bytes=1024, tail_bytes=10)
     log = _open(store)
