@@ -136,7 +136,7 @@ class AnyioUdpRuntime:
             send_all(sock, server.datagrams_to_send(now))
             if server.finished:
                 self.finished.set()
-            for job in server.take_storage_jobs():
+            for job in server.take_storage_jobs(now):
                 self._job_started()
                 jobs.start_soon(self._run_job, job)
 
@@ -168,7 +168,7 @@ class AnyioUdpRuntime:
             return
         await self._jobs_idle.wait()
         async with anyio.create_task_group() as tg:
-            for job in storage.final_jobs():
+            for job in storage.final_jobs(self._clock()):
                 self._job_started()
                 tg.start_soon(self._run_job, job)
         storage.close()

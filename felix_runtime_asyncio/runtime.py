@@ -131,7 +131,7 @@ class UdpRuntime:
                 self._transport.sendto(data, addr)
         if self.server.finished:
             self._finished.set()
-        for job in self.server.take_storage_jobs():
+        for job in self.server.take_storage_jobs(now):
             self._start_job(job)
         self._arm(self.server.get_timer(), now)
 
@@ -156,7 +156,7 @@ class UdpRuntime:
             return
         while self._jobs:
             await asyncio.wait(set(self._jobs))
-        for job in self.server.storage.final_jobs():
+        for job in self.server.storage.final_jobs(self._clock()):
             self._start_job(job)
         while self._jobs:
             await asyncio.wait(set(self._jobs))

@@ -399,11 +399,11 @@ class FelixServer:
 
     # ----------------------------------------------------------------------- storage
 
-    def take_storage_jobs(self) -> list[StorageJob]:
+    def take_storage_jobs(self, now: float) -> list[StorageJob]:
         """The storage jobs to run now: call after every :meth:`datagrams_to_send`; run
         each ``job.run()`` on a worker thread and hand the outcome to
         :meth:`storage_job_done` on the loop thread (none without a durable store)."""
-        return self.storage.take_jobs() if self.storage is not None else []
+        return self.storage.take_jobs(now) if self.storage is not None else []
 
     def storage_job_done(self, job: StorageJob, outcome: object, now: float) -> None:
         """A storage job's ``run`` returned ``outcome`` (or raised it): the engine learns

@@ -56,9 +56,9 @@ class StorageGlue:
         self.failed_jobs = 0
         """Jobs whose ``run`` raised (each also fails its log or its read)."""
 
-    def take_jobs(self) -> list[StorageJob]:
+    def take_jobs(self, now: float) -> list[StorageJob]:
         """The jobs to run now (each on a worker thread, then :meth:`job_done`)."""
-        jobs = self.store.take_jobs()
+        jobs = self.store.take_jobs(now)
         self.in_flight += len(jobs)
         return jobs
 
@@ -82,11 +82,7 @@ class StorageGlue:
             elif isinstance(notice, LogReadable):
                 engine.log_readable(kind, notice.path, now)
             elif isinstance(notice, LogFailed):
-                # Broker.log_failed comes with the storage branch's engine wiring; until
-                # then a failed log still refuses writes itself (StorageFailed on append).
-                log_failed = getattr(engine, "log_failed", None)
-                if log_failed is not None:
-                    log_failed(kind, notice.path, notice.error, now)
+                engine.log_failed(kind, notice.path, notice.error, now)
 
     def get_timer(self) -> float | None:
         """The store's next fsync-interval deadline (None: nothing to time)."""
@@ -98,13 +94,13 @@ class StorageGlue:
         if deadline is not None and deadline <= now:
             self.store.handle_timer(now)
 
-    def final_jobs(self) -> list[StorageJob]:
+    def final_jobs(self, now: float) -> list[StorageJob]:
         """At shutdown, once :attr:`in_flight` is 0: a last sync of every log with unsynced
         bytes (run them, :meth:`job_done` each, then :meth:`close`)."""
         for log in self.store.logs():
             if log.unsynced_bytes and log.failed is None:
                 log.sync_wanted = True
-        return self.take_jobs()
+        return self.take_jobs(now)
 
     def close(self) -> None:
         """Close every log (after the final syncs): their memory is released."""
