@@ -12,15 +12,25 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
 from brokers import Broker, child_env, selected_runtimes, start_broker
 
 TIMEOUT = 20
+
+
+def metrics(broker: Broker) -> dict[str, float]:
+    """Every sample of ``/metrics`` without labels, by name."""
+    host, port = broker.metrics
+    with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=10) as reply:
+        page = reply.read().decode()
+    return {m[0]: float(m[1]) for m in re.findall(r"^(felix_\w+) (\S+)$", page, re.M)}
 
 
 def felix(broker: Broker, *args: str, stdin: str | None = None) -> str:
@@ -51,6 +61,13 @@ def test_a_restart_keeps_definitions_and_committed_records(runtime: str, tmp_pat
         felix(broker, "pub", "orders", "--ack", "committed", stdin=lines)
         felix(broker, "pub", "scratch", "gone")
         described = json.loads(felix(broker, "admin", "describe", "stream", "orders", "-o", "json"))
+        figures = metrics(broker)
+        assert figures["felix_storage_logs"] == 1  # the durable stream's
+        assert figures["felix_storage_appends_total"] >= 1
+        assert figures["felix_storage_append_duration_seconds_count"] >= 1
+        assert figures["felix_storage_sync_duration_seconds_count"] >= 1
+        assert figures["felix_storage_syncs_total"] >= 1
+        assert figures["felix_storage_unsynced_bytes"] == 0  # committed: fsynced
     finally:
         assert broker.terminate() == 0
     assert any(m == "storage: resource definitions and durable logs" for m in broker.log_messages())
@@ -68,5 +85,6 @@ def test_a_restart_keeps_definitions_and_committed_records(runtime: str, tmp_pat
         assert [e["payload"] for e in events] == [f"order-{i}" for i in range(20)]
         stats = json.loads(felix(again, "admin", "describe", "stream", "scratch", "-o", "json"))
         assert stats["stats"]["next_offset"] == 0  # ephemeral: the definition only
+        assert metrics(again)["felix_storage_recovery_duration_seconds"] > 0
     finally:
         assert again.terminate() == 0
