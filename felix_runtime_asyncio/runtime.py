@@ -64,6 +64,7 @@ class UdpRuntime:
         self._job_timer = job_timer
         self._executor: ThreadPoolExecutor | None = None
         self._jobs: set[asyncio.Future[object]] = set()
+        self._closed = False
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         """Bind the socket and start serving.
@@ -88,7 +89,9 @@ class UdpRuntime:
         return self.address
 
     def close(self) -> None:
-        """Stop reading, cancel the timer and close the socket (idempotent)."""
+        """Stop reading, cancel the timer and close the socket (idempotent). Storage jobs
+        in flight finish (:meth:`close_storage` waits for them) but start no transmit."""
+        self._closed = True
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -147,7 +150,8 @@ class UdpRuntime:
     def _job_done(self, job: StorageJob, future: asyncio.Future[object]) -> None:
         self._jobs.discard(future)
         self.server.storage_job_done(job, future.result(), self._clock())
-        self.wake()
+        if not self._closed:
+            self.wake()
 
     async def close_storage(self) -> None:
         """At shutdown, after the drain: wait for the jobs in flight, run every log's final

@@ -11,13 +11,17 @@ the manner of aioquic's ``QuicConnection``:
 Inputs
     * :meth:`FelixServer.datagram_received` ``(data, addr, now)``;
     * :meth:`FelixServer.handle_timer` ``(now)`` when :meth:`FelixServer.get_timer` is due;
-    * :meth:`FelixServer.begin_shutdown` ``(now)`` on SIGTERM.
+    * :meth:`FelixServer.begin_shutdown` ``(now)`` on SIGTERM;
+    * :meth:`FelixServer.storage_job_done` ``(job, outcome, now)`` when a storage job run
+      on a worker thread is over (durable logs only, :mod:`felix_server.storage`).
 
 Outputs
     * :meth:`FelixServer.datagrams_to_send` ``(now)`` -> ``[(bytes, addr)]``: call it once
       per loop pass, after feeding every datagram that arrived in that pass;
-    * :meth:`FelixServer.get_timer`: the earliest deadline of the broker, every session
-      (QUIC and Felix) and the shutdown;
+    * :meth:`FelixServer.take_storage_jobs` ``(now)``: after each pass, the fsyncs and cold
+      reads to run on worker threads (none without a durable log store);
+    * :meth:`FelixServer.get_timer`: the earliest deadline of the broker, the durable log
+      store's fsync interval, every session (QUIC and Felix) and the shutdown;
     * :attr:`FelixServer.ready` and :attr:`FelixServer.finished` for health and exit.
 
 Timers. Each session's deadline is kept in a :class:`~felix_proto.deadlines.Deadlines` heap
