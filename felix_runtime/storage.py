@@ -6,6 +6,8 @@ Layout of ``<data-dir>`` (``--data-dir``, default ``./felix-data``)::
     logs/       durable resources' segments (felix_core.disklog.DiskLogStore), one
                 directory per resource: <kind>/<tenant>/<namespace>/<name>/<uid>/
     cert.pem, key.pem   the development certificate (felix_runtime.tls)
+    lock        held (flock) while a broker runs on the directory: a second broker started
+                on it refuses to start instead of writing the same files
 
 :func:`build_server` opens both stores on :class:`~felix_runtime.filesystem.OsFileSystem`
 and builds the :class:`~felix_server.server.FelixServer` on them: the engine is fed the
@@ -23,6 +25,7 @@ same size).
 
 from __future__ import annotations
 
+import fcntl
 import os
 import time
 from collections.abc import Callable
@@ -31,6 +34,7 @@ from dataclasses import dataclass
 from aioquic.quic.configuration import QuicConfiguration
 
 from felix_core.disklog import DiskLogStore, StorageJob, SyncJob
+from felix_core.filesystem import FileSystemError
 from felix_runtime.filesystem import OsFileSystem
 from felix_runtime.logs import log_fields, logger
 from felix_runtime.metadata_store import FileMetadataStore
@@ -60,11 +64,28 @@ class BrokerStorage:
     """Durable resources' logs (ephemeral ones get memory logs from it too)."""
     metadata: FileMetadataStore
     """Resource definitions."""
+    lock_fd: int
+    """The open ``lock`` file, flocked."""
 
     def close(self) -> None:
-        """Release the cached file descriptors (after the logs' final syncs)."""
+        """Release the cached file descriptors (after the logs' final syncs) and the lock."""
         self.logs_fs.close()
         self.metadata_fs.close()
+        if self.lock_fd >= 0:
+            os.close(self.lock_fd)  # releases the flock
+            self.lock_fd = -1
+
+
+def _lock(data_dir: str) -> int:
+    """Take the data directory's lock (or raise OSError naming the directory)."""
+    os.makedirs(data_dir, exist_ok=True)
+    fd = os.open(os.path.join(data_dir, "lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise OSError(f"{data_dir} is in use by another broker (its lock file is held)") from None
+    return fd
 
 
 def open_storage(
@@ -77,20 +98,26 @@ def open_storage(
         on_append: told the duration of every append to a segment (a metric).
 
     Raises:
-        OSError: the data directory cannot be created or read (the broker cannot start).
+        OSError: the data directory cannot be created or read, or another broker holds it
+            (the broker cannot start: exit code 1).
     """
-    logs_fs = OsFileSystem(os.path.join(config.data_dir, "logs"), on_append=on_append)
-    metadata_fs = OsFileSystem(os.path.join(config.data_dir, "metadata"))
+    lock_fd = _lock(config.data_dir)
     try:
+        logs_fs = OsFileSystem(os.path.join(config.data_dir, "logs"), on_append=on_append)
+        metadata_fs = OsFileSystem(os.path.join(config.data_dir, "metadata"))
         metadata = FileMetadataStore(metadata_fs)
-    except Exception as exc:  # a FileSystemError: not a usable data directory
-        raise OSError(f"cannot read {config.data_dir}/metadata: {exc}") from exc
+    except FileSystemError as exc:  # not a usable data directory
+        os.close(lock_fd)
+        raise OSError(f"cannot open the data directory {config.data_dir}: {exc}") from exc
+    except BaseException:
+        os.close(lock_fd)
+        raise
     for damaged in metadata.damaged:
         logger.error(
             "resource definition not loaded (damaged file)",
             extra=log_fields(file=f"metadata/{damaged.name}", reason=damaged.reason),
         )
-    return BrokerStorage(logs_fs, metadata_fs, DiskLogStore(logs_fs, root=""), metadata)
+    return BrokerStorage(logs_fs, metadata_fs, DiskLogStore(logs_fs, root=""), metadata, lock_fd)
 
 
 def build_server(
