@@ -25,6 +25,14 @@ record as UTF-8 JSON. A file that fails its CRC or does not parse (bit rot, a fi
 hand) is not loaded and is listed in :attr:`FileMetadataStore.damaged`; the runtime logs it,
 the broker starts with the rest (never silently: the log line names the file).
 
+A uid names one *incarnation of a resource's records*, and clients rely on it: a subscriber
+that lost its connection resumes at its offset only if the stream's ``(uid, created_ms)``
+is unchanged (``felix_client``; otherwise its offsets would name other records). A durable
+resource keeps its uid across restarts, as its log does. An ephemeral resource's records
+are gone after a restart, its definition is not: the store gives it a new uid when it
+loads it (rewriting its file), so nobody resumes into the new, empty log as if it were the
+old one.
+
 Uids must never repeat for the store's lifetime (a durable log's directory is named by its
 resource's uid), even after the resource with the highest uid is deleted. The ``uid`` file
 reserves them in blocks of :data:`UID_BLOCK`: one extra atomic write per that many creates.
@@ -49,7 +57,7 @@ from typing import Any
 
 from felix_core.errors import AlreadyExists, Conflict, NotFound, StorageFailed, StorageFull
 from felix_core.filesystem import FileSystem, FileSystemError, NoSpace
-from felix_core.metadata import Kind, MetadataChange, Path, ResourceRecord, WriteOp
+from felix_core.metadata import LEAF_KINDS, Kind, MetadataChange, Path, ResourceRecord, WriteOp
 
 __all__ = ["UID_BLOCK", "DamagedRecord", "FileMetadataStore", "decode_record", "encode_record"]
 
@@ -159,6 +167,27 @@ class FileMetadataStore:
             self._records[(record.kind, record.path)] = record
             top = max(top, record.uid)
         self._uid = max(top, self._uid_limit)
+        self._renew_ephemeral_uids()
+
+    def _renew_ephemeral_uids(self) -> None:
+        """Give every ephemeral stream, queue and cache a new uid (module docstring)."""
+        renew = [
+            r
+            for r in self._records.values()
+            if r.kind in LEAF_KINDS and r.settings.get("durability") != "durable"
+        ]
+        if not renew:
+            return
+        last = self._uid + len(renew)
+        if last > self._uid_limit:
+            limit = last + UID_BLOCK - 1
+            self._fs.write_atomic(_UID_FILE, str(limit).encode())
+            self._uid_limit = limit
+        for record in sorted(renew, key=lambda r: r.uid):
+            self._uid += 1
+            renewed = replace(record, uid=self._uid)
+            self._fs.write_atomic(_file_name(record.kind, record.path), encode_record(renewed))
+            self._records[(record.kind, record.path)] = renewed
 
     def _read_uid_limit(self) -> int:
         if not self._fs.exists(_UID_FILE):

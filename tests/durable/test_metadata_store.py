@@ -35,11 +35,17 @@ def fs(request: pytest.FixtureRequest, tmp_path: Path) -> FileSystem:
 def populate(store: FileMetadataStore) -> None:
     store.apply(WriteOp.CREATE, rec(Kind.TENANT, "t", description="x"), None)
     store.apply(WriteOp.CREATE, rec(Kind.NAMESPACE, "t", "n"), None)
-    orders = store.apply(WriteOp.CREATE, rec(Kind.STREAM, "t", "n", "orders", a=1), None)
-    store.apply(WriteOp.CREATE, rec(Kind.QUEUE, "t", "n", "orders", b=None), None)
+    orders = store.apply(
+        WriteOp.CREATE, rec(Kind.STREAM, "t", "n", "orders", a=1, durability="durable"), None
+    )
+    store.apply(
+        WriteOp.CREATE, rec(Kind.QUEUE, "t", "n", "orders", b=None, durability="durable"), None
+    )
     store.apply(WriteOp.CREATE, rec(Kind.CACHE, "t", "n", "gone"), None)
     store.apply(
-        WriteOp.REPLACE, replace(orders, settings={"a": 2}, generation=2), orders.generation
+        WriteOp.REPLACE,
+        replace(orders, settings={"a": 2, "durability": "durable"}, generation=2),
+        orders.generation,
     )
     store.apply(WriteOp.DELETE, rec(Kind.CACHE, "t", "n", "gone"), None)
 
@@ -57,7 +63,8 @@ def test_records_survive_reopening(fs: FileSystem) -> None:
         (Kind.STREAM, ("t", "n", "orders")),
     ]
     stream = again.get(Kind.STREAM, ("t", "n", "orders"))
-    assert stream is not None and stream.settings == {"a": 2} and stream.generation == 2
+    assert stream is not None and stream.generation == 2
+    assert stream.settings == {"a": 2, "durability": "durable"}
     assert again.take_changes() == [] and again.damaged == []
 
 
@@ -77,6 +84,26 @@ def test_uids_never_repeat_across_restarts(fs: FileSystem) -> None:
     again = FileMetadataStore(fs)
     v = again.apply(WriteOp.CREATE, rec(Kind.TENANT, "u"), None)
     assert len({t.uid, u.uid, v.uid}) == 3 and v.uid > u.uid
+
+
+def test_an_ephemeral_resource_gets_a_new_uid_at_each_start(fs: FileSystem) -> None:
+    """Its records are gone after a restart: a client must not take the new log for the old
+    one (it compares uids before resuming). A durable one keeps its uid, as its log."""
+    store = FileMetadataStore(fs)
+    store.apply(WriteOp.CREATE, rec(Kind.TENANT, "t"), None)
+    kept = store.apply(WriteOp.CREATE, rec(Kind.QUEUE, "t", "n", "q", durability="durable"), None)
+    old = store.apply(WriteOp.CREATE, rec(Kind.STREAM, "t", "n", "s"), None)
+    again = FileMetadataStore(fs)
+    renewed = again.get(Kind.STREAM, ("t", "n", "s"))
+    assert renewed is not None and renewed.uid > old.uid
+    assert replace(renewed, uid=old.uid) == old  # nothing else changed
+    assert again.get(Kind.QUEUE, ("t", "n", "q")) == kept
+    assert again.get(Kind.TENANT, ("t", "", "")) == store.get(Kind.TENANT, ("t", "", ""))
+    third = FileMetadataStore(fs)  # the new uid was written: the next start renews it again
+    latest = third.get(Kind.STREAM, ("t", "n", "s"))
+    assert latest is not None and latest.uid > renewed.uid
+    created = third.apply(WriteOp.CREATE, rec(Kind.TENANT, "u"), None)
+    assert created.uid > latest.uid
 
 
 def test_uids_are_reserved_in_blocks(fs: FileSystem) -> None:
