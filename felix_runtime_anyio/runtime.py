@@ -75,6 +75,7 @@ class AnyioUdpRuntime:
         self._jobs_running = 0
         self._jobs_idle = anyio.Event()
         self._jobs_idle.set()
+        self._job_group: TaskGroup | None = None
 
     def bind(self, host: str, port: int) -> tuple[str, int]:
         """Bind the socket (no I/O wait: binding does not block).
@@ -101,44 +102,46 @@ class AnyioUdpRuntime:
     # ---------------------------------------------------------------------- the loop
 
     async def serve(self) -> None:
-        """Run the loop until cancelled (the caller's task group owns this task)."""
+        """Run the loop until cancelled (the caller's task group owns this task); the
+        storage jobs it starts are tasks of its own task group."""
+        async with anyio.create_task_group() as jobs:
+            self._job_group = jobs
+            await self._serve()
+
+    async def _serve(self) -> None:
         sock = self._sock
         assert sock is not None, "bind() first"
         server = self.server
+        job_group = self._job_group
+        assert job_group is not None
         try:
-            async with anyio.create_task_group() as jobs:
-                await self._loop(sock, server, jobs)
+            while True:
+                deadline = server.get_timer()
+                readable = False
+                with anyio.CancelScope(deadline=self._to_loop_time(deadline)) as scope:
+                    self._wait_scope = scope
+                    if not self._woken:
+                        await anyio.wait_readable(sock)
+                        readable = True
+                self._wait_scope = None
+                timed_out = scope.cancelled_caught and not self._woken
+                self._woken = False
+                now = self._clock()
+                if readable:
+                    read_batch(sock, server.datagram_received, now)
+                if deadline is not None and (timed_out or now >= deadline):
+                    # Loop and wall clocks drift apart a little: never fire before the deadline.
+                    now = max(now, deadline)
+                    server.handle_timer(now)
+                send_all(sock, server.datagrams_to_send(now))
+                if server.finished:
+                    self.finished.set()
+                for job in server.take_storage_jobs(now):
+                    self._job_started()
+                    job_group.start_soon(self._run_job, job)
         finally:
             self._wait_scope = None
             anyio.notify_closing(sock)
-
-    async def _loop(  # one pass per wake, datagram batch or timer
-        self, sock: socket.socket, server: FelixServer, jobs: TaskGroup
-    ) -> None:
-        while True:
-            deadline = server.get_timer()
-            readable = False
-            with anyio.CancelScope(deadline=self._to_loop_time(deadline)) as scope:
-                self._wait_scope = scope
-                if not self._woken:
-                    await anyio.wait_readable(sock)
-                    readable = True
-            self._wait_scope = None
-            timed_out = scope.cancelled_caught and not self._woken
-            self._woken = False
-            now = self._clock()
-            if readable:
-                read_batch(sock, server.datagram_received, now)
-            if deadline is not None and (timed_out or now >= deadline):
-                # Loop and wall clocks drift apart a little: never fire before the deadline.
-                now = max(now, deadline)
-                server.handle_timer(now)
-            send_all(sock, server.datagrams_to_send(now))
-            if server.finished:
-                self.finished.set()
-            for job in server.take_storage_jobs(now):
-                self._job_started()
-                jobs.start_soon(self._run_job, job)
 
     # ------------------------------------------------------------------ storage jobs
 
