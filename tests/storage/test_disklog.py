@@ -483,3 +483,43 @@ def test_sync_failure_of_index_write_is_not_fatal() -> None:
     log.request_commit(21)
     settle(store)
     assert all(fs.exists(f"{d}/{index_name(s.base)}") for s in log._segments[:-1])
+
+
+def test_a_crash_after_an_unsynced_roll_is_a_torn_tail_not_corruption() -> None:
+    fs, store = _store(segment_bytes=620)
+    log = _open(store)
+    for i in range(9):
+        log.append(bytes(9), i)
+    log.request_commit(9)
+    settle(store)
+    log.append(b"", 9)  # 9 batches of 62 bytes + this one of 53: 611 bytes
+    log.append_batch([b"", b""], 10)  # 62 more: rolls, a new segment at offset 10
+    assert log.segment_count == 2
+    fs.crash(tear_at=1)  # offset 9 never reached the disk; the new segment is torn
+    again = DiskLogStore(fs, DiskLogConfig(segment_bytes=620)).open_log(
+        "stream", PATH, DURABLE, Meter()
+    )
+    assert isinstance(again, DiskLog)
+    assert again.recovery.corrupt_offset is None
+    assert again.recovery.truncated_bytes == 1
+    assert (again.next_offset, again.segment_count) == (9, 1)
+    assert fs.list_dir(again.directory) == [log_name(0)]
+    assert again.append(b"x", 20) == 9
+
+
+def test_a_missing_synced_segment_is_corruption() -> None:
+    fs, store = _store(segment_bytes=1024)
+    log = _open(store)
+    for i in range(40):
+        log.append(bytes(100), i)
+    log.request_commit(40)
+    settle(store)
+    assert log.segment_count >= 4
+    lost = log._segments[1].base
+    fs.remove(f"{log.directory}/{log_name(lost)}")  # an operator's mistake
+    again = DiskLogStore(fs, DiskLogConfig(segment_bytes=1024)).open_log(
+        "stream", PATH, DURABLE, Meter()
+    )
+    assert isinstance(again, DiskLog)
+    assert again.recovery.corrupt_offset == lost
+    assert again.next_offset == lost and again.failed is not None
