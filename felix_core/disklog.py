@@ -81,7 +81,6 @@ from felix_core.log import (
     ReadPending,
     Retention,
     TooOld,
-    record_size,
 )
 from felix_core.segments import (
     BATCH_HEADER_SIZE,
@@ -784,7 +783,7 @@ class DiskLog:
         if self._failed is not None:
             raise StorageFailed(self._failed.message, details=dict(self._failed.details))
         ts = max(timestamp_ms, self._last_ts)
-        norm = [h or None for h in headers] if headers is not None else None
+        norm = [h or None for h in headers] if headers is not None and any(headers) else None
         data = encode_batch(offset, payloads, [ts] * n, keys, norm)
         self._maybe_roll(len(data), ts)
         seg = self.active
@@ -796,9 +795,7 @@ class DiskLog:
             self.stats.append_failures += 1
             self._undo_append(seg, pos, exc)
         self._last_ts = ts
-        key_list: Sequence[bytes | None] = keys if keys is not None else [None] * n
-        head_list: Sequence[dict[str, bytes] | None] = norm if norm is not None else [None] * n
-        nbytes = sum(map(record_size, payloads, key_list, head_list))
+        nbytes = int.from_bytes(data[24:28], "little")  # the header's record bytes
         seg.builder.add(BatchInfo(pos, len(data), offset, n, nbytes, ts, ts))
         self.stats.appends += 1
         self.stats.append_bytes += len(data)

@@ -195,7 +195,18 @@ def encode_batch(
     append = parts.append
     prev = first_ts
     nbytes = 0
-    for i in range(n):
+    plain = (
+        first_ts == last_ts
+        and (keys is None or keys.count(None) == n)
+        and (headers is None or not any(headers))
+    )
+    if plain:  # the common case, one timestamp and no keys or headers: no per-record logic
+        pack = _REC_HEAD.pack
+        for payload in payloads:
+            append(pack(len(payload), 0, 0))
+            append(payload)
+        nbytes = sum(map(len, payloads))
+    for i in range(0 if plain else n):
         payload = payloads[i]
         ts = timestamps_ms[i]
         if ts < prev:
