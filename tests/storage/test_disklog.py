@@ -4,7 +4,7 @@ rotation, retention, cold reads, the memory bound."""
 from __future__ import annotations
 
 import pytest
-from helpers import Meter, read_all, run_jobs, settle
+from storage_helpers import Meter, read_all, run_jobs, settle
 
 from felix_core.disklog import (
     DiskLog,

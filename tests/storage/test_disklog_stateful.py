@@ -4,9 +4,9 @@ holds at those offsets, the memory tail stays bounded and the meter stays exact.
 
 from __future__ import annotations
 
-from helpers import Meter, run_jobs, settle
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from storage_helpers import Meter, run_jobs, settle
 
 from felix_core.disklog import DiskLog, DiskLogConfig, DiskLogStore
 from felix_core.filesystem import MemoryFileSystem
