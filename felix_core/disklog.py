@@ -357,7 +357,10 @@ class ReadJob:
                 if len(data) - p >= BATCH_HEADER_SIZE:
                     want = int.from_bytes(data[p + 4 : p + 8], "little")
                 more = min(p + want, self.limit) - len(data)
-                data += self._fs.read(self.name, self.pos + len(data), max(more, 1))
+                extra = self._fs.read(self.name, self.pos + len(data), max(more, 1))
+                if not extra:
+                    break  # the file is shorter than when the job was made
+                data += extra
                 continue
             batch, p = decode_batch(data, p)
             batches.append(batch)

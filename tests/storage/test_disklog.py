@@ -20,7 +20,7 @@ from felix_core.disklog import (
 from felix_core.errors import InvalidArgument, StorageFailed, StorageFull
 from felix_core.filesystem import IOFailure, MemoryFileSystem, NoSpace
 from felix_core.log import Log, LogSlice, MemoryLog, ReadPending, Retention, TooOld
-from felix_core.segments import index_name, log_name
+from felix_core.segments import CorruptBatch, index_name, log_name
 
 PATH = ("t", "ns", "s")
 DURABLE = {"durability": "durable"}
@@ -523,3 +523,15 @@ def test_a_missing_synced_segment_is_corruption() -> None:
     assert isinstance(again, DiskLog)
     assert again.recovery.corrupt_offset == lost
     assert again.next_offset == lost and again.failed is not None
+
+
+def test_a_read_job_on_a_file_shorter_than_expected_ends() -> None:
+    fs, store = _store(tail_bytes=10, read_chunk_bytes=64)
+    log = _open(store)
+    log.append(b"x" * 500, 1)
+    log.append(b"y", 2)
+    assert isinstance(log.read(0, 1, 1000), ReadPending)
+    (job,) = [j for j in store.take_jobs() if isinstance(j, ReadJob)]
+    fs.truncate(f"{log.directory}/{log_name(0)}", 100)  # as if the disk lost it
+    with pytest.raises(CorruptBatch):
+        job.run()
