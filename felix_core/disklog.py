@@ -67,6 +67,7 @@ from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
+from functools import partial
 from typing import Any, Protocol
 
 from felix_core.errors import InvalidArgument, StorageFailed, StorageFull
@@ -80,7 +81,6 @@ from felix_core.log import (
     ReadPending,
     Retention,
     TooOld,
-    record_size,
 )
 from felix_core.segments import (
     BATCH_HEADER_SIZE,
@@ -100,7 +100,7 @@ from felix_core.segments import (
     log_name,
     plan_recovery,
     retention_deletions,
-    scan,
+    scan_chunks,
 )
 
 __all__ = [
@@ -357,7 +357,10 @@ class ReadJob:
                 if len(data) - p >= BATCH_HEADER_SIZE:
                     want = int.from_bytes(data[p + 4 : p + 8], "little")
                 more = min(p + want, self.limit) - len(data)
-                data += self._fs.read(self.name, self.pos + len(data), max(more, 1))
+                extra = self._fs.read(self.name, self.pos + len(data), max(more, 1))
+                if not extra:
+                    break  # the file is shorter than when the job was made
+                data += extra
                 continue
             batch, p = decode_batch(data, p)
             batches.append(batch)
@@ -547,6 +550,14 @@ class DiskLog:
     # -- recovery -----------------------------------------------------------------------
 
     def _recover(self) -> RecoveryReport:
+        """Open the directory's segments (see the module docstring, "Recovery").
+
+        A segment with a valid index was fsynced whole (its index is written after its
+        fsync), and a sync job fsyncs older segments before newer ones. So a problem (a
+        torn end, or a gap before the next segment) in a segment with no valid index at or
+        after it is what a crash leaves of unsynced writes: it is cut there and the later
+        segments (unsynced too) are deleted. Any other problem is corruption.
+        """
         fs = self.fs
         d = self.directory
         interval = self.config.index_interval
@@ -555,49 +566,65 @@ class DiskLog:
         plan = plan_recovery(sizes)
         for stray in plan.strays:
             fs.remove(f"{d}/{stray}")
+        indexes: list[SegmentIndex | None] = []
+        for seg_plan in plan.segments:
+            index = None
+            if seg_plan.has_index:
+                iname = f"{d}/{index_name(seg_plan.base_offset)}"
+                data = fs.read(iname, 0, fs.size(iname))
+                index = decode_index(data, seg_plan.base_offset, seg_plan.log_size)
+            indexes.append(index)
+        last_indexed = max((i for i, x in enumerate(indexes) if x is not None), default=-1)
         scanned = 0
         truncated = 0
         rebuilt: list[int] = []
         corrupt: int | None = None
-        expected: int | None = None
-        for seg_plan in plan.segments:
+        cut_after: int | None = None  # segments after this position held unsynced data
+        for i, seg_plan in enumerate(plan.segments):
             base = seg_plan.base_offset
-            if expected is not None and base != expected:
-                corrupt = expected  # a gap or an overlap between segments
+            if self._segments and base != self._segments[-1].next_offset:
+                if i > last_indexed:  # the previous segment lost its unsynced end
+                    cut_after = i - 1
+                else:
+                    corrupt = self._segments[-1].next_offset
                 break
-            index = None
-            if seg_plan.has_index:
-                iname = f"{d}/{index_name(base)}"
-                index = decode_index(fs.read(iname, 0, fs.size(iname)), base, seg_plan.log_size)
             seg = _Segment(base, d, IndexBuilder(base, interval))
             seg.entry_synced = True
             seg.created = True
+            self._segments.append(seg)
+            index = indexes[i]
             if index is not None:
                 seg.builder = _trusted_builder(index, interval)
                 seg.closed = True
-            else:
-                data = fs.read(seg.name, 0, seg_plan.log_size)
-                scanned += len(data)
-                result = scan(data, expected_base=base)
-                for info in result.batches:
-                    batch, _ = decode_batch(data, info.position)
-                    seg.builder.add(info, batch.byte_size())
-                if result.state is TailState.CORRUPT or (
-                    result.state is TailState.TORN and not seg_plan.is_tail
-                ):
-                    corrupt = result.next_offset if result.next_offset is not None else base
-                    self._segments.append(seg)
-                    break
-                if result.state is TailState.TORN:
-                    truncated = seg_plan.log_size - result.valid_end
-                    fs.truncate(seg.name, result.valid_end)
-                if not seg_plan.is_tail:
-                    seg.closed = True
-                    seg.index_pending = True
-                    rebuilt.append(base)
-            seg.synced = seg.size if seg.closed and not seg.index_pending else 0
-            self._segments.append(seg)
-            expected = seg.next_offset
+                seg.synced = seg.size
+                continue
+            result = scan_chunks(partial(fs.read, seg.name), seg_plan.log_size, base)
+            scanned += seg_plan.log_size
+            for info in result.batches:
+                seg.builder.add(info)
+            if result.state is TailState.CORRUPT or (
+                result.state is TailState.TORN and i <= last_indexed
+            ):
+                corrupt = seg.next_offset
+                break
+            if result.state is TailState.TORN:
+                truncated += seg_plan.log_size - result.valid_end
+                fs.truncate(seg.name, result.valid_end)
+                cut_after = i
+                break
+            if i < len(plan.segments) - 1:
+                seg.closed = True
+                seg.index_pending = True
+                rebuilt.append(base)
+        if cut_after is not None:
+            for seg_plan in plan.segments[cut_after + 1 :]:
+                truncated += seg_plan.log_size
+                fs.remove(f"{d}/{log_name(seg_plan.base_offset)}")
+                fs.remove(f"{d}/{index_name(seg_plan.base_offset)}")
+            tail = self._segments[-1]
+            if tail.index_pending:  # it is the active segment again
+                tail.closed = tail.index_pending = False
+                rebuilt.remove(tail.base)
         if corrupt is not None:
             self._failed = StorageFailed(
                 f"the log of {self.kind} {'/'.join(self.path)} is damaged at offset {corrupt}:"
@@ -606,23 +633,21 @@ class DiskLog:
             )
             for seg in self._segments:
                 seg.closed = True
+                seg.index_pending = False
         if not self._segments:
-            self._segments.append(_Segment(0, d, IndexBuilder(0, interval)))
+            self._segments.append(self._new_segment(0))
         elif self._segments[-1].closed and corrupt is None:
             self._segments.append(self._new_segment(self._segments[-1].next_offset))
         self._bases = [s.base for s in self._segments]
         self._first = self._segments[0].base
         self._committed = self._segments[-1].next_offset
-        last = self._segments[-1].summary.last_timestamp_ms
         for seg in reversed(self._segments):
             if seg.summary.last_timestamp_ms is not None:
-                last = seg.summary.last_timestamp_ms
+                self._last_ts = seg.summary.last_timestamp_ms
                 break
-        if last is not None:
-            self._last_ts = last
         self.stats.truncated_bytes = truncated
-        if any(s.dirty for s in self._segments if s.size or s.closed):
-            self.sync_wanted = True
+        if any(s.created and s.dirty for s in self._segments):
+            self.sync_wanted = True  # what survived may not be on disk yet
         return RecoveryReport(
             len(self._segments), scanned, truncated, rebuilt, corrupt, list(plan.strays)
         )
@@ -761,7 +786,7 @@ class DiskLog:
         if self._failed is not None:
             raise StorageFailed(self._failed.message, details=dict(self._failed.details))
         ts = max(timestamp_ms, self._last_ts)
-        norm = [h or None for h in headers] if headers is not None else None
+        norm = [h or None for h in headers] if headers is not None and any(headers) else None
         data = encode_batch(offset, payloads, [ts] * n, keys, norm)
         self._maybe_roll(len(data), ts)
         seg = self.active
@@ -773,10 +798,8 @@ class DiskLog:
             self.stats.append_failures += 1
             self._undo_append(seg, pos, exc)
         self._last_ts = ts
-        key_list: Sequence[bytes | None] = keys if keys is not None else [None] * n
-        head_list: Sequence[dict[str, bytes] | None] = norm if norm is not None else [None] * n
-        nbytes = sum(map(record_size, payloads, key_list, head_list))
-        seg.builder.add(BatchInfo(pos, len(data), offset, n, ts, ts), nbytes)
+        nbytes = int.from_bytes(data[24:28], "little")  # the header's record bytes
+        seg.builder.add(BatchInfo(pos, len(data), offset, n, nbytes, ts, ts))
         self.stats.appends += 1
         self.stats.append_bytes += len(data)
         self._tail.append_batch(payloads, ts, keys, norm)

@@ -16,11 +16,14 @@ Two kinds of durability are kept apart, as the kernel keeps them apart:
 * *synced*: :meth:`FileSystem.sync` returned for that file after the write; the bytes (and
   the file's directory entry) survive a power loss.
 
-Threads. Every method is called from the event-loop thread except :meth:`FileSystem.sync`
-and :meth:`FileSystem.read`, which the runtime also calls from worker threads (an fsync and a
-cold read must never block the loop). Those two must be safe to run while the loop thread
+Threads. Every method is called from the event-loop thread except :meth:`FileSystem.sync`,
+:meth:`FileSystem.read` and :meth:`FileSystem.write_atomic`, which the runtime also calls
+from worker threads (an fsync and a cold read must never block the loop; a sync job writes
+the index of a rolled segment). Those three must be safe to run while the loop thread
 appends to, truncates or creates *other* parts of the same file or other files. The storage
-engine never removes or truncates a file while a job that reads or syncs it is in flight.
+engine never truncates the part a job reads, and never removes a file a job uses, except
+when the whole log is dropped (its resource was deleted): then a job may fail with
+:class:`IOFailure` (or succeed on a still-open descriptor) and its outcome is ignored.
 
 Errors. Every method raises :class:`NoSpace` when the device is full (``ENOSPC``, ``EDQUOT``)
 and :class:`IOFailure` for any other failure (``EIO``, a missing file, permissions...). A
@@ -97,8 +100,8 @@ class FileSystem(Protocol):
     """One data directory tree, addressed by relative names (see the module docstring).
 
     Every method raises :class:`NoSpace` or :class:`IOFailure` on failure, and ``ValueError``
-    for a malformed name. Only :meth:`sync` and :meth:`read` may be called from a worker
-    thread.
+    for a malformed name. Only :meth:`sync`, :meth:`read` and :meth:`write_atomic` may be
+    called from a worker thread.
     """
 
     def list_dir(self, name: str) -> list[str]:
@@ -148,7 +151,8 @@ class FileSystem(Protocol):
     def write_atomic(self, name: str, data: bytes) -> None:
         """Replace the file ``name`` by ``data`` all at once and durably: a temporary file
         in the same directory, fsync, rename over ``name``, fsync of the directory. After a
-        crash the file holds either the old content or ``data``, never a mix."""
+        crash the file holds either the old content or ``data``, never a mix. Thread-safe
+        (for distinct names)."""
         ...
 
     def remove_tree(self, name: str) -> None:

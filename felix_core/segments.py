@@ -9,7 +9,7 @@ offset* (in its name: ``{base:020d}.log``) up to the next segment's base offset,
 once, when the segment is closed. docs/storage-format.md specifies every byte, with golden
 bytes that tests/storage/test_format.py checks.
 
-A batch is one append: a fixed 40-byte header (magic ``FX``, format version, flags naming
+A batch is one append: a fixed 44-byte header (magic ``FX``, format version, flags naming
 the checksum, total length, checksum, base offset, record count, first and last timestamp)
 then the records. The checksum covers every byte of the batch except itself, so a torn or
 rotten batch is never decoded: :func:`scan` stops at the first batch that is incomplete or
@@ -35,8 +35,8 @@ from __future__ import annotations
 import struct
 import zlib
 from bisect import bisect_right
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from enum import Enum
 
 from crc32c import crc32c
@@ -68,13 +68,14 @@ __all__ = [
     "plan_recovery",
     "retention_deletions",
     "scan",
+    "scan_chunks",
 ]
 
 MAGIC = b"FX"
 FORMAT_VERSION = 1
 FLAG_CRC32 = 0x01
 """Flag bit 0: the checksum is CRC-32 (zlib) rather than CRC32C."""
-BATCH_HEADER_SIZE = 40
+BATCH_HEADER_SIZE = 44
 MAX_BATCH_SIZE = (64 << 20) + (1 << 20)
 """Largest batch a reader accepts: 64 MiB of records plus room for the framing."""
 INDEX_INTERVAL = 4096
@@ -82,7 +83,7 @@ INDEX_INTERVAL = 4096
 
 INDEX_MAGIC = b"FXI"
 _HEADER = struct.Struct("<2sBBII")  # magic, version, flags, length, crc
-_BODY_HEAD = struct.Struct("<QIqq")  # base offset, count, first ts, last ts
+_BODY_HEAD = struct.Struct("<QIIqq")  # base offset, count, record bytes, first/last ts
 _REC_HEAD = struct.Struct("<IIB")  # payload length, timestamp delta, flags
 _U32 = struct.Struct("<I")
 _U16 = struct.Struct("<H")
@@ -193,7 +194,19 @@ def encode_batch(
     parts: list[bytes] = []
     append = parts.append
     prev = first_ts
-    for i in range(n):
+    nbytes = 0
+    plain = (
+        first_ts == last_ts
+        and (keys is None or keys.count(None) == n)
+        and (headers is None or not any(headers))
+    )
+    if plain:  # the common case, one timestamp and no keys or headers: no per-record logic
+        pack = _REC_HEAD.pack
+        for payload in payloads:
+            append(pack(len(payload), 0, 0))
+            append(payload)
+        nbytes = sum(map(len, payloads))
+    for i in range(0 if plain else n):
         payload = payloads[i]
         ts = timestamps_ms[i]
         if ts < prev:
@@ -203,9 +216,11 @@ def encode_batch(
         hdrs = headers[i] if headers is not None else None
         flags = (_REC_KEY if key is not None else 0) | (_REC_HEADERS if hdrs else 0)
         append(_REC_HEAD.pack(len(payload), ts - first_ts, flags))
+        nbytes += len(payload)
         if key is not None:
             append(_U32.pack(len(key)))
             append(key)
+            nbytes += len(key)
         if hdrs:
             append(_U16.pack(len(hdrs)))
             for name, value in hdrs.items():
@@ -214,8 +229,9 @@ def encode_batch(
                 append(raw)
                 append(_U32.pack(len(value)))
                 append(value)
+                nbytes += len(raw) + len(value)
         append(payload)
-    body = _BODY_HEAD.pack(base_offset, n, first_ts, last_ts) + b"".join(parts)
+    body = _BODY_HEAD.pack(base_offset, n, nbytes, first_ts, last_ts) + b"".join(parts)
     length = _HEADER.size + len(body)
     if length > MAX_BATCH_SIZE:
         raise ValueError(f"batch of {length} bytes exceeds {MAX_BATCH_SIZE}")
@@ -235,6 +251,8 @@ class BatchInfo:
     """Offset of its first record."""
     count: int
     """Number of records."""
+    record_bytes: int
+    """The records' byte size as the log counts it (from the header)."""
     first_timestamp_ms: int
     """Timestamp of its first record."""
     last_timestamp_ms: int
@@ -284,7 +302,7 @@ def decode_batch(data: bytes | memoryview, pos: int = 0) -> tuple[Batch, int]:
     status, length = _check_header(data, pos)
     if status != "ok":
         raise CorruptBatch(f"batch at {pos}: {status}")
-    base, n, first_ts, last_ts = _BODY_HEAD.unpack_from(data, pos + _HEADER.size)
+    base, n, nbytes, first_ts, last_ts = _BODY_HEAD.unpack_from(data, pos + _HEADER.size)
     raw = bytes(data[pos : pos + length])
     p = BATCH_HEADER_SIZE
     payloads: list[bytes] = []
@@ -319,9 +337,10 @@ def decode_batch(data: bytes | memoryview, pos: int = 0) -> tuple[Batch, int]:
             headers.append(hdrs)
     except (struct.error, UnicodeDecodeError) as exc:
         raise CorruptBatch(f"records do not fit the batch at {pos}") from exc
-    if p != length or (stamps and stamps[-1] != last_ts):
+    batch = Batch(base, payloads, stamps, keys, headers)
+    if p != length or (stamps and stamps[-1] != last_ts) or batch.byte_size() != nbytes:
         raise CorruptBatch(f"records do not fit the batch at {pos}")
-    return Batch(base, payloads, stamps, keys, headers), pos + length
+    return batch, pos + length
 
 
 def _take(raw: bytes, p: int, n: int) -> bytes:
@@ -381,14 +400,75 @@ def scan(data: bytes | memoryview, expected_base: int | None = None) -> ScanResu
         if status != "ok":
             state = _after_bad(data, pos, length or None)
             break
-        base, count, first_ts, last_ts = _BODY_HEAD.unpack_from(data, pos + _HEADER.size)
+        base, count, nbytes, first_ts, last_ts = _BODY_HEAD.unpack_from(data, pos + _HEADER.size)
         if count == 0 or first_ts > last_ts or (expected is not None and base != expected):
             state = _after_bad(data, pos, length)
             break
-        batches.append(BatchInfo(pos, length, base, count, first_ts, last_ts))
+        batches.append(BatchInfo(pos, length, base, count, nbytes, first_ts, last_ts))
         expected = base + count
         pos += length
     return ScanResult(batches, pos, state, batches[-1].next_offset if batches else expected_base)
+
+
+SCAN_CHUNK = 4 << 20
+"""Bytes :func:`scan_chunks` reads at a time (more when one batch is larger)."""
+
+
+def scan_chunks(
+    read: Callable[[int, int], bytes],
+    size: int,
+    expected_base: int | None = None,
+    chunk: int = SCAN_CHUNK,
+) -> ScanResult:
+    """:func:`scan` a file of ``size`` bytes read a chunk at a time, so that memory stays
+    bounded by one chunk (or one batch). Same result as scanning the whole file at once.
+
+    Args:
+        read: ``read(pos, n)`` returns up to ``n`` bytes of the file from ``pos``.
+        size: the file's length.
+        expected_base: as for :func:`scan`.
+        chunk: bytes per read.
+
+    Returns:
+        The batches (positions in the file), where they end, and how the file ends.
+    """
+    pos = 0
+    batches: list[BatchInfo] = []
+    expected = expected_base
+    while pos < size:
+        want = min(max(chunk, BATCH_HEADER_SIZE), size - pos)
+        data = read(pos, want)
+        if len(data) >= 8:
+            claimed = int.from_bytes(data[4:8], "little")
+            if want < claimed <= MAX_BATCH_SIZE:
+                data = read(pos, min(claimed, size - pos))
+        result = scan(data, expected)
+        batches.extend(replace(b, position=b.position + pos) for b in result.batches)
+        expected = result.next_offset
+        at_end = pos + len(data) >= size or not data
+        if result.state is TailState.CLEAN and data:
+            pos += result.valid_end
+            continue
+        if result.state is TailState.TORN and not at_end and result.valid_end > 0:
+            pos += result.valid_end  # a batch cut by the chunk's end: read on from it
+            continue
+        bad = pos + result.valid_end
+        state = result.state
+        if state is TailState.TORN and not at_end:
+            state = _zeros_to_end(read, pos + len(data), size)
+        return ScanResult(batches, bad, state, expected)
+    return ScanResult(batches, pos, TailState.CLEAN, expected)
+
+
+def _zeros_to_end(read: Callable[[int, int], bytes], pos: int, size: int) -> TailState:
+    while pos < size:
+        data = read(pos, min(SCAN_CHUNK, size - pos))
+        if not data:
+            break
+        if data.count(0) != len(data):
+            return TailState.CORRUPT
+        pos += len(data)
+    return TailState.TORN
 
 
 def _after_bad(data: bytes | memoryview, pos: int, length: int | None) -> TailState:
@@ -476,8 +556,8 @@ class IndexBuilder:
         self._last_ts: int | None = None
         self.index = SegmentIndex(SegmentSummary(base_offset, base_offset, 0, None, None, 0))
 
-    def add(self, info: BatchInfo, record_bytes: int) -> None:
-        """Account one batch appended at ``info.position`` holding ``record_bytes``."""
+    def add(self, info: BatchInfo) -> None:
+        """Account one batch appended at ``info.position``."""
         idx = self.index
         if self._since >= self._interval:
             idx.offsets.append(info.base_offset)
@@ -489,7 +569,7 @@ class IndexBuilder:
         if self._first_ts is None:
             self._first_ts = info.first_timestamp_ms
         self._last_ts = info.last_timestamp_ms
-        self._bytes += record_bytes
+        self._bytes += info.record_bytes
         self._next = info.next_offset
         s = idx.summary
         idx.summary = SegmentSummary(

@@ -4,9 +4,9 @@ sync, with its content, order and offset, and never a record that was not writte
 
 from __future__ import annotations
 
-from helpers import Meter, read_all, run_jobs
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
+from storage_helpers import Meter, read_all, run_jobs
 
 from felix_core.disklog import DiskLog, DiskLogConfig, DiskLogStore
 from felix_core.filesystem import MemoryFileSystem
@@ -31,7 +31,6 @@ def _open(fs: MemoryFileSystem) -> tuple[DiskLogStore, DiskLog]:
     return store, log
 
 
-@settings(max_examples=150)
 @given(
     cycles=st.lists(
         st.tuples(st.lists(_op, max_size=25), st.integers(0, 200)), min_size=1, max_size=3

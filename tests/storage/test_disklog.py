@@ -4,7 +4,7 @@ rotation, retention, cold reads, the memory bound."""
 from __future__ import annotations
 
 import pytest
-from helpers import Meter, read_all, run_jobs, settle
+from storage_helpers import Meter, read_all, run_jobs, settle
 
 from felix_core.disklog import (
     DiskLog,
@@ -20,7 +20,7 @@ from felix_core.disklog import (
 from felix_core.errors import InvalidArgument, StorageFailed, StorageFull
 from felix_core.filesystem import IOFailure, MemoryFileSystem, NoSpace
 from felix_core.log import Log, LogSlice, MemoryLog, ReadPending, Retention, TooOld
-from felix_core.segments import index_name, log_name
+from felix_core.segments import CorruptBatch, index_name, log_name
 
 PATH = ("t", "ns", "s")
 DURABLE = {"durability": "durable"}
@@ -483,3 +483,55 @@ def test_sync_failure_of_index_write_is_not_fatal() -> None:
     log.request_commit(21)
     settle(store)
     assert all(fs.exists(f"{d}/{index_name(s.base)}") for s in log._segments[:-1])
+
+
+def test_a_crash_after_an_unsynced_roll_is_a_torn_tail_not_corruption() -> None:
+    fs, store = _store(segment_bytes=620)
+    log = _open(store)
+    for i in range(9):
+        log.append(bytes(9), i)
+    log.request_commit(9)
+    settle(store)
+    log.append(b"", 9)  # 9 batches of 62 bytes + this one of 53: 611 bytes
+    log.append_batch([b"", b""], 10)  # 62 more: rolls, a new segment at offset 10
+    assert log.segment_count == 2
+    fs.crash(tear_at=1)  # offset 9 never reached the disk; the new segment is torn
+    again = DiskLogStore(fs, DiskLogConfig(segment_bytes=620)).open_log(
+        "stream", PATH, DURABLE, Meter()
+    )
+    assert isinstance(again, DiskLog)
+    assert again.recovery.corrupt_offset is None
+    assert again.recovery.truncated_bytes == 1
+    assert (again.next_offset, again.segment_count) == (9, 1)
+    assert fs.list_dir(again.directory) == [log_name(0)]
+    assert again.append(b"x", 20) == 9
+
+
+def test_a_missing_synced_segment_is_corruption() -> None:
+    fs, store = _store(segment_bytes=1024)
+    log = _open(store)
+    for i in range(40):
+        log.append(bytes(100), i)
+    log.request_commit(40)
+    settle(store)
+    assert log.segment_count >= 4
+    lost = log._segments[1].base
+    fs.remove(f"{log.directory}/{log_name(lost)}")  # an operator's mistake
+    again = DiskLogStore(fs, DiskLogConfig(segment_bytes=1024)).open_log(
+        "stream", PATH, DURABLE, Meter()
+    )
+    assert isinstance(again, DiskLog)
+    assert again.recovery.corrupt_offset == lost
+    assert again.next_offset == lost and again.failed is not None
+
+
+def test_a_read_job_on_a_file_shorter_than_expected_ends() -> None:
+    fs, store = _store(tail_bytes=10, read_chunk_bytes=64)
+    log = _open(store)
+    log.append(b"x" * 500, 1)
+    log.append(b"y", 2)
+    assert isinstance(log.read(0, 1, 1000), ReadPending)
+    (job,) = [j for j in store.take_jobs() if isinstance(j, ReadJob)]
+    fs.truncate(f"{log.directory}/{log_name(0)}", 100)  # as if the disk lost it
+    with pytest.raises(CorruptBatch):
+        job.run()

@@ -5,7 +5,7 @@ the stream goes on, cold reads reach subscribers through jobs and ``log_readable
 from __future__ import annotations
 
 from engine_calls import Calls
-from helpers import run_jobs
+from storage_helpers import run_jobs
 
 from felix_core import Broker, BrokerConfig
 from felix_core.disklog import (

@@ -27,6 +27,7 @@ from felix_core.segments import (
     plan_recovery,
     retention_deletions,
     scan,
+    scan_chunks,
 )
 
 _names = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=8)
@@ -145,6 +146,32 @@ def test_scanning_in_one_chunk_or_split_finds_the_same_batches(
     assert second.state is TailState.CLEAN
 
 
+@given(
+    groups=st.lists(_records, min_size=1, max_size=5),
+    chunk=st.integers(1, 300),
+    flip=st.none() | st.integers(0, 2000),
+    zeros=st.integers(0, 100),
+)
+def test_scan_in_chunks_is_scan_of_the_whole(
+    groups: list[list[tuple[bytes, bytes | None, dict[str, bytes] | None]]],
+    chunk: int,
+    flip: int | None,
+    zeros: int,
+) -> None:
+    data, _ = _batches(groups)
+    damaged = bytearray(data + bytes(zeros))
+    if flip is not None:
+        damaged[flip % len(damaged)] ^= 0x20
+    raw = bytes(damaged)
+    reads = []
+
+    def read(pos: int, n: int) -> bytes:
+        reads.append(n)
+        return raw[pos : pos + n]
+
+    assert scan_chunks(read, len(raw), 0, chunk) == scan(raw, 0)
+
+
 def test_corruption_followed_by_data_is_not_a_torn_tail() -> None:
     a = encode_batch(0, [b"a" * 10], [1])
     b = encode_batch(1, [b"b" * 10], [2])
@@ -215,7 +242,7 @@ def _indexed(n: int, size: int = 100, interval: int = 4096) -> tuple[bytes, Inde
         info = scan(raw).batches[0]
         from dataclasses import replace
 
-        builder.add(replace(info, position=pos), size)
+        builder.add(replace(info, position=pos))
         pos += len(raw)
     return b"".join(parts), builder
 
