@@ -143,6 +143,14 @@ def build_server(
     )
     seconds = time.perf_counter() - started
     logs = list(storage.logs.logs())
+    for record in storage.metadata.records():
+        if record.settings.get("durability") == "durable" and (
+            storage.logs.log(record.kind.value, record.path) is None
+        ):
+            logger.error(  # the engine leaves a resource it cannot open unserved
+                "durable log could not be opened: the resource is not served",
+                extra=log_fields(kind=record.kind.value, path="/".join(record.path)),
+            )
     for log in logs:
         report = log.recovery
         where = log.directory
