@@ -17,8 +17,13 @@ by relative names, as the protocol says. What each call does on the operating sy
   runs, so the loop thread evicting it from the LRU meanwhile defers the ``close`` to the
   unpin: a descriptor number is never closed under a running ``fsync`` and reused by
   another file. One lock guards the table (never held during the system call itself).
-* Creating a directory, renaming and removing a file or a tree fsync the parent directory
-  afterwards, so the change survives a power loss before the call returns.
+* Creating a directory, renaming a file (:meth:`~OsFileSystem.write_atomic`) and removing a
+  file or a tree fsync the parent directory afterwards, so the change survives a power
+  loss before the call returns. A tree whose file removals need not be durable at once
+  (``durable_removes=False``: the logs, where retention deletes segments on the loop
+  thread) leaves that directory fsync to the next :meth:`~OsFileSystem.sync` of a file in
+  the same directory, on a worker thread: a removal a power loss undoes only brings back a
+  segment retention had deleted, whose records are valid (recovery takes it back in).
 * :meth:`~OsFileSystem.write_atomic`: ``name.tmp`` written and fsynced, ``rename`` over
   ``name``, directory fsynced: after a crash the file holds the old or the new content.
 
@@ -80,6 +85,8 @@ class OsFileSystem:
         max_open_files: the most descriptors kept open between calls.
         on_append: told the duration in seconds of every :meth:`append` that succeeded (the
             append-duration histogram), on the calling thread.
+        durable_removes: :meth:`remove` fsyncs the directory before returning (True), or
+            the next :meth:`sync` in that directory does (False; see the module docstring).
 
     Raises:
         NoSpace, IOFailure: ``root`` cannot be created.
@@ -91,15 +98,18 @@ class OsFileSystem:
         *,
         max_open_files: int = DEFAULT_MAX_OPEN_FILES,
         on_append: Callable[[float], None] | None = None,
+        durable_removes: bool = True,
     ) -> None:
         if max_open_files < 1:
             raise ValueError("max_open_files must be >= 1")
         self.root = os.path.abspath(os.fspath(root))
         self.max_open_files = max_open_files
         self._on_append = on_append
+        self._durable_removes = durable_removes
         self._lock = threading.Lock()
         self._open: OrderedDict[str, _Handle] = OrderedDict()
         self._new: set[str] = set()  # created by append, directory not fsynced since
+        self._dirty_dirs: set[str] = set()  # a file was removed from them since
         with _translated("create", self.root):
             if not os.path.isdir(self.root):
                 os.makedirs(self.root, exist_ok=True)
@@ -259,19 +269,22 @@ class OsFileSystem:
         when the file was created since; thread-safe)."""
         handle = self._pin(name, create=False)
         try:
+            parent = parent_of(name)
             with _translated("fsync", name):
                 os.fsync(handle.fd)
                 with self._lock:
-                    new = name in self._new
-                if new:
-                    _fsync_dir(self._path(parent_of(name), allow_root=True))
+                    entry = name in self._new or parent in self._dirty_dirs
+                if entry:
+                    _fsync_dir(self._path(parent, allow_root=True))
                     with self._lock:
                         self._new.discard(name)
+                        self._dirty_dirs.discard(parent)
         finally:
             self._unpin(handle)
 
     def remove(self, name: str) -> None:
-        """See :meth:`felix_core.filesystem.FileSystem.remove` (the directory fsynced)."""
+        """See :meth:`felix_core.filesystem.FileSystem.remove` (the directory fsynced now,
+        or by the next :meth:`sync` of a file in it: ``durable_removes``)."""
         path = self._path(name)
         self._forget(name)
         with _translated("remove", name):
@@ -279,7 +292,11 @@ class OsFileSystem:
                 os.unlink(path)
             except FileNotFoundError:
                 return
-            _fsync_dir(os.path.dirname(path))
+            if self._durable_removes:
+                _fsync_dir(os.path.dirname(path))
+                return
+        with self._lock:
+            self._dirty_dirs.add(parent_of(name))
 
     def make_dirs(self, name: str) -> None:
         """See :meth:`felix_core.filesystem.FileSystem.make_dirs` (each new directory's

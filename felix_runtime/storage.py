@@ -103,7 +103,9 @@ def open_storage(
     """
     lock_fd = _lock(config.data_dir)
     try:
-        logs_fs = OsFileSystem(os.path.join(config.data_dir, "logs"), on_append=on_append)
+        logs_fs = OsFileSystem(
+            os.path.join(config.data_dir, "logs"), on_append=on_append, durable_removes=False
+        )
         metadata_fs = OsFileSystem(os.path.join(config.data_dir, "metadata"))
         metadata = FileMetadataStore(metadata_fs)
     except FileSystemError as exc:  # not a usable data directory

@@ -231,3 +231,33 @@ def test_syncs_and_reads_on_threads_while_appending(tmp_path: Path) -> None:
     assert errors == []
     for name in names:
         assert fs.read(name, 0, 1 << 20) == name.encode() * 300
+
+
+@pytest.mark.parametrize("durable_removes", [True, False])
+def test_when_a_removal_reaches_the_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, durable_removes: bool
+) -> None:
+    """Durable removes fsync the directory at once; the logs' tree (retention on the loop
+    thread) leaves it to the next sync of a file there, on a worker thread."""
+    fs = OsFileSystem(tmp_path, durable_removes=durable_removes)
+    fs.make_dirs("d")
+    for name in ("d/old", "d/new"):
+        fs.append(name, b"x")
+        fs.sync(name)
+    dirs: list[str] = []
+    real = os.fsync
+
+    def spy(fd: int) -> None:
+        if os.path.isdir(f"/proc/self/fd/{fd}"):
+            dirs.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    fs.remove("d/old")
+    assert dirs == ([str(tmp_path / "d")] if durable_removes else [])
+    fs.append("d/new", b"y")
+    fs.sync("d/new")
+    assert dirs == [str(tmp_path / "d")]
+    fs.append("d/new", b"z")
+    fs.sync("d/new")  # once is enough
+    assert dirs == [str(tmp_path / "d")]
