@@ -147,6 +147,8 @@ class Cycle:
     records_after_restart: int = 0
     restart_s: float = 0.0
     recovery_s: float | None = None
+    truncated_bytes: int = 0
+    """Torn-tail bytes the restarted broker cut off (its log lines)."""
     errors: list[str] = field(default_factory=list)
 
 
@@ -307,6 +309,11 @@ def run_crash(
         cycle.recovery_s = broker.field(
             "storage: resource definitions and durable logs", "recovery_s"
         )
+        cycle.truncated_bytes = sum(
+            int(line.get("bytes", 0))
+            for line in broker.lines
+            if line.get("msg") == "durable log: torn tail truncated"
+        )
         try:
             records = anyio.run(_read_all, broker)
         except Exception as exc:  # reported, not raised: the cycle failed
@@ -321,6 +328,8 @@ def run_crash(
         "accepted_acked_records": sum(c.accepted_records for c in report),
         "accepted_missing": max((c.accepted_missing for c in report), default=0),
         "mismatched": max((c.mismatched for c in report), default=0),
+        "truncated_bytes": sum(c.truncated_bytes for c in report),
+        "restarts_with_a_torn_tail": sum(1 for c in report if c.truncated_bytes),
     }
     ok = all(not c.errors for c in report) and code == 0
     return {
