@@ -535,3 +535,45 @@ def test_a_read_job_on_a_file_shorter_than_expected_ends() -> None:
     fs.truncate(f"{log.directory}/{log_name(0)}", 100)  # as if the disk lost it
     with pytest.raises(CorruptBatch):
         job.run()
+
+
+def test_evictions_for_counts_whole_segments() -> None:
+    _, store = _store(segment_bytes=1000)
+    log = _open(store)
+    for i in range(50):
+        log.append(bytes(100), i)  # 144-byte batches: 6 per segment
+    settle(store)
+    per = log._segments[0].summary.record_count
+    assert log.evictions_for(1, 100, Retention()) == 0
+    assert log.evictions_for(1, 100, Retention(max_records=100)) == 0
+    # keep at least 45 of 51 records: only the first segment can go
+    assert log.evictions_for(1, 100, Retention(max_records=45)) == per
+    assert log.evictions_for(1, 100, Retention(max_bytes=100 * 40)) == per  # 5100 -> 4500
+    assert log.evictions_for(1, 100, Retention(max_age_ms=1)) == 0  # age is not considered
+
+
+def test_a_disk_full_at_a_roll_then_a_crash_reopens_after_the_closed_segment() -> None:
+    fs, store = _store(segment_bytes=1000)
+    log = _open(store)
+    for i in range(6):
+        log.append(bytes(100), i)
+    fs.fail_next_append(NoSpace("full"))
+    with pytest.raises(StorageFull):
+        log.append(bytes(100), 6)  # rolls first: the new segment's file never appears
+    log.request_commit(6)
+    settle(store)
+    fs.crash()
+    again = DiskLogStore(fs, DiskLogConfig(segment_bytes=1000)).open_log(
+        "stream", PATH, DURABLE, Meter()
+    )
+    assert isinstance(again, DiskLog)
+    assert again.recovery.scanned_bytes == 0  # the one segment is trusted by its index
+    assert (again.next_offset, again.segment_count) == (6, 2)
+    assert again.append(b"x", 7) == 6
+
+
+def test_a_directory_that_cannot_be_read_refuses_the_resource() -> None:
+    fs, store = _store()
+    fs.fail_next("list_dir", IOFailure("EACCES"))
+    with pytest.raises(StorageFailed):
+        _open(store)
