@@ -70,7 +70,7 @@ from enum import Enum
 from functools import partial
 from typing import Any, Protocol
 
-from felix_core.errors import InvalidArgument, StorageFailed, StorageFull
+from felix_core.errors import InvalidArgument, StorageFailed, StorageFull, TooLarge
 from felix_core.filesystem import FileSystem, FileSystemError, NoSpace
 from felix_core.log import (
     Log,
@@ -85,6 +85,7 @@ from felix_core.log import (
 from felix_core.segments import (
     BATCH_HEADER_SIZE,
     INDEX_INTERVAL,
+    MAX_BATCH_SIZE,
     Batch,
     BatchInfo,
     CorruptBatch,
@@ -774,6 +775,8 @@ class DiskLog:
             ValueError: ``keys`` or ``headers`` is not as long as ``payloads``.
             StorageFull: the disk is full; nothing was appended.
             StorageFailed: the log failed (now or before); nothing was appended.
+            TooLarge: the records do not fit one batch of the format (64 MiB; only a
+                ``max_batch_bytes`` raised beyond it allows that).
         """
         n = len(payloads)
         offset = self.next_offset
@@ -787,7 +790,13 @@ class DiskLog:
             raise StorageFailed(self._failed.message, details=dict(self._failed.details))
         ts = max(timestamp_ms, self._last_ts)
         norm = [h or None for h in headers] if headers is not None and any(headers) else None
-        data = encode_batch(offset, payloads, [ts] * n, keys, norm)
+        try:
+            data = encode_batch(offset, payloads, [ts] * n, keys, norm)
+        except ValueError as exc:  # keys/headers were checked: only the size can be wrong
+            raise TooLarge(
+                f"a durable log takes batches of at most {MAX_BATCH_SIZE} bytes: {exc}",
+                details={"max_batch_size": MAX_BATCH_SIZE},
+            ) from exc
         self._maybe_roll(len(data), ts)
         seg = self.active
         pos = seg.size

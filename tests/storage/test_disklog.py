@@ -17,7 +17,7 @@ from felix_core.disklog import (
     ReadJob,
     SyncJob,
 )
-from felix_core.errors import InvalidArgument, StorageFailed, StorageFull
+from felix_core.errors import InvalidArgument, StorageFailed, StorageFull, TooLarge
 from felix_core.filesystem import IOFailure, MemoryFileSystem, NoSpace
 from felix_core.log import Log, LogSlice, MemoryLog, ReadPending, Retention, TooOld
 from felix_core.segments import CorruptBatch, index_name, log_name
@@ -577,3 +577,11 @@ def test_a_directory_that_cannot_be_read_refuses_the_resource() -> None:
     fs.fail_next("list_dir", IOFailure("EACCES"))
     with pytest.raises(StorageFailed):
         _open(store)
+
+
+def test_a_batch_larger_than_the_format_allows_is_too_large() -> None:
+    _, store = _store()
+    log = _open(store)
+    with pytest.raises(TooLarge):
+        log.append_batch([bytes(16 << 20)] * 5, 1)
+    assert log.next_offset == 0 and log.active.size == 0
