@@ -536,6 +536,7 @@ class DiskLog:
         self._queued: list[StorageJob] = []
         self._read_failures = 0
         self._doomed: list[_Segment] = []
+        self._closed_totals = (0, 0)  # records and record bytes of all segments but the last
         self.sync_in_flight: SyncJob | None = None
         self.sync_wanted = False
         """A sync should be made as soon as none is in flight (commit waiting, roll)."""
@@ -640,6 +641,8 @@ class DiskLog:
         elif self._segments[-1].closed and corrupt is None:
             self._segments.append(self._new_segment(self._segments[-1].next_offset))
         self._bases = [s.base for s in self._segments]
+        for seg in self._segments[:-1]:
+            self._count_closed(seg, +1)
         self._first = self._segments[0].base
         self._committed = self._segments[-1].next_offset
         for seg in reversed(self._segments):
@@ -856,6 +859,7 @@ class DiskLog:
 
     def _roll(self) -> None:
         old = self.active
+        self._count_closed(old, +1)
         old.closed = True
         old.index_pending = True
         new = self._new_segment(old.next_offset)
@@ -1045,6 +1049,16 @@ class DiskLog:
 
     # -- trimming -----------------------------------------------------------------------
 
+    def _closed_summaries(self) -> Iterator[SegmentSummary]:
+        """The summaries of every segment but the last, oldest first (lazily)."""
+        segments = self._segments
+        return (segments[i].summary for i in range(len(segments) - 1))
+
+    def _count_closed(self, seg: _Segment, sign: int) -> None:
+        records, nbytes = self._closed_totals
+        s = seg.summary
+        self._closed_totals = (records + sign * s.record_count, nbytes + sign * s.record_bytes)
+
     def _delete_leading(self, n: int) -> None:
         """Delete the ``n`` oldest (closed) segments."""
         if n <= 0:
@@ -1055,6 +1069,7 @@ class DiskLog:
         for seg in gone:
             seg.doomed = True
             self._doomed.append(seg)
+            self._count_closed(seg, -1)
         self.stats.segments_deleted += n
         self._remove_doomed()
 
@@ -1116,14 +1131,14 @@ class DiskLog:
     def evictions_for(self, count: int, nbytes: int, retention: Retention) -> int:
         """How many retained records retention would delete after an append of
         ``count`` records / ``nbytes`` bytes (whole closed segments; age not considered)."""
-        closed = [s.summary for s in self._segments[:-1]]
         active = self.active.summary
         n = retention_deletions(
-            closed,
+            self._closed_summaries(),
             Retention(max_records=retention.max_records, max_bytes=retention.max_bytes),
             0,
             tail_records=active.record_count + count,
             tail_bytes=active.record_bytes + nbytes,
+            totals=self._closed_totals,
         )
         n = self._deletable(n)
         if n == 0:
@@ -1150,14 +1165,14 @@ class DiskLog:
                 self.active.created = True
             except FileSystemError:
                 pass  # created by its first append; nothing is deleted meanwhile
-        closed = [s.summary for s in self._segments[:-1]]
         active = self.active.summary
         n = retention_deletions(
-            closed,
+            self._closed_summaries(),
             retention,
             now_ms,
             tail_records=active.record_count,
             tail_bytes=active.record_bytes,
+            totals=self._closed_totals,
         )
         n = self._deletable(n)
         if n == 0:
