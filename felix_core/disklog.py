@@ -537,6 +537,7 @@ class DiskLog:
         self._read_failures = 0
         self._doomed: list[_Segment] = []
         self._closed_totals = (0, 0)  # records and record bytes of all segments but the last
+        self._unsynced = 0
         self.sync_in_flight: SyncJob | None = None
         self.sync_wanted = False
         """A sync should be made as soon as none is in flight (commit waiting, roll)."""
@@ -643,6 +644,7 @@ class DiskLog:
         self._bases = [s.base for s in self._segments]
         for seg in self._segments[:-1]:
             self._count_closed(seg, +1)
+        self._unsynced = sum(s.size - s.synced for s in self._segments)
         self._first = self._segments[0].base
         self._committed = self._segments[-1].next_offset
         for seg in reversed(self._segments):
@@ -736,8 +738,9 @@ class DiskLog:
 
     @property
     def unsynced_bytes(self) -> int:
-        """Bytes written but not yet fsynced."""
-        return sum(s.size - s.synced for s in self._segments)
+        """Bytes written but not yet fsynced (kept as a count: the store reads it for its
+        timer on every loop pass)."""
+        return self._unsynced
 
     @property
     def segment_count(self) -> int:
@@ -814,6 +817,7 @@ class DiskLog:
         seg.builder.add(BatchInfo(pos, len(data), offset, n, nbytes, ts, ts))
         self.stats.appends += 1
         self.stats.append_bytes += len(data)
+        self._unsynced += len(data)
         self._tail.append_batch(payloads, ts, keys, norm)
         self._bound_tail()
         return offset
@@ -927,7 +931,9 @@ class DiskLog:
             return [LogFailed(kind=self.kind, path=self.path, error=self._failed)]
         failed_indexes = set(outcome) if isinstance(outcome, list) else set()
         for seg, size in state:
-            seg.synced = max(seg.synced, size)
+            if size > seg.synced:
+                self._unsynced -= size - seg.synced
+                seg.synced = size
             seg.entry_synced = True
             if seg.index_pending and f"{self.directory}/{index_name(seg.base)}" not in (
                 failed_indexes
@@ -1070,6 +1076,7 @@ class DiskLog:
             seg.doomed = True
             self._doomed.append(seg)
             self._count_closed(seg, -1)
+            self._unsynced -= seg.size - seg.synced
         self.stats.segments_deleted += n
         self._remove_doomed()
 

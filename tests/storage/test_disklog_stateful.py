@@ -114,6 +114,7 @@ class DiskLogMachine(RuleBasedStateMachine):
             not self.model and log.record_count == 0
         )
         assert self.meter.held == log.memory_bytes
+        assert log.unsynced_bytes == sum(seg.size - seg.synced for seg in log._segments)
         closed = [seg.summary for seg in log._segments[:-1]]
         assert log._closed_totals == (
             sum(c.record_count for c in closed),
