@@ -295,6 +295,8 @@ class SyncJob:
         for name in self.names:
             self._fs.sync(name)
         failed: list[str] = []
+        if self._log.closed:
+            return failed  # dropped meanwhile: its directory may hold a new log's files
         for name, data in self.indexes:
             try:
                 self._fs.write_atomic(name, data)
@@ -727,6 +729,11 @@ class DiskLog:
         return None
 
     @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called (read from worker threads: a plain flag)."""
+        return self._closed
+
+    @property
     def failed(self) -> StorageFailed | None:
         """Why the log refuses writes (a failed fsync or write, or corruption), or None."""
         return self._failed
@@ -1013,7 +1020,7 @@ class DiskLog:
             return [LogReadable(kind=self.kind, path=self.path)]  # the engine reads again
         assert isinstance(outcome, list)
         self._read_failures = 0
-        if outcome:
+        if outcome and outcome[-1].next_offset > self._first:  # else all trimmed meanwhile
             chunk = MemoryLog(start_offset=outcome[0].base_offset, meter=self._meter)
             for batch in outcome:
                 _add_batch(chunk, batch)

@@ -585,3 +585,31 @@ def test_a_batch_larger_than_the_format_allows_is_too_large() -> None:
     with pytest.raises(TooLarge):
         log.append_batch([bytes(16 << 20)] * 5, 1)
     assert log.next_offset == 0 and log.active.size == 0
+
+
+def test_a_sync_job_of_a_dropped_log_writes_no_index_into_its_directory() -> None:
+    fs, store = _store(segment_bytes=1024)
+    log = _open(store)
+    for i in range(20):
+        log.append(bytes(100), i)
+    jobs = store.take_jobs()
+    assert any(isinstance(j, SyncJob) and j.indexes for j in jobs)
+    store.drop_log("stream", PATH)
+    fresh = _open(store)  # the same directory, a new log with files of the same names
+    for i in range(20):
+        fresh.append(bytes(100), i)
+    run_jobs(jobs)
+    assert not [n for n in fs.list_dir(fresh.directory) if n.endswith(".index")]
+
+
+def test_a_cold_read_finishing_after_its_records_were_trimmed_caches_nothing() -> None:
+    _, store = _store(segment_bytes=1024, tail_bytes=10)
+    log = _open(store)
+    for i in range(30):
+        log.append(bytes(100), i)
+    settle(store)
+    assert isinstance(log.read(0, 1, 100), ReadPending)
+    jobs = store.take_jobs()
+    log.apply_retention(Retention(max_records=5), 0)
+    run_jobs(jobs)
+    assert log._cache_bytes == 0
