@@ -168,3 +168,30 @@ def test_a_dead_letter_into_a_full_durable_queue_is_parked_then_moved() -> None:
             break
         b.broker.handle_timer(deadline)
     assert dlq.record_count == 1
+
+
+def test_a_durable_cache_on_a_full_disk_refuses_writes_and_still_expires() -> None:
+    fs = MemoryFileSystem()
+    store = DiskLogStore(fs, DiskLogConfig())
+    b = Calls(Broker(BrokerConfig(), logs=store, now=0.0))
+    b.create("cache", "default", "default", "c", {"durability": "durable"}, now=0.0)
+    assert b.cache_put("default", "default", "c", "k", b"v1", ttl_ms=1000, now=0.0) == (True, 1)
+    fs.quota = fs.total_bytes()
+    for op in (
+        lambda: b.cache_put("default", "default", "c", "k", b"v2", now=0.1),
+        lambda: b.cache_delete("default", "default", "c", "k", now=0.1),
+    ):
+        try:
+            op()
+        except StorageFull:
+            pass
+        else:
+            raise AssertionError("the write was taken")
+    got = b.cache_get("default", "default", "c", "k", now=0.2)
+    assert got is not None and got.value == b"v1" and got.version == 1  # unchanged
+    deadline = b.broker.get_timer()
+    assert deadline is not None
+    b.broker.handle_timer(deadline)  # the expiry happens; its feed record is lost
+    assert b.cache_get("default", "default", "c", "k", now=deadline) is None
+    fs.quota = None
+    assert b.cache_put("default", "default", "c", "k", b"v3", now=deadline) == (True, 3)
