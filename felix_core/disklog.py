@@ -70,7 +70,7 @@ from enum import Enum
 from functools import partial
 from typing import Any, Protocol
 
-from felix_core.errors import InvalidArgument, StorageFailed, StorageFull
+from felix_core.errors import InvalidArgument, StorageFailed, StorageFull, TooLarge
 from felix_core.filesystem import FileSystem, FileSystemError, NoSpace
 from felix_core.log import (
     Log,
@@ -85,6 +85,7 @@ from felix_core.log import (
 from felix_core.segments import (
     BATCH_HEADER_SIZE,
     INDEX_INTERVAL,
+    MAX_BATCH_SIZE,
     Batch,
     BatchInfo,
     CorruptBatch,
@@ -294,6 +295,8 @@ class SyncJob:
         for name in self.names:
             self._fs.sync(name)
         failed: list[str] = []
+        if self._log.closed:
+            return failed  # dropped meanwhile: its directory may hold a new log's files
         for name, data in self.indexes:
             try:
                 self._fs.write_atomic(name, data)
@@ -535,6 +538,8 @@ class DiskLog:
         self._queued: list[StorageJob] = []
         self._read_failures = 0
         self._doomed: list[_Segment] = []
+        self._closed_totals = (0, 0)  # records and record bytes of all segments but the last
+        self._unsynced = 0
         self.sync_in_flight: SyncJob | None = None
         self.sync_wanted = False
         """A sync should be made as soon as none is in flight (commit waiting, roll)."""
@@ -639,6 +644,9 @@ class DiskLog:
         elif self._segments[-1].closed and corrupt is None:
             self._segments.append(self._new_segment(self._segments[-1].next_offset))
         self._bases = [s.base for s in self._segments]
+        for seg in self._segments[:-1]:
+            self._count_closed(seg, +1)
+        self._unsynced = sum(s.size - s.synced for s in self._segments)
         self._first = self._segments[0].base
         self._committed = self._segments[-1].next_offset
         for seg in reversed(self._segments):
@@ -721,6 +729,11 @@ class DiskLog:
         return None
 
     @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called (read from worker threads: a plain flag)."""
+        return self._closed
+
+    @property
     def failed(self) -> StorageFailed | None:
         """Why the log refuses writes (a failed fsync or write, or corruption), or None."""
         return self._failed
@@ -732,8 +745,9 @@ class DiskLog:
 
     @property
     def unsynced_bytes(self) -> int:
-        """Bytes written but not yet fsynced."""
-        return sum(s.size - s.synced for s in self._segments)
+        """Bytes written but not yet fsynced (kept as a count: the store reads it for its
+        timer on every loop pass)."""
+        return self._unsynced
 
     @property
     def segment_count(self) -> int:
@@ -774,6 +788,8 @@ class DiskLog:
             ValueError: ``keys`` or ``headers`` is not as long as ``payloads``.
             StorageFull: the disk is full; nothing was appended.
             StorageFailed: the log failed (now or before); nothing was appended.
+            TooLarge: the records do not fit one batch of the format (64 MiB; only a
+                ``max_batch_bytes`` raised beyond it allows that).
         """
         n = len(payloads)
         offset = self.next_offset
@@ -787,7 +803,13 @@ class DiskLog:
             raise StorageFailed(self._failed.message, details=dict(self._failed.details))
         ts = max(timestamp_ms, self._last_ts)
         norm = [h or None for h in headers] if headers is not None and any(headers) else None
-        data = encode_batch(offset, payloads, [ts] * n, keys, norm)
+        try:
+            data = encode_batch(offset, payloads, [ts] * n, keys, norm)
+        except ValueError as exc:  # keys/headers were checked: only the size can be wrong
+            raise TooLarge(
+                f"a durable log takes batches of at most {MAX_BATCH_SIZE} bytes: {exc}",
+                details={"max_batch_size": MAX_BATCH_SIZE},
+            ) from exc
         self._maybe_roll(len(data), ts)
         seg = self.active
         pos = seg.size
@@ -802,6 +824,7 @@ class DiskLog:
         seg.builder.add(BatchInfo(pos, len(data), offset, n, nbytes, ts, ts))
         self.stats.appends += 1
         self.stats.append_bytes += len(data)
+        self._unsynced += len(data)
         self._tail.append_batch(payloads, ts, keys, norm)
         self._bound_tail()
         return offset
@@ -847,6 +870,7 @@ class DiskLog:
 
     def _roll(self) -> None:
         old = self.active
+        self._count_closed(old, +1)
         old.closed = True
         old.index_pending = True
         new = self._new_segment(old.next_offset)
@@ -914,7 +938,9 @@ class DiskLog:
             return [LogFailed(kind=self.kind, path=self.path, error=self._failed)]
         failed_indexes = set(outcome) if isinstance(outcome, list) else set()
         for seg, size in state:
-            seg.synced = max(seg.synced, size)
+            if size > seg.synced:
+                self._unsynced -= size - seg.synced
+                seg.synced = size
             seg.entry_synced = True
             if seg.index_pending and f"{self.directory}/{index_name(seg.base)}" not in (
                 failed_indexes
@@ -994,7 +1020,7 @@ class DiskLog:
             return [LogReadable(kind=self.kind, path=self.path)]  # the engine reads again
         assert isinstance(outcome, list)
         self._read_failures = 0
-        if outcome:
+        if outcome and outcome[-1].next_offset > self._first:  # else all trimmed meanwhile
             chunk = MemoryLog(start_offset=outcome[0].base_offset, meter=self._meter)
             for batch in outcome:
                 _add_batch(chunk, batch)
@@ -1036,6 +1062,16 @@ class DiskLog:
 
     # -- trimming -----------------------------------------------------------------------
 
+    def _closed_summaries(self) -> Iterator[SegmentSummary]:
+        """The summaries of every segment but the last, oldest first (lazily)."""
+        segments = self._segments
+        return (segments[i].summary for i in range(len(segments) - 1))
+
+    def _count_closed(self, seg: _Segment, sign: int) -> None:
+        records, nbytes = self._closed_totals
+        s = seg.summary
+        self._closed_totals = (records + sign * s.record_count, nbytes + sign * s.record_bytes)
+
     def _delete_leading(self, n: int) -> None:
         """Delete the ``n`` oldest (closed) segments."""
         if n <= 0:
@@ -1046,6 +1082,8 @@ class DiskLog:
         for seg in gone:
             seg.doomed = True
             self._doomed.append(seg)
+            self._count_closed(seg, -1)
+            self._unsynced -= seg.size - seg.synced
         self.stats.segments_deleted += n
         self._remove_doomed()
 
@@ -1107,14 +1145,14 @@ class DiskLog:
     def evictions_for(self, count: int, nbytes: int, retention: Retention) -> int:
         """How many retained records retention would delete after an append of
         ``count`` records / ``nbytes`` bytes (whole closed segments; age not considered)."""
-        closed = [s.summary for s in self._segments[:-1]]
         active = self.active.summary
         n = retention_deletions(
-            closed,
+            self._closed_summaries(),
             Retention(max_records=retention.max_records, max_bytes=retention.max_bytes),
             0,
             tail_records=active.record_count + count,
             tail_bytes=active.record_bytes + nbytes,
+            totals=self._closed_totals,
         )
         n = self._deletable(n)
         if n == 0:
@@ -1141,14 +1179,14 @@ class DiskLog:
                 self.active.created = True
             except FileSystemError:
                 pass  # created by its first append; nothing is deleted meanwhile
-        closed = [s.summary for s in self._segments[:-1]]
         active = self.active.summary
         n = retention_deletions(
-            closed,
+            self._closed_summaries(),
             retention,
             now_ms,
             tail_records=active.record_count,
             tail_bytes=active.record_bytes,
+            totals=self._closed_totals,
         )
         n = self._deletable(n)
         if n == 0:

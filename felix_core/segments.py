@@ -35,7 +35,7 @@ from __future__ import annotations
 import struct
 import zlib
 from bisect import bisect_right
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
 
@@ -710,12 +710,13 @@ def plan_recovery(files: Mapping[str, int]) -> RecoveryPlan:
 
 
 def retention_deletions(
-    closed: Sequence[SegmentSummary],
+    closed: Iterable[SegmentSummary],
     retention: Retention,
     now_ms: int,
     *,
     tail_records: int = 0,
     tail_bytes: int = 0,
+    totals: tuple[int, int] | None = None,
 ) -> int:
     """How many of the oldest closed segments retention deletes (whole segments only).
 
@@ -733,12 +734,18 @@ def retention_deletions(
         now_ms: the current time.
         tail_records: records of the active segment.
         tail_bytes: record bytes of the active segment.
+        totals: the records and record bytes of all of ``closed``, when the caller keeps
+            them: then ``closed`` is only iterated as far as deletion goes (a log with
+            thousands of segments checks retention on every append).
 
     Returns:
         The number of leading segments to delete.
     """
-    total_records = sum(s.record_count for s in closed) + tail_records
-    total_bytes = sum(s.record_bytes for s in closed) + tail_bytes
+    if totals is None:
+        closed = list(closed)
+        totals = (sum(s.record_count for s in closed), sum(s.record_bytes for s in closed))
+    total_records = totals[0] + tail_records
+    total_bytes = totals[1] + tail_bytes
     n = 0
     for s in closed:
         rest_records = total_records - s.record_count

@@ -24,20 +24,21 @@ _op = st.one_of(
 )
 
 
-def _open(fs: MemoryFileSystem) -> tuple[DiskLogStore, DiskLog]:
+def _open(fs: MemoryFileSystem, kind: str = "stream") -> tuple[DiskLogStore, DiskLog]:
     store = DiskLogStore(fs, CONFIG)
-    log = store.open_log("stream", PATH, DURABLE, Meter())
+    log = store.open_log(kind, PATH, DURABLE, Meter())
     assert isinstance(log, DiskLog)
     return store, log
 
 
 @given(
+    kind=st.sampled_from(["stream", "queue"]),  # a queue's log keeps every record in memory
     cycles=st.lists(
         st.tuples(st.lists(_op, max_size=25), st.integers(0, 200)), min_size=1, max_size=3
-    )
+    ),
 )
 def test_recovery_keeps_every_committed_record_and_nothing_else(
-    cycles: list[tuple[list[tuple[str, list[bytes]]], int]],
+    kind: str, cycles: list[tuple[list[tuple[str, list[bytes]]], int]]
 ) -> None:
     fs = MemoryFileSystem()
     written: dict[int, bytes] = {}  # offset -> payload of every append that returned
@@ -45,7 +46,7 @@ def test_recovery_keeps_every_committed_record_and_nothing_else(
     first = 0
     ts = 0
     for ops, tear in cycles:
-        store, log = _open(fs)
+        store, log = _open(fs, kind)
         assert log.first_offset >= first or log.first_offset == 0
         assert log.next_offset >= committed, "a committed record was lost"
         got = read_all(log)
@@ -74,7 +75,7 @@ def test_recovery_keeps_every_committed_record_and_nothing_else(
                 log.apply_retention(_retain(), ts)
                 first = log.first_offset
         fs.crash(tear_at=tear)
-    _, log = _open(fs)
+    _, log = _open(fs, kind)
     assert log.next_offset >= committed
     got = read_all(log)
     for i, payload in enumerate(got.payloads):

@@ -17,7 +17,7 @@ from felix_core.disklog import (
     ReadJob,
     SyncJob,
 )
-from felix_core.errors import InvalidArgument, StorageFailed, StorageFull
+from felix_core.errors import InvalidArgument, StorageFailed, StorageFull, TooLarge
 from felix_core.filesystem import IOFailure, MemoryFileSystem, NoSpace
 from felix_core.log import Log, LogSlice, MemoryLog, ReadPending, Retention, TooOld
 from felix_core.segments import CorruptBatch, index_name, log_name
@@ -535,3 +535,81 @@ def test_a_read_job_on_a_file_shorter_than_expected_ends() -> None:
     fs.truncate(f"{log.directory}/{log_name(0)}", 100)  # as if the disk lost it
     with pytest.raises(CorruptBatch):
         job.run()
+
+
+def test_evictions_for_counts_whole_segments() -> None:
+    _, store = _store(segment_bytes=1000)
+    log = _open(store)
+    for i in range(50):
+        log.append(bytes(100), i)  # 144-byte batches: 6 per segment
+    settle(store)
+    per = log._segments[0].summary.record_count
+    assert log.evictions_for(1, 100, Retention()) == 0
+    assert log.evictions_for(1, 100, Retention(max_records=100)) == 0
+    # keep at least 45 of 51 records: only the first segment can go
+    assert log.evictions_for(1, 100, Retention(max_records=45)) == per
+    assert log.evictions_for(1, 100, Retention(max_bytes=100 * 40)) == per  # 5100 -> 4500
+    assert log.evictions_for(1, 100, Retention(max_age_ms=1)) == 0  # age is not considered
+
+
+def test_a_disk_full_at_a_roll_then_a_crash_reopens_after_the_closed_segment() -> None:
+    fs, store = _store(segment_bytes=1000)
+    log = _open(store)
+    for i in range(6):
+        log.append(bytes(100), i)
+    fs.fail_next_append(NoSpace("full"))
+    with pytest.raises(StorageFull):
+        log.append(bytes(100), 6)  # rolls first: the new segment's file never appears
+    log.request_commit(6)
+    settle(store)
+    fs.crash()
+    again = DiskLogStore(fs, DiskLogConfig(segment_bytes=1000)).open_log(
+        "stream", PATH, DURABLE, Meter()
+    )
+    assert isinstance(again, DiskLog)
+    assert again.recovery.scanned_bytes == 0  # the one segment is trusted by its index
+    assert (again.next_offset, again.segment_count) == (6, 2)
+    assert again.append(b"x", 7) == 6
+
+
+def test_a_directory_that_cannot_be_read_refuses_the_resource() -> None:
+    fs, store = _store()
+    fs.fail_next("list_dir", IOFailure("EACCES"))
+    with pytest.raises(StorageFailed):
+        _open(store)
+
+
+def test_a_batch_larger_than_the_format_allows_is_too_large() -> None:
+    _, store = _store()
+    log = _open(store)
+    with pytest.raises(TooLarge):
+        log.append_batch([bytes(16 << 20)] * 5, 1)
+    assert log.next_offset == 0 and log.active.size == 0
+
+
+def test_a_sync_job_of_a_dropped_log_writes_no_index_into_its_directory() -> None:
+    fs, store = _store(segment_bytes=1024)
+    log = _open(store)
+    for i in range(20):
+        log.append(bytes(100), i)
+    jobs = store.take_jobs()
+    assert any(isinstance(j, SyncJob) and j.indexes for j in jobs)
+    store.drop_log("stream", PATH)
+    fresh = _open(store)  # the same directory, a new log with files of the same names
+    for i in range(20):
+        fresh.append(bytes(100), i)
+    run_jobs(jobs)
+    assert not [n for n in fs.list_dir(fresh.directory) if n.endswith(".index")]
+
+
+def test_a_cold_read_finishing_after_its_records_were_trimmed_caches_nothing() -> None:
+    _, store = _store(segment_bytes=1024, tail_bytes=10)
+    log = _open(store)
+    for i in range(30):
+        log.append(bytes(100), i)
+    settle(store)
+    assert isinstance(log.read(0, 1, 100), ReadPending)
+    jobs = store.take_jobs()
+    log.apply_retention(Retention(max_records=5), 0)
+    run_jobs(jobs)
+    assert log._cache_bytes == 0

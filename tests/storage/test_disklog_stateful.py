@@ -114,6 +114,12 @@ class DiskLogMachine(RuleBasedStateMachine):
             not self.model and log.record_count == 0
         )
         assert self.meter.held == log.memory_bytes
+        assert log.unsynced_bytes == sum(seg.size - seg.synced for seg in log._segments)
+        closed = [seg.summary for seg in log._segments[:-1]]
+        assert log._closed_totals == (
+            sum(c.record_count for c in closed),
+            sum(c.record_bytes for c in closed),
+        )
         assert log._tail.byte_size <= CONFIG.tail_bytes  # type: ignore[operator]
         assert log._cache_bytes <= CONFIG.read_cache_bytes + 5 * 40 + 150
         got = log.read(log.first_offset - 1, 1, 1) if log.first_offset else None

@@ -143,3 +143,55 @@ def test_age_retention_timer_moves_on_after_whole_segments_go() -> None:
         fired += 1
     assert fired < 50, "the age-retention timer spins"
     assert log.record_count == 0
+
+
+def test_a_dead_letter_into_a_full_durable_queue_is_parked_then_moved() -> None:
+    fs = MemoryFileSystem()
+    store = DiskLogStore(fs, DiskLogConfig())
+    b = Calls(Broker(BrokerConfig(), logs=store, now=0.0))
+    b.create("queue", "default", "default", "dlq", {"durability": "durable"}, now=0.0)
+    b.create(
+        "queue", "default", "default", "q", {"dead_letter_queue": "dlq", "max_attempts": 1}, now=0.0
+    )
+    b.enqueue(1, "default", "default", "q", [b"m"], now=0.0)
+    b.attach(1, 0.0)
+    cid = b.consume(1, "default", "default", "q", prefetch=10, now=0.0)
+    (delivered,) = [e for e in b.drain_events() if hasattr(e, "deliveries")]
+    fs.quota = fs.total_bytes()  # the dead-letter queue's disk is full
+    b.nack(1, cid, [d.delivery_id for d in delivered.deliveries], now=1.0)  # no exception
+    dlq = store.log("queue", ("default", "default", "dlq"))
+    assert dlq is not None and dlq.record_count == 0
+    fs.quota = None
+    for _ in range(10):
+        deadline = b.broker.get_timer()
+        if deadline is None or dlq.record_count:
+            break
+        b.broker.handle_timer(deadline)
+    assert dlq.record_count == 1
+
+
+def test_a_durable_cache_on_a_full_disk_refuses_writes_and_still_expires() -> None:
+    fs = MemoryFileSystem()
+    store = DiskLogStore(fs, DiskLogConfig())
+    b = Calls(Broker(BrokerConfig(), logs=store, now=0.0))
+    b.create("cache", "default", "default", "c", {"durability": "durable"}, now=0.0)
+    assert b.cache_put("default", "default", "c", "k", b"v1", ttl_ms=1000, now=0.0) == (True, 1)
+    fs.quota = fs.total_bytes()
+    for op in (
+        lambda: b.cache_put("default", "default", "c", "k", b"v2", now=0.1),
+        lambda: b.cache_delete("default", "default", "c", "k", now=0.1),
+    ):
+        try:
+            op()
+        except StorageFull:
+            pass
+        else:
+            raise AssertionError("the write was taken")
+    got = b.cache_get("default", "default", "c", "k", now=0.2)
+    assert got is not None and got.value == b"v1" and got.version == 1  # unchanged
+    deadline = b.broker.get_timer()
+    assert deadline is not None
+    b.broker.handle_timer(deadline)  # the expiry happens; its feed record is lost
+    assert b.cache_get("default", "default", "c", "k", now=deadline) is None
+    fs.quota = None
+    assert b.cache_put("default", "default", "c", "k", b"v3", now=deadline) == (True, 3)
