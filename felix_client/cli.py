@@ -42,6 +42,7 @@ from ._cli_commands import COMMANDS, parse_start
 from ._completion import SHELLS, command_tree, render
 from ._context_cli import add_context_commands, load_config, run_context_command
 from ._contexts import DEFAULT_METRICS_URL, SETTINGS, ConfigError, resolve
+from ._log_cli import add_log_commands, run_log_command
 from ._token_cli import add_token_commands, run_token_command
 from ._url import DEFAULT_URL, parse_url
 from .errors import FelixError
@@ -294,6 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="scrape twice --interval apart, print one frame and exit",
     )
     add_token_commands(sub)
+    add_log_commands(sub)
     add_context_commands(sub)
     p = sub.add_parser(
         "completion",
@@ -412,6 +414,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     if args.command == "token":
         return run_token_command(args)
+    if args.command == "log":
+        return run_log_command(args)
     if args.command == "context":
         return run_context_command(args)
     if args.command == "completion":

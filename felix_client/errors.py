@@ -31,6 +31,8 @@ __all__ = [
     "Overloaded",
     "RequestTimeout",
     "ShuttingDown",
+    "StorageFailed",
+    "StorageFull",
     "TooLarge",
     "Unauthenticated",
     "UnexpectedMessage",
@@ -190,6 +192,18 @@ class ConnectionLost(FelixError, ConnectionError):
     code = ErrorCode.CONNECTION_LOST
 
 
+class StorageFull(FelixError):
+    """The broker's disk is full; the write was not taken (``STORAGE_FULL``, retryable)."""
+
+    code = ErrorCode.STORAGE_FULL
+
+
+class StorageFailed(FelixError):
+    """The resource's storage failed; it refuses writes (``STORAGE_FAILED``)."""
+
+    code = ErrorCode.STORAGE_FAILED
+
+
 _BY_CODE: dict[int, type[FelixError]] = {
     cls.code: cls
     for cls in (
@@ -211,6 +225,8 @@ _BY_CODE: dict[int, type[FelixError]] = {
         ShuttingDown,
         InternalError,
         ConnectionLost,
+        StorageFull,
+        StorageFailed,
     )
 }
 

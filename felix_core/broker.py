@@ -16,8 +16,9 @@ Inputs
     * what the world says: :meth:`~Broker.metadata_changed` (a record appeared, changed or
       went, whoever wrote it), :meth:`~Broker.metadata_written` (the outcome of a write this
       engine asked for), :meth:`~Broker.log_committed` (a log is committed, durable, up to
-      an offset), :meth:`~Broker.log_readable` (a log fetched records a read found pending)
-      and :meth:`~Broker.handle_timer` (time passed).
+      an offset), :meth:`~Broker.log_readable` (a log fetched records a read found pending),
+      :meth:`~Broker.log_failed` (a log's storage failed) and :meth:`~Broker.handle_timer`
+      (time passed).
 
 Outputs
     * :meth:`~Broker.drain_events`: the one event stream (:mod:`felix_core.events`): every
@@ -254,6 +255,24 @@ class Broker:
         partition = self.registry.find(kind, path)
         if isinstance(partition, StreamPartition | QueuePartition):
             self._out.extend(partition.commits.committed(offset))
+
+    def log_failed(self, kind: Kind, path: Path, error: EngineError, now: float) -> None:
+        """A log's storage failed (a durable log: an fsync or write error): the committed
+        appends waiting for it are refused with ``error``; the log itself refuses further
+        writes. Unknown logs are ignored.
+
+        Args:
+            kind: stream or queue.
+            path: the resource.
+            error: the refusal (``StorageFailed``).
+            now: the current time.
+        """
+        partition = self.registry.find(kind, path)
+        if isinstance(partition, StreamPartition | QueuePartition):
+            self._out.extend(
+                RequestRefused(connection_id=done.connection_id, request=done.request, error=error)
+                for done in partition.commits.fail_all()
+            )
 
     def log_readable(self, kind: Kind, path: Path, now: float) -> None:
         """A log has fetched records a read found pending (from disk): deliver them.

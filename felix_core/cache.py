@@ -55,7 +55,7 @@ from dataclasses import dataclass, field
 from heapq import heapify, heappop, heappush
 from typing import NamedTuple
 
-from felix_core.errors import InvalidArgument, TooLarge
+from felix_core.errors import InvalidArgument, StorageFailed, StorageFull, TooLarge
 from felix_core.log import Log, LogSlice, MemoryLog, MemoryMeter, Retention
 
 __all__ = [
@@ -225,6 +225,7 @@ class Cache:
         "deletes",
         "evictions",
         "expirations",
+        "feed_records_lost",
         "hits",
         "misses",
         "puts",
@@ -258,6 +259,8 @@ class Cache:
         self._bytes = 0
         self._version = 0
         self.hits = self.misses = self.puts = self.deletes = 0
+        self.feed_records_lost = 0
+        """Expiry and eviction records a durable change feed refused (disk full or failed)."""
         self.expirations = self.evictions = 0
 
     def __len__(self) -> int:
@@ -389,24 +392,28 @@ class Cache:
                 return WriteResult(False, current.version)
         elif if_version is not None:
             return WriteResult(False, None)
-        version = self._version = self._version + 1
+        version = self._version + 1
         if keep_expiry:
             assert current is not None, "a compare-and-set stores over a live entry only"
             expires_at = current.expires_at
         else:
             expires_at = now + ttl if ttl > 0 else _NEVER
-        entries = self._entries
-        entries[key] = CacheEntry(value, version, expires_at, size)
-        entries.move_to_end(key)
-        self._account(size if current is None else size - current.size)
-        self.puts += 1
         headers = {"op": _OP_PUT, "version": b"%d" % version, "ttl_ms": b"0"}
         if expires_at != _NEVER:
             # the time left, in whole ms and at least 1 (0 would read as "never")
             headers["ttl_ms"] = b"%d" % max(1, round((expires_at - now) * 1000))
             headers["expires_ms"] = b"%d" % round(expires_at * 1000)
-            self._push_expiry(expires_at, version, key)
+        # The change is logged first: a durable feed that refuses it (StorageFull,
+        # StorageFailed) leaves the cache unchanged.
         self._append(value, kb, headers, now)
+        self._version = version
+        entries = self._entries
+        entries[key] = CacheEntry(value, version, expires_at, size)
+        entries.move_to_end(key)
+        self._account(size if current is None else size - current.size)
+        self.puts += 1
+        if expires_at != _NEVER:
+            self._push_expiry(expires_at, version, key)
         self._enforce_bounds(now)
         return WriteResult(True, version)
 
@@ -555,15 +562,29 @@ class Cache:
         return entry
 
     def _remove(self, key: str, entry: CacheEntry, op: bytes, now: float) -> int:
-        """Drop an entry, count and log it; return the version of the log record."""
+        """Drop an entry, count and log it; return the version of the log record.
+
+        A delete is logged first (a durable feed that refuses it leaves the entry). An
+        expiry or eviction happens whatever the feed says (time and memory bounds do not
+        wait for a disk): if a durable feed refuses its record, it is counted in
+        ``feed_records_lost`` and the removal stands.
+        """
+        version = self._version + 1
+        record = {"op": op, "version": b"%d" % version}
+        if op is _OP_DELETE:
+            self._append(b"", key.encode(), record, now)
         del self._entries[key]
         self._account(-entry.size)
         if op is _OP_EXPIRE:
             self.expirations += 1
         elif op is _OP_EVICT:
             self.evictions += 1
-        version = self._version = self._version + 1
-        self._append(b"", key.encode(), {"op": op, "version": b"%d" % version}, now)
+        self._version = version
+        if op is not _OP_DELETE:
+            try:
+                self._append(b"", key.encode(), record, now)
+            except (StorageFull, StorageFailed):
+                self.feed_records_lost += 1
         return version
 
     def _account(self, delta: int) -> None:

@@ -28,6 +28,8 @@ __all__ = [
     "NotFound",
     "Overloaded",
     "ShuttingDown",
+    "StorageFailed",
+    "StorageFull",
     "TooLarge",
 ]
 
@@ -131,3 +133,16 @@ class ShuttingDown(_FixedCodeError):
     """The engine is draining and accepts no new work. Retryable elsewhere or later."""
 
     fixed_code = ErrorCode.SHUTTING_DOWN
+
+
+class StorageFull(_FixedCodeError):
+    """The disk holding a durable resource is full; the write left nothing behind. Retryable."""
+
+    fixed_code = ErrorCode.STORAGE_FULL
+
+
+class StorageFailed(_FixedCodeError):
+    """A durable resource's storage failed (I/O error, failed fsync, damaged files): it
+    refuses writes. Not retryable."""
+
+    fixed_code = ErrorCode.STORAGE_FAILED

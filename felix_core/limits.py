@@ -154,6 +154,12 @@ class BrokerConfig:
     """Default longest a partial batch waits for more records, microseconds."""
     durability: str = "ephemeral"
     """Default durability class: ``ephemeral`` or ``durable``."""
+    fsync: str = "interval"
+    """Default fsync policy of a durable resource: ``interval`` (every
+    ``fsync_interval_ms``, and at once for a committed publish) or ``none`` (left to the
+    operating system; a committed publish still waits for its fsync)."""
+    fsync_interval_ms: int = 100
+    """Default fsync interval of a durable resource with ``fsync=interval``, milliseconds."""
 
     def __post_init__(self) -> None:
         positive = (
@@ -174,6 +180,7 @@ class BrokerConfig:
             "stream_max_retention_bytes",
             "batch_max_events",
             "batch_max_bytes",
+            "fsync_interval_ms",
         )
         for name in positive:
             if getattr(self, name) < 1:
@@ -185,6 +192,10 @@ class BrokerConfig:
             )
         if self.batch_max_delay_us < 0:
             raise InvalidArgument("BrokerConfig.batch_max_delay_us must be >= 0")
+        if self.fsync not in ("interval", "none"):
+            raise InvalidArgument("BrokerConfig.fsync must be 'interval' or 'none'")
+        if self.fsync_interval_ms > 60_000:
+            raise InvalidArgument("BrokerConfig.fsync_interval_ms must be <= 60000")
         if self.stream_retention_max_bytes > self.stream_max_retention_bytes:
             raise InvalidArgument(
                 "BrokerConfig.stream_retention_max_bytes exceeds stream_max_retention_bytes"

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import asdict
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from felix_core.cache import Cache
 from felix_core.events import Appended, EngineEvent
@@ -35,18 +35,37 @@ from felix_core.streams import Fanout, Stream
 __all__ = ["CachePartition", "Commits", "Partition", "QueuePartition", "StreamPartition"]
 
 
+@runtime_checkable
+class CommitRequests(Protocol):
+    """A log that commits on demand (a durable log: it syncs as soon as it can)."""
+
+    def request_commit(self, offset: int) -> None:
+        """A committed append waits until every record below ``offset`` is committed."""
+        ...
+
+
 class Commits:
     """The completions of committed appends that wait for their log to commit them, in
-    offset order."""
+    offset order. A log that commits on demand (:class:`CommitRequests`) is asked to as
+    each one starts waiting."""
 
-    __slots__ = ("_waiting",)
+    __slots__ = ("_log", "_waiting")
 
-    def __init__(self) -> None:
+    def __init__(self, log: object = None) -> None:
         self._waiting: deque[Appended] = deque()
+        self._log = log if isinstance(log, CommitRequests) else None
 
     def wait(self, done: Appended) -> None:
         """Hold ``done`` until its last record is committed."""
         self._waiting.append(done)
+        if self._log is not None:
+            self._log.request_commit(done.last_offset + 1)
+
+    def fail_all(self) -> list[Appended]:
+        """The log failed: every waiting completion, to be refused."""
+        failed = list(self._waiting)
+        self._waiting.clear()
+        return failed
 
     def committed(self, offset: int) -> list[Appended]:
         """Every record below ``offset`` is committed: the completions now due."""
@@ -74,7 +93,7 @@ class StreamPartition:
         self.generation = record.generation
         self.log = log
         self.stream = Stream(StreamSettings.from_mapping(record.settings, config), out, log=log)
-        self.commits = Commits()
+        self.commits = Commits(log)
 
     def reconfigure(self, record: ResourceRecord, config: BrokerConfig, now: float) -> None:
         """Apply a newer generation's settings at once (retention trims, policies change)."""
@@ -111,7 +130,7 @@ class QueuePartition:
         self.generation = record.generation
         self.log = log
         self.queue = Queue(record.path, queue_config(record.settings), context, log)
-        self.commits = Commits()
+        self.commits = Commits(log)
 
     def reconfigure(self, record: ResourceRecord, config: BrokerConfig, now: float) -> None:
         """Apply a newer generation's settings (bounds that shrink drop nothing)."""

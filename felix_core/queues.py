@@ -86,7 +86,15 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from heapq import heappop, heappush
 
-from felix_core.errors import InvalidArgument, LimitExceeded, NotFound, Overloaded, TooLarge
+from felix_core.errors import (
+    InvalidArgument,
+    LimitExceeded,
+    NotFound,
+    Overloaded,
+    StorageFailed,
+    StorageFull,
+    TooLarge,
+)
 from felix_core.events import ConsumerClosed, EngineEvent, MessageDeadLettered, MessagesDelivered
 from felix_core.log import Log, LogSlice, record_size
 from felix_core.names import validate_name
@@ -195,9 +203,14 @@ class Queue:
     def append_one(
         self, payload: bytes, now: float, key: bytes | None, headers: dict[str, bytes] | None
     ) -> int:
-        """Append one record (room already made: a dead letter); return its offset."""
+        """Append one record (room already made: a dead letter); return its offset.
+
+        Raises:
+            StorageFull, StorageFailed: a durable queue's log could not take it.
+        """
+        offset = self.log.append(payload, _ms(now), key, headers)
         self.enqueued += 1
-        return self.log.append(payload, _ms(now), key, headers)
+        return offset
 
     def fits(self, count: int, nbytes: int) -> bool:
         """Whether ``count`` more records of ``nbytes`` bytes fit in the bounds right now."""
@@ -701,11 +714,10 @@ class ConsumerGroup:
             payload = sl.payloads[0]
             key = sl.keys[0] if sl.keys is not None else None
             tq = ctx.resolve((q.key[0], q.key[1], target))
-            if tq is None or not tq.make_room(1, record_size(payload, key, hdrs)):
+            if tq is None or not _dead_letter_into(tq, payload, key, hdrs, now):
                 self.parked[offset] = (reason, failure)
                 self.retry_at = min(self.retry_at, now + DEAD_LETTER_RETRY_S)
                 return
-            tq.append_one(payload, now, key, hdrs)
             for tg in tq.groups.values():
                 tg.dispatch(now)
             ctx.touched.add(tq)
@@ -806,3 +818,17 @@ class ConsumerGroup:
                     connection_id=c.connection_id, consumer_id=c.id, queue=q.key, deliveries=ds
                 )
             )
+
+
+def _dead_letter_into(
+    target: Queue, payload: bytes, key: bytes | None, headers: dict[str, bytes], now: float
+) -> bool:
+    """Append a dead letter to ``target``; False when it cannot take it now (full, or a
+    durable target's disk is full or failed): the message is parked and retried."""
+    if not target.make_room(1, record_size(payload, key, headers)):
+        return False
+    try:
+        target.append_one(payload, now, key, headers)
+    except (StorageFull, StorageFailed):
+        return False
+    return True

@@ -30,12 +30,15 @@ from felix_core.queue_types import QueueConfig
 from felix_proto.messages import MAX_DURATION_MS
 
 __all__ = [
+    "FSYNC_KEYS",
     "MAX_BATCH_EVENTS",
     "MAX_DURATION_MS",
+    "MAX_FSYNC_INTERVAL_MS",
     "MAX_INT",
     "MAX_PREFETCH",
     "BatchPolicy",
     "Durability",
+    "FsyncPolicy",
     "Path",
     "SettingsSchema",
     "SlowConsumerPolicy",
@@ -45,6 +48,7 @@ __all__ = [
     "check_known",
     "choice_setting",
     "description_schema",
+    "fsync_settings",
     "int_setting",
     "queue_config",
     "queue_schema",
@@ -150,10 +154,50 @@ class SlowConsumerPolicy(StrEnum):
 
 
 class Durability(StrEnum):
-    """Storage class of a stream (the durable log is a later issue)."""
+    """Storage class of a stream, queue or cache."""
 
     EPHEMERAL = "ephemeral"
+    """In memory: nothing survives a restart (the resource's definition does)."""
     DURABLE = "durable"
+    """In a log on disk under the broker's data directory: acknowledged records survive."""
+
+
+class FsyncPolicy(StrEnum):
+    """When a durable resource's log is fsynced (a committed publish always waits for it)."""
+
+    INTERVAL = "interval"
+    """Every ``fsync_interval_ms`` while there are unsynced bytes, and at once when a
+    committed publish waits (one fsync for every waiting publish: group commit)."""
+    NONE = "none"
+    """Only when a committed publish waits; otherwise the operating system writes back."""
+
+
+MAX_FSYNC_INTERVAL_MS = 60_000
+"""The longest ``fsync_interval_ms`` accepted (one minute)."""
+
+FSYNC_KEYS = ("fsync", "fsync_interval_ms")
+"""The fsync setting names streams, queues and caches all accept."""
+
+
+def fsync_settings(merged: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate the fsync settings of a merged settings mapping.
+
+    Args:
+        merged: the current settings with the new ones over them.
+
+    Returns:
+        ``{"fsync": ..., "fsync_interval_ms": ...}``.
+
+    Raises:
+        InvalidArgument: not a :class:`FsyncPolicy`, or an interval outside
+            1..:data:`MAX_FSYNC_INTERVAL_MS`.
+    """
+    return {
+        "fsync": choice_setting(merged, "fsync", FsyncPolicy),
+        "fsync_interval_ms": required_int(
+            merged, "fsync_interval_ms", lo=1, hi=MAX_FSYNC_INTERVAL_MS
+        ),
+    }
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -180,6 +224,10 @@ class StreamSettings:
     """The delivery batching policy."""
     durability: Durability
     """Storage class."""
+    fsync: FsyncPolicy = FsyncPolicy.INTERVAL
+    """When a durable stream's log is fsynced."""
+    fsync_interval_ms: int = 100
+    """The fsync interval with ``fsync=interval``, milliseconds."""
 
     KEYS = (
         "retention_max_records",
@@ -190,6 +238,7 @@ class StreamSettings:
         "batch_max_bytes",
         "batch_max_delay_us",
         "durability",
+        *FSYNC_KEYS,
     )
     """The setting names a stream accepts."""
 
@@ -235,6 +284,7 @@ class StreamSettings:
             ),
             max_age_ms=int_setting(merged, "retention_max_age_ms", lo=1, hi=MAX_DURATION_MS),
         )
+        fsync = fsync_settings(merged)
         batch = BatchPolicy(
             max_events=required_int(merged, "batch_max_events", lo=1, hi=MAX_BATCH_EVENTS),
             max_bytes=required_int(merged, "batch_max_bytes", lo=1, hi=1 << 30),
@@ -247,6 +297,8 @@ class StreamSettings:
             ),
             batch=batch,
             durability=Durability(choice_setting(merged, "durability", Durability)),
+            fsync=FsyncPolicy(fsync["fsync"]),
+            fsync_interval_ms=fsync["fsync_interval_ms"],
         )
 
     def to_mapping(self) -> dict[str, Any]:
@@ -260,6 +312,8 @@ class StreamSettings:
             "batch_max_bytes": self.batch.max_bytes,
             "batch_max_delay_us": round(self.batch.max_delay_s * 1e6),
             "durability": self.durability.value,
+            "fsync": self.fsync.value,
+            "fsync_interval_ms": self.fsync_interval_ms,
         }
 
 
@@ -277,6 +331,8 @@ def _config_defaults(config: BrokerConfig) -> StreamSettings:
             max_delay_s=config.batch_max_delay_us / 1e6,
         ),
         durability=Durability(config.durability),
+        fsync=FsyncPolicy(config.fsync),
+        fsync_interval_ms=config.fsync_interval_ms,
     )
 
 
@@ -327,6 +383,7 @@ _QUEUE_KEYS = (
     "dead_letter_queue",
     "max_prefetch",
     "durability",
+    *FSYNC_KEYS,
 )
 
 
@@ -346,6 +403,8 @@ def queue_schema(config: BrokerConfig) -> SettingsSchema:
             "dead_letter_queue": defaults.dead_letter_queue,
             "max_prefetch": defaults.max_prefetch,
             "durability": config.durability,
+            "fsync": config.fsync,
+            "fsync_interval_ms": config.fsync_interval_ms,
         }
         merged = {**base, **new}
         full = {
@@ -358,6 +417,7 @@ def queue_schema(config: BrokerConfig) -> SettingsSchema:
             "dead_letter_queue": merged["dead_letter_queue"],
             "max_prefetch": required_int(merged, "max_prefetch", lo=1, hi=MAX_PREFETCH),
             "durability": choice_setting(merged, "durability", Durability),
+            **fsync_settings(merged),
         }
         target = full["dead_letter_queue"]
         if target is not None:
@@ -391,6 +451,7 @@ _CACHE_KEYS = (
     "feed_retention_max_bytes",
     "sweep_batch",
     "durability",
+    *FSYNC_KEYS,
 )
 
 
@@ -415,6 +476,8 @@ def cache_schema(config: BrokerConfig) -> SettingsSchema:
             "feed_retention_max_bytes": config.stream_retention_max_bytes,
             "sweep_batch": defaults.sweep_batch,
             "durability": config.durability,
+            "fsync": config.fsync,
+            "fsync_interval_ms": config.fsync_interval_ms,
         }
         merged = {**base, **new}
         full = {
@@ -430,6 +493,7 @@ def cache_schema(config: BrokerConfig) -> SettingsSchema:
             ),
             "sweep_batch": required_int(merged, "sweep_batch", lo=1, hi=1 << 20),
             "durability": choice_setting(merged, "durability", Durability),
+            **fsync_settings(merged),
         }
         cache_config(full).validate()
         return full

@@ -72,10 +72,22 @@ class ErrorCode(IntEnum):
     """A bug in the broker. The request may or may not have taken effect."""
     CONNECTION_LOST = 503
     """The connection closed before the reply arrived (raised locally by clients)."""
+    STORAGE_FULL = 504
+    """The broker's disk is full: the write was not taken (nothing of it was kept); it may
+    succeed once space returns."""
+    STORAGE_FAILED = 505
+    """The resource's storage failed (an fsync or a write returned an I/O error, or its
+    files are damaged): it refuses writes until an operator repairs it."""
 
 
 RETRYABLE: frozenset[ErrorCode] = frozenset(
-    {ErrorCode.OVERLOADED, ErrorCode.SHUTTING_DOWN, ErrorCode.TIMEOUT, ErrorCode.CONNECTION_LOST}
+    {
+        ErrorCode.OVERLOADED,
+        ErrorCode.SHUTTING_DOWN,
+        ErrorCode.TIMEOUT,
+        ErrorCode.CONNECTION_LOST,
+        ErrorCode.STORAGE_FULL,
+    }
 )
 
 

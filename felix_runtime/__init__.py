@@ -11,6 +11,14 @@ logging, the Prometheus observer and HTTP responder, the process preamble.
   logging, exit codes), certificate loading and the startup log lines;
 * :mod:`felix_runtime.udp`: the broker's UDP socket (bound with large buffers, read a batch
   at a time, written without blocking).
+* :mod:`felix_runtime.filesystem`: :class:`~felix_runtime.filesystem.OsFileSystem`, the file
+  layer under durable logs and resource definitions (kept-open descriptors, fsyncs that
+  are safe on worker threads);
+* :mod:`felix_runtime.metadata_store`: resource definitions on disk, one atomically
+  replaced file per resource;
+* :mod:`felix_runtime.storage`: the data directory as both runtimes open it, the server
+  built on it, and :func:`~felix_runtime.storage.run_job`, what a worker thread runs for a
+  storage job.
 
 It is runtime-neutral: nothing here imports asyncio, anyio or trio or runs a loop (the UDP
 helpers are plain non-blocking socket calls). Each adapter (``felix_runtime_asyncio``,

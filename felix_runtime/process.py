@@ -129,11 +129,6 @@ def log_started(
             + ("; listening on loopback only" if is_loopback(quic[0]) else ""),
             extra=log_fields(listen=f"{quic[0]}:{quic[1]}"),
         )
-    logger.info(
-        "storage: in memory; no resource, message, queue position or cache entry survives "
-        "a restart",
-        extra=log_fields(data_dir=config.data_dir),
-    )
     if not config.dev_mode:
         return
     logger.warning(

@@ -22,12 +22,13 @@ import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable
 
-from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from felix_core.access import Action
+from felix_core.disklog import DiskLogStore, StorageJob, SyncJob
 from felix_runtime.logs import log_fields, logger
 from felix_server.observer import ServerObserver
 from felix_server.server import FelixServer
@@ -151,6 +152,79 @@ def _per_resource(
         for path, values in rows.items():
             metric.add_metric(list(path), values[key])
         yield metric
+
+
+_STORAGE_BUCKETS = (
+    0.00001,
+    0.000025,
+    0.00005,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    1.0,
+)
+
+
+class _StorageCollector(Collector):
+    """The durable logs' figures at scrape time, summed over the open logs (their
+    :class:`~felix_core.disklog.DiskLogStats`). A deleted resource's log takes its counts
+    with it, as the engine's per-resource counters do."""
+
+    def __init__(self, store: DiskLogStore) -> None:
+        self.store = store
+
+    def collect(self) -> Iterable[Metric]:
+        logs = list(self.store.logs())
+        yield GaugeMetricFamily(
+            "felix_storage_logs", "Durable logs open (one per durable resource)", len(logs)
+        )
+        yield GaugeMetricFamily(
+            "felix_storage_unsynced_bytes",
+            "Bytes written to durable logs and not yet fsynced",
+            sum(log.unsynced_bytes for log in logs),
+        )
+        yield GaugeMetricFamily(
+            "felix_storage_segments",
+            "Segments retained by durable logs",
+            sum(log.segment_count for log in logs),
+        )
+        yield GaugeMetricFamily(
+            "felix_storage_recovery_truncated_bytes",
+            "Bytes of torn tails cut off when the durable logs were recovered at start",
+            sum(log.stats.truncated_bytes for log in logs),
+        )
+        yield GaugeMetricFamily(
+            "felix_storage_failed_logs",
+            "Durable logs that failed (an fsync or write error, or damage): they refuse writes",
+            sum(1 for log in logs if log.failed is not None),
+        )
+        for name, doc, field in (
+            ("felix_storage_segments_rolled", "Segments closed by size or age", "segments_rolled"),
+            (
+                "felix_storage_retention_segments_deleted",
+                "Segments deleted by retention (and queue trims)",
+                "segments_deleted",
+            ),
+            ("felix_storage_appends", "Batches appended to durable logs", "appends"),
+            ("felix_storage_append_bytes", "Bytes appended to durable logs", "append_bytes"),
+            (
+                "felix_storage_append_failures",
+                "Appends refused by the file system (disk full, I/O error)",
+                "append_failures",
+            ),
+            ("felix_storage_syncs", "Sync jobs finished (group commits)", "syncs"),
+            ("felix_storage_sync_failures", "Sync jobs that failed", "sync_failures"),
+            ("felix_storage_cold_reads", "Reads of records not in memory", "cold_reads"),
+        ):
+            yield CounterMetricFamily(name, doc, sum(getattr(log.stats, field) for log in logs))
 
 
 class _RequestMetrics(Collector):
@@ -321,10 +395,44 @@ class PrometheusObserver(ServerObserver):
             "Unexpected exceptions turned into INTERNAL",
             registry=registry,
         )
+        self.storage_append = Histogram(
+            "felix_storage_append_duration_seconds",
+            "Time to write one batch to a durable log's segment (page cache)",
+            buckets=_STORAGE_BUCKETS,
+            registry=registry,
+        )
+        self.storage_sync = Histogram(
+            "felix_storage_sync_duration_seconds",
+            "Time of one sync job: the fsyncs of a durable log's written files",
+            buckets=_STORAGE_BUCKETS,
+            registry=registry,
+        )
+        self.storage_recovery = Gauge(
+            "felix_storage_recovery_duration_seconds",
+            "Time to open and recover every durable log at start",
+            registry=registry,
+        )
 
     def attach(self, server: FelixServer) -> None:
         """Also export the engine's and the sessions' gauges at scrape time."""
         self.registry.register(_EngineCollector(server))
+
+    # -- storage --------------------------------------------------------------------------
+
+    def attach_storage(self, store: DiskLogStore, recovery_seconds: float) -> None:
+        """Also export the durable logs' figures, and how long their recovery took."""
+        self.storage_recovery.set(recovery_seconds)
+        self.registry.register(_StorageCollector(store))
+
+    def storage_appended(self, seconds: float) -> None:
+        """One append to a segment took ``seconds`` (the write into the page cache)."""
+        self.storage_append.observe(seconds)
+
+    def storage_job_ran(self, job: StorageJob, seconds: float) -> None:
+        """A storage job's ``run`` took ``seconds`` (on a worker thread; the histogram is
+        thread-safe). Only syncs are timed."""
+        if isinstance(job, SyncJob):
+            self.storage_sync.observe(seconds)
 
     # -- ServerObserver -------------------------------------------------------------------
     def connection_opened(self) -> None:

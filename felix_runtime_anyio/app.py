@@ -24,10 +24,10 @@ from felix_runtime.logs import log_fields, logger
 from felix_runtime.process import broker_main, load_certificate, log_started
 from felix_runtime.prometheus import PrometheusObserver
 from felix_runtime.quic_engines import server_quic
+from felix_runtime.storage import build_server, open_storage
 from felix_runtime_anyio.http import AnyioMetricsServer
 from felix_runtime_anyio.runtime import AnyioUdpRuntime
 from felix_server.config import ServerConfig
-from felix_server.server import FelixServer
 
 __all__ = ["BACKENDS", "main", "run"]
 
@@ -45,16 +45,18 @@ async def run(config: ServerConfig) -> int:
     quic_config, connection_factory = server_quic(config)
     cert, fingerprint = load_certificate(config, quic_config)
     observer = PrometheusObserver()
-    server = FelixServer(
+    storage = open_storage(config, on_append=observer.storage_appended)
+    server, recovery_s = build_server(
         config,
         quic_config,
-        now=time.time(),
-        observer=observer,
+        storage,
+        observer,
         connection_factory=connection_factory,
         authenticate=broker_authenticator(config),
     )
     observer.attach(server)
-    runtime = AnyioUdpRuntime(server)
+    observer.attach_storage(storage.logs, recovery_s)
+    runtime = AnyioUdpRuntime(server, job_timer=observer.storage_job_ran)
     bound = runtime.bind(*config.listen_address)
     registry = observer.registry if config.metrics_enabled else None
     metrics = AnyioMetricsServer(registry, lambda: server.ready)  # health even without metrics
@@ -79,6 +81,9 @@ async def run(config: ServerConfig) -> int:
                 await runtime.finished.wait()
             tg.cancel_scope.cancel()
     finally:
+        with anyio.CancelScope(shield=True):
+            await runtime.close_storage()  # the logs' final syncs
+        storage.close()
         runtime.close()
         with anyio.CancelScope(shield=True):
             await metrics.aclose()

@@ -10,6 +10,14 @@ runs the loop of the asyncio adapter under any anyio backend:
    the same ``now``; fire the timer if it is due;
 3. transmit *once*: everything ``datagrams_to_send(now)`` returns.
 
+Storage jobs (fsyncs, cold reads of durable logs): after each transmit the server's new jobs
+start as tasks of :meth:`~AnyioUdpRuntime.serve`'s task group, each running
+:func:`felix_runtime.storage.run_job` in ``anyio.to_thread.run_sync`` under a
+``CapacityLimiter`` of :data:`~felix_runtime.storage.STORAGE_THREADS`; the result is handed
+back on the loop (:meth:`~felix_server.server.FelixServer.storage_job_done`) and the loop
+woken. A job is shielded from cancellation: a stopped loop waits for its fsync and applies
+it, so the final syncs (:meth:`~AnyioUdpRuntime.close_storage`) find no job half-done.
+
 Why not ``anyio.create_udp_socket``: its ``UDPSocket`` hands out one datagram per ``await``
 (and under asyncio owns the socket through a datagram transport), so there is no way to
 drain what is queued before transmitting. A non-blocking socket with ``anyio.wait_readable``
@@ -27,7 +35,10 @@ import time
 from collections.abc import Callable
 
 import anyio
+from anyio.abc import TaskGroup
 
+from felix_core.disklog import StorageJob
+from felix_runtime.storage import STORAGE_THREADS, JobTimer, run_job
 from felix_runtime.udp import bind_udp, read_batch, send_all
 from felix_server.server import FelixServer
 
@@ -42,9 +53,15 @@ class AnyioUdpRuntime:
     Args:
         server: the sans-IO server.
         clock: the wall clock (``time.time``); tests may pass another.
+        job_timer: told each storage job's duration (on the worker thread).
     """
 
-    def __init__(self, server: FelixServer, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        server: FelixServer,
+        clock: Callable[[], float] = time.time,
+        job_timer: JobTimer | None = None,
+    ) -> None:
         self.server = server
         self._clock = clock
         self._sock: socket.socket | None = None
@@ -53,6 +70,12 @@ class AnyioUdpRuntime:
         self.finished = anyio.Event()
         """Set once the server has finished its graceful shutdown."""
         self.address: tuple[str, int] = ("", 0)
+        self._job_timer = job_timer
+        self._limiter = anyio.CapacityLimiter(STORAGE_THREADS)
+        self._jobs_running = 0
+        self._jobs_idle = anyio.Event()
+        self._jobs_idle.set()
+        self._job_group: TaskGroup | None = None
 
     def bind(self, host: str, port: int) -> tuple[str, int]:
         """Bind the socket (no I/O wait: binding does not block).
@@ -79,10 +102,18 @@ class AnyioUdpRuntime:
     # ---------------------------------------------------------------------- the loop
 
     async def serve(self) -> None:
-        """Run the loop until cancelled (the caller's task group owns this task)."""
+        """Run the loop until cancelled (the caller's task group owns this task); the
+        storage jobs it starts are tasks of its own task group."""
+        async with anyio.create_task_group() as jobs:
+            self._job_group = jobs
+            await self._serve()
+
+    async def _serve(self) -> None:
         sock = self._sock
         assert sock is not None, "bind() first"
         server = self.server
+        job_group = self._job_group
+        assert job_group is not None
         try:
             while True:
                 deadline = server.get_timer()
@@ -105,9 +136,45 @@ class AnyioUdpRuntime:
                 send_all(sock, server.datagrams_to_send(now))
                 if server.finished:
                     self.finished.set()
+                for job in server.take_storage_jobs(now):
+                    self._job_started()
+                    job_group.start_soon(self._run_job, job)
         finally:
             self._wait_scope = None
             anyio.notify_closing(sock)
+
+    # ------------------------------------------------------------------ storage jobs
+
+    def _job_started(self) -> None:
+        if self._jobs_running == 0:
+            self._jobs_idle = anyio.Event()
+        self._jobs_running += 1
+
+    async def _run_job(self, job: StorageJob) -> None:
+        with anyio.CancelScope(shield=True):  # never leave a job half-applied
+            try:
+                outcome = await anyio.to_thread.run_sync(
+                    run_job, job, self._job_timer, limiter=self._limiter
+                )
+                self.server.storage_job_done(job, outcome, self._clock())
+            finally:
+                self._jobs_running -= 1
+                if self._jobs_running == 0:
+                    self._jobs_idle.set()
+        self.wake()
+
+    async def close_storage(self) -> None:
+        """At shutdown, once :meth:`serve` has returned: wait for the jobs in flight, run
+        every log's final sync and close the logs."""
+        storage = self.server.storage
+        if storage is None:
+            return
+        await self._jobs_idle.wait()
+        async with anyio.create_task_group() as tg:
+            for job in storage.final_jobs(self._clock()):
+                self._job_started()
+                tg.start_soon(self._run_job, job)
+        storage.close()
 
     def _to_loop_time(self, deadline: float | None) -> float:
         if deadline is None:

@@ -20,6 +20,7 @@ from felix_runtime.logs import log_fields, logger
 from felix_runtime.process import broker_main, load_certificate, log_started
 from felix_runtime.prometheus import PrometheusObserver
 from felix_runtime.quic_engines import server_quic
+from felix_runtime.storage import BrokerStorage, build_server, open_storage
 from felix_runtime_asyncio.http import MetricsServer
 from felix_runtime_asyncio.runtime import UdpRuntime
 from felix_server.config import ServerConfig
@@ -39,6 +40,7 @@ class BrokerProcess:
         self.config = config
         self.observer = PrometheusObserver()
         self.server: FelixServer | None = None
+        self.storage: BrokerStorage | None = None
         self.runtime: UdpRuntime | None = None
         self.metrics: MetricsServer | None = None
         self.cert_path: Path | None = None
@@ -55,16 +57,19 @@ class BrokerProcess:
         config = self.config
         quic_config, connection_factory = server_quic(config)
         self.cert_path, self.fingerprint = load_certificate(config, quic_config)
-        self.server = FelixServer(
+        observer = self.observer
+        self.storage = open_storage(config, on_append=observer.storage_appended)
+        self.server, recovery_s = build_server(
             config,
             quic_config,
-            now=time.time(),
-            observer=self.observer,
+            self.storage,
+            observer,
             connection_factory=connection_factory,
             authenticate=broker_authenticator(config),
         )
-        self.observer.attach(self.server)
-        self.runtime = UdpRuntime(self.server)
+        observer.attach(self.server)
+        observer.attach_storage(self.storage.logs, recovery_s)
+        self.runtime = UdpRuntime(self.server, job_timer=observer.storage_job_ran)
         bound = await self.runtime.start(*config.listen_address)
         server = self.server
         registry = self.observer.registry if config.metrics_enabled else None
@@ -91,14 +96,24 @@ class BrokerProcess:
                 async with asyncio.timeout(self.config.shutdown_drain_s + 1.0):
                     await runtime.wait_finished()
             runtime.close()
+        await self._close_storage()
         if self.metrics is not None:
             await self.metrics.close()
         logger.info("felix broker stopped")
+
+    async def _close_storage(self) -> None:
+        """The logs' final syncs, then the data directory's descriptors."""
+        if self.runtime is not None:
+            await self.runtime.close_storage()
+        if self.storage is not None:
+            self.storage.close()
+            self.storage = None
 
     async def close(self) -> None:
         """Stop at once (tests): no drain."""
         if self.runtime is not None:
             self.runtime.close()
+        await self._close_storage()
         if self.metrics is not None:
             await self.metrics.close()
 

@@ -9,6 +9,13 @@ server's earliest deadline. Reading drains the socket (up to
 transmit-per-datagram. The socket calls themselves are :mod:`felix_runtime.udp`'s, shared
 with the anyio adapter.
 
+Storage jobs (fsyncs, cold reads of durable logs): after each transmit the server's new jobs
+go to a bounded :class:`~concurrent.futures.ThreadPoolExecutor` (``loop.run_in_executor``,
+:func:`felix_runtime.storage.run_job`); each result comes back on the loop
+(:meth:`~felix_server.server.FelixServer.storage_job_done`) and a transmit follows, which
+sends the acks it completed. :meth:`UdpRuntime.close_storage` waits for the jobs in flight
+and runs the final syncs at shutdown.
+
 The socket is read with ``loop.add_reader`` when the event loop supports it (selector
 loops, uvloop), else through ``loop.create_datagram_endpoint`` with a transmit scheduled
 once per pass.
@@ -19,10 +26,13 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from aioquic.quic.connection import NetworkAddress
 
+from felix_core.disklog import StorageJob
+from felix_runtime.storage import STORAGE_THREADS, JobTimer, run_job
 from felix_runtime.udp import bind_udp, read_batch, send_all
 from felix_server.server import FelixServer
 
@@ -35,9 +45,12 @@ class UdpRuntime:
     Args:
         server: the sans-IO server.
         clock: the wall clock (``time.time``); tests may pass another.
+        job_timer: told each storage job's duration (on the worker thread).
     """
 
-    def __init__(self, server: FelixServer, clock: Any = time.time) -> None:
+    def __init__(
+        self, server: FelixServer, clock: Any = time.time, job_timer: JobTimer | None = None
+    ) -> None:
         self.server = server
         self._clock = clock
         self._loop = asyncio.get_running_loop()
@@ -48,6 +61,10 @@ class UdpRuntime:
         self._scheduled = False
         self._finished = asyncio.Event()
         self.address: tuple[str, int] = ("", 0)
+        self._job_timer = job_timer
+        self._executor: ThreadPoolExecutor | None = None
+        self._jobs: set[asyncio.Future[object]] = set()
+        self._closed = False
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         """Bind the socket and start serving.
@@ -72,7 +89,9 @@ class UdpRuntime:
         return self.address
 
     def close(self) -> None:
-        """Stop reading, cancel the timer and close the socket (idempotent)."""
+        """Stop reading, cancel the timer and close the socket (idempotent). Storage jobs
+        in flight finish (:meth:`close_storage` waits for them) but start no transmit."""
+        self._closed = True
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -115,7 +134,40 @@ class UdpRuntime:
                 self._transport.sendto(data, addr)
         if self.server.finished:
             self._finished.set()
+        for job in self.server.take_storage_jobs(now):
+            self._start_job(job)
         self._arm(self.server.get_timer(), now)
+
+    # ------------------------------------------------------------------ storage jobs
+
+    def _start_job(self, job: StorageJob) -> None:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(STORAGE_THREADS, thread_name_prefix="felix-io")
+        future = self._loop.run_in_executor(self._executor, run_job, job, self._job_timer)
+        self._jobs.add(future)
+        future.add_done_callback(lambda f: self._job_done(job, f))
+
+    def _job_done(self, job: StorageJob, future: asyncio.Future[object]) -> None:
+        self._jobs.discard(future)
+        self.server.storage_job_done(job, future.result(), self._clock())
+        if not self._closed:
+            self.wake()
+
+    async def close_storage(self) -> None:
+        """At shutdown, after the drain: wait for the jobs in flight, run every log's final
+        sync, close the logs and stop the worker threads."""
+        if self.server.storage is None:
+            return
+        while self._jobs:
+            await asyncio.wait(set(self._jobs))
+        for job in self.server.storage.final_jobs(self._clock()):
+            self._start_job(job)
+        while self._jobs:
+            await asyncio.wait(set(self._jobs))
+        self.server.storage.close()
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
 
     def _arm(self, deadline: float | None, now: float) -> None:
         if deadline == self._timer_at and self._timer is not None:

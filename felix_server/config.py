@@ -156,7 +156,8 @@ class ServerConfig:
     are exported while the broker holds at most this many queues (caches); above it only
     the totals are, which bounds label cardinality. 0: totals only."""
     data_dir: str = "felix-data"
-    """Directory for the generated certificate (and, later, the durable log)."""
+    """The broker's data: resource definitions (``metadata/``), durable resources' logs
+    (``logs/``) and the generated certificate."""
     tls_cert: str | None = None
     """PEM certificate chain; absent: a self-signed certificate is made in ``data_dir``
     (development mode, logged loudly)."""
@@ -246,11 +247,6 @@ class ServerConfig:
         if self.metrics_resource_limit < 0:
             raise ConfigError("metrics_resource_limit must be >= 0")
         self._validate_auth()
-        if self.broker.durability != "ephemeral":
-            raise ConfigError(
-                "broker.durability: only 'ephemeral' is available (this broker keeps every "
-                "resource in memory; durable storage does not exist yet)"
-            )
         self.transport.validate()
 
     def _validate_auth(self) -> None:

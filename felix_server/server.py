@@ -11,13 +11,17 @@ the manner of aioquic's ``QuicConnection``:
 Inputs
     * :meth:`FelixServer.datagram_received` ``(data, addr, now)``;
     * :meth:`FelixServer.handle_timer` ``(now)`` when :meth:`FelixServer.get_timer` is due;
-    * :meth:`FelixServer.begin_shutdown` ``(now)`` on SIGTERM.
+    * :meth:`FelixServer.begin_shutdown` ``(now)`` on SIGTERM;
+    * :meth:`FelixServer.storage_job_done` ``(job, outcome, now)`` when a storage job run
+      on a worker thread is over (durable logs only, :mod:`felix_server.storage`).
 
 Outputs
     * :meth:`FelixServer.datagrams_to_send` ``(now)`` -> ``[(bytes, addr)]``: call it once
       per loop pass, after feeding every datagram that arrived in that pass;
-    * :meth:`FelixServer.get_timer`: the earliest deadline of the broker, every session
-      (QUIC and Felix) and the shutdown;
+    * :meth:`FelixServer.take_storage_jobs` ``(now)``: after each pass, the fsyncs and cold
+      reads to run on worker threads (none without a durable log store);
+    * :meth:`FelixServer.get_timer`: the earliest deadline of the broker, the durable log
+      store's fsync interval, every session (QUIC and Felix) and the shutdown;
     * :attr:`FelixServer.ready` and :attr:`FelixServer.finished` for health and exit.
 
 Timers. Each session's deadline is kept in a :class:`~felix_proto.deadlines.Deadlines` heap
@@ -79,6 +83,8 @@ from aioquic.quic.packet import (
 )
 
 from felix_core.broker import Broker
+from felix_core.disklog import DiskLogStore, StorageJob
+from felix_core.metadata import MetadataStore
 from felix_proto import ALPN
 from felix_proto.connection import TOKEN_REFRESH
 from felix_proto.deadlines import Deadlines
@@ -92,6 +98,7 @@ from felix_server.quic import FelixQuicConnection, refusal_datagram
 from felix_server.quic_engine import QuicConnectionLike
 from felix_server.router import Router
 from felix_server.session import Session, SessionLimits
+from felix_server.storage import StorageGlue
 
 __all__ = ["MAX_REFUSALS_PER_PASS", "FelixServer", "make_quic_configuration"]
 
@@ -145,6 +152,11 @@ class FelixServer:
             authentication on (a runtime builds it with
             ``felix_runtime.credentials.broker_authenticator``, which reads the key files);
             without authentication every client is the anonymous operator.
+        logs: a durable log store for the new engine (None: every log in memory, and
+            ``durability=durable`` refused); its jobs are the adapter's to run
+            (:meth:`take_storage_jobs`, :mod:`felix_server.storage`).
+        metadata: where resource definitions are kept (None: in memory); the engine is fed
+            what it holds.
 
     Raises:
         ValueError: ``config`` turns authentication on and no ``authenticate`` is given.
@@ -160,6 +172,8 @@ class FelixServer:
         broker: Broker | None = None,
         connection_factory: Callable[..., QuicConnectionLike] = FelixQuicConnection,
         authenticate: Authenticate | None = None,
+        logs: DiskLogStore | None = None,
+        metadata: MetadataStore | None = None,
     ) -> None:
         self.config = config
         if authenticate is None and config.auth_enabled:
@@ -170,8 +184,9 @@ class FelixServer:
             self._limits = replace(self._limits, capabilities=(TOKEN_REFRESH,))
         self.quic_configuration = quic_configuration
         self.observer = observer or ServerObserver()
-        self.broker = broker if broker is not None else Broker(config.broker, now=now)
-        self.router = Router(LocalRoute(self.broker, now=now), self.observer)
+        self.broker = broker if broker is not None else Broker(config.broker, logs=logs, now=now)
+        self.storage = StorageGlue(logs, self.broker) if logs is not None else None
+        self.router = Router(LocalRoute(self.broker, metadata, now=now), self.observer)
         self.batches = EncodedBatches()
         self._factory = connection_factory
         self._by_cid: dict[bytes, Session] = {}
@@ -317,6 +332,7 @@ class FelixServer:
         self._refresh_deadlines()
         deadlines = (
             self.router.get_timer(),
+            self.storage.get_timer() if self.storage is not None else None,
             drain,
             self._drain_until,
             self._deadlines.earliest(),
@@ -335,6 +351,8 @@ class FelixServer:
     def handle_timer(self, now: float) -> None:
         """Fire everything due at ``now`` (early or repeated calls are harmless)."""
         self.router.handle_timer(now)
+        if self.storage is not None:  # the jobs it wants come with take_storage_jobs
+            self.storage.handle_timer(now)
         if self._drain is not None:  # before the sessions: the grace ends with a report
             deadline = self._drain.get_timer()
             if deadline is not None and deadline <= now:
@@ -398,6 +416,22 @@ class FelixServer:
             dirty = self._dirty
         self.batches.flush(self.observer)
         return out
+
+    # ----------------------------------------------------------------------- storage
+
+    def take_storage_jobs(self, now: float) -> list[StorageJob]:
+        """The storage jobs to run now: call after every :meth:`datagrams_to_send`; run
+        each ``job.run()`` on a worker thread and hand the outcome to
+        :meth:`storage_job_done` on the loop thread (none without a durable store)."""
+        return self.storage.take_jobs(now) if self.storage is not None else []
+
+    def storage_job_done(self, job: StorageJob, outcome: object, now: float) -> None:
+        """A storage job's ``run`` returned ``outcome`` (or raised it): the engine learns
+        what it means (committed publishes complete, pending reads go on, a failed log
+        refuses writes); transmit afterwards."""
+        assert self.storage is not None
+        self.storage.job_done(job, outcome, now)
+        self.router.collect(now)
 
     def _mark(self, session: Session) -> None:
         """A session has something to send and its deadline may have moved."""

@@ -16,6 +16,7 @@ from felix_core.limits import BrokerConfig
 from felix_core.settings import (
     MAX_BATCH_EVENTS,
     MAX_DURATION_MS,
+    MAX_FSYNC_INTERVAL_MS,
     MAX_INT,
     MAX_PREFETCH,
     SettingsSchema,
@@ -54,6 +55,10 @@ RANGES: list[tuple[str, str, int, int, bool]] = [
     ("cache", "feed_retention_max_records", 1, MAX_INT, True),
     ("cache", "feed_retention_max_bytes", 1, CONFIG.stream_max_retention_bytes, False),
     ("cache", "sweep_batch", 1, 1 << 20, False),
+    *(
+        (kind, "fsync_interval_ms", 1, MAX_FSYNC_INTERVAL_MS, False)
+        for kind in ("stream", "queue", "cache")
+    ),
 ]
 IDS = [f"{kind}.{name}" for kind, name, *_ in RANGES]
 FEW = settings(max_examples=25)

@@ -167,11 +167,16 @@ def test_validation_errors_say_where_each_setting_came_from(
     assert str(info.value).endswith(expected)
 
 
-def test_a_durable_default_is_refused_at_start() -> None:
+def test_a_durable_default_and_the_fsync_defaults_are_settings() -> None:
+    config = load(["--broker-durability", "durable", "--broker-fsync-interval-ms", "20"])
+    assert config.broker.durability == "durable"
+    assert config.broker.fsync == "interval" and config.broker.fsync_interval_ms == 20
+    assert load(["--broker-fsync", "none"]).broker.fsync == "none"
     with pytest.raises(ConfigError) as info:
-        load(["--broker-durability", "durable"])
-    assert "only 'ephemeral' is available" in str(info.value)
-    assert str(info.value).endswith("(broker.durability from flag --broker-durability)")
+        load(["--broker-fsync", "always"])
+    assert str(info.value).endswith("(broker.fsync from flag --broker-fsync)")
+    with pytest.raises(ConfigError):
+        load(["--broker-fsync-interval-ms", "0"])
 
 
 def test_auth_issuer_keys_jwks_issuer_audience_from_every_layer() -> None:

@@ -53,6 +53,9 @@ class FakeServer:
         self.timers.append(now)
         self.deadline = None
 
+    def take_storage_jobs(self, now: float) -> list[Any]:
+        return []  # no durable log store
+
 
 async def test_batch_timer_wake_and_finish() -> None:
     fake = FakeServer()
