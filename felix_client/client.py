@@ -31,7 +31,6 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 
 from felix_proto import events as ev
 from felix_proto.client import ClientConnection
-from felix_proto.errors import LocalProtocolError
 from felix_proto.messages import AckMode, SourceKind
 
 from ._connection import Connection
@@ -527,6 +526,8 @@ class Client:
             else reply.consumer_id
         )
         inbox: MemoryObjectReceiveStream[Any] = conn.feed(kind, ident)
+        if kind == "con":  # its acks leave early once half its prefetch is settled
+            conn.acks.early[ident] = max(1, int(s["prefetch"]) // 2)
         return conn, reply, inbox
 
     async def credit(self, conn: object, sub_id: int, messages: int, nbytes: int) -> None:
@@ -555,38 +556,41 @@ class Client:
             conn.forget_feed(kind, ident)
 
     async def settle(
-        self, conn: object, consumer_id: int, delivery_id: int, ack: bool, delay: float
+        self,
+        conn: object,
+        consumer_id: int,
+        delivery_ids: Sequence[int],
+        ack: bool,
+        delay: float,
+        wait: bool,
     ) -> None:
-        """Ack or nack one delivery, waiting for the broker's answer.
+        """Ack or nack deliveries: buffered until the loop pass ends and sent in one frame
+        per consumer; with ``wait``, sent now and confirmed (see ``felix_client._acks``).
 
         Raises:
             NotFound: the consumer has ended (its queue was deleted, it was closed, its
-                connection was lost) or the delivery is no longer awaiting settlement.
+                connection was lost) or a delivery is no longer awaiting settlement.
             InvalidArgument: a negative, infinite or NaN ``delay``.
+            FelixError: with ``wait``, the broker's refusal or ``RequestTimeout``.
         """
         assert isinstance(conn, Connection)
         wait_ms = 0 if ack else delay_ms(delay)
+        if conn.closed_error is not None:
+            raise NotFound(
+                f"consumer {consumer_id} has ended (connection lost): its deliveries "
+                f"cannot be settled"
+            )
+        await conn.settle(consumer_id, delivery_ids, ack=ack, delay_ms=wait_ms, wait=wait)
 
-        def call(m: ClientConnection, now: float) -> int:
-            try:
-                awaiting = m.pending_deliveries(consumer_id)
-            except LocalProtocolError:
-                raise NotFound(
-                    f"consumer {consumer_id} has ended (queue deleted, consumer closed or "
-                    f"connection lost): delivery {delivery_id} cannot be settled"
-                ) from None
-            if delivery_id not in awaiting:
-                raise NotFound(f"delivery {delivery_id} is not awaiting settlement")
-            if ack:
-                rid = m.ack(consumer_id, [delivery_id], now=now, timeout=self.timeout)
-            else:
-                rid = m.nack(
-                    consumer_id, [delivery_id], delay_ms=wait_ms, now=now, timeout=self.timeout
-                )
-            assert rid is not None  # confirmed settlements always get an id
-            return rid
+    async def flush_acks(self, conn: object, consumer_id: int) -> None:
+        """Send a consumer's buffered settlements and wait for the broker's answers."""
+        assert isinstance(conn, Connection)
+        await conn.flush_acks(consumer_id)
 
-        await conn.request(call)
+    def take_ack_error(self, conn: object, consumer_id: int) -> FelixError | None:
+        """The first failure of a consumer's unawaited settlements, once."""
+        assert isinstance(conn, Connection)
+        return conn.acks.take_error(consumer_id)
 
     async def log_identity(self, spec: dict[str, Any]) -> tuple[int, int] | None:
         """The followed stream's (or cache's) ``(uid, created_ms)`` from ``describe``: a
