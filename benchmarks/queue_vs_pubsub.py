@@ -54,6 +54,9 @@ def main() -> int:
         f"\nqueue enqueue->consume->ack, 1 consumer: {q_rate:,.0f} msg/s; pub/sub to one "
         f"subscriber: {s_rate:,.0f} msg/s; queue / pubsub = {q_rate / s_rate:.2f}"
     )
+    for name, fig in (("queue", queue), ("pub/sub", sub)):
+        cpu = {k: v for k, v in fig["metrics"].items() if k.endswith("_cpu_us")}
+        print(f"{name} CPU us per message: " + ", ".join(f"{k} {v:.1f}" for k, v in cpu.items()))
     return code
 
 

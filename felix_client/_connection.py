@@ -312,11 +312,12 @@ class Connection:
             ConnectionLost: the connection is gone.
             FelixError: with ``wait``, the broker's error (or ``RequestTimeout``).
         """
-        self._check_not_closed()
         acks = self.acks
-        while len(acks.sent) >= acks.max_unconfirmed and self.closed_error is None:
-            await self._ack_answer()  # back-pressure: too many frames await their answer
-        self._check_not_closed()
+        if len(acks.sent) >= acks.max_unconfirmed:
+            while len(acks.sent) >= acks.max_unconfirmed and self.closed_error is None:
+                await self._ack_answer()  # back-pressure: too many frames await answers
+        if self.closed_error is not None:
+            self._check_not_closed()
         if ("con", consumer_id) not in self._feeds:
             raise NotFound(
                 f"consumer {consumer_id} has ended (queue deleted, consumer closed or "
@@ -487,6 +488,11 @@ class Connection:
             self._dispatch_one(event)
 
     def _dispatch_one(self, event: ev.Event) -> None:
+        if type(event) is ev.DeliveryReceived:  # the hot path of a consumer
+            send = self._feeds.get(("con", event.consumer_id))
+            if send is not None:
+                send.send_nowait(event)
+                return
         if isinstance(event, _REPLY_EVENTS):
             self._resolve(event.request_id, reply=event)
         elif isinstance(event, ev.EventsReceived | ev.GapReported | ev.SubscriptionEnded):

@@ -85,7 +85,7 @@ class Backend(Protocol):
         """Unsubscribe or cancel a consumer (best effort)."""
         ...
 
-    async def settle(
+    def settle(
         self,
         conn: object,
         consumer_id: int,
@@ -93,7 +93,7 @@ class Backend(Protocol):
         ack: bool,
         delay: float,
         wait: bool,
-    ) -> None:
+    ) -> Awaitable[None]:
         """Ack or nack deliveries: buffered until the loop pass ends, or, with ``wait``,
         sent at once and confirmed by the broker."""
         ...
@@ -606,7 +606,7 @@ class QueueMessage:
             f"payload={self.payload[:40]!r})"
         )
 
-    async def ack(self) -> None:
+    async def ack(self) -> None:  # the hot path: _settle inlined
         """Finish the message: it will not be delivered again.
 
         Does not wait for the broker: the ack leaves with the others of this loop pass, in
@@ -619,7 +619,10 @@ class QueueMessage:
                 was settled already.
             ConnectionLost: the connection is gone (the broker will redeliver).
         """
-        await self._settle(True, 0.0, False)
+        if self.settled:
+            raise NotFound(f"delivery {self.delivery_id} was settled already")
+        await self._backend.settle(self._conn, self.consumer_id, [self.delivery_id], True, 0, False)
+        self.settled = True
 
     async def ack_sync(self) -> None:
         """Finish the message and wait until the broker confirms it.

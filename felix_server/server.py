@@ -26,10 +26,11 @@ received a datagram, had a timer fire, transmitted or were told to shut down. No
 changes a session's deadline, so an idle connection costs nothing per loop pass.
 
 Each call to :meth:`datagrams_to_send` first fires the engine's deadlines that are due (the
-end of a pass is when a stream's partial batches are delivered), then asks the :class:`~felix_server.router.Router` which
-connections have engine events waiting and transmits those and every session touched by an
-input: each takes its mail (a distinct :class:`~felix_core.log.LogSlice` is encoded once per
-pass, :class:`~felix_server.batches.EncodedBatches`, and the same bytes are written to every
+end of a pass is when a stream's partial batches are delivered), then asks the
+:class:`~felix_server.router.Router` which connections have engine events waiting and
+transmits those and every session touched by an input: each takes its mail (a distinct
+:class:`~felix_core.log.LogSlice` is encoded once per pass,
+:class:`~felix_server.batches.EncodedBatches`, and the same bytes are written to every
 subscription stream it goes to), moves its Felix writes into QUIC and returns QUIC's
 datagrams. Back-pressure is applied there too (see :mod:`felix_server.session`). A transmit
 can give other connections mail (a cancelled consumer's messages go to its group's other

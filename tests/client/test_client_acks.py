@@ -24,7 +24,7 @@ _names = itertools.count()
 
 
 def unique(prefix: str) -> str:
-    return f"{prefix}-{os.getpid()}-{next(_names)}"
+    return f"acks-{prefix}-{os.getpid()}-{next(_names)}"
 
 
 @pytest.fixture
