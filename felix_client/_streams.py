@@ -392,6 +392,11 @@ class Subscription:
         self.log_identity: tuple[int, int] | None = None
         """The followed log's ``(uid, created_ms)`` (read only with ``reconnect`` on)."""
 
+    @property
+    def buffered(self) -> int:
+        """Records received and not read yet: the next ``buffered`` reads do not wait."""
+        return len(self._pending)
+
     async def __aenter__(self) -> Subscription:
         await self.open()
         return self
