@@ -18,7 +18,7 @@ def test_a_default_stream_keeps_more_small_records_than_the_old_count_bound() ->
     settings = b.describe("stream", T, N, "s", now=0.0)["settings"]
     assert settings["retention_max_records"] is None
     assert settings["retention_max_bytes"] == 64 << 20
-    sub, _ = b.subscribe(1, T, N, "s", credit_messages=1, credit_bytes=1, now=0.0)
+    b.subscribe(1, T, N, "s", credit_messages=1, credit_bytes=1, now=0.0)
     payloads = [b"x" * 100] * 1000
     for i in range(150):  # 150,000 records of 100 B, the reader behind by all but one
         b.publish(9, T, N, "s", payloads, now=1.0 + i / 1000)
