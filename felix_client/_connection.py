@@ -180,7 +180,6 @@ class Connection:
         )
         conn = cls(transport, machine, timeout)
         task_group.start_soon(transport.run, conn)
-        task_group.start_soon(conn._flush_acks_soon)
         try:
             with anyio.fail_after(timeout):
                 try:
@@ -201,6 +200,8 @@ class Connection:
         if conn.closed_error is not None:
             await transport.aclose()
             raise conn.closed_error
+        # Started once the connection is up: its end (transport_closed) stops it.
+        task_group.start_soon(conn._flush_acks_soon)
         return conn
 
     @property
