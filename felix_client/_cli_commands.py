@@ -237,8 +237,12 @@ def _print_published(args: argparse.Namespace, result: PublishResult | None, cou
 
 
 def _event_out(args: argparse.Namespace, event: Event) -> None:
+    """Print one event, unflushed (``cmd_sub`` flushes before it waits for more)."""
     if event.gap_before:
         sys.stderr.write(f"-- gap: {event.gap_before} record(s) skipped by the broker --\n")
+    if args.output != "json":
+        sys.stdout.write(_text(event.payload) + "\n")
+        return
     obj: dict[str, Any] = {"offset": event.offset, "timestamp_ms": event.timestamp_ms}
     obj.update(_payload_json(event.payload))
     obj.update(_payload_json(event.key, "key"))
@@ -246,7 +250,7 @@ def _event_out(args: argparse.Namespace, event: Event) -> None:
         obj["headers"] = {k: _text(v) for k, v in event.headers.items()}
     if event.gap_before:
         obj["gap_before"] = event.gap_before
-    _emit(args, _text(event.payload), obj)
+    sys.stdout.write(json.dumps(obj, default=str, separators=(",", ":")) + "\n")
 
 
 async def cmd_sub(args: argparse.Namespace) -> int:
@@ -258,17 +262,23 @@ async def cmd_sub(args: argparse.Namespace) -> int:
         async with sub:
             it = aiter(sub)
             while args.count is None or progress.count < args.count:
-                with anyio.move_on_after(args.idle if args.idle else math.inf):
-                    try:
-                        event = await anext(it)
-                    except StopAsyncIteration:
-                        break
-                    if not args.quiet:
-                        _event_out(args, event)
-                    progress.missed = sub.missed
-                    progress.add(1, len(event.payload))
-                    continue
-                break  # idle timeout
+                event: Event | None = None
+                if sub.buffered:  # already received: no wait, so no idle timeout to set
+                    event = await anext(it)
+                else:
+                    sys.stdout.flush()  # once per wait, not per line (a write each)
+                    with anyio.move_on_after(args.idle if args.idle else math.inf):
+                        try:
+                            event = await anext(it)
+                        except StopAsyncIteration:
+                            break
+                    if event is None:
+                        break  # idle timeout
+                if not args.quiet:
+                    _event_out(args, event)
+                progress.missed = sub.missed
+                progress.add(1, len(event.payload))
+            sys.stdout.flush()
     progress.finish(at_last_message=True)
     return 0
 

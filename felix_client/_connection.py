@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import anyio
@@ -35,11 +35,13 @@ from felix_proto.errors import ErrorCode, LocalProtocolError
 from felix_proto.messages import EndReason
 from felix_server.quic_engine import EVENTS
 
+from ._acks import AckBatches
 from ._local import local_error
 from ._transport import QuicTransport, TransportOptions, describe_termination
 from .errors import (
     ConnectionLost,
     FelixError,
+    NotFound,
     RequestTimeout,
     ShuttingDown,
     error_from_code,
@@ -146,6 +148,10 @@ class Connection:
         self._fatal: FelixError | None = None  # a connection-level Error (expired token ...)
         self._cache_streams: list[int] = []
         self._next_cache = 0
+        self.acks = AckBatches(timeout)
+        """Queue settlements waiting for the end of the pass, and frames awaiting answers."""
+        self._ack_wake = anyio.Event()
+        self._ack_answered: anyio.Event | None = None
 
     # --------------------------------------------------------------------- lifecycle
 
@@ -201,6 +207,8 @@ class Connection:
         if conn.closed_error is not None:
             await transport.aclose()
             raise conn.closed_error
+        # Started once the connection is up: its end (transport_closed) stops it.
+        task_group.start_soon(conn._flush_acks_soon)
         return conn
 
     @property
@@ -211,6 +219,7 @@ class Connection:
     async def aclose(self) -> None:
         """Close the connection (pending requests fail with ``ConnectionLost``)."""
         if self.closed_error is None:
+            self.acks.write(self.machine, self._clock(), self._ack_failed)  # before the close
             with contextlib.suppress(LocalProtocolError):
                 self.machine.close(0, "client closed")
             await self.transport.flush()
@@ -285,6 +294,95 @@ class Connection:
             raise local_error(exc) from None
         await self.transport.flush()
 
+    # ------------------------------------------------------------- settlements
+
+    async def settle(
+        self,
+        consumer_id: int,
+        delivery_ids: Sequence[int],
+        *,
+        ack: bool,
+        delay_ms: int = 0,
+        wait: bool = False,
+    ) -> None:
+        """Ack (or nack) deliveries: buffered until the pass ends (see :mod:`._acks`).
+
+        Args:
+            consumer_id: the consumer they were delivered to.
+            delivery_ids: deliveries awaiting settlement.
+            ack: ack (True) or nack (False).
+            delay_ms: the nack's redelivery delay.
+            wait: write the buffer now and wait for the broker's answer to the frame that
+                carries these ids.
+
+        Raises:
+            NotFound: the consumer has ended or an id is not awaiting settlement.
+            ConnectionLost: the connection is gone.
+            FelixError: with ``wait``, the broker's error (or ``RequestTimeout``).
+        """
+        acks = self.acks
+        if len(acks.sent) >= acks.max_unconfirmed:
+            while len(acks.sent) >= acks.max_unconfirmed and self.closed_error is None:
+                await self._ack_answer()  # back-pressure: too many frames await answers
+        if self.closed_error is not None:
+            self._check_not_closed()
+        if ("con", consumer_id) not in self._feeds:
+            raise NotFound(
+                f"consumer {consumer_id} has ended (queue deleted, consumer closed or "
+                f"connection lost): its deliveries cannot be settled"
+            )
+        first = acks.add(consumer_id, delivery_ids, ack, delay_ms)
+        if wait:
+            rids = acks.write(self.machine, self._clock(), self._ack_failed)
+            rid = rids.get((consumer_id, ack, delay_ms))
+            if rid is None:  # the machine refused the frame: the consumer has ended
+                error = acks.take_error(consumer_id)
+                raise error if error is not None else NotFound("the consumer has ended")
+            self._waiters[rid] = _Waiter(self._new_event())
+            await self.wait(rid)
+        elif acks.full(consumer_id):
+            # Half the prefetch is settled: send it now, so the broker refills while the
+            # other half is handled (one yield per half prefetch, not per message).
+            acks.write(self.machine, self._clock(), self._ack_failed)
+            await self.transport.flush()
+        elif first:
+            self._ack_wake.set()
+
+    async def flush_acks(self, consumer_id: int | None = None) -> None:
+        """Write the buffered settlements now and wait until the broker answered every
+        frame of ``consumer_id`` (or of every consumer).
+
+        Raises:
+            FelixError: a kept failure of one of that consumer's frames.
+        """
+        if self.closed_error is None and self.acks.count:
+            self.acks.write(self.machine, self._clock(), self._ack_failed)
+            await self.transport.flush()
+        while self.acks.unconfirmed(consumer_id) and self.closed_error is None:
+            await self._ack_answer()
+        if consumer_id is not None:
+            error = self.acks.take_error(consumer_id)
+            if error is not None:
+                raise error
+
+    async def _ack_answer(self) -> None:
+        """Wait until the broker answers some settlement frame (or the connection ends)."""
+        if self._ack_answered is None:
+            self._ack_answered = anyio.Event()
+        await self._ack_answered.wait()
+
+    async def _flush_acks_soon(self) -> None:
+        """The connection's flusher: once woken by a first buffered settlement, it flushes
+        after the tasks that are ready have run (:meth:`QuicTransport.flush` yields once),
+        so one pass's settlements leave in one frame per consumer."""
+        while self.closed_error is None:
+            await self._ack_wake.wait()
+            self._ack_wake = anyio.Event()
+            await self.transport.flush()
+
+    def _ack_failed(self, consumer_id: int, error: FelixError) -> None:
+        self.acks.errors.setdefault(consumer_id, error)
+
     def cache_stream(self, streams: int) -> int | None:
         """A request stream for the next cache request: round-robin over ``streams`` of
         them (opened on first use), so concurrent requests do not queue behind each other."""
@@ -315,6 +413,9 @@ class Connection:
 
     def forget_feed(self, kind: str, ident: int) -> None:
         """Drop an inbox (its owner stopped reading)."""
+        if kind == "con":
+            self.acks.early.pop(ident, None)
+            self.acks.errors.pop(ident, None)
         send = self._feeds.pop((kind, ident), None)
         if send is not None:
             send.close()
@@ -358,6 +459,8 @@ class Connection:
         nothing: the broker learns of it with its first data, as QUIC allows).
         """
         quic = self.transport.quic
+        if self.acks.count:  # this pass's settlements: one frame per consumer
+            self.acks.write(self.machine, now, self._ack_failed)
         for stream_id, data, end_stream in self.machine.data_to_send():
             if stream_id % 4 == 0:  # client-initiated bidirectional
                 next_id = quic.get_next_available_stream_id()
@@ -393,6 +496,11 @@ class Connection:
             self._dispatch_one(event)
 
     def _dispatch_one(self, event: ev.Event) -> None:
+        if type(event) is ev.DeliveryReceived:  # the hot path of a consumer
+            send = self._feeds.get(("con", event.consumer_id))
+            if send is not None:
+                send.send_nowait(event)
+                return
         if isinstance(event, _REPLY_EVENTS):
             self._resolve(event.request_id, reply=event)
         elif isinstance(event, ev.EventsReceived | ev.GapReported | ev.SubscriptionEnded):
@@ -432,6 +540,14 @@ class Connection:
         self, rid: int, *, reply: ev.Event | None = None, error: FelixError | None = None
     ) -> None:
         waiter = self._waiters.get(rid)
+        acks = self.acks
+        if (
+            acks.sent
+            and acks.answered(rid, error, awaited=waiter is not None)
+            and self._ack_answered is not None
+        ):
+            self._ack_answered.set()
+            self._ack_answered = None
         if waiter is None:
             return  # fire-and-forget request, or the caller gave up
         waiter.reply, waiter.error = reply, error
@@ -467,3 +583,7 @@ class Connection:
         for send in self._feeds.values():
             send.close()
         self._feeds.clear()
+        self.acks.sent.clear()  # unsettled deliveries are redelivered by the broker
+        if self._ack_answered is not None:
+            self._ack_answered.set()
+        self._ack_wake.set()  # the flusher sees the end

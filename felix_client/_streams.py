@@ -37,7 +37,15 @@ from .errors import (
 )
 from .types import Event, Headers, PublishResult, Start
 
-__all__ = ["Backend", "Consumer", "Publisher", "QueueMessage", "Record", "Subscription"]
+__all__ = [
+    "Backend",
+    "Consumer",
+    "Publisher",
+    "QueueMessage",
+    "Record",
+    "Subscription",
+    "settle_many",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,10 +86,26 @@ class Backend(Protocol):
         """Unsubscribe or cancel a consumer (best effort)."""
         ...
 
-    async def settle(
-        self, conn: object, consumer_id: int, delivery_id: int, ack: bool, delay: float
-    ) -> None:
-        """Ack or nack one delivery."""
+    def settle(
+        self,
+        conn: object,
+        consumer_id: int,
+        delivery_ids: Sequence[int],
+        ack: bool,
+        delay: float,
+        wait: bool,
+    ) -> Awaitable[None]:
+        """Ack or nack deliveries: buffered until the loop pass ends, or, with ``wait``,
+        sent at once and confirmed by the broker."""
+        ...
+
+    async def flush_acks(self, conn: object, consumer_id: int) -> None:
+        """Send a consumer's buffered settlements and wait for the broker's answers; raise
+        the first failure of an unawaited one."""
+        ...
+
+    def take_ack_error(self, conn: object, consumer_id: int) -> FelixError | None:
+        """The first failure of a consumer's unawaited settlements, once."""
         ...
 
     async def log_identity(self, spec: dict[str, Any]) -> tuple[int, int] | None:
@@ -369,6 +393,11 @@ class Subscription:
         self.log_identity: tuple[int, int] | None = None
         """The followed log's ``(uid, created_ms)`` (read only with ``reconnect`` on)."""
 
+    @property
+    def buffered(self) -> int:
+        """Records received and not read yet: the next ``buffered`` reads do not wait."""
+        return len(self._pending)
+
     async def __aenter__(self) -> Subscription:
         await self.open()
         return self
@@ -546,7 +575,8 @@ class Subscription:
 
 
 class QueueMessage:
-    """A message delivered to a queue consumer. Settle it with :meth:`ack` or :meth:`nack`."""
+    """A message delivered to a queue consumer. Settle it with :meth:`ack` or :meth:`nack`
+    (cheap: no round trip), or :meth:`ack_sync` / :meth:`nack_sync` (wait for the broker)."""
 
     __slots__ = (
         "_backend",
@@ -582,24 +612,77 @@ class QueueMessage:
             f"payload={self.payload[:40]!r})"
         )
 
-    async def ack(self) -> None:
+    async def ack(self) -> None:  # the hot path: _settle inlined
         """Finish the message: it will not be delivered again.
 
+        Does not wait for the broker: the ack leaves with the others of this loop pass, in
+        one frame. A failure the broker reports later (the delivery had timed out and was
+        handed out again) is raised by the consumer's next step (``async for`` or
+        :meth:`Consumer.flush_acks`). Use :meth:`ack_sync` to wait for the confirmation.
+
         Raises:
-            FelixError: the broker refused (``NotFound`` for an unknown delivery) or the
-                connection is gone (the broker will redeliver).
+            NotFound: the consumer has ended (queue deleted, consumer closed) or the message
+                was settled already.
+            ConnectionLost: the connection is gone (the broker will redeliver).
         """
-        await self._backend.settle(self._conn, self.consumer_id, self.delivery_id, True, 0.0)
+        if self.settled:
+            raise NotFound(f"delivery {self.delivery_id} was settled already")
+        await self._backend.settle(self._conn, self.consumer_id, [self.delivery_id], True, 0, False)
         self.settled = True
+
+    async def ack_sync(self) -> None:
+        """Finish the message and wait until the broker confirms it.
+
+        Raises:
+            FelixError: as for :meth:`ack`, and the broker's refusal (``NotFound`` for a
+                delivery it no longer holds) or ``RequestTimeout``.
+        """
+        await self._settle(True, 0.0, True)
 
     async def nack(self, delay: float = 0.0) -> None:
-        """Return the message for redelivery, after ``delay`` seconds.
+        """Return the message for redelivery, after ``delay`` seconds; like :meth:`ack`,
+        without waiting for the broker.
 
         Raises:
+            InvalidArgument: a negative, infinite or NaN ``delay``.
             FelixError: as for :meth:`ack`.
         """
-        await self._backend.settle(self._conn, self.consumer_id, self.delivery_id, False, delay)
+        await self._settle(False, delay, False)
+
+    async def nack_sync(self, delay: float = 0.0) -> None:
+        """:meth:`nack` and wait until the broker confirms it (see :meth:`ack_sync`)."""
+        await self._settle(False, delay, True)
+
+    async def _settle(self, ack: bool, delay: float, wait: bool) -> None:
+        if self.settled:
+            raise NotFound(f"delivery {self.delivery_id} was settled already")
+        await self._backend.settle(
+            self._conn, self.consumer_id, [self.delivery_id], ack, delay, wait
+        )
         self.settled = True
+
+
+async def settle_many(
+    messages: Iterable[QueueMessage], ack: bool, delay: float = 0.0, wait: bool = False
+) -> None:
+    """Ack or nack many messages, one frame per consumer (see :meth:`Consumer.ack_many`).
+
+    Raises:
+        NotFound: a message was settled already, or its consumer has ended.
+        FelixError: with ``wait``, the broker's refusal.
+    """
+    groups: dict[tuple[int, int], list[QueueMessage]] = {}
+    for msg in messages:
+        if msg.settled:
+            raise NotFound(f"delivery {msg.delivery_id} was settled already")
+        groups.setdefault((id(msg._conn), msg.consumer_id), []).append(msg)
+    for group in groups.values():
+        first = group[0]
+        await first._backend.settle(
+            first._conn, first.consumer_id, [m.delivery_id for m in group], ack, delay, wait
+        )
+        for msg in group:
+            msg.settled = True
 
 
 class Consumer:
@@ -610,8 +693,11 @@ class Consumer:
                 handle(msg.payload)
                 await msg.ack()
 
-    The broker holds at most ``prefetch`` unsettled deliveries for this consumer. Closing
-    returns unsettled ones for redelivery.
+    The broker holds at most ``prefetch`` unsettled deliveries for this consumer. Acks and
+    nacks do not wait for the broker: those of one loop pass leave in one frame, and a
+    failure the broker reports later is raised by the next ``async for`` step (or
+    :meth:`flush_acks`). Closing sends the buffered settlements and waits for their answers
+    first; unsettled deliveries then go back for redelivery.
     """
 
     def __init__(self, backend: Backend, spec: dict[str, Any]) -> None:
@@ -642,13 +728,50 @@ class Consumer:
         self._conn, self._inbox, self.consumer_id = conn, inbox, started.consumer_id
 
     async def close(self) -> None:
-        """Leave the group (best effort); unsettled deliveries go back to the queue."""
+        """Send the buffered settlements, then leave the group (best effort); unsettled
+        deliveries go back to the queue."""
         if self._closed:
             return
         self._closed = True
         if self.consumer_id is not None:
             with anyio.CancelScope(shield=True):
+                with contextlib.suppress(FelixError):  # a failed ack is redelivered anyway
+                    await self._backend.flush_acks(self._conn, self.consumer_id)
                 await self._backend.close_feed(self._conn, "con", self.consumer_id)
+
+    async def ack_many(self, messages: Iterable[QueueMessage], *, wait: bool = False) -> None:
+        """Ack many messages in one frame (per consumer).
+
+        Args:
+            messages: messages of this consumer (others are settled on their own consumer).
+            wait: wait until the broker confirms.
+
+        Raises:
+            NotFound: a message was settled already, or its consumer has ended.
+            FelixError: with ``wait``, the broker's refusal.
+        """
+        await settle_many(messages, True, 0.0, wait)
+
+    async def nack_many(
+        self, messages: Iterable[QueueMessage], delay: float = 0.0, *, wait: bool = False
+    ) -> None:
+        """Return many messages for redelivery after ``delay`` seconds, in one frame.
+
+        Raises:
+            InvalidArgument: a negative, infinite or NaN ``delay``.
+            FelixError: as for :meth:`ack_many`.
+        """
+        await settle_many(messages, False, delay, wait)
+
+    async def flush_acks(self) -> None:
+        """Send the buffered settlements now and wait until the broker answered all of
+        this consumer's.
+
+        Raises:
+            FelixError: the first failure the broker reported for one of them.
+        """
+        if self.consumer_id is not None and self._conn is not None:
+            await self._backend.flush_acks(self._conn, self.consumer_id)
 
     async def __anext__(self) -> QueueMessage:
         """Return the next delivery, waiting for it.
@@ -663,8 +786,20 @@ class Consumer:
             if self._inbox is None:
                 await self.open()
             assert self._inbox is not None and self.consumer_id is not None
+            error = self._backend.take_ack_error(self._conn, self.consumer_id)
+            if error is not None:
+                raise error
             try:
-                item = await self._inbox.receive()
+                # What already arrived is taken without yielding, so the acks of a pass
+                # pile up and leave in one frame when the loop next runs the flusher.
+                item = self._inbox.receive_nowait()
+            except anyio.WouldBlock:
+                item = None
+            except (anyio.EndOfStream, anyio.ClosedResourceError):
+                item = None
+            try:
+                if item is None:
+                    item = await self._inbox.receive()
             except (anyio.EndOfStream, anyio.ClosedResourceError):
                 if self._closed:
                     raise StopAsyncIteration from None

@@ -32,7 +32,6 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 
 from felix_proto import events as ev
 from felix_proto.client import ClientConnection
-from felix_proto.errors import LocalProtocolError
 from felix_proto.messages import AckMode, SourceKind
 from felix_runtime.quic_engines import engine_from_env, load_engine
 
@@ -45,7 +44,7 @@ from ._url import BrokerAddress, default_url, parse_url
 from .errors import ConnectionLost, FelixError, Forbidden, NotFound
 from .types import PublishResult, Start, StartLike
 
-__all__ = ["Admin", "Cache", "Client", "connect", "token_tenant"]
+__all__ = ["DEFAULT_PREFETCH", "Admin", "Cache", "Client", "connect", "token_tenant"]
 
 
 def _claims(token: str | None) -> dict[str, Any]:
@@ -84,6 +83,13 @@ def _number(value: object) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     return float(value)
+
+
+DEFAULT_PREFETCH = 256
+"""A consumer's default ``prefetch``: unsettled deliveries the broker may hand it. Acks leave
+coalesced, once per loop pass (or half a prefetch), so the prefetch is the window that keeps
+the broker delivering while the consumer works; 64 left the natural loop waiting for the
+broker between windows."""
 
 
 class Client:
@@ -581,7 +587,7 @@ class Client:
         queue: str,
         *,
         group: str = "default",
-        prefetch: int = 64,
+        prefetch: int = DEFAULT_PREFETCH,
         tenant: str | None = None,
         namespace: str | None = None,
         timeout: float | None = None,
@@ -639,6 +645,8 @@ class Client:
             else reply.consumer_id
         )
         inbox: MemoryObjectReceiveStream[Any] = conn.feed(kind, ident)
+        if kind == "con":  # its acks leave early once half its prefetch is settled
+            conn.acks.early[ident] = max(1, int(s["prefetch"]) // 2)
         return conn, reply, inbox
 
     async def credit(self, conn: object, sub_id: int, messages: int, nbytes: int) -> None:
@@ -666,39 +674,42 @@ class Client:
         finally:
             conn.forget_feed(kind, ident)
 
-    async def settle(
-        self, conn: object, consumer_id: int, delivery_id: int, ack: bool, delay: float
-    ) -> None:
-        """Ack or nack one delivery, waiting for the broker's answer.
+    def settle(
+        self,
+        conn: object,
+        consumer_id: int,
+        delivery_ids: Sequence[int],
+        ack: bool,
+        delay: float,
+        wait: bool,
+    ) -> Awaitable[None]:
+        """Ack or nack deliveries: buffered until the loop pass ends and sent in one frame
+        per consumer; with ``wait``, sent now and confirmed (see ``felix_client._acks``).
 
         Raises:
             NotFound: the consumer has ended (its queue was deleted, it was closed, its
-                connection was lost) or the delivery is no longer awaiting settlement.
+                connection was lost) or a delivery is no longer awaiting settlement.
             InvalidArgument: a negative, infinite or NaN ``delay``.
+            FelixError: with ``wait``, the broker's refusal or ``RequestTimeout``.
         """
         assert isinstance(conn, Connection)
         wait_ms = 0 if ack else delay_ms(delay)
+        if conn.closed_error is not None:
+            raise NotFound(
+                f"consumer {consumer_id} has ended (connection lost): its deliveries "
+                f"cannot be settled"
+            )
+        return conn.settle(consumer_id, delivery_ids, ack=ack, delay_ms=wait_ms, wait=wait)
 
-        def call(m: ClientConnection, now: float) -> int:
-            try:
-                awaiting = m.pending_deliveries(consumer_id)
-            except LocalProtocolError:
-                raise NotFound(
-                    f"consumer {consumer_id} has ended (queue deleted, consumer closed or "
-                    f"connection lost): delivery {delivery_id} cannot be settled"
-                ) from None
-            if delivery_id not in awaiting:
-                raise NotFound(f"delivery {delivery_id} is not awaiting settlement")
-            if ack:
-                rid = m.ack(consumer_id, [delivery_id], now=now, timeout=self.timeout)
-            else:
-                rid = m.nack(
-                    consumer_id, [delivery_id], delay_ms=wait_ms, now=now, timeout=self.timeout
-                )
-            assert rid is not None  # confirmed settlements always get an id
-            return rid
+    async def flush_acks(self, conn: object, consumer_id: int) -> None:
+        """Send a consumer's buffered settlements and wait for the broker's answers."""
+        assert isinstance(conn, Connection)
+        await conn.flush_acks(consumer_id)
 
-        await conn.request(call)
+    def take_ack_error(self, conn: object, consumer_id: int) -> FelixError | None:
+        """The first failure of a consumer's unawaited settlements, once."""
+        assert isinstance(conn, Connection)
+        return conn.acks.take_error(consumer_id)
 
     async def log_identity(self, spec: dict[str, Any]) -> tuple[int, int] | None:
         """The followed stream's (or cache's) ``(uid, created_ms)`` from ``describe``: a

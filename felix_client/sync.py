@@ -17,7 +17,7 @@ asyncio by default); every method here submits a call to it and waits. Errors ar
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from types import TracebackType
 from typing import Any
@@ -25,7 +25,7 @@ from typing import Any
 import anyio
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
-from ._streams import QueueMessage
+from ._streams import QueueMessage, settle_many
 from .client import Cache, Client
 from .types import CacheEntry, Event, PublishResult, StartLike
 
@@ -153,6 +153,18 @@ class BlockingClient:
             if not self._closed:
                 self._call(consumer.close)
 
+    def ack_many(self, messages: Iterable[BlockingQueueMessage], *, wait: bool = False) -> None:
+        """Ack many deliveries in one frame per consumer (see :meth:`Consumer.ack_many`)."""
+        msgs = [m.message for m in messages]
+        self._call(settle_many, msgs, True, 0.0, wait)
+
+    def nack_many(
+        self, messages: Iterable[BlockingQueueMessage], delay: float = 0.0, *, wait: bool = False
+    ) -> None:
+        """Nack many deliveries in one frame per consumer (see :meth:`Consumer.nack_many`)."""
+        msgs = [m.message for m in messages]
+        self._call(settle_many, msgs, False, delay, wait)
+
     def cache(self, name: str, **kwargs: Any) -> BlockingCache:
         """See :meth:`Client.cache`."""
         return BlockingCache(self._portal, self._client.cache(name, **kwargs))
@@ -184,12 +196,21 @@ class BlockingQueueMessage:
         self.attempt = msg.attempt
 
     def ack(self) -> None:
-        """See :meth:`QueueMessage.ack`."""
+        """See :meth:`QueueMessage.ack`: does not wait for the broker's answer (a failure
+        it reports is raised by the consumer's iterator at its next step)."""
         self._portal.call(self.message.ack)
 
+    def ack_sync(self) -> None:
+        """See :meth:`QueueMessage.ack_sync`: waits for the broker's confirmation."""
+        self._portal.call(self.message.ack_sync)
+
     def nack(self, delay: float = 0.0) -> None:
-        """See :meth:`QueueMessage.nack`."""
+        """See :meth:`QueueMessage.nack` (does not wait for the broker's answer)."""
         self._portal.call(self.message.nack, delay)
+
+    def nack_sync(self, delay: float = 0.0) -> None:
+        """See :meth:`QueueMessage.nack_sync`: waits for the broker's confirmation."""
+        self._portal.call(self.message.nack_sync, delay)
 
 
 class BlockingCache:

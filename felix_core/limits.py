@@ -136,8 +136,10 @@ class BrokerConfig:
     """Largest outstanding byte credit of one subscription (larger grants are clamped)."""
 
     # -- stream defaults and caps ---------------------------------------------------------
-    stream_retention_max_records: int | None = 100_000
-    """Default count retention of a stream (None: unbounded by count)."""
+    stream_retention_max_records: int | None = None
+    """Default count retention of a stream (None, the default: bounded by bytes only; a
+    count bound of 100,000 once dropped records of small messages that one subscriber
+    reading flat out was about to read)."""
     stream_retention_max_bytes: int = 64 * MiB
     """Default byte retention of a stream; a stream is always bounded by bytes."""
     stream_retention_max_age_ms: int | None = None

@@ -23,10 +23,21 @@ Records that are not in memory: a read may answer
 stops there, and the owner pumps again when the log says they can be read.
 
 Batching: a slice of at least ``max_events`` records or ``max_bytes`` bytes goes out at
-once; a smaller one waits until the stream's flush deadline (``now + max_delay`` when a
-partial batch first waited), which :meth:`Fanout.get_timer` reports and
-:meth:`Fanout.handle_timer` honours. Credit grants and resumes flush at once: the records
-that were held back have already waited.
+once; a smaller one waits until the stream's flush deadline, which :meth:`Fanout.get_timer`
+reports and :meth:`Fanout.handle_timer` honours. The deadline depends on ``max_delay``:
+
+* at least :data:`PASS_FLUSH_BELOW_S` (1 ms, a delay an event loop can honour): ``now +
+  max_delay`` when a partial batch first waited, a real timer;
+* above 0 and below it (the default, 250 us): the end of the current pass of the loop.
+  The deadline is the ``now`` of the input that left the partial batch, so it is already
+  due; the glue fires what is due once the pass has fed every datagram that arrived
+  (``FelixServer.datagrams_to_send``), so every record published in one pass leaves in one
+  batch, with no timer: asyncio rounds a sub-millisecond wait up to a whole millisecond,
+  which made a 250 us delay cost more than 1 ms;
+* 0: no batching, every append is delivered at once.
+
+Credit grants and resumes flush at once: the records that were held back have already
+waited.
 
 Ordering and gaps: a cursor only moves forward by the length of the slice it received, so
 every subscription sees its records in offset order with no gap, unless a
@@ -55,6 +66,7 @@ from felix_core.log import Log, LogSlice, MemoryLog, ReadPending, TooOld, record
 from felix_core.settings import BatchPolicy, SlowConsumerPolicy, StreamSettings
 
 __all__ = [
+    "PASS_FLUSH_BELOW_S",
     "BatchPolicy",
     "Fanout",
     "SlowConsumerPolicy",
@@ -64,6 +76,12 @@ __all__ = [
     "Subscription",
     "batch_byte_size",
 ]
+
+
+PASS_FLUSH_BELOW_S = 0.001
+"""A batch delay shorter than this (and above 0) flushes at the end of the loop's pass
+instead of on a timer: event loops do not honour shorter waits (asyncio rounds them up to
+1 ms). See the module docstring."""
 
 
 class StartKind(IntEnum):
@@ -344,7 +362,9 @@ class Fanout:
         if not waiting:
             self._flush_at = None
         elif self._flush_at is None:
-            self._flush_at = now + self.batch.max_delay_s
+            delay = self.batch.max_delay_s
+            # Below what a loop can wait: due now, fired when the pass ends (see above).
+            self._flush_at = now + delay if delay >= PASS_FLUSH_BELOW_S else now
 
     def _deliver_group(self, offset: int, subs: list[Subscription], end: int, force: bool) -> bool:
         """Deliver to subscriptions sharing a cursor; True if a partial batch is waiting."""

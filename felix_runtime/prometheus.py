@@ -344,6 +344,7 @@ class PrometheusObserver(ServerObserver):
             ["source"],
             registry=registry,
         )
+        self._delivered_by_source: dict[str, tuple[Counter, Counter]] = {}
         self.batches_encoded = Counter(
             "felix_event_batches_encoded", "Event batches encoded (once each)", registry=registry
         )
@@ -471,8 +472,14 @@ class PrometheusObserver(ServerObserver):
         self.enqueue_bytes.inc(nbytes)
 
     def delivered(self, source: str, records: int, nbytes: int) -> None:
-        self.deliveries.labels(source).inc(records)
-        self.delivered_bytes.labels(source).inc(nbytes)
+        # Called per queue delivery: labels() costs more than the increments, so each
+        # source's children are looked up once ("stream" and "queue": bounded).
+        children = self._delivered_by_source.get(source)
+        if children is None:
+            children = (self.deliveries.labels(source), self.delivered_bytes.labels(source))
+            self._delivered_by_source[source] = children
+        children[0].inc(records)
+        children[1].inc(nbytes)
 
     def event_batch_encoded(self, subscribers: int, nbytes: int) -> None:
         self.batches_encoded.inc()

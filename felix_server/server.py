@@ -29,10 +29,12 @@ and recomputed only for the sessions touched since the last :meth:`get_timer`: t
 received a datagram, had a timer fire, transmitted or were told to shut down. Nothing else
 changes a session's deadline, so an idle connection costs nothing per loop pass.
 
-Each call to :meth:`datagrams_to_send` asks the :class:`~felix_server.router.Router` which
-connections have engine events waiting and transmits those and every session touched by an
-input: each takes its mail (a distinct :class:`~felix_core.log.LogSlice` is encoded once per
-pass, :class:`~felix_server.batches.EncodedBatches`, and the same bytes are written to every
+Each call to :meth:`datagrams_to_send` first fires the engine's deadlines that are due (the
+end of a pass is when a stream's partial batches are delivered), then asks the
+:class:`~felix_server.router.Router` which connections have engine events waiting and
+transmits those and every session touched by an input: each takes its mail (a distinct
+:class:`~felix_core.log.LogSlice` is encoded once per pass,
+:class:`~felix_server.batches.EncodedBatches`, and the same bytes are written to every
 subscription stream it goes to), moves its Felix writes into QUIC and returns QUIC's
 datagrams. Back-pressure is applied there too (see :mod:`felix_server.session`). A transmit
 can give other connections mail (a cancelled consumer's messages go to its group's other
@@ -398,6 +400,9 @@ class FelixServer:
         out = self._stateless
         self._stateless = []
         self._refusals_left = MAX_REFUSALS_PER_PASS
+        # The pass ends: flush what is due, such as the partial batches of this pass's
+        # publishes (their deadline is the pass itself: felix_core.streams, "Batching").
+        self.router.handle_timer(now)
         sessions, dirty = self._sessions, self._dirty
         for _ in range(4):  # a transmit can give other connections mail; bounded
             for conn_id in self.router.ready(now):  # the router names who has mail

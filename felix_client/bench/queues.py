@@ -18,6 +18,7 @@ from typing import Any
 
 import anyio
 
+from ..client import DEFAULT_PREFETCH
 from . import raw_quic
 from .report import Figure
 from .runner import Runner
@@ -27,9 +28,9 @@ from .workers import JobContext
 __all__ = ["consume_job", "enqueue_job", "run"]
 
 MODULE = "felix_client.bench.queues"
-BACKLOG_PER_CONSUMER = 256
+BACKLOG_PER_CONSUMER = 4 * DEFAULT_PREFETCH
 """Most messages the producer keeps enqueued and not yet acked, per consumer: four times
-the client's default prefetch (64), so a consumer never waits for the producer, while the
+the client's default prefetch, so a consumer never waits for the producer, while the
 drain after the producer stops stays short."""
 GROUP = "bench"
 

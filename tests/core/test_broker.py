@@ -103,7 +103,7 @@ def test_publish_subscribe_and_batches() -> None:
     assert b.publish(9, T, N, "s", [b"a", b"b", b"c"], now=1.0) == (0, 2)
     assert batches(b.drain_events()) == [[b"a", b"b"]]
     deadline = b.get_timer()
-    assert deadline == pytest.approx(1.00025)
+    assert deadline == 1.0  # a delay below 1 ms: due now, fired when the loop's pass ends
     b.handle_timer(deadline)
     assert batches(b.drain_events()) == [[b"c"]]
     assert b.get_timer() is None
@@ -455,16 +455,17 @@ def test_shutdown() -> None:
 
 def test_timer_heap_drops_stale_and_closed_entries() -> None:
     b = broker()
-    b.create("stream", T, N, "s", {"batch_max_events": 10}, now=0.0)
+    # A 2 ms delay is a real timer (a shorter one flushes at the end of the loop's pass).
+    b.create("stream", T, N, "s", {"batch_max_events": 10, "batch_max_delay_us": 2000}, now=0.0)
     sid, _ = b.subscribe(1, T, N, "s", now=0.0)
     b.publish(1, T, N, "s", [b"a"], now=1.0)
-    assert b.get_timer() == pytest.approx(1.00025)
+    assert b.get_timer() == pytest.approx(1.002)
     b.add_credit(1, sid, 1, 0, now=1.0001)  # a credit grant flushes at once
     assert batches(b.drain_events()) == [[b"a"]]
     assert b.get_timer() is None  # the stale deadline was dropped
     b.publish(1, T, N, "s", [b"b"], now=2.0)
     b.publish(1, T, N, "s", [b"c"], now=2.0001)  # the first deadline stands
-    assert b.get_timer() == pytest.approx(2.00025)
+    assert b.get_timer() == pytest.approx(2.002)
     b.delete("stream", T, N, "s", now=2.0001)
     b.handle_timer(3.0)  # the deleted stream's entry is skipped
     assert b.get_timer() is None
@@ -507,10 +508,11 @@ def test_dead_letter_target_missing_is_tolerated() -> None:
 
 def test_timer_heap_reschedules_a_changed_deadline() -> None:
     b = broker()
-    b.create("stream", T, N, "s", {"batch_max_events": 10, "retention_max_age_ms": 5000}, now=0.0)
+    settings = {"batch_max_events": 10, "batch_max_delay_us": 2000, "retention_max_age_ms": 5000}
+    b.create("stream", T, N, "s", settings, now=0.0)
     sid, _ = b.subscribe(1, T, N, "s", now=0.0)
     b.publish(1, T, N, "s", [b"a"], now=1.0)
-    assert b.get_timer() == pytest.approx(1.00025)  # the flush comes before the age limit
+    assert b.get_timer() == pytest.approx(1.002)  # the flush comes before the age limit
     b.add_credit(1, sid, 1, 0, now=1.0001)
     assert b.get_timer() == pytest.approx(6.0015)  # now the age deadline
     b.handle_timer(6.0015)
