@@ -28,6 +28,7 @@ from felix_core.events import Appended, EngineEvent
 from felix_core.limits import BrokerConfig
 from felix_core.log import Log, MemoryMeter
 from felix_core.metadata import Kind, Path, ResourceRecord
+from felix_core.queue_journal import QueueJournal
 from felix_core.queues import Consumer, Queue, QueueContext
 from felix_core.settings import BatchPolicy, StreamSettings, cache_config, queue_config
 from felix_core.streams import Fanout, Stream
@@ -119,18 +120,29 @@ class StreamPartition:
 
 
 class QueuePartition:
-    """A queue: its log and the :class:`~felix_core.queues.Queue` over it."""
+    """A queue: its log and the :class:`~felix_core.queues.Queue` over it; a durable queue
+    also has a state log (:mod:`felix_core.queue_journal`) its groups are rebuilt from."""
 
     kind = Kind.QUEUE
-    __slots__ = ("commits", "generation", "log", "path", "queue", "uid")
+    __slots__ = ("commits", "generation", "log", "path", "queue", "state_log", "uid")
 
-    def __init__(self, record: ResourceRecord, log: Log, context: QueueContext) -> None:
+    def __init__(
+        self,
+        record: ResourceRecord,
+        log: Log,
+        context: QueueContext,
+        state_log: Log | None = None,
+        now: float = 0.0,
+    ) -> None:
         self.path: Path = record.path
         self.uid = record.uid
         self.generation = record.generation
         self.log = log
         self.queue = Queue(record.path, queue_config(record.settings), context, log)
         self.commits = Commits(log)
+        self.state_log = state_log
+        if state_log is not None:
+            self.queue.restore(QueueJournal(state_log), now)
 
     def reconfigure(self, record: ResourceRecord, config: BrokerConfig, now: float) -> None:
         """Apply a newer generation's settings (bounds that shrink drop nothing)."""
@@ -153,6 +165,8 @@ class QueuePartition:
         """
         ended = self.queue.end("deleted")
         self.log.close()
+        if self.state_log is not None:
+            self.state_log.close()
         return ended
 
     def stats(self, now: float) -> dict[str, Any]:

@@ -98,6 +98,7 @@ from felix_core.errors import (
 from felix_core.events import ConsumerClosed, EngineEvent, MessageDeadLettered, MessagesDelivered
 from felix_core.log import Log, LogSlice, record_size
 from felix_core.names import validate_name
+from felix_core.queue_journal import GroupState, QueueJournal
 from felix_core.queue_types import (
     DEAD_LETTER_RETRY_S,
     TRIM_EVERY,
@@ -139,7 +140,7 @@ class Queue:
         log: the queue's log.
     """
 
-    __slots__ = ("config", "context", "enqueued", "finished", "groups", "key", "log")
+    __slots__ = ("config", "context", "enqueued", "finished", "groups", "journal", "key", "log")
 
     def __init__(self, key: QueueKey, config: QueueConfig, context: QueueContext, log: Log):
         config.validate(key[2])
@@ -150,6 +151,42 @@ class Queue:
         self.groups: dict[str, ConsumerGroup] = {}
         self.enqueued = 0
         self.finished = 0  # messages finished since the last trim
+        self.journal: QueueJournal | None = None
+        """A durable queue's state log (None: the group state lives in memory only)."""
+
+    # -- durability -------------------------------------------------------------------------
+
+    def restore(self, journal: QueueJournal, now: float) -> None:
+        """Rebuild the groups from a durable queue's state log, then write to it.
+
+        Every unfinished offset becomes deliverable again with the attempts it was charged
+        (a delivery in flight at the crash was charged when it was made), or is dead-lettered
+        if they are used up; finished offsets never come back. A cursor or offset outside
+        the recovered log (it lost a tail, or trimmed past it) is clamped to it. Dispatch
+        afterwards.
+        """
+        log = self.log
+        first, end = log.first_offset, log.next_offset
+        for name, state in sorted(journal.load().items()):
+            g = self.groups[name] = ConsumerGroup(name, self)
+            g.cursor = min(max(state.cursor, first), end)
+            for offset in sorted(state.attempts):
+                if first <= offset < g.cursor:
+                    g.outstanding[offset] = state.attempts[offset]
+        self.journal = journal
+        journal.checkpoint(self.snapshot())
+        for g in self.groups.values():
+            for offset in list(g.outstanding):
+                g.give_back(offset, now, now, "consumer_lost")
+
+    def snapshot(self) -> dict[str, GroupState]:
+        """Every group's cursor and unfinished offsets with their charged attempts."""
+        return {name: GroupState(g.cursor, dict(g.outstanding)) for name, g in self.groups.items()}
+
+    def _journal_tick(self) -> None:
+        journal = self.journal
+        if journal is not None and journal.due():
+            journal.checkpoint(self.snapshot())
 
     # -- producing --------------------------------------------------------------------------
 
@@ -199,6 +236,7 @@ class Queue:
         """Hand what became deliverable to every group's consumers."""
         for g in self.groups.values():
             g.dispatch(now)
+        self._journal_tick()
 
     def append_one(
         self, payload: bytes, now: float, key: bytes | None, headers: dict[str, bytes] | None
@@ -277,6 +315,8 @@ class Queue:
         if g is None:
             self.trim()
             g = self.groups[group] = ConsumerGroup(group, self)
+            if self.journal is not None:
+                self.journal.group(group, g.cursor)
         c = Consumer(consumer_id, connection_id, g, prefetch, paused)
         g.consumers.append(c)
         return c
@@ -313,7 +353,7 @@ class Queue:
         g.alive(c)
         mine = c.inflight
         unknown: list[int] = []
-        done = 0
+        offsets: list[int] = []
         for did in delivery_ids:
             d = mine.pop(did, None)
             if d is None:
@@ -321,12 +361,16 @@ class Queue:
                 continue
             del g.inflight[did]
             del g.outstanding[d.offset]
-            done += 1
+            offsets.append(d.offset)
+        done = len(offsets)
+        if self.journal is not None:
+            self.journal.finished(g.name, offsets)
         g.acked += done
         self.finished += done
         if self.finished >= TRIM_EVERY:
             self.trim()
         g.dispatch(now)
+        self._journal_tick()
         _raise_unknown(unknown)
 
     def nack(
@@ -363,6 +407,7 @@ class Queue:
             else:
                 g.dead_letter(d.offset, "rejected", "rejected", now)
         g.dispatch(now)
+        self._journal_tick()
         _raise_unknown(unknown)
 
     def backlog(self, c: Consumer) -> tuple[int, int]:
@@ -385,6 +430,7 @@ class Queue:
             g.fire(now)
         if self.finished:
             self.trim()
+        self._journal_tick()
 
     # -- administration ---------------------------------------------------------------------
 
@@ -422,6 +468,8 @@ class Queue:
             raise NotFound(f"group {group!r} not found", details={"group": group})
         ended = self._end_group(g, "deleted")
         del self.groups[group]
+        if self.journal is not None:
+            self.journal.deleted(group)
         self.trim()
         return ended
 
@@ -688,6 +736,9 @@ class ConsumerGroup:
         """
         if not charged:
             self.outstanding[offset] -= 1
+            journal = self.queue.journal
+            if journal is not None:
+                journal.attempts(self.name, [(offset, self.outstanding[offset])])
         limit = self.queue.config.max_attempts
         if limit is not None and self.outstanding[offset] >= limit:
             self.dead_letter(offset, "max_attempts", failure, now)
@@ -722,6 +773,8 @@ class ConsumerGroup:
                 tg.dispatch(now)
             ctx.touched.add(tq)
         del self.outstanding[offset]
+        if q.journal is not None:
+            q.journal.finished(self.name, [offset])
         self.dead_lettered += 1
         ctx.dead_lettered += 1
         q.finished += 1
@@ -810,6 +863,10 @@ class ConsumerGroup:
                 did += 1
         self.delivered += did - first_id
         ctx.next_delivery_id = did
+        if q.journal is not None:
+            q.journal.attempts(
+                self.name, [(d.offset, d.attempt) for ds in batches.values() for d in ds]
+            )
         self.rr = rr
         out = ctx.out
         for c, ds in batches.items():

@@ -23,9 +23,10 @@ from felix_core.cache import CACHE_COUNTERS, CacheStats, CacheTotals
 from felix_core.errors import EngineError, NotFound
 from felix_core.events import EngineEvent
 from felix_core.limits import BrokerConfig, MemoryBudget
-from felix_core.log import LogStore
+from felix_core.log import Log, LogStore
 from felix_core.metadata import Kind, Path, ResourceRecord
 from felix_core.partitions import CachePartition, Partition, QueuePartition, StreamPartition
+from felix_core.queue_journal import STATE_SEGMENT_BYTES, state_path
 from felix_core.queues import Consumer, Queue, QueueContext, QueueKey, QueueStats, QueueTotals
 from felix_core.settings import BatchPolicy
 from felix_proto.deadlines import Deadlines
@@ -146,7 +147,7 @@ class Registry:
             return ended
         if current is None:
             try:
-                self._build(kind, record)
+                self._build(kind, record, now)
             except EngineError:
                 return ended  # settings this engine cannot take: the resource stays absent
         elif record.generation > current.generation:
@@ -154,19 +155,31 @@ class Registry:
             self.reschedule(current)
         return ended
 
-    def _build(self, kind: Kind, record: ResourceRecord) -> None:
+    def _build(self, kind: Kind, record: ResourceRecord, now: float) -> None:
         path = record.path
         log = self.logs.open_log(kind.value, path, record.settings, self.budget)
+        state_log: Log | None = None
         try:
             if kind is Kind.STREAM:
                 self.streams[path] = StreamPartition(record, log, self.config, self.out)
             elif kind is Kind.QUEUE:
-                self.queues[path] = QueuePartition(record, log, self.queue_context)
+                if self.logs.durable and record.settings.get("durability") == "durable":
+                    # the group state of a durable queue: an internal log beside it
+                    state_log = self.logs.open_log(
+                        kind.value,
+                        state_path(path),
+                        {**record.settings, "segment_bytes": STATE_SEGMENT_BYTES},
+                        self.budget,
+                    )
+                self.queues[path] = QueuePartition(record, log, self.queue_context, state_log, now)
             else:
                 self.caches[path] = CachePartition(record, log, self.budget, self._feed_batch)
         except EngineError:
             log.close()
             self.logs.drop_log(kind.value, path)
+            if state_log is not None:
+                state_log.close()
+                self.logs.drop_log(kind.value, state_path(path))
             raise
 
     def _drop(self, partition: Partition) -> list[Consumer]:
@@ -180,6 +193,8 @@ class Registry:
         elif isinstance(partition, QueuePartition):
             del self.queues[path]
             ended = partition.close()
+            if partition.state_log is not None:
+                self.logs.drop_log(kind.value, state_path(path))
         else:
             del self.caches[path]
             for name in CACHE_COUNTERS:

@@ -1,0 +1,304 @@
+"""The state log of a durable queue: group cursors, attempts and finished messages.
+
+A durable queue's messages live in its log; what its consumer groups did with them lives
+here, as records of a second, internal log (the *state log*, a
+:class:`~felix_core.disklog.DiskLog` from the same store, in the directory of the queue's
+name plus ``~state``, which no resource name can take). The record format is specified in
+docs/storage-format.md ("Queue state log"); in short, every record is one state change of
+one group:
+
+* ``GROUP``: a group was created at a cursor;
+* ``ATTEMPTS``: offsets were handed out (or given an attempt back), with the attempts now
+  charged to each; the group's cursor moves past them;
+* ``FINISHED``: offsets left the group (acked, or moved out as dead letters);
+* ``DELETED``: the group was deleted;
+* ``CHECKPOINT``: the whole state of every group; replay starts over from it.
+
+Replaying the retained records in order gives back each group's cursor and its unfinished
+offsets with their charged attempts (:func:`replay`). A delivery in flight at the crash was
+recorded when it was handed out, so it counts as an attempt; an ack is recorded when it
+is made, so an acked message never comes back. What is *not* recorded (timing: delayed
+nacks, visibility deadlines; parked dead letters) comes back as "ready" after a restart.
+
+Compaction: after :data:`CHECKPOINT_EVERY` records the journal appends a checkpoint and
+drops every record before it (the log deletes whole segments, so the state log is bounded by
+a checkpoint, the records after it and one segment).
+
+A write the state log refuses (disk full, a failed fsync) loses that record only: the
+journal counts it in :attr:`QueueJournal.lost` and goes on; the next checkpoint writes the
+whole state again. Every loss errs on the side of redelivery (at-least-once), never of
+losing a message.
+
+Pure: the journal writes through the :class:`~felix_core.log.Log` interface and is tested
+over :class:`~felix_core.filesystem.MemoryFileSystem`.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+
+from felix_core.errors import InvalidArgument, StorageFailed, StorageFull
+from felix_core.log import Log, LogSlice
+
+__all__ = [
+    "CHECKPOINT_EVERY",
+    "STATE_SUFFIX",
+    "GroupState",
+    "QueueJournal",
+    "StateRecordError",
+    "decode",
+    "encode_attempts",
+    "encode_checkpoint",
+    "encode_deleted",
+    "encode_finished",
+    "encode_group",
+    "replay",
+    "state_path",
+]
+
+STATE_SUFFIX = "~state"
+"""Appended to a queue's name for its state log's path (``~`` is never in a name)."""
+CHECKPOINT_EVERY = 4096
+"""State records between two checkpoints."""
+STATE_SEGMENT_BYTES = 1 << 20
+"""Segment size of a state log (small, so compaction frees space soon)."""
+
+GROUP, ATTEMPTS, FINISHED, DELETED, CHECKPOINT = 1, 2, 3, 4, 5
+
+_HEAD = struct.Struct("<BB")  # type, group name length
+_U64 = struct.Struct("<Q")
+_U32 = struct.Struct("<I")
+_PAIR = struct.Struct("<QI")  # offset, attempts
+
+
+class StateRecordError(InvalidArgument):
+    """A state record that cannot be decoded (a bug or damage the log's CRC missed)."""
+
+
+@dataclass(slots=True)
+class GroupState:
+    """One group as the state log knows it."""
+
+    cursor: int
+    attempts: dict[int, int] = field(default_factory=dict)
+    """Unfinished offset -> attempts charged to it, for offsets below ``cursor``."""
+
+
+def state_path(path: tuple[str, str, str]) -> tuple[str, str, str]:
+    """The path a queue's state log is opened under."""
+    return (path[0], path[1], path[2] + STATE_SUFFIX)
+
+
+def _head(kind: int, group: str) -> bytes:
+    name = group.encode()
+    return _HEAD.pack(kind, len(name)) + name
+
+
+def encode_group(group: str, cursor: int) -> bytes:
+    """``GROUP``: ``group`` was created with ``cursor``."""
+    return _head(GROUP, group) + _U64.pack(cursor)
+
+
+def encode_attempts(group: str, pairs: Iterable[tuple[int, int]]) -> bytes:
+    """``ATTEMPTS``: each ``(offset, attempts)`` is handed out with that many charged."""
+    body = b"".join(_PAIR.pack(o, a) for o, a in pairs)
+    return _head(ATTEMPTS, group) + _U32.pack(len(body) // _PAIR.size) + body
+
+
+def encode_finished(group: str, offsets: Iterable[int]) -> bytes:
+    """``FINISHED``: the offsets left the group (acked or dead-lettered)."""
+    body = b"".join(_U64.pack(o) for o in offsets)
+    return _head(FINISHED, group) + _U32.pack(len(body) // _U64.size) + body
+
+
+def encode_deleted(group: str) -> bytes:
+    """``DELETED``: the group was deleted."""
+    return _head(DELETED, group)
+
+
+def encode_checkpoint(groups: Mapping[str, GroupState]) -> bytes:
+    """``CHECKPOINT``: every group's whole state (groups and offsets in order)."""
+    parts = [_head(CHECKPOINT, ""), _U32.pack(len(groups))]
+    for name in sorted(groups):
+        g = groups[name]
+        encoded = name.encode()
+        parts.append(bytes([len(encoded)]) + encoded + _U64.pack(g.cursor))
+        parts.append(_U32.pack(len(g.attempts)))
+        parts.extend(_PAIR.pack(o, g.attempts[o]) for o in sorted(g.attempts))
+    return b"".join(parts)
+
+
+class _Reader:
+    __slots__ = ("data", "pos")
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.pos = 0
+
+    def take(self, s: struct.Struct) -> tuple[int, ...]:
+        if self.pos + s.size > len(self.data):
+            raise StateRecordError("truncated queue state record")
+        values = s.unpack_from(self.data, self.pos)
+        self.pos += s.size
+        return values
+
+    def name(self, n: int) -> str:
+        if self.pos + n > len(self.data):
+            raise StateRecordError("truncated queue state record")
+        raw = self.data[self.pos : self.pos + n]
+        self.pos += n
+        try:
+            return raw.decode()
+        except UnicodeDecodeError:
+            raise StateRecordError("queue state record: group name not UTF-8") from None
+
+    def end(self) -> None:
+        if self.pos != len(self.data):
+            raise StateRecordError("queue state record: trailing bytes")
+
+
+def decode(payload: bytes) -> tuple[int, str, object]:
+    """Decode one record: ``(type, group, body)``; the body is the cursor (GROUP), a list of
+    ``(offset, attempts)`` (ATTEMPTS), a list of offsets (FINISHED), None (DELETED) or a
+    dict of :class:`GroupState` (CHECKPOINT).
+
+    Raises:
+        StateRecordError: the payload is not a valid record.
+    """
+    r = _Reader(payload)
+    kind, n = r.take(_HEAD)
+    group = r.name(n)
+    body: object
+    if kind == GROUP:
+        body = r.take(_U64)[0]
+    elif kind == ATTEMPTS:
+        (count,) = r.take(_U32)
+        body = [(o, a) for o, a in (r.take(_PAIR) for _ in range(count))]
+    elif kind == FINISHED:
+        (count,) = r.take(_U32)
+        body = [r.take(_U64)[0] for _ in range(count)]
+    elif kind == DELETED:
+        body = None
+    elif kind == CHECKPOINT:
+        groups: dict[str, GroupState] = {}
+        (ngroups,) = r.take(_U32)
+        for _ in range(ngroups):
+            name = r.name(r.take(struct.Struct("<B"))[0])
+            g = groups[name] = GroupState(r.take(_U64)[0])
+            (count,) = r.take(_U32)
+            for _ in range(count):
+                o, a = r.take(_PAIR)
+                g.attempts[o] = a
+        body = groups
+    else:
+        raise StateRecordError(f"unknown queue state record type {kind}")
+    r.end()
+    return kind, group, body
+
+
+def replay(payloads: Iterable[bytes]) -> dict[str, GroupState]:
+    """Every group's state after the records in order (a checkpoint starts over).
+
+    Records about a group not yet known (their ``GROUP`` record was compacted away before a
+    checkpoint that follows them) create it, so a replay never fails on a compacted prefix.
+
+    Raises:
+        StateRecordError: a record is not valid.
+    """
+    groups: dict[str, GroupState] = {}
+    for payload in payloads:
+        kind, name, body = decode(payload)
+        if kind == CHECKPOINT:
+            assert isinstance(body, dict)
+            groups = body
+        elif kind == DELETED:
+            groups.pop(name, None)
+        elif kind == GROUP:
+            assert isinstance(body, int)
+            groups[name] = GroupState(body)
+        elif kind == ATTEMPTS:
+            assert isinstance(body, list)
+            g = groups.setdefault(name, GroupState(0))
+            for offset, attempts in body:
+                g.attempts[offset] = attempts
+                g.cursor = max(g.cursor, offset + 1)
+        else:
+            assert isinstance(body, list)
+            g = groups.setdefault(name, GroupState(0))
+            for offset in body:
+                g.attempts.pop(offset, None)
+                g.cursor = max(g.cursor, offset + 1)
+    return groups
+
+
+def _payloads(log: Log) -> Iterator[bytes]:
+    offset = log.first_offset
+    while offset < log.next_offset:
+        got = log.read(offset, 4096, 1 << 30)
+        assert isinstance(got, LogSlice), "a state log is read synchronously"
+        yield from got.payloads
+        offset = got.next_offset
+
+
+class QueueJournal:
+    """Writes one queue's state changes to its state log; see the module docstring.
+
+    Args:
+        log: the state log (recovered or new).
+        checkpoint_every: records between two checkpoints (None: :data:`CHECKPOINT_EVERY`).
+    """
+
+    __slots__ = ("checkpoint_every", "log", "lost", "since")
+
+    def __init__(self, log: Log, checkpoint_every: int | None = None) -> None:
+        self.log = log
+        self.checkpoint_every = CHECKPOINT_EVERY if checkpoint_every is None else checkpoint_every
+        self.since = 0
+        """Records written since the last checkpoint."""
+        self.lost = 0
+        """Records the state log refused (disk full or failed)."""
+
+    def load(self) -> dict[str, GroupState]:
+        """The state the log holds (see :func:`replay`)."""
+        return replay(_payloads(self.log))
+
+    def _write(self, payload: bytes) -> int | None:
+        try:
+            offset = self.log.append(payload, 0)
+        except (StorageFull, StorageFailed):
+            self.lost += 1
+            return None
+        self.since += 1
+        return offset
+
+    def group(self, name: str, cursor: int) -> None:
+        """A group was created."""
+        self._write(encode_group(name, cursor))
+
+    def attempts(self, name: str, pairs: list[tuple[int, int]]) -> None:
+        """Offsets were handed out (or given an attempt back) with these charged attempts."""
+        if pairs:
+            self._write(encode_attempts(name, pairs))
+
+    def finished(self, name: str, offsets: list[int]) -> None:
+        """Offsets left the group."""
+        if offsets:
+            self._write(encode_finished(name, offsets))
+
+    def deleted(self, name: str) -> None:
+        """A group was deleted."""
+        self._write(encode_deleted(name))
+
+    def due(self) -> bool:
+        """Whether a checkpoint is due (enough records, or a write was lost since)."""
+        return self.since >= self.checkpoint_every or self.lost > 0
+
+    def checkpoint(self, groups: Mapping[str, GroupState]) -> None:
+        """Write the whole state and drop the records before it."""
+        offset = self._write(encode_checkpoint(groups))
+        if offset is not None:
+            self.since = 0
+            self.lost = 0
+            self.log.truncate_before(offset)

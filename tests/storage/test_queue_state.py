@@ -1,0 +1,314 @@
+"""A durable queue's group state survives a restart (issue 10): its state log's records
+(golden bytes), the rebuild after a kill -9 or a power loss, max-attempts counting across
+restarts, compaction, and hypothesis-driven crash points checked against the engine's own
+state just before the crash."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from engine_calls import Calls
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from storage_helpers import settle
+
+from felix_core import Broker, BrokerConfig
+from felix_core import queue_journal as qj
+from felix_core import registry as registry_module
+from felix_core.disklog import DiskLogStore
+from felix_core.errors import StorageFull
+from felix_core.events import MessageDeadLettered, MessagesDelivered
+from felix_core.filesystem import MemoryFileSystem
+from felix_core.log import MemoryLog
+from felix_core.metadata import MemoryMetadataStore
+from felix_core.queue_types import QueueDelivery
+
+Q = ("default", "default", "q")
+DURABLE = {"durability": "durable", "max_attempts": 3, "visibility_timeout_ms": 1000}
+
+
+# -- record format ----------------------------------------------------------------------------
+
+GOLDEN = [
+    (qj.encode_group("g", 7), "0101670700000000000000"),
+    (
+        qj.encode_attempts("g", [(5, 1), (6, 2)]),
+        "02016702000000050000000000000001000000060000000000000002000000",
+    ),
+    (qj.encode_finished("g", [5]), "030167010000000500000000000000"),
+    (qj.encode_deleted("g"), "040167"),
+    (
+        qj.encode_checkpoint({"g": qj.GroupState(9, {6: 2})}),
+        "0500010000000167090000000000000001000000060000000000000002000000",
+    ),
+]
+
+
+@pytest.mark.parametrize(("payload", "golden"), GOLDEN)
+def test_state_records_match_the_golden_bytes(payload: bytes, golden: str) -> None:
+    """The bytes docs/storage-format.md ("Queue state log") gives for each record."""
+    assert payload.hex() == golden
+
+
+def test_replay_applies_records_in_order_and_restarts_at_a_checkpoint() -> None:
+    records = [
+        qj.encode_group("a", 0),
+        qj.encode_attempts("a", [(0, 1), (1, 1), (2, 1)]),
+        qj.encode_finished("a", [1]),
+        qj.encode_attempts("a", [(0, 2)]),
+        qj.encode_group("b", 0),
+        qj.encode_deleted("b"),
+    ]
+    state = qj.replay(records)
+    assert state == {"a": qj.GroupState(3, {0: 2, 2: 1})}
+    checkpoint = qj.encode_checkpoint({"c": qj.GroupState(4, {3: 1})})
+    # records before a checkpoint are superseded; those after it apply, even to a group
+    # whose GROUP record was compacted away
+    after = qj.replay([*records, checkpoint, qj.encode_finished("c", [3])])
+    assert after == {"c": qj.GroupState(4, {})}
+    assert qj.replay([qj.encode_attempts("z", [(8, 1)])]) == {"z": qj.GroupState(9, {8: 1})}
+
+
+@pytest.mark.parametrize(
+    "payload", [b"", b"\x09\x00", b"\x01\x01g", b"\x04\x01g!", b"\x04\x01\xff", b"\x03\x01g\x02"]
+)
+def test_a_bad_state_record_is_a_typed_error(payload: bytes) -> None:
+    with pytest.raises(qj.StateRecordError):
+        qj.decode(payload)
+
+
+def test_a_refused_write_is_counted_and_forces_a_checkpoint() -> None:
+    class Full(MemoryLog):
+        refuse = True
+
+        def append(self, *args: Any, **kwargs: Any) -> int:
+            if self.refuse:
+                raise StorageFull("disk full")
+            return super().append(*args, **kwargs)
+
+    log = Full()
+    journal = qj.QueueJournal(log, checkpoint_every=100)
+    journal.group("g", 0)
+    assert (journal.lost, journal.due()) == (1, True)
+    log.refuse = False
+    journal.checkpoint({"g": qj.GroupState(0)})
+    assert (journal.lost, journal.due(), log.record_count) == (0, False, 1)
+
+
+# -- the engine over a data directory ---------------------------------------------------------
+
+
+class World:
+    """A broker on a MemoryFileSystem; :meth:`restart` builds a new one on the same files."""
+
+    def __init__(self, queue_settings: dict[str, Any] | None = None) -> None:
+        self.fs = MemoryFileSystem()
+        self.meta = MemoryMetadataStore()
+        self.now = 1.0
+        self._start()
+        self.calls.create("queue", *Q, queue_settings or DURABLE, now=self.now)
+
+    def _start(self) -> None:
+        self.store = DiskLogStore(self.fs)
+        self.calls = Calls(Broker(BrokerConfig(), logs=self.store, now=self.now), self.meta)
+        self.calls.sync(self.now)
+        self.conn = 1
+        self.calls.broker.attach(self.conn, self.now)
+
+    def restart(self, power_loss: bool = False) -> None:
+        """kill -9 (the page cache survives), or a power loss after a sync of every log."""
+        if power_loss:
+            self.store.handle_timer(self.now + 1000.0)  # every fsync interval has passed
+            settle(self.store, self.now)
+            self.fs.crash()
+        self.now += 1.0
+        self._start()
+
+    def enqueue(self, n: int, tag: str = "m") -> None:
+        payloads = [f"{tag}{i}".encode() for i in range(n)]
+        self.calls.enqueue(self.conn, *Q, payloads, now=self.now)
+
+    def consume(self, prefetch: int, group: str = "g") -> tuple[int, list[QueueDelivery]]:
+        cid = self.calls.consume(self.conn, *Q, group=group, prefetch=prefetch, now=self.now)
+        return cid, self.deliveries()
+
+    def deliveries(self) -> list[QueueDelivery]:
+        return [
+            d
+            for e in self.calls.drain_events()
+            if isinstance(e, MessagesDelivered)
+            for d in e.deliveries
+        ]
+
+    def queue(self) -> Any:
+        return self.calls.broker.registry.queue(Q).queue
+
+
+@pytest.mark.parametrize("power_loss", [False, True])
+def test_acked_messages_never_come_back_and_in_flight_ones_count_an_attempt(
+    power_loss: bool,
+) -> None:
+    w = World()
+    w.enqueue(10)
+    cid, got = w.consume(prefetch=10)
+    assert [d.offset for d in got] == list(range(10))
+    w.calls.ack(w.conn, cid, [d.delivery_id for d in got[:4]], now=w.now)
+    w.restart(power_loss)
+    _, again = w.consume(prefetch=100)
+    assert sorted(d.offset for d in again) == list(range(4, 10))
+    assert {d.attempt for d in again} == {2}  # the delivery in flight at the crash counted
+    assert {d.payload for d in again} == {f"m{i}".encode() for i in range(4, 10)}
+
+
+def test_new_messages_after_the_cursor_come_once_and_groups_keep_their_own_state() -> None:
+    w = World()
+    w.enqueue(3)
+    _, h_first = w.consume(prefetch=1, group="h")
+    assert [d.offset for d in h_first] == [0]
+    cid, got = w.consume(prefetch=10)
+    w.calls.ack(w.conn, cid, [d.delivery_id for d in got], now=w.now)
+    w.restart()
+    w.enqueue(2, tag="n")
+    _, g_got = w.consume(prefetch=100)
+    assert [(d.offset, d.attempt) for d in g_got] == [(3, 1), (4, 1)]
+    _, h_got = w.consume(prefetch=100, group="h")
+    assert sorted((d.offset, d.attempt) for d in h_got) == [(0, 2), (1, 1), (2, 1), (3, 1), (4, 1)]
+
+
+def test_max_attempts_counting_goes_on_across_restarts() -> None:
+    w = World()
+    w.enqueue(1)
+    for attempt in (1, 2, 3):
+        _, got = w.consume(prefetch=1)
+        assert [(d.offset, d.attempt) for d in got] == [(0, attempt)]
+        w.restart()
+    # three attempts were charged (each in flight at a crash): dead-lettered, not delivered
+    events = w.calls.drain_events()
+    (dead,) = [e for e in events if isinstance(e, MessageDeadLettered)]
+    assert (dead.offset, dead.attempts, dead.reason) == (0, 3, "max_attempts")
+    _, got = w.consume(prefetch=1)
+    assert got == []
+    w.restart()
+    assert w.consume(prefetch=1)[1] == []  # the dead letter's move was recorded too
+
+
+def test_an_uncharged_give_back_is_recorded() -> None:
+    w = World()
+    w.enqueue(2)
+    cid, got = w.consume(prefetch=2)
+    assert [d.offset for d in got] == [0, 1]
+    w.calls.cancel_consumer(w.conn, cid, now=w.now)  # charged on offset 0, not on offset 1
+    w.deliveries()
+    w.restart()
+    _, again = w.consume(prefetch=10)
+    assert sorted((d.offset, d.attempt) for d in again) == [(0, 2), (1, 1)]
+
+
+def test_an_ephemeral_queue_has_no_state_log() -> None:
+    w = World({"max_attempts": 3})
+    w.enqueue(1)
+    w.consume(prefetch=1)
+    assert w.queue().journal is None
+    assert not any("~state" in d for d in w.fs.list_dir("logs/queue/default/default"))
+
+
+def test_deleting_a_queue_deletes_its_state_log() -> None:
+    w = World()
+    w.enqueue(1)
+    w.consume(prefetch=1)
+    assert w.fs.list_dir("logs/queue/default/default") == ["q", "q~state"]
+    assert w.fs.list_dir("logs/queue/default/default/q~state") == ["0"]
+    w.calls.delete("queue", *Q, now=w.now)
+    assert w.fs.list_dir("logs/queue/default/default/q~state") == []  # as the queue's own
+    assert w.fs.list_dir("logs/queue/default/default/q") == []
+
+
+def test_checkpoints_keep_the_state_log_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(qj, "CHECKPOINT_EVERY", 50)
+    monkeypatch.setattr(registry_module, "STATE_SEGMENT_BYTES", 4096)
+    w = World()
+    cid, _ = w.consume(prefetch=8)
+    sizes = []
+    for round_ in range(300):
+        w.enqueue(4, tag=f"r{round_}-")
+        got = w.deliveries()
+        w.calls.ack(w.conn, cid, [d.delivery_id for d in got[:3]], now=w.now)
+        w.calls.nack(w.conn, cid, [d.delivery_id for d in got[3:]], now=w.now)
+        sizes.append(w.queue().journal.log.byte_size)
+    # without checkpoints it grows by every record (about 1,200 records, ~60 KB here)
+    assert max(sizes[100:]) < 4 * 4096
+    held = dict(w.queue().groups["g"].outstanding)
+    cursor = w.queue().groups["g"].cursor
+    w.restart()
+    restored = w.queue().groups["g"]
+    assert restored.cursor == cursor
+    # those charged max_attempts (in flight for the 3rd time) are dead-lettered instead
+    assert set(restored.outstanding) == {o for o, a in held.items() if a < 3}
+    assert len(restored.outstanding) < len(held)
+
+
+# -- crash points (hypothesis) ----------------------------------------------------------------
+
+OPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("enqueue"), st.integers(1, 5)),
+        st.tuples(st.just("consume"), st.integers(1, 4)),
+        st.tuples(st.just("ack"), st.integers(0, 3)),
+        st.tuples(st.just("nack"), st.integers(0, 3)),
+        st.tuples(st.just("reject"), st.integers(0, 3)),
+        st.tuples(st.just("cancel"), st.integers(0, 3)),
+        st.tuples(st.just("time"), st.integers(1, 3)),
+        st.tuples(st.just("restart"), st.booleans()),
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(ops=OPS, power_loss=st.booleans())
+def test_a_restart_at_any_point_rebuilds_what_the_engine_held(
+    ops: list[tuple[str, Any]], power_loss: bool
+) -> None:
+    """Whatever happened before, a kill -9 (or a power loss after a sync) leaves a queue
+    that redelivers exactly what its group had not finished, each with the attempts it was
+    charged plus one, or dead-letters it when they are used up; then the new messages."""
+    w = World()
+    for op, arg in ops:
+        group = w.queue().groups.get("g")
+        held = {c.id: list(c.inflight) for c in group.consumers} if group else {}
+        if op == "enqueue":
+            w.enqueue(arg)
+        elif op == "consume":
+            w.calls.consume(w.conn, *Q, group="g", prefetch=arg, now=w.now)
+        elif op == "restart":
+            w.restart(arg)
+        elif op == "time":
+            w.now += arg * 0.6
+            w.calls.broker.handle_timer(w.now)
+        elif held:
+            cid = sorted(held)[arg % len(held)]
+            ids = held[cid][:2]
+            if op == "ack":
+                w.calls.ack(w.conn, cid, ids, now=w.now)
+            elif op in ("nack", "reject"):
+                w.calls.nack(w.conn, cid, ids, requeue=op == "nack", now=w.now)
+            else:
+                w.calls.cancel_consumer(w.conn, cid, now=w.now)
+        w.deliveries()
+    group = w.queue().groups.get("g")
+    owed = {} if group is None else dict(group.outstanding)
+    cursor = None if group is None else group.cursor
+    end = w.queue().log.next_offset
+    w.restart(power_loss)
+    events = w.calls.drain_events()
+    dead = {e.offset for e in events if isinstance(e, MessageDeadLettered)}
+    _, got = w.consume(prefetch=1000)
+    expected_new = [] if cursor is None else list(range(cursor, end))
+    if cursor is None:  # the group never existed: everything retained is new
+        expected_new = list(range(w.queue().log.first_offset, end))
+    redelivered = {o: a + 1 for o, a in owed.items() if a < 3}
+    assert dead == {o for o, a in owed.items() if a >= 3}
+    assert sorted((d.offset, d.attempt) for d in got) == sorted(
+        [*redelivered.items(), *((o, 1) for o in expected_new)]
+    )
