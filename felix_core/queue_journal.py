@@ -24,6 +24,12 @@ Compaction: after :data:`CHECKPOINT_EVERY` records the journal appends a checkpo
 drops every record before it (the log deletes whole segments, so the state log is bounded by
 a checkpoint, the records after it and one segment).
 
+A record that does not decode (the log's CRCs passed, so a bug rather than damage) is
+counted in :attr:`QueueJournal.damaged` and :meth:`QueueJournal.load` replays around it:
+from the first checkpoint after the last bad record when there is one, else the records
+before the first bad one. The queue is rebuilt from that and writes a checkpoint at once,
+so the next start replays from there: the error costs redeliveries, never the queue.
+
 A write the state log refuses (disk full, a failed fsync) loses that record only: the
 journal counts it in :attr:`QueueJournal.lost` and goes on; the next checkpoint writes the
 whole state again. Every loss errs on the side of redelivery (at-least-once), never of
@@ -250,7 +256,7 @@ class QueueJournal:
         checkpoint_every: records between two checkpoints (None: :data:`CHECKPOINT_EVERY`).
     """
 
-    __slots__ = ("checkpoint_every", "log", "lost", "since")
+    __slots__ = ("checkpoint_every", "damaged", "log", "lost", "since")
 
     def __init__(self, log: Log, checkpoint_every: int | None = None) -> None:
         self.log = log
@@ -259,10 +265,28 @@ class QueueJournal:
         """Records written since the last checkpoint."""
         self.lost = 0
         """Records the state log refused (disk full or failed)."""
+        self.damaged = 0
+        """Records :meth:`load` found that do not decode."""
 
     def load(self) -> dict[str, GroupState]:
-        """The state the log holds (see :func:`replay`)."""
-        return replay(_payloads(self.log))
+        """The state the log holds (see :func:`replay`); around records that do not decode
+        (see the module docstring)."""
+        payloads = list(_payloads(self.log))
+        bad: list[int] = []
+        checkpoints: list[int] = []
+        for i, payload in enumerate(payloads):
+            try:
+                kind = decode(payload)[0]
+            except StateRecordError:
+                bad.append(i)
+                continue
+            if kind == CHECKPOINT:
+                checkpoints.append(i)
+        self.damaged = len(bad)
+        if not bad:
+            return replay(payloads)
+        after = [i for i in checkpoints if i > bad[-1]]
+        return replay(payloads[after[0] :] if after else payloads[: bad[0]])
 
     def _write(self, payload: bytes) -> int | None:
         try:

@@ -159,18 +159,25 @@ class Registry:
         path = record.path
         log = self.logs.open_log(kind.value, path, record.settings, self.budget)
         state_log: Log | None = None
+        if (
+            kind is Kind.QUEUE
+            and self.logs.durable
+            and record.settings.get("durability") == "durable"
+        ):
+            try:  # the group state of a durable queue: an internal log beside it
+                state_log = self.logs.open_log(
+                    kind.value,
+                    state_path(path),
+                    {**record.settings, "segment_bytes": STATE_SEGMENT_BYTES},
+                    self.budget,
+                )
+            except EngineError:
+                log.close()  # not served; its files stay for an operator and the next start
+                raise
         try:
             if kind is Kind.STREAM:
                 self.streams[path] = StreamPartition(record, log, self.config, self.out)
             elif kind is Kind.QUEUE:
-                if self.logs.durable and record.settings.get("durability") == "durable":
-                    # the group state of a durable queue: an internal log beside it
-                    state_log = self.logs.open_log(
-                        kind.value,
-                        state_path(path),
-                        {**record.settings, "segment_bytes": STATE_SEGMENT_BYTES},
-                        self.budget,
-                    )
                 self.queues[path] = QueuePartition(record, log, self.queue_context, state_log, now)
             else:
                 self.caches[path] = CachePartition(record, log, self.budget, self._feed_batch)

@@ -19,7 +19,7 @@ from felix_core import Broker, BrokerConfig
 from felix_core import queue_journal as qj
 from felix_core import registry as registry_module
 from felix_core.disklog import DiskLogStore
-from felix_core.errors import StorageFull
+from felix_core.errors import NotFound, StorageFailed, StorageFull
 from felix_core.events import MessageDeadLettered, MessagesDelivered
 from felix_core.filesystem import MemoryFileSystem
 from felix_core.log import MemoryLog
@@ -323,3 +323,43 @@ def test_a_restart_at_any_point_rebuilds_what_the_engine_held(
     assert sorted((d.offset, d.attempt) for d in got) == sorted(
         [*redelivered.items(), *((o, 1) for o in expected_new)]
     )
+
+
+def test_a_state_record_that_does_not_decode_costs_redeliveries_not_the_queue() -> None:
+    w = World()
+    w.enqueue(4)
+    cid, got = w.consume(prefetch=4)
+    w.calls.ack(w.conn, cid, [d.delivery_id for d in got[:2]], now=w.now)
+    w.queue().journal.log.append(b"\x09\x00", 0)  # a record no version writes
+    w.calls.ack(w.conn, cid, [got[2].delivery_id], now=w.now)  # recorded after it: lost
+    w.restart()
+    assert w.queue().journal.damaged == 1
+    cid, again = w.consume(prefetch=10)
+    assert sorted((d.offset, d.attempt) for d in again) == [(2, 2), (3, 2)]
+    w.calls.ack(w.conn, cid, [again[-1].delivery_id], now=w.now)  # offset 3
+    w.restart()  # replays from the checkpoint the first restart wrote after the bad record
+    assert w.queue().journal.damaged == 1
+    _, last = w.consume(prefetch=10)
+    assert [(d.offset, d.attempt) for d in last] == [(2, 3)]
+
+
+def test_a_state_log_that_cannot_be_opened_leaves_the_queue_unserved_not_deleted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    w = World()
+    w.enqueue(3)
+    opened = DiskLogStore.open_log
+
+    def failing(store: DiskLogStore, kind: str, path: Any, *args: Any, **kwargs: Any) -> Any:
+        if path[2].endswith(qj.STATE_SUFFIX):
+            raise StorageFailed("cannot read the directory")
+        return opened(store, kind, path, *args, **kwargs)
+
+    monkeypatch.setattr(DiskLogStore, "open_log", failing)
+    w.restart()
+    with pytest.raises(NotFound):
+        w.calls.broker.registry.queue(Q)
+    monkeypatch.setattr(DiskLogStore, "open_log", opened)
+    w.restart()
+    _, got = w.consume(prefetch=10)
+    assert [d.payload for d in got] == [b"m0", b"m1", b"m2"]
