@@ -20,9 +20,11 @@ recorded when it was handed out, so it counts as an attempt; an ack is recorded 
 is made, so an acked message never comes back. What is *not* recorded (timing: delayed
 nacks, visibility deadlines; parked dead letters) comes back as "ready" after a restart.
 
-Compaction: after :data:`CHECKPOINT_EVERY` records the journal appends a checkpoint and
-drops every record before it (the log deletes whole segments, so the state log is bounded by
-a checkpoint, the records after it and one segment).
+Compaction: after :data:`CHECKPOINT_EVERY` records the journal appends a checkpoint, asks
+its log to commit it, and once the log says it is committed (fsynced) drops every record
+before it (the log deletes whole segments, so the state log is bounded by a checkpoint, the
+records after it and one segment). Dropping earlier would let a power loss take the
+checkpoint and leave the records after a deleted prefix, which replay would misread.
 
 A record that does not decode (the log's CRCs passed, so a bug rather than damage) is
 counted in :attr:`QueueJournal.damaged` and :meth:`QueueJournal.load` replays around it:
@@ -44,6 +46,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 from felix_core.errors import InvalidArgument, StorageFailed, StorageFull
 from felix_core.log import Log, LogSlice
@@ -77,6 +80,11 @@ _HEAD = struct.Struct("<BB")  # type, group name length
 _U64 = struct.Struct("<Q")
 _U32 = struct.Struct("<I")
 _PAIR = struct.Struct("<QI")  # offset, attempts
+
+
+@runtime_checkable
+class _CommitsOnRequest(Protocol):
+    def request_commit(self, offset: int) -> None: ...
 
 
 class StateRecordError(InvalidArgument):
@@ -256,7 +264,7 @@ class QueueJournal:
         checkpoint_every: records between two checkpoints (None: :data:`CHECKPOINT_EVERY`).
     """
 
-    __slots__ = ("checkpoint_every", "damaged", "log", "lost", "since")
+    __slots__ = ("checkpoint_every", "compact_at", "damaged", "log", "lost", "since")
 
     def __init__(self, log: Log, checkpoint_every: int | None = None) -> None:
         self.log = log
@@ -267,6 +275,8 @@ class QueueJournal:
         """Records the state log refused (disk full or failed)."""
         self.damaged = 0
         """Records :meth:`load` found that do not decode."""
+        self.compact_at: int | None = None
+        """The offset of a checkpoint whose predecessors go once it is committed."""
 
     def load(self) -> dict[str, GroupState]:
         """The state the log holds (see :func:`replay`); around records that do not decode
@@ -289,6 +299,7 @@ class QueueJournal:
         return replay(payloads[after[0] :] if after else payloads[: bad[0]])
 
     def _write(self, payload: bytes) -> int | None:
+        self.compact()
         try:
             offset = self.log.append(payload, 0)
         except (StorageFull, StorageFailed):
@@ -296,6 +307,13 @@ class QueueJournal:
             return None
         self.since += 1
         return offset
+
+    def compact(self) -> None:
+        """Drop the records before the last checkpoint if the log has committed it."""
+        at = self.compact_at
+        if at is not None and self.log.committed_offset > at:
+            self.compact_at = None
+            self.log.truncate_before(at)
 
     def group(self, name: str, cursor: int) -> None:
         """A group was created."""
@@ -320,9 +338,12 @@ class QueueJournal:
         return self.since >= self.checkpoint_every or self.lost > 0
 
     def checkpoint(self, groups: Mapping[str, GroupState]) -> None:
-        """Write the whole state and drop the records before it."""
+        """Write the whole state; the records before it go once it is committed."""
         offset = self._write(encode_checkpoint(groups))
         if offset is not None:
             self.since = 0
             self.lost = 0
-            self.log.truncate_before(offset)
+            self.compact_at = offset
+            if isinstance(self.log, _CommitsOnRequest):
+                self.log.request_commit(offset + 1)
+            self.compact()
