@@ -44,7 +44,7 @@ over :class:`~felix_core.filesystem.MemoryFileSystem`.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -115,16 +115,17 @@ def encode_group(group: str, cursor: int) -> bytes:
     return _head(GROUP, group) + _U64.pack(cursor)
 
 
-def encode_attempts(group: str, pairs: Iterable[tuple[int, int]]) -> bytes:
+def encode_attempts(group: str, pairs: Sequence[tuple[int, int]]) -> bytes:
     """``ATTEMPTS``: each ``(offset, attempts)`` is handed out with that many charged."""
-    body = b"".join(_PAIR.pack(o, a) for o, a in pairs)
-    return _head(ATTEMPTS, group) + _U32.pack(len(body) // _PAIR.size) + body
+    n = len(pairs)
+    body = struct.pack(f"<I{'QI' * n}", n, *[v for pair in pairs for v in pair])
+    return _head(ATTEMPTS, group) + body
 
 
-def encode_finished(group: str, offsets: Iterable[int]) -> bytes:
+def encode_finished(group: str, offsets: Sequence[int]) -> bytes:
     """``FINISHED``: the offsets left the group (acked or dead-lettered)."""
-    body = b"".join(_U64.pack(o) for o in offsets)
-    return _head(FINISHED, group) + _U32.pack(len(body) // _U64.size) + body
+    n = len(offsets)
+    return _head(FINISHED, group) + struct.pack(f"<I{n}Q", n, *offsets)
 
 
 def encode_deleted(group: str) -> bytes:
