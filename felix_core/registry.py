@@ -178,7 +178,10 @@ class Registry:
             if kind is Kind.STREAM:
                 self.streams[path] = StreamPartition(record, log, self.config, self.out)
             elif kind is Kind.QUEUE:
-                self.queues[path] = QueuePartition(record, log, self.queue_context, state_log, now)
+                queue = self.queues[path] = QueuePartition(
+                    record, log, self.queue_context, state_log, now
+                )
+                self.reschedule(queue)  # a rebuilt queue may have parked dead letters
             else:
                 self.caches[path] = CachePartition(record, log, self.budget, self._feed_batch)
         except EngineError:

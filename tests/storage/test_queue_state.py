@@ -440,3 +440,19 @@ def test_a_power_loss_at_any_point_loses_no_unfinished_message(
         assert not missing
     finally:
         qj.CHECKPOINT_EVERY, registry_module.STATE_SEGMENT_BYTES = qj_every, seg
+
+
+def test_a_dead_letter_made_while_rebuilding_reaches_a_target_built_after_it() -> None:
+    w = World({**DURABLE, "max_attempts": 1, "dead_letter_queue": "zdlq"})
+    w.calls.create("queue", "default", "default", "zdlq", {"durability": "durable"}, now=w.now)
+    w.enqueue(1)
+    w.consume(prefetch=1)  # attempt 1 of 1, in flight at the crash
+    w.restart()  # q is rebuilt before zdlq exists (records are applied in path order)
+    assert not [e for e in w.calls.drain_events() if isinstance(e, MessageDeadLettered)]
+    assert w.queue().groups["g"].parked  # retried on the queue's timer
+    w.now += 5.0
+    assert w.calls.broker.get_timer() is not None
+    w.calls.broker.handle_timer(w.now)
+    dlq = w.calls.broker.registry.queue(("default", "default", "zdlq")).queue
+    assert dlq.log.record_count == 1
+    assert w.consume(prefetch=1)[1] == []
