@@ -456,3 +456,24 @@ def test_a_dead_letter_made_while_rebuilding_reaches_a_target_built_after_it() -
     dlq = w.calls.broker.registry.queue(("default", "default", "zdlq")).queue
     assert dlq.log.record_count == 1
     assert w.consume(prefetch=1)[1] == []
+
+
+@given(st.binary(max_size=80))
+def test_arbitrary_bytes_decode_or_raise_the_typed_error(data: bytes) -> None:
+    try:
+        kind, _, _ = qj.decode(data)
+    except qj.StateRecordError:
+        return
+    assert kind in (qj.GROUP, qj.ATTEMPTS, qj.FINISHED, qj.DELETED, qj.CHECKPOINT)
+
+
+NAMES = st.text(min_size=1, max_size=8)
+PAIRS = st.lists(st.tuples(st.integers(0, 2**64 - 1), st.integers(0, 2**32 - 1)), max_size=5)
+
+
+@given(NAMES, PAIRS, st.lists(st.integers(0, 2**64 - 1), max_size=5))
+def test_records_round_trip(name: str, pairs: list[tuple[int, int]], offsets: list[int]) -> None:
+    assert qj.decode(qj.encode_attempts(name, pairs)) == (qj.ATTEMPTS, name, pairs)
+    assert qj.decode(qj.encode_finished(name, offsets)) == (qj.FINISHED, name, offsets)
+    state = {name: qj.GroupState(7, dict(pairs))}
+    assert qj.decode(qj.encode_checkpoint(state)) == (qj.CHECKPOINT, "", state)
