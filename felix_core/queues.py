@@ -68,6 +68,16 @@ retryable, because the condition is transient (consumers acking make room), whic
 ``LimitExceeded`` (a configured count, not retryable) would misstate. A message that could
 never fit is :class:`TooLarge`. Age retention does not apply to queues.
 
+*Durability*: a durable queue has a :class:`~felix_core.queue_journal.QueueJournal` (its
+state log). Every change of a group's cursor, charged attempts or unfinished offsets is
+written there as it happens: a group created, messages handed out (with their attempts), an
+attempt given back, messages acked or dead-lettered, a group deleted; a checkpoint follows
+every few thousand records. :meth:`Queue.restore` rebuilds the groups from it at start:
+unfinished messages come back as ready with their charged attempts (a delivery in flight at
+the crash was charged when it was made), finished ones never do. Timing (delays, visibility
+deadlines, parked dead letters) is not written: it comes back as ready. An ephemeral queue
+has no journal and pays one ``is None`` test per operation.
+
 Structure. A :class:`Queue` is the projection of one queue partition (its log, settings
 and groups); a :class:`ConsumerGroup` runs the table above for one group; a
 :class:`Consumer` is one member of a group, indexed by id by the engine (which knows which
