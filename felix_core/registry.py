@@ -156,7 +156,7 @@ class Registry:
 
     def _build(self, kind: Kind, record: ResourceRecord) -> None:
         path = record.path
-        log = self.logs.open_log(kind.value, path, record.settings, self.budget)
+        log = self.logs.open_log(kind.value, path, record.settings, self.budget, uid=record.uid)
         try:
             if kind is Kind.STREAM:
                 self.streams[path] = StreamPartition(record, log, self.config, self.out)

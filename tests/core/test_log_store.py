@@ -33,7 +33,13 @@ class RecordingStore:
         self.dropped: list[tuple[str, LogPath]] = []
 
     def open_log(
-        self, kind: str, path: LogPath, settings: Mapping[str, Any], meter: MemoryMeter
+        self,
+        kind: str,
+        path: LogPath,
+        settings: Mapping[str, Any],
+        meter: MemoryMeter,
+        *,
+        uid: int = 0,
     ) -> Log:
         self.opened.append((kind, path, dict(settings)))
         log = self.logs[(kind, path)] = MemoryLog(meter=meter)
@@ -112,7 +118,13 @@ class DiskLikeLog(MemoryLog):
 
 class DiskLikeStore(RecordingStore):
     def open_log(
-        self, kind: str, path: LogPath, settings: Mapping[str, Any], meter: MemoryMeter
+        self,
+        kind: str,
+        path: LogPath,
+        settings: Mapping[str, Any],
+        meter: MemoryMeter,
+        *,
+        uid: int = 0,
     ) -> Log:
         self.opened.append((kind, path, dict(settings)))
         log = self.logs[(kind, path)] = DiskLikeLog(meter)
