@@ -146,7 +146,7 @@ class Registry:
             return ended
         if current is None:
             try:
-                self._build(kind, record)
+                self._build(kind, record, now)
             except EngineError:
                 return ended  # settings this engine cannot take: the resource stays absent
         elif record.generation > current.generation:
@@ -154,7 +154,7 @@ class Registry:
             self.reschedule(current)
         return ended
 
-    def _build(self, kind: Kind, record: ResourceRecord) -> None:
+    def _build(self, kind: Kind, record: ResourceRecord, now: float) -> None:
         path = record.path
         log = self.logs.open_log(kind.value, path, record.settings, self.budget, uid=record.uid)
         try:
@@ -163,7 +163,7 @@ class Registry:
             elif kind is Kind.QUEUE:
                 self.queues[path] = QueuePartition(record, log, self.queue_context)
             else:
-                self.caches[path] = CachePartition(record, log, self.budget, self._feed_batch)
+                self.caches[path] = CachePartition(record, log, self.budget, self._feed_batch, now)
         except EngineError:
             log.close()
             self.logs.drop_log(kind.value, path)
