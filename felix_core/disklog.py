@@ -1355,12 +1355,15 @@ class DiskLogStore:
         self._logs[(kind, path)] = log
         return log
 
-    def drop_log(self, kind: str, path: LogPath) -> None:
-        """Delete a deleted resource's files (jobs still in flight for it are ignored)."""
+    def drop_log(self, kind: str, path: LogPath, *, keep_files: bool = False) -> None:
+        """Delete a deleted resource's files (jobs still in flight for it are ignored);
+        ``keep_files``: only forget the log."""
         log = self._logs.pop((kind, path), None)
         if log is None:
             return
         log.close()
+        if keep_files:
+            return
         with contextlib.suppress(FileSystemError):  # else left behind for an operator
             self.fs.remove_tree(log.directory)
 

@@ -641,12 +641,14 @@ class LogStore(Protocol):
         """
         ...
 
-    def drop_log(self, kind: str, path: LogPath) -> None:
+    def drop_log(self, kind: str, path: LogPath, *, keep_files: bool = False) -> None:
         """Forget the log of a deleted resource (a persistent store deletes its data).
 
         Args:
             kind: as for :meth:`open_log`.
             path: as for :meth:`open_log`.
+            keep_files: forget the log but leave its data (a log the engine could not use,
+                e.g. a cache change log it cannot replay: left for an operator).
         """
         ...
 
@@ -674,5 +676,5 @@ class MemoryLogStore:
         empty, whatever its ``uid``)."""
         return MemoryLog(meter=meter)
 
-    def drop_log(self, kind: str, path: LogPath) -> None:
+    def drop_log(self, kind: str, path: LogPath, *, keep_files: bool = False) -> None:
         """Nothing to do: the log's memory goes with its last reference."""

@@ -166,7 +166,9 @@ class Registry:
                 self.caches[path] = CachePartition(record, log, self.budget, self._feed_batch, now)
         except EngineError:
             log.close()
-            self.logs.drop_log(kind.value, path)
+            # Never delete data here: the log may hold a recovered resource's records that
+            # this engine cannot use (left for an operator).
+            self.logs.drop_log(kind.value, path, keep_files=True)
             raise
 
     def _drop(self, partition: Partition) -> list[Consumer]:

@@ -45,7 +45,7 @@ class RecordingStore:
         log = self.logs[(kind, path)] = MemoryLog(meter=meter)
         return log
 
-    def drop_log(self, kind: str, path: LogPath) -> None:
+    def drop_log(self, kind: str, path: LogPath, *, keep_files: bool = False) -> None:
         self.dropped.append((kind, path))
 
     @property

@@ -84,5 +84,7 @@ def test_a_change_log_that_is_not_a_cache_s_leaves_the_cache_unserved() -> None:
     _sync(calls, T0 + 10.0)
     again = _restart(fs, calls, T0 + 1.0)
     assert again.broker.registry.find(Kind.CACHE, C) is None
+    assert fs.exists(log.directory)  # left for an operator, not deleted
+    assert again.broker.logs.log("cache", C) is None  # type: ignore[attr-defined]
     with pytest.raises(NotFound):
         again.cache_get(*C, "k", now=T0 + 1.0)
