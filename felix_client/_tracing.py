@@ -89,16 +89,18 @@ def tracer() -> Tracer | None:
 
 
 def _attributes(
-    operation: str, kind: str, destination: str, tenant: str, namespace: str
+    operation: str, kind: str | None, destination: str, tenant: str, namespace: str
 ) -> dict[str, Any]:
-    return {
+    attributes: dict[str, Any] = {
         "messaging.system": SYSTEM,
         "messaging.operation.name": operation,
-        "messaging.operation.type": kind,
         "messaging.destination.name": destination,
         "felix.tenant": tenant,
         "felix.namespace": namespace,
     }
+    if kind is not None:  # messaging's operation types do not cover cache operations
+        attributes["messaging.operation.type"] = kind
+    return attributes
 
 
 def send_span(
@@ -183,13 +185,14 @@ def consumer_span(
 def operation_span(
     tr: Tracer,
     operation: str,
-    kind: str,
+    kind: str | None,
     destination: str,
     tenant: str,
     namespace: str,
     parent: Context | None = None,
 ) -> Span:
-    """Start a CLIENT span (an ack, a nack, a cache operation); end it with :func:`finish`."""
+    """Start a CLIENT span (an ack or nack: ``kind`` ``settle``; a cache operation: no
+    messaging operation type); end it with :func:`finish`."""
     return tr.start_span(
         f"{operation} {destination}",
         context=parent,

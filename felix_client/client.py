@@ -357,16 +357,33 @@ class Client:
         return await conn.request(call)
 
     async def cache_request(
-        self, call: Callable[[ClientConnection, float, int | None], int]
+        self,
+        call: Callable[[ClientConnection, float, int | None], int],
+        *,
+        operation: str,
+        path: dict[str, str],
     ) -> ev.Event:
         """A cache request on the next connection of the pool and the next of its
         ``request_streams`` streams, so concurrent requests do not queue behind each other
-        (the cache handle's backend)."""
+        (the cache handle's backend). ``operation`` and ``path`` name its span."""
         i, conn = self._next_open()
         if conn is None:
             conn = await self._connection(i)
         sid = conn.cache_stream(self.request_streams)
-        return await conn.request(lambda m, now: call(m, now, sid))
+        if self.tracer is None:
+            return await conn.request(lambda m, now: call(m, now, sid))
+        span = _tracing.operation_span(
+            self.tracer, operation, None, path["cache"], path["tenant"], path["namespace"]
+        )
+        try:
+            reply = await conn.request(lambda m, now: call(m, now, sid))
+        except BaseException as exc:
+            _tracing.finish(span, exc)
+            raise
+        if isinstance(reply, ev.CacheValueReceived):
+            span.set_attribute("felix.cache.hit", reply.found)
+        _tracing.finish(span, None)
+        return reply
 
     async def _append(
         self, call: Callable[[ClientConnection, float], int], ack: AckMode

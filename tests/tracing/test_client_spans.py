@@ -186,3 +186,24 @@ def test_the_client_imports_and_runs_untraced_without_the_api() -> None:
         "assert felix_client.Client('quic://127.0.0.1:1').tracer is None\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+async def test_cache_operations_get_client_spans(
+    client: Client, exporter: InMemorySpanExporter
+) -> None:
+    name = unique("c")
+    await client.admin.create("cache", name)
+    cache = client.cache(name)
+    await cache.put("k", b"v")
+    assert await cache.get("k") is not None
+    assert await cache.get("absent") is None
+    assert await cache.delete("k")
+    spans = [s for s in exporter.get_finished_spans() if s.name.endswith(f" {name}")]
+    assert [s.name.split()[0] for s in spans] == ["put", "get", "get", "delete"]
+    for span, op in zip(spans, ["put", "get", "get", "delete"], strict=True):
+        assert span.kind == SpanKind.CLIENT
+        attrs = span.attributes or {}
+        assert attrs["messaging.system"] == "felix"
+        assert attrs["messaging.operation.name"] == op
+        assert attrs["messaging.destination.name"] == name
+    assert [(s.attributes or {})["felix.cache.hit"] for s in spans[1:3]] == [True, False]
