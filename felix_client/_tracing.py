@@ -17,35 +17,14 @@ creating the client, or hand a provider to :func:`use_tracer_provider`.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-try:
+from felix_runtime import tracing as shared
+from felix_runtime.tracing import SYSTEM, links_to, messaging_attributes, producer_context
+
+if shared.API:
     from opentelemetry import propagate, trace
-    from opentelemetry.propagators.textmap import Getter, Setter
-    from opentelemetry.trace import Link, SpanKind, StatusCode
-
-    class _BytesSetter(Setter[dict[str, bytes]]):
-        """Writes propagation fields into record headers (``str`` names, ``bytes``)."""
-
-        def set(self, carrier: dict[str, bytes], key: str, value: str) -> None:
-            carrier[key] = value.encode()
-
-    class _BytesGetter(Getter[Mapping[str, bytes]]):
-        """Reads propagation fields from record headers."""
-
-        def get(self, carrier: Mapping[str, bytes], key: str) -> list[str] | None:
-            value = carrier.get(key)
-            return None if value is None else [value.decode("ascii", "replace")]
-
-        def keys(self, carrier: Mapping[str, bytes]) -> list[str]:
-            return list(carrier)
-
-    _SETTER = _BytesSetter()
-    _GETTER = _BytesGetter()
-    API = True
-    """Whether ``opentelemetry-api`` is installed."""
-except ImportError:  # the otel extra is not installed: tracing is off
-    API = False
+    from opentelemetry.trace import SpanKind, StatusCode
 
 if TYPE_CHECKING:
     from opentelemetry.context import Context
@@ -62,9 +41,6 @@ __all__ = [
     "use_tracer_provider",
 ]
 
-SYSTEM = "felix"
-"""The ``messaging.system`` attribute of every Felix span."""
-
 _provider: TracerProvider | None = None
 
 
@@ -76,31 +52,11 @@ def use_tracer_provider(provider: TracerProvider | None) -> None:
 
 
 def tracer() -> Tracer | None:
-    """The Felix tracer, or None when the API is missing or no provider is configured (the
-    API's proxy and no-op providers would only make non-recording spans)."""
-    if not API:
-        return None
-    provider = _provider or trace.get_tracer_provider()
-    if isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider):
-        return None
+    """The client's tracer, or None when the API is missing or no provider is configured
+    (the API's proxy and no-op providers would only make non-recording spans)."""
     from . import __version__
 
-    return provider.get_tracer("felix_client", __version__)
-
-
-def _attributes(
-    operation: str, kind: str | None, destination: str, tenant: str, namespace: str
-) -> dict[str, Any]:
-    attributes: dict[str, Any] = {
-        "messaging.system": SYSTEM,
-        "messaging.operation.name": operation,
-        "messaging.destination.name": destination,
-        "felix.tenant": tenant,
-        "felix.namespace": namespace,
-    }
-    if kind is not None:  # messaging's operation types do not cover cache operations
-        attributes["messaging.operation.type"] = kind
-    return attributes
+    return shared.configured_tracer(_provider, "felix_client", __version__)
 
 
 def send_span(
@@ -118,14 +74,14 @@ def send_span(
         The span, and the records' headers with its trace context added (copies: the
         caller's dicts are left alone).
     """
-    attributes = _attributes(operation, "send", destination, tenant, namespace)
+    attributes = messaging_attributes(operation, "send", destination, tenant, namespace)
     if count > 1:
         attributes["messaging.batch.message_count"] = count
     span = tr.start_span(
         f"{operation} {destination}", kind=SpanKind.PRODUCER, attributes=attributes
     )
     carrier: dict[str, bytes] = {}
-    propagate.inject(carrier, context=trace.set_span_in_context(span), setter=_SETTER)
+    propagate.inject(carrier, context=trace.set_span_in_context(span), setter=shared.HEADER_SETTER)
     given = list(headers) if headers is not None else [None] * count
     return span, [carrier | h if h else dict(carrier) for h in given]
 
@@ -161,13 +117,8 @@ def consumer_span(
     Returns:
         The span's context (a queue message's ack span is its child).
     """
-    parent = propagate.extract(headers, getter=_GETTER) if headers else None
-    links = []
-    if parent is not None:
-        producer = trace.get_current_span(parent).get_span_context()
-        if producer.is_valid:
-            links.append(Link(producer))
-    attributes = _attributes("receive", "receive", destination, tenant, namespace)
+    parent = producer_context(headers)
+    attributes = messaging_attributes("receive", "receive", destination, tenant, namespace)
     attributes["felix.offset"] = offset
     if attempt is not None:
         attributes["messaging.message.delivery_attempt"] = attempt
@@ -176,7 +127,7 @@ def consumer_span(
         context=parent,
         kind=SpanKind.CONSUMER,
         attributes=attributes,
-        links=links,
+        links=links_to([parent]),
     )
     span.end()
     return trace.set_span_in_context(span)
@@ -197,5 +148,5 @@ def operation_span(
         f"{operation} {destination}",
         context=parent,
         kind=SpanKind.CLIENT,
-        attributes=_attributes(operation, kind, destination, tenant, namespace),
+        attributes=messaging_attributes(operation, kind, destination, tenant, namespace),
     )

@@ -171,7 +171,7 @@ def test_without_the_api_there_is_no_tracer(monkeypatch: pytest.MonkeyPatch) -> 
     _tracing.use_tracer_provider(TracerProvider())
     try:
         assert _tracing.tracer() is not None
-        monkeypatch.setattr(_tracing, "API", False)
+        monkeypatch.setattr(_tracing.shared, "API", False)
         assert _tracing.tracer() is None
     finally:
         _tracing.use_tracer_provider(None)
@@ -182,7 +182,7 @@ def test_the_client_imports_and_runs_untraced_without_the_api() -> None:
     code = (
         "import sys; sys.modules['opentelemetry'] = None\n"
         "import felix_client, felix_client._tracing as t\n"
-        "assert not t.API and t.tracer() is None\n"
+        "assert not t.shared.API and t.tracer() is None\n"
         "assert felix_client.Client('quic://127.0.0.1:1').tracer is None\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
