@@ -72,7 +72,8 @@ def send_span(
 
     Returns:
         The span, and the records' headers with its trace context added (copies: the
-        caller's dicts are left alone).
+        caller's dicts are left alone); a context already there (a forwarded record's) is
+        replaced, so the record carries this publish's.
     """
     attributes = messaging_attributes(operation, "send", destination, tenant, namespace)
     if count > 1:
@@ -83,7 +84,7 @@ def send_span(
     carrier: dict[str, bytes] = {}
     propagate.inject(carrier, context=trace.set_span_in_context(span), setter=shared.HEADER_SETTER)
     given = list(headers) if headers is not None else [None] * count
-    return span, [carrier | h if h else dict(carrier) for h in given]
+    return span, [h | carrier if h else dict(carrier) for h in given]
 
 
 def finish(span: Span, exc: BaseException | None, first_offset: int | None = None) -> None:

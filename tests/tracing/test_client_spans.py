@@ -76,13 +76,16 @@ async def test_publish_and_subscribe_spans_are_linked(
 ) -> None:
     stream = unique("s")
     await client.admin.create("stream", stream)
-    sent = await client.publish(stream, b"a", headers={"h": b"v"})
+    # A forwarded record's stale context is replaced by this publish's own.
+    stale = b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    sent = await client.publish(stream, b"a", headers={"h": b"v", "traceparent": stale})
     assert sent is not None
     with anyio.fail_after(5):
         async with client.subscribe(stream, start="earliest") as sub:
             event = await sub.__anext__()
     assert event.headers is not None and event.headers["h"] == b"v"
     assert event.headers["traceparent"].startswith(b"00-")
+    assert event.headers["traceparent"] != stale
 
     spans = list(exporter.get_finished_spans())
     publish = only(spans, f"publish {stream}")
