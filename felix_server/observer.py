@@ -16,11 +16,16 @@ metric labels.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 __all__ = ["ServerObserver"]
 
 
 class ServerObserver:
     """Receives what the server glue observes. Every method is a no-op here."""
+
+    traces = False
+    """Whether :meth:`appended` wants to be called (an observer that traces sets it)."""
 
     def connection_opened(self) -> None:
         """A QUIC connection was accepted (before the Felix handshake)."""
@@ -54,6 +59,19 @@ class ServerObserver:
 
     def enqueued(self, records: int, nbytes: int) -> None:
         """An enqueue appended ``records`` messages of ``nbytes`` payload bytes."""
+
+    def appended(
+        self,
+        source: str,
+        tenant: str,
+        namespace: str,
+        name: str,
+        headers: Sequence[Mapping[str, bytes] | None],
+    ) -> None:
+        """A publish (``source`` ``stream``) or enqueue (``queue``) to ``name`` was accepted;
+        ``headers`` holds each record's headers. Called only when :attr:`traces` is set: it
+        is for traces (W3C trace context in the headers), and unlike the other arguments
+        here it names resources and carries client data, so it is never a metric label."""
 
     def delivered(self, source: str, records: int, nbytes: int) -> None:
         """Records were written to a feed; ``source`` is ``stream`` or ``queue``."""

@@ -595,6 +595,23 @@ class Session:
             self.observer.published(len(msg.payloads), sum(map(len, msg.payloads)))
         elif isinstance(msg, m.Enqueue):
             self.observer.enqueued(len(msg.payloads), sum(map(len, msg.payloads)))
+        if self.observer.traces:
+            self._trace_append(msg)
+
+    def _trace_append(self, msg: m.Message) -> None:
+        """Hand an accepted append's record headers to a tracing observer."""
+        if isinstance(msg, m.Publish):
+            headers = [msg.headers]
+            source, name = "stream", msg.stream
+        elif isinstance(msg, m.PublishBatch):
+            headers = msg.headers or [None] * len(msg.payloads)
+            source, name = "stream", msg.stream
+        elif isinstance(msg, m.Enqueue):
+            headers = msg.headers or [None] * len(msg.payloads)
+            source, name = "queue", msg.queue
+        else:
+            return
+        self.observer.appended(source, msg.tenant, msg.namespace, name, headers)
 
     def _internal(self, where: str, exc: BaseException) -> None:
         self.observer.internal_error(where, exc)
