@@ -15,10 +15,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from felix_runtime.audit import broker_observer
 from felix_runtime.credentials import broker_authenticator
 from felix_runtime.logs import log_fields, logger
 from felix_runtime.process import broker_main, load_certificate, log_started
-from felix_runtime.prometheus import PrometheusObserver
 from felix_runtime.quic_engines import server_quic
 from felix_runtime.storage import BrokerStorage, build_server, open_storage
 from felix_runtime_asyncio.http import MetricsServer
@@ -38,7 +38,7 @@ class BrokerProcess:
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
-        self.observer = PrometheusObserver()
+        self.observer, self._close_audit = broker_observer(config)
         self.server: FelixServer | None = None
         self.storage: BrokerStorage | None = None
         self.runtime: UdpRuntime | None = None
@@ -102,12 +102,15 @@ class BrokerProcess:
         logger.info("felix broker stopped")
 
     async def _close_storage(self) -> None:
-        """The logs' final syncs, then the data directory's descriptors."""
+        """The logs' final syncs, then the data directory's descriptors and the audit
+        trail (what it buffered is written)."""
         if self.runtime is not None:
             await self.runtime.close_storage()
         if self.storage is not None:
             self.storage.close()
             self.storage = None
+        self._close_audit()
+        self._close_audit = lambda: None
 
     async def close(self) -> None:
         """Stop at once (tests): no drain."""
