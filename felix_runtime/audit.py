@@ -511,7 +511,8 @@ def verify(paths: Iterable[str | os.PathLike[str]]) -> Verified | Finding:
     earlier one (then that first link cannot be checked). What is named:
 
     - an edited line: that line (``edited ...``);
-    - removed lines: the line after the gap (``N line(s) removed before this line``);
+    - removed lines: the line after the gap (``N line(s) removed or moved before this
+      line``); a line moved later leaves the same gap where it was;
     - an inserted or moved line: the first line out of sequence (``inserted or
       reordered``), or the line after a forged one (``does not follow the line before``).
 
@@ -540,9 +541,11 @@ def verify(paths: Iterable[str | os.PathLike[str]]) -> Verified | Finding:
         else:
             expected = previous["seq"] + 1
             if seq > expected:
-                gap = seq - expected
                 return Finding(
-                    path=path, line=number, problem=f"{gap} line(s) removed before this line"
+                    path=path,
+                    line=number,
+                    problem=f"{seq - expected} line(s) removed or moved before this line "
+                    f"(seq {seq} after {expected - 1})",
                 )
             if seq < expected:
                 return Finding(

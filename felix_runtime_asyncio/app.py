@@ -12,13 +12,14 @@ import contextlib
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from felix_runtime.audit import broker_observer
 from felix_runtime.credentials import broker_authenticator
 from felix_runtime.logs import log_fields, logger
 from felix_runtime.process import broker_main, load_certificate, log_started
+from felix_runtime.prometheus import PrometheusObserver
 from felix_runtime.quic_engines import server_quic
 from felix_runtime.storage import BrokerStorage, build_server, open_storage
 from felix_runtime_asyncio.http import MetricsServer
@@ -38,7 +39,9 @@ class BrokerProcess:
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
-        self.observer, self._close_audit = broker_observer(config)
+        self.observer = PrometheusObserver()
+        """Metrics and the audit hooks (with the audit trail once started)."""
+        self._close_audit: Callable[[], None] = lambda: None
         self.server: FelixServer | None = None
         self.storage: BrokerStorage | None = None
         self.runtime: UdpRuntime | None = None
@@ -57,6 +60,7 @@ class BrokerProcess:
         config = self.config
         quic_config, connection_factory = server_quic(config)
         self.cert_path, self.fingerprint = load_certificate(config, quic_config)
+        self.observer, self._close_audit = broker_observer(config)
         observer = self.observer
         self.storage = open_storage(config, on_append=observer.storage_appended)
         self.server, recovery_s = build_server(
