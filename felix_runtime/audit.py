@@ -156,8 +156,14 @@ class AuditWriter:
                     f.truncate(end)
             lines = data[:end].splitlines()
             if lines:
-                last = json.loads(lines[-1])
-                self.seq, self.head = int(last["seq"]), str(last["hash"])
+                try:
+                    last = json.loads(lines[-1])
+                    self.seq, self.head = int(last["seq"]), str(last["hash"])
+                except (ValueError, TypeError, KeyError) as exc:
+                    raise OSError(
+                        f"{path}: the last line is not an audit entry ({exc!r}); the chain "
+                        "cannot go on: check the trail with felix audit verify"
+                    ) from None
                 break
         if files:
             first = json.loads(files[0].read_bytes().split(b"\n", 1)[0] or b"{}")

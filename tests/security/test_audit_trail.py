@@ -99,6 +99,14 @@ def test_a_line_cut_short_by_a_crash_is_cut_off_and_said(tmp_path: Path) -> None
     assert isinstance(verify([tmp_path]), Verified)
 
 
+def test_a_damaged_last_line_stops_the_writer_with_a_clear_error(tmp_path: Path) -> None:
+    make_trail(tmp_path, 2)
+    (path,) = audit_files(tmp_path)
+    path.write_bytes(path.read_bytes() + b"not an entry\n")
+    with pytest.raises(OSError, match="the last line is not an audit entry"):
+        AuditWriter(tmp_path, fsync=False)
+
+
 # ---------------------------------------------------------------- tampering, one by one
 
 
