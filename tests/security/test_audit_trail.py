@@ -8,15 +8,19 @@ import errno
 import itertools
 import json
 import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
+from brokers import ENTRY, child_env
 
 from felix_runtime import audit
 from felix_runtime.audit import AuditTrail, AuditWriter, Finding, Verified, audit_files, verify
+from felix_server.config import ConfigError, config_to_toml, load_config
 
 
 def make_trail(directory: Path, count: int = 10, rotate_bytes: int = 1 << 20) -> AuditWriter:
@@ -286,3 +290,35 @@ def test_record_after_close_is_ignored_and_close_is_bounded(tmp_path: Path) -> N
     trail.record("admin", operation="delete")
     result = verify([tmp_path])
     assert isinstance(result, Verified) and result.entries == 2
+
+
+# ---------------------------------------------------------------- settings and start-up
+
+
+def test_audit_settings_from_env_flags_and_defaults() -> None:
+    default, _ = load_config(["--data-dir", "d/"], {}, lambda p: b"")
+    assert (default.audit, default.audit_directory) == (True, "d/audit")
+    assert "audit = true" in config_to_toml(default)
+    env = {"FELIX_AUDIT": "false", "FELIX_AUDIT_PATH": "/var/log/felix-audit"}
+    from_env, _ = load_config([], env, lambda p: b"")
+    assert (from_env.audit, from_env.audit_directory) == (False, "/var/log/felix-audit")
+    flags, _ = load_config(["--audit", "true", "--audit-rotate-bytes", "1MiB"], env, lambda p: b"")
+    assert (flags.audit, flags.audit_rotate_bytes) == (True, 1 << 20)
+    with pytest.raises(ConfigError, match="audit_rotate_bytes"):
+        load_config(["--audit-rotate-bytes", "10"], {}, lambda p: b"")
+
+
+def test_a_broker_that_cannot_open_its_trail_does_not_start(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    args = ["--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0", "--data-dir", str(tmp_path)]
+    done = subprocess.run(
+        [sys.executable, "-c", ENTRY, *args, "--audit-path", str(blocker / "audit")],
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert "cannot start the broker" in done.stderr and "a-file" in done.stderr
