@@ -37,9 +37,14 @@ class Backend(Protocol):
         ...
 
     async def cache_request(
-        self, call: Callable[[ClientConnection, float, int | None], int]
+        self,
+        call: Callable[[ClientConnection, float, int | None], int],
+        *,
+        operation: str,
+        path: dict[str, str],
     ) -> ev.Event:
-        """Make one cache request (``call(machine, now, stream_id)``); return its answer."""
+        """Make one cache request (``call(machine, now, stream_id)``); return its answer.
+        ``operation`` (``get``, ``put`` ...) and ``path`` name it in traces."""
         ...
 
 
@@ -61,6 +66,8 @@ class Cache:
             lambda m, now, sid: m.cache_get(
                 key=key, now=now, stream_id=sid, timeout=timeout or c.timeout, **self._path
             ),
+            operation="get",
+            path=self._path,
         )
         assert isinstance(reply, ev.CacheValueReceived)
         if not reply.found or reply.value is None:
@@ -92,6 +99,8 @@ class Cache:
                 timeout=timeout or c.timeout,
                 **self._path,
             ),
+            operation="put",
+            path=self._path,
         )
         assert isinstance(reply, ev.CachePutCompleted)
         return reply
@@ -170,6 +179,8 @@ class Cache:
                 timeout=timeout or c.timeout,
                 **self._path,
             ),
+            operation="delete",
+            path=self._path,
         )
         assert isinstance(reply, ev.CacheDeleteCompleted)
         return reply.deleted

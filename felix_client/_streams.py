@@ -24,6 +24,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from felix_proto import events as ev
 from felix_proto.messages import AckMode, EndReason
 
+from . import _tracing
 from ._local import check_headers
 from .errors import (
     ConnectionLost,
@@ -391,6 +392,7 @@ class Subscription:
         self.resumes = 0
         """How many times the subscription was resumed after a connection loss."""
         self.log_identity: tuple[int, int] | None = None
+        self._tracer = getattr(backend, "tracer", None)
         """The followed log's ``(uid, created_ms)`` (read only with ``reconnect`` on)."""
 
     @property
@@ -465,6 +467,16 @@ class Subscription:
                     or self._used_bytes * 2 >= self._credit_bytes
                 ):
                     await self._top_up()
+                if self._tracer is not None:
+                    spec = self._spec
+                    _tracing.consumer_span(
+                        self._tracer,
+                        spec["stream"],
+                        spec["tenant"],
+                        spec["namespace"],
+                        event.headers,
+                        event.offset,
+                    )
                 return event
             if self._closed:
                 raise StopAsyncIteration
@@ -590,9 +602,17 @@ class QueueMessage:
         "payload",
         "settled",
         "timestamp_ms",
+        "trace",
     )
 
-    def __init__(self, backend: Backend, conn: object, consumer_id: int, d: ev.DeliveryReceived):
+    def __init__(
+        self,
+        backend: Backend,
+        conn: object,
+        consumer_id: int,
+        d: ev.DeliveryReceived,
+        trace: _tracing.Delivered | None = None,
+    ):
         self._backend = backend
         self._conn = conn
         self.consumer_id = consumer_id
@@ -605,6 +625,9 @@ class QueueMessage:
         self.key: bytes | None = d.delivery.key
         self.headers: dict[str, bytes] | None = d.delivery.headers
         self.settled = False
+        self.trace = trace
+        """With tracing on: what the settlement's span needs (its parent is the receive
+        span)."""
 
     def __repr__(self) -> str:
         return (
@@ -627,6 +650,9 @@ class QueueMessage:
         """
         if self.settled:
             raise NotFound(f"delivery {self.delivery_id} was settled already")
+        if self.trace is not None:
+            await self._settle(True, 0.0, False)
+            return
         await self._backend.settle(self._conn, self.consumer_id, [self.delivery_id], True, 0, False)
         self.settled = True
 
@@ -656,9 +682,21 @@ class QueueMessage:
     async def _settle(self, ack: bool, delay: float, wait: bool) -> None:
         if self.settled:
             raise NotFound(f"delivery {self.delivery_id} was settled already")
-        await self._backend.settle(
-            self._conn, self.consumer_id, [self.delivery_id], ack, delay, wait
-        )
+        span = None
+        if self.trace is not None:
+            tr, parent, queue, tenant, namespace = self.trace
+            op = "ack" if ack else "nack"
+            span = _tracing.operation_span(tr, op, "settle", queue, tenant, namespace, parent)
+        try:
+            await self._backend.settle(
+                self._conn, self.consumer_id, [self.delivery_id], ack, delay, wait
+            )
+        except BaseException as exc:
+            if span is not None:
+                _tracing.finish(span, exc)
+            raise
+        if span is not None:
+            _tracing.finish(span, None)
         self.settled = True
 
 
@@ -708,6 +746,7 @@ class Consumer:
         self._closed = False
         self.consumer_id: int | None = None
         self.end_reason: str | None = None
+        self._tracer = getattr(backend, "tracer", None)
 
     async def __aenter__(self) -> Consumer:
         await self.open()
@@ -809,6 +848,8 @@ class Consumer:
                     continue
                 raise lost from None
             if isinstance(item, ev.DeliveryReceived):
+                if self._tracer is not None:
+                    return self._traced(item)
                 return QueueMessage(self._backend, self._conn, self.consumer_id, item)
             if isinstance(item, ev.ConsumerEnded):
                 self.end_reason = item.reason
@@ -817,6 +858,17 @@ class Consumer:
                     raise StopAsyncIteration
                 cls = _END_ERRORS.get(item.reason, InternalError)
                 raise cls(item.message or f"consumer ended: {item.reason}")
+
+    def _traced(self, item: ev.DeliveryReceived) -> QueueMessage:
+        """A delivery with its CONSUMER span recorded (a child of its producer's)."""
+        assert self._tracer is not None and self.consumer_id is not None
+        d, spec = item.delivery, self._spec
+        queue, tenant, namespace = spec["queue"], spec["tenant"], spec["namespace"]
+        context = _tracing.consumer_span(
+            self._tracer, queue, tenant, namespace, d.headers, d.offset, d.attempt
+        )
+        trace = (self._tracer, context, queue, tenant, namespace)
+        return QueueMessage(self._backend, self._conn, self.consumer_id, item, trace)
 
 
 def _why_lost(conn: object, what: str) -> FelixError:

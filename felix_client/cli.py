@@ -38,6 +38,7 @@ from typing import Any
 import anyio
 
 from . import __version__
+from ._audit_cli import add_audit_commands, run_audit_command
 from ._cli_commands import COMMANDS, parse_start
 from ._completion import SHELLS, command_tree, render
 from ._context_cli import add_context_commands, load_config, run_context_command
@@ -295,6 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="scrape twice --interval apart, print one frame and exit",
     )
     add_token_commands(sub)
+    add_audit_commands(sub)
     add_log_commands(sub)
     add_context_commands(sub)
     p = sub.add_parser(
@@ -321,10 +323,10 @@ def _positive_int(text: str) -> int:
     return value
 
 
-_NO_CONTEXT = frozenset({"token"})
+_NO_CONTEXT = frozenset({"token", "audit"})
 """Commands whose settings skip the context layer (``token`` commands use ``--tenant`` and
 ``TOKEN`` as their own; ``context`` and ``completion`` resolve no settings at all:
-``context add`` stores exactly the flags it is given)."""
+``context add`` stores exactly the flags it is given; ``audit`` reads local files only)."""
 
 
 def _finish(args: argparse.Namespace, env: dict[str, str]) -> argparse.Namespace:
@@ -416,6 +418,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_token_command(args)
     if args.command == "log":
         return run_log_command(args)
+    if args.command == "audit":
+        return run_audit_command(args)
     if args.command == "context":
         return run_context_command(args)
     if args.command == "completion":

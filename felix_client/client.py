@@ -35,6 +35,7 @@ from felix_proto.client import ClientConnection
 from felix_proto.messages import AckMode, SourceKind
 from felix_runtime.quic_engines import engine_from_env, load_engine
 
+from . import _tracing
 from ._connection import Connection
 from ._local import check_headers, delay_ms
 from ._resources import Admin, Cache
@@ -187,6 +188,9 @@ class Client:
         self._closed = False
         self.admin = Admin(self)
         """Administrative calls (create, describe, list, update, delete)."""
+        self.tracer = _tracing.tracer()
+        """The OpenTelemetry tracer of this client's spans; None (no tracing, no cost) without
+        ``opentelemetry-api`` or a configured tracer provider (see ``docs/client.md``)."""
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -353,16 +357,33 @@ class Client:
         return await conn.request(call)
 
     async def cache_request(
-        self, call: Callable[[ClientConnection, float, int | None], int]
+        self,
+        call: Callable[[ClientConnection, float, int | None], int],
+        *,
+        operation: str,
+        path: dict[str, str],
     ) -> ev.Event:
         """A cache request on the next connection of the pool and the next of its
         ``request_streams`` streams, so concurrent requests do not queue behind each other
-        (the cache handle's backend)."""
+        (the cache handle's backend). ``operation`` and ``path`` name its span."""
         i, conn = self._next_open()
         if conn is None:
             conn = await self._connection(i)
         sid = conn.cache_stream(self.request_streams)
-        return await conn.request(lambda m, now: call(m, now, sid))
+        if self.tracer is None:
+            return await conn.request(lambda m, now: call(m, now, sid))
+        span = _tracing.operation_span(
+            self.tracer, operation, None, path["cache"], path["tenant"], path["namespace"]
+        )
+        try:
+            reply = await conn.request(lambda m, now: call(m, now, sid))
+        except BaseException as exc:
+            _tracing.finish(span, exc)
+            raise
+        if isinstance(reply, ev.CacheValueReceived):
+            span.set_attribute("felix.cache.hit", reply.found)
+        _tracing.finish(span, None)
+        return reply
 
     async def _append(
         self, call: Callable[[ClientConnection, float], int], ack: AckMode
@@ -378,6 +399,18 @@ class Client:
         reply = await conn.request(call)
         assert isinstance(reply, ev.PublishAcked)
         return PublishResult(reply.first_offset, reply.last_offset)
+
+    async def _traced_append(
+        self, span: Any, call: Callable[[ClientConnection, float], int], ack: AckMode
+    ) -> PublishResult | None:
+        """:meth:`_append` inside a producer span (ended with the outcome)."""
+        try:
+            result = await self._append(call, ack)
+        except BaseException as exc:
+            _tracing.finish(span, exc)
+            raise
+        _tracing.finish(span, None, None if result is None else result.first_offset)
+        return result
 
     # ---------------------------------------------------------------- publish
 
@@ -436,6 +469,9 @@ class Client:
         if hl is not None:
             for h in hl:
                 check_headers(h)
+        span = None
+        if self.tracer is not None:  # the producer's trace context goes into the headers
+            span, hl = _tracing.send_span(self.tracer, "publish", stream, t, n, hl, len(data))
         if len(data) == 1:
 
             def call(m: ClientConnection, now: float) -> int:
@@ -465,7 +501,9 @@ class Client:
                     timeout=timeout or self.timeout,
                 )
 
-        return await self._append(call, ack)
+        if span is None:
+            return await self._append(call, ack)
+        return await self._traced_append(span, call, ack)
 
     def publisher(
         self,
@@ -568,6 +606,9 @@ class Client:
         t, n = self.resource_path(tenant, namespace)
         items = [payload] if isinstance(payload, bytes | str) else list(payload)
         data = [p.encode() if isinstance(p, str) else bytes(p) for p in items]
+        span, hl = None, None
+        if self.tracer is not None:  # the producer's trace context goes into the headers
+            span, hl = _tracing.send_span(self.tracer, "enqueue", queue, t, n, None, len(data))
 
         def call(m: ClientConnection, now: float) -> int:
             return m.enqueue(
@@ -575,12 +616,15 @@ class Client:
                 namespace=n,
                 queue=queue,
                 payloads=data,
+                headers=hl,
                 ack=ack,
                 now=now,
                 timeout=timeout or self.timeout,
             )
 
-        return await self._append(call, ack)
+        if span is None:
+            return await self._append(call, ack)
+        return await self._traced_append(span, call, ack)
 
     def consume(
         self,

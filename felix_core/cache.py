@@ -525,7 +525,8 @@ class Cache:
         offset = log.first_offset
         while offset < log.next_offset:
             sl = log.read(offset, 1024, 1 << 62)
-            assert isinstance(sl, LogSlice)
+            if not isinstance(sl, LogSlice):
+                raise ValueError(f"offset {offset} cannot be read ({type(sl).__name__})")
             for i, payload in enumerate(sl.payloads):
                 kb = sl.keys[i] if sl.keys is not None else None
                 hdrs = sl.headers[i] if sl.headers is not None else None

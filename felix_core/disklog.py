@@ -64,7 +64,7 @@ from __future__ import annotations
 import contextlib
 from bisect import bisect_right
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from functools import partial
@@ -117,6 +117,7 @@ __all__ = [
     "RecoveryReport",
     "StorageJob",
     "StorageNotice",
+    "SweepReport",
     "SyncJob",
 ]
 
@@ -1215,10 +1216,27 @@ class DiskLog:
 # -- the store ----------------------------------------------------------------------------
 
 
+_LOG_KINDS = ("stream", "queue", "cache")
+
+
+@dataclass(slots=True)
+class SweepReport:
+    """What :meth:`DiskLogStore.sweep` did."""
+
+    removed: list[str] = field(default_factory=list)
+    """Directories of incarnations no resource names, removed."""
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    """``(directory, error)`` of those that could not be removed."""
+
+
 class DiskLogStore:
     """A durable :class:`~felix_core.log.LogStore`: a :class:`DiskLog` per durable resource
     (``durability=durable`` in its settings), a :class:`~felix_core.log.MemoryLog` for the
-    others. Each durable log lives in ``{root}/{kind}/{tenant}/{namespace}/{name}/{uid}``.
+    others. Each durable log lives in ``{root}/{kind}/{tenant}/{namespace}/{name}/{uid}``:
+    one directory per *incarnation* (the resource's metadata ``uid``), so a resource deleted
+    and created again never meets the records of the one before, even when the old files
+    outlived the delete (a failed removal, a crash before it); :meth:`sweep` removes such
+    leftovers at start.
 
     Outputs for the runtime (module docstring, "Jobs"): :meth:`take_jobs` after every
     engine input, timer and finished job; :meth:`get_timer` / :meth:`handle_timer` for the
@@ -1246,11 +1264,52 @@ class DiskLogStore:
         """True: durable resources' records survive restarts."""
         return True
 
-    def directory(self, kind: str, path: LogPath, uid: int | None = None) -> str:
-        """The directory of a resource's log (``uid`` None: ``0``)."""
+    def directory(self, kind: str, path: LogPath, uid: int = 0) -> str:
+        """The directory of one incarnation (``uid``) of a resource's log."""
         tenant, namespace, name = path
         prefix = f"{self.root}/" if self.root else ""
-        return f"{prefix}{kind}/{tenant}/{namespace}/{name}/{uid or 0}"
+        return f"{prefix}{kind}/{tenant}/{namespace}/{name}/{uid}"
+
+    def sweep(self, live: Iterable[tuple[str, LogPath, int]]) -> SweepReport:
+        """Remove the directories of log incarnations that metadata no longer names, without
+        opening them: a resource deleted while the broker died before its files went, or an
+        older incarnation of one deleted and created again. Call at start, before any log
+        is opened; open logs are never touched.
+
+        Args:
+            live: ``(kind, path, uid)`` of every durable resource in metadata.
+
+        Returns:
+            The directories removed, and those that could not be (left for an operator;
+            never opened either, as no resource has their uid).
+        """
+        keep = {self.directory(kind, path, uid) for kind, path, uid in live}
+        keep.update(log.directory for log in self._logs.values())
+        report = SweepReport()
+        for found in self._incarnations():
+            if found in keep:
+                continue
+            try:
+                self.fs.remove_tree(found)
+            except FileSystemError as exc:
+                report.failed.append((found, str(exc)))
+            else:
+                report.removed.append(found)
+        return report
+
+    def _incarnations(self) -> Iterator[str]:
+        """Every ``{kind}/{tenant}/{namespace}/{name}/{uid}`` directory under the root."""
+        prefix = f"{self.root}/" if self.root else ""
+        level = [prefix + kind for kind in _LOG_KINDS if self.fs.exists(prefix + kind)]
+        for _ in range(4):  # tenant, namespace, name, uid
+            level = [f"{d}/{entry}" for d in level for entry in self._list(d)]
+        return iter(level)
+
+    def _list(self, directory: str) -> list[str]:
+        try:
+            return self.fs.list_dir(directory)
+        except FileSystemError:  # a stray file where a directory belongs: not a log
+            return []
 
     def open_log(
         self,
@@ -1259,10 +1318,10 @@ class DiskLogStore:
         settings: Mapping[str, Any],
         meter: MemoryMeter,
         *,
-        uid: int | None = None,
+        uid: int = 0,
     ) -> Log:
         """Return the resource's log: a recovered or new :class:`DiskLog` for a durable
-        resource, a :class:`MemoryLog` otherwise.
+        resource (in the directory of incarnation ``uid``), a :class:`MemoryLog` otherwise.
 
         Raises:
             InvalidArgument: a storage setting is invalid.
@@ -1296,12 +1355,15 @@ class DiskLogStore:
         self._logs[(kind, path)] = log
         return log
 
-    def drop_log(self, kind: str, path: LogPath) -> None:
-        """Delete a deleted resource's files (jobs still in flight for it are ignored)."""
+    def drop_log(self, kind: str, path: LogPath, *, keep_files: bool = False) -> None:
+        """Delete a deleted resource's files (jobs still in flight for it are ignored);
+        ``keep_files``: only forget the log."""
         log = self._logs.pop((kind, path), None)
         if log is None:
             return
         log.close()
+        if keep_files:
+            return
         with contextlib.suppress(FileSystemError):  # else left behind for an operator
             self.fs.remove_tree(log.directory)
 

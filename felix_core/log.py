@@ -620,7 +620,13 @@ class LogStore(Protocol):
         ...
 
     def open_log(
-        self, kind: str, path: LogPath, settings: Mapping[str, Any], meter: MemoryMeter
+        self,
+        kind: str,
+        path: LogPath,
+        settings: Mapping[str, Any],
+        meter: MemoryMeter,
+        *,
+        uid: int,
     ) -> Log:
         """Return the log of a resource (new, or recovered by a persistent store).
 
@@ -629,15 +635,20 @@ class LogStore(Protocol):
             path: the resource's ``(tenant, namespace, name)``.
             settings: the resource's settings.
             meter: to charge with the bytes the log holds in memory.
+            uid: the resource's uid (metadata): one incarnation of the resource. A resource
+                deleted and created again under the same path has another uid, and a
+                persistent store never hands it the records of the one before.
         """
         ...
 
-    def drop_log(self, kind: str, path: LogPath) -> None:
+    def drop_log(self, kind: str, path: LogPath, *, keep_files: bool = False) -> None:
         """Forget the log of a deleted resource (a persistent store deletes its data).
 
         Args:
             kind: as for :meth:`open_log`.
             path: as for :meth:`open_log`.
+            keep_files: forget the log but leave its data (a log the engine could not use,
+                e.g. a cache change log it cannot replay: left for an operator).
         """
         ...
 
@@ -653,10 +664,17 @@ class MemoryLogStore:
         return False
 
     def open_log(
-        self, kind: str, path: LogPath, settings: Mapping[str, Any], meter: MemoryMeter
+        self,
+        kind: str,
+        path: LogPath,
+        settings: Mapping[str, Any],
+        meter: MemoryMeter,
+        *,
+        uid: int = 0,
     ) -> Log:
-        """Return a fresh :class:`MemoryLog` charging ``meter``."""
+        """Return a fresh :class:`MemoryLog` charging ``meter`` (every incarnation starts
+        empty, whatever its ``uid``)."""
         return MemoryLog(meter=meter)
 
-    def drop_log(self, kind: str, path: LogPath) -> None:
+    def drop_log(self, kind: str, path: LogPath, *, keep_files: bool = False) -> None:
         """Nothing to do: the log's memory goes with its last reference."""

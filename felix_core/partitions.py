@@ -24,6 +24,7 @@ from dataclasses import asdict
 from typing import Any, Protocol, runtime_checkable
 
 from felix_core.cache import Cache
+from felix_core.errors import StorageFailed
 from felix_core.events import Appended, EngineEvent
 from felix_core.limits import BrokerConfig
 from felix_core.log import Log, MemoryMeter
@@ -182,13 +183,31 @@ class CachePartition:
     __slots__ = ("cache", "feed", "feed_batch", "generation", "log", "path", "uid")
 
     def __init__(
-        self, record: ResourceRecord, log: Log, meter: MemoryMeter, feed_batch: BatchPolicy
+        self,
+        record: ResourceRecord,
+        log: Log,
+        meter: MemoryMeter,
+        feed_batch: BatchPolicy,
+        now: float,
     ) -> None:
+        """Build the cache on its change log: rebuilt from what the log holds (a durable
+        cache after a restart: its entries, absolute expiries and versions; a new log: an
+        empty cache).
+
+        Raises:
+            InvalidArgument: a setting is out of range.
+            StorageFailed: the change log holds a record that is not a cache change.
+        """
         self.path: Path = record.path
         self.uid = record.uid
         self.generation = record.generation
         self.log = log
-        self.cache = Cache(cache_config(record.settings), changes=log, meter=meter)
+        try:
+            self.cache = Cache.rebuild_from(log, now, cache_config(record.settings), meter=meter)
+        except ValueError as exc:
+            raise StorageFailed(
+                f"cache {'/'.join(record.path)}: its change log cannot be replayed: {exc}"
+            ) from exc
         self.feed: Fanout | None = None
         self.feed_batch = feed_batch
 

@@ -157,7 +157,7 @@ class Registry:
 
     def _build(self, kind: Kind, record: ResourceRecord, now: float) -> None:
         path = record.path
-        log = self.logs.open_log(kind.value, path, record.settings, self.budget)
+        log = self.logs.open_log(kind.value, path, record.settings, self.budget, uid=record.uid)
         state_log: Log | None = None
         if (
             kind is Kind.QUEUE
@@ -170,9 +170,11 @@ class Registry:
                     state_path(path),
                     {**record.settings, "segment_bytes": STATE_SEGMENT_BYTES},
                     self.budget,
+                    uid=record.uid,
                 )
             except EngineError:
                 log.close()  # not served; its files stay for an operator and the next start
+                self.logs.drop_log(kind.value, path, keep_files=True)
                 raise
         try:
             if kind is Kind.STREAM:
@@ -183,13 +185,15 @@ class Registry:
                 )
                 self.reschedule(queue)  # a rebuilt queue may have parked dead letters
             else:
-                self.caches[path] = CachePartition(record, log, self.budget, self._feed_batch)
+                self.caches[path] = CachePartition(record, log, self.budget, self._feed_batch, now)
         except EngineError:
             log.close()
-            self.logs.drop_log(kind.value, path)
+            # Never delete data here: the log may hold a recovered resource's records that
+            # this engine cannot use (left for an operator).
+            self.logs.drop_log(kind.value, path, keep_files=True)
             if state_log is not None:
                 state_log.close()
-                self.logs.drop_log(kind.value, state_path(path))
+                self.logs.drop_log(kind.value, state_path(path), keep_files=True)
             raise
 
     def _drop(self, partition: Partition) -> list[Consumer]:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import time
 from bisect import bisect_left
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -30,6 +30,7 @@ from prometheus_client.utils import floatToGoString
 from felix_core.access import Action
 from felix_core.disklog import DiskLogStore, StorageJob, SyncJob
 from felix_runtime.logs import log_fields, logger
+from felix_runtime.tracing import broker_tracer
 from felix_server.observer import ServerObserver
 from felix_server.server import FelixServer
 from felix_server.stats import CACHE_FIGURES, QUEUE_FIGURES, engine_figures
@@ -287,6 +288,9 @@ class PrometheusObserver(ServerObserver):
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry = registry or CollectorRegistry()
+        self.tracing = broker_tracer()
+        """The broker's OpenTelemetry spans (None: not traced, see felix_runtime.tracing)."""
+        self.traces = self.tracing is not None
         self.connections_total = Counter(
             "felix_connections_accepted", "QUIC connections accepted", registry=registry
         )
@@ -470,6 +474,17 @@ class PrometheusObserver(ServerObserver):
     def enqueued(self, records: int, nbytes: int) -> None:
         self.enqueue_records.inc(records)
         self.enqueue_bytes.inc(nbytes)
+
+    def appended(
+        self,
+        source: str,
+        tenant: str,
+        namespace: str,
+        name: str,
+        headers: Sequence[Mapping[str, bytes] | None],
+    ) -> None:
+        if self.tracing is not None:
+            self.tracing.appended(source, tenant, namespace, name, headers)
 
     def delivered(self, source: str, records: int, nbytes: int) -> None:
         # Called per queue delivery: labels() costs more than the increments, so each

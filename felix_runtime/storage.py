@@ -11,7 +11,9 @@ Layout of ``<data-dir>`` (``--data-dir``, default ``./felix-data``)::
 
 :func:`build_server` opens both stores on :class:`~felix_runtime.filesystem.OsFileSystem`
 and builds the :class:`~felix_server.server.FelixServer` on them: the engine is fed the
-stored resource definitions, which opens (recovers) every durable log, and the time that
+stored resource definitions, which opens (recovers) every durable log, after
+:func:`sweep_logs` removed the directories of incarnations no definition names (a resource
+deleted while the broker died before its files went: never opened), and the time that
 takes is the recovery duration (a metric, and a log line per log that recovery had to
 repair). :func:`run_job` is what a worker thread runs for each storage job: ``job.run()``,
 its exception returned rather than raised (the job's ``finish`` decides what it means), and
@@ -35,6 +37,7 @@ from aioquic.quic.configuration import QuicConfiguration
 
 from felix_core.disklog import DiskLogStore, StorageJob, SyncJob
 from felix_core.filesystem import FileSystemError
+from felix_core.queue_journal import state_path
 from felix_runtime.filesystem import OsFileSystem
 from felix_runtime.logs import log_fields, logger
 from felix_runtime.metadata_store import FileMetadataStore
@@ -45,7 +48,14 @@ from felix_server.quic import FelixQuicConnection
 from felix_server.quic_engine import QuicConnectionLike
 from felix_server.server import FelixServer
 
-__all__ = ["STORAGE_THREADS", "BrokerStorage", "build_server", "open_storage", "run_job"]
+__all__ = [
+    "STORAGE_THREADS",
+    "BrokerStorage",
+    "build_server",
+    "open_storage",
+    "run_job",
+    "sweep_logs",
+]
 
 STORAGE_THREADS = 4
 """Worker threads for fsyncs and cold reads (at most one sync per log is in flight; more
@@ -144,6 +154,7 @@ def build_server(
         that recovery truncated or found damaged).
     """
     started = time.perf_counter()
+    sweep_logs(storage)
     server = FelixServer(
         config,
         quic_configuration,
@@ -187,6 +198,29 @@ def build_server(
         ),
     )
     return server, seconds
+
+
+def sweep_logs(storage: BrokerStorage) -> None:
+    """Remove the log directories of incarnations the stored definitions no longer name (a
+    resource deleted while the broker died before its files went), before any log opens;
+    a log line for each. A durable queue's definition names its state log too."""
+    live = [
+        (record.kind.value, record.path, record.uid)
+        for record in storage.metadata.records()
+        if record.settings.get("durability") == "durable"
+    ]
+    live += [(kind, state_path(path), uid) for kind, path, uid in live if kind == "queue"]
+    report = storage.logs.sweep(live)
+    for directory in report.removed:
+        logger.warning(
+            "durable log of a deleted resource removed at start",
+            extra=log_fields(log=directory),
+        )
+    for directory, reason in report.failed:
+        logger.error(
+            "durable log of a deleted resource could not be removed (never opened)",
+            extra=log_fields(log=directory, reason=reason),
+        )
 
 
 def run_job(job: StorageJob, timer: JobTimer | None = None) -> object:

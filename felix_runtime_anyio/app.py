@@ -19,10 +19,10 @@ from collections.abc import Sequence
 
 import anyio
 
+from felix_runtime.audit import broker_observer
 from felix_runtime.credentials import broker_authenticator
 from felix_runtime.logs import log_fields, logger
 from felix_runtime.process import broker_main, load_certificate, log_started
-from felix_runtime.prometheus import PrometheusObserver
 from felix_runtime.quic_engines import server_quic
 from felix_runtime.storage import build_server, open_storage
 from felix_runtime_anyio.http import AnyioMetricsServer
@@ -44,8 +44,12 @@ async def run(config: ServerConfig) -> int:
     """
     quic_config, connection_factory = server_quic(config)
     cert, fingerprint = load_certificate(config, quic_config)
-    observer = PrometheusObserver()
-    storage = open_storage(config, on_append=observer.storage_appended)
+    observer, close_audit = broker_observer(config)
+    try:
+        storage = open_storage(config, on_append=observer.storage_appended)
+    except BaseException:
+        close_audit()
+        raise
     server, recovery_s = build_server(
         config,
         quic_config,
@@ -84,6 +88,7 @@ async def run(config: ServerConfig) -> int:
         with anyio.CancelScope(shield=True):
             await runtime.close_storage()  # the logs' final syncs
         storage.close()
+        close_audit()
         runtime.close()
         with anyio.CancelScope(shield=True):
             await metrics.aclose()

@@ -12,9 +12,10 @@ import contextlib
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from felix_runtime.audit import broker_observer
 from felix_runtime.credentials import broker_authenticator
 from felix_runtime.logs import log_fields, logger
 from felix_runtime.process import broker_main, load_certificate, log_started
@@ -39,6 +40,8 @@ class BrokerProcess:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.observer = PrometheusObserver()
+        """Metrics and the audit hooks (with the audit trail once started)."""
+        self._close_audit: Callable[[], None] = lambda: None
         self.server: FelixServer | None = None
         self.storage: BrokerStorage | None = None
         self.runtime: UdpRuntime | None = None
@@ -57,6 +60,7 @@ class BrokerProcess:
         config = self.config
         quic_config, connection_factory = server_quic(config)
         self.cert_path, self.fingerprint = load_certificate(config, quic_config)
+        self.observer, self._close_audit = broker_observer(config)
         observer = self.observer
         self.storage = open_storage(config, on_append=observer.storage_appended)
         self.server, recovery_s = build_server(
@@ -102,12 +106,15 @@ class BrokerProcess:
         logger.info("felix broker stopped")
 
     async def _close_storage(self) -> None:
-        """The logs' final syncs, then the data directory's descriptors."""
+        """The logs' final syncs, then the data directory's descriptors and the audit
+        trail (what it buffered is written)."""
         if self.runtime is not None:
             await self.runtime.close_storage()
         if self.storage is not None:
             self.storage.close()
             self.storage = None
+        self._close_audit()
+        self._close_audit = lambda: None
 
     async def close(self) -> None:
         """Stop at once (tests): no drain."""

@@ -194,6 +194,13 @@ class ServerConfig:
     insecure_no_auth: bool = False
     """Allow a broker without authentication to listen on an address other than loopback
     (everyone who can reach it may do everything)."""
+    audit: bool = True
+    """Write the audit trail of security events (docs/security.md, "Audit trail")."""
+    audit_path: str | None = None
+    """The audit trail's directory; absent: ``<data_dir>/audit``."""
+    audit_rotate_bytes: int = 64 * 1024 * 1024
+    """Start a new audit file once the current one holds this many bytes (the hash chain
+    goes on across files)."""
     shutdown_grace_s: float = 5.0
     """On SIGTERM: how long clients have after ``GoAway`` before connections are closed."""
     shutdown_drain_s: float = 25.0
@@ -228,9 +235,16 @@ class ServerConfig:
         """True when no certificate was configured (a self-signed one is generated)."""
         return self.tls_cert is None
 
+    @property
+    def audit_directory(self) -> str:
+        """Where the audit trail is written: ``audit_path``, else ``<data_dir>/audit``."""
+        return self.audit_path or f"{self.data_dir.rstrip('/')}/audit"
+
     def validate(self) -> None:
         """Raise :class:`ConfigError` if a value is out of range or inconsistent."""
         self.listen_address  # noqa: B018 - parse for the error
+        if self.audit_rotate_bytes < 1024:
+            raise ConfigError("audit_rotate_bytes must be at least 1024")
         self.metrics_address  # noqa: B018
         if self.log_format not in _LOG_FORMATS:
             raise ConfigError(f"log_format must be one of {', '.join(_LOG_FORMATS)}")

@@ -11,16 +11,27 @@ runtime) that is handed back to :meth:`ServerObserver.request_finished`.
 
 Arguments are counts, codes and fixed vocabulary words (request kinds, end reasons); never
 message data, names of tenants or streams, or client-supplied strings, so they are safe as
-metric labels.
+metric labels. The exceptions are the *audit hooks* (``handshake_accepted``,
+``handshake_refused``, ``token_refreshed``, ``access_denied``, ``admin_operation``): they
+name who did what to which resource, for the audit trail (``felix_runtime.audit``), and
+must never become metric labels. The glue calls them only off the data path (handshakes,
+token refreshes, denials, admin requests).
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from felix_core.access import Principal
 
 __all__ = ["ServerObserver"]
 
 
 class ServerObserver:
     """Receives what the server glue observes. Every method is a no-op here."""
+
+    traces = False
+    """Whether :meth:`appended` wants to be called (an observer that traces sets it)."""
 
     def connection_opened(self) -> None:
         """A QUIC connection was accepted (before the Felix handshake)."""
@@ -55,6 +66,19 @@ class ServerObserver:
     def enqueued(self, records: int, nbytes: int) -> None:
         """An enqueue appended ``records`` messages of ``nbytes`` payload bytes."""
 
+    def appended(
+        self,
+        source: str,
+        tenant: str,
+        namespace: str,
+        name: str,
+        headers: Sequence[Mapping[str, bytes] | None],
+    ) -> None:
+        """A publish (``source`` ``stream``) or enqueue (``queue``) to ``name`` was accepted;
+        ``headers`` holds each record's headers. Called only when :attr:`traces` is set: it
+        is for traces (W3C trace context in the headers), and unlike the other arguments
+        here it names resources and carries client data, so it is never a metric label."""
+
     def delivered(self, source: str, records: int, nbytes: int) -> None:
         """Records were written to a feed; ``source`` is ``stream`` or ``queue``."""
 
@@ -77,6 +101,31 @@ class ServerObserver:
     def auth_denied(self, action: str) -> None:
         """Authorization refused a request needing ``action`` (``publish``, ``admin`` ...):
         a missing permission, or another tenant's resource."""
+
+    def handshake_accepted(self, conn_id: int, principal: Principal) -> None:
+        """Audit: connection ``conn_id`` was accepted as ``principal``."""
+
+    def handshake_refused(self, conn_id: int, error_code: int, reason: str) -> None:
+        """Audit: connection ``conn_id``'s handshake was refused with ``error_code`` for
+        ``reason`` (a refusal reason such as ``expired``, or the error message)."""
+
+    def token_refreshed(
+        self, conn_id: int, principal: Principal | None, error_code: int, reason: str
+    ) -> None:
+        """Audit: a ``Reauthenticate`` on ``conn_id`` was answered ``error_code`` (0:
+        accepted; ``principal`` is then the new one, else the one that stays)."""
+
+    def access_denied(
+        self, conn_id: int, principal: Principal | None, action: str, resource: str, code: int
+    ) -> None:
+        """Audit: a request needing ``action`` on ``resource`` (``TENANT/NS/NAME``) was
+        refused with ``code`` (``FORBIDDEN``, or ``NOT_FOUND`` for another tenant's)."""
+
+    def admin_operation(
+        self, conn_id: int, principal: Principal | None, operation: str, resource: str, code: int
+    ) -> None:
+        """Audit: an admin request (``operation``: ``create``, ``update``, ``delete`` ...)
+        on ``resource`` (``KIND TENANT/NS/NAME``) finished with ``code`` (0: done)."""
 
     def protocol_violation(self, error_code: int, fatal: bool) -> None:
         """A client broke the protocol; the glue answered with ``error_code``."""

@@ -162,9 +162,13 @@ class Router:
         """
         access = access_of(message)
         if access is not None:
-            denied = authorize(self._principals.get(conn_id, UNIDENTIFIED), access)
+            principal = self._principals.get(conn_id, UNIDENTIFIED)
+            denied = authorize(principal, access)
             if denied is not None:
                 self._observer.auth_denied(str(access.action))
+                self._observer.access_denied(
+                    conn_id, principal, str(access.action), _resource(access), int(denied.code)
+                )
                 box = self._mail.get(conn_id)
                 if box is not None:
                     box.append(
@@ -294,6 +298,11 @@ _DATA: dict[type[m.Message], tuple[Action, str, str]] = {
 """Data requests: the action, the kind of resource and the field that names it."""
 
 _ADMIN = (m.AdminCreate, m.AdminDescribe, m.AdminUpdate, m.AdminDelete)
+
+
+def _resource(access: Access) -> str:
+    """``KIND TENANT/NAMESPACE/NAME``, for the audit trail."""
+    return f"{access.kind} {access.tenant}/{access.namespace}/{access.name}"
 
 
 def access_of(message: m.Message) -> Access | None:

@@ -109,6 +109,8 @@ __all__ = ["CLOSE_LINGER", "Session", "SessionLimits"]
 CLOSE_LINGER = 1.0
 """Seconds a requested close waits for pending stream data to be sent."""
 
+_ADMIN_AUDITED = (m.AdminCreate, m.AdminUpdate, m.AdminDelete)
+"""Admin requests that change something: their outcome goes to the audit hook."""
 _SMALL_FRAME = 256
 """What a gap or end frame, or a delivery's framing, is counted as before it is encoded."""
 _TRANSMIT_ROUNDS = 3
@@ -382,6 +384,8 @@ class Session:
             decision = self._authenticate(event.hello, now)
             if not isinstance(decision, Principal):
                 felix.reject(decision.code, decision.message, details=decision.details)
+                reason = str(decision.details.get("reason", decision.message))
+                self.observer.handshake_refused(self.conn_id, int(decision.code), reason)
                 return
             felix.accept()
         except Exception as exc:  # a bug: close with INTERNAL rather than go silent
@@ -392,16 +396,20 @@ class Session:
         self.router.identify(self.conn_id, decision)
         self._expires_at = decision.expires_at
         self.observer.handshake_completed(event.version)
+        self.observer.handshake_accepted(self.conn_id, decision)
 
     def _reauthenticate(self, msg: m.Reauthenticate, now: float) -> None:
         """Replace the connection's principal with the one of a new token (capability
         ``token-refresh``): ``Ok``, or ``Error`` and the current rights stand."""
         kind = request_kind(msg)
         token = self.observer.request_started(kind)
-        self.observer.request_finished(token, kind, self._renew(msg, now))
+        code, reason = self._renew(msg, now)
+        self.observer.request_finished(token, kind, code)
+        self.observer.token_refreshed(self.conn_id, self.principal, code, reason)
 
-    def _renew(self, msg: m.Reauthenticate, now: float) -> int:
-        """Decide a ``Reauthenticate``; returns the error code answered (0: ``Ok``)."""
+    def _renew(self, msg: m.Reauthenticate, now: float) -> tuple[int, str]:
+        """Decide a ``Reauthenticate``; returns the error code answered (0: ``Ok``) and
+        the reason (a refusal reason, or the error message)."""
         felix, current = self.felix, self.principal
         rid = msg.request_id
         error: tuple[int, str, dict[str, object]] | None = None
@@ -432,11 +440,11 @@ class Session:
                 self.router.identify(self.conn_id, decision)
                 self._expires_at = decision.expires_at
                 felix.send_reply(m.Ok(request_id=rid))
-                return 0
+                return 0, ""
         code, text, details = error
         with contextlib.suppress(FelixProtoError):
             felix.send_error(rid, int(code), text, details=details)
-        return int(code)
+        return int(code), str(details.get("reason", text))
 
     def _expired(self, now: float) -> None:
         """The principal's rights ended: no request is served from now on, and the
@@ -553,6 +561,8 @@ class Session:
             code = int(ErrorCode.INTERNAL)
             self._internal_reply(msg, kind, exc)
         self.observer.request_finished(token, kind, code)
+        if isinstance(msg, _ADMIN_AUDITED):
+            self._audit_admin(msg, code)
 
     def _refused(self, refused: ce.RequestRefused) -> None:
         """Answer a request the engine refused with ``Error``: code, message, details and
@@ -569,6 +579,19 @@ class Session:
                     rid, int(exc.code), exc.message, details=exc.details, retryable=exc.retryable
                 )
         self.observer.request_finished(token, kind, int(exc.code))
+        if isinstance(msg, _ADMIN_AUDITED):
+            self._audit_admin(msg, int(exc.code))
+
+    def _audit_admin(self, msg: m.AdminCreate | m.AdminUpdate | m.AdminDelete, code: int) -> None:
+        """Tell the observer's audit hook how an admin request that changes something
+        ended."""
+        self.observer.admin_operation(
+            self.conn_id,
+            self.principal,
+            type(msg).__name__.removeprefix("Admin").lower(),
+            f"{msg.kind} {msg.tenant}/{msg.namespace}/{msg.name}",
+            code,
+        )
 
     def _failed(self, number: int, kind: str, exc: Exception) -> None:
         """A route raised something other than an engine refusal: a bug. Answer INTERNAL."""
@@ -595,6 +618,23 @@ class Session:
             self.observer.published(len(msg.payloads), sum(map(len, msg.payloads)))
         elif isinstance(msg, m.Enqueue):
             self.observer.enqueued(len(msg.payloads), sum(map(len, msg.payloads)))
+        if self.observer.traces:
+            self._trace_append(msg)
+
+    def _trace_append(self, msg: m.Message) -> None:
+        """Hand an accepted append's record headers to a tracing observer."""
+        if isinstance(msg, m.Publish):
+            headers = [msg.headers]
+            source, name = "stream", msg.stream
+        elif isinstance(msg, m.PublishBatch):
+            headers = msg.headers or [None] * len(msg.payloads)
+            source, name = "stream", msg.stream
+        elif isinstance(msg, m.Enqueue):
+            headers = msg.headers or [None] * len(msg.payloads)
+            source, name = "queue", msg.queue
+        else:
+            return
+        self.observer.appended(source, msg.tenant, msg.namespace, name, headers)
 
     def _internal(self, where: str, exc: BaseException) -> None:
         self.observer.internal_error(where, exc)

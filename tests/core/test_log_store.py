@@ -33,13 +33,19 @@ class RecordingStore:
         self.dropped: list[tuple[str, LogPath]] = []
 
     def open_log(
-        self, kind: str, path: LogPath, settings: Mapping[str, Any], meter: MemoryMeter
+        self,
+        kind: str,
+        path: LogPath,
+        settings: Mapping[str, Any],
+        meter: MemoryMeter,
+        *,
+        uid: int = 0,
     ) -> Log:
         self.opened.append((kind, path, dict(settings)))
         log = self.logs[(kind, path)] = MemoryLog(meter=meter)
         return log
 
-    def drop_log(self, kind: str, path: LogPath) -> None:
+    def drop_log(self, kind: str, path: LogPath, *, keep_files: bool = False) -> None:
         self.dropped.append((kind, path))
 
     @property
@@ -112,7 +118,13 @@ class DiskLikeLog(MemoryLog):
 
 class DiskLikeStore(RecordingStore):
     def open_log(
-        self, kind: str, path: LogPath, settings: Mapping[str, Any], meter: MemoryMeter
+        self,
+        kind: str,
+        path: LogPath,
+        settings: Mapping[str, Any],
+        meter: MemoryMeter,
+        *,
+        uid: int = 0,
     ) -> Log:
         self.opened.append((kind, path, dict(settings)))
         log = self.logs[(kind, path)] = DiskLikeLog(meter)

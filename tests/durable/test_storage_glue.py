@@ -120,7 +120,10 @@ def test_final_jobs_sync_what_is_left_then_close() -> None:
     server.storage.close()
     assert log.memory_bytes == 0
     fs.crash()  # a power loss now loses nothing
-    again = DiskLogStore(fs).open_log("stream", S, {"durability": "durable"}, server.broker.budget)
+    uid = server.broker.registry.stream(S).uid
+    again = DiskLogStore(fs).open_log(
+        "stream", S, {"durability": "durable"}, server.broker.budget, uid=uid
+    )
     assert again.next_offset == 4
 
 

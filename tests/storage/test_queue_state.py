@@ -229,9 +229,10 @@ def test_deleting_a_queue_deletes_its_state_log() -> None:
     w.enqueue(1)
     w.consume(prefetch=1)
     assert w.fs.list_dir("logs/queue/default/default") == ["q", "q~state"]
-    assert w.fs.list_dir("logs/queue/default/default/q~state") == ["0"]
+    uid = w.calls.broker.registry.queue(Q).uid
+    assert w.fs.list_dir("logs/queue/default/default/q~state") == [str(uid)]  # as the queue's
     w.calls.delete("queue", *Q, now=w.now)
-    assert w.fs.list_dir("logs/queue/default/default/q~state") == []  # as the queue's own
+    assert w.fs.list_dir("logs/queue/default/default/q~state") == []
     assert w.fs.list_dir("logs/queue/default/default/q") == []
 
 

@@ -1,0 +1,306 @@
+"""Durable storage benchmark (issue 10): the engine (``felix_core.Broker``) over a
+``DiskLogStore`` on the real file system (``OsFileSystem``), storage jobs (fsyncs) run on a
+pool of worker threads as the runtimes run them; no network, no codec (the broker would
+only add the same per-request cost to both sides of each ratio).
+
+Measures, in one run, with 100 B records in batches of 64:
+
+* publish throughput (``accepted``) to a durable stream with ``fsync=interval`` next to the
+  same on an ephemeral stream (records per second, and the ratio; target >= 0.8);
+* committed publishes per second (one publish = one batch of 64, answered once fsynced)
+  with 1 and with 64 concurrent publishers, next to a plain ``os.write`` + ``os.fsync``
+  loop of the same batch size on the same disk (target: 64 publishers >= 20x one);
+* restart: the time to open (recover) a durable log holding ``--restart-mib`` MiB of
+  closed segments (64 MiB each; the last, active one is scanned) next to opening an empty
+  one (the log's recovery is what a start does per durable resource; best of 3, page cache
+  warm as after a process restart, not a reboot; target: under 1 s more for 1 GiB,
+  ``--restart-mib 1024``).
+
+Usage: ``python benchmarks/storage.py [--json] [--seconds S] [--dir DIR]
+[--restart-mib N]``. ``--dir`` is where the temporary data directory goes (default: the
+system's temporary directory; it must be on the disk you want to measure).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a plain checkout too
+
+from felix_core import Broker, BrokerConfig
+from felix_core.disklog import DiskLog, DiskLogConfig, DiskLogStore, LogCommitted, StorageJob
+from felix_core.events import Appended, RequestCompleted, RequestRefused
+from felix_core.metadata import Kind
+from felix_runtime.filesystem import OsFileSystem
+from felix_runtime.storage import STORAGE_THREADS, run_job
+from felix_server.local_route import LocalRoute
+
+BATCH = 64
+PAYLOAD = b"x" * 100
+T, NS = "default", "default"
+SEGMENT_BYTES = 64 << 20
+
+
+class Engine:
+    """A broker on a DiskLogStore whose jobs run on worker threads (the runtimes' loop,
+    in one thread: publish, hand out jobs, take back finished ones)."""
+
+    def __init__(self, root: str) -> None:
+        self.fs = OsFileSystem(root, durable_removes=False)
+        self.store = DiskLogStore(self.fs, DiskLogConfig(segment_bytes=SEGMENT_BYTES), root="")
+        self.broker = Broker(BrokerConfig(memory_limit_bytes=1 << 34), logs=self.store)
+        self.route = LocalRoute(self.broker)
+        self.pool = ThreadPoolExecutor(STORAGE_THREADS)
+        self.running: dict[Future[object], StorageJob] = {}
+
+    def create(self, name: str, settings: dict[str, object]) -> None:
+        self.broker.create(0, 0, "stream", T, NS, name, settings, now=time.time())
+        done = [e for e in self.route.take_events(time.time()) if isinstance(e, RequestCompleted)]
+        assert len(done) == 1, done
+
+    def pump(self, *, block: bool = False) -> None:
+        """Start the jobs the store wants now; finish those done (waiting for one if
+        ``block`` and some run)."""
+        now = time.time()
+        timer = self.store.get_timer()
+        if timer is not None and timer <= now:
+            self.store.handle_timer(now)
+        for job in self.store.take_jobs(now):
+            self.running[self.pool.submit(run_job, job)] = job
+        if not self.running:
+            return
+        done, _ = wait(list(self.running), timeout=1.0 if block else 0, return_when=FIRST_COMPLETED)
+        now = time.time()
+        for future in done:
+            job = self.running.pop(future)
+            for notice in job.finish(future.result(), now):
+                if isinstance(notice, LogCommitted):
+                    self.broker.log_committed(Kind(notice.kind), notice.path, notice.offset, now)
+
+    def close(self) -> None:
+        while self.running:
+            self.pump(block=True)
+        self.pool.shutdown()
+        for log in self.store.logs():
+            log.close()
+        self.fs.close()
+
+
+def bench_accepted(root: str, durability: str, seconds: float) -> float:
+    """Records per second published (``accepted``) to one stream, jobs running."""
+    engine = Engine(root)
+    settings: dict[str, object] = {"durability": durability, "batch_max_events": BATCH}
+    if durability == "durable":
+        settings["fsync"] = "interval"
+    engine.create("bench", settings)
+    broker = engine.broker
+    payloads = [PAYLOAD] * BATCH
+    numbers = itertools.count(1)
+    done = 0
+    start = time.perf_counter()
+    deadline = start + seconds
+    try:
+        while True:
+            for _ in range(20):
+                broker.publish(0, next(numbers), T, NS, "bench", payloads, now=time.time())
+                for out in broker.drain_events():
+                    if type(out) is Appended:
+                        done += BATCH
+                    elif type(out) is RequestRefused:
+                        raise RuntimeError(f"publish refused: {out.error}")
+            engine.pump()
+            if time.perf_counter() >= deadline:
+                return done / (time.perf_counter() - start)
+    finally:
+        engine.close()
+
+
+def bench_committed(root: str, publishers: int, seconds: float) -> float:
+    """Committed publishes (batches of 64) per second with ``publishers`` each keeping one
+    publish outstanding."""
+    engine = Engine(root)
+    engine.create("bench", {"durability": "durable", "batch_max_events": BATCH})
+    broker = engine.broker
+    payloads = [PAYLOAD] * BATCH
+    numbers = itertools.count(1)
+
+    def publish() -> None:
+        broker.publish(0, next(numbers), T, NS, "bench", payloads, committed=True, now=time.time())
+
+    for _ in range(publishers):
+        publish()
+    done = 0
+    start = time.perf_counter()
+    deadline = start + seconds
+    try:
+        while time.perf_counter() < deadline:
+            engine.pump(block=True)
+            for out in broker.drain_events():
+                if type(out) is Appended:
+                    done += 1
+                    publish()  # that publisher's next one
+                elif type(out) is RequestRefused:
+                    raise RuntimeError(f"publish refused: {out.error}")
+        return done / (time.perf_counter() - start)
+    finally:
+        engine.close()
+
+
+def bench_plain_fsync(root: str, seconds: float) -> float:
+    """``os.write`` of one batch's bytes + ``os.fsync`` per iteration, per second."""
+    path = os.path.join(root, "plain.dat")
+    data = PAYLOAD * BATCH
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    done = 0
+    start = time.perf_counter()
+    deadline = start + seconds
+    try:
+        while time.perf_counter() < deadline:
+            os.write(fd, data)
+            os.fsync(fd)
+            done += 1
+        return done / (time.perf_counter() - start)
+    finally:
+        os.close(fd)
+        os.remove(path)
+
+
+class _Meter:
+    def adjust(self, delta: int) -> None:
+        pass
+
+
+def _open_seconds(root: str) -> tuple[float, int]:
+    """Time to open (recover) the log under ``root``; and its record count."""
+    fs = OsFileSystem(root, durable_removes=False)
+    store = DiskLogStore(fs, DiskLogConfig(segment_bytes=SEGMENT_BYTES), root="")
+    started = time.perf_counter()
+    log = store.open_log("stream", (T, NS, "bench"), {"durability": "durable"}, _Meter(), uid=1)
+    seconds = time.perf_counter() - started
+    records = log.record_count
+    log.close()
+    fs.close()
+    return seconds, records
+
+
+def bench_restart(root: str, mib: int) -> dict[str, float]:
+    """Open time of a log with ``mib`` MiB of closed segments vs an empty one."""
+    empty_root = os.path.join(root, "empty")
+    full_root = os.path.join(root, "full")
+    os.makedirs(empty_root)
+    os.makedirs(full_root)
+    fs = OsFileSystem(full_root, durable_removes=False)
+    store = DiskLogStore(fs, DiskLogConfig(segment_bytes=SEGMENT_BYTES), root="")
+    log = store.open_log("stream", (T, NS, "bench"), {"durability": "durable"}, _Meter(), uid=1)
+    assert isinstance(log, DiskLog)
+    payloads = [PAYLOAD] * BATCH
+    stamp = int(time.time() * 1000)
+    target = mib << 20
+    segments = log.segment_count
+    while log.byte_size < target:
+        log.append_batch(payloads, stamp)
+        if log.segment_count != segments:  # rolled: the sync writes the closed one's index
+            segments = log.segment_count
+            _settle(store)
+    _settle(store)
+    written = log.byte_size
+    log.close()
+    fs.close()
+    _open_seconds(empty_root)  # creates the empty log's directory: a restart finds it there
+    empty_s = min(_open_seconds(empty_root)[0] for _ in range(3))
+    full_s, records = min(_open_seconds(full_root) for _ in range(3))
+    return {
+        "restart_log_bytes": float(written),
+        "restart_log_records": float(records),
+        "restart_log_segments": float(segments),
+        "restart_empty_s": empty_s,
+        "restart_full_s": full_s,
+        "restart_extra_s": full_s - empty_s,
+    }
+
+
+def _settle(store: DiskLogStore) -> None:
+    now = time.time()
+    for _ in range(100):
+        store.handle_timer(now + 3600)
+        jobs = store.take_jobs(now + 3600)
+        if not jobs:
+            return
+        for job in jobs:
+            job.finish(run_job(job), now)
+
+
+def _scratch(base: str | None, name: str) -> Callable[[], str]:
+    def make() -> str:
+        return tempfile.mkdtemp(prefix=f"felix-bench-{name}-", dir=base)
+
+    return make
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run every measurement and print the figures."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--seconds", type=float, default=2.0, help="time per measurement")
+    parser.add_argument("--dir", default=None, help="where the scratch data directories go")
+    parser.add_argument(
+        "--restart-mib", type=int, default=256, help="MiB of closed segments (1024: 1 GiB)"
+    )
+    args = parser.parse_args(argv)
+    if args.seconds <= 0 or args.restart_mib < 1:
+        parser.error("--seconds and --restart-mib must be positive")
+    results: dict[str, Any] = {
+        "python": platform.python_version(),
+        "level": "engine (felix_core.Broker over DiskLogStore on OsFileSystem, fsyncs on "
+        f"{STORAGE_THREADS} worker threads; no network)",
+        "batch": BATCH,
+        "payload_bytes": len(PAYLOAD),
+    }
+
+    def run(name: str, measure: Callable[[str], Any]) -> Any:
+        root = _scratch(args.dir, name)()
+        try:
+            return measure(root)
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+
+    results["dir"] = os.path.abspath(args.dir or tempfile.gettempdir())
+    ephemeral = run("eph", lambda r: bench_accepted(r, "ephemeral", args.seconds))
+    durable = run("dur", lambda r: bench_accepted(r, "durable", args.seconds))
+    results["accepted_ephemeral_records_per_s"] = ephemeral
+    results["accepted_durable_interval_records_per_s"] = durable
+    results["durable_vs_ephemeral_ratio"] = durable / ephemeral
+    one = run("c1", lambda r: bench_committed(r, 1, args.seconds))
+    many = run("c64", lambda r: bench_committed(r, 64, args.seconds))
+    plain = run("fsync", lambda r: bench_plain_fsync(r, args.seconds))
+    results["committed_1_publisher_publishes_per_s"] = one
+    results["committed_64_publishers_publishes_per_s"] = many
+    results["committed_64_vs_1_ratio"] = many / one
+    results["plain_write_fsync_per_s"] = plain
+    results["committed_1_vs_plain_fsync_ratio"] = one / plain
+    results["committed_64_records_per_s"] = many * BATCH
+    results.update(run("restart", lambda r: bench_restart(r, args.restart_mib)))
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    print(f"felix durable storage benchmark (Python {results['python']}, {results['level']})")
+    for name, value in results.items():
+        if isinstance(value, float):
+            print(f"  {name:42s} {value:>14,.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,54 @@
+"""A durable cache keeps its entries across a broker restart (issue 10), driven with
+``felix`` against a real broker subprocess on every runtime: a key put with a long TTL is
+there after the restart with its version, one put with a short TTL is gone once its
+(absolute) expiry passes, and a CAS with the version read before the restart succeeds."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from brokers import selected_runtimes, start_broker
+from test_restart import felix
+
+SHORT_TTL_S = 3.0
+
+
+@pytest.mark.parametrize("runtime", selected_runtimes())
+def test_a_durable_cache_restores_its_entries(runtime: str, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    broker = start_broker(runtime, data)
+    try:
+        felix(broker, "admin", "create", "cache", "sessions", "--set", "durability=durable")
+        felix(broker, "cache", "put", "sessions", "long", "kept", "--ttl", "3600")
+        started = time.monotonic()
+        felix(broker, "cache", "put", "sessions", "short", "brief", "--ttl", str(SHORT_TTL_S))
+        before = json.loads(felix(broker, "cache", "get", "sessions", "long", "-o", "json"))
+    finally:
+        assert broker.terminate() == 0
+
+    again = start_broker(runtime, data)
+    try:
+        after = json.loads(felix(again, "cache", "get", "sessions", "long", "-o", "json"))
+        assert (after["value"], after["version"]) == ("kept", before["version"])
+        time.sleep(max(0.0, SHORT_TTL_S + 0.5 - (time.monotonic() - started)))
+        short = json.loads(felix(again, "cache", "get", "sessions", "short", "-o", "json"))
+        assert short.get("value") is None, short
+        out = felix(
+            again,
+            "cache",
+            "put",
+            "sessions",
+            "long",
+            "v2",
+            "--if-version",
+            str(before["version"]),
+            "-o",
+            "json",
+        )
+        put = json.loads(out)
+        assert put["stored"] is True and put["version"] > before["version"], put
+    finally:
+        assert again.terminate() == 0
