@@ -104,4 +104,5 @@ def test_the_sweep_keeps_named_incarnations_and_open_logs() -> None:
     assert report.removed == ["logs/cache/default/default/gone/9"]
     assert fs.exists(stream.directory) and fs.exists(queue.directory) and fs.exists("logs/stray")
     fresh = DiskLogStore(fs)  # nothing open: only what metadata names stays
-    assert sorted(fresh.sweep([]).removed) == sorted([queue.directory, stream.directory])
+    state = queue.directory.replace("/q/", "/q~state/")  # the durable queue's state log
+    assert sorted(fresh.sweep([]).removed) == sorted([queue.directory, state, stream.directory])
