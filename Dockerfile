@@ -1,6 +1,6 @@
 # The Felix broker image (docs/deploy.md):
 #   docker build -t felix:0.1.0 .
-#   docker run --rm -p 7447:7447/udp -p 8080:8080 felix:0.1.0
+#   docker run --rm -p 7447:7447/udp -p 8080:8080 -e FELIX_AUTH_TOKENS='s3cret=default:*' felix:0.1.0
 # Two stages: the wheel is built and installed into a virtual environment in the first;
 # the final image gets only that environment, on the same slim base, and runs as an
 # unprivileged user. No compiler, no build frontend, no source tree in the final image.
