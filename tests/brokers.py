@@ -13,6 +13,7 @@ trio, independent of the broker's, and gives a real exit code and real signals.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -44,6 +45,15 @@ DEFAULT_RUNTIMES = ("asyncio", "anyio-asyncio", "anyio-trio")
 """What the end-to-end tests run against by default. ``FELIX_TEST_RUNTIMES=asyncio-qh3``
 runs the whole end-to-end suite against a qh3 broker (``make test`` covers qh3 with
 ``tests/client/test_client_engines_e2e.py`` and the conformance suite instead)."""
+
+
+_unique_names = itertools.count()
+
+
+def unique_name(prefix: str) -> str:
+    """A resource name no other test of the session uses: one counter for every module,
+    because the brokers are shared by the whole session."""
+    return f"{prefix}-{os.getpid()}-{next(_unique_names)}"
 
 
 def selected_runtimes() -> list[str]:

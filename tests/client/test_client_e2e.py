@@ -3,13 +3,12 @@ every broker runtime (``broker`` comes from ``tests/conftest.py``)."""
 
 from __future__ import annotations
 
-import itertools
-import os
 from collections.abc import AsyncIterator
 
 import anyio
 import pytest
 from brokers import Broker
+from brokers import unique_name as unique
 
 from felix_client import (
     AckMode,
@@ -24,12 +23,6 @@ from felix_client import (
 from felix_client.sync import BlockingClient
 
 pytestmark = pytest.mark.anyio
-_names = itertools.count()
-
-
-def unique(prefix: str) -> str:
-    """A resource name no other test uses."""
-    return f"{prefix}-{os.getpid()}-{next(_names)}"
 
 
 @pytest.fixture

@@ -5,8 +5,6 @@ broker in ``tests/conformance/test_conformance_suite.py``.)"""
 
 from __future__ import annotations
 
-import itertools
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -15,6 +13,7 @@ from pathlib import Path
 import anyio
 import pytest
 from brokers import ROOT, Broker, child_env, start_broker
+from brokers import unique_name as unique
 
 from felix_client import Client
 from felix_client.sync import BlockingClient
@@ -22,11 +21,6 @@ from felix_client.sync import BlockingClient
 pytest.importorskip("qh3")
 
 ENGINES = ("aioquic", "qh3")
-_names = itertools.count()
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{os.getpid()}-{next(_names)}"
 
 
 @pytest.fixture(scope="module")

@@ -5,12 +5,11 @@ producer span (its W3C trace context read from the record headers)."""
 
 from __future__ import annotations
 
-import itertools
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from brokers import unique_name
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -23,7 +22,6 @@ from felix_runtime_asyncio.app import BrokerProcess
 from felix_server.config import ServerConfig
 
 pytestmark = pytest.mark.anyio
-_names = itertools.count()
 
 
 @pytest.fixture
@@ -67,7 +65,7 @@ async def test_append_spans_are_children_of_the_producer_spans(
         listen="127.0.0.1:0", metrics="127.0.0.1:0", data_dir=str(tmp_path / "data")
     )
     proc = await BrokerProcess(config).start()
-    stream, queue = f"s-{os.getpid()}-{next(_names)}", f"q-{os.getpid()}-{next(_names)}"
+    stream, queue = unique_name("s"), unique_name("q")
     try:
         url = f"quic://127.0.0.1:{proc.address[1]}"
         async with Client(url, ca_file=str(proc.cert_path), timeout=5.0) as client:

@@ -5,8 +5,6 @@ headers), with the messaging semantic conventions' attributes."""
 
 from __future__ import annotations
 
-import itertools
-import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -14,6 +12,7 @@ from collections.abc import AsyncIterator, Iterator
 import anyio
 import pytest
 from brokers import Broker
+from brokers import unique_name as unique
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -22,11 +21,6 @@ from opentelemetry.trace import SpanKind, StatusCode
 from felix_client import Client, NotFound, _tracing
 
 pytestmark = pytest.mark.anyio
-_names = itertools.count()
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{os.getpid()}-{next(_names)}"
 
 
 @pytest.fixture
