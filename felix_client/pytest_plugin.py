@@ -93,6 +93,16 @@ class FelixBroker:
         return f"quic://{self.host}:{self.port}"
 
     @property
+    def address(self) -> tuple[str, int]:
+        """The bound QUIC address, ``(host, port)``."""
+        return (self.host, self.port)
+
+    @property
+    def metrics_address(self) -> tuple[str, int]:
+        """The bound metrics and health address, ``(host, port)``."""
+        return (self.metrics_host, self.metrics_port)
+
+    @property
     def ca_file(self) -> str:
         """The broker's self-signed certificate: the CA file clients must trust."""
         return str(self.data_dir / "cert.pem")
@@ -144,7 +154,13 @@ def _broker_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("FELIX_")}
 
 
-def start_broker(data_dir: Path, *flags: str, runtime: str = DEFAULT_RUNTIME) -> FelixBroker:
+def start_broker(
+    data_dir: Path,
+    *flags: str,
+    runtime: str = DEFAULT_RUNTIME,
+    port: int = 0,
+    env: dict[str, str] | None = None,
+) -> FelixBroker:
     """Start a broker on 127.0.0.1 (free ports) with its data in ``data_dir``; wait until
     it listens.
 
@@ -152,6 +168,8 @@ def start_broker(data_dir: Path, *flags: str, runtime: str = DEFAULT_RUNTIME) ->
         data_dir: its data directory (created if missing; reused: same certificate).
         flags: extra ``felix broker`` flags; they come last, so they win.
         runtime: a key of :data:`RUNTIMES`.
+        port: its QUIC port (0: a free one; a restarted broker can take its old one back).
+        env: its environment (default: this process's, without ``FELIX_*``).
 
     Raises:
         ValueError: unknown runtime.
@@ -167,7 +185,7 @@ def start_broker(data_dir: Path, *flags: str, runtime: str = DEFAULT_RUNTIME) ->
         "broker",
         *RUNTIMES[runtime],
         "--listen",
-        "127.0.0.1:0",
+        f"127.0.0.1:{port}",
         "--metrics",
         "127.0.0.1:0",
         "--data-dir",
@@ -180,7 +198,7 @@ def start_broker(data_dir: Path, *flags: str, runtime: str = DEFAULT_RUNTIME) ->
     proc = subprocess.Popen(
         cmd,
         cwd=str(data_dir),
-        env=_broker_env(),
+        env=_broker_env() if env is None else env,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

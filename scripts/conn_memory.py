@@ -185,6 +185,8 @@ async def _child(args: argparse.Namespace) -> None:
         "127.0.0.1:0",
         "--data-dir",
         args.data_dir,
+        "--metrics",
+        "127.0.0.1:0",  # the health probes stay on: never the default port 8080
         "--metrics-enabled",
         "false",
         "--transport-handshake-timeout-s",

@@ -3,35 +3,27 @@
 Shared by every test directory: ``tests/conftest.py`` builds the session's ``broker``
 fixture (one broker process per runtime) and ``fresh_broker`` on top of it.
 
-The broker runs through the ``felix broker`` entry point (``felix_client.cli.broker_main``)
-with ``--runtime`` / ``--backend``, so the CLI dispatch is exercised too. It logs JSON lines
-on stderr; a reader thread keeps the pipe drained and :func:`start_broker` waits (bounded)
-for the ``felix broker listening`` line, which carries the bound QUIC and metrics
-addresses. A subprocess (rather than a thread) keeps the test's own event loop, asyncio or
-trio, independent of the broker's, and gives a real exit code and real signals.
+Brokers start through the project's own pytest plugin (``felix_client.pytest_plugin``:
+``python -m felix_client.cli broker`` with ``--runtime`` / ``--backend``, JSON log lines on
+stderr read by a thread, a bounded wait for the ``felix broker listening`` line). This module
+adds the suite's runtime ids (the qh3 engine among them), an environment without the
+developer's CLI contexts, and a longer shutdown grace that the shutdown tests rely on.
 """
 
 from __future__ import annotations
 
 import itertools
-import json
 import os
-import signal
-import subprocess
-import sys
 import tempfile
-import threading
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+
+from felix_client.pytest_plugin import FelixBroker
+from felix_client.pytest_plugin import start_broker as plugin_start_broker
 
 ROOT = Path(__file__).resolve().parents[1]
-START_TIMEOUT = 15.0
-"""Seconds a broker may take to print its listening line."""
-STOP_TIMEOUT = 10.0
-"""Seconds a broker may take to exit after SIGTERM (before SIGKILL)."""
+SHUTDOWN = ("--shutdown-grace-s", "0.5", "--shutdown-drain-s", "3")
+"""The graceful-shutdown timings of every test broker."""
 
 RUNTIMES: dict[str, list[str]] = {
     "asyncio": ["--runtime", "asyncio"],
@@ -74,53 +66,9 @@ _NO_CONTEXTS = tempfile.mkdtemp(prefix="felix-test-config-")
 ENTRY = "import sys; from felix_client.cli import broker_main; sys.exit(broker_main(sys.argv[1:]))"
 
 
-@dataclass
-class Broker:
-    """A running broker subprocess."""
-
-    runtime: str
-    process: subprocess.Popen[bytes]
-    data_dir: Path
-    lines: list[dict[str, Any]] = field(default_factory=list)
-    """Every JSON log line so far (appended by the reader thread)."""
-    host: str = ""
-    port: int = 0
-    metrics: tuple[str, int] = ("", 0)
-
-    @property
-    def url(self) -> str:
-        """``quic://127.0.0.1:PORT``."""
-        return f"quic://{self.host}:{self.port}"
-
-    @property
-    def address(self) -> tuple[str, int]:
-        """The bound QUIC address."""
-        return (self.host, self.port)
-
-    @property
-    def ca_file(self) -> str:
-        """The broker's self-signed certificate."""
-        return str(self.data_dir / "cert.pem")
-
-    def client_kwargs(self) -> dict[str, Any]:
-        """Arguments for ``felix_client.Client`` (besides the URL)."""
-        return {"ca_file": self.ca_file, "timeout": 5.0}
-
-    def log_messages(self) -> list[str]:
-        """The ``msg`` of every log line so far."""
-        return [str(line.get("msg")) for line in list(self.lines)]
-
-    def terminate(self) -> int:
-        """SIGTERM, wait (bounded; SIGKILL after), return the exit code."""
-        proc = self.process
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
-        return proc.returncode
+Broker = FelixBroker
+"""A running broker subprocess: the pytest plugin's (``felix_client.pytest_plugin``), so
+the suite starts brokers exactly as the plugin's users do."""
 
 
 FreshBroker = Callable[..., Broker]
@@ -137,67 +85,17 @@ def child_env() -> dict[str, str]:
     return env
 
 
-def _read_lines(proc: subprocess.Popen[bytes], out: list[dict[str, Any]]) -> None:
-    assert proc.stderr is not None
-    for raw in proc.stderr:
-        try:
-            out.append(json.loads(raw))
-        except ValueError:
-            out.append({"msg": raw.decode(errors="replace").rstrip()})
-
-
 def start_broker(runtime: str, data_dir: Path, *extra: str, port: int = 0) -> Broker:
-    """Start a ``runtime`` broker with its data in ``data_dir``; wait until it listens.
+    """Start a ``runtime`` broker (a key of :data:`RUNTIMES`) with its data in
+    ``data_dir`` and wait until it listens, through the plugin's ``start_broker``.
 
     ``port`` is the QUIC port (0: any free one); ``extra`` flags come last, so they win.
 
     Raises:
-        RuntimeError: it exited or did not listen within :data:`START_TIMEOUT`.
+        RuntimeError: it exited or did not listen in time.
     """
-    data_dir.mkdir(parents=True, exist_ok=True)
-    env = child_env()
-    cmd = [
-        sys.executable,
-        "-c",
-        ENTRY,
-        *RUNTIMES[runtime],
-        "--listen",
-        f"127.0.0.1:{port}",
-        "--metrics",
-        "127.0.0.1:0",
-        "--data-dir",
-        str(data_dir),
-        "--log-format",
-        "json",
-        "--shutdown-grace-s",
-        "0.5",
-        "--shutdown-drain-s",
-        "3",
-        *extra,
-    ]
-    proc = subprocess.Popen(
-        cmd,
-        cwd=str(data_dir),
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    broker = Broker(runtime, proc, data_dir)
-    threading.Thread(target=_read_lines, args=(proc, broker.lines), daemon=True).start()
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        for line in list(broker.lines):
-            if line.get("msg") == "felix broker listening":
-                host, _, port = str(line["quic"]).rpartition(":")
-                broker.host, broker.port = host, int(port)
-                # the HTTP listener (health, and metrics unless disabled)
-                metrics = str(line["health"]).removeprefix("http://").split("/")[0]
-                mhost, _, mport = metrics.rpartition(":")
-                broker.metrics = (mhost, int(mport))
-                return broker
-        if proc.poll() is not None:
-            break
-        time.sleep(0.02)
-    broker.terminate()
-    raise RuntimeError(f"{runtime} broker did not start: {broker.log_messages()[-20:]}")
+    # The plugin's own runtime flags come first; these repeat them, and the last ones win.
+    flags = (*RUNTIMES[runtime], *SHUTDOWN, *extra)
+    broker = plugin_start_broker(data_dir, *flags, port=port, env=child_env())
+    broker.runtime = runtime
+    return broker

@@ -46,7 +46,7 @@ def broker(runtime: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[B
     """A broker subprocess of each runtime, shared by the session's tests."""
     running = start_broker(runtime, tmp_path_factory.mktemp(f"broker-{runtime}"))
     yield running
-    code = running.terminate()
+    code = running.stop()
     assert code == 0, f"{running.runtime} broker exited with {code}"
 
 
@@ -64,7 +64,7 @@ def fresh_broker(runtime: str, tmp_path: Path) -> Iterator[FreshBroker]:
 
     yield start
     for running in started:
-        running.terminate()
+        running.stop()
 
 
 _names = itertools.count(1)

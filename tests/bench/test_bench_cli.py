@@ -219,7 +219,7 @@ def test_a_scenario_alone_runs_its_anchor_first_against_a_given_server(tmp_path:
             "slow_consumer=block",
         )
     finally:
-        broker.terminate()
+        broker.stop()
     figures = figures_of(done)
     assert list(figures) == [
         "raw-quic/aioquic/one-way/size=1024",

@@ -334,7 +334,7 @@ def test_without_rich_top_says_what_to_install() -> None:
 
 
 def _metrics_page(broker: Broker) -> str:
-    host, port = broker.metrics
+    host, port = broker.metrics_address
     with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=10) as r:
         return str(r.read().decode())
 
@@ -366,7 +366,7 @@ def test_every_metric_top_reads_is_exported(broker: Broker) -> None:
 def test_once_against_a_live_broker(broker: Broker) -> None:
     suffix = uuid.uuid4().hex[:8]
     _resources(broker, suffix)
-    host, port = broker.metrics
+    host, port = broker.metrics_address
     done = _felix("top", "--once", "--metrics", f"{host}:{port}", "-i", "0.2")
     assert done.returncode == 0, done.stderr
     assert "broker ready" in done.stdout
@@ -379,7 +379,7 @@ def test_once_against_a_live_broker(broker: Broker) -> None:
 def test_once_as_json(broker: Broker) -> None:
     suffix = uuid.uuid4().hex[:8]
     _resources(broker, suffix)
-    host, port = broker.metrics
+    host, port = broker.metrics_address
     done = _felix("top", "--once", "-o", "json", "--metrics", f"{host}:{port}", "-i", "0.2")
     assert done.returncode == 0, done.stderr
     frame = json.loads(done.stdout)
@@ -427,7 +427,7 @@ def test_the_live_view_in_a_terminal(broker: Broker, tmp_path: Path) -> None:
     and Ctrl-C ends it with status 0."""
     suffix = uuid.uuid4().hex[:8]
     _resources(broker, suffix)
-    host, port = broker.metrics
+    host, port = broker.metrics_address
     session = f"felix-top-{suffix}"
     status = tmp_path / "status"
     env = child_env()

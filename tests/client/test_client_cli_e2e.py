@@ -170,7 +170,7 @@ def test_sub_says_in_one_line_that_a_restarted_broker_lost_the_stream(
     ) as sub:
         try:
             assert sub.stdout is not None and sub.stdout.readline() == "one\n"
-            assert first.terminate() == 0
+            assert first.stop() == 0
             # "st" is ephemeral: its definition survives (with a new uid), its records not.
             fresh_broker(data_dir=data_dir, port=first.port)
             out, err = sub.communicate(timeout=TIMEOUT)

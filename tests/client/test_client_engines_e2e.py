@@ -34,12 +34,14 @@ def brokers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Brok
     }
     yield started
     for running in started.values():
-        assert running.terminate() == 0
+        assert running.stop() == 0
 
 
 def test_the_broker_logs_its_engine(brokers: dict[str, Broker]) -> None:
     for engine, running in brokers.items():
-        listening = [line for line in running.lines if line.get("msg") == "felix broker listening"]
+        listening = [
+            line for line in list(running.log) if line.get("msg") == "felix broker listening"
+        ]
         assert str(listening[0]["quic_engine"]).startswith(f"{engine} ")
 
 

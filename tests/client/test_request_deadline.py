@@ -38,7 +38,7 @@ def asyncio_broker(tmp_path: Path) -> Iterator[Broker]:
     finally:
         if broker.process.poll() is None:
             os.kill(broker.process.pid, signal.SIGCONT)
-        broker.terminate()
+        broker.stop()
 
 
 async def test_request_to_a_silent_broker_times_out(asyncio_broker: Broker) -> None:

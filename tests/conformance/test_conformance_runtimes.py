@@ -60,7 +60,7 @@ async def test_every_runtime_conforms(tmp_path: Path) -> None:
                     tg.start_soon(run, broker)
     finally:
         for broker in brokers:
-            broker.terminate()
+            broker.stop()
     for runtime, (code, out) in outputs.items():
         lines = out.strip().splitlines()
         failed = {line.split()[1] for line in lines if line.startswith("FAIL ")}

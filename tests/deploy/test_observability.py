@@ -95,14 +95,14 @@ def scrape(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scrape]:
     broker = start_broker("asyncio", tmp_path_factory.mktemp("observability"))
     try:
         anyio.run(_exercise, broker)
-        base = f"http://{broker.metrics[0]}:{broker.metrics[1]}"
+        base = f"http://{broker.metrics_address[0]}:{broker.metrics_address[1]}"
         found = Scrape()
         for path in ("/live", "/ready", "/healthz"):
             found.status[path] = _get(base + path)[0]
         status, text = _get(base + "/metrics")
         assert status == 200
     finally:
-        code = broker.terminate()
+        code = broker.stop()
     assert code == 0
     for line in text.splitlines():
         if line.startswith("# TYPE "):

@@ -127,11 +127,11 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
     for kind in ("stream", "queue", "cache"):  # so that per-resource series exist
         _felix("admin", "create", kind, f"claims-{kind}", env=env)
     yield running
-    running.terminate()
+    running.stop()
 
 
 def test_every_listed_metric_is_exported(live: Broker) -> None:
-    host, port = live.metrics
+    host, port = live.metrics_address
     with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=10) as reply:
         page = reply.read().decode()
     families = set(re.findall(r"^# TYPE (\w+) ", page, re.M))

@@ -136,7 +136,7 @@ def pages(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[Path, Page]
     started: dict[Path, Page] = {}
     yield started
     for page in started.values():
-        page.broker.terminate()
+        page.broker.stop()
 
 
 def _page(pages: dict[Path, Page], path: Path, tmp: pytest.TempPathFactory) -> Page:

@@ -58,5 +58,5 @@ def test_acked_messages_stay_acked_after_sigkill(runtime: str, tmp_path: Path) -
     try:
         got = anyio.run(_after_the_restart, broker)
     finally:
-        broker.terminate()
+        broker.stop()
     assert sorted(got) == [(i, 2, f"job-{i}".encode()) for i in range(4, 10)]

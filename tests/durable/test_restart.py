@@ -27,7 +27,7 @@ TIMEOUT = 20
 
 def metrics(broker: Broker) -> dict[str, float]:
     """Every sample of ``/metrics`` without labels, by name."""
-    host, port = broker.metrics
+    host, port = broker.metrics_address
     with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=10) as reply:
         page = reply.read().decode()
     return {m[0]: float(m[1]) for m in re.findall(r"^(felix_\w+) (\S+)$", page, re.M)}
@@ -69,7 +69,7 @@ def test_a_restart_keeps_definitions_and_committed_records(runtime: str, tmp_pat
         assert figures["felix_storage_syncs_total"] >= 1
         assert figures["felix_storage_unsynced_bytes"] == 0  # committed: fsynced
     finally:
-        assert broker.terminate() == 0
+        assert broker.stop() == 0
     assert any(m == "storage: resource definitions and durable logs" for m in broker.log_messages())
 
     again = start_broker(runtime, data)
@@ -87,4 +87,4 @@ def test_a_restart_keeps_definitions_and_committed_records(runtime: str, tmp_pat
         assert stats["stats"]["next_offset"] == 0  # ephemeral: the definition only
         assert metrics(again)["felix_storage_recovery_duration_seconds"] > 0
     finally:
-        assert again.terminate() == 0
+        assert again.stop() == 0

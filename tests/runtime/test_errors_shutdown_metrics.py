@@ -121,7 +121,7 @@ async def test_graceful_shutdown(start_broker: StartBroker, connect: Connect) ->
     assert isinstance(closed, qe.ConnectionTerminated)
     assert closed.error_code == ErrorCode.SHUTTING_DOWN
     assert not stalled.terminated  # ... while the lagging one still has its grace period
-    assert (await http_get(proc.metrics, "/ready"))[0] == 503
+    assert (await http_get(proc.metrics_address, "/ready"))[0] == 503
     late = RawClient(proc.ca_file)
     with pytest.raises(TimeoutError):  # new connections are refused (no handshake) ...
         await late.connect(proc.address, hello=False, timeout=0.3)
@@ -130,7 +130,7 @@ async def test_graceful_shutdown(start_broker: StartBroker, connect: Connect) ->
     assert refused.error_code == QuicErrorCode.CONNECTION_REFUSED
     assert refused.reason_phrase == "broker shutting down"
     late.close()
-    _, body = await http_get(proc.metrics, "/metrics")  # ... and counted
+    _, body = await http_get(proc.metrics_address, "/metrics")  # ... and counted
     assert sample(body, 'felix_connections_refused_total{reason="shutting_down"}') >= 1
     assert sample(body, 'felix_connections_refused_total{reason="max_connections"}') == 0
     assert not stalled.terminated  # all of this within the 1 s grace period
@@ -141,7 +141,7 @@ async def test_graceful_shutdown(start_broker: StartBroker, connect: Connect) ->
         while proc.process.poll() is None:
             await asyncio.sleep(0.02)
     assert proc.process.returncode == 0
-    report = [line for line in proc.lines if line.get("msg") == "shutdown: undelivered records"]
+    report = [line for line in list(proc.log) if line.get("msg") == "shutdown: undelivered records"]
     assert [(r["name"], r["undelivered"]) for r in report] == [("busy", 9)]
     assert "felix broker stopped" in proc.log_messages()
 
@@ -152,7 +152,10 @@ async def test_refused_connections_are_exported(
     proc = await start_broker(transport={"max_connections": 1})  # its own: exact counts
     await connect(proc)
     assert (
-        await metric(proc.metrics, 'felix_connections_refused_total{reason="max_connections"}') == 0
+        await metric(
+            proc.metrics_address, 'felix_connections_refused_total{reason="max_connections"}'
+        )
+        == 0
     )
     late = RawClient(proc.ca_file)
     with pytest.raises(TimeoutError):
@@ -161,7 +164,7 @@ async def test_refused_connections_are_exported(
     assert isinstance(refused, qe.ConnectionTerminated)
     assert refused.reason_phrase == "broker at max_connections"
     late.close()
-    _, body = await http_get(proc.metrics, "/metrics")
+    _, body = await http_get(proc.metrics_address, "/metrics")
     assert sample(body, 'felix_connections_refused_total{reason="max_connections"}') >= 1
     assert sample(body, 'felix_connections_refused_total{reason="shutting_down"}') == 0
 
@@ -187,7 +190,7 @@ async def test_backpressure_pauses_a_stalled_connection(
     async def until_paused(paused: float, timeout: float) -> str:
         async with asyncio.timeout(timeout):
             while True:
-                status, body = await http_get(proc.metrics, "/metrics")
+                status, body = await http_get(proc.metrics_address, "/metrics")
                 assert status == 200
                 if sample(body, "felix_connections_paused") == paused:
                     return body
@@ -213,7 +216,7 @@ async def test_metrics_endpoint(start_broker: StartBroker, connect: Connect) -> 
     await create(c, "queue", "mq")
     await c.reply(c.call(c.felix.enqueue, T, N, "mq", [b"1", b"2"]))
 
-    status, body = await http_get(proc.metrics, "/metrics")
+    status, body = await http_get(proc.metrics_address, "/metrics")
     assert status == 200
     for name in (
         "felix_publish_requests_total 1.0",
@@ -237,11 +240,11 @@ async def test_metrics_endpoint(start_broker: StartBroker, connect: Connect) -> 
     ):
         assert name in body, name
     assert "hello" not in body  # labels never carry message data
-    assert await metric(proc.metrics, "felix_ready") == 1.0
-    assert (await http_get(proc.metrics, "/live"))[0] == 200
-    assert (await http_get(proc.metrics, "/ready"))[0] == 200
-    assert (await http_get(proc.metrics, "/nope"))[0] == 404
+    assert await metric(proc.metrics_address, "felix_ready") == 1.0
+    assert (await http_get(proc.metrics_address, "/live"))[0] == 200
+    assert (await http_get(proc.metrics_address, "/ready"))[0] == 200
+    assert (await http_get(proc.metrics_address, "/nope"))[0] == 404
     proc.process.terminate()  # SIGTERM: not ready while it drains (c is still open)
     async with asyncio.timeout(5):
-        while (await http_get(proc.metrics, "/ready"))[0] != 503:
+        while (await http_get(proc.metrics_address, "/ready"))[0] != 503:
             await asyncio.sleep(0.01)

@@ -65,7 +65,7 @@ def got_or_ended(sub: RawClient, count: int) -> bool:
 
 
 def logged(proc: Broker, msg: str) -> list[dict[str, Any]]:
-    return [line for line in proc.lines if line.get("msg") == msg]
+    return [line for line in list(proc.log) if line.get("msg") == msg]
 
 
 async def test_sigterm_delivers_what_was_acked_to_a_lagging_subscriber(

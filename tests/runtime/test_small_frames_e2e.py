@@ -39,5 +39,5 @@ async def test_a_zero_max_frame_size_is_refused_without_a_runtime_error(
     assert isinstance(error, m.Error) and error.code == ErrorCode.INVALID_ARGUMENT
     healthy = await connect(proc)  # the broker serves the next client
     assert healthy.felix.state.value == "ready"
-    assert await metric(proc.metrics, "felix_internal_errors_total") == 0
+    assert await metric(proc.metrics_address, "felix_internal_errors_total") == 0
     assert not [line for line in proc.log_messages() if "Exception in callback" in line]

@@ -166,9 +166,9 @@ async def test_metrics_and_health(broker: Broker, name: str) -> None:
     async with client(broker) as c:
         await c.admin.create("stream", name)
         await c.publish(name, b"counted")
-    assert await http_get(broker.metrics, "/live") == (200, b"ok\n")
-    assert await http_get(broker.metrics, "/ready") == (200, b"ready\n")
-    status, body = await http_get(broker.metrics, "/metrics")
+    assert await http_get(broker.metrics_address, "/live") == (200, b"ok\n")
+    assert await http_get(broker.metrics_address, "/ready") == (200, b"ready\n")
+    status, body = await http_get(broker.metrics_address, "/metrics")
     assert status == 200
     assert b"felix_ready 1.0" in body
     assert b"felix_publish_records_total" in body
@@ -184,7 +184,7 @@ async def test_graceful_shutdown_exits_zero(fresh_broker: FreshBroker) -> None:
             assert [e.payload for e in await take(sub, 1)] == [b"before"]
             broker.process.terminate()  # SIGTERM
             with anyio.fail_after(WAIT):
-                while (await http_get(broker.metrics, "/ready"))[0] != 503:
+                while (await http_get(broker.metrics_address, "/ready"))[0] != 503:
                     await anyio.sleep(0.01)
             with pytest.raises((ShuttingDown, ConnectionLost)):  # GoAway: refused
                 await c.publish("s", b"after")
@@ -218,7 +218,9 @@ async def test_a_full_broker_refuses_promptly_with_a_reason(fresh_broker: FreshB
 
 def test_port_in_use_exits_one(broker: Broker, tmp_path: Path) -> None:
     """A broker that cannot bind its metrics port says so and exits 1 (no traceback)."""
-    metrics = f"{broker.metrics[0]}:{broker.metrics[1]}"  # taken by the shared broker
+    metrics = (
+        f"{broker.metrics_address[0]}:{broker.metrics_address[1]}"  # taken by the shared broker
+    )
     cmd = [
         sys.executable,
         "-c",

@@ -19,7 +19,9 @@ def _status(url: str) -> int:
 
 def test_probes_answer_with_metrics_disabled(fresh_broker: FreshBroker) -> None:
     broker = fresh_broker("--metrics-enabled", "false")
-    listening = next(line for line in broker.lines if line.get("msg") == "felix broker listening")
+    listening = next(
+        line for line in list(broker.log) if line.get("msg") == "felix broker listening"
+    )
     assert listening["metrics"] == "off"
     base = str(listening["health"]).removesuffix("/ready")
     assert _status(f"{base}/live") == 200
@@ -29,6 +31,6 @@ def test_probes_answer_with_metrics_disabled(fresh_broker: FreshBroker) -> None:
 
 def test_metrics_and_probes_share_the_listener(fresh_broker: FreshBroker) -> None:
     broker = fresh_broker()
-    host, port = broker.metrics
+    host, port = broker.metrics_address
     assert _status(f"http://{host}:{port}/metrics") == 200
     assert _status(f"http://{host}:{port}/ready") == 200

@@ -58,7 +58,7 @@ async def test_every_event_kind_is_written_and_verifies(
 ) -> None:
     broker = fresh_broker("--auth-issuer-key", str(issuer.public_file))
     await cause_every_event(broker, issuer, Issuer(tmp_path, "stranger"))
-    assert broker.terminate() == 0  # the trail is flushed and closed at shutdown
+    assert broker.stop() == 0  # the trail is flushed and closed at shutdown
     trail = broker.data_dir / "audit"
     got = entries(trail)
     kinds = {e["kind"] for e in got}
@@ -92,7 +92,7 @@ async def test_every_event_kind_is_written_and_verifies(
         ("delete", "stream acme/ns/s", "ok"),
         ("delete", "stream acme/ns/s", "error"),
     ]
-    closed = next(line for line in broker.lines if line.get("msg") == "audit trail closed")
+    closed = next(line for line in list(broker.log) if line.get("msg") == "audit trail closed")
 
     capsys.readouterr()
     assert felix(["audit", "verify", str(trail)]) == 0
@@ -120,12 +120,12 @@ async def test_a_restarted_broker_continues_the_chain(
     first = fresh_broker(*flags)
     async with client(first, issuer.token("acme"), "acme") as c:
         await c.admin.create("tenant", "acme")
-    assert first.terminate() == 0
+    assert first.stop() == 0
     again = fresh_broker(*flags, data_dir=first.data_dir)
     for _ in range(3):
         async with client(again, issuer.token("acme"), "acme") as c:
             await c.admin.create("namespace", f"ns{_}")
-    assert again.terminate() == 0
+    assert again.stop() == 0
     trail = first.data_dir / "audit"
     assert len(audit_files(trail)) >= 2
     assert [e["seq"] for e in entries(trail)] == list(range(len(entries(trail))))
@@ -146,7 +146,7 @@ async def test_audit_off_writes_nothing(
     )
     async with client(broker, issuer.token("acme"), "acme") as c:
         await c.admin.create("tenant", "acme")
-    assert broker.terminate() == 0
+    assert broker.stop() == 0
     assert not elsewhere.exists() and not (broker.data_dir / "audit").exists()
 
 
@@ -159,6 +159,6 @@ async def test_audit_path_is_where_the_trail_goes(
     )
     async with client(broker, issuer.token("acme"), "acme") as c:
         await c.admin.create("tenant", "acme")
-    assert broker.terminate() == 0
+    assert broker.stop() == 0
     assert "handshake_accepted" in {e["kind"] for e in entries(elsewhere)}
     assert not (broker.data_dir / "audit").exists()
