@@ -66,7 +66,7 @@ async def test_no_resumption_into_a_gone_or_recreated_stream(
 
             # The broker restarts on the same port: the ephemeral stream's definition is
             # back with a new uid, its records are gone.
-            assert await anyio.to_thread.run_sync(first.terminate) == 0
+            assert await anyio.to_thread.run_sync(first.stop) == 0
             await anyio.to_thread.run_sync(
                 lambda: fresh_broker(*FAST_SHUTDOWN, data_dir=data_dir, port=first.port)
             )
