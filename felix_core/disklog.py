@@ -881,10 +881,13 @@ class DiskLog:
         self.sync_wanted = True
 
     def _bound_tail(self) -> None:
+        """Keep the tail within ``tail_bytes``: once over it, trim it to 7/8 of it, so
+        the trim (and its bookkeeping) happens once per ``tail_bytes / 8`` of appends
+        rather than on every append."""
         limit = self.config.tail_bytes
         if limit is None or self._tail.byte_size <= limit:
             return
-        drop = self._tail.evictions_for(0, 0, Retention(max_bytes=limit))
+        drop = self._tail.evictions_for(0, 0, Retention(max_bytes=limit - (limit >> 3)))
         self._tail.truncate_before(self._tail.first_offset + drop)
 
     # -- commits ------------------------------------------------------------------------
@@ -1168,6 +1171,8 @@ class DiskLog:
             How many records were dropped.
         """
         active = self.active.summary
+        if len(self._segments) == 1 and retention.max_age_ms is None:
+            return 0  # nothing closed to delete, no age to roll for: the common append
         if (
             retention.max_age_ms is not None
             and active.last_timestamp_ms is not None

@@ -38,6 +38,7 @@ from bisect import bisect_right
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
+from itertools import chain, repeat
 
 from crc32c import crc32c
 
@@ -83,6 +84,7 @@ INDEX_INTERVAL = 4096
 
 INDEX_MAGIC = b"FXI"
 _HEADER = struct.Struct("<2sBBII")  # magic, version, flags, length, crc
+_HEAD_NO_CRC = struct.Struct("<2sBBI")  # the part of the header before the crc
 _BODY_HEAD = struct.Struct("<QIIqq")  # base offset, count, record bytes, first/last ts
 _REC_HEAD = struct.Struct("<IIB")  # payload length, timestamp delta, flags
 _U32 = struct.Struct("<I")
@@ -191,23 +193,56 @@ def encode_batch(
         raise ValueError("headers must be as long as payloads")
     first_ts = timestamps_ms[0]
     last_ts = timestamps_ms[-1]
-    parts: list[bytes] = []
-    append = parts.append
-    prev = first_ts
-    nbytes = 0
     plain = (
         first_ts == last_ts
+        and timestamps_ms.count(first_ts) == n
         and (keys is None or keys.count(None) == n)
         and (headers is None or not any(headers))
     )
-    if plain:  # the common case, one timestamp and no keys or headers: no per-record logic
-        pack = _REC_HEAD.pack
-        for payload in payloads:
-            append(pack(len(payload), 0, 0))
-            append(payload)
-        nbytes = sum(map(len, payloads))
-    for i in range(0 if plain else n):
-        payload = payloads[i]
+    if plain:  # the common case, one timestamp and no keys or headers: no Python loop
+        records, nbytes = _plain_records(payloads)
+    else:
+        records, nbytes = _records(payloads, timestamps_ms, keys, headers)
+    length = BATCH_HEADER_SIZE + len(records)
+    if length > MAX_BATCH_SIZE:
+        raise ValueError(f"batch of {length} bytes exceeds {MAX_BATCH_SIZE}")
+    head = _HEAD_NO_CRC.pack(MAGIC, FORMAT_VERSION, 0, length)
+    body_head = _BODY_HEAD.pack(base_offset, n, nbytes, first_ts, last_ts)
+    crc = crc32c(records, crc32c(body_head, crc32c(head)))
+    return b"".join((head, _U32.pack(crc), body_head, records))
+
+
+def _plain_records(payloads: Sequence[bytes]) -> tuple[bytes, int]:
+    """The records of a batch without keys, headers or timestamp deltas, and their byte
+    size: each a 9-byte head (its length, two zero fields) then the payload, built by C
+    loops (one ``join`` when every payload has the same length)."""
+    lengths = list(map(len, payloads))
+    first = lengths[0]
+    if lengths.count(first) == len(lengths):
+        rec_head = _REC_HEAD.pack(first, 0, 0)
+        return rec_head + rec_head.join(payloads), first * len(lengths)
+    zeros = repeat(0)
+    heads = map(_REC_HEAD.pack, lengths, zeros, zeros)
+    return b"".join(chain.from_iterable(zip(heads, payloads, strict=True))), sum(lengths)
+
+
+def _records(
+    payloads: Sequence[bytes],
+    timestamps_ms: Sequence[int],
+    keys: Sequence[bytes | None] | None,
+    headers: Sequence[dict[str, bytes] | None] | None,
+) -> tuple[bytes, int]:
+    """The records of a batch in general (keys, headers, timestamp deltas), and their byte
+    size.
+
+    Raises:
+        ValueError: timestamps decrease.
+    """
+    parts: list[bytes] = []
+    append = parts.append
+    first_ts = prev = timestamps_ms[0]
+    nbytes = 0
+    for i, payload in enumerate(payloads):
         ts = timestamps_ms[i]
         if ts < prev:
             raise ValueError("timestamps must not decrease")
@@ -231,12 +266,7 @@ def encode_batch(
                 append(value)
                 nbytes += len(raw) + len(value)
         append(payload)
-    body = _BODY_HEAD.pack(base_offset, n, nbytes, first_ts, last_ts) + b"".join(parts)
-    length = _HEADER.size + len(body)
-    if length > MAX_BATCH_SIZE:
-        raise ValueError(f"batch of {length} bytes exceeds {MAX_BATCH_SIZE}")
-    head = struct.pack("<2sBBI", MAGIC, FORMAT_VERSION, 0, length)
-    return head + _U32.pack(crc32c(body, crc32c(head))) + body
+    return b"".join(parts), nbytes
 
 
 @dataclass(frozen=True, slots=True)

@@ -138,6 +138,8 @@ class OsFileSystem:
             except FileNotFoundError:
                 if not create:
                     raise
+                if not os.path.isdir(os.path.dirname(path)):
+                    raise IOFailure(f"no such directory: {parent_of(name)!r}") from None
                 fd = os.open(path, flags | os.O_CREAT, 0o644)
                 created = True
         with self._lock:
@@ -239,21 +241,25 @@ class OsFileSystem:
             self._unpin(handle)
 
     def append(self, name: str, data: bytes) -> None:
-        """See :meth:`felix_core.filesystem.FileSystem.append` (the page cache only)."""
-        if not os.path.isdir(self._path(parent_of(name), allow_root=True)):
-            raise IOFailure(f"no such directory: {parent_of(name)!r}")
-        started = time.perf_counter()
+        """See :meth:`felix_core.filesystem.FileSystem.append` (the page cache only).
+
+        The hot path of a durable publish: one ``os.write`` on the kept-open descriptor,
+        nothing else (no ``stat``: a missing directory is found when the file is opened,
+        and a file only loses its descriptor through this object's own removes)."""
+        on_append = self._on_append
+        started = time.perf_counter() if on_append is not None else 0.0
         handle = self._pin(name, create=True)
         try:
-            view = memoryview(data)
             with _translated("write", name):
-                while view:
-                    written = os.write(handle.fd, view)
-                    view = view[written:]
+                written = os.write(handle.fd, data)
+                if written < len(data):  # a short write (a signal, a full disk): finish it
+                    view = memoryview(data)[written:]
+                    while view:
+                        view = view[os.write(handle.fd, view) :]
         finally:
             self._unpin(handle)
-        if self._on_append is not None:
-            self._on_append(time.perf_counter() - started)
+        if on_append is not None:
+            on_append(time.perf_counter() - started)
 
     def truncate(self, name: str, size: int) -> None:
         """See :meth:`felix_core.filesystem.FileSystem.truncate`."""

@@ -347,6 +347,22 @@ def test_memory_tail_is_bounded_with_100_mib_on_disk() -> None:
     assert log.memory_bytes == meter.held
 
 
+def test_the_tail_is_trimmed_with_slack_not_on_every_append() -> None:
+    """Once over ``tail_bytes`` the tail goes down to 7/8 of it, so the appends that follow
+    (up to an eighth of the bound) trim nothing: the trim is not a per-append cost."""
+    _, store = _store(tail_bytes=8000)
+    log = _open(store)
+    for i in range(81):  # 8100 bytes: one over the bound
+        log.append_batch([bytes(100)], i)
+    held = log.memory_bytes
+    assert held <= 7000
+    first = log._tail.first_offset
+    for i in range(9):  # 900 more bytes stay under the bound: nothing trimmed
+        log.append_batch([bytes(100)], 100 + i)
+    assert log._tail.first_offset == first
+    assert log.memory_bytes == held + 900
+
+
 def test_retention_deletes_whole_segments() -> None:
     fs, store = _store(segment_bytes=2048)
     log = _open(store)
