@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from array import array
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -536,19 +537,31 @@ class SegmentSummary:
         return self.next_offset - self.base_offset
 
 
+def _unsigned() -> array[int]:
+    return array("Q")
+
+
+def _signed() -> array[int]:
+    return array("q")
+
+
 @dataclass(slots=True)
 class SegmentIndex:
-    """A segment's sparse indexes and summary (mutable: :class:`IndexBuilder` grows it)."""
+    """A segment's sparse indexes and summary (mutable: :class:`IndexBuilder` grows it).
+
+    The entries are machine-integer arrays, 8 bytes an entry: every segment's index stays
+    in memory while its log is open, and as lists of Python ints they cost 40 bytes an
+    entry (25 MiB per GiB of 7 KB batches, against 5 MiB)."""
 
     summary: SegmentSummary
     """The segment's summary."""
-    offsets: list[int] = field(default_factory=list)
+    offsets: array[int] = field(default_factory=_unsigned)
     """Offsets of indexed batches (ascending)."""
-    positions: list[int] = field(default_factory=list)
+    positions: array[int] = field(default_factory=_unsigned)
     """Byte positions of those batches."""
-    times: list[int] = field(default_factory=list)
+    times: array[int] = field(default_factory=_signed)
     """First timestamps of the batches of the time index (ascending)."""
-    time_offsets: list[int] = field(default_factory=list)
+    time_offsets: array[int] = field(default_factory=_unsigned)
     """Their base offsets."""
 
     def position_for(self, offset: int) -> int:
@@ -625,14 +638,16 @@ def encode_index(index: SegmentIndex) -> bytes:
         s.file_size,
         len(index.times),
     )
-    parts = [head]
-    parts.extend(
-        _OFFSET_ENTRY.pack(o - base, p) for o, p in zip(index.offsets, index.positions, strict=True)
+    rebase = repeat(base)
+    offsets = zip(map(int.__sub__, index.offsets, rebase), index.positions, strict=False)
+    times = zip(index.times, map(int.__sub__, index.time_offsets, rebase), strict=False)
+    body = b"".join(
+        (
+            head,
+            struct.pack(f"<{2 * len(index.offsets)}I", *chain.from_iterable(offsets)),
+            struct.pack("<" + "qI" * len(index.times), *chain.from_iterable(times)),
+        )
     )
-    parts.extend(
-        _TIME_ENTRY.pack(t, o - base) for t, o in zip(index.times, index.time_offsets, strict=True)
-    )
-    body = b"".join(parts)
     return body + _U32.pack(crc32c(body))
 
 
@@ -662,20 +677,12 @@ def decode_index(data: bytes, base_offset: int, log_size: int) -> SegmentIndex |
     if base != base_offset or size != log_size or nxt < base:
         return None
     p = _INDEX_HEADER.size
-    offsets: list[int] = []
-    positions: list[int] = []
-    for _ in range(n_off):
-        rel, pos = _OFFSET_ENTRY.unpack_from(body, p)
-        offsets.append(base + rel)
-        positions.append(pos)
-        p += _OFFSET_ENTRY.size
-    times: list[int] = []
-    time_offsets: list[int] = []
-    for _ in range(n_time):
-        ts, rel = _TIME_ENTRY.unpack_from(body, p)
-        times.append(ts)
-        time_offsets.append(base + rel)
-        p += _TIME_ENTRY.size
+    entries = struct.unpack_from(f"<{2 * n_off}I", body, p)
+    offsets = array("Q", map(base.__add__, entries[0::2]))
+    positions = array("Q", entries[1::2])
+    entries = struct.unpack_from("<" + "qI" * n_time, body, p + n_off * _OFFSET_ENTRY.size)
+    times = array("q", entries[0::2])
+    time_offsets = array("Q", map(base.__add__, entries[1::2]))
     empty = nxt == base
     summary = SegmentSummary(
         base, nxt, nbytes, None if empty else first, None if empty else last, size
