@@ -71,7 +71,7 @@ class Engine:
     in one thread: publish, hand out jobs, take back finished ones)."""
 
     def __init__(self, root: str) -> None:
-        self.fs = OsFileSystem(root, durable_removes=False)
+        self.fs = OsFileSystem(root, durable_removes=False, durable_mkdirs=False)
         self.store = DiskLogStore(self.fs, DiskLogConfig(segment_bytes=SEGMENT_BYTES), root="")
         config = BrokerConfig(memory_limit_bytes=1 << 34, stream_max_retention_bytes=1 << 40)
         self.broker = Broker(config, logs=self.store)
