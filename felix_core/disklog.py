@@ -91,7 +91,6 @@ from felix_core.segments import (
     INDEX_INTERVAL,
     MAX_BATCH_SIZE,
     Batch,
-    BatchInfo,
     CorruptBatch,
     IndexBuilder,
     SegmentIndex,
@@ -865,7 +864,7 @@ class DiskLog:
             self._undo_append(seg, pos, exc)
         self._last_ts = ts
         nbytes = int.from_bytes(data[24:28], "little")  # the header's record bytes
-        seg.builder.add(BatchInfo(pos, len(data), offset, n, nbytes, ts, ts))
+        seg.builder.add_batch(pos, len(data), offset, n, nbytes, ts, ts)
         self.stats.appends += 1
         self.stats.append_bytes += len(data)
         self._unsynced += len(data)

@@ -40,6 +40,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from itertools import chain, repeat
+from typing import NamedTuple
 
 from crc32c import crc32c
 
@@ -514,9 +515,11 @@ def _after_bad(data: bytes | memoryview, pos: int, length: int | None) -> TailSt
 # -- indexes ------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class SegmentSummary:
-    """What a segment holds, as far as retention and reads need to know."""
+class SegmentSummary(NamedTuple):
+    """What a segment holds, as far as retention and reads need to know. A named tuple, not
+    a frozen dataclass: the active segment's is made anew on every append, and a frozen
+    dataclass's ``__init__`` (one ``object.__setattr__`` per field) costs four times as
+    much."""
 
     base_offset: int
     """The segment's first offset (its name)."""
@@ -600,23 +603,49 @@ class IndexBuilder:
         self.index = SegmentIndex(SegmentSummary(base_offset, base_offset, 0, None, None, 0))
 
     def add(self, info: BatchInfo) -> None:
-        """Account one batch appended at ``info.position``."""
+        """Account one batch appended at ``info.position`` (a scan's)."""
+        self.add_batch(
+            info.position,
+            info.length,
+            info.base_offset,
+            info.count,
+            info.record_bytes,
+            info.first_timestamp_ms,
+            info.last_timestamp_ms,
+        )
+
+    def add_batch(
+        self,
+        position: int,
+        length: int,
+        base_offset: int,
+        count: int,
+        record_bytes: int,
+        first_timestamp_ms: int,
+        last_timestamp_ms: int,
+    ) -> None:
+        """Account one batch appended at ``position``: :meth:`add` with the fields of a
+        :class:`BatchInfo` (an append's, which makes no BatchInfo)."""
         idx = self.index
         if self._since >= self._interval:
-            idx.offsets.append(info.base_offset)
-            idx.positions.append(info.position)
-            idx.times.append(info.first_timestamp_ms)
-            idx.time_offsets.append(info.base_offset)
+            idx.offsets.append(base_offset)
+            idx.positions.append(position)
+            idx.times.append(first_timestamp_ms)
+            idx.time_offsets.append(base_offset)
             self._since = 0
-        self._since += info.length
+        self._since += length
         if self._first_ts is None:
-            self._first_ts = info.first_timestamp_ms
-        self._last_ts = info.last_timestamp_ms
-        self._bytes += info.record_bytes
-        self._next = info.next_offset
-        s = idx.summary
+            self._first_ts = first_timestamp_ms
+        self._last_ts = last_timestamp_ms
+        self._bytes += record_bytes
+        self._next = base_offset + count
         idx.summary = SegmentSummary(
-            s.base_offset, self._next, self._bytes, self._first_ts, self._last_ts, info.end
+            idx.summary.base_offset,
+            self._next,
+            self._bytes,
+            self._first_ts,
+            last_timestamp_ms,
+            position + length,
         )
 
 
