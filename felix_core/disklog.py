@@ -35,6 +35,11 @@ chunk (``read_chunk_bytes`` from the sparse index's position) on a worker thread
 decodes it there; its ``finish`` puts the chunk in the cache and tells the engine the log
 is readable (``Broker.log_readable``), whose read then hits the cache.
 
+Deletes. Dropping a deleted resource's log (:meth:`DiskLogStore.drop_log`) forgets it at
+once; its directory goes with a *remove job* (``remove_tree`` on a worker thread) as soon
+as no job for the log is in flight. One that cannot be removed is left for the sweep at the
+next start, never opened again (a new incarnation has its own directory).
+
 Jobs. ``job.run()`` does the I/O and CPU work and is safe on any thread (it touches only
 the file system and its own fields). ``job.finish(outcome, now)`` runs on the loop thread
 with what ``run`` returned or the exception it raised, updates the log, and returns the
@@ -61,7 +66,6 @@ wholly below it.
 
 from __future__ import annotations
 
-import contextlib
 from bisect import bisect_right
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -87,7 +91,6 @@ from felix_core.segments import (
     INDEX_INTERVAL,
     MAX_BATCH_SIZE,
     Batch,
-    BatchInfo,
     CorruptBatch,
     IndexBuilder,
     SegmentIndex,
@@ -115,6 +118,7 @@ __all__ = [
     "LogReadable",
     "ReadJob",
     "RecoveryReport",
+    "RemoveJob",
     "StorageJob",
     "StorageNotice",
     "SweepReport",
@@ -308,6 +312,44 @@ class SyncJob:
     def finish(self, outcome: object, now: float) -> list[StorageNotice]:
         """Move ``committed_offset`` (or fail the log); see :class:`StorageJob`."""
         return self._log._sync_finished(self, outcome, now)
+
+
+class RemoveJob:
+    """Remove a deleted resource's log directory: ``remove_tree`` walks and unlinks every
+    file and fsyncs the parent, work for a worker thread, not the event loop. A directory
+    that cannot be removed is left for the sweep at the next start (it removes the
+    incarnations no resource names)."""
+
+    __slots__ = ("_fs", "_log", "directory")
+
+    def __init__(self, log: DiskLog, fs: FileSystem) -> None:
+        self._log = log
+        self._fs = fs
+        self.directory = log.directory
+        """The incarnation's directory."""
+
+    @property
+    def kind(self) -> str:
+        """The log's resource kind."""
+        return self._log.kind
+
+    @property
+    def path(self) -> LogPath:
+        """The log's resource."""
+        return self._log.path
+
+    def run(self) -> None:
+        """Remove the directory.
+
+        Raises:
+            FileSystemError: it could not be removed.
+        """
+        self._fs.remove_tree(self.directory)
+
+    def finish(self, outcome: object, now: float) -> list[StorageNotice]:
+        """Nothing to tell the engine (the resource is gone from it already); see
+        :class:`StorageJob`."""
+        return []
 
 
 class ReadJob:
@@ -822,7 +864,7 @@ class DiskLog:
             self._undo_append(seg, pos, exc)
         self._last_ts = ts
         nbytes = int.from_bytes(data[24:28], "little")  # the header's record bytes
-        seg.builder.add(BatchInfo(pos, len(data), offset, n, nbytes, ts, ts))
+        seg.builder.add_batch(pos, len(data), offset, n, nbytes, ts, ts)
         self.stats.appends += 1
         self.stats.append_bytes += len(data)
         self._unsynced += len(data)
@@ -881,10 +923,13 @@ class DiskLog:
         self.sync_wanted = True
 
     def _bound_tail(self) -> None:
+        """Keep the tail within ``tail_bytes``: once over it, trim it to 7/8 of it, so
+        the trim (and its bookkeeping) happens once per ``tail_bytes / 8`` of appends
+        rather than on every append."""
         limit = self.config.tail_bytes
         if limit is None or self._tail.byte_size <= limit:
             return
-        drop = self._tail.evictions_for(0, 0, Retention(max_bytes=limit))
+        drop = self._tail.evictions_for(0, 0, Retention(max_bytes=limit - (limit >> 3)))
         self._tail.truncate_before(self._tail.first_offset + drop)
 
     # -- commits ------------------------------------------------------------------------
@@ -1168,6 +1213,8 @@ class DiskLog:
             How many records were dropped.
         """
         active = self.active.summary
+        if len(self._segments) == 1 and retention.max_age_ms is None:
+            return 0  # nothing closed to delete, no age to roll for: the common append
         if (
             retention.max_age_ms is not None
             and active.last_timestamp_ms is not None
@@ -1204,7 +1251,16 @@ class DiskLog:
             chunk.close()
         self._cache.clear()
         self._cache_bytes = 0
+        for job in self._queued:  # never handed out: they will not finish
+            if isinstance(job, ReadJob):
+                self._pending_reads.pop((job._segment.base, job.pos), None)
+                job._segment.busy -= 1
         self._queued.clear()
+
+    @property
+    def jobs_in_flight(self) -> bool:
+        """Whether a job handed out for this log has not finished yet."""
+        return self.sync_in_flight is not None or bool(self._pending_reads)
 
     def __repr__(self) -> str:
         return (
@@ -1257,6 +1313,7 @@ class DiskLogStore:
         self.config = config or DiskLogConfig()
         self.root = root
         self._logs: dict[tuple[str, LogPath], DiskLog] = {}
+        self._removals: list[DiskLog] = []  # dropped logs whose directory is to go
         self._now: float = 0.0
 
     @property
@@ -1356,16 +1413,15 @@ class DiskLogStore:
         return log
 
     def drop_log(self, kind: str, path: LogPath, *, keep_files: bool = False) -> None:
-        """Delete a deleted resource's files (jobs still in flight for it are ignored);
-        ``keep_files``: only forget the log."""
+        """Forget a deleted resource's log and delete its files: :meth:`take_jobs` hands
+        out a :class:`RemoveJob` for its directory once no job for it is in flight (their
+        results are ignored); ``keep_files``: only forget the log."""
         log = self._logs.pop((kind, path), None)
         if log is None:
             return
         log.close()
-        if keep_files:
-            return
-        with contextlib.suppress(FileSystemError):  # else left behind for an operator
-            self.fs.remove_tree(log.directory)
+        if not keep_files:
+            self._removals.append(log)  # a RemoveJob once its jobs in flight are done
 
     def log(self, kind: str, path: LogPath) -> DiskLog | None:
         """The durable log of a resource, if open."""
@@ -1376,8 +1432,8 @@ class DiskLogStore:
         return iter(list(self._logs.values()))
 
     def take_jobs(self, now: float | None = None) -> list[StorageJob]:
-        """The jobs to run now: queued cold reads, and a sync for each log that wants one
-        and has none in flight.
+        """The jobs to run now: queued cold reads, a sync for each log that wants one and
+        has none in flight, and the removal of each deleted resource's directory.
 
         Args:
             now: the current time, if the caller knows it (a sync's interval counts from
@@ -1392,6 +1448,14 @@ class DiskLogStore:
                 job = log.make_sync_job(self._now)
                 if job is not None:
                     jobs.append(job)
+        if self._removals:
+            waiting = []
+            for log in self._removals:
+                if log.jobs_in_flight:
+                    waiting.append(log)
+                else:
+                    jobs.append(RemoveJob(log, self.fs))
+            self._removals = waiting
         return jobs
 
     def _interval_deadline(self, log: DiskLog) -> float | None:

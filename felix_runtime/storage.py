@@ -117,7 +117,10 @@ def open_storage(
     lock_fd = _lock(config.data_dir)
     try:
         logs_fs = OsFileSystem(
-            os.path.join(config.data_dir, "logs"), on_append=on_append, durable_removes=False
+            os.path.join(config.data_dir, "logs"),
+            on_append=on_append,
+            durable_removes=False,
+            durable_mkdirs=False,  # a create's directories: fsynced by the log's first sync
         )
         metadata_fs = OsFileSystem(os.path.join(config.data_dir, "metadata"))
         metadata = FileMetadataStore(metadata_fs)

@@ -15,6 +15,7 @@ from felix_core.disklog import (
     LogFailed,
     LogReadable,
     ReadJob,
+    RemoveJob,
     SyncJob,
 )
 from felix_core.errors import InvalidArgument, StorageFailed, StorageFull, TooLarge
@@ -347,6 +348,22 @@ def test_memory_tail_is_bounded_with_100_mib_on_disk() -> None:
     assert log.memory_bytes == meter.held
 
 
+def test_the_tail_is_trimmed_with_slack_not_on_every_append() -> None:
+    """Once over ``tail_bytes`` the tail goes down to 7/8 of it, so the appends that follow
+    (up to an eighth of the bound) trim nothing: the trim is not a per-append cost."""
+    _, store = _store(tail_bytes=8000)
+    log = _open(store)
+    for i in range(81):  # 8100 bytes: one over the bound
+        log.append_batch([bytes(100)], i)
+    held = log.memory_bytes
+    assert held <= 7000
+    first = log._tail.first_offset
+    for i in range(9):  # 900 more bytes stay under the bound: nothing trimmed
+        log.append_batch([bytes(100)], 100 + i)
+    assert log._tail.first_offset == first
+    assert log.memory_bytes == held + 900
+
+
 def test_retention_deletes_whole_segments() -> None:
     fs, store = _store(segment_bytes=2048)
     log = _open(store)
@@ -433,15 +450,49 @@ def test_queue_logs_keep_every_record_in_memory_and_truncate() -> None:
     assert isinstance(got, LogSlice) and got.next_offset == 30
 
 
-def test_drop_log_removes_the_files_and_ignores_jobs_in_flight() -> None:
+def test_drop_log_removes_the_files_on_a_job_after_the_jobs_in_flight() -> None:
+    """The directory is not removed on the loop thread: a RemoveJob does it, handed out
+    once the sync in flight (whose result is ignored) finished."""
     fs, store = _store()
     log = _open(store)
     log.append(b"a", 1)
     log.request_commit(1)
     jobs = store.take_jobs()
     store.drop_log("stream", PATH)
-    assert fs.list_dir(log.directory) == []
+    assert store.log("stream", PATH) is None
+    assert fs.list_dir(log.directory) == ["00000000000000000000.log"]
+    assert store.take_jobs() == []  # the sync is still in flight
     assert run_jobs(jobs) == []
+    removal = store.take_jobs()
+    assert [type(job) for job in removal] == [RemoveJob]
+    assert fs.exists(log.directory)
+    assert run_jobs(removal) == []
+    assert not fs.exists(log.directory)
+    assert store.take_jobs() == []
+
+
+def test_a_removal_that_fails_is_left_for_the_sweep() -> None:
+    fs, store = _store()
+    log = _open(store)
+    log.append(b"a", 1)
+    settle(store)
+    store.drop_log("stream", PATH)
+    fs.fail_next("remove_tree", IOFailure("EIO"))
+    assert run_jobs(store.take_jobs()) == []
+    assert fs.exists(log.directory)
+    assert store.take_jobs() == []  # not tried again: the next start's sweep removes it
+    assert DiskLogStore(fs).sweep([]).removed == [log.directory]
+
+
+def test_a_read_queued_but_never_handed_out_does_not_hold_a_removal() -> None:
+    _, store = _store(tail_bytes=10, read_chunk_bytes=64)
+    log = _open(store)
+    for i in range(20):
+        log.append(bytes(20), i)
+    settle(store)
+    assert isinstance(log.read(0, 1, 100), ReadPending)  # queued, not taken
+    store.drop_log("stream", PATH)
+    assert [type(job) for job in store.take_jobs()] == [RemoveJob]
 
 
 def test_stray_files_are_removed_at_recovery() -> None:

@@ -232,6 +232,7 @@ def test_deleting_a_queue_deletes_its_state_log() -> None:
     uid = w.calls.broker.registry.queue(Q).uid
     assert w.fs.list_dir("logs/queue/default/default/q~state") == [str(uid)]  # as the queue's
     w.calls.delete("queue", *Q, now=w.now)
+    settle(w.store)  # the removals run as jobs
     assert w.fs.list_dir("logs/queue/default/default/q~state") == []
     assert w.fs.list_dir("logs/queue/default/default/q") == []
 
