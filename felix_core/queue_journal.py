@@ -265,7 +265,7 @@ class QueueJournal:
         checkpoint_every: records between two checkpoints (None: :data:`CHECKPOINT_EVERY`).
     """
 
-    __slots__ = ("checkpoint_every", "compact_at", "damaged", "log", "lost", "since")
+    __slots__ = ("checkpoint_every", "compact_at", "damaged", "error", "log", "lost", "since")
 
     def __init__(self, log: Log, checkpoint_every: int | None = None) -> None:
         self.log = log
@@ -273,7 +273,9 @@ class QueueJournal:
         self.since = 0
         """Records written since the last checkpoint."""
         self.lost = 0
-        """Records the state log refused (disk full or failed)."""
+        """Records the state log refused (disk full or failed) since the last checkpoint."""
+        self.error: StorageFull | StorageFailed | None = None
+        """Why the last refused record was refused (None once a checkpoint made up for it)."""
         self.damaged = 0
         """Records :meth:`load` found that do not decode."""
         self.compact_at: int | None = None
@@ -303,8 +305,9 @@ class QueueJournal:
         self.compact()
         try:
             offset = self.log.append(payload, 0)
-        except (StorageFull, StorageFailed):
+        except (StorageFull, StorageFailed) as exc:
             self.lost += 1
+            self.error = exc
             return None
         self.since += 1
         return offset
@@ -344,6 +347,7 @@ class QueueJournal:
         if offset is not None:
             self.since = 0
             self.lost = 0
+            self.error = None
             self.compact_at = offset
             if isinstance(self.log, _CommitsOnRequest):
                 self.log.request_commit(offset + 1)
