@@ -1,7 +1,8 @@
 """A durable queue's group state survives kill -9 (issue 10), on every runtime, with a real
-broker subprocess: enqueue 10, consume all 10 and ack 4, SIGKILL the broker, restart it on
-the same data directory, consume: exactly the 6 others come back, each counted as a second
-attempt (they were in flight at the crash)."""
+broker subprocess: enqueue 10, consume all 10 and ack 4 with committed acks (answered once
+their state records are fsynced; two one by one, two in one frame), SIGKILL the broker,
+restart it on the same data directory, consume: exactly the 6 others come back, each
+counted as a second attempt (they were in flight at the crash)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import anyio
 import pytest
 from brokers import Broker, selected_runtimes, start_broker
 
-from felix_client import Client, QueueMessage
+from felix_client import AckMode, Client, QueueMessage
 
 QUEUE = "jobs"
 
@@ -27,8 +28,9 @@ async def _before_the_crash(broker: Broker) -> list[int]:
                     got.append(message)
                     if len(got) == 10:
                         break
-                for message in got[:4]:
-                    await message.ack_sync()  # confirmed: its state record was written
+                for message in got[:2]:
+                    await message.ack_sync(AckMode.COMMITTED)  # its record is on disk
+                await consumer.ack_many(got[2:4], wait=True, mode=AckMode.COMMITTED)
                 # SIGKILL while the 6 others are in flight (no shutdown, no last fsync)
                 broker.process.kill()
                 broker.process.wait(timeout=10)
