@@ -24,10 +24,12 @@ Q = ("default", "default", "q")
 T0 = 1_000.0
 
 
-def start(fs: MemoryFileSystem, meta: MemoryMetadataStore, create: bool) -> FelixServer:
+def start(
+    fs: MemoryFileSystem, meta: MemoryMetadataStore, create: bool, now: float = T0
+) -> FelixServer:
     config = ServerConfig()
     server = FelixServer(
-        config, make_quic_configuration(config), now=T0, logs=DiskLogStore(fs), metadata=meta
+        config, make_quic_configuration(config), now=now, logs=DiskLogStore(fs), metadata=meta
     )
     server.router.attach(1, T0)
     if create:
@@ -49,15 +51,10 @@ def run_all(server: FelixServer) -> None:
     raise AssertionError("jobs never settle")
 
 
-def deliveries(server: FelixServer, consumer: bool = True) -> tuple[int, list[int]]:
-    if consumer:
-        server.router.submit(
-            1,
-            10,
-            m.Consume(request_id=10, tenant="default", namespace="default", queue="q", prefetch=10),
-            T0,
-        )
-    mail = server.router.take(1, T0)
+def deliveries(server: FelixServer, now: float = T0) -> tuple[int, list[int]]:
+    consume = m.Consume(request_id=10, tenant="default", namespace="default", queue="q")
+    server.router.submit(1, 10, consume, now)
+    mail = server.router.take(1, now)
     ids = [d.delivery_id for e in mail if isinstance(e, MessagesDelivered) for d in e.deliveries]
     (cid,) = {e.consumer_id for e in mail if isinstance(e, MessagesDelivered)} or {0}
     return cid, ids
@@ -89,8 +86,10 @@ def offsets_after_power_loss(mode: m.AckMode) -> list[int]:
         done = answers(server)
     assert [(type(e), e.request) for e in done] == [(RequestCompleted, 20)]
     fs.crash()  # power loss: what was not fsynced is gone
-    server = start(fs, meta, create=False)
-    _, again = deliveries(server)
+    later = T0 + 60  # past the visibility deadline of "b" (in flight at the crash)
+    server = start(fs, meta, create=False, now=later)
+    server.handle_timer(later)
+    _, again = deliveries(server, now=later)
     return again
 
 
