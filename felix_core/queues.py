@@ -144,8 +144,11 @@ def _ms(now: float) -> int:
 
 
 def _until_ms(t: float) -> int:
-    """An absolute time as the state log keeps it: ms since the epoch, never early."""
-    return math.ceil(t * 1000)
+    """An absolute time as the state log keeps it: ms since the epoch, never early (a time
+    read back from the log, ``ms / 1000``, gives the same ms again)."""
+    ms = t * 1000
+    whole = round(ms)
+    return whole if abs(ms - whole) < 0.01 else math.ceil(ms)
 
 
 class Queue:
