@@ -20,12 +20,12 @@ from felix_core import Broker, BrokerConfig
 from felix_core import queue_journal as qj
 from felix_core import queues as queues_module
 from felix_core import registry as registry_module
-from felix_core.disklog import DiskLogStore
+from felix_core.disklog import DiskLogStore, LogCommitted
 from felix_core.errors import NotFound, StorageFailed, StorageFull
-from felix_core.events import MessageDeadLettered, MessagesDelivered
+from felix_core.events import MessageDeadLettered, MessagesDelivered, RequestCompleted
 from felix_core.filesystem import MemoryFileSystem
 from felix_core.log import MemoryLog
-from felix_core.metadata import MemoryMetadataStore
+from felix_core.metadata import Kind, MemoryMetadataStore
 from felix_core.queue_types import QueueDelivery
 
 Q = ("default", "default", "q")
@@ -512,6 +512,7 @@ SYNCED_OPS = st.lists(
         st.tuples(st.just("enqueue"), st.integers(1, 5)),
         st.tuples(st.just("consume"), st.integers(1, 4)),
         st.tuples(st.just("ack"), st.integers(0, 3)),
+        st.tuples(st.just("ack_committed"), st.integers(0, 3)),
         st.tuples(st.just("nack"), st.integers(0, 3)),
         st.tuples(st.just("sync"), st.just(0)),
     ),
@@ -526,29 +527,44 @@ def test_a_power_loss_at_any_point_loses_no_unfinished_message(
 ) -> None:
     """Power loss with unsynced records (torn at a random byte): acks not yet synced may be
     undone (the message comes again), but no message the queue still holds after recovery
-    and its group had not finished goes missing."""
+    and its group had not finished goes missing, and no message whose committed ack was
+    answered comes back."""
     qj_every = qj.CHECKPOINT_EVERY
     seg = registry_module.STATE_SEGMENT_BYTES
     qj.CHECKPOINT_EVERY, registry_module.STATE_SEGMENT_BYTES = every, 4096
     try:
         w = World()
+        waiting: dict[int, list[int]] = {}  # committed ack request -> its offsets
+        committed: set[int] = set()  # offsets whose committed ack was answered
         for op, arg in ops:
             group = w.queue().groups.get("g")
-            held = {c.id: list(c.inflight) for c in group.consumers} if group else {}
+            held = {c.id: dict(c.inflight) for c in group.consumers} if group else {}
             if op == "enqueue":
                 w.enqueue(arg)
             elif op == "consume":
                 w.calls.consume(w.conn, *Q, group="g", prefetch=arg, now=w.now)
             elif op == "sync":
                 w.store.handle_timer(w.now + 1000.0)
-                settle(w.store, w.now)
+                for notice in settle(w.store, w.now):
+                    if isinstance(notice, LogCommitted):
+                        kind = Kind(notice.kind)
+                        w.calls.broker.log_committed(kind, notice.path, notice.offset, w.now)
             elif held:
                 cid = sorted(held)[arg % len(held)]
+                ids = list(held[cid])[:3]
                 if op == "ack":
-                    w.calls.ack(w.conn, cid, held[cid][:3], now=w.now)
+                    w.calls.ack(w.conn, cid, ids, now=w.now)
+                elif op == "ack_committed":
+                    request = 10_000 + len(waiting)
+                    waiting[request] = [held[cid][i].offset for i in ids]
+                    w.calls.broker.ack(w.conn, request, cid, ids, committed=True, now=w.now)
                 else:
-                    w.calls.nack(w.conn, cid, held[cid][:1], now=w.now)
+                    w.calls.nack(w.conn, cid, ids[:1], now=w.now)
             w.deliveries()
+            for done in w.calls.completions:
+                if isinstance(done, RequestCompleted) and done.request in waiting:
+                    committed.update(waiting[done.request])
+            w.calls.completions.clear()
         group = w.queue().groups.get("g")
         end = w.queue().log.next_offset
         unfinished = set(range(w.queue().log.first_offset, end))
@@ -561,6 +577,7 @@ def test_a_power_loss_at_any_point_loses_no_unfinished_message(
         recovered = range(w.queue().log.first_offset, w.queue().log.next_offset)
         missing = {o for o in unfinished if o in recovered} - {d.offset for d in got} - dead
         assert not missing
+        assert not committed & {d.offset for d in got}
     finally:
         qj.CHECKPOINT_EVERY, registry_module.STATE_SEGMENT_BYTES = qj_every, seg
 
