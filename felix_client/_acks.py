@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 from felix_proto.client import ClientConnection
 from felix_proto.errors import LocalProtocolError
+from felix_proto.messages import AckMode
 
 from .errors import FelixError, NotFound
 
@@ -40,8 +41,9 @@ MAX_UNCONFIRMED = 256
 """Settlement frames per connection that may await the broker's answer before ``ack()``
 waits."""
 
-_Key = tuple[int, bool, int]
-"""``(consumer_id, ack, delay_ms)``: what one frame carries."""
+_Key = tuple[int, bool, int, bool]
+"""``(consumer_id, ack, delay_ms, committed)``: what one frame carries (``committed``: an
+``Ack`` with mode ``COMMITTED``, answered once the broker has the ack on disk)."""
 
 
 @dataclass(slots=True)
@@ -74,9 +76,17 @@ class AckBatches:
     frames: int = 0
     """Settlement frames written so far (for tests and figures)."""
 
-    def add(self, consumer_id: int, delivery_ids: Iterable[int], ack: bool, delay_ms: int) -> bool:
+    def add(
+        self,
+        consumer_id: int,
+        delivery_ids: Iterable[int],
+        ack: bool,
+        delay_ms: int,
+        committed: bool = False,
+    ) -> bool:
         """Buffer settlements of a live consumer (the caller checks that it is live; the
-        machine checks every id when the buffer is written).
+        machine checks every id when the buffer is written). ``committed`` acks leave in
+        frames of their own (mode ``COMMITTED``).
 
         Returns:
             True when the buffer was empty before (the caller asks for a flush).
@@ -93,7 +103,7 @@ class AckBatches:
         else:
             self._check(ids, queued)
         was_empty = self.count == 0
-        key = (consumer_id, ack, delay_ms)
+        key = (consumer_id, ack, delay_ms, committed)
         pending = self.buffered.get(key)
         if pending is None:
             self.buffered[key] = ids
@@ -131,7 +141,8 @@ class AckBatches:
                 (the consumer ended since: the broker redelivers those messages).
 
         Returns:
-            The request id of each frame written, by ``(consumer_id, ack, delay_ms)``.
+            The request id of each frame written, by ``(consumer_id, ack, delay_ms,
+            committed)``.
         """
         if not self.count:
             return {}
@@ -139,10 +150,11 @@ class AckBatches:
         self.queued.clear()
         rids: dict[_Key, int] = {}
         for key, ids in buffered.items():
-            consumer_id, ack, delay_ms = key
+            consumer_id, ack, delay_ms, committed = key
             try:
                 if ack:
-                    rid = machine.ack(consumer_id, ids, now=now, timeout=self.timeout)
+                    mode = AckMode.COMMITTED if committed else AckMode.ACCEPTED
+                    rid = machine.ack(consumer_id, ids, now=now, timeout=self.timeout, mode=mode)
                 else:
                     rid = machine.nack(
                         consumer_id, ids, delay_ms=delay_ms, now=now, timeout=self.timeout

@@ -334,7 +334,12 @@ async def cmd_queue_consume(args: argparse.Namespace) -> int:
                     except StopAsyncIteration:
                         break
                     _message_out(args, msg)
-                    await (msg.nack() if args.nack else msg.ack())
+                    if args.nack:
+                        await msg.nack()
+                    elif args.ack == "committed":
+                        await msg.ack_sync(AckMode.COMMITTED)
+                    else:
+                        await msg.ack()
                     count += 1
                     continue
                 break

@@ -304,6 +304,7 @@ class Connection:
         ack: bool,
         delay_ms: int = 0,
         wait: bool = False,
+        committed: bool = False,
     ) -> None:
         """Ack (or nack) deliveries: buffered until the pass ends (see :mod:`._acks`).
 
@@ -312,6 +313,7 @@ class Connection:
             delivery_ids: deliveries awaiting settlement.
             ack: ack (True) or nack (False).
             delay_ms: the nack's redelivery delay.
+            committed: an ack the broker answers once it is on disk (mode ``COMMITTED``).
             wait: write the buffer now and wait for the broker's answer to the frame that
                 carries these ids.
 
@@ -331,10 +333,10 @@ class Connection:
                 f"consumer {consumer_id} has ended (queue deleted, consumer closed or "
                 f"connection lost): its deliveries cannot be settled"
             )
-        first = acks.add(consumer_id, delivery_ids, ack, delay_ms)
+        first = acks.add(consumer_id, delivery_ids, ack, delay_ms, committed)
         if wait:
             rids = acks.write(self.machine, self._clock(), self._ack_failed)
-            rid = rids.get((consumer_id, ack, delay_ms))
+            rid = rids.get((consumer_id, ack, delay_ms, committed))
             if rid is None:  # the machine refused the frame: the consumer has ended
                 error = acks.take_error(consumer_id)
                 raise error if error is not None else NotFound("the consumer has ended")

@@ -31,6 +31,7 @@ from .errors import (
     CursorTooOld,
     FelixError,
     InternalError,
+    InvalidArgument,
     NotFound,
     Overloaded,
     ShuttingDown,
@@ -95,9 +96,11 @@ class Backend(Protocol):
         ack: bool,
         delay: float,
         wait: bool,
+        committed: bool = False,
     ) -> Awaitable[None]:
         """Ack or nack deliveries: buffered until the loop pass ends, or, with ``wait``,
-        sent at once and confirmed by the broker."""
+        sent at once and confirmed by the broker; ``committed`` acks are answered once the
+        broker has them on disk."""
         ...
 
     async def flush_acks(self, conn: object, consumer_id: int) -> None:
@@ -656,14 +659,23 @@ class QueueMessage:
         await self._backend.settle(self._conn, self.consumer_id, [self.delivery_id], True, 0, False)
         self.settled = True
 
-    async def ack_sync(self) -> None:
+    async def ack_sync(self, mode: AckMode = AckMode.ACCEPTED) -> None:
         """Finish the message and wait until the broker confirms it.
 
+        Args:
+            mode: ``ACCEPTED``: the broker confirms once the ack is applied (a crash of a
+                durable queue's broker just after may still deliver the message again).
+                ``COMMITTED``: once the ack is on disk (fsynced) on a durable queue, so the
+                message is never delivered again, even after ``kill -9`` or a power loss;
+                on an ephemeral queue (nothing on disk) it means ``ACCEPTED``.
+
         Raises:
+            InvalidArgument: ``mode`` is ``NONE``.
             FelixError: as for :meth:`ack`, and the broker's refusal (``NotFound`` for a
-                delivery it no longer holds) or ``RequestTimeout``.
+                delivery it no longer holds; ``StorageFull`` / ``StorageFailed`` when a
+                committed ack could not be put on disk) or ``RequestTimeout``.
         """
-        await self._settle(True, 0.0, True)
+        await self._settle(True, 0.0, True, ack_committed(mode))
 
     async def nack(self, delay: float = 0.0) -> None:
         """Return the message for redelivery, after ``delay`` seconds; like :meth:`ack`,
@@ -679,7 +691,7 @@ class QueueMessage:
         """:meth:`nack` and wait until the broker confirms it (see :meth:`ack_sync`)."""
         await self._settle(False, delay, True)
 
-    async def _settle(self, ack: bool, delay: float, wait: bool) -> None:
+    async def _settle(self, ack: bool, delay: float, wait: bool, committed: bool = False) -> None:
         if self.settled:
             raise NotFound(f"delivery {self.delivery_id} was settled already")
         span = None
@@ -689,7 +701,7 @@ class QueueMessage:
             span = _tracing.operation_span(tr, op, "settle", queue, tenant, namespace, parent)
         try:
             await self._backend.settle(
-                self._conn, self.consumer_id, [self.delivery_id], ack, delay, wait
+                self._conn, self.consumer_id, [self.delivery_id], ack, delay, wait, committed
             )
         except BaseException as exc:
             if span is not None:
@@ -700,8 +712,19 @@ class QueueMessage:
         self.settled = True
 
 
+def ack_committed(mode: AckMode) -> bool:
+    """Whether an ack with ``mode`` is a committed one (``NONE`` makes no sense for an ack)."""
+    if mode == AckMode.NONE:
+        raise InvalidArgument("an ack's mode is ACCEPTED or COMMITTED")
+    return AckMode(mode) == AckMode.COMMITTED
+
+
 async def settle_many(
-    messages: Iterable[QueueMessage], ack: bool, delay: float = 0.0, wait: bool = False
+    messages: Iterable[QueueMessage],
+    ack: bool,
+    delay: float = 0.0,
+    wait: bool = False,
+    committed: bool = False,
 ) -> None:
     """Ack or nack many messages, one frame per consumer (see :meth:`Consumer.ack_many`).
 
@@ -717,7 +740,13 @@ async def settle_many(
     for group in groups.values():
         first = group[0]
         await first._backend.settle(
-            first._conn, first.consumer_id, [m.delivery_id for m in group], ack, delay, wait
+            first._conn,
+            first.consumer_id,
+            [m.delivery_id for m in group],
+            ack,
+            delay,
+            wait,
+            committed,
         )
         for msg in group:
             msg.settled = True
@@ -778,18 +807,27 @@ class Consumer:
                     await self._backend.flush_acks(self._conn, self.consumer_id)
                 await self._backend.close_feed(self._conn, "con", self.consumer_id)
 
-    async def ack_many(self, messages: Iterable[QueueMessage], *, wait: bool = False) -> None:
+    async def ack_many(
+        self,
+        messages: Iterable[QueueMessage],
+        *,
+        wait: bool = False,
+        mode: AckMode = AckMode.ACCEPTED,
+    ) -> None:
         """Ack many messages in one frame (per consumer).
 
         Args:
             messages: messages of this consumer (others are settled on their own consumer).
             wait: wait until the broker confirms.
+            mode: when the broker confirms: ``COMMITTED`` once the acks are on disk (see
+                :meth:`QueueMessage.ack_sync`).
 
         Raises:
+            InvalidArgument: ``mode`` is ``NONE``.
             NotFound: a message was settled already, or its consumer has ended.
             FelixError: with ``wait``, the broker's refusal.
         """
-        await settle_many(messages, True, 0.0, wait)
+        await settle_many(messages, True, 0.0, wait, ack_committed(mode))
 
     async def nack_many(
         self, messages: Iterable[QueueMessage], delay: float = 0.0, *, wait: bool = False

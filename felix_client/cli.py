@@ -215,6 +215,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--idle", type=float, metavar="SECONDS", help="exit when no message arrives for this long"
     )
     p.add_argument("--nack", action="store_true", help="nack instead of ack (redeliver)")
+    p.add_argument(
+        "--ack",
+        choices=("accepted", "committed"),
+        default="accepted",
+        help="committed: wait until each ack is on disk (durable queue) before the next message",
+    )
 
     c = sub.add_parser("cache", help="cache: put, get, del").add_subparsers(
         dest="cache_command", metavar="ACTION", required=True

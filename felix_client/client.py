@@ -726,9 +726,11 @@ class Client:
         ack: bool,
         delay: float,
         wait: bool,
+        committed: bool = False,
     ) -> Awaitable[None]:
         """Ack or nack deliveries: buffered until the loop pass ends and sent in one frame
-        per consumer; with ``wait``, sent now and confirmed (see ``felix_client._acks``).
+        per consumer; with ``wait``, sent now and confirmed (see ``felix_client._acks``);
+        ``committed`` acks are answered once the broker has them on disk.
 
         Raises:
             NotFound: the consumer has ended (its queue was deleted, it was closed, its
@@ -743,7 +745,9 @@ class Client:
                 f"consumer {consumer_id} has ended (connection lost): its deliveries "
                 f"cannot be settled"
             )
-        return conn.settle(consumer_id, delivery_ids, ack=ack, delay_ms=wait_ms, wait=wait)
+        return conn.settle(
+            consumer_id, delivery_ids, ack=ack, delay_ms=wait_ms, wait=wait, committed=committed
+        )
 
     async def flush_acks(self, conn: object, consumer_id: int) -> None:
         """Send a consumer's buffered settlements and wait for the broker's answers."""

@@ -25,9 +25,9 @@ from typing import Any
 import anyio
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
-from ._streams import QueueMessage, settle_many
+from ._streams import QueueMessage, ack_committed, settle_many
 from .client import Cache, Client
-from .types import CacheEntry, Event, PublishResult, StartLike
+from .types import AckMode, CacheEntry, Event, PublishResult, StartLike
 
 __all__ = ["BlockingCache", "BlockingClient", "BlockingQueueMessage"]
 
@@ -153,10 +153,16 @@ class BlockingClient:
             if not self._closed:
                 self._call(consumer.close)
 
-    def ack_many(self, messages: Iterable[BlockingQueueMessage], *, wait: bool = False) -> None:
+    def ack_many(
+        self,
+        messages: Iterable[BlockingQueueMessage],
+        *,
+        wait: bool = False,
+        mode: AckMode = AckMode.ACCEPTED,
+    ) -> None:
         """Ack many deliveries in one frame per consumer (see :meth:`Consumer.ack_many`)."""
         msgs = [m.message for m in messages]
-        self._call(settle_many, msgs, True, 0.0, wait)
+        self._call(settle_many, msgs, True, 0.0, wait, ack_committed(mode))
 
     def nack_many(
         self, messages: Iterable[BlockingQueueMessage], delay: float = 0.0, *, wait: bool = False
@@ -200,9 +206,10 @@ class BlockingQueueMessage:
         it reports is raised by the consumer's iterator at its next step)."""
         self._portal.call(self.message.ack)
 
-    def ack_sync(self) -> None:
-        """See :meth:`QueueMessage.ack_sync`: waits for the broker's confirmation."""
-        self._portal.call(self.message.ack_sync)
+    def ack_sync(self, mode: AckMode = AckMode.ACCEPTED) -> None:
+        """See :meth:`QueueMessage.ack_sync`: waits for the broker's confirmation (with
+        ``COMMITTED``: once the ack is on disk)."""
+        self._portal.call(self.message.ack_sync, mode)
 
     def nack(self, delay: float = 0.0) -> None:
         """See :meth:`QueueMessage.nack` (does not wait for the broker's answer)."""

@@ -82,6 +82,7 @@ from felix_core.limits import BrokerConfig, MemoryBudget, encoded_record_size
 from felix_core.log import LogStore, MemoryLogStore
 from felix_core.metadata import Catalog, Kind, MetadataView, Path, ResourceRecord
 from felix_core.partitions import CachePartition, QueuePartition, StreamPartition
+from felix_core.queue_journal import STATE_SUFFIX
 from felix_core.registry import Registry
 from felix_core.streams import StartKind, batch_byte_size
 from felix_core.subscriptions import Subscriptions
@@ -244,7 +245,8 @@ class Broker:
 
     def log_committed(self, kind: Kind, path: Path, offset: int, now: float) -> None:
         """A log's store has committed every record below ``offset`` (a disk store: they are
-        fsynced): the committed appends waiting for it complete. Unknown logs are ignored.
+        fsynced): the committed appends waiting for it complete (for a durable queue's
+        state log, ``<queue>~state``: the committed acks). Unknown logs are ignored.
 
         Args:
             kind: stream or queue.
@@ -252,14 +254,24 @@ class Broker:
             offset: every record below it is committed.
             now: the current time.
         """
+        queue = self._state_log_owner(kind, path)
+        if queue is not None:  # a durable queue's state log: committed acks complete
+            self._out.extend(queue.state_commits.committed(offset))
+            return
         partition = self.registry.find(kind, path)
         if isinstance(partition, StreamPartition | QueuePartition):
             self._out.extend(partition.commits.committed(offset))
 
+    def _state_log_owner(self, kind: Kind, path: Path) -> QueuePartition | None:
+        """The durable queue whose state log ``path`` is (None: not a state log)."""
+        if kind is not Kind.QUEUE or not path[2].endswith(STATE_SUFFIX):
+            return None
+        return self.registry.queues.get((path[0], path[1], path[2][: -len(STATE_SUFFIX)]))
+
     def log_failed(self, kind: Kind, path: Path, error: EngineError, now: float) -> None:
         """A log's storage failed (a durable log: an fsync or write error): the committed
-        appends waiting for it are refused with ``error``; the log itself refuses further
-        writes. Unknown logs are ignored.
+        appends (a queue's state log: the committed acks) waiting for it are refused with
+        ``error``; the log itself refuses further writes. Unknown logs are ignored.
 
         Args:
             kind: stream or queue.
@@ -267,11 +279,17 @@ class Broker:
             error: the refusal (``StorageFailed``).
             now: the current time.
         """
+        queue = self._state_log_owner(kind, path)
         partition = self.registry.find(kind, path)
-        if isinstance(partition, StreamPartition | QueuePartition):
+        commits = None
+        if queue is not None:  # a durable queue's state log: its committed acks are refused
+            commits = queue.state_commits
+        elif isinstance(partition, StreamPartition | QueuePartition):
+            commits = partition.commits
+        if commits is not None:
             self._out.extend(
                 RequestRefused(connection_id=done.connection_id, request=done.request, error=error)
-                for done in partition.commits.fail_all()
+                for done in commits.fail_all()
             )
 
     def log_readable(self, kind: Kind, path: Path, now: float) -> None:
@@ -615,15 +633,21 @@ class Broker:
         consumer_id: int,
         delivery_ids: Sequence[int],
         *,
+        committed: bool = False,
         now: float,
     ) -> None:
         """Finish deliveries made to a consumer.
 
-        Completes with :class:`~felix_core.events.RequestCompleted`. Refused with NotFound
-        when the connection holds no such consumer or some ids are not in flight to it (the
-        known ones are still acked; ``details['delivery_ids']``).
+        Completes with :class:`~felix_core.events.RequestCompleted`: at once, or with
+        ``committed`` on a durable queue once the state log says the ack's record is
+        committed (:meth:`log_committed`; an ephemeral queue completes at once, as a
+        committed publish on an ephemeral stream does). Refused with NotFound when the
+        connection holds no such consumer or some ids are not in flight to it (the known ones
+        are still acked; ``details['delivery_ids']``); a committed ack whose record the
+        state log refused (disk full or failed) is refused with that storage error, or
+        later with ``StorageFailed`` when the state log fails before committing it.
         """
-        self.consumers.ack(conn_id, request, consumer_id, delivery_ids, now)
+        self.consumers.ack(conn_id, request, consumer_id, delivery_ids, now, committed)
 
     def nack(
         self,

@@ -86,15 +86,42 @@ class Consumers:
 
     @completes
     def ack(
-        self, conn_id: int, request: int, consumer_id: int, delivery_ids: Sequence[int], now: float
-    ) -> RequestCompleted:
-        """Finish deliveries; see :meth:`Broker.ack`."""
+        self,
+        conn_id: int,
+        request: int,
+        consumer_id: int,
+        delivery_ids: Sequence[int],
+        now: float,
+        committed: bool = False,
+    ) -> RequestCompleted | None:
+        """Finish deliveries; see :meth:`Broker.ack`.
+
+        A committed ack on a durable queue completes once every state record written up to
+        it (its ``FINISHED`` record among them) is committed: it waits in the partition's
+        ``state_commits`` (many acks share one fsync). On an ephemeral queue a committed ack
+        completes at once, as a committed publish on an ephemeral stream does.
+        """
         partition, consumer = self._held(conn_id, consumer_id)
         try:  # some ids not in flight: the known ones are acked all the same
             partition.queue.ack(consumer, delivery_ids, now)
         finally:
             self._registry.reschedule(partition)
-        return RequestCompleted(connection_id=conn_id, request=request)
+        done = RequestCompleted(connection_id=conn_id, request=request)
+        journal = partition.queue.journal
+        if not committed or journal is None:
+            return done
+        error = journal.error
+        if error is not None:  # a state record was refused and no checkpoint made up for it
+            raise type(error)(
+                f"the ack is applied but not on disk ({error.message}): the messages may be "
+                "delivered again after a restart",
+                details=dict(error.details),
+            )
+        until = journal.log.next_offset
+        if journal.log.committed_offset >= until:
+            return done
+        partition.state_commits.wait(done, until)  # completes in Broker.log_committed
+        return None
 
     @completes
     def nack(

@@ -25,7 +25,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from felix_core.cache import Cache
 from felix_core.errors import StorageFailed
-from felix_core.events import Appended, EngineEvent
+from felix_core.events import Appended, EngineEvent, RequestCompleted
 from felix_core.limits import BrokerConfig
 from felix_core.log import Log, MemoryMeter
 from felix_core.metadata import Kind, Path, ResourceRecord
@@ -47,34 +47,40 @@ class CommitRequests(Protocol):
 
 
 class Commits:
-    """The completions of committed appends that wait for their log to commit them, in
-    offset order. A log that commits on demand (:class:`CommitRequests`) is asked to as
-    each one starts waiting."""
+    """The completions of committed requests that wait for their log to commit them, in
+    offset order: committed appends (each waits for its last record), and on a durable
+    queue's state log the committed acks (each waits for every state record written up to
+    it). A log that commits on demand (:class:`CommitRequests`) is asked to as each one
+    starts waiting."""
 
     __slots__ = ("_log", "_waiting")
 
     def __init__(self, log: object = None) -> None:
-        self._waiting: deque[Appended] = deque()
+        self._waiting: deque[tuple[int, RequestCompleted]] = deque()
         self._log = log if isinstance(log, CommitRequests) else None
 
-    def wait(self, done: Appended) -> None:
-        """Hold ``done`` until its last record is committed."""
-        self._waiting.append(done)
+    def wait(self, done: RequestCompleted, until: int | None = None) -> None:
+        """Hold ``done`` until every record below ``until`` is committed (None: an
+        :class:`~felix_core.events.Appended`'s last record, included)."""
+        if until is None:
+            assert isinstance(done, Appended)
+            until = done.last_offset + 1
+        self._waiting.append((until, done))
         if self._log is not None:
-            self._log.request_commit(done.last_offset + 1)
+            self._log.request_commit(until)
 
-    def fail_all(self) -> list[Appended]:
+    def fail_all(self) -> list[RequestCompleted]:
         """The log failed: every waiting completion, to be refused."""
-        failed = list(self._waiting)
+        failed = [done for _, done in self._waiting]
         self._waiting.clear()
         return failed
 
-    def committed(self, offset: int) -> list[Appended]:
+    def committed(self, offset: int) -> list[RequestCompleted]:
         """Every record below ``offset`` is committed: the completions now due."""
         waiting = self._waiting
-        due: list[Appended] = []
-        while waiting and waiting[0].last_offset < offset:
-            due.append(waiting.popleft())
+        due: list[RequestCompleted] = []
+        while waiting and waiting[0][0] <= offset:
+            due.append(waiting.popleft()[1])
         return due
 
     def __len__(self) -> int:
@@ -125,7 +131,16 @@ class QueuePartition:
     also has a state log (:mod:`felix_core.queue_journal`) its groups are rebuilt from."""
 
     kind = Kind.QUEUE
-    __slots__ = ("commits", "generation", "log", "path", "queue", "state_log", "uid")
+    __slots__ = (
+        "commits",
+        "generation",
+        "log",
+        "path",
+        "queue",
+        "state_commits",
+        "state_log",
+        "uid",
+    )
 
     def __init__(
         self,
@@ -142,6 +157,8 @@ class QueuePartition:
         self.queue = Queue(record.path, queue_config(record.settings), context, log)
         self.commits = Commits(log)
         self.state_log = state_log
+        self.state_commits = Commits(state_log)
+        """Committed acks waiting for their state records to be committed."""
         if state_log is not None:
             self.queue.restore(QueueJournal(state_log), now)
 

@@ -8,17 +8,27 @@ docs/storage-format.md ("Queue state log"); in short, every record is one state 
 one group:
 
 * ``GROUP``: a group was created at a cursor;
-* ``ATTEMPTS``: offsets were handed out (or given an attempt back), with the attempts now
-  charged to each; the group's cursor moves past them;
+* ``LEASED``: offsets were handed out, or given back, with the attempts now charged to each
+  and the absolute time (ms since the epoch) before which each may not be handed out: a
+  delivery's visibility deadline, a delayed nack's due time, 0 when it is ready at once;
+  the group's cursor moves past them;
+* ``PARKED``: offsets are dead letters waiting for room in their target (with their
+  reason and last failure);
 * ``FINISHED``: offsets left the group (acked, or moved out as dead letters);
 * ``DELETED``: the group was deleted;
 * ``CHECKPOINT``: the whole state of every group; replay starts over from it.
 
+Two types of the first version are still read, never written: ``ATTEMPTS`` (a ``LEASED``
+without times: ready at once) and ``CHECKPOINT_V1`` (a checkpoint without times and parked
+dead letters).
+
 Replaying the retained records in order gives back each group's cursor and its unfinished
-offsets with their charged attempts (:func:`replay`). A delivery in flight at the crash was
-recorded when it was handed out, so it counts as an attempt; an ack is recorded when it
-is made, so an acked message never comes back. What is *not* recorded (timing: delayed
-nacks, visibility deadlines; parked dead letters) comes back as "ready" after a restart.
+offsets with their charged attempts, times and parked dead letters (:func:`replay`). A
+delivery in flight at the crash was recorded when it was handed out, so it counts as an
+attempt and stays invisible until its visibility deadline; a delayed nack stays delayed
+until its due time; a parked dead letter stays parked; an ack is recorded when it is made,
+so an acked message never comes back. Times are absolute (wall clock), so the time the
+broker was down counts.
 
 Compaction: after :data:`CHECKPOINT_EVERY` records the journal appends a checkpoint, asks
 its log to commit it, and once the log says it is committed (fsynced) drops every record
@@ -60,9 +70,12 @@ __all__ = [
     "decode",
     "encode_attempts",
     "encode_checkpoint",
+    "encode_checkpoint_v1",
     "encode_deleted",
     "encode_finished",
     "encode_group",
+    "encode_leased",
+    "encode_parked",
     "replay",
     "state_path",
 ]
@@ -74,12 +87,14 @@ CHECKPOINT_EVERY = 4096
 STATE_SEGMENT_BYTES = 1 << 20
 """Segment size of a state log (small, so compaction frees space soon)."""
 
-GROUP, ATTEMPTS, FINISHED, DELETED, CHECKPOINT = 1, 2, 3, 4, 5
+GROUP, ATTEMPTS, FINISHED, DELETED, CHECKPOINT_V1, LEASED, PARKED, CHECKPOINT = range(1, 9)
 
 _HEAD = struct.Struct("<BB")  # type, group name length
 _U64 = struct.Struct("<Q")
 _U32 = struct.Struct("<I")
+_U8 = struct.Struct("<B")
 _PAIR = struct.Struct("<QI")  # offset, attempts
+_LEASE = struct.Struct("<QIQ")  # offset, attempts, until (ms since the epoch; 0: ready)
 
 
 @runtime_checkable
@@ -98,6 +113,11 @@ class GroupState:
     cursor: int
     attempts: dict[int, int] = field(default_factory=dict)
     """Unfinished offset -> attempts charged to it, for offsets below ``cursor``."""
+    until: dict[int, int] = field(default_factory=dict)
+    """Unfinished offset -> the time (ms since the epoch) before which it may not be handed
+    out (in flight: its visibility deadline; a delayed nack: its due time). Absent: ready."""
+    parked: dict[int, tuple[str, str]] = field(default_factory=dict)
+    """Unfinished offset -> ``(reason, last failure)`` of a parked dead letter."""
 
 
 def state_path(path: tuple[str, str, str]) -> tuple[str, str, str]:
@@ -116,10 +136,33 @@ def encode_group(group: str, cursor: int) -> bytes:
 
 
 def encode_attempts(group: str, pairs: Sequence[tuple[int, int]]) -> bytes:
-    """``ATTEMPTS``: each ``(offset, attempts)`` is handed out with that many charged."""
+    """``ATTEMPTS`` (read, no longer written: :func:`encode_leased`): each ``(offset,
+    attempts)`` is handed out with that many charged."""
     n = len(pairs)
     body = struct.pack(f"<I{'QI' * n}", n, *[v for pair in pairs for v in pair])
     return _head(ATTEMPTS, group) + body
+
+
+def encode_leased(group: str, leases: Sequence[tuple[int, int, int]]) -> bytes:
+    """``LEASED``: each ``(offset, attempts, until_ms)`` has that many attempts charged and may
+    not be handed out before ``until_ms`` (ms since the epoch; 0: ready at once)."""
+    n = len(leases)
+    body = struct.pack(f"<I{'QIQ' * n}", n, *[v for lease in leases for v in lease])
+    return _head(LEASED, group) + body
+
+
+def _short(text: str) -> bytes:
+    raw = text.encode()
+    return bytes([len(raw)]) + raw
+
+
+def encode_parked(group: str, parked: Sequence[tuple[int, int, str, str]]) -> bytes:
+    """``PARKED``: each ``(offset, attempts, reason, failure)`` is a dead letter waiting for
+    its target (reason and failure: short ASCII words, at most 255 bytes)."""
+    parts = [_head(PARKED, group), _U32.pack(len(parked))]
+    for offset, attempts, reason, failure in parked:
+        parts.append(_PAIR.pack(offset, attempts) + _short(reason) + _short(failure))
+    return b"".join(parts)
 
 
 def encode_finished(group: str, offsets: Sequence[int]) -> bytes:
@@ -136,6 +179,21 @@ def encode_deleted(group: str) -> bytes:
 def encode_checkpoint(groups: Mapping[str, GroupState]) -> bytes:
     """``CHECKPOINT``: every group's whole state (groups and offsets in order)."""
     parts = [_head(CHECKPOINT, ""), _U32.pack(len(groups))]
+    for name in sorted(groups):
+        g = groups[name]
+        parts.append(_short(name) + _U64.pack(g.cursor) + _U32.pack(len(g.attempts)))
+        until = g.until
+        parts.extend(_LEASE.pack(o, g.attempts[o], until.get(o, 0)) for o in sorted(g.attempts))
+        parts.append(_U32.pack(len(g.parked)))
+        for o in sorted(g.parked):
+            reason, failure = g.parked[o]
+            parts.append(_U64.pack(o) + _short(reason) + _short(failure))
+    return b"".join(parts)
+
+
+def encode_checkpoint_v1(groups: Mapping[str, GroupState]) -> bytes:
+    """``CHECKPOINT_V1`` (read, no longer written): cursors and charged attempts only."""
+    parts = [_head(CHECKPOINT_V1, ""), _U32.pack(len(groups))]
     for name in sorted(groups):
         g = groups[name]
         encoded = name.encode()
@@ -176,8 +234,9 @@ class _Reader:
 
 def decode(payload: bytes) -> tuple[int, str, object]:
     """Decode one record: ``(type, group, body)``; the body is the cursor (GROUP), a list of
-    ``(offset, attempts)`` (ATTEMPTS), a list of offsets (FINISHED), None (DELETED) or a
-    dict of :class:`GroupState` (CHECKPOINT).
+    ``(offset, attempts)`` (ATTEMPTS), of ``(offset, attempts, until_ms)`` (LEASED), of
+    ``(offset, attempts, reason, failure)`` (PARKED), a list of offsets (FINISHED), None
+    (DELETED) or a dict of :class:`GroupState` (CHECKPOINT, CHECKPOINT_V1).
 
     Raises:
         StateRecordError: the payload is not a valid record.
@@ -196,21 +255,45 @@ def decode(payload: bytes) -> tuple[int, str, object]:
         body = [r.take(_U64)[0] for _ in range(count)]
     elif kind == DELETED:
         body = None
-    elif kind == CHECKPOINT:
-        groups: dict[str, GroupState] = {}
-        (ngroups,) = r.take(_U32)
-        for _ in range(ngroups):
-            name = r.name(r.take(struct.Struct("<B"))[0])
-            g = groups[name] = GroupState(r.take(_U64)[0])
-            (count,) = r.take(_U32)
-            for _ in range(count):
-                o, a = r.take(_PAIR)
-                g.attempts[o] = a
-        body = groups
+    elif kind == LEASED:
+        (count,) = r.take(_U32)
+        body = [(o, a, u) for o, a, u in (r.take(_LEASE) for _ in range(count))]
+    elif kind == PARKED:
+        (count,) = r.take(_U32)
+        parked: list[tuple[int, int, str, str]] = []
+        for _ in range(count):
+            o, a = r.take(_PAIR)
+            parked.append((o, a, r.name(r.take(_U8)[0]), r.name(r.take(_U8)[0])))
+        body = parked
+    elif kind in (CHECKPOINT, CHECKPOINT_V1):
+        body = _groups(r, kind == CHECKPOINT)
     else:
         raise StateRecordError(f"unknown queue state record type {kind}")
     r.end()
     return kind, group, body
+
+
+def _groups(r: _Reader, timed: bool) -> dict[str, GroupState]:
+    groups: dict[str, GroupState] = {}
+    (ngroups,) = r.take(_U32)
+    for _ in range(ngroups):
+        name = r.name(r.take(_U8)[0])
+        g = groups[name] = GroupState(r.take(_U64)[0])
+        (count,) = r.take(_U32)
+        for _ in range(count):
+            if timed:
+                o, a, u = r.take(_LEASE)
+                if u:
+                    g.until[o] = u
+            else:
+                o, a = r.take(_PAIR)
+            g.attempts[o] = a
+        if timed:
+            (count,) = r.take(_U32)
+            for _ in range(count):
+                (o,) = r.take(_U64)
+                g.parked[o] = (r.name(r.take(_U8)[0]), r.name(r.take(_U8)[0]))
+    return groups
 
 
 def replay(payloads: Iterable[bytes]) -> dict[str, GroupState]:
@@ -225,26 +308,32 @@ def replay(payloads: Iterable[bytes]) -> dict[str, GroupState]:
     groups: dict[str, GroupState] = {}
     for payload in payloads:
         kind, name, body = decode(payload)
-        if kind == CHECKPOINT:
+        if kind in (CHECKPOINT, CHECKPOINT_V1):
             assert isinstance(body, dict)
             groups = body
-        elif kind == DELETED:
+            continue
+        if kind == DELETED:
             groups.pop(name, None)
-        elif kind == GROUP:
+            continue
+        if kind == GROUP:
             assert isinstance(body, int)
             groups[name] = GroupState(body)
-        elif kind == ATTEMPTS:
-            assert isinstance(body, list)
-            g = groups.setdefault(name, GroupState(0))
-            for offset, attempts in body:
-                g.attempts[offset] = attempts
-                g.cursor = max(g.cursor, offset + 1)
-        else:
-            assert isinstance(body, list)
-            g = groups.setdefault(name, GroupState(0))
-            for offset in body:
+            continue
+        assert isinstance(body, list)
+        g = groups.setdefault(name, GroupState(0))
+        for item in body:
+            offset = item if kind == FINISHED else item[0]
+            g.cursor = max(g.cursor, offset + 1)
+            g.until.pop(offset, None)
+            g.parked.pop(offset, None)
+            if kind == FINISHED:
                 g.attempts.pop(offset, None)
-                g.cursor = max(g.cursor, offset + 1)
+                continue
+            g.attempts[offset] = item[1]
+            if kind == LEASED and item[2]:
+                g.until[offset] = item[2]
+            elif kind == PARKED:
+                g.parked[offset] = (item[2], item[3])
     return groups
 
 
@@ -265,7 +354,7 @@ class QueueJournal:
         checkpoint_every: records between two checkpoints (None: :data:`CHECKPOINT_EVERY`).
     """
 
-    __slots__ = ("checkpoint_every", "compact_at", "damaged", "log", "lost", "since")
+    __slots__ = ("checkpoint_every", "compact_at", "damaged", "error", "log", "lost", "since")
 
     def __init__(self, log: Log, checkpoint_every: int | None = None) -> None:
         self.log = log
@@ -273,7 +362,9 @@ class QueueJournal:
         self.since = 0
         """Records written since the last checkpoint."""
         self.lost = 0
-        """Records the state log refused (disk full or failed)."""
+        """Records the state log refused (disk full or failed) since the last checkpoint."""
+        self.error: StorageFull | StorageFailed | None = None
+        """Why the last refused record was refused (None once a checkpoint made up for it)."""
         self.damaged = 0
         """Records :meth:`load` found that do not decode."""
         self.compact_at: int | None = None
@@ -303,8 +394,9 @@ class QueueJournal:
         self.compact()
         try:
             offset = self.log.append(payload, 0)
-        except (StorageFull, StorageFailed):
+        except (StorageFull, StorageFailed) as exc:
             self.lost += 1
+            self.error = exc
             return None
         self.since += 1
         return offset
@@ -320,10 +412,15 @@ class QueueJournal:
         """A group was created."""
         self._write(encode_group(name, cursor))
 
-    def attempts(self, name: str, pairs: list[tuple[int, int]]) -> None:
-        """Offsets were handed out (or given an attempt back) with these charged attempts."""
-        if pairs:
-            self._write(encode_attempts(name, pairs))
+    def leased(self, name: str, leases: list[tuple[int, int, int]]) -> None:
+        """Offsets were handed out or given back: ``(offset, attempts, until_ms)``."""
+        if leases:
+            self._write(encode_leased(name, leases))
+
+    def parked(self, name: str, parked: list[tuple[int, int, str, str]]) -> None:
+        """Dead letters were parked: ``(offset, attempts, reason, failure)``."""
+        if parked:
+            self._write(encode_parked(name, parked))
 
     def finished(self, name: str, offsets: list[int]) -> None:
         """Offsets left the group."""
@@ -344,6 +441,7 @@ class QueueJournal:
         if offset is not None:
             self.since = 0
             self.lost = 0
+            self.error = None
             self.compact_at = offset
             if isinstance(self.log, _CommitsOnRequest):
                 self.log.request_commit(offset + 1)

@@ -69,14 +69,17 @@ retryable, because the condition is transient (consumers acking make room), whic
 never fit is :class:`TooLarge`. Age retention does not apply to queues.
 
 *Durability*: a durable queue has a :class:`~felix_core.queue_journal.QueueJournal` (its
-state log). Every change of a group's cursor, charged attempts or unfinished offsets is
-written there as it happens: a group created, messages handed out (with their attempts), an
-attempt given back, messages acked or dead-lettered, a group deleted; a checkpoint follows
-every few thousand records. :meth:`Queue.restore` rebuilds the groups from it at start:
-unfinished messages come back as ready with their charged attempts (a delivery in flight at
-the crash was charged when it was made), finished ones never do. Timing (delays, visibility
-deadlines, parked dead letters) is not written: it comes back as ready. An ephemeral queue
-has no journal and pays one ``is None`` test per operation.
+state log). Every change of a group's cursor, charged attempts, timing or unfinished offsets
+is written there as it happens: a group created, messages handed out (with their attempts
+and visibility deadline) or given back (with the absolute time they are due: a delayed
+nack), dead letters parked, messages acked or dead-lettered, a group deleted; a checkpoint
+follows every few thousand records. :meth:`Queue.restore` rebuilds the groups from it at
+start: unfinished messages come back with their charged attempts (a delivery in flight at
+the crash was charged when it was made), invisible until their recorded time (in flight:
+the visibility deadline; delayed: the due time), parked dead letters stay parked, finished
+ones never come back. A committed ack (:meth:`Consumers.ack
+<felix_core.consumers.Consumers.ack>`) completes once the state log has committed its
+record. An ephemeral queue has no journal and pays one ``is None`` test per operation.
 
 Structure. A :class:`Queue` is the projection of one queue partition (its log, settings
 and groups); a :class:`ConsumerGroup` runs the table above for one group; a
@@ -140,6 +143,14 @@ def _ms(now: float) -> int:
     return int(now * 1000)
 
 
+def _until_ms(t: float) -> int:
+    """An absolute time as the state log keeps it: ms since the epoch, never early (a time
+    read back from the log, ``ms / 1000``, gives the same ms again)."""
+    ms = t * 1000
+    whole = round(ms)
+    return whole if abs(ms - whole) < 0.01 else math.ceil(ms)
+
+
 class Queue:
     """One queue: its log, settings, consumer groups and counters. See the module docstring.
 
@@ -169,29 +180,43 @@ class Queue:
     def restore(self, journal: QueueJournal, now: float) -> None:
         """Rebuild the groups from a durable queue's state log, then write to it.
 
-        Every unfinished offset becomes deliverable again with the attempts it was charged
-        (a delivery in flight at the crash was charged when it was made), or is dead-lettered
-        if they are used up; finished offsets never come back. A cursor or offset outside
-        the recovered log (it lost a tail, or trimmed past it) is clamped to it. Dispatch
-        afterwards.
+        Every unfinished offset comes back with the attempts it was charged (a delivery in
+        flight at the crash was charged when it was made): a parked dead letter stays
+        parked (retried at the first timer); an offset whose attempts are used up is
+        dead-lettered; one whose time has not come (in flight: its visibility deadline; a
+        delayed nack: its due time) is delayed until then; the others are ready. Finished
+        offsets never come back. A cursor or offset outside the recovered log (it lost a
+        tail, or trimmed past it) is clamped to it. Dispatch afterwards.
         """
         log = self.log
         first, end = log.first_offset, log.next_offset
+        limit = self.config.max_attempts
+        spent: list[tuple[ConsumerGroup, int]] = []
         for name, state in sorted(journal.load().items()):
             g = self.groups[name] = ConsumerGroup(name, self)
             g.cursor = min(max(state.cursor, first), end)
             for offset in sorted(state.attempts):
-                if first <= offset < g.cursor:
-                    g.outstanding[offset] = state.attempts[offset]
+                if not first <= offset < g.cursor:
+                    continue
+                attempts = g.outstanding[offset] = state.attempts[offset]
+                if offset in state.parked:
+                    g.parked[offset] = state.parked[offset]
+                    g.retry_at = now
+                elif limit is not None and attempts >= limit:
+                    spent.append((g, offset))
+                elif offset in state.until and state.until[offset] > now * 1000:
+                    heappush(g.delayed, (state.until[offset] / 1000, offset))
+                else:
+                    heappush(g.ready, offset)
         self.journal = journal
+        for g, offset in spent:
+            g.dead_letter(offset, "max_attempts", "consumer_lost", now, journal=False)
         journal.checkpoint(self.snapshot())
-        for g in self.groups.values():
-            for offset in list(g.outstanding):
-                g.give_back(offset, now, now, "consumer_lost")
 
     def snapshot(self) -> dict[str, GroupState]:
-        """Every group's cursor and unfinished offsets with their charged attempts."""
-        return {name: GroupState(g.cursor, dict(g.outstanding)) for name, g in self.groups.items()}
+        """Every group's cursor and unfinished offsets with their charged attempts, the
+        time before which each may not be handed out, and its parked dead letters."""
+        return {name: g.snapshot() for name, g in self.groups.items()}
 
     def _journal_tick(self) -> None:
         journal = self.journal
@@ -689,6 +714,14 @@ class ConsumerGroup:
             dead_letter_pending=len(self.parked),
         )
 
+    def snapshot(self) -> GroupState:
+        """The group as the state log keeps it (see :class:`GroupState`)."""
+        until = {off: _until_ms(due) for due, off in self.delayed}
+        for did, c in self.inflight.items():
+            d = c.inflight[did]
+            until[d.offset] = _until_ms(d.deadline)
+        return GroupState(self.cursor, dict(self.outstanding), until, dict(self.parked))
+
     # -- consumers' liveness ----------------------------------------------------------------
 
     def suspect(self, c: Consumer) -> bool:
@@ -732,8 +765,8 @@ class ConsumerGroup:
             self.retry_at = math.inf
             parked = list(self.parked.items())
             self.parked.clear()
-            for offset, (reason, failure) in parked:
-                self.dead_letter(offset, reason, failure, now)
+            for offset, (reason, failure) in parked:  # parked again: recorded already
+                self.dead_letter(offset, reason, failure, now, journal=False)
         self.dispatch(now)
 
     def give_back(
@@ -746,19 +779,24 @@ class ConsumerGroup:
         """
         if not charged:
             self.outstanding[offset] -= 1
-            journal = self.queue.journal
-            if journal is not None:
-                journal.attempts(self.name, [(offset, self.outstanding[offset])])
+        attempts = self.outstanding[offset]
         limit = self.queue.config.max_attempts
-        if limit is not None and self.outstanding[offset] >= limit:
+        if limit is not None and attempts >= limit:
             self.dead_letter(offset, "max_attempts", failure, now)
-        elif due <= now:
+            return
+        if due <= now:
             heappush(self.ready, offset)
         else:
             heappush(self.delayed, (due, offset))
+        journal = self.queue.journal
+        if journal is not None:
+            journal.leased(self.name, [(offset, attempts, 0 if due <= now else _until_ms(due))])
 
-    def dead_letter(self, offset: int, reason: str, failure: str, now: float) -> None:
-        """Move a message to the dead-letter queue, drop it, or park it."""
+    def dead_letter(
+        self, offset: int, reason: str, failure: str, now: float, *, journal: bool = True
+    ) -> None:
+        """Move a message to the dead-letter queue, drop it, or park it (``journal`` False:
+        a parking is not recorded again, a retry of one recorded already or a rebuild)."""
         q = self.queue
         ctx = q.context
         attempts = self.outstanding[offset]
@@ -778,6 +816,8 @@ class ConsumerGroup:
             if tq is None or not _dead_letter_into(tq, payload, key, hdrs, now):
                 self.parked[offset] = (reason, failure)
                 self.retry_at = min(self.retry_at, now + DEAD_LETTER_RETRY_S)
+                if journal and q.journal is not None:
+                    q.journal.parked(self.name, [(offset, attempts, reason, failure)])
                 return
             for tg in tq.groups.values():
                 tg.dispatch(now)
@@ -874,8 +914,9 @@ class ConsumerGroup:
         self.delivered += did - first_id
         ctx.next_delivery_id = did
         if q.journal is not None:
-            q.journal.attempts(
-                self.name, [(d.offset, d.attempt) for ds in batches.values() for d in ds]
+            until = _until_ms(deadline)
+            q.journal.leased(
+                self.name, [(d.offset, d.attempt, until) for ds in batches.values() for d in ds]
             )
         self.rr = rr
         out = ctx.out

@@ -54,6 +54,7 @@ ENUM_FIELDS: dict[tuple[type[m.Message], str], type[Enum]] = {
     (m.Publish, "ack"): m.AckMode,
     (m.PublishBatch, "ack"): m.AckMode,
     (m.Enqueue, "ack"): m.AckMode,
+    (m.Ack, "mode"): m.AckMode,
     (m.Subscribe, "start"): m.StartKind,
     (m.Subscribe, "source"): m.SourceKind,
     (m.SubscriptionEnded, "reason"): m.EndReason,

@@ -503,6 +503,7 @@ class ClientConnection(Connection):
         timeout: float | None = None,
         confirm: bool = True,
         stream_id: int | None = None,
+        mode: m.AckMode = m.AckMode.ACCEPTED,
     ) -> int | None:
         """Settle deliveries as done.
 
@@ -511,6 +512,8 @@ class ClientConnection(Connection):
             delivery_ids: deliveries awaiting settlement (no duplicates).
             now, timeout, stream_id: as for :meth:`publish` (default lane ``queue``).
             confirm: ask for an ``Ok`` (:class:`RequestSucceeded`); else fire and forget.
+            mode: when the broker answers: ``COMMITTED`` once the ack is on disk (a durable
+                queue); ``ACCEPTED`` once applied.
 
         Returns:
             The request id, or ``None`` without ``confirm``.
@@ -519,7 +522,9 @@ class ClientConnection(Connection):
             LocalProtocolError: unknown consumer, or a delivery id that is unknown, already
                 settled or repeated.
         """
-        return self._settle(m.Ack, consumer_id, delivery_ids, now, timeout, confirm, stream_id)
+        return self._settle(
+            m.Ack, consumer_id, delivery_ids, now, timeout, confirm, stream_id, mode=mode.value
+        )
 
     def nack(
         self,

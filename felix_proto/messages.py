@@ -473,6 +473,9 @@ class Ack(Message):
     consumer_id: int
     delivery_ids: list[int]
     request_id: int | None = None
+    mode: int = AckMode.ACCEPTED.value
+    """When the broker answers (§6.6 ``AckMode``): ``COMMITTED`` once the ack is on disk
+    (a durable queue); ``NONE`` and ``ACCEPTED`` once it is applied."""
 
 
 @_msg

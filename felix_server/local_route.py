@@ -179,7 +179,8 @@ class LocalRoute:
         self.engine.cancel_consumer(conn, req, msg.consumer_id, now=now)
 
     def _ack(self, conn: int, req: int, msg: m.Ack, now: float) -> None:
-        self.engine.ack(conn, req, msg.consumer_id, msg.delivery_ids, now=now)
+        committed = msg.mode == m.AckMode.COMMITTED
+        self.engine.ack(conn, req, msg.consumer_id, msg.delivery_ids, committed=committed, now=now)
 
     def _nack(self, conn: int, req: int, msg: m.Nack, now: float) -> None:
         self.engine.nack(

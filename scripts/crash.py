@@ -17,6 +17,18 @@ may or may not be there, and are reported.
 
 ``--json`` prints one object: per cycle and in total, the acked batches and records, what
 was missing, the unacked records found anyway, and the broker's restart times.
+
+``--mode queue`` crashes the broker under consume load instead: a durable queue (visibility
+timeout 2 s) gets messages enqueued with ``ack=committed``, ``--publishers`` consumers take
+them and ack each with mode ``committed`` (half one by one with ``ack_sync``, half in
+batches with ``ack_many``), and the broker is SIGKILLed at a random instant. After each
+restart one consumer drains the queue: no message whose committed ack arrived may come
+back, and every message whose committed enqueue arrived and that was not acked must come
+back (those in flight at the crash once their visibility deadline passed); acks sent but
+not answered before the kill may go either way (reported as ``in_doubt``). The drain acks
+what it gets (committed), so the next cycle starts from an empty queue.
+
+    .venv/bin/python scripts/crash.py --mode queue --cycles 20 --runtime anyio-trio --json
 """
 
 from __future__ import annotations
@@ -52,6 +64,11 @@ RUNTIMES = {
 ENTRY = "import sys; from felix_client.cli import broker_main; sys.exit(broker_main(sys.argv[1:]))"
 START_TIMEOUT = 20.0
 STREAM = "crash"
+QUEUE = "crashq"
+VISIBILITY_MS = 2000
+"""The queue's visibility timeout: what was in flight at a kill comes back this long after."""
+DRAIN_TIMEOUT_S = 30.0
+"""How long a drain may wait for the messages that must come back."""
 
 
 class Broker:
@@ -342,12 +359,220 @@ def run_crash(
     }
 
 
+# ------------------------------------------------------------------------------ queue mode
+
+
+@dataclass
+class Settled:
+    """What the consumers of one cycle (and the drains) did, by payload."""
+
+    enqueued: set[bytes] = field(default_factory=set)
+    """Payloads whose committed enqueue was answered."""
+    done: set[bytes] = field(default_factory=set)
+    """Payloads whose committed ack was answered: they must never come back."""
+    in_doubt: set[bytes] = field(default_factory=set)
+    """Payloads whose ack was sent and not answered (the kill came first)."""
+
+
+@dataclass
+class QueueCycle:
+    """One queue cycle's figures."""
+
+    killed_after_s: float = 0.0
+    enqueued: int = 0
+    acked_committed: int = 0
+    in_doubt: int = 0
+    owed: int = 0
+    """Messages enqueued (committed) and not acked: the drain must get every one."""
+    drained: int = 0
+    acked_came_back: int = 0
+    missing: int = 0
+    restart_s: float = 0.0
+    drain_s: float = 0.0
+    errors: list[str] = field(default_factory=list)
+
+
+async def _enqueuer(url: str, ca_file: str, tag: str, state: Settled, stop: anyio.Event) -> None:
+    seq = 0
+    with contextlib.suppress(FelixError, OSError, anyio.BrokenResourceError):
+        async with Client(url, ca_file=ca_file, timeout=3.0) as client:
+            while not stop.is_set():
+                payloads = [f"{tag}-{seq + i}".encode() for i in range(16)]
+                seq += 16
+                await client.enqueue(QUEUE, payloads, ack=AckMode.COMMITTED)
+                state.enqueued.update(payloads)
+                await anyio.sleep(0.005)
+
+
+async def _consumer(url: str, ca_file: str, one_by_one: bool, state: Settled) -> None:
+    """Take messages and ack them committed until the broker dies."""
+    dead = (FelixError, OSError, anyio.BrokenResourceError, StopAsyncIteration)
+    with contextlib.suppress(*dead):
+        async with (
+            Client(url, ca_file=ca_file, timeout=3.0) as client,
+            client.consume(QUEUE, group="g", prefetch=32) as consumer,
+        ):
+            while True:
+                batch = [await anext(consumer)]
+                if not one_by_one:  # what else is already there, up to 16
+                    with anyio.move_on_after(0.002):
+                        while len(batch) < 16:
+                            batch.append(await anext(consumer))
+                payloads = [m.payload for m in batch]
+                state.in_doubt.update(payloads)
+                if one_by_one:
+                    await batch[0].ack_sync(AckMode.COMMITTED)
+                else:
+                    await consumer.ack_many(batch, wait=True, mode=AckMode.COMMITTED)
+                state.in_doubt.difference_update(payloads)
+                state.done.update(payloads)
+
+
+async def _consume_load(
+    broker: Broker, cycle: int, consumers: int, kill_at: float, state: Settled
+) -> float:
+    stop = anyio.Event()
+    async with Client(broker.url, ca_file=broker.ca_file, timeout=5.0) as client:
+        first = [f"c{cycle}-first-{i}".encode() for i in range(256)]
+        await client.enqueue(QUEUE, first, ack=AckMode.COMMITTED)
+        state.enqueued.update(first)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_enqueuer, broker.url, broker.ca_file, f"c{cycle}-e", state, stop)
+        for c in range(consumers):
+            tg.start_soon(_consumer, broker.url, broker.ca_file, c % 2 == 0, state)
+        started = time.monotonic()
+        await anyio.sleep(kill_at)
+        broker.kill()  # what was answered before this line is what counts
+        killed_after = time.monotonic() - started
+        stop.set()
+        tg.cancel_scope.cancel()
+    return killed_after
+
+
+async def _drain(broker: Broker, owed: set[bytes], state: Settled, settle_s: float) -> list[bytes]:
+    """Take every message until all of ``owed`` came (bounded), then for a little longer;
+    ack each (committed). Returns the payloads received, in order."""
+    got: list[bytes] = []
+    missing = set(owed)
+    async with (
+        Client(broker.url, ca_file=broker.ca_file, timeout=5.0) as client,
+        client.consume(QUEUE, group="g", prefetch=256) as consumer,
+    ):
+        with anyio.move_on_after(DRAIN_TIMEOUT_S):
+            while missing:
+                msg = await anext(consumer)
+                got.append(msg.payload)
+                missing.discard(msg.payload)
+                with contextlib.suppress(FelixError):  # timed out and handed out again
+                    await msg.ack_sync(AckMode.COMMITTED)
+                    state.done.add(msg.payload)
+        with anyio.move_on_after(settle_s):  # anything more (an acked one would be wrong)
+            while True:
+                msg = await anext(consumer)
+                got.append(msg.payload)
+                with contextlib.suppress(FelixError):
+                    await msg.ack_sync(AckMode.COMMITTED)
+                    state.done.add(msg.payload)
+    return got
+
+
+async def _ensure_queue(broker: Broker, fsync: str, visibility_ms: int) -> None:
+    async with Client(broker.url, ca_file=broker.ca_file, timeout=5.0) as client:
+        with contextlib.suppress(FelixError):  # AlreadyExists
+            await client.admin.create(
+                "queue",
+                QUEUE,
+                {
+                    "durability": "durable",
+                    "fsync": fsync,
+                    "visibility_timeout_ms": visibility_ms,
+                    "max_attempts": 1_000_000,
+                    "max_records": 1_000_000,
+                },
+            )
+
+
+def run_queue_crash(
+    runtime: str,
+    cycles: int,
+    *,
+    data_dir: Path,
+    fsync: str = "interval",
+    consumers: int = 4,
+    min_s: float = 0.2,
+    max_s: float = 1.0,
+    seed: int | None = None,
+    visibility_ms: int = VISIBILITY_MS,
+    settle_s: float = 1.0,
+) -> dict[str, Any]:
+    """Run the queue cycles; return the report (``ok`` false on any failure).
+
+    ``visibility_ms`` is the queue's visibility timeout (a shorter one makes the drain
+    shorter; too short and busy consumers see their deliveries time out); ``settle_s`` is
+    how long a drain waits for more once every owed message came."""
+    rng = random.Random(seed)
+    report: list[QueueCycle] = []
+    done: set[bytes] = set()  # acked committed in any cycle so far: never again
+    broker = Broker(runtime, data_dir)
+    anyio.run(_ensure_queue, broker, fsync, visibility_ms)
+    for n in range(cycles):
+        cycle = QueueCycle()
+        state = Settled()
+        kill_at = rng.uniform(min_s, max_s)
+        cycle.killed_after_s = anyio.run(_consume_load, broker, n, consumers, kill_at, state)
+        done |= state.done
+        owed = state.enqueued - state.done - state.in_doubt
+        cycle.enqueued, cycle.owed = len(state.enqueued), len(owed)
+        cycle.acked_committed, cycle.in_doubt = len(state.done), len(state.in_doubt)
+        started = time.monotonic()
+        broker = Broker(runtime, data_dir)
+        cycle.restart_s = round(time.monotonic() - started, 3)
+        drain_state = Settled()
+        started = time.monotonic()
+        try:
+            got = anyio.run(_drain, broker, owed, drain_state, settle_s)
+        except Exception as exc:  # reported, not raised: the cycle failed
+            cycle.errors.append(f"draining failed: {exc!r}")
+            got = []
+        cycle.drain_s = round(time.monotonic() - started, 3)
+        cycle.drained = len(got)
+        cycle.acked_came_back = len(set(got) & done)
+        cycle.missing = len(owed - set(got))
+        done |= drain_state.done
+        if cycle.acked_came_back:
+            cycle.errors.append(f"{cycle.acked_came_back} committed-acked messages came back")
+        if cycle.missing:
+            cycle.errors.append(f"{cycle.missing} unacked messages did not come back")
+        report.append(cycle)
+    code = broker.stop()
+    totals = {
+        "enqueued": sum(c.enqueued for c in report),
+        "acked_committed": sum(c.acked_committed for c in report),
+        "in_doubt": sum(c.in_doubt for c in report),
+        "owed": sum(c.owed for c in report),
+        "acked_came_back": sum(c.acked_came_back for c in report),
+        "missing": sum(c.missing for c in report),
+    }
+    return {
+        "ok": all(not c.errors for c in report) and code == 0,
+        "mode": "queue",
+        "runtime": runtime,
+        "fsync": fsync,
+        "cycles": [asdict(c) for c in report],
+        "totals": totals,
+        "final_exit_code": code,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--mode", choices=("stream", "queue"), default="stream")
     parser.add_argument("--cycles", type=int, default=5)
     parser.add_argument("--runtime", choices=sorted(RUNTIMES), default="asyncio")
     parser.add_argument("--fsync", choices=("interval", "none"), default="interval")
-    parser.add_argument("--publishers", type=int, default=4)
+    parser.add_argument(
+        "--publishers", type=int, default=4, help="publishers (queue mode: consumers)"
+    )
     parser.add_argument("--batch", type=int, default=8, help="records per publish")
     parser.add_argument("--min-s", type=float, default=0.2, help="earliest kill, seconds")
     parser.add_argument("--max-s", type=float, default=1.0, help="latest kill, seconds")
@@ -358,6 +583,18 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="felix-crash-") as tmp:
         data_dir = args.data_dir or Path(tmp)
         data_dir.mkdir(parents=True, exist_ok=True)
+        if args.mode == "queue":
+            report = run_queue_crash(
+                args.runtime,
+                args.cycles,
+                data_dir=data_dir,
+                fsync=args.fsync,
+                consumers=args.publishers,
+                min_s=args.min_s,
+                max_s=args.max_s,
+                seed=args.seed,
+            )
+            return _print_queue(report, args.json)
         report = run_crash(
             args.runtime,
             args.cycles,
@@ -378,6 +615,22 @@ def main(argv: list[str] | None = None) -> int:
                 f"{c['committed_records']} (missing {c['committed_missing']}), accepted acked "
                 f"{c['accepted_records']} (missing {c['accepted_missing']}), unacked found "
                 f"{c['unacked_found']}, restart {c['restart_s']}s, errors {c['errors']}"
+            )
+        print("OK" if report["ok"] else "FAILED", json.dumps(report["totals"]))
+    return 0 if report["ok"] else 1
+
+
+def _print_queue(report: dict[str, Any], as_json: bool) -> int:
+    if as_json:
+        print(json.dumps(report, indent=2))
+    else:
+        for i, c in enumerate(report["cycles"]):
+            print(
+                f"cycle {i}: killed after {c['killed_after_s']:.2f}s, enqueued {c['enqueued']}, "
+                f"acked committed {c['acked_committed']}, in doubt {c['in_doubt']}, owed "
+                f"{c['owed']}, drained {c['drained']} in {c['drain_s']}s (acked back "
+                f"{c['acked_came_back']}, missing {c['missing']}), restart {c['restart_s']}s, "
+                f"errors {c['errors']}"
             )
         print("OK" if report["ok"] else "FAILED", json.dumps(report["totals"]))
     return 0 if report["ok"] else 1

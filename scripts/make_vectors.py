@@ -170,6 +170,10 @@ MESSAGE_VECTORS: list[tuple[str, m.Message]] = [
         ),
     ),
     ("ack", m.Ack(consumer_id=3, delivery_ids=[77, 78], request_id=15)),
+    (
+        "ack_committed",
+        m.Ack(consumer_id=3, delivery_ids=[79], request_id=16, mode=m.AckMode.COMMITTED.value),
+    ),
     ("nack", m.Nack(consumer_id=3, delivery_ids=[79], delay_ms=1000)),
     ("cancel_consume", m.CancelConsume(request_id=16, consumer_id=3)),
     ("consumer_ended", m.ConsumerEnded(consumer_id=3, reason=m.EndReason.DELETED.value)),

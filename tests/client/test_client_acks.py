@@ -13,7 +13,7 @@ import anyio
 import pytest
 from brokers import Broker
 
-from felix_client import Client, NotFound
+from felix_client import AckMode, Client, InvalidArgument, NotFound
 from felix_client._connection import Connection
 from felix_client._streams import Consumer, QueueMessage
 from felix_client.sync import BlockingClient
@@ -184,6 +184,39 @@ async def test_ack_many_and_nack_many_send_one_frame_each(client: Client) -> Non
             assert {m.attempt for m in back} == {2}
             await consumer.ack_many(back)
         await assert_queue_empty(client, queue)
+
+
+async def test_committed_acks_leave_in_frames_of_their_own_with_mode_committed(
+    client: Client,
+) -> None:
+    queue = unique("q")
+    await client.admin.create("queue", queue)  # ephemeral: committed is answered at once
+    await client.enqueue(queue, [b"m%d" % i for i in range(4)])
+    with anyio.fail_after(10):
+        async with client.consume(queue, prefetch=64) as consumer:
+            msgs = await take(consumer, 4)
+            assert isinstance(consumer._conn, Connection)
+            machine = consumer._conn.machine
+            modes: list[tuple[list[int], AckMode]] = []
+            real = machine.ack
+
+            def spy(consumer_id: int, ids: Sequence[int], **kw: Any) -> int | None:
+                modes.append((list(ids), kw["mode"]))
+                return real(consumer_id, ids, **kw)
+
+            machine.ack = spy  # type: ignore[method-assign]
+            await msgs[0].ack()  # buffered with the next pass's ...
+            await msgs[1].ack_sync(AckMode.COMMITTED)  # ... but not in the same frame
+            await consumer.ack_many(msgs[2:], wait=True, mode=AckMode.COMMITTED)
+            with pytest.raises(InvalidArgument):
+                await consumer.ack_many([], mode=AckMode.NONE)
+            await consumer.flush_acks()
+            machine.ack = real  # type: ignore[method-assign]
+        await assert_queue_empty(client, queue)
+    ids = [m.delivery_id for m in msgs]
+    assert sorted(modes) == sorted(
+        [([ids[0]], AckMode.ACCEPTED), ([ids[1]], AckMode.COMMITTED), (ids[2:], AckMode.COMMITTED)]
+    )
 
 
 async def test_settling_twice_or_after_the_end_is_not_found(client: Client) -> None:

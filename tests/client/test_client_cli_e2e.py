@@ -80,6 +80,17 @@ def test_live_sub_sees_a_pub_from_another_process(broker: Broker) -> None:
     assert out.splitlines() == ["xxxxxxxx", "xxxxxxxx"]
 
 
+def test_queue_consume_acks_committed(broker: Broker) -> None:
+    queue = name("q")
+    assert run(broker, "admin", "create", "queue", queue).returncode == 0
+    assert run(broker, "queue", "push", queue, stdin="a\nb\nc\n").returncode == 0
+    took = run(broker, "queue", "consume", queue, "--count", "2", "--ack", "committed")
+    assert took.returncode == 0, took.stderr
+    assert took.stdout.splitlines() == ["a", "b"]
+    rest = run(broker, "queue", "consume", queue, "--count", "2", "--idle", "1")
+    assert rest.stdout.splitlines() == ["c"]  # a and b were acked
+
+
 def test_cache_put_get_del(broker: Broker) -> None:
     cache = name("c")
     assert run(broker, "admin", "create", "cache", cache).returncode == 0

@@ -281,3 +281,16 @@ def test_v1_error_frame() -> None:
 def test_any_values_round_trip_in_details(value: Any) -> None:
     msg = m.Error(code=100, message="m", details={"v": value})
     assert decode(encode(msg)[HEADER_SIZE:]) == msg
+
+
+def test_an_ack_without_a_mode_is_an_accepted_ack_and_a_bad_mode_is_refused() -> None:
+    """An older peer's ``Ack`` (no ``mode``) decodes as ``ACCEPTED``; ``mode`` takes only
+    ``AckMode`` values."""
+    old = {"consumer_id": 3, "delivery_ids": [77, 78], "request_id": 15}
+    assert decode(payload(m.Ack.TYPE, old)) == m.Ack(
+        consumer_id=3, delivery_ids=[77, 78], request_id=15, mode=m.AckMode.ACCEPTED.value
+    )
+    committed = decode(payload(m.Ack.TYPE, {**old, "mode": 2}))
+    assert isinstance(committed, m.Ack) and committed.mode == m.AckMode.COMMITTED
+    err = bad(m.Ack.TYPE, {**old, "mode": 9})
+    assert isinstance(err, BadFrame) and err.details == {"field": "mode"}
