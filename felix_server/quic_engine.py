@@ -13,6 +13,8 @@ and their stream internals differ. The session asks this module, never an engine
   back-pressure count);
 * :func:`hold_credit`: hold back or release the connection's flow-control credit, where the
   engine allows it (aioquic; see :mod:`felix_server.quic`).
+* :func:`ack_with_data`: let a delayed ACK ride in the packet that carries data about to
+  be sent (aioquic; qh3's engine decides for itself).
 """
 
 from __future__ import annotations
@@ -24,12 +26,14 @@ from aioquic.quic import events as qe
 from aioquic.quic.connection import NetworkAddress, QuicConnection
 
 from felix_server.quic import FelixQuicConnection
+from felix_server.quic import ack_with_data as _aioquic_ack_with_data
 from felix_server.quic import send_buffered as _aioquic_send_buffered
 
 __all__ = [
     "EVENTS",
     "EngineEvents",
     "QuicConnectionLike",
+    "ack_with_data",
     "hold_credit",
     "register_events",
     "send_buffered",
@@ -121,3 +125,11 @@ def hold_credit(quic: QuicConnectionLike, held: bool) -> None:
     not bounded by QUIC there (a gap of the qh3 engine, docs/performance.md)."""
     if isinstance(quic, FelixQuicConnection):
         quic.credit_held = held
+
+
+def ack_with_data(quic: QuicConnectionLike, now: float) -> None:
+    """Data was just written to ``quic``: make a delayed ACK go out with it
+    (:func:`felix_server.quic.ack_with_data`) instead of alone after the ack delay. Any
+    aioquic connection (the broker's and the client's); nothing for another engine."""
+    if isinstance(quic, QuicConnection):
+        _aioquic_ack_with_data(quic, now)

@@ -32,7 +32,11 @@ changes a session's deadline, so an idle connection costs nothing per loop pass.
 Each call to :meth:`datagrams_to_send` first fires the engine's deadlines that are due (the
 end of a pass is when a stream's partial batches are delivered), then asks the
 :class:`~felix_server.router.Router` which connections have engine events waiting and
-transmits those and every session touched by an input: each takes its mail (a distinct
+transmits those and every session touched by an input, in that order: the connections that
+only receive in this pass (subscribers, consumers) before those that sent its input (whose
+replies are acknowledgements), so a record's datagrams to its readers are built first and
+leave first, and a reader is woken before the publisher whose ack would compete with it for
+a CPU. Each takes its mail (a distinct
 :class:`~felix_core.log.LogSlice` is encoded once per pass,
 :class:`~felix_server.batches.EncodedBatches`, and the same bytes are written to every
 subscription stream it goes to), moves its Felix writes into QUIC and returns QUIC's
@@ -405,10 +409,14 @@ class FelixServer:
         self.router.handle_timer(now)
         sessions, dirty = self._sessions, self._dirty
         for _ in range(4):  # a transmit can give other connections mail; bounded
+            mailed: dict[int, Session] = {}
             for conn_id in self.router.ready(now):  # the router names who has mail
                 session = sessions.get(conn_id)
-                if session is not None:
-                    dirty[conn_id] = session
+                if session is not None and conn_id not in dirty:
+                    mailed[conn_id] = session
+            if mailed:  # those that only receive first, then those that sent input
+                mailed.update(dirty)
+                dirty = mailed
             if not dirty:
                 break
             self._dirty = {}

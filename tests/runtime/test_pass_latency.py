@@ -1,0 +1,98 @@
+"""What a publish costs on the wire and in which order a pass sends, in memory
+(:mod:`.memory_net`, through the whole server, no timer fired).
+
+* The datagrams of a pass go first to the connections that only receive in it (a record's
+  subscribers), then to those that sent its input (the publisher's ack): a reader is woken
+  first.
+* A reply carries the ACK of the request it answers: aioquic would hold that ACK for its
+  1 ms ack delay and then send it alone, a second datagram per request.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from aioquic import tls
+from aioquic.quic.connection import QuicConnection
+
+from felix_proto import events as fe
+from felix_server.quic import ack_with_data
+
+from .memory_net import SERVER_ADDR, MemoryClient, MemoryNet, N, T
+
+
+def setup(tmp_path: Path) -> tuple[MemoryNet, MemoryClient, MemoryClient]:
+    net = MemoryNet(tmp_path)
+    net.broker.create("stream", T, N, "s", {}, now=net.now)
+    sub, pub = net.client(), net.client()
+    assert sub.felix is not None and pub.felix is not None
+    sub.felix.subscribe(T, N, "s", credit_messages=1000, credit_bytes=1 << 20, now=net.now)
+    net.until(lambda: bool(sub.of(fe.SubscriptionStarted)))
+    net.settle()
+    return net, sub, pub
+
+
+def publish_one_pass(net: MemoryNet, pub: MemoryClient) -> list[tuple[bytes, object]]:
+    """The publisher publishes one record; the server takes its datagrams and ends the pass.
+    Returns what the server sends, in order (not delivered yet)."""
+    assert pub.felix is not None
+    net.now += 0.0001
+    pub.felix.publish(T, N, "s", b"record", now=net.now)
+    pub.pump()
+    for data, _ in pub.quic.datagrams_to_send(now=net.now):
+        net.server.datagram_received(data, pub.addr, net.now)
+    return list(net.server.datagrams_to_send(net.now))
+
+
+def deliver(net: MemoryNet, out: list[tuple[bytes, object]]) -> None:
+    for data, addr in out:
+        client = net.clients[addr]  # type: ignore[index]
+        client.quic.receive_datagram(data, SERVER_ADDR, net.now)
+        client.pump()
+
+
+def test_the_subscribers_datagram_leaves_before_the_publishers_ack(tmp_path: Path) -> None:
+    net, sub, pub = setup(tmp_path)
+    for _ in range(3):
+        out = publish_one_pass(net, pub)
+        addresses = [addr for _, addr in out]
+        assert sub.addr in addresses and pub.addr in addresses
+        assert addresses.index(sub.addr) < addresses.index(pub.addr)
+        deliver(net, out)
+    assert len(pub.of(fe.PublishAcked)) == 3
+    assert sum(len(e.batch.payloads) for e in sub.of(fe.EventsReceived)) == 3
+
+
+def test_the_publish_ack_carries_the_ack_and_no_ack_only_datagram_follows(
+    tmp_path: Path,
+) -> None:
+    net, _sub, pub = setup(tmp_path)
+    out = publish_one_pass(net, pub)
+    assert [addr for _, addr in out].count(pub.addr) == 1  # the PublishAck
+    deliver(net, out)
+    assert len(pub.of(fe.PublishAcked)) == 1
+    # Past aioquic's ack delay: the broker has no ACK left to send the publisher, and the
+    # publisher's request is acknowledged (nothing of it in flight).
+    net.now += 0.005
+    timer = net.server.get_timer()
+    if timer is not None and timer <= net.now:
+        net.server.handle_timer(net.now)
+    later = [addr for _, addr in net.server.datagrams_to_send(net.now)]
+    assert pub.addr not in later
+    assert pub.quic._loss.bytes_in_flight == 0
+
+
+def test_ack_with_data_only_moves_an_ack_that_is_pending(tmp_path: Path) -> None:
+    net, _sub, pub = setup(tmp_path)
+    quic = net.session(pub).quic
+    assert isinstance(quic, QuicConnection)
+    space = quic._spaces[tls.Epoch.ONE_RTT]
+    assert space.ack_at is None  # settled: nothing to acknowledge
+    ack_with_data(quic, net.now)
+    assert space.ack_at is None  # no ACK invented
+    space.ack_at = net.now + 0.001
+    ack_with_data(quic, net.now)
+    assert space.ack_at == net.now
+    space.ack_at = net.now - 0.5
+    ack_with_data(quic, net.now)
+    assert space.ack_at == net.now - 0.5  # already due: left as it is
