@@ -17,7 +17,8 @@ Inputs
 
 Outputs
     * :meth:`FelixServer.datagrams_to_send` ``(now)`` -> ``[(bytes, addr)]``: call it once
-      per loop pass, after feeding every datagram that arrived in that pass;
+      per loop pass, after feeding every datagram that arrived in that pass (the adapters
+      pass ``send``, which takes each connection's datagrams as soon as they are built);
     * :meth:`FelixServer.take_storage_jobs` ``(now)``: after each pass, the fsyncs and cold
       reads to run on worker threads (none without a durable log store);
     * :meth:`FelixServer.get_timer`: the earliest deadline of the broker, the durable log
@@ -106,7 +107,10 @@ from felix_server.router import Router
 from felix_server.session import Session, SessionLimits
 from felix_server.storage import StorageGlue
 
-__all__ = ["MAX_REFUSALS_PER_PASS", "FelixServer", "make_quic_configuration"]
+__all__ = ["MAX_REFUSALS_PER_PASS", "FelixServer", "Send", "make_quic_configuration"]
+
+Send = Callable[[list[tuple[bytes, NetworkAddress]]], None]
+"""What :meth:`FelixServer.datagrams_to_send` may hand each connection's datagrams to."""
 
 MAX_REFUSALS_PER_PASS = 16
 """Most refused connections answered with ``CONNECTION_REFUSED`` between two
@@ -395,14 +399,26 @@ class FelixServer:
 
     # ----------------------------------------------------------------------- outputs
 
-    def datagrams_to_send(self, now: float) -> list[tuple[bytes, NetworkAddress]]:
+    def datagrams_to_send(
+        self, now: float, send: Send | None = None
+    ) -> list[tuple[bytes, NetworkAddress]]:
         """Everything to transmit now. Call once per loop pass, after the inputs.
 
+        Args:
+            now: the current time.
+            send: when given, each connection's datagrams are handed to it as soon as that
+                connection has transmitted, in order, and the list returned is empty: the
+                adapter writes them to the socket at once, so the first reader's datagram
+                leaves while the next connections' are built.
+
         Returns:
-            ``(datagram, address)`` pairs, in order.
+            ``(datagram, address)`` pairs, in order (empty when ``send`` took them).
         """
         out = self._stateless
         self._stateless = []
+        if send is not None and out:
+            send(out)
+            out = []
         self._refusals_left = MAX_REFUSALS_PER_PASS
         # The pass ends: flush what is due, such as the partial batches of this pass's
         # publishes (their deadline is the pass itself: felix_core.streams, "Batching").
@@ -422,7 +438,12 @@ class FelixServer:
             self._dirty = {}
             touched = self._touched
             for session in dirty.values():
-                out.extend(session.transmit(now))
+                if send is None:
+                    out.extend(session.transmit(now))
+                else:
+                    datagrams = session.transmit(now)
+                    if datagrams:
+                        send(datagrams)
                 touched[session.conn_id] = session  # sending moves QUIC's timers
                 if session.finished:
                     self._forget(session)

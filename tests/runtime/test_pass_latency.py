@@ -4,6 +4,9 @@
 * The datagrams of a pass go first to the connections that only receive in it (a record's
   subscribers), then to those that sent its input (the publisher's ack): a reader is woken
   first.
+* With ``send``, each connection's datagrams are handed to the adapter as soon as that
+  connection has transmitted: the reader's datagram is on its way before the publisher's
+  ack is built.
 * A reply carries the ACK of the request it answers: aioquic would hold that ACK for its
   1 ms ack delay and then send it alone, a second datagram per request.
 """
@@ -42,6 +45,38 @@ def publish_one_pass(net: MemoryNet, pub: MemoryClient) -> list[tuple[bytes, obj
     for data, _ in pub.quic.datagrams_to_send(now=net.now):
         net.server.datagram_received(data, pub.addr, net.now)
     return list(net.server.datagrams_to_send(net.now))
+
+
+def test_send_takes_each_connections_datagrams_as_soon_as_they_are_built(
+    tmp_path: Path,
+) -> None:
+    net, sub, pub = setup(tmp_path)
+    assert pub.felix is not None
+    steps: list[object] = []
+    session = net.session(pub)
+    transmit = session.transmit
+
+    def spy(now: float) -> list[tuple[bytes, object]]:
+        steps.append("publisher's session transmits")
+        return transmit(now)  # type: ignore[return-value]
+
+    session.transmit = spy  # type: ignore[method-assign]
+    net.now += 0.0001
+    pub.felix.publish(T, N, "s", b"record", now=net.now)
+    pub.pump()
+    for data, _ in pub.quic.datagrams_to_send(now=net.now):
+        net.server.datagram_received(data, pub.addr, net.now)
+    sent: list[tuple[bytes, object]] = []
+
+    def send(datagrams: list[tuple[bytes, tuple[str, int]]]) -> None:
+        steps.append({addr for _, addr in datagrams})
+        sent.extend(datagrams)
+
+    assert net.server.datagrams_to_send(net.now, send=send) == []
+    assert steps == [{sub.addr}, "publisher's session transmits", {pub.addr}]
+    deliver(net, sent)
+    assert len(pub.of(fe.PublishAcked)) == 1
+    assert [e.batch.payloads for e in sub.of(fe.EventsReceived)] == [[b"record"]]
 
 
 def deliver(net: MemoryNet, out: list[tuple[bytes, object]]) -> None:
