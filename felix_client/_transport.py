@@ -21,7 +21,8 @@ side's idle timer going too.
 
 Datagrams and wake-ups. A request sent by :meth:`QuicTransport.flush` carries the ACK that
 aioquic would otherwise send alone after its 1 ms ack delay
-(:func:`felix_server.quic_engine.ack_with_data`), and the send lock yields to the event loop
+(:class:`felix_server.quic_engine.AckWithData`: at most one such ACK per millisecond, as
+many as aioquic's timer would send), and the send lock yields to the event loop
 only when another task holds it: one record published at a time costs one datagram each
 way and as few loop passes as the waits themselves.
 
@@ -46,7 +47,7 @@ from aioquic.quic.packet import QuicErrorCode
 
 from felix_runtime.quic_engines import DEFAULT_ENGINE, load_engine
 from felix_runtime.udp import READ_BATCH, udp_socket
-from felix_server.quic_engine import EVENTS, ack_with_data
+from felix_server.quic_engine import EVENTS, AckWithData
 
 __all__ = [
     "QuicHandler",
@@ -208,6 +209,8 @@ class QuicTransport:
         self._last_sent = self.clock()
         self.pings_sent = 0
         """Keep-alive PINGs sent so far."""
+        self.acks = AckWithData()
+        """When the last ACK went early with a request."""
 
     @classmethod
     async def connect(cls, host: str, port: int, options: TransportOptions) -> QuicTransport:
@@ -350,7 +353,7 @@ class QuicTransport:
             return
         now = self.clock()
         self._process(now)
-        ack_with_data(self.quic, now)  # the request carries the pending ACK
+        self.acks.data_written(self.quic, now)  # the request carries the pending ACK
         await self._transmit()
         if self._scope is not None:
             self._scope.deadline = self._deadline()

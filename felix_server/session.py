@@ -46,9 +46,9 @@ subscription, gaps, deliveries and ends. Events for a feed whose stream is no lo
 (stopped by the client, or ended here) are dropped.
 
 ACKs. aioquic holds each ACK for its ack delay (1 ms) and sends it alone once that passed;
-a transmit that writes Felix frames lets the pending ACK ride in their packet instead
-(:func:`~felix_server.quic_engine.ack_with_data`), so a request answered at once (a
-``PublishAck``) costs the client one datagram, not two.
+a transmit that writes Felix frames lets the pending ACK ride in their packet instead, no
+more often than once per millisecond (:class:`~felix_server.quic_engine.AckWithData`), so a
+request answered at once (a ``PublishAck``) costs the client one datagram, not two.
 
 Back-pressure: a :class:`~felix_server.gate.Gate` (see there for the table). aioquic's
 stream writes never block and copy the data into the stream's own send buffer, freed only as
@@ -106,8 +106,8 @@ from felix_server.observer import ServerObserver
 from felix_server.outbox import FeedKey, FeedOutbox
 from felix_server.quic_engine import (
     EVENTS,
+    AckWithData,
     QuicConnectionLike,
-    ack_with_data,
     hold_credit,
     send_buffered,
 )
@@ -226,6 +226,7 @@ class Session:
         """The connection is over (the server forgets the session)."""
         self._unsent = 0  # QUIC's send-buffered bytes (all streams) as of the last transmit
         self._outbox = FeedOutbox()  # feed writes held back while over the limit
+        self._acks = AckWithData()  # a delayed ACK rides with the replies
         self._deferred: list[Callable[..., object]] = []  # router calls that need `now`
         self._pending: dict[int, tuple[m.Message, str, object]] = {}  # number -> request
         self._next_request = 1
@@ -862,7 +863,7 @@ class Session:
                     continue  # the stream was reset meanwhile; drop what it would carry
                 wrote = True
             if wrote:  # the replies carry the client's ACK: no ACK-only packet 1 ms later
-                ack_with_data(quic, now)
+                self._acks.data_written(quic, now)
         datagrams = quic.datagrams_to_send(now)
         if self._close is not None and not self._quic_closed:
             assert self._close_deadline is not None

@@ -20,6 +20,7 @@ from aioquic.quic.connection import QuicConnection
 
 from felix_proto import events as fe
 from felix_server.quic import ack_with_data
+from felix_server.quic_engine import ACK_WITH_DATA_INTERVAL, AckWithData
 
 from .memory_net import SERVER_ADDR, MemoryClient, MemoryNet, N, T
 
@@ -123,11 +124,34 @@ def test_ack_with_data_only_moves_an_ack_that_is_pending(tmp_path: Path) -> None
     assert isinstance(quic, QuicConnection)
     space = quic._spaces[tls.Epoch.ONE_RTT]
     assert space.ack_at is None  # settled: nothing to acknowledge
-    ack_with_data(quic, net.now)
+    assert not ack_with_data(quic, net.now)
     assert space.ack_at is None  # no ACK invented
     space.ack_at = net.now + 0.001
-    ack_with_data(quic, net.now)
+    assert ack_with_data(quic, net.now)
     assert space.ack_at == net.now
     space.ack_at = net.now - 0.5
-    ack_with_data(quic, net.now)
+    assert ack_with_data(quic, net.now)
     assert space.ack_at == net.now - 0.5  # already due: left as it is
+
+
+def test_acks_go_early_at_most_once_per_interval(tmp_path: Path) -> None:
+    """Flat out, no more ACKs go with data than aioquic's timer would send alone."""
+    net, _sub, pub = setup(tmp_path)
+    quic = net.session(pub).quic
+    assert isinstance(quic, QuicConnection)
+    space = quic._spaces[tls.Epoch.ONE_RTT]
+    acks = AckWithData()
+    now = net.now
+    space.ack_at = now + 0.001
+    acks.data_written(quic, now)
+    assert space.ack_at == now and acks.sent_at == now
+    later = now + ACK_WITH_DATA_INTERVAL / 2
+    space.ack_at = later + 0.001  # another request arrived: its ACK waits
+    acks.data_written(quic, later)
+    assert space.ack_at == later + 0.001 and acks.sent_at == now
+    later = now + ACK_WITH_DATA_INTERVAL
+    acks.data_written(quic, later)  # the interval has passed: it goes now
+    assert space.ack_at == later and acks.sent_at == later
+    space.ack_at = None
+    acks.data_written(quic, later + 1)  # nothing pending: nothing sent, nothing noted
+    assert space.ack_at is None and acks.sent_at == later
