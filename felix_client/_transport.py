@@ -19,6 +19,13 @@ nothing. So once nothing was sent for the keep-alive interval (``keepalive``, at
 third of ``idle_timeout``), the loop sends a QUIC PING; the broker's ACK of it keeps this
 side's idle timer going too.
 
+Datagrams and wake-ups. A request sent by :meth:`QuicTransport.flush` carries the ACK that
+aioquic would otherwise send alone after its 1 ms ack delay
+(:class:`felix_server.quic_engine.AckWithData`: at most one such ACK per millisecond, as
+many as aioquic's timer would send), and the send lock yields to the event loop
+only when another task holds it: one record published at a time costs one datagram each
+way and as few loop passes as the waits themselves.
+
 Nothing here is asyncio- or trio-specific, so the client runs under both anyio backends. The
 clock is the event loop's (what ``anyio.current_time()`` returns, looked up once per
 connection: :func:`loop_clock`) throughout, so QUIC's timers and anyio's deadlines agree.
@@ -40,7 +47,7 @@ from aioquic.quic.packet import QuicErrorCode
 
 from felix_runtime.quic_engines import DEFAULT_ENGINE, load_engine
 from felix_runtime.udp import READ_BATCH, udp_socket
-from felix_server.quic_engine import EVENTS
+from felix_server.quic_engine import EVENTS, AckWithData
 
 __all__ = [
     "QuicHandler",
@@ -193,7 +200,7 @@ class QuicTransport:
         """The event loop's clock (``anyio.current_time()``, looked up once)."""
         self._handler: QuicHandler | None = None
         self._scope: anyio.CancelScope | None = None
-        self._send_lock = anyio.Lock()
+        self._send_lock = anyio.Lock(fast_acquire=True)  # no yield when nobody holds it
         self._flushing = False
         self._handshake = anyio.Event()
         self._done = anyio.Event()
@@ -202,6 +209,8 @@ class QuicTransport:
         self._last_sent = self.clock()
         self.pings_sent = 0
         """Keep-alive PINGs sent so far."""
+        self.acks = AckWithData()
+        """When the last ACK went early with a request."""
 
     @classmethod
     async def connect(cls, host: str, port: int, options: TransportOptions) -> QuicTransport:
@@ -344,6 +353,7 @@ class QuicTransport:
             return
         now = self.clock()
         self._process(now)
+        self.acks.data_written(self.quic, now)  # the request carries the pending ACK
         await self._transmit()
         if self._scope is not None:
             self._scope.deadline = self._deadline()

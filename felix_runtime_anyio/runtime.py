@@ -8,7 +8,8 @@ runs the loop of the asyncio adapter under any anyio backend:
    (the one way in for API calls such as ``begin_shutdown``);
 2. read a batch (up to :data:`~felix_runtime.udp.READ_BATCH` datagrams) and feed each with
    the same ``now``; fire the timer if it is due;
-3. transmit *once*: everything ``datagrams_to_send(now)`` returns.
+3. transmit *once*: everything ``datagrams_to_send(now)`` produces, each connection's
+   datagrams written as soon as that connection has built them.
 
 Storage jobs (fsyncs, cold reads of durable logs): after each transmit the server's new jobs
 start as tasks of :meth:`~AnyioUdpRuntime.serve`'s task group, each running
@@ -33,6 +34,7 @@ import math
 import socket
 import time
 from collections.abc import Callable
+from functools import partial
 
 import anyio
 from anyio.abc import TaskGroup
@@ -133,7 +135,7 @@ class AnyioUdpRuntime:
                     # Loop and wall clocks drift apart a little: never fire before the deadline.
                     now = max(now, deadline)
                     server.handle_timer(now)
-                send_all(sock, server.datagrams_to_send(now))
+                server.datagrams_to_send(now, send=partial(send_all, sock))
                 if server.finished:
                     self.finished.set()
                 for job in server.take_storage_jobs(now):

@@ -2,8 +2,9 @@
 
 It translates and decides nothing (STYLE.md habit 8): datagrams that arrive in one loop
 pass are fed to :class:`~felix_server.server.FelixServer` with the time, then whatever the
-server wants to send goes out in *one* transmit, and *one* timer is re-armed at the
-server's earliest deadline. Reading drains the socket (up to
+server wants to send goes out in *one* transmit (each connection's datagrams written as soon
+as that connection has built them, so the first reader's leave first), and *one* timer is
+re-armed at the server's earliest deadline. Reading drains the socket (up to
 :data:`~felix_runtime.udp.READ_BATCH` datagrams) before transmitting;
 ``benchmarks/quic_baseline.py`` measures what that buys over aioquic.asyncio's
 transmit-per-datagram. The socket calls themselves are :mod:`felix_runtime.udp`'s, shared
@@ -126,17 +127,19 @@ class UdpRuntime:
         """Send what the server wants to send and re-arm the one timer."""
         self._scheduled = False
         now = self._clock()
-        datagrams = self.server.datagrams_to_send(now)
-        if self._sock is not None:
-            send_all(self._sock, datagrams)
-        elif self._transport is not None:
-            for data, addr in datagrams:
-                self._transport.sendto(data, addr)
+        self.server.datagrams_to_send(now, send=self._send)  # each connection's at once
         if self.server.finished:
             self._finished.set()
         for job in self.server.take_storage_jobs(now):
             self._start_job(job)
         self._arm(self.server.get_timer(), now)
+
+    def _send(self, datagrams: list[tuple[bytes, NetworkAddress]]) -> None:
+        if self._sock is not None:
+            send_all(self._sock, datagrams)
+        elif self._transport is not None:
+            for data, addr in datagrams:
+                self._transport.sendto(data, addr)
 
     # ------------------------------------------------------------------ storage jobs
 

@@ -37,7 +37,9 @@ This reaches into private members of aioquic, which is why felix pins aioquic to
   to announce) skips aioquic's call altogether: it runs for every stream of every packet.
 * ``QuicConnection._streams`` and ``QuicStreamSender._buffer_start`` / ``_buffer_stop``:
   :func:`send_buffered`, the bytes a connection's send buffers hold (the session's
-  back-pressure count).
+  back-pressure count);
+* ``QuicConnection._spaces[Epoch.ONE_RTT].ack_at``: :func:`ack_with_data`, which lets an
+  ACK that aioquic holds back for its ack delay ride in the packet about to carry data.
 
 ``tests/runtime`` exercises every path so that an aioquic upgrade that moves them fails
 loudly (``test_receive_window.py`` for the windows).
@@ -180,3 +182,26 @@ def send_buffered(quic: QuicConnection) -> int:
         sender = stream.sender
         total += sender._buffer_stop - sender._buffer_start
     return total
+
+
+def ack_with_data(quic: QuicConnection, now: float) -> bool:
+    """Let a pending ACK go out in the next packet, which is about to carry stream data.
+
+    aioquic delays every ACK by its ack delay (1 ms, ``K_GRANULARITY``) and writes one only
+    into a packet sent once that delay has passed, so a reply sent sooner (a broker's
+    ``PublishAck``, a client's next request) leaves without it, and a packet carrying the
+    ACK alone follows 1 ms later: a second datagram and a wake-up of both ends per request.
+    Marking the ACK due now (RFC 9000 §13.2.1 lets any packet carry one) makes the data's
+    packet carry it. With nothing pending, or before the handshake's 1-RTT keys, nothing
+    changes. :class:`~felix_server.quic_engine.AckWithData` decides how often to call this.
+
+    Sets ``QuicConnection._spaces[Epoch.ONE_RTT].ack_at``, private to aioquic 1.7.
+
+    Returns:
+        Whether an ACK was pending and now goes with the data.
+    """
+    space = quic._spaces.get(tls.Epoch.ONE_RTT)
+    if space is None or space.ack_at is None:
+        return False
+    space.ack_at = min(space.ack_at, now)
+    return True

@@ -13,10 +13,14 @@ and their stream internals differ. The session asks this module, never an engine
   back-pressure count);
 * :func:`hold_credit`: hold back or release the connection's flow-control credit, where the
   engine allows it (aioquic; see :mod:`felix_server.quic`).
+* :class:`AckWithData`: let a delayed ACK ride in the packet that carries data about to be
+  sent, no more often than aioquic's timer would send it (aioquic; qh3's engine decides
+  for itself).
 """
 
 from __future__ import annotations
 
+import math
 from types import ModuleType
 from typing import Protocol
 
@@ -24,10 +28,13 @@ from aioquic.quic import events as qe
 from aioquic.quic.connection import NetworkAddress, QuicConnection
 
 from felix_server.quic import FelixQuicConnection
+from felix_server.quic import ack_with_data as _aioquic_ack_with_data
 from felix_server.quic import send_buffered as _aioquic_send_buffered
 
 __all__ = [
+    "ACK_WITH_DATA_INTERVAL",
     "EVENTS",
+    "AckWithData",
     "EngineEvents",
     "QuicConnectionLike",
     "hold_credit",
@@ -121,3 +128,38 @@ def hold_credit(quic: QuicConnectionLike, held: bool) -> None:
     not bounded by QUIC there (a gap of the qh3 engine, docs/performance.md)."""
     if isinstance(quic, FelixQuicConnection):
         quic.credit_held = held
+
+
+ACK_WITH_DATA_INTERVAL = 0.001
+"""Least time between two ACKs sent early with data on one connection (aioquic's ack
+delay, ``K_GRANULARITY``): no more ACKs than aioquic's timer would send."""
+
+
+class AckWithData:
+    """Lets one connection's delayed ACK ride with the data it sends, at most once per
+    :data:`ACK_WITH_DATA_INTERVAL` (:func:`felix_server.quic.ack_with_data`; aioquic only,
+    qh3's engine decides for itself).
+
+    One request answered at a time (a publisher waiting for each ``PublishAck``): each reply
+    carries the ACK of its request and no ACK-only datagram follows. Data sent flat out
+    (batches, replies many times per millisecond): ACKs still go about once per
+    millisecond, as aioquic's timer sends them, but inside data packets, so the peer does
+    not process more ACK frames than before. An ACK pending when the interval has not
+    passed waits for the next data or for aioquic's timer, whichever comes first: the
+    timer is due no earlier than the interval after the last early ACK.
+    """
+
+    __slots__ = ("sent_at",)
+
+    def __init__(self) -> None:
+        self.sent_at = -math.inf
+        """When an ACK last went early with data."""
+
+    def data_written(self, quic: QuicConnectionLike, now: float) -> None:
+        """Stream data was just written to ``quic`` and is about to be sent."""
+        if (
+            now - self.sent_at >= ACK_WITH_DATA_INTERVAL
+            and isinstance(quic, QuicConnection)
+            and _aioquic_ack_with_data(quic, now)
+        ):
+            self.sent_at = now

@@ -17,7 +17,8 @@ Inputs
 
 Outputs
     * :meth:`FelixServer.datagrams_to_send` ``(now)`` -> ``[(bytes, addr)]``: call it once
-      per loop pass, after feeding every datagram that arrived in that pass;
+      per loop pass, after feeding every datagram that arrived in that pass (the adapters
+      pass ``send``, which takes each connection's datagrams as soon as they are built);
     * :meth:`FelixServer.take_storage_jobs` ``(now)``: after each pass, the fsyncs and cold
       reads to run on worker threads (none without a durable log store);
     * :meth:`FelixServer.get_timer`: the earliest deadline of the broker, the durable log
@@ -32,7 +33,11 @@ changes a session's deadline, so an idle connection costs nothing per loop pass.
 Each call to :meth:`datagrams_to_send` first fires the engine's deadlines that are due (the
 end of a pass is when a stream's partial batches are delivered), then asks the
 :class:`~felix_server.router.Router` which connections have engine events waiting and
-transmits those and every session touched by an input: each takes its mail (a distinct
+transmits those and every session touched by an input, in that order: the connections that
+only receive in this pass (subscribers, consumers) before those that sent its input (whose
+replies are acknowledgements), so a record's datagrams to its readers are built first and
+leave first, and a reader is woken before the publisher whose ack would compete with it for
+a CPU. Each takes its mail (a distinct
 :class:`~felix_core.log.LogSlice` is encoded once per pass,
 :class:`~felix_server.batches.EncodedBatches`, and the same bytes are written to every
 subscription stream it goes to), moves its Felix writes into QUIC and returns QUIC's
@@ -102,7 +107,10 @@ from felix_server.router import Router
 from felix_server.session import Session, SessionLimits
 from felix_server.storage import StorageGlue
 
-__all__ = ["MAX_REFUSALS_PER_PASS", "FelixServer", "make_quic_configuration"]
+__all__ = ["MAX_REFUSALS_PER_PASS", "FelixServer", "Send", "make_quic_configuration"]
+
+Send = Callable[[list[tuple[bytes, NetworkAddress]]], None]
+"""What :meth:`FelixServer.datagrams_to_send` may hand each connection's datagrams to."""
 
 MAX_REFUSALS_PER_PASS = 16
 """Most refused connections answered with ``CONNECTION_REFUSED`` between two
@@ -391,30 +399,51 @@ class FelixServer:
 
     # ----------------------------------------------------------------------- outputs
 
-    def datagrams_to_send(self, now: float) -> list[tuple[bytes, NetworkAddress]]:
+    def datagrams_to_send(
+        self, now: float, send: Send | None = None
+    ) -> list[tuple[bytes, NetworkAddress]]:
         """Everything to transmit now. Call once per loop pass, after the inputs.
 
+        Args:
+            now: the current time.
+            send: when given, each connection's datagrams are handed to it as soon as that
+                connection has transmitted, in order, and the list returned is empty: the
+                adapter writes them to the socket at once, so the first reader's datagram
+                leaves while the next connections' are built.
+
         Returns:
-            ``(datagram, address)`` pairs, in order.
+            ``(datagram, address)`` pairs, in order (empty when ``send`` took them).
         """
         out = self._stateless
         self._stateless = []
+        if send is not None and out:
+            send(out)
+            out = []
         self._refusals_left = MAX_REFUSALS_PER_PASS
         # The pass ends: flush what is due, such as the partial batches of this pass's
         # publishes (their deadline is the pass itself: felix_core.streams, "Batching").
         self.router.handle_timer(now)
         sessions, dirty = self._sessions, self._dirty
         for _ in range(4):  # a transmit can give other connections mail; bounded
+            mailed: dict[int, Session] = {}
             for conn_id in self.router.ready(now):  # the router names who has mail
                 session = sessions.get(conn_id)
-                if session is not None:
-                    dirty[conn_id] = session
+                if session is not None and conn_id not in dirty:
+                    mailed[conn_id] = session
+            if mailed:  # those that only receive first, then those that sent input
+                mailed.update(dirty)
+                dirty = mailed
             if not dirty:
                 break
             self._dirty = {}
             touched = self._touched
             for session in dirty.values():
-                out.extend(session.transmit(now))
+                if send is None:
+                    out.extend(session.transmit(now))
+                else:
+                    datagrams = session.transmit(now)
+                    if datagrams:
+                        send(datagrams)
                 touched[session.conn_id] = session  # sending moves QUIC's timers
                 if session.finished:
                     self._forget(session)

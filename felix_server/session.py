@@ -45,6 +45,11 @@ the sessions the router names as having mail): batches as frames encoded once fo
 subscription, gaps, deliveries and ends. Events for a feed whose stream is no longer open
 (stopped by the client, or ended here) are dropped.
 
+ACKs. aioquic holds each ACK for its ack delay (1 ms) and sends it alone once that passed;
+a transmit that writes Felix frames lets the pending ACK ride in their packet instead, no
+more often than once per millisecond (:class:`~felix_server.quic_engine.AckWithData`), so a
+request answered at once (a ``PublishAck``) costs the client one datagram, not two.
+
 Back-pressure: a :class:`~felix_server.gate.Gate` (see there for the table). aioquic's
 stream writes never block and copy the data into the stream's own send buffer, freed only as
 the peer acknowledges it, so the session weighs what the connection holds on every stream:
@@ -99,7 +104,13 @@ from felix_server.config import ServerConfig
 from felix_server.gate import Gate, HeldData, Move
 from felix_server.observer import ServerObserver
 from felix_server.outbox import FeedKey, FeedOutbox
-from felix_server.quic_engine import EVENTS, QuicConnectionLike, hold_credit, send_buffered
+from felix_server.quic_engine import (
+    EVENTS,
+    AckWithData,
+    QuicConnectionLike,
+    hold_credit,
+    send_buffered,
+)
 from felix_server.requests import reply_to, request_kind
 from felix_server.router import UNIDENTIFIED, Router
 from felix_server.split import split_slice
@@ -215,6 +226,7 @@ class Session:
         """The connection is over (the server forgets the session)."""
         self._unsent = 0  # QUIC's send-buffered bytes (all streams) as of the last transmit
         self._outbox = FeedOutbox()  # feed writes held back while over the limit
+        self._acks = AckWithData()  # a delayed ACK rides with the replies
         self._deferred: list[Callable[..., object]] = []  # router calls that need `now`
         self._pending: dict[int, tuple[m.Message, str, object]] = {}  # number -> request
         self._next_request = 1
@@ -843,11 +855,15 @@ class Session:
                 for call in deferred:
                     call(now=now)
             self._take_mail(now)
+            wrote = False
             for sid, data, end in self.felix.data_to_send():
                 try:
                     quic.send_stream_data(sid, data, end)
                 except (ValueError, AssertionError):
                     continue  # the stream was reset meanwhile; drop what it would carry
+                wrote = True
+            if wrote:  # the replies carry the client's ACK: no ACK-only packet 1 ms later
+                self._acks.data_written(quic, now)
         datagrams = quic.datagrams_to_send(now)
         if self._close is not None and not self._quic_closed:
             assert self._close_deadline is not None

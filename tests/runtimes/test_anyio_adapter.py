@@ -41,9 +41,13 @@ class FakeServer:
         self.fed.append((data, addr, now))
         self._echo.append((data.upper(), addr))
 
-    def datagrams_to_send(self, now: float) -> list[tuple[bytes, Any]]:
+    def datagrams_to_send(self, now: float, send: Any = None) -> list[tuple[bytes, Any]]:
         self.passes.append(now)
         out, self._echo = self._echo, []
+        if send is not None:  # as the real server: handed over, nothing returned
+            if out:
+                send(out)
+            return []
         return out
 
     def get_timer(self) -> float | None:
