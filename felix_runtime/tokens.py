@@ -36,6 +36,7 @@ from jwt.utils import base64url_encode
 
 from felix_core.access import AuthError, AuthReason, Permission, Principal
 from felix_core.names import is_valid_name
+from felix_core.rbac import MAX_MEMBER_CHARS
 
 __all__ = [
     "ALGORITHM",
@@ -188,16 +189,18 @@ def issue_token(
     token_id: str,
     permissions: Iterable[Permission] = (),
     roles: Iterable[str] = (),
+    groups: Iterable[str] = (),
     issuer: str = DEFAULT_ISSUER,
     audience: str = DEFAULT_AUDIENCE,
     kid: str | None = None,
 ) -> str:
     """Sign a Felix token.
 
-    Claims: ``iss``, ``sub``, ``aud``, ``tenant``, ``roles`` and ``permissions`` (when
-    given; permissions in their text form), ``iat`` = ``nbf`` = ``now``, ``exp`` = ``now``
-    + ``ttl``, ``jti``. Header: ``alg: EdDSA``, ``typ: JWT``, ``kid`` (default: the key's
-    thumbprint). Ed25519 signatures are deterministic, so this is a pure function.
+    Claims: ``iss``, ``sub``, ``aud``, ``tenant``, ``roles``, ``groups`` and
+    ``permissions`` (when given; permissions in their text form), ``iat`` = ``nbf`` =
+    ``now``, ``exp`` = ``now`` + ``ttl``, ``jti``. Header: ``alg: EdDSA``, ``typ: JWT``,
+    ``kid`` (default: the key's thumbprint). Ed25519 signatures are deterministic, so
+    this is a pure function.
 
     Raises:
         ValueError: an invalid tenant or role name, an empty subject, issuer, audience or
@@ -209,6 +212,10 @@ def issue_token(
     for role in role_names:
         if not is_valid_name(role):
             raise ValueError(f"invalid role name {role!r}")
+    group_names = sorted(set(groups))
+    for group in group_names:
+        if not _is_member_name(group):
+            raise ValueError(f"invalid group name {group!r}")
     texts = {"subject": subject, "issuer": issuer, "audience": audience, "token id": token_id}
     for what, text in texts.items():
         if not text:
@@ -227,6 +234,8 @@ def issue_token(
     }
     if role_names:
         claims["roles"] = role_names
+    if group_names:
+        claims["groups"] = group_names
     grants = sorted({str(p) for p in permissions})
     if grants:
         claims["permissions"] = grants
@@ -404,6 +413,9 @@ def _principal(claims: Mapping[str, Any]) -> Principal:
     roles = _strings(claims, "roles")
     if not all(is_valid_name(role) for role in roles):
         raise AuthError(AuthReason.MALFORMED, "claim 'roles' holds an invalid role name")
+    groups = _strings(claims, "groups")
+    if not all(_is_member_name(group) for group in groups):
+        raise AuthError(AuthReason.MALFORMED, "claim 'groups' holds an invalid group name")
     try:
         permissions = frozenset(Permission.parse(p) for p in _strings(claims, "permissions"))
     except ValueError as exc:
@@ -414,12 +426,18 @@ def _principal(claims: Mapping[str, Any]) -> Principal:
     return Principal(
         subject=subject,
         tenant=tenant,
-        roles=frozenset(roles),
+        roles=tuple(sorted(set(roles))),
+        groups=tuple(sorted(set(groups))),
         permissions=permissions,
         expires_at=_number(claims, "exp"),
         issuer=claims["iss"],
         token_id=token_id,
     )
+
+
+def _is_member_name(name: str) -> bool:
+    """A group name a binding can name (:data:`~felix_core.rbac.MAX_MEMBER_CHARS`)."""
+    return 0 < len(name) <= MAX_MEMBER_CHARS and name.isprintable()
 
 
 def _strings(claims: Mapping[str, Any], name: str) -> list[str]:

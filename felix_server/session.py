@@ -437,9 +437,9 @@ class Session:
                 )
             else:
                 self.principal = decision
-                self.router.identify(self.conn_id, decision)
+                felix.send_reply(m.Ok(request_id=rid))  # before the feeds it may end
+                self.router.identify(self.conn_id, decision, now)
                 self._expires_at = decision.expires_at
-                felix.send_reply(m.Ok(request_id=rid))
                 return 0, ""
         code, text, details = error
         with contextlib.suppress(FelixProtoError):
@@ -538,7 +538,7 @@ class Session:
                     event.subscription_id, event.reason, event.message, event.next_offset
                 )
             elif isinstance(event, ce.ConsumerClosed):
-                self.end_consumer(event.consumer_id, event.reason)
+                self.end_consumer(event.consumer_id, event.reason, event.message)
 
     def _completed(self, done: ce.RequestCompleted) -> None:
         """Answer a request that completed (opening the stream of a new feed first)."""
@@ -681,10 +681,10 @@ class Session:
                 (False, consumer_id), size, partial(self._write_delivery, consumer_id, d)
             )
 
-    def end_consumer(self, consumer_id: int, reason: str) -> None:
+    def end_consumer(self, consumer_id: int, reason: str, message: str = "") -> None:
         """End a consumer's stream with ``ConsumerEnded``."""
         if self.felix.consumer_open(consumer_id):
-            write = partial(self.felix.end_consumer, consumer_id, reason)
+            write = partial(self.felix.end_consumer, consumer_id, reason, message)
             self._feed_write((False, consumer_id), _SMALL_FRAME, partial(self._felix_call, write))
 
     def _feed_write(
