@@ -11,9 +11,7 @@ from brokers import Broker, unique_name
 from felix_client.cli import main
 
 
-def felix(
-    broker: Broker, capsys: pytest.CaptureFixture[str], *args: str
-) -> tuple[int, str, str]:
+def felix(broker: Broker, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
     code = main(["--server", broker.url, "--ca", broker.ca_file, "--tenant", "default", *args])
     out = capsys.readouterr()
     return code, out.out, out.err
@@ -21,10 +19,9 @@ def felix(
 
 def test_role_and_binding_commands(broker: Broker, capsys: pytest.CaptureFixture[str]) -> None:
     role, binding = unique_name("role"), unique_name("binding")
-    assert felix(
-        broker, capsys, "admin", "role", "create", role,
-        "--allow", "subscribe:default/*", "--allow", "publish", "--description", "readers",
-    ) == (0, f"created role {role}\n", "")  # fmt: skip
+    create = ["--allow", "subscribe:default/*", "--allow", "publish", "--description", "readers"]
+    created = felix(broker, capsys, "admin", "role", "create", role, *create)
+    assert created == (0, f"created role {role}\n", "")
     code, out, _ = felix(broker, capsys, "admin", "role", "list")
     assert code == 0 and f"{role}\tpublish:*/* subscribe:default/*" in out.splitlines()
     code, out, _ = felix(broker, capsys, "-o", "json", "admin", "role", "describe", role)
@@ -42,10 +39,8 @@ def test_role_and_binding_commands(broker: Broker, capsys: pytest.CaptureFixture
     code, out, _ = felix(broker, capsys, "admin", "role", "describe", role)
     assert out.splitlines()[:2] == [f"role: {role}", 'permissions: ["cache.read:*/*"]']
 
-    assert felix(
-        broker, capsys, "admin", "binding", "create", binding,
-        "--role", role, "--subject", "ci", "--group", "analysts",
-    )[0] == 0  # fmt: skip
+    members = ["--role", role, "--subject", "ci", "--group", "analysts"]
+    assert felix(broker, capsys, "admin", "binding", "create", binding, *members)[0] == 0
     code, out, _ = felix(broker, capsys, "admin", "binding", "list")
     assert f"{binding}\trole:{role}\tsubject:ci group:analysts" in out.splitlines()
     code, out, _ = felix(broker, capsys, "admin", "binding", "describe", binding)
