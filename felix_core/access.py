@@ -78,6 +78,8 @@ class AuthReason(enum.StrEnum):
     """``alg`` is anything but EdDSA (``none``, HS256, RS256 ...)."""
     BAD_SECRET = "bad_secret"
     """A shared secret that is not configured."""
+    OPERATOR_NOT_ALLOWED = "operator_not_allowed"
+    """An ``operator`` claim from an issuer not trusted for operator tokens."""
 
 
 class AuthError(Exception):
