@@ -13,7 +13,7 @@ from felix_proto import messages as m
 from felix_proto.errors import ErrorCode
 from felix_server.local_route import LocalRoute
 from felix_server.observer import ServerObserver
-from felix_server.router import UNIDENTIFIED, Router
+from felix_server.router import MAX_DECISIONS, UNIDENTIFIED, Router
 
 OPERATOR, ALICE, BOB = 1, 2, 3  # connection ids
 _numbers = iter(range(1000, 10**6))
@@ -178,3 +178,16 @@ def test_a_refreshed_token_with_fewer_permissions_ends_the_feeds_it_no_longer_co
         ("subscription", "forbidden", "missing permission subscribe:default/orders")
     ]
     assert [f.kind for f in router.engine.backlog(ALICE)] == ["queue"]
+
+
+def test_decisions_are_kept_per_resource_bounded_and_every_denial_still_counts() -> None:
+    router, observer = make_router()
+    for _ in range(3):
+        assert publish(router, ALICE) == FORBIDDEN
+    assert len(observer.denied) == 3  # a decision kept is still a denial, each time
+    for i in range(MAX_DECISIONS + 10):
+        msg = m.Publish(
+            request_id=0, tenant="acme", namespace="default", stream=f"s{i}", payload=b""
+        )
+        assert ask(router, ALICE, msg)[0][0] == ErrorCode.FORBIDDEN
+    assert len(router._decisions[ALICE]) <= MAX_DECISIONS
