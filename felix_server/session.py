@@ -111,6 +111,8 @@ CLOSE_LINGER = 1.0
 
 _ADMIN_AUDITED = (m.AdminCreate, m.AdminUpdate, m.AdminDelete)
 """Admin requests that change something: their outcome goes to the audit hook."""
+_ACCESS_KINDS = ("role", "binding")
+"""Admin kinds whose create and update settings go to the audit hook too (what they grant)."""
 _SMALL_FRAME = 256
 """What a gap or end frame, or a delivery's framing, is counted as before it is encoded."""
 _TRANSMIT_ROUNDS = 3
@@ -585,12 +587,14 @@ class Session:
     def _audit_admin(self, msg: m.AdminCreate | m.AdminUpdate | m.AdminDelete, code: int) -> None:
         """Tell the observer's audit hook how an admin request that changes something
         ended."""
+        grants = msg.kind in _ACCESS_KINDS and not isinstance(msg, m.AdminDelete)
         self.observer.admin_operation(
             self.conn_id,
             self.principal,
             type(msg).__name__.removeprefix("Admin").lower(),
             f"{msg.kind} {msg.tenant}/{msg.namespace}/{msg.name}",
             code,
+            getattr(msg, "settings", None) if grants else None,
         )
 
     def _failed(self, number: int, kind: str, exc: Exception) -> None:

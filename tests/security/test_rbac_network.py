@@ -134,11 +134,11 @@ async def test_roles_survive_a_restart_and_their_changes_are_audited(
         for line in path.read_text().splitlines()
     ]
     changes = [
-        (e["operation"], e["resource"], e["outcome"], e["subject"])
+        (e["operation"], e["resource"], e["outcome"], e["subject"], e.get("settings"))
         for e in lines
         if e["kind"] == "admin" and e["resource"].split()[0] in ("role", "binding")
     ]
-    assert changes == [
-        ("create", "role acme//writer", "ok", "admin"),
-        ("create", "binding acme//alice", "ok", "admin"),
+    assert changes == [  # who granted what, to whom
+        ("create", "role acme//writer", "ok", "admin", {"permissions": "publish:ns/s"}),
+        ("create", "binding acme//alice", "ok", "admin", {"role": "writer", "subjects": ["alice"]}),
     ]
