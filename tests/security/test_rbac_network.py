@@ -142,3 +142,22 @@ async def test_roles_survive_a_restart_and_their_changes_are_audited(
         ("create", "role acme//writer", "ok", "admin", {"permissions": "publish:ns/s"}),
         ("create", "binding acme//alice", "ok", "admin", {"role": "writer", "subjects": ["alice"]}),
     ]
+
+
+async def test_a_narrowing_token_refresh_ends_the_feeds_it_no_longer_covers(
+    fresh_broker: FreshBroker, tmp_path: Path
+) -> None:
+    issuer = Issuer(tmp_path)
+    broker = fresh_broker("--auth-issuer-key", str(issuer.public_file))
+    await setup(broker, issuer.token("admin", "*"))
+    async with client(broker, issuer.token("carol", "subscribe:ns/*", "publish:ns/*")) as carol:
+        async with carol.subscribe("s", start="latest") as sub:
+            await carol.publish("s", b"before")
+            with anyio.fail_after(WAIT):
+                assert (await anext(sub)).payload == b"before"  # type: ignore[call-overload]
+            await carol.refresh_token(issuer.token("carol", "publish:ns/*"))
+            with pytest.raises(Forbidden, match="missing permission subscribe:ns/s"):
+                with anyio.fail_after(WAIT):
+                    async for _ in sub:
+                        pass
+        await carol.publish("s", b"publishing goes on")
