@@ -182,11 +182,10 @@ def _grants(texts: Iterable[Any]) -> frozenset[Permission]:
 
 
 def _names(value: Any) -> frozenset[str]:
-    return (
-        frozenset(v for v in value if isinstance(v, str))
-        if isinstance(value, list)
-        else (frozenset())
-    )
+    """The names of a stored binding's ``subjects`` or ``groups`` (nothing unless a list)."""
+    if not isinstance(value, list):
+        return frozenset()
+    return frozenset(v for v in value if isinstance(v, str))
 
 
 class RoleBook:
