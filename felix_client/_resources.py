@@ -187,11 +187,13 @@ class Cache:
 
 
 class Admin:
-    """Create, describe, list, update and delete tenants, namespaces, streams, queues and
-    caches. ``kind`` is a :class:`~felix_proto.messages.ResourceKind` or its string value.
+    """Create, describe, list, update and delete tenants, namespaces, streams, queues,
+    caches, and the RBAC roles and bindings of a tenant. ``kind`` is a
+    :class:`~felix_proto.messages.ResourceKind` or its string value.
 
-    Path parts: a tenant needs only ``name``; a namespace lives in ``tenant``; streams,
-    queues and caches live in ``tenant``/``namespace`` (the client's defaults when omitted).
+    Path parts: a tenant needs only ``name``; a namespace, a role and a binding live in
+    ``tenant``; streams, queues and caches live in ``tenant``/``namespace`` (the client's
+    defaults when omitted).
     """
 
     def __init__(self, backend: Backend) -> None:
@@ -206,6 +208,8 @@ class Admin:
             return {"kind": k.value, "tenant": name, "namespace": "", "name": ""}
         if k == ResourceKind.NAMESPACE:
             return {"kind": k.value, "tenant": t, "namespace": name, "name": ""}
+        if k in (ResourceKind.ROLE, ResourceKind.BINDING):
+            return {"kind": k.value, "tenant": t, "namespace": "", "name": name}
         return {"kind": k.value, "tenant": t, "namespace": n, "name": name}
 
     async def _request(
@@ -269,7 +273,7 @@ class Admin:
         t, n = self._backend.resource_path(tenant, namespace)
         if k == ResourceKind.TENANT:
             t, n = "", ""
-        elif k == ResourceKind.NAMESPACE:
+        elif k in (ResourceKind.NAMESPACE, ResourceKind.ROLE, ResourceKind.BINDING):
             n = ""
         reply = await self._admin(msgs.AdminList, timeout, kind=k.value, tenant=t, namespace=n)
         return reply.resources or []

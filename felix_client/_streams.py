@@ -30,6 +30,7 @@ from .errors import (
     ConnectionLost,
     CursorTooOld,
     FelixError,
+    Forbidden,
     InternalError,
     InvalidArgument,
     NotFound,
@@ -345,6 +346,7 @@ _END_ERRORS: dict[str, type[FelixError]] = {
     EndReason.TOO_OLD: CursorTooOld,
     EndReason.SHUTDOWN: ShuttingDown,
     EndReason.ERROR: InternalError,
+    EndReason.FORBIDDEN: Forbidden,
 }
 
 

@@ -5,6 +5,7 @@
     felix token keygen --out keys/               # private.pem (0600), public.pem, jwks.json
     felix token issue --key keys/private.pem --tenant acme \\
         --allow 'publish:default/orders' --allow 'subscribe:default/*' --ttl 15m
+    felix token issue --key ops-keys/private.pem --operator   # every tenant (iss felix-operator)
     felix token inspect TOKEN                    # claims, NOT verified
     felix token inspect TOKEN --verify --jwks keys/jwks.json
 
@@ -39,6 +40,7 @@ PUBLIC_KEY = "public.pem"
 JWKS = "jwks.json"
 DEFAULT_TTL = "15m"
 DEFAULT_NAME = "felix"  # felix_runtime.tokens.DEFAULT_ISSUER and DEFAULT_AUDIENCE
+OPERATOR_ISSUER = "felix-operator"  # felix_runtime.tokens.DEFAULT_OPERATOR_ISSUER
 
 _TTL = re.compile(r"(\d+)([smhd])")
 _TTL_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -108,7 +110,11 @@ def add_token_commands(sub: argparse._SubParsersAction[Any]) -> None:
         "cache.read, cache.write, admin or *, NAMESPACE and NAME patterns with * wildcards.",
     )
     p.add_argument("--key", required=True, metavar="FILE", help="the issuer's private.pem")
-    p.add_argument("--tenant", required=True, type=_name("tenant"), help="the token's tenant")
+    p.add_argument(
+        "--tenant",
+        type=_name("tenant"),
+        help="the token's tenant (required, but for --operator: default 'default')",
+    )
     p.add_argument(
         "--allow",
         action="append",
@@ -132,8 +138,24 @@ def add_token_commands(sub: argparse._SubParsersAction[Any]) -> None:
         metavar="DURATION",
         help=f"lifetime: 90s, 15m, 12h, 7d (default {DEFAULT_TTL})",
     )
+    p.add_argument(
+        "--group",
+        action="append",
+        default=[],
+        metavar="GROUP",
+        help="a group name (repeatable): roles bound to the group apply",
+    )
+    p.add_argument(
+        "--operator",
+        action="store_true",
+        help="an operator token (every tenant, every permission): the claim operator: true, "
+        f"iss {OPERATOR_ISSUER} unless --issuer; brokers honour it only from the issuer of "
+        "their auth_operator_keys",
+    )
     p.add_argument("--subject", help="sub claim (default: your user name)")
-    p.add_argument("--issuer", default=DEFAULT_NAME, help=f"iss (default {DEFAULT_NAME})")
+    p.add_argument(
+        "--issuer", help=f"iss (default {DEFAULT_NAME}; {OPERATOR_ISSUER} with --operator)"
+    )
     p.add_argument("--audience", default=DEFAULT_NAME, help=f"aud (default {DEFAULT_NAME})")
     p.set_defaults(token_run=_issue)
 
@@ -231,10 +253,13 @@ def _write_public(path: Path, data: bytes) -> None:
 def _issue(args: argparse.Namespace) -> int:
     from felix_runtime.tokens import issue_token, load_private_key
 
-    if not args.allow and not args.role:
+    if not (args.allow or args.role or args.group or args.operator):
         raise UsageError(
-            "give at least one --allow PERM or --role ROLE (a token must grant something)"
+            "give at least one --allow PERM, --role ROLE or --group GROUP, or --operator "
+            "(a token must grant something)"
         )
+    if args.tenant is None and not args.operator:
+        raise UsageError("--tenant is required (but for an --operator token)")
     try:
         key = load_private_key(Path(args.key).read_bytes())
     except (ValueError, TypeError) as exc:
@@ -242,14 +267,16 @@ def _issue(args: argparse.Namespace) -> int:
     token = issue_token(
         key,
         subject=args.subject or _user(),
-        tenant=args.tenant,
+        tenant=args.tenant or "default",
         now=time.time(),
         ttl=args.ttl,
         token_id=secrets.token_urlsafe(16),
         permissions=args.allow,
         roles=args.role,
-        issuer=args.issuer,
+        groups=args.group,
+        issuer=args.issuer or (OPERATOR_ISSUER if args.operator else DEFAULT_NAME),
         audience=args.audience,
+        operator=args.operator,
     )
     print(token)
     return 0
@@ -273,7 +300,9 @@ def _inspect(args: argparse.Namespace) -> int:
         header, claims = read_unverified(token)
         if args.jwks:
             keys = read_jwks(Path(args.jwks).read_bytes())
-            verifier = TokenVerifier({args.issuer: keys}, audience=args.audience)
+            verifier = TokenVerifier(
+                {args.issuer: keys}, audience=args.audience, operator_issuers=[OPERATOR_ISSUER]
+            )
             verifier.verify(token, time.time())
     except AuthError as exc:
         raise ValueError(f"token refused ({exc.reason}): {exc}") from None

@@ -11,6 +11,8 @@ In the style of the ``nats`` CLI and ``redis-cli``::
     felix cache put sessions alice 42 --ttl 60
     felix cache get sessions alice
     felix admin create stream orders --set retention_max_records=100000
+    felix admin role create reader --allow 'subscribe:default/*'
+    felix admin binding create ci-reads --role reader --subject ci
     felix broker                             # the broker (also: felix-broker)
     felix top                                # live view of the broker's /metrics
     felix context add prod --server quic://prod:7447 --use
@@ -44,6 +46,7 @@ from ._completion import SHELLS, command_tree, render
 from ._context_cli import add_context_commands, load_config, run_context_command
 from ._contexts import DEFAULT_METRICS_URL, SETTINGS, ConfigError, resolve
 from ._log_cli import add_log_commands, run_log_command
+from ._rbac_cli import RBAC_COMMANDS, add_rbac_commands
 from ._token_cli import add_token_commands, run_token_command
 from ._url import DEFAULT_URL, parse_url
 from .errors import FelixError
@@ -254,7 +257,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("key")
     p.add_argument("--if-version", type=int, metavar="V", help="only if at version V")
 
-    a = sub.add_parser("admin", help="manage tenants, namespaces, streams, queues, caches")
+    a = sub.add_parser(
+        "admin", help="manage tenants, namespaces, streams, queues, caches, roles, bindings"
+    )
     a_sub = a.add_subparsers(dest="admin_command", metavar="ACTION", required=True)
     kinds = ("tenant", "namespace", "stream", "queue", "cache")
     for action, text in (
@@ -277,6 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
             )
     p = cmd("list", "list resources of a kind", a_sub)
     p.add_argument("kind", choices=kinds)
+    add_rbac_commands(a_sub, cmd)
     p = cmd("top", "a live view of a broker from its /metrics (needs felix[top])")
     p.add_argument(
         "--metrics",
@@ -435,7 +441,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ._top import run_top
 
         return run_top(args)
-    command = COMMANDS[_command_key(args)]
+    key = _command_key(args)
+    command = RBAC_COMMANDS[key] if key in RBAC_COMMANDS else COMMANDS[key]
     try:
         result: int = anyio.run(command, args, backend=args.loop)
     except KeyboardInterrupt:

@@ -12,7 +12,8 @@ subject, its one tenant, role names and its own :class:`Permission` grants, and
 A :class:`Permission` is an action (``publish``, ``subscribe``, ``enqueue``, ``consume``,
 ``cache.read``, ``cache.write``, ``admin``, or ``*`` for all of them) on a resource
 pattern ``namespace/name`` in which ``*`` stands for any run of name characters, inside
-the principal's one tenant. Roles are carried as names, for the RBAC layer to resolve.
+the principal's one tenant. Roles and groups are carried as names, for the RBAC layer
+(:mod:`felix_core.rbac`) to resolve into more permissions.
 
 Authorization of one request is :func:`authorize`: the server glue names what a request
 does (an :class:`Access`: the action, the kind of resource and its path) and gets back
@@ -77,6 +78,8 @@ class AuthReason(enum.StrEnum):
     """``alg`` is anything but EdDSA (``none``, HS256, RS256 ...)."""
     BAD_SECRET = "bad_secret"
     """A shared secret that is not configured."""
+    OPERATOR_NOT_ALLOWED = "operator_not_allowed"
+    """An ``operator`` claim from an issuer not trusted for operator tokens."""
 
 
 class AuthError(Exception):
@@ -212,10 +215,15 @@ class Principal:
     """Who (``sub``; for a shared secret, ``shared-secret:N`` with N its position)."""
     tenant: str
     """The one tenant this principal acts in."""
-    roles: frozenset[str] = frozenset()
-    """Role names (``roles``), resolved to permissions by the RBAC layer, not here."""
+    roles: tuple[str, ...] = ()
+    """Role names (a token's ``roles`` claim), resolved to permissions by
+    :class:`~felix_core.rbac.RoleBook`, not here."""
+    groups: tuple[str, ...] = ()
+    """Group names (a token's ``groups`` claim): roles bound to a group apply to its
+    members (:class:`~felix_core.rbac.RoleBook`)."""
     permissions: frozenset[Permission] = frozenset()
-    """The grants carried by the credential itself."""
+    """The grants carried by the credential itself (with those of its roles once
+    resolved by :meth:`~felix_core.rbac.RoleBook.resolve`)."""
     expires_at: float | None = None
     """When the rights end (``exp``, seconds since the epoch); None: never."""
     issuer: str
@@ -258,8 +266,8 @@ class Access:
     action: Action
     """The permission it needs."""
     kind: str
-    """The kind of resource it names: ``stream``, ``queue``, ``cache``, ``namespace`` or
-    ``tenant``."""
+    """The kind of resource it names: ``stream``, ``queue``, ``cache``, ``namespace``,
+    ``tenant``, ``role`` or ``binding``."""
     tenant: str
     """The tenant it names (empty: every tenant, listing tenants)."""
     namespace: str = ""
@@ -304,8 +312,9 @@ def authorize(principal: Principal, access: Access) -> EngineError | None:
 def _absent(access: Access) -> NotFound:
     """The engine's answer to ``access`` when its tenant does not exist."""
     tenant, namespace, kind = access.tenant, access.namespace, access.kind
-    if access.parent and kind in ("namespace", "stream", "queue", "cache"):
-        if kind == "namespace" or access.name != "*":  # a create, or listing namespaces
+    if access.parent and kind in ("namespace", "stream", "queue", "cache", "role", "binding"):
+        if kind in ("namespace", "role", "binding") or access.name != "*":
+            # a create, or listing namespaces, roles or bindings: the tenant is looked up
             return NotFound(f"tenant {tenant} not found", details={"kind": "tenant"})
         return NotFound(f"namespace {tenant}/{namespace} not found", details={"kind": "namespace"})
     path = "/".join(p for p in (tenant, namespace, access.name) if p)

@@ -10,6 +10,12 @@ the :class:`~felix_core.metadata.Catalog` and becomes a
 :class:`~felix_core.events.MetadataWrite` event; the store's answer comes back as
 :meth:`Admin.written`, which feeds the record and completes the request (or refuses it with
 the store's error). Reads (describe, list) complete at once from the view.
+
+Roles and bindings (:mod:`felix_core.rbac`) are records like any other; the view keeps them
+and so does :attr:`Admin.rbac`, the book authorization resolves principals with. A change
+to what a tenant's roles and bindings grant is announced with
+:class:`~felix_core.events.AccessChanged` for the glue to resolve that tenant's
+connections again.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from felix_core.completion import completes
 from felix_core.connections import Connections
 from felix_core.errors import EngineError, InvalidArgument
 from felix_core.events import (
+    AccessChanged,
     EngineEvent,
     MetadataWrite,
     RequestCompleted,
@@ -31,6 +38,7 @@ from felix_core.events import (
 from felix_core.limits import BrokerConfig
 from felix_core.log import LogStore
 from felix_core.metadata import Catalog, Kind, MetadataView, Path, ResourceRecord, WriteOp
+from felix_core.rbac import RoleBook
 from felix_core.registry import Registry
 
 __all__ = ["Admin"]
@@ -61,6 +69,8 @@ class Admin:
         self._out = out
         self.view = MetadataView()
         self.catalog = Catalog(self.view, config)
+        self.rbac = RoleBook()
+        """The roles and bindings of every tenant (fed with the records)."""
         self._writes: dict[int, tuple[int, int | None, WriteOp]] = {}  # id -> conn, request, op
         self._next_write = 1
         self.writes_in_flight = 0
@@ -87,8 +97,16 @@ class Admin:
 
     def changed(self, kind: Kind, path: Path, record: ResourceRecord | None, now: float) -> None:
         """A record appeared, changed or went; see :meth:`Broker.metadata_changed`."""
-        if self.view.apply(kind, path, record):
-            self._connections.forget_consumers(self._registry.apply(kind, path, record, now))
+        if not self.view.apply(kind, path, record):
+            return
+        if kind is Kind.ROLE or kind is Kind.BINDING:
+            tenant, _, name = path
+            settings = None if record is None else record.settings
+            book = self.rbac
+            if (book.set_role if kind is Kind.ROLE else book.set_binding)(tenant, name, settings):
+                self._out.append(AccessChanged(tenant=tenant))
+            return
+        self._connections.forget_consumers(self._registry.apply(kind, path, record, now))
 
     def written(self, write_id: int, outcome: ResourceRecord | EngineError, now: float) -> None:
         """The store's answer to a write; see :meth:`Broker.metadata_written`."""

@@ -61,7 +61,7 @@ from __future__ import annotations
 
 import builtins
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from felix_core.admin import Admin
@@ -897,6 +897,19 @@ class Broker:
         in-flight queue deliveries return to their queue. Unknown ids are ignored.
         """
         self.connections.end_feeds(conn_id, now)
+
+    def end_denied_feeds(
+        self, conn_id: int, denied: Callable[[str, Path], str | None], now: float
+    ) -> int:
+        """End the subscriptions and consumers of a connection that ``denied(kind, path)``
+        refuses, with reason ``forbidden`` and the message it returns (a connection whose
+        permissions were narrowed: a role changed, a token refreshed). ``kind`` is
+        ``stream``, ``cache`` (a change feed) or ``queue``. Unknown ids are ignored.
+
+        Returns:
+            How many feeds ended.
+        """
+        return self.connections.end_feeds_where(conn_id, denied, now)
 
     def shutdown(self, now: float) -> None:
         """Stop: :meth:`stop_accepting`, then end every subscription and consumer with

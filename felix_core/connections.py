@@ -19,7 +19,7 @@ feeds have not finished, and :meth:`Connections.end_feeds` ends them (reason
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from felix_core.errors import ShuttingDown
@@ -286,8 +286,43 @@ class Connections:
         att.subs.clear()
         att.consumers.clear()
 
+    def end_feeds_where(
+        self, conn_id: int, denied: Callable[[str, Path], str | None], now: float
+    ) -> int:
+        """End each feed of a connection that ``denied(kind, path)`` refuses (it returns
+        the message to end it with, or None to keep it) with reason ``forbidden``. ``kind``
+        is ``stream``, ``cache`` (a change feed) or ``queue``. Unknown ids are ignored.
+
+        Returns:
+            How many feeds ended.
+        """
+        att = self._conns.get(conn_id)
+        if att is None:
+            return 0
+        ended = 0
+        for sub_id, (partition, fanout, _) in list(att.live_subs().items()):
+            kind = "stream" if isinstance(partition, StreamPartition) else "cache"
+            message = denied(kind, partition.path)
+            if message is not None:
+                fanout.remove(sub_id, "forbidden", message)
+                self._registry.reschedule(partition)
+                del att.subs[sub_id]
+                ended += 1
+        for consumer_id, (qp, consumer) in list(att.live_consumers().items()):
+            message = denied("queue", qp.path)
+            if message is not None:
+                self.close_consumer(qp, consumer, "forbidden", now, message)
+                del att.consumers[consumer_id]
+                ended += 1
+        return ended
+
     def close_consumer(
-        self, partition: QueuePartition, consumer: Consumer, reason: str, now: float
+        self,
+        partition: QueuePartition,
+        consumer: Consumer,
+        reason: str,
+        now: float,
+        message: str = "",
     ) -> None:
         """Take a consumer out of its group, saying so (:class:`ConsumerClosed` with
         ``reason``): its in-flight deliveries return to the queue for the others at once.
@@ -298,6 +333,7 @@ class Connections:
                 consumer_id=consumer.id,
                 queue=partition.path,
                 reason=reason,
+                message=message,
             )
         )
         partition.queue.leave(consumer, now)

@@ -17,6 +17,8 @@ each connection its own events in order; across connections the order does not m
 * :class:`MetadataWrite`: a change of resource metadata the engine asks its store to make
   (an admin request waits for the store's answer, ``Broker.metadata_written``).
 * :class:`MessageDeadLettered`: for logs and metrics only.
+* :class:`AccessChanged`: a tenant's roles or bindings changed; the glue resolves the
+  principals of that tenant's connections again.
 
 Events are plain records (STYLE habit 3), read-only by convention but not frozen: one is
 built per request and per delivered batch, and a frozen dataclass costs more than twice as
@@ -36,6 +38,7 @@ from felix_core.metadata import ResourceRecord, WriteOp
 from felix_core.queue_types import QueueDelivery, QueueKey
 
 __all__ = [
+    "AccessChanged",
     "Appended",
     "CacheRead",
     "CacheRemoved",
@@ -103,7 +106,8 @@ class SubscriptionClosed(ConnectionEvent):
     subscription_id: int
     """The subscription."""
     reason: str
-    """``unsubscribed``, ``lagged``, ``deleted``, ``too_old``, ``shutdown`` or ``error``."""
+    """``unsubscribed``, ``lagged``, ``deleted``, ``too_old``, ``shutdown``, ``forbidden``
+    or ``error``."""
     message: str = ""
     """Human-readable detail."""
     next_offset: int | None = None
@@ -131,7 +135,10 @@ class ConsumerClosed(ConnectionEvent):
     queue: QueueKey
     """The queue it consumed from."""
     reason: str
-    """``unsubscribed``, ``deleted`` or ``shutdown``, matching the wire ``EndReason``."""
+    """``unsubscribed``, ``deleted``, ``shutdown`` or ``forbidden``, matching the wire
+    ``EndReason``."""
+    message: str = ""
+    """Human-readable detail."""
 
 
 @dataclass(slots=True, kw_only=True)
@@ -150,6 +157,14 @@ class MessageDeadLettered(EngineEvent):
     """``max_attempts`` or ``rejected``."""
     target: str | None
     """The dead-letter queue it was appended to, or None if it was dropped."""
+
+
+@dataclass(slots=True, kw_only=True)
+class AccessChanged(EngineEvent):
+    """What a tenant's roles and bindings grant changed (:mod:`felix_core.rbac`)."""
+
+    tenant: str
+    """The tenant whose principals must be resolved again."""
 
 
 @dataclass(slots=True, kw_only=True)

@@ -26,6 +26,10 @@ Settings are validated per kind by a *schema* from :mod:`felix_core.settings`: a
 ``(path, new_settings, current_settings_or_None) -> full_settings`` that raises
 :class:`~felix_core.errors.InvalidArgument`.
 
+A tenant also holds the RBAC *roles* and *bindings* of its principals
+(:data:`ACCESS_KINDS`, path ``(tenant, "", name)``, settings checked by
+:mod:`felix_core.rbac`).
+
 Deleting a tenant or a namespace that still holds anything is refused with ``Conflict``;
 delete the contents first. (The broker ends the subscriptions and consumers of a deleted
 stream, queue or cache with reason ``deleted``.)
@@ -41,6 +45,7 @@ from typing import Any, Protocol
 from felix_core.errors import AlreadyExists, Conflict, InvalidArgument, LimitExceeded, NotFound
 from felix_core.limits import BrokerConfig
 from felix_core.names import validate_name
+from felix_core.rbac import binding_schema, role_schema
 from felix_core.settings import (
     Path,
     SettingsSchema,
@@ -51,7 +56,9 @@ from felix_core.settings import (
 )
 
 __all__ = [
+    "ACCESS_KINDS",
     "LEAF_KINDS",
+    "MAX_ACCESS_RECORDS",
     "Catalog",
     "Kind",
     "MemoryMetadataStore",
@@ -72,10 +79,17 @@ class Kind(StrEnum):
     STREAM = "stream"
     QUEUE = "queue"
     CACHE = "cache"
+    ROLE = "role"
+    BINDING = "binding"
 
 
 LEAF_KINDS = (Kind.STREAM, Kind.QUEUE, Kind.CACHE)
 """The kinds that live in a namespace."""
+ACCESS_KINDS = (Kind.ROLE, Kind.BINDING)
+"""The kinds that live directly in a tenant, path ``(tenant, "", name)``: RBAC roles and
+bindings (:mod:`felix_core.rbac`)."""
+MAX_ACCESS_RECORDS = 1024
+"""Most roles, and most bindings, one tenant may hold."""
 
 # -- records -------------------------------------------------------------------------------
 
@@ -143,7 +157,7 @@ def _parent(kind: Kind, path: Path) -> tuple[str, str]:
     tenant, namespace, _ = path
     if kind is Kind.TENANT:
         return ("", "")
-    if kind is Kind.NAMESPACE:
+    if kind is Kind.NAMESPACE or kind in ACCESS_KINDS:
         return (tenant, "")
     return (tenant, namespace)
 
@@ -314,6 +328,8 @@ class Catalog:
             Kind.STREAM: stream_schema(config),
             Kind.QUEUE: queue_schema(config),
             Kind.CACHE: cache_schema(config),
+            Kind.ROLE: role_schema(),
+            Kind.BINDING: binding_schema(),
         }
         if schemas:
             self.schemas.update(schemas)
@@ -349,10 +365,12 @@ class Catalog:
             used = 2
         else:
             used = 3
-        if used >= 2:
+        if used >= 2 and kind not in ACCESS_KINDS:
             validate_name("namespace", namespace)
         elif namespace:
-            raise InvalidArgument("a tenant path has no namespace", details={"field": "namespace"})
+            raise InvalidArgument(
+                f"a {kind.value} path has no namespace", details={"field": "namespace"}
+            )
         if used == 3:
             validate_name(kind.value, name)
         elif name:
@@ -365,7 +383,7 @@ class Catalog:
             return
         if self.view.get(Kind.TENANT, (tenant, "", "")) is None:
             raise NotFound(f"tenant {tenant} not found", details={"kind": "tenant"})
-        if kind is Kind.NAMESPACE:
+        if kind is Kind.NAMESPACE or kind in ACCESS_KINDS:
             return
         if self.view.get(Kind.NAMESPACE, (tenant, namespace, "")) is None:
             raise NotFound(
@@ -382,6 +400,9 @@ class Catalog:
             count = view.count(Kind.NAMESPACE, tenant)
             limit = self.config.max_namespaces_per_tenant
             what = f"at most {limit} namespaces may exist in tenant {tenant}"
+        elif kind in ACCESS_KINDS:
+            count, limit = view.count(kind, tenant), MAX_ACCESS_RECORDS
+            what = f"at most {limit} {kind.value}s may exist in tenant {tenant}"
         else:
             count = sum(view.count(k, tenant, namespace) for k in LEAF_KINDS)
             limit = self.config.max_resources_per_namespace
@@ -467,7 +488,7 @@ class Catalog:
         """
         if kind is Kind.TENANT:
             return self.view.list(Kind.TENANT)
-        parent_kind = Kind.TENANT if kind is Kind.NAMESPACE else Kind.NAMESPACE
+        parent_kind = Kind.NAMESPACE if kind in LEAF_KINDS else Kind.TENANT
         parent = self.describe(parent_kind, (tenant, namespace if kind in LEAF_KINDS else "", ""))
         return self.view.list(kind, parent.tenant, parent.namespace)
 
@@ -512,8 +533,10 @@ class Catalog:
         """
         record = self.describe(kind, path)
         tenant, namespace, _ = record.path
-        if kind is Kind.TENANT and self.view.count(Kind.NAMESPACE, tenant):
-            raise Conflict(f"tenant {tenant} still has namespaces")
+        if kind is Kind.TENANT:
+            for child in (Kind.NAMESPACE, *ACCESS_KINDS):
+                if self.view.count(child, tenant):
+                    raise Conflict(f"tenant {tenant} still has {child.value}s")
         if kind is Kind.NAMESPACE and any(
             self.view.count(k, tenant, namespace) for k in LEAF_KINDS
         ):

@@ -129,6 +129,7 @@ class EndReason(StrEnum):
     TOO_OLD = "too_old"
     SHUTDOWN = "shutdown"
     ERROR = "error"
+    FORBIDDEN = "forbidden"
 
 
 class ResourceKind(StrEnum):
@@ -139,6 +140,8 @@ class ResourceKind(StrEnum):
     STREAM = "stream"
     QUEUE = "queue"
     CACHE = "cache"
+    ROLE = "role"
+    BINDING = "binding"
 
 
 class Message:

@@ -408,8 +408,15 @@ class AuditObserver(PrometheusObserver):
         )
 
     def admin_operation(
-        self, conn_id: int, principal: Principal | None, operation: str, resource: str, code: int
+        self,
+        conn_id: int,
+        principal: Principal | None,
+        operation: str,
+        resource: str,
+        code: int,
+        settings: Mapping[str, Any] | None = None,
     ) -> None:
+        extra = {} if settings is None else {"settings": dict(settings)}
         self.trail.record(
             "admin",
             conn=conn_id,
@@ -417,6 +424,7 @@ class AuditObserver(PrometheusObserver):
             resource=resource,
             outcome="ok" if code == 0 else "error",
             code=code,
+            **extra,
             **_who(principal),
         )
 

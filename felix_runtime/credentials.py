@@ -209,8 +209,9 @@ def broker_authenticator(
 ) -> Authenticate | None:
     """The authenticator a broker with ``config`` uses, or None without authentication.
 
-    Reads the trusted keys (``auth_issuer_keys``, ``auth_jwks``) and parses
-    ``auth_tokens``.
+    Reads the trusted keys (``auth_issuer_keys``, ``auth_jwks`` for ``auth_issuer``;
+    ``auth_operator_keys`` for ``auth_operator_issuer``, whose tokens alone may carry the
+    ``operator`` claim) and parses ``auth_tokens``.
 
     Raises:
         ConfigError: a key file that cannot be read or is not an Ed25519 public key (PEM)
@@ -219,15 +220,7 @@ def broker_authenticator(
     """
     if not config.auth_enabled:
         return None
-    keys: dict[str, Ed25519PublicKey] = {}
-    for path in config.issuer_key_files:
-        try:
-            key = load_public_key(read_file(path))
-        except OSError as exc:
-            raise ConfigError(f"auth_issuer_keys: {path}: {exc.strerror or exc}") from None
-        except ValueError as exc:
-            raise ConfigError(f"auth_issuer_keys: {path}: {exc}") from None
-        keys[key_id(key)] = key
+    keys = _pem_keys("auth_issuer_keys", config.issuer_key_files, read_file)
     if config.auth_jwks is not None:
         try:
             found = read_jwks(read_file(config.auth_jwks))
@@ -239,11 +232,16 @@ def broker_authenticator(
             if kid in keys and key_id(keys[kid]) != key_id(key):
                 raise ConfigError(f"auth_jwks: kid {kid!r} names another key as well")
             keys[kid] = key
+    trusted = {config.auth_issuer: keys} if keys else {}
+    operator_keys = _pem_keys("auth_operator_keys", config.operator_key_files, read_file)
+    if operator_keys:
+        trusted[config.auth_operator_issuer] = operator_keys
     verifier = None
-    if keys:
+    if trusted:
         verifier = TokenVerifier(
-            {config.auth_issuer: keys},
+            trusted,
             audience=config.auth_audience,
+            operator_issuers=[config.auth_operator_issuer] if operator_keys else [],
         )
     secrets = None
     if config.auth_tokens is not None:
@@ -255,3 +253,24 @@ def broker_authenticator(
     if verifier is None and secrets is None:
         raise ConfigError("authentication is on but no key or shared secret is configured")
     return bearer(BearerAuthenticator(verifier=verifier, secrets=secrets).authenticate)
+
+
+def _pem_keys(
+    setting: str, paths: list[str], read_file: Callable[[str], bytes]
+) -> dict[str, Ed25519PublicKey]:
+    """The PEM public keys of ``paths`` by ``kid``.
+
+    Raises:
+        ConfigError: a file that cannot be read or is not an Ed25519 public key (named with
+        ``setting``).
+    """
+    keys: dict[str, Ed25519PublicKey] = {}
+    for path in paths:
+        try:
+            key = load_public_key(read_file(path))
+        except OSError as exc:
+            raise ConfigError(f"{setting}: {path}: {exc.strerror or exc}") from None
+        except ValueError as exc:
+            raise ConfigError(f"{setting}: {path}: {exc}") from None
+        keys[key_id(key)] = key
+    return keys

@@ -36,11 +36,13 @@ from jwt.utils import base64url_encode
 
 from felix_core.access import AuthError, AuthReason, Permission, Principal
 from felix_core.names import is_valid_name
+from felix_core.rbac import MAX_MEMBER_CHARS
 
 __all__ = [
     "ALGORITHM",
     "DEFAULT_AUDIENCE",
     "DEFAULT_ISSUER",
+    "DEFAULT_OPERATOR_ISSUER",
     "MAX_TOKEN_BYTES",
     "PublicKeyInput",
     "TokenVerifier",
@@ -60,6 +62,9 @@ DEFAULT_ISSUER = "felix"
 """``iss`` of tokens made by ``felix token issue`` unless told otherwise."""
 DEFAULT_AUDIENCE = "felix"
 """``aud`` of tokens made by ``felix token issue`` unless told otherwise."""
+DEFAULT_OPERATOR_ISSUER = "felix-operator"
+"""``iss`` of operator tokens (``felix token issue --operator``), and the broker's default
+``auth_operator_issuer``."""
 MAX_TOKEN_BYTES = 8192
 """A longer bearer credential is refused as malformed before any decoding."""
 
@@ -188,16 +193,20 @@ def issue_token(
     token_id: str,
     permissions: Iterable[Permission] = (),
     roles: Iterable[str] = (),
+    groups: Iterable[str] = (),
     issuer: str = DEFAULT_ISSUER,
     audience: str = DEFAULT_AUDIENCE,
     kid: str | None = None,
+    operator: bool = False,
 ) -> str:
     """Sign a Felix token.
 
-    Claims: ``iss``, ``sub``, ``aud``, ``tenant``, ``roles`` and ``permissions`` (when
-    given; permissions in their text form), ``iat`` = ``nbf`` = ``now``, ``exp`` = ``now``
-    + ``ttl``, ``jti``. Header: ``alg: EdDSA``, ``typ: JWT``, ``kid`` (default: the key's
-    thumbprint). Ed25519 signatures are deterministic, so this is a pure function.
+    Claims: ``iss``, ``sub``, ``aud``, ``tenant``, ``roles``, ``groups`` and
+    ``permissions`` (when given; permissions in their text form), ``iat`` = ``nbf`` =
+    ``now``, ``exp`` = ``now`` + ``ttl``, ``jti``. Header: ``alg: EdDSA``, ``typ: JWT``,
+    ``kid`` (default: the key's thumbprint). With ``operator``, the claim ``operator:
+    true`` (honoured only by brokers that trust ``issuer`` for operator tokens). Ed25519
+    signatures are deterministic, so this is a pure function.
 
     Raises:
         ValueError: an invalid tenant or role name, an empty subject, issuer, audience or
@@ -209,6 +218,10 @@ def issue_token(
     for role in role_names:
         if not is_valid_name(role):
             raise ValueError(f"invalid role name {role!r}")
+    group_names = sorted(set(groups))
+    for group in group_names:
+        if not _is_member_name(group):
+            raise ValueError(f"invalid group name {group!r}")
     texts = {"subject": subject, "issuer": issuer, "audience": audience, "token id": token_id}
     for what, text in texts.items():
         if not text:
@@ -227,6 +240,10 @@ def issue_token(
     }
     if role_names:
         claims["roles"] = role_names
+    if group_names:
+        claims["groups"] = group_names
+    if operator:
+        claims["operator"] = True
     grants = sorted({str(p) for p in permissions})
     if grants:
         claims["permissions"] = grants
@@ -272,6 +289,9 @@ class TokenVerifier:
             only. A token without ``kid`` is accepted only from an issuer with one key.
         audience: the ``aud`` this broker answers to.
         leeway: seconds of clock skew tolerated on ``exp``, ``nbf`` and ``iat``.
+        operator_issuers: the issuers whose tokens may carry ``operator: true`` (an
+            operator principal: every tenant, every permission); that claim from any other
+            issuer refuses the token (``operator_not_allowed``).
 
     Raises:
         ValueError: a key that is not an Ed25519 public key, or no issuer at all.
@@ -283,6 +303,7 @@ class TokenVerifier:
         *,
         audience: str = DEFAULT_AUDIENCE,
         leeway: float = 5.0,
+        operator_issuers: Iterable[str] = (),
     ) -> None:
         if not issuer_keys:
             raise ValueError("a token verifier needs at least one trusted issuer")
@@ -292,6 +313,7 @@ class TokenVerifier:
         }
         self.audience = audience
         self.leeway = float(leeway)
+        self.operator_issuers = frozenset(operator_issuers)
 
     def verify(self, token: str | None, now: float) -> Principal:
         """Check ``token`` at time ``now`` (seconds since the epoch).
@@ -347,7 +369,7 @@ class TokenVerifier:
             raise AuthError(AuthReason.MALFORMED, f"missing claim {exc.claim!r}") from None
         except jwt.PyJWTError as exc:  # InvalidTokenError and the rest: never escapes
             raise AuthError(AuthReason.MALFORMED, str(exc)) from None
-        principal = _principal(claims)
+        principal = _principal(claims, self.operator_issuers)
         self._check_time(claims, now)
         return principal
 
@@ -394,7 +416,7 @@ def _number(claims: Mapping[str, Any], name: str) -> float | None:
     return float(value)
 
 
-def _principal(claims: Mapping[str, Any]) -> Principal:
+def _principal(claims: Mapping[str, Any], operator_issuers: frozenset[str]) -> Principal:
     subject = claims["sub"]
     if not isinstance(subject, str) or not subject:
         raise AuthError(AuthReason.MALFORMED, "claim 'sub' must be a non-empty string")
@@ -404,6 +426,9 @@ def _principal(claims: Mapping[str, Any]) -> Principal:
     roles = _strings(claims, "roles")
     if not all(is_valid_name(role) for role in roles):
         raise AuthError(AuthReason.MALFORMED, "claim 'roles' holds an invalid role name")
+    groups = _strings(claims, "groups")
+    if not all(_is_member_name(group) for group in groups):
+        raise AuthError(AuthReason.MALFORMED, "claim 'groups' holds an invalid group name")
     try:
         permissions = frozenset(Permission.parse(p) for p in _strings(claims, "permissions"))
     except ValueError as exc:
@@ -411,15 +436,30 @@ def _principal(claims: Mapping[str, Any]) -> Principal:
     token_id = claims.get("jti")
     if token_id is not None and not isinstance(token_id, str):
         raise AuthError(AuthReason.MALFORMED, "claim 'jti' must be a string")
+    operator = claims.get("operator", False)
+    if not isinstance(operator, bool):
+        raise AuthError(AuthReason.MALFORMED, "claim 'operator' must be true or false")
+    if operator and claims["iss"] not in operator_issuers:
+        raise AuthError(
+            AuthReason.OPERATOR_NOT_ALLOWED,
+            f"issuer {claims['iss']!r} is not trusted for operator tokens",
+        )
     return Principal(
         subject=subject,
         tenant=tenant,
-        roles=frozenset(roles),
+        roles=tuple(sorted(set(roles))),
+        groups=tuple(sorted(set(groups))),
         permissions=permissions,
         expires_at=_number(claims, "exp"),
         issuer=claims["iss"],
         token_id=token_id,
+        operator=operator,
     )
+
+
+def _is_member_name(name: str) -> bool:
+    """A group name a binding can name (:data:`~felix_core.rbac.MAX_MEMBER_CHARS`)."""
+    return 0 < len(name) <= MAX_MEMBER_CHARS and name.isprintable()
 
 
 def _strings(claims: Mapping[str, Any], name: str) -> list[str]:

@@ -189,6 +189,13 @@ class ServerConfig:
     (what ``felix token keygen`` writes as ``jwks.json``)."""
     auth_issuer: str = "felix"
     """The ``iss`` the trusted keys sign for."""
+    auth_operator_keys: str | None = None
+    """Comma-separated PEM files of Ed25519 public keys trusted to sign *operator* Felix
+    tokens (claim ``operator: true``: every tenant, every permission) for
+    ``auth_operator_issuer`` (the flag ``--auth-operator-key FILE`` is repeatable). The
+    ``operator`` claim of a token from any other issuer is refused."""
+    auth_operator_issuer: str = "felix-operator"
+    """The ``iss`` the operator keys sign for (must differ from ``auth_issuer``)."""
     auth_audience: str = "felix"
     """The ``aud`` a Felix token must name to be accepted here."""
     insecure_no_auth: bool = False
@@ -213,12 +220,25 @@ class ServerConfig:
     @property
     def auth_enabled(self) -> bool:
         """Whether clients must authenticate (shared secrets or trusted issuer keys)."""
-        return any(v is not None for v in (self.auth_tokens, self.auth_issuer_keys, self.auth_jwks))
+        return any(
+            v is not None
+            for v in (
+                self.auth_tokens,
+                self.auth_issuer_keys,
+                self.auth_jwks,
+                self.auth_operator_keys,
+            )
+        )
 
     @property
     def issuer_key_files(self) -> list[str]:
         """``auth_issuer_keys`` as a list of paths."""
         return [p.strip() for p in (self.auth_issuer_keys or "").split(",") if p.strip()]
+
+    @property
+    def operator_key_files(self) -> list[str]:
+        """``auth_operator_keys`` as a list of paths."""
+        return [p.strip() for p in (self.auth_operator_keys or "").split(",") if p.strip()]
 
     @property
     def listen_address(self) -> tuple[str, int]:
@@ -268,6 +288,13 @@ class ServerConfig:
             raise ConfigError("auth_issuer and auth_audience must not be empty")
         if self.auth_issuer_keys is not None and not self.issuer_key_files:
             raise ConfigError("auth_issuer_keys: no file named")
+        if self.auth_operator_keys is not None and not self.operator_key_files:
+            raise ConfigError("auth_operator_keys: no file named")
+        if self.auth_operator_issuer == self.auth_issuer:
+            raise ConfigError(
+                "auth_operator_issuer must differ from auth_issuer: operator tokens need "
+                "keys of their own"
+            )
         host = self.listen_address[0]
         if not (self.auth_enabled or self.insecure_no_auth or is_loopback(host)):
             raise ConfigError(
@@ -496,6 +523,14 @@ def build_parser(prog: str = "felix-broker") -> argparse.ArgumentParser:
         help="a PEM Ed25519 public key trusted to sign Felix tokens (repeatable; adds to "
         "--auth-issuer-keys)",
     )
+    parser.add_argument(
+        "--auth-operator-key",
+        metavar="FILE",
+        action="append",
+        dest="operator_key_files",
+        help="a PEM Ed25519 public key trusted to sign operator tokens (repeatable; adds to "
+        "--auth-operator-keys)",
+    )
     return parser
 
 
@@ -515,6 +550,10 @@ def _from_flags(namespace: argparse.Namespace) -> dict[str, Any]:
     if files:
         given = [out["auth_issuer_keys"]] if out.get("auth_issuer_keys") else []
         out["auth_issuer_keys"] = ",".join(given + files)
+    files = getattr(namespace, "operator_key_files", None)
+    if files:
+        given = [out["auth_operator_keys"]] if out.get("auth_operator_keys") else []
+        out["auth_operator_keys"] = ",".join(given + files)
     return out
 
 

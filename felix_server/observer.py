@@ -21,6 +21,7 @@ token refreshes, denials, admin requests).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from felix_core.access import Principal
 
@@ -122,10 +123,18 @@ class ServerObserver:
         refused with ``code`` (``FORBIDDEN``, or ``NOT_FOUND`` for another tenant's)."""
 
     def admin_operation(
-        self, conn_id: int, principal: Principal | None, operation: str, resource: str, code: int
+        self,
+        conn_id: int,
+        principal: Principal | None,
+        operation: str,
+        resource: str,
+        code: int,
+        settings: Mapping[str, Any] | None = None,
     ) -> None:
         """Audit: an admin request (``operation``: ``create``, ``update``, ``delete`` ...)
-        on ``resource`` (``KIND TENANT/NS/NAME``) finished with ``code`` (0: done)."""
+        on ``resource`` (``KIND TENANT/NS/NAME``) finished with ``code`` (0: done);
+        ``settings``: what a create or update of a role or binding asked for (what it
+        grants, and to whom)."""
 
     def protocol_violation(self, error_code: int, fatal: bool) -> None:
         """A client broke the protocol; the glue answered with ``error_code``."""

@@ -34,6 +34,19 @@ the same connection, which was opened through this check with the same principal
 per connection, so another connection's feed is as absent as one that never existed. A
 connection's rights end when its principal expires (the session closes it then).
 
+Roles and bindings. The principal a request is checked against is the connection's
+credential resolved by the engine's :class:`~felix_core.rbac.RoleBook` (its own permissions
+plus those of its roles): resolved when the connection is identified, and again for every
+connection of a tenant when the engine says that tenant's roles or bindings changed
+(:class:`~felix_core.events.AccessChanged`), so a change applies from the next request of
+every live connection, and checking a request costs what it did without roles. Data requests
+(publish, enqueue, consume, cache) are decided once per connection, kind of request and
+resource, until the connection's principal changes (:data:`MAX_DECISIONS` at most): a
+stream of publishes pays one dict lookup for its check. Whenever a
+connection's principal is resolved again (a role change, a refreshed token), its open
+subscriptions and consumers are checked too: one that is no longer allowed ends with reason
+``forbidden``.
+
 Metrics. Dropped and ended subscriptions and dead letters are reported to the observer as
 they pass through, whether or not their connection is still there.
 """
@@ -45,14 +58,20 @@ from typing import Protocol
 from felix_core import events as ce
 from felix_core.access import ANONYMOUS, Access, Action, Principal, authorize
 from felix_core.broker import FeedBacklog
+from felix_core.errors import EngineError
 from felix_proto import messages as m
 from felix_server.local_route import LocalRoute
 from felix_server.observer import ServerObserver
 
-__all__ = ["UNIDENTIFIED", "Route", "Router", "access_of"]
+__all__ = ["MAX_DECISIONS", "UNIDENTIFIED", "Decision", "Route", "Router", "access_of"]
 
 UNIDENTIFIED = Principal(subject="unidentified", tenant="", issuer="none")
 """The principal of a connection whose handshake is not accepted yet: allowed nothing."""
+Decision = tuple[EngineError | None, Access | None]
+"""The one check's answer to a request: the refusal (None: allowed) and what it does."""
+MAX_DECISIONS = 1024
+"""Most data-request decisions a connection keeps (all are dropped when it is full, and
+whenever its principal changes)."""
 
 
 _COUNTED = frozenset({ce.RecordsSkipped, ce.SubscriptionClosed, ce.MessageDeadLettered})
@@ -103,7 +122,9 @@ class Router:
         self._observer = observer
         self._mail: dict[int, list[ce.EngineEvent]] = {}
         self._ready: dict[int, None] = {}
-        self._principals: dict[int, Principal] = {}
+        self._principals: dict[int, Principal] = {}  # resolved: what requests are checked by
+        self._credentials: dict[int, Principal] = {}  # as authenticated
+        self._decisions: dict[int, dict[tuple[object, ...], Decision]] = {}  # see _decide
 
     # ------------------------------------------------------------------ connections
 
@@ -118,13 +139,66 @@ class Router:
         """
         self.engine.attach(conn_id, now)
         self._mail[conn_id] = []
-        self._principals[conn_id] = principal
+        self._credentials[conn_id] = principal
+        self._principals[conn_id] = self.engine.admin.rbac.resolve(principal)
+        self._decisions[conn_id] = {}
         self.collect(now)
 
-    def identify(self, conn_id: int, principal: Principal) -> None:
-        """The connection's handshake was accepted: it speaks for ``principal``."""
-        if conn_id in self._mail:
-            self._principals[conn_id] = principal
+    def identify(self, conn_id: int, principal: Principal, now: float | None = None) -> None:
+        """The connection's handshake was accepted, or its token refreshed: it speaks for
+        ``principal`` (resolved with its roles) from its next request on.
+
+        Args:
+            conn_id: the connection.
+            principal: who it speaks for, as authenticated.
+            now: the current time, for a connection that may have feeds open (a refreshed
+                token): those the new principal may not follow end (``forbidden``).
+        """
+        if conn_id not in self._mail:
+            return
+        self._credentials[conn_id] = principal
+        self._principals[conn_id] = self.engine.admin.rbac.resolve(principal)
+        self._decisions[conn_id] = {}
+        if now is not None:
+            self._end_denied_feeds(conn_id, now)
+            self.collect(now)
+
+    def _access_changed(self, tenants: set[str], now: float) -> None:
+        """Roles or bindings of ``tenants`` changed: resolve their connections again and end
+        the feeds they may no longer follow."""
+        book = self.engine.admin.rbac
+        for conn_id, credential in self._credentials.items():
+            if credential.operator or credential.tenant not in tenants:
+                continue
+            resolved = book.resolve(credential)
+            if resolved != self._principals.get(conn_id):
+                self._principals[conn_id] = resolved
+                self._decisions[conn_id] = {}
+                self._end_denied_feeds(conn_id, now)
+
+    def _end_denied_feeds(self, conn_id: int, now: float) -> None:
+        """End the connection's feeds its principal may no longer follow (each denial is
+        counted and audited like a refused request)."""
+        principal = self._principals.get(conn_id, UNIDENTIFIED)
+
+        def denied(kind: str, path: tuple[str, str, str]) -> str | None:
+            access = Access(
+                action=_FEED_ACTIONS[kind],
+                kind=kind,
+                tenant=path[0],
+                namespace=path[1],
+                name=path[2],
+            )
+            error = authorize(principal, access)
+            if error is None:
+                return None
+            self._observer.auth_denied(str(access.action))
+            self._observer.access_denied(
+                conn_id, principal, str(access.action), _resource(access), int(error.code)
+            )
+            return error.message
+
+        self.engine.end_denied_feeds(conn_id, denied, now)
 
     def detach(self, conn_id: int, now: float) -> None:
         """A connection is gone: release what it held everywhere and drop its mail."""
@@ -132,6 +206,8 @@ class Router:
         self._mail.pop(conn_id, None)
         self._ready.pop(conn_id, None)
         self._principals.pop(conn_id, None)
+        self._credentials.pop(conn_id, None)
+        self._decisions.pop(conn_id, None)
         self.collect(now)  # what it held may go to others (redeliveries)
 
     def pause(self, conn_id: int) -> None:
@@ -160,24 +236,51 @@ class Router:
             message: the request.
             now: the current time.
         """
-        access = access_of(message)
-        if access is not None:
+        denied, access = self._decide(conn_id, message)
+        if denied is not None and access is not None:
             principal = self._principals.get(conn_id, UNIDENTIFIED)
-            denied = authorize(principal, access)
-            if denied is not None:
-                self._observer.auth_denied(str(access.action))
-                self._observer.access_denied(
-                    conn_id, principal, str(access.action), _resource(access), int(denied.code)
-                )
-                box = self._mail.get(conn_id)
-                if box is not None:
-                    box.append(
-                        ce.RequestRefused(connection_id=conn_id, request=request, error=denied)
-                    )
-                    self._ready[conn_id] = None
-                return
+            self._observer.auth_denied(str(access.action))
+            self._observer.access_denied(
+                conn_id, principal, str(access.action), _resource(access), int(denied.code)
+            )
+            box = self._mail.get(conn_id)
+            if box is not None:
+                box.append(ce.RequestRefused(connection_id=conn_id, request=request, error=denied))
+                self._ready[conn_id] = None
+            return
         self.route_for(message).submit(conn_id, request, message, now)
         self.collect(now)
+
+    def _decide(self, conn_id: int, message: m.Message) -> Decision:
+        """The one check of a request: (the refusal or None, what it does or None).
+
+        Data requests (publish, enqueue, consume, cache) are decided once per connection,
+        resource and kind of request until the connection's principal changes, so a stream
+        of publishes pays a dict lookup instead of a walk over the principal's permissions.
+        """
+        cls = type(message)
+        found = _DATA.get(cls)
+        decisions = self._decisions.get(conn_id)
+        if found is None or decisions is None:
+            access = access_of(message)
+            if access is None:
+                return None, None
+            return authorize(self._principals.get(conn_id, UNIDENTIFIED), access), access
+        key = (
+            cls,
+            getattr(message, "tenant"),  # noqa: B009 - every _DATA type has it
+            getattr(message, "namespace"),  # noqa: B009
+            getattr(message, found[2]),
+        )
+        decided = decisions.get(key)
+        if decided is None:
+            access = access_of(message)
+            assert access is not None  # every _DATA type has one
+            decided = (authorize(self._principals.get(conn_id, UNIDENTIFIED), access), access)
+            if len(decisions) >= MAX_DECISIONS:
+                decisions.clear()
+            decisions[key] = decided
+        return decided
 
     def credit(
         self, conn_id: int, subscription_id: int, messages: int, nbytes: int, now: float
@@ -252,6 +355,7 @@ class Router:
         if not events:
             return
         mail, ready = self._mail, self._ready
+        changed: set[str] = set()
         for event in events:
             if type(event) in _COUNTED:
                 self._count(event)
@@ -260,6 +364,11 @@ class Router:
                 if box is not None:
                     box.append(event)
                     ready[event.connection_id] = None
+            elif type(event) is ce.AccessChanged:
+                changed.add(event.tenant)
+        if changed:
+            self._access_changed(changed, now)
+            self.collect(now)  # the feeds that ended
 
     def _count(self, event: ce.EngineEvent) -> None:
         observer = self._observer
@@ -298,6 +407,9 @@ _DATA: dict[type[m.Message], tuple[Action, str, str]] = {
 """Data requests: the action, the kind of resource and the field that names it."""
 
 _ADMIN = (m.AdminCreate, m.AdminDescribe, m.AdminUpdate, m.AdminDelete)
+
+_FEED_ACTIONS = {"stream": Action.SUBSCRIBE, "cache": Action.CACHE_READ, "queue": Action.CONSUME}
+"""What an open feed of each kind needs, checked again when its principal changes."""
 
 
 def _resource(access: Access) -> str:

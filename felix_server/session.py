@@ -122,6 +122,8 @@ CLOSE_LINGER = 1.0
 
 _ADMIN_AUDITED = (m.AdminCreate, m.AdminUpdate, m.AdminDelete)
 """Admin requests that change something: their outcome goes to the audit hook."""
+_ACCESS_KINDS = ("role", "binding")
+"""Admin kinds whose create and update settings go to the audit hook too (what they grant)."""
 _SMALL_FRAME = 256
 """What a gap or end frame, or a delivery's framing, is counted as before it is encoded."""
 _TRANSMIT_ROUNDS = 3
@@ -449,9 +451,9 @@ class Session:
                 )
             else:
                 self.principal = decision
-                self.router.identify(self.conn_id, decision)
+                felix.send_reply(m.Ok(request_id=rid))  # before the feeds it may end
+                self.router.identify(self.conn_id, decision, now)
                 self._expires_at = decision.expires_at
-                felix.send_reply(m.Ok(request_id=rid))
                 return 0, ""
         code, text, details = error
         with contextlib.suppress(FelixProtoError):
@@ -550,7 +552,7 @@ class Session:
                     event.subscription_id, event.reason, event.message, event.next_offset
                 )
             elif isinstance(event, ce.ConsumerClosed):
-                self.end_consumer(event.consumer_id, event.reason)
+                self.end_consumer(event.consumer_id, event.reason, event.message)
 
     def _completed(self, done: ce.RequestCompleted) -> None:
         """Answer a request that completed (opening the stream of a new feed first)."""
@@ -597,12 +599,14 @@ class Session:
     def _audit_admin(self, msg: m.AdminCreate | m.AdminUpdate | m.AdminDelete, code: int) -> None:
         """Tell the observer's audit hook how an admin request that changes something
         ended."""
+        grants = msg.kind in _ACCESS_KINDS and not isinstance(msg, m.AdminDelete)
         self.observer.admin_operation(
             self.conn_id,
             self.principal,
             type(msg).__name__.removeprefix("Admin").lower(),
             f"{msg.kind} {msg.tenant}/{msg.namespace}/{msg.name}",
             code,
+            getattr(msg, "settings", None) if grants else None,
         )
 
     def _failed(self, number: int, kind: str, exc: Exception) -> None:
@@ -693,10 +697,10 @@ class Session:
                 (False, consumer_id), size, partial(self._write_delivery, consumer_id, d)
             )
 
-    def end_consumer(self, consumer_id: int, reason: str) -> None:
+    def end_consumer(self, consumer_id: int, reason: str, message: str = "") -> None:
         """End a consumer's stream with ``ConsumerEnded``."""
         if self.felix.consumer_open(consumer_id):
-            write = partial(self.felix.end_consumer, consumer_id, reason)
+            write = partial(self.felix.end_consumer, consumer_id, reason, message)
             self._feed_write((False, consumer_id), _SMALL_FRAME, partial(self._felix_call, write))
 
     def _feed_write(

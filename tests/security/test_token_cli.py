@@ -125,7 +125,7 @@ def test_issue_prints_a_token_that_verifies_with_the_jwks(keys: Path) -> None:
     principal = verifier.verify(token, time.time())
     assert principal.subject == "ci-job"
     assert principal.tenant == "acme"
-    assert principal.roles == frozenset({"reader"})
+    assert principal.roles == ("reader",)
     assert principal.allows(Action.PUBLISH, "default", "orders")
     assert principal.allows(Action.SUBSCRIBE, "default", "anything")
     assert not principal.allows(Action.PUBLISH, "default", "payments")

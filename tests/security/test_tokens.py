@@ -44,7 +44,7 @@ def test_issued_token_verifies_to_its_principal(issuer: FakeIssuer) -> None:
     assert principal == Principal(
         subject="alice",
         tenant="acme",
-        roles=frozenset({"reader", "ops"}),
+        roles=("ops", "reader"),
         permissions=frozenset(
             {Permission(Action.PUBLISH, "default", "orders"), Permission(Action.CACHE_READ)}
         ),
@@ -88,7 +88,7 @@ def test_time_is_the_callers_not_the_wall_clock(issuer: FakeIssuer) -> None:
 
 def test_token_without_roles_or_permissions_grants_nothing(issuer: FakeIssuer) -> None:
     principal = issuer.verifier().verify(issuer.token(permissions=[], roles=[]), NOW)
-    assert principal.roles == frozenset()
+    assert principal.roles == ()
     assert principal.permissions == frozenset()
     assert not any(principal.allows(action, "default", "orders") for action in Action)
 
