@@ -77,6 +77,8 @@ class AuthReason(enum.StrEnum):
     """``alg`` is anything but EdDSA (``none``, HS256, RS256 ...)."""
     BAD_SECRET = "bad_secret"
     """A shared secret that is not configured."""
+    NO_MATCHING_RULE = "no_matching_rule"
+    """A token exchange: the identity token is valid but no claim-mapping rule matches."""
 
 
 class AuthError(Exception):
