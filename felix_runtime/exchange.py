@@ -24,20 +24,27 @@ external subject, expires after the configured TTL (900 s by default) or with th
 token, whichever is first, and is read back by a verifier that trusts the signing key, so
 the principal returned is exactly what the token says.
 
-No I/O and no clock here: keys come from a :class:`KeySource` (a fixed set read from a JWKS
-file, or :class:`felix_runtime.jwks_fetch.JwksCache` for keys fetched over HTTPS) and ids
-from an injected function. :func:`load_exchange_config` reads the issuers and rules from a
-TOML document; reading the files it names goes through the ``read_file`` it is given.
+No I/O and no clock in the exchange itself: keys come from a :class:`KeySource` (a fixed
+set read from a JWKS file, or :class:`felix_runtime.jwks_fetch.JwksCache` for keys fetched
+over HTTPS) and ids from an injected function. :func:`load_exchange_config` reads the
+issuers and rules from a TOML document; the files it names are read through the
+``read_file`` it is given.
+:func:`broker_exchange` builds a broker's exchange from its configuration (it reads the
+files, and starts fetching keys of a ``jwks_url``) as the session's
+:data:`~felix_server.access.Exchange` seam (:func:`exchange_seam`).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import secrets
+import time
 import tomllib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import jwt
@@ -46,13 +53,17 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from felix_core.access import AuthError, AuthReason, Permission, Principal, match_pattern
 from felix_core.names import is_valid_name
+from felix_proto.errors import ErrorCode
 from felix_runtime.tokens import (
     DEFAULT_AUDIENCE,
     DEFAULT_ISSUER,
     TokenVerifier,
     issue_token,
     key_id,
+    load_private_key,
 )
+from felix_server.access import Exchange, ExchangeRefusal, TokenGranted
+from felix_server.config import ConfigError, ServerConfig
 
 __all__ = [
     "ALLOWED_ALGORITHMS",
@@ -67,10 +78,15 @@ __all__ = [
     "KeySource",
     "StaticKeys",
     "TokenExchanger",
+    "broker_exchange",
+    "exchange_seam",
     "load_exchange_config",
     "match_rule",
     "read_external_jwks",
+    "signing_key",
 ]
+
+logger = logging.getLogger("felix.exchange")
 
 ALLOWED_ALGORITHMS = ("RS256", "ES256", "EdDSA")
 """Every algorithm an external issuer may be trusted with; ``none`` and HMAC never."""
@@ -687,3 +703,101 @@ def _strs(table: Mapping[str, Any], key: str, where: str) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ValueError(f"{where}: {key} must be a list of strings")
     return value
+
+
+# -- a broker's exchange --------------------------------------------------------------------
+
+
+def signing_key(
+    config: ServerConfig, read_file: Callable[[str], bytes] = lambda p: Path(p).read_bytes()
+) -> Ed25519PrivateKey | None:
+    """The broker's token-signing key (``auth_signing_key``), or None.
+
+    Raises:
+        ConfigError: the file cannot be read or is not an unencrypted Ed25519 private key.
+    """
+    path = config.auth_signing_key
+    if path is None:
+        return None
+    try:
+        return load_private_key(read_file(path))
+    except OSError as exc:
+        raise ConfigError(f"auth_signing_key: {path}: {exc.strerror or exc}") from None
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"auth_signing_key: {path}: {exc}") from None
+
+
+def exchange_seam(exchanger: TokenExchanger) -> Exchange:
+    """The session's :data:`~felix_server.access.Exchange` for ``exchanger``: a refusal
+    becomes ``UNAUTHENTICATED``, ``missing or invalid token (REASON)``, ``details.reason``."""
+
+    def exchange(id_token: str, now: float) -> TokenGranted | ExchangeRefusal:
+        try:
+            done = exchanger.exchange(id_token, now)
+        except ExchangeRefused as exc:
+            return ExchangeRefusal(
+                code=ErrorCode.UNAUTHENTICATED,
+                message=f"missing or invalid token ({exc.reason})",
+                details={"reason": str(exc.reason)},
+                issuer=exc.issuer,
+                subject=exc.subject,
+            )
+        return TokenGranted(
+            token=done.token,
+            principal=done.principal,
+            issuer=done.identity.issuer,
+            subject=done.identity.subject,
+        )
+
+    return exchange
+
+
+def broker_exchange(
+    config: ServerConfig,
+    read_file: Callable[[str], bytes] = lambda p: Path(p).read_bytes(),
+    *,
+    fetch_keys: bool = True,
+) -> Exchange | None:
+    """The token exchange a broker with ``config`` offers, or None (no ``auth_exchange``).
+
+    Reads the exchange file and the JWKS files it names. Issuers with a ``jwks_url`` get a
+    :class:`~felix_runtime.jwks_fetch.JwksCache`, whose first fetch starts at once in the
+    background when ``fetch_keys`` (a configuration check passes False).
+
+    Raises:
+        ConfigError: the file cannot be read, or anything in it is wrong (the message names
+        ``auth_exchange``, the file and the table).
+    """
+    from felix_runtime.jwks_fetch import JwksCache  # imports this module: not at the top
+
+    path = config.auth_exchange
+    if path is None:
+        return None
+    key = signing_key(config, read_file)
+    assert key is not None  # validate() requires it
+
+    def remote(url: str) -> KeySource:
+        def failed(where: str, exc: Exception) -> None:
+            logger.warning("token exchange: cannot fetch the keys of %s: %s", where, exc)
+
+        return JwksCache(url, clock=time.time, on_error=failed)
+
+    try:
+        loaded = load_exchange_config(read_file(path), read_file=read_file, remote_keys=remote)
+        exchanger = TokenExchanger(
+            loaded.issuers,
+            loaded.rules,
+            key,
+            felix_issuer=config.auth_issuer,
+            audience=config.auth_audience,
+            ttl=config.auth_exchange_ttl_s,
+        )
+    except OSError as exc:
+        raise ConfigError(f"auth_exchange: {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise ConfigError(f"auth_exchange: {path}: {exc}") from None
+    if fetch_keys:
+        for source in loaded.remote:
+            if isinstance(source, JwksCache):
+                source.key(None, time.time())  # a miss: starts the first fetch
+    return exchange_seam(exchanger)

@@ -191,6 +191,16 @@ class ServerConfig:
     """The ``iss`` the trusted keys sign for."""
     auth_audience: str = "felix"
     """The ``aud`` a Felix token must name to be accepted here."""
+    auth_signing_key: str | None = None
+    """A PEM Ed25519 private key (``felix token keygen`` writes ``private.pem``) with which
+    the broker signs the Felix tokens it issues in a token exchange, for ``auth_issuer`` and
+    ``auth_audience``; the broker trusts its public key without being told."""
+    auth_exchange: str | None = None
+    """A TOML file of the external identity issuers and claim-mapping rules of the token
+    exchange (docs/security.md, "Token exchange"); needs ``auth_signing_key``."""
+    auth_exchange_ttl_s: float = 900.0
+    """Seconds a Felix token issued in a token exchange lives (at most as long as the
+    identity token it was exchanged for)."""
     insecure_no_auth: bool = False
     """Allow a broker without authentication to listen on an address other than loopback
     (everyone who can reach it may do everything)."""
@@ -213,7 +223,8 @@ class ServerConfig:
     @property
     def auth_enabled(self) -> bool:
         """Whether clients must authenticate (shared secrets or trusted issuer keys)."""
-        return any(v is not None for v in (self.auth_tokens, self.auth_issuer_keys, self.auth_jwks))
+        keys = (self.auth_tokens, self.auth_issuer_keys, self.auth_jwks, self.auth_exchange)
+        return any(v is not None for v in keys)
 
     @property
     def issuer_key_files(self) -> list[str]:
@@ -268,6 +279,12 @@ class ServerConfig:
             raise ConfigError("auth_issuer and auth_audience must not be empty")
         if self.auth_issuer_keys is not None and not self.issuer_key_files:
             raise ConfigError("auth_issuer_keys: no file named")
+        if self.auth_exchange is not None and self.auth_signing_key is None:
+            raise ConfigError(
+                "auth_exchange needs auth_signing_key (the key Felix tokens are signed with)"
+            )
+        if not self.auth_exchange_ttl_s > 0:
+            raise ConfigError("auth_exchange_ttl_s must be positive")
         host = self.listen_address[0]
         if not (self.auth_enabled or self.insecure_no_auth or is_loopback(host)):
             raise ConfigError(
