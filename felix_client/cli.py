@@ -14,6 +14,7 @@ In the style of the ``nats`` CLI and ``redis-cli``::
     felix broker                             # the broker (also: felix-broker)
     felix top                                # live view of the broker's /metrics
     felix context add prod --server quic://prod:7447 --use
+    felix login --id-token /var/run/secrets/tokens/felix --save token.txt
     felix completion bash                    # also zsh, fish
     felix --version
 
@@ -44,6 +45,7 @@ from ._completion import SHELLS, command_tree, render
 from ._context_cli import add_context_commands, load_config, run_context_command
 from ._contexts import DEFAULT_METRICS_URL, SETTINGS, ConfigError, resolve
 from ._log_cli import add_log_commands, run_log_command
+from ._login_cli import cmd_login
 from ._token_cli import add_token_commands, run_token_command
 from ._url import DEFAULT_URL, parse_url
 from .errors import FelixError
@@ -295,6 +297,16 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="scrape twice --interval apart, print one frame and exit",
     )
+    p = cmd("login", "exchange an identity token (OIDC, Kubernetes) for a Felix token")
+    p.add_argument(
+        "--id-token",
+        required=True,
+        metavar="FILE",
+        help="the file holding the identity token ('-': stdin)",
+    )
+    p.add_argument(
+        "--save", metavar="PATH", help="write the Felix token to PATH (mode 0600), not stdout"
+    )
     add_token_commands(sub)
     add_audit_commands(sub)
     add_log_commands(sub)
@@ -429,7 +441,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ._top import run_top
 
         return run_top(args)
-    command = COMMANDS[_command_key(args)]
+    command = cmd_login if args.command == "login" else COMMANDS[_command_key(args)]
     try:
         result: int = anyio.run(command, args, backend=args.loop)
     except KeyboardInterrupt:
