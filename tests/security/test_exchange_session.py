@@ -221,3 +221,17 @@ def test_the_client_refuses_locally_without_the_capability(tmp_path: Path) -> No
     assert other.felix is not None and other.felix.capabilities == []
     with pytest.raises(LocalProtocolError, match="token-exchange"):
         other.felix.exchange_token(id_token(), now=plain.now)
+
+
+def test_an_exchange_while_going_away_is_answered(tmp_path: Path) -> None:
+    net, _ = broker(tmp_path)
+    client = net.client(capabilities=CAPS)
+    felix = client.felix
+    assert felix is not None
+    assert isinstance(
+        answer(net, client, felix.exchange_token(id_token(), now=net.now)), fe.TokenReceived
+    )
+    net.server.begin_shutdown(net.now)
+    net.until(lambda: bool(client.of(fe.GoAwayReceived)))
+    renewed = answer(net, client, felix.exchange_token(id_token(), now=net.now))
+    assert isinstance(renewed, fe.TokenReceived)  # renewing the rights is finishing work
