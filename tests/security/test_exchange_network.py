@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from oidc_issuers import K8S_ISSUER, OidcIssuer
 
-from felix_client import Client, Unauthenticated
+from felix_client import Client, Unauthenticated, UnexpectedMessage
 from felix_runtime.tokens import read_unverified
 
 pytestmark = pytest.mark.anyio
@@ -142,3 +142,9 @@ def test_felix_login_saves_the_token(fresh_broker: FreshBroker, tmp_path: Path) 
     )
     assert refused.returncode == 1
     assert "no_matching_rule" in refused.stderr
+
+
+async def test_a_broker_without_exchange(broker: Broker) -> None:
+    with pytest.raises(UnexpectedMessage, match="token-exchange"):
+        async with client(broker, id_token=sa_token()):
+            pass

@@ -115,6 +115,9 @@ def test_login_by_exchange(tmp_path: Path) -> None:
     before = create(net, client)  # no credential yet: refused, the connection stays
     assert isinstance(before, fe.RequestFailed)
     assert (before.code, before.details) == (ErrorCode.UNAUTHENTICATED, {"reason": "missing"})
+    renew = answer(net, client, felix.reauthenticate("anything", now=net.now))
+    assert isinstance(renew, fe.RequestFailed)  # nothing to renew before the login
+    assert (renew.code, renew.details) == (ErrorCode.UNAUTHENTICATED, {"reason": "missing"})
     issued = answer(net, client, felix.exchange_token(id_token(), now=net.now))
     assert isinstance(issued, fe.TokenReceived)
     assert 599_000 <= issued.expires_in_ms <= 600_000
