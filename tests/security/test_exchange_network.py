@@ -7,6 +7,7 @@ audit trail."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -148,3 +149,33 @@ async def test_a_broker_without_exchange(broker: Broker) -> None:
     with pytest.raises(UnexpectedMessage, match="token-exchange"):
         async with client(broker, id_token=sa_token()):
             pass
+
+
+def test_conformance_exchange_checks(fresh_broker: FreshBroker, tmp_path: Path) -> None:
+    """The conformance suite's token-exchange checks pass against this broker (they are
+    skipped in tests/conformance, whose broker has no issuer)."""
+    broker = exchange_broker(fresh_broker, tmp_path)
+    login = [sys.executable, "-m", "felix_client.cli", "--server", broker.url, "--ca"]
+    (tmp_path / "sa-token").write_text(sa_token())
+    token = subprocess.run(
+        [*login, broker.ca_file, "login", "--id-token", str(tmp_path / "sa-token")],
+        check=True,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    ).stdout.strip()
+    result = subprocess.run(
+        [
+            *(sys.executable, "-m", "conformance", "--server", broker.url, "--ca", broker.ca_file),
+            *("--token", token, "--tenant", "ci", "--namespace", "conf", "-k", "exchange."),
+        ],
+        check=False,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    for name in ("exchange.forgeries-refused", "exchange.login-first"):
+        assert re.search(rf"PASS\s+{re.escape(name)}", result.stdout), result.stdout
