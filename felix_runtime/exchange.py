@@ -133,7 +133,8 @@ class StaticKeys:
         return self.keys.get(kid)
 
 
-def _algorithm_of(entry: Mapping[str, Any], where: str) -> str:
+def _algorithm_of(entry: Mapping[str, Any]) -> str | None:
+    """The one algorithm a JWK is trusted for, or None for a key Felix does not use."""
     kty, crv = entry.get("kty"), entry.get("crv")
     if kty == "RSA":
         implied = "RS256"
@@ -142,24 +143,19 @@ def _algorithm_of(entry: Mapping[str, Any], where: str) -> str:
     elif kty == "OKP" and crv == "Ed25519":
         implied = "EdDSA"
     else:
-        raise ValueError(
-            f"{where}: kty {kty!r} crv {crv!r} is not an RSA, EC P-256 or Ed25519 key "
-            f"(algorithms {', '.join(ALLOWED_ALGORITHMS)})"
-        )
-    alg = entry.get("alg", implied)
-    if alg != implied:
-        raise ValueError(f"{where}: alg {alg!r} does not fit a {kty} key (only {implied})")
-    return implied
+        return None
+    return implied if entry.get("alg", implied) == implied else None
 
 
 def read_external_jwks(document: bytes | str) -> dict[str, ExternalKey]:
     """Read an external issuer's JWKS document: RSA (at least 2048 bits, RS256), EC P-256
     (ES256) and Ed25519 (EdDSA) public keys by ``kid``.
 
-    Keys that are not for signatures (``use`` other than ``sig``) are skipped, as an IdP
-    may publish encryption keys beside them. Anything else that is wrong refuses the whole
-    document: a symmetric (``oct``) key, a private part, a missing or repeated ``kid``, an
-    ``alg`` that does not fit the key.
+    Keys Felix does not verify with are skipped, as an identity provider may publish them
+    beside the ones it signs ID tokens with: keys not for signatures (``use`` other than
+    ``sig``) and keys for other algorithms (``RS384``, ``PS256``, EC P-384 ...). What is
+    wrong refuses the whole document: a symmetric (``oct``) key or a private part (a secret
+    published by mistake), a missing or repeated ``kid``, a key that does not load.
 
     Raises:
         ValueError: the message names the key's position and the problem.
@@ -183,9 +179,11 @@ def read_external_jwks(document: bytes | str) -> dict[str, ExternalKey]:
             raise ValueError(f"{where}: needs a kid")
         if kid in keys:
             raise ValueError(f"{where}: kid {kid!r} appears twice")
-        if any(part in entry for part in ("d", "p", "q", "k")):
+        if entry.get("kty") == "oct" or any(part in entry for part in ("d", "p", "q", "k")):
             raise ValueError(f"{where}: holds a private or symmetric key; publish public keys")
-        alg = _algorithm_of(entry, where)
+        alg = _algorithm_of(entry)
+        if alg is None:
+            continue
         try:
             key = jwt.PyJWK(entry, algorithm=alg).key
         except jwt.PyJWTError as exc:
