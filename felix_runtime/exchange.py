@@ -69,6 +69,7 @@ __all__ = [
     "ALLOWED_ALGORITHMS",
     "DEFAULT_EXCHANGE_TTL",
     "MAX_ID_TOKEN_BYTES",
+    "MAX_SUBJECT_CHARS",
     "ClaimRule",
     "ExchangeRefused",
     "Exchanged",
@@ -95,6 +96,8 @@ DEFAULT_EXCHANGE_TTL = 900.0
 MAX_ID_TOKEN_BYTES = 16384
 """A longer identity token is refused as malformed before any decoding."""
 _MIN_RSA_BITS = 2048
+MAX_SUBJECT_CHARS = 1024
+"""A longer ``sub`` is refused as malformed (the Felix token carries it)."""
 
 PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey | Ed25519PublicKey
 
@@ -434,7 +437,16 @@ class TokenExchanger:
             issuer=self.felix_issuer,
             audience=self.audience,
         )
-        return Exchanged(token=token, principal=self._own.verify(token, now), identity=identity)
+        try:
+            principal = self._own.verify(token, now)
+        except AuthError as exc:  # what it signed does not read back (too large ...)
+            raise ExchangeRefused(
+                exc.reason,
+                f"the Felix token cannot be made: {exc}",
+                issuer=identity.issuer,
+                subject=identity.subject,
+            ) from None
+        return Exchanged(token=token, principal=principal, identity=identity)
 
     def verify(self, id_token: str | None, now: float) -> ExternalIdentity:
         """Check an identity token (everything but the rules).
@@ -533,6 +545,8 @@ def _identity(claims: Mapping[str, Any], issuer: ExternalIssuer) -> ExternalIden
     subject = claims["sub"]
     if not isinstance(subject, str) or not subject:
         raise ValueError("claim 'sub' must be a non-empty string")
+    if len(subject) > MAX_SUBJECT_CHARS:
+        raise ValueError(f"claim 'sub' is longer than {MAX_SUBJECT_CHARS} characters")
     groups = claims.get(issuer.groups_claim, [])
     if not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
         raise ValueError(f"claim {issuer.groups_claim!r} must be a list of strings")

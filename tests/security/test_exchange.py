@@ -135,6 +135,7 @@ def test_bad_signature() -> None:
         ({"nbf": int(NOW) + 60}, AuthReason.NOT_YET_VALID),
         ({"iat": int(NOW) + 60}, AuthReason.NOT_YET_VALID),
         ({"sub": None}, AuthReason.MALFORMED),
+        ({"sub": "x" * 1025}, AuthReason.MALFORMED),
         ({"exp": None}, AuthReason.MALFORMED),
         ({"groups": "engineering"}, AuthReason.MALFORMED),
         ({"kubernetes.io": {"namespace": "ci"}}, AuthReason.MALFORMED),
@@ -300,3 +301,12 @@ def test_load_exchange_config_names_an_unreadable_jwks_file() -> None:
 
     with pytest.raises(ValueError, match=r"issuer 1: k8s-jwks\.json: No such file"):
         load_exchange_config(CONFIG, read_file=missing)
+
+
+def test_a_felix_token_that_does_not_read_back_is_a_refusal() -> None:
+    """Rules with so many permissions that the Felix token passes the verifier's size limit:
+    a typed refusal, never an exception of another kind."""
+    idp = OidcIssuer()
+    grants = tuple(Permission.parse(f"publish:default/stream-{i:04d}") for i in range(400))
+    exchange, _ = exchanger(idp, rules=[ClaimRule(tenant="acme", permissions=grants)])
+    assert _refusal(exchange, idp.token()).reason is AuthReason.MALFORMED
