@@ -62,6 +62,7 @@ FeedItem = (
 
 _REPLY_EVENTS = (
     ev.PublishAcked,
+    ev.TokenReceived,
     ev.SubscriptionStarted,
     ev.ConsumerStarted,
     ev.CacheValueReceived,
@@ -166,6 +167,7 @@ class Connection:
         token: str | None,
         client_name: str,
         timeout: float,
+        capabilities: Sequence[str] = (TOKEN_REFRESH,),
     ) -> Connection:
         """Connect, run the transport in ``task_group`` and complete both handshakes.
 
@@ -183,7 +185,7 @@ class Connection:
             client_name=client_name,
             default_timeout=timeout,
             auto_credit=None,
-            capabilities=[TOKEN_REFRESH],
+            capabilities=list(capabilities),
         )
         conn = cls(transport, machine, timeout)
         task_group.start_soon(transport.run, conn)

@@ -16,6 +16,7 @@ In the style of the ``nats`` CLI and ``redis-cli``::
     felix broker                             # the broker (also: felix-broker)
     felix top                                # live view of the broker's /metrics
     felix context add prod --server quic://prod:7447 --use
+    felix login --id-token /var/run/secrets/tokens/felix --save token.txt
     felix completion bash                    # also zsh, fish
     felix --version
 
@@ -47,6 +48,7 @@ from ._context_cli import add_context_commands, load_config, run_context_command
 from ._contexts import DEFAULT_METRICS_URL, SETTINGS, ConfigError, resolve
 from ._log_cli import add_log_commands, run_log_command
 from ._rbac_cli import RBAC_COMMANDS, add_rbac_commands
+from ._login_cli import cmd_login
 from ._token_cli import add_token_commands, run_token_command
 from ._url import DEFAULT_URL, parse_url
 from .errors import FelixError
@@ -307,6 +309,16 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="scrape twice --interval apart, print one frame and exit",
     )
+    p = cmd("login", "exchange an identity token (OIDC, Kubernetes) for a Felix token")
+    p.add_argument(
+        "--id-token",
+        required=True,
+        metavar="FILE",
+        help="the file holding the identity token ('-': stdin)",
+    )
+    p.add_argument(
+        "--save", metavar="PATH", help="write the Felix token to PATH (mode 0600), not stdout"
+    )
     add_token_commands(sub)
     add_audit_commands(sub)
     add_log_commands(sub)
@@ -441,8 +453,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ._top import run_top
 
         return run_top(args)
-    key = _command_key(args)
-    command = RBAC_COMMANDS[key] if key in RBAC_COMMANDS else COMMANDS[key]
+    if args.command == "login":
+        command = cmd_login
+    else:
+        key = _command_key(args)
+        command = RBAC_COMMANDS[key] if key in RBAC_COMMANDS else COMMANDS[key]
     try:
         result: int = anyio.run(command, args, backend=args.loop)
     except KeyboardInterrupt:

@@ -32,6 +32,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 
 from felix_proto import events as ev
 from felix_proto.client import ClientConnection
+from felix_proto.connection import TOKEN_EXCHANGE, TOKEN_REFRESH
 from felix_proto.messages import AckMode, SourceKind
 from felix_runtime.quic_engines import engine_from_env, load_engine
 
@@ -42,7 +43,7 @@ from ._resources import Admin, Cache
 from ._streams import Consumer, Publisher, Record, Subscription
 from ._transport import TransportOptions
 from ._url import BrokerAddress, default_url, parse_url
-from .errors import ConnectionLost, FelixError, Forbidden, NotFound
+from .errors import ConnectionLost, FelixError, Forbidden, NotFound, UnexpectedMessage
 from .types import PublishResult, Start, StartLike
 
 __all__ = ["DEFAULT_PREFETCH", "Admin", "Cache", "Client", "connect", "token_tenant"]
@@ -68,6 +69,23 @@ def token_tenant(token: str | None) -> str | None:
     none is given. None for anything that is no JWT or has no such claim."""
     tenant = _claims(token).get("tenant")
     return tenant if isinstance(tenant, str) and tenant else None
+
+
+async def _exchange_on(conn: Connection, id_token: str) -> str:
+    """Exchange ``id_token`` on ``conn`` and return the Felix token (``TokenExchange``).
+
+    Raises:
+        Unauthenticated: the broker refused the identity token (``details.reason``).
+        UnexpectedMessage: the broker does not offer ``token-exchange``.
+        FelixError: the connection failed.
+    """
+    if TOKEN_EXCHANGE not in conn.machine.capabilities:
+        raise UnexpectedMessage(
+            "the broker does not offer token-exchange (it exchanges no identity tokens)"
+        )
+    reply = await conn.request(lambda m, now: m.exchange_token(id_token, now=now))
+    assert isinstance(reply, ev.TokenReceived)
+    return reply.token
 
 
 def token_expiry(token: str | None) -> float | None:
@@ -109,6 +127,14 @@ class Client:
             fifth of its lifetime ahead, at most 60 s ahead: :meth:`refresh_token`), and
             a connection opened later uses the latest token. Without ``token``, the first
             token comes from it too.
+        id_token: an identity token of an external issuer (an OIDC ID token, a Kubernetes
+            service-account token) to exchange for a Felix token at connect (``TokenExchange``,
+            capability ``token-exchange``): the first connection logs in with it, the others
+            present the Felix token. The Felix token is renewed before it expires by another
+            exchange (and a reconnect after its expiry logs in again).
+        id_token_provider: returns a fresh identity token (a function or a coroutine
+            function), called for every exchange; for identity tokens that expire or rotate,
+            such as a projected service-account token read from its file.
         tenant, namespace: defaults for every call (each call may override them). The
             tenant defaults to the ``tenant`` claim of a Felix ``token`` (the broker serves
             a token's own tenant only), else ``default``.
@@ -143,6 +169,8 @@ class Client:
         server_name: str | None = None,
         token: str | None = None,
         token_provider: Callable[[], str | Awaitable[str]] | None = None,
+        id_token: str | None = None,
+        id_token_provider: Callable[[], str | Awaitable[str]] | None = None,
         tenant: str | None = None,
         namespace: str = "default",
         timeout: float = 10.0,
@@ -169,8 +197,15 @@ class Client:
         self._reconnect = reconnect
         self.pool_size = pool_size
         self.request_streams = request_streams
+        if (id_token is not None or id_token_provider is not None) and (token_provider is not None):
+            raise ValueError("give token_provider or an id token, not both")
         self._token = token
         self._token_provider = token_provider
+        self._id_token = id_token
+        self._id_token_provider = id_token_provider
+        self._exchanges = id_token is not None or id_token_provider is not None
+        if self._exchanges:  # renewals are exchanges too
+            self._token_provider = self._exchange_token
         self._client_name = client_name
         self._options = TransportOptions(
             ca_file=ca_file,
@@ -198,7 +233,10 @@ class Client:
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
         try:
-            if self._token is None and self._token_provider is not None:
+            if self._exchanges:
+                await self._connection(0)  # logs in by exchange: the token is known then
+                self.tenant = self.tenant if self._tenant_given else self._default_tenant()
+            elif self._token is None and self._token_provider is not None:
                 self._token = await self._new_token()
                 self.tenant = self.tenant if self._tenant_given else self._default_tenant()
             for i in range(self.pool_size):
@@ -249,6 +287,30 @@ class Client:
             token = await token
         return token
 
+    async def _new_id_token(self) -> str:
+        if self._id_token_provider is None:
+            assert self._id_token is not None
+            return self._id_token
+        token = self._id_token_provider()
+        if not isinstance(token, str):
+            token = await token
+        return token
+
+    async def _exchange_token(self) -> str:
+        """A Felix token for a fresh identity token, exchanged on an open connection
+        (whose rights become the new token's)."""
+        id_token = await self._new_id_token()
+        conn = await self._connection()
+        return await _exchange_on(conn, id_token)
+
+    def _needs_login(self) -> bool:
+        """Whether a new connection logs in by exchange (no Felix token, or an expired
+        one)."""
+        if not self._exchanges:
+            return False
+        expires = token_expiry(self._token)
+        return self._token is None or (expires is not None and expires <= time.time())
+
     def _default_tenant(self) -> str:
         return token_tenant(self._token) or "default"
 
@@ -284,6 +346,12 @@ class Client:
             for conn in self._conns:
                 if conn is not None:
                     await conn.aclose()
+
+    @property
+    def token(self) -> str | None:
+        """The credential new connections present: the Felix token (the latest one, after
+        a renewal or an exchange), a shared secret, or None."""
+        return self._token
 
     @property
     def reconnect(self) -> bool:
@@ -326,17 +394,27 @@ class Client:
     async def _open_with_retry(self) -> Connection:
         assert self._tg is not None
         delay, attempts = 0.1, 8 if self._reconnect and any(self._conns) else 1
+        capabilities = (TOKEN_REFRESH, TOKEN_EXCHANGE) if self._exchanges else (TOKEN_REFRESH,)
         for attempt in range(attempts):
             try:
-                return await Connection.open(
+                login = self._needs_login()
+                conn = await Connection.open(
                     self._tg,
                     self.address.host,
                     self.address.port,
                     options=self._options,
-                    token=self._token,
+                    token=None if login else self._token,
                     client_name=self._client_name,
                     timeout=self.timeout,
+                    capabilities=capabilities,
                 )
+                if login:
+                    try:
+                        self._token = await _exchange_on(conn, await self._new_id_token())
+                    except BaseException:
+                        await conn.aclose()
+                        raise
+                return conn
             except FelixError as exc:
                 if attempt + 1 >= attempts or not exc.retryable:
                     raise

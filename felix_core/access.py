@@ -80,6 +80,8 @@ class AuthReason(enum.StrEnum):
     """A shared secret that is not configured."""
     OPERATOR_NOT_ALLOWED = "operator_not_allowed"
     """An ``operator`` claim from an issuer not trusted for operator tokens."""
+    NO_MATCHING_RULE = "no_matching_rule"
+    """A token exchange: the identity token is valid but no claim-mapping rule matches."""
 
 
 class AuthError(Exception):

@@ -80,6 +80,7 @@ U16_FIELDS: frozenset[tuple[type[m.Message], str]] = frozenset(
 INT_MAXIMA: dict[tuple[type[m.Message], str], int] = {
     (m.Hello, "max_frame_size"): m.MAX_FRAME_SIZE_FIELD,
     (m.GoAway, "deadline_ms"): m.MAX_DURATION_MS,
+    (m.TokenIssued, "expires_in_ms"): m.MAX_DURATION_MS,
     (m.Nack, "delay_ms"): m.MAX_DURATION_MS,
     (m.CachePut, "ttl_ms"): m.MAX_DURATION_MS,
 }

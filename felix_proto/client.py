@@ -75,6 +75,7 @@ from .codec import validate
 from .connection import (
     CONTROL_STREAM_ID,
     REPLY_TYPES,
+    TOKEN_EXCHANGE,
     TOKEN_REFRESH,
     Connection,
     StreamKind,
@@ -85,7 +86,13 @@ from .connection import (
 from .errors import RETRYABLE, ErrorCode, LocalProtocolError, RemoteProtocolError
 from .frames import DEFAULT_MAX_FRAME_SIZE, SUPPORTED_VERSIONS
 
-__all__ = ["REPLY_TYPES", "TOKEN_REFRESH", "ClientConnection", "batch_record_bytes"]
+__all__ = [
+    "REPLY_TYPES",
+    "TOKEN_EXCHANGE",
+    "TOKEN_REFRESH",
+    "ClientConnection",
+    "batch_record_bytes",
+]
 
 _LANES: dict[type[m.Message], str] = {
     m.Publish: "publish",
@@ -106,7 +113,7 @@ _LANES: dict[type[m.Message], str] = {
     m.AdminList: "admin",
     m.AdminDelete: "admin",
 }
-_FINISHING = (m.Unsubscribe, m.CancelConsume, m.Ack, m.Nack, m.Reauthenticate)
+_FINISHING = (m.Unsubscribe, m.CancelConsume, m.Ack, m.Nack, m.Reauthenticate, m.TokenExchange)
 
 
 class ClientConnection(Connection):
@@ -703,6 +710,33 @@ class ClientConnection(Connection):
         sid = CONTROL_STREAM_ID if stream_id is None else stream_id
         return self._request(m.Reauthenticate, now, timeout, sid, token=token)
 
+    def exchange_token(
+        self,
+        id_token: str,
+        *,
+        now: float,
+        timeout: float | None = None,
+        stream_id: int | None = None,
+    ) -> int:
+        """Exchange an external identity token for a Felix token (``TokenExchange``):
+        :class:`TokenReceived` with the Felix token, which is from then on the
+        connection's credential (on a connection that had none, this is its login), or
+        :class:`RequestFailed` (``UNAUTHENTICATED`` with ``details.reason``; before a login
+        the broker then closes the connection). Allowed while going away. Sent on the
+        control stream unless ``stream_id`` says otherwise.
+
+        Returns:
+            The request id.
+
+        Raises:
+            LocalProtocolError: the broker did not agree to ``token-exchange`` in
+                ``Welcome``, or the connection is not ``READY`` or going away.
+        """
+        if TOKEN_EXCHANGE not in self.capabilities:
+            raise LocalProtocolError(f"the broker did not agree to {TOKEN_EXCHANGE!r}")
+        sid = CONTROL_STREAM_ID if stream_id is None else stream_id
+        return self._request(m.TokenExchange, now, timeout, sid, id_token=id_token)
+
     def ping(self, *, now: float, timeout: float | None = None) -> int:
         """Send a ``Ping`` on the control stream: :class:`PongReceived` or
         :class:`RequestTimedOut` (with the nonce as request id).
@@ -1264,6 +1298,10 @@ def _success_event(msg: m.Message) -> ev.Event:
         return ev.AdminReplied(request_id=msg.request_id, resource=msg.resource)
     if isinstance(msg, m.AdminResources):
         return ev.AdminReplied(request_id=msg.request_id, resources=msg.resources)
+    if isinstance(msg, m.TokenIssued):
+        return ev.TokenReceived(
+            request_id=msg.request_id, token=msg.token, expires_in_ms=msg.expires_in_ms
+        )
     assert isinstance(msg, m.Ok)
     return ev.RequestSucceeded(request_id=msg.request_id)
 

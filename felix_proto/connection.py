@@ -62,6 +62,7 @@ __all__ = [
     "MAX_TEXT_BYTES",
     "MIN_MAX_FRAME_SIZE",
     "REPLY_TYPES",
+    "TOKEN_EXCHANGE",
     "TOKEN_REFRESH",
     "Connection",
     "StreamKind",
@@ -113,11 +114,14 @@ REPLY_TYPES: dict[type[Message], type[Message]] = {
     m.AdminDelete: m.Ok,
     m.Ping: m.Pong,
     m.Reauthenticate: m.Ok,
+    m.TokenExchange: m.TokenIssued,
 }
 """The one success reply each request kind expects (``Error`` is always possible)."""
 
 TOKEN_REFRESH = "token-refresh"
 """The capability that lets a client send ``Reauthenticate`` (docs/wire-protocol.md §5.3)."""
+TOKEN_EXCHANGE = "token-exchange"
+"""The capability that lets a client send ``TokenExchange`` (docs/wire-protocol.md §5.3)."""
 
 
 def is_client_bidi(stream_id: int) -> bool:

@@ -57,6 +57,7 @@ __all__ = [
     "SubscriptionCancelled",
     "SubscriptionEnded",
     "SubscriptionStarted",
+    "TokenReceived",
     "Welcomed",
 ]
 
@@ -292,6 +293,18 @@ class AdminReplied(Event):
     """The resource as it now is (create, describe, update)."""
     resources: list[dict[str, Any]] | None = None
     """The resources listed (list)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TokenReceived(Event):
+    """The reply to a ``TokenExchange``: a Felix token, now the connection's credential."""
+
+    request_id: int
+    """The request this answers."""
+    token: str
+    """The Felix token."""
+    expires_in_ms: int
+    """Milliseconds from the reply until it expires."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

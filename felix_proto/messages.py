@@ -65,6 +65,8 @@ __all__ = [
     "SubscriptionEnded",
     "SubscriptionGap",
     "SubscriptionStreamStart",
+    "TokenExchange",
+    "TokenIssued",
     "Unsubscribe",
     "Welcome",
 ]
@@ -252,6 +254,31 @@ class Reauthenticate(Message):
     request_id: int
     token: str
     """The new bearer token; it must name the connection's tenant and subject."""
+
+
+@_msg
+class TokenExchange(Message):
+    """Client -> broker (capability ``token-exchange``): an identity token of an external
+    issuer (an OIDC ID token, a Kubernetes service-account token) to exchange for a Felix
+    token, answered ``TokenIssued`` or ``Error``. Allowed before the connection has a
+    credential (the exchange is then its login) and after."""
+
+    TYPE: ClassVar[int] = 0x09
+    request_id: int
+    id_token: str
+    """The external identity token (a JWT)."""
+
+
+@_msg
+class TokenIssued(Message):
+    """The answer to ``TokenExchange``: a Felix token, now the connection's credential."""
+
+    TYPE: ClassVar[int] = 0x0A
+    request_id: int
+    token: str
+    """The Felix token (an EdDSA JWT) the connection now speaks with."""
+    expires_in_ms: int
+    """Milliseconds from now until the token expires."""
 
 
 # ------------------------------------------------------------------- publish/subscribe
@@ -686,6 +713,8 @@ MESSAGE_TYPES: dict[int, type[Message]] = {
         Error,
         Ok,
         Reauthenticate,
+        TokenExchange,
+        TokenIssued,
         Publish,
         PublishBatch,
         PublishAck,

@@ -395,6 +395,26 @@ class AuditObserver(PrometheusObserver):
             **_who(principal),
         )
 
+    def token_exchanged(
+        self,
+        conn_id: int,
+        issuer: str | None,
+        subject: str | None,
+        principal: Principal | None,
+        error_code: int,
+        reason: str,
+    ) -> None:
+        claimed = {"id_issuer": issuer, "id_subject": subject}
+        self.trail.record(
+            "token_exchange",
+            conn=conn_id,
+            outcome="ok" if error_code == 0 else "refused",
+            code=error_code,
+            reason=reason,
+            **{k: v for k, v in claimed.items() if v is not None},
+            **_who(principal),
+        )
+
     def access_denied(
         self, conn_id: int, principal: Principal | None, action: str, resource: str, code: int
     ) -> None:

@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from felix_core.access import ANY_ACTION, AuthError, AuthReason, Permission, Principal
 from felix_core.names import is_valid_name
+from felix_runtime.exchange import signing_key
 from felix_runtime.tokens import TokenVerifier, key_id, load_public_key, read_jwks
 from felix_server.access import Authenticate, bearer
 from felix_server.config import ConfigError, ServerConfig
@@ -232,6 +233,9 @@ def broker_authenticator(
             if kid in keys and key_id(keys[kid]) != key_id(key):
                 raise ConfigError(f"auth_jwks: kid {kid!r} names another key as well")
             keys[kid] = key
+    own = signing_key(config, read_file)  # the broker trusts the key it signs with
+    if own is not None:
+        keys[key_id(own.public_key())] = own.public_key()
     trusted = {config.auth_issuer: keys} if keys else {}
     operator_keys = _pem_keys("auth_operator_keys", config.operator_key_files, read_file)
     if operator_keys:

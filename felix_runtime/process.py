@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from felix_runtime.credentials import broker_authenticator, parse_shared_secrets
+from felix_runtime.exchange import broker_exchange
 from felix_runtime.logs import configure_logging, log_fields, logger
 from felix_runtime.quic_engines import EngineMissing, load_engine
 from felix_runtime.tls import ensure_self_signed
@@ -51,6 +52,7 @@ def broker_main(
             list(args), os.environ, lambda p: Path(p).read_bytes(), prog=prog
         )
         broker_authenticator(config)  # the key files and secrets, read once to check them
+        broker_exchange(config, fetch_keys=False)  # the exchange's issuers and rules
     except ConfigError as exc:
         print(f"felix-broker: {exc}", file=sys.stderr)
         return 2

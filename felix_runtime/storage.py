@@ -41,7 +41,7 @@ from felix_core.queue_journal import state_path
 from felix_runtime.filesystem import OsFileSystem
 from felix_runtime.logs import log_fields, logger
 from felix_runtime.metadata_store import FileMetadataStore
-from felix_server.access import Authenticate
+from felix_server.access import Authenticate, Exchange
 from felix_server.config import ServerConfig
 from felix_server.observer import ServerObserver
 from felix_server.quic import FelixQuicConnection
@@ -146,10 +146,11 @@ def build_server(
     *,
     connection_factory: Callable[..., QuicConnectionLike] = FelixQuicConnection,
     authenticate: Authenticate | None = None,
+    exchange: Exchange | None = None,
 ) -> tuple[FelixServer, float]:
     """Build the server on the opened stores; the engine recovers every durable log.
 
-    ``connection_factory`` (the configured QUIC engine's) and ``authenticate`` go to
+    ``connection_factory`` (the configured QUIC engine's), ``authenticate`` and ``exchange`` go to
     :class:`~felix_server.server.FelixServer` unchanged.
 
     Returns:
@@ -167,6 +168,7 @@ def build_server(
         metadata=storage.metadata,
         connection_factory=connection_factory,
         authenticate=authenticate,
+        exchange=exchange,
     )
     seconds = time.perf_counter() - started
     logs = list(storage.logs.logs())

@@ -21,6 +21,7 @@ import anyio
 
 from felix_runtime.audit import broker_observer
 from felix_runtime.credentials import broker_authenticator
+from felix_runtime.exchange import broker_exchange
 from felix_runtime.logs import log_fields, logger
 from felix_runtime.process import broker_main, load_certificate, log_started
 from felix_runtime.quic_engines import server_quic
@@ -57,6 +58,7 @@ async def run(config: ServerConfig) -> int:
         observer,
         connection_factory=connection_factory,
         authenticate=broker_authenticator(config),
+        exchange=broker_exchange(config),
     )
     observer.attach(server)
     observer.attach_storage(storage.logs, recovery_s)

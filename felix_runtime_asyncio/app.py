@@ -17,6 +17,7 @@ from pathlib import Path
 
 from felix_runtime.audit import broker_observer
 from felix_runtime.credentials import broker_authenticator
+from felix_runtime.exchange import broker_exchange
 from felix_runtime.logs import log_fields, logger
 from felix_runtime.process import broker_main, load_certificate, log_started
 from felix_runtime.prometheus import PrometheusObserver
@@ -70,6 +71,7 @@ class BrokerProcess:
             observer,
             connection_factory=connection_factory,
             authenticate=broker_authenticator(config),
+            exchange=broker_exchange(config),
         )
         observer.attach(self.server)
         observer.attach_storage(self.storage.logs, recovery_s)

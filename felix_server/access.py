@@ -22,7 +22,10 @@ __all__ = [
     "ANONYMOUS",
     "Authenticate",
     "CheckCredential",
+    "Exchange",
+    "ExchangeRefusal",
     "Refusal",
+    "TokenGranted",
     "accept_anonymous",
     "bearer",
 ]
@@ -39,6 +42,35 @@ class Refusal:
     details: dict[str, Any] = field(default_factory=dict)
     """Machine-readable extras (``reason`` for a refused credential)."""
 
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ExchangeRefusal(Refusal):
+    """A refused ``TokenExchange``: the refusal, and who the identity token claimed to be
+    (for the audit trail; unverified, None when it did not say)."""
+
+    issuer: str | None = None
+    """The external issuer the token names."""
+    subject: str | None = None
+    """The subject the token names."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TokenGranted:
+    """An accepted ``TokenExchange``: the Felix token and what it vouches for."""
+
+    token: str
+    """The Felix token sent back in ``TokenIssued``."""
+    principal: Principal
+    """The connection's principal from now on."""
+    issuer: str
+    """The external issuer of the identity token."""
+    subject: str
+    """The identity token's subject."""
+
+
+Exchange = Callable[[str, float], TokenGranted | ExchangeRefusal]
+"""Exchanges an external identity token at time ``now`` (capability ``token-exchange``):
+pure, no I/O (a runtime builds it with ``felix_runtime.exchange``)."""
 
 Authenticate = Callable[[m.Hello, float], Principal | Refusal]
 """Decides a client's ``Hello`` at time ``now``: a principal accepts it, a :class:`Refusal`

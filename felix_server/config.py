@@ -198,6 +198,16 @@ class ServerConfig:
     """The ``iss`` the operator keys sign for (must differ from ``auth_issuer``)."""
     auth_audience: str = "felix"
     """The ``aud`` a Felix token must name to be accepted here."""
+    auth_signing_key: str | None = None
+    """A PEM Ed25519 private key (``felix token keygen`` writes ``private.pem``) with which
+    the broker signs the Felix tokens it issues in a token exchange, for ``auth_issuer`` and
+    ``auth_audience``; the broker trusts its public key without being told."""
+    auth_exchange: str | None = None
+    """A TOML file of the external identity issuers and claim-mapping rules of the token
+    exchange (docs/security.md, "Token exchange"); needs ``auth_signing_key``."""
+    auth_exchange_ttl_s: float = 900.0
+    """Seconds a Felix token issued in a token exchange lives (at most as long as the
+    identity token it was exchanged for)."""
     insecure_no_auth: bool = False
     """Allow a broker without authentication to listen on an address other than loopback
     (everyone who can reach it may do everything)."""
@@ -227,6 +237,7 @@ class ServerConfig:
                 self.auth_issuer_keys,
                 self.auth_jwks,
                 self.auth_operator_keys,
+                self.auth_exchange,
             )
         )
 
@@ -295,6 +306,12 @@ class ServerConfig:
                 "auth_operator_issuer must differ from auth_issuer: operator tokens need "
                 "keys of their own"
             )
+        if self.auth_exchange is not None and self.auth_signing_key is None:
+            raise ConfigError(
+                "auth_exchange needs auth_signing_key (the key Felix tokens are signed with)"
+            )
+        if not self.auth_exchange_ttl_s > 0:
+            raise ConfigError("auth_exchange_ttl_s must be positive")
         host = self.listen_address[0]
         if not (self.auth_enabled or self.insecure_no_auth or is_loopback(host)):
             raise ConfigError(

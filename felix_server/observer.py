@@ -116,6 +116,20 @@ class ServerObserver:
         """Audit: a ``Reauthenticate`` on ``conn_id`` was answered ``error_code`` (0:
         accepted; ``principal`` is then the new one, else the one that stays)."""
 
+    def token_exchanged(
+        self,
+        conn_id: int,
+        issuer: str | None,
+        subject: str | None,
+        principal: Principal | None,
+        error_code: int,
+        reason: str,
+    ) -> None:
+        """Audit: a ``TokenExchange`` on ``conn_id`` presenting an identity token of
+        ``issuer`` for ``subject`` (as the token claims them; None when it does not say) was
+        answered ``error_code`` (0: accepted; ``principal`` is then the new one, else the
+        one that stays, None before a login)."""
+
     def access_denied(
         self, conn_id: int, principal: Principal | None, action: str, resource: str, code: int
     ) -> None:

@@ -33,6 +33,7 @@ _KINDS: dict[type[m.Message], str] = {
     m.AdminList: "admin_list",
     m.AdminDelete: "admin_delete",
     m.Reauthenticate: "reauthenticate",
+    m.TokenExchange: "token_exchange",
 }
 
 REQUEST_KINDS: tuple[str, ...] = tuple(_KINDS.values())

@@ -93,9 +93,9 @@ from felix_core.broker import Broker
 from felix_core.disklog import DiskLogStore, StorageJob
 from felix_core.metadata import MetadataStore
 from felix_proto import ALPN
-from felix_proto.connection import TOKEN_REFRESH
+from felix_proto.connection import TOKEN_EXCHANGE, TOKEN_REFRESH
 from felix_proto.deadlines import Deadlines
-from felix_server.access import Authenticate, accept_anonymous
+from felix_server.access import Authenticate, Exchange, accept_anonymous
 from felix_server.batches import EncodedBatches
 from felix_server.config import ServerConfig
 from felix_server.drain import Drain
@@ -167,6 +167,9 @@ class FelixServer:
             (:meth:`take_storage_jobs`, :mod:`felix_server.storage`).
         metadata: where resource definitions are kept (None: in memory); the engine is fed
             what it holds.
+        exchange: answers ``TokenExchange`` (capability ``token-exchange``: identity tokens
+            of external issuers for Felix tokens; ``felix_runtime.exchange``); None: not
+            offered. Needs ``authenticate``.
 
     Raises:
         ValueError: ``config`` turns authentication on and no ``authenticate`` is given.
@@ -184,6 +187,7 @@ class FelixServer:
         authenticate: Authenticate | None = None,
         logs: DiskLogStore | None = None,
         metadata: MetadataStore | None = None,
+        exchange: Exchange | None = None,
     ) -> None:
         self.config = config
         if authenticate is None and config.auth_enabled:
@@ -191,7 +195,11 @@ class FelixServer:
         self._authenticate = authenticate or accept_anonymous
         self._limits = SessionLimits.from_config(config)
         if authenticate is not None:  # clients authenticate: they may renew their token
-            self._limits = replace(self._limits, capabilities=(TOKEN_REFRESH,))
+            offered = (TOKEN_REFRESH, TOKEN_EXCHANGE) if exchange else (TOKEN_REFRESH,)
+            self._limits = replace(self._limits, capabilities=offered)
+        elif exchange is not None:
+            raise ValueError("a token exchange needs an authenticate function")
+        self._exchange = exchange
         self.quic_configuration = quic_configuration
         self.observer = observer or ServerObserver()
         self.broker = broker if broker is not None else Broker(config.broker, logs=logs, now=now)
@@ -310,6 +318,7 @@ class FelixServer:
             limits=self._limits,
             authenticate=self._authenticate,
             batches=self.batches,
+            exchange=self._exchange,
         )
         self._sessions[conn_id] = session
         self._by_cid[original_cid] = session

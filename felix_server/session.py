@@ -95,10 +95,10 @@ from felix_core.queue_types import QueueDelivery
 from felix_proto import ALPN
 from felix_proto import events as fe
 from felix_proto import messages as m
-from felix_proto.connection import TOKEN_REFRESH
+from felix_proto.connection import TOKEN_EXCHANGE, TOKEN_REFRESH
 from felix_proto.errors import ErrorCode, FelixProtoError
 from felix_proto.server import ServerConnection
-from felix_server.access import Authenticate, Refusal
+from felix_server.access import Authenticate, Exchange, ExchangeRefusal, Refusal
 from felix_server.batches import EncodedBatches
 from felix_server.config import ServerConfig
 from felix_server.gate import Gate, HeldData, Move
@@ -191,6 +191,8 @@ class Session:
         limits: the configuration it needs.
         authenticate: decides the client's ``Hello``.
         batches: the server's encode-once cache of event batches.
+        exchange: answers ``TokenExchange`` (capability ``token-exchange``); None: the
+            broker does not exchange identity tokens.
     """
 
     def __init__(
@@ -204,6 +206,7 @@ class Session:
         limits: SessionLimits,
         authenticate: Authenticate,
         batches: EncodedBatches,
+        exchange: Exchange | None = None,
     ) -> None:
         self.quic = quic
         self.conn_id = conn_id
@@ -211,6 +214,7 @@ class Session:
         self.observer = observer
         self.limits = limits
         self._authenticate = authenticate
+        self._exchange = exchange
         self._batches = batches
         self.felix = ServerConnection(
             server_id=limits.server_id,
@@ -239,6 +243,7 @@ class Session:
         self._quic_closed = False
         self._hello_deadline: float | None = now + limits.handshake_timeout_s
         self._expires_at: float | None = None  # the principal's rights end then
+        self._login_deadline: float | None = None  # accepted to log in by exchange, until
         self._agreed: list[str] = []  # the capabilities agreed in the handshake
         router.attach(conn_id, now, UNIDENTIFIED)
 
@@ -273,6 +278,14 @@ class Session:
             self.felix.close(int(ErrorCode.TIMEOUT), f"no Hello within {timeout:g} s")
         if self._expires_at is not None and now >= self._expires_at:
             self._expired(now)
+        if self._login_deadline is not None and now >= self._login_deadline:
+            self._login_deadline = None
+            timeout = self.limits.handshake_timeout_s
+            self.felix.close_with_error(
+                int(ErrorCode.UNAUTHENTICATED),
+                f"no TokenExchange within {timeout:g} s",
+                details={"reason": "missing"},
+            )
         self._process(now)
 
     def get_timer(self) -> float | None:
@@ -284,6 +297,7 @@ class Session:
             self._close_deadline,
             self._hello_deadline,
             self._expires_at,
+            self._login_deadline,
         )
         return min((d for d in deadlines if d is not None), default=None)
 
@@ -396,6 +410,11 @@ class Session:
         felix = self.felix
         try:
             decision = self._authenticate(event.hello, now)
+            if self._may_log_in_later(event, decision):
+                felix.accept()  # READY without a credential: TokenExchange is the login
+                self._login_deadline = now + self.limits.handshake_timeout_s
+                self.observer.handshake_completed(event.version)
+                return
             if not isinstance(decision, Principal):
                 felix.reject(decision.code, decision.message, details=decision.details)
                 reason = str(decision.details.get("reason", decision.message))
@@ -411,6 +430,93 @@ class Session:
         self._expires_at = decision.expires_at
         self.observer.handshake_completed(event.version)
         self.observer.handshake_accepted(self.conn_id, decision)
+
+    def _may_log_in_later(self, event: fe.HandshakeRequested, decision: object) -> bool:
+        """A ``Hello`` without a token, listing ``token-exchange`` to a broker that offers
+        it, is accepted without a credential (docs/wire-protocol.md §5.3)."""
+        return (
+            isinstance(decision, Refusal)
+            and not event.hello.token
+            and self._exchange is not None
+            and TOKEN_EXCHANGE in event.capabilities
+        )
+
+    def _token_exchange(self, msg: m.TokenExchange, now: float) -> None:
+        """Exchange an identity token for a Felix token (capability ``token-exchange``):
+        ``TokenIssued`` and the connection's rights are the new token's, or ``Error`` (and
+        a connection without a credential is then closed)."""
+        kind = request_kind(msg)
+        token = self.observer.request_started(kind)
+        felix, rid, current = self.felix, msg.request_id, self.principal
+        issuer = subject = None
+        decision = None
+        if TOKEN_EXCHANGE not in self._agreed or self._exchange is None:
+            refusal = Refusal(
+                code=ErrorCode.UNEXPECTED_MESSAGE, message=f"{TOKEN_EXCHANGE} was not agreed"
+            )
+        else:
+            try:
+                decision = self._exchange(msg.id_token, now)
+            except Exception as exc:  # a bug: answer INTERNAL, keep the connection
+                self._internal("token_exchange", exc)
+                decision = ExchangeRefusal(code=ErrorCode.INTERNAL, message="internal error")
+            issuer, subject = decision.issuer, decision.subject
+            if isinstance(decision, Refusal):
+                refusal = decision
+            elif current is not None and (
+                decision.principal.tenant,
+                decision.principal.subject,
+                decision.principal.operator,
+            ) != (current.tenant, current.subject, current.operator):
+                refusal = Refusal(
+                    code=ErrorCode.FORBIDDEN,
+                    message="an exchanged token must name the connection's tenant and subject",
+                )
+            else:
+                principal = decision.principal
+                self.principal = principal
+                self._login_deadline = None
+                self.router.identify(self.conn_id, principal)
+                self._expires_at = principal.expires_at
+                left = 0.0 if principal.expires_at is None else principal.expires_at - now
+                felix.send_reply(
+                    m.TokenIssued(
+                        request_id=rid,
+                        token=decision.token,
+                        expires_in_ms=min(m.MAX_DURATION_MS, max(0, int(left * 1000))),
+                    )
+                )
+                self.observer.request_finished(token, kind, 0)
+                self.observer.token_exchanged(self.conn_id, issuer, subject, principal, 0, "")
+                if current is None:
+                    self.observer.handshake_accepted(self.conn_id, principal)
+                return
+        with contextlib.suppress(FelixProtoError):
+            felix.send_error(rid, int(refusal.code), refusal.message, details=refusal.details)
+        reason = str(refusal.details.get("reason", refusal.message))
+        self.observer.request_finished(token, kind, int(refusal.code))
+        self.observer.token_exchanged(
+            self.conn_id, issuer, subject, current, int(refusal.code), reason
+        )
+        if current is None:  # the login failed
+            self._login_deadline = None
+            felix.close(int(ErrorCode.UNAUTHENTICATED), f"missing or invalid token ({reason})")
+
+    def _not_logged_in(self, msg: m.Message) -> None:
+        """A request before the login by exchange: ``Error(UNAUTHENTICATED)``, reason
+        ``missing``."""
+        kind = request_kind(msg)
+        token = self.observer.request_started(kind)
+        rid = getattr(msg, "request_id", None)
+        if rid is not None:
+            with contextlib.suppress(FelixProtoError):
+                self.felix.send_error(
+                    rid,
+                    int(ErrorCode.UNAUTHENTICATED),
+                    "log in first: this connection has no credential (TokenExchange)",
+                    details={"reason": "missing"},
+                )
+        self.observer.request_finished(token, kind, int(ErrorCode.UNAUTHENTICATED))
 
     def _reauthenticate(self, msg: m.Reauthenticate, now: float) -> None:
         """Replace the connection's principal with the one of a new token (capability
@@ -429,8 +535,8 @@ class Session:
         error: tuple[int, str, dict[str, object]] | None = None
         if TOKEN_REFRESH not in self._agreed:
             error = (ErrorCode.UNEXPECTED_MESSAGE, f"{TOKEN_REFRESH} was not agreed", {})
-        elif current is None or felix.hello is None:  # pragma: no cover - after Welcome only
-            error = (ErrorCode.UNAUTHENTICATED, "no principal to renew", {})
+        elif current is None or felix.hello is None:  # not logged in (by exchange) yet
+            error = (ErrorCode.UNAUTHENTICATED, "no principal to renew", {"reason": "missing"})
         else:
             try:
                 decision = self._authenticate(replace(felix.hello, token=msg.token), now)
@@ -523,6 +629,12 @@ class Session:
         it completed, and any feed events), before the next request is read."""
         if type(msg) is m.Reauthenticate:  # the session's own business, not a route's
             self._reauthenticate(msg, now)
+            return
+        if type(msg) is m.TokenExchange:
+            self._token_exchange(msg, now)
+            return
+        if self.principal is None:  # accepted to log in by exchange, not logged in yet
+            self._not_logged_in(msg)
             return
         kind = request_kind(msg)
         number = self._next_request

@@ -67,6 +67,11 @@ MESSAGE_VECTORS: list[tuple[str, m.Message]] = [
     ("error_connection", m.Error(code=100, message="bad frame", retryable=False)),
     ("ok", m.Ok(request_id=1)),
     ("reauthenticate", m.Reauthenticate(request_id=2, token="eyJhbGciOiJFZERTQSJ9.e30.c2ln")),
+    ("token_exchange", m.TokenExchange(request_id=3, id_token="eyJhbGciOiJSUzI1NiJ9.e30.c2ln")),
+    (
+        "token_issued",
+        m.TokenIssued(request_id=3, token="eyJhbGciOiJFZERTQSJ9.e30.c2ln", expires_in_ms=900000),
+    ),
     (
         "publish",
         m.Publish(request_id=7, stream="created", payload=_P, tenant="acme", namespace="orders"),

@@ -87,6 +87,7 @@ def test_the_semantic_maxima() -> None:
     assert {
         (m.Hello, "max_frame_size"): 0xFFFF_FFFF,
         (m.GoAway, "deadline_ms"): m.MAX_DURATION_MS,
+        (m.TokenIssued, "expires_in_ms"): m.MAX_DURATION_MS,
         (m.Nack, "delay_ms"): m.MAX_DURATION_MS,
         (m.CachePut, "ttl_ms"): m.MAX_DURATION_MS,
     } == INT_MAXIMA

@@ -22,7 +22,7 @@ from felix_proto import ALPN
 from felix_proto import events as fe
 from felix_proto.client import ClientConnection
 from felix_runtime.tls import ensure_self_signed
-from felix_server.access import Authenticate
+from felix_server.access import Authenticate, Exchange
 from felix_server.config import ServerConfig, TransportConfig
 from felix_server.observer import ServerObserver
 from felix_server.server import FelixServer, make_quic_configuration
@@ -92,6 +92,7 @@ class MemoryNet:
         transport: TransportConfig | None = None,
         observer: ServerObserver | None = None,
         authenticate: Authenticate | None = None,
+        exchange: Exchange | None = None,
     ) -> None:
         files = ensure_self_signed(tmp)
         self.cafile = str(files.cert_path)
@@ -100,7 +101,12 @@ class MemoryNet:
         quic_config.load_cert_chain(str(files.cert_path), str(files.key_path))
         self.now = 1_000_000.0
         self.server = FelixServer(
-            config, quic_config, now=self.now, observer=observer, authenticate=authenticate
+            config,
+            quic_config,
+            now=self.now,
+            observer=observer,
+            authenticate=authenticate,
+            exchange=exchange,
         )
         self.broker = ThroughRouter(self.server.router)
         self.clients: dict[tuple[str, int], MemoryClient] = {}
