@@ -35,7 +35,7 @@ import importlib
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import anyio
@@ -47,8 +47,8 @@ from ._completion import SHELLS, command_tree, render
 from ._context_cli import add_context_commands, load_config, run_context_command
 from ._contexts import DEFAULT_METRICS_URL, SETTINGS, ConfigError, resolve
 from ._log_cli import add_log_commands, run_log_command
-from ._rbac_cli import RBAC_COMMANDS, add_rbac_commands
 from ._login_cli import cmd_login
+from ._rbac_cli import RBAC_COMMANDS, add_rbac_commands
 from ._token_cli import add_token_commands, run_token_command
 from ._url import DEFAULT_URL, parse_url
 from .errors import FelixError
@@ -453,6 +453,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ._top import run_top
 
         return run_top(args)
+    command: Callable[[argparse.Namespace], Awaitable[int]]
     if args.command == "login":
         command = cmd_login
     else:

@@ -190,6 +190,10 @@ async def _publisher(
                 out.append(Acked(result.first_offset, payloads, ack == AckMode.COMMITTED))
 
 
+FLOWING_TIMEOUT_S = 15.0
+"""How long a cycle waits for its first committed ack before the kill clock starts anyway."""
+
+
 async def _load(
     broker: Broker, cycle: int, publishers: int, batch: int, kill_at: float
 ) -> tuple[list[Acked], float]:
@@ -218,6 +222,11 @@ async def _load(
             acked,
             stop,
         )
+        # The kill instant is counted from the first committed ack, not from the start:
+        # on a loaded machine the connections alone can take longer than kill_at.
+        with anyio.move_on_after(FLOWING_TIMEOUT_S):
+            while not any(a.committed for a in acked):
+                await anyio.sleep(0.01)
         started = time.monotonic()
         await anyio.sleep(kill_at)
         # What was acked before the kill is what counts: copy, then kill.
@@ -440,6 +449,10 @@ async def _consume_load(
         tg.start_soon(_enqueuer, broker.url, broker.ca_file, f"c{cycle}-e", state, stop)
         for c in range(consumers):
             tg.start_soon(_consumer, broker.url, broker.ca_file, c % 2 == 0, state)
+        settled_before = len(state.done)
+        with anyio.move_on_after(FLOWING_TIMEOUT_S):  # the clock starts at the first ack
+            while len(state.done) == settled_before:
+                await anyio.sleep(0.01)
         started = time.monotonic()
         await anyio.sleep(kill_at)
         broker.kill()  # what was answered before this line is what counts

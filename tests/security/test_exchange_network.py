@@ -110,7 +110,7 @@ async def test_login_with_a_service_account_token(
         async with client(broker, id_token=sa_token(namespace="prod")):
             pass
     assert refused.value.details == {"reason": "no_matching_rule"}
-    broker.terminate()
+    broker.stop()
     events = audit_events(broker)
     outcomes = [(e["outcome"], e.get("id_subject"), e.get("reason")) for e in events]
     assert outcomes[0] == ("ok", "system:serviceaccount:ci:builder", "")

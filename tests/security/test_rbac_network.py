@@ -123,11 +123,11 @@ async def test_roles_survive_a_restart_and_their_changes_are_audited(
     async with client(broker, admin) as ops:
         await ops.admin.create("role", "writer", {"permissions": "publish:ns/s"})
         await ops.admin.create("binding", "alice", {"role": "writer", "subjects": ["alice"]})
-    assert broker.terminate() == 0
+    assert broker.stop() == 0
     broker = fresh_broker(*flags, data_dir=data)
     async with client(broker, issuer.token("alice")) as alice:
         await alice.publish("s", b"after a restart")
-    assert broker.terminate() == 0
+    assert broker.stop() == 0
     lines = [
         json.loads(line)
         for path in sorted((data / "audit").glob("audit-*.jsonl"))
