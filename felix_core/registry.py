@@ -21,11 +21,17 @@ from collections.abc import Iterator
 
 from felix_core.cache import CACHE_COUNTERS, CacheStats, CacheTotals
 from felix_core.errors import EngineError, NotFound
-from felix_core.events import EngineEvent
+from felix_core.events import EngineEvent, RequestRefused
 from felix_core.limits import BrokerConfig, MemoryBudget
 from felix_core.log import Log, LogStore
 from felix_core.metadata import Kind, Path, ResourceRecord
-from felix_core.partitions import CachePartition, Partition, QueuePartition, StreamPartition
+from felix_core.partitions import (
+    CachePartition,
+    Commits,
+    Partition,
+    QueuePartition,
+    StreamPartition,
+)
 from felix_core.queue_journal import STATE_SEGMENT_BYTES, state_path
 from felix_core.queues import Consumer, Queue, QueueContext, QueueKey, QueueStats, QueueTotals
 from felix_core.settings import BatchPolicy
@@ -203,9 +209,12 @@ class Registry:
         ended: list[Consumer] = []
         if isinstance(partition, StreamPartition):
             del self.streams[path]
+            self._refuse_waiting(partition.commits, kind, path)
             partition.close()
         elif isinstance(partition, QueuePartition):
             del self.queues[path]
+            self._refuse_waiting(partition.commits, kind, path)
+            self._refuse_waiting(partition.state_commits, kind, path)
             ended = partition.close()
             if partition.state_log is not None:
                 self.logs.drop_log(kind.value, state_path(path))
@@ -216,6 +225,18 @@ class Registry:
             partition.close()
         self.logs.drop_log(kind.value, path)
         return ended
+
+    def _refuse_waiting(self, commits: Commits, kind: Kind, path: Path) -> None:
+        """The resource goes with its files: what waited for an fsync can never be
+        committed, so it is answered now rather than left to the client's timeout."""
+        error = NotFound(
+            f"{kind.value} {'/'.join(path)} was deleted before the request was committed",
+            details={"kind": kind.value},
+        )
+        self.out.extend(
+            RequestRefused(connection_id=done.connection_id, request=done.request, error=error)
+            for done in commits.fail_all()
+        )
 
     # -- timers -----------------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ from storage_helpers import run_jobs
 from felix_core import Broker, BrokerConfig
 from felix_core import queue_journal as qj
 from felix_core.disklog import DiskLogStore, LogCommitted, LogFailed
-from felix_core.errors import StorageFailed, StorageFull
+from felix_core.errors import NotFound, StorageFailed, StorageFull
 from felix_core.events import (
     MessagesDelivered,
     RequestCompleted,
@@ -141,3 +141,23 @@ def test_a_committed_ack_whose_record_was_refused_is_refused() -> None:
     request = e.ack(cid, ids[1:])  # the checkpoint that follows makes up for the lost record
     e.run_jobs()
     assert type(e.answers()[request]) is RequestCompleted
+
+
+def test_committed_requests_still_waiting_when_their_resource_is_deleted_are_refused() -> None:
+    """Deleting a durable queue or stream answers what waited for its fsync (NOT_FOUND):
+    the files go with it, so the request can never be committed, and a client must not wait
+    for its timeout to learn that."""
+    e = Engine({"durability": "durable", "fsync": "none"})
+    cid, ids = e.deliveries(1)
+    e.calls.create("stream", "default", "default", "s", {"durability": "durable"}, now=1.0)
+    e.run_jobs()
+    e.answers()
+    ack = e.ack(cid, ids)
+    e.broker.publish(CONN, 200, "default", "default", "s", [b"x"], committed=True, now=1.0)
+    assert e.answers() == {}  # both wait for an fsync
+    e.calls.delete("queue", *Q, now=2.0)
+    e.calls.delete("stream", "default", "default", "s", now=2.0)
+    refused = {ev.request: ev for ev in e.calls.completions if isinstance(ev, RequestRefused)}
+    assert sorted(refused) == [ack, 200]
+    assert all(isinstance(r.error, NotFound) for r in refused.values())
+    assert "deleted before" in str(refused[200].error)
