@@ -18,6 +18,7 @@ In the style of the ``nats`` CLI and ``redis-cli``::
     felix --version
 
 Common flags (anywhere on the line): ``--server`` (``FELIX_SERVER``), ``--ca`` / ``--insecure``,
+``--cert`` / ``--cert-key`` (``FELIX_CERT``, ``FELIX_CERT_KEY``: mutual TLS),
 ``--token`` (``FELIX_TOKEN``), ``--tenant``, ``--namespace``, ``--context``, ``--output
 text|json``, ``--timeout``, ``--loop``, ``--quic-engine`` (``FELIX_QUIC_ENGINE``). Each
 setting comes from its flag, else its ``FELIX_*`` variable, else the selected context, else
@@ -94,6 +95,18 @@ def _common(parser: argparse.ArgumentParser) -> None:
         action="store_false",
         default=s,
         help="verify the certificate even if the context or FELIX_INSECURE says not to",
+    )
+    g.add_argument(
+        "--cert",
+        default=s,
+        metavar="FILE",
+        help="PEM client certificate for mutual TLS (env FELIX_CERT; with --cert-key)",
+    )
+    g.add_argument(
+        "--cert-key",
+        default=s,
+        metavar="FILE",
+        help="the private key of --cert (env FELIX_CERT_KEY)",
     )
     g.add_argument("--token", default=s, help="bearer token (env FELIX_TOKEN)")
     g.add_argument(

@@ -122,7 +122,7 @@ def log_started(
             "permission); confine it with SECRET=TENANT:PERMISSION ...",
             extra=log_fields(entries=",".join(map(str, bare))),
         )
-    if not config.auth_enabled:
+    if not (config.auth_enabled or config.tls_client_rules is not None):
         logger.warning(
             "authentication is off: every client may do everything"
             + ("" if is_loopback(quic[0]) else " (--insecure-no-auth)")

@@ -22,6 +22,11 @@ classes it names) decides:
 * certificates and keys: both load PEM files through ``load_cert_chain`` /
   ``load_verify_locations``; the development certificate suits both
   (:mod:`felix_runtime.tls`);
+* mutual TLS: aioquic's server asks for client certificates through Felix's connection
+  (:class:`felix_server.quic.FelixQuicConnection`, which also verifies the chain); qh3
+  2.1's server has no code to ask for one, so a broker refuses ``tls_client_ca`` with
+  qh3 (a configuration error) rather than serve without it. Clients of both engines
+  present a certificate (``cert_file``);
 * addresses: qh3 takes IP literals only; both sides pass the socket's own addresses.
 
 Nothing above this module (the runtimes, the server, the client) tests which engine runs.
@@ -102,9 +107,14 @@ class QuicEngine:
         max_stream_data: int,
         ca_file: str | None = None,
         insecure: bool = False,
+        cert_file: str | None = None,
+        key_file: str | None = None,
     ) -> Any:
         """A client's configuration: verify the server with ``ca_file`` (or the system's
-        store), or not at all when ``insecure``."""
+        store), or not at all when ``insecure``; present the certificate ``cert_file``
+        (with its key ``key_file``) when the broker asks for one (mutual TLS). Both engines
+        answer a ``CertificateRequest`` with it (or with an empty ``Certificate`` when none
+        is loaded)."""
         config = self.configuration_class(
             is_client=True,
             alpn_protocols=[ALPN],
@@ -119,6 +129,8 @@ class QuicEngine:
             config.verify_mode = ssl.CERT_NONE
         elif ca_file:
             config.load_verify_locations(cafile=ca_file)
+        if cert_file:
+            config.load_cert_chain(cert_file, key_file)
         return config
 
     def _tuning(self) -> dict[str, Any]:

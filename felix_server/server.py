@@ -90,7 +90,7 @@ from felix_core.metadata import MetadataStore
 from felix_proto import ALPN
 from felix_proto.connection import TOKEN_REFRESH
 from felix_proto.deadlines import Deadlines
-from felix_server.access import Authenticate, accept_anonymous
+from felix_server.access import Authenticate, accept_anonymous, for_connection
 from felix_server.batches import EncodedBatches
 from felix_server.config import ServerConfig
 from felix_server.drain import Drain
@@ -300,7 +300,7 @@ class FelixServer:
             router=self.router,
             observer=self.observer,
             limits=self._limits,
-            authenticate=self._authenticate,
+            authenticate=for_connection(self._authenticate, quic),
             batches=self.batches,
         )
         self._sessions[conn_id] = session
