@@ -1,0 +1,153 @@
+"""Mutual TLS over the network, on every runtime and with clients of both QUIC engines: no
+certificate, another CA, an expired certificate and a valid one (whose SPIFFE URI names the
+tenant and subject); ``optional`` client authentication with a token; the qh3 broker
+refusing ``tls_client_ca``."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from brokers import ROOT, Broker, FreshBroker, child_env
+from certs import DAY, Issued, TestCA
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from felix_client import Client, ConnectionLost, Forbidden, NotFound, Unauthenticated
+from felix_core.access import Permission
+from felix_runtime.tokens import issue_token
+
+pytestmark = pytest.mark.anyio
+
+RULES = (
+    "uri:spiffe://felix/tenant/{tenant}/sa/{subject} => admin publish:default/*;"
+    "cn:{subject} o:{tenant} => subscribe:default/*"
+)
+ENGINES = ("aioquic", "qh3")
+
+
+def mtls_broker(fresh_broker: FreshBroker, runtime: str, ca: TestCA, *flags: str) -> Broker:
+    if runtime.endswith("qh3"):
+        pytest.skip("qh3's server cannot ask for client certificates (refused at start-up)")
+    return fresh_broker(
+        "--tls-client-ca", str(ca.file), "--tls-client-rules", RULES, "--audit", "false", *flags
+    )
+
+
+def client(broker: Broker, issued: Issued | None, engine: str, **kwargs: Any) -> Client:
+    files = {}
+    if issued is not None:
+        files = {"cert_file": str(issued.cert_file), "key_file": str(issued.key_file)}
+    return Client(broker.url, quic_engine=engine, **broker.client_kwargs(), **files, **kwargs)
+
+
+async def refused(broker: Broker, issued: Issued | None, engine: str) -> str:
+    with pytest.raises(ConnectionLost) as lost:
+        async with client(broker, issued, engine, tenant="acme") as c:
+            await c.publish("orders", b"x")
+    return str(lost.value)
+
+
+async def test_client_certificates(fresh_broker: FreshBroker, runtime: str, tmp_path: Path) -> None:
+    ca, other = TestCA(tmp_path, "clients"), TestCA(tmp_path, "other")
+    broker = mtls_broker(fresh_broker, runtime, ca)
+    alice = ca.issue("alice", uris=("spiffe://felix/tenant/acme/sa/alice",))
+    reader = ca.issue("reader", cn="reader", o="acme")
+    forged = other.issue("forged", uris=("spiffe://felix/tenant/acme/sa/alice",))
+    expired = ca.issue(
+        "expired",
+        uris=("spiffe://felix/tenant/acme/sa/alice",),
+        not_before=-3 * DAY,
+        not_after=-DAY,
+    )
+    async with client(broker, alice, "aioquic") as c:  # the SPIFFE URI names the tenant
+        assert c.tenant == "default"
+        await c.admin.create("tenant", "acme", tenant="acme")
+        await c.admin.create("namespace", "default", tenant="acme")
+        await c.admin.create("stream", "orders", tenant="acme", namespace="default")
+    for engine in ENGINES:
+        assert "a client certificate is required" in await refused(broker, None, engine)
+        assert "client certificate refused" in await refused(broker, forged, engine)
+        assert "has expired" in await refused(broker, expired, engine)
+        async with client(broker, alice, engine, tenant="acme") as c:
+            await c.publish("orders", engine.encode())
+            with pytest.raises(NotFound):  # another tenant: as if it did not exist
+                await c.publish("orders", b"x", tenant="globex")
+            with pytest.raises(Forbidden, match="subscribe:default/orders"):
+                async with c.subscribe("orders", start="earliest"):
+                    pass
+        async with client(broker, reader, engine, tenant="acme") as c:  # CN / O rule
+            async with c.subscribe("orders", start="earliest") as sub:
+                assert (await anext(aiter(sub))).payload == b"aioquic"
+            with pytest.raises(Forbidden, match="publish:default/orders"):
+                await c.publish("orders", b"x")
+
+
+async def test_optional_client_certificates_with_tokens(
+    fresh_broker: FreshBroker, runtime: str, tmp_path: Path
+) -> None:
+    ca = TestCA(tmp_path, "clients")
+    key = Ed25519PrivateKey.generate()
+    key_file = tmp_path / "issuer.pem"
+    key_file.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    broker = mtls_broker(
+        fresh_broker,
+        runtime,
+        ca,
+        "--tls-client-auth",
+        "optional",
+        "--auth-issuer-key",
+        str(key_file),
+    )
+
+    def token(subject: str) -> str:
+        return issue_token(
+            key,
+            subject=subject,
+            tenant="acme",
+            now=time.time(),
+            ttl=600,
+            token_id=f"{subject}-token",
+            permissions=[Permission.parse("*")],
+        )
+
+    alice = ca.issue("alice", uris=("spiffe://felix/tenant/acme/sa/alice",))
+    async with client(broker, None, "aioquic", token=token("bob")) as c:  # no certificate
+        await c.admin.create("tenant", "acme")
+    async with client(broker, alice, "qh3", token=token("alice")) as c:  # both agree
+        await c.admin.create("namespace", "default")
+    with pytest.raises(Unauthenticated, match="certificate_mismatch"):
+        async with client(broker, alice, "aioquic", token=token("bob")) as c:
+            await c.admin.list("namespace")
+
+
+def test_the_qh3_broker_refuses_client_certificates(tmp_path: Path) -> None:
+    ca = TestCA(tmp_path, "clients")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "felix_runtime_asyncio",
+            "--quic-engine",
+            "qh3",
+            "--tls-client-ca",
+            str(ca.file),
+            "--print-config",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=ROOT,
+        env=child_env(),
+    )
+    assert result.returncode == 2
+    assert "tls_client_ca (mutual TLS) needs quic_engine aioquic" in result.stderr
