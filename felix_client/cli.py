@@ -397,7 +397,9 @@ def error_line(exc: BaseException) -> str:
     if isinstance(exc, FelixError):
         text = str(exc)
         low = text.lower()
-        if "certificate" in low or "verify" in low:
+        if "client certificate" in low:  # the broker refused ours (mutual TLS)
+            text += " (--cert FILE --cert-key FILE: a certificate of the broker's client CA)"
+        elif "certificate" in low or "verify" in low:
             text += " (pass --ca FILE with the broker's certificate, or --insecure)"
         return f"{PROG}: error: {text}"
     return f"{PROG}: error: {exc}"
