@@ -40,14 +40,23 @@ class TestCA:
 
     __test__ = False
 
-    def __init__(self, directory: Path, name: str = "test-ca") -> None:
+    def __init__(
+        self, directory: Path, name: str = "test-ca", parent: TestCA | None = None
+    ) -> None:
         self.directory = directory
         self.name = name
         self.key = ec.generate_private_key(ec.SECP256R1())
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-        self.certificate = self._ca(subject, self.key, subject, self.key)
+        if parent is None:
+            self.certificate = self._ca(subject, self.key, subject, self.key)
+        else:
+            self.certificate = self._ca(subject, self.key, parent.certificate.subject, parent.key)
         self.file = directory / f"{name}.pem"
         self.file.write_bytes(self.certificate.public_bytes(serialization.Encoding.PEM))
+
+    def intermediate(self, name: str) -> TestCA:
+        """A CA signed by this one."""
+        return TestCA(self.directory, name, parent=self)
 
     @staticmethod
     def _ca(

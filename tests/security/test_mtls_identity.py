@@ -45,6 +45,16 @@ def test_a_certificate_of_the_client_ca_verifies(ca: TestCA) -> None:
     assert identity.not_after == pytest.approx(issued.certificate.not_valid_after_utc.timestamp())
 
 
+def test_a_chain_through_an_intermediate_verifies_only_with_it(ca: TestCA) -> None:
+    intermediate = ca.intermediate("issuing")
+    issued = intermediate.issue("leaf", uris=("spiffe://felix/tenant/acme/sa/leaf",))
+    anchors = ClientCA(ca.file.read_bytes())
+    identity = anchors.verify(issued.certificate, [intermediate.certificate])
+    assert identity.uris == ("spiffe://felix/tenant/acme/sa/leaf",)
+    with pytest.raises(CertificateRefused, match="refused"):
+        anchors.verify(issued.certificate, [])  # the client left its intermediate out
+
+
 def test_a_certificate_without_subject_alternative_names_verifies(ca: TestCA) -> None:
     issued = ca.issue("plain", cn="bob", o="acme")
     identity = ClientCA(ca.file.read_bytes()).verify(issued.certificate, [])

@@ -64,6 +64,9 @@ async def test_client_certificates(fresh_broker: FreshBroker, runtime: str, tmp_
         not_before=-3 * DAY,
         not_after=-DAY,
     )
+    issuing = ca.intermediate("issuing")  # a chain: the client sends the intermediate too
+    chained = issuing.issue("chained", uris=("spiffe://felix/tenant/acme/sa/carol",))
+    chained.cert_file.write_bytes(chained.cert_file.read_bytes() + issuing.file.read_bytes())
     async with client(broker, alice, "aioquic") as c:  # the SPIFFE URI names the tenant
         assert c.tenant == "default"
         await c.admin.create("tenant", "acme", tenant="acme")
@@ -80,6 +83,8 @@ async def test_client_certificates(fresh_broker: FreshBroker, runtime: str, tmp_
             with pytest.raises(Forbidden, match="subscribe:default/orders"):
                 async with c.subscribe("orders", start="earliest"):
                     pass
+        async with client(broker, chained, engine, tenant="acme") as c:
+            await c.publish("orders", b"through an intermediate")
         async with client(broker, reader, engine, tenant="acme") as c:  # CN / O rule
             async with c.subscribe("orders", start="earliest") as sub:
                 assert (await anext(aiter(sub))).payload == b"aioquic"
