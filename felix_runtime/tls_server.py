@@ -99,14 +99,15 @@ class ServerTls:
         self._signature = self._stat()
         try:
             configuration, cert_path, generated = self._load()
+            sha256 = fingerprint(cert_path.read_bytes())
             ca_pem = None
             if self._config.tls_client_ca is not None:
                 ca_pem = Path(self._config.tls_client_ca).read_bytes()
                 ClientCA(ca_pem)  # parse it before anything changes
-        except (OSError, ValueError) as exc:
+        except Exception as exc:  # whatever the files hold, the broker goes on
             logger.error(
                 "TLS reload failed; the current certificate stays in use",
-                extra=log_fields(error=str(exc)),
+                extra=log_fields(error=f"{type(exc).__name__}: {exc}"),
             )
             return False
         server.quic_configuration = configuration
@@ -116,7 +117,7 @@ class ServerTls:
         self.fingerprint = generated
         logger.info(
             "TLS reloaded for new connections",
-            extra=log_fields(cert=cert_path, sha256=fingerprint(cert_path.read_bytes())),
+            extra=log_fields(cert=cert_path, sha256=sha256),
         )
         return True
 
