@@ -22,11 +22,12 @@ classes it names) decides:
 * certificates and keys: both load PEM files through ``load_cert_chain`` /
   ``load_verify_locations``; the development certificate suits both
   (:mod:`felix_runtime.tls`);
-* mutual TLS: aioquic's server asks for client certificates through Felix's connection
-  (:class:`felix_server.quic.FelixQuicConnection`, which also verifies the chain); qh3
-  2.1's server has no code to ask for one, so a broker refuses ``tls_client_ca`` with
-  qh3 (a configuration error) rather than serve without it. Clients of both engines
-  present a certificate (``cert_file``);
+* mutual TLS: both servers ask for client certificates through Felix's connection
+  classes, which verify the chain with the same function and answer a refusal with the
+  same alerts (aioquic requests and checks the ``CertificateVerify`` itself and leaves the
+  chain to the application; qh3 2.1's server has no client authentication at all, so
+  :class:`~felix_runtime.quic_qh3.FelixQh3Connection` adds the whole exchange). Clients of
+  both engines present a certificate (``cert_file``);
 * addresses: qh3 takes IP literals only; both sides pass the socket's own addresses.
 
 Nothing above this module (the runtimes, the server, the client) tests which engine runs.

@@ -282,11 +282,6 @@ class ServerConfig:
             raise ConfigError("tls_client_auth must be required or optional")
         if self.tls_client_rules is not None and self.tls_client_ca is None:
             raise ConfigError("tls_client_rules needs tls_client_ca")
-        if self.tls_client_ca is not None and self.quic_engine == "qh3":
-            raise ConfigError(
-                "tls_client_ca (mutual TLS) needs quic_engine aioquic: qh3's server cannot "
-                "ask for client certificates"
-            )
         if self.tls_reload_check_s < 0:
             raise ConfigError("tls_reload_check_s must be >= 0")
 
