@@ -134,6 +134,13 @@ def test_the_first_matching_rule_decides_and_no_match_is_none(ca: TestCA) -> Non
     assert map_identity(rules, stranger) is None
 
 
+def test_a_captured_tenant_must_be_a_tenant_name(ca: TestCA) -> None:
+    rules = parse_identity_rules("cn:{subject} o:{tenant} => admin")
+    for bad in (".hidden", "-dash", "x" * 129):
+        identity = identity_of(ca.issue("b", cn="bob", o=bad).certificate)
+        assert map_identity(rules, identity) is None
+
+
 def test_a_template_matches_whole_values_and_name_characters_only(ca: TestCA) -> None:
     rules = parse_identity_rules(SPIFFE)
     for uri in (
