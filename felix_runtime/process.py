@@ -19,6 +19,7 @@ from felix_runtime.credentials import broker_authenticator, parse_shared_secrets
 from felix_runtime.logs import configure_logging, log_fields, logger
 from felix_runtime.quic_engines import EngineMissing, load_engine
 from felix_runtime.tls import ensure_self_signed
+from felix_runtime.tls_clients import check_client_tls
 from felix_server.config import (
     ConfigError,
     ServerConfig,
@@ -51,6 +52,7 @@ def broker_main(
             list(args), os.environ, lambda p: Path(p).read_bytes(), prog=prog
         )
         broker_authenticator(config)  # the key files and secrets, read once to check them
+        check_client_tls(config)
     except ConfigError as exc:
         print(f"felix-broker: {exc}", file=sys.stderr)
         return 2

@@ -44,6 +44,7 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
@@ -60,11 +61,13 @@ from felix_server.access import (
     PeerAuthenticator,
     Refusal,
 )
+from felix_server.config import ConfigError, ServerConfig
 
 __all__ = [
     "ISSUER",
     "ClientCA",
     "IdentityRule",
+    "check_client_tls",
     "client_authenticator",
     "identity_of",
     "map_identity",
@@ -321,3 +324,25 @@ def client_authenticator(
         return replace(decision, expires_at=min(ends))
 
     return PeerAuthenticator(decide)
+
+
+def check_client_tls(config: ServerConfig) -> None:
+    """Check the mutual TLS settings a broker starts with: the client CA file reads and
+    holds certificates, and ``tls_client_rules`` parse.
+
+    Raises:
+        ConfigError: naming the setting (and the file).
+    """
+    if config.tls_client_ca is not None:
+        try:
+            ClientCA(Path(config.tls_client_ca).read_bytes())
+        except OSError as exc:
+            raise ConfigError(
+                f"tls_client_ca: {config.tls_client_ca}: {exc.strerror or exc}"
+            ) from None
+        except ValueError as exc:
+            raise ConfigError(f"tls_client_ca: {config.tls_client_ca}: {exc}") from None
+    try:
+        parse_identity_rules(config.tls_client_rules or "")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None

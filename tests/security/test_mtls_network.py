@@ -6,12 +6,14 @@ asks for client certificates through Felix's own code (``felix_runtime.quic_qh3`
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from brokers import Broker, FreshBroker
+from brokers import ROOT, Broker, FreshBroker, child_env
 from certs import DAY, Issued, TestCA
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -129,3 +131,37 @@ async def test_optional_client_certificates_with_tokens(
     with pytest.raises(Unauthenticated, match="certificate_mismatch"):
         async with client(broker, alice, "aioquic", token=token("bob")) as c:
             await c.admin.list("namespace")
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--tls-client-ca", "{missing}"], "tls_client_ca: {missing}: No such file"),
+        (["--tls-client-ca", "{garbage}"], "tls_client_ca: {garbage}: "),
+        (
+            ["--tls-client-ca", "{ca}", "--tls-client-rules", "cn:{{subject}} => admin"],
+            "tls_client_rules: rule 1: {{tenant}} must appear once",
+        ),
+        (["--tls-client-rules", "o:{{tenant}} => admin"], "tls_client_rules needs tls_client_ca"),
+        (["--tls-client-ca", "{ca}", "--tls-client-auth", "maybe"], "required or optional"),
+    ],
+)
+def test_bad_client_tls_settings_stop_the_broker(
+    tmp_path: Path, flags: list[str], message: str
+) -> None:
+    ca = TestCA(tmp_path, "clients")
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate")
+    names = {"missing": str(tmp_path / "nope.pem"), "garbage": str(garbage), "ca": str(ca.file)}
+    result = subprocess.run(
+        [sys.executable, "-m", "felix_runtime_asyncio", "--print-config"]
+        + [f.format(**names) for f in flags],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=ROOT,
+        env=child_env(),
+    )
+    assert result.returncode == 2, result.stderr
+    assert message.format(**names) in result.stderr
