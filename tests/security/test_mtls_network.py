@@ -165,3 +165,16 @@ def test_bad_client_tls_settings_stop_the_broker(
     )
     assert result.returncode == 2, result.stderr
     assert message.format(**names) in result.stderr
+
+
+def test_the_client_takes_its_certificate_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with pytest.raises(ValueError, match="cert_file and key_file go together"):
+        Client("quic://127.0.0.1:7447", cert_file="client.pem")
+    monkeypatch.setenv("FELIX_CERT", "env.pem")
+    monkeypatch.setenv("FELIX_CERT_KEY", "env.key")
+    options = Client("quic://127.0.0.1:7447")._options
+    assert (options.cert_file, options.key_file) == ("env.pem", "env.key")
+    options = Client("quic://127.0.0.1:7447", cert_file="a.pem", key_file="a.key")._options
+    assert (options.cert_file, options.key_file) == ("a.pem", "a.key")
