@@ -264,6 +264,7 @@ class FelixQh3Connection(QuicConnection):
             schedule.update_hash(data)
             if not certificate.certificates:
                 if policy.required:
+                    policy.refused("missing")
                     raise _AlertCertificateRequired("a client certificate is required")
                 expecting[0] = "finished"
                 return
@@ -294,5 +295,6 @@ class FelixQh3Connection(QuicConnection):
         try:
             self.client_identity = policy.verify(leaf, chain)
         except CertificateRefused as exc:
+            policy.refused(exc.reason)
             raise _ALERTS.get(exc.reason, tls.AlertBadCertificate)(str(exc)) from None
         expecting[0] = "finished"

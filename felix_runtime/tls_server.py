@@ -57,11 +57,16 @@ class ServerTls:
         self._engine = load_engine(config.quic_engine)
         self.client_ca: ClientCA | None = None
         """The client CA (mutual TLS), None without ``tls_client_ca``."""
+        self.on_refused: Callable[[str], None] = lambda reason: None
+        """Told the reason of every refused client certificate (the runtime sets it to its
+        observer's ``client_certificate_refused``: a metric)."""
         factory: Callable[..., QuicConnectionLike] = self._engine.server_connection
         if config.tls_client_ca is not None:
             self.client_ca = ClientCA(Path(config.tls_client_ca).read_bytes())
             policy = ClientCertificates(
-                verify=self.client_ca.verify, required=config.tls_client_auth == "required"
+                verify=self.client_ca.verify,
+                required=config.tls_client_auth == "required",
+                refused=self._refused,
             )
             factory = functools.partial(factory, client_certificates=policy)
         self.connection_factory = factory
@@ -73,6 +78,9 @@ class ServerTls:
         """The development certificate's SHA-256 fingerprint ("" when configured)."""
         self.configuration, self.cert_path, self.fingerprint = self._load()
         self._signature = self._stat()
+
+    def _refused(self, reason: str) -> None:
+        self.on_refused(reason)  # looked up at each call: set after the connections' policy
 
     def files(self) -> list[Path]:
         """The files the material comes from (certificate, key, client CA)."""

@@ -139,6 +139,8 @@ class ClientCertificates:
     required: bool
     """A client without a certificate fails the handshake (else it may go on and
     authenticate with a token)."""
+    refused: Callable[[str], None] = lambda reason: None
+    """Told the :attr:`CertificateRefused.reason` of each refused handshake (a metric)."""
 
 
 PeerDecision = Callable[[m.Hello, float, ClientIdentity | None], Principal | Refusal]

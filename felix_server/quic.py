@@ -166,6 +166,7 @@ class FelixQuicConnection(QuicConnection):
         def certificate(input_buf: Any) -> None:
             handle_certificate(input_buf)
             if policy.required and context._peer_certificate is None:
+                policy.refused("missing")
                 raise _ALERTS["missing"]("a client certificate is required")
 
         def certificate_verify(input_buf: Any) -> None:
@@ -176,6 +177,7 @@ class FelixQuicConnection(QuicConnection):
                     context._peer_certificate, list(context._peer_certificate_chain)
                 )
             except CertificateRefused as exc:
+                policy.refused(exc.reason)
                 raise _ALERTS.get(exc.reason, tls.AlertBadCertificate)(str(exc)) from None
             self.client_identity = identity
 

@@ -6,12 +6,15 @@ asks for client certificates through Felix's own code (``felix_runtime.quic_qh3`
 
 from __future__ import annotations
 
+import contextlib
+import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from brokers import ROOT, Broker, FreshBroker, child_env
 from certs import DAY, Issued, TestCA
@@ -42,6 +45,20 @@ def client(broker: Broker, issued: Issued | None, engine: str, **kwargs: Any) ->
     if issued is not None:
         files = {"cert_file": str(issued.cert_file), "key_file": str(issued.key_file)}
     return Client(broker.url, quic_engine=engine, **broker.client_kwargs(), **files, **kwargs)
+
+
+async def refusals(broker: Broker) -> dict[str, int]:
+    """``felix_tls_client_refused_total`` by reason, from the broker's ``/metrics``."""
+    host, port = broker.metrics
+    with anyio.fail_after(10):
+        async with await anyio.connect_tcp(host, port) as stream:
+            await stream.send(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            data = b""
+            with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError):
+                while True:
+                    data += await stream.receive()
+    found = re.findall(r'felix_tls_client_refused_total\{reason="(\w+)"\} (\S+)', data.decode())
+    return {reason: int(float(value)) for reason, value in found}
 
 
 async def refused(broker: Broker, issued: Issued | None, engine: str) -> str:
@@ -75,6 +92,13 @@ async def test_client_certificates(fresh_broker: FreshBroker, runtime: str, tmp_
         assert "a client certificate is required" in await refused(broker, None, engine)
         assert "client certificate refused" in await refused(broker, forged, engine)
         assert "has expired" in await refused(broker, expired, engine)
+    assert await refusals(broker) == {
+        "missing": 2,
+        "untrusted": 2,
+        "expired": 2,
+        "not_yet_valid": 0,
+    }
+    for engine in ENGINES:
         async with client(broker, alice, engine, tenant="acme") as c:
             await c.publish("orders", engine.encode())
             with pytest.raises(NotFound):  # another tenant: as if it did not exist
