@@ -102,6 +102,16 @@ _ALERTS: dict[str, type[tls.Alert]] = {
 """The TLS alert for each refusal reason (as :mod:`felix_server.quic` sends them)."""
 
 _PKCS1 = frozenset({0x0201, 0x0401, 0x0501, 0x0601})  # not allowed in CertificateVerify
+_ED25519 = 0x0807  # not in qh3's default list; aioquic's server accepts it from clients
+
+
+def _requested(context: tls.Context) -> list[int]:
+    """The signature algorithms a client's ``CertificateVerify`` may use: the server's
+    own, less RSA PKCS#1 v1.5 (RFC 8446 §4.4.3), plus Ed25519 (as aioquic's)."""
+    algorithms = [a for a in context._signature_algorithms if a not in _PKCS1]
+    return algorithms if _ED25519 in algorithms else [*algorithms, _ED25519]
+
+
 _CLIENT_CONTEXT = b"TLS 1.3, client CertificateVerify"
 
 _REQUESTING: ContextVar[tls.Context | None] = ContextVar("felix_qh3_requesting", default=None)
@@ -113,7 +123,7 @@ _push_encrypted_extensions = tls.push_encrypted_extensions
 
 def _certificate_request(algorithms: list[int]) -> bytes:
     """A TLS 1.3 ``CertificateRequest`` (empty context, ``signature_algorithms``)."""
-    listed = b"".join(struct.pack("!H", a) for a in algorithms if a not in _PKCS1)
+    listed = b"".join(struct.pack("!H", a) for a in algorithms)
     extension = struct.pack("!HHH", 13, len(listed) + 2, len(listed)) + listed
     body = b"\x00" + struct.pack("!H", len(extension)) + extension
     return bytes([13]) + len(body).to_bytes(3, "big") + body
@@ -123,7 +133,7 @@ def _push_encrypted_extensions_and_request(buf: Buffer, extensions: Any) -> None
     _push_encrypted_extensions(buf, extensions)
     context = _REQUESTING.get()
     if context is not None:  # hashed with the EncryptedExtensions: the same transcript
-        buf.push_bytes(_certificate_request(context._signature_algorithms))
+        buf.push_bytes(_certificate_request(_requested(context)))
         context._alps_negotiated = True  # no anticipated client Finished (see above)
 
 
@@ -274,7 +284,7 @@ class FelixQh3Connection(QuicConnection):
         if data[0] != tls.HandshakeType.CERTIFICATE_VERIFY:
             raise tls.AlertUnexpectedMessage("expected the client's CertificateVerify")
         verify = tls.pull_certificate_verify(Buffer(data=data))
-        if verify.algorithm not in context._signature_algorithms or verify.algorithm in _PKCS1:
+        if verify.algorithm not in _requested(context):
             raise tls.AlertDecryptError("CertificateVerify has an algorithm we did not ask for")
         leaf_der, *chain_ders = self._peer_ders
         try:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 DAY = datetime.timedelta(days=1)
@@ -19,7 +19,18 @@ def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
 
-def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
+Key = ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey
+
+
+def _new_key(kind: str) -> Key:
+    if kind == "ed25519":
+        return ed25519.Ed25519PrivateKey.generate()
+    if kind == "rsa":
+        return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _pem_key(key: Key) -> bytes:
     return key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
@@ -30,7 +41,7 @@ class Issued:
     """A certificate and its key, written as PEM files."""
 
     certificate: x509.Certificate
-    key: ec.EllipticCurvePrivateKey
+    key: Key
     cert_file: Path
     key_file: Path
 
@@ -109,11 +120,13 @@ class TestCA:
         server: bool = False,
         not_before: datetime.timedelta = -DAY,
         not_after: datetime.timedelta = 10 * DAY,
+        key_type: str = "ec",
     ) -> Issued:
         """An end-entity certificate signed by this CA (a client one, or with ``server`` a
         broker one for ``localhost`` / ``127.0.0.1``), valid from ``now + not_before`` to
-        ``now + not_after``."""
-        key = ec.generate_private_key(ec.SECP256R1())
+        ``now + not_after``; its key is ECDSA P-256, or ``key_type`` ``ed25519`` or
+        ``rsa``."""
+        key = _new_key(key_type)
         attributes = [x509.NameAttribute(NameOID.COMMON_NAME, cn)]
         if o is not None:
             attributes.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, o))

@@ -72,7 +72,10 @@ async def test_client_certificates(fresh_broker: FreshBroker, runtime: str, tmp_
     ca, other = TestCA(tmp_path, "clients"), TestCA(tmp_path, "other")
     broker = mtls_broker(fresh_broker, runtime, ca)
     alice = ca.issue("alice", uris=("spiffe://felix/tenant/acme/sa/alice",))
-    reader = ca.issue("reader", cn="reader", o="acme")
+    readers = [  # the key types clients use: each engine's server must accept them all
+        ca.issue(f"reader-{kind}", cn="reader", o="acme", key_type=kind)
+        for kind in ("ec", "ed25519", "rsa")
+    ]
     forged = other.issue("forged", uris=("spiffe://felix/tenant/acme/sa/alice",))
     expired = ca.issue(
         "expired",
@@ -108,11 +111,12 @@ async def test_client_certificates(fresh_broker: FreshBroker, runtime: str, tmp_
                     pass
         async with client(broker, chained, engine, tenant="acme") as c:
             await c.publish("orders", b"through an intermediate")
-        async with client(broker, reader, engine, tenant="acme") as c:  # CN / O rule
-            async with c.subscribe("orders", start="earliest") as sub:
-                assert (await anext(aiter(sub))).payload == b"aioquic"
-            with pytest.raises(Forbidden, match="publish:default/orders"):
-                await c.publish("orders", b"x")
+        for reader in readers:
+            async with client(broker, reader, engine, tenant="acme") as c:  # CN / O rule
+                async with c.subscribe("orders", start="earliest") as sub:
+                    assert (await anext(aiter(sub))).payload == b"aioquic"
+                with pytest.raises(Forbidden, match="publish:default/orders"):
+                    await c.publish("orders", b"x")
 
 
 async def test_optional_client_certificates_with_tokens(
