@@ -165,10 +165,11 @@ def load_engine(name: str = DEFAULT_ENGINE) -> QuicEngine:
         ) from exc
     register_events(events)
     server: Callable[..., QuicConnectionLike]
+    client: Callable[..., Any] = connection.QuicConnection
     if name == "qh3":
-        from felix_runtime.quic_qh3 import FelixQh3Connection
+        from felix_runtime.quic_qh3 import FelixQh3ClientConnection, FelixQh3Connection
 
-        server = FelixQh3Connection
+        server, client = FelixQh3Connection, FelixQh3ClientConnection
         versions: tuple[int, ...] = (packet.QuicProtocolVersion.VERSION_1,)
     else:
         from felix_server.quic import FelixQuicConnection
@@ -180,7 +181,7 @@ def load_engine(name: str = DEFAULT_ENGINE) -> QuicEngine:
         version=metadata.version(name),
         configuration_class=configuration.QuicConfiguration,
         server_connection=server,
-        client_connection=connection.QuicConnection,
+        client_connection=client,
         supported_versions=versions,
     )
 

@@ -63,9 +63,10 @@ from qh3.quic.tls_bridge import QuicTlsBridge
 
 from felix_server.access import CertificateRefused, ClientCertificates, ClientIdentity
 
-__all__ = ["FelixQh3Connection"]
+__all__ = ["FelixQh3ClientConnection", "FelixQh3Connection"]
 
 _NOT_BUILT_YET = "packet builder capacity exhausted"
+_CLOSED = "connection is closed"
 
 
 class _QuietPeerClose(logging.Filter):
@@ -138,6 +139,22 @@ def _push_encrypted_extensions_and_request(buf: Buffer, extensions: Any) -> None
 
 
 tls.push_encrypted_extensions = _push_encrypted_extensions_and_request
+
+
+class FelixQh3ClientConnection(QuicConnection):
+    """qh3's client connection with aioquic's contract for a write after the peer closed:
+    the data is dropped and the ``ConnectionTerminated`` event says what happened. qh3's
+    core raises ``QuicConnectionError`` ("connection is closed") instead, which the client's
+    loop would take for a bug; a broker that refuses the client's certificate closes the
+    connection just after the client's side of the handshake completed, when the client
+    is writing its ``Hello`` (mutual TLS, :mod:`felix_server.quic`)."""
+
+    def send_stream_data(self, stream_id: int, data: Any, end_stream: bool = False) -> None:
+        try:
+            super().send_stream_data(stream_id, data, end_stream)
+        except QuicConnectionError as exc:
+            if exc.reason_phrase != _CLOSED:
+                raise
 
 
 class FelixQh3Connection(QuicConnection):
