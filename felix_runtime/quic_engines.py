@@ -16,6 +16,9 @@ classes it names) decides:
   333 ms initial RTT), so every one Felix relies on is set. qh3 speaks QUIC v1 only;
 * server connections: :class:`felix_server.quic.FelixQuicConnection` (aioquic) and
   :class:`felix_runtime.quic_qh3.FelixQh3Connection` (qh3), each with Felix's ALPN rule;
+* client connections: aioquic's own, and
+  :class:`felix_runtime.quic_qh3.FelixQh3ClientConnection` (qh3's, dropping a write after
+  the peer closed as aioquic does, rather than raising);
 * events: loading an engine registers its event classes with
   :data:`felix_server.quic_engine.EVENTS`, which the broker's session and the client test
   events against; back-pressure and credit: :mod:`felix_server.quic_engine`;
