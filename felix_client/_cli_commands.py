@@ -67,6 +67,8 @@ def _client(args: argparse.Namespace, **extra: Any) -> Client:
         args.server,
         ca_file=args.ca,
         insecure=args.insecure,
+        cert_file=getattr(args, "cert", None),
+        key_file=getattr(args, "cert_key", None),
         token=args.token,
         tenant=args.tenant,
         namespace=args.namespace,

@@ -88,6 +88,10 @@ class TransportOptions:
     """A PEM file of certificates to trust (the broker's self-signed certificate, say)."""
     insecure: bool = False
     """Skip certificate verification (development only)."""
+    cert_file: str | None = None
+    """A PEM certificate (chain) to present when the broker asks for one (mutual TLS)."""
+    key_file: str | None = None
+    """The private key of ``cert_file`` (PEM)."""
     server_name: str | None = None
     """TLS server name (SNI and verification); defaults to the URL's host."""
     max_datagram_size: int = 1452
@@ -228,6 +232,8 @@ class QuicTransport:
             max_stream_data=options.max_stream_data,
             ca_file=options.ca_file,
             insecure=options.insecure,
+            cert_file=options.cert_file,
+            key_file=options.key_file,
         )
         sock = await _UdpSocket.connect(host, port)
         quic = engine.client_connection(configuration=config)

@@ -21,6 +21,7 @@ In the style of the ``nats`` CLI and ``redis-cli``::
     felix --version
 
 Common flags (anywhere on the line): ``--server`` (``FELIX_SERVER``), ``--ca`` / ``--insecure``,
+``--cert`` / ``--cert-key`` (``FELIX_CERT``, ``FELIX_CERT_KEY``: mutual TLS),
 ``--token`` (``FELIX_TOKEN``), ``--tenant``, ``--namespace``, ``--context``, ``--output
 text|json``, ``--timeout``, ``--loop``, ``--quic-engine`` (``FELIX_QUIC_ENGINE``). Each
 setting comes from its flag, else its ``FELIX_*`` variable, else the selected context, else
@@ -99,6 +100,18 @@ def _common(parser: argparse.ArgumentParser) -> None:
         action="store_false",
         default=s,
         help="verify the certificate even if the context or FELIX_INSECURE says not to",
+    )
+    g.add_argument(
+        "--cert",
+        default=s,
+        metavar="FILE",
+        help="PEM client certificate for mutual TLS (env FELIX_CERT; with --cert-key)",
+    )
+    g.add_argument(
+        "--cert-key",
+        default=s,
+        metavar="FILE",
+        help="the private key of --cert (env FELIX_CERT_KEY)",
     )
     g.add_argument("--token", default=s, help="bearer token (env FELIX_TOKEN)")
     g.add_argument(
@@ -408,7 +421,9 @@ def error_line(exc: BaseException) -> str:
     if isinstance(exc, FelixError):
         text = str(exc)
         low = text.lower()
-        if "certificate" in low or "verify" in low:
+        if "client certificate" in low:  # the broker refused ours (mutual TLS)
+            text += " (--cert FILE --cert-key FILE: a certificate of the broker's client CA)"
+        elif "certificate" in low or "verify" in low:
             text += " (pass --ca FILE with the broker's certificate, or --insecure)"
         return f"{PROG}: error: {text}"
     return f"{PROG}: error: {exc}"

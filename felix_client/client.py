@@ -21,6 +21,7 @@ inside each, over several request streams, so concurrent gets do not wait on eac
 from __future__ import annotations
 
 import itertools
+import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
@@ -120,6 +121,9 @@ class Client:
         ca_file: PEM file of certificates to trust (the broker prints the path of its
             self-signed certificate at start).
         insecure: skip certificate verification (development only).
+        cert_file, key_file: a PEM client certificate (chain) and its key, presented when
+            the broker asks for one (mutual TLS); when omitted, ``$FELIX_CERT`` and
+            ``$FELIX_CERT_KEY``.
         server_name: TLS server name, when it differs from the URL's host.
         token: bearer token for the handshake.
         token_provider: returns a fresh token (a function, or a coroutine function). With
@@ -166,6 +170,8 @@ class Client:
         *,
         ca_file: str | None = None,
         insecure: bool = False,
+        cert_file: str | None = None,
+        key_file: str | None = None,
         server_name: str | None = None,
         token: str | None = None,
         token_provider: Callable[[], str | Awaitable[str]] | None = None,
@@ -189,6 +195,10 @@ class Client:
             raise ValueError("timeout and idle_timeout must be positive")
         if keepalive is not None and keepalive < 0:
             raise ValueError("keepalive must be positive (or None: no keep-alive)")
+        cert_file = cert_file or os.environ.get("FELIX_CERT") or None
+        key_file = key_file or os.environ.get("FELIX_CERT_KEY") or None
+        if (cert_file is None) != (key_file is None):
+            raise ValueError("cert_file and key_file go together (FELIX_CERT, FELIX_CERT_KEY)")
         self.address: BrokerAddress = parse_url(url or default_url())
         self._tenant_given = tenant is not None
         self.tenant = tenant or token_tenant(token) or "default"
@@ -210,6 +220,8 @@ class Client:
         self._options = TransportOptions(
             ca_file=ca_file,
             insecure=insecure,
+            cert_file=cert_file,
+            key_file=key_file,
             server_name=server_name,
             max_datagram_size=max_datagram_size,
             idle_timeout=idle_timeout,

@@ -20,6 +20,7 @@ from felix_runtime.exchange import broker_exchange
 from felix_runtime.logs import configure_logging, log_fields, logger
 from felix_runtime.quic_engines import EngineMissing, load_engine
 from felix_runtime.tls import ensure_self_signed
+from felix_runtime.tls_clients import check_client_tls
 from felix_server.config import (
     ConfigError,
     ServerConfig,
@@ -53,6 +54,7 @@ def broker_main(
         )
         broker_authenticator(config)  # the key files and secrets, read once to check them
         broker_exchange(config, fetch_keys=False)  # the exchange's issuers and rules
+        check_client_tls(config)
     except ConfigError as exc:
         print(f"felix-broker: {exc}", file=sys.stderr)
         return 2
@@ -124,7 +126,7 @@ def log_started(
             "permission); confine it with SECRET=TENANT:PERMISSION ...",
             extra=log_fields(entries=",".join(map(str, bare))),
         )
-    if not config.auth_enabled:
+    if not (config.auth_enabled or config.tls_client_rules is not None):
         logger.warning(
             "authentication is off: every client may do everything"
             + ("" if is_loopback(quic[0]) else " (--insecure-no-auth)")

@@ -322,6 +322,14 @@ class PrometheusObserver(ServerObserver):
         self.handshakes = Counter(
             "felix_handshakes", "Felix handshakes, by result", ["result"], registry=registry
         )
+        self.tls_client_refused = Counter(
+            "felix_tls_client_refused",
+            "Client certificates refused during the TLS handshake (mutual TLS), by reason",
+            ["reason"],
+            registry=registry,
+        )
+        for reason in ("missing", "untrusted", "expired", "not_yet_valid"):
+            self.tls_client_refused.labels(reason)  # exported at 0 from the start
         self.requests = _RequestMetrics(_LATENCY_BUCKETS)
         registry.register(self.requests)
         self.publish_requests = Counter(
@@ -458,6 +466,12 @@ class PrometheusObserver(ServerObserver):
 
     def handshake_failed(self, error_code: int) -> None:
         self.handshakes.labels(str(error_code)).inc()
+
+    def client_certificate_refused(self, reason: str) -> None:
+        """A client certificate was refused in the TLS handshake (``missing``,
+        ``expired``, ``not_yet_valid``, ``untrusted``): mutual TLS, before any Felix
+        message, so no handshake of :meth:`handshake_failed` counts it."""
+        self.tls_client_refused.labels(reason).inc()
 
     def request_started(self, kind: str) -> object:
         return _perf_counter()

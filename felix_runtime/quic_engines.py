@@ -16,12 +16,21 @@ classes it names) decides:
   333 ms initial RTT), so every one Felix relies on is set. qh3 speaks QUIC v1 only;
 * server connections: :class:`felix_server.quic.FelixQuicConnection` (aioquic) and
   :class:`felix_runtime.quic_qh3.FelixQh3Connection` (qh3), each with Felix's ALPN rule;
+* client connections: aioquic's own, and
+  :class:`felix_runtime.quic_qh3.FelixQh3ClientConnection` (qh3's, dropping a write after
+  the peer closed as aioquic does, rather than raising);
 * events: loading an engine registers its event classes with
   :data:`felix_server.quic_engine.EVENTS`, which the broker's session and the client test
   events against; back-pressure and credit: :mod:`felix_server.quic_engine`;
 * certificates and keys: both load PEM files through ``load_cert_chain`` /
   ``load_verify_locations``; the development certificate suits both
   (:mod:`felix_runtime.tls`);
+* mutual TLS: both servers ask for client certificates through Felix's connection
+  classes, which verify the chain with the same function and answer a refusal with the
+  same alerts (aioquic requests and checks the ``CertificateVerify`` itself and leaves the
+  chain to the application; qh3 2.1's server has no client authentication at all, so
+  :class:`~felix_runtime.quic_qh3.FelixQh3Connection` adds the whole exchange). Clients of
+  both engines present a certificate (``cert_file``);
 * addresses: qh3 takes IP literals only; both sides pass the socket's own addresses.
 
 Nothing above this module (the runtimes, the server, the client) tests which engine runs.
@@ -102,9 +111,14 @@ class QuicEngine:
         max_stream_data: int,
         ca_file: str | None = None,
         insecure: bool = False,
+        cert_file: str | None = None,
+        key_file: str | None = None,
     ) -> Any:
         """A client's configuration: verify the server with ``ca_file`` (or the system's
-        store), or not at all when ``insecure``."""
+        store), or not at all when ``insecure``; present the certificate ``cert_file``
+        (with its key ``key_file``) when the broker asks for one (mutual TLS). Both engines
+        answer a ``CertificateRequest`` with it (or with an empty ``Certificate`` when none
+        is loaded)."""
         config = self.configuration_class(
             is_client=True,
             alpn_protocols=[ALPN],
@@ -119,6 +133,8 @@ class QuicEngine:
             config.verify_mode = ssl.CERT_NONE
         elif ca_file:
             config.load_verify_locations(cafile=ca_file)
+        if cert_file:
+            config.load_cert_chain(cert_file, key_file)
         return config
 
     def _tuning(self) -> dict[str, Any]:
@@ -152,10 +168,11 @@ def load_engine(name: str = DEFAULT_ENGINE) -> QuicEngine:
         ) from exc
     register_events(events)
     server: Callable[..., QuicConnectionLike]
+    client: Callable[..., Any] = connection.QuicConnection
     if name == "qh3":
-        from felix_runtime.quic_qh3 import FelixQh3Connection
+        from felix_runtime.quic_qh3 import FelixQh3ClientConnection, FelixQh3Connection
 
-        server = FelixQh3Connection
+        server, client = FelixQh3Connection, FelixQh3ClientConnection
         versions: tuple[int, ...] = (packet.QuicProtocolVersion.VERSION_1,)
     else:
         from felix_server.quic import FelixQuicConnection
@@ -167,7 +184,7 @@ def load_engine(name: str = DEFAULT_ENGINE) -> QuicEngine:
         version=metadata.version(name),
         configuration_class=configuration.QuicConfiguration,
         server_connection=server,
-        client_connection=connection.QuicConnection,
+        client_connection=client,
         supported_versions=versions,
     )
 

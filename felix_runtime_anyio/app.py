@@ -23,9 +23,10 @@ from felix_runtime.audit import broker_observer
 from felix_runtime.credentials import broker_authenticator
 from felix_runtime.exchange import broker_exchange
 from felix_runtime.logs import log_fields, logger
-from felix_runtime.process import broker_main, load_certificate, log_started
-from felix_runtime.quic_engines import server_quic
+from felix_runtime.process import broker_main, log_started
 from felix_runtime.storage import build_server, open_storage
+from felix_runtime.tls_clients import client_authenticator, parse_identity_rules
+from felix_runtime.tls_server import ServerTls
 from felix_runtime_anyio.http import AnyioMetricsServer
 from felix_runtime_anyio.runtime import AnyioUdpRuntime
 from felix_server.config import ServerConfig
@@ -40,12 +41,13 @@ PROG = "felix broker --runtime anyio [--backend {asyncio,trio}]"
 
 async def run(config: ServerConfig) -> int:
     """Serve until SIGTERM or SIGINT, then shut down gracefully; returns the exit code.
+    SIGHUP reloads the TLS certificate, key and client CA (so does a change of those files).
 
     Runs under whichever anyio backend called it.
     """
-    quic_config, connection_factory = server_quic(config)
-    cert, fingerprint = load_certificate(config, quic_config)
+    tls = ServerTls(config)
     observer, close_audit = broker_observer(config)
+    tls.on_refused = observer.client_certificate_refused
     try:
         storage = open_storage(config, on_append=observer.storage_appended)
     except BaseException:
@@ -53,11 +55,13 @@ async def run(config: ServerConfig) -> int:
         raise
     server, recovery_s = build_server(
         config,
-        quic_config,
+        tls.configuration,
         storage,
         observer,
-        connection_factory=connection_factory,
-        authenticate=broker_authenticator(config),
+        connection_factory=tls.connection_factory,
+        authenticate=client_authenticator(
+            parse_identity_rules(config.tls_client_rules or ""), broker_authenticator(config)
+        ),
         exchange=broker_exchange(config),
     )
     observer.attach(server)
@@ -71,11 +75,23 @@ async def run(config: ServerConfig) -> int:
         async with anyio.create_task_group() as tg:
             tg.start_soon(metrics.serve)
             tg.start_soon(runtime.serve)
-            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            if config.tls_reload_check_s > 0:
+                tg.start_soon(_watch_tls, tls, server, config.tls_reload_check_s)
+            with anyio.open_signal_receiver(
+                signal.SIGTERM, signal.SIGINT, signal.SIGHUP
+            ) as signals:
                 log_started(
-                    config, bound, metrics.address, cert, fingerprint, f"anyio/{_backend_name()}"
+                    config,
+                    bound,
+                    metrics.address,
+                    tls.cert_path,
+                    tls.fingerprint,
+                    f"anyio/{_backend_name()}",
                 )
                 async for signum in signals:
+                    if signum == signal.SIGHUP:
+                        tls.reload(server)
+                        continue
                     logger.info(
                         "signal received, shutting down",
                         extra=log_fields(signal=signal.Signals(signum).name),
@@ -96,6 +112,14 @@ async def run(config: ServerConfig) -> int:
             await metrics.aclose()
     logger.info("felix broker stopped")
     return 0
+
+
+async def _watch_tls(tls: ServerTls, server: object, every: float) -> None:
+    """Reload the TLS material when one of its files changes (checked every ``every`` s)."""
+    while True:
+        await anyio.sleep(every)
+        if tls.changed():
+            tls.reload(server)
 
 
 def _backend_name() -> str:

@@ -19,10 +19,11 @@ from felix_runtime.audit import broker_observer
 from felix_runtime.credentials import broker_authenticator
 from felix_runtime.exchange import broker_exchange
 from felix_runtime.logs import log_fields, logger
-from felix_runtime.process import broker_main, load_certificate, log_started
+from felix_runtime.process import broker_main, log_started
 from felix_runtime.prometheus import PrometheusObserver
-from felix_runtime.quic_engines import server_quic
 from felix_runtime.storage import BrokerStorage, build_server, open_storage
+from felix_runtime.tls_clients import client_authenticator, parse_identity_rules
+from felix_runtime.tls_server import ServerTls
 from felix_runtime_asyncio.http import MetricsServer
 from felix_runtime_asyncio.runtime import UdpRuntime
 from felix_server.config import ServerConfig
@@ -49,6 +50,8 @@ class BrokerProcess:
         self.metrics: MetricsServer | None = None
         self.cert_path: Path | None = None
         self.fingerprint = ""
+        self.tls: ServerTls | None = None
+        self._tls_watch: asyncio.Task[None] | None = None
 
     @property
     def address(self) -> tuple[str, int]:
@@ -59,18 +62,21 @@ class BrokerProcess:
     async def start(self) -> BrokerProcess:
         """Make or load the certificate, bind QUIC and metrics; returns self."""
         config = self.config
-        quic_config, connection_factory = server_quic(config)
-        self.cert_path, self.fingerprint = load_certificate(config, quic_config)
+        self.tls = tls = ServerTls(config)
+        self.cert_path, self.fingerprint = tls.cert_path, tls.fingerprint
         self.observer, self._close_audit = broker_observer(config)
         observer = self.observer
+        tls.on_refused = observer.client_certificate_refused
         self.storage = open_storage(config, on_append=observer.storage_appended)
         self.server, recovery_s = build_server(
             config,
-            quic_config,
+            tls.configuration,
             self.storage,
             observer,
-            connection_factory=connection_factory,
-            authenticate=broker_authenticator(config),
+            connection_factory=tls.connection_factory,
+            authenticate=client_authenticator(
+                parse_identity_rules(config.tls_client_rules or ""), broker_authenticator(config)
+            ),
             exchange=broker_exchange(config),
         )
         observer.attach(self.server)
@@ -84,10 +90,32 @@ class BrokerProcess:
         log_started(
             config, bound, self.metrics.address, self.cert_path, self.fingerprint, "asyncio"
         )
+        if config.tls_reload_check_s > 0:
+            self._tls_watch = asyncio.create_task(self._watch_tls(config.tls_reload_check_s))
         return self
+
+    def reload_tls(self) -> bool:
+        """Reload the certificate, key and client CA for new connections (SIGHUP); a bad
+        file is logged and the current material stays. Returns whether it was reloaded."""
+        if self.tls is None or self.server is None:
+            return False
+        return self.tls.reload(self.server)
+
+    async def _watch_tls(self, every: float) -> None:
+        """Reload when a TLS file changes (checked every ``every`` seconds)."""
+        while True:
+            await asyncio.sleep(every)
+            if self.tls is not None and self.tls.changed():
+                self.reload_tls()
+
+    def _stop_tls_watch(self) -> None:
+        if self._tls_watch is not None:
+            self._tls_watch.cancel()
+            self._tls_watch = None
 
     async def shutdown(self) -> None:
         """Graceful shutdown: not ready, GoAway, bounded drain, then close everything."""
+        self._stop_tls_watch()
         server, runtime = self.server, self.runtime
         if server is not None and runtime is not None:
             server.begin_shutdown(time.time())
@@ -120,6 +148,7 @@ class BrokerProcess:
 
     async def close(self) -> None:
         """Stop at once (tests): no drain."""
+        self._stop_tls_watch()
         if self.runtime is not None:
             self.runtime.close()
         await self._close_storage()
@@ -129,6 +158,7 @@ class BrokerProcess:
 
 async def run(config: ServerConfig) -> int:
     """Serve until SIGTERM or SIGINT, then shut down gracefully; returns the exit code.
+    SIGHUP reloads the TLS certificate, key and client CA.
 
     The signal handlers are installed before the broker starts (and logs that it listens),
     so a signal sent as soon as the broker is seen listening is never lost.
@@ -139,6 +169,8 @@ async def run(config: ServerConfig) -> int:
         with contextlib.suppress(NotImplementedError):  # Windows
             loop.add_signal_handler(sig, stop.set)
     broker = BrokerProcess(config)
+    with contextlib.suppress(NotImplementedError, AttributeError):  # Windows: no SIGHUP
+        loop.add_signal_handler(signal.SIGHUP, broker.reload_tls)
     try:
         await broker.start()
     except BaseException:  # e.g. the metrics port is taken: release what was bound

@@ -6,6 +6,11 @@ the session's ``principal``), or rejects it with the :class:`Refusal`'s code and
 :func:`accept_anonymous` accepts every client as :data:`~felix_core.access.ANONYMOUS` (a broker
 without authentication); :func:`bearer` turns a credential checker (the runtime's shared
 secrets and Felix token verifier, :mod:`felix_runtime.credentials`) into an authenticator.
+
+With mutual TLS the QUIC connection holds the client's verified certificate
+(:class:`ClientIdentity`). An authenticator that decides on it too is a
+:class:`PeerAuthenticator`; :func:`for_connection` binds it to one connection's certificate,
+so the session keeps calling an :data:`Authenticate` (:mod:`felix_runtime.tls_clients`).
 """
 
 from __future__ import annotations
@@ -21,13 +26,18 @@ from felix_proto.errors import ErrorCode
 __all__ = [
     "ANONYMOUS",
     "Authenticate",
+    "CertificateRefused",
     "CheckCredential",
+    "ClientCertificates",
+    "ClientIdentity",
     "Exchange",
     "ExchangeRefusal",
+    "PeerAuthenticator",
     "Refusal",
     "TokenGranted",
     "accept_anonymous",
     "bearer",
+    "for_connection",
 ]
 
 
@@ -110,3 +120,89 @@ def bearer(check: CheckCredential) -> Authenticate:
             )
 
     return authenticate
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClientIdentity:
+    """A client certificate whose chain verified against the broker's client CA (mutual
+    TLS): the names it carries, as text."""
+
+    uris: tuple[str, ...] = ()
+    """Subject alternative names of type URI (``spiffe://felix/tenant/T/sa/NAME``)."""
+    dns_names: tuple[str, ...] = ()
+    """Subject alternative names of type DNS."""
+    emails: tuple[str, ...] = ()
+    """Subject alternative names of type e-mail (RFC 822)."""
+    common_names: tuple[str, ...] = ()
+    """The subject's ``CN`` attributes."""
+    organizations: tuple[str, ...] = ()
+    """The subject's ``O`` attributes."""
+    organizational_units: tuple[str, ...] = ()
+    """The subject's ``OU`` attributes."""
+    not_after: float
+    """When the certificate expires, seconds since the epoch."""
+    fingerprint: str
+    """SHA-256 of the DER certificate, colon-separated upper-case hex."""
+
+
+class CertificateRefused(Exception):
+    """A client certificate the broker does not accept; the TLS handshake fails with the
+    alert :attr:`reason` names."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        """``missing`` (none presented where one is required), ``expired``,
+        ``not_yet_valid`` or ``untrusted`` (no chain to the client CA, or one the X.509
+        path validation refuses)."""
+
+
+VerifyCertificate = Callable[[Any, list[Any]], ClientIdentity]
+"""Verifies a client's leaf certificate and the intermediates it sent (``cryptography``
+``x509.Certificate`` objects): returns its identity or raises :class:`CertificateRefused`."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClientCertificates:
+    """Mutual TLS as a server connection applies it."""
+
+    verify: VerifyCertificate
+    """Checks the chain against the client CA at the current time."""
+    required: bool
+    """A client without a certificate fails the handshake (else it may go on and
+    authenticate with a token)."""
+    refused: Callable[[str], None] = lambda reason: None
+    """Told the :attr:`CertificateRefused.reason` of each refused handshake (a metric)."""
+
+
+PeerDecision = Callable[[m.Hello, float, ClientIdentity | None], Principal | Refusal]
+"""Decides a client's ``Hello`` at ``now`` given its verified certificate (None: the client
+presented none)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PeerAuthenticator:
+    """An authenticator that also looks at the connection's client certificate.
+
+    Called as a plain :data:`Authenticate` it decides as if no certificate was presented;
+    :func:`for_connection` gives it the connection's."""
+
+    decide: PeerDecision
+
+    def __call__(self, hello: m.Hello, now: float) -> Principal | Refusal:
+        return self.decide(hello, now, None)
+
+
+def for_connection(authenticate: Authenticate, quic: object) -> Authenticate:
+    """``authenticate`` as one connection uses it: a :class:`PeerAuthenticator` is given
+    ``quic``'s verified client certificate (its ``client_identity``, set during the TLS
+    handshake) at each call; any other authenticator is returned unchanged."""
+    if not isinstance(authenticate, PeerAuthenticator):
+        return authenticate
+    decide = authenticate.decide
+
+    def bound(hello: m.Hello, now: float) -> Principal | Refusal:
+        identity: ClientIdentity | None = getattr(quic, "client_identity", None)
+        return decide(hello, now, identity)
+
+    return bound

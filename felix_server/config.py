@@ -163,6 +163,19 @@ class ServerConfig:
     (development mode, logged loudly)."""
     tls_key: str | None = None
     """PEM private key for ``tls_cert``."""
+    tls_client_ca: str | None = None
+    """PEM CA certificates for mutual TLS: clients must present a certificate that chains
+    to one of them (``tls_client_auth``). Absent: no client certificate is asked for."""
+    tls_client_auth: str = "required"
+    """With ``tls_client_ca``: ``required`` (no certificate, no connection) or ``optional``
+    (a client without one authenticates with a token; one it presents must verify)."""
+    tls_client_rules: str | None = None
+    """How a client certificate names a principal: rules ``FIELD:TEMPLATE ... =>
+    PERMISSION ...``, one a line (docs/security.md, "Mutual TLS"). Absent: the certificate
+    only gates the connection."""
+    tls_reload_check_s: float = 2.0
+    """How often the broker checks its certificate, key and client CA files for a change
+    (reloaded for new connections; SIGHUP reloads at once). 0: on SIGHUP only."""
     log_format: str = "text"
     """``text`` (human) or ``json`` (one object per line)."""
     log_level: str = "info"
@@ -285,6 +298,7 @@ class ServerConfig:
             raise ConfigError(f"quic_engine must be one of {', '.join(_QUIC_ENGINES)}")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("tls_cert and tls_key must be given together")
+        self._validate_client_tls()
         if self.shutdown_grace_s < 0 or self.shutdown_drain_s < self.shutdown_grace_s:
             raise ConfigError("need 0 <= shutdown_grace_s <= shutdown_drain_s")
         if not self.data_dir:
@@ -293,6 +307,14 @@ class ServerConfig:
             raise ConfigError("metrics_resource_limit must be >= 0")
         self._validate_auth()
         self.transport.validate()
+
+    def _validate_client_tls(self) -> None:
+        if self.tls_client_auth not in ("required", "optional"):
+            raise ConfigError("tls_client_auth must be required or optional")
+        if self.tls_client_rules is not None and self.tls_client_ca is None:
+            raise ConfigError("tls_client_rules needs tls_client_ca")
+        if self.tls_reload_check_s < 0:
+            raise ConfigError("tls_reload_check_s must be >= 0")
 
     def _validate_auth(self) -> None:
         if not (self.auth_issuer and self.auth_audience):
@@ -313,7 +335,13 @@ class ServerConfig:
         if not self.auth_exchange_ttl_s > 0:
             raise ConfigError("auth_exchange_ttl_s must be positive")
         host = self.listen_address[0]
-        if not (self.auth_enabled or self.insecure_no_auth or is_loopback(host)):
+        certificates_name_clients = self.tls_client_rules is not None
+        if not (
+            self.auth_enabled
+            or certificates_name_clients
+            or self.insecure_no_auth
+            or is_loopback(host)
+        ):
             raise ConfigError(
                 f"listen: {host} is not a loopback address and authentication is off: set "
                 "auth_tokens (SECRET=TENANT:PERMISSION ...) or auth_issuer_keys / auth_jwks, "

@@ -23,9 +23,21 @@ limit granted is always *received + window* (the configured ``max_data`` /
 ``max_stream_data``), raised once less than half a window is left: the peer never holds more
 than one window of credit, connection-wide or per stream.
 
+And it does mutual TLS when given :class:`~felix_server.access.ClientCertificates`: the
+server sends a ``CertificateRequest``, and once the client's ``CertificateVerify`` proved it
+holds the key, the chain is verified by the runtime's function (X.509 path validation
+against the client CA; aioquic's server checks only that signature). The verified
+certificate is kept as :attr:`FelixQuicConnection.client_identity` for the authenticator. A
+refused certificate fails the handshake with a TLS alert: ``certificate_required`` (116)
+without a certificate where one is required, ``certificate_expired`` (45) outside its
+validity, ``unknown_ca`` (48) otherwise; the client sees QUIC's ``CRYPTO_ERROR`` + alert.
+
 This reaches into private members of aioquic, which is why felix pins aioquic to 1.7.x:
 
 * ``QuicConnection._initialize`` and ``tls.Context._server_handle_hello``: the ALPN rule;
+* ``tls.Context._request_client_certificate``, ``_server_handle_certificate`` and
+  ``_server_handle_certificate_verify`` (and ``_peer_certificate`` /
+  ``_peer_certificate_chain``, what they set): mutual TLS;
 * ``QuicConnection._write_connection_limits`` and ``_write_stream_limits``: overridden to hold
   credit back and to slide the windows; aioquic's versions still write the frames (and, for
   the connection, batch ``MAX_STREAMS``);
@@ -65,6 +77,8 @@ from aioquic.quic.packet_builder import QuicPacketBuilder
 from aioquic.quic.recovery import QuicPacketSpace
 from aioquic.quic.stream import QuicStream
 
+from felix_server.access import CertificateRefused, ClientCertificates, ClientIdentity
+
 __all__ = ["FelixQuicConnection", "refusal_datagram"]
 
 
@@ -76,6 +90,14 @@ class FelixQuicConnection(QuicConnection):
     credit_held: bool = False
     """While true, no flow-control credit (``MAX_DATA``, ``MAX_STREAM_DATA``,
     ``MAX_STREAMS``) is sent."""
+    client_identity: ClientIdentity | None = None
+    """The client's verified certificate (mutual TLS), once the handshake checked it."""
+
+    def __init__(
+        self, *, client_certificates: ClientCertificates | None = None, **kwargs: Any
+    ) -> None:
+        self._client_certificates = client_certificates
+        super().__init__(**kwargs)
 
     def _write_connection_limits(self, builder: QuicPacketBuilder, space: QuicPacketSpace) -> None:
         if self.credit_held:
@@ -131,6 +153,56 @@ class FelixQuicConnection(QuicConnection):
                 context._alpn_protocols = saved
 
         context._server_handle_hello = handle_hello  # type: ignore[method-assign]
+        if self._client_certificates is not None:
+            self._request_client_certificates(context, self._client_certificates)
+
+    def _request_client_certificates(
+        self, context: tls.Context, policy: ClientCertificates
+    ) -> None:
+        """Mutual TLS: ask for the client's certificate and verify its chain with
+        ``policy`` once its ``CertificateVerify`` signature checked out."""
+        context._request_client_certificate = True
+        handle_certificate = context._server_handle_certificate
+        handle_verify = context._server_handle_certificate_verify
+
+        def certificate(input_buf: Any) -> None:
+            handle_certificate(input_buf)
+            if policy.required and context._peer_certificate is None:
+                policy.refused("missing")
+                raise _ALERTS["missing"]("a client certificate is required")
+
+        def certificate_verify(input_buf: Any) -> None:
+            handle_verify(input_buf)
+            assert context._peer_certificate is not None  # set by the Certificate message
+            try:
+                identity = policy.verify(
+                    context._peer_certificate, list(context._peer_certificate_chain)
+                )
+            except CertificateRefused as exc:
+                policy.refused(exc.reason)
+                raise _ALERTS.get(exc.reason, tls.AlertBadCertificate)(str(exc)) from None
+            self.client_identity = identity
+
+        context._server_handle_certificate = certificate  # type: ignore[method-assign]
+        context._server_handle_certificate_verify = certificate_verify  # type: ignore[method-assign]
+
+
+class _AlertCertificateRequired(tls.Alert):
+    description = tls.AlertDescription.certificate_required
+
+
+class _AlertUnknownCa(tls.Alert):
+    description = tls.AlertDescription.unknown_ca
+
+
+_ALERTS: dict[str, type[tls.Alert]] = {
+    "missing": _AlertCertificateRequired,
+    "expired": tls.AlertCertificateExpired,
+    "not_yet_valid": tls.AlertCertificateExpired,
+    "untrusted": _AlertUnknownCa,
+}
+"""The TLS alert for each :attr:`CertificateRefused.reason
+<felix_server.access.CertificateRefused.reason>`."""
 
 
 def _slide(limit: int, received: int, window: int) -> int:

@@ -95,7 +95,7 @@ from felix_core.metadata import MetadataStore
 from felix_proto import ALPN
 from felix_proto.connection import TOKEN_EXCHANGE, TOKEN_REFRESH
 from felix_proto.deadlines import Deadlines
-from felix_server.access import Authenticate, Exchange, accept_anonymous
+from felix_server.access import Authenticate, Exchange, accept_anonymous, for_connection
 from felix_server.batches import EncodedBatches
 from felix_server.config import ServerConfig
 from felix_server.drain import Drain
@@ -316,7 +316,7 @@ class FelixServer:
             router=self.router,
             observer=self.observer,
             limits=self._limits,
-            authenticate=self._authenticate,
+            authenticate=for_connection(self._authenticate, quic),
             batches=self.batches,
             exchange=self._exchange,
         )
