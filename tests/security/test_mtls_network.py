@@ -49,7 +49,7 @@ def client(broker: Broker, issued: Issued | None, engine: str, **kwargs: Any) ->
 
 async def refusals(broker: Broker) -> dict[str, int]:
     """``felix_tls_client_refused_total`` by reason, from the broker's ``/metrics``."""
-    host, port = broker.metrics
+    host, port = broker.metrics_address
     with anyio.fail_after(10):
         async with await anyio.connect_tcp(host, port) as stream:
             await stream.send(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
