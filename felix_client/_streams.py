@@ -741,15 +741,26 @@ async def settle_many(
         groups.setdefault((id(msg._conn), msg.consumer_id), []).append(msg)
     for group in groups.values():
         first = group[0]
-        await first._backend.settle(
-            first._conn,
-            first.consumer_id,
-            [m.delivery_id for m in group],
-            ack,
-            delay,
-            wait,
-            committed,
-        )
+        traced = [m.trace for m in group if m.trace is not None]
+        span = None
+        if traced:
+            span = _tracing.settle_batch_span("ack" if ack else "nack", traced)
+        try:
+            await first._backend.settle(
+                first._conn,
+                first.consumer_id,
+                [m.delivery_id for m in group],
+                ack,
+                delay,
+                wait,
+                committed,
+            )
+        except BaseException as exc:
+            if span is not None:
+                _tracing.finish(span, exc)
+            raise
+        if span is not None:
+            _tracing.finish(span, None)
         for msg in group:
             msg.settled = True
 

@@ -134,6 +134,21 @@ def consumer_span(
     return trace.set_span_in_context(span)
 
 
+def settle_batch_span(operation: str, delivered: Sequence[Delivered]) -> Span:
+    """Start the CLIENT span of an ``ack_many`` / ``nack_many`` on one consumer: no parent
+    (the messages may belong to many traces), a link to each message's receive span, and
+    the batch size; end it with :func:`finish`."""
+    tr, _, queue, tenant, namespace = delivered[0]
+    attributes = messaging_attributes(operation, "settle", queue, tenant, namespace)
+    attributes["messaging.batch.message_count"] = len(delivered)
+    return tr.start_span(
+        f"{operation} {queue}",
+        kind=SpanKind.CLIENT,
+        attributes=attributes,
+        links=links_to([context for _, context, _, _, _ in delivered]),
+    )
+
+
 def operation_span(
     tr: Tracer,
     operation: str,

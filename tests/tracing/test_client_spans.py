@@ -204,3 +204,29 @@ async def test_cache_operations_get_client_spans(
         assert attrs["messaging.operation.name"] == op
         assert attrs["messaging.destination.name"] == name
     assert [(s.attributes or {})["felix.cache.hit"] for s in spans[1:3]] == [True, False]
+
+
+async def test_ack_many_and_nack_many_make_one_span_linked_to_every_receive(
+    client: Client, exporter: InMemorySpanExporter
+) -> None:
+    queue = unique("q")
+    await client.admin.create("queue", queue)
+    await client.enqueue(queue, [b"a", b"b", b"c"])
+    with anyio.fail_after(5):
+        async with client.consume(queue, prefetch=8) as consumer:
+            msgs = [await consumer.__anext__() for _ in range(3)]
+            await consumer.nack_many(msgs[2:], wait=True)
+            await consumer.ack_many(msgs[:2], wait=True)
+
+    spans = list(exporter.get_finished_spans())
+    receives = {s.context.span_id for s in spans if s.name == f"receive {queue}"}
+    ack = only(spans, f"ack {queue}")
+    nack = only(spans, f"nack {queue}")
+    assert ack.kind == SpanKind.CLIENT and nack.kind == SpanKind.CLIENT
+    check_messaging(ack, "ack", "settle", queue)
+    check_messaging(nack, "nack", "settle", queue)
+    assert (ack.attributes or {})["messaging.batch.message_count"] == 2
+    assert (nack.attributes or {})["messaging.batch.message_count"] == 1
+    assert ack.parent is None and nack.parent is None  # the messages may be many traces'
+    assert len({link.context.span_id for link in ack.links}) == 2
+    assert {link.context.span_id for link in [*ack.links, *nack.links]} <= receives
