@@ -701,16 +701,10 @@ class QueueMessage:
             tr, parent, queue, tenant, namespace = self.trace
             op = "ack" if ack else "nack"
             span = _tracing.operation_span(tr, op, "settle", queue, tenant, namespace, parent)
-        try:
+        with _tracing.ending(span):
             await self._backend.settle(
                 self._conn, self.consumer_id, [self.delivery_id], ack, delay, wait, committed
             )
-        except BaseException as exc:
-            if span is not None:
-                _tracing.finish(span, exc)
-            raise
-        if span is not None:
-            _tracing.finish(span, None)
         self.settled = True
 
 
@@ -745,7 +739,7 @@ async def settle_many(
         span = None
         if traced:
             span = _tracing.settle_batch_span("ack" if ack else "nack", traced)
-        try:
+        with _tracing.ending(span):
             await first._backend.settle(
                 first._conn,
                 first.consumer_id,
@@ -755,12 +749,6 @@ async def settle_many(
                 wait,
                 committed,
             )
-        except BaseException as exc:
-            if span is not None:
-                _tracing.finish(span, exc)
-            raise
-        if span is not None:
-            _tracing.finish(span, None)
         for msg in group:
             msg.settled = True
 

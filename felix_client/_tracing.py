@@ -16,7 +16,8 @@ creating the client, or hand a provider to :func:`use_tracer_provider`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from felix_runtime import tracing as shared
@@ -96,6 +97,27 @@ def finish(span: Span, exc: BaseException | None, first_offset: int | None = Non
     elif first_offset is not None:
         span.set_attribute("felix.offset", first_offset)
     span.end()
+
+
+_UNTRACED: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+"""What :func:`ending` gives without a span: one shared object, so an untraced ack pays no
+generator."""
+
+
+def ending(span: Span | None) -> contextlib.AbstractContextManager[None]:
+    """End ``span`` (when there is one) as the block ends: with the exception that ended
+    the block, or as a success."""
+    return _UNTRACED if span is None else _ending(span)
+
+
+@contextlib.contextmanager
+def _ending(span: Span) -> Iterator[None]:
+    try:
+        yield
+    except BaseException as exc:
+        finish(span, exc)
+        raise
+    finish(span, None)
 
 
 Delivered = tuple["Tracer", "Context", str, str, str]

@@ -36,7 +36,6 @@ files, and starts fetching keys of a ``jwks_url``) as the session's
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import secrets
@@ -60,6 +59,7 @@ from felix_runtime.tokens import (
     DEFAULT_ISSUER,
     TokenVerifier,
     issue_token,
+    jwks_entries,
     key_id,
     load_private_key,
 )
@@ -164,15 +164,8 @@ def read_external_jwks(document: bytes | str) -> dict[str, ExternalKey]:
     Raises:
         ValueError: the message names the key's position and the problem.
     """
-    try:
-        data = json.loads(document)
-    except (ValueError, RecursionError) as exc:
-        raise ValueError(f"JWKS is not JSON: {exc}") from None
-    entries = data.get("keys") if isinstance(data, dict) else None
-    if not isinstance(entries, list):
-        raise ValueError('JWKS must be a JSON object with a "keys" list')
     keys: dict[str, ExternalKey] = {}
-    for index, entry in enumerate(entries):
+    for index, entry in enumerate(jwks_entries(document)):
         where = f"JWKS key {index}"
         if not isinstance(entry, dict):
             raise ValueError(f"{where}: not a JSON object")

@@ -48,6 +48,7 @@ __all__ = [
     "TokenVerifier",
     "issue_token",
     "jwks_document",
+    "jwks_entries",
     "key_id",
     "load_private_key",
     "load_public_key",
@@ -131,6 +132,22 @@ def jwks_document(keys: Mapping[str, Ed25519PublicKey]) -> dict[str, list[dict[s
     return {"keys": [public_jwk(key, kid) for kid, key in keys.items()]}
 
 
+def jwks_entries(document: bytes | str) -> list[Any]:
+    """The ``keys`` list of a JWKS document, each entry still to be checked.
+
+    Raises:
+        ValueError: not JSON, or not an object with a ``keys`` list.
+    """
+    try:
+        data = json.loads(document)
+    except (ValueError, RecursionError) as exc:
+        raise ValueError(f"JWKS is not JSON: {exc}") from None
+    entries = data.get("keys") if isinstance(data, dict) else None
+    if not isinstance(entries, list):
+        raise ValueError('JWKS must be a JSON object with a "keys" list')
+    return entries
+
+
 def read_jwks(document: bytes | str) -> dict[str, Ed25519PublicKey]:
     """Read the Ed25519 public keys of a JWKS document, by ``kid``.
 
@@ -142,15 +159,8 @@ def read_jwks(document: bytes | str) -> dict[str, Ed25519PublicKey]:
         ValueError: not JSON, not a JWKS, or a key that breaks a rule above (the message
         names its position).
     """
-    try:
-        data = json.loads(document)
-    except (ValueError, RecursionError) as exc:
-        raise ValueError(f"JWKS is not JSON: {exc}") from None
-    entries = data.get("keys") if isinstance(data, dict) else None
-    if not isinstance(entries, list):
-        raise ValueError('JWKS must be a JSON object with a "keys" list')
     keys: dict[str, Ed25519PublicKey] = {}
-    for index, entry in enumerate(entries):
+    for index, entry in enumerate(jwks_entries(document)):
         kid, key = _read_jwk(entry, f"JWKS key {index}")
         if kid in keys:
             raise ValueError(f"JWKS key {index}: kid {kid!r} appears twice")
