@@ -94,7 +94,7 @@ from .frames import DEFAULT_MAX_FRAME_SIZE, HEADER_SIZE, SUPPORTED_VERSIONS, V1_
 
 __all__ = ["ServerConnection"]
 
-_FINISHING = (m.Ack, m.Nack, m.Unsubscribe, m.CancelConsume, m.TokenExchange)
+_FINISHING = (m.Ack, m.Nack, m.Unsubscribe, m.CancelConsume, m.TokenExchange, m.Reauthenticate)
 _REQUESTS = frozenset(REPLY_TYPES) - {m.Ping}
 _FORGET_AFTER = 4096
 

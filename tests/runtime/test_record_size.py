@@ -38,14 +38,18 @@ async def test_biggest_record_dead_letters_and_reaches_the_dlq_consumer(
     # the frame limit its dead letter's Delivery frame was 16,777,377 bytes and never
     # reached the DLQ consumer.
     payload, headers = record_of((16 << 20) - 1024)
-    rid = client.call(client.felix.enqueue, T, N, name, [payload], headers=[headers])
+    rid = client.call(
+        client.felix.enqueue, T, N, name, [payload], headers=[headers], timeout=BIG_WAIT
+    )
     refused = await client.reply(rid, timeout=BIG_WAIT)
     assert isinstance(refused, fe.RequestFailed), refused
     assert refused.code == ErrorCode.TOO_LARGE
     assert refused.details["max_record_bytes"] == MAX_RECORD_BYTES
 
     payload, headers = record_of(MAX_RECORD_BYTES)
-    rid = client.call(client.felix.enqueue, T, N, name, [payload], headers=[headers])
+    rid = client.call(
+        client.felix.enqueue, T, N, name, [payload], headers=[headers], timeout=BIG_WAIT
+    )
     assert isinstance(await client.reply(rid, timeout=BIG_WAIT), fe.PublishAcked)
     rid = client.call(client.felix.consume, T, N, name, prefetch=1)
     started = await client.reply(rid)

@@ -238,3 +238,18 @@ def test_an_exchange_while_going_away_is_answered(tmp_path: Path) -> None:
     net.until(lambda: bool(client.of(fe.GoAwayReceived)))
     renewed = answer(net, client, felix.exchange_token(id_token(), now=net.now))
     assert isinstance(renewed, fe.TokenReceived)  # renewing the rights is finishing work
+
+
+def test_a_reauthenticate_while_going_away_is_answered(tmp_path: Path) -> None:
+    """Renewing the rights by ``Reauthenticate`` is finishing work, like an exchange: a
+    token that expires during the drain must not end the work the drain lets finish."""
+    net, _ = broker(tmp_path)
+    client = net.client(capabilities=CAPS)
+    felix = client.felix
+    assert felix is not None
+    issued = answer(net, client, felix.exchange_token(id_token(), now=net.now))
+    assert isinstance(issued, fe.TokenReceived)
+    net.server.begin_shutdown(net.now)
+    net.until(lambda: bool(client.of(fe.GoAwayReceived)))
+    renewed = answer(net, client, felix.reauthenticate(issued.token, now=net.now))
+    assert isinstance(renewed, fe.RequestSucceeded), renewed
