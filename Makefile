@@ -5,8 +5,9 @@ BIN := $(VENV)/bin
 STAMP_RUN := $(VENV)/.installed-run
 STAMP_TEST := $(VENV)/.installed-test
 # The suite runs on every core: most end-to-end tests wait on brokers and subprocesses.
+# loadfile: a file's tests run on one worker, in order (a docs page's blocks share a sandbox).
 # `make test PYTEST_ARGS="tests/core -x"` runs a part of it (in one process).
-PYTEST_ARGS ?= -n auto
+PYTEST_ARGS ?= -n auto --dist loadfile
 PACKAGES := felix_proto felix_core felix_server felix_runtime felix_runtime_asyncio felix_runtime_anyio felix_client conformance
 
 .PHONY: run test lint typecheck pytest bench clean
