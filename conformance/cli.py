@@ -2,7 +2,7 @@
 
 ``python -m conformance --server quic://HOST:PORT [--ca FILE | --insecure] [--token T]
 [--tenant T --namespace N] [--other-token T --other-tenant T] [-k EXPR] [--junit FILE]
-[--list]`` runs the wire checks;
+[--quic-engine aioquic|qh3] [--list]`` runs the wire checks;
 ``python -m conformance vectors DECODED.json`` checks a third-party codec's decoded vectors
 (see :mod:`conformance.vectors`). Exit codes: 0 all passed (skips allowed), 1 a check
 failed, 2 a usage error.
@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 from conformance import checks
 from conformance.context import Options
+from conformance.engines import ENGINES
 from conformance.registry import select
 from conformance.runner import Outcome, Result, junit_xml, run_checks, summary_line
 from conformance.wire import Endpoint
@@ -70,6 +71,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--wait", type=float, default=3.0, help="seconds any single wait may take (default 3)"
     )
+    p.add_argument(
+        "--quic-engine",
+        choices=ENGINES,
+        default="aioquic",
+        help="the client's QUIC engine (default aioquic; qh3 needs the qh3 package)",
+    )
     return p
 
 
@@ -106,6 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             insecure=args.insecure,
             server_name=args.server_name,
             wait=args.wait,
+            quic_engine=args.quic_engine,
         ),
         token=args.token,
         tenant=args.tenant,

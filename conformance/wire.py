@@ -2,8 +2,9 @@
 
 Theory of operation
 -------------------
-:class:`Conn` is one QUIC connection opened with aioquic's asyncio client API. It does *not*
-use felix_client or the felix_proto connection machines: a check writes bytes (usually
+:class:`Conn` is one QUIC connection opened with aioquic's asyncio client API (its sans-IO
+connection aioquic's or qh3's: :attr:`Endpoint.quic_engine`, :mod:`conformance.engines`).
+It does *not* use felix_client or the felix_proto connection machines: a check writes bytes (usually
 ``felix_proto.codec.encode(message)``, sometimes hand-built garbage) on a stream of its
 choice, and every stream the broker writes on is recorded as a :class:`StreamLog` that
 decodes the broker's frames with :class:`felix_proto.codec.MessageDecoder`. A check then
@@ -19,16 +20,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-import ssl
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.quic import events as qe
-from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 
+from conformance.engines import client_connection
 from felix_proto import ALPN
 from felix_proto import messages as m
 from felix_proto.codec import MessageDecoder, encode
@@ -68,6 +68,8 @@ class Endpoint:
     """TLS server name (SNI and verification); defaults to ``host``."""
     wait: float = 3.0
     """Default seconds any single wait may take."""
+    quic_engine: str = "aioquic"
+    """The client's QUIC engine, ``aioquic`` or ``qh3`` (:mod:`conformance.engines`)."""
 
 
 @dataclass(slots=True)
@@ -360,19 +362,16 @@ def describe(msg: m.Message) -> str:
     return type(msg).__name__
 
 
-def configuration(endpoint: Endpoint, alpn: list[str] | None) -> QuicConfiguration:
-    """The client QUIC configuration for ``endpoint`` offering ``alpn`` (None: no ALPN)."""
-    config = QuicConfiguration(
-        is_client=True,
-        alpn_protocols=alpn,
+def connection(endpoint: Endpoint, alpn: list[str] | None) -> QuicConnection:
+    """A client QUIC connection of the endpoint's engine for ``endpoint`` offering ``alpn``
+    (None: no ALPN)."""
+    return client_connection(
+        endpoint.quic_engine,
+        alpn=alpn,
         server_name=endpoint.server_name or endpoint.host,
-        idle_timeout=15.0,
+        cafile=endpoint.cafile,
+        insecure=endpoint.insecure,
     )
-    if endpoint.insecure:
-        config.verify_mode = ssl.CERT_NONE
-    elif endpoint.cafile:
-        config.load_verify_locations(endpoint.cafile)
-    return config
 
 
 @contextlib.asynccontextmanager
@@ -387,14 +386,14 @@ async def open_conn(endpoint: Endpoint, alpn: list[str] | None = None) -> AsyncI
         ConnectionError: the QUIC/TLS handshake failed.
         TimeoutError: it did not complete within the endpoint's wait.
     """
-    config = configuration(endpoint, [ALPN] if alpn is None else (alpn or None))
+    quic = connection(endpoint, [ALPN] if alpn is None else (alpn or None))
     loop = asyncio.get_running_loop()
     infos = await loop.getaddrinfo(
         endpoint.host, endpoint.port, type=socket.SOCK_DGRAM, family=socket.AF_INET
     )
     addr = infos[0][4]
     transport, protocol = await loop.create_datagram_endpoint(
-        lambda: _Protocol(QuicConnection(configuration=config)), local_addr=("0.0.0.0", 0)
+        lambda: _Protocol(quic), local_addr=("0.0.0.0", 0)
     )
     assert isinstance(protocol, _Protocol)
     try:

@@ -403,6 +403,12 @@ class PrometheusObserver(ServerObserver):
             "Times deliveries to a connection were paused",
             registry=registry,
         )
+        self.held_overflows = Counter(
+            "felix_held_request_overflows",
+            "Connections closed OVERLOADED: requests held over the buffer cap went over"
+            " transport.max_data",
+            registry=registry,
+        )
         self.internal_errors = Counter(
             "felix_internal_errors",
             "Unexpected exceptions turned into INTERNAL",
@@ -532,6 +538,9 @@ class PrometheusObserver(ServerObserver):
     def backpressure(self, paused: bool) -> None:
         if paused:
             self.pauses.inc()
+
+    def held_overflow(self, held_bytes: int) -> None:
+        self.held_overflows.inc()
 
     def internal_error(self, where: str, exc: BaseException) -> None:
         self.internal_errors.inc()

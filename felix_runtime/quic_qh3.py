@@ -43,7 +43,8 @@ What qh3 does not offer: its streams' internals. So the session's back-pressure 
 bytes in flight (private ``_core.bytes_in_flight``), and flow-control credit is qh3's own
 (no fixed sliding windows, and ``credit_held`` has no effect: qh3 grants credit as data
 arrives, so the requests of a client that the broker stopped reading are not bounded by
-QUIC; a gap of this engine).
+QUIC; the session bounds them itself, by closing such a connection ``OVERLOADED`` once they
+go over ``transport.max_data``, see :mod:`felix_server.session`).
 """
 
 from __future__ import annotations
@@ -162,7 +163,8 @@ class FelixQh3Connection(QuicConnection):
 
     credit_held: bool = False
     """Accepted for symmetry with :class:`~felix_server.quic.FelixQuicConnection`; qh3's
-    flow control cannot be held back, so it has no effect."""
+    flow control cannot be held back, so it has no effect (the session bounds the requests
+    it holds by ``transport.max_data`` instead)."""
     client_identity: ClientIdentity | None = None
     """The client's verified certificate (mutual TLS), once the handshake checked it."""
 

@@ -32,7 +32,12 @@ Any other pair changes nothing. A feed write goes out only while :meth:`Gate.roo
 the queued bytes at most ``resume``, or within ``limit`` with the write added. So what one
 connection holds stays within the limit (or the resume level plus one frame), replies
 overshoot the cap by at most one reply, and what waits unread is bounded by the QUIC credit
-granted before the hold.
+granted before the hold where the engine can hold credit back (aioquic). The gate counts what
+waits (:attr:`Gate.held_bytes`: the unparsed data, plus the encoded size of each parsed
+request) and says when it is over ``bound`` (:meth:`Gate.overflowing`), the broker's own
+flow-control window: an engine that grants credit as data arrives (qh3) would otherwise let
+a client that sends without reading its replies grow it without end; the session then
+closes the connection (``OVERLOADED``).
 
 Nothing here does I/O: the session measures, the gate decides.
 """
@@ -43,6 +48,7 @@ from collections import deque
 from enum import Enum
 
 from felix_proto import events as fe
+from felix_proto.codec import encode
 
 __all__ = ["Flow", "Gate", "HeldData", "Move", "Signal"]
 
@@ -114,14 +120,29 @@ class Gate:
         limit: ``transport.connection_buffer_limit``.
         resume: ``transport.connection_buffer_resume`` (below ``limit``).
         cap: ``transport.connection_buffer_cap`` (at least ``limit``).
+        bound: the most request bytes that may wait while holding
+            (``transport.max_data``, what QUIC credit allows on aioquic).
     """
 
-    __slots__ = ("_cap", "_limit", "_resume", "held", "held_data", "paused", "reading", "state")
+    __slots__ = (
+        "_bound",
+        "_cap",
+        "_held_sizes",
+        "_limit",
+        "_resume",
+        "held",
+        "held_bytes",
+        "held_data",
+        "paused",
+        "reading",
+        "state",
+    )
 
-    def __init__(self, *, limit: int, resume: int, cap: int) -> None:
+    def __init__(self, *, limit: int, resume: int, cap: int, bound: int) -> None:
         self._limit = limit
         self._resume = resume
         self._cap = cap
+        self._bound = bound
         self.state = Flow.OPEN
         self.reading = True
         """Whether requests are read (not holding); follows :attr:`state`."""
@@ -130,8 +151,51 @@ class Gate:
         :attr:`state`."""
         self.held: deque[fe.RequestReceived] = deque()
         """Requests parsed while holding, in order."""
+        self._held_sizes: deque[int] = deque()  # the encoded size of each of them
         self.held_data: dict[int, HeldData] = {}
         """Unparsed data of request streams that arrived while holding, by stream id."""
+        self.held_bytes = 0
+        """Bytes waiting: :attr:`held_data`, plus each request of :attr:`held` as encoded
+        (without its frame header, so never more than it took on the wire)."""
+
+    def hold_request(self, event: fe.RequestReceived) -> None:
+        """Keep a parsed request until reading resumes."""
+        size = len(encode(event.message))
+        self.held.append(event)
+        self._held_sizes.append(size)
+        self.held_bytes += size
+
+    def next_request(self) -> fe.RequestReceived:
+        """The oldest held request, taken out."""
+        self.held_bytes -= self._held_sizes.popleft()
+        return self.held.popleft()
+
+    def hold_data(self, stream_id: int, data: bytes, end: bool) -> None:
+        """Keep request-stream data unparsed until reading resumes."""
+        held = self.held_data.get(stream_id)
+        if held is None:
+            held = self.held_data[stream_id] = HeldData()
+        held.data += data
+        held.end = held.end or end
+        self.held_bytes += len(data)
+
+    def take_data(self, stream_id: int) -> HeldData | None:
+        """A stream's held data, taken out (None: none held)."""
+        held = self.held_data.pop(stream_id, None)
+        if held is not None:
+            self.held_bytes -= len(held.data)
+        return held
+
+    def overflowing(self) -> bool:
+        """Whether what waits is over ``bound``."""
+        return self.held_bytes > self._bound
+
+    def drop_held(self) -> None:
+        """Forget every held request and all held data."""
+        self.held.clear()
+        self._held_sizes.clear()
+        self.held_data.clear()
+        self.held_bytes = 0
 
     def room(self, queued: int, size: int) -> bool:
         """Whether a feed write of ``size`` bytes may go out with ``queued`` bytes queued."""

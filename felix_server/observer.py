@@ -156,6 +156,10 @@ class ServerObserver:
     def backpressure(self, paused: bool) -> None:
         """Deliveries to a connection were paused (True) or resumed (False)."""
 
+    def held_overflow(self, held_bytes: int) -> None:
+        """A connection's requests held over its buffer cap (``held_bytes``) went over
+        ``transport.max_data``; it was closed with ``OVERLOADED``."""
+
     def internal_error(self, where: str, exc: BaseException) -> None:
         """A bug: an unexpected exception was turned into ``INTERNAL`` at ``where``."""
 

@@ -125,7 +125,9 @@ def hold_credit(quic: QuicConnectionLike, held: bool) -> None:
     connection can (:attr:`FelixQuicConnection.credit_held
     <felix_server.quic.FelixQuicConnection.credit_held>`); for any other this does
     nothing: qh3 grants credit as data arrives, so requests the session holds unread are
-    not bounded by QUIC there (a gap of the qh3 engine, docs/performance.md)."""
+    not bounded by QUIC there; the session bounds them by ``transport.max_data`` itself
+    (:meth:`Gate.overflowing <felix_server.gate.Gate.overflowing>`: the connection is closed
+    ``OVERLOADED``)."""
     if isinstance(quic, FelixQuicConnection):
         quic.credit_held = held
 

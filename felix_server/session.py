@@ -64,11 +64,20 @@ below ``connection_buffer_resume`` the deliveries resume. Over
 the gate in order, data QUIC delivers on request streams waits there unparsed, and QUIC stops
 extending the connection's flow-control credit
 (:attr:`FelixQuicConnection.credit_held <felix_server.quic.FelixQuicConnection.credit_held>`),
-so the peer is throttled by QUIC itself (aioquic only: qh3's credit cannot be held, see
-:func:`~felix_server.quic_engine.hold_credit`); the control stream is still read (credit,
+so the peer is throttled by QUIC itself; the control stream is still read (credit,
 cancellations, pings, close). Reading resumes, held requests first and in order, once the
-queued bytes are back at ``connection_buffer_limit``. A transmit that resumes deliveries or
-reading sends what that produced in the same call.
+queued bytes are back at ``connection_buffer_limit``. What waits is bounded on every engine
+by ``transport.max_data``: aioquic never lets a peer send more than that window past the
+credit held, but qh3's credit cannot be held (it grants credit as data arrives, see
+:func:`~felix_server.quic_engine.hold_credit`), so a client that keeps sending while not
+reading its replies would make the broker hold ever more. When the held bytes (the unparsed
+data, plus each parsed request as encoded, :attr:`Gate.held_bytes
+<felix_server.gate.Gate.held_bytes>`) go over ``transport.max_data`` the session drops them
+and closes the connection at once with the QUIC application error ``OVERLOADED`` (500) and
+the reason :data:`OVERFLOW_REASON`, counted by :meth:`ServerObserver.held_overflow
+<felix_server.observer.ServerObserver.held_overflow>`; the client sees its connection lost
+with that code and reason (retryable: reconnect and read the replies). A transmit that
+resumes deliveries or reading sends what that produced in the same call.
 
 Frames the client cannot take (docs/wire-protocol.md §5.4). A reply over the client's
 ``max_frame_size`` is answered ``Error(TOO_LARGE)`` by the Felix machine itself; a batch over
@@ -101,7 +110,7 @@ from felix_proto.server import ServerConnection
 from felix_server.access import Authenticate, Exchange, ExchangeRefusal, Refusal
 from felix_server.batches import EncodedBatches
 from felix_server.config import ServerConfig
-from felix_server.gate import Gate, HeldData, Move
+from felix_server.gate import Gate, Move
 from felix_server.observer import ServerObserver
 from felix_server.outbox import FeedKey, FeedOutbox
 from felix_server.quic_engine import (
@@ -115,10 +124,14 @@ from felix_server.requests import reply_to, request_kind
 from felix_server.router import UNIDENTIFIED, Router
 from felix_server.split import split_slice
 
-__all__ = ["CLOSE_LINGER", "Session", "SessionLimits"]
+__all__ = ["CLOSE_LINGER", "OVERFLOW_REASON", "Session", "SessionLimits"]
 
 CLOSE_LINGER = 1.0
 """Seconds a requested close waits for pending stream data to be sent."""
+
+OVERFLOW_REASON = "unread replies: requests held over the buffer cap exceed transport.max_data"
+"""The reason phrase of the ``OVERLOADED`` close of a connection whose held requests
+overflow (see the back-pressure paragraph of the module docstring)."""
 
 _ADMIN_AUDITED = (m.AdminCreate, m.AdminUpdate, m.AdminDelete)
 """Admin requests that change something: their outcome goes to the audit hook."""
@@ -151,6 +164,8 @@ class SessionLimits:
     """``transport.connection_buffer_resume``."""
     buffer_cap: int
     """``transport.connection_buffer_cap``."""
+    held_max: int
+    """The most request bytes that may wait over the cap (``transport.max_data``)."""
     capabilities: tuple[str, ...] = ()
     """Optional features offered in ``Welcome`` (``token-refresh`` when clients
     authenticate)."""
@@ -176,6 +191,7 @@ class SessionLimits:
             buffer_limit=transport.connection_buffer_limit,
             buffer_resume=transport.connection_buffer_resume,
             buffer_cap=transport.connection_buffer_cap,
+            held_max=transport.max_data,
         )
 
 
@@ -224,7 +240,10 @@ class Session:
             capabilities=limits.capabilities,
         )
         self.gate = Gate(
-            limit=limits.buffer_limit, resume=limits.buffer_resume, cap=limits.buffer_cap
+            limit=limits.buffer_limit,
+            resume=limits.buffer_resume,
+            cap=limits.buffer_cap,
+            bound=limits.held_max,
         )
         self.principal: Principal | None = None
         """Who the connection speaks for, once its ``Hello`` was accepted."""
@@ -320,15 +339,11 @@ class Session:
             if isinstance(event, events.stream_data):
                 sid = event.stream_id
                 if sid in gate.held_data or (not gate.reading and sid % 4 == 0 and sid):
-                    held = gate.held_data.get(sid)
-                    if held is None:
-                        held = gate.held_data[sid] = HeldData()
-                    held.data += event.data
-                    held.end = held.end or event.end_stream
+                    gate.hold_data(sid, event.data, event.end_stream)
                 else:
                     self._feed(sid, event.data, event.end_stream)
             elif isinstance(event, events.reset_or_stop):
-                gate.held_data.pop(event.stream_id, None)  # the peer abandoned it
+                gate.take_data(event.stream_id)  # the peer abandoned it
                 felix.stream_reset(event.stream_id, event.error_code)
                 if isinstance(event, events.stop_sending):
                     self._reset_stream(event.stream_id)
@@ -346,6 +361,24 @@ class Session:
             elif isinstance(event, events.terminated):
                 self._terminated(event.error_code, now)
         self._felix_events(now)
+        if gate.overflowing():
+            self._overflowed()
+
+    def _overflowed(self) -> None:
+        """Requests waiting over the cap exceed the broker's own receive window (an engine
+        that grants credit as data arrives, qh3): close with ``OVERLOADED``."""
+        held = self.gate.held_bytes
+        self.gate.drop_held()
+        self.observer.held_overflow(held)
+        self.observer.log(
+            "warning",
+            "requests held over the buffer cap exceed transport.max_data: connection closed",
+            conn_id=self.conn_id,
+            held_bytes=held,
+        )
+        if not self._quic_closed:
+            self.quic.close(error_code=int(ErrorCode.OVERLOADED), reason_phrase=OVERFLOW_REASON)
+            self._quic_closed = True
 
     def _feed(self, stream_id: int, data: bytes, end: bool) -> None:
         try:
@@ -357,8 +390,7 @@ class Session:
         if self.finished:
             return
         self.finished = True
-        self.gate.held.clear()
-        self.gate.held_data.clear()
+        self.gate.drop_held()
         self._outbox.clear()
         self._deferred.clear()
         self.felix.connection_lost()
@@ -380,7 +412,7 @@ class Session:
         while (event := felix.next_event()) is not None:
             if isinstance(event, fe.RequestReceived):
                 if self.gate.held or not self._may_read(now):
-                    self.gate.held.append(event)
+                    self.gate.hold_request(event)
                 else:
                     self._request(event.message, now)
             elif isinstance(event, fe.CreditGranted):
@@ -593,10 +625,11 @@ class Session:
         gate = self.gate
         held = gate.held
         while held and self._may_read(now):
-            self._request(held.popleft().message, now)
+            self._request(gate.next_request().message, now)
         while gate.held_data and not held and gate.reading:
             sid = next(iter(gate.held_data))
-            data = gate.held_data.pop(sid)
+            data = gate.take_data(sid)
+            assert data is not None
             self._feed(sid, bytes(data.data), data.end)
             self._felix_events(now)
 

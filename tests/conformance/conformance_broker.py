@@ -36,12 +36,18 @@ class Running:
     runtime: UdpRuntime
     cert: Path
 
-    def options(self, **hooks: Any) -> Options:
-        """Suite options pointing at this broker (hooks: see conformance.context.Hooks)."""
+    def options(self, quic_engine: str = "aioquic", **hooks: Any) -> Options:
+        """Suite options pointing at this broker, the suite's client on ``quic_engine``
+        (hooks: see conformance.context.Hooks)."""
         host, port = self.runtime.address
         return Options(
             endpoint=Endpoint(
-                host=host, port=port, cafile=str(self.cert), server_name="localhost", wait=3.0
+                host=host,
+                port=port,
+                cafile=str(self.cert),
+                server_name="localhost",
+                wait=3.0,
+                quic_engine=quic_engine,
             ),
             hooks=Hooks(**hooks),
         )

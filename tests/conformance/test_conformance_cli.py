@@ -150,3 +150,22 @@ def test_a_malformed_document_is_a_usage_error(tmp_path: Path) -> None:
     path = tmp_path / "x.json"
     path.write_text("[]")
     assert main(["vectors", str(path)]) == 2
+
+
+def test_quic_engine_reaches_the_connections(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    engines: list[str] = []
+
+    def refuse(engine: str, **kwargs: object) -> object:
+        engines.append(engine)
+        raise ConnectionError("not this time")
+
+    monkeypatch.setattr("conformance.wire.client_connection", refuse)
+    argv = ["--server", "quic://127.0.0.1:9", "--insecure", "-k", "session.ping"]
+    assert main([*argv, "--quic-engine", "qh3"]) == 1
+    assert main(argv) == 1
+    assert engines == ["qh3", "aioquic"]
+    with pytest.raises(SystemExit):
+        main([*argv, "--quic-engine", "nope"])
+    assert "invalid choice: 'nope'" in capsys.readouterr().err

@@ -6,13 +6,16 @@ import itertools
 
 import pytest
 
+from felix_proto import events as fe
+from felix_proto import messages as m
+from felix_proto.codec import encode
 from felix_server.gate import Flow, Gate, Move, Signal
 
-LIMIT, RESUME, CAP = 100, 40, 200
+LIMIT, RESUME, CAP, BOUND = 100, 40, 200, 100
 
 
 def gate(state: Flow = Flow.OPEN) -> Gate:
-    g = Gate(limit=LIMIT, resume=RESUME, cap=CAP)
+    g = Gate(limit=LIMIT, resume=RESUME, cap=CAP, bound=BOUND)
     path = {  # how each state is reached
         Flow.OPEN: (),
         Flow.PAUSED: (Signal.OVER_LIMIT,),
@@ -70,3 +73,25 @@ def test_room_for_a_feed_write() -> None:
     assert g.room(RESUME + 1, LIMIT - RESUME - 1)
     assert not g.room(RESUME + 1, LIMIT - RESUME)
     assert g.feed_blocked() == (Move.PAUSE_FEEDS,) and g.feed_blocked() == ()
+
+
+def test_held_bytes_count_what_waits_against_the_bound() -> None:
+    g = gate(Flow.HOLDING)
+    request = fe.RequestReceived(
+        stream_id=4, message=m.CacheGet(request_id=1, tenant="t", namespace="n", cache="c", key="k")
+    )
+    size = len(encode(request.message))
+    g.hold_request(request)
+    g.hold_data(8, b"x" * 20, False)
+    g.hold_data(8, b"y" * 5, True)
+    g.hold_data(12, b"z" * 10, False)
+    assert g.held_bytes == size + 35
+    assert not g.overflowing() and size + 35 <= BOUND
+    g.hold_data(12, b"z" * (BOUND - size - 35 + 1), False)
+    assert g.overflowing()
+    held = g.take_data(8)
+    assert held is not None and bytes(held.data) == b"x" * 20 + b"y" * 5 and held.end
+    assert g.take_data(8) is None and g.held_bytes == size + BOUND - size + 1 - 25
+    assert g.next_request() is request and g.held_bytes == BOUND + 1 - 25 - size
+    g.drop_held()
+    assert g.held_bytes == 0 and not g.held and not g.held_data and not g.overflowing()

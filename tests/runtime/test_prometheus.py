@@ -115,3 +115,11 @@ def test_responder_answers_every_path() -> None:
 def test_resource_limit_is_validated() -> None:
     with pytest.raises(ConfigError, match="metrics_resource_limit"):
         ServerConfig(metrics_resource_limit=-1).validate()
+
+
+def test_held_request_overflows_are_counted() -> None:
+    observer = PrometheusObserver()
+    observer.held_overflow(5000)
+    observer.held_overflow(7000)
+    value = observer.registry.get_sample_value("felix_held_request_overflows_total")
+    assert value == 2
