@@ -37,22 +37,25 @@ import logging
 import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
-
-import anyio
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from ._audit_cli import add_audit_commands, run_audit_command
-from ._cli_commands import COMMANDS, parse_start
 from ._completion import SHELLS, command_tree, render
 from ._context_cli import add_context_commands, load_config, run_context_command
 from ._contexts import DEFAULT_METRICS_URL, SETTINGS, ConfigError, resolve
 from ._log_cli import add_log_commands, run_log_command
-from ._login_cli import cmd_login
-from ._rbac_cli import RBAC_COMMANDS, add_rbac_commands
+from ._rbac_cli import add_rbac_commands
 from ._token_cli import add_token_commands, run_token_command
 from ._url import DEFAULT_URL, parse_url
 from .errors import FelixError
+
+if TYPE_CHECKING:
+    from ._cli_commands import parse_start
+
+# The QUIC client (felix_client.client, aioquic, the TLS stack) is imported only by the
+# commands that connect: --version, --help, token, log, audit, context and completion start
+# without it (tests/client/test_cli_startup.py).
 
 __all__ = ["broker_main", "build_parser", "main", "parse_start"]
 
@@ -468,6 +471,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ._top import run_top
 
         return run_top(args)
+    return _run_connected(args)
+
+
+def _run_connected(args: argparse.Namespace) -> int:
+    """Run a command that talks to a broker (the only path that imports the client)."""
+    import anyio
+
+    from ._cli_commands import COMMANDS
+    from ._login_cli import cmd_login
+    from ._rbac_cli import RBAC_COMMANDS
+
     command: Callable[[argparse.Namespace], Awaitable[int]]
     if args.command == "login":
         command = cmd_login
@@ -554,6 +568,17 @@ def broker_main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
     code = run(rest)
     return int(code or 0)
+
+
+if not TYPE_CHECKING:
+
+    def __getattr__(name: str) -> Any:
+        """``parse_start`` stays importable from here without loading the client eagerly."""
+        if name == "parse_start":
+            from ._cli_commands import parse_start
+
+            return parse_start
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 if __name__ == "__main__":  # pragma: no cover
