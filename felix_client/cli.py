@@ -141,8 +141,12 @@ def _common(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="per-request timeout (default: 10)",
     )
-    g.add_argument("--loop", choices=("asyncio", "trio"), default=s,
-                   help="event loop the client runs on (default: asyncio)")  # fmt: skip
+    g.add_argument(
+        "--loop",
+        choices=("asyncio", "trio"),
+        default=s,
+        help="event loop the client runs on (default: asyncio)",
+    )
     g.add_argument(
         "--quic-engine",
         choices=("aioquic", "qh3"),
@@ -170,8 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
         _common(p)
         return p
 
-    p = sub.add_parser("broker", help="run a broker (all further arguments go to it)",
-                       add_help=False)  # fmt: skip
+    p = sub.add_parser(
+        "broker", help="run a broker (all further arguments go to it)", add_help=False
+    )
     p.add_argument("--runtime", choices=("asyncio", "anyio"), default="asyncio")
     p.add_argument("--backend", choices=("asyncio", "trio"), default="asyncio")
     p.add_argument("--version", action="store_true", help="print the version and exit")
@@ -346,7 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(how to install it is in the script's first lines).",
     )
     p.add_argument("shell", choices=SHELLS)
-    return parser  # fmt: skip
+    return parser
 
 
 def _positive_float(text: str) -> float:
@@ -561,8 +566,9 @@ def broker_main(argv: Sequence[str] | None = None) -> int:
         print(pre.format_help())
     if known.runtime == "asyncio":
         if known.backend != "asyncio":
-            print(f"{PROG}: error: --backend {known.backend} needs --runtime anyio",
-                  file=sys.stderr)  # fmt: skip
+            print(
+                f"{PROG}: error: --backend {known.backend} needs --runtime anyio", file=sys.stderr
+            )
             return EXIT_USAGE
         module = "felix_runtime_asyncio"
     else:
@@ -571,8 +577,7 @@ def broker_main(argv: Sequence[str] | None = None) -> int:
     runtime = importlib.import_module(module)
     run = getattr(runtime, "main", None)
     if run is None:
-        print(f"{PROG}: error: the {known.runtime} runtime is not available yet",
-              file=sys.stderr)  # fmt: skip
+        print(f"{PROG}: error: the {known.runtime} runtime is not available yet", file=sys.stderr)
         return EXIT_ERROR
     code = run(rest)
     return int(code or 0)
