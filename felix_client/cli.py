@@ -511,7 +511,7 @@ def completion_script(shell: str) -> str:
     ``felix bench``'s scenarios and flags under ``bench`` (when felix[bench] is installed)."""
     from felix_server.config import build_parser as broker_parser
 
-    merge = {("broker",): broker_parser()}
+    merge: dict[tuple[str, ...], argparse.ArgumentParser] = {("broker",): broker_parser()}
     try:
         from .bench.command import build_parser as bench_parser
     except ImportError:  # the bench extra is not installed: felix bench has no options
