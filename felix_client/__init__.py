@@ -17,35 +17,39 @@ CLI (:mod:`felix_client.cli`). Errors are typed, one class per error code
 
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _distribution_version
+from typing import TYPE_CHECKING
 
-from ._streams import Consumer, Publisher, QueueMessage, Subscription
-from ._url import DEFAULT_URL
-from .client import Admin, Cache, Client, connect
-from .errors import (
-    AlreadyExists,
-    BadFrameError,
-    Conflict,
-    ConnectionLost,
-    CursorTooOld,
-    ErrorCode,
-    FelixError,
-    Forbidden,
-    InternalError,
-    InvalidArgument,
-    LimitExceeded,
-    NotFound,
-    Overloaded,
-    RequestTimeout,
-    ShuttingDown,
-    StorageFailed,
-    StorageFull,
-    TooLarge,
-    Unauthenticated,
-    UnexpectedMessage,
-    UnknownMessage,
-    UnsupportedVersionError,
-)
-from .types import AckMode, CacheEntry, Event, Headers, PublishResult, Start
+from felix_proto._lazy import lazy_getattr
+
+if TYPE_CHECKING:  # the same imports, done lazily at run time (felix_proto._lazy)
+    from ._streams import Consumer, Publisher, QueueMessage, Subscription
+    from ._url import DEFAULT_URL
+    from .client import Admin, Cache, Client, connect
+    from .errors import (
+        AlreadyExists,
+        BadFrameError,
+        Conflict,
+        ConnectionLost,
+        CursorTooOld,
+        ErrorCode,
+        FelixError,
+        Forbidden,
+        InternalError,
+        InvalidArgument,
+        LimitExceeded,
+        NotFound,
+        Overloaded,
+        RequestTimeout,
+        ShuttingDown,
+        StorageFailed,
+        StorageFull,
+        TooLarge,
+        Unauthenticated,
+        UnexpectedMessage,
+        UnknownMessage,
+        UnsupportedVersionError,
+    )
+    from .types import AckMode, CacheEntry, Event, Headers, PublishResult, Start
 
 try:
     __version__ = _distribution_version("felix")
@@ -91,3 +95,54 @@ __all__ = [
     "UnsupportedVersionError",
     "connect",
 ]
+
+_EXPORTS: dict[str, tuple[str, ...]] = {
+    "felix_client._streams": (
+        "Consumer",
+        "Publisher",
+        "QueueMessage",
+        "Subscription",
+    ),
+    "felix_client._url": ("DEFAULT_URL",),
+    "felix_client.client": (
+        "Admin",
+        "Cache",
+        "Client",
+        "connect",
+    ),
+    "felix_client.errors": (
+        "AlreadyExists",
+        "BadFrameError",
+        "Conflict",
+        "ConnectionLost",
+        "CursorTooOld",
+        "ErrorCode",
+        "FelixError",
+        "Forbidden",
+        "InternalError",
+        "InvalidArgument",
+        "LimitExceeded",
+        "NotFound",
+        "Overloaded",
+        "RequestTimeout",
+        "ShuttingDown",
+        "StorageFailed",
+        "StorageFull",
+        "TooLarge",
+        "Unauthenticated",
+        "UnexpectedMessage",
+        "UnknownMessage",
+        "UnsupportedVersionError",
+    ),
+    "felix_client.types": (
+        "AckMode",
+        "CacheEntry",
+        "Event",
+        "Headers",
+        "PublishResult",
+        "Start",
+    ),
+}
+
+if not TYPE_CHECKING:  # mypy checks the names above, not a catch-all
+    __getattr__ = lazy_getattr(__name__, _EXPORTS)

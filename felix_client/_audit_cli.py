@@ -6,21 +6,30 @@
     felix audit verify audit-000002.jsonl          # one file (its link to the one before
                                                    # is not checked)
     felix audit tail felix-data/audit -n 20        # the last 20 entries, one JSON per line
+    felix audit tail felix-data/audit --follow     # then each new entry as it is written
 
 The format and the check live in :mod:`felix_runtime.audit` (imported only when an
 ``audit`` command runs). ``verify`` exits 0 when the trail checks out, 1 naming the first
-line that does not (``FILE:LINE: problem``); usage errors exit 2.
+line that does not (``FILE:LINE: problem``); usage errors exit 2. ``tail --follow`` polls
+the trail every ``--interval`` seconds, at most :data:`FOLLOW_CHUNK` bytes a poll, moves on
+to the next numbered file when the writer rotates, and exits 0 on Ctrl-C.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["add_audit_commands", "run_audit_command"]
+__all__ = ["FOLLOW_CHUNK", "Follower", "add_audit_commands", "run_audit_command"]
+
+FOLLOW_CHUNK = 1 << 20
+"""The most ``tail --follow`` reads from the trail in one poll."""
+_sleep = time.sleep
 
 
 def add_audit_commands(sub: argparse._SubParsersAction[Any]) -> None:
@@ -42,6 +51,26 @@ def add_audit_commands(sub: argparse._SubParsersAction[Any]) -> None:
     )
     p.add_argument("path", metavar="PATH", help="the audit directory (or one file)")
     p.add_argument("-n", "--lines", type=int, default=10, metavar="N", help="default 10")
+    p.add_argument(
+        "--follow",
+        "-f",
+        action="store_true",
+        help="then print each new entry as it is written, across rotations, until Ctrl-C",
+    )
+    p.add_argument(
+        "--interval",
+        type=_positive_float,
+        default=0.5,
+        metavar="SECONDS",
+        help="with --follow: seconds between polls of the trail (default 0.5)",
+    )
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, not {text}")
+    return value
 
 
 def run_audit_command(args: argparse.Namespace) -> int:
@@ -49,7 +78,7 @@ def run_audit_command(args: argparse.Namespace) -> int:
     try:
         if args.audit_command == "verify":
             return _verify(args.paths)
-        return _tail(Path(args.path), args.lines)
+        return _tail(Path(args.path), args.lines, args.interval if args.follow else None)
     except OSError as exc:
         name = exc.filename if exc.filename is not None else ""
         print(f"felix: error: {name}: {exc.strerror or exc}", file=sys.stderr)
@@ -75,7 +104,8 @@ def _verify(paths: list[str]) -> int:
     return 0
 
 
-def _tail(path: Path, count: int) -> int:
+def _tail(path: Path, count: int, interval: float | None) -> int:
+    """Print the last ``count`` lines; with an ``interval``, then follow the trail."""
     from felix_runtime.audit import audit_files
 
     files = audit_files(path) if path.is_dir() else [path]
@@ -83,12 +113,94 @@ def _tail(path: Path, count: int) -> int:
         print(f"felix: error: {path}: no audit files", file=sys.stderr)
         return 1
     last: deque[str] = deque(maxlen=max(count, 0))
+    end = 0
     for file in reversed(files):  # newest first, until enough lines are in hand
-        with file.open(encoding="utf-8", errors="replace") as f:
-            lines = [line.rstrip("\n") for line in f]
-        last.extendleft(reversed(lines[-count:] if count else []))
+        data = file.read_bytes()
+        if file is files[-1] and interval is not None:
+            end = data.rfind(b"\n") + 1  # complete lines; the follower prints the rest
+            data = data[:end]
+        lines = data.decode("utf-8", errors="replace").splitlines()
+        last.extendleft(reversed(lines[-count:] if count > 0 else []))
         if len(last) >= count:
             break
     for line in last:
         print(line)
+    if interval is None:
+        return 0
+    sys.stdout.flush()  # the tail shows now, not when the pipe's buffer fills
+    return follow(Follower(path, files[-1], end), interval)
+
+
+class Follower:
+    """Where ``tail --follow`` is in a trail: the file it reads (of the directory ``path``,
+    or ``path`` itself) and the offset after the last complete line it returned."""
+
+    def __init__(self, path: Path, file: Path, offset: int, chunk: int = FOLLOW_CHUNK) -> None:
+        self.path = path
+        self.file = file
+        self.offset = offset
+        self.chunk = chunk
+
+    def poll(self) -> list[str]:
+        """The complete lines written since the last poll (at most ``chunk`` bytes of a
+        file per call); once the current file is read to its end, the lines of the newer
+        files of the directory, which the writer opened when it rotated."""
+        lines, at_end = self._read()
+        while at_end and self.path.is_dir():
+            newer = self._next_file()
+            if newer is None:
+                break
+            self.file, self.offset = newer, 0
+            more, at_end = self._read()
+            lines += more
+        return lines
+
+    def _read(self) -> tuple[list[str], bool]:
+        try:
+            with self.file.open("rb") as f:
+                f.seek(0, 2)
+                if f.tell() < self.offset:  # truncated or replaced: start it again
+                    self.offset = 0
+                f.seek(self.offset)
+                data = f.read(self.chunk)
+        except FileNotFoundError:  # removed: only a newer file can follow
+            return [], True
+        end = data.rfind(b"\n") + 1
+        if end == 0 and len(data) == self.chunk:  # no entry is this long: skip, say so
+            skipped = f"{self.file}: skipped {len(data)} bytes without a newline"
+            print(f"felix audit: {skipped}", file=sys.stderr)
+            end = len(data)
+        self.offset += end
+        lines = data[:end].decode("utf-8", errors="replace").splitlines()
+        return lines, len(data) < self.chunk
+
+    def _next_file(self) -> Path | None:
+        from felix_runtime.audit import FILE_PATTERN, audit_files
+
+        def number(file: Path) -> int:
+            match = FILE_PATTERN.match(file.name)
+            return int(match.group(1)) if match else -1
+
+        current = number(self.file)
+        return next((f for f in audit_files(self.path) if number(f) > current), None)
+
+
+def follow(
+    follower: Follower,
+    interval: float,
+    sleep: Callable[[float], None] | None = None,
+    polls: int | None = None,
+) -> int:
+    """Print what ``follower`` finds every ``interval`` seconds until Ctrl-C (exit 0), or
+    ``polls`` polls when given (tests); ``sleep`` defaults to :data:`_sleep`."""
+    sleep = _sleep if sleep is None else sleep
+    try:
+        done = 0
+        while polls is None or done < polls:
+            for line in follower.poll():
+                print(line, flush=True)
+            done += 1
+            sleep(interval)
+    except KeyboardInterrupt:
+        pass
     return 0

@@ -111,8 +111,9 @@ def command_tree(
 
     Args:
         parser: the parser (or a subcommand's parser).
-        merge: extra parsers whose options a path also accepts (``felix broker``'s runtime
-            flags); their positionals and subcommands are ignored.
+        merge: extra parsers whose options and positionals a path also accepts: the
+            parser its ``REMAINDER`` is handed to (``felix broker``'s runtime flags, ``felix
+            bench``'s scenarios and flags); their subcommands are ignored.
         path: the subcommand words leading to ``parser``.
         help: the one-line help of that subcommand.
     """
@@ -143,8 +144,6 @@ def command_tree(
                 )
             )
         elif action.nargs != argparse.REMAINDER:
-            if extra is not None and action in extra._actions:
-                continue
             positionals.append(
                 Positional(choices=_choices(action), kind=_kind(action), help=_help(action))
             )

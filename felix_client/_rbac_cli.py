@@ -24,8 +24,6 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ._cli_commands import _client, _emit
-
 __all__ = ["RBAC_COMMANDS", "add_rbac_commands", "cmd_binding", "cmd_role"]
 
 
@@ -73,6 +71,8 @@ def _describe(resource: dict[str, Any]) -> str:
 
 
 async def _run(args: argparse.Namespace, kind: str, action: str, settings: dict[str, Any]) -> int:
+    from ._cli_commands import _client, _emit  # the QUIC client: only when a command runs
+
     async with _client(args) as client:
         admin = client.admin
         if action == "list":

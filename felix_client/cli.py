@@ -37,22 +37,25 @@ import logging
 import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
-
-import anyio
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from ._audit_cli import add_audit_commands, run_audit_command
-from ._cli_commands import COMMANDS, parse_start
 from ._completion import SHELLS, command_tree, render
 from ._context_cli import add_context_commands, load_config, run_context_command
 from ._contexts import DEFAULT_METRICS_URL, SETTINGS, ConfigError, resolve
 from ._log_cli import add_log_commands, run_log_command
-from ._login_cli import cmd_login
-from ._rbac_cli import RBAC_COMMANDS, add_rbac_commands
+from ._rbac_cli import add_rbac_commands
 from ._token_cli import add_token_commands, run_token_command
 from ._url import DEFAULT_URL, parse_url
 from .errors import FelixError
+
+if TYPE_CHECKING:
+    from ._cli_commands import parse_start
+
+# The QUIC client (felix_client.client, aioquic, the TLS stack) is imported only by the
+# commands that connect: --version, --help, token, log, audit, context and completion start
+# without it (tests/client/test_cli_startup.py).
 
 __all__ = ["broker_main", "build_parser", "main", "parse_start"]
 
@@ -138,8 +141,12 @@ def _common(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="per-request timeout (default: 10)",
     )
-    g.add_argument("--loop", choices=("asyncio", "trio"), default=s,
-                   help="event loop the client runs on (default: asyncio)")  # fmt: skip
+    g.add_argument(
+        "--loop",
+        choices=("asyncio", "trio"),
+        default=s,
+        help="event loop the client runs on (default: asyncio)",
+    )
     g.add_argument(
         "--quic-engine",
         choices=("aioquic", "qh3"),
@@ -167,8 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
         _common(p)
         return p
 
-    p = sub.add_parser("broker", help="run a broker (all further arguments go to it)",
-                       add_help=False)  # fmt: skip
+    p = sub.add_parser(
+        "broker", help="run a broker (all further arguments go to it)", add_help=False
+    )
     p.add_argument("--runtime", choices=("asyncio", "anyio"), default="asyncio")
     p.add_argument("--backend", choices=("asyncio", "trio"), default="asyncio")
     p.add_argument("--version", action="store_true", help="print the version and exit")
@@ -343,7 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(how to install it is in the script's first lines).",
     )
     p.add_argument("shell", choices=SHELLS)
-    return parser  # fmt: skip
+    return parser
 
 
 def _positive_float(text: str) -> float:
@@ -468,6 +476,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ._top import run_top
 
         return run_top(args)
+    return _run_connected(args)
+
+
+def _run_connected(args: argparse.Namespace) -> int:
+    """Run a command that talks to a broker (the only path that imports the client)."""
+    import anyio
+
+    from ._cli_commands import COMMANDS
+    from ._login_cli import cmd_login
+    from ._rbac_cli import RBAC_COMMANDS
+
     command: Callable[[argparse.Namespace], Awaitable[int]]
     if args.command == "login":
         command = cmd_login
@@ -488,10 +507,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def completion_script(shell: str) -> str:
     """The completion script of ``felix`` and ``felix-broker`` for ``shell``, generated
-    from :func:`build_parser` with the broker runtime's own flags under ``broker``."""
+    from :func:`build_parser` with the broker runtime's own flags under ``broker`` and
+    ``felix bench``'s scenarios and flags under ``bench`` (when felix[bench] is installed)."""
     from felix_server.config import build_parser as broker_parser
 
-    tree = command_tree(build_parser(), {("broker",): broker_parser()})
+    merge: dict[tuple[str, ...], argparse.ArgumentParser] = {("broker",): broker_parser()}
+    try:
+        from .bench.command import build_parser as bench_parser
+    except ImportError:  # the bench extra is not installed: felix bench has no options
+        pass
+    else:
+        merge[("bench",)] = bench_parser()
+    tree = command_tree(build_parser(), merge)
     return render(shell, tree, __version__)
 
 
@@ -539,8 +566,9 @@ def broker_main(argv: Sequence[str] | None = None) -> int:
         print(pre.format_help())
     if known.runtime == "asyncio":
         if known.backend != "asyncio":
-            print(f"{PROG}: error: --backend {known.backend} needs --runtime anyio",
-                  file=sys.stderr)  # fmt: skip
+            print(
+                f"{PROG}: error: --backend {known.backend} needs --runtime anyio", file=sys.stderr
+            )
             return EXIT_USAGE
         module = "felix_runtime_asyncio"
     else:
@@ -549,11 +577,21 @@ def broker_main(argv: Sequence[str] | None = None) -> int:
     runtime = importlib.import_module(module)
     run = getattr(runtime, "main", None)
     if run is None:
-        print(f"{PROG}: error: the {known.runtime} runtime is not available yet",
-              file=sys.stderr)  # fmt: skip
+        print(f"{PROG}: error: the {known.runtime} runtime is not available yet", file=sys.stderr)
         return EXIT_ERROR
     code = run(rest)
     return int(code or 0)
+
+
+if not TYPE_CHECKING:
+
+    def __getattr__(name: str) -> Any:
+        """``parse_start`` stays importable from here without loading the client eagerly."""
+        if name == "parse_start":
+            from ._cli_commands import parse_start
+
+            return parse_start
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 if __name__ == "__main__":  # pragma: no cover

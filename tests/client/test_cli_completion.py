@@ -88,6 +88,20 @@ def test_broker_completes_the_runtimes_flags() -> None:
     assert not tree.find("broker").positionals  # REMAINDER is not a positional to complete
 
 
+def test_bench_completes_its_scenarios_and_flags() -> None:
+    from felix_client.bench.command import SCENARIOS
+    from felix_client.bench.command import build_parser as bench_parser
+
+    tree = command_tree(cli.build_parser(), {("bench",): bench_parser()})
+    bench = tree.find("bench")
+    assert {"--seconds", "--fanout", "--quic-engine", "--no-redis"} <= {
+        f for o in bench.options for f in o.flags
+    }
+    assert [p.choices for p in bench.positionals] == [SCENARIOS]
+    script = cli.completion_script("bash")
+    assert "--fanout" in script and "pubsub-latency" in script
+
+
 # ---------------------------------------------------------------------------------- bash
 
 CASES: list[tuple[str, set[str]]] = [
@@ -101,6 +115,9 @@ CASES: list[tuple[str, set[str]]] = [
     ("felix sub s --fr", {"--from"}),
     ("felix-broker --runt", {"--runtime"}),
     ("felix broker --lis", {"--listen"}),
+    ("felix bench --sec", {"--seconds"}),
+    ("felix bench ", {"raw-quic", "pubsub-latency", "pubsub-throughput", "queue", "cache", "all"}),
+    ("felix bench queue --no-r", {"--no-redis"}),
     ("felix context use ", {"dev", "prod"}),
     ("felix --context p", {"prod"}),
     ("felix completion ", {"bash", "zsh", "fish"}),
