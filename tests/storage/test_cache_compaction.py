@@ -8,20 +8,25 @@ from __future__ import annotations
 
 from math import inf
 
+from engine_calls import Calls
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from storage_helpers import Meter, run_jobs
+from storage_helpers import Meter, run_jobs, settle
 
+from felix_core import Broker, BrokerConfig
 from felix_core.cache import Cache, CacheConfig
-from felix_core.disklog import DiskLog, DiskLogStore, LogCommitted
+from felix_core.disklog import DiskLog, DiskLogConfig, DiskLogStore, LogCommitted
 from felix_core.filesystem import MemoryFileSystem
 from felix_core.log import Retention
+from felix_core.metadata import Kind
 
 PATH = ("t", "n", "c")
 SETTINGS = {"durability": "durable", "segment_bytes": 4096}
 CONFIG = CacheConfig(feed_retention=Retention(max_records=8), max_entries=None, max_bytes=None)
+SMALL_SEGMENTS = DiskLogConfig(segment_bytes=4096)
 T0 = 1_000.0
 KEYS = ("a", "b", "c", "d", "e")
+C = ("default", "default", "c")  # through the engine: the default tenant and namespace
 
 State = dict[str, tuple[bytes, int, float]]
 """key -> (value, version, expiry in whole ms: the log's precision)."""
@@ -175,3 +180,41 @@ def test_a_restart_restores_what_the_model_holds(
     if got:  # versions go on past every restored one
         version = again.put(KEYS[0], b"z", later).version
         assert version is not None and version > max(v[1] for v in got.values())
+
+
+def test_the_engine_compacts_a_durable_cache_and_restores_it() -> None:
+    """Through the engine: the partition compacts a durable cache's log, a commit alone
+    (``Broker.log_committed``, no further write) lets retention delete the old segments,
+    and a restart restores the key written once."""
+    fs = MemoryFileSystem()
+    store = DiskLogStore(fs, SMALL_SEGMENTS)
+    calls = Calls(Broker(BrokerConfig(), logs=store, now=T0))
+    settings = {"durability": "durable", "feed_retention_max_records": 8}
+    calls.create("cache", *C, settings, now=T0)
+    calls.cache_put(*C, "old", b"kept", ttl_ms=3_600_000, now=T0)
+    for i in range(200):
+        calls.cache_put(*C, KEYS[i % 2], b"x" * 100, now=T0)
+    log = store.log("cache", C)
+    assert log is not None and log.first_offset == 0  # waiting for a commit
+
+    def commit(broker: Broker, now: float) -> None:
+        log = store.log("cache", C)
+        assert log is not None
+        log.request_commit(log.next_offset)
+        for notice in settle(store, now):
+            if isinstance(notice, LogCommitted):
+                broker.log_committed(Kind(notice.kind), notice.path, notice.offset, now)
+
+    commit(calls.broker, T0)
+    assert log.first_offset > 0  # the commit alone finished the compaction
+    commit(calls.broker, T0)
+    fs.crash()
+
+    store = DiskLogStore(fs, SMALL_SEGMENTS)
+    engine = Broker(BrokerConfig(), logs=store, now=T0 + 5)
+    parents_first = {Kind.TENANT: 0, Kind.NAMESPACE: 1}
+    for record in sorted(calls.store.records(), key=lambda r: parents_first.get(r.kind, 2)):
+        engine.metadata_changed(record.kind, record.path, record, T0 + 5)
+    again = Calls(engine, calls.store)
+    entry = again.cache_get(*C, "old", now=T0 + 5)
+    assert (entry.value, entry.version) == (b"kept", 1)
