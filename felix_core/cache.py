@@ -39,10 +39,17 @@ the value for a put and ``b""`` otherwise, headers ``op`` (``put``, ``delete``, 
 1; ``0`` = never) and, when it expires, ``expires_ms`` (absolute). The stream engine
 follows that log like a stream (the facade pumps its fanout after each cache call whose
 ``changes.next_offset`` moved); the log is trimmed to ``feed_retention``.
-:meth:`Cache.rebuild_from` replays such a log into a fresh cache, which is what the durable
-issue needs; the rebuild is exact for the records retained, so a durable log must compact
-(keep each key's last record) rather than trim. Gets are not logged, so a rebuilt cache's
-LRU order is the order of the last writes.
+:meth:`Cache.rebuild_from` replays such a log into a fresh cache (a durable cache at
+start); the rebuild is exact for the records retained. Gets are not logged, so a rebuilt
+cache's LRU order is the order of the last writes.
+
+*Compaction* (``compact=True``, a durable cache): the log must hold every live entry
+whatever ``feed_retention``, so before retention deletes records the entries whose last
+put is among them are *carried forward* (their put written again, same version and
+absolute expiry, header ``compacted: 1``), and the old records go only once the log has
+committed the carried ones (:meth:`Cache._retain`; the engine reports commits through
+:meth:`Cache.log_committed`). ``_written`` keeps the live keys in the order of the offsets
+of their records, so finding the ones to carry costs only the ones carried.
 
 Everything is pure: time arrives as ``now`` (seconds since the epoch).
 """

@@ -6,7 +6,9 @@ instant loses nothing that was committed. Cache over a DiskLog over MemoryFileSy
 
 from __future__ import annotations
 
+import re
 from math import inf
+from pathlib import Path
 
 from engine_calls import Calls
 from hypothesis import HealthCheck, given, settings
@@ -17,8 +19,9 @@ from felix_core import Broker, BrokerConfig
 from felix_core.cache import Cache, CacheConfig
 from felix_core.disklog import DiskLog, DiskLogConfig, DiskLogStore, LogCommitted
 from felix_core.filesystem import MemoryFileSystem
-from felix_core.log import Retention
+from felix_core.log import LogSlice, Retention
 from felix_core.metadata import Kind
+from felix_core.segments import decode_batch, encode_batch
 
 PATH = ("t", "n", "c")
 SETTINGS = {"durability": "durable", "segment_bytes": 4096}
@@ -218,3 +221,24 @@ def test_the_engine_compacts_a_durable_cache_and_restores_it() -> None:
     again = Calls(engine, calls.store)
     entry = again.cache_get(*C, "old", now=T0 + 5)
     assert (entry.value, entry.version) == (b"kept", 1)
+
+
+def test_the_golden_carried_record_is_what_the_cache_writes() -> None:
+    """docs/storage-format.md §8.1: a carried put, as the cache writes it and as a batch."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "storage-format.md").read_text()
+    found = re.search(r"<!-- golden: cache-carried -->\n```text\n(.*?)```", text, re.S)
+    assert found
+    golden = bytes.fromhex(found.group(1))
+    config = CacheConfig(feed_retention=Retention(max_records=1), max_bytes=None)
+    cache = Cache(config, compact=True)  # a memory log commits on append: no wait
+    now = 1_700_000_000.0
+    cache.put("k", b"v", now, ttl=60.0)
+    cache.put("j", b"w", now)  # retention drops offset 0: "k" is carried to offset 2
+    assert cache.feed_records_kept == 1 and cache.changes.first_offset == 1
+    carried = cache.changes.read(2, 1, 1 << 20)
+    assert isinstance(carried, LogSlice)
+    assert carried.keys is not None and carried.headers is not None
+    batch = encode_batch(2, carried.payloads, carried.timestamps_ms, carried.keys, carried.headers)
+    assert batch == golden
+    decoded, _ = decode_batch(golden)
+    assert decoded.base_offset == 2
