@@ -261,6 +261,8 @@ class Broker:
         partition = self.registry.find(kind, path)
         if isinstance(partition, StreamPartition | QueuePartition):
             self._out.extend(partition.commits.committed(offset))
+        elif isinstance(partition, CachePartition):  # a compaction may finish
+            partition.log_committed(now)
 
     def _state_log_owner(self, kind: Kind, path: Path) -> QueuePartition | None:
         """The durable queue whose state log ``path`` is (None: not a state log)."""

@@ -39,10 +39,17 @@ the value for a put and ``b""`` otherwise, headers ``op`` (``put``, ``delete``, 
 1; ``0`` = never) and, when it expires, ``expires_ms`` (absolute). The stream engine
 follows that log like a stream (the facade pumps its fanout after each cache call whose
 ``changes.next_offset`` moved); the log is trimmed to ``feed_retention``.
-:meth:`Cache.rebuild_from` replays such a log into a fresh cache, which is what the durable
-issue needs; the rebuild is exact for the records retained, so a durable log must compact
-(keep each key's last record) rather than trim. Gets are not logged, so a rebuilt cache's
-LRU order is the order of the last writes.
+:meth:`Cache.rebuild_from` replays such a log into a fresh cache (a durable cache at
+start); the rebuild is exact for the records retained. Gets are not logged, so a rebuilt
+cache's LRU order is the order of the last writes.
+
+*Compaction* (``compact=True``, a durable cache): the log must hold every live entry
+whatever ``feed_retention``, so before retention deletes records the entries whose last
+put is among them are *carried forward* (their put written again, same version and
+absolute expiry, header ``compacted: 1``), and the old records go only once the log has
+committed the carried ones (:meth:`Cache._retain`; the engine reports commits through
+:meth:`Cache.log_committed`). ``_written`` keeps the live keys in the order of the offsets
+of their records, so finding the ones to carry costs only the ones carried.
 
 Everything is pure: time arrives as ``now`` (seconds since the epoch).
 """
@@ -216,15 +223,19 @@ class Cache:
 
     __slots__ = (
         "_bytes",
+        "_compact",
         "_entries",
         "_expiry",
         "_meter",
+        "_pending",
         "_version",
+        "_written",
         "changes",
         "config",
         "deletes",
         "evictions",
         "expirations",
+        "feed_records_kept",
         "feed_records_lost",
         "hits",
         "misses",
@@ -237,6 +248,7 @@ class Cache:
         *,
         changes: Log | None = None,
         meter: MemoryMeter | None = None,
+        compact: bool = False,
     ):
         """Create an empty cache.
 
@@ -246,6 +258,8 @@ class Cache:
                 ``meter``).
             meter: charged with the bytes of the entries as they change (the change log
                 charges its own).
+            compact: keep every live entry in the change log whatever ``feed_retention``
+                (a durable cache, rebuilt from its log at start): see :meth:`_retain`.
 
         Raises:
             InvalidArgument: a setting is out of range.
@@ -258,7 +272,15 @@ class Cache:
         self._expiry: list[tuple[float, int, str]] = []
         self._bytes = 0
         self._version = 0
+        self._compact = compact
+        self._written: OrderedDict[str, int] = OrderedDict()
+        """Compacting: live key -> offset of the record holding its value, oldest first."""
+        self._pending: tuple[int, int] | None = None
+        """Compacting: ``(horizon, until)``: the records below ``horizon`` may go once
+        every record below ``until`` (the entries carried forward) is committed."""
         self.hits = self.misses = self.puts = self.deletes = 0
+        self.feed_records_kept = 0
+        """Compacting: put records carried forward (``compacted: 1``) before retention."""
         self.feed_records_lost = 0
         """Expiry and eviction records a durable change feed refused (disk full or failed)."""
         self.expirations = self.evictions = 0
@@ -398,22 +420,19 @@ class Cache:
             expires_at = current.expires_at
         else:
             expires_at = now + ttl if ttl > 0 else _NEVER
-        headers = {"op": _OP_PUT, "version": b"%d" % version, "ttl_ms": b"0"}
-        if expires_at != _NEVER:
-            # the time left, in whole ms and at least 1 (0 would read as "never")
-            headers["ttl_ms"] = b"%d" % max(1, round((expires_at - now) * 1000))
-            headers["expires_ms"] = b"%d" % round(expires_at * 1000)
         # The change is logged first: a durable feed that refuses it (StorageFull,
         # StorageFailed) leaves the cache unchanged.
-        self._append(value, kb, headers, now)
+        offset = self._append(value, kb, _put_headers(version, expires_at, now), now)
         self._version = version
         entries = self._entries
         entries[key] = CacheEntry(value, version, expires_at, size)
         entries.move_to_end(key)
+        self._wrote(key, offset)
         self._account(size if current is None else size - current.size)
         self.puts += 1
         if expires_at != _NEVER:
             self._push_expiry(expires_at, version, key)
+        self._retain(now)
         self._enforce_bounds(now)
         return WriteResult(True, version)
 
@@ -458,7 +477,7 @@ class Cache:
         config.validate()
         self.config = config
         self._enforce_bounds(now)
-        self.changes.apply_retention(config.feed_retention, round(now * 1000))
+        self._retain(now)
 
     # -- time ---------------------------------------------------------------------------
 
@@ -487,7 +506,7 @@ class Cache:
             entry = entries.get(key)
             if entry is not None and entry.version == version:
                 self._remove(key, entry, _OP_EXPIRE, now)
-        self.changes.apply_retention(self.config.feed_retention, round(now * 1000))
+        self._retain(now)
 
     # -- replay -------------------------------------------------------------------------
 
@@ -499,19 +518,22 @@ class Cache:
         config: CacheConfig | None = None,
         *,
         meter: MemoryMeter | None = None,
+        compact: bool = False,
     ) -> Cache:
         """Rebuild a cache by replaying its change feed; the cache then appends to ``log``.
 
         Entries come back with their values, versions and absolute expiry; ones already
         expired at ``now`` are removed by the usual lazy/active expiry (and logged then).
         The version counter resumes after the largest version seen. The bounds of
-        ``config`` are enforced at the end (evictions are logged).
+        ``config`` are enforced at the end (evictions are logged). A put carried forward
+        by compaction (``compacted: 1``) replays like the put it repeats.
 
         Args:
             log: a change feed written by a :class:`Cache`.
             now: the current time.
             config: the settings; None for the defaults.
             meter: charged with the entries' bytes (the log charges its own).
+            compact: the cache compacts its log (see :class:`Cache`).
 
         Returns:
             The rebuilt :class:`Cache`.
@@ -520,8 +542,9 @@ class Cache:
             ValueError: a record is not a cache change-feed record.
             InvalidArgument: a setting is out of range.
         """
-        cache = cls(config, changes=log, meter=meter)
+        cache = cls(config, changes=log, meter=meter, compact=compact)
         entries = cache._entries
+        written = cache._written
         offset = log.first_offset
         while offset < log.next_offset:
             sl = log.read(offset, 1024, 1 << 62)
@@ -538,12 +561,15 @@ class Cache:
                 old = entries.pop(key, None)
                 if old is not None:
                     cache._account(-old.size)
+                    written.pop(key, None)
                 op = hdrs.get("op")
                 if op == _OP_PUT:
                     exp_ms = hdrs.get("expires_ms")
                     expires_at = int(exp_ms) / 1000 if exp_ms is not None else _NEVER
                     entry = CacheEntry(payload, version, expires_at, len(kb) + len(payload))
                     entries[key] = entry
+                    if compact:
+                        written[key] = offset + i
                     cache._account(entry.size)
                     if expires_at != _NEVER:
                         cache._push_expiry(expires_at, version, key)
@@ -551,7 +577,18 @@ class Cache:
                     raise ValueError(f"offset {offset + i} has an unknown op {op!r}")
             offset = sl.next_offset
         cache._enforce_bounds(now)
+        cache._retain(now)
         return cache
+
+    def log_committed(self, now: float) -> None:
+        """The change log committed more records: a compaction waiting for them may now
+        let retention delete what it carried forward.
+
+        Args:
+            now: the current time.
+        """
+        if self._pending is not None:
+            self._retain(now)
 
     # -- internals ----------------------------------------------------------------------
 
@@ -575,6 +612,7 @@ class Cache:
         if op is _OP_DELETE:
             self._append(b"", key.encode(), record, now)
         del self._entries[key]
+        self._written.pop(key, None)
         self._account(-entry.size)
         if op is _OP_EXPIRE:
             self.expirations += 1
@@ -586,6 +624,7 @@ class Cache:
                 self._append(b"", key.encode(), record, now)
             except (StorageFull, StorageFailed):
                 self.feed_records_lost += 1
+        self._retain(now)
         return version
 
     def _account(self, delta: int) -> None:
@@ -598,6 +637,8 @@ class Cache:
         """The cache is gone: let go of its entries and its change log (the meter is
         credited)."""
         self._entries.clear()
+        self._written.clear()
+        self._pending = None
         self._expiry.clear()
         self._account(-self._bytes)
         self.changes.close()
@@ -619,8 +660,80 @@ class Cache:
             heap[:] = [h for h in heap if (e := live.get(h[2])) is not None and e.version == h[1]]
             heapify(heap)
 
-    def _append(self, payload: bytes, kb: bytes, headers: dict[str, bytes], now: float) -> None:
-        now_ms = round(now * 1000)
+    def _append(self, payload: bytes, kb: bytes, headers: dict[str, bytes], now: float) -> int:
+        return self.changes.append(payload, round(now * 1000), kb, headers)
+
+    def _wrote(self, key: str, offset: int) -> None:
+        """Compacting: the record at ``offset`` now holds ``key``'s live entry."""
+        if self._compact:
+            written = self._written
+            written[key] = offset
+            written.move_to_end(key)
+
+    def _retain(self, now: float) -> None:
+        """Apply ``feed_retention`` to the change log.
+
+        Without compaction the log is trimmed like a stream's. With it (a durable cache),
+        the log must always hold every live entry, so before retention may delete a record
+        the entries it still holds are *carried forward*: their put is written again at the
+        end of the log (same value, version and absolute expiry, header ``compacted: 1``).
+        The records below the retention *horizon* are then deleted only once the log has
+        committed everything written up to that point (the carried entries and every
+        later change): a crash or power loss before that finds the old records still
+        there, so nothing is lost at any instant. A carry the log refuses (disk full,
+        failed log) leaves the old records in place; retention is tried again with the
+        next change. An entry whose expiry has passed is not carried: its record may go
+        (its expiry record follows from the sweep).
+        """
         log = self.changes
-        log.append(payload, now_ms, kb, headers)
-        log.apply_retention(self.config.feed_retention, now_ms)
+        retention = self.config.feed_retention
+        if not self._compact:
+            log.apply_retention(retention, round(now * 1000))
+            return
+        pending = self._pending
+        if pending is not None:
+            horizon, until = pending
+            if log.committed_offset < until:
+                return
+            self._pending = None
+            log.truncate_before(horizon)
+        drop = log.evictions_for(0, 0, retention)
+        if drop <= 0:
+            return
+        horizon = log.first_offset + drop
+        written = self._written
+        entries = self._entries
+        while written:
+            key, offset = next(iter(written.items()))
+            if offset >= horizon:
+                break
+            entry = entries[key]
+            if entry.expires_at <= now:
+                del written[key]
+                continue
+            headers = _put_headers(entry.version, entry.expires_at, now)
+            headers["compacted"] = b"1"
+            try:
+                self._wrote(key, self._append(entry.value, key.encode(), headers, now))
+            except (StorageFull, StorageFailed):
+                return
+            self.feed_records_kept += 1
+        until = log.next_offset
+        if log.committed_offset >= until:
+            log.truncate_before(horizon)
+            return
+        self._pending = (horizon, until)
+        request = getattr(log, "request_commit", None)
+        if request is not None:
+            request(until)
+
+
+def _put_headers(version: int, expires_at: float, now: float) -> dict[str, bytes]:
+    """The headers of a put record of an entry with ``version`` expiring at
+    ``expires_at``, written at ``now``."""
+    headers = {"op": _OP_PUT, "version": b"%d" % version, "ttl_ms": b"0"}
+    if expires_at != _NEVER:
+        # the time left, in whole ms and at least 1 (0 would read as "never")
+        headers["ttl_ms"] = b"%d" % max(1, round((expires_at - now) * 1000))
+        headers["expires_ms"] = b"%d" % round(expires_at * 1000)
+    return headers

@@ -209,7 +209,8 @@ class CachePartition:
     ) -> None:
         """Build the cache on its change log: rebuilt from what the log holds (a durable
         cache after a restart: its entries, absolute expiries and versions; a new log: an
-        empty cache).
+        empty cache). A durable log (one that commits on request) is compacted: it keeps
+        every live entry whatever ``feed_retention`` (see ``Cache._retain``).
 
         Raises:
             InvalidArgument: a setting is out of range.
@@ -220,7 +221,13 @@ class CachePartition:
         self.generation = record.generation
         self.log = log
         try:
-            self.cache = Cache.rebuild_from(log, now, cache_config(record.settings), meter=meter)
+            self.cache = Cache.rebuild_from(
+                log,
+                now,
+                cache_config(record.settings),
+                meter=meter,
+                compact=isinstance(log, CommitRequests),
+            )
         except ValueError as exc:
             raise StorageFailed(
                 f"cache {'/'.join(record.path)}: its change log cannot be replayed: {exc}"
@@ -234,6 +241,11 @@ class CachePartition:
         if feed is None:
             feed = self.feed = Fanout(self.log, out, batch=self.feed_batch)
         return feed
+
+    def log_committed(self, now: float) -> None:
+        """The change log committed more records (a compaction may finish)."""
+        self.cache.log_committed(now)
+        self.changed(now)
 
     def changed(self, now: float) -> None:
         """The change log may have grown: deliver to the feed's subscriptions."""
