@@ -52,37 +52,45 @@ def main() -> int:
     args = parser.parse_args()
     command.plan = lambda scenario: [pubsub.run_throughput, queues.run]  # type: ignore[assignment]
     if not args.ab:
-        code, q_rate, s_rate = one_round(args, quiet=False)
-        return code
-    rounds: dict[str, list[tuple[float, float]]] = {"A single": [], "B batch": []}
+        return one_round(args, quiet=False)[0]
+    rounds: dict[str, list[tuple[float, float, float, float]]] = {"A single": [], "B batch": []}
     for i in range(2 * args.ab):
         name = "A single" if i % 2 == 0 else "B batch"
         if i % 2 == 0:
             os.environ[SINGLE] = "1"
         else:
             os.environ.pop(SINGLE, None)
-        code, q_rate, s_rate = one_round(args, quiet=True)
+        code, q_rate, s_rate, cpu = one_round(args, quiet=True)
         if code:
             return code
-        rounds[name].append((q_rate, s_rate))
+        rounds[name].append((q_rate, s_rate, cpu["client_cpu_us"], cpu["broker_cpu_us"]))
         print(
             f"round {i + 1} {name}: queue {q_rate:,.0f} msg/s, pub/sub {s_rate:,.0f} msg/s, "
-            f"ratio {q_rate / s_rate:.2f}",
+            f"ratio {q_rate / s_rate:.2f}; queue CPU us per message: client "
+            f"{cpu['client_cpu_us']:.1f}, broker {cpu['broker_cpu_us']:.1f}",
             flush=True,
         )
     os.environ.pop(SINGLE, None)
     for name, got in rounds.items():
         q = statistics.median(r[0] for r in got)
         ratio = statistics.median(r[0] / r[1] for r in got)
-        print(f"{name}: median queue {q:,.0f} msg/s, median queue / pubsub {ratio:.2f}")
+        client = statistics.median(r[2] for r in got)
+        broker = statistics.median(r[3] for r in got)
+        print(
+            f"{name}: median queue {q:,.0f} msg/s, median queue / pubsub {ratio:.2f}, "
+            f"median CPU us per message: client {client:.1f}, broker {broker:.1f}"
+        )
     q_a = statistics.median(r[0] for r in rounds["A single"])
     q_b = statistics.median(r[0] for r in rounds["B batch"])
     print(f"queue rate B / A = {q_b / q_a:.2f}; load average {os.getloadavg()[0]:.2f}")
     return 0
 
 
-def one_round(args: argparse.Namespace, *, quiet: bool) -> tuple[int, float, float]:
-    """One broker, both figures: (exit code, queue msg/s, pub/sub msg/s)."""
+def one_round(
+    args: argparse.Namespace, *, quiet: bool
+) -> tuple[int, float, float, dict[str, float]]:
+    """One broker, both figures: (exit code, queue msg/s, pub/sub msg/s, the queue's CPU
+    per message)."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "bench.json"
         argv = [
@@ -116,7 +124,8 @@ def one_round(args: argparse.Namespace, *, quiet: bool) -> tuple[int, float, flo
             print(
                 f"{name} CPU us per message: " + ", ".join(f"{k} {v:.1f}" for k, v in cpu.items())
             )
-    return code, q_rate, s_rate
+    cpu = {k: v for k, v in queue["metrics"].items() if k.endswith("_cpu_us")}
+    return code, q_rate, s_rate, cpu
 
 
 if __name__ == "__main__":

