@@ -97,6 +97,7 @@ from felix_core.queue_types import QueueDelivery
 from felix_proto import ALPN
 from felix_proto import events as fe
 from felix_proto import messages as m
+from felix_proto.codec import MAX_VALUES
 from felix_proto.connection import DELIVERY_BATCH, TOKEN_EXCHANGE, TOKEN_REFRESH
 from felix_proto.errors import ErrorCode, FelixProtoError
 from felix_proto.server import ServerConnection
@@ -131,6 +132,32 @@ _SMALL_FRAME = 256
 _TRANSMIT_ROUNDS = 3
 """Most rounds of one transmit: a round that resumes deliveries or reading sends what that
 produced in the next one."""
+
+
+_BATCH_VALUES = MAX_VALUES - 32
+"""The msgpack values one ``DeliveryBatch`` may spend on its deliveries: the receiver's
+budget (docs/wire-protocol.md §3) less the envelope (array, type, map, 7 field names)."""
+
+
+def batch_groups(deliveries: Sequence[QueueDelivery]) -> list[list[QueueDelivery]]:
+    """Cut a dispatch's deliveries, in order, into groups whose ``DeliveryBatch`` stays
+    within the receiver's msgpack value budget: a delivery takes 7 values (one entry in
+    each list), plus two per header."""
+    per = 7
+    if len(deliveries) * per <= _BATCH_VALUES and not any(d.headers for d in deliveries):
+        return [list(deliveries)]
+    groups: list[list[QueueDelivery]] = []
+    group: list[QueueDelivery] = []
+    values = 0
+    for d in deliveries:
+        cost = per + 2 * len(d.headers) if d.headers else per
+        if group and values + cost > _BATCH_VALUES:
+            groups.append(group)
+            group, values = [], 0
+        group.append(d)
+        values += cost
+    groups.append(group)
+    return groups
 
 
 def _delivery_size(d: QueueDelivery) -> int:
@@ -817,9 +844,9 @@ class Session:
             return
         key = (False, consumer_id)
         if self._batch_deliveries and len(deliveries) > 1:
-            size = sum(map(_delivery_size, deliveries))
-            group = list(deliveries)
-            self._feed_write(key, size, partial(self._write_deliveries, consumer_id, group))
+            for group in batch_groups(deliveries):
+                size = sum(map(_delivery_size, group))
+                self._feed_write(key, size, partial(self._write_deliveries, consumer_id, group))
             return
         for d in deliveries:
             self._feed_write(key, _delivery_size(d), partial(self._write_delivery, consumer_id, d))

@@ -11,10 +11,14 @@ from pathlib import Path
 
 import pytest
 
+from felix_core.queue_types import QueueDelivery
 from felix_proto import messages as m
+from felix_proto._expansion import check_values
 from felix_proto.client import DELIVERY_BATCH, unbatch
 from felix_proto.codec import MessageDecoder, encode
+from felix_proto.errors import TooManyValues
 from felix_proto.frames import HEADER_SIZE
+from felix_server.session import batch_groups
 
 from .memory_net import MemoryClient, MemoryNet, N, T
 
@@ -103,3 +107,33 @@ def test_a_batch_over_max_frame_size_is_split_and_ends_before_what_fits_no_frame
     end = msgs[-1]
     assert isinstance(end, m.ConsumerEnded) and end.reason == m.EndReason.ERROR
     assert "offset 6" in end.message and "max_frame_size 4096" in end.message
+
+
+def _delivery(i: int, headers: int) -> QueueDelivery:
+    hdrs = {f"h{j}": b"" for j in range(headers)} if headers else None
+    return QueueDelivery(i, 1, i, b"p", None, hdrs, 0, 0.0)
+
+
+def test_a_dispatch_is_cut_where_a_batch_would_exceed_the_value_budget() -> None:
+    plain = [_delivery(i, 0) for i in range(1000)]
+    assert batch_groups(plain) == [plain]
+    heavy = [_delivery(i, 3000) for i in range(200)]  # 6,007 values each
+    groups = batch_groups(heavy)
+    assert [d for g in groups for d in g] == heavy
+    assert [len(g) for g in groups] == [87, 87, 26]
+    check_values(_batch_payload(groups[0]))  # raises TooManyValues over the budget
+    with pytest.raises(TooManyValues):
+        check_values(_batch_payload(heavy[:88]))
+
+
+def _batch_payload(group: list[QueueDelivery]) -> bytes:
+    batch = m.DeliveryBatch(
+        delivery_ids=[d.delivery_id for d in group],
+        attempts=[1] * len(group),
+        offsets=[d.offset for d in group],
+        payloads=[d.payload for d in group],
+        timestamps_ms=[0] * len(group),
+        keys=[None] * len(group),
+        headers=[d.headers for d in group],
+    )
+    return encode(batch)[HEADER_SIZE:]
