@@ -7,9 +7,10 @@ import asyncio
 
 from conformance.context import Context
 from conformance.feeds import consume, deliveries, enqueue
-from conformance.registry import check
+from conformance.registry import Skip, check
 from conformance.wire import CheckFailed, expect
 from felix_proto import messages as m
+from felix_proto.connection import DELIVERY_BATCH
 from felix_proto.errors import ErrorCode
 
 S7 = "§7 Semantics: queues"
@@ -52,6 +53,39 @@ async def deliver_ack(ctx: Context) -> None:
     )
     if await conn.quiet(lambda: len(deliveries(log)) > len(sent), QUIET):
         raise CheckFailed("an acked message was delivered again")
+
+
+@check(
+    "queue.delivery-batch",
+    S7,
+    "with delivery-batch (§5.3) a dispatch may come as DeliveryBatch: each entry is one "
+    "delivery (attempt 1, once each, ackable); without it only Delivery frames",
+)
+async def delivery_batch(ctx: Context) -> None:
+    queue = await ctx.create("queue", "batched")
+    conn = await ctx.connect(capabilities=[DELIVERY_BATCH])
+    assert conn.welcome is not None
+    if DELIVERY_BATCH not in conn.welcome.capabilities:
+        raise Skip(f"the broker does not offer {DELIVERY_BATCH}")
+    sent = dict(zip(await enqueue(ctx, conn, queue, _payloads(12)), _payloads(12), strict=True))
+    reply, log = await consume(ctx, conn, queue, prefetch=64)
+    await conn.until(lambda: len(deliveries(log)) >= len(sent), "12 deliveries", None)
+    got = deliveries(log)
+    expect(
+        {d.offset: d.payload for d in got} == sent and all(d.attempt == 1 for d in got),
+        f"delivered {[(d.offset, d.attempt) for d in got]}, enqueued offsets {sorted(sent)}",
+    )
+    ids = [d.delivery_id for d in got]
+    expect(len(set(ids)) == len(ids), f"delivery ids repeat: {ids}")
+    await conn.expect(
+        m.Ack(consumer_id=reply.consumer_id, delivery_ids=ids, request_id=conn.rid()), m.Ok
+    )
+    other = await ctx.create("queue", "unbatched")
+    plain = await ctx.connect()
+    more = await enqueue(ctx, plain, other, _payloads(4, "p"))
+    _, old = await consume(ctx, plain, other, prefetch=64)
+    await plain.until(lambda: len(deliveries(old)) >= len(more), "4 deliveries", None)
+    expect(not old.of(m.DeliveryBatch), "a client that did not offer delivery-batch got a batch")
 
 
 @check("queue.prefetch", S7, "at most prefetch unacked deliveries; an ack lets one more through")

@@ -12,6 +12,7 @@ from typing import Any
 from conformance.context import Context
 from conformance.wire import CheckFailed, Conn, StreamLog, describe, expect
 from felix_proto import messages as m
+from felix_proto.client import unbatch
 
 __all__ = [
     "consume",
@@ -158,5 +159,12 @@ async def consume(
 
 
 def deliveries(log: StreamLog) -> list[m.Delivery]:
-    """The deliveries on a consumer stream, in order."""
-    return log.of(m.Delivery)
+    """The deliveries on a consumer stream, in order (each entry of a ``DeliveryBatch`` as
+    the ``Delivery`` it stands for)."""
+    out: list[m.Delivery] = []
+    for msg in log.messages:
+        if isinstance(msg, m.Delivery):
+            out.append(msg)
+        elif isinstance(msg, m.DeliveryBatch):
+            out.extend(unbatch(msg))
+    return out

@@ -33,7 +33,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 
 from felix_proto import events as ev
 from felix_proto.client import ClientConnection
-from felix_proto.connection import TOKEN_EXCHANGE, TOKEN_REFRESH
+from felix_proto.connection import DELIVERY_BATCH, TOKEN_EXCHANGE, TOKEN_REFRESH
 from felix_proto.messages import AckMode, SourceKind
 from felix_runtime.quic_engines import engine_from_env, load_engine
 
@@ -110,6 +110,11 @@ DEFAULT_PREFETCH = 256
 coalesced, once per loop pass (or half a prefetch), so the prefetch is the window that keeps
 the broker delivering while the consumer works; 64 left the natural loop waiting for the
 broker between windows."""
+
+CAPABILITIES: tuple[str, ...] = (TOKEN_REFRESH, DELIVERY_BATCH)
+"""The capabilities every connection offers in its ``Hello`` (``token-exchange`` is added
+when the client exchanges identity tokens): it renews its token and takes a dispatch's
+deliveries in one ``DeliveryBatch`` frame (docs/wire-protocol.md §5.3)."""
 
 
 class Client:
@@ -406,7 +411,7 @@ class Client:
     async def _open_with_retry(self) -> Connection:
         assert self._tg is not None
         delay, attempts = 0.1, 8 if self._reconnect and any(self._conns) else 1
-        capabilities = (TOKEN_REFRESH, TOKEN_EXCHANGE) if self._exchanges else (TOKEN_REFRESH,)
+        capabilities = (*CAPABILITIES, TOKEN_EXCHANGE) if self._exchanges else CAPABILITIES
         for attempt in range(attempts):
             try:
                 login = self._needs_login()

@@ -97,8 +97,12 @@ _PARALLEL_LISTS: dict[type[m.Message], tuple[str, tuple[str, ...]]] = {
     m.PublishBatch: ("payloads", ("keys", "headers")),
     m.Enqueue: ("payloads", ("keys", "headers")),
     m.EventBatch: ("payloads", ("timestamps_ms", "keys", "headers")),
+    m.DeliveryBatch: (
+        "payloads",
+        ("delivery_ids", "attempts", "offsets", "timestamps_ms", "keys", "headers"),
+    ),
 }
-"""Optional lists that, when present, must have one entry per element of the first list."""
+"""Lists that, when present, must have one entry per element of the first list."""
 
 
 # ------------------------------------------------------------------------ checkers

@@ -62,6 +62,7 @@ from . import events as ev
 from . import messages as m
 from ._feeds import ClientFeed as _Feed
 from ._pending import PendingRequests
+from ._schema import _builder_class
 from ._state import (
     CLIENT_CONNECTION,
     ConnInput,
@@ -74,6 +75,7 @@ from ._state import (
 from .codec import validate
 from .connection import (
     CONTROL_STREAM_ID,
+    DELIVERY_BATCH,
     REPLY_TYPES,
     TOKEN_EXCHANGE,
     TOKEN_REFRESH,
@@ -87,11 +89,13 @@ from .errors import RETRYABLE, ErrorCode, LocalProtocolError, RemoteProtocolErro
 from .frames import DEFAULT_MAX_FRAME_SIZE, SUPPORTED_VERSIONS
 
 __all__ = [
+    "DELIVERY_BATCH",
     "REPLY_TYPES",
     "TOKEN_EXCHANGE",
     "TOKEN_REFRESH",
     "ClientConnection",
     "batch_record_bytes",
+    "unbatch",
 ]
 
 _LANES: dict[type[m.Message], str] = {
@@ -1071,6 +1075,8 @@ class ClientConnection(Connection):
             if msg.delivery_id in feed.awaiting:
                 raise UnexpectedMessage(f"delivery {msg.delivery_id} is already awaiting ack")
             feed.awaiting.add(msg.delivery_id)
+        elif isinstance(msg, m.DeliveryBatch):
+            self._await_batch(feed, msg)
         if feed.state is FeedState.PENDING:
             if len(feed.buffered) >= self._max_early:
                 raise FlowControlError(f"more than {self._max_early} frames before the reply")
@@ -1078,6 +1084,22 @@ class ClientConnection(Connection):
             return
         self._deliver(feed, msg)
         self._top_up(feed)
+
+    def _await_batch(self, feed: _Feed, batch: m.DeliveryBatch) -> None:
+        """Check a ``DeliveryBatch`` (agreed, no id awaiting an ack already or twice in it)
+        and note its ids as awaiting their ack."""
+        if DELIVERY_BATCH not in self.capabilities:
+            raise UnexpectedMessage(f"DeliveryBatch without the {DELIVERY_BATCH!r} capability")
+        awaiting = feed.awaiting
+        ids = batch.delivery_ids
+        fresh = set(ids)
+        if len(fresh) != len(ids) or not awaiting.isdisjoint(fresh):
+            seen: set[int] = set()
+            for did in ids:
+                if did in awaiting or did in seen:
+                    raise UnexpectedMessage(f"delivery {did} is already awaiting ack")
+                seen.add(did)
+        awaiting.update(fresh)
 
     def _bind(
         self, stream: StreamState, msg: m.SubscriptionStreamStart | m.ConsumerStreamStart
@@ -1121,6 +1143,10 @@ class ClientConnection(Connection):
             )
         elif isinstance(msg, m.Delivery):
             self._events.append(ev.DeliveryReceived(consumer_id=fid, delivery=msg))
+        elif isinstance(msg, m.DeliveryBatch):
+            self._events.extend(
+                ev.DeliveryReceived(consumer_id=fid, delivery=d) for d in unbatch(msg)
+            )
         elif isinstance(msg, m.SubscriptionEnded):
             self._end_feed(feed, msg.reason, msg.message, msg.next_offset)
         elif isinstance(msg, m.ConsumerEnded):
@@ -1255,7 +1281,7 @@ class ClientConnection(Connection):
 
 _REPLY_KINDS = frozenset(REPLY_TYPES.values()) | {m.Error}
 _SUB_FRAMES = (m.EventBatch, m.SubscriptionGap, m.SubscriptionEnded)
-_CONSUMER_FRAMES = (m.Delivery, m.ConsumerEnded)
+_CONSUMER_FRAMES = (m.Delivery, m.DeliveryBatch, m.ConsumerEnded)
 
 
 def _failed(
@@ -1304,6 +1330,57 @@ def _success_event(msg: m.Message) -> ev.Event:
         )
     assert isinstance(msg, m.Ok)
     return ev.RequestSucceeded(request_id=msg.request_id)
+
+
+def unbatch(batch: m.DeliveryBatch) -> list[m.Delivery]:
+    """The deliveries of a ``DeliveryBatch``, in order, each as the ``Delivery`` frame that
+    would have carried it alone (the batch was validated when decoded, so each is valid).
+
+    Each is filled through the decoders' mutable twin of ``Delivery`` (see
+    ``_schema._builder_class``): about 0.25 us a delivery against 1.3 us for the frozen
+    ``__init__``, on the consumer's hot path.
+    """
+    n = len(batch.payloads)
+    rows = zip(
+        batch.delivery_ids,
+        batch.attempts,
+        batch.offsets,
+        batch.payloads,
+        batch.timestamps_ms or [0] * n,
+        batch.keys or [None] * n,
+        batch.headers or [None] * n,
+        strict=True,
+    )
+    builder, cls, new = _DELIVERY_BUILDER, m.Delivery, object.__new__
+    if builder is None:  # pragma: no cover - CPython 3.11+ has the twin
+        return [
+            cls(
+                delivery_id=did,
+                attempt=attempt,
+                offset=offset,
+                payload=payload,
+                timestamp_ms=stamp,
+                key=key,
+                headers=hdrs,
+            )
+            for did, attempt, offset, payload, stamp, key, hdrs in rows
+        ]
+    out = []
+    for did, attempt, offset, payload, stamp, key, hdrs in rows:
+        d = new(builder)
+        d.delivery_id = did
+        d.attempt = attempt
+        d.offset = offset
+        d.payload = payload
+        d.timestamp_ms = stamp
+        d.key = key
+        d.headers = hdrs
+        d.__class__ = cls
+        out.append(d)
+    return out
+
+
+_DELIVERY_BUILDER: Any = _builder_class(m.Delivery)
 
 
 def batch_record_bytes(batch: m.EventBatch) -> int:

@@ -59,6 +59,7 @@ from .messages import Error, Message
 
 __all__ = [
     "CONTROL_STREAM_ID",
+    "DELIVERY_BATCH",
     "MAX_TEXT_BYTES",
     "MIN_MAX_FRAME_SIZE",
     "REPLY_TYPES",
@@ -122,6 +123,9 @@ TOKEN_REFRESH = "token-refresh"
 """The capability that lets a client send ``Reauthenticate`` (docs/wire-protocol.md §5.3)."""
 TOKEN_EXCHANGE = "token-exchange"
 """The capability that lets a client send ``TokenExchange`` (docs/wire-protocol.md §5.3)."""
+DELIVERY_BATCH = "delivery-batch"
+"""The capability that lets the broker send ``DeliveryBatch`` on consumer streams
+(docs/wire-protocol.md §5.3)."""
 
 
 def is_client_bidi(stream_id: int) -> bool:

@@ -42,6 +42,7 @@ __all__ = [
     "Consuming",
     "Credit",
     "Delivery",
+    "DeliveryBatch",
     "EndReason",
     "Enqueue",
     "Error",
@@ -496,6 +497,23 @@ class Delivery(Message):
 
 
 @_msg
+class DeliveryBatch(Message):
+    """Several queue messages handed to a consumer in one frame (capability ``delivery-batch``);
+    each must be acked or nacked. Entry ``i`` of every list describes delivery ``i``."""
+
+    TYPE: ClassVar[int] = 0x39
+    delivery_ids: list[int]
+    attempts: list[int]
+    """One per delivery, as ``Delivery.attempt``."""
+    offsets: list[int]
+    payloads: list[bytes]
+    timestamps_ms: list[int] | None = None
+    """Absent (every timestamp 0), or one per delivery."""
+    keys: list[bytes | None] | None = None
+    headers: list[dict[str, bytes] | None] | None = None
+
+
+@_msg
 class Ack(Message):
     """Finish deliveries. With a ``request_id`` the broker answers ``Ok`` or ``Error``."""
 
@@ -731,6 +749,7 @@ MESSAGE_TYPES: dict[int, type[Message]] = {
         Consuming,
         ConsumerStreamStart,
         Delivery,
+        DeliveryBatch,
         Ack,
         Nack,
         CancelConsume,

@@ -42,7 +42,9 @@ starts at the ``Subscribe``'s window and grows with each ``Credit`` (:class:`Cre
 :meth:`~ServerConnection.end_subscription` writes ``SubscriptionEnded`` and ends the stream.
 A client that stops a feed stream (STOP_SENDING or reset, fed in as :meth:`stream_reset`)
 cancels it: :class:`SubscriptionCancelled` / :class:`ConsumerCancelled`. Consumers work the
-same way with ``open_consumer``, ``send_delivery`` and ``end_consumer``.
+same way with ``open_consumer``, ``send_delivery`` and ``end_consumer``;
+``send_delivery_batch`` writes several deliveries in one ``DeliveryBatch`` frame, only to a
+client that agreed to the ``delivery-batch`` capability.
 
 Robustness. The broker never dies from a peer's bytes: every violation is raised inside as
 a :class:`~felix_proto.errors.RemoteProtocolError` and answered at the one receive entry
@@ -75,6 +77,7 @@ from ._state import (
 from .codec import encode, encode_v1_error
 from .connection import (
     CONTROL_STREAM_ID,
+    DELIVERY_BATCH,
     MIN_MAX_FRAME_SIZE,
     REPLY_TYPES,
     Connection,
@@ -558,6 +561,30 @@ class ServerConnection(Connection):
         if feed is None:
             return True
         frame = encode(delivery)
+        if not self.fits(frame):
+            return False
+        feed.move(FeedInput.DATA, local=True)
+        self._write(feed.stream_id, frame)
+        return True
+
+    def send_delivery_batch(self, consumer_id: int, batch: m.DeliveryBatch) -> bool:
+        """Write a ``DeliveryBatch`` on a consumer's stream (capability ``delivery-batch``).
+
+        Returns:
+            False, writing nothing, when the frame would exceed the client's
+            ``max_frame_size`` (the caller then writes the deliveries in smaller batches);
+            True otherwise.
+
+        Raises:
+            LocalProtocolError: the client did not agree to ``delivery-batch``, unknown or
+                ended consumer, or a batch msgpack cannot encode.
+        """
+        if DELIVERY_BATCH not in self._agreed:
+            raise LocalProtocolError(f"the client did not agree to {DELIVERY_BATCH!r}")
+        feed = self._feed(self._consumers, consumer_id)
+        if feed is None:
+            return True
+        frame = encode(batch)
         if not self.fits(frame):
             return False
         feed.move(FeedInput.DATA, local=True)

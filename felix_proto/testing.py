@@ -97,8 +97,12 @@ _PARALLEL: dict[type[m.Message], tuple[str, ...]] = {
     m.PublishBatch: ("keys", "headers"),
     m.Enqueue: ("keys", "headers"),
     m.EventBatch: ("timestamps_ms", "keys", "headers"),
+    m.DeliveryBatch: ("delivery_ids", "attempts", "offsets", "timestamps_ms", "keys", "headers"),
 }
 _PARALLEL_ELEMENT: dict[str, st.SearchStrategy[Any]] = {
+    "delivery_ids": u64,
+    "attempts": u64,
+    "offsets": u64,
     "timestamps_ms": u64,
     "keys": st.none() | _blob,
     "headers": st.none() | _headers,
@@ -131,9 +135,14 @@ def _parallel_lists(draw: st.DrawFn, cls: type[m.Message], others: tuple[str, ..
     }
     count = draw(st.integers(min_value=0, max_value=_SMALL))
     fields["payloads"] = draw(st.lists(_blob, min_size=count, max_size=count))
+    required = {
+        f.name
+        for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+        if f.default is dataclasses.MISSING
+    }
     for name in others:
-        element = _PARALLEL_ELEMENT[name]
-        fields[name] = draw(st.none() | st.lists(element, min_size=count, max_size=count))
+        lists = st.lists(_PARALLEL_ELEMENT[name], min_size=count, max_size=count)
+        fields[name] = draw(lists if name in required else st.none() | lists)
     return cls(**fields)
 
 

@@ -83,8 +83,10 @@ Frames the client cannot take (docs/wire-protocol.md §5.4). A reply over the cl
 ``max_frame_size`` is answered ``Error(TOO_LARGE)`` by the Felix machine itself; a batch over
 it is written in pieces that fit (:func:`~felix_server.split.split_slice`) and a record that
 fits no frame ends the subscription (reason ``error``, ``next_offset`` at the record; the
-engine forgets the subscription); a delivery that fits no frame ends the consumer (its
-in-flight deliveries go back to the queue, as on ``CancelConsume``). The router calls these
+engine forgets the subscription); the deliveries of one dispatch go to a client that agreed
+to ``delivery-batch`` as one ``DeliveryBatch`` frame, halved until the pieces fit; a delivery
+that fits no frame ends the consumer (its in-flight deliveries go back to the queue, as on
+``CancelConsume``). The router calls these
 decisions need are made on the next transmit, when ``now`` is known.
 """
 
@@ -104,7 +106,8 @@ from felix_core.queue_types import QueueDelivery
 from felix_proto import ALPN
 from felix_proto import events as fe
 from felix_proto import messages as m
-from felix_proto.connection import TOKEN_EXCHANGE, TOKEN_REFRESH
+from felix_proto.codec import MAX_VALUES
+from felix_proto.connection import DELIVERY_BATCH, TOKEN_EXCHANGE, TOKEN_REFRESH
 from felix_proto.errors import ErrorCode, FelixProtoError
 from felix_proto.server import ServerConnection
 from felix_server.access import Authenticate, Exchange, ExchangeRefusal, Refusal
@@ -144,6 +147,40 @@ _TRANSMIT_ROUNDS = 3
 produced in the next one."""
 
 
+_BATCH_VALUES = MAX_VALUES - 32
+"""The msgpack values one ``DeliveryBatch`` may spend on its deliveries: the receiver's
+budget (docs/wire-protocol.md §3) less the envelope (array, type, map, 7 field names)."""
+
+
+def batch_groups(deliveries: Sequence[QueueDelivery]) -> list[list[QueueDelivery]]:
+    """Cut a dispatch's deliveries, in order, into groups whose ``DeliveryBatch`` stays
+    within the receiver's msgpack value budget: a delivery takes 7 values (one entry in
+    each list), plus two per header."""
+    per = 7
+    if len(deliveries) * per <= _BATCH_VALUES and not any(d.headers for d in deliveries):
+        return [list(deliveries)]
+    groups: list[list[QueueDelivery]] = []
+    group: list[QueueDelivery] = []
+    values = 0
+    for d in deliveries:
+        cost = per + 2 * len(d.headers) if d.headers else per
+        if group and values + cost > _BATCH_VALUES:
+            groups.append(group)
+            group, values = [], 0
+        group.append(d)
+        values += cost
+    groups.append(group)
+    return groups
+
+
+def _delivery_size(d: QueueDelivery) -> int:
+    """What a delivery is counted as before it is encoded."""
+    size = _SMALL_FRAME + len(d.payload) + len(d.key or b"")
+    if d.headers:
+        size += sum(len(k) + len(v) + 8 for k, v in d.headers.items())
+    return size
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SessionLimits:
     """What a session needs to know of the configuration."""
@@ -168,7 +205,7 @@ class SessionLimits:
     """The most request bytes that may wait over the cap (``transport.max_data``)."""
     capabilities: tuple[str, ...] = ()
     """Optional features offered in ``Welcome`` (``token-refresh`` when clients
-    authenticate)."""
+    authenticate) besides ``delivery-batch``, which every session offers."""
 
     @classmethod
     def from_config(cls, config: ServerConfig) -> SessionLimits:
@@ -237,7 +274,7 @@ class Session:
             region=limits.region,
             limits=limits.welcome,
             max_frame_size=limits.max_frame_size,
-            capabilities=limits.capabilities,
+            capabilities=(DELIVERY_BATCH, *limits.capabilities),
         )
         self.gate = Gate(
             limit=limits.buffer_limit,
@@ -264,6 +301,7 @@ class Session:
         self._expires_at: float | None = None  # the principal's rights end then
         self._login_deadline: float | None = None  # accepted to log in by exchange, until
         self._agreed: list[str] = []  # the capabilities agreed in the handshake
+        self._batch_deliveries = False  # the client agreed to ``delivery-batch``
         router.attach(conn_id, now, UNIDENTIFIED)
 
     @property
@@ -420,6 +458,7 @@ class Session:
             elif isinstance(event, fe.HandshakeRequested):
                 self._hello_deadline = None
                 self._agreed = list(event.capabilities)
+                self._batch_deliveries = DELIVERY_BATCH in self._agreed
                 self._handshake(event, now)
             elif isinstance(event, fe.SubscriptionCancelled):
                 self._outbox.drop((True, event.subscription_id))
@@ -831,16 +870,19 @@ class Session:
             )
 
     def send_deliveries(self, consumer_id: int, deliveries: Sequence[QueueDelivery]) -> None:
-        """Write queue deliveries to a consumer's stream (or hold them back, as batches)."""
+        """Write queue deliveries to a consumer's stream (or hold them back): in one
+        ``DeliveryBatch`` frame when the client agreed to ``delivery-batch``, else one
+        ``Delivery`` frame each."""
         if not self.felix.consumer_open(consumer_id):
             return
+        key = (False, consumer_id)
+        if self._batch_deliveries and len(deliveries) > 1:
+            for group in batch_groups(deliveries):
+                size = sum(map(_delivery_size, group))
+                self._feed_write(key, size, partial(self._write_deliveries, consumer_id, group))
+            return
         for d in deliveries:
-            size = _SMALL_FRAME + len(d.payload) + len(d.key or b"")
-            if d.headers:
-                size += sum(len(k) + len(v) + 8 for k, v in d.headers.items())
-            self._feed_write(
-                (False, consumer_id), size, partial(self._write_delivery, consumer_id, d)
-            )
+            self._feed_write(key, _delivery_size(d), partial(self._write_delivery, consumer_id, d))
 
     def end_consumer(self, consumer_id: int, reason: str, message: str = "") -> None:
         """End a consumer's stream with ``ConsumerEnded``."""
@@ -905,9 +947,39 @@ class Session:
             return
         self.observer.delivered("stream", count, payload_bytes)
 
-    def _write_delivery(self, consumer_id: int, d: QueueDelivery) -> None:
+    def _write_deliveries(self, consumer_id: int, ds: list[QueueDelivery]) -> bool:
+        """Write deliveries as one ``DeliveryBatch``, or, over the client's
+        ``max_frame_size``, as two halves (each split again as needed); a single delivery goes
+        as a ``Delivery`` (:meth:`_write_delivery`). False once a delivery fitted no frame
+        (the consumer is ended and nothing after it is written)."""
+        if len(ds) == 1:
+            return self._write_delivery(consumer_id, ds[0])
+        batch = m.DeliveryBatch(
+            delivery_ids=[d.delivery_id for d in ds],
+            attempts=[d.attempt for d in ds],
+            offsets=[d.offset for d in ds],
+            payloads=[d.payload for d in ds],
+            timestamps_ms=[d.timestamp_ms for d in ds],
+            keys=None if all(d.key is None for d in ds) else [d.key for d in ds],
+            headers=None if all(d.headers is None for d in ds) else [d.headers for d in ds],
+        )
+        try:
+            written = self.felix.send_delivery_batch(consumer_id, batch)
+        except FelixProtoError as exc:
+            self._internal("send_delivery_batch", exc)
+            return False
+        if written:
+            self.observer.delivered("queue", len(ds), sum(len(d.payload) for d in ds))
+            return True
+        half = len(ds) // 2
+        return self._write_deliveries(consumer_id, ds[:half]) and self._write_deliveries(
+            consumer_id, ds[half:]
+        )
+
+    def _write_delivery(self, consumer_id: int, d: QueueDelivery) -> bool:
         """Write one delivery; one over the client's ``max_frame_size`` ends the consumer
-        (its in-flight deliveries go back to the queue, as on ``CancelConsume``)."""
+        (its in-flight deliveries go back to the queue, as on ``CancelConsume``) and
+        returns False."""
         wire = m.Delivery(
             delivery_id=d.delivery_id,
             attempt=d.attempt,
@@ -922,10 +994,10 @@ class Session:
             written = felix.send_delivery(consumer_id, wire)
         except FelixProtoError as exc:
             self._internal("send_delivery", exc)
-            return
+            return False
         if written:
             self.observer.delivered("queue", 1, len(d.payload))
-            return
+            return True
         self._outbox.drop((False, consumer_id))
         text = (
             f"delivery {d.delivery_id} (offset {d.offset}, {len(d.payload)} payload bytes) "
@@ -933,6 +1005,7 @@ class Session:
         )
         self._felix_call(partial(felix.end_consumer, consumer_id, m.EndReason.ERROR, text))
         self._deferred.append(partial(self.router.stop_consumer, self.conn_id, consumer_id))
+        return False
 
     def _felix_call(self, call: Callable[[], object]) -> bool:
         try:

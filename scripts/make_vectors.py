@@ -174,6 +174,18 @@ MESSAGE_VECTORS: list[tuple[str, m.Message]] = [
             delivery_id=77, attempt=2, offset=5, payload=b"job-1", timestamp_ms=1700000000000
         ),
     ),
+    (
+        "delivery_batch",
+        m.DeliveryBatch(
+            delivery_ids=[78, 79],
+            attempts=[1, 3],
+            offsets=[6, 2],
+            payloads=[b"job-2", b"job-0"],
+            timestamps_ms=[1700000000001, 1699999999000],
+            keys=[b"k", None],
+            headers=[None, {"h": b"v"}],
+        ),
+    ),
     ("ack", m.Ack(consumer_id=3, delivery_ids=[77, 78], request_id=15)),
     (
         "ack_committed",

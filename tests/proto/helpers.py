@@ -80,7 +80,7 @@ class Pair:
     ) -> None:
         self.client = ClientConnection(client_name="test", **(client or {}))
         self.server = ServerConnection(
-            server_id="broker-1", region="eu", capabilities=["zstd"], **(server or {})
+            server_id="broker-1", region="eu", **({"capabilities": ["zstd"]} | (server or {}))
         )
         self.split = split
         self.reorder = reorder

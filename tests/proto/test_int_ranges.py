@@ -68,13 +68,20 @@ def shaped(shape: str, value: int) -> Any:
     return {"int": value, "list[int]": [0, value], "dict[str, int]": {"k": value}}[shape]
 
 
+PARALLEL_INTS = ("delivery_ids", "attempts", "offsets", "timestamps_ms")
+"""Integer lists of batches (``EventBatch``, ``DeliveryBatch``): one entry per payload."""
+
+
 def with_field(msg: m.Message, name: str, value: Any) -> bytes:
     """``msg``'s payload with one wire field replaced (a parallel list keeps its length)."""
     code, fields = msgpack.unpackb(encode(msg)[HEADER_SIZE:])
-    if name == "timestamps_ms":
+    if name in PARALLEL_INTS and "payloads" in fields:
         fields["payloads"] = [b"p"] * len(value)
         fields.pop("keys", None)
         fields.pop("headers", None)
+        for other in PARALLEL_INTS:
+            if other in fields:
+                fields[other] = [0] * len(value)
     fields[name] = value
     return bytes(msgpack.packb([code, fields]))
 
@@ -174,8 +181,13 @@ def test_every_value_in_range_round_trips(
 def drawn(cls: type[m.Message], name: str, data: st.DataObject) -> m.Message:
     """A valid message of ``cls``; a batch gets two payloads so a list can be swapped in."""
     msg = data.draw(message_strategy(cls))
-    if name == "timestamps_ms":
+    if cls is m.EventBatch and name == "timestamps_ms":
         return m.EventBatch(base_offset=1, payloads=[b"p", b"q"])
+    if cls is m.DeliveryBatch:
+        two = [0, 0]
+        return m.DeliveryBatch(
+            delivery_ids=two, attempts=two, offsets=two, payloads=[b"p", b"q"], timestamps_ms=two
+        )
     return msg
 
 
