@@ -38,6 +38,7 @@ from felix_core.events import (
 from felix_core.limits import BrokerConfig
 from felix_core.log import LogStore
 from felix_core.metadata import Catalog, Kind, MetadataView, Path, ResourceRecord, WriteOp
+from felix_core.quotas import TenantQuotas
 from felix_core.rbac import RoleBook
 from felix_core.registry import Registry
 
@@ -70,6 +71,8 @@ class Admin:
         self.view = MetadataView()
         self.catalog = Catalog(self.view, config)
         self.rbac = RoleBook()
+        self.quotas = TenantQuotas(config)
+        """Every tenant's quotas (limits follow the tenant records)."""
         """The roles and bindings of every tenant (fed with the records)."""
         self._writes: dict[int, tuple[int, int | None, WriteOp]] = {}  # id -> conn, request, op
         self._next_write = 1
@@ -106,6 +109,8 @@ class Admin:
             if (book.set_role if kind is Kind.ROLE else book.set_binding)(tenant, name, settings):
                 self._out.append(AccessChanged(tenant=tenant))
             return
+        if kind is Kind.TENANT:
+            self.quotas.set_tenant(path[0], None if record is None else record.settings)
         self._connections.forget_consumers(self._registry.apply(kind, path, record, now))
 
     def written(self, write_id: int, outcome: ResourceRecord | EngineError, now: float) -> None:
