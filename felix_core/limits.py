@@ -132,6 +132,10 @@ class BrokerConfig:
     (retryable) with ``details['quota']``."""
     tenant_publish_bytes_per_s: int | None = None
     """Record bytes per second one tenant may publish + enqueue (as above); None: unlimited."""
+    tenant_max_connections: int | None = None
+    """Most open connections of one tenant, counted at the handshake of a connection whose
+    credential names a tenant (an operator's are not counted); None: unlimited. Over it:
+    the handshake is rejected LIMIT_EXCEEDED with ``details['quota']``."""
 
     # -- connections ----------------------------------------------------------------------
     max_subscriptions_per_connection: int = 4096
@@ -200,7 +204,11 @@ class BrokerConfig:
                 f"BrokerConfig.max_record_bytes must be <= {MAX_RECORD_BYTES} (the 16 MiB "
                 f"frame less {RECORD_HEADROOM} bytes of headroom)"
             )
-        for name in ("tenant_publish_messages_per_s", "tenant_publish_bytes_per_s"):
+        for name in (
+            "tenant_publish_messages_per_s",
+            "tenant_publish_bytes_per_s",
+            "tenant_max_connections",
+        ):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise InvalidArgument(f"BrokerConfig.{name} must be >= 1 or None")

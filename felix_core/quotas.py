@@ -1,4 +1,5 @@
-"""Per-tenant quotas: publish rate (messages and bytes per second) as token buckets.
+"""Per-tenant quotas: publish rate (messages and bytes per second) as token buckets, and
+connections.
 
 Theory of operation
 -------------------
@@ -19,6 +20,12 @@ The limits come from the broker-wide defaults in :class:`~felix_core.limits.Brok
 may be overridden per tenant by the tenant's settings of the same names (a null setting
 returns to the broker default). :func:`tenant_schema` validates those settings.
 
+Connections are counted per tenant by the server glue at the handshake
+(:meth:`TenantQuotas.connection_opened`, :meth:`TenantQuotas.connection_closed`): one over
+``max_connections`` is refused LIMIT_EXCEEDED (not retryable as such: it succeeds only once
+another connection of the tenant closes) with the same ``details`` but ``retry_after_ms``.
+A lowered limit refuses new connections only; open ones stay.
+
 Refusals are counted per ``(tenant, quota)`` in :attr:`TenantQuotas.refused`, which the
 runtime exports as ``felix_quota_refused_total{tenant,quota}``.
 """
@@ -28,11 +35,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from felix_core.errors import InvalidArgument, Overloaded
+from felix_core.errors import InvalidArgument, LimitExceeded, Overloaded
 from felix_core.limits import BrokerConfig
 from felix_core.settings import Path, SettingsSchema, check_known, int_setting
 
 __all__ = [
+    "MAX_CONNECTIONS",
     "PUBLISH_BYTES",
     "PUBLISH_MESSAGES",
     "QUOTA_KEYS",
@@ -45,7 +53,9 @@ PUBLISH_MESSAGES = "publish_messages_per_s"
 """The quota (and tenant setting) of published + enqueued records per second."""
 PUBLISH_BYTES = "publish_bytes_per_s"
 """The quota (and tenant setting) of published + enqueued record bytes per second."""
-QUOTA_KEYS = (PUBLISH_MESSAGES, PUBLISH_BYTES)
+MAX_CONNECTIONS = "max_connections"
+"""The quota (and tenant setting) of open connections of one tenant."""
+QUOTA_KEYS = (PUBLISH_MESSAGES, PUBLISH_BYTES, MAX_CONNECTIONS)
 """The quota settings a tenant record may carry."""
 
 
@@ -96,7 +106,7 @@ class TenantQuotas:
         config: the broker-wide defaults.
     """
 
-    __slots__ = ("_buckets", "_config", "_overrides", "refused")
+    __slots__ = ("_buckets", "_config", "_overrides", "connections", "refused")
 
     def __init__(self, config: BrokerConfig) -> None:
         self._config = config
@@ -104,6 +114,8 @@ class TenantQuotas:
         self._buckets: dict[tuple[str, str], TokenBucket] = {}
         self.refused: dict[tuple[str, str], int] = {}
         """Refusals per ``(tenant, quota)`` since start."""
+        self.connections: dict[str, int] = {}
+        """Open connections per tenant (tenants with none are absent)."""
 
     def limit(self, tenant: str, quota: str) -> int | None:
         """The limit of one quota for one tenant (None: unlimited)."""
@@ -160,6 +172,32 @@ class TenantQuotas:
             buckets.append((bucket, amount))
         for bucket, amount in buckets:
             bucket.take(amount)
+
+    def connection_opened(self, tenant: str) -> None:
+        """Count a new connection of ``tenant``, or refuse it.
+
+        Raises:
+            LimitExceeded: the tenant holds ``max_connections`` already; nothing is counted.
+                ``details``: ``tenant``, ``quota``, ``limit``.
+        """
+        open_now = self.connections.get(tenant, 0)
+        limit = self.limit(tenant, MAX_CONNECTIONS)
+        if limit is not None and open_now >= limit:
+            key = (tenant, MAX_CONNECTIONS)
+            self.refused[key] = self.refused.get(key, 0) + 1
+            raise LimitExceeded(
+                f"tenant {tenant} has {open_now} connections, its {MAX_CONNECTIONS} quota",
+                details={"tenant": tenant, "quota": MAX_CONNECTIONS, "limit": limit},
+            )
+        self.connections[tenant] = open_now + 1
+
+    def connection_closed(self, tenant: str) -> None:
+        """A connection counted by :meth:`connection_opened` closed."""
+        left = self.connections.get(tenant, 0) - 1
+        if left > 0:
+            self.connections[tenant] = left
+        else:
+            self.connections.pop(tenant, None)
 
     def _bucket(self, tenant: str, quota: str, now: float) -> TokenBucket | None:
         bucket = self._buckets.get((tenant, quota))

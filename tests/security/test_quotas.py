@@ -8,8 +8,14 @@ from typing import Any
 import pytest
 from engine_calls import Calls
 
-from felix_core import Broker, BrokerConfig, InvalidArgument, Overloaded
-from felix_core.quotas import PUBLISH_BYTES, PUBLISH_MESSAGES, TenantQuotas, TokenBucket
+from felix_core import Broker, BrokerConfig, InvalidArgument, LimitExceeded, Overloaded
+from felix_core.quotas import (
+    MAX_CONNECTIONS,
+    PUBLISH_BYTES,
+    PUBLISH_MESSAGES,
+    TenantQuotas,
+    TokenBucket,
+)
 
 
 def test_bucket_starts_full_refills_with_time_and_caps_at_capacity() -> None:
@@ -141,3 +147,24 @@ def test_tenant_setting_must_be_a_positive_integer(value: object) -> None:
         b.update("tenant", "a", "", "", {PUBLISH_MESSAGES: value}, now=0.0)
     with pytest.raises(InvalidArgument, match="unknown tenant settings"):
         b.update("tenant", "a", "", "", {"publish_rate": 1}, now=0.0)
+
+
+def test_connection_quota_counts_refuses_and_releases() -> None:
+    quotas = TenantQuotas(BrokerConfig(tenant_max_connections=2))
+    quotas.connection_opened("a")
+    quotas.connection_opened("a")
+    with pytest.raises(LimitExceeded) as caught:
+        quotas.connection_opened("a")
+    assert not caught.value.retryable
+    assert caught.value.details == {"tenant": "a", "quota": MAX_CONNECTIONS, "limit": 2}
+    assert quotas.connections == {"a": 2} and quotas.refused == {("a", MAX_CONNECTIONS): 1}
+    quotas.connection_opened("b")  # another tenant
+    quotas.connection_closed("a")
+    quotas.connection_opened("a")
+    quotas.set_tenant("a", {MAX_CONNECTIONS: 1})  # lowered: open ones stay, new ones refused
+    with pytest.raises(LimitExceeded):
+        quotas.connection_opened("a")
+    for _ in range(2):
+        quotas.connection_closed("a")
+    assert quotas.connections == {"b": 1}
+    quotas.connection_opened("a")

@@ -8,7 +8,7 @@ import anyio
 import pytest
 from brokers import Broker, FreshBroker
 
-from felix_client import Client, Overloaded
+from felix_client import Client, LimitExceeded, Overloaded
 
 pytestmark = pytest.mark.anyio
 
@@ -58,3 +58,50 @@ async def test_one_tenant_over_its_rate_is_refused_while_another_is_served(
     body = await metrics(broker)
     assert b'felix_quota_refused_total{quota="publish_messages_per_s",tenant="a"} 1.0' in body, body
     assert b'tenant="b"' not in body.partition(b"felix_quota_refused_total")[2]
+
+
+async def test_connections_per_tenant_are_refused_at_the_handshake(
+    fresh_broker: FreshBroker,
+) -> None:
+    broker = fresh_broker(
+        "--auth-tokens",
+        "op-secret, a-secret=a:publish:ns/*, b-secret=b:publish:ns/*",
+        "--broker-tenant-max-connections",
+        "1",
+    )
+
+    def as_tenant(tenant: str) -> Client:
+        return Client(
+            broker.url,
+            token=f"{tenant}-secret",
+            tenant=tenant,
+            namespace="ns",
+            **broker.client_kwargs(),
+        )
+
+    async with as_tenant("op") as op, as_tenant("op"):  # an operator is not counted
+        await op.admin.create("tenant", "a")
+        async with as_tenant("a") as first:
+            with pytest.raises(LimitExceeded) as caught:
+                async with as_tenant("a"):
+                    pass
+            assert caught.value.details == {
+                "tenant": "a",
+                "quota": "max_connections",
+                "limit": 1,
+            }
+            async with as_tenant("b"):  # another tenant is served
+                pass
+            await op.admin.update("tenant", "a", {"max_connections": 2})
+            async with as_tenant("a"):  # the raised limit applies to the next handshake
+                pass
+            assert first  # still open
+        with anyio.fail_after(WAIT):  # the closed connections are released
+            while True:
+                try:
+                    async with as_tenant("a"), as_tenant("a"):
+                        break
+                except LimitExceeded:
+                    await anyio.sleep(0.05)
+    body = await metrics(broker)
+    assert b'felix_quota_refused_total{quota="max_connections",tenant="a"}' in body
