@@ -37,7 +37,15 @@ from felix_core.events import (
 )
 from felix_core.limits import BrokerConfig
 from felix_core.log import LogStore
-from felix_core.metadata import Catalog, Kind, MetadataView, Path, ResourceRecord, WriteOp
+from felix_core.metadata import (
+    LEAF_KINDS,
+    Catalog,
+    Kind,
+    MetadataView,
+    Path,
+    ResourceRecord,
+    WriteOp,
+)
 from felix_core.quotas import TenantQuotas
 from felix_core.rbac import RoleBook
 from felix_core.registry import Registry
@@ -151,6 +159,14 @@ class Admin:
     ) -> None:
         """Create a resource; see :meth:`Broker.create`. Completes in :meth:`written`."""
         record = self.catalog.create(self._settable(kind, settings), path, settings or {}, now)
+        if record.kind in LEAF_KINDS:
+            view, tenant = self.view, record.tenant
+            count = sum(
+                view.count(leaf, tenant, ns.namespace)
+                for ns in view.list(Kind.NAMESPACE, tenant)
+                for leaf in LEAF_KINDS
+            )
+            self.quotas.check_resources(tenant, count)
         self._write(conn_id, request, WriteOp.CREATE, record, None)
 
     @completes

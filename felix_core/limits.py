@@ -136,6 +136,10 @@ class BrokerConfig:
     """Most open connections of one tenant, counted at the handshake of a connection whose
     credential names a tenant (an operator's are not counted); None: unlimited. Over it:
     the handshake is rejected LIMIT_EXCEEDED with ``details['quota']``."""
+    tenant_max_resources: int | None = None
+    """Most streams + queues + caches in one tenant, all its namespaces together; None:
+    unlimited (each namespace is still bounded by ``max_resources_per_namespace``). Over
+    it: create refused LIMIT_EXCEEDED with ``details['quota']``."""
 
     # -- connections ----------------------------------------------------------------------
     max_subscriptions_per_connection: int = 4096
@@ -208,6 +212,7 @@ class BrokerConfig:
             "tenant_publish_messages_per_s",
             "tenant_publish_bytes_per_s",
             "tenant_max_connections",
+            "tenant_max_resources",
         ):
             value = getattr(self, name)
             if value is not None and value < 1:

@@ -24,7 +24,9 @@ Connections are counted per tenant by the server glue at the handshake
 (:meth:`TenantQuotas.connection_opened`, :meth:`TenantQuotas.connection_closed`): one over
 ``max_connections`` is refused LIMIT_EXCEEDED (not retryable as such: it succeeds only once
 another connection of the tenant closes) with the same ``details`` but ``retry_after_ms``.
-A lowered limit refuses new connections only; open ones stay.
+A lowered limit refuses new connections only; open ones stay. Resources (streams, queues
+and caches of all the tenant's namespaces) are checked the same way when one is created
+(:meth:`TenantQuotas.check_resources`).
 
 Refusals are counted per ``(tenant, quota)`` in :attr:`TenantQuotas.refused`, which the
 runtime exports as ``felix_quota_refused_total{tenant,quota}``.
@@ -41,6 +43,7 @@ from felix_core.settings import Path, SettingsSchema, check_known, int_setting
 
 __all__ = [
     "MAX_CONNECTIONS",
+    "MAX_RESOURCES",
     "PUBLISH_BYTES",
     "PUBLISH_MESSAGES",
     "QUOTA_KEYS",
@@ -55,7 +58,9 @@ PUBLISH_BYTES = "publish_bytes_per_s"
 """The quota (and tenant setting) of published + enqueued record bytes per second."""
 MAX_CONNECTIONS = "max_connections"
 """The quota (and tenant setting) of open connections of one tenant."""
-QUOTA_KEYS = (PUBLISH_MESSAGES, PUBLISH_BYTES, MAX_CONNECTIONS)
+MAX_RESOURCES = "max_resources"
+"""The quota (and tenant setting) of streams + queues + caches in one tenant."""
+QUOTA_KEYS = (PUBLISH_MESSAGES, PUBLISH_BYTES, MAX_CONNECTIONS, MAX_RESOURCES)
 """The quota settings a tenant record may carry."""
 
 
@@ -190,6 +195,23 @@ class TenantQuotas:
                 details={"tenant": tenant, "quota": MAX_CONNECTIONS, "limit": limit},
             )
         self.connections[tenant] = open_now + 1
+
+    def check_resources(self, tenant: str, count: int) -> None:
+        """Refuse creating a resource in a tenant that holds ``count`` already.
+
+        Raises:
+            LimitExceeded: ``count`` is at ``max_resources``; ``details``: ``tenant``,
+                ``quota``, ``limit``.
+        """
+        limit = self.limit(tenant, MAX_RESOURCES)
+        if limit is not None and count >= limit:
+            key = (tenant, MAX_RESOURCES)
+            self.refused[key] = self.refused.get(key, 0) + 1
+            raise LimitExceeded(
+                f"tenant {tenant} has {count} streams, queues and caches, its "
+                f"{MAX_RESOURCES} quota",
+                details={"tenant": tenant, "quota": MAX_RESOURCES, "limit": limit},
+            )
 
     def connection_closed(self, tenant: str) -> None:
         """A connection counted by :meth:`connection_opened` closed."""

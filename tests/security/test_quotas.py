@@ -11,6 +11,7 @@ from engine_calls import Calls
 from felix_core import Broker, BrokerConfig, InvalidArgument, LimitExceeded, Overloaded
 from felix_core.quotas import (
     MAX_CONNECTIONS,
+    MAX_RESOURCES,
     PUBLISH_BYTES,
     PUBLISH_MESSAGES,
     TenantQuotas,
@@ -168,3 +169,20 @@ def test_connection_quota_counts_refuses_and_releases() -> None:
         quotas.connection_closed("a")
     assert quotas.connections == {"b": 1}
     quotas.connection_opened("a")
+
+
+def test_resources_per_tenant_across_namespaces() -> None:
+    b = engine(tenant_max_resources=3)  # a and b hold a stream and a queue each
+    b.create("namespace", "a", "other", "", now=0.0)
+    b.create("cache", "a", "other", "c", now=0.0)  # 3: counted over every namespace
+    for kind in ("stream", "queue", "cache"):
+        with pytest.raises(LimitExceeded) as caught:
+            b.create(kind, "a", "other", "more", now=0.0)
+        assert caught.value.details == {"tenant": "a", "quota": MAX_RESOURCES, "limit": 3}
+    b.create("namespace", "a", "third", "", now=0.0)  # namespaces are not resources
+    b.create("cache", "b", "ns", "c", now=0.0)  # another tenant
+    b.delete("cache", "a", "other", "c", now=0.0)
+    b.create("stream", "a", "other", "more", now=0.0)
+    b.update("tenant", "a", "", "", {MAX_RESOURCES: 10}, now=0.0)
+    b.create("stream", "a", "third", "s", now=0.0)
+    assert b.quotas.refused == {("a", MAX_RESOURCES): 3}
