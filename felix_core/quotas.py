@@ -139,8 +139,8 @@ class TenantQuotas:
         overrides = {
             key: settings[key] for key in QUOTA_KEYS if settings and settings.get(key) is not None
         }
-        if overrides == self._overrides.get(tenant, {}):
-            return
+        if settings is not None and overrides == self._overrides.get(tenant, {}):
+            return  # unchanged (a gone tenant's buckets go with it below)
         if overrides:
             self._overrides[tenant] = overrides
         else:

@@ -97,6 +97,13 @@ def test_a_changed_limit_applies_at_once() -> None:
     quotas.charge_publish("a", 10**6, 0, now=0.0)
 
 
+def test_a_deleted_tenant_leaves_no_buckets() -> None:
+    quotas = TenantQuotas(BrokerConfig(tenant_publish_messages_per_s=1))
+    quotas.charge_publish("gone", 1, 0, now=0.0)
+    quotas.set_tenant("gone", None)
+    quotas.charge_publish("gone", 1, 0, now=0.0)  # a tenant of the same name starts full
+
+
 def test_config_refuses_a_zero_rate() -> None:
     with pytest.raises(InvalidArgument, match="tenant_publish_bytes_per_s"):
         BrokerConfig(tenant_publish_bytes_per_s=0)
