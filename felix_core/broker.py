@@ -455,13 +455,14 @@ class Broker:
             nbytes = self._check_batch(payloads, keys, headers)
             path = (tenant, namespace, stream)
             partition = self.registry.streams.get(path) or self.registry.stream(path)
-            self.quotas.charge_publish(tenant, len(payloads), nbytes, now)
+            self.quotas.check_publish(tenant, len(payloads), nbytes, now)
             first, last = partition.stream.publish(
                 payloads, keys, headers, now, nbytes, self.budget
             )
         except EngineError as exc:
             self._refuse(mark, conn_id, request, exc)
             return
+        self.quotas.take_publish(tenant, len(payloads), nbytes)
         self.registry.reschedule(partition)
         done = Appended(
             connection_id=conn_id, request=request, first_offset=first, last_offset=last
@@ -576,11 +577,12 @@ class Broker:
             path = (tenant, namespace, queue)
             partition = self.registry.queues.get(path) or self.registry.queue(path)
             self.budget.check(nbytes, "enqueue")
-            self.quotas.charge_publish(tenant, len(payloads), nbytes, now)
+            self.quotas.check_publish(tenant, len(payloads), nbytes, now)
             first = partition.queue.enqueue(payloads, now, keys, headers, nbytes)
         except EngineError as exc:
             self._refuse(mark, conn_id, request, exc)
             return
+        self.quotas.take_publish(tenant, len(payloads), nbytes)
         done = Appended(
             connection_id=conn_id,
             request=request,

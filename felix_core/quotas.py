@@ -9,7 +9,8 @@ holds up to one second of its rate and refills continuously with time; time ente
 ``now`` (seconds, any monotonic origin), so the buckets are pure and tested with fake time.
 
 A request is admitted when each bucket holds at least ``min(amount, capacity)`` tokens; it
-then takes the whole amount, which may leave the bucket in debt. A batch larger than one
+then takes the whole amount once the records are appended, which may leave the bucket in
+debt. A batch larger than one
 second of rate is therefore admitted once the bucket is full and paid for afterwards,
 instead of being refused for ever. A refused request takes nothing: it raises a retryable
 :class:`~felix_core.errors.Overloaded` whose ``details`` name the tenant, the quota, its
@@ -148,16 +149,16 @@ class TenantQuotas:
         for quota in QUOTA_KEYS:
             self._buckets.pop((tenant, quota), None)
 
-    def charge_publish(self, tenant: str, messages: int, nbytes: int, now: float) -> None:
-        """Admit a publish or enqueue of ``messages`` records of ``nbytes`` bytes, or refuse it.
+    def check_publish(self, tenant: str, messages: int, nbytes: int, now: float) -> None:
+        """Refuse a publish or enqueue of ``messages`` records of ``nbytes`` bytes that the
+        tenant's buckets cannot pay for; takes nothing (:meth:`take_publish` does, once the
+        records are in).
 
         Raises:
-            Overloaded: a bucket does not hold enough (retryable); nothing is taken.
-                ``details``: ``tenant``, ``quota``, ``limit``, ``retry_after_ms``.
+            Overloaded: a bucket does not hold enough (retryable). ``details``: ``tenant``,
+                ``quota``, ``limit``, ``retry_after_ms``.
         """
-        wanted = ((PUBLISH_MESSAGES, messages), (PUBLISH_BYTES, nbytes))
-        buckets: list[tuple[TokenBucket, int]] = []
-        for quota, amount in wanted:
+        for quota, amount in ((PUBLISH_MESSAGES, messages), (PUBLISH_BYTES, nbytes)):
             bucket = self._bucket(tenant, quota, now)
             if bucket is None:
                 continue
@@ -174,9 +175,22 @@ class TenantQuotas:
                         "retry_after_ms": max(int(wait * 1000 + 0.999), 1),
                     },
                 )
-            buckets.append((bucket, amount))
-        for bucket, amount in buckets:
-            bucket.take(amount)
+
+    def take_publish(self, tenant: str, messages: int, nbytes: int) -> None:
+        """Pay for records :meth:`check_publish` admitted at the same ``now``, once appended."""
+        for quota, amount in ((PUBLISH_MESSAGES, messages), (PUBLISH_BYTES, nbytes)):
+            bucket = self._buckets.get((tenant, quota))
+            if bucket is not None:
+                bucket.take(amount)
+
+    def charge_publish(self, tenant: str, messages: int, nbytes: int, now: float) -> None:
+        """:meth:`check_publish` then :meth:`take_publish`.
+
+        Raises:
+            Overloaded: as :meth:`check_publish`; nothing is taken.
+        """
+        self.check_publish(tenant, messages, nbytes, now)
+        self.take_publish(tenant, messages, nbytes)
 
     def connection_opened(self, tenant: str) -> None:
         """Count a new connection of ``tenant``, or refuse it.

@@ -193,3 +193,18 @@ def test_resources_per_tenant_across_namespaces() -> None:
     b.update("tenant", "a", "", "", {MAX_RESOURCES: 10}, now=0.0)
     b.create("stream", "a", "third", "s", now=0.0)
     assert b.quotas.refused == {("a", MAX_RESOURCES): 3}
+
+
+def test_a_publish_refused_for_another_reason_takes_nothing() -> None:
+    b = engine(tenant_publish_messages_per_s=2, memory_limit_bytes=1000)
+    for _ in range(3):  # over the memory budget: refused, the quota untouched
+        with pytest.raises(Overloaded, match="memory"):
+            b.publish(1, "a", "ns", "s", [b"x" * 2000], now=1.0)
+    q = b.update("queue", "a", "ns", "q", {"max_records": 1}, now=1.0)
+    assert q["settings"]["max_records"] == 1
+    b.enqueue(1, "a", "ns", "q", [b"1"], now=1.0)
+    with pytest.raises(Overloaded, match="full"):  # the queue is full: not charged either
+        b.enqueue(1, "a", "ns", "q", [b"2"], now=1.0)
+    b.publish(1, "a", "ns", "s", [b"y"], now=1.0)  # the second of two tokens
+    with pytest.raises(Overloaded, match=PUBLISH_MESSAGES):
+        b.publish(1, "a", "ns", "s", [b"z"], now=1.0)
