@@ -37,7 +37,16 @@ from felix_core.events import (
 )
 from felix_core.limits import BrokerConfig
 from felix_core.log import LogStore
-from felix_core.metadata import Catalog, Kind, MetadataView, Path, ResourceRecord, WriteOp
+from felix_core.metadata import (
+    LEAF_KINDS,
+    Catalog,
+    Kind,
+    MetadataView,
+    Path,
+    ResourceRecord,
+    WriteOp,
+)
+from felix_core.quotas import TenantQuotas
 from felix_core.rbac import RoleBook
 from felix_core.registry import Registry
 
@@ -70,6 +79,8 @@ class Admin:
         self.view = MetadataView()
         self.catalog = Catalog(self.view, config)
         self.rbac = RoleBook()
+        self.quotas = TenantQuotas(config)
+        """Every tenant's quotas (limits follow the tenant records)."""
         """The roles and bindings of every tenant (fed with the records)."""
         self._writes: dict[int, tuple[int, int | None, WriteOp]] = {}  # id -> conn, request, op
         self._next_write = 1
@@ -106,6 +117,8 @@ class Admin:
             if (book.set_role if kind is Kind.ROLE else book.set_binding)(tenant, name, settings):
                 self._out.append(AccessChanged(tenant=tenant))
             return
+        if kind is Kind.TENANT:
+            self.quotas.set_tenant(path[0], None if record is None else record.settings)
         self._connections.forget_consumers(self._registry.apply(kind, path, record, now))
 
     def written(self, write_id: int, outcome: ResourceRecord | EngineError, now: float) -> None:
@@ -146,6 +159,14 @@ class Admin:
     ) -> None:
         """Create a resource; see :meth:`Broker.create`. Completes in :meth:`written`."""
         record = self.catalog.create(self._settable(kind, settings), path, settings or {}, now)
+        if record.kind in LEAF_KINDS:
+            view, tenant = self.view, record.tenant
+            count = sum(
+                view.count(leaf, tenant, ns.namespace)
+                for ns in view.list(Kind.NAMESPACE, tenant)
+                for leaf in LEAF_KINDS
+            )
+            self.quotas.check_resources(tenant, count)
         self._write(conn_id, request, WriteOp.CREATE, record, None)
 
     @completes

@@ -114,6 +114,8 @@ class Broker:
         self.registry = Registry(config, self.logs, self.budget, out)
         self.connections = Connections(self.registry, out)
         self.admin = Admin(config, self.logs, self.registry, self.connections, out)
+        self.quotas = self.admin.quotas
+        """Per-tenant quotas (publish rate); refusals counted in ``quotas.refused``."""
         self.subscriptions = Subscriptions(config, self.registry, self.connections, out)
         self.consumers = Consumers(config, self.registry, self.connections, out)
         self.figures = Figures(self.registry, self.budget, self.connections)
@@ -455,12 +457,14 @@ class Broker:
             nbytes = self._check_batch(payloads, keys, headers)
             path = (tenant, namespace, stream)
             partition = self.registry.streams.get(path) or self.registry.stream(path)
+            self.quotas.check_publish(tenant, len(payloads), nbytes, now)
             first, last = partition.stream.publish(
                 payloads, keys, headers, now, nbytes, self.budget
             )
         except EngineError as exc:
             self._refuse(mark, conn_id, request, exc)
             return
+        self.quotas.take_publish(tenant, len(payloads), nbytes)
         self.registry.reschedule(partition)
         done = Appended(
             connection_id=conn_id, request=request, first_offset=first, last_offset=last
@@ -575,10 +579,12 @@ class Broker:
             path = (tenant, namespace, queue)
             partition = self.registry.queues.get(path) or self.registry.queue(path)
             self.budget.check(nbytes, "enqueue")
+            self.quotas.check_publish(tenant, len(payloads), nbytes, now)
             first = partition.queue.enqueue(payloads, now, keys, headers, nbytes)
         except EngineError as exc:
             self._refuse(mark, conn_id, request, exc)
             return
+        self.quotas.take_publish(tenant, len(payloads), nbytes)
         done = Appended(
             connection_id=conn_id,
             request=request,

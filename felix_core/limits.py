@@ -125,6 +125,22 @@ class BrokerConfig:
     max_resources_per_namespace: int = 4096
     """Most streams + queues + caches in one namespace (LimitExceeded)."""
 
+    # -- per-tenant quotas (felix_core.quotas; a tenant's settings override them) ---------
+    tenant_publish_messages_per_s: int | None = None
+    """Records per second one tenant may publish + enqueue, all its connections together
+    (a token bucket holding one second of it); None: unlimited. Over it: OVERLOADED
+    (retryable) with ``details['quota']``."""
+    tenant_publish_bytes_per_s: int | None = None
+    """Record bytes per second one tenant may publish + enqueue (as above); None: unlimited."""
+    tenant_max_connections: int | None = None
+    """Most open connections of one tenant, counted at the handshake of a connection whose
+    credential names a tenant (an operator's are not counted); None: unlimited. Over it:
+    the handshake is rejected LIMIT_EXCEEDED with ``details['quota']``."""
+    tenant_max_resources: int | None = None
+    """Most streams + queues + caches in one tenant, all its namespaces together; None:
+    unlimited (each namespace is still bounded by ``max_resources_per_namespace``). Over
+    it: create refused LIMIT_EXCEEDED with ``details['quota']``."""
+
     # -- connections ----------------------------------------------------------------------
     max_subscriptions_per_connection: int = 4096
     """Most live subscriptions one connection may hold (LimitExceeded)."""
@@ -192,6 +208,15 @@ class BrokerConfig:
                 f"BrokerConfig.max_record_bytes must be <= {MAX_RECORD_BYTES} (the 16 MiB "
                 f"frame less {RECORD_HEADROOM} bytes of headroom)"
             )
+        for name in (
+            "tenant_publish_messages_per_s",
+            "tenant_publish_bytes_per_s",
+            "tenant_max_connections",
+            "tenant_max_resources",
+        ):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise InvalidArgument(f"BrokerConfig.{name} must be >= 1 or None")
         if self.batch_max_delay_us < 0:
             raise InvalidArgument("BrokerConfig.batch_max_delay_us must be >= 0")
         if self.fsync not in ("interval", "none"):

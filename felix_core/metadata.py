@@ -45,6 +45,7 @@ from typing import Any, Protocol
 from felix_core.errors import AlreadyExists, Conflict, InvalidArgument, LimitExceeded, NotFound
 from felix_core.limits import BrokerConfig
 from felix_core.names import validate_name
+from felix_core.quotas import tenant_schema
 from felix_core.rbac import binding_schema, role_schema
 from felix_core.settings import (
     Path,
@@ -323,7 +324,7 @@ class Catalog:
         self.view = view
         self.config = config
         self.schemas: dict[Kind, SettingsSchema] = {
-            Kind.TENANT: description_schema("tenant"),
+            Kind.TENANT: tenant_schema(),
             Kind.NAMESPACE: description_schema("namespace"),
             Kind.STREAM: stream_schema(config),
             Kind.QUEUE: queue_schema(config),

@@ -137,6 +137,14 @@ class _EngineCollector(Collector):
         for kind in ("queue", "cache"):
             capped.add_metric([kind], kind in figures.capped)
         yield capped
+        quota = CounterMetricFamily(
+            "felix_quota_refused",
+            "Requests refused by a per-tenant quota, by tenant and quota",
+            labels=["tenant", "quota"],
+        )
+        for (tenant, name), count in sorted(server.broker.quotas.refused.items()):
+            quota.add_metric([tenant, name], count)
+        yield quota
 
 
 def _per_resource(

@@ -125,6 +125,7 @@ class Router:
         self._principals: dict[int, Principal] = {}  # resolved: what requests are checked by
         self._credentials: dict[int, Principal] = {}  # as authenticated
         self._decisions: dict[int, dict[tuple[object, ...], Decision]] = {}  # see _decide
+        self._counted: dict[int, str] = {}  # conn -> tenant counted in the connection quota
 
     # ------------------------------------------------------------------ connections
 
@@ -143,6 +144,22 @@ class Router:
         self._principals[conn_id] = self.engine.admin.rbac.resolve(principal)
         self._decisions[conn_id] = {}
         self.collect(now)
+
+    def admit(self, conn_id: int, principal: Principal) -> EngineError | None:
+        """Count a connection about to be accepted for ``principal`` in its tenant's
+        connection quota (once; an operator is not counted).
+
+        Returns:
+            None when admitted, else the refusal (LIMIT_EXCEEDED) to reject the handshake with.
+        """
+        if principal.operator or not principal.tenant or conn_id in self._counted:
+            return None
+        try:
+            self.engine.quotas.connection_opened(principal.tenant)
+        except EngineError as exc:
+            return exc
+        self._counted[conn_id] = principal.tenant
+        return None
 
     def identify(self, conn_id: int, principal: Principal, now: float | None = None) -> None:
         """The connection's handshake was accepted, or its token refreshed: it speaks for
@@ -208,6 +225,9 @@ class Router:
         self._principals.pop(conn_id, None)
         self._credentials.pop(conn_id, None)
         self._decisions.pop(conn_id, None)
+        tenant = self._counted.pop(conn_id, None)
+        if tenant is not None:
+            self.engine.quotas.connection_closed(tenant)
         self.collect(now)  # what it held may go to others (redeliveries)
 
     def pause(self, conn_id: int) -> None:

@@ -486,6 +486,8 @@ class Session:
                 self._login_deadline = now + self.limits.handshake_timeout_s
                 self.observer.handshake_completed(event.version)
                 return
+            if isinstance(decision, Principal):
+                decision = self._admit(decision)
             if not isinstance(decision, Principal):
                 felix.reject(decision.code, decision.message, details=decision.details)
                 reason = str(decision.details.get("reason", decision.message))
@@ -501,6 +503,13 @@ class Session:
         self._expires_at = decision.expires_at
         self.observer.handshake_completed(event.version)
         self.observer.handshake_accepted(self.conn_id, decision)
+
+    def _admit(self, principal: Principal) -> Principal | Refusal:
+        """The principal, or the refusal of its tenant's connection quota."""
+        refused = self.router.admit(self.conn_id, principal)
+        if refused is None:
+            return principal
+        return Refusal(code=refused.code, message=refused.message, details=refused.details)
 
     def _may_log_in_later(self, event: fe.HandshakeRequested, decision: object) -> bool:
         """A ``Hello`` without a token, listing ``token-exchange`` to a broker that offers
@@ -543,6 +552,10 @@ class Session:
                     code=ErrorCode.FORBIDDEN,
                     message="an exchanged token must name the connection's tenant and subject",
                 )
+            elif current is None and isinstance(
+                admitted := self._admit(decision.principal), Refusal
+            ):  # a login is counted in the connection quota as a handshake is
+                refusal = admitted
             else:
                 principal = decision.principal
                 self.principal = principal

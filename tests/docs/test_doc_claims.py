@@ -39,8 +39,15 @@ def _run(*args: str) -> str:
 @pytest.fixture(scope="module")
 def config() -> dict[str, Any]:
     """The effective configuration on embedded defaults, flattened to dotted keys."""
-    parsed = tomllib.loads(_run("--print-config"))
+    text = _run("--print-config")
+    parsed = tomllib.loads(text)
     flat: dict[str, Any] = {}
+    table = ""
+    for line in text.splitlines():  # optional settings at None print as "# KEY unset"
+        if line.startswith("["):
+            table = line.strip("[]") + "."
+        elif match := re.fullmatch(r"# ([a-z_]+) unset", line):
+            flat[table + match.group(1)] = None
     for key, value in parsed.items():
         if isinstance(value, dict):
             flat.update({f"{key}.{k}": v for k, v in value.items()})
