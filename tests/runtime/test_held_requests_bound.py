@@ -14,17 +14,10 @@ receive batch; a client that reads, on the same broker, is served throughout.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
-from aioquic.quic import events as qe
-from aioquic.quic.configuration import QuicConfiguration
-from aioquic.quic.connection import QuicConnection
 from engine_calls import ThroughRouter
 
-from felix_proto import ALPN
-from felix_proto import events as fe
-from felix_proto.client import ClientConnection
 from felix_proto.errors import ErrorCode
 from felix_runtime.quic_engines import server_quic
 from felix_runtime.tls import ensure_self_signed
@@ -33,29 +26,16 @@ from felix_server.observer import ServerObserver
 from felix_server.server import FelixServer
 from felix_server.session import OVERFLOW_REASON, Session
 
+from .stingy_pair import MemoryPair, StingyClient
+
 pytest.importorskip("qh3")
 
 T, N = "default", "default"
-SERVER_ADDR = ("127.0.0.1", 7447)
 VALUE = bytes(range(256)) * 64  # 16 KiB
 LIMIT, RESUME, CAP = 64 * 1024, 16 * 1024, 128 * 1024
 MAX_DATA = 4 * 1024  # the broker's receive window: the bound of what may wait
 REQUESTS = 600  # about 20 KiB of requests, five times MAX_DATA
 BATCH_SLACK = 16 * 1452  # what one receive batch may add before the check
-
-
-class _StingyQuic(QuicConnection):
-    """A client QUIC that, while ``reading`` is false, grants the broker no more credit."""
-
-    reading = True
-
-    def _write_connection_limits(self, *args: Any, **kwargs: Any) -> None:
-        if self.reading:
-            super()._write_connection_limits(*args, **kwargs)
-
-    def _write_stream_limits(self, *args: Any, **kwargs: Any) -> None:
-        if self.reading:
-            super()._write_stream_limits(*args, **kwargs)
 
 
 class _Observer(ServerObserver):
@@ -66,42 +46,7 @@ class _Observer(ServerObserver):
         self.overflows.append(held_bytes)
 
 
-class _Client:
-    def __init__(self, cafile: str, port: int, now: float) -> None:
-        config = QuicConfiguration(
-            is_client=True,
-            alpn_protocols=[ALPN],
-            server_name="localhost",
-            max_datagram_size=1452,
-            idle_timeout=60.0,
-            max_data=256 * 1024,
-            max_stream_data=128 * 1024,
-        )
-        config.load_verify_locations(cafile)
-        self.addr = ("127.0.0.1", port)
-        self.quic = _StingyQuic(configuration=config)
-        self.quic.connect(SERVER_ADDR, now=now)
-        self.felix = ClientConnection(default_timeout=3600.0)
-        self.values: dict[int, bytes | None] = {}
-        self.welcomed = False
-        self.terminated: qe.ConnectionTerminated | None = None
-
-    def pump(self) -> None:
-        while (event := self.quic.next_event()) is not None:
-            if isinstance(event, qe.StreamDataReceived):
-                self.felix.stream_data_received(event.stream_id, event.data, event.end_stream)
-            elif isinstance(event, qe.ConnectionTerminated):
-                self.terminated = event
-        while (fev := self.felix.next_event()) is not None:
-            if isinstance(fev, fe.CacheValueReceived):
-                self.values[fev.request_id] = fev.value
-            elif isinstance(fev, fe.Welcomed):
-                self.welcomed = True
-        for sid, data, end in self.felix.data_to_send():
-            self.quic.send_stream_data(sid, data, end)
-
-
-class _Setup:
+class _Setup(MemoryPair):
     def __init__(self, tmp: Path, engine: str) -> None:
         files = ensure_self_signed(tmp)
         transport = TransportConfig(
@@ -114,22 +59,22 @@ class _Setup:
         config = ServerConfig(data_dir=str(tmp), transport=transport, quic_engine=engine)
         quic_config, factory = server_quic(config)
         quic_config.load_cert_chain(str(files.cert_path), str(files.key_path))
-        self.now = 1_000_000.0
         self.observer = _Observer()
-        self.server = FelixServer(
-            config, quic_config, now=self.now, observer=self.observer, connection_factory=factory
+        now = 1_000_000.0
+        server = FelixServer(
+            config, quic_config, now=now, observer=self.observer, connection_factory=factory
         )
+        super().__init__(server, now)
         calls = ThroughRouter(self.server.router)
         calls.create("cache", T, N, "c", now=self.now)
         calls.cache_put(T, N, "c", "k", VALUE, now=self.now)
-        self.clients: dict[tuple[str, int], _Client] = {}
         self.cafile = str(files.cert_path)
         self.peak_held = 0  # the most the broker held for the greedy client
         self.greedy: Session | None = None
 
-    def connect(self, port: int) -> tuple[_Client, Session]:
+    def connect(self, port: int) -> tuple[StingyClient, Session]:
         before = set(self.server.sessions)
-        client = self.clients[("127.0.0.1", port)] = _Client(self.cafile, port, self.now)
+        client = self.add(StingyClient(self.cafile, port, self.now))
         self.settle()
         client.felix.connect(now=self.now)
         self.settle()
@@ -137,37 +82,9 @@ class _Setup:
         (session,) = set(self.server.sessions) - before
         return client, session
 
-    def step(self) -> bool:
-        self.now += 0.001
-        now, server, moved = self.now, self.server, False
-        for client in self.clients.values():
-            timer = client.quic.get_timer()
-            if timer is not None and timer <= now:
-                client.quic.handle_timer(now)
-        timer = server.get_timer()
-        if timer is not None and timer <= now:
-            server.handle_timer(now)
-        for client in self.clients.values():
-            client.pump()
-            for data, _ in client.quic.datagrams_to_send(now=now):
-                server.datagram_received(data, client.addr, now)
-                moved = True
-        for data, addr in server.datagrams_to_send(now):
-            self.clients[addr].quic.receive_datagram(data, SERVER_ADDR, now)
-            moved = True
-        for client in self.clients.values():
-            client.pump()
+    def stepped(self) -> None:
         if self.greedy is not None:
             self.peak_held = max(self.peak_held, self.greedy.gate.held_bytes)
-        return moved
-
-    def settle(self, rounds: int = 3000) -> None:
-        quiet = 0
-        for _ in range(rounds):
-            quiet = 0 if self.step() else quiet + 1
-            if quiet >= 10:
-                return
-        raise AssertionError("did not settle")
 
 
 @pytest.mark.parametrize("engine", ["aioquic", "qh3"])

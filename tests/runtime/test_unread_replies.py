@@ -15,24 +15,18 @@ greedy client reads again, every one of its requests is answered, in full.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-from aioquic.quic import events as qe
-from aioquic.quic.configuration import QuicConfiguration
-from aioquic.quic.connection import QuicConnection
 from engine_calls import ThroughRouter
 
-from felix_proto import ALPN
-from felix_proto import events as fe
-from felix_proto.client import ClientConnection
 from felix_runtime.tls import ensure_self_signed
 from felix_server.config import ServerConfig, TransportConfig
 from felix_server.observer import ServerObserver
 from felix_server.server import FelixServer, make_quic_configuration
 from felix_server.session import Session
 
+from .stingy_pair import MemoryPair, StingyClient
+
 T, N = "default", "default"
-SERVER_ADDR = ("127.0.0.1", 7447)
 VALUE = bytes(range(256)) * 64  # 16 KiB
 LIMIT, RESUME, CAP = 64 * 1024, 16 * 1024, 128 * 1024
 REQUESTS = 200  # 3.2 MiB of replies, 25 times the cap
@@ -45,20 +39,6 @@ def held_bytes(session: Session) -> int:
     return sum(len(held.data) for held in session.gate.held_data.values())
 
 
-class _StingyQuic(QuicConnection):
-    """A client QUIC that, while ``reading`` is false, grants the broker no more credit."""
-
-    reading = True
-
-    def _write_connection_limits(self, *args: Any, **kwargs: Any) -> None:
-        if self.reading:
-            super()._write_connection_limits(*args, **kwargs)
-
-    def _write_stream_limits(self, *args: Any, **kwargs: Any) -> None:
-        if self.reading:
-            super()._write_stream_limits(*args, **kwargs)
-
-
 class _Observer(ServerObserver):
     def __init__(self) -> None:
         self.requests = 0
@@ -68,44 +48,7 @@ class _Observer(ServerObserver):
         return None
 
 
-class _Client:
-    def __init__(self, cafile: str, port: int, now: float) -> None:
-        config = QuicConfiguration(
-            is_client=True,
-            alpn_protocols=[ALPN],
-            server_name="localhost",
-            max_datagram_size=1452,
-            idle_timeout=60.0,
-            max_data=256 * 1024,
-            max_stream_data=128 * 1024,
-        )
-        config.load_verify_locations(cafile)
-        self.addr = ("127.0.0.1", port)
-        self.quic = _StingyQuic(configuration=config)
-        self.quic.connect(SERVER_ADDR, now=now)
-        self.felix = ClientConnection(default_timeout=3600.0)
-        self.values: dict[int, bytes | None] = {}
-        self.connected = False
-        self.written = 0  # stream bytes handed to QUIC
-        self.welcomed = False
-
-    def pump(self) -> None:
-        while (event := self.quic.next_event()) is not None:
-            if isinstance(event, qe.HandshakeCompleted):
-                self.connected = True
-            elif isinstance(event, qe.StreamDataReceived):
-                self.felix.stream_data_received(event.stream_id, event.data, event.end_stream)
-        while (fev := self.felix.next_event()) is not None:
-            if isinstance(fev, fe.CacheValueReceived):
-                self.values[fev.request_id] = fev.value
-            elif isinstance(fev, fe.Welcomed):
-                self.welcomed = True
-        for sid, data, end in self.felix.data_to_send():
-            self.quic.send_stream_data(sid, data, end)
-            self.written += len(data)
-
-
-class _Setup:
+class _Setup(MemoryPair):
     def __init__(self, tmp: Path) -> None:
         files = ensure_self_signed(tmp)
         transport = TransportConfig(
@@ -118,54 +61,25 @@ class _Setup:
         config = ServerConfig(data_dir=str(tmp), transport=transport)
         quic_config = make_quic_configuration(config)
         quic_config.load_cert_chain(str(files.cert_path), str(files.key_path))
-        self.now = 1_000_000.0
         self.observer = _Observer()
-        self.server = FelixServer(config, quic_config, now=self.now, observer=self.observer)
+        now = 1_000_000.0
+        super().__init__(FelixServer(config, quic_config, now=now, observer=self.observer), now)
         calls = ThroughRouter(self.server.router)
         calls.create("cache", T, N, "c", now=self.now)
         calls.cache_put(T, N, "c", "k", VALUE, now=self.now)
-        self.greedy = _Client(str(files.cert_path), 40000, self.now)
-        self.reader = _Client(str(files.cert_path), 40001, self.now)
-        self.clients = {c.addr: c for c in (self.greedy, self.reader)}
+        self.greedy = self.add(StingyClient(str(files.cert_path), 40000, self.now))
+        self.reader = self.add(StingyClient(str(files.cert_path), 40001, self.now))
         self.peak = 0  # the most the broker held queued for the greedy client
 
-    def session(self, client: _Client) -> Session:
+    def session(self, client: StingyClient) -> Session:
         (session,) = [
             s for s in self.server.sessions if s.quic._network_paths[0].addr == client.addr
         ]
         return session
 
-    def step(self) -> bool:
-        self.now += 0.001
-        now, server, moved = self.now, self.server, False
-        for client in self.clients.values():
-            timer = client.quic.get_timer()
-            if timer is not None and timer <= now:
-                client.quic.handle_timer(now)
-        timer = server.get_timer()
-        if timer is not None and timer <= now:
-            server.handle_timer(now)
-        for client in self.clients.values():
-            client.pump()
-            for data, _ in client.quic.datagrams_to_send(now=now):
-                server.datagram_received(data, client.addr, now)
-                moved = True
-        for data, addr in server.datagrams_to_send(now):
-            self.clients[addr].quic.receive_datagram(data, SERVER_ADDR, now)
-            moved = True
-        for client in self.clients.values():
-            client.pump()
+    def stepped(self) -> None:
         if self.greedy.welcomed:
             self.peak = max(self.peak, self.session(self.greedy).buffered_bytes)
-        return moved
-
-    def settle(self, rounds: int = 3000) -> None:
-        quiet = 0
-        for _ in range(rounds):
-            quiet = 0 if self.step() else quiet + 1
-            if quiet >= 10:
-                return
-        raise AssertionError("did not settle")
 
 
 def test_unread_replies_are_bounded(tmp_path: Path) -> None:
