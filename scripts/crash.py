@@ -44,6 +44,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -607,7 +608,7 @@ def main(argv: list[str] | None = None) -> int:
                 max_s=args.max_s,
                 seed=args.seed,
             )
-            return _print_queue(report, args.json)
+            return _print(report, args.json, _queue_cycle)
         report = run_crash(
             args.runtime,
             args.cycles,
@@ -619,32 +620,35 @@ def main(argv: list[str] | None = None) -> int:
             max_s=args.max_s,
             seed=args.seed,
         )
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        for i, c in enumerate(report["cycles"]):
-            print(
-                f"cycle {i}: killed after {c['killed_after_s']:.2f}s, committed acked "
-                f"{c['committed_records']} (missing {c['committed_missing']}), accepted acked "
-                f"{c['accepted_records']} (missing {c['accepted_missing']}), unacked found "
-                f"{c['unacked_found']}, restart {c['restart_s']}s, errors {c['errors']}"
-            )
-        print("OK" if report["ok"] else "FAILED", json.dumps(report["totals"]))
-    return 0 if report["ok"] else 1
+    return _print(report, args.json, _publish_cycle)
 
 
-def _print_queue(report: dict[str, Any], as_json: bool) -> int:
+def _publish_cycle(c: dict[str, Any]) -> str:
+    return (
+        f"killed after {c['killed_after_s']:.2f}s, committed acked "
+        f"{c['committed_records']} (missing {c['committed_missing']}), accepted acked "
+        f"{c['accepted_records']} (missing {c['accepted_missing']}), unacked found "
+        f"{c['unacked_found']}, restart {c['restart_s']}s, errors {c['errors']}"
+    )
+
+
+def _queue_cycle(c: dict[str, Any]) -> str:
+    return (
+        f"killed after {c['killed_after_s']:.2f}s, enqueued {c['enqueued']}, "
+        f"acked committed {c['acked_committed']}, in doubt {c['in_doubt']}, owed "
+        f"{c['owed']}, drained {c['drained']} in {c['drain_s']}s (acked back "
+        f"{c['acked_came_back']}, missing {c['missing']}), restart {c['restart_s']}s, "
+        f"errors {c['errors']}"
+    )
+
+
+def _print(report: dict[str, Any], as_json: bool, describe: Callable[[dict[str, Any]], str]) -> int:
+    """Print the report (JSON, or a line per cycle and the totals); the exit code."""
     if as_json:
         print(json.dumps(report, indent=2))
     else:
-        for i, c in enumerate(report["cycles"]):
-            print(
-                f"cycle {i}: killed after {c['killed_after_s']:.2f}s, enqueued {c['enqueued']}, "
-                f"acked committed {c['acked_committed']}, in doubt {c['in_doubt']}, owed "
-                f"{c['owed']}, drained {c['drained']} in {c['drain_s']}s (acked back "
-                f"{c['acked_came_back']}, missing {c['missing']}), restart {c['restart_s']}s, "
-                f"errors {c['errors']}"
-            )
+        for i, cycle in enumerate(report["cycles"]):
+            print(f"cycle {i}: {describe(cycle)}")
         print("OK" if report["ok"] else "FAILED", json.dumps(report["totals"]))
     return 0 if report["ok"] else 1
 
