@@ -2,8 +2,9 @@
 where a client can stop reading: while ``quic.reading`` is false its QUIC grants the broker
 no more flow-control credit (a client that does not read its replies).
 
-Shared by ``test_unread_replies.py`` (what the broker queues for such a client is bounded)
-and ``test_held_requests_bound.py`` (what it holds of that client's requests is bounded).
+Shared by ``test_unread_replies.py`` (what the broker queues for such a client is bounded),
+``test_held_requests_bound.py`` (what it holds of that client's requests is bounded) and
+``test_receive_window.py`` (the credit the broker grants stays one window wide).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ class StingyQuic(QuicConnection):
 
 class StingyClient:
     """An aioquic client QUIC and a felix_proto ``ClientConnection`` on ``127.0.0.1:port``,
-    keeping the cache values it received (by request id)."""
+    keeping the cache values it received and the ids of the cache puts answered."""
 
     def __init__(self, cafile: str, port: int, now: float) -> None:
         config = QuicConfiguration(
@@ -56,6 +57,7 @@ class StingyClient:
         self.quic.connect(SERVER_ADDR, now=now)
         self.felix = ClientConnection(default_timeout=3600.0)
         self.values: dict[int, bytes | None] = {}
+        self.stored: set[int] = set()  # ids of the cache puts answered
         self.connected = False
         self.welcomed = False
         self.written = 0  # stream bytes handed to QUIC
@@ -72,6 +74,8 @@ class StingyClient:
         while (fev := self.felix.next_event()) is not None:
             if isinstance(fev, fe.CacheValueReceived):
                 self.values[fev.request_id] = fev.value
+            elif isinstance(fev, fe.CachePutCompleted):
+                self.stored.add(fev.request_id)
             elif isinstance(fev, fe.Welcomed):
                 self.welcomed = True
         for sid, data, end in self.felix.data_to_send():
