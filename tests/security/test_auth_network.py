@@ -348,7 +348,9 @@ async def test_refresh_token_refusals(
 @pytest.mark.parametrize("runtime", ["asyncio"])  # the checks live in the pure router;
 # tests/conformance runs the suite on every runtime, the matrix above runs auth on every one
 def test_conformance_with_a_token_pair(fresh_broker: FreshBroker, issuer: Issuer) -> None:
-    """The whole conformance suite as a tenant (not an operator), plus its auth checks."""
+    """The whole conformance suite as a tenant (not an operator), plus its auth checks and,
+    with a token of the same tenant that may only subscribe to ``conf/ro-*``, its RBAC
+    checks."""
     broker = fresh_broker("--auth-issuer-key", str(issuer.public_file))
     alpha, bravo = issuer.token("alpha"), issuer.token("bravo")
     result = subprocess.run(
@@ -370,6 +372,8 @@ def test_conformance_with_a_token_pair(fresh_broker: FreshBroker, issuer: Issuer
             bravo,
             "--other-tenant",
             "bravo",
+            "--restricted-token",
+            issuer.token("alpha", "subscribe:conf/ro-*"),
         ],
         capture_output=True,
         text=True,
@@ -384,6 +388,11 @@ def test_conformance_with_a_token_pair(fresh_broker: FreshBroker, issuer: Issuer
         "auth.other-tenant-listing",
         "auth.refresh-keeps-the-tenant",
         "session.bad-token",
+        "rbac.granted",
+        "rbac.forbidden",
+        "rbac.admin-reads",
+        "rbac.foreign-consumer",
+        "rbac.foreign-subscription",
     ):
         assert f"PASS {name}" in result.stdout, result.stdout
     assert " 0 failed" in result.stdout
