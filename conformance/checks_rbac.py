@@ -12,13 +12,14 @@ the same answer, names aside); and treat the feeds of other connections (``Ack``
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 
+from conformance import strangers
 from conformance.context import Context
-from conformance.feeds import consume, deliveries, enqueue, publish, records, subscribe, wait_count
+from conformance.feeds import publish, records, subscribe, wait_count
 from conformance.registry import Skip, check
-from conformance.wire import CONTROL, CheckFailed, Conn, describe, expect
+from conformance.strangers import shape
+from conformance.wire import CheckFailed, Conn, describe, expect
 from felix_proto import messages as m
 from felix_proto.errors import ErrorCode
 
@@ -28,8 +29,6 @@ ALLOWED = "ro"
 """The prefix of the stream names the restricted token may subscribe to."""
 OUTSIDE = "rw"
 """A prefix its grant does not cover."""
-QUIET = 0.5
-"""Seconds to watch for something that must not happen."""
 
 Request = Callable[[int, str, str, str], m.Message]
 """``(request_id, tenant, namespace, name) -> request``."""
@@ -177,25 +176,6 @@ def forbidden(reply: m.Message, label: str, permission: str) -> m.Error:
     return reply
 
 
-def _shape(reply: m.Message, *names: str) -> tuple[object, ...]:
-    """An Error with the names it mentions replaced, for comparing two answers."""
-    if not isinstance(reply, m.Error):
-        return ("not an Error", describe(reply))
-
-    def blank(value: object) -> object:
-        if isinstance(value, list):
-            return [blank(v) for v in value]
-        if isinstance(value, int) and not isinstance(value, bool) and str(value) in names:
-            return "NAME"
-        if isinstance(value, str):
-            for name in names:
-                value = re.sub(rf"(?<![\w-]){re.escape(name)}(?![\w-])", "NAME", value)
-        return value
-
-    details = {k: blank(v) for k, v in reply.details.items()}
-    return (reply.code, blank(reply.message), reply.retryable, details)
-
-
 @check(
     "rbac.granted",
     S56,
@@ -234,7 +214,7 @@ async def forbidden_everywhere(ctx: Context) -> None:
         one = forbidden(theirs, f"{label} on an existing {kind}", f"{action}:{ns}/{name}")
         other = forbidden(nobodys, f"{label} on an absent {kind}", f"{action}:{ns}/{absent}")
         expect(
-            _shape(one, name) == _shape(other, absent),
+            shape(one, name) == shape(other, absent),
             f"{label}: an existing {kind} answered {describe(one)} {one.details}, an "
             f"absent one {describe(other)} {other.details}: they must be the same",
         )
@@ -303,37 +283,7 @@ async def admin_reads(ctx: Context) -> None:
 )
 async def foreign_consumer(ctx: Context) -> None:
     _token(ctx)
-    queue = await ctx.create("queue", OUTSIDE)
-    owner = await ctx.connect()
-    await enqueue(ctx, owner, queue, [b"mine"])
-    reply, log = await consume(ctx, owner, queue, prefetch=1)
-    await owner.until(lambda: len(deliveries(log)) >= 1, "a delivery", None)
-    delivery = deliveries(log)[0].delivery_id
-    cid = reply.consumer_id
-    ghost = cid + 1_000_003
-    conn = await _restricted(ctx)
-    for label, make in (
-        ("Ack", lambda c: m.Ack(request_id=conn.rid(), consumer_id=c, delivery_ids=[delivery])),
-        ("Nack", lambda c: m.Nack(request_id=conn.rid(), consumer_id=c, delivery_ids=[delivery])),
-        ("CancelConsume", lambda c: m.CancelConsume(request_id=conn.rid(), consumer_id=c)),
-    ):
-        theirs = await conn.request(make(cid))
-        nobodys = await conn.request(make(ghost))
-        expect(
-            isinstance(theirs, m.Error) and theirs.code == ErrorCode.NOT_FOUND,
-            f"{label} of another connection's consumer answered {describe(theirs)}, expected "
-            "Error NOT_FOUND",
-        )
-        expect(
-            _shape(theirs, str(cid)) == _shape(nobodys, str(ghost)),
-            f"{label}: another connection's consumer answered {describe(theirs)}, one that "
-            f"never existed {describe(nobodys)}: they must be the same",
-        )
-    if await owner.quiet(lambda: len(deliveries(log)) > 1 or log.ended, QUIET):
-        raise CheckFailed("the owner's consumer was redelivered to or ended by another connection")
-    await owner.expect(
-        m.Ack(request_id=owner.rid(), consumer_id=cid, delivery_ids=[delivery]), m.Ok
-    )
+    await strangers.settle_foreign_consumer(ctx, lambda: _restricted(ctx))
 
 
 @check(
@@ -344,29 +294,4 @@ async def foreign_consumer(ctx: Context) -> None:
 )
 async def foreign_subscription(ctx: Context) -> None:
     _token(ctx)
-    stream = await ctx.create("stream", OUTSIDE)
-    owner = await ctx.connect()
-    await publish(ctx, owner, stream, b"a", b"b", b"c")
-    reply, log = await subscribe(ctx, owner, stream, start=m.StartKind.EARLIEST, credit_messages=1)
-    await wait_count(owner, log, 1)
-    sid = reply.subscription_id
-    ghost = sid + 1_000_003
-    conn = await _restricted(ctx)
-    conn.send(m.Credit(subscription_id=sid, messages=100, bytes=1 << 20), CONTROL)
-    if await owner.quiet(lambda: len(records(log)) > 1, QUIET):
-        raise CheckFailed("another connection's Credit let more records through")
-    theirs = await conn.request(m.Unsubscribe(request_id=conn.rid(), subscription_id=sid))
-    nobodys = await conn.request(m.Unsubscribe(request_id=conn.rid(), subscription_id=ghost))
-    expect(
-        isinstance(theirs, m.Error) and theirs.code == ErrorCode.NOT_FOUND,
-        f"Unsubscribe of another connection's subscription answered {describe(theirs)}, "
-        "expected Error NOT_FOUND",
-    )
-    expect(
-        _shape(theirs, str(sid)) == _shape(nobodys, str(ghost)),
-        f"Unsubscribe: another connection's subscription answered {describe(theirs)}, one "
-        f"that never existed {describe(nobodys)}: they must be the same",
-    )
-    owner.send(m.Credit(subscription_id=sid, messages=2, bytes=1 << 20), CONTROL)
-    await wait_count(owner, log, 3)
-    expect(not log.ended, "the owner's subscription ended")
+    await strangers.credit_foreign_subscription(ctx, lambda: _restricted(ctx))

@@ -1,5 +1,6 @@
-"""The ``rbac.*`` checks (§5.6 inside one tenant, ``--restricted-token``) against our broker
-in process with two shared secrets of one tenant: they pass; they skip, saying why,
+"""The ``rbac.*`` checks (§5.6 inside one tenant, ``--restricted-token``) and
+``auth.other-tenant-feeds`` against our broker in process with shared secrets (two of one
+tenant, one of another): they pass; they skip, saying why,
 without the option; and they fail against brokers with an authorization fault (a grant
 that spills to another action, FORBIDDEN without its details, an answer that tells another
 connection's feed from an absent one)."""
@@ -24,8 +25,17 @@ from felix_proto.errors import ErrorCode
 
 pytestmark = pytest.mark.anyio
 
-SECRETS = "full=alpha:*, ro=alpha:subscribe:ns/ro-*"
-"""``full`` may do everything in tenant alpha; ``ro`` only subscribe to ``ns/ro-*``."""
+SECRETS = "full=alpha:*, ro=alpha:subscribe:ns/ro-*, other=bravo:*"
+"""``full`` may do everything in tenant alpha; ``ro`` only subscribe to ``ns/ro-*``;
+``other`` everything in tenant bravo."""
+OPTIONS = {
+    "token": "full",
+    "tenant": "alpha",
+    "namespace": "ns",
+    "restricted_token": "ro",
+    "other_token": "other",
+    "other_tenant": "bravo",
+}
 RBAC = {
     "rbac.granted",
     "rbac.forbidden",
@@ -37,8 +47,7 @@ RBAC = {
 
 async def _run(running: Running, expr: str = "rbac.*", **options: str) -> dict[str, Result]:
     base = running.options()
-    if not options:
-        options = {"token": "full", "tenant": "alpha", "namespace": "ns", "restricted_token": "ro"}
+    options = options or OPTIONS
     chosen = select(all_checks(), expr)
     results = await run_checks(chosen, dataclasses.replace(base, **options))  # type: ignore[arg-type]
     return {r.check.name: r for r in results}
@@ -52,8 +61,8 @@ def _explain(results: dict[str, Result]) -> str:
 
 async def test_the_rbac_checks_pass_with_a_restricted_token(tmp_path: Path) -> None:
     async with broker(tmp_path, auth_tokens=SECRETS) as running:
-        results = await _run(running)
-    assert set(results) == RBAC
+        results = await _run(running, "rbac.*,auth.other-tenant-feeds")
+    assert set(results) == {*RBAC, "auth.other-tenant-feeds"}
     assert {r.outcome for r in results.values()} == {Outcome.PASS}, _explain(results)
 
 
@@ -121,7 +130,7 @@ def telling(msg: m.Message) -> m.Message:
 
 async def test_an_answer_that_tells_another_connections_feed_fails(tmp_path: Path) -> None:
     async with broker(tmp_path, auth_tokens=SECRETS, connection_factory=rewriting(telling)) as r:
-        results = await _run(r, "rbac.foreign-consumer,rbac.foreign-subscription")
-    for name in ("rbac.foreign-consumer", "rbac.foreign-subscription"):
+        results = await _run(r, "rbac.foreign-*,auth.other-tenant-feeds")
+    for name in ("rbac.foreign-consumer", "rbac.foreign-subscription", "auth.other-tenant-feeds"):
         assert results[name].outcome is Outcome.FAIL, _explain(results)
         assert "they must be the same" in results[name].reason

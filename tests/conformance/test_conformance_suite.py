@@ -50,6 +50,7 @@ async def test_every_check_passes_against_our_broker(
     auth = {
         "auth.other-tenant-is-absent",
         "auth.other-tenant-listing",
+        "auth.other-tenant-feeds",
         "auth.refresh-keeps-the-tenant",
         "exchange.forgeries-refused",  # no issuer here: tests/security/test_exchange_network.py
         "exchange.login-first",

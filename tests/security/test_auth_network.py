@@ -386,6 +386,7 @@ def test_conformance_with_a_token_pair(fresh_broker: FreshBroker, issuer: Issuer
     for name in (
         "auth.other-tenant-is-absent",
         "auth.other-tenant-listing",
+        "auth.other-tenant-feeds",
         "auth.refresh-keeps-the-tenant",
         "session.bad-token",
         "rbac.granted",
