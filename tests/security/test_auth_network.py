@@ -70,7 +70,8 @@ def client(broker: Broker, token: str | None, tenant: str, **kwargs: Any) -> Cli
 
 
 async def setup_tenant(broker: Broker, token: str, tenant: str) -> None:
-    """The tenant's own admin makes its tenant, namespace ``ns`` and s, q, c."""
+    """The tenant's own admin makes its tenant, namespace ``ns``, s, q, c, role ``r`` and
+    binding ``b``."""
     async with client(broker, token, tenant) as c:
         await c.admin.create("tenant", tenant)
         await c.admin.create("namespace", "ns")
@@ -79,6 +80,8 @@ async def setup_tenant(broker: Broker, token: str, tenant: str) -> None:
         await c.publish("s", b"secret")
         await c.enqueue("q", b"secret")
         await c.cache("c").put("k", b"secret")
+        await c.admin.create("role", "r", {"permissions": ["subscribe:ns/*"]})
+        await c.admin.create("binding", "b", {"role": "r", "subjects": ["auditor"]})
 
 
 @pytest.fixture
@@ -146,6 +149,20 @@ OPERATIONS: dict[str, tuple[str, Op]] = {
     "delete": ("c", lambda c, n, t: c.admin.delete("cache", n, tenant=t)),
     "delete_stream": ("s", lambda c, n, t: c.admin.delete("stream", n, tenant=t)),
     "delete_queue": ("q", lambda c, n, t: c.admin.delete("queue", n, tenant=t)),
+    "describe_role": ("r", lambda c, n, t: c.admin.describe("role", n, tenant=t)),
+    "update_role": (
+        "r",
+        lambda c, n, t: c.admin.update("role", n, {"permissions": ["*"]}, tenant=t),
+    ),
+    "delete_binding": ("b", lambda c, n, t: c.admin.delete("binding", n, tenant=t)),
+    "create_binding": (
+        "b",
+        lambda c, n, t: c.admin.create(
+            "binding", n + "2", {"role": "r", "subjects": ["x"]}, tenant=t
+        ),
+    ),
+    "list_roles": ("r", lambda c, n, t: c.admin.list("role", tenant=t)),
+    "list_bindings": ("b", lambda c, n, t: c.admin.list("binding", tenant=t)),
     "list": ("s", lambda c, n, t: c.admin.list("stream", tenant=t)),
     "list_queues": ("q", lambda c, n, t: c.admin.list("queue", tenant=t)),
     "list_caches": ("c", lambda c, n, t: c.admin.list("cache", tenant=t)),
@@ -154,7 +171,8 @@ OPERATIONS: dict[str, tuple[str, Op]] = {
     "describe_namespace": ("s", lambda c, n, t: c.admin.describe("namespace", "ns", tenant=t)),
     "describe_tenant": ("s", lambda c, n, t: c.admin.describe("tenant", t or c.tenant)),
 }
-NO_NAME = {"list", "list_queues", "list_caches", "list_namespaces", "create"}
+NO_NAME = {"list", "list_queues", "list_caches", "list_namespaces", "list_roles"}
+NO_NAME |= {"list_bindings", "create", "create_binding"}
 NO_NAME |= {"describe_namespace", "describe_tenant"}
 """Operations that do not fail on a missing name in one's own tenant."""
 
