@@ -179,7 +179,8 @@ def forbidden(reply: m.Message, label: str, permission: str) -> m.Error:
 @check(
     "rbac.granted",
     S56,
-    "the restricted token subscribes to a stream its grant covers and gets its records",
+    "the restricted token subscribes to a stream its grant covers and gets its records; "
+    "Welcome.tenant, when sent, names its tenant",
 )
 async def granted(ctx: Context) -> None:
     _token(ctx)
@@ -187,6 +188,11 @@ async def granted(ctx: Context) -> None:
     owner = await ctx.connect()
     await publish(ctx, owner, stream, b"visible")
     conn = await _restricted(ctx)
+    assert conn.welcome is not None
+    expect(
+        conn.welcome.tenant in (None, ctx.tenant),
+        f"Welcome.tenant is {conn.welcome.tenant!r}, not the token's tenant {ctx.tenant!r}",
+    )
     _, log = await subscribe(ctx, conn, stream, start=m.StartKind.EARLIEST)
     await wait_count(conn, log, 1)
     expect(records(log)[0][1] == b"visible", f"the record arrived as {records(log)[0]}")

@@ -18,6 +18,7 @@ from test_conformance_faults import rewriting
 from conformance.checks import all_checks
 from conformance.registry import select
 from conformance.runner import Outcome, Result, run_checks, summary_line
+from conformance.wire import open_conn
 from felix_core.access import Access, Action, Principal, authorize
 from felix_core.errors import EngineError
 from felix_proto import messages as m
@@ -25,9 +26,9 @@ from felix_proto.errors import ErrorCode
 
 pytestmark = pytest.mark.anyio
 
-SECRETS = "full=alpha:*, ro=alpha:subscribe:ns/ro-*, other=bravo:*"
+SECRETS = "full=alpha:*, ro=alpha:subscribe:ns/ro-*, other=bravo:*, bare"
 """``full`` may do everything in tenant alpha; ``ro`` only subscribe to ``ns/ro-*``;
-``other`` everything in tenant bravo."""
+``other`` everything in tenant bravo; ``bare`` is an operator."""
 OPTIONS = {
     "token": "full",
     "tenant": "alpha",
@@ -134,3 +135,13 @@ async def test_an_answer_that_tells_another_connections_feed_fails(tmp_path: Pat
     for name in ("rbac.foreign-consumer", "rbac.foreign-subscription", "auth.other-tenant-feeds"):
         assert results[name].outcome is Outcome.FAIL, _explain(results)
         assert "they must be the same" in results[name].reason
+
+
+async def test_welcome_names_the_tenant_of_a_tenant_credential_only(tmp_path: Path) -> None:
+    async with broker(tmp_path, auth_tokens=SECRETS) as running:
+        endpoint = running.options().endpoint
+        for token, tenant in (("ro", "alpha"), ("other", "bravo"), ("bare", None)):
+            async with open_conn(endpoint) as conn:
+                welcome = await conn.hello(token=token)
+                assert isinstance(welcome, m.Welcome), welcome
+                assert welcome.tenant == tenant, token
