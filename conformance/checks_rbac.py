@@ -13,10 +13,11 @@ the same answer, names aside); and treat the feeds of other connections (``Ack``
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from conformance import strangers
 from conformance.context import Context
-from conformance.feeds import publish, records, subscribe, wait_count
+from conformance.feeds import feed_stream, publish, records, subscribe, wait_count
 from conformance.registry import Skip, check
 from conformance.strangers import shape
 from conformance.wire import CheckFailed, Conn, describe, expect
@@ -301,3 +302,94 @@ async def foreign_consumer(ctx: Context) -> None:
 async def foreign_subscription(ctx: Context) -> None:
     _token(ctx)
     await strangers.credit_foreign_subscription(ctx, lambda: _restricted(ctx))
+
+
+async def _tenant_resource(ctx: Context, kind: str, name: str, settings: dict[str, Any]) -> None:
+    """Create a role or binding of the working tenant with the working token; a broker that
+    does not know the kind skips the check."""
+    admin = ctx.suite.admin
+    assert admin is not None
+    reply = await admin.request(
+        m.AdminCreate(
+            request_id=admin.rid(), kind=kind, tenant=ctx.tenant, name=name, settings=settings
+        )
+    )
+    if isinstance(reply, m.Error) and reply.code == ErrorCode.INVALID_ARGUMENT:
+        raise Skip(f"the broker refuses AdminCreate {kind}: {reply.message}")
+    if not isinstance(reply, m.AdminResource):
+        raise CheckFailed(f"AdminCreate {kind} answered {describe(reply)}")
+
+
+@check(
+    "rbac.live-change",
+    S56,
+    "a role bound to the restricted token's subject applies to its live connection from the "
+    "next request; unbinding it refuses the next request and ends the feed it covered "
+    "(SubscriptionEnded reason 'forbidden' naming the permission)",
+    timeout=20.0,
+)
+async def live_change(ctx: Context) -> None:
+    _token(ctx)
+    subject = ctx.options.restricted_subject
+    if subject is None:
+        raise Skip("no --restricted-subject given")
+    stream, cache = await ctx.create("stream", ALLOWED), await ctx.create("cache", ALLOWED)
+    role, binding = ctx.unique("conf-role"), ctx.unique("conf-binding")
+    try:
+        await _live_change(ctx, subject, stream, cache, role, binding)
+    finally:
+        await ctx.suite.delete("binding", "", binding)
+        await ctx.suite.delete("role", "", role)
+
+
+async def _live_change(
+    ctx: Context, subject: str, stream: str, cache: str, role: str, binding: str
+) -> None:
+    conn = await _restricted(ctx)
+    ns = ctx.namespace
+
+    def publish_to(target: str) -> m.Publish:
+        return m.Publish(
+            request_id=conn.rid(), tenant=ctx.tenant, namespace=ns, stream=target, payload=b"x"
+        )
+
+    forbidden(await conn.request(publish_to(stream)), "Publish", f"publish:{ns}/{stream}")
+    grants = [f"publish:{ns}/{ALLOWED}-*", f"cache.read:{ns}/{ALLOWED}-*"]
+    await _tenant_resource(ctx, "role", role, {"permissions": grants})
+    await _tenant_resource(ctx, "binding", binding, {"role": role, "subjects": [subject]})
+    reply = await conn.request(publish_to(stream))
+    expect(
+        isinstance(reply, m.PublishAck),
+        f"Publish after the binding answered {describe(reply)}, expected PublishAck",
+    )
+    rid = conn.rid()
+    await conn.expect(
+        m.Subscribe(
+            request_id=rid,
+            tenant=ctx.tenant,
+            namespace=ns,
+            stream=cache,
+            source=m.SourceKind.CACHE.value,
+        ),
+        m.Subscribed,
+    )
+    log = await feed_stream(conn, m.SubscriptionStreamStart, rid)
+    admin = ctx.suite.admin
+    assert admin is not None
+    await admin.expect(
+        m.AdminDelete(request_id=admin.rid(), kind="binding", tenant=ctx.tenant, name=binding),
+        m.Ok,
+    )
+    forbidden(
+        await conn.request(publish_to(stream)),
+        "Publish after the unbinding",
+        f"publish:{ns}/{stream}",
+    )
+    await conn.until(lambda: log.ended, "the end of the cache feed after the unbinding", None)
+    ended = log.of(m.SubscriptionEnded)
+    permission = f"cache.read:{ns}/{cache}"
+    expect(
+        bool(ended) and ended[-1].reason == "forbidden" and permission in ended[-1].message,
+        f"the cache feed ended with {ended[-1:] or 'no SubscriptionEnded'}, expected reason "
+        f"'forbidden' naming {permission}",
+    )

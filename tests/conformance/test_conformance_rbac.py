@@ -34,6 +34,7 @@ OPTIONS = {
     "tenant": "alpha",
     "namespace": "ns",
     "restricted_token": "ro",
+    "restricted_subject": "shared-secret:2",  # its place in SECRETS
     "other_token": "other",
     "other_tenant": "bravo",
 }
@@ -43,6 +44,7 @@ RBAC = {
     "rbac.admin-reads",
     "rbac.foreign-consumer",
     "rbac.foreign-subscription",
+    "rbac.live-change",
 }
 
 
@@ -74,6 +76,11 @@ async def test_they_skip_without_a_restricted_token(tmp_path: Path) -> None:
     for result in results.values():
         assert result.outcome is Outcome.SKIP, _explain(results)
         assert result.reason == "no --restricted-token given"
+    async with broker(tmp_path, auth_tokens=SECRETS) as running:
+        options = {k: v for k, v in OPTIONS.items() if k != "restricted_subject"}
+        results = await _run(running, "rbac.live-change", **options)
+    assert results["rbac.live-change"].outcome is Outcome.SKIP, _explain(results)
+    assert results["rbac.live-change"].reason == "no --restricted-subject given"
 
 
 def spilling(real: Callable[[Principal, Access], EngineError | None]) -> Callable[..., object]:
@@ -145,3 +152,16 @@ async def test_welcome_names_the_tenant_of_a_tenant_credential_only(tmp_path: Pa
                 welcome = await conn.hello(token=token)
                 assert isinstance(welcome, m.Welcome), welcome
                 assert welcome.tenant == tenant, token
+
+
+async def test_roles_that_apply_only_to_new_connections_fail_live_change(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(
+        "felix_server.router.Router._access_changed", lambda self, tenants, now: None
+    )
+    async with broker(tmp_path, auth_tokens=SECRETS) as running:
+        results = await _run(running, "rbac.live-change,rbac.granted")
+    assert results["rbac.live-change"].outcome is Outcome.FAIL, _explain(results)
+    assert "Publish after the binding answered Error 111" in results["rbac.live-change"].reason
+    assert results["rbac.granted"].outcome is Outcome.PASS, _explain(results)

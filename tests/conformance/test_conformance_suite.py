@@ -60,6 +60,7 @@ async def test_every_check_passes_against_our_broker(
         "rbac.admin-reads",
         "rbac.foreign-consumer",
         "rbac.foreign-subscription",
+        "rbac.live-change",
     }
     assert skipped <= {"session.bad-token", "limits.subscriptions", *auth}, _report(results)
 

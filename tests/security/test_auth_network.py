@@ -486,6 +486,8 @@ def test_conformance_with_a_token_pair(fresh_broker: FreshBroker, issuer: Issuer
             "bravo",
             "--restricted-token",
             issuer.token("alpha", "subscribe:conf/ro-*"),
+            "--restricted-subject",
+            "alpha-app",  # Issuer.token's subject
         ],
         capture_output=True,
         text=True,
@@ -506,6 +508,7 @@ def test_conformance_with_a_token_pair(fresh_broker: FreshBroker, issuer: Issuer
         "rbac.admin-reads",
         "rbac.foreign-consumer",
         "rbac.foreign-subscription",
+        "rbac.live-change",
     ):
         assert f"PASS {name}" in result.stdout, result.stdout
     assert " 0 failed" in result.stdout
