@@ -170,10 +170,15 @@ OPERATIONS: dict[str, tuple[str, Op]] = {
     "create": ("s", lambda c, n, t: c.admin.create("stream", n + "2", tenant=t)),
     "describe_namespace": ("s", lambda c, n, t: c.admin.describe("namespace", "ns", tenant=t)),
     "describe_tenant": ("s", lambda c, n, t: c.admin.describe("tenant", t or c.tenant)),
+    "update_tenant": (
+        "s",
+        lambda c, n, t: c.admin.update("tenant", t or c.tenant, {"max_connections": 1}),
+    ),
+    "delete_tenant": ("s", lambda c, n, t: c.admin.delete("tenant", t or c.tenant)),
 }
 NO_NAME = {"list", "list_queues", "list_caches", "list_namespaces", "list_roles"}
 NO_NAME |= {"list_bindings", "create", "create_binding"}
-NO_NAME |= {"describe_namespace", "describe_tenant"}
+NO_NAME |= {"describe_namespace", "describe_tenant", "update_tenant", "delete_tenant"}
 """Operations that do not fail on a missing name in one's own tenant."""
 
 
@@ -216,6 +221,11 @@ async def test_cross_tenant_matrix(fresh_broker: FreshBroker, issuer: Issuer) ->
                 assert shape(theirs, "Bob", name) == shape(absent, "alice", name + "-missing"), (
                     label
                 )
+        # creating bob's tenant (or any but one's own) is an operator's business, whether
+        # it exists or not
+        for tenant in ("bob", "ghost"):
+            with pytest.raises(Forbidden, match="only an operator manages tenants"):
+                await own.admin.create("tenant", tenant)
         # a token refresh naming bob (his own token) answers as one naming no tenant at all
         with pytest.raises(FelixError) as refresh_theirs:
             await own.refresh_token(bob)
