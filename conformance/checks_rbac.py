@@ -7,7 +7,9 @@ What a broker must do for such a token: serve what the grant covers; answer ever
 else ``FORBIDDEN`` with ``details.action`` and ``details.permission`` naming the missing
 permission, decided before anything is looked up (an existing and an absent resource get
 the same answer, names aside); and treat the feeds of other connections (``Ack``,
-``Nack``, ``CancelConsume``, ``Unsubscribe``, ``Credit`` by id) as absent.
+``Nack``, ``CancelConsume``, ``Unsubscribe``, ``Credit`` by id) as absent. With the token's
+subject (``--restricted-subject``), a role bound to it and unbound again must change what
+the live connection may do at its next request, open feeds included.
 """
 
 from __future__ import annotations
