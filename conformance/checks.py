@@ -18,6 +18,7 @@ MODULES = (
     "conformance.checks_model",
     "conformance.checks_settle",
     "conformance.checks_auth",
+    "conformance.checks_rbac",
     "conformance.checks_exchange",
 )
 """The check modules, in report order."""

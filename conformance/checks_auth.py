@@ -8,6 +8,7 @@ import contextlib
 import re
 from collections.abc import AsyncIterator, Callable
 
+from conformance import strangers
 from conformance.context import Context
 from conformance.registry import Skip, check
 from conformance.wire import CheckFailed, Conn, describe, expect
@@ -194,6 +195,22 @@ async def other_tenant_listing(ctx: Context) -> None:
                 f"AdminList {kind}: another tenant answered {describe(theirs)}, a tenant that "
                 f"does not exist {describe(nobodys)}: they must be the same",
             )
+
+
+@check(
+    "auth.other-tenant-feeds",
+    S56,
+    "another tenant's Ack, Nack, CancelConsume and Unsubscribe naming our feeds answer "
+    "NOT_FOUND as for ids never handed out, its Credit is ignored, and our feeds go on",
+)
+async def other_tenant_feeds(ctx: Context) -> None:
+    token, _ = _other(ctx)
+
+    async def stranger() -> Conn:
+        return await ctx.connect(token=token, client_name="conformance-other")
+
+    await strangers.settle_foreign_consumer(ctx, stranger)
+    await strangers.credit_foreign_subscription(ctx, stranger)
 
 
 @check(

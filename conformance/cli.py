@@ -1,7 +1,9 @@
 """The command line.
 
 ``python -m conformance --server quic://HOST:PORT [--ca FILE | --insecure] [--token T]
-[--tenant T --namespace N] [--other-token T --other-tenant T] [-k EXPR] [--junit FILE]
+[--tenant T --namespace N] [--other-token T --other-tenant T]
+[--restricted-token T [--restricted-subject S]]
+[-k EXPR] [--junit FILE]
 [--quic-engine aioquic|qh3] [--list]`` runs the wire checks;
 ``python -m conformance vectors DECODED.json`` checks a third-party codec's decoded vectors
 (see :mod:`conformance.vectors`). Exit codes: 0 all passed (skips allowed), 1 a check
@@ -58,6 +60,18 @@ def _parser() -> argparse.ArgumentParser:
         help="a token of another tenant (with --other-tenant): runs the auth checks (§5.6)",
     )
     p.add_argument("--other-tenant", metavar="TENANT", help="the tenant of --other-token")
+    p.add_argument(
+        "--restricted-token",
+        metavar="T",
+        help="a token of --tenant whose only permission is subscribe:NAMESPACE/ro-* (with "
+        "--tenant and --namespace): runs the rbac checks (§5.6)",
+    )
+    p.add_argument(
+        "--restricted-subject",
+        metavar="S",
+        help="the subject of --restricted-token: runs rbac.live-change, which binds a role "
+        "to it with --token",
+    )
     p.add_argument("--tenant", help="work in this tenant (default: a new one, deleted after)")
     p.add_argument("--namespace", help="work in this namespace (default: a new one)")
     p.add_argument(
@@ -101,6 +115,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--tenant and --namespace go together")
     if bool(args.other_token) != bool(args.other_tenant):
         parser.error("--other-token and --other-tenant go together")
+    if args.restricted_token and not args.tenant:
+        parser.error("--restricted-token needs --tenant and --namespace (the token's own)")
+    if args.restricted_subject and not args.restricted_token:
+        parser.error("--restricted-subject goes with --restricted-token")
     try:
         host, port = parse_server(args.server)
     except ValueError as exc:
@@ -120,6 +138,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         namespace=args.namespace,
         other_token=args.other_token,
         other_tenant=args.other_tenant,
+        restricted_token=args.restricted_token,
+        restricted_subject=args.restricted_subject,
     )
 
     def report(result: Result) -> None:

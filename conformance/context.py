@@ -46,6 +46,11 @@ class Options:
     """A token of another tenant (the auth checks; skipped without it)."""
     other_tenant: str | None = None
     """That tenant's name."""
+    restricted_token: str | None = None
+    """A token of the working tenant whose only permission is ``subscribe`` on the streams
+    ``ro-*`` of the working namespace (the ``rbac.*`` checks; skipped without it)."""
+    restricted_subject: str | None = None
+    """The subject of that token, for ``rbac.live-change`` (it binds a role to it)."""
     hooks: Hooks = field(default_factory=Hooks)
     """Optional in-process hooks."""
 

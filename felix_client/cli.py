@@ -120,7 +120,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--tenant",
         default=s,
-        help="tenant (env FELIX_TENANT; default: the token's tenant, else default)",
+        help="tenant (env FELIX_TENANT; default: the one the broker assigned to the "
+        "credential, else the token's, else default)",
     )
     g.add_argument(
         "--namespace", "-n", default=s, help="namespace (env FELIX_NAMESPACE; default: default)"

@@ -145,8 +145,9 @@ class Client:
             function), called for every exchange; for identity tokens that expire or rotate,
             such as a projected service-account token read from its file.
         tenant, namespace: defaults for every call (each call may override them). The
-            tenant defaults to the ``tenant`` claim of a Felix ``token`` (the broker serves
-            a token's own tenant only), else ``default``.
+            tenant defaults to the tenant the broker assigned to the connection
+            (``Welcome.tenant``: a token's or a client certificate's), else to the
+            ``tenant`` claim of a Felix ``token``, else ``default``.
         timeout: seconds every request (and the connect) may take.
         reconnect: re-establish lost connections and resume subscriptions.
         pool_size: how many QUIC connections to open (cache and publish requests are
@@ -257,7 +258,10 @@ class Client:
                 self._token = await self._new_token()
                 self.tenant = self.tenant if self._tenant_given else self._default_tenant()
             for i in range(self.pool_size):
-                await self._connection(i)
+                conn = await self._connection(i)
+            assigned = conn.welcome.tenant if conn.welcome is not None else None
+            if assigned and not self._tenant_given:
+                self.tenant = assigned  # the broker said which (a client certificate's)
         except BaseException:
             await self._close_task_group()
             raise

@@ -974,6 +974,7 @@ class ClientConnection(Connection):
                 region=msg.region,
                 capabilities=list(self.capabilities),
                 limits=self.limits,
+                tenant=msg.tenant,
             )
         )
 

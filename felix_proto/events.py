@@ -151,6 +151,8 @@ class Welcomed(Event):
     """Optional features both sides support."""
     limits: dict[str, int]
     """Limits announced by the broker, ``max_frame_size`` always among them."""
+    tenant: str | None = None
+    """The tenant the broker assigned to the connection (``Welcome.tenant``), if it said."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -190,6 +190,11 @@ class Welcome(Message):
     """Features the broker offers that the client also listed."""
     limits: dict[str, int] = field(default_factory=dict)
     """Limits the client must respect (``max_frame_size``, ``max_batch_records`` ...)."""
+    tenant: str | None = None
+    """The tenant the broker assigned to the connection's principal (§5.6): its token's or
+    its client certificate's. Absent when it assigned none (no authentication, an operator,
+    a login by ``TokenExchange`` still to come). A client not told a tenant uses this one; a
+    client that does not know the field ignores it (§3)."""
 
 
 @_msg

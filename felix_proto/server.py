@@ -182,12 +182,14 @@ class ServerConnection(Connection):
 
     # ------------------------------------------------------------------- handshake
 
-    def accept(self, *, limits: Mapping[str, int] | None = None) -> None:
+    def accept(self, *, limits: Mapping[str, int] | None = None, tenant: str | None = None) -> None:
         """Accept the handshake: write ``Welcome``.
 
         Args:
             limits: extra or overriding limits for this client (``max_frame_size`` is
                 always this side's).
+            tenant: the tenant assigned to the client's principal (``Welcome.tenant``;
+                None: leave it out).
 
         Raises:
             LocalProtocolError: no handshake is awaiting an answer.
@@ -201,6 +203,7 @@ class ServerConnection(Connection):
                 region=self._region,
                 capabilities=self._agreed,
                 limits=announced,
+                tenant=tenant,
             )
         )
         if not self.fits(welcome):  # a huge server_id or region: say so rather than go silent

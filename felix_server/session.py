@@ -493,7 +493,7 @@ class Session:
                 reason = str(decision.details.get("reason", decision.message))
                 self.observer.handshake_refused(self.conn_id, int(decision.code), reason)
                 return
-            felix.accept()
+            felix.accept(tenant=None if decision.operator else decision.tenant)
         except Exception as exc:  # a bug: close with INTERNAL rather than go silent
             self._internal("accept", exc)
             felix.close(int(ErrorCode.INTERNAL), "internal error")

@@ -52,6 +52,16 @@ MESSAGE_VECTORS: list[tuple[str, m.Message]] = [
             limits={"max_frame_size": 16777216, "max_batch_records": 1024},
         ),
     ),
+    (
+        "welcome_tenant",
+        m.Welcome(
+            version=2,
+            server_id="broker-1",
+            capabilities=["token-refresh"],
+            limits={"max_frame_size": 16777216},
+            tenant="acme",
+        ),
+    ),
     ("ping", m.Ping(nonce=(1 << 64) - 1)),
     ("pong", m.Pong(nonce=42)),
     ("goaway", m.GoAway(reason="shutting down", deadline_ms=25000)),

@@ -19,6 +19,7 @@ from aioquic.quic.connection import QuicConnection
 from conformance.context import Hooks, Options
 from conformance.wire import Endpoint
 from felix_core.events import EngineEvent
+from felix_runtime.credentials import broker_authenticator
 from felix_runtime.quic_engines import server_quic
 from felix_runtime.tls import ensure_self_signed
 from felix_runtime_asyncio.runtime import UdpRuntime
@@ -66,6 +67,7 @@ async def broker(
     engine: Callable[[Any], None] | None = None,
     connection_factory: Callable[..., QuicConnection] | None = None,
     quic_engine: str = "aioquic",
+    auth_tokens: str | None = None,
 ) -> AsyncIterator[Running]:
     """Start a broker.
 
@@ -75,6 +77,8 @@ async def broker(
         engine: called with the engine (``felix_core.broker.Broker``) to patch it.
         connection_factory: the QUIC connection class (default: the engine's).
         quic_engine: the broker's QUIC engine (``aioquic`` or ``qh3``).
+        auth_tokens: shared secrets the broker accepts (``ServerConfig.auth_tokens``);
+            default: no authentication.
     """
     config = ServerConfig(
         listen="127.0.0.1:0",
@@ -83,6 +87,7 @@ async def broker(
         shutdown_grace_s=0.5,
         shutdown_drain_s=2.0,
         quic_engine=quic_engine,
+        auth_tokens=auth_tokens,
     )
     quic_config, engine_factory = server_quic(config)
     files = ensure_self_signed(config.data_dir, "127.0.0.1")
@@ -92,6 +97,7 @@ async def broker(
         quic_config,
         now=time.time(),
         connection_factory=connection_factory or engine_factory,
+        authenticate=broker_authenticator(config),
     )
     if outputs is not None:
         drain = server.broker.drain_events

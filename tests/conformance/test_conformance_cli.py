@@ -169,3 +169,11 @@ def test_quic_engine_reaches_the_connections(
     with pytest.raises(SystemExit):
         main([*argv, "--quic-engine", "nope"])
     assert "invalid choice: 'nope'" in capsys.readouterr().err
+
+
+def test_a_restricted_token_needs_its_tenant(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--server", "quic://127.0.0.1:9", "--insecure", "--restricted-token", "T"]
+    with pytest.raises(SystemExit) as caught:
+        main(argv)
+    assert caught.value.code == 2
+    assert "--restricted-token needs --tenant and --namespace" in capsys.readouterr().err

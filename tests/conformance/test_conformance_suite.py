@@ -50,9 +50,17 @@ async def test_every_check_passes_against_our_broker(
     auth = {
         "auth.other-tenant-is-absent",
         "auth.other-tenant-listing",
+        "auth.other-tenant-feeds",
         "auth.refresh-keeps-the-tenant",
         "exchange.forgeries-refused",  # no issuer here: tests/security/test_exchange_network.py
         "exchange.login-first",
+        # no restricted token here: tests/conformance/test_conformance_rbac.py
+        "rbac.granted",
+        "rbac.forbidden",
+        "rbac.admin-reads",
+        "rbac.foreign-consumer",
+        "rbac.foreign-subscription",
+        "rbac.live-change",
     }
     assert skipped <= {"session.bad-token", "limits.subscriptions", *auth}, _report(results)
 

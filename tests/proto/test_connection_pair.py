@@ -391,3 +391,12 @@ def test_client_close() -> None:
     assert single(events, ev.RequestFailed).request_id == rid
     pair.client.close()
     assert drain(pair.client) == []
+
+
+def test_welcome_carries_the_assigned_tenant_when_given() -> None:
+    for tenant in ("acme", None):
+        p = Pair()
+        p.client.connect(now=0.0)
+        single(p.to_server(), ev.HandshakeRequested)
+        p.server.accept(tenant=tenant)
+        assert single(p.to_client(), ev.Welcomed).tenant == tenant

@@ -87,10 +87,10 @@ async def test_client_certificates(fresh_broker: FreshBroker, runtime: str, tmp_
     chained = issuing.issue("chained", uris=("spiffe://felix/tenant/acme/sa/carol",))
     chained.cert_file.write_bytes(chained.cert_file.read_bytes() + issuing.file.read_bytes())
     async with client(broker, alice, "aioquic") as c:  # the SPIFFE URI names the tenant
-        assert c.tenant == "default"
-        await c.admin.create("tenant", "acme", tenant="acme")
-        await c.admin.create("namespace", "default", tenant="acme")
-        await c.admin.create("stream", "orders", tenant="acme", namespace="default")
+        assert c.tenant == "acme"  # as the broker says in Welcome.tenant: no --tenant needed
+        await c.admin.create("tenant", "acme")
+        await c.admin.create("namespace", "default")
+        await c.admin.create("stream", "orders", namespace="default")
     for engine in ENGINES:
         assert "a client certificate is required" in await refused(broker, None, engine)
         assert "client certificate refused" in await refused(broker, forged, engine)
