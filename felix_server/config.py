@@ -231,6 +231,15 @@ class ServerConfig:
     audit_rotate_bytes: int = 64 * 1024 * 1024
     """Start a new audit file once the current one holds this many bytes (the hash chain
     goes on across files)."""
+    audit_retention_bytes: int = 1024 * 1024 * 1024
+    """Delete the oldest audit files while the trail holds more than this many bytes (0: no
+    limit); a ``retention`` entry records each cut, so the rest still verifies."""
+    audit_retention_s: float = 0.0
+    """Delete the oldest audit files whose last entry is older than this many seconds (0:
+    no age limit)."""
+    audit_anchor_log_s: float = 300.0
+    """Log the trail's head (``audit head``: ``seq`` and hash, an anchor for ``felix audit
+    verify --anchor``) at most this often while entries are written (0: only at shutdown)."""
     shutdown_grace_s: float = 5.0
     """On SIGTERM: how long clients have after ``GoAway`` before connections are closed."""
     shutdown_drain_s: float = 25.0
@@ -289,6 +298,10 @@ class ServerConfig:
         self.listen_address  # noqa: B018 - parse for the error
         if self.audit_rotate_bytes < 1024:
             raise ConfigError("audit_rotate_bytes must be at least 1024")
+        if self.audit_retention_bytes < 0:
+            raise ConfigError("audit_retention_bytes must be >= 0 (0: no limit)")
+        if self.audit_retention_s < 0 or self.audit_anchor_log_s < 0:
+            raise ConfigError("audit_retention_s and audit_anchor_log_s must be >= 0")
         self.metrics_address  # noqa: B018
         if self.log_format not in _LOG_FORMATS:
             raise ConfigError(f"log_format must be one of {', '.join(_LOG_FORMATS)}")
