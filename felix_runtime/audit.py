@@ -52,7 +52,10 @@ from typing import Any
 from felix_core.access import Principal
 from felix_runtime.logs import log_fields, logger
 from felix_runtime.prometheus import PrometheusObserver
+from felix_runtime.tls_server import TlsRefusal
+from felix_server.access import ClientIdentity
 from felix_server.config import ServerConfig
+from felix_server.server import FelixServer
 
 __all__ = [
     "AuditObserver",
@@ -537,8 +540,58 @@ class AuditObserver(PrometheusObserver):
     def handshake_accepted(self, conn_id: int, principal: Principal) -> None:
         self.trail.record("handshake_accepted", conn=conn_id, **_who(principal))
 
+    def attach(self, server: FelixServer) -> None:
+        super().attach(server)
+        self._server = server
+
     def handshake_refused(self, conn_id: int, error_code: int, reason: str) -> None:
-        self.trail.record("handshake_refused", conn=conn_id, code=error_code, reason=reason)
+        certificate = {}
+        if reason.startswith("certificate_"):  # unmapped or mismatched: name the certificate
+            certificate = self._certificate_of(conn_id)
+        self.trail.record(
+            "handshake_refused", conn=conn_id, code=error_code, reason=reason, **certificate
+        )
+
+    def _certificate_of(self, conn_id: int) -> dict[str, Any]:
+        """The verified client certificate of connection ``conn_id`` (mutual TLS), as audit
+        fields; {} without one. A scan of the live sessions: only refusals of a certificate
+        the client CA vouched for come here."""
+        server = getattr(self, "_server", None)
+        found = (
+            None
+            if server is None
+            else next((s for s in server.sessions if s.conn_id == conn_id), None)
+        )
+        identity = getattr(getattr(found, "quic", None), "client_identity", None)
+        if not isinstance(identity, ClientIdentity):
+            return {}
+        names = [
+            *(f"CN={v}" for v in identity.common_names),
+            *(f"OU={v}" for v in identity.organizational_units),
+            *(f"O={v}" for v in identity.organizations),
+        ]
+        sans = [*identity.uris, *identity.dns_names, *identity.emails]
+        return {"subject": ",".join(names), "san": sans, "fingerprint": identity.fingerprint}
+
+    def tls_refused(self, refusal: TlsRefusal) -> None:
+        super().tls_refused(refusal)
+        presented = {
+            key: value
+            for key, value in (
+                ("subject", refusal.subject),
+                ("issuer", refusal.issuer),
+                ("fingerprint", refusal.fingerprint),
+            )
+            if value is not None
+        }
+        self.trail.record(
+            "tls_refused",
+            conn=None,
+            quic_cid=refusal.quic_cid,
+            peer=refusal.peer,
+            reason=refusal.reason,
+            **presented,
+        )
 
     def token_refreshed(
         self, conn_id: int, principal: Principal | None, error_code: int, reason: str

@@ -21,6 +21,7 @@ from __future__ import annotations
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -35,6 +36,9 @@ from felix_server.access import CheckCredential
 from felix_server.observer import ServerObserver
 from felix_server.server import FelixServer
 from felix_server.stats import CACHE_FIGURES, QUEUE_FIGURES, engine_figures
+
+if TYPE_CHECKING:
+    from felix_runtime.tls_server import TlsRefusal
 
 __all__ = ["PrometheusObserver", "Responder", "TenantView"]
 
@@ -487,6 +491,12 @@ class PrometheusObserver(ServerObserver):
         ``expired``, ``not_yet_valid``, ``untrusted``): mutual TLS, before any Felix
         message, so no handshake of :meth:`handshake_failed` counts it."""
         self.tls_client_refused.labels(reason).inc()
+
+    def tls_refused(self, refusal: TlsRefusal) -> None:
+        """A client certificate was refused in the TLS handshake
+        (:attr:`felix_runtime.tls_server.ServerTls.on_refused`): counted by reason; the
+        audit observer also writes it down."""
+        self.client_certificate_refused(refusal.reason)
 
     def request_started(self, kind: str) -> object:
         return _perf_counter()

@@ -47,7 +47,7 @@ async def run(config: ServerConfig) -> int:
     """
     tls = ServerTls(config)
     observer, close_audit = broker_observer(config)
-    tls.on_refused = observer.client_certificate_refused
+    tls.on_refused = observer.tls_refused
     try:
         storage = open_storage(config, on_append=observer.storage_appended)
     except BaseException:

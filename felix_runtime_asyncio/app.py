@@ -66,7 +66,7 @@ class BrokerProcess:
         self.cert_path, self.fingerprint = tls.cert_path, tls.fingerprint
         self.observer, self._close_audit = broker_observer(config)
         observer = self.observer
-        tls.on_refused = observer.client_certificate_refused
+        tls.on_refused = observer.tls_refused
         self.storage = open_storage(config, on_append=observer.storage_appended)
         self.server, recovery_s = build_server(
             config,
