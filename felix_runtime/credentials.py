@@ -36,6 +36,7 @@ __all__ = [
     "SharedSecretAuthenticator",
     "broker_authenticator",
     "broker_credentials",
+    "metrics_credentials",
     "parse_shared_secrets",
 ]
 
@@ -273,6 +274,42 @@ def broker_credentials(
     if verifier is None and secrets is None:
         raise ConfigError("authentication is on but no key or shared secret is configured")
     return BearerAuthenticator(verifier=verifier, secrets=secrets).authenticate
+
+
+def metrics_credentials(
+    config: ServerConfig, read_file: Callable[[str], bytes] = lambda p: Path(p).read_bytes()
+) -> CheckCredential | None:
+    """What ``/metrics`` checks a bearer credential with, or None when it is open (no
+    authentication and no ``metrics_tokens``): first the scrape-only ``metrics_tokens``
+    (an operator's view of the metrics, and nothing else: no connection accepts them), then
+    a Felix connection's credentials (:func:`broker_credentials`).
+
+    Raises:
+        ConfigError: as :func:`broker_credentials`.
+    """
+    connections = broker_credentials(config, read_file)
+    if config.metrics_tokens is None:
+        return connections
+    scrapers = SharedSecretAuthenticator(
+        [
+            SharedSecret(position, LEGACY_TENANT, frozenset(), _sha256(secret), operator=True)
+            for position, secret in enumerate(config.metrics_token_list, start=1)
+        ]
+    )
+
+    def check(credential: str | None, now: float) -> Principal:
+        try:
+            return scrapers.authenticate(credential)
+        except AuthError:
+            if connections is None:
+                raise
+        return connections(credential, now)
+
+    return check
+
+
+def _sha256(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode()).digest()
 
 
 def _pem_keys(

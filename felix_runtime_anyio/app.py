@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import anyio
 
 from felix_runtime.audit import broker_observer
-from felix_runtime.credentials import broker_authenticator, broker_credentials
+from felix_runtime.credentials import broker_authenticator, metrics_credentials
 from felix_runtime.exchange import broker_exchange
 from felix_runtime.logs import log_fields, logger
 from felix_runtime.process import broker_main, log_started
@@ -70,7 +70,7 @@ async def run(config: ServerConfig) -> int:
     bound = runtime.bind(*config.listen_address)
     registry = observer.registry if config.metrics_enabled else None
     metrics = AnyioMetricsServer(  # health even without metrics; /metrics as connections
-        registry, lambda: server.ready, broker_credentials(config)
+        registry, lambda: server.ready, metrics_credentials(config)
     )
     try:
         await metrics.bind(*config.metrics_address)  # before the task group: plain OSErrors

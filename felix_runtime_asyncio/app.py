@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from felix_runtime.audit import broker_observer
-from felix_runtime.credentials import broker_authenticator, broker_credentials
+from felix_runtime.credentials import broker_authenticator, metrics_credentials
 from felix_runtime.exchange import broker_exchange
 from felix_runtime.logs import log_fields, logger
 from felix_runtime.process import broker_main, log_started
@@ -86,7 +86,7 @@ class BrokerProcess:
         server = self.server
         registry = self.observer.registry if config.metrics_enabled else None
         self.metrics = MetricsServer(  # /live, /ready regardless; /metrics as connections
-            registry, lambda: server.ready, broker_credentials(config)
+            registry, lambda: server.ready, metrics_credentials(config)
         )
         await self.metrics.start(*config.metrics_address)
         log_started(

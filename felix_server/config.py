@@ -155,6 +155,11 @@ class ServerConfig:
     """Per-queue and per-cache metric series (labels ``tenant``, ``namespace`` and the name)
     are exported while the broker holds at most this many queues (caches); above it only
     the totals are, which bounds label cardinality. 0: totals only."""
+    metrics_tokens: str | None = None
+    """Scrape-only bearer secrets, separated by commas or newlines: ``/metrics`` shows every
+    tenant's series to them, and no Felix connection accepts them (what Prometheus scrapes
+    with). With them, or with authentication on, ``/metrics`` needs a credential
+    (docs/security.md, "Metrics")."""
     data_dir: str = "felix-data"
     """The broker's data: resource definitions (``metadata/``), durable resources' logs
     (``logs/``) and the generated certificate."""
@@ -264,6 +269,11 @@ class ServerConfig:
         )
 
     @property
+    def metrics_token_list(self) -> list[str]:
+        """``metrics_tokens`` as a list of secrets."""
+        return [t.strip() for t in re.split(r"[,\n]", self.metrics_tokens or "") if t.strip()]
+
+    @property
     def issuer_key_files(self) -> list[str]:
         """``auth_issuer_keys`` as a list of paths."""
         return [p.strip() for p in (self.auth_issuer_keys or "").split(",") if p.strip()]
@@ -298,6 +308,8 @@ class ServerConfig:
         self.listen_address  # noqa: B018 - parse for the error
         if self.audit_rotate_bytes < 1024:
             raise ConfigError("audit_rotate_bytes must be at least 1024")
+        if self.metrics_tokens is not None and not self.metrics_token_list:
+            raise ConfigError("metrics_tokens: no secret given")
         if self.audit_retention_bytes < 0:
             raise ConfigError("audit_retention_bytes must be >= 0 (0: no limit)")
         if self.audit_retention_s < 0 or self.audit_anchor_log_s < 0:

@@ -18,7 +18,11 @@ from prometheus_client.registry import Collector
 from test_auth_network import Issuer, client
 
 from felix_core.access import AuthError, AuthReason, Principal
+from felix_proto import messages as m
+from felix_runtime.credentials import broker_authenticator, metrics_credentials
 from felix_runtime.prometheus import Responder
+from felix_server.access import Refusal
+from felix_server.config import ConfigError, ServerConfig
 
 WAIT = 10.0
 
@@ -94,6 +98,27 @@ def test_no_or_a_refused_credential_is_401_with_a_challenge(
     assert _get(r, "/ready")[0].startswith("HTTP/1.1 200")
 
 
+def test_metrics_tokens_read_every_series_and_open_no_connection() -> None:
+    both = ServerConfig(auth_tokens="conn=acme:publish", metrics_tokens="scrape-1,\n scrape-2")
+    check = metrics_credentials(both)
+    assert check is not None
+    assert check("scrape-2", 0.0).operator
+    assert check("conn", 0.0).tenant == "acme" and not check("conn", 0.0).operator
+    with pytest.raises(AuthError):
+        check("scrape-3", 0.0)
+    connections = broker_authenticator(both)
+    assert connections is not None
+    refusal = connections(m.Hello(versions=[2], token="scrape-1"), 0.0)
+    assert isinstance(refusal, Refusal) and refusal.details["reason"] == "bad_secret"
+    alone = metrics_credentials(ServerConfig(metrics_tokens="scrape"))  # no authentication
+    assert alone is not None and alone("scrape", 0.0).operator
+    with pytest.raises(AuthError):
+        alone(None, 0.0)
+    assert metrics_credentials(ServerConfig()) is None  # open, as before
+    with pytest.raises(ConfigError, match="metrics_tokens"):
+        ServerConfig(metrics_tokens=" , ").validate()
+
+
 async def _http(broker: Broker, path: str, token: str | None = None) -> tuple[int, str, str]:
     """GET ``path`` (with ``token`` as a bearer credential): status, head, body."""
     auth = f"Authorization: Bearer {token}\r\n" if token else ""
@@ -116,7 +141,12 @@ async def test_metrics_of_a_broker_with_authentication(
 ) -> None:
     issuer = Issuer(tmp_path)
     broker = fresh_broker(
-        "--auth-issuer-key", str(issuer.public_file), "--auth-tokens", "scrape-as-operator"
+        "--auth-issuer-key",
+        str(issuer.public_file),
+        "--auth-tokens",
+        "scrape-as-operator",
+        "--metrics-tokens",
+        "prometheus-only",
     )
     for tenant in ("acme", "beta"):
         async with client(broker, issuer.token(tenant), tenant) as c:
@@ -135,7 +165,8 @@ async def test_metrics_of_a_broker_with_authentication(
     assert status == 200
     assert 'queue="acme-q",tenant="acme"} 1.0' in mine and "felix_ready 1.0" in mine
     assert 'tenant="beta"' not in mine and "beta-q" not in mine
-    status, _, everything = await _http(broker, "/metrics", "scrape-as-operator")
-    assert status == 200
-    assert 'queue="acme-q",tenant="acme"' in everything
-    assert 'queue="beta-q",tenant="beta"' in everything
+    for operator in ("scrape-as-operator", "prometheus-only"):
+        status, _, everything = await _http(broker, "/metrics", operator)
+        assert status == 200
+        assert 'queue="acme-q",tenant="acme"' in everything
+        assert 'queue="beta-q",tenant="beta"' in everything
