@@ -88,8 +88,9 @@ def seal(entry: Mapping[str, Any]) -> bytes:
     return body[:-1] + _HASH_KEY.encode() + _digest(body).encode() + b'"}'
 
 
-def audit_files(directory: Path) -> list[Path]:
+def audit_files(directory: str | os.PathLike[str]) -> list[Path]:
     """The trail's files in ``directory``, in chain order."""
+    directory = Path(directory)
     found = []
     for path in directory.iterdir() if directory.is_dir() else ():
         match = FILE_PATTERN.match(path.name)

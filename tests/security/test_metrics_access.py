@@ -17,6 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from test_auth_network import Issuer, client
 
+from felix_client._top import _fetch
 from felix_core.access import AuthError, AuthReason, Principal
 from felix_proto import messages as m
 from felix_runtime.credentials import broker_authenticator, metrics_credentials
@@ -165,6 +166,11 @@ async def test_metrics_of_a_broker_with_authentication(
     assert status == 200
     assert 'queue="acme-q",tenant="acme"} 1.0' in mine and "felix_ready 1.0" in mine
     assert 'tenant="beta"' not in mine and "beta-q" not in mine
+    host, port = broker.metrics_address  # felix top sends the context's token
+    top = await anyio.to_thread.run_sync(
+        _fetch, f"http://{host}:{port}/metrics", WAIT, issuer.token("acme")
+    )
+    assert 'queue="acme-q",tenant="acme"' in top and "beta-q" not in top
     for operator in ("scrape-as-operator", "prometheus-only"):
         status, _, everything = await _http(broker, "/metrics", operator)
         assert status == 200
