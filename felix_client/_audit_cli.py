@@ -3,14 +3,18 @@
 ::
 
     felix audit verify felix-data/audit            # every file of the trail, in order
-    felix audit verify audit-000002.jsonl          # one file (its link to the one before
-                                                   # is not checked)
+    felix audit verify audit-000002.jsonl --start HASH   # one file, continuing from HASH
+    felix audit verify felix-data/audit --anchor SEQ:HASH  # and it still holds that head
+    felix audit head felix-data/audit              # the head to keep elsewhere (JSON)
     felix audit tail felix-data/audit -n 20        # the last 20 entries, one JSON per line
     felix audit tail felix-data/audit --follow     # then each new entry as it is written
 
 The format and the check live in :mod:`felix_runtime.audit` (imported only when an
 ``audit`` command runs). ``verify`` exits 0 when the trail checks out, 1 naming the first
-line that does not (``FILE:LINE: problem``); usage errors exit 2. ``tail --follow`` polls
+line that does not (``FILE:LINE: problem``); usage errors exit 2. ``head`` verifies the
+trail too, then prints ``{"anchor": "SEQ:HASH", "seq", "hash", "entries", "chain"}``;
+``verify --anchor`` with that ``anchor`` later detects lines cut off the end, which the
+hash chain alone cannot. ``tail --follow`` polls
 the trail every ``--interval`` seconds, at most :data:`FOLLOW_CHUNK` bytes a poll, moves on
 to the next numbered file when the writer rotates, and exits 0 on Ctrl-C.
 """
@@ -18,12 +22,16 @@ to the next numbered file when the writer rotates, and exits 0 on Ctrl-C.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from felix_runtime.audit import Verified
 
 __all__ = ["FOLLOW_CHUNK", "Follower", "add_audit_commands", "run_audit_command"]
 
@@ -33,8 +41,10 @@ _sleep = time.sleep
 
 
 def add_audit_commands(sub: argparse._SubParsersAction[Any]) -> None:
-    """Register ``audit verify|tail`` on the ``felix`` subcommand parsers."""
-    a = sub.add_parser("audit", help="the audit trail: verify its hash chain, show its tail")
+    """Register ``audit verify|head|tail`` on the ``felix`` subcommand parsers."""
+    a = sub.add_parser(
+        "audit", help="the audit trail: verify its hash chain, print its head, show its tail"
+    )
     actions = a.add_subparsers(dest="audit_command", metavar="ACTION", required=True)
     p = actions.add_parser(
         "verify",
@@ -44,6 +54,26 @@ def add_audit_commands(sub: argparse._SubParsersAction[Any]) -> None:
         "1 and print FILE:LINE: problem for the first line that does not fit.",
     )
     p.add_argument("paths", nargs="+", metavar="FILE", help="audit files or a directory")
+    p.add_argument(
+        "--start",
+        metavar="HASH",
+        help="the trail's first line continues from HASH (the last hash of earlier files "
+        "archived elsewhere) instead of chain_start or a retention cut",
+    )
+    p.add_argument(
+        "--anchor",
+        metavar="SEQ:HASH",
+        help="a head kept elsewhere (felix audit head, or the broker's 'audit head' log): "
+        "the trail must still hold it; detects lines cut off the end",
+    )
+    p = actions.add_parser(
+        "head",
+        help="verify the trail and print its head (an anchor to keep elsewhere)",
+        description="Verify the trail, then print one JSON line: anchor (SEQ:HASH, for "
+        "verify --anchor), seq, hash, entries and chain. Exit 1 if it does not verify.",
+    )
+    p.add_argument("paths", nargs="+", metavar="FILE", help="audit files or a directory")
+    p.add_argument("--start", metavar="HASH", help="as for verify")
     p = actions.add_parser(
         "tail",
         help="print the last entries of the trail",
@@ -77,7 +107,9 @@ def run_audit_command(args: argparse.Namespace) -> int:
     """Run a parsed ``felix audit ...`` command and return its exit code."""
     try:
         if args.audit_command == "verify":
-            return _verify(args.paths)
+            return _verify(args.paths, args.start, args.anchor)
+        if args.audit_command == "head":
+            return _head(args.paths, args.start)
         return _tail(Path(args.path), args.lines, args.interval if args.follow else None)
     except OSError as exc:
         name = exc.filename if exc.filename is not None else ""
@@ -85,22 +117,56 @@ def run_audit_command(args: argparse.Namespace) -> int:
         return 1
 
 
-def _verify(paths: list[str]) -> int:
+def _checked(paths: list[str], start: str | None, anchor: str | None = None) -> Verified | None:
+    """The trail's figures, or None once the problem is printed."""
     from felix_runtime.audit import Finding, verify
 
-    result = verify(paths)
+    try:
+        result = verify(paths, start=start, anchor=anchor)
+    except ValueError as exc:  # a malformed --anchor
+        print(f"felix audit: {exc}", file=sys.stderr)
+        return None
     if isinstance(result, Finding):
         print(f"felix audit: {result}", file=sys.stderr)
-        return 1
+        return None
     if result.entries == 0:
         print("felix audit: no entries", file=sys.stderr)
+        return None
+    return result
+
+
+def _verify(paths: list[str], start: str | None, anchor: str | None) -> int:
+    result = _checked(paths, start, anchor)
+    if result is None:
         return 1
-    start = (
-        f"chain {result.chain}"
-        if result.chain
-        else f"continues a chain from seq {result.first_seq} (earlier files not checked)"
-    )
-    print(f"ok: {result.entries} entries, {start}, last hash {result.head}")
+    begins = {
+        "chain_start": f"chain {result.chain}",
+        "retention": f"chain {result.chain}, from seq {result.first_seq} (earlier files cut "
+        "by retention, as a retention entry records)",
+        "given": f"continues from the given start at seq {result.first_seq}",
+    }[result.start]
+    found = {
+        "": "",
+        "entry": ", anchor found",
+        "retention": ", anchor found (where retention cut)",
+        "cut": ", anchor older than the first entry kept (the trail goes on past it)",
+    }[result.anchor]
+    print(f"ok: {result.entries} entries, {begins}, last hash {result.head}{found}")
+    return 0
+
+
+def _head(paths: list[str], start: str | None) -> int:
+    result = _checked(paths, start)
+    if result is None:
+        return 1
+    head = {
+        "anchor": result.anchor_text,
+        "seq": result.head_seq,
+        "hash": result.head,
+        "entries": result.entries,
+        "chain": result.chain,
+    }
+    print(json.dumps(head))
     return 0
 
 

@@ -443,14 +443,18 @@ def _more(table: Any, hidden: int) -> None:
 # ------------------------------------------------------------------------------ loop
 
 
-def _fetch(url: str, timeout: float) -> str:
-    with urllib.request.urlopen(url, timeout=timeout) as response:
+def _fetch(url: str, timeout: float, token: str | None = None) -> str:
+    """GET ``url``; with ``token`` (the context's credential), as ``Authorization: Bearer``:
+    a broker with authentication serves ``/metrics`` to its clients' credentials only."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    request = urllib.request.Request(url, headers=headers)
+    with urllib.request.urlopen(request, timeout=timeout) as response:
         data: bytes = response.read(64 << 20)
     return data.decode("utf-8", errors="replace")
 
 
-def _scrape(url: str, timeout: float) -> Scrape:
-    return parse_scrape(_fetch(url, timeout), time.monotonic())
+def _scrape(url: str, timeout: float, token: str | None = None) -> Scrape:
+    return parse_scrape(_fetch(url, timeout, token), time.monotonic())
 
 
 def _reason(exc: BaseException) -> str:
@@ -477,11 +481,12 @@ def run_top(args: argparse.Namespace) -> int:
         print("felix: error: --output json needs --once (one frame)", file=sys.stderr)
         return 2
     timeout = min(args.timeout, max(args.interval, 1.0))
+    token = getattr(args, "token", None)
     if args.once:
         try:
-            first = _scrape(url, timeout)
+            first = _scrape(url, timeout, token)
             time.sleep(args.interval)
-            second = _scrape(url, timeout)
+            second = _scrape(url, timeout, token)
         except (OSError, ValueError) as exc:
             print(f"felix: error: cannot scrape {url}: {_reason(exc)}", file=sys.stderr)
             return 1
@@ -498,7 +503,7 @@ def run_top(args: argparse.Namespace) -> int:
             while True:
                 error = None
                 try:
-                    cur = _scrape(url, timeout)
+                    cur = _scrape(url, timeout, token)
                 except (OSError, ValueError) as exc:
                     error = _reason(exc)
                 else:

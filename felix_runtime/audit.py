@@ -52,7 +52,10 @@ from typing import Any
 from felix_core.access import Principal
 from felix_runtime.logs import log_fields, logger
 from felix_runtime.prometheus import PrometheusObserver
+from felix_runtime.tls_server import TlsRefusal
+from felix_server.access import ClientIdentity
 from felix_server.config import ServerConfig
+from felix_server.server import FelixServer
 
 __all__ = [
     "AuditObserver",
@@ -61,6 +64,7 @@ __all__ = [
     "Finding",
     "audit_files",
     "broker_observer",
+    "parse_anchor",
     "verify",
 ]
 
@@ -84,8 +88,9 @@ def seal(entry: Mapping[str, Any]) -> bytes:
     return body[:-1] + _HASH_KEY.encode() + _digest(body).encode() + b'"}'
 
 
-def audit_files(directory: Path) -> list[Path]:
+def audit_files(directory: str | os.PathLike[str]) -> list[Path]:
     """The trail's files in ``directory``, in chain order."""
+    directory = Path(directory)
     found = []
     for path in directory.iterdir() if directory.is_dir() else ():
         match = FILE_PATTERN.match(path.name)
@@ -94,12 +99,60 @@ def audit_files(directory: Path) -> list[Path]:
     return [path for _, path in sorted(found)]
 
 
+def _first_entry(path: Path) -> dict[str, Any]:
+    """The first line of ``path`` parsed ({} when it is empty or not JSON)."""
+    with path.open("rb") as f:
+        return _parse(f.readline())
+
+
+def _last_entry(path: Path) -> dict[str, Any]:
+    """The last complete line of ``path`` parsed ({} when there is none)."""
+    with path.open("rb") as f:
+        size = f.seek(0, 2)
+        window = 1 << 16
+        while True:
+            f.seek(max(0, size - window))
+            data = f.read()
+            lines = data[: data.rfind(b"\n") + 1].splitlines()
+            if len(lines) >= 2 or window >= size:  # one whole line at least (the first
+                return _parse(lines[-1]) if lines else {}  # may be cut by the window)
+            window *= 4
+
+
+def _parse(line: bytes) -> dict[str, Any]:
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        return {}
+    return entry if isinstance(entry, dict) else {}
+
+
+def _chain_id(files: list[Path]) -> str:
+    """The trail's chain id: its ``chain_start``'s, or, once retention cut that, the one a
+    ``retention`` entry repeats (there is one after every cut)."""
+    if not files:
+        return ""
+    first = _first_entry(files[0])
+    if first.get("kind") == "chain_start":
+        return str(first.get("chain", ""))
+    for path in files:
+        with path.open("rb") as f:
+            for line in f:
+                if b'"kind":"retention"' in line:
+                    return str(_parse(line).get("chain", ""))
+    return ""
+
+
 class AuditWriter:
     """Appends entries to the trail in ``directory`` (synchronous; one writer per trail).
 
     Args:
         directory: where the files are (created, mode 0700, if absent).
         rotate_bytes: start a new file once the current one holds this many bytes.
+        retention_bytes: delete the oldest files while the trail holds more than this many
+            bytes (0: no limit); see :meth:`retain`.
+        retention_s: delete the oldest files whose last entry is older than this many
+            seconds (0: no limit).
         clock: seconds since the epoch, stamped as ``ts``.
         fsync: make each :meth:`write` durable before returning.
 
@@ -112,11 +165,17 @@ class AuditWriter:
         directory: str | os.PathLike[str],
         *,
         rotate_bytes: int = DEFAULT_ROTATE_BYTES,
+        retention_bytes: int = 0,
+        retention_s: float = 0.0,
         clock: Callable[[], float] = time.time,
         fsync: bool = True,
     ) -> None:
         self.directory = Path(directory)
         self.rotate_bytes = rotate_bytes
+        self.retention_bytes = retention_bytes
+        self.retention_s = retention_s
+        self._retaining = False
+        self._next_age_check = 0.0
         self._clock = clock
         self._fsync = fsync
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -139,6 +198,7 @@ class AuditWriter:
             self.write("chain_start", {"chain": secrets.token_hex(16)})
         elif cut:
             self.write("resumed", {"cut_bytes": cut})
+        self.retain()
 
     def _path(self) -> Path:
         return self.directory / f"audit-{self._number:06d}.jsonl"
@@ -165,9 +225,7 @@ class AuditWriter:
                         "cannot go on: check the trail with felix audit verify"
                     ) from None
                 break
-        if files:
-            first = json.loads(files[0].read_bytes().split(b"\n", 1)[0] or b"{}")
-            self.chain = str(first.get("chain", ""))
+        self.chain = _chain_id(files)
         return cut
 
     def _open(self) -> None:
@@ -205,7 +263,8 @@ class AuditWriter:
             out.append(line + b"\n")
         if not out:
             return
-        if self._size >= self.rotate_bytes:
+        rotated = self._size >= self.rotate_bytes
+        if rotated:
             os.close(self._fd)
             self._number += 1
             self._open()
@@ -224,6 +283,70 @@ class AuditWriter:
             self.chain = str(json.loads(out[0])["chain"])
         self.seq, self.head = seq, head
         self._last_line = out[-1][:-1]
+        if rotated or (self.retention_s > 0 and self._clock() >= self._next_age_check):
+            try:
+                self.retain()
+            except OSError as exc:  # the entries are written: only retention waits
+                logger.error("audit retention failed", extra=log_fields(error=str(exc)))
+
+    def retain(self) -> list[Path]:
+        """Apply retention: delete the oldest files while the trail holds more than
+        ``retention_bytes``, or while the oldest file's last entry is older than
+        ``retention_s``; never the file being written. Runs at open, after each rotation,
+        and (with ``retention_s``) at most once a minute as entries are written.
+
+        Before any file goes, a ``retention`` entry names what is cut: the files, the
+        ``seq`` range (``cut_from_seq`` .. ``cut_to_seq``) and ``cut_head``, the hash of the
+        last entry cut, which is what the first remaining entry carries as ``prev``.
+        :func:`verify` accepts a trail that starts there because of that entry. A crash
+        between the entry and the deletion leaves files the entry names: they still
+        verify, and the next pass cuts them again.
+
+        Returns:
+            The files deleted.
+        """
+        if self._retaining or not (self.retention_bytes > 0 or self.retention_s > 0):
+            return []
+        now = self._clock()
+        self._next_age_check = now + 60.0
+        current = self._path()
+        files = audit_files(self.directory)
+        sizes = {path: path.stat().st_size for path in files}
+        total = sum(sizes.values())
+        cut: list[Path] = []
+        reasons: set[str] = set()
+        for path in files:
+            if path == current:
+                break
+            over = self.retention_bytes > 0 and total > self.retention_bytes
+            old = self.retention_s > 0 and _last_entry(path).get("ts", now) < now - self.retention_s
+            if not (over or old):
+                break
+            reasons.update(r for r, hit in (("bytes", over), ("age", old)) if hit)
+            cut.append(path)
+            total -= sizes[path]
+        if not cut:
+            return []
+        first, last = _first_entry(cut[0]), _last_entry(cut[-1])
+        fields = {
+            "chain": self.chain,
+            "cut_files": [path.name for path in cut],
+            "cut_from_seq": first.get("seq"),
+            "cut_to_seq": last.get("seq"),
+            "cut_head": last.get("hash"),
+            "reason": "+".join(sorted(reasons)),
+            "retention_bytes": self.retention_bytes,
+            "retention_s": self.retention_s,
+        }
+        self._retaining = True
+        try:
+            self.write("retention", fields)
+        finally:
+            self._retaining = False
+        for path in cut:
+            path.unlink(missing_ok=True)
+        logger.info("audit retention: files deleted", extra=log_fields(**fields))
+        return cut
 
     def close(self) -> None:
         """Close the current file."""
@@ -243,6 +366,11 @@ class AuditTrail:
         max_pending: entries buffered before events are counted as lost.
         retry_s: seconds between attempts after a failed write.
         clock: stamps each event as it is recorded.
+        anchor_every_s: log the chain's head (``audit head``, with ``seq``, ``head`` and
+            ``anchor``) at most this often, once entries were written since the last time
+            (0: never; :func:`broker_observer` logs it at close as well). A copy of it kept
+            outside the host is what ``felix audit verify --anchor`` checks a later trail
+            against: lines cut off the end leave no other trace.
     """
 
     def __init__(
@@ -252,11 +380,15 @@ class AuditTrail:
         max_pending: int = DEFAULT_MAX_PENDING,
         retry_s: float = 1.0,
         clock: Callable[[], float] = time.time,
+        anchor_every_s: float = 0.0,
     ) -> None:
         self.writer = writer
         self.max_pending = max_pending
         self.retry_s = retry_s
         self._clock = clock
+        self.anchor_every_s = anchor_every_s
+        self._anchored_seq = writer.seq
+        self._anchored_at = time.monotonic()
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._pending: deque[tuple[str, Mapping[str, Any], float | None]] = deque()
@@ -289,10 +421,36 @@ class AuditTrail:
             self._pending.append((kind, fields, now))
             self._wake.notify_all()  # the worker (and a flush waiting on the same lock)
 
+    def _anchor_due_in(self) -> float | None:
+        """Seconds until the head is due in the log (None: nothing new to log)."""
+        if self.anchor_every_s <= 0 or self.writer.seq == self._anchored_seq:
+            return None
+        return self._anchored_at + self.anchor_every_s - time.monotonic()
+
+    def _log_anchor(self) -> None:
+        """Log the head if it is due (the worker thread, which alone moves the writer)."""
+        due = self._anchor_due_in()
+        if due is None or due > 0:
+            return
+        writer = self.writer
+        self._anchored_seq, self._anchored_at = writer.seq, time.monotonic()
+        logger.info(
+            "audit head",
+            extra=log_fields(
+                chain=writer.chain,
+                seq=writer.seq,
+                head=writer.head,
+                anchor=f"{writer.seq}:{writer.head}",
+            ),
+        )
+
     def _take(self) -> list[tuple[str, Mapping[str, Any], float | None]] | None:
         with self._lock:
             while not self._pending and not self._lost and not self._closing:
-                self._wake.wait()
+                due = self._anchor_due_in()
+                if due is not None and due <= 0:
+                    return []  # nothing to write: only the head to log
+                self._wake.wait(due)
             if not self._pending and not self._lost:
                 return None  # closing, and everything is written
             batch = list(self._pending)
@@ -306,6 +464,9 @@ class AuditTrail:
 
     def _run(self) -> None:
         while (batch := self._take()) is not None:
+            if not batch:
+                self._log_anchor()
+                continue
             while True:
                 try:
                     self.writer.write_many(batch)
@@ -331,6 +492,7 @@ class AuditTrail:
                 self.written += len(batch)
                 self._busy = False
                 self._wake.notify_all()
+            self._log_anchor()
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait (bounded) until everything recorded so far is written; True if it is."""
@@ -379,8 +541,58 @@ class AuditObserver(PrometheusObserver):
     def handshake_accepted(self, conn_id: int, principal: Principal) -> None:
         self.trail.record("handshake_accepted", conn=conn_id, **_who(principal))
 
+    def attach(self, server: FelixServer) -> None:
+        super().attach(server)
+        self._server = server
+
     def handshake_refused(self, conn_id: int, error_code: int, reason: str) -> None:
-        self.trail.record("handshake_refused", conn=conn_id, code=error_code, reason=reason)
+        certificate = {}
+        if reason.startswith("certificate_"):  # unmapped or mismatched: name the certificate
+            certificate = self._certificate_of(conn_id)
+        self.trail.record(
+            "handshake_refused", conn=conn_id, code=error_code, reason=reason, **certificate
+        )
+
+    def _certificate_of(self, conn_id: int) -> dict[str, Any]:
+        """The verified client certificate of connection ``conn_id`` (mutual TLS), as audit
+        fields; {} without one. A scan of the live sessions: only refusals of a certificate
+        the client CA vouched for come here."""
+        server = getattr(self, "_server", None)
+        found = (
+            None
+            if server is None
+            else next((s for s in server.sessions if s.conn_id == conn_id), None)
+        )
+        identity = getattr(getattr(found, "quic", None), "client_identity", None)
+        if not isinstance(identity, ClientIdentity):
+            return {}
+        names = [
+            *(f"CN={v}" for v in identity.common_names),
+            *(f"OU={v}" for v in identity.organizational_units),
+            *(f"O={v}" for v in identity.organizations),
+        ]
+        sans = [*identity.uris, *identity.dns_names, *identity.emails]
+        return {"subject": ",".join(names), "san": sans, "fingerprint": identity.fingerprint}
+
+    def tls_refused(self, refusal: TlsRefusal) -> None:
+        super().tls_refused(refusal)
+        presented = {
+            key: value
+            for key, value in (
+                ("subject", refusal.subject),
+                ("issuer", refusal.issuer),
+                ("fingerprint", refusal.fingerprint),
+            )
+            if value is not None
+        }
+        self.trail.record(
+            "tls_refused",
+            conn=None,
+            quic_cid=refusal.quic_cid,
+            peer=refusal.peer,
+            reason=refusal.reason,
+            **presented,
+        )
 
     def token_refreshed(
         self, conn_id: int, principal: Principal | None, error_code: int, reason: str
@@ -459,18 +671,33 @@ def broker_observer(config: ServerConfig) -> tuple[PrometheusObserver, Callable[
     """
     if not config.audit:
         return PrometheusObserver(), lambda: None
-    writer = AuditWriter(config.audit_directory, rotate_bytes=config.audit_rotate_bytes)
-    trail = AuditTrail(writer)
+    writer = AuditWriter(
+        config.audit_directory,
+        rotate_bytes=config.audit_rotate_bytes,
+        retention_bytes=config.audit_retention_bytes,
+        retention_s=config.audit_retention_s,
+    )
+    trail = AuditTrail(writer, anchor_every_s=config.audit_anchor_log_s)
     logger.info(
         "audit trail open",
-        extra=log_fields(path=config.audit_directory, chain=writer.chain, seq=writer.seq),
+        extra=log_fields(
+            path=config.audit_directory,
+            chain=writer.chain,
+            seq=writer.seq,
+            anchor=f"{writer.seq}:{writer.head}",
+        ),
     )
 
     def close() -> None:
         trail.close()
         logger.info(
             "audit trail closed",
-            extra=log_fields(seq=writer.seq, head=writer.head, written=trail.written),
+            extra=log_fields(
+                seq=writer.seq,
+                head=writer.head,
+                anchor=f"{writer.seq}:{writer.head}",
+                written=trail.written,
+            ),
         )
 
     return AuditObserver(trail), close
@@ -503,6 +730,21 @@ class Verified:
     first_seq: int = -1
     head: str = ""
     """The last entry's hash: compare it with a copy kept elsewhere to detect a cut tail."""
+    head_seq: int = -1
+    """The last entry's ``seq``."""
+    start: str = ""
+    """How the trail starts: ``chain_start``, ``retention`` (the files before were cut by
+    retention, which a ``retention`` entry records) or ``given`` (the ``prev`` the caller
+    passed as ``start``)."""
+    anchor: str = ""
+    """How the anchor was found (empty without one): ``entry`` (an entry has that hash),
+    ``retention`` (a ``retention`` entry cut the trail right after it) or ``cut`` (it is
+    older than the first entry kept; the trail goes on past its ``seq``)."""
+
+    @property
+    def anchor_text(self) -> str:
+        """The head as an anchor for a later :func:`verify`: ``SEQ:HASH``."""
+        return f"{self.head_seq}:{self.head}"
 
 
 def _entries(paths: Iterable[Path]) -> Iterator[tuple[Path, int, bytes]]:
@@ -536,41 +778,79 @@ def _check_line(raw: bytes) -> tuple[dict[str, Any] | None, str]:
     return entry, ""
 
 
-def verify(paths: Iterable[str | os.PathLike[str]]) -> Verified | Finding:
+def parse_anchor(text: str) -> tuple[int | None, str]:
+    """``SEQ:HASH`` or ``HASH`` (what ``felix audit head`` prints) as ``(seq, hash)``.
+
+    Raises:
+        ValueError: not that shape (the hash is 64 hex digits).
+    """
+    seq_text, _, digest = text.strip().rpartition(":")
+    if not re.fullmatch(r"[0-9a-f]{64}", digest) or (seq_text and not seq_text.isdigit()):
+        raise ValueError(f"not an audit anchor (SEQ:HASH or HASH): {text!r}")
+    return (int(seq_text) if seq_text else None), digest
+
+
+def verify(
+    paths: Iterable[str | os.PathLike[str]],
+    *,
+    start: str | None = None,
+    anchor: str | None = None,
+) -> Verified | Finding:
     """Check trail files, in chain order (a directory stands for its ``audit-*.jsonl``).
 
-    Each line must be intact (its ``hash`` is the SHA-256 of its content), follow the line
-    before (``seq`` one more, ``prev`` equal to the line before's ``hash``), and the chain
-    must start with ``chain_start`` at ``seq`` 0, unless the first file given continues an
-    earlier one (then that first link cannot be checked). What is named:
+    Each line must be intact (its ``hash`` is the SHA-256 of its content) and follow the line
+    before (``seq`` one more, ``prev`` equal to the line before's ``hash``). The first line
+    must be the ``chain_start`` (``seq`` 0); or a line whose ``prev`` is ``start`` (the
+    caller vouches for what came before: the hash of the last line of files archived
+    elsewhere); or a line that a ``retention`` entry of the trail says follows what it cut
+    (``cut_to_seq`` one less, ``cut_head`` equal to its ``prev``). Otherwise lines were
+    removed from the start. What is named:
 
     - an edited line: that line (``edited ...``);
     - removed lines: the line after the gap (``N line(s) removed or moved before this
-      line``); a line moved later leaves the same gap where it was;
+      line``); a line moved later leaves the same gap where it was; lines removed from the
+      start: the first line (``does not start at chain_start ...``);
     - an inserted or moved line: the first line out of sequence (``inserted or
-      reordered``), or the line after a forged one (``does not follow the line before``).
+      reordered``), or the line after a forged one (``does not follow the line before``);
+    - with ``anchor``, lines cut off the end, which a chain alone cannot show: the last line
+      (``the anchor ... is not in the trail``).
 
-    Lines removed from the very end leave no gap; compare :attr:`Verified.head` with a copy
-    of the last hash kept elsewhere (a log line, another host) to detect that.
+    Args:
+        paths: files and directories, in chain order.
+        start: the ``prev`` the first line must carry when it is not the ``chain_start``.
+        anchor: a head kept elsewhere, ``SEQ:HASH`` or ``HASH`` (:func:`parse_anchor`): the
+            trail must still hold that entry (or, when retention cut it, go on past its
+            ``seq``).
 
     Returns:
         :class:`Verified` figures, or the first :class:`Finding`.
+
+    Raises:
+        ValueError: ``anchor`` is not an anchor.
     """
+    wanted = parse_anchor(anchor) if anchor is not None else None
     files: list[Path] = []
     for p in map(Path, paths):
         files.extend(audit_files(p) if p.is_dir() else [p])
     seen = Verified()
     previous: dict[str, Any] | None = None
+    opening: tuple[Path, int, dict[str, Any]] | None = None
+    cuts: dict[tuple[int, str], str] = {}  # (cut_to_seq, cut_head) -> chain
+    anchored = False
+    last_place = (files[0] if files else Path(), 0)
     for path, number, raw in _entries(files):
+        last_place = (path, number)
         entry, problem = _check_line(raw)
         if entry is None:
             return Finding(path=path, line=number, problem=problem)
         seq = entry["seq"]
         if previous is None:
-            if entry.get("kind") == "chain_start":
+            opening = (path, number, entry)
+            if entry.get("kind") == "chain_start" and start is None:
                 if seq != 0 or entry["prev"]:
                     return Finding(path=path, line=number, problem="edited (bad chain start)")
                 seen.chain = str(entry.get("chain", ""))
+                seen.start = "chain_start"
             seen.first_seq = seq
         else:
             expected = previous["seq"] + 1
@@ -594,7 +874,58 @@ def verify(paths: Iterable[str | os.PathLike[str]]) -> Verified | Finding:
                     problem="does not follow the line before (prev hash differs): "
                     "a line was replaced or inserted",
                 )
+        if entry.get("kind") == "retention":
+            key = (entry.get("cut_to_seq"), entry.get("cut_head"))
+            if isinstance(key[0], int) and isinstance(key[1], str):
+                cuts[(key[0], key[1])] = str(entry.get("chain", ""))
+        if wanted is not None and entry["hash"] == wanted[1]:
+            if wanted[0] not in (None, seq):
+                return Finding(
+                    path=path,
+                    line=number,
+                    problem=f"the anchor names seq {wanted[0]}, "
+                    f"this line with its hash is seq {seq}: the trail was rewritten",
+                )
+            anchored = True
         previous = entry
         seen.entries += 1
-        seen.head = entry["hash"]
+        seen.head, seen.head_seq = entry["hash"], seq
+    if opening is not None and not seen.start:
+        path, number, first = opening
+        if start is not None:
+            if first["prev"] != start:
+                return Finding(
+                    path=path,
+                    line=number,
+                    problem=f"does not continue from the given start {start[:16]}... "
+                    f"(its prev is {first['prev'][:16] or 'empty'}...)",
+                )
+            seen.start = "given"
+        elif (first["seq"] - 1, first["prev"]) in cuts:
+            seen.start = "retention"
+            seen.chain = cuts[(first["seq"] - 1, first["prev"])]
+        else:
+            return Finding(
+                path=path,
+                line=number,
+                problem=f"does not start at chain_start (seq {first['seq']}) and no retention "
+                "entry names what was cut before it: lines were removed from the start "
+                "(give --start HASH, the prev of this line, if earlier files were archived)",
+            )
+    if wanted is not None and seen.entries:
+        anchor_seq, anchor_hash = wanted
+        if anchored:
+            seen.anchor = "entry"
+        elif any(head == anchor_hash for _, head in cuts):
+            seen.anchor = "retention"
+        elif anchor_seq is not None and anchor_seq < seen.first_seq:
+            seen.anchor = "cut"
+        else:
+            path, number = last_place
+            return Finding(
+                path=path,
+                line=number,
+                problem=f"the anchor {wanted[1][:16]}... is not in the trail: lines were cut "
+                f"off the end (the trail ends at seq {seen.head_seq}) or it was rewritten",
+            )
     return seen

@@ -25,7 +25,7 @@ from felix_core.access import ANY_ACTION, AuthError, AuthReason, Permission, Pri
 from felix_core.names import is_valid_name
 from felix_runtime.exchange import signing_key
 from felix_runtime.tokens import TokenVerifier, key_id, load_public_key, read_jwks
-from felix_server.access import Authenticate, bearer
+from felix_server.access import Authenticate, CheckCredential, bearer
 from felix_server.config import ConfigError, ServerConfig
 
 __all__ = [
@@ -35,6 +35,8 @@ __all__ = [
     "SharedSecret",
     "SharedSecretAuthenticator",
     "broker_authenticator",
+    "broker_credentials",
+    "metrics_credentials",
     "parse_shared_secrets",
 ]
 
@@ -208,7 +210,22 @@ class BearerAuthenticator:
 def broker_authenticator(
     config: ServerConfig, read_file: Callable[[str], bytes] = lambda p: Path(p).read_bytes()
 ) -> Authenticate | None:
-    """The authenticator a broker with ``config`` uses, or None without authentication.
+    """The authenticator a broker with ``config`` uses, or None without authentication:
+    :func:`broker_credentials` as a ``Hello`` authenticator.
+
+    Raises:
+        ConfigError: as :func:`broker_credentials`.
+    """
+    check = broker_credentials(config, read_file)
+    return None if check is None else bearer(check)
+
+
+def broker_credentials(
+    config: ServerConfig, read_file: Callable[[str], bytes] = lambda p: Path(p).read_bytes()
+) -> CheckCredential | None:
+    """The bearer credential check of a broker with ``config`` (shared secrets and Felix
+    tokens), or None without authentication. The QUIC handshake and ``/metrics``
+    (:class:`felix_runtime.prometheus.Responder`) use the same one.
 
     Reads the trusted keys (``auth_issuer_keys``, ``auth_jwks`` for ``auth_issuer``;
     ``auth_operator_keys`` for ``auth_operator_issuer``, whose tokens alone may carry the
@@ -256,7 +273,43 @@ def broker_authenticator(
         secrets = SharedSecretAuthenticator(entries)
     if verifier is None and secrets is None:
         raise ConfigError("authentication is on but no key or shared secret is configured")
-    return bearer(BearerAuthenticator(verifier=verifier, secrets=secrets).authenticate)
+    return BearerAuthenticator(verifier=verifier, secrets=secrets).authenticate
+
+
+def metrics_credentials(
+    config: ServerConfig, read_file: Callable[[str], bytes] = lambda p: Path(p).read_bytes()
+) -> CheckCredential | None:
+    """What ``/metrics`` checks a bearer credential with, or None when it is open (no
+    authentication and no ``metrics_tokens``): first the scrape-only ``metrics_tokens``
+    (an operator's view of the metrics, and nothing else: no connection accepts them), then
+    a Felix connection's credentials (:func:`broker_credentials`).
+
+    Raises:
+        ConfigError: as :func:`broker_credentials`.
+    """
+    connections = broker_credentials(config, read_file)
+    if config.metrics_tokens is None:
+        return connections
+    scrapers = SharedSecretAuthenticator(
+        [
+            SharedSecret(position, LEGACY_TENANT, frozenset(), _sha256(secret), operator=True)
+            for position, secret in enumerate(config.metrics_token_list, start=1)
+        ]
+    )
+
+    def check(credential: str | None, now: float) -> Principal:
+        try:
+            return scrapers.authenticate(credential)
+        except AuthError:
+            if connections is None:
+                raise
+        return connections(credential, now)
+
+    return check
+
+
+def _sha256(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode()).digest()
 
 
 def _pem_keys(

@@ -21,21 +21,26 @@ from __future__ import annotations
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from felix_core.access import Action
+from felix_core.access import Action, AuthError
 from felix_core.disklog import DiskLogStore, StorageJob, SyncJob
 from felix_runtime.logs import log_fields, logger
 from felix_runtime.tracing import broker_tracer
+from felix_server.access import CheckCredential
 from felix_server.observer import ServerObserver
 from felix_server.server import FelixServer
 from felix_server.stats import CACHE_FIGURES, QUEUE_FIGURES, engine_figures
 
-__all__ = ["PrometheusObserver", "Responder"]
+if TYPE_CHECKING:
+    from felix_runtime.tls_server import TlsRefusal
+
+__all__ = ["PrometheusObserver", "Responder", "TenantView"]
 
 _perf_counter = time.perf_counter
 
@@ -487,6 +492,12 @@ class PrometheusObserver(ServerObserver):
         message, so no handshake of :meth:`handshake_failed` counts it."""
         self.tls_client_refused.labels(reason).inc()
 
+    def tls_refused(self, refusal: TlsRefusal) -> None:
+        """A client certificate was refused in the TLS handshake
+        (:attr:`felix_runtime.tls_server.ServerTls.on_refused`): counted by reason; the
+        audit observer also writes it down."""
+        self.client_certificate_refused(refusal.reason)
+
     def request_started(self, kind: str) -> object:
         return _perf_counter()
 
@@ -561,36 +572,106 @@ class PrometheusObserver(ServerObserver):
 _LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
 
 
-_REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}
+_REASONS = {
+    200: "OK",
+    401: "Unauthorized",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    503: "Service Unavailable",
+}
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 """The Prometheus text exposition format."""
+REALM = "felix-metrics"
+"""The ``realm`` of the ``WWW-Authenticate`` challenge ``/metrics`` answers 401 with."""
+
+Response = tuple[int, str, bytes, tuple[tuple[str, str], ...]]
+"""Status, content type, body and extra headers."""
+
+
+class TenantView(Collector):
+    """What a tenant's credential may see of ``registry``: every sample without a
+    ``tenant`` label (process-wide series) and those whose ``tenant`` is ``tenant``.
+
+    One pass over the samples a scrape produces anyway; a family whose samples are all
+    another tenant's stays, empty (its ``HELP`` and ``TYPE`` tell nothing about any
+    tenant)."""
+
+    def __init__(self, registry: Collector, tenant: str) -> None:
+        self.registry = registry
+        self.tenant = tenant
+
+    def collect(self) -> Iterable[Metric]:
+        tenant = self.tenant
+        for metric in self.registry.collect():
+            kept = [s for s in metric.samples if s.labels.get("tenant", tenant) == tenant]
+            if len(kept) != len(metric.samples):
+                metric.samples = kept  # a fresh Metric per scrape: ours to change
+            yield metric
 
 
 class Responder:
     """What the metrics and health endpoint answers; pure, shared by both HTTP carriers.
+
+    ``/live`` and ``/ready`` are open (orchestration probes). ``/metrics`` is open on a
+    broker without authentication; with ``check`` (a broker with authentication) it needs
+    ``Authorization: Bearer CREDENTIAL``, checked as a Felix connection's credential (a
+    Felix token or a shared secret): an operator sees everything, any other principal the
+    process-wide series and its own tenant's per-resource series only
+    (:class:`TenantView`); no credential or a refused one is ``401`` with a
+    ``WWW-Authenticate: Bearer`` challenge (RFC 6750), which names no reason beyond
+    ``invalid_token``.
 
     Args:
         registry: what ``/metrics`` exposes; None when metrics are disabled (``/metrics`` is
             then 404, while ``/live`` and ``/ready`` still answer: probes do not depend on
             metrics).
         is_ready: answers ``/ready`` (200 when true, 503 otherwise).
+        check: the broker's bearer credential check
+            (:func:`felix_runtime.credentials.broker_credentials`); None: no authentication.
+        clock: the time credentials are checked at (seconds since the epoch).
     """
 
-    def __init__(self, registry: CollectorRegistry | None, is_ready: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry | None,
+        is_ready: Callable[[], bool],
+        *,
+        check: CheckCredential | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.registry = registry
         self.is_ready = is_ready
+        self.check = check
+        self.clock = clock
 
-    def respond(self, path: str) -> tuple[int, str, bytes]:
-        """The status, content type and body for a GET of ``path``."""
+    def respond(self, path: str, authorization: str | None = None) -> Response:
+        """The status, content type, body and extra headers for a GET of ``path``, with
+        the request's ``Authorization`` header value (None: absent)."""
         path = path.split("?", 1)[0]
         if path == "/metrics" and self.registry is not None:
-            return 200, METRICS_CONTENT_TYPE, generate_latest(self.registry)
+            return self._metrics(self.registry, authorization)
         if path == "/live":
-            return 200, "text/plain", b"ok\n"
+            return 200, "text/plain", b"ok\n", ()
         if path == "/ready":
             ready = self.is_ready()
-            return (200 if ready else 503), "text/plain", b"ready\n" if ready else b"draining\n"
-        return 404, "text/plain", b"not found\n"
+            body = b"ready\n" if ready else b"draining\n"
+            return (200 if ready else 503), "text/plain", body, ()
+        return 404, "text/plain", b"not found\n", ()
+
+    def _metrics(self, registry: CollectorRegistry, authorization: str | None) -> Response:
+        if self.check is None:
+            return 200, METRICS_CONTENT_TYPE, generate_latest(registry), ()
+        scheme, _, credential = (authorization or "").strip().partition(" ")
+        challenge = f'Bearer realm="{REALM}"'
+        if scheme.lower() != "bearer" or not credential.strip():
+            return 401, "text/plain", b"unauthorized\n", (("WWW-Authenticate", challenge),)
+        try:
+            principal = self.check(credential.strip(), self.clock())
+        except AuthError:
+            challenge += ', error="invalid_token"'
+            return 401, "text/plain", b"unauthorized\n", (("WWW-Authenticate", challenge),)
+        view: Collector = registry if principal.operator else TenantView(registry, principal.tenant)
+        return 200, METRICS_CONTENT_TYPE, generate_latest(view), ()
 
     def response(self, head: bytes) -> bytes:
         """The complete HTTP/1.1 response (``Connection: close``) to a request head.
@@ -602,14 +683,26 @@ class Responder:
             Status line, headers and, for ``GET``, the body; ``405`` for methods other than
             ``GET`` and ``HEAD``.
         """
-        method, _, rest = head.partition(b" ")
+        request_line, *lines = head.split(b"\r\n")
+        method, _, rest = request_line.partition(b" ")
         path = rest.split(b" ", 1)[0].decode("latin-1")
+        extra: tuple[tuple[str, str], ...] = ()
         if method not in (b"GET", b"HEAD"):
             status, ctype, body = 405, "text/plain", b"method not allowed\n"
         else:
-            status, ctype, body = self.respond(path)
+            status, ctype, body, extra = self.respond(path, _header(lines, b"authorization"))
+        headers = "".join(f"{name}: {value}\r\n" for name, value in extra)
         response = (
             f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\nContent-Type: {ctype}\r\n"
-            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+            f"{headers}Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
         ).encode()
         return response + (body if method == b"GET" else b"")
+
+
+def _header(lines: list[bytes], name: bytes) -> str | None:
+    """The value of the first header ``name`` (lower case) among ``lines``, or None."""
+    for line in lines:
+        key, sep, value = line.partition(b":")
+        if sep and key.strip().lower() == name:
+            return value.strip().decode("latin-1")
+    return None

@@ -13,6 +13,13 @@ they put in use: the server's configuration is replaced (new connections use it;
 keep the keys they negotiated) and the client CA's anchors are swapped. A bad file is logged
 (``TLS reload failed``, with the reason) and the material in use stays; a later change is
 tried again.
+
+Refused client certificates: every refusal the QUIC glue reports (``missing``,
+``untrusted``, ``expired``, ``not_yet_valid``) reaches :attr:`ServerTls.on_refused` as a
+:class:`TlsRefusal`: the reason, the peer's address, the certificate's subject, issuer and
+SHA-256 fingerprint when one was presented, and the QUIC connection id (the connection has
+no Felix connection number in the audit trail yet). The runtime hands it to its observer's
+``tls_refused`` (a metric, and an audit entry when the trail is on).
 """
 
 from __future__ import annotations
@@ -20,22 +27,42 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 
 from felix_runtime.logs import log_fields, logger
 from felix_runtime.process import load_certificate
 from felix_runtime.quic_engines import load_engine
 from felix_runtime.tls import CERT_FILE, KEY_FILE, fingerprint
 from felix_runtime.tls_clients import ClientCA
-from felix_server.access import ClientCertificates
+from felix_server.access import ClientCertificates, ClientIdentity
 from felix_server.config import ServerConfig
 from felix_server.quic_engine import QuicConnectionLike
 
-__all__ = ["ServerTls"]
+__all__ = ["ServerTls", "TlsRefusal"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TlsRefusal:
+    """A client certificate refused in the TLS handshake (mutual TLS)."""
+
+    reason: str
+    """``missing``, ``untrusted``, ``expired`` or ``not_yet_valid``."""
+    peer: str | None
+    """The client's address, ``HOST:PORT`` (None if the engine does not say)."""
+    quic_cid: str
+    """The QUIC connection id the client opened the connection with (hex)."""
+    subject: str | None = None
+    """The certificate's subject (RFC 4514), None when none was presented."""
+    issuer: str | None = None
+    """The certificate's issuer (RFC 4514)."""
+    fingerprint: str | None = None
+    """SHA-256 of the DER certificate, colon-separated upper-case hex."""
+
 
 _Signature = tuple[tuple[int, int, int] | None, ...]
 
@@ -57,18 +84,13 @@ class ServerTls:
         self._engine = load_engine(config.quic_engine)
         self.client_ca: ClientCA | None = None
         """The client CA (mutual TLS), None without ``tls_client_ca``."""
-        self.on_refused: Callable[[str], None] = lambda reason: None
-        """Told the reason of every refused client certificate (the runtime sets it to its
-        observer's ``client_certificate_refused``: a metric)."""
+        self.on_refused: Callable[[TlsRefusal], None] = lambda refusal: None
+        """Told every refused client certificate (the runtime sets it to its observer's
+        ``tls_refused``: a metric and an audit entry)."""
         factory: Callable[..., QuicConnectionLike] = self._engine.server_connection
         if config.tls_client_ca is not None:
             self.client_ca = ClientCA(Path(config.tls_client_ca).read_bytes())
-            policy = ClientCertificates(
-                verify=self.client_ca.verify,
-                required=config.tls_client_auth == "required",
-                refused=self._refused,
-            )
-            factory = functools.partial(factory, client_certificates=policy)
+            factory = functools.partial(self._connection, factory)
         self.connection_factory = factory
         """Builds server connections (with the client certificate policy, if any)."""
         self.configuration: Any = None
@@ -79,8 +101,32 @@ class ServerTls:
         self.configuration, self.cert_path, self.fingerprint = self._load()
         self._signature = self._stat()
 
-    def _refused(self, reason: str) -> None:
-        self.on_refused(reason)  # looked up at each call: set after the connections' policy
+    def _connection(
+        self, factory: Callable[..., QuicConnectionLike], **kwargs: Any
+    ) -> QuicConnectionLike:
+        """A server connection with the client certificate policy, whose refusals name
+        this connection's peer and the certificate it presented."""
+        assert self.client_ca is not None
+        verify_chain = self.client_ca.verify
+        seen: list[x509.Certificate] = []
+        cid = bytes(kwargs.get("original_destination_connection_id", b"")).hex()
+
+        def verify(leaf: x509.Certificate, chain: list[x509.Certificate]) -> ClientIdentity:
+            seen[:] = [leaf]
+            return verify_chain(leaf, chain)
+
+        def refused(reason: str) -> None:
+            presented = {} if not seen else _described(seen[0])
+            refusal = TlsRefusal(
+                reason=reason, peer=_peer_address(connection), quic_cid=cid, **presented
+            )
+            self.on_refused(refusal)  # looked up at each call: the runtime sets it later
+
+        policy = ClientCertificates(
+            verify=verify, required=self._config.tls_client_auth == "required", refused=refused
+        )
+        connection = factory(client_certificates=policy, **kwargs)
+        return connection  # refused() reads it, once the handshake goes on
 
     def files(self) -> list[Path]:
         """The files the material comes from (certificate, key, client CA)."""
@@ -146,6 +192,26 @@ class ServerTls:
             else:
                 signature.append((st.st_mtime_ns, st.st_size, st.st_ino))
         return tuple(signature)
+
+
+def _described(certificate: x509.Certificate) -> dict[str, str]:
+    """The :class:`TlsRefusal` fields that name a presented certificate."""
+    return {
+        "subject": certificate.subject.rfc4514_string(),
+        "issuer": certificate.issuer.rfc4514_string(),
+        "fingerprint": certificate.fingerprint(hashes.SHA256()).hex(":").upper(),
+    }
+
+
+def _peer_address(connection: object) -> str | None:
+    """``HOST:PORT`` of a server connection's peer: aioquic's ``get_peer_address()``, qh3's
+    ``_remote_addr`` (it has no public accessor); None when neither says."""
+    get = getattr(connection, "get_peer_address", None)
+    address = get() if callable(get) else getattr(connection, "_remote_addr", None)
+    if not isinstance(address, tuple) or len(address) < 2:
+        return None
+    host = str(address[0])
+    return f"[{host}]:{address[1]}" if ":" in host else f"{host}:{address[1]}"
 
 
 def _check_pair(cert_pem: bytes, key_pem: bytes) -> None:

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import anyio
 
 from felix_runtime.audit import broker_observer
-from felix_runtime.credentials import broker_authenticator
+from felix_runtime.credentials import broker_authenticator, metrics_credentials
 from felix_runtime.exchange import broker_exchange
 from felix_runtime.logs import log_fields, logger
 from felix_runtime.process import broker_main, log_started
@@ -47,7 +47,7 @@ async def run(config: ServerConfig) -> int:
     """
     tls = ServerTls(config)
     observer, close_audit = broker_observer(config)
-    tls.on_refused = observer.client_certificate_refused
+    tls.on_refused = observer.tls_refused
     try:
         storage = open_storage(config, on_append=observer.storage_appended)
     except BaseException:
@@ -69,7 +69,9 @@ async def run(config: ServerConfig) -> int:
     runtime = AnyioUdpRuntime(server, job_timer=observer.storage_job_ran)
     bound = runtime.bind(*config.listen_address)
     registry = observer.registry if config.metrics_enabled else None
-    metrics = AnyioMetricsServer(registry, lambda: server.ready)  # health even without metrics
+    metrics = AnyioMetricsServer(  # health even without metrics; /metrics as connections
+        registry, lambda: server.ready, metrics_credentials(config)
+    )
     try:
         await metrics.bind(*config.metrics_address)  # before the task group: plain OSErrors
         async with anyio.create_task_group() as tg:

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from felix_runtime.audit import broker_observer
-from felix_runtime.credentials import broker_authenticator
+from felix_runtime.credentials import broker_authenticator, metrics_credentials
 from felix_runtime.exchange import broker_exchange
 from felix_runtime.logs import log_fields, logger
 from felix_runtime.process import broker_main, log_started
@@ -66,7 +66,7 @@ class BrokerProcess:
         self.cert_path, self.fingerprint = tls.cert_path, tls.fingerprint
         self.observer, self._close_audit = broker_observer(config)
         observer = self.observer
-        tls.on_refused = observer.client_certificate_refused
+        tls.on_refused = observer.tls_refused
         self.storage = open_storage(config, on_append=observer.storage_appended)
         self.server, recovery_s = build_server(
             config,
@@ -85,7 +85,9 @@ class BrokerProcess:
         bound = await self.runtime.start(*config.listen_address)
         server = self.server
         registry = self.observer.registry if config.metrics_enabled else None
-        self.metrics = MetricsServer(registry, lambda: server.ready)  # /live, /ready regardless
+        self.metrics = MetricsServer(  # /live, /ready regardless; /metrics as connections
+            registry, lambda: server.ready, metrics_credentials(config)
+        )
         await self.metrics.start(*config.metrics_address)
         log_started(
             config, bound, self.metrics.address, self.cert_path, self.fingerprint, "asyncio"

@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 
 from felix_runtime.logs import logger
 from felix_runtime.prometheus import Responder
+from felix_server.access import CheckCredential
 
 __all__ = ["MetricsServer"]
 
@@ -29,10 +30,17 @@ class MetricsServer:
     Args:
         registry: what ``/metrics`` exposes (None: metrics disabled, health only).
         is_ready: answers ``/ready`` (200 when true, 503 otherwise).
+        check: the bearer credential check ``/metrics`` asks for (None: open; see
+            :class:`~felix_runtime.prometheus.Responder`).
     """
 
-    def __init__(self, registry: CollectorRegistry | None, is_ready: Callable[[], bool]) -> None:
-        self.responder = Responder(registry, is_ready)
+    def __init__(
+        self,
+        registry: CollectorRegistry | None,
+        is_ready: Callable[[], bool],
+        check: CheckCredential | None = None,
+    ) -> None:
+        self.responder = Responder(registry, is_ready, check=check)
         self._server: asyncio.Server | None = None
         self.address: tuple[str, int] = ("", 0)
 

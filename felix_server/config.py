@@ -155,6 +155,11 @@ class ServerConfig:
     """Per-queue and per-cache metric series (labels ``tenant``, ``namespace`` and the name)
     are exported while the broker holds at most this many queues (caches); above it only
     the totals are, which bounds label cardinality. 0: totals only."""
+    metrics_tokens: str | None = None
+    """Scrape-only bearer secrets, separated by commas or newlines: ``/metrics`` shows every
+    tenant's series to them, and no Felix connection accepts them (what Prometheus scrapes
+    with). With them, or with authentication on, ``/metrics`` needs a credential
+    (docs/security.md, "Metrics")."""
     data_dir: str = "felix-data"
     """The broker's data: resource definitions (``metadata/``), durable resources' logs
     (``logs/``) and the generated certificate."""
@@ -231,6 +236,15 @@ class ServerConfig:
     audit_rotate_bytes: int = 64 * 1024 * 1024
     """Start a new audit file once the current one holds this many bytes (the hash chain
     goes on across files)."""
+    audit_retention_bytes: int = 1024 * 1024 * 1024
+    """Delete the oldest audit files while the trail holds more than this many bytes (0: no
+    limit); a ``retention`` entry records each cut, so the rest still verifies."""
+    audit_retention_s: float = 0.0
+    """Delete the oldest audit files whose last entry is older than this many seconds (0:
+    no age limit)."""
+    audit_anchor_log_s: float = 300.0
+    """Log the trail's head (``audit head``: ``seq`` and hash, an anchor for ``felix audit
+    verify --anchor``) at most this often while entries are written (0: only at shutdown)."""
     shutdown_grace_s: float = 5.0
     """On SIGTERM: how long clients have after ``GoAway`` before connections are closed."""
     shutdown_drain_s: float = 25.0
@@ -253,6 +267,11 @@ class ServerConfig:
                 self.auth_exchange,
             )
         )
+
+    @property
+    def metrics_token_list(self) -> list[str]:
+        """``metrics_tokens`` as a list of secrets."""
+        return [t.strip() for t in re.split(r"[,\n]", self.metrics_tokens or "") if t.strip()]
 
     @property
     def issuer_key_files(self) -> list[str]:
@@ -289,6 +308,12 @@ class ServerConfig:
         self.listen_address  # noqa: B018 - parse for the error
         if self.audit_rotate_bytes < 1024:
             raise ConfigError("audit_rotate_bytes must be at least 1024")
+        if self.metrics_tokens is not None and not self.metrics_token_list:
+            raise ConfigError("metrics_tokens: no secret given")
+        if self.audit_retention_bytes < 0:
+            raise ConfigError("audit_retention_bytes must be >= 0 (0: no limit)")
+        if self.audit_retention_s < 0 or self.audit_anchor_log_s < 0:
+            raise ConfigError("audit_retention_s and audit_anchor_log_s must be >= 0")
         self.metrics_address  # noqa: B018
         if self.log_format not in _LOG_FORMATS:
             raise ConfigError(f"log_format must be one of {', '.join(_LOG_FORMATS)}")

@@ -41,6 +41,11 @@ def finding(paths: Iterable[Path]) -> Finding:
     return result
 
 
+def finding_of(result: Verified | Finding) -> str:
+    assert isinstance(result, Finding), result
+    return result.problem
+
+
 def test_chain_links_every_line(tmp_path: Path) -> None:
     writer = make_trail(tmp_path, 3)
     (path,) = audit_files(tmp_path)
@@ -71,9 +76,17 @@ def test_rotation_keeps_the_chain(tmp_path: Path) -> None:
     # the first line of each later file links to the last of the file before
     for before, after in itertools.pairwise(files):
         assert json.loads(lines_of(after)[0])["prev"] == json.loads(lines_of(before)[-1])["hash"]
-    # a later file alone checks out, saying where it starts
-    alone = verify([files[2]])
-    assert isinstance(alone, Verified) and alone.chain == "" and alone.first_seq > 0
+    # a later file alone is refused (its start is not vouched for), unless the caller
+    # gives the hash it continues from (the last of the file before, kept elsewhere)
+    alone = finding([files[2]])
+    assert (alone.path, alone.line) == (files[2], 1)
+    assert "does not start at chain_start" in alone.problem
+    before = json.loads(lines_of(files[1])[-1])["hash"]
+    given = verify([files[2]], start=before)
+    assert isinstance(given, Verified) and given.start == "given" and given.first_seq > 0
+    assert "does not continue from the given start" in finding_of(
+        verify([files[2]], start="0" * 64)
+    )
     # a whole file taken out of the middle is a gap
     gone = finding([files[0], *files[2:]])
     assert (gone.path, gone.line) == (files[2], 1)
@@ -178,13 +191,16 @@ def test_removed_line_is_named(tmp_path: Path) -> None:
     )
 
 
-def test_removed_first_line_is_named(tmp_path: Path) -> None:
-    """Without its chain_start the file looks like a continuation: its start is reported."""
+def test_removed_first_lines_are_named(tmp_path: Path) -> None:
+    """Without its chain_start, and no retention entry naming the cut, the trail lost its
+    start: the first line is named."""
     make_trail(tmp_path, 8)
     (path,) = audit_files(tmp_path)
-    path.write_bytes(b"".join(lines_of(path)[1:]))
-    result = verify([path])
-    assert isinstance(result, Verified) and result.chain == "" and result.first_seq == 1
+    original = lines_of(path)
+    for cut in (1, 3):
+        path.write_bytes(b"".join(original[cut:]))
+        found = finding([path])
+        assert found.line == 1 and f"does not start at chain_start (seq {cut})" in found.problem
 
 
 def test_inserted_copy_is_named(tmp_path: Path) -> None:

@@ -238,7 +238,7 @@ async def test_cross_tenant_matrix(fresh_broker: FreshBroker, issuer: Issuer) ->
     async with client(broker, bob, "bob") as c:
         assert (await c.cache("c").get("k")).value == b"secret"  # type: ignore[union-attr]
         assert (await c.admin.describe("stream", "s"))["stats"]["records"] == 1
-    status, body = await _metrics(broker)
+    status, body = await _metrics(broker, alice)  # /metrics wants a credential, too
     assert status == 200
     denied = _samples(body, "felix_auth_denied_total")
     assert denied["publish"] >= 4 and denied["admin"] >= 16 and denied["cache.read"] >= 4
@@ -403,11 +403,12 @@ def test_the_unauthenticated_broker_says_so(fresh_broker: FreshBroker) -> None:
     ]
 
 
-async def _metrics(broker: Broker) -> tuple[int, str]:
-    """GET /metrics (status, body)."""
+async def _metrics(broker: Broker, token: str) -> tuple[int, str]:
+    """GET /metrics with ``token`` (status, body)."""
     with anyio.fail_after(WAIT):
         async with await anyio.connect_tcp(*broker.metrics_address) as stream:
-            await stream.send(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            request = f"GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n"
+            await stream.send(request.encode())
             data = b""
             with pytest.raises(anyio.EndOfStream):
                 while True:
