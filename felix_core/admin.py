@@ -62,6 +62,7 @@ class Admin:
         registry: the partitions, which follow the records.
         connections: the attached connections (consumers of a deleted queue leave them).
         out: the engine's event stream.
+        quotas: every tenant's quotas (their limits follow the tenant records fed here).
     """
 
     def __init__(
@@ -71,6 +72,7 @@ class Admin:
         registry: Registry,
         connections: Connections,
         out: list[EngineEvent],
+        quotas: TenantQuotas,
     ) -> None:
         self._logs = logs
         self._registry = registry
@@ -79,7 +81,7 @@ class Admin:
         self.view = MetadataView()
         self.catalog = Catalog(self.view, config)
         self.rbac = RoleBook()
-        self.quotas = TenantQuotas(config)
+        self.quotas = quotas
         """Every tenant's quotas (limits follow the tenant records)."""
         """The roles and bindings of every tenant (fed with the records)."""
         self._writes: dict[int, tuple[int, int | None, WriteOp]] = {}  # id -> conn, request, op

@@ -1,5 +1,5 @@
-"""Per-tenant quotas: publish rate (messages and bytes per second) as token buckets, and
-connections.
+"""Per-tenant quotas: publish rate (messages and bytes per second) as token buckets,
+connections, resources, subscriptions, consumers and cache bytes.
 
 Theory of operation
 -------------------
@@ -29,25 +29,52 @@ A lowered limit refuses new connections only; open ones stay. Resources (streams
 and caches of all the tenant's namespaces) are checked the same way when one is created
 (:meth:`TenantQuotas.check_resources`).
 
+Subscriptions (stream subscriptions and cache change feeds) and queue consumers are counted
+per tenant of the resource they follow: the engine checks :meth:`TenantQuotas.check_feeds`
+before opening one and registers it with :meth:`TenantQuotas.add_feed` after. A feed ends
+in many places (unsubscribe, cancel, its connection lost, its resource deleted, a lagging
+subscription cut, a drain, a narrowed permission); every one of them marks the feed
+``closed``, so the quota keeps the feed objects themselves and drops the closed ones when it
+looks (when the list reaches the limit, or has doubled since it was last pruned: memory stays
+proportional to the live feeds). A slot is thus free as soon as its feed ended, whatever
+ended it, without a hook in each of those places.
+
+Cache bytes (``max_cache_bytes``) are the key + value bytes of every entry of the tenant's
+caches, the figure each cache accounts against its own ``max_bytes``: the caches charge a
+:class:`TenantCacheMeter` (which forwards to the engine's memory budget) as entries come
+and go (put, overwrite, delete, expiry, eviction, a deleted cache; a durable cache rebuilt at
+start charges what it replays). A put that would take the tenant over its limit is refused
+LIMIT_EXCEEDED (:meth:`TenantQuotas.check_cache_put`), like a Redis ``maxmemory`` with
+``noeviction`` answers an OOM error rather than dropping other keys: it succeeds again once
+entries are deleted or expire, not by waiting a set time. Deletes are always admitted.
+
 Refusals are counted per ``(tenant, quota)`` in :attr:`TenantQuotas.refused`, which the
-runtime exports as ``felix_quota_refused_total{tenant,quota}``.
+runtime exports as ``felix_quota_refused_total{tenant,quota}``; :meth:`TenantQuotas.usage`
+gives what each tenant holds (``felix_quota_used{tenant,quota}``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from functools import partial
+from typing import Any, Protocol
 
 from felix_core.errors import InvalidArgument, LimitExceeded, Overloaded
 from felix_core.limits import BrokerConfig
+from felix_core.log import MemoryMeter
 from felix_core.settings import Path, SettingsSchema, check_known, int_setting
 
 __all__ = [
+    "MAX_CACHE_BYTES",
     "MAX_CONNECTIONS",
+    "MAX_CONSUMERS",
     "MAX_RESOURCES",
+    "MAX_SUBSCRIPTIONS",
     "PUBLISH_BYTES",
     "PUBLISH_MESSAGES",
     "QUOTA_KEYS",
+    "Feed",
+    "TenantCacheMeter",
     "TenantQuotas",
     "TokenBucket",
     "tenant_schema",
@@ -61,8 +88,34 @@ MAX_CONNECTIONS = "max_connections"
 """The quota (and tenant setting) of open connections of one tenant."""
 MAX_RESOURCES = "max_resources"
 """The quota (and tenant setting) of streams + queues + caches in one tenant."""
-QUOTA_KEYS = (PUBLISH_MESSAGES, PUBLISH_BYTES, MAX_CONNECTIONS, MAX_RESOURCES)
+MAX_SUBSCRIPTIONS = "max_subscriptions"
+"""The quota (and tenant setting) of live stream subscriptions + cache change feeds on one
+tenant's resources."""
+MAX_CONSUMERS = "max_consumers"
+"""The quota (and tenant setting) of live queue consumers on one tenant's queues."""
+MAX_CACHE_BYTES = "max_cache_bytes"
+"""The quota (and tenant setting) of key + value bytes held by one tenant's caches."""
+QUOTA_KEYS = (
+    PUBLISH_MESSAGES,
+    PUBLISH_BYTES,
+    MAX_CONNECTIONS,
+    MAX_RESOURCES,
+    MAX_SUBSCRIPTIONS,
+    MAX_CONSUMERS,
+    MAX_CACHE_BYTES,
+)
 """The quota settings a tenant record may carry."""
+
+_FIRST_PRUNE = 64  # feeds registered before a tenant's list is first pruned
+
+
+class Feed(Protocol):
+    """A subscription or consumer as the feed quotas see it: ended once ``closed``."""
+
+    @property
+    def closed(self) -> bool:
+        """True once the feed ended (for whatever reason)."""
+        ...
 
 
 class TokenBucket:
@@ -112,16 +165,29 @@ class TenantQuotas:
         config: the broker-wide defaults.
     """
 
-    __slots__ = ("_buckets", "_config", "_overrides", "connections", "refused")
+    __slots__ = (
+        "_buckets",
+        "_config",
+        "_feeds",
+        "_overrides",
+        "_prune_at",
+        "cache_bytes",
+        "connections",
+        "refused",
+    )
 
     def __init__(self, config: BrokerConfig) -> None:
         self._config = config
         self._overrides: dict[str, dict[str, int]] = {}
         self._buckets: dict[tuple[str, str], TokenBucket] = {}
+        self._feeds: dict[tuple[str, str], list[Feed]] = {}
+        self._prune_at: dict[tuple[str, str], int] = {}
         self.refused: dict[tuple[str, str], int] = {}
         """Refusals per ``(tenant, quota)`` since start."""
         self.connections: dict[str, int] = {}
         """Open connections per tenant (tenants with none are absent)."""
+        self.cache_bytes: dict[str, int] = {}
+        """Key + value bytes of every tenant's cache entries (tenants with none are absent)."""
 
     def limit(self, tenant: str, quota: str) -> int | None:
         """The limit of one quota for one tenant (None: unlimited)."""
@@ -235,6 +301,113 @@ class TenantQuotas:
         else:
             self.connections.pop(tenant, None)
 
+    # -- subscriptions and consumers -------------------------------------------------------
+
+    def check_feeds(self, tenant: str, quota: str) -> None:
+        """Refuse opening one more subscription (``quota`` :data:`MAX_SUBSCRIPTIONS`) or
+        consumer (:data:`MAX_CONSUMERS`) on ``tenant``'s resources when its live ones are at
+        the limit.
+
+        Raises:
+            LimitExceeded: at the limit; nothing is counted. ``details``: ``tenant``,
+                ``quota``, ``limit``.
+        """
+        limit = self.limit(tenant, quota)
+        if limit is None:
+            return
+        key = (tenant, quota)
+        feeds = self._feeds.get(key)
+        if feeds is None or len(feeds) < limit or self._prune(key) < limit:
+            return
+        self.refused[key] = self.refused.get(key, 0) + 1
+        what = "subscriptions" if quota == MAX_SUBSCRIPTIONS else "consumers"
+        raise LimitExceeded(
+            f"tenant {tenant} has {limit} live {what}, its {quota} quota",
+            details={"tenant": tenant, "quota": quota, "limit": limit},
+        )
+
+    def add_feed(self, tenant: str, quota: str, feed: Feed) -> None:
+        """Count a feed :meth:`check_feeds` admitted; it is let go once ``feed.closed``."""
+        key = (tenant, quota)
+        feeds = self._feeds.get(key)
+        if feeds is None:
+            feeds = self._feeds[key] = []
+        feeds.append(feed)
+        if len(feeds) >= self._prune_at.get(key, _FIRST_PRUNE):
+            self._prune(key)
+
+    def feeds(self, tenant: str, quota: str) -> int:
+        """The live subscriptions (consumers) on ``tenant``'s resources."""
+        key = (tenant, quota)
+        return self._prune(key) if key in self._feeds else 0
+
+    def _prune(self, key: tuple[str, str]) -> int:
+        live = [feed for feed in self._feeds[key] if not feed.closed]
+        if live:
+            self._feeds[key] = live
+            self._prune_at[key] = max(2 * len(live), _FIRST_PRUNE)
+        else:
+            del self._feeds[key]
+            self._prune_at.pop(key, None)
+        return len(live)
+
+    # -- cache bytes --------------------------------------------------------------------
+
+    def cache_meter(self, tenant: str, budget: MemoryMeter) -> TenantCacheMeter:
+        """The meter the caches of ``tenant`` charge (forwarding to ``budget``)."""
+        return TenantCacheMeter(self.cache_bytes, tenant, budget)
+
+    def cache_admission(self, tenant: str) -> Callable[[int], None] | None:
+        """What a cache put in ``tenant`` asks before it grows the entries
+        (:meth:`check_cache_put` for the tenant), or None when its cache bytes are
+        unlimited."""
+        if self.limit(tenant, MAX_CACHE_BYTES) is None:
+            return None
+        return partial(self.check_cache_put, tenant)
+
+    def check_cache_put(self, tenant: str, growth: int) -> None:
+        """Refuse a cache put that would make ``tenant``'s entries ``growth`` bytes larger
+        than its ``max_cache_bytes`` allows (a put that does not grow them always passes).
+
+        Raises:
+            LimitExceeded: over the limit; ``details``: ``tenant``, ``quota``, ``limit``,
+                ``used`` (the bytes held now) and ``bytes`` (the growth asked for).
+        """
+        if growth <= 0:
+            return
+        limit = self.limit(tenant, MAX_CACHE_BYTES)
+        if limit is None:
+            return
+        used = self.cache_bytes.get(tenant, 0)
+        if used + growth <= limit:
+            return
+        key = (tenant, MAX_CACHE_BYTES)
+        self.refused[key] = self.refused.get(key, 0) + 1
+        raise LimitExceeded(
+            f"tenant {tenant}'s caches hold {used} bytes: {growth} more would exceed its "
+            f"{MAX_CACHE_BYTES} quota",
+            details={
+                "tenant": tenant,
+                "quota": MAX_CACHE_BYTES,
+                "limit": limit,
+                "used": used,
+                "bytes": growth,
+            },
+        )
+
+    # -- figures ------------------------------------------------------------------------
+
+    def usage(self) -> dict[tuple[str, str], int]:
+        """What each tenant holds now, per ``(tenant, quota)``: connections, subscriptions,
+        consumers and cache bytes (only non-zero figures)."""
+        used = {(tenant, MAX_CONNECTIONS): n for tenant, n in self.connections.items()}
+        for key in list(self._feeds):
+            count = self._prune(key)
+            if count:
+                used[key] = count
+        used.update(((t, MAX_CACHE_BYTES), n) for t, n in self.cache_bytes.items() if n)
+        return used
+
     def _bucket(self, tenant: str, quota: str, now: float) -> TokenBucket | None:
         bucket = self._buckets.get((tenant, quota))
         if bucket is None:
@@ -243,6 +416,28 @@ class TenantQuotas:
                 return None
             bucket = self._buckets[(tenant, quota)] = TokenBucket(rate, rate, now)
         return bucket
+
+
+class TenantCacheMeter:
+    """What one tenant's caches charge: counts their entry bytes in the tenant's figure of
+    ``cache_bytes`` and forwards every change to the engine's memory budget."""
+
+    __slots__ = ("_budget", "_counts", "_tenant")
+
+    def __init__(self, counts: dict[str, int], tenant: str, budget: MemoryMeter) -> None:
+        self._counts = counts
+        self._tenant = tenant
+        self._budget = budget
+
+    def adjust(self, delta: int) -> None:
+        """The tenant's caches now hold ``delta`` more bytes (fewer when negative)."""
+        counts, tenant = self._counts, self._tenant
+        held = counts.get(tenant, 0) + delta
+        if held:
+            counts[tenant] = held
+        else:
+            counts.pop(tenant, None)
+        self._budget.adjust(delta)
 
 
 def tenant_schema() -> SettingsSchema:

@@ -17,13 +17,13 @@ over the partitions.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from felix_core.cache import CACHE_COUNTERS, CacheStats, CacheTotals
 from felix_core.errors import EngineError, NotFound
 from felix_core.events import EngineEvent, RequestRefused
 from felix_core.limits import BrokerConfig, MemoryBudget
-from felix_core.log import Log, LogStore
+from felix_core.log import Log, LogStore, MemoryMeter
 from felix_core.metadata import Kind, Path, ResourceRecord
 from felix_core.partitions import (
     CachePartition,
@@ -48,14 +48,23 @@ class Registry:
         logs: where partitions' logs come from.
         budget: the memory meter every log and cache charges.
         out: the engine's event list.
+        cache_meter: the meter the caches of a tenant charge with their entries (one that
+            forwards to ``budget``: the per-tenant cache-bytes quota); None: ``budget``.
     """
 
     def __init__(
-        self, config: BrokerConfig, logs: LogStore, budget: MemoryBudget, out: list[EngineEvent]
+        self,
+        config: BrokerConfig,
+        logs: LogStore,
+        budget: MemoryBudget,
+        out: list[EngineEvent],
+        *,
+        cache_meter: Callable[[str], MemoryMeter] | None = None,
     ) -> None:
         self.config = config
         self.logs = logs
         self.budget = budget
+        self._cache_meter = cache_meter
         self.out = out
         self.streams: dict[Path, StreamPartition] = {}
         self.queues: dict[Path, QueuePartition] = {}
@@ -191,7 +200,8 @@ class Registry:
                 )
                 self.reschedule(queue)  # a rebuilt queue may have parked dead letters
             else:
-                self.caches[path] = CachePartition(record, log, self.budget, self._feed_batch, now)
+                meter = self.budget if self._cache_meter is None else self._cache_meter(path[0])
+                self.caches[path] = CachePartition(record, log, meter, self._feed_batch, now)
         except EngineError:
             log.close()
             # Never delete data here: the log may hold a recovered resource's records that

@@ -145,6 +145,15 @@ class _EngineCollector(Collector):
         for (tenant, name), count in sorted(server.broker.quotas.refused.items()):
             quota.add_metric([tenant, name], count)
         yield quota
+        used = GaugeMetricFamily(
+            "felix_quota_used",
+            "What a tenant holds against its quotas: connections, subscriptions, consumers, "
+            "cache bytes (tenants holding none are absent)",
+            labels=["tenant", "quota"],
+        )
+        for (tenant, name), held in sorted(server.broker.quotas.usage().items()):
+            used.add_metric([tenant, name], held)
+        yield used
 
 
 def _per_resource(

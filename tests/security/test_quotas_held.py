@@ -1,0 +1,266 @@
+"""Per-tenant quotas on what a tenant holds, pure: live subscriptions (stream subscriptions
+and cache change feeds), queue consumers and cache bytes. Each is refused LIMIT_EXCEEDED
+naming the quota, counted, freed whatever ends the feed or removes the entry, and follows
+the tenant's settings live; a durable cache's bytes are counted again after a restart."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from engine_calls import Calls
+
+from felix_core import Broker, BrokerConfig, InvalidArgument, LimitExceeded
+from felix_core.disklog import DiskLogStore
+from felix_core.filesystem import MemoryFileSystem
+from felix_core.metadata import Kind
+from felix_core.quotas import (
+    MAX_CACHE_BYTES,
+    MAX_CONSUMERS,
+    MAX_SUBSCRIPTIONS,
+    TenantQuotas,
+)
+
+
+class FakeFeed:
+    def __init__(self) -> None:
+        self.closed = False
+
+
+def engine(**config: Any) -> Calls:
+    b = Calls(Broker(BrokerConfig(**config)))
+    for conn in (1, 2):
+        b.attach(conn, 0.0)
+    for tenant in ("a", "b"):
+        b.create("tenant", tenant, "", "", now=0.0)
+        b.create("namespace", tenant, "ns", "", now=0.0)
+        for kind, name in (("stream", "s"), ("queue", "q"), ("cache", "c")):
+            b.create(kind, tenant, "ns", name, now=0.0)
+    return b
+
+
+def refusal(exc: pytest.ExceptionInfo[LimitExceeded], quota: str) -> dict[str, Any]:
+    assert not exc.value.retryable
+    assert exc.value.details["quota"] == quota
+    return dict(exc.value.details)
+
+
+# -- the feed count ------------------------------------------------------------------------
+
+
+def test_feeds_counted_until_closed_and_pruned_as_they_go() -> None:
+    quotas = TenantQuotas(BrokerConfig(tenant_max_subscriptions=2))
+    feeds = [FakeFeed(), FakeFeed()]
+    for feed in feeds:
+        quotas.check_feeds("a", MAX_SUBSCRIPTIONS)
+        quotas.add_feed("a", MAX_SUBSCRIPTIONS, feed)
+    with pytest.raises(LimitExceeded) as caught:
+        quotas.check_feeds("a", MAX_SUBSCRIPTIONS)
+    assert refusal(caught, MAX_SUBSCRIPTIONS) == {
+        "tenant": "a",
+        "quota": MAX_SUBSCRIPTIONS,
+        "limit": 2,
+    }
+    quotas.check_feeds("b", MAX_SUBSCRIPTIONS)  # another tenant
+    quotas.check_feeds("a", MAX_CONSUMERS)  # another quota (unlimited)
+    feeds[0].closed = True  # however it ended
+    quotas.check_feeds("a", MAX_SUBSCRIPTIONS)
+    assert quotas.feeds("a", MAX_SUBSCRIPTIONS) == 1
+    assert quotas.refused == {("a", MAX_SUBSCRIPTIONS): 1}
+    feeds[1].closed = True
+    assert quotas.feeds("a", MAX_SUBSCRIPTIONS) == 0
+    assert quotas.usage() == {}
+
+
+def test_unlimited_feeds_are_still_counted_and_memory_stays_bounded() -> None:
+    quotas = TenantQuotas(BrokerConfig())
+    live: list[FakeFeed] = []
+    for _ in range(10_000):  # churn: each feed ends before the next opens
+        quotas.check_feeds("a", MAX_CONSUMERS)
+        feed = FakeFeed()
+        quotas.add_feed("a", MAX_CONSUMERS, feed)
+        feed.closed = True
+        if len(live) < 5:
+            live.append(other := FakeFeed())
+            quotas.add_feed("a", MAX_CONSUMERS, other)
+    assert len(quotas._feeds[("a", MAX_CONSUMERS)]) <= 64
+    assert quotas.usage() == {("a", MAX_CONSUMERS): 5}
+    quotas.set_tenant("a", {MAX_CONSUMERS: 5})  # a limit set later counts the open ones
+    with pytest.raises(LimitExceeded):
+        quotas.check_feeds("a", MAX_CONSUMERS)
+
+
+# -- subscriptions and consumers in the engine ---------------------------------------------
+
+
+def test_subscriptions_per_tenant_count_streams_and_change_feeds_of_every_connection() -> None:
+    b = engine(tenant_max_subscriptions=3)
+    sub1, _ = b.subscribe(1, "a", "ns", "s", now=0.0)
+    b.subscribe(2, "a", "ns", "s", now=0.0)  # another connection, the same tenant
+    b.subscribe(1, "a", "ns", "c", source="cache", now=0.0)  # a change feed counts too
+    for source, name in (("stream", "s"), ("cache", "c")):
+        with pytest.raises(LimitExceeded) as caught:
+            b.subscribe(2, "a", "ns", name, source=source, now=0.0)
+        assert refusal(caught, MAX_SUBSCRIPTIONS)["tenant"] == "a"
+    b.subscribe(1, "b", "ns", "s", now=0.0)  # another tenant
+    b.unsubscribe(1, sub1, now=0.0)  # a slot freed
+    b.subscribe(2, "a", "ns", "s", now=0.0)
+    with pytest.raises(LimitExceeded):
+        b.subscribe(2, "a", "ns", "s", now=0.0)
+    b.detach(2, 0.0)  # its connection went: both of its subscriptions free their slots
+    b.subscribe(1, "a", "ns", "s", now=0.0)
+    b.subscribe(1, "a", "ns", "s", now=0.0)
+    assert b.quotas.refused == {("a", MAX_SUBSCRIPTIONS): 3}
+    assert b.quotas.usage()[("a", MAX_SUBSCRIPTIONS)] == 3
+
+
+def test_a_deleted_resource_frees_its_subscriptions_and_consumers() -> None:
+    b = engine(tenant_max_subscriptions=1, tenant_max_consumers=1)
+    b.subscribe(1, "a", "ns", "c", source="cache", now=0.0)
+    b.consume(1, "a", "ns", "q", now=0.0)
+    b.delete("cache", "a", "ns", "c", now=0.0)
+    b.delete("queue", "a", "ns", "q", now=0.0)
+    b.subscribe(1, "a", "ns", "s", now=0.0)
+    b.create("queue", "a", "ns", "q2", now=0.0)
+    b.consume(1, "a", "ns", "q2", now=0.0)
+
+
+def test_consumers_per_tenant_refused_freed_and_changed_live() -> None:
+    b = engine()
+    b.update("tenant", "a", "", "", {MAX_CONSUMERS: 2}, now=0.0)
+    first = b.consume(1, "a", "ns", "q", now=0.0)
+    b.consume(2, "a", "ns", "q", group="other", now=0.0)
+    with pytest.raises(LimitExceeded) as caught:
+        b.consume(1, "a", "ns", "q", now=0.0)
+    assert refusal(caught, MAX_CONSUMERS) == {"tenant": "a", "quota": MAX_CONSUMERS, "limit": 2}
+    b.consume(1, "b", "ns", "q", now=0.0)  # the broker default: unlimited
+    b.subscribe(1, "a", "ns", "s", now=0.0)  # subscriptions are another quota
+    b.cancel_consumer(1, first, now=0.0)
+    b.consume(1, "a", "ns", "q", now=0.0)
+    b.update("tenant", "a", "", "", {MAX_CONSUMERS: 3}, now=0.0)  # raised live
+    b.consume(1, "a", "ns", "q", now=0.0)
+    b.update("tenant", "a", "", "", {MAX_CONSUMERS: 1}, now=0.0)  # lowered: open ones stay
+    with pytest.raises(LimitExceeded):
+        b.consume(2, "a", "ns", "q", now=0.0)
+    assert b.quotas.usage()[("a", MAX_CONSUMERS)] == 3
+    b.end_feeds(1, 0.0)  # a drain ends them
+    b.end_feeds(2, 0.0)
+    b.consume(2, "a", "ns", "q", now=0.0)
+
+
+# -- cache bytes ---------------------------------------------------------------------------
+
+
+def test_cache_bytes_per_tenant_across_caches_refused_and_freed() -> None:
+    b = engine(tenant_max_cache_bytes=100)
+    b.create("cache", "a", "ns", "c2", now=0.0)
+    assert b.cache_put("a", "ns", "c", "k1", b"x" * 38, now=0.0) == (True, 1)  # 40 bytes
+    assert b.cache_put("a", "ns", "c2", "k2", b"x" * 38, now=0.0) == (True, 1)  # 80
+    with pytest.raises(LimitExceeded) as caught:
+        b.cache_put("a", "ns", "c", "k3", b"x" * 19, now=0.0)  # 21 more: 101
+    assert refusal(caught, MAX_CACHE_BYTES) == {
+        "tenant": "a",
+        "quota": MAX_CACHE_BYTES,
+        "limit": 100,
+        "used": 80,
+        "bytes": 21,
+    }
+    assert b.cache_get("a", "ns", "c", "k3", now=0.0) is None  # nothing stored
+    b.cache_put("a", "ns", "c", "k3", b"x" * 18, now=0.0)  # exactly 100
+    assert b.quotas.cache_bytes == {"a": 100}
+    b.update("tenant", "b", "", "", {MAX_CACHE_BYTES: 2000}, now=0.0)
+    b.cache_put("b", "ns", "c", "k", b"x" * 1000, now=0.0)  # another tenant, its own limit
+    # an overwrite is charged its growth only: smaller always passes, equal too
+    b.cache_put("a", "ns", "c", "k1", b"y" * 30, now=0.0)
+    assert b.quotas.cache_bytes["a"] == 92
+    with pytest.raises(LimitExceeded):
+        b.cache_put("a", "ns", "c", "k1", b"y" * 39, now=0.0)  # 9 more: 101
+    b.cache_put("a", "ns", "c", "k1", b"y" * 38, now=0.0)  # 8 more: 100
+    # a failed condition is an answer, not a refusal
+    assert b.cache_put("a", "ns", "c", "k1", b"z" * 90, if_absent=True, now=0.0) == (False, 4)
+    b.cache_delete("a", "ns", "c", "k1", now=0.0)  # deletes free
+    b.cache_put("a", "ns", "c", "new", b"x" * 37, now=0.0)
+    b.delete("cache", "a", "ns", "c2", now=0.0)  # a deleted cache frees its entries
+    assert b.quotas.cache_bytes["a"] == 60
+    assert b.quotas.refused == {("a", MAX_CACHE_BYTES): 2}
+    assert b.quotas.usage()[("b", MAX_CACHE_BYTES)] == 1001
+
+
+def test_expired_and_evicted_entries_free_their_bytes() -> None:
+    b = engine(tenant_max_cache_bytes=50)
+    b.update("cache", "a", "ns", "c", {"max_entries": 2}, now=0.0)
+    b.cache_put("a", "ns", "c", "t", b"x" * 19, ttl_ms=1000, now=0.0)  # 20
+    b.cache_put("a", "ns", "c", "u", b"x" * 19, now=0.0)  # 40
+    with pytest.raises(LimitExceeded):
+        b.cache_put("a", "ns", "c", "v", b"x" * 19, now=0.5)
+    b.handle_timer(1.0)  # the sweep expires "t"
+    assert b.quotas.cache_bytes["a"] == 20
+    b.cache_put("a", "ns", "c", "v", b"x" * 19, now=1.0)  # 40
+    b.cache_put("a", "ns", "c", "w", b"x" * 9, now=1.0)  # 50 before the LRU evicts "u"
+    assert b.quotas.cache_bytes["a"] == 30
+    b.cache_put("a", "ns", "c", "t", b"x" * 19, ttl_ms=100, now=1.0)  # evicts "v"
+    # the put replacing an expired entry is charged all of its size (the old one went)
+    assert b.cache_get("a", "ns", "c", "t", now=1.2) is None
+    b.cache_put("a", "ns", "c", "t", b"x" * 19, now=1.2)
+    assert b.quotas.cache_bytes["a"] == 30
+
+
+def test_a_cache_quota_follows_the_tenant_setting() -> None:
+    b = engine()
+    b.cache_put("a", "ns", "c", "k", b"x" * 99, now=0.0)  # unlimited by default: 100
+    b.update("tenant", "a", "", "", {MAX_CACHE_BYTES: 50}, now=0.0)  # lowered below use
+    with pytest.raises(LimitExceeded):
+        b.cache_put("a", "ns", "c", "j", b"", now=0.0)
+    b.cache_put("a", "ns", "c", "k", b"x" * 9, now=0.0)  # shrinking is always admitted
+    b.cache_put("a", "ns", "c", "j", b"x" * 39, now=0.0)  # 10 + 40
+    b.update("tenant", "a", "", "", {MAX_CACHE_BYTES: None}, now=0.0)
+    b.cache_put("a", "ns", "c", "big", b"x" * 1000, now=0.0)
+
+
+@pytest.mark.parametrize("key", ["max_subscriptions", "max_consumers", "max_cache_bytes"])
+def test_the_settings_are_positive_integers_or_null(key: str) -> None:
+    b = engine()
+    with pytest.raises(InvalidArgument):
+        b.update("tenant", "a", "", "", {key: 0}, now=0.0)
+    settings: dict[str, Any] = {f"tenant_{key}": 0}
+    with pytest.raises(InvalidArgument, match=f"tenant_{key}"):
+        BrokerConfig(**settings)
+    assert b.update("tenant", "a", "", "", {key: 7}, now=0.0)["settings"][key] == 7
+
+
+def _sync(calls: Calls, now: float) -> None:
+    store = calls.broker.logs
+    assert isinstance(store, DiskLogStore)
+    store.handle_timer(now + 1.0)
+    for _ in range(100):
+        jobs = store.take_jobs()
+        if not jobs:
+            return
+        for job in jobs:
+            job.finish(job.run(), now + 1.0)
+    raise AssertionError("jobs never settle")
+
+
+def test_a_durable_cache_is_counted_again_after_a_restart() -> None:
+    fs = MemoryFileSystem()
+    config = BrokerConfig(tenant_max_cache_bytes=100)
+    calls = Calls(Broker(config, logs=DiskLogStore(fs), now=0.0))
+    calls.create("cache", "default", "default", "c", {"durability": "durable"}, now=0.0)
+    calls.create("cache", "default", "default", "e", now=0.0)  # ephemeral: gone at restart
+    calls.cache_put("default", "default", "c", "k", b"x" * 59, now=0.0)  # 60
+    calls.cache_put("default", "default", "c", "d", b"x" * 9, now=0.0)
+    calls.cache_delete("default", "default", "c", "d", now=0.0)
+    calls.cache_put("default", "default", "e", "k", b"x" * 19, now=0.0)
+    assert calls.quotas.cache_bytes == {"default": 80}
+    _sync(calls, 0.0)
+
+    fs.crash()
+    engine_again = Broker(config, logs=DiskLogStore(fs), now=1.0)
+    parents_first = {Kind.TENANT: 0, Kind.NAMESPACE: 1}
+    for record in sorted(calls.store.records(), key=lambda r: parents_first.get(r.kind, 2)):
+        engine_again.metadata_changed(record.kind, record.path, record, 1.0)
+    again = Calls(engine_again, calls.store)
+    assert again.quotas.cache_bytes == {"default": 60}
+    with pytest.raises(LimitExceeded):
+        again.cache_put("default", "default", "e", "k", b"x" * 40, now=1.0)
+    again.cache_put("default", "default", "e", "k", b"x" * 39, now=1.0)
