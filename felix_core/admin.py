@@ -121,6 +121,7 @@ class Admin:
             return
         if kind is Kind.TENANT:
             self.quotas.set_tenant(path[0], None if record is None else record.settings)
+            self.quotas.apply_inflight_limit(path[0], now)
         self._connections.forget_consumers(self._registry.apply(kind, path, record, now))
 
     def written(self, write_id: int, outcome: ResourceRecord | EngineError, now: float) -> None:

@@ -120,6 +120,7 @@ class Broker:
             self.budget,
             out,
             cache_meter=lambda tenant: quotas.cache_meter(tenant, self.budget),
+            inflight=quotas.inflight,
         )
         self.connections = Connections(self.registry, out)
         self.admin = Admin(config, self.logs, self.registry, self.connections, out, quotas)

@@ -152,6 +152,12 @@ class BrokerConfig:
     tenant's caches may hold; None: unlimited (each cache is still bounded by its own
     ``max_bytes``). A put that would go over it is refused LIMIT_EXCEEDED with
     ``details['quota']``."""
+    tenant_max_inflight_bytes: int | None = None
+    """Most payload + key bytes of one tenant's queue deliveries handed out and not yet
+    settled (acked, nacked, timed out or returned), all its queues and consumers together;
+    None: unlimited. Over it: back-pressure, not an error: the deliveries that do not fit
+    wait until the tenant's consumers settle some (one delivery always goes when the tenant
+    has none in flight)."""
 
     # -- connections ----------------------------------------------------------------------
     max_subscriptions_per_connection: int = 4096
@@ -228,6 +234,7 @@ class BrokerConfig:
             "tenant_max_subscriptions",
             "tenant_max_consumers",
             "tenant_max_cache_bytes",
+            "tenant_max_inflight_bytes",
         ):
             value = getattr(self, name)
             if value is not None and value < 1:

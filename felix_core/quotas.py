@@ -48,6 +48,19 @@ LIMIT_EXCEEDED (:meth:`TenantQuotas.check_cache_put`), like a Redis ``maxmemory`
 ``noeviction`` answers an OOM error rather than dropping other keys: it succeeds again once
 entries are deleted or expire, not by waiting a set time. Deletes are always admitted.
 
+In-flight bytes (``max_inflight_bytes``) are the payload + key bytes of the tenant's queue
+deliveries handed to a consumer and not yet settled: acked, nacked, timed out, or returned
+because the consumer, its connection, its group or its queue went. Every queue of the
+tenant charges and releases one :class:`InflightBytes` as it hands out and settles
+deliveries. Going over it is not an error but back-pressure: a consumer group holds back the
+deliveries that do not fit (a tenant with nothing in flight still gets one delivery, however
+large, so a message larger than the limit is not stuck) and waits on the tenant's
+:class:`InflightBytes`; room released by any of the tenant's queues (or a raised limit)
+dispatches the waiting groups again. Each time a group is held back is counted in
+:attr:`TenantQuotas.held_back` (``felix_quota_held_back_total{tenant,quota}``). Stream
+subscriptions and change feeds are not counted: their credit (messages and bytes) already
+bounds what the broker runs ahead of each reader.
+
 Refusals are counted per ``(tenant, quota)`` in :attr:`TenantQuotas.refused`, which the
 runtime exports as ``felix_quota_refused_total{tenant,quota}``; :meth:`TenantQuotas.usage`
 gives what each tenant holds (``felix_quota_used{tenant,quota}``).
@@ -68,12 +81,14 @@ __all__ = [
     "MAX_CACHE_BYTES",
     "MAX_CONNECTIONS",
     "MAX_CONSUMERS",
+    "MAX_INFLIGHT_BYTES",
     "MAX_RESOURCES",
     "MAX_SUBSCRIPTIONS",
     "PUBLISH_BYTES",
     "PUBLISH_MESSAGES",
     "QUOTA_KEYS",
     "Feed",
+    "InflightBytes",
     "TenantCacheMeter",
     "TenantQuotas",
     "TokenBucket",
@@ -95,6 +110,9 @@ MAX_CONSUMERS = "max_consumers"
 """The quota (and tenant setting) of live queue consumers on one tenant's queues."""
 MAX_CACHE_BYTES = "max_cache_bytes"
 """The quota (and tenant setting) of key + value bytes held by one tenant's caches."""
+MAX_INFLIGHT_BYTES = "max_inflight_bytes"
+"""The quota (and tenant setting) of payload + key bytes of one tenant's unsettled queue
+deliveries."""
 QUOTA_KEYS = (
     PUBLISH_MESSAGES,
     PUBLISH_BYTES,
@@ -103,6 +121,7 @@ QUOTA_KEYS = (
     MAX_SUBSCRIPTIONS,
     MAX_CONSUMERS,
     MAX_CACHE_BYTES,
+    MAX_INFLIGHT_BYTES,
 )
 """The quota settings a tenant record may carry."""
 
@@ -116,6 +135,76 @@ class Feed(Protocol):
     def closed(self) -> bool:
         """True once the feed ended (for whatever reason)."""
         ...
+
+
+class Waiter(Protocol):
+    """A consumer group held back by its tenant's in-flight bytes."""
+
+    def wake(self, now: float) -> None:
+        """Room was released: hand out what waited (and wait again if it still does not
+        fit)."""
+        ...
+
+
+class InflightBytes:
+    """One tenant's bytes of unsettled queue deliveries against its ``max_inflight_bytes``.
+
+    The tenant's queues add to :attr:`held` as they hand deliveries out and call
+    :meth:`release` as they are settled; a group that held deliveries back waits in
+    :attr:`waiting` until :meth:`release` (or :meth:`set_limit`) makes room.
+
+    Args:
+        limit: the most bytes (None: unlimited).
+    """
+
+    __slots__ = ("held", "held_back", "limit", "waiting")
+
+    def __init__(self, limit: int | None) -> None:
+        self.limit = limit
+        self.held = 0
+        """Payload + key bytes of the deliveries not settled yet."""
+        self.held_back = 0
+        """How many times a group held deliveries back for lack of room."""
+        self.waiting: dict[Waiter, None] = {}
+        """The groups held back, in the order they were (woken in that order)."""
+
+    def admits(self, nbytes: int) -> bool:
+        """Whether one more delivery of ``nbytes`` may go out now: under the limit, or the
+        tenant has nothing in flight (a delivery larger than the limit still goes alone)."""
+        limit = self.limit
+        return limit is None or self.held == 0 or self.held + nbytes <= limit
+
+    def hold_back(self, group: Waiter) -> None:
+        """``group`` holds deliveries back until room is released."""
+        self.waiting[group] = None
+        self.held_back += 1
+
+    def release(self, nbytes: int, now: float) -> None:
+        """Deliveries of ``nbytes`` were settled; the waiting groups are woken."""
+        self.held -= nbytes
+        if self.waiting:
+            self.wake(now)
+
+    def set_limit(self, limit: int | None, now: float) -> None:
+        """A new limit, applied at once (a raised one wakes the waiting groups)."""
+        self.limit = limit
+        if self.waiting:
+            self.wake(now)
+
+    def wake(self, now: float) -> None:
+        """Dispatch every waiting group again, in the order they wait (each waits again if
+        it still does not fit). The group woken first, if it waits again, goes last: the
+        groups take turns at being first to the room."""
+        waiting = list(self.waiting)
+        if not waiting:
+            return
+        self.waiting.clear()
+        for group in waiting:
+            group.wake(now)
+        first = waiting[0]
+        if first in self.waiting and len(self.waiting) > 1:
+            del self.waiting[first]
+            self.waiting[first] = None
 
 
 class TokenBucket:
@@ -169,6 +258,7 @@ class TenantQuotas:
         "_buckets",
         "_config",
         "_feeds",
+        "_inflight",
         "_overrides",
         "_prune_at",
         "cache_bytes",
@@ -188,6 +278,7 @@ class TenantQuotas:
         """Open connections per tenant (tenants with none are absent)."""
         self.cache_bytes: dict[str, int] = {}
         """Key + value bytes of every tenant's cache entries (tenants with none are absent)."""
+        self._inflight: dict[str, InflightBytes] = {}
 
     def limit(self, tenant: str, quota: str) -> int | None:
         """The limit of one quota for one tenant (None: unlimited)."""
@@ -395,17 +486,44 @@ class TenantQuotas:
             },
         )
 
+    # -- in-flight bytes ----------------------------------------------------------------
+
+    def inflight(self, tenant: str) -> InflightBytes:
+        """The in-flight bytes every queue of ``tenant`` charges (one per tenant, kept while
+        the engine runs: tenants are bounded by ``max_tenants``)."""
+        meter = self._inflight.get(tenant)
+        if meter is None:
+            meter = self._inflight[tenant] = InflightBytes(self.limit(tenant, MAX_INFLIGHT_BYTES))
+        return meter
+
+    def apply_inflight_limit(self, tenant: str, now: float) -> None:
+        """Give ``tenant``'s in-flight bytes its current limit (after :meth:`set_tenant`);
+        groups held back by a lower one are dispatched again."""
+        meter = self._inflight.get(tenant)
+        if meter is not None:
+            meter.set_limit(self.limit(tenant, MAX_INFLIGHT_BYTES), now)
+
+    @property
+    def held_back(self) -> dict[tuple[str, str], int]:
+        """Times a consumer group held deliveries back, per ``(tenant, quota)``."""
+        return {
+            (tenant, MAX_INFLIGHT_BYTES): meter.held_back
+            for tenant, meter in self._inflight.items()
+            if meter.held_back
+        }
+
     # -- figures ------------------------------------------------------------------------
 
     def usage(self) -> dict[tuple[str, str], int]:
         """What each tenant holds now, per ``(tenant, quota)``: connections, subscriptions,
-        consumers and cache bytes (only non-zero figures)."""
+        consumers, cache bytes and in-flight bytes (only non-zero figures)."""
         used = {(tenant, MAX_CONNECTIONS): n for tenant, n in self.connections.items()}
         for key in list(self._feeds):
             count = self._prune(key)
             if count:
                 used[key] = count
         used.update(((t, MAX_CACHE_BYTES), n) for t, n in self.cache_bytes.items() if n)
+        used.update(((t, MAX_INFLIGHT_BYTES), m.held) for t, m in self._inflight.items() if m.held)
         return used
 
     def _bucket(self, tenant: str, quota: str, now: float) -> TokenBucket | None:

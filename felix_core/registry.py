@@ -34,6 +34,7 @@ from felix_core.partitions import (
 )
 from felix_core.queue_journal import STATE_SEGMENT_BYTES, state_path
 from felix_core.queues import Consumer, Queue, QueueContext, QueueKey, QueueStats, QueueTotals
+from felix_core.quotas import InflightBytes
 from felix_core.settings import BatchPolicy
 from felix_proto.deadlines import Deadlines
 
@@ -50,6 +51,8 @@ class Registry:
         out: the engine's event list.
         cache_meter: the meter the caches of a tenant charge with their entries (one that
             forwards to ``budget``: the per-tenant cache-bytes quota); None: ``budget``.
+        inflight: the in-flight bytes of a tenant, shared by its queues (the per-tenant
+            quota); None: unlimited, per queue.
     """
 
     def __init__(
@@ -60,6 +63,7 @@ class Registry:
         out: list[EngineEvent],
         *,
         cache_meter: Callable[[str], MemoryMeter] | None = None,
+        inflight: Callable[[str], InflightBytes] | None = None,
     ) -> None:
         self.config = config
         self.logs = logs
@@ -69,7 +73,7 @@ class Registry:
         self.streams: dict[Path, StreamPartition] = {}
         self.queues: dict[Path, QueuePartition] = {}
         self.caches: dict[Path, CachePartition] = {}
-        self.queue_context = QueueContext(out, self._queue_for)
+        self.queue_context = QueueContext(out, self._queue_for, inflight)
         self.deadlines: Deadlines[Partition] = Deadlines()
         self._touched: dict[Partition, None] = {}  # deadlines to recompute
         self._feed_batch = BatchPolicy(
@@ -157,6 +161,9 @@ class Registry:
         ended: list[Consumer] = []
         if current is not None and (record is None or record.uid != current.uid):
             ended = self._drop(current)
+            meter = current.queue.inflight_bytes if isinstance(current, QueuePartition) else None
+            if meter is not None and meter.waiting:  # its deliveries' room is free again
+                meter.wake(now)
             current = None
         if record is None or kind not in (Kind.STREAM, Kind.QUEUE, Kind.CACHE):
             return ended

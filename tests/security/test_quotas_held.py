@@ -12,11 +12,13 @@ from engine_calls import Calls
 
 from felix_core import Broker, BrokerConfig, InvalidArgument, LimitExceeded
 from felix_core.disklog import DiskLogStore
+from felix_core.events import MessagesDelivered
 from felix_core.filesystem import MemoryFileSystem
 from felix_core.metadata import Kind
 from felix_core.quotas import (
     MAX_CACHE_BYTES,
     MAX_CONSUMERS,
+    MAX_INFLIGHT_BYTES,
     MAX_SUBSCRIPTIONS,
     TenantQuotas,
 )
@@ -217,7 +219,9 @@ def test_a_cache_quota_follows_the_tenant_setting() -> None:
     b.cache_put("a", "ns", "c", "big", b"x" * 1000, now=0.0)
 
 
-@pytest.mark.parametrize("key", ["max_subscriptions", "max_consumers", "max_cache_bytes"])
+@pytest.mark.parametrize(
+    "key", ["max_subscriptions", "max_consumers", "max_cache_bytes", "max_inflight_bytes"]
+)
 def test_the_settings_are_positive_integers_or_null(key: str) -> None:
     b = engine()
     with pytest.raises(InvalidArgument):
@@ -264,3 +268,91 @@ def test_a_durable_cache_is_counted_again_after_a_restart() -> None:
     with pytest.raises(LimitExceeded):
         again.cache_put("default", "default", "e", "k", b"x" * 40, now=1.0)
     again.cache_put("default", "default", "e", "k", b"x" * 39, now=1.0)
+
+
+# -- in-flight bytes -----------------------------------------------------------------------
+
+
+def delivered(b: Calls) -> list[tuple[str, int, bytes]]:
+    """(queue, delivery id, payload) of every delivery since the last call."""
+    return [
+        (event.queue[2], d.delivery_id, d.payload)
+        for event in b.drain_events()
+        if isinstance(event, MessagesDelivered)
+        for d in event.deliveries
+    ]
+
+
+def test_inflight_bytes_hold_deliveries_back_until_settled() -> None:
+    b = engine(tenant_max_inflight_bytes=10)
+    b.create("queue", "a", "ns", "q2", now=0.0)
+    b.enqueue(1, "a", "ns", "q", [b"1111", b"2222", b"3333"], now=0.0)
+    b.enqueue(1, "a", "ns", "q2", [b"55", b"66"], keys=[b"k", None], now=0.0)
+    c1 = b.consume(1, "a", "ns", "q", now=0.0)
+    got = delivered(b)
+    assert [p for _, _, p in got] == [b"1111", b"2222"]  # a third would make 12 bytes
+    assert b.quotas.usage()[("a", MAX_INFLIGHT_BYTES)] == 8
+    b.consume(1, "a", "ns", "q2", now=0.0)  # another queue of the tenant: the same bytes
+    assert delivered(b) == []  # 3 bytes with its key: 11
+    assert b.quotas.held_back == {("a", MAX_INFLIGHT_BYTES): 2}
+    b.update("tenant", "b", "", "", {MAX_INFLIGHT_BYTES: 1000}, now=0.0)
+    b.enqueue(1, "b", "ns", "q", [b"x" * 100] * 3, now=0.0)  # another tenant, its own limit
+    b.consume(2, "b", "ns", "q", now=0.0)
+    assert len(delivered(b)) == 3
+    b.ack(1, c1, [got[0][1]], now=0.0)  # 4 bytes free: q waited first and takes them
+    assert [p for _, _, p in delivered(b)] == [b"3333"]
+    assert b.quotas.usage()[("a", MAX_INFLIGHT_BYTES)] == 8
+    b.ack(1, c1, [got[1][1]], now=0.0)  # the other queue is woken: 4 + 3 + 2
+    assert [(q, p) for q, _, p in delivered(b)] == [("q2", b"55"), ("q2", b"66")]
+    assert b.quotas.usage()[("a", MAX_INFLIGHT_BYTES)] == 9
+    assert b.quotas.usage()[("b", MAX_INFLIGHT_BYTES)] == 300
+
+
+def test_a_delivery_larger_than_the_limit_goes_alone() -> None:
+    b = engine(tenant_max_inflight_bytes=10)
+    b.enqueue(1, "a", "ns", "q", [b"x" * 50, b"y"], now=0.0)
+    c = b.consume(1, "a", "ns", "q", now=0.0)
+    [(_, big, _)] = delivered(b)
+    b.ack(1, c, [big], now=0.0)
+    assert [p for _, _, p in delivered(b)] == [b"y"]
+
+
+def test_inflight_bytes_freed_by_nack_timeout_detach_cancel_and_delete_in_turns() -> None:
+    b = engine(tenant_max_inflight_bytes=4)
+    b.update("queue", "a", "ns", "q", {"visibility_timeout_ms": 1000}, now=0.0)
+    b.create("queue", "a", "ns", "other", now=0.0)
+    b.enqueue(1, "a", "ns", "q", [b"aaaa", b"bbbb"], now=0.0)
+    b.enqueue(1, "a", "ns", "other", [b"cccc"], now=0.0)
+    c = b.consume(1, "a", "ns", "q", now=0.0)
+    [(_, first, _)] = delivered(b)
+    b.consume(2, "a", "ns", "other", now=0.0)
+    assert delivered(b) == []  # both queues wait for room, "q" first
+    b.nack(1, c, [first], now=0.0)
+    assert [(q, p) for q, _, p in delivered(b)] == [("q", b"aaaa")]  # it waited first
+    b.handle_timer(1.0)  # its visibility timeout returns it; now "other" goes first
+    assert [(q, p) for q, _, p in delivered(b)] == [("other", b"cccc")]
+    b.detach(2, 1.0)  # the connection goes with its delivery
+    assert [(q, p) for q, _, p in delivered(b)] == [("q", b"aaaa")]
+    b.attach(2, 1.0)
+    b.consume(2, "a", "ns", "other", now=1.0)
+    assert delivered(b) == []
+    b.cancel_consumer(1, c, now=1.0)  # the consumer goes with its delivery
+    assert [(q, p) for q, _, p in delivered(b)] == [("other", b"cccc")]
+    b.consume(1, "a", "ns", "q", now=1.0)
+    assert delivered(b) == []
+    b.delete("queue", "a", "ns", "other", now=1.0)  # the queue goes with its delivery
+    assert [(q, p) for q, _, p in delivered(b)] == [("q", b"aaaa")]
+    assert b.quotas.usage()[("a", MAX_INFLIGHT_BYTES)] == 4
+
+
+def test_a_raised_inflight_limit_applies_at_once() -> None:
+    b = engine()
+    b.update("tenant", "a", "", "", {MAX_INFLIGHT_BYTES: 1}, now=0.0)
+    b.enqueue(1, "a", "ns", "q", [b"1", b"2", b"3"], now=0.0)
+    b.consume(1, "a", "ns", "q", now=0.0)
+    assert len(delivered(b)) == 1
+    b.update("tenant", "a", "", "", {MAX_INFLIGHT_BYTES: 3}, now=0.0)
+    assert len(delivered(b)) == 2
+    b.update("tenant", "a", "", "", {MAX_INFLIGHT_BYTES: None}, now=0.0)  # unlimited again
+    b.enqueue(1, "a", "ns", "q", [b"x" * 100] * 2, now=0.0)
+    assert len(delivered(b)) == 2
