@@ -173,3 +173,29 @@ async def test_subscriptions_consumers_and_cache_bytes_per_tenant(
         line = f'felix_quota_refused_total{{quota="{quota}",tenant="a"}} {count}.0'
         assert line.encode() in body, body
     assert b'felix_quota_used{quota="max_cache_bytes",tenant="a"} 21.0' in body, body
+
+
+async def test_inflight_bytes_hold_deliveries_back_until_acked(
+    fresh_broker: FreshBroker,
+) -> None:
+    broker = fresh_broker("--broker-tenant-max-inflight-bytes", "10")
+    async with client(broker, "default") as ops:
+        await ops.admin.create("tenant", "a")
+    async with client(broker, "a") as a:
+        await a.admin.create("namespace", "ns")
+        await a.admin.create("queue", "q")
+        await a.enqueue("q", [b"first-8b", b"second8b", b"third-8b"])
+        async with a.consume("q", prefetch=10) as consumer:
+            with anyio.fail_after(WAIT):
+                first = await anext(consumer)
+            body = await metrics(broker)  # the second does not fit beside the first
+            assert b'felix_quota_used{quota="max_inflight_bytes",tenant="a"} 8.0' in body, body
+            assert b'felix_quota_held_back_total{quota="max_inflight_bytes",tenant="a"}' in body
+            await first.ack_sync()
+            payloads = []
+            for _ in range(2):  # each ack makes room for the next
+                with anyio.fail_after(WAIT):
+                    msg = await anext(consumer)
+                payloads.append(msg.payload)
+                await msg.ack_sync()
+    assert (first.payload, *payloads) == (b"first-8b", b"second8b", b"third-8b")
