@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 from engine_calls import Calls
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from felix_core import Broker, BrokerConfig, InvalidArgument, LimitExceeded
 from felix_core.disklog import DiskLogStore
@@ -356,3 +358,139 @@ def test_a_raised_inflight_limit_applies_at_once() -> None:
     b.update("tenant", "a", "", "", {MAX_INFLIGHT_BYTES: None}, now=0.0)  # unlimited again
     b.enqueue(1, "a", "ns", "q", [b"x" * 100] * 2, now=0.0)
     assert len(delivered(b)) == 2
+
+
+def test_redeliveries_held_back_keep_their_turn() -> None:
+    b = engine(tenant_max_inflight_bytes=12)
+    b.enqueue(1, "a", "ns", "q", [b"0000", b"1111", b"2222", b"3333"], now=0.0)
+    c = b.consume(1, "a", "ns", "q", prefetch=4, now=0.0)
+    ids = [did for _, did, _ in delivered(b)]
+    assert len(ids) == 3
+    b.update("tenant", "a", "", "", {MAX_INFLIGHT_BYTES: 8}, now=0.0)  # lowered below use
+    b.nack(1, c, ids, now=0.0)  # three come back; two fit
+    again = delivered(b)
+    assert [p for _, _, p in again] == [b"0000", b"1111"]
+    b.ack(1, c, [again[0][1]], now=0.0)
+    third = delivered(b)
+    assert [p for _, _, p in third] == [b"2222"]  # the held-back redelivery, before "3333"
+    b.ack(1, c, [again[1][1], third[0][1]], now=0.0)
+    assert [p for _, _, p in delivered(b)] == [b"3333"]
+    stats = b.describe("queue", "a", "ns", "q", now=0.0)["stats"]["groups"]["default"]
+    assert stats["redeliveries"] == 3  # counted once each, not when held back
+
+
+OPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("enqueue"), st.sampled_from("qr"), st.integers(0, 12)),
+        st.tuples(st.just("consume"), st.sampled_from("qr"), st.integers(1, 3)),
+        st.tuples(st.just("ack"), st.integers(0, 99), st.booleans()),
+        st.tuples(st.just("nack"), st.integers(0, 99), st.booleans()),
+        st.tuples(st.just("cancel"), st.integers(0, 99), st.booleans()),
+        st.tuples(st.just("timer"), st.just(""), st.booleans()),
+        st.tuples(st.just("reconnect"), st.just(""), st.booleans()),
+    ),
+    max_size=40,
+)
+
+
+class InflightRun:
+    """Tenant ``a``'s queues ``q`` and ``r`` (one group each) under an in-flight limit,
+    driven by the ops of the test below."""
+
+    def __init__(self, limit: int) -> None:
+        self.b = b = engine(tenant_max_inflight_bytes=limit)
+        self.limit = limit
+        b.create("queue", "a", "ns", "r", now=0.0)
+        for name in "qr":
+            settings = {"visibility_timeout_ms": 1000, "max_attempts": None}
+            b.update("queue", "a", "ns", name, settings, now=0.0)
+        self.now = 0.0
+        self.consumers: list[int] = []
+        self.acked: dict[str, list[int]] = {"q": [], "r": []}
+
+    def held_by(self, consumer: int | None = None) -> list[tuple[str, int, int]]:
+        """(queue, delivery id, offset) of the deliveries in flight (to one consumer)."""
+        return [
+            (p.path[2], did, d.offset)
+            for p in self.b.registry.queues.values()
+            if p.path[0] == "a"
+            for g in p.queue.groups.values()
+            for c in g.consumers
+            if consumer is None or c.id == consumer
+            for did, d in c.inflight.items()
+        ]
+
+    def ack(self, consumer: int, held: list[tuple[str, int, int]]) -> None:
+        self.b.ack(1, consumer, [did for _, did, _ in held], now=self.now)
+        for queue, _, offset in held:
+            self.acked[queue].append(offset)
+
+    def step(self, op: str, arg: Any, flag: Any) -> None:
+        b = self.b
+        if op == "enqueue":
+            b.enqueue(1, "a", "ns", arg, [b"x" * flag], now=self.now)
+        elif op == "consume":
+            self.consumers.append(b.consume(1, "a", "ns", arg, prefetch=flag, now=self.now))
+        elif op == "timer":
+            self.now += 1.0
+            b.handle_timer(self.now)
+        elif op == "reconnect":
+            b.detach(1, self.now)
+            b.attach(1, self.now)
+            self.consumers.clear()
+        elif self.consumers:
+            consumer = self.consumers[arg % len(self.consumers)]
+            held = self.held_by(consumer)[: 1 if flag else None]
+            if op == "cancel":
+                b.cancel_consumer(1, consumer, now=self.now)
+                self.consumers.remove(consumer)
+            elif held and op == "ack":
+                self.ack(consumer, held)
+            elif held:
+                b.nack(1, consumer, [did for _, did, _ in held], now=self.now)
+
+    def check(self) -> None:
+        deliveries = [
+            d
+            for p in self.b.registry.queues.values()
+            if p.path[0] == "a"
+            for g in p.queue.groups.values()
+            for c in g.consumers
+            for d in c.inflight.values()
+        ]
+        meter = self.b.quotas.inflight("a")
+        assert meter.held == sum(len(d.payload) for d in deliveries)
+        assert meter.held <= self.limit or len(deliveries) == 1
+        if not deliveries:  # nothing in flight to wake a waiting group: none may wait
+            for p in self.b.registry.queues.values():
+                for g in p.queue.groups.values():
+                    if g.consumers:
+                        assert not g.ready and g.cursor == p.queue.log.next_offset
+
+
+@settings(max_examples=150, deadline=None)
+@given(ops=OPS, limit=st.integers(1, 20))
+def test_inflight_bytes_match_the_deliveries_and_nothing_waits_for_nothing(
+    ops: list[tuple[str, Any, Any]], limit: int
+) -> None:
+    """Whatever happens, the tenant's in-flight bytes are the sum of its unsettled
+    deliveries, stay within the limit (or are one delivery alone), no group waits with
+    nothing in flight to wake it, and every message is delivered and acked in the end."""
+    run = InflightRun(limit)
+    for op, arg, flag in ops:
+        run.step(op, arg, flag)
+        run.check()
+    for queue in "qr":  # drain: every message enqueued is delivered and acked once
+        run.step("consume", queue, 3)
+    for _ in range(200):
+        held = run.held_by()
+        if not held:
+            break
+        for consumer in run.consumers:
+            mine = run.held_by(consumer)
+            if mine:
+                run.ack(consumer, mine)
+        run.check()
+    for queue in "qr":
+        log = run.b.registry.queues[("a", "ns", queue)].queue.log
+        assert sorted(run.acked[queue]) == list(range(log.next_offset))
