@@ -724,6 +724,7 @@ class Broker:
         out = self._out
         mark = len(out)
         path = (tenant, namespace, cache)
+        quotas = self.quotas
         try:
             if not self.connections.accepting:
                 raise shutting_down()
@@ -736,7 +737,7 @@ class Broker:
                 ttl=None if ttl_ms is None else ttl_ms / 1000,
                 if_absent=if_absent,
                 if_version=if_version,
-                admit=self.quotas.cache_admission(tenant),
+                admit=quotas.cache_admission(tenant) if quotas.cache_limited else None,
             )
         except EngineError as exc:
             self._refuse(mark, conn_id, request, exc)

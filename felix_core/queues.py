@@ -180,8 +180,9 @@ class Queue:
         self.config = config
         self.context = context
         self.log = log
-        self.inflight_bytes = context.inflight(key[0])
+        self.inflight_bytes = meter = context.inflight(key[0])
         """The tenant's in-flight bytes (shared by its queues): charged by deliveries."""
+        meter.holders[self] = None
         self.groups: dict[str, ConsumerGroup] = {}
         self.enqueued = 0
         self.finished = 0  # messages finished since the last trim
@@ -406,6 +407,8 @@ class Queue:
         mine = c.inflight
         unknown: list[int] = []
         offsets: list[int] = []
+        meter = self.inflight_bytes
+        counted = meter.limit is not None
         freed = 0
         for did in delivery_ids:
             d = mine.pop(did, None)
@@ -415,9 +418,10 @@ class Queue:
             del g.inflight[did]
             del g.outstanding[d.offset]
             offsets.append(d.offset)
-            freed += _size(d)
+            if counted:
+                freed += _size(d)
         if freed:
-            self.inflight_bytes.release(freed, now)
+            meter.release(freed, now)
         done = len(offsets)
         if self.journal is not None:
             self.journal.finished(g.name, offsets)
@@ -510,7 +514,15 @@ class Queue:
         ended: list[Consumer] = []
         for g in self.groups.values():
             ended += self._end_group(g, reason)
+        self.inflight_bytes.holders.pop(self, None)
         return ended
+
+    def inflight_payload_bytes(self) -> int:
+        """Payload + key bytes of the deliveries not settled yet, over all groups (what
+        the tenant's in-flight bytes count of this queue)."""
+        return sum(
+            _size(d) for g in self.groups.values() for c in g.consumers for d in c.inflight.values()
+        )
 
     def delete_group(self, group: str) -> list[Consumer]:
         """Forget a group and its position; its consumers end with reason ``deleted``. An
@@ -551,7 +563,7 @@ class Queue:
         g.inflight.clear()
         meter = self.inflight_bytes
         meter.waiting.pop(g, None)
-        if freed:
+        if freed and meter.limit is not None:
             meter.held -= freed  # the queue or group is going: woken on the next release
         return ended
 
@@ -959,7 +971,7 @@ class ConsumerGroup:
             assert isinstance(sl, LogSlice), "a group's cursor is never trimmed"
             slices.append((sl, 1))
             self.cursor = sl.next_offset
-        limit = meter.limit
+        limit = meter.limit  # None: nothing is counted
         held = meter.held
         for n_slice, (sl, attempt) in enumerate(slices):
             base = sl.base_offset
@@ -968,11 +980,12 @@ class ConsumerGroup:
             stamps = sl.timestamps_ms
             for i, payload in enumerate(sl.payloads):
                 key = keys[i] if keys is not None else None
-                size = len(payload) if key is None else len(payload) + len(key)
-                if limit is not None and held and held + size > limit:
-                    redelivered -= self._hold_back(slices, n_slice, i, redelivered)
-                    break
-                held += size
+                if limit is not None:
+                    size = len(payload) if key is None else len(payload) + len(key)
+                    if held and held + size > limit:
+                        redelivered -= self._hold_back(slices, n_slice, i, redelivered)
+                        break
+                    held += size
                 c = consumers[rr]
                 rr = (rr + 1) % n
                 while c.paused or len(c.inflight) >= c.prefetch or (avoid and c.suspected):
@@ -1001,7 +1014,8 @@ class ConsumerGroup:
             else:
                 continue
             break  # held back: the rest went back
-        meter.held = held
+        if limit is not None:
+            meter.held = held
         if redelivered:
             self.redeliveries += redelivered
             ctx.redeliveries += redelivered

@@ -50,9 +50,10 @@ entries are deleted or expire, not by waiting a set time. Deletes are always adm
 
 In-flight bytes (``max_inflight_bytes``) are the payload + key bytes of the tenant's queue
 deliveries handed to a consumer and not yet settled: acked, nacked, timed out, or returned
-because the consumer, its connection, its group or its queue went. Every queue of the
-tenant charges and releases one :class:`InflightBytes` as it hands out and settles
-deliveries. Going over it is not an error but back-pressure: a consumer group holds back the
+because the consumer, its connection, its group or its queue went. While the tenant has a
+limit, every queue of the tenant charges and releases one :class:`InflightBytes` as it
+hands out and settles deliveries (without one nothing is counted, so the queue hot paths of
+an unlimited tenant stay as they were; a limit set later counts what is in flight then). Going over it is not an error but back-pressure: a consumer group holds back the
 deliveries that do not fit (a tenant with nothing in flight still gets one delivery, however
 large, so a message larger than the limit is not stuck) and waits on the tenant's
 :class:`InflightBytes`; room released by any of the tenant's queues (or a raised limit)
@@ -137,6 +138,14 @@ class Feed(Protocol):
         ...
 
 
+class Holder(Protocol):
+    """A queue of the tenant, as its in-flight bytes see it."""
+
+    def inflight_payload_bytes(self) -> int:
+        """Payload + key bytes of its deliveries not settled yet."""
+        ...
+
+
 class Waiter(Protocol):
     """A consumer group held back by its tenant's in-flight bytes."""
 
@@ -149,20 +158,25 @@ class Waiter(Protocol):
 class InflightBytes:
     """One tenant's bytes of unsettled queue deliveries against its ``max_inflight_bytes``.
 
-    The tenant's queues add to :attr:`held` as they hand deliveries out and call
-    :meth:`release` as they are settled; a group that held deliveries back waits in
-    :attr:`waiting` until :meth:`release` (or :meth:`set_limit`) makes room.
+    While the tenant has a limit, its queues add to :attr:`held` as they hand deliveries out
+    and call :meth:`release` as they are settled; a group that held deliveries back waits
+    in :attr:`waiting` until :meth:`release` (or :meth:`set_limit`) makes room. Without a
+    limit nothing is counted (the hot paths of an unlimited tenant pay one ``is None``
+    test), so a limit set later counts what the tenant's queues (:attr:`holders`) hold at
+    that moment.
 
     Args:
         limit: the most bytes (None: unlimited).
     """
 
-    __slots__ = ("held", "held_back", "limit", "waiting")
+    __slots__ = ("held", "held_back", "holders", "limit", "waiting")
 
     def __init__(self, limit: int | None) -> None:
         self.limit = limit
         self.held = 0
-        """Payload + key bytes of the deliveries not settled yet."""
+        """Payload + key bytes of the deliveries not settled yet (0 while unlimited)."""
+        self.holders: dict[Holder, None] = {}
+        """The tenant's queues (each registers itself while it exists)."""
         self.held_back = 0
         """How many times a group held deliveries back for lack of room."""
         self.waiting: dict[Waiter, None] = {}
@@ -180,13 +194,21 @@ class InflightBytes:
         self.held_back += 1
 
     def release(self, nbytes: int, now: float) -> None:
-        """Deliveries of ``nbytes`` were settled; the waiting groups are woken."""
+        """Deliveries of ``nbytes`` were settled (counted while limited, ignored
+        otherwise); the waiting groups are woken."""
+        if self.limit is None:
+            return
         self.held -= nbytes
         if self.waiting:
             self.wake(now)
 
     def set_limit(self, limit: int | None, now: float) -> None:
-        """A new limit, applied at once (a raised one wakes the waiting groups)."""
+        """A new limit, applied at once: a first one counts what is in flight now, none
+        stops counting, a raised one wakes the waiting groups."""
+        if limit is None:
+            self.held = 0
+        elif self.limit is None:
+            self.held = sum(holder.inflight_payload_bytes() for holder in self.holders)
         self.limit = limit
         if self.waiting:
             self.wake(now)
@@ -256,19 +278,28 @@ class TenantQuotas:
 
     __slots__ = (
         "_buckets",
+        "_cache_meters",
         "_config",
+        "_defaults",
         "_feeds",
         "_inflight",
         "_overrides",
         "_prune_at",
-        "cache_bytes",
+        "cache_limited",
         "connections",
         "refused",
     )
 
     def __init__(self, config: BrokerConfig) -> None:
         self._config = config
+        self._defaults: dict[str, int | None] = {
+            quota: getattr(config, f"tenant_{quota}") for quota in QUOTA_KEYS
+        }
         self._overrides: dict[str, dict[str, int]] = {}
+        self.cache_limited = self._defaults[MAX_CACHE_BYTES] is not None
+        """Whether some tenant's cache bytes are limited (a put asks
+        :meth:`cache_admission` only then: the put path of a broker without the quota pays
+        one attribute test)."""
         self._buckets: dict[tuple[str, str], TokenBucket] = {}
         self._feeds: dict[tuple[str, str], list[Feed]] = {}
         self._prune_at: dict[tuple[str, str], int] = {}
@@ -276,17 +307,17 @@ class TenantQuotas:
         """Refusals per ``(tenant, quota)`` since start."""
         self.connections: dict[str, int] = {}
         """Open connections per tenant (tenants with none are absent)."""
-        self.cache_bytes: dict[str, int] = {}
-        """Key + value bytes of every tenant's cache entries (tenants with none are absent)."""
+        self._cache_meters: dict[str, TenantCacheMeter] = {}
         self._inflight: dict[str, InflightBytes] = {}
 
     def limit(self, tenant: str, quota: str) -> int | None:
         """The limit of one quota for one tenant (None: unlimited)."""
-        override = self._overrides.get(tenant, {}).get(quota)
-        if override is not None:
-            return override
-        value: int | None = getattr(self._config, f"tenant_{quota}")
-        return value
+        overrides = self._overrides.get(tenant)
+        if overrides is not None:
+            override = overrides.get(quota)
+            if override is not None:
+                return override
+        return self._defaults[quota]
 
     def set_tenant(self, tenant: str, settings: Mapping[str, Any] | None) -> None:
         """Apply a tenant record's settings (None: the tenant went).
@@ -303,6 +334,9 @@ class TenantQuotas:
             self._overrides[tenant] = overrides
         else:
             self._overrides.pop(tenant, None)
+        self.cache_limited = self._defaults[MAX_CACHE_BYTES] is not None or any(
+            MAX_CACHE_BYTES in o for o in self._overrides.values()
+        )
         for quota in QUOTA_KEYS:
             self._buckets.pop((tenant, quota), None)
 
@@ -446,7 +480,16 @@ class TenantQuotas:
 
     def cache_meter(self, tenant: str, budget: MemoryMeter) -> TenantCacheMeter:
         """The meter the caches of ``tenant`` charge (forwarding to ``budget``)."""
-        return TenantCacheMeter(self.cache_bytes, tenant, budget)
+        meter = self._cache_meters.get(tenant)
+        if meter is None:
+            meter = self._cache_meters[tenant] = TenantCacheMeter(budget)
+        return meter
+
+    @property
+    def cache_bytes(self) -> dict[str, int]:
+        """Key + value bytes of every tenant's cache entries (tenants with none are
+        absent)."""
+        return {tenant: m.held for tenant, m in self._cache_meters.items() if m.held}
 
     def cache_admission(self, tenant: str) -> Callable[[int], None] | None:
         """What a cache put in ``tenant`` asks before it grows the entries
@@ -469,7 +512,8 @@ class TenantQuotas:
         limit = self.limit(tenant, MAX_CACHE_BYTES)
         if limit is None:
             return
-        used = self.cache_bytes.get(tenant, 0)
+        meter = self._cache_meters.get(tenant)
+        used = 0 if meter is None else meter.held
         if used + growth <= limit:
             return
         key = (tenant, MAX_CACHE_BYTES)
@@ -522,7 +566,7 @@ class TenantQuotas:
             count = self._prune(key)
             if count:
                 used[key] = count
-        used.update(((t, MAX_CACHE_BYTES), n) for t, n in self.cache_bytes.items() if n)
+        used.update(((t, MAX_CACHE_BYTES), n) for t, n in self.cache_bytes.items())
         used.update(((t, MAX_INFLIGHT_BYTES), m.held) for t, m in self._inflight.items() if m.held)
         return used
 
@@ -537,24 +581,23 @@ class TenantQuotas:
 
 
 class TenantCacheMeter:
-    """What one tenant's caches charge: counts their entry bytes in the tenant's figure of
-    ``cache_bytes`` and forwards every change to the engine's memory budget."""
+    """What one tenant's caches charge (all of them, one meter): counts their entry bytes
+    and forwards every change to the engine's memory budget.
 
-    __slots__ = ("_budget", "_counts", "_tenant")
+    Args:
+        budget: the engine's memory budget.
+    """
 
-    def __init__(self, counts: dict[str, int], tenant: str, budget: MemoryMeter) -> None:
-        self._counts = counts
-        self._tenant = tenant
+    __slots__ = ("_budget", "held")
+
+    def __init__(self, budget: MemoryMeter) -> None:
         self._budget = budget
+        self.held = 0
+        """Key + value bytes of the tenant's cache entries."""
 
     def adjust(self, delta: int) -> None:
         """The tenant's caches now hold ``delta`` more bytes (fewer when negative)."""
-        counts, tenant = self._counts, self._tenant
-        held = counts.get(tenant, 0) + delta
-        if held:
-            counts[tenant] = held
-        else:
-            counts.pop(tenant, None)
+        self.held += delta
         self._budget.adjust(delta)
 
 

@@ -379,6 +379,24 @@ def test_redeliveries_held_back_keep_their_turn() -> None:
     assert stats["redeliveries"] == 3  # counted once each, not when held back
 
 
+def test_a_limit_set_on_a_busy_tenant_counts_what_is_in_flight() -> None:
+    b = engine()  # unlimited: nothing is counted
+    b.enqueue(1, "a", "ns", "q", [b"1234", b"5678", b"9abc"], now=0.0)
+    c = b.consume(1, "a", "ns", "q", prefetch=2, now=0.0)
+    first, _ = delivered(b)
+    meter = b.quotas.inflight("a")
+    assert meter.held == 0 and ("a", MAX_INFLIGHT_BYTES) not in b.quotas.usage()
+    b.update("tenant", "a", "", "", {MAX_INFLIGHT_BYTES: 4}, now=0.0)
+    assert meter.held == 8  # the two deliveries made while unlimited
+    b.ack(1, c, [first[1]], now=0.0)
+    assert delivered(b) == []  # 4 + 4 > 4: the third waits
+    b.update("tenant", "a", "", "", {MAX_INFLIGHT_BYTES: None}, now=0.0)  # lifted
+    assert [p for _, _, p in delivered(b)] == [b"9abc"] and meter.held == 0
+    assert len(meter.holders) == 1
+    b.delete("queue", "a", "ns", "q", now=0.0)
+    assert meter.holders == {}  # a deleted queue is not kept
+
+
 OPS = st.lists(
     st.one_of(
         st.tuples(st.just("enqueue"), st.sampled_from("qr"), st.integers(0, 12)),
@@ -388,6 +406,7 @@ OPS = st.lists(
         st.tuples(st.just("cancel"), st.integers(0, 99), st.booleans()),
         st.tuples(st.just("timer"), st.just(""), st.booleans()),
         st.tuples(st.just("reconnect"), st.just(""), st.booleans()),
+        st.tuples(st.just("limit"), st.just(""), st.booleans()),
     ),
     max_size=40,
 )
@@ -398,13 +417,15 @@ class InflightRun:
     driven by the ops of the test below."""
 
     def __init__(self, limit: int) -> None:
-        self.b = b = engine(tenant_max_inflight_bytes=limit)
+        self.b = b = engine()  # the tenant's own setting: null lifts it
+        b.update("tenant", "a", "", "", {MAX_INFLIGHT_BYTES: limit}, now=0.0)
         self.limit = limit
         b.create("queue", "a", "ns", "r", now=0.0)
         for name in "qr":
             settings = {"visibility_timeout_ms": 1000, "max_attempts": None}
             b.update("queue", "a", "ns", name, settings, now=0.0)
         self.now = 0.0
+        self.bounded = True  # the limit held all along (never lifted and set again)
         self.consumers: list[int] = []
         self.acked: dict[str, list[int]] = {"q": [], "r": []}
 
@@ -438,6 +459,10 @@ class InflightRun:
             b.detach(1, self.now)
             b.attach(1, self.now)
             self.consumers.clear()
+        elif op == "limit":  # lifted (flag) or set again: counted from what is in flight
+            self.bounded = False
+            value = None if flag else self.limit
+            b.update("tenant", "a", "", "", {MAX_INFLIGHT_BYTES: value}, now=self.now)
         elif self.consumers:
             consumer = self.consumers[arg % len(self.consumers)]
             held = self.held_by(consumer)[: 1 if flag else None]
@@ -459,8 +484,11 @@ class InflightRun:
             for d in c.inflight.values()
         ]
         meter = self.b.quotas.inflight("a")
+        if meter.limit is None:  # the tenant's limit was lifted: nothing is counted
+            assert meter.held == 0
+            return
         assert meter.held == sum(len(d.payload) for d in deliveries)
-        assert meter.held <= self.limit or len(deliveries) == 1
+        assert not self.bounded or meter.held <= self.limit or len(deliveries) == 1
         if not deliveries:  # nothing in flight to wake a waiting group: none may wait
             for p in self.b.registry.queues.values():
                 for g in p.queue.groups.values():
@@ -480,6 +508,7 @@ def test_inflight_bytes_match_the_deliveries_and_nothing_waits_for_nothing(
     for op, arg, flag in ops:
         run.step(op, arg, flag)
         run.check()
+    run.step("limit", "", False)  # limited again
     for queue in "qr":  # drain: every message enqueued is delivered and acked once
         run.step("consume", queue, 3)
     for _ in range(200):
