@@ -53,9 +53,10 @@ deliveries handed to a consumer and not yet settled: acked, nacked, timed out, o
 because the consumer, its connection, its group or its queue went. While the tenant has a
 limit, every queue of the tenant charges and releases one :class:`InflightBytes` as it
 hands out and settles deliveries (without one nothing is counted, so the queue hot paths of
-an unlimited tenant stay as they were; a limit set later counts what is in flight then). Going over it is not an error but back-pressure: a consumer group holds back the
-deliveries that do not fit (a tenant with nothing in flight still gets one delivery, however
-large, so a message larger than the limit is not stuck) and waits on the tenant's
+an unlimited tenant stay as they were; a limit set later counts what is in flight then).
+Going over it is not an error but back-pressure: a consumer group holds back the deliveries
+that do not fit (a tenant with nothing in flight still gets one delivery, however large, so
+a message larger than the limit is not stuck) and waits on the tenant's
 :class:`InflightBytes`; room released by any of the tenant's queues (or a raised limit)
 dispatches the waiting groups again. Each time a group is held back is counted in
 :attr:`TenantQuotas.held_back` (``felix_quota_held_back_total{tenant,quota}``). Stream
