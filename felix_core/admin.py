@@ -62,6 +62,7 @@ class Admin:
         registry: the partitions, which follow the records.
         connections: the attached connections (consumers of a deleted queue leave them).
         out: the engine's event stream.
+        quotas: every tenant's quotas (their limits follow the tenant records fed here).
     """
 
     def __init__(
@@ -71,6 +72,7 @@ class Admin:
         registry: Registry,
         connections: Connections,
         out: list[EngineEvent],
+        quotas: TenantQuotas,
     ) -> None:
         self._logs = logs
         self._registry = registry
@@ -79,7 +81,7 @@ class Admin:
         self.view = MetadataView()
         self.catalog = Catalog(self.view, config)
         self.rbac = RoleBook()
-        self.quotas = TenantQuotas(config)
+        self.quotas = quotas
         """Every tenant's quotas (limits follow the tenant records)."""
         """The roles and bindings of every tenant (fed with the records)."""
         self._writes: dict[int, tuple[int, int | None, WriteOp]] = {}  # id -> conn, request, op
@@ -119,6 +121,7 @@ class Admin:
             return
         if kind is Kind.TENANT:
             self.quotas.set_tenant(path[0], None if record is None else record.settings)
+            self.quotas.apply_inflight_limit(path[0], now)
         self._connections.forget_consumers(self._registry.apply(kind, path, record, now))
 
     def written(self, write_id: int, outcome: ResourceRecord | EngineError, now: float) -> None:

@@ -83,6 +83,7 @@ from felix_core.log import LogStore, MemoryLogStore
 from felix_core.metadata import Catalog, Kind, MetadataView, Path, ResourceRecord
 from felix_core.partitions import CachePartition, QueuePartition, StreamPartition
 from felix_core.queue_journal import STATE_SUFFIX
+from felix_core.quotas import TenantQuotas
 from felix_core.registry import Registry
 from felix_core.streams import StartKind, batch_byte_size
 from felix_core.subscriptions import Subscriptions
@@ -111,13 +112,20 @@ class Broker:
         self.budget = MemoryBudget(config.memory_limit_bytes)
         self._out: list[EngineEvent] = []
         out = self._out
-        self.registry = Registry(config, self.logs, self.budget, out)
+        self.quotas = quotas = TenantQuotas(config)
+        """Per-tenant quotas; refusals counted in ``quotas.refused``."""
+        self.registry = Registry(
+            config,
+            self.logs,
+            self.budget,
+            out,
+            cache_meter=lambda tenant: quotas.cache_meter(tenant, self.budget),
+            inflight=quotas.inflight,
+        )
         self.connections = Connections(self.registry, out)
-        self.admin = Admin(config, self.logs, self.registry, self.connections, out)
-        self.quotas = self.admin.quotas
-        """Per-tenant quotas (publish rate); refusals counted in ``quotas.refused``."""
-        self.subscriptions = Subscriptions(config, self.registry, self.connections, out)
-        self.consumers = Consumers(config, self.registry, self.connections, out)
+        self.admin = Admin(config, self.logs, self.registry, self.connections, out, quotas)
+        self.subscriptions = Subscriptions(config, self.registry, self.connections, quotas, out)
+        self.consumers = Consumers(config, self.registry, self.connections, quotas, out)
         self.figures = Figures(self.registry, self.budget, self.connections)
         if config.durability == "durable":
             self.admin.check_durability({"durability": "durable"})
@@ -697,7 +705,8 @@ class Broker:
         Completes with :class:`~felix_core.events.CacheStored`: stored and the new version,
         or not stored and the live entry's version (None without one) when the condition
         failed. Refusals: NotFound, InvalidArgument (a bad key or ttl, both conditions),
-        TooLarge, Overloaded (the memory budget), ShuttingDown.
+        TooLarge, Overloaded (the memory budget), LimitExceeded (the tenant's
+        ``max_cache_bytes`` quota), ShuttingDown.
 
         Args:
             conn_id: the requesting connection (any id).
@@ -715,6 +724,7 @@ class Broker:
         out = self._out
         mark = len(out)
         path = (tenant, namespace, cache)
+        quotas = self.quotas
         try:
             if not self.connections.accepting:
                 raise shutting_down()
@@ -727,6 +737,7 @@ class Broker:
                 ttl=None if ttl_ms is None else ttl_ms / 1000,
                 if_absent=if_absent,
                 if_version=if_version,
+                admit=quotas.cache_admission(tenant) if quotas.cache_limited else None,
             )
         except EngineError as exc:
             self._refuse(mark, conn_id, request, exc)

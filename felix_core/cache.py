@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from heapq import heapify, heappop, heappush
 from typing import NamedTuple
@@ -369,6 +370,7 @@ class Cache:
         ttl: float | None = None,
         if_absent: bool = False,
         if_version: int | None = None,
+        admit: Callable[[int], object] | None = None,
     ) -> WriteResult:
         """Store a value (possibly conditionally), then evict down to the bounds.
 
@@ -380,6 +382,10 @@ class Cache:
                 ``if_version`` the replaced entry's remaining time (its absolute expiry).
             if_absent: store only if there is no live entry.
             if_version: store only if the live entry has this version.
+            admit: once the condition holds, called with the growth of
+                :attr:`entry_bytes` the put would make before any eviction (the new entry's
+                size less the live entry's it replaces); it raises to refuse the put, which
+                then changes nothing (a per-tenant quota).
 
         Returns:
             ``WriteResult(True, new_version)``, or ``WriteResult(False, current_version)``
@@ -414,6 +420,8 @@ class Cache:
                 return WriteResult(False, current.version)
         elif if_version is not None:
             return WriteResult(False, None)
+        if admit is not None:
+            admit(size if current is None else size - current.size)
         version = self._version + 1
         if keep_expiry:
             assert current is not None, "a compare-and-set stores over a live entry only"

@@ -15,6 +15,7 @@ from felix_core.connections import Connections, ConsumerEntry
 from felix_core.errors import InvalidArgument, LimitExceeded, NotFound
 from felix_core.events import ConsumerOpened, EngineEvent, RequestCompleted
 from felix_core.limits import BrokerConfig
+from felix_core.quotas import MAX_CONSUMERS, TenantQuotas
 from felix_core.registry import Registry
 
 __all__ = ["Consumers"]
@@ -28,6 +29,7 @@ class Consumers:
         config: the limits (consumers per connection).
         registry: the partitions.
         connections: the attached connections (each indexes its consumers).
+        quotas: the per-tenant quotas (consumers per tenant, ``max_consumers``).
         out: the engine's event stream.
     """
 
@@ -36,11 +38,13 @@ class Consumers:
         config: BrokerConfig,
         registry: Registry,
         connections: Connections,
+        quotas: TenantQuotas,
         out: list[EngineEvent],
     ) -> None:
         self._config = config
         self._registry = registry
         self._connections = connections
+        self._quotas = quotas
         self._out = out
         self._next_id = 1
 
@@ -63,8 +67,10 @@ class Consumers:
                 f"at most {limit} consumers per connection", details={"limit": limit}
             )
         partition = self._registry.queue(path)
+        self._quotas.check_feeds(path[0], MAX_CONSUMERS)
         consumer = partition.queue.join(self._next_id, conn_id, group, prefetch, att.paused)
         self._next_id += 1
+        self._quotas.add_feed(path[0], MAX_CONSUMERS, consumer)
         att.consumers[consumer.id] = (partition, consumer)
         consumer.group.dispatch(now)
         self._registry.reschedule(partition)

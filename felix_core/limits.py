@@ -140,6 +140,24 @@ class BrokerConfig:
     """Most streams + queues + caches in one tenant, all its namespaces together; None:
     unlimited (each namespace is still bounded by ``max_resources_per_namespace``). Over
     it: create refused LIMIT_EXCEEDED with ``details['quota']``."""
+    tenant_max_subscriptions: int | None = None
+    """Most live subscriptions (stream subscriptions and cache change feeds) on one
+    tenant's resources, all connections together; None: unlimited. Over it: subscribe
+    refused LIMIT_EXCEEDED with ``details['quota']``."""
+    tenant_max_consumers: int | None = None
+    """Most live queue consumers on one tenant's queues, all connections together; None:
+    unlimited. Over it: consume refused LIMIT_EXCEEDED with ``details['quota']``."""
+    tenant_max_cache_bytes: int | None = None
+    """Most bytes (key + value of every entry, ephemeral and durable caches together) one
+    tenant's caches may hold; None: unlimited (each cache is still bounded by its own
+    ``max_bytes``). A put that would go over it is refused LIMIT_EXCEEDED with
+    ``details['quota']``."""
+    tenant_max_inflight_bytes: int | None = None
+    """Most payload + key bytes of one tenant's queue deliveries handed out and not yet
+    settled (acked, nacked, timed out or returned), all its queues and consumers together;
+    None: unlimited. Over it: back-pressure, not an error: the deliveries that do not fit
+    wait until the tenant's consumers settle some (one delivery always goes when the tenant
+    has none in flight)."""
 
     # -- connections ----------------------------------------------------------------------
     max_subscriptions_per_connection: int = 4096
@@ -213,6 +231,10 @@ class BrokerConfig:
             "tenant_publish_bytes_per_s",
             "tenant_max_connections",
             "tenant_max_resources",
+            "tenant_max_subscriptions",
+            "tenant_max_consumers",
+            "tenant_max_cache_bytes",
+            "tenant_max_inflight_bytes",
         ):
             value = getattr(self, name)
             if value is not None and value < 1:

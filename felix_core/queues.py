@@ -122,6 +122,7 @@ from felix_core.queue_types import (
     QueueStats,
     QueueTotals,
 )
+from felix_core.quotas import InflightBytes
 
 __all__ = [
     "DEAD_LETTER_RETRY_S",
@@ -161,7 +162,17 @@ class Queue:
         log: the queue's log.
     """
 
-    __slots__ = ("config", "context", "enqueued", "finished", "groups", "journal", "key", "log")
+    __slots__ = (
+        "config",
+        "context",
+        "enqueued",
+        "finished",
+        "groups",
+        "inflight_bytes",
+        "journal",
+        "key",
+        "log",
+    )
 
     def __init__(self, key: QueueKey, config: QueueConfig, context: QueueContext, log: Log):
         config.validate(key[2])
@@ -169,6 +180,9 @@ class Queue:
         self.config = config
         self.context = context
         self.log = log
+        self.inflight_bytes = meter = context.inflight(key[0])
+        """The tenant's in-flight bytes (shared by its queues): charged by deliveries."""
+        meter.holders[self] = None
         self.groups: dict[str, ConsumerGroup] = {}
         self.enqueued = 0
         self.finished = 0  # messages finished since the last trim
@@ -369,11 +383,15 @@ class Queue:
         c.closed = True
         charged = not c.suspected
         g.alive(c)
+        freed = 0
         for did, d in c.inflight.items():
             del g.inflight[did]
+            freed += _size(d)
             g.give_back(d.offset, now, now, "consumer_lost", charged)
             charged = False
         c.inflight.clear()
+        if freed:
+            self.inflight_bytes.release(freed, now)
 
     def ack(self, c: Consumer, delivery_ids: Iterable[int], now: float) -> None:
         """Finish deliveries made to ``c``.
@@ -389,6 +407,9 @@ class Queue:
         mine = c.inflight
         unknown: list[int] = []
         offsets: list[int] = []
+        meter = self.inflight_bytes
+        counted = meter.limit is not None
+        freed = 0
         for did in delivery_ids:
             d = mine.pop(did, None)
             if d is None:
@@ -397,6 +418,10 @@ class Queue:
             del g.inflight[did]
             del g.outstanding[d.offset]
             offsets.append(d.offset)
+            if counted:
+                freed += _size(d)
+        if freed:
+            meter.release(freed, now)
         done = len(offsets)
         if self.journal is not None:
             self.journal.finished(g.name, offsets)
@@ -430,17 +455,21 @@ class Queue:
         g = c.group
         g.alive(c)
         unknown: list[int] = []
+        freed = 0
         for did in delivery_ids:
             d = c.inflight.pop(did, None)
             if d is None:
                 unknown.append(did)
                 continue
             del g.inflight[did]
+            freed += _size(d)
             g.nacked += 1
             if requeue:
                 g.give_back(d.offset, now, now + delay, "nack")
             else:
                 g.dead_letter(d.offset, "rejected", "rejected", now)
+        if freed:
+            self.inflight_bytes.release(freed, now)
         g.dispatch(now)
         self._journal_tick()
         _raise_unknown(unknown)
@@ -485,7 +514,15 @@ class Queue:
         ended: list[Consumer] = []
         for g in self.groups.values():
             ended += self._end_group(g, reason)
+        self.inflight_bytes.holders.pop(self, None)
         return ended
+
+    def inflight_payload_bytes(self) -> int:
+        """Payload + key bytes of the deliveries not settled yet, over all groups (what
+        the tenant's in-flight bytes count of this queue)."""
+        return sum(
+            _size(d) for g in self.groups.values() for c in g.consumers for d in c.inflight.values()
+        )
 
     def delete_group(self, group: str) -> list[Consumer]:
         """Forget a group and its position; its consumers end with reason ``deleted``. An
@@ -511,7 +548,9 @@ class Queue:
     def _end_group(self, g: ConsumerGroup, reason: str) -> list[Consumer]:
         out = self.context.out
         ended = list(g.consumers)
+        freed = 0
         for c in ended:
+            freed += sum(_size(d) for d in c.inflight.values())
             c.inflight.clear()
             c.closed = True
             out.append(
@@ -522,6 +561,10 @@ class Queue:
         g.consumers.clear()
         g.suspects = 0
         g.inflight.clear()
+        meter = self.inflight_bytes
+        meter.waiting.pop(g, None)
+        if freed and meter.limit is not None:
+            meter.held -= freed  # the queue or group is going: woken on the next release
         return ended
 
     # -- figures ----------------------------------------------------------------------------
@@ -580,13 +623,30 @@ class QueueContext:
     Args:
         out: the engine's event list (deliveries and dead-letter notices are appended).
         resolve: finds a queue by key (for dead-letter targets); None when there is none.
+        inflight: the in-flight bytes of a tenant, shared by its queues (None: each queue
+            counts its own, unlimited).
     """
 
-    __slots__ = ("dead_lettered", "next_delivery_id", "out", "redeliveries", "resolve", "touched")
+    __slots__ = (
+        "dead_lettered",
+        "inflight",
+        "next_delivery_id",
+        "out",
+        "redeliveries",
+        "resolve",
+        "touched",
+    )
 
-    def __init__(self, out: list[EngineEvent], resolve: Callable[[QueueKey], Queue | None]):
+    def __init__(
+        self,
+        out: list[EngineEvent],
+        resolve: Callable[[QueueKey], Queue | None],
+        inflight: Callable[[str], InflightBytes] | None = None,
+    ):
         self.out = out
         self.resolve = resolve
+        self.inflight: Callable[[str], InflightBytes] = inflight or _unlimited
+        """The in-flight bytes of a tenant (its quota), shared by its queues."""
         self.next_delivery_id = 1
         """Delivery ids are unique in the engine."""
         self.redeliveries = 0
@@ -749,6 +809,7 @@ class ConsumerGroup:
         """Time out due deliveries, make due delayed messages ready, retry parked dead
         letters, then dispatch."""
         inflight = self.inflight
+        freed = 0
         while inflight:
             did, c = next(iter(inflight.items()))
             d = c.inflight[did]
@@ -756,8 +817,11 @@ class ConsumerGroup:
                 break
             del inflight[did]
             del c.inflight[did]
+            freed += _size(d)
             self.timeouts += 1
             self.give_back(d.offset, now, now, "timeout", self.suspect(c))
+        if freed:
+            self.queue.inflight_bytes.release(freed, now)
         delayed = self.delayed
         while delayed and delayed[0][0] <= now:
             heappush(self.ready, heappop(delayed)[1])
@@ -839,8 +903,34 @@ class ConsumerGroup:
             )
         )
 
+    def wake(self, now: float) -> None:
+        """The tenant's in-flight bytes have room again: dispatch (the queue's timer may
+        have moved)."""
+        self.dispatch(now)
+        self.queue.context.touched.add(self.queue)
+
+    def _hold_back(
+        self, slices: list[tuple[LogSlice, int]], n_slice: int, index: int, redelivered: int
+    ) -> int:
+        """Give back what a dispatch read but cannot hand out (the tenant's in-flight bytes
+        are full) from message ``index`` of ``slices[n_slice]`` on, and wait for room.
+
+        ``slices`` holds ``redelivered`` single-message redeliveries, then possibly the
+        slice read from the cursor. Returns how many redeliveries went back to ``ready``.
+        """
+        back = 0
+        for sl, _ in slices[n_slice:redelivered]:
+            heappush(self.ready, sl.base_offset)
+            back += 1
+        if len(slices) > redelivered:
+            fresh = slices[redelivered][0]
+            self.cursor = fresh.base_offset + (index if n_slice == redelivered else 0)
+        self.queue.inflight_bytes.hold_back(self)
+        return back
+
     def dispatch(self, now: float) -> None:
-        """Hand ready and new messages to the group's consumers, round-robin."""
+        """Hand ready and new messages to the group's consumers, round-robin, as far as the
+        tenant's in-flight bytes allow (the rest waits for room)."""
         q = self.queue
         log = q.log
         if not self.ready and self.cursor >= log.next_offset:
@@ -855,6 +945,10 @@ class ConsumerGroup:
             if not c.paused and len(c.inflight) < c.prefetch and not (avoid and c.suspected):
                 free += c.prefetch - len(c.inflight)
         if free == 0:
+            return
+        meter = q.inflight_bytes
+        if not meter.admits(1):  # the tenant's in-flight bytes are full
+            meter.hold_back(self)
             return
         ctx = q.context
         deadline = max(now + q.config.visibility_timeout_s, self.last_deadline)
@@ -872,20 +966,26 @@ class ConsumerGroup:
             slices.append((q.read_one(offset), outstanding[offset] + 1))
             free -= 1
             redelivered += 1
-        if redelivered:
-            self.redeliveries += redelivered
-            ctx.redeliveries += redelivered
         if free and self.cursor < log.next_offset:
             sl = log.read(self.cursor, free, 1 << 62)
             assert isinstance(sl, LogSlice), "a group's cursor is never trimmed"
             slices.append((sl, 1))
             self.cursor = sl.next_offset
-        for sl, attempt in slices:
+        limit = meter.limit  # None: nothing is counted
+        held = meter.held
+        for n_slice, (sl, attempt) in enumerate(slices):
             base = sl.base_offset
             keys = sl.keys
             headers = sl.headers
             stamps = sl.timestamps_ms
             for i, payload in enumerate(sl.payloads):
+                key = keys[i] if keys is not None else None
+                if limit is not None:
+                    size = len(payload) if key is None else len(payload) + len(key)
+                    if held and held + size > limit:
+                        redelivered -= self._hold_back(slices, n_slice, i, redelivered)
+                        break
+                    held += size
                 c = consumers[rr]
                 rr = (rr + 1) % n
                 while c.paused or len(c.inflight) >= c.prefetch or (avoid and c.suspected):
@@ -897,7 +997,7 @@ class ConsumerGroup:
                     attempt,
                     offset,
                     payload,
-                    keys[i] if keys is not None else None,
+                    key,
                     headers[i] if headers is not None else None,
                     stamps[i],
                     deadline,
@@ -911,6 +1011,14 @@ class ConsumerGroup:
                 else:
                     batch.append(d)
                 did += 1
+            else:
+                continue
+            break  # held back: the rest went back
+        if limit is not None:
+            meter.held = held
+        if redelivered:
+            self.redeliveries += redelivered
+            ctx.redeliveries += redelivered
         self.delivered += did - first_id
         ctx.next_delivery_id = did
         if q.journal is not None:
@@ -926,6 +1034,16 @@ class ConsumerGroup:
                     connection_id=c.connection_id, consumer_id=c.id, queue=q.key, deliveries=ds
                 )
             )
+
+
+def _unlimited(tenant: str) -> InflightBytes:
+    return InflightBytes(None)
+
+
+def _size(d: QueueDelivery) -> int:
+    """What a delivery counts in its tenant's in-flight bytes: payload + key bytes."""
+    key = d.key
+    return len(d.payload) if key is None else len(d.payload) + len(key)
 
 
 def _dead_letter_into(

@@ -1,5 +1,5 @@
-"""Per-tenant quotas: publish rate (messages and bytes per second) as token buckets, and
-connections.
+"""Per-tenant quotas: publish rate (messages and bytes per second) as token buckets,
+connections, resources, subscriptions, consumers and cache bytes.
 
 Theory of operation
 -------------------
@@ -29,25 +29,69 @@ A lowered limit refuses new connections only; open ones stay. Resources (streams
 and caches of all the tenant's namespaces) are checked the same way when one is created
 (:meth:`TenantQuotas.check_resources`).
 
+Subscriptions (stream subscriptions and cache change feeds) and queue consumers are counted
+per tenant of the resource they follow: the engine checks :meth:`TenantQuotas.check_feeds`
+before opening one and registers it with :meth:`TenantQuotas.add_feed` after. A feed ends
+in many places (unsubscribe, cancel, its connection lost, its resource deleted, a lagging
+subscription cut, a drain, a narrowed permission); every one of them marks the feed
+``closed``, so the quota keeps the feed objects themselves and drops the closed ones when it
+looks (when the list reaches the limit, or has doubled since it was last pruned: memory stays
+proportional to the live feeds). A slot is thus free as soon as its feed ended, whatever
+ended it, without a hook in each of those places.
+
+Cache bytes (``max_cache_bytes``) are the key + value bytes of every entry of the tenant's
+caches, the figure each cache accounts against its own ``max_bytes``: the caches charge a
+:class:`TenantCacheMeter` (which forwards to the engine's memory budget) as entries come
+and go (put, overwrite, delete, expiry, eviction, a deleted cache; a durable cache rebuilt at
+start charges what it replays). A put that would take the tenant over its limit is refused
+LIMIT_EXCEEDED (:meth:`TenantQuotas.check_cache_put`), like a Redis ``maxmemory`` with
+``noeviction`` answers an OOM error rather than dropping other keys: it succeeds again once
+entries are deleted or expire, not by waiting a set time. Deletes are always admitted.
+
+In-flight bytes (``max_inflight_bytes``) are the payload + key bytes of the tenant's queue
+deliveries handed to a consumer and not yet settled: acked, nacked, timed out, or returned
+because the consumer, its connection, its group or its queue went. While the tenant has a
+limit, every queue of the tenant charges and releases one :class:`InflightBytes` as it
+hands out and settles deliveries (without one nothing is counted, so the queue hot paths of
+an unlimited tenant stay as they were; a limit set later counts what is in flight then).
+Going over it is not an error but back-pressure: a consumer group holds back the deliveries
+that do not fit (a tenant with nothing in flight still gets one delivery, however large, so
+a message larger than the limit is not stuck) and waits on the tenant's
+:class:`InflightBytes`; room released by any of the tenant's queues (or a raised limit)
+dispatches the waiting groups again. Each time a group is held back is counted in
+:attr:`TenantQuotas.held_back` (``felix_quota_held_back_total{tenant,quota}``). Stream
+subscriptions and change feeds are not counted: their credit (messages and bytes) already
+bounds what the broker runs ahead of each reader.
+
 Refusals are counted per ``(tenant, quota)`` in :attr:`TenantQuotas.refused`, which the
-runtime exports as ``felix_quota_refused_total{tenant,quota}``.
+runtime exports as ``felix_quota_refused_total{tenant,quota}``; :meth:`TenantQuotas.usage`
+gives what each tenant holds (``felix_quota_used{tenant,quota}``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from functools import partial
+from typing import Any, Protocol
 
 from felix_core.errors import InvalidArgument, LimitExceeded, Overloaded
 from felix_core.limits import BrokerConfig
+from felix_core.log import MemoryMeter
 from felix_core.settings import Path, SettingsSchema, check_known, int_setting
 
 __all__ = [
+    "MAX_CACHE_BYTES",
     "MAX_CONNECTIONS",
+    "MAX_CONSUMERS",
+    "MAX_INFLIGHT_BYTES",
     "MAX_RESOURCES",
+    "MAX_SUBSCRIPTIONS",
     "PUBLISH_BYTES",
     "PUBLISH_MESSAGES",
     "QUOTA_KEYS",
+    "Feed",
+    "InflightBytes",
+    "TenantCacheMeter",
     "TenantQuotas",
     "TokenBucket",
     "tenant_schema",
@@ -61,8 +105,129 @@ MAX_CONNECTIONS = "max_connections"
 """The quota (and tenant setting) of open connections of one tenant."""
 MAX_RESOURCES = "max_resources"
 """The quota (and tenant setting) of streams + queues + caches in one tenant."""
-QUOTA_KEYS = (PUBLISH_MESSAGES, PUBLISH_BYTES, MAX_CONNECTIONS, MAX_RESOURCES)
+MAX_SUBSCRIPTIONS = "max_subscriptions"
+"""The quota (and tenant setting) of live stream subscriptions + cache change feeds on one
+tenant's resources."""
+MAX_CONSUMERS = "max_consumers"
+"""The quota (and tenant setting) of live queue consumers on one tenant's queues."""
+MAX_CACHE_BYTES = "max_cache_bytes"
+"""The quota (and tenant setting) of key + value bytes held by one tenant's caches."""
+MAX_INFLIGHT_BYTES = "max_inflight_bytes"
+"""The quota (and tenant setting) of payload + key bytes of one tenant's unsettled queue
+deliveries."""
+QUOTA_KEYS = (
+    PUBLISH_MESSAGES,
+    PUBLISH_BYTES,
+    MAX_CONNECTIONS,
+    MAX_RESOURCES,
+    MAX_SUBSCRIPTIONS,
+    MAX_CONSUMERS,
+    MAX_CACHE_BYTES,
+    MAX_INFLIGHT_BYTES,
+)
 """The quota settings a tenant record may carry."""
+
+_FIRST_PRUNE = 64  # feeds registered before a tenant's list is first pruned
+
+
+class Feed(Protocol):
+    """A subscription or consumer as the feed quotas see it: ended once ``closed``."""
+
+    @property
+    def closed(self) -> bool:
+        """True once the feed ended (for whatever reason)."""
+        ...
+
+
+class Holder(Protocol):
+    """A queue of the tenant, as its in-flight bytes see it."""
+
+    def inflight_payload_bytes(self) -> int:
+        """Payload + key bytes of its deliveries not settled yet."""
+        ...
+
+
+class Waiter(Protocol):
+    """A consumer group held back by its tenant's in-flight bytes."""
+
+    def wake(self, now: float) -> None:
+        """Room was released: hand out what waited (and wait again if it still does not
+        fit)."""
+        ...
+
+
+class InflightBytes:
+    """One tenant's bytes of unsettled queue deliveries against its ``max_inflight_bytes``.
+
+    While the tenant has a limit, its queues add to :attr:`held` as they hand deliveries out
+    and call :meth:`release` as they are settled; a group that held deliveries back waits
+    in :attr:`waiting` until :meth:`release` (or :meth:`set_limit`) makes room. Without a
+    limit nothing is counted (the hot paths of an unlimited tenant pay one ``is None``
+    test), so a limit set later counts what the tenant's queues (:attr:`holders`) hold at
+    that moment.
+
+    Args:
+        limit: the most bytes (None: unlimited).
+    """
+
+    __slots__ = ("held", "held_back", "holders", "limit", "waiting")
+
+    def __init__(self, limit: int | None) -> None:
+        self.limit = limit
+        self.held = 0
+        """Payload + key bytes of the deliveries not settled yet (0 while unlimited)."""
+        self.holders: dict[Holder, None] = {}
+        """The tenant's queues (each registers itself while it exists)."""
+        self.held_back = 0
+        """How many times a group held deliveries back for lack of room."""
+        self.waiting: dict[Waiter, None] = {}
+        """The groups held back, in the order they were (woken in that order)."""
+
+    def admits(self, nbytes: int) -> bool:
+        """Whether one more delivery of ``nbytes`` may go out now: under the limit, or the
+        tenant has nothing in flight (a delivery larger than the limit still goes alone)."""
+        limit = self.limit
+        return limit is None or self.held == 0 or self.held + nbytes <= limit
+
+    def hold_back(self, group: Waiter) -> None:
+        """``group`` holds deliveries back until room is released."""
+        self.waiting[group] = None
+        self.held_back += 1
+
+    def release(self, nbytes: int, now: float) -> None:
+        """Deliveries of ``nbytes`` were settled (counted while limited, ignored
+        otherwise); the waiting groups are woken."""
+        if self.limit is None:
+            return
+        self.held -= nbytes
+        if self.waiting:
+            self.wake(now)
+
+    def set_limit(self, limit: int | None, now: float) -> None:
+        """A new limit, applied at once: a first one counts what is in flight now, none
+        stops counting, a raised one wakes the waiting groups."""
+        if limit is None:
+            self.held = 0
+        elif self.limit is None:
+            self.held = sum(holder.inflight_payload_bytes() for holder in self.holders)
+        self.limit = limit
+        if self.waiting:
+            self.wake(now)
+
+    def wake(self, now: float) -> None:
+        """Dispatch every waiting group again, in the order they wait (each waits again if
+        it still does not fit). The group woken first, if it waits again, goes last: the
+        groups take turns at being first to the room."""
+        waiting = list(self.waiting)
+        if not waiting:
+            return
+        self.waiting.clear()
+        for group in waiting:
+            group.wake(now)
+        first = waiting[0]
+        if first in self.waiting and len(self.waiting) > 1:
+            del self.waiting[first]
+            self.waiting[first] = None
 
 
 class TokenBucket:
@@ -112,24 +277,48 @@ class TenantQuotas:
         config: the broker-wide defaults.
     """
 
-    __slots__ = ("_buckets", "_config", "_overrides", "connections", "refused")
+    __slots__ = (
+        "_buckets",
+        "_cache_meters",
+        "_config",
+        "_defaults",
+        "_feeds",
+        "_inflight",
+        "_overrides",
+        "_prune_at",
+        "cache_limited",
+        "connections",
+        "refused",
+    )
 
     def __init__(self, config: BrokerConfig) -> None:
         self._config = config
+        self._defaults: dict[str, int | None] = {
+            quota: getattr(config, f"tenant_{quota}") for quota in QUOTA_KEYS
+        }
         self._overrides: dict[str, dict[str, int]] = {}
+        self.cache_limited = self._defaults[MAX_CACHE_BYTES] is not None
+        """Whether some tenant's cache bytes are limited (a put asks
+        :meth:`cache_admission` only then: the put path of a broker without the quota pays
+        one attribute test)."""
         self._buckets: dict[tuple[str, str], TokenBucket] = {}
+        self._feeds: dict[tuple[str, str], list[Feed]] = {}
+        self._prune_at: dict[tuple[str, str], int] = {}
         self.refused: dict[tuple[str, str], int] = {}
         """Refusals per ``(tenant, quota)`` since start."""
         self.connections: dict[str, int] = {}
         """Open connections per tenant (tenants with none are absent)."""
+        self._cache_meters: dict[str, TenantCacheMeter] = {}
+        self._inflight: dict[str, InflightBytes] = {}
 
     def limit(self, tenant: str, quota: str) -> int | None:
         """The limit of one quota for one tenant (None: unlimited)."""
-        override = self._overrides.get(tenant, {}).get(quota)
-        if override is not None:
-            return override
-        value: int | None = getattr(self._config, f"tenant_{quota}")
-        return value
+        overrides = self._overrides.get(tenant)
+        if overrides is not None:
+            override = overrides.get(quota)
+            if override is not None:
+                return override
+        return self._defaults[quota]
 
     def set_tenant(self, tenant: str, settings: Mapping[str, Any] | None) -> None:
         """Apply a tenant record's settings (None: the tenant went).
@@ -146,6 +335,9 @@ class TenantQuotas:
             self._overrides[tenant] = overrides
         else:
             self._overrides.pop(tenant, None)
+        self.cache_limited = self._defaults[MAX_CACHE_BYTES] is not None or any(
+            MAX_CACHE_BYTES in o for o in self._overrides.values()
+        )
         for quota in QUOTA_KEYS:
             self._buckets.pop((tenant, quota), None)
 
@@ -235,6 +427,150 @@ class TenantQuotas:
         else:
             self.connections.pop(tenant, None)
 
+    # -- subscriptions and consumers -------------------------------------------------------
+
+    def check_feeds(self, tenant: str, quota: str) -> None:
+        """Refuse opening one more subscription (``quota`` :data:`MAX_SUBSCRIPTIONS`) or
+        consumer (:data:`MAX_CONSUMERS`) on ``tenant``'s resources when its live ones are at
+        the limit.
+
+        Raises:
+            LimitExceeded: at the limit; nothing is counted. ``details``: ``tenant``,
+                ``quota``, ``limit``.
+        """
+        limit = self.limit(tenant, quota)
+        if limit is None:
+            return
+        key = (tenant, quota)
+        feeds = self._feeds.get(key)
+        if feeds is None or len(feeds) < limit or self._prune(key) < limit:
+            return
+        self.refused[key] = self.refused.get(key, 0) + 1
+        what = "subscriptions" if quota == MAX_SUBSCRIPTIONS else "consumers"
+        raise LimitExceeded(
+            f"tenant {tenant} has {limit} live {what}, its {quota} quota",
+            details={"tenant": tenant, "quota": quota, "limit": limit},
+        )
+
+    def add_feed(self, tenant: str, quota: str, feed: Feed) -> None:
+        """Count a feed :meth:`check_feeds` admitted; it is let go once ``feed.closed``."""
+        key = (tenant, quota)
+        feeds = self._feeds.get(key)
+        if feeds is None:
+            feeds = self._feeds[key] = []
+        feeds.append(feed)
+        if len(feeds) >= self._prune_at.get(key, _FIRST_PRUNE):
+            self._prune(key)
+
+    def feeds(self, tenant: str, quota: str) -> int:
+        """The live subscriptions (consumers) on ``tenant``'s resources."""
+        key = (tenant, quota)
+        return self._prune(key) if key in self._feeds else 0
+
+    def _prune(self, key: tuple[str, str]) -> int:
+        live = [feed for feed in self._feeds[key] if not feed.closed]
+        if live:
+            self._feeds[key] = live
+            self._prune_at[key] = max(2 * len(live), _FIRST_PRUNE)
+        else:
+            del self._feeds[key]
+            self._prune_at.pop(key, None)
+        return len(live)
+
+    # -- cache bytes --------------------------------------------------------------------
+
+    def cache_meter(self, tenant: str, budget: MemoryMeter) -> TenantCacheMeter:
+        """The meter the caches of ``tenant`` charge (forwarding to ``budget``)."""
+        meter = self._cache_meters.get(tenant)
+        if meter is None:
+            meter = self._cache_meters[tenant] = TenantCacheMeter(budget)
+        return meter
+
+    @property
+    def cache_bytes(self) -> dict[str, int]:
+        """Key + value bytes of every tenant's cache entries (tenants with none are
+        absent)."""
+        return {tenant: m.held for tenant, m in self._cache_meters.items() if m.held}
+
+    def cache_admission(self, tenant: str) -> Callable[[int], None] | None:
+        """What a cache put in ``tenant`` asks before it grows the entries
+        (:meth:`check_cache_put` for the tenant), or None when its cache bytes are
+        unlimited."""
+        if self.limit(tenant, MAX_CACHE_BYTES) is None:
+            return None
+        return partial(self.check_cache_put, tenant)
+
+    def check_cache_put(self, tenant: str, growth: int) -> None:
+        """Refuse a cache put that would make ``tenant``'s entries ``growth`` bytes larger
+        than its ``max_cache_bytes`` allows (a put that does not grow them always passes).
+
+        Raises:
+            LimitExceeded: over the limit; ``details``: ``tenant``, ``quota``, ``limit``,
+                ``used`` (the bytes held now) and ``bytes`` (the growth asked for).
+        """
+        if growth <= 0:
+            return
+        limit = self.limit(tenant, MAX_CACHE_BYTES)
+        if limit is None:
+            return
+        meter = self._cache_meters.get(tenant)
+        used = 0 if meter is None else meter.held
+        if used + growth <= limit:
+            return
+        key = (tenant, MAX_CACHE_BYTES)
+        self.refused[key] = self.refused.get(key, 0) + 1
+        raise LimitExceeded(
+            f"tenant {tenant}'s caches hold {used} bytes: {growth} more would exceed its "
+            f"{MAX_CACHE_BYTES} quota",
+            details={
+                "tenant": tenant,
+                "quota": MAX_CACHE_BYTES,
+                "limit": limit,
+                "used": used,
+                "bytes": growth,
+            },
+        )
+
+    # -- in-flight bytes ----------------------------------------------------------------
+
+    def inflight(self, tenant: str) -> InflightBytes:
+        """The in-flight bytes every queue of ``tenant`` charges (one per tenant, kept while
+        the engine runs: tenants are bounded by ``max_tenants``)."""
+        meter = self._inflight.get(tenant)
+        if meter is None:
+            meter = self._inflight[tenant] = InflightBytes(self.limit(tenant, MAX_INFLIGHT_BYTES))
+        return meter
+
+    def apply_inflight_limit(self, tenant: str, now: float) -> None:
+        """Give ``tenant``'s in-flight bytes its current limit (after :meth:`set_tenant`);
+        groups held back by a lower one are dispatched again."""
+        meter = self._inflight.get(tenant)
+        if meter is not None:
+            meter.set_limit(self.limit(tenant, MAX_INFLIGHT_BYTES), now)
+
+    @property
+    def held_back(self) -> dict[tuple[str, str], int]:
+        """Times a consumer group held deliveries back, per ``(tenant, quota)``."""
+        return {
+            (tenant, MAX_INFLIGHT_BYTES): meter.held_back
+            for tenant, meter in self._inflight.items()
+            if meter.held_back
+        }
+
+    # -- figures ------------------------------------------------------------------------
+
+    def usage(self) -> dict[tuple[str, str], int]:
+        """What each tenant holds now, per ``(tenant, quota)``: connections, subscriptions,
+        consumers, cache bytes and in-flight bytes (only non-zero figures)."""
+        used = {(tenant, MAX_CONNECTIONS): n for tenant, n in self.connections.items()}
+        for key in list(self._feeds):
+            count = self._prune(key)
+            if count:
+                used[key] = count
+        used.update(((t, MAX_CACHE_BYTES), n) for t, n in self.cache_bytes.items())
+        used.update(((t, MAX_INFLIGHT_BYTES), m.held) for t, m in self._inflight.items() if m.held)
+        return used
+
     def _bucket(self, tenant: str, quota: str, now: float) -> TokenBucket | None:
         bucket = self._buckets.get((tenant, quota))
         if bucket is None:
@@ -243,6 +579,27 @@ class TenantQuotas:
                 return None
             bucket = self._buckets[(tenant, quota)] = TokenBucket(rate, rate, now)
         return bucket
+
+
+class TenantCacheMeter:
+    """What one tenant's caches charge (all of them, one meter): counts their entry bytes
+    and forwards every change to the engine's memory budget.
+
+    Args:
+        budget: the engine's memory budget.
+    """
+
+    __slots__ = ("_budget", "held")
+
+    def __init__(self, budget: MemoryMeter) -> None:
+        self._budget = budget
+        self.held = 0
+        """Key + value bytes of the tenant's cache entries."""
+
+    def adjust(self, delta: int) -> None:
+        """The tenant's caches now hold ``delta`` more bytes (fewer when negative)."""
+        self.held += delta
+        self._budget.adjust(delta)
 
 
 def tenant_schema() -> SettingsSchema:

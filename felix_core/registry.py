@@ -17,13 +17,13 @@ over the partitions.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from felix_core.cache import CACHE_COUNTERS, CacheStats, CacheTotals
 from felix_core.errors import EngineError, NotFound
 from felix_core.events import EngineEvent, RequestRefused
 from felix_core.limits import BrokerConfig, MemoryBudget
-from felix_core.log import Log, LogStore
+from felix_core.log import Log, LogStore, MemoryMeter
 from felix_core.metadata import Kind, Path, ResourceRecord
 from felix_core.partitions import (
     CachePartition,
@@ -34,6 +34,7 @@ from felix_core.partitions import (
 )
 from felix_core.queue_journal import STATE_SEGMENT_BYTES, state_path
 from felix_core.queues import Consumer, Queue, QueueContext, QueueKey, QueueStats, QueueTotals
+from felix_core.quotas import InflightBytes
 from felix_core.settings import BatchPolicy
 from felix_proto.deadlines import Deadlines
 
@@ -48,19 +49,31 @@ class Registry:
         logs: where partitions' logs come from.
         budget: the memory meter every log and cache charges.
         out: the engine's event list.
+        cache_meter: the meter the caches of a tenant charge with their entries (one that
+            forwards to ``budget``: the per-tenant cache-bytes quota); None: ``budget``.
+        inflight: the in-flight bytes of a tenant, shared by its queues (the per-tenant
+            quota); None: unlimited, per queue.
     """
 
     def __init__(
-        self, config: BrokerConfig, logs: LogStore, budget: MemoryBudget, out: list[EngineEvent]
+        self,
+        config: BrokerConfig,
+        logs: LogStore,
+        budget: MemoryBudget,
+        out: list[EngineEvent],
+        *,
+        cache_meter: Callable[[str], MemoryMeter] | None = None,
+        inflight: Callable[[str], InflightBytes] | None = None,
     ) -> None:
         self.config = config
         self.logs = logs
         self.budget = budget
+        self._cache_meter = cache_meter
         self.out = out
         self.streams: dict[Path, StreamPartition] = {}
         self.queues: dict[Path, QueuePartition] = {}
         self.caches: dict[Path, CachePartition] = {}
-        self.queue_context = QueueContext(out, self._queue_for)
+        self.queue_context = QueueContext(out, self._queue_for, inflight)
         self.deadlines: Deadlines[Partition] = Deadlines()
         self._touched: dict[Partition, None] = {}  # deadlines to recompute
         self._feed_batch = BatchPolicy(
@@ -148,6 +161,9 @@ class Registry:
         ended: list[Consumer] = []
         if current is not None and (record is None or record.uid != current.uid):
             ended = self._drop(current)
+            meter = current.queue.inflight_bytes if isinstance(current, QueuePartition) else None
+            if meter is not None and meter.waiting:  # its deliveries' room is free again
+                meter.wake(now)
             current = None
         if record is None or kind not in (Kind.STREAM, Kind.QUEUE, Kind.CACHE):
             return ended
@@ -191,7 +207,8 @@ class Registry:
                 )
                 self.reschedule(queue)  # a rebuilt queue may have parked dead letters
             else:
-                self.caches[path] = CachePartition(record, log, self.budget, self._feed_batch, now)
+                meter = self.budget if self._cache_meter is None else self._cache_meter(path[0])
+                self.caches[path] = CachePartition(record, log, meter, self._feed_batch, now)
         except EngineError:
             log.close()
             # Never delete data here: the log may hold a recovered resource's records that

@@ -14,6 +14,7 @@ from felix_core.errors import InvalidArgument, LimitExceeded, NotFound
 from felix_core.events import EngineEvent, RequestCompleted, SubscriptionOpened
 from felix_core.limits import BrokerConfig
 from felix_core.partitions import CachePartition, StreamPartition
+from felix_core.quotas import MAX_SUBSCRIPTIONS, TenantQuotas
 from felix_core.registry import Registry
 from felix_core.streams import Fanout
 
@@ -28,6 +29,7 @@ class Subscriptions:
         config: the limits (subscriptions per connection, credit maxima).
         registry: the partitions.
         connections: the attached connections (each indexes its subscriptions).
+        quotas: the per-tenant quotas (subscriptions per tenant, ``max_subscriptions``).
         out: the engine's event stream.
     """
 
@@ -36,11 +38,13 @@ class Subscriptions:
         config: BrokerConfig,
         registry: Registry,
         connections: Connections,
+        quotas: TenantQuotas,
         out: list[EngineEvent],
     ) -> None:
         self._config = config
         self._registry = registry
         self._connections = connections
+        self._quotas = quotas
         self._out = out
         self._next_id = 1
 
@@ -67,6 +71,7 @@ class Subscriptions:
                 details={"limit": cfg.max_subscriptions_per_connection},
             )
         partition: StreamPartition | CachePartition
+        quotas = self._quotas
         if source == "stream":
             partition = self._registry.stream(path)
             fanout: Fanout = partition.stream
@@ -77,6 +82,7 @@ class Subscriptions:
             raise InvalidArgument(
                 f"unknown subscription source {source!r}", details={"field": "source"}
             )
+        quotas.check_feeds(path[0], MAX_SUBSCRIPTIONS)
         sub = fanout.subscribe(
             self._next_id,
             conn_id,
@@ -88,6 +94,7 @@ class Subscriptions:
             paused=att.paused,
         )
         self._next_id += 1
+        quotas.add_feed(path[0], MAX_SUBSCRIPTIONS, sub)
         att.subs[sub.id] = (partition, fanout, sub)
         self._registry.reschedule(partition)
         return SubscriptionOpened(

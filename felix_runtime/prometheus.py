@@ -150,6 +150,23 @@ class _EngineCollector(Collector):
         for (tenant, name), count in sorted(server.broker.quotas.refused.items()):
             quota.add_metric([tenant, name], count)
         yield quota
+        used = GaugeMetricFamily(
+            "felix_quota_used",
+            "What a tenant holds against its quotas: connections, subscriptions, consumers, "
+            "cache bytes, in-flight bytes (tenants holding none are absent)",
+            labels=["tenant", "quota"],
+        )
+        for (tenant, name), held in sorted(server.broker.quotas.usage().items()):
+            used.add_metric([tenant, name], held)
+        yield used
+        held_back = CounterMetricFamily(
+            "felix_quota_held_back",
+            "Times a consumer group held deliveries back for a tenant's in-flight bytes quota",
+            labels=["tenant", "quota"],
+        )
+        for (tenant, name), count in sorted(server.broker.quotas.held_back.items()):
+            held_back.add_metric([tenant, name], count)
+        yield held_back
 
 
 def _per_resource(

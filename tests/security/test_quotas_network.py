@@ -1,6 +1,8 @@
-"""Per-tenant publish-rate quotas over the network, on every runtime: one tenant over its
+"""Per-tenant quotas over the network, on every runtime: one tenant over its publish
 rate is refused OVERLOADED (retryable, the quota named) while another tenant is served, a
-tenant setting changes the limit live, and the refusals are on /metrics."""
+tenant setting changes the limit live, and the refusals are on /metrics; connections are
+refused at the handshake; subscriptions, consumers and cache bytes are refused
+LIMIT_EXCEEDED naming the quota and freed when they end."""
 
 from __future__ import annotations
 
@@ -105,3 +107,95 @@ async def test_connections_per_tenant_are_refused_at_the_handshake(
                     await anyio.sleep(0.05)
     body = await metrics(broker)
     assert b'felix_quota_refused_total{quota="max_connections",tenant="a"}' in body
+
+
+async def test_subscriptions_consumers_and_cache_bytes_per_tenant(
+    fresh_broker: FreshBroker,
+) -> None:
+    broker = fresh_broker(
+        "--broker-tenant-max-subscriptions",
+        "1",
+        "--broker-tenant-max-consumers",
+        "1",
+        "--broker-tenant-max-cache-bytes",
+        "100",
+    )
+    async with client(broker, "default") as ops:
+        for tenant in ("a", "b"):
+            await ops.admin.create("tenant", tenant)
+    async with client(broker, "a") as a, client(broker, "b") as b:
+        for c in (a, b):
+            await c.admin.create("namespace", "ns")
+            for kind in ("stream", "queue", "cache"):
+                await c.admin.create(kind, "r")
+        async with a.subscribe("r"):
+            with pytest.raises(LimitExceeded) as caught:
+                async with a.subscribe("r", cache_feed=True):
+                    pass
+            assert caught.value.details == {
+                "tenant": "a",
+                "quota": "max_subscriptions",
+                "limit": 1,
+            }
+            async with b.subscribe("r"):  # another tenant
+                pass
+        async with a.subscribe("r", cache_feed=True):  # the slot was freed
+            pass
+
+        async with a.consume("r"):
+            with pytest.raises(LimitExceeded) as caught:
+                async with a.consume("r", group="other"):
+                    pass
+            assert caught.value.details["quota"] == "max_consumers"
+            await a.admin.update("tenant", "a", {"max_consumers": 2})  # live
+            async with a.consume("r", group="other"):
+                pass
+        async with a.consume("r"), a.consume("r"):
+            pass
+
+        cache = a.cache("r")
+        await cache.put("k", b"x" * 79)  # 80 bytes with the key
+        with pytest.raises(LimitExceeded) as caught:
+            await cache.put("j", b"x" * 20)
+        assert not caught.value.retryable
+        assert caught.value.details == {
+            "tenant": "a",
+            "quota": "max_cache_bytes",
+            "limit": 100,
+            "used": 80,
+            "bytes": 21,
+        }
+        await b.cache("r").put("j", b"x" * 20)  # another tenant
+        await cache.delete("k")
+        await cache.put("j", b"x" * 20)
+        body = await metrics(broker)
+    for quota, count in (("max_subscriptions", 1), ("max_consumers", 1), ("max_cache_bytes", 1)):
+        line = f'felix_quota_refused_total{{quota="{quota}",tenant="a"}} {count}.0'
+        assert line.encode() in body, body
+    assert b'felix_quota_used{quota="max_cache_bytes",tenant="a"} 21.0' in body, body
+
+
+async def test_inflight_bytes_hold_deliveries_back_until_acked(
+    fresh_broker: FreshBroker,
+) -> None:
+    broker = fresh_broker("--broker-tenant-max-inflight-bytes", "10")
+    async with client(broker, "default") as ops:
+        await ops.admin.create("tenant", "a")
+    async with client(broker, "a") as a:
+        await a.admin.create("namespace", "ns")
+        await a.admin.create("queue", "q")
+        await a.enqueue("q", [b"first-8b", b"second8b", b"third-8b"])
+        async with a.consume("q", prefetch=10) as consumer:
+            with anyio.fail_after(WAIT):
+                first = await anext(consumer)
+            body = await metrics(broker)  # the second does not fit beside the first
+            assert b'felix_quota_used{quota="max_inflight_bytes",tenant="a"} 8.0' in body, body
+            assert b'felix_quota_held_back_total{quota="max_inflight_bytes",tenant="a"}' in body
+            await first.ack_sync()
+            payloads = []
+            for _ in range(2):  # each ack makes room for the next
+                with anyio.fail_after(WAIT):
+                    msg = await anext(consumer)
+                payloads.append(msg.payload)
+                await msg.ack_sync()
+    assert (first.payload, *payloads) == (b"first-8b", b"second8b", b"third-8b")
