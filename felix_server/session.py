@@ -113,6 +113,7 @@ from felix_proto.server import ServerConnection
 from felix_server.access import Authenticate, Exchange, ExchangeRefusal, Refusal
 from felix_server.batches import EncodedBatches
 from felix_server.config import ServerConfig
+from felix_server.fair import FairShare, request_cost, turn_key
 from felix_server.gate import Gate, Move, throttle_deadline
 from felix_server.observer import ServerObserver
 from felix_server.outbox import FeedKey, FeedOutbox
@@ -246,6 +247,8 @@ class Session:
         batches: the server's encode-once cache of event batches.
         exchange: answers ``TokenExchange`` (capability ``token-exchange``); None: the
             broker does not exchange identity tokens.
+        share: the server's per-pass turns of the tenants (:mod:`felix_server.fair`);
+            None: requests are served as they come, without turns.
     """
 
     def __init__(
@@ -260,8 +263,10 @@ class Session:
         authenticate: Authenticate,
         batches: EncodedBatches,
         exchange: Exchange | None = None,
+        share: FairShare | None = None,
     ) -> None:
         self.quic = quic
+        self._share = share
         self.conn_id = conn_id
         self.router = router
         self.observer = observer
@@ -454,7 +459,7 @@ class Session:
         felix, router, conn_id = self.felix, self.router, self.conn_id
         while (event := felix.next_event()) is not None:
             if isinstance(event, fe.RequestReceived):
-                if self.gate.held or not self._may_read(now):
+                if self.gate.held or not self._may_read(event.message, now):
                     self.gate.hold_request(event)
                 else:
                     self._request(event.message, now=now)
@@ -667,24 +672,34 @@ class Session:
             details={"reason": "expired"},
         )
 
-    def _may_read(self, now: float) -> bool:
-        """Whether the next request may be served: not once over the cap."""
-        moves = self.gate.before_request(self._queued())
+    def _may_read(self, msg: m.Message, now: float) -> bool:
+        """Whether the next request, ``msg``, may be served: not once over the cap, nor
+        past its tenant's turn in this pass (the connection then yields until the next
+        pass, :mod:`felix_server.fair`)."""
+        gate = self.gate
+        moves = gate.before_request(self._queued())
         if moves:
             self._apply(moves, now)
             self.observer.log(
                 "debug", "connection over its buffer cap: requests wait", conn_id=self.conn_id
             )
-        return self.gate.reading
+        share = self._share
+        if (
+            share is not None
+            and gate.reading
+            and not share.admit(turn_key(self.principal, msg), request_cost(msg))
+        ):
+            self._apply(gate.throttle(now), now)  # due at once: the next pass goes on
+        return gate.reading
 
     def _read_held(self, now: float) -> None:
         """Reading again: serve the held requests, then the held data, in order."""
         gate = self.gate
         held = gate.held
-        if self._retry is not None and self._may_read(now):  # the throttled request first
+        if self._retry is not None and self._may_read(self._retry[0], now):  # it first
             retry, self._retry = self._retry, None
             self._request(*retry, now=now)
-        while held and self._may_read(now):
+        while held and self._may_read(held[0].message, now):
             self._request(gate.next_request().message, now=now)
         while gate.held_data and not held and gate.reading:
             sid = next(iter(gate.held_data))
