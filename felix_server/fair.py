@@ -19,8 +19,9 @@ is renewed every pass (:meth:`FairShare.new_pass`, called by the server at the e
 pass).
 
 The first request of a tenant in a pass is always admitted, however large, so a batch over
-the quantum is never stuck; a tenant alone on the broker loses only one timer turn of the
-loop per quantum.
+the quantum is never stuck. Turns are work-conserving: a tenant past its quantum yields
+only when another tenant was served within :data:`ACTIVE_S` (``now`` enters as an
+argument); a tenant alone on the broker is never held back.
 
 Turns are per tenant: every connection of a tenant shares its quantum, so opening more
 connections buys no more of a pass. The tenant is the one of the connection's principal;
@@ -35,10 +36,14 @@ from __future__ import annotations
 from felix_core.access import Principal
 from felix_proto import messages as m
 
-__all__ = ["PASS_QUANTUM", "FairShare", "request_cost", "turn_key"]
+__all__ = ["ACTIVE_S", "PASS_QUANTUM", "FairShare", "request_cost", "turn_key"]
 
 PASS_QUANTUM = 128
-"""Records (or requests) one tenant may have served in one loop pass."""
+"""Records (or requests) one tenant may have served in one loop pass, while others are
+active."""
+ACTIVE_S = 1.0
+"""A tenant served this recently competes for the passes: others past their quantum yield."""
+_PRUNE_AT = 4096  # tenants remembered before the inactive ones are forgotten
 
 
 def request_cost(msg: m.Message) -> int:
@@ -66,22 +71,45 @@ class FairShare:
         quantum: records (or requests) a tenant may have served per pass.
     """
 
-    __slots__ = ("_spent", "quantum")
+    __slots__ = ("_seen", "_spent", "quantum")
 
     def __init__(self, quantum: int = PASS_QUANTUM) -> None:
         if quantum < 1:
             raise ValueError("quantum must be at least 1")
         self.quantum = quantum
         self._spent: dict[str, int] = {}
+        self._seen: dict[str, float] = {}  # tenant -> when it was last served
 
-    def admit(self, key: str, cost: int) -> bool:
-        """Whether a request of ``cost`` of tenant ``key`` may be served in this pass; if
-        so, it is counted. The tenant's first request of a pass always is."""
+    def admit(self, key: str, cost: int, now: float) -> bool:
+        """Whether a request of ``cost`` of tenant ``key`` may be served in this pass at
+        ``now``; if so, it is counted. The tenant's first request of a pass always is, and
+        so is any while no other tenant is active."""
         spent = self._spent.get(key, 0)
-        if spent and spent + cost > self.quantum:
+        if spent and spent + cost > self.quantum and self._contended(key, now):
             return False
         self._spent[key] = spent + cost
+        seen = self._seen
+        if key not in seen and len(seen) >= _PRUNE_AT:
+            for other in [k for k, t in seen.items() if t < now - ACTIVE_S]:
+                del seen[other]
+        seen[key] = now
         return True
+
+    def _contended(self, key: str, now: float) -> bool:
+        """Whether a tenant other than ``key`` was served within :data:`ACTIVE_S`
+        (forgetting those that were not: what is kept stays bounded by the active ones)."""
+        since = now - ACTIVE_S
+        stale = []
+        found = False
+        for other, seen in self._seen.items():
+            if seen < since:
+                stale.append(other)
+            elif other != key:
+                found = True
+                break
+        for other in stale:
+            del self._seen[other]
+        return found
 
     def spent(self, key: str) -> int:
         """What tenant ``key`` was served in this pass."""

@@ -687,7 +687,7 @@ class Session:
         if (
             share is not None
             and gate.reading
-            and not share.admit(turn_key(self.principal, msg), request_cost(msg))
+            and not share.admit(turn_key(self.principal, msg), request_cost(msg), now)
         ):
             self._apply(gate.throttle(now), now)  # due at once: the next pass goes on
         return gate.reading
