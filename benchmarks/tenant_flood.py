@@ -19,8 +19,9 @@ broker within each condition) on the same brokers:
   broker that throttles instead only delays it).
 
 Prints each round, then per broker and condition the median over rounds of the victim's
-p50 and p99 (ms) and the flooder's accepted records/s, the ratios of p99 to ``idle``, and
-the load average before and after.
+p50 and p99 (ms), the flooder's accepted records/s and refusals, the broker's CPU use (% of
+one core, from ``/proc``) while the victim runs, the ratios of p99 to ``idle``, and the load
+average before and after.
 
 Usage: ``python benchmarks/tenant_flood.py [--rounds N] [--seconds S] [--quota R]
 [--against DIR]``.
@@ -109,10 +110,20 @@ async def setup(url: str, ca: str) -> None:
             await ops.admin.create("stream", "s", tenant=t, namespace="ns")
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) a process has used so far (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+Row = tuple[float, float, float, int, float]
+
+
 async def condition(
-    args: argparse.Namespace, url: str, ca: str, vb: Client, cond: str
-) -> tuple[float, float, float, int]:
-    """One condition on one broker: (victim p50, p99, flood records/s, flood refusals)."""
+    args: argparse.Namespace, url: str, ca: str, vb: Client, cond: str, pid: int
+) -> Row:
+    """One condition on one broker: (victim p50, p99, flood records/s, flood refusals,
+    broker CPU %)."""
     quota = args.quota if cond == "flood+quota" else None
     async with Client(url, ca_file=ca) as ops:
         await ops.admin.update("tenant", "a", {"publish_messages_per_s": quota})
@@ -127,13 +138,15 @@ async def condition(
             env=env,
         )
         await asyncio.sleep(0.5)  # the flood is on
+    cpu, start = cpu_seconds(pid), time.monotonic()
     lat = await victim(vb, args.seconds, args.interval / 1000)
+    busy = (cpu_seconds(pid) - cpu) / (time.monotonic() - start) * 100
     rate, refusals = 0.0, 0
     if proc is not None:
         out, _ = proc.communicate(timeout=60)
         fields = out.split()
         rate, refusals = float(fields[0]), int(fields[1])
-    return p(lat, 0.5), p(lat, 0.99), rate, refusals
+    return p(lat, 0.5), p(lat, 0.99), rate, refusals, busy
 
 
 async def run(args: argparse.Namespace) -> None:
@@ -141,28 +154,28 @@ async def run(args: argparse.Namespace) -> None:
     checkouts = [("this", ROOT)]
     if args.against:
         checkouts.append(("against", Path(args.against).resolve()))
-    results: dict[tuple[str, str], list[tuple[float, float, float, int]]] = {}
+    results: dict[tuple[str, str], list[Row]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         async with contextlib.AsyncExitStack() as stack:
-            brokers: list[tuple[str, str, str, Client]] = []
+            brokers: list[tuple[str, str, str, Client, int]] = []
             for label, root in checkouts:
                 data = Path(tmp) / label
                 data.mkdir()
-                url, _pid = stack.enter_context(broker("asyncio", data, None, root))
+                url, pid = stack.enter_context(broker("asyncio", data, None, root))
                 ca = str(data / "cert.pem")
                 await setup(url, ca)
                 vb = Client(url, tenant="b", namespace="ns", ca_file=ca)
-                brokers.append((label, url, ca, await stack.enter_async_context(vb)))
+                brokers.append((label, url, ca, await stack.enter_async_context(vb), pid))
             for r in range(args.rounds):
                 for cond in CONDITIONS:
                     order = brokers if r % 2 == 0 else brokers[::-1]  # ABBA across rounds
-                    for label, url, ca, vb in order:
-                        row = await condition(args, url, ca, vb, cond)
+                    for label, url, ca, vb, pid in order:
+                        row = await condition(args, url, ca, vb, cond, pid)
                         results.setdefault((label, cond), []).append(row)
                         print(
                             f"round {r} {label:8} {cond:12} p50 {row[0]:7.2f} ms "
                             f"p99 {row[1]:7.2f} ms  flood {row[2]:9.0f} rec/s "
-                            f"refused {row[3]}",
+                            f"refused {row[3]:4}  broker CPU {row[4]:3.0f} %",
                             flush=True,
                         )
     print(f"load average before {load_before} after {os.getloadavg()}")
@@ -175,9 +188,11 @@ async def run(args: argparse.Namespace) -> None:
             p99 = statistics.median(x[1] for x in rows)
             rate = statistics.median(x[2] for x in rows)
             refusals = statistics.median(x[3] for x in rows)
+            busy = statistics.median(x[4] for x in rows)
             print(
                 f"  {cond:12} median p50 {p50:7.2f} ms  p99 {p99:7.2f} ms  "
-                f"p99/idle {p99 / idle99:5.2f}  flood {rate:9.0f} rec/s  refused {refusals:g}"
+                f"p99/idle {p99 / idle99:5.2f}  flood {rate:9.0f} rec/s  refused {refusals:g}  "
+                f"broker CPU {busy:3.0f} %"
             )
 
 
