@@ -82,9 +82,11 @@ READY = re.compile(r'"quic":"([0-9.]+):(\d+)"')
 
 
 @contextmanager
-def broker(runtime: str, data_dir: Path, profile: Path | None) -> Iterator[tuple[str, int]]:
+def broker(
+    runtime: str, data_dir: Path, profile: Path | None, root: Path = ROOT
+) -> Iterator[tuple[str, int]]:
     """Start a broker subprocess on 127.0.0.1:0 and yield (url, broker pid); SIGTERM at the
-    end."""
+    end. ``root``: the checkout whose code the broker runs (this one by default)."""
     log_path = data_dir / "broker.log"
     cmd = [
         sys.executable,
@@ -96,6 +98,8 @@ def broker(runtime: str, data_dir: Path, profile: Path | None) -> Iterator[tuple
         str(data_dir),
         "--metrics-enabled",
         "false",
+        "--metrics",  # the health endpoint still listens: any free port, so brokers can coexist
+        "127.0.0.1:0",
         "--log-format",
         "json",
         "--broker-stream-max-retention-bytes",
@@ -118,7 +122,7 @@ def broker(runtime: str, data_dir: Path, profile: Path | None) -> Iterator[tuple
             *cmd,
         ]
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH")) if p)
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             cmd, cwd=str(data_dir), stdout=log, stderr=subprocess.STDOUT, env=env

@@ -292,12 +292,16 @@ class Publisher:
                 try:
                     result = await self._send_batch(batch, self.ack)
                     break
-                except Overloaded:
+                except Overloaded as exc:
                     if attempt == self.overload_retries:
                         raise
                     self.retries += 1
-                    self._backoff_until = max(self._backoff_until, anyio.current_time() + delay)
-                    await anyio.sleep(delay)
+                    wait = delay  # or as long as the broker said (a tenant's rate quota)
+                    retry_after_ms = exc.details.get("retry_after_ms")
+                    if isinstance(retry_after_ms, int) and retry_after_ms > 0:
+                        wait = max(wait, retry_after_ms / 1000)
+                    self._backoff_until = max(self._backoff_until, anyio.current_time() + wait)
+                    await anyio.sleep(wait)
                     delay = min(delay * 2, 1.0)
         except FelixError as exc:
             if self._error is None:

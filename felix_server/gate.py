@@ -39,6 +39,17 @@ flow-control window: an engine that grants credit as data arrives (qh3) would ot
 a client that sends without reading its replies grow it without end; the session then
 closes the connection (``OVERLOADED``).
 
+Throttling. Independently of the buffer levels, a connection whose tenant is over its publish
+rate is *throttled* (muted, as Kafka mutes an over-quota channel): when the engine refuses a
+publish or enqueue with a tenant publish-rate ``Overloaded`` whose ``retry_after_ms`` is at
+most :data:`MAX_THROTTLE_S` (:func:`throttle_deadline`), the session does not answer it; the
+gate holds requests (:meth:`Gate.throttle`, ``HOLD_REQUESTS``) until the bucket will hold
+enough, and then reads again (:meth:`Gate.unthrottle`, ``READ_REQUESTS`` unless the buffer
+cap still holds them), the refused request first. Until then nothing of the connection's
+request streams is parsed, and QUIC's credit is held back, so the flooder is slowed by QUIC
+flow control instead of costing a parse and a refusal per request. A longer wait (a batch
+that left the bucket deep in debt) is answered with the refusal and its ``retry_after_ms``.
+
 Nothing here does I/O: the session measures, the gate decides.
 """
 
@@ -47,10 +58,32 @@ from __future__ import annotations
 from collections import deque
 from enum import Enum
 
+from felix_core.errors import EngineError, Overloaded
+from felix_core.quotas import PUBLISH_BYTES, PUBLISH_MESSAGES
 from felix_proto import events as fe
 from felix_proto.codec import encode
 
-__all__ = ["Flow", "Gate", "HeldData", "Move", "Signal"]
+__all__ = ["MAX_THROTTLE_S", "Flow", "Gate", "HeldData", "Move", "Signal", "throttle_deadline"]
+
+MAX_THROTTLE_S = 2.0
+"""The longest a refused publish is delayed by throttling its connection; a tenant that
+must wait longer gets the ``OVERLOADED`` refusal and its ``retry_after_ms``."""
+
+
+def throttle_deadline(error: EngineError, now: float) -> float | None:
+    """When a connection refused ``error`` at ``now`` may be read again, if the refusal is
+    one the connection is throttled for instead of answered: a tenant publish-rate
+    :class:`~felix_core.errors.Overloaded` that clears within :data:`MAX_THROTTLE_S`.
+    None: answer the refusal."""
+    if type(error) is not Overloaded:
+        return None
+    details = error.details
+    if details.get("quota") not in (PUBLISH_MESSAGES, PUBLISH_BYTES):
+        return None
+    wait_ms = details.get("retry_after_ms")
+    if not isinstance(wait_ms, int) or wait_ms > MAX_THROTTLE_S * 1000:
+        return None
+    return now + wait_ms / 1000
 
 
 class Flow(Enum):
@@ -136,6 +169,7 @@ class Gate:
         "paused",
         "reading",
         "state",
+        "throttled_until",
     )
 
     def __init__(self, *, limit: int, resume: int, cap: int, bound: int) -> None:
@@ -145,7 +179,9 @@ class Gate:
         self._bound = bound
         self.state = Flow.OPEN
         self.reading = True
-        """Whether requests are read (not holding); follows :attr:`state`."""
+        """Whether requests are read: not holding (:attr:`state`) and not throttled."""
+        self.throttled_until: float | None = None
+        """While throttled: when reading may resume (:meth:`unthrottle`)."""
         self.paused = False
         """Whether the engine's deliveries to the connection are paused; follows
         :attr:`state`."""
@@ -207,9 +243,28 @@ class Gate:
         if entry is None:
             return ()
         self.state, moves = entry
-        self.reading = self.state is not Flow.HOLDING
         self.paused = self.state is not Flow.OPEN
+        if self.throttled_until is not None:  # requests stay held until the throttle ends
+            return tuple(move for move in moves if move is not Move.READ_REQUESTS)
+        self.reading = self.state is not Flow.HOLDING
         return moves
+
+    def throttle(self, until: float) -> tuple[Move, ...]:
+        """Hold requests until ``until`` (a later deadline than one set wins)."""
+        if self.throttled_until is not None:
+            self.throttled_until = max(self.throttled_until, until)
+            return ()
+        self.throttled_until = until
+        was_reading, self.reading = self.reading, False
+        return (Move.HOLD_REQUESTS,) if was_reading else ()
+
+    def unthrottle(self, now: float) -> tuple[Move, ...]:
+        """At ``now``: end a throttle that is due; read again unless over the cap."""
+        if self.throttled_until is None or now < self.throttled_until:
+            return ()
+        self.throttled_until = None
+        self.reading = self.state is not Flow.HOLDING
+        return (Move.READ_REQUESTS,) if self.reading else ()
 
     def before_request(self, queued: int) -> tuple[Move, ...]:
         """A request is about to be served with ``queued`` bytes queued: over the cap, hold

@@ -46,6 +46,11 @@ can give other connections mail (a cancelled consumer's messages go to its group
 consumers), so the poll is repeated, a bounded number of times. Sessions never call the
 server: it drives them and polls them.
 
+Fair turns: the server's :class:`~felix_server.fair.FairShare` gives each tenant at most
+:data:`~felix_server.fair.PASS_QUANTUM` records of one pass; a session past its tenant's
+turn yields until the next pass (its timer is due at once). Each :meth:`datagrams_to_send`
+ends the pass and renews every turn.
+
 Time: ``now`` is wall-clock seconds since the Unix epoch for everything (the engine stamps
 records with it; aioquic only needs a clock that is consistent between calls).
 
@@ -99,6 +104,7 @@ from felix_server.access import Authenticate, Exchange, accept_anonymous, for_co
 from felix_server.batches import EncodedBatches
 from felix_server.config import ServerConfig
 from felix_server.drain import Drain
+from felix_server.fair import FairShare
 from felix_server.local_route import LocalRoute
 from felix_server.observer import ServerObserver
 from felix_server.quic import FelixQuicConnection, refusal_datagram
@@ -206,6 +212,8 @@ class FelixServer:
         self.storage = StorageGlue(logs, self.broker) if logs is not None else None
         self.router = Router(LocalRoute(self.broker, metadata, now=now), self.observer)
         self.batches = EncodedBatches()
+        self.share = FairShare()
+        """Each tenant's turn of the current loop pass (:mod:`felix_server.fair`)."""
         self._factory = connection_factory
         self._by_cid: dict[bytes, Session] = {}
         self._sessions: dict[int, Session] = {}
@@ -319,6 +327,7 @@ class FelixServer:
             authenticate=for_connection(self._authenticate, quic),
             batches=self.batches,
             exchange=self._exchange,
+            share=self.share,
         )
         self._sessions[conn_id] = session
         self._by_cid[original_cid] = session
@@ -458,6 +467,7 @@ class FelixServer:
                     self._forget(session)
             dirty = self._dirty
         self.batches.flush(self.observer)
+        self.share.new_pass()  # the pass ends: every tenant has a new turn
         return out
 
     # ----------------------------------------------------------------------- storage

@@ -113,7 +113,8 @@ from felix_proto.server import ServerConnection
 from felix_server.access import Authenticate, Exchange, ExchangeRefusal, Refusal
 from felix_server.batches import EncodedBatches
 from felix_server.config import ServerConfig
-from felix_server.gate import Gate, Move
+from felix_server.fair import FairShare, request_cost, turn_key
+from felix_server.gate import Gate, Move, throttle_deadline
 from felix_server.observer import ServerObserver
 from felix_server.outbox import FeedKey, FeedOutbox
 from felix_server.quic_engine import (
@@ -246,6 +247,8 @@ class Session:
         batches: the server's encode-once cache of event batches.
         exchange: answers ``TokenExchange`` (capability ``token-exchange``); None: the
             broker does not exchange identity tokens.
+        share: the server's per-pass turns of the tenants (:mod:`felix_server.fair`);
+            None: requests are served as they come, without turns.
     """
 
     def __init__(
@@ -260,8 +263,10 @@ class Session:
         authenticate: Authenticate,
         batches: EncodedBatches,
         exchange: Exchange | None = None,
+        share: FairShare | None = None,
     ) -> None:
         self.quic = quic
+        self._share = share
         self.conn_id = conn_id
         self.router = router
         self.observer = observer
@@ -291,6 +296,7 @@ class Session:
         self._acks = AckWithData()  # a delayed ACK rides with the replies
         self._deferred: list[Callable[..., object]] = []  # router calls that need `now`
         self._pending: dict[int, tuple[m.Message, str, object]] = {}  # number -> request
+        self._retry: tuple[m.Message, str, object] | None = None  # refused while throttled
         self._next_request = 1
         self._issued: list[bytes] = []
         self._retired: list[bytes] = []
@@ -335,6 +341,8 @@ class Session:
             self.felix.close(int(ErrorCode.TIMEOUT), f"no Hello within {timeout:g} s")
         if self._expires_at is not None and now >= self._expires_at:
             self._expired(now)
+        if self.gate.throttled_until is not None:  # the tenant's bucket holds enough again
+            self._apply(self.gate.unthrottle(now), now)
         if self._login_deadline is not None and now >= self._login_deadline:
             self._login_deadline = None
             timeout = self.limits.handshake_timeout_s
@@ -346,8 +354,8 @@ class Session:
         self._process(now)
 
     def get_timer(self) -> float | None:
-        """The earliest of QUIC's, Felix's, the handshake, the close linger deadline and the
-        principal's expiry."""
+        """The earliest of QUIC's, Felix's, the handshake, the close linger deadline, the
+        principal's expiry and the end of a throttle."""
         deadlines = (
             self.quic.get_timer(),
             self.felix.get_timer(),
@@ -355,6 +363,7 @@ class Session:
             self._hello_deadline,
             self._expires_at,
             self._login_deadline,
+            self.gate.throttled_until,
         )
         return min((d for d in deadlines if d is not None), default=None)
 
@@ -431,6 +440,7 @@ class Session:
         self.gate.drop_held()
         self._outbox.clear()
         self._deferred.clear()
+        self._retry = None
         self.felix.connection_lost()
         self._felix_events(now)
         self._pending.clear()
@@ -449,10 +459,10 @@ class Session:
         felix, router, conn_id = self.felix, self.router, self.conn_id
         while (event := felix.next_event()) is not None:
             if isinstance(event, fe.RequestReceived):
-                if self.gate.held or not self._may_read(now):
+                if self.gate.held or not self._may_read(event.message, now):
                     self.gate.hold_request(event)
                 else:
-                    self._request(event.message, now)
+                    self._request(event.message, now=now)
             elif isinstance(event, fe.CreditGranted):
                 router.credit(conn_id, event.subscription_id, event.messages, event.bytes, now)
             elif isinstance(event, fe.HandshakeRequested):
@@ -662,22 +672,35 @@ class Session:
             details={"reason": "expired"},
         )
 
-    def _may_read(self, now: float) -> bool:
-        """Whether the next request may be served: not once over the cap."""
-        moves = self.gate.before_request(self._queued())
+    def _may_read(self, msg: m.Message, now: float) -> bool:
+        """Whether the next request, ``msg``, may be served: not once over the cap, nor
+        past its tenant's turn in this pass (the connection then yields until the next
+        pass, :mod:`felix_server.fair`)."""
+        gate = self.gate
+        moves = gate.before_request(self._queued())
         if moves:
             self._apply(moves, now)
             self.observer.log(
                 "debug", "connection over its buffer cap: requests wait", conn_id=self.conn_id
             )
-        return self.gate.reading
+        share = self._share
+        if (
+            share is not None
+            and gate.reading
+            and not share.admit(turn_key(self.principal, msg), request_cost(msg), now)
+        ):
+            self._apply(gate.throttle(now), now)  # due at once: the next pass goes on
+        return gate.reading
 
     def _read_held(self, now: float) -> None:
         """Reading again: serve the held requests, then the held data, in order."""
         gate = self.gate
         held = gate.held
-        while held and self._may_read(now):
-            self._request(gate.next_request().message, now)
+        if self._retry is not None and self._may_read(self._retry[0], now):  # it first
+            retry, self._retry = self._retry, None
+            self._request(*retry, now=now)
+        while held and self._may_read(held[0].message, now):
+            self._request(gate.next_request().message, now=now)
         while gate.held_data and not held and gate.reading:
             sid = next(iter(gate.held_data))
             data = gate.take_data(sid)
@@ -709,9 +732,12 @@ class Session:
 
     # --------------------------------------------------------------------- requests
 
-    def _request(self, msg: m.Message, now: float) -> None:
+    def _request(
+        self, msg: m.Message, kind: str | None = None, token: object = None, *, now: float
+    ) -> None:
         """Submit a request to the router and write what is ready at once (its answer, if
-        it completed, and any feed events), before the next request is read."""
+        it completed, and any feed events), before the next request is read. ``kind`` and
+        ``token`` are given when a throttled request is served again (its metrics go on)."""
         if type(msg) is m.Reauthenticate:  # the session's own business, not a route's
             self._reauthenticate(msg, now)
             return
@@ -721,10 +747,12 @@ class Session:
         if self.principal is None:  # accepted to log in by exchange, not logged in yet
             self._not_logged_in(msg)
             return
-        kind = request_kind(msg)
+        if kind is None:
+            kind = request_kind(msg)
+            token = self.observer.request_started(kind)
         number = self._next_request
         self._next_request += 1
-        self._pending[number] = (msg, kind, self.observer.request_started(kind))
+        self._pending[number] = (msg, kind, token)
         try:
             self.router.submit(self.conn_id, number, msg, now)
         except Exception as exc:  # a bug in a route: answer INTERNAL, keep serving
@@ -741,7 +769,7 @@ class Session:
             elif isinstance(event, ce.MessagesDelivered):
                 self.send_deliveries(event.consumer_id, event.deliveries)
             elif isinstance(event, ce.RequestRefused):
-                self._refused(event)
+                self._refused(event, now)
             elif isinstance(event, ce.RecordsSkipped):
                 self.send_gap(event.subscription_id, event.missed, event.next_offset)
             elif isinstance(event, ce.SubscriptionClosed):
@@ -775,14 +803,23 @@ class Session:
         if isinstance(msg, _ADMIN_AUDITED):
             self._audit_admin(msg, code)
 
-    def _refused(self, refused: ce.RequestRefused) -> None:
+    def _refused(self, refused: ce.RequestRefused, now: float) -> None:
         """Answer a request the engine refused with ``Error``: code, message, details and
-        retryability 1:1."""
+        retryability 1:1; or, refused by its tenant's publish rate, keep it and throttle the
+        connection until the bucket holds enough (:func:`~felix_server.gate.throttle_deadline`)."""
         pending = self._pending.pop(refused.request, None)
         if pending is None:
             return
         msg, kind, token = pending
         exc = refused.error
+        until = throttle_deadline(exc, now)
+        if until is not None and self._retry is None and not self.finished:
+            self._retry = pending  # served again, first, when the throttle ends
+            self._apply(self.gate.throttle(until), now)
+            self.observer.log(
+                "debug", "connection throttled: tenant over its publish rate", conn_id=self.conn_id
+            )
+            return
         rid = getattr(msg, "request_id", None)
         if rid is not None:
             with contextlib.suppress(FelixProtoError):

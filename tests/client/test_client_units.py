@@ -241,6 +241,25 @@ async def test_publisher_retries_overloaded_then_gives_up() -> None:
 
 
 @pytest.mark.anyio
+async def test_publisher_waits_the_retry_after_the_broker_names() -> None:
+    class OverQuota(FakeBroker):
+        refused = False
+
+        async def send(self, batch: Sequence[Record], ack: AckMode) -> PublishResult | None:
+            if not self.refused:
+                self.refused = True
+                raise errors.Overloaded("over quota", details={"retry_after_ms": 200})
+            return await super().send(batch, ack)
+
+    broker = OverQuota()
+    start = anyio.current_time()
+    async with Publisher(broker.send, max_batch_records=1, linger=0) as pub:
+        await pub.publish(b"a")
+    assert anyio.current_time() - start >= 0.2  # not the first backoff step (10 ms)
+    assert broker.batches == [[b"a"]] and pub.retries == 1
+
+
+@pytest.mark.anyio
 async def test_publisher_requires_async_with() -> None:
     pub = Publisher(FakeBroker().send)
     with pytest.raises(RuntimeError):

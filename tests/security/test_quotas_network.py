@@ -1,8 +1,9 @@
-"""Per-tenant quotas over the network, on every runtime: one tenant over its publish
-rate is refused OVERLOADED (retryable, the quota named) while another tenant is served, a
-tenant setting changes the limit live, and the refusals are on /metrics; connections are
-refused at the handshake; subscriptions, consumers and cache bytes are refused
-LIMIT_EXCEEDED naming the quota and freed when they end."""
+"""Per-tenant quotas over the network, on every runtime: one tenant over its publish rate
+is throttled (its connection muted, the publish delayed, not refused) while another tenant
+is served; a wait longer than the throttle is refused OVERLOADED (retryable, the quota
+named); a tenant setting changes the limit live, and the refusals are on /metrics;
+connections are refused at the handshake; subscriptions, consumers and cache bytes are
+refused LIMIT_EXCEEDED naming the quota and freed when they end."""
 
 from __future__ import annotations
 
@@ -32,11 +33,11 @@ async def metrics(broker: Broker) -> bytes:
     return data.partition(b"\r\n\r\n")[2]
 
 
-async def test_one_tenant_over_its_rate_is_refused_while_another_is_served(
+async def test_a_tenant_over_its_rate_is_throttled_while_another_is_served(
     fresh_broker: FreshBroker,
 ) -> None:
-    # one message per second, a bucket of one: the second publish within a second is over
-    broker = fresh_broker("--broker-tenant-publish-messages-per-s", "1")
+    # two messages per second, a bucket of two: a third within a second is over
+    broker = fresh_broker("--broker-tenant-publish-messages-per-s", "2")
     async with client(broker, "default") as ops:
         for tenant in ("a", "b"):
             await ops.admin.create("tenant", tenant)
@@ -44,22 +45,54 @@ async def test_one_tenant_over_its_rate_is_refused_while_another_is_served(
         for c in (a, b):
             await c.admin.create("namespace", "ns")
             await c.admin.create("stream", "s")
-        await a.publish("s", b"first")
+        await a.publish_batch("s", [b"first", b"second"])
+        start = anyio.current_time()
+        took: dict[str, float] = {}
+        offsets: dict[str, int] = {}
+
+        async def publish(c: Client, who: str, payload: bytes) -> None:
+            result = await c.publish("s", payload)
+            took[who] = anyio.current_time() - start
+            assert result is not None
+            offsets[who] = result.first_offset
+
+        with anyio.fail_after(WAIT):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(publish, a, "a", b"over")  # not refused: delayed
+                await anyio.sleep(0.05)  # a's connection is throttled now
+                tg.start_soon(publish, a, "a2", b"behind")  # muted: waits behind it
+                await publish(b, "b", b"served")  # another tenant, its own bucket
+        # the bucket holds one token again after 0.5 s; b was served meanwhile
+        assert took["b"] < took["a"] <= took["a2"], took
+        assert took["a"] > 0.4, took
+        assert offsets == {"a": 2, "a2": 3, "b": 0}  # in order, nothing lost
+    body = await metrics(broker)
+    assert b'felix_quota_refused_total{quota="publish_messages_per_s",tenant="a"}' in body, body
+    assert b'tenant="b"' not in body.partition(b"felix_quota_refused_total")[2]
+
+
+async def test_a_wait_longer_than_the_throttle_is_refused(fresh_broker: FreshBroker) -> None:
+    broker = fresh_broker("--broker-tenant-publish-messages-per-s", "1")
+    async with client(broker, "default") as ops:
+        await ops.admin.create("tenant", "a")
+    async with client(broker, "a") as a:
+        await a.admin.create("namespace", "ns")
+        await a.admin.create("stream", "s")
+        # a batch of 5 passes a full bucket of 1 and leaves it 4 s in debt: over 2 s
+        await a.publish_batch("s", [b"%d" % i for i in range(5)])
         with pytest.raises(Overloaded) as caught:
             await a.publish("s", b"over")
         assert caught.value.retryable
         assert caught.value.details["tenant"] == "a"
         assert caught.value.details["quota"] == "publish_messages_per_s"
         assert caught.value.details["limit"] == 1
-        assert 0 < caught.value.details["retry_after_ms"] <= 1000
-        await b.publish("s", b"served")  # another tenant, its own bucket
+        assert 4000 < caught.value.details["retry_after_ms"] <= 5000
         # a tenant setting overrides the broker default at once, on the open connection
         await a.admin.update("tenant", "a", {"publish_messages_per_s": 1000})
         for i in range(10):
             await a.publish("s", b"%d" % i)
     body = await metrics(broker)
     assert b'felix_quota_refused_total{quota="publish_messages_per_s",tenant="a"} 1.0' in body, body
-    assert b'tenant="b"' not in body.partition(b"felix_quota_refused_total")[2]
 
 
 async def test_connections_per_tenant_are_refused_at_the_handshake(
