@@ -406,6 +406,12 @@ def _finish(args: argparse.Namespace, env: dict[str, str]) -> argparse.Namespace
     if args.ca and not os.path.isfile(args.ca):
         where = _origin(settings["ca"].source)
         raise ValueError(f"CA file {args.ca!r}{where} does not exist")
+    where = _origin(settings["cert"].source)  # the pair's one source
+    if bool(args.cert) != bool(args.cert_key):
+        raise ValueError(f"--cert and --cert-key go together{where}")
+    for flag, path in (("--cert", args.cert), ("--cert-key", args.cert_key)):
+        if path and not os.path.isfile(path):
+            raise ValueError(f"{flag} file {path!r}{where} does not exist")
     return args
 
 
