@@ -406,12 +406,17 @@ def resolve(
         else:
             out[name] = Resolved(value=default, source="default")
     for pair in PAIRS:  # the layer that sets either one sets both
-        top = min(pair, key=lambda n: _LAYERS.index(out[n].source.split(" ")[0]))
-        source = out[top].source
+        layer = min(_layer(out[name].source) for name in pair)
         for name in pair:
-            if out[name].source != source:
-                out[name] = Resolved(value=SETTINGS[name][1], source=source)
+            if _layer(out[name].source) != layer:
+                top = next(n for n in pair if _layer(out[n].source) == layer)
+                out[name] = Resolved(value=SETTINGS[name][1], source=out[top].source)
     return out
+
+
+def _layer(source: str) -> int:
+    """The rank of a :class:`Resolved` source's layer (0: a flag)."""
+    return _LAYERS.index(source.split(" ", maxsplit=1)[0])
 
 
 _LAYERS = ("flag", "env", "context", "default")

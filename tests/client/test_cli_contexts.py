@@ -238,6 +238,8 @@ def test_the_client_certificate_and_its_key_come_from_one_layer() -> None:
         "flag",
         "flag",
     )
+    both = {"FELIX_CERT": "/e.pem", "FELIX_CERT_KEY": "/e.key"}  # one layer, two variables
+    assert pair({}, both) == ("/e.pem", "/e.key", "env FELIX_CERT", "env FELIX_CERT_KEY")
 
 
 @pytest.mark.parametrize(("text", "value"), [("1", True), ("YES", True), ("off", False)])
