@@ -4,6 +4,8 @@
 
     felix context add prod --server quic://felix.example.com:7447 --ca ca.pem \\
         --token - --tenant acme --use          # the token read from stdin
+    felix context add mtls --server quic://felix.example.com:7447 --ca ca.pem \\
+        --cert me.pem --cert-key me.key        # a client certificate (mutual TLS)
     felix context use prod
     felix context list                          # * marks the context commands use
     felix context show [NAME] [--show-token]
@@ -73,6 +75,18 @@ def add_context_commands(sub: argparse._SubParsersAction[Any]) -> None:
         action="store_true",
         default=s,
         help="do not verify the broker's certificate (development only)",
+    )
+    p.add_argument(
+        "--cert",
+        default=s,
+        metavar="FILE",
+        help="PEM client certificate for mutual TLS (with --cert-key; stored as an absolute path)",
+    )
+    p.add_argument(
+        "--cert-key",
+        default=s,
+        metavar="FILE",
+        help="the private key of --cert (stored as an absolute path)",
     )
     p.add_argument(
         "--token",
@@ -168,6 +182,14 @@ def _add(
         if not ca.is_file():
             raise ConfigError(f"CA file {args.ca!r} does not exist")
         values["ca"] = str(ca.resolve())
+    if hasattr(args, "cert") != hasattr(args, "cert_key"):
+        raise ConfigError("--cert and --cert-key go together")
+    for key, flag in (("cert", "--cert"), ("cert_key", "--cert-key")):
+        if hasattr(args, key):
+            path = Path(getattr(args, key)).expanduser()
+            if not path.is_file():
+                raise ConfigError(f"{flag} file {getattr(args, key)!r} does not exist")
+            values[key] = str(path.resolve())
     if hasattr(args, "token"):
         token = sys.stdin.readline().strip() if args.token == "-" else args.token
         if not token:

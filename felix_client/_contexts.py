@@ -9,6 +9,8 @@ Theory of operation. The file lives in :func:`config_dir` (``$FELIX_CONFIG_DIR``
     [contexts.prod]
     server = "quic://felix.example.com:7447"
     ca = "/home/me/felix/ca.pem"
+    cert = "/home/me/felix/me.pem"
+    cert_key = "/home/me/felix/me.key"
     token = "eyJ..."
     tenant = "acme"
 
@@ -22,7 +24,9 @@ bearer tokens, and a reader never sees half a file.
 :func:`resolve` is the precedence, one setting at a time: an explicit flag, else the
 ``FELIX_*`` environment variable, else the selected context, else the built-in default.
 It is pure (the flags, the environment and the context are arguments), and it says where
-each value came from so that errors can name the layer to fix.
+each value came from so that errors can name the layer to fix. The client certificate and
+its key (``cert``, ``cert_key``) resolve as a pair: both come from the first layer that
+sets either, so a flag's certificate is never matched with a context's key.
 """
 
 from __future__ import annotations
@@ -80,6 +84,10 @@ class Context:
     """CA certificate file (an absolute path), as ``--ca``."""
     insecure: bool | None = None
     """Skip certificate verification, as ``--insecure``."""
+    cert: str | None = None
+    """Client certificate file for mutual TLS (an absolute path), as ``--cert``."""
+    cert_key: str | None = None
+    """The private key file of ``cert`` (an absolute path), as ``--cert-key``."""
     token: str | None = None
     """Bearer token, as ``--token``. Never printed without ``--show-token``."""
     tenant: str | None = None
@@ -103,12 +111,17 @@ SETTINGS: dict[str, tuple[str, str | bool | None]] = {
     "server": ("FELIX_SERVER", DEFAULT_URL),
     "ca": ("FELIX_CA", None),
     "insecure": ("FELIX_INSECURE", False),
+    "cert": ("FELIX_CERT", None),
+    "cert_key": ("FELIX_CERT_KEY", None),
     "token": ("FELIX_TOKEN", None),
     "tenant": ("FELIX_TENANT", None),  # None: the token's tenant, else "default"
     "namespace": ("FELIX_NAMESPACE", "default"),
     "metrics": ("FELIX_METRICS", DEFAULT_METRICS_URL),
 }
 """Each context setting: its environment variable and its built-in default."""
+
+PAIRS = (("cert", "cert_key"),)
+"""Settings that resolve together, from the first layer that sets either of them."""
 
 _TYPES: dict[str, type] = {f.name: bool if f.name == "insecure" else str for f in fields(Context)}
 
@@ -392,4 +405,19 @@ def resolve(
             out[name] = Resolved(value=getattr(context[1], name), source=f"context {context[0]}")
         else:
             out[name] = Resolved(value=default, source="default")
+    for pair in PAIRS:  # the layer that sets either one sets both
+        layer = min(_layer(out[name].source) for name in pair)
+        for name in pair:
+            if _layer(out[name].source) != layer:
+                top = next(n for n in pair if _layer(out[n].source) == layer)
+                out[name] = Resolved(value=SETTINGS[name][1], source=out[top].source)
     return out
+
+
+def _layer(source: str) -> int:
+    """The rank of a :class:`Resolved` source's layer (0: a flag)."""
+    return _LAYERS.index(source.split(" ", maxsplit=1)[0])
+
+
+_LAYERS = ("flag", "env", "context", "default")
+"""The layers of :func:`resolve`, first one first."""

@@ -407,6 +407,12 @@ def _finish(args: argparse.Namespace, env: dict[str, str]) -> argparse.Namespace
     if args.ca and not os.path.isfile(args.ca):
         where = _origin(settings["ca"].source)
         raise ValueError(f"CA file {args.ca!r}{where} does not exist")
+    where = _origin(settings["cert"].source)  # the pair's one source
+    if bool(args.cert) != bool(args.cert_key):
+        raise ValueError(f"--cert and --cert-key go together{where}")
+    for flag, path in (("--cert", args.cert), ("--cert-key", args.cert_key)):
+        if path and not os.path.isfile(path):
+            raise ValueError(f"{flag} file {path!r}{where} does not exist")
     return args
 
 
@@ -509,16 +515,15 @@ def _run_connected(args: argparse.Namespace) -> int:
 def completion_script(shell: str) -> str:
     """The completion script of ``felix`` and ``felix-broker`` for ``shell``, generated
     from :func:`build_parser` with the broker runtime's own flags under ``broker`` and
-    ``felix bench``'s scenarios and flags under ``bench`` (when felix[bench] is installed)."""
+    ``felix bench``'s scenarios and flags under ``bench``."""
     from felix_server.config import build_parser as broker_parser
 
-    merge: dict[tuple[str, ...], argparse.ArgumentParser] = {("broker",): broker_parser()}
-    try:
-        from .bench.command import build_parser as bench_parser
-    except ImportError:  # the bench extra is not installed: felix bench has no options
-        pass
-    else:
-        merge[("bench",)] = bench_parser()
+    from .bench.parser import build_parser as bench_parser  # light: no client, no extra
+
+    merge: dict[tuple[str, ...], argparse.ArgumentParser] = {
+        ("broker",): broker_parser(),
+        ("bench",): bench_parser(),
+    }
     tree = command_tree(build_parser(), merge)
     return render(shell, tree, __version__)
 

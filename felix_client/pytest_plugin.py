@@ -21,7 +21,11 @@ turns it off. Fixtures (documented in ``docs/testing.md``):
 
 Options: ``--felix-runtime`` (or the ini key ``felix_runtime``) picks the broker runtime:
 ``asyncio`` (default), ``anyio-asyncio`` or ``anyio-trio``. The ini key
-``felix_broker_args`` adds ``felix broker`` flags (they win over the plugin's own).
+``felix_broker_args`` adds ``felix broker`` flags (they win over the plugin's own). The ini
+key ``felix_auth = true`` (or ``factory(auth=True)``) starts brokers that accept only Felix
+tokens signed by a key the plugin makes: ``broker.token_for(subject, tenant=...,
+permissions=...)`` signs one, and the client fixtures connect with ``token_for()`` (every
+permission in tenant ``default``).
 
 The broker is a subprocess rather than a thread so that the tests' event loop, asyncio or
 trio, stays independent of the broker's, and a crash of either is seen as such. The module
@@ -38,6 +42,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
@@ -86,6 +91,8 @@ class FelixBroker:
     """The bound metrics and health (HTTP) port."""
     log: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=LOG_LINES_KEPT))
     """Its most recent JSON log lines."""
+    signing_key: Path | None = None
+    """Started with ``auth``: the PEM Ed25519 private key of the token issuer it trusts."""
 
     @property
     def url(self) -> str:
@@ -113,8 +120,46 @@ class FelixBroker:
         return f"http://{self.metrics_host}:{self.metrics_port}"
 
     def client_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for ``felix_client.Client`` / ``BlockingClient`` besides the URL."""
-        return {"ca_file": self.ca_file, "timeout": 10.0}
+        """Keyword arguments for ``felix_client.Client`` / ``BlockingClient`` besides the URL
+        (with ``auth``, a :meth:`token_for` token of every permission in tenant ``default``)."""
+        kwargs: dict[str, Any] = {"ca_file": self.ca_file, "timeout": 10.0}
+        if self.signing_key is not None:
+            kwargs["token"] = self.token_for()
+        return kwargs
+
+    def token_for(
+        self,
+        subject: str = "pytest",
+        *,
+        tenant: str = "default",
+        permissions: tuple[str, ...] | list[str] = ("*",),
+        ttl: float = 3600.0,
+    ) -> str:
+        """A Felix token this broker accepts: ``subject`` in ``tenant`` with
+        ``permissions`` (``ACTION[:NAMESPACE/NAME]``, e.g. ``publish:default/orders``; ``*``:
+        every action everywhere), valid for ``ttl`` seconds.
+
+        Raises:
+            RuntimeError: the broker was not started with ``auth``.
+            ValueError: a bad tenant name or permission.
+        """
+        if self.signing_key is None:
+            raise RuntimeError(
+                "token_for needs a broker started with auth (ini felix_auth = true, or "
+                "felix_broker_factory(auth=True))"
+            )
+        from felix_core.access import Permission
+        from felix_runtime.tokens import issue_token, load_private_key
+
+        return issue_token(
+            load_private_key(self.signing_key.read_bytes()),
+            subject=subject,
+            tenant=tenant,
+            now=time.time(),
+            ttl=ttl,
+            token_id=uuid.uuid4().hex,
+            permissions=[Permission.parse(p) for p in permissions],
+        )
 
     def log_messages(self) -> list[str]:
         """The ``msg`` of each kept log line."""
@@ -160,6 +205,7 @@ def start_broker(
     runtime: str = DEFAULT_RUNTIME,
     port: int = 0,
     env: dict[str, str] | None = None,
+    auth: bool = False,
 ) -> FelixBroker:
     """Start a broker on 127.0.0.1 (free ports) with its data in ``data_dir``; wait until
     it listens.
@@ -170,6 +216,8 @@ def start_broker(
         runtime: a key of :data:`RUNTIMES`.
         port: its QUIC port (0: a free one; a restarted broker can take its old one back).
         env: its environment (default: this process's, without ``FELIX_*``).
+        auth: accept only Felix tokens, signed by a key made in ``data_dir`` (kept across
+            restarts on the same directory): :meth:`FelixBroker.token_for` signs them.
 
     Raises:
         ValueError: unknown runtime.
@@ -178,6 +226,9 @@ def start_broker(
     if runtime not in RUNTIMES:
         raise ValueError(f"unknown Felix runtime {runtime!r} (one of {', '.join(RUNTIMES)})")
     data_dir.mkdir(parents=True, exist_ok=True)
+    signing_key = _issuer_key(data_dir) if auth else None
+    if signing_key is not None:
+        flags = ("--auth-issuer-key", str(signing_key.with_suffix(".pub")), *flags)
     cmd = [
         sys.executable,
         "-m",
@@ -203,7 +254,7 @@ def start_broker(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
-    broker = FelixBroker(runtime, proc, data_dir)
+    broker = FelixBroker(runtime, proc, data_dir, signing_key=signing_key)
     threading.Thread(target=_read_log, args=(proc, broker.log), daemon=True).start()
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline and proc.poll() is None:
@@ -220,6 +271,29 @@ def start_broker(
     )
 
 
+def _issuer_key(data_dir: Path) -> Path:
+    """The token issuer's private key in ``data_dir`` (``test-issuer.key``, its public key
+    beside it as ``test-issuer.pub``), made on first use."""
+    private = data_dir / "test-issuer.key"
+    if not private.exists():
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+        key = Ed25519PrivateKey.generate()
+        public = key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        private.with_suffix(".pub").write_bytes(public)
+        private.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+    return private
+
+
 # ------------------------------------------------------------------------ pytest hooks
 
 
@@ -233,6 +307,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     parser.addini("felix_runtime", f"runtime of the felix_broker fixture ({', '.join(RUNTIMES)})")
     parser.addini("felix_broker_args", "extra `felix broker` flags for felix_broker", type="args")
+    parser.addini(
+        "felix_auth",
+        "felix_broker accepts only tokens (broker.token_for signs them)",
+        type="bool",
+        default=False,
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -266,7 +346,10 @@ def felix_broker(
     """A Felix broker on a free 127.0.0.1 port, shared by the session's tests."""
     flags = [str(arg) for arg in request.config.getini("felix_broker_args")]
     broker = start_broker(
-        tmp_path_factory.mktemp("felix-broker"), *flags, runtime=_runtime(request.config)
+        tmp_path_factory.mktemp("felix-broker"),
+        *flags,
+        runtime=_runtime(request.config),
+        auth=bool(request.config.getini("felix_auth")),
     )
     yield broker
     _stop_checked(broker)
@@ -276,14 +359,18 @@ def felix_broker(
 def felix_broker_factory(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> Iterator[Callable[..., FelixBroker]]:
-    """``factory(*flags, data_dir=None)`` starts a private broker (the session's runtime
-    and ini flags, then ``flags``); all are stopped after the test."""
+    """``factory(*flags, data_dir=None, auth=None)`` starts a private broker (the
+    session's runtime and ini flags, then ``flags``; ``auth`` defaults to the ini
+    ``felix_auth``); all are stopped after the test."""
     started: list[FelixBroker] = []
     base = [str(arg) for arg in request.config.getini("felix_broker_args")]
 
-    def factory(*flags: str, data_dir: Path | None = None) -> FelixBroker:
+    def factory(*flags: str, data_dir: Path | None = None, auth: bool | None = None) -> FelixBroker:
         where = data_dir or tmp_path / f"felix-broker-{len(started)}"
-        started.append(start_broker(where, *base, *flags, runtime=_runtime(request.config)))
+        secured = bool(request.config.getini("felix_auth")) if auth is None else auth
+        started.append(
+            start_broker(where, *base, *flags, runtime=_runtime(request.config), auth=secured)
+        )
         return started[-1]
 
     yield factory

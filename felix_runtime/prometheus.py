@@ -542,6 +542,24 @@ class PrometheusObserver(ServerObserver):
         if self.tracing is not None:
             self.tracing.appended(source, tenant, namespace, name, headers)
 
+    def dispatched(
+        self,
+        source: str,
+        tenant: str,
+        namespace: str,
+        name: str,
+        headers: Sequence[Mapping[str, bytes] | None],
+        first_offset: int,
+    ) -> None:
+        if self.tracing is not None:
+            self.tracing.dispatched(source, tenant, namespace, name, headers, first_offset)
+
+    def settled(
+        self, operation: str, tenant: str, namespace: str, queue: str, deliveries: int
+    ) -> None:
+        if self.tracing is not None:
+            self.tracing.settled(operation, tenant, namespace, queue, deliveries)
+
     def delivered(self, source: str, records: int, nbytes: int) -> None:
         # Called per queue delivery: labels() costs more than the increments, so each
         # source's children are looked up once ("stream" and "queue": bounded).

@@ -8,9 +8,20 @@ the SDK in the process that embeds the broker.
 
 W3C trace context (``traceparent``, ``tracestate``, through the globally configured
 propagator) travels in record headers: header names are ``str``, values ``bytes``. The
-broker's ``append`` span is a child of the producer span in the first record's headers and
-links to every record's producer span. Attributes follow the OpenTelemetry messaging
-semantic conventions, with ``messaging.system`` = ``felix``.
+broker makes three kinds of span, one per batch (never one per record):
+
+- ``append {name}`` (SERVER): an accepted publish or enqueue;
+- ``deliver {name}`` (PRODUCER, ``messaging.operation.type`` ``send``): an event batch
+  written to a subscription, or queue deliveries written to a consumer in one frame;
+- ``ack {queue}`` / ``nack {queue}`` (SERVER, ``settle``): an accepted ack or nack (no
+  parent or links: the broker keeps no delivery's trace context).
+
+An ``append`` or ``deliver`` span is a child of the producer span in the first traced
+record's headers and links to the producer spans of the batch's records: only the first
+:data:`MAX_TRACED_RECORDS` records that carry headers are read, so a batch costs at most
+that many context extractions however large it is (``messaging.batch.message_count``
+still counts every record). Attributes follow the OpenTelemetry messaging semantic
+conventions, with ``messaging.system`` = ``felix``.
 """
 
 from __future__ import annotations
@@ -52,6 +63,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "API",
+    "MAX_TRACED_RECORDS",
     "SYSTEM",
     "BrokerTracer",
     "broker_tracer",
@@ -63,6 +75,10 @@ __all__ = [
 
 SYSTEM = "felix"
 """The ``messaging.system`` attribute of every Felix span."""
+
+MAX_TRACED_RECORDS = 32
+"""A broker span reads the trace context of at most this many records of its batch (the
+first ones with headers): its parent and links come from those."""
 
 _provider: TracerProvider | None = None
 
@@ -126,6 +142,17 @@ def links_to(contexts: Sequence[Context | None]) -> list[Link]:
     return links
 
 
+def batch_contexts(headers: Sequence[Mapping[str, bytes] | None]) -> list[Context | None]:
+    """The producer contexts of the first :data:`MAX_TRACED_RECORDS` records with headers."""
+    contexts: list[Context | None] = []
+    for h in headers:
+        if h:
+            contexts.append(producer_context(h))
+            if len(contexts) == MAX_TRACED_RECORDS:
+                break
+    return contexts
+
+
 class BrokerTracer:
     """Makes the broker's spans from what the observer hook reports."""
 
@@ -141,17 +168,69 @@ class BrokerTracer:
         headers: Sequence[Mapping[str, bytes] | None],
     ) -> None:
         """One accepted publish (``source`` ``stream``) or enqueue (``queue``) of
-        ``len(headers)`` records: a SERVER span, child of the first record's producer span,
-        linked to every record's."""
-        contexts = [producer_context(h) for h in headers]
-        attributes = messaging_attributes("append", None, name, tenant, namespace)
+        ``len(headers)`` records: a SERVER span, child of the first traced record's producer
+        span, linked to the traced records' (see :data:`MAX_TRACED_RECORDS`)."""
+        self._batch_span("append", None, SpanKind.SERVER, source, tenant, namespace, name, headers)
+
+    def dispatched(
+        self,
+        source: str,
+        tenant: str,
+        namespace: str,
+        name: str,
+        headers: Sequence[Mapping[str, bytes] | None],
+        first_offset: int,
+    ) -> None:
+        """One batch of ``len(headers)`` records from ``first_offset`` on written to a
+        subscription (``source`` ``stream``) or a consumer (``queue``): a PRODUCER span,
+        child of the first traced record's producer span, linked to the traced records'."""
+        self._batch_span(
+            "deliver",
+            "send",
+            SpanKind.PRODUCER,
+            source,
+            tenant,
+            namespace,
+            name,
+            headers,
+            {"felix.offset": first_offset},
+        )
+
+    def settled(
+        self, operation: str, tenant: str, namespace: str, queue: str, deliveries: int
+    ) -> None:
+        """An accepted ``ack`` or ``nack`` of ``deliveries`` deliveries: a SERVER span."""
+        attributes = messaging_attributes(operation, "settle", queue, tenant, namespace)
+        if deliveries > 1:
+            attributes["messaging.batch.message_count"] = deliveries
+        span = self.tracer.start_span(
+            f"{operation} {queue}", kind=SpanKind.SERVER, attributes=attributes
+        )
+        span.end()
+
+    def _batch_span(
+        self,
+        operation: str,
+        kind: str | None,
+        span_kind: SpanKind,
+        source: str,
+        tenant: str,
+        namespace: str,
+        name: str,
+        headers: Sequence[Mapping[str, bytes] | None],
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        contexts = batch_contexts(headers)
+        attributes = messaging_attributes(operation, kind, name, tenant, namespace)
         attributes["felix.source"] = source
         if len(headers) > 1:
             attributes["messaging.batch.message_count"] = len(headers)
+        if extra:
+            attributes.update(extra)
         span = self.tracer.start_span(
-            f"append {name}",
+            f"{operation} {name}",
             context=contexts[0] if contexts else None,
-            kind=SpanKind.SERVER,
+            kind=span_kind,
             attributes=attributes,
             links=links_to(contexts),
         )

@@ -32,7 +32,8 @@ class ServerObserver:
     """Receives what the server glue observes. Every method is a no-op here."""
 
     traces = False
-    """Whether :meth:`appended` wants to be called (an observer that traces sets it)."""
+    """Whether the trace hooks (:meth:`appended`, :meth:`dispatched`, :meth:`settled`) want
+    to be called (an observer that traces sets it)."""
 
     def connection_opened(self) -> None:
         """A QUIC connection was accepted (before the Felix handshake)."""
@@ -79,6 +80,26 @@ class ServerObserver:
         ``headers`` holds each record's headers. Called only when :attr:`traces` is set: it
         is for traces (W3C trace context in the headers), and unlike the other arguments
         here it names resources and carries client data, so it is never a metric label."""
+
+    def dispatched(
+        self,
+        source: str,
+        tenant: str,
+        namespace: str,
+        name: str,
+        headers: Sequence[Mapping[str, bytes] | None],
+        first_offset: int,
+    ) -> None:
+        """A batch of records from ``name`` (``source`` ``stream``: an event batch to a
+        subscription; ``queue``: deliveries to a consumer, in one frame) was written;
+        ``headers`` holds each record's headers, the first at ``first_offset``. A trace
+        hook, called only when :attr:`traces` is set (never a metric label)."""
+
+    def settled(
+        self, operation: str, tenant: str, namespace: str, queue: str, deliveries: int
+    ) -> None:
+        """An ``ack`` or ``nack`` (``operation``) of ``deliveries`` deliveries of ``queue``
+        was accepted. A trace hook, called only when :attr:`traces` is set."""
 
     def delivered(self, source: str, records: int, nbytes: int) -> None:
         """Records were written to a feed; ``source`` is ``stream`` or ``queue``."""

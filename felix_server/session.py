@@ -114,6 +114,7 @@ from felix_server.access import Authenticate, Exchange, ExchangeRefusal, Refusal
 from felix_server.batches import EncodedBatches
 from felix_server.config import ServerConfig
 from felix_server.fair import FairShare, request_cost, turn_key
+from felix_server.feed_traces import FeedTraces
 from felix_server.gate import Gate, Move, throttle_deadline
 from felix_server.observer import ServerObserver
 from felix_server.outbox import FeedKey, FeedOutbox
@@ -308,6 +309,7 @@ class Session:
         self._login_deadline: float | None = None  # accepted to log in by exchange, until
         self._agreed: list[str] = []  # the capabilities agreed in the handshake
         self._batch_deliveries = False  # the client agreed to ``delivery-batch``
+        self._traces = FeedTraces(observer, self._feed_open) if observer.traces else None
         router.attach(conn_id, now, UNIDENTIFIED)
 
     @property
@@ -796,6 +798,8 @@ class Session:
             if reply is not None and not self.felix.send_reply(reply):
                 code = int(ErrorCode.TOO_LARGE)  # answered Error(TOO_LARGE) instead
             self._count(msg)
+            if self._traces is not None:
+                self._traces.request_done(msg, reply)
         except Exception as exc:  # a bug: answer INTERNAL, keep serving
             code = int(ErrorCode.INTERNAL)
             self._internal_reply(msg, kind, exc)
@@ -868,23 +872,11 @@ class Session:
             self.observer.published(len(msg.payloads), sum(map(len, msg.payloads)))
         elif isinstance(msg, m.Enqueue):
             self.observer.enqueued(len(msg.payloads), sum(map(len, msg.payloads)))
-        if self.observer.traces:
-            self._trace_append(msg)
 
-    def _trace_append(self, msg: m.Message) -> None:
-        """Hand an accepted append's record headers to a tracing observer."""
-        if isinstance(msg, m.Publish):
-            headers = [msg.headers]
-            source, name = "stream", msg.stream
-        elif isinstance(msg, m.PublishBatch):
-            headers = msg.headers or [None] * len(msg.payloads)
-            source, name = "stream", msg.stream
-        elif isinstance(msg, m.Enqueue):
-            headers = msg.headers or [None] * len(msg.payloads)
-            source, name = "queue", msg.queue
-        else:
-            return
-        self.observer.appended(source, msg.tenant, msg.namespace, name, headers)
+    def _feed_open(self, key: FeedKey) -> bool:
+        is_sub, feed_id = key
+        felix = self.felix
+        return felix.subscription_open(feed_id) if is_sub else felix.consumer_open(feed_id)
 
     def _internal(self, where: str, exc: BaseException) -> None:
         self.observer.internal_error(where, exc)
@@ -973,6 +965,8 @@ class Session:
         """Write a batch; one over the client's ``max_frame_size`` goes in pieces that fit,
         and a record that fits no frame ends the subscription (docs/wire-protocol.md §5.4)."""
         felix = self.felix
+        if self._traces is not None:
+            self._traces.stream_batch(sid, sl)
         if felix.fits(frame):
             self._write_frame(sid, frame, len(sl.payloads), payload_bytes)
             return
@@ -1020,6 +1014,8 @@ class Session:
             return False
         if written:
             self.observer.delivered("queue", len(ds), sum(len(d.payload) for d in ds))
+            if self._traces is not None:
+                self._traces.queue_batch(consumer_id, ds)
             return True
         half = len(ds) // 2
         return self._write_deliveries(consumer_id, ds[:half]) and self._write_deliveries(
@@ -1047,6 +1043,8 @@ class Session:
             return False
         if written:
             self.observer.delivered("queue", 1, len(d.payload))
+            if self._traces is not None:
+                self._traces.queue_batch(consumer_id, (d,))
             return True
         self._outbox.drop((False, consumer_id))
         text = (

@@ -4,7 +4,8 @@ engine's own ceiling from the same run.
 The broker runs in its own process (started here with ``felix broker``, or the one named
 by ``--server``); load generators run in worker processes. Modules, one concern each:
 
-* :mod:`.command`: the command line, the plan of each scenario, the output;
+* :mod:`.parser`: the command line (light: ``felix completion`` reads it);
+* :mod:`.command`: the plan of each scenario, the run, the output;
 * :mod:`.servers`: the broker and redis-server this command starts;
 * :mod:`.workers`: the load-generator processes and their jobs' context;
 * :mod:`.runner`: what a scenario gets from the run, and the progress line;
@@ -18,6 +19,19 @@ by ``--server``); load generators run in worker processes. Modules, one concern 
 
 from __future__ import annotations
 
-from .command import main
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .command import main
 
 __all__ = ["main"]
+
+
+def __getattr__(name: str) -> Any:
+    """``main`` is imported on first use (PEP 562): importing :mod:`.parser` must not load
+    the scenarios, the client and the bench extra."""
+    if name == "main":
+        from .command import main
+
+        return main
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -27,12 +27,10 @@ from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
 
-from .settings import QuicSettings
+from .settings import ENGINES, QuicSettings
 
 __all__ = ["ENGINES", "Endpoint", "Engine", "EngineMissing", "load_engine"]
 
-ENGINES = ("aioquic", "qh3")
-"""The engines :func:`load_engine` knows."""
 ALPN = "felix-bench"
 READ_BATCH = 64
 SOCKET_BUFFER = 4 << 20

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .settings import RUNTIMES
+
 __all__ = [
     "RUNTIMES",
     "LocalBroker",
@@ -32,12 +34,6 @@ __all__ = [
     "redis_server_path",
 ]
 
-RUNTIMES: dict[str, list[str]] = {
-    "asyncio": ["--runtime", "asyncio"],
-    "anyio-asyncio": ["--runtime", "anyio", "--backend", "asyncio"],
-    "anyio-trio": ["--runtime", "anyio", "--backend", "trio"],
-}
-"""``--runtime`` of ``felix bench`` -> the ``felix broker`` flags that select it."""
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
 

@@ -2,18 +2,23 @@
 the broker a load generator connects to.
 
 Everything here is plain data, picklable, so the parent hands it to the load-generator
-processes as it is.
+processes as it is. It imports nothing heavy (the client only when a load generator
+connects): :mod:`.parser`, and so ``felix completion``, reads it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from ..client import Client
+if TYPE_CHECKING:
+    from ..client import Client
 
 __all__ = [
+    "ENGINES",
     "RAW_CLIENT",
     "RAW_SERVER",
+    "RUNTIMES",
     "SCENARIOS",
     "BrokerTarget",
     "Matrix",
@@ -23,6 +28,15 @@ __all__ = [
 
 SCENARIOS = ("raw-quic", "pubsub-latency", "pubsub-throughput", "queue", "cache", "all")
 """The scenarios ``felix bench`` knows, in the order ``all`` runs them."""
+
+ENGINES = ("aioquic", "qh3")
+"""The QUIC engines :func:`.quic_endpoint.load_engine` knows."""
+RUNTIMES: dict[str, list[str]] = {
+    "asyncio": ["--runtime", "asyncio"],
+    "anyio-asyncio": ["--runtime", "anyio", "--backend", "asyncio"],
+    "anyio-trio": ["--runtime", "anyio", "--backend", "trio"],
+}
+"""``--runtime`` of ``felix bench`` -> the ``felix broker`` flags that select it."""
 
 MiB = 1 << 20
 
@@ -62,6 +76,8 @@ class BrokerTarget:
 
     def connect(self) -> Client:
         """A new client (enter it with ``async with``); one QUIC connection."""
+        from ..client import Client
+
         return Client(
             self.url,
             ca_file=self.ca_file,

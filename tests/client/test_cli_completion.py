@@ -89,8 +89,8 @@ def test_broker_completes_the_runtimes_flags() -> None:
 
 
 def test_bench_completes_its_scenarios_and_flags() -> None:
-    from felix_client.bench.command import SCENARIOS
-    from felix_client.bench.command import build_parser as bench_parser
+    from felix_client.bench.parser import build_parser as bench_parser
+    from felix_client.bench.settings import SCENARIOS
 
     tree = command_tree(cli.build_parser(), {("bench",): bench_parser()})
     bench = tree.find("bench")

@@ -19,7 +19,7 @@ from brokers import Broker, child_env
 from hypothesis import given
 from hypothesis import strategies as st
 
-from felix_client import cli
+from felix_client import _cli_commands, cli
 from felix_client._contexts import (
     DEFAULT_METRICS_URL,
     SETTINGS,
@@ -158,6 +158,8 @@ _LAYER_VALUES: dict[str, tuple[Any, str, Any]] = {
     "server": ("quic://flag:1", "quic://env:2", "quic://ctx:3"),
     "ca": ("/flag.pem", "/env.pem", "/ctx.pem"),
     "insecure": (False, "true", True),
+    "cert": ("/flag.pem", "/env.pem", "/ctx.pem"),
+    "cert_key": ("/flag.key", "/env.key", "/ctx.key"),
     "token": ("flag-token", "env-token", "ctx-token"),
     "tenant": ("flag-tenant", "env-tenant", "ctx-tenant"),
     "namespace": ("flag-ns", "env-ns", "ctx-ns"),
@@ -195,11 +197,49 @@ def test_defaults() -> None:
         "server": DEFAULT_URL,
         "ca": None,
         "insecure": False,
+        "cert": None,
+        "cert_key": None,
         "token": None,
         "tenant": None,  # the token's tenant, else "default" (felix_client.Client)
         "namespace": "default",
         "metrics": DEFAULT_METRICS_URL,
     }
+
+
+def test_the_client_certificate_and_its_key_come_from_one_layer() -> None:
+    context = ("c", Context(cert="/c.pem", cert_key="/c.key"))
+
+    def pair(flags: dict[str, Any], env: dict[str, str]) -> tuple[Any, Any, str, str]:
+        got = resolve(flags, env, context)
+        return (
+            got["cert"].value,
+            got["cert_key"].value,
+            got["cert"].source,
+            got["cert_key"].source,
+        )
+
+    assert pair({}, {}) == ("/c.pem", "/c.key", "context c", "context c")
+    # A flag's certificate is not matched with the environment's or the context's key.
+    assert pair({"cert": "/f.pem"}, {"FELIX_CERT_KEY": "/e.key"}) == (
+        "/f.pem",
+        None,
+        "flag",
+        "flag",
+    )
+    assert pair({}, {"FELIX_CERT_KEY": "/e.key"}) == (
+        None,
+        "/e.key",
+        "env FELIX_CERT_KEY",
+        "env FELIX_CERT_KEY",
+    )
+    assert pair({"cert": "/f.pem", "cert_key": "/f.key"}, {}) == (
+        "/f.pem",
+        "/f.key",
+        "flag",
+        "flag",
+    )
+    both = {"FELIX_CERT": "/e.pem", "FELIX_CERT_KEY": "/e.key"}  # one layer, two variables
+    assert pair({}, both) == ("/e.pem", "/e.key", "env FELIX_CERT", "env FELIX_CERT_KEY")
 
 
 @pytest.mark.parametrize(("text", "value"), [("1", True), ("YES", True), ("off", False)])
@@ -259,6 +299,38 @@ def test_cli_layers_through_parse_args(cfg: Path, tmp_path: Path) -> None:
     assert (args.insecure, args.sources["insecure"]) == (False, "flag")
 
 
+def test_a_context_gives_the_client_certificate(cfg: Path, tmp_path: Path) -> None:
+    cert, key = tmp_path / "me.pem", tmp_path / "me.key"
+    cert.write_text("x")
+    key.write_text("x")
+    _write(
+        cfg,
+        "m",
+        m={"server": "quic://m:1", "cert": str(cert), "cert_key": str(key)},
+        half={"server": "quic://h:1", "cert": str(cert)},
+        gone={"server": "quic://g:1", "cert": str(cert), "cert_key": str(tmp_path / "no.key")},
+    )
+    env = {"FELIX_CONFIG_DIR": str(cfg)}
+    args = cli.parse_args(["cache", "get", "c", "k"], env=env)
+    assert (args.cert, args.cert_key) == (str(cert), str(key))
+    assert args.sources["cert"] == args.sources["cert_key"] == "context m"
+    client = _cli_commands._client(args)
+    assert (client._options.cert_file, client._options.key_file) == (str(cert), str(key))
+    # flags replace the pair, never half of it
+    other = tmp_path / "other.pem"
+    other.write_text("x")
+    with pytest.raises(ValueError, match="--cert and --cert-key go together"):
+        cli.parse_args(["cache", "get", "c", "k", "--cert", str(other)], env=env)
+    args = cli.parse_args(
+        ["cache", "get", "c", "k", "--cert", str(other), "--cert-key", str(key)], env=env
+    )
+    assert (args.cert, args.cert_key) == (str(other), str(key))
+    with pytest.raises(ValueError, match=r"go together \(from context half\)"):
+        cli.parse_args(["--context", "half", "cache", "get", "c", "k"], env=env)
+    with pytest.raises(ValueError, match=r"--cert-key file .* \(from context gone\) does not"):
+        cli.parse_args(["--context", "gone", "cache", "get", "c", "k"], env=env)
+
+
 def test_selected_context_must_exist(
     cfg: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -304,6 +376,10 @@ def test_add_use_list_show_rm(
         "quic://127.0.0.1:7447",
         "--ca",
         "ca.pem",
+        "--cert",
+        "ca.pem",
+        "--cert-key",
+        "ca.pem",
         "--insecure",
         "--use",
     )
@@ -333,6 +409,8 @@ def test_add_use_list_show_rm(
         "server": "quic://127.0.0.1:7447",
         "ca": str(ca.resolve()),  # absolute: the context works from any directory
         "insecure": True,
+        "cert": str(ca.resolve()),
+        "cert_key": str(ca.resolve()),
     }
     assert stored["contexts"]["prod"]["token"] == TOKEN
 
@@ -362,6 +440,8 @@ def test_add_use_list_show_rm(
         "server": "quic://127.0.0.1:7447",
         "ca": str(ca.resolve()),
         "insecure": True,
+        "cert": str(ca.resolve()),
+        "cert_key": str(ca.resolve()),
         "token_set": False,
     }
 
@@ -398,6 +478,12 @@ def test_add_refuses_mistakes(
         (["b.c/d", "-s", "quic://b:1"], "invalid context name"),
         (["b", "--ca", "/nonexistent/ca.pem"], "does not exist"),
         (["b", "--token", "-"], "empty token"),
+        (["b", "--cert", "ca.pem"], "--cert and --cert-key go together"),
+        (["b", "--cert-key", "ca.pem"], "--cert and --cert-key go together"),
+        (
+            ["b", "--cert", "/nonexistent/me.pem", "--cert-key", "/nonexistent/me.key"],
+            "does not exist",
+        ),
     ):
         monkeypatch.setattr("sys.stdin", io.StringIO(""))
         code, _, err = felix(capsys, "context", "add", *argv)

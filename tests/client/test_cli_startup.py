@@ -1,6 +1,8 @@
 """``felix`` starts without the engine or the QUIC client: the commands that need no
 connection (``--version``, ``--help``, ``token``, ``log``, ``audit``, ``completion``,
-``context``) must not pay for importing them. The package ``__init__``\\ s export lazily
+``context``) must not pay for importing them; ``felix completion`` (which reads ``felix
+bench``'s parser too) loads neither the client, anyio, asyncio, aioquic nor the bench
+extra. The package ``__init__``\\ s export lazily
 (PEP 562, :mod:`felix_proto._lazy`); every exported name must still resolve."""
 
 from __future__ import annotations
@@ -30,6 +32,42 @@ def test_importing_the_cli_loads_neither_the_engine_nor_the_quic_client() -> Non
     loaded = json.loads(out)
     heavy = [m for m in loaded if any(m == h or m.startswith(h + ".") for h in HEAVY)]
     assert heavy == [], f"felix_client.cli imports {heavy}"
+
+
+_COMPLETION_PROBE = """
+import contextlib, io, json, sys
+from felix_client import cli
+out = io.StringIO()
+with contextlib.redirect_stdout(out):
+    code = cli.main(["completion", sys.argv[1]])
+assert code == 0 and "--fanout" in out.getvalue()  # bench's flags are in the script
+print(json.dumps(sorted(sys.modules)))
+"""
+
+COMPLETION_HEAVY = (
+    "felix_client.client",
+    "felix_client.bench.command",
+    "felix_core.broker",
+    "aioquic",
+    "anyio",
+    "asyncio",
+    "trio",
+    "hdrh",
+)
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
+def test_completion_loads_neither_the_client_nor_anyio_nor_aioquic(shell: str) -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", _COMPLETION_PROBE, shell],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    loaded = json.loads(out)
+    heavy = [m for m in loaded if any(m == h or m.startswith(h + ".") for h in COMPLETION_HEAVY)]
+    assert heavy == [], f"felix completion {shell} imports {heavy}"
 
 
 @pytest.mark.parametrize("package", ["felix_proto", "felix_core", "felix_client"])

@@ -5,8 +5,9 @@ Supported kustomization keys: ``resources`` (files, or directories with a
 kustomization.yaml), ``namespace`` (set on every namespaced object), ``replicas``
 (``name`` / ``count``) and ``patches`` given by ``path`` (strategic-merge patches whose
 target is the object of the same kind and name). Strategic merge here: mappings merge key
-by key, lists of mappings that all carry ``name`` merge item by item on ``name``, other
-lists and scalars are replaced. Any other key, or a patch directive (``$patch``), raises
+by key, lists of mappings that all carry ``name`` merge item by item on ``name`` (items
+new to the list come first, in the patch's order, as kustomize puts them), other lists
+and scalars are replaced. Any other key, or a patch directive (``$patch``), raises
 :class:`UnsupportedKustomization`, so a manifest cannot silently outgrow this renderer;
 when ``kubectl`` is installed the tests compare this rendering with ``kubectl kustomize``.
 """
@@ -81,12 +82,13 @@ def merge(base: Any, patch: Any) -> Any:
     if _named_list(base) and _named_list(patch):
         out_list = [copy.deepcopy(item) for item in base]
         index = {item["name"]: i for i, item in enumerate(out_list)}
+        added = []
         for item in patch:
             if item["name"] in index:
                 out_list[index[item["name"]]] = merge(out_list[index[item["name"]]], item)
             else:
-                out_list.append(copy.deepcopy(item))
-        return out_list
+                added.append(copy.deepcopy(item))
+        return added + out_list
     return copy.deepcopy(patch)
 
 

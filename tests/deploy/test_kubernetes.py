@@ -6,7 +6,9 @@ container's args, environment and ConfigMap go through the broker's own loader
 (``felix_server.config.load_config``), so every flag and key in the manifests exists, and
 the resulting configuration must agree with the manifests: container ports, probe ports
 and paths, the Service target ports, the mounted TLS files and data directory, the memory
-limit and the termination grace period.
+limit and the termination grace period. The ``exchange`` overlay's exchange file goes
+through the broker's exchange loader, and its example client's projected token and
+``felix login`` command line must fit it.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from felix_server.config import ConfigError, ServerConfig, build_parser, load_co
 
 ROOT = Path(__file__).resolve().parents[2]
 KUBE = ROOT / "deploy" / "kubernetes"
-OVERLAYS = ["single", "cluster"]
+OVERLAYS = ["single", "cluster", "exchange"]
 KUBERNETES_VERSIONS = ["1.30", "1.37"]
 """The oldest release the manifests target (preStop exec, PDB policy/v1, sizeLimit ...)
 and the newest schema kubernetes-validate ships."""
@@ -344,3 +346,63 @@ def test_dockerfile_copies_every_package_the_wheel_needs() -> None:
     assert {"pyproject.toml", "README.md"} <= {
         word for instruction, rest in build if instruction == "COPY" for word in rest.split()
     }
+
+
+def test_exchange_overlay_maps_the_example_clients_projected_token() -> None:
+    import json
+
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from jwt.algorithms import RSAAlgorithm
+
+    from felix_client import cli
+    from felix_runtime.exchange import load_exchange_config
+
+    objects = _overlay("exchange")
+    config = _effective_config(objects)
+    container = _broker_container(objects)
+    pod = _one(objects, "StatefulSet", "felix")["spec"]["template"]["spec"]
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+
+    def volume_of(path: str) -> dict[str, Any]:
+        return dict(volumes[mounts[path.rpartition("/")[0]]])
+
+    assert config.auth_exchange is not None and config.auth_signing_key is not None
+    assert "configMap" in volume_of(config.auth_exchange)
+    assert "secret" in volume_of(config.auth_signing_key)  # keys come from Secrets
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()
+    jwk = {**json.loads(RSAAlgorithm.to_jwk(key)), "kid": "k", "alg": "RS256", "use": "sig"}
+    read: list[str] = []
+
+    def read_file(path: str) -> bytes:
+        read.append(path)
+        return json.dumps({"keys": [jwk]}).encode()
+
+    text = _one(objects, "ConfigMap", "felix-exchange")["data"]["exchange.toml"]
+    exchange = load_exchange_config(text, read_file=read_file)
+    assert [volume_of(path).get("secret") is not None for path in read] == [True]
+
+    client = _one(objects, "Pod", "felix-client-example")
+    spec = client["spec"]
+    (source,) = [
+        s["serviceAccountToken"]
+        for v in spec["volumes"]
+        if "projected" in v
+        for s in v["projected"]["sources"]
+    ]
+    assert source["audience"] == exchange.issuers[0].audience
+    rule = exchange.rules[0]
+    assert (rule.namespace, rule.service_account) == (
+        client["metadata"]["namespace"],
+        spec["serviceAccountName"],
+    )
+    (main,) = spec["containers"]
+    assert main["command"] == ["felix"]
+    args = cli.build_parser().parse_args(main["args"])
+    assert args.command == "login"
+    mounted = {m["mountPath"]: m["name"] for m in main["volumeMounts"]}
+    directory, _, name = args.id_token.rpartition("/")
+    assert (
+        name == source["path"]
+        and "projected" in {v["name"]: v for v in spec["volumes"]}[mounted[directory]]
+    )
