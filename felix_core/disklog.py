@@ -61,7 +61,11 @@ Retention deletes whole segments (:func:`~felix_core.segments.retention_deletion
 keeps at least what its limits say and at most one segment more; ``first_offset`` moves
 and reads below it answer :class:`~felix_core.log.TooOld` as before. Queues' trims
 (:meth:`DiskLog.truncate_before`) move ``first_offset`` at once and delete the segments
-wholly below it.
+wholly below it. A deleted segment leaves the log at once; its files go with an
+:class:`UnlinkJob` on a worker thread once no job reads or syncs it (unlinking a large
+file frees its blocks in the call: tens of milliseconds, never on the event loop). A
+failed unlink is tried again after the log's next job; files a crash leaves behind are
+valid segments, which recovery takes back in.
 """
 
 from __future__ import annotations
@@ -123,6 +127,7 @@ __all__ = [
     "StorageNotice",
     "SweepReport",
     "SyncJob",
+    "UnlinkJob",
 ]
 
 _READ_FAILURES_BEFORE_FAILING = 3
@@ -350,6 +355,54 @@ class RemoveJob:
         """Nothing to tell the engine (the resource is gone from it already); see
         :class:`StorageJob`."""
         return []
+
+
+class UnlinkJob:
+    """Delete the files (segment and index) of segments retention or a trim dropped.
+
+    Unlinking a large file frees its blocks in the system call: on ext4 about 16 ms for a
+    synced 64 MiB segment and 67 ms for a 256 MiB one (the default ``segment_bytes``),
+    too long a pause for the event loop, so it runs on a worker thread like an fsync. The
+    directory entry's removal is made durable by the next sync of a file in the directory
+    (``durable_removes=False``); a removal a crash undoes only brings back a segment whose
+    records are valid, which recovery takes back in."""
+
+    __slots__ = ("_fs", "_log", "_segments", "names")
+
+    def __init__(self, log: DiskLog, fs: FileSystem, segments: list[_Segment]) -> None:
+        self._log = log
+        self._fs = fs
+        self._segments = segments  # loop side only
+        self.names = [
+            name
+            for seg in segments
+            for name in (seg.name, f"{log.directory}/{index_name(seg.base)}")
+        ]
+        """The files to delete, each segment's log file before its index."""
+
+    @property
+    def kind(self) -> str:
+        """The log's resource kind."""
+        return self._log.kind
+
+    @property
+    def path(self) -> LogPath:
+        """The log's resource."""
+        return self._log.path
+
+    def run(self) -> None:
+        """Delete the files (one already gone is fine).
+
+        Raises:
+            FileSystemError: a removal failed (tried again after the log's next job).
+        """
+        for name in self.names:
+            self._fs.remove(name)
+
+    def finish(self, outcome: object, now: float) -> list[StorageNotice]:
+        """Nothing to tell the engine; a failure puts the segments back to be deleted
+        later; see :class:`StorageJob`."""
+        return self._log._unlink_finished(self, outcome)
 
 
 class ReadJob:
@@ -581,6 +634,7 @@ class DiskLog:
         self._queued: list[StorageJob] = []
         self._read_failures = 0
         self._doomed: list[_Segment] = []
+        self._unlinks: set[UnlinkJob] = set()  # queued or in flight
         self._closed_totals = (0, 0)  # records and record bytes of all segments but the last
         self._unsynced = 0
         self.sync_in_flight: SyncJob | None = None
@@ -1086,7 +1140,7 @@ class DiskLog:
             evicted.close()
 
     def take_jobs(self) -> list[StorageJob]:
-        """The read jobs queued by reads since the last call."""
+        """The jobs queued since the last call: cold reads, and unlinks of deleted segments."""
         jobs, self._queued = self._queued, []
         return jobs
 
@@ -1134,17 +1188,22 @@ class DiskLog:
         self._remove_doomed()
 
     def _remove_doomed(self) -> None:
-        keep: list[_Segment] = []
-        for seg in self._doomed:
-            if seg.busy > 0:
-                keep.append(seg)
-                continue
-            try:
-                self.fs.remove(seg.name)
-                self.fs.remove(f"{self.directory}/{index_name(seg.base)}")
-            except FileSystemError:
-                keep.append(seg)  # tried again after the next job
-        self._doomed = keep
+        """Queue an :class:`UnlinkJob` for the deleted segments no job uses any more."""
+        if self._closed:
+            return
+        ready = [seg for seg in self._doomed if seg.busy == 0]
+        if not ready:
+            return
+        self._doomed = [seg for seg in self._doomed if seg.busy > 0]
+        job = UnlinkJob(self, self.fs, ready)
+        self._unlinks.add(job)
+        self._queued.append(job)
+
+    def _unlink_finished(self, job: UnlinkJob, outcome: object) -> list[StorageNotice]:
+        self._unlinks.discard(job)
+        if isinstance(outcome, BaseException) and not self._closed:
+            self._doomed.extend(job._segments)  # tried again after the next job
+        return []
 
     def _move_first(self, first: int) -> int:
         """Make ``first`` the first offset; return how many records were dropped."""
@@ -1255,12 +1314,14 @@ class DiskLog:
             if isinstance(job, ReadJob):
                 self._pending_reads.pop((job._segment.base, job.pos), None)
                 job._segment.busy -= 1
+            elif isinstance(job, UnlinkJob):
+                self._unlinks.discard(job)
         self._queued.clear()
 
     @property
     def jobs_in_flight(self) -> bool:
         """Whether a job handed out for this log has not finished yet."""
-        return self.sync_in_flight is not None or bool(self._pending_reads)
+        return self.sync_in_flight is not None or bool(self._pending_reads or self._unlinks)
 
     def __repr__(self) -> str:
         return (

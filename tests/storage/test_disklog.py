@@ -17,6 +17,7 @@ from felix_core.disklog import (
     ReadJob,
     RemoveJob,
     SyncJob,
+    UnlinkJob,
 )
 from felix_core.errors import InvalidArgument, StorageFailed, StorageFull, TooLarge
 from felix_core.filesystem import IOFailure, MemoryFileSystem, NoSpace
@@ -378,7 +379,16 @@ def test_retention_deletes_whole_segments() -> None:
     assert log.stats.segments_deleted == segments - log.segment_count
     assert log.read(0, 1, 100) == TooOld(requested=0, first_offset=log.first_offset)
     files = [n for n in fs.list_dir(log.directory) if n.endswith(".log")]
+    assert len(files) == segments  # the unlinks are a job's, off the event loop
+    jobs = store.take_jobs()
+    assert [type(job) for job in jobs] == [UnlinkJob]
+    assert log.jobs_in_flight
+    run_jobs(jobs)
+    assert not log.jobs_in_flight
+    files = [n for n in fs.list_dir(log.directory) if n.endswith(".log")]
     assert len(files) == log.segment_count
+    indexes = [n for n in fs.list_dir(log.directory) if n.endswith(".index")]
+    assert len(indexes) == log.segment_count - 1  # the active segment has none yet
     again = DiskLogStore(fs, DiskLogConfig(segment_bytes=2048)).open_log(
         "stream", PATH, DURABLE, Meter()
     )
@@ -396,6 +406,7 @@ def test_age_retention_rolls_the_active_segment_and_keeps_next_offset() -> None:
     settle(store)
     assert log.apply_retention(Retention(max_age_ms=100), 1000) == 2
     assert log.record_count == 0
+    settle(store)  # the unlink
     again = DiskLogStore(fs).open_log("stream", PATH, DURABLE, Meter())
     assert (again.first_offset, again.next_offset) == (2, 2)  # offsets are never reused
 
@@ -427,7 +438,40 @@ def test_a_segment_read_by_a_job_is_deleted_after_it() -> None:
     log.apply_retention(Retention(max_records=5), 0)
     assert fs.exists(f"{log.directory}/{log_name(0)}")  # still being read
     run_jobs(jobs)
+    assert fs.exists(f"{log.directory}/{log_name(0)}")  # the read done: an unlink is queued
+    settle(store)
     assert not fs.exists(f"{log.directory}/{log_name(0)}")
+
+
+def test_a_failed_unlink_is_tried_again_after_the_next_job() -> None:
+    fs, store = _store(segment_bytes=1024)
+    log = _open(store)
+    for i in range(30):
+        log.append(bytes(100), i)
+    settle(store)
+    log.apply_retention(Retention(max_records=5), 0)
+    fs.fail_next("remove", IOFailure("EIO"))
+    assert run_jobs(store.take_jobs()) == []
+    assert fs.exists(f"{log.directory}/{log_name(0)}")
+    assert store.take_jobs() == []  # not at once: no busy loop on a failing disk
+    log.append(bytes(100), 30)
+    settle(store, 1.0)  # a sync job finishes, then the unlink goes again
+    assert not fs.exists(f"{log.directory}/{log_name(0)}")
+    assert log.failed is None
+
+
+def test_an_unlink_queued_when_the_log_is_dropped_leaves_it_to_the_directory_removal() -> None:
+    fs, store = _store(segment_bytes=1024)
+    log = _open(store)
+    for i in range(30):
+        log.append(bytes(100), i)
+    settle(store)
+    log.apply_retention(Retention(max_records=5), 0)
+    store.drop_log("stream", PATH)
+    jobs = store.take_jobs()
+    assert [type(job) for job in jobs] == [RemoveJob]
+    run_jobs(jobs)
+    assert not fs.exists(log.directory)
 
 
 def test_queue_logs_keep_every_record_in_memory_and_truncate() -> None:
