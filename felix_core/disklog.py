@@ -818,11 +818,11 @@ class DiskLog:
         max_age_ms``), so it must be when something can go, not the oldest record's time
         (a timer armed from that would fire again and again while nothing can go).
         """
-        if self.record_count == 0:
-            return None
+        first = self._first
         for seg in self._segments:
-            if seg.summary.last_timestamp_ms is not None and seg.next_offset > self._first:
-                return seg.summary.last_timestamp_ms
+            summary = seg.builder.index.summary
+            if summary.next_offset > first and summary.last_timestamp_ms is not None:
+                return summary.last_timestamp_ms
         return None
 
     @property
@@ -889,7 +889,9 @@ class DiskLog:
                 ``max_batch_bytes`` raised beyond it allows that).
         """
         n = len(payloads)
-        offset = self.next_offset
+        seg = self._segments[-1]
+        summary = seg.builder.index.summary
+        offset = summary.next_offset
         if keys is not None and len(keys) != n:
             raise ValueError("keys must be as long as payloads")
         if headers is not None and len(headers) != n:
@@ -898,7 +900,7 @@ class DiskLog:
             return offset
         if self._failed is not None:
             raise StorageFailed(self._failed.message, details=dict(self._failed.details))
-        ts = max(timestamp_ms, self._last_ts)
+        ts = timestamp_ms if timestamp_ms > self._last_ts else self._last_ts
         norm = [h or None for h in headers] if headers is not None and any(headers) else None
         try:
             data = encode_batch(offset, payloads, [ts] * n, keys, norm)
@@ -907,9 +909,12 @@ class DiskLog:
                 f"a durable log takes batches of at most {MAX_BATCH_SIZE} bytes: {exc}",
                 details={"max_batch_size": MAX_BATCH_SIZE},
             ) from exc
-        self._maybe_roll(len(data), ts)
-        seg = self.active
-        pos = seg.size
+        size = len(data)
+        pos = summary.file_size
+        if pos and self._roll_due(summary, pos + size, ts):
+            self._roll()
+            seg = self._segments[-1]
+            pos = 0
         try:
             self.fs.append(seg.name, data)
             seg.created = True
@@ -918,12 +923,16 @@ class DiskLog:
             self._undo_append(seg, pos, exc)
         self._last_ts = ts
         nbytes = int.from_bytes(data[24:28], "little")  # the header's record bytes
-        seg.builder.add_batch(pos, len(data), offset, n, nbytes, ts, ts)
-        self.stats.appends += 1
-        self.stats.append_bytes += len(data)
-        self._unsynced += len(data)
-        self._tail.append_batch(payloads, ts, keys, norm)
-        self._bound_tail()
+        seg.builder.add_batch(pos, size, offset, n, nbytes, ts, ts)
+        stats = self.stats
+        stats.appends += 1
+        stats.append_bytes += size
+        self._unsynced += size
+        tail = self._tail
+        tail.append_batch(payloads, ts, keys, norm)
+        limit = self.config.tail_bytes
+        if limit is not None and tail.byte_size > limit:
+            self._bound_tail(limit)
         return offset
 
     def _undo_append(self, seg: _Segment, pos: int, exc: FileSystemError) -> None:
@@ -952,18 +961,14 @@ class DiskLog:
                 " it refuses writes",
             )
 
-    def _maybe_roll(self, nbytes: int, ts: int) -> None:
-        seg = self.active
-        if seg.size == 0:
-            return
-        first_ts = seg.summary.first_timestamp_ms
-        aged = (
-            self.config.segment_ms is not None
-            and first_ts is not None
-            and ts - first_ts >= self.config.segment_ms
-        )
-        if seg.size + nbytes > self.config.segment_bytes or aged:
-            self._roll()
+    def _roll_due(self, summary: SegmentSummary, new_size: int, ts: int) -> bool:
+        """Whether the active (non-empty) segment of ``summary`` rolls before an append that
+        would make it ``new_size`` bytes, of records stamped ``ts``: by size, or by age."""
+        if new_size > self.config.segment_bytes:
+            return True
+        segment_ms = self.config.segment_ms
+        first_ts = summary.first_timestamp_ms
+        return segment_ms is not None and first_ts is not None and ts - first_ts >= segment_ms
 
     def _roll(self) -> None:
         old = self.active
@@ -976,13 +981,10 @@ class DiskLog:
         self.stats.segments_rolled += 1
         self.sync_wanted = True
 
-    def _bound_tail(self) -> None:
-        """Keep the tail within ``tail_bytes``: once over it, trim it to 7/8 of it, so
-        the trim (and its bookkeeping) happens once per ``tail_bytes / 8`` of appends
-        rather than on every append."""
-        limit = self.config.tail_bytes
-        if limit is None or self._tail.byte_size <= limit:
-            return
+    def _bound_tail(self, limit: int) -> None:
+        """Keep the tail within ``limit`` (``tail_bytes``; the caller saw it over): trim it
+        to 7/8 of it, so the trim (and its bookkeeping) happens once per ``tail_bytes / 8``
+        of appends rather than on every append."""
         drop = self._tail.evictions_for(0, 0, Retention(max_bytes=limit - (limit >> 3)))
         self._tail.truncate_before(self._tail.first_offset + drop)
 
@@ -1264,6 +1266,26 @@ class DiskLog:
             return 0
         return max(0, self._segments[n].base - self._first)
 
+    def _oldest_over(self, segments: list[_Segment], retention: Retention) -> bool:
+        """Whether the oldest closed segment is beyond the record or byte limit (or empty):
+        the first question of :func:`~felix_core.segments.retention_deletions`, asked
+        without its generator and calls, on every append (when it says no and age does
+        not count, nothing can go)."""
+        first = segments[0].builder.index.summary
+        count = first.next_offset - first.base_offset
+        if count == 0:
+            return True
+        active = segments[-1].builder.index.summary
+        records, nbytes = self._closed_totals
+        max_records = retention.max_records
+        max_bytes = retention.max_bytes
+        return (
+            max_records is not None
+            and records + active.next_offset - active.base_offset - count >= max_records
+        ) or (
+            max_bytes is not None and nbytes + active.record_bytes - first.record_bytes >= max_bytes
+        )
+
     def apply_retention(self, retention: Retention, now_ms: int) -> int:
         """Delete the whole segments beyond ``retention`` (rolling an active segment whose
         records all aged out first).
@@ -1271,9 +1293,12 @@ class DiskLog:
         Returns:
             How many records were dropped.
         """
-        active = self.active.summary
-        if len(self._segments) == 1 and retention.max_age_ms is None:
+        segments = self._segments
+        if retention.max_age_ms is None and (
+            len(segments) == 1 or not self._oldest_over(segments, retention)
+        ):
             return 0  # nothing closed to delete, no age to roll for: the common append
+        active = segments[-1].builder.index.summary
         if (
             retention.max_age_ms is not None
             and active.last_timestamp_ms is not None

@@ -4,6 +4,8 @@ rotation, retention, cold reads, the memory bound."""
 from __future__ import annotations
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 from storage_helpers import Meter, read_all, run_jobs, settle
 
 from felix_core.disklog import (
@@ -22,7 +24,7 @@ from felix_core.disklog import (
 from felix_core.errors import InvalidArgument, StorageFailed, StorageFull, TooLarge
 from felix_core.filesystem import IOFailure, MemoryFileSystem, NoSpace
 from felix_core.log import Log, LogSlice, MemoryLog, ReadPending, Retention, TooOld
-from felix_core.segments import CorruptBatch, index_name, log_name
+from felix_core.segments import CorruptBatch, index_name, log_name, retention_deletions
 
 PATH = ("t", "ns", "s")
 DURABLE = {"durability": "durable"}
@@ -708,3 +710,50 @@ def test_a_cold_read_finishing_after_its_records_were_trimmed_caches_nothing() -
     log.apply_retention(Retention(max_records=5), 0)
     run_jobs(jobs)
     assert log._cache_bytes == 0
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    sizes=st.lists(st.integers(1, 200), min_size=1, max_size=40),
+    records_shift=st.none() | st.integers(-2, 2),
+    bytes_shift=st.none() | st.integers(-2, 2),
+    trimmed=st.integers(0, 10),
+)
+@example(sizes=[100] * 30, records_shift=0, bytes_shift=None, trimmed=0)
+@example(sizes=[100] * 30, records_shift=None, bytes_shift=0, trimmed=0)
+@example(sizes=[100] * 30, records_shift=1, bytes_shift=None, trimmed=0)
+@example(sizes=[100] * 30, records_shift=None, bytes_shift=1, trimmed=0)
+def test_the_append_fast_path_of_retention_agrees_with_retention_deletions(
+    sizes: list[int], records_shift: int | None, bytes_shift: int | None, trimmed: int
+) -> None:
+    _, store = _store(segment_bytes=4096)
+    log = store.open_log("queue", PATH, DURABLE, Meter())  # a queue's log can be trimmed
+    assert isinstance(log, DiskLog)
+    for i, size in enumerate(sizes):
+        log.append(bytes(size), i)
+    log.truncate_before(min(trimmed, log.next_offset))
+    first = log._segments[0].summary
+    all_records = sum(s.summary.record_count for s in log._segments)
+    all_bytes = sum(s.summary.record_bytes for s in log._segments)
+    retention = Retention(  # limits around what is left without the oldest segment
+        max_records=None
+        if records_shift is None
+        else max(1, all_records - first.record_count + records_shift),
+        max_bytes=None
+        if bytes_shift is None
+        else max(1, all_bytes - first.record_bytes + bytes_shift),
+    )
+    if log.segment_count > 1:
+        active = log.active.summary
+        slow = retention_deletions(
+            log._closed_summaries(),
+            retention,
+            0,
+            tail_records=active.record_count,
+            tail_bytes=active.record_bytes,
+            totals=log._closed_totals,
+        )
+        assert log._oldest_over(log._segments, retention) == (slow > 0)
+    before = log.record_count
+    dropped = log.apply_retention(retention, 0)
+    assert log.record_count == before - dropped
