@@ -369,11 +369,13 @@ class Queue:
         c.closed = True
         charged = not c.suspected
         g.alive(c)
+        leases: list[tuple[int, int, int]] = []
         for did, d in c.inflight.items():
             del g.inflight[did]
-            g.give_back(d.offset, now, now, "consumer_lost", charged)
+            g.give_back(d.offset, now, now, "consumer_lost", charged, leases)
             charged = False
         c.inflight.clear()
+        g.journal_leases(leases)
 
     def ack(self, c: Consumer, delivery_ids: Iterable[int], now: float) -> None:
         """Finish deliveries made to ``c``.
@@ -430,6 +432,7 @@ class Queue:
         g = c.group
         g.alive(c)
         unknown: list[int] = []
+        leases: list[tuple[int, int, int]] = []
         for did in delivery_ids:
             d = c.inflight.pop(did, None)
             if d is None:
@@ -438,9 +441,10 @@ class Queue:
             del g.inflight[did]
             g.nacked += 1
             if requeue:
-                g.give_back(d.offset, now, now + delay, "nack")
+                g.give_back(d.offset, now, now + delay, "nack", leases=leases)
             else:
                 g.dead_letter(d.offset, "rejected", "rejected", now)
+        g.journal_leases(leases)
         g.dispatch(now)
         self._journal_tick()
         _raise_unknown(unknown)
@@ -749,6 +753,7 @@ class ConsumerGroup:
         """Time out due deliveries, make due delayed messages ready, retry parked dead
         letters, then dispatch."""
         inflight = self.inflight
+        leases: list[tuple[int, int, int]] = []
         while inflight:
             did, c = next(iter(inflight.items()))
             d = c.inflight[did]
@@ -757,7 +762,8 @@ class ConsumerGroup:
             del inflight[did]
             del c.inflight[did]
             self.timeouts += 1
-            self.give_back(d.offset, now, now, "timeout", self.suspect(c))
+            self.give_back(d.offset, now, now, "timeout", self.suspect(c), leases)
+        self.journal_leases(leases)
         delayed = self.delayed
         while delayed and delayed[0][0] <= now:
             heappush(self.ready, heappop(delayed)[1])
@@ -770,12 +776,21 @@ class ConsumerGroup:
         self.dispatch(now)
 
     def give_back(
-        self, offset: int, now: float, due: float, failure: str, charged: bool = True
+        self,
+        offset: int,
+        now: float,
+        due: float,
+        failure: str,
+        charged: bool = True,
+        leases: list[tuple[int, int, int]] | None = None,
     ) -> None:
         """Make an offset deliverable again at ``due``, or dead-letter it.
 
         ``charged`` False gives the attempt back: the delivery does not count towards
-        ``max_attempts`` and the redelivery carries the same attempt number.
+        ``max_attempts`` and the redelivery carries the same attempt number. ``leases``:
+        a caller giving back many offsets in one pass collects their state-log entries
+        there and writes them as one ``LEASED`` record (:meth:`journal_leases`) before
+        anything else is recorded, instead of a record each.
         """
         if not charged:
             self.outstanding[offset] -= 1
@@ -790,7 +805,17 @@ class ConsumerGroup:
             heappush(self.delayed, (due, offset))
         journal = self.queue.journal
         if journal is not None:
-            journal.leased(self.name, [(offset, attempts, 0 if due <= now else _until_ms(due))])
+            lease = (offset, attempts, 0 if due <= now else _until_ms(due))
+            if leases is None:
+                journal.leased(self.name, [lease])
+            else:
+                leases.append(lease)
+
+    def journal_leases(self, leases: list[tuple[int, int, int]]) -> None:
+        """Record the entries :meth:`give_back` collected, as one ``LEASED`` record."""
+        journal = self.queue.journal
+        if journal is not None and leases:
+            journal.leased(self.name, leases)
 
     def dead_letter(
         self, offset: int, reason: str, failure: str, now: float, *, journal: bool = True
