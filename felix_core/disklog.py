@@ -638,8 +638,9 @@ class DiskLog:
         self._closed_totals = (0, 0)  # records and record bytes of all segments but the last
         self._unsynced = 0
         self.sync_in_flight: SyncJob | None = None
-        self.sync_wanted = False
-        """A sync should be made as soon as none is in flight (commit waiting, roll)."""
+        self._sync_wanted = False
+        self._watch: dict[DiskLog, None] | None = None  # the store's logs needing attention
+        self._listed = False  # in it
         self.commit_wanted = 0
         """The highest offset a committed publish waits for (0: none)."""
         self.last_sync_at: float | None = None
@@ -773,6 +774,54 @@ class DiskLog:
             while p < len(data):
                 batch, p = decode_batch(data, p)
                 _add_batch(self._tail, batch)
+
+    # -- attention ----------------------------------------------------------------------
+
+    @property
+    def sync_wanted(self) -> bool:
+        """A sync should be made as soon as none is in flight (commit waiting, roll, the
+        fsync interval, shutdown)."""
+        return self._sync_wanted
+
+    @sync_wanted.setter
+    def sync_wanted(self, wanted: bool) -> None:
+        self._sync_wanted = wanted
+        if wanted and not self._listed:
+            self._wake()
+
+    def watch(self, busy: dict[DiskLog, None]) -> None:
+        """Let the store know, through ``busy``, when this log needs attention (see
+        :meth:`DiskLogStore.take_jobs`); it is listed at once if it does now."""
+        self._watch = busy
+        if not self.idle:
+            self._wake()
+
+    def _wake(self) -> None:
+        """Something to sync, a job queued or in flight: be in the store's busy logs."""
+        if not self._listed and self._watch is not None:
+            self._listed = True
+            self._watch[self] = None
+
+    def unlist_if_idle(self) -> None:
+        """Leave the store's busy logs if there is nothing for it to do (the store calls
+        this after taking the log's jobs)."""
+        if self._listed and self.idle and self._watch is not None:
+            self._listed = False
+            self._watch.pop(self, None)
+
+    @property
+    def idle(self) -> bool:
+        """Nothing to sync (or a failed log, which never syncs), no job queued or in
+        flight: the store need not look at this log on its loop passes."""
+        return (
+            not self._queued
+            and not self.jobs_in_flight
+            and (
+                self._failed is not None
+                or self._closed
+                or (self._unsynced == 0 and not self._sync_wanted)
+            )
+        )
 
     # -- properties ---------------------------------------------------------------------
 
@@ -928,6 +977,8 @@ class DiskLog:
         stats.appends += 1
         stats.append_bytes += size
         self._unsynced += size
+        if not self._listed:
+            self._wake()
         tail = self._tail
         tail.append_batch(payloads, ts, keys, norm)
         limit = self.config.tail_bytes
@@ -1105,6 +1156,7 @@ class DiskLog:
         seg.busy += 1
         self._pending_reads[key] = job
         self._queued.append(job)
+        self._wake()
         self.stats.cold_reads += 1
 
     def _read_finished(self, job: ReadJob, outcome: object) -> list[StorageNotice]:
@@ -1200,6 +1252,7 @@ class DiskLog:
         job = UnlinkJob(self, self.fs, ready)
         self._unlinks.add(job)
         self._queued.append(job)
+        self._wake()
 
     def _unlink_finished(self, job: UnlinkJob, outcome: object) -> list[StorageNotice]:
         self._unlinks.discard(job)
@@ -1382,7 +1435,10 @@ class DiskLogStore:
 
     Outputs for the runtime (module docstring, "Jobs"): :meth:`take_jobs` after every
     engine input, timer and finished job; :meth:`get_timer` / :meth:`handle_timer` for the
-    fsync interval.
+    fsync interval. Those run on every loop pass, so they look only at the *busy* logs:
+    a log joins them when it has bytes to sync, a sync wanted or a job queued, and leaves
+    once :meth:`take_jobs` finds it idle with no job in flight (a broker with 1000
+    durable resources and one being written paid 0.7 ms a pass looking at all of them).
     """
 
     def __init__(
@@ -1399,6 +1455,7 @@ class DiskLogStore:
         self.config = config or DiskLogConfig()
         self.root = root
         self._logs: dict[tuple[str, LogPath], DiskLog] = {}
+        self._busy: dict[DiskLog, None] = {}  # logs that may have work: see take_jobs
         self._removals: list[DiskLog] = []  # dropped logs whose directory is to go
         self._now: float = 0.0
 
@@ -1496,6 +1553,7 @@ class DiskLogStore:
         except FileSystemError as exc:
             raise StorageFailed(f"cannot open the log of {kind} {'/'.join(path)}: {exc}") from exc
         self._logs[(kind, path)] = log
+        log.watch(self._busy)
         return log
 
     def drop_log(self, kind: str, path: LogPath, *, keep_files: bool = False) -> None:
@@ -1506,6 +1564,7 @@ class DiskLogStore:
         if log is None:
             return
         log.close()
+        self._busy.pop(log, None)
         if not keep_files:
             self._removals.append(log)  # a RemoveJob once its jobs in flight are done
 
@@ -1528,12 +1587,13 @@ class DiskLogStore:
         if now is not None:
             self._now = max(self._now, now)
         jobs: list[StorageJob] = []
-        for log in self._logs.values():
+        for log in list(self._busy):  # only those with something to do: O(busy), not O(logs)
             jobs.extend(log.take_jobs())
             if log.sync_wanted:
                 job = log.make_sync_job(self._now)
                 if job is not None:
                     jobs.append(job)
+            log.unlist_if_idle()
         if self._removals:
             waiting = []
             for log in self._removals:
@@ -1558,16 +1618,14 @@ class DiskLogStore:
 
     def get_timer(self) -> float | None:
         """When :meth:`handle_timer` should run next (None: nothing to time)."""
-        deadlines = [
-            d for log in self._logs.values() if (d := self._interval_deadline(log)) is not None
-        ]
+        deadlines = [d for log in self._busy if (d := self._interval_deadline(log)) is not None]
         return min(deadlines, default=None)
 
     def handle_timer(self, now: float) -> None:
         """Mark the logs whose fsync interval passed as wanting a sync (then call
         :meth:`take_jobs`)."""
         self._now = max(self._now, now)
-        for log in self._logs.values():
+        for log in list(self._busy):
             deadline = self._interval_deadline(log)
             if deadline is not None and deadline <= now:
                 log.sync_wanted = True

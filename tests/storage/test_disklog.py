@@ -757,3 +757,43 @@ def test_the_append_fast_path_of_retention_agrees_with_retention_deletions(
     before = log.record_count
     dropped = log.apply_retention(retention, 0)
     assert log.record_count == before - dropped
+
+
+def test_the_store_looks_only_at_logs_with_work_on_its_loop_passes() -> None:
+    _, store = _store(fsync_interval_ms=100)
+    logs = [
+        store.open_log("stream", ("t", "ns", f"s{i}"), DURABLE, Meter(), uid=i) for i in range(50)
+    ]
+    settle(store)  # the new directories' first syncs
+    assert store._busy == {}
+    assert store.get_timer() is None
+    quiet, written, read = logs[0], logs[1], logs[2]
+    assert isinstance(quiet, DiskLog) and isinstance(written, DiskLog)
+    written.append(b"x", 1)
+    assert list(store._busy) == [written]
+    assert store.get_timer() == 0.0  # never synced: at once
+    store.handle_timer(0.0)
+    (job,) = store.take_jobs(0.0)
+    assert isinstance(job, SyncJob) and list(store._busy) == [written]  # in flight
+    run_jobs([job], 0.0)
+    assert store.take_jobs(0.0) == [] and store._busy == {}
+    written.request_commit(written.next_offset)  # nothing to commit: stays idle
+    assert store._busy == {}
+    written.append(b"y", 2)
+    written.request_commit(written.next_offset)
+    jobs = store.take_jobs(0.5)
+    assert [type(j) for j in jobs] == [SyncJob]
+    run_jobs(jobs, 0.5)
+    assert isinstance(read, DiskLog)
+    for i in range(20):
+        read.append(bytes(100), i)
+    read.request_commit(read.next_offset)
+    settle(store, 1.0)
+    assert store._busy == {}
+    read._tail.truncate_before(read.next_offset)  # as if the tail had moved on
+    assert isinstance(read.read(0, 1, 100), ReadPending)
+    assert read in store._busy
+    settle(store, 1.0)
+    assert isinstance(read.read(0, 1, 100), LogSlice)
+    store.drop_log("stream", ("t", "ns", "s1"))
+    assert written not in store._busy
