@@ -384,12 +384,14 @@ class Queue:
         charged = not c.suspected
         g.alive(c)
         freed = 0
+        leases: list[tuple[int, int, int]] = []
         for did, d in c.inflight.items():
             del g.inflight[did]
             freed += _size(d)
-            g.give_back(d.offset, now, now, "consumer_lost", charged)
+            g.give_back(d.offset, now, now, "consumer_lost", charged, leases)
             charged = False
         c.inflight.clear()
+        g.journal_leases(leases)
         if freed:
             self.inflight_bytes.release(freed, now)
 
@@ -456,6 +458,7 @@ class Queue:
         g.alive(c)
         unknown: list[int] = []
         freed = 0
+        leases: list[tuple[int, int, int]] = []
         for did in delivery_ids:
             d = c.inflight.pop(did, None)
             if d is None:
@@ -465,9 +468,10 @@ class Queue:
             freed += _size(d)
             g.nacked += 1
             if requeue:
-                g.give_back(d.offset, now, now + delay, "nack")
+                g.give_back(d.offset, now, now + delay, "nack", leases=leases)
             else:
                 g.dead_letter(d.offset, "rejected", "rejected", now)
+        g.journal_leases(leases)
         if freed:
             self.inflight_bytes.release(freed, now)
         g.dispatch(now)
@@ -810,6 +814,7 @@ class ConsumerGroup:
         letters, then dispatch."""
         inflight = self.inflight
         freed = 0
+        leases: list[tuple[int, int, int]] = []
         while inflight:
             did, c = next(iter(inflight.items()))
             d = c.inflight[did]
@@ -819,7 +824,8 @@ class ConsumerGroup:
             del c.inflight[did]
             freed += _size(d)
             self.timeouts += 1
-            self.give_back(d.offset, now, now, "timeout", self.suspect(c))
+            self.give_back(d.offset, now, now, "timeout", self.suspect(c), leases)
+        self.journal_leases(leases)
         if freed:
             self.queue.inflight_bytes.release(freed, now)
         delayed = self.delayed
@@ -834,12 +840,21 @@ class ConsumerGroup:
         self.dispatch(now)
 
     def give_back(
-        self, offset: int, now: float, due: float, failure: str, charged: bool = True
+        self,
+        offset: int,
+        now: float,
+        due: float,
+        failure: str,
+        charged: bool = True,
+        leases: list[tuple[int, int, int]] | None = None,
     ) -> None:
         """Make an offset deliverable again at ``due``, or dead-letter it.
 
         ``charged`` False gives the attempt back: the delivery does not count towards
-        ``max_attempts`` and the redelivery carries the same attempt number.
+        ``max_attempts`` and the redelivery carries the same attempt number. ``leases``:
+        a caller giving back many offsets in one pass collects their state-log entries
+        there and writes them as one ``LEASED`` record (:meth:`journal_leases`) before
+        anything else is recorded, instead of a record each.
         """
         if not charged:
             self.outstanding[offset] -= 1
@@ -854,7 +869,17 @@ class ConsumerGroup:
             heappush(self.delayed, (due, offset))
         journal = self.queue.journal
         if journal is not None:
-            journal.leased(self.name, [(offset, attempts, 0 if due <= now else _until_ms(due))])
+            lease = (offset, attempts, 0 if due <= now else _until_ms(due))
+            if leases is None:
+                journal.leased(self.name, [lease])
+            else:
+                leases.append(lease)
+
+    def journal_leases(self, leases: list[tuple[int, int, int]]) -> None:
+        """Record the entries :meth:`give_back` collected, as one ``LEASED`` record."""
+        journal = self.queue.journal
+        if journal is not None and leases:
+            journal.leased(self.name, leases)
 
     def dead_letter(
         self, offset: int, reason: str, failure: str, now: float, *, journal: bool = True

@@ -1,6 +1,7 @@
 """Both runtime adapters run storage jobs on worker threads, never on the event loop: an
 fsync that blocks leaves the loop running, and its result comes back on the loop and
-completes the committed publish; ``close_storage`` waits for the jobs in flight and runs
+completes the committed publish; the unlinks of segments retention deleted run there too;
+``close_storage`` waits for the jobs in flight and runs
 the final syncs. asyncio's ``UdpRuntime``; anyio's ``AnyioUdpRuntime`` on asyncio and trio.
 The engine is fed directly (no QUIC client: what is under test is the job plumbing)."""
 
@@ -12,7 +13,7 @@ from collections.abc import Awaitable, Callable
 import anyio
 import pytest
 
-from felix_core.disklog import DiskLogStore
+from felix_core.disklog import DiskLogConfig, DiskLogStore
 from felix_core.events import Appended
 from felix_core.filesystem import MemoryFileSystem
 from felix_core.metadata import MemoryMetadataStore
@@ -22,6 +23,7 @@ from felix_server.server import FelixServer, make_quic_configuration
 
 pytestmark = pytest.mark.anyio
 S = ("default", "default", "s")
+R = ("default", "default", "r")
 
 
 class GatedFs(MemoryFileSystem):
@@ -32,6 +34,11 @@ class GatedFs(MemoryFileSystem):
         self.gate = threading.Event()
         self.entered = threading.Event()
         self.sync_threads: set[int] = set()
+        self.remove_threads: set[int] = set()
+
+    def remove(self, name: str) -> None:
+        self.remove_threads.add(threading.get_ident())
+        super().remove(name)
 
     def sync(self, name: str) -> None:
         self.sync_threads.add(threading.get_ident())
@@ -46,7 +53,7 @@ def make_server(fs: GatedFs) -> FelixServer:
         config,
         make_quic_configuration(config),
         now=0.0,
-        logs=DiskLogStore(fs),
+        logs=DiskLogStore(fs, DiskLogConfig(segment_bytes=4096)),
         metadata=MemoryMetadataStore(),
     )
     server.router.attach(1, 0.0)
@@ -90,9 +97,31 @@ async def exercise(
     wake()
     await anyio.sleep(0.05)
     assert log.unsynced_bytes > 0
+    await unlinks_off_the_loop(fs, server, wake)
     await close()
     assert log.unsynced_bytes == 0 and log.committed_offset == 3
     assert loop_thread not in fs.sync_threads
+
+
+async def unlinks_off_the_loop(fs: GatedFs, server: FelixServer, wake: Callable[[], None]) -> None:
+    """Segments retention deletes are unlinked by worker threads too."""
+    loop_thread = threading.get_ident()
+    small = {"durability": "durable", "retention_max_bytes": 4096}  # 4 KiB segments
+    server.broker.create(1, 4, "stream", *R, small, now=1.0)
+    server.router.collect(1.0)
+    server.router.take(1, 1.0)
+    log = server.storage.store.log("stream", R) if server.storage else None
+    assert log is not None
+    request = 100
+    with anyio.fail_after(10):
+        while not fs.remove_threads:  # retention acts on publishes, once rolls are synced
+            request += 1
+            server.broker.publish(1, request, *R, [bytes(1000)], now=1.0)
+            server.router.collect(1.0)
+            wake()
+            await anyio.sleep(0.005)
+    assert log.stats.segments_deleted > 0
+    assert loop_thread not in fs.remove_threads
 
 
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])

@@ -25,6 +25,9 @@ def test_short_run_prints_every_figure(tmp_path: Path) -> None:
         "durable_vs_ephemeral_ratio",
         "committed_64_vs_1_ratio",
         "committed_64_vs_plain_fsync_ratio",
+        "committed_64_publishers_12_per_pass_publishes_per_s",
+        "committed_64_publishers_12_per_pass_vs_1_ratio",
+        "worker_handoff_us",
         "restart_extra_s",
         "replay_records_per_s",
     ):

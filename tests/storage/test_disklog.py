@@ -4,6 +4,8 @@ rotation, retention, cold reads, the memory bound."""
 from __future__ import annotations
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 from storage_helpers import Meter, read_all, run_jobs, settle
 
 from felix_core.disklog import (
@@ -17,11 +19,12 @@ from felix_core.disklog import (
     ReadJob,
     RemoveJob,
     SyncJob,
+    UnlinkJob,
 )
 from felix_core.errors import InvalidArgument, StorageFailed, StorageFull, TooLarge
 from felix_core.filesystem import IOFailure, MemoryFileSystem, NoSpace
 from felix_core.log import Log, LogSlice, MemoryLog, ReadPending, Retention, TooOld
-from felix_core.segments import CorruptBatch, index_name, log_name
+from felix_core.segments import CorruptBatch, index_name, log_name, retention_deletions
 
 PATH = ("t", "ns", "s")
 DURABLE = {"durability": "durable"}
@@ -378,7 +381,16 @@ def test_retention_deletes_whole_segments() -> None:
     assert log.stats.segments_deleted == segments - log.segment_count
     assert log.read(0, 1, 100) == TooOld(requested=0, first_offset=log.first_offset)
     files = [n for n in fs.list_dir(log.directory) if n.endswith(".log")]
+    assert len(files) == segments  # the unlinks are a job's, off the event loop
+    jobs = store.take_jobs()
+    assert [type(job) for job in jobs] == [UnlinkJob]
+    assert log.jobs_in_flight
+    run_jobs(jobs)
+    assert not log.jobs_in_flight
+    files = [n for n in fs.list_dir(log.directory) if n.endswith(".log")]
     assert len(files) == log.segment_count
+    indexes = [n for n in fs.list_dir(log.directory) if n.endswith(".index")]
+    assert len(indexes) == log.segment_count - 1  # the active segment has none yet
     again = DiskLogStore(fs, DiskLogConfig(segment_bytes=2048)).open_log(
         "stream", PATH, DURABLE, Meter()
     )
@@ -396,6 +408,7 @@ def test_age_retention_rolls_the_active_segment_and_keeps_next_offset() -> None:
     settle(store)
     assert log.apply_retention(Retention(max_age_ms=100), 1000) == 2
     assert log.record_count == 0
+    settle(store)  # the unlink
     again = DiskLogStore(fs).open_log("stream", PATH, DURABLE, Meter())
     assert (again.first_offset, again.next_offset) == (2, 2)  # offsets are never reused
 
@@ -427,7 +440,40 @@ def test_a_segment_read_by_a_job_is_deleted_after_it() -> None:
     log.apply_retention(Retention(max_records=5), 0)
     assert fs.exists(f"{log.directory}/{log_name(0)}")  # still being read
     run_jobs(jobs)
+    assert fs.exists(f"{log.directory}/{log_name(0)}")  # the read done: an unlink is queued
+    settle(store)
     assert not fs.exists(f"{log.directory}/{log_name(0)}")
+
+
+def test_a_failed_unlink_is_tried_again_after_the_next_job() -> None:
+    fs, store = _store(segment_bytes=1024)
+    log = _open(store)
+    for i in range(30):
+        log.append(bytes(100), i)
+    settle(store)
+    log.apply_retention(Retention(max_records=5), 0)
+    fs.fail_next("remove", IOFailure("EIO"))
+    assert run_jobs(store.take_jobs()) == []
+    assert fs.exists(f"{log.directory}/{log_name(0)}")
+    assert store.take_jobs() == []  # not at once: no busy loop on a failing disk
+    log.append(bytes(100), 30)
+    settle(store, 1.0)  # a sync job finishes, then the unlink goes again
+    assert not fs.exists(f"{log.directory}/{log_name(0)}")
+    assert log.failed is None
+
+
+def test_an_unlink_queued_when_the_log_is_dropped_leaves_it_to_the_directory_removal() -> None:
+    fs, store = _store(segment_bytes=1024)
+    log = _open(store)
+    for i in range(30):
+        log.append(bytes(100), i)
+    settle(store)
+    log.apply_retention(Retention(max_records=5), 0)
+    store.drop_log("stream", PATH)
+    jobs = store.take_jobs()
+    assert [type(job) for job in jobs] == [RemoveJob]
+    run_jobs(jobs)
+    assert not fs.exists(log.directory)
 
 
 def test_queue_logs_keep_every_record_in_memory_and_truncate() -> None:
@@ -664,3 +710,90 @@ def test_a_cold_read_finishing_after_its_records_were_trimmed_caches_nothing() -
     log.apply_retention(Retention(max_records=5), 0)
     run_jobs(jobs)
     assert log._cache_bytes == 0
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    sizes=st.lists(st.integers(1, 200), min_size=1, max_size=40),
+    records_shift=st.none() | st.integers(-2, 2),
+    bytes_shift=st.none() | st.integers(-2, 2),
+    trimmed=st.integers(0, 10),
+)
+@example(sizes=[100] * 30, records_shift=0, bytes_shift=None, trimmed=0)
+@example(sizes=[100] * 30, records_shift=None, bytes_shift=0, trimmed=0)
+@example(sizes=[100] * 30, records_shift=1, bytes_shift=None, trimmed=0)
+@example(sizes=[100] * 30, records_shift=None, bytes_shift=1, trimmed=0)
+def test_the_append_fast_path_of_retention_agrees_with_retention_deletions(
+    sizes: list[int], records_shift: int | None, bytes_shift: int | None, trimmed: int
+) -> None:
+    _, store = _store(segment_bytes=4096)
+    log = store.open_log("queue", PATH, DURABLE, Meter())  # a queue's log can be trimmed
+    assert isinstance(log, DiskLog)
+    for i, size in enumerate(sizes):
+        log.append(bytes(size), i)
+    log.truncate_before(min(trimmed, log.next_offset))
+    first = log._segments[0].summary
+    all_records = sum(s.summary.record_count for s in log._segments)
+    all_bytes = sum(s.summary.record_bytes for s in log._segments)
+    retention = Retention(  # limits around what is left without the oldest segment
+        max_records=None
+        if records_shift is None
+        else max(1, all_records - first.record_count + records_shift),
+        max_bytes=None
+        if bytes_shift is None
+        else max(1, all_bytes - first.record_bytes + bytes_shift),
+    )
+    if log.segment_count > 1:
+        active = log.active.summary
+        slow = retention_deletions(
+            log._closed_summaries(),
+            retention,
+            0,
+            tail_records=active.record_count,
+            tail_bytes=active.record_bytes,
+            totals=log._closed_totals,
+        )
+        assert log._oldest_over(log._segments, retention) == (slow > 0)
+    before = log.record_count
+    dropped = log.apply_retention(retention, 0)
+    assert log.record_count == before - dropped
+
+
+def test_the_store_looks_only_at_logs_with_work_on_its_loop_passes() -> None:
+    _, store = _store(fsync_interval_ms=100)
+    logs = [
+        store.open_log("stream", ("t", "ns", f"s{i}"), DURABLE, Meter(), uid=i) for i in range(50)
+    ]
+    settle(store)  # the new directories' first syncs
+    assert store._busy == {}
+    assert store.get_timer() is None
+    quiet, written, read = logs[0], logs[1], logs[2]
+    assert isinstance(quiet, DiskLog) and isinstance(written, DiskLog)
+    written.append(b"x", 1)
+    assert list(store._busy) == [written]
+    assert store.get_timer() == 0.0  # never synced: at once
+    store.handle_timer(0.0)
+    (job,) = store.take_jobs(0.0)
+    assert isinstance(job, SyncJob) and list(store._busy) == [written]  # in flight
+    run_jobs([job], 0.0)
+    assert store.take_jobs(0.0) == [] and store._busy == {}
+    written.request_commit(written.next_offset)  # nothing to commit: stays idle
+    assert store._busy == {}
+    written.append(b"y", 2)
+    written.request_commit(written.next_offset)
+    jobs = store.take_jobs(0.5)
+    assert [type(j) for j in jobs] == [SyncJob]
+    run_jobs(jobs, 0.5)
+    assert isinstance(read, DiskLog)
+    for i in range(20):
+        read.append(bytes(100), i)
+    read.request_commit(read.next_offset)
+    settle(store, 1.0)
+    assert store._busy == {}
+    read._tail.truncate_before(read.next_offset)  # as if the tail had moved on
+    assert isinstance(read.read(0, 1, 100), ReadPending)
+    assert read in store._busy
+    settle(store, 1.0)
+    assert isinstance(read.read(0, 1, 100), LogSlice)
+    store.drop_log("stream", ("t", "ns", "s1"))
+    assert written not in store._busy

@@ -24,7 +24,7 @@ from felix_core.disklog import DiskLogStore, LogCommitted
 from felix_core.errors import NotFound, StorageFailed, StorageFull
 from felix_core.events import MessageDeadLettered, MessagesDelivered, RequestCompleted
 from felix_core.filesystem import MemoryFileSystem
-from felix_core.log import MemoryLog
+from felix_core.log import LogSlice, MemoryLog
 from felix_core.metadata import Kind, MemoryMetadataStore
 from felix_core.queue_types import QueueDelivery
 
@@ -628,3 +628,39 @@ def test_a_time_read_back_from_the_state_log_is_written_again_as_the_same_ms(ms:
     about 0.6% of today's epoch times, e.g. 2191894293556)."""
     assert queues_module._until_ms(ms / 1000) == ms
     assert queues_module._until_ms(2191894293556 / 1000) == 2191894293556
+
+
+def _state_records_since(w: World, offset: int) -> list[tuple[int, str, object]]:
+    log = w.store.log("queue", qj.state_path(Q))
+    assert log is not None
+    got = log.read(offset, 10_000, 1 << 30)
+    assert isinstance(got, LogSlice)
+    return [qj.decode(p) for p in got.payloads]
+
+
+@pytest.mark.parametrize("how", ["consumer_lost", "nack", "timeout"])
+def test_offsets_given_back_together_are_one_leased_record(how: str) -> None:
+    w = World()
+    w.enqueue(50)
+    cid, got = w.consume(prefetch=50)
+    state = w.store.log("queue", qj.state_path(Q))
+    assert state is not None
+    before = state.next_offset
+    if how == "consumer_lost":
+        w.calls.cancel_consumer(w.conn, cid, now=w.now)
+    elif how == "nack":
+        w.calls.nack(w.conn, cid, [d.delivery_id for d in got], delay_ms=5000, now=w.now)
+    else:
+        w.now += 1.5  # past the 1 s visibility timeout of every delivery
+        w.calls.broker.handle_timer(w.now)
+    w.deliveries()
+    leased = [r[2] for r in _state_records_since(w, before) if r[0] == qj.LEASED]
+    assert isinstance(leased[0], list)
+    assert sorted(entry[0] for entry in leased[0]) == list(range(50))
+    # then nothing more, or (timeout: the consumer is still there) the redelivery's record
+    assert len(leased) == (2 if how == "timeout" else 1)
+    if how == "consumer_lost":
+        w.restart()
+        _, again = w.consume(prefetch=100)
+        attempts = sorted((d.offset, d.attempt) for d in again)
+        assert attempts == [(0, 2)] + [(i, 1) for i in range(1, 50)]  # only the oldest charged
