@@ -47,7 +47,7 @@ from .errors import (
     error_from_code,
 )
 
-__all__ = ["Connection", "FeedItem"]
+__all__ = ["Connection", "FeedItem", "closed_by_broker"]
 
 E = TypeVar("E", bound=ev.Event)
 
@@ -448,6 +448,8 @@ class Connection:
             self.machine.stream_reset(event.stream_id, event.error_code)
         elif isinstance(event, EVENTS.terminated):
             self._lost_reason = self._lost_reason or describe_termination(event)
+            if self._fatal is None and not self.machine.closed:
+                self._fatal = closed_by_broker(event)
             self.machine.connection_lost()
         self._dispatch()
 
@@ -512,9 +514,14 @@ class Connection:
         elif isinstance(event, ev.DeliveryReceived | ev.ConsumerEnded):
             self._to_feed("con", event.consumer_id, event)
         elif isinstance(event, ev.RequestFailed):
-            failure = error_from_code(
-                event.code, event.message, retryable=event.retryable, details=event.details
-            )
+            fatal = self._fatal
+            if event.code == ErrorCode.CONNECTION_LOST and fatal is not None:
+                # the connection ended for a reason the broker gave: each waiter its copy
+                failure = type(fatal)(fatal.message, details=fatal.details)
+            else:
+                failure = error_from_code(
+                    event.code, event.message, retryable=event.retryable, details=event.details
+                )
             self._resolve(event.request_id, error=failure)
         elif isinstance(event, ev.RequestTimedOut):
             self._resolve(event.request_id, error=RequestTimeout("no reply before the deadline"))
@@ -591,3 +598,26 @@ class Connection:
         if self._ack_answered is not None:
             self._ack_answered.set()
         self._ack_wake.set()  # the flusher sees the end
+
+
+def closed_by_broker(event: quic_events.ConnectionTerminated) -> FelixError | None:
+    """The typed error of a connection the broker closed with a Felix error code.
+
+    The broker closes a connection with a QUIC application close whose code is an
+    :class:`~felix_proto.errors.ErrorCode` (``OVERLOADED`` when the requests it holds unread
+    go over ``transport.max_data``, ``SHUTTING_DOWN`` at the end of the grace period ...)
+    and a reason. Pending requests and new work then fail with that code's class
+    (:class:`~felix_client.errors.Overloaded` ...), the reason as the message and
+    ``details["close_reason"]``, instead of a bare :class:`ConnectionLost`.
+
+    Returns:
+        None for a close that carries no Felix code: code 0, ``CONNECTION_LOST``, or a QUIC
+        transport error (``frame_type`` set: TLS failures, refusals, idle timeouts).
+    """
+    code = event.error_code
+    if event.frame_type is not None or code in (0, ErrorCode.CONNECTION_LOST):
+        return None
+    reason = event.reason_phrase or f"error code {code}"
+    return error_from_code(
+        code, f"broker closed the connection: {reason}", details={"close_reason": reason}
+    )
