@@ -153,6 +153,7 @@ class Connection:
         """Queue settlements waiting for the end of the pass, and frames awaiting answers."""
         self._ack_wake = anyio.Event()
         self._ack_answered: anyio.Event | None = None
+        self._woke = False  # a waiter or an inbox's reader was woken (see pump)
 
     # --------------------------------------------------------------------- lifecycle
 
@@ -453,8 +454,9 @@ class Connection:
             self.machine.connection_lost()
         self._dispatch()
 
-    def pump(self, now: float) -> None:
-        """Move the machine's writes into QUIC.
+    def pump(self, now: float) -> bool:
+        """Move the machine's writes into QUIC; whether a waiter or an inbox's reader was
+        woken since the last call (the transport lets them run before it transmits).
 
         The machine allocates a request stream's id when it first needs one, which is not
         always when it first writes to it (a request refused locally after the id was taken,
@@ -475,6 +477,8 @@ class Connection:
                     next_id += 4
             quic.send_stream_data(stream_id, data, end_stream)
         self._dispatch()
+        woke, self._woke = self._woke, False
+        return woke
 
     def get_timer(self) -> float | None:
         """The machine's earliest deadline."""
@@ -506,6 +510,7 @@ class Connection:
             send = self._feeds.get(("con", event.consumer_id))
             if send is not None:
                 send.send_nowait(event)
+                self._woke = True
                 return
         if isinstance(event, _REPLY_EVENTS):
             self._resolve(event.request_id, reply=event)
@@ -563,6 +568,7 @@ class Connection:
             return  # fire-and-forget request, or the caller gave up
         waiter.reply, waiter.error = reply, error
         waiter.done.set()
+        self._woke = True
 
     def _to_feed(self, kind: str, ident: int, item: Any) -> None:
         if (
@@ -579,6 +585,7 @@ class Connection:
             self._early.setdefault((kind, ident), []).append(item)
             return
         send.send_nowait(item)
+        self._woke = True
         if isinstance(item, ev.SubscriptionEnded | ev.ConsumerEnded):
             send.close()
             del self._feeds[(kind, ident)]

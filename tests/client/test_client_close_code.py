@@ -3,75 +3,29 @@ new work) with that code's typed error and the broker's reason, not a bare
 ``ConnectionLost`` (issue 13: ``OVERLOADED`` when the requests it holds go over
 ``transport.max_data``).
 
-The client's :class:`~felix_client._connection.Connection` runs over a fake transport here: a
-client machine handshaken with a server machine in memory, then the QUIC termination event
-the transport would hand it, then the transport's own end.
+The client's :class:`~felix_client._connection.Connection` runs over a fake transport here
+(``memory_connection.py``), then gets the QUIC termination event the transport would hand
+it, then the transport's own end.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 from aioquic.quic.events import ConnectionTerminated
 from aioquic.quic.packet import QuicErrorCode, QuicFrameType
+from memory_connection import cache_get, connected
 
 from felix_client import errors
 from felix_client._connection import Connection
-from felix_proto.client import ClientConnection
 from felix_proto.errors import ErrorCode
-from felix_proto.server import ServerConnection
 from felix_server.session import OVERFLOW_REASON
 
 pytestmark = pytest.mark.anyio
 
 
-class _FakeTransport:
-    """What :class:`Connection` uses of its transport: a clock, the QUIC connection (for a
-    close the machine requests) and ``flush``."""
-
-    def __init__(self) -> None:
-        self.now = 100.0
-        self.closes: list[tuple[int, str]] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    @property
-    def quic(self) -> Any:
-        return self
-
-    def close(self, error_code: int = 0, reason_phrase: str = "") -> None:
-        self.closes.append((error_code, reason_phrase))
-
-    async def flush(self) -> None:
-        return None
-
-
-def _connected() -> Connection:
-    machine = ClientConnection(client_name="test")
-    server = ServerConnection(server_id="broker-1", region="eu")
-    machine.connect(now=100.0)
-    for sid, data, end in machine.data_to_send():
-        server.stream_data_received(sid, data, end)
-    while server.next_event() is not None:
-        pass
-    server.accept()
-    for sid, data, end in server.data_to_send():
-        machine.stream_data_received(sid, data, end)
-    conn = Connection(_FakeTransport(), machine, timeout=5.0)  # type: ignore[arg-type]
-    conn._dispatch()  # Welcomed
-    assert conn.welcome is not None
-    return conn
-
-
-def _cache_get(machine: ClientConnection, now: float) -> int:
-    return machine.cache_get("default", "default", "c", "k", now=now)
-
-
 async def _closed_with(conn: Connection, event: ConnectionTerminated) -> errors.FelixError:
     """Close ``conn`` as the transport does with ``event``; the pending request's error."""
-    rid = conn.start(_cache_get)
+    rid = conn.start(cache_get)
     conn.quic_event(event, 100.0)
     conn.transport_closed("connection closed: " + event.reason_phrase)
     with pytest.raises(errors.FelixError) as caught:
@@ -80,7 +34,7 @@ async def _closed_with(conn: Connection, event: ConnectionTerminated) -> errors.
 
 
 async def test_overloaded_close_fails_pending_requests_with_overloaded() -> None:
-    conn = _connected()
+    conn = connected()
     error = await _closed_with(
         conn, ConnectionTerminated(int(ErrorCode.OVERLOADED), None, OVERFLOW_REASON)
     )
@@ -95,7 +49,7 @@ async def test_overloaded_close_fails_pending_requests_with_overloaded() -> None
 
 
 async def test_every_felix_close_code_is_typed() -> None:
-    conn = _connected()
+    conn = connected()
     error = await _closed_with(
         conn, ConnectionTerminated(int(ErrorCode.SHUTTING_DOWN), None, "shutdown")
     )
@@ -115,7 +69,7 @@ async def test_every_felix_close_code_is_typed() -> None:
     ids=["no-error", "connection-lost", "transport-error", "idle-timeout"],
 )
 async def test_other_closes_stay_connection_lost(event: ConnectionTerminated) -> None:
-    conn = _connected()
+    conn = connected()
     error = await _closed_with(conn, event)
     assert type(error) is errors.ConnectionLost
     assert type(conn.closed_error) is errors.ConnectionLost
