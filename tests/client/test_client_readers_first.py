@@ -9,6 +9,7 @@ in, the handler wakes an application task, and the order of what happens is reco
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import anyio
@@ -28,11 +29,17 @@ class _Socket:
     def __init__(self) -> None:
         self.given = False
 
-    async def receive_many(self, limit: int) -> list[bytes]:
+    async def receive_many(self, limit: int, deadline: float = math.inf) -> list[bytes]:
         if self.given:
             await anyio.sleep_forever()
         self.given = True
         return [b"datagram"]
+
+    def move_deadline(self, deadline: float) -> None:
+        pass
+
+    def interrupt(self) -> None:
+        pass
 
     def send_nowait(self, datagrams: list[tuple[bytes, object]]) -> int:
         return len(datagrams)
