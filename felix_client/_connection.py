@@ -20,13 +20,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import anyio
 from aioquic.quic import events as quic_events
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from felix_proto import events as ev
 from felix_proto.client import ClientConnection
@@ -36,6 +34,7 @@ from felix_proto.messages import EndReason
 from felix_server.quic_engine import EVENTS
 
 from ._acks import AckBatches
+from ._inbox import Inbox
 from ._local import local_error
 from ._transport import QuicTransport, TransportOptions, describe_termination
 from .errors import (
@@ -143,7 +142,7 @@ class Connection:
         self._new_event = _event_factory(self._welcomed)  # one per request
         self._clock = transport.clock
         self._waiters: dict[int, _Waiter] = {}
-        self._feeds: dict[tuple[str, int], MemoryObjectSendStream[FeedItem]] = {}
+        self._feeds: dict[tuple[str, int], Inbox[FeedItem]] = {}
         self._early: dict[tuple[str, int], list[FeedItem]] = {}
         self._lost_reason: str | None = None
         self._fatal: FelixError | None = None  # a connection-level Error (expired token ...)
@@ -402,19 +401,19 @@ class Connection:
         self._next_cache = (self._next_cache + 1) % streams
         return self._cache_streams[self._next_cache]
 
-    def feed(self, kind: str, ident: int) -> MemoryObjectReceiveStream[FeedItem]:
+    def feed(self, kind: str, ident: int) -> Inbox[FeedItem]:
         """Open the inbox of subscription (``kind="sub"``) or consumer (``"con"``) ``ident``.
 
         Items that arrived before the inbox existed are replayed into it first.
         """
-        send, receive = anyio.create_memory_object_stream[FeedItem](math.inf)
+        inbox: Inbox[FeedItem] = Inbox(self._new_event)
         for item in self._early.pop((kind, ident), []):
-            send.send_nowait(item)
+            inbox.send_nowait(item)
         if self.closed_error is not None:
-            send.close()
+            inbox.close()
         else:
-            self._feeds[(kind, ident)] = send
-        return receive
+            self._feeds[(kind, ident)] = inbox
+        return inbox
 
     def forget_feed(self, kind: str, ident: int) -> None:
         """Drop an inbox (its owner stopped reading)."""

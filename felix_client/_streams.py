@@ -19,12 +19,12 @@ from typing import Any, Protocol
 
 import anyio
 import anyio.abc
-from anyio.streams.memory import MemoryObjectReceiveStream
 
 from felix_proto import events as ev
 from felix_proto.messages import AckMode, EndReason
 
 from . import _tracing
+from ._inbox import FeedReader
 from ._local import check_headers
 from .errors import (
     ConnectionLost,
@@ -77,7 +77,7 @@ class Backend(Protocol):
 
     async def open_feed(
         self, kind: str, spec: dict[str, Any]
-    ) -> tuple[object, ev.Event, MemoryObjectReceiveStream[object]]:
+    ) -> tuple[object, ev.Event, FeedReader[object]]:
         """Subscribe or consume; returns (connection, started event, inbox)."""
         ...
 
@@ -378,7 +378,7 @@ class Subscription:
         self._credit_messages = int(spec["credit_messages"])
         self._credit_bytes = int(spec["credit_bytes"])
         self._conn: object | None = None
-        self._inbox: MemoryObjectReceiveStream[object] | None = None
+        self._inbox: FeedReader[object] | None = None
         self._pending: deque[Event] = deque()
         self._used_messages = 0
         self._used_bytes = 0
@@ -772,7 +772,7 @@ class Consumer:
         self._backend = backend
         self._spec = spec
         self._conn: object | None = None
-        self._inbox: MemoryObjectReceiveStream[object] | None = None
+        self._inbox: FeedReader[object] | None = None
         self._closed = False
         self.consumer_id: int | None = None
         self.end_reason: str | None = None
