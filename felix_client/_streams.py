@@ -458,20 +458,22 @@ class Subscription:
             FelixError: it ended for another reason, or the connection was lost.
         """
         while True:
+            # Credit is returned as records are read; only a due top-up awaits, and it comes
+            # before a record is taken: a cancellation while it waits must not lose a record
+            # that next_offset already counts as read.
+            if not self._closed and (
+                self._used_messages * 2 >= self._credit_messages
+                or self._used_bytes * 2 >= self._credit_bytes
+            ):
+                await self._top_up()
             if self._pending:
                 event = self._pending.popleft()
                 self.next_offset = event.offset + 1
-                # Credit is returned as records are read; only a due top-up awaits.
                 self._used_messages += 1
                 if event.key is None and event.headers is None:
                     self._used_bytes += len(event.payload)
                 else:
                     self._used_bytes += _record_bytes(event)
-                if (
-                    self._used_messages * 2 >= self._credit_messages
-                    or self._used_bytes * 2 >= self._credit_bytes
-                ):
-                    await self._top_up()
                 if self._tracer is not None:
                     spec = self._spec
                     _tracing.consumer_span(
