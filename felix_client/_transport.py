@@ -359,8 +359,12 @@ class QuicTransport:
             key_file=options.key_file,
         )
         sock = await _UdpSocket.connect(host, port)
-        quic = engine.client_connection(configuration=config)
-        quic.connect(sock.remote, anyio.current_time())
+        try:
+            quic = engine.client_connection(configuration=config)
+            quic.connect(sock.remote, anyio.current_time())
+        except BaseException:
+            sock.close()  # and the loop stops watching it
+            raise
         keepalive = None
         if options.keepalive:
             keepalive = min(options.keepalive, options.idle_timeout / 3)

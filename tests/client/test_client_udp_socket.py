@@ -82,3 +82,34 @@ async def test_moving_the_deadline_or_interrupting_ends_the_wait(
             await anyio.sleep(0.02)
             peer.send(b"late")
     assert results == [[], [], [b"late"]]
+
+
+async def test_a_connection_that_cannot_be_built_leaves_no_socket_behind(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from felix_client import _transport
+    from felix_runtime.quic_engines import load_engine
+
+    engine = load_engine("aioquic")
+    made: list[_UdpSocket] = []
+    real_connect = _UdpSocket.connect.__func__  # type: ignore[attr-defined]
+
+    async def connect(cls: type[_UdpSocket], host: str, port: int) -> _UdpSocket:
+        sock: _UdpSocket = await real_connect(cls, host, port)
+        made.append(sock)
+        return sock
+
+    class Broken:
+        def __getattr__(self, name: str) -> object:
+            return getattr(engine, name)
+
+        def client_connection(self, **kwargs: object) -> object:
+            raise RuntimeError("no connection today")
+
+    monkeypatch.setattr(_UdpSocket, "connect", classmethod(connect))
+    monkeypatch.setattr(_transport, "load_engine", lambda name: Broken())
+    with pytest.raises(RuntimeError, match="no connection today"):
+        await _transport.QuicTransport.connect(
+            "127.0.0.1", 9, _transport.TransportOptions(insecure=True)
+        )
+    assert len(made) == 1 and made[0].sock.fileno() == -1  # closed (and no longer watched)
