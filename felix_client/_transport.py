@@ -38,7 +38,8 @@ flush's work when it resumes (one transmit carries the new request, with the pen
 and the flush, finding it done, returns: the request leaves before the loop re-arms its
 wait.
 
-Nothing here is asyncio- or trio-specific, so the client runs under both anyio backends. The
+Apart from the asyncio socket (a fast path, with the anyio one as its fallback), nothing here
+is asyncio- or trio-specific, so the client runs under both anyio backends. The
 clock is the event loop's (what ``anyio.current_time()`` returns, looked up once per
 connection: :func:`loop_clock`) throughout, so QUIC's timers and anyio's deadlines agree.
 """
