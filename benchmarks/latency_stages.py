@@ -6,7 +6,7 @@ a time and waits for its ack, one subscriber process reading the stream. Every p
 notes ``time.monotonic_ns`` (one clock for the machine) at the points where a datagram
 crosses a socket, by wrapping the socket calls of the broker's adapters
 (``felix_runtime.udp.read_batch`` / ``send_all`` as the runtimes import them) and of the
-client (``_UdpSocket.receive_many`` / ``send_nowait``). For each timed record:
+client (``receive_many`` / ``send_nowait`` of its UDP socket). For each timed record:
 
 ==========  ====================================================================
 stage       from -> to
@@ -43,6 +43,7 @@ from __future__ import annotations
 import argparse
 import bisect
 import json
+import math
 import multiprocessing
 import os
 import signal
@@ -96,7 +97,11 @@ def _broker_main(trace_file: str, argv: list[str]) -> int:
         real_send(sock, datagrams)
 
     if os.environ.get("LATENCY_STAGES_BROKER_CALLS"):
+        from aioquic.quic.connection import QuicConnection
+
+        from felix_server.router import Router
         from felix_server.server import FelixServer
+        from felix_server.session import Session
 
         calls: dict[str, array[int]] = {}
 
@@ -114,6 +119,16 @@ def _broker_main(trace_file: str, argv: list[str]) -> int:
 
         for name in ("datagram_received", "datagrams_to_send", "get_timer", "handle_timer"):
             setattr(FelixServer, name, timed(name, getattr(FelixServer, name)))
+        # and inside them: the sessions, the router and aioquic (per call, not per pass)
+        inner: list[tuple[type, str]] = [
+            (Session, n) for n in ("datagram_received", "transmit", "get_timer")
+        ]
+        inner += [(Router, "get_timer"), (Router, "ready"), (Router, "handle_timer")]
+        inner += [(QuicConnection, n) for n in ("receive_datagram", "datagrams_to_send")]
+        inner += [(QuicConnection, "get_timer")]
+        for owner, name in inner:
+            label = f"{owner.__name__}.{name}"
+            setattr(owner, name, timed(label, getattr(owner, name)))
 
         import atexit
 
@@ -156,22 +171,28 @@ def _trace_client_socket() -> tuple[array[int], array[int], array[int]]:
     reads: array[int] = array("q")
     sends: array[int] = array("q")
     waits: array[int] = array("q")
-    cls = _transport._UdpSocket
-    real_receive, real_send = cls.receive_many, cls.send_nowait
 
-    async def receive_many(self: Any, limit: int) -> list[bytes]:
-        waits.append(clock())
-        out = await real_receive(self, limit)
-        reads.append(clock())
-        return out
+    def traced(real: Any) -> Any:
+        async def receive_many(self: Any, limit: int, deadline: float = math.inf) -> list[bytes]:
+            waits.append(clock())
+            out: list[bytes] = await real(self, limit, deadline)
+            if out:
+                reads.append(clock())
+            return out
+
+        return receive_many
+
+    # the generic socket (trio) and the asyncio one, which has its own receive_many
+    for kind in (_transport._UdpSocket, _transport._AsyncioUdpSocket):
+        kind.receive_many = traced(kind.receive_many)  # type: ignore[method-assign]
+    real_send = _transport._UdpSocket.send_nowait
 
     def send_nowait(self: Any, datagrams: list[tuple[bytes, object]]) -> int:
         if datagrams:
             sends.append(clock())
         return real_send(self, datagrams)
 
-    cls.receive_many = receive_many  # type: ignore[method-assign]
-    cls.send_nowait = send_nowait  # type: ignore[method-assign]
+    _transport._UdpSocket.send_nowait = send_nowait  # type: ignore[method-assign]
     return reads, sends, waits
 
 
@@ -446,7 +467,9 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--rows", metavar="FILE", help="write every record's stages (JSON)")
     parser.add_argument(
-        "--broker-calls", action="store_true", help="time the broker's FelixServer calls"
+        "--broker-calls",
+        action="store_true",
+        help="time the broker's FelixServer calls (and its sessions', router's and aioquic's)",
     )
     parser.add_argument(
         "--profile", metavar="PREFIX", help="CPU profiles of the clients: PREFIX.N.publisher ..."

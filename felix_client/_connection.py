@@ -20,13 +20,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import anyio
 from aioquic.quic import events as quic_events
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from felix_proto import events as ev
 from felix_proto.client import ClientConnection
@@ -36,6 +34,7 @@ from felix_proto.messages import EndReason
 from felix_server.quic_engine import EVENTS
 
 from ._acks import AckBatches
+from ._inbox import Inbox
 from ._local import local_error
 from ._transport import QuicTransport, TransportOptions, describe_termination
 from .errors import (
@@ -47,7 +46,7 @@ from .errors import (
     error_from_code,
 )
 
-__all__ = ["Connection", "FeedItem"]
+__all__ = ["Connection", "FeedItem", "closed_by_broker"]
 
 E = TypeVar("E", bound=ev.Event)
 
@@ -143,7 +142,7 @@ class Connection:
         self._new_event = _event_factory(self._welcomed)  # one per request
         self._clock = transport.clock
         self._waiters: dict[int, _Waiter] = {}
-        self._feeds: dict[tuple[str, int], MemoryObjectSendStream[FeedItem]] = {}
+        self._feeds: dict[tuple[str, int], Inbox[FeedItem]] = {}
         self._early: dict[tuple[str, int], list[FeedItem]] = {}
         self._lost_reason: str | None = None
         self._fatal: FelixError | None = None  # a connection-level Error (expired token ...)
@@ -153,6 +152,7 @@ class Connection:
         """Queue settlements waiting for the end of the pass, and frames awaiting answers."""
         self._ack_wake = anyio.Event()
         self._ack_answered: anyio.Event | None = None
+        self._woke = False  # a waiter or an inbox's reader was woken (see pump)
 
     # --------------------------------------------------------------------- lifecycle
 
@@ -401,19 +401,19 @@ class Connection:
         self._next_cache = (self._next_cache + 1) % streams
         return self._cache_streams[self._next_cache]
 
-    def feed(self, kind: str, ident: int) -> MemoryObjectReceiveStream[FeedItem]:
+    def feed(self, kind: str, ident: int) -> Inbox[FeedItem]:
         """Open the inbox of subscription (``kind="sub"``) or consumer (``"con"``) ``ident``.
 
         Items that arrived before the inbox existed are replayed into it first.
         """
-        send, receive = anyio.create_memory_object_stream[FeedItem](math.inf)
+        inbox: Inbox[FeedItem] = Inbox(self._new_event)
         for item in self._early.pop((kind, ident), []):
-            send.send_nowait(item)
+            inbox.send_nowait(item)
         if self.closed_error is not None:
-            send.close()
+            inbox.close()
         else:
-            self._feeds[(kind, ident)] = send
-        return receive
+            self._feeds[(kind, ident)] = inbox
+        return inbox
 
     def forget_feed(self, kind: str, ident: int) -> None:
         """Drop an inbox (its owner stopped reading)."""
@@ -448,11 +448,14 @@ class Connection:
             self.machine.stream_reset(event.stream_id, event.error_code)
         elif isinstance(event, EVENTS.terminated):
             self._lost_reason = self._lost_reason or describe_termination(event)
+            if self._fatal is None and not self.machine.closed:
+                self._fatal = closed_by_broker(event)
             self.machine.connection_lost()
         self._dispatch()
 
-    def pump(self, now: float) -> None:
-        """Move the machine's writes into QUIC.
+    def pump(self, now: float) -> bool:
+        """Move the machine's writes into QUIC; whether a waiter or an inbox's reader was
+        woken since the last call (the transport lets them run before it transmits).
 
         The machine allocates a request stream's id when it first needs one, which is not
         always when it first writes to it (a request refused locally after the id was taken,
@@ -473,6 +476,8 @@ class Connection:
                     next_id += 4
             quic.send_stream_data(stream_id, data, end_stream)
         self._dispatch()
+        woke, self._woke = self._woke, False
+        return woke
 
     def get_timer(self) -> float | None:
         """The machine's earliest deadline."""
@@ -504,6 +509,7 @@ class Connection:
             send = self._feeds.get(("con", event.consumer_id))
             if send is not None:
                 send.send_nowait(event)
+                self._woke = True
                 return
         if isinstance(event, _REPLY_EVENTS):
             self._resolve(event.request_id, reply=event)
@@ -512,9 +518,14 @@ class Connection:
         elif isinstance(event, ev.DeliveryReceived | ev.ConsumerEnded):
             self._to_feed("con", event.consumer_id, event)
         elif isinstance(event, ev.RequestFailed):
-            failure = error_from_code(
-                event.code, event.message, retryable=event.retryable, details=event.details
-            )
+            fatal = self._fatal
+            if event.code == ErrorCode.CONNECTION_LOST and fatal is not None:
+                # the connection ended for a reason the broker gave: each waiter its copy
+                failure = type(fatal)(fatal.message, details=fatal.details)
+            else:
+                failure = error_from_code(
+                    event.code, event.message, retryable=event.retryable, details=event.details
+                )
             self._resolve(event.request_id, error=failure)
         elif isinstance(event, ev.RequestTimedOut):
             self._resolve(event.request_id, error=RequestTimeout("no reply before the deadline"))
@@ -556,6 +567,7 @@ class Connection:
             return  # fire-and-forget request, or the caller gave up
         waiter.reply, waiter.error = reply, error
         waiter.done.set()
+        self._woke = True
 
     def _to_feed(self, kind: str, ident: int, item: Any) -> None:
         if (
@@ -572,6 +584,7 @@ class Connection:
             self._early.setdefault((kind, ident), []).append(item)
             return
         send.send_nowait(item)
+        self._woke = True
         if isinstance(item, ev.SubscriptionEnded | ev.ConsumerEnded):
             send.close()
             del self._feeds[(kind, ident)]
@@ -591,3 +604,26 @@ class Connection:
         if self._ack_answered is not None:
             self._ack_answered.set()
         self._ack_wake.set()  # the flusher sees the end
+
+
+def closed_by_broker(event: quic_events.ConnectionTerminated) -> FelixError | None:
+    """The typed error of a connection the broker closed with a Felix error code.
+
+    The broker closes a connection with a QUIC application close whose code is an
+    :class:`~felix_proto.errors.ErrorCode` (``OVERLOADED`` when the requests it holds unread
+    go over ``transport.max_data``, ``SHUTTING_DOWN`` at the end of the grace period ...)
+    and a reason. Pending requests and new work then fail with that code's class
+    (:class:`~felix_client.errors.Overloaded` ...), the reason as the message and
+    ``details["close_reason"]``, instead of a bare :class:`ConnectionLost`.
+
+    Returns:
+        None for a close that carries no Felix code: code 0, ``CONNECTION_LOST``, or a QUIC
+        transport error (``frame_type`` set: TLS failures, refusals, idle timeouts).
+    """
+    code = event.error_code
+    if event.frame_type is not None or code in (0, ErrorCode.CONNECTION_LOST):
+        return None
+    reason = event.reason_phrase or f"error code {code}"
+    return error_from_code(
+        code, f"broker closed the connection: {reason}", details={"close_reason": reason}
+    )

@@ -19,12 +19,12 @@ from typing import Any, Protocol
 
 import anyio
 import anyio.abc
-from anyio.streams.memory import MemoryObjectReceiveStream
 
 from felix_proto import events as ev
 from felix_proto.messages import AckMode, EndReason
 
 from . import _tracing
+from ._inbox import FeedReader
 from ._local import check_headers
 from .errors import (
     ConnectionLost,
@@ -77,7 +77,7 @@ class Backend(Protocol):
 
     async def open_feed(
         self, kind: str, spec: dict[str, Any]
-    ) -> tuple[object, ev.Event, MemoryObjectReceiveStream[object]]:
+    ) -> tuple[object, ev.Event, FeedReader[object]]:
         """Subscribe or consume; returns (connection, started event, inbox)."""
         ...
 
@@ -382,7 +382,7 @@ class Subscription:
         self._credit_messages = int(spec["credit_messages"])
         self._credit_bytes = int(spec["credit_bytes"])
         self._conn: object | None = None
-        self._inbox: MemoryObjectReceiveStream[object] | None = None
+        self._inbox: FeedReader[object] | None = None
         self._pending: deque[Event] = deque()
         self._used_messages = 0
         self._used_bytes = 0
@@ -462,20 +462,22 @@ class Subscription:
             FelixError: it ended for another reason, or the connection was lost.
         """
         while True:
+            # Credit is returned as records are read; only a due top-up awaits, and it comes
+            # before a record is taken: a cancellation while it waits must not lose a record
+            # that next_offset already counts as read.
+            if not self._closed and (
+                self._used_messages * 2 >= self._credit_messages
+                or self._used_bytes * 2 >= self._credit_bytes
+            ):
+                await self._top_up()
             if self._pending:
                 event = self._pending.popleft()
                 self.next_offset = event.offset + 1
-                # Credit is returned as records are read; only a due top-up awaits.
                 self._used_messages += 1
                 if event.key is None and event.headers is None:
                     self._used_bytes += len(event.payload)
                 else:
                     self._used_bytes += _record_bytes(event)
-                if (
-                    self._used_messages * 2 >= self._credit_messages
-                    or self._used_bytes * 2 >= self._credit_bytes
-                ):
-                    await self._top_up()
                 if self._tracer is not None:
                     spec = self._spec
                     _tracing.consumer_span(
@@ -776,7 +778,7 @@ class Consumer:
         self._backend = backend
         self._spec = spec
         self._conn: object | None = None
-        self._inbox: MemoryObjectReceiveStream[object] | None = None
+        self._inbox: FeedReader[object] | None = None
         self._closed = False
         self.consumer_id: int | None = None
         self.end_reason: str | None = None

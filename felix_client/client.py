@@ -29,7 +29,6 @@ from typing import Any
 
 import anyio
 import anyio.abc
-from anyio.streams.memory import MemoryObjectReceiveStream
 
 from felix_proto import events as ev
 from felix_proto.client import ClientConnection
@@ -39,6 +38,7 @@ from felix_runtime.quic_engines import engine_from_env, load_engine
 
 from . import _tracing
 from ._connection import Connection
+from ._inbox import FeedReader
 from ._local import check_headers, delay_ms
 from ._resources import Admin, Cache
 from ._streams import Consumer, Publisher, Record, Subscription
@@ -762,7 +762,7 @@ class Client:
 
     async def open_feed(
         self, kind: str, spec: dict[str, Any]
-    ) -> tuple[object, ev.Event, MemoryObjectReceiveStream[object]]:
+    ) -> tuple[object, ev.Event, FeedReader[object]]:
         """Subscribe (``kind="sub"``) or consume (``"con"``) on one connection."""
         conn = await self._connection()
         s = dict(spec)
@@ -787,7 +787,7 @@ class Client:
             if isinstance(reply, ev.SubscriptionStarted)
             else reply.consumer_id
         )
-        inbox: MemoryObjectReceiveStream[Any] = conn.feed(kind, ident)
+        inbox: FeedReader[Any] = conn.feed(kind, ident)
         if kind == "con":  # its acks leave early once half its prefetch is settled
             conn.acks.early[ident] = max(1, int(s["prefetch"]) // 2)
         return conn, reply, inbox

@@ -357,6 +357,24 @@ async def test_subscription_yields_events_gaps_and_returns_credit() -> None:
 
 
 @pytest.mark.anyio
+async def test_a_read_cancelled_while_credit_is_returned_loses_no_record() -> None:
+    class SlowCredit(FakeFeedBackend):
+        async def credit(self, conn: object, sub_id: int, messages: int, nbytes: int) -> None:
+            await anyio.sleep(0.05)  # the Credit frame's flush, slowed down
+            await super().credit(conn, sub_id, messages, nbytes)
+
+    backend = SlowCredit()
+    async with Subscription(backend, _spec(credit=4), Start.earliest()) as sub:
+        await backend.inboxes[0].send(_batch(1, 0, 4))
+        got = [(await sub.__anext__()).offset for _ in range(2)]  # half the credit: due
+        with anyio.move_on_after(0.01):  # cancelled while the top-up waits
+            got.append((await sub.__anext__()).offset)
+        assert sub.next_offset == 2  # nothing was taken by the cancelled read
+        got += [(await sub.__anext__()).offset for _ in range(2)]
+    assert got == [0, 1, 2, 3]
+
+
+@pytest.mark.anyio
 async def test_subscription_events_carry_every_field_and_are_immutable() -> None:
     backend = FakeFeedBackend()
     async with Subscription(backend, _spec(credit=100), Start.earliest()) as sub:

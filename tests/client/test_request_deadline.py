@@ -70,8 +70,8 @@ class _Handler:
     def quic_event(self, event: QuicEvent, now: float) -> None:
         pass
 
-    def pump(self, now: float) -> None:
-        pass
+    def pump(self, now: float) -> bool:
+        return False
 
     def get_timer(self) -> float | None:
         return self.deadline if self.fired_at is None else None
