@@ -121,7 +121,8 @@ def _message(draw: st.DrawFn) -> m.Message:
         for f in dataclasses.fields(msg)  # type: ignore[arg-type]
         if f.name in _BIASED and draw(st.integers(0, 9)) > 0  # mostly biased
     }
-    if hasattr(msg, "tenant") and draw(st.integers(0, 9)) > 0:  # the path exists, mostly
+    named = hasattr(msg, "tenant") and hasattr(msg, "namespace")  # not Welcome.tenant
+    if named and draw(st.integers(0, 9)) > 0:  # the path exists, mostly
         changes["tenant"], changes["namespace"] = T, N
     if isinstance(msg, m.Subscribe) and msg.source == "cache":
         changes["stream"] = draw(st.sampled_from((*CACHES, msg.stream)))
