@@ -16,6 +16,16 @@ files (the first entry of a file links to the last of the one before). A writer 
 a directory with files in it continues the chain from the last complete line (a line cut
 short by a crash is cut off, and a ``resumed`` entry says so).
 
+Retention (``retention_bytes``, ``retention_s``) deletes the oldest files, never the one
+being written, after a ``retention`` entry names what goes: the files, their ``seq`` range
+and ``cut_head``, the hash the first remaining entry carries as ``prev``. So the trail
+still verifies from where it now starts, and a file removed any other way still does not.
+
+Anchors: the chain's head (``SEQ:HASH``) kept outside the host detects lines cut off the
+end, which leave no gap in the chain. :class:`AuditTrail` logs it (``audit head``) every
+``anchor_every_s`` while entries are written; ``verify(anchor=...)`` checks a trail still
+holds it.
+
 Who writes: :class:`AuditWriter` is the file format (chain, rotation, resume), synchronous
 and usable by any process (the broker, the region bridge). :class:`AuditTrail` puts a
 bounded buffer and one worker thread in front of it, so that an event costs the caller an
@@ -32,6 +42,8 @@ to its last complete line), an error is logged, and the writer retries every
 counts rather than in a broken chain.
 
 :func:`verify` checks files and names the first line that does not fit (see its docstring).
+:class:`AuditObserver` also writes the client certificates the TLS handshake refused
+(``tls_refused``, from :class:`felix_runtime.tls_server.TlsRefusal`).
 """
 
 from __future__ import annotations
@@ -537,6 +549,7 @@ class AuditObserver(PrometheusObserver):
     def __init__(self, trail: AuditTrail) -> None:
         super().__init__()
         self.trail = trail
+        self._server: FelixServer | None = None
 
     def handshake_accepted(self, conn_id: int, principal: Principal) -> None:
         self.trail.record("handshake_accepted", conn=conn_id, **_who(principal))
@@ -557,7 +570,7 @@ class AuditObserver(PrometheusObserver):
         """The verified client certificate of connection ``conn_id`` (mutual TLS), as audit
         fields; {} without one. A scan of the live sessions: only refusals of a certificate
         the client CA vouched for come here."""
-        server = getattr(self, "_server", None)
+        server = self._server
         found = (
             None
             if server is None

@@ -22,10 +22,13 @@ def client(broker: Broker, tenant: str) -> Client:
     return Client(broker.url, tenant=tenant, namespace="ns", **broker.client_kwargs())
 
 
-async def metrics(broker: Broker) -> bytes:
+async def metrics(broker: Broker, token: str | None = None) -> bytes:
+    """GET /metrics (with ``token`` as a bearer credential: a broker with authentication
+    asks for one)."""
+    auth = f"Authorization: Bearer {token}\r\n" if token else ""
     with anyio.fail_after(WAIT):
         async with await anyio.connect_tcp(*broker.metrics_address) as stream:
-            await stream.send(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            await stream.send(f"GET /metrics HTTP/1.1\r\nHost: x\r\n{auth}\r\n".encode())
             data = b""
             with pytest.raises(anyio.EndOfStream):
                 while True:
@@ -138,7 +141,7 @@ async def test_connections_per_tenant_are_refused_at_the_handshake(
                         break
                 except LimitExceeded:
                     await anyio.sleep(0.05)
-    body = await metrics(broker)
+    body = await metrics(broker, "op-secret")
     assert b'felix_quota_refused_total{quota="max_connections",tenant="a"}' in body
 
 
