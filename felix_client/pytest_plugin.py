@@ -5,32 +5,42 @@ point (name ``felix``), so ``pip install felix`` is all a project needs; ``-p no
 turns it off. Fixtures (documented in ``docs/testing.md``):
 
 ``felix_broker`` (session)
-    A broker subprocess (``python -m felix_client.cli broker``) listening on a free
-    127.0.0.1 port, its metrics on another, its data directory (and self-signed
-    certificate) under pytest's temporary directory. It exposes ``url``, ``ca_file``,
-    ``host``, ``port``, ``metrics_url`` and ``client_kwargs()``. Stopped with SIGTERM at the
-    end of the session; a non-zero exit code is reported as an error.
+    A broker listening on a free 127.0.0.1 port, its metrics on another, its data
+    directory (and self-signed certificate) under pytest's temporary directory: a thread
+    of the test process (:class:`BrokerThread`, the default) or a subprocess (``python -m
+    felix_client.cli broker``). It exposes ``url``, ``address``, ``ca_file``,
+    ``metrics_url``, ``client_kwargs()``, ``token_for()``, ``log`` and ``stop()`` either
+    way. Stopped gracefully at the end of the session; a non-zero exit code is reported as
+    an error.
+``felix_test_broker``
+    The shared broker with the settings of the test's ``felix`` marker
+    (``@pytest.mark.felix(runtime=..., durability=..., mode=...)``): ``felix_broker`` for a
+    test without one, else one started on first use per distinct set of settings.
 ``felix_broker_factory``
     Starts private brokers (``factory(*flags)``) for a test that needs its own settings or
     must stop one; all are stopped after the test.
 ``felix_client``
-    An open :class:`felix_client.Client` to ``felix_broker``, for ``@pytest.mark.anyio``
-    tests (asyncio or trio, through anyio's pytest plugin and its ``anyio_backend``).
+    An open :class:`felix_client.Client` to ``felix_test_broker``, for
+    ``@pytest.mark.anyio`` tests (asyncio or trio, through anyio's pytest plugin and its
+    ``anyio_backend``).
 ``felix_blocking_client``
-    An open :class:`felix_client.sync.BlockingClient` to ``felix_broker``.
+    An open :class:`felix_client.sync.BlockingClient` to ``felix_test_broker``.
 
-Options: ``--felix-runtime`` (or the ini key ``felix_runtime``) picks the broker runtime:
-``asyncio`` (default), ``anyio-asyncio`` or ``anyio-trio``. The ini key
-``felix_broker_args`` adds ``felix broker`` flags (they win over the plugin's own). The ini
-key ``felix_auth = true`` (or ``factory(auth=True)``) starts brokers that accept only Felix
-tokens signed by a key the plugin makes: ``broker.token_for(subject, tenant=...,
-permissions=...)`` signs one, and the client fixtures connect with ``token_for()`` (every
-permission in tenant ``default``).
+Options (command line, then ini key, then default): ``--felix-runtime`` /
+``felix_runtime``: ``asyncio`` (default), ``anyio-asyncio`` or ``anyio-trio``;
+``--felix-broker-mode`` / ``felix_broker_mode``: ``inprocess`` (default) or
+``subprocess``; ``--felix-durability`` / ``felix_durability``: the durability of the
+resources the brokers create when their settings do not say (``broker.durability``,
+``ephemeral`` by default). The ini key ``felix_broker_args`` adds ``felix broker`` flags
+(they win over the plugin's own). The ini key ``felix_auth = true`` (or
+``factory(auth=True)``) starts brokers that accept only Felix tokens signed by a key the
+plugin makes: ``broker.token_for(subject, tenant=..., permissions=...)`` signs one, and the
+client fixtures connect with ``token_for()`` (every permission in tenant ``default``).
 
-The broker is a subprocess rather than a thread so that the tests' event loop, asyncio or
-trio, stays independent of the broker's, and a crash of either is seen as such. The module
-imports nothing from Felix at import time: pytest loads it in every session of a project
-that has ``felix`` installed.
+Either mode keeps the tests' event loop, asyncio or trio, independent of the broker's: an
+in-process broker runs its runtime's own loop in its thread. A subprocess also keeps a
+crash of either side apart. The module imports nothing from Felix at import time: pytest
+loads it in every session of a project that has ``felix`` installed.
 """
 
 from __future__ import annotations
