@@ -64,6 +64,12 @@ def test_the_marker_makes_resources_durable(
     assert durability(felix_blocking_client, "kept") == "durable"
     assert (felix_test_broker.data_dir / "logs" / "stream").is_dir()
 
+@pytest.mark.felix(runtime="anyio-trio")
+def test_a_taken_port_is_exit_code_1_with_the_log(felix_broker_factory, felix_broker):
+    taken = f"127.0.0.1:{felix_broker.port}"
+    with pytest.raises(RuntimeError, match=r"exit code 1.*cannot start the broker.*in use"):
+        felix_broker_factory("--listen", taken)
+
 @pytest.mark.felix(durability="forever")
 def test_a_bad_marker_fails_the_test(felix_blocking_client):
     pass
@@ -73,7 +79,7 @@ def test_a_bad_marker_fails_the_test(felix_blocking_client):
 def test_in_process_brokers_and_the_felix_marker(tmp_path: Path) -> None:
     (tmp_path / "test_in_process.py").write_text(IN_PROCESS)
     done = _pytest(tmp_path)
-    assert "6 passed, 1 error" in done.stdout, done.stdout + done.stderr
+    assert "7 passed, 1 error" in done.stdout, done.stdout + done.stderr
     assert "felix marker: unknown durability 'forever'" in done.stdout
 
 
