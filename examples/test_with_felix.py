@@ -1,12 +1,13 @@
 """Testing code that uses Felix with the ``felix`` pytest plugin (docs/testing.md).
 
 With ``felix`` installed, pytest finds the plugin by itself: no conftest, no set-up code.
-``felix_broker`` starts one broker for the session on a free 127.0.0.1 port,
-``felix_client`` gives an ``@pytest.mark.anyio`` test an open async client and
-``felix_blocking_client`` gives a plain test an open blocking one. Run with::
+``felix_broker`` starts one broker for the session on a free 127.0.0.1 port (in a thread
+of the test process by default), ``felix_client`` gives an ``@pytest.mark.anyio`` test an
+open async client and ``felix_blocking_client`` gives a plain test an open blocking one;
+the ``felix`` marker changes the broker's settings for one test. Run with::
 
     pytest examples/test_with_felix.py                       # broker on asyncio
-    pytest examples/test_with_felix.py --felix-runtime anyio-trio
+    pytest examples/test_with_felix.py --felix-runtime anyio-trio --felix-broker-mode subprocess
 
 ``tests/plugin/test_plugin.py`` runs this file in a subprocess pytest, so it stays true.
 """
@@ -73,3 +74,13 @@ def test_blocking_cache(felix_blocking_client: BlockingClient, stream: str) -> N
 def test_broker_is_ready(felix_broker: FelixBroker) -> None:
     with urllib.request.urlopen(felix_broker.metrics_url + "/ready", timeout=5) as reply:
         assert reply.status == 200
+
+
+@pytest.mark.felix(durability="durable")
+def test_durable_queue(felix_blocking_client: BlockingClient, stream: str) -> None:
+    """The ``felix`` marker: this test's clients use a shared broker (started for the
+    marker's settings) whose resources are durable unless their settings say otherwise."""
+    queue = f"orders-{stream}"
+    felix_blocking_client.admin("create", "queue", queue)
+    described = felix_blocking_client.admin("describe", "queue", queue)
+    assert described["settings"]["durability"] == "durable"

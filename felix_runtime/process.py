@@ -5,13 +5,17 @@ preamble (load the four layers of settings, answer ``--print-config``, configure
 and the exit codes (2 for a bad setting, 1 when the broker cannot start, 0 after a graceful
 shutdown or Ctrl-C) are decided here once. :func:`load_certificate` and
 :func:`log_started` are the other two steps every adapter takes the same way.
+:func:`load_broker_config` and :func:`run_broker` are the preamble's two halves for a broker
+started in a thread of another program (the pytest plugin's in-process broker): the same
+settings and exit codes, with that program's logging left alone.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +33,7 @@ from felix_server.config import (
     load_config,
 )
 
-__all__ = ["broker_main", "load_certificate", "log_started"]
+__all__ = ["broker_main", "load_broker_config", "load_certificate", "log_started", "run_broker"]
 
 
 def broker_main(
@@ -49,12 +53,7 @@ def broker_main(
         that is taken, or a ``quic_engine`` that is not installed).
     """
     try:
-        config, namespace = load_config(
-            list(args), os.environ, lambda p: Path(p).read_bytes(), prog=prog
-        )
-        broker_authenticator(config)  # the key files and secrets, read once to check them
-        broker_exchange(config, fetch_keys=False)  # the exchange's issuers and rules
-        check_client_tls(config)
+        config, namespace = load_broker_config(args, os.environ, prog=prog)
     except ConfigError as exc:
         print(f"felix-broker: {exc}", file=sys.stderr)
         return 2
@@ -62,6 +61,30 @@ def broker_main(
         sys.stdout.write(config_to_toml(config))
         return 0
     configure_logging(config.log_format, config.log_level)
+    return run_broker(config, run)
+
+
+def load_broker_config(
+    args: Sequence[str], env: Mapping[str, str], *, prog: str = "felix-broker"
+) -> tuple[ServerConfig, argparse.Namespace]:
+    """The settings of ``args`` and ``env`` (:func:`felix_server.config.load_config`),
+    with the files they name (keys, secrets, exchange rules, client TLS rules) read once
+    to check them.
+
+    Raises:
+        ConfigError: any bad setting.
+    """
+    config, namespace = load_config(list(args), env, lambda p: Path(p).read_bytes(), prog=prog)
+    broker_authenticator(config)  # the key files and secrets, read once to check them
+    broker_exchange(config, fetch_keys=False)  # the exchange's issuers and rules
+    check_client_tls(config)
+    return config, namespace
+
+
+def run_broker(config: ServerConfig, run: Callable[[ServerConfig], int]) -> int:
+    """``run(config)``, its exceptions mapped to exit codes: 1 when the broker cannot start
+    (an ``OSError``, e.g. a port that is taken, or a ``quic_engine`` that is not
+    installed; logged), 0 for Ctrl-C."""
     try:
         return run(config)
     except (OSError, EngineMissing) as exc:

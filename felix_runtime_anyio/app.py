@@ -39,11 +39,13 @@ PROG = "felix broker --runtime anyio [--backend {asyncio,trio}]"
 """The program name ``--help`` shows (``--backend`` is parsed before the settings)."""
 
 
-async def run(config: ServerConfig) -> int:
+async def run(config: ServerConfig, stop: anyio.Event | None = None) -> int:
     """Serve until SIGTERM or SIGINT, then shut down gracefully; returns the exit code.
     SIGHUP reloads the TLS certificate, key and client CA (so does a change of those files).
 
-    Runs under whichever anyio backend called it.
+    Runs under whichever anyio backend called it. When ``stop`` is given, setting it is
+    what shuts the broker down, and no signal is received (a broker in a thread other than
+    the main one: the pytest plugin's in-process broker).
     """
     tls = ServerTls(config)
     observer, close_audit = broker_observer(config)
@@ -79,26 +81,32 @@ async def run(config: ServerConfig) -> int:
             tg.start_soon(runtime.serve)
             if config.tls_reload_check_s > 0:
                 tg.start_soon(_watch_tls, tls, server, config.tls_reload_check_s)
-            with anyio.open_signal_receiver(
-                signal.SIGTERM, signal.SIGINT, signal.SIGHUP
-            ) as signals:
-                log_started(
-                    config,
-                    bound,
-                    metrics.address,
-                    tls.cert_path,
-                    tls.fingerprint,
-                    f"anyio/{_backend_name()}",
-                )
-                async for signum in signals:
-                    if signum == signal.SIGHUP:
-                        tls.reload(server)
-                        continue
-                    logger.info(
-                        "signal received, shutting down",
-                        extra=log_fields(signal=signal.Signals(signum).name),
-                    )
-                    break
+            started = (
+                config,
+                bound,
+                metrics.address,
+                tls.cert_path,
+                tls.fingerprint,
+                f"anyio/{_backend_name()}",
+            )
+            if stop is not None:
+                log_started(*started)
+                await stop.wait()
+                logger.info("stop requested, shutting down")
+            else:
+                with anyio.open_signal_receiver(
+                    signal.SIGTERM, signal.SIGINT, signal.SIGHUP
+                ) as signals:
+                    log_started(*started)
+                    async for signum in signals:
+                        if signum == signal.SIGHUP:
+                            tls.reload(server)
+                            continue
+                        logger.info(
+                            "signal received, shutting down",
+                            extra=log_fields(signal=signal.Signals(signum).name),
+                        )
+                        break
             server.begin_shutdown(time.time())
             runtime.wake()
             with anyio.move_on_after(config.shutdown_drain_s + 1.0):

@@ -158,21 +158,29 @@ class BrokerProcess:
             await self.metrics.close()
 
 
-async def run(config: ServerConfig) -> int:
+async def run(config: ServerConfig, stop: asyncio.Event | None = None) -> int:
     """Serve until SIGTERM or SIGINT, then shut down gracefully; returns the exit code.
     SIGHUP reloads the TLS certificate, key and client CA.
 
     The signal handlers are installed before the broker starts (and logs that it listens),
     so a signal sent as soon as the broker is seen listening is never lost.
+
+    Args:
+        config: the effective configuration.
+        stop: when given, setting it is what shuts the broker down, and no signal handler
+            is installed (a broker in a thread other than the main one: the pytest plugin's
+            in-process broker).
     """
-    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError):  # Windows
-            loop.add_signal_handler(sig, stop.set)
     broker = BrokerProcess(config)
-    with contextlib.suppress(NotImplementedError, AttributeError):  # Windows: no SIGHUP
-        loop.add_signal_handler(signal.SIGHUP, broker.reload_tls)
+    cause = "stop requested" if stop is not None else "signal received"
+    if stop is None:
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError):  # Windows
+                loop.add_signal_handler(sig, stop.set)
+        with contextlib.suppress(NotImplementedError, AttributeError):  # Windows: no SIGHUP
+            loop.add_signal_handler(signal.SIGHUP, broker.reload_tls)
     try:
         await broker.start()
     except BaseException:  # e.g. the metrics port is taken: release what was bound
@@ -181,7 +189,7 @@ async def run(config: ServerConfig) -> int:
     try:
         await stop.wait()
     finally:
-        logger.info("signal received, shutting down")
+        logger.info("%s, shutting down", cause)
         await broker.shutdown()
     return 0
 

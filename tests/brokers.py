@@ -96,6 +96,7 @@ def start_broker(runtime: str, data_dir: Path, *extra: str, port: int = 0) -> Br
     """
     # The plugin's own runtime flags come first; these repeat them, and the last ones win.
     flags = (*RUNTIMES[runtime], *SHUTDOWN, *extra)
-    broker = plugin_start_broker(data_dir, *flags, port=port, env=child_env())
+    # A subprocess: the suite's tests signal and kill their brokers (broker.process).
+    broker = plugin_start_broker(data_dir, *flags, port=port, env=child_env(), mode="subprocess")
     broker.runtime = runtime
     return broker

@@ -43,12 +43,14 @@ def test_the_plugin_is_registered_as_a_pytest11_entry_point() -> None:
     )
 
 
-@pytest.mark.parametrize("runtime", ["asyncio", "anyio-trio"])
-def test_the_documented_example_passes(tmp_path: Path, runtime: str) -> None:
+@pytest.mark.parametrize(
+    ("runtime", "mode"), [("asyncio", "inprocess"), ("anyio-trio", "subprocess")]
+)
+def test_the_documented_example_passes(tmp_path: Path, runtime: str, mode: str) -> None:
     shutil.copy(EXAMPLE, tmp_path)
-    done = _pytest(tmp_path, EXAMPLE.name, "--felix-runtime", runtime)
+    done = _pytest(tmp_path, EXAMPLE.name, "--felix-runtime", runtime, "--felix-broker-mode", mode)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "6 passed" in done.stdout
+    assert "7 passed" in done.stdout
 
 
 RUNTIME_CHECK = """
