@@ -117,8 +117,10 @@ def log_started(
     fingerprint: str,
     runtime: str,
 ) -> None:
-    """Log ``felix broker listening`` (tests and operators parse its fields) and, in
-    development mode, the certificate to trust and the default tenant and namespace.
+    """Log the start-up warnings (operator secrets, no authentication), in development
+    mode the certificate to trust and the default tenant and namespace, and last
+    ``felix broker listening`` (tests and operators parse its fields; a reader that waits
+    for it has seen every line before it).
 
     Args:
         config: the effective configuration.
@@ -129,19 +131,6 @@ def log_started(
         fingerprint: its SHA-256 fingerprint ("" when configured rather than generated).
         runtime: ``asyncio``, ``anyio/asyncio`` or ``anyio/trio``.
     """
-    logger.info(
-        "felix broker listening",
-        extra=log_fields(
-            quic=f"{quic[0]}:{quic[1]}",
-            metrics=f"http://{metrics[0]}:{metrics[1]}/metrics"
-            if config.metrics_enabled
-            else "off",
-            health=f"http://{metrics[0]}:{metrics[1]}/ready",
-            server_id=config.server_id,
-            runtime=runtime,
-            quic_engine=f"{config.quic_engine} {load_engine(config.quic_engine).version}",
-        ),
-    )
     bare = [e.position for e in parse_shared_secrets(config.auth_tokens or "") if e.operator]
     if bare:
         logger.warning(
@@ -156,16 +145,30 @@ def log_started(
             + ("; listening on loopback only" if is_loopback(quic[0]) else ""),
             extra=log_fields(listen=f"{quic[0]}:{quic[1]}"),
         )
-    if not config.dev_mode:
-        return
-    logger.warning(
-        "DEVELOPMENT MODE: self-signed certificate; clients must trust it explicitly",
-        extra=log_fields(cert=cert, sha256=fingerprint),
-    )
-    if config.broker.create_defaults:
-        logger.info(
-            "default tenant and namespace created",
-            extra=log_fields(
-                tenant=config.broker.default_tenant, namespace=config.broker.default_namespace
-            ),
+    if config.dev_mode:
+        logger.warning(
+            "DEVELOPMENT MODE: self-signed certificate; clients must trust it explicitly",
+            extra=log_fields(cert=cert, sha256=fingerprint),
         )
+        if config.broker.create_defaults:
+            logger.info(
+                "default tenant and namespace created",
+                extra=log_fields(
+                    tenant=config.broker.default_tenant,
+                    namespace=config.broker.default_namespace,
+                ),
+            )
+    # Last: whoever waits for this line has every start-up line before it.
+    logger.info(
+        "felix broker listening",
+        extra=log_fields(
+            quic=f"{quic[0]}:{quic[1]}",
+            metrics=f"http://{metrics[0]}:{metrics[1]}/metrics"
+            if config.metrics_enabled
+            else "off",
+            health=f"http://{metrics[0]}:{metrics[1]}/ready",
+            server_id=config.server_id,
+            runtime=runtime,
+            quic_engine=f"{config.quic_engine} {load_engine(config.quic_engine).version}",
+        ),
+    )
