@@ -324,7 +324,9 @@ class TenantQuotas:
         """Apply a tenant record's settings (None: the tenant went).
 
         A changed limit takes effect at once: the tenant's buckets start again, full, at
-        the new rate on their next use.
+        the new rate on their next use. A gone tenant's buckets, meters and feed lists go
+        with it (those still in use, by resources not yet removed here, stay), so memory
+        does not grow with tenant churn.
         """
         overrides = {
             key: settings[key] for key in QUOTA_KEYS if settings and settings.get(key) is not None
@@ -340,6 +342,19 @@ class TenantQuotas:
         )
         for quota in QUOTA_KEYS:
             self._buckets.pop((tenant, quota), None)
+        if settings is None:
+            self._forget(tenant)
+
+    def _forget(self, tenant: str) -> None:
+        cache = self._cache_meters.get(tenant)
+        if cache is not None and cache.held == 0:
+            del self._cache_meters[tenant]
+        inflight = self._inflight.get(tenant)
+        if inflight is not None and not inflight.holders:
+            del self._inflight[tenant]
+        for quota in (MAX_SUBSCRIPTIONS, MAX_CONSUMERS):
+            if (tenant, quota) in self._feeds:
+                self._prune((tenant, quota))
 
     def check_publish(self, tenant: str, messages: int, nbytes: int, now: float) -> None:
         """Refuse a publish or enqueue of ``messages`` records of ``nbytes`` bytes that the

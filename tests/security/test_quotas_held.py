@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from engine_calls import Calls
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from felix_core import Broker, BrokerConfig, InvalidArgument, LimitExceeded
@@ -397,6 +397,25 @@ def test_a_limit_set_on_a_busy_tenant_counts_what_is_in_flight() -> None:
     assert meter.holders == {}  # a deleted queue is not kept
 
 
+def test_a_deleted_tenant_leaves_no_meters_or_feed_lists() -> None:
+    b = engine(tenant_max_inflight_bytes=100, tenant_max_cache_bytes=100)
+    b.create("tenant", "gone", "", "", now=0.0)
+    b.create("namespace", "gone", "ns", "", now=0.0)
+    for kind, name in (("stream", "s"), ("queue", "q"), ("cache", "c")):
+        b.create(kind, "gone", "ns", name, now=0.0)
+    b.subscribe(1, "gone", "ns", "s", now=0.0)
+    b.consume(1, "gone", "ns", "q", now=0.0)
+    b.cache_put("gone", "ns", "c", "k", b"v", now=0.0)
+    for kind, name in (("stream", "s"), ("queue", "q"), ("cache", "c")):
+        b.delete(kind, "gone", "ns", name, now=0.0)
+    b.delete("namespace", "gone", "ns", "", now=0.0)
+    b.delete("tenant", "gone", "", "", now=0.0)
+    quotas = b.quotas
+    assert "gone" not in quotas._cache_meters and "gone" not in quotas._inflight
+    assert not any(tenant == "gone" for tenant, _ in quotas._feeds)
+    assert "a" in quotas._inflight  # the others stay
+
+
 OPS = st.lists(
     st.one_of(
         st.tuples(st.just("enqueue"), st.sampled_from("qr"), st.integers(0, 12)),
@@ -496,7 +515,6 @@ class InflightRun:
                         assert not g.ready and g.cursor == p.queue.log.next_offset
 
 
-@settings(max_examples=150, deadline=None)
 @given(ops=OPS, limit=st.integers(1, 20))
 def test_inflight_bytes_match_the_deliveries_and_nothing_waits_for_nothing(
     ops: list[tuple[str, Any, Any]], limit: int
