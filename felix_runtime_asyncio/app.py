@@ -41,8 +41,7 @@ class BrokerProcess:
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
-        self.observer = PrometheusObserver()
-        """Metrics and the audit hooks (with the audit trail once started)."""
+        self._observer: PrometheusObserver | None = None
         self._close_audit: Callable[[], None] = lambda: None
         self.server: FelixServer | None = None
         self.storage: BrokerStorage | None = None
@@ -52,6 +51,13 @@ class BrokerProcess:
         self.fingerprint = ""
         self.tls: ServerTls | None = None
         self._tls_watch: asyncio.Task[None] | None = None
+
+    @property
+    def observer(self) -> PrometheusObserver:
+        """Metrics and the audit hooks (with the audit trail when configured); made by
+        :meth:`start`."""
+        assert self._observer is not None, "the broker has not started"
+        return self._observer
 
     @property
     def address(self) -> tuple[str, int]:
@@ -64,8 +70,8 @@ class BrokerProcess:
         config = self.config
         self.tls = tls = ServerTls(config)
         self.cert_path, self.fingerprint = tls.cert_path, tls.fingerprint
-        self.observer, self._close_audit = broker_observer(config)
-        observer = self.observer
+        self._observer, self._close_audit = broker_observer(config)
+        observer = self._observer
         tls.on_refused = observer.tls_refused
         self.storage = open_storage(config, on_append=observer.storage_appended)
         self.server, recovery_s = build_server(
