@@ -258,29 +258,15 @@ class StorageJob(Protocol):
         ...
 
 
-class SyncJob:
-    """fsync a log's written files (and write the indexes of rolled segments)."""
+class _LogJob:
+    """What every :class:`StorageJob` of a log has: the log (its resource's kind and
+    path) and the file system the job runs on."""
 
-    __slots__ = ("_fs", "_log", "_segments", "indexes", "names", "target")
+    __slots__ = ("_fs", "_log")
 
-    def __init__(
-        self,
-        log: DiskLog,
-        fs: FileSystem,
-        names: list[str],
-        indexes: list[tuple[str, bytes]],
-        target: int,
-        segments: list[tuple[_Segment, int]],
-    ) -> None:
+    def __init__(self, log: DiskLog, fs: FileSystem) -> None:
         self._log = log
         self._fs = fs
-        self._segments = segments  # (segment, its size when the job was made): loop side
-        self.names = names
-        """The files to fsync, in order (rolled segments first)."""
-        self.indexes = indexes
-        """``(name, bytes)`` of index files to write once the files are synced."""
-        self.target = target
-        """The log's ``next_offset`` when the job was made: committed once it finishes."""
 
     @property
     def kind(self) -> str:
@@ -291,6 +277,30 @@ class SyncJob:
     def path(self) -> LogPath:
         """The log's resource."""
         return self._log.path
+
+
+class SyncJob(_LogJob):
+    """fsync a log's written files (and write the indexes of rolled segments)."""
+
+    __slots__ = ("_segments", "indexes", "names", "target")
+
+    def __init__(
+        self,
+        log: DiskLog,
+        fs: FileSystem,
+        names: list[str],
+        indexes: list[tuple[str, bytes]],
+        target: int,
+        segments: list[tuple[_Segment, int]],
+    ) -> None:
+        super().__init__(log, fs)
+        self._segments = segments  # (segment, its size when the job was made): loop side
+        self.names = names
+        """The files to fsync, in order (rolled segments first)."""
+        self.indexes = indexes
+        """``(name, bytes)`` of index files to write once the files are synced."""
+        self.target = target
+        """The log's ``next_offset`` when the job was made: committed once it finishes."""
 
     def run(self) -> list[str]:
         """fsync each file; then write each index (an index that cannot be written is
@@ -319,29 +329,18 @@ class SyncJob:
         return self._log._sync_finished(self, outcome, now)
 
 
-class RemoveJob:
+class RemoveJob(_LogJob):
     """Remove a deleted resource's log directory: ``remove_tree`` walks and unlinks every
     file and fsyncs the parent, work for a worker thread, not the event loop. A directory
     that cannot be removed is left for the sweep at the next start (it removes the
     incarnations no resource names)."""
 
-    __slots__ = ("_fs", "_log", "directory")
+    __slots__ = ("directory",)
 
     def __init__(self, log: DiskLog, fs: FileSystem) -> None:
-        self._log = log
-        self._fs = fs
+        super().__init__(log, fs)
         self.directory = log.directory
         """The incarnation's directory."""
-
-    @property
-    def kind(self) -> str:
-        """The log's resource kind."""
-        return self._log.kind
-
-    @property
-    def path(self) -> LogPath:
-        """The log's resource."""
-        return self._log.path
 
     def run(self) -> None:
         """Remove the directory.
@@ -357,7 +356,7 @@ class RemoveJob:
         return []
 
 
-class UnlinkJob:
+class UnlinkJob(_LogJob):
     """Delete the files (segment and index) of segments retention or a trim dropped.
 
     Unlinking a large file frees its blocks in the system call: on ext4 about 16 ms for a
@@ -367,11 +366,10 @@ class UnlinkJob:
     (``durable_removes=False``); a removal a crash undoes only brings back a segment whose
     records are valid, which recovery takes back in."""
 
-    __slots__ = ("_fs", "_log", "_segments", "names")
+    __slots__ = ("_segments", "names")
 
     def __init__(self, log: DiskLog, fs: FileSystem, segments: list[_Segment]) -> None:
-        self._log = log
-        self._fs = fs
+        super().__init__(log, fs)
         self._segments = segments  # loop side only
         self.names = [
             name
@@ -379,16 +377,6 @@ class UnlinkJob:
             for name in (seg.name, f"{log.directory}/{index_name(seg.base)}")
         ]
         """The files to delete, each segment's log file before its index."""
-
-    @property
-    def kind(self) -> str:
-        """The log's resource kind."""
-        return self._log.kind
-
-    @property
-    def path(self) -> LogPath:
-        """The log's resource."""
-        return self._log.path
 
     def run(self) -> None:
         """Delete the files (one already gone is fine).
@@ -405,14 +393,13 @@ class UnlinkJob:
         return self._log._unlink_finished(self, outcome)
 
 
-class ReadJob:
+class ReadJob(_LogJob):
     """Read and decode one chunk of a segment for a cold read."""
 
-    __slots__ = ("_fs", "_log", "_segment", "limit", "n", "name", "offset", "pos")
+    __slots__ = ("_segment", "limit", "n", "name", "offset", "pos")
 
     def __init__(self, log: DiskLog, fs: FileSystem, segment: _Segment, offset: int) -> None:
-        self._log = log
-        self._fs = fs
+        super().__init__(log, fs)
         self._segment = segment  # loop side only
         self.name = segment.name
         """The segment file."""
@@ -424,16 +411,6 @@ class ReadJob:
         """The most bytes there are to read (what was written when the job was made)."""
         self.n = min(log.config.read_chunk_bytes, self.limit)
         """How many bytes to read at first."""
-
-    @property
-    def kind(self) -> str:
-        """The log's resource kind."""
-        return self._log.kind
-
-    @property
-    def path(self) -> LogPath:
-        """The log's resource."""
-        return self._log.path
 
     def run(self) -> list[Batch]:
         """Read the chunk and decode its whole batches; read on while the batch holding
