@@ -261,6 +261,9 @@ def test_durable_puts_durable_next_to_ephemeral_and_committed_next_to_fsync() ->
     assert durable["ratios"]["msg_per_s"] == pytest.approx(
         durable["metrics"]["msg_per_s"] / ephemeral["metrics"]["msg_per_s"]
     )
+    assert durable["metrics"]["broker_cpu_ratio"] == pytest.approx(
+        ephemeral["metrics"]["broker_cpu_us"] / durable["metrics"]["broker_cpu_us"]
+    )
     fsync = figures["durable/plain-fsync"]
     assert fsync["metrics"]["ops_per_s"] > 0 and fsync["metrics"]["p50_us"] > 0
     one, four = figures["durable/committed/publishers=1"], figures["durable/committed/publishers=4"]
