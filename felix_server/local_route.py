@@ -98,8 +98,10 @@ class LocalRoute:
     The engine never calls its store: it emits :class:`~felix_core.events.MetadataWrite`
     events and learns the outcome, and every change, as inputs. This route applies each
     write as it takes the engine's events and feeds the answers back at once (the memory
-    store completes at once; a store that answers later, etcd, would feed them back when its
-    transaction returns). At start it feeds the engine every record the store holds.
+    store completes at once), or, after :meth:`write_off_loop`, queues it and feeds the
+    answer back when its :class:`MetadataJob` is done (the file store; a store that answers
+    later, etcd, would do the same when its transaction returns). At start it feeds the
+    engine every record the store holds.
 
     Args:
         engine: the engine.
