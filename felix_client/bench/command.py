@@ -28,7 +28,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from . import cache, pubsub, queues, raw_quic
+from . import cache, durable, pubsub, queues, raw_quic
 from .parser import build_parser
 from .report import Figure, attach_ratios, document, print_table
 from .runner import Progress, Runner
@@ -54,7 +54,15 @@ def plan(scenario: str) -> list[Step]:
         "pubsub-throughput": [pubsub.run_throughput],
         "queue": [queues.run],
         "cache": [cache.run],
-        "all": [raw_quic.run, pubsub.run_latency, pubsub.run_throughput, queues.run, cache.run],
+        "durable": [durable.run],
+        "all": [
+            raw_quic.run,
+            pubsub.run_latency,
+            pubsub.run_throughput,
+            queues.run,
+            cache.run,
+            durable.run,
+        ],
     }
     return steps[scenario]
 
@@ -69,6 +77,7 @@ def _settings(args: argparse.Namespace) -> RunSettings:
         throughput_batches=args.batch or d.throughput_batches,
         queue_consumers=args.consumers or d.queue_consumers,
         cache_concurrency=args.concurrency or d.cache_concurrency,
+        durable_publishers=args.publishers or d.durable_publishers,
     )
     unknown = (set(args.engine) | set(args.quic_engine)) - set(ENGINES)
     if unknown:

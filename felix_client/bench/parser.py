@@ -132,6 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"cache request concurrency (default {d.cache_concurrency})",
     )
     m.add_argument(
+        "--publishers",
+        type=_positive_ints,
+        metavar="N",
+        help=f"concurrent committed publishers, durable (default {d.durable_publishers})",
+    )
+    m.add_argument(
         "--stream-set",
         type=_setting,
         action="append",

@@ -26,7 +26,15 @@ __all__ = [
     "RunSettings",
 ]
 
-SCENARIOS = ("raw-quic", "pubsub-latency", "pubsub-throughput", "queue", "cache", "all")
+SCENARIOS = (
+    "raw-quic",
+    "pubsub-latency",
+    "pubsub-throughput",
+    "queue",
+    "cache",
+    "durable",
+    "all",
+)
 """The scenarios ``felix bench`` knows, in the order ``all`` runs them."""
 
 ENGINES = ("aioquic", "qh3")
@@ -102,6 +110,11 @@ class Matrix:
     queue_enqueue_batch: int = 64
     cache_value: int = 256
     cache_concurrency: tuple[int, ...] = (1, 64)
+    durable_payload: int = 100
+    durable_batch: int = 64
+    """Records per publish of the ``durable`` scenario (accepted and committed)."""
+    durable_publishers: tuple[int, ...] = (1, 64)
+    """Concurrent committed publishers of the ``durable`` scenario."""
     raw_message: int = 100
     """Size of the raw one-way messages (the pub/sub throughput anchor is 100 B records)."""
     raw_ping: int = 64
