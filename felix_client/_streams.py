@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
 from functools import partial
 from itertools import repeat
 from types import TracebackType
@@ -45,30 +44,56 @@ __all__ = [
     "Consumer",
     "Publisher",
     "QueueMessage",
-    "Record",
+    "RecordBatch",
     "Subscription",
     "settle_many",
 ]
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
-    """One record waiting in a publisher's batch."""
+class RecordBatch:
+    """The records of one publisher batch, as columns (no object per record).
 
-    payload: bytes
-    key: bytes | None = None
-    headers: dict[str, bytes] | None = None
+    ``keys`` and ``headers`` stay None until a record of the batch has one; from then on
+    they hold one entry per record (None for the records without).
+    """
 
-    @property
-    def size(self) -> int:
-        """Bytes counted against batch and in-flight limits."""
-        extra = len(self.key) if self.key else 0
-        if self.headers:
-            extra += sum(len(k) + len(v) for k, v in self.headers.items())
-        return len(self.payload) + extra
+    __slots__ = ("headers", "keys", "payloads", "size")
+
+    def __init__(self) -> None:
+        self.payloads: list[bytes] = []
+        self.keys: list[bytes | None] | None = None
+        self.headers: list[dict[str, bytes] | None] | None = None
+        self.size = 0
+        """Bytes counted against batch and in-flight limits (:func:`record_size`)."""
+
+    def __len__(self) -> int:
+        return len(self.payloads)
+
+    def add(self, payload: bytes, key: bytes | None, headers: dict[str, bytes] | None) -> None:
+        """Append one record (the general case; :meth:`Publisher.publish` inlines the
+        plain one: bytes, no key, no headers, in a batch without keys or headers)."""
+        n = len(self.payloads)
+        self.payloads.append(payload)
+        if self.keys is not None:
+            self.keys.append(key)
+        elif key is not None:
+            self.keys = [None] * n + [key]
+        if self.headers is not None:
+            self.headers.append(headers)
+        elif headers is not None:
+            self.headers = [None] * n + [headers]
+        self.size += record_size(payload, key, headers)
 
 
-SendBatch = Callable[[Sequence[Record], AckMode], Awaitable[PublishResult | None]]
+def record_size(payload: bytes, key: bytes | None, headers: dict[str, bytes] | None) -> int:
+    """Bytes one record counts against a publisher's batch and in-flight limits."""
+    size = len(payload) + (len(key) if key else 0)
+    if headers:
+        size += sum(len(k) + len(v) for k, v in headers.items())
+    return size
+
+
+SendBatch = Callable[[RecordBatch, AckMode], Awaitable[PublishResult | None]]
 """Sends one batch and returns its offsets (None for ``AckMode.NONE``)."""
 
 
@@ -172,12 +197,13 @@ class Publisher:
         self._backoff_until = 0.0
         self.retries = 0
         """Batches re-sent after an ``OVERLOADED`` answer."""
-        self._batch: list[Record] = []
-        self._batch_bytes = 0
+        self._batch = RecordBatch()
+        self._batch_started = 0.0  # when the current batch got its first record
+        self._sends = 0  # batches sent: how the linger task sees that its batch went
+        self._linger_wake: anyio.Event | None = None  # set while the linger task idles
         self._in_flight = 0
-        self._room = anyio.Event()
+        self._room: anyio.Event | None = None  # made by the first waiter, set by an ack
         self._tg: anyio.abc.TaskGroup | None = None
-        self._linger_scope: anyio.CancelScope | None = None
         self._error: FelixError | None = None
         self.sent_records = 0
         """Records handed to the broker."""
@@ -194,8 +220,11 @@ class Publisher:
         return self._in_flight
 
     async def __aenter__(self) -> Publisher:
-        self._tg = anyio.create_task_group()
-        await self._tg.__aenter__()
+        tg = anyio.create_task_group()
+        await tg.__aenter__()
+        self._tg = tg
+        if self.linger > 0:
+            tg.start_soon(self._linger_loop)
         return self
 
     async def __aexit__(
@@ -227,19 +256,51 @@ class Publisher:
             InvalidArgument: a header name is not a ``str`` or a value is not ``bytes``.
             RuntimeError: the publisher is not entered (``async with``).
         """
-        self._raise_pending()
-        check_headers(headers)
+        if self._error is not None:
+            raise self._error
         if self._tg is None:
             raise RuntimeError("use the publisher as 'async with client.publisher(...)'")
-        record = Record(payload, key, headers)
-        if self._batch and self._batch_bytes + record.size > self.max_batch_bytes:
+        batch = self._batch
+        # The common record (bytes, no key, no headers, in a batch of such) is appended
+        # here, with no call and no object per record; the others take _add.
+        if (
+            key is None
+            and headers is None
+            and batch.keys is None
+            and batch.headers is None
+            and type(payload) is bytes
+        ):
+            size = len(payload)
+            if batch.size + size > self.max_batch_bytes and batch.payloads:
+                await self._send_current()
+                batch = self._batch
+            batch.payloads.append(payload)
+            batch.size += size
+        else:
+            batch = await self._add(payload, key, headers)
+        n = len(batch.payloads)
+        if n >= self.max_batch_records or batch.size >= self.max_batch_bytes:
             await self._send_current()
-        self._batch.append(record)
-        self._batch_bytes += record.size
-        if len(self._batch) >= self.max_batch_records or self._batch_bytes >= self.max_batch_bytes:
+        elif n == 1 and self.linger > 0:
+            self._batch_started = anyio.current_time()
+            wake = self._linger_wake
+            if wake is not None:
+                self._linger_wake = None
+                wake.set()
+
+    async def _add(
+        self, payload: bytes | str, key: bytes | None, headers: dict[str, bytes] | None
+    ) -> RecordBatch:
+        """Append a record with a key or headers (or a ``str`` payload, sent as UTF-8);
+        returns the batch it went into."""
+        check_headers(headers)
+        data = payload.encode() if isinstance(payload, str) else bytes(payload)
+        batch = self._batch
+        if batch.payloads and batch.size + record_size(data, key, headers) > self.max_batch_bytes:
             await self._send_current()
-        elif len(self._batch) == 1 and self.linger > 0:
-            self._tg.start_soon(self._linger_then_send)
+            batch = self._batch
+        batch.add(data, key, headers)
+        return batch
 
     async def flush(self) -> None:
         """Send the partial batch and wait until every batch is acknowledged.
@@ -247,45 +308,55 @@ class Publisher:
         Raises:
             FelixError: a batch failed.
         """
-        if self._batch:
+        if self._batch.payloads:
             await self._send_current()
         while self._in_flight > 0:
-            await self._room.wait()
+            await self._wait_room()
         self._raise_pending()
 
-    async def _linger_then_send(self) -> None:
-        if self._linger_scope is not None:
-            return
-        with anyio.CancelScope() as scope:
-            self._linger_scope = scope
-            await anyio.sleep(self.linger)
-            self._linger_scope = None
-            if self._batch:
+    async def _linger_loop(self) -> None:
+        """The one background task that sends a batch ``linger`` seconds after its first
+        record, unless it went before (full, or flushed). It idles while no batch is open."""
+        while True:
+            if not self._batch.payloads:
+                self._linger_wake = wake = anyio.Event()
+                await wake.wait()
+                continue
+            sends = self._sends
+            wait = self._batch_started + self.linger - anyio.current_time()
+            if wait > 0:
+                await anyio.sleep(wait)
+            if self._sends == sends and self._batch.payloads:
                 await self._send_current()
-        self._linger_scope = None
+
+    async def _wait_room(self) -> None:
+        """Wait until the next batch is acknowledged."""
+        if self._room is None:
+            self._room = anyio.Event()
+        await self._room.wait()
 
     async def _send_current(self) -> None:
-        if self._linger_scope is not None:
-            self._linger_scope.cancel()
-            self._linger_scope = None
-        batch, size = self._batch, self._batch_bytes
-        self._batch, self._batch_bytes = [], 0
-        if not batch:
+        batch = self._batch
+        if not batch.payloads:
             return
+        self._batch = RecordBatch()
+        self._sends += 1
+        size = batch.size
         while self._in_flight > 0 and self._in_flight + size > self.max_in_flight_bytes:
-            await self._room.wait()
+            await self._wait_room()
             self._raise_pending()
-        pause = self._backoff_until - anyio.current_time()
-        if pause > 0:  # the broker said OVERLOADED: hold new batches back as well
-            await anyio.sleep(pause)
+        if self._backoff_until:
+            pause = self._backoff_until - anyio.current_time()
+            if pause > 0:  # the broker said OVERLOADED: hold new batches back as well
+                await anyio.sleep(pause)
         self._in_flight += size
         self.peak_in_flight_bytes = max(self.peak_in_flight_bytes, self._in_flight)
-        self.sent_records += len(batch)
+        self.sent_records += len(batch.payloads)
         assert self._tg is not None
-        self._tg.start_soon(self._await_ack, batch, size)
+        self._tg.start_soon(self._await_ack, batch, name="felix publisher batch")
         await anyio.lowlevel.checkpoint()
 
-    async def _await_ack(self, batch: list[Record], size: int) -> None:
+    async def _await_ack(self, batch: RecordBatch) -> None:
         delay = 0.01
         try:
             for attempt in range(self.overload_retries + 1):
@@ -307,13 +378,15 @@ class Publisher:
             if self._error is None:
                 self._error = exc
         else:
-            self.acked_records += len(batch)
+            self.acked_records += len(batch.payloads)
             if result is not None:
                 self.last_offset = result.last_offset
         finally:
-            self._in_flight -= size
-            self._room.set()
-            self._room = anyio.Event()
+            self._in_flight -= batch.size
+            room = self._room
+            if room is not None:
+                self._room = None
+                room.set()
 
     def _raise_pending(self) -> None:
         if self._error is not None:
