@@ -156,6 +156,16 @@ class Backend(Protocol):
 # ------------------------------------------------------------------------- publisher
 
 
+class _IdleSender:
+    """A publisher's sender task waiting for its next batch."""
+
+    __slots__ = ("batch", "ready")
+
+    def __init__(self) -> None:
+        self.ready = anyio.Event()
+        self.batch: RecordBatch | None = None
+
+
 class Publisher:
     """Batches records for one stream, with bounded in-flight bytes.
 
@@ -204,6 +214,7 @@ class Publisher:
         self._in_flight = 0
         self._room: anyio.Event | None = None  # made by the first waiter, set by an ack
         self._tg: anyio.abc.TaskGroup | None = None
+        self._idle: list[_IdleSender] = []  # sender tasks waiting for a batch
         self._error: FelixError | None = None
         self.sent_records = 0
         """Records handed to the broker."""
@@ -352,9 +363,26 @@ class Publisher:
         self._in_flight += size
         self.peak_in_flight_bytes = max(self.peak_in_flight_bytes, self._in_flight)
         self.sent_records += len(batch.payloads)
-        assert self._tg is not None
-        self._tg.start_soon(self._await_ack, batch, name="felix publisher batch")
+        if self._idle:  # a sender that finished its last batch takes this one
+            slot = self._idle.pop()
+            slot.batch = batch
+            slot.ready.set()
+        else:
+            assert self._tg is not None
+            self._tg.start_soon(self._sender, batch, name="felix publisher sender")
         await anyio.lowlevel.checkpoint()
+
+    async def _sender(self, batch: RecordBatch) -> None:
+        """Send one batch and wait for its ack, then wait (idle) for another: a sender
+        task per batch in flight, kept for the publisher's life, so that a batch costs a
+        wake-up rather than a task."""
+        while True:
+            await self._await_ack(batch)
+            slot = _IdleSender()
+            self._idle.append(slot)
+            await slot.ready.wait()
+            assert slot.batch is not None
+            batch = slot.batch
 
     async def _await_ack(self, batch: RecordBatch) -> None:
         delay = 0.01

@@ -218,6 +218,25 @@ async def test_publisher_batches_keys_headers_and_text_as_columns() -> None:
 
 
 @pytest.mark.anyio
+async def test_publisher_reuses_its_sender_tasks() -> None:
+    broker = FakeBroker()
+    senders: set[int] = set()
+    send = broker.send
+
+    async def traced(batch: RecordBatch, ack: AckMode) -> PublishResult | None:
+        senders.add(anyio.get_current_task().id)
+        return await send(batch, ack)
+
+    async with Publisher(traced, max_batch_records=2, linger=0) as pub:
+        for i in range(20):
+            await pub.publish(b"%d" % i)
+            if i % 4 == 3:
+                await pub.flush()  # every sender idles: the next batches reuse them
+    assert pub.acked_records == 20
+    assert len(senders) <= 2, senders  # a batch costs a wake-up, not a task
+
+
+@pytest.mark.anyio
 async def test_publisher_oversized_record_still_goes_alone() -> None:
     broker = FakeBroker()
     async with Publisher(broker.send, max_batch_bytes=10, max_in_flight_bytes=10) as pub:
