@@ -210,6 +210,7 @@ class Publisher:
         self._batch = RecordBatch()
         self._batch_started = 0.0  # when the current batch got its first record
         self._sends = 0  # batches sent: how the linger task sees that its batch went
+        self._batches_started = 0  # batches that got a first record (under linger)
         self._linger_wake: anyio.Event | None = None  # set while the linger task idles
         self._in_flight = 0
         self._room: anyio.Event | None = None  # made by the first waiter, set by an ack
@@ -294,6 +295,7 @@ class Publisher:
             await self._send_current()
         elif n == 1 and self.linger > 0:
             self._batch_started = anyio.current_time()
+            self._batches_started += 1
             wake = self._linger_wake
             if wake is not None:
                 self._linger_wake = None
@@ -327,18 +329,28 @@ class Publisher:
 
     async def _linger_loop(self) -> None:
         """The one background task that sends a batch ``linger`` seconds after its first
-        record, unless it went before (full, or flushed). It idles while no batch is open."""
+        record, unless it went before (full, or flushed).
+
+        While batches keep coming it stays armed, waking once per ``linger`` at most; it
+        idles (woken by the next batch's first record) only after a whole ``linger``
+        without a new batch. Idling between two batches would cost a wake-up per batch:
+        it would look at the batches right after one was sent, and find none open.
+        """
+        seen = -1
         while True:
-            if not self._batch.payloads:
+            if self._batch.payloads:
+                sends = self._sends
+                wait = self._batch_started + self.linger - anyio.current_time()
+                if wait > 0:
+                    await anyio.sleep(wait)
+                if self._sends == sends and self._batch.payloads:
+                    await self._send_current()
+            elif self._batches_started != seen:
+                seen = self._batches_started
+                await anyio.sleep(self.linger)
+            else:
                 self._linger_wake = wake = anyio.Event()
                 await wake.wait()
-                continue
-            sends = self._sends
-            wait = self._batch_started + self.linger - anyio.current_time()
-            if wait > 0:
-                await anyio.sleep(wait)
-            if self._sends == sends and self._batch.payloads:
-                await self._send_current()
 
     async def _wait_room(self) -> None:
         """Wait until the next batch is acknowledged."""
@@ -480,8 +492,9 @@ class Subscription:
         self._backend = backend
         self._spec = spec
         self._start = start
-        self._credit_messages = int(spec["credit_messages"])
-        self._credit_bytes = int(spec["credit_bytes"])
+        # Credit goes back once half of either window is used: used * 2 >= window.
+        self._top_up_messages = (int(spec["credit_messages"]) + 1) // 2
+        self._top_up_bytes = (int(spec["credit_bytes"]) + 1) // 2
         self._conn: object | None = None
         self._inbox: FeedReader[object] | None = None
         self._pending: deque[Event] = deque()
@@ -566,10 +579,10 @@ class Subscription:
             # Credit is returned as records are read; only a due top-up awaits, and it comes
             # before a record is taken: a cancellation while it waits must not lose a record
             # that next_offset already counts as read.
-            if not self._closed and (
-                self._used_messages * 2 >= self._credit_messages
-                or self._used_bytes * 2 >= self._credit_bytes
-            ):
+            if (
+                self._used_messages >= self._top_up_messages
+                or self._used_bytes >= self._top_up_bytes
+            ) and not self._closed:
                 await self._top_up()
             if self._pending:
                 event = self._pending.popleft()

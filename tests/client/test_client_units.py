@@ -191,7 +191,12 @@ async def test_publisher_linger_counts_from_each_batch_first_record() -> None:
         with anyio.fail_after(2):
             while pub.sent_records < 4:
                 await anyio.sleep(0.005)
-    assert broker.batches == [[b"a", b"b"], [b"c"], [b"d"]]
+        await anyio.sleep(0.2)  # quiet for longer than linger: the linger task idles
+        await pub.publish(b"e")  # and the next batch's first record wakes it
+        with anyio.fail_after(2):
+            while pub.sent_records < 5:
+                await anyio.sleep(0.005)
+    assert broker.batches == [[b"a", b"b"], [b"c"], [b"d"], [b"e"]]
 
 
 @pytest.mark.anyio
