@@ -157,6 +157,11 @@ class Backend(Protocol):
 # ------------------------------------------------------------------------- publisher
 
 
+MAX_IDLE_SENDERS = 64
+"""Sender tasks a publisher keeps waiting for batches; more than that many batches in
+flight at once spawn tasks that end with their batch."""
+
+
 class _IdleSender:
     """A publisher's sender task waiting for its next batch."""
 
@@ -391,6 +396,8 @@ class Publisher:
         wake-up rather than a task."""
         while True:
             await self._await_ack(batch)
+            if len(self._idle) >= MAX_IDLE_SENDERS:
+                return  # after a burst of small batches, keep only so many tasks around
             slot = _IdleSender()
             self._idle.append(slot)
             await slot.ready.wait()

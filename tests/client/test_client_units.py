@@ -15,7 +15,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from felix_client import errors
 from felix_client._local import check_headers, delay_ms, ttl_ms
-from felix_client._streams import Publisher, RecordBatch, Subscription
+from felix_client._streams import MAX_IDLE_SENDERS, Publisher, RecordBatch, Subscription
 from felix_client._url import DEFAULT_PORT, parse_url
 from felix_client.types import Event, Headers, PublishResult, Start
 from felix_proto import events as ev
@@ -239,6 +239,30 @@ async def test_publisher_reuses_its_sender_tasks() -> None:
                 await pub.flush()  # every sender idles: the next batches reuse them
     assert pub.acked_records == 20
     assert len(senders) <= 2, senders  # a batch costs a wake-up, not a task
+
+
+@pytest.mark.anyio
+async def test_publisher_keeps_a_bounded_number_of_idle_senders() -> None:
+    release = anyio.Event()
+    waiting = [0]
+
+    async def send(batch: RecordBatch, ack: AckMode) -> PublishResult | None:
+        waiting[0] += 1
+        await release.wait()  # every batch in flight at once: one sender each
+        return None
+
+    burst = MAX_IDLE_SENDERS + 20
+    async with Publisher(send, max_batch_records=1, linger=0) as pub:
+        for _ in range(burst):
+            await pub.publish(b"x")
+        with anyio.fail_after(2):
+            while waiting[0] < burst:
+                await anyio.lowlevel.checkpoint()
+        release.set()
+        await pub.flush()
+        await anyio.wait_all_tasks_blocked()
+        assert len(pub._idle) == MAX_IDLE_SENDERS  # the others ended with their batch
+    assert pub.acked_records == burst
 
 
 @pytest.mark.anyio
