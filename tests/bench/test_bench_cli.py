@@ -59,6 +59,9 @@ def figures_of(done: subprocess.CompletedProcess[str]) -> dict[str, dict[str, An
         if f["scenario"].startswith("pubsub"):
             fanout = f["params"]["fanout"]
             assert m["delivered"] + m["dropped"] == m["published"] * fanout, f["id"]
+            # The clients' CPU, also split by process (which side a change moved).
+            split = m["publisher_cpu_us"] + m["subscriber_cpu_us"]
+            assert split == pytest.approx(m["client_cpu_us"]), f["id"]
         if f["anchor"] is not None and f["anchor"] in figures:
             assert f["ratios"], f["id"]
     return figures
