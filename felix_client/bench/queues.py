@@ -96,11 +96,18 @@ async def enqueue_job(ctx: JobContext, p: dict[str, Any]) -> dict[str, Any]:
         started = clock()
         deadline = started + int(p["seconds"] * 1e9)
         counts = {"sent": 0, "enqueued": 0}
+        gate = anyio.Lock()
+        backlog, pace = int(p["backlog"]), int(p["pace"])
+
+        def ahead() -> bool:
+            return counts["sent"] - ctx.progress_of(pace) >= backlog
 
         async def produce() -> None:
             while clock() < deadline:
-                if counts["sent"] - ctx.progress_of(p["pace"]) >= p["backlog"]:
-                    await anyio.sleep(0.001)
+                if ahead():
+                    async with gate:  # one task polls for room, the others wait for it
+                        while ahead() and clock() < deadline:
+                            await anyio.sleep(0.001)
                     continue
                 counts["sent"] += len(items)
                 await client.enqueue(p["queue"], items)

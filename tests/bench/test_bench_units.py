@@ -142,6 +142,8 @@ def test_prepare_heap_moves_the_surviving_objects_out_of_full_collections() -> N
 class _Enqueues:
     """A stand-in client for the queue producer: counts enqueues in flight."""
 
+    wait = staticmethod(anyio.sleep)  # the real one (the test counts the producer's sleeps)
+
     def __init__(self) -> None:
         self.in_flight = self.most = self.calls = 0
 
@@ -155,7 +157,7 @@ class _Enqueues:
         self.in_flight += 1
         self.calls += 1
         self.most = max(self.most, self.in_flight)
-        await anyio.sleep(0.002)
+        await self.wait(0.002)
         self.in_flight -= 1
 
 
@@ -173,11 +175,22 @@ class _Ctx:
 
 @pytest.mark.parametrize("acked, most, calls", [(10**9, 4, None), (0, 2, 2)])
 def test_the_queue_producer_keeps_enqueues_in_flight_within_the_backlog(
-    acked: int, most: int, calls: int | None
+    acked: int, most: int, calls: int | None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Four enqueues in flight (one at a time, the producer's round trip bounded the
-    figure); never more than the backlog ahead of the acks (2 lists of 64 for 128)."""
+    figure); never more than the backlog ahead of the acks (2 lists of 64 for 128), and
+    then one task polls for room while the others wait."""
     fake = _Enqueues()
+    sleeping = [0, 0]  # now, most
+    real_sleep = anyio.sleep
+
+    async def sleep(seconds: float) -> None:
+        sleeping[0] += 1
+        sleeping[1] = max(sleeping)
+        await real_sleep(seconds)
+        sleeping[0] -= 1
+
+    monkeypatch.setattr(queues.anyio, "sleep", sleep)
 
     class Target:
         def connect(self) -> _Enqueues:
@@ -199,3 +212,4 @@ def test_the_queue_producer_keeps_enqueues_in_flight_within_the_backlog(
     if calls is not None:
         assert fake.calls == calls
     assert out["enqueued"] == 64 * fake.calls == ctx.reported
+    assert sleeping[1] == (1 if acked == 0 else 0)
