@@ -11,6 +11,8 @@ waits for that answer unless asked to (``ack_sync``, ``ack_many(wait=True)``,
 ``Consumer.flush_acks``); an ``Error`` answer is kept for the consumer, whose next step
 (``__anext__`` or ``flush_acks``) raises it. So the natural loop (``async for msg in
 consumer: ...; await msg.ack()``) sends one frame per pass, not one round trip per message.
+Once a consumer has plain acks buffered in the pass, its next ones join them through
+:meth:`AckBatches.add_ack`, which checks only what can apply then and has the same effect.
 
 Bounds. The buffer holds at most :data:`MAX_BUFFERED` ids: the one that fills it moves the
 buffer into the machine at once (the frame goes out with the next transmit). At most
@@ -84,8 +86,9 @@ class AckBatches:
         """The natural loop's ack (one id, mode ``ACCEPTED``) when nothing but buffering it
         is needed: the consumer is live and has plain acks buffered already this pass (its
         flusher is awake), the id is not buffered yet, buffering it reaches no bound, and
-        fewer than ``max_unconfirmed`` frames await their answer. About a third of the
-        general path's cost (:meth:`add`, reached through the connection's checks).
+        fewer than ``max_unconfirmed`` frames await their answer. Half the general path's
+        cost (:meth:`add`, reached through the connection's checks): ``await msg.ack()``
+        0.47 against 0.96 us (median, round 8).
 
         Returns:
             True when the ack is buffered; False when nothing was done (take the general
