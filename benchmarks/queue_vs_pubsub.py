@@ -6,6 +6,10 @@ natural loop ``async for msg in consumer: await msg.ack()``) against one broker,
 and prints the table and ``queue / pubsub``: acked queue messages per second over records
 delivered per second to one subscriber.
 
+``--rounds N`` runs N rounds, each with its own broker, and prints each round and the
+medians (the ratio, and the queue's CPU per acked message). ``--consumers`` sets the queue
+figure's consumer count (default 1), ``--quic-engine`` the engine of broker and clients.
+
 ``--ab N`` runs N pairs of rounds alternating (ABAB) the consumer without and with the
 ``delivery-batch`` capability (A: one ``Delivery`` frame per message, B: the deliveries of
 a dispatch in one ``DeliveryBatch``), each round with its own broker, and prints each
@@ -13,7 +17,8 @@ round and the medians.
 
 Usage::
 
-    .venv/bin/python benchmarks/queue_vs_pubsub.py [--seconds 2] [--runtime asyncio] [--ab 3]
+    .venv/bin/python benchmarks/queue_vs_pubsub.py [--seconds 2] [--runtime asyncio]
+        [--quic-engine aioquic] [--consumers 1] [--rounds 3 | --ab 3]
 """
 
 from __future__ import annotations
@@ -48,9 +53,14 @@ def main() -> int:
     parser.add_argument("--seconds", default="2")
     parser.add_argument("--runtime", default="asyncio")
     parser.add_argument("--loop", default="asyncio")
+    parser.add_argument("--quic-engine", default="aioquic")
+    parser.add_argument("--consumers", default="1")
     parser.add_argument("--ab", type=int, default=0, metavar="PAIRS")
+    parser.add_argument("--rounds", type=int, default=0)
     args = parser.parse_args()
     command.plan = lambda scenario: [pubsub.run_throughput, queues.run]  # type: ignore[assignment]
+    if args.rounds:
+        return repeated(args)
     if not args.ab:
         return one_round(args, quiet=False)[0]
     rounds: dict[str, list[tuple[float, float, float, float]]] = {"A single": [], "B batch": []}
@@ -86,6 +96,32 @@ def main() -> int:
     return 0
 
 
+def repeated(args: argparse.Namespace) -> int:
+    """``--rounds``: each round's figures, then the medians."""
+    got: list[tuple[float, float, float, float]] = []
+    for i in range(args.rounds):
+        code, q_rate, s_rate, cpu = one_round(args, quiet=True)
+        if code:
+            return code
+        got.append((q_rate, s_rate, cpu["client_cpu_us"], cpu["broker_cpu_us"]))
+        print(
+            f"round {i + 1}: queue {q_rate:,.0f} msg/s, pub/sub {s_rate:,.0f} msg/s, ratio "
+            f"{q_rate / s_rate:.2f}; queue CPU us per message: client "
+            f"{cpu['client_cpu_us']:.1f}, broker {cpu['broker_cpu_us']:.1f}; load average "
+            f"{os.getloadavg()[0]:.2f}",
+            flush=True,
+        )
+    print(
+        f"{args.quic_engine}, {args.runtime}, {args.consumers} consumer(s): median queue "
+        f"{statistics.median(r[0] for r in got):,.0f} msg/s, pub/sub "
+        f"{statistics.median(r[1] for r in got):,.0f} msg/s, queue / pubsub "
+        f"{statistics.median(r[0] / r[1] for r in got):.2f}; median queue CPU us per message: "
+        f"client {statistics.median(r[2] for r in got):.1f}, broker "
+        f"{statistics.median(r[3] for r in got):.1f}"
+    )
+    return 0
+
+
 def one_round(
     args: argparse.Namespace, *, quiet: bool
 ) -> tuple[int, float, float, dict[str, float]]:
@@ -98,7 +134,8 @@ def one_round(
             "--payload=100",
             "--batch=64",
             "--fanout=1",
-            "--consumers=1",
+            f"--consumers={args.consumers}",
+            f"--quic-engine={args.quic_engine}",
             f"--seconds={args.seconds}",
             f"--runtime={args.runtime}",
             f"--loop={args.loop}",

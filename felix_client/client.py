@@ -37,6 +37,7 @@ from felix_proto.messages import AckMode, SourceKind
 from felix_runtime.quic_engines import engine_from_env, load_engine
 
 from . import _tracing
+from ._acks import AckBatches
 from ._connection import Connection
 from ._inbox import FeedReader
 from ._local import check_headers, delay_ms
@@ -865,6 +866,11 @@ class Client:
         """The first failure of a consumer's unawaited settlements, once."""
         assert isinstance(conn, Connection)
         return conn.acks.take_error(consumer_id)
+
+    def ack_batches(self, conn: object) -> AckBatches:
+        """The connection's settlement buffer (consumers use its fast path)."""
+        assert isinstance(conn, Connection)
+        return conn.acks
 
     async def log_identity(self, spec: dict[str, Any]) -> tuple[int, int] | None:
         """The followed stream's (or cache's) ``(uid, created_ms)`` from ``describe``: a

@@ -16,6 +16,7 @@ from felix_core.errors import InvalidArgument
 
 __all__ = [
     "DEAD_LETTER_RETRY_S",
+    "MAX_RUN",
     "TRIM_EVERY",
     "GroupStats",
     "QueueConfig",
@@ -31,6 +32,24 @@ DEAD_LETTER_RETRY_S = 1.0
 """How long a parked dead letter waits before the engine tries its target again."""
 TRIM_EVERY = 64
 """Finished messages between two opportunistic trims of a queue's log."""
+MAX_RUN = 64
+"""Most consecutive messages one dispatch hands a consumer before the next consumer's
+turn (see :func:`run_length`)."""
+
+
+def run_length(prefetch: int) -> int:
+    """How many messages in a row dispatch hands a consumer with this prefetch before it
+    moves on to the next consumer: a quarter of its prefetch, at least 1, at most
+    :data:`MAX_RUN`.
+
+    The deliveries one dispatch makes to a consumer leave in one frame, so handing out
+    runs rather than one message each keeps the frames few when a group has several
+    consumers (four consumers sharing bursts of 64 got frames of 16). A quarter of the
+    prefetch bounds the cost: a consumer that accepts ``prefetch`` messages waiting behind
+    the one it works on gets at most a quarter of that at once while another consumer has
+    room; with ``prefetch`` below 8 dispatch stays one message each.
+    """
+    return max(1, min(MAX_RUN, prefetch // 4))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -1,13 +1,14 @@
 """``queue``: enqueue -> consume -> ack, with 1 and 4 consumers.
 
 A producer process enqueues ``queue_payload``-byte messages in lists of
-``queue_enqueue_batch`` (each list one acked request) for the figure's seconds, keeping at
-most ``BACKLOG_PER_CONSUMER`` messages per consumer ahead of what the consumers acked (it
-reads their count from the shared progress array), so the queue stays within its limits
-and the figure measures consumption. A consumer process holds the consumers, each on its
-own connection in one group, running the natural loop ``async for msg in consumer: await
-msg.ack()``. The rate is acks per second from the first enqueue to the last ack; every
-enqueued message must be acked once, else the figure is invalid.
+``queue_enqueue_batch`` (each list one acked request, ``ENQUEUES_IN_FLIGHT`` requests in
+flight) for the figure's seconds, keeping at most ``BACKLOG_PER_CONSUMER`` messages per
+consumer ahead of what the consumers acked (it reads their count from the shared progress
+array), so the queue stays within its limits and the figure measures consumption. A
+consumer process holds the consumers, each on its own connection in one group, running the
+natural loop ``async for msg in consumer: await msg.ack()``. The rate is acks per second
+from the first enqueue to the last ack; every enqueued message must be acked once, else
+the figure is invalid.
 """
 
 from __future__ import annotations
@@ -32,6 +33,11 @@ BACKLOG_PER_CONSUMER = 4 * DEFAULT_PREFETCH
 """Most messages the producer keeps enqueued and not yet acked, per consumer: four times
 the client's default prefetch, so a consumer never waits for the producer, while the
 drain after the producer stops stays short."""
+ENQUEUES_IN_FLIGHT = 4
+"""Enqueue requests the producer keeps in flight (tasks each awaiting its own): one at a
+time, the producer's round trip (a 64-message list per request-reply) bounded the figure
+and the consumers waited for it, where the pub/sub figure's publisher keeps up to 8 MiB
+in flight."""
 GROUP = "bench"
 
 
@@ -80,8 +86,8 @@ async def consume_job(ctx: JobContext, p: dict[str, Any]) -> dict[str, Any]:
 
 
 async def enqueue_job(ctx: JobContext, p: dict[str, Any]) -> dict[str, Any]:
-    """Enqueue lists of messages for ``seconds``, at most ``backlog`` ahead of the acks
-    counted by worker ``pace``."""
+    """Enqueue lists of messages for ``seconds`` from ``in_flight`` tasks (each awaits its
+    enqueue), at most ``backlog`` ahead of the acks counted by worker ``pace``."""
     target: BrokerTarget = p["target"]
     items = [b"q" * int(p["payload"])] * int(p["batch"])
     clock = time.monotonic_ns
@@ -89,16 +95,30 @@ async def enqueue_job(ctx: JobContext, p: dict[str, Any]) -> dict[str, Any]:
         cpu = time.process_time()
         started = clock()
         deadline = started + int(p["seconds"] * 1e9)
-        enqueued = 0
-        while clock() < deadline:
-            if enqueued - ctx.progress_of(p["pace"]) >= p["backlog"]:
-                await anyio.sleep(0.001)
-                continue
-            await client.enqueue(p["queue"], items)
-            enqueued += len(items)
-            ctx.report(enqueued)
+        counts = {"sent": 0, "enqueued": 0}
+        gate = anyio.Lock()
+        backlog, pace = int(p["backlog"]), int(p["pace"])
+
+        def ahead() -> bool:
+            return counts["sent"] - ctx.progress_of(pace) >= backlog
+
+        async def produce() -> None:
+            while clock() < deadline:
+                if ahead():
+                    async with gate:  # one task polls for room, the others wait for it
+                        while ahead() and clock() < deadline:
+                            await anyio.sleep(0.001)
+                    continue
+                counts["sent"] += len(items)
+                await client.enqueue(p["queue"], items)
+                counts["enqueued"] += len(items)
+                ctx.report(counts["enqueued"])
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(p["in_flight"]):
+                tg.start_soon(produce)
         return {
-            "enqueued": enqueued,
+            "enqueued": counts["enqueued"],
             "start_ns": started,
             "end_ns": clock(),
             "cpu_s": time.process_time() - cpu,
@@ -134,6 +154,7 @@ def run(runner: Runner) -> None:
                 "seconds": runner.settings.seconds,
                 "pace": consumer_worker.index,
                 "backlog": BACKLOG_PER_CONSUMER * count,
+                "in_flight": ENQUEUES_IN_FLIGHT,
             },
         )
         made = producer.result(runner.wait, runner.progress.tick)

@@ -6,8 +6,10 @@ from __future__ import annotations
 from array import array
 from typing import Any
 
+import anyio
 import pytest
 
+from felix_client.bench import queues
 from felix_client.bench.hdr import summarize
 from felix_client.bench.pubsub import account
 from felix_client.bench.report import Figure, attach_ratios, document
@@ -135,3 +137,79 @@ def test_prepare_heap_moves_the_surviving_objects_out_of_full_collections() -> N
     finally:
         gc.unfreeze()
     assert gc.get_freeze_count() == 0
+
+
+class _Enqueues:
+    """A stand-in client for the queue producer: counts enqueues in flight."""
+
+    wait = staticmethod(anyio.sleep)  # the real one (the test counts the producer's sleeps)
+
+    def __init__(self) -> None:
+        self.in_flight = self.most = self.calls = 0
+
+    async def __aenter__(self) -> _Enqueues:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+    async def enqueue(self, queue: str, items: list[bytes]) -> None:
+        self.in_flight += 1
+        self.calls += 1
+        self.most = max(self.most, self.in_flight)
+        await self.wait(0.002)
+        self.in_flight -= 1
+
+
+class _Ctx:
+    def __init__(self, acked: int) -> None:
+        self.acked = acked
+        self.reported = 0
+
+    def report(self, count: int) -> None:
+        self.reported = count
+
+    def progress_of(self, index: int) -> int:
+        return self.acked
+
+
+@pytest.mark.parametrize("acked, most, calls", [(10**9, 4, None), (0, 2, 2)])
+def test_the_queue_producer_keeps_enqueues_in_flight_within_the_backlog(
+    acked: int, most: int, calls: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Four enqueues in flight (one at a time, the producer's round trip bounded the
+    figure); never more than the backlog ahead of the acks (2 lists of 64 for 128), and
+    then one task polls for room while the others wait."""
+    fake = _Enqueues()
+    sleeping = [0, 0]  # now, most
+    real_sleep = anyio.sleep
+
+    async def sleep(seconds: float) -> None:
+        sleeping[0] += 1
+        sleeping[1] = max(sleeping)
+        await real_sleep(seconds)
+        sleeping[0] -= 1
+
+    monkeypatch.setattr(queues.anyio, "sleep", sleep)
+
+    class Target:
+        def connect(self) -> _Enqueues:
+            return fake
+
+    ctx = _Ctx(acked)
+    params = {
+        "target": Target(),
+        "queue": "q",
+        "payload": 1,
+        "batch": 64,
+        "seconds": 0.05,
+        "pace": 0,
+        "backlog": 128,
+        "in_flight": queues.ENQUEUES_IN_FLIGHT,
+    }
+    out = anyio.run(queues.enqueue_job, ctx, params)
+    assert fake.most == most
+    if calls is not None:
+        assert fake.calls == calls
+    assert out["enqueued"] == 64 * fake.calls == ctx.reported
+    assert sleeping[1] == (1 if acked == 0 else 0)

@@ -229,14 +229,60 @@ def test_prefetch_limits_deliveries_and_ack_releases_more() -> None:
 
 def test_round_robin_between_consumers_with_room() -> None:
     e = engine()
-    a = e.consume(Q, 1, T0, prefetch=10)
+    a = e.consume(Q, 1, T0, prefetch=10)  # runs of 2 (a quarter of its prefetch)
     b = e.consume(Q, 2, T0, prefetch=1)
     e.enqueue_batch(Q, [b"0", b"1", b"2", b"3"], T0)
     events = e.drain_outputs()
-    assert [d.offset for d in deliveries(events, a)] == [0, 2, 3]
-    assert [d.offset for d in deliveries(events, b)] == [1]
+    assert [d.offset for d in deliveries(events, a)] == [0, 1, 3]
+    assert [d.offset for d in deliveries(events, b)] == [2]
     e.enqueue_batch(Q, [b"4", b"5"], T0)
     assert [d.offset for d in deliveries(e.drain_outputs(), a)] == [4, 5]
+
+
+def test_small_prefetch_is_one_message_each() -> None:
+    e = engine()
+    ids = [e.consume(Q, i, T0, prefetch=7) for i in (1, 2, 3)]  # 7 // 4 = 1
+    e.enqueue_batch(Q, [b"%d" % i for i in range(6)], T0)
+    events = e.drain_outputs()
+    assert [[d.offset for d in deliveries(events, c)] for c in ids] == [[0, 3], [1, 4], [2, 5]]
+
+
+def test_dispatch_hands_out_runs_of_a_quarter_prefetch_in_one_delivery_event() -> None:
+    """Four consumers with the default prefetch (256): a burst of 64 goes to one consumer
+    in one MessagesDelivered (one frame), the next burst to the next consumer; a burst
+    larger than a run is shared in runs of 64, round-robin."""
+    e = engine()
+    ids = [e.consume(Q, i, T0, prefetch=256) for i in (1, 2, 3, 4)]
+    e.enqueue_batch(Q, [b"m"] * 64, T0)
+    events = [x for x in e.drain_outputs() if isinstance(x, MessagesDelivered)]
+    assert [(x.consumer_id, len(x.deliveries)) for x in events] == [(ids[0], 64)]
+    e.enqueue_batch(Q, [b"m"] * 64, T0)
+    events = [x for x in e.drain_outputs() if isinstance(x, MessagesDelivered)]
+    assert [(x.consumer_id, len(x.deliveries)) for x in events] == [(ids[1], 64)]
+    e.enqueue_batch(Q, [b"m"] * 200, T0)
+    got = {
+        x.consumer_id: [d.offset for d in x.deliveries]
+        for x in e.drain_outputs()
+        if isinstance(x, MessagesDelivered)
+    }
+    assert got == {
+        ids[2]: list(range(128, 192)),
+        ids[3]: list(range(192, 256)),
+        ids[0]: list(range(256, 320)),
+        ids[1]: list(range(320, 328)),
+    }
+
+
+def test_a_run_ends_where_the_consumers_prefetch_is_full() -> None:
+    e = engine()
+    a = e.consume(Q, 1, T0, prefetch=8)  # runs of 2
+    e.enqueue_batch(Q, [b"m"] * 7, T0)
+    assert len(deliveries(e.drain_outputs(), a)) == 7
+    b = e.consume(Q, 2, T0, prefetch=8)
+    e.enqueue_batch(Q, [b"m"] * 6, T0)  # a's run starts with room for one
+    events = e.drain_outputs()
+    assert [d.offset for d in deliveries(events, a)] == [7]
+    assert [d.offset for d in deliveries(events, b)] == [8, 9, 10, 11, 12]
 
 
 def test_ack_errors_keep_known_ids_acked() -> None:
