@@ -28,7 +28,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from . import cache, pubsub, queues, raw_quic
+from . import cache, memory, pubsub, queues, raw_quic
 from .parser import build_parser
 from .report import Figure, attach_ratios, document, print_table
 from .runner import Progress, Runner
@@ -54,7 +54,15 @@ def plan(scenario: str) -> list[Step]:
         "pubsub-throughput": [pubsub.run_throughput],
         "queue": [queues.run],
         "cache": [cache.run],
-        "all": [raw_quic.run, pubsub.run_latency, pubsub.run_throughput, queues.run, cache.run],
+        "memory": [memory.run],
+        "all": [
+            raw_quic.run,
+            pubsub.run_latency,
+            pubsub.run_throughput,
+            queues.run,
+            cache.run,
+            memory.run,
+        ],
     }
     return steps[scenario]
 
@@ -69,6 +77,7 @@ def _settings(args: argparse.Namespace) -> RunSettings:
         throughput_batches=args.batch or d.throughput_batches,
         queue_consumers=args.consumers or d.queue_consumers,
         cache_concurrency=args.concurrency or d.cache_concurrency,
+        memory_publishes=args.publishes or memory.default_publishes(args.scenario, args.seconds),
     )
     unknown = (set(args.engine) | set(args.quic_engine)) - set(ENGINES)
     if unknown:
@@ -141,6 +150,7 @@ def _run(
         pool = pools.enter_context(WorkerPool(POOL_SIZE, settings.loop))
         for engine in settings.quic_engines:
             with ExitStack() as stack:
+                broker: LocalBroker | None = None
                 if args.server:
                     from felix_runtime.tls import ensure_self_signed
 
@@ -170,6 +180,7 @@ def _run(
                     tmp=Path(tmp) / engine,
                     engine=engine,
                     figures=figures,
+                    broker=broker,
                 )
                 runner.tmp.mkdir(exist_ok=True)
                 for step in plan(args.scenario):

@@ -32,6 +32,16 @@ def _positive_ints(text: str) -> tuple[int, ...]:
     return values
 
 
+def _count(text: str) -> int:
+    try:
+        value = int(text.replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number of at least 1, not {text!r}")
+    return value
+
+
 def _seconds(text: str) -> float:
     value = float(text)
     if not 0 < value <= 3600:
@@ -130,6 +140,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_ints,
         metavar="N",
         help=f"cache request concurrency (default {d.cache_concurrency})",
+    )
+    m.add_argument(
+        "--publishes",
+        type=_count,
+        metavar="N",
+        help=f"records published past the stalled subscriber, memory (default "
+        f"{d.memory_publishes:,}; in all, scaled down when --seconds is under 2)",
     )
     m.add_argument(
         "--stream-set",

@@ -102,6 +102,8 @@ def _rate(figure: Figure) -> str:
         return text
     if "ops_per_s" in m:
         return f"{m['ops_per_s']:,.0f} ops/s"
+    if "peak_rss_mib" in m:
+        return f"peak RSS {m['peak_rss_mib']:,.0f} MiB (bound {m['bound_mib']:,.0f})"
     return ""
 
 
