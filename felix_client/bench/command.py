@@ -106,10 +106,16 @@ def machine() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``felix bench``. Returns the exit code."""
+    """Entry point of ``felix bench`` (``felix bench plot`` is :func:`.plot.main`).
+    Returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["plot"]:
+        from .plot import main as plot_main
+
+        return plot_main(argv[1:])
     parser = build_parser()
     try:
-        args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+        args = parser.parse_args(argv)
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     try:

@@ -72,12 +72,12 @@ MiB = 1 << 20
 
 
 def default_publishes(scenario: str, seconds: float) -> int:
-    """The publish count: 1,000,000; in ``all`` with ``--seconds`` under 2, that count
-    scaled by ``seconds / 2`` (at least 10,000), so a short ``all`` stays short."""
+    """The publish count: 1,000,000; in ``all`` with ``--seconds`` under 2 (the default),
+    100,000 per second of ``--seconds`` (at least 10,000), so a short ``all`` stays short."""
     full = 1_000_000
     if scenario != "all" or seconds >= 2:
         return full
-    return max(10_000, int(full * seconds / 2))
+    return max(10_000, int(full * seconds / 10))
 
 
 # ------------------------------------------------------------------ jobs (in a worker)
@@ -290,7 +290,7 @@ def run(runner: Runner) -> None:
     """One figure: the broker's peak RSS with a stalled subscriber, against the bound."""
     m = runner.settings.matrix
     count, size, batch = m.memory_publishes, m.memory_payload, m.memory_batch
-    label = runner.label(f"memory: stalled subscriber, {count:,} x {size} B batch {batch}")
+    label = runner.label(f"memory, stalled subscriber, {count:,} x {size} B batch {batch}")
     stream = runner.name("mem")
     timeout = max(runner.job_timeout, count / MIN_RATE)
     subscriber, publisher = runner.pool[0], runner.pool[1]

@@ -67,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Measure a Felix broker, next to the QUIC engine's own ceiling "
         "(raw-quic) and, for the cache, redis-py, in one run. Runs the broker in its own "
         "process unless --server is given; load generators run in their own processes.",
-        epilog="docs/performance.md explains each scenario and its figures.",
+        epilog="`felix bench plot FILE --out DIR` draws PNG plots of a --json-file result. "
+        "docs/performance.md explains each scenario and its figures.",
     )
     p.add_argument("scenario", choices=SCENARIOS)
     p.add_argument(
@@ -146,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_count,
         metavar="N",
         help=f"records published past the stalled subscriber, memory (default "
-        f"{d.memory_publishes:,}; in all, scaled down when --seconds is under 2)",
+        f"{d.memory_publishes:,}; in all with --seconds under 2, 100,000 per second)",
     )
     m.add_argument(
         "--stream-set",

@@ -24,6 +24,7 @@ from felix_client._transport import TransportOptions
 from felix_client.bench.settings import RAW_CLIENT, RAW_SERVER
 
 TIMEOUT = 120
+MiB = 1 << 20
 SHORT = ("--seconds", "0.3")
 HAS_REDIS = shutil.which("redis-server") is not None
 
@@ -56,6 +57,11 @@ def figures_of(done: subprocess.CompletedProcess[str]) -> dict[str, dict[str, An
         if "p50_us" in m:
             assert m["count"] > 0, f["id"]
             assert 0 < m["p50_us"] <= m["p99_us"] <= m["p999_us"] <= m["max_us"], f["id"]
+        if f["scenario"] == "pubsub-latency" or "/ping-pong/" in f["id"]:
+            ladder = f["distribution"]  # the plots draw it
+            assert [p for p, _ in ladder] == sorted(p for p, _ in ladder), f["id"]
+            assert [us for _, us in ladder] == sorted(us for _, us in ladder), f["id"]
+            assert ladder[-1][1] == pytest.approx(m["max_us"], rel=0.01), f["id"]
         if f["scenario"].startswith("pubsub"):
             fanout = f["params"]["fanout"]
             assert m["delivered"] + m["dropped"] == m["published"] * fanout, f["id"]
@@ -105,6 +111,7 @@ def test_all_measures_the_matrix_with_anchors_from_the_same_run(
         "cache/felix/put/c=1",
         "cache/felix/get/c=4",
         "cache/felix/put/c=4",
+        "memory/stalled-subscriber/publishes=30000",  # 100,000 per second of a short all
     }
     if HAS_REDIS:
         expected |= {f"cache/redis/{op}/c={c}" for op in ("get", "put") for c in (1, 4)}
@@ -184,6 +191,35 @@ def test_each_quic_engine_is_measured_against_its_own_ceiling_in_one_run() -> No
     )
     run = json.loads(done.stdout)["run"]
     assert run["engine"].startswith("aioquic ") and ", qh3 " in run["engine"]
+
+
+def test_memory_reports_the_broker_rss_against_its_limits_and_the_stalled_subscriber() -> None:
+    """A stream retaining 5,000 records of 100 B, 30,000 publishes past a subscriber that
+    reads nothing: the broker trims what it has not read and says so when it reads again."""
+    done = bench(
+        "memory",
+        "--json",
+        "--publishes",
+        "30000",
+        "--stream-set",
+        "retention_max_bytes=500000",
+    )
+    (figure,) = figures_of(done).values()
+    assert figure["id"] == "memory/stalled-subscriber/publishes=30000"
+    m, params = figure["metrics"], figure["params"]
+    assert params["limits"]["stream.retention_max_bytes"] == 500_000
+    assert params["limits"]["subscriber.transport.connection_buffer_cap"] == 16 * MiB
+    assert params["slow_consumer"] == "drop_oldest"
+    assert m["limits_mib"] == pytest.approx(sum(params["limits"].values()) / MiB)
+    assert 0 < m["baseline_rss_mib"] <= m["peak_rss_mib"]
+    assert m["bound_mib"] == pytest.approx(m["baseline_rss_mib"] + m["limits_mib"] + 50e6 / MiB)
+    assert m["within_bound"] == 1.0
+    assert m["published"] == 30_000
+    assert m["dropped"] > 0 and m["received"] + m["dropped"] == 30_000
+    assert 5_000 <= m["received"] <= 5_000 + 1024 + 64  # retention + the first credit
+    assert m["publish_msg_per_s"] > 0 and m["broker_cpu_us"] > 0
+    assert any("skipped by the broker" in note for note in figure["notes"])
+    assert any(note.startswith("peak RSS") and "within" in note for note in figure["notes"])
 
 
 def test_progress_goes_to_stderr_one_line_per_figure(
