@@ -127,8 +127,9 @@ def _latency(figures: list[dict[str, Any]], path: Path, title: str) -> bool:
             )
         _percentile_axis(ax)
         ax.set_title(f"{engine}: publish -> deliver")
-        ax.legend(fontsize="small", loc="upper left", framealpha=0.6)
     axes[0].set_ylabel("latency (us, log scale)")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=4, fontsize="small")
     note = "" if full else " (dashed: p50/p99/p999/max only)"
     fig.suptitle(
         f"Publish-to-deliver latency distribution, batch 1, ack per message{note}\n{title}"
@@ -233,6 +234,15 @@ def _memory(figures: list[dict[str, Any]], path: Path, title: str) -> bool:
     for i, x in enumerate(m):
         ax.hlines(x["bound_mib"], i - 0.4, i + 0.4, colors="red", linewidth=2)
         ax.annotate(f"bound {x['bound_mib']:,.0f}", (i - 0.4, x["bound_mib"]), va="bottom")
+        growth = x["peak_rss_mib"] - x["baseline_rss_mib"]
+        ax.annotate(
+            f"peak {x['peak_rss_mib']:,.0f}\n(+{growth:,.0f})",
+            (i, x["peak_rss_mib"]),
+            ha="center",
+            va="top",
+            color="white",
+            fontsize="small",
+        )
     ax.set_xticks(list(xs), names)
     ax.set_ylabel("broker RSS (MiB)")
     publishes = memory[0]["params"].get("publishes", 0)
