@@ -41,7 +41,7 @@ import anyio
 from ..errors import FelixError
 from .report import Figure
 from .runner import Runner
-from .servers import process_memory, reset_peak_memory
+from .servers import ServerFailed, process_memory, reset_peak_memory
 from .settings import BrokerTarget
 from .workers import JobContext
 
@@ -299,7 +299,12 @@ def run(runner: Runner) -> None:
         f"{MODULE}:stalled_job", common | {"settings": runner.settings.stream_settings}
     )
     info = subscriber.ready(runner.wait)
-    config = runner.broker.effective_config() if runner.broker is not None else None
+    config, unknown = None, ""
+    if runner.broker is not None:
+        try:
+            config = runner.broker.effective_config()
+        except ServerFailed as exc:
+            unknown = f"the broker's limits are unknown: {exc}"
     limits = limits_of(config, info["stream"])
     settings = info["stream"].get("settings") or {}
     figure = Figure(
@@ -316,6 +321,8 @@ def run(runner: Runner) -> None:
             "quic_engine": runner.engine,
         },
     )
+    if unknown:
+        figure.notes.append(unknown)
     pid = runner.broker_pid
     wait = timeout + 60.0
     mark = runner.cpu_mark()

@@ -11,6 +11,8 @@
 * ``memory.png`` (when the file has ``memory`` figures): the broker's baseline and peak RSS
   with the stalled subscriber, against the bound, per engine.
 
+Invalid figures (unexplained loss, say) are left out, and the titles say how many.
+
 matplotlib is in the ``bench`` extra; it is imported only here, with the Agg backend (no
 display needed). Exit status: 0 when the plots were written, 1 when the file cannot be
 plotted (the message says why), 2 on bad usage.
@@ -274,6 +276,9 @@ def plot(doc: dict[str, Any], out: Path) -> list[Path]:
     figures = [f for f in doc["figures"] if f.get("valid", True)]
     run = doc.get("run") or {}
     title = ", ".join(str(run[k]) for k in ("date", "engine", "machine") if run.get(k) is not None)
+    left_out = len(doc["figures"]) - len(figures)
+    if left_out:
+        title += f" ({left_out} invalid figure{'s' * (left_out > 1)} left out)"
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for name, draw in (

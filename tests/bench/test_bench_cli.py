@@ -222,6 +222,40 @@ def test_memory_reports_the_broker_rss_against_its_limits_and_the_stalled_subscr
     assert any(note.startswith("peak RSS") and "within" in note for note in figure["notes"])
 
 
+def test_memory_on_a_given_server_reports_the_policy_and_says_what_it_cannot_measure(
+    tmp_path: Path,
+) -> None:
+    """On a broker it did not start, the RSS is not measured (and said so); with the
+    ``disconnect`` policy the stalled subscription is ended by the broker, and reported."""
+    broker = start_broker("asyncio", tmp_path / "broker")
+    try:
+        done = bench(
+            "memory",
+            "--json",
+            "--server",
+            broker.url,
+            "--ca",
+            broker.ca_file,
+            "--publishes",
+            "10000",
+            "--stream-set",
+            "retention_max_bytes=200000",
+            "--stream-set",
+            "slow_consumer=disconnect",
+        )
+    finally:
+        broker.stop()
+    (figure,) = figures_of(done).values()
+    m, notes = figure["metrics"], figure["notes"]
+    assert "peak_rss_mib" not in m and "within_bound" not in m
+    assert figure["params"]["limits"] == {"stream.retention_max_bytes": 200_000}
+    assert "unknown" in figure["params"]["limits_source"]
+    assert "the broker's RSS is not measured: it is not ours (--server)" in notes
+    assert m["published"] == 10_000 and m["dropped"] == 0
+    assert m["received"] <= 1024 + 64  # the first credit, then the subscription ended
+    assert any(n.startswith("the stalled subscriber: Overloaded") for n in notes), notes
+
+
 def test_progress_goes_to_stderr_one_line_per_figure(
     all_run: tuple[dict[str, Any], dict[str, dict[str, Any]], str],
 ) -> None:

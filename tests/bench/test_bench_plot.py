@@ -67,6 +67,16 @@ def _doc(**changes: Any) -> dict[str, Any]:
     return doc
 
 
+def test_invalid_figures_are_left_out(tmp_path: Path) -> None:
+    doc = _doc()
+    for figure in doc["figures"]:
+        figure["valid"] = figure["scenario"] != "pubsub-throughput"
+    partial = tmp_path / "partial.json"
+    partial.write_text(json.dumps(doc))
+    assert main([str(partial), "--out", str(tmp_path)]) == 0
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == ["latency.png", "memory.png"]
+
+
 def test_a_file_with_percentiles_only_is_drawn_from_them(tmp_path: Path) -> None:
     doc = _doc()
     for figure in doc["figures"]:
