@@ -38,6 +38,7 @@ from typing import Any
 
 import anyio
 
+from .._streams import Publisher
 from ..errors import FelixError
 from .report import Figure
 from .runner import Runner
@@ -122,21 +123,28 @@ async def stalled_job(ctx: JobContext, p: dict[str, Any]) -> dict[str, Any]:
 
 async def publish_job(ctx: JobContext, p: dict[str, Any]) -> dict[str, Any]:
     """Publish ``count`` records of ``payload`` bytes in batches of ``batch``, flat out,
-    noting the time at every 1/``MARKS`` of them; stop early at ``timeout``."""
+    noting the time at every 1/``MARKS`` of them; stop early at ``timeout`` or when the
+    broker refuses (``OVERLOADED`` past ``overload_retries``, the ``block`` policy), and
+    report the records acknowledged until then."""
     target: BrokerTarget = p["target"]
     payload = b"x" * int(p["payload"])
     count, batch = int(p["count"]), int(p["batch"])
     every = max(count // MARKS, 1)
     clock = time.monotonic_ns
     marks, times = array("q"), array("q")
-    sent = acked = 0
+    sent = 0
     error = None
+    pub: Publisher | None = None
     async with target.connect() as client:
         cpu = time.process_time()
         started = clock()
         deadline = started + int(p["timeout"] * 1e9)
         try:
-            async with client.publisher(p["stream"], max_batch_records=batch) as pub:
+            async with client.publisher(
+                p["stream"],
+                max_batch_records=batch,
+                overload_retries=int(p.get("overload_retries", 8)),
+            ) as pub:
                 publish = pub.publish
                 next_mark = every
                 while sent < count:
@@ -152,13 +160,12 @@ async def publish_job(ctx: JobContext, p: dict[str, Any]) -> dict[str, Any]:
                     if clock() > deadline:
                         error = f"stopped at its time limit ({p['timeout']:.0f} s)"
                         break
-            acked = pub.acked_records
-        except FelixError as exc:
+        except FelixError as exc:  # with the block policy: refused once the log is full
             error = f"{type(exc).__name__}: {exc}"
         ended = clock()
         return {
             "sent": sent,
-            "acked": acked,
+            "acked": 0 if pub is None else pub.acked_records,
             "start_ns": started,
             "end_ns": ended,
             "marks": marks.tobytes(),
@@ -280,9 +287,13 @@ def _outcome(figure: Figure, published: dict[str, Any], received: dict[str, Any]
         figure.notes.append(f"the publisher: {published['error']}")
     fill, trim = m["publish_fill_msg_per_s"], m["publish_trim_msg_per_s"]
     if not math.isnan(trim):  # the log did fill
+        after = (
+            "once the log was full (publishes refused while the subscriber is behind: block)"
+            if figure.params.get("slow_consumer") == "block"
+            else "once retention trimmed what the subscriber had not read"
+        )
         figure.notes.append(
-            f"the publisher: {fill:,.0f} records/s while the log filled, {trim:,.0f} once "
-            "retention trimmed what the subscriber had not read"
+            f"the publisher: {fill:,.0f} records/s while the log filled, {trim:,.0f} {after}"
         )
 
 

@@ -7,9 +7,12 @@ from __future__ import annotations
 import math
 import os
 from array import array
-from typing import Any
+from pathlib import Path
+from typing import Any, cast
 
+import anyio
 import pytest
+from brokers import start_broker
 
 from felix_client.bench.hdr import LADDER, distribution
 from felix_client.bench.memory import (
@@ -18,9 +21,11 @@ from felix_client.bench.memory import (
     _rates,
     default_publishes,
     limits_of,
+    publish_job,
 )
 from felix_client.bench.report import Figure
 from felix_client.bench.servers import process_memory, reset_peak_memory
+from felix_client.bench.settings import BrokerTarget
 
 MiB = 1 << 20
 CONFIG: dict[str, Any] = {
@@ -136,3 +141,44 @@ def test_the_ladder_goes_from_the_minimum_to_the_maximum_in_microseconds() -> No
     assert dict(ladder)[99.0] == pytest.approx(10.0, rel=0.01)
     assert values[-1] == pytest.approx(5000.0, rel=0.01)
     assert distribution([]) == []
+
+
+def test_with_block_the_publisher_is_said_to_be_refused_not_trimmed() -> None:
+    figure = Figure(id="m", scenario="memory", label="m", params={"slow_consumer": "block"})
+    figure.metrics.update({"publish_fill_msg_per_s": 1000.0, "publish_trim_msg_per_s": 10.0})
+    published = _published(acked=2000, error="Overloaded: a slow subscriber ...")
+    _outcome(figure, published, {"received": 2000, "missed": 0, "error": None, "cpu_s": 0})
+    assert figure.valid
+    assert "the publisher: Overloaded: a slow subscriber ..." in figure.notes
+    assert any("refused while the subscriber is behind" in note for note in figure.notes)
+
+
+class _Ctx:
+    def report(self, count: int) -> None:
+        pass
+
+
+def test_a_publisher_refused_under_block_reports_the_records_acknowledged(
+    tmp_path: Path,
+) -> None:
+    """The block policy refuses the publish that would evict what the stalled subscriber
+    has not read: the job stops there and reports what the broker acknowledged."""
+    broker = start_broker("asyncio", tmp_path / "broker")
+
+    async def main() -> dict[str, Any]:
+        target = BrokerTarget(url=broker.url, ca_file=broker.ca_file)
+        settings = {"retention_max_bytes": 100_000, "slow_consumer": "block"}  # 1,000 records
+        async with target.connect() as client:
+            await client.admin.create("stream", "held", settings)
+            async with client.subscribe("held", start="earliest", credit_messages=100):
+                params = {"target": target, "stream": "held", "payload": 100, "count": 5000}
+                params |= {"batch": 64, "timeout": 30.0, "overload_retries": 0}
+                return await publish_job(cast(Any, _Ctx()), params)
+
+    try:
+        result = anyio.run(main)
+    finally:
+        broker.stop()
+    assert result["error"].startswith("Overloaded"), result["error"]
+    # The log's 1,000 records plus the 100 the subscriber was sent (its credit).
+    assert 1000 <= result["acked"] <= 1100 + 64 < result["sent"] + 64 <= 5000 + 64
