@@ -116,7 +116,10 @@ CASES: list[tuple[str, set[str]]] = [
     ("felix-broker --runt", {"--runtime"}),
     ("felix broker --lis", {"--listen"}),
     ("felix bench --sec", {"--seconds"}),
-    ("felix bench ", {"raw-quic", "pubsub-latency", "pubsub-throughput", "queue", "cache", "all"}),
+    (
+        "felix bench ",
+        {"raw-quic", "pubsub-latency", "pubsub-throughput", "queue", "cache", "memory", "all"},
+    ),
     ("felix bench queue --no-r", {"--no-redis"}),
     ("felix context use ", {"dev", "prod"}),
     ("felix --context p", {"prod"}),
