@@ -247,7 +247,7 @@ class Connection:
         rid = self.start(call)
         waiter = self._waiters[rid]  # wait(rid), inlined: one coroutine frame less per op
         try:
-            await self.transport.flush()
+            await self.transport.flush_request()
             await waiter.done.wait()
         finally:
             self._waiters.pop(rid, None)

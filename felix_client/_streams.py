@@ -11,9 +11,9 @@ from __future__ import annotations
 import contextlib
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
 from functools import partial
 from itertools import repeat
+from time import monotonic
 from types import TracebackType
 from typing import Any, Protocol
 
@@ -45,30 +45,56 @@ __all__ = [
     "Consumer",
     "Publisher",
     "QueueMessage",
-    "Record",
+    "RecordBatch",
     "Subscription",
     "settle_many",
 ]
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
-    """One record waiting in a publisher's batch."""
+class RecordBatch:
+    """The records of one publisher batch, as columns (no object per record).
 
-    payload: bytes
-    key: bytes | None = None
-    headers: dict[str, bytes] | None = None
+    ``keys`` and ``headers`` stay None until a record of the batch has one; from then on
+    they hold one entry per record (None for the records without).
+    """
 
-    @property
-    def size(self) -> int:
-        """Bytes counted against batch and in-flight limits."""
-        extra = len(self.key) if self.key else 0
-        if self.headers:
-            extra += sum(len(k) + len(v) for k, v in self.headers.items())
-        return len(self.payload) + extra
+    __slots__ = ("headers", "keys", "payloads", "size")
+
+    def __init__(self) -> None:
+        self.payloads: list[bytes] = []
+        self.keys: list[bytes | None] | None = None
+        self.headers: list[dict[str, bytes] | None] | None = None
+        self.size = 0
+        """Bytes counted against batch and in-flight limits (:func:`record_size`)."""
+
+    def __len__(self) -> int:
+        return len(self.payloads)
+
+    def add(self, payload: bytes, key: bytes | None, headers: dict[str, bytes] | None) -> None:
+        """Append one record (the general case; :meth:`Publisher.publish` inlines the
+        plain one: bytes, no key, no headers, in a batch without keys or headers)."""
+        n = len(self.payloads)
+        self.payloads.append(payload)
+        if self.keys is not None:
+            self.keys.append(key)
+        elif key is not None:
+            self.keys = [None] * n + [key]
+        if self.headers is not None:
+            self.headers.append(headers)
+        elif headers is not None:
+            self.headers = [None] * n + [headers]
+        self.size += record_size(payload, key, headers)
 
 
-SendBatch = Callable[[Sequence[Record], AckMode], Awaitable[PublishResult | None]]
+def record_size(payload: bytes, key: bytes | None, headers: dict[str, bytes] | None) -> int:
+    """Bytes one record counts against a publisher's batch and in-flight limits."""
+    size = len(payload) + (len(key) if key else 0)
+    if headers:
+        size += sum(len(k) + len(v) for k, v in headers.items())
+    return size
+
+
+SendBatch = Callable[[RecordBatch, AckMode], Awaitable[PublishResult | None]]
 """Sends one batch and returns its offsets (None for ``AckMode.NONE``)."""
 
 
@@ -131,6 +157,21 @@ class Backend(Protocol):
 # ------------------------------------------------------------------------- publisher
 
 
+MAX_IDLE_SENDERS = 64
+"""Sender tasks a publisher keeps waiting for batches; more than that many batches in
+flight at once spawn tasks that end with their batch."""
+
+
+class _IdleSender:
+    """A publisher's sender task waiting for its next batch."""
+
+    __slots__ = ("batch", "ready")
+
+    def __init__(self) -> None:
+        self.ready = anyio.Event()
+        self.batch: RecordBatch | None = None
+
+
 class Publisher:
     """Batches records for one stream, with bounded in-flight bytes.
 
@@ -172,12 +213,15 @@ class Publisher:
         self._backoff_until = 0.0
         self.retries = 0
         """Batches re-sent after an ``OVERLOADED`` answer."""
-        self._batch: list[Record] = []
-        self._batch_bytes = 0
+        self._batch = RecordBatch()
+        self._batch_started = 0.0  # when the current batch got its first record
+        self._sends = 0  # batches sent: how the linger task sees that its batch went
+        self._batches_started = 0  # batches that got a first record (under linger)
+        self._linger_wake: anyio.Event | None = None  # set while the linger task idles
         self._in_flight = 0
-        self._room = anyio.Event()
+        self._room: anyio.Event | None = None  # made by the first waiter, set by an ack
         self._tg: anyio.abc.TaskGroup | None = None
-        self._linger_scope: anyio.CancelScope | None = None
+        self._idle: list[_IdleSender] = []  # sender tasks waiting for a batch
         self._error: FelixError | None = None
         self.sent_records = 0
         """Records handed to the broker."""
@@ -194,8 +238,11 @@ class Publisher:
         return self._in_flight
 
     async def __aenter__(self) -> Publisher:
-        self._tg = anyio.create_task_group()
-        await self._tg.__aenter__()
+        tg = anyio.create_task_group()
+        await tg.__aenter__()
+        self._tg = tg
+        if self.linger > 0:
+            tg.start_soon(self._linger_loop)
         return self
 
     async def __aexit__(
@@ -227,19 +274,52 @@ class Publisher:
             InvalidArgument: a header name is not a ``str`` or a value is not ``bytes``.
             RuntimeError: the publisher is not entered (``async with``).
         """
-        self._raise_pending()
-        check_headers(headers)
+        if self._error is not None:
+            raise self._error
         if self._tg is None:
             raise RuntimeError("use the publisher as 'async with client.publisher(...)'")
-        record = Record(payload, key, headers)
-        if self._batch and self._batch_bytes + record.size > self.max_batch_bytes:
+        batch = self._batch
+        # The common record (bytes, no key, no headers, in a batch of such) is appended
+        # here, with no call and no object per record; the others take _add.
+        if (
+            key is None
+            and headers is None
+            and batch.keys is None
+            and batch.headers is None
+            and type(payload) is bytes
+        ):
+            size = len(payload)
+            if batch.size + size > self.max_batch_bytes and batch.payloads:
+                await self._send_current()
+                batch = self._batch
+            batch.payloads.append(payload)
+            batch.size += size
+        else:
+            batch = await self._add(payload, key, headers)
+        n = len(batch.payloads)
+        if n >= self.max_batch_records or batch.size >= self.max_batch_bytes:
             await self._send_current()
-        self._batch.append(record)
-        self._batch_bytes += record.size
-        if len(self._batch) >= self.max_batch_records or self._batch_bytes >= self.max_batch_bytes:
+        elif n == 1 and self.linger > 0:
+            self._batch_started = monotonic()  # a duration base: cheaper than the loop's clock
+            self._batches_started += 1
+            wake = self._linger_wake
+            if wake is not None:
+                self._linger_wake = None
+                wake.set()
+
+    async def _add(
+        self, payload: bytes | str, key: bytes | None, headers: dict[str, bytes] | None
+    ) -> RecordBatch:
+        """Append a record with a key or headers (or a ``str`` payload, sent as UTF-8);
+        returns the batch it went into."""
+        check_headers(headers)
+        data = payload.encode() if isinstance(payload, str) else bytes(payload)
+        batch = self._batch
+        if batch.payloads and batch.size + record_size(data, key, headers) > self.max_batch_bytes:
             await self._send_current()
-        elif len(self._batch) == 1 and self.linger > 0:
-            self._tg.start_soon(self._linger_then_send)
+            batch = self._batch
+        batch.add(data, key, headers)
+        return batch
 
     async def flush(self) -> None:
         """Send the partial batch and wait until every batch is acknowledged.
@@ -247,45 +327,84 @@ class Publisher:
         Raises:
             FelixError: a batch failed.
         """
-        if self._batch:
+        if self._batch.payloads:
             await self._send_current()
         while self._in_flight > 0:
-            await self._room.wait()
+            await self._wait_room()
         self._raise_pending()
 
-    async def _linger_then_send(self) -> None:
-        if self._linger_scope is not None:
-            return
-        with anyio.CancelScope() as scope:
-            self._linger_scope = scope
-            await anyio.sleep(self.linger)
-            self._linger_scope = None
-            if self._batch:
-                await self._send_current()
-        self._linger_scope = None
+    async def _linger_loop(self) -> None:
+        """The one background task that sends a batch ``linger`` seconds after its first
+        record, unless it went before (full, or flushed).
+
+        While batches keep coming it stays armed, waking once per ``linger`` at most; it
+        idles (woken by the next batch's first record) only after a whole ``linger``
+        without a new batch. Idling between two batches would cost a wake-up per batch:
+        it would look at the batches right after one was sent, and find none open.
+        """
+        seen = -1
+        while True:
+            if self._batch.payloads:
+                sends = self._sends
+                wait = self._batch_started + self.linger - monotonic()
+                if wait > 0:
+                    await anyio.sleep(wait)
+                if self._sends == sends and self._batch.payloads:
+                    await self._send_current()
+            elif self._batches_started != seen:
+                seen = self._batches_started
+                await anyio.sleep(self.linger)
+            else:
+                self._linger_wake = wake = anyio.Event()
+                await wake.wait()
+
+    async def _wait_room(self) -> None:
+        """Wait until the next batch is acknowledged."""
+        if self._room is None:
+            self._room = anyio.Event()
+        await self._room.wait()
 
     async def _send_current(self) -> None:
-        if self._linger_scope is not None:
-            self._linger_scope.cancel()
-            self._linger_scope = None
-        batch, size = self._batch, self._batch_bytes
-        self._batch, self._batch_bytes = [], 0
-        if not batch:
+        batch = self._batch
+        if not batch.payloads:
             return
+        self._batch = RecordBatch()
+        self._sends += 1
+        size = batch.size
         while self._in_flight > 0 and self._in_flight + size > self.max_in_flight_bytes:
-            await self._room.wait()
+            await self._wait_room()
             self._raise_pending()
-        pause = self._backoff_until - anyio.current_time()
-        if pause > 0:  # the broker said OVERLOADED: hold new batches back as well
-            await anyio.sleep(pause)
+        if self._backoff_until:
+            pause = self._backoff_until - anyio.current_time()
+            if pause > 0:  # the broker said OVERLOADED: hold new batches back as well
+                await anyio.sleep(pause)
         self._in_flight += size
         self.peak_in_flight_bytes = max(self.peak_in_flight_bytes, self._in_flight)
-        self.sent_records += len(batch)
-        assert self._tg is not None
-        self._tg.start_soon(self._await_ack, batch, size)
+        self.sent_records += len(batch.payloads)
+        if self._idle:  # a sender that finished its last batch takes this one
+            slot = self._idle.pop()
+            slot.batch = batch
+            slot.ready.set()
+        else:
+            assert self._tg is not None
+            self._tg.start_soon(self._sender, batch, name="felix publisher sender")
         await anyio.lowlevel.checkpoint()
 
-    async def _await_ack(self, batch: list[Record], size: int) -> None:
+    async def _sender(self, batch: RecordBatch) -> None:
+        """Send one batch and wait for its ack, then wait (idle) for another: a sender
+        task per batch in flight, kept for the publisher's life, so that a batch costs a
+        wake-up rather than a task."""
+        while True:
+            await self._await_ack(batch)
+            if len(self._idle) >= MAX_IDLE_SENDERS:
+                return  # after a burst of small batches, keep only so many tasks around
+            slot = _IdleSender()
+            self._idle.append(slot)
+            await slot.ready.wait()
+            assert slot.batch is not None
+            batch = slot.batch
+
+    async def _await_ack(self, batch: RecordBatch) -> None:
         delay = 0.01
         try:
             for attempt in range(self.overload_retries + 1):
@@ -307,13 +426,15 @@ class Publisher:
             if self._error is None:
                 self._error = exc
         else:
-            self.acked_records += len(batch)
+            self.acked_records += len(batch.payloads)
             if result is not None:
                 self.last_offset = result.last_offset
         finally:
-            self._in_flight -= size
-            self._room.set()
-            self._room = anyio.Event()
+            self._in_flight -= batch.size
+            room = self._room
+            if room is not None:
+                self._room = None
+                room.set()
 
     def _raise_pending(self) -> None:
         if self._error is not None:
@@ -379,8 +500,9 @@ class Subscription:
         self._backend = backend
         self._spec = spec
         self._start = start
-        self._credit_messages = int(spec["credit_messages"])
-        self._credit_bytes = int(spec["credit_bytes"])
+        # Credit goes back once half of either window is used: used * 2 >= window.
+        self._top_up_messages = (int(spec["credit_messages"]) + 1) // 2
+        self._top_up_bytes = (int(spec["credit_bytes"]) + 1) // 2
         self._conn: object | None = None
         self._inbox: FeedReader[object] | None = None
         self._pending: deque[Event] = deque()
@@ -465,10 +587,10 @@ class Subscription:
             # Credit is returned as records are read; only a due top-up awaits, and it comes
             # before a record is taken: a cancellation while it waits must not lose a record
             # that next_offset already counts as read.
-            if not self._closed and (
-                self._used_messages * 2 >= self._credit_messages
-                or self._used_bytes * 2 >= self._credit_bytes
-            ):
+            if (
+                self._used_messages >= self._top_up_messages
+                or self._used_bytes >= self._top_up_bytes
+            ) and not self._closed:
                 await self._top_up()
             if self._pending:
                 event = self._pending.popleft()

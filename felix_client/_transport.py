@@ -36,7 +36,10 @@ by the transmit and by re-arming the wait, about 100 us per record on a subscrib
 woken task is flushing (a publisher's next publish, right after its ack), the pass does the
 flush's work when it resumes (one transmit carries the new request, with the pending ACK)
 and the flush, finding it done, returns: the request leaves before the loop re-arms its
-wait.
+wait. A request (:meth:`QuicTransport.flush_request`) does not even yield for that: it
+returns at once to wait for its reply, and the loop transmits right after (one event-loop
+iteration per request less: a cache get at concurrency 1 went from about 4.2 to 3.5 loop
+iterations per request).
 
 Apart from the asyncio socket (a fast path, with the anyio one as its fallback), nothing here
 is asyncio- or trio-specific, so the client runs under both anyio backends. The
@@ -330,6 +333,8 @@ class QuicTransport:
         self._send_lock = anyio.Lock(fast_acquire=True)  # no yield when nobody holds it
         self._flushing = False
         self._flushes_done = 0  # flushes the loop did for a flushing task (see run)
+        self._readers_pass = False  # the loop yields to the readers it woke, then transmits
+        self._flush_asked = False  # a reader flushed meanwhile: the loop does it
         self._handshake = anyio.Event()
         self._done = anyio.Event()
         self.closed_reason: str | None = None
@@ -401,8 +406,13 @@ class QuicTransport:
                     self._keep_alive(now)
                 if self._process(now):
                     # Let the tasks this pass woke run first (see "Readers first").
-                    await anyio.lowlevel.checkpoint()
-                    if self._flushing:  # one of them is flushing: do its work now
+                    self._readers_pass = True
+                    try:
+                        await anyio.lowlevel.checkpoint()
+                    finally:
+                        self._readers_pass = False
+                    if self._flushing or self._flush_asked:  # do their flush now
+                        self._flush_asked = False
                         now = self.clock()
                         self._process(now)
                         self.acks.data_written(self.quic, now)
@@ -493,6 +503,20 @@ class QuicTransport:
         self.acks.data_written(self.quic, now)  # the request carries the pending ACK
         await self._transmit()
         self._sock.move_deadline(self._deadline())
+
+    async def flush_request(self) -> None:
+        """:meth:`flush`, for a request whose caller waits for its reply next.
+
+        Called by a task that the loop's pass just woke (a reply's waiter making its next
+        request, see "Readers first"), it returns at once: the loop moves the writes into
+        QUIC and transmits right after the tasks it woke have run, which is what the flush
+        would wait for (one event-loop iteration per request less). Anywhere else it is
+        :meth:`flush`.
+        """
+        if self._readers_pass:
+            self._flush_asked = True
+            return
+        await self.flush()
 
     async def wait_handshake(self) -> None:
         """Wait until the TLS handshake completed or the connection failed.

@@ -41,7 +41,7 @@ from ._connection import Connection
 from ._inbox import FeedReader
 from ._local import check_headers, delay_ms
 from ._resources import Admin, Cache
-from ._streams import Consumer, Publisher, Record, Subscription
+from ._streams import Consumer, Publisher, RecordBatch, Subscription
 from ._transport import TransportOptions
 from ._url import BrokerAddress, default_url, parse_url
 from .errors import ConnectionLost, FelixError, Forbidden, NotFound, UnexpectedMessage
@@ -561,13 +561,28 @@ class Client:
         Returns:
             The batch's offset range (None under ``AckMode.NONE``).
         """
-        t, n = self.resource_path(tenant, namespace)
         data = [p.encode() if isinstance(p, str) else bytes(p) for p in payloads]
         kl = list(keys) if keys is not None else None
         hl = list(headers) if headers is not None else None
         if hl is not None:
             for h in hl:
                 check_headers(h)
+        return await self._publish_records(stream, data, kl, hl, ack, tenant, namespace, timeout)
+
+    async def _publish_records(
+        self,
+        stream: str,
+        data: list[bytes],
+        kl: list[bytes | None] | None,
+        hl: list[dict[str, bytes] | None] | None,
+        ack: AckMode,
+        tenant: str | None,
+        namespace: str | None,
+        timeout: float | None,
+    ) -> PublishResult | None:
+        """:meth:`publish_batch` once its records are checked (a publisher's batch is:
+        bytes payloads, checked headers), as lists the call may keep."""
+        t, n = self.resource_path(tenant, namespace)
         span = None
         if self.tracer is not None:  # the producer's trace context goes into the headers
             span, hl = _tracing.send_span(self.tracer, "publish", stream, t, n, hl, len(data))
@@ -624,16 +639,9 @@ class Client:
         that times out fails the publisher like any other error.
         """
 
-        async def send(batch: Sequence[Record], mode: AckMode) -> PublishResult | None:
-            return await self.publish_batch(
-                stream,
-                [r.payload for r in batch],
-                keys=[r.key for r in batch] if any(r.key for r in batch) else None,
-                headers=[r.headers for r in batch] if any(r.headers for r in batch) else None,
-                ack=mode,
-                tenant=tenant,
-                namespace=namespace,
-                timeout=timeout,
+        async def send(batch: RecordBatch, mode: AckMode) -> PublishResult | None:
+            return await self._publish_records(
+                stream, batch.payloads, batch.keys, batch.headers, mode, tenant, namespace, timeout
             )
 
         return Publisher(

@@ -102,8 +102,8 @@ from felix_core.segments import (
     TailState,
     decode_batch,
     decode_index,
-    encode_batch,
     encode_index,
+    encode_stamped_batch,
     index_name,
     log_name,
     plan_recovery,
@@ -929,7 +929,7 @@ class DiskLog:
         ts = timestamp_ms if timestamp_ms > self._last_ts else self._last_ts
         norm = [h or None for h in headers] if headers is not None and any(headers) else None
         try:
-            data = encode_batch(offset, payloads, [ts] * n, keys, norm)
+            data, nbytes = encode_stamped_batch(offset, payloads, ts, keys, norm)
         except ValueError as exc:  # keys/headers were checked: only the size can be wrong
             raise TooLarge(
                 f"a durable log takes batches of at most {MAX_BATCH_SIZE} bytes: {exc}",
@@ -948,7 +948,6 @@ class DiskLog:
             self.stats.append_failures += 1
             self._undo_append(seg, pos, exc)
         self._last_ts = ts
-        nbytes = int.from_bytes(data[24:28], "little")  # the header's record bytes
         seg.builder.add_batch(pos, size, offset, n, nbytes, ts, ts)
         stats = self.stats
         stats.appends += 1

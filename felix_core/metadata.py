@@ -40,7 +40,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from felix_core.errors import AlreadyExists, Conflict, InvalidArgument, LimitExceeded, NotFound
 from felix_core.limits import BrokerConfig
@@ -67,7 +67,9 @@ __all__ = [
     "MetadataStore",
     "MetadataView",
     "Path",
+    "PreparedWrite",
     "ResourceRecord",
+    "StagedMetadataStore",
     "WriteOp",
 ]
 
@@ -245,6 +247,50 @@ class MetadataStore(Protocol):
 
     def take_changes(self) -> list[MetadataChange]:
         """The changes since the last call, in order."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedWrite:
+    """A checked change, not yet written (:meth:`StagedMetadataStore.prepare`)."""
+
+    op: WriteOp
+    record: ResourceRecord
+    """The record as it will be stored (a create's with its new uid)."""
+    current: ResourceRecord | None
+    """The record stored now (None for a create)."""
+    uid_limit: int | None = None
+    """A new uid high-water mark the store writes first (None: the current one covers it)."""
+
+
+@runtime_checkable
+class StagedMetadataStore(MetadataStore, Protocol):
+    """A :class:`MetadataStore` whose writes can be made in three steps, so that the glue
+    runs the slow middle one (files, fsyncs) off the event loop. At most one change is
+    between its :meth:`prepare` and its :meth:`commit` at a time."""
+
+    def prepare(
+        self, op: WriteOp, record: ResourceRecord, expected_generation: int | None
+    ) -> PreparedWrite:
+        """Check one change (the checks of :meth:`MetadataStore.apply`); nothing changes.
+
+        Raises:
+            AlreadyExists, NotFound, Conflict: as :meth:`MetadataStore.apply`.
+        """
+        ...
+
+    def write(self, prepared: PreparedWrite) -> None:
+        """Make the change durable (thread-safe: may run on a worker thread).
+
+        Raises:
+            StorageFull: the disk is full (retryable; commit nothing).
+            StorageFailed: any other failure (commit nothing).
+        """
+        ...
+
+    def commit(self, prepared: PreparedWrite) -> ResourceRecord:
+        """Apply a written change to the store's state and its changes; return the record
+        as stored (a delete: the deleted record)."""
         ...
 
 

@@ -65,6 +65,7 @@ __all__ = [
     "decode_index",
     "encode_batch",
     "encode_index",
+    "encode_stamped_batch",
     "index_name",
     "log_name",
     "parse_segment_name",
@@ -212,6 +213,38 @@ def encode_batch(
     body_head = _BODY_HEAD.pack(base_offset, n, nbytes, first_ts, last_ts)
     crc = crc32c(records, crc32c(body_head, crc32c(head)))
     return b"".join((head, _U32.pack(crc), body_head, records))
+
+
+def encode_stamped_batch(
+    base_offset: int,
+    payloads: Sequence[bytes],
+    timestamp_ms: int,
+    keys: Sequence[bytes | None] | None = None,
+    headers: Sequence[dict[str, bytes] | None] | None = None,
+) -> tuple[bytes, int]:
+    """Encode records that share one timestamp (an append's) as one batch: the bytes of
+    :func:`encode_batch` with that timestamp for each record, and the records' byte size
+    (the header's), without building a list of timestamps or checking them.
+
+    Raises:
+        ValueError: as :func:`encode_batch`.
+    """
+    n = len(payloads)
+    if n == 0 or (keys is not None and len(keys) != n):
+        raise ValueError("a batch holds at least one record, and one key per record")
+    if headers is not None and len(headers) != n:
+        raise ValueError("headers must be as long as payloads")
+    if (keys is None or keys.count(None) == n) and (headers is None or not any(headers)):
+        records, nbytes = _plain_records(payloads)
+    else:
+        records, nbytes = _records(payloads, [timestamp_ms] * n, keys, headers)
+    length = BATCH_HEADER_SIZE + len(records)
+    if length > MAX_BATCH_SIZE:
+        raise ValueError(f"batch of {length} bytes exceeds {MAX_BATCH_SIZE}")
+    head = _HEAD_NO_CRC.pack(MAGIC, FORMAT_VERSION, 0, length)
+    body_head = _BODY_HEAD.pack(base_offset, n, nbytes, timestamp_ms, timestamp_ms)
+    crc = crc32c(records, crc32c(body_head, crc32c(head)))
+    return b"".join((head, _U32.pack(crc), body_head, records)), nbytes
 
 
 def _plain_records(payloads: Sequence[bytes]) -> tuple[bytes, int]:

@@ -54,7 +54,7 @@ from ._state import ConnInput, ConnState, transition
 from .codec import MessageDecoder, encode
 from .errors import BadFrame, ErrorCode, LocalProtocolError, RemoteProtocolError
 from .events import CloseRequested, ConnectionTerminated, Event, ProtocolViolation
-from .frames import DEFAULT_MAX_FRAME_SIZE, HEADER_SIZE
+from .frames import DEFAULT_MAX_FRAME_SIZE, HEADER_SIZE, MIN_MAX_FRAME_SIZE
 from .messages import Error, Message
 
 __all__ = [
@@ -72,14 +72,6 @@ __all__ = [
 
 CONTROL_STREAM_ID = 0
 """The control stream: the first client-initiated bidirectional stream."""
-
-MIN_MAX_FRAME_SIZE = 4096
-"""The smallest ``max_frame_size`` either side may announce (docs/wire-protocol.md §5.4).
-
-A ``Hello`` announcing less is refused with ``Error(INVALID_ARGUMENT)`` and a close. 4 KiB
-holds the ``Welcome``, every fixed-size frame (stream starts, gaps, acks, ``Ok``, credit
-...) and every ``Error`` or end frame, whose human-readable text a sender clips to
-:data:`MAX_TEXT_BYTES` when the frame would not fit otherwise."""
 
 MAX_TEXT_BYTES = 1024
 """What a human-readable text (``Error.message``, an end frame's ``message``, a ``GoAway``

@@ -50,6 +50,7 @@ __all__ = [
     "KNOWN_FLAGS",
     "MAGIC",
     "MAX_PAYLOAD_LENGTH",
+    "MIN_MAX_FRAME_SIZE",
     "PROTOCOL_VERSION",
     "SUPPORTED_VERSIONS",
     "V1_VERSION",
@@ -71,6 +72,13 @@ HEADER_SIZE = 12
 """Length of the frame header in bytes."""
 DEFAULT_MAX_FRAME_SIZE = 16 * 1024 * 1024
 """Largest payload accepted unless the handshake announced another limit (16 MiB)."""
+MIN_MAX_FRAME_SIZE = 4096
+"""The smallest ``max_frame_size`` either side may announce (docs/wire-protocol.md §5.4).
+
+A ``Hello`` announcing less is refused with ``Error(INVALID_ARGUMENT)`` and a close. 4 KiB
+holds the ``Welcome``, every fixed-size frame (stream starts, gaps, acks, ``Ok``, credit
+...) and every ``Error`` or end frame, whose human-readable text a sender clips to
+:data:`~felix_proto.connection.MAX_TEXT_BYTES` when the frame would not fit otherwise."""
 KNOWN_FLAGS = 0x0000
 """Flag bits version 2 defines: none yet. Any set bit is rejected."""
 MAX_PAYLOAD_LENGTH = 0xFFFF_FFFF

@@ -40,11 +40,15 @@ reserves them in blocks of :data:`UID_BLOCK`: one extra atomic write per that ma
 A write that fails (disk full: ``StorageFull``, retryable; anything else:
 ``StorageFailed``) changes nothing: the memory state is updated only after the file is.
 
-The write happens inside :meth:`apply`, on the loop thread (the
-:class:`~felix_server.local_route.LocalRoute` glue applies a store's writes synchronously):
-an admin write answers only once it is on disk, at the cost of one small fsync'd write on
-the loop per admin change. Admin writes are rare next to publishes; making them answer
-later, from a worker thread, is a change to LocalRoute, not to this store.
+A change is made in three steps, so that its file I/O can run on a worker thread:
+:meth:`~FileMetadataStore.prepare` (the checks and the record as it will be stored, on the
+loop; nothing changes), :meth:`~FileMetadataStore.write` (the files, thread-safe: it
+touches only the file system) and :meth:`~FileMetadataStore.commit` (the memory state and
+the change, on the loop, once the files are written). At most one change may be between
+its ``prepare`` and its ``commit`` (the next one's checks depend on it):
+:class:`~felix_server.local_route.LocalRoute` runs one at a time, as a storage job, so an
+admin write answers only once it is on disk and the loop never waits for its fsyncs.
+:meth:`~FileMetadataStore.apply` makes the three steps at once (at start, and in tests).
 """
 
 from __future__ import annotations
@@ -57,9 +61,23 @@ from typing import Any
 
 from felix_core.errors import AlreadyExists, Conflict, NotFound, StorageFailed, StorageFull
 from felix_core.filesystem import FileSystem, FileSystemError, NoSpace
-from felix_core.metadata import LEAF_KINDS, Kind, MetadataChange, Path, ResourceRecord, WriteOp
+from felix_core.metadata import (
+    LEAF_KINDS,
+    Kind,
+    MetadataChange,
+    Path,
+    PreparedWrite,
+    ResourceRecord,
+    WriteOp,
+)
 
-__all__ = ["UID_BLOCK", "DamagedRecord", "FileMetadataStore", "decode_record", "encode_record"]
+__all__ = [
+    "UID_BLOCK",
+    "DamagedRecord",
+    "FileMetadataStore",
+    "decode_record",
+    "encode_record",
+]
 
 UID_BLOCK = 1024
 """How many uids one write of the ``uid`` file reserves."""
@@ -126,13 +144,17 @@ def decode_record(data: bytes) -> ResourceRecord:
         raise ValueError(f"not a record: {exc}") from None
 
 
+def _label(record: ResourceRecord) -> str:
+    return f"{record.kind.value} {'/'.join(p for p in record.path if p)}"
+
+
 def _file_name(kind: Kind, path: tuple[str, str, str]) -> str:
     # Names are [A-Za-z0-9._-] (felix_core.names): "+" never occurs in one.
     return f"{_RECORDS}/{kind.value}+{'+'.join(path)}{_SUFFIX}"
 
 
 class FileMetadataStore:
-    """A :class:`~felix_core.metadata.MetadataStore` kept in one file per resource. See the
+    """A :class:`~felix_core.metadata.StagedMetadataStore` kept in one file per resource. See the
     module docstring.
 
     Args:
@@ -206,8 +228,8 @@ class FileMetadataStore:
     def apply(
         self, op: WriteOp, record: ResourceRecord, expected_generation: int | None
     ) -> ResourceRecord:
-        """Make one change, on disk before returning; see
-        :meth:`felix_core.metadata.MetadataStore.apply`.
+        """Make one change, on disk before returning (:meth:`prepare`, :meth:`write`,
+        :meth:`commit`); see :meth:`felix_core.metadata.MetadataStore.apply`.
 
         Raises:
             AlreadyExists: a create whose path is taken.
@@ -216,40 +238,71 @@ class FileMetadataStore:
             StorageFull: the disk is full (retryable; the change is not made).
             StorageFailed: any other failure to write (the change is not made).
         """
-        key = (record.kind, record.path)
-        current = self._records.get(key)
-        label = f"{record.kind.value} {'/'.join(p for p in record.path if p)}"
+        prepared = self.prepare(op, record, expected_generation)
+        self.write(prepared)
+        return self.commit(prepared)
+
+    def prepare(
+        self, op: WriteOp, record: ResourceRecord, expected_generation: int | None
+    ) -> PreparedWrite:
+        """Check one change and say what to write; nothing changes (on the loop thread).
+
+        Raises:
+            AlreadyExists: a create whose path is taken.
+            NotFound: a replace or delete of a record that is not there.
+            Conflict: a replace whose stored generation differs from the expected one.
+        """
+        current = self._records.get((record.kind, record.path))
         if op is WriteOp.CREATE:
             if current is not None:
-                raise AlreadyExists(f"{label} exists already")
+                raise AlreadyExists(f"{_label(record)} exists already")
             record = replace(record, uid=self._uid + 1)
         elif current is None:
-            raise NotFound(f"{label} not found", details={"kind": record.kind.value})
+            raise NotFound(f"{_label(record)} not found", details={"kind": record.kind.value})
         elif op is WriteOp.REPLACE and current.generation != expected_generation:
             raise Conflict(
                 "the resource was changed concurrently",
                 details={"generation": current.generation},
             )
+        limit = None
+        if op is WriteOp.CREATE and record.uid > self._uid_limit:
+            limit = record.uid + UID_BLOCK - 1
+        return PreparedWrite(op, record, current, limit)
+
+    def write(self, prepared: PreparedWrite) -> None:
+        """Write a prepared change's files (thread-safe: only the file system is touched).
+
+        Raises:
+            StorageFull: the disk is full (retryable; commit nothing).
+            StorageFailed: any other failure to write (commit nothing).
+        """
+        record = prepared.record
         name = _file_name(record.kind, record.path)
         try:
-            if op is WriteOp.CREATE and record.uid > self._uid_limit:
-                limit = record.uid + UID_BLOCK - 1
-                self._fs.write_atomic(_UID_FILE, str(limit).encode())
-                self._uid_limit = limit
-            if op is WriteOp.DELETE:
+            if prepared.uid_limit is not None:
+                self._fs.write_atomic(_UID_FILE, str(prepared.uid_limit).encode())
+            if prepared.op is WriteOp.DELETE:
                 self._fs.remove(name)
             else:
                 self._fs.write_atomic(name, encode_record(record))
         except NoSpace as exc:
-            raise StorageFull(f"cannot store the {label} definition: {exc}") from exc
+            raise StorageFull(f"cannot store the {_label(record)} definition: {exc}") from exc
         except FileSystemError as exc:
-            raise StorageFailed(f"cannot store the {label} definition: {exc}") from exc
-        if op is WriteOp.DELETE:
-            assert current is not None
+            raise StorageFailed(f"cannot store the {_label(record)} definition: {exc}") from exc
+
+    def commit(self, prepared: PreparedWrite) -> ResourceRecord:
+        """Apply a written change to the memory state (on the loop thread); return the
+        record as stored (a delete: the deleted record)."""
+        record = prepared.record
+        key = (record.kind, record.path)
+        if prepared.uid_limit is not None:
+            self._uid_limit = max(self._uid_limit, prepared.uid_limit)
+        if prepared.op is WriteOp.DELETE:
+            assert prepared.current is not None
             del self._records[key]
             self._changes.append((record.kind, record.path, None))
-            return current
-        if op is WriteOp.CREATE:
+            return prepared.current
+        if prepared.op is WriteOp.CREATE:
             self._uid = record.uid
         self._records[key] = record
         self._changes.append((record.kind, record.path, record))

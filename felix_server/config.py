@@ -47,7 +47,7 @@ from typing import Any
 
 from felix_core.errors import EngineError
 from felix_core.limits import BrokerConfig
-from felix_proto.connection import MIN_MAX_FRAME_SIZE
+from felix_proto.frames import MIN_MAX_FRAME_SIZE
 
 __all__ = [
     "DEFAULT_LISTEN_PORT",

@@ -4,20 +4,91 @@
 request's identity goes along: the engine completes it through its events), forwards feed
 commands, and applies the engine's metadata writes to the store, feeding the answers and the
 changes back. It is the :class:`~felix_server.router.Route` of every resource today.
+
+Off the loop: once :meth:`LocalRoute.write_off_loop` is called (the server's storage glue
+does it when the store is a :class:`~felix_core.metadata.StagedMetadataStore`, the file
+store), the writes are queued instead, and :meth:`LocalRoute.take_jobs` hands them out one
+at a time as storage jobs (:class:`MetadataJob`): the checks on the loop (``prepare``), the
+files and their fsyncs on a worker thread (``write``, with the directories of a new durable
+resource's logs made first), the answer and the change back on the loop (``commit``) when
+the job is done. So an admin write still answers only once it is on disk, and the loop
+never waits for a disk.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from felix_core import events as ce
 from felix_core.broker import Broker
-from felix_core.errors import EngineError
-from felix_core.metadata import MemoryMetadataStore, MetadataStore
+from felix_core.disklog import StorageNotice
+from felix_core.errors import EngineError, StorageFailed, StorageFull
+from felix_core.filesystem import FileSystemError, NoSpace
+from felix_core.metadata import (
+    MemoryMetadataStore,
+    MetadataStore,
+    Path,
+    PreparedWrite,
+    ResourceRecord,
+    StagedMetadataStore,
+)
 from felix_proto import messages as m
 
-__all__ = ["LocalRoute"]
+__all__ = ["LocalRoute", "MetadataJob"]
+
+DirsFor = Callable[[ResourceRecord], Callable[[], None] | None]
+"""Given a record about to be created, the file work to do before its definition is
+written (making its logs' directories), or None."""
+
+
+class MetadataJob:
+    """One metadata write as a storage job: ``run`` on a worker thread, ``finish`` on the
+    loop (see the module docstring)."""
+
+    __slots__ = ("_before", "_route", "prepared", "write_id")
+
+    def __init__(
+        self,
+        route: LocalRoute,
+        write_id: int,
+        prepared: PreparedWrite,
+        before: Callable[[], None] | None,
+    ) -> None:
+        self._route = route
+        self.write_id = write_id
+        self.prepared = prepared
+        self._before = before
+
+    @property
+    def kind(self) -> str:
+        """The resource's kind."""
+        return self.prepared.record.kind.value
+
+    @property
+    def path(self) -> Path:
+        """The resource."""
+        return self.prepared.record.path
+
+    def run(self) -> object:
+        """Make the directories, then write the definition (raises what ``write`` does)."""
+        if self._before is not None:
+            try:
+                self._before()
+            except NoSpace as exc:  # the definition is not written: the create fails
+                raise StorageFull(f"cannot create the resource's directory: {exc}") from exc
+            except FileSystemError as exc:
+                raise StorageFailed(f"cannot create the resource's directory: {exc}") from exc
+        store = self._route._staged
+        assert store is not None
+        store.write(self.prepared)
+        return None
+
+    def finish(self, outcome: object, now: float) -> list[StorageNotice]:
+        """Answer the write (and feed the change) on the loop thread."""
+        self._route._written(self, outcome, now)
+        return []
 
 
 class LocalRoute:
@@ -27,8 +98,10 @@ class LocalRoute:
     The engine never calls its store: it emits :class:`~felix_core.events.MetadataWrite`
     events and learns the outcome, and every change, as inputs. This route applies each
     write as it takes the engine's events and feeds the answers back at once (the memory
-    store completes at once; a store that answers later, etcd, would feed them back when its
-    transaction returns). At start it feeds the engine every record the store holds.
+    store completes at once), or, after :meth:`write_off_loop`, queues it and feeds the
+    answer back when its :class:`MetadataJob` is done (the file store; a store that answers
+    later, etcd, would do the same when its transaction returns). At start it feeds the
+    engine every record the store holds.
 
     Args:
         engine: the engine.
@@ -42,7 +115,66 @@ class LocalRoute:
         self.store: MetadataStore = store if store is not None else MemoryMetadataStore()
         for record in self.store.records():
             engine.metadata_changed(record.kind, record.path, record, now)
+        self._staged: StagedMetadataStore | None = None  # set by write_off_loop
+        self._dirs_for: DirsFor | None = None
+        self._queued: deque[ce.MetadataWrite] = deque()
+        self._job: MetadataJob | None = None
         self._early = self._settle(engine.drain_events(), now)  # the defaults' writes
+
+    def write_off_loop(self, dirs_for: DirsFor | None = None) -> bool:
+        """From now on, hand the metadata writes out as jobs (:meth:`take_jobs`) if the
+        store can make them in steps; returns whether it can.
+
+        Args:
+            dirs_for: the file work to do, on the job's thread, before a create's record
+                is written (the directories of a new durable resource's logs).
+        """
+        if not isinstance(self.store, StagedMetadataStore):
+            return False
+        self._staged = self.store
+        self._dirs_for = dirs_for
+        return True
+
+    def take_jobs(self, now: float) -> list[MetadataJob]:
+        """The next queued metadata write as a job, if none is in flight (a write whose
+        checks fail is answered at once, without a job)."""
+        store = self._staged
+        if store is None or self._job is not None:
+            return []
+        while self._queued:
+            event = self._queued.popleft()
+            try:
+                prepared = store.prepare(event.op, event.record, event.expected_generation)
+            except EngineError as exc:
+                self.engine.metadata_written(event.write_id, exc, now)
+                continue
+            before = None
+            if self._dirs_for is not None and prepared.current is None:
+                before = self._dirs_for(prepared.record)
+            self._job = MetadataJob(self, event.write_id, prepared, before)
+            return [self._job]
+        return []
+
+    @property
+    def writes_queued(self) -> int:
+        """Metadata writes waiting for their job or in it."""
+        return len(self._queued) + (self._job is not None)
+
+    def _written(self, job: MetadataJob, outcome: object, now: float) -> None:
+        """A :class:`MetadataJob` is done: answer its write, feed the change."""
+        assert job is self._job and self._staged is not None
+        self._job = None
+        engine = self.engine
+        if isinstance(outcome, EngineError):
+            engine.metadata_written(job.write_id, outcome, now)
+            return
+        if isinstance(outcome, BaseException):  # a bug in the store: refuse, stay up
+            engine.metadata_written(job.write_id, StorageFailed(f"{outcome!r}"), now)
+            return
+        stored = self._staged.commit(job.prepared)
+        engine.metadata_written(job.write_id, stored, now)
+        for kind, path, record in self._staged.take_changes():
+            engine.metadata_changed(kind, path, record, now)
 
     def submit(self, conn_id: int, request: int, message: m.Message, now: float) -> None:
         """Make the engine call that serves ``message``.
@@ -85,6 +217,9 @@ class LocalRoute:
             for event in events:
                 if not isinstance(event, ce.MetadataWrite):
                     out.append(event)
+                    continue
+                if self._staged is not None:  # written by a job (take_jobs)
+                    self._queued.append(event)
                     continue
                 wrote = True
                 try:

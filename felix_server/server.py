@@ -209,8 +209,9 @@ class FelixServer:
         self.quic_configuration = quic_configuration
         self.observer = observer or ServerObserver()
         self.broker = broker if broker is not None else Broker(config.broker, logs=logs, now=now)
-        self.storage = StorageGlue(logs, self.broker) if logs is not None else None
-        self.router = Router(LocalRoute(self.broker, metadata, now=now), self.observer)
+        route = LocalRoute(self.broker, metadata, now=now)
+        self.storage = StorageGlue(logs, self.broker, route) if logs is not None else None
+        self.router = Router(route, self.observer)
         self.batches = EncodedBatches()
         self.share = FairShare()
         """Each tenant's turn of the current loop pass (:mod:`felix_server.fair`)."""

@@ -17,7 +17,11 @@ contract, and the adapters' one way in:
   completions into the connections' mailboxes, so the adapter's transmit that follows
   sends them;
 * the store's fsync-interval timer is one more deadline of the server's one timer
-  (:meth:`get_timer` / :meth:`handle_timer`).
+  (:meth:`get_timer` / :meth:`handle_timer`);
+* the metadata writes of the route (:class:`~felix_server.local_route.LocalRoute`), when its
+  store writes files: :meth:`take_jobs` hands them out among the store's jobs, one at a
+  time, after making a new durable resource's log directories on the job's thread too
+  (:meth:`log_dirs`), so neither the definition's fsyncs nor the ``mkdir`` run on the loop.
 
 Shutdown: :meth:`final_jobs` asks every log for a last sync once no job is in flight;
 the adapter runs them like the others, then calls :meth:`close` (logs closed, descriptors
@@ -27,6 +31,8 @@ may.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from felix_core.broker import Broker
 from felix_core.disklog import (
     DiskLogStore,
@@ -35,7 +41,9 @@ from felix_core.disklog import (
     LogReadable,
     StorageJob,
 )
-from felix_core.metadata import Kind
+from felix_core.metadata import LEAF_KINDS, Kind, ResourceRecord
+from felix_core.queue_journal import state_path
+from felix_server.local_route import LocalRoute
 
 __all__ = ["StorageGlue"]
 
@@ -46,11 +54,15 @@ class StorageGlue:
     Args:
         store: the durable log store the engine's logs come from.
         engine: the engine told what the jobs found.
+        route: the route whose metadata writes run as jobs too (when its store can).
     """
 
-    def __init__(self, store: DiskLogStore, engine: Broker) -> None:
+    def __init__(self, store: DiskLogStore, engine: Broker, route: LocalRoute | None = None):
         self.store = store
         self.engine = engine
+        self.route = route
+        if route is not None:
+            route.write_off_loop(self.log_dirs)
         self.in_flight = 0
         """Jobs handed out by :meth:`take_jobs` whose :meth:`job_done` has not come."""
         self.failed_jobs = 0
@@ -59,8 +71,27 @@ class StorageGlue:
     def take_jobs(self, now: float) -> list[StorageJob]:
         """The jobs to run now (each on a worker thread, then :meth:`job_done`)."""
         jobs = self.store.take_jobs(now)
+        if self.route is not None:
+            jobs += self.route.take_jobs(now)
         self.in_flight += len(jobs)
         return jobs
+
+    def log_dirs(self, record: ResourceRecord) -> Callable[[], None] | None:
+        """For a resource about to be created: make its logs' directories (a durable
+        stream, queue, with its state log, or cache), or None (nothing on disk)."""
+        if record.kind not in LEAF_KINDS or record.settings.get("durability") != "durable":
+            return None
+        store, kind = self.store, record.kind.value
+        paths = [record.path]
+        if record.kind is Kind.QUEUE:
+            paths.append(state_path(record.path))
+        dirs = [store.directory(kind, path, record.uid) for path in paths]
+
+        def make() -> None:
+            for directory in dirs:
+                store.fs.make_dirs(directory)
+
+        return make
 
     def job_done(self, job: StorageJob, outcome: object, now: float) -> None:
         """A job's ``run`` returned ``outcome`` (or raised it, an exception): apply it on

@@ -28,7 +28,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from . import cache, memory, pubsub, queues, raw_quic
+from . import cache, durable, memory, pubsub, queues, raw_quic
 from .parser import build_parser
 from .report import Figure, attach_ratios, document, print_table
 from .runner import Progress, Runner
@@ -54,6 +54,7 @@ def plan(scenario: str) -> list[Step]:
         "pubsub-throughput": [pubsub.run_throughput],
         "queue": [queues.run],
         "cache": [cache.run],
+        "durable": [durable.run],
         "memory": [memory.run],
         "all": [
             raw_quic.run,
@@ -61,6 +62,7 @@ def plan(scenario: str) -> list[Step]:
             pubsub.run_throughput,
             queues.run,
             cache.run,
+            durable.run,
             memory.run,
         ],
     }
@@ -77,7 +79,9 @@ def _settings(args: argparse.Namespace) -> RunSettings:
         throughput_batches=args.batch or d.throughput_batches,
         queue_consumers=args.consumers or d.queue_consumers,
         cache_concurrency=args.concurrency or d.cache_concurrency,
-        memory_publishes=args.publishes or memory.default_publishes(args.scenario, args.seconds),
+        durable_publishers=args.publishers or d.durable_publishers,
+        memory_publishes=args.memory_publishes
+        or memory.default_publishes(args.scenario, args.seconds),
     )
     unknown = (set(args.engine) | set(args.quic_engine)) - set(ENGINES)
     if unknown:

@@ -3,8 +3,8 @@
 One subscriber process creates a fresh stream (the broker's defaults, or ``--stream-set``),
 subscribes from its start with the client's default credit (1024 records / 1 MiB) and then
 reads nothing: its connection stays open and its client keeps acknowledging QUIC packets,
-but it grants no more credit. A publisher process then publishes ``--publishes`` records
-(default 1,000,000) of 100 B in batches of 64, as fast as the broker takes them.
+but it grants no more credit. A publisher process then publishes ``--memory-publishes``
+records (default 1,000,000) of 100 B in batches of 64, as fast as the broker takes them.
 
 The parent reads the broker's ``VmRSS`` from ``/proc/PID/status`` before (the baseline) and
 every 20 ms during the figure, and resets the broker's ``VmHWM`` just before the publisher

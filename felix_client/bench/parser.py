@@ -143,7 +143,13 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"cache request concurrency (default {d.cache_concurrency})",
     )
     m.add_argument(
-        "--publishes",
+        "--publishers",
+        type=_positive_ints,
+        metavar="N",
+        help=f"concurrent committed publishers, durable (default {d.durable_publishers})",
+    )
+    m.add_argument(
+        "--memory-publishes",
         type=_count,
         metavar="N",
         help=f"records published past the stalled subscriber, memory (default "

@@ -230,9 +230,15 @@ def account(figure: Figure, published: dict[str, Any], received: dict[str, Any])
     return delivered
 
 
-def _cpu(figure: Figure, units: int, client_s: float, broker_s: float) -> None:
+def _cpu(
+    figure: Figure, units: int, publisher_s: float, subscriber_s: float, broker_s: float
+) -> None:
+    """CPU per delivered record: the clients (publisher and subscriber processes together,
+    and each on its own) and the broker."""
     units = max(units, 1)
-    figure.metrics["client_cpu_us"] = client_s * 1e6 / units
+    figure.metrics["client_cpu_us"] = (publisher_s + subscriber_s) * 1e6 / units
+    figure.metrics["publisher_cpu_us"] = publisher_s * 1e6 / units
+    figure.metrics["subscriber_cpu_us"] = subscriber_s * 1e6 / units
     figure.metrics["broker_cpu_us"] = broker_s * 1e6 / units
 
 
@@ -279,7 +285,7 @@ def run_latency(runner: Runner) -> None:
             if not samples:
                 figure.valid = False
                 figure.notes.append("no timed delivery")
-            _cpu(figure, delivered, published["cpu_s"] + received["cpu_s"], broker_s)
+            _cpu(figure, delivered, published["cpu_s"], received["cpu_s"], broker_s)
             runner.add(figure)
 
 
@@ -342,5 +348,5 @@ def run_throughput(runner: Runner) -> None:
                 if delivered == 0:
                     figure.valid = False
                     figure.notes.append("nothing was delivered")
-                _cpu(figure, delivered, published["cpu_s"] + received["cpu_s"], broker_s)
+                _cpu(figure, delivered, published["cpu_s"], received["cpu_s"], broker_s)
                 runner.add(figure)

@@ -32,6 +32,7 @@ SCENARIOS = (
     "pubsub-throughput",
     "queue",
     "cache",
+    "durable",
     "memory",
     "all",
 )
@@ -110,6 +111,11 @@ class Matrix:
     queue_enqueue_batch: int = 64
     cache_value: int = 256
     cache_concurrency: tuple[int, ...] = (1, 64)
+    durable_payload: int = 100
+    durable_batch: int = 64
+    """Records per publish of the ``durable`` scenario (accepted and committed)."""
+    durable_publishers: tuple[int, ...] = (1, 64)
+    """Concurrent committed publishers of the ``durable`` scenario."""
     raw_message: int = 100
     """Size of the raw one-way messages (the pub/sub throughput anchor is 100 B records)."""
     raw_ping: int = 64

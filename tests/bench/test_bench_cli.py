@@ -65,6 +65,9 @@ def figures_of(done: subprocess.CompletedProcess[str]) -> dict[str, dict[str, An
         if f["scenario"].startswith("pubsub"):
             fanout = f["params"]["fanout"]
             assert m["delivered"] + m["dropped"] == m["published"] * fanout, f["id"]
+            # The clients' CPU, also split by process (which side a change moved).
+            split = m["publisher_cpu_us"] + m["subscriber_cpu_us"]
+            assert split == pytest.approx(m["client_cpu_us"]), f["id"]
         if f["anchor"] is not None and f["anchor"] in figures:
             assert f["ratios"], f["id"]
     return figures
@@ -84,6 +87,8 @@ def all_run() -> tuple[dict[str, Any], dict[str, dict[str, Any]], str]:
         "--batch",
         "1,16",
         "--concurrency",
+        "1,4",
+        "--publishers",
         "1,4",
     )
     figures = figures_of(done)
@@ -111,6 +116,11 @@ def test_all_measures_the_matrix_with_anchors_from_the_same_run(
         "cache/felix/put/c=1",
         "cache/felix/get/c=4",
         "cache/felix/put/c=4",
+        "durable/accepted/durability=ephemeral",
+        "durable/accepted/durability=durable",
+        "durable/plain-fsync",
+        "durable/committed/publishers=1",
+        "durable/committed/publishers=4",
         "memory/stalled-subscriber/publishes=30000",  # 100,000 per second of a short all
     }
     if HAS_REDIS:
@@ -234,7 +244,7 @@ def test_memory_on_a_given_server_reports_the_gap_and_says_what_it_cannot_measur
             broker.url,
             "--ca",
             broker.ca_file,
-            "--publishes",
+            "--memory-publishes",
             "10000",
             "--stream-set",
             "retention_max_bytes=200000",
@@ -302,6 +312,40 @@ def test_a_scenario_alone_runs_its_anchor_first_against_a_given_server(tmp_path:
     assert tput["metrics"]["delivered"] == tput["metrics"]["published"] > 0
 
 
+def test_durable_puts_durable_next_to_ephemeral_and_committed_next_to_fsync() -> None:
+    """``durable`` alone: accepted to a durable stream divided by the same to an ephemeral
+    one, committed publishes (1 and 4 publishers) divided by a plain write + fsync loop,
+    and how many times one publisher's rate the concurrent publishers reach."""
+    done = bench("durable", *SHORT, "--json", "--publishers", "1,4", "--runtime", "anyio-trio")
+    figures = figures_of(done)
+    assert list(figures) == [
+        "durable/accepted/durability=ephemeral",
+        "durable/accepted/durability=durable",
+        "durable/plain-fsync",
+        "durable/committed/publishers=1",
+        "durable/committed/publishers=4",
+    ]
+    ephemeral = figures["durable/accepted/durability=ephemeral"]
+    durable = figures["durable/accepted/durability=durable"]
+    assert durable["anchor"] == ephemeral["id"] and ephemeral["anchor"] is None
+    assert durable["params"]["fsync"] == "interval" and durable["params"]["batch"] == 64
+    assert durable["ratios"]["msg_per_s"] == pytest.approx(
+        durable["metrics"]["msg_per_s"] / ephemeral["metrics"]["msg_per_s"]
+    )
+    assert durable["metrics"]["broker_cpu_ratio"] == pytest.approx(
+        ephemeral["metrics"]["broker_cpu_us"] / durable["metrics"]["broker_cpu_us"]
+    )
+    fsync = figures["durable/plain-fsync"]
+    assert fsync["metrics"]["ops_per_s"] > 0 and fsync["metrics"]["p50_us"] > 0
+    one, four = figures["durable/committed/publishers=1"], figures["durable/committed/publishers=4"]
+    for f in (one, four):
+        assert f["anchor"] == fsync["id"] and f["params"]["ack"] == "committed"
+        assert f["metrics"]["broker_cpu_us"] > 0 and f["metrics"]["client_cpu_us"] > 0
+        assert set(f["ratios"]) == {"ops_per_s", "p50_us", "p99_us", "p999_us"}
+    assert four["metrics"]["vs_1_publisher"] > 0 and "vs_1_publisher" not in one["metrics"]
+    assert json.loads(done.stdout)["run"]["runtime"] == "anyio-trio"
+
+
 def test_text_output_is_a_table() -> None:
     done = bench("queue", "--seconds", "0.2", "--consumers", "1")
     assert done.returncode == 0, done.stderr[-3000:]
@@ -352,6 +396,7 @@ def test_cache_without_redis_server_skips_the_comparison_on_trio(tmp_path: Path)
         (("raw-quic", "--engine", "picoquic"), "unknown QUIC engine"),
         (("cache", "--quic-engine", "aioquic,picoquic"), "unknown QUIC engine"),
         (("queue", "--consumers", "0"), "at least 1"),
+        (("durable", "--publishers", "0"), "at least 1"),
         (("nonsense",), "invalid choice"),
     ],
 )

@@ -39,6 +39,9 @@ class _FakeTransport:
     async def flush(self) -> None:
         return None
 
+    async def flush_request(self) -> None:
+        return None
+
 
 def connected() -> Connection:
     """A :class:`Connection` over a fake transport whose machine is handshaken (with a

@@ -1,8 +1,8 @@
 """``felix`` starts without the engine or the QUIC client: the commands that need no
 connection (``--version``, ``--help``, ``token``, ``log``, ``audit``, ``completion``,
 ``context``) must not pay for importing them; ``felix completion`` (which reads ``felix
-bench``'s parser too) loads neither the client, anyio, asyncio, aioquic nor the bench
-extra. The package ``__init__``\\ s export lazily
+bench``'s parser too) loads neither the client, the codec, anyio, asyncio, aioquic nor
+the bench extra. The package ``__init__``\\ s export lazily
 (PEP 562, :mod:`felix_proto._lazy`); every exported name must still resolve."""
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ COMPLETION_HEAVY = (
     "felix_client.client",
     "felix_client.bench.command",
     "felix_core.broker",
+    "felix_proto.codec",
     "aioquic",
     "anyio",
     "asyncio",

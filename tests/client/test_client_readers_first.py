@@ -148,6 +148,21 @@ async def test_a_request_made_on_waking_leaves_in_the_pass_transmit() -> None:
     assert log == ["transmit", "publish", "pump request", "transmit", "flushed"]
 
 
+@ASYNCIO_ONLY
+async def test_a_request_made_on_waking_does_not_wait_for_the_pass_transmit() -> None:
+    async def requester(transport: QuicTransport, handler: _Handler) -> None:
+        await handler.woken.wait()
+        handler.log.append("request")
+        handler.queued += 1
+        await transport.flush_request()  # what Connection.request does
+        handler.log.append("flushed")
+
+    log = await _run(requester)
+    # the request returns to wait for its reply at once (no loop iteration for the flush);
+    # the pass's one transmit, right after, carries it
+    assert log == ["transmit", "request", "flushed", "pump request", "transmit"]
+
+
 async def test_the_connection_says_when_it_woke_a_waiter() -> None:
     conn = connected()
     assert conn.pump(100.0) is False

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 import pickle
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,7 +15,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from felix_client import errors
 from felix_client._local import check_headers, delay_ms, ttl_ms
-from felix_client._streams import Publisher, Record, Subscription
+from felix_client._streams import MAX_IDLE_SENDERS, Publisher, RecordBatch, Subscription
 from felix_client._url import DEFAULT_PORT, parse_url
 from felix_client.types import Event, Headers, PublishResult, Start
 from felix_proto import events as ev
@@ -124,15 +124,15 @@ class FakeBroker:
         self.batches: list[list[bytes]] = []
         self.next_offset = 0
 
-    async def send(self, batch: Sequence[Record], ack: AckMode) -> PublishResult | None:
-        size = sum(r.size for r in batch)
+    async def send(self, batch: RecordBatch, ack: AckMode) -> PublishResult | None:
+        size = batch.size
         self.in_flight += size
         self.peak = max(self.peak, self.in_flight)
         try:
             await anyio.sleep(self.delay)
             if self.fail_at is not None and len(self.batches) >= self.fail_at:
                 raise errors.NotFound("stream x does not exist")
-            self.batches.append([r.payload for r in batch])
+            self.batches.append(list(batch.payloads))
             first = self.next_offset
             self.next_offset += len(batch)
             return None if ack == AckMode.NONE else PublishResult(first, self.next_offset - 1)
@@ -176,6 +176,96 @@ async def test_publisher_linger_sends_partial_batch() -> None:
 
 
 @pytest.mark.anyio
+async def test_publisher_linger_counts_from_each_batch_first_record() -> None:
+    broker = FakeBroker()
+    async with Publisher(broker.send, max_batch_records=2, linger=0.05) as pub:
+        for payload in (b"a", b"b", b"c"):  # a full batch goes at once, "c" lingers
+            await pub.publish(payload)
+        for _ in range(5):
+            await anyio.lowlevel.checkpoint()
+        assert pub.sent_records == 2
+        with anyio.fail_after(2):
+            while pub.sent_records < 3:
+                await anyio.sleep(0.005)
+        await pub.publish(b"d")  # and the linger task goes on with the next batch
+        with anyio.fail_after(2):
+            while pub.sent_records < 4:
+                await anyio.sleep(0.005)
+        await anyio.sleep(0.2)  # quiet for longer than linger: the linger task idles
+        await pub.publish(b"e")  # and the next batch's first record wakes it
+        with anyio.fail_after(2):
+            while pub.sent_records < 5:
+                await anyio.sleep(0.005)
+    assert broker.batches == [[b"a", b"b"], [b"c"], [b"d"], [b"e"]]
+
+
+@pytest.mark.anyio
+async def test_publisher_batches_keys_headers_and_text_as_columns() -> None:
+    sent: list[tuple[list[bytes], Any, Any, int]] = []
+
+    async def send(batch: RecordBatch, ack: AckMode) -> PublishResult | None:
+        sent.append((list(batch.payloads), batch.keys, batch.headers, batch.size))
+        return PublishResult(0, len(batch) - 1)
+
+    async with Publisher(send, max_batch_records=4, linger=0) as pub:
+        await pub.publish(b"a")
+        await pub.publish(b"b", key=b"kk")
+        await pub.publish("\u00e9", headers={"h": b"vvv"})  # type: ignore[arg-type]
+        await pub.publish(b"d")
+        await pub.publish(b"e")  # a batch of plain records again: no columns
+    assert sent[0] == (
+        [b"a", b"b", "\u00e9".encode(), b"d"],
+        [None, b"kk", None, None],
+        [None, None, {"h": b"vvv"}, None],
+        1 + 1 + 2 + 2 + 1 + 3 + 1,
+    )
+    assert sent[1] == ([b"e"], None, None, 1)
+
+
+@pytest.mark.anyio
+async def test_publisher_reuses_its_sender_tasks() -> None:
+    broker = FakeBroker()
+    senders: set[int] = set()
+    send = broker.send
+
+    async def traced(batch: RecordBatch, ack: AckMode) -> PublishResult | None:
+        senders.add(anyio.get_current_task().id)
+        return await send(batch, ack)
+
+    async with Publisher(traced, max_batch_records=2, linger=0) as pub:
+        for i in range(20):
+            await pub.publish(b"%d" % i)
+            if i % 4 == 3:
+                await pub.flush()  # every sender idles: the next batches reuse them
+    assert pub.acked_records == 20
+    assert len(senders) <= 2, senders  # a batch costs a wake-up, not a task
+
+
+@pytest.mark.anyio
+async def test_publisher_keeps_a_bounded_number_of_idle_senders() -> None:
+    release = anyio.Event()
+    waiting = [0]
+
+    async def send(batch: RecordBatch, ack: AckMode) -> PublishResult | None:
+        waiting[0] += 1
+        await release.wait()  # every batch in flight at once: one sender each
+        return None
+
+    burst = MAX_IDLE_SENDERS + 20
+    async with Publisher(send, max_batch_records=1, linger=0) as pub:
+        for _ in range(burst):
+            await pub.publish(b"x")
+        with anyio.fail_after(2):
+            while waiting[0] < burst:
+                await anyio.lowlevel.checkpoint()
+        release.set()
+        await pub.flush()
+        await anyio.wait_all_tasks_blocked()
+        assert len(pub._idle) == MAX_IDLE_SENDERS  # the others ended with their batch
+    assert pub.acked_records == burst
+
+
+@pytest.mark.anyio
 async def test_publisher_oversized_record_still_goes_alone() -> None:
     broker = FakeBroker()
     async with Publisher(broker.send, max_batch_bytes=10, max_in_flight_bytes=10) as pub:
@@ -195,7 +285,7 @@ async def test_publisher_surfaces_the_first_failure() -> None:
             self.release = anyio.Event()
             self.failed = anyio.Event()
 
-        async def send(self, batch: Sequence[Record], ack: AckMode) -> PublishResult | None:
+        async def send(self, batch: RecordBatch, ack: AckMode) -> PublishResult | None:
             self.calls += 1
             if self.calls == 1:
                 return await super().send(batch, ack)
@@ -223,7 +313,7 @@ async def test_publisher_retries_overloaded_then_gives_up() -> None:
     class Flaky(FakeBroker):
         refusals = 2
 
-        async def send(self, batch: Sequence[Record], ack: AckMode) -> PublishResult | None:
+        async def send(self, batch: RecordBatch, ack: AckMode) -> PublishResult | None:
             if self.refusals:
                 self.refusals -= 1
                 raise errors.Overloaded("slow subscriber")
@@ -245,7 +335,7 @@ async def test_publisher_waits_the_retry_after_the_broker_names() -> None:
     class OverQuota(FakeBroker):
         refused = False
 
-        async def send(self, batch: Sequence[Record], ack: AckMode) -> PublishResult | None:
+        async def send(self, batch: RecordBatch, ack: AckMode) -> PublishResult | None:
             if not self.refused:
                 self.refused = True
                 raise errors.Overloaded("over quota", details={"retry_after_ms": 200})

@@ -22,6 +22,7 @@ from felix_core.segments import (
     decode_index,
     encode_batch,
     encode_index,
+    encode_stamped_batch,
     index_name,
     log_name,
     parse_segment_name,
@@ -234,6 +235,24 @@ def test_plain_batches_are_the_specified_bytes(base: int, payloads: list[bytes])
     assert batch.payloads == payloads
 
 
+@given(base=st.integers(0, 2**63), records=_records, stamp=st.integers(0, 2**62))
+def test_a_stamped_batch_is_the_batch_of_one_timestamp(
+    base: int, records: list[tuple[bytes, bytes | None, dict[str, bytes] | None]], stamp: int
+) -> None:
+    """An append's encoder (one timestamp for every record) writes the bytes of
+    encode_batch with that timestamp repeated, and says the records' byte size."""
+    payloads, keys, headers = (
+        [r[0] for r in records],
+        [r[1] for r in records],
+        [r[2] for r in records],
+    )
+    n = len(records)
+    for k, h in ((None, None), (keys, headers), ([None] * n, [None] * n)):
+        data, nbytes = encode_stamped_batch(base, payloads, stamp, k, h)
+        assert data == encode_batch(base, payloads, [stamp] * n, k, h)
+        assert nbytes == decode_batch(data)[0].byte_size()
+
+
 def test_a_timestamp_dip_between_equal_ends_is_refused() -> None:
     """First and last timestamps equal is not enough to take the one-timestamp path: one
     in between that goes back is refused, never written as the batch's timestamp."""
@@ -250,6 +269,13 @@ def test_encode_refuses_bad_input() -> None:
         encode_batch(0, [b"a", b"b"], [2, 1])
     with pytest.raises(ValueError):
         encode_batch(0, [b"a"], [1], headers=[None, None])
+    for bad in (
+        ([], 1, None, None),
+        ([b"a"], 1, [None, None], None),
+        ([b"a"], 1, None, [None] * 2),
+    ):
+        with pytest.raises(ValueError):
+            encode_stamped_batch(0, *bad)
 
 
 def test_records_that_do_not_fit_their_checked_batch_are_refused() -> None:
