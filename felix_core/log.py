@@ -8,8 +8,13 @@ offset. ``first_offset`` is the oldest retained offset and ``next_offset`` the o
 append gets; the log is empty exactly when they are equal.
 
 :class:`MemoryLog` keeps records as *parallel Python lists* (payloads, timestamps, keys,
-headers) plus a list of cumulative byte sizes. List index ``i`` holds offset ``_base + i``;
-the live records are the indices from ``_head`` to the end. Trimming only advances ``_head``
+headers) plus an ``array('q')`` of cumulative byte sizes: 8 bytes a record, where a list of
+ints cost 40 (an int object and its slot), a sixth of what a retained 100-byte record cost.
+List index ``i`` holds offset ``_base + i``; the live records are the indices from ``_head``
+to the end. The key and header lists are *columns* that exist only while a retained record
+has a key (headers): until then, and again once the last such record is trimmed, the column
+is None and so is every record's key (headers), and a stream of plain records pays no slot
+for them. Trimming only advances ``_head``
 (and drops the references of the trimmed payloads at once, so their memory is released);
 the dead prefix of the lists is deleted in one go when it is as long as the live part, so
 trimming is amortised O(1) per record.
@@ -39,6 +44,7 @@ evict, which the ``block`` slow-consumer policy needs *before* appending.
 
 from __future__ import annotations
 
+from array import array
 from bisect import bisect_left, bisect_right
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -279,10 +285,11 @@ class MemoryLog:
         self._head = 0
         self._payloads: list[bytes] = []
         self._timestamps: list[int] = []
-        self._keys: list[bytes | None] = []
-        self._headers: list[dict[str, bytes] | None] = []
+        # Columns: None (every record's key / headers is None) or parallel to _payloads.
+        self._keys: list[bytes | None] | None = None
+        self._headers: list[dict[str, bytes] | None] | None = None
         # _cum[i] = total bytes of list indices < i; one longer than the other lists.
-        self._cum: list[int] = [0]
+        self._cum: array[int] = array("q", [0])
         self._keyed = 0  # retained records that have a key
         self._headered = 0  # retained records that have headers
         self._last_ts = -(1 << 63)  # timestamp of the last append, even if since trimmed
@@ -346,17 +353,24 @@ class MemoryLog:
         Returns:
             The offset of the new record.
         """
-        offset = self._base + len(self._payloads)
-        self._timestamps.append(self._stamp(timestamp_ms))
-        self._payloads.append(payload)
-        self._keys.append(key)
-        if key is not None:
-            self._keyed += 1
+        length = len(self._payloads)
+        offset = self._base + length
         if not headers:
             headers = None
-        else:
+        if key is not None:
+            if self._keys is None:
+                self._keys = [None] * length
+            self._keyed += 1
+        if headers is not None:
+            if self._headers is None:
+                self._headers = [None] * length
             self._headered += 1
-        self._headers.append(headers)
+        self._timestamps.append(self._stamp(timestamp_ms))
+        self._payloads.append(payload)
+        if self._keys is not None:
+            self._keys.append(key)
+        if self._headers is not None:
+            self._headers.append(headers)
         size = record_size(payload, key, headers)
         self._cum.append(self._cum[-1] + size)
         if self._meter is not None:
@@ -386,27 +400,36 @@ class MemoryLog:
             ValueError: ``keys`` or ``headers`` is not as long as ``payloads``.
         """
         n = len(payloads)
-        offset = self._base + len(self._payloads)
+        length = len(self._payloads)
+        offset = self._base + length
         if keys is not None and len(keys) != n:
             raise ValueError("keys must be as long as payloads")
         if headers is not None and len(headers) != n:
             raise ValueError("headers must be as long as payloads")
         if n == 0:
             return offset
-        self._payloads.extend(payloads)
-        self._timestamps.extend([self._stamp(timestamp_ms)] * n)
         cum = self._cum
         keyed = n - keys.count(None) if keys is not None else 0
         headered = n - sum(1 for h in headers if not h) if headers is not None else 0
+        if keyed and self._keys is None:
+            self._keys = [None] * length
+        if headered and self._headers is None:
+            self._headers = [None] * length
+        self._payloads.extend(payloads)
+        self._timestamps.extend([self._stamp(timestamp_ms)] * n)
         if keyed == 0 and headered == 0:
-            self._keys.extend([None] * n)
-            self._headers.extend([None] * n)
+            if self._keys is not None:
+                self._keys.extend([None] * n)
+            if self._headers is not None:
+                self._headers.extend([None] * n)
             sizes = accumulate(map(len, payloads), initial=cum[-1])
         else:
-            self._keys.extend(keys if keys is not None else [None] * n)
-            norm = [h or None for h in headers] if headers is not None else [None] * n
-            self._headers.extend(norm)
             key_list = keys if keys is not None else [None] * n
+            norm = [h or None for h in headers] if headers is not None else [None] * n
+            if self._keys is not None:
+                self._keys.extend(key_list)
+            if self._headers is not None:
+                self._headers.extend(norm)
             sizes = accumulate(map(record_size, payloads, key_list, norm), initial=cum[-1])
             self._keyed += keyed
             self._headered += headered
@@ -457,11 +480,13 @@ class MemoryLog:
                 b = a + 1
         keys: list[bytes | None] | None = None
         if self._keyed:
+            assert self._keys is not None  # a keyed record is retained: the column exists
             keys = self._keys[a:b]
             if keys.count(None) == len(keys):
                 keys = None
         headers: list[dict[str, bytes] | None] | None = None
         if self._headered:
+            assert self._headers is not None
             headers = self._headers[a:b]
             if headers.count(None) == len(headers):
                 headers = None
@@ -497,22 +522,28 @@ class MemoryLog:
         h1 = h0 + n
         if self._meter is not None:
             self._meter.adjust(self._cum[h0] - self._cum[h1])
-        if self._keyed:
+        if self._keys is not None:
             dropped_keys = self._keys[h0:h1]
             self._keyed -= n - dropped_keys.count(None)
             self._keys[h0:h1] = [None] * n
-        if self._headered:
+            if not self._keyed:  # the last keyed record is gone: so is the column
+                self._keys = None
+        if self._headers is not None:
             dropped_headers = self._headers[h0:h1]
             self._headered -= n - dropped_headers.count(None)
             self._headers[h0:h1] = [None] * n
+            if not self._headered:
+                self._headers = None
         # Release the payloads now; b"" is a shared singleton.
         self._payloads[h0:h1] = [b""] * n
         self._head = h1
         if h1 >= _MIN_COMPACT and h1 >= len(self._payloads) - h1:
             del self._payloads[:h1]
             del self._timestamps[:h1]
-            del self._keys[:h1]
-            del self._headers[:h1]
+            if self._keys is not None:
+                del self._keys[:h1]
+            if self._headers is not None:
+                del self._headers[:h1]
             del self._cum[:h1]
             self._base += h1
             self._head = 0

@@ -10,9 +10,10 @@ by ``--server``); load generators run in worker processes. Modules, one concern 
 * :mod:`.workers`: the load-generator processes and their jobs' context;
 * :mod:`.runner`: what a scenario gets from the run, and the progress line;
 * :mod:`.quic_endpoint`, :mod:`.raw_quic`: the ``raw-quic`` ceiling (aioquic, qh3);
-* :mod:`.pubsub`, :mod:`.queues`, :mod:`.cache`: the Felix scenarios (their jobs and the
-  parent's side);
-* :mod:`.hdr`, :mod:`.report`: latency percentiles, figures, ratios, table and JSON.
+* :mod:`.pubsub`, :mod:`.queues`, :mod:`.cache`, :mod:`.memory`: the Felix scenarios
+  (their jobs and the parent's side);
+* :mod:`.hdr`, :mod:`.report`: latency percentiles, figures, ratios, table and JSON;
+* :mod:`.plot`: ``felix bench plot``, PNGs of a JSON result (matplotlib).
 
 ``docs/performance.md`` says what each scenario measures and shows the latest figures.
 """

@@ -28,7 +28,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from . import cache, durable, pubsub, queues, raw_quic
+from . import cache, durable, memory, pubsub, queues, raw_quic
 from .parser import build_parser
 from .report import Figure, attach_ratios, document, print_table
 from .runner import Progress, Runner
@@ -55,6 +55,7 @@ def plan(scenario: str) -> list[Step]:
         "queue": [queues.run],
         "cache": [cache.run],
         "durable": [durable.run],
+        "memory": [memory.run],
         "all": [
             raw_quic.run,
             pubsub.run_latency,
@@ -62,6 +63,7 @@ def plan(scenario: str) -> list[Step]:
             queues.run,
             cache.run,
             durable.run,
+            memory.run,
         ],
     }
     return steps[scenario]
@@ -78,6 +80,8 @@ def _settings(args: argparse.Namespace) -> RunSettings:
         queue_consumers=args.consumers or d.queue_consumers,
         cache_concurrency=args.concurrency or d.cache_concurrency,
         durable_publishers=args.publishers or d.durable_publishers,
+        memory_publishes=args.memory_publishes
+        or memory.default_publishes(args.scenario, args.seconds),
     )
     unknown = (set(args.engine) | set(args.quic_engine)) - set(ENGINES)
     if unknown:
@@ -106,10 +110,16 @@ def machine() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``felix bench``. Returns the exit code."""
+    """Entry point of ``felix bench`` (``felix bench plot`` is :func:`.plot.main`).
+    Returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["plot"]:
+        from .plot import main as plot_main
+
+        return plot_main(argv[1:])
     parser = build_parser()
     try:
-        args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+        args = parser.parse_args(argv)
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     try:
@@ -150,6 +160,7 @@ def _run(
         pool = pools.enter_context(WorkerPool(POOL_SIZE, settings.loop))
         for engine in settings.quic_engines:
             with ExitStack() as stack:
+                broker: LocalBroker | None = None
                 if args.server:
                     from felix_runtime.tls import ensure_self_signed
 
@@ -179,6 +190,7 @@ def _run(
                     tmp=Path(tmp) / engine,
                     engine=engine,
                     figures=figures,
+                    broker=broker,
                 )
                 runner.tmp.mkdir(exist_ok=True)
                 for step in plan(args.scenario):

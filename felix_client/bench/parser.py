@@ -32,6 +32,16 @@ def _positive_ints(text: str) -> tuple[int, ...]:
     return values
 
 
+def _count(text: str) -> int:
+    try:
+        value = int(text.replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number of at least 1, not {text!r}")
+    return value
+
+
 def _seconds(text: str) -> float:
     value = float(text)
     if not 0 < value <= 3600:
@@ -57,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Measure a Felix broker, next to the QUIC engine's own ceiling "
         "(raw-quic) and, for the cache, redis-py, in one run. Runs the broker in its own "
         "process unless --server is given; load generators run in their own processes.",
-        epilog="docs/performance.md explains each scenario and its figures.",
+        epilog="`felix bench plot FILE --out DIR` draws PNG plots of a --json-file result. "
+        "docs/performance.md explains each scenario and its figures.",
     )
     p.add_argument("scenario", choices=SCENARIOS)
     p.add_argument(
@@ -136,6 +147,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_ints,
         metavar="N",
         help=f"concurrent committed publishers, durable (default {d.durable_publishers})",
+    )
+    m.add_argument(
+        "--memory-publishes",
+        type=_count,
+        metavar="N",
+        help=f"records published past the stalled subscriber, memory (default "
+        f"{d.memory_publishes:,}; in all with --seconds under 2, 100,000 per second)",
     )
     m.add_argument(
         "--stream-set",

@@ -32,7 +32,7 @@ import anyio
 
 from ..types import Event
 from . import raw_quic
-from .hdr import summarize
+from .hdr import distribution, summarize
 from .report import Figure
 from .runner import Runner
 from .settings import BrokerTarget
@@ -281,6 +281,7 @@ def run_latency(runner: Runner) -> None:
                 arrived = zip(array("q", sub["offsets"]), array("q", sub["times"]), strict=True)
                 samples.extend(t - sent_at[o] for o, t in arrived if o in sent_at)
             figure.metrics.update(summarize([samples]))
+            figure.distribution = distribution([samples])
             if not samples:
                 figure.valid = False
                 figure.notes.append("no timed delivery")

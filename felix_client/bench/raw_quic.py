@@ -29,7 +29,7 @@ from array import array
 from dataclasses import replace
 from typing import Any
 
-from .hdr import summarize
+from .hdr import distribution, summarize
 from .quic_endpoint import Endpoint, EngineMissing, load_engine
 from .report import Figure
 from .runner import Runner
@@ -303,6 +303,7 @@ def _measure(runner: Runner, engine: str, version: str, mode: str, size: int) ->
         units = max(messages, 1)
     else:
         latency = summarize([result["samples"]])
+        figure.distribution = distribution([result["samples"]])
         figure.metrics = {
             **latency,
             "round_trips_per_s": latency["count"] / result["seconds"],

@@ -40,6 +40,9 @@ class Figure:
     valid: bool = True
     """False when the measurement cannot be trusted (unexplained loss, a missing count)."""
     notes: list[str] = field(default_factory=list)
+    distribution: list[tuple[float, float]] = field(default_factory=list)
+    """A latency figure's ``[(percentile, us), ...]`` (:func:`.hdr.distribution`), for the
+    plots; empty for the others."""
 
     def as_dict(self) -> dict[str, Any]:
         """The figure as JSON-ready data."""
@@ -53,6 +56,7 @@ class Figure:
             "ratios": {k: _finite(v) for k, v in self.ratios.items()},
             "valid": self.valid,
             "notes": list(self.notes),
+            **({"distribution": [list(p) for p in self.distribution]} if self.distribution else {}),
         }
 
 
@@ -102,6 +106,8 @@ def _rate(figure: Figure) -> str:
         return text
     if "ops_per_s" in m:
         return f"{m['ops_per_s']:,.0f} ops/s"
+    if "peak_rss_mib" in m:
+        return f"peak RSS {m['peak_rss_mib']:,.0f} MiB (bound {m['bound_mib']:,.0f})"
     return ""
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TextIO
 
 from .report import Figure
-from .servers import process_cpu_seconds
+from .servers import LocalBroker, process_cpu_seconds
 from .settings import BrokerTarget, RunSettings
 from .workers import WorkerPool
 
@@ -70,6 +70,11 @@ class Progress:
         for key, unit in (("msg_per_s", "msg/s"), ("ops_per_s", "ops/s")):
             if key in m:
                 parts.append(f"{m[key]:,.0f} {unit}")
+        if "peak_rss_mib" in m:
+            parts.append(
+                f"peak RSS {m['peak_rss_mib']:,.0f} MiB, bound {m['bound_mib']:,.0f} MiB "
+                f"(baseline {m['baseline_rss_mib']:,.0f} + limits {m['limits_mib']:,.0f} + 50 MB)"
+            )
         if "p50_us" in m:
             parts.append(f"p50 {m['p50_us']:,.0f} us p99 {m['p99_us']:,.0f} us")
         if not figure.valid:
@@ -109,6 +114,8 @@ class Runner:
     engine: str = "aioquic"
     """The QUIC engine of the broker and clients measured (``target.quic_engine``)."""
     figures: list[Figure] = field(default_factory=list)
+    broker: LocalBroker | None = None
+    """The broker this run started (None with ``--server``)."""
     _names: int = 0
 
     @property

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,9 @@ __all__ = [
     "LocalRedis",
     "ServerFailed",
     "process_cpu_seconds",
+    "process_memory",
     "redis_server_path",
+    "reset_peak_memory",
 ]
 
 START_TIMEOUT = 30.0
@@ -50,6 +53,32 @@ def process_cpu_seconds(pid: int) -> float:
     except (OSError, IndexError):
         return float("nan")
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def process_memory(pid: int) -> tuple[int, int]:
+    """``(VmRSS, VmHWM)`` of process ``pid`` in bytes, from ``/proc/PID/status``: its
+    resident set now and at its peak; ``(0, 0)`` where ``/proc`` cannot tell."""
+    rss = hwm = 0
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0, 0
+    for line in text.splitlines():
+        if line.startswith("VmRSS:"):
+            rss = int(line.split()[1]) * 1024
+        elif line.startswith("VmHWM:"):
+            hwm = int(line.split()[1]) * 1024
+    return rss, hwm
+
+
+def reset_peak_memory(pid: int) -> bool:
+    """Reset process ``pid``'s VmHWM to its current RSS (``/proc/PID/clear_refs``, Linux
+    4.0+); False where that is not possible (then VmHWM is the peak of its whole life)."""
+    try:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
 
 
 def _stop(process: subprocess.Popen[bytes]) -> int:
@@ -89,9 +118,9 @@ class LocalBroker:
         assert self.process is not None
         return self.process.pid
 
-    def __enter__(self) -> LocalBroker:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        cmd = [
+    def command(self) -> list[str]:
+        """The ``felix broker`` command line this broker runs with."""
+        return [
             sys.executable,
             "-m",
             "felix_client.cli",
@@ -108,11 +137,40 @@ class LocalBroker:
             "--quic-engine",
             self.quic_engine,
         ]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("FELIX_")}
-        self.process = subprocess.Popen(
-            cmd,
+
+    def _env(self) -> dict[str, str]:
+        return {k: v for k, v in os.environ.items() if not k.startswith("FELIX_")}
+
+    def effective_config(self) -> dict[str, Any]:
+        """The broker's effective configuration: ``felix broker --print-config`` with the
+        command line and environment it runs with, as TOML data.
+
+        Raises:
+            ServerFailed: the command failed or printed no TOML.
+        """
+        done = subprocess.run(
+            [*self.command(), "--print-config"],
             cwd=str(self.data_dir),
-            env=env,
+            env=self._env(),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=START_TIMEOUT,
+            check=False,
+        )
+        try:
+            config: dict[str, Any] = tomllib.loads(done.stdout.decode())
+        except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise ServerFailed(f"felix broker --print-config: {exc}") from None
+        if done.returncode != 0 or "transport" not in config:
+            raise ServerFailed(f"felix broker --print-config failed: {done.stderr[-500:]!r}")
+        return config
+
+    def __enter__(self) -> LocalBroker:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            self.command(),
+            cwd=str(self.data_dir),
+            env=self._env(),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,

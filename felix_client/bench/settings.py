@@ -33,6 +33,7 @@ SCENARIOS = (
     "queue",
     "cache",
     "durable",
+    "memory",
     "all",
 )
 """The scenarios ``felix bench`` knows, in the order ``all`` runs them."""
@@ -119,6 +120,10 @@ class Matrix:
     """Size of the raw one-way messages (the pub/sub throughput anchor is 100 B records)."""
     raw_ping: int = 64
     """Size of the raw ping-pong message."""
+    memory_publishes: int = 1_000_000
+    """Records the ``memory`` scenario publishes past its stalled subscriber."""
+    memory_payload: int = 100
+    memory_batch: int = 64
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -24,6 +24,7 @@ from felix_client._transport import TransportOptions
 from felix_client.bench.settings import RAW_CLIENT, RAW_SERVER
 
 TIMEOUT = 120
+MiB = 1 << 20
 SHORT = ("--seconds", "0.3")
 HAS_REDIS = shutil.which("redis-server") is not None
 
@@ -56,6 +57,11 @@ def figures_of(done: subprocess.CompletedProcess[str]) -> dict[str, dict[str, An
         if "p50_us" in m:
             assert m["count"] > 0, f["id"]
             assert 0 < m["p50_us"] <= m["p99_us"] <= m["p999_us"] <= m["max_us"], f["id"]
+        if f["scenario"] == "pubsub-latency" or "/ping-pong/" in f["id"]:
+            ladder = f["distribution"]  # the plots draw it
+            assert [p for p, _ in ladder] == sorted(p for p, _ in ladder), f["id"]
+            assert [us for _, us in ladder] == sorted(us for _, us in ladder), f["id"]
+            assert ladder[-1][1] == pytest.approx(m["max_us"], rel=0.01), f["id"]
         if f["scenario"].startswith("pubsub"):
             fanout = f["params"]["fanout"]
             assert m["delivered"] + m["dropped"] == m["published"] * fanout, f["id"]
@@ -115,6 +121,7 @@ def test_all_measures_the_matrix_with_anchors_from_the_same_run(
         "durable/plain-fsync",
         "durable/committed/publishers=1",
         "durable/committed/publishers=4",
+        "memory/stalled-subscriber/publishes=30000",  # 100,000 per second of a short all
     }
     if HAS_REDIS:
         expected |= {f"cache/redis/{op}/c={c}" for op in ("get", "put") for c in (1, 4)}
@@ -194,6 +201,67 @@ def test_each_quic_engine_is_measured_against_its_own_ceiling_in_one_run() -> No
     )
     run = json.loads(done.stdout)["run"]
     assert run["engine"].startswith("aioquic ") and ", qh3 " in run["engine"]
+
+
+def test_memory_reports_the_broker_rss_against_the_limits_of_its_configuration(
+    all_run: tuple[dict[str, Any], dict[str, dict[str, Any]], str],
+) -> None:
+    """The limits come from the broker's ``--print-config`` and the stream; the peak is
+    measured from the baseline; the stalled subscriber read everything once resumed (the
+    stream retains all 30,000 records of a short all)."""
+    _, figures, _ = all_run
+    figure = figures["memory/stalled-subscriber/publishes=30000"]
+    m, params = figure["metrics"], figure["params"]
+    assert params["limits"] == {
+        "stream.retention_max_bytes": 64 * MiB,
+        "subscriber.transport.connection_buffer_cap": 16 * MiB,
+        "subscriber.transport.max_data": 16 * MiB,
+        "publisher.transport.connection_buffer_cap": 16 * MiB,
+        "publisher.transport.max_data": 16 * MiB,
+    }
+    assert params["slow_consumer"] == "drop_oldest"
+    assert m["limits_mib"] == 128
+    assert 0 < m["baseline_rss_mib"] <= m["peak_rss_mib"]
+    assert m["bound_mib"] == pytest.approx(m["baseline_rss_mib"] + 128 + 50e6 / MiB)
+    assert m["within_bound"] == 1.0
+    assert m["published"] == m["received"] == 30_000 and m["dropped"] == 0
+    assert m["publish_msg_per_s"] > 0 and m["broker_cpu_us"] > 0
+    assert any(note.startswith("peak RSS") and "within" in note for note in figure["notes"])
+
+
+def test_memory_on_a_given_server_reports_the_gap_and_says_what_it_cannot_measure(
+    tmp_path: Path,
+) -> None:
+    """A stream retaining 2,000 records of 100 B, 10,000 publishes past a subscriber that
+    reads nothing, on a broker the bench did not start: the broker trims what the subscriber
+    has not read and reports it as a gap; the RSS is not measured (and said so)."""
+    broker = start_broker("asyncio", tmp_path / "broker")
+    try:
+        done = bench(
+            "memory",
+            "--json",
+            "--server",
+            broker.url,
+            "--ca",
+            broker.ca_file,
+            "--memory-publishes",
+            "10000",
+            "--stream-set",
+            "retention_max_bytes=200000",
+        )
+    finally:
+        broker.stop()
+    (figure,) = figures_of(done).values()
+    assert figure["id"] == "memory/stalled-subscriber/publishes=10000"
+    m, notes = figure["metrics"], figure["notes"]
+    assert "peak_rss_mib" not in m and "within_bound" not in m
+    assert figure["params"]["limits"] == {"stream.retention_max_bytes": 200_000}
+    assert "unknown" in figure["params"]["limits_source"]
+    assert "the broker's RSS is not measured: it is not ours (--server)" in notes
+    assert m["published"] == 10_000
+    assert m["dropped"] > 0 and m["received"] + m["dropped"] == 10_000
+    assert 2_000 <= m["received"] <= 2_000 + 1024 + 64  # retention + the first credit
+    assert any("skipped by the broker" in note for note in notes), notes
 
 
 def test_progress_goes_to_stderr_one_line_per_figure(

@@ -118,7 +118,16 @@ CASES: list[tuple[str, set[str]]] = [
     ("felix bench --sec", {"--seconds"}),
     (
         "felix bench ",
-        {"raw-quic", "pubsub-latency", "pubsub-throughput", "queue", "cache", "durable", "all"},
+        {
+            "raw-quic",
+            "pubsub-latency",
+            "pubsub-throughput",
+            "queue",
+            "cache",
+            "durable",
+            "memory",
+            "all",
+        },
     ),
     ("felix bench queue --no-r", {"--no-redis"}),
     ("felix context use ", {"dev", "prod"}),
