@@ -38,6 +38,8 @@ from felix_server.server import FelixServer
 
 LOOPS = ("asyncio", "uvloop")
 """The event loops the asyncio runtime runs on (``--loop``)."""
+PROG = "felix-broker [--loop {asyncio,uvloop}]"
+"""The program name ``--help`` shows (``--loop`` is parsed before the settings)."""
 
 __all__ = ["BrokerProcess", "main", "run"]
 
@@ -250,4 +252,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         with asyncio.Runner(loop_factory=factory) as runner:
             return runner.run(run(config))
 
-    return broker_main(rest, serve)
+    return broker_main(rest, serve, prog=PROG)

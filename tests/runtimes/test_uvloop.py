@@ -64,3 +64,11 @@ def test_uvloop_missing_is_a_usage_error(
     monkeypatch.setitem(sys.modules, "uvloop", None)  # import uvloop raises ImportError
     assert main(["--loop", "uvloop"]) == 2
     assert "pip install 'felix[uvloop]'" in capsys.readouterr().err
+
+
+def test_help_names_the_loop_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    from felix_runtime_asyncio.app import main
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "--loop {asyncio,uvloop}" in capsys.readouterr().out
