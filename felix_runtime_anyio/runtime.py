@@ -26,7 +26,8 @@ The wait of step 1 on the asyncio backend (:class:`_AsyncioSocketWait`): the loo
 the socket for the adapter's whole life (``add_reader`` once) and a wait is a bare future
 plus, for the deadline, one timer handle; ``anyio.wait_readable`` registers and unregisters
 the socket with the selector on every wait (two ``epoll_ctl`` calls) and its cancel scope
-costs as much again, about 25-30 us per pass, on the path of every datagram (the client's
+costs as much again, about 20 us per pass (``benchmarks/adapter_pass.py``), on the path of
+every datagram (the client's
 socket does the same, ``felix_client._transport``). Under trio the wait is anyio's
 (:class:`_SocketWait`).
 

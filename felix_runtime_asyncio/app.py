@@ -5,9 +5,9 @@ felix_runtime_asyncio`` run. :class:`BrokerProcess` is the same broker as an obj
 tests start in-process (``await BrokerProcess(config).start()``).
 
 ``--loop uvloop`` runs it on uvloop's event loop instead of asyncio's own (the ``uvloop``
-extra, ``pip install 'felix[uvloop]'``): the same adapter, about 10-15% less CPU per
-record and a shorter publish -> deliver path (docs/performance.md, "Publish -> deliver
-(round 8)"). The log's ``felix broker listening`` line says ``runtime`` ``asyncio/uvloop``.
+extra, ``pip install 'felix[uvloop]'``): the same adapter with a cheaper loop, 3-4 us
+less CPU per datagram (``benchmarks/adapter_pass.py``; docs/performance.md, "Publish ->
+deliver (round 8)"). The log's ``felix broker listening`` line says ``runtime`` ``asyncio/uvloop``.
 """
 
 from __future__ import annotations
