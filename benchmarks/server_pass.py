@@ -17,7 +17,9 @@ per record, the calls and datagrams per record, and, with ``--profile FILE``, a 
 those calls only (``python -m pstats FILE``).
 
 Usage: ``python benchmarks/server_pass.py [--json] [--connections 1,1000] [--passes P]
-[--publish N] [--profile FILE]``.
+[--publish N] [--profile FILE] [--prometheus]``. ``--prometheus`` attaches the broker's own
+observer (:class:`felix_runtime.prometheus.PrometheusObserver`, as ``felix broker`` runs) instead
+of the one that does nothing.
 """
 
 from __future__ import annotations
@@ -138,14 +140,23 @@ class _Client:
 class _PubSub:
     """A broker, a publisher and a subscriber in memory; only the broker's calls timed."""
 
-    def __init__(self, tmp: Path, step: float, profile: cProfile.Profile | None) -> None:
+    def __init__(
+        self, tmp: Path, step: float, profile: cProfile.Profile | None, prometheus: bool
+    ) -> None:
         self.step = step
         files = ensure_self_signed(tmp)
         config = ServerConfig(data_dir=str(tmp))
         quic_config = make_quic_configuration(config)
         quic_config.load_cert_chain(str(files.cert_path), str(files.key_path))
         self.now = 1_000_000.0
-        self.server = FelixServer(config, quic_config, now=self.now)
+        observer = None
+        if prometheus:  # the broker's own observer, as `felix broker` runs it
+            from felix_runtime.prometheus import PrometheusObserver
+
+            observer = PrometheusObserver()
+        self.server = FelixServer(config, quic_config, now=self.now, observer=observer)
+        if observer is not None:
+            observer.attach(self.server)
         self.pub = _Client(str(files.cert_path), 10001, self.now)
         self.sub = _Client(str(files.cert_path), 10002, self.now)
         self.clients = {c.addr: c for c in (self.pub, self.sub)}
@@ -230,11 +241,11 @@ class _PubSub:
 
 
 def publish_figures(
-    records: int, step: float, profile: cProfile.Profile | None
+    records: int, step: float, profile: cProfile.Profile | None, prometheus: bool = False
 ) -> dict[str, float]:
     """The broker's work per record, one record at a time (see the module docstring)."""
     with tempfile.TemporaryDirectory() as tmp:
-        net = _PubSub(Path(tmp), step, profile)
+        net = _PubSub(Path(tmp), step, profile, prometheus)
         net.start()
         for _ in range(200):  # warm up
             net.record()
@@ -261,11 +272,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--publish", type=int, default=0, help="records of the publish run")
     parser.add_argument("--step", type=float, default=STEP, help="seconds between hops")
     parser.add_argument("--profile", help="write a cProfile of the broker's calls here")
+    parser.add_argument(
+        "--prometheus", action="store_true", help="the broker's Prometheus observer attached"
+    )
     args = parser.parse_args(argv)
     results: dict[str, float] = {}
     if args.publish:
         profile = cProfile.Profile(time.thread_time) if args.profile else None
-        results = publish_figures(args.publish, args.step, profile)
+        results = publish_figures(args.publish, args.step, profile, args.prometheus)
         if profile is not None:
             profile.dump_stats(args.profile)
         args.connections = ""
