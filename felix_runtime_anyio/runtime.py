@@ -54,6 +54,7 @@ from anyio.abc import TaskGroup
 
 from felix_core.disklog import StorageJob
 from felix_runtime.storage import STORAGE_THREADS, JobTimer, run_job
+from felix_runtime.timers import TIMER_SLACK, timer_delay
 from felix_runtime.udp import bind_udp, read_batch, send_all
 from felix_server.server import FelixServer
 
@@ -222,14 +223,14 @@ class AnyioUdpRuntime:
                 timed_out = not readable and not self._woken
                 woken, self._woken = self._woken, False
                 now = self._clock()
-                if (
-                    readable
-                    and not read_batch(sock, server.datagram_received, now)
-                    and not woken
-                    and (deadline is None or now < deadline)
-                ):
-                    continue  # a stale readiness (already read): no pass to make
-                if deadline is not None and (timed_out or now >= deadline):
+                due = deadline is not None and now >= deadline - TIMER_SLACK
+                if readable:
+                    fed = read_batch(sock, server.datagram_received, now)
+                    if not fed and not woken and not due:
+                        continue  # a stale readiness (already read): no pass to make
+                elif timed_out and not due:
+                    continue  # the timer fired early (felix_runtime.timers): wait for the rest
+                if deadline is not None and due:
                     # Loop and wall clocks drift apart a little: never fire before the deadline.
                     now = max(now, deadline)
                     server.handle_timer(now)
@@ -279,4 +280,4 @@ class AnyioUdpRuntime:
     def _to_loop_time(self, deadline: float | None) -> float:
         if deadline is None:
             return math.inf
-        return anyio.current_time() + max(deadline - self._clock(), 0.0)
+        return anyio.current_time() + timer_delay(deadline, self._clock())
