@@ -33,7 +33,8 @@ A/B: the script imports the tree it lives in (broker and clients), so run the co
 checkout, alternating (``python A/benchmarks/latency_stages.py; python
 B/benchmarks/latency_stages.py; ...``).
 
-Usage: ``python benchmarks/latency_stages.py [--runtime asyncio|anyio-asyncio|anyio-trio]
+Usage: ``python benchmarks/latency_stages.py [--runtime asyncio|anyio-asyncio|anyio-trio|
+asyncio-uvloop|anyio-uvloop]
 [--loop asyncio|trio] [--seconds 2] [--rounds 1] [--stream-set KEY=VALUE] [--no-raw]
 [--json] [--rows FILE] [--broker-calls] [--profile PREFIX]``.
 """
@@ -62,6 +63,8 @@ RUNTIMES = {
     "asyncio": ["--runtime", "asyncio"],
     "anyio-asyncio": ["--runtime", "anyio", "--backend", "asyncio"],
     "anyio-trio": ["--runtime", "anyio", "--backend", "trio"],
+    "asyncio-uvloop": ["--runtime", "asyncio", "--loop", "uvloop"],
+    "anyio-uvloop": ["--runtime", "anyio", "--backend", "asyncio", "--loop", "uvloop"],
 }
 WARMUP = 50
 STAGES = ("pub_client", "to_broker", "broker", "to_sub", "sub_client", "total")
@@ -82,12 +85,12 @@ def _broker_main(trace_file: str, argv: list[str]) -> int:
     sends: array[int] = array("q")  # (ns, port) pairs: a datagram to port written
     real_read, real_send = udp.read_batch, udp.send_all
 
-    def read_batch(sock: Any, feed: Any, now: float) -> None:
+    def read_batch(sock: Any, feed: Any, now: float) -> int:
         def traced(data: bytes, addr: Any, t: float) -> None:
             reads.extend((clock(), addr[1]))
             feed(data, addr, t)
 
-        real_read(sock, traced, now)
+        return real_read(sock, traced, now)
 
     def send_all(sock: Any, datagrams: Any) -> None:
         datagrams = list(datagrams)

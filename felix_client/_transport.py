@@ -245,20 +245,27 @@ class _AsyncioUdpSocket(_UdpSocket):
             waiting.set_result(readable)
 
     async def receive_many(self, limit: int, deadline: float = math.inf) -> list[bytes]:
+        """As :meth:`_UdpSocket.receive_many`. A readiness with nothing left to read (asyncio
+        reports the socket again in the loop iteration that runs the reading task, and that
+        report can end the next wait) is not an empty batch: the wait goes on."""
         loop = self._loop
-        if deadline <= loop.time():
-            return []
-        self._waiting = waiting = loop.create_future()
-        if deadline != math.inf:
-            self._timer = loop.call_at(deadline, self._wake, False)
-        try:
-            readable = await waiting
-        finally:
-            self._waiting = None
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
-        return self._take(limit) if readable else []
+        while deadline > loop.time():
+            self._waiting = waiting = loop.create_future()
+            if deadline != math.inf:
+                self._timer = loop.call_at(deadline, self._wake, False)
+            try:
+                readable = await waiting
+            finally:
+                self._waiting = None
+                if self._timer is not None:
+                    self._timer.cancel()
+                    self._timer = None
+            if not readable:
+                return []
+            batch = self._take(limit)
+            if batch:
+                return batch
+        return []
 
     def move_deadline(self, deadline: float) -> None:
         if self._waiting is None:

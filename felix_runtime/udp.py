@@ -53,8 +53,13 @@ def bind_udp(host: str, port: int) -> socket.socket:
 
 def read_batch(
     sock: socket.socket, feed: Callable[[bytes, NetworkAddress, float], None], now: float
-) -> None:
-    """Feed up to :data:`READ_BATCH` queued datagrams to ``feed``, each with the same ``now``."""
+) -> int:
+    """Feed up to :data:`READ_BATCH` queued datagrams to ``feed``, each with the same ``now``.
+
+    Returns:
+        How many were fed (0: nothing was queued, or the read failed).
+    """
+    fed = 0
     for _ in range(READ_BATCH):
         try:
             data, addr = sock.recvfrom(65536)
@@ -64,6 +69,8 @@ def read_batch(
             logger.debug("recvfrom failed", extra=log_fields(error=exc))
             break
         feed(data, addr, now)
+        fed += 1
+    return fed
 
 
 def send_all(sock: socket.socket, datagrams: Iterable[tuple[bytes, NetworkAddress]]) -> None:

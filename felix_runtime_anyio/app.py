@@ -2,7 +2,8 @@
 
 ``main(argv)`` is what ``felix broker --runtime anyio --backend asyncio|trio`` and ``python
 -m felix_runtime_anyio`` run. It takes the same settings as the asyncio runtime (one loader,
-:func:`felix_server.config.load_config`) plus ``--backend``.
+:func:`felix_server.config.load_config`) plus ``--backend`` and, on asyncio, ``--loop
+uvloop`` (anyio's ``use_uvloop``; the ``uvloop`` extra).
 
 Shutdown: on SIGTERM or SIGINT the server stops being ready (``/ready`` answers 503), sends
 ``GoAway`` and drains for at most ``shutdown_drain_s`` (the server's own bound; the adapter
@@ -12,6 +13,7 @@ waits one second more), then everything closes and the exit code is 0.
 from __future__ import annotations
 
 import argparse
+import importlib
 import signal
 import sys
 import time
@@ -31,12 +33,15 @@ from felix_runtime_anyio.http import AnyioMetricsServer
 from felix_runtime_anyio.runtime import AnyioUdpRuntime
 from felix_server.config import ServerConfig
 
-__all__ = ["BACKENDS", "main", "run"]
+__all__ = ["BACKENDS", "LOOPS", "main", "run"]
 
 BACKENDS = ("asyncio", "trio")
 """The anyio backends the broker runs on."""
-PROG = "felix broker --runtime anyio [--backend {asyncio,trio}]"
-"""The program name ``--help`` shows (``--backend`` is parsed before the settings)."""
+LOOPS = ("asyncio", "uvloop")
+"""The event loops the asyncio backend runs on (``--loop``)."""
+PROG = "felix broker --runtime anyio [--backend {asyncio,trio}] [--loop {asyncio,uvloop}]"
+"""The program name ``--help`` shows (``--backend`` and ``--loop`` are parsed before the
+settings)."""
 
 
 async def run(config: ServerConfig, stop: anyio.Event | None = None) -> int:
@@ -136,7 +141,13 @@ def _backend_name() -> str:
     """The name of the running anyio backend (``asyncio`` or ``trio``), for the log."""
     import sniffio
 
-    return sniffio.current_async_library()
+    name = sniffio.current_async_library()
+    if name == "asyncio":
+        import asyncio
+
+        if type(asyncio.get_running_loop()).__module__.split(".")[0] == "uvloop":
+            return "asyncio/uvloop"
+    return name
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -145,7 +156,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--backend", choices=BACKENDS, default="asyncio")
+    pre.add_argument("--loop", choices=LOOPS, default="asyncio")
     known, rest = pre.parse_known_args(args)
+    options: dict[str, object] = {}
+    if known.loop == "uvloop":
+        if known.backend != "asyncio":
+            print("felix-broker: --loop uvloop needs --backend asyncio", file=sys.stderr)
+            return 2
+        try:
+            importlib.import_module("uvloop")
+        except ImportError:
+            print(
+                "felix-broker: --loop uvloop needs uvloop: pip install 'felix[uvloop]'",
+                file=sys.stderr,
+            )
+            return 2
+        options["use_uvloop"] = True
     return broker_main(
-        rest, lambda config: anyio.run(run, config, backend=known.backend), prog=PROG
+        rest,
+        lambda config: anyio.run(
+            run, config, backend=known.backend, backend_options=options or None
+        ),
+        prog=PROG,
     )

@@ -7,7 +7,10 @@ runs the loop of the asyncio adapter under any anyio backend:
    earliest deadline (the *one* timer) and which :meth:`~AnyioUdpRuntime.wake` cancels
    (the one way in for API calls such as ``begin_shutdown``);
 2. read a batch (up to :data:`~felix_runtime.udp.READ_BATCH` datagrams) and feed each with
-   the same ``now``; fire the timer if it is due;
+   the same ``now``; fire the timer if it is due. A wait that said readable when nothing
+   was left to read (asyncio reports a readiness again in the loop iteration that runs the
+   reading task, and that report can end the next wait), with no timer due and no wake,
+   makes no pass: back to step 1;
 3. transmit *once*: everything ``datagrams_to_send(now)`` produces, each connection's
    datagrams written as soon as that connection has built them.
 
@@ -18,6 +21,15 @@ start as tasks of :meth:`~AnyioUdpRuntime.serve`'s task group, each running
 back on the loop (:meth:`~felix_server.server.FelixServer.storage_job_done`) and the loop
 woken. A job is shielded from cancellation: a stopped loop waits for its fsync and applies
 it, so the final syncs (:meth:`~AnyioUdpRuntime.close_storage`) find no job half-done.
+
+The wait of step 1 on the asyncio backend (:class:`_AsyncioSocketWait`): the loop watches
+the socket for the adapter's whole life (``add_reader`` once) and a wait is a bare future
+plus, for the deadline, one timer handle; ``anyio.wait_readable`` registers and unregisters
+the socket with the selector on every wait (two ``epoll_ctl`` calls) and its cancel scope
+costs as much again, about 20 us per pass (``benchmarks/adapter_pass.py``), on the path of
+every datagram (the client's
+socket does the same, ``felix_client._transport``). Under trio the wait is anyio's
+(:class:`_SocketWait`).
 
 Why not ``anyio.create_udp_socket``: its ``UDPSocket`` hands out one datagram per ``await``
 (and under asyncio owns the socket through a datagram transport), so there is no way to
@@ -30,6 +42,7 @@ pass, which QUIC retransmits). Both adapters make these calls through
 
 from __future__ import annotations
 
+import asyncio
 import math
 import socket
 import time
@@ -41,10 +54,94 @@ from anyio.abc import TaskGroup
 
 from felix_core.disklog import StorageJob
 from felix_runtime.storage import STORAGE_THREADS, JobTimer, run_job
+from felix_runtime.timers import TIMER_SLACK, timer_delay
 from felix_runtime.udp import bind_udp, read_batch, send_all
 from felix_server.server import FelixServer
 
 __all__ = ["AnyioUdpRuntime"]
+
+
+class _SocketWait:
+    """Waits until a socket is readable or a deadline (on anyio's clock) passes, under any
+    backend: ``anyio.wait_readable`` in a cancel scope, which :meth:`interrupt` cancels."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._scope: anyio.CancelScope | None = None
+
+    async def wait(self, deadline: float) -> bool:
+        """Whether the socket became readable (False: the deadline passed, or
+        :meth:`interrupt`)."""
+        with anyio.CancelScope(deadline=deadline) as scope:
+            self._scope = scope
+            try:
+                await anyio.wait_readable(self.sock)
+            finally:
+                self._scope = None
+            return True
+        return False
+
+    def interrupt(self) -> None:
+        """End the wait in progress (if any) now."""
+        if self._scope is not None:
+            self._scope.cancel()
+
+    def close(self) -> None:
+        """Stop watching the socket (before it is closed)."""
+        anyio.notify_closing(self.sock)
+
+
+class _AsyncioSocketWait(_SocketWait):
+    """The wait under asyncio: the socket is watched for good (``add_reader`` once), a wait
+    is a future and, for the deadline, a timer handle (see the module docstring).
+
+    Raises:
+        NotImplementedError: the running loop has no ``add_reader`` (Windows' proactor).
+    """
+
+    def __init__(self, sock: socket.socket, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(sock)
+        self._loop = loop
+        self._waiting: asyncio.Future[bool] | None = None
+        loop.add_reader(sock.fileno(), self._wake, True)
+
+    def _wake(self, readable: bool) -> None:
+        waiting = self._waiting
+        if waiting is not None and not waiting.done():
+            waiting.set_result(readable)
+
+    async def wait(self, deadline: float) -> bool:
+        loop = self._loop
+        if deadline <= loop.time():
+            return False
+        waiting: asyncio.Future[bool] = loop.create_future()
+        self._waiting = waiting
+        timer = loop.call_at(deadline, self._wake, False) if deadline != math.inf else None
+        try:
+            readable: bool = await waiting
+            return readable
+        finally:
+            self._waiting = None
+            if timer is not None:
+                timer.cancel()
+
+    def interrupt(self) -> None:
+        self._wake(False)
+
+    def close(self) -> None:
+        self._loop.remove_reader(self.sock.fileno())
+
+
+def _socket_wait(sock: socket.socket) -> _SocketWait:
+    """The cheapest wait the running backend allows."""
+    import sniffio  # how anyio itself tells the backends apart
+
+    if sniffio.current_async_library() == "asyncio":
+        try:
+            return _AsyncioSocketWait(sock, asyncio.get_running_loop())
+        except NotImplementedError:  # a loop without add_reader: the generic way
+            pass
+    return _SocketWait(sock)
 
 
 class AnyioUdpRuntime:
@@ -67,7 +164,7 @@ class AnyioUdpRuntime:
         self.server = server
         self._clock = clock
         self._sock: socket.socket | None = None
-        self._wait_scope: anyio.CancelScope | None = None
+        self._waiter: _SocketWait | None = None
         self._woken = False
         self.finished = anyio.Event()
         """Set once the server has finished its graceful shutdown."""
@@ -92,8 +189,8 @@ class AnyioUdpRuntime:
     def wake(self) -> None:
         """Make the loop run one pass now (after an API call changed the server's state)."""
         self._woken = True
-        if self._wait_scope is not None:
-            self._wait_scope.cancel()
+        if self._waiter is not None:
+            self._waiter.interrupt()
 
     def close(self) -> None:
         """Close the socket (idempotent). Call after :meth:`serve` has returned."""
@@ -116,22 +213,24 @@ class AnyioUdpRuntime:
         server = self.server
         job_group = self._job_group
         assert job_group is not None
+        self._waiter = waiter = _socket_wait(sock)
         try:
             while True:
                 deadline = server.get_timer()
                 readable = False
-                with anyio.CancelScope(deadline=self._to_loop_time(deadline)) as scope:
-                    self._wait_scope = scope
-                    if not self._woken:
-                        await anyio.wait_readable(sock)
-                        readable = True
-                self._wait_scope = None
-                timed_out = scope.cancelled_caught and not self._woken
-                self._woken = False
+                if not self._woken:
+                    readable = await waiter.wait(self._to_loop_time(deadline))
+                timed_out = not readable and not self._woken
+                woken, self._woken = self._woken, False
                 now = self._clock()
+                due = deadline is not None and now >= deadline - TIMER_SLACK
                 if readable:
-                    read_batch(sock, server.datagram_received, now)
-                if deadline is not None and (timed_out or now >= deadline):
+                    fed = read_batch(sock, server.datagram_received, now)
+                    if not fed and not woken and not due:
+                        continue  # a stale readiness (already read): no pass to make
+                elif timed_out and not due:
+                    continue  # the timer fired early (felix_runtime.timers): wait for the rest
+                if deadline is not None and due:
                     # Loop and wall clocks drift apart a little: never fire before the deadline.
                     now = max(now, deadline)
                     server.handle_timer(now)
@@ -142,8 +241,8 @@ class AnyioUdpRuntime:
                     self._job_started()
                     job_group.start_soon(self._run_job, job)
         finally:
-            self._wait_scope = None
-            anyio.notify_closing(sock)
+            self._waiter = None
+            waiter.close()
 
     # ------------------------------------------------------------------ storage jobs
 
@@ -181,4 +280,4 @@ class AnyioUdpRuntime:
     def _to_loop_time(self, deadline: float | None) -> float:
         if deadline is None:
             return math.inf
-        return anyio.current_time() + max(deadline - self._clock(), 0.0)
+        return anyio.current_time() + timer_delay(deadline, self._clock())

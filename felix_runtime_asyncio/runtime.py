@@ -4,7 +4,8 @@ It translates and decides nothing (STYLE.md habit 8): datagrams that arrive in o
 pass are fed to :class:`~felix_server.server.FelixServer` with the time, then whatever the
 server wants to send goes out in *one* transmit (each connection's datagrams written as soon
 as that connection has built them, so the first reader's leave first), and *one* timer is
-re-armed at the server's earliest deadline. Reading drains the socket (up to
+re-armed at the server's earliest deadline (in whole milliseconds, rounded up, and never
+handled early: :mod:`felix_runtime.timers`). Reading drains the socket (up to
 :data:`~felix_runtime.udp.READ_BATCH` datagrams) before transmitting;
 ``benchmarks/quic_baseline.py`` measures what that buys over aioquic.asyncio's
 transmit-per-datagram. The socket calls themselves are :mod:`felix_runtime.udp`'s, shared
@@ -34,6 +35,7 @@ from aioquic.quic.connection import NetworkAddress
 
 from felix_core.disklog import StorageJob
 from felix_runtime.storage import STORAGE_THREADS, JobTimer, run_job
+from felix_runtime.timers import TIMER_SLACK, timer_delay
 from felix_runtime.udp import bind_udp, read_batch, send_all
 from felix_server.server import FelixServer
 
@@ -180,14 +182,17 @@ class UdpRuntime:
             self._timer = None
         self._timer_at = deadline
         if deadline is not None:
-            delay = max(deadline - now, 0.0)
+            delay = timer_delay(deadline, now)
             self._timer = self._loop.call_at(self._loop.time() + delay, self._on_timer)
 
     def _on_timer(self) -> None:
-        # The loop's monotonic clock and the wall clock drift apart a little: never fire
-        # before the deadline we armed for.
-        now = max(self._clock(), self._timer_at or 0.0)
+        deadline = self._timer_at
+        now = self._clock()
         self._timer = None
         self._timer_at = None
-        self.server.handle_timer(now)
+        if deadline is not None and now < deadline - TIMER_SLACK:
+            self._arm(deadline, now)  # fired early (felix_runtime.timers): wait for the rest
+            return
+        # Within the slack (the clocks' drift): never fire before the deadline we armed for.
+        self.server.handle_timer(max(now, deadline or 0.0))
         self.transmit()

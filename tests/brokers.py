@@ -30,9 +30,11 @@ RUNTIMES: dict[str, list[str]] = {
     "anyio-asyncio": ["--runtime", "anyio", "--backend", "asyncio"],
     "anyio-trio": ["--runtime", "anyio", "--backend", "trio"],
     "asyncio-qh3": ["--runtime", "asyncio", "--quic-engine", "qh3"],
+    "asyncio-uvloop": ["--runtime", "asyncio", "--loop", "uvloop"],
+    "anyio-uvloop": ["--runtime", "anyio", "--backend", "asyncio", "--loop", "uvloop"],
 }
 """Runtime id -> the ``felix broker`` flags that select it (``asyncio-qh3``: the asyncio
-runtime on the qh3 QUIC engine)."""
+runtime on the qh3 QUIC engine; ``*-uvloop``: on uvloop's event loop)."""
 DEFAULT_RUNTIMES = ("asyncio", "anyio-asyncio", "anyio-trio")
 """What the end-to-end tests run against by default. ``FELIX_TEST_RUNTIMES=asyncio-qh3``
 runs the whole end-to-end suite against a qh3 broker (``make test`` covers qh3 with

@@ -44,8 +44,10 @@ RUNTIMES: dict[str, list[str]] = {
     "asyncio": ["--runtime", "asyncio"],
     "anyio-asyncio": ["--runtime", "anyio", "--backend", "asyncio"],
     "anyio-trio": ["--runtime", "anyio", "--backend", "trio"],
+    "asyncio-uvloop": ["--runtime", "asyncio", "--loop", "uvloop"],
 }
-"""``--runtime`` of ``felix bench`` -> the ``felix broker`` flags that select it."""
+"""``--runtime`` of ``felix bench`` -> the ``felix broker`` flags that select it
+(``asyncio-uvloop``: the asyncio runtime on uvloop, the ``uvloop`` extra)."""
 
 MiB = 1 << 20
 

@@ -84,6 +84,31 @@ async def test_moving_the_deadline_or_interrupting_ends_the_wait(
     assert results == [[], [], [b"late"]]
 
 
+async def test_a_stale_readiness_is_not_an_empty_batch(
+    pair: tuple[_UdpSocket, socket.socket], anyio_backend: str
+) -> None:
+    """asyncio can report the socket readable once more after the reading task took
+    everything; that report ends no wait: the wait goes on until data (or the deadline)."""
+    if anyio_backend != "asyncio":
+        pytest.skip("the asyncio socket's reader")
+    sock, peer = pair
+    assert isinstance(sock, _AsyncioUdpSocket)
+    results: list[list[bytes]] = []
+
+    async def wait() -> None:
+        results.append(await sock.receive_many(64, anyio.current_time() + 30))
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(wait)
+            await anyio.sleep(0.02)
+            sock._wake(True)  # what the loop's reader does, with nothing to read
+            await anyio.sleep(0.02)
+            assert results == []
+            peer.send(b"data")
+    assert results == [[b"data"]]
+
+
 async def test_a_connection_that_cannot_be_built_leaves_no_socket_behind(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -109,3 +109,45 @@ async def test_batch_timer_wake_and_finish() -> None:
     finally:
         runtime.close()
         peer.close()
+
+
+async def test_asyncio_watches_the_socket_once(
+    anyio_backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On asyncio the socket is registered with the loop once for the adapter's life, not
+    once per wait (``anyio.wait_readable``: two ``epoll_ctl`` per pass)."""
+    if anyio_backend != "asyncio":
+        pytest.skip("trio waits through anyio")
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    registered: list[int] = []
+    add_reader = loop.add_reader
+
+    def counting_add_reader(fd: Any, *args: Any) -> None:
+        registered.append(fd if isinstance(fd, int) else fd.fileno())
+        add_reader(fd, *args)
+
+    monkeypatch.setattr(loop, "add_reader", counting_add_reader)
+    fake = FakeServer()
+    runtime = AnyioUdpRuntime(cast(FelixServer, fake))
+    host, port = runtime.bind("127.0.0.1", 0)
+    assert runtime._sock is not None
+    fd = runtime._sock.fileno()
+    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    peer.bind(("127.0.0.1", 0))
+    peer.settimeout(5)
+    try:
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(runtime.serve)
+                for i in range(5):  # one at a time: a wait per datagram
+                    peer.sendto(b"d%d" % i, (host, port))
+                    while len(fake.fed) <= i:
+                        await anyio.sleep(0.005)
+                tg.cancel_scope.cancel()
+        assert len(fake.fed) == 5
+        assert registered.count(fd) == 1
+    finally:
+        runtime.close()
+        peer.close()
