@@ -430,18 +430,26 @@ class Cache:
             expires_at = now + ttl if ttl > 0 else _NEVER
         # The change is logged first: a durable feed that refuses it (StorageFull,
         # StorageFailed) leaves the cache unchanged.
-        offset = self._append(value, kb, _put_headers(version, expires_at, now), now)
+        offset = self.changes.append(
+            value, round(now * 1000), kb, _put_headers(version, expires_at, now)
+        )
         self._version = version
         entries = self._entries
         entries[key] = CacheEntry(value, version, expires_at, size)
         entries.move_to_end(key)
-        self._wrote(key, offset)
+        if self._compact:
+            self._wrote(key, offset)
         self._account(size if current is None else size - current.size)
         self.puts += 1
         if expires_at != _NEVER:
             self._push_expiry(expires_at, version, key)
         self._retain(now)
-        self._enforce_bounds(now)
+        max_entries = cfg.max_entries
+        max_bytes = cfg.max_bytes
+        if (max_entries is not None and len(entries) > max_entries) or (
+            max_bytes is not None and self._bytes > max_bytes
+        ):
+            self._enforce_bounds(now)
         return WriteResult(True, version)
 
     def delete(self, key: str, now: float, *, if_version: int | None = None) -> WriteResult:
@@ -739,9 +747,13 @@ class Cache:
 def _put_headers(version: int, expires_at: float, now: float) -> dict[str, bytes]:
     """The headers of a put record of an entry with ``version`` expiring at
     ``expires_at``, written at ``now``."""
-    headers = {"op": _OP_PUT, "version": b"%d" % version, "ttl_ms": b"0"}
-    if expires_at != _NEVER:
-        # the time left, in whole ms and at least 1 (0 would read as "never")
-        headers["ttl_ms"] = b"%d" % max(1, round((expires_at - now) * 1000))
-        headers["expires_ms"] = b"%d" % round(expires_at * 1000)
-    return headers
+    if expires_at == _NEVER:
+        return {"op": _OP_PUT, "version": b"%d" % version, "ttl_ms": b"0"}
+    # the time left, in whole ms and at least 1 (0 would read as "never")
+    left = round((expires_at - now) * 1000)
+    return {
+        "op": _OP_PUT,
+        "version": b"%d" % version,
+        "ttl_ms": b"%d" % left if left > 0 else b"1",
+        "expires_ms": b"%d" % round(expires_at * 1000),
+    }
