@@ -190,6 +190,11 @@ CACHE_COUNTERS = ("hits", "misses", "puts", "deletes", "expirations", "evictions
 """The :class:`Cache` counters :class:`CacheTotals` sums."""
 
 
+_tuple_new = tuple.__new__
+"""``_tuple_new(CacheEntry, fields)`` builds on the put path the object ``CacheEntry(*fields)``
+builds, without the Python frame of a NamedTuple's ``__new__`` (likewise WriteResult)."""
+
+
 def key_bytes(key: str) -> bytes:
     """Validate a cache key and return its UTF-8 bytes.
 
@@ -414,7 +419,10 @@ class Cache:
             _check_ttl(ttl)
         if if_absent and if_version is not None:
             raise InvalidArgument("if_absent and if_version exclude each other")
-        current = self._live(key, now)
+        current = self._entries.get(key)
+        if current is not None and current.expires_at <= now:
+            self._remove(key, current, _OP_EXPIRE, now)
+            current = None
         if current is not None:
             if if_absent or (if_version is not None and current.version != if_version):
                 return WriteResult(False, current.version)
@@ -435,7 +443,7 @@ class Cache:
         )
         self._version = version
         entries = self._entries
-        entries[key] = CacheEntry(value, version, expires_at, size)
+        entries[key] = _tuple_new(CacheEntry, (value, version, expires_at, size))
         entries.move_to_end(key)
         if self._compact:
             self._wrote(key, offset)
@@ -450,7 +458,7 @@ class Cache:
             max_bytes is not None and self._bytes > max_bytes
         ):
             self._enforce_bounds(now)
-        return WriteResult(True, version)
+        return _tuple_new(WriteResult, (True, version))
 
     def delete(self, key: str, now: float, *, if_version: int | None = None) -> WriteResult:
         """Remove a key (possibly conditionally).
