@@ -22,11 +22,16 @@ a 30 s entry stays a 30 s entry through CAS updates that say nothing about time)
 the entry never expires; ``t > 0`` expires it at ``now + t``. An unconditional put and a
 put-if-absent without ``ttl`` start afresh from the default (like Redis ``SET``), since they
 state the whole new entry. Expiry is lazy (a read of an expired entry removes it and
-misses) plus an active sweep: a heap of ``(expires_at, version, key)`` drives
+misses) plus an active sweep: a heap of ``(deadline, version, key)`` drives
 :meth:`Cache.get_timer`, and :meth:`Cache.handle_timer` pops at most ``sweep_batch`` heap
-entries per call (a superseded entry is skipped, its version no longer matching); if more
-are due, the timer is already due again. The heap is rebuilt from the table when stale
-entries outnumber live ones, so it stays proportional to the table.
+items per call; if more are due, the timer is already due again. The heap holds, for every
+live entry that expires, an item of its key due no later than the entry's expiry. A put
+whose key already expires no later than the new expiry pushes nothing (the key's item will
+fire first): a key rewritten with a sliding TTL keeps one item instead of one per put. A
+popped item whose key has since been given a later expiry pushes it again, for that
+expiry; one whose key is gone or no longer expires is dropped. The heap is rebuilt from the
+table when it holds more than twice as many items as the table has entries, so it stays
+proportional to the table.
 
 *Bounds*: ``max_entries`` and ``max_bytes`` (key bytes + value bytes per entry) per cache;
 after a put the least-recently-used entries are evicted until both hold. A value above
@@ -449,7 +454,7 @@ class Cache:
             self._wrote(key, offset)
         self._account(size if current is None else size - current.size)
         self.puts += 1
-        if expires_at != _NEVER:
+        if expires_at != _NEVER and (current is None or current.expires_at > expires_at):
             self._push_expiry(expires_at, version, key)
         self._retain(now)
         max_entries = cfg.max_entries
@@ -525,11 +530,16 @@ class Cache:
         entries = self._entries
         budget = self.config.sweep_batch
         while heap and budget and heap[0][0] <= now:
-            _, version, key = heappop(heap)
+            _, _, key = heappop(heap)
             budget -= 1
             entry = entries.get(key)
-            if entry is not None and entry.version == version:
+            if entry is None:
+                continue
+            expires_at = entry.expires_at
+            if expires_at <= now:
                 self._remove(key, entry, _OP_EXPIRE, now)
+            elif expires_at != _NEVER:  # expires later now: the item follows it
+                self._push_expiry(expires_at, entry.version, key)
         self._retain(now)
 
     # -- replay -------------------------------------------------------------------------
@@ -680,8 +690,11 @@ class Cache:
         heap = self._expiry
         heappush(heap, (expires_at, version, key))
         if len(heap) > 2 * len(self._entries) + 64:
-            live = self._entries
-            heap[:] = [h for h in heap if (e := live.get(h[2])) is not None and e.version == h[1]]
+            heap[:] = [
+                (e.expires_at, e.version, k)
+                for k, e in self._entries.items()
+                if e.expires_at != _NEVER
+            ]
             heapify(heap)
 
     def _append(self, payload: bytes, kb: bytes, headers: dict[str, bytes], now: float) -> int:
