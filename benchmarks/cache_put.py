@@ -12,7 +12,7 @@ Cases: ``put`` (unconditional, default TTL 0), ``put_ttl`` (``ttl=30``), ``put_c
 (``if_version`` = the live version, keeps the expiry), ``get`` (hits).
 
 Usage: ``python benchmarks/cache_put.py [--json] [--batches 200] [--batch 256]
-[--keys 1024] [--case put,put_ttl,put_cas,get] [--profile CASE]``.
+[--keys 1024] [--fill N] [--case put,put_ttl,put_cas,get] [--profile CASE]``.
 """
 
 from __future__ import annotations
@@ -54,21 +54,24 @@ def _runner(case: str, cache: Cache, keys: list[str], batch: int) -> Callable[[f
             elif case == "put_cas":
                 entry = cache.peek(key, now)
                 assert entry is not None
-                put(key, VALUE, now, if_version=entry.version)
+                assert put(key, VALUE, now, if_version=entry.version).applied
             else:
                 get(key, now)
 
     return run
 
 
-def measure(case: str, batches: int, batch: int, nkeys: int, profile: bool) -> float:
+def measure(
+    case: str, batches: int, batch: int, nkeys: int, fill: int | None, profile: bool
+) -> float:
     """Median thread CPU per call, in microseconds."""
     cache = Cache()
     keys = [f"key-{i}" for i in range(nkeys)]
     now = 1_000_000.0
     for key in keys:
         cache.put(key, VALUE, now, ttl=3600.0)
-    fill = cache.config.feed_retention.max_records or 0
+    if fill is None:
+        fill = cache.config.feed_retention.max_records or 0
     for i in range(fill):  # the feed at its retention: steady state
         cache.put(keys[i % nkeys], VALUE, now, ttl=3600.0)
     run = _runner(case, cache, keys, batch)
@@ -98,6 +101,9 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=200, help="batches measured per case")
     parser.add_argument("--batch", type=int, default=256, help="calls per batch")
     parser.add_argument("--keys", type=int, default=1024, help="distinct keys")
+    parser.add_argument(
+        "--fill", type=int, help="puts made before measuring (default: the feed's retention)"
+    )
     parser.add_argument("--profile", choices=CASES, help="cProfile one case (slows it)")
     args = parser.parse_args()
     cases = [c for c in args.case.split(",") if c]
@@ -105,7 +111,9 @@ def main() -> None:
         if case not in CASES:
             parser.error(f"unknown case {case!r}")
     figures = {
-        case: round(measure(case, args.batches, args.batch, args.keys, case == args.profile), 3)
+        case: round(
+            measure(case, args.batches, args.batch, args.keys, args.fill, case == args.profile), 3
+        )
         for case in cases
     }
     if args.json:
