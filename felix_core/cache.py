@@ -22,11 +22,16 @@ a 30 s entry stays a 30 s entry through CAS updates that say nothing about time)
 the entry never expires; ``t > 0`` expires it at ``now + t``. An unconditional put and a
 put-if-absent without ``ttl`` start afresh from the default (like Redis ``SET``), since they
 state the whole new entry. Expiry is lazy (a read of an expired entry removes it and
-misses) plus an active sweep: a heap of ``(expires_at, version, key)`` drives
+misses) plus an active sweep: a heap of ``(deadline, version, key)`` drives
 :meth:`Cache.get_timer`, and :meth:`Cache.handle_timer` pops at most ``sweep_batch`` heap
-entries per call (a superseded entry is skipped, its version no longer matching); if more
-are due, the timer is already due again. The heap is rebuilt from the table when stale
-entries outnumber live ones, so it stays proportional to the table.
+items per call; if more are due, the timer is already due again. The heap holds, for every
+live entry that expires, an item of its key due no later than the entry's expiry. A put
+whose key already expires no later than the new expiry pushes nothing (the key's item will
+fire first): a key rewritten with a sliding TTL keeps one item instead of one per put. A
+popped item whose key has since been given a later expiry pushes it again, for that
+expiry; one whose key is gone or no longer expires is dropped. The heap is rebuilt from the
+table when it holds more than twice as many items as the table has entries, so it stays
+proportional to the table.
 
 *Bounds*: ``max_entries`` and ``max_bytes`` (key bytes + value bytes per entry) per cache;
 after a put the least-recently-used entries are evicted until both hold. A value above
@@ -188,6 +193,11 @@ class CacheTotals:
 
 CACHE_COUNTERS = ("hits", "misses", "puts", "deletes", "expirations", "evictions")
 """The :class:`Cache` counters :class:`CacheTotals` sums."""
+
+
+_tuple_new = tuple.__new__
+"""``_tuple_new(CacheEntry, fields)`` builds on the put path the object ``CacheEntry(*fields)``
+builds, without the Python frame of a NamedTuple's ``__new__`` (likewise WriteResult)."""
 
 
 def key_bytes(key: str) -> bytes:
@@ -414,7 +424,10 @@ class Cache:
             _check_ttl(ttl)
         if if_absent and if_version is not None:
             raise InvalidArgument("if_absent and if_version exclude each other")
-        current = self._live(key, now)
+        current = self._entries.get(key)
+        if current is not None and current.expires_at <= now:
+            self._remove(key, current, _OP_EXPIRE, now)
+            current = None
         if current is not None:
             if if_absent or (if_version is not None and current.version != if_version):
                 return WriteResult(False, current.version)
@@ -430,19 +443,27 @@ class Cache:
             expires_at = now + ttl if ttl > 0 else _NEVER
         # The change is logged first: a durable feed that refuses it (StorageFull,
         # StorageFailed) leaves the cache unchanged.
-        offset = self._append(value, kb, _put_headers(version, expires_at, now), now)
+        offset = self.changes.append(
+            value, round(now * 1000), kb, _put_headers(version, expires_at, now)
+        )
         self._version = version
         entries = self._entries
-        entries[key] = CacheEntry(value, version, expires_at, size)
+        entries[key] = _tuple_new(CacheEntry, (value, version, expires_at, size))
         entries.move_to_end(key)
-        self._wrote(key, offset)
+        if self._compact:
+            self._wrote(key, offset)
         self._account(size if current is None else size - current.size)
         self.puts += 1
-        if expires_at != _NEVER:
+        if expires_at != _NEVER and (current is None or current.expires_at > expires_at):
             self._push_expiry(expires_at, version, key)
         self._retain(now)
-        self._enforce_bounds(now)
-        return WriteResult(True, version)
+        max_entries = cfg.max_entries
+        max_bytes = cfg.max_bytes
+        if (max_entries is not None and len(entries) > max_entries) or (
+            max_bytes is not None and self._bytes > max_bytes
+        ):
+            self._enforce_bounds(now)
+        return _tuple_new(WriteResult, (True, version))
 
     def delete(self, key: str, now: float, *, if_version: int | None = None) -> WriteResult:
         """Remove a key (possibly conditionally).
@@ -509,11 +530,16 @@ class Cache:
         entries = self._entries
         budget = self.config.sweep_batch
         while heap and budget and heap[0][0] <= now:
-            _, version, key = heappop(heap)
+            _, _, key = heappop(heap)
             budget -= 1
             entry = entries.get(key)
-            if entry is not None and entry.version == version:
+            if entry is None:
+                continue
+            expires_at = entry.expires_at
+            if expires_at <= now:
                 self._remove(key, entry, _OP_EXPIRE, now)
+            elif expires_at != _NEVER:  # expires later now: the item follows it
+                self._push_expiry(expires_at, entry.version, key)
         self._retain(now)
 
     # -- replay -------------------------------------------------------------------------
@@ -664,8 +690,11 @@ class Cache:
         heap = self._expiry
         heappush(heap, (expires_at, version, key))
         if len(heap) > 2 * len(self._entries) + 64:
-            live = self._entries
-            heap[:] = [h for h in heap if (e := live.get(h[2])) is not None and e.version == h[1]]
+            heap[:] = [
+                (e.expires_at, e.version, k)
+                for k, e in self._entries.items()
+                if e.expires_at != _NEVER
+            ]
             heapify(heap)
 
     def _append(self, payload: bytes, kb: bytes, headers: dict[str, bytes], now: float) -> int:
@@ -739,9 +768,13 @@ class Cache:
 def _put_headers(version: int, expires_at: float, now: float) -> dict[str, bytes]:
     """The headers of a put record of an entry with ``version`` expiring at
     ``expires_at``, written at ``now``."""
-    headers = {"op": _OP_PUT, "version": b"%d" % version, "ttl_ms": b"0"}
-    if expires_at != _NEVER:
-        # the time left, in whole ms and at least 1 (0 would read as "never")
-        headers["ttl_ms"] = b"%d" % max(1, round((expires_at - now) * 1000))
-        headers["expires_ms"] = b"%d" % round(expires_at * 1000)
-    return headers
+    if expires_at == _NEVER:
+        return {"op": _OP_PUT, "version": b"%d" % version, "ttl_ms": b"0"}
+    # the time left, in whole ms and at least 1 (0 would read as "never")
+    left = round((expires_at - now) * 1000)
+    return {
+        "op": _OP_PUT,
+        "version": b"%d" % version,
+        "ttl_ms": b"%d" % left if left > 0 else b"1",
+        "expires_ms": b"%d" % round(expires_at * 1000),
+    }

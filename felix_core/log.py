@@ -247,7 +247,8 @@ def record_size(
         size += len(key)
     if headers:
         for name, value in headers.items():
-            size += len(name.encode()) + len(value)
+            # an ASCII name (the usual case) is as long in UTF-8: no need to encode it
+            size += (len(name) if name.isascii() else len(name.encode())) + len(value)
     return size
 
 
@@ -522,20 +523,29 @@ class MemoryLog:
         h1 = h0 + n
         if self._meter is not None:
             self._meter.adjust(self._cum[h0] - self._cum[h1])
-        if self._keys is not None:
-            dropped_keys = self._keys[h0:h1]
-            self._keyed -= n - dropped_keys.count(None)
-            self._keys[h0:h1] = [None] * n
-            if not self._keyed:  # the last keyed record is gone: so is the column
-                self._keys = None
-        if self._headers is not None:
-            dropped_headers = self._headers[h0:h1]
-            self._headered -= n - dropped_headers.count(None)
-            self._headers[h0:h1] = [None] * n
-            if not self._headered:
-                self._headers = None
-        # Release the payloads now; b"" is a shared singleton.
-        self._payloads[h0:h1] = [b""] * n
+        keys = self._keys
+        headers = self._headers
+        if n == 1:  # one at a time (a full log trimmed on each append): no slices
+            if keys is not None and keys[h0] is not None:
+                keys[h0] = None
+                self._keyed -= 1
+            if headers is not None and headers[h0] is not None:
+                headers[h0] = None
+                self._headered -= 1
+            self._payloads[h0] = b""
+        else:
+            if keys is not None:
+                self._keyed -= n - keys[h0:h1].count(None)
+                keys[h0:h1] = [None] * n
+            if headers is not None:
+                self._headered -= n - headers[h0:h1].count(None)
+                headers[h0:h1] = [None] * n
+            # Release the payloads now; b"" is a shared singleton.
+            self._payloads[h0:h1] = [b""] * n
+        if keys is not None and not self._keyed:
+            self._keys = None  # the last keyed record is gone: so is the column
+        if headers is not None and not self._headered:
+            self._headers = None
         self._head = h1
         if h1 >= _MIN_COMPACT and h1 >= len(self._payloads) - h1:
             del self._payloads[:h1]

@@ -284,6 +284,42 @@ def test_expiry_heap_stays_proportional_to_the_table() -> None:
     assert len(c) == 0 and c.stats().expirations == 1
 
 
+def test_sliding_ttl_keeps_one_heap_item_per_key() -> None:
+    c = Cache()
+    for i in range(1_000):
+        c.put("k", b"%d" % i, T0 + i * 0.01, ttl=10)
+    last = T0 + 999 * 0.01 + 10
+    assert len(c._expiry) == 1  # the later expiries rode on the first put's item
+    assert c.get_timer() == T0 + 10
+    c.handle_timer(T0 + 10)  # the item fires early and follows the entry
+    assert c.stats().expirations == 0 and c.get_timer() == last
+    c.handle_timer(last)
+    assert len(c) == 0 and c.stats().expirations == 1 and c.get_timer() is None
+
+
+def test_a_shorter_ttl_or_no_ttl_moves_the_sweep() -> None:
+    c = Cache()
+    c.put("short", b"a", T0, ttl=10)
+    c.put("short", b"b", T0, ttl=1)  # earlier than its item: pushes one
+    c.put("never", b"a", T0, ttl=2)
+    c.put("never", b"b", T0, ttl=0)  # no longer expires: its item is dropped when it fires
+    assert c.get_timer() == T0 + 1
+    c.handle_timer(T0 + 1)
+    assert c.peek("short", T0) is None and c.stats().expirations == 1
+    c.handle_timer(T0 + 10)
+    assert c.peek("never", T0 + 10) is not None and c.stats().expirations == 1
+    assert c.get_timer() is None
+
+
+def test_compare_and_set_keeps_the_expiry_and_its_sweep() -> None:
+    c = Cache()
+    v = c.put("k", b"a", T0, ttl=5).version
+    c.put("k", b"b", T0 + 1, if_version=v)
+    assert len(c._expiry) == 1 and c.get_timer() == T0 + 5
+    c.handle_timer(T0 + 5)
+    assert len(c) == 0 and c.stats().expirations == 1
+
+
 def test_feed_age_retention_drives_the_timer() -> None:
     c = Cache(CacheConfig(feed_retention=Retention(max_age_ms=2_000)))
     assert c.get_timer() is None

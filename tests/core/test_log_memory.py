@@ -68,6 +68,26 @@ def test_trimming_keeps_the_bookkeeping_bounded_by_twice_the_retained_records() 
     assert peak / log.record_count <= 2 * BOOKKEEPING, peak / log.record_count
 
 
+def test_trimming_one_record_at_a_time() -> None:
+    log = MemoryLog()
+    log.append(b"a", 1, key=b"k1", headers={"h": b"1"})
+    log.append(b"b", 1)
+    log.append(b"c", 1, key=b"k3")
+    assert log.truncate_before(1) == 1  # the keyed, headered record goes alone
+    got = log.read(1, 10, 1 << 20)
+    assert not isinstance(got, TooOld)
+    assert (got.keys, got.headers) == ([None, b"k3"], None)  # no headered record left
+    assert log.truncate_before(2) == 1
+    got = log.read(2, 10, 1 << 20)
+    assert not isinstance(got, TooOld)
+    assert (got.payloads, got.keys) == ([b"c"], [b"k3"])
+    assert log.truncate_before(3) == 1 and log.record_count == 0 and log.byte_size == 0
+    log.append(b"d", 1)
+    got = log.read(3, 10, 1 << 20)
+    assert not isinstance(got, TooOld)
+    assert (got.payloads, got.keys, got.headers) == ([b"d"], None, None)
+
+
 def test_the_key_column_comes_with_the_first_keyed_record_and_goes_with_the_last() -> None:
     log = MemoryLog()
     log.append_batch([b"a", b"b"], 1)
