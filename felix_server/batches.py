@@ -10,7 +10,8 @@ A queue dispatch hands the session a list of
 :class:`~felix_core.queue_types.QueueDelivery` per consumer; the ``DeliveryBatch`` frame
 wants parallel lists. :func:`delivery_columns` transposes the list in one C-level walk and
 cuts it where a frame would exceed the receiver's msgpack value budget; each
-:class:`DeliveryColumns` feeds the frame's lists as they are.
+:class:`DeliveryColumns` is packed as it is by
+:func:`~felix_proto.codec.encode_delivery_batch` (no message object, no list copies).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from felix_core.log import LogSlice
 from felix_core.queue_types import QueueDelivery
 from felix_proto import messages as m
 from felix_proto._expansion import MAX_VALUES
-from felix_proto.codec import encode_event_batch
+from felix_proto.codec import encode_delivery_batch, encode_event_batch
 from felix_server.observer import ServerObserver
 
 __all__ = [
@@ -105,28 +106,45 @@ class DeliveryColumns:
     ) -> None:
         self.deliveries = deliveries
         ids, attempts, offsets, payloads, key_col, header_col, stamps = columns[:7]
-        self.delivery_ids: list[int] = list(ids)
-        self.attempts: list[int] = list(attempts)
-        self.offsets: list[int] = list(offsets)
-        self.payloads: list[bytes] = list(payloads)
-        self.timestamps_ms: list[int] = list(stamps)
-        self.keys: list[bytes | None] | None = list(key_col) if keys else None
-        self.headers: list[dict[str, bytes] | None] | None = list(header_col) if headers else None
+        self.delivery_ids: Sequence[int] = ids
+        self.attempts: Sequence[int] = attempts
+        self.offsets: Sequence[int] = offsets
+        self.payloads: Sequence[bytes] = payloads
+        self.timestamps_ms: Sequence[int] = stamps
+        self.keys: Sequence[bytes | None] | None = key_col if keys else None
+        self.headers: Sequence[dict[str, bytes] | None] | None = header_col if headers else None
         self.payload_bytes = sum(map(len, payloads))
 
     def __len__(self) -> int:
         return len(self.delivery_ids)
 
+    def frame(self) -> bytes:
+        """The ``DeliveryBatch`` frame of these deliveries, the columns packed as they are.
+
+        Raises:
+            LocalProtocolError: msgpack cannot pack a value.
+        """
+        return encode_delivery_batch(
+            self.delivery_ids,
+            self.attempts,
+            self.offsets,
+            self.payloads,
+            self.timestamps_ms,
+            self.keys,
+            self.headers,
+        )
+
     def message(self) -> m.DeliveryBatch:
-        """The ``DeliveryBatch`` of these deliveries (its lists are these columns)."""
+        """The ``DeliveryBatch`` message of these deliveries (what :meth:`frame` encodes)."""
+        keys, headers = self.keys, self.headers
         return m.DeliveryBatch(
-            delivery_ids=self.delivery_ids,
-            attempts=self.attempts,
-            offsets=self.offsets,
-            payloads=self.payloads,
-            timestamps_ms=self.timestamps_ms,
-            keys=self.keys,
-            headers=self.headers,
+            delivery_ids=list(self.delivery_ids),
+            attempts=list(self.attempts),
+            offsets=list(self.offsets),
+            payloads=list(self.payloads),
+            timestamps_ms=list(self.timestamps_ms),
+            keys=None if keys is None else list(keys),
+            headers=None if headers is None else list(headers),
         )
 
     def halves(self) -> tuple[DeliveryColumns, DeliveryColumns]:
@@ -135,8 +153,8 @@ class DeliveryColumns:
         return self._cut(0, half), self._cut(half, len(self.delivery_ids))
 
     def _cut(self, start: int, stop: int) -> DeliveryColumns:
-        keys = self.keys[start:stop] if self.keys is not None else []
-        headers = self.headers[start:stop] if self.headers is not None else []
+        keys = self.keys[start:stop] if self.keys is not None else ()
+        headers = self.headers[start:stop] if self.headers is not None else ()
         columns = (
             self.delivery_ids[start:stop],
             self.attempts[start:stop],

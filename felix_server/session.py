@@ -964,9 +964,9 @@ class Session:
         if len(columns) == 1:
             return self._write_delivery(consumer_id, columns.deliveries[0])
         try:
-            written = self.felix.send_delivery_batch(consumer_id, columns.message())
+            written = self.felix.send_delivery_frame(consumer_id, columns.frame())
         except FelixProtoError as exc:
-            self._internal("send_delivery_batch", exc)
+            self._internal("send_delivery_frame", exc)
             return False
         if written:
             self.observer.delivered("queue", len(columns), columns.payload_bytes)

@@ -4,9 +4,13 @@ has none, the counted size is each delivery's, and halves keep the order."""
 
 from __future__ import annotations
 
+import pytest
+
 from felix_core.queue_types import QueueDelivery
 from felix_proto import messages as m
-from felix_proto.codec import encode
+from felix_proto.codec import decode, encode, encode_delivery_batch
+from felix_proto.errors import LocalProtocolError
+from felix_proto.frames import HEADER_SIZE
 from felix_server.batches import SMALL_FRAME, delivery_columns, delivery_size
 
 
@@ -36,7 +40,7 @@ def test_columns_make_the_frame_the_per_field_lists_made() -> None:
     for ds in cases:
         ((columns, size),) = delivery_columns(ds)
         assert columns.message() == _per_field(ds)
-        assert encode(columns.message()) == encode(_per_field(ds))
+        assert columns.frame() == encode(_per_field(ds))
         assert size == sum(map(delivery_size, ds))
         assert columns.payload_bytes == sum(len(d.payload) for d in ds)
         assert list(columns.deliveries) == ds
@@ -60,4 +64,20 @@ def test_halves_keep_every_column_in_order() -> None:
     # each half leaves out the keys or headers none of its own deliveries has
     assert first.message() == _per_field(ds[:2]) and first.keys is None
     assert second.message() == _per_field(ds[2:]) and second.headers is None
+    assert first.frame() == encode(_per_field(ds[:2]))
+    assert second.frame() == encode(_per_field(ds[2:]))
     assert first.payload_bytes + second.payload_bytes == columns.payload_bytes
+
+
+def test_the_encoder_takes_tuples_and_refuses_columns_of_other_lengths() -> None:
+    frame = encode_delivery_batch((1, 2), (1, 1), (5, 6), (b"a", b"b"), (0, 0), (None, b"k"))
+    assert decode(frame[HEADER_SIZE:]) == m.DeliveryBatch(
+        delivery_ids=[1, 2],
+        attempts=[1, 1],
+        offsets=[5, 6],
+        payloads=[b"a", b"b"],
+        timestamps_ms=[0, 0],
+        keys=[None, b"k"],
+    )
+    with pytest.raises(LocalProtocolError, match=r"DeliveryBatch.offsets: 1 entries for 2"):
+        encode_delivery_batch([1, 2], [1, 1], [5], [b"a", b"b"])
