@@ -1008,6 +1008,8 @@ class ConsumerGroup:
         held = meter.held
         c = consumers[rr]  # replaced before its first delivery: its run is 0
         run = 0
+        cinflight = c.inflight
+        batch: list[QueueDelivery] = []
         for n_slice, (sl, attempt) in enumerate(slices):
             base = sl.base_offset
             keys = sl.keys
@@ -1021,13 +1023,19 @@ class ConsumerGroup:
                         redelivered -= self._hold_back(slices, n_slice, i, redelivered)
                         break
                     held += size
-                if run == 0 or len(c.inflight) >= c.prefetch:  # the next consumer's turn
+                if run == 0:  # the next consumer's turn (this one's run or prefetch is over)
                     c = consumers[rr]
                     rr = (rr + 1) % n
                     while c.paused or len(c.inflight) >= c.prefetch or (avoid and c.suspected):
                         c = consumers[rr]
                         rr = (rr + 1) % n
-                    run = c.run
+                    cinflight = c.inflight
+                    run = min(c.run, c.prefetch - len(cinflight))
+                    got = batches.get(c)
+                    if got is None:
+                        batch = batches[c] = []
+                    else:
+                        batch = got
                 run -= 1
                 offset = base + i
                 d = QueueDelivery(
@@ -1041,13 +1049,9 @@ class ConsumerGroup:
                     deadline,
                 )
                 outstanding[offset] = attempt
-                c.inflight[did] = d
+                cinflight[did] = d
                 ginflight[did] = c
-                batch = batches.get(c)
-                if batch is None:
-                    batches[c] = [d]
-                else:
-                    batch.append(d)
+                batch.append(d)
                 did += 1
             else:
                 continue

@@ -87,6 +87,7 @@ __all__ = [
     "MessageDecoder",
     "decode",
     "encode",
+    "encode_delivery_batch",
     "encode_event_batch",
     "encode_v1_error",
     "validate",
@@ -339,6 +340,47 @@ _EVENT_BATCH = m.EventBatch.TYPE
 def _length_mismatch(name: str, value: Sequence[Any], payloads: Sequence[bytes]) -> Exception:
     text = f"EventBatch.{name}: {len(value)} entries for {len(payloads)} payloads"
     return LocalProtocolError(text)
+
+
+def encode_delivery_batch(
+    delivery_ids: Sequence[int],
+    attempts: Sequence[int],
+    offsets: Sequence[int],
+    payloads: Sequence[bytes],
+    timestamps_ms: Sequence[int] | None = None,
+    keys: Sequence[bytes | None] | None = None,
+    headers: Sequence[dict[str, bytes] | None] | None = None,
+) -> bytes:
+    """Encode a complete ``DeliveryBatch`` frame from its columns, without a message object.
+
+    It is byte-for-byte what ``encode(DeliveryBatch(...))`` produces with these lists; the
+    columns may be any sequences (tuples pack as arrays) and are passed to msgpack as is.
+
+    Raises:
+        LocalProtocolError: a column's length differs from ``payloads``, or msgpack cannot
+            pack a value.
+    """
+    n = len(payloads)
+    fields: dict[str, Any] = {
+        "delivery_ids": delivery_ids,
+        "attempts": attempts,
+        "offsets": offsets,
+        "payloads": payloads,
+    }
+    if timestamps_ms is not None:
+        fields["timestamps_ms"] = timestamps_ms
+    if keys is not None:
+        fields["keys"] = keys
+    if headers is not None:
+        fields["headers"] = headers
+    for name, column in fields.items():
+        if len(column) != n:
+            text = f"DeliveryBatch.{name}: {len(column)} entries for {n} payloads"
+            raise LocalProtocolError(text)
+    return _pack_frame([_DELIVERY_BATCH, fields])
+
+
+_DELIVERY_BATCH = m.DeliveryBatch.TYPE
 
 
 def encode_v1_error(message: str | None = None) -> bytes:

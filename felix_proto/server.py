@@ -44,7 +44,8 @@ A client that stops a feed stream (STOP_SENDING or reset, fed in as :meth:`strea
 cancels it: :class:`SubscriptionCancelled` / :class:`ConsumerCancelled`. Consumers work the
 same way with ``open_consumer``, ``send_delivery`` and ``end_consumer``;
 ``send_delivery_batch`` writes several deliveries in one ``DeliveryBatch`` frame, only to a
-client that agreed to the ``delivery-batch`` capability.
+client that agreed to the ``delivery-batch`` capability (``send_delivery_frame``: one
+already encoded by :func:`~felix_proto.codec.encode_delivery_batch`).
 
 Robustness. The broker never dies from a peer's bytes: every violation is raised inside as
 a :class:`~felix_proto.errors.RemoteProtocolError` and answered at the one receive entry
@@ -582,12 +583,16 @@ class ServerConnection(Connection):
             LocalProtocolError: the client did not agree to ``delivery-batch``, unknown or
                 ended consumer, or a batch msgpack cannot encode.
         """
+        return self.send_delivery_frame(consumer_id, encode(batch))
+
+    def send_delivery_frame(self, consumer_id: int, frame: bytes) -> bool:
+        """:meth:`send_delivery_batch` with the frame already encoded
+        (:func:`~felix_proto.codec.encode_delivery_batch`); same returns and errors."""
         if DELIVERY_BATCH not in self._agreed:
             raise LocalProtocolError(f"the client did not agree to {DELIVERY_BATCH!r}")
         feed = self._feed(self._consumers, consumer_id)
         if feed is None:
             return True
-        frame = encode(batch)
         if not self.fits(frame):
             return False
         feed.move(FeedInput.DATA, local=True)

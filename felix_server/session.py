@@ -106,12 +106,17 @@ from felix_core.queue_types import QueueDelivery
 from felix_proto import ALPN
 from felix_proto import events as fe
 from felix_proto import messages as m
-from felix_proto.codec import MAX_VALUES
 from felix_proto.connection import DELIVERY_BATCH, TOKEN_EXCHANGE, TOKEN_REFRESH
 from felix_proto.errors import ErrorCode, FelixProtoError
 from felix_proto.server import ServerConnection
 from felix_server.access import Authenticate, Exchange, ExchangeRefusal, Refusal
-from felix_server.batches import EncodedBatches
+from felix_server.batches import (
+    SMALL_FRAME,
+    DeliveryColumns,
+    EncodedBatches,
+    delivery_columns,
+    delivery_size,
+)
 from felix_server.config import ServerConfig
 from felix_server.fair import FairShare, request_cost, turn_key
 from felix_server.feed_traces import FeedTraces
@@ -142,45 +147,9 @@ _ADMIN_AUDITED = (m.AdminCreate, m.AdminUpdate, m.AdminDelete)
 """Admin requests that change something: their outcome goes to the audit hook."""
 _ACCESS_KINDS = ("role", "binding")
 """Admin kinds whose create and update settings go to the audit hook too (what they grant)."""
-_SMALL_FRAME = 256
-"""What a gap or end frame, or a delivery's framing, is counted as before it is encoded."""
 _TRANSMIT_ROUNDS = 3
 """Most rounds of one transmit: a round that resumes deliveries or reading sends what that
 produced in the next one."""
-
-
-_BATCH_VALUES = MAX_VALUES - 32
-"""The msgpack values one ``DeliveryBatch`` may spend on its deliveries: the receiver's
-budget (docs/wire-protocol.md §3) less the envelope (array, type, map, 7 field names)."""
-
-
-def batch_groups(deliveries: Sequence[QueueDelivery]) -> list[list[QueueDelivery]]:
-    """Cut a dispatch's deliveries, in order, into groups whose ``DeliveryBatch`` stays
-    within the receiver's msgpack value budget: a delivery takes 7 values (one entry in
-    each list), plus two per header."""
-    per = 7
-    if len(deliveries) * per <= _BATCH_VALUES and not any(d.headers for d in deliveries):
-        return [list(deliveries)]
-    groups: list[list[QueueDelivery]] = []
-    group: list[QueueDelivery] = []
-    values = 0
-    for d in deliveries:
-        cost = per + 2 * len(d.headers) if d.headers else per
-        if group and values + cost > _BATCH_VALUES:
-            groups.append(group)
-            group, values = [], 0
-        group.append(d)
-        values += cost
-    groups.append(group)
-    return groups
-
-
-def _delivery_size(d: QueueDelivery) -> int:
-    """What a delivery is counted as before it is encoded."""
-    size = _SMALL_FRAME + len(d.payload) + len(d.key or b"")
-    if d.headers:
-        size += sum(len(k) + len(v) + 8 for k, v in d.headers.items())
-    return size
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -895,9 +864,7 @@ class Session:
         """Tell a subscription it skipped ``missed`` records."""
         if self.felix.subscription_open(subscription_id):
             write = partial(self.felix.send_gap, subscription_id, missed, next_offset)
-            self._feed_write(
-                (True, subscription_id), _SMALL_FRAME, partial(self._felix_call, write)
-            )
+            self._feed_write((True, subscription_id), SMALL_FRAME, partial(self._felix_call, write))
 
     def end_subscription(
         self, subscription_id: int, reason: str, message: str, next_offset: int | None
@@ -907,30 +874,28 @@ class Session:
             write = partial(
                 self.felix.end_subscription, subscription_id, reason, message, next_offset
             )
-            self._feed_write(
-                (True, subscription_id), _SMALL_FRAME, partial(self._felix_call, write)
-            )
+            self._feed_write((True, subscription_id), SMALL_FRAME, partial(self._felix_call, write))
 
     def send_deliveries(self, consumer_id: int, deliveries: Sequence[QueueDelivery]) -> None:
         """Write queue deliveries to a consumer's stream (or hold them back): in one
-        ``DeliveryBatch`` frame when the client agreed to ``delivery-batch``, else one
+        ``DeliveryBatch`` frame when the client agreed to ``delivery-batch`` (its lists built
+        in one walk, see :func:`~felix_server.batches.delivery_columns`), else one
         ``Delivery`` frame each."""
         if not self.felix.consumer_open(consumer_id):
             return
         key = (False, consumer_id)
         if self._batch_deliveries and len(deliveries) > 1:
-            for group in batch_groups(deliveries):
-                size = sum(map(_delivery_size, group))
-                self._feed_write(key, size, partial(self._write_deliveries, consumer_id, group))
+            for columns, size in delivery_columns(deliveries):
+                self._feed_write(key, size, partial(self._write_deliveries, consumer_id, columns))
             return
         for d in deliveries:
-            self._feed_write(key, _delivery_size(d), partial(self._write_delivery, consumer_id, d))
+            self._feed_write(key, delivery_size(d), partial(self._write_delivery, consumer_id, d))
 
     def end_consumer(self, consumer_id: int, reason: str, message: str = "") -> None:
         """End a consumer's stream with ``ConsumerEnded``."""
         if self.felix.consumer_open(consumer_id):
             write = partial(self.felix.end_consumer, consumer_id, reason, message)
-            self._feed_write((False, consumer_id), _SMALL_FRAME, partial(self._felix_call, write))
+            self._feed_write((False, consumer_id), SMALL_FRAME, partial(self._felix_call, write))
 
     def _feed_write(
         self, key: FeedKey, size: int, write: Callable[[], object], frame: bytes | None = None
@@ -991,35 +956,26 @@ class Session:
             return
         self.observer.delivered("stream", count, payload_bytes)
 
-    def _write_deliveries(self, consumer_id: int, ds: list[QueueDelivery]) -> bool:
+    def _write_deliveries(self, consumer_id: int, columns: DeliveryColumns) -> bool:
         """Write deliveries as one ``DeliveryBatch``, or, over the client's
         ``max_frame_size``, as two halves (each split again as needed); a single delivery goes
         as a ``Delivery`` (:meth:`_write_delivery`). False once a delivery fitted no frame
         (the consumer is ended and nothing after it is written)."""
-        if len(ds) == 1:
-            return self._write_delivery(consumer_id, ds[0])
-        batch = m.DeliveryBatch(
-            delivery_ids=[d.delivery_id for d in ds],
-            attempts=[d.attempt for d in ds],
-            offsets=[d.offset for d in ds],
-            payloads=[d.payload for d in ds],
-            timestamps_ms=[d.timestamp_ms for d in ds],
-            keys=None if all(d.key is None for d in ds) else [d.key for d in ds],
-            headers=None if all(d.headers is None for d in ds) else [d.headers for d in ds],
-        )
+        if len(columns) == 1:
+            return self._write_delivery(consumer_id, columns.deliveries[0])
         try:
-            written = self.felix.send_delivery_batch(consumer_id, batch)
+            written = self.felix.send_delivery_frame(consumer_id, columns.frame())
         except FelixProtoError as exc:
-            self._internal("send_delivery_batch", exc)
+            self._internal("send_delivery_frame", exc)
             return False
         if written:
-            self.observer.delivered("queue", len(ds), sum(len(d.payload) for d in ds))
+            self.observer.delivered("queue", len(columns), columns.payload_bytes)
             if self._traces is not None:
-                self._traces.queue_batch(consumer_id, ds)
+                self._traces.queue_batch(consumer_id, columns.deliveries)
             return True
-        half = len(ds) // 2
-        return self._write_deliveries(consumer_id, ds[:half]) and self._write_deliveries(
-            consumer_id, ds[half:]
+        first, second = columns.halves()
+        return self._write_deliveries(consumer_id, first) and self._write_deliveries(
+            consumer_id, second
         )
 
     def _write_delivery(self, consumer_id: int, d: QueueDelivery) -> bool:

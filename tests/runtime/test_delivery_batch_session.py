@@ -18,7 +18,7 @@ from felix_proto.client import DELIVERY_BATCH, unbatch
 from felix_proto.codec import MessageDecoder, encode
 from felix_proto.errors import TooManyValues
 from felix_proto.frames import HEADER_SIZE
-from felix_server.session import batch_groups
+from felix_server.batches import delivery_columns
 
 from .memory_net import MemoryClient, MemoryNet, N, T
 
@@ -116,9 +116,9 @@ def _delivery(i: int, headers: int) -> QueueDelivery:
 
 def test_a_dispatch_is_cut_where_a_batch_would_exceed_the_value_budget() -> None:
     plain = [_delivery(i, 0) for i in range(1000)]
-    assert batch_groups(plain) == [plain]
+    assert [list(c.deliveries) for c, _ in delivery_columns(plain)] == [plain]
     heavy = [_delivery(i, 3000) for i in range(200)]  # 6,007 values each
-    groups = batch_groups(heavy)
+    groups = [list(c.deliveries) for c, _ in delivery_columns(heavy)]
     assert [d for g in groups for d in g] == heavy
     assert [len(g) for g in groups] == [87, 87, 26]
     check_values(_batch_payload(groups[0]))  # raises TooManyValues over the budget
