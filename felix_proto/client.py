@@ -72,7 +72,7 @@ from ._state import (
     FlowControlError,
     UnexpectedMessage,
 )
-from .codec import validate
+from .codec import encode_fields, validate
 from .connection import (
     CONTROL_STREAM_ID,
     DELIVERY_BATCH,
@@ -770,25 +770,23 @@ class ClientConnection(Connection):
     ) -> int:
         self._transition(ConnInput.FINISH if kind in _FINISHING else ConnInput.REQUEST, local=True)
         rid = self._pending.allocate()
-        try:
-            factory: Any = kind
-            msg = factory(request_id=rid, **fields)
-        except TypeError as exc:
-            raise LocalProtocolError(f"{kind.__name__}: {exc}") from None
-        validate(msg)
+        if "request_id" in fields:
+            raise LocalProtocolError(f"{kind.__name__}: request_id is set by the connection")
+        fields["request_id"] = rid
+        # Checked as the broker's decoder will check it, encoded without a message object.
+        frame = encode_fields(kind, fields)
         sid = self._request_stream(kind, stream_id)
-        self._send(sid, msg)
-        if getattr(msg, "ack", None) == m.AckMode.NONE:
+        self._send_frame(sid, frame, kind)
+        if fields.get("ack") == m.AckMode.NONE:
             self._pending.forget_late(rid, kind, report=True)
             return rid
         req = self._pending.track(rid, kind, sid, self._deadline(now, timeout))
         if kind is m.Subscribe:
-            assert isinstance(msg, m.Subscribe)
             req.feed = _Feed(
                 is_sub=True,
                 request_id=rid,
-                messages=msg.credit_messages,
-                nbytes=msg.credit_bytes,
+                messages=fields["credit_messages"],
+                nbytes=fields["credit_bytes"],
             )
         elif kind is m.Consume:
             req.feed = _Feed(is_sub=False, request_id=rid)
@@ -818,9 +816,8 @@ class ClientConnection(Connection):
                 kind, now, timeout, stream_id, consumer_id=consumer_id, delivery_ids=ids, **extra
             )
         else:
-            msg = kind(consumer_id=consumer_id, delivery_ids=ids, **extra)
-            validate(msg)
-            self._send(self._request_stream(kind, stream_id), msg)
+            frame = encode_fields(kind, {"consumer_id": consumer_id, "delivery_ids": ids, **extra})
+            self._send_frame(self._request_stream(kind, stream_id), frame, kind)
             rid = None
         feed.awaiting.difference_update(ids)
         return rid
