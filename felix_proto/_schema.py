@@ -27,7 +27,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from enum import Enum
-from typing import Any
+from typing import Any, TypeVar
 
 from . import messages as m
 from .errors import BadFrame, InvalidField, RemoteProtocolError
@@ -43,9 +43,12 @@ __all__ = [
     "U64_MAX",
     "make_encoder",
     "make_field_encoder",
+    "make_record_factory",
     "tname",
     "valid_request_id",
 ]
+
+_R = TypeVar("_R")
 
 U64_MAX = (1 << 64) - 1
 """Largest value of an unsigned 64-bit field."""
@@ -469,7 +472,7 @@ GENERIC_DECODERS: dict[int, Callable[[dict[str, Any]], m.Message]] = {
 # ------------------------------------------------------------------------ generated fast paths
 
 
-def _builder_class(cls: type[m.Message]) -> type | None:
+def _builder_class(cls: Any) -> type | None:
     """A mutable twin of a frozen slots dataclass: same base, same slots, no ``__setattr__``.
 
     The fast decoders fill a twin with plain attribute stores (specialised by the
@@ -489,6 +492,27 @@ def _builder_class(cls: type[m.Message]) -> type | None:
     except TypeError:  # pragma: no cover - CPython 3.11+ allows it
         return None
     return twin
+
+
+def make_record_factory(cls: type[_R]) -> Callable[..., _R]:
+    """A positional constructor of the frozen slots dataclass ``cls`` (fields in declaration
+    order, every one given), filled through :func:`_builder_class`'s twin: the same object
+    as ``cls(**fields)`` for about a third of the cost, for records the machines build on
+    every request or reply (events made from values that were already checked)."""
+    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    builder = _builder_class(cls)
+    ns: dict[str, Any] = {"_new": object.__new__, "_builder": builder, "_cls": cls}
+    args = ", ".join(names)
+    if builder is None:  # pragma: no cover - CPython 3.11+ allows the switch
+        keywords = ", ".join(f"{n}={n}" for n in names)
+        body = [f"def new({args}):", f"    return _cls({keywords})"]
+    else:
+        body = [f"def new({args}):", "    o = _new(_builder)"]
+        body.extend(f"    o.{n} = {n}" for n in names)
+        body.extend(["    o.__class__ = _cls", "    return o"])
+    exec("\n".join(body), ns)
+    fn: Callable[..., _R] = ns["new"]
+    return fn
 
 
 def _make_fast_decoder(cls: type[m.Message]) -> Callable[[dict[str, Any]], m.Message]:

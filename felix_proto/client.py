@@ -62,7 +62,7 @@ from . import events as ev
 from . import messages as m
 from ._feeds import ClientFeed as _Feed
 from ._pending import PendingRequests
-from ._schema import _builder_class
+from ._schema import _builder_class, make_record_factory
 from ._state import (
     CLIENT_CONNECTION,
     ConnInput,
@@ -1296,26 +1296,27 @@ def _failed(
     )
 
 
+_CACHE_VALUE_RECEIVED = make_record_factory(ev.CacheValueReceived)
+_CACHE_PUT_COMPLETED = make_record_factory(ev.CachePutCompleted)
+_PUBLISH_ACKED = make_record_factory(ev.PublishAcked)
+_REQUEST_SUCCEEDED = make_record_factory(ev.RequestSucceeded)
+
+
 def _success_event(msg: m.Message) -> ev.Event:
-    """The event for a matched success reply (not Subscribed/Consuming)."""
-    if isinstance(msg, m.PublishAck):
-        return ev.PublishAcked(
-            request_id=msg.request_id, first_offset=msg.first_offset, last_offset=msg.last_offset
+    """The event for a matched success reply (not Subscribed/Consuming). The hot replies'
+    events are filled without the frozen ``__init__`` (see ``make_record_factory``)."""
+    if type(msg) is m.CacheValue:
+        return _CACHE_VALUE_RECEIVED(
+            msg.request_id, msg.found, msg.value, msg.version, msg.ttl_remaining_ms
         )
+    if type(msg) is m.PublishAck:
+        return _PUBLISH_ACKED(msg.request_id, msg.first_offset, msg.last_offset)
+    if type(msg) is m.CachePutResult:
+        return _CACHE_PUT_COMPLETED(msg.request_id, msg.stored, msg.version)
+    if type(msg) is m.Ok:
+        return _REQUEST_SUCCEEDED(msg.request_id)
     if isinstance(msg, m.Pong):
         return ev.PongReceived(nonce=msg.nonce)
-    if isinstance(msg, m.CacheValue):
-        return ev.CacheValueReceived(
-            request_id=msg.request_id,
-            found=msg.found,
-            value=msg.value,
-            version=msg.version,
-            ttl_remaining_ms=msg.ttl_remaining_ms,
-        )
-    if isinstance(msg, m.CachePutResult):
-        return ev.CachePutCompleted(
-            request_id=msg.request_id, stored=msg.stored, version=msg.version
-        )
     if isinstance(msg, m.CacheDeleted):
         return ev.CacheDeleteCompleted(request_id=msg.request_id, deleted=msg.deleted)
     if isinstance(msg, m.AdminResource):

@@ -10,8 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from felix_proto import events as ev
 from felix_proto import messages as m
-from felix_proto._schema import DECODERS, GENERIC_DECODERS
+from felix_proto._schema import DECODERS, GENERIC_DECODERS, make_record_factory
 from felix_proto.codec import (
     MessageDecoder,
     decode,
@@ -352,3 +353,24 @@ def test_encode_fields_is_validate_then_encode(msg: m.Message, data: st.DataObje
     else:
         fields[name] = data.draw(st.one_of(any_values(), _LOCAL_VALUES))
     assert _checked(cls, fields) == _reference(cls, fields)
+
+
+@pytest.mark.parametrize(
+    ("cls", "values"),
+    [
+        (ev.CacheValueReceived, (7, True, b"v", 3, None)),
+        (ev.CachePutCompleted, (7, False, None)),
+        (ev.PublishAcked, (7, 10, 12)),
+        (ev.RequestSucceeded, (7,)),
+        (ev.RequestReceived, (4, m.Ok(request_id=7))),
+    ],
+)
+def test_record_factory_builds_the_same_record(cls: type[Any], values: tuple[Any, ...]) -> None:
+    """The machines' fast event constructors give records equal to the frozen ``__init__``'s,
+    still frozen."""
+    names = [f.name for f in dataclasses.fields(cls)]
+    made = make_record_factory(cls)(*values)
+    assert type(made) is cls
+    assert made == cls(**dict(zip(names, values, strict=True)))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        setattr(made, names[0], 1)
