@@ -117,7 +117,9 @@ _LANES: dict[type[m.Message], str] = {
     m.AdminList: "admin",
     m.AdminDelete: "admin",
 }
-_FINISHING = (m.Unsubscribe, m.CancelConsume, m.Ack, m.Nack, m.Reauthenticate, m.TokenExchange)
+_FINISHING = frozenset(
+    {m.Unsubscribe, m.CancelConsume, m.Ack, m.Nack, m.Reauthenticate, m.TokenExchange}
+)
 
 
 class ClientConnection(Connection):
