@@ -38,7 +38,11 @@ goes to the generic decoder, which names the bad element. :func:`encode_event_ba
 ``EventBatch`` frame without a dataclass, once, for every subscriber at that position.
 
 :func:`encode` does not validate field values (that would double its cost); a message built
-with wrong types encodes to a frame the peer rejects. Use :func:`validate` to check one. A
+with wrong types encodes to a frame the peer rejects. Use :func:`validate` to check one.
+:func:`encode_fields` is the typed API's request path: it checks field values as
+:func:`validate` would and encodes them without building a message (one generated function
+per class, see ``_schema.make_field_encoder``), falling back to ``validate`` + ``encode``
+for the error's text. A
 value msgpack cannot pack at all (an int above 2**64-1) makes :func:`encode` raise
 ``LocalProtocolError`` naming the field, never a bare msgpack exception.
 """
