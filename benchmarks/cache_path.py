@@ -7,9 +7,11 @@ A round is what one pass of each side does at concurrency C: the client queues C
 transmits; the broker takes the datagrams, serves the requests and transmits the
 replies; the client takes those and its machine turns them into reply events. The
 figures are the broker's and the client's CPU per request (QUIC included; syscalls and
-the client's asyncio plumbing not), so a change to the broker's request path can be
-measured without most of the noise of a loaded machine (still compare A and B in
-alternation). The broker counts with the observer a broker process uses (Prometheus).
+the client's asyncio plumbing not; the request calls themselves, ``cache_get`` and
+``cache_put``, are counted apart as ``client_issue_us``), so a change to the broker's
+request path can be measured without most of the noise of a loaded machine (still
+compare A and B in alternation). The broker counts with the observer a broker process
+uses (Prometheus).
 
 Usage: ``python benchmarks/cache_path.py [--json] [--op get,put] [--concurrency 64]
 [--rounds 300] [--quic-engine aioquic] [--profile server|client]``; ``--profile`` prints
@@ -77,6 +79,8 @@ class Pair:
         self.machine = ClientConnection(client_name="bench", default_timeout=30.0)
         self.server_s = 0.0
         self.client_s = 0.0
+        self.issue_s = 0.0
+        """Client CPU spent in the request calls (``cache_get``/``cache_put``) themselves."""
         self.replies: list[ev.Event] = []
         self.handshake_done = False
         connected = False
@@ -144,12 +148,14 @@ def _rounds(pair: Pair, op: str, concurrency: int, rounds: int) -> None:
     streams = [machine.open_request_stream() for _ in range(STREAMS)]
     for _ in range(rounds):
         now = pair.now
+        t0 = time.process_time()
         for i in range(concurrency):
             sid = streams[i % STREAMS]
             if op == "get":
                 machine.cache_get(*PATH, "k", now=now, stream_id=sid)
             else:
                 machine.cache_put(*PATH, "k", VALUE, now=now, stream_id=sid)
+        pair.issue_s += time.process_time() - t0
         for _ in range(20):
             pair.step()
             if len(pair.replies) >= concurrency:
@@ -179,7 +185,7 @@ def run(
         )
         pair.request(lambda m, now: m.cache_put(*PATH, "k", VALUE, now=now))
         _rounds(pair, op, concurrency, 20)  # warm-up: streams, caches
-        pair.server_s = pair.client_s = 0.0
+        pair.server_s = pair.client_s = pair.issue_s = 0.0
         profiler = cProfile.Profile() if profile else None
         if profiler is not None:
             wrapped = pair.server if profile == "server" else pair.machine
@@ -193,6 +199,7 @@ def run(
         return {
             f"{op}_c{concurrency}_server_us": pair.server_s * 1e6 / count,
             f"{op}_c{concurrency}_client_us": pair.client_s * 1e6 / count,
+            f"{op}_c{concurrency}_client_issue_us": pair.issue_s * 1e6 / count,
         }
 
 
@@ -201,15 +208,17 @@ def _profile_methods(target: object, profiler: cProfile.Profile) -> None:
     names = (
         ("datagram_received", "datagrams_to_send")
         if isinstance(target, FelixServer)
-        else ("stream_data_received", "data_to_send", "next_event")
+        else ("stream_data_received", "data_to_send", "next_event", "cache_get", "cache_put")
     )
     for name in names:
         method = getattr(target, name)
 
-        def wrapper(*args: object, _method: Callable[..., object] = method) -> object:
+        def wrapper(
+            *args: object, _method: Callable[..., object] = method, **kwargs: object
+        ) -> object:
             profiler.enable()
             try:
-                return _method(*args)
+                return _method(*args, **kwargs)
             finally:
                 profiler.disable()
 

@@ -69,6 +69,10 @@ class FlowControlError(RemoteProtocolError):
 class ConnState(Enum):
     """States of a whole connection (client and server)."""
 
+    __hash__ = object.__hash__
+    """Identity hash (members are singletons and compare by identity): the transition
+    table is looked up on every request and reply, and ``Enum.__hash__`` is Python code."""
+
     IDLE = "idle"
     """Client only: created, ``Hello`` not sent yet."""
     AWAITING_HELLO = "awaiting_hello"
@@ -85,6 +89,9 @@ class ConnState(Enum):
 
 class ConnInput(Enum):
     """Inputs of the connection machines."""
+
+    __hash__ = object.__hash__
+    """Identity hash, as :class:`ConnState`."""
 
     CONNECT = "connect"
     """Client API: send ``Hello``."""

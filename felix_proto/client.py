@@ -62,7 +62,7 @@ from . import events as ev
 from . import messages as m
 from ._feeds import ClientFeed as _Feed
 from ._pending import PendingRequests
-from ._schema import _builder_class
+from ._schema import _builder_class, make_record_factory
 from ._state import (
     CLIENT_CONNECTION,
     ConnInput,
@@ -72,7 +72,7 @@ from ._state import (
     FlowControlError,
     UnexpectedMessage,
 )
-from .codec import validate
+from .codec import encode_fields, validate
 from .connection import (
     CONTROL_STREAM_ID,
     DELIVERY_BATCH,
@@ -117,7 +117,9 @@ _LANES: dict[type[m.Message], str] = {
     m.AdminList: "admin",
     m.AdminDelete: "admin",
 }
-_FINISHING = (m.Unsubscribe, m.CancelConsume, m.Ack, m.Nack, m.Reauthenticate, m.TokenExchange)
+_FINISHING = frozenset(
+    {m.Unsubscribe, m.CancelConsume, m.Ack, m.Nack, m.Reauthenticate, m.TokenExchange}
+)
 
 
 class ClientConnection(Connection):
@@ -770,25 +772,23 @@ class ClientConnection(Connection):
     ) -> int:
         self._transition(ConnInput.FINISH if kind in _FINISHING else ConnInput.REQUEST, local=True)
         rid = self._pending.allocate()
-        try:
-            factory: Any = kind
-            msg = factory(request_id=rid, **fields)
-        except TypeError as exc:
-            raise LocalProtocolError(f"{kind.__name__}: {exc}") from None
-        validate(msg)
+        if "request_id" in fields:
+            raise LocalProtocolError(f"{kind.__name__}: request_id is set by the connection")
+        fields["request_id"] = rid
+        # Checked as the broker's decoder will check it, encoded without a message object.
+        frame = encode_fields(kind, fields)
         sid = self._request_stream(kind, stream_id)
-        self._send(sid, msg)
-        if getattr(msg, "ack", None) == m.AckMode.NONE:
+        self._send_frame(sid, frame, kind)
+        if fields.get("ack") == m.AckMode.NONE:
             self._pending.forget_late(rid, kind, report=True)
             return rid
         req = self._pending.track(rid, kind, sid, self._deadline(now, timeout))
         if kind is m.Subscribe:
-            assert isinstance(msg, m.Subscribe)
             req.feed = _Feed(
                 is_sub=True,
                 request_id=rid,
-                messages=msg.credit_messages,
-                nbytes=msg.credit_bytes,
+                messages=fields["credit_messages"],
+                nbytes=fields["credit_bytes"],
             )
         elif kind is m.Consume:
             req.feed = _Feed(is_sub=False, request_id=rid)
@@ -818,9 +818,8 @@ class ClientConnection(Connection):
                 kind, now, timeout, stream_id, consumer_id=consumer_id, delivery_ids=ids, **extra
             )
         else:
-            msg = kind(consumer_id=consumer_id, delivery_ids=ids, **extra)
-            validate(msg)
-            self._send(self._request_stream(kind, stream_id), msg)
+            frame = encode_fields(kind, {"consumer_id": consumer_id, "delivery_ids": ids, **extra})
+            self._send_frame(self._request_stream(kind, stream_id), frame, kind)
             rid = None
         feed.awaiting.difference_update(ids)
         return rid
@@ -1299,26 +1298,27 @@ def _failed(
     )
 
 
+_CACHE_VALUE_RECEIVED = make_record_factory(ev.CacheValueReceived)
+_CACHE_PUT_COMPLETED = make_record_factory(ev.CachePutCompleted)
+_PUBLISH_ACKED = make_record_factory(ev.PublishAcked)
+_REQUEST_SUCCEEDED = make_record_factory(ev.RequestSucceeded)
+
+
 def _success_event(msg: m.Message) -> ev.Event:
-    """The event for a matched success reply (not Subscribed/Consuming)."""
-    if isinstance(msg, m.PublishAck):
-        return ev.PublishAcked(
-            request_id=msg.request_id, first_offset=msg.first_offset, last_offset=msg.last_offset
+    """The event for a matched success reply (not Subscribed/Consuming). The hot replies'
+    events are filled without the frozen ``__init__`` (see ``make_record_factory``)."""
+    if type(msg) is m.CacheValue:
+        return _CACHE_VALUE_RECEIVED(
+            msg.request_id, msg.found, msg.value, msg.version, msg.ttl_remaining_ms
         )
+    if type(msg) is m.PublishAck:
+        return _PUBLISH_ACKED(msg.request_id, msg.first_offset, msg.last_offset)
+    if type(msg) is m.CachePutResult:
+        return _CACHE_PUT_COMPLETED(msg.request_id, msg.stored, msg.version)
+    if type(msg) is m.Ok:
+        return _REQUEST_SUCCEEDED(msg.request_id)
     if isinstance(msg, m.Pong):
         return ev.PongReceived(nonce=msg.nonce)
-    if isinstance(msg, m.CacheValue):
-        return ev.CacheValueReceived(
-            request_id=msg.request_id,
-            found=msg.found,
-            value=msg.value,
-            version=msg.version,
-            ttl_remaining_ms=msg.ttl_remaining_ms,
-        )
-    if isinstance(msg, m.CachePutResult):
-        return ev.CachePutCompleted(
-            request_id=msg.request_id, stored=msg.stored, version=msg.version
-        )
     if isinstance(msg, m.CacheDeleted):
         return ev.CacheDeleteCompleted(request_id=msg.request_id, deleted=msg.deleted)
     if isinstance(msg, m.AdminResource):

@@ -38,7 +38,11 @@ goes to the generic decoder, which names the bad element. :func:`encode_event_ba
 ``EventBatch`` frame without a dataclass, once, for every subscriber at that position.
 
 :func:`encode` does not validate field values (that would double its cost); a message built
-with wrong types encodes to a frame the peer rejects. Use :func:`validate` to check one. A
+with wrong types encodes to a frame the peer rejects. Use :func:`validate` to check one.
+:func:`encode_fields` is the typed API's request path: it checks field values as
+:func:`validate` would and encodes them without building a message (one generated function
+per class, see ``_schema.make_field_encoder``), falling back to ``validate`` + ``encode``
+for the error's text. A
 value msgpack cannot pack at all (an int above 2**64-1) makes :func:`encode` raise
 ``LocalProtocolError`` naming the field, never a bare msgpack exception.
 """
@@ -62,6 +66,7 @@ from ._schema import (
     U16_FIELDS,
     U64_MAX,
     make_encoder,
+    make_field_encoder,
     tname,
     valid_request_id,
 )
@@ -89,6 +94,7 @@ __all__ = [
     "encode",
     "encode_delivery_batch",
     "encode_event_batch",
+    "encode_fields",
     "encode_v1_error",
     "validate",
 ]
@@ -176,6 +182,11 @@ _ENCODERS = {
     for cls in m.MESSAGE_TYPES.values()
 }
 """Each message class's generated ``encode(msg) -> frame``."""
+_FIELD_ENCODERS = {
+    cls: make_field_encoder(cls, _pack_small_frame, _pack_frame, _SMALL_FRAME)
+    for cls in m.MESSAGE_TYPES.values()
+}
+"""Each message class's generated checked ``encode_fields(fields) -> frame | None``."""
 
 
 # ------------------------------------------------------------------------ public API
@@ -205,6 +216,38 @@ def encode(msg: m.Message) -> bytes:
         return encoder(msg)
     except LocalProtocolError as exc:
         raise _encode_error(msg, exc) from None
+
+
+def encode_fields(cls: type[m.Message], fields: dict[str, Any]) -> bytes:
+    """Encode the message ``cls(**fields)`` as a frame, checked, without building it.
+
+    The result is ``encode(cls(**fields))`` after ``validate`` of that message, byte for
+    byte; the field values are checked as the peer's decoder will check them, but no
+    message object is made when they pass (the typed API's request path).
+
+    Args:
+        cls: the message class.
+        fields: field values by name, each one of ``cls``'s fields; a missing or ``None``
+            optional field takes its default.
+
+    Returns:
+        The frame bytes.
+
+    Raises:
+        LocalProtocolError: an unknown field name or a missing required one, a field
+            value the peer would reject (the message :func:`validate` gives), or as
+            :func:`encode`.
+    """
+    frame = _FIELD_ENCODERS[cls](fields)
+    if frame is not None:
+        return frame
+    try:  # the reference path states what is wrong
+        factory: Any = cls
+        msg = factory(**fields)
+    except TypeError as exc:
+        raise LocalProtocolError(f"{cls.__name__}: {exc}") from None
+    validate(msg)
+    return encode(msg)
 
 
 def _encode_error(msg: m.Message, exc: LocalProtocolError) -> LocalProtocolError:

@@ -450,10 +450,15 @@ class Connection:
             LocalProtocolError: the frame is larger than the peer accepts, or the stream
                 was already ended by this side.
         """
-        frame = encode(msg)
-        if not self.fits(frame):
+        self._send_frame(stream_id, encode(msg), type(msg), end=end)
+
+    def _send_frame(
+        self, stream_id: int, frame: bytes, kind: type[Message], *, end: bool = False
+    ) -> None:
+        """Queue an encoded ``kind`` message on ``stream_id``. Raises as :meth:`_send`."""
+        if len(frame) - HEADER_SIZE > self._max_send_frame:
             raise LocalProtocolError(
-                f"{type(msg).__name__} of {len(frame) - HEADER_SIZE} bytes exceeds the "
+                f"{kind.__name__} of {len(frame) - HEADER_SIZE} bytes exceeds the "
                 f"peer's max_frame_size {self._max_send_frame}"
             )
         self._write(stream_id, frame, end=end)

@@ -65,6 +65,7 @@ from typing import Any
 
 from . import events as ev
 from . import messages as m
+from ._schema import make_record_factory
 from ._state import (
     SERVER_CONNECTION,
     SERVER_FEED,
@@ -98,8 +99,14 @@ from .frames import DEFAULT_MAX_FRAME_SIZE, HEADER_SIZE, SUPPORTED_VERSIONS, V1_
 
 __all__ = ["ServerConnection"]
 
-_FINISHING = (m.Ack, m.Nack, m.Unsubscribe, m.CancelConsume, m.TokenExchange, m.Reauthenticate)
+_FINISHING = frozenset(
+    {m.Ack, m.Nack, m.Unsubscribe, m.CancelConsume, m.TokenExchange, m.Reauthenticate}
+)
 _REQUESTS = frozenset(REPLY_TYPES) - {m.Ping}
+_FEED_REPLIES = (m.Subscribed, m.Consuming)
+_SERVING = frozenset({ConnState.READY, ConnState.GOING_AWAY})
+_REQUEST_RECEIVED = make_record_factory(ev.RequestReceived)
+"""``RequestReceived(stream_id, message)`` without the frozen ``__init__`` (once a request)."""
 _FORGET_AFTER = 4096
 
 
@@ -342,20 +349,20 @@ class ServerConnection(Connection):
         if self.closed:
             return True
         rid = getattr(message, "request_id", None)
-        req = self._requests.get(rid) if isinstance(rid, int) else None
-        if req is None or not isinstance(rid, int):
+        req = self._requests.get(rid) if type(rid) is int else None
+        if req is None or rid is None:
             raise LocalProtocolError(f"{type(message).__name__}: no pending request {rid}")
         if type(message) is not REPLY_TYPES[type(req.message)]:
             raise LocalProtocolError(
                 f"{type(message).__name__} does not answer {type(req.message).__name__}"
             )
-        if isinstance(message, (m.Subscribed, m.Consuming)):
+        if type(message) in _FEED_REPLIES:
             fid = message.subscription_id if isinstance(message, m.Subscribed) else None
             fid = message.consumer_id if isinstance(message, m.Consuming) else fid
             if req.feed is None or req.feed.feed_id != fid:
                 raise LocalProtocolError(f"request {rid}: open its stream for {fid} first")
         frame = encode(message)
-        if not self.fits(frame):
+        if len(frame) - HEADER_SIZE > self._max_send_frame:
             size = len(frame) - HEADER_SIZE
             limit = self._max_send_frame
             self.send_error(
@@ -658,6 +665,9 @@ class ServerConnection(Connection):
         raise LocalProtocolError(f"the client cannot send on stream {stream_id}")
 
     def _receive(self, stream: StreamState, msg: m.Message) -> None:
+        if type(msg) in _REQUESTS and self._state in _SERVING:  # the hot case first
+            self._on_request(stream, msg, msg.request_id)  # type: ignore[attr-defined]
+            return
         control = stream.kind is StreamKind.CONTROL
         if isinstance(msg, m.Hello) and control and self._state is ConnState.AWAITING_HELLO:
             self._on_hello(msg)
@@ -734,16 +744,15 @@ class ServerConnection(Connection):
 
     def _on_request(self, stream: StreamState, msg: m.Message, rid: int | None) -> None:
         sid = stream.stream_id
-        if self._state is ConnState.GOING_AWAY and not isinstance(msg, _FINISHING):
+        finishing = type(msg) in _FINISHING
+        if self._state is ConnState.GOING_AWAY and not finishing:
             if rid is not None:
                 error = self._error_frame(
                     ErrorCode.SHUTTING_DOWN, "the broker is going away", rid, True, {}
                 )
                 self._write(sid, error)
             return
-        self._transition(
-            ConnInput.FINISH if isinstance(msg, _FINISHING) else ConnInput.REQUEST, local=False
-        )
+        self._transition(ConnInput.FINISH if finishing else ConnInput.REQUEST, local=False)
         if rid is not None:
             if rid in self._requests:
                 raise UnexpectedMessage(
@@ -756,7 +765,7 @@ class ServerConnection(Connection):
             else:
                 self._requests[rid] = _Request(sid, msg)
                 self._open[sid] = self._open.get(sid, 0) + 1
-        self._events.append(ev.RequestReceived(stream_id=sid, message=msg))
+        self._events.append(_REQUEST_RECEIVED(sid, msg))
 
     def _stream_ended(self, stream: StreamState) -> None:
         sid = stream.stream_id

@@ -20,5 +20,6 @@ def test_short_run_prints_every_figure() -> None:
         check=True,
     )
     figures = json.loads(done.stdout)
-    for name in ("get_c8_server_us", "get_c8_client_us", "put_c8_server_us", "put_c8_client_us"):
-        assert figures[name] > 0, name
+    for op in ("get", "put"):
+        for side in ("server", "client", "client_issue"):
+            assert figures[f"{op}_c8_{side}_us"] > 0, (op, side)
