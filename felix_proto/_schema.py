@@ -515,6 +515,25 @@ def make_record_factory(cls: type[_R]) -> Callable[..., _R]:
     return fn
 
 
+def _parallel_list_lines(
+    cls: type[m.Message], specs: tuple[_FieldSpec, ...], give_up: str
+) -> list[str]:
+    """Generated lines (inside the ``try`` of a generated function, the fields' values in
+    ``a0``, ``a1`` ...) that run ``give_up`` when a parallel list of ``cls`` has another
+    length than its lead list (the rule :func:`_make_generic_decoder` reports)."""
+    parallel = _PARALLEL_LISTS.get(cls)
+    if parallel is None:
+        return []
+    names = [s.name for s in specs]
+    lead = names.index(parallel[0])
+    lines = []
+    for other in parallel[1]:
+        j = names.index(other)
+        lines.append(f"        if a{j} is not None and len(a{j}) != len(a{lead}):")
+        lines.append(f"            {give_up}")
+    return lines
+
+
 def _make_fast_decoder(cls: type[m.Message]) -> Callable[[dict[str, Any]], m.Message]:
     """Generate the fast decoder of ``cls``: ``f`` is a field map msgpack produced.
 
@@ -560,14 +579,7 @@ def _make_fast_decoder(cls: type[m.Message]) -> Callable[[dict[str, Any]], m.Mes
                 body.append("        else:")
                 body.append(f"            _c{i}(v)")
         body.append(f"        a{i} = v")
-    parallel = _PARALLEL_LISTS.get(cls)
-    if parallel is not None:
-        names = [s.name for s in specs]
-        lead = names.index(parallel[0])
-        for other in parallel[1]:
-            j = names.index(other)
-            body.append(f"        if a{j} is not None and len(a{j}) != len(a{lead}):")
-            body.append("            return _slow(f)")
+    body.extend(_parallel_list_lines(cls, specs, "return _slow(f)"))
     body.append("    except (_Invalid, KeyError, TypeError, ValueError):")
     body.append("        return _slow(f)")
     builder = _builder_class(cls)
@@ -717,14 +729,7 @@ def make_field_encoder(
             body.append("        if v is not None:")
             body.append(f"            _c{i}(v)")
         body.append(f"        a{i} = v")
-    parallel = _PARALLEL_LISTS.get(cls)
-    if parallel is not None:
-        names = [s.name for s in specs]
-        lead = names.index(parallel[0])
-        for other in parallel[1]:
-            j = names.index(other)
-            body.append(f"        if a{j} is not None and len(a{j}) != len(a{lead}):")
-            body.append("            return None")
+    body.extend(_parallel_list_lines(cls, specs, "return None"))
     body.append("    except (_Invalid, KeyError, TypeError, ValueError):")
     body.append("        return None")
     body.extend(_field_map_lines(specs, [f"a{i}" for i in range(len(specs))]))
