@@ -1,0 +1,64 @@
+"""The short forms of the in-process benchmark scripts of round 8 (benchmarks/): each runs
+to the end with tiny counts and prints every figure it names, so a script that stops working
+is seen by the suite, not at the next measurement.
+
+* ``cache_path.py``: both cache operations are served (every request of every round
+  answered, no failure) and both sides' figures come out;
+* ``proto_request.py``: every request of every round is answered and turned into its
+  event, and the three steps' figures come out;
+* ``request_loop.py``: against the broker it starts, the client's requests are counted (a
+  request costs at least one loop iteration and one datagram read at concurrency 1);
+* ``cache_put.py``: every case runs (a compare-and-set of each round applies) and prints
+  its figure.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def run_json(script: str, *args: str) -> Any:
+    """Run ``benchmarks/<script>`` with ``--json`` and ``args``; its JSON document."""
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), "--json", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return json.loads(done.stdout)
+
+
+def test_cache_path_prints_every_figure() -> None:
+    figures = run_json("cache_path.py", "--rounds", "3", "--concurrency", "8")
+    for op in ("get", "put"):
+        for side in ("server", "client", "client_issue"):
+            assert figures[f"{op}_c8_{side}_us"] > 0, (op, side)
+
+
+def test_proto_request_prints_every_figure() -> None:
+    figures = run_json("proto_request.py", "--rounds", "3", "--concurrency", "8")
+    for op in ("get", "put"):
+        for step in ("issue", "server", "receive"):
+            assert figures[f"{op}_c8_{step}_us"] > 0, (op, step)
+
+
+def test_request_loop_counts_the_client_loop() -> None:
+    figures = run_json("request_loop.py", "--seconds", "0.2", "--concurrency", "1")["c=1"]
+    assert figures["requests_per_s"] > 0
+    assert figures["loop_iterations_per_request"] >= 1
+    assert figures["datagrams_read_per_request"] >= 1
+    assert figures["datagrams_sent_per_request"] >= 1
+
+
+def test_cache_put_prints_every_case() -> None:
+    args = ("--batches", "3", "--batch", "8", "--keys", "16", "--fill", "100")
+    figures = run_json("cache_put.py", *args)["cpu_us_per_call"]
+    assert set(figures) == {"put", "put_ttl", "put_cas", "get"}
+    assert all(us > 0 for us in figures.values()), figures
