@@ -515,6 +515,17 @@ def make_record_factory(cls: type[_R]) -> Callable[..., _R]:
     return fn
 
 
+def _inline_condition(spec: _FieldSpec, i: int, ns: dict[str, Any]) -> str:
+    """Field ``i``'s inline failure condition (``spec.fail_if``, which must exist), its enum
+    values bound in the generated function's namespace ``ns`` as ``_e{i}``."""
+    fail_if = spec.fail_if
+    assert fail_if is not None
+    if spec.enum_values is not None:
+        ns[f"_e{i}"] = spec.enum_values
+        fail_if = fail_if.replace("_ENUM", f"_e{i}")
+    return fail_if
+
+
 def _parallel_list_lines(
     cls: type[m.Message], specs: tuple[_FieldSpec, ...], give_up: str
 ) -> list[str]:
@@ -565,10 +576,7 @@ def _make_fast_decoder(cls: type[m.Message]) -> Callable[[dict[str, Any]], m.Mes
                 body.append(f"            v = _d{i}")
         else_ = "" if spec.required else "el"
         if spec.fail_if is not None:
-            fail_if = spec.fail_if
-            if spec.enum_values is not None:
-                ns[f"_e{i}"] = spec.enum_values
-                fail_if = fail_if.replace("_ENUM", f"_e{i}")
+            fail_if = _inline_condition(spec, i, ns)
             body.append(f"        {else_}if {fail_if}:")
             body.append("            return _slow(f)")
         else:
@@ -717,11 +725,7 @@ def make_field_encoder(
             body.append("        if v is None:")
             body.append("            return None")
         if exact:
-            fail_if = spec.fail_if
-            assert fail_if is not None
-            if spec.enum_values is not None:
-                ns[f"_e{i}"] = spec.enum_values
-                fail_if = fail_if.replace("_ENUM", f"_e{i}")
+            fail_if = _inline_condition(spec, i, ns)
             body.append(f"        if v is not None and ({fail_if}):")
             body.append("            return None")
         else:
