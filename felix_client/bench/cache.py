@@ -154,7 +154,7 @@ def _felix(
     label = runner.label(f"cache {op} {value} B c={concurrency}")
     worker = runner.pool[0]
     mark = runner.cpu_mark()
-    runner.progress.begin(label, runner.settings.seconds, lambda: worker.progress, "ops")
+    runner.begin(label, runner.settings.seconds, lambda: worker.progress, "ops")
     worker.submit(
         f"{MODULE}:felix_job",
         {
@@ -187,7 +187,7 @@ def _redis(runner: Runner, redis: LocalRedis, op: str, concurrency: int) -> None
     name = "GET" if op == "get" else "SET"
     label = f"redis-py {name} {value} B c={concurrency}"
     worker = runner.pool[0]
-    runner.progress.begin(label, runner.settings.seconds, lambda: worker.progress, "ops")
+    runner.begin(label, runner.settings.seconds, lambda: worker.progress, "ops", broker=False)
     worker.submit(
         f"{MODULE}:redis_job",
         {

@@ -9,8 +9,13 @@ installed engine) and then every scenario; an anchor already measured in the run
 measured again. ``--quic-engine aioquic,qh3`` runs the Felix scenarios once per engine
 (a broker of that engine, clients of that engine), one after the other, in one run.
 
-Exit status: 0 when every figure is valid, 1 when one is not (unexplained loss, say) or the
-run failed, 2 on bad usage, 130 on Ctrl-C.
+``--profile DIR`` samples the broker and the load generators with py-spy during each figure
+(:mod:`.spy`) and prints the share of samples by layer after the summary
+(:mod:`.profiles`).
+
+Exit status: 0 when every figure is valid, 1 when one is not (unexplained loss, say), the
+run failed or ``--profile`` cannot sample (py-spy missing or not allowed to attach), 2 on
+bad usage, 130 on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -30,10 +35,11 @@ from typing import Any
 
 from . import cache, durable, memory, pubsub, queues, raw_quic
 from .parser import build_parser
-from .report import Figure, attach_ratios, document, print_table
+from .report import Figure, attach_ratios, document, print_profiles, print_table
 from .runner import Progress, Runner
 from .servers import LocalBroker, ServerFailed
 from .settings import ENGINES, BrokerTarget, Matrix, RunSettings
+from .spy import Profiler, ProfileUnavailable, check_attach, find_py_spy
 from .workers import WorkerFailed, WorkerPool
 
 __all__ = ["build_parser", "main", "plan"]
@@ -133,10 +139,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     progress = Progress(sys.stderr, live=sys.stderr.isatty(), quiet=args.quiet)
     try:
-        figures, run = _run(args, settings, progress)
+        py_spy = find_py_spy() if args.profile else None
+        figures, run = _run(args, settings, progress, py_spy)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
-    except (WorkerFailed, ServerFailed, OSError) as exc:
+    except (WorkerFailed, ServerFailed, ProfileUnavailable, OSError) as exc:
         print(f"felix bench: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     attach_ratios(figures)
@@ -148,16 +155,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         print()
     else:
         print_table(figures, run, sys.stdout)
+        print_profiles(figures, sys.stdout)
     return EXIT_OK if all(f.valid for f in figures) else EXIT_ERROR
 
 
 def _run(
-    args: argparse.Namespace, settings: RunSettings, progress: Progress
+    args: argparse.Namespace, settings: RunSettings, progress: Progress, py_spy: str | None
 ) -> tuple[list[Figure], dict[str, Any]]:
     started = datetime.datetime.now(datetime.UTC)
     figures: list[Figure] = []
     with tempfile.TemporaryDirectory(prefix="felix-bench-") as tmp, ExitStack() as pools:
         pool = pools.enter_context(WorkerPool(POOL_SIZE, settings.loop))
+        profiler: Profiler | None = None
+        if py_spy is not None:
+            check_attach(py_spy, pool[0].pid)  # before anything is measured
+            profiler = Profiler(py_spy, Path(args.profile), args.profile_rate)
+            pools.callback(profiler.close)
         for engine in settings.quic_engines:
             with ExitStack() as stack:
                 broker: LocalBroker | None = None
@@ -191,6 +204,7 @@ def _run(
                     engine=engine,
                     figures=figures,
                     broker=broker,
+                    profiler=profiler,
                 )
                 runner.tmp.mkdir(exist_ok=True)
                 for step in plan(args.scenario):
@@ -207,5 +221,6 @@ def _run(
         "python": platform.python_version(),
         "felix": metadata.version("felix"),
         "stream_settings": settings.stream_settings,
+        **({"profile": {"dir": args.profile, "rate": args.profile_rate}} if py_spy else {}),
     }
     return figures, run

@@ -167,6 +167,7 @@ def _measure(
     runner: Runner,
     worker: Worker,
     label: str,
+    suffix: str,
     unit: str,
     job: str,
     params: dict[str, Any],
@@ -174,7 +175,7 @@ def _measure(
     into: _Rounds,
 ) -> None:
     mark = runner.cpu_mark()
-    runner.progress.begin(label, params["seconds"], lambda: worker.progress, unit)
+    runner.begin(label + suffix, params["seconds"], lambda: worker.progress, unit, profile_as=label)
     worker.submit(job, params)
     result = worker.result(runner.wait, runner.progress.tick)
     broker_s = runner.broker_cpu_since(mark)
@@ -225,7 +226,8 @@ def run(runner: Runner) -> None:
             _measure(
                 runner,
                 worker,
-                labels[kind] + suffix,
+                labels[kind],
+                suffix,
                 "published",
                 f"{pubsub.MODULE}:publish_job",
                 base
@@ -242,7 +244,8 @@ def run(runner: Runner) -> None:
         _measure(
             runner,
             worker,
-            labels["fsync"] + suffix,
+            labels["fsync"],
+            suffix,
             "fsyncs",
             f"{MODULE}:fsync_job",
             {"dir": str(runner.tmp), "size": size * batch, "seconds": span},
@@ -253,7 +256,8 @@ def run(runner: Runner) -> None:
             _measure(
                 runner,
                 worker,
-                labels[f"c{n}"] + suffix,
+                labels[f"c{n}"],
+                suffix,
                 "publishes",
                 f"{MODULE}:committed_job",
                 base

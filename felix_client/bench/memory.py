@@ -339,7 +339,7 @@ def run(runner: Runner) -> None:
     mark = runner.cpu_mark()
     baseline = process_memory(pid)[0] if pid is not None else 0
     exact_peak = pid is not None and reset_peak_memory(pid)
-    runner.progress.begin(label, count / 100_000, lambda: publisher.progress, "published")
+    runner.begin(label, count / 100_000, lambda: publisher.progress, "published")
     with RssSampler(pid or 0) as sampler:
         publisher.submit(
             f"{MODULE}:publish_job", common | {"count": count, "payload": size, "batch": batch}

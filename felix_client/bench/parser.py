@@ -109,6 +109,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write the JSON document to FILE (with the table on stdout)",
     )
     p.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
+    p.add_argument(
+        "--profile",
+        metavar="DIR",
+        help="sample the broker and each load generator with py-spy while each figure runs "
+        "(raw stacks and an SVG flamegraph per process and figure in DIR); print the share "
+        "of samples by layer after the summary and put it in the JSON (needs py-spy and "
+        "the right to attach: root or CAP_SYS_PTRACE)",
+    )
+    p.add_argument(
+        "--profile-rate",
+        type=_count,
+        default=200,
+        metavar="HZ",
+        help="py-spy samples per second and process with --profile (default %(default)s)",
+    )
     m = p.add_argument_group("matrix (comma-separated lists override the defaults)")
     d = Matrix()
     m.add_argument(

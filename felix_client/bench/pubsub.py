@@ -189,7 +189,7 @@ def _run_pair(
     subscriber.submit(f"{MODULE}:subscribe_job", sub_params)
     subscriber.ready(runner.wait)
     mark = runner.cpu_mark()
-    runner.progress.begin(label, runner.settings.seconds, lambda: subscriber.progress, unit)
+    runner.begin(label, runner.settings.seconds, lambda: subscriber.progress, unit)
     publisher.submit(f"{MODULE}:publish_job", pub_params)
     published = publisher.result(runner.wait, runner.progress.tick)
     subscriber.set_target(published["last_offset"])

@@ -142,9 +142,7 @@ def run(runner: Runner) -> None:
         consumer_worker.submit(f"{MODULE}:consume_job", common | {"consumers": count})
         consumer_worker.ready(runner.wait)
         mark = runner.cpu_mark()
-        runner.progress.begin(
-            label, runner.settings.seconds, lambda: consumer_worker.progress, "acked"
-        )
+        runner.begin(label, runner.settings.seconds, lambda: consumer_worker.progress, "acked")
         producer.submit(
             f"{MODULE}:enqueue_job",
             common

@@ -266,7 +266,7 @@ def _measure(runner: Runner, engine: str, version: str, mode: str, size: int) ->
     address = server.ready(runner.wait)["address"]
     label = f"raw {engine} {mode} {size} B"
     unit = "msg" if mode == "one-way" else "round trips"
-    runner.progress.begin(label, settings.seconds, lambda: client.progress, unit)
+    runner.begin(label, settings.seconds, lambda: client.progress, unit, broker=False)
     client.submit(
         f"{MODULE}:client_job",
         common

@@ -15,7 +15,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-__all__ = ["RATIO_METRICS", "Figure", "attach_ratios", "document", "print_table"]
+from .profiles import Breakdown, format_table
+
+__all__ = [
+    "RATIO_METRICS",
+    "Figure",
+    "attach_ratios",
+    "document",
+    "print_profiles",
+    "print_table",
+]
 
 RATIO_METRICS = ("msg_per_s", "ops_per_s", "p50_us", "p99_us", "p999_us")
 """Metrics divided by the anchor's same metric when both figures have them."""
@@ -43,6 +52,9 @@ class Figure:
     distribution: list[tuple[float, float]] = field(default_factory=list)
     """A latency figure's ``[(percentile, us), ...]`` (:func:`.hdr.distribution`), for the
     plots; empty for the others."""
+    profile: dict[str, Breakdown] = field(default_factory=dict)
+    """``--profile``: process (``broker``, ``worker 1 (publish_job)``) -> its samples by
+    layer over the figure; empty without it."""
 
     def as_dict(self) -> dict[str, Any]:
         """The figure as JSON-ready data."""
@@ -57,7 +69,12 @@ class Figure:
             "valid": self.valid,
             "notes": list(self.notes),
             **({"distribution": [list(p) for p in self.distribution]} if self.distribution else {}),
+            **({"profile": _profiles(self.profile)} if self.profile else {}),
         }
+
+
+def _profiles(profile: dict[str, Breakdown]) -> dict[str, Any]:
+    return {process: b.as_dict() for process, b in profile.items()}
 
 
 def _finite(value: float) -> float | None:
@@ -175,3 +192,19 @@ def print_table(figures: Sequence[Figure], run: dict[str, Any], out: TextIO) -> 
         "anchor (lower is better).",
         file=out,
     )
+
+
+def print_profiles(figures: Sequence[Figure], out: TextIO) -> None:
+    """``--profile``: the share of samples by layer per figure and process (after the
+    summary table; nothing when no figure has a profile)."""
+    rows = [(f.label, process, b) for f in figures for process, b in f.profile.items()]
+    if not rows:
+        return
+    print("", file=out)
+    print(
+        "profiles (py-spy): share of each process's samples by layer (innermost frame of a "
+        "known layer); busy = samples / (rate x seconds sampled)",
+        file=out,
+    )
+    for line in format_table(rows):
+        print(line, file=out)

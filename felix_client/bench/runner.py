@@ -18,6 +18,7 @@ from typing import TextIO
 from .report import Figure
 from .servers import LocalBroker, process_cpu_seconds
 from .settings import BrokerTarget, RunSettings
+from .spy import Profiler
 from .workers import WorkerPool
 
 __all__ = ["CpuMark", "Progress", "Runner"]
@@ -116,7 +117,11 @@ class Runner:
     figures: list[Figure] = field(default_factory=list)
     broker: LocalBroker | None = None
     """The broker this run started (None with ``--server``)."""
+    profiler: Profiler | None = None
+    """py-spy recordings of each figure (``--profile``), or None."""
     _names: int = 0
+    _jobs: dict[int, int] = field(default_factory=dict)
+    """Per worker, jobs submitted before the profiled figure began (-1: it was busy)."""
 
     @property
     def wait(self) -> float:
@@ -152,12 +157,46 @@ class Runner:
         """A Felix figure's label: ``base``, with ``[NAME]`` unless the engine is aioquic."""
         return base if self.engine == "aioquic" else f"{base} [{self.engine}]"
 
+    def begin(
+        self,
+        label: str,
+        seconds: float,
+        count: Callable[[], int],
+        unit: str,
+        *,
+        profile_as: str | None = None,
+        broker: bool = True,
+    ) -> None:
+        """The measured part of a figure starts: the progress line and, with ``--profile``,
+        py-spy on the broker (unless ``broker`` is False: a raw QUIC figure) and on every
+        worker. ``profile_as`` is the label of the figure the samples belong to (default
+        ``label``; a figure measured in rounds names its own)."""
+        self.progress.begin(label, seconds, count, unit)
+        if self.profiler is None:
+            return
+        targets = {}
+        if broker and self.broker_pid is not None:
+            targets["broker"] = self.broker_pid
+        for worker in self.pool.workers:
+            targets[f"worker {worker.index}"] = worker.pid
+            self._jobs[worker.index] = -1 if worker.busy else worker.submitted
+        self.profiler.start(profile_as or label, targets)
+
     def has(self, ident: str) -> bool:
         """Whether this run has measured the figure ``ident``."""
         return any(f.id == ident for f in self.figures)
 
     def add(self, figure: Figure) -> Figure:
-        """Keep a figure and print its progress line."""
+        """Keep a figure (with its profiles, ``--profile``) and print its progress line."""
+        if self.profiler is not None:
+            for process, result in self.profiler.finish(figure.label).items():
+                if not process.startswith("worker "):
+                    figure.profile[process] = result
+                    continue
+                worker = self.pool[int(process.split()[1])]
+                before = self._jobs.get(worker.index, worker.submitted)
+                if before == -1 or worker.submitted > before:  # the figure's job ran there
+                    figure.profile[f"{process} ({worker.job})"] = result
         self.figures.append(figure)
         self.progress.end(figure)
         return figure

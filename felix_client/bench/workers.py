@@ -132,6 +132,10 @@ class Worker:
         self.process = process
         self._conn = conn
         self.busy = False
+        self.job = ""
+        """The function of the last job submitted (``subscribe_job``)."""
+        self.submitted = 0
+        """Jobs submitted so far."""
 
     @property
     def pid(self) -> int:
@@ -155,6 +159,8 @@ class Worker:
         self._pool.progress[self.index] = 0
         self.set_target(None)
         self.busy = True
+        self.job = target.rpartition(":")[2]
+        self.submitted += 1
         self._conn.send((target, params, backend))
 
     def ready(self, timeout: float, tick: Callable[[], None] | None = None) -> dict[str, Any]:
