@@ -12,8 +12,10 @@ unknown packages are skipped, so their cost goes to the layer that called them: 
 ``dataclasses.replace`` in ``felix_core`` is ``felix_core``'s work. Time inside a C
 extension has no Python frame of its own (py-spy without ``--native``), so aioquic's
 ``_crypto`` and ``_buffer`` count for the aioquic frame that called them, and a
-``socket.sendto`` for the asyncio transport method around it (``loop``). A stack with no
-frame of a known layer is ``other`` (the interpreter's start, a worker's pipe).
+``socket.sendto`` for the Python frame around it: the asyncio transport's (``loop``), or
+one of Felix's thin socket loops (``send_all``, ``read_batch``...: :data:`SOCKET_CALLS`),
+which count as ``loop`` too when they are the innermost frame, since their own time is
+the socket call. A package of no known layer (redis-py, a script) is ``other``.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import Any
 
 __all__ = [
     "LAYERS",
+    "SOCKET_CALLS",
     "Breakdown",
     "Stacks",
     "attribute",
@@ -49,7 +52,8 @@ LAYERS: dict[str, str] = {
     "runtime": "felix_runtime*: the runtime adapters (socket loop, timers, dispatch)",
     "client": "felix_client (not its bench)",
     "bench": "felix_client.bench: the load generator's own job loop",
-    "loop": "the event loop and I/O: asyncio, selectors, socket, trio, anyio, uvloop",
+    "loop": "the event loop and socket calls: asyncio, selectors, socket, trio, anyio, uvloop, "
+    "and the Felix functions whose own time is a sendto/recvfrom (SOCKET_CALLS)",
     "msgpack": "msgpack",
     "other": "no frame of a known layer",
 }
@@ -141,9 +145,32 @@ def layer_of(file: str) -> str | None:
     return None if top in sys.stdlib_module_names else "other"
 
 
+SOCKET_CALLS = frozenset(
+    {
+        ("send_all", "felix_runtime/udp.py"),
+        ("read_batch", "felix_runtime/udp.py"),
+        ("_UdpSocket._take", "felix_client/_transport.py"),
+        ("_UdpSocket.send_nowait", "felix_client/_transport.py"),
+        ("_UdpSocket.send", "felix_client/_transport.py"),
+        ("Endpoint._readable", "felix_client/bench/quic_endpoint.py"),
+        ("Endpoint.transmit", "felix_client/bench/quic_endpoint.py"),
+    }
+)
+"""Functions whose own samples are their socket calls (``sock.sendto``/``recvfrom`` in a
+loop): a C call has no frame of its own, so a sample *in* one of these (as the innermost
+frame) is ``loop``, the socket's; a sample deeper (a ``feed`` it calls) is not."""
+
+
+def _socket_call(frame: Frame) -> bool:
+    return any(frame.function == f and frame.file.endswith(p) for f, p in SOCKET_CALLS)
+
+
 def attribute(stack: Sequence[str]) -> str:
     """The layer of a sample: its innermost frame that is not a standard-library helper
-    (see the module docstring), ``other`` when there is none."""
+    (see the module docstring), ``other`` when there is none; ``loop`` when the innermost
+    frame is one of :data:`SOCKET_CALLS`."""
+    if stack and _socket_call(parse_frame(stack[-1])):
+        return "loop"
     for text in reversed(stack):
         layer = layer_of(parse_frame(text).file)
         if layer is not None:
