@@ -10,7 +10,8 @@ runs one ``py-spy record --format raw --nonblocking --rate R`` per process (the 
 is never stopped) and waits until each says it samples; :meth:`Profiler.finish` stops them
 with SIGINT (py-spy writes its file then), draws each recording's flamegraph and returns
 the per-layer breakdown of :mod:`.profiles` per process. Files:
-``DIR/NNN-FIGURE/PROCESS.txt`` (collapsed stacks) and ``.svg``.
+``DIR/NNN-FIGURE/PROCESS.txt`` (collapsed stacks), ``.svg`` (flamegraph) and ``.log``
+(what py-spy said).
 """
 
 from __future__ import annotations
@@ -95,14 +96,16 @@ class _Recording:
     sampling: threading.Event = field(default_factory=threading.Event)
 
     def read(self) -> None:
+        """Keep what py-spy says (in memory and in ``PROCESS.log``); note when it samples."""
         assert self.popen.stdout is not None
-        for line in self.popen.stdout:
-            if len(self.lines) < 100:
-                self.lines.append(line.rstrip())
-                with self.path.with_suffix(".log").open("a") as log:
+        with self.path.with_suffix(".log").open("w") as log:
+            for line in self.popen.stdout:
+                if len(self.lines) < 100:
+                    self.lines.append(line.rstrip())
                     log.write(line)
-            if "Sampling process" in line:
-                self.sampling.set()
+                    log.flush()
+                if "Sampling process" in line:
+                    self.sampling.set()
         self.sampling.set()  # py-spy ended: nothing more to wait for
 
 

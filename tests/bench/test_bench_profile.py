@@ -4,7 +4,9 @@ run."""
 
 from __future__ import annotations
 
+import io
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -19,6 +21,7 @@ from felix_client.bench.flamegraph import COLOURS, render
 from felix_client.bench.parser import build_parser
 from felix_client.bench.profiles import (
     LAYERS,
+    Breakdown,
     attribute,
     breakdown,
     format_table,
@@ -27,6 +30,9 @@ from felix_client.bench.profiles import (
     parse_collapsed,
     parse_frame,
 )
+from felix_client.bench.report import Figure
+from felix_client.bench.runner import Progress, Runner
+from felix_client.bench.settings import BrokerTarget, RunSettings
 
 LOOP = (
     "<module> (felix_client/cli.py:9);BaseEventLoop.run_forever (asyncio/base_events.py:607);"
@@ -196,7 +202,7 @@ def test_profile_is_an_option_of_the_command_line() -> None:
 def test_without_py_spy_the_run_stops_before_measuring(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    monkeypatch.setattr(spy.shutil, "which", lambda *a, **k: None)
+    monkeypatch.setattr(shutil, "which", lambda *a, **k: None)
     started = time.monotonic()
     assert command.main(["cache", "--profile", str(tmp_path / "p"), "--quiet"]) == 1
     assert time.monotonic() - started < 1.0  # no worker, no broker was started
@@ -280,3 +286,60 @@ def test_a_short_profiled_run_samples_the_broker_and_the_load_generators(tmp_pat
     assert "broker" not in raw["profile"]  # a raw QUIC figure does not involve the broker
     assert "profiles (py-spy)" in done.stdout
     assert "quic" in done.stdout and "runtime" in done.stdout
+
+
+class _Worker:
+    def __init__(self, index: int) -> None:
+        self.index, self.pid, self.busy, self.submitted, self.job = index, 100 + index, False, 0, ""
+
+
+class _Pool:
+    def __init__(self) -> None:
+        self.workers = [_Worker(0), _Worker(1)]
+
+    def __getitem__(self, index: int) -> _Worker:
+        return self.workers[index]
+
+
+class _Profiler:
+    def __init__(self) -> None:
+        self.started: list[tuple[str, dict[str, int]]] = []
+
+    def start(self, key: str, targets: dict[str, int]) -> None:
+        self.started.append((key, targets))
+
+    def finish(self, key: str) -> dict[str, Breakdown]:
+        return {name: breakdown({("f (felix_core/x.py:1)",): 1}) for name in self.started[-1][1]}
+
+
+def _runner(pool: _Pool, profiler: _Profiler) -> Runner:
+    progress = Progress(io.StringIO(), live=False, quiet=True)
+    return Runner(
+        settings=RunSettings(),
+        pool=pool,  # type: ignore[arg-type]
+        target=BrokerTarget(url="quic://127.0.0.1:1"),
+        broker_pid=42,
+        cert=("c", "k"),
+        progress=progress,
+        tmp=Path("."),
+        profiler=profiler,  # type: ignore[arg-type]
+    )
+
+
+def test_a_figure_keeps_the_profiles_of_the_broker_and_the_workers_that_ran_its_jobs() -> None:
+    pool, profiler = _Pool(), _Profiler()
+    runner = _runner(pool, profiler)
+    pool[0].busy, pool[0].submitted, pool[0].job = True, 1, "subscribe_job"  # before begin
+    runner.begin("fig", 1.0, lambda: 0, "msg")
+    assert profiler.started[-1] == ("fig", {"broker": 42, "worker 0": 100, "worker 1": 101})
+    pool[1].submitted, pool[1].job = 1, "publish_job"  # during the figure
+    figure = runner.add(Figure(id="f", scenario="s", label="fig"))
+    assert set(figure.profile) == {"broker", "worker 0 (subscribe_job)", "worker 1 (publish_job)"}
+
+    pool[0].busy = pool[1].busy = False
+    runner.begin("raw", 1.0, lambda: 0, "msg", broker=False, profile_as="raw figure")
+    assert profiler.started[-1] == ("raw figure", {"worker 0": 100, "worker 1": 101})
+    pool[0].submitted, pool[0].job = 2, "server_job"  # worker 1 ran nothing of this figure
+    figure = runner.add(Figure(id="r", scenario="s", label="raw figure"))
+    assert set(figure.profile) == {"worker 0 (server_job)"}
+    assert figure.as_dict()["profile"]["worker 0 (server_job)"]["layers"]["core"] == 1.0
