@@ -19,7 +19,14 @@ broker's congestion window, its loss detection and the bytes its send buffers ho
 connection (its back-pressure count) see no change; a slow one acknowledges every
 :data:`ACK_EVERY` datagrams or :data:`READER_ACK_DELAY`, whichever comes first, which
 bounds what the broker holds unacknowledged to :data:`ACK_EVERY` datagrams or 10 ms of a
-slow stream. Requests still carry the pending ACK at once
+slow stream.
+
+Why 4 and not more: a sender's congestion window must hold :data:`ACK_EVERY` datagrams in
+flight, or the ACK that would let it send more waits for the 10 ms timer. aioquic starts
+with 10 full datagrams and halves the window on a loss, so after one loss from the start
+(5 datagrams) the broker still gets its ACK within 1 ms; only a window squeezed below 4 full
+datagrams (persistent congestion, repeated losses) waits for the timer, at most 10 ms an ACK,
+until it grows again. Requests still carry the pending ACK at once
 (:class:`~felix_server.quic_engine.AckWithData`). aioquic only: qh3 decides for itself.
 """
 
@@ -36,7 +43,7 @@ __all__ = ["ACK_EVERY", "READER_ACK_DELAY", "ReaderAcks"]
 
 READER_ACK_DELAY = 0.010
 """Seconds the client holds an ACK after the first packet it acknowledges (aioquic: 1 ms)."""
-ACK_EVERY = 8
+ACK_EVERY = 4
 """Datagrams received under one pending ACK after which it is due as aioquic would send it:
 :data:`~felix_server.quic_engine.ACK_WITH_DATA_INTERVAL` after the first."""
 

@@ -24,9 +24,9 @@ side's idle timer going too.
 Datagrams and wake-ups. A request sent by :meth:`QuicTransport.flush` carries the ACK that
 aioquic would otherwise send alone after its 1 ms ack delay
 (:class:`felix_server.quic_engine.AckWithData`: at most one such ACK per millisecond, as
-many as aioquic's timer would send), an ACK with nothing to ride on waits up to 10 ms or 8
+many as aioquic's timer would send), an ACK with nothing to ride on waits up to 10 ms or 4
 datagrams (:mod:`felix_client._quic_acks`: a subscriber at a record per millisecond sends about
-one ACK-only datagram per 8 records instead of one per two), and the send lock yields to
+one ACK-only datagram per 4 records instead of one per two), and the send lock yields to
 the event loop only when another task holds it: one record published at a time costs one
 datagram each way and as few loop passes as the waits themselves.
 

@@ -1,6 +1,6 @@
 """The client's ACK timing as a reader (felix_client._quic_acks), against a real aioquic
 connection pair exchanging datagrams in memory: one packet's ACK waits 10 ms (not aioquic's
-1 ms), eight datagrams make it due 1 ms after the first (as aioquic would have), and a
+1 ms), ACK_EVERY (4) datagrams make it due 1 ms after the first (as aioquic would have), and a
 broker-connected client uses it."""
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def test_ack_every_datagrams_make_it_due_as_aioquic_would(pair: _Pair) -> None:
     assert ack_due(pair.client) == pytest.approx(later + READER_ACK_DELAY)
 
 
-def test_a_late_eighth_datagram_makes_the_ack_due_at_once(pair: _Pair) -> None:
+def test_a_late_last_datagram_makes_the_ack_due_at_once(pair: _Pair) -> None:
     now = T0 + 20
     pair.records(1, now)
     pair.records(ACK_EVERY - 1, now + 0.004)
