@@ -372,7 +372,8 @@ def _raw_ping_pong(seconds: float) -> dict[str, float]:
 def _start_broker(args: argparse.Namespace, data_dir: Path, trace: Path) -> tuple[Any, str]:
     """The traced broker process and its URL."""
     cmd = [sys.executable, __file__, "_broker", str(trace), *RUNTIMES[args.runtime]]
-    cmd += ["--listen", "127.0.0.1:0", "--data-dir", str(data_dir), "--log-format", "json"]
+    cmd += ["--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0", "--data-dir", str(data_dir)]
+    cmd += ["--log-format", "json"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("FELIX_")}
     if args.broker_calls:
         env["LATENCY_STAGES_BROKER_CALLS"] = "1"

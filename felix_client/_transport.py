@@ -24,9 +24,11 @@ side's idle timer going too.
 Datagrams and wake-ups. A request sent by :meth:`QuicTransport.flush` carries the ACK that
 aioquic would otherwise send alone after its 1 ms ack delay
 (:class:`felix_server.quic_engine.AckWithData`: at most one such ACK per millisecond, as
-many as aioquic's timer would send), and the send lock yields to the event loop
-only when another task holds it: one record published at a time costs one datagram each
-way and as few loop passes as the waits themselves.
+many as aioquic's timer would send), an ACK with nothing to ride on waits up to 10 ms or 4
+datagrams (:mod:`felix_client._quic_acks`: a subscriber at a record per millisecond sends about
+one ACK-only datagram per 4 records instead of one per two), and the send lock yields to
+the event loop only when another task holds it: one record published at a time costs one
+datagram each way and as few loop passes as the waits themselves.
 
 Readers first. A pass that woke a task (a reply's waiter, a subscription's or consumer's
 inbox: :meth:`QuicHandler.pump` says so) yields once before it transmits, so the woken
@@ -64,6 +66,8 @@ from aioquic.quic.packet import QuicErrorCode
 from felix_runtime.quic_engines import DEFAULT_ENGINE, load_engine
 from felix_runtime.udp import READ_BATCH, udp_socket
 from felix_server.quic_engine import EVENTS, AckWithData
+
+from ._quic_acks import ReaderAcks
 
 __all__ = [
     "QuicHandler",
@@ -351,6 +355,8 @@ class QuicTransport:
         """Keep-alive PINGs sent so far."""
         self.acks = AckWithData()
         """When the last ACK went early with a request."""
+        self.reader_acks = ReaderAcks()
+        """When an ACK goes out while nothing else does (:mod:`felix_client._quic_acks`)."""
 
     @classmethod
     async def connect(cls, host: str, port: int, options: TransportOptions) -> QuicTransport:
@@ -404,7 +410,9 @@ class QuicTransport:
                 now = self.clock()
                 for data in batch:
                     self.quic.receive_datagram(data, addr, now)
-                if not batch:  # the deadline passed (also under a flood of data: a
+                if batch:
+                    self.reader_acks.received(self.quic, len(batch))
+                else:  # the deadline passed (also under a flood of data: a
                     # deadline already past ends the next wait at once)
                     timer = self.quic.get_timer()
                     if timer is not None and timer <= now:
@@ -437,6 +445,7 @@ class QuicTransport:
         while (event := self.quic.next_event()) is not None:
             if isinstance(event, EVENTS.handshake_completed):
                 self.alpn = event.alpn_protocol
+                self.reader_acks.start(self.quic)
                 self._handshake.set()
             elif isinstance(event, EVENTS.terminated):
                 self._handler.quic_event(event, now)

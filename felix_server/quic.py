@@ -51,7 +51,10 @@ This reaches into private members of aioquic, which is why felix pins aioquic to
   :func:`send_buffered`, the bytes a connection's send buffers hold (the session's
   back-pressure count);
 * ``QuicConnection._spaces[Epoch.ONE_RTT].ack_at``: :func:`ack_with_data`, which lets an
-  ACK that aioquic holds back for its ack delay ride in the packet about to carry data.
+  ACK that aioquic holds back for its ack delay ride in the packet about to carry data, and
+  :func:`ack_due` / :func:`ack_by`, which read and advance it;
+* ``QuicConnection._ack_delay`` (the delay aioquic adds to the first unacknowledged
+  ack-eliciting packet's arrival to get ``ack_at``): :func:`set_ack_delay`.
 
 ``tests/runtime`` exercises every path so that an aioquic upgrade that moves them fails
 loudly (``test_receive_window.py`` for the windows).
@@ -277,3 +280,34 @@ def ack_with_data(quic: QuicConnection, now: float) -> bool:
         return False
     space.ack_at = min(space.ack_at, now)
     return True
+
+
+def ack_due(quic: QuicConnection) -> float | None:
+    """When aioquic will send the pending 1-RTT ACK (None: nothing to acknowledge, or no
+    1-RTT keys yet).
+
+    Reads ``QuicConnection._spaces[Epoch.ONE_RTT].ack_at``, private to aioquic 1.7.
+    """
+    space = quic._spaces.get(tls.Epoch.ONE_RTT)
+    return None if space is None else space.ack_at
+
+
+def ack_by(quic: QuicConnection, at: float) -> None:
+    """Make the pending 1-RTT ACK due no later than ``at`` (nothing pending: no change).
+
+    Sets ``QuicConnection._spaces[Epoch.ONE_RTT].ack_at``, private to aioquic 1.7.
+    """
+    space = quic._spaces.get(tls.Epoch.ONE_RTT)
+    if space is not None and space.ack_at is not None and at < space.ack_at:
+        space.ack_at = at
+
+
+def set_ack_delay(quic: QuicConnection, delay: float) -> None:
+    """Hold each ACK for ``delay`` seconds after the first packet it acknowledges
+    (aioquic's default: 1 ms, ``K_GRANULARITY``). ``delay`` must stay within the
+    ``max_ack_delay`` the connection announced to its peer (aioquic announces 25 ms), which
+    the peer's loss detection allows for.
+
+    Sets ``QuicConnection._ack_delay``, private to aioquic 1.7.
+    """
+    quic._ack_delay = delay
