@@ -165,9 +165,10 @@ def test_truncate_cuts_a_log_at_its_first_damage_so_the_broker_serves_it_again(
     tmp_path: Path,
 ) -> None:
     """Damage inside the second segment (without its index, so that the broker scans it at
-    open): the broker opens the log read-only below the bad batch; ``felix log truncate`` prints the cut and changes nothing, with ``--yes`` cuts
-    there (that segment truncated, its index and the later segments deleted); the log then
-    verifies, and opens writable with every record below the cut."""
+    open): the broker opens the log read-only below the bad batch; ``felix log truncate``
+    prints the cut and changes nothing, with ``--yes`` cuts there (that segment truncated,
+    the later segments deleted); the log then verifies, and opens writable with every
+    record below the cut."""
     directory = write_log(tmp_path)
     segments = sorted(directory.glob("*.log"))
     second = segments[1]
