@@ -21,7 +21,12 @@ Measures, in one run, with 100 B records in batches of 64:
   round's ratio. Beside them: ``worker_handoff_us``, an empty job's round trip through
   the worker pool (fsyncs never run on the loop thread, so a committed publish pays it);
   compare it with one publisher's cycle (``1 / committed_1_publisher_publishes_per_s``)
-  minus the plain loop's (``1 / plain_write_fsync_per_s``);
+  minus the plain loop's (``1 / plain_write_fsync_per_s``). Group commit read directly:
+  each committed figure's fsync rounds (sync jobs handed out) per second and publishes per
+  fsync (``..._fsyncs_per_s``, ``..._publishes_per_fsync``): one publisher makes one fsync a
+  publish, 64 share each. And the same committed figures at batch 1 (``committed_batch1_*``,
+  one 100 B record a publish: little CPU per publish), beside the batch-64 ones (issue
+  10's figure);
 * restart: the time to open (recover) a durable log holding ``--restart-mib`` MiB of
   closed segments (64 MiB each; the last, active one is scanned) next to opening an empty
   one (the log's recovery is what a start does per durable resource; best of 3, page cache
@@ -42,6 +47,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import multiprocessing
 import os
 import platform
@@ -52,6 +58,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +72,7 @@ from felix_core.disklog import (
     LogCommitted,
     LogReadable,
     StorageJob,
+    SyncJob,
 )
 from felix_core.events import Appended, RecordsDelivered, RequestCompleted, RequestRefused
 from felix_core.metadata import Kind
@@ -93,6 +101,8 @@ class Engine:
         self.route = LocalRoute(self.broker)
         self.pool = ThreadPoolExecutor(STORAGE_THREADS)
         self.running: dict[Future[object], StorageJob] = {}
+        self.syncs = 0
+        """Sync jobs handed out (one fsync round of a log each: group commit's unit)."""
 
     def create(self, name: str, settings: dict[str, object]) -> None:
         self.broker.create(0, 0, "stream", T, NS, name, settings, now=time.time())
@@ -107,6 +117,7 @@ class Engine:
         if timer is not None and timer <= now:
             self.store.handle_timer(now)
         for job in self.store.take_jobs(now):
+            self.syncs += isinstance(job, SyncJob)
             self.running[self.pool.submit(run_job, job)] = job
         if not self.running:
             return
@@ -164,11 +175,28 @@ datagrams (``felix_runtime.udp.READ_BATCH``) of at most 1452 bytes, and one such
 (about 7 KB on the wire) fills five of them."""
 
 
+@dataclass(frozen=True, slots=True)
+class Committed:
+    """One committed measurement: publishes per second and the fsyncs they took."""
+
+    publishes_per_s: float
+    fsyncs_per_s: float
+
+    @property
+    def publishes_per_fsync(self) -> float:
+        return self.publishes_per_s / self.fsyncs_per_s if self.fsyncs_per_s else math.nan
+
+
 def bench_committed(
-    root: str, publishers: int, seconds: float, *, per_pass: int | None = None
-) -> float:
-    """Committed publishes (batches of 64) per second with ``publishers`` each keeping one
-    publish outstanding.
+    root: str,
+    publishers: int,
+    seconds: float,
+    *,
+    per_pass: int | None = None,
+    batch: int = BATCH,
+) -> Committed:
+    """Committed publishes (batches of ``batch``) per second with ``publishers`` each
+    keeping one publish outstanding, and the sync jobs (fsync rounds) per second.
 
     Args:
         per_pass: how many publishes a loop pass takes before the jobs are handed out
@@ -176,11 +204,12 @@ def bench_committed(
             one fsync covers them all and none overlaps their appends; a number: the
             runtime's pass, :data:`PASS_PUBLISHES`, after which the next fsync starts
             while the rest of the publishes append).
+        batch: records per publish.
     """
     engine = Engine(root)
     engine.create("bench", {"durability": "durable", "batch_max_events": BATCH})
     broker = engine.broker
-    payloads = [PAYLOAD] * BATCH
+    payloads = [PAYLOAD] * batch
     numbers = itertools.count(1)
     ready = publishers  # publishers whose next publish is due
 
@@ -189,12 +218,12 @@ def bench_committed(
     deadline = start + seconds
     try:
         while time.perf_counter() < deadline:
-            batch = ready if per_pass is None else min(ready, per_pass)
-            for _ in range(batch):
+            due = ready if per_pass is None else min(ready, per_pass)
+            for _ in range(due):
                 broker.publish(
                     0, next(numbers), T, NS, "bench", payloads, committed=True, now=time.time()
                 )
-            ready -= batch
+            ready -= due
             engine.pump(block=ready == 0)
             for out in broker.drain_events():
                 if type(out) is Appended:
@@ -202,7 +231,8 @@ def bench_committed(
                     ready += 1  # that publisher's next one
                 elif type(out) is RequestRefused:
                     raise RuntimeError(f"publish refused: {out.error}")
-        return done / (time.perf_counter() - start)
+        elapsed = time.perf_counter() - start
+        return Committed(done / elapsed, engine.syncs / elapsed)
     finally:
         engine.close()
 
@@ -427,15 +457,23 @@ def main(argv: list[str] | None = None) -> int:
     # ratios the medians of each round's ratio.
     span = args.seconds / ROUNDS
     rounds: dict[str, list[float]] = {}
+    committed: dict[str, list[Committed]] = {}
     for _ in range(ROUNDS):
         for name, measure in (
             ("c1", lambda r: bench_committed(r, 1, span)),
             ("c64", lambda r: bench_committed(r, 64, span)),
             ("c64p", lambda r: bench_committed(r, 64, span, per_pass=PASS_PUBLISHES)),
+            ("c1b1", lambda r: bench_committed(r, 1, span, batch=1)),
+            ("c64b1", lambda r: bench_committed(r, 64, span, batch=1)),
+        ):
+            got: Committed = run(name, measure)
+            committed.setdefault(name, []).append(got)
+            rounds.setdefault(name, []).append(got.publishes_per_s)
+        for name, anchor in (
             ("plain", lambda r: bench_plain_fsync(r, span)),
             ("handoff", lambda r: bench_handoff(span)),
         ):
-            rounds.setdefault(name, []).append(run(name, measure))
+            rounds.setdefault(name, []).append(run(name, anchor))
 
     def rate(name: str) -> float:
         return statistics.median(rounds[name])
@@ -454,6 +492,22 @@ def main(argv: list[str] | None = None) -> int:
     by_pass = f"committed_64_publishers_{PASS_PUBLISHES}_per_pass"
     results[f"{by_pass}_publishes_per_s"] = rate("c64p")
     results[f"{by_pass}_vs_1_ratio"] = ratio("c64p", "c1")
+    # Group commit read directly: the fsync rounds (sync jobs) per second and the
+    # publishes each covered; and the same committed figures with one record a publish
+    # (batch 1: little CPU per publish), beside the batch-64 ones above.
+    for name, key in (
+        ("c1", "committed_1_publisher"),
+        ("c64", "committed_64_publishers"),
+        ("c1b1", "committed_batch1_1_publisher"),
+        ("c64b1", "committed_batch1_64_publishers"),
+    ):
+        results[f"{key}_fsyncs_per_s"] = statistics.median(c.fsyncs_per_s for c in committed[name])
+        results[f"{key}_publishes_per_fsync"] = statistics.median(
+            c.publishes_per_fsync for c in committed[name]
+        )
+    results["committed_batch1_1_publisher_publishes_per_s"] = rate("c1b1")
+    results["committed_batch1_64_publishers_publishes_per_s"] = rate("c64b1")
+    results["committed_batch1_64_vs_1_ratio"] = ratio("c64b1", "c1b1")
     results["worker_handoff_us"] = 1e6 / rate("handoff")
 
     def restart_and_replay(root: str) -> dict[str, float]:

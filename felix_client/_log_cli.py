@@ -5,6 +5,7 @@
     felix log verify felix-data/logs                 # every segment below; exit 1 on damage
     felix log dump felix-data/logs/stream/default/default/orders/1 --from 100 --count 10
     felix log dump .../00000000000000000000.log --json
+    felix log truncate felix-data/logs/stream/default/default/orders/1 --yes
 
 It reads the files directly (no broker; run it on a stopped broker's data directory, or on
 a copy) with the format of :mod:`felix_core.segments`, imported only when a ``log``
@@ -25,12 +26,26 @@ rebuilds it.
 in order, from ``--from`` (an offset) for at most ``--count`` records: text, or one JSON
 object per line with ``--json`` (payload, key and header values as UTF-8 when they are,
 else as ``*_base64``). It stops at the first bad batch, saying where, and exits 1 then.
+
+``truncate`` is the operator's answer to damage the broker will not repair itself (a log it
+serves read-only below a bad batch): on one log directory of a *stopped* broker (it refuses
+while the data directory's ``lock`` is held), it finds the first damage as ``verify`` does
+(a bad batch followed by more data, a torn batch in a closed segment, a gap between
+segments, a batch whose records do not decode) and cuts the log there: that segment is
+truncated to its last whole batch before the damage, its index and every later segment
+(with its index) are deleted. An index ``verify`` calls damaged on a segment kept whole is
+deleted too (the broker rebuilds it, nothing is lost). It prints what it cuts (the first
+offset lost and how many bytes) and does it only with ``--yes``; without, nothing changes.
+The records from that offset on are gone: the log's next records take their offsets again.
+A torn tail of the last segment is not cut here (the broker does it at start).
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
+import fcntl
 import json
 import mmap
 import os
@@ -47,8 +62,10 @@ __all__ = ["add_log_commands", "run_log_command"]
 
 
 def add_log_commands(sub: argparse._SubParsersAction[Any]) -> None:
-    """Register ``log verify|dump`` on the ``felix`` subcommand parsers."""
-    t = sub.add_parser("log", help="durable logs on disk: verify segments, dump records")
+    """Register ``log verify|dump|truncate`` on the ``felix`` subcommand parsers."""
+    t = sub.add_parser(
+        "log", help="durable logs on disk: verify segments, dump records, truncate damage"
+    )
     actions = t.add_subparsers(dest="log_command", metavar="ACTION", required=True)
     p = actions.add_parser(
         "verify",
@@ -70,6 +87,16 @@ def add_log_commands(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--count", type=int, default=None, metavar="K", help="most records")
     p.add_argument("--json", action="store_true", help="one JSON object per record")
     p.set_defaults(log_run=_dump)
+    p = actions.add_parser(
+        "truncate",
+        help="cut one log at its first damage (broker stopped; --yes to do it)",
+        description="Cut one durable log's directory at its first damage: the damaged "
+        "segment is truncated to its last whole batch, later segments are deleted. The "
+        "broker must be stopped. Prints the plan; changes nothing without --yes.",
+    )
+    p.add_argument("path", metavar="DIR", help="one log's directory")
+    p.add_argument("--yes", action="store_true", help="do it (default: only print the plan)")
+    p.set_defaults(log_run=_truncate)
 
 
 def run_log_command(args: argparse.Namespace, out: TextIO | None = None) -> int:
@@ -293,3 +320,122 @@ def _dump(args: argparse.Namespace, out: TextIO) -> int:
                 )
                 return 1
     return 0
+
+
+# -- truncate --------------------------------------------------------------------------------
+
+
+@dataclass
+class _Cut:
+    """What ``truncate`` does to one log directory."""
+
+    offset: int | None = None
+    """The first offset lost (None: no damage to cut)."""
+    segment: Path | None = None
+    """The segment truncated (None: a gap, nothing truncated)."""
+    keep_bytes: int = 0
+    """Its length afterwards."""
+    reason: str = ""
+    remove: list[Path] = field(default_factory=list)
+    """Files deleted: the truncated segment's index, every later segment and index, and
+    indexes that describe their segment wrongly."""
+
+
+def _plan_cut(directory: Path) -> _Cut:
+    """Find the first damage of the log in ``directory`` (see the module docstring)."""
+    from felix_core.segments import CorruptBatch, TailState, decode_batch, scan
+
+    cut = _Cut()
+    found = _segments(directory)
+    expected: int | None = None
+    for i, (base, path) in enumerate(found):
+        later = [p for _, seg in found[i + 1 :] for p in (seg, seg.with_suffix(".index"))]
+        later = [p for p in later if p.exists()]
+        index = path.with_suffix(".index")
+        if expected is not None and base != expected:
+            cut.offset, cut.reason = expected, f"{path.name} starts at {base}: a gap"
+            cut.remove = [p for p in (path, index) if p.exists()] + later
+            return cut
+        report = _check_segment(path, base, expected, last=i == len(found) - 1)
+        with _Mapped(path) as mapped:
+            data = mapped.data
+            result = scan(data, expected_base=base)
+            position, offset = result.valid_end, result.next_offset
+            bad = result.state is TailState.CORRUPT or (
+                result.state is TailState.TORN and i < len(found) - 1
+            )
+            for info in result.batches:
+                try:
+                    decode_batch(data, info.position)
+                except CorruptBatch as exc:
+                    position, offset, bad = info.position, info.base_offset, True
+                    cut.reason = f"batch at byte {info.position}: {exc}"
+                    break
+            if bad:
+                cut.offset = base if offset is None else offset
+                cut.reason = cut.reason or f"{result.state.value} batch at byte {position}"
+                cut.segment, cut.keep_bytes = path, position
+                cut.remove = [index] if index.exists() else []
+                cut.remove += later
+                return cut
+        if report.problems and index.exists():  # the data is whole: only the index lies
+            cut.remove.append(index)
+        expected = report.next
+    return cut
+
+
+def _broker_lock(directory: Path) -> Path | None:
+    """The ``lock`` of the data directory ``directory`` is in, if any."""
+    for parent in [directory, *directory.resolve().parents]:
+        if (parent / "lock").is_file() and (parent / "logs").is_dir():
+            return parent / "lock"
+    return None
+
+
+def _truncate(args: argparse.Namespace, out: TextIO) -> int:
+    directory = Path(args.path)
+    if not directory.is_dir() or not _segments(directory):
+        raise OSError(f"{directory}: not a log directory (no NNNNNNNNNNNNNNNNNNNN.log in it)")
+    with contextlib.ExitStack() as stack:
+        lock = _broker_lock(directory)
+        if lock is not None:
+            fd = os.open(lock, os.O_RDWR | os.O_CLOEXEC)
+            stack.callback(os.close, fd)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise OSError(f"a broker is running on {lock.parent} (stop it first)") from None
+        cut = _plan_cut(directory)
+        if cut.offset is None and not cut.remove:
+            out.write(f"{directory}: no damage to cut\n")
+            return 0
+        if cut.offset is not None:
+            out.write(f"{directory}: damage: {cut.reason}\n")
+            out.write(f"  records from offset {cut.offset} on are lost\n")
+        if cut.segment is not None:
+            size = cut.segment.stat().st_size
+            out.write(
+                f"  truncate {cut.segment.name} to {cut.keep_bytes} bytes "
+                f"({size - cut.keep_bytes} cut)\n"
+            )
+        for path in cut.remove:
+            out.write(f"  delete {path.name}\n")
+        if not args.yes:
+            out.write("nothing changed (run again with --yes to do it)\n")
+            return 0
+        if cut.segment is not None:
+            os.truncate(cut.segment, cut.keep_bytes)
+            _fsync(cut.segment)
+        for path in cut.remove:
+            path.unlink()
+        _fsync(directory)
+        out.write("done\n")
+    return 0
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -128,6 +128,7 @@ __all__ = [
     "SweepReport",
     "SyncJob",
     "UnlinkJob",
+    "list_directory",
 ]
 
 _READ_FAILURES_BEFORE_FAILING = 3
@@ -555,6 +556,13 @@ def _add_batch(log: MemoryLog, batch: Batch) -> None:
             log.append(payload, stamps[i], batch.keys[i], batch.headers[i])
 
 
+def list_directory(fs: FileSystem, directory: str) -> dict[str, int]:
+    """Make ``directory`` if missing and return its files' sizes by name: what recovery
+    plans from (:func:`~felix_core.segments.plan_recovery`)."""
+    fs.make_dirs(directory)
+    return {name: fs.size(f"{directory}/{name}") for name in fs.list_dir(directory)}
+
+
 def _trusted_builder(index: SegmentIndex, interval: int) -> IndexBuilder:
     builder = IndexBuilder(index.summary.base_offset, interval)
     builder.index = index
@@ -573,6 +581,7 @@ class DiskLog:
         path: LogPath,
         config: DiskLogConfig,
         meter: MemoryMeter | None = None,
+        listing: Mapping[str, int] | None = None,
     ) -> None:
         """Open (recover) or create the log in ``directory``.
 
@@ -587,6 +596,9 @@ class DiskLog:
             path: the resource (for notices).
             config: layout and fsync policy.
             meter: charged with the bytes of the tail and the read cache.
+            listing: the directory's files and their sizes, if the caller already made the
+                directory and listed it (:meth:`DiskLogStore.prepare_directory`, on a worker
+                thread): the open then touches no file for an empty one.
 
         Raises:
             FileSystemError: the directory cannot be read or created.
@@ -622,15 +634,16 @@ class DiskLog:
         """The highest offset a committed publish waits for (0: none)."""
         self.last_sync_at: float | None = None
         """When the last sync job was made (None: never; the interval counts from it)."""
-        self.recovery = self._recover()
+        self.recovery = self._recover(listing)
         self._tail = MemoryLog(start_offset=self._tail_start(), meter=meter)
         if config.tail_bytes is None:
             self._load_all()
 
     # -- recovery -----------------------------------------------------------------------
 
-    def _recover(self) -> RecoveryReport:
-        """Open the directory's segments (see the module docstring, "Recovery").
+    def _recover(self, listing: Mapping[str, int] | None) -> RecoveryReport:
+        """Open the directory's segments (see the module docstring, "Recovery"), listed
+        now unless ``listing`` is given.
 
         A segment with a valid index was fsynced whole (its index is written after its
         fsync), and a sync job fsyncs older segments before newer ones. So a problem (a
@@ -641,9 +654,7 @@ class DiskLog:
         fs = self.fs
         d = self.directory
         interval = self.config.index_interval
-        fs.make_dirs(d)
-        sizes = {name: fs.size(f"{d}/{name}") for name in fs.list_dir(d)}
-        plan = plan_recovery(sizes)
+        plan = plan_recovery(listing if listing is not None else list_directory(fs, d))
         for stray in plan.strays:
             fs.remove(f"{d}/{stray}")
         indexes: list[SegmentIndex | None] = []
@@ -1433,6 +1444,7 @@ class DiskLogStore:
         self._logs: dict[tuple[str, LogPath], DiskLog] = {}
         self._busy: dict[DiskLog, None] = {}  # logs that may have work: see take_jobs
         self._removals: list[DiskLog] = []  # dropped logs whose directory is to go
+        self._listings: dict[str, dict[str, int]] = {}  # prepare_directory's, until opened
         self._now: float = 0.0
 
     @property
@@ -1487,6 +1499,24 @@ class DiskLogStore:
         except FileSystemError:  # a stray file where a directory belongs: not a log
             return []
 
+    def prepare_directory(self, directory: str) -> None:
+        """Make and list the directory of a log about to be opened (a new resource's), so
+        that :meth:`open_log` touches no file for it on the loop thread. Runs on a worker
+        thread (the create's metadata job, before the definition is written): its only
+        shared state is one entry of a dict, read by the loop after the job is done.
+
+        Raises:
+            FileSystemError: the directory cannot be made or read.
+        """
+        self._listings[directory] = list_directory(self.fs, directory)
+
+    def forget_listings(self, directories: Iterable[str]) -> None:
+        """Drop the listings :meth:`prepare_directory` made that no :meth:`open_log` took
+        (the create failed after its directories were made): on the loop thread, once the
+        create's job is done."""
+        for directory in directories:
+            self._listings.pop(directory, None)
+
     def open_log(
         self,
         kind: str,
@@ -1498,6 +1528,7 @@ class DiskLogStore:
     ) -> Log:
         """Return the resource's log: a recovered or new :class:`DiskLog` for a durable
         resource (in the directory of incarnation ``uid``), a :class:`MemoryLog` otherwise.
+        A directory :meth:`prepare_directory` listed is not listed again.
 
         Raises:
             InvalidArgument: a storage setting is invalid.
@@ -1517,14 +1548,16 @@ class DiskLogStore:
                 fsync=config.fsync,
                 fsync_interval_ms=config.fsync_interval_ms,
             )
+        directory = self.directory(kind, path, uid)
         try:
             log = DiskLog(
                 self.fs,
-                self.directory(kind, path, uid),
+                directory,
                 kind=kind,
                 path=path,
                 config=config,
                 meter=meter,
+                listing=self._listings.pop(directory, None),
             )
         except FileSystemError as exc:
             raise StorageFailed(f"cannot open the log of {kind} {'/'.join(path)}: {exc}") from exc

@@ -20,8 +20,13 @@ contract, and the adapters' one way in:
   (:meth:`get_timer` / :meth:`handle_timer`);
 * the metadata writes of the route (:class:`~felix_server.local_route.LocalRoute`), when its
   store writes files: :meth:`take_jobs` hands them out among the store's jobs, one at a
-  time, after making a new durable resource's log directories on the job's thread too
-  (:meth:`log_dirs`), so neither the definition's fsyncs nor the ``mkdir`` run on the loop.
+  time, after making and listing a new durable resource's log directories on the job's
+  thread too (:meth:`log_dirs`, :meth:`DiskLogStore.prepare_directory
+  <felix_core.disklog.DiskLogStore.prepare_directory>`), so neither the definition's
+  fsyncs nor the ``mkdir`` nor the listing the log's open starts with run on the loop (the
+  engine opens the log when the job's ``finish`` feeds it the new definition, and takes
+  the listing then). A restart opens (recovers) every log before the loop serves: that
+  listing and scan are the start's recovery time.
 
 Shutdown: :meth:`final_jobs` asks every log for a last sync once no job is in flight;
 the adapter runs them like the others, then calls :meth:`close` (logs closed, descriptors
@@ -43,7 +48,7 @@ from felix_core.disklog import (
 )
 from felix_core.metadata import LEAF_KINDS, Kind, ResourceRecord
 from felix_core.queue_journal import state_path
-from felix_server.local_route import LocalRoute
+from felix_server.local_route import LocalRoute, MetadataJob
 
 __all__ = ["StorageGlue"]
 
@@ -77,21 +82,28 @@ class StorageGlue:
         return jobs
 
     def log_dirs(self, record: ResourceRecord) -> Callable[[], None] | None:
-        """For a resource about to be created: make its logs' directories (a durable
-        stream, queue, with its state log, or cache), or None (nothing on disk)."""
-        if record.kind not in LEAF_KINDS or record.settings.get("durability") != "durable":
+        """For a resource about to be created: make and list its logs' directories (a
+        durable stream, queue, with its state log, or cache) on the job's thread, so that
+        opening the logs on the loop touches no file; or None (nothing on disk)."""
+        dirs = self._log_directories(record)
+        if not dirs:
             return None
-        store, kind = self.store, record.kind.value
-        paths = [record.path]
-        if record.kind is Kind.QUEUE:
-            paths.append(state_path(record.path))
-        dirs = [store.directory(kind, path, record.uid) for path in paths]
+        store = self.store
 
         def make() -> None:
             for directory in dirs:
-                store.fs.make_dirs(directory)
+                store.prepare_directory(directory)
 
         return make
+
+    def _log_directories(self, record: ResourceRecord) -> list[str]:
+        """The directories of a resource's durable logs (none for an ephemeral one)."""
+        if record.kind not in LEAF_KINDS or record.settings.get("durability") != "durable":
+            return []
+        paths = [record.path]
+        if record.kind is Kind.QUEUE:
+            paths.append(state_path(record.path))
+        return [self.store.directory(record.kind.value, path, record.uid) for path in paths]
 
     def job_done(self, job: StorageJob, outcome: object, now: float) -> None:
         """A job's ``run`` returned ``outcome`` (or raised it, an exception): apply it on
@@ -114,6 +126,9 @@ class StorageGlue:
                 engine.log_readable(kind, notice.path, now)
             elif isinstance(notice, LogFailed):
                 engine.log_failed(kind, notice.path, notice.error, now)
+        if isinstance(job, MetadataJob) and job.prepared.current is None:
+            # a create: its logs opened in finish, or it failed; listings left go
+            self.store.forget_listings(self._log_directories(job.prepared.record))
 
     def get_timer(self) -> float | None:
         """The store's next fsync-interval deadline (None: nothing to time)."""

@@ -101,6 +101,8 @@ class LocalBroker:
     quic_engine: str = "aioquic"
     process: subprocess.Popen[bytes] | None = None
     url: str = ""
+    metrics_url: str = ""
+    """Its ``/metrics`` (from the listening line; "" when metrics are off)."""
     lines: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -181,6 +183,8 @@ class LocalBroker:
             for line in list(self.lines):
                 if line.get("msg") == "felix broker listening":
                     self.url = f"quic://{line['quic']}"
+                    metrics = str(line.get("metrics", "off"))
+                    self.metrics_url = metrics if metrics.startswith("http") else ""
                     return self
             if self.process.poll() is not None:
                 break

@@ -121,6 +121,8 @@ def test_all_measures_the_matrix_with_anchors_from_the_same_run(
         "durable/plain-fsync",
         "durable/committed/publishers=1",
         "durable/committed/publishers=4",
+        "durable/committed/publishers=1/batch=1",
+        "durable/committed/publishers=4/batch=1",
         "memory/stalled-subscriber/publishes=30000",  # 100,000 per second of a short all
     }
     if HAS_REDIS:
@@ -314,8 +316,9 @@ def test_a_scenario_alone_runs_its_anchor_first_against_a_given_server(tmp_path:
 
 def test_durable_puts_durable_next_to_ephemeral_and_committed_next_to_fsync() -> None:
     """``durable`` alone: accepted to a durable stream divided by the same to an ephemeral
-    one, committed publishes (1 and 4 publishers) divided by a plain write + fsync loop,
-    and how many times one publisher's rate the concurrent publishers reach."""
+    one, committed publishes (1 and 4 publishers, batch 64 and batch 1) divided by a plain
+    write + fsync loop, how many times one publisher's rate the concurrent publishers
+    reach, and the broker's fsyncs (group commit: one publisher makes one per publish)."""
     done = bench("durable", *SHORT, "--json", "--publishers", "1,4", "--runtime", "anyio-trio")
     figures = figures_of(done)
     assert list(figures) == [
@@ -324,6 +327,8 @@ def test_durable_puts_durable_next_to_ephemeral_and_committed_next_to_fsync() ->
         "durable/plain-fsync",
         "durable/committed/publishers=1",
         "durable/committed/publishers=4",
+        "durable/committed/publishers=1/batch=1",
+        "durable/committed/publishers=4/batch=1",
     ]
     ephemeral = figures["durable/accepted/durability=ephemeral"]
     durable = figures["durable/accepted/durability=durable"]
@@ -337,12 +342,20 @@ def test_durable_puts_durable_next_to_ephemeral_and_committed_next_to_fsync() ->
     )
     fsync = figures["durable/plain-fsync"]
     assert fsync["metrics"]["ops_per_s"] > 0 and fsync["metrics"]["p50_us"] > 0
-    one, four = figures["durable/committed/publishers=1"], figures["durable/committed/publishers=4"]
-    for f in (one, four):
-        assert f["anchor"] == fsync["id"] and f["params"]["ack"] == "committed"
-        assert f["metrics"]["broker_cpu_us"] > 0 and f["metrics"]["client_cpu_us"] > 0
-        assert set(f["ratios"]) == {"ops_per_s", "p50_us", "p99_us", "p999_us"}
-    assert four["metrics"]["vs_1_publisher"] > 0 and "vs_1_publisher" not in one["metrics"]
+    for suffix, batch in (("", 64), ("/batch=1", 1)):
+        one = figures[f"durable/committed/publishers=1{suffix}"]
+        four = figures[f"durable/committed/publishers=4{suffix}"]
+        for f in (one, four):
+            assert f["anchor"] == fsync["id"] and f["params"]["ack"] == "committed"
+            assert f["params"]["batch"] == batch
+            assert f["metrics"]["broker_cpu_us"] > 0 and f["metrics"]["client_cpu_us"] > 0
+            assert set(f["ratios"]) == {"ops_per_s", "p50_us", "p99_us", "p999_us"}
+            assert f["metrics"]["fsyncs_per_s"] > 0
+        assert four["metrics"]["vs_1_publisher"] > 0 and "vs_1_publisher" not in one["metrics"]
+        # one publisher waits for each publish's fsync: about one fsync a publish (an
+        # interval sync may add one); four may share theirs, never need more
+        assert 0.5 < one["metrics"]["publishes_per_fsync"] <= 1.01
+        assert four["metrics"]["publishes_per_fsync"] >= 0.5
     assert json.loads(done.stdout)["run"]["runtime"] == "anyio-trio"
 
 

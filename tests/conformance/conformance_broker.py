@@ -19,8 +19,10 @@ from aioquic.quic.connection import QuicConnection
 from conformance.context import Hooks, Options
 from conformance.wire import Endpoint
 from felix_core.events import EngineEvent
+from felix_core.limits import BrokerConfig
 from felix_runtime.credentials import broker_authenticator
 from felix_runtime.quic_engines import server_quic
+from felix_runtime.storage import open_storage
 from felix_runtime.tls import ensure_self_signed
 from felix_runtime_asyncio.runtime import UdpRuntime
 from felix_server.config import ServerConfig
@@ -68,6 +70,7 @@ async def broker(
     connection_factory: Callable[..., QuicConnection] | None = None,
     quic_engine: str = "aioquic",
     auth_tokens: str | None = None,
+    durable: bool = False,
 ) -> AsyncIterator[Running]:
     """Start a broker.
 
@@ -79,6 +82,9 @@ async def broker(
         quic_engine: the broker's QUIC engine (``aioquic`` or ``qh3``).
         auth_tokens: shared secrets the broker accepts (``ServerConfig.auth_tokens``);
             default: no authentication.
+        durable: the broker's data directory holds its definitions and durable logs (as
+            ``felix broker`` opens it), and resources are ``durable`` unless their
+            settings say otherwise (``broker.durability``).
     """
     config = ServerConfig(
         listen="127.0.0.1:0",
@@ -88,16 +94,20 @@ async def broker(
         shutdown_drain_s=2.0,
         quic_engine=quic_engine,
         auth_tokens=auth_tokens,
+        broker=BrokerConfig(durability="durable") if durable else BrokerConfig(),
     )
     quic_config, engine_factory = server_quic(config)
     files = ensure_self_signed(config.data_dir, "127.0.0.1")
     quic_config.load_cert_chain(str(files.cert_path), str(files.key_path))
+    storage = open_storage(config) if durable else None
     server = FelixServer(
         config,
         quic_config,
         now=time.time(),
         connection_factory=connection_factory or engine_factory,
         authenticate=broker_authenticator(config),
+        logs=storage.logs if storage is not None else None,
+        metadata=storage.metadata if storage is not None else None,
     )
     if outputs is not None:
         drain = server.broker.drain_events
@@ -109,4 +119,7 @@ async def broker(
     try:
         yield Running(server, runtime, files.cert_path)
     finally:
+        if storage is not None:
+            await runtime.close_storage()
+            storage.close()
         runtime.close()

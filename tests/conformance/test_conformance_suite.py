@@ -8,6 +8,7 @@ those are real spec violations of the broker, found by this suite and reported; 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conformance_broker import broker
@@ -15,6 +16,7 @@ from conformance_broker import broker
 from conformance.checks import all_checks
 from conformance.registry import select
 from conformance.runner import Outcome, Result, run_checks, summary_line
+from felix_core.log import Log
 
 pytestmark = pytest.mark.anyio
 
@@ -63,6 +65,37 @@ async def test_every_check_passes_against_our_broker(
         "rbac.live-change",
     }
     assert skipped <= {"session.bad-token", "limits.subscriptions", *auth}, _report(results)
+
+
+DATA_PATH = "pubsub.*,queue.*,cache.*,streams.*,credit.*,not pubsub.cursor-too-old"
+"""The checks that move records, messages and entries (run again on durable resources).
+Not ``pubsub.cursor-too-old``: its 10 records with ``retention_max_records=3`` stay in a
+durable log's active segment, since retention deletes whole segments (a durable log keeps
+up to one segment more than its limits: docs/storage-format.md §6); CURSOR_TOO_OLD on a
+durable stream is checked in tests/storage/test_engine.py."""
+
+
+async def test_the_data_path_checks_pass_on_durable_resources(tmp_path: Path) -> None:
+    """Issue 10: the data-path checks again, against a broker on a data directory whose
+    resources are all ``durable`` (``broker.durability``): every record, message and entry
+    goes through the durable logs, their jobs and fsyncs."""
+    async with broker(tmp_path, durable=True) as running:
+        assert running.server.storage is not None
+        store = running.server.storage.store
+        opened: list[str] = []
+        open_log = store.open_log
+
+        def noting(kind: str, *args: Any, **kwargs: Any) -> Log:
+            log = open_log(kind, *args, **kwargs)
+            opened.append(type(log).__name__)
+            return log
+
+        store.open_log = noting  # type: ignore[method-assign]
+        results = await run_checks(select(all_checks(), DATA_PATH), running.options())
+    failed = {r.check.name for r in results if r.outcome is Outcome.FAIL}
+    assert failed == set(), _report(results)
+    assert sum(r.outcome is Outcome.PASS for r in results) >= 30, _report(results)
+    assert set(opened) == {"DiskLog"}, opened  # the checks' resources were all durable
 
 
 async def test_goaway_with_the_shutdown_hook(tmp_path: Path) -> None:

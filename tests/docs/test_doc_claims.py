@@ -120,7 +120,7 @@ def _felix(*args: str, env: dict[str, str] | None = None) -> str:
 
 def test_every_named_flag_exists() -> None:
     helps = _run("--help")
-    client = _felix("--help") + _felix("broker", "--help")
+    client = _felix("--help") + _felix("broker", "--help") + _felix("log", "truncate", "--help")
     named = set(re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]+)", PAGE))
     assert "--print-config" in named
     unknown = sorted(f for f in named if f not in helps and f not in client)

@@ -1,19 +1,23 @@
-"""``felix log verify`` and ``felix log dump`` on segments a real DiskLog wrote through
+"""``felix log verify``, ``dump`` and ``truncate`` on segments a real DiskLog wrote through
 OsFileSystem: a healthy log verifies (exit 0), damage in the middle of a segment, a gap
 between segments and a lying index exit 1, a torn tail of the last segment is a note (the
-broker truncates it), and dump prints the records from an offset, as text or JSON."""
+broker truncates it), dump prints the records from an offset, as text or JSON, and
+truncate cuts a damaged log at its first damage (only with ``--yes``, never under a
+running broker's lock) so that the broker serves it writable again."""
 
 from __future__ import annotations
 
+import fcntl
 import io
 import json
+import os
 from pathlib import Path
 
 import pytest
 
 from felix_client._log_cli import run_log_command
 from felix_client.cli import build_parser
-from felix_core.disklog import DiskLogConfig, DiskLogStore
+from felix_core.disklog import DiskLog, DiskLogConfig, DiskLogStore
 from felix_core.segments import decode_index, encode_index, index_name, log_name
 from felix_runtime.filesystem import OsFileSystem
 
@@ -145,3 +149,72 @@ def test_bad_paths(tmp_path: Path) -> None:
     assert felix_log("verify", str(tmp_path / "nope"))[0] == 1
     (tmp_path / "x.txt").write_text("x")
     assert felix_log("dump", str(tmp_path / "x.txt"))[0] == 1
+
+
+def open_log(root: Path) -> DiskLog:
+    fs = OsFileSystem(root)
+    store = DiskLogStore(fs, DiskLogConfig(segment_bytes=4096, index_interval=512), root="")
+    log = store.open_log(
+        "stream", ("default", "default", "orders"), {"durability": "durable"}, _Meter()
+    )
+    assert isinstance(log, DiskLog)
+    return log
+
+
+def test_truncate_cuts_a_log_at_its_first_damage_so_the_broker_serves_it_again(
+    tmp_path: Path,
+) -> None:
+    """Damage inside the second segment (without its index, so that the broker scans it at
+    open): the broker opens the log read-only below the bad batch; ``felix log truncate``
+    prints the cut and changes nothing, with ``--yes`` cuts there (that segment truncated,
+    the later segments deleted); the log then verifies, and opens writable with every
+    record below the cut."""
+    directory = write_log(tmp_path)
+    segments = sorted(directory.glob("*.log"))
+    second = segments[1]
+    data = bytearray(second.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # inside a batch with more after it
+    second.write_bytes(bytes(data))
+    (directory / index_name(int(second.stem))).unlink()  # else trusted, not scanned at open
+    log = open_log(tmp_path)
+    lost = log.recovery.corrupt_offset
+    assert lost is not None and lost > int(second.stem) and log.failed is not None
+    log.close()
+    before = {p.name: p.read_bytes() for p in directory.iterdir()}
+    code, out = felix_log("truncate", str(directory))
+    assert code == 0 and out.endswith("nothing changed (run again with --yes to do it)\n")
+    assert f"records from offset {lost} on are lost" in out
+    assert {p.name: p.read_bytes() for p in directory.iterdir()} == before
+    code, out = felix_log("truncate", str(directory), "--yes")
+    assert code == 0 and out.endswith("done\n"), out
+    assert sorted(p.name for p in directory.iterdir()) == sorted(
+        [segments[0].name, index_name(0), second.name]
+    )
+    assert felix_log("verify", str(directory))[0] == 0
+    log = open_log(tmp_path)
+    assert log.failed is None and log.recovery.corrupt_offset is None
+    assert (log.first_offset, log.next_offset) == (0, lost)
+    log.close()
+    assert felix_log("truncate", str(directory)) == (0, f"{directory}: no damage to cut\n")
+
+
+def test_truncate_cuts_at_a_gap_and_refuses_while_a_broker_holds_the_lock(
+    tmp_path: Path,
+) -> None:
+    directory = write_log(tmp_path / "data" / "logs")
+    segments = sorted(directory.glob("*.log"))
+    segments[1].unlink()
+    code, out = felix_log("truncate", str(directory), "--yes")
+    assert code == 0 and f"records from offset {int(segments[1].stem)} on are lost" in out
+    assert sorted(directory.glob("*.log")) == [segments[0]]
+    segments[0].write_bytes(segments[0].read_bytes() + b"FX\x01\x00\xff\x00" + b"\x07" * 40)
+    fd = os.open(tmp_path / "data" / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a broker runs on data/
+        damaged = segments[0].read_bytes()
+        assert felix_log("truncate", str(directory), "--yes")[0] == 1
+        assert segments[0].read_bytes() == damaged
+    finally:
+        os.close(fd)
+    assert felix_log("truncate", str(directory), "--yes")[0] == 0
+    assert felix_log("verify", str(directory))[0] == 0

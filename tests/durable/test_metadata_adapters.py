@@ -42,7 +42,24 @@ class GatedFs(MemoryFileSystem):
         super().write_atomic(name, data)
 
 
-def make_server(meta_fs: GatedFs, logs_fs: MemoryFileSystem) -> FelixServer:
+class ThreadNotingFs(MemoryFileSystem):
+    """A MemoryFileSystem that notes the thread of every directory listing and ``mkdir``
+    (a real disk's ``listdir`` can block on a cold directory)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dir_threads: list[tuple[str, int]] = []
+
+    def list_dir(self, name: str) -> list[str]:
+        self.dir_threads.append((name, threading.get_ident()))
+        return super().list_dir(name)
+
+    def make_dirs(self, name: str) -> None:
+        self.dir_threads.append((name, threading.get_ident()))
+        super().make_dirs(name)
+
+
+def make_server(meta_fs: GatedFs, logs_fs: ThreadNotingFs) -> FelixServer:
     config = ServerConfig(listen="127.0.0.1:0")
     server = FelixServer(
         config,
@@ -55,11 +72,12 @@ def make_server(meta_fs: GatedFs, logs_fs: MemoryFileSystem) -> FelixServer:
     meta_fs.gate.clear()
     meta_fs.entered.clear()
     meta_fs.write_threads.clear()
+    logs_fs.dir_threads.clear()
     return server
 
 
 async def exercise(
-    meta_fs: GatedFs, logs_fs: MemoryFileSystem, server: FelixServer, wake: Callable[[], None]
+    meta_fs: GatedFs, logs_fs: ThreadNotingFs, server: FelixServer, wake: Callable[[], None]
 ) -> None:
     loop_thread = threading.get_ident()
     server.broker.create(1, 1, "stream", *S, {"durability": "durable"}, now=1.0)
@@ -79,6 +97,12 @@ async def exercise(
             got += server.router.take(1, 1.0)
     assert [type(e) for e in got] == [ResourceDescribed]
     assert loop_thread not in meta_fs.write_threads and meta_fs.write_threads
+    # the new log's directory was made and listed on the worker, and its open on the loop
+    # (when the definition came back) touched no directory
+    directory = "logs/stream/default/default/s/"
+    touched = [(name, thread) for name, thread in logs_fs.dir_threads if name.startswith(directory)]
+    assert touched and all(thread != loop_thread for _, thread in touched), touched
+    assert server.storage is not None and not server.storage.store._listings  # taken
     server.broker.publish(1, 2, *S, [b"x"], now=1.0)
     server.router.collect(1.0)
     assert [e.request for e in server.router.take(1, 1.0) if isinstance(e, Appended)] == [2]
@@ -88,7 +112,7 @@ async def exercise(
 async def test_asyncio_runtime_writes_definitions_on_worker_threads() -> None:
     from felix_runtime_asyncio.runtime import UdpRuntime
 
-    meta_fs, logs_fs = GatedFs(), MemoryFileSystem()
+    meta_fs, logs_fs = GatedFs(), ThreadNotingFs()
     server = make_server(meta_fs, logs_fs)
     runtime = UdpRuntime(server)
     await runtime.start("127.0.0.1", 0)
@@ -102,7 +126,7 @@ async def test_asyncio_runtime_writes_definitions_on_worker_threads() -> None:
 
 @pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
 async def test_anyio_runtime_writes_definitions_on_worker_threads() -> None:
-    meta_fs, logs_fs = GatedFs(), MemoryFileSystem()
+    meta_fs, logs_fs = GatedFs(), ThreadNotingFs()
     server = make_server(meta_fs, logs_fs)
     runtime = AnyioUdpRuntime(server)
     runtime.bind("127.0.0.1", 0)

@@ -138,3 +138,37 @@ def test_a_memory_store_still_answers_at_once_without_jobs() -> None:
     create(server, 1, "stream", S)
     assert answers(server) == [(RequestCompleted, 1)]
     assert server.take_storage_jobs(T0) == []
+
+
+def test_a_create_lists_its_log_directory_in_the_job_and_the_open_lists_nothing() -> None:
+    """The job makes and lists the new log's directory; the open on the loop (when the job
+    is done) takes that listing and touches no directory: a list_dir failing then would
+    fail the open. A create whose definition cannot be written leaves no listing behind."""
+    logs, meta_fs = MemoryFileSystem(), MemoryFileSystem()
+    server = server_on(logs, FileMetadataStore(meta_fs))
+    assert server.storage is not None
+    store = server.storage.store
+    create(server, 1, "queue", ("default", "default", "q"))
+    (job,) = server.take_storage_jobs(T0)
+    job.run()
+    assert len(store._listings) == 2  # the queue's log and its state log
+    logs.fail_next("list_dir", IOFailure("a list_dir on the loop"))
+    logs.fail_next("make_dirs", IOFailure("a mkdir on the loop"))
+    server.storage_job_done(job, None, T0)
+    assert answers(server) == [(RequestCompleted, 1)]
+    assert store.log("queue", ("default", "default", "q")) is not None
+    assert store._listings == {}
+    assert len(logs._failures["list_dir"]) == len(logs._failures["make_dirs"]) == 1  # unused
+    logs._failures.clear()
+    create(server, 2, "stream", S)
+    (job,) = [j for j in server.take_storage_jobs(T0) if isinstance(j, MetadataJob)]
+    meta_fs.fail_next("write_atomic", IOFailure("eio"))
+    outcome: object = None
+    try:
+        job.run()
+    except Exception as exc:  # what run_job hands to the job's finish
+        outcome = exc
+    assert len(store._listings) == 1  # made before the definition failed
+    server.storage_job_done(job, outcome, T0)
+    assert [kind for kind, _ in answers(server)] == [RequestRefused]
+    assert store._listings == {}

@@ -28,10 +28,19 @@ def test_short_run_prints_every_figure(tmp_path: Path) -> None:
         "committed_64_publishers_12_per_pass_publishes_per_s",
         "committed_64_publishers_12_per_pass_vs_1_ratio",
         "worker_handoff_us",
+        "committed_batch1_64_vs_1_ratio",
+        "committed_1_publisher_fsyncs_per_s",
+        "committed_batch1_64_publishers_fsyncs_per_s",
         "restart_extra_s",
         "replay_records_per_s",
     ):
         assert figures[name] > 0, name
+    # one publisher waits for each publish's fsync: one fsync round a publish (its last,
+    # cut by the deadline, may be one more); 64 share theirs
+    assert 0.5 <= figures["committed_1_publisher_publishes_per_fsync"] <= 1.0
+    assert 0.5 <= figures["committed_batch1_1_publisher_publishes_per_fsync"] <= 1.0
+    assert figures["committed_batch1_64_publishers_publishes_per_fsync"] > 1
+    assert figures["committed_64_publishers_publishes_per_fsync"] > 1
     assert figures["restart_log_bytes"] >= 2 << 20
     assert figures["replay_records"] == figures["restart_log_records"] > 0
     assert figures["replay_record_bytes"] == figures["restart_log_bytes"]

@@ -4,6 +4,7 @@ the stream goes on, cold reads reach subscribers through jobs and ``log_readable
 
 from __future__ import annotations
 
+import pytest
 from engine_calls import Calls
 from storage_helpers import run_jobs
 
@@ -16,7 +17,7 @@ from felix_core.disklog import (
     LogReadable,
     StorageNotice,
 )
-from felix_core.errors import StorageFull
+from felix_core.errors import CursorTooOld, StorageFull
 from felix_core.events import Appended, EngineEvent, RecordsDelivered, RequestRefused
 from felix_core.filesystem import IOFailure, MemoryFileSystem
 from felix_core.metadata import Kind
@@ -195,3 +196,25 @@ def test_a_durable_cache_on_a_full_disk_refuses_writes_and_still_expires() -> No
     assert b.cache_get("default", "default", "c", "k", now=deadline) is None
     fs.quota = None
     assert b.cache_put("default", "default", "c", "k", b"v3", now=deadline) == (True, 3)
+
+
+def test_a_subscribe_below_a_durable_streams_retained_segments_is_cursor_too_old() -> None:
+    """Retention of a durable stream deletes whole segments (so it keeps up to one segment
+    more than its limit): a start below the first offset left is ``CURSOR_TOO_OLD`` with
+    ``details.first_offset``, as on an ephemeral stream; a start at it is served."""
+    fs = MemoryFileSystem()
+    store = DiskLogStore(fs, DiskLogConfig(segment_bytes=4096))
+    calls = Calls(Broker(BrokerConfig(), logs=store, now=0.0))
+    calls.create("stream", *S, {**DURABLE, "retention_max_records": 10}, now=0.0)
+    for i in range(200):
+        calls.publish(9, *S, [bytes([i]) * 100], now=1.0)
+        _feed(calls.broker, run_jobs(store.take_jobs(1.0), 1.0), 1.0)
+    log = store.log("stream", S)
+    assert log is not None and 10 <= log.record_count < 200 and log.first_offset > 0
+    calls.attach(7, 2.0)
+    with pytest.raises(CursorTooOld) as err:
+        calls.subscribe(7, *S, start=StartKind.OFFSET, start_value=log.first_offset - 1, now=2.0)
+    assert err.value.code == ErrorCode.CURSOR_TOO_OLD
+    assert err.value.details["first_offset"] == log.first_offset
+    _, first = calls.subscribe(7, *S, start=StartKind.OFFSET, start_value=log.first_offset, now=2.0)
+    assert first == log.first_offset
