@@ -44,6 +44,8 @@ _KINDS: dict[type[m.Message], str] = {
     m.TokenExchange: "token_exchange",
 }
 
+_ACK_NONE = m.AckMode.NONE.value
+"""As an int: comparing with the enum member costs its lookup on the enum class too."""
 _CACHE_VALUE = make_record_factory(m.CacheValue)
 _CACHE_PUT_RESULT = make_record_factory(m.CachePutResult)
 _PUBLISH_ACK = make_record_factory(m.PublishAck)
@@ -81,7 +83,7 @@ def reply_to(msg: m.Message, done: ce.RequestCompleted) -> m.Message | None:
     if type(done) is ce.CacheStored:
         return _CACHE_PUT_RESULT(rid, done.stored, done.version)
     if isinstance(done, ce.Appended):
-        if getattr(msg, "ack", None) == m.AckMode.NONE:
+        if getattr(msg, "ack", None) == _ACK_NONE:
             return None
         return _PUBLISH_ACK(rid, done.first_offset, done.last_offset)
     if isinstance(done, ce.SubscriptionOpened):
