@@ -7,7 +7,7 @@ client pools its connections.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from felix_proto import events as ev
@@ -36,14 +36,14 @@ class Backend(Protocol):
         """Make one request (``call(machine, now)`` returns its id); return its answer."""
         ...
 
-    async def cache_request(
+    def cache_request(
         self,
         call: Callable[[ClientConnection, float, int | None], int],
         *,
         operation: str,
         path: dict[str, str],
-    ) -> ev.Event:
-        """Make one cache request (``call(machine, now, stream_id)``); return its answer.
+    ) -> Awaitable[ev.Event]:
+        """Make one cache request (``call(machine, now, stream_id)``); await its answer.
         ``operation`` (``get``, ``put`` ...) and ``path`` name it in traces."""
         ...
 

@@ -50,6 +50,10 @@ from .types import PublishResult, Start, StartLike
 
 __all__ = ["DEFAULT_PREFETCH", "Admin", "Cache", "Client", "connect", "token_tenant"]
 
+_ACK_NONE = AckMode.NONE
+"""A module global: every publish tests it, and an enum member looked up on its class costs
+~0.1 us (see felix_proto.connection._CLOSED)."""
+
 
 def _claims(token: str | None) -> dict[str, Any]:
     """A Felix token's claims, read WITHOUT checking anything (the broker checks them);
@@ -456,17 +460,37 @@ class Client:
             conn = await self._connection(i)
         return await conn.request(call)
 
-    async def cache_request(
+    def cache_request(
         self,
         call: Callable[[ClientConnection, float, int | None], int],
         *,
         operation: str,
         path: dict[str, str],
-    ) -> ev.Event:
+    ) -> Awaitable[ev.Event]:
         """A cache request on the next connection of the pool and the next of its
         ``request_streams`` streams, so concurrent requests do not queue behind each other
-        (the cache handle's backend). ``operation`` and ``path`` name its span."""
+        (the cache handle's backend). ``operation`` and ``path`` name its span.
+
+        Returns:
+            What to await for the reply: on the hot path (an open connection, no tracer)
+            the connection's own request coroutine, so that a cache call's task resumes
+            through one coroutine frame less (0.15-0.3 us per request).
+        """
         i, conn = self._next_open()
+        if conn is None or self.tracer is not None:
+            return self._cache_request(i, conn, call, operation, path)
+        sid = conn.cache_stream(self.request_streams)
+        return conn.request(lambda m, now: call(m, now, sid))
+
+    async def _cache_request(
+        self,
+        i: int,
+        conn: Connection | None,
+        call: Callable[[ClientConnection, float, int | None], int],
+        operation: str,
+        path: dict[str, str],
+    ) -> ev.Event:
+        """:meth:`cache_request` opening slot ``i``'s connection first, or traced."""
         if conn is None:
             conn = await self._connection(i)
         sid = conn.cache_stream(self.request_streams)
@@ -493,7 +517,7 @@ class Client:
         i, conn = self._next_open()
         if conn is None:
             conn = await self._connection(i)
-        if ack == AckMode.NONE:
+        if ack == _ACK_NONE:
             await conn.send(call)
             return None
         reply = await conn.request(call)

@@ -21,6 +21,7 @@ from felix_client import (
     errors,
 )
 from felix_client.sync import BlockingClient
+from felix_proto.events import CacheValueReceived
 
 pytestmark = pytest.mark.anyio
 
@@ -169,6 +170,30 @@ async def test_concurrent_cache_requests_over_a_pool(broker: Broker) -> None:
                 for i in range(64):
                     tg.start_soon(worker, i)
         assert results == {i: b"v%d" % i for i in range(64)}
+
+
+async def test_a_cache_request_on_an_open_connection_is_the_connections_own(
+    broker: Broker,
+) -> None:
+    # the hot path hands back Connection.request's coroutine (one coroutine frame less per
+    # cache call); the first request of a pool slot opens its connection on the slow path
+    from felix_client._connection import Connection
+
+    async with Client(broker.url, ca_file=broker.ca_file, pool_size=2) as c:
+        name = unique("c")
+        await c.admin.create("cache", name)
+        cache = c.cache(name)
+        await cache.put("k", b"v")
+        assert (await cache.get("k")) is not None  # both slots are open now
+        path = {"tenant": c.tenant, "namespace": c.namespace, "cache": name}
+        pending = c.cache_request(
+            lambda m, now, sid: m.cache_get(key="k", now=now, stream_id=sid, **path),
+            operation="get",
+            path=path,
+        )
+        assert getattr(pending, "cr_code", None) is Connection.request.__code__
+        reply = await pending
+        assert isinstance(reply, CacheValueReceived) and reply.value == b"v"
 
 
 async def test_ack_none_publish_and_timeouts_are_typed(client: Client) -> None:

@@ -68,6 +68,26 @@ def test_ack_none_publish_reports_only_errors(pair: Pair) -> None:
     assert req.stream_id == 4
 
 
+def test_every_request_with_an_ack_mode_is_unawaited_under_ack_none() -> None:
+    # the server machine's hot path names these types instead of looking for an ack field
+    from dataclasses import fields
+
+    from felix_proto import server as server_module
+    from felix_proto.connection import REPLY_TYPES
+
+    with_ack = {cls for cls in REPLY_TYPES if "ack" in {f.name for f in fields(cls)}}
+    assert with_ack == server_module._ACKED
+
+
+def test_ack_none_enqueue_is_not_awaited_by_the_server(pair: Pair) -> None:
+    rid = pair.client.enqueue("t", "n", "q", [b"x"], ack=m.AckMode.NONE, now=pair.now)
+    pair.request()
+    with pytest.raises(LocalProtocolError):  # no reply is due
+        pair.server.send_reply(m.PublishAck(request_id=rid, first_offset=0, last_offset=0))
+    pair.server.send_error(rid, ErrorCode.NOT_FOUND, "no such queue")
+    assert single(pair.to_client(), ev.RequestFailed).request_id == rid
+
+
 def _subscribe(pair: Pair, sub_id: int = 77, **kw: int) -> int:
     rid = pair.client.subscribe("t", "n", "s", now=pair.now, **kw)
     pair.request()
