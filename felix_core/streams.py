@@ -362,9 +362,13 @@ class Fanout:
         if not waiting:
             self._flush_at = None
         elif self._flush_at is None:
-            delay = self.batch.max_delay_s
-            # Below what a loop can wait: due now, fired when the pass ends (see above).
-            self._flush_at = now + delay if delay >= PASS_FLUSH_BELOW_S else now
+            self._arm_flush(now)
+
+    def _arm_flush(self, now: float) -> None:
+        """A partial batch starts waiting: its flush deadline."""
+        delay = self.batch.max_delay_s
+        # Below what a loop can wait: due now, fired when the pass ends (see above).
+        self._flush_at = now + delay if delay >= PASS_FLUSH_BELOW_S else now
 
     def _deliver_group(self, offset: int, subs: list[Subscription], end: int, force: bool) -> bool:
         """Deliver to subscriptions sharing a cursor; True if a partial batch is waiting."""
@@ -587,8 +591,37 @@ class Stream(Fanout):
         self.published_records += n
         self.published_batches += 1
         self._trim(now)
-        self.pump(now)
+        if not self._waits_whole(first, n, nbytes, now):
+            self.pump(now)
         return first, first + n - 1
+
+    def _waits_whole(self, first: int, n: int, nbytes: int, now: float) -> bool:
+        """What :meth:`pump` would find, without reading the log, in the common case of
+        one publish at a time: a batch smaller than ``max_events`` and ``max_bytes``,
+        appended at ``first`` to a memory log, which every subscription that can take
+        records has to read from its start. Read, it is a partial batch at the end of the
+        log, so it waits: the flush deadline is armed as :meth:`pump` arms it and True is
+        returned. False in every other case (:meth:`pump` decides)."""
+        batch = self.batch
+        log = self.log
+        if (
+            n >= batch.max_events
+            or nbytes >= batch.max_bytes
+            or batch.max_delay_s <= 0
+            or type(log) is not MemoryLog  # a disk log's read may stop at a chunk's end
+            or first < log.first_offset
+        ):
+            return False
+        waiting = False
+        for sub in self._subs.values():
+            if sub.paused or sub.credit_messages <= 0 or sub.credit_bytes <= 0:
+                continue  # pump passes it by too
+            if sub.cursor != first:
+                return False
+            waiting = True
+        if waiting and self._flush_at is None:
+            self._arm_flush(now)
+        return waiting
 
     def _trim(self, now: float) -> None:
         """Apply retention; end lagging subscriptions under ``disconnect``."""
