@@ -370,14 +370,16 @@ class FelixServer:
         """The earliest absolute deadline of anything the server holds, or None."""
         drain = self._drain.get_timer() if self._drain is not None else None
         self._refresh_deadlines()
-        deadlines = (
+        earliest = self._deadlines.earliest()
+        for d in (
             self.router.get_timer(),
             self.storage.get_timer() if self.storage is not None else None,
             drain,
             self._drain_until,
-            self._deadlines.earliest(),
-        )
-        return min((d for d in deadlines if d is not None), default=None)
+        ):
+            if d is not None and (earliest is None or d < earliest):
+                earliest = d
+        return earliest
 
     def _refresh_deadlines(self) -> None:
         """Recompute the cached deadline of every session touched since the last call."""

@@ -327,16 +327,18 @@ class Session:
     def get_timer(self) -> float | None:
         """The earliest of QUIC's, Felix's, the handshake, the close linger deadline, the
         principal's expiry and the end of a throttle."""
-        deadlines = (
-            self.quic.get_timer(),
+        earliest = self.quic.get_timer()
+        for d in (
             self.felix.get_timer(),
             self._close_deadline,
             self._hello_deadline,
             self._expires_at,
             self._login_deadline,
             self.gate.throttled_until,
-        )
-        return min((d for d in deadlines if d is not None), default=None)
+        ):
+            if d is not None and (earliest is None or d < earliest):
+                earliest = d
+        return earliest
 
     def take_issued_cids(self) -> list[bytes]:
         """Connection IDs QUIC issued since the last call (for the server's demux table)."""
