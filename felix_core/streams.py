@@ -384,27 +384,29 @@ class Fanout:
                 continue
             if isinstance(got, ReadPending):
                 return False  # being fetched: the owner pumps again once it can be read
-            n = len(got)
+            n = len(got.payloads)
             size = got.byte_size
+            got_end = got.base_offset + n  # got.next_offset
             if (
                 not force
                 and n < max_events
                 and size < max_bytes
-                and got.next_offset == end
+                and got_end == end
                 and self.batch.max_delay_s > 0
             ):
                 return True  # a partial batch at the end of the log waits for more
             keep: list[Subscription] = []
             for sub in subs:
                 if sub.credit_messages >= n and sub.credit_bytes >= size:
-                    piece = got
+                    piece, count, nbytes, piece_end = got, n, size, got_end
                 else:
                     piece = self._credit_slice(offset, sub)
-                sub.cursor = piece.next_offset
-                sub.credit_messages -= len(piece)
-                sub.credit_bytes -= piece.byte_size
-                sub.delivered += len(piece)
-                self.delivered_records += len(piece)
+                    count, nbytes, piece_end = len(piece), piece.byte_size, piece.next_offset
+                sub.cursor = piece_end
+                sub.credit_messages -= count
+                sub.credit_bytes -= nbytes
+                sub.delivered += count
+                self.delivered_records += count
                 self.delivered_batches += 1
                 out.append(
                     RecordsDelivered(connection_id=sub.conn_id, subscription_id=sub.id, slice=piece)
@@ -412,7 +414,7 @@ class Fanout:
                 if piece is got and sub.credit_messages > 0 and sub.credit_bytes > 0:
                     keep.append(sub)
             subs = keep
-            offset = got.next_offset
+            offset = got_end
         return False
 
     def _credit_slice(self, offset: int, sub: Subscription) -> LogSlice:
