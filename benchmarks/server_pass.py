@@ -13,8 +13,12 @@ time on a default stream, the publisher waiting for its ``PublishAck``, the cloc
 by :data:`STEP` between the events of one record as a real run spaces them. Every call the
 adapter makes on the server (``datagram_received``, ``handle_timer``,
 ``datagrams_to_send``, ``get_timer``) is timed; the figures are the broker's microseconds
-per record, the calls and datagrams per record, and, with ``--profile FILE``, a cProfile of
-those calls only (``python -m pstats FILE``).
+per record (mean, and the median of the records), the calls and datagrams per record, and,
+with ``--profile FILE``, a cProfile of those calls only (``python -m pstats FILE``).
+``path_us_p50`` is the broker's CPU on the record's path (thread time, median): from the
+start of the read of the publish datagram to the subscriber's datagram handed to the
+adapter's ``send`` (as the runtimes pass it), inside one pass; what the pass does after that
+(the publisher's ack, ``get_timer``) is not in it.
 
 Usage: ``python benchmarks/server_pass.py [--json] [--connections 1,1000] [--passes P]
 [--publish N] [--profile FILE] [--prometheus]``. ``--prometheus`` attaches the broker's own
@@ -27,10 +31,12 @@ from __future__ import annotations
 import argparse
 import cProfile
 import json
+import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -165,6 +171,8 @@ class _PubSub:
         self.spent = 0.0
         self.calls = {"datagram_received": 0, "handle_timer": 0, "passes": 0}
         self.to_sub = 0
+        self.path_start: float | None = None  # thread time the publish datagram's read began
+        self.path: float | None = None  # that to the delivery handed to the socket
 
     def _call(self, call: Callable[..., T], *args: Any) -> T:
         if not self.timed:
@@ -193,15 +201,29 @@ class _PubSub:
             self._call(server.handle_timer, now)
             calls["handle_timer"] += 1
         for data, addr in inputs:
+            if self.path_start is None and addr == self.pub.addr:
+                self.path_start = time.thread_time()
             self._call(server.datagram_received, data, addr, now)
             calls["datagram_received"] += 1
-        out = self._call(server.datagrams_to_send, now)
+        out: list[tuple[bytes, tuple[str, int]]] = []
+        self._call(server.datagrams_to_send, now, partial(self._send, out))
         self._call(server.get_timer)
         calls["passes"] += 1
         for data, addr in out:
             if addr == self.sub.addr:
                 self.to_sub += 1
             self.clients[addr].quic.receive_datagram(data, SERVER_ADDR, now)
+
+    def _send(self, out: list[tuple[bytes, Any]], datagrams: list[tuple[bytes, Any]]) -> None:
+        """The adapter's ``send``: the first datagram to the subscriber ends the path."""
+        start = self.path_start
+        if (
+            self.path is None
+            and start is not None
+            and any(a == self.sub.addr for _, a in datagrams)
+        ):
+            self.path = time.thread_time() - start
+        out.extend(datagrams)
 
     def until(self, done: Callable[[], bool]) -> None:
         for _ in range(10_000):
@@ -231,6 +253,7 @@ class _PubSub:
         pub, sub = self.pub, self.sub
         pub.events.clear()
         sub.events.clear()
+        self.path_start = self.path = None
         pub.felix.publish("default", "default", "lat", PAYLOAD, now=self.now)
         self.until(
             lambda: (
@@ -253,9 +276,19 @@ def publish_figures(
         net.calls = dict.fromkeys(net.calls, 0)
         net.to_sub = 0
         subscriber_sent = net.sub.sent
+        spent: list[float] = []
+        paths: list[float] = []
         for _ in range(records):
+            before = net.spent
             net.record()
-        figures = {"broker_us_per_record": net.spent * 1e6 / records}
+            spent.append(net.spent - before)
+            if net.path is not None:
+                paths.append(net.path)
+        figures = {
+            "broker_us_per_record": net.spent * 1e6 / records,
+            "broker_us_per_record_p50": statistics.median(spent) * 1e6,
+            "path_us_p50": statistics.median(paths) * 1e6 if paths else float("nan"),
+        }
         for name, count in net.calls.items():
             figures[f"{name}_per_record"] = count / records
         figures["to_subscriber_per_record"] = net.to_sub / records

@@ -362,9 +362,13 @@ class Fanout:
         if not waiting:
             self._flush_at = None
         elif self._flush_at is None:
-            delay = self.batch.max_delay_s
-            # Below what a loop can wait: due now, fired when the pass ends (see above).
-            self._flush_at = now + delay if delay >= PASS_FLUSH_BELOW_S else now
+            self._arm_flush(now)
+
+    def _arm_flush(self, now: float) -> None:
+        """A partial batch starts waiting: its flush deadline."""
+        delay = self.batch.max_delay_s
+        # Below what a loop can wait: due now, fired when the pass ends (see above).
+        self._flush_at = now + delay if delay >= PASS_FLUSH_BELOW_S else now
 
     def _deliver_group(self, offset: int, subs: list[Subscription], end: int, force: bool) -> bool:
         """Deliver to subscriptions sharing a cursor; True if a partial batch is waiting."""
@@ -380,27 +384,29 @@ class Fanout:
                 continue
             if isinstance(got, ReadPending):
                 return False  # being fetched: the owner pumps again once it can be read
-            n = len(got)
+            n = len(got.payloads)
             size = got.byte_size
+            got_end = got.base_offset + n  # got.next_offset
             if (
                 not force
                 and n < max_events
                 and size < max_bytes
-                and got.next_offset == end
+                and got_end == end
                 and self.batch.max_delay_s > 0
             ):
                 return True  # a partial batch at the end of the log waits for more
             keep: list[Subscription] = []
             for sub in subs:
                 if sub.credit_messages >= n and sub.credit_bytes >= size:
-                    piece = got
+                    piece, count, nbytes, piece_end = got, n, size, got_end
                 else:
                     piece = self._credit_slice(offset, sub)
-                sub.cursor = piece.next_offset
-                sub.credit_messages -= len(piece)
-                sub.credit_bytes -= piece.byte_size
-                sub.delivered += len(piece)
-                self.delivered_records += len(piece)
+                    count, nbytes, piece_end = len(piece), piece.byte_size, piece.next_offset
+                sub.cursor = piece_end
+                sub.credit_messages -= count
+                sub.credit_bytes -= nbytes
+                sub.delivered += count
+                self.delivered_records += count
                 self.delivered_batches += 1
                 out.append(
                     RecordsDelivered(connection_id=sub.conn_id, subscription_id=sub.id, slice=piece)
@@ -408,7 +414,7 @@ class Fanout:
                 if piece is got and sub.credit_messages > 0 and sub.credit_bytes > 0:
                     keep.append(sub)
             subs = keep
-            offset = got.next_offset
+            offset = got_end
         return False
 
     def _credit_slice(self, offset: int, sub: Subscription) -> LogSlice:
@@ -587,8 +593,37 @@ class Stream(Fanout):
         self.published_records += n
         self.published_batches += 1
         self._trim(now)
-        self.pump(now)
+        if not self._waits_whole(first, n, nbytes, now):
+            self.pump(now)
         return first, first + n - 1
+
+    def _waits_whole(self, first: int, n: int, nbytes: int, now: float) -> bool:
+        """What :meth:`pump` would find, without reading the log, in the common case of
+        one publish at a time: a batch smaller than ``max_events`` and ``max_bytes``,
+        appended at ``first`` to a memory log, which every subscription that can take
+        records has to read from its start. Read, it is a partial batch at the end of the
+        log, so it waits: the flush deadline is armed as :meth:`pump` arms it and True is
+        returned. False in every other case (:meth:`pump` decides)."""
+        batch = self.batch
+        log = self.log
+        if (
+            n >= batch.max_events
+            or nbytes >= batch.max_bytes
+            or batch.max_delay_s <= 0
+            or type(log) is not MemoryLog  # a disk log's read may stop at a chunk's end
+            or first < log.first_offset
+        ):
+            return False
+        waiting = False
+        for sub in self._subs.values():
+            if sub.paused or sub.credit_messages <= 0 or sub.credit_bytes <= 0:
+                continue  # pump passes it by too
+            if sub.cursor != first:
+                return False
+            waiting = True
+        if waiting and self._flush_at is None:
+            self._arm_flush(now)
+        return waiting
 
     def _trim(self, now: float) -> None:
         """Apply retention; end lagging subscriptions under ``disconnect``."""

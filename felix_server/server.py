@@ -217,6 +217,7 @@ class FelixServer:
         """Each tenant's turn of the current loop pass (:mod:`felix_server.fair`)."""
         self._factory = connection_factory
         self._by_cid: dict[bytes, Session] = {}
+        self._cid_end = 1 + quic_configuration.connection_id_length  # short header's CID end
         self._sessions: dict[int, Session] = {}
         self._dirty: dict[int, Session] = {}
         self._touched: dict[int, Session] = {}  # deadlines to recompute
@@ -257,6 +258,16 @@ class FelixServer:
         the module docstring); an unsupported QUIC version is answered with version
         negotiation.
         """
+        # The common case first: a short-header (1-RTT) packet of a known connection. Its
+        # destination CID is the bytes after the first one; the full parse below finds the
+        # same session, so only what it would drop or answer takes that path.
+        cid_end = self._cid_end
+        if len(data) >= cid_end and data[0] & 0xC0 == 0x40:
+            session = self._by_cid.get(data[1:cid_end])
+            if session is not None:
+                session.datagram_received(data, addr, now)
+                self._after_input(session)
+                return
         try:
             header = pull_quic_header(
                 Buffer(data=data), host_cid_length=self.quic_configuration.connection_id_length
@@ -359,14 +370,16 @@ class FelixServer:
         """The earliest absolute deadline of anything the server holds, or None."""
         drain = self._drain.get_timer() if self._drain is not None else None
         self._refresh_deadlines()
-        deadlines = (
+        earliest = self._deadlines.earliest()
+        for d in (
             self.router.get_timer(),
             self.storage.get_timer() if self.storage is not None else None,
             drain,
             self._drain_until,
-            self._deadlines.earliest(),
-        )
-        return min((d for d in deadlines if d is not None), default=None)
+        ):
+            if d is not None and (earliest is None or d < earliest):
+                earliest = d
+        return earliest
 
     def _refresh_deadlines(self) -> None:
         """Recompute the cached deadline of every session touched since the last call."""

@@ -327,16 +327,18 @@ class Session:
     def get_timer(self) -> float | None:
         """The earliest of QUIC's, Felix's, the handshake, the close linger deadline, the
         principal's expiry and the end of a throttle."""
-        deadlines = (
-            self.quic.get_timer(),
+        earliest = self.quic.get_timer()
+        for d in (
             self.felix.get_timer(),
             self._close_deadline,
             self._hello_deadline,
             self._expires_at,
             self._login_deadline,
             self.gate.throttled_until,
-        )
-        return min((d for d in deadlines if d is not None), default=None)
+        ):
+            if d is not None and (earliest is None or d < earliest):
+                earliest = d
+        return earliest
 
     def take_issued_cids(self) -> list[bytes]:
         """Connection IDs QUIC issued since the last call (for the server's demux table)."""
@@ -450,6 +452,7 @@ class Session:
             elif isinstance(event, fe.ProtocolViolation):
                 self.observer.protocol_violation(event.error_code, event.fatal)
             elif isinstance(event, fe.CloseRequested) and self._close is None:
+                self._take_mail(now)  # the answers of the requests before it go first
                 self._outbox.clear()  # nothing more can be written on a closing connection
                 self._hello_deadline = None
                 self._close = (event.error_code, event.reason)
@@ -646,7 +649,9 @@ class Session:
     def _may_read(self, msg: m.Message, now: float) -> bool:
         """Whether the next request, ``msg``, may be served: not once over the cap, nor
         past its tenant's turn in this pass (the connection then yields until the next
-        pass, :mod:`felix_server.fair`)."""
+        pass, :mod:`felix_server.fair`). The answers of the requests before it are written
+        first, so the gate weighs them."""
+        self._take_mail(now)
         gate = self.gate
         moves = gate.before_request(self._queued())
         if moves:
@@ -706,9 +711,12 @@ class Session:
     def _request(
         self, msg: m.Message, kind: str | None = None, token: object = None, *, now: float
     ) -> None:
-        """Submit a request to the router and write what is ready at once (its answer, if
-        it completed, and any feed events), before the next request is read. ``kind`` and
-        ``token`` are given when a throttled request is served again (its metrics go on)."""
+        """Submit a request to the router. What it made ready (its answer, if it completed,
+        and any feed events) is written before the next request is read (:meth:`_may_read`
+        takes the mail first) or when the connection transmits, after the connections that
+        only receive: a publish's deliveries leave before its answer is encoded. ``kind``
+        and ``token`` are given when a throttled request is served again (its metrics go
+        on)."""
         if type(msg) is m.Reauthenticate:  # the session's own business, not a route's
             self._reauthenticate(msg, now)
             return
@@ -728,7 +736,6 @@ class Session:
             self.router.submit(self.conn_id, number, msg, now)
         except Exception as exc:  # a bug in a route: answer INTERNAL, keep serving
             self._failed(number, kind, exc)
-        self._take_mail(now)
 
     def _take_mail(self, now: float) -> None:
         """Write everything the router holds for this connection, in order."""
@@ -1023,6 +1030,7 @@ class Session:
 
     def go_away(self, deadline_ms: int, now: float) -> None:
         """Send ``GoAway`` (or close at once if the handshake is not done)."""
+        self._take_mail(now)  # the answers of requests already served go first
         try:
             self.felix.goaway("the broker is shutting down", deadline_ms, now=now)
         except FelixProtoError:

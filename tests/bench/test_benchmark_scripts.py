@@ -62,3 +62,11 @@ def test_cache_put_prints_every_case() -> None:
     figures = run_json("cache_put.py", *args)["cpu_us_per_call"]
     assert set(figures) == {"put", "put_ttl", "put_cas", "get"}
     assert all(us > 0 for us in figures.values()), figures
+
+
+def test_server_pass_publish_times_the_record_path() -> None:
+    """``server_pass.py --publish``: every record reaches the subscriber in one datagram, and
+    the path (publish read -> delivery handed to ``send``) is timed, within the pass."""
+    figures = run_json("server_pass.py", "--publish", "20")
+    assert figures["to_subscriber_per_record"] == 1.0
+    assert 0 < figures["path_us_p50"] <= figures["broker_us_per_record_p50"]

@@ -50,6 +50,25 @@ def test_full_batch_goes_at_once_partial_waits_for_timer() -> None:
     assert s.get_timer() is None
 
 
+def test_single_publishes_fill_a_batch_that_goes_at_once() -> None:
+    """One record a publish: the partial batch waits; the publish that fills it (counting
+    the records waiting since the batch's start, not only its own) sends it at once, before
+    the timer; the next record waits alone."""
+    out: list[EngineEvent] = []
+    s = make(out, batch_max_events=3, batch_max_delay_us=5000)
+    s.subscribe(1, 10, StartKind.LATEST, None, 100, 10**6, 0.0)
+    s.publish([b"a"], None, None, 1.0)
+    s.publish([b"b"], None, None, 1.0)
+    assert batches(out) == [] and s.get_timer() == pytest.approx(1.005)
+    s.publish([b"c"], None, None, 1.0)
+    assert [b.payloads for b in batches(out)] == [[b"a", b"b", b"c"]]
+    assert s.get_timer() is None
+    s.publish([b"d"], None, None, 1.001)
+    assert len(batches(out)) == 1 and s.get_timer() == pytest.approx(1.006)
+    s.handle_timer(1.006)
+    assert [b.payloads for b in batches(out)][1:] == [[b"d"]] and s.get_timer() is None
+
+
 def test_zero_delay_delivers_immediately() -> None:
     out: list[EngineEvent] = []
     s = make(out, batch_max_events=64, batch_max_delay_us=0)
