@@ -3,13 +3,14 @@ subscriber's receive, with raw aioquic's own send and receive as the anchor.
 
 Two real :class:`~felix_client.Client` objects (one publishing, one subscribing, as
 ``felix bench pubsub-latency`` uses them: ``await client.publish(stream, payload)``, batch
-1, ``AckMode.ACCEPTED``; ``async for event in sub``) run on one asyncio loop, each over an
-in-memory socket (:class:`MemSocket`, in place of the transport's UDP socket) to an
-in-memory :class:`~felix_server.server.FelixServer`. A driver task plays the network and the
-broker, one side at a time: once every client waits on its socket (and the tasks that were
-ready have run), it feeds the broker what the clients sent and hands the broker's datagrams
-to ONE client (the subscriber first), then waits again. So each client's work runs alone
-and is timed alone, whatever the machine's load:
+1, ``AckMode.ACCEPTED``; ``async for event in sub``) run on one asyncio loop, each over
+the transport's own UDP socket on 127.0.0.1, whose other end (:class:`Tap`) belongs to a
+driver task that plays the network and an in-process
+:class:`~felix_server.server.FelixServer`, one side at a time: once every client waits on
+its socket (and the tasks that were ready have run), it feeds the broker what the clients
+sent and hands the broker's datagrams to ONE client (the subscriber first), then waits
+again. So each client's work runs alone and is timed alone (syscalls included), whatever
+the machine's load:
 
 * ``pub_us``: ``await client.publish`` called -> its datagram handed to the socket (the
   stage ``pub_client`` of ``benchmarks/latency_stages.py``); ``pub_pass_us``: the
@@ -36,15 +37,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import asyncio.base_events
+import contextlib
 import cProfile
 import json
 import math
 import pstats
+import socket
 import statistics
 import sys
 import tempfile
 import time
-from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +60,7 @@ from felix_client import Client, _transport
 from felix_proto import ALPN
 from felix_runtime.quic_engines import server_quic
 from felix_runtime.tls import ensure_self_signed
+from felix_runtime.udp import udp_socket
 from felix_server.config import ServerConfig
 from felix_server.server import FelixServer
 
@@ -66,6 +69,7 @@ STREAM = "bench"
 PAYLOAD = b"x" * 100
 clock = time.perf_counter_ns
 LOOP_ITERATIONS = [0]
+REAL_CONNECT = _transport._UdpSocket.connect
 
 
 def _count_iterations() -> None:
@@ -78,75 +82,63 @@ def _count_iterations() -> None:
     asyncio.base_events.BaseEventLoop._run_once = counted  # type: ignore[attr-defined]
 
 
-class MemSocket(_transport._UdpSocket):
-    """The transport's socket, in memory: what it sends goes to :attr:`outbound`, what the
-    network hands it comes out of :meth:`receive_many`."""
+class Tap:
+    """One client's socket, the transport's own (:class:`_transport._AsyncioUdpSocket`,
+    real syscalls on 127.0.0.1), and the network's end of it (:attr:`peer`): its calls are
+    wrapped to stamp the reads and writes and to tell :class:`Net` when the client waits."""
 
-    def __init__(self, net: Net, addr: tuple[str, int]) -> None:
-        self.sock = None  # type: ignore[assignment]
-        self.remote = SERVER
-        self.addr = addr
-        self.net = net
-        self.loop = asyncio.get_running_loop()
-        self.inbound: deque[bytes] = deque()
-        self.outbound: list[bytes] = []
-        self.waiting: asyncio.Future[bool] | None = None
-        self.timer: asyncio.TimerHandle | None = None
-        self.read_ns = 0
-        self.sent_ns = 0
+    def __init__(self, net: Net, sock: _transport._UdpSocket, peer: socket.socket) -> None:
+        self.net, self.sock, self.peer = net, sock, peer
+        self.addr: tuple[str, int] = sock.sock.getsockname()
+        self.sent = False  # datagrams wait in the peer socket
+        self.inflight = False  # datagrams were sent to it and it has not read them yet
+        self.sent_ns = self.sent_iteration = 0  # the first write since reset
+        self.read_ns = self.read_iteration = 0  # the last read that returned datagrams
+        receive, take, send = sock.receive_many, sock._take, sock.send_nowait
+        close = sock.close
 
-    def _wake(self, readable: bool) -> None:
-        if self.waiting is not None and not self.waiting.done():
-            self.waiting.set_result(readable)
+        async def receive_many(limit: int, deadline: float = math.inf) -> list[bytes]:
+            net.entering(self)  # the wait's future is made before the loop runs again
+            return await receive(limit, deadline)
 
-    async def receive_many(self, limit: int, deadline: float = math.inf) -> list[bytes]:
-        loop = self.loop
-        while deadline > loop.time():
-            if self.inbound:
-                out = list(self.inbound)
-                self.inbound.clear()
-                self.read_ns = clock()
-                return out
-            self.waiting = loop.create_future()
-            if deadline != math.inf:
-                self.timer = loop.call_at(deadline, self._wake, False)
-            self.net.waiting(self)
-            try:
-                readable = await self.waiting
-            finally:
-                self.waiting = None
-                if self.timer is not None:
-                    self.timer.cancel()
-                    self.timer = None
-            if not readable:
-                return []
-        return []
+        def take_(limit: int) -> list[bytes]:
+            out = take(limit)
+            if out:
+                self.inflight = False
+                self.read_ns, self.read_iteration = clock(), LOOP_ITERATIONS[0]
+            return out
 
-    def move_deadline(self, deadline: float) -> None:
-        if self.waiting is None:
-            return
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        if deadline <= self.loop.time():
-            self._wake(False)
-        elif deadline != math.inf:
-            self.timer = self.loop.call_at(deadline, self._wake, False)
+        def send_nowait(datagrams: list[tuple[bytes, object]]) -> int:
+            if datagrams:
+                if not self.sent_ns:
+                    self.sent_ns, self.sent_iteration = clock(), LOOP_ITERATIONS[0]
+                self.sent = True
+            return send(datagrams)
 
-    def interrupt(self) -> None:
-        self._wake(False)
+        def close_() -> None:
+            net.taps.remove(self)
+            close()
+            peer.close()
 
-    def send_nowait(self, datagrams: list[tuple[bytes, object]]) -> int:
-        if datagrams:
-            self.sent_ns = self.sent_ns or clock()
-            self.outbound.extend(d for d, _ in datagrams)
-        return len(datagrams)
+        sock.receive_many = receive_many  # type: ignore[method-assign]
+        sock._take = take_  # type: ignore[method-assign]
+        sock.send_nowait = send_nowait  # type: ignore[method-assign]
+        sock.close = close_  # type: ignore[method-assign]
 
-    async def send(self, data: bytes) -> None:
-        self.outbound.append(data)
+    @property
+    def waiting(self) -> bool:
+        """The client waits on its socket and was not woken yet."""
+        waiting: asyncio.Future[bool] | None = getattr(self.sock, "_waiting", None)
+        return not self.inflight and waiting is not None and not waiting.done()
 
-    def close(self) -> None:
-        self.net.sockets.remove(self)
+    def drain(self) -> list[bytes]:
+        """What the client sent since the last drain."""
+        out: list[bytes] = []
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                out.append(self.peer.recv(65536))
+        self.sent = False
+        return out
 
 
 class Net:
@@ -154,38 +146,45 @@ class Net:
 
     def __init__(self, server: FelixServer) -> None:
         self.server = server
-        self.sockets: list[MemSocket] = []
+        self.taps: list[Tap] = []
         self.pending: dict[tuple[str, int], list[bytes]] = {}
         self.order: list[tuple[str, int]] = []  # whom to serve first (the subscriber)
         self.loop = asyncio.get_running_loop()
         self.kick: asyncio.Future[None] | None = None
         self.turn_start = 0
-        self.turn_of: MemSocket | None = None
+        self.turn_of: Tap | None = None
         self.turns: dict[tuple[str, int], list[int]] = {}
         self.turn_iterations: dict[tuple[str, int], list[int]] = {}
         self._iter0 = 0
         self.profiler: cProfile.Profile | None = None
         self.profile_addr: tuple[str, int] | None = None
+        self.profiling = False  # the timed records only
         self.stop = False
 
-    def socket(self, host: str, port: int) -> MemSocket:
-        sock = MemSocket(self, ("10.0.0.1", 10000 + len(self.sockets)))
-        self.sockets.append(sock)
+    async def connect(self) -> _transport._UdpSocket:
+        """A client's socket, connected to a new peer socket of the network's."""
+        peer = udp_socket(socket.AF_INET)
+        peer.bind(("127.0.0.1", 0))
+        sock = await REAL_CONNECT("127.0.0.1", peer.getsockname()[1])
+        if not isinstance(sock, _transport._AsyncioUdpSocket):
+            raise RuntimeError("the asyncio socket of the transport was expected")
+        peer.connect(sock.sock.getsockname())
+        self.taps.append(Tap(self, sock, peer))
         return sock
 
-    def waiting(self, sock: MemSocket) -> None:
+    def entering(self, sock: Tap) -> None:
         if self.turn_of is sock:  # the turn ends: this client waits again
             if self.profiler is not None and sock.addr == self.profile_addr:
                 self.profiler.disable()
             self.turns.setdefault(sock.addr, []).append(clock() - self.turn_start)
             self.turn_iterations.setdefault(sock.addr, []).append(LOOP_ITERATIONS[0] - self._iter0)
             self.turn_of = None
-        if self.idle() and self.kick is not None and not self.kick.done():
-            self.loop.call_soon(self._kick)  # after the tasks ready now
+        if self.kick is not None and not self.kick.done():
+            self.loop.call_soon(self._kick)  # checks, after the tasks ready now
 
     def idle(self) -> bool:
         """Every client waits on its socket (and none was just woken)."""
-        return all(s.waiting is not None and not s.waiting.done() for s in self.sockets)
+        return all(t.waiting for t in self.taps)
 
     def _kick(self, timer: bool = False) -> None:
         """Wake the driver: on its timer, or once every client waits on its socket (checked
@@ -197,11 +196,11 @@ class Net:
 
     async def run(self) -> None:
         server, loop = self.server, self.loop
+        timer = server.get_timer()
         while not self.stop:
             self.kick = loop.create_future()
-            timer = server.get_timer()
             handle = None
-            busy = any(s.outbound for s in self.sockets) or any(self.pending.values())
+            busy = any(t.sent for t in self.taps) or any(self.pending.values())
             if busy and self.idle():
                 self.kick.set_result(None)
             if timer is not None and not self.kick.done():
@@ -210,16 +209,15 @@ class Net:
             if handle is not None:
                 handle.cancel()
             self._broker(loop.time())
+            timer = server.get_timer()  # before a turn starts: its time is the broker's
             if self.idle():  # else a timer of the broker's fired mid-turn: deliver later
                 self._deliver()
 
     def _broker(self, now: float) -> None:
         server = self.server
-        for sock in self.sockets:
-            for data in sock.outbound:
-                server.datagram_received(data, sock.addr, now)
-            sock.outbound.clear()
-            sock.sent_ns = 0
+        for tap in self.taps:
+            for data in tap.drain():
+                server.datagram_received(data, tap.addr, now)
         timer = server.get_timer()
         if timer is not None and timer <= now:
             server.handle_timer(now)
@@ -233,44 +231,35 @@ class Net:
             data = self.pending.get(addr)
             if not data:
                 continue
-            sock = next((s for s in self.sockets if s.addr == addr), None)
+            tap = next((t for t in self.taps if t.addr == addr), None)
             self.pending[addr] = []
-            if sock is None:
+            if tap is None:
                 continue
-            sock.inbound.extend(data)
-            self.turn_of, self.turn_start = sock, clock()
+            self.turn_of, self.turn_start = tap, clock()
             self._iter0 = LOOP_ITERATIONS[0]
-            if self.profiler is not None and addr == self.profile_addr:
+            if self.profiler is not None and self.profiling and addr == self.profile_addr:
                 self.profiler.enable()
-            sock._wake(True)
+            tap.inflight = True
+            for datagram in data:
+                tap.peer.send(datagram)
             return
 
 
 async def _felix_round(
     net: Net, pub: Client, sub_client: Client, records: int
 ) -> dict[str, list[int]]:
-    pub_sock, sub_sock = net.sockets[-2], net.sockets[-1]
-    net.order = [sub_sock.addr]
+    pub_tap, sub_tap = net.taps
+    net.order = [sub_tap.addr]
     samples: dict[str, list[int]] = {"pub": [], "sub": [], "pub_it": [], "sub_it": []}
     got = asyncio.Event()
     async with sub_client.subscribe(STREAM, start="latest") as sub:
 
         async def read() -> None:
             async for _event in sub:
-                t = clock()
-                samples["sub"].append(t - sub_sock.read_ns)
-                samples["sub_it"].append(LOOP_ITERATIONS[0] - sub_iter0[0])
+                samples["sub"].append(clock() - sub_tap.read_ns)
+                samples["sub_it"].append(LOOP_ITERATIONS[0] - sub_tap.read_iteration)
                 got.set()
 
-        sub_iter0 = [0]
-        real_receive = sub_sock.receive_many
-
-        async def stamped_receive(limit: int, deadline: float = math.inf) -> list[bytes]:
-            out = await real_receive(limit, deadline)
-            sub_iter0[0] = LOOP_ITERATIONS[0]
-            return out
-
-        sub_sock.receive_many = stamped_receive  # type: ignore[method-assign]
         reader = asyncio.ensure_future(read())
         for _ in range(50):  # warm-up
             got.clear()
@@ -279,26 +268,25 @@ async def _felix_round(
         del samples["sub"][:], samples["sub_it"][:]
         net.turns.clear()
         net.turn_iterations.clear()
+        net.profiling = True
         for _ in range(records):
             got.clear()
-            pub_sock.sent_ns = 0
+            pub_tap.sent_ns = 0
             it0 = LOOP_ITERATIONS[0]
             t0 = clock()
             await pub.publish(STREAM, PAYLOAD)
-            samples["pub"].append(pub_sent[0] - t0)
-            samples["pub_it"].append(pub_sent_it[0] - it0)
+            samples["pub"].append(pub_tap.sent_ns - t0)
+            samples["pub_it"].append(pub_tap.sent_iteration - it0)
             await got.wait()
+        net.profiling = False
+        if net.profiler is not None:
+            net.profiler.disable()
         reader.cancel()
-        sub_sock.receive_many = real_receive  # type: ignore[method-assign]
-    samples["pub_pass"] = net.turns.get(pub_sock.addr, [])
-    samples["sub_pass"] = net.turns.get(sub_sock.addr, [])
-    samples["pub_pass_it"] = net.turn_iterations.get(pub_sock.addr, [])
-    samples["sub_pass_it"] = net.turn_iterations.get(sub_sock.addr, [])
+    samples["pub_pass"] = net.turns.get(pub_tap.addr, [])
+    samples["sub_pass"] = net.turns.get(sub_tap.addr, [])
+    samples["pub_pass_it"] = net.turn_iterations.get(pub_tap.addr, [])
+    samples["sub_pass_it"] = net.turn_iterations.get(sub_tap.addr, [])
     return samples
-
-
-pub_sent = [0]
-pub_sent_it = [0]
 
 
 def _raw_round(records: int, cert: str, key: str) -> dict[str, list[int]]:
@@ -374,10 +362,9 @@ async def run(records: int, rounds: int, profile: str | None) -> list[dict[str, 
         loop = asyncio.get_running_loop()
         server = FelixServer(config, quic_config, now=loop.time(), connection_factory=factory)
         net = Net(server)
-        real_connect = _transport._UdpSocket.connect
 
         async def connect(host: str, port: int) -> _transport._UdpSocket:
-            return net.socket(host, port)
+            return await net.connect()
 
         _transport._UdpSocket.connect = connect  # type: ignore[method-assign]
         driver = asyncio.ensure_future(net.run())
@@ -388,19 +375,9 @@ async def run(records: int, rounds: int, profile: str | None) -> list[dict[str, 
                 Client(url, ca_file=str(files.cert_path), client_name="felix-bench") as sub,
             ):
                 await pub.admin.create("stream", STREAM, {})
-                pub_sock = net.sockets[-2]
-                real_send = pub_sock.send_nowait
-
-                def stamped_send(datagrams: list[tuple[bytes, object]]) -> int:
-                    if datagrams and not pub_sock.sent_ns:
-                        pub_sent[0] = clock()
-                        pub_sent_it[0] = LOOP_ITERATIONS[0]
-                    return real_send(datagrams)
-
-                pub_sock.send_nowait = stamped_send  # type: ignore[method-assign]
                 if profile is not None:
                     net.profiler = cProfile.Profile()
-                    net.profile_addr = (pub_sock if profile == "pub" else net.sockets[-1]).addr
+                    net.profile_addr = net.taps[0 if profile == "pub" else 1].addr
                 for _ in range(rounds):
                     felix = await _felix_round(net, pub, sub, records)
                     raw = _raw_round(records, str(files.cert_path), str(files.key_path))
@@ -409,7 +386,7 @@ async def run(records: int, rounds: int, profile: str | None) -> list[dict[str, 
             net.stop = True
             net._kick(True)
             driver.cancel()
-            _transport._UdpSocket.connect = real_connect  # type: ignore[method-assign]
+            _transport._UdpSocket.connect = REAL_CONNECT  # type: ignore[method-assign]
         if net.profiler is not None:
             pstats.Stats(net.profiler).sort_stats("cumulative").print_stats(30)
             pstats.Stats(net.profiler).sort_stats("tottime").print_stats(25)
