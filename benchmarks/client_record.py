@@ -22,7 +22,9 @@ the machine's load:
 * ``*_iterations``: event-loop iterations (``BaseEventLoop._run_once``) in those windows;
 * ``raw_send_us`` / ``raw_recv_us``: an aioquic client's ``send_stream_data`` +
   ``datagrams_to_send`` of the same publish frame, and ``receive_datagram`` + ``next_event``
-  of the same delivery datagram, against an aioquic peer, in the same run.
+  of the same delivery datagram, against an aioquic peer, in the same run;
+  ``pub_over_raw_us`` / ``sub_over_raw_us``: ``pub_us`` and ``sub_us`` less those (the
+  firmer figures on a loaded machine: the load moves both terms).
 
 Timers (QUIC's ACK delay, the subscriber's held ACK) run on the loop's real clock; their
 turns are outside the windows above. Medians of per-record samples, microseconds.
@@ -402,6 +404,9 @@ def _summary(samples: dict[str, list[int]]) -> dict[str, float]:
             out[name[:-3] + "_iterations"] = round(statistics.mean(values), 2)
         else:
             out[name + "_us"] = round(statistics.median(values) / 1000, 1)
+    # The Felix layer's share of each end: above raw aioquic's send / receive, same round.
+    out["pub_over_raw_us"] = round(out["pub_us"] - out["raw_send_us"], 1)
+    out["sub_over_raw_us"] = round(out["sub_us"] - out["raw_recv_us"], 1)
     return out
 
 

@@ -54,7 +54,8 @@ from __future__ import annotations
 import asyncio
 import math
 import socket
-from collections.abc import Callable
+import types
+from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -74,6 +75,7 @@ __all__ = [
     "QuicTransport",
     "TransportOptions",
     "describe_termination",
+    "loop_checkpoint",
     "loop_clock",
 ]
 
@@ -98,6 +100,22 @@ def loop_clock() -> Callable[[], float]:
 
         return trio.current_time
     return anyio.current_time  # pragma: no cover - anyio has no third backend today
+
+
+@types.coroutine
+def _asyncio_yield() -> Generator[None, None, None]:
+    """One bare yield to the asyncio loop: what ``asyncio.sleep(0)`` does (and so anyio's
+    ``checkpoint`` on asyncio), without the coroutine frames and anyio's per-call backend
+    lookup (about 3.5 us of the 8 a checkpoint costs)."""
+    yield
+
+
+def loop_checkpoint() -> Callable[[], Awaitable[None]]:
+    """The running event loop's checkpoint (yield once, let the ready tasks run), found
+    once: a bare yield under asyncio, ``anyio.lowlevel.checkpoint`` elsewhere (trio)."""
+    if _asyncio_loop() is not None:
+        return _asyncio_yield
+    return anyio.lowlevel.checkpoint
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -340,6 +358,7 @@ class QuicTransport:
         """Seconds without sending after which a PING goes out (None: never)."""
         self.clock = loop_clock()
         """The event loop's clock (``anyio.current_time()``, looked up once)."""
+        self._checkpoint = loop_checkpoint()
         self._handler: QuicHandler | None = None
         self._send_lock = anyio.Lock(fast_acquire=True)  # no yield when nobody holds it
         self._flushing = False
@@ -423,7 +442,7 @@ class QuicTransport:
                     # Let the tasks this pass woke run first (see "Readers first").
                     self._readers_pass = True
                     try:
-                        await anyio.lowlevel.checkpoint()
+                        await self._checkpoint()
                     finally:
                         self._readers_pass = False
                     if self._flushing or self._flush_asked:  # do their flush now
@@ -509,7 +528,7 @@ class QuicTransport:
         self._flushing = True
         done = self._flushes_done
         try:
-            await anyio.lowlevel.checkpoint()  # let other ready tasks queue their requests
+            await self._checkpoint()  # let other ready tasks queue their requests
         finally:
             self._flushing = False
         if self.is_closed or self._flushes_done != done:
