@@ -195,4 +195,4 @@ async def test_the_loop_checkpoint_lets_the_ready_tasks_run(anyio_backend: str) 
         scope.cancel()
         await checkpoint()
         log.append("not cancelled")
-    assert scope.cancelled_caught and log[-1] == "resumed"
+    assert scope.cancelled_caught and "not cancelled" not in log
