@@ -511,6 +511,12 @@ class Connection:
                 send.send_nowait(event)
                 self._woke = True
                 return
+        if type(event) is ev.EventsReceived:  # the hot path of a subscription
+            send = self._feeds.get(("sub", event.subscription_id))
+            if send is not None:
+                send.send_nowait(event)
+                self._woke = True
+                return
         if isinstance(event, _REPLY_EVENTS):
             self._resolve(event.request_id, reply=event)
         elif isinstance(event, ev.EventsReceived | ev.GapReported | ev.SubscriptionEnded):

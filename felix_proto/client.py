@@ -1055,6 +1055,26 @@ class ClientConnection(Connection):
 
     def _on_feed_frame(self, stream: StreamState, msg: m.Message) -> None:
         feed: _Feed | None = stream.owner
+        if (
+            type(msg) is m.EventBatch
+            and feed is not None
+            and feed.is_sub
+            and feed.state is FeedState.ACTIVE
+        ):
+            # A subscription's records: the general path below, for the case that is every
+            # record's (an ACTIVE feed takes DATA and stays ACTIVE), without its type tests.
+            count = len(msg.payloads)
+            if count > feed.remaining_messages or feed.remaining_bytes <= 0:
+                raise FlowControlError(
+                    f"subscription {feed.feed_id}: batch of {count} records exceeds the "
+                    f"credit ({feed.remaining_messages} records, {feed.remaining_bytes} bytes)"
+                )
+            feed.remaining_messages -= count
+            feed.remaining_bytes -= batch_record_bytes(msg)
+            assert feed.feed_id is not None
+            self._events.append(ev.EventsReceived(subscription_id=feed.feed_id, batch=msg))
+            self._top_up(feed)
+            return
         if isinstance(msg, (m.SubscriptionStreamStart, m.ConsumerStreamStart)):
             if feed is not None:
                 raise UnexpectedMessage("a second start frame on a feed stream", fatal=True)

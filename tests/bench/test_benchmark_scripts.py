@@ -9,7 +9,8 @@ is seen by the suite, not at the next measurement.
 * ``request_loop.py``: against the broker it starts, the client's requests are counted (a
   request costs at least one loop iteration and one datagram read at concurrency 1);
 * ``cache_put.py``: every case runs (a compare-and-set of each round applies) and prints
-  its figure.
+  its figure;
+* ``client_record.py``: both clients' turns and raw aioquic's send and receive are timed.
 """
 
 from __future__ import annotations
@@ -70,3 +71,11 @@ def test_server_pass_publish_times_the_record_path() -> None:
     figures = run_json("server_pass.py", "--publish", "20")
     assert figures["to_subscriber_per_record"] == 1.0
     assert 0 < figures["path_us_p50"] <= figures["broker_us_per_record_p50"]
+
+
+def test_client_record_times_both_ends() -> None:
+    figures = run_json("client_record.py", "--records", "20", "--rounds", "1")[0]
+    for name in ("pub", "sub", "pub_pass", "sub_pass", "raw_send", "raw_recv"):
+        assert figures[f"{name}_us"] > 0, name
+    assert figures["sub_iterations"] >= 1  # the reader runs after the pass that woke it
+    assert figures["sub_pass_iterations"] >= figures["sub_iterations"]

@@ -13,10 +13,11 @@ import math
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 from memory_connection import cache_get, connected
 
-from felix_client._transport import QuicTransport
+from felix_client._transport import QuicTransport, loop_checkpoint
 
 pytestmark = pytest.mark.anyio
 
@@ -171,3 +172,27 @@ async def test_the_connection_says_when_it_woke_a_waiter() -> None:
     conn.handle_timer(200.0)  # its deadline passed: its waiter wakes with RequestTimeout
     assert conn.pump(200.0) is True
     assert conn.pump(200.0) is False
+
+
+async def test_the_loop_checkpoint_lets_the_ready_tasks_run(anyio_backend: str) -> None:
+    """The loop's yield to the readers: a bare yield under asyncio, anyio's checkpoint
+    elsewhere; either way the task that was ready runs before the yielding one resumes, and
+    a cancellation reaches a task waiting there (under trio the order is trio's)."""
+    checkpoint = loop_checkpoint()
+    assert (checkpoint is anyio.lowlevel.checkpoint) == (anyio_backend != "asyncio")
+    log: list[str] = []
+
+    async def ready() -> None:
+        log.append("ready")
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(ready)
+        await checkpoint()
+        log.append("resumed")
+    # trio runs its ready tasks in either order (see ASYNCIO_ONLY)
+    assert log == ["ready", "resumed"] if anyio_backend == "asyncio" else len(log) == 2
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        await checkpoint()
+        log.append("not cancelled")
+    assert scope.cancelled_caught and "not cancelled" not in log
