@@ -13,13 +13,18 @@ machine methods (this process only), so the figures come from the code as it run
 Usage::
 
     .venv/bin/python benchmarks/queue_frames.py [--consumers 4] [--seconds 3]
-        [--quic-engine aioquic] [--in-flight 4]
+        [--quic-engine aioquic] [--in-flight 4] [--profile FILE]
+
+``--profile FILE`` writes a cProfile (CPU clock, ``time.process_time``) of this process,
+the consumers, over the measured seconds (``python -m pstats FILE``); it slows them, so
+the rates of such a run are not figures.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import cProfile
 import multiprocessing
 import multiprocessing.sharedctypes
 import statistics
@@ -140,6 +145,9 @@ async def consume(args: argparse.Namespace, broker: LocalBroker) -> None:
             for consumer in consumers:
                 tg.start_soon(take, consumer)
             await anyio.sleep(WARM_UP_S)
+            profile = cProfile.Profile(time.process_time) if args.profile else None
+            if profile is not None:
+                profile.enable()
             counts.clear()
             sizes.clear()
             start = (
@@ -157,6 +165,9 @@ async def consume(args: argparse.Namespace, broker: LocalBroker) -> None:
                 producer_cpu.value - start[3],
                 process_cpu_seconds(broker.pid) - start[4],
             )
+            if profile is not None:
+                profile.disable()
+                profile.dump_stats(args.profile)
             tg.cancel_scope.cancel()
         stop.value = 1
         producer.join()
@@ -178,6 +189,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--quic-engine", default="aioquic")
     parser.add_argument("--in-flight", type=int, default=4)
+    parser.add_argument("--profile", help="write a cProfile of the consumers' process here")
     args = parser.parse_args()
     with (
         tempfile.TemporaryDirectory() as tmp,
