@@ -6,20 +6,26 @@ per consumer ahead of the acks), and here, in this process, ``--consumers`` cons
 connection each, in one group, running ``async for msg in consumer: await msg.ack()``.
 After a warm-up it counts, over ``--seconds``: the ``DeliveryBatch`` / ``Delivery``
 frames the consumers received (and the deliveries per batch), the ``Ack`` frames they
-sent, the datagrams their connections received and sent, and the CPU of each process;
-then prints each per 1,000 acked messages. The counters wrap the client's socket and
-machine methods (this process only), so the figures come from the code as it runs.
+sent, the datagrams their connections (and the producer's) received and sent, and the
+CPU of each process; then prints each per 1,000 acked messages. The counters wrap the
+client's socket and machine methods (in this process and the producer's), so the figures
+come from the code as it runs.
 
 Usage::
 
     .venv/bin/python benchmarks/queue_frames.py [--consumers 4] [--seconds 3]
-        [--quic-engine aioquic] [--in-flight 4]
+        [--quic-engine aioquic] [--in-flight 4] [--profile FILE]
+
+``--profile FILE`` writes a cProfile (CPU clock, ``time.process_time``) of this process,
+the consumers, over the measured seconds (``python -m pstats FILE``); it slows them, so
+the rates of such a run are not figures.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import cProfile
 import multiprocessing
 import multiprocessing.sharedctypes
 import statistics
@@ -43,9 +49,18 @@ WARM_UP_S = 1.5
 
 
 def produce(
-    target: BrokerTarget, consumers: int, in_flight: int, acked: Any, stop: Any, cpu: Any
+    target: BrokerTarget,
+    consumers: int,
+    in_flight: int,
+    acked: Any,
+    stop: Any,
+    cpu: Any,
+    datagrams: Any,
 ) -> None:
-    """The producer process: enqueue lists until ``stop``, within the backlog."""
+    """The producer process: enqueue lists until ``stop``, within the backlog; ``cpu`` and
+    ``datagrams`` (received, sent) are its running totals."""
+    counts: collections.Counter[str] = collections.Counter()
+    count_frames(counts, [])
 
     async def main() -> None:
         items = [b"q" * 100] * BATCH
@@ -71,6 +86,8 @@ def produce(
                     tg.start_soon(one)
                 while not stop.value:
                     cpu.value = time.process_time()
+                    datagrams[0] = counts["datagrams received"]
+                    datagrams[1] = counts["datagrams sent"]
                     await anyio.sleep(0.02)
                 tg.cancel_scope.cancel()
 
@@ -119,6 +136,7 @@ async def consume(args: argparse.Namespace, broker: LocalBroker) -> None:
     acked: Any = multiprocessing.sharedctypes.RawValue("q", 0)
     stop: Any = multiprocessing.sharedctypes.RawValue("b", 0)
     producer_cpu: Any = multiprocessing.sharedctypes.RawValue("d", 0.0)
+    producer_datagrams: Any = multiprocessing.sharedctypes.RawArray("q", 2)
     async with AsyncExitStack() as stack:
         clients = [await stack.enter_async_context(target.connect()) for _ in range(args.consumers)]
         await clients[0].admin.create("queue", "frames", {})
@@ -127,7 +145,15 @@ async def consume(args: argparse.Namespace, broker: LocalBroker) -> None:
         ]
         producer = ctx.Process(
             target=produce,
-            args=(target, args.consumers, args.in_flight, acked, stop, producer_cpu),
+            args=(
+                target,
+                args.consumers,
+                args.in_flight,
+                acked,
+                stop,
+                producer_cpu,
+                producer_datagrams,
+            ),
         )
         producer.start()
 
@@ -140,6 +166,9 @@ async def consume(args: argparse.Namespace, broker: LocalBroker) -> None:
             for consumer in consumers:
                 tg.start_soon(take, consumer)
             await anyio.sleep(WARM_UP_S)
+            profile = cProfile.Profile(time.process_time) if args.profile else None
+            if profile is not None:
+                profile.enable()
             counts.clear()
             sizes.clear()
             start = (
@@ -148,6 +177,8 @@ async def consume(args: argparse.Namespace, broker: LocalBroker) -> None:
                 time.process_time(),
                 producer_cpu.value,
                 process_cpu_seconds(broker.pid),
+                producer_datagrams[0],
+                producer_datagrams[1],
             )
             await anyio.sleep(args.seconds)
             n = acked.value - start[0]
@@ -157,6 +188,11 @@ async def consume(args: argparse.Namespace, broker: LocalBroker) -> None:
                 producer_cpu.value - start[3],
                 process_cpu_seconds(broker.pid) - start[4],
             )
+            counts["producer: datagrams received"] = producer_datagrams[0] - start[5]
+            counts["producer: datagrams sent"] = producer_datagrams[1] - start[6]
+            if profile is not None:
+                profile.disable()
+                profile.dump_stats(args.profile)
             tg.cancel_scope.cancel()
         stop.value = 1
         producer.join()
@@ -178,6 +214,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--quic-engine", default="aioquic")
     parser.add_argument("--in-flight", type=int, default=4)
+    parser.add_argument("--profile", help="write a cProfile of the consumers' process here")
     args = parser.parse_args()
     with (
         tempfile.TemporaryDirectory() as tmp,

@@ -55,6 +55,7 @@ FeedItem = (
     | ev.GapReported
     | ev.SubscriptionEnded
     | ev.DeliveryReceived
+    | ev.DeliveriesReceived
     | ev.ConsumerEnded
 )
 """What a subscription's or a consumer's inbox carries."""
@@ -186,6 +187,7 @@ class Connection:
             default_timeout=timeout,
             auto_credit=None,
             capabilities=list(capabilities),
+            batch_deliveries=True,  # a consumer reads a DeliveryBatch's columns as they are
         )
         conn = cls(transport, machine, timeout)
         task_group.start_soon(transport.run, conn)
@@ -505,7 +507,7 @@ class Connection:
             self._dispatch_one(event)
 
     def _dispatch_one(self, event: ev.Event) -> None:
-        if type(event) is ev.DeliveryReceived:  # the hot path of a consumer
+        if type(event) is ev.DeliveriesReceived:  # the hot path of a consumer
             send = self._feeds.get(("con", event.consumer_id))
             if send is not None:
                 send.send_nowait(event)
@@ -521,7 +523,7 @@ class Connection:
             self._resolve(event.request_id, reply=event)
         elif isinstance(event, ev.EventsReceived | ev.GapReported | ev.SubscriptionEnded):
             self._to_feed("sub", event.subscription_id, event)
-        elif isinstance(event, ev.DeliveryReceived | ev.ConsumerEnded):
+        elif isinstance(event, ev.DeliveriesReceived | ev.DeliveryReceived | ev.ConsumerEnded):
             self._to_feed("con", event.consumer_id, event)
         elif isinstance(event, ev.RequestFailed):
             fatal = self._fatal

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from functools import partial
 from itertools import repeat
 from time import monotonic
@@ -21,7 +21,7 @@ import anyio
 import anyio.abc
 
 from felix_proto import events as ev
-from felix_proto.messages import AckMode, EndReason
+from felix_proto.messages import AckMode, Delivery, DeliveryBatch, EndReason
 
 from . import _tracing
 from ._acks import AckBatches
@@ -725,6 +725,31 @@ class Subscription:
 # ---------------------------------------------------------------------------- queues
 
 
+_Row = tuple[int, int, int, bytes, int, bytes | None, dict[str, bytes] | None]
+"""One delivery as the consumer reads it: ``(delivery_id, attempt, offset, payload,
+timestamp_ms, key, headers)``, a row of a ``DeliveryBatch``'s columns."""
+
+
+def _rows(batch: DeliveryBatch) -> Iterator[_Row]:
+    """The deliveries of a (validated) ``DeliveryBatch``, in order, as rows of its columns:
+    what :func:`felix_proto.client.unbatch` gives, without a record per delivery."""
+    return zip(
+        batch.delivery_ids,
+        batch.attempts,
+        batch.offsets,
+        batch.payloads,
+        batch.timestamps_ms or repeat(0),
+        batch.keys or repeat(None),
+        batch.headers or repeat(None),
+        strict=False,  # equal lengths were checked when decoded; repeat() has none
+    )
+
+
+def _row(d: Delivery) -> _Row:
+    """A lone ``Delivery`` frame's row (a broker without ``delivery-batch``)."""
+    return (d.delivery_id, d.attempt, d.offset, d.payload, d.timestamp_ms, d.key, d.headers)
+
+
 class QueueMessage:
     """A message delivered to a queue consumer. Settle it with :meth:`ack` or :meth:`nack`
     (cheap: no round trip), or :meth:`ack_sync` / :meth:`nack_sync` (wait for the broker)."""
@@ -750,7 +775,7 @@ class QueueMessage:
         backend: Backend,
         conn: object,
         consumer_id: int,
-        d: ev.DeliveryReceived,
+        row: _Row,
         trace: _tracing.Delivered | None = None,
         acks: AckBatches | None = None,
     ):
@@ -759,14 +784,15 @@ class QueueMessage:
         self._acks = acks
         """The connection's settlement buffer, for the fast path of :meth:`ack`."""
         self.consumer_id = consumer_id
-        self.delivery_id: int = d.delivery.delivery_id
-        self.attempt: int = d.delivery.attempt
-        """1 for the first delivery, one more per redelivery."""
-        self.offset: int = d.delivery.offset
-        self.payload: bytes = d.delivery.payload
-        self.timestamp_ms: int = d.delivery.timestamp_ms
-        self.key: bytes | None = d.delivery.key
-        self.headers: dict[str, bytes] | None = d.delivery.headers
+        (
+            self.delivery_id,
+            self.attempt,
+            self.offset,
+            self.payload,
+            self.timestamp_ms,
+            self.key,
+            self.headers,
+        ) = row
         self.settled = False
         self.trace = trace
         """With tracing on: what the settlement's span needs (its parent is the receive
@@ -916,6 +942,8 @@ class Consumer:
         self._conn: object | None = None
         self._inbox: FeedReader[object] | None = None
         self._acks: AckBatches | None = None
+        self._rows: Iterator[_Row] | None = None
+        """The rest of the ``DeliveryBatch`` being read (taken without yielding)."""
         self._closed = False
         self.consumer_id: int | None = None
         self.end_reason: str | None = None
@@ -1013,6 +1041,15 @@ class Consumer:
                 error = self._backend.take_ack_error(self._conn, self.consumer_id)
                 if error is not None:
                     raise error
+            rows = self._rows
+            if rows is not None:
+                row = next(rows, None)
+                if row is not None:
+                    if self._tracer is not None:
+                        return self._traced(row)
+                    cid = self.consumer_id
+                    return QueueMessage(self._backend, self._conn, cid, row, None, acks)
+                self._rows = None
             try:
                 # What already arrived is taken without yielding, so the acks of a pass
                 # pile up and leave in one frame when the loop next runs the flusher.
@@ -1032,10 +1069,15 @@ class Consumer:
                     self._inbox = None  # unsettled deliveries are redelivered by the broker
                     continue
                 raise lost from None
+            if type(item) is ev.DeliveriesReceived:
+                self._rows = _rows(item.batch)
+                continue
             if isinstance(item, ev.DeliveryReceived):
                 if self._tracer is not None:
-                    return self._traced(item)
-                return QueueMessage(self._backend, self._conn, self.consumer_id, item, None, acks)
+                    return self._traced(_row(item.delivery))
+                return QueueMessage(
+                    self._backend, self._conn, self.consumer_id, _row(item.delivery), None, acks
+                )
             if isinstance(item, ev.ConsumerEnded):
                 self.end_reason = item.reason
                 if item.reason == EndReason.UNSUBSCRIBED or self._closed:
@@ -1044,16 +1086,17 @@ class Consumer:
                 cls = _END_ERRORS.get(item.reason, InternalError)
                 raise cls(item.message or f"consumer ended: {item.reason}")
 
-    def _traced(self, item: ev.DeliveryReceived) -> QueueMessage:
+    def _traced(self, row: _Row) -> QueueMessage:
         """A delivery with its CONSUMER span recorded (a child of its producer's)."""
         assert self._tracer is not None and self.consumer_id is not None
-        d, spec = item.delivery, self._spec
+        spec = self._spec
+        _, attempt, offset, _, _, _, headers = row
         queue, tenant, namespace = spec["queue"], spec["tenant"], spec["namespace"]
         context = _tracing.consumer_span(
-            self._tracer, queue, tenant, namespace, d.headers, d.offset, d.attempt
+            self._tracer, queue, tenant, namespace, headers, offset, attempt
         )
         trace = (self._tracer, context, queue, tenant, namespace)
-        return QueueMessage(self._backend, self._conn, self.consumer_id, item, trace)
+        return QueueMessage(self._backend, self._conn, self.consumer_id, row, trace)
 
 
 def _why_lost(conn: object, what: str) -> FelixError:

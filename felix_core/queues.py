@@ -410,20 +410,23 @@ class Queue:
         """
         g = c.group
         g.alive(c)
-        mine = c.inflight
+        take = c.inflight.pop
+        ginflight, outstanding = g.inflight, g.outstanding
         unknown: list[int] = []
         offsets: list[int] = []
+        finish = offsets.append
         meter = self.inflight_bytes
         counted = meter.limit is not None
         freed = 0
         for did in delivery_ids:
-            d = mine.pop(did, None)
+            d = take(did, None)
             if d is None:
                 unknown.append(did)
                 continue
-            del g.inflight[did]
-            del g.outstanding[d.offset]
-            offsets.append(d.offset)
+            del ginflight[did]
+            offset = d.offset
+            del outstanding[offset]
+            finish(offset)
             if counted:
                 freed += _size(d)
         if freed:
@@ -1006,6 +1009,7 @@ class ConsumerGroup:
             self.cursor = sl.next_offset
         limit = meter.limit  # None: nothing is counted
         held = meter.held
+        new = tuple.__new__
         c = consumers[rr]  # replaced before its first delivery: its run is 0
         run = 0
         cinflight = c.inflight
@@ -1038,15 +1042,18 @@ class ConsumerGroup:
                         batch = got
                 run -= 1
                 offset = base + i
-                d = QueueDelivery(
-                    did,
-                    attempt,
-                    offset,
-                    payload,
-                    key,
-                    headers[i] if headers is not None else None,
-                    stamps[i],
-                    deadline,
+                d = new(  # the NamedTuple's own __new__ is a Python frame per message
+                    QueueDelivery,
+                    (
+                        did,
+                        attempt,
+                        offset,
+                        payload,
+                        key,
+                        headers[i] if headers is not None else None,
+                        stamps[i],
+                        deadline,
+                    ),
                 )
                 outstanding[offset] = attempt
                 cinflight[did] = d

@@ -150,6 +150,9 @@ class ClientConnection(Connection):
             is used (0 < x <= 1); ``None`` to leave credit to :meth:`credit`.
         max_early_frames: how many frames of a subscription or consumer stream are
             buffered while its reply has not arrived; more is a protocol error.
+        batch_deliveries: emit a ``DeliveryBatch`` frame as one
+            :class:`~felix_proto.events.DeliveriesReceived` instead of one
+            :class:`~felix_proto.events.DeliveryReceived` per delivery.
     """
 
     _table = CLIENT_CONNECTION
@@ -166,6 +169,7 @@ class ClientConnection(Connection):
         default_timeout: float | None = 30.0,
         auto_credit: float | None = 0.5,
         max_early_frames: int = 256,
+        batch_deliveries: bool = False,
     ) -> None:
         super().__init__(max_frame_size=max_frame_size)
         if auto_credit is not None and not 0 < auto_credit <= 1:
@@ -181,6 +185,7 @@ class ClientConnection(Connection):
         self._default_timeout = default_timeout
         self._auto_credit = auto_credit
         self._max_early = max_early_frames
+        self._batch_deliveries = batch_deliveries
         self._handshake_deadline: float | None = None
         self._next_stream = 4
         self._pending = PendingRequests()
@@ -1174,6 +1179,9 @@ class ClientConnection(Connection):
         elif isinstance(msg, m.Delivery):
             self._events.append(ev.DeliveryReceived(consumer_id=fid, delivery=msg))
         elif isinstance(msg, m.DeliveryBatch):
+            if self._batch_deliveries:
+                self._events.append(ev.DeliveriesReceived(consumer_id=fid, batch=msg))
+                return
             self._events.extend(
                 ev.DeliveryReceived(consumer_id=fid, delivery=d) for d in unbatch(msg)
             )

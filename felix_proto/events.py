@@ -9,10 +9,10 @@ writing what :meth:`data_to_send` returned), and is always followed by the termi
 Client events (:class:`~felix_proto.client.ClientConnection`): :class:`Welcomed`,
 :class:`PublishAcked`, :class:`SubscriptionStarted`, :class:`EventsReceived`,
 :class:`GapReported`, :class:`SubscriptionEnded`, :class:`ConsumerStarted`,
-:class:`DeliveryReceived`, :class:`ConsumerEnded`, :class:`CacheValueReceived`,
-:class:`CachePutCompleted`, :class:`CacheDeleteCompleted`, :class:`AdminReplied`,
-:class:`RequestSucceeded`, :class:`RequestFailed`, :class:`RequestTimedOut`,
-:class:`GoAwayReceived`.
+:class:`DeliveryReceived` (or :class:`DeliveriesReceived`), :class:`ConsumerEnded`,
+:class:`CacheValueReceived`, :class:`CachePutCompleted`, :class:`CacheDeleteCompleted`,
+:class:`AdminReplied`, :class:`RequestSucceeded`, :class:`RequestFailed`,
+:class:`RequestTimedOut`, :class:`GoAwayReceived`.
 
 Server events (:class:`~felix_proto.server.ServerConnection`):
 :class:`HandshakeRequested`, :class:`RequestReceived`, :class:`CreditGranted`,
@@ -27,7 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .messages import Delivery, EventBatch, Hello, Message
+from .messages import Delivery, DeliveryBatch, EventBatch, Hello, Message
 
 __all__ = [
     "AdminReplied",
@@ -40,6 +40,7 @@ __all__ = [
     "ConsumerEnded",
     "ConsumerStarted",
     "CreditGranted",
+    "DeliveriesReceived",
     "DeliveryReceived",
     "ErrorReceived",
     "Event",
@@ -233,6 +234,19 @@ class DeliveryReceived(Event):
     """The consumer it was delivered to."""
     delivery: Delivery
     """The delivery: ``delivery_id``, ``attempt``, ``offset``, ``payload`` ..."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeliveriesReceived(Event):
+    """The deliveries of one ``DeliveryBatch`` frame, in one event, when the machine was
+    made with ``batch_deliveries=True`` (otherwise each is a :class:`DeliveryReceived`):
+    the consumer reads the columns as they are instead of one event per message.
+    ``felix_proto.client.unbatch(batch)`` gives them as ``Delivery`` records."""
+
+    consumer_id: int
+    """The consumer they were delivered to."""
+    batch: DeliveryBatch
+    """The validated frame: its ids await ``ack`` or ``nack`` like a ``Delivery``'s."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

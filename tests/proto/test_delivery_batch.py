@@ -62,6 +62,27 @@ def test_each_entry_arrives_as_the_delivery_it_stands_for() -> None:
     assert isinstance(ack, m.Ack) and ack.delivery_ids == [5, 6, 7, 8, 9]
 
 
+def test_batch_deliveries_gives_one_event_per_frame_and_the_same_ids_await() -> None:
+    pair = Pair(
+        client={"capabilities": [DELIVERY_BATCH], "batch_deliveries": True},
+        server={"capabilities": [DELIVERY_BATCH]},
+    )
+    pair.handshake()
+    rid = pair.client.consume("t", "n", "q", prefetch=8, now=pair.now)
+    pair.request()
+    pair.server.open_consumer(rid, 9)
+    pair.server.send_reply(m.Consuming(request_id=rid, consumer_id=9))
+    assert pair.server.send_delivery_batch(9, BATCH)
+    events = pair.to_client()
+    assert not [e for e in events if isinstance(e, ev.DeliveryReceived)]
+    (got,) = only(events, ev.DeliveriesReceived)
+    assert got.consumer_id == 9
+    assert got.batch == BATCH
+    assert pair.client.pending_deliveries(9) == {5, 6, 7}
+    pair.client.ack(9, [5, 6, 7], now=pair.now)
+    assert pair.client.pending_deliveries(9) == set()
+
+
 def test_unbatch_is_the_lone_deliveries() -> None:
     assert unbatch(BATCH) == [
         m.Delivery(
