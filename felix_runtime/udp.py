@@ -52,9 +52,17 @@ def bind_udp(host: str, port: int) -> socket.socket:
 
 
 def read_batch(
-    sock: socket.socket, feed: Callable[[bytes, NetworkAddress, float], None], now: float
+    sock: socket.socket,
+    feed: Callable[[bytes, NetworkAddress, float], None],
+    now: float,
+    between: Callable[[float], float] | None = None,
 ) -> int:
     """Feed up to :data:`READ_BATCH` queued datagrams to ``feed``, each with the same ``now``.
+
+    ``between``, when given, is called with ``now`` after each datagram (an adapter's early
+    transmit, :attr:`~felix_server.server.FelixServer.transmit_due`) and returns the time
+    for the next ones: a later one when it transmitted, since a QUIC engine must never see
+    time go back (qh3's closes the connection).
 
     Returns:
         How many were fed (0: nothing was queued, or the read failed).
@@ -70,6 +78,8 @@ def read_batch(
             break
         feed(data, addr, now)
         fed += 1
+        if between is not None:
+            now = between(now)
     return fed
 
 

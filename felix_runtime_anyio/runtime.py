@@ -7,10 +7,11 @@ runs the loop of the asyncio adapter under any anyio backend:
    earliest deadline (the *one* timer) and which :meth:`~AnyioUdpRuntime.wake` cancels
    (the one way in for API calls such as ``begin_shutdown``);
 2. read a batch (up to :data:`~felix_runtime.udp.READ_BATCH` datagrams) and feed each with
-   the same ``now``; fire the timer if it is due. A wait that said readable when nothing
-   was left to read (asyncio reports a readiness again in the loop iteration that runs the
-   reading task, and that report can end the next wait), with no timer due and no wake,
-   makes no pass: back to step 1;
+   the same ``now`` (transmitting between two of them once
+   :attr:`~felix_server.server.FelixServer.transmit_due`); fire the timer if it is due.
+   A wait that said readable when nothing was left to read (asyncio reports a readiness
+   again in the loop iteration that runs the reading task, and that report can end the
+   next wait), with no timer due and no wake, makes no pass: back to step 1;
 3. transmit *once*: everything ``datagrams_to_send(now)`` produces, each connection's
    datagrams written as soon as that connection has built them.
 
@@ -214,6 +215,15 @@ class AnyioUdpRuntime:
         job_group = self._job_group
         assert job_group is not None
         self._waiter = waiter = _socket_wait(sock)
+        send = partial(send_all, sock)
+
+        def transmit_if_due(now: float) -> float:  # between two datagrams: see read_batch
+            if not server.transmit_due:
+                return now
+            now = self._clock()
+            server.datagrams_to_send(now, send=send)
+            return now
+
         try:
             while True:
                 deadline = server.get_timer()
@@ -225,7 +235,7 @@ class AnyioUdpRuntime:
                 now = self._clock()
                 due = deadline is not None and now >= deadline - TIMER_SLACK
                 if readable:
-                    fed = read_batch(sock, server.datagram_received, now)
+                    fed = read_batch(sock, server.datagram_received, now, transmit_if_due)
                     if not fed and not woken and not due:
                         continue  # a stale readiness (already read): no pass to make
                 elif timed_out and not due:
@@ -234,7 +244,7 @@ class AnyioUdpRuntime:
                     # Loop and wall clocks drift apart a little: never fire before the deadline.
                     now = max(now, deadline)
                     server.handle_timer(now)
-                server.datagrams_to_send(now, send=partial(send_all, sock))
+                server.datagrams_to_send(now, send=send)
                 if server.finished:
                     self.finished.set()
                 for job in server.take_storage_jobs(now):

@@ -6,7 +6,9 @@ server wants to send goes out in *one* transmit (each connection's datagrams wri
 as that connection has built them, so the first reader's leave first), and *one* timer is
 re-armed at the server's earliest deadline (in whole milliseconds, rounded up, and never
 handled early: :mod:`felix_runtime.timers`). Reading drains the socket (up to
-:data:`~felix_runtime.udp.READ_BATCH` datagrams) before transmitting;
+:data:`~felix_runtime.udp.READ_BATCH` datagrams) before transmitting (and transmits inside
+the batch too, once the server has served enough requests for that:
+:attr:`~felix_server.server.FelixServer.transmit_due`);
 ``benchmarks/quic_baseline.py`` measures what that buys over aioquic.asyncio's
 transmit-per-datagram. The socket calls themselves are :mod:`felix_runtime.udp`'s, shared
 with the anyio adapter.
@@ -122,8 +124,17 @@ class UdpRuntime:
         sock = self._sock
         if sock is None:
             return
-        read_batch(sock, self.server.datagram_received, self._clock())
+        read_batch(sock, self.server.datagram_received, self._clock(), self._transmit_if_due)
         self.transmit()
+
+    def _transmit_if_due(self, now: float) -> float:
+        """Between two datagrams of a batch: transmit once the server asks to
+        (:attr:`~felix_server.server.FelixServer.transmit_due`); the time for the next."""
+        if not self.server.transmit_due:
+            return now
+        self.transmit()
+        now = self._clock()
+        return now
 
     def transmit(self) -> None:
         """Send what the server wants to send and re-arm the one timer."""

@@ -126,6 +126,9 @@ class Router:
         self._credentials: dict[int, Principal] = {}  # as authenticated
         self._decisions: dict[int, dict[tuple[object, ...], Decision]] = {}  # see _decide
         self._counted: dict[int, str] = {}  # conn -> tenant counted in the connection quota
+        self.submitted = 0
+        """Requests submitted since the server last transmitted (the server resets it):
+        how much request work the current pass has done (``FelixServer.transmit_due``)."""
 
     # ------------------------------------------------------------------ connections
 
@@ -256,6 +259,7 @@ class Router:
             message: the request.
             now: the current time.
         """
+        self.submitted += 1
         denied, access = self._decide(conn_id, message)
         if denied is not None and access is not None:
             principal = self._principals.get(conn_id, UNIDENTIFIED)

@@ -19,6 +19,7 @@ Outputs
     * :meth:`FelixServer.datagrams_to_send` ``(now)`` -> ``[(bytes, addr)]``: call it once
       per loop pass, after feeding every datagram that arrived in that pass (the adapters
       pass ``send``, which takes each connection's datagrams as soon as they are built);
+      also inside a pass, between two datagrams, once :attr:`FelixServer.transmit_due`;
     * :meth:`FelixServer.take_storage_jobs` ``(now)``: after each pass, the fsyncs and cold
       reads to run on worker threads (none without a durable log store);
     * :meth:`FelixServer.get_timer`: the earliest deadline of the broker, the durable log
@@ -118,6 +119,9 @@ __all__ = ["MAX_REFUSALS_PER_PASS", "FelixServer", "Send", "make_quic_configurat
 Send = Callable[[list[tuple[bytes, NetworkAddress]]], None]
 """What :meth:`FelixServer.datagrams_to_send` may hand each connection's datagrams to."""
 
+TRANSMIT_AFTER_REQUESTS = 16
+"""Requests served in one pass after which :attr:`FelixServer.transmit_due` asks the
+adapter to transmit before it reads the rest of its batch."""
 MAX_REFUSALS_PER_PASS = 16
 """Most refused connections answered with ``CONNECTION_REFUSED`` between two
 :meth:`FelixServer.datagrams_to_send` calls; further refused Initials are dropped."""
@@ -366,6 +370,14 @@ class FelixServer:
         for cid in [c for c, s in self._by_cid.items() if s is session]:
             del self._by_cid[cid]
 
+    @property
+    def transmit_due(self) -> bool:
+        """Whether the requests served since the last :meth:`datagrams_to_send` reach
+        :data:`TRANSMIT_AFTER_REQUESTS`: an adapter reading a batch of datagrams then
+        transmits before it feeds the next one, so the first replies of a long pass leave
+        (and the client works on them) while the broker serves the rest."""
+        return self.router.submitted >= TRANSMIT_AFTER_REQUESTS
+
     def get_timer(self) -> float | None:
         """The earliest absolute deadline of anything the server holds, or None."""
         drain = self._drain.get_timer() if self._drain is not None else None
@@ -446,6 +458,7 @@ class FelixServer:
         Returns:
             ``(datagram, address)`` pairs, in order (empty when ``send`` took them).
         """
+        self.router.submitted = 0
         out = self._stateless
         self._stateless = []
         if send is not None and out:

@@ -35,7 +35,12 @@ class FakeServer:
         self.timers: list[float] = []
         self.deadline: float | None = None
         self.finished = False
+        self.due_after: int | None = None  # ask for a transmit after that many datagrams
         self._echo: list[tuple[bytes, Any]] = []
+
+    @property
+    def transmit_due(self) -> bool:
+        return self.due_after is not None and len(self._echo) >= self.due_after
 
     def datagram_received(self, data: bytes, addr: Any, now: float) -> None:
         self.fed.append((data, addr, now))
@@ -148,6 +153,36 @@ async def test_asyncio_watches_the_socket_once(
                 tg.cancel_scope.cancel()
         assert len(fake.fed) == 5
         assert registered.count(fd) == 1
+    finally:
+        runtime.close()
+        peer.close()
+
+
+async def test_a_transmit_inside_a_batch_when_the_server_asks() -> None:
+    fake = FakeServer()
+    fake.due_after = 2
+    runtime = AnyioUdpRuntime(cast(FelixServer, fake))
+    host, port = runtime.bind("127.0.0.1", 0)
+    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    peer.bind(("127.0.0.1", 0))
+    peer.setblocking(False)
+
+    async def receive() -> bytes:
+        await anyio.wait_readable(peer)
+        return peer.recv(100)
+
+    try:
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                for i in range(3):  # queued before the loop starts: one batch
+                    peer.sendto(b"d%d" % i, (host, port))
+                await anyio.sleep(0.05)
+                tg.start_soon(runtime.serve)
+                assert [await receive() for _ in range(3)] == [b"D0", b"D1", b"D2"]
+                assert len(fake.passes) == 2  # after the second datagram, and at the end
+                nows = [now for _, _, now in fake.fed]
+                assert nows[0] == nows[1] < fake.passes[0] <= nows[2]  # time never goes back
+                tg.cancel_scope.cancel()
     finally:
         runtime.close()
         peer.close()
