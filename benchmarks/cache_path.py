@@ -13,9 +13,15 @@ request path can be measured without most of the noise of a loaded machine (stil
 compare A and B in alternation). The broker counts with the observer a broker process
 uses (Prometheus).
 
+The broker transmits between two datagrams of a pass once
+:attr:`~felix_server.server.FelixServer.transmit_due` (as the adapters do), after
+``--transmit-after`` requests (:data:`~felix_server.server.TRANSMIT_AFTER_REQUESTS` by
+default; 0 transmits at the end of the pass only): what the mid-pass transmit costs.
+
 Usage: ``python benchmarks/cache_path.py [--json] [--op get,put] [--concurrency 64]
-[--rounds 300] [--quic-engine aioquic] [--profile server|client]``; ``--profile`` prints
-the cProfile top 30 of that side next to the figures and writes ``cache_path-SIDE.prof``.
+[--rounds 300] [--quic-engine aioquic] [--transmit-after N] [--profile server|client]``;
+``--profile`` prints the cProfile top 30 of that side next to the figures and writes
+``cache_path-SIDE.prof``.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ from felix_proto.client import ClientConnection
 from felix_runtime.prometheus import PrometheusObserver
 from felix_runtime.quic_engines import server_quic
 from felix_runtime.tls import ensure_self_signed
+from felix_server import server as server_module
 from felix_server.config import ServerConfig
 from felix_server.server import FelixServer
 
@@ -113,12 +120,15 @@ class Pair:
             quic.send_stream_data(sid, data, end)
         datagrams = [d for d, _ in quic.datagrams_to_send(now=now)]
         t1 = time.process_time()
+        replies: list[bytes] = []
         for data in datagrams:
             server.datagram_received(data, CLIENT_ADDR, now)
+            if server.transmit_due:  # as the adapters do between two datagrams
+                replies += [d for d, _ in server.datagrams_to_send(now)]
         timer = server.get_timer()
         if timer is not None and timer <= now:  # a pass cut short by fairness goes on
             server.handle_timer(now)
-        replies = [d for d, _ in server.datagrams_to_send(now)]
+        replies += [d for d, _ in server.datagrams_to_send(now)]
         t2 = time.process_time()
         for data in replies:
             quic.receive_datagram(data, SERVER_ADDR, now)
@@ -233,8 +243,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=64, help="requests per round")
     parser.add_argument("--rounds", type=int, default=300, help="rounds measured")
     parser.add_argument("--quic-engine", default="aioquic", help="the broker's QUIC engine")
+    parser.add_argument(
+        "--transmit-after",
+        type=int,
+        default=server_module.TRANSMIT_AFTER_REQUESTS,
+        help="requests after which the broker transmits inside a pass (0: at its end only)",
+    )
     parser.add_argument("--profile", choices=("server", "client"), help="cProfile one side")
     args = parser.parse_args(argv)
+    # transmit_due reads the module constant: set it for this process
+    server_module.TRANSMIT_AFTER_REQUESTS = args.transmit_after or 1 << 62
     results: dict[str, float] = {}
     for op in args.op.split(","):
         results |= run(op, args.concurrency, args.rounds, args.profile, args.quic_engine)

@@ -43,6 +43,14 @@ def test_cache_path_prints_every_figure() -> None:
             assert figures[f"{op}_c8_{side}_us"] > 0, (op, side)
 
 
+def test_cache_path_serves_every_request_with_mid_pass_transmits() -> None:
+    # 16 requests, a transmit after every 4: the script checks every reply came back
+    figures = run_json(
+        "cache_path.py", "--rounds", "3", "--concurrency", "16", "--transmit-after", "4"
+    )
+    assert figures["get_c16_server_us"] > 0
+
+
 def test_proto_request_prints_every_figure() -> None:
     figures = run_json("proto_request.py", "--rounds", "3", "--concurrency", "8")
     for op in ("get", "put"):
