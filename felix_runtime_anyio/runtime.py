@@ -217,10 +217,13 @@ class AnyioUdpRuntime:
         self._waiter = waiter = _socket_wait(sock)
         send = partial(send_all, sock)
 
+        latest = 0.0  # the time of the last transmit inside a batch (the pass goes on from it)
+
         def transmit_if_due(now: float) -> float:  # between two datagrams: see read_batch
+            nonlocal latest
             if not server.transmit_due:
                 return now
-            now = self._clock()
+            now = latest = self._clock()
             server.datagrams_to_send(now, send=send)
             return now
 
@@ -236,6 +239,10 @@ class AnyioUdpRuntime:
                 due = deadline is not None and now >= deadline - TIMER_SLACK
                 if readable:
                     fed = read_batch(sock, server.datagram_received, now, transmit_if_due)
+                    # A transmit inside the batch read a later time: the rest of the pass
+                    # must not hand QUIC an earlier one (aioquic would encode a negative
+                    # ACK delay and raise).
+                    now = max(now, latest)
                     if not fed and not woken and not due:
                         continue  # a stale readiness (already read): no pass to make
                 elif timed_out and not due:

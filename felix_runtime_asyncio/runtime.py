@@ -30,8 +30,8 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 from aioquic.quic.connection import NetworkAddress
 
@@ -54,7 +54,10 @@ class UdpRuntime:
     """
 
     def __init__(
-        self, server: FelixServer, clock: Any = time.time, job_timer: JobTimer | None = None
+        self,
+        server: FelixServer,
+        clock: Callable[[], float] = time.time,
+        job_timer: JobTimer | None = None,
     ) -> None:
         self.server = server
         self._clock = clock
@@ -133,8 +136,7 @@ class UdpRuntime:
         if not self.server.transmit_due:
             return now
         self.transmit()
-        now = self._clock()
-        return now
+        return self._clock()
 
     def transmit(self) -> None:
         """Send what the server wants to send and re-arm the one timer."""

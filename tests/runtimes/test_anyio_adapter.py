@@ -182,6 +182,7 @@ async def test_a_transmit_inside_a_batch_when_the_server_asks() -> None:
                 assert len(fake.passes) == 2  # after the second datagram, and at the end
                 nows = [now for _, _, now in fake.fed]
                 assert nows[0] == nows[1] < fake.passes[0] <= nows[2]  # time never goes back
+                assert fake.passes[0] <= fake.passes[1]  # the pass end goes on from it
                 tg.cancel_scope.cancel()
     finally:
         runtime.close()
