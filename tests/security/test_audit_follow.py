@@ -118,7 +118,13 @@ def test_ctrl_c_exits_0(tmp_path: Path) -> None:
     writer = AuditWriter(tmp_path, fsync=False)
     write(writer, "a")
     writer.close()
-    code = "import sys; from felix_client.cli import main; sys.exit(main())"
+    # Python turns SIGINT into KeyboardInterrupt only when it starts with SIGINT at its
+    # default; a suite started in the background of a non-interactive shell (`cmd &`)
+    # inherits it ignored, so the child installs the handler a terminal's Python would have.
+    code = (
+        "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        "from felix_client.cli import main; sys.exit(main())"
+    )
     args = ["audit", "tail", str(tmp_path), "-n", "1", "--follow", "--interval", "0.05"]
     proc = subprocess.Popen(
         [sys.executable, "-c", code, *args],
