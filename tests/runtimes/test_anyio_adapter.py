@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import socket
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, cast
 
 import anyio
@@ -66,19 +68,32 @@ class FakeServer:
         return []  # no durable log store
 
 
-async def test_batch_timer_wake_and_finish() -> None:
-    fake = FakeServer()
+@contextmanager
+def _adapter_and_peer(
+    fake: FakeServer,
+) -> Iterator[tuple[AnyioUdpRuntime, socket.socket, tuple[str, int]]]:
+    """The adapter bound on 127.0.0.1 around ``fake``, a non-blocking peer socket, and the
+    adapter's address; both closed afterwards."""
     runtime = AnyioUdpRuntime(cast(FelixServer, fake))
-    host, port = runtime.bind("127.0.0.1", 0)
+    address = runtime.bind("127.0.0.1", 0)
     peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     peer.bind(("127.0.0.1", 0))
     peer.setblocking(False)
-
-    async def receive() -> bytes:
-        await anyio.wait_readable(peer)
-        return peer.recv(100)
-
     try:
+        yield runtime, peer, address
+    finally:
+        runtime.close()
+        peer.close()
+
+
+async def _receive(peer: socket.socket) -> bytes:
+    await anyio.wait_readable(peer)
+    return peer.recv(100)
+
+
+async def test_batch_timer_wake_and_finish() -> None:
+    fake = FakeServer()
+    with _adapter_and_peer(fake) as (runtime, peer, (host, port)):
         with anyio.fail_after(5):
             async with anyio.create_task_group() as tg:
                 # Three datagrams queued before the loop starts: one pass, one now.
@@ -86,7 +101,7 @@ async def test_batch_timer_wake_and_finish() -> None:
                     peer.sendto(b"d%d" % i, (host, port))
                 await anyio.sleep(0.05)
                 tg.start_soon(runtime.serve)
-                echoed = {await receive() for _ in range(3)}
+                echoed = {await _receive(peer) for _ in range(3)}
                 assert echoed == {b"D0", b"D1", b"D2"}
                 assert len({now for _, _, now in fake.fed}) == 1
                 assert len(fake.passes) == 1
@@ -111,9 +126,6 @@ async def test_batch_timer_wake_and_finish() -> None:
                 runtime.wake()
                 await runtime.finished.wait()
                 tg.cancel_scope.cancel()
-    finally:
-        runtime.close()
-        peer.close()
 
 
 async def test_asyncio_watches_the_socket_once(
@@ -161,29 +173,16 @@ async def test_asyncio_watches_the_socket_once(
 async def test_a_transmit_inside_a_batch_when_the_server_asks() -> None:
     fake = FakeServer()
     fake.due_after = 2
-    runtime = AnyioUdpRuntime(cast(FelixServer, fake))
-    host, port = runtime.bind("127.0.0.1", 0)
-    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    peer.bind(("127.0.0.1", 0))
-    peer.setblocking(False)
-
-    async def receive() -> bytes:
-        await anyio.wait_readable(peer)
-        return peer.recv(100)
-
-    try:
+    with _adapter_and_peer(fake) as (runtime, peer, (host, port)):
         with anyio.fail_after(5):
             async with anyio.create_task_group() as tg:
                 for i in range(3):  # queued before the loop starts: one batch
                     peer.sendto(b"d%d" % i, (host, port))
                 await anyio.sleep(0.05)
                 tg.start_soon(runtime.serve)
-                assert [await receive() for _ in range(3)] == [b"D0", b"D1", b"D2"]
+                assert [await _receive(peer) for _ in range(3)] == [b"D0", b"D1", b"D2"]
                 assert len(fake.passes) == 2  # after the second datagram, and at the end
                 nows = [now for _, _, now in fake.fed]
                 assert nows[0] == nows[1] < fake.passes[0] <= nows[2]  # time never goes back
                 assert fake.passes[0] <= fake.passes[1]  # the pass end goes on from it
                 tg.cancel_scope.cancel()
-    finally:
-        runtime.close()
-        peer.close()
