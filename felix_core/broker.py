@@ -473,7 +473,7 @@ class Broker:
             self._refuse(mark, conn_id, request, exc)
             return
         self.quotas.take_publish(tenant, len(payloads), nbytes)
-        self.registry.reschedule(partition)
+        self.registry.published(partition)
         done = Appended(
             connection_id=conn_id, request=request, first_offset=first, last_offset=last
         )

@@ -11,6 +11,16 @@ Every partition's deadline is kept in one :class:`~felix_proto.deadlines.Deadlin
 request that touched a partition says so (:meth:`Registry.reschedule`, a dictionary insert);
 the touched partitions' deadlines are recomputed once, before the next
 :meth:`Registry.get_timer` or :meth:`Registry.handle_timer`, which fires the due ones.
+
+The pass-end flush. A publish that leaves a partial batch for the end of the loop's pass
+(the default batching, :mod:`felix_core.streams` "Batching") has a deadline that is due at
+once and fired by the very next :meth:`Registry.handle_timer`: the glue's pass end. Such a
+stream, when its other deadline (age retention) is the one the heap holds already, is
+listed for the pass end (:meth:`Registry.published`) instead of going through the heap (a
+push when recomputed, a pop when due, another recomputation after): :meth:`get_timer`
+reports the earliest listed flush, :meth:`handle_timer` fires the listed streams first,
+and a stream whose deadline moved meanwhile (a flush not yet due at an earlier ``now``,
+age retention applied) goes back to the heap as a touched partition.
 Engine-wide figures (queue and cache totals, counters of deleted caches) are computed here,
 over the partitions.
 """
@@ -76,6 +86,8 @@ class Registry:
         self.queue_context = QueueContext(out, self._queue_for, inflight)
         self.deadlines: Deadlines[Partition] = Deadlines()
         self._touched: dict[Partition, None] = {}  # deadlines to recompute
+        self._pass_end: dict[StreamPartition, None] = {}  # flushes due at the pass end
+        self._pass_end_at: float | None = None  # the earliest of their deadlines
         self._feed_batch = BatchPolicy(
             max_events=config.batch_max_events,
             max_bytes=config.batch_max_bytes,
@@ -222,6 +234,8 @@ class Registry:
     def _drop(self, partition: Partition) -> list[Consumer]:
         self.deadlines.discard(partition)
         self._touched.pop(partition, None)
+        if isinstance(partition, StreamPartition):
+            self._pass_end.pop(partition, None)
         kind, path = partition.kind, partition.path
         ended: list[Consumer] = []
         if isinstance(partition, StreamPartition):
@@ -262,6 +276,20 @@ class Registry:
         :meth:`get_timer` or :meth:`handle_timer`, once however often it was touched)."""
         self._touched[partition] = None
 
+    def published(self, partition: StreamPartition) -> None:
+        """A publish touched a stream: as :meth:`reschedule`, except that a partial batch
+        left for the pass end, with the stream's other deadline unchanged in the heap, is
+        listed for the pass end (see the module docstring)."""
+        stream = partition.stream
+        if stream.flushes_at_pass_end() and self.deadlines.get(partition) == stream.age_timer():
+            flush_at = stream.get_timer()
+            pass_end_at = self._pass_end_at
+            if pass_end_at is None or (flush_at is not None and flush_at < pass_end_at):
+                self._pass_end_at = flush_at
+            self._pass_end[partition] = None
+        else:
+            self._touched[partition] = None
+
     def _refresh(self) -> None:
         """Recompute the deadlines of the partitions touched since the last call, and of the
         queues a dead letter was appended to."""
@@ -284,10 +312,23 @@ class Registry:
     def get_timer(self) -> float | None:
         """The earliest deadline of any partition, or None."""
         self._refresh()
-        return self.deadlines.earliest()
+        earliest = self.deadlines.earliest()
+        pass_end_at = self._pass_end_at
+        if pass_end_at is not None and (earliest is None or pass_end_at < earliest):
+            return pass_end_at
+        return earliest
 
     def handle_timer(self, now: float) -> None:
-        """Fire every partition whose deadline is due."""
+        """Fire every partition whose deadline is due: the streams listed for the pass end
+        first, then the heap's."""
+        if self._pass_end:
+            listed, self._pass_end = self._pass_end, {}
+            self._pass_end_at = None
+            deadlines = self.deadlines
+            for stream_partition in listed:
+                stream_partition.handle_timer(now)
+                if deadlines.get(stream_partition) != stream_partition.get_timer():
+                    self._touched[stream_partition] = None  # not flushed yet, or trimmed
         self._refresh()
         for partition in self.deadlines.pop_due(now):
             partition.handle_timer(now)

@@ -33,7 +33,9 @@ reports and :meth:`Fanout.handle_timer` honours. The deadline depends on ``max_d
   due; the glue fires what is due once the pass has fed every datagram that arrived
   (``FelixServer.datagrams_to_send``), so every record published in one pass leaves in one
   batch, with no timer: asyncio rounds a sub-millisecond wait up to a whole millisecond,
-  which made a 250 us delay cost more than 1 ms;
+  which made a 250 us delay cost more than 1 ms. :meth:`Stream.flushes_at_pass_end` says
+  such a flush waits, so the engine lists the stream for the pass end rather than giving
+  the deadline to its timer heap (:mod:`felix_core.registry`);
 * 0: no batching, every append is delivered at once.
 
 Credit grants and resumes flush at once: the records that were held back have already
@@ -648,6 +650,16 @@ class Stream(Fanout):
         if age is None or flush < age:
             return flush
         return age
+
+    def flushes_at_pass_end(self) -> bool:
+        """Whether a partial batch waits for the end of the loop's pass (its flush deadline
+        armed with a ``max_delay`` below :data:`PASS_FLUSH_BELOW_S`): the engine lists such a
+        stream for the pass end instead of giving its deadline to the timer heap."""
+        return self._flush_at is not None and self.batch.max_delay_s < PASS_FLUSH_BELOW_S
+
+    def age_timer(self) -> float | None:
+        """The next age-retention deadline alone (:meth:`get_timer` without the flush)."""
+        return self._age_at
 
     def handle_timer(self, now: float) -> None:
         """Flush partial batches and apply age retention when due.

@@ -519,6 +519,64 @@ def test_timer_heap_reschedules_a_changed_deadline() -> None:
     assert b.get_timer() is None and b.budget.used == 0
 
 
+def test_pass_end_flush_bypasses_the_timer_heap() -> None:
+    """A publish leaving a partial batch for the pass end (default batching) is listed for
+    the pass end, not pushed on the partitions' heap: the timer says it is due at once,
+    the next handle_timer delivers it, and nothing is left behind."""
+    b = broker()
+    b.create("stream", T, N, "s", now=0.0)
+    sid, _ = b.subscribe(1, T, N, "s", now=0.0)
+    b.drain_events()
+    assert b.get_timer() is None  # the glue asks after every pass
+    b.publish(1, T, N, "s", [b"a"], now=1.0)
+    b.publish(1, T, N, "s", [b"b"], now=1.0001)
+    assert b.get_timer() == 1.0  # the first partial batch's pass
+    assert len(b.registry.deadlines) == 0  # the heap was not involved
+    assert batches(b.drain_events(), sid) == []
+    b.handle_timer(1.0001)
+    assert batches(b.drain_events(), sid) == [[b"a", b"b"]]
+    assert b.get_timer() is None and len(b.registry.deadlines) == 0
+
+
+def test_pass_end_flush_not_yet_due_goes_to_the_heap() -> None:
+    """A listed flush that an earlier ``now`` does not reach stays scheduled (through the
+    heap) and fires once due; a stream deleted while listed is forgotten."""
+    b = broker()
+    b.create("stream", T, N, "s", now=0.0)
+    b.create("stream", T, N, "gone", now=0.0)
+    sid, _ = b.subscribe(1, T, N, "s", now=0.0)
+    b.subscribe(1, T, N, "gone", now=0.0)
+    b.drain_events()
+    b.publish(1, T, N, "s", [b"a"], now=2.0)
+    b.publish(1, T, N, "gone", [b"x"], now=2.0)
+    b.delete("stream", T, N, "gone", now=2.0)
+    b.drain_events()
+    b.handle_timer(1.5)  # early: harmless, nothing lost
+    assert b.drain_events() == []
+    assert b.get_timer() == 2.0
+    b.handle_timer(2.0)
+    assert batches(b.drain_events(), sid) == [[b"a"]]
+    assert b.get_timer() is None
+
+
+def test_pass_end_flush_keeps_the_age_deadline() -> None:
+    """With age retention the heap holds the age deadline; pass-end flushes leave it
+    there, and a publish that moves it goes through the heap."""
+    b = broker()
+    b.create("stream", T, N, "s", {"retention_max_age_ms": 5000}, now=0.0)
+    sid, _ = b.subscribe(1, T, N, "s", now=0.0)
+    b.publish(1, T, N, "s", [b"a"], now=1.0)  # the age deadline appears: the heap
+    assert b.get_timer() == 1.0
+    b.handle_timer(1.0)
+    assert batches(b.drain_events(), sid) == [[b"a"]]
+    assert b.get_timer() == pytest.approx(6.0015)
+    b.publish(1, T, N, "s", [b"b"], now=2.0)  # the same age deadline: listed
+    assert b.get_timer() == 2.0
+    b.handle_timer(2.0)
+    assert batches(b.drain_events(), sid) == [[b"b"]]
+    assert b.get_timer() == pytest.approx(6.0015)
+
+
 def test_totals_for_metrics() -> None:
     """``Broker.totals``: queue and cache figures without per-message work, counters that
     survive deleting a resource, per-resource detail only up to ``detail_limit``."""
