@@ -143,8 +143,11 @@ class _Feed:
         self.nbytes = 0
 
     def move(self, event: FeedInput, *, local: bool) -> None:
-        what = f"{'subscription' if self.is_sub else 'consumer'} {self.feed_id}"
-        self.state = transition(SERVER_FEED, self.state, event, what=what, local=local)
+        state = SERVER_FEED.get((self.state, event))
+        if state is None:  # not in the table: raise as transition() does, naming the feed
+            what = f"{'subscription' if self.is_sub else 'consumer'} {self.feed_id}"
+            state = transition(SERVER_FEED, self.state, event, what=what, local=local)
+        self.state = state
 
 
 class ServerConnection(Connection):
