@@ -40,6 +40,9 @@ DEADLINE_AHEAD = 0.02
 class _EchoServer:
     """The least a server can do: echo each datagram, keep a deadline ahead."""
 
+    transmit_due = False
+    """Never asks for a transmit inside a batch (the broker's, after its requests)."""
+
     def __init__(self, count: int, clock: Any) -> None:
         self._clock = clock
         self._out: list[tuple[bytes, Any]] = []
@@ -143,7 +146,11 @@ def _measure(runtime: str, count: int) -> dict[str, float]:
         cpu = float(child.stdout.readline())
     finally:
         sock.close()
-        child.wait(timeout=10)
+        try:
+            child.wait(timeout=10)
+        except subprocess.TimeoutExpired:  # it failed to serve: do not leave it running
+            child.kill()
+            child.wait()
     rtts.sort()
     return {
         "adapter_cpu_us_per_round_trip": cpu * 1e6 / count,

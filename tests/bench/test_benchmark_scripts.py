@@ -10,7 +10,10 @@ is seen by the suite, not at the next measurement.
   request costs at least one loop iteration and one datagram read at concurrency 1);
 * ``cache_put.py``: every case runs (a compare-and-set of each round applies) and prints
   its figure;
-* ``client_record.py``: both clients' turns and raw aioquic's send and receive are timed.
+* ``client_record.py``: both clients' turns and raw aioquic's send and receive are timed;
+* ``adapter_pass.py``: each runtime adapter echoes every datagram of the timed round trips
+  (a fake server in a child process: the adapter's calls on it must still match the
+  broker's).
 """
 
 from __future__ import annotations
@@ -87,3 +90,12 @@ def test_client_record_times_both_ends() -> None:
         assert figures[f"{name}_us"] > 0, name
     assert figures["sub_iterations"] >= 1  # the reader runs after the pass that woke it
     assert figures["sub_pass_iterations"] >= figures["sub_iterations"]
+
+
+def test_adapter_pass_echoes_on_every_runtime() -> None:
+    figures = run_json(
+        "adapter_pass.py", "--runtime", "asyncio,anyio-asyncio,anyio-trio", "--count", "50"
+    )
+    for runtime in ("asyncio", "anyio-asyncio", "anyio-trio"):
+        assert figures[runtime]["adapter_cpu_us_per_round_trip"] > 0, runtime
+        assert 0 < figures[runtime]["rtt_p50_us"] <= figures[runtime]["rtt_p99_us"], runtime
