@@ -377,6 +377,7 @@ class QuicTransport:
         self._readers_pass = False  # the loop yields to the readers it woke, then transmits
         self._flush_asked = False  # a reader flushed meanwhile: the loop does it
         self._handshake = anyio.Event()
+        self._handshake_set = False  # _handshake.is_set(), without anyio's call
         self._done = anyio.Event()
         self.closed_reason: str | None = None
         self.alpn: str | None = None
@@ -479,6 +480,7 @@ class QuicTransport:
             if isinstance(event, EVENTS.handshake_completed):
                 self.alpn = event.alpn_protocol
                 self.reader_acks.start(self.quic)
+                self._handshake_set = True
                 self._handshake.set()
             elif isinstance(event, EVENTS.terminated):
                 self._handler.quic_event(event, now)
@@ -488,15 +490,21 @@ class QuicTransport:
         return self._handler.pump(now)
 
     def _deadline(self) -> float:
+        """The next wait's deadline: the earliest of QUIC's timer, the handler's and the
+        keep-alive's (every pass computes it: no list, no anyio call)."""
         assert self._handler is not None
-        timers = [t for t in (self.quic.get_timer(), self._handler.get_timer()) if t is not None]
-        if self.keepalive and self._handshake.is_set():
-            timers.append(self._last_sent + self.keepalive)
-        return min(timers) if timers else math.inf
+        timer: float | None = self.quic.get_timer()
+        deadline = math.inf if timer is None else timer
+        timer = self._handler.get_timer()
+        if timer is not None and timer < deadline:
+            deadline = timer
+        if self.keepalive and self._handshake_set:
+            deadline = min(deadline, self._last_sent + self.keepalive)
+        return deadline
 
     def _keep_alive(self, now: float) -> None:
         """Queue a PING when nothing was sent for the keep-alive interval."""
-        if self.keepalive and self._handshake.is_set() and now - self._last_sent >= self.keepalive:
+        if self.keepalive and self._handshake_set and now - self._last_sent >= self.keepalive:
             self.pings_sent += 1
             self.quic.send_ping(self.pings_sent)
             self._last_sent = now  # transmitted right after; counts from now
@@ -545,6 +553,7 @@ class QuicTransport:
         if self.closed_reason is not None:
             return
         self.closed_reason = reason
+        self._handshake_set = True
         self._handshake.set()  # wake a waiting connect() so it sees the failure
         if self._handler is not None:
             self._handler.transport_closed(reason)
