@@ -848,8 +848,11 @@ class ClientConnection(Connection):
 
     def get_timer(self) -> float | None:
         """Return the earliest request or handshake deadline, or ``None``."""
-        times = [t for t in (self._handshake_deadline, self._pending.earliest()) if t]
-        return min(times) if times else None
+        earliest = self._pending.earliest() or None  # 0.0 counts as none, as it always did
+        handshake = self._handshake_deadline
+        if handshake and (earliest is None or handshake < earliest):
+            return handshake
+        return earliest
 
     def handle_timer(self, now: float) -> None:
         """Time out what is due: the handshake (closes the connection with ``TIMEOUT``)

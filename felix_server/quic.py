@@ -55,6 +55,10 @@ This reaches into private members of aioquic, which is why felix pins aioquic to
   :func:`ack_due` / :func:`ack_by`, which read and advance it;
 * ``QuicConnection._ack_delay`` (the delay aioquic adds to the first unacknowledged
   ack-eliciting packet's arrival to get ``ack_at``): :func:`set_ack_delay`.
+* what ``QuicConnection.datagrams_to_send`` tests before it writes each frame (the list is
+  in :func:`nothing_to_send`'s docstring): :func:`nothing_to_send`, which tells that the
+  call would send nothing without building a packet (``tests/client/test_nothing_to_send.py``
+  pins the source of the methods it mirrors).
 
 ``tests/runtime`` exercises every path so that an aioquic upgrade that moves them fails
 loudly (``test_receive_window.py`` for the windows).
@@ -69,10 +73,11 @@ and one small AEAD seal (``tests/runtime/test_refusal.py``).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from aioquic import tls
 from aioquic.quic.configuration import SMALLEST_MAX_DATAGRAM_SIZE
+from aioquic.quic.connection import END_STATES as _END_STATES
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.crypto import CryptoPair
 from aioquic.quic.packet import QuicErrorCode, QuicFrameType, QuicHeader, QuicPacketType
@@ -82,7 +87,7 @@ from aioquic.quic.stream import QuicStream
 
 from felix_server.access import CertificateRefused, ClientCertificates, ClientIdentity
 
-__all__ = ["FelixQuicConnection", "refusal_datagram"]
+__all__ = ["FelixQuicConnection", "nothing_to_send", "refusal_datagram"]
 
 
 class FelixQuicConnection(QuicConnection):
@@ -311,3 +316,104 @@ def set_ack_delay(quic: QuicConnection, delay: float) -> None:
     Sets ``QuicConnection._ack_delay``, private to aioquic 1.7.
     """
     quic._ack_delay = delay
+
+
+def nothing_to_send(quic: QuicConnection, now: float) -> bool:
+    """Whether ``quic.datagrams_to_send(now)`` would return no datagram, told without
+    building a packet; when true, the connection is left as that call would have left it.
+
+    A reader's transmit after each record (a subscriber's, a consumer's) builds nothing most
+    passes, its ACK being held (:mod:`felix_client._quic_acks`), yet aioquic's
+    ``datagrams_to_send`` costs about 25 us for it: a packet builder, a packet started and
+    dropped, the pacer, every frame writer's test. This function makes the same tests in
+    the same order, on the same state, and answers false (call ``datagrams_to_send``)
+    whenever any of them would write a frame, or on any path it does not mirror:
+
+    * before the handshake is confirmed (Initial and Handshake packets), while a close is
+      pending or once closing, with 0-RTT keys only, on a connection with more than one
+      network path or a server's preferred address to probe (the migration paths);
+    * an ACK due by ``now``; an unvalidated path's PATH_CHALLENGE; HANDSHAKE_DONE;
+      PATH_RESPONSE; NEW_CONNECTION_ID not yet sent; RETIRE_CONNECTION_ID; STREAMS_BLOCKED;
+      MAX_DATA / MAX_STREAMS (aioquic's doubling and batching rules) and MAX_STREAM_DATA of
+      any stream; a PING asked for or a probe (PTO) pending; 1-RTT CRYPTO data; a DATAGRAM
+      frame; and, per stream in the send queue, a finished stream to discard (which makes
+      room for MAX_STREAMS), STOP_SENDING, RESET_STREAM, or stream data (new or lost and
+      queued again: a loss puts the frames back in these same flags and buffers).
+
+    The one thing such a call changes is the pacing state: with no ACK due by ``now``, it
+    asks the pacer for the next send time (which moves the pacer's bucket to ``now``) and
+    keeps it in ``_pacing_at`` (``None``: not held); this does the same, so ``get_timer``
+    answers as after the call. Congestion control and the anti-amplification limit only
+    ever hold back frames, so they cannot make the call send anything this misses.
+
+    Only for aioquic's own ``QuicConnection`` (a subclass may write other frames: the
+    caller checks the class) of version 1.7, whose private members this reads:
+    ``_state``, ``_close_pending``, ``_handshake_confirmed``, ``_handshake_complete``,
+    ``_network_paths``, ``_remote_preferred_address``, ``_cryptos``, ``_crypto_streams``,
+    ``_spaces`` (``ack_at``), ``_loss._pacer``, ``_pacing_at``, ``_handshake_done_pending``,
+    ``_host_cids``, ``_retire_connection_ids``, ``_streams_blocked_pending``,
+    ``_local_max_data`` / ``_local_max_streams_bidi`` / ``_local_max_streams_uni``,
+    ``_streams``, ``_streams_queue``, ``_ping_pending``, ``_probe_pending``,
+    ``_datagrams_pending``. ``tests/runtime/test_nothing_to_send.py`` pins the source of
+    the aioquic methods it mirrors and checks it against ``datagrams_to_send`` on real
+    connections (losses, probes, pacing, every frame type above).
+    """
+    if (
+        quic._close_pending
+        or not quic._handshake_confirmed
+        or quic._state in _END_STATES
+        or quic._remote_preferred_address is not None
+    ):
+        return False
+    paths = quic._network_paths
+    if len(paths) != 1:
+        return False
+    path = paths[0]
+    if not quic._cryptos[tls.Epoch.ONE_RTT].send.is_valid():
+        return False
+    ack_at = quic._spaces[tls.Epoch.ONE_RTT].ack_at
+    if ack_at is not None and ack_at <= now:
+        return False  # an ACK is due (and pacing does not hold ACKs)
+    # datagrams_to_send resets _pacing_at, then, with no ACK due, asks the pacer first.
+    pacer = quic._loss._pacer  # next_send_time returns None too (typed float in 1.7)
+    pacing_at = quic._pacing_at = cast("float | None", pacer.next_send_time(now=now))
+    if pacing_at is not None:
+        return True  # held by pacing: the call would stop before its first packet
+    if (
+        not (path.is_validated or path.local_challenge_sent)
+        or quic._handshake_done_pending
+        or path.remote_challenges
+        or quic._retire_connection_ids
+        or quic._streams_blocked_pending
+        or quic._ping_pending
+        or quic._probe_pending
+        or quic._datagrams_pending
+        or not quic._crypto_streams[tls.Epoch.ONE_RTT].sender.buffer_is_empty
+    ):
+        return False
+    for cid in quic._host_cids:
+        if not cid.was_sent:
+            return False
+    max_data = quic._local_max_data
+    if max_data.used * 2 > max_data.value or max_data.value != max_data.sent:
+        return False
+    for limit in (quic._local_max_streams_bidi, quic._local_max_streams_uni):
+        sent = limit.sent
+        if limit.value != sent and sent - limit.used < limit.value - sent:
+            return False  # not batched any longer: MAX_STREAMS goes out
+    for stream in quic._streams.values():
+        local = stream.max_stream_data_local
+        if (
+            local and stream.receiver.highest_offset * 2 > local
+        ) or stream.max_stream_data_local_sent != local:
+            return False
+    for stream in quic._streams_queue:
+        sender = stream.sender
+        if (
+            stream.is_finished
+            or stream.receiver.stop_pending
+            or sender.reset_pending
+            or not (stream.is_blocked or sender.buffer_is_empty)
+        ):
+            return False
+    return True
