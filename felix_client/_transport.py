@@ -46,7 +46,8 @@ iterations per request).
 Quiet transmits. Every pass ends with a transmit, and a reader's usually has nothing to
 send (its ACK is held, see above), yet aioquic's ``datagrams_to_send`` costs about 25 us
 to find that out (it starts a packet and drops it). On aioquic's own ``QuicConnection``
-the transmit first asks :func:`felix_server.quic.nothing_to_send`, which makes the same
+the transmit first asks :func:`felix_server.quic.nothing_to_send` (through
+:func:`felix_server.quic_engine.quiet_test`), which makes the same
 tests on the same state without building anything and, when nothing would go out, leaves
 the connection as the call would have (its pacing time); the call is made whenever
 anything (an ACK due, data, a PING, flow-control credit, a retransmission ...) would be
@@ -70,14 +71,12 @@ from typing import Any, Protocol
 
 import anyio
 import anyio.lowlevel
-from aioquic.quic.connection import QuicConnection
 from aioquic.quic.events import ConnectionTerminated, QuicEvent
 from aioquic.quic.packet import QuicErrorCode
 
 from felix_runtime.quic_engines import DEFAULT_ENGINE, load_engine
 from felix_runtime.udp import READ_BATCH, udp_socket
-from felix_server.quic import nothing_to_send
-from felix_server.quic_engine import EVENTS, AckWithData
+from felix_server.quic_engine import EVENTS, AckWithData, quiet_test
 
 from ._quic_acks import ReaderAcks
 
@@ -388,9 +387,7 @@ class QuicTransport:
         """When the last ACK went early with a request."""
         self.reader_acks = ReaderAcks()
         """When an ACK goes out while nothing else does (:mod:`felix_client._quic_acks`)."""
-        self._quiet: Callable[[Any, float], bool] | None = None
-        if type(quic) is QuicConnection:  # aioquic's own class: see "Quiet transmits"
-            self._quiet = nothing_to_send
+        self._quiet = quiet_test(quic)  # aioquic's own class: see "Quiet transmits"
 
     @classmethod
     async def connect(cls, host: str, port: int, options: TransportOptions) -> QuicTransport:

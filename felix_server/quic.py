@@ -138,6 +138,29 @@ class FelixQuicConnection(QuicConnection):
         finally:
             receiver.highest_offset = received
 
+    def limits_announced(self) -> bool:
+        """Whether the two limit writers above would write nothing now (for
+        :func:`nothing_to_send`): no credit while it is held; else the windows slide as
+        those writers slide them (the same change to the same state, which they would make
+        at the next packet anyway) and nothing is new to announce."""
+        if self.credit_held:
+            return True
+        limit = self._local_max_data
+        limit.value = _slide(limit.value, limit.used, self._configuration.max_data)
+        if limit.value != limit.sent or not _max_streams_announced(self):
+            return False
+        window = self._configuration.max_stream_data
+        for stream in self._streams.values():
+            local = stream.max_stream_data_local
+            if not local:
+                continue  # a send-only stream: the writer returns at once
+            received = stream.receiver.highest_offset
+            if local - received < window // 2:  # _slide, inlined as in the writer
+                local = stream.max_stream_data_local = received + window
+            if local != stream.max_stream_data_local_sent:
+                return False
+        return True
+
     def _initialize(self, peer_cid: bytes) -> None:
         super()._initialize(peer_cid)
         context = self.tls
@@ -354,7 +377,7 @@ def nothing_to_send(quic: QuicConnection, now: float) -> bool:
     ``_host_cids``, ``_retire_connection_ids``, ``_streams_blocked_pending``,
     ``_local_max_data`` / ``_local_max_streams_bidi`` / ``_local_max_streams_uni``,
     ``_streams``, ``_streams_queue``, ``_ping_pending``, ``_probe_pending``,
-    ``_datagrams_pending``. ``tests/runtime/test_nothing_to_send.py`` pins the source of
+    ``_datagrams_pending``. ``tests/client/test_nothing_to_send.py`` pins the source of
     the aioquic methods it mirrors and checks it against ``datagrams_to_send`` on real
     connections (losses, probes, pacing, every frame type above).
     """
@@ -394,19 +417,11 @@ def nothing_to_send(quic: QuicConnection, now: float) -> bool:
     for cid in quic._host_cids:
         if not cid.was_sent:
             return False
-    max_data = quic._local_max_data
-    if max_data.used * 2 > max_data.value or max_data.value != max_data.sent:
-        return False
-    for limit in (quic._local_max_streams_bidi, quic._local_max_streams_uni):
-        sent = limit.sent
-        if limit.value != sent and sent - limit.used < limit.value - sent:
-            return False  # not batched any longer: MAX_STREAMS goes out
-    for stream in quic._streams.values():
-        local = stream.max_stream_data_local
-        if (
-            local and stream.receiver.highest_offset * 2 > local
-        ) or stream.max_stream_data_local_sent != local:
+    if type(quic) is FelixQuicConnection:
+        if not quic.limits_announced():
             return False
+    elif not _limits_announced(quic):
+        return False
     for stream in quic._streams_queue:
         sender = stream.sender
         if (
@@ -416,4 +431,31 @@ def nothing_to_send(quic: QuicConnection, now: float) -> bool:
             or not (stream.is_blocked or sender.buffer_is_empty)
         ):
             return False
+    return True
+
+
+def _limits_announced(quic: QuicConnection) -> bool:
+    """Whether aioquic's ``_write_connection_limits`` and ``_write_stream_limits`` would
+    write nothing now (MAX_DATA / MAX_STREAMS by its doubling and batching rules,
+    MAX_STREAM_DATA of any stream)."""
+    max_data = quic._local_max_data
+    if max_data.used * 2 > max_data.value or max_data.value != max_data.sent:
+        return False
+    if not _max_streams_announced(quic):
+        return False
+    for stream in quic._streams.values():
+        local = stream.max_stream_data_local
+        if (
+            local and stream.receiver.highest_offset * 2 > local
+        ) or stream.max_stream_data_local_sent != local:
+            return False
+    return True
+
+
+def _max_streams_announced(quic: QuicConnection) -> bool:
+    """Whether aioquic's MAX_STREAMS batching holds back both stream limits' updates."""
+    for limit in (quic._local_max_streams_bidi, quic._local_max_streams_uni):
+        sent = limit.sent
+        if limit.value != sent and sent - limit.used < limit.value - sent:
+            return False  # not batched any longer: MAX_STREAMS goes out
     return True

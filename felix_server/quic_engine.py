@@ -15,20 +15,24 @@ and their stream internals differ. The session asks this module, never an engine
   engine allows it (aioquic; see :mod:`felix_server.quic`).
 * :class:`AckWithData`: let a delayed ACK ride in the packet that carries data about to be
   sent, no more often than aioquic's timer would send it (aioquic; qh3's engine decides
-  for itself).
+  for itself);
+* :func:`quiet_test`: the cheap test that a transmit would send nothing, for the connection
+  classes it mirrors (aioquic's own and Felix's broker connection).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from types import ModuleType
-from typing import Protocol
+from typing import Any, Protocol
 
 from aioquic.quic import events as qe
 from aioquic.quic.connection import NetworkAddress, QuicConnection
 
 from felix_server.quic import FelixQuicConnection
 from felix_server.quic import ack_with_data as _aioquic_ack_with_data
+from felix_server.quic import nothing_to_send as _aioquic_nothing_to_send
 from felix_server.quic import send_buffered as _aioquic_send_buffered
 
 __all__ = [
@@ -130,6 +134,18 @@ def hold_credit(quic: QuicConnectionLike, held: bool) -> None:
     ``OVERLOADED``)."""
     if isinstance(quic, FelixQuicConnection):
         quic.credit_held = held
+
+
+def quiet_test(quic: QuicConnectionLike) -> Callable[[Any, float], bool] | None:
+    """The function that tells, without building a packet, that ``datagrams_to_send(now)``
+    of ``quic`` would return nothing (:func:`felix_server.quic.nothing_to_send`, which then
+    leaves the connection as that call would), or None where it does not apply: it mirrors
+    aioquic's own ``QuicConnection`` and :class:`~felix_server.quic.FelixQuicConnection`
+    exactly, so any other class (qh3's, a subclass that may write other frames) always
+    goes through its engine's call."""
+    if type(quic) is QuicConnection or type(quic) is FelixQuicConnection:
+        return _aioquic_nothing_to_send
+    return None
 
 
 ACK_WITH_DATA_INTERVAL = 0.001

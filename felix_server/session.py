@@ -128,6 +128,7 @@ from felix_server.quic_engine import (
     AckWithData,
     QuicConnectionLike,
     hold_credit,
+    quiet_test,
     send_buffered,
 )
 from felix_server.requests import reply_to, request_kind
@@ -236,6 +237,7 @@ class Session:
         share: FairShare | None = None,
     ) -> None:
         self.quic = quic
+        self._quiet = quiet_test(quic)  # skips a transmit's packet building when it builds nothing
         self._share = share
         self.conn_id = conn_id
         self.router = router
@@ -1098,7 +1100,8 @@ class Session:
                 wrote = True
             if wrote:  # the replies carry the client's ACK: no ACK-only packet 1 ms later
                 self._acks.data_written(quic, now)
-        datagrams = quic.datagrams_to_send(now)
+        quiet = self._quiet  # most passes of a connection that only read build nothing
+        datagrams = [] if quiet is not None and quiet(quic, now) else quic.datagrams_to_send(now)
         if self._close is not None and not self._quic_closed:
             assert self._close_deadline is not None
             if self.buffered_bytes == 0 or now >= self._close_deadline:

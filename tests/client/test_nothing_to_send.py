@@ -1,7 +1,8 @@
-"""``felix_server.quic.nothing_to_send``: the client transport's test that skips aioquic's
-``datagrams_to_send`` when it would build nothing, checked against ``datagrams_to_send``
-itself on real aioquic connections (an aioquic client and server exchanging datagrams in
-memory under a fake clock).
+"""``felix_server.quic.nothing_to_send``: the test by which the client transport and the
+broker's session skip aioquic's ``datagrams_to_send`` when it would build nothing, checked
+against ``datagrams_to_send`` itself on real aioquic connections (an aioquic client and
+server exchanging datagrams in memory under a fake clock; the server is also the broker's
+``FelixQuicConnection``).
 
 The rule checked everywhere (:func:`check`): whenever ``nothing_to_send`` says true,
 ``datagrams_to_send`` at the same time returns no datagram and changes none of the state it
@@ -32,7 +33,8 @@ from aioquic.quic.connection import QuicConnection
 from aioquic.quic.recovery import QuicPacketPacer
 
 from felix_runtime.tls import ensure_self_signed
-from felix_server.quic import nothing_to_send
+from felix_server.quic import FelixQuicConnection, nothing_to_send
+from felix_server.quic_engine import quiet_test
 
 CLIENT_ADDR = ("127.0.0.1", 40000)
 SERVER_ADDR = ("127.0.0.1", 7447)
@@ -80,6 +82,7 @@ class Pair:
         datagrams: bool = False,
         max_stream_data: int = 4096,
         client_class: type[QuicConnection] = QuicConnection,
+        server_class: type[QuicConnection] = QuicConnection,
     ) -> None:
         extra: dict[str, Any] = {"max_datagram_frame_size": 1200} if datagrams else {}
         client_config = QuicConfiguration(
@@ -97,13 +100,16 @@ class Pair:
         server_config.load_cert_chain(str(certs.cert_path), str(certs.key_path))
         self.now = 1.0
         self.client = client_class(configuration=client_config)
-        self.server = QuicConnection(
+        self.server = server_class(
             configuration=server_config,
             original_destination_connection_id=self.client.original_destination_connection_id,
         )
         self.client.connect(SERVER_ADDR, now=self.now)
         self.quiet = 0  # client transmits that nothing_to_send said were empty
         self.busy = 0  # ... and that sent something
+        self.check_server = False  # the server's transmits are checked too (the broker's)
+        self.server_quiet = 0
+        self.server_busy = 0
         self.rng = random.Random(0)
         self.loss = 0.0  # probability that a datagram is lost, each way
         for _ in range(10):
@@ -118,12 +124,22 @@ class Pair:
             self.busy += 1
         return out
 
+    def server_transmit(self) -> list[bytes]:
+        if not self.check_server:
+            return [data for data, _addr in self.server.datagrams_to_send(self.now)]
+        said, out = check(self.server, self.now)
+        if said:
+            self.server_quiet += 1
+        elif out:
+            self.server_busy += 1
+        return out
+
     def exchange(self, advance: float = 0.002) -> None:
         """Both sides transmit; what is not lost arrives; time moves on; timers fire."""
         for data in self.client_transmit():
             if self.rng.random() >= self.loss:
                 self.server.receive_datagram(data, CLIENT_ADDR, self.now)
-        for data, _addr in self.server.datagrams_to_send(self.now):
+        for data in self.server_transmit():
             if self.rng.random() >= self.loss:
                 self.client.receive_datagram(data, SERVER_ADDR, self.now)
         self.drain()
@@ -395,6 +411,101 @@ def test_random_exchanges(certs: Any, seed: int) -> None:
         pair.exchange(advance=rng.choice([0.0, 0.0005, 0.002, 0.02, 0.2]))
     assert pair.quiet > 20
     assert pair.busy > 20
+
+
+# ------------------------------------------------- the broker's connection (FelixQuicConnection)
+
+
+def _broker_pair(certs: Any, window: int = 8192) -> Pair:
+    """A pair whose server is the broker's connection class (fixed sliding windows, credit
+    the session can hold back), its transmits checked as the client's are."""
+    pair = Pair(certs, datagrams=True, max_stream_data=window, server_class=FelixQuicConnection)
+    assert type(pair.server) is FelixQuicConnection
+    pair.check_server = True
+    return pair
+
+
+def test_the_broker_connection_sees_its_sliding_windows(certs: Any) -> None:
+    """The client fills more than half of a stream window: the broker's connection slides
+    it (its own rule, not aioquic's doubling), and the MAX_STREAM_DATA is seen; while the
+    session holds credit back nothing is announced, and releasing it is seen."""
+    pair = _broker_pair(certs, window=4096)
+    settle(pair)
+    for hold in (True, False):
+        assert isinstance(pair.server, FelixQuicConnection)
+        pair.server.credit_held = hold
+        stream_id = pair.client.get_next_available_stream_id()
+        pair.client.send_stream_data(stream_id, b"y" * 3000)
+        for data in pair.client_transmit():
+            pair.server.receive_datagram(data, CLIENT_ADDR, pair.now)
+        pair.drain()
+        pair.now = pair.server._spaces[tls.Epoch.ONE_RTT].ack_at or pair.now
+        pair.now += 0.0001
+        # The ACK of the data is due either way, so the call sends: what it carries matters.
+        said, out = check(pair.server, pair.now)
+        assert not said and out
+        stream = pair.server._streams[stream_id]
+        if hold:
+            assert stream.max_stream_data_local_sent == 4096  # nothing announced
+            said, out = check(pair.server, pair.now)
+            assert said and out == []  # held credit is not "something to send"
+            pair.server.credit_held = False
+            said, out = check(pair.server, pair.now)
+            assert not said and out  # released: the slid window goes out
+        assert stream.max_stream_data_local_sent == 3000 + 4096
+        settle(pair)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_random_exchanges_on_the_broker_connection(certs: Any, seed: int) -> None:
+    """The random exchange of :func:`test_random_exchanges` with the broker's connection as
+    the server, its credit held and released at random: the rule holds at every transmit
+    of both sides, and both answers occur on the broker's side."""
+    pair = _broker_pair(certs)
+    rng = random.Random(seed)
+    pair.rng = random.Random(seed + 200)
+    streams: list[int] = []
+    server = pair.server
+    assert isinstance(server, FelixQuicConnection)
+    for _step in range(400):
+        pair.loss = 0.1 if rng.random() < 0.3 else 0.0
+        action = rng.random()
+        try:
+            if action < 0.25:
+                stream_id = pair.client.get_next_available_stream_id(rng.random() < 0.3)
+                pair.client.send_stream_data(
+                    stream_id, b"c" * rng.randrange(1, 6000), end_stream=rng.random() < 0.3
+                )
+                streams.append(stream_id)
+            elif action < 0.45 and streams:
+                stream_id = rng.choice(streams)
+                if stream_id % 4 == 0:  # a request: the broker answers on it
+                    server.send_stream_data(
+                        stream_id, b"r" * rng.randrange(0, 3000), end_stream=rng.random() < 0.5
+                    )
+            elif action < 0.55:
+                stream_id = server.get_next_available_stream_id(is_unidirectional=True)
+                server.send_stream_data(stream_id, b"f" * rng.randrange(1, 4000))
+            elif action < 0.6:
+                server.send_ping(rng.randrange(1000))
+            elif action < 0.65 and streams:
+                pair.client.reset_stream(rng.choice(streams), 1)
+            elif action < 0.75:
+                server.credit_held = not server.credit_held
+        except (AssertionError, ValueError, RuntimeError):
+            pass  # a stream already finished or reset: aioquic refuses, nothing changed
+        pair.exchange(advance=rng.choice([0.0, 0.0005, 0.002, 0.02, 0.2]))
+    assert pair.server_quiet > 20
+    assert pair.server_busy > 20
+
+
+def test_quiet_test_names_the_classes_it_mirrors(certs: Any) -> None:
+    """The session and the client transport ask :func:`quiet_test`: aioquic's own class and
+    the broker's get the test, a subclass (which may write other frames) does not."""
+    pair = _broker_pair(certs)
+    assert quiet_test(pair.server) is nothing_to_send
+    assert quiet_test(pair.client) is nothing_to_send
+    assert quiet_test(_CountingQuic(configuration=pair.client._configuration)) is None
 
 
 class _Socket:
