@@ -203,15 +203,22 @@ def pending(pair: Pair) -> list[bytes]:
     return out
 
 
+def _server_sends(pair: Pair, data: bytes) -> int:
+    """The server writes ``data`` on a new stream and the client receives all of it; the
+    stream's id."""
+    stream_id = pair.server.get_next_available_stream_id()
+    pair.server.send_stream_data(stream_id, data)
+    for datagram, _addr in pair.server.datagrams_to_send(pair.now):
+        pair.client.receive_datagram(datagram, SERVER_ADDR, pair.now)
+    pair.drain()
+    return stream_id
+
+
 def test_quiet_after_settling_and_after_a_held_ack(certs: Any) -> None:
     pair = Pair(certs)
     settle(pair)
     # The server sends stream data: the client's ACK is held for its ack delay.
-    stream_id = pair.server.get_next_available_stream_id()
-    pair.server.send_stream_data(stream_id, b"x" * 100)
-    for data, _addr in pair.server.datagrams_to_send(pair.now):
-        pair.client.receive_datagram(data, SERVER_ADDR, pair.now)
-    pair.drain()
+    _server_sends(pair, b"x" * 100)
     ack_at = pair.client._spaces[tls.Epoch.ONE_RTT].ack_at
     assert ack_at is not None and ack_at > pair.now
     said, out = check(pair.client, pair.now)
@@ -308,11 +315,7 @@ def test_flow_control_credit(certs: Any) -> None:
     client's MAX_STREAM_DATA / MAX_DATA updates are seen."""
     pair = Pair(certs, max_stream_data=4096)
     settle(pair)
-    stream_id = pair.server.get_next_available_stream_id()
-    pair.server.send_stream_data(stream_id, b"y" * 3000)
-    for data, _addr in pair.server.datagrams_to_send(pair.now):
-        pair.client.receive_datagram(data, SERVER_ADDR, pair.now)
-    pair.drain()
+    stream_id = _server_sends(pair, b"y" * 3000)
     stream = pair.client._streams[stream_id]
     assert stream.receiver.highest_offset * 2 > stream.max_stream_data_local
     pending(pair)
