@@ -46,9 +46,9 @@ iterations per request).
 Quiet transmits. Every pass ends with a transmit, and a reader's usually has nothing to
 send (its ACK is held, see above), yet aioquic's ``datagrams_to_send`` costs about 25 us
 to find that out (it starts a packet and drops it). On aioquic's own ``QuicConnection``
-the transmit first asks :func:`felix_server.quic.nothing_to_send` (through
-:func:`felix_server.quic_engine.quiet_test`), which makes the same
-tests on the same state without building anything and, when nothing would go out, leaves
+the transmit first asks :func:`felix_server.quic.nothing_to_send` (chosen by
+:func:`felix_server.quic_engine.quiet_test`; the broker's sessions ask it too), which makes
+the same tests on the same state without building anything and, when nothing would go out, leaves
 the connection as the call would have (its pacing time); the call is made whenever
 anything (an ACK due, data, a PING, flow-control credit, a retransmission ...) would be
 written. qh3's connection and any subclass are always called.

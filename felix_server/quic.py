@@ -57,8 +57,9 @@ This reaches into private members of aioquic, which is why felix pins aioquic to
   ack-eliciting packet's arrival to get ``ack_at``): :func:`set_ack_delay`.
 * what ``QuicConnection.datagrams_to_send`` tests before it writes each frame (the list is
   in :func:`nothing_to_send`'s docstring): :func:`nothing_to_send`, which tells that the
-  call would send nothing without building a packet (``tests/client/test_nothing_to_send.py``
-  pins the source of the methods it mirrors).
+  call would send nothing without building a packet, for aioquic's class and this
+  module's (``tests/client/test_nothing_to_send.py`` pins the source of the methods it
+  mirrors).
 
 ``tests/runtime`` exercises every path so that an aioquic upgrade that moves them fails
 loudly (``test_receive_window.py`` for the windows).
@@ -369,8 +370,11 @@ def nothing_to_send(quic: QuicConnection, now: float) -> bool:
     answers as after the call. Congestion control and the anti-amplification limit only
     ever hold back frames, so they cannot make the call send anything this misses.
 
-    Only for aioquic's own ``QuicConnection`` (a subclass may write other frames: the
-    caller checks the class) of version 1.7, whose private members this reads:
+    Only for aioquic's own ``QuicConnection`` and :class:`FelixQuicConnection` (whose limit
+    writers :meth:`FelixQuicConnection.limits_announced` mirrors); another subclass may
+    write other frames, so the caller checks the class
+    (:func:`felix_server.quic_engine.quiet_test`). aioquic 1.7, whose private members this
+    reads:
     ``_state``, ``_close_pending``, ``_handshake_confirmed``, ``_handshake_complete``,
     ``_network_paths``, ``_remote_preferred_address``, ``_cryptos``, ``_crypto_streams``,
     ``_spaces`` (``ack_at``), ``_loss._pacer``, ``_pacing_at``, ``_handshake_done_pending``,
