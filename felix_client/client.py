@@ -686,7 +686,7 @@ class Client:
         stream: str,
         *,
         start: StartLike = "latest",
-        credit_messages: int = 1024,
+        credit_messages: int = 8192,
         credit_bytes: int = 1 << 20,
         cache_feed: bool = False,
         tenant: str | None = None,
@@ -699,7 +699,11 @@ class Client:
             stream: the stream (or cache) name.
             start: ``"latest"``, ``"earliest"``, an offset, a ``datetime`` or a
                 :class:`~felix_client.types.Start`.
-            credit_messages, credit_bytes: how far the broker may run ahead of the reader.
+            credit_messages, credit_bytes: how far the broker may run ahead of the reader
+                (the client returns credit as the application reads). A feed moves at most
+                one window per round trip, and round trips grow under load: the 1 MiB
+                bounds the memory, and 8192 records let a feed of small records use it
+                (the wire's default, when Subscribe omits them, is 1024 records).
             timeout: seconds that subscribing (and each resume) may take (default: the
                 client's ``timeout``); waiting for records is not bounded by it.
 

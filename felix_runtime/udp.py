@@ -17,12 +17,23 @@ from aioquic.quic.connection import NetworkAddress
 
 from felix_runtime.logs import log_fields, logger
 
-__all__ = ["READ_BATCH", "SOCKET_BUFFER", "bind_udp", "read_batch", "send_all", "udp_socket"]
+__all__ = [
+    "READ_BATCH",
+    "RECEIVE_BUFFER",
+    "SOCKET_BUFFER",
+    "bind_udp",
+    "read_batch",
+    "send_all",
+    "udp_socket",
+]
 
 READ_BATCH = 64
 """Most datagrams read from the socket before one transmit."""
 SOCKET_BUFFER = 4 * 1024 * 1024
-"""Requested kernel send and receive buffer sizes."""
+"""Requested kernel send and receive buffer sizes (the client's socket, the broker's send
+side)."""
+RECEIVE_BUFFER = 256 * 1024
+"""Requested kernel receive buffer of the broker's socket (``transport.receive_buffer``)."""
 
 
 def udp_socket(family: int) -> socket.socket:
@@ -36,13 +47,19 @@ def udp_socket(family: int) -> socket.socket:
     return sock
 
 
-def bind_udp(host: str, port: int) -> socket.socket:
-    """A :func:`udp_socket` bound to ``(host, port)`` (closed again if binding fails).
+def bind_udp(host: str, port: int, receive_buffer: int = RECEIVE_BUFFER) -> socket.socket:
+    """A :func:`udp_socket` bound to ``(host, port)`` (closed again if binding fails), whose
+    kernel receive buffer is ``receive_buffer`` bytes (as the kernel allows) rather than
+    :data:`SOCKET_BUFFER`: every client's datagrams wait in that one queue, so its size
+    bounds how long one client's flood can delay the others' (``transport.receive_buffer``,
+    docs/broker.md).
 
     Raises:
         OSError: the address cannot be bound.
     """
     sock = udp_socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
     try:
         sock.bind((host, port))
     except OSError:

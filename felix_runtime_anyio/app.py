@@ -74,7 +74,7 @@ async def run(config: ServerConfig, stop: anyio.Event | None = None) -> int:
     observer.attach(server)
     observer.attach_storage(storage.logs, recovery_s)
     runtime = AnyioUdpRuntime(server, job_timer=observer.storage_job_ran)
-    bound = runtime.bind(*config.listen_address)
+    bound = runtime.bind(*config.listen_address, receive_buffer=config.transport.receive_buffer)
     registry = observer.registry if config.metrics_enabled else None
     metrics = AnyioMetricsServer(  # health even without metrics; /metrics as connections
         registry, lambda: server.ready, metrics_credentials(config)

@@ -56,7 +56,7 @@ from anyio.abc import TaskGroup
 from felix_core.disklog import StorageJob
 from felix_runtime.storage import STORAGE_THREADS, JobTimer, run_job
 from felix_runtime.timers import TIMER_SLACK, timer_delay
-from felix_runtime.udp import bind_udp, read_batch, send_all
+from felix_runtime.udp import RECEIVE_BUFFER, bind_udp, read_batch, send_all
 from felix_server.server import FelixServer
 
 __all__ = ["AnyioUdpRuntime"]
@@ -177,13 +177,14 @@ class AnyioUdpRuntime:
         self._jobs_idle.set()
         self._job_group: TaskGroup | None = None
 
-    def bind(self, host: str, port: int) -> tuple[str, int]:
-        """Bind the socket (no I/O wait: binding does not block).
+    def bind(self, host: str, port: int, receive_buffer: int = RECEIVE_BUFFER) -> tuple[str, int]:
+        """Bind the socket, its kernel receive buffer ``receive_buffer`` bytes
+        (``transport.receive_buffer``); no I/O wait: binding does not block.
 
         Returns:
             The bound ``(host, port)`` (port 0 is resolved).
         """
-        sock = self._sock = bind_udp(host, port)
+        sock = self._sock = bind_udp(host, port, receive_buffer)
         self.address = sock.getsockname()[:2]
         return self.address
 

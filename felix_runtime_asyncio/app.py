@@ -100,7 +100,9 @@ class BrokerProcess:
         observer.attach(self.server)
         observer.attach_storage(self.storage.logs, recovery_s)
         self.runtime = UdpRuntime(self.server, job_timer=observer.storage_job_ran)
-        bound = await self.runtime.start(*config.listen_address)
+        bound = await self.runtime.start(
+            *config.listen_address, receive_buffer=config.transport.receive_buffer
+        )
         server = self.server
         registry = self.observer.registry if config.metrics_enabled else None
         self.metrics = MetricsServer(  # /live, /ready regardless; /metrics as connections

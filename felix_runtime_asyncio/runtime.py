@@ -38,7 +38,7 @@ from aioquic.quic.connection import NetworkAddress
 from felix_core.disklog import StorageJob
 from felix_runtime.storage import STORAGE_THREADS, JobTimer, run_job
 from felix_runtime.timers import TIMER_SLACK, timer_delay
-from felix_runtime.udp import bind_udp, read_batch, send_all
+from felix_runtime.udp import RECEIVE_BUFFER, bind_udp, read_batch, send_all
 from felix_server.server import FelixServer
 
 __all__ = ["UdpRuntime"]
@@ -74,13 +74,16 @@ class UdpRuntime:
         self._jobs: set[asyncio.Future[object]] = set()
         self._closed = False
 
-    async def start(self, host: str, port: int) -> tuple[str, int]:
-        """Bind the socket and start serving.
+    async def start(
+        self, host: str, port: int, receive_buffer: int = RECEIVE_BUFFER
+    ) -> tuple[str, int]:
+        """Bind the socket (its kernel receive buffer ``receive_buffer`` bytes,
+        ``transport.receive_buffer``) and start serving.
 
         Returns:
             The bound ``(host, port)`` (port 0 is resolved).
         """
-        sock = bind_udp(host, port)
+        sock = bind_udp(host, port, receive_buffer)
         try:
             self._loop.add_reader(sock.fileno(), self._readable)
             self._sock = sock

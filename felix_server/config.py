@@ -116,12 +116,27 @@ class TransportConfig:
     max_frame_size: int = 16 * 1024 * 1024
     """Largest frame payload accepted from a client (at least 4096, the protocol's
     ``MIN_MAX_FRAME_SIZE``)."""
+    receive_buffer: int = 256 * 1024
+    """Kernel receive buffer requested for the broker's UDP socket, bytes (``SO_RCVBUF``;
+    the kernel caps it at ``net.core.rmem_max`` and counts about twice the datagram bytes
+    against it). Every client's datagrams wait in this one queue before the broker reads
+    them, so it bounds how long a client that sends flat out can delay the others' (their
+    requests, acknowledgements and subscription credit). 256 KiB is about 180 full-size
+    datagrams: some 15 ms of the broker's reading on aioquic. A larger queue absorbs
+    longer bursts without loss, and makes every other client wait that much longer
+    behind one that floods (docs/broker.md, "The receive queue")."""
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` if a value is out of range."""
         if not 1200 <= self.max_datagram_size <= 65527:
             raise ConfigError("transport.max_datagram_size must be within 1200..65527")
-        for name in ("max_data", "max_stream_data", "max_connections", "max_frame_size"):
+        for name in (
+            "max_data",
+            "max_stream_data",
+            "max_connections",
+            "max_frame_size",
+            "receive_buffer",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"transport.{name} must be >= 1")
         if self.max_frame_size < MIN_MAX_FRAME_SIZE:

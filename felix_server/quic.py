@@ -64,6 +64,13 @@ This reaches into private members of aioquic, which is why felix pins aioquic to
 ``tests/runtime`` exercises every path so that an aioquic upgrade that moves them fails
 loudly (``test_receive_window.py`` for the windows).
 
+And its pacer lets out what the loop can actually wait for (:class:`LoopPacer`): aioquic's
+releases at most 16 datagrams at once and then asks for a wait of microseconds, which an
+event loop turns into its next pass or a whole millisecond; a broker busy reading one
+client's flood then sends 16 datagrams per pass to every other, and a subscriber fell
+behind a publisher by the stream's whole retention (docs/performance.md, "One subscriber
+keeps up").
+
 :func:`refusal_datagram` answers a connection the broker will not take (over
 ``max_connections``, or shutting down) statelessly: one Initial packet, protected with the
 Initial keys that the client's destination connection ID alone determines (RFC 9001 §5.2),
@@ -83,18 +90,49 @@ from aioquic.quic.connection import QuicConnection
 from aioquic.quic.crypto import CryptoPair
 from aioquic.quic.packet import QuicErrorCode, QuicFrameType, QuicHeader, QuicPacketType
 from aioquic.quic.packet_builder import QuicPacketBuilder
-from aioquic.quic.recovery import QuicPacketSpace
+from aioquic.quic.recovery import K_MICRO_SECOND, QuicPacketPacer, QuicPacketSpace
 from aioquic.quic.stream import QuicStream
 
 from felix_server.access import CertificateRefused, ClientCertificates, ClientIdentity
 
-__all__ = ["FelixQuicConnection", "nothing_to_send", "refusal_datagram"]
+__all__ = [
+    "PACING_BURST_S",
+    "FelixQuicConnection",
+    "LoopPacer",
+    "nothing_to_send",
+    "refusal_datagram",
+]
+
+PACING_BURST_S = 0.002
+"""The most sending time the pacer lets out at once: two of asyncio's timer ticks (it waits
+in whole milliseconds), or the whole congestion window when the round trip is shorter."""
+
+
+class LoopPacer(QuicPacketPacer):
+    """aioquic's pacer (a token bucket of sending time, refilled at *window / round trip*),
+    whose bucket holds at least :data:`PACING_BURST_S` of sending (capped at one round
+    trip: the whole congestion window).
+
+    aioquic caps the bucket at 16 datagrams (or a quarter of the window) and asks for the
+    next send a few microseconds later. A loop cannot wait that short: the broker sends
+    again on its next pass, and the bucket has only refilled to its cap by then, so a
+    connection's rate became 16 datagrams per pass, whatever its window. On a pass of 5 ms
+    (the broker reading a publisher's flood) that is 4.6 MB/s, a third of what one
+    subscriber reads: it fell behind by the stream's retention. Across a wide-area path
+    (round trip well over the burst) the bucket is aioquic's, or 2 ms of the rate when
+    that is more; congestion control still bounds what is in flight.
+    """
+
+    def update_rate(self, congestion_window: int, smoothed_rtt: float) -> None:
+        super().update_rate(congestion_window=congestion_window, smoothed_rtt=smoothed_rtt)
+        burst = min(max(smoothed_rtt, K_MICRO_SECOND), PACING_BURST_S)
+        self.bucket_max = max(self.bucket_max, burst)
 
 
 class FelixQuicConnection(QuicConnection):
     """A server ``QuicConnection`` that also accepts clients offering no ALPN, whose
-    receive windows slide at a fixed size, and whose flow-control credit the session can
-    hold back."""
+    receive windows slide at a fixed size, whose flow-control credit the session can hold
+    back, and whose pacer is a :class:`LoopPacer`."""
 
     credit_held: bool = False
     """While true, no flow-control credit (``MAX_DATA``, ``MAX_STREAM_DATA``,
@@ -107,6 +145,7 @@ class FelixQuicConnection(QuicConnection):
     ) -> None:
         self._client_certificates = client_certificates
         super().__init__(**kwargs)
+        self._loss._pacer = LoopPacer(max_datagram_size=self._max_datagram_size)
 
     def _write_connection_limits(self, builder: QuicPacketBuilder, space: QuicPacketSpace) -> None:
         if self.credit_held:

@@ -1,7 +1,7 @@
 """``memory``: the broker's resident memory while one subscriber is stalled.
 
 One subscriber process creates a fresh stream (the broker's defaults, or ``--stream-set``),
-subscribes from its start with the client's default credit (1024 records / 1 MiB) and then
+subscribes from its start with the client's default credit (8192 records / 1 MiB) and then
 reads nothing: its connection stays open and its client keeps acknowledging QUIC packets,
 but it grants no more credit. A publisher process then publishes ``--memory-publishes``
 records (default 1,000,000) of 100 B in batches of 64, as fast as the broker takes them.
