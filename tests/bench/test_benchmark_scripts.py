@@ -13,7 +13,9 @@ is seen by the suite, not at the next measurement.
 * ``client_record.py``: both clients' turns and raw aioquic's send and receive are timed;
 * ``adapter_pass.py``: each runtime adapter echoes every datagram of the timed round trips
   (a fake server in a child process: the adapter's calls on it must still match the
-  broker's).
+  broker's);
+* ``keeps_up.py``: the README's publisher and subscriber commands against a fresh broker
+  (on the anyio runtime over trio, the one the other short forms use least).
 """
 
 from __future__ import annotations
@@ -99,3 +101,14 @@ def test_adapter_pass_echoes_on_every_runtime() -> None:
     for runtime in ("asyncio", "anyio-asyncio", "anyio-trio"):
         assert figures[runtime]["adapter_cpu_us_per_round_trip"] > 0, runtime
         assert 0 < figures[runtime]["rtt_p50_us"] <= figures[runtime]["rtt_p99_us"], runtime
+
+
+def test_keeps_up_runs_the_readme_commands_and_counts_what_arrived() -> None:
+    """``keeps_up.py``: a fresh broker, ``felix sub --count`` and ``felix pub --count``; every
+    record arrives (20,000 is far inside the default retention, so a loss here is a broken
+    path, not a slow one) and the publisher's rate comes out."""
+    result = run_json("keeps_up.py", "--count", "20000", "--runtime", "anyio", "--backend", "trio")
+    (run,) = result["runs"]
+    assert run["received"] == run["published"] == 20000, run
+    assert run["lost"] == 0 and run["gap_reports"] == 0, run
+    assert run["publish_msg_per_s"] > 0
