@@ -121,8 +121,9 @@ class TransportConfig:
     the kernel caps it at ``net.core.rmem_max`` and counts about twice the datagram bytes
     against it). Every client's datagrams wait in this one queue before the broker reads
     them, so it bounds how long a client that sends flat out can delay the others' (their
-    requests, acknowledgements and subscription credit). 256 KiB is about 180 full-size
-    datagrams: some 15 ms of the broker's reading on aioquic. A larger queue absorbs
+    requests, acknowledgements and subscription credit). 256 KiB (the kernel counts twice
+    that) holds about 220 full-size datagrams: some 20 ms of the broker's reading on
+    aioquic. A larger queue absorbs
     longer bursts without loss, and makes every other client wait that much longer
     behind one that floods (docs/broker.md, "The receive queue")."""
 
