@@ -36,20 +36,21 @@ RECEIVE_BUFFER = 256 * 1024
 """Requested kernel receive buffer of the broker's socket (``transport.receive_buffer``)."""
 
 
-def udp_socket(family: int) -> socket.socket:
-    """A non-blocking UDP socket of ``family`` with :data:`SOCKET_BUFFER`-sized kernel
-    buffers (as large as the kernel allows, when it allows less)."""
+def udp_socket(family: int, receive_buffer: int = SOCKET_BUFFER) -> socket.socket:
+    """A non-blocking UDP socket of ``family`` whose kernel buffers are requested at
+    ``receive_buffer`` and :data:`SOCKET_BUFFER` bytes (the kernel grants less when it
+    allows less)."""
     sock = socket.socket(family, socket.SOCK_DGRAM)
-    for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+    for option, size in ((socket.SO_RCVBUF, receive_buffer), (socket.SO_SNDBUF, SOCKET_BUFFER)):
         with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
+            sock.setsockopt(socket.SOL_SOCKET, option, size)
     sock.setblocking(False)
     return sock
 
 
 def bind_udp(host: str, port: int, receive_buffer: int = RECEIVE_BUFFER) -> socket.socket:
     """A :func:`udp_socket` bound to ``(host, port)`` (closed again if binding fails), whose
-    kernel receive buffer is ``receive_buffer`` bytes (as the kernel allows) rather than
+    kernel receive buffer is ``receive_buffer`` bytes rather than the client's
     :data:`SOCKET_BUFFER`: every client's datagrams wait in that one queue, so its size
     bounds how long one client's flood can delay the others' (``transport.receive_buffer``,
     docs/broker.md).
@@ -57,9 +58,7 @@ def bind_udp(host: str, port: int, receive_buffer: int = RECEIVE_BUFFER) -> sock
     Raises:
         OSError: the address cannot be bound.
     """
-    sock = udp_socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-    with contextlib.suppress(OSError):
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    sock = udp_socket(socket.AF_INET6 if ":" in host else socket.AF_INET, receive_buffer)
     try:
         sock.bind((host, port))
     except OSError:
