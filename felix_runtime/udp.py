@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from aioquic.quic.connection import NetworkAddress
 
 from felix_runtime.logs import log_fields, logger
+from felix_server.config import TransportConfig
 
 __all__ = [
     "READ_BATCH",
@@ -32,8 +33,9 @@ READ_BATCH = 64
 SOCKET_BUFFER = 4 * 1024 * 1024
 """Requested kernel send and receive buffer sizes (the client's socket, the broker's send
 side)."""
-RECEIVE_BUFFER = 256 * 1024
-"""Requested kernel receive buffer of the broker's socket (``transport.receive_buffer``)."""
+RECEIVE_BUFFER = TransportConfig().receive_buffer
+"""Requested kernel receive buffer of the broker's socket: ``transport.receive_buffer``'s
+default."""
 
 
 def udp_socket(family: int, receive_buffer: int = SOCKET_BUFFER) -> socket.socket:
