@@ -85,12 +85,12 @@ def _broker_main(trace_file: str, argv: list[str]) -> int:
     sends: array[int] = array("q")  # (ns, port) pairs: a datagram to port written
     real_read, real_send = udp.read_batch, udp.send_all
 
-    def read_batch(sock: Any, feed: Any, now: float) -> int:
+    def read_batch(sock: Any, feed: Any, now: float, between: Any = None) -> int:
         def traced(data: bytes, addr: Any, t: float) -> None:
             reads.extend((clock(), addr[1]))
             feed(data, addr, t)
 
-        return real_read(sock, traced, now)
+        return real_read(sock, traced, now, between)
 
     def send_all(sock: Any, datagrams: Any) -> None:
         datagrams = list(datagrams)
@@ -386,38 +386,61 @@ def _start_broker(args: argparse.Namespace, data_dir: Path, trace: Path) -> tupl
     raise RuntimeError("the broker did not start")
 
 
-def one_round(args: argparse.Namespace, data_dir: Path, n: int) -> dict[str, Any]:
-    """Broker, subscriber and publisher processes for one figure; its stages."""
+def _clients(
+    args: argparse.Namespace, url: str, ca: str, stream: str, settings: dict[str, str], pid: int
+) -> tuple[dict[str, Any], dict[str, Any], int, float]:
+    """Run the subscriber and publisher processes; their results, the subscriber's port and
+    the broker's CPU seconds over the timed part."""
     from felix_client.bench.servers import process_cpu_seconds
 
+    ctx = multiprocessing.get_context("spawn")
+    q_sub, q_pub = ctx.Queue(), ctx.Queue()
+    sub_p = ctx.Process(target=_subscriber, args=(url, ca, stream, settings, args.loop, q_sub))
+    sub_p.start()
+    try:
+        sub_port = q_sub.get(timeout=30)
+        pub_p = ctx.Process(
+            target=_publisher, args=(url, ca, stream, args.seconds, args.loop, q_pub)
+        )
+        pub_p.start()
+        try:
+            q_pub.get(timeout=30)  # the timed part starts
+            broker_cpu = process_cpu_seconds(pid)
+            pub = q_pub.get(timeout=60 + args.seconds)
+            broker_cpu = process_cpu_seconds(pid) - broker_cpu
+            sub = q_sub.get(timeout=60)
+            sub["port"] = sub_port
+            pub_p.join()
+        finally:
+            pub_p.kill()
+    finally:
+        sub_p.join(timeout=30)
+        sub_p.kill()
+    return pub, sub, sub_port, broker_cpu
+
+
+def one_round(args: argparse.Namespace, data_dir: Path, n: int) -> dict[str, Any]:
+    """Broker, subscriber and publisher processes for one figure; its stages."""
     trace = data_dir / f"broker-trace-{n}.json"
     broker, url = _start_broker(args, data_dir / f"broker-{n}", trace)
     ca = str(data_dir / f"broker-{n}" / "cert.pem")
     settings = dict(kv.split("=", 1) for kv in args.stream_set)
-    ctx = multiprocessing.get_context("spawn")
-    q_sub, q_pub = ctx.Queue(), ctx.Queue()
     stream = f"lat{n}"
     if args.profile:
         os.environ["LATENCY_STAGES_PROFILE"] = f"{args.profile}.{n}"
-    sub_p = ctx.Process(target=_subscriber, args=(url, ca, stream, settings, args.loop, q_sub))
-    sub_p.start()
-    sub_port = q_sub.get(timeout=30)
-    pub_p = ctx.Process(target=_publisher, args=(url, ca, stream, args.seconds, args.loop, q_pub))
-    pub_p.start()
-    q_pub.get(timeout=30)  # the timed part starts
-    broker_cpu = process_cpu_seconds(broker.pid)
-    pub = q_pub.get(timeout=60 + args.seconds)
-    broker_cpu = process_cpu_seconds(broker.pid) - broker_cpu
-    sub = q_sub.get(timeout=60)
-    sub["port"] = sub_port
-    pub_p.join()
-    sub_p.join()
-    os.environ.pop("LATENCY_STAGES_PROFILE", None)
+    try:
+        pub, sub, sub_port, broker_cpu = _clients(args, url, ca, stream, settings, broker.pid)
+    except BaseException:
+        broker.kill()  # a broker left behind would run on, and skew every later figure
+        broker.wait()
+        raise
+    finally:
+        os.environ.pop("LATENCY_STAGES_PROFILE", None)
     broker.send_signal(signal.SIGTERM)
     assert broker.stderr is not None
     for raw in broker.stderr:
         if raw.startswith(b"broker "):  # --broker-calls
-            print(" ", raw.decode().rstrip())
+            print(" ", raw.decode().rstrip(), file=sys.stderr if args.json else sys.stdout)
     broker.wait(timeout=30)
     traced = json.loads(trace.read_text())
     result = analyse(pub, sub, traced)

@@ -450,6 +450,7 @@ class QuicTransport:
                         self.quic.handle_timer(now)
                     handler.handle_timer(now)
                     self._keep_alive(now)
+                wrote = False  # a flush's writes are in QUIC: no quiet test
                 if self._process(now):
                     # Let the tasks this pass woke run first (see "Readers first").
                     self._readers_pass = True
@@ -463,7 +464,8 @@ class QuicTransport:
                         self._process(now)
                         self.acks.data_written(self.quic, now)
                         self._flushes_done += 1
-                await self._transmit()
+                        wrote = True
+                await self._transmit(wrote)
         finally:
             self._close("connection closed")
             self._done.set()
@@ -506,27 +508,29 @@ class QuicTransport:
             self.quic.send_ping(self.pings_sent)
             self._last_sent = now  # transmitted right after; counts from now
 
-    async def _transmit(self) -> None:
-        """Send what QUIC has to send. The lock keeps the datagrams in order when the kernel
-        buffer is full and a transmit waits to write the rest; while nobody holds it (the
-        rule), the datagrams go out without taking it (its ``async with`` costs about 2 us
-        a transmit, and every pass of a publisher and a subscriber makes one)."""
+    async def _transmit(self, wrote: bool = False) -> None:
+        """Send what QUIC has to send (``wrote``: a flush just moved writes into QUIC). The
+        lock keeps the datagrams in order when the kernel buffer is full and a transmit
+        waits to write the rest; while nobody holds it (the rule), the datagrams go out
+        without taking it (its ``async with`` costs about 2 us a transmit, and every pass
+        of a publisher and a subscriber makes one)."""
         if self._send_lock.locked():  # a transmit waits for room: queue behind it
             async with self._send_lock:
-                rest = self._send_now()
+                rest = self._send_now(wrote)
                 if rest:
                     await self._send_rest(rest)
             return
-        rest = self._send_now()
+        rest = self._send_now(wrote)
         if rest:
             async with self._send_lock:  # free, so taken without yielding
                 await self._send_rest(rest)
 
-    def _send_now(self) -> list[tuple[bytes, Any]]:
-        """Build QUIC's datagrams and write them while the kernel takes them; the rest."""
+    def _send_now(self, wrote: bool = False) -> list[tuple[bytes, Any]]:
+        """Build QUIC's datagrams and write them while the kernel takes them; the rest.
+        After a flush's writes (``wrote``) there is something to build: no quiet test."""
         now = self.clock()
         quiet = self._quiet
-        if quiet is not None and quiet(self.quic, now):
+        if quiet is not None and not wrote and quiet(self.quic, now):
             return []  # what datagrams_to_send would return (see "Quiet transmits")
         datagrams: list[tuple[bytes, Any]] = self.quic.datagrams_to_send(now)
         if not datagrams:
@@ -583,7 +587,7 @@ class QuicTransport:
         now = self.clock()
         self._process(now)
         self.acks.data_written(self.quic, now)  # the request carries the pending ACK
-        await self._transmit()
+        await self._transmit(wrote=True)
         self._sock.move_deadline(self._deadline())
 
     async def flush_request(self) -> None:

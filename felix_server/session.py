@@ -1082,6 +1082,7 @@ class Session:
 
     def _transmit_round(self, now: float) -> list[tuple[bytes, NetworkAddress]]:
         quic = self.quic
+        wrote = False
         if not self._quic_closed:
             if self._outbox:
                 self._unsent = send_buffered(quic)
@@ -1091,7 +1092,6 @@ class Session:
                 for call in deferred:
                     call(now=now)
             self._take_mail(now)
-            wrote = False
             for sid, data, end in self.felix.data_to_send():
                 try:
                     quic.send_stream_data(sid, data, end)
@@ -1100,8 +1100,13 @@ class Session:
                 wrote = True
             if wrote:  # the replies carry the client's ACK: no ACK-only packet 1 ms later
                 self._acks.data_written(quic, now)
-        quiet = self._quiet  # most passes of a connection that only read build nothing
-        datagrams = [] if quiet is not None and quiet(quic, now) else quic.datagrams_to_send(now)
+        # Most passes of a connection that only reads build nothing: the quiet test says so
+        # without building a packet. After a write there is something to build.
+        quiet = self._quiet
+        if quiet is not None and not wrote and quiet(quic, now):
+            datagrams = []
+        else:
+            datagrams = quic.datagrams_to_send(now)
         if self._close is not None and not self._quic_closed:
             assert self._close_deadline is not None
             if self.buffered_bytes == 0 or now >= self._close_deadline:

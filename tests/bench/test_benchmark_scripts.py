@@ -14,6 +14,10 @@ is seen by the suite, not at the next measurement.
 * ``adapter_pass.py``: each runtime adapter echoes every datagram of the timed round trips
   (a fake server in a child process: the adapter's calls on it must still match the
   broker's);
+* ``latency_stages.py``: a broker, a publisher and a subscriber in three processes; every
+  stage of a record is timed and the broker's socket calls and its ``FelixServer`` calls are
+  traced (it wraps the runtimes' socket functions, so a change of their signatures shows
+  here first);
 * ``keeps_up.py``: the README's publisher and subscriber commands against a fresh broker
   (on the anyio runtime over trio, the one the other short forms use least).
 """
@@ -112,3 +116,17 @@ def test_keeps_up_runs_the_readme_commands_and_counts_what_arrived() -> None:
     assert run["received"] == run["published"] == 20000, run
     assert run["lost"] == 0 and run["gap_reports"] == 0, run
     assert run["publish_msg_per_s"] > 0
+
+
+def test_latency_stages_times_every_stage_across_three_processes() -> None:
+    """``latency_stages.py``: records cross publisher -> broker -> subscriber, each stage is
+    found in the three processes' traces, and the stages add up to the total."""
+    (round_,) = run_json("latency_stages.py", "--seconds", "0.3", "--no-raw", "--broker-calls")
+    stages = round_["stages"]
+    assert stages["count"] > 10, stages
+    parts = ("pub_client", "to_broker", "broker", "to_sub", "sub_client")
+    for name in parts:
+        assert 0 < stages[name]["p50"] <= stages[name]["p99"], name
+    assert stages["total"]["p50"] >= max(stages[name]["p50"] for name in parts)
+    assert stages["datagrams_per_record"]["publisher_sent"] >= 1.0
+    assert stages["datagrams_per_record"]["broker_sent_to_sub"] >= 1.0
