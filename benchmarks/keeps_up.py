@@ -8,7 +8,7 @@ lines on its stderr), with the publisher's rate (its own ``--stats`` line is not
 wall time of the command is)::
 
     python benchmarks/keeps_up.py --count 1000000 --runs 3 [--runtime anyio --backend trio]
-        [--quic-engine qh3] [--json]
+        [--quic-engine qh3] [--set KEY=VALUE ...] [--json]
 
 A run fails (exit 1) when any record was lost; issue 12's target is 1,000,000 x 100 B with
 none lost. The suite runs a short form (``tests/bench/test_benchmark_scripts.py``).
@@ -44,7 +44,8 @@ def _wait_for(path: Path, text: str, deadline: float) -> None:
         if path.exists() and text in path.read_text(errors="replace"):
             return
         time.sleep(0.05)
-    raise RuntimeError(f"{path.name} never said {text!r}")
+    tail = path.read_text(errors="replace")[-2000:] if path.exists() else "(no output)"
+    raise RuntimeError(f"{path.name} never said {text!r}; it ends with:\n{tail}")
 
 
 def one_run(count: int, broker_args: list[str], client_args: list[str]) -> dict[str, Any]:
@@ -127,9 +128,18 @@ def main() -> int:
     parser.add_argument("--runtime", choices=["asyncio", "anyio"], default="asyncio")
     parser.add_argument("--backend", choices=["asyncio", "trio"], default=None)
     parser.add_argument("--quic-engine", choices=["aioquic", "qh3"], default=None)
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a broker setting (felix broker --set), e.g. transport.receive_buffer=1048576",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     args = parser.parse_args()
     broker_args = ["--runtime", args.runtime]
+    for setting in args.set:
+        broker_args += ["--set", setting]
     if args.backend:
         broker_args += ["--backend", args.backend]
     client_args: list[str] = []

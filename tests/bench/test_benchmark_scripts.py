@@ -18,6 +18,8 @@ is seen by the suite, not at the next measurement.
   stage of a record is timed and the broker's socket calls and its ``FelixServer`` calls are
   traced (it wraps the runtimes' socket functions, so a change of their signatures shows
   here first);
+* ``connect_storm.py``: clients opened at once against a fresh broker with the receive
+  queue given, every one connected and timed;
 * ``keeps_up.py``: the README's publisher and subscriber commands against a fresh broker
   (on the anyio runtime over trio, the one the other short forms use least).
 """
@@ -130,3 +132,14 @@ def test_latency_stages_times_every_stage_across_three_processes() -> None:
     assert stages["total"]["p50"] >= max(stages[name]["p50"] for name in parts)
     assert stages["datagrams_per_record"]["publisher_sent"] >= 1.0
     assert stages["datagrams_per_record"]["broker_sent_to_sub"] >= 1.0
+
+
+def test_connect_storm_connects_every_client_and_times_them() -> None:
+    """``connect_storm.py``: a fresh broker with ``transport.receive_buffer`` set (the flag
+    reaches it: a wrong key would stop it from starting), 20 clients at once, all connected,
+    with their connect times."""
+    result = run_json("connect_storm.py", "--clients", "20", "--receive-buffer", "262144")
+    (run,) = result["runs"]
+    assert run["receive_buffer"] == 262144
+    assert run["connected"] == run["clients"] == 20 and run["failed"] == 0, run
+    assert 0 < run["connect_p50_ms"] <= run["connect_p90_ms"] <= run["connect_max_ms"]
