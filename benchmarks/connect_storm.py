@@ -34,7 +34,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a plain checkout too
 
-from keeps_up import FELIX, _free_port, _wait_for
+from keeps_up import FELIX, _free_port, _wait_for, stop
 
 from felix_client import Client
 
@@ -109,12 +109,7 @@ def one_run(clients: int, receive_buffer: int) -> dict[str, Any]:
                 url, ca = f"quic://127.0.0.1:{port}", str(work / "data" / "cert.pem")
                 result = asyncio.run(_storm(url, ca, clients))
             finally:
-                broker.terminate()
-                try:
-                    broker.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    broker.kill()
-                    broker.wait()
+                stop(broker, 30)
     return {"receive_buffer": receive_buffer} | result
 
 

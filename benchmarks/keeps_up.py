@@ -48,6 +48,16 @@ def _wait_for(path: Path, text: str, deadline: float) -> None:
     raise RuntimeError(f"{path.name} never said {text!r}; it ends with:\n{tail}")
 
 
+def stop(process: subprocess.Popen[Any], timeout: float) -> None:
+    """End a broker politely (SIGTERM: its drain), killing it after ``timeout`` seconds."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def one_run(count: int, broker_args: list[str], client_args: list[str]) -> dict[str, Any]:
     """One fresh broker, one subscriber, one publisher of ``count`` x 100 B."""
     with tempfile.TemporaryDirectory(prefix="felix-keeps-up-") as tmp:
@@ -104,12 +114,7 @@ def one_run(count: int, broker_args: list[str], client_args: list[str]) -> dict[
                 received = sum(1 for _ in lines)
             gaps = [int(n) for n in GAP.findall(err.read_text(errors="replace"))]
         finally:
-            broker.terminate()
-            try:
-                broker.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                broker.kill()
-                broker.wait()
+            stop(broker, 15)
     return {
         "published": count,
         "received": received,
