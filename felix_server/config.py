@@ -123,9 +123,9 @@ class TransportConfig:
     them, so it bounds how long a client that sends flat out can delay the others' (their
     requests, acknowledgements and subscription credit). 256 KiB (the kernel counts twice
     that) holds about 220 full-size datagrams: some 20 ms of the broker's reading on
-    aioquic. A larger queue absorbs
-    longer bursts without loss, and makes every other client wait that much longer
-    behind one that floods (docs/broker.md, "The receive queue")."""
+    aioquic. A larger queue absorbs longer bursts without loss (many clients connecting at
+    once), and makes every other client wait that much longer behind one that floods
+    (docs/broker.md, "The receive queue")."""
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` if a value is out of range."""
